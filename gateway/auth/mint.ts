@@ -1,0 +1,36 @@
+import { randomUUID } from 'node:crypto';
+import { SignJWT } from 'jose';
+import type { IssuerConfig } from '../config/types.js';
+
+export interface MintOptions {
+  agent: string;
+  tenant?: string | undefined;
+  team?: string | undefined;
+  roles?: readonly string[] | undefined;
+  environment?: string | undefined;
+  /** The delegating user: the token's `sub`, with the agent as the RFC 8693 actor. */
+  user?: string | undefined;
+  ttlSeconds: number;
+}
+
+/** Mints an agent token signed with a shared-secret issuer's key (development and tests). */
+export async function mintAgentToken(issuer: IssuerConfig, secret: Uint8Array, o: MintOptions): Promise<string> {
+  const alg = issuer.algorithms[0];
+  if (issuer.key.kind !== 'secret' || alg === undefined) throw new TypeError(`issuer ${issuer.name} cannot mint tokens`);
+  const c = issuer.claims;
+  const claims: Record<string, unknown> = {};
+  if (o.tenant !== undefined) claims[c.tenant] = o.tenant;
+  if (o.team !== undefined) claims[c.team] = o.team;
+  if (o.roles !== undefined && o.roles.length > 0) claims[c.roles] = [...o.roles];
+  if (o.environment !== undefined) claims[c.environment] = o.environment;
+  if (o.user !== undefined) claims['act'] = { sub: o.agent };
+  return new SignJWT(claims)
+    .setProtectedHeader({ alg, typ: 'JWT' })
+    .setIssuer(issuer.issuer)
+    .setAudience(issuer.audience.length === 1 ? (issuer.audience[0] as string) : [...issuer.audience])
+    .setSubject(o.user ?? o.agent)
+    .setIssuedAt()
+    .setJti(randomUUID())
+    .setExpirationTime(Math.floor(Date.now() / 1000) + o.ttlSeconds)
+    .sign(secret);
+}

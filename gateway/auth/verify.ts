@@ -1,0 +1,111 @@
+import { decodeJwt, decodeProtectedHeader, errors as joseErrors, jwtVerify, type JWTPayload } from 'jose';
+import { ValetError } from '../errors.js';
+import type { IssuerConfig } from '../config/types.js';
+import type { AgentIdentity } from '../types.js';
+import { verificationKey, type VerificationKey } from './keys.js';
+
+/** Verifies an agent token and returns who the agent is; throws a coded {@link ValetError}. */
+export type TokenVerifier = (token: string) => Promise<AgentIdentity>;
+
+const EMBEDDED_KEY_HEADERS = ['jwk', 'jku', 'x5u', 'x5c'] as const;
+const COMPACT_JWS = /^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*$/;
+
+/** Builds a verifier for the configured issuers. Key material is resolved here, once. */
+export function createTokenVerifier(issuers: readonly IssuerConfig[], dataDir: string): TokenVerifier {
+  const byIssuer = new Map<string, { config: IssuerConfig; key: VerificationKey }>();
+  for (const config of issuers) {
+    if (byIssuer.has(config.issuer)) throw new TypeError(`two issuers claim iss "${config.issuer}"`);
+    byIssuer.set(config.issuer, { config, key: verificationKey(config, dataDir) });
+  }
+
+  return async (token) => {
+    if (token.length > 8192 || !COMPACT_JWS.test(token)) throw invalid('not a compact JWS');
+    let header: ReturnType<typeof decodeProtectedHeader>;
+    let unverified: JWTPayload;
+    try {
+      header = decodeProtectedHeader(token);
+      unverified = decodeJwt(token);
+    } catch {
+      throw invalid('malformed token');
+    }
+    // Keys named or carried by the token itself are never trusted.
+    for (const h of EMBEDDED_KEY_HEADERS) if (h in header) throw invalid(`"${h}" header is not accepted`);
+    const entry = typeof unverified.iss === 'string' ? byIssuer.get(unverified.iss) : undefined;
+    if (!entry) throw invalid('unknown issuer');
+    const { config, key } = entry;
+    if (typeof header.alg !== 'string' || !config.algorithms.includes(header.alg)) throw invalid('algorithm not allowed');
+
+    let payload: JWTPayload;
+    try {
+      const options = {
+        issuer: config.issuer,
+        audience: [...config.audience],
+        algorithms: [...config.algorithms],
+        clockTolerance: config.clockSkewS,
+        requiredClaims: ['exp', 'sub'],
+        crit: {},
+      };
+      const result = key instanceof Function ? await jwtVerify(token, key, options) : await jwtVerify(token, key, options);
+      payload = result.payload;
+    } catch (err) {
+      throw fromJose(err);
+    }
+    return identityFrom(payload, config);
+  };
+}
+
+function identityFrom(payload: JWTPayload, config: IssuerConfig): AgentIdentity {
+  const claims = config.claims;
+  const sub = payload.sub;
+  if (typeof sub !== 'string' || sub === '') throw invalid('"sub" claim must be a non-empty string');
+  // RFC 8693: with `act`, `sub` is the principal (the user) and `act.sub` the party acting (the agent).
+  const act = payload['act'];
+  let agent = sub;
+  let user = optionalString(payload[claims.user], claims.user);
+  if (act !== undefined) {
+    if (typeof act !== 'object' || act === null || typeof (act as { sub?: unknown }).sub !== 'string') {
+      throw invalid('"act" claim must be an object with a "sub"');
+    }
+    agent = (act as { sub: string }).sub;
+    user = sub;
+  }
+  return Object.freeze({
+    agent,
+    user,
+    tenant: optionalString(payload[claims.tenant], claims.tenant),
+    team: optionalString(payload[claims.team], claims.team),
+    roles: Object.freeze(roleList(payload[claims.roles], claims.roles)),
+    environment: optionalString(payload[claims.environment], claims.environment),
+    issuer: config.issuer,
+    tokenId: optionalString(payload.jti, 'jti'),
+    expiresAt: payload.exp as number,
+  });
+}
+
+function optionalString(v: unknown, claim: string): string | undefined {
+  if (v === undefined) return undefined;
+  if (typeof v !== 'string' || v === '') throw invalid(`"${claim}" claim must be a non-empty string`);
+  return v;
+}
+
+function roleList(v: unknown, claim: string): string[] {
+  if (v === undefined) return [];
+  if (typeof v === 'string') return v.split(' ').filter(Boolean);
+  if (Array.isArray(v) && v.every((r) => typeof r === 'string')) return [...v];
+  throw invalid(`"${claim}" claim must be a string or an array of strings`);
+}
+
+function invalid(detail: string): ValetError {
+  return new ValetError('VALET_ERR_TOKEN_INVALID', `The agent token is invalid: ${detail}.`);
+}
+
+function fromJose(err: unknown): ValetError {
+  if (err instanceof joseErrors.JWTExpired) return new ValetError('VALET_ERR_TOKEN_EXPIRED');
+  if (err instanceof joseErrors.JWTClaimValidationFailed) return invalid(`"${err.claim}" claim check failed (${err.reason})`);
+  if (err instanceof joseErrors.JWSSignatureVerificationFailed) return invalid('signature verification failed');
+  if (err instanceof joseErrors.JOSEAlgNotAllowed) return invalid('algorithm not allowed');
+  if (err instanceof joseErrors.JWKSNoMatchingKey) return invalid('no matching key');
+  if (err instanceof joseErrors.JWKSTimeout) return invalid('key set unavailable');
+  if (err instanceof joseErrors.JOSENotSupported) return invalid('unsupported token feature');
+  return invalid('verification failed');
+}

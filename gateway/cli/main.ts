@@ -1,0 +1,219 @@
+#!/usr/bin/env node
+import { parseArgs, type ParseArgsConfig } from 'node:util';
+import { openAuditDatabase, queryAudit, type AuditRow } from '../audit/store.js';
+import { sharedSecret } from '../auth/keys.js';
+import { mintAgentToken } from '../auth/mint.js';
+import { loadConfig } from '../config/load.js';
+import type { Environment } from '../config/types.js';
+import { ConfigError, ValetError } from '../errors.js';
+import { startGateway } from '../main.js';
+
+const USAGE = `valet — a valet-key gateway for AI agents
+
+Usage:
+  valet start [--config DIR] [--data DIR] [--port N] [--host H] [--env E]
+  valet token --agent ID [--tenant T] [--team T] [--role R]... [--env E] [--user U] [--ttl 15m] [--issuer NAME]
+  valet audit [--limit N] [--agent A] [--tenant T] [--upstream U] [--decision D] [--request-id ID] [--since 1h] [--format table|json]
+  valet policy check [DIR]
+
+Environment: VALET_CONFIG (./policies), VALET_DATA (./data), VALET_PORT, VALET_HOST, VALET_ENV, VALET_LOG_LEVEL.
+`;
+
+const common = {
+  config: { type: 'string' },
+  data: { type: 'string' },
+  help: { type: 'boolean', short: 'h' },
+} as const satisfies ParseArgsConfig['options'];
+
+class UsageError extends Error {}
+
+const env = process.env;
+const configDir = (v: string | undefined): string => v ?? env['VALET_CONFIG'] ?? 'policies';
+const dataDir = (v: string | undefined): string => v ?? env['VALET_DATA'] ?? 'data';
+
+function parse<O extends NonNullable<ParseArgsConfig['options']>>(args: string[], options: O, positionals = false) {
+  try {
+    return parseArgs({ args, options: { ...common, ...options }, allowPositionals: positionals, strict: true });
+  } catch (err) {
+    throw new UsageError((err as Error).message);
+  }
+}
+
+function integer(value: string | undefined, name: string, min: number, max: number): number | undefined {
+  if (value === undefined) return undefined;
+  const n = Number(value);
+  if (!Number.isInteger(n) || n < min || n > max) throw new UsageError(`--${name} must be an integer from ${min} to ${max}`);
+  return n;
+}
+
+function duration(value: string, name: string): number {
+  const m = /^(\d+)(s|m|h|d)$/.exec(value);
+  if (!m) throw new UsageError(`--${name} must look like 30s, 15m, 2h or 1d`);
+  return Number(m[1]) * { s: 1, m: 60, h: 3600, d: 86400 }[m[2] as 's' | 'm' | 'h' | 'd'];
+}
+
+function environment(value: string | undefined): Environment | undefined {
+  if (value === undefined) return undefined;
+  if (value !== 'development' && value !== 'staging' && value !== 'production') {
+    throw new UsageError('--env must be development, staging or production');
+  }
+  return value;
+}
+
+async function start(args: string[]): Promise<void> {
+  const { values } = parse(args, { port: { type: 'string' }, host: { type: 'string' }, env: { type: 'string' } });
+  const gateway = await startGateway({
+    configDir: configDir(values.config),
+    dataDir: dataDir(values.data),
+    port: integer(values.port ?? env['VALET_PORT'], 'port', 0, 65535),
+    host: values.host ?? env['VALET_HOST'],
+    environment: environment(values.env ?? env['VALET_ENV']),
+  });
+  let stopping = false;
+  const stop = (signal: string): void => {
+    if (stopping) return;
+    stopping = true;
+    gateway.logger.info({ signal }, 'shutting down');
+    gateway.close().then(
+      () => process.exit(0),
+      (err: unknown) => {
+        gateway.logger.error({ err }, 'shutdown failed');
+        process.exit(1);
+      },
+    );
+  };
+  process.on('SIGTERM', () => stop('SIGTERM'));
+  process.on('SIGINT', () => stop('SIGINT'));
+}
+
+async function token(args: string[]): Promise<void> {
+  const { values } = parse(args, {
+    agent: { type: 'string' },
+    tenant: { type: 'string' },
+    team: { type: 'string' },
+    role: { type: 'string', multiple: true },
+    env: { type: 'string' },
+    user: { type: 'string' },
+    ttl: { type: 'string', default: '15m' },
+    issuer: { type: 'string' },
+  });
+  if (!values.agent) throw new UsageError('--agent is required');
+  const ttlSeconds = duration(values.ttl, 'ttl');
+  if (ttlSeconds < 1 || ttlSeconds > 86400) throw new UsageError('--ttl must be between 1s and 24h');
+  const config = loadConfig(configDir(values.config));
+  const issuer = config.issuers.find((i) => (values.issuer ? i.name === values.issuer : i.key.kind === 'secret'));
+  if (!issuer || issuer.key.kind !== 'secret') {
+    throw new UsageError(values.issuer ? `no shared-secret issuer named "${values.issuer}"` : 'no shared-secret issuer is configured');
+  }
+  const secret = sharedSecret(issuer, dataDir(values.data));
+  const jwt = await mintAgentToken(issuer, secret, {
+    agent: values.agent,
+    tenant: values.tenant,
+    team: values.team,
+    roles: values.role,
+    environment: values.env,
+    user: values.user,
+    ttlSeconds,
+  });
+  process.stdout.write(`${jwt}\n`);
+}
+
+const COLUMNS: [keyof AuditRow, string][] = [
+  ['ts', 'TIME'],
+  ['request_id', 'REQUEST'],
+  ['agent', 'AGENT'],
+  ['tenant', 'TENANT'],
+  ['upstream', 'UPSTREAM'],
+  ['method', 'METHOD'],
+  ['path', 'PATH'],
+  ['decision', 'DECISION'],
+  ['rule', 'RULE'],
+  ['status', 'STATUS'],
+  ['upstream_status', 'UPSTREAM_STATUS'],
+  ['duration_ms', 'MS'],
+];
+
+async function audit(args: string[]): Promise<void> {
+  const { values } = parse(args, {
+    limit: { type: 'string', default: '20' },
+    agent: { type: 'string' },
+    tenant: { type: 'string' },
+    upstream: { type: 'string' },
+    decision: { type: 'string' },
+    'request-id': { type: 'string' },
+    since: { type: 'string' },
+    format: { type: 'string', default: 'table' },
+  });
+  if (values.format !== 'table' && values.format !== 'json') throw new UsageError('--format must be table or json');
+  let db;
+  try {
+    db = openAuditDatabase(dataDir(values.data), { readonly: true });
+  } catch {
+    throw new UsageError(`no audit database in ${dataDir(values.data)} (has the gateway run there?)`);
+  }
+  const rows = queryAudit(db, {
+    limit: integer(values.limit, 'limit', 1, 100_000) ?? 20,
+    agent: values.agent,
+    tenant: values.tenant,
+    upstream: values.upstream,
+    decision: values.decision,
+    requestId: values['request-id'],
+    sinceMs: values.since === undefined ? undefined : Date.now() - duration(values.since, 'since') * 1000,
+  });
+  db.close();
+  if (values.format === 'json') {
+    process.stdout.write(`${JSON.stringify(rows, null, 2)}\n`);
+    return;
+  }
+  const cells = rows.map((r) =>
+    COLUMNS.map(([k]) => (k === 'ts' ? new Date(r.ts).toISOString() : r[k] === null ? '-' : String(r[k]))),
+  );
+  const widths = COLUMNS.map(([, h], i) => Math.max(h.length, ...cells.map((c) => (c[i] as string).length)));
+  const line = (c: string[]): string => c.map((v, i) => v.padEnd(widths[i] as number)).join('  ').trimEnd();
+  process.stdout.write(`${[line(COLUMNS.map(([, h]) => h)), ...cells.map(line)].join('\n')}\n`);
+}
+
+async function policy(args: string[]): Promise<void> {
+  const [sub, ...rest] = args;
+  if (sub !== 'check') throw new UsageError('valet policy check [DIR]');
+  const { values, positionals } = parse(rest, {}, true);
+  const config = loadConfig(positionals[0] ?? configDir(values.config));
+  process.stdout.write(
+    `ok: ${config.issuers.length} issuer(s), ${config.upstreams.size} upstream(s), ${config.rules.length} rule(s), version ${config.version}\n`,
+  );
+}
+
+const COMMANDS: Record<string, (args: string[]) => Promise<void>> = { start, token, audit, policy };
+
+async function main(argv: string[]): Promise<void> {
+  const [command, ...args] = argv;
+  if (command === undefined || command === 'help' || command === '--help' || command === '-h') {
+    process.stdout.write(USAGE);
+    return;
+  }
+  const run = COMMANDS[command];
+  if (!run) throw new UsageError(`unknown command "${command}"`);
+  if (args.includes('--help') || args.includes('-h')) {
+    process.stdout.write(USAGE);
+    return;
+  }
+  await run(args);
+}
+
+main(process.argv.slice(2)).catch((err: unknown) => {
+  if (err instanceof UsageError) {
+    process.stderr.write(`valet: ${err.message}\n\n${USAGE}`);
+    process.exit(2);
+  }
+  if (err instanceof ConfigError) {
+    process.stderr.write(`valet: invalid configuration\n${err.message}\n`);
+    process.exit(1);
+  }
+  if (err instanceof ValetError) {
+    process.stderr.write(`valet: ${err.code}: ${err.message}\n`);
+    process.exit(1);
+  }
+  const e = err as NodeJS.ErrnoException;
+  process.stderr.write(`valet: ${e.code ? `${e.code}: ` : ''}${e.message}\n`);
+  process.exit(1);
+});

@@ -1,0 +1,342 @@
+import { createHash } from 'node:crypto';
+import { readdirSync, readFileSync, statSync } from 'node:fs';
+import { join, relative, resolve } from 'node:path';
+import { Ajv, type ErrorObject } from 'ajv';
+import { isMap, isPair, isScalar, LineCounter, parseDocument, type Document, type Node } from 'yaml';
+import { ConfigError, type ConfigProblem } from '../errors.js';
+import { fileSchema } from './schema.js';
+import type {
+  ClaimNames,
+  Config,
+  CredentialConfig,
+  Environment,
+  IssuerConfig,
+  IssuerKey,
+  RuleConfig,
+  UpstreamConfig,
+} from './types.js';
+
+const validateFile = new Ajv({ allErrors: true, strict: true, allowUnionTypes: true }).compile(fileSchema);
+
+const DEFAULT_CLAIMS: ClaimNames = { tenant: 'tenant', team: 'team', roles: 'roles', environment: 'env', user: 'user' };
+const SYMMETRIC = new Set(['HS256', 'HS384', 'HS512']);
+
+/* eslint-disable @typescript-eslint/no-explicit-any -- raw YAML before validation */
+type Raw = any;
+
+interface ParsedFile {
+  name: string;
+  doc: Document.Parsed;
+  lines: LineCounter;
+  data: Raw;
+}
+
+class Problems {
+  readonly list: ConfigProblem[] = [];
+
+  add(file: ParsedFile, path: readonly (string | number)[], message: string, atKey = false): void {
+    const { line, column } = locate(file, path, atKey);
+    this.list.push({ file: file.name, line, column, path: formatPath(path), message });
+  }
+}
+
+export interface LoadOptions {
+  /** Overrides `gateway.listen.port` (flag or `VALET_PORT`). */
+  port?: number | undefined;
+  host?: string | undefined;
+  environment?: Environment | undefined;
+}
+
+/**
+ * Reads every `*.yaml` / `*.yml` file below `dir`, validates it (unknown keys, types, references),
+ * and returns a deeply frozen {@link Config}. Throws {@link ConfigError} listing every problem with
+ * its file, line and column; never returns a partial configuration.
+ */
+export function loadConfig(dir: string, options: LoadOptions = {}): Config {
+  const root = resolve(dir);
+  let files: string[];
+  try {
+    files = listYaml(root);
+  } catch (err) {
+    throw new ConfigError([{ file: root, line: 0, column: 0, path: '', message: `cannot read directory (${(err as NodeJS.ErrnoException).code ?? 'error'})` }]);
+  }
+  if (files.length === 0) {
+    throw new ConfigError([{ file: root, line: 0, column: 0, path: '', message: 'no .yaml files found' }]);
+  }
+
+  const problems = new Problems();
+  const hash = createHash('sha256');
+  const parsed: ParsedFile[] = [];
+  for (const abs of files) {
+    const name = relative(process.cwd(), abs) || abs;
+    const text = readFileSync(abs, 'utf8');
+    hash.update(relative(root, abs)).update('\0').update(text).update('\0');
+    const lines = new LineCounter();
+    const doc = parseDocument(text, { lineCounter: lines, uniqueKeys: true, prettyErrors: false });
+    const file: ParsedFile = { name, doc, lines, data: undefined };
+    if (doc.errors.length > 0) {
+      for (const e of doc.errors) {
+        const pos = lines.linePos(e.pos[0]);
+        problems.list.push({ file: name, line: pos.line, column: pos.col, path: '', message: e.message.split('\n')[0] ?? e.message });
+      }
+      continue;
+    }
+    file.data = doc.toJS({ maxAliasCount: 100 }) ?? {};
+    if (!validateFile(file.data)) {
+      for (const e of validateFile.errors ?? []) reportSchemaError(problems, file, e);
+      continue;
+    }
+    parsed.push(file);
+  }
+
+  const config = problems.list.length === 0 ? assemble(root, parsed, problems, options) : undefined;
+  if (problems.list.length > 0 || config === undefined) throw new ConfigError(problems.list);
+  return deepFreeze({ ...config, version: `sha256:${hash.digest('hex').slice(0, 16)}` });
+}
+
+function assemble(root: string, files: ParsedFile[], problems: Problems, options: LoadOptions): Omit<Config, 'version'> | undefined {
+  let gatewayRaw: Raw;
+  let gatewayFile: ParsedFile | undefined;
+  const issuers: IssuerConfig[] = [];
+  const upstreams = new Map<string, UpstreamConfig>();
+  const rules: RuleConfig[] = [];
+  const issuerNames = new Set<string>();
+  const ruleIds = new Set<string>();
+  const pendingRules: { file: ParsedFile; index: number; raw: Raw }[] = [];
+
+  for (const file of files) {
+    const d = file.data;
+    if (d.gateway !== undefined) {
+      if (gatewayFile !== undefined) {
+        problems.add(file, ['gateway'], `defined again (first in ${gatewayFile.name})`, true);
+      } else {
+        gatewayRaw = d.gateway;
+        gatewayFile = file;
+      }
+    }
+    (d.issuers ?? []).forEach((raw: Raw, i: number) => {
+      const issuer = buildIssuer(root, file, i, raw, problems);
+      if (issuerNames.has(raw.name)) problems.add(file, ['issuers', i, 'name'], `issuer "${raw.name}" is defined twice`);
+      issuerNames.add(raw.name);
+      if (issuer) issuers.push(issuer);
+    });
+    (d.upstreams ?? []).forEach((raw: Raw, i: number) => {
+      const upstream = buildUpstream(file, i, raw, problems);
+      if (upstreams.has(raw.name)) problems.add(file, ['upstreams', i, 'name'], `upstream "${raw.name}" is defined twice`);
+      else if (upstream) upstreams.set(upstream.name, upstream);
+    });
+    (d.rules ?? []).forEach((raw: Raw, index: number) => pendingRules.push({ file, index, raw }));
+  }
+
+  for (const { file, index, raw } of pendingRules) {
+    const at = ['rules', index];
+    if (ruleIds.has(raw.id)) problems.add(file, [...at, 'id'], `rule id "${raw.id}" is used twice`);
+    ruleIds.add(raw.id);
+    if (raw.upstream !== undefined && !upstreams.has(raw.upstream)) {
+      problems.add(file, [...at, 'upstream'], `unknown upstream "${raw.upstream}"`);
+    }
+    (raw.paths ?? []).forEach((p: string, j: number) => {
+      const why = checkPathPattern(p);
+      if (why) problems.add(file, [...at, 'paths', j], why);
+    });
+    rules.push({
+      id: raw.id,
+      description: raw.description,
+      upstream: raw.upstream,
+      methods: raw.methods,
+      paths: raw.paths,
+      effect: raw.effect,
+      reason: raw.reason,
+      source: `${file.name}:${locate(file, at, false).line}`,
+    });
+  }
+
+  if (issuers.length === 0 && problems.list.length === 0) {
+    problems.list.push({ file: root, line: 0, column: 0, path: 'issuers', message: 'at least one token issuer is required' });
+  }
+  if (problems.list.length > 0) return undefined;
+
+  const g = gatewayRaw ?? {};
+  return {
+    dir: root,
+    gateway: {
+      environment: options.environment ?? g.environment ?? 'development',
+      listen: { host: options.host ?? g.listen?.host ?? '127.0.0.1', port: options.port ?? g.listen?.port ?? 8080 },
+      shutdownGraceMs: g.shutdown_grace_ms ?? 10_000,
+      maxHeaderBytes: g.max_header_bytes ?? 16_384,
+    },
+    issuers,
+    upstreams,
+    rules,
+  };
+}
+
+function buildIssuer(root: string, file: ParsedFile, i: number, raw: Raw, problems: Problems): IssuerConfig | undefined {
+  const at = ['issuers', i];
+  const sources = ['secret', 'public_key_file', 'jwks_file', 'jwks_url'].filter((k) => raw[k] !== undefined);
+  if (sources.length !== 1) {
+    problems.add(file, at, `exactly one of secret, public_key_file, jwks_file, jwks_url is required (found ${sources.length})`);
+    return undefined;
+  }
+  const algorithms: string[] = raw.algorithms;
+  const symmetric = algorithms.filter((a) => SYMMETRIC.has(a));
+  if (raw.secret !== undefined && symmetric.length !== algorithms.length) {
+    problems.add(file, [...at, 'algorithms'], 'a shared secret only verifies HS* algorithms');
+    return undefined;
+  }
+  if (raw.secret === undefined && symmetric.length > 0) {
+    // A public key must never be usable as an HMAC secret (the RS256 → HS256 confusion).
+    problems.add(file, [...at, 'algorithms'], 'HS* algorithms need a shared secret, not a public key');
+    return undefined;
+  }
+  let key: IssuerKey;
+  if (raw.secret !== undefined) key = { kind: 'secret', env: raw.secret.env, generate: raw.secret.generate ?? false };
+  else if (raw.public_key_file !== undefined) key = { kind: 'public_key_file', path: resolve(root, raw.public_key_file) };
+  else if (raw.jwks_file !== undefined) key = { kind: 'jwks_file', path: resolve(root, raw.jwks_file) };
+  else key = { kind: 'jwks_url', url: raw.jwks_url };
+  return {
+    name: raw.name,
+    issuer: raw.issuer,
+    audience: typeof raw.audience === 'string' ? [raw.audience] : raw.audience,
+    algorithms,
+    clockSkewS: raw.clock_skew_s ?? 30,
+    key,
+    claims: { ...DEFAULT_CLAIMS, ...(raw.claims ?? {}) },
+  };
+}
+
+function buildUpstream(file: ParsedFile, i: number, raw: Raw, problems: Problems): UpstreamConfig | undefined {
+  const at = ['upstreams', i];
+  let origin: URL;
+  try {
+    origin = new URL(raw.origin);
+  } catch {
+    problems.add(file, [...at, 'origin'], 'not a valid URL');
+    return undefined;
+  }
+  if (origin.username || origin.password || origin.search || origin.hash || (origin.pathname !== '/' && origin.pathname !== '')) {
+    problems.add(file, [...at, 'origin'], 'must be scheme://host[:port] only (no path, query, fragment or credentials)');
+    return undefined;
+  }
+  const c = raw.credential;
+  const cat = [...at, 'credential'];
+  const allowed: Record<string, string[]> = { bearer: [], header: ['header', 'prefix'], basic: ['username'], query: ['param'] };
+  for (const k of ['header', 'prefix', 'username', 'param']) {
+    if (c[k] !== undefined && !allowed[c.scheme]?.includes(k)) problems.add(file, [...cat, k], `not used by scheme "${c.scheme}"`, true);
+  }
+  let credential: CredentialConfig;
+  switch (c.scheme) {
+    case 'header':
+      if (c.header === undefined) problems.add(file, cat, 'scheme "header" needs "header"');
+      credential = { scheme: 'header', header: String(c.header).toLowerCase(), prefix: c.prefix ?? '', secret: c.secret };
+      break;
+    case 'query':
+      if (c.param === undefined) problems.add(file, cat, 'scheme "query" needs "param"');
+      credential = { scheme: 'query', param: c.param, secret: c.secret };
+      break;
+    case 'basic':
+      credential = { scheme: 'basic', username: c.username, secret: c.secret };
+      break;
+    default:
+      credential = { scheme: 'bearer', secret: c.secret };
+  }
+  return {
+    name: raw.name,
+    origin: origin.origin,
+    agentTokenHeader: (raw.agent_token?.header ?? 'authorization').toLowerCase(),
+    agentTokenQuery: raw.agent_token?.query,
+    credential,
+    timeouts: {
+      connectMs: raw.timeouts?.connect_ms ?? 10_000,
+      headersMs: raw.timeouts?.headers_ms ?? 120_000,
+      bodyMs: raw.timeouts?.body_ms ?? 300_000,
+    },
+    connections: raw.connections ?? 64,
+  };
+}
+
+/** Path patterns: literal segments, `*` (one segment) or a final `**` (any remainder). */
+function checkPathPattern(p: string): string | undefined {
+  const segments = p.split('/').slice(1);
+  for (const [i, s] of segments.entries()) {
+    if (s === '**' && i !== segments.length - 1) return '"**" may only be the last segment';
+    if (s === '.' || s === '..') return 'dot segments are not allowed in patterns';
+    if (s !== '*' && s !== '**' && /[*%?#\\]/.test(s)) return `segment "${s}" may not contain *, %, ?, # or \\`;
+  }
+  return undefined;
+}
+
+function reportSchemaError(problems: Problems, file: ParsedFile, e: ErrorObject): void {
+  const path = e.instancePath.split('/').slice(1).map((s) => {
+    const unescaped = s.replace(/~1/g, '/').replace(/~0/g, '~');
+    return /^\d+$/.test(unescaped) ? Number(unescaped) : unescaped;
+  });
+  switch (e.keyword) {
+    case 'additionalProperties': {
+      const key = (e.params as { additionalProperty: string }).additionalProperty;
+      problems.add(file, [...path, key], 'unknown key', true);
+      return;
+    }
+    case 'required':
+      problems.add(file, path, `missing required key "${(e.params as { missingProperty: string }).missingProperty}"`);
+      return;
+    case 'enum':
+      problems.add(file, path, `must be one of ${(e.params as { allowedValues: unknown[] }).allowedValues.map((v) => JSON.stringify(v)).join(', ')}`);
+      return;
+    case 'oneOf':
+      return; // the branch errors say more
+    default:
+      problems.add(file, path, e.message ?? 'invalid');
+  }
+}
+
+function locate(file: ParsedFile, path: readonly (string | number)[], atKey: boolean): { line: number; column: number } {
+  let offset = 0;
+  if (atKey && path.length > 0) {
+    const parent = file.doc.getIn(path.slice(0, -1), true) as Node | undefined;
+    if (isMap(parent)) {
+      const pair = parent.items.find((it) => isPair(it) && isScalar(it.key) && it.key.value === path[path.length - 1]);
+      if (pair && isScalar(pair.key) && pair.key.range) offset = pair.key.range[0];
+    }
+  }
+  if (offset === 0) {
+    for (let n = path.length; n >= 0; n--) {
+      const node = (n === 0 ? file.doc.contents : file.doc.getIn(path.slice(0, n), true)) as Node | undefined;
+      if (node && typeof node === 'object' && 'range' in node && node.range) {
+        offset = node.range[0];
+        break;
+      }
+    }
+  }
+  const pos = file.lines.linePos(offset);
+  return { line: pos.line, column: pos.col };
+}
+
+function formatPath(path: readonly (string | number)[]): string {
+  return path.map((p) => (typeof p === 'number' ? `[${p}]` : `.${p}`)).join('').replace(/^\./, '');
+}
+
+function listYaml(dir: string): string[] {
+  const out: string[] = [];
+  for (const entry of readdirSync(dir).sort()) {
+    if (entry.startsWith('.')) continue;
+    const abs = join(dir, entry);
+    if (statSync(abs).isDirectory()) out.push(...listYaml(abs));
+    else if (/\.ya?ml$/.test(entry)) out.push(abs);
+  }
+  return out;
+}
+
+function deepFreeze<T>(value: T): T {
+  if (value instanceof Map) {
+    for (const v of value.values()) deepFreeze(v);
+    // Maps cannot be frozen in place; block the mutators instead.
+    const blocked = (): never => {
+      throw new TypeError('configuration is frozen');
+    };
+    Object.assign(value, { set: blocked, delete: blocked, clear: blocked });
+  } else if (value !== null && typeof value === 'object' && !Object.isFrozen(value)) {
+    for (const v of Object.values(value)) deepFreeze(v);
+  }
+  return Object.freeze(value);
+}

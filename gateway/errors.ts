@@ -1,0 +1,69 @@
+/**
+ * The one table of error codes. Every error an agent, an operator or a script can see has a code
+ * here, an HTTP status and a fixed, secret-free message. `docs/errors.md` documents each code and a
+ * test fails when the two disagree.
+ */
+export const ERRORS = {
+  VALET_ERR_BAD_REQUEST: { status: 400, message: 'The request is malformed or ambiguous.' },
+  VALET_ERR_BAD_PATH: { status: 400, message: 'The request path is not canonical or is ambiguous.' },
+  VALET_ERR_TOKEN_MISSING: { status: 401, message: 'No agent token was presented.' },
+  VALET_ERR_TOKEN_INVALID: { status: 401, message: 'The agent token is invalid.' },
+  VALET_ERR_TOKEN_EXPIRED: { status: 401, message: 'The agent token has expired.' },
+  VALET_ERR_POLICY_DENIED: { status: 403, message: 'Policy denied this request.' },
+  VALET_ERR_UNKNOWN_UPSTREAM: { status: 404, message: 'No upstream is configured under this name.' },
+  VALET_ERR_CREDENTIAL_UNAVAILABLE: {
+    status: 503,
+    message: 'The credential for this upstream is not available; nothing was forwarded.',
+  },
+  VALET_ERR_SHUTTING_DOWN: { status: 503, message: 'The gateway is shutting down.' },
+  VALET_ERR_UPSTREAM_UNREACHABLE: { status: 502, message: 'The upstream could not be reached.' },
+  VALET_ERR_UPSTREAM_TIMEOUT: { status: 504, message: 'The upstream did not answer in time.' },
+  VALET_ERR_INTERNAL: { status: 500, message: 'Internal gateway error.' },
+  VALET_ERR_CONFIG: { status: 500, message: 'The configuration is invalid.' },
+} as const satisfies Record<string, { status: number; message: string }>;
+
+export type ErrorCode = keyof typeof ERRORS;
+
+/** A failure with a code from {@link ERRORS}. `detail` must never contain a secret or a token. */
+export class ValetError extends Error {
+  readonly code: ErrorCode;
+  readonly status: number;
+  readonly detail: string | undefined;
+  /** Further secret-free fields for the JSON body (e.g. the denying rule). */
+  readonly extra: Readonly<Record<string, unknown>> | undefined;
+
+  constructor(code: ErrorCode, detail?: string, options?: { cause?: unknown; extra?: Record<string, unknown> }) {
+    super(detail ?? ERRORS[code].message, options);
+    this.name = 'ValetError';
+    this.code = code;
+    this.status = ERRORS[code].status;
+    this.detail = detail;
+    this.extra = options?.extra;
+  }
+}
+
+/** One problem found in configuration, located in its file. */
+export interface ConfigProblem {
+  file: string;
+  line: number;
+  column: number;
+  path: string;
+  message: string;
+}
+
+/** Raised when a configuration directory cannot be loaded; carries every problem found. */
+export class ConfigError extends ValetError {
+  readonly problems: readonly ConfigProblem[];
+
+  constructor(problems: readonly ConfigProblem[]) {
+    super('VALET_ERR_CONFIG', formatProblems(problems));
+    this.name = 'ConfigError';
+    this.problems = problems;
+  }
+}
+
+export function formatProblems(problems: readonly ConfigProblem[]): string {
+  return problems
+    .map((p) => `${p.file}:${p.line}:${p.column}: ${p.path ? `${p.path}: ` : ''}${p.message}`)
+    .join('\n');
+}

@@ -1,0 +1,129 @@
+import { createServer, type Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { resolve } from 'node:path';
+import type { DestinationStream, Logger } from 'pino';
+import { openAuditDatabase } from './audit/store.js';
+import { createAuditWriter } from './audit/writer.js';
+import { createTokenVerifier } from './auth/verify.js';
+import { loadConfig } from './config/load.js';
+import type { Config, Environment } from './config/types.js';
+import { ValetError } from './errors.js';
+import { createLogger } from './log.js';
+import { compilePolicy } from './policy/compile.js';
+import { createForwarder } from './proxy/forward.js';
+import { envSecretSource } from './secrets/env.js';
+import { createPipeline } from './server/pipeline.js';
+import { sendError } from './server/respond.js';
+
+export interface GatewayOptions {
+  configDir: string;
+  dataDir: string;
+  port?: number | undefined;
+  host?: string | undefined;
+  environment?: Environment | undefined;
+  /** Where log lines go (stdout by default); tests pass a sink. */
+  logDestination?: DestinationStream | undefined;
+  env?: NodeJS.ProcessEnv | undefined;
+}
+
+export interface RunningGateway {
+  readonly config: Config;
+  readonly server: Server;
+  readonly port: number;
+  readonly url: string;
+  readonly logger: Logger;
+  /** Stops accepting, drains in-flight requests (up to the grace period), flushes the audit log. */
+  close(): Promise<void>;
+}
+
+/**
+ * The composition root: loads and freezes config, builds every concrete module, and starts the
+ * data-plane listener. Any configuration problem throws before a socket is opened.
+ */
+export async function startGateway(options: GatewayOptions): Promise<RunningGateway> {
+  const logger = createLogger(options.logDestination);
+  const dataDir = resolve(options.dataDir);
+  const config = loadConfig(options.configDir, { port: options.port, host: options.host, environment: options.environment });
+  const verifyToken = createTokenVerifier(config.issuers, dataDir);
+  const policy = compilePolicy(config.rules);
+  const secrets = envSecretSource([...config.upstreams.values()].map((u) => u.credential.secret), options.env ?? process.env);
+  if (secrets.missing.length > 0) {
+    logger.warn({ missing: secrets.missing }, 'upstream credentials not set; requests to those upstreams are refused (503)');
+  }
+  const db = openAuditDatabase(dataDir);
+  const audit = createAuditWriter(db, { policyVersion: () => config.version, logger });
+  const forwarder = createForwarder(config.upstreams.values());
+  const handle = createPipeline({ config, verifyToken, policy, secrets, forwarder, audit, logger });
+
+  let draining = false;
+  let inFlight = 0;
+  let idle: (() => void) | undefined;
+  const server = createServer(
+    { maxHeaderSize: config.gateway.maxHeaderBytes, keepAliveTimeout: 5_000, headersTimeout: 30_000, requestTimeout: 0 },
+    (req, res) => {
+      if (draining) {
+        sendError(res, new ValetError('VALET_ERR_SHUTTING_DOWN'), 'shutdown');
+        return;
+      }
+      inFlight++;
+      handle(req, res)
+        .catch((err: unknown) => logger.error({ err }, 'request handler failed'))
+        .finally(() => {
+          inFlight--;
+          if (draining && inFlight === 0) idle?.();
+        });
+    },
+  );
+  server.on('clientError', (err: NodeJS.ErrnoException, socket) => {
+    if (socket.writable) {
+      const body = JSON.stringify({ error: { code: 'VALET_ERR_BAD_REQUEST', message: 'The request could not be parsed.', request_id: null } });
+      socket.end(`HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\ncontent-length: ${Buffer.byteLength(body)}\r\nconnection: close\r\n\r\n${body}`);
+    } else {
+      socket.destroy();
+    }
+    logger.info({ code: err.code }, 'client error');
+  });
+
+  await new Promise<void>((resolveListen, reject) => {
+    server.once('error', reject);
+    server.listen(config.gateway.listen.port, config.gateway.listen.host, () => {
+      server.off('error', reject);
+      resolveListen();
+    });
+  });
+  const port = (server.address() as AddressInfo).port;
+  const host = config.gateway.listen.host.includes(':') ? `[${config.gateway.listen.host}]` : config.gateway.listen.host;
+  logger.info(
+    { port, host: config.gateway.listen.host, environment: config.gateway.environment, policyVersion: config.version, upstreams: [...config.upstreams.keys()] },
+    'valet listening',
+  );
+
+  let closing: Promise<void> | undefined;
+  const close = (): Promise<void> =>
+    (closing ??= (async () => {
+      draining = true;
+      const closed = new Promise<void>((r) => server.close(() => r()));
+      server.closeIdleConnections();
+      if (inFlight > 0) {
+        await Promise.race([
+          new Promise<void>((r) => {
+            idle = r;
+          }),
+          new Promise<void>((r) => setTimeout(r, config.gateway.shutdownGraceMs).unref()),
+        ]);
+      }
+      server.closeAllConnections();
+      // Requests cut off at the end of the grace period still write their audit rows.
+      if (inFlight > 0) await new Promise<void>((r) => {
+        idle = r;
+        setTimeout(r, 1_000).unref();
+      });
+      await closed;
+      await forwarder.close();
+      audit.close();
+      db.close();
+      logger.info({}, 'valet stopped');
+    })());
+
+  return { config, server, port, url: `http://${host}:${port}`, logger, close };
+}

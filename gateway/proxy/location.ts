@@ -1,0 +1,28 @@
+import type { UpstreamConfig } from '../config/types.js';
+
+const REDACTED = '[REDACTED]';
+
+/**
+ * Returns a `Location` value safe to hand to the agent: no userinfo, no credential query
+ * parameter, and no copy of the secret in plain, URL-encoded or base64 form.
+ */
+export function scrubLocation(location: string, upstream: UpstreamConfig, secret: string | undefined): string {
+  let value = location;
+  if (secret) {
+    for (const form of new Set([secret, encodeURIComponent(secret), Buffer.from(secret).toString('base64')])) {
+      value = value.split(form).join(REDACTED);
+    }
+  }
+  const absolute = /^[a-z][a-z0-9+.-]*:/i.test(value) || value.startsWith('//');
+  let url: URL;
+  try {
+    url = new URL(value, upstream.origin);
+  } catch {
+    return value;
+  }
+  url.username = '';
+  url.password = '';
+  const names = [upstream.credential.scheme === 'query' ? upstream.credential.param : undefined, upstream.agentTokenQuery];
+  for (const name of names) if (name !== undefined) url.searchParams.delete(name);
+  return absolute ? url.href : `${url.pathname}${url.search}${url.hash}`;
+}

@@ -1,0 +1,112 @@
+import { ValetError } from '../errors.js';
+
+/** The request target split into the upstream name and the canonical path below it. */
+export interface CanonicalTarget {
+  readonly upstream: string;
+  /** Decoded path, dot segments resolved; what policy sees. */
+  readonly path: string;
+  /** The same path re-encoded one canonical way; what is forwarded. */
+  readonly forwardPath: string;
+  readonly rawQuery: string;
+}
+
+const UPSTREAM_NAME = /^[a-z][a-z0-9_-]{0,62}$/;
+// Anything that a later parser (ours, the upstream's, a WAF) could read differently.
+const FORBIDDEN_RAW = /[\x00-\x20\x7f\\#]/;
+const BAD_ESCAPE = /%(?![0-9A-Fa-f]{2})/;
+const FORBIDDEN_DECODED = /[\x00-\x1f\x7f/\\%]/;
+
+function bad(detail: string): ValetError {
+  return new ValetError('VALET_ERR_BAD_PATH', `The request path is not canonical: ${detail}.`);
+}
+
+/**
+ * Canonicalises an origin-form request target once: decodes each segment once, resolves dot
+ * segments, and refuses encoded slashes or backslashes, NUL and control characters, double
+ * encoding, empty segments and anything that would climb above the upstream's root.
+ */
+export function canonicalTarget(rawUrl: string): CanonicalTarget {
+  if (!rawUrl.startsWith('/')) {
+    throw new ValetError('VALET_ERR_BAD_REQUEST', 'Only origin-form request targets ("/upstream/path") are accepted.');
+  }
+  if (rawUrl.startsWith('//')) throw bad('it starts with "//"');
+  if (FORBIDDEN_RAW.test(rawUrl)) throw bad('it contains a control character, space, backslash or "#"');
+  const q = rawUrl.indexOf('?');
+  const rawPath = q === -1 ? rawUrl : rawUrl.slice(0, q);
+  const rawQuery = q === -1 ? '' : rawUrl.slice(q + 1);
+  if (BAD_ESCAPE.test(rawUrl)) throw bad('it contains an invalid percent-escape');
+
+  const [, upstream = '', ...rest] = rawPath.split('/');
+  if (!UPSTREAM_NAME.test(upstream)) {
+    throw new ValetError('VALET_ERR_UNKNOWN_UPSTREAM', 'The first path segment must name a configured upstream.');
+  }
+
+  const out: string[] = [];
+  for (const [i, raw] of rest.entries()) {
+    const last = i === rest.length - 1;
+    if (raw === '') {
+      if (last) break; // a trailing slash is kept below
+      throw bad('it contains an empty segment');
+    }
+    let seg: string;
+    try {
+      seg = decodeURIComponent(raw);
+    } catch {
+      throw bad('a segment is not valid percent-encoded UTF-8');
+    }
+    if (FORBIDDEN_DECODED.test(seg)) throw bad('a segment encodes a slash, backslash, percent sign or control character');
+    if (seg === '.') continue;
+    if (seg === '..') {
+      if (out.length === 0) throw bad('it climbs above the upstream root');
+      out.pop();
+      continue;
+    }
+    out.push(seg);
+  }
+  const trailing = rest.length > 0 && rest[rest.length - 1] === '' && out.length > 0 ? '/' : '';
+  const path = `/${out.join('/')}${trailing}`;
+  const forwardPath = `/${out.map(encodeSegment).join('/')}${trailing}`;
+  return { upstream, path, forwardPath, rawQuery };
+}
+
+/** Percent-encodes a decoded segment, leaving RFC 3986 unreserved characters and sub-delims. */
+function encodeSegment(seg: string): string {
+  return encodeURIComponent(seg).replace(/%(24|26|2B|2C|3B|3D|3A|40)/g, (m) => decodeURIComponent(m));
+}
+
+export interface CanonicalQuery {
+  /** Parameters that remain, form-decoded; what policy sees. */
+  readonly query: Record<string, string[]>;
+  /** The raw query without the removed parameters; what is forwarded. */
+  readonly rawQuery: string;
+  /** Values of the removed parameters, by lower-case name. */
+  readonly removed: Record<string, string[]>;
+}
+
+/** Parses the query (form-style decoding) and removes the named parameters (case-insensitive). */
+export function canonicalQuery(rawQuery: string, remove: ReadonlySet<string>): CanonicalQuery {
+  const query: Record<string, string[]> = Object.create(null);
+  const removed: Record<string, string[]> = Object.create(null);
+  const kept: string[] = [];
+  if (rawQuery === '') return { query, rawQuery, removed };
+  for (const pair of rawQuery.split('&')) {
+    if (pair === '') continue;
+    const eq = pair.indexOf('=');
+    let name: string;
+    let value: string;
+    try {
+      name = decodeURIComponent((eq === -1 ? pair : pair.slice(0, eq)).replace(/\+/g, ' '));
+      value = eq === -1 ? '' : decodeURIComponent(pair.slice(eq + 1).replace(/\+/g, ' '));
+    } catch {
+      throw new ValetError('VALET_ERR_BAD_REQUEST', 'The query string is not valid percent-encoded UTF-8.');
+    }
+    const lower = name.toLowerCase();
+    if (remove.has(lower)) {
+      (removed[lower] ??= []).push(value);
+      continue;
+    }
+    kept.push(pair);
+    (query[name] ??= []).push(value);
+  }
+  return { query, rawQuery: kept.join('&'), removed };
+}

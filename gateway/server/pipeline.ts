@@ -1,0 +1,246 @@
+import { randomUUID } from 'node:crypto';
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import { performance } from 'node:perf_hooks';
+import { Transform, type Readable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
+import type { Logger } from 'pino';
+import type { AuditWriter } from '../audit/writer.js';
+import type { TokenVerifier } from '../auth/verify.js';
+import type { Config, UpstreamConfig } from '../config/types.js';
+import { ValetError } from '../errors.js';
+import type { Policy } from '../policy/compile.js';
+import type { Forwarder } from '../proxy/forward.js';
+import { upstreamError } from '../proxy/forward.js';
+import { forwardableRequestHeaders, forwardableResponseHeaders, injectCredential } from '../proxy/headers.js';
+import { scrubLocation } from '../proxy/location.js';
+import type { SecretSource } from '../secrets/env.js';
+import type { AuditRecord, RequestFacts } from '../types.js';
+import { canonicalQuery, canonicalTarget } from './canonical.js';
+import { sendError, toValetError } from './respond.js';
+
+/** The concrete modules the request path calls, built by the composition root. */
+export interface PipelineDeps {
+  readonly config: Config;
+  readonly verifyToken: TokenVerifier;
+  readonly policy: Policy;
+  readonly secrets: SecretSource;
+  readonly forwarder: Forwarder;
+  readonly audit: AuditWriter;
+  readonly logger: Logger;
+}
+
+export type RequestHandler = (req: IncomingMessage, res: ServerResponse) => Promise<void>;
+
+const BEARER = /^Bearer[ \t]+([^\s]+)[ \t]*$/i;
+
+/**
+ * The data plane, top to bottom: receive → authenticate → describe → decide → inject → forward →
+ * record. Every outcome, including every failure, is audited exactly once.
+ */
+export function createPipeline(deps: PipelineDeps): RequestHandler {
+  const { config, verifyToken, policy, secrets, forwarder, audit, logger } = deps;
+
+  return async (req, res) => {
+    const started = performance.now();
+    const requestId = randomUUID();
+    res.setHeader('x-request-id', requestId);
+    const rec: AuditRecord = {
+      ts: Date.now(),
+      requestId,
+      agent: null,
+      tenant: null,
+      user: null,
+      upstream: null,
+      method: req.method ?? 'GET',
+      path: '',
+      decision: null,
+      rule: null,
+      reason: null,
+      status: 0,
+      upstreamStatus: null,
+      errorCode: null,
+      durationMs: 0,
+      bytesIn: 0,
+      bytesOut: 0,
+    };
+    const abort = new AbortController();
+    res.once('close', () => {
+      if (!res.writableFinished) abort.abort();
+    });
+
+    try {
+      // 1. receive
+      checkFraming(req);
+      const target = canonicalTarget(req.url ?? '');
+      rec.path = target.path;
+      const upstream = config.upstreams.get(target.upstream);
+      if (!upstream) throw new ValetError('VALET_ERR_UNKNOWN_UPSTREAM');
+      rec.upstream = upstream.name;
+      const q = canonicalQuery(target.rawQuery, credentialQueryParams(upstream));
+
+      // 2. authenticate
+      const identity = await verifyToken(agentToken(req.rawHeaders, upstream, q.removed));
+      rec.agent = identity.agent;
+      rec.tenant = identity.tenant ?? null;
+      rec.user = identity.user ?? null;
+
+      // 3. describe
+      const facts: RequestFacts = {
+        upstream: upstream.name,
+        method: rec.method,
+        path: target.path,
+        forwardPath: target.forwardPath,
+        rawQuery: q.rawQuery,
+        query: q.query,
+      };
+
+      // 4. decide
+      const decision = policy.evaluate(identity, facts);
+      rec.decision = decision.effect;
+      rec.rule = decision.rules.join(',');
+      rec.reason = decision.reason;
+      if (decision.effect !== 'allow') {
+        const rule = decision.rules.join(', ');
+        throw new ValetError('VALET_ERR_POLICY_DENIED', `Denied by rule ${rule}: ${decision.reason}`, {
+          extra: { rule, reason: decision.reason },
+        });
+      }
+
+      // 6. inject
+      const secret = secrets.get(upstream.credential.secret, identity.tenant);
+      if (secret === undefined) throw new ValetError('VALET_ERR_CREDENTIAL_UNAVAILABLE');
+      const injected = injectCredential(forwardableRequestHeaders(req.rawHeaders, upstream), facts.rawQuery, upstream.credential, secret);
+      const { body, length } = requestBody(req, rec);
+      if (length !== undefined) injected.headers.push(['content-length', length]);
+
+      // 7. forward
+      const upstreamRes = await forwarder.forward(upstream, {
+        method: facts.method,
+        path: injected.rawQuery === '' ? facts.forwardPath : `${facts.forwardPath}?${injected.rawQuery}`,
+        headers: injected.headers,
+        body,
+        signal: abort.signal,
+      });
+      rec.upstreamStatus = upstreamRes.statusCode;
+      res.writeHead(
+        upstreamRes.statusCode,
+        forwardableResponseHeaders(upstreamRes.headers, (loc) => scrubLocation(loc, upstream, secret)),
+      );
+      res.flushHeaders();
+      try {
+        await pipeline(
+          upstreamRes.body,
+          byteCounter((n) => {
+            rec.bytesOut += n;
+          }),
+          res,
+        );
+      } catch (err) {
+        if (!abort.signal.aborted) throw upstreamError(err);
+        rec.errorCode = 'VALET_ERR_CLIENT_CLOSED';
+      }
+    } catch (err) {
+      const e = toValetError(err);
+      rec.errorCode = e.code;
+      if (e.code === 'VALET_ERR_INTERNAL') logger.error({ reqId: requestId, err: e.cause }, 'internal error');
+      sendError(res, e, requestId);
+    } finally {
+      rec.status = res.statusCode;
+      rec.durationMs = Math.round((performance.now() - started) * 1000) / 1000;
+      audit.record(rec);
+      logger.info(
+        {
+          reqId: requestId,
+          agent: rec.agent,
+          tenant: rec.tenant,
+          upstream: rec.upstream,
+          method: rec.method,
+          path: rec.path,
+          decision: rec.decision,
+          rule: rec.rule,
+          status: rec.status,
+          upstreamStatus: rec.upstreamStatus,
+          errorCode: rec.errorCode,
+          ms: rec.durationMs,
+          bytesIn: rec.bytesIn,
+          bytesOut: rec.bytesOut,
+        },
+        'request',
+      );
+    }
+  };
+}
+
+/** Refuses requests whose framing two parsers could read differently. */
+function checkFraming(req: IncomingMessage): void {
+  let host = 0;
+  let contentLength = 0;
+  let transferEncoding = 0;
+  for (let i = 0; i < req.rawHeaders.length; i += 2) {
+    const name = (req.rawHeaders[i] as string).toLowerCase();
+    if (name === 'host') host++;
+    else if (name === 'content-length') contentLength++;
+    else if (name === 'transfer-encoding') transferEncoding++;
+  }
+  if (host > 1 || contentLength > 1 || transferEncoding > 1 || (contentLength > 0 && transferEncoding > 0)) {
+    throw new ValetError('VALET_ERR_BAD_REQUEST', 'Ambiguous request framing (repeated Host, Content-Length or Transfer-Encoding).');
+  }
+  const te = req.headers['transfer-encoding'];
+  if (te !== undefined && te.trim().toLowerCase() !== 'chunked') {
+    throw new ValetError('VALET_ERR_BAD_REQUEST', 'Only "Transfer-Encoding: chunked" is accepted.');
+  }
+}
+
+function credentialQueryParams(upstream: UpstreamConfig): ReadonlySet<string> {
+  const names = new Set<string>();
+  if (upstream.agentTokenQuery !== undefined) names.add(upstream.agentTokenQuery.toLowerCase());
+  if (upstream.credential.scheme === 'query') names.add(upstream.credential.param.toLowerCase());
+  return names;
+}
+
+/**
+ * The one agent token presented, from `Authorization: Bearer`, the upstream SDK's key header or
+ * (only when configured) a query parameter. Two different tokens are refused rather than guessed.
+ */
+function agentToken(rawHeaders: readonly string[], upstream: UpstreamConfig, removedQuery: Record<string, string[]>): string {
+  const found = new Set<string>();
+  for (let i = 0; i < rawHeaders.length; i += 2) {
+    const name = (rawHeaders[i] as string).toLowerCase();
+    const value = rawHeaders[i + 1] as string;
+    if (name === 'authorization') {
+      const m = BEARER.exec(value);
+      if (m) found.add(m[1] as string);
+    } else if (name === upstream.agentTokenHeader && value.trim() !== '') {
+      found.add(value.trim());
+    }
+  }
+  if (upstream.agentTokenQuery !== undefined) {
+    for (const v of removedQuery[upstream.agentTokenQuery.toLowerCase()] ?? []) if (v !== '') found.add(v);
+  }
+  if (found.size === 0) throw new ValetError('VALET_ERR_TOKEN_MISSING');
+  if (found.size > 1) throw new ValetError('VALET_ERR_TOKEN_INVALID', 'The agent token is invalid: more than one token was presented.');
+  return found.values().next().value as string;
+}
+
+/** The body to stream upstream, counting bytes as they pass; `length` when the agent declared one. */
+function requestBody(req: IncomingMessage, rec: AuditRecord): { body: Readable | null; length: string | undefined } {
+  const length = req.headers['content-length'];
+  const chunked = req.headers['transfer-encoding'] !== undefined;
+  if (!chunked && (length === undefined || length === '0')) return { body: null, length };
+  const counter = byteCounter((n) => {
+    rec.bytesIn += n;
+  });
+  req.pipe(counter);
+  req.once('error', (err) => counter.destroy(err));
+  return { body: counter, length };
+}
+
+/** A pass-through stream that reports each chunk's size; keeps both sides' back-pressure. */
+function byteCounter(add: (n: number) => void): Transform {
+  return new Transform({
+    transform(chunk: Buffer, _encoding, callback) {
+      add(chunk.length);
+      callback(null, chunk);
+    },
+  });
+}

@@ -1,0 +1,57 @@
+/** Who is calling: the verified claims of an agent token, normalised. */
+export interface AgentIdentity {
+  readonly agent: string;
+  readonly tenant: string | undefined;
+  readonly team: string | undefined;
+  readonly roles: readonly string[];
+  readonly environment: string | undefined;
+  /** The user the agent acts for (RFC 8693 `act` delegation, or a `user` claim). */
+  readonly user: string | undefined;
+  readonly issuer: string;
+  readonly tokenId: string | undefined;
+  readonly expiresAt: number;
+}
+
+/** What the request is, computed once; policy sees exactly what is forwarded. */
+export interface RequestFacts {
+  readonly upstream: string;
+  readonly method: string;
+  /** Decoded, dot-segment-free path below the upstream, starting with `/`. */
+  readonly path: string;
+  /** The same path, encoded exactly as it is forwarded. */
+  readonly forwardPath: string;
+  /** The query string as forwarded (without the leading `?`, agent credentials removed). */
+  readonly rawQuery: string;
+  readonly query: Readonly<Record<string, readonly string[]>>;
+}
+
+export type Effect = 'allow' | 'deny' | 'escalate';
+
+/** The outcome of policy evaluation for one request. */
+export interface Decision {
+  readonly effect: Effect;
+  /** Ids of the rules that produced the effect; `default-deny` when none matched. */
+  readonly rules: readonly string[];
+  readonly reason: string;
+}
+
+/** One audit record; never contains a token or a secret. */
+export interface AuditRecord {
+  ts: number;
+  requestId: string;
+  agent: string | null;
+  tenant: string | null;
+  user: string | null;
+  upstream: string | null;
+  method: string;
+  path: string;
+  decision: Effect | null;
+  rule: string | null;
+  reason: string | null;
+  status: number;
+  upstreamStatus: number | null;
+  errorCode: string | null;
+  durationMs: number;
+  bytesIn: number;
+  bytesOut: number;
+}
