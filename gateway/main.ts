@@ -3,7 +3,7 @@ import type { AddressInfo } from 'node:net';
 import { resolve } from 'node:path';
 import type { DestinationStream, Logger } from 'pino';
 import { openAuditDatabase } from './audit/store.js';
-import { createAuditWriter } from './audit/writer.js';
+import { createAuditWriter, type AuditWriter } from './audit/writer.js';
 import { createTokenVerifier } from './auth/verify.js';
 import { loadConfig } from './config/load.js';
 import type { Config, Environment } from './config/types.js';
@@ -32,6 +32,8 @@ export interface RunningGateway {
   readonly port: number;
   readonly url: string;
   readonly logger: Logger;
+  /** The audit writer; `flush()` writes queued rows now. */
+  readonly audit: AuditWriter;
   /** Stops accepting, drains in-flight requests (up to the grace period), flushes the audit log. */
   close(): Promise<void>;
 }
@@ -44,9 +46,10 @@ export async function startGateway(options: GatewayOptions): Promise<RunningGate
   const logger = createLogger(options.logDestination);
   const dataDir = resolve(options.dataDir);
   const config = loadConfig(options.configDir, { port: options.port, host: options.host, environment: options.environment });
-  const verifyToken = createTokenVerifier(config.issuers, dataDir);
+  const env = options.env ?? process.env;
+  const verifyToken = createTokenVerifier(config.issuers, dataDir, env);
   const policy = compilePolicy(config.rules);
-  const secrets = envSecretSource([...config.upstreams.values()].map((u) => u.credential.secret), options.env ?? process.env);
+  const secrets = envSecretSource([...config.upstreams.values()].map((u) => u.credential.secret), env);
   if (secrets.missing.length > 0) {
     logger.warn({ missing: secrets.missing }, 'upstream credentials not set; requests to those upstreams are refused (503)');
   }
@@ -125,5 +128,5 @@ export async function startGateway(options: GatewayOptions): Promise<RunningGate
       logger.info({}, 'valet stopped');
     })());
 
-  return { config, server, port, url: `http://${host}:${port}`, logger, close };
+  return { config, server, port, url: `http://${host}:${port}`, logger, audit, close };
 }

@@ -46,11 +46,11 @@ export function sharedSecret(issuer: IssuerConfig, dataDir: string, env: NodeJS.
 }
 
 /** Resolves the key material an issuer's tokens are verified with; done once, at start. */
-export function verificationKey(issuer: IssuerConfig, dataDir: string): VerificationKey {
+export function verificationKey(issuer: IssuerConfig, dataDir: string, env: NodeJS.ProcessEnv = process.env): VerificationKey {
   const key = issuer.key;
   switch (key.kind) {
     case 'secret':
-      return sharedSecret(issuer, dataDir);
+      return sharedSecret(issuer, dataDir, env);
     case 'public_key_file':
       try {
         return createPublicKey(readFileSync(key.path));

@@ -11,11 +11,15 @@ const EMBEDDED_KEY_HEADERS = ['jwk', 'jku', 'x5u', 'x5c'] as const;
 const COMPACT_JWS = /^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*$/;
 
 /** Builds a verifier for the configured issuers. Key material is resolved here, once. */
-export function createTokenVerifier(issuers: readonly IssuerConfig[], dataDir: string): TokenVerifier {
+export function createTokenVerifier(
+  issuers: readonly IssuerConfig[],
+  dataDir: string,
+  env: NodeJS.ProcessEnv = process.env,
+): TokenVerifier {
   const byIssuer = new Map<string, { config: IssuerConfig; key: VerificationKey }>();
   for (const config of issuers) {
     if (byIssuer.has(config.issuer)) throw new TypeError(`two issuers claim iss "${config.issuer}"`);
-    byIssuer.set(config.issuer, { config, key: verificationKey(config, dataDir) });
+    byIssuer.set(config.issuer, { config, key: verificationKey(config, dataDir, env) });
   }
 
   return async (token) => {

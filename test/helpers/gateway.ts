@@ -1,0 +1,105 @@
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { Writable } from 'node:stream';
+import { stringify } from 'yaml';
+import { openAuditDatabase, type AuditRow } from '../../gateway/audit/store.js';
+import { mintAgentToken, type MintOptions } from '../../gateway/auth/mint.js';
+import { startGateway, type RunningGateway } from '../../gateway/main.js';
+
+export const DEV_SIGNING_KEY = 'test-signing-key-0123456789abcdef0123456789';
+export const DEV_ISSUER = 'valet-test';
+export const DEV_AUDIENCE = 'valet';
+
+export interface TestGatewayOptions {
+  /** YAML sections, written as one file each (`gateway`, `issuers`, `upstreams`, `rules`). */
+  upstreams: unknown[];
+  rules: unknown[];
+  issuers?: unknown[];
+  gateway?: Record<string, unknown>;
+  /** Environment the gateway reads secrets from. */
+  env?: Record<string, string>;
+}
+
+export interface TestGateway {
+  readonly gateway: RunningGateway;
+  readonly url: string;
+  readonly configDir: string;
+  readonly dataDir: string;
+  /** Every log line written so far, raw. */
+  readonly logs: string[];
+  token(o?: Partial<MintOptions>): Promise<string>;
+  /** Flushes the audit writer and reads every row, oldest first. */
+  auditRows(): AuditRow[];
+  /** Polls (up to 5 s) until `count` rows exist, then returns them all. */
+  waitForAudit(count: number): Promise<AuditRow[]>;
+  close(): Promise<void>;
+}
+
+export const devIssuer = {
+  name: 'test',
+  issuer: DEV_ISSUER,
+  audience: DEV_AUDIENCE,
+  algorithms: ['HS256'],
+  secret: { env: 'VALET_TEST_SIGNING_KEY' },
+};
+
+/** Starts a real gateway on 127.0.0.1:0 with a temporary config and data directory. */
+export async function startTestGateway(o: TestGatewayOptions): Promise<TestGateway> {
+  const root = mkdtempSync(join(tmpdir(), 'valet-test-'));
+  const configDir = join(root, 'config');
+  const dataDir = join(root, 'data');
+  mkdirSync(configDir);
+  writeFileSync(
+    join(configDir, 'gateway.yaml'),
+    stringify({ gateway: { listen: { host: '127.0.0.1', port: 0 }, shutdown_grace_ms: 5000, ...o.gateway }, issuers: o.issuers ?? [devIssuer] }),
+  );
+  writeFileSync(join(configDir, 'upstreams.yaml'), stringify({ upstreams: o.upstreams }));
+  writeFileSync(join(configDir, 'rules.yaml'), stringify({ rules: o.rules }));
+
+  const logs: string[] = [];
+  const sink = new Writable({
+    write(chunk: Buffer, _enc, cb) {
+      logs.push(...chunk.toString('utf8').split('\n').filter(Boolean));
+      cb();
+    },
+  });
+  const env = { VALET_TEST_SIGNING_KEY: DEV_SIGNING_KEY, ...o.env };
+  const gateway = await startGateway({ configDir, dataDir, logDestination: sink, env });
+  const auditRows = (): AuditRow[] => {
+    if (!closed) gateway.audit.flush();
+    const db = openAuditDatabase(dataDir, { readonly: true });
+    try {
+      return db.prepare('SELECT * FROM audit_log ORDER BY id').all() as AuditRow[];
+    } finally {
+      db.close();
+    }
+  };
+  const issuerConfig = gateway.config.issuers[0];
+  if (!issuerConfig) throw new Error('no issuer');
+  let closed = false;
+  return {
+    gateway,
+    url: gateway.url,
+    configDir,
+    dataDir,
+    logs,
+    token: (t = {}) =>
+      mintAgentToken(issuerConfig, new TextEncoder().encode(DEV_SIGNING_KEY), { agent: 'agent-1', ttlSeconds: 300, ...t }),
+    auditRows,
+    async waitForAudit(count) {
+      const deadline = Date.now() + 5000;
+      for (;;) {
+        const rows = auditRows();
+        if (rows.length >= count || Date.now() > deadline) return rows;
+        await new Promise((r) => setTimeout(r, 20));
+      }
+    },
+    async close() {
+      if (closed) return;
+      closed = true;
+      await gateway.close();
+      rmSync(root, { recursive: true, force: true });
+    },
+  };
+}
