@@ -1,3 +1,4 @@
+import { randomUUID } from 'node:crypto';
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { resolve } from 'node:path';
@@ -65,7 +66,7 @@ export async function startGateway(options: GatewayOptions): Promise<RunningGate
     { maxHeaderSize: config.gateway.maxHeaderBytes, keepAliveTimeout: 5_000, headersTimeout: 30_000, requestTimeout: 0 },
     (req, res) => {
       if (draining) {
-        sendError(res, new ValetError('VALET_ERR_SHUTTING_DOWN'), 'shutdown');
+        sendError(res, new ValetError('VALET_ERR_SHUTTING_DOWN'), randomUUID());
         return;
       }
       inFlight++;

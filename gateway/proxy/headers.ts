@@ -76,7 +76,10 @@ export function injectCredential(
   }
 }
 
-/** Upstream response headers as the agent may see them. */
+/**
+ * Upstream response headers as the agent may see them. `x-request-id` belongs to Valet (it names
+ * the audit row); the upstream's own id is passed on as `x-upstream-request-id`.
+ */
 export function forwardableResponseHeaders(
   headers: IncomingHttpHeaders | Record<string, string | string[] | undefined>,
   scrubLocation: (location: string) => string,
@@ -86,6 +89,10 @@ export function forwardableResponseHeaders(
   const out: Record<string, string | string[]> = {};
   for (const [name, value] of Object.entries(headers)) {
     if (value === undefined || drop.has(name)) continue;
+    if (name === 'x-request-id') {
+      out['x-upstream-request-id'] = value;
+      continue;
+    }
     out[name] = name === 'location' ? scrubLocation(Array.isArray(value) ? (value[0] ?? '') : value) : value;
   }
   return out;
