@@ -7,11 +7,12 @@ const REDACTED = '[REDACTED]';
  * parameter, and no copy of the secret in plain, URL-encoded or base64 form.
  */
 export function scrubLocation(location: string, upstream: UpstreamConfig, secret: string | undefined): string {
-  let value = location;
+  // Hex case is insignificant in percent-escapes (RFC 3986 §2.1): normalise so one spelling matches.
+  let value = location.replace(/%[0-9a-f]{2}/gi, (m) => m.toUpperCase());
   if (secret) {
-    for (const form of new Set([secret, encodeURIComponent(secret), Buffer.from(secret).toString('base64')])) {
-      value = value.split(form).join(REDACTED);
-    }
+    const b64 = Buffer.from(secret).toString('base64');
+    const forms = [secret, encodeURIComponent(secret), b64, encodeURIComponent(b64), Buffer.from(secret).toString('base64url')];
+    for (const form of new Set(forms)) value = value.split(form).join(REDACTED);
   }
   const absolute = /^[a-z][a-z0-9+.-]*:/i.test(value) || value.startsWith('//');
   let url: URL;

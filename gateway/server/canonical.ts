@@ -11,8 +11,10 @@ export interface CanonicalTarget {
 }
 
 const UPSTREAM_NAME = /^[a-z][a-z0-9_-]{0,62}$/;
-// Anything that a later parser (ours, the upstream's, a WAF) could read differently.
+// Anything that a later parser (ours, the upstream's, a WAF) could read differently. A raw `;`
+// starts path parameters that servers such as Tomcat or Jetty drop before routing.
 const FORBIDDEN_RAW = /[\x00-\x20\x7f\\#]/;
+const FORBIDDEN_RAW_PATH = /;/;
 const BAD_ESCAPE = /%(?![0-9A-Fa-f]{2})/;
 const FORBIDDEN_DECODED = /[\x00-\x1f\x7f/\\%]/;
 
@@ -35,6 +37,7 @@ export function canonicalTarget(rawUrl: string): CanonicalTarget {
   const rawPath = q === -1 ? rawUrl : rawUrl.slice(0, q);
   const rawQuery = q === -1 ? '' : rawUrl.slice(q + 1);
   if (BAD_ESCAPE.test(rawUrl)) throw bad('it contains an invalid percent-escape');
+  if (FORBIDDEN_RAW_PATH.test(rawPath)) throw bad('it contains ";" (path parameters)');
 
   const [, upstream = '', ...rest] = rawPath.split('/');
   if (!UPSTREAM_NAME.test(upstream)) {
@@ -69,9 +72,12 @@ export function canonicalTarget(rawUrl: string): CanonicalTarget {
   return { upstream, path, forwardPath, rawQuery };
 }
 
-/** Percent-encodes a decoded segment, leaving RFC 3986 unreserved characters and sub-delims. */
+/**
+ * Percent-encodes a decoded segment. Unreserved characters, `:` `@` and the sub-delims other than
+ * `;` stay literal; `;` stays encoded so that data never becomes a path-parameter delimiter.
+ */
 function encodeSegment(seg: string): string {
-  return encodeURIComponent(seg).replace(/%(24|26|2B|2C|3B|3D|3A|40)/g, (m) => decodeURIComponent(m));
+  return encodeURIComponent(seg).replace(/%(24|26|2B|2C|3D|3A|40)/g, (m) => decodeURIComponent(m));
 }
 
 export interface CanonicalQuery {

@@ -27,10 +27,9 @@ export function sendError(res: ServerResponse, err: ValetError, requestId: strin
     headers['www-authenticate'] =
       code === 'VALET_ERR_TOKEN_MISSING' ? 'Bearer realm="valet"' : 'Bearer realm="valet", error="invalid_token"';
   }
-  if (code === 'VALET_ERR_SHUTTING_DOWN') {
-    headers['retry-after'] = '1';
-    headers['connection'] = 'close';
-  }
+  if (code === 'VALET_ERR_SHUTTING_DOWN') headers['retry-after'] = '1';
+  // After a malformed request the connection's framing is suspect, and after shutdown it is done.
+  if (code === 'VALET_ERR_SHUTTING_DOWN' || code === 'VALET_ERR_BAD_REQUEST') headers['connection'] = 'close';
   res.writeHead(err.status, headers);
   res.end(body);
 }

@@ -1,0 +1,428 @@
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { afterEach, describe, expect, it } from 'vitest';
+import { loadConfig } from '../../gateway/config/load.js';
+import type { UpstreamConfig } from '../../gateway/config/types.js';
+import { ConfigError, type ConfigProblem } from '../../gateway/errors.js';
+
+const EXAMPLE_DIR = fileURLToPath(new URL('../../policies/', import.meta.url));
+
+/** A valid gateway + issuer file; tests add the files under test next to it. */
+const GATEWAY_YAML = `gateway:
+  listen: { host: 127.0.0.1, port: 0 }
+issuers:
+  - name: dev
+    issuer: valet-dev
+    audience: valet
+    algorithms: [HS256]
+    secret: { env: VALET_DEV_SIGNING_KEY }
+`;
+
+const UPSTREAMS_YAML = `upstreams:
+  - name: api
+    origin: http://127.0.0.1:9
+    credential: { scheme: bearer, secret: API_KEY }
+`;
+
+const dirs: string[] = [];
+afterEach(() => {
+  for (const d of dirs.splice(0)) rmSync(d, { recursive: true, force: true });
+});
+
+/** Writes `files` (relative name → YAML text) into a fresh temporary directory. */
+function configDir(files: Record<string, string>): string {
+  const dir = mkdtempSync(join(tmpdir(), 'valet-config-test-'));
+  dirs.push(dir);
+  for (const [name, text] of Object.entries(files)) {
+    mkdirSync(dirname(join(dir, name)), { recursive: true });
+    writeFileSync(join(dir, name), text);
+  }
+  return dir;
+}
+
+/** Loads `dir`, expecting a ConfigError, and returns its problems. */
+function problemsOf(dir: string): readonly ConfigProblem[] {
+  try {
+    loadConfig(dir);
+  } catch (err) {
+    expect(err).toBeInstanceOf(ConfigError);
+    const e = err as ConfigError;
+    expect(e.code).toBe('VALET_ERR_CONFIG');
+    for (const p of e.problems) {
+      // every problem is located in a real file with a 1-based line and column
+      expect(p.line, JSON.stringify(p)).toBeGreaterThan(0);
+      expect(p.column, JSON.stringify(p)).toBeGreaterThan(0);
+      // and the message names it as file:line:column
+      expect(e.message).toContain(`${p.file}:${p.line}:${p.column}: `);
+    }
+    return e.problems;
+  }
+  throw new Error(`expected loadConfig(${dir}) to throw ConfigError`);
+}
+
+/** The absolute path a problem's `file` refers to. */
+const fileOf = (p: ConfigProblem): string => resolve(process.cwd(), p.file);
+
+describe('loadConfig: the shipped example', () => {
+  it('loads policies/ without problems', () => {
+    const config = loadConfig(EXAMPLE_DIR);
+    expect([...config.upstreams.keys()].sort()).toEqual(['anthropic', 'echo', 'github', 'openai', 'stripe']);
+    expect(config.issuers.map((i) => i.name)).toEqual(['local-dev']);
+    expect(config.rules.map((r) => r.id)).toContain('echo-no-admin');
+    expect(config.version).toMatch(/^sha256:[0-9a-f]{16}$/);
+    const anthropic = config.upstreams.get('anthropic') as UpstreamConfig;
+    expect(anthropic.agentTokenHeader).toBe('x-api-key');
+    expect(anthropic.credential).toEqual({ scheme: 'header', header: 'x-api-key', prefix: '', secret: 'ANTHROPIC_API_KEY' });
+    // every rule records where it is written
+    for (const r of config.rules) expect(r.source).toMatch(/rules\.yaml:\d+$/);
+  });
+
+  it('is deeply frozen: every mutation throws', () => {
+    const config = loadConfig(EXAMPLE_DIR);
+    const c = config as unknown as Record<string, any>; // eslint-disable-line @typescript-eslint/no-explicit-any
+    expect(() => {
+      c['dir'] = '/elsewhere';
+    }).toThrow(TypeError);
+    expect(() => {
+      c['gateway'].listen.port = 1;
+    }).toThrow(TypeError);
+    expect(() => {
+      c['gateway'].environment = 'production';
+    }).toThrow(TypeError);
+    expect(() => c['rules'].push({ id: 'x', effect: 'allow' })).toThrow(TypeError);
+    expect(() => {
+      c['rules'][0].effect = 'deny';
+    }).toThrow(TypeError);
+    expect(() => c['issuers'][0].audience.push('other')).toThrow(TypeError);
+    expect(() => {
+      c['issuers'][0].key.env = 'OTHER';
+    }).toThrow(TypeError);
+    const upstreams = c['upstreams'] as Map<string, UpstreamConfig>;
+    expect(() => upstreams.set('evil', upstreams.get('echo') as UpstreamConfig)).toThrow(TypeError);
+    expect(() => upstreams.delete('echo')).toThrow(TypeError);
+    expect(() => upstreams.clear()).toThrow(TypeError);
+    const echo = upstreams.get('echo') as unknown as Record<string, any>; // eslint-disable-line @typescript-eslint/no-explicit-any
+    expect(() => {
+      echo['origin'] = 'http://evil.example';
+    }).toThrow(TypeError);
+    expect(() => {
+      echo['credential'].secret = 'OTHER';
+    }).toThrow(TypeError);
+    expect(() => {
+      echo['timeouts'].connectMs = 1;
+    }).toThrow(TypeError);
+    expect(config.upstreams.size).toBe(5);
+    expect(config.upstreams.get('echo')?.origin).toBe('http://127.0.0.1:9999');
+  });
+
+  it('a minimal valid directory gets the documented defaults', () => {
+    const config = loadConfig(configDir({ 'gateway.yaml': GATEWAY_YAML, 'upstreams.yaml': UPSTREAMS_YAML }));
+    expect(config.gateway).toEqual({ environment: 'development', listen: { host: '127.0.0.1', port: 0 }, shutdownGraceMs: 10_000, maxHeaderBytes: 16_384 });
+    expect(config.upstreams.get('api')).toMatchObject({ agentTokenHeader: 'authorization', agentTokenQuery: undefined, connections: 64 });
+    expect(config.rules).toEqual([]);
+  });
+});
+
+describe('loadConfig: problems carry file, line, column and key path', () => {
+  it('an unknown key', () => {
+    const dir = configDir({
+      'gateway.yaml': GATEWAY_YAML,
+      'upstreams.yaml': `upstreams:
+  - name: api
+    origin: http://127.0.0.1:9
+    credential: { scheme: bearer, secret: API_KEY }
+    retries: 3
+`,
+    });
+    const problems = problemsOf(dir);
+    expect(problems).toHaveLength(1);
+    const p = problems[0]!;
+    expect(fileOf(p)).toBe(join(dir, 'upstreams.yaml'));
+    expect(p).toMatchObject({ line: 5, column: 5, path: 'upstreams[0].retries', message: 'unknown key' });
+  });
+
+  it('an unknown key nested in a flow mapping', () => {
+    const dir = configDir({
+      'gateway.yaml': GATEWAY_YAML,
+      'upstreams.yaml': `upstreams:
+  - name: api
+    origin: http://127.0.0.1:9
+    credential: { scheme: bearer, secret: API_KEY, token: x }
+`,
+    });
+    const [p, ...rest] = problemsOf(dir);
+    expect(rest).toEqual([]);
+    expect(p).toMatchObject({ line: 4, column: 52, path: 'upstreams[0].credential.token', message: 'unknown key' });
+  });
+
+  it('a wrong type', () => {
+    const dir = configDir({
+      'gateway.yaml': GATEWAY_YAML,
+      'upstreams.yaml': `upstreams:
+  - name: api
+    origin: http://127.0.0.1:9
+    credential: { scheme: bearer, secret: API_KEY }
+    connections: many
+`,
+    });
+    const problems = problemsOf(dir);
+    expect(problems).toHaveLength(1);
+    expect(fileOf(problems[0]!)).toBe(join(dir, 'upstreams.yaml'));
+    expect(problems[0]).toMatchObject({ line: 5, column: 18, path: 'upstreams[0].connections' });
+    expect(problems[0]!.message).toMatch(/integer/);
+  });
+
+  it('a wrong type in the gateway section', () => {
+    const dir = configDir({ 'gateway.yaml': GATEWAY_YAML.replace('port: 0', 'port: "eighty"'), 'upstreams.yaml': UPSTREAMS_YAML });
+    const problems = problemsOf(dir);
+    expect(problems).toHaveLength(1);
+    expect(fileOf(problems[0]!)).toBe(join(dir, 'gateway.yaml'));
+    expect(problems[0]).toMatchObject({ line: 2, path: 'gateway.listen.port' });
+    expect(problems[0]!.column).toBe(GATEWAY_YAML.split('\n')[1]!.indexOf('port') + 7);
+  });
+
+  it('a missing required key', () => {
+    const dir = configDir({
+      'gateway.yaml': GATEWAY_YAML,
+      'upstreams.yaml': `upstreams:
+  - name: api
+    credential: { scheme: bearer, secret: API_KEY }
+`,
+    });
+    const problems = problemsOf(dir);
+    expect(problems).toHaveLength(1);
+    expect(fileOf(problems[0]!)).toBe(join(dir, 'upstreams.yaml'));
+    expect(problems[0]).toMatchObject({ line: 2, column: 5, path: 'upstreams[0]' });
+    expect(problems[0]!.message).toContain('"origin"');
+  });
+
+  it('a duplicate upstream name across two files is reported in the second file', () => {
+    const dir = configDir({
+      'gateway.yaml': GATEWAY_YAML,
+      'a-upstreams.yaml': UPSTREAMS_YAML,
+      'b-more.yaml': `# more upstreams
+upstreams:
+  - name: other
+    origin: http://127.0.0.1:10
+    credential: { scheme: bearer, secret: OTHER_KEY }
+  - name: api
+    origin: http://127.0.0.1:11
+    credential: { scheme: bearer, secret: API_KEY_2 }
+`,
+    });
+    const problems = problemsOf(dir);
+    expect(problems).toHaveLength(1);
+    expect(fileOf(problems[0]!)).toBe(join(dir, 'b-more.yaml'));
+    expect(problems[0]).toMatchObject({ line: 6, column: 11, path: 'upstreams[1].name' });
+    expect(problems[0]!.message).toContain('"api"');
+  });
+
+  it('a rule naming an unknown upstream', () => {
+    const dir = configDir({
+      'gateway.yaml': GATEWAY_YAML,
+      'upstreams.yaml': UPSTREAMS_YAML,
+      'rules.yaml': `rules:
+  - id: ok
+    upstream: api
+    effect: allow
+  - id: typo
+    upstream: apj
+    effect: allow
+`,
+    });
+    const problems = problemsOf(dir);
+    expect(problems).toHaveLength(1);
+    expect(fileOf(problems[0]!)).toBe(join(dir, 'rules.yaml'));
+    expect(problems[0]).toMatchObject({ line: 6, column: 15, path: 'rules[1].upstream' });
+    expect(problems[0]!.message).toContain('"apj"');
+  });
+
+  it('an HS256 issuer with a public_key_file (algorithm confusion)', () => {
+    const dir = configDir({
+      'gateway.yaml': `issuers:
+  - name: corp
+    issuer: https://login.example.com/
+    audience: valet
+    algorithms: [RS256, HS256]
+    public_key_file: corp.pem
+`,
+      'upstreams.yaml': UPSTREAMS_YAML,
+    });
+    const problems = problemsOf(dir);
+    expect(problems).toHaveLength(1);
+    expect(fileOf(problems[0]!)).toBe(join(dir, 'gateway.yaml'));
+    expect(problems[0]).toMatchObject({ line: 5, column: 17, path: 'issuers[0].algorithms' });
+    expect(problems[0]!.message).toMatch(/HS/);
+  });
+
+  it('a "**" in the middle of a path pattern', () => {
+    const dir = configDir({
+      'gateway.yaml': GATEWAY_YAML,
+      'upstreams.yaml': UPSTREAMS_YAML,
+      'rules.yaml': `rules:
+  - id: r
+    upstream: api
+    paths:
+      - /v1/ok/**
+      - /v1/**/admin
+    effect: deny
+`,
+    });
+    const problems = problemsOf(dir);
+    expect(problems).toHaveLength(1);
+    expect(fileOf(problems[0]!)).toBe(join(dir, 'rules.yaml'));
+    expect(problems[0]).toMatchObject({ line: 6, column: 9, path: 'rules[0].paths[1]' });
+    expect(problems[0]!.message).toContain('**');
+  });
+
+  it('a YAML syntax error', () => {
+    const dir = configDir({
+      'gateway.yaml': GATEWAY_YAML,
+      'upstreams.yaml': UPSTREAMS_YAML,
+      'rules.yaml': `rules:
+  - id: r
+    upstream: api
+    paths: [/a, /b
+    effect: allow
+`,
+    });
+    const problems = problemsOf(dir);
+    expect(problems.length).toBeGreaterThanOrEqual(1);
+    for (const p of problems) expect(fileOf(p)).toBe(join(dir, 'rules.yaml'));
+    expect(problems[0]!.line).toBeGreaterThanOrEqual(4);
+    expect(problems[0]!.line).toBeLessThanOrEqual(6);
+  });
+
+  it('a tab-indented YAML file', () => {
+    const dir = configDir({ 'gateway.yaml': GATEWAY_YAML, 'upstreams.yaml': 'upstreams:\n\t- name: api\n' });
+    const problems = problemsOf(dir);
+    expect(problems.length).toBeGreaterThanOrEqual(1);
+    expect(fileOf(problems[0]!)).toBe(join(dir, 'upstreams.yaml'));
+    expect(problems[0]!.line).toBe(2);
+  });
+
+  it('a duplicate YAML key', () => {
+    const dir = configDir({
+      'gateway.yaml': GATEWAY_YAML,
+      'upstreams.yaml': UPSTREAMS_YAML,
+      'rules.yaml': `rules:
+  - id: first
+    upstream: api
+    effect: allow
+    effect: deny
+`,
+    });
+    const problems = problemsOf(dir);
+    expect(problems).toHaveLength(1);
+    expect(fileOf(problems[0]!)).toBe(join(dir, 'rules.yaml'));
+    expect(problems[0]!.line).toBe(5);
+    expect(problems[0]!.message).toMatch(/unique|duplicate/i);
+  });
+
+  it('a duplicate top-level section key', () => {
+    const dir = configDir({ 'gateway.yaml': GATEWAY_YAML, 'upstreams.yaml': `${UPSTREAMS_YAML}upstreams: []\n` });
+    const problems = problemsOf(dir);
+    expect(problems).toHaveLength(1);
+    expect(fileOf(problems[0]!)).toBe(join(dir, 'upstreams.yaml'));
+    expect(problems[0]!.line).toBe(5);
+  });
+});
+
+describe('loadConfig: every problem is reported at once', () => {
+  it('per-file problems in several files (unknown key, wrong type, missing key, YAML error)', () => {
+    const dir = configDir({
+      'a.yaml': GATEWAY_YAML.replace('algorithms: [HS256]', 'algorithms: [HS256]\n    colour: blue'),
+      'b.yaml': `upstreams:
+  - name: api
+    origin: http://127.0.0.1:9
+    credential: { scheme: bearer, secret: API_KEY }
+    connections: lots
+  - name: other
+    credential: { scheme: bearer, secret: OTHER_KEY }
+`,
+      'c.yaml': 'rules: [\n',
+    });
+    const problems = problemsOf(dir);
+    const where = problems.map((p) => `${fileOf(p).slice(dir.length + 1)}:${p.line}:${p.path}`);
+    expect(where).toEqual(
+      expect.arrayContaining(['a.yaml:8:issuers[0].colour', 'b.yaml:5:upstreams[0].connections', 'b.yaml:6:upstreams[1]']),
+    );
+    expect(problems.some((p) => fileOf(p) === join(dir, 'c.yaml'))).toBe(true);
+  });
+
+  it('cross-file problems (duplicate upstream, unknown upstream, "**" in the middle, HS256 with a public key, duplicate rule id)', () => {
+    const dir = configDir({
+      'gateway.yaml': `issuers:
+  - name: dev
+    issuer: valet-dev
+    audience: valet
+    algorithms: [HS256]
+    secret: { env: VALET_DEV_SIGNING_KEY }
+  - name: corp
+    issuer: corp
+    audience: valet
+    algorithms: [HS256]
+    public_key_file: corp.pem
+`,
+      'upstreams/one.yaml': UPSTREAMS_YAML,
+      'upstreams/two.yaml': UPSTREAMS_YAML,
+      'rules.yaml': `rules:
+  - id: a
+    upstream: nope
+    effect: allow
+  - id: b
+    paths: [/x/**/y]
+    effect: deny
+  - id: a
+    effect: deny
+`,
+    });
+    const problems = problemsOf(dir);
+    const where = problems.map((p) => `${fileOf(p).slice(dir.length + 1)}:${p.line}:${p.path}`);
+    expect(where).toEqual(
+      expect.arrayContaining([
+        'gateway.yaml:10:issuers[1].algorithms',
+        `${join('upstreams', 'two.yaml')}:2:upstreams[0].name`,
+        'rules.yaml:3:rules[0].upstream',
+        'rules.yaml:6:rules[1].paths[0]',
+        'rules.yaml:8:rules[2].id',
+      ]),
+    );
+    expect(problems).toHaveLength(5);
+  });
+
+  it('ConfigError.message lists one line per problem', () => {
+    const dir = configDir({
+      'gateway.yaml': GATEWAY_YAML,
+      'upstreams.yaml': `upstreams:
+  - name: api
+    origin: http://127.0.0.1:9
+    credential: { scheme: bearer, secret: API_KEY }
+    bogus: 1
+    also_bogus: 2
+`,
+    });
+    try {
+      loadConfig(dir);
+      expect.unreachable();
+    } catch (err) {
+      const e = err as ConfigError;
+      expect(e.problems).toHaveLength(2);
+      expect(e.message.split('\n')).toHaveLength(2);
+      expect(e.message).toMatch(/upstreams\.yaml:5:5: upstreams\[0\]\.bogus: unknown key/);
+      expect(e.message).toMatch(/upstreams\.yaml:6:5: upstreams\[0\]\.also_bogus: unknown key/);
+    }
+  });
+});
+
+describe('loadConfig: directories', () => {
+  it('a missing directory is a ConfigError, not a crash', () => {
+    expect(() => loadConfig(join(tmpdir(), 'valet-does-not-exist-' + process.pid))).toThrow(ConfigError);
+  });
+
+  it('a directory with no YAML files is a ConfigError', () => {
+    expect(() => loadConfig(configDir({ 'README.md': '# nothing' }))).toThrow(ConfigError);
+  });
+});

@@ -1,0 +1,229 @@
+import { describe, expect, it } from 'vitest';
+import type { CredentialConfig, UpstreamConfig } from '../../gateway/config/types.js';
+import {
+  forwardableRequestHeaders,
+  forwardableResponseHeaders,
+  injectCredential,
+  type HeaderList,
+} from '../../gateway/proxy/headers.js';
+import { scrubLocation } from '../../gateway/proxy/location.js';
+
+function upstream(credential: CredentialConfig, o: Partial<UpstreamConfig> = {}): UpstreamConfig {
+  return {
+    name: 'api',
+    origin: 'https://api.example.com',
+    agentTokenHeader: 'authorization',
+    agentTokenQuery: undefined,
+    credential,
+    timeouts: { connectMs: 1000, headersMs: 1000, bodyMs: 1000 },
+    connections: 1,
+    ...o,
+  };
+}
+
+const bearer = upstream({ scheme: 'bearer', secret: 'S' });
+const xKey = upstream({ scheme: 'header', header: 'x-api-key', prefix: '', secret: 'S' });
+const anth = upstream({ scheme: 'header', header: 'x-api-key', prefix: '', secret: 'S' }, { agentTokenHeader: 'x-api-key' });
+const custom = upstream({ scheme: 'header', header: 'x-echo-key', prefix: 'Key ', secret: 'S' }, { agentTokenHeader: 'x-agent-token' });
+
+const raw = (...pairs: [string, string][]): string[] => pairs.flat();
+const names = (h: HeaderList): string[] => h.map(([n]) => n);
+
+describe('forwardableRequestHeaders', () => {
+  it('keeps ordinary headers in order, names lower-cased, duplicates kept', () => {
+    const out = forwardableRequestHeaders(
+      raw(['Accept', 'application/json'], ['X-Custom', 'a'], ['Content-Type', 'text/plain'], ['x-custom', 'b'], ['User-Agent', 'sdk/1']),
+      bearer,
+    );
+    expect(out).toEqual([
+      ['accept', 'application/json'],
+      ['x-custom', 'a'],
+      ['content-type', 'text/plain'],
+      ['x-custom', 'b'],
+      ['user-agent', 'sdk/1'],
+    ]);
+  });
+
+  it.each([
+    'Connection',
+    'Keep-Alive',
+    'Proxy-Connection',
+    'Transfer-Encoding',
+    'TE',
+    'Trailer',
+    'Upgrade',
+    'Proxy-Authenticate',
+    'Proxy-Authorization',
+    'Host',
+    'Authorization',
+    'AUTHORIZATION',
+    'Cookie',
+    'Forwarded',
+    'X-Real-IP',
+    'Expect',
+    'Content-Length',
+    'X-Forwarded-For',
+    'X-Forwarded-Host',
+    'x-forwarded-proto',
+    'X-FORWARDED-PREFIX',
+    'Valet-Upstream',
+    'valet-anything',
+  ])('drops %s', (name) => {
+    const out = forwardableRequestHeaders(raw([name, 'v'], ['X-Keep', 'k']), bearer);
+    expect(out).toEqual([['x-keep', 'k']]);
+  });
+
+  it('drops every header Connection names, across several Connection headers, any case and spacing', () => {
+    const out = forwardableRequestHeaders(
+      raw(
+        ['Connection', ' X-One ,, x-two'],
+        ['connection', 'X-THREE'],
+        ['x-one', '1'],
+        ['X-Two', '2'],
+        ['x-three', '3'],
+        ['x-four', '4'],
+      ),
+      bearer,
+    );
+    expect(out).toEqual([['x-four', '4']]);
+  });
+
+  it('drops the credential header of a header-scheme upstream, every copy and case', () => {
+    const out = forwardableRequestHeaders(raw(['X-API-KEY', 'a'], ['x-api-key', 'b'], ['X-Api-Key', 'c'], ['x-other', 'o']), xKey);
+    expect(out).toEqual([['x-other', 'o']]);
+  });
+
+  it('drops the upstream’s agent-token header', () => {
+    expect(forwardableRequestHeaders(raw(['X-Agent-Token', 't'], ['X-Echo-Key', 'k'], ['x-ok', '1']), custom)).toEqual([['x-ok', '1']]);
+    expect(forwardableRequestHeaders(raw(['x-api-key', 't']), anth)).toEqual([]);
+  });
+
+  it('drops Authorization even when the upstream takes its agent token elsewhere', () => {
+    expect(forwardableRequestHeaders(raw(['Authorization', 'Basic YTpi'], ['x-api-key', 't']), anth)).toEqual([]);
+    expect(forwardableRequestHeaders(raw(['authorization', 'Bearer x']), custom)).toEqual([]);
+  });
+
+  it('keeps x-api-key for an upstream that does not use it', () => {
+    expect(names(forwardableRequestHeaders(raw(['x-api-key', 'k']), bearer))).toEqual(['x-api-key']);
+  });
+
+  it('h2c smuggling headers do not pass (Upgrade and what Connection names)', () => {
+    const out = forwardableRequestHeaders(
+      raw(['Connection', 'Upgrade, HTTP2-Settings'], ['Upgrade', 'h2c'], ['HTTP2-Settings', 'AAMAAABkAAQAAP__']),
+      bearer,
+    );
+    expect(out).toEqual([]);
+  });
+
+  it('does not mutate its input', () => {
+    const input = raw(['Authorization', 'Bearer t'], ['x-a', '1']);
+    const copy = [...input];
+    forwardableRequestHeaders(input, bearer);
+    expect(input).toEqual(copy);
+  });
+});
+
+describe('injectCredential', () => {
+  const base: HeaderList = [['accept', '*/*']];
+
+  it('bearer: appends exactly one Authorization', () => {
+    const out = injectCredential(base, 'a=1', { scheme: 'bearer', secret: 'S' }, 'sk-real');
+    expect(out).toEqual({ headers: [['accept', '*/*'], ['authorization', 'Bearer sk-real']], rawQuery: 'a=1' });
+  });
+
+  it('header: appends the configured header with its prefix', () => {
+    const out = injectCredential(base, '', { scheme: 'header', header: 'x-echo-key', prefix: 'Key ', secret: 'S' }, 'real');
+    expect(out.headers).toEqual([['accept', '*/*'], ['x-echo-key', 'Key real']]);
+    expect(out.rawQuery).toBe('');
+  });
+
+  it('basic: username:secret, or secret: when no username', () => {
+    const withUser = injectCredential([], '', { scheme: 'basic', username: 'svc', secret: 'S' }, 'pw');
+    expect(withUser.headers).toEqual([['authorization', `Basic ${Buffer.from('svc:pw').toString('base64')}`]]);
+    const keyOnly = injectCredential([], '', { scheme: 'basic', username: undefined, secret: 'S' }, 'sk_live_1');
+    expect(keyOnly.headers).toEqual([['authorization', `Basic ${Buffer.from('sk_live_1:').toString('base64')}`]]);
+  });
+
+  it('query: appends param=secret, percent-encoding the secret so it cannot add parameters', () => {
+    const cred: CredentialConfig = { scheme: 'query', param: 'key', secret: 'S' };
+    expect(injectCredential(base, '', cred, 'abc')).toEqual({ headers: base, rawQuery: 'key=abc' });
+    expect(injectCredential(base, 'a=1&b=2', cred, 'abc').rawQuery).toBe('a=1&b=2&key=abc');
+    const tricky = injectCredential([], 'a=1', cred, 'x&key=evil#frag +/=');
+    expect(tricky.rawQuery).toBe('a=1&key=x%26key%3Devil%23frag%20%2B%2F%3D');
+    expect(new URLSearchParams(tricky.rawQuery).getAll('key')).toEqual(['x&key=evil#frag +/=']);
+  });
+
+  it('does not mutate the header list it was given', () => {
+    const headers: HeaderList = [['accept', '*/*']];
+    injectCredential(headers, '', { scheme: 'bearer', secret: 'S' }, 'x');
+    expect(headers).toEqual([['accept', '*/*']]);
+  });
+
+  it('end to end: agent headers in, exactly one real credential out', () => {
+    const agentHeaders = raw(
+      ['Authorization', 'Bearer agent-token'],
+      ['Connection', 'x-api-key'],
+      ['X-Api-Key', 'agent'],
+      ['x-api-key', 'agent2'],
+      ['Cookie', 'c=1'],
+    );
+    const out = injectCredential(forwardableRequestHeaders(agentHeaders, xKey), '', xKey.credential, 'real');
+    expect(out.headers).toEqual([['x-api-key', 'real']]);
+  });
+});
+
+describe('forwardableResponseHeaders', () => {
+  const keep = (l: string): string => l;
+
+  it('passes ordinary headers, arrays (set-cookie) intact', () => {
+    const out = forwardableResponseHeaders(
+      { 'content-type': 'application/json', 'set-cookie': ['a=1', 'b=2'], 'cache-control': 'no-store', 'x-empty': undefined },
+      keep,
+    );
+    expect(out).toEqual({ 'content-type': 'application/json', 'set-cookie': ['a=1', 'b=2'], 'cache-control': 'no-store' });
+  });
+
+  it('drops hop-by-hop headers and every header the upstream’s Connection names', () => {
+    const out = forwardableResponseHeaders(
+      {
+        connection: 'keep-alive, X-Internal',
+        'keep-alive': 'timeout=5',
+        'transfer-encoding': 'chunked',
+        trailer: 'x-t',
+        upgrade: 'h2c',
+        'proxy-authenticate': 'Basic',
+        'proxy-connection': 'keep-alive',
+        te: 'trailers',
+        'x-internal': 'secret-ish',
+        'x-public': 'ok',
+      },
+      keep,
+    );
+    expect(out).toEqual({ 'x-public': 'ok' });
+  });
+
+  it('renames the upstream’s x-request-id so Valet’s own id is not overwritten', () => {
+    const out = forwardableResponseHeaders({ 'x-request-id': 'up-123', 'content-type': 'text/plain' }, keep);
+    expect(out).toEqual({ 'x-upstream-request-id': 'up-123', 'content-type': 'text/plain' });
+    expect(out['x-request-id']).toBeUndefined();
+  });
+
+  it('passes Location through the scrubber, once', () => {
+    const seen: string[] = [];
+    const out = forwardableResponseHeaders({ location: 'https://api.example.com/next?key=sk' }, (l) => {
+      seen.push(l);
+      return 'SCRUBBED';
+    });
+    expect(seen).toEqual(['https://api.example.com/next?key=sk']);
+    expect(out).toEqual({ location: 'SCRUBBED' });
+  });
+
+  it('end to end with scrubLocation: the secret never reaches the agent through Location', () => {
+    const q = upstream({ scheme: 'query', param: 'key', secret: 'S' });
+    const out = forwardableResponseHeaders({ location: 'https://api.example.com/next?page=2&key=sk-real-123' }, (l) =>
+      scrubLocation(l, q, 'sk-real-123'),
+    );
+    expect(String(out['location'])).not.toContain('sk-real-123');
+    expect(String(out['location'])).toContain('page=2');
+  });
+});
