@@ -5,10 +5,15 @@
  */
 export const ERRORS = {
   VALET_ERR_BAD_REQUEST: { status: 400, message: 'The request is malformed or ambiguous.' },
+  VALET_ERR_HEADERS_TOO_LARGE: { status: 431, message: 'The request headers are too large.' },
   VALET_ERR_BAD_PATH: { status: 400, message: 'The request path is not canonical or is ambiguous.' },
   VALET_ERR_TOKEN_MISSING: { status: 401, message: 'No agent token was presented.' },
   VALET_ERR_TOKEN_INVALID: { status: 401, message: 'The agent token is invalid.' },
   VALET_ERR_TOKEN_EXPIRED: { status: 401, message: 'The agent token has expired.' },
+  VALET_ERR_AUTH_UNAVAILABLE: {
+    status: 503,
+    message: 'The token issuer\'s keys could not be fetched; the token was not accepted.',
+  },
   VALET_ERR_POLICY_DENIED: { status: 403, message: 'Policy denied this request.' },
   VALET_ERR_UNKNOWN_UPSTREAM: { status: 404, message: 'No upstream is configured under this name.' },
   VALET_ERR_CREDENTIAL_UNAVAILABLE: {
@@ -18,6 +23,7 @@ export const ERRORS = {
   VALET_ERR_SHUTTING_DOWN: { status: 503, message: 'The gateway is shutting down.' },
   VALET_ERR_UPSTREAM_UNREACHABLE: { status: 502, message: 'The upstream could not be reached.' },
   VALET_ERR_UPSTREAM_TIMEOUT: { status: 504, message: 'The upstream did not answer in time.' },
+  VALET_ERR_CLIENT_CLOSED: { status: 499, message: 'The agent closed the connection before the response was complete.' },
   VALET_ERR_INTERNAL: { status: 500, message: 'Internal gateway error.' },
   VALET_ERR_CONFIG: { status: 500, message: 'The configuration is invalid.' },
 } as const satisfies Record<string, { status: number; message: string }>;

@@ -1,5 +1,5 @@
 import { randomUUID } from 'node:crypto';
-import { createServer, type Server } from 'node:http';
+import { createServer, STATUS_CODES, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { resolve } from 'node:path';
 import type { DestinationStream, Logger } from 'pino';
@@ -13,8 +13,7 @@ import { createLogger } from './log.js';
 import { compilePolicy } from './policy/compile.js';
 import { createForwarder } from './proxy/forward.js';
 import { envSecretSource } from './secrets/env.js';
-import { createPipeline } from './server/pipeline.js';
-import { sendError } from './server/respond.js';
+import { createPipeline, newAuditRecord } from './server/pipeline.js';
 
 export interface GatewayOptions {
   configDir: string;
@@ -57,18 +56,14 @@ export async function startGateway(options: GatewayOptions): Promise<RunningGate
   const db = openAuditDatabase(dataDir);
   const audit = createAuditWriter(db, { policyVersion: () => config.version, logger });
   const forwarder = createForwarder(config.upstreams.values());
-  const handle = createPipeline({ config, verifyToken, policy, secrets, forwarder, audit, logger });
-
   let draining = false;
+  const handle = createPipeline({ config, verifyToken, policy, secrets, forwarder, audit, logger, draining: () => draining });
+
   let inFlight = 0;
   let idle: (() => void) | undefined;
   const server = createServer(
     { maxHeaderSize: config.gateway.maxHeaderBytes, keepAliveTimeout: 5_000, headersTimeout: 30_000, requestTimeout: 0 },
     (req, res) => {
-      if (draining) {
-        sendError(res, new ValetError('VALET_ERR_SHUTTING_DOWN'), randomUUID());
-        return;
-      }
       inFlight++;
       handle(req, res)
         .catch((err: unknown) => logger.error({ err }, 'request handler failed'))
@@ -78,14 +73,21 @@ export async function startGateway(options: GatewayOptions): Promise<RunningGate
         });
     },
   );
+  // Requests Node's parser refuses never reach the pipeline; they are answered and audited here.
   server.on('clientError', (err: NodeJS.ErrnoException, socket) => {
-    if (socket.writable) {
-      const body = JSON.stringify({ error: { code: 'VALET_ERR_BAD_REQUEST', message: 'The request could not be parsed.', request_id: null } });
-      socket.end(`HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\ncontent-length: ${Buffer.byteLength(body)}\r\nconnection: close\r\n\r\n${body}`);
+    const requestId = randomUUID();
+    const e = new ValetError(err.code === 'HPE_HEADER_OVERFLOW' ? 'VALET_ERR_HEADERS_TOO_LARGE' : 'VALET_ERR_BAD_REQUEST');
+    if (err.code !== 'ECONNRESET' && socket.writable) {
+      const body = JSON.stringify({ error: { code: e.code, message: e.message, request_id: requestId } });
+      socket.end(
+        `HTTP/1.1 ${e.status} ${STATUS_CODES[e.status]}\r\ncontent-type: application/json\r\ncontent-length: ${Buffer.byteLength(body)}\r\n` +
+          `x-request-id: ${requestId}\r\nconnection: close\r\n\r\n${body}`,
+      );
+      audit.record({ ...newAuditRecord(requestId, '-', ''), status: e.status, errorCode: e.code, reason: err.code ?? null });
     } else {
       socket.destroy();
     }
-    logger.info({ code: err.code }, 'client error');
+    logger.info({ reqId: requestId, code: err.code }, 'client error');
   });
 
   await new Promise<void>((resolveListen, reject) => {

@@ -109,7 +109,11 @@ function fromJose(err: unknown): ValetError {
   if (err instanceof joseErrors.JWSSignatureVerificationFailed) return invalid('signature verification failed');
   if (err instanceof joseErrors.JOSEAlgNotAllowed) return invalid('algorithm not allowed');
   if (err instanceof joseErrors.JWKSNoMatchingKey) return invalid('no matching key');
-  if (err instanceof joseErrors.JWKSTimeout) return invalid('key set unavailable');
   if (err instanceof joseErrors.JOSENotSupported) return invalid('unsupported token feature');
+  // The key set could not be fetched or read: an outage, not a bad token.
+  if (err instanceof joseErrors.JWKSTimeout || err instanceof joseErrors.JWKSInvalid || !(err instanceof joseErrors.JOSEError)) {
+    return new ValetError('VALET_ERR_AUTH_UNAVAILABLE', undefined, { cause: err });
+  }
+  if (err.code === 'ERR_JOSE_GENERIC') return new ValetError('VALET_ERR_AUTH_UNAVAILABLE', undefined, { cause: err });
   return invalid('verification failed');
 }

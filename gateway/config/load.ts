@@ -151,6 +151,22 @@ function assemble(root: string, files: ParsedFile[], problems: Problems, options
     });
   }
 
+  const environment: Environment = options.environment ?? gatewayRaw?.environment ?? 'development';
+  const issuerValues = new Map<string, string>();
+  for (const file of files) {
+    (file.data.issuers ?? []).forEach((raw: Raw, i: number) => {
+      const first = issuerValues.get(raw.issuer);
+      if (first !== undefined) problems.add(file, ['issuers', i, 'issuer'], `iss "${raw.issuer}" is already used by issuer "${first}"`);
+      else issuerValues.set(raw.issuer, raw.name);
+      if (environment !== 'production') return;
+      // Conveniences that are unsafe in production are refused there.
+      if (raw.secret?.generate === true) problems.add(file, ['issuers', i, 'secret', 'generate'], 'generated signing keys are not allowed in production');
+      if (typeof raw.jwks_url === 'string' && !raw.jwks_url.startsWith('https://')) {
+        problems.add(file, ['issuers', i, 'jwks_url'], 'must use https in production');
+      }
+    });
+  }
+
   if (issuers.length === 0 && problems.list.length === 0) {
     problems.list.push({ file: root, line: 0, column: 0, path: 'issuers', message: 'at least one token issuer is required' });
   }
@@ -160,7 +176,7 @@ function assemble(root: string, files: ParsedFile[], problems: Problems, options
   return {
     dir: root,
     gateway: {
-      environment: options.environment ?? g.environment ?? 'development',
+      environment,
       listen: { host: options.host ?? g.listen?.host ?? '127.0.0.1', port: options.port ?? g.listen?.port ?? 8080 },
       shutdownGraceMs: g.shutdown_grace_ms ?? 10_000,
       maxHeaderBytes: g.max_header_bytes ?? 16_384,

@@ -34,7 +34,8 @@ export function compilePolicy(rules: readonly RuleConfig[]): Policy {
       effect: r.effect,
       reason: r.reason ?? r.description ?? `rule ${r.id}`,
       methods: r.methods ? new Set(r.methods) : undefined,
-      matchPath: r.paths ? compilePaths(r.paths) : undefined,
+      // A deny must not be dodged by letter case: deny patterns ignore it, allow patterns do not.
+      matchPath: r.paths ? compilePaths(r.paths, r.effect === 'deny') : undefined,
     };
     if (r.upstream === undefined) anyUpstream.push(compiled);
     else byUpstream.set(r.upstream, [...(byUpstream.get(r.upstream) ?? []), compiled]);
@@ -71,11 +72,19 @@ export function compilePolicy(rules: readonly RuleConfig[]): Policy {
   };
 }
 
-/** `*` matches one non-empty segment, a final `**` any remainder (including none). */
-function compilePaths(patterns: readonly string[]): (path: string) => boolean {
+/**
+ * `*` matches one non-empty segment, a final `**` any remainder (including none). One trailing
+ * slash is insignificant on both sides, so `/admin` and `/admin/` match alike.
+ */
+function compilePaths(patterns: readonly string[], ignoreCase: boolean): (path: string) => boolean {
   const exact = new Set<string>();
   const regexes: RegExp[] = [];
-  for (const p of patterns) {
+  const norm = (p: string): string => {
+    const trimmed = p.length > 1 && p.endsWith('/') ? p.slice(0, -1) : p;
+    return ignoreCase ? trimmed.toLowerCase() : trimmed;
+  };
+  for (const raw of patterns) {
+    const p = norm(raw);
     if (!p.includes('*')) {
       exact.add(p);
       continue;
@@ -85,7 +94,10 @@ function compilePaths(patterns: readonly string[]): (path: string) => boolean {
       .slice(1)
       .map((s) => (s === '**' ? '(?:/.*)?' : s === '*' ? '/[^/]+' : `/${s.replace(/[.+^${}()|[\]\\]/g, '\\$&')}`))
       .join('');
-    regexes.push(new RegExp(`^${body}$`));
+    regexes.push(new RegExp(`^${body}$`, ignoreCase ? 'i' : ''));
   }
-  return (path) => exact.has(path) || regexes.some((re) => re.test(path));
+  return (path) => {
+    const p = norm(path);
+    return exact.has(p) || regexes.some((re) => re.test(p));
+  };
 }

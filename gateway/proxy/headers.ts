@@ -18,7 +18,23 @@ const HOP_BY_HOP = [
  * Request headers an agent may never pass through: credentials of any kind, addressing that could
  * steer the upstream, and Valet's own control headers.
  */
-const AGENT_NEVER = ['host', 'authorization', 'cookie', 'forwarded', 'x-real-ip', 'expect', 'content-length'];
+const AGENT_NEVER = [
+  'host',
+  'authorization',
+  'cookie',
+  'forwarded',
+  'x-real-ip',
+  'expect',
+  'content-length',
+  'x-request-id',
+  // Where well-known APIs take keys; an agent might put its token in any of them.
+  'x-api-key',
+  'api-key',
+  'x-goog-api-key',
+  'x-auth-token',
+  'x-access-token',
+  'private-token',
+];
 const AGENT_NEVER_PREFIX = ['x-forwarded-', 'valet-'];
 
 export type HeaderList = [string, string][];
@@ -32,10 +48,10 @@ function connectionListed(values: readonly string[]): Set<string> {
 
 /**
  * The agent's headers as they may be forwarded: hop-by-hop headers, every header `Connection`
- * names, every copy and case variant of a credential header and steering headers removed.
- * `content-length` is re-added by the caller from the body actually sent.
+ * names, every copy and case variant of a credential header, steering headers and any header that
+ * carries the agent token removed. `content-length` is re-added by the caller.
  */
-export function forwardableRequestHeaders(rawHeaders: readonly string[], upstream: UpstreamConfig): HeaderList {
+export function forwardableRequestHeaders(rawHeaders: readonly string[], upstream: UpstreamConfig, agentToken: string): HeaderList {
   const drop = new Set([...HOP_BY_HOP, ...AGENT_NEVER, upstream.agentTokenHeader]);
   if (upstream.credential.scheme === 'header') drop.add(upstream.credential.header);
   const connection: string[] = [];
@@ -47,8 +63,9 @@ export function forwardableRequestHeaders(rawHeaders: readonly string[], upstrea
   const out: HeaderList = [];
   for (let i = 0; i < rawHeaders.length; i += 2) {
     const name = (rawHeaders[i] as string).toLowerCase();
-    if (drop.has(name) || AGENT_NEVER_PREFIX.some((p) => name.startsWith(p))) continue;
-    out.push([name, rawHeaders[i + 1] as string]);
+    const value = rawHeaders[i + 1] as string;
+    if (drop.has(name) || AGENT_NEVER_PREFIX.some((p) => name.startsWith(p)) || value.includes(agentToken)) continue;
+    out.push([name, value]);
   }
   return out;
 }

@@ -27,6 +27,8 @@ export interface PipelineDeps {
   readonly forwarder: Forwarder;
   readonly audit: AuditWriter;
   readonly logger: Logger;
+  /** True once shutdown began: new requests are refused (and audited). */
+  readonly draining: () => boolean;
 }
 
 export type RequestHandler = (req: IncomingMessage, res: ServerResponse) => Promise<void>;
@@ -38,31 +40,13 @@ const BEARER = /^Bearer[ \t]+([^\s]+)[ \t]*$/i;
  * record. Every outcome, including every failure, is audited exactly once.
  */
 export function createPipeline(deps: PipelineDeps): RequestHandler {
-  const { config, verifyToken, policy, secrets, forwarder, audit, logger } = deps;
+  const { config, verifyToken, policy, secrets, forwarder, audit, logger, draining } = deps;
 
   return async (req, res) => {
     const started = performance.now();
     const requestId = randomUUID();
     res.setHeader('x-request-id', requestId);
-    const rec: AuditRecord = {
-      ts: Date.now(),
-      requestId,
-      agent: null,
-      tenant: null,
-      user: null,
-      upstream: null,
-      method: req.method ?? 'GET',
-      path: '',
-      decision: null,
-      rule: null,
-      reason: null,
-      status: 0,
-      upstreamStatus: null,
-      errorCode: null,
-      durationMs: 0,
-      bytesIn: 0,
-      bytesOut: 0,
-    };
+    const rec = newAuditRecord(requestId, req.method ?? 'GET', ((req.url ?? '').split('?')[0] ?? '').slice(0, 2048));
     const abort = new AbortController();
     res.once('close', () => {
       if (!res.writableFinished) abort.abort();
@@ -70,16 +54,21 @@ export function createPipeline(deps: PipelineDeps): RequestHandler {
 
     try {
       // 1. receive
+      if (draining()) throw new ValetError('VALET_ERR_SHUTTING_DOWN');
       checkFraming(req);
       const target = canonicalTarget(req.url ?? '');
       rec.path = target.path;
+      rec.upstream = target.upstream;
       const upstream = config.upstreams.get(target.upstream);
       if (!upstream) throw new ValetError('VALET_ERR_UNKNOWN_UPSTREAM');
-      rec.upstream = upstream.name;
       const q = canonicalQuery(target.rawQuery, credentialQueryParams(upstream));
 
       // 2. authenticate
-      const identity = await verifyToken(agentToken(req.rawHeaders, upstream, q.removed));
+      const token = agentToken(req.rawHeaders, upstream, q.removed);
+      if (q.rawQuery.includes(token)) {
+        throw new ValetError('VALET_ERR_BAD_REQUEST', 'The agent token may not appear in the query string.');
+      }
+      const identity = await verifyToken(token);
       rec.agent = identity.agent;
       rec.tenant = identity.tenant ?? null;
       rec.user = identity.user ?? null;
@@ -109,7 +98,13 @@ export function createPipeline(deps: PipelineDeps): RequestHandler {
       // 6. inject
       const secret = secrets.get(upstream.credential.secret, identity.tenant);
       if (secret === undefined) throw new ValetError('VALET_ERR_CREDENTIAL_UNAVAILABLE');
-      const injected = injectCredential(forwardableRequestHeaders(req.rawHeaders, upstream), facts.rawQuery, upstream.credential, secret);
+      const injected = injectCredential(
+        forwardableRequestHeaders(req.rawHeaders, upstream, token),
+        facts.rawQuery,
+        upstream.credential,
+        secret,
+      );
+      injected.headers.push(['x-request-id', requestId]);
       const { body, length } = requestBody(req, rec);
       if (length !== undefined) injected.headers.push(['content-length', length]);
 
@@ -168,6 +163,29 @@ export function createPipeline(deps: PipelineDeps): RequestHandler {
         'request',
       );
     }
+  };
+}
+
+/** An audit record for a request about which nothing is known yet. */
+export function newAuditRecord(requestId: string, method: string, path: string): AuditRecord {
+  return {
+    ts: Date.now(),
+    requestId,
+    agent: null,
+    tenant: null,
+    user: null,
+    upstream: null,
+    method,
+    path,
+    decision: null,
+    rule: null,
+    reason: null,
+    status: 0,
+    upstreamStatus: null,
+    errorCode: null,
+    durationMs: 0,
+    bytesIn: 0,
+    bytesOut: 0,
   };
 }
 

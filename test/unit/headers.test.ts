@@ -26,6 +26,7 @@ const xKey = upstream({ scheme: 'header', header: 'x-api-key', prefix: '', secre
 const anth = upstream({ scheme: 'header', header: 'x-api-key', prefix: '', secret: 'S' }, { agentTokenHeader: 'x-api-key' });
 const custom = upstream({ scheme: 'header', header: 'x-echo-key', prefix: 'Key ', secret: 'S' }, { agentTokenHeader: 'x-agent-token' });
 
+const TOKEN = 'agent.token.value';
 const raw = (...pairs: [string, string][]): string[] => pairs.flat();
 const names = (h: HeaderList): string[] => h.map(([n]) => n);
 
@@ -33,8 +34,7 @@ describe('forwardableRequestHeaders', () => {
   it('keeps ordinary headers in order, names lower-cased, duplicates kept', () => {
     const out = forwardableRequestHeaders(
       raw(['Accept', 'application/json'], ['X-Custom', 'a'], ['Content-Type', 'text/plain'], ['x-custom', 'b'], ['User-Agent', 'sdk/1']),
-      bearer,
-    );
+      bearer, TOKEN);
     expect(out).toEqual([
       ['accept', 'application/json'],
       ['x-custom', 'a'],
@@ -69,7 +69,7 @@ describe('forwardableRequestHeaders', () => {
     'Valet-Upstream',
     'valet-anything',
   ])('drops %s', (name) => {
-    const out = forwardableRequestHeaders(raw([name, 'v'], ['X-Keep', 'k']), bearer);
+    const out = forwardableRequestHeaders(raw([name, 'v'], ['X-Keep', 'k']), bearer, TOKEN);
     expect(out).toEqual([['x-keep', 'k']]);
   });
 
@@ -83,42 +83,44 @@ describe('forwardableRequestHeaders', () => {
         ['x-three', '3'],
         ['x-four', '4'],
       ),
-      bearer,
-    );
+      bearer, TOKEN);
     expect(out).toEqual([['x-four', '4']]);
   });
 
   it('drops the credential header of a header-scheme upstream, every copy and case', () => {
-    const out = forwardableRequestHeaders(raw(['X-API-KEY', 'a'], ['x-api-key', 'b'], ['X-Api-Key', 'c'], ['x-other', 'o']), xKey);
+    const out = forwardableRequestHeaders(raw(['X-API-KEY', 'a'], ['x-api-key', 'b'], ['X-Api-Key', 'c'], ['x-other', 'o']), xKey, TOKEN);
     expect(out).toEqual([['x-other', 'o']]);
   });
 
   it('drops the upstream’s agent-token header', () => {
-    expect(forwardableRequestHeaders(raw(['X-Agent-Token', 't'], ['X-Echo-Key', 'k'], ['x-ok', '1']), custom)).toEqual([['x-ok', '1']]);
-    expect(forwardableRequestHeaders(raw(['x-api-key', 't']), anth)).toEqual([]);
+    expect(forwardableRequestHeaders(raw(['X-Agent-Token', 't'], ['X-Echo-Key', 'k'], ['x-ok', '1']), custom, TOKEN)).toEqual([['x-ok', '1']]);
+    expect(forwardableRequestHeaders(raw(['x-api-key', 't']), anth, TOKEN)).toEqual([]);
   });
 
   it('drops Authorization even when the upstream takes its agent token elsewhere', () => {
-    expect(forwardableRequestHeaders(raw(['Authorization', 'Basic YTpi'], ['x-api-key', 't']), anth)).toEqual([]);
-    expect(forwardableRequestHeaders(raw(['authorization', 'Bearer x']), custom)).toEqual([]);
+    expect(forwardableRequestHeaders(raw(['Authorization', 'Basic YTpi'], ['x-api-key', 't']), anth, TOKEN)).toEqual([]);
+    expect(forwardableRequestHeaders(raw(['authorization', 'Bearer x']), custom, TOKEN)).toEqual([]);
   });
 
-  it('keeps x-api-key for an upstream that does not use it', () => {
-    expect(names(forwardableRequestHeaders(raw(['x-api-key', 'k']), bearer))).toEqual(['x-api-key']);
+  it('drops well-known key headers even for an upstream that does not use them', () => {
+    expect(names(forwardableRequestHeaders(raw(['x-api-key', 'k'], ['X-Goog-Api-Key', 'g'], ['private-token', 'p']), bearer, TOKEN))).toEqual([]);
+  });
+
+  it('drops any header that carries the agent token', () => {
+    expect(names(forwardableRequestHeaders(raw(['x-custom-auth', `Token ${TOKEN}`], ['accept', 'application/json']), bearer, TOKEN))).toEqual(['accept']);
   });
 
   it('h2c smuggling headers do not pass (Upgrade and what Connection names)', () => {
     const out = forwardableRequestHeaders(
       raw(['Connection', 'Upgrade, HTTP2-Settings'], ['Upgrade', 'h2c'], ['HTTP2-Settings', 'AAMAAABkAAQAAP__']),
-      bearer,
-    );
+      bearer, TOKEN);
     expect(out).toEqual([]);
   });
 
   it('does not mutate its input', () => {
     const input = raw(['Authorization', 'Bearer t'], ['x-a', '1']);
     const copy = [...input];
-    forwardableRequestHeaders(input, bearer);
+    forwardableRequestHeaders(input, bearer, TOKEN);
     expect(input).toEqual(copy);
   });
 });
@@ -167,7 +169,7 @@ describe('injectCredential', () => {
       ['x-api-key', 'agent2'],
       ['Cookie', 'c=1'],
     );
-    const out = injectCredential(forwardableRequestHeaders(agentHeaders, xKey), '', xKey.credential, 'real');
+    const out = injectCredential(forwardableRequestHeaders(agentHeaders, xKey, TOKEN), '', xKey.credential, 'real');
     expect(out.headers).toEqual([['x-api-key', 'real']]);
   });
 });

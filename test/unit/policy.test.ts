@@ -109,7 +109,8 @@ describe('compilePolicy', () => {
   describe('path patterns', () => {
     const cases: [string, string, boolean][] = [
       ['/v1/models', '/v1/models', true],
-      ['/v1/models', '/v1/models/', false],
+      ['/v1/models', '/v1/models/', true],
+      ['/v1/models/', '/v1/models', true],
       ['/v1/models', '/v1/models/x', false],
       ['/v1/models', '/v1/model', false],
       ['/v1/models', '/V1/models', false],
@@ -137,6 +138,18 @@ describe('compilePolicy', () => {
     it.each(cases)('%s vs %s → %s', (pattern, path, matched) => {
       const p = compilePolicy([rule({ id: 'r', paths: [pattern], effect: 'allow' })]);
       expect(p.evaluate(agent, facts('api', 'GET', path)).effect).toBe(matched ? 'allow' : 'deny');
+    });
+
+    it('deny patterns ignore letter case and a trailing slash; allow patterns ignore only the slash', () => {
+      const p = compilePolicy([
+        rule({ id: 'all', effect: 'allow' }),
+        rule({ id: 'no-admin', paths: ['/admin/**', '/v1/Secret'], effect: 'deny' }),
+      ]);
+      for (const path of ['/ADMIN/users', '/Admin', '/admin/', '/v1/secret', '/V1/SECRET/']) {
+        expect(p.evaluate(agent, facts('api', 'GET', path))).toMatchObject({ effect: 'deny', rules: ['no-admin'] });
+      }
+      const allowOnly = compilePolicy([rule({ id: 'r', paths: ['/v1/models'], effect: 'allow' })]);
+      expect(allowOnly.evaluate(agent, facts('api', 'GET', '/V1/models')).effect).toBe('deny');
     });
 
     it('any of several patterns matches', () => {
