@@ -131,16 +131,17 @@ export function createPipeline(deps: PipelineDeps): RequestHandler {
           res,
         );
       } catch (err) {
-        if (!abort.signal.aborted) throw upstreamError(err);
-        rec.errorCode = 'VALET_ERR_CLIENT_CLOSED';
+        throw upstreamError(err);
       }
     } catch (err) {
-      const e = toValetError(err);
+      // Once the agent has gone, a failure is its hang-up, unless the upstream had already timed out.
+      let e = toValetError(err);
+      if (abort.signal.aborted && e.code !== 'VALET_ERR_UPSTREAM_TIMEOUT') e = new ValetError('VALET_ERR_CLIENT_CLOSED');
       rec.errorCode = e.code;
       if (e.code === 'VALET_ERR_INTERNAL') logger.error({ reqId: requestId, err: e.cause }, 'internal error');
-      sendError(res, e, requestId);
+      if (e.code !== 'VALET_ERR_CLIENT_CLOSED') sendError(res, e, requestId);
     } finally {
-      rec.status = res.statusCode;
+      rec.status = rec.errorCode === 'VALET_ERR_CLIENT_CLOSED' && !res.headersSent ? 499 : res.statusCode;
       rec.durationMs = Math.round((performance.now() - started) * 1000) / 1000;
       audit.record(rec);
       logger.info(
