@@ -15,7 +15,14 @@ export const ERRORS = {
     message: 'The token issuer\'s keys could not be fetched; the token was not accepted.',
   },
   VALET_ERR_POLICY_DENIED: { status: 403, message: 'Policy denied this request.' },
+  VALET_ERR_APPROVAL_REQUIRED: {
+    status: 403,
+    message: 'This request requires human approval; it was not forwarded.',
+  },
   VALET_ERR_UNKNOWN_UPSTREAM: { status: 404, message: 'No upstream is configured under this name.' },
+  VALET_ERR_BODY_TOO_LARGE: { status: 413, message: 'The request body is larger than the gateway reads.' },
+  VALET_ERR_RATE_LIMITED: { status: 429, message: 'A rate limit refused this request; retry after the time given.' },
+  VALET_ERR_BUDGET_EXCEEDED: { status: 429, message: 'A budget refused this request; retry after the time given.' },
   VALET_ERR_CREDENTIAL_UNAVAILABLE: {
     status: 503,
     message: 'The credential for this upstream is not available; nothing was forwarded.',

@@ -10,7 +10,8 @@ import { loadConfig } from './config/load.js';
 import type { Config, Environment } from './config/types.js';
 import { ValetError } from './errors.js';
 import { createLogger } from './log.js';
-import { compilePolicy } from './policy/compile.js';
+import { memoryCounterStore, memoryHistoryStore } from './policy/counters.js';
+import { createPolicyHolder, type PolicyHolder } from './policy/reload.js';
 import { createForwarder } from './proxy/forward.js';
 import { envSecretSource } from './secrets/env.js';
 import { createPipeline, newAuditRecord } from './server/pipeline.js';
@@ -24,6 +25,8 @@ export interface GatewayOptions {
   /** Where log lines go (stdout by default); tests pass a sink. */
   logDestination?: DestinationStream | undefined;
   env?: NodeJS.ProcessEnv | undefined;
+  /** Reload the policy when files in the config directory change. */
+  watch?: boolean | undefined;
 }
 
 export interface RunningGateway {
@@ -34,6 +37,8 @@ export interface RunningGateway {
   readonly logger: Logger;
   /** The audit writer; `flush()` writes queued rows now. */
   readonly audit: AuditWriter;
+  /** The policy in force; `reload()` recompiles it (also on SIGHUP and, with `watch`, on file change). */
+  readonly policies: PolicyHolder;
   /** Stops accepting, drains in-flight requests (up to the grace period), flushes the audit log. */
   close(): Promise<void>;
 }
@@ -45,19 +50,22 @@ export interface RunningGateway {
 export async function startGateway(options: GatewayOptions): Promise<RunningGateway> {
   const logger = createLogger(options.logDestination);
   const dataDir = resolve(options.dataDir);
-  const config = loadConfig(options.configDir, { port: options.port, host: options.host, environment: options.environment });
+  const loadOptions = { port: options.port, host: options.host, environment: options.environment };
+  const config = loadConfig(options.configDir, loadOptions);
   const env = options.env ?? process.env;
   const verifyToken = createTokenVerifier(config.issuers, dataDir, env);
-  const policy = compilePolicy(config.rules);
+  const stores = { counters: memoryCounterStore(), history: memoryHistoryStore() };
+  const policies = createPolicyHolder(config, loadOptions, stores, logger);
+  if (options.watch) policies.watch();
   const secrets = envSecretSource([...config.upstreams.values()].map((u) => u.credential.secret), env);
   if (secrets.missing.length > 0) {
     logger.warn({ missing: secrets.missing }, 'upstream credentials not set; requests to those upstreams are refused (503)');
   }
   const db = openAuditDatabase(dataDir);
-  const audit = createAuditWriter(db, { policyVersion: () => config.version, logger });
+  const audit = createAuditWriter(db, { logger });
   const forwarder = createForwarder(config.upstreams.values());
   let draining = false;
-  const handle = createPipeline({ config, verifyToken, policy, secrets, forwarder, audit, logger, draining: () => draining });
+  const handle = createPipeline({ config, verifyToken, policy: policies.current, secrets, forwarder, audit, logger, draining: () => draining });
 
   let inFlight = 0;
   let idle: (() => void) | undefined;
@@ -108,6 +116,7 @@ export async function startGateway(options: GatewayOptions): Promise<RunningGate
   const close = (): Promise<void> =>
     (closing ??= (async () => {
       draining = true;
+      policies.close();
       const closed = new Promise<void>((r) => server.close(() => r()));
       server.closeIdleConnections();
       if (inFlight > 0) {
@@ -131,5 +140,5 @@ export async function startGateway(options: GatewayOptions): Promise<RunningGate
       logger.info({}, 'valet stopped');
     })());
 
-  return { config, server, port, url: `http://${host}:${port}`, logger, audit, close };
+  return { config, server, port, url: `http://${host}:${port}`, logger, audit, policies, close };
 }

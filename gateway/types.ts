@@ -7,6 +7,8 @@ export interface AgentIdentity {
   readonly environment: string | undefined;
   /** The user the agent acts for (RFC 8693 `act` delegation, or a `user` claim). */
   readonly user: string | undefined;
+  /** The delegating user's roles (from the token), used to intersect permissions. */
+  readonly userRoles: readonly string[];
   readonly issuer: string;
   readonly tokenId: string | undefined;
   readonly expiresAt: number;
@@ -23,9 +25,22 @@ export interface RequestFacts {
   /** The query string as forwarded (without the leading `?`, agent credentials removed). */
   readonly rawQuery: string;
   readonly query: Readonly<Record<string, readonly string[]>>;
+  /** The tool this route maps to, if any. */
+  readonly tool: string | undefined;
+  /** Path parameters + query + parsed body, as conditions see them. */
+  readonly args: Readonly<Record<string, unknown>>;
+  /** Why the arguments could not be read (ambiguous, malformed, unsupported); conditions on them deny. */
+  readonly argsError: string | undefined;
 }
 
 export type Effect = 'allow' | 'deny' | 'escalate';
+
+/** Human approval a rule asks for (the approval workflow acts on it). */
+export interface ApprovalRequest {
+  readonly group: string;
+  readonly timeoutMs: number;
+  readonly mode: 'hold' | 'async';
+}
 
 /** The outcome of policy evaluation for one request. */
 export interface Decision {
@@ -33,6 +48,16 @@ export interface Decision {
   /** Ids of the rules that produced the effect; `default-deny` when none matched. */
   readonly rules: readonly string[];
   readonly reason: string;
+  /** Present when the effect is `escalate`. */
+  readonly approval?: ApprovalRequest;
+}
+
+/** A rate limit or budget that refused a request the rules allowed. */
+export interface Limited {
+  readonly kind: 'rate_limit' | 'budget';
+  readonly id: string;
+  readonly reason: string;
+  readonly retryAfterMs: number;
 }
 
 /** One audit record; never contains a token or a secret. */
@@ -43,6 +68,7 @@ export interface AuditRecord {
   tenant: string | null;
   user: string | null;
   upstream: string | null;
+  tool: string | null;
   method: string;
   path: string;
   decision: Effect | null;
@@ -54,4 +80,5 @@ export interface AuditRecord {
   durationMs: number;
   bytesIn: number;
   bytesOut: number;
+  policyVersion: string | null;
 }

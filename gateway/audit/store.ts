@@ -30,6 +30,7 @@ const MIGRATIONS: readonly string[] = [
    );
    CREATE INDEX audit_log_ts ON audit_log (ts);
    CREATE INDEX audit_log_request_id ON audit_log (request_id);`,
+  `ALTER TABLE audit_log ADD COLUMN tool TEXT;`,
 ];
 
 export const AUDIT_FILE = 'valet.db';
@@ -58,6 +59,7 @@ export interface AuditRow {
   tenant: string | null;
   user: string | null;
   upstream: string | null;
+  tool: string | null;
   method: string;
   path: string;
   decision: string | null;
@@ -102,14 +104,14 @@ export function queryAudit(db: AuditDatabase, f: AuditFilter): AuditRow[] {
 }
 
 /** Column values for one record, in insert order. */
-export function toRow(r: AuditRecord, policyVersion: string): unknown[] {
+export function toRow(r: AuditRecord): unknown[] {
   return [
-    r.ts, r.requestId, r.agent, r.tenant, r.user, r.upstream, r.method, r.path, r.decision, r.rule, r.reason,
-    r.status, r.upstreamStatus, r.errorCode, r.durationMs, r.bytesIn, r.bytesOut, policyVersion,
+    r.ts, r.requestId, r.agent, r.tenant, r.user, r.upstream, r.tool, r.method, r.path, r.decision, r.rule, r.reason,
+    r.status, r.upstreamStatus, r.errorCode, r.durationMs, r.bytesIn, r.bytesOut, r.policyVersion,
   ];
 }
 
 export const INSERT_SQL = `INSERT INTO audit_log
-  (ts, request_id, agent, tenant, user, upstream, method, path, decision, rule, reason,
+  (ts, request_id, agent, tenant, user, upstream, tool, method, path, decision, rule, reason,
    status, upstream_status, error_code, duration_ms, bytes_in, bytes_out, policy_version)
-  VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`;
+  VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`;

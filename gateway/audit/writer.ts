@@ -14,7 +14,6 @@ export interface AuditWriter {
 }
 
 export interface AuditWriterOptions {
-  policyVersion: () => string;
   logger: Logger;
   flushIntervalMs?: number;
   maxBatch?: number;
@@ -57,7 +56,7 @@ export function createAuditWriter(db: AuditDatabase, o: AuditWriterOptions): Aud
 
   return {
     record(r) {
-      queue.push(toRow(r, o.policyVersion()));
+      queue.push(toRow(r));
       if (queue.length >= maxBatch) schedule();
     },
     flush,

@@ -10,6 +10,8 @@ export interface MintOptions {
   environment?: string | undefined;
   /** The delegating user: the token's `sub`, with the agent as the RFC 8693 actor. */
   user?: string | undefined;
+  /** The delegating user's roles. */
+  userRoles?: readonly string[] | undefined;
   ttlSeconds: number;
 }
 
@@ -24,6 +26,7 @@ export async function mintAgentToken(issuer: IssuerConfig, secret: Uint8Array, o
   if (o.roles !== undefined && o.roles.length > 0) claims[c.roles] = [...o.roles];
   if (o.environment !== undefined) claims[c.environment] = o.environment;
   if (o.user !== undefined) claims['act'] = { sub: o.agent };
+  if (o.user !== undefined && o.userRoles !== undefined && o.userRoles.length > 0) claims[c.userRoles] = [...o.userRoles];
   return new SignJWT(claims)
     .setProtectedHeader({ alg, typ: 'JWT' })
     .setIssuer(issuer.issuer)

@@ -79,6 +79,7 @@ function identityFrom(payload: JWTPayload, config: IssuerConfig): AgentIdentity 
     tenant: optionalString(payload[claims.tenant], claims.tenant),
     team: optionalString(payload[claims.team], claims.team),
     roles: Object.freeze(roleList(payload[claims.roles], claims.roles)),
+    userRoles: Object.freeze(user === undefined ? [] : roleList(payload[claims.userRoles], claims.userRoles)),
     environment: optionalString(payload[claims.environment], claims.environment),
     issuer: config.issuer,
     tokenId: optionalString(payload.jti, 'jti'),

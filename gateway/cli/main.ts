@@ -68,7 +68,9 @@ async function start(args: string[]): Promise<void> {
     port: integer(values.port ?? env['VALET_PORT'], 'port', 0, 65535),
     host: values.host ?? env['VALET_HOST'],
     environment: environment(values.env ?? env['VALET_ENV']),
+    watch: true,
   });
+  process.on('SIGHUP', () => gateway.policies.reload());
   let stopping = false;
   const stop = (signal: string): void => {
     if (stopping) return;

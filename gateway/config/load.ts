@@ -6,7 +6,13 @@ import { isMap, isPair, isScalar, LineCounter, parseDocument, type Document, typ
 import { ConfigError, type ConfigProblem } from '../errors.js';
 import { fileSchema } from './schema.js';
 import type {
+  BudgetConfig,
   ClaimNames,
+  Location,
+  MatchConfig,
+  PolicyTestConfig,
+  RateLimitConfig,
+  ToolConfig,
   Config,
   CredentialConfig,
   Environment,
@@ -18,7 +24,7 @@ import type {
 
 const validateFile = new Ajv({ allErrors: true, strict: true, allowUnionTypes: true }).compile(fileSchema);
 
-const DEFAULT_CLAIMS: ClaimNames = { tenant: 'tenant', team: 'team', roles: 'roles', environment: 'env', user: 'user' };
+const DEFAULT_CLAIMS: ClaimNames = { tenant: 'tenant', team: 'team', roles: 'roles', environment: 'env', user: 'user', userRoles: 'user_roles' };
 const SYMMETRIC = new Set(['HS256', 'HS384', 'HS512']);
 
 /* eslint-disable @typescript-eslint/no-explicit-any -- raw YAML before validation */
@@ -99,10 +105,14 @@ function assemble(root: string, files: ParsedFile[], problems: Problems, options
   let gatewayFile: ParsedFile | undefined;
   const issuers: IssuerConfig[] = [];
   const upstreams = new Map<string, UpstreamConfig>();
-  const rules: RuleConfig[] = [];
   const issuerNames = new Set<string>();
-  const ruleIds = new Set<string>();
-  const pendingRules: { file: ParsedFile; index: number; raw: Raw }[] = [];
+  const pending: Record<'tools' | 'rules' | 'rate_limits' | 'budgets' | 'tests', { file: ParsedFile; index: number; raw: Raw }[]> = {
+    tools: [],
+    rules: [],
+    rate_limits: [],
+    budgets: [],
+    tests: [],
+  };
 
   for (const file of files) {
     const d = file.data;
@@ -125,31 +135,111 @@ function assemble(root: string, files: ParsedFile[], problems: Problems, options
       if (upstreams.has(raw.name)) problems.add(file, ['upstreams', i, 'name'], `upstream "${raw.name}" is defined twice`);
       else if (upstream) upstreams.set(upstream.name, upstream);
     });
-    (d.rules ?? []).forEach((raw: Raw, index: number) => pendingRules.push({ file, index, raw }));
+    for (const section of Object.keys(pending) as (keyof typeof pending)[]) {
+      (d[section] ?? []).forEach((raw: Raw, index: number) => pending[section].push({ file, index, raw }));
+    }
   }
 
-  for (const { file, index, raw } of pendingRules) {
-    const at = ['rules', index];
-    if (ruleIds.has(raw.id)) problems.add(file, [...at, 'id'], `rule id "${raw.id}" is used twice`);
-    ruleIds.add(raw.id);
+  const tools = new Map<string, ToolConfig>();
+  for (const { file, index, raw } of pending.tools) {
+    const at = ['tools', index];
+    if (tools.has(raw.name)) problems.add(file, [...at, 'name'], `tool "${raw.name}" is defined twice`);
+    if (!upstreams.has(raw.upstream)) problems.add(file, [...at, 'upstream'], `unknown upstream "${raw.upstream}"`);
+    const why = checkPathTemplate(raw.path);
+    if (why) problems.add(file, [...at, 'path'], why);
+    tools.set(raw.name, {
+      name: raw.name,
+      description: raw.description,
+      upstream: raw.upstream,
+      method: raw.method,
+      path: raw.path,
+      args: { ...(raw.args ?? {}) },
+      at: location(file, at),
+    });
+  }
+
+  const ids = new Map<string, string>();
+  const buildMatch = (section: string, file: ParsedFile, index: number, raw: Raw): MatchConfig => {
+    const at = [section, index];
+    const first = ids.get(`${section}:${raw.id}`);
+    if (first !== undefined) problems.add(file, [...at, 'id'], `id "${raw.id}" is already used at ${first}`);
+    ids.set(`${section}:${raw.id}`, `${file.name}:${locate(file, at, false).line}`);
     if (raw.upstream !== undefined && !upstreams.has(raw.upstream)) {
       problems.add(file, [...at, 'upstream'], `unknown upstream "${raw.upstream}"`);
     }
+    (raw.tools ?? []).forEach((t: string, j: number) => {
+      const tool = tools.get(t);
+      if (!tool) problems.add(file, [...at, 'tools', j], `unknown tool "${t}"`);
+      else if (raw.upstream !== undefined && tool.upstream !== raw.upstream) {
+        problems.add(file, [...at, 'tools', j], `tool "${t}" belongs to upstream "${tool.upstream}", not "${raw.upstream}"`);
+      }
+    });
     (raw.paths ?? []).forEach((p: string, j: number) => {
       const why = checkPathPattern(p);
       if (why) problems.add(file, [...at, 'paths', j], why);
     });
-    rules.push({
+    const lines: Record<string, number> = {};
+    for (const field of ['when', 'sum', 'key']) {
+      if (raw[field] !== undefined) lines[field] = locate(file, [...at, field], false).line;
+    }
+    return {
       id: raw.id,
       description: raw.description,
+      scope: raw.scope,
       upstream: raw.upstream,
+      tools: raw.tools,
       methods: raw.methods,
       paths: raw.paths,
+      roles: raw.roles,
+      environments: raw.environments,
+      when: raw.when,
+      at: location(file, at),
+      lines,
+    };
+  };
+
+  const rules: RuleConfig[] = pending.rules.map(({ file, index, raw }) => {
+    const match = buildMatch('rules', file, index, raw);
+    if (raw.effect === 'escalate' && raw.approval === undefined) {
+      problems.add(file, ['rules', index], 'an "escalate" rule needs "approval" (group, timeout, mode)');
+    }
+    if (raw.effect !== 'escalate' && raw.approval !== undefined) {
+      problems.add(file, ['rules', index, 'approval'], 'only "escalate" rules take "approval"', true);
+    }
+    const mode = raw.approval?.mode ?? 'hold';
+    return {
+      ...match,
       effect: raw.effect,
       reason: raw.reason,
-      source: `${file.name}:${locate(file, at, false).line}`,
-    });
-  }
+      approval: raw.approval && {
+        group: raw.approval.group,
+        mode,
+        timeoutMs: raw.approval.timeout ? parseDuration(raw.approval.timeout) : mode === 'hold' ? 60_000 : 900_000,
+      },
+    };
+  });
+  const rateLimits: RateLimitConfig[] = pending.rate_limits.map(({ file, index, raw }) => ({
+    ...buildMatch('rate_limits', file, index, raw),
+    limit: raw.limit,
+    windowMs: parseDuration(raw.window),
+    key: raw.key ?? 'agent',
+  }));
+  const budgets: BudgetConfig[] = pending.budgets.map(({ file, index, raw }) => ({
+    ...buildMatch('budgets', file, index, raw),
+    sum: raw.sum,
+    limit: raw.limit,
+    windowMs: parseDuration(raw.window),
+    key: raw.key ?? 'agent',
+  }));
+  const tests: PolicyTestConfig[] = pending.tests.map(({ file, index, raw }) => {
+    if (!upstreams.has(raw.request.upstream)) {
+      problems.add(file, ['tests', index, 'request', 'upstream'], `unknown upstream "${raw.request.upstream}"`);
+    }
+    if (raw.request.json !== undefined && raw.request.form !== undefined) {
+      problems.add(file, ['tests', index, 'request'], 'give "json" or "form", not both');
+    }
+    return { name: raw.name, identity: raw.identity, request: raw.request, expect: raw.expect, at: location(file, ['tests', index]) };
+  });
 
   const environment: Environment = options.environment ?? gatewayRaw?.environment ?? 'development';
   const issuerValues = new Map<string, string>();
@@ -173,6 +263,13 @@ function assemble(root: string, files: ParsedFile[], problems: Problems, options
   if (problems.list.length > 0) return undefined;
 
   const g = gatewayRaw ?? {};
+  const timezone: string = g.timezone ?? 'UTC';
+  try {
+    new Intl.DateTimeFormat('en-US', { timeZone: timezone });
+  } catch {
+    if (gatewayFile) problems.add(gatewayFile, ['gateway', 'timezone'], `unknown time zone "${timezone}"`);
+    return undefined;
+  }
   return {
     dir: root,
     gateway: {
@@ -180,10 +277,16 @@ function assemble(root: string, files: ParsedFile[], problems: Problems, options
       listen: { host: options.host ?? g.listen?.host ?? '127.0.0.1', port: options.port ?? g.listen?.port ?? 8080 },
       shutdownGraceMs: g.shutdown_grace_ms ?? 10_000,
       maxHeaderBytes: g.max_header_bytes ?? 16_384,
+      maxBodyBytes: g.max_body_bytes ?? 1_048_576,
+      timezone,
     },
     issuers,
     upstreams,
+    tools: [...tools.values()],
     rules,
+    rateLimits,
+    budgets,
+    tests,
   };
 }
 
@@ -217,7 +320,11 @@ function buildIssuer(root: string, file: ParsedFile, i: number, raw: Raw, proble
     algorithms,
     clockSkewS: raw.clock_skew_s ?? 30,
     key,
-    claims: { ...DEFAULT_CLAIMS, ...(raw.claims ?? {}) },
+    claims: {
+      ...DEFAULT_CLAIMS,
+      ...(raw.claims ?? {}),
+      userRoles: raw.claims?.user_roles ?? DEFAULT_CLAIMS.userRoles,
+    },
   };
 }
 
@@ -269,6 +376,33 @@ function buildUpstream(file: ParsedFile, i: number, raw: Raw, problems: Problems
     },
     connections: raw.connections ?? 64,
   };
+}
+
+/** Tool path templates: literal segments and `{name}` parameters, each a whole segment. */
+function checkPathTemplate(p: string): string | undefined {
+  const seen = new Set<string>();
+  for (const s of p.split('/').slice(1)) {
+    const m = /^\{([A-Za-z_][A-Za-z0-9_]*)\}$/.exec(s);
+    if (m) {
+      if (seen.has(m[1] as string)) return `parameter "{${m[1]}}" appears twice`;
+      seen.add(m[1] as string);
+    } else if (/[{}*%?#\\]/.test(s) || s === '.' || s === '..') {
+      return `segment "${s}" must be literal text or a whole "{name}"`;
+    }
+  }
+  return undefined;
+}
+
+/** `15m` → 900000. The schema has already checked the form. */
+export function parseDuration(d: string): number {
+  const m = /^(\d+)(ms|s|m|h|d)$/.exec(d);
+  if (!m) throw new TypeError(`not a duration: ${d}`);
+  return Number(m[1]) * { ms: 1, s: 1_000, m: 60_000, h: 3_600_000, d: 86_400_000 }[m[2] as 'ms' | 's' | 'm' | 'h' | 'd'];
+}
+
+function location(file: ParsedFile, path: readonly (string | number)[]): Location {
+  const { line, column } = locate(file, path, false);
+  return { file: file.name, line, column, path: formatPath(path) };
 }
 
 /** Path patterns: literal segments, `*` (one segment) or a final `**` (any remainder). */

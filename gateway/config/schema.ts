@@ -19,6 +19,41 @@ const credential = {
   },
 } as const;
 
+const method = { enum: ['GET', 'HEAD', 'POST', 'PUT', 'PATCH', 'DELETE', 'OPTIONS'] } as const;
+const toolName = { type: 'string', pattern: '^[a-z][a-z0-9_-]*(\\.[a-z][a-z0-9_-]*)*$' } as const;
+const duration = { type: 'string', pattern: '^[1-9][0-9]*(ms|s|m|h|d)$' } as const;
+const stringList = { type: 'array', minItems: 1, uniqueItems: true, items: { type: 'string', minLength: 1 } } as const;
+
+/** What a rule, rate limit or budget applies to; every key given must match. */
+const match = {
+  id: { type: 'string', pattern: '^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$' },
+  description: { type: 'string' },
+  scope: {
+    type: 'object',
+    additionalProperties: false,
+    minProperties: 1,
+    properties: {
+      tenant: { type: 'string', minLength: 1 },
+      team: { type: 'string', minLength: 1 },
+      agent: { type: 'string', minLength: 1 },
+    },
+  },
+  upstream: name,
+  tools: { type: 'array', minItems: 1, uniqueItems: true, items: toolName },
+  methods: { type: 'array', minItems: 1, uniqueItems: true, items: method },
+  paths: { type: 'array', minItems: 1, items: { type: 'string', pattern: '^/' } },
+  roles: stringList,
+  environments: { type: 'array', minItems: 1, uniqueItems: true, items: { enum: ['development', 'staging', 'production'] } },
+  when: { type: 'string', minLength: 1 },
+} as const;
+
+const counterKey = {
+  oneOf: [
+    { enum: ['agent', 'tenant', 'user', 'tool', 'global'] },
+    { type: 'object', required: ['cel'], additionalProperties: false, properties: { cel: { type: 'string', minLength: 1 } } },
+  ],
+} as const;
+
 export const fileSchema = {
   type: 'object',
   additionalProperties: false,
@@ -38,6 +73,8 @@ export const fileSchema = {
         },
         shutdown_grace_ms: positiveMs,
         max_header_bytes: { type: 'integer', minimum: 1024, maximum: 1_048_576 },
+        max_body_bytes: { type: 'integer', minimum: 1024, maximum: 67_108_864 },
+        timezone: { type: 'string', minLength: 1 },
       },
     },
     issuers: {
@@ -82,6 +119,7 @@ export const fileSchema = {
               roles: { type: 'string', minLength: 1 },
               environment: { type: 'string', minLength: 1 },
               user: { type: 'string', minLength: 1 },
+              user_roles: { type: 'string', minLength: 1 },
             },
           },
         },
@@ -114,6 +152,26 @@ export const fileSchema = {
         },
       },
     },
+    tools: {
+      type: 'array',
+      items: {
+        type: 'object',
+        required: ['name', 'upstream', 'method', 'path'],
+        additionalProperties: false,
+        properties: {
+          name: toolName,
+          description: { type: 'string' },
+          upstream: name,
+          method,
+          path: { type: 'string', pattern: '^/' },
+          args: {
+            type: 'object',
+            propertyNames: { pattern: '^[A-Za-z_][A-Za-z0-9_]*$' },
+            additionalProperties: { enum: ['string', 'int', 'number', 'bool'] },
+          },
+        },
+      },
+    },
     rules: {
       type: 'array',
       items: {
@@ -121,20 +179,95 @@ export const fileSchema = {
         required: ['id', 'effect'],
         additionalProperties: false,
         properties: {
-          id: { type: 'string', pattern: '^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$' },
-          description: { type: 'string' },
-          upstream: name,
-          methods: {
-            type: 'array',
-            minItems: 1,
-            uniqueItems: true,
-            items: { enum: ['GET', 'HEAD', 'POST', 'PUT', 'PATCH', 'DELETE', 'OPTIONS'] },
-          },
-          paths: { type: 'array', minItems: 1, items: { type: 'string', pattern: '^/' } },
-          effect: { enum: ['allow', 'deny'] },
+          ...match,
+          effect: { enum: ['allow', 'deny', 'escalate'] },
           reason: { type: 'string', minLength: 1 },
+          approval: {
+            type: 'object',
+            required: ['group'],
+            additionalProperties: false,
+            properties: {
+              group: { type: 'string', minLength: 1 },
+              timeout: duration,
+              mode: { enum: ['hold', 'async'] },
+            },
+          },
+        },
+      },
+    },
+    rate_limits: {
+      type: 'array',
+      items: {
+        type: 'object',
+        required: ['id', 'limit', 'window'],
+        additionalProperties: false,
+        properties: { ...match, limit: { type: 'integer', minimum: 1 }, window: duration, key: counterKey },
+      },
+    },
+    budgets: {
+      type: 'array',
+      items: {
+        type: 'object',
+        required: ['id', 'sum', 'limit', 'window'],
+        additionalProperties: false,
+        properties: {
+          ...match,
+          sum: { type: 'string', minLength: 1 },
+          limit: { type: 'number', exclusiveMinimum: 0 },
+          window: duration,
+          key: counterKey,
+        },
+      },
+    },
+    tests: {
+      type: 'array',
+      items: {
+        type: 'object',
+        required: ['name', 'identity', 'request', 'expect'],
+        additionalProperties: false,
+        properties: {
+          name: { type: 'string', minLength: 1 },
+          identity: {
+            type: 'object',
+            required: ['agent'],
+            additionalProperties: false,
+            properties: {
+              agent: { type: 'string', minLength: 1 },
+              tenant: { type: 'string' },
+              team: { type: 'string' },
+              roles: { type: 'array', items: { type: 'string' } },
+              env: { type: 'string' },
+              user: { type: 'string' },
+              user_roles: { type: 'array', items: { type: 'string' } },
+            },
+          },
+          request: {
+            type: 'object',
+            required: ['upstream', 'method', 'path'],
+            additionalProperties: false,
+            properties: {
+              upstream: name,
+              method,
+              path: { type: 'string', pattern: '^/' },
+              query: { type: 'object', additionalProperties: { type: 'string' } },
+              json: {},
+              form: { type: 'string' },
+              time: { type: 'string', pattern: '^\\d{4}-\\d{2}-\\d{2}T' },
+              repeat: { type: 'integer', minimum: 1, maximum: 100000 },
+            },
+          },
+          expect: {
+            type: 'object',
+            required: ['effect'],
+            additionalProperties: false,
+            properties: {
+              effect: { enum: ['allow', 'deny', 'escalate', 'rate_limited'] },
+              rule: { type: 'string' },
+            },
+          },
         },
       },
     },
   },
 } as const;
+

@@ -5,6 +5,10 @@ export interface GatewaySettings {
   readonly listen: { readonly host: string; readonly port: number };
   readonly shutdownGraceMs: number;
   readonly maxHeaderBytes: number;
+  /** Largest JSON or form body Valet buffers to read arguments from. */
+  readonly maxBodyBytes: number;
+  /** IANA time zone for `time.*` in conditions. */
+  readonly timezone: string;
 }
 
 export type IssuerKey =
@@ -19,6 +23,7 @@ export interface ClaimNames {
   readonly roles: string;
   readonly environment: string;
   readonly user: string;
+  readonly userRoles: string;
 }
 
 export interface IssuerConfig {
@@ -52,16 +57,102 @@ export interface UpstreamConfig {
   readonly connections: number;
 }
 
-export interface RuleConfig {
+/** Where a configuration item is written: for error messages and explanations. */
+export interface Location {
+  readonly file: string;
+  readonly line: number;
+  readonly column: number;
+  /** The item's path in its file, e.g. `rules[3]`. */
+  readonly path: string;
+}
+
+export type Scope = { readonly tenant?: string; readonly team?: string; readonly agent?: string };
+
+/** What a rule, rate limit or budget applies to; every part given must match. */
+export interface MatchConfig {
   readonly id: string;
   readonly description: string | undefined;
+  readonly scope: Scope | undefined;
   readonly upstream: string | undefined;
+  readonly tools: readonly string[] | undefined;
   readonly methods: readonly string[] | undefined;
   readonly paths: readonly string[] | undefined;
-  readonly effect: 'allow' | 'deny';
+  readonly roles: readonly string[] | undefined;
+  readonly environments: readonly Environment[] | undefined;
+  /** A CEL condition; compiled by the policy module. */
+  readonly when: string | undefined;
+  readonly at: Location;
+  /** Lines of individual fields (`when`, `sum`, `key`), for CEL error messages. */
+  readonly lines: Readonly<Record<string, number>>;
+}
+
+export interface ApprovalConfig {
+  readonly group: string;
+  readonly timeoutMs: number;
+  readonly mode: 'hold' | 'async';
+}
+
+export interface RuleConfig extends MatchConfig {
+  readonly effect: 'allow' | 'deny' | 'escalate';
   readonly reason: string | undefined;
-  /** Where the rule is written, for explanations and error messages. */
-  readonly source: string;
+  readonly approval: ApprovalConfig | undefined;
+}
+
+export type CounterKey = 'agent' | 'tenant' | 'user' | 'tool' | 'global' | { readonly cel: string };
+
+export interface RateLimitConfig extends MatchConfig {
+  readonly limit: number;
+  readonly windowMs: number;
+  readonly key: CounterKey;
+}
+
+export interface BudgetConfig extends MatchConfig {
+  /** CEL expression giving the amount this request spends. */
+  readonly sum: string;
+  readonly limit: number;
+  readonly windowMs: number;
+  readonly key: CounterKey;
+}
+
+export type ArgType = 'string' | 'int' | 'number' | 'bool';
+
+/** A named operation on an upstream: policies speak of tools and arguments, not URLs. */
+export interface ToolConfig {
+  readonly name: string;
+  readonly description: string | undefined;
+  readonly upstream: string;
+  readonly method: string;
+  /** Path template; `{name}` is one segment, captured as an argument. */
+  readonly path: string;
+  /** Declared argument types; form values are converted, JSON values must already match. */
+  readonly args: Readonly<Record<string, ArgType>>;
+  readonly at: Location;
+}
+
+/** A policy test case written beside the policies (`valet policy test`). */
+export interface PolicyTestConfig {
+  readonly name: string;
+  readonly identity: {
+    readonly agent: string;
+    readonly tenant?: string;
+    readonly team?: string;
+    readonly roles?: readonly string[];
+    readonly env?: string;
+    readonly user?: string;
+    readonly user_roles?: readonly string[];
+  };
+  readonly request: {
+    readonly upstream: string;
+    readonly method: string;
+    readonly path: string;
+    readonly query?: Readonly<Record<string, string>>;
+    readonly json?: unknown;
+    readonly form?: string;
+    readonly time?: string;
+    readonly repeat?: number;
+  };
+  readonly expect: { readonly effect: 'allow' | 'deny' | 'escalate' | 'rate_limited'; readonly rule?: string };
+  readonly at: Location;
 }
 
 /** The validated, frozen configuration; built once at start. */
@@ -72,5 +163,9 @@ export interface Config {
   readonly gateway: GatewaySettings;
   readonly issuers: readonly IssuerConfig[];
   readonly upstreams: ReadonlyMap<string, UpstreamConfig>;
+  readonly tools: readonly ToolConfig[];
   readonly rules: readonly RuleConfig[];
+  readonly rateLimits: readonly RateLimitConfig[];
+  readonly budgets: readonly BudgetConfig[];
+  readonly tests: readonly PolicyTestConfig[];
 }

@@ -9,7 +9,7 @@ export interface ForwardRequest {
   /** Path and query exactly as sent: `/v1/x?y=1`. */
   readonly path: string;
   readonly headers: HeaderList;
-  readonly body: Readable | null;
+  readonly body: Readable | Buffer | null;
   readonly signal: AbortSignal;
 }
 

@@ -15,6 +15,7 @@ import { forwardableRequestHeaders, forwardableResponseHeaders, injectCredential
 import { scrubLocation } from '../proxy/location.js';
 import type { SecretSource } from '../secrets/env.js';
 import type { AuditRecord, RequestFacts } from '../types.js';
+import { bodyKind, buildArgs, parseBody, type ParsedBody } from '../policy/args.js';
 import { canonicalQuery, canonicalTarget } from './canonical.js';
 import { sendError, toValetError } from './respond.js';
 
@@ -22,7 +23,8 @@ import { sendError, toValetError } from './respond.js';
 export interface PipelineDeps {
   readonly config: Config;
   readonly verifyToken: TokenVerifier;
-  readonly policy: Policy;
+  /** The policy in force; hot reload swaps what this returns. */
+  readonly policy: () => Policy;
   readonly secrets: SecretSource;
   readonly forwarder: Forwarder;
   readonly audit: AuditWriter;
@@ -40,7 +42,7 @@ const BEARER = /^Bearer[ \t]+([^\s]+)[ \t]*$/i;
  * record. Every outcome, including every failure, is audited exactly once.
  */
 export function createPipeline(deps: PipelineDeps): RequestHandler {
-  const { config, verifyToken, policy, secrets, forwarder, audit, logger, draining } = deps;
+  const { config, verifyToken, policy: currentPolicy, secrets, forwarder, audit, logger, draining } = deps;
 
   return async (req, res) => {
     const started = performance.now();
@@ -74,6 +76,22 @@ export function createPipeline(deps: PipelineDeps): RequestHandler {
       rec.user = identity.user ?? null;
 
       // 3. describe
+      const policy = currentPolicy();
+      rec.policyVersion = policy.version;
+      const toolMatch = policy.matchTool(upstream.name, rec.method, target.path);
+      const kind = bodyKind(req.headers['content-type'], hasBody(req));
+      let buffered: Buffer | undefined;
+      let parsed: ParsedBody = { value: undefined, error: undefined };
+      if (policy.readsArgs(upstream.name)) {
+        if (kind === 'json' || kind === 'form') {
+          buffered = await readBody(req, config.gateway.maxBodyBytes);
+          rec.bytesIn = buffered.length;
+          parsed = parseBody(kind, buffered);
+        } else {
+          parsed = parseBody(kind, Buffer.alloc(0));
+        }
+      }
+      const args = buildArgs(toolMatch?.params ?? {}, q.query, parsed, kind, toolMatch?.tool.args ?? {});
       const facts: RequestFacts = {
         upstream: upstream.name,
         method: rec.method,
@@ -81,17 +99,43 @@ export function createPipeline(deps: PipelineDeps): RequestHandler {
         forwardPath: target.forwardPath,
         rawQuery: q.rawQuery,
         query: q.query,
+        tool: toolMatch?.tool.name,
+        args: args.args,
+        argsError: args.error,
       };
+      rec.tool = facts.tool ?? null;
 
       // 4. decide
-      const decision = policy.evaluate(identity, facts);
+      const input = { identity, facts, environment: config.gateway.environment, now: Date.now() };
+      const decision = policy.evaluate(input);
       rec.decision = decision.effect;
       rec.rule = decision.rules.join(',');
       rec.reason = decision.reason;
-      if (decision.effect !== 'allow') {
-        const rule = decision.rules.join(', ');
+      const rule = decision.rules.join(', ');
+      if (decision.effect === 'deny') {
         throw new ValetError('VALET_ERR_POLICY_DENIED', `Denied by rule ${rule}: ${decision.reason}`, {
           extra: { rule, reason: decision.reason },
+        });
+      }
+      if (decision.effect === 'escalate') {
+        throw new ValetError('VALET_ERR_APPROVAL_REQUIRED', `Rule ${rule} requires human approval: ${decision.reason}`, {
+          extra: { rule, reason: decision.reason, approval: decision.approval },
+        });
+      }
+      const limited = policy.charge(input);
+      if (limited !== undefined) {
+        rec.decision = 'deny';
+        rec.rule = 'id' in limited ? limited.id : limited.rules.join(',');
+        rec.reason = limited.reason;
+        if ('effect' in limited) {
+          throw new ValetError('VALET_ERR_POLICY_DENIED', `Denied by ${rec.rule}: ${limited.reason}`, {
+            extra: { rule: rec.rule, reason: limited.reason },
+          });
+        }
+        const retryAfter = Math.max(1, Math.ceil(limited.retryAfterMs / 1000));
+        res.setHeader('retry-after', String(retryAfter));
+        throw new ValetError(limited.kind === 'budget' ? 'VALET_ERR_BUDGET_EXCEEDED' : 'VALET_ERR_RATE_LIMITED', `Refused: ${limited.reason}.`, {
+          extra: { rule: limited.id, reason: limited.reason, retry_after_s: retryAfter },
         });
       }
 
@@ -105,8 +149,9 @@ export function createPipeline(deps: PipelineDeps): RequestHandler {
         secret,
       );
       injected.headers.push(['x-request-id', requestId]);
-      const { body, length } = requestBody(req, rec);
+      const { body, length } = buffered ? { body: buffered, length: String(buffered.length) } : requestBody(req, rec);
       if (length !== undefined) injected.headers.push(['content-length', length]);
+      policy.recordCall(input);
 
       // 7. forward
       const upstreamRes = await forwarder.forward(upstream, {
@@ -176,6 +221,7 @@ export function newAuditRecord(requestId: string, method: string, path: string):
     tenant: null,
     user: null,
     upstream: null,
+    tool: null,
     method,
     path,
     decision: null,
@@ -187,6 +233,7 @@ export function newAuditRecord(requestId: string, method: string, path: string):
     durationMs: 0,
     bytesIn: 0,
     bytesOut: 0,
+    policyVersion: null,
   };
 }
 
@@ -241,11 +288,29 @@ function agentToken(rawHeaders: readonly string[], upstream: UpstreamConfig, rem
   return found.values().next().value as string;
 }
 
+function hasBody(req: IncomingMessage): boolean {
+  const length = req.headers['content-length'];
+  return req.headers['transfer-encoding'] !== undefined || (length !== undefined && length !== '0');
+}
+
+/** Reads a body policy must see, refusing (413) past `max` bytes without reading further. */
+async function readBody(req: IncomingMessage, max: number): Promise<Buffer> {
+  const declared = Number(req.headers['content-length'] ?? 0);
+  if (declared > max) throw new ValetError('VALET_ERR_BODY_TOO_LARGE', `The request body exceeds ${max} bytes.`);
+  const chunks: Buffer[] = [];
+  let size = 0;
+  for await (const chunk of req as AsyncIterable<Buffer>) {
+    size += chunk.length;
+    if (size > max) throw new ValetError('VALET_ERR_BODY_TOO_LARGE', `The request body exceeds ${max} bytes.`);
+    chunks.push(chunk);
+  }
+  return Buffer.concat(chunks);
+}
+
 /** The body to stream upstream, counting bytes as they pass; `length` when the agent declared one. */
 function requestBody(req: IncomingMessage, rec: AuditRecord): { body: Readable | null; length: string | undefined } {
   const length = req.headers['content-length'];
-  const chunked = req.headers['transfer-encoding'] !== undefined;
-  if (!chunked && (length === undefined || length === '0')) return { body: null, length };
+  if (!hasBody(req)) return { body: null, length };
   const counter = byteCounter((n) => {
     rec.bytesIn += n;
   });

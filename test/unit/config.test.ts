@@ -76,7 +76,7 @@ describe('loadConfig: the shipped example', () => {
     expect(anthropic.agentTokenHeader).toBe('x-api-key');
     expect(anthropic.credential).toEqual({ scheme: 'header', header: 'x-api-key', prefix: '', secret: 'ANTHROPIC_API_KEY' });
     // every rule records where it is written
-    for (const r of config.rules) expect(r.source).toMatch(/rules\.yaml:\d+$/);
+    for (const r of config.rules) expect(`${r.at.file}:${r.at.line}`).toMatch(/rules\.yaml:\d+$/);
   });
 
   it('is deeply frozen: every mutation throws', () => {
@@ -119,7 +119,7 @@ describe('loadConfig: the shipped example', () => {
 
   it('a minimal valid directory gets the documented defaults', () => {
     const config = loadConfig(configDir({ 'gateway.yaml': GATEWAY_YAML, 'upstreams.yaml': UPSTREAMS_YAML }));
-    expect(config.gateway).toEqual({ environment: 'development', listen: { host: '127.0.0.1', port: 0 }, shutdownGraceMs: 10_000, maxHeaderBytes: 16_384 });
+    expect(config.gateway).toEqual({ environment: 'development', listen: { host: '127.0.0.1', port: 0 }, shutdownGraceMs: 10_000, maxHeaderBytes: 16_384, maxBodyBytes: 1_048_576, timezone: 'UTC' });
     expect(config.upstreams.get('api')).toMatchObject({ agentTokenHeader: 'authorization', agentTokenQuery: undefined, connections: 64 });
     expect(config.rules).toEqual([]);
   });

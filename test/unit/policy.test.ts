@@ -1,7 +1,26 @@
 import { describe, expect, it } from 'vitest';
 import type { RuleConfig } from '../../gateway/config/types.js';
-import { compilePolicy, DEFAULT_DENY_RULE } from '../../gateway/policy/compile.js';
+import { compilePolicy as compileConfig, DEFAULT_DENY_RULE } from '../../gateway/policy/compile.js';
+import { memoryCounterStore, memoryHistoryStore } from '../../gateway/policy/counters.js';
 import type { AgentIdentity, RequestFacts } from '../../gateway/types.js';
+
+const GATEWAY = { environment: 'development', listen: { host: '127.0.0.1', port: 0 }, shutdownGraceMs: 1, maxHeaderBytes: 16384, maxBodyBytes: 1024, timezone: 'UTC' } as const;
+
+/** Rules only, evaluated with the identity and facts given. */
+function compilePolicy(rules: RuleConfig[]) {
+  const p = compileConfig(
+    { version: 'v', gateway: GATEWAY, tools: [], rules, rateLimits: [], budgets: [] },
+    { counters: memoryCounterStore(), history: memoryHistoryStore() },
+  );
+  const input = (identity: AgentIdentity, facts: RequestFacts) => ({ identity, facts, environment: 'development' as const, now: Date.now() });
+  return {
+    evaluate: (identity: AgentIdentity, f: RequestFacts) => p.evaluate(input(identity, f)),
+    explain: (identity: AgentIdentity, f: RequestFacts) => {
+      const e = p.explain(input(identity, f));
+      return { decision: e.decision, considered: e.trace.map((t) => ({ id: t.id, matched: t.matched })) };
+    },
+  };
+}
 
 const agent: AgentIdentity = {
   agent: 'agent-1',
@@ -10,17 +29,33 @@ const agent: AgentIdentity = {
   roles: [],
   environment: undefined,
   user: undefined,
+  userRoles: [],
   issuer: 'test',
   tokenId: undefined,
   expiresAt: 0,
 };
 
 function rule(r: Partial<RuleConfig> & Pick<RuleConfig, 'id' | 'effect'>): RuleConfig {
-  return { description: undefined, upstream: undefined, methods: undefined, paths: undefined, reason: undefined, source: 'test.yaml:1', ...r };
+  return {
+    description: undefined,
+    scope: undefined,
+    upstream: undefined,
+    tools: undefined,
+    methods: undefined,
+    paths: undefined,
+    roles: undefined,
+    environments: undefined,
+    when: undefined,
+    reason: undefined,
+    approval: undefined,
+    at: { file: 'test.yaml', line: 1, column: 1, path: 'rules[0]' },
+    lines: {},
+    ...r,
+  };
 }
 
 function facts(upstream: string, method: string, path: string): RequestFacts {
-  return { upstream, method, path, forwardPath: path, rawQuery: '', query: {} };
+  return { upstream, method, path, forwardPath: path, rawQuery: '', query: {}, tool: undefined, args: {}, argsError: undefined };
 }
 
 describe('compilePolicy', () => {

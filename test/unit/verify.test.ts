@@ -7,7 +7,7 @@ import { createTokenVerifier, type TokenVerifier } from '../../gateway/auth/veri
 import type { IssuerConfig } from '../../gateway/config/types.js';
 import { ValetError } from '../../gateway/errors.js';
 
-const claims = { tenant: 'tenant', team: 'team', roles: 'roles', environment: 'env', user: 'user' };
+const claims = { tenant: 'tenant', team: 'team', roles: 'roles', environment: 'env', user: 'user', userRoles: 'user_roles' };
 const SECRET = 'unit-test-secret-0123456789abcdef012345';
 const hsIssuer: IssuerConfig = {
   name: 'dev',

@@ -1,0 +1,195 @@
+import { visit } from 'jsonc-parser';
+import type { ArgType } from '../config/types.js';
+
+/** A parsed request body; `error` says why it could not be read as arguments. */
+export type ParsedBody = { readonly value: Record<string, unknown> | undefined; readonly error: string | undefined };
+
+const NONE: ParsedBody = { value: undefined, error: undefined };
+
+export type BodyKind = 'json' | 'form' | 'other' | 'none';
+
+/** Which parser a `Content-Type` calls for. */
+export function bodyKind(contentType: string | undefined, hasBody: boolean): BodyKind {
+  if (!hasBody) return 'none';
+  const type = (contentType ?? '').split(';')[0]?.trim().toLowerCase() ?? '';
+  if (type === 'application/json' || /^application\/[a-z0-9.+-]+\+json$/.test(type)) return 'json';
+  if (type === 'application/x-www-form-urlencoded') return 'form';
+  return 'other';
+}
+
+/** Parses a JSON or form body into an argument map; ambiguity (duplicate keys) is an error. */
+export function parseBody(kind: BodyKind, bytes: Buffer): ParsedBody {
+  switch (kind) {
+    case 'none':
+      return NONE;
+    case 'json':
+      return parseJsonObject(bytes);
+    case 'form':
+      return parseForm(bytes.toString('utf8'));
+    case 'other':
+      return { value: undefined, error: 'the body is neither JSON nor form-encoded' };
+  }
+}
+
+/** Strict JSON: no comments, no trailing commas, no duplicate keys, an object at the top. */
+function parseJsonObject(bytes: Buffer): ParsedBody {
+  const text = new TextDecoder('utf-8', { fatal: false }).decode(bytes);
+  if (text.includes('\uFFFD')) return { value: undefined, error: 'the JSON body is not valid UTF-8' };
+  const stack: Set<string>[] = [];
+  let duplicate: string | undefined;
+  let syntax = false;
+  visit(
+    text,
+    {
+      onObjectBegin: () => void stack.push(new Set()),
+      onObjectEnd: () => void stack.pop(),
+      onObjectProperty: (name) => {
+        const keys = stack[stack.length - 1];
+        if (keys?.has(name)) duplicate ??= name;
+        keys?.add(name);
+      },
+      onError: () => {
+        syntax = true;
+      },
+    },
+    { disallowComments: true, allowTrailingComma: false },
+  );
+  if (syntax) return { value: undefined, error: 'the JSON body is malformed' };
+  if (duplicate !== undefined) return { value: undefined, error: `the JSON body repeats the key "${duplicate}"` };
+  let value: unknown;
+  try {
+    value = JSON.parse(text);
+  } catch {
+    return { value: undefined, error: 'the JSON body is malformed' };
+  }
+  if (value === null || typeof value !== 'object' || Array.isArray(value)) {
+    return { value: undefined, error: 'the JSON body is not an object' };
+  }
+  return { value: value as Record<string, unknown>, error: undefined };
+}
+
+/**
+ * `application/x-www-form-urlencoded` with Stripe's bracket notation: `metadata[order]=1` is a
+ * nested map, `items[]=a&items[]=b` a list. A key given twice is ambiguous and refused.
+ */
+export function parseForm(text: string): ParsedBody {
+  const out: Record<string, unknown> = Object.create(null);
+  if (text === '') return { value: out, error: undefined };
+  for (const pair of text.split('&')) {
+    if (pair === '') continue;
+    const eq = pair.indexOf('=');
+    let key: string;
+    let value: string;
+    try {
+      key = decodeURIComponent((eq === -1 ? pair : pair.slice(0, eq)).replace(/\+/g, ' '));
+      value = eq === -1 ? '' : decodeURIComponent(pair.slice(eq + 1).replace(/\+/g, ' '));
+    } catch {
+      return { value: undefined, error: 'the form body is not valid percent-encoded UTF-8' };
+    }
+    const m = /^([^[\]]+)((?:\[[^[\]]*\])*)$/.exec(key);
+    if (!m) return { value: undefined, error: `the form key "${key}" is malformed` };
+    const path = [m[1] as string, ...[...(m[2] as string).matchAll(/\[([^[\]]*)\]/g)].map((x) => x[1] as string)];
+    const error = assign(out, path, value, key);
+    if (error) return { value: undefined, error };
+  }
+  return { value: out, error: undefined };
+}
+
+function assign(target: Record<string, unknown>, path: string[], value: string, key: string): string | undefined {
+  let node: Record<string, unknown> | unknown[] = target;
+  for (let i = 0; i < path.length; i++) {
+    const seg = path[i] as string;
+    const last = i === path.length - 1;
+    const next = path[i + 1];
+    if (Array.isArray(node)) {
+      if (seg !== '') return `the form key "${key}" mixes list and map forms`;
+      if (last) {
+        node.push(value);
+        return undefined;
+      }
+      return `the form key "${key}" nests inside a list`;
+    }
+    if (seg === '' || seg === '__proto__' || seg === 'constructor' || seg === 'prototype') {
+      return `the form key "${key}" is malformed`;
+    }
+    if (last) {
+      if (seg in node) return `the form body repeats the key "${key}"`;
+      node[seg] = value;
+      return undefined;
+    }
+    const existing: unknown = node[seg];
+    const wantList = next === '';
+    if (existing === undefined) {
+      node[seg] = wantList ? [] : Object.create(null);
+    } else if (wantList !== Array.isArray(existing) || typeof existing !== 'object') {
+      return `the form key "${key}" conflicts with another key`;
+    }
+    node = node[seg] as Record<string, unknown> | unknown[];
+  }
+  return undefined;
+}
+
+/**
+ * The arguments a policy sees: path parameters, then query, then body. A name given by two sources
+ * is ambiguous (which one would the upstream use?) and makes the arguments unusable.
+ */
+export function buildArgs(
+  pathParams: Readonly<Record<string, string>>,
+  query: Readonly<Record<string, readonly string[]>>,
+  body: ParsedBody,
+  kind: BodyKind,
+  declared: Readonly<Record<string, ArgType>>,
+): { args: Record<string, unknown>; error: string | undefined } {
+  const args: Record<string, unknown> = Object.create(null);
+  const from: Record<string, string> = Object.create(null);
+  const put = (name: string, value: unknown, source: string): string | undefined => {
+    if (name in args) return `the argument "${name}" is given in both the ${from[name]} and the ${source}`;
+    args[name] = value;
+    from[name] = source;
+    return undefined;
+  };
+  for (const [k, v] of Object.entries(pathParams)) put(k, v, 'path');
+  for (const [k, vs] of Object.entries(query)) {
+    const e = put(k, vs.length === 1 ? vs[0] : [...vs], 'query');
+    if (e) return { args, error: e };
+  }
+  if (body.value) {
+    for (const [k, v] of Object.entries(body.value)) {
+      const e = put(k, v, 'body');
+      if (e) return { args, error: e };
+    }
+  }
+  for (const [name, type] of Object.entries(declared)) {
+    if (!(name in args)) continue;
+    // Path, query and form values are text and may be converted; JSON values must already have the type.
+    const converted = convert(args[name], type, from[name] === 'body' && kind === 'json');
+    if (converted.error) return { args, error: `the argument "${name}" ${converted.error}` };
+    args[name] = converted.value;
+  }
+  return { args, error: body.error };
+}
+
+function convert(value: unknown, type: ArgType, typed: boolean): { value?: unknown; error?: string } {
+  if (typeof value !== 'string' || typed) {
+    switch (type) {
+      case 'string':
+        return typeof value === 'string' ? { value } : { error: 'must be a string' };
+      case 'bool':
+        return typeof value === 'boolean' ? { value } : { error: 'must be a boolean' };
+      case 'number':
+        return typeof value === 'number' && Number.isFinite(value) ? { value } : { error: 'must be a number' };
+      case 'int':
+        return typeof value === 'number' && Number.isSafeInteger(value) ? { value: BigInt(value) } : { error: 'must be an integer' };
+    }
+  }
+  switch (type) {
+    case 'string':
+      return { value };
+    case 'bool':
+      return value === 'true' ? { value: true } : value === 'false' ? { value: false } : { error: 'must be true or false' };
+    case 'number':
+      return /^-?\d+(\.\d+)?([eE][-+]?\d+)?$/.test(value) && Number.isFinite(Number(value)) ? { value: Number(value) } : { error: 'must be a number' };
+    case 'int':
+      return /^-?\d{1,15}$/.test(value) ? { value: BigInt(value) } : { error: 'must be an integer' };
+  }
+}

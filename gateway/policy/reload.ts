@@ -1,0 +1,79 @@
+import { watch, type FSWatcher } from 'node:fs';
+import type { Logger } from 'pino';
+import { loadConfig, type LoadOptions } from '../config/load.js';
+import type { Config } from '../config/types.js';
+import { ValetError } from '../errors.js';
+import { compilePolicy, type Policy, type PolicyStores } from './compile.js';
+
+export interface PolicyStatus {
+  readonly version: string;
+  readonly loadedAt: number;
+  /** The last reload that was refused, if it has not been followed by a good one. */
+  readonly lastError: { readonly at: number; readonly message: string } | undefined;
+}
+
+/** Holds the policy in force and swaps it atomically when a new, valid set is compiled. */
+export interface PolicyHolder {
+  current(): Policy;
+  status(): PolicyStatus;
+  /** Recompiles from disk; an invalid set is refused and the one in force stays. */
+  reload(): { ok: true; version: string } | { ok: false; error: string };
+  /** Reloads when files in the directory change (debounced). */
+  watch(): void;
+  close(): void;
+}
+
+/** The parts of the configuration a reload may not change: they need a restart. */
+function fixedParts(c: Config): string {
+  return JSON.stringify({ gateway: c.gateway, issuers: c.issuers, upstreams: [...c.upstreams.values()] });
+}
+
+export function createPolicyHolder(
+  initial: Config,
+  load: LoadOptions,
+  stores: PolicyStores,
+  logger: Logger,
+): PolicyHolder {
+  let policy = compilePolicy(initial, stores);
+  let status: PolicyStatus = { version: initial.version, loadedAt: Date.now(), lastError: undefined };
+  let watcher: FSWatcher | undefined;
+  let timer: NodeJS.Timeout | undefined;
+
+  const reload = (): { ok: true; version: string } | { ok: false; error: string } => {
+    try {
+      const next = loadConfig(initial.dir, load);
+      if (fixedParts(next) !== fixedParts(initial)) {
+        throw new ValetError('VALET_ERR_CONFIG', 'gateway, issuers or upstreams changed: restart the gateway to apply them');
+      }
+      if (next.version === policy.version) return { ok: true, version: next.version };
+      policy = compilePolicy(next, stores);
+      status = { version: next.version, loadedAt: Date.now(), lastError: undefined };
+      logger.info({ policyVersion: next.version, rules: next.rules.length }, 'policy reloaded');
+      return { ok: true, version: next.version };
+    } catch (err) {
+      const message = err instanceof ValetError ? err.message : String(err);
+      status = { ...status, lastError: { at: Date.now(), message } };
+      logger.error({ policyVersion: policy.version, error: message }, 'policy reload refused; the previous policy stays in force');
+      return { ok: false, error: message };
+    }
+  };
+
+  return {
+    current: () => policy,
+    status: () => status,
+    reload,
+    watch() {
+      if (watcher) return;
+      watcher = watch(initial.dir, { recursive: true }, () => {
+        clearTimeout(timer);
+        timer = setTimeout(reload, 150);
+        timer.unref();
+      });
+      watcher.unref();
+    },
+    close() {
+      clearTimeout(timer);
+      watcher?.close();
+    },
+  };
+}
