@@ -4,9 +4,13 @@ import { openAuditDatabase, queryAudit, type AuditRow } from '../audit/store.js'
 import { sharedSecret } from '../auth/keys.js';
 import { mintAgentToken } from '../auth/mint.js';
 import { loadConfig } from '../config/load.js';
-import type { Environment } from '../config/types.js';
+import type { Config, Environment } from '../config/types.js';
 import { ConfigError, ValetError } from '../errors.js';
 import { startGateway } from '../main.js';
+import { compilePolicy, type Policy } from '../policy/compile.js';
+import { memoryCounterStore, memoryHistoryStore } from '../policy/counters.js';
+import { findDeadRules } from '../policy/lint.js';
+import { explainScenario, outcomeOf, runPolicyTests } from '../policy/testing.js';
 
 const USAGE = `valet — a valet-key gateway for AI agents
 
@@ -14,7 +18,10 @@ Usage:
   valet start [--config DIR] [--data DIR] [--port N] [--host H] [--env E]
   valet token --agent ID [--tenant T] [--team T] [--role R]... [--env E] [--user U] [--ttl 15m] [--issuer NAME]
   valet audit [--limit N] [--agent A] [--tenant T] [--upstream U] [--decision D] [--request-id ID] [--since 1h] [--format table|json]
-  valet policy check [DIR]
+  valet policy check [DIR] [--strict]      schema, CEL types, dead rules (warnings; --strict fails on them)
+  valet policy test [DIR]                  run the YAML policy tests beside the policies
+  valet policy explain --agent A --upstream U [--method M] [--path P] [--tenant T] [--team T] [--role R]...
+                       [--env E] [--user U] [--user-role R]... [--query k=v]... [--json J | --form F] [--format text|json]
 
 Environment: VALET_CONFIG (./policies), VALET_DATA (./data), VALET_PORT, VALET_HOST, VALET_ENV, VALET_LOG_LEVEL.
 `;
@@ -175,14 +182,104 @@ async function audit(args: string[]): Promise<void> {
   process.stdout.write(`${[line(COLUMNS.map(([, h]) => h)), ...cells.map(line)].join('\n')}\n`);
 }
 
+/** Loads and compiles a directory as the gateway would; throws ConfigError on any problem. */
+function loadPolicy(dir: string): { config: Config; policy: Policy } {
+  const config = loadConfig(dir);
+  return { config, policy: compilePolicy(config, { counters: memoryCounterStore(), history: memoryHistoryStore() }) };
+}
+
 async function policy(args: string[]): Promise<void> {
   const [sub, ...rest] = args;
-  if (sub !== 'check') throw new UsageError('valet policy check [DIR]');
-  const { values, positionals } = parse(rest, {}, true);
-  const config = loadConfig(positionals[0] ?? configDir(values.config));
-  process.stdout.write(
-    `ok: ${config.issuers.length} issuer(s), ${config.upstreams.size} upstream(s), ${config.rules.length} rule(s), version ${config.version}\n`,
-  );
+  if (sub === 'check') {
+    const { values, positionals } = parse(rest, { strict: { type: 'boolean' } }, true);
+    const { config } = loadPolicy(positionals[0] ?? configDir(values.config));
+    const dead = findDeadRules(config);
+    for (const d of dead) process.stderr.write(`warning: ${d.at}: rule ${d.id} is ${d.why}\n`);
+    process.stdout.write(
+      `ok: ${config.issuers.length} issuer(s), ${config.upstreams.size} upstream(s), ${config.tools.length} tool(s), ` +
+        `${config.rules.length} rule(s), ${config.rateLimits.length + config.budgets.length} limit(s), version ${config.version}\n`,
+    );
+    if (values.strict && dead.length > 0) process.exitCode = 1;
+    return;
+  }
+  if (sub === 'test') {
+    const { values, positionals } = parse(rest, {}, true);
+    const { config } = loadPolicy(positionals[0] ?? configDir(values.config));
+    const results = await runPolicyTests(config);
+    for (const r of results) {
+      process.stdout.write(`${r.passed ? 'ok  ' : 'FAIL'} ${r.name}${r.passed ? '' : `\n     ${r.at}: expected ${r.expected}, got ${r.actual} (${r.reason})`}\n`);
+    }
+    const failed = results.filter((r) => !r.passed).length;
+    process.stdout.write(`${results.length - failed} passed, ${failed} failed\n`);
+    if (failed > 0 || results.length === 0) process.exitCode = 1;
+    return;
+  }
+  if (sub === 'explain') {
+    const { values } = parse(rest, {
+      agent: { type: 'string' },
+      tenant: { type: 'string' },
+      team: { type: 'string' },
+      role: { type: 'string', multiple: true },
+      env: { type: 'string' },
+      user: { type: 'string' },
+      'user-role': { type: 'string', multiple: true },
+      upstream: { type: 'string' },
+      method: { type: 'string', default: 'GET' },
+      path: { type: 'string', default: '/' },
+      query: { type: 'string', multiple: true },
+      json: { type: 'string' },
+      form: { type: 'string' },
+      format: { type: 'string', default: 'text' },
+    });
+    if (!values.agent || !values.upstream) throw new UsageError('policy explain needs --agent and --upstream');
+    let json: unknown;
+    if (values.json !== undefined) {
+      try {
+        json = JSON.parse(values.json);
+      } catch {
+        throw new UsageError('--json is not valid JSON');
+      }
+    }
+    const query: Record<string, string> = {};
+    for (const q of values.query ?? []) {
+      const eq = q.indexOf('=');
+      if (eq < 1) throw new UsageError('--query takes name=value');
+      query[q.slice(0, eq)] = q.slice(eq + 1);
+    }
+    const { config, policy: compiled } = loadPolicy(configDir(values.config));
+    const r = await explainScenario(compiled, config, {
+      identity: {
+        agent: values.agent,
+        ...(values.tenant !== undefined && { tenant: values.tenant }),
+        ...(values.team !== undefined && { team: values.team }),
+        roles: values.role ?? [],
+        ...(values.env !== undefined && { env: values.env }),
+        ...(values.user !== undefined && { user: values.user }),
+        user_roles: values['user-role'] ?? [],
+      },
+      request: {
+        upstream: values.upstream,
+        method: values.method.toUpperCase(),
+        path: values.path,
+        query,
+        ...(json !== undefined && { json }),
+        ...(values.form !== undefined && { form: values.form }),
+      },
+    });
+    const outcome = outcomeOf(r.decision, r.limited);
+    if (values.format === 'json') {
+      process.stdout.write(`${JSON.stringify({ outcome, decision: r.decision, trace: r.trace, tool: r.input.facts.tool ?? null, argsError: r.input.facts.argsError ?? null }, (_k, v: unknown) => (typeof v === 'bigint' ? Number(v) : v), 2)}\n`);
+      return;
+    }
+    process.stdout.write(`request: ${values.method.toUpperCase()} ${values.path} on ${values.upstream}${r.input.facts.tool ? ` (tool ${r.input.facts.tool})` : ''}\n`);
+    if (r.input.facts.argsError) process.stdout.write(`arguments: unusable: ${r.input.facts.argsError}\n`);
+    for (const t of r.trace) {
+      process.stdout.write(`  ${t.matched ? 'MATCH' : '  -  '} ${t.effect.padEnd(8)} ${t.id}${t.principal === 'user' ? ' (as user)' : ''}  ${t.at}  ${t.why}\n`);
+    }
+    process.stdout.write(`decision: ${outcome.effect} by ${outcome.rule}: ${outcome.reason}\n`);
+    return;
+  }
+  throw new UsageError('valet policy check|test|explain');
 }
 
 const COMMANDS: Record<string, (args: string[]) => Promise<void>> = { start, token, audit, policy };

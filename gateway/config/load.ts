@@ -8,6 +8,7 @@ import { fileSchema } from './schema.js';
 import type {
   BudgetConfig,
   ClaimNames,
+  ContextConfig,
   Location,
   MatchConfig,
   PolicyTestConfig,
@@ -106,7 +107,8 @@ function assemble(root: string, files: ParsedFile[], problems: Problems, options
   const issuers: IssuerConfig[] = [];
   const upstreams = new Map<string, UpstreamConfig>();
   const issuerNames = new Set<string>();
-  const pending: Record<'tools' | 'rules' | 'rate_limits' | 'budgets' | 'tests', { file: ParsedFile; index: number; raw: Raw }[]> = {
+  const pending: Record<'tools' | 'rules' | 'rate_limits' | 'budgets' | 'tests' | 'contexts', { file: ParsedFile; index: number; raw: Raw }[]> = {
+    contexts: [],
     tools: [],
     rules: [],
     rate_limits: [],
@@ -231,6 +233,29 @@ function assemble(root: string, files: ParsedFile[], problems: Problems, options
     windowMs: parseDuration(raw.window),
     key: raw.key ?? 'agent',
   }));
+  const contextNames = new Set<string>();
+  const contexts: ContextConfig[] = pending.contexts.map(({ file, index, raw }) => {
+    const at = ['contexts', index];
+    if (contextNames.has(raw.name)) problems.add(file, [...at, 'name'], `context "${raw.name}" is defined twice`);
+    contextNames.add(raw.name);
+    if ((raw.file === undefined) === (raw.url === undefined)) problems.add(file, at, 'exactly one of "file" and "url" is required');
+    if (raw.upstream !== undefined && !upstreams.has(raw.upstream)) problems.add(file, [...at, 'upstream'], `unknown upstream "${raw.upstream}"`);
+    (raw.tools ?? []).forEach((t: string, j: number) => {
+      if (!tools.has(t)) problems.add(file, [...at, 'tools', j], `unknown tool "${t}"`);
+    });
+    return {
+      name: raw.name,
+      description: raw.description,
+      key: raw.key,
+      upstream: raw.upstream,
+      tools: raw.tools,
+      file: raw.file === undefined ? undefined : resolve(root, raw.file),
+      url: raw.url,
+      cacheTtlMs: raw.cache_ttl ? parseDuration(raw.cache_ttl) : 60_000,
+      timeoutMs: raw.timeout ? parseDuration(raw.timeout) : 2_000,
+      at: location(file, at),
+    };
+  });
   const tests: PolicyTestConfig[] = pending.tests.map(({ file, index, raw }) => {
     if (!upstreams.has(raw.request.upstream)) {
       problems.add(file, ['tests', index, 'request', 'upstream'], `unknown upstream "${raw.request.upstream}"`);
@@ -287,6 +312,7 @@ function assemble(root: string, files: ParsedFile[], problems: Problems, options
     rateLimits,
     budgets,
     tests,
+    contexts,
   };
 }
 

@@ -219,6 +219,25 @@ export const fileSchema = {
         },
       },
     },
+    contexts: {
+      type: 'array',
+      items: {
+        type: 'object',
+        required: ['name', 'key'],
+        additionalProperties: false,
+        properties: {
+          name: { type: 'string', pattern: '^[a-z][a-z0-9_]{0,62}$' },
+          description: { type: 'string' },
+          key: { type: 'string', minLength: 1 },
+          upstream: name,
+          tools: { type: 'array', minItems: 1, uniqueItems: true, items: toolName },
+          file: { type: 'string', minLength: 1 },
+          url: { type: 'string', pattern: '^https?://[^{}]*(\\{key\\}[^{}]*)?$' },
+          cache_ttl: duration,
+          timeout: duration,
+        },
+      },
+    },
     tests: {
       type: 'array',
       items: {

@@ -129,6 +129,22 @@ export interface ToolConfig {
   readonly at: Location;
 }
 
+/** Where `ctx.<name>` comes from: a static map file or an HTTP lookup, keyed per request. */
+export interface ContextConfig {
+  readonly name: string;
+  readonly description: string | undefined;
+  /** CEL giving the lookup key, e.g. `args.customer_id`. */
+  readonly key: string;
+  readonly upstream: string | undefined;
+  readonly tools: readonly string[] | undefined;
+  readonly file: string | undefined;
+  /** `{key}` is replaced by the URL-encoded key. */
+  readonly url: string | undefined;
+  readonly cacheTtlMs: number;
+  readonly timeoutMs: number;
+  readonly at: Location;
+}
+
 /** A policy test case written beside the policies (`valet policy test`). */
 export interface PolicyTestConfig {
   readonly name: string;
@@ -168,4 +184,5 @@ export interface Config {
   readonly rateLimits: readonly RateLimitConfig[];
   readonly budgets: readonly BudgetConfig[];
   readonly tests: readonly PolicyTestConfig[];
+  readonly contexts: readonly ContextConfig[];
 }

@@ -9,6 +9,7 @@ export const CEL_VARIABLES = {
   request: 'map',
   time: 'map',
   history: 'map',
+  ctx: 'map',
   env: 'string',
 } as const;
 

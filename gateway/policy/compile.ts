@@ -11,6 +11,7 @@ import { ConfigError, type ConfigProblem } from '../errors.js';
 import type { AgentIdentity, Decision, Effect, Limited, RequestFacts } from '../types.js';
 import { celErrorMessage, compileCel, type CelProgram } from './cel.js';
 import type { CounterStore, HistoryStore } from './counters.js';
+import { createContextSources, type ContextSources } from './context.js';
 import { compileTools, type ToolMatch } from './tools.js';
 
 /** Everything a decision depends on besides the rules themselves. */
@@ -20,6 +21,8 @@ export interface EvaluationInput {
   /** The gateway's deployment environment. */
   readonly environment: Environment;
   readonly now: number;
+  /** Values from context sources (`ctx.*`), resolved before evaluation. */
+  readonly context: Readonly<Record<string, unknown>>;
 }
 
 /** One rule as considered for a request: matched, or the first reason it did not. */
@@ -45,6 +48,8 @@ export interface Policy {
   charge(input: EvaluationInput): Limited | Decision | undefined;
   /** Records a forwarded call for `history.*` conditions. */
   recordCall(input: EvaluationInput): void;
+  /** Looks up the `ctx.*` values this request's conditions may read. */
+  resolveContext(input: Omit<EvaluationInput, 'context'>): Promise<Record<string, unknown>>;
 }
 
 export const DEFAULT_DENY_RULE = 'default-deny';
@@ -93,7 +98,7 @@ export interface PolicyStores {
  * is a {@link ConfigError} naming file, line and field. Rules are indexed by upstream.
  */
 export function compilePolicy(
-  config: Pick<Config, 'version' | 'gateway' | 'tools' | 'rules' | 'rateLimits' | 'budgets'>,
+  config: Pick<Config, 'version' | 'gateway' | 'tools' | 'rules' | 'rateLimits' | 'budgets' | 'contexts'>,
   stores: PolicyStores,
 ): Policy {
   const problems: ConfigProblem[] = [];
@@ -136,7 +141,15 @@ export function compilePolicy(
       kind,
     };
   }
-  if (problems.length > 0) throw new ConfigError(problems);
+  let contexts: ContextSources | undefined;
+  try {
+    contexts = createContextSources(config.contexts);
+  } catch (err) {
+    const c = config.contexts[0];
+    problems.push({ file: c?.at.file ?? '', line: c?.at.line ?? 0, column: 0, path: 'contexts', message: (err as Error).message });
+  }
+  if (problems.length > 0 || contexts === undefined) throw new ConfigError(problems);
+  const contextSources = contexts;
 
   const byUpstream = <T extends CompiledMatch>(items: readonly T[]): ((upstream: string) => readonly T[]) => {
     const any: T[] = [];
@@ -195,6 +208,7 @@ export function compilePolicy(
       request: compact({ upstream: facts.upstream, method: facts.method, path: facts.path, tool: facts.tool, query: facts.query }),
       time: readsTime ? timeOf(timeParts, input.now) : {},
       history: readsHistory ? stores.history.summary(id.agent, callKey(facts), input.now) : {},
+      ctx: input.context,
     };
     return act;
   };
@@ -356,6 +370,7 @@ export function compilePolicy(
     recordCall(input) {
       stores.history.record(input.identity.agent, callKey(input.facts), input.now);
     },
+    resolveContext: (input) => contextSources.resolve(input),
   };
 }
 

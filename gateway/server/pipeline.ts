@@ -106,7 +106,8 @@ export function createPipeline(deps: PipelineDeps): RequestHandler {
       rec.tool = facts.tool ?? null;
 
       // 4. decide
-      const input = { identity, facts, environment: config.gateway.environment, now: Date.now() };
+      const described = { identity, facts, environment: config.gateway.environment, now: Date.now() };
+      const input = { ...described, context: await policy.resolveContext(described) };
       const decision = policy.evaluate(input);
       rec.decision = decision.effect;
       rec.rule = decision.rules.join(',');

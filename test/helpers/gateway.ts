@@ -19,6 +19,10 @@ export interface TestGatewayOptions {
   gateway?: Record<string, unknown>;
   /** Environment the gateway reads secrets from. */
   env?: Record<string, string>;
+  /** Extra raw YAML files (name → content) written into the config directory before start. */
+  files?: Record<string, string>;
+  /** Start the gateway with `watch: true` (reload the policy when config files change). */
+  watch?: boolean;
 }
 
 export interface TestGateway {
@@ -56,6 +60,7 @@ export async function startTestGateway(o: TestGatewayOptions): Promise<TestGatew
   );
   writeFileSync(join(configDir, 'upstreams.yaml'), stringify({ upstreams: o.upstreams }));
   writeFileSync(join(configDir, 'rules.yaml'), stringify({ rules: o.rules }));
+  for (const [name, content] of Object.entries(o.files ?? {})) writeFileSync(join(configDir, name), content);
 
   const logs: string[] = [];
   const sink = new Writable({
@@ -65,7 +70,7 @@ export async function startTestGateway(o: TestGatewayOptions): Promise<TestGatew
     },
   });
   const env = { VALET_TEST_SIGNING_KEY: DEV_SIGNING_KEY, ...o.env };
-  const gateway = await startGateway({ configDir, dataDir, logDestination: sink, env });
+  const gateway = await startGateway({ configDir, dataDir, logDestination: sink, env, watch: o.watch ?? false });
   const auditRows = (): AuditRow[] => {
     if (!closed) gateway.audit.flush();
     const db = openAuditDatabase(dataDir, { readonly: true });

@@ -68,7 +68,7 @@ const fileOf = (p: ConfigProblem): string => resolve(process.cwd(), p.file);
 describe('loadConfig: the shipped example', () => {
   it('loads policies/ without problems', () => {
     const config = loadConfig(EXAMPLE_DIR);
-    expect([...config.upstreams.keys()].sort()).toEqual(['anthropic', 'echo', 'github', 'openai', 'stripe']);
+    expect([...config.upstreams.keys()].sort()).toEqual(['anthropic', 'echo', 'github', 'openai', 'postmark', 'stripe']);
     expect(config.issuers.map((i) => i.name)).toEqual(['local-dev']);
     expect(config.rules.map((r) => r.id)).toContain('echo-no-admin');
     expect(config.version).toMatch(/^sha256:[0-9a-f]{16}$/);
@@ -113,7 +113,7 @@ describe('loadConfig: the shipped example', () => {
     expect(() => {
       echo['timeouts'].connectMs = 1;
     }).toThrow(TypeError);
-    expect(config.upstreams.size).toBe(5);
+    expect(config.upstreams.size).toBe(6);
     expect(config.upstreams.get('echo')?.origin).toBe('http://127.0.0.1:9999');
   });
 

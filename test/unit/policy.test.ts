@@ -9,10 +9,10 @@ const GATEWAY = { environment: 'development', listen: { host: '127.0.0.1', port:
 /** Rules only, evaluated with the identity and facts given. */
 function compilePolicy(rules: RuleConfig[]) {
   const p = compileConfig(
-    { version: 'v', gateway: GATEWAY, tools: [], rules, rateLimits: [], budgets: [] },
+    { version: 'v', gateway: GATEWAY, tools: [], rules, rateLimits: [], budgets: [], contexts: [] },
     { counters: memoryCounterStore(), history: memoryHistoryStore() },
   );
-  const input = (identity: AgentIdentity, facts: RequestFacts) => ({ identity, facts, environment: 'development' as const, now: Date.now() });
+  const input = (identity: AgentIdentity, facts: RequestFacts) => ({ identity, facts, environment: 'development' as const, now: Date.now(), context: {} });
   return {
     evaluate: (identity: AgentIdentity, f: RequestFacts) => p.evaluate(input(identity, f)),
     explain: (identity: AgentIdentity, f: RequestFacts) => {

@@ -1,0 +1,106 @@
+import type { Config, PolicyTestConfig } from '../config/types.js';
+import type { AgentIdentity, Decision, Limited, RequestFacts } from '../types.js';
+import { bodyKind, buildArgs, parseBody } from './args.js';
+import { compilePolicy, type EvaluationInput, type Policy, type RuleTrace } from './compile.js';
+import { memoryCounterStore, memoryHistoryStore } from './counters.js';
+
+/** A request described by hand: policy tests and `valet policy explain`. */
+export type Scenario = Pick<PolicyTestConfig, 'identity' | 'request'>;
+
+export interface TestResult {
+  readonly name: string;
+  readonly at: string;
+  readonly passed: boolean;
+  readonly expected: string;
+  readonly actual: string;
+  readonly reason: string;
+}
+
+/** Turns a scenario into what the engine evaluates: identity, facts (tool, args) and time. */
+export function scenarioInput(policy: Policy, config: Pick<Config, 'gateway'>, s: Scenario): Omit<EvaluationInput, 'context'> {
+  const id = s.identity;
+  const identity: AgentIdentity = {
+    agent: id.agent,
+    tenant: id.tenant,
+    team: id.team,
+    roles: id.roles ?? [],
+    environment: id.env,
+    user: id.user,
+    userRoles: id.user_roles ?? [],
+    issuer: 'policy-test',
+    tokenId: undefined,
+    expiresAt: Number.MAX_SAFE_INTEGER,
+  };
+  const r = s.request;
+  const match = policy.matchTool(r.upstream, r.method, r.path);
+  const query: Record<string, string[]> = {};
+  for (const [k, v] of Object.entries(r.query ?? {})) query[k] = [v];
+  const kind = r.json !== undefined ? 'json' : r.form !== undefined ? 'form' : 'none';
+  const bytes = Buffer.from(r.json !== undefined ? JSON.stringify(r.json) : (r.form ?? ''));
+  const parsed = parseBody(bodyKind(kind === 'json' ? 'application/json' : 'application/x-www-form-urlencoded', kind !== 'none'), bytes);
+  const args = buildArgs(match?.params ?? {}, query, kind === 'none' ? { value: undefined, error: undefined } : parsed, kind, match?.tool.args ?? {});
+  const facts: RequestFacts = {
+    upstream: r.upstream,
+    method: r.method,
+    path: r.path,
+    forwardPath: r.path,
+    rawQuery: '',
+    query,
+    tool: match?.tool.name,
+    args: args.args,
+    argsError: args.error,
+  };
+  return { identity, facts, environment: config.gateway.environment, now: r.time ? Date.parse(r.time) : Date.now() };
+}
+
+/** The outcome as tests name it: an effect, or `rate_limited` when a limit or budget refused. */
+export function outcomeOf(decision: Decision, limited: Limited | Decision | undefined): { effect: string; rule: string; reason: string } {
+  if (decision.effect === 'allow' && limited !== undefined) {
+    if ('kind' in limited) return { effect: 'rate_limited', rule: limited.id, reason: limited.reason };
+    return { effect: limited.effect, rule: limited.rules.join(','), reason: limited.reason };
+  }
+  return { effect: decision.effect, rule: decision.rules.join(','), reason: decision.reason };
+}
+
+/**
+ * Runs the policy tests written beside the policies. Each test gets fresh counters and history;
+ * `repeat: N` sends the request N times and checks the last outcome (for rate limits, budgets and
+ * history conditions).
+ */
+export async function runPolicyTests(config: Config): Promise<TestResult[]> {
+  const results: TestResult[] = [];
+  for (const t of config.tests) {
+    const policy = compilePolicy(config, { counters: memoryCounterStore(), history: memoryHistoryStore() });
+    let outcome = { effect: '', rule: '', reason: '' };
+    for (let i = 0; i < (t.request.repeat ?? 1); i++) {
+      const base = scenarioInput(policy, config, t);
+      const input = { ...base, context: await policy.resolveContext(base) };
+      const decision = policy.evaluate(input);
+      const limited = decision.effect === 'allow' ? policy.charge(input) : undefined;
+      outcome = outcomeOf(decision, limited);
+      if (outcome.effect === 'allow') policy.recordCall(input);
+    }
+    const ruleOk = t.expect.rule === undefined || outcome.rule.split(',').includes(t.expect.rule);
+    results.push({
+      name: t.name,
+      at: `${t.at.file}:${t.at.line}`,
+      passed: outcome.effect === t.expect.effect && ruleOk,
+      expected: `${t.expect.effect}${t.expect.rule ? ` by ${t.expect.rule}` : ''}`,
+      actual: `${outcome.effect} by ${outcome.rule}`,
+      reason: outcome.reason,
+    });
+  }
+  return results;
+}
+
+/** Every rule considered for a scenario, in order, and the final decision. */
+export async function explainScenario(
+  policy: Policy,
+  config: Pick<Config, 'gateway'>,
+  s: Scenario,
+): Promise<{ decision: Decision; trace: RuleTrace[]; limited: Limited | Decision | undefined; input: EvaluationInput }> {
+  const base = scenarioInput(policy, config, s);
+  const input = { ...base, context: await policy.resolveContext(base) };
+  const { decision, trace } = policy.explain(input);
+  return { decision, trace, limited: decision.effect === 'allow' ? policy.charge(input) : undefined, input };
+}
