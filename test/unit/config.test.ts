@@ -76,7 +76,7 @@ describe('loadConfig: the shipped example', () => {
     expect(anthropic.agentTokenHeader).toBe('x-api-key');
     expect(anthropic.credential).toEqual({ scheme: 'header', header: 'x-api-key', prefix: '', secret: 'ANTHROPIC_API_KEY' });
     // every rule records where it is written
-    for (const r of config.rules) expect(`${r.at.file}:${r.at.line}`).toMatch(/rules\.yaml:\d+$/);
+    for (const r of config.rules) expect(`${r.at.file}:${r.at.line}`).toMatch(/^policies\/.+\.yaml:\d+$/);
   });
 
   it('is deeply frozen: every mutation throws', () => {
