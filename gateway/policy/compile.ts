@@ -166,6 +166,20 @@ export function compilePolicy(
   };
   const rulesFor = byUpstream(rules);
   const limitsFor = byUpstream(limits);
+  // Second level: per (upstream, method, tool), only the rules whose method and tool constraints
+  // can hold. Built on first use; the combinations are finite (upstreams × methods × tools).
+  const narrowed = new Map<string, readonly CompiledRule[]>();
+  const rulesAt = (facts: RequestFacts): readonly CompiledRule[] => {
+    const key = `${facts.upstream}\u0000${facts.method}\u0000${facts.tool ?? ''}`;
+    let list = narrowed.get(key);
+    if (list === undefined) {
+      list = rulesFor(facts.upstream).filter(
+        (r) => (!r.methods || r.methods.has(facts.method)) && (!r.tools || (facts.tool !== undefined && r.tools.has(facts.tool))),
+      );
+      if (narrowed.size < 100_000) narrowed.set(key, list);
+    }
+    return list;
+  };
 
   const argsReaders = new Set<string>();
   let anyUpstreamReadsArgs = false;
@@ -253,7 +267,7 @@ export function compilePolicy(
     const act = (): Record<string, unknown> => (memo ??= activation(input, p));
     const matched: CompiledRule[] = [];
     let failure: { rule: CompiledRule; error: string } | undefined;
-    for (const r of rulesFor(input.facts.upstream)) {
+    for (const r of trace ? rulesFor(input.facts.upstream) : rulesAt(input.facts)) {
       const s = staticMatch(r, input, p);
       if (s !== true) {
         trace?.push({ id: r.rule.id, effect: r.rule.effect, principal: p.kind, matched: false, why: s, at: r.at });
