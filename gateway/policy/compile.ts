@@ -187,9 +187,9 @@ export function compilePolicy(
   for (const item of [...rules, ...limits]) {
     const reads = [item.when, ...('sum' in item ? [item.sum, item.keyProgram] : [])].some((p) => p?.readsArgs);
     if (!reads) continue;
-    const u = item.config.upstream ?? (item.config.tools?.[0] !== undefined ? toolUpstream.get(item.config.tools[0]) : undefined);
-    if (u === undefined) anyUpstreamReadsArgs = true;
-    else argsReaders.add(u);
+    if (item.config.upstream !== undefined) argsReaders.add(item.config.upstream);
+    else if (item.config.tools !== undefined) for (const t of item.config.tools) argsReaders.add(toolUpstream.get(t) as string);
+    else anyUpstreamReadsArgs = true;
   }
   const sources = [...rules, ...limits].map((i) => [i.config.when, 'sum' in i.config ? i.config.sum : undefined].join(' '));
   const readsTime = sources.some((s) => /\btime\b/.test(s));

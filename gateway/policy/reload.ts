@@ -45,7 +45,10 @@ export function createPolicyHolder(
       if (fixedParts(next) !== fixedParts(initial)) {
         throw new ValetError('VALET_ERR_CONFIG', 'gateway, issuers or upstreams changed: restart the gateway to apply them');
       }
-      if (next.version === policy.version) return { ok: true, version: next.version };
+      if (next.version === policy.version) {
+        status = { ...status, lastError: undefined };
+        return { ok: true, version: next.version };
+      }
       policy = compilePolicy(next, stores);
       status = { version: next.version, loadedAt: Date.now(), lastError: undefined };
       logger.info({ policyVersion: next.version, rules: next.rules.length }, 'policy reloaded');

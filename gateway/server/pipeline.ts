@@ -36,6 +36,8 @@ export interface PipelineDeps {
 export type RequestHandler = (req: IncomingMessage, res: ServerResponse) => Promise<void>;
 
 const BEARER = /^Bearer[ \t]+([^\s]+)[ \t]*$/i;
+/** Headers that must appear at most once: framing, and what says how to read the body. */
+const SINGLE = new Set(['host', 'content-length', 'transfer-encoding', 'content-type', 'content-encoding']);
 
 /**
  * The data plane, top to bottom: receive → authenticate → describe → decide → inject → forward →
@@ -83,7 +85,11 @@ export function createPipeline(deps: PipelineDeps): RequestHandler {
       let buffered: Buffer | undefined;
       let parsed: ParsedBody = { value: undefined, error: undefined };
       if (policy.readsArgs(upstream.name)) {
-        if (kind === 'json' || kind === 'form') {
+        const encoding = (req.headers['content-encoding'] ?? 'identity').trim().toLowerCase();
+        if (encoding !== 'identity' && kind !== 'none') {
+          // Policy would read compressed bytes while the upstream reads what they decode to.
+          parsed = { value: undefined, error: `the body is ${encoding}-encoded; arguments cannot be read` };
+        } else if (kind === 'json' || kind === 'form') {
           buffered = await readBody(req, config.gateway.maxBodyBytes);
           rec.bytesIn = buffered.length;
           parsed = parseBody(kind, buffered);
@@ -120,7 +126,13 @@ export function createPipeline(deps: PipelineDeps): RequestHandler {
       }
       if (decision.effect === 'escalate') {
         throw new ValetError('VALET_ERR_APPROVAL_REQUIRED', `Rule ${rule} requires human approval: ${decision.reason}`, {
-          extra: { rule, reason: decision.reason, approval: decision.approval },
+          extra: {
+            rule,
+            reason: decision.reason,
+            ...(decision.approval && {
+              approval: { group: decision.approval.group, mode: decision.approval.mode, timeout_s: decision.approval.timeoutMs / 1000 },
+            }),
+          },
         });
       }
       const limited = policy.charge(input);
@@ -240,17 +252,17 @@ export function newAuditRecord(requestId: string, method: string, path: string):
 
 /** Refuses requests whose framing two parsers could read differently. */
 function checkFraming(req: IncomingMessage): void {
-  let host = 0;
-  let contentLength = 0;
-  let transferEncoding = 0;
+  const count: Record<string, number> = {};
   for (let i = 0; i < req.rawHeaders.length; i += 2) {
     const name = (req.rawHeaders[i] as string).toLowerCase();
-    if (name === 'host') host++;
-    else if (name === 'content-length') contentLength++;
-    else if (name === 'transfer-encoding') transferEncoding++;
+    if (SINGLE.has(name)) count[name] = (count[name] ?? 0) + 1;
   }
-  if (host > 1 || contentLength > 1 || transferEncoding > 1 || (contentLength > 0 && transferEncoding > 0)) {
-    throw new ValetError('VALET_ERR_BAD_REQUEST', 'Ambiguous request framing (repeated Host, Content-Length or Transfer-Encoding).');
+  for (const [name, n] of Object.entries(count)) {
+    // Node keeps one copy of some of these and joins others; the upstream might read another.
+    if (n > 1) throw new ValetError('VALET_ERR_BAD_REQUEST', `Ambiguous request: the ${name} header is repeated.`);
+  }
+  if (count['content-length'] !== undefined && count['transfer-encoding'] !== undefined) {
+    throw new ValetError('VALET_ERR_BAD_REQUEST', 'Ambiguous request framing (both Content-Length and Transfer-Encoding).');
   }
   const te = req.headers['transfer-encoding'];
   if (te !== undefined && te.trim().toLowerCase() !== 'chunked') {

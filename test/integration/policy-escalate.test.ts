@@ -69,7 +69,7 @@ describe('escalate: human approval required', () => {
     expect(e.rule).toBe('large-transfers');
     expect(e.reason).toBe('large transfers need finance approval');
     expect(e.message).toContain('large-transfers');
-    expect(e['approval']).toEqual({ group: 'finance', timeoutMs: 300_000, mode: 'async' });
+    expect(e['approval']).toEqual({ group: 'finance', timeout_s: 300, mode: 'async' });
     expect(await audit(gw, r)).toMatchObject({
       decision: 'escalate',
       rule: 'large-transfers',
@@ -85,7 +85,7 @@ describe('escalate: human approval required', () => {
     const r = await transfer(60_000);
     const e = expectRefused(r, 403, 'VALET_ERR_APPROVAL_REQUIRED');
     expect(e.rule).toBe('large-transfers, very-large-transfers');
-    expect(e['approval']).toMatchObject({ timeoutMs: 60_000, mode: 'hold' });
+    expect(e['approval']).toMatchObject({ timeout_s: 60, mode: 'hold' });
     expect(await audit(gw, r)).toMatchObject({ decision: 'escalate', rule: 'large-transfers,very-large-transfers' });
   });
 
@@ -102,7 +102,7 @@ describe('escalate: human approval required', () => {
     const r = await send(gw, upstream, '/stripe/v1/customers/cus_1', { token });
     const e = expectRefused(r, 403, 'VALET_ERR_APPROVAL_REQUIRED');
     expect(e.rule).toBe('customer-lookups');
-    expect(e['approval']).toEqual({ group: 'privacy', timeoutMs: 900_000, mode: 'async' });
+    expect(e['approval']).toEqual({ group: 'privacy', timeout_s: 900, mode: 'async' });
     expect(await audit(gw, r)).toMatchObject({ decision: 'escalate', rule: 'customer-lookups' });
   });
 });

@@ -2,6 +2,7 @@
  * Shared helpers for the policy-*.test.ts integration suites: one request through the gateway,
  * with what the fake upstream received because of it.
  */
+import type { Readable } from 'node:stream';
 import { expect } from 'vitest';
 import { request } from 'undici';
 import type { AuditRow } from '../../gateway/audit/store.js';
@@ -45,7 +46,7 @@ export interface Sent {
 export interface SendOptions {
   token: string;
   method?: string;
-  body?: string | Buffer | AsyncIterable<Buffer> | undefined;
+  body?: string | Buffer | Readable | undefined;
   contentType?: string | undefined;
   headers?: Record<string, string>;
 }

@@ -1,4 +1,6 @@
+import { connect } from 'node:net';
 import { Readable } from 'node:stream';
+import { gzipSync } from 'node:zlib';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startTestGateway, type TestGateway } from '../helpers/gateway.js';
 import { startFakeUpstream, type FakeUpstream } from '../helpers/upstream.js';
@@ -236,4 +238,73 @@ describe('a rule naming tools of two upstreams reads arguments on both', () => {
       expect(expectRefused(no, 403, 'VALET_ERR_POLICY_DENIED').rule).toBe('default-deny');
     });
   }
+});
+
+describe('the body policy reads is the body the upstream reads', () => {
+  let upstream: FakeUpstream;
+  let gw: TestGateway;
+  let token: string;
+
+  beforeAll(async () => {
+    upstream = await startFakeUpstream();
+    gw = await startTestGateway({
+      upstreams: [stripeUpstream(upstream.origin)],
+      files: { 'tools.yaml': STRIPE_TOOLS_YAML },
+      rules: [
+        { id: 'transfers', tools: ['stripe.create_transfer'], effect: 'allow' },
+        { id: 'no-large-transfers', tools: ['stripe.create_transfer'], when: 'has(args.amount) && args.amount > 500', effect: 'deny' },
+      ],
+      env: { STRIPE_KEY: STRIPE_SECRET },
+    });
+    token = await gw.token({ agent: 'payments-bot' });
+  });
+  afterAll(async () => {
+    await gw?.close();
+    await upstream?.close();
+  });
+
+  it('controls: a large transfer is denied, a small one forwarded', async () => {
+    expect(expectRefused(await send(gw, upstream, '/stripe/v1/transfers', { token, method: 'POST', ...form('amount=100000&currency=usd') }), 403, 'VALET_ERR_POLICY_DENIED').rule).toBe(
+      'no-large-transfers',
+    );
+    expectForwarded(await send(gw, upstream, '/stripe/v1/transfers', { token, method: 'POST', ...form('amount=100&currency=usd') }));
+  });
+
+  it('a Content-Encoding: gzip body cannot slip a large transfer past the deny (policy cannot read it)', async () => {
+    const r = await send(gw, upstream, '/stripe/v1/transfers', {
+      token,
+      method: 'POST',
+      body: gzipSync('amount=100000&currency=usd'),
+      contentType: 'application/x-www-form-urlencoded',
+      headers: { 'content-encoding': 'gzip' },
+    });
+    expect(r.forwarded, 'a body the policy could not read was forwarded').toHaveLength(0);
+    expect(r.status).toBeGreaterThanOrEqual(400);
+    expect(r.status).toBeLessThan(500);
+  });
+
+  it('two Content-Type headers (JSON for the gateway, form for the upstream) are refused, not forwarded', async () => {
+    // As JSON: amount 100. As a form: amount=100000.
+    const body = '{"amount":100,"currency":"usd","memo":"&amount=100000&"}';
+    const before = upstream.requests.length;
+    const head = await new Promise<string>((resolve, reject) => {
+      const u = new URL(gw.url);
+      const socket = connect(Number(u.port), u.hostname, () => {
+        socket.write(
+          'POST /stripe/v1/transfers HTTP/1.1\r\nHost: valet\r\n' +
+            `Authorization: Bearer ${token}\r\n` +
+            'Content-Type: application/json\r\nContent-Type: application/x-www-form-urlencoded\r\n' +
+            `Content-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`,
+        );
+      });
+      let out = '';
+      socket.on('data', (d: Buffer) => (out += d.toString('latin1')));
+      socket.on('end', () => resolve(out));
+      socket.on('error', reject);
+    });
+    const status = Number(/^HTTP\/1\.1 (\d{3})/.exec(head)?.[1]);
+    expect(upstream.requests.length - before, 'an ambiguously typed body was forwarded').toBe(0);
+    expect(status).toBeGreaterThanOrEqual(400);
+    expect(status).toBeLessThan(500);
+  });
 });
