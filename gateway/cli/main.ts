@@ -16,7 +16,7 @@ const USAGE = `valet — a valet-key gateway for AI agents
 
 Usage:
   valet start [--config DIR] [--data DIR] [--port N] [--host H] [--env E]
-  valet token --agent ID [--tenant T] [--team T] [--role R]... [--env E] [--user U] [--ttl 15m] [--issuer NAME]
+  valet token --agent ID [--tenant T] [--team T] [--role R]... [--env E] [--user U [--user-role R]...] [--ttl 15m] [--issuer NAME]
   valet audit [--limit N] [--agent A] [--tenant T] [--upstream U] [--decision D] [--request-id ID] [--since 1h] [--format table|json]
   valet policy check [DIR] [--strict]      schema, CEL types, dead rules (warnings; --strict fails on them)
   valet policy test [DIR]                  run the YAML policy tests beside the policies
@@ -33,6 +33,17 @@ const common = {
 } as const satisfies ParseArgsConfig['options'];
 
 class UsageError extends Error {}
+
+/** The identity flags `token` and `policy explain` share. */
+const identityFlags = {
+  agent: { type: 'string' },
+  tenant: { type: 'string' },
+  team: { type: 'string' },
+  role: { type: 'string', multiple: true },
+  env: { type: 'string' },
+  user: { type: 'string' },
+  'user-role': { type: 'string', multiple: true },
+} as const satisfies ParseArgsConfig['options'];
 
 const env = process.env;
 const configDir = (v: string | undefined): string => v ?? env['VALET_CONFIG'] ?? 'policies';
@@ -97,12 +108,7 @@ async function start(args: string[]): Promise<void> {
 
 async function token(args: string[]): Promise<void> {
   const { values } = parse(args, {
-    agent: { type: 'string' },
-    tenant: { type: 'string' },
-    team: { type: 'string' },
-    role: { type: 'string', multiple: true },
-    env: { type: 'string' },
-    user: { type: 'string' },
+    ...identityFlags,
     ttl: { type: 'string', default: '15m' },
     issuer: { type: 'string' },
   });
@@ -122,6 +128,7 @@ async function token(args: string[]): Promise<void> {
     roles: values.role,
     environment: values.env,
     user: values.user,
+    userRoles: values['user-role'],
     ttlSeconds,
   });
   process.stdout.write(`${jwt}\n`);
@@ -216,13 +223,7 @@ async function policy(args: string[]): Promise<void> {
   }
   if (sub === 'explain') {
     const { values } = parse(rest, {
-      agent: { type: 'string' },
-      tenant: { type: 'string' },
-      team: { type: 'string' },
-      role: { type: 'string', multiple: true },
-      env: { type: 'string' },
-      user: { type: 'string' },
-      'user-role': { type: 'string', multiple: true },
+      ...identityFlags,
       upstream: { type: 'string' },
       method: { type: 'string', default: 'GET' },
       path: { type: 'string', default: '/' },
