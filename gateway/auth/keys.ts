@@ -1,11 +1,11 @@
-import { createPublicKey, randomBytes, type KeyObject } from 'node:crypto';
+import { createPublicKey, createSecretKey, randomBytes, type KeyObject } from 'node:crypto';
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { createLocalJWKSet, createRemoteJWKSet, type JWTVerifyGetKey } from 'jose';
 import { ValetError } from '../errors.js';
 import type { IssuerConfig } from '../config/types.js';
 
-export type VerificationKey = Uint8Array | KeyObject | JWTVerifyGetKey;
+export type VerificationKey = KeyObject | JWTVerifyGetKey;
 
 const MIN_SECRET_BYTES = 32;
 
@@ -50,7 +50,8 @@ export function verificationKey(issuer: IssuerConfig, dataDir: string, env: Node
   const key = issuer.key;
   switch (key.kind) {
     case 'secret':
-      return sharedSecret(issuer, dataDir, env);
+      // A KeyObject lets jose reuse the imported key instead of importing raw bytes per call.
+      return createSecretKey(sharedSecret(issuer, dataDir, env));
     case 'public_key_file':
       try {
         return createPublicKey(readFileSync(key.path));

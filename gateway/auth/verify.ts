@@ -8,6 +8,8 @@ import { verificationKey, type VerificationKey } from './keys.js';
 export type TokenVerifier = (token: string) => Promise<AgentIdentity>;
 
 const EMBEDDED_KEY_HEADERS = ['jwk', 'jku', 'x5u', 'x5c'] as const;
+const CACHE_ENTRIES = 10_000;
+const CACHE_MS = 60_000;
 const COMPACT_JWS = /^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*$/;
 
 /** Builds a verifier for the configured issuers. Key material is resolved here, once. */
@@ -22,7 +24,24 @@ export function createTokenVerifier(
     byIssuer.set(config.issuer, { config, key: verificationKey(config, dataDir, env) });
   }
 
-  return async (token) => {
+  // Verified tokens, until they expire (or for at most CACHE_MS): agents reuse one token for many
+  // calls, and signature checks dominate the per-request cost. Failures are never cached.
+  const cache = new Map<string, { identity: AgentIdentity; until: number }>();
+  const verify = async (token: string): Promise<AgentIdentity> => {
+    const now = Date.now();
+    const hit = cache.get(token);
+    if (hit !== undefined) {
+      if (hit.until > now) return hit.identity;
+      cache.delete(token);
+    }
+    const identity = await verifyUncached(token);
+    if (cache.size >= CACHE_ENTRIES) cache.delete(cache.keys().next().value as string);
+    cache.set(token, { identity, until: Math.min(identity.expiresAt * 1000, now + CACHE_MS) });
+    return identity;
+  };
+  return verify;
+
+  async function verifyUncached(token: string): Promise<AgentIdentity> {
     if (token.length > 8192 || !COMPACT_JWS.test(token)) throw invalid('not a compact JWS');
     let header: ReturnType<typeof decodeProtectedHeader>;
     let unverified: JWTPayload;
@@ -49,13 +68,13 @@ export function createTokenVerifier(
         requiredClaims: ['exp', 'sub'],
         crit: {},
       };
-      const result = key instanceof Function ? await jwtVerify(token, key, options) : await jwtVerify(token, key, options);
+      const result = typeof key === 'function' ? await jwtVerify(token, key, options) : await jwtVerify(token, key, options);
       payload = result.payload;
     } catch (err) {
       throw fromJose(err);
     }
     return identityFrom(payload, config);
-  };
+  }
 }
 
 function identityFrom(payload: JWTPayload, config: IssuerConfig): AgentIdentity {

@@ -39,6 +39,20 @@ const AGENT_NEVER_PREFIX = ['x-forwarded-', 'valet-'];
 
 export type HeaderList = [string, string][];
 
+const dropSets = new WeakMap<UpstreamConfig, ReadonlySet<string>>();
+
+/** The request headers never forwarded to this upstream, computed once per upstream. */
+function dropFor(upstream: UpstreamConfig): ReadonlySet<string> {
+  let set = dropSets.get(upstream);
+  if (set === undefined) {
+    const names = new Set([...HOP_BY_HOP, ...AGENT_NEVER, upstream.agentTokenHeader]);
+    if (upstream.credential.scheme === 'header') names.add(upstream.credential.header);
+    set = names;
+    dropSets.set(upstream, set);
+  }
+  return set;
+}
+
 /** Names listed in every `Connection` header, lower-cased. */
 function connectionListed(values: readonly string[]): Set<string> {
   const out = new Set<string>();
@@ -52,13 +66,13 @@ function connectionListed(values: readonly string[]): Set<string> {
  * carries the agent token removed. `content-length` is re-added by the caller.
  */
 export function forwardableRequestHeaders(rawHeaders: readonly string[], upstream: UpstreamConfig, agentToken: string): HeaderList {
-  const drop = new Set([...HOP_BY_HOP, ...AGENT_NEVER, upstream.agentTokenHeader]);
-  if (upstream.credential.scheme === 'header') drop.add(upstream.credential.header);
+  const fixed = dropFor(upstream);
+  let drop: ReadonlySet<string> = fixed;
   const connection: string[] = [];
   for (let i = 0; i < rawHeaders.length; i += 2) {
     if ((rawHeaders[i] as string).toLowerCase() === 'connection') connection.push(rawHeaders[i + 1] as string);
   }
-  for (const name of connectionListed(connection)) drop.add(name);
+  if (connection.length > 0) drop = new Set([...fixed, ...connectionListed(connection)]);
 
   const out: HeaderList = [];
   for (let i = 0; i < rawHeaders.length; i += 2) {

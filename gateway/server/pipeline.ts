@@ -179,15 +179,13 @@ export function createPipeline(deps: PipelineDeps): RequestHandler {
         upstreamRes.statusCode,
         forwardableResponseHeaders(upstreamRes.headers, (loc) => scrubLocation(loc, upstream, secret)),
       );
-      res.flushHeaders();
+      // A streamed response (no length: SSE, chunked) shows its headers at once; others go with the body.
+      if (upstreamRes.headers['content-length'] === undefined) res.flushHeaders();
+      upstreamRes.body.on('data', (chunk: Buffer) => {
+        rec.bytesOut += chunk.length;
+      });
       try {
-        await pipeline(
-          upstreamRes.body,
-          byteCounter((n) => {
-            rec.bytesOut += n;
-          }),
-          res,
-        );
+        await pipeline(upstreamRes.body, res);
       } catch (err) {
         throw upstreamError(err);
       }
@@ -324,6 +322,11 @@ async function readBody(req: IncomingMessage, max: number): Promise<Buffer> {
 function requestBody(req: IncomingMessage, rec: AuditRecord): { body: Readable | null; length: string | undefined } {
   const length = req.headers['content-length'];
   if (!hasBody(req)) return { body: null, length };
+  if (length !== undefined) {
+    // Node's parser delivers exactly this many bytes or fails the request.
+    rec.bytesIn = Number(length);
+    return { body: req, length };
+  }
   const counter = byteCounter((n) => {
     rec.bytesIn += n;
   });

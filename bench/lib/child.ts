@@ -1,0 +1,183 @@
+/**
+ * Parent/child plumbing for the benchmark: every server under test runs in its own Node process
+ * (forked with `node --import tsx`) and talks to the orchestrator over the IPC channel.
+ *
+ * Protocol (child → parent): `{ type: 'ready', url, ... }` once listening, `{ type: 'reply', id, data }`
+ * answering a request. Parent → child: `{ type: 'request', id, op }` where `op` is `'stats'` or `'stop'`.
+ * A child exits by itself when the IPC channel goes away (the parent died or disconnected).
+ */
+import { fork, type ChildProcess } from 'node:child_process';
+import { monitorEventLoopDelay } from 'node:perf_hooks';
+
+export interface ReadyMessage {
+  type: 'ready';
+  url: string;
+  [k: string]: unknown;
+}
+
+export type ChildOp = 'stats' | 'stop';
+type ParentMessage = { type: 'request'; id: number; op: ChildOp };
+type ChildMessage = ReadyMessage | { type: 'reply'; id: number; data: unknown } | { type: 'error'; message: string };
+
+export interface BenchChild {
+  readonly name: string;
+  readonly pid: number;
+  readonly ready: ReadyMessage;
+  /** Asks the child for something (`stats`) or to stop gracefully (`stop`, after which it exits). */
+  ask<T = unknown>(op: ChildOp, timeoutMs?: number): Promise<T>;
+  /** Graceful stop, then SIGKILL if the child has not exited within `timeoutMs`. Idempotent. */
+  stop(timeoutMs?: number): Promise<unknown>;
+  /** Immediate SIGKILL (for cleanup on failure). */
+  kill(): void;
+}
+
+export interface ForkOptions {
+  name: string;
+  /** Absolute path of the child's TypeScript entry point. */
+  script: string;
+  args?: string[];
+  env?: NodeJS.ProcessEnv;
+  /** Extra Node flags, e.g. `--cpu-prof`. `--import tsx` is always added. */
+  execArgv?: string[];
+  readyTimeoutMs?: number;
+}
+
+/** Forks a child and resolves once it reports `ready` (rejects on exit or timeout). */
+export function forkChild(o: ForkOptions): Promise<BenchChild> {
+  const child: ChildProcess = fork(o.script, o.args ?? [], {
+    execArgv: ['--import', 'tsx', ...(o.execArgv ?? [])],
+    env: o.env ?? process.env,
+    stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
+  });
+  let nextId = 1;
+  const pending = new Map<number, { resolve: (v: unknown) => void; reject: (e: Error) => void; timer: NodeJS.Timeout }>();
+  let exited = false;
+  const exitedPromise = new Promise<void>((resolve) => child.once('exit', () => resolve()));
+
+  child.on('message', (m: ChildMessage) => {
+    if (m.type !== 'reply') return;
+    const p = pending.get(m.id);
+    if (!p) return;
+    pending.delete(m.id);
+    clearTimeout(p.timer);
+    p.resolve(m.data);
+  });
+  child.once('exit', (code, signal) => {
+    exited = true;
+    for (const p of pending.values()) {
+      clearTimeout(p.timer);
+      p.reject(new Error(`${o.name} exited (code ${code}, signal ${signal}) before answering`));
+    }
+    pending.clear();
+  });
+
+  const ask = <T>(op: ChildOp, timeoutMs = 10_000): Promise<T> =>
+    new Promise<T>((resolve, reject) => {
+      if (exited || !child.connected) {
+        reject(new Error(`${o.name} is not running`));
+        return;
+      }
+      const id = nextId++;
+      const timer = setTimeout(() => {
+        pending.delete(id);
+        reject(new Error(`${o.name} did not answer "${op}" within ${timeoutMs} ms`));
+      }, timeoutMs);
+      pending.set(id, { resolve: resolve as (v: unknown) => void, reject, timer });
+      child.send({ type: 'request', id, op } satisfies ParentMessage);
+    });
+
+  const kill = (): void => {
+    if (!exited) child.kill('SIGKILL');
+  };
+
+  let stopping: Promise<unknown> | undefined;
+  const stop = (timeoutMs = 10_000): Promise<unknown> =>
+    (stopping ??= (async () => {
+      if (exited) return undefined;
+      let result: unknown;
+      try {
+        result = await ask('stop', timeoutMs);
+      } catch {
+        // fall through to the kill below
+      }
+      const killTimer = setTimeout(kill, timeoutMs);
+      await exitedPromise;
+      clearTimeout(killTimer);
+      return result;
+    })());
+
+  return new Promise<BenchChild>((resolve, reject) => {
+    const timer = setTimeout(() => {
+      kill();
+      reject(new Error(`${o.name} did not become ready within ${o.readyTimeoutMs ?? 20_000} ms`));
+    }, o.readyTimeoutMs ?? 20_000);
+    const onExit = (code: number | null, signal: string | null): void => {
+      clearTimeout(timer);
+      reject(new Error(`${o.name} exited during start-up (code ${code}, signal ${signal})`));
+    };
+    child.once('exit', onExit);
+    const onMessage = (m: ChildMessage): void => {
+      if (m.type === 'error') {
+        clearTimeout(timer);
+        child.off('exit', onExit);
+        kill();
+        reject(new Error(`${o.name} failed to start: ${m.message}`));
+      } else if (m.type === 'ready') {
+        clearTimeout(timer);
+        child.off('exit', onExit);
+        child.off('message', onMessage);
+        resolve({ name: o.name, pid: child.pid ?? -1, ready: m, ask, stop, kill });
+      }
+    };
+    child.on('message', onMessage);
+  });
+}
+
+/**
+ * The child side: announces readiness, answers `stats`, and on `stop` (or when the parent goes
+ * away) runs `onStop`, replies with its result and exits.
+ */
+export function serveChild(handlers: { stats: () => unknown; onStop: () => Promise<unknown> | unknown }, ready: { url: string; [k: string]: unknown }): void {
+  const send = (m: ChildMessage): void => {
+    if (process.connected) process.send?.(m);
+  };
+  // Event-loop delay since the last `stats` request: how long ready work waited for this process.
+  const eld = monitorEventLoopDelay({ resolution: 1 });
+  eld.enable();
+  const loopDelay = (): { loopDelayP99Ms: number; loopDelayMaxMs: number } => {
+    const r = { loopDelayP99Ms: eld.percentile(99) / 1e6, loopDelayMaxMs: eld.max / 1e6 };
+    eld.reset();
+    return r;
+  };
+  let stopping = false;
+  const stopAndExit = async (id?: number): Promise<void> => {
+    if (stopping) return;
+    stopping = true;
+    let data: unknown;
+    try {
+      data = await handlers.onStop();
+    } catch (err) {
+      data = { error: String(err) };
+    }
+    if (id !== undefined) send({ type: 'reply', id, data });
+    // Let the reply leave before exiting; exit code 0 so --cpu-prof writes its profile.
+    setTimeout(() => process.exit(0), 50);
+  };
+  process.on('message', (m: ParentMessage) => {
+    if (m.type !== 'request') return;
+    if (m.op === 'stats') send({ type: 'reply', id: m.id, data: { ...(handlers.stats() as object), ...loopDelay() } });
+    else void stopAndExit(m.id);
+  });
+  process.once('disconnect', () => void stopAndExit());
+  process.once('SIGTERM', () => void stopAndExit());
+  process.once('SIGINT', () => void stopAndExit());
+  send({ ...ready, type: 'ready' });
+}
+
+/** Reports a start-up failure to the parent and exits. */
+export function failChild(err: unknown): never {
+  const message = err instanceof Error ? (err.stack ?? err.message) : String(err);
+  if (process.connected) process.send?.({ type: 'error', message } satisfies ChildMessage);
+  console.error(message);
+  process.exit(1);
+}

@@ -1,0 +1,73 @@
+/**
+ * Where the machine's CPU went during a measurement (Linux /proc; elsewhere every figure is NaN).
+ * The benchmark shares a small machine between the load generator, the proxy and the upstream, so
+ * knowing how many cores each used, and how much went to processes that are not part of the
+ * benchmark at all, is what makes a figure interpretable.
+ */
+import { readFileSync } from 'node:fs';
+import { availableParallelism } from 'node:os';
+import { performance } from 'node:perf_hooks';
+
+export interface CpuSnapshot {
+  /** Busy and total jiffies summed over all CPUs (/proc/stat). */
+  busy: number;
+  total: number;
+  /** utime + stime jiffies per watched pid (/proc/<pid>/stat), all threads included. */
+  pids: Map<number, number>;
+  at: number;
+}
+
+export interface CpuUsage {
+  /** Cores used (1.0 = one core fully busy) by each watched process, by name. */
+  byProcess: Record<string, number>;
+  /** Cores used by everything else: other processes and kernel work not charged to ours. */
+  other: number;
+  /** Cores available. */
+  cores: number;
+}
+
+function procStat(): { busy: number; total: number } {
+  try {
+    const line = readFileSync('/proc/stat', 'utf8').split('\n', 1)[0] ?? '';
+    const v = line.trim().split(/\s+/).slice(1).map(Number);
+    const [user = 0, nice = 0, system = 0, idle = 0, iowait = 0, irq = 0, softirq = 0, steal = 0] = v;
+    const busy = user + nice + system + irq + softirq + steal;
+    return { busy, total: busy + idle + iowait };
+  } catch {
+    return { busy: Number.NaN, total: Number.NaN };
+  }
+}
+
+function pidTicks(pid: number): number {
+  try {
+    const s = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    const f = s.slice(s.lastIndexOf(')') + 2).split(' ');
+    // Fields after the command: state(3) ... utime(14) stime(15), here offset by 3.
+    return Number(f[11]) + Number(f[12]);
+  } catch {
+    return Number.NaN;
+  }
+}
+
+export function snapshot(pids: readonly number[]): CpuSnapshot {
+  const { busy, total } = procStat();
+  return { busy, total, pids: new Map(pids.map((p) => [p, pidTicks(p)])), at: performance.now() };
+}
+
+export function usageBetween(a: CpuSnapshot, b: CpuSnapshot, names: ReadonlyMap<number, string>): CpuUsage {
+  const cores = availableParallelism();
+  const wall = (b.total - a.total) / cores; // jiffies of wall time
+  const byProcess: Record<string, number> = {};
+  let ours = 0;
+  for (const [pid, name] of names) {
+    const d = (b.pids.get(pid) ?? Number.NaN) - (a.pids.get(pid) ?? Number.NaN);
+    byProcess[name] = d / wall;
+    if (!Number.isNaN(d)) ours += d;
+  }
+  return { byProcess, other: Math.max(0, (b.busy - a.busy - ours) / wall), cores };
+}
+
+export const formatUsage = (u: CpuUsage): string =>
+  `${Object.entries(u.byProcess)
+    .map(([k, v]) => `${k} ${Number.isNaN(v) ? 'n/a' : v.toFixed(2)}`)
+    .join(', ')}, other ${Number.isNaN(u.other) ? 'n/a' : u.other.toFixed(2)} (cores of ${u.cores})`;

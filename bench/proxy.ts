@@ -1,0 +1,512 @@
+/**
+ * Proxy overhead benchmark: Valet's full data path against a bare undici pass-through proxy and a
+ * direct call, all to the same local upstream, with a 1 KB JSON POST.
+ *
+ *   npm run bench                      full run (10 s per measurement, see docs/performance.md)
+ *   npm run bench -- --quick           smoke check (2 s per measurement)
+ *   npm run bench -- --help            every option
+ *
+ * The upstream, the bare proxy and Valet each run in their own Node process (forked with
+ * `node --import tsx`); the load generators (autocannon, and an open-loop fixed-rate generator)
+ * run in this process. Everything listens on 127.0.0.1 and is torn down at the end, on Ctrl-C
+ * and on failure; a watchdog bounds the total run time.
+ */
+import { execFileSync } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { arch, availableParallelism, cpus, loadavg, platform, release, tmpdir, totalmem } from 'node:os';
+import { dirname, join } from 'node:path';
+import { monitorEventLoopDelay, performance } from 'node:perf_hooks';
+import { fileURLToPath } from 'node:url';
+import { parseArgs } from 'node:util';
+import { request } from 'undici';
+import { forkChild, type BenchChild } from './lib/child.js';
+import { formatUsage, snapshot, usageBetween, type CpuUsage } from './lib/cpu.js';
+import { formatSummary, mainThreadProfiles, summariseProfile } from './lib/cpuprofile.js';
+import { fixedRate, maxThroughput, type FixedRateResult, type RunResult, type Workload } from './lib/load.js';
+import { int, markdownTable, median, ms } from './lib/stats.js';
+
+const HERE = dirname(fileURLToPath(import.meta.url));
+
+/** Other processes using more than this many cores during a measurement make it "noisy". */
+const QUIET_CORES = 0.2;
+
+const HELP = `Usage: npm run bench -- [options]
+
+  --quick               smoke check: 2 s measurements, 1 s warm-up
+  --seconds N           seconds per measurement            (env BENCH_SECONDS, default 10; --quick 2)
+  --warmup N            warm-up seconds per target         (env BENCH_WARMUP, default 5; --quick 1)
+  --connections N       autocannon connections             (env BENCH_CONNECTIONS, default 50)
+  --rate N              fixed-rate phase, requests/s       (env BENCH_RATE, default 1000)
+  --rounds N            repeat everything, report medians  (env BENCH_ROUNDS, default 1)
+  --only LIST           targets to run: direct,bare,valet  (default all)
+  --wait-quiet N        before each measurement wait up to N s for other processes to use
+                        < ${QUIET_CORES} cores                     (env BENCH_WAIT_QUIET, default 0 = don't wait)
+  --valet-log FILE      send Valet's log lines to FILE instead of /dev/null (debugging)
+  --cpu-prof[=DIR]      run Valet and the bare proxy under --cpu-prof, print a per-request
+                        summary of each, keep the profiles in DIR/<target>
+  --json FILE           also write the raw results as JSON
+  --strict              exit 1 when a goal is missed (invalid runs always exit 1)
+  --help`;
+
+// ---------------------------------------------------------------------------------------------
+// options
+
+const { values: flags } = parseArgs({
+  options: {
+    quick: { type: 'boolean', default: false },
+    seconds: { type: 'string' },
+    warmup: { type: 'string' },
+    connections: { type: 'string' },
+    rate: { type: 'string' },
+    rounds: { type: 'string' },
+    only: { type: 'string' },
+    'wait-quiet': { type: 'string' },
+    'valet-log': { type: 'string' },
+    'cpu-prof': { type: 'string' },
+    json: { type: 'string' },
+    strict: { type: 'boolean', default: false },
+    help: { type: 'boolean', default: false },
+  },
+  // A bare `--cpu-prof` (no directory) becomes `--cpu-prof=` so parseArgs accepts it.
+  args: process.argv.slice(2).map((a) => (a === '--cpu-prof' ? '--cpu-prof=' : a)),
+});
+if (flags.help) {
+  console.log(HELP);
+  process.exit(0);
+}
+
+function num(flag: string | undefined, env: string, fallback: number, min: number): number {
+  const raw = flag ?? process.env[env];
+  if (raw === undefined || raw === '') return fallback;
+  const v = Number(raw);
+  if (!Number.isFinite(v) || v < min) {
+    console.error(`invalid value "${raw}" for ${env.toLowerCase().replace('bench_', '--')} (minimum ${min})`);
+    process.exit(2);
+  }
+  return v;
+}
+
+const quick = flags.quick;
+const opts = {
+  seconds: num(flags.seconds, 'BENCH_SECONDS', quick ? 2 : 10, 1),
+  warmup: num(flags.warmup, 'BENCH_WARMUP', quick ? 1 : 5, 0),
+  connections: num(flags.connections, 'BENCH_CONNECTIONS', 50, 1),
+  rate: num(flags.rate, 'BENCH_RATE', 1000, 1),
+  rounds: num(flags.rounds, 'BENCH_ROUNDS', 1, 1),
+  waitQuiet: num(flags['wait-quiet'], 'BENCH_WAIT_QUIET', 0, 0),
+  /** Pool size of the fixed-rate generator: enough that a slow response never delays the next request. */
+  rateConnections: 64,
+  /** Pause between measurements so GC, the audit writer and sockets settle. */
+  settleMs: quick ? 300 : 1_000,
+};
+const TARGET_IDS = ['direct', 'bare', 'valet'] as const;
+type TargetId = (typeof TARGET_IDS)[number];
+const only = new Set((flags.only ?? TARGET_IDS.join(',')).split(',').map((s) => s.trim()).filter(Boolean));
+for (const t of only) {
+  if (!(TARGET_IDS as readonly string[]).includes(t)) {
+    console.error(`unknown target "${t}" in --only (use ${TARGET_IDS.join(',')})`);
+    process.exit(2);
+  }
+}
+const cpuProf = flags['cpu-prof'];
+
+// ---------------------------------------------------------------------------------------------
+// workload
+
+const UPSTREAM_SECRET = `sk-bench-${randomBytes(12).toString('hex')}`;
+const PATH = '/v1/echo';
+
+/** A JSON object serialising to exactly `size` bytes. */
+function jsonBody(size: number): string {
+  const base = { model: 'bench-model', temperature: 0.2, messages: [{ role: 'user', content: '' }] };
+  const empty = JSON.stringify(base).length;
+  const first = base.messages[0] as { content: string };
+  first.content = 'x'.repeat(Math.max(0, size - empty));
+  const s = JSON.stringify(base);
+  if (Buffer.byteLength(s) !== size) throw new Error(`body is ${Buffer.byteLength(s)} bytes, wanted ${size}`);
+  return s;
+}
+const BODY = jsonBody(1024);
+
+// ---------------------------------------------------------------------------------------------
+// lifecycle: children, temp dir, watchdog, signals
+
+const root = mkdtempSync(join(tmpdir(), 'valet-bench-'));
+const children: BenchChild[] = [];
+let cleanedUp = false;
+
+async function cleanup(): Promise<Record<string, unknown>> {
+  if (cleanedUp) return {};
+  cleanedUp = true;
+  const results: Record<string, unknown> = {};
+  // Stop the proxies before the upstream so they are not left with dead pool connections.
+  for (const c of [...children].reverse()) {
+    try {
+      results[c.name] = await c.stop(10_000);
+    } catch {
+      c.kill();
+    }
+  }
+  rmSync(root, { recursive: true, force: true });
+  return results;
+}
+
+function hardExit(code: number, why: string): void {
+  console.error(`\nbench: ${why}; stopping`);
+  for (const c of children) c.kill();
+  rmSync(root, { recursive: true, force: true });
+  process.exit(code);
+}
+
+process.once('SIGINT', () => hardExit(130, 'interrupted'));
+process.once('SIGTERM', () => hardExit(143, 'terminated'));
+
+const targetsRun = TARGET_IDS.filter((t) => only.has(t));
+const perMeasurement = opts.waitQuiet + opts.settleMs / 1000 + 2;
+const perRound = targetsRun.length * (opts.warmup + 2 * opts.seconds + 3 * perMeasurement);
+const budgetS = 60 + opts.rounds * perRound * 1.5;
+const watchdog = setTimeout(() => hardExit(1, `watchdog: still running after ${Math.round(budgetS)} s`), budgetS * 1000);
+watchdog.unref();
+
+const sleep = (msec: number): Promise<void> => new Promise((r) => setTimeout(r, msec));
+const log = (s: string): void => console.log(s);
+
+/** The commit measured, and whether gateway/ differs from it (best effort; '' outside git). */
+function gitState(): string {
+  try {
+    const git = (...args: string[]): string => execFileSync('git', args, { cwd: join(HERE, '..'), encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }).trim();
+    const head = git('rev-parse', '--short', 'HEAD');
+    const dirty = git('status', '--porcelain', '--', 'gateway').split('\n').filter(Boolean).length;
+    return `commit ${head}${dirty > 0 ? `, gateway/ has ${dirty} uncommitted change(s)` : ', gateway/ clean'}`;
+  } catch {
+    return 'not a git checkout';
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// main
+
+interface LoopDelay {
+  loopDelayP99Ms: number;
+  loopDelayMaxMs: number;
+}
+interface UpstreamStats extends LoopDelay {
+  requests: number;
+  withInjectedCredential: number;
+  bodyBytes: number;
+}
+
+interface Measured {
+  upstreamSaw: number;
+  cpu: CpuUsage;
+  /** Event-loop delay (p99, max ms) of each process during the run, by name. */
+  loop: Record<string, LoopDelay>;
+  round: number;
+}
+type ThroughputRun = RunResult & Measured;
+type FixedRun = FixedRateResult & Measured;
+
+interface TargetResults {
+  throughput: ThroughputRun[];
+  fixed: FixedRun[];
+}
+
+async function main(): Promise<number> {
+  const cpu = cpus()[0]?.model ?? 'unknown CPU';
+  log(`# Valet proxy benchmark\n`);
+  log(`machine: ${availableParallelism()} CPUs (${cpu}), ${(totalmem() / 2 ** 30).toFixed(1)} GiB, ${platform()} ${release()} ${arch()}`);
+  log(`node ${process.version}; load average before start ${loadavg().map((l) => l.toFixed(2)).join(' ')}`);
+  log(`code: ${gitState()}`);
+  log(
+    `workload: POST ${PATH}, ${Buffer.byteLength(BODY)} B JSON body; throughput: ${opts.connections} connections × ${opts.seconds} s ` +
+      `(warm-up ${opts.warmup} s per target per round); fixed rate: ${opts.rate} req/s × ${opts.seconds} s; rounds: ${opts.rounds}\n`,
+  );
+
+  const childEnv = { ...process.env };
+  delete childEnv['VALET_LOG_LEVEL']; // Valet logs at its default level, 'info'.
+  delete childEnv['NODE_OPTIONS'];
+
+  const upstream = await forkChild({ name: 'upstream', script: join(HERE, 'targets/upstream.ts'), args: [`Bearer ${UPSTREAM_SECRET}`], env: childEnv });
+  children.push(upstream);
+  const origin = upstream.ready.url;
+
+  const profileDir = cpuProf === undefined ? undefined : cpuProf === '' ? mkdtempSync(join(tmpdir(), 'valet-bench-prof-')) : cpuProf;
+  const profArgs = (t: TargetId): string[] => (profileDir === undefined ? [] : ['--cpu-prof', `--cpu-prof-dir=${join(profileDir, t)}`]);
+
+  let bare: BenchChild | undefined;
+  if (only.has('bare')) {
+    bare = await forkChild({ name: 'bare-proxy', script: join(HERE, 'targets/bare-proxy.ts'), args: [origin], env: childEnv, execArgv: profArgs('bare') });
+    children.push(bare);
+  }
+  let valet: BenchChild | undefined;
+  if (only.has('valet')) {
+    const args = [join(root, 'valet'), origin, UPSTREAM_SECRET];
+    if (flags['valet-log']) args.push(flags['valet-log']);
+    valet = await forkChild({ name: 'valet', script: join(HERE, 'targets/valet.ts'), args, env: childEnv, execArgv: profArgs('valet') });
+    children.push(valet);
+    log(`valet: logger level "${String(valet.ready['logLevel'])}" → ${flags['valet-log'] ?? '/dev/null'}, audit → SQLite in ${join(root, 'valet', 'data')}`);
+  }
+  if (profileDir !== undefined) log(`CPU profiles → ${profileDir}/{bare,valet}`);
+  const pidNames = new Map<number, string>([[process.pid, 'generator'], [upstream.pid, 'upstream']]);
+  if (bare) pidNames.set(bare.pid, 'bare');
+  if (valet) pidNames.set(valet.pid, 'valet');
+  log(`processes: ${[...pidNames].map(([pid, n]) => `${n} pid ${pid}`).join(', ')}\n`);
+
+  const token = valet ? String(valet.ready['token']) : 'none';
+  // Every target gets byte-for-byte the same request (the agent token included), so the only
+  // difference is what happens on the way to the upstream.
+  const headers = { 'content-type': 'application/json', authorization: `Bearer ${token}` };
+  const urls: Record<TargetId, string | undefined> = {
+    direct: only.has('direct') ? `${origin}${PATH}` : undefined,
+    bare: bare ? `${bare.ready.url}${PATH}` : undefined,
+    valet: valet ? `${valet.ready.url}${PATH}` : undefined,
+  };
+  const workloads = new Map<TargetId, Workload>();
+  for (const t of targetsRun) workloads.set(t, { url: urls[t] as string, body: BODY, headers });
+
+  // Smoke check: each target answers 200 with the upstream's body, and Valet injected the credential.
+  for (const [t, w] of workloads) {
+    const before = await upstream.ask<UpstreamStats>('stats');
+    const res = await request(w.url, { method: 'POST', headers, body: BODY });
+    const text = await res.body.text();
+    const after = await upstream.ask<UpstreamStats>('stats');
+    if (res.statusCode !== 200 || !text.includes('"received":1024')) {
+      throw new Error(`${t}: smoke request got ${res.statusCode} ${text}${t === 'valet' ? ' (see its log with --valet-log FILE)' : ''}`);
+    }
+    if (t === 'valet' && after.withInjectedCredential !== before.withInjectedCredential + 1) {
+      throw new Error('valet: the upstream did not receive the injected credential');
+    }
+  }
+
+  /** Waits (up to --wait-quiet seconds) until processes outside the benchmark are nearly idle. */
+  const settle = async (): Promise<void> => {
+    await sleep(opts.settleMs);
+    const deadline = performance.now() + opts.waitQuiet * 1000;
+    let waited = false;
+    while (performance.now() < deadline) {
+      const a = snapshot([...pidNames.keys()]);
+      await sleep(1_000);
+      const u = usageBetween(a, snapshot([...pidNames.keys()]), pidNames);
+      if (Number.isNaN(u.other) || u.other < QUIET_CORES) break;
+      if (!waited) process.stdout.write(`  (waiting for other processes to go quiet: ${u.other.toFixed(2)} cores busy)\n`);
+      waited = true;
+    }
+  };
+
+  const results = new Map<TargetId, TargetResults>(targetsRun.map((t) => [t, { throughput: [], fixed: [] }]));
+  const servers = [upstream, ...(bare ? [bare] : []), ...(valet ? [valet] : [])];
+  const serverName = (c: BenchChild): string => pidNames.get(c.pid) ?? c.name;
+  const measure = async <T extends RunResult>(t: TargetId, round: number, run: () => Promise<T>): Promise<T & Measured> => {
+    await settle();
+    // Asking for stats also resets each child's event-loop delay histogram.
+    const before = (await Promise.all(servers.map((c) => c.ask<UpstreamStats>('stats'))))[0] as UpstreamStats;
+    const genLoop = monitorEventLoopDelay({ resolution: 1 });
+    genLoop.enable();
+    const c0 = snapshot([...pidNames.keys()]);
+    const r = await run();
+    const cpuUse = usageBetween(c0, snapshot([...pidNames.keys()]), pidNames);
+    genLoop.disable();
+    const afterAll = await Promise.all(servers.map((c) => c.ask<UpstreamStats>('stats')));
+    const after = afterAll[0] as UpstreamStats;
+    const loop: Record<string, LoopDelay> = { generator: { loopDelayP99Ms: genLoop.percentile(99) / 1e6, loopDelayMaxMs: genLoop.max / 1e6 } };
+    servers.forEach((c, i) => {
+      const s = afterAll[i] as LoopDelay;
+      loop[serverName(c)] = { loopDelayP99Ms: s.loopDelayP99Ms, loopDelayMaxMs: s.loopDelayMaxMs };
+    });
+    // For Valet, count only requests that arrived carrying the injected credential.
+    const saw = t === 'valet' ? after.withInjectedCredential - before.withInjectedCredential : after.requests - before.requests;
+    return { ...r, upstreamSaw: saw, cpu: cpuUse, loop, round };
+  };
+  const loops = (m: Measured, t: TargetId): string =>
+    ['generator', t === 'direct' ? 'upstream' : t, ...(t === 'direct' ? [] : ['upstream'])]
+      .map((n) => `${n} ${ms(m.loop[n]?.loopDelayP99Ms ?? Number.NaN, 1)}/${ms(m.loop[n]?.loopDelayMaxMs ?? Number.NaN, 1)}`)
+      .join(', ');
+  const status = (r: RunResult): string => `non-2xx ${r.non2xx}, errors ${r.errors}, timeouts ${r.timeouts}`;
+  const noisy = (m: Measured): string => (m.cpu.other >= QUIET_CORES ? ' NOISY' : '');
+
+  /** Requests each target answered (warm-ups and smoke check included), for per-request figures. */
+  const handled: Record<TargetId, number> = { direct: 1, bare: 1, valet: 1 };
+  for (let round = 1; round <= opts.rounds; round++) {
+    if (opts.rounds > 1) log(`## round ${round}/${opts.rounds}`);
+    // Rotate the order each round so no target always runs first (or right after another).
+    const order = [...workloads].map((_, i, all) => all[(i + round - 1) % all.length] as [TargetId, Workload]);
+    for (const [t, w] of order) {
+      if (opts.warmup > 0) {
+        await settle();
+        const wu = await maxThroughput(w, { connections: opts.connections, seconds: opts.warmup });
+        handled[t] += wu.ok + wu.non2xx;
+        log(`warm-up     ${t.padEnd(6)} ${int(wu.rps).padStart(7)} req/s`);
+      }
+      const r = await measure(t, round, () => maxThroughput(w, { connections: opts.connections, seconds: opts.seconds }));
+      handled[t] += r.ok + r.non2xx;
+      (results.get(t) as TargetResults).throughput.push(r);
+      log(
+        `throughput  ${t.padEnd(6)} ${int(r.rps).padStart(7)} req/s  p50 ${ms(r.latency.p50)} ms  p99 ${ms(r.latency.p99)} ms  ` +
+          `2xx ${r.ok} (upstream saw ${r.upstreamSaw}), ${status(r)}\n            cpu: ${formatUsage(r.cpu)}${noisy(r)}\n` +
+          `            event-loop delay p99/max ms: ${loops(r, t)}`,
+      );
+    }
+    for (const [t, w] of order) {
+      const r = await measure(t, round, () => fixedRate(w, { rate: opts.rate, seconds: opts.seconds, connections: opts.rateConnections }));
+      handled[t] += r.ok + r.non2xx;
+      (results.get(t) as TargetResults).fixed.push(r);
+      log(
+        `fixed-rate  ${t.padEnd(6)} ${int(r.rps).padStart(7)} req/s  p50 ${ms(r.latency.p50)} ms  p99 ${ms(r.latency.p99)} ms  max ${ms(r.latency.max)} ms  ` +
+          `2xx ${r.ok}/${r.scheduled} (upstream saw ${r.upstreamSaw}), ${status(r)}, send lag p99 ${ms(r.lagP99)} ms\n` +
+          `            cpu: ${formatUsage(r.cpu)}${noisy(r)}\n            event-loop delay p99/max ms: ${loops(r, t)}`,
+      );
+    }
+  }
+
+  // ---- shut down, collect the audit count and the profile
+  const stopped = await cleanup();
+  const valetStop = stopped['valet'] as { auditRows?: number } | undefined;
+
+  // ---- validity
+  const problems: string[] = [];
+  const warnings: string[] = [];
+  for (const [t, r] of results) {
+    for (const x of [...r.throughput, ...r.fixed]) {
+      if (x.non2xx > 0 || x.errors > 0 || x.timeouts > 0) problems.push(`${t}: ${status(x)} ${JSON.stringify(x.statusCodes)}`);
+      if (x.upstreamSaw < x.ok) problems.push(`${t}: ${x.ok} responses but the upstream saw only ${x.upstreamSaw} requests`);
+      if (x.cpu.other >= QUIET_CORES) warnings.push(`${t} (round ${x.round}): other processes used ${x.cpu.other.toFixed(2)} cores during the run`);
+    }
+    for (const x of r.fixed) {
+      if (x.lagP99 > 5) warnings.push(`${t} (round ${x.round}): the fixed-rate generator ran late (send lag p99 ${ms(x.lagP99)} ms)`);
+    }
+  }
+  if (valet) {
+    const rows = valetStop?.auditRows ?? -1;
+    if (rows < handled.valet) problems.push(`valet: ${rows} audit rows for ${handled.valet} answered requests`);
+    else log(`\nvalet audit log: ${rows} rows for ${handled.valet} answered requests (every request audited)`);
+  }
+
+  // ---- report
+  const agg = (t: TargetId) => {
+    const r = results.get(t);
+    if (!r) return undefined;
+    const m = <X>(xs: X[], f: (x: X) => number): number => median(xs.map(f));
+    const sum = <X>(xs: X[], f: (x: X) => number): number => xs.reduce((a, x) => a + f(x), 0);
+    return {
+      rps: m(r.throughput, (x) => x.rps),
+      tp50: m(r.throughput, (x) => x.latency.p50),
+      tp99: m(r.throughput, (x) => x.latency.p99),
+      tcpu: m(r.throughput, (x) => x.cpu.byProcess[t === 'direct' ? 'upstream' : t] ?? Number.NaN),
+      tus: m(r.throughput, (x) => ((x.cpu.byProcess[t === 'direct' ? 'upstream' : t] ?? Number.NaN) / x.rps) * 1e6),
+      tnon2xx: sum(r.throughput, (x) => x.non2xx),
+      terr: sum(r.throughput, (x) => x.errors + x.timeouts),
+      frps: m(r.fixed, (x) => x.rps),
+      fp50: m(r.fixed, (x) => x.latency.p50),
+      fp99: m(r.fixed, (x) => x.latency.p99),
+      fmax: m(r.fixed, (x) => x.latency.max),
+      fcpu: m(r.fixed, (x) => x.cpu.byProcess[t === 'direct' ? 'upstream' : t] ?? Number.NaN),
+      fus: m(r.fixed, (x) => ((x.cpu.byProcess[t === 'direct' ? 'upstream' : t] ?? Number.NaN) / x.rps) * 1e6),
+      fnon2xx: sum(r.fixed, (x) => x.non2xx),
+      ferr: sum(r.fixed, (x) => x.errors + x.timeouts),
+    };
+  };
+  const A = { direct: agg('direct'), bare: agg('bare'), valet: agg('valet') };
+  const name: Record<TargetId, string> = { direct: 'direct (no proxy)', bare: 'bare undici proxy', valet: 'Valet (full path)' };
+  const rel = (v: number, base: number | undefined): string => (base === undefined ? '—' : `${(v / base).toFixed(2)}×`);
+  const added = (v: number, base: number | undefined): string => (base === undefined ? '—' : `${v - base >= 0 ? '+' : ''}${ms(v - base)}`);
+  const cores = (v: number): string => (Number.isNaN(v) ? 'n/a' : v.toFixed(2));
+
+  const medianNote = opts.rounds > 1 ? `; median of ${opts.rounds} rounds` : '';
+  log(`\n## Max throughput — autocannon, ${opts.connections} connections, ${opts.seconds} s${medianNote}\n`);
+  log(
+    markdownTable(
+      ['target', 'req/s', 'vs bare', 'p50 ms', 'p99 ms', 'server CPU (cores)', 'CPU µs/req', 'non-2xx', 'errors'],
+      targetsRun.map((t) => {
+        const a = A[t] as NonNullable<(typeof A)[TargetId]>;
+        return [name[t], int(a.rps), rel(a.rps, A.bare?.rps), ms(a.tp50), ms(a.tp99), cores(a.tcpu), int(a.tus), String(a.tnon2xx), String(a.terr)];
+      }),
+    ),
+  );
+  log(`\n## Fixed rate — ${opts.rate} req/s open loop, ${opts.seconds} s${medianNote}\n`);
+  log(
+    markdownTable(
+      ['target', 'req/s', 'p50 ms', 'p99 ms', 'max ms', 'p99 added vs bare', 'p99 added vs direct', 'server CPU (cores)', 'CPU µs/req', 'non-2xx', 'errors'],
+      targetsRun.map((t) => {
+        const a = A[t] as NonNullable<(typeof A)[TargetId]>;
+        return [
+          name[t],
+          int(a.frps),
+          ms(a.fp50),
+          ms(a.fp99),
+          ms(a.fmax),
+          t === 'bare' ? '—' : added(a.fp99, A.bare?.fp99),
+          t === 'direct' ? '—' : added(a.fp99, A.direct?.fp99),
+          cores(a.fcpu),
+          int(a.fus),
+          String(a.fnon2xx),
+          String(a.ferr),
+        ];
+      }),
+    ),
+  );
+  log(
+    `\n"server CPU" is the proxy process (the upstream for "direct"), all its threads; "CPU µs/req" is that divided by req/s,\n` +
+      `the figure least disturbed by other load. Latencies are exact percentiles over every 2xx response.`,
+  );
+
+  log('\n## Goals\n');
+  let goalsMet = true;
+  if (A.valet && A.bare) {
+    const ratio = A.valet.rps / A.bare.rps;
+    const ok1 = ratio >= 0.6;
+    const add = A.valet.fp99 - A.bare.fp99;
+    const ok2 = add <= 2;
+    goalsMet = ok1 && ok2;
+    log(`- ${ok1 ? 'PASS' : 'FAIL'}: Valet throughput ≥ 0.6× bare pass-through — ${int(A.valet.rps)} vs ${int(A.bare.rps)} req/s = ${ratio.toFixed(2)}×`);
+    log(
+      `- ${ok2 ? 'PASS' : 'FAIL'}: Valet added p99 ≤ 2 ms at ${opts.rate} req/s (vs bare proxy) — ${ms(A.valet.fp99)} − ${ms(A.bare.fp99)} = ${added(A.valet.fp99, A.bare.fp99)} ms` +
+        (A.direct ? ` (vs direct: ${added(A.valet.fp99, A.direct.fp99)} ms)` : ''),
+    );
+  } else {
+    log('- goals need both the bare proxy and Valet (--only excluded one)');
+  }
+  if (problems.length > 0) {
+    log(`\nINVALID RUN — failures were observed, the figures above are not trustworthy:`);
+    for (const p of problems) log(`- ${p}`);
+  } else {
+    log(`\nvalidity: every response was 2xx, no errors or timeouts; the upstream received every counted request${valet ? " (Valet's with the injected credential)" : ''}`);
+  }
+  if (warnings.length > 0) {
+    log(`\nwarnings (figures may be disturbed):`);
+    for (const w of warnings) log(`- ${w}`);
+  }
+
+  if (profileDir !== undefined) {
+    for (const t of ['bare', 'valet'] as const) {
+      if (!only.has(t)) continue;
+      const files = existsSync(join(profileDir, t)) ? mainThreadProfiles(join(profileDir, t)) : [];
+      if (files.length === 0) log(`\n(no main-thread .cpuprofile was written to ${join(profileDir, t)})`);
+      for (const f of files) {
+        log(`\n## CPU profile of the ${name[t]} process (main thread): ${f}\n`);
+        log('```');
+        log(formatSummary(summariseProfile(f, handled[t]), 25));
+        log('```');
+      }
+    }
+  }
+
+  if (flags.json) {
+    const machine = { cpus: availableParallelism(), cpu, node: process.version, platform: platform(), release: release() };
+    writeFileSync(flags.json, `${JSON.stringify({ machine, opts, results: Object.fromEntries(results), goalsMet, problems, warnings }, null, 2)}\n`);
+  }
+  if (problems.length > 0) return 1;
+  return flags.strict && !goalsMet ? 1 : 0;
+}
+
+main()
+  .then(async (code) => {
+    await cleanup();
+    clearTimeout(watchdog);
+    process.exit(code);
+  })
+  .catch(async (err: unknown) => {
+    console.error(err);
+    await cleanup().catch(() => undefined);
+    process.exit(1);
+  });

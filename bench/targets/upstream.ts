@@ -1,0 +1,47 @@
+/**
+ * The benchmark's upstream: a minimal node:http server on 127.0.0.1 that reads the whole request
+ * body and answers a small JSON document. It counts requests, and counts separately those that
+ * carried the credential Valet is configured to inject, so the orchestrator can check that
+ * Valet's requests really went through the injection path.
+ *
+ * Run by bench/proxy.ts in its own process; argv[2] is the expected credential header value.
+ */
+import { createServer } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { failChild, serveChild } from '../lib/child.js';
+
+const injected = process.argv[2] ?? '';
+let requests = 0;
+let withInjectedCredential = 0;
+let bodyBytes = 0;
+
+const server = createServer({ keepAliveTimeout: 10_000 }, (req, res) => {
+  let n = 0;
+  req.on('data', (c: Buffer) => {
+    n += c.length;
+  });
+  req.on('end', () => {
+    requests++;
+    bodyBytes += n;
+    if (injected !== '' && req.headers.authorization === injected) withInjectedCredential++;
+    const body = `{"ok":true,"received":${n}}`;
+    res.writeHead(200, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) });
+    res.end(body);
+  });
+});
+
+server.once('error', failChild);
+server.listen(0, '127.0.0.1', () => {
+  const { port } = server.address() as AddressInfo;
+  serveChild(
+    {
+      stats: () => ({ requests, withInjectedCredential, bodyBytes }),
+      onStop: () =>
+        new Promise((resolve) => {
+          server.closeAllConnections();
+          server.close(() => resolve({ requests, withInjectedCredential, bodyBytes }));
+        }),
+    },
+    { url: `http://127.0.0.1:${port}` },
+  );
+});

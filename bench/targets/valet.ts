@@ -1,0 +1,86 @@
+/**
+ * Valet's full data path, as deployed: the real composition root (gateway/main.ts) with an HS256
+ * issuer, one upstream with bearer credential injection, one allow rule, the SQLite audit log in
+ * a temporary data directory and pino at its default level ('info') writing every request line
+ * to /dev/null through the same SonicBoom destination pino uses for stdout in production.
+ *
+ * Run by bench/proxy.ts in its own process; argv: <work dir> <upstream origin> <upstream secret>
+ * [log file, instead of /dev/null].
+ * The work dir is created (and removed) by the parent.
+ */
+import { mkdirSync, openSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { pino } from 'pino';
+import { stringify } from 'yaml';
+import { openAuditDatabase } from '../../gateway/audit/store.js';
+import { mintAgentToken } from '../../gateway/auth/mint.js';
+import { startGateway } from '../../gateway/main.js';
+import { failChild, serveChild } from '../lib/child.js';
+
+export const BENCH_UPSTREAM = 'bench';
+const SIGNING_KEY = 'bench-signing-key-0123456789abcdef0123456789abcdef';
+
+async function main(): Promise<void> {
+  const [workDir, origin, upstreamSecret, logFile] = process.argv.slice(2);
+  if (!workDir || !origin || !upstreamSecret) throw new Error('usage: valet.ts <work dir> <upstream origin> <upstream secret>');
+  const configDir = join(workDir, 'config');
+  const dataDir = join(workDir, 'data');
+  mkdirSync(configDir, { recursive: true });
+  writeFileSync(
+    join(configDir, 'gateway.yaml'),
+    stringify({
+      gateway: { listen: { host: '127.0.0.1', port: 0 }, shutdown_grace_ms: 5_000 },
+      issuers: [
+        { name: 'bench', issuer: 'valet-bench', audience: 'valet', algorithms: ['HS256'], secret: { env: 'VALET_BENCH_SIGNING_KEY' } },
+      ],
+    }),
+  );
+  writeFileSync(
+    join(configDir, 'upstreams.yaml'),
+    stringify({ upstreams: [{ name: BENCH_UPSTREAM, origin, credential: { scheme: 'bearer', secret: 'VALET_BENCH_UPSTREAM_KEY' } }] }),
+  );
+  writeFileSync(
+    join(configDir, 'rules.yaml'),
+    stringify({ rules: [{ id: 'bench-allow', upstream: BENCH_UPSTREAM, methods: ['POST'], paths: ['/v1/**'], effect: 'allow' }] }),
+  );
+
+  // Same destination type pino builds for stdout when none is given (SonicBoom, async), but on /dev/null.
+  const logDestination = pino.destination({ fd: openSync(logFile ?? '/dev/null', 'a'), sync: false });
+  // The logger level comes from VALET_LOG_LEVEL (default 'info'); the parent removes it from our env.
+  const gateway = await startGateway({
+    configDir,
+    dataDir,
+    logDestination,
+    env: { VALET_BENCH_SIGNING_KEY: SIGNING_KEY, VALET_BENCH_UPSTREAM_KEY: upstreamSecret },
+  });
+  const issuer = gateway.config.issuers[0];
+  if (!issuer) throw new Error('no issuer');
+  const token = await mintAgentToken(issuer, new TextEncoder().encode(SIGNING_KEY), { agent: 'bench-agent', ttlSeconds: 3_600 });
+
+  const auditRows = (): number => {
+    const db = openAuditDatabase(dataDir, { readonly: true });
+    try {
+      return (db.prepare('SELECT count(*) AS n FROM audit_log').get() as { n: number }).n;
+    } finally {
+      db.close();
+    }
+  };
+
+  serveChild(
+    {
+      stats: () => ({ auditPending: gateway.audit.pending }),
+      onStop: async () => {
+        await gateway.close();
+        try {
+          logDestination.flushSync();
+        } catch {
+          // nothing left to flush
+        }
+        return { auditRows: auditRows() };
+      },
+    },
+    { url: `${gateway.url}/${BENCH_UPSTREAM}`, token, logLevel: gateway.logger.level },
+  );
+}
+
+main().catch(failChild);
