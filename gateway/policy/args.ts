@@ -68,6 +68,19 @@ function parseJsonObject(bytes: Buffer): ParsedBody {
   return { value: value as Record<string, unknown>, error: undefined };
 }
 
+/** One `name=value` pair of form or query encoding, decoded (`+` is a space); undefined if invalid. */
+export function decodeFormPair(pair: string): [string, string] | undefined {
+  const eq = pair.indexOf('=');
+  try {
+    return [
+      decodeURIComponent((eq === -1 ? pair : pair.slice(0, eq)).replace(/\+/g, ' ')),
+      eq === -1 ? '' : decodeURIComponent(pair.slice(eq + 1).replace(/\+/g, ' ')),
+    ];
+  } catch {
+    return undefined;
+  }
+}
+
 /**
  * `application/x-www-form-urlencoded` with Stripe's bracket notation: `metadata[order]=1` is a
  * nested map, `items[]=a&items[]=b` a list. A key given twice is ambiguous and refused.
@@ -77,15 +90,9 @@ export function parseForm(text: string): ParsedBody {
   if (text === '') return { value: out, error: undefined };
   for (const pair of text.split('&')) {
     if (pair === '') continue;
-    const eq = pair.indexOf('=');
-    let key: string;
-    let value: string;
-    try {
-      key = decodeURIComponent((eq === -1 ? pair : pair.slice(0, eq)).replace(/\+/g, ' '));
-      value = eq === -1 ? '' : decodeURIComponent(pair.slice(eq + 1).replace(/\+/g, ' '));
-    } catch {
-      return { value: undefined, error: 'the form body is not valid percent-encoded UTF-8' };
-    }
+    const decoded = decodeFormPair(pair);
+    if (decoded === undefined) return { value: undefined, error: 'the form body is not valid percent-encoded UTF-8' };
+    const [key, value] = decoded;
     const m = /^([^[\]]+)((?:\[[^[\]]*\])*)$/.exec(key);
     if (!m) return { value: undefined, error: `the form key "${key}" is malformed` };
     const path = [m[1] as string, ...[...(m[2] as string).matchAll(/\[([^[\]]*)\]/g)].map((x) => x[1] as string)];

@@ -1,4 +1,5 @@
 import { ValetError } from '../errors.js';
+import { decodeFormPair } from '../policy/args.js';
 
 /** The request target split into the upstream name and the canonical path below it. */
 export interface CanonicalTarget {
@@ -97,15 +98,9 @@ export function canonicalQuery(rawQuery: string, remove: ReadonlySet<string>): C
   if (rawQuery === '') return { query, rawQuery, removed };
   for (const pair of rawQuery.split('&')) {
     if (pair === '') continue;
-    const eq = pair.indexOf('=');
-    let name: string;
-    let value: string;
-    try {
-      name = decodeURIComponent((eq === -1 ? pair : pair.slice(0, eq)).replace(/\+/g, ' '));
-      value = eq === -1 ? '' : decodeURIComponent(pair.slice(eq + 1).replace(/\+/g, ' '));
-    } catch {
-      throw new ValetError('VALET_ERR_BAD_REQUEST', 'The query string is not valid percent-encoded UTF-8.');
-    }
+    const decoded = decodeFormPair(pair);
+    if (decoded === undefined) throw new ValetError('VALET_ERR_BAD_REQUEST', 'The query string is not valid percent-encoded UTF-8.');
+    const [name, value] = decoded;
     const lower = name.toLowerCase();
     if (remove.has(lower)) {
       (removed[lower] ??= []).push(value);
