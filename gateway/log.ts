@@ -18,6 +18,13 @@ export const REDACT_PATHS = [
   'secret',
 ];
 
+/**
+ * The logger. Without a destination it writes to stdout asynchronously, so a request never waits
+ * on a write system call; `logger.flush()` on shutdown writes what is buffered.
+ */
 export function createLogger(destination?: DestinationStream, level = process.env['VALET_LOG_LEVEL'] ?? 'info'): Logger {
-  return pino({ level, base: { service: 'valet' }, redact: { paths: REDACT_PATHS, censor: '[REDACTED]' } }, destination);
+  return pino(
+    { level, base: { service: 'valet' }, redact: { paths: REDACT_PATHS, censor: '[REDACTED]' } },
+    destination ?? pino.destination({ dest: 1, sync: false }),
+  );
 }

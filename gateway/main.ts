@@ -138,6 +138,7 @@ export async function startGateway(options: GatewayOptions): Promise<RunningGate
       audit.close();
       db.close();
       logger.info({}, 'valet stopped');
+      await new Promise<void>((r) => logger.flush(() => r()));
     })());
 
   return { config, server, port, url: `http://${host}:${port}`, logger, audit, policies, close };
