@@ -1,3 +1,4 @@
+import type { EventEmitter } from 'node:events';
 import type { Readable } from 'node:stream';
 import { Pool, errors as undiciErrors, type Dispatcher } from 'undici';
 import { ValetError } from '../errors.js';
@@ -10,7 +11,8 @@ export interface ForwardRequest {
   readonly path: string;
   readonly headers: HeaderList;
   readonly body: Readable | Buffer | null;
-  readonly signal: AbortSignal;
+  /** Aborts the upstream request when it emits `abort` (an AbortSignal or an emitter, as undici takes). */
+  readonly signal: AbortSignal | EventEmitter;
 }
 
 export interface UpstreamResponse {

@@ -2,7 +2,6 @@ import { randomUUID } from 'node:crypto';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { performance } from 'node:perf_hooks';
 import { Transform, type Readable } from 'node:stream';
-import { pipeline } from 'node:stream/promises';
 import type { Logger } from 'pino';
 import type { AuditWriter } from '../audit/writer.js';
 import type { TokenVerifier } from '../auth/verify.js';
@@ -13,6 +12,7 @@ import type { Forwarder } from '../proxy/forward.js';
 import { upstreamError } from '../proxy/forward.js';
 import { forwardableRequestHeaders, forwardableResponseHeaders, injectCredential } from '../proxy/headers.js';
 import { scrubLocation } from '../proxy/location.js';
+import { HangUp, relay } from '../proxy/relay.js';
 import type { SecretSource } from '../secrets/env.js';
 import type { AuditRecord, RequestFacts } from '../types.js';
 import { bodyKind, buildArgs, parseBody, type ParsedBody } from '../policy/args.js';
@@ -51,10 +51,7 @@ export function createPipeline(deps: PipelineDeps): RequestHandler {
     const requestId = randomUUID();
     res.setHeader('x-request-id', requestId);
     const rec = newAuditRecord(requestId, req.method ?? 'GET', ((req.url ?? '').split('?')[0] ?? '').slice(0, 2048));
-    const abort = new AbortController();
-    res.once('close', () => {
-      if (!res.writableFinished) abort.abort();
-    });
+    const hangUp = new HangUp(res);
 
     try {
       // 1. receive
@@ -172,7 +169,7 @@ export function createPipeline(deps: PipelineDeps): RequestHandler {
         path: injected.rawQuery === '' ? facts.forwardPath : `${facts.forwardPath}?${injected.rawQuery}`,
         headers: injected.headers,
         body,
-        signal: abort.signal,
+        signal: hangUp,
       });
       rec.upstreamStatus = upstreamRes.statusCode;
       res.writeHead(
@@ -185,14 +182,14 @@ export function createPipeline(deps: PipelineDeps): RequestHandler {
         rec.bytesOut += chunk.length;
       });
       try {
-        await pipeline(upstreamRes.body, res);
+        await relay(upstreamRes.body, res);
       } catch (err) {
         throw upstreamError(err);
       }
     } catch (err) {
       // Once the agent has gone, a failure is its hang-up, unless the upstream had already timed out.
       let e = toValetError(err);
-      if (abort.signal.aborted && e.code !== 'VALET_ERR_UPSTREAM_TIMEOUT') e = new ValetError('VALET_ERR_CLIENT_CLOSED');
+      if (hangUp.aborted && e.code !== 'VALET_ERR_UPSTREAM_TIMEOUT') e = new ValetError('VALET_ERR_CLIENT_CLOSED');
       rec.errorCode = e.code;
       if (e.code === 'VALET_ERR_INTERNAL') logger.error({ reqId: requestId, err: e.cause }, 'internal error');
       if (e.code !== 'VALET_ERR_CLIENT_CLOSED') sendError(res, e, requestId);
