@@ -534,7 +534,7 @@ async function runSize(layout: Layout, n: number): Promise<SizeResult> {
   const stores = { counters: memoryCounterStore(), history: memoryHistoryStore() };
   const config = {
     version: `bench-${layout}-${n}`,
-    gateway: { environment: 'production', listen: { host: '127.0.0.1', port: 0 }, shutdownGraceMs: 1, maxHeaderBytes: 16384, maxBodyBytes: 65536, timezone: 'UTC' },
+    gateway: { environment: 'production', listen: { host: '127.0.0.1', port: 0 }, shutdownGraceMs: 1, maxHeaderBytes: 16384, maxBodyBytes: 65536, timezone: 'UTC', admin: { listen: { host: '127.0.0.1', port: 0 }, audience: 'valet-admin' } },
     tools: set.tools,
     rules: set.rules,
     rateLimits: [],

@@ -27,12 +27,30 @@ export const ERRORS = {
     status: 503,
     message: 'The credential for this upstream is not available; nothing was forwarded.',
   },
+  VALET_ERR_CREDENTIAL_CORRUPT: {
+    status: 503,
+    message: 'The stored credential for this upstream failed its integrity check; nothing was forwarded.',
+  },
   VALET_ERR_SHUTTING_DOWN: { status: 503, message: 'The gateway is shutting down.' },
   VALET_ERR_UPSTREAM_UNREACHABLE: { status: 502, message: 'The upstream could not be reached.' },
   VALET_ERR_UPSTREAM_TIMEOUT: { status: 504, message: 'The upstream did not answer in time.' },
   VALET_ERR_CLIENT_CLOSED: { status: 499, message: 'The agent closed the connection before the response was complete.' },
   VALET_ERR_INTERNAL: { status: 500, message: 'Internal gateway error.' },
   VALET_ERR_CONFIG: { status: 500, message: 'The configuration is invalid.' },
+  VALET_ERR_MASTER_KEY: {
+    status: 500,
+    message: 'The secret store\'s master key is missing, malformed, or not the key the store was written with.',
+  },
+  VALET_ERR_SECRET_INVALID: { status: 400, message: 'The secret name, tenant or value is not acceptable; nothing was written.' },
+  VALET_ERR_SECRET_NOT_FOUND: { status: 404, message: 'No secret by that name exists for that tenant.' },
+  VALET_ERR_SECRET_EXISTS: { status: 409, message: 'A secret by that name already exists for that tenant; rotate it instead.' },
+  VALET_ERR_ADMIN_UNAUTHENTICATED: { status: 401, message: 'The admin API needs a valid admin token (Authorization: Bearer).' },
+  VALET_ERR_ADMIN_FORBIDDEN: { status: 403, message: 'Your admin roles do not allow this action.' },
+  VALET_ERR_ADMIN_CROSS_SITE: { status: 403, message: 'Cross-site requests to the admin API are refused.' },
+  VALET_ERR_ADMIN_NOT_FOUND: { status: 404, message: 'No such admin resource.' },
+  VALET_ERR_ADMIN_METHOD: { status: 405, message: 'This method is not allowed on this admin resource.' },
+  VALET_ERR_ADMIN_MEDIA_TYPE: { status: 415, message: 'Admin API writes must be application/json.' },
+  VALET_ERR_ADMIN_BAD_REQUEST: { status: 400, message: 'The admin request is malformed.' },
 } as const satisfies Record<string, { status: number; message: string }>;
 
 export type ErrorCode = keyof typeof ERRORS;

@@ -6,14 +6,18 @@ import type { DestinationStream, Logger } from 'pino';
 import { openAuditDatabase } from './audit/store.js';
 import { createAuditWriter, type AuditWriter } from './audit/writer.js';
 import { createTokenVerifier } from './auth/verify.js';
+import { secretNames } from './config/credential.js';
 import { loadConfig } from './config/load.js';
 import type { Config, Environment } from './config/types.js';
+import { adminProbes, adminRoutes } from './admin/routes.js';
+import { createAdminServer } from './admin/server.js';
 import { ValetError } from './errors.js';
 import { createLogger } from './log.js';
 import { memoryCounterStore, memoryHistoryStore } from './policy/counters.js';
 import { createPolicyHolder, type PolicyHolder } from './policy/reload.js';
 import { createForwarder } from './proxy/forward.js';
-import { envSecretSource } from './secrets/env.js';
+import { createSecretSources, DEFAULT_SOURCES } from './secrets/sources.js';
+import type { SecretStore } from './secrets/store.js';
 import { createPipeline, newAuditRecord } from './server/pipeline.js';
 
 export interface GatewayOptions {
@@ -21,6 +25,8 @@ export interface GatewayOptions {
   dataDir: string;
   port?: number | undefined;
   host?: string | undefined;
+  /** The admin listener's port (0: any free port). */
+  adminPort?: number | undefined;
   environment?: Environment | undefined;
   /** Where log lines go (stdout by default); tests pass a sink. */
   logDestination?: DestinationStream | undefined;
@@ -34,11 +40,15 @@ export interface RunningGateway {
   readonly server: Server;
   readonly port: number;
   readonly url: string;
+  /** The admin plane (API, probes), on its own listener. */
+  readonly admin: { readonly server: Server; readonly port: number; readonly url: string };
   readonly logger: Logger;
   /** The audit writer; `flush()` writes queued rows now. */
   readonly audit: AuditWriter;
   /** The policy in force; `reload()` recompiles it (also on SIGHUP and, with `watch`, on file change). */
   readonly policies: PolicyHolder;
+  /** The encrypted secret store, when `store` is one of `gateway.secrets.sources`. */
+  readonly secretStore: SecretStore | undefined;
   /** Stops accepting, drains in-flight requests (up to the grace period), flushes the audit log. */
   close(): Promise<void>;
 }
@@ -50,17 +60,23 @@ export interface RunningGateway {
 export async function startGateway(options: GatewayOptions): Promise<RunningGateway> {
   const logger = createLogger(options.logDestination);
   const dataDir = resolve(options.dataDir);
-  const loadOptions = { port: options.port, host: options.host, environment: options.environment };
+  const loadOptions = { port: options.port, host: options.host, adminPort: options.adminPort, environment: options.environment };
   const config = loadConfig(options.configDir, loadOptions);
   const env = options.env ?? process.env;
   const verifyToken = createTokenVerifier(config.issuers, dataDir, env);
+  // Opening the store checks the master key: a wrong or missing one stops start-up here.
+  const secretSources = createSecretSources({
+    settings: config.gateway.secrets?.sources ?? DEFAULT_SOURCES,
+    names: [...config.upstreams.values()].flatMap((u) => secretNames(u.credential)),
+    dataDir,
+    env,
+    environment: config.gateway.environment,
+    log: logger,
+  });
+  const secrets = secretSources.source;
   const stores = { counters: memoryCounterStore(), history: memoryHistoryStore() };
   const policies = createPolicyHolder(config, loadOptions, stores, logger);
   if (options.watch) policies.watch();
-  const secrets = envSecretSource([...config.upstreams.values()].map((u) => u.credential.secret), env);
-  if (secrets.missing.length > 0) {
-    logger.warn({ missing: secrets.missing }, 'upstream credentials not set; requests to those upstreams are refused (503)');
-  }
   const db = openAuditDatabase(dataDir);
   const audit = createAuditWriter(db, { logger });
   const forwarder = createForwarder(config.upstreams.values());
@@ -98,17 +114,21 @@ export async function startGateway(options: GatewayOptions): Promise<RunningGate
     logger.info({ reqId: requestId, code: err.code }, 'client error');
   });
 
-  await new Promise<void>((resolveListen, reject) => {
-    server.once('error', reject);
-    server.listen(config.gateway.listen.port, config.gateway.listen.host, () => {
-      server.off('error', reject);
-      resolveListen();
-    });
+  const adminDeps = { db, dataDir, policies, auditPending: () => audit.pending };
+  const adminServer = createAdminServer({
+    verify: createTokenVerifier(config.issuers, dataDir, env, { audience: config.gateway.admin.audience }),
+    routes: adminRoutes(adminDeps),
+    probes: adminProbes(adminDeps),
+    logger,
   });
-  const port = (server.address() as AddressInfo).port;
-  const host = config.gateway.listen.host.includes(':') ? `[${config.gateway.listen.host}]` : config.gateway.listen.host;
+  const port = await listen(server, config.gateway.listen);
+  const adminPort = await listen(adminServer, config.gateway.admin.listen).catch(async (err: unknown) => {
+    await new Promise((r) => server.close(r));
+    throw err;
+  });
+  const host = urlHost(config.gateway.listen.host);
   logger.info(
-    { port, host: config.gateway.listen.host, environment: config.gateway.environment, policyVersion: config.version, upstreams: [...config.upstreams.keys()] },
+    { port, host: config.gateway.listen.host, adminPort, adminHost: config.gateway.admin.listen.host, environment: config.gateway.environment, policyVersion: config.version, upstreams: [...config.upstreams.keys()] },
     'valet listening',
   );
 
@@ -118,6 +138,8 @@ export async function startGateway(options: GatewayOptions): Promise<RunningGate
       draining = true;
       policies.close();
       const closed = new Promise<void>((r) => server.close(() => r()));
+      const adminClosed = new Promise<void>((r) => adminServer.close(() => r()));
+      adminServer.closeAllConnections();
       server.closeIdleConnections();
       if (inFlight > 0) {
         await Promise.race([
@@ -134,12 +156,27 @@ export async function startGateway(options: GatewayOptions): Promise<RunningGate
         setTimeout(r, 1_000).unref();
       });
       await closed;
+      await adminClosed;
       await forwarder.close();
       audit.close();
       db.close();
+      secretSources.close();
       logger.info({}, 'valet stopped');
       await new Promise<void>((r) => logger.flush(() => r()));
     })());
 
-  return { config, server, port, url: `http://${host}:${port}`, logger, audit, policies, close };
+  const admin = { server: adminServer, port: adminPort, url: `http://${urlHost(config.gateway.admin.listen.host)}:${adminPort}` };
+  return { config, server, port, url: `http://${host}:${port}`, admin, logger, audit, policies, secretStore: secretSources.store, close };
 }
+
+function listen(server: Server, at: { readonly host: string; readonly port: number }): Promise<number> {
+  return new Promise((resolveListen, reject) => {
+    server.once('error', reject);
+    server.listen(at.port, at.host, () => {
+      server.off('error', reject);
+      resolveListen((server.address() as AddressInfo).port);
+    });
+  });
+}
+
+const urlHost = (host: string): string => (host.includes(':') ? `[${host}]` : host);

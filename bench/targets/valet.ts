@@ -29,7 +29,7 @@ async function main(): Promise<void> {
   writeFileSync(
     join(configDir, 'gateway.yaml'),
     stringify({
-      gateway: { listen: { host: '127.0.0.1', port: 0 }, shutdown_grace_ms: 5_000 },
+      gateway: { listen: { host: '127.0.0.1', port: 0 }, admin: { listen: { host: '127.0.0.1', port: 0 } }, shutdown_grace_ms: 5_000 },
       issuers: [
         { name: 'bench', issuer: 'valet-bench', audience: 'valet', algorithms: ['HS256'], secret: { env: 'VALET_BENCH_SIGNING_KEY' } },
       ],

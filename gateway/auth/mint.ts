@@ -13,6 +13,8 @@ export interface MintOptions {
   /** The delegating user's roles. */
   userRoles?: readonly string[] | undefined;
   ttlSeconds: number;
+  /** Replaces the issuer's audience (admin tokens carry the admin plane's). */
+  audience?: string | undefined;
 }
 
 /** Mints an agent token signed with a shared-secret issuer's key (development and tests). */
@@ -30,7 +32,7 @@ export async function mintAgentToken(issuer: IssuerConfig, secret: Uint8Array, o
   return new SignJWT(claims)
     .setProtectedHeader({ alg, typ: 'JWT' })
     .setIssuer(issuer.issuer)
-    .setAudience(issuer.audience.length === 1 ? (issuer.audience[0] as string) : [...issuer.audience])
+    .setAudience(o.audience ?? (issuer.audience.length === 1 ? (issuer.audience[0] as string) : [...issuer.audience]))
     .setSubject(o.user ?? o.agent)
     .setIssuedAt()
     .setJti(randomUUID())

@@ -12,14 +12,20 @@ const CACHE_ENTRIES = 10_000;
 const CACHE_MS = 60_000;
 const COMPACT_JWS = /^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*$/;
 
-/** Builds a verifier for the configured issuers. Key material is resolved here, once. */
+/**
+ * Builds a verifier for the configured issuers. Key material is resolved here, once. `audience`
+ * replaces every issuer's audience: the admin plane verifies its tokens with the same issuers but
+ * its own audience, so that no agent token is accepted there and no admin token on the data plane.
+ */
 export function createTokenVerifier(
   issuers: readonly IssuerConfig[],
   dataDir: string,
   env: NodeJS.ProcessEnv = process.env,
+  options: { audience?: string } = {},
 ): TokenVerifier {
   const byIssuer = new Map<string, { config: IssuerConfig; key: VerificationKey }>();
-  for (const config of issuers) {
+  for (const issuer of issuers) {
+    const config = options.audience === undefined ? issuer : { ...issuer, audience: [options.audience] };
     if (byIssuer.has(config.issuer)) throw new TypeError(`two issuers claim iss "${config.issuer}"`);
     byIssuer.set(config.issuer, { config, key: verificationKey(config, dataDir, env) });
   }

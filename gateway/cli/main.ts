@@ -11,19 +11,24 @@ import { compilePolicy, type Policy } from '../policy/compile.js';
 import { memoryCounterStore, memoryHistoryStore } from '../policy/counters.js';
 import { findDeadRules } from '../policy/lint.js';
 import { explainScenario, outcomeOf, runPolicyTests } from '../policy/testing.js';
+import { secretsCommand, SECRETS_USAGE } from './secrets.js';
+import { UsageError } from './usage.js';
 
 const USAGE = `valet — a valet-key gateway for AI agents
 
 Usage:
-  valet start [--config DIR] [--data DIR] [--port N] [--host H] [--env E]
+  valet start [--config DIR] [--data DIR] [--port N] [--admin-port N] [--host H] [--env E]
+  valet token --admin --subject NAME --role admin|approver|auditor|secrets_manager [--tenant T] [--ttl 15m]
   valet token --agent ID [--tenant T] [--team T] [--role R]... [--env E] [--user U [--user-role R]...] [--ttl 15m] [--issuer NAME]
   valet audit [--limit N] [--agent A] [--tenant T] [--upstream U] [--decision D] [--request-id ID] [--since 1h] [--format table|json]
   valet policy check [DIR] [--strict]      schema, CEL types, dead rules (warnings; --strict fails on them)
   valet policy test [DIR]                  run the YAML policy tests beside the policies
   valet policy explain --agent A --upstream U [--method M] [--path P] [--tenant T] [--team T] [--role R]...
                        [--env E] [--user U] [--user-role R]... [--query k=v]... [--json J | --form F] [--format text|json]
+${SECRETS_USAGE}
 
-Environment: VALET_CONFIG (./policies), VALET_DATA (./data), VALET_PORT, VALET_HOST, VALET_ENV, VALET_LOG_LEVEL.
+Environment: VALET_CONFIG (./policies), VALET_DATA (./data), VALET_PORT, VALET_ADMIN_PORT, VALET_HOST, VALET_ENV, VALET_LOG_LEVEL,
+VALET_MASTER_KEY / VALET_MASTER_KEY_FILE (secret store key), VALET_NEW_MASTER_KEY (secrets rekey).
 `;
 
 const common = {
@@ -32,7 +37,6 @@ const common = {
   help: { type: 'boolean', short: 'h' },
 } as const satisfies ParseArgsConfig['options'];
 
-class UsageError extends Error {}
 
 /** The identity flags `token` and `policy explain` share. */
 const identityFlags = {
@@ -79,11 +83,12 @@ function environment(value: string | undefined): Environment | undefined {
 }
 
 async function start(args: string[]): Promise<void> {
-  const { values } = parse(args, { port: { type: 'string' }, host: { type: 'string' }, env: { type: 'string' } });
+  const { values } = parse(args, { port: { type: 'string' }, host: { type: 'string' }, 'admin-port': { type: 'string' }, env: { type: 'string' } });
   const gateway = await startGateway({
     configDir: configDir(values.config),
     dataDir: dataDir(values.data),
     port: integer(values.port ?? env['VALET_PORT'], 'port', 0, 65535),
+    adminPort: integer(values['admin-port'] ?? env['VALET_ADMIN_PORT'], 'admin-port', 0, 65535),
     host: values.host ?? env['VALET_HOST'],
     environment: environment(values.env ?? env['VALET_ENV']),
     watch: true,
@@ -111,8 +116,14 @@ async function token(args: string[]): Promise<void> {
     ...identityFlags,
     ttl: { type: 'string', default: '15m' },
     issuer: { type: 'string' },
+    admin: { type: 'boolean' },
+    subject: { type: 'string' },
   });
-  if (!values.agent) throw new UsageError('--agent is required');
+  // An admin token names a person (--subject) and carries the admin plane's audience.
+  if (values.admin && (!values.subject || values.agent || values.user)) throw new UsageError('--admin needs --subject NAME (and no --agent or --user)');
+  if (!values.admin && values.subject) throw new UsageError('--subject is for --admin tokens; agent tokens take --agent');
+  const agent = values.admin ? values.subject : values.agent;
+  if (!agent) throw new UsageError('--agent is required');
   const ttlSeconds = duration(values.ttl, 'ttl');
   if (ttlSeconds < 1 || ttlSeconds > 86400) throw new UsageError('--ttl must be between 1s and 24h');
   const config = loadConfig(configDir(values.config));
@@ -122,7 +133,8 @@ async function token(args: string[]): Promise<void> {
   }
   const secret = sharedSecret(issuer, dataDir(values.data));
   const jwt = await mintAgentToken(issuer, secret, {
-    agent: values.agent,
+    agent,
+    audience: values.admin ? config.gateway.admin.audience : undefined,
     tenant: values.tenant,
     team: values.team,
     roles: values.role,
@@ -283,7 +295,7 @@ async function policy(args: string[]): Promise<void> {
   throw new UsageError('valet policy check|test|explain');
 }
 
-const COMMANDS: Record<string, (args: string[]) => Promise<void>> = { start, token, audit, policy };
+const COMMANDS: Record<string, (args: string[]) => Promise<void>> = { start, token, audit, policy, secrets: secretsCommand };
 
 async function main(argv: string[]): Promise<void> {
   const [command, ...args] = argv;

@@ -4,6 +4,7 @@ import { join, relative, resolve } from 'node:path';
 import { Ajv, type ErrorObject } from 'ajv';
 import { isMap, isPair, isScalar, LineCounter, parseDocument, type Document, type Node } from 'yaml';
 import { ConfigError, type ConfigProblem } from '../errors.js';
+import { NOT_INJECTABLE, parseTemplate, secretNames } from './credential.js';
 import { fileSchema } from './schema.js';
 import type {
   BudgetConfig,
@@ -18,8 +19,10 @@ import type {
   CredentialConfig,
   Environment,
   IssuerConfig,
+  InjectedHeader,
   IssuerKey,
   RuleConfig,
+  SecretSourceSetting,
   UpstreamConfig,
 } from './types.js';
 
@@ -50,6 +53,8 @@ class Problems {
 export interface LoadOptions {
   /** Overrides `gateway.listen.port` (flag or `VALET_PORT`). */
   port?: number | undefined;
+  /** Overrides `gateway.admin.listen.port` (flag or `VALET_ADMIN_PORT`). */
+  adminPort?: number | undefined;
   host?: string | undefined;
   environment?: Environment | undefined;
 }
@@ -295,6 +300,17 @@ function assemble(root: string, files: ParsedFile[], problems: Problems, options
     if (gatewayFile) problems.add(gatewayFile, ['gateway', 'timezone'], `unknown time zone "${timezone}"`);
     return undefined;
   }
+  // One audience may never serve both planes: an agent token must not open the admin API.
+  const adminAudience: string = g.admin?.audience ?? 'valet-admin';
+  for (const [i, issuer] of issuers.entries()) {
+    if (!issuer.audience.includes(adminAudience)) continue;
+    const message = `"${adminAudience}" is both the admin audience and an audience of issuer ${issuer.name} (issuers[${i}]); the admin plane needs its own`;
+    if (gatewayFile) problems.add(gatewayFile, ['gateway', 'admin', 'audience'], message);
+    else problems.list.push({ file: root, line: 0, column: 0, path: 'gateway.admin.audience', message });
+  }
+  if (problems.list.length > 0) return undefined;
+  const secretSources = buildSecretSources(root, gatewayFile, g.secrets?.sources, problems);
+  if (secretSources === undefined) return undefined;
   return {
     dir: root,
     gateway: {
@@ -304,6 +320,11 @@ function assemble(root: string, files: ParsedFile[], problems: Problems, options
       maxHeaderBytes: g.max_header_bytes ?? 16_384,
       maxBodyBytes: g.max_body_bytes ?? 1_048_576,
       timezone,
+      secrets: { sources: secretSources },
+      admin: {
+        listen: { host: g.admin?.listen?.host ?? '127.0.0.1', port: options.adminPort ?? g.admin?.listen?.port ?? 8081 },
+        audience: adminAudience,
+      },
     },
     issuers,
     upstreams,
@@ -314,6 +335,25 @@ function assemble(root: string, files: ParsedFile[], problems: Problems, options
     tests,
     contexts,
   };
+}
+
+/** `gateway.secrets.sources`: default the store, then the environment; each source at most once. */
+function buildSecretSources(root: string, file: ParsedFile | undefined, raw: Raw, problems: Problems): SecretSourceSetting[] | undefined {
+  if (raw === undefined || file === undefined) return [{ kind: 'store' }, { kind: 'env' }];
+  const sources: SecretSourceSetting[] = [];
+  const seen = new Set<string>();
+  let ok = true;
+  (raw as Raw[]).forEach((item, i) => {
+    const source: SecretSourceSetting = typeof item === 'string' ? { kind: item as 'store' | 'env' } : { kind: 'files', dir: resolve(root, item.files) };
+    const key = source.kind === 'files' ? `files:${source.dir}` : source.kind;
+    if (seen.has(key)) {
+      problems.add(file, ['gateway', 'secrets', 'sources', i], 'this source is listed twice');
+      ok = false;
+    }
+    seen.add(key);
+    sources.push(source);
+  });
+  return ok ? sources : undefined;
 }
 
 function buildIssuer(root: string, file: ParsedFile, i: number, raw: Raw, problems: Problems): IssuerConfig | undefined {
@@ -367,34 +407,14 @@ function buildUpstream(file: ParsedFile, i: number, raw: Raw, problems: Problems
     problems.add(file, [...at, 'origin'], 'must be scheme://host[:port] only (no path, query, fragment or credentials)');
     return undefined;
   }
-  const c = raw.credential;
-  const cat = [...at, 'credential'];
-  const allowed: Record<string, string[]> = { bearer: [], header: ['header', 'prefix'], basic: ['username'], query: ['param'] };
-  for (const k of ['header', 'prefix', 'username', 'param']) {
-    if (c[k] !== undefined && !allowed[c.scheme]?.includes(k)) problems.add(file, [...cat, k], `not used by scheme "${c.scheme}"`, true);
-  }
-  let credential: CredentialConfig;
-  switch (c.scheme) {
-    case 'header':
-      if (c.header === undefined) problems.add(file, cat, 'scheme "header" needs "header"');
-      credential = { scheme: 'header', header: String(c.header).toLowerCase(), prefix: c.prefix ?? '', secret: c.secret };
-      break;
-    case 'query':
-      if (c.param === undefined) problems.add(file, cat, 'scheme "query" needs "param"');
-      credential = { scheme: 'query', param: c.param, secret: c.secret };
-      break;
-    case 'basic':
-      credential = { scheme: 'basic', username: c.username, secret: c.secret };
-      break;
-    default:
-      credential = { scheme: 'bearer', secret: c.secret };
-  }
+  const credential = buildCredential(file, [...at, 'credential'], raw.credential, problems);
   return {
     name: raw.name,
     origin: origin.origin,
     agentTokenHeader: (raw.agent_token?.header ?? 'authorization').toLowerCase(),
     agentTokenQuery: raw.agent_token?.query,
     credential,
+    scrubResponses: raw.scrub_responses ?? true,
     timeouts: {
       connectMs: raw.timeouts?.connect_ms ?? 10_000,
       headersMs: raw.timeouts?.headers_ms ?? 120_000,
@@ -402,6 +422,76 @@ function buildUpstream(file: ParsedFile, i: number, raw: Raw, problems: Problems
     },
     connections: raw.connections ?? 64,
   };
+}
+
+/** Keys each credential scheme takes besides `scheme` and `secret`. */
+const SCHEME_KEYS: Record<string, readonly string[]> = {
+  bearer: [],
+  header: ['header', 'prefix', 'value'],
+  basic: ['username'],
+  query: ['param'],
+  headers: ['headers'],
+};
+
+/**
+ * The credential as injected. `header` with `value` is shorthand for `headers` with one entry, so
+ * it is stored that way; the other schemes are stored as written.
+ */
+function buildCredential(file: ParsedFile, at: (string | number)[], c: Raw, problems: Problems): CredentialConfig {
+  for (const k of ['header', 'prefix', 'value', 'username', 'param', 'headers']) {
+    if (c[k] !== undefined && !SCHEME_KEYS[c.scheme]?.includes(k)) problems.add(file, [...at, k], `not used by scheme "${c.scheme}"`, true);
+  }
+  const injected: InjectedHeader[] = [];
+  let valid = true;
+  const addHeader = (name: string, text: string, where: (string | number)[]): void => {
+    const lower = name.toLowerCase();
+    const parsed = parseTemplate(text, c.secret);
+    let problem: string | undefined;
+    if (NOT_INJECTABLE.has(lower)) problem = `Valet cannot inject "${lower}": it sets or strips that header itself`;
+    else if (injected.some((h) => h.name === lower)) problem = `header "${lower}" is given twice (header names ignore case)`;
+    else if ('error' in parsed) problem = parsed.error;
+    else injected.push({ name: lower, value: parsed.template });
+    if (problem !== undefined) {
+      problems.add(file, where, problem, true);
+      valid = false;
+    }
+  };
+  switch (c.scheme) {
+    case 'header': {
+      if (c.header === undefined) {
+        problems.add(file, at, 'scheme "header" needs "header"');
+        return { scheme: 'header', header: '', prefix: '', secret: c.secret };
+      }
+      if (c.value === undefined) {
+        if (NOT_INJECTABLE.has(c.header.toLowerCase())) problems.add(file, [...at, 'header'], `Valet cannot inject "${c.header.toLowerCase()}": it sets or strips that header itself`);
+        return { scheme: 'header', header: String(c.header).toLowerCase(), prefix: c.prefix ?? '', secret: c.secret };
+      }
+      if (c.prefix !== undefined) problems.add(file, [...at, 'prefix'], 'give "prefix" or "value", not both', true);
+      addHeader(c.header, c.value, [...at, 'value']);
+      break;
+    }
+    case 'headers':
+      if (c.headers === undefined) {
+        problems.add(file, at, 'scheme "headers" needs "headers"');
+        return { scheme: 'headers', headers: [] };
+      }
+      for (const [name, text] of Object.entries(c.headers)) addHeader(name, text as string, [...at, 'headers', name]);
+      break;
+    case 'query':
+      if (c.param === undefined) problems.add(file, at, 'scheme "query" needs "param"');
+      return { scheme: 'query', param: c.param, secret: c.secret };
+    case 'basic':
+      return { scheme: 'basic', username: c.username, secret: c.secret };
+    default:
+      return { scheme: 'bearer', secret: c.secret };
+  }
+  // Templates: a credential with no secret in it, or a `secret` nothing uses, is a mistake.
+  const credential: CredentialConfig = { scheme: 'headers', headers: injected };
+  if (!valid) return credential;
+  const used = secretNames(credential);
+  if (used.length === 0) problems.add(file, at, 'no header uses a secret: add {secret} or {secret:NAME} to a value');
+  if (c.secret !== undefined && !used.includes(c.secret)) problems.add(file, [...at, 'secret'], `"${c.secret}" is not used: write {secret} in a value`, true);
+  return credential;
 }
 
 /** Tool path templates: literal segments and `{name}` parameters, each a whole segment. */
@@ -447,7 +537,14 @@ function reportSchemaError(problems: Problems, file: ParsedFile, e: ErrorObject)
     const unescaped = s.replace(/~1/g, '/').replace(/~0/g, '~');
     return /^\d+$/.test(unescaped) ? Number(unescaped) : unescaped;
   });
+  // A key that fails `propertyNames` is reported once, below, at the key itself.
+  if (e.propertyName !== undefined && e.keyword !== 'propertyNames') return;
   switch (e.keyword) {
+    case 'propertyNames': {
+      const key = (e.params as { propertyName: string }).propertyName;
+      problems.add(file, [...path, key], `"${key}" is not a valid name here`, true);
+      return;
+    }
     case 'additionalProperties': {
       const key = (e.params as { additionalProperty: string }).additionalProperty;
       problems.add(file, [...path, key], 'unknown key', true);
@@ -460,6 +557,7 @@ function reportSchemaError(problems: Problems, file: ParsedFile, e: ErrorObject)
       problems.add(file, path, `must be one of ${(e.params as { allowedValues: unknown[] }).allowedValues.map((v) => JSON.stringify(v)).join(', ')}`);
       return;
     case 'oneOf':
+    case 'if':
       return; // the branch errors say more
     default:
       problems.add(file, path, e.message ?? 'invalid');

@@ -5,18 +5,26 @@ const secretName = { type: 'string', pattern: '^[A-Za-z_][A-Za-z0-9_]{0,127}$' }
 const headerName = { type: 'string', pattern: "^[A-Za-z0-9!#$%&'*+.^_`|~-]+$" } as const;
 const positiveMs = { type: 'integer', minimum: 1, maximum: 3_600_000 } as const;
 
+/** A header value as configured: printable ASCII; `{secret}` placeholders are parsed by the loader. */
+const headerTemplate = { type: 'string', minLength: 1, pattern: '^[\\t\\x20-\\x7e]+$' } as const;
+
 const credential = {
   type: 'object',
-  required: ['scheme', 'secret'],
+  required: ['scheme'],
   additionalProperties: false,
   properties: {
-    scheme: { enum: ['bearer', 'header', 'basic', 'query'] },
+    scheme: { enum: ['bearer', 'header', 'basic', 'query', 'headers'] },
     secret: secretName,
     header: headerName,
     prefix: { type: 'string', pattern: '^[\\x20-\\x7e]*$' },
+    value: headerTemplate,
     username: { type: 'string', pattern: '^[^:\\r\\n\\x00]*$' },
     param: { type: 'string', minLength: 1, pattern: '^[A-Za-z0-9._~-]+$' },
+    headers: { type: 'object', minProperties: 1, propertyNames: headerName, additionalProperties: headerTemplate },
   },
+  // Every scheme but `headers` sends one secret, named by `secret`; `headers` names them in its values.
+  if: { properties: { scheme: { enum: ['bearer', 'header', 'basic', 'query'] } } },
+  then: { properties: { secret: secretName }, required: ['secret'] },
 } as const;
 
 const method = { enum: ['GET', 'HEAD', 'POST', 'PUT', 'PATCH', 'DELETE', 'OPTIONS'] } as const;
@@ -75,6 +83,37 @@ export const fileSchema = {
         max_header_bytes: { type: 'integer', minimum: 1024, maximum: 1_048_576 },
         max_body_bytes: { type: 'integer', minimum: 1024, maximum: 67_108_864 },
         timezone: { type: 'string', minLength: 1 },
+        admin: {
+          type: 'object',
+          additionalProperties: false,
+          properties: {
+            listen: {
+              type: 'object',
+              additionalProperties: false,
+              properties: {
+                host: { type: 'string', minLength: 1 },
+                port: { type: 'integer', minimum: 0, maximum: 65535 },
+              },
+            },
+            audience: { type: 'string', minLength: 1 },
+          },
+        },
+        secrets: {
+          type: 'object',
+          additionalProperties: false,
+          properties: {
+            sources: {
+              type: 'array',
+              minItems: 1,
+              items: {
+                oneOf: [
+                  { enum: ['store', 'env'] },
+                  { type: 'object', required: ['files'], additionalProperties: false, properties: { files: { type: 'string', minLength: 1 } } },
+                ],
+              },
+            },
+          },
+        },
       },
     },
     issuers: {
@@ -143,6 +182,7 @@ export const fileSchema = {
             },
           },
           credential,
+          scrub_responses: { type: 'boolean' },
           timeouts: {
             type: 'object',
             additionalProperties: false,

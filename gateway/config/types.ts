@@ -9,7 +9,20 @@ export interface GatewaySettings {
   readonly maxBodyBytes: number;
   /** IANA time zone for `time.*` in conditions. */
   readonly timezone: string;
+  /** The admin plane: its own listener (loopback by default) and the audience its tokens carry. */
+  readonly admin: { readonly listen: { readonly host: string; readonly port: number }; readonly audience: string };
+  /**
+   * Where upstream credentials come from, asked in this order. The loader always sets it; absent
+   * (settings built in code) means the default, the store and then the environment.
+   */
+  readonly secrets?: { readonly sources: readonly SecretSourceSetting[] };
 }
+
+/** One place credentials are looked up: the encrypted store, the environment, or a directory of files. */
+export type SecretSourceSetting =
+  | { readonly kind: 'store' }
+  | { readonly kind: 'env' }
+  | { readonly kind: 'files'; readonly dir: string };
 
 export type IssuerKey =
   | { readonly kind: 'secret'; readonly env: string; readonly generate: boolean }
@@ -36,13 +49,30 @@ export interface IssuerConfig {
   readonly claims: ClaimNames;
 }
 
-export type CredentialScheme =
-  | { readonly scheme: 'bearer' }
-  | { readonly scheme: 'header'; readonly header: string; readonly prefix: string }
-  | { readonly scheme: 'basic'; readonly username: string | undefined }
-  | { readonly scheme: 'query'; readonly param: string };
+/**
+ * A header value as configured: literal text and secret placeholders, in order.
+ * `token {secret}` → `['token ', { secret: 'GITHUB_TOKEN' }]`.
+ */
+export type Template = readonly (string | { readonly secret: string })[];
 
-export type CredentialConfig = CredentialScheme & { readonly secret: string };
+/** One header Valet sets on every request to an upstream, replacing any copy the agent sent. */
+export interface InjectedHeader {
+  /** Lower case. */
+  readonly name: string;
+  readonly value: Template;
+}
+
+/**
+ * How the real credential is sent. `secret` names a secret (an environment variable today); the
+ * `headers` scheme names its secrets inside its templates and may use several.
+ * `secretNames()` in `config/credential.ts` lists every secret a credential uses.
+ */
+export type CredentialConfig =
+  | { readonly scheme: 'bearer'; readonly secret: string }
+  | { readonly scheme: 'header'; readonly header: string; readonly prefix: string; readonly secret: string }
+  | { readonly scheme: 'basic'; readonly username: string | undefined; readonly secret: string }
+  | { readonly scheme: 'query'; readonly param: string; readonly secret: string }
+  | { readonly scheme: 'headers'; readonly headers: readonly InjectedHeader[] };
 
 export interface UpstreamConfig {
   readonly name: string;
@@ -53,6 +83,11 @@ export interface UpstreamConfig {
   /** Query parameter that may carry the agent token; off unless configured. */
   readonly agentTokenQuery: string | undefined;
   readonly credential: CredentialConfig;
+  /**
+   * Redact copies of the injected secrets from response headers and bodies (default on). Absent
+   * means on, so that an upstream built in code without the field is still scrubbed.
+   */
+  readonly scrubResponses?: boolean;
   readonly timeouts: { readonly connectMs: number; readonly headersMs: number; readonly bodyMs: number };
   readonly connections: number;
 }

@@ -1,8 +1,9 @@
-import { visit } from 'jsonc-parser';
 import type { ArgType } from '../config/types.js';
+import { parseJsonObject } from '../json.js';
 
-/** A parsed request body; `error` says why it could not be read as arguments. */
-export type ParsedBody = { readonly value: Record<string, unknown> | undefined; readonly error: string | undefined };
+import type { ParsedBody } from '../json.js';
+
+export type { ParsedBody };
 
 const NONE: ParsedBody = { value: undefined, error: undefined };
 
@@ -31,42 +32,6 @@ export function parseBody(kind: BodyKind, bytes: Buffer): ParsedBody {
   }
 }
 
-/** Strict JSON: no comments, no trailing commas, no duplicate keys, an object at the top. */
-function parseJsonObject(bytes: Buffer): ParsedBody {
-  const text = new TextDecoder('utf-8', { fatal: false }).decode(bytes);
-  if (text.includes('\uFFFD')) return { value: undefined, error: 'the JSON body is not valid UTF-8' };
-  const stack: Set<string>[] = [];
-  let duplicate: string | undefined;
-  let syntax = false;
-  visit(
-    text,
-    {
-      onObjectBegin: () => void stack.push(new Set()),
-      onObjectEnd: () => void stack.pop(),
-      onObjectProperty: (name) => {
-        const keys = stack[stack.length - 1];
-        if (keys?.has(name)) duplicate ??= name;
-        keys?.add(name);
-      },
-      onError: () => {
-        syntax = true;
-      },
-    },
-    { disallowComments: true, allowTrailingComma: false },
-  );
-  if (syntax) return { value: undefined, error: 'the JSON body is malformed' };
-  if (duplicate !== undefined) return { value: undefined, error: `the JSON body repeats the key "${duplicate}"` };
-  let value: unknown;
-  try {
-    value = JSON.parse(text);
-  } catch {
-    return { value: undefined, error: 'the JSON body is malformed' };
-  }
-  if (value === null || typeof value !== 'object' || Array.isArray(value)) {
-    return { value: undefined, error: 'the JSON body is not an object' };
-  }
-  return { value: value as Record<string, unknown>, error: undefined };
-}
 
 /** One `name=value` pair of form or query encoding, decoded (`+` is a space); undefined if invalid. */
 export function decodeFormPair(pair: string): [string, string] | undefined {

@@ -1,15 +1,15 @@
 import type {
+  ApprovalConfig,
   BudgetConfig,
   Config,
   CounterKey,
   Environment,
   MatchConfig,
   RateLimitConfig,
-  RuleConfig,
 } from '../config/types.js';
 import { ConfigError, type ConfigProblem } from '../errors.js';
 import type { AgentIdentity, Decision, Effect, Limited, RequestFacts } from '../types.js';
-import { celErrorMessage, compileCel, type CelProgram } from './cel.js';
+import { CEL_VARIABLES, celErrorMessage, compileCel, type CelProgram } from './cel.js';
 import type { CounterStore, HistoryStore } from './counters.js';
 import { createContextSources, type ContextSources } from './context.js';
 import { compileTools, type ToolMatch } from './tools.js';
@@ -56,10 +56,70 @@ export const DEFAULT_DENY_RULE = 'default-deny';
 
 const RANK: Record<Effect, number> = { allow: 0, escalate: 1, deny: 2 };
 
+/** One bit per CEL variable, to record which ones a program reads. */
+const ARGS = 1;
+const ENV = 2;
+const AGENT = 4;
+const USER = 8;
+const PRINCIPAL = 16;
+const REQUEST = 32;
+const TIME = 64;
+const HISTORY = 128;
+const CTX = 256;
+const VARIABLE_BITS: Record<keyof typeof CEL_VARIABLES, number> = {
+  args: ARGS,
+  env: ENV,
+  agent: AGENT,
+  user: USER,
+  principal: PRINCIPAL,
+  request: REQUEST,
+  time: TIME,
+  history: HISTORY,
+  ctx: CTX,
+};
+
+/** A CEL program and the variables it may read (any it names), so an activation needs only those. */
+type Program = CelProgram & { readonly reads: number };
+
+/**
+ * Roles as bits: each role some rule names gets one, so "has any of these roles" is an AND. With
+ * more than 32 such roles a mask is one 32-bit word per 32 roles instead of a single number.
+ */
+type RoleMask = number | Int32Array;
+
+/** Agent or delegating user: built once per identity object, for every decision it makes. */
 interface Principal {
   readonly kind: 'agent' | 'user';
   readonly id: string;
+  /** For `explain` and limits, which check roles by name. */
   readonly roles: ReadonlySet<string>;
+  /** For `evaluate`. */
+  readonly mask: RoleMask;
+  /** The CEL variable `principal`. */
+  readonly variable: Readonly<Record<string, unknown>>;
+}
+
+interface Principals {
+  readonly agent: Principal;
+  readonly user: Principal | undefined;
+  /** The CEL variables `agent` and `user`. */
+  readonly agentVariable: Readonly<Record<string, unknown>>;
+  readonly userVariable: Readonly<Record<string, unknown>>;
+}
+
+/** One decision (or one charge) in progress. */
+interface Scope {
+  readonly input: EvaluationInput;
+  readonly principals: Principals;
+  /** Whose rules apply: the agent's, then (delegation) the user's. */
+  principal: Principal;
+  /** The request path as allow patterns see it (one trailing slash removed) and as restrictive ones do. */
+  readonly path: string;
+  readonly lowerPath: string;
+  /** The CEL activation, made on the first condition and filled in as conditions need variables. */
+  vars: Record<string, unknown> | undefined;
+  /** The variables `vars` holds (VARIABLE_BITS). */
+  filled: number;
 }
 
 interface CompiledMatch {
@@ -68,23 +128,82 @@ interface CompiledMatch {
   readonly tools: ReadonlySet<string> | undefined;
   readonly roles: readonly string[] | undefined;
   readonly environments: ReadonlySet<string> | undefined;
+  /** Takes the path normalised, and lower-cased when `restrictive` (see compilePaths). */
   readonly matchPath: ((path: string) => boolean) | undefined;
-  readonly when: CelProgram | undefined;
+  readonly when: Program | undefined;
   /** Restrictive effects match when either environment does; allows need both. */
   readonly restrictive: boolean;
   readonly at: string;
 }
 
 interface CompiledRule extends CompiledMatch {
-  readonly rule: RuleConfig;
+  readonly flat: FlatRule;
+  /** Where the path index files the rule: the literal prefix of each pattern ([[]]: the root). */
+  readonly pathKeys: readonly (readonly string[])[];
+}
+
+/** What a decision reports about a winning rule. */
+interface Winner {
+  readonly id: string;
+  readonly effect: Effect;
+  readonly reason: string;
+  readonly approval: ApprovalConfig | undefined;
+}
+
+/**
+ * A rule as `evaluate` reads it. The checks it needs are fields of this one object, so a rejected
+ * candidate costs about one cache line rather than a chase through its config, Sets and closures.
+ * Upstream, method and tool are absent: the index has already proved them.
+ */
+interface FlatRule extends Winner {
+  readonly tenant: string | undefined;
+  readonly team: string | undefined;
+  readonly agent: string | undefined;
+  readonly roles: RoleMask | undefined;
+  readonly matchPath: ((path: string) => boolean) | undefined;
+  readonly restrictive: boolean;
+  readonly environments: ReadonlySet<string> | undefined;
+  readonly when: Program | undefined;
+  readonly rank: number;
+  /**
+   * Its place in the order every upstream's rules are considered in: the upstream's own in file
+   * order, then those for every upstream. The first failing condition and the order of the ids
+   * in a decision follow it.
+   */
+  readonly order: number;
+  /** Its decision when it is the only winner, made once. */
+  readonly alone: Decision;
+}
+
+/**
+ * Rules of one upstream and method that name no tool, filed by the leading literal segments of
+ * their path patterns (lower-cased). A node's `rules` are its own and its ancestors', in rule
+ * order, so a request reads the one list of the deepest node its path reaches.
+ */
+interface PathNode {
+  readonly rules: readonly FlatRule[];
+  readonly next: ReadonlyMap<string, PathNode> | undefined;
+}
+
+/** `evaluate`'s index below an upstream and method. */
+interface MethodRules {
+  /** Rules that name tools, per tool; requests for other tools or none skip them all. */
+  readonly byTool: ReadonlyMap<string, readonly FlatRule[]>;
+  readonly byPath: PathNode;
+}
+
+interface UpstreamRules {
+  readonly byMethod: ReadonlyMap<string, MethodRules>;
+  /** For methods no rule names: the rules without a method constraint. */
+  readonly otherMethods: MethodRules;
 }
 
 interface CompiledLimit extends CompiledMatch {
   readonly limit: number;
   readonly windowMs: number;
   readonly key: CounterKey;
-  readonly keyProgram: CelProgram | undefined;
-  readonly sum: CelProgram | undefined;
+  readonly keyProgram: Program | undefined;
+  readonly sum: Program | undefined;
   readonly kind: 'rate_limit' | 'budget';
 }
 
@@ -93,9 +212,13 @@ export interface PolicyStores {
   readonly history: HistoryStore;
 }
 
+const NO_RULES: readonly FlatRule[] = [];
+const DEFAULT_DENY_RULES: readonly string[] = Object.freeze([DEFAULT_DENY_RULE]);
+
 /**
  * Compiles rules, tools, limits and budgets once; CEL is parsed and type-checked here and any error
- * is a {@link ConfigError} naming file, line and field. Rules are indexed by upstream.
+ * is a {@link ConfigError} naming file, line and field. Rules are indexed by upstream, method, tool
+ * and path for `evaluate`.
  */
 export function compilePolicy(
   config: Pick<Config, 'version' | 'gateway' | 'tools' | 'rules' | 'rateLimits' | 'budgets' | 'contexts'>,
@@ -105,13 +228,13 @@ export function compilePolicy(
   const toolMatcher = compileTools(config.tools);
   const toolUpstream = new Map(config.tools.map((t) => [t.name, t.upstream]));
 
-  const cel = (m: MatchConfig, field: string, source: string, expect: 'bool' | 'number' | 'any'): CelProgram | undefined => {
+  const cel = (m: MatchConfig, field: string, source: string, expect: 'bool' | 'number' | 'any'): Program | undefined => {
     const program = compileCel(source, expect);
     if ('error' in program) {
       problems.push({ file: m.at.file, line: m.lines[field] ?? m.at.line, column: 0, path: `${m.at.path}.${field}`, message: program.error });
       return undefined;
     }
-    return program;
+    return Object.assign(program, { reads: variablesRead(source) });
   };
   const base = (m: MatchConfig, restrictive: boolean): CompiledMatch => ({
     config: m,
@@ -119,18 +242,48 @@ export function compilePolicy(
     tools: m.tools ? new Set(m.tools) : undefined,
     roles: m.roles,
     environments: m.environments ? new Set(m.environments) : undefined,
-    matchPath: m.paths ? compilePaths(m.paths, restrictive) : undefined,
+    matchPath: m.paths ? pathMatcher(m.paths, restrictive) : undefined,
     when: m.when === undefined ? undefined : cel(m, 'when', m.when, 'bool'),
     restrictive,
     at: `${m.at.file}:${m.at.line}`,
   });
 
-  const rules: CompiledRule[] = config.rules.map((r) => ({ ...base(r, r.effect !== 'allow'), rule: r }));
+  const roleBits = new Map<string, number>();
+  for (const r of config.rules) for (const role of r.roles ?? []) if (!roleBits.has(role)) roleBits.set(role, roleBits.size);
+  const roleMask = (roles: Iterable<string>): RoleMask => {
+    const words = new Int32Array(Math.ceil(roleBits.size / 32));
+    for (const role of roles) {
+      const bit = roleBits.get(role);
+      if (bit !== undefined) words[bit >>> 5] = (words[bit >>> 5] as number) | (1 << (bit & 31));
+    }
+    return words.length > 1 ? words : (words[0] ?? 0);
+  };
+
+  const rules: CompiledRule[] = config.rules.map((r, i) => {
+    const m = base(r, r.effect !== 'allow');
+    const global = r.upstream === undefined && (r.tools ?? []).length === 0;
+    const winner: Winner = { id: r.id, effect: r.effect, reason: r.reason ?? r.description ?? `rule ${r.id}`, approval: r.approval };
+    const flat: FlatRule = {
+      tenant: r.scope?.tenant,
+      team: r.scope?.team,
+      agent: r.scope?.agent,
+      roles: r.roles && roleMask(r.roles),
+      matchPath: m.matchPath,
+      restrictive: m.restrictive,
+      environments: m.environments,
+      when: m.when,
+      rank: RANK[r.effect],
+      order: (global ? config.rules.length : 0) + i,
+      ...winner,
+      alone: frozen(decisionOf([winner])),
+    };
+    return { ...m, flat, pathKeys: r.paths ? r.paths.map((p) => literalPrefix(p, m.restrictive)) : [[]] };
+  });
   const limits: CompiledLimit[] = [
     ...config.rateLimits.map((l: RateLimitConfig) => limitOf(l, 'rate_limit', undefined)),
     ...config.budgets.map((b: BudgetConfig) => limitOf(b, 'budget', cel(b, 'sum', b.sum, 'number'))),
   ];
-  function limitOf(l: RateLimitConfig | BudgetConfig, kind: 'rate_limit' | 'budget', sum: CelProgram | undefined): CompiledLimit {
+  function limitOf(l: RateLimitConfig | BudgetConfig, kind: 'rate_limit' | 'budget', sum: Program | undefined): CompiledLimit {
     return {
       ...base(l, true),
       limit: l.limit,
@@ -151,7 +304,7 @@ export function compilePolicy(
   if (problems.length > 0 || contexts === undefined) throw new ConfigError(problems);
   const contextSources = contexts;
 
-  const byUpstream = <T extends CompiledMatch>(items: readonly T[]): ((upstream: string) => readonly T[]) => {
+  const byUpstream = <T extends CompiledMatch>(items: readonly T[]): { lists: ReadonlyMap<string, readonly T[]>; any: readonly T[] } => {
     const any: T[] = [];
     const index = new Map<string, T[]>();
     for (const item of items) {
@@ -162,24 +315,32 @@ export function compilePolicy(
       for (const u of upstreams) index.set(u, [...(index.get(u) ?? []), item]);
     }
     for (const [u, list] of index) index.set(u, [...list, ...any]);
-    return (upstream) => index.get(upstream) ?? any;
+    return { lists: index, any };
   };
-  const rulesFor = byUpstream(rules);
-  const limitsFor = byUpstream(limits);
-  // Second level: per (upstream, method, tool), only the rules whose method and tool constraints
-  // can hold. Built on first use; the combinations are finite (upstreams × methods × tools).
-  const narrowed = new Map<string, readonly CompiledRule[]>();
-  const rulesAt = (facts: RequestFacts): readonly CompiledRule[] => {
-    const key = `${facts.upstream}\u0000${facts.method}\u0000${facts.tool ?? ''}`;
-    let list = narrowed.get(key);
-    if (list === undefined) {
-      list = rulesFor(facts.upstream).filter(
-        (r) => (!r.methods || r.methods.has(facts.method)) && (!r.tools || (facts.tool !== undefined && r.tools.has(facts.tool))),
-      );
-      if (narrowed.size < 100_000) narrowed.set(key, list);
+  const rulesByUpstream = byUpstream(rules);
+  const limitsByUpstream = byUpstream(limits);
+  const rulesFor = (upstream: string): readonly CompiledRule[] => rulesByUpstream.lists.get(upstream) ?? rulesByUpstream.any;
+  const limitsFor = (upstream: string): readonly CompiledLimit[] => limitsByUpstream.lists.get(upstream) ?? limitsByUpstream.any;
+  // Below the upstream, by method, then tool or path; every combination is built here, so a
+  // request only does Map lookups.
+  const methodRules = (list: readonly CompiledRule[], method: string | undefined): MethodRules => {
+    const fit = list.filter((r) => r.methods === undefined || (method !== undefined && r.methods.has(method)));
+    const byTool = new Map<string, FlatRule[]>();
+    for (const r of fit) {
+      for (const t of r.tools ?? []) {
+        const forTool = byTool.get(t);
+        if (forTool) forTool.push(r.flat);
+        else byTool.set(t, [r.flat]);
+      }
     }
-    return list;
+    return { byTool, byPath: pathIndex(fit.filter((r) => r.tools === undefined)) };
   };
+  const upstreamRules = (list: readonly CompiledRule[]): UpstreamRules => ({
+    byMethod: new Map([...new Set(list.flatMap((r) => r.config.methods ?? []))].map((m) => [m, methodRules(list, m)])),
+    otherMethods: methodRules(list, undefined),
+  });
+  const index = new Map([...rulesByUpstream.lists].map(([u, list]) => [u, upstreamRules(list)]));
+  const anyUpstream = upstreamRules(rulesByUpstream.any);
 
   const argsReaders = new Set<string>();
   let anyUpstreamReadsArgs = false;
@@ -205,113 +366,135 @@ export function compilePolicy(
     weekday: 'short',
   });
 
-  const principals = (identity: AgentIdentity): Principal[] => {
-    const agent: Principal = { kind: 'agent', id: identity.agent, roles: new Set(identity.roles) };
-    // Delegation: the agent gets at most what both it and the user it acts for may do.
-    return identity.user === undefined ? [agent] : [agent, { kind: 'user', id: identity.user, roles: new Set(identity.userRoles) }];
-  };
-
-  const activation = (input: EvaluationInput, p: Principal): Record<string, unknown> => {
-    const { identity: id, facts } = input;
-    const act: Record<string, unknown> = {
-      args: facts.args,
-      env: input.environment,
-      agent: compact({ id: id.agent, tenant: id.tenant, team: id.team, roles: [...id.roles], environment: id.environment }),
-      user: id.user === undefined ? {} : { id: id.user, roles: [...id.userRoles] },
-      principal: { kind: p.kind, id: p.id, roles: [...p.roles] },
-      request: compact({ upstream: facts.upstream, method: facts.method, path: facts.path, tool: facts.tool, query: facts.query }),
-      time: readsTime ? timeOf(timeParts, input.now) : {},
-      history: readsHistory ? stores.history.summary(id.agent, callKey(facts), input.now) : {},
-      ctx: input.context,
-    };
-    return act;
-  };
-
-  /** Static match (no CEL): true, or why not. */
-  const staticMatch = (m: CompiledMatch, input: EvaluationInput, p: Principal): true | string => {
-    const { identity: id, facts } = input;
-    const scope = m.config.scope;
-    if (scope?.tenant !== undefined && scope.tenant !== id.tenant) return `scope: tenant is not ${scope.tenant}`;
-    if (scope?.team !== undefined && scope.team !== id.team) return `scope: team is not ${scope.team}`;
-    if (scope?.agent !== undefined && scope.agent !== id.agent) return `scope: agent is not ${scope.agent}`;
-    if (m.config.upstream !== undefined && m.config.upstream !== facts.upstream) return `upstream is not ${m.config.upstream}`;
-    if (m.tools && (facts.tool === undefined || !m.tools.has(facts.tool))) return `tool is not one of ${[...m.tools].join(', ')}`;
-    if (m.methods && !m.methods.has(facts.method)) return `method ${facts.method} is not one of ${[...m.methods].join(', ')}`;
-    if (m.matchPath && !m.matchPath(facts.path)) return `path ${facts.path} matches no pattern`;
-    if (m.roles && !m.roles.some((r) => p.roles.has(r))) return `${p.kind} has none of the roles ${m.roles.join(', ')}`;
-    if (m.environments) {
-      const gw = m.environments.has(input.environment);
-      const token = id.environment === undefined || m.environments.has(id.environment);
-      const tokenAny = id.environment !== undefined && m.environments.has(id.environment);
-      if (!(m.restrictive ? gw || tokenAny : gw && token)) return `environment is not ${[...m.environments].join(', ')}`;
+  // Identities come from the verified-token cache, so the same object makes many decisions.
+  const identities = new WeakMap<AgentIdentity, Principals>();
+  const principalsOf = (id: AgentIdentity): Principals => {
+    let p = identities.get(id);
+    if (p === undefined) {
+      const agentVariable: Record<string, unknown> = { id: id.agent };
+      if (id.tenant !== undefined) agentVariable['tenant'] = id.tenant;
+      if (id.team !== undefined) agentVariable['team'] = id.team;
+      agentVariable['roles'] = [...id.roles];
+      if (id.environment !== undefined) agentVariable['environment'] = id.environment;
+      p = {
+        agent: principal('agent', id.agent, id.roles),
+        // Delegation: the agent gets at most what both it and the user it acts for may do.
+        user: id.user === undefined ? undefined : principal('user', id.user, id.userRoles),
+        agentVariable,
+        userVariable: id.user === undefined ? {} : { id: id.user, roles: [...id.userRoles] },
+      };
+      identities.set(id, p);
     }
-    return true;
+    return p;
+  };
+  const principal = (kind: 'agent' | 'user', id: string, roles: readonly string[]): Principal => {
+    const set = new Set(roles);
+    return { kind, id, roles: set, mask: roleMask(set), variable: { kind, id, roles: [...set] } };
   };
 
-  type Outcome = { matched: true } | { matched: false; why: string } | { error: string };
-  const condition = (m: CompiledMatch, facts: RequestFacts, act: () => Record<string, unknown>): Outcome => {
-    if (!m.when) return { matched: true };
-    if (m.when.readsArgs && facts.argsError !== undefined) return { error: facts.argsError };
+  const scopeOf = (input: EvaluationInput): Scope => {
+    const principals = principalsOf(input.identity);
+    const path = normalisePath(input.facts.path);
+    return { input, principals, principal: principals.agent, path, lowerPath: path.toLowerCase(), vars: undefined, filled: 0 };
+  };
+  const asUser = (s: Scope, user: Principal): Scope => {
+    s.principal = user;
+    s.filled &= ~PRINCIPAL;
+    return s;
+  };
+
+  /** The activation for a program that reads `reads`: one object per scope, filled in as needed. */
+  const variables = (s: Scope, reads: number): Record<string, unknown> => {
+    const vars = (s.vars ??= {});
+    const missing = reads & ~s.filled;
+    if (missing === 0) return vars;
+    s.filled |= missing;
+    const { input } = s;
+    const { facts } = input;
+    if (missing & ARGS) vars['args'] = facts.args;
+    if (missing & ENV) vars['env'] = input.environment;
+    if (missing & AGENT) vars['agent'] = s.principals.agentVariable;
+    if (missing & USER) vars['user'] = s.principals.userVariable;
+    if (missing & PRINCIPAL) vars['principal'] = s.principal.variable;
+    if (missing & REQUEST) {
+      const request: Record<string, unknown> = { upstream: facts.upstream, method: facts.method, path: facts.path };
+      if (facts.tool !== undefined) request['tool'] = facts.tool;
+      request['query'] = facts.query;
+      vars['request'] = request;
+    }
+    if (missing & TIME) vars['time'] = readsTime ? timeOf(timeParts, input.now) : {};
+    if (missing & HISTORY) vars['history'] = readsHistory ? stores.history.summary(input.identity.agent, callKey(facts), input.now) : {};
+    if (missing & CTX) vars['ctx'] = input.context;
+    return vars;
+  };
+
+  /** true, false, or why the condition could not be evaluated. */
+  const condition = (when: Program, s: Scope): boolean | string => {
+    const { argsError } = s.input.facts;
+    if (when.readsArgs && argsError !== undefined) return argsError;
     try {
-      const v = m.when(act());
-      if (v === true) return { matched: true };
-      if (v === false) return { matched: false, why: 'condition is false' };
-      return { error: 'the condition did not give a bool' };
+      const v = when(variables(s, when.reads));
+      return typeof v === 'boolean' ? v : 'the condition did not give a bool';
     } catch (err) {
-      return { error: celErrorMessage(err) };
+      return celErrorMessage(err);
     }
   };
 
-  const decideFor = (input: EvaluationInput, p: Principal, trace: RuleTrace[] | undefined): Decision => {
-    let memo: Record<string, unknown> | undefined;
-    const act = (): Record<string, unknown> => (memo ??= activation(input, p));
-    const matched: CompiledRule[] = [];
-    let failure: { rule: CompiledRule; error: string } | undefined;
-    for (const r of trace ? rulesFor(input.facts.upstream) : rulesAt(input.facts)) {
-      const s = staticMatch(r, input, p);
-      if (s !== true) {
-        trace?.push({ id: r.rule.id, effect: r.rule.effect, principal: p.kind, matched: false, why: s, at: r.at });
+  /** `evaluate` for one principal: the candidates are in two lists (tool rules, path rules). */
+  const decideFor = (s: Scope, tools: readonly FlatRule[], paths: readonly FlatRule[]): Decision => {
+    let best: FlatRule | undefined;
+    let ties: FlatRule[] | undefined;
+    // Both lists are in rule order, and so is the walk through them.
+    for (let i = 0, j = 0; i < tools.length || j < paths.length; ) {
+      const r = j === paths.length || (i < tools.length && (tools[i] as FlatRule).order < (paths[j] as FlatRule).order) ? (tools[i++] as FlatRule) : (paths[j++] as FlatRule);
+      if (!admits(r, s)) continue;
+      if (r.when !== undefined) {
+        const c = condition(r.when, s);
+        if (c === false) continue;
+        // Fail closed, as explainFor does; the first failure decides whatever else matches.
+        if (c !== true) return failed(r, c);
+      }
+      if (best === undefined || r.rank > best.rank) {
+        best = r;
+        ties = undefined;
+      } else if (r.rank === best.rank) (ties ??= []).push(r);
+    }
+    return conclude(best, ties, s.input.facts);
+  };
+
+  /** `explain` for one principal: every rule of the upstream, and why each did or did not match. */
+  const explainFor = (s: Scope, trace: RuleTrace[]): Decision => {
+    const kind = s.principal.kind;
+    let failure: Decision | undefined;
+    let best: FlatRule | undefined;
+    let ties: FlatRule[] | undefined;
+    for (const r of rulesFor(s.input.facts.upstream)) {
+      const { flat } = r;
+      const note = (matched: boolean, why: string): void => void trace.push({ id: flat.id, effect: flat.effect, principal: kind, matched, why, at: r.at });
+      const fits = staticMatch(r, s);
+      if (fits !== true) {
+        note(false, fits);
         continue;
       }
-      const c = condition(r, input.facts, act);
-      if ('error' in c) {
-        failure ??= { rule: r, error: c.error };
-        trace?.push({ id: r.rule.id, effect: r.rule.effect, principal: p.kind, matched: false, why: `condition could not be evaluated: ${c.error}`, at: r.at });
+      const c = r.when === undefined ? true : condition(r.when, s);
+      if (typeof c === 'string') {
+        failure ??= failed(flat, c);
+        note(false, `condition could not be evaluated: ${c}`);
         continue;
       }
-      trace?.push({ id: r.rule.id, effect: r.rule.effect, principal: p.kind, matched: c.matched, why: c.matched ? 'matched' : c.why, at: r.at });
-      if (c.matched) matched.push(r);
+      note(c, c ? 'matched' : 'condition is false');
+      if (!c) continue;
+      if (best === undefined || flat.rank > best.rank) {
+        best = flat;
+        ties = undefined;
+      } else if (flat.rank === best.rank) (ties ??= []).push(flat);
     }
     // A condition that cannot be evaluated denies: failing closed beats guessing.
-    if (failure) {
-      return { effect: 'deny', rules: [failure.rule.rule.id], reason: `rule ${failure.rule.rule.id}: the condition could not be evaluated: ${failure.error}` };
-    }
-    let best: Effect | undefined;
-    for (const r of matched) if (best === undefined || RANK[r.rule.effect] > RANK[best]) best = r.rule.effect;
-    if (best === undefined) {
-      const tool = input.facts.tool ? ` (tool ${input.facts.tool})` : '';
-      return { effect: 'deny', rules: [DEFAULT_DENY_RULE], reason: `no rule allows ${input.facts.method} ${input.facts.path}${tool} on ${input.facts.upstream}` };
-    }
-    const winners = matched.filter((r) => r.rule.effect === best);
-    const first = winners[0] as CompiledRule;
-    const reason = first.rule.reason ?? first.rule.description ?? `rule ${first.rule.id}`;
-    const decision: Decision = { effect: best, rules: winners.map((r) => r.rule.id), reason };
-    if (best === 'escalate' && first.rule.approval) return { ...decision, approval: strictestApproval(winners) };
-    return decision;
+    return failure ?? conclude(best, ties, s.input.facts);
   };
 
-  const decide = (input: EvaluationInput, trace: RuleTrace[] | undefined): Decision => {
-    let result: Decision | undefined;
-    for (const p of principals(input.identity)) {
-      const d = decideFor(input, p, trace);
-      const labelled = p.kind === 'user' ? { ...d, reason: `acting for user ${p.id}: ${d.reason}` } : d;
-      if (result === undefined || RANK[labelled.effect] > RANK[result.effect]) result = labelled;
-    }
-    return result as Decision;
-  };
-
-  const counterKey = (l: CompiledLimit, input: EvaluationInput, act: () => Record<string, unknown>): string | { error: string } => {
-    const { identity: id, facts } = input;
+  const counterKey = (l: CompiledLimit, s: Scope): string | { error: string } => {
+    const { identity: id, facts } = s.input;
     switch (l.key) {
       case 'agent':
         return `agent:${id.agent}`;
@@ -325,7 +508,8 @@ export function compilePolicy(
         return 'global';
       default:
         try {
-          return `cel:${String((l.keyProgram as CelProgram)(act()))}`;
+          const program = l.keyProgram as Program;
+          return `cel:${String(program(variables(s, program.reads)))}`;
         } catch (err) {
           return { error: celErrorMessage(err) };
         }
@@ -336,33 +520,47 @@ export function compilePolicy(
     version: config.version,
     matchTool: toolMatcher,
     readsArgs: (upstream) => anyUpstreamReadsArgs || argsReaders.has(upstream),
-    evaluate: (input) => decide(input, undefined),
+    evaluate(input) {
+      const s = scopeOf(input);
+      const { upstream, method, tool } = input.facts;
+      const forUpstream = index.get(upstream) ?? anyUpstream;
+      const at = forUpstream.byMethod.get(method) ?? forUpstream.otherMethods;
+      const tools = tool === undefined ? NO_RULES : (at.byTool.get(tool) ?? NO_RULES);
+      const paths = rulesForPath(at.byPath, s.lowerPath);
+      const agent = decideFor(s, tools, paths);
+      const { user } = s.principals;
+      // Nothing outranks the agent's own deny, so the user's rules need not run.
+      if (user === undefined || agent.effect === 'deny') return agent;
+      return delegated(agent, decideFor(asUser(s, user), tools, paths), user);
+    },
     explain(input) {
       const trace: RuleTrace[] = [];
-      return { decision: decide(input, trace), trace };
+      const s = scopeOf(input);
+      const agent = explainFor(s, trace);
+      const { user } = s.principals;
+      if (user === undefined) return { decision: agent, trace };
+      return { decision: delegated(agent, explainFor(asUser(s, user), trace), user), trace };
     },
     charge(input) {
-      const agent = principals(input.identity)[0] as Principal;
-      let memo: Record<string, unknown> | undefined;
-      const act = (): Record<string, unknown> => (memo ??= activation(input, agent));
+      const s = scopeOf(input);
       const entries: { limit: CompiledLimit; key: string; cost: number }[] = [];
       for (const l of limitsFor(input.facts.upstream)) {
-        if (staticMatch(l, input, agent) !== true) continue;
-        const c = condition(l, input.facts, act);
+        if (staticMatch(l, s) !== true) continue;
+        const c = l.when === undefined ? true : condition(l.when, s);
         const fail = (error: string): Decision => ({
           effect: 'deny',
           rules: [l.config.id],
           reason: `${l.kind === 'budget' ? 'budget' : 'rate limit'} ${l.config.id} could not be applied: ${error}`,
         });
-        if ('error' in c) return fail(c.error);
-        if (!c.matched) continue;
-        const key = counterKey(l, input, act);
+        if (typeof c === 'string') return fail(c);
+        if (!c) continue;
+        const key = counterKey(l, s);
         if (typeof key !== 'string') return fail(key.error);
         let cost = 1;
         if (l.sum) {
           if (l.sum.readsArgs && input.facts.argsError !== undefined) return fail(input.facts.argsError);
           try {
-            const v = l.sum(act());
+            const v = l.sum(variables(s, l.sum.reads));
             cost = typeof v === 'bigint' ? Number(v) : (v as number);
           } catch (err) {
             return fail(celErrorMessage(err));
@@ -388,10 +586,96 @@ export function compilePolicy(
   };
 }
 
-function strictestApproval(winners: readonly CompiledRule[]): NonNullable<Decision['approval']> {
+/** The variables a CEL source may read: every one it names (a name in a string literal too). */
+function variablesRead(source: string): number {
+  let reads = 0;
+  for (const [name, bit] of Object.entries(VARIABLE_BITS)) if (new RegExp(`\\b${name}\\b`).test(source)) reads |= bit;
+  return reads;
+}
+
+/** `evaluate`'s static check: only what the index has not already proved (upstream, method, tool). */
+function admits(r: FlatRule, s: Scope): boolean {
+  const id = s.input.identity;
+  if (r.tenant !== undefined && r.tenant !== id.tenant) return false;
+  if (r.team !== undefined && r.team !== id.team) return false;
+  if (r.agent !== undefined && r.agent !== id.agent) return false;
+  if (r.roles !== undefined && !sharesRole(r.roles, s.principal.mask)) return false;
+  if (r.matchPath !== undefined && !r.matchPath(r.restrictive ? s.lowerPath : s.path)) return false;
+  if (r.environments !== undefined && !environmentAllows(r.environments, r.restrictive, s.input.environment, id.environment)) return false;
+  return true;
+}
+
+/** The full static match (no CEL), for `explain` and limits: true, or why not. */
+function staticMatch(m: CompiledMatch, s: Scope): true | string {
+  const { identity: id, facts } = s.input;
+  const p = s.principal;
+  const scope = m.config.scope;
+  if (scope?.tenant !== undefined && scope.tenant !== id.tenant) return `scope: tenant is not ${scope.tenant}`;
+  if (scope?.team !== undefined && scope.team !== id.team) return `scope: team is not ${scope.team}`;
+  if (scope?.agent !== undefined && scope.agent !== id.agent) return `scope: agent is not ${scope.agent}`;
+  if (m.config.upstream !== undefined && m.config.upstream !== facts.upstream) return `upstream is not ${m.config.upstream}`;
+  if (m.tools && (facts.tool === undefined || !m.tools.has(facts.tool))) return `tool is not one of ${[...m.tools].join(', ')}`;
+  if (m.methods && !m.methods.has(facts.method)) return `method ${facts.method} is not one of ${[...m.methods].join(', ')}`;
+  if (m.matchPath && !m.matchPath(m.restrictive ? s.lowerPath : s.path)) return `path ${facts.path} matches no pattern`;
+  if (m.roles && !m.roles.some((r) => p.roles.has(r))) return `${p.kind} has none of the roles ${m.roles.join(', ')}`;
+  if (m.environments && !environmentAllows(m.environments, m.restrictive, s.input.environment, id.environment)) {
+    return `environment is not ${[...m.environments].join(', ')}`;
+  }
+  return true;
+}
+
+function sharesRole(rule: RoleMask, principal: RoleMask): boolean {
+  if (typeof rule === 'number') return (rule & (principal as number)) !== 0;
+  const words = principal as Int32Array;
+  for (let i = 0; i < rule.length; i++) if (((rule[i] as number) & (words[i] as number)) !== 0) return true;
+  return false;
+}
+
+/**
+ * Restrictive rules apply when the gateway's or the token's environment is listed; allows need
+ * both, a token without an environment counting as listed.
+ */
+function environmentAllows(listed: ReadonlySet<string>, restrictive: boolean, gateway: string, token: string | undefined): boolean {
+  if (restrictive) return listed.has(gateway) || (token !== undefined && listed.has(token));
+  return listed.has(gateway) && (token === undefined || listed.has(token));
+}
+
+/** The decision of the matching rules of the best rank (in rule order), or default deny if none matched. */
+function conclude(best: FlatRule | undefined, ties: readonly FlatRule[] | undefined, facts: RequestFacts): Decision {
+  if (best === undefined) {
+    const tool = facts.tool ? ` (tool ${facts.tool})` : '';
+    return { effect: 'deny', rules: DEFAULT_DENY_RULES, reason: `no rule allows ${facts.method} ${facts.path}${tool} on ${facts.upstream}` };
+  }
+  return ties === undefined ? best.alone : decisionOf([best, ...ties]);
+}
+
+function decisionOf(winners: readonly Winner[]): Decision {
+  const first = winners[0] as Winner;
+  const decision: Decision = { effect: first.effect, rules: winners.map((w) => w.id), reason: first.reason };
+  if (first.effect === 'escalate' && first.approval) return { ...decision, approval: strictestApproval(winners) };
+  return decision;
+}
+
+function failed(r: FlatRule, error: string): Decision {
+  return { effect: 'deny', rules: r.alone.rules, reason: `rule ${r.id}: the condition could not be evaluated: ${error}` };
+}
+
+/** Delegation: the stricter of the agent's and the user's decisions, the agent's on a tie. */
+function delegated(agent: Decision, forUser: Decision, user: Principal): Decision {
+  return RANK[forUser.effect] > RANK[agent.effect] ? { ...forUser, reason: `acting for user ${user.id}: ${forUser.reason}` } : agent;
+}
+
+/** Shared by every decision a rule makes alone, so nobody may change it. */
+function frozen(d: Decision): Decision {
+  Object.freeze(d.rules);
+  if (d.approval) Object.freeze(d.approval);
+  return Object.freeze(d);
+}
+
+function strictestApproval(winners: readonly Winner[]): NonNullable<Decision['approval']> {
   // Several escalations at once: the shortest timeout; hold if any rule wants the agent to wait.
-  const approvals = winners.map((w) => w.rule.approval).filter((a) => a !== undefined);
-  const first = approvals[0] as NonNullable<RuleConfig['approval']>;
+  const approvals = winners.map((w) => w.approval).filter((a) => a !== undefined);
+  const first = approvals[0] as ApprovalConfig;
   return {
     group: first.group,
     timeoutMs: Math.min(...approvals.map((a) => a.timeoutMs)),
@@ -399,14 +683,69 @@ function strictestApproval(winners: readonly CompiledRule[]): NonNullable<Decisi
   };
 }
 
-function callKey(facts: RequestFacts): string {
-  return facts.tool ?? `${facts.upstream} ${facts.method} ${facts.path}`;
+/** The rules that may match `path` (normalised, lower-cased): those of the deepest node it reaches. */
+function rulesForPath(root: PathNode, path: string): readonly FlatRule[] {
+  let node = root;
+  for (let start = 1; node.next !== undefined; ) {
+    const end = path.indexOf('/', start);
+    const child = node.next.get(path.slice(start, end === -1 ? path.length : end));
+    if (child === undefined) break;
+    node = child;
+    if (end === -1) break;
+    start = end + 1;
+  }
+  return node.rules;
 }
 
-function compact(o: Record<string, unknown>): Record<string, unknown> {
-  const out: Record<string, unknown> = {};
-  for (const [k, v] of Object.entries(o)) if (v !== undefined) out[k] = v;
-  return out;
+/**
+ * Files rules under the literal prefixes of their path patterns. A rule without paths, or with a
+ * pattern that has no usable prefix, sits at the root, so it is in every node's list; a deep
+ * trie of such rules costs memory (nodes × root rules), not time.
+ */
+function pathIndex(rules: readonly CompiledRule[]): PathNode {
+  interface Draft {
+    readonly own: FlatRule[];
+    readonly next: Map<string, Draft>;
+  }
+  const root: Draft = { own: [], next: new Map() };
+  for (const r of rules) {
+    for (const prefix of r.pathKeys) {
+      let node = root;
+      for (const segment of prefix) {
+        let child = node.next.get(segment);
+        if (child === undefined) node.next.set(segment, (child = { own: [], next: new Map() }));
+        node = child;
+      }
+      node.own.push(r.flat);
+    }
+  }
+  const seal = (d: Draft, inherited: readonly FlatRule[]): PathNode => {
+    const list = d.own.length === 0 ? inherited : [...new Set([...inherited, ...d.own])].sort((a, b) => a.order - b.order);
+    return { rules: list, next: d.next.size === 0 ? undefined : new Map([...d.next].map(([segment, child]) => [segment, seal(child, list)])) };
+  };
+  return seal(root, NO_RULES);
+}
+
+/**
+ * The leading segments of a path pattern, lower-cased, that the lower-cased form of every path it
+ * matches starts with: where the path index may file it. Only segments in ASCII without `*` or `?`
+ * count: under a case-insensitive regex some non-ASCII letters match others (σ and ς), and `?` is
+ * a regex operator in compilePaths.
+ */
+function literalPrefix(pattern: string, ignoreCase: boolean): string[] {
+  const normalised = normalisePath(pattern);
+  const seen = ignoreCase ? normalised.toLowerCase() : normalised;
+  if (!seen.startsWith('/')) return [];
+  const prefix: string[] = [];
+  for (const segment of seen.split('/').slice(1)) {
+    if (!/^[^*?\u0080-\uffff]*$/.test(segment)) break;
+    prefix.push(segment.toLowerCase());
+  }
+  return prefix;
+}
+
+function callKey(facts: RequestFacts): string {
+  return facts.tool ?? `${facts.upstream} ${facts.method} ${facts.path}`;
 }
 
 const WEEKDAYS = ['Sun', 'Mon', 'Tue', 'Wed', 'Thu', 'Fri', 'Sat'];
@@ -430,20 +769,31 @@ function formatMs(ms: number): string {
   return `${ms}ms`;
 }
 
+/** One trailing slash is insignificant. */
+function normalisePath(path: string): string {
+  return path.length > 1 && path.endsWith('/') ? path.slice(0, -1) : path;
+}
+
 /**
  * `*` matches one non-empty segment, a final `**` any remainder (including none). One trailing
  * slash is insignificant on both sides. Restrictive (deny/escalate) patterns ignore letter case, so
  * case can never dodge them; allow patterns do not, so case can never widen them.
  */
 export function compilePaths(patterns: readonly string[], ignoreCase: boolean): (path: string) => boolean {
+  const match = pathMatcher(patterns, ignoreCase);
+  return (path) => {
+    const p = normalisePath(path);
+    return match(ignoreCase ? p.toLowerCase() : p);
+  };
+}
+
+/** compilePaths for a path already normalised, and lower-cased if `ignoreCase`: once per decision, not per rule. */
+function pathMatcher(patterns: readonly string[], ignoreCase: boolean): (path: string) => boolean {
   const exact = new Set<string>();
   const regexes: RegExp[] = [];
-  const norm = (p: string): string => {
-    const trimmed = p.length > 1 && p.endsWith('/') ? p.slice(0, -1) : p;
-    return ignoreCase ? trimmed.toLowerCase() : trimmed;
-  };
   for (const raw of patterns) {
-    const p = norm(raw);
+    const normalised = normalisePath(raw);
+    const p = ignoreCase ? normalised.toLowerCase() : normalised;
     if (!p.includes('*')) {
       exact.add(p);
       continue;
@@ -456,8 +806,8 @@ export function compilePaths(patterns: readonly string[], ignoreCase: boolean): 
     regexes.push(new RegExp(`^${body}$`, ignoreCase ? 'i' : ''));
   }
   return (path) => {
-    const p = norm(path);
-    return exact.has(p) || regexes.some((re) => re.test(p));
+    if (exact.has(path)) return true;
+    for (const re of regexes) if (re.test(path)) return true;
+    return false;
   };
 }
-

@@ -1,5 +1,6 @@
 import type { IncomingHttpHeaders } from 'node:http';
 import type { CredentialConfig, UpstreamConfig } from '../config/types.js';
+import { ValetError } from '../errors.js';
 
 /** Headers that describe one hop, never forwarded in either direction (RFC 9110 §7.6.1). */
 const HOP_BY_HOP = [
@@ -39,6 +40,9 @@ const AGENT_NEVER_PREFIX = ['x-forwarded-', 'valet-'];
 
 export type HeaderList = [string, string][];
 
+/** Request headers dropped while responses are scrubbed: Valet asks for an uncompressed, whole body. */
+const SCRUB_DROP = ['accept-encoding', 'range', 'if-range'];
+
 const dropSets = new WeakMap<UpstreamConfig, ReadonlySet<string>>();
 
 /** The request headers never forwarded to this upstream, computed once per upstream. */
@@ -46,7 +50,10 @@ function dropFor(upstream: UpstreamConfig): ReadonlySet<string> {
   let set = dropSets.get(upstream);
   if (set === undefined) {
     const names = new Set([...HOP_BY_HOP, ...AGENT_NEVER, upstream.agentTokenHeader]);
+    // Injected headers replace whatever the agent sent under those names.
     if (upstream.credential.scheme === 'header') names.add(upstream.credential.header);
+    if (upstream.credential.scheme === 'headers') for (const h of upstream.credential.headers) names.add(h.name);
+    if (upstream.scrubResponses !== false) for (const name of SCRUB_DROP) names.add(name);
     set = names;
     dropSets.set(upstream, set);
   }
@@ -64,6 +71,10 @@ function connectionListed(values: readonly string[]): Set<string> {
  * The agent's headers as they may be forwarded: hop-by-hop headers, every header `Connection`
  * names, every copy and case variant of a credential header, steering headers and any header that
  * carries the agent token removed. `content-length` is re-added by the caller.
+ *
+ * While the upstream's responses are scrubbed, the agent's `accept-encoding`, `range` and
+ * `if-range` are dropped too ({@link valetRequestHeaders} asks for `identity`): the scrubber cannot
+ * see into a compressed body, and a secret split across two range requests would pass it in halves.
  */
 export function forwardableRequestHeaders(rawHeaders: readonly string[], upstream: UpstreamConfig, agentToken: string): HeaderList {
   const fixed = dropFor(upstream);
@@ -84,25 +95,69 @@ export function forwardableRequestHeaders(rawHeaders: readonly string[], upstrea
   return out;
 }
 
-/** Adds the real credential; the header list must already be free of agent credentials. */
-export function injectCredential(
-  headers: HeaderList,
-  rawQuery: string,
-  credential: CredentialConfig,
-  secret: string,
-): { headers: HeaderList; rawQuery: string } {
+/**
+ * Headers Valet itself adds to every forwarded request: its request id (the audit row's), and
+ * `accept-encoding: identity` while the upstream's responses are scrubbed.
+ */
+export function valetRequestHeaders(upstream: UpstreamConfig, requestId: string): HeaderList {
+  const out: HeaderList = [['x-request-id', requestId]];
+  if (upstream.scrubResponses !== false) out.push(['accept-encoding', 'identity']);
+  return out;
+}
+
+/** Looks a secret up by name (for the request's tenant); undefined when it is not available. */
+export type SecretLookup = (name: string) => string | undefined;
+
+export interface Injected {
+  readonly headers: HeaderList;
+  readonly rawQuery: string;
+  /** The secret values sent, each once: what response scrubbing looks for. */
+  readonly secrets: readonly string[];
+}
+
+/**
+ * What undici (and HTTP) accept in a header value. Secret sources already refuse CR, LF and NUL;
+ * this is checked again at the last moment so that a bad value from any source fails closed.
+ */
+const HEADER_SAFE = /^[\t\x20-\x7e\x80-\xff]*$/;
+
+/**
+ * Adds the real credential; the header list must already be free of agent credentials. Every
+ * secret the credential names must resolve to a non-empty, header-safe value, or nothing is
+ * forwarded (503 `VALET_ERR_CREDENTIAL_UNAVAILABLE`).
+ */
+export function injectCredential(headers: HeaderList, rawQuery: string, credential: CredentialConfig, lookup: SecretLookup): Injected {
+  const used = new Map<string, string>();
+  const secret = (name: string): string => {
+    let value = used.get(name);
+    if (value === undefined) {
+      value = lookup(name);
+      if (value === undefined || value === '' || !HEADER_SAFE.test(value)) throw new ValetError('VALET_ERR_CREDENTIAL_UNAVAILABLE');
+      used.set(name, value);
+    }
+    return value;
+  };
+  const done = (h: HeaderList, q: string): Injected => ({ headers: h, rawQuery: q, secrets: [...new Set(used.values())] });
   switch (credential.scheme) {
     case 'bearer':
-      return { headers: [...headers, ['authorization', `Bearer ${secret}`]], rawQuery };
+      return done([...headers, ['authorization', `Bearer ${secret(credential.secret)}`]], rawQuery);
     case 'header':
-      return { headers: [...headers, [credential.header, `${credential.prefix}${secret}`]], rawQuery };
+      return done([...headers, [credential.header, `${credential.prefix}${secret(credential.secret)}`]], rawQuery);
     case 'basic': {
-      const pair = credential.username === undefined ? `${secret}:` : `${credential.username}:${secret}`;
-      return { headers: [...headers, ['authorization', `Basic ${Buffer.from(pair).toString('base64')}`]], rawQuery };
+      const value = secret(credential.secret);
+      const pair = credential.username === undefined ? `${value}:` : `${credential.username}:${value}`;
+      return done([...headers, ['authorization', `Basic ${Buffer.from(pair).toString('base64')}`]], rawQuery);
     }
     case 'query': {
-      const param = `${encodeURIComponent(credential.param)}=${encodeURIComponent(secret)}`;
-      return { headers, rawQuery: rawQuery === '' ? param : `${rawQuery}&${param}` };
+      const param = `${encodeURIComponent(credential.param)}=${encodeURIComponent(secret(credential.secret))}`;
+      return done(headers, rawQuery === '' ? param : `${rawQuery}&${param}`);
+    }
+    case 'headers': {
+      const out = [...headers];
+      for (const h of credential.headers) {
+        out.push([h.name, h.value.map((part) => (typeof part === 'string' ? part : secret(part.secret))).join('')]);
+      }
+      return done(out, rawQuery);
     }
   }
 }

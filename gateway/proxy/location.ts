@@ -6,10 +6,10 @@ const REDACTED = '[REDACTED]';
  * Returns a `Location` value safe to hand to the agent: no userinfo, no credential query
  * parameter, and no copy of the secret in plain, URL-encoded or base64 form.
  */
-export function scrubLocation(location: string, upstream: UpstreamConfig, secret: string | undefined): string {
+export function scrubLocation(location: string, upstream: UpstreamConfig, secrets: readonly string[]): string {
   // Hex case is insignificant in percent-escapes (RFC 3986 §2.1): normalise so one spelling matches.
   let value = location.replace(/%[0-9a-f]{2}/gi, (m) => m.toUpperCase());
-  if (secret) {
+  for (const secret of secrets) {
     const b64 = Buffer.from(secret).toString('base64');
     const forms = [secret, encodeURIComponent(secret), b64, encodeURIComponent(b64), Buffer.from(secret).toString('base64url')];
     for (const form of new Set(forms)) value = value.split(form).join(REDACTED);

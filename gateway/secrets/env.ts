@@ -1,16 +1,14 @@
-/** Where upstream credentials come from; later sources (encrypted store, files) share this shape. */
-export interface SecretSource {
-  /** The current value of a secret, or undefined when it is not available. */
-  get(name: string, tenant: string | undefined): string | undefined;
-}
+import type { NamedSecretSource } from './source.js';
+
+export type { SecretSource } from './source.js';
 
 const UNSAFE = /[\r\n\0]/;
 
 /**
  * Secrets from environment variables, read once at start. A value containing CR, LF or NUL could
- * split headers, so it is treated as missing.
+ * split headers, so it is treated as missing. Environment variables are shared by all tenants.
  */
-export function envSecretSource(names: Iterable<string>, env: NodeJS.ProcessEnv = process.env): SecretSource & { missing: string[] } {
+export function envSecretSource(names: Iterable<string>, env: NodeJS.ProcessEnv = process.env): NamedSecretSource & { missing: string[] } {
   const values = new Map<string, string>();
   const missing: string[] = [];
   for (const name of new Set(names)) {
@@ -18,5 +16,5 @@ export function envSecretSource(names: Iterable<string>, env: NodeJS.ProcessEnv 
     if (v === undefined || v === '' || UNSAFE.test(v)) missing.push(name);
     else values.set(name, v);
   }
-  return { missing, get: (name) => values.get(name) };
+  return { label: 'env', missing, get: (name) => values.get(name), has: (name) => values.has(name) };
 }

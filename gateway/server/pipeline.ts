@@ -10,7 +10,7 @@ import { ValetError } from '../errors.js';
 import type { Policy } from '../policy/compile.js';
 import type { Forwarder } from '../proxy/forward.js';
 import { upstreamError } from '../proxy/forward.js';
-import { forwardableRequestHeaders, forwardableResponseHeaders, injectCredential } from '../proxy/headers.js';
+import { forwardableRequestHeaders, forwardableResponseHeaders, injectCredential, valetRequestHeaders } from '../proxy/headers.js';
 import { scrubLocation } from '../proxy/location.js';
 import { HangUp, relay } from '../proxy/relay.js';
 import type { SecretSource } from '../secrets/env.js';
@@ -149,16 +149,14 @@ export function createPipeline(deps: PipelineDeps): RequestHandler {
         });
       }
 
-      // 6. inject
-      const secret = secrets.get(upstream.credential.secret, identity.tenant);
-      if (secret === undefined) throw new ValetError('VALET_ERR_CREDENTIAL_UNAVAILABLE');
+      // 6. inject: 503 unless every secret the credential names is available
       const injected = injectCredential(
         forwardableRequestHeaders(req.rawHeaders, upstream, token),
         facts.rawQuery,
         upstream.credential,
-        secret,
+        (name) => secrets.get(name, identity.tenant),
       );
-      injected.headers.push(['x-request-id', requestId]);
+      injected.headers.push(...valetRequestHeaders(upstream, requestId));
       const { body, length } = buffered ? { body: buffered, length: String(buffered.length) } : requestBody(req, rec);
       if (length !== undefined) injected.headers.push(['content-length', length]);
       policy.recordCall(input);
@@ -174,7 +172,7 @@ export function createPipeline(deps: PipelineDeps): RequestHandler {
       rec.upstreamStatus = upstreamRes.statusCode;
       res.writeHead(
         upstreamRes.statusCode,
-        forwardableResponseHeaders(upstreamRes.headers, (loc) => scrubLocation(loc, upstream, secret)),
+        forwardableResponseHeaders(upstreamRes.headers, (loc) => scrubLocation(loc, upstream, injected.secrets)),
       );
       // A streamed response (no length: SSE, chunked) shows its headers at once; others go with the body.
       if (upstreamRes.headers['content-length'] === undefined) res.flushHeaders();

@@ -33,6 +33,10 @@ export interface TestGateway {
   /** Every log line written so far, raw. */
   readonly logs: string[];
   token(o?: Partial<MintOptions>): Promise<string>;
+  /** An admin-plane token for `subject` with the given admin roles (and tenant, for a tenant admin). */
+  adminToken(roles: string[], o?: { subject?: string; tenant?: string }): Promise<string>;
+  /** `http://127.0.0.1:<admin port>` */
+  readonly adminUrl: string;
   /** Flushes the audit writer and reads every row, oldest first. */
   auditRows(): AuditRow[];
   /** Polls (up to 5 s) until `count` rows exist, then returns them all. */
@@ -56,7 +60,7 @@ export async function startTestGateway(o: TestGatewayOptions): Promise<TestGatew
   mkdirSync(configDir);
   writeFileSync(
     join(configDir, 'gateway.yaml'),
-    stringify({ gateway: { listen: { host: '127.0.0.1', port: 0 }, shutdown_grace_ms: 5000, ...o.gateway }, issuers: o.issuers ?? [devIssuer] }),
+    stringify({ gateway: { listen: { host: '127.0.0.1', port: 0 }, admin: { listen: { host: '127.0.0.1', port: 0 } }, shutdown_grace_ms: 5000, ...o.gateway }, issuers: o.issuers ?? [devIssuer] }),
   );
   writeFileSync(join(configDir, 'upstreams.yaml'), stringify({ upstreams: o.upstreams }));
   writeFileSync(join(configDir, 'rules.yaml'), stringify({ rules: o.rules }));
@@ -91,6 +95,15 @@ export async function startTestGateway(o: TestGatewayOptions): Promise<TestGatew
     logs,
     token: (t = {}) =>
       mintAgentToken(issuerConfig, new TextEncoder().encode(DEV_SIGNING_KEY), { agent: 'agent-1', ttlSeconds: 300, ...t }),
+    adminToken: (roles, a = {}) =>
+      mintAgentToken(issuerConfig, new TextEncoder().encode(DEV_SIGNING_KEY), {
+        agent: a.subject ?? 'admin-1',
+        tenant: a.tenant,
+        roles,
+        ttlSeconds: 300,
+        audience: gateway.config.gateway.admin.audience,
+      }),
+    adminUrl: gateway.admin.url,
     auditRows,
     async waitForAudit(count) {
       const deadline = Date.now() + 5000;

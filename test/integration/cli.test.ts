@@ -55,7 +55,7 @@ describe('valet CLI', () => {
   });
 
   it('start, token, a call, SIGTERM, then audit shows the rows', async () => {
-    const env = { VALET_CONFIG: configDir, VALET_DATA: dataDir, ECHO_API_KEY: 'echo-cli-secret', VALET_PORT: '0' };
+    const env = { VALET_CONFIG: configDir, VALET_DATA: dataDir, ECHO_API_KEY: 'echo-cli-secret', VALET_PORT: '0', VALET_ADMIN_PORT: '0' };
     const child = spawnCli(['start'], { env });
     const port = await new Promise<number>((resolve, reject) => {
       let out = '';

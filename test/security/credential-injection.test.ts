@@ -20,6 +20,11 @@ const SECRETS = {
   ANTH_KEY: 'real-anth-secret',
   QUERY_KEY: 'real-query-secret',
   BASIC_KEY: 'real-basic-secret',
+  TMPL_KEY: 'real-tmpl-secret',
+  ANTH2_KEY: 'real-anth2-secret',
+  DD_API_KEY: 'real-dd-api-secret',
+  DD_APP_KEY: 'real-dd-app-secret',
+  CRLF_KEY: 'real-crlf-secret\r\nx-evil: 1',
 };
 
 const AGENT_VALUE = 'agent-supplied-value';
@@ -49,6 +54,29 @@ describe('credential injection cannot be stripped, replaced or duplicated', () =
         },
         { name: 'qry', origin, credential: { scheme: 'query', param: 'key', secret: 'QUERY_KEY' } },
         { name: 'basic', origin, credential: { scheme: 'basic', username: 'svc', secret: 'BASIC_KEY' } },
+        // A templated value.
+        { name: 'tmpl', origin, credential: { scheme: 'header', header: 'Authorization', value: 'token {secret}', secret: 'TMPL_KEY' } },
+        // Several headers, one static; the agent's token arrives in x-api-key (Anthropic style).
+        {
+          name: 'anth2',
+          origin,
+          agent_token: { header: 'x-api-key' },
+          credential: { scheme: 'headers', secret: 'ANTH2_KEY', headers: { 'x-api-key': '{secret}', 'anthropic-version': '2023-06-01' } },
+        },
+        // Several secrets.
+        {
+          name: 'multi',
+          origin,
+          credential: { scheme: 'headers', headers: { 'dd-api-key': '{secret:DD_API_KEY}', 'dd-application-key': '{secret:DD_APP_KEY}' } },
+        },
+        // Several secrets, one of them never set.
+        {
+          name: 'halfset',
+          origin,
+          credential: { scheme: 'headers', headers: { 'dd-api-key': '{secret:DD_API_KEY}', 'x-other': '{secret:NEVER_SET_KEY}' } },
+        },
+        // A secret whose value would split headers.
+        { name: 'crlf', origin, credential: { scheme: 'headers', secret: 'CRLF_KEY', headers: { 'x-key': '{secret}' } } },
       ],
       rules: [{ id: 'allow-all', effect: 'allow' }],
       env: SECRETS,
@@ -289,6 +317,54 @@ describe('credential injection cannot be stripped, replaced or duplicated', () =
       expect(got.url).toBe(`/v1/x?${expected}`);
       expect(headerValues(got, 'authorization')).toEqual([]);
       expectClean(got);
+    });
+  });
+
+  describe('templated and several-header credentials', () => {
+    it('a templated value replaces every Authorization the agent sent', async () => {
+      const res = await send('/tmpl/v1/x', [bearer(), ['AUTHORIZATION', `token ${AGENT_VALUE}`], ['Connection', 'authorization']]);
+      expect(res.status).toBe(200);
+      const got = onlyForwarded();
+      expect(headerValues(got, 'authorization')).toEqual([`token ${SECRETS.TMPL_KEY}`]);
+      expectClean(got);
+    });
+
+    it('a static injected header overrides the agent’s copies, whatever their case or Connection tricks', async () => {
+      const res = await send('/anth2/v1/messages', [
+        ['x-api-key', token],
+        ['anthropic-version', '2020-01-01'],
+        ['Anthropic-Version', AGENT_VALUE],
+        ['Connection', 'anthropic-version, x-api-key'],
+      ]);
+      expect(res.status).toBe(200);
+      const got = onlyForwarded();
+      expect(headerValues(got, 'x-api-key')).toEqual([SECRETS.ANTH2_KEY]);
+      expect(headerValues(got, 'anthropic-version')).toEqual(['2023-06-01']);
+      expectClean(got);
+    });
+
+    it('several secrets are each injected once', async () => {
+      const res = await send('/multi/v1/x', [bearer(), ['dd-api-key', AGENT_VALUE], ['DD-APPLICATION-KEY', AGENT_VALUE]]);
+      expect(res.status).toBe(200);
+      const got = onlyForwarded();
+      expect(headerValues(got, 'dd-api-key')).toEqual([SECRETS.DD_API_KEY]);
+      expect(headerValues(got, 'dd-application-key')).toEqual([SECRETS.DD_APP_KEY]);
+      expectClean(got);
+    });
+
+    it('one unresolvable secret of several: 503 VALET_ERR_CREDENTIAL_UNAVAILABLE, nothing forwarded, nothing leaked', async () => {
+      const res = await send('/halfset/v1/x', [bearer()]);
+      expect(res.status).toBe(503);
+      expect(errorCode(res)).toBe('VALET_ERR_CREDENTIAL_UNAVAILABLE');
+      expect(res.body).not.toContain(SECRETS.DD_API_KEY);
+      expect(upstream.requests.length).toBe(before);
+    });
+
+    it('a secret containing CR LF never reaches a header: 503, nothing forwarded', async () => {
+      const res = await send('/crlf/v1/x', [bearer()]);
+      expect(res.status).toBe(503);
+      expect(errorCode(res)).toBe('VALET_ERR_CREDENTIAL_UNAVAILABLE');
+      expect(upstream.requests.length).toBe(before);
     });
   });
 

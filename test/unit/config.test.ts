@@ -74,7 +74,7 @@ describe('loadConfig: the shipped example', () => {
     expect(config.version).toMatch(/^sha256:[0-9a-f]{16}$/);
     const anthropic = config.upstreams.get('anthropic') as UpstreamConfig;
     expect(anthropic.agentTokenHeader).toBe('x-api-key');
-    expect(anthropic.credential).toEqual({ scheme: 'header', header: 'x-api-key', prefix: '', secret: 'ANTHROPIC_API_KEY' });
+    expect(anthropic.credential).toMatchObject({ scheme: 'headers', headers: [{ name: 'x-api-key' }, { name: 'anthropic-version' }] });
     // every rule records where it is written
     for (const r of config.rules) expect(`${r.at.file}:${r.at.line}`).toMatch(/^policies\/.+\.yaml:\d+$/);
   });
@@ -119,7 +119,7 @@ describe('loadConfig: the shipped example', () => {
 
   it('a minimal valid directory gets the documented defaults', () => {
     const config = loadConfig(configDir({ 'gateway.yaml': GATEWAY_YAML, 'upstreams.yaml': UPSTREAMS_YAML }));
-    expect(config.gateway).toEqual({ environment: 'development', listen: { host: '127.0.0.1', port: 0 }, shutdownGraceMs: 10_000, maxHeaderBytes: 16_384, maxBodyBytes: 1_048_576, timezone: 'UTC' });
+    expect(config.gateway).toEqual({ environment: 'development', listen: { host: '127.0.0.1', port: 0 }, shutdownGraceMs: 10_000, maxHeaderBytes: 16_384, maxBodyBytes: 1_048_576, timezone: 'UTC', secrets: { sources: [{ kind: 'store' }, { kind: 'env' }] }, admin: { listen: { host: '127.0.0.1', port: 8081 }, audience: 'valet-admin' } });
     expect(config.upstreams.get('api')).toMatchObject({ agentTokenHeader: 'authorization', agentTokenQuery: undefined, connections: 64 });
     expect(config.rules).toEqual([]);
   });

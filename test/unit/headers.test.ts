@@ -129,35 +129,35 @@ describe('injectCredential', () => {
   const base: HeaderList = [['accept', '*/*']];
 
   it('bearer: appends exactly one Authorization', () => {
-    const out = injectCredential(base, 'a=1', { scheme: 'bearer', secret: 'S' }, 'sk-real');
-    expect(out).toEqual({ headers: [['accept', '*/*'], ['authorization', 'Bearer sk-real']], rawQuery: 'a=1' });
+    const out = injectCredential(base, 'a=1', { scheme: 'bearer', secret: 'S' }, () => 'sk-real');
+    expect(out).toEqual({ headers: [['accept', '*/*'], ['authorization', 'Bearer sk-real']], rawQuery: 'a=1', secrets: ['sk-real'] });
   });
 
   it('header: appends the configured header with its prefix', () => {
-    const out = injectCredential(base, '', { scheme: 'header', header: 'x-echo-key', prefix: 'Key ', secret: 'S' }, 'real');
+    const out = injectCredential(base, '', { scheme: 'header', header: 'x-echo-key', prefix: 'Key ', secret: 'S' }, () => 'real');
     expect(out.headers).toEqual([['accept', '*/*'], ['x-echo-key', 'Key real']]);
     expect(out.rawQuery).toBe('');
   });
 
   it('basic: username:secret, or secret: when no username', () => {
-    const withUser = injectCredential([], '', { scheme: 'basic', username: 'svc', secret: 'S' }, 'pw');
+    const withUser = injectCredential([], '', { scheme: 'basic', username: 'svc', secret: 'S' }, () => 'pw');
     expect(withUser.headers).toEqual([['authorization', `Basic ${Buffer.from('svc:pw').toString('base64')}`]]);
-    const keyOnly = injectCredential([], '', { scheme: 'basic', username: undefined, secret: 'S' }, 'sk_live_1');
+    const keyOnly = injectCredential([], '', { scheme: 'basic', username: undefined, secret: 'S' }, () => 'sk_live_1');
     expect(keyOnly.headers).toEqual([['authorization', `Basic ${Buffer.from('sk_live_1:').toString('base64')}`]]);
   });
 
   it('query: appends param=secret, percent-encoding the secret so it cannot add parameters', () => {
     const cred: CredentialConfig = { scheme: 'query', param: 'key', secret: 'S' };
-    expect(injectCredential(base, '', cred, 'abc')).toEqual({ headers: base, rawQuery: 'key=abc' });
-    expect(injectCredential(base, 'a=1&b=2', cred, 'abc').rawQuery).toBe('a=1&b=2&key=abc');
-    const tricky = injectCredential([], 'a=1', cred, 'x&key=evil#frag +/=');
+    expect(injectCredential(base, '', cred, () => 'abc')).toEqual({ headers: base, rawQuery: 'key=abc', secrets: ['abc'] });
+    expect(injectCredential(base, 'a=1&b=2', cred, () => 'abc').rawQuery).toBe('a=1&b=2&key=abc');
+    const tricky = injectCredential([], 'a=1', cred, () => 'x&key=evil#frag +/=');
     expect(tricky.rawQuery).toBe('a=1&key=x%26key%3Devil%23frag%20%2B%2F%3D');
     expect(new URLSearchParams(tricky.rawQuery).getAll('key')).toEqual(['x&key=evil#frag +/=']);
   });
 
   it('does not mutate the header list it was given', () => {
     const headers: HeaderList = [['accept', '*/*']];
-    injectCredential(headers, '', { scheme: 'bearer', secret: 'S' }, 'x');
+    injectCredential(headers, '', { scheme: 'bearer', secret: 'S' }, () => 'x');
     expect(headers).toEqual([['accept', '*/*']]);
   });
 
@@ -169,7 +169,7 @@ describe('injectCredential', () => {
       ['x-api-key', 'agent2'],
       ['Cookie', 'c=1'],
     );
-    const out = injectCredential(forwardableRequestHeaders(agentHeaders, xKey, TOKEN), '', xKey.credential, 'real');
+    const out = injectCredential(forwardableRequestHeaders(agentHeaders, xKey, TOKEN), '', xKey.credential, () => 'real');
     expect(out.headers).toEqual([['x-api-key', 'real']]);
   });
 });
@@ -223,7 +223,7 @@ describe('forwardableResponseHeaders', () => {
   it('end to end with scrubLocation: the secret never reaches the agent through Location', () => {
     const q = upstream({ scheme: 'query', param: 'key', secret: 'S' });
     const out = forwardableResponseHeaders({ location: 'https://api.example.com/next?page=2&key=sk-real-123' }, (l) =>
-      scrubLocation(l, q, 'sk-real-123'),
+      scrubLocation(l, q, ['sk-real-123']),
     );
     expect(String(out['location'])).not.toContain('sk-real-123');
     expect(String(out['location'])).toContain('page=2');

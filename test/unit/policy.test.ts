@@ -4,7 +4,15 @@ import { compilePolicy as compileConfig, DEFAULT_DENY_RULE } from '../../gateway
 import { memoryCounterStore, memoryHistoryStore } from '../../gateway/policy/counters.js';
 import type { AgentIdentity, RequestFacts } from '../../gateway/types.js';
 
-const GATEWAY = { environment: 'development', listen: { host: '127.0.0.1', port: 0 }, shutdownGraceMs: 1, maxHeaderBytes: 16384, maxBodyBytes: 1024, timezone: 'UTC' } as const;
+const GATEWAY = {
+  environment: 'development',
+  listen: { host: '127.0.0.1', port: 0 },
+  shutdownGraceMs: 1,
+  maxHeaderBytes: 16384,
+  maxBodyBytes: 1024,
+  timezone: 'UTC',
+  admin: { listen: { host: '127.0.0.1', port: 0 }, audience: 'valet-admin' },
+} as const;
 
 /** Rules only, evaluated with the identity and facts given. */
 function compilePolicy(rules: RuleConfig[]) {

@@ -1,0 +1,110 @@
+import Database from 'better-sqlite3';
+import { join } from 'node:path';
+import { AUDIT_FILE, queryAudit, type AuditDatabase } from '../audit/store.js';
+import { ValetError } from '../errors.js';
+import type { PolicyHolder } from '../policy/reload.js';
+import { tenantScope } from './auth.js';
+import type { AdminProbe, AdminRoute } from './server.js';
+
+export interface AdminRouteDeps {
+  readonly db: AuditDatabase;
+  readonly dataDir: string;
+  readonly policies: PolicyHolder;
+  /** Audit rows queued and not yet written. */
+  readonly auditPending: () => number;
+}
+
+/** Query parameters that filter audit rows, by their API name. */
+const AUDIT_FILTERS = ['agent', 'upstream', 'decision', 'request_id'] as const;
+
+export function adminRoutes(d: AdminRouteDeps): AdminRoute[] {
+  return [
+    {
+      method: 'GET',
+      path: '/api/whoami',
+      permission: 'policy.read',
+      handle: ({ who }) => ({ json: { subject: who.subject, tenant: who.tenant ?? null, roles: who.roles, permissions: [...who.permissions] } }),
+    },
+    {
+      method: 'GET',
+      path: '/api/audit',
+      permission: 'audit.read',
+      handle: ({ who, query }) => {
+        const limit = query.get('limit') === null ? 100 : Number(query.get('limit'));
+        if (!Number.isInteger(limit) || limit < 1 || limit > 1000) throw new ValetError('VALET_ERR_ADMIN_BAD_REQUEST', 'limit must be an integer from 1 to 1000.');
+        const since = query.get('since_ms');
+        const sinceMs = since === null ? undefined : Number(since);
+        if (sinceMs !== undefined && !Number.isSafeInteger(sinceMs)) throw new ValetError('VALET_ERR_ADMIN_BAD_REQUEST', 'since_ms must be a time in milliseconds.');
+        const f = Object.fromEntries(AUDIT_FILTERS.map((k) => [k, query.get(k) ?? undefined]));
+        const rows = queryAudit(d.db, {
+          limit,
+          agent: f['agent'],
+          upstream: f['upstream'],
+          decision: f['decision'],
+          requestId: f['request_id'],
+          tenant: tenantScope(who, query.get('tenant') ?? undefined),
+          sinceMs,
+        });
+        return { json: { rows } };
+      },
+    },
+    {
+      method: 'GET',
+      path: '/api/policy',
+      permission: 'policy.read',
+      handle: () => {
+        const s = d.policies.status();
+        return {
+          json: {
+            version: s.version,
+            loaded_at: new Date(s.loadedAt).toISOString(),
+            last_reload_error: s.lastError === undefined ? null : { at: new Date(s.lastError.at).toISOString(), message: s.lastError.message },
+          },
+        };
+      },
+    },
+  ];
+}
+
+/**
+ * `/healthz`: the process answers. `/readyz`: it can do its job — the audit database takes a write
+ * lock at once (another process holding it, a read-only file or a missing file all fail), and a
+ * policy is loaded. A refused reload does not make the gateway unready (the previous policy is still
+ * enforced) but is reported.
+ */
+export function adminProbes(d: AdminRouteDeps): AdminProbe[] {
+  return [
+    { path: '/healthz', handle: () => ({ status: 200, contentType: 'application/json', body: '{"status":"ok"}' }) },
+    {
+      path: '/readyz',
+      handle: () => {
+        const database = writable(d.dataDir);
+        const s = d.policies.status();
+        const ready = database === 'ok';
+        const body = {
+          ready,
+          checks: {
+            database,
+            audit_queue: d.auditPending(),
+            policy: { version: s.version, last_reload_error: s.lastError?.message ?? null },
+          },
+        };
+        return { status: ready ? 200 : 503, contentType: 'application/json', body: JSON.stringify(body) };
+      },
+    },
+  ];
+}
+
+/** Takes and releases the write lock on a separate connection that never waits for it. */
+function writable(dataDir: string): string {
+  let db: Database.Database | undefined;
+  try {
+    db = new Database(join(dataDir, AUDIT_FILE), { fileMustExist: true, timeout: 0 });
+    db.exec('BEGIN IMMEDIATE; ROLLBACK;');
+    return 'ok';
+  } catch (err) {
+    return (err as { code?: string }).code ?? 'error';
+  } finally {
+    db?.close();
+  }
+}

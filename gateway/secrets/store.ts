@@ -1,0 +1,610 @@
+import { closeSync, mkdirSync, openSync } from 'node:fs';
+import { join } from 'node:path';
+import Database from 'better-sqlite3';
+import { ValetError } from '../errors.js';
+import { keyMatches, open, seal, type MasterKey, type Sealed } from './crypto.js';
+import { SECRET_NAME, UNSAFE_VALUE, type NamedSecretSource } from './source.js';
+
+/**
+ * The encrypted secret store: upstream credentials at rest in SQLite, each version sealed with
+ * AES-256-GCM under the master key (see crypto.ts). The CLI (`valet secrets ...`) and, later, the
+ * admin API are thin front ends over the operations of {@link SecretStore}; the gateway uses it as
+ * a {@link NamedSecretSource} through `get`.
+ *
+ * The store is its own file, `<data>/secrets.db`, not tables in the audit log's `valet.db`:
+ * - each file has one owner of `PRAGMA user_version`, so the two migration histories never meet;
+ * - the gateway notices another process's writes (`valet secrets rotate`) with
+ *   `PRAGMA data_version`, which changes on every commit by another connection — in `valet.db` the
+ *   audit writer commits every few milliseconds, here only when secrets change;
+ * - they are handled differently: the audit log is large, append-only, exported and read by
+ *   auditors; this file is small, mode 0600, and is backed up together with the master key.
+ *   Copying the audit log never copies ciphertexts.
+ *
+ * Names, tenants, versions and timestamps are stored in plain text; only values are encrypted.
+ */
+export const SECRETS_FILE = 'secrets.db';
+
+/** Ordered schema migrations of secrets.db; `PRAGMA user_version` records how many have run. */
+const MIGRATIONS: readonly string[] = [
+  `CREATE TABLE store_meta (
+     key   TEXT PRIMARY KEY,
+     value BLOB NOT NULL
+   );
+   CREATE TABLE secrets (
+     id           INTEGER PRIMARY KEY,
+     tenant       TEXT,                -- NULL: shared by every tenant
+     name         TEXT    NOT NULL,
+     version      INTEGER NOT NULL,    -- the current version
+     created_at   INTEGER NOT NULL,
+     rotated_at   INTEGER,
+     last_used_at INTEGER
+   );
+   CREATE UNIQUE INDEX secrets_tenant_name ON secrets (ifnull(tenant, ''), name);
+   CREATE TABLE secret_versions (
+     secret_id  INTEGER NOT NULL REFERENCES secrets (id),
+     version    INTEGER NOT NULL,
+     nonce      BLOB    NOT NULL,
+     ciphertext BLOB    NOT NULL,
+     tag        BLOB    NOT NULL,
+     created_at INTEGER NOT NULL,
+     PRIMARY KEY (secret_id, version)
+   ) WITHOUT ROWID;`,
+];
+
+/** `store_meta` key of the master key's check value (see crypto.ts); never the key itself. */
+const KEY_CHECK = 'key_check';
+/** Names starting with this belong to the gateway's own settings (`VALET_DEV_SIGNING_KEY`, ...). */
+const RESERVED_PREFIX = 'VALET_';
+const MAX_VALUE_BYTES = 65_536;
+const TENANT = /^[^\x00-\x1f\x7f]{1,256}$/;
+
+/** What `list` shows about a secret: never its value. Times are milliseconds since the epoch. */
+export interface SecretInfo {
+  readonly name: string;
+  /** `null`: shared by every tenant. */
+  readonly tenant: string | null;
+  readonly version: number;
+  readonly createdAt: number;
+  readonly rotatedAt: number | null;
+  /** Recorded by the gateway at most once a minute per secret, so up to a minute behind. */
+  readonly lastUsedAt: number | null;
+}
+
+export interface ImportResult {
+  readonly created: string[];
+  readonly rotated: string[];
+  readonly unchanged: string[];
+  /** Reserved `VALET_*` names in the file, which are gateway settings and were not imported. */
+  readonly skipped: string[];
+}
+
+export interface RekeyResult {
+  readonly secrets: number;
+  readonly versions: number;
+  readonly oldKeyId: string;
+  readonly newKeyId: string;
+}
+
+/** What the store reports to the gateway's log. Objects hold names and tenants, never values. */
+export interface StoreLog {
+  warn(obj: object, msg: string): void;
+  error(obj: object, msg: string): void;
+}
+
+export interface SecretStoreOptions {
+  /** Needed for everything but `list`, `remove` and `isEmpty`. */
+  readonly key?: MasterKey | undefined;
+  /** How often (ms) `get` checks whether another process changed the store. Default 1000. */
+  readonly refreshMs?: number;
+  /** Record last-used times, written at most once per this many ms (the gateway: 60000). Off by default. */
+  readonly usageFlushMs?: number | undefined;
+  /** SQLite busy timeout; the gateway keeps it short so a CLI write never stalls requests. Default 5000. */
+  readonly busyTimeoutMs?: number;
+  readonly log?: StoreLog | undefined;
+}
+
+interface SecretRow {
+  id: number;
+  tenant: string | null;
+  name: string;
+  version: number;
+  created_at: number;
+  rotated_at: number | null;
+  last_used_at: number | null;
+}
+
+interface VersionRow extends Sealed {
+  secret_id: number;
+  version: number;
+}
+
+/** A decrypted current value; `value` undefined means it failed its integrity check. */
+interface Entry {
+  readonly id: number;
+  readonly value: string | undefined;
+}
+
+interface ByName {
+  shared: Entry | undefined;
+  readonly tenants: Map<string, Entry>;
+}
+
+/** Opens (creating and migrating if needed) `<dataDir>/secrets.db`. Verifies `key` if one is given. */
+export function openSecretStore(dataDir: string, options: SecretStoreOptions = {}): SecretStore {
+  mkdirSync(dataDir, { recursive: true, mode: 0o700 });
+  const file = join(dataDir, SECRETS_FILE);
+  // Created 0600 before SQLite opens it; SQLite gives its -wal and -shm files the same mode.
+  closeSync(openSync(file, 'a', 0o600));
+  const db = new Database(file);
+  try {
+    db.pragma(`busy_timeout = ${options.busyTimeoutMs ?? 5_000}`);
+    db.pragma('journal_mode = WAL');
+    db.pragma('synchronous = NORMAL');
+    const current = db.pragma('user_version', { simple: true }) as number;
+    if (current > MIGRATIONS.length) {
+      throw new ValetError('VALET_ERR_CONFIG', `${file} was written by a newer Valet (schema ${current}); upgrade Valet`);
+    }
+    if (current < MIGRATIONS.length) {
+      db.transaction(() => {
+        for (let v = current; v < MIGRATIONS.length; v++) db.exec(MIGRATIONS[v] as string);
+        db.pragma(`user_version = ${MIGRATIONS.length}`);
+      }).immediate();
+    }
+    const store = new SecretStore(db, file, options);
+    if (options.key) store.verifyKey(options.key);
+    return store;
+  } catch (err) {
+    db.close();
+    throw err;
+  }
+}
+
+export class SecretStore implements NamedSecretSource {
+  readonly label = 'store';
+  /** The database file, for messages. */
+  readonly file: string;
+  private readonly db: Database.Database;
+  private readonly key: MasterKey | undefined;
+  private readonly refreshMs: number;
+  private readonly log: StoreLog | undefined;
+  private snapshot = new Map<string, ByName>();
+  /** `PRAGMA data_version` when the snapshot was taken; -1 forces a reload. */
+  private loadedVersion = -1;
+  private nextCheck = 0;
+  /** Secret id → last time `get` returned it, since the last flush. */
+  private readonly usage = new Map<number, number>();
+  private readonly flushTimer: NodeJS.Timeout | undefined;
+  private closed = false;
+
+  /** Use {@link openSecretStore}. */
+  constructor(db: Database.Database, file: string, options: SecretStoreOptions) {
+    this.db = db;
+    this.file = file;
+    this.key = options.key;
+    this.refreshMs = options.refreshMs ?? 1_000;
+    this.log = options.log;
+    if (options.usageFlushMs !== undefined) {
+      this.flushTimer = setInterval(() => this.flushUsage(), options.usageFlushMs);
+      this.flushTimer.unref();
+    }
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // The gateway's side: cached, decrypted current values.
+
+  /**
+   * The current value for an agent of `tenant`: that tenant's secret, else the shared one; never
+   * another tenant's. Values are decrypted once into memory; every `refreshMs` a cheap
+   * `PRAGMA data_version` tells whether another process changed the store, and if so the whole
+   * snapshot is reloaded and swapped at once. A caller keeps the string it got, so a request in
+   * flight is not affected by a rotation. Throws `VALET_ERR_CREDENTIAL_CORRUPT` for a secret that
+   * exists but failed its integrity check (it does not fall back to the shared one).
+   */
+  get(name: string, tenant: string | undefined): string | undefined {
+    const now = Date.now();
+    if (now >= this.nextCheck) {
+      this.nextCheck = now + this.refreshMs;
+      this.reload();
+    }
+    const byName = this.snapshot.get(name);
+    if (byName === undefined) return undefined;
+    const entry = (tenant === undefined ? undefined : byName.tenants.get(tenant)) ?? byName.shared;
+    if (entry === undefined) return undefined;
+    this.usage.set(entry.id, now);
+    if (entry.value === undefined) throw new ValetError('VALET_ERR_CREDENTIAL_CORRUPT');
+    return entry.value;
+  }
+
+  has(name: string): boolean {
+    return this.db.prepare('SELECT 1 FROM secrets WHERE name = ? LIMIT 1').get(name) !== undefined;
+  }
+
+  /**
+   * Loads the snapshot now (the gateway does this at start) and says how many secrets it holds and
+   * how many of them failed their integrity check.
+   */
+  refresh(): { secrets: number; corrupt: number } {
+    this.nextCheck = Date.now() + this.refreshMs;
+    this.reload();
+    let secrets = 0;
+    let corrupt = 0;
+    for (const byName of this.snapshot.values()) {
+      for (const e of [byName.shared, ...byName.tenants.values()]) {
+        if (e === undefined) continue;
+        secrets++;
+        if (e.value === undefined) corrupt++;
+      }
+    }
+    return { secrets, corrupt };
+  }
+
+  /**
+   * Reloads the snapshot if the store changed since it was taken. A value that fails its
+   * integrity check is logged (name, tenant, version) and refused when asked for. If the store's
+   * key check no longer matches (it was rekeyed), the previous snapshot stays in use: values do not
+   * change with a rekey, and the gateway must be restarted with the new key to see later changes.
+   * A failed read keeps the previous snapshot and is retried at the next check.
+   */
+  private reload(): void {
+    const key = this.requireKey();
+    try {
+      const version = this.db.pragma('data_version', { simple: true }) as number;
+      if (version === this.loadedVersion) return;
+      const { check, secrets, versions } = this.db.transaction(() => ({
+        check: this.keyCheck(),
+        secrets: this.db.prepare('SELECT * FROM secrets').all() as SecretRow[],
+        versions: this.db
+          .prepare('SELECT v.* FROM secret_versions v JOIN secrets s ON s.id = v.secret_id AND s.version = v.version')
+          .all() as VersionRow[],
+      }))();
+      if (secrets.length > 0 && check !== undefined && !keyMatches(key, check)) {
+        this.log?.error(
+          { keyId: key.id },
+          'the secret store was rekeyed or rewritten with another master key; still using the values loaded before — restart the gateway with the new key',
+        );
+      } else {
+        this.snapshot = this.decryptAll(key, secrets, versions);
+      }
+      this.loadedVersion = version;
+    } catch (err) {
+      this.log?.error({ err }, 'could not reload the secret store; still using the values loaded before');
+    }
+  }
+
+  private decryptAll(key: MasterKey, secrets: SecretRow[], versions: VersionRow[]): Map<string, ByName> {
+    const sealed = new Map(versions.map((v) => [v.secret_id, v]));
+    const next = new Map<string, ByName>();
+    for (const s of secrets) {
+      let value: string | undefined;
+      const v = sealed.get(s.id);
+      try {
+        if (v === undefined) throw new ValetError('VALET_ERR_CREDENTIAL_CORRUPT');
+        value = open(key, v, { tenant: s.tenant, name: s.name, version: s.version });
+      } catch {
+        this.log?.error(
+          { secretName: s.name, tenant: s.tenant, version: s.version },
+          'a stored secret failed its integrity check; requests that need it are refused (503)',
+        );
+      }
+      let byName = next.get(s.name);
+      if (byName === undefined) next.set(s.name, (byName = { shared: undefined, tenants: new Map() }));
+      const entry = { id: s.id, value };
+      if (s.tenant === null) byName.shared = entry;
+      else byName.tenants.set(s.tenant, entry);
+    }
+    return next;
+  }
+
+  /** Writes the last-used times gathered since the last flush (also on close). */
+  flushUsage(): void {
+    if (this.usage.size === 0 || this.closed) return;
+    const used = [...this.usage];
+    this.usage.clear();
+    try {
+      const update = this.db.prepare('UPDATE secrets SET last_used_at = ? WHERE id = ? AND (last_used_at IS NULL OR last_used_at < ?)');
+      this.db.transaction(() => {
+        for (const [id, at] of used) update.run(at, id, at);
+      })();
+    } catch (err) {
+      // Busy (a CLI write in progress): keep them for the next flush.
+      for (const [id, at] of used) if (!this.usage.has(id)) this.usage.set(id, at);
+      this.log?.warn({ err }, 'could not record when secrets were last used; will retry');
+    }
+  }
+
+  close(): void {
+    if (this.closed) return;
+    if (this.flushTimer) clearInterval(this.flushTimer);
+    this.flushUsage();
+    this.closed = true;
+    this.db.close();
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // Operations (CLI, admin API). Each write is one IMMEDIATE transaction: all or nothing.
+
+  /** True when no secret is stored (a fresh store may get a generated development key). */
+  isEmpty(): boolean {
+    return this.db.prepare('SELECT 1 FROM secrets LIMIT 1').get() === undefined;
+  }
+
+  /**
+   * Checks that `key` is the key the store's values were written with. A store without values
+   * accepts any key (its check value is rewritten by the next write).
+   */
+  verifyKey(key: MasterKey): void {
+    const check = this.keyCheck();
+    if (check === undefined || keyMatches(key, check) || this.isEmpty()) return;
+    throw new ValetError(
+      'VALET_ERR_MASTER_KEY',
+      `the master key (id ${key.id}) is not the key ${this.file} was written with (id ${check.subarray(0, 8).toString('hex')}); ` +
+        'check VALET_MASTER_KEY / VALET_MASTER_KEY_FILE',
+    );
+  }
+
+  /** Every secret's metadata (`tenant`: undefined all, null shared only, a string that tenant's), by name. */
+  list(filter: { tenant?: string | null | undefined } = {}): SecretInfo[] {
+    const where = filter.tenant === undefined ? '' : filter.tenant === null ? 'WHERE tenant IS NULL' : 'WHERE tenant = @tenant';
+    const rows = this.db
+      .prepare(`SELECT * FROM secrets ${where} ORDER BY name, tenant IS NOT NULL, tenant`)
+      .all(...(filter.tenant ? [{ tenant: filter.tenant }] : [])) as SecretRow[];
+    return rows.map(info);
+  }
+
+  /** Creates a secret (version 1). Refuses a name that already exists for that tenant. */
+  set(name: string, tenant: string | null, value: string): SecretInfo {
+    checkName(name);
+    checkTenant(tenant);
+    checkValue(value, name);
+    return this.write((key) => {
+      if (this.find(name, tenant)) {
+        throw new ValetError('VALET_ERR_SECRET_EXISTS', `${describeSecret(name, tenant)} already exists; use rotate to give it a new value`);
+      }
+      return this.insert(key, name, tenant, value, Date.now());
+    });
+  }
+
+  /** Gives an existing secret a new version; earlier versions are kept (encrypted) until `remove`. */
+  rotate(name: string, tenant: string | null, value: string): SecretInfo {
+    checkName(name);
+    checkTenant(tenant);
+    checkValue(value, name);
+    return this.write((key) => {
+      const row = this.find(name, tenant);
+      if (!row) throw notFound(name, tenant);
+      return this.addVersion(key, row, value, Date.now());
+    });
+  }
+
+  /** Deletes a secret and every version of it. */
+  remove(name: string, tenant: string | null): void {
+    checkName(name);
+    checkTenant(tenant);
+    this.db
+      .transaction(() => {
+        const row = this.find(name, tenant);
+        if (!row) throw notFound(name, tenant);
+        this.db.prepare('DELETE FROM secret_versions WHERE secret_id = ?').run(row.id);
+        this.db.prepare('DELETE FROM secrets WHERE id = ?').run(row.id);
+      })
+      .immediate();
+    this.loadedVersion = -1;
+  }
+
+  /**
+   * Imports `NAME=value` lines (the secrets.example format; see {@link parseSecretsFile}) for one
+   * tenant or shared: new names are created, changed values rotated, equal values left alone.
+   * Everything is checked first and written in one transaction: any problem writes nothing.
+   */
+  importText(text: string, tenant: string | null): ImportResult {
+    checkTenant(tenant);
+    const { entries, skipped } = parseSecretsFile(text);
+    const result: ImportResult = { created: [], rotated: [], unchanged: [], skipped };
+    this.write((key) => {
+      const now = Date.now();
+      for (const { name, value } of entries) {
+        const row = this.find(name, tenant);
+        if (!row) {
+          this.insert(key, name, tenant, value, now);
+          result.created.push(name);
+          continue;
+        }
+        let current: string | undefined;
+        try {
+          current = open(key, this.sealed(row.id, row.version), { tenant, name, version: row.version });
+        } catch {
+          current = undefined; // damaged: replace it
+        }
+        if (current === value) {
+          result.unchanged.push(name);
+        } else {
+          this.addVersion(key, row, value, now);
+          result.rotated.push(name);
+        }
+      }
+    });
+    return result;
+  }
+
+  /**
+   * Re-encrypts every version of every secret under `newKey`, in one transaction, after checking
+   * that the store's key opens them. Afterwards only `newKey` opens the store.
+   */
+  rekey(newKey: MasterKey): RekeyResult {
+    const oldKey = this.requireKey();
+    this.verifyKey(oldKey);
+    if (keyMatches(newKey, oldKey.check)) throw new ValetError('VALET_ERR_MASTER_KEY', 'the new master key is the current one');
+    const result = this.db
+      .transaction(() => {
+        const secrets = new Map((this.db.prepare('SELECT * FROM secrets').all() as SecretRow[]).map((s) => [s.id, s]));
+        const versions = this.db.prepare('SELECT * FROM secret_versions').all() as VersionRow[];
+        const update = this.db.prepare('UPDATE secret_versions SET nonce = ?, ciphertext = ?, tag = ? WHERE secret_id = ? AND version = ?');
+        for (const v of versions) {
+          const s = secrets.get(v.secret_id);
+          if (!s) continue;
+          const address = { tenant: s.tenant, name: s.name, version: v.version };
+          let value: string;
+          try {
+            value = open(oldKey, v, address);
+          } catch {
+            throw new ValetError(
+              'VALET_ERR_CREDENTIAL_CORRUPT',
+              `${describeSecret(s.name, s.tenant)} version ${v.version} failed its integrity check; nothing was re-encrypted (remove that secret, then rekey)`,
+            );
+          }
+          const sealed = seal(newKey, value, address);
+          update.run(sealed.nonce, sealed.ciphertext, sealed.tag, v.secret_id, v.version);
+        }
+        this.setKeyCheck(newKey);
+        return { secrets: secrets.size, versions: versions.length, oldKeyId: oldKey.id, newKeyId: newKey.id };
+      })
+      .immediate();
+    this.loadedVersion = -1;
+    return result;
+  }
+
+  // ---------------------------------------------------------------------------------------------
+
+  private requireKey(): MasterKey {
+    if (!this.key) throw new ValetError('VALET_ERR_MASTER_KEY', 'no master key was given to the secret store');
+    return this.key;
+  }
+
+  /** Runs `fn` in an IMMEDIATE transaction after checking (or first recording) the key check value. */
+  private write<T>(fn: (key: MasterKey) => T): T {
+    const key = this.requireKey();
+    const result = this.db
+      .transaction(() => {
+        this.verifyKey(key);
+        const check = this.keyCheck();
+        if (check === undefined || !keyMatches(key, check)) this.setKeyCheck(key);
+        return fn(key);
+      })
+      .immediate();
+    this.loadedVersion = -1;
+    return result;
+  }
+
+  private keyCheck(): Buffer | undefined {
+    const row = this.db.prepare('SELECT value FROM store_meta WHERE key = ?').get(KEY_CHECK) as { value: Buffer } | undefined;
+    return row?.value;
+  }
+
+  private setKeyCheck(key: MasterKey): void {
+    this.db.prepare('INSERT INTO store_meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value').run(KEY_CHECK, key.check);
+  }
+
+  private find(name: string, tenant: string | null): SecretRow | undefined {
+    return this.db.prepare("SELECT * FROM secrets WHERE ifnull(tenant, '') = ? AND name = ?").get(tenant ?? '', name) as SecretRow | undefined;
+  }
+
+  private sealed(id: number, version: number): Sealed {
+    return this.db.prepare('SELECT nonce, ciphertext, tag FROM secret_versions WHERE secret_id = ? AND version = ?').get(id, version) as Sealed;
+  }
+
+  private insert(key: MasterKey, name: string, tenant: string | null, value: string, now: number): SecretInfo {
+    const { lastInsertRowid } = this.db.prepare('INSERT INTO secrets (tenant, name, version, created_at) VALUES (?, ?, 1, ?)').run(tenant, name, now);
+    this.insertVersion(key, Number(lastInsertRowid), { tenant, name, version: 1 }, value, now);
+    return { name, tenant, version: 1, createdAt: now, rotatedAt: null, lastUsedAt: null };
+  }
+
+  private addVersion(key: MasterKey, row: SecretRow, value: string, now: number): SecretInfo {
+    const version = row.version + 1;
+    this.insertVersion(key, row.id, { tenant: row.tenant, name: row.name, version }, value, now);
+    this.db.prepare('UPDATE secrets SET version = ?, rotated_at = ? WHERE id = ?').run(version, now, row.id);
+    return info({ ...row, version, rotated_at: now });
+  }
+
+  private insertVersion(key: MasterKey, id: number, address: { tenant: string | null; name: string; version: number }, value: string, now: number): void {
+    const s = seal(key, value, address);
+    this.db
+      .prepare('INSERT INTO secret_versions (secret_id, version, nonce, ciphertext, tag, created_at) VALUES (?, ?, ?, ?, ?, ?)')
+      .run(id, address.version, s.nonce, s.ciphertext, s.tag, now);
+  }
+}
+
+function info(r: SecretRow): SecretInfo {
+  return { name: r.name, tenant: r.tenant, version: r.version, createdAt: r.created_at, rotatedAt: r.rotated_at, lastUsedAt: r.last_used_at };
+}
+
+const describeSecret = (name: string, tenant: string | null): string => `secret ${name} (${tenant === null ? 'shared' : `tenant ${tenant}`})`;
+const notFound = (name: string, tenant: string | null): ValetError => new ValetError('VALET_ERR_SECRET_NOT_FOUND', `${describeSecret(name, tenant)} does not exist`);
+
+export function checkName(name: string): void {
+  if (!SECRET_NAME.test(name)) {
+    throw new ValetError('VALET_ERR_SECRET_INVALID', 'a secret name is a letter or _ followed by up to 127 letters, digits or _ (like an environment variable)');
+  }
+  if (name.startsWith(RESERVED_PREFIX)) {
+    throw new ValetError('VALET_ERR_SECRET_INVALID', `names starting with ${RESERVED_PREFIX} are the gateway's own settings, not upstream credentials`);
+  }
+}
+
+export function checkTenant(tenant: string | null): void {
+  if (tenant !== null && !TENANT.test(tenant)) {
+    throw new ValetError('VALET_ERR_SECRET_INVALID', 'a tenant is 1 to 256 characters without control characters');
+  }
+}
+
+/** Refuses a value that is empty, too long, or holds CR, LF, NUL or another control character. Never quotes it. */
+export function checkValue(value: string, name: string): void {
+  if (value === '') throw new ValetError('VALET_ERR_SECRET_INVALID', `the value of ${name} is empty`);
+  if (Buffer.byteLength(value, 'utf8') > MAX_VALUE_BYTES) {
+    throw new ValetError('VALET_ERR_SECRET_INVALID', `the value of ${name} is longer than ${MAX_VALUE_BYTES} bytes`);
+  }
+  if (UNSAFE_VALUE.test(value)) {
+    throw new ValetError(
+      'VALET_ERR_SECRET_INVALID',
+      `the value of ${name} contains a control character (CR, LF, NUL, ...), which could split the header it is sent in`,
+    );
+  }
+}
+
+const LINE = /^([A-Za-z_][A-Za-z0-9_]*)[ \t]*=[ \t]*(.*)$/;
+
+/**
+ * Parses the secrets.example format: one `NAME=value` per line; blank lines and lines starting
+ * with `#` are ignored; spaces around the line and around `=` are ignored; everything after `=`
+ * is the value, except that one pair of matching surrounding quotes (`"..."` or `'...'`) is
+ * removed. No escapes, no variable expansion. `VALET_*` names are gateway settings and are
+ * skipped. Every problem is reported (by line number, never quoting the value) in one error.
+ */
+export function parseSecretsFile(text: string): { entries: { name: string; value: string; line: number }[]; skipped: string[] } {
+  const entries: { name: string; value: string; line: number }[] = [];
+  const skipped: string[] = [];
+  const problems: string[] = [];
+  const firstLine = new Map<string, number>();
+  text.split(/\r?\n/).forEach((raw, i) => {
+    const n = i + 1;
+    const line = raw.trim();
+    if (line === '' || line.startsWith('#')) return;
+    const m = LINE.exec(line);
+    if (!m) {
+      problems.push(`line ${n}: expected NAME=value`);
+      return;
+    }
+    const name = m[1] as string;
+    let value = m[2] as string;
+    if (value.length >= 2 && (value[0] === '"' || value[0] === "'") && value.endsWith(value[0])) value = value.slice(1, -1);
+    const first = firstLine.get(name);
+    if (first !== undefined) {
+      problems.push(`line ${n}: ${name} is already set on line ${first}`);
+      return;
+    }
+    firstLine.set(name, n);
+    if (name.startsWith(RESERVED_PREFIX)) {
+      skipped.push(name);
+      return;
+    }
+    try {
+      checkName(name);
+      checkValue(value, name);
+    } catch (err) {
+      problems.push(`line ${n}: ${(err as Error).message}`);
+      return;
+    }
+    entries.push({ name, value, line: n });
+  });
+  if (problems.length > 0) throw new ValetError('VALET_ERR_SECRET_INVALID', `nothing was imported:\n  ${problems.join('\n  ')}`);
+  if (entries.length === 0) throw new ValetError('VALET_ERR_SECRET_INVALID', 'nothing to import: no NAME=value lines');
+  return { entries, skipped };
+}
