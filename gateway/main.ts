@@ -9,6 +9,7 @@ import { createTokenVerifier } from './auth/verify.js';
 import { secretNames } from './config/credential.js';
 import { loadConfig } from './config/load.js';
 import type { Config, Environment } from './config/types.js';
+import { createMetrics } from './admin/metrics.js';
 import { adminProbes, adminRoutes } from './admin/routes.js';
 import { createAdminServer } from './admin/server.js';
 import { ValetError } from './errors.js';
@@ -81,7 +82,8 @@ export async function startGateway(options: GatewayOptions): Promise<RunningGate
   const audit = createAuditWriter(db, { logger });
   const forwarder = createForwarder(config.upstreams.values());
   let draining = false;
-  const handle = createPipeline({ config, verifyToken, policy: policies.current, secrets, forwarder, audit, logger, draining: () => draining });
+  const metrics = createMetrics({ upstreams: new Set(config.upstreams.keys()), auditQueue: () => audit.pending });
+  const handle = createPipeline({ config, verifyToken, policy: policies.current, secrets, forwarder, audit, logger, metrics, draining: () => draining });
 
   let inFlight = 0;
   let idle: (() => void) | undefined;
@@ -114,7 +116,7 @@ export async function startGateway(options: GatewayOptions): Promise<RunningGate
     logger.info({ reqId: requestId, code: err.code }, 'client error');
   });
 
-  const adminDeps = { db, dataDir, policies, auditPending: () => audit.pending };
+  const adminDeps = { db, dataDir, policies, metrics, auditPending: () => audit.pending };
   const adminServer = createAdminServer({
     verify: createTokenVerifier(config.issuers, dataDir, env, { audience: config.gateway.admin.audience }),
     routes: adminRoutes(adminDeps),

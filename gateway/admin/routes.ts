@@ -4,6 +4,7 @@ import { AUDIT_FILE, queryAudit, type AuditDatabase } from '../audit/store.js';
 import { ValetError } from '../errors.js';
 import type { PolicyHolder } from '../policy/reload.js';
 import { tenantScope } from './auth.js';
+import type { Metrics } from './metrics.js';
 import type { AdminProbe, AdminRoute } from './server.js';
 
 export interface AdminRouteDeps {
@@ -12,6 +13,7 @@ export interface AdminRouteDeps {
   readonly policies: PolicyHolder;
   /** Audit rows queued and not yet written. */
   readonly auditPending: () => number;
+  readonly metrics: Metrics;
 }
 
 /** Query parameters that filter audit rows, by their API name. */
@@ -67,7 +69,8 @@ export function adminRoutes(d: AdminRouteDeps): AdminRoute[] {
 }
 
 /**
- * `/healthz`: the process answers. `/readyz`: it can do its job — the audit database takes a write
+ * `/healthz`: the process answers. `/metrics`: Prometheus text format, unauthenticated as scrapers
+ * expect (counts and timings by upstream and decision; no identities, no secrets). `/readyz`: it can do its job — the audit database takes a write
  * lock at once (another process holding it, a read-only file or a missing file all fail), and a
  * policy is loaded. A refused reload does not make the gateway unready (the previous policy is still
  * enforced) but is reported.
@@ -75,6 +78,10 @@ export function adminRoutes(d: AdminRouteDeps): AdminRoute[] {
 export function adminProbes(d: AdminRouteDeps): AdminProbe[] {
   return [
     { path: '/healthz', handle: () => ({ status: 200, contentType: 'application/json', body: '{"status":"ok"}' }) },
+    {
+      path: '/metrics',
+      handle: async () => ({ status: 200, contentType: d.metrics.registry.contentType, body: await d.metrics.registry.metrics() }),
+    },
     {
       path: '/readyz',
       handle: () => {

@@ -3,6 +3,7 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import { performance } from 'node:perf_hooks';
 import { Transform, type Readable } from 'node:stream';
 import type { Logger } from 'pino';
+import type { Metrics } from '../admin/metrics.js';
 import type { AuditWriter } from '../audit/writer.js';
 import type { TokenVerifier } from '../auth/verify.js';
 import type { Config, UpstreamConfig } from '../config/types.js';
@@ -29,6 +30,7 @@ export interface PipelineDeps {
   readonly forwarder: Forwarder;
   readonly audit: AuditWriter;
   readonly logger: Logger;
+  readonly metrics: Metrics;
   /** True once shutdown began: new requests are refused (and audited). */
   readonly draining: () => boolean;
 }
@@ -44,7 +46,7 @@ const SINGLE = new Set(['host', 'content-length', 'transfer-encoding', 'content-
  * record. Every outcome, including every failure, is audited exactly once.
  */
 export function createPipeline(deps: PipelineDeps): RequestHandler {
-  const { config, verifyToken, policy: currentPolicy, secrets, forwarder, audit, logger, draining } = deps;
+  const { config, verifyToken, policy: currentPolicy, secrets, forwarder, audit, logger, metrics, draining } = deps;
 
   return async (req, res) => {
     const started = performance.now();
@@ -111,7 +113,9 @@ export function createPipeline(deps: PipelineDeps): RequestHandler {
       // 4. decide
       const described = { identity, facts, environment: config.gateway.environment, now: Date.now() };
       const input = { ...described, context: await policy.resolveContext(described) };
+      const evaluating = performance.now();
       const decision = policy.evaluate(input);
+      metrics.policyEvaluation((performance.now() - evaluating) / 1000);
       rec.decision = decision.effect;
       rec.rule = decision.rules.join(',');
       rec.reason = decision.reason;
@@ -195,6 +199,7 @@ export function createPipeline(deps: PipelineDeps): RequestHandler {
       rec.status = rec.errorCode === 'VALET_ERR_CLIENT_CLOSED' && !res.headersSent ? 499 : res.statusCode;
       rec.durationMs = Math.round((performance.now() - started) * 1000) / 1000;
       audit.record(rec);
+      metrics.request(rec);
       logger.info(
         {
           reqId: requestId,

@@ -72,6 +72,24 @@ describe('admin API', () => {
     expect((await admin('/readyz')).status).toBe(200);
   });
 
+  it('/metrics is Prometheus text: requests by upstream, decision and status; unknown upstreams collapsed', async () => {
+    for (const name of ['nope-1', 'nope-2']) await (await request(`${gw.url}/${name}/x`)).body.text();
+    const res = await request(`${gw.adminUrl}/metrics`);
+    expect(res.statusCode).toBe(200);
+    expect(res.headers['content-type']).toMatch(/^text\/plain; version=0\.0\.4/);
+    const text = await res.body.text();
+    expect(text).toContain('valet_requests_total{upstream="api",decision="allow",status="200",code=""} 3');
+    expect(text).toContain('valet_requests_total{upstream="(unknown)",decision="none",status="404",code="VALET_ERR_UNKNOWN_UPSTREAM"} 2');
+    expect(text).not.toMatch(/nope-1|bot-acme|sk-admin-test/);
+    expect(text).toMatch(/^valet_request_duration_seconds_bucket\{le="0\.001",upstream="api",decision="allow"\} \d+$/m);
+    expect(text).toMatch(/^valet_policy_evaluation_seconds_count \d+$/m);
+    expect(text).toMatch(/^valet_audit_queue_depth \d+$/m);
+    // Every sample line is `name{labels} value` or `name value`, as the exposition format says.
+    for (const line of text.split('\n').filter((l) => l !== '' && !l.startsWith('#'))) {
+      expect(line).toMatch(/^[a-zA-Z_:][a-zA-Z0-9_:]*(\{[^}]*\})? [-+0-9.eEInfNa]+$/);
+    }
+  });
+
   it('refuses /api without a token, with an agent token, or with a forged one (401)', async () => {
     const none = await admin('/api/whoami');
     expect(none.status).toBe(401);

@@ -1,0 +1,79 @@
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+import type { AuditRecord } from '../types.js';
+
+/**
+ * The gateway's Prometheus metrics. Labels are bounded sets (configured upstreams, three decisions,
+ * HTTP status codes, error codes); agent, tenant and user ids are never labels, because their
+ * number is unbounded and they belong in the audit log.
+ */
+export interface Metrics {
+  readonly registry: Registry;
+  /** Called once per finished request with its audit record. */
+  request(rec: AuditRecord): void;
+  /** Seconds one policy decision took. */
+  policyEvaluation(seconds: number): void;
+}
+
+export interface MetricsSources {
+  /** Configured upstream names; any other first path segment is counted as `(unknown)`. */
+  readonly upstreams: ReadonlySet<string>;
+  /** Audit rows queued and not yet written. */
+  readonly auditQueue: () => number;
+  /** Approvals waiting for a human, when the approvals module is present. */
+  readonly pendingApprovals?: () => number;
+}
+
+export function createMetrics(sources: MetricsSources): Metrics {
+  const registry = new Registry();
+  collectDefaultMetrics({ register: registry, prefix: 'valet_process_' });
+  const requests = new Counter({
+    name: 'valet_requests_total',
+    help: 'Requests answered by the data plane, by upstream, policy decision, status and error code.',
+    labelNames: ['upstream', 'decision', 'status', 'code'] as const,
+    registers: [registry],
+  });
+  const duration = new Histogram({
+    name: 'valet_request_duration_seconds',
+    help: 'Time from receiving a request to its end (whole response sent), by upstream and decision.',
+    labelNames: ['upstream', 'decision'] as const,
+    buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60],
+    registers: [registry],
+  });
+  const policy = new Histogram({
+    name: 'valet_policy_evaluation_seconds',
+    help: 'Time one policy decision took (rules, conditions; not context lookups).',
+    buckets: [0.000_002, 0.000_005, 0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.005],
+    registers: [registry],
+  });
+  new Gauge({
+    name: 'valet_audit_queue_depth',
+    help: 'Audit rows queued in memory and not yet written to the database.',
+    registers: [registry],
+    collect() {
+      this.set(sources.auditQueue());
+    },
+  });
+  if (sources.pendingApprovals !== undefined) {
+    const pending = sources.pendingApprovals;
+    new Gauge({
+      name: 'valet_approvals_pending',
+      help: 'Escalated requests waiting for a human decision.',
+      registers: [registry],
+      collect() {
+        this.set(pending());
+      },
+    });
+  }
+  return {
+    registry,
+    request(rec) {
+      const upstream = rec.upstream !== null && sources.upstreams.has(rec.upstream) ? rec.upstream : '(unknown)';
+      const decision = rec.decision ?? 'none';
+      requests.inc({ upstream, decision, status: String(rec.status), code: rec.errorCode ?? '' });
+      duration.observe({ upstream, decision }, rec.durationMs / 1000);
+    },
+    policyEvaluation(seconds) {
+      policy.observe(seconds);
+    },
+  };
+}
