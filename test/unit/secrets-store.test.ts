@@ -1,0 +1,451 @@
+import { randomBytes } from 'node:crypto';
+import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import Database from 'better-sqlite3';
+import { afterEach, describe, expect, it } from 'vitest';
+import { loadConfig } from '../../gateway/config/load.js';
+import { ConfigError, ValetError, type ErrorCode } from '../../gateway/errors.js';
+import { masterKeyFromBytes, open, type MasterKey } from '../../gateway/secrets/crypto.js';
+import { envSecretSource } from '../../gateway/secrets/env.js';
+import { fileSecretSource } from '../../gateway/secrets/files.js';
+import { GENERATED_KEY_FILE, resolveMasterKey } from '../../gateway/secrets/master-key.js';
+import { chainSources } from '../../gateway/secrets/source.js';
+import { openSecretStore, parseSecretsFile, SECRETS_FILE, type SecretStore } from '../../gateway/secrets/store.js';
+
+const dirs: string[] = [];
+const stores: SecretStore[] = [];
+afterEach(() => {
+  for (const s of stores.splice(0)) s.close();
+  for (const d of dirs.splice(0)) rmSync(d, { recursive: true, force: true });
+});
+
+function tempDir(): string {
+  const d = mkdtempSync(join(tmpdir(), 'valet-secrets-test-'));
+  dirs.push(d);
+  return d;
+}
+
+const newKey = (): MasterKey => masterKeyFromBytes(randomBytes(32));
+
+function store(dir: string, key: MasterKey | undefined, extra: Parameters<typeof openSecretStore>[1] = {}): SecretStore {
+  const s = openSecretStore(dir, { key, ...extra });
+  stores.push(s);
+  return s;
+}
+
+function codeOf(fn: () => unknown): ErrorCode | undefined {
+  try {
+    fn();
+  } catch (err) {
+    if (err instanceof ValetError) return err.code;
+    throw err;
+  }
+  return undefined;
+}
+
+function errorOf(fn: () => unknown): ValetError {
+  try {
+    fn();
+  } catch (err) {
+    if (err instanceof ValetError) return err;
+    throw err;
+  }
+  throw new Error('did not throw');
+}
+
+/** Collects what the store logs, to check that no value is ever in it. */
+function capture(): { lines: string[]; log: { warn(o: object, m: string): void; error(o: object, m: string): void } } {
+  const lines: string[] = [];
+  const push = (o: object, m: string): void => void lines.push(JSON.stringify({ ...o, msg: m }));
+  return { lines, log: { warn: push, error: push } };
+}
+
+describe('secret store: operations', () => {
+  it('set, get, list, rotate, remove — list never shows a value', () => {
+    const dir = tempDir();
+    const s = store(dir, newKey(), { refreshMs: 0 });
+    expect(s.isEmpty()).toBe(true);
+    const created = s.set('OPENAI_API_KEY', null, 'sk-one');
+    expect(created).toMatchObject({ name: 'OPENAI_API_KEY', tenant: null, version: 1, rotatedAt: null, lastUsedAt: null });
+    expect(s.get('OPENAI_API_KEY', undefined)).toBe('sk-one');
+    const rotated = s.rotate('OPENAI_API_KEY', null, 'sk-two');
+    expect(rotated.version).toBe(2);
+    expect(rotated.rotatedAt).toBeTypeOf('number');
+    expect(s.get('OPENAI_API_KEY', undefined)).toBe('sk-two');
+    const listed = s.list();
+    expect(listed).toHaveLength(1);
+    expect(JSON.stringify(listed)).not.toMatch(/sk-/);
+    expect(codeOf(() => s.set('OPENAI_API_KEY', null, 'sk-x'))).toBe('VALET_ERR_SECRET_EXISTS');
+    expect(codeOf(() => s.rotate('NOPE', null, 'sk-x'))).toBe('VALET_ERR_SECRET_NOT_FOUND');
+    expect(codeOf(() => s.remove('OPENAI_API_KEY', 'acme'))).toBe('VALET_ERR_SECRET_NOT_FOUND');
+    s.remove('OPENAI_API_KEY', null);
+    expect(s.get('OPENAI_API_KEY', undefined)).toBeUndefined();
+    expect(s.list()).toEqual([]);
+    expect(s.isEmpty()).toBe(true);
+  });
+
+  it('looks up the tenant\'s own secret, else the shared one, never another tenant\'s', () => {
+    const s = store(tempDir(), newKey(), { refreshMs: 0 });
+    s.set('API_KEY', 'acme', 'acme-value');
+    s.set('API_KEY', 'globex', 'globex-value');
+    s.set('ONLY_TENANT', 'acme', 'acme-only');
+    expect(s.get('API_KEY', 'acme')).toBe('acme-value');
+    expect(s.get('API_KEY', 'globex')).toBe('globex-value');
+    expect(s.get('API_KEY', 'initech')).toBeUndefined();
+    expect(s.get('API_KEY', undefined)).toBeUndefined();
+    expect(s.get('ONLY_TENANT', 'globex')).toBeUndefined();
+    s.set('API_KEY', null, 'shared-value');
+    expect(s.get('API_KEY', 'initech')).toBe('shared-value');
+    expect(s.get('API_KEY', undefined)).toBe('shared-value');
+    expect(s.get('API_KEY', 'acme')).toBe('acme-value');
+    expect(s.list({ tenant: 'acme' }).map((i) => i.name)).toEqual(['API_KEY', 'ONLY_TENANT']);
+    expect(s.list({ tenant: null }).map((i) => [i.name, i.tenant])).toEqual([['API_KEY', null]]);
+    expect(s.list().map((i) => i.tenant)).toEqual([null, 'acme', 'globex', 'acme']);
+    expect(s.has('ONLY_TENANT')).toBe(true);
+    expect(s.has('MISSING')).toBe(false);
+  });
+
+  it('refuses values with CR, LF, NUL or other control characters, and writes nothing', () => {
+    const s = store(tempDir(), newKey(), { refreshMs: 0 });
+    for (const bad of ['a\r\nInjected: 1', 'a\nb', 'a\rb', 'a\0b', 'a\x1bb', 'a\x7fb', '']) {
+      const err = errorOf(() => s.set('K', null, bad));
+      expect(err.code).toBe('VALET_ERR_SECRET_INVALID');
+      if (bad !== '') expect(err.message).not.toContain(bad);
+    }
+    expect(s.list()).toEqual([]);
+    s.set('K', null, 'tab\tis fine');
+    expect(codeOf(() => s.rotate('K', null, 'x\ny'))).toBe('VALET_ERR_SECRET_INVALID');
+    expect(s.list()[0]?.version).toBe(1);
+    expect(s.get('K', undefined)).toBe('tab\tis fine');
+    expect(codeOf(() => s.set('K2', null, 'x'.repeat(65_537)))).toBe('VALET_ERR_SECRET_INVALID');
+  });
+
+  it('refuses bad names, reserved VALET_* names and bad tenants', () => {
+    const s = store(tempDir(), newKey());
+    for (const name of ['', '1ABC', 'A-B', '../x', 'A B', 'a'.repeat(129), 'VALET_MASTER_KEY']) {
+      expect(codeOf(() => s.set(name, null, 'v'))).toBe('VALET_ERR_SECRET_INVALID');
+    }
+    for (const tenant of ['', 'a\nb', 'x'.repeat(257)]) expect(codeOf(() => s.set('K', tenant, 'v'))).toBe('VALET_ERR_SECRET_INVALID');
+    expect(s.list()).toEqual([]);
+  });
+
+  it('keeps the database file mode 0600 and never writes a value in plain text', () => {
+    const dir = tempDir();
+    const s = store(dir, newKey());
+    s.set('PLAIN_CHECK', 'acme', 'plaintext-marker-8d1f');
+    s.rotate('PLAIN_CHECK', 'acme', 'plaintext-marker-9e2a');
+    expect(statSync(join(dir, SECRETS_FILE)).mode & 0o777).toBe(0o600);
+    for (const f of readdirSync(dir)) {
+      expect(statSync(join(dir, f)).mode & 0o077, f).toBe(0);
+      expect(readFileSync(join(dir, f)).includes('plaintext-marker'), f).toBe(false);
+    }
+  });
+});
+
+describe('secret store: import', () => {
+  const FILE = `# comment
+OPENAI_API_KEY=sk-proj-1
+
+  GITHUB_TOKEN = ghp_2  
+QUOTED="with spaces # not a comment"
+SINGLE='x=y'
+VALET_DEV_SIGNING_KEY=skipped-not-an-upstream-credential\r
+`;
+
+  it('parses the secrets.example format', () => {
+    expect(parseSecretsFile(FILE)).toEqual({
+      entries: [
+        { name: 'OPENAI_API_KEY', value: 'sk-proj-1', line: 2 },
+        { name: 'GITHUB_TOKEN', value: 'ghp_2', line: 4 },
+        { name: 'QUOTED', value: 'with spaces # not a comment', line: 5 },
+        { name: 'SINGLE', value: 'x=y', line: 6 },
+      ],
+      skipped: ['VALET_DEV_SIGNING_KEY'],
+    });
+    const example = parseSecretsFile(readFileSync('secrets.example', 'utf8'));
+    expect(example.entries.map((e) => e.name)).toContain('ECHO_API_KEY');
+  });
+
+  it('reports every bad line by number without quoting values', () => {
+    const err = errorOf(() => parseSecretsFile('A=ok\nnot a pair sk-hidden-1\nB=\nA=again\nC=x\u0000sk-hidden-2\n'));
+    expect(err.code).toBe('VALET_ERR_SECRET_INVALID');
+    expect(err.message).toContain('line 2: expected NAME=value');
+    expect(err.message).toContain('line 3: the value of B is empty');
+    expect(err.message).toContain('line 4: A is already set on line 1');
+    expect(err.message).toContain('line 5: the value of C contains a control character');
+    expect(err.message).not.toContain('sk-hidden');
+    expect(codeOf(() => parseSecretsFile('# only comments\n\n'))).toBe('VALET_ERR_SECRET_INVALID');
+  });
+
+  it('creates, rotates and leaves equal values alone, all in one transaction', () => {
+    const s = store(tempDir(), newKey(), { refreshMs: 0 });
+    s.set('OPENAI_API_KEY', null, 'sk-proj-1');
+    s.set('GITHUB_TOKEN', null, 'old');
+    const r = s.importText(FILE, null);
+    expect(r).toEqual({ created: ['QUOTED', 'SINGLE'], rotated: ['GITHUB_TOKEN'], unchanged: ['OPENAI_API_KEY'], skipped: ['VALET_DEV_SIGNING_KEY'] });
+    expect(s.get('GITHUB_TOKEN', undefined)).toBe('ghp_2');
+    expect(s.list().map((i) => [i.name, i.version])).toEqual([['GITHUB_TOKEN', 2], ['OPENAI_API_KEY', 1], ['QUOTED', 1], ['SINGLE', 1]]);
+  });
+
+  it('writes nothing when any line is bad', () => {
+    const s = store(tempDir(), newKey());
+    s.set('EXISTING', 'acme', 'v1');
+    expect(codeOf(() => s.importText('EXISTING=v2\nNEW_ONE=x\nBAD=a\nb\n', 'acme'))).toBe('VALET_ERR_SECRET_INVALID');
+    expect(s.list().map((i) => [i.name, i.version])).toEqual([['EXISTING', 1]]);
+  });
+});
+
+describe('secret store: master key', () => {
+  it('refuses a wrong key once the store holds secrets; an empty store takes any key', () => {
+    const dir = tempDir();
+    const k1 = newKey();
+    const k2 = newKey();
+    openSecretStore(dir, { key: k2 }).close();
+    const s = store(dir, k1);
+    s.set('K', null, 'v');
+    s.close();
+    const err = errorOf(() => openSecretStore(dir, { key: k2 }));
+    expect(err.code).toBe('VALET_ERR_MASTER_KEY');
+    expect(err.message).toContain(`id ${k2.id}`);
+    expect(err.message).toContain(`id ${k1.id}`);
+    expect(store(dir, k1, { refreshMs: 0 }).get('K', undefined)).toBe('v');
+  });
+
+  it('rekey re-encrypts every version under the new key, after checking the old one', () => {
+    const dir = tempDir();
+    const k1 = newKey();
+    const k2 = newKey();
+    const s = store(dir, k1, { refreshMs: 0 });
+    s.set('A', null, 'a1');
+    s.rotate('A', null, 'a2');
+    s.set('A', 'acme', 'a-acme');
+    s.set('B', null, 'b1');
+    expect(codeOf(() => s.rekey(k1))).toBe('VALET_ERR_MASTER_KEY');
+    expect(s.rekey(k2)).toEqual({ secrets: 3, versions: 4, oldKeyId: k1.id, newKeyId: k2.id });
+    s.close();
+    expect(codeOf(() => openSecretStore(dir, { key: k1 }))).toBe('VALET_ERR_MASTER_KEY');
+    const again = store(dir, k2, { refreshMs: 0 });
+    expect(again.get('A', undefined)).toBe('a2');
+    expect(again.get('A', 'acme')).toBe('a-acme');
+    // Earlier versions too.
+    const db = new Database(join(dir, SECRETS_FILE), { readonly: true });
+    const v1 = db.prepare("SELECT v.* FROM secret_versions v JOIN secrets s ON s.id = v.secret_id WHERE s.name = 'A' AND s.tenant IS NULL AND v.version = 1").get() as {
+      nonce: Buffer;
+      ciphertext: Buffer;
+      tag: Buffer;
+    };
+    db.close();
+    expect(open(k2, v1, { tenant: null, name: 'A', version: 1 })).toBe('a1');
+  });
+
+  it('rekey changes nothing when a version fails its integrity check', () => {
+    const dir = tempDir();
+    const k1 = newKey();
+    const s = store(dir, k1, { refreshMs: 0 });
+    s.set('A', null, 'a1');
+    s.set('B', null, 'b1');
+    const db = new Database(join(dir, SECRETS_FILE));
+    db.prepare("UPDATE secret_versions SET tag = substr(tag, 1, 8) WHERE secret_id = (SELECT id FROM secrets WHERE name = 'B')").run();
+    db.close();
+    const err = errorOf(() => s.rekey(newKey()));
+    expect(err.code).toBe('VALET_ERR_CREDENTIAL_CORRUPT');
+    expect(err.message).toContain('secret B (shared) version 1');
+    s.close();
+    expect(store(dir, k1, { refreshMs: 0 }).get('A', undefined)).toBe('a1');
+  });
+
+  it('resolves VALET_MASTER_KEY, VALET_MASTER_KEY_FILE, or a generated development key', () => {
+    const dir = tempDir();
+    const data = join(dir, 'data');
+    const raw = randomBytes(32);
+    const id = masterKeyFromBytes(raw).id;
+    const base = { dataDir: data, environment: 'development' as const, storeIsEmpty: () => true, generate: true };
+    expect(resolveMasterKey({ ...base, env: { VALET_MASTER_KEY: raw.toString('base64') } })?.key.id).toBe(id);
+    writeFileSync(join(dir, 'key'), `${raw.toString('hex')}\n`);
+    expect(resolveMasterKey({ ...base, env: { VALET_MASTER_KEY_FILE: join(dir, 'key') } })).toMatchObject({ key: { id }, generated: false });
+    expect(codeOf(() => resolveMasterKey({ ...base, env: { VALET_MASTER_KEY: raw.toString('base64'), VALET_MASTER_KEY_FILE: join(dir, 'key') } }))).toBe(
+      'VALET_ERR_MASTER_KEY',
+    );
+    expect(codeOf(() => resolveMasterKey({ ...base, env: { VALET_MASTER_KEY_FILE: join(dir, 'nope') } }))).toBe('VALET_ERR_MASTER_KEY');
+    expect(codeOf(() => resolveMasterKey({ ...base, env: { VALET_MASTER_KEY: 'too-short' } }))).toBe('VALET_ERR_MASTER_KEY');
+
+    // Nothing configured, store not empty: refused (a new key could not open it).
+    expect(resolveMasterKey({ ...base, env: {}, generate: false })).toBeUndefined();
+    expect(codeOf(() => resolveMasterKey({ ...base, env: {}, storeIsEmpty: () => false }))).toBe('VALET_ERR_MASTER_KEY');
+    // Empty store: generated once, mode 0600, then reused.
+    const generated = resolveMasterKey({ ...base, env: {} });
+    expect(generated).toMatchObject({ generated: true, created: true });
+    const file = join(data, GENERATED_KEY_FILE);
+    expect(statSync(file).mode & 0o777).toBe(0o600);
+    expect(resolveMasterKey({ ...base, env: {}, storeIsEmpty: () => false })).toMatchObject({ key: { id: generated?.key.id }, created: false });
+    // Production never uses a generated key, even an existing one.
+    const prod = errorOf(() => resolveMasterKey({ ...base, env: {}, environment: 'production' }));
+    expect(prod.code).toBe('VALET_ERR_MASTER_KEY');
+    expect(prod.message).toContain('production requires VALET_MASTER_KEY or VALET_MASTER_KEY_FILE');
+    expect(resolveMasterKey({ ...base, env: { VALET_MASTER_KEY_FILE: file }, environment: 'production' })?.key.id).toBe(generated?.key.id);
+  });
+});
+
+describe('secret store: the gateway\'s cached view', () => {
+  it('picks up another process\'s rotation at the next check, not before', async () => {
+    const dir = tempDir();
+    const key = newKey();
+    const cli = store(dir, key);
+    cli.set('K', null, 'old');
+    const gw = store(dir, key, { refreshMs: 100 });
+    expect(gw.refresh()).toEqual({ secrets: 1, corrupt: 0 });
+    expect(gw.get('K', undefined)).toBe('old');
+    cli.rotate('K', null, 'new');
+    expect(gw.get('K', undefined)).toBe('old');
+    await new Promise((r) => setTimeout(r, 120));
+    expect(gw.get('K', undefined)).toBe('new');
+    cli.remove('K', null);
+    await new Promise((r) => setTimeout(r, 120));
+    expect(gw.get('K', undefined)).toBeUndefined();
+  });
+
+  it('refuses a tampered value with a coded error, logs its name only, and never falls back to the shared one', () => {
+    const dir = tempDir();
+    const key = newKey();
+    const cli = store(dir, key);
+    cli.set('K', null, 'shared-value-x1');
+    cli.set('K', 'acme', 'acme-value-x2');
+    cli.set('OTHER', null, 'other-value-x3');
+    const { lines, log } = capture();
+    const gw = store(dir, key, { refreshMs: 0, log });
+    expect(gw.get('K', 'acme')).toBe('acme-value-x2');
+
+    const db = new Database(join(dir, SECRETS_FILE));
+    const where = "secret_id = (SELECT id FROM secrets WHERE tenant = 'acme')";
+    const { ciphertext } = db.prepare(`SELECT ciphertext FROM secret_versions WHERE ${where}`).get() as { ciphertext: Buffer };
+    ciphertext[1] = (ciphertext[1] as number) ^ 0x01;
+    db.prepare(`UPDATE secret_versions SET ciphertext = ? WHERE ${where}`).run(ciphertext);
+    db.close();
+    expect(codeOf(() => gw.get('K', 'acme'))).toBe('VALET_ERR_CREDENTIAL_CORRUPT');
+    expect(gw.get('K', 'globex')).toBe('shared-value-x1');
+    expect(gw.get('OTHER', 'acme')).toBe('other-value-x3');
+    expect(gw.refresh()).toEqual({ secrets: 3, corrupt: 1 });
+
+    const db2 = new Database(join(dir, SECRETS_FILE));
+    db2.prepare("UPDATE secret_versions SET tag = substr(tag, 1, 12) WHERE secret_id = (SELECT id FROM secrets WHERE name = 'OTHER')").run();
+    db2.close();
+    expect(codeOf(() => gw.get('OTHER', undefined))).toBe('VALET_ERR_CREDENTIAL_CORRUPT');
+
+    expect(lines.some((l) => l.includes('"secretName":"K"') && l.includes('"tenant":"acme"'))).toBe(true);
+    expect(lines.join('\n')).not.toMatch(/value-x/);
+  });
+
+  it('after a rekey by another process, keeps serving the values it has and says to restart', () => {
+    const dir = tempDir();
+    const key = newKey();
+    const cli = store(dir, key);
+    cli.set('K', null, 'v1');
+    const { lines, log } = capture();
+    const gw = store(dir, key, { refreshMs: 0, log });
+    expect(gw.get('K', undefined)).toBe('v1');
+    cli.rekey(newKey());
+    expect(gw.get('K', undefined)).toBe('v1');
+    expect(lines.join('\n')).toContain('restart the gateway with the new key');
+  });
+
+  it('records last use in memory and writes it at most once per flush', () => {
+    const dir = tempDir();
+    const key = newKey();
+    const cli = store(dir, key);
+    cli.set('K', null, 'v');
+    cli.set('UNUSED', null, 'v');
+    const gw = store(dir, key, { refreshMs: 0, usageFlushMs: 60_000 });
+    const before = Date.now();
+    for (let i = 0; i < 100; i++) gw.get('K', 'acme');
+    expect(cli.list().every((i) => i.lastUsedAt === null)).toBe(true);
+    gw.flushUsage();
+    const used = cli.list().find((i) => i.name === 'K');
+    expect(used?.lastUsedAt).toBeGreaterThanOrEqual(before);
+    expect(cli.list().find((i) => i.name === 'UNUSED')?.lastUsedAt).toBeNull();
+    // Close flushes too.
+    gw.get('UNUSED', undefined);
+    gw.close();
+    expect(cli.list().find((i) => i.name === 'UNUSED')?.lastUsedAt).toBeGreaterThanOrEqual(before);
+  });
+});
+
+describe('other secret sources', () => {
+  it('files: one file per secret, one trailing newline removed, unsafe or missing files are missing, re-read after refreshMs', async () => {
+    const dir = tempDir();
+    writeFileSync(join(dir, 'LF'), 'value-lf\n');
+    writeFileSync(join(dir, 'CRLF'), 'value-crlf\r\n');
+    writeFileSync(join(dir, 'PLAIN'), 'value-plain');
+    writeFileSync(join(dir, 'TWO_LINES'), 'a\nb\n');
+    writeFileSync(join(dir, 'EMPTY'), '\n');
+    writeFileSync(join(dir, 'BIG'), 'x'.repeat(70_000));
+    mkdirSync(join(dir, 'DIR'));
+    const src = fileSecretSource(dir, { refreshMs: 50 });
+    expect(src.get('LF', 'acme')).toBe('value-lf');
+    expect(src.get('CRLF', undefined)).toBe('value-crlf');
+    expect(src.get('PLAIN', undefined)).toBe('value-plain');
+    for (const name of ['TWO_LINES', 'EMPTY', 'BIG', 'DIR', 'MISSING', '../LF']) expect(src.get(name, undefined), name).toBeUndefined();
+    expect(src.has('LF')).toBe(true);
+    writeFileSync(join(dir, 'PLAIN'), 'rotated\n');
+    expect(src.get('PLAIN', undefined)).toBe('value-plain');
+    await new Promise((r) => setTimeout(r, 60));
+    expect(src.get('PLAIN', undefined)).toBe('rotated');
+  });
+
+  it('chain: the first source that has the secret answers; a damaged stored value is not served from a later source', () => {
+    const dir = tempDir();
+    const key = newKey();
+    const s = store(dir, key, { refreshMs: 0 });
+    s.set('A', null, 'from-store');
+    s.set('C', null, 'from-store-c');
+    const env = envSecretSource(['A', 'B', 'C'], { A: 'from-env', B: 'from-env-b', C: 'from-env-c' });
+    const chain = chainSources([s, env]);
+    expect(chain.get('A', undefined)).toBe('from-store');
+    expect(chain.get('B', 'acme')).toBe('from-env-b');
+    expect(chainSources([env, s]).get('A', undefined)).toBe('from-env');
+    const db = new Database(join(dir, SECRETS_FILE));
+    db.prepare("UPDATE secret_versions SET tag = zeroblob(16) WHERE secret_id = (SELECT id FROM secrets WHERE name = 'C')").run();
+    db.close();
+    expect(codeOf(() => chain.get('C', undefined))).toBe('VALET_ERR_CREDENTIAL_CORRUPT');
+  });
+});
+
+describe('gateway.secrets.sources', () => {
+  const GATEWAY = (secrets: string): string => `gateway:
+  listen: { host: 127.0.0.1, port: 0 }
+${secrets}issuers:
+  - { name: dev, issuer: valet-dev, audience: valet, algorithms: [HS256], secret: { env: K } }
+`;
+  function load(secrets: string) {
+    const dir = tempDir();
+    writeFileSync(join(dir, 'gateway.yaml'), GATEWAY(secrets));
+    return loadConfig(dir);
+  }
+
+  it('defaults to the store, then the environment', () => {
+    expect(load('').gateway.secrets).toEqual({ sources: [{ kind: 'store' }, { kind: 'env' }] });
+  });
+
+  it('takes an ordered list; a files directory is relative to the configuration directory', () => {
+    const config = load('  secrets: { sources: [env, { files: /run/secrets }, { files: mounted }, store] }\n');
+    expect(config.gateway.secrets?.sources).toEqual([
+      { kind: 'env' },
+      { kind: 'files', dir: '/run/secrets' },
+      { kind: 'files', dir: join(config.dir, 'mounted') },
+      { kind: 'store' },
+    ]);
+  });
+
+  it('refuses duplicates, unknown sources and an empty list', () => {
+    for (const bad of ['[store, store]', '[vault]', '[]', '[{ files: "" }]', '[{ file: x }]', '[{ files: a }, { files: ./a }]']) {
+      let err: unknown;
+      try {
+        load(`  secrets: { sources: ${bad} }\n`);
+      } catch (e) {
+        err = e;
+      }
+      expect(err, bad).toBeInstanceOf(ConfigError);
+      expect((err as ConfigError).problems[0]?.path, bad).toMatch(/^gateway\.secrets\.sources/);
+    }
+  });
+});
