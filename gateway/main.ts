@@ -11,6 +11,7 @@ import { loadConfig } from './config/load.js';
 import type { Config, Environment } from './config/types.js';
 import { createMetrics } from './admin/metrics.js';
 import { adminProbes, adminRoutes } from './admin/routes.js';
+import { secretRoutes } from './admin/secrets.js';
 import { createAdminServer } from './admin/server.js';
 import { ValetError } from './errors.js';
 import { createLogger } from './log.js';
@@ -119,7 +120,7 @@ export async function startGateway(options: GatewayOptions): Promise<RunningGate
   const adminDeps = { db, dataDir, policies, metrics, auditPending: () => audit.pending };
   const adminServer = createAdminServer({
     verify: createTokenVerifier(config.issuers, dataDir, env, { audience: config.gateway.admin.audience }),
-    routes: adminRoutes(adminDeps),
+    routes: [...adminRoutes(adminDeps), ...(secretSources.store ? secretRoutes(secretSources.store) : [])],
     probes: adminProbes(adminDeps),
     logger,
   });

@@ -388,7 +388,8 @@ export class SecretStore implements NamedSecretSource {
         this.db.prepare('DELETE FROM secrets WHERE id = ?').run(row.id);
       })
       .immediate();
-    this.loadedVersion = -1;
+    this.invalidate();
+    this.nextCheck = 0;
   }
 
   /**
@@ -459,11 +460,18 @@ export class SecretStore implements NamedSecretSource {
         return { secrets: secrets.size, versions: versions.length, oldKeyId: oldKey.id, newKeyId: newKey.id };
       })
       .immediate();
-    this.loadedVersion = -1;
+    this.invalidate();
+    this.nextCheck = 0;
     return result;
   }
 
   // ---------------------------------------------------------------------------------------------
+
+  /** After a write through this object (admin API): the next `get` reloads (data_version only sees other connections' writes). */
+  private invalidate(): void {
+    this.loadedVersion = -1;
+    this.nextCheck = 0;
+  }
 
   private requireKey(): MasterKey {
     if (!this.key) throw new ValetError('VALET_ERR_MASTER_KEY', 'no master key was given to the secret store');
@@ -481,7 +489,8 @@ export class SecretStore implements NamedSecretSource {
         return fn(key);
       })
       .immediate();
-    this.loadedVersion = -1;
+    this.invalidate();
+    this.nextCheck = 0;
     return result;
   }
 
