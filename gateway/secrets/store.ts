@@ -31,7 +31,7 @@ const MIGRATIONS: readonly string[] = [
      value BLOB NOT NULL
    );
    CREATE TABLE secrets (
-     id           INTEGER PRIMARY KEY,
+     id           INTEGER PRIMARY KEY AUTOINCREMENT,  -- never reused: last-used times are recorded by id
      tenant       TEXT,                -- NULL: shared by every tenant
      name         TEXT    NOT NULL,
      version      INTEGER NOT NULL,    -- the current version

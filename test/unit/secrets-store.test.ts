@@ -360,13 +360,21 @@ describe('secret store: the gateway\'s cached view', () => {
     for (let i = 0; i < 100; i++) gw.get('K', 'acme');
     expect(cli.list().every((i) => i.lastUsedAt === null)).toBe(true);
     gw.flushUsage();
-    const used = cli.list().find((i) => i.name === 'K');
-    expect(used?.lastUsedAt).toBeGreaterThanOrEqual(before);
+    expect(cli.list().find((i) => i.name === 'K')?.lastUsedAt).toBeGreaterThanOrEqual(before);
     expect(cli.list().find((i) => i.name === 'UNUSED')?.lastUsedAt).toBeNull();
-    // Close flushes too.
+
+    // A removed secret's id is never reused, so its last use cannot land on a newer secret.
     gw.get('UNUSED', undefined);
+    cli.remove('UNUSED', null);
+    cli.set('NEWER', null, 'v');
+    gw.flushUsage();
+    expect(cli.list().find((i) => i.name === 'NEWER')?.lastUsedAt).toBeNull();
+
+    // Close flushes too.
+    const k = cli.list().find((i) => i.name === 'K')?.lastUsedAt as number;
+    gw.get('K', undefined);
     gw.close();
-    expect(cli.list().find((i) => i.name === 'UNUSED')?.lastUsedAt).toBeGreaterThanOrEqual(before);
+    expect(cli.list().find((i) => i.name === 'K')?.lastUsedAt).toBeGreaterThanOrEqual(k);
   });
 });
 
