@@ -33,6 +33,10 @@ export const ERRORS = {
   },
   VALET_ERR_SHUTTING_DOWN: { status: 503, message: 'The gateway is shutting down.' },
   VALET_ERR_UPSTREAM_UNREACHABLE: { status: 502, message: 'The upstream could not be reached.' },
+  VALET_ERR_UPSTREAM_ENCODING: {
+    status: 502,
+    message: 'The upstream\'s response uses a content encoding Valet cannot scrub for credentials; nothing was forwarded.',
+  },
   VALET_ERR_UPSTREAM_TIMEOUT: { status: 504, message: 'The upstream did not answer in time.' },
   VALET_ERR_CLIENT_CLOSED: { status: 499, message: 'The agent closed the connection before the response was complete.' },
   VALET_ERR_INTERNAL: { status: 500, message: 'Internal gateway error.' },

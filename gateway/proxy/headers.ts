@@ -1,6 +1,8 @@
 import type { IncomingHttpHeaders } from 'node:http';
 import type { CredentialConfig, UpstreamConfig } from '../config/types.js';
 import { ValetError } from '../errors.js';
+import { scrubLocation } from './location.js';
+import type { Scrubber } from './scrub.js';
 
 /** Headers that describe one hop, never forwarded in either direction (RFC 9110 §7.6.1). */
 const HOP_BY_HOP = [
@@ -111,7 +113,10 @@ export type SecretLookup = (name: string) => string | undefined;
 export interface Injected {
   readonly headers: HeaderList;
   readonly rawQuery: string;
-  /** The secret values sent, each once: what response scrubbing looks for. */
+  /**
+   * What response scrubbing looks for: the secret values sent, each once, and for `basic` the
+   * base64 token carrying one (so that an echo of it, itself base64-encoded, is caught too).
+   */
   readonly secrets: readonly string[];
 }
 
@@ -137,7 +142,11 @@ export function injectCredential(headers: HeaderList, rawQuery: string, credenti
     }
     return value;
   };
-  const done = (h: HeaderList, q: string): Injected => ({ headers: h, rawQuery: q, secrets: [...new Set(used.values())] });
+  const done = (h: HeaderList, q: string, derived: readonly string[] = []): Injected => ({
+    headers: h,
+    rawQuery: q,
+    secrets: [...new Set([...used.values(), ...derived])],
+  });
   switch (credential.scheme) {
     case 'bearer':
       return done([...headers, ['authorization', `Bearer ${secret(credential.secret)}`]], rawQuery);
@@ -146,7 +155,8 @@ export function injectCredential(headers: HeaderList, rawQuery: string, credenti
     case 'basic': {
       const value = secret(credential.secret);
       const pair = credential.username === undefined ? `${value}:` : `${credential.username}:${value}`;
-      return done([...headers, ['authorization', `Basic ${Buffer.from(pair).toString('base64')}`]], rawQuery);
+      const basic = Buffer.from(pair).toString('base64');
+      return done([...headers, ['authorization', `Basic ${basic}`]], rawQuery, [basic]);
     }
     case 'query': {
       const param = `${encodeURIComponent(credential.param)}=${encodeURIComponent(secret(credential.secret))}`;
@@ -164,22 +174,26 @@ export function injectCredential(headers: HeaderList, rawQuery: string, credenti
 
 /**
  * Upstream response headers as the agent may see them. `x-request-id` belongs to Valet (it names
- * the audit row); the upstream's own id is passed on as `x-upstream-request-id`.
+ * the audit row); the upstream's own id is passed on as `x-upstream-request-id`. `Location` is
+ * always scrubbed; while the upstream's responses are scrubbed, every other value is too.
  */
 export function forwardableResponseHeaders(
   headers: IncomingHttpHeaders | Record<string, string | string[] | undefined>,
-  scrubLocation: (location: string) => string,
+  upstream: UpstreamConfig,
+  scrubber: Scrubber,
 ): Record<string, string | string[]> {
   const connection = headers['connection'];
   const drop = new Set([...HOP_BY_HOP, ...connectionListed(connection === undefined ? [] : [connection].flat())]);
+  const scrubAll = upstream.scrubResponses !== false;
   const out: Record<string, string | string[]> = {};
   for (const [name, value] of Object.entries(headers)) {
     if (value === undefined || drop.has(name)) continue;
-    if (name === 'x-request-id') {
-      out['x-upstream-request-id'] = value;
+    if (name === 'location') {
+      out[name] = scrubLocation(Array.isArray(value) ? (value[0] ?? '') : value, upstream, scrubber);
       continue;
     }
-    out[name] = name === 'location' ? scrubLocation(Array.isArray(value) ? (value[0] ?? '') : value) : value;
+    const scrubbed = !scrubAll ? value : Array.isArray(value) ? value.map((v) => scrubber.redact(v)) : scrubber.redact(value);
+    out[name === 'x-request-id' ? 'x-upstream-request-id' : name] = scrubbed;
   }
   return out;
 }

@@ -1,19 +1,14 @@
 import type { UpstreamConfig } from '../config/types.js';
-
-const REDACTED = '[REDACTED]';
+import type { Scrubber } from './scrub.js';
 
 /**
  * Returns a `Location` value safe to hand to the agent: no userinfo, no credential query
- * parameter, and no copy of the secret in plain, URL-encoded or base64 form.
+ * parameter, and no copy of the secrets in any form the scrubber knows (plain, URL-encoded,
+ * base64, ...). Done whether or not the upstream's responses are otherwise scrubbed.
  */
-export function scrubLocation(location: string, upstream: UpstreamConfig, secrets: readonly string[]): string {
+export function scrubLocation(location: string, upstream: UpstreamConfig, scrubber: Scrubber): string {
   // Hex case is insignificant in percent-escapes (RFC 3986 §2.1): normalise so one spelling matches.
-  let value = location.replace(/%[0-9a-f]{2}/gi, (m) => m.toUpperCase());
-  for (const secret of secrets) {
-    const b64 = Buffer.from(secret).toString('base64');
-    const forms = [secret, encodeURIComponent(secret), b64, encodeURIComponent(b64), Buffer.from(secret).toString('base64url')];
-    for (const form of new Set(forms)) value = value.split(form).join(REDACTED);
-  }
+  const value = scrubber.redact(location.replace(/%[0-9a-f]{2}/gi, (m) => m.toUpperCase()));
   const absolute = /^[a-z][a-z0-9+.-]*:/i.test(value) || value.startsWith('//');
   let url: URL;
   try {

@@ -11,9 +11,10 @@ import { ValetError } from '../errors.js';
 import type { Policy } from '../policy/compile.js';
 import type { Forwarder } from '../proxy/forward.js';
 import { upstreamError } from '../proxy/forward.js';
-import { forwardableRequestHeaders, forwardableResponseHeaders, injectCredential, valetRequestHeaders } from '../proxy/headers.js';
-import { scrubLocation } from '../proxy/location.js';
+import { forwardableRequestHeaders, injectCredential, valetRequestHeaders } from '../proxy/headers.js';
 import { HangUp, relay } from '../proxy/relay.js';
+import { agentResponse } from '../proxy/response.js';
+import { scrubberFor } from '../proxy/scrub.js';
 import type { SecretSource } from '../secrets/env.js';
 import type { AuditRecord, RequestFacts } from '../types.js';
 import { bodyKind, buildArgs, parseBody, type ParsedBody } from '../policy/args.js';
@@ -174,17 +175,15 @@ export function createPipeline(deps: PipelineDeps): RequestHandler {
         signal: hangUp,
       });
       rec.upstreamStatus = upstreamRes.statusCode;
-      res.writeHead(
-        upstreamRes.statusCode,
-        forwardableResponseHeaders(upstreamRes.headers, (loc) => scrubLocation(loc, upstream, injected.secrets)),
-      );
+      const toAgent = agentResponse(upstream, facts.method, upstreamRes, scrubberFor(injected.secrets));
+      res.writeHead(upstreamRes.statusCode, toAgent.headers);
       // A streamed response (no length: SSE, chunked) shows its headers at once; others go with the body.
       if (upstreamRes.headers['content-length'] === undefined) res.flushHeaders();
       upstreamRes.body.on('data', (chunk: Buffer) => {
         rec.bytesOut += chunk.length;
       });
       try {
-        await relay(upstreamRes.body, res);
+        await relay(toAgent.body, res);
       } catch (err) {
         throw upstreamError(err);
       }

@@ -6,7 +6,7 @@ import {
   injectCredential,
   type HeaderList,
 } from '../../gateway/proxy/headers.js';
-import { scrubLocation } from '../../gateway/proxy/location.js';
+import { createScrubber } from '../../gateway/proxy/scrub.js';
 
 function upstream(credential: CredentialConfig, o: Partial<UpstreamConfig> = {}): UpstreamConfig {
   return {
@@ -175,12 +175,13 @@ describe('injectCredential', () => {
 });
 
 describe('forwardableResponseHeaders', () => {
-  const keep = (l: string): string => l;
+  const none = createScrubber([]);
 
   it('passes ordinary headers, arrays (set-cookie) intact', () => {
     const out = forwardableResponseHeaders(
       { 'content-type': 'application/json', 'set-cookie': ['a=1', 'b=2'], 'cache-control': 'no-store', 'x-empty': undefined },
-      keep,
+      bearer,
+      none,
     );
     expect(out).toEqual({ 'content-type': 'application/json', 'set-cookie': ['a=1', 'b=2'], 'cache-control': 'no-store' });
   });
@@ -199,32 +200,52 @@ describe('forwardableResponseHeaders', () => {
         'x-internal': 'secret-ish',
         'x-public': 'ok',
       },
-      keep,
+      bearer,
+      none,
     );
     expect(out).toEqual({ 'x-public': 'ok' });
   });
 
   it('renames the upstream’s x-request-id so Valet’s own id is not overwritten', () => {
-    const out = forwardableResponseHeaders({ 'x-request-id': 'up-123', 'content-type': 'text/plain' }, keep);
+    const out = forwardableResponseHeaders({ 'x-request-id': 'up-123', 'content-type': 'text/plain' }, bearer, none);
     expect(out).toEqual({ 'x-upstream-request-id': 'up-123', 'content-type': 'text/plain' });
     expect(out['x-request-id']).toBeUndefined();
   });
 
-  it('passes Location through the scrubber, once', () => {
-    const seen: string[] = [];
-    const out = forwardableResponseHeaders({ location: 'https://api.example.com/next?key=sk' }, (l) => {
-      seen.push(l);
-      return 'SCRUBBED';
+  it('scrubs every value, array elements included, and the renamed request id', () => {
+    const s = createScrubber(['sk-real-123456']);
+    const b64 = Buffer.from('svc:sk-real-123456').toString('base64');
+    const out = forwardableResponseHeaders(
+      {
+        'x-echo-authorization': 'Bearer sk-real-123456',
+        'x-echo-basic': `Basic ${b64}`,
+        'set-cookie': ['a=1', 'k=sk-real-123456; Path=/'],
+        'x-request-id': 'sk-real-123456',
+        'content-type': 'application/json',
+      },
+      bearer,
+      s,
+    );
+    expect(out).toEqual({
+      'x-echo-authorization': 'Bearer [REDACTED]',
+      'x-echo-basic': expect.stringContaining('[REDACTED]'),
+      'set-cookie': ['a=1', 'k=[REDACTED]; Path=/'],
+      'x-upstream-request-id': '[REDACTED]',
+      'content-type': 'application/json',
     });
-    expect(seen).toEqual(['https://api.example.com/next?key=sk']);
-    expect(out).toEqual({ location: 'SCRUBBED' });
+    expect(JSON.stringify(out)).not.toContain(b64.slice(4, 16));
+  });
+
+  it('with scrubbing off, values other than Location pass unchanged', () => {
+    const s = createScrubber(['sk-real-123456']);
+    const off = upstream({ scheme: 'bearer', secret: 'S' }, { scrubResponses: false });
+    const out = forwardableResponseHeaders({ 'x-echo': 'sk-real-123456', location: '/next?x=sk-real-123456' }, off, s);
+    expect(out).toEqual({ 'x-echo': 'sk-real-123456', location: '/next?x=[REDACTED]' });
   });
 
   it('end to end with scrubLocation: the secret never reaches the agent through Location', () => {
     const q = upstream({ scheme: 'query', param: 'key', secret: 'S' });
-    const out = forwardableResponseHeaders({ location: 'https://api.example.com/next?page=2&key=sk-real-123' }, (l) =>
-      scrubLocation(l, q, ['sk-real-123']),
-    );
+    const out = forwardableResponseHeaders({ location: 'https://api.example.com/next?page=2&key=sk-real-123' }, q, createScrubber(['sk-real-123']));
     expect(String(out['location'])).not.toContain('sk-real-123');
     expect(String(out['location'])).toContain('page=2');
   });

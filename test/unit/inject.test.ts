@@ -88,6 +88,11 @@ describe('injectCredential: templates and several headers', () => {
     expect(e.message).not.toContain('api-real');
   });
 
+  it('basic: the base64 token is scrubbed for too (its own base64 would not contain the secret’s)', () => {
+    const out = injectCredential([], '', { scheme: 'basic', username: 'svc', secret: 'K' }, from({ K: 'pw-123' }));
+    expect(out.secrets).toEqual(['pw-123', Buffer.from('svc:pw-123').toString('base64')]);
+  });
+
   it('an empty secret counts as missing', () => {
     expect(thrown(() => injectCredential([], '', anthropic, from({ ANTH: '' }))).code).toBe('VALET_ERR_CREDENTIAL_UNAVAILABLE');
   });

@@ -1,0 +1,72 @@
+import type { Readable, Transform } from 'node:stream';
+import { createBrotliDecompress, createGunzip, createInflate } from 'node:zlib';
+import type { UpstreamConfig } from '../config/types.js';
+import { ValetError } from '../errors.js';
+import type { UpstreamResponse } from './forward.js';
+import { forwardableResponseHeaders } from './headers.js';
+import type { Scrubber } from './scrub.js';
+
+/**
+ * Content codings Valet can undo to scrub a body. Valet asks for `identity`; these cover an
+ * upstream that compresses anyway. Anything else (zstd, compress, stacked codings) is refused.
+ */
+const DECODERS: Readonly<Record<string, () => Transform>> = {
+  gzip: createGunzip,
+  'x-gzip': createGunzip,
+  deflate: createInflate,
+  br: createBrotliDecompress,
+};
+
+export interface AgentResponse {
+  readonly headers: Record<string, string | string[]>;
+  /** The body to relay to the agent: the upstream's, or that body decoded and scrubbed. */
+  readonly body: Readable;
+}
+
+/**
+ * What the agent receives for an upstream response. With scrubbing on, header values are scrubbed
+ * and the body streams through the scrubber (after decompression, if the upstream compressed it);
+ * `Content-Length` and `Content-Encoding` are dropped because the bytes sent differ from the
+ * upstream's. A content coding the scrubber cannot undo is refused (502) before anything is sent,
+ * so no unscrubbed byte reaches the agent.
+ */
+export function agentResponse(upstream: UpstreamConfig, method: string, res: UpstreamResponse, scrubber: Scrubber): AgentResponse {
+  const headers = forwardableResponseHeaders(res.headers, upstream, scrubber);
+  if (upstream.scrubResponses === false) return { headers, body: res.body };
+
+  const coding = res.headers['content-encoding'];
+  const name = typeof coding === 'string' ? coding.trim().toLowerCase() : undefined;
+  const decoder = name === undefined || name === 'identity' ? undefined : DECODERS[name];
+  if (coding !== undefined && name !== 'identity' && decoder === undefined) {
+    // Close the upstream body unread; undici reports that as an abort, which is expected here.
+    res.body.on('error', () => undefined);
+    res.body.destroy();
+    const shown = scrubber.redact([coding].flat().join(', ')).slice(0, 64);
+    throw new ValetError('VALET_ERR_UPSTREAM_ENCODING', `The upstream's response is encoded as "${shown}", which Valet cannot scrub; nothing was forwarded.`);
+  }
+  delete headers['content-length'];
+  delete headers['content-encoding'];
+  // No body follows these; a decoder would fail on the empty input.
+  if (method === 'HEAD' || res.statusCode === 204 || res.statusCode === 304 || res.statusCode < 200) return { headers, body: res.body };
+  return { headers, body: chain(res.body, decoder === undefined ? [scrubber.stream()] : [decoder(), scrubber.stream()]) };
+}
+
+/**
+ * Pipes `source` through `stages` and returns the last. A failure anywhere reaches the last stage
+ * (so the relay sees it, with the original error for timeout mapping), and when the last stage is
+ * torn down — finished, or destroyed because the agent left — everything before it is torn down
+ * too, so the upstream connection is never reused half-read. `stream.pipeline` does this too, but
+ * builds an AbortController per call (see proxy/relay.ts).
+ */
+function chain(source: Readable, stages: readonly Transform[]): Readable {
+  let last: Readable = source;
+  for (const stage of stages) {
+    last.on('error', (err: Error) => stage.destroy(err));
+    last.pipe(stage);
+    last = stage;
+  }
+  last.once('close', () => {
+    for (const s of [source, ...stages]) if (!s.destroyed) s.destroy();
+  });
+  return last;
+}
