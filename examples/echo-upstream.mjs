@@ -1,5 +1,6 @@
 // A local stand-in for a real API: answers every request with what it received, so you can see
-// that the real credential arrived and the agent token did not. `npm run example-upstream`.
+// that the agent token did not arrive, and that Valet scrubs the echoed key from the response. It
+// prints the key it received on its own console. `npm run example-upstream`.
 import { createServer } from 'node:http';
 
 const port = Number(process.env.PORT ?? 9999);
@@ -7,6 +8,8 @@ createServer((req, res) => {
   const chunks = [];
   req.on('data', (c) => chunks.push(c));
   req.on('end', () => {
+    // What arrived, on this side: the real key Valet injected (the agent never sees it).
+    console.log(`${req.method} ${req.url}  x-echo-key: ${req.headers['x-echo-key'] ?? '-'}`);
     const body = JSON.stringify(
       { method: req.method, url: req.url, headers: req.headers, body: Buffer.concat(chunks).toString('utf8') },
       null,

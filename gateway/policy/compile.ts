@@ -107,8 +107,8 @@ interface Principals {
   readonly userVariable: Readonly<Record<string, unknown>>;
 }
 
-/** One decision (or one charge) in progress. */
-interface Scope {
+/** One evaluation in progress: a decision, an explanation or a charge. */
+interface Evaluation {
   readonly input: EvaluationInput;
   readonly principals: Principals;
   /** Whose rules apply: the agent's, then (delegation) the user's. */
@@ -152,8 +152,9 @@ interface Winner {
 
 /**
  * A rule as `evaluate` reads it. The checks it needs are fields of this one object, so a rejected
- * candidate costs about one cache line rather than a chase through its config, Sets and closures.
- * Upstream, method and tool are absent: the index has already proved them.
+ * candidate costs one small object read rather than a chase through its config, Sets and closures
+ * (cold memory when consecutive requests go to different upstreams). Upstream, method and tool are
+ * absent: the index has already proved them.
  */
 interface FlatRule extends Winner {
   readonly tenant: string | undefined;
@@ -227,6 +228,13 @@ export function compilePolicy(
   const problems: ConfigProblem[] = [];
   const toolMatcher = compileTools(config.tools);
   const toolUpstream = new Map(config.tools.map((t) => [t.name, t.upstream]));
+  /** The upstreams a rule or limit is for; none means every upstream. */
+  const upstreamsOf = (m: MatchConfig): Set<string> => {
+    const upstreams = new Set<string>();
+    if (m.upstream !== undefined) upstreams.add(m.upstream);
+    else for (const t of m.tools ?? []) upstreams.add(toolUpstream.get(t) as string);
+    return upstreams;
+  };
 
   const cel = (m: MatchConfig, field: string, source: string, expect: 'bool' | 'number' | 'any'): Program | undefined => {
     const program = compileCel(source, expect);
@@ -248,6 +256,7 @@ export function compilePolicy(
     at: `${m.at.file}:${m.at.line}`,
   });
 
+  // Only roles that some rule names get a bit: no other role can make a rule match.
   const roleBits = new Map<string, number>();
   for (const r of config.rules) for (const role of r.roles ?? []) if (!roleBits.has(role)) roleBits.set(role, roleBits.size);
   const roleMask = (roles: Iterable<string>): RoleMask => {
@@ -261,7 +270,6 @@ export function compilePolicy(
 
   const rules: CompiledRule[] = config.rules.map((r, i) => {
     const m = base(r, r.effect !== 'allow');
-    const global = r.upstream === undefined && (r.tools ?? []).length === 0;
     const winner: Winner = { id: r.id, effect: r.effect, reason: r.reason ?? r.description ?? `rule ${r.id}`, approval: r.approval };
     const flat: FlatRule = {
       tenant: r.scope?.tenant,
@@ -273,7 +281,7 @@ export function compilePolicy(
       environments: m.environments,
       when: m.when,
       rank: RANK[r.effect],
-      order: (global ? config.rules.length : 0) + i,
+      order: (upstreamsOf(r).size === 0 ? config.rules.length : 0) + i,
       ...winner,
       alone: frozen(decisionOf([winner])),
     };
@@ -308,11 +316,13 @@ export function compilePolicy(
     const any: T[] = [];
     const index = new Map<string, T[]>();
     for (const item of items) {
-      const upstreams = new Set<string>();
-      if (item.config.upstream !== undefined) upstreams.add(item.config.upstream);
-      else for (const t of item.config.tools ?? []) upstreams.add(toolUpstream.get(t) as string);
+      const upstreams = upstreamsOf(item.config);
       if (upstreams.size === 0) any.push(item);
-      for (const u of upstreams) index.set(u, [...(index.get(u) ?? []), item]);
+      for (const u of upstreams) {
+        const list = index.get(u);
+        if (list) list.push(item);
+        else index.set(u, [item]);
+      }
     }
     for (const [u, list] of index) index.set(u, [...list, ...any]);
     return { lists: index, any };
@@ -366,6 +376,10 @@ export function compilePolicy(
     weekday: 'short',
   });
 
+  const principal = (kind: 'agent' | 'user', id: string, roles: readonly string[]): Principal => {
+    const set = new Set(roles);
+    return { kind, id, roles: set, mask: roleMask(set), variable: { kind, id, roles: [...set] } };
+  };
   // Identities come from the verified-token cache, so the same object makes many decisions.
   const identities = new WeakMap<AgentIdentity, Principals>();
   const principalsOf = (id: AgentIdentity): Principals => {
@@ -378,7 +392,6 @@ export function compilePolicy(
       if (id.environment !== undefined) agentVariable['environment'] = id.environment;
       p = {
         agent: principal('agent', id.agent, id.roles),
-        // Delegation: the agent gets at most what both it and the user it acts for may do.
         user: id.user === undefined ? undefined : principal('user', id.user, id.userRoles),
         agentVariable,
         userVariable: id.user === undefined ? {} : { id: id.user, roles: [...id.userRoles] },
@@ -387,24 +400,20 @@ export function compilePolicy(
     }
     return p;
   };
-  const principal = (kind: 'agent' | 'user', id: string, roles: readonly string[]): Principal => {
-    const set = new Set(roles);
-    return { kind, id, roles: set, mask: roleMask(set), variable: { kind, id, roles: [...set] } };
-  };
 
-  const scopeOf = (input: EvaluationInput): Scope => {
+  const evaluation = (input: EvaluationInput): Evaluation => {
     const principals = principalsOf(input.identity);
     const path = normalisePath(input.facts.path);
     return { input, principals, principal: principals.agent, path, lowerPath: path.toLowerCase(), vars: undefined, filled: 0 };
   };
-  const asUser = (s: Scope, user: Principal): Scope => {
+  const asUser = (s: Evaluation, user: Principal): Evaluation => {
     s.principal = user;
     s.filled &= ~PRINCIPAL;
     return s;
   };
 
-  /** The activation for a program that reads `reads`: one object per scope, filled in as needed. */
-  const variables = (s: Scope, reads: number): Record<string, unknown> => {
+  /** The activation for a program that reads `reads`: one object per evaluation, filled in as needed. */
+  const variables = (s: Evaluation, reads: number): Record<string, unknown> => {
     const vars = (s.vars ??= {});
     const missing = reads & ~s.filled;
     if (missing === 0) return vars;
@@ -429,7 +438,7 @@ export function compilePolicy(
   };
 
   /** true, false, or why the condition could not be evaluated. */
-  const condition = (when: Program, s: Scope): boolean | string => {
+  const condition = (when: Program, s: Evaluation): boolean | string => {
     const { argsError } = s.input.facts;
     if (when.readsArgs && argsError !== undefined) return argsError;
     try {
@@ -441,12 +450,14 @@ export function compilePolicy(
   };
 
   /** `evaluate` for one principal: the candidates are in two lists (tool rules, path rules). */
-  const decideFor = (s: Scope, tools: readonly FlatRule[], paths: readonly FlatRule[]): Decision => {
+  const decideFor = (s: Evaluation, tools: readonly FlatRule[], paths: readonly FlatRule[]): Decision => {
+    // The first matching rule of the best rank so far, and the later ones of that rank.
     let best: FlatRule | undefined;
     let ties: FlatRule[] | undefined;
     // Both lists are in rule order, and so is the walk through them.
     for (let i = 0, j = 0; i < tools.length || j < paths.length; ) {
-      const r = j === paths.length || (i < tools.length && (tools[i] as FlatRule).order < (paths[j] as FlatRule).order) ? (tools[i++] as FlatRule) : (paths[j++] as FlatRule);
+      const fromTools = i < tools.length && (j === paths.length || (tools[i] as FlatRule).order < (paths[j] as FlatRule).order);
+      const r = (fromTools ? tools[i++] : paths[j++]) as FlatRule;
       if (!admits(r, s)) continue;
       if (r.when !== undefined) {
         const c = condition(r.when, s);
@@ -463,7 +474,7 @@ export function compilePolicy(
   };
 
   /** `explain` for one principal: every rule of the upstream, and why each did or did not match. */
-  const explainFor = (s: Scope, trace: RuleTrace[]): Decision => {
+  const explainFor = (s: Evaluation, trace: RuleTrace[]): Decision => {
     const kind = s.principal.kind;
     let failure: Decision | undefined;
     let best: FlatRule | undefined;
@@ -493,7 +504,7 @@ export function compilePolicy(
     return failure ?? conclude(best, ties, s.input.facts);
   };
 
-  const counterKey = (l: CompiledLimit, s: Scope): string | { error: string } => {
+  const counterKey = (l: CompiledLimit, s: Evaluation): string | { error: string } => {
     const { identity: id, facts } = s.input;
     switch (l.key) {
       case 'agent':
@@ -521,7 +532,7 @@ export function compilePolicy(
     matchTool: toolMatcher,
     readsArgs: (upstream) => anyUpstreamReadsArgs || argsReaders.has(upstream),
     evaluate(input) {
-      const s = scopeOf(input);
+      const s = evaluation(input);
       const { upstream, method, tool } = input.facts;
       const forUpstream = index.get(upstream) ?? anyUpstream;
       const at = forUpstream.byMethod.get(method) ?? forUpstream.otherMethods;
@@ -535,14 +546,14 @@ export function compilePolicy(
     },
     explain(input) {
       const trace: RuleTrace[] = [];
-      const s = scopeOf(input);
+      const s = evaluation(input);
       const agent = explainFor(s, trace);
       const { user } = s.principals;
       if (user === undefined) return { decision: agent, trace };
       return { decision: delegated(agent, explainFor(asUser(s, user), trace), user), trace };
     },
     charge(input) {
-      const s = scopeOf(input);
+      const s = evaluation(input);
       const entries: { limit: CompiledLimit; key: string; cost: number }[] = [];
       for (const l of limitsFor(input.facts.upstream)) {
         if (staticMatch(l, s) !== true) continue;
@@ -586,15 +597,17 @@ export function compilePolicy(
   };
 }
 
+const VARIABLE_NAMES = new RegExp(`\\b(?:${Object.keys(VARIABLE_BITS).join('|')})\\b`, 'g');
+
 /** The variables a CEL source may read: every one it names (a name in a string literal too). */
 function variablesRead(source: string): number {
   let reads = 0;
-  for (const [name, bit] of Object.entries(VARIABLE_BITS)) if (new RegExp(`\\b${name}\\b`).test(source)) reads |= bit;
+  for (const [name] of source.matchAll(VARIABLE_NAMES)) reads |= VARIABLE_BITS[name as keyof typeof VARIABLE_BITS];
   return reads;
 }
 
 /** `evaluate`'s static check: only what the index has not already proved (upstream, method, tool). */
-function admits(r: FlatRule, s: Scope): boolean {
+function admits(r: FlatRule, s: Evaluation): boolean {
   const id = s.input.identity;
   if (r.tenant !== undefined && r.tenant !== id.tenant) return false;
   if (r.team !== undefined && r.team !== id.team) return false;
@@ -606,7 +619,7 @@ function admits(r: FlatRule, s: Scope): boolean {
 }
 
 /** The full static match (no CEL), for `explain` and limits: true, or why not. */
-function staticMatch(m: CompiledMatch, s: Scope): true | string {
+function staticMatch(m: CompiledMatch, s: Evaluation): true | string {
   const { identity: id, facts } = s.input;
   const p = s.principal;
   const scope = m.config.scope;
@@ -660,7 +673,10 @@ function failed(r: FlatRule, error: string): Decision {
   return { effect: 'deny', rules: r.alone.rules, reason: `rule ${r.id}: the condition could not be evaluated: ${error}` };
 }
 
-/** Delegation: the stricter of the agent's and the user's decisions, the agent's on a tie. */
+/**
+ * Delegation: the agent gets at most what both it and the user it acts for may do, so the stricter
+ * decision stands (the agent's on a tie).
+ */
 function delegated(agent: Decision, forUser: Decision, user: Principal): Decision {
   return RANK[forUser.effect] > RANK[agent.effect] ? { ...forUser, reason: `acting for user ${user.id}: ${forUser.reason}` } : agent;
 }

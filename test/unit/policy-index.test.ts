@@ -1,0 +1,259 @@
+/**
+ * What `evaluate`'s rule index (by upstream, method, tool and leading path segments), its role
+ * bitmasks and its per-decision CEL activation must never change: the decision the rules make.
+ */
+import { describe, expect, it } from 'vitest';
+import type { Config, RuleConfig, ToolConfig } from '../../gateway/config/types.js';
+import { compilePaths, compilePolicy as compileConfig, DEFAULT_DENY_RULE } from '../../gateway/policy/compile.js';
+import { memoryCounterStore, memoryHistoryStore } from '../../gateway/policy/counters.js';
+import type { AgentIdentity, RequestFacts } from '../../gateway/types.js';
+
+// compilePolicy reads only the time zone of the gateway settings.
+const GATEWAY = { timezone: 'UTC' } as Config['gateway'];
+
+function compilePolicy(rules: RuleConfig[], tools: ToolConfig[] = []) {
+  const p = compileConfig(
+    { version: 'v', gateway: GATEWAY, tools, rules, rateLimits: [], budgets: [], contexts: [] },
+    { counters: memoryCounterStore(), history: memoryHistoryStore() },
+  );
+  const input = (identity: AgentIdentity, facts: RequestFacts) => ({ identity, facts, environment: 'development' as const, now: Date.now(), context: {} });
+  return {
+    evaluate: (identity: AgentIdentity, f: RequestFacts) => p.evaluate(input(identity, f)),
+    explain: (identity: AgentIdentity, f: RequestFacts) => p.explain(input(identity, f)),
+  };
+}
+
+const agent: AgentIdentity = {
+  agent: 'agent-1',
+  tenant: undefined,
+  team: undefined,
+  roles: [],
+  environment: undefined,
+  user: undefined,
+  userRoles: [],
+  issuer: 'test',
+  tokenId: undefined,
+  expiresAt: 0,
+};
+
+function rule(r: Partial<RuleConfig> & Pick<RuleConfig, 'id' | 'effect'>): RuleConfig {
+  return {
+    description: undefined,
+    scope: undefined,
+    upstream: undefined,
+    tools: undefined,
+    methods: undefined,
+    paths: undefined,
+    roles: undefined,
+    environments: undefined,
+    when: undefined,
+    reason: undefined,
+    approval: undefined,
+    at: { file: 'test.yaml', line: 1, column: 1, path: 'rules[0]' },
+    lines: {},
+    ...r,
+  };
+}
+
+function tool(name: string, method: string, path: string): ToolConfig {
+  return { name, description: undefined, upstream: 'api', method, path, args: {}, at: { file: 'tools.yaml', line: 1, column: 1, path: 'tools[0]' } };
+}
+
+function facts(method: string, path: string, more: Partial<RequestFacts> = {}): RequestFacts {
+  return { upstream: 'api', method, path, forwardPath: path, rawQuery: '', query: {}, tool: undefined, args: {}, argsError: undefined, ...more };
+}
+
+describe('roles as bitmasks', () => {
+  for (const count of [31, 32, 33, 70]) {
+    it(`${count} roles: each rule matches exactly the principals with one of its roles`, () => {
+      const roles = Array.from({ length: count }, (_, i) => `role-${i}`);
+      // One rule per role, plus one naming the last two roles, so masks span words past 32 roles.
+      const p = compilePolicy([
+        ...roles.map((role, i) => rule({ id: `r${i}`, roles: [role], paths: [`/r/${i}`], effect: 'allow' })),
+        rule({ id: 'pair', roles: roles.slice(-2), paths: ['/pair'], effect: 'allow' }),
+      ]);
+      for (const [i, role] of roles.entries()) {
+        const holder = { ...agent, roles: [role, 'unknown-role'] };
+        expect(p.evaluate(holder, facts('GET', `/r/${i}`))).toMatchObject({ effect: 'allow', rules: [`r${i}`] });
+        expect(p.evaluate(holder, facts('GET', `/r/${(i + 1) % count}`)).effect).toBe('deny');
+        expect(p.evaluate(holder, facts('GET', '/pair')).effect).toBe(i >= count - 2 ? 'allow' : 'deny');
+      }
+      expect(p.evaluate({ ...agent, roles: ['unknown-role'] }, facts('GET', '/r/0')).effect).toBe('deny');
+      expect(p.evaluate({ ...agent, roles: roles }, facts('GET', `/r/${count - 1}`)).effect).toBe('allow');
+    });
+  }
+
+  it('past 32 roles, delegation still needs the role on both sides', () => {
+    const roles = Array.from({ length: 40 }, (_, i) => `role-${i}`);
+    const p = compilePolicy(roles.map((role, i) => rule({ id: `r${i}`, roles: [role], paths: [`/r/${i}`], effect: 'allow' })));
+    const delegated = { ...agent, roles: ['role-35'], user: 'u1', userRoles: ['role-35'] };
+    expect(p.evaluate(delegated, facts('GET', '/r/35'))).toMatchObject({ effect: 'allow', rules: ['r35'] });
+    const d = p.evaluate({ ...delegated, userRoles: ['role-3'] }, facts('GET', '/r/35'));
+    expect(d).toMatchObject({ effect: 'deny', rules: [DEFAULT_DENY_RULE] });
+    expect(d.reason).toMatch(/^acting for user u1: /);
+  });
+
+  it('a rule with an empty role list matches nobody', () => {
+    const p = compilePolicy([rule({ id: 'none', roles: [], effect: 'allow' }), rule({ id: 'admin', roles: ['admin'], paths: ['/x'], effect: 'allow' })]);
+    expect(p.evaluate({ ...agent, roles: ['admin'] }, facts('GET', '/y')).effect).toBe('deny');
+  });
+});
+
+describe('path index', () => {
+  // Wildcards first, middle and last; case; trailing and empty segments; regex characters; σ ς Σ,
+  // which a case-insensitive regex folds together; and the Kelvin sign, which lower-cases to k.
+  const patterns = ['/a/b', '/a/*', '/a/*/c', '/*/b', '/*', '/a/**', '/**', '/a/b/**', '/A/B', '/', '/a//b', '/v1.2/*'];
+  patterns.push('/σ/*', '/ς/x', '/Σ/**', '/\u212a/*');
+  const paths = ['/', '/a', '/A', '/a/', '/a/b', '/A/B', '/a/B', '/a/b/', '/a/b/c', '/a/x/c', '/x/b', '/x', '/a//b', '/b/a'];
+  paths.push('/v1.2/x', '/v1x2/x', '/σ/x', '/ς/x', '/Σ/X', '/σ', '/k/x', '/K/x', '/\u212a/x');
+
+  it.each(['allow', 'deny'] as const)('finds a %s rule wherever its pattern matches (same as compilePaths)', (effect) => {
+    for (const pattern of patterns) {
+      // A rule without paths makes the other outcome, so both sides of every pattern are decisions.
+      const other = effect === 'allow' ? [] : [rule({ id: 'all', effect: 'allow' })];
+      const p = compilePolicy([...other, rule({ id: 'r', paths: [pattern], effect })]);
+      const matches = compilePaths([pattern], effect !== 'allow');
+      for (const path of paths) {
+        const d = p.evaluate(agent, facts('GET', path));
+        expect({ pattern, path, matched: d.rules.includes('r') }).toEqual({ pattern, path, matched: matches(path) });
+      }
+    }
+  });
+
+  it('deny patterns ignore case through the index; allow patterns do not', () => {
+    const p = compilePolicy([
+      rule({ id: 'models', paths: ['/V1/Models/*'], effect: 'allow' }),
+      rule({ id: 'no-admin', paths: ['/Admin/**'], effect: 'deny' }),
+      rule({ id: 'all-admin', paths: ['/admin/**'], effect: 'allow' }),
+    ]);
+    expect(p.evaluate(agent, facts('GET', '/V1/Models/gpt'))).toMatchObject({ effect: 'allow', rules: ['models'] });
+    expect(p.evaluate(agent, facts('GET', '/v1/models/gpt')).rules).toEqual([DEFAULT_DENY_RULE]);
+    expect(p.evaluate(agent, facts('GET', '/V1/models/gpt')).rules).toEqual([DEFAULT_DENY_RULE]);
+    for (const path of ['/admin', '/ADMIN/users', '/aDmIn/x/y/', '/Admin']) {
+      expect(p.evaluate(agent, facts('GET', path))).toMatchObject({ effect: 'deny', rules: ['no-admin'] });
+    }
+  });
+
+  it('keeps rule order across index nodes, the residual list and tool rules', () => {
+    const tools = [tool('get_b', 'GET', '/a/b')];
+    const rules = [
+      rule({ id: 'deep', upstream: 'api', paths: ['/a/b'], effect: 'deny', reason: 'deep first' }),
+      rule({ id: 'tool', tools: ['get_b'], effect: 'deny', reason: 'tool' }),
+      rule({ id: 'wild', upstream: 'api', paths: ['/*/b'], effect: 'deny', reason: 'wild' }),
+      rule({ id: 'prefix', upstream: 'api', paths: ['/a/**'], effect: 'deny', reason: 'prefix' }),
+      rule({ id: 'any', effect: 'deny', reason: 'for every upstream, so last' }),
+    ];
+    const p = compilePolicy(rules, tools);
+    expect(p.evaluate(agent, facts('GET', '/a/b', { tool: 'get_b' }))).toEqual({
+      effect: 'deny',
+      rules: ['deep', 'tool', 'wild', 'prefix', 'any'],
+      reason: 'deep first',
+    });
+    const reversed = compilePolicy([...rules].reverse(), tools);
+    expect(reversed.evaluate(agent, facts('GET', '/a/b', { tool: 'get_b' }))).toEqual({
+      effect: 'deny',
+      rules: ['prefix', 'wild', 'tool', 'deep', 'any'],
+      reason: 'prefix',
+    });
+    expect(p.evaluate(agent, facts('GET', '/a/c'))).toMatchObject({ rules: ['prefix', 'any'] });
+    expect(p.evaluate(agent, facts('GET', '/x/b'))).toMatchObject({ rules: ['wild', 'any'] });
+  });
+
+  it('upstream-specific rules come before rules for every upstream, whatever the file order', () => {
+    const p = compilePolicy([
+      rule({ id: 'global', paths: ['/a'], effect: 'deny', reason: 'global' }),
+      rule({ id: 'api', upstream: 'api', paths: ['/a'], effect: 'deny', reason: 'api' }),
+    ]);
+    expect(p.evaluate(agent, facts('GET', '/a'))).toEqual({ effect: 'deny', rules: ['api', 'global'], reason: 'api' });
+  });
+
+  it('the first condition that fails decides, in rule order across tool and path rules', () => {
+    const tools = [tool('get_b', 'GET', '/a/b')];
+    const broken = (id: string, r: Partial<RuleConfig>) => rule({ id, upstream: 'api', effect: 'allow', when: 'args.missing == 1', ...r });
+    const a = compilePolicy([broken('path', { paths: ['/a/b'] }), broken('tool', { tools: ['get_b'] })], tools);
+    expect(a.evaluate(agent, facts('GET', '/a/b', { tool: 'get_b' }))).toMatchObject({ effect: 'deny', rules: ['path'] });
+    const b = compilePolicy([broken('tool', { tools: ['get_b'] }), broken('path', { paths: ['/a/b'] })], tools);
+    expect(b.evaluate(agent, facts('GET', '/a/b', { tool: 'get_b' }))).toMatchObject({ effect: 'deny', rules: ['tool'] });
+  });
+
+  it('methods no rule names get the rules without a method constraint; other tools get no tool rules', () => {
+    const tools = [tool('get_b', 'GET', '/a/b')];
+    const p = compilePolicy([
+      rule({ id: 'get', methods: ['GET'], effect: 'allow' }),
+      rule({ id: 'anything', paths: ['/a/**'], effect: 'escalate' }),
+      rule({ id: 'tool', tools: ['get_b'], effect: 'deny' }),
+    ], tools);
+    expect(p.evaluate(agent, facts('PATCH', '/a/b'))).toMatchObject({ effect: 'escalate', rules: ['anything'] });
+    expect(p.evaluate(agent, facts('GET', '/a/b', { tool: 'other' }))).toMatchObject({ effect: 'escalate', rules: ['anything'] });
+    expect(p.evaluate(agent, facts('GET', '/a/b', { tool: 'get_b' }))).toMatchObject({ effect: 'deny', rules: ['tool'] });
+    expect(p.evaluate(agent, facts('GET', '/b', { upstream: 'elsewhere' }))).toMatchObject({ effect: 'allow', rules: ['get'] });
+  });
+
+  it('explain still lists every rule of the upstream in order, and agrees with evaluate', () => {
+    const p = compilePolicy([
+      rule({ id: 'x', paths: ['/x/**'], effect: 'allow' }),
+      rule({ id: 'y', paths: ['/y'], methods: ['POST'], effect: 'allow' }),
+      rule({ id: 'deny-x', paths: ['/X/secret'], effect: 'deny' }),
+    ]);
+    for (const path of ['/x/secret', '/x/public', '/y']) {
+      const e = p.explain(agent, facts('GET', path));
+      expect(e.trace.map((t) => t.id)).toEqual(['x', 'y', 'deny-x']);
+      expect(e.decision).toEqual(p.evaluate(agent, facts('GET', path)));
+    }
+  });
+});
+
+describe('the CEL activation', () => {
+  it('gives the user pass of a delegated decision the user as principal', () => {
+    const p = compilePolicy([rule({ id: 'admins', when: '"admin" in principal.roles && args.n == 1', effect: 'allow' })]);
+    const both = { ...agent, roles: ['admin'], user: 'u1', userRoles: ['admin'] };
+    expect(p.evaluate(both, facts('GET', '/', { args: { n: 1n } }))).toMatchObject({ effect: 'allow', rules: ['admins'] });
+    const d = p.evaluate({ ...both, userRoles: ['viewer'] }, facts('GET', '/', { args: { n: 1n } }));
+    expect(d).toMatchObject({ effect: 'deny', rules: [DEFAULT_DENY_RULE] });
+    expect(d.reason).toMatch(/^acting for user u1: /);
+  });
+
+  it('gives every condition of a decision the variables it reads, whatever the others read', () => {
+    const p = compilePolicy([
+      rule({ id: 'args', when: 'args.n == 1', effect: 'allow' }),
+      rule({ id: 'request', when: 'request.path == "/a" && request.method == "GET" && !has(request.tool)', effect: 'allow' }),
+      rule({ id: 'agent', when: 'agent.id == "agent-1" && !has(agent.tenant) && env == "development"', effect: 'allow' }),
+      rule({ id: 'user', when: 'user == {} && principal.kind == "agent"', effect: 'allow' }),
+    ]);
+    expect(p.evaluate(agent, facts('GET', '/a', { args: { n: 1n } }))).toMatchObject({ rules: ['args', 'request', 'agent', 'user'] });
+    expect(p.evaluate(agent, facts('GET', '/b', { args: { n: 2n } }))).toMatchObject({ rules: ['agent', 'user'] });
+  });
+
+  it('does not carry one request into the next for the same identity', () => {
+    const p = compilePolicy([rule({ id: 'a', when: 'request.path == "/a" && args.n == 1', effect: 'allow' })]);
+    expect(p.evaluate(agent, facts('GET', '/a', { args: { n: 1n } })).effect).toBe('allow');
+    expect(p.evaluate(agent, facts('GET', '/b', { args: { n: 1n } })).effect).toBe('deny');
+    expect(p.evaluate(agent, facts('GET', '/a', { args: { n: 2n } })).effect).toBe('deny');
+    expect(p.evaluate({ ...agent, agent: 'agent-2' }, facts('GET', '/a', { args: { n: 1n } })).effect).toBe('allow');
+  });
+});
+
+describe('decisions', () => {
+  it('a decision one rule makes alone is shared and cannot be changed', () => {
+    const p = compilePolicy([rule({ id: 'r', effect: 'escalate', approval: { group: 'ops', timeoutMs: 5000, mode: 'hold' } })]);
+    const d = p.evaluate(agent, facts('GET', '/'));
+    expect(d).toEqual({ effect: 'escalate', rules: ['r'], reason: 'rule r', approval: { group: 'ops', timeoutMs: 5000, mode: 'hold' } });
+    expect(() => (d.rules as string[]).push('x')).toThrow();
+    expect(() => Object.assign(d, { effect: 'allow' })).toThrow();
+    expect(p.evaluate(agent, facts('GET', '/'))).toEqual(d);
+  });
+
+  it('several escalations: the first rule names the group, the shortest timeout wins, hold if any holds', () => {
+    const p = compilePolicy([
+      rule({ id: 'a', effect: 'escalate', approval: { group: 'ops', timeoutMs: 5000, mode: 'async' } }),
+      rule({ id: 'b', effect: 'escalate' }),
+      rule({ id: 'c', effect: 'escalate', approval: { group: 'sec', timeoutMs: 1000, mode: 'hold' } }),
+    ]);
+    expect(p.evaluate(agent, facts('GET', '/'))).toEqual({
+      effect: 'escalate',
+      rules: ['a', 'b', 'c'],
+      reason: 'rule a',
+      approval: { group: 'ops', timeoutMs: 1000, mode: 'hold' },
+    });
+  });
+});
