@@ -252,6 +252,8 @@ async function readStdin(): Promise<Buffer> {
 /** Reads one line from the terminal without echoing it. Ctrl-C cancels. */
 function promptHidden(prompt: string): Promise<string> {
   const stdin = process.stdin;
+  // Raw mode (no echo) before the prompt appears, so nothing typed after it is ever echoed.
+  stdin.setRawMode(true);
   process.stderr.write(prompt);
   return new Promise((resolvePrompt, reject) => {
     let value = '';
@@ -271,7 +273,6 @@ function promptHidden(prompt: string): Promise<string> {
         else value += ch;
       }
     };
-    stdin.setRawMode(true);
     stdin.setEncoding('utf8');
     stdin.on('data', onData);
     stdin.resume();

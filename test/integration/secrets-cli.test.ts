@@ -2,10 +2,10 @@ import { randomBytes } from 'node:crypto';
 import { cpSync, existsSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import type { ChildProcess } from 'node:child_process';
+import { execFileSync, spawnSync, type ChildProcess } from 'node:child_process';
 import { request } from 'undici';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { runCli, spawnCli, type CliResult } from '../helpers/cli.js';
+import { CLI, runCli, spawnCli, type CliResult } from '../helpers/cli.js';
 import { expectNoStackTrace, sleep } from '../helpers/http.js';
 import { headerValues, startFakeUpstream, type FakeUpstream } from '../helpers/upstream.js';
 
@@ -16,6 +16,7 @@ const V = {
   imported: 'sk-imported-913bd0aa',
   positional: 'sk-positional-5e1f77c2',
   injected: 'bad-value-4d0c',
+  tty: 'tty-typed-0e9d5a21',
 };
 
 /** `valet secrets ...` as an operator runs it: values on stdin, the gateway running beside it. */
@@ -197,6 +198,49 @@ describe('valet secrets (CLI lifecycle)', () => {
       expect(await exited).toBe(0);
     }
     expect(existsSync(join(dataDir, 'master-key'))).toBe(false);
+  }, 60_000);
+
+  // Node has no pseudo-terminal of its own; Python's pty module plays the operator at a terminal.
+  const python = spawnSync('python3', ['-c', 'import pty'], { stdio: 'ignore' }).status === 0;
+  it.skipIf(!python)('on a terminal, asks for the value twice without echoing it', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'valet-secrets-tty-'));
+    const script = join(dir, 'at_a_terminal.py'); // not tty.py: that would shadow the module pty imports
+    writeFileSync(
+      script,
+      `import os, pty, sys, time
+pid, fd = pty.fork()
+if pid == 0:
+    os.execvp(sys.argv[1], sys.argv[1:])
+out = b''
+def read_until(s):
+    global out
+    end = time.time() + 60
+    while s not in out and time.time() < end:
+        try:
+            out += os.read(fd, 1024)
+        except OSError:
+            return
+read_until(b'Value for ECHO_API_KEY: ')
+os.write(fd, b'${V.tty}x\\x7f\\r')
+read_until(b'Again: ')
+os.write(fd, b'${V.tty}\\r')
+read_until(b'version 1')
+read_until(b'never')
+_, status = os.waitpid(pid, 0)
+sys.stdout.write(out.decode())
+sys.exit(os.waitstatus_to_exitcode(status))
+`,
+    );
+    const data = join(dir, 'data');
+    const out = execFileSync('python3', [script, process.execPath, '--import', 'tsx', CLI, 'secrets', 'set', 'ECHO_API_KEY'], {
+      env: { PATH: process.env['PATH'] ?? '', VALET_CONFIG: configDir, VALET_DATA: data },
+      encoding: 'utf8',
+    });
+    outputs.push({ code: 0, stdout: out, stderr: '' });
+    expect(out).toContain('Value for ECHO_API_KEY: \r\nAgain: \r\nset ECHO_API_KEY (shared), version 1');
+    const list = await valet(['secrets', 'list', '--format', 'json'], undefined, { VALET_DATA: data });
+    expect(JSON.parse(list.stdout)).toEqual([expect.objectContaining({ name: 'ECHO_API_KEY', version: 1 })]);
+    rmSync(dir, { recursive: true, force: true });
   }, 60_000);
 
   it('no value appears in any CLI output or gateway log', () => {
