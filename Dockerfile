@@ -55,8 +55,8 @@ COPY --from=deps /app/node_modules ./node_modules
 COPY --from=build /app/dist ./dist
 # The example configuration; mount your own directory over /etc/valet.
 COPY policies /etc/valet
-# /data holds the audit database and any generated signing key. Created here, owned by `node`,
-# so a fresh named volume mounted on it inherits that ownership.
+# /data holds the audit database, the secret store, and any generated signing or master key.
+# Created here, owned by `node`, so a fresh named volume mounted on it inherits that ownership.
 RUN mkdir -p /data && chown node:node /data && chmod 0700 /data
 VOLUME ["/data"]
 USER node

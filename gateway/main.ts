@@ -9,7 +9,10 @@ import { createTokenVerifier } from './auth/verify.js';
 import { secretNames } from './config/credential.js';
 import { loadConfig } from './config/load.js';
 import type { Config, Environment } from './config/types.js';
+import { dashboardAssets, findDashboard } from './admin/assets.js';
+import { insightRoutes } from './admin/insights.js';
 import { createMetrics } from './admin/metrics.js';
+import { policyRoutes } from './admin/policy.js';
 import { adminProbes, adminRoutes } from './admin/routes.js';
 import { secretRoutes } from './admin/secrets.js';
 import { createAdminServer } from './admin/server.js';
@@ -120,8 +123,14 @@ export async function startGateway(options: GatewayOptions): Promise<RunningGate
   const adminDeps = { db, dataDir, policies, metrics, auditPending: () => audit.pending };
   const adminServer = createAdminServer({
     verify: createTokenVerifier(config.issuers, dataDir, env, { audience: config.gateway.admin.audience }),
-    routes: [...adminRoutes(adminDeps), ...(secretSources.store ? secretRoutes(secretSources.store) : [])],
+    routes: [
+      ...adminRoutes(adminDeps),
+      ...policyRoutes(adminDeps),
+      ...insightRoutes(db),
+      ...(secretSources.store ? secretRoutes(secretSources.store) : []),
+    ],
     probes: adminProbes(adminDeps),
+    assets: dashboardAssets(findDashboard()),
     logger,
   });
   const port = await listen(server, config.gateway.listen);
