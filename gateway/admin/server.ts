@@ -32,10 +32,20 @@ export interface AdminProbe {
   readonly handle: () => { status: number; contentType: string; body: string } | Promise<{ status: number; contentType: string; body: string }>;
 }
 
+/** A static file of the dashboard. Public like the probes: it holds code, never data. */
+export interface AdminAsset {
+  /** 200 unless given. */
+  readonly status?: number;
+  readonly contentType: string;
+  readonly body: Buffer;
+}
+
 export interface AdminServerOptions {
   readonly verify: TokenVerifier;
   readonly routes: readonly AdminRoute[];
   readonly probes: readonly AdminProbe[];
+  /** The dashboard's files by URL path (`/`, `/assets/app.js`); outside `/api/` only. */
+  readonly assets?: (path: string) => AdminAsset | undefined;
   readonly logger: Logger;
   /** Largest JSON body accepted (bytes). */
   readonly maxBodyBytes?: number;
@@ -86,7 +96,14 @@ export function createAdminServer(o: AdminServerOptions): Server {
       res.end(method === 'HEAD' ? undefined : r.body);
       return;
     }
-    if (!url.pathname.startsWith('/api/')) throw new ValetError('VALET_ERR_ADMIN_NOT_FOUND');
+    if (!url.pathname.startsWith('/api/')) {
+      const asset = o.assets?.(url.pathname);
+      if (asset === undefined) throw new ValetError('VALET_ERR_ADMIN_NOT_FOUND');
+      if (method !== 'GET' && method !== 'HEAD') throw new ValetError('VALET_ERR_ADMIN_METHOD');
+      res.writeHead(asset.status ?? 200, { ...SECURITY_HEADERS, 'content-type': asset.contentType, 'content-length': asset.body.length });
+      res.end(method === 'HEAD' ? undefined : asset.body);
+      return;
+    }
     refuseCrossSite(req);
     const who = await authenticate(req, o.verify);
 

@@ -15,6 +15,8 @@ export interface PolicyStatus {
 /** Holds the policy in force and swaps it atomically when a new, valid set is compiled. */
 export interface PolicyHolder {
   current(): Policy;
+  /** The configuration the policy in force was compiled from (for listing rules and running its tests). */
+  config(): Config;
   status(): PolicyStatus;
   /** Recompiles from disk; an invalid set is refused and the one in force stays. */
   reload(): { ok: true; version: string } | { ok: false; error: string };
@@ -35,6 +37,7 @@ export function createPolicyHolder(
   logger: Logger,
 ): PolicyHolder {
   let policy = compilePolicy(initial, stores);
+  let config = initial;
   let status: PolicyStatus = { version: initial.version, loadedAt: Date.now(), lastError: undefined };
   let watcher: FSWatcher | undefined;
   let timer: NodeJS.Timeout | undefined;
@@ -50,6 +53,7 @@ export function createPolicyHolder(
         return { ok: true, version: next.version };
       }
       policy = compilePolicy(next, stores);
+      config = next;
       status = { version: next.version, loadedAt: Date.now(), lastError: undefined };
       logger.info({ policyVersion: next.version, rules: next.rules.length }, 'policy reloaded');
       return { ok: true, version: next.version };
@@ -63,6 +67,7 @@ export function createPolicyHolder(
 
   return {
     current: () => policy,
+    config: () => config,
     status: () => status,
     reload,
     watch() {
