@@ -22,6 +22,10 @@ COPY package.json package-lock.json ./
 RUN npm ci --ignore-scripts --no-audit --no-fund
 COPY tsconfig.json tsconfig.build.json ./
 COPY gateway ./gateway
+# The admin dashboard: bundled by esbuild into dist/dashboard (its binary comes from the
+# platform package npm installed above; no install script is needed).
+COPY dashboard ./dashboard
+COPY scripts/build-dashboard.mjs ./scripts/
 RUN npm run build
 
 # ---------------------------------------------------------------------------------------------
