@@ -13,6 +13,7 @@ import { dashboardAssets, findDashboard } from './admin/assets.js';
 import { insightRoutes } from './admin/insights.js';
 import { createMetrics } from './admin/metrics.js';
 import { policyRoutes } from './admin/policy.js';
+import { approvalPages, approvalRoutes } from './admin/approvals.js';
 import { adminProbes, adminRoutes } from './admin/routes.js';
 import { secretRoutes } from './admin/secrets.js';
 import { createAdminServer } from './admin/server.js';
@@ -23,6 +24,7 @@ import { createPolicyHolder, type PolicyHolder } from './policy/reload.js';
 import { createForwarder } from './proxy/forward.js';
 import { createSecretSources, DEFAULT_SOURCES } from './secrets/sources.js';
 import type { SecretStore } from './secrets/store.js';
+import { createApprovals } from './approvals/setup.js';
 import { createPipeline, newAuditRecord } from './server/pipeline.js';
 
 export interface GatewayOptions {
@@ -86,8 +88,10 @@ export async function startGateway(options: GatewayOptions): Promise<RunningGate
   const audit = createAuditWriter(db, { logger });
   const forwarder = createForwarder(config.upstreams.values());
   let draining = false;
-  const metrics = createMetrics({ upstreams: new Set(config.upstreams.keys()), auditQueue: () => audit.pending });
-  const handle = createPipeline({ config, verifyToken, policy: policies.current, secrets, forwarder, audit, logger, metrics, draining: () => draining });
+  let adminUrl: string | undefined;
+  const approvals = createApprovals({ settings: config.gateway.approvals, dataDir, env, logger, adminUrl: () => adminUrl });
+  const metrics = createMetrics({ upstreams: new Set(config.upstreams.keys()), auditQueue: () => audit.pending, pendingApprovals: () => approvals.service.pending() });
+  const handle = createPipeline({ config, verifyToken, policy: policies.current, secrets, forwarder, audit, logger, metrics, approvals: approvals.service, draining: () => draining });
 
   let inFlight = 0;
   let idle: (() => void) | undefined;
@@ -128,9 +132,10 @@ export async function startGateway(options: GatewayOptions): Promise<RunningGate
       ...policyRoutes(adminDeps),
       ...insightRoutes(db),
       ...(secretSources.store ? secretRoutes(secretSources.store) : []),
+      ...approvalRoutes(approvals.service),
     ],
     probes: adminProbes(adminDeps),
-    assets: dashboardAssets(findDashboard()),
+    assets: ((pages, dashboard) => (path: string) => pages(path) ?? dashboard(path))(approvalPages(approvals.service), dashboardAssets(findDashboard())),
     logger,
   });
   const port = await listen(server, config.gateway.listen);
@@ -139,6 +144,7 @@ export async function startGateway(options: GatewayOptions): Promise<RunningGate
     throw err;
   });
   const host = urlHost(config.gateway.listen.host);
+  adminUrl = `http://${urlHost(config.gateway.admin.listen.host)}:${adminPort}`;
   logger.info(
     { port, host: config.gateway.listen.host, adminPort, adminHost: config.gateway.admin.listen.host, environment: config.gateway.environment, policyVersion: config.version, upstreams: [...config.upstreams.keys()] },
     'valet listening',
@@ -148,6 +154,8 @@ export async function startGateway(options: GatewayOptions): Promise<RunningGate
   const close = (): Promise<void> =>
     (closing ??= (async () => {
       draining = true;
+      // Held requests are answered (503) and their approvals aborted: nobody will be waiting for them later.
+      approvals.service.close();
       policies.close();
       const closed = new Promise<void>((r) => server.close(() => r()));
       const adminClosed = new Promise<void>((r) => adminServer.close(() => r()));
@@ -170,6 +178,7 @@ export async function startGateway(options: GatewayOptions): Promise<RunningGate
       await closed;
       await adminClosed;
       await forwarder.close();
+      await approvals.close();
       audit.close();
       db.close();
       secretSources.close();

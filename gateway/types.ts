@@ -12,6 +12,8 @@ export interface AgentIdentity {
   readonly issuer: string;
   readonly tokenId: string | undefined;
   readonly expiresAt: number;
+  /** The token's groups claim (admin tokens: approver groups); absent when the token has none. */
+  readonly groups?: readonly string[];
 }
 
 /** What the request is, computed once; policy sees exactly what is forwarded. */
@@ -40,6 +42,8 @@ export interface ApprovalRequest {
   readonly group: string;
   readonly timeoutMs: number;
   readonly mode: 'hold' | 'async';
+  /** Argument paths approvers do not see and the approval record does not keep. */
+  readonly redact?: readonly string[];
 }
 
 /** The outcome of policy evaluation for one request. */
@@ -81,4 +85,10 @@ export interface AuditRecord {
   bytesIn: number;
   bytesOut: number;
   policyVersion: string | null;
+  /** The approval an escalated request was parked under or executed with. */
+  approvalId: string | null;
+  /** Who approved or denied it (the admin token's subject), when and why. */
+  approver: string | null;
+  approvalReason: string | null;
+  approvalAt: number | null;
 }

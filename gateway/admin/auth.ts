@@ -22,6 +22,8 @@ export interface AdminIdentity {
   readonly tenant: string | undefined;
   readonly roles: readonly AdminRole[];
   readonly permissions: ReadonlySet<Permission>;
+  /** Approver groups from the token's groups claim; undefined when the token carries none. */
+  readonly groups: readonly string[] | undefined;
 }
 
 /** Turns a verified admin token's claims into an admin identity; unknown roles grant nothing. */
@@ -29,7 +31,7 @@ export function adminIdentity(verified: AgentIdentity): AdminIdentity {
   const roles = verified.roles.filter((r): r is AdminRole => Object.hasOwn(ADMIN_ROLES, r));
   const permissions = new Set<Permission>(roles.flatMap((r) => ADMIN_ROLES[r]));
   // The subject is the token's `sub` (for an RFC 8693 token, the human it was issued for).
-  return { subject: verified.user ?? verified.agent, tenant: verified.tenant, roles, permissions };
+  return { subject: verified.user ?? verified.agent, tenant: verified.tenant, roles, permissions, groups: verified.groups };
 }
 
 /** Throws 403 unless the identity holds the permission. */

@@ -13,6 +13,8 @@ export interface MintOptions {
   /** The delegating user's roles. */
   userRoles?: readonly string[] | undefined;
   ttlSeconds: number;
+  /** Groups (admin tokens: the approver groups the person belongs to). */
+  groups?: readonly string[] | undefined;
   /** Replaces the issuer's audience (admin tokens carry the admin plane's). */
   audience?: string | undefined;
 }
@@ -27,6 +29,7 @@ export async function mintAgentToken(issuer: IssuerConfig, secret: Uint8Array, o
   if (o.team !== undefined) claims[c.team] = o.team;
   if (o.roles !== undefined && o.roles.length > 0) claims[c.roles] = [...o.roles];
   if (o.environment !== undefined) claims[c.environment] = o.environment;
+  if (o.groups !== undefined) claims[c.groups ?? 'groups'] = [...o.groups];
   if (o.user !== undefined) claims['act'] = { sub: o.agent };
   if (o.user !== undefined && o.userRoles !== undefined && o.userRoles.length > 0) claims[c.userRoles] = [...o.userRoles];
   return new SignJWT(claims)

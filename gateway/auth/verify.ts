@@ -98,7 +98,9 @@ function identityFrom(payload: JWTPayload, config: IssuerConfig): AgentIdentity 
     agent = (act as { sub: string }).sub;
     user = sub;
   }
+  const groups = payload[claims.groups ?? 'groups'];
   return Object.freeze({
+    ...(groups !== undefined && { groups: Object.freeze(roleList(groups, claims.groups ?? 'groups')) }),
     agent,
     user,
     tenant: optionalString(payload[claims.tenant], claims.tenant),

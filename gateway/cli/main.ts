@@ -11,6 +11,7 @@ import { compilePolicy, type Policy } from '../policy/compile.js';
 import { memoryCounterStore, memoryHistoryStore } from '../policy/counters.js';
 import { findDeadRules } from '../policy/lint.js';
 import { explainScenario, outcomeOf, runPolicyTests } from '../policy/testing.js';
+import { approvalsCommand, APPROVALS_USAGE } from './approvals.js';
 import { secretsCommand, SECRETS_USAGE } from './secrets.js';
 import { UsageError } from './usage.js';
 
@@ -18,7 +19,7 @@ const USAGE = `valet — a valet-key gateway for AI agents
 
 Usage:
   valet start [--config DIR] [--data DIR] [--port N] [--admin-port N] [--host H] [--env E]
-  valet token --admin --subject NAME --role admin|approver|auditor|secrets_manager [--tenant T] [--ttl 15m]
+  valet token --admin --subject NAME --role admin|approver|auditor|secrets_manager [--tenant T] [--group G]... [--ttl 15m]
   valet token --agent ID [--tenant T] [--team T] [--role R]... [--env E] [--user U [--user-role R]...] [--ttl 15m] [--issuer NAME]
   valet audit [--limit N] [--agent A] [--tenant T] [--upstream U] [--decision D] [--request-id ID] [--since 1h] [--format table|json]
   valet policy check [DIR] [--strict]      schema, CEL types, dead rules (warnings; --strict fails on them)
@@ -26,9 +27,11 @@ Usage:
   valet policy explain --agent A --upstream U [--method M] [--path P] [--tenant T] [--team T] [--role R]...
                        [--env E] [--user U] [--user-role R]... [--query k=v]... [--json J | --form F] [--format text|json]
 ${SECRETS_USAGE}
+${APPROVALS_USAGE}
 
 Environment: VALET_CONFIG (./policies), VALET_DATA (./data), VALET_PORT, VALET_ADMIN_PORT, VALET_HOST, VALET_ENV, VALET_LOG_LEVEL,
-VALET_MASTER_KEY / VALET_MASTER_KEY_FILE (secret store key), VALET_NEW_MASTER_KEY (secrets rekey).
+VALET_MASTER_KEY / VALET_MASTER_KEY_FILE (secret store key), VALET_NEW_MASTER_KEY (secrets rekey),
+VALET_ADMIN_URL / VALET_ADMIN_TOKEN (valet approvals), VALET_APPROVAL_LINK_KEY (approval link signing key).
 `;
 
 const common = {
@@ -118,7 +121,9 @@ async function token(args: string[]): Promise<void> {
     issuer: { type: 'string' },
     admin: { type: 'boolean' },
     subject: { type: 'string' },
+    group: { type: 'string', multiple: true },
   });
+  if (!values.admin && values.group) throw new UsageError('--group is for --admin tokens (approver groups)');
   // An admin token names a person (--subject) and carries the admin plane's audience.
   if (values.admin && (!values.subject || values.agent || values.user)) throw new UsageError('--admin needs --subject NAME (and no --agent or --user)');
   if (!values.admin && values.subject) throw new UsageError('--subject is for --admin tokens; agent tokens take --agent');
@@ -141,6 +146,7 @@ async function token(args: string[]): Promise<void> {
     environment: values.env,
     user: values.user,
     userRoles: values['user-role'],
+    groups: values.group,
     ttlSeconds,
   });
   process.stdout.write(`${jwt}\n`);
@@ -295,7 +301,7 @@ async function policy(args: string[]): Promise<void> {
   throw new UsageError('valet policy check|test|explain');
 }
 
-const COMMANDS: Record<string, (args: string[]) => Promise<void>> = { start, token, audit, policy, secrets: secretsCommand };
+const COMMANDS: Record<string, (args: string[]) => Promise<void>> = { start, token, audit, policy, secrets: secretsCommand, approvals: approvalsCommand };
 
 async function main(argv: string[]): Promise<void> {
   const [command, ...args] = argv;

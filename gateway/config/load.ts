@@ -6,7 +6,10 @@ import { isMap, isPair, isScalar, LineCounter, parseDocument, type Document, typ
 import { ConfigError, type ConfigProblem } from '../errors.js';
 import { NOT_INJECTABLE, parseTemplate, secretNames } from './credential.js';
 import { fileSchema } from './schema.js';
+import { DEFAULT_APPROVAL_SETTINGS } from './types.js';
 import type {
+  ApprovalChannelSetting,
+  ApprovalSettings,
   BudgetConfig,
   ClaimNames,
   ContextConfig,
@@ -28,7 +31,7 @@ import type {
 
 const validateFile = new Ajv({ allErrors: true, strict: true, allowUnionTypes: true }).compile(fileSchema);
 
-const DEFAULT_CLAIMS: ClaimNames = { tenant: 'tenant', team: 'team', roles: 'roles', environment: 'env', user: 'user', userRoles: 'user_roles' };
+const DEFAULT_CLAIMS: ClaimNames = { tenant: 'tenant', team: 'team', roles: 'roles', environment: 'env', user: 'user', userRoles: 'user_roles', groups: 'groups' };
 const SYMMETRIC = new Set(['HS256', 'HS384', 'HS512']);
 
 /* eslint-disable @typescript-eslint/no-explicit-any -- raw YAML before validation */
@@ -222,6 +225,7 @@ function assemble(root: string, files: ParsedFile[], problems: Problems, options
         group: raw.approval.group,
         mode,
         timeoutMs: raw.approval.timeout ? parseDuration(raw.approval.timeout) : mode === 'hold' ? 60_000 : 900_000,
+        ...(raw.approval.redact !== undefined && { redact: [...raw.approval.redact] }),
       },
     };
   });
@@ -311,6 +315,8 @@ function assemble(root: string, files: ParsedFile[], problems: Problems, options
   if (problems.list.length > 0) return undefined;
   const secretSources = buildSecretSources(root, gatewayFile, g.secrets?.sources, problems);
   if (secretSources === undefined) return undefined;
+  const approvals = buildApprovalSettings(gatewayFile, g.approvals, environment, problems);
+  if (approvals === undefined) return undefined;
   return {
     dir: root,
     gateway: {
@@ -321,6 +327,7 @@ function assemble(root: string, files: ParsedFile[], problems: Problems, options
       maxBodyBytes: g.max_body_bytes ?? 1_048_576,
       timezone,
       secrets: { sources: secretSources },
+      approvals,
       admin: {
         listen: { host: g.admin?.listen?.host ?? '127.0.0.1', port: options.adminPort ?? g.admin?.listen?.port ?? 8081 },
         audience: adminAudience,
@@ -334,6 +341,45 @@ function assemble(root: string, files: ParsedFile[], problems: Problems, options
     budgets,
     tests,
     contexts,
+  };
+}
+
+/** `gateway.approvals`: caps, links and channels; each channel's required keys by its type. */
+function buildApprovalSettings(file: ParsedFile | undefined, raw: Raw, environment: Environment, problems: Problems): ApprovalSettings | undefined {
+  if (raw === undefined || file === undefined) return DEFAULT_APPROVAL_SETTINGS;
+  let ok = true;
+  const problem = (path: (string | number)[], message: string, atKey = false): void => {
+    problems.add(file, ['gateway', 'approvals', ...path], message, atKey);
+    ok = false;
+  };
+  const channels: ApprovalChannelSetting[] = (raw.channels ?? []).map((c: Raw, i: number) => {
+    const at = ['channels', i];
+    if (c.type === 'webhook') {
+      if ((c.url === undefined) === (c.url_env === undefined)) problem(at, 'a webhook needs exactly one of "url" and "url_env"');
+      if (c.secret_env === undefined) problem(at, 'a webhook needs "secret_env" (the variable holding its signing secret)');
+      if (environment === 'production' && typeof c.url === 'string' && !c.url.startsWith('https://')) problem([...at, 'url'], 'must use https in production');
+    } else {
+      // A Slack incoming-webhook URL is itself a credential: it never goes in a file.
+      if (c.url !== undefined) problem([...at, 'url'], 'a Slack webhook URL is a secret: give the variable that holds it in "url_env"', true);
+      if (c.url_env === undefined) problem(at, 'a Slack channel needs "url_env"');
+      if (c.secret_env !== undefined) problem([...at, 'secret_env'], 'not used by Slack channels', true);
+    }
+    return {
+      type: c.type,
+      url: c.url,
+      urlEnv: c.url_env,
+      secretEnv: c.secret_env,
+      groups: c.groups,
+      maxAttempts: c.max_attempts ?? 5,
+      backoffMs: c.backoff ? parseDuration(c.backoff) : 1_000,
+    };
+  });
+  if (!ok) return undefined;
+  return {
+    maxPendingPerAgent: raw.max_pending_per_agent ?? DEFAULT_APPROVAL_SETTINGS.maxPendingPerAgent,
+    maxPendingPerTenant: raw.max_pending_per_tenant ?? DEFAULT_APPROVAL_SETTINGS.maxPendingPerTenant,
+    links: { enabled: raw.links?.enabled ?? true, baseUrl: raw.links?.base_url },
+    channels,
   };
 }
 

@@ -98,6 +98,39 @@ export const fileSchema = {
             audience: { type: 'string', minLength: 1 },
           },
         },
+        approvals: {
+          type: 'object',
+          additionalProperties: false,
+          properties: {
+            max_pending_per_agent: { type: 'integer', minimum: 1, maximum: 100_000 },
+            max_pending_per_tenant: { type: 'integer', minimum: 1, maximum: 1_000_000 },
+            links: {
+              type: 'object',
+              additionalProperties: false,
+              properties: {
+                enabled: { type: 'boolean' },
+                base_url: { type: 'string', pattern: '^https?://[^?#]+$' },
+              },
+            },
+            channels: {
+              type: 'array',
+              items: {
+                type: 'object',
+                required: ['type'],
+                additionalProperties: false,
+                properties: {
+                  type: { enum: ['webhook', 'slack'] },
+                  url: { type: 'string', pattern: '^https?://' },
+                  url_env: secretName,
+                  secret_env: secretName,
+                  groups: stringList,
+                  max_attempts: { type: 'integer', minimum: 1, maximum: 20 },
+                  backoff: duration,
+                },
+              },
+            },
+          },
+        },
         secrets: {
           type: 'object',
           additionalProperties: false,
@@ -159,6 +192,7 @@ export const fileSchema = {
               environment: { type: 'string', minLength: 1 },
               user: { type: 'string', minLength: 1 },
               user_roles: { type: 'string', minLength: 1 },
+              groups: { type: 'string', minLength: 1 },
             },
           },
         },
@@ -230,6 +264,7 @@ export const fileSchema = {
               group: { type: 'string', minLength: 1 },
               timeout: duration,
               mode: { enum: ['hold', 'async'] },
+              redact: { type: 'array', minItems: 1, uniqueItems: true, items: { type: 'string', pattern: '^[^.\\s]+(\\.[^.\\s]+)*$' } },
             },
           },
         },

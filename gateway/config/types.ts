@@ -16,7 +16,38 @@ export interface GatewaySettings {
    * (settings built in code) means the default, the store and then the environment.
    */
   readonly secrets?: { readonly sources: readonly SecretSourceSetting[] };
+  /** Human approvals of escalated requests. The loader always sets it; absent means the defaults. */
+  readonly approvals?: ApprovalSettings;
 }
+
+/** `gateway.approvals`: caps on waiting approvals, links in notifications, notification channels. */
+export interface ApprovalSettings {
+  readonly maxPendingPerAgent: number;
+  readonly maxPendingPerTenant: number;
+  /** Approve/deny links in notifications, pointing at `baseUrl` (default: the admin listener's URL). */
+  readonly links: { readonly enabled: boolean; readonly baseUrl: string | undefined };
+  readonly channels: readonly ApprovalChannelSetting[];
+}
+
+/** One notification channel; URLs and secrets that are secret come from environment variables. */
+export interface ApprovalChannelSetting {
+  readonly type: 'webhook' | 'slack';
+  readonly url: string | undefined;
+  readonly urlEnv: string | undefined;
+  /** Webhook: the variable holding the HMAC signing secret. */
+  readonly secretEnv: string | undefined;
+  /** Only approvals for these approver groups (all when absent). */
+  readonly groups: readonly string[] | undefined;
+  readonly maxAttempts: number;
+  readonly backoffMs: number;
+}
+
+export const DEFAULT_APPROVAL_SETTINGS: ApprovalSettings = {
+  maxPendingPerAgent: 20,
+  maxPendingPerTenant: 200,
+  links: { enabled: true, baseUrl: undefined },
+  channels: [],
+};
 
 /** One place credentials are looked up: the encrypted store, the environment, or a directory of files. */
 export type SecretSourceSetting =
@@ -37,6 +68,8 @@ export interface ClaimNames {
   readonly environment: string;
   readonly user: string;
   readonly userRoles: string;
+  /** Groups (approver groups on admin tokens); `groups` when absent. */
+  readonly groups?: string;
 }
 
 export interface IssuerConfig {
@@ -125,6 +158,8 @@ export interface ApprovalConfig {
   readonly group: string;
   readonly timeoutMs: number;
   readonly mode: 'hold' | 'async';
+  /** Argument paths hidden from approvers and never stored (`card.number`, `items.*.iban`). */
+  readonly redact?: readonly string[];
 }
 
 export interface RuleConfig extends MatchConfig {

@@ -692,10 +692,13 @@ function strictestApproval(winners: readonly Winner[]): NonNullable<Decision['ap
   // Several escalations at once: the shortest timeout; hold if any rule wants the agent to wait.
   const approvals = winners.map((w) => w.approval).filter((a) => a !== undefined);
   const first = approvals[0] as ApprovalConfig;
+  // Every argument any of them hides stays hidden.
+  const redact = [...new Set(approvals.flatMap((a) => a.redact ?? []))];
   return {
     group: first.group,
     timeoutMs: Math.min(...approvals.map((a) => a.timeoutMs)),
     mode: approvals.some((a) => a.mode === 'hold') ? 'hold' : 'async',
+    ...(redact.length > 0 && { redact }),
   };
 }
 

@@ -4,6 +4,8 @@ import { performance } from 'node:perf_hooks';
 import { Transform, type Readable } from 'node:stream';
 import type { Logger } from 'pino';
 import type { Metrics } from '../admin/metrics.js';
+import { APPROVAL_HEADER, approvalStatus, escalate, VALET_PREFIX, type Escalation } from '../approvals/gate.js';
+import type { ApprovalService } from '../approvals/service.js';
 import type { AuditWriter } from '../audit/writer.js';
 import type { TokenVerifier } from '../auth/verify.js';
 import type { Config, UpstreamConfig } from '../config/types.js';
@@ -32,6 +34,8 @@ export interface PipelineDeps {
   readonly audit: AuditWriter;
   readonly logger: Logger;
   readonly metrics: Metrics;
+  /** Parks escalated requests until a person decides (step 5). */
+  readonly approvals: ApprovalService;
   /** True once shutdown began: new requests are refused (and audited). */
   readonly draining: () => boolean;
 }
@@ -47,7 +51,7 @@ const SINGLE = new Set(['host', 'content-length', 'transfer-encoding', 'content-
  * record. Every outcome, including every failure, is audited exactly once.
  */
 export function createPipeline(deps: PipelineDeps): RequestHandler {
-  const { config, verifyToken, policy: currentPolicy, secrets, forwarder, audit, logger, metrics, draining } = deps;
+  const { config, verifyToken, policy: currentPolicy, secrets, forwarder, audit, logger, metrics, approvals, draining } = deps;
 
   return async (req, res) => {
     const started = performance.now();
@@ -60,6 +64,15 @@ export function createPipeline(deps: PipelineDeps): RequestHandler {
       // 1. receive
       if (draining()) throw new ValetError('VALET_ERR_SHUTTING_DOWN');
       checkFraming(req);
+      if (req.url?.startsWith(VALET_PREFIX)) {
+        // Valet's own resources on the data plane: an agent reads the status of its approval.
+        rec.upstream = '_valet';
+        const m = BEARER.exec(req.headers.authorization ?? '');
+        const body = await approvalStatus(approvals, rec.path, rec.method, m?.[1], verifyToken, rec);
+        res.writeHead(200, { 'content-type': 'application/json; charset=utf-8', 'cache-control': 'no-store', 'content-length': Buffer.byteLength(body) });
+        res.end(rec.method === 'HEAD' ? undefined : body);
+        return;
+      }
       const target = canonicalTarget(req.url ?? '');
       rec.path = target.path;
       rec.upstream = target.upstream;
@@ -126,19 +139,45 @@ export function createPipeline(deps: PipelineDeps): RequestHandler {
           extra: { rule, reason: decision.reason },
         });
       }
+      // 5. approve: park the exact request (body buffered) until a person decides; go on only if approved.
+      let approved: Extract<Escalation, { kind: 'approved' }> | undefined;
       if (decision.effect === 'escalate') {
-        throw new ValetError('VALET_ERR_APPROVAL_REQUIRED', `Rule ${rule} requires human approval: ${decision.reason}`, {
-          extra: {
-            rule,
-            reason: decision.reason,
-            ...(decision.approval && {
-              approval: { group: decision.approval.group, mode: decision.approval.mode, timeout_s: decision.approval.timeoutMs / 1000 },
-            }),
+        if (buffered === undefined && hasBody(req)) {
+          buffered = await readBody(req, config.gateway.maxBodyBytes);
+          rec.bytesIn = buffered.length;
+        }
+        const shown = parsed.value === undefined && parsed.error === undefined && buffered !== undefined && !encoded(req) ? parseBody(kind, buffered) : parsed;
+        const shownArgs = shown === parsed ? args : buildArgs(toolMatch?.params ?? {}, q.query, shown, kind, toolMatch?.tool.args ?? {});
+        const header = req.headers[APPROVAL_HEADER];
+        const outcome = await escalate(
+          approvals,
+          {
+            requestId,
+            identity,
+            facts,
+            decision,
+            headers: forwardableRequestHeaders(req.rawHeaders, upstream, token),
+            body: buffered ?? Buffer.alloc(0),
+            args: shownArgs.args,
+            argsError: shownArgs.error,
+            pathParams: toolMatch?.params ?? {},
+            token,
+            presented: Array.isArray(header) ? header.join(',') : header,
+            signal: hangUp,
+            policyVersion: policy.version,
           },
-        });
+          rec,
+        );
+        if (outcome.kind === 'accepted') {
+          res.writeHead(202, { 'content-type': 'application/json; charset=utf-8', 'cache-control': 'no-store', location: outcome.location, 'content-length': Buffer.byteLength(outcome.body) });
+          res.end(outcome.body);
+          return;
+        }
+        approved = outcome;
       }
       const limited = policy.charge(input);
       if (limited !== undefined) {
+        approved?.release('a rate limit or budget refused it after approval');
         rec.decision = 'deny';
         rec.rule = 'id' in limited ? limited.id : limited.rules.join(',');
         rec.reason = limited.reason;
@@ -244,6 +283,10 @@ export function newAuditRecord(requestId: string, method: string, path: string):
     bytesIn: 0,
     bytesOut: 0,
     policyVersion: null,
+    approvalId: null,
+    approver: null,
+    approvalReason: null,
+    approvalAt: null,
   };
 }
 
@@ -296,6 +339,11 @@ function agentToken(rawHeaders: readonly string[], upstream: UpstreamConfig, rem
   if (found.size === 0) throw new ValetError('VALET_ERR_TOKEN_MISSING');
   if (found.size > 1) throw new ValetError('VALET_ERR_TOKEN_INVALID', 'The agent token is invalid: more than one token was presented.');
   return found.values().next().value as string;
+}
+
+/** Whether the body is compressed (or otherwise encoded): its arguments cannot be read then. */
+function encoded(req: IncomingMessage): boolean {
+  return (req.headers['content-encoding'] ?? 'identity').trim().toLowerCase() !== 'identity';
 }
 
 function hasBody(req: IncomingMessage): boolean {

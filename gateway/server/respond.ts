@@ -28,6 +28,8 @@ export function sendError(res: ServerResponse, err: ValetError, requestId: strin
       code === 'VALET_ERR_TOKEN_MISSING' ? 'Bearer realm="valet"' : 'Bearer realm="valet", error="invalid_token"';
   }
   if (code === 'VALET_ERR_SHUTTING_DOWN') headers['retry-after'] = '1';
+  const retryAfter = err.extra?.['retry_after_s'];
+  if (err.status === 429 && typeof retryAfter === 'number' && !res.hasHeader('retry-after')) headers['retry-after'] = String(retryAfter);
   // After a malformed request the connection's framing is suspect, and after shutdown it is done.
   if (code === 'VALET_ERR_SHUTTING_DOWN' || code === 'VALET_ERR_BAD_REQUEST') headers['connection'] = 'close';
   res.writeHead(err.status, headers);

@@ -23,6 +23,8 @@ export interface TestGatewayOptions {
   files?: Record<string, string>;
   /** Start the gateway with `watch: true` (reload the policy when config files change). */
   watch?: boolean;
+  /** Use this directory (config/ and data/ below it) instead of a new temporary one: a restart on the same data. */
+  root?: string;
 }
 
 export interface TestGateway {
@@ -33,15 +35,18 @@ export interface TestGateway {
   /** Every log line written so far, raw. */
   readonly logs: string[];
   token(o?: Partial<MintOptions>): Promise<string>;
-  /** An admin-plane token for `subject` with the given admin roles (and tenant, for a tenant admin). */
-  adminToken(roles: string[], o?: { subject?: string; tenant?: string }): Promise<string>;
+  /** An admin-plane token for `subject` with the given admin roles (and tenant, for a tenant admin; groups: approver groups). */
+  adminToken(roles: string[], o?: { subject?: string; tenant?: string; groups?: string[] }): Promise<string>;
   /** `http://127.0.0.1:<admin port>` */
   readonly adminUrl: string;
   /** Flushes the audit writer and reads every row, oldest first. */
   auditRows(): AuditRow[];
   /** Polls (up to 5 s) until `count` rows exist, then returns them all. */
   waitForAudit(count: number): Promise<AuditRow[]>;
-  close(): Promise<void>;
+  /** The temporary directory holding config/ and data/. */
+  readonly root: string;
+  /** Stops the gateway and removes its directory (unless `keep`, for a restart on the same data). */
+  close(o?: { keep?: boolean }): Promise<void>;
 }
 
 export const devIssuer = {
@@ -54,10 +59,10 @@ export const devIssuer = {
 
 /** Starts a real gateway on 127.0.0.1:0 with a temporary config and data directory. */
 export async function startTestGateway(o: TestGatewayOptions): Promise<TestGateway> {
-  const root = mkdtempSync(join(tmpdir(), 'valet-test-'));
+  const root = o.root ?? mkdtempSync(join(tmpdir(), 'valet-test-'));
   const configDir = join(root, 'config');
   const dataDir = join(root, 'data');
-  mkdirSync(configDir);
+  mkdirSync(configDir, { recursive: true });
   writeFileSync(
     join(configDir, 'gateway.yaml'),
     stringify({ gateway: { listen: { host: '127.0.0.1', port: 0 }, admin: { listen: { host: '127.0.0.1', port: 0 } }, shutdown_grace_ms: 5000, ...o.gateway }, issuers: o.issuers ?? [devIssuer] }),
@@ -100,6 +105,7 @@ export async function startTestGateway(o: TestGatewayOptions): Promise<TestGatew
         agent: a.subject ?? 'admin-1',
         tenant: a.tenant,
         roles,
+        groups: a.groups,
         ttlSeconds: 300,
         audience: gateway.config.gateway.admin.audience,
       }),
@@ -113,11 +119,12 @@ export async function startTestGateway(o: TestGatewayOptions): Promise<TestGatew
         await new Promise((r) => setTimeout(r, 20));
       }
     },
-    async close() {
+    root,
+    async close(c = {}) {
       if (closed) return;
       closed = true;
       await gateway.close();
-      rmSync(root, { recursive: true, force: true });
+      if (!c.keep) rmSync(root, { recursive: true, force: true });
     },
   };
 }

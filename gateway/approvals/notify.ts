@@ -1,0 +1,234 @@
+import { createHmac, randomUUID } from 'node:crypto';
+import type { Logger } from 'pino';
+import { Agent, request } from 'undici';
+import { approvalJson, type ApprovalRecord } from './types.js';
+
+/** What approvers are told about: one escalated call, with links to act on it (if links are on). */
+export interface ApprovalNotice {
+  readonly event: 'approval.requested';
+  readonly approval: ApprovalRecord;
+  readonly links: { readonly approve: string; readonly deny: string } | undefined;
+}
+
+/** The outcome of one delivery attempt. `retry`: try again later; `fail`: never (a 4xx, a bad config). */
+export type Delivery = { ok: true } | { ok: false; retry: boolean; detail: string };
+
+/** A way to reach approvers. Further channels (e-mail, PagerDuty, Teams) implement this and plug in. */
+export interface NotificationChannel {
+  /** For logs, e.g. `webhook[0]`; never a URL (it may carry a secret). */
+  readonly name: string;
+  /** Only approvals for these approver groups; undefined: every group. */
+  readonly groups: readonly string[] | undefined;
+  readonly retry: RetryPolicy;
+  /** One attempt; must not throw. */
+  send(notice: ApprovalNotice): Promise<Delivery>;
+}
+
+export interface RetryPolicy {
+  /** Attempts in all, the first included. */
+  readonly maxAttempts: number;
+  /** Delay before the second attempt; doubles each time (with jitter), capped at `maxDelayMs`. */
+  readonly baseDelayMs: number;
+  readonly maxDelayMs: number;
+}
+
+export const DEFAULT_RETRY: RetryPolicy = { maxAttempts: 5, baseDelayMs: 1_000, maxDelayMs: 60_000 };
+
+export interface Notifier {
+  /** Queues a notice for every channel that takes its group; returns at once, never throws. */
+  notify(notice: ApprovalNotice): void;
+  /** Deliveries not yet finished (attempting or waiting to retry). */
+  readonly inFlight: number;
+  /** Stops retrying; waits briefly for attempts on the wire. */
+  close(): Promise<void>;
+}
+
+export interface NotifierOptions {
+  readonly logger: Logger;
+  /** Deliveries beyond this many in flight are dropped (and logged), so a dead receiver cannot grow memory. */
+  readonly maxInFlight?: number;
+  readonly random?: () => number;
+}
+
+/**
+ * Sends notices off the request path: each channel's delivery is retried on network errors, 408,
+ * 429 and 5xx with exponential backoff and jitter, up to its `maxAttempts`; the request that
+ * escalated never waits for it.
+ */
+export function createNotifier(channels: readonly NotificationChannel[], o: NotifierOptions): Notifier {
+  const maxInFlight = o.maxInFlight ?? 10_000;
+  const random = o.random ?? Math.random;
+  const timers = new Set<NodeJS.Timeout>();
+  const attempts = new Set<Promise<void>>();
+  let inFlight = 0;
+  let closed = false;
+
+  const deliver = (channel: NotificationChannel, notice: ApprovalNotice, attempt: number): void => {
+    const p = channel.send(notice).then((d) => {
+      attempts.delete(p);
+      if (d.ok) {
+        inFlight--;
+        o.logger.debug({ channel: channel.name, approvalId: notice.approval.id, attempt }, 'approval notification delivered');
+        return;
+      }
+      if (!d.retry || attempt >= channel.retry.maxAttempts || closed) {
+        inFlight--;
+        o.logger.warn({ channel: channel.name, approvalId: notice.approval.id, attempts: attempt, detail: d.detail }, 'approval notification failed');
+        return;
+      }
+      const cap = Math.min(channel.retry.maxDelayMs, channel.retry.baseDelayMs * 2 ** (attempt - 1));
+      const delay = Math.round(cap / 2 + random() * (cap / 2));
+      o.logger.info({ channel: channel.name, approvalId: notice.approval.id, attempt, detail: d.detail, retryInMs: delay }, 'approval notification will be retried');
+      const t = setTimeout(() => {
+        timers.delete(t);
+        deliver(channel, notice, attempt + 1);
+      }, delay);
+      t.unref();
+      timers.add(t);
+    });
+    attempts.add(p);
+  };
+
+  return {
+    notify(notice) {
+      if (closed) return;
+      for (const channel of channels) {
+        if (channel.groups !== undefined && !channel.groups.includes(notice.approval.group)) continue;
+        if (inFlight >= maxInFlight) {
+          o.logger.warn({ channel: channel.name, approvalId: notice.approval.id }, 'approval notification dropped: too many in flight');
+          continue;
+        }
+        inFlight++;
+        deliver(channel, notice, 1);
+      }
+    },
+    get inFlight() {
+      return inFlight;
+    },
+    async close() {
+      closed = true;
+      for (const t of timers) clearTimeout(t);
+      timers.clear();
+      await Promise.race([Promise.allSettled([...attempts]), new Promise((r) => setTimeout(r, 2_000).unref())]);
+    },
+  };
+}
+
+/** One undici agent for every channel: short timeouts, no redirects followed. */
+let agent: Agent | undefined;
+const httpAgent = (): Agent => (agent ??= new Agent({ connectTimeout: 5_000, headersTimeout: 10_000, bodyTimeout: 10_000, connections: 16 }));
+
+async function post(url: string, headers: Record<string, string>, body: string): Promise<Delivery> {
+  try {
+    const res = await request(url, { method: 'POST', headers, body, dispatcher: httpAgent() });
+    await res.body.dump();
+    if (res.statusCode >= 200 && res.statusCode < 300) return { ok: true };
+    const retry = res.statusCode === 408 || res.statusCode === 429 || res.statusCode >= 500;
+    return { ok: false, retry, detail: `HTTP ${res.statusCode}` };
+  } catch (err) {
+    // The code only: messages can carry the URL, which may itself be a secret (Slack's is).
+    return { ok: false, retry: true, detail: (err as { code?: string }).code ?? 'request failed' };
+  }
+}
+
+/** The generic webhook's JSON body. */
+export function webhookBody(notice: ApprovalNotice, eventId: string, now: number): string {
+  return JSON.stringify({
+    type: notice.event,
+    id: eventId,
+    created_at: new Date(now).toISOString(),
+    approval: approvalJson(notice.approval),
+    links: notice.links ?? null,
+  });
+}
+
+/** `t=<unix seconds>,v1=<hex HMAC-SHA256 of "<t>.<body>">`, the `valet-signature` header. */
+export function signWebhook(secret: string, body: string, unixSeconds: number): string {
+  const mac = createHmac('sha256', secret).update(`${unixSeconds}.${body}`).digest('hex');
+  return `t=${unixSeconds},v1=${mac}`;
+}
+
+export interface WebhookSettings {
+  readonly name: string;
+  readonly url: string;
+  readonly secret: string;
+  readonly groups: readonly string[] | undefined;
+  readonly retry: RetryPolicy;
+}
+
+/**
+ * A generic webhook: `POST` of a JSON body, signed with HMAC-SHA256 (`valet-signature`). The
+ * receiver recomputes the MAC over `<t>.<raw body>` with the shared secret, compares in constant
+ * time, and refuses stale `t` (e.g. older than 5 minutes). Each attempt is signed afresh; the
+ * event id (`valet-event-id`) stays the same across retries, for de-duplication.
+ */
+export function webhookChannel(s: WebhookSettings): NotificationChannel {
+  const ids = new WeakMap<ApprovalNotice, string>();
+  return {
+    name: s.name,
+    groups: s.groups,
+    retry: s.retry,
+    send(notice) {
+      let id = ids.get(notice);
+      if (id === undefined) ids.set(notice, (id = randomUUID()));
+      const now = Date.now();
+      const body = webhookBody(notice, id, now);
+      return post(
+        s.url,
+        {
+          'content-type': 'application/json',
+          'user-agent': 'valet-approvals',
+          'valet-event-id': id,
+          'valet-signature': signWebhook(s.secret, body, Math.floor(now / 1000)),
+        },
+        body,
+      );
+    },
+  };
+}
+
+export interface SlackSettings {
+  readonly name: string;
+  readonly url: string;
+  readonly groups: readonly string[] | undefined;
+  readonly retry: RetryPolicy;
+}
+
+/** A Slack incoming webhook: one message with the call's summary and approve/deny links. */
+export function slackChannel(s: SlackSettings): NotificationChannel {
+  return {
+    name: s.name,
+    groups: s.groups,
+    retry: s.retry,
+    send: (notice) => post(s.url, { 'content-type': 'application/json', 'user-agent': 'valet-approvals' }, JSON.stringify(slackMessage(notice))),
+  };
+}
+
+/** Slack's control characters in text; everything the agent chose is escaped so it cannot forge links or mentions. */
+export const slackEscape = (s: string): string => s.replace(/&/g, '&amp;').replace(/</g, '&lt;').replace(/>/g, '&gt;');
+const code = (s: string): string => `\`${slackEscape(s.replace(/`/g, "'").replace(/[\r\n]+/g, ' ')).slice(0, 300)}\``;
+
+export function slackMessage(notice: ApprovalNotice): { text: string; blocks: unknown[] } {
+  const a = notice.approval;
+  const who = [`Agent ${code(a.agent)}`, a.tenant !== null ? `tenant ${code(a.tenant)}` : undefined, a.user !== null ? `for user ${code(a.user)}` : undefined]
+    .filter(Boolean)
+    .join(' · ');
+  const call = `${code(a.method)} ${code(a.upstream)} ${code(a.path)}${a.tool !== null ? ` (tool ${code(a.tool)})` : ''}`;
+  const expires = Math.floor(a.expiresAt / 1000);
+  let args = JSON.stringify(a.args, null, 1);
+  if (args.length > 2_000) args = `${args.slice(0, 2_000)}\n…`;
+  const lines = [
+    `*Approval needed* — rule ${code(a.rule)}: ${slackEscape(a.reason)}`,
+    who,
+    `Call: ${call}`,
+    `Approver group ${code(a.group)} · ${a.mode === 'hold' ? 'the agent is waiting' : 'the agent will re-send once approved'} · expires <!date^${expires}^{date_short_pretty} {time_secs}|${new Date(a.expiresAt).toISOString()}>`,
+  ];
+  const actions = notice.links ? `<${notice.links.approve}|Approve…> · <${notice.links.deny}|Deny…> (you will be asked to identify)` : 'Resolve with `valet approvals approve|deny`';
+  lines.push(`${actions} · id ${code(a.id)}`);
+  lines.push(`Arguments${a.argsNote !== null ? ` (${slackEscape(a.argsNote)})` : ''}:\n\`\`\`${slackEscape(args.replace(/```/g, "'''"))}\`\`\``);
+  const text = lines.join('\n');
+  return {
+    text: `Approval needed: ${slackEscape(a.method)} ${slackEscape(a.upstream)} ${slackEscape(a.path.slice(0, 200))} by ${slackEscape(a.agent)} (rule ${slackEscape(a.rule)})`,
+    blocks: [{ type: 'section', text: { type: 'mrkdwn', text: text.length > 2_900 ? `${text.slice(0, 2_900)}…` : text } }],
+  };
+}

@@ -1,0 +1,292 @@
+import { randomBytes } from 'node:crypto';
+import type { Logger } from 'pino';
+import { ValetError } from '../errors.js';
+import type { LinkAction, LinkClaims, LinkSigner } from './links.js';
+import type { Notifier } from './notify.js';
+import type { ApprovalStore, Binding, ListFilter } from './store.js';
+import type { ApprovalMode, ApprovalRecord } from './types.js';
+
+/** `apr_` + 144 random bits in base64url. */
+export const APPROVAL_ID = /^apr_[A-Za-z0-9_-]{24}$/;
+export const newApprovalId = (): string => `apr_${randomBytes(18).toString('base64url')}`;
+
+/** What the pipeline knows of an escalated request when it parks it. */
+export interface ParkInput {
+  readonly requestId: string;
+  readonly mode: ApprovalMode;
+  readonly agent: string;
+  readonly tenant: string | null;
+  readonly user: string | null;
+  readonly upstream: string;
+  readonly tool: string | null;
+  readonly method: string;
+  /** Already redacted. */
+  readonly path: string;
+  readonly args: Record<string, unknown>;
+  readonly argsNote: string | null;
+  readonly rule: string;
+  readonly reason: string;
+  readonly group: string;
+  readonly timeoutMs: number;
+  readonly digest: string;
+  readonly policyVersion: string | null;
+}
+
+/** Says when the agent hung up (the request path's `HangUp`, or any emitter of `abort`). */
+export interface HangUpSignal {
+  readonly aborted: boolean;
+  once(event: 'abort', listener: () => void): unknown;
+  off(event: 'abort', listener: () => void): unknown;
+}
+
+export interface ApprovalLimits {
+  readonly perAgent: number;
+  readonly perTenant: number;
+}
+
+export interface ApprovalServiceOptions {
+  readonly store: ApprovalStore;
+  readonly notifier: Notifier;
+  readonly limits: ApprovalLimits;
+  readonly logger: Logger;
+  /** Signs approve/deny links for notifications; undefined: notifications carry no links. */
+  readonly links?: LinkSigner | undefined;
+  /** Where links point: the admin plane as approvers reach it (read when a notice is sent). */
+  readonly linkBase?: (() => string | undefined) | undefined;
+  readonly now?: () => number;
+  /** How often due approvals are expired in the background (ms). */
+  readonly sweepMs?: number;
+}
+
+export interface ApprovalService {
+  /** Records a pending approval and notifies approvers. Throws 429 VALET_ERR_APPROVAL_LIMIT past a cap. */
+  park(input: ParkInput): ApprovalRecord;
+  /**
+   * Hold mode: resolves once the approval is no longer pending — approved, denied, expired, or
+   * aborted (the agent hung up, which this marks, or the gateway is stopping).
+   */
+  waitForDecision(id: string, signal: HangUpSignal): Promise<ApprovalRecord>;
+  /** Hold mode: approved → consumed; false if it is not (any more) approved. */
+  take(id: string, requestId: string): boolean;
+  /** Async mode: executes an approval once for the request it was granted for; throws a coded refusal otherwise. */
+  redeem(id: string, binding: Binding, requestId: string): ApprovalRecord;
+  /** Undoes `take`/`redeem` when the request is refused after all (a rate limit): async can be re-sent, hold is aborted. */
+  release(a: ApprovalRecord, requestId: string, why: string): void;
+  /** An approver's decision. Throws VALET_ERR_APPROVAL_NOT_FOUND or VALET_ERR_APPROVAL_RESOLVED. */
+  decide(id: string, action: LinkAction, resolver: string, reason: string | null): ApprovalRecord;
+  get(id: string): ApprovalRecord | undefined;
+  list(f: ListFilter): ApprovalRecord[];
+  /** A link token's claims (without using it). */
+  link(token: string): LinkClaims;
+  /** Marks a link token used; throws VALET_ERR_APPROVAL_LINK_INVALID if it already was. */
+  useLink(claims: LinkClaims, usedBy: string): void;
+  /** Expires what is due now (also runs in the background). */
+  sweep(): void;
+  /** Approvals waiting for a decision. */
+  pending(): number;
+  /** Held requests this process is waiting on. */
+  readonly holding: number;
+  /** Marks held approvals of an earlier process aborted and starts the background sweep. */
+  start(): void;
+  /** Shutdown: every held request is aborted and answered; the sweep stops. */
+  close(): void;
+}
+
+export function createApprovalService(o: ApprovalServiceOptions): ApprovalService {
+  const { store, logger } = o;
+  const now = o.now ?? Date.now;
+  const waiters = new Map<string, () => void>();
+  let sweeper: NodeJS.Timeout | undefined;
+  let closing = false;
+
+  const wake = (id: string): void => waiters.get(id)?.();
+
+  const linkFor = (a: ApprovalRecord): { approve: string; deny: string } | undefined => {
+    const base = o.linkBase?.();
+    if (o.links === undefined || base === undefined) return undefined;
+    const url = (action: LinkAction): string => `${base.replace(/\/+$/, '')}/approvals/link/${(o.links as LinkSigner).sign(a.id, action, a.expiresAt)}`;
+    return { approve: url('approve'), deny: url('deny') };
+  };
+
+  const sweep = (): void => {
+    for (const id of store.expireDue(now())) {
+      logger.info({ approvalId: id }, 'approval expired');
+      wake(id);
+    }
+  };
+
+  return {
+    park(input) {
+      if (closing) throw new ValetError('VALET_ERR_SHUTTING_DOWN');
+      const t = now();
+      const a: ApprovalRecord = Object.freeze({
+        ...input,
+        id: newApprovalId(),
+        status: 'pending',
+        createdAt: t,
+        expiresAt: t + input.timeoutMs,
+        resolver: null,
+        resolutionReason: null,
+        resolvedAt: null,
+        consumedAt: null,
+        consumedRequestId: null,
+      });
+      const r = store.insert(a, o.limits, t);
+      if (!r.ok) {
+        const retryAfter = Math.max(1, Math.ceil(r.retryAfterMs / 1000));
+        throw new ValetError(
+          'VALET_ERR_APPROVAL_LIMIT',
+          `Too many approvals are waiting for ${r.scope === 'agent' ? 'this agent' : 'this tenant'} (at most ${r.limit}); nothing was forwarded.`,
+          { extra: { rule: a.rule, reason: a.reason, retry_after_s: retryAfter } },
+        );
+      }
+      logger.info({ approvalId: a.id, reqId: a.requestId, agent: a.agent, tenant: a.tenant, rule: a.rule, group: a.group, mode: a.mode }, 'approval requested');
+      o.notifier.notify({ event: 'approval.requested', approval: a, links: linkFor(a) });
+      return a;
+    },
+
+    waitForDecision(id, signal) {
+      return new Promise<ApprovalRecord>((resolve) => {
+        let timer: NodeJS.Timeout | undefined;
+        let done = false;
+        const finish = (): void => {
+          if (done) return;
+          done = true;
+          if (timer !== undefined) clearTimeout(timer);
+          signal.off('abort', onAbort);
+          waiters.delete(id);
+          resolve(store.get(id) as ApprovalRecord);
+        };
+        const onAbort = (): void => {
+          if (store.abort(id, 'the agent disconnected while waiting', now())) logger.info({ approvalId: id }, 'approval aborted: the agent disconnected');
+          finish();
+        };
+        const arm = (): void => {
+          const a = store.get(id);
+          if (a === undefined || a.status !== 'pending') return finish();
+          timer = setTimeout(() => {
+            timer = undefined;
+            if (store.expire(id, now())) logger.info({ approvalId: id }, 'approval expired');
+            arm();
+          }, Math.max(1, a.expiresAt - now() + 1));
+        };
+        waiters.set(id, finish);
+        signal.once('abort', onAbort);
+        if (signal.aborted) return onAbort();
+        arm();
+      });
+    },
+
+    take: (id, requestId) => store.consumeHeld(id, requestId, now()),
+
+    redeem(id, b, requestId) {
+      const t = now();
+      if (APPROVAL_ID.test(id) && store.consumeAsync(id, b, requestId, t)) return store.get(id) as ApprovalRecord;
+      const a = APPROVAL_ID.test(id) ? store.get(id) : undefined;
+      // Unknown, another agent's (or another tenant's, or for another user): one answer, no oracle.
+      if (a === undefined || a.agent !== b.agent || a.tenant !== b.tenant || a.user !== b.user) {
+        throw new ValetError('VALET_ERR_APPROVAL_MISMATCH', 'The Valet-Approval id does not name an approval of this agent.');
+      }
+      if (a.mode !== 'async') throw new ValetError('VALET_ERR_APPROVAL_MISMATCH', 'The Valet-Approval id names a held request; only async approvals are executed by re-sending.');
+      if (a.digest !== b.digest) {
+        throw new ValetError('VALET_ERR_APPROVAL_MISMATCH', 'This request differs from the one that was approved (method, path, query, headers or body); nothing was forwarded.', {
+          extra: { approval: { id: a.id } },
+        });
+      }
+      if (a.rule !== b.rule || a.group !== b.group) {
+        throw new ValetError('VALET_ERR_APPROVAL_MISMATCH', 'The policy changed since this approval was asked for: a different rule or approver group now applies. Send the request without Valet-Approval to ask again.', {
+          extra: { approval: { id: a.id } },
+        });
+      }
+      if ((a.status === 'pending' || a.status === 'approved') && a.expiresAt <= t) {
+        store.expire(a.id, t);
+        wake(a.id);
+        throw refusalFor({ ...a, status: 'expired' });
+      }
+      throw refusalFor(a);
+    },
+
+    release(a, requestId, why) {
+      if (a.mode === 'async') store.release(a.id, requestId);
+      else store.abort(a.id, why, now());
+    },
+
+    decide(id, action, resolver, reason) {
+      const t = now();
+      const done = APPROVAL_ID.test(id) && store.decide(id, action === 'approve' ? 'approved' : 'denied', resolver, reason, t);
+      const a = APPROVAL_ID.test(id) ? store.get(id) : undefined;
+      if (a === undefined) throw new ValetError('VALET_ERR_APPROVAL_NOT_FOUND');
+      if (!done) {
+        let status = a.status;
+        if (status === 'pending' && a.expiresAt <= t) {
+          store.expire(id, t);
+          wake(id);
+          status = 'expired';
+        }
+        throw new ValetError('VALET_ERR_APPROVAL_RESOLVED', `Approval ${id} is already ${status}; it cannot be ${action === 'approve' ? 'approved' : 'denied'}.`, {
+          extra: { approval: { id, status } },
+        });
+      }
+      logger.info({ approvalId: id, action, resolver }, action === 'approve' ? 'approval granted' : 'approval denied');
+      wake(id);
+      return a;
+    },
+
+    get: (id) => (APPROVAL_ID.test(id) ? store.get(id) : undefined),
+    list: (f) => store.list(f),
+
+    link(token) {
+      if (o.links === undefined) throw new ValetError('VALET_ERR_APPROVAL_LINK_INVALID', 'Approval links are not enabled on this gateway.');
+      return o.links.verify(token, now());
+    },
+    useLink(claims, usedBy) {
+      if (!store.useLink(claims.nonce, claims.approvalId, claims.action, usedBy, now())) {
+        throw new ValetError('VALET_ERR_APPROVAL_LINK_INVALID', 'This approval link has already been used.');
+      }
+    },
+
+    sweep,
+    pending: () => store.countPending(now()),
+    get holding() {
+      return waiters.size;
+    },
+
+    start() {
+      const n = store.abortHeld('the gateway restarted while the request was held', now());
+      if (n > 0) logger.warn({ count: n }, 'held approvals from before the restart were aborted; they will never be executed');
+      sweep();
+      sweeper = setInterval(sweep, o.sweepMs ?? 1_000);
+      sweeper.unref();
+    },
+
+    close() {
+      closing = true;
+      if (sweeper !== undefined) clearInterval(sweeper);
+      for (const [id, finish] of [...waiters]) {
+        store.abort(id, 'the gateway is shutting down', now());
+        finish();
+      }
+    },
+  };
+}
+
+/** The coded refusal for a request whose approval is not (or no longer) approved. */
+export function refusalFor(a: ApprovalRecord): ValetError {
+  const approval = { id: a.id, status: a.status };
+  switch (a.status) {
+    case 'pending':
+    case 'approved':
+      return new ValetError('VALET_ERR_APPROVAL_PENDING', undefined, { extra: { approval: { ...approval, status_url: statusUrl(a.id), expires_at: iso(a.expiresAt) } } });
+    case 'denied':
+      return new ValetError('VALET_ERR_APPROVAL_DENIED', `Approval ${a.id} was denied${a.resolutionReason ? `: ${a.resolutionReason}` : '.'}`, {
+        extra: { rule: a.rule, reason: a.reason, approval: { ...approval, resolution_reason: a.resolutionReason } },
+      });
+    case 'consumed':
+      return new ValetError('VALET_ERR_APPROVAL_USED', `Approval ${a.id} has already been used; an approval executes one request once.`, { extra: { approval } });
+    default:
+      return new ValetError('VALET_ERR_APPROVAL_EXPIRED', undefined, { extra: { rule: a.rule, reason: a.reason, approval: { ...approval, status: 'expired' } } });
+  }
+}
+
+export const statusUrl = (id: string): string => `/_valet/approvals/${id}`;
+const iso = (t: number): string => new Date(t).toISOString();

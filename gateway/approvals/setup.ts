@@ -1,0 +1,77 @@
+import type { Logger } from 'pino';
+import { DEFAULT_APPROVAL_SETTINGS, type ApprovalSettings } from '../config/types.js';
+import { ValetError } from '../errors.js';
+import { createLinkSigner, loadLinkKey } from './links.js';
+import { createNotifier, slackChannel, webhookChannel, type NotificationChannel, type Notifier } from './notify.js';
+import { createApprovalService, type ApprovalService } from './service.js';
+import { openApprovalStore } from './store.js';
+
+export interface ApprovalsOptions {
+  readonly settings: ApprovalSettings | undefined;
+  readonly dataDir: string;
+  readonly env: NodeJS.ProcessEnv;
+  readonly logger: Logger;
+  /** The admin plane's URL once it listens; links use `links.base_url` first. */
+  readonly adminUrl: () => string | undefined;
+}
+
+export interface Approvals {
+  readonly service: ApprovalService;
+  readonly notifier: Notifier;
+  /** After `service.close()` and the listeners have drained: stops notifications and closes the database. */
+  close(): Promise<void>;
+}
+
+/**
+ * Builds the approvals module from `gateway.approvals`: the store (`<data>/approvals.db`), the
+ * notification channels (secrets read from the environment now, so a missing one stops start-up),
+ * the link signer, and the service; marks held approvals of an earlier process aborted.
+ */
+export function createApprovals(o: ApprovalsOptions): Approvals {
+  const settings = o.settings ?? DEFAULT_APPROVAL_SETTINGS;
+  const channels = notificationChannels(settings, o.env);
+  const store = openApprovalStore(o.dataDir);
+  try {
+    const notifier = createNotifier(channels, { logger: o.logger });
+    const service = createApprovalService({
+      store,
+      notifier,
+      logger: o.logger,
+      limits: { perAgent: settings.maxPendingPerAgent, perTenant: settings.maxPendingPerTenant },
+      links: settings.links.enabled ? createLinkSigner(loadLinkKey(o.dataDir, o.env)) : undefined,
+      linkBase: () => settings.links.baseUrl ?? o.adminUrl(),
+    });
+    service.start();
+    return {
+      service,
+      notifier,
+      async close() {
+        service.close();
+        await notifier.close();
+        store.close();
+      },
+    };
+  } catch (err) {
+    store.close();
+    throw err;
+  }
+}
+
+/** The configured channels, with their URLs and signing secrets read from the environment. */
+export function notificationChannels(settings: ApprovalSettings, env: NodeJS.ProcessEnv): NotificationChannel[] {
+  return settings.channels.map((c, i) => {
+    const name = `${c.type}[${i}]`;
+    const fromEnv = (variable: string, what: string): string => {
+      const v = env[variable];
+      if (v === undefined || v.trim() === '' || /[\r\n\0]/.test(v)) {
+        throw new ValetError('VALET_ERR_CONFIG', `gateway.approvals.channels[${i}] (${c.type}): the environment variable ${variable} (${what}) is not set`);
+      }
+      return v.trim();
+    };
+    const url = c.url ?? fromEnv(c.urlEnv as string, 'its URL');
+    if (!/^https?:\/\//.test(url)) throw new ValetError('VALET_ERR_CONFIG', `gateway.approvals.channels[${i}] (${c.type}): the URL in ${c.urlEnv} must start with http:// or https://`);
+    const retry = { maxAttempts: c.maxAttempts, baseDelayMs: c.backoffMs, maxDelayMs: Math.max(c.backoffMs, 60_000) };
+    if (c.type === 'slack') return slackChannel({ name, url, groups: c.groups, retry });
+    return webhookChannel({ name, url, secret: fromEnv(c.secretEnv as string, 'its signing secret'), groups: c.groups, retry });
+  });
+}

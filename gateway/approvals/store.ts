@@ -1,0 +1,283 @@
+import { chmodSync, mkdirSync } from 'node:fs';
+import { join } from 'node:path';
+import Database from 'better-sqlite3';
+import type { ApprovalMode, ApprovalRecord, ApprovalStatus } from './types.js';
+
+/**
+ * Approvals live in their own SQLite file, `<data>/approvals.db`, beside the audit log (`valet.db`)
+ * and the secret store (`secrets.db`). Each file has one owner of `PRAGMA user_version`, so this
+ * module's migrations never meet the audit log's; the approvals module stays a leaf that knows no
+ * other module's schema; and the per-request audit writer's batches never wait behind an approver's
+ * write (or the reverse). The audit row of a request refers to its approval by `approval_id`.
+ */
+export const APPROVALS_FILE = 'approvals.db';
+
+/** Ordered schema migrations of approvals.db; `PRAGMA user_version` records how many have run. */
+const MIGRATIONS: readonly string[] = [
+  `CREATE TABLE approvals (
+     id                  TEXT    PRIMARY KEY,
+     request_id          TEXT    NOT NULL,
+     mode                TEXT    NOT NULL CHECK (mode IN ('hold', 'async')),
+     status              TEXT    NOT NULL CHECK (status IN ('pending', 'approved', 'denied', 'expired', 'aborted', 'consumed')),
+     agent               TEXT    NOT NULL,
+     tenant              TEXT,
+     user                TEXT,
+     upstream            TEXT    NOT NULL,
+     tool                TEXT,
+     method              TEXT    NOT NULL,
+     path                TEXT    NOT NULL,
+     args                TEXT    NOT NULL,
+     args_note           TEXT,
+     rule                TEXT    NOT NULL,
+     reason              TEXT    NOT NULL,
+     approver_group      TEXT    NOT NULL,
+     timeout_ms          INTEGER NOT NULL,
+     created_at          INTEGER NOT NULL,
+     expires_at          INTEGER NOT NULL,
+     digest              TEXT    NOT NULL,
+     resolver            TEXT,
+     resolution_reason   TEXT,
+     resolved_at         INTEGER,
+     consumed_at         INTEGER,
+     consumed_request_id TEXT,
+     policy_version      TEXT
+   );
+   CREATE INDEX approvals_open ON approvals (status, expires_at);
+   CREATE INDEX approvals_agent ON approvals (agent, status);
+   CREATE INDEX approvals_tenant ON approvals (tenant, status);
+   CREATE INDEX approvals_created ON approvals (created_at);
+   CREATE TABLE approval_links_used (
+     nonce       TEXT    PRIMARY KEY,
+     approval_id TEXT    NOT NULL,
+     action      TEXT    NOT NULL,
+     used_by     TEXT    NOT NULL,
+     used_at     INTEGER NOT NULL
+   );`,
+];
+
+interface Row {
+  id: string;
+  request_id: string;
+  mode: ApprovalMode;
+  status: ApprovalStatus;
+  agent: string;
+  tenant: string | null;
+  user: string | null;
+  upstream: string;
+  tool: string | null;
+  method: string;
+  path: string;
+  args: string;
+  args_note: string | null;
+  rule: string;
+  reason: string;
+  approver_group: string;
+  timeout_ms: number;
+  created_at: number;
+  expires_at: number;
+  digest: string;
+  resolver: string | null;
+  resolution_reason: string | null;
+  resolved_at: number | null;
+  consumed_at: number | null;
+  consumed_request_id: string | null;
+  policy_version: string | null;
+}
+
+const fromRow = (r: Row): ApprovalRecord =>
+  Object.freeze({
+    id: r.id,
+    requestId: r.request_id,
+    mode: r.mode,
+    status: r.status,
+    agent: r.agent,
+    tenant: r.tenant,
+    user: r.user,
+    upstream: r.upstream,
+    tool: r.tool,
+    method: r.method,
+    path: r.path,
+    args: JSON.parse(r.args) as Record<string, unknown>,
+    argsNote: r.args_note,
+    rule: r.rule,
+    reason: r.reason,
+    group: r.approver_group,
+    timeoutMs: r.timeout_ms,
+    createdAt: r.created_at,
+    expiresAt: r.expires_at,
+    digest: r.digest,
+    resolver: r.resolver,
+    resolutionReason: r.resolution_reason,
+    resolvedAt: r.resolved_at,
+    consumedAt: r.consumed_at,
+    consumedRequestId: r.consumed_request_id,
+    policyVersion: r.policy_version,
+  });
+
+/** What must match for an approved async approval to be executed by a re-sent request. */
+export interface Binding {
+  readonly agent: string;
+  readonly tenant: string | null;
+  readonly user: string | null;
+  readonly digest: string;
+  readonly rule: string;
+  readonly group: string;
+}
+
+export interface ListFilter {
+  readonly status?: ApprovalStatus | undefined;
+  readonly tenant?: string | undefined;
+  readonly agent?: string | undefined;
+  readonly limit: number;
+}
+
+export type InsertResult = { ok: true } | { ok: false; scope: 'agent' | 'tenant'; limit: number; retryAfterMs: number };
+
+/** Synchronous access to approvals.db. Every state change is one conditional statement. */
+export interface ApprovalStore {
+  /** Inserts a pending approval unless the agent or its tenant already has `limits` pending (one transaction). */
+  insert(a: ApprovalRecord, limits: { perAgent: number; perTenant: number }, now: number): InsertResult;
+  get(id: string): ApprovalRecord | undefined;
+  /** Newest first. */
+  list(f: ListFilter): ApprovalRecord[];
+  /** pending → approved/denied, unless expired. An approved async approval gets `now + timeout` to be executed. */
+  decide(id: string, to: 'approved' | 'denied', resolver: string, reason: string | null, now: number): boolean;
+  /** pending/approved → expired, once its deadline has passed. */
+  expire(id: string, now: number): boolean;
+  /** Expires everything past its deadline; returns the ids. */
+  expireDue(now: number): string[];
+  /** pending/approved → aborted (a held agent left, or the gateway stopped). */
+  abort(id: string, reason: string, now: number): boolean;
+  /** approved → consumed for an async approval, only if the binding matches and it is not expired. */
+  consumeAsync(id: string, b: Binding, requestId: string, now: number): boolean;
+  /** approved → consumed for a held request. */
+  consumeHeld(id: string, requestId: string, now: number): boolean;
+  /** consumed → approved again, by the request that consumed it (a rate limit refused it after all). */
+  release(id: string, requestId: string): boolean;
+  /** At start: held approvals of an earlier process can never be answered; they are aborted. */
+  abortHeld(reason: string, now: number): number;
+  countPending(now: number): number;
+  /** Records a link token as used; false if it already was. */
+  useLink(nonce: string, approvalId: string, action: string, usedBy: string, now: number): boolean;
+  close(): void;
+}
+
+/** Opens (creating and migrating if needed) `<dataDir>/approvals.db` in WAL mode. */
+export function openApprovalStore(dataDir: string): ApprovalStore {
+  mkdirSync(dataDir, { recursive: true, mode: 0o700 });
+  const file = join(dataDir, APPROVALS_FILE);
+  const db = new Database(file);
+  try {
+    chmodSync(file, 0o600);
+  } catch {
+    // not ours to change (a mounted file); SQLite still works
+  }
+  db.pragma('busy_timeout = 5000');
+  db.pragma('journal_mode = WAL');
+  db.pragma('synchronous = NORMAL');
+  const current = db.pragma('user_version', { simple: true }) as number;
+  if (current > MIGRATIONS.length) {
+    db.close();
+    throw new Error(`${file} has schema version ${current}, newer than this Valet knows (${MIGRATIONS.length})`);
+  }
+  db.transaction(() => {
+    for (let v = current; v < MIGRATIONS.length; v++) db.exec(MIGRATIONS[v] as string);
+    db.pragma(`user_version = ${MIGRATIONS.length}`);
+  })();
+
+  const s = {
+    insert: db.prepare(`INSERT INTO approvals
+      (id, request_id, mode, status, agent, tenant, user, upstream, tool, method, path, args, args_note, rule, reason,
+       approver_group, timeout_ms, created_at, expires_at, digest, policy_version)
+      VALUES (@id, @requestId, @mode, 'pending', @agent, @tenant, @user, @upstream, @tool, @method, @path, @args, @argsNote, @rule, @reason,
+       @group, @timeoutMs, @createdAt, @expiresAt, @digest, @policyVersion)`),
+    pendingOfAgent: db.prepare(
+      `SELECT count(*) AS n, min(expires_at) AS next FROM approvals WHERE agent = @agent AND status = 'pending' AND tenant IS @tenant AND expires_at > @now`,
+    ),
+    pendingOfTenant: db.prepare(`SELECT count(*) AS n, min(expires_at) AS next FROM approvals WHERE tenant IS @tenant AND status = 'pending' AND expires_at > @now`),
+    get: db.prepare('SELECT * FROM approvals WHERE id = ?'),
+    decide: db.prepare(`UPDATE approvals SET status = @to, resolver = @resolver, resolution_reason = @reason, resolved_at = @now,
+        expires_at = CASE WHEN @to = 'approved' AND mode = 'async' THEN @now + timeout_ms ELSE expires_at END
+      WHERE id = @id AND status = 'pending' AND expires_at > @now`),
+    expire: db.prepare(`UPDATE approvals SET status = 'expired', resolved_at = COALESCE(resolved_at, @now)
+      WHERE id = @id AND status IN ('pending', 'approved') AND expires_at <= @now`),
+    expireDue: db.prepare(`UPDATE approvals SET status = 'expired', resolved_at = COALESCE(resolved_at, @now)
+      WHERE status IN ('pending', 'approved') AND expires_at <= @now RETURNING id`),
+    abort: db.prepare(`UPDATE approvals SET status = 'aborted', resolved_at = COALESCE(resolved_at, @now),
+        resolution_reason = CASE WHEN resolver IS NULL THEN @reason ELSE resolution_reason END
+      WHERE id = @id AND status IN ('pending', 'approved')`),
+    consumeAsync: db.prepare(`UPDATE approvals SET status = 'consumed', consumed_at = @now, consumed_request_id = @requestId
+      WHERE id = @id AND mode = 'async' AND status = 'approved' AND expires_at > @now
+        AND agent = @agent AND tenant IS @tenant AND user IS @user AND digest = @digest AND rule = @rule AND approver_group = @group`),
+    consumeHeld: db.prepare(`UPDATE approvals SET status = 'consumed', consumed_at = @now, consumed_request_id = @requestId
+      WHERE id = @id AND mode = 'hold' AND status = 'approved'`),
+    release: db.prepare(`UPDATE approvals SET status = 'approved', consumed_at = NULL, consumed_request_id = NULL
+      WHERE id = @id AND status = 'consumed' AND consumed_request_id = @requestId`),
+    abortHeld: db.prepare(`UPDATE approvals SET status = 'aborted', resolved_at = COALESCE(resolved_at, @now),
+        resolution_reason = CASE WHEN resolver IS NULL THEN @reason ELSE resolution_reason END
+      WHERE mode = 'hold' AND status IN ('pending', 'approved')`),
+    countPending: db.prepare(`SELECT count(*) AS n FROM approvals WHERE status = 'pending' AND expires_at > ?`),
+    useLink: db.prepare(`INSERT INTO approval_links_used (nonce, approval_id, action, used_by, used_at)
+      VALUES (@nonce, @approvalId, @action, @usedBy, @now) ON CONFLICT (nonce) DO NOTHING`),
+  };
+
+  const insert = db.transaction((a: ApprovalRecord, limits: { perAgent: number; perTenant: number }, now: number): InsertResult => {
+    const agent = s.pendingOfAgent.get({ agent: a.agent, tenant: a.tenant, now }) as { n: number; next: number | null };
+    if (agent.n >= limits.perAgent) return { ok: false, scope: 'agent', limit: limits.perAgent, retryAfterMs: (agent.next ?? now) - now };
+    const tenant = s.pendingOfTenant.get({ tenant: a.tenant, now }) as { n: number; next: number | null };
+    if (tenant.n >= limits.perTenant) return { ok: false, scope: 'tenant', limit: limits.perTenant, retryAfterMs: (tenant.next ?? now) - now };
+    s.insert.run({
+      id: a.id,
+      requestId: a.requestId,
+      mode: a.mode,
+      agent: a.agent,
+      tenant: a.tenant,
+      user: a.user,
+      upstream: a.upstream,
+      tool: a.tool,
+      method: a.method,
+      path: a.path,
+      args: JSON.stringify(a.args),
+      argsNote: a.argsNote,
+      rule: a.rule,
+      reason: a.reason,
+      group: a.group,
+      timeoutMs: a.timeoutMs,
+      createdAt: a.createdAt,
+      expiresAt: a.expiresAt,
+      digest: a.digest,
+      policyVersion: a.policyVersion,
+    });
+    return { ok: true };
+  });
+
+  return {
+    insert: (a, limits, now) => insert.immediate(a, limits, now),
+    get: (id) => {
+      const r = s.get.get(id) as Row | undefined;
+      return r && fromRow(r);
+    },
+    list: (f) => {
+      const where: string[] = [];
+      const params: Record<string, string | number> = { limit: f.limit };
+      for (const [column, value] of Object.entries({ status: f.status, tenant: f.tenant, agent: f.agent })) {
+        if (value === undefined) continue;
+        where.push(`${column} = @${column}`);
+        params[column] = value;
+      }
+      const sql = `SELECT * FROM approvals ${where.length > 0 ? `WHERE ${where.join(' AND ')}` : ''} ORDER BY created_at DESC, id LIMIT @limit`;
+      return (db.prepare(sql).all(params) as Row[]).map(fromRow);
+    },
+    decide: (id, to, resolver, reason, now) => s.decide.run({ id, to, resolver, reason, now }).changes === 1,
+    expire: (id, now) => s.expire.run({ id, now }).changes === 1,
+    expireDue: (now) => (s.expireDue.all({ now }) as { id: string }[]).map((r) => r.id),
+    abort: (id, reason, now) => s.abort.run({ id, reason, now }).changes === 1,
+    consumeAsync: (id, b, requestId, now) => s.consumeAsync.run({ id, requestId, now, ...b }).changes === 1,
+    consumeHeld: (id, requestId, now) => s.consumeHeld.run({ id, requestId, now }).changes === 1,
+    release: (id, requestId) => s.release.run({ id, requestId }).changes === 1,
+    abortHeld: (reason, now) => s.abortHeld.run({ reason, now }).changes,
+    countPending: (now) => (s.countPending.get(now) as { n: number }).n,
+    useLink: (nonce, approvalId, action, usedBy, now) => s.useLink.run({ nonce, approvalId, action, usedBy, now }).changes === 1,
+    close: () => db.close(),
+  };
+}
