@@ -30,7 +30,8 @@ describe('environments', () => {
       const gw = await startTestGateway({
         upstreams: [stripeUpstream(upstream.origin)],
         rules,
-        ...(environment !== undefined && { gateway: { environment } }),
+        // Credentials come from the environment only: production refuses the secret store without a master key.
+        ...(environment !== undefined && { gateway: { environment, secrets: { sources: ['env'] } } }),
         env: { STRIPE_KEY: STRIPE_SECRET },
       });
       gateways.push(gw);
