@@ -5,6 +5,9 @@ import { join } from 'node:path';
 import { execFileSync, spawnSync, type ChildProcess } from 'node:child_process';
 import { request } from 'undici';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { sharedSecret } from '../../gateway/auth/keys.js';
+import { mintAgentToken } from '../../gateway/auth/mint.js';
+import { loadConfig } from '../../gateway/config/load.js';
 import { CLI, runCli, spawnCli, type CliResult } from '../helpers/cli.js';
 import { expectNoStackTrace, sleep } from '../helpers/http.js';
 import { headerValues, startFakeUpstream, type FakeUpstream } from '../helpers/upstream.js';
@@ -71,7 +74,10 @@ describe('valet secrets (CLI lifecycle)', () => {
   async function echoKey(port: number, tenant: string): Promise<string[]> {
     let token = tokens.get(tenant);
     if (token === undefined) {
-      token = (await valet(['token', '--agent', 'cli-agent', '--tenant', tenant, '--ttl', '5m'])).stdout.trim();
+      // Minted here as `valet token` would (same issuer, same key file in the data directory); the
+      // CLI's own token command is covered by cli.test.ts.
+      const issuer = loadConfig(configDir).issuers[0]!;
+      token = await mintAgentToken(issuer, sharedSecret(issuer, dataDir, {}), { agent: 'cli-agent', tenant, ttlSeconds: 300 });
       tokens.set(tenant, token);
     }
     const res = await request(`http://127.0.0.1:${port}/echo/v1/hello`, { headers: { authorization: `Bearer ${token}` } });
