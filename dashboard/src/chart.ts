@@ -14,8 +14,9 @@ const W = 900;
 const H = 240;
 const PAD = { left: 44, right: 8, top: 10, bottom: 26 };
 
-function niceMax(n: number): number {
-  if (n <= 4) return 4;
+/** A "nice" step (1, 2 or 5 × 10^k) so the four grid lines fall on round numbers. */
+function niceStep(n: number): number {
+  if (n <= 1) return 1;
   const p = 10 ** Math.floor(Math.log10(n));
   const f = n / p;
   return (f <= 1 ? 1 : f <= 2 ? 2 : f <= 5 ? 5 : 10) * p;
@@ -32,13 +33,14 @@ function label(ms: number, span: number): string {
  * `<title>` for its exact counts.
  */
 export function stackedBars(buckets: readonly Bucket[], series: readonly Series[], bucketMs: number): SVGElement {
-  const max = niceMax(Math.max(0, ...buckets.map((b) => series.reduce((sum, x) => sum + (b[x.key] ?? 0), 0))));
+  const step = niceStep(Math.max(0, ...buckets.map((b) => series.reduce((sum, x) => sum + (b[x.key] ?? 0), 0))) / 4);
+  const max = step * 4;
   const plotW = W - PAD.left - PAD.right;
   const plotH = H - PAD.top - PAD.bottom;
   const bw = plotW / Math.max(1, buckets.length);
   const y = (v: number): number => PAD.top + plotH - (v / max) * plotH;
-  const grid = [0, 0.25, 0.5, 0.75, 1].map((f) => {
-    const v = Math.round(max * f);
+  const grid = [0, 1, 2, 3, 4].map((i) => {
+    const v = i * step;
     return s('g', { class: 'grid' }, s('line', { x1: PAD.left, x2: W - PAD.right, y1: y(v), y2: y(v) }), s('text', { x: PAD.left - 6, y: y(v) + 4, 'text-anchor': 'end' }, String(v)));
   });
   const bars = buckets.map((b, i) => {
@@ -65,7 +67,13 @@ export function stackedBars(buckets: readonly Bucket[], series: readonly Series[
     );
   });
   const span = buckets.length * bucketMs;
-  const ticks = buckets.length === 0 ? [] : [0, Math.floor(buckets.length / 2), buckets.length - 1].map((i) => s('text', { class: 'axis', x: PAD.left + (i + 0.5) * bw, y: H - 8, 'text-anchor': 'middle' }, label((buckets[i] as Bucket).start_ms, span)));
+  const last = buckets.length - 1;
+  const ticks =
+    buckets.length === 0
+      ? []
+      : [0, Math.floor(buckets.length / 2), last].map((i) =>
+          s('text', { class: 'axis', x: PAD.left + (i === last ? i + 1 : i) * bw, y: H - 8, 'text-anchor': i === 0 ? 'start' : i === last ? 'end' : 'middle' }, label(i === last ? (buckets[i] as Bucket).start_ms + bucketMs : (buckets[i] as Bucket).start_ms, span)),
+        );
   return s('svg', { class: 'chart', viewBox: `0 0 ${W} ${H}`, role: 'img', 'aria-label': `Requests by decision, ${buckets.length} buckets` }, grid, bars, ticks);
 }
 

@@ -73,9 +73,20 @@ export function ago(iso: string | number | null | undefined, now = Date.now()): 
   return formatTime(iso);
 }
 
+/** Today: the time; other days: date and time, short. */
+export function shortTime(iso: string | number | null | undefined): string {
+  if (iso === null || iso === undefined) return '—';
+  const d = new Date(iso);
+  if (Number.isNaN(d.getTime())) return String(iso);
+  const today = new Date().toDateString() === d.toDateString();
+  return today
+    ? d.toLocaleTimeString(undefined, { hour: '2-digit', minute: '2-digit', second: '2-digit' })
+    : d.toLocaleString(undefined, { month: 'short', day: 'numeric', hour: '2-digit', minute: '2-digit' });
+}
+
 /** A time with its exact ISO form on hover. */
-export function time(iso: string | number | null | undefined, relative = false): HTMLElement {
-  const text = relative ? ago(iso) : formatTime(iso);
+export function time(iso: string | number | null | undefined, style: boolean | 'short' = false): HTMLElement {
+  const text = style === 'short' ? shortTime(iso) : style ? ago(iso) : formatTime(iso);
   const title = iso === null || iso === undefined ? undefined : new Date(iso).toISOString();
   return h('time', { datetime: title, title }, text);
 }

@@ -167,7 +167,7 @@ export const auditView: View = {
                     },
                   },
                 },
-                h('td', null, time(r.ts)),
+                h('td', { class: 'nowrap' }, time(r.ts, 'short')),
                 h('td', null, r.agent ?? '—'),
                 h('td', null, r.tenant ?? '—'),
                 h('td', null, r.user ?? '—'),
@@ -190,19 +190,46 @@ export const auditView: View = {
       renderTable();
       detail.hidden = false;
       const explainEl = h('div', { class: 'explain' }, h('p', { class: 'muted' }, 'Explaining…'));
-      const known = new Set(['id']);
+      const close = (): void => {
+        detail.hidden = true;
+        selected = undefined;
+        renderTable();
+      };
       fill(
         detail,
-        h('div', { class: 'detail-head' }, h('h3', null, 'Request ', h('code', null, r.request_id)), h('button', { type: 'button', class: 'link', on: { click: () => ((detail.hidden = true), (selected = undefined), renderTable()) } }, 'Close')),
+        h('div', { class: 'detail-head' }, h('h3', null, 'Request ', h('code', { class: 'small' }, r.request_id)), h('button', { type: 'button', class: 'link', on: { click: close } }, 'Close')),
         h(
-          'dl',
-          { class: 'facts' },
-          Object.entries(r)
-            .filter(([k]) => !known.has(k))
-            .map(([k, v]) => [h('dt', null, k), h('dd', null, k === 'ts' || (k.endsWith('_at') && typeof v === 'number') ? time(v as number) : v === null ? '—' : String(v))]),
+          'p',
+          { class: 'summary' },
+          badge(r.decision),
+          ' ',
+          h('span', { class: 'method' }, r.method),
+          ' ',
+          h('code', null, r.path),
+          ` on ${r.upstream ?? '?'}`,
+          r.tool ? ` (tool ${r.tool})` : '',
+          ` by ${r.agent ?? 'an unauthenticated caller'}`,
+          r.tenant ? ` of ${r.tenant}` : '',
+          r.user ? ` for user ${r.user}` : '',
+          ` · status ${r.status}`,
+          r.error_code ? ` ${r.error_code}` : '',
+          ` · ${r.duration_ms.toFixed(1)} ms · `,
+          time(r.ts),
         ),
         h('h4', null, 'Decision explained'),
         explainEl,
+        h(
+          'details',
+          { class: 'all-fields' },
+          h('summary', null, 'Every recorded field'),
+          h(
+            'dl',
+            { class: 'facts' },
+            Object.entries(r)
+              .filter(([k]) => k !== 'id')
+              .map(([k, v]) => [h('dt', null, k), h('dd', null, k === 'ts' || (k.endsWith('_at') && typeof v === 'number') ? time(v as number) : v === null ? '—' : String(v))]),
+          ),
+        ),
       );
       try {
         const e = await ctx.api.get<Explanation>(`/api/audit/${encodeURIComponent(r.request_id)}/explain`);

@@ -125,7 +125,7 @@ function row(ctx: Context, s: Secret, reload: () => Promise<void>): HTMLElement[
 
 function setForm(ctx: Context, reload: () => Promise<void>): HTMLElement {
   const name = h('input', { type: 'text', name: 'name', required: true, autocomplete: 'off', spellcheck: 'false', placeholder: 'OPENAI_API_KEY' });
-  const tenant = h('input', { type: 'text', name: 'tenant', autocomplete: 'off', placeholder: 'blank: shared by every tenant' });
+  const tenant = h('input', { type: 'text', name: 'tenant', autocomplete: 'off', placeholder: 'blank = shared' });
   if (ctx.who.tenant !== null) {
     tenant.value = ctx.who.tenant;
     tenant.disabled = true;
@@ -157,10 +157,10 @@ function setForm(ctx: Context, reload: () => Promise<void>): HTMLElement {
         },
       },
     },
-    h('h3', null, 'Add a secret'),
+    h('h3', null, 'Add a secret ', h('span', { class: 'muted small' }, 'The value is sent once and never shown again; rotate a secret from its row.')),
     field('Name', name),
     field('Tenant', tenant),
-    field('Value', value, 'Sent once; never shown again.'),
+    field('Value', value),
     h('button', { type: 'submit', class: 'primary' }, 'Store'),
   );
 }
