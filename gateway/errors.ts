@@ -37,6 +37,10 @@ export const ERRORS = {
     message: 'The stored credential for this upstream failed its integrity check; nothing was forwarded.',
   },
   VALET_ERR_SHUTTING_DOWN: { status: 503, message: 'The gateway is shutting down.' },
+  VALET_ERR_AUDIT_UNAVAILABLE: {
+    status: 503,
+    message: 'The audit log could not be written, so the request was not forwarded.',
+  },
   VALET_ERR_UPSTREAM_UNREACHABLE: { status: 502, message: 'The upstream could not be reached.' },
   VALET_ERR_UPSTREAM_ENCODING: {
     status: 502,

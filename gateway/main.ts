@@ -1,14 +1,16 @@
-import { randomUUID } from 'node:crypto';
 import { createServer, STATUS_CODES, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { resolve } from 'node:path';
 import type { DestinationStream, Logger } from 'pino';
 import { openAuditDatabase } from './audit/store.js';
-import { createAuditWriter, type AuditWriter } from './audit/writer.js';
+import { createAnchorer } from './audit/anchor.js';
+import { requestId as newRequestId } from './audit/ids.js';
+import { retentionCutoffs } from './audit/retention.js';
+import { startAuditWriter, type AuditWriter } from './audit/writer.js';
 import { createTokenVerifier } from './auth/verify.js';
 import { secretNames } from './config/credential.js';
 import { loadConfig } from './config/load.js';
-import type { Config, Environment } from './config/types.js';
+import { DEFAULT_AUDIT, type Config, type Environment } from './config/types.js';
 import { dashboardAssets, findDashboard } from './admin/assets.js';
 import { insightRoutes } from './admin/insights.js';
 import { createMetrics } from './admin/metrics.js';
@@ -40,6 +42,8 @@ export interface GatewayOptions {
   env?: NodeJS.ProcessEnv | undefined;
   /** Reload the policy when files in the config directory change. */
   watch?: boolean | undefined;
+  /** Where the audit writer runs: its own thread (default) or inline (benchmark comparison). */
+  auditWriter?: 'worker' | 'inline' | undefined;
 }
 
 export interface RunningGateway {
@@ -85,7 +89,31 @@ export async function startGateway(options: GatewayOptions): Promise<RunningGate
   const policies = createPolicyHolder(config, loadOptions, stores, logger);
   if (options.watch) policies.watch();
   const db = openAuditDatabase(dataDir);
-  const audit = createAuditWriter(db, { logger });
+  const auditSettings = config.gateway.audit ?? DEFAULT_AUDIT;
+  const audit = await startAuditWriter({
+    dataDir,
+    logger,
+    failOpen: auditSettings.failOpen,
+    busyTimeoutMs: auditSettings.busyTimeoutMs,
+    mode: options.auditWriter,
+  }).catch((err: unknown) => {
+    db.close();
+    secretSources.close();
+    throw err;
+  });
+  if (auditSettings.failOpen) logger.warn({}, 'gateway.audit.fail_open is set: requests are forwarded even when their audit record cannot be written');
+  const anchorer = createAnchorer({ dataDir, head: () => audit.head, settings: auditSettings.anchor, env, logger });
+  const prune = (): void => {
+    const cutoffs = retentionCutoffs(auditSettings);
+    if (cutoffs === undefined) return;
+    audit.prune(cutoffs).then(
+      (r) => r.rows > 0 && logger.info({ rows: r.rows, compacted: r.compacted }, 'audit retention: old rows deleted'),
+      (err: unknown) => logger.error({ message: (err as Error).message }, 'audit retention: prune failed'),
+    );
+  };
+  const pruneTimer = setInterval(prune, 3_600_000);
+  pruneTimer.unref();
+  setImmediate(prune);
   const forwarder = createForwarder(config.upstreams.values());
   let draining = false;
   let adminUrl: string | undefined;
@@ -109,7 +137,7 @@ export async function startGateway(options: GatewayOptions): Promise<RunningGate
   );
   // Requests Node's parser refuses never reach the pipeline; they are answered and audited here.
   server.on('clientError', (err: NodeJS.ErrnoException, socket) => {
-    const requestId = randomUUID();
+    const requestId = newRequestId();
     const e = new ValetError(err.code === 'HPE_HEADER_OVERFLOW' ? 'VALET_ERR_HEADERS_TOO_LARGE' : 'VALET_ERR_BAD_REQUEST');
     if (err.code !== 'ECONNRESET' && socket.writable) {
       const body = JSON.stringify({ error: { code: e.code, message: e.message, request_id: requestId } });
@@ -179,7 +207,9 @@ export async function startGateway(options: GatewayOptions): Promise<RunningGate
       await adminClosed;
       await forwarder.close();
       await approvals.close();
-      audit.close();
+      clearInterval(pruneTimer);
+      await audit.close();
+      await anchorer.close();
       db.close();
       secretSources.close();
       logger.info({}, 'valet stopped');

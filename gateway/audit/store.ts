@@ -2,10 +2,44 @@ import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import Database from 'better-sqlite3';
 import type { AuditRecord } from '../types.js';
+import { contentColumns, EVENT, linkHash, readHead, rowDigest } from './chain.js';
 
 export type AuditDatabase = Database.Database;
 
 /** Ordered schema migrations; `PRAGMA user_version` records how many have run. */
+/**
+ * The hash chain (gateway/audit/chain.ts), the recording time and the query indexes.
+ * - `logged_at`: when the writer recorded the row (ms), never decreasing with `id`, so a time range
+ *   becomes an id range (a binary search) and every filtered query walks one index in id order.
+ * - `chain_seq` / `outcome_seq`: the row's events in `audit_chain` (bookkeeping, not hashed).
+ * - one index per filter column, partial where the column is often NULL (SQLite uses a partial
+ *   index `WHERE c IS NOT NULL` for `c = ?`); each ends in the rowid, which serves `ORDER BY id`
+ *   and keyset cursors on id without sorting.
+ * Rows written before the chain existed are chained once, here (see {@link chainLegacyRows}).
+ */
+const CHAIN_MIGRATION = `ALTER TABLE audit_log ADD COLUMN logged_at INTEGER;
+   ALTER TABLE audit_log ADD COLUMN chain_seq INTEGER;
+   ALTER TABLE audit_log ADD COLUMN outcome_seq INTEGER;
+   CREATE TABLE audit_chain (
+     seq    INTEGER PRIMARY KEY,
+     row_id INTEGER NOT NULL,
+     kind   INTEGER NOT NULL,
+     hash   BLOB    NOT NULL,
+     ts     INTEGER,
+     tenant TEXT,
+     digest BLOB,
+     note   TEXT
+   );
+   CREATE INDEX audit_chain_prune ON audit_chain (seq) WHERE kind = 4;
+   CREATE INDEX audit_log_agent ON audit_log (agent) WHERE agent IS NOT NULL;
+   CREATE INDEX audit_log_tenant ON audit_log (tenant) WHERE tenant IS NOT NULL;
+   CREATE INDEX audit_log_user ON audit_log (user) WHERE user IS NOT NULL;
+   CREATE INDEX audit_log_upstream ON audit_log (upstream) WHERE upstream IS NOT NULL;
+   CREATE INDEX audit_log_tool ON audit_log (tool) WHERE tool IS NOT NULL;
+   CREATE INDEX audit_log_decision ON audit_log (decision) WHERE decision IS NOT NULL;
+   CREATE INDEX audit_log_rule ON audit_log (rule) WHERE rule IS NOT NULL;
+   CREATE INDEX audit_log_status ON audit_log (status);`;
+
 const MIGRATIONS: readonly string[] = [
   `CREATE TABLE audit_log (
      id              INTEGER PRIMARY KEY,
@@ -31,24 +65,70 @@ const MIGRATIONS: readonly string[] = [
    CREATE INDEX audit_log_ts ON audit_log (ts);
    CREATE INDEX audit_log_request_id ON audit_log (request_id);`,
   `ALTER TABLE audit_log ADD COLUMN tool TEXT;`,
+  // Human approvals: the approval a request was parked under or executed with, who decided, why, when.
+  `ALTER TABLE audit_log ADD COLUMN approval_id TEXT;
+   ALTER TABLE audit_log ADD COLUMN approver TEXT;
+   ALTER TABLE audit_log ADD COLUMN approval_reason TEXT;
+   ALTER TABLE audit_log ADD COLUMN approval_at INTEGER;
+   CREATE INDEX audit_log_approval_id ON audit_log (approval_id) WHERE approval_id IS NOT NULL;`,
+  CHAIN_MIGRATION,
 ];
 
 export const AUDIT_FILE = 'valet.db';
 
-/** Opens (creating and migrating if needed) the audit database in WAL mode. */
-export function openAuditDatabase(dataDir: string, options: { readonly?: boolean } = {}): AuditDatabase {
+/**
+ * Opens (creating and migrating if needed) the audit database in WAL mode with
+ * `synchronous = FULL`: a commit returns only once the WAL is fsynced, so a committed row survives
+ * a crash or power loss, not only a process kill.
+ */
+export function openAuditDatabase(dataDir: string, options: { readonly?: boolean; busyTimeoutMs?: number } = {}): AuditDatabase {
   if (!options.readonly) mkdirSync(dataDir, { recursive: true, mode: 0o700 });
   const db = new Database(join(dataDir, AUDIT_FILE), { readonly: options.readonly ?? false, fileMustExist: options.readonly ?? false });
-  db.pragma('busy_timeout = 5000');
+  db.pragma(`busy_timeout = ${options.busyTimeoutMs ?? 5000}`);
   if (options.readonly) return db;
   db.pragma('journal_mode = WAL');
-  db.pragma('synchronous = NORMAL');
+  db.pragma('synchronous = FULL');
   const current = db.pragma('user_version', { simple: true }) as number;
-  db.transaction(() => {
-    for (let v = current; v < MIGRATIONS.length; v++) db.exec(MIGRATIONS[v] as string);
-    db.pragma(`user_version = ${MIGRATIONS.length}`);
-  })();
+  if (current < MIGRATIONS.length) {
+    db.transaction(() => {
+      for (let v = current; v < MIGRATIONS.length; v++) {
+        db.exec(MIGRATIONS[v] as string);
+        if (MIGRATIONS[v] === CHAIN_MIGRATION) chainLegacyRows(db);
+      }
+      db.pragma(`user_version = ${MIGRATIONS.length}`);
+    }).immediate();
+  }
   return db;
+}
+
+/**
+ * Rows written before the hash chain existed get `record` events now, in id order, and a
+ * recording time (their `ts`, made non-decreasing). The chain proves nothing about what happened
+ * to them before this moment; from now on they are covered like every other row.
+ */
+function chainLegacyRows(db: AuditDatabase): void {
+  const columns = contentColumns(db);
+  let head = readHead(db);
+  let loggedAt = 0;
+  const setRow = db.prepare('UPDATE audit_log SET logged_at = ?, chain_seq = ? WHERE id = ?');
+  const addEvent = db.prepare('INSERT INTO audit_chain (seq, row_id, kind, hash) VALUES (?, ?, ?, ?)');
+  const page = db.prepare('SELECT * FROM audit_log WHERE id > ? ORDER BY id LIMIT 10000');
+  let after = 0;
+  for (;;) {
+    const rows = page.all(after) as Record<string, unknown>[];
+    if (rows.length === 0) return;
+    for (const row of rows) {
+      const id = row['id'] as number;
+      after = id;
+      loggedAt = Math.max(loggedAt, row['ts'] as number);
+      row['logged_at'] = loggedAt;
+      const seq = head.seq + 1;
+      const h = linkHash(head.hash, seq, EVENT.record, id, row['ts'] as number, (row['tenant'] as string | null) ?? null, rowDigest(row, columns));
+      setRow.run(loggedAt, seq, id);
+      addEvent.run(seq, id, EVENT.record, h);
+      head = { seq, hash: h };
+    }
+  }
 }
 
 export interface AuditRow {
@@ -72,35 +152,141 @@ export interface AuditRow {
   bytes_in: number;
   bytes_out: number;
   policy_version: string | null;
+  approval_id: string | null;
+  approver: string | null;
+  approval_reason: string | null;
+  approval_at: number | null;
+  /** When the writer recorded the row (ms); never decreases as ids grow. */
+  logged_at: number;
+  /** The row's events in the hash chain (bookkeeping). */
+  chain_seq: number | null;
+  outcome_seq: number | null;
 }
+
+/** Equality filters, by column. Every one is indexed. */
+export const FILTER_COLUMNS = ['agent', 'tenant', 'user', 'upstream', 'tool', 'decision', 'rule', 'request_id', 'status'] as const;
+export type FilterColumn = (typeof FILTER_COLUMNS)[number];
 
 export interface AuditFilter {
   limit: number;
   agent?: string | undefined;
   tenant?: string | undefined;
+  user?: string | undefined;
   upstream?: string | undefined;
+  tool?: string | undefined;
+  /** `allow`, `deny`, `escalate`, or `none` (refused before the policy ran). */
   decision?: string | undefined;
+  /** The rule id as recorded (several deciding rules are recorded joined with `,`). */
+  rule?: string | undefined;
   requestId?: string | undefined;
+  /** The HTTP status sent; 0 selects rows whose outcome is not recorded (in flight, or the gateway stopped). */
+  status?: number | undefined;
+  /** Recorded at or after / at or before (Unix ms; see `logged_at`). */
   sinceMs?: number | undefined;
+  untilMs?: number | undefined;
+  /** Keyset cursor: rows with a smaller id (the next page, newest first). */
+  before?: number | undefined;
+  /** Rows with a larger id (oldest first: exports, shipping). */
+  after?: number | undefined;
+  /** `desc` (newest first, the default) or `asc`. */
+  order?: 'asc' | 'desc' | undefined;
 }
 
-/** The most recent rows matching the filter, newest first. */
-export function queryAudit(db: AuditDatabase, f: AuditFilter): AuditRow[] {
+export interface AuditPage {
+  rows: AuditRow[];
+  /** Pass as `before` (newest-first) or `after` (oldest-first) for the next page; null on the last. */
+  next: number | null;
+}
+
+/**
+ * The smallest id recorded at or after `t` (ms), or the largest id + 1 when none was. `logged_at`
+ * never decreases as ids grow, so this is a binary search over the primary key (~20 lookups for a
+ * million rows) and needs no index of its own.
+ */
+export function firstIdAtOrAfter(db: AuditDatabase, t: number): number {
+  const bounds = db.prepare('SELECT min(id) AS lo, max(id) AS hi FROM audit_log').get() as { lo: number | null; hi: number | null };
+  if (bounds.lo === null || bounds.hi === null) return 1;
+  const first = db.prepare('SELECT id, logged_at FROM audit_log WHERE id >= ? ORDER BY id LIMIT 1');
+  const rowAt = (x: number): { id: number; logged_at: number | null } | undefined => first.get(x) as { id: number; logged_at: number | null } | undefined;
+  // g(x): the first row at or after id x was recorded at or after t (or there is none); monotone in x.
+  let lo = bounds.lo;
+  let hi = bounds.hi + 1;
+  while (lo < hi) {
+    const mid = lo + Math.floor((hi - lo) / 2);
+    const r = rowAt(mid);
+    if (r === undefined || (r.logged_at ?? 0) >= t) hi = mid;
+    else lo = r.id + 1;
+  }
+  return rowAt(lo)?.id ?? bounds.hi + 1;
+}
+
+function buildQuery(db: AuditDatabase, f: AuditFilter): { sql: string; params: Record<string, string | number> } {
   const where: string[] = [];
   const params: Record<string, string | number> = { limit: f.limit };
-  const eq = { agent: f.agent, tenant: f.tenant, upstream: f.upstream, decision: f.decision, request_id: f.requestId };
+  const eq: Record<FilterColumn, string | number | undefined> = {
+    agent: f.agent,
+    tenant: f.tenant,
+    user: f.user,
+    upstream: f.upstream,
+    tool: f.tool,
+    decision: f.decision,
+    rule: f.rule,
+    request_id: f.requestId,
+    status: f.status,
+  };
   for (const [column, value] of Object.entries(eq)) {
-    if (value !== undefined) {
-      where.push(`${column} = @${column}`);
-      params[column] = value;
+    if (value === undefined) continue;
+    if (column === 'decision' && value === 'none') {
+      where.push('decision IS NULL');
+      continue;
     }
+    where.push(`${column} = @${column}`);
+    params[column] = value;
   }
-  if (f.sinceMs !== undefined) {
-    where.push('ts >= @since');
-    params['since'] = f.sinceMs;
+  // Time and cursors become one id range, which every index above serves in id order.
+  let lo = f.after === undefined ? undefined : f.after + 1;
+  let hi = f.before === undefined ? undefined : f.before - 1;
+  if (f.sinceMs !== undefined) lo = Math.max(lo ?? 0, firstIdAtOrAfter(db, f.sinceMs));
+  if (f.untilMs !== undefined) hi = Math.min(hi ?? Number.MAX_SAFE_INTEGER, firstIdAtOrAfter(db, f.untilMs + 1) - 1);
+  if (lo !== undefined) {
+    where.push('id >= @lo');
+    params['lo'] = lo;
   }
-  const sql = `SELECT * FROM audit_log ${where.length ? `WHERE ${where.join(' AND ')}` : ''} ORDER BY id DESC LIMIT @limit`;
+  if (hi !== undefined) {
+    where.push('id <= @hi');
+    params['hi'] = hi;
+  }
+  const order = f.order === 'asc' ? 'ASC' : 'DESC';
+  return { sql: `SELECT * FROM audit_log ${where.length ? `WHERE ${where.join(' AND ')}` : ''} ORDER BY id ${order} LIMIT @limit`, params };
+}
+
+/** The rows matching the filter, newest first unless `order: 'asc'`. */
+export function queryAudit(db: AuditDatabase, f: AuditFilter): AuditRow[] {
+  const { sql, params } = buildQuery(db, f);
   return db.prepare(sql).all(params) as AuditRow[];
+}
+
+/** One page of {@link queryAudit}, with the cursor for the next (keyset on id: stable while rows are added). */
+export function pageAudit(db: AuditDatabase, f: AuditFilter): AuditPage {
+  const rows = queryAudit(db, f);
+  const last = rows[rows.length - 1];
+  return { rows, next: rows.length === f.limit && last !== undefined ? last.id : null };
+}
+
+/**
+ * Every row matching the filter, oldest first, read one page at a time (keyset on id), so memory
+ * stays flat however many rows match. Stops at the newest row that existed when it started.
+ */
+export function* iterateAudit(db: AuditDatabase, f: Omit<AuditFilter, 'limit' | 'order' | 'before'>, pageSize = 1000): Generator<AuditRow> {
+  const newest = (db.prepare('SELECT max(id) FROM audit_log').pluck().get() as number | null) ?? 0;
+  let after = f.after ?? 0;
+  for (;;) {
+    const rows = queryAudit(db, { ...f, after, order: 'asc', limit: pageSize, untilMs: f.untilMs, before: newest + 1 });
+    for (const r of rows) yield r;
+    const last = rows[rows.length - 1];
+    if (rows.length < pageSize || last === undefined) return;
+    after = last.id;
+  }
 }
 
 /** Column values for one record, in insert order. */
@@ -108,10 +294,12 @@ export function toRow(r: AuditRecord): unknown[] {
   return [
     r.ts, r.requestId, r.agent, r.tenant, r.user, r.upstream, r.tool, r.method, r.path, r.decision, r.rule, r.reason,
     r.status, r.upstreamStatus, r.errorCode, r.durationMs, r.bytesIn, r.bytesOut, r.policyVersion,
+    r.approvalId, r.approver, r.approvalReason, r.approvalAt,
   ];
 }
 
 export const INSERT_SQL = `INSERT INTO audit_log
   (ts, request_id, agent, tenant, user, upstream, tool, method, path, decision, rule, reason,
-   status, upstream_status, error_code, duration_ms, bytes_in, bytes_out, policy_version)
-  VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`;
+   status, upstream_status, error_code, duration_ms, bytes_in, bytes_out, policy_version,
+   approval_id, approver, approval_reason, approval_at)
+  VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`;

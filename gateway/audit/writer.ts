@@ -1,71 +1,321 @@
+import { existsSync } from 'node:fs';
+import { createRequire } from 'node:module';
+import { fileURLToPath, pathToFileURL } from 'node:url';
+import { Worker } from 'node:worker_threads';
 import type { Logger } from 'pino';
+import { ValetError } from '../errors.js';
 import type { AuditRecord } from '../types.js';
-import { INSERT_SQL, toRow, type AuditDatabase } from './store.js';
+import { AuditCore, type AuditOp, type PruneResult, type RetentionCutoffs } from './core.js';
+import type { FromWriter, Head, ToWriter, WriterInit } from './protocol.js';
 
-/** Takes audit records off the request path and writes them in batched transactions. */
+/**
+ * The request path's view of the audit log.
+ *
+ * - `commit(rec)` before a request is forwarded: resolves once its row is committed with
+ *   `synchronous = FULL` (fsynced). Requests arriving together share one transaction and one fsync
+ *   (group commit). Rejects with `VALET_ERR_AUDIT_UNAVAILABLE` when the row cannot be written
+ *   (another process holds the write lock past the busy timeout, disk full, read-only file...),
+ *   unless the writer runs fail-open: then it resolves, the row is kept and retried, and the
+ *   failure is logged at error level.
+ * - `record(rec)` when a request is over: completes the committed row with its outcome, or writes
+ *   the row whole for a request refused before forwarding. Never waits; written with the next batch.
+ */
 export interface AuditWriter {
-  record(r: AuditRecord): void;
-  /** Writes everything queued so far. */
+  commit(rec: AuditRecord): Promise<void>;
+  record(rec: AuditRecord): void;
+  /** Writes everything queued so far before returning (blocks the thread; for tests and shutdown). */
   flush(): void;
-  /** Rows waiting to be written. */
+  /** Rows queued or being written (and, while the database is unwritable, held for retry). */
   readonly pending: number;
-  /** Flushes and stops the timer; the database stays open for the caller to close. */
-  close(): void;
+  /** The chain head as of the last commit. */
+  readonly head: Head;
+  /** Deletes rows older than the cutoffs in small transactions between the request path's batches. */
+  prune(cutoffs: RetentionCutoffs): Promise<PruneResult>;
+  /** Flushes, closes the database, stops the writer thread. */
+  close(): Promise<void>;
 }
 
 export interface AuditWriterOptions {
+  dataDir: string;
   logger: Logger;
-  flushIntervalMs?: number;
-  maxBatch?: number;
+  /** `gateway.audit.fail_open`: forward even when the decision record could not be written. */
+  failOpen?: boolean;
+  /** How long a commit waits for another process's write lock before failing (ms). */
+  busyTimeoutMs?: number;
+  /**
+   * `worker` (default): a writer thread; `inline`: on the calling thread, where every fsync blocks
+   * the event loop (kept for comparison: `npm run bench:audit` measures both).
+   */
+  mode?: 'worker' | 'inline' | undefined;
 }
 
-export function createAuditWriter(db: AuditDatabase, o: AuditWriterOptions): AuditWriter {
-  const insert = db.prepare(INSERT_SQL);
-  const maxBatch = o.maxBatch ?? 500;
-  let queue: unknown[][] = [];
-  let scheduled = false;
-  const writeBatch = db.transaction((rows: unknown[][]) => {
-    for (const row of rows) insert.run(row);
-  });
+const unavailable = (code: string | undefined): ValetError =>
+  new ValetError('VALET_ERR_AUDIT_UNAVAILABLE', `The audit log could not be written${code ? ` (${code})` : ''}; nothing was forwarded.`);
 
-  const flush = (): void => {
-    scheduled = false;
-    while (queue.length > 0) {
-      const batch = queue.slice(0, maxBatch);
-      try {
-        writeBatch(batch);
-        queue = queue.slice(batch.length);
-      } catch (err) {
-        // Keep the rows and try again on the next tick; the error names no row content.
-        o.logger.error({ err: { code: (err as { code?: string }).code, message: (err as Error).message } }, 'audit write failed');
-        schedule();
+/** Starts the writer and waits until it has opened the database. */
+export async function startAuditWriter(o: AuditWriterOptions): Promise<AuditWriter> {
+  return o.mode === 'inline' ? inlineWriter(o) : workerWriter(o);
+}
+
+interface Batch {
+  id: number;
+  ops: AuditOp[];
+  urgent: boolean;
+  waiters: { resolve: () => void; reject: (e: Error) => void }[];
+}
+
+function workerWriter(o: AuditWriterOptions): Promise<AuditWriter> {
+  const failOpen = o.failOpen ?? false;
+  const flushSignal = new SharedArrayBuffer(4);
+  const signal = new Int32Array(flushSignal);
+  const init: WriterInit = { dataDir: o.dataDir, busyTimeoutMs: o.busyTimeoutMs ?? 1000, failOpen, flushSignal };
+  const worker = spawnWriterThread(init);
+  let head: Head = { seq: 0, hash: '' };
+  let current: Batch | undefined;
+  const inFlight = new Map<number, Batch>();
+  let inFlightOps = 0;
+  let held = 0;
+  let nextBatch = 1;
+  let dead: Error | undefined;
+  let flushToken = 0;
+  let closed: (() => void) | undefined;
+  const prunes = new Map<number, { resolve: (r: PruneResult) => void; reject: (e: Error) => void }>();
+
+  const post = (m: ToWriter): void => worker.postMessage(m);
+  const send = (): void => {
+    const b = current;
+    current = undefined;
+    if (b === undefined) return;
+    if (dead !== undefined) {
+      fail(b, undefined);
+      return;
+    }
+    inFlight.set(b.id, b);
+    inFlightOps += b.ops.length;
+    post({ t: 'batch', id: b.id, ops: b.ops, urgent: b.urgent });
+  };
+  const batch = (): Batch => {
+    if (current === undefined) {
+      current = { id: nextBatch++, ops: [], urgent: false, waiters: [] };
+      setImmediate(send);
+    }
+    return current;
+  };
+  const fail = (b: Batch, code: string | undefined): void => {
+    for (const w of b.waiters) {
+      if (failOpen) w.resolve();
+      else w.reject(unavailable(code));
+    }
+  };
+
+  return new Promise<AuditWriter>((resolveStart, rejectStart) => {
+    let started = false;
+    worker.on('message', (m: FromWriter) => {
+      switch (m.t) {
+        case 'ready':
+          started = true;
+          head = m.head;
+          resolveStart(writer);
+          break;
+        case 'fatal':
+          if (!started) rejectStart(Object.assign(new Error(`audit database: ${m.message}`), { code: m.code }));
+          break;
+        case 'done':
+          head = m.head;
+          held = m.held;
+          if (!m.ok) {
+            o.logger.error(
+              { code: m.code, message: m.message, held: m.held, failOpen },
+              failOpen
+                ? 'AUDIT LOG NOT WRITABLE: fail_open is set, so requests are forwarded without a durable record'
+                : 'audit log not writable: requests that would be forwarded are refused (503)',
+            );
+          }
+          for (const id of m.batches) {
+            const b = inFlight.get(id);
+            if (b === undefined) continue;
+            inFlight.delete(id);
+            inFlightOps -= b.ops.length;
+            if (m.ok) for (const w of b.waiters) w.resolve();
+            else fail(b, m.code);
+          }
+          break;
+        case 'pruned': {
+          const p = prunes.get(m.id);
+          prunes.delete(m.id);
+          if (m.code !== undefined || m.result === undefined) p?.reject(Object.assign(new Error(`audit prune failed: ${m.message ?? ''}`), { code: m.code }));
+          else p?.resolve(m.result);
+          break;
+        }
+        case 'log':
+          o.logger[m.level](m.fields, m.msg);
+          break;
+        case 'closed':
+          head = m.head;
+          closed?.();
+          break;
+      }
+    });
+    worker.on('error', (err) => {
+      dead = err;
+      if (!started) {
+        rejectStart(err);
         return;
       }
-    }
-  };
-  const timer = setInterval(() => {
-    if (queue.length > 0) flush();
-  }, o.flushIntervalMs ?? 20);
-  timer.unref();
-  const schedule = (): void => {
-    if (!scheduled) {
-      scheduled = true;
-      setImmediate(flush).unref();
-    }
-  };
+      o.logger.error({ err }, 'audit writer thread failed: requests that would be forwarded are refused (503)');
+      for (const b of inFlight.values()) fail(b, 'WRITER_FAILED');
+      inFlight.clear();
+      inFlightOps = 0;
+      for (const p of prunes.values()) p.reject(err);
+      prunes.clear();
+    });
+    worker.on('exit', () => {
+      dead ??= new Error('the audit writer thread exited');
+      closed?.();
+    });
 
-  return {
-    record(r) {
-      queue.push(toRow(r));
-      if (queue.length >= maxBatch) schedule();
+    const writer: AuditWriter = {
+      commit(rec) {
+        if (dead !== undefined) return failOpen ? Promise.resolve() : Promise.reject(unavailable('WRITER_FAILED'));
+        const b = batch();
+        b.ops.push({ op: 'decision', rec: { ...rec } });
+        b.urgent = true;
+        return new Promise<void>((resolve, reject) => b.waiters.push({ resolve, reject }));
+      },
+      record(rec) {
+        if (dead !== undefined) {
+          o.logger.error({ reqId: rec.requestId }, 'audit row lost: the writer thread is not running');
+          return;
+        }
+        batch().ops.push({ op: 'final', rec: { ...rec } });
+      },
+      flush() {
+        send();
+        if (dead !== undefined) return;
+        const token = ++flushToken;
+        post({ t: 'flush', token });
+        // The writer may first wait for another process's lock (the busy timeout), then commit.
+        const deadline = Date.now() + 30_000;
+        for (;;) {
+          const seen = Atomics.load(signal, 0);
+          if (seen === token || Date.now() > deadline) break;
+          Atomics.wait(signal, 0, seen, 1_000);
+        }
+      },
+      get pending() {
+        return (current?.ops.length ?? 0) + inFlightOps + held;
+      },
+      get head() {
+        return head;
+      },
+      prune(cutoffs) {
+        if (dead !== undefined) return Promise.reject(dead);
+        const id = nextBatch++;
+        return new Promise<PruneResult>((resolve, reject) => {
+          prunes.set(id, { resolve, reject });
+          post({ t: 'prune', id, cutoffs });
+        });
+      },
+      async close() {
+        send();
+        if (dead !== undefined) return;
+        const done = new Promise<void>((r) => (closed = r));
+        post({ t: 'close' });
+        await done;
+        await worker.terminate();
+      },
+    };
+  });
+}
+
+/**
+ * The writer thread runs gateway/audit/worker.js next to this file. Running from source (tsx,
+ * vitest) there is only worker.ts: the thread first registers tsx's loader, then imports it.
+ */
+function spawnWriterThread(init: WriterInit): Worker {
+  const js = new URL('./worker.js', import.meta.url);
+  if (import.meta.url.endsWith('.js') && existsSync(fileURLToPath(js))) return new Worker(js, { workerData: init });
+  const ts = new URL('./worker.ts', import.meta.url).href;
+  // require.resolve finds the CommonJS entry; the thread imports the ES module beside it.
+  const api = createRequire(import.meta.url).resolve('tsx/esm/api').replace(/\.cjs$/, '.mjs');
+  const tsx = pathToFileURL(api).href;
+  const boot = `import(${JSON.stringify(tsx)}).then(async (m) => { (m.register ?? m.default.register)(); await import(${JSON.stringify(ts)}); });`;
+  return new Worker(boot, { eval: true, workerData: init });
+}
+
+/** The same contract on the calling thread: each commit's fsync blocks the event loop. */
+async function inlineWriter(o: AuditWriterOptions): Promise<AuditWriter> {
+  const failOpen = o.failOpen ?? false;
+  const core = new AuditCore(o.dataDir, { busyTimeoutMs: o.busyTimeoutMs ?? 1000 });
+  let queue: AuditOp[] = [];
+  let waiters: Batch['waiters'] = [];
+  let scheduled: NodeJS.Immediate | NodeJS.Timeout | undefined;
+  let backoff = 0;
+  const commit = (): void => {
+    scheduled = undefined;
+    if (queue.length === 0 && waiters.length === 0) return;
+    const ops = queue;
+    const ws = waiters;
+    queue = [];
+    waiters = [];
+    try {
+      core.apply(ops);
+      backoff = 0;
+      for (const w of ws) w.resolve();
+    } catch (err) {
+      const code = (err as { code?: string }).code;
+      o.logger.error({ code, message: (err as Error).message, failOpen }, 'audit log not writable');
+      queue = (failOpen ? ops : ops.filter((x) => x.op !== 'decision')).concat(queue);
+      for (const w of ws) {
+        if (failOpen) w.resolve();
+        else w.reject(unavailable(code));
+      }
+      backoff = Math.min(5_000, Math.max(50, backoff * 2));
+      scheduled = setTimeout(commit, backoff);
+    }
+  };
+  const schedule = (): void => {
+    scheduled ??= setImmediate(commit);
+  };
+  const writer: AuditWriter = {
+    commit(rec) {
+      queue.push({ op: 'decision', rec: { ...rec } });
+      schedule();
+      return new Promise<void>((resolve, reject) => waiters.push({ resolve, reject }));
     },
-    flush,
+    record(rec) {
+      queue.push({ op: 'final', rec: { ...rec } });
+      schedule();
+    },
+    flush() {
+      if (scheduled !== undefined) {
+        clearTimeout(scheduled as NodeJS.Timeout);
+        clearImmediate(scheduled as NodeJS.Immediate);
+      }
+      commit();
+    },
     get pending() {
       return queue.length;
     },
-    close() {
-      clearInterval(timer);
-      flush();
+    get head() {
+      return { seq: core.head.seq, hash: core.head.hash.toString('hex') };
+    },
+    async prune(cutoffs) {
+      const total = { rows: 0, compacted: 0, done: false };
+      while (!total.done) {
+        const r = core.prune(cutoffs, { maxRows: 500 });
+        total.rows += r.rows;
+        total.compacted += r.compacted;
+        total.done = r.done;
+        await new Promise((r2) => setImmediate(r2));
+      }
+      return total;
+    },
+    async close() {
+      writer.flush();
+      if (scheduled !== undefined) clearTimeout(scheduled as NodeJS.Timeout);
+      core.close();
     },
   };
+  return writer;
 }

@@ -6,7 +6,7 @@ import { isMap, isPair, isScalar, LineCounter, parseDocument, type Document, typ
 import { ConfigError, type ConfigProblem } from '../errors.js';
 import { NOT_INJECTABLE, parseTemplate, secretNames } from './credential.js';
 import { fileSchema } from './schema.js';
-import { DEFAULT_APPROVAL_SETTINGS } from './types.js';
+import { DEFAULT_APPROVAL_SETTINGS, DEFAULT_AUDIT } from './types.js';
 import type {
   ApprovalChannelSetting,
   ApprovalSettings,
@@ -328,6 +328,17 @@ function assemble(root: string, files: ParsedFile[], problems: Problems, options
       timezone,
       secrets: { sources: secretSources },
       approvals,
+      audit: {
+        failOpen: g.audit?.fail_open ?? DEFAULT_AUDIT.failOpen,
+        busyTimeoutMs: g.audit?.busy_timeout_ms ?? DEFAULT_AUDIT.busyTimeoutMs,
+        retentionDays: g.audit?.retention_days,
+        tenantRetentionDays: { ...g.audit?.tenant_retention_days },
+        anchor: {
+          intervalMs: (g.audit?.anchor?.interval_s ?? 60) * 1000,
+          command: g.audit?.anchor?.command,
+          url: g.audit?.anchor?.url,
+        },
+      },
       admin: {
         listen: { host: g.admin?.listen?.host ?? '127.0.0.1', port: options.adminPort ?? g.admin?.listen?.port ?? 8081 },
         audience: adminAudience,

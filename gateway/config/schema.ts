@@ -147,6 +147,29 @@ export const fileSchema = {
             },
           },
         },
+        audit: {
+          type: 'object',
+          additionalProperties: false,
+          properties: {
+            fail_open: { type: 'boolean' },
+            busy_timeout_ms: { type: 'integer', minimum: 0, maximum: 60_000 },
+            retention_days: { type: 'integer', minimum: 1, maximum: 36_500 },
+            tenant_retention_days: {
+              type: 'object',
+              propertyNames: { minLength: 1 },
+              additionalProperties: { oneOf: [{ type: 'integer', minimum: 1, maximum: 36_500 }, { type: 'null' }] },
+            },
+            anchor: {
+              type: 'object',
+              additionalProperties: false,
+              properties: {
+                interval_s: { type: 'integer', minimum: 1, maximum: 86_400 },
+                command: { type: 'array', minItems: 1, items: { type: 'string', minLength: 1 } },
+                url: { type: 'string', pattern: '^https?://' },
+              },
+            },
+          },
+        },
       },
     },
     issuers: {

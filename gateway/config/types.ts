@@ -18,7 +18,37 @@ export interface GatewaySettings {
   readonly secrets?: { readonly sources: readonly SecretSourceSetting[] };
   /** Human approvals of escalated requests. The loader always sets it; absent means the defaults. */
   readonly approvals?: ApprovalSettings;
+  /** The audit log: durability, retention, anchoring. The loader always sets it; absent means {@link DEFAULT_AUDIT}. */
+  readonly audit?: AuditSettings;
 }
+
+/** `gateway.audit` (docs/audit.md). */
+export interface AuditSettings {
+  /** Forward even when a request's decision record cannot be made durable (default false: refuse with 503). */
+  readonly failOpen: boolean;
+  /** How long a write waits for another process's lock on the audit database (ms). */
+  readonly busyTimeoutMs: number;
+  /** Delete rows older than this many days; undefined keeps them. */
+  readonly retentionDays: number | undefined;
+  /** Per-tenant overrides of `retentionDays`; null keeps that tenant's rows. */
+  readonly tenantRetentionDays: Readonly<Record<string, number | null>>;
+  readonly anchor: {
+    /** How often the chain head is anchored (when it moved). */
+    readonly intervalMs: number;
+    /** Also hand each anchor (JSON on stdin) to this program. */
+    readonly command: readonly string[] | undefined;
+    /** Also POST each anchor (JSON) here. */
+    readonly url: string | undefined;
+  };
+}
+
+export const DEFAULT_AUDIT: AuditSettings = {
+  failOpen: false,
+  busyTimeoutMs: 1000,
+  retentionDays: undefined,
+  tenantRetentionDays: {},
+  anchor: { intervalMs: 60_000, command: undefined, url: undefined },
+};
 
 /** `gateway.approvals`: caps on waiting approvals, links in notifications, notification channels. */
 export interface ApprovalSettings {

@@ -1,4 +1,3 @@
-import { randomUUID } from 'node:crypto';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { performance } from 'node:perf_hooks';
 import { Transform, type Readable } from 'node:stream';
@@ -6,6 +5,7 @@ import type { Logger } from 'pino';
 import type { Metrics } from '../admin/metrics.js';
 import { APPROVAL_HEADER, approvalStatus, escalate, VALET_PREFIX, type Escalation } from '../approvals/gate.js';
 import type { ApprovalService } from '../approvals/service.js';
+import { requestId as newRequestId } from '../audit/ids.js';
 import type { AuditWriter } from '../audit/writer.js';
 import type { TokenVerifier } from '../auth/verify.js';
 import type { Config, UpstreamConfig } from '../config/types.js';
@@ -55,7 +55,7 @@ export function createPipeline(deps: PipelineDeps): RequestHandler {
 
   return async (req, res) => {
     const started = performance.now();
-    const requestId = randomUUID();
+    const requestId = newRequestId();
     res.setHeader('x-request-id', requestId);
     const rec = newAuditRecord(requestId, req.method ?? 'GET', ((req.url ?? '').split('?')[0] ?? '').slice(0, 2048));
     const hangUp = new HangUp(res);
@@ -201,6 +201,10 @@ export function createPipeline(deps: PipelineDeps): RequestHandler {
         (name) => secrets.get(name, identity.tenant),
       );
       injected.headers.push(...valetRequestHeaders(upstream, requestId));
+      // The decision's audit row is durable before anything is forwarded (one fsync shared with the
+      // requests that arrived alongside). If it cannot be written: 503, nothing forwarded (unless
+      // gateway.audit.fail_open). The outcome completes the row in `finally`, without waiting.
+      await audit.commit(rec);
       const { body, length } = buffered ? { body: buffered, length: String(buffered.length) } : requestBody(req, rec);
       if (length !== undefined) injected.headers.push(['content-length', length]);
       policy.recordCall(input);

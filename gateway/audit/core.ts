@@ -1,0 +1,287 @@
+import type Database from 'better-sqlite3';
+import type { AuditRecord } from '../types.js';
+import { contentColumns, encodeNote, EVENT, GENESIS, linkHash, parseNote, readCheckpoint, readHead, rowDigest, sha256, type ChainHead, type PruneNote } from './chain.js';
+import { openAuditDatabase, type AuditDatabase } from './store.js';
+
+/**
+ * What the request path hands the writer:
+ * - `decision`: a request about to be forwarded. The caller waits until this is committed (fsynced).
+ * - `final`: a request is over. If its decision was committed, this completes that row (an
+ *   `outcome` event); otherwise it is written whole (a `record` event).
+ */
+export type AuditOp = { op: 'decision'; rec: AuditRecord } | { op: 'final'; rec: AuditRecord };
+
+/** Rows older than these (Unix ms, by `ts`) are deleted; null keeps them. */
+export interface RetentionCutoffs {
+  defaultBefore: number | null;
+  tenantBefore: Record<string, number | null>;
+}
+
+export interface PruneResult {
+  rows: number;
+  /** Events removed from the front of the chain (stubs of deleted rows, old prune events). */
+  compacted: number;
+  /** False while more rows match (call again). */
+  done: boolean;
+}
+
+type Statement = Database.Statement<unknown[], unknown>;
+
+interface OpenRow {
+  readonly id: number;
+  readonly loggedAt: number;
+}
+type Undo = [string, OpenRow | undefined][];
+
+interface Column {
+  readonly name: string;
+  /** The AuditRecord property that fills it: `request_id` ← `requestId`. */
+  readonly key: string;
+  readonly normalise: (v: unknown) => unknown;
+}
+
+const camel = (column: string): string => column.replace(/_([a-z0-9])/g, (_m, c: string) => c.toUpperCase());
+
+/**
+ * Values as SQLite will hand them back, so that the digest the writer computes is the digest
+ * verify recomputes from the stored row (SQLite converts by column affinity; better-sqlite3 binds
+ * no booleans or objects).
+ */
+function normaliser(declared: string): (v: unknown) => unknown {
+  const t = declared.toUpperCase();
+  const numeric = t.includes('INT') || t.includes('REAL') || t.includes('FLOA') || t.includes('DOUB');
+  return (v) => {
+    if (v === undefined || v === null) return null;
+    if (typeof v === 'boolean') v = v ? 1 : 0;
+    if (typeof v === 'number') {
+      if (!Number.isFinite(v)) return null;
+      return numeric || t === '' || t.includes('BLOB') ? v : String(v);
+    }
+    if (typeof v === 'bigint') return numeric ? Number(v) : String(v);
+    if (typeof v === 'string') return numeric && /^-?\d{1,15}$/.test(v) ? Number(v) : v;
+    if (Buffer.isBuffer(v)) return v;
+    return JSON.stringify(v);
+  };
+}
+
+/**
+ * The single writer of the audit log: applies batches of {@link AuditOp} in one `BEGIN IMMEDIATE`
+ * transaction each, assigning row ids, recording times and chain events in commit order.
+ * Synchronous; runs in the writer thread (gateway/audit/worker.ts) or, inline, on the caller's thread.
+ *
+ * The chain head and the last id are read inside each transaction, under SQLite's write lock, so
+ * another process writing the same file (a `valet audit prune` run, a second writer) never forks
+ * the chain.
+ */
+export class AuditCore {
+  readonly db: AuditDatabase;
+  private readonly digestColumns: string[];
+  private readonly columns: Column[];
+  private readonly insert: Statement;
+  private readonly update: Statement;
+  private readonly addEvent: Statement;
+  private readonly lastRow: Statement;
+  private readonly lastPrune: Statement;
+  private readonly applyTx: (ops: readonly AuditOp[], undo: Undo) => ChainHead;
+  /** Decisions committed and not yet completed: request id → row. */
+  private readonly open = new Map<string, OpenRow>();
+  private lastLoggedAt = 0;
+  head: ChainHead = { seq: 0, hash: GENESIS };
+
+  constructor(dataDir: string, o: { busyTimeoutMs?: number; cacheKiB?: number } = {}) {
+    this.db = openAuditDatabase(dataDir, { busyTimeoutMs: o.busyTimeoutMs ?? 1000 });
+    this.db.pragma(`cache_size = -${o.cacheKiB ?? 32_768}`);
+    this.digestColumns = contentColumns(this.db);
+    const info = this.db.prepare('SELECT name, type FROM pragma_table_info(?)').all('audit_log') as { name: string; type: string }[];
+    this.columns = info
+      .filter((c) => !['id', 'logged_at', 'chain_seq', 'outcome_seq'].includes(c.name))
+      .map((c) => ({ name: c.name, key: camel(c.name), normalise: normaliser(c.type) }));
+    const names = this.columns.map((c) => c.name);
+    this.insert = this.db.prepare(
+      `INSERT INTO audit_log (id, logged_at, chain_seq, ${names.join(', ')}) VALUES (?, ?, ?, ${names.map(() => '?').join(', ')})`,
+    );
+    this.update = this.db.prepare(`UPDATE audit_log SET ${names.map((n) => `${n} = ?`).join(', ')}, outcome_seq = ? WHERE id = ?`);
+    this.addEvent = this.db.prepare('INSERT INTO audit_chain (seq, row_id, kind, hash, digest) VALUES (?, ?, ?, ?, ?)');
+    this.lastRow = this.db.prepare('SELECT id, logged_at FROM audit_log ORDER BY id DESC LIMIT 1');
+    this.lastPrune = this.db.prepare(`SELECT note FROM audit_chain WHERE kind = ${EVENT.prune} ORDER BY seq DESC LIMIT 1`).pluck();
+    this.applyTx = this.db.transaction((ops: readonly AuditOp[], undo: Undo) => this.applyInTransaction(ops, undo)).immediate;
+    this.head = readHead(this.db);
+  }
+
+  /** Requests whose decision is committed and whose outcome is not. */
+  get inFlight(): number {
+    return this.open.size;
+  }
+
+  /**
+   * Writes every op in one transaction and returns once it is committed (fsynced). On any error
+   * nothing is written and the error is thrown (`code`: SQLITE_BUSY, SQLITE_FULL, SQLITE_READONLY...).
+   */
+  apply(ops: readonly AuditOp[]): ChainHead {
+    const undo: Undo = [];
+    try {
+      this.head = this.applyTx(ops, undo);
+      return this.head;
+    } catch (err) {
+      for (let i = undo.length - 1; i >= 0; i--) {
+        const [k, v] = undo[i]!;
+        if (v === undefined) this.open.delete(k);
+        else this.open.set(k, v);
+      }
+      throw err;
+    }
+  }
+
+  private track(undo: Undo, requestId: string, v: OpenRow | undefined): void {
+    undo.push([requestId, this.open.get(requestId)]);
+    if (v === undefined) this.open.delete(requestId);
+    else this.open.set(requestId, v);
+  }
+
+  private applyInTransaction(ops: readonly AuditOp[], undo: Undo): ChainHead {
+    let head = readHead(this.db);
+    const last = this.lastRow.get() as { id: number; logged_at: number | null } | undefined;
+    let nextId = (last?.id ?? this.pruneFloor()) + 1;
+    let loggedAt = Math.max(this.lastLoggedAt, last?.logged_at ?? 0);
+    for (const { op, rec } of ops) {
+      loggedAt = Math.max(loggedAt, Date.now());
+      const values = this.columns.map((c) => c.normalise((rec as unknown as Record<string, unknown>)[c.key]));
+      const row: Record<string, unknown> = {};
+      this.columns.forEach((c, i) => (row[c.name] = values[i]));
+      const seq = head.seq + 1;
+      const ts = (row['ts'] as number | null) ?? null;
+      const tenant = (row['tenant'] as string | null) ?? null;
+      const open = op === 'final' ? this.open.get(rec.requestId) : undefined;
+      if (open !== undefined) {
+        row['id'] = open.id;
+        row['logged_at'] = open.loggedAt;
+        const changed = this.update.run(...values, seq, open.id).changes;
+        this.track(undo, rec.requestId, undefined);
+        if (changed === 1) {
+          const hash = linkHash(head.hash, seq, EVENT.outcome, open.id, ts, tenant, rowDigest(row, this.digestColumns));
+          this.addEvent.run(seq, open.id, EVENT.outcome, hash, null);
+          head = { seq, hash };
+          continue;
+        }
+        // The row is gone (retention deleted it while the request ran): write the request whole.
+      }
+      const id = nextId++;
+      row['id'] = id;
+      row['logged_at'] = loggedAt;
+      const kind = op === 'decision' ? EVENT.decision : EVENT.record;
+      const digest = rowDigest(row, this.digestColumns);
+      const hash = linkHash(head.hash, seq, kind, id, ts, tenant, digest);
+      this.insert.run(id, loggedAt, seq, ...values);
+      // A decision's digest is kept: its row changes when the outcome arrives.
+      this.addEvent.run(seq, id, kind, hash, kind === EVENT.decision ? digest : null);
+      if (kind === EVENT.decision) this.track(undo, rec.requestId, { id, loggedAt });
+      head = { seq, hash };
+    }
+    this.lastLoggedAt = loggedAt;
+    return head;
+  }
+
+  /** When every row was deleted, ids continue after the largest ever assigned (recorded by prune). */
+  private pruneFloor(): number {
+    return parseNote((this.lastPrune.get() as string | undefined) ?? null)?.max_id ?? 0;
+  }
+
+  /**
+   * Deletes up to `maxRows` rows older than the cutoffs, keeping their events as stubs, compacts
+   * the front of the chain, and appends a `prune` event recording what it did; one transaction.
+   */
+  prune(cutoffs: RetentionCutoffs, o: { maxRows?: number; now?: number } = {}): PruneResult {
+    return pruneAudit(this.db, cutoffs, this.digestColumns, o, (id) => {
+      for (const [k, v] of this.open) if (v.id === id) this.open.delete(k);
+    });
+  }
+
+  close(): void {
+    try {
+      this.db.pragma('optimize');
+    } catch {
+      // best effort
+    }
+    this.db.close();
+  }
+}
+
+/** Shared by the writer and `valet audit prune` (another process: the chain head is read under the lock). */
+export function pruneAudit(
+  db: AuditDatabase,
+  cutoffs: RetentionCutoffs,
+  digestColumns: readonly string[] = contentColumns(db),
+  o: { maxRows?: number; now?: number } = {},
+  forget: (rowId: number) => void = () => undefined,
+): PruneResult {
+  const maxRows = o.maxRows ?? 500;
+  const named = Object.keys(cutoffs.tenantBefore);
+  const run = db.transaction((): PruneResult => {
+    const rows: Record<string, unknown>[] = [];
+    if (cutoffs.defaultBefore !== null) {
+      const notNamed = named.length === 0 ? '' : `AND (tenant IS NULL OR tenant NOT IN (${named.map(() => '?').join(', ')}))`;
+      // In ts order: the ts index serves it without sorting however many rows are due.
+      rows.push(
+        ...(db.prepare(`SELECT * FROM audit_log WHERE ts < ? ${notNamed} ORDER BY ts LIMIT ?`).all(cutoffs.defaultBefore, ...named, maxRows) as Record<string, unknown>[]),
+      );
+    }
+    for (const [tenant, before] of Object.entries(cutoffs.tenantBefore)) {
+      if (before === null || rows.length >= maxRows) continue;
+      rows.push(...(db.prepare('SELECT * FROM audit_log WHERE tenant = ? AND ts < ? ORDER BY id LIMIT ?').all(tenant, before, maxRows - rows.length) as Record<string, unknown>[]));
+    }
+    const batch = rows.slice(0, maxRows);
+    const stub = db.prepare('UPDATE audit_chain SET ts = ?, tenant = ?, digest = coalesce(digest, ?) WHERE seq = ? AND row_id = ?');
+    const del = db.prepare('DELETE FROM audit_log WHERE id = ?');
+    const maxId = Math.max(
+      (db.prepare('SELECT max(id) FROM audit_log').pluck().get() as number | null) ?? 0,
+      parseNote((db.prepare(`SELECT note FROM audit_chain WHERE kind = ${EVENT.prune} ORDER BY seq DESC LIMIT 1`).pluck().get() as string | undefined) ?? null)?.max_id ?? 0,
+    );
+    for (const row of batch) {
+      const id = row['id'] as number;
+      const digest = rowDigest(row, digestColumns);
+      for (const seq of [row['chain_seq'], row['outcome_seq']]) {
+        if (typeof seq === 'number') stub.run(row['ts'], row['tenant'] ?? null, digest, seq, id);
+      }
+      del.run(id);
+      forget(id);
+    }
+
+    // Compact: the longest run of stubs and old prune events at the front of the chain.
+    const checkpoint = readCheckpoint(db);
+    const front = db.prepare('SELECT seq, kind, hash, ts FROM audit_chain WHERE seq > ? ORDER BY seq LIMIT 5000').all(checkpoint.seq) as {
+      seq: number;
+      kind: number;
+      hash: Buffer;
+      ts: number | null;
+    }[];
+    let through = checkpoint;
+    let compacted = 0;
+    for (const e of front) {
+      if (e.seq !== through.seq + 1) break;
+      if (e.kind !== EVENT.prune && e.ts === null) break;
+      through = { seq: e.seq, hash: e.hash };
+      compacted++;
+    }
+    if (batch.length === 0 && compacted === 0) return { rows: 0, compacted: 0, done: true };
+    if (compacted > 0) db.prepare('DELETE FROM audit_chain WHERE seq <= ?').run(through.seq);
+
+    const head = readHead(db);
+    const note: PruneNote = {
+      v: 1,
+      at: o.now ?? Date.now(),
+      default_before: cutoffs.defaultBefore,
+      tenant_before: cutoffs.tenantBefore,
+      rows: batch.length,
+      max_id: maxId,
+      through_seq: through.seq === 0 ? null : through.seq,
+      through_hash: through.seq === 0 ? null : through.hash.toString('hex'),
+    };
+    const text = encodeNote(note);
+    const base = head.seq === 0 || head.seq <= through.seq ? through : head;
+    const seq = base.seq + 1;
+    const hash = linkHash(base.hash, seq, EVENT.prune, maxId, note.at, null, sha256(text));
+    db.prepare('INSERT INTO audit_chain (seq, row_id, kind, hash, ts, note) VALUES (?, ?, ?, ?, ?, ?)').run(seq, maxId, EVENT.prune, hash, note.at, text);
+    return { rows: batch.length, compacted, done: batch.length < maxRows };
+  });
+  return run.immediate();
+}

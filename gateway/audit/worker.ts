@@ -1,0 +1,130 @@
+/**
+ * The audit writer thread (node:worker_threads). It owns the only write connection to the audit
+ * database, so inserts, hashing and — above all — the fsync of every commit happen here and never
+ * stall the gateway's event loop. The main thread posts the records gathered in one tick as one
+ * batch; this thread commits everything that has arrived since its last commit as one transaction
+ * (group commit: while one fsync runs, the next batches queue up behind it and share the next one).
+ */
+import { parentPort, workerData } from 'node:worker_threads';
+import { AuditCore, type AuditOp } from './core.js';
+import type { FromWriter, Head, ToWriter, WriterInit } from './protocol.js';
+
+/** Ops kept for retry while the database cannot be written; beyond this the oldest are dropped (and logged). */
+const MAX_HELD = 200_000;
+const MAX_BACKOFF_MS = 5_000;
+
+const init = workerData as WriterInit;
+const port = parentPort;
+if (port === null) throw new Error('the audit writer must run in a worker thread');
+const post = (m: FromWriter): void => port.postMessage(m);
+const signal = new Int32Array(init.flushSignal);
+
+const errCode = (err: unknown): string | undefined => (err as { code?: string }).code;
+const errMessage = (err: unknown): string => (err instanceof Error ? err.message : String(err));
+
+let core: AuditCore;
+try {
+  core = new AuditCore(init.dataDir, { busyTimeoutMs: init.busyTimeoutMs });
+} catch (err) {
+  post({ t: 'fatal', code: errCode(err), message: errMessage(err) });
+  port.close();
+  throw err;
+}
+const headOf = (): Head => ({ seq: core.head.seq, hash: core.head.hash.toString('hex') });
+
+let queue: { batch: number; op: AuditOp }[] = [];
+let unanswered: number[] = [];
+let scheduled: NodeJS.Immediate | NodeJS.Timeout | undefined;
+let backoff = 0;
+let closing = false;
+
+function commit(): void {
+  if (scheduled !== undefined) {
+    clearTimeout(scheduled as NodeJS.Timeout);
+    clearImmediate(scheduled as NodeJS.Immediate);
+    scheduled = undefined;
+  }
+  if (queue.length === 0 && unanswered.length === 0) return;
+  const ops = queue;
+  const batches = unanswered;
+  queue = [];
+  unanswered = [];
+  try {
+    core.apply(ops.map((o) => o.op));
+    backoff = 0;
+    post({ t: 'done', batches, ok: true, head: headOf(), held: 0 });
+  } catch (err) {
+    // Nothing of this transaction was written. Decisions fail (their requests are refused, 503)
+    // unless the gateway runs fail-open; everything else is kept and retried.
+    const kept = init.failOpen ? ops : ops.filter((o) => o.op.op !== 'decision');
+    queue = kept.concat(queue);
+    if (queue.length > MAX_HELD) {
+      const dropped = queue.length - MAX_HELD;
+      queue = queue.slice(dropped);
+      post({ t: 'log', level: 'error', msg: 'audit rows dropped: the database has not been writable for too long', fields: { dropped } });
+    }
+    post({ t: 'done', batches, ok: false, code: errCode(err), message: errMessage(err), head: headOf(), held: queue.length });
+    backoff = Math.min(MAX_BACKOFF_MS, Math.max(50, backoff * 2));
+    if (!closing) schedule(backoff);
+  }
+}
+
+function schedule(delayMs: number): void {
+  if (scheduled !== undefined) return;
+  scheduled = delayMs === 0 ? setImmediate(commit) : setTimeout(commit, delayMs);
+}
+
+async function prune(id: number, cutoffs: Parameters<AuditCore['prune']>[0]): Promise<void> {
+  const total = { rows: 0, compacted: 0, done: false };
+  try {
+    while (!total.done && !closing) {
+      // Small chunks, with the request path's batches committed in between: a prune never holds
+      // the write lock for long.
+      if (queue.length > 0) commit();
+      const r = core.prune(cutoffs, { maxRows: 500 });
+      total.rows += r.rows;
+      total.compacted += r.compacted;
+      total.done = r.done;
+      await new Promise((r2) => setImmediate(r2));
+    }
+    post({ t: 'pruned', id, result: total });
+  } catch (err) {
+    post({ t: 'pruned', id, result: total, code: errCode(err), message: errMessage(err) });
+  }
+}
+
+port.on('message', (m: ToWriter) => {
+  switch (m.t) {
+    case 'batch':
+      for (const op of m.ops) queue.push({ batch: m.id, op });
+      unanswered.push(m.id);
+      // A decision holds a request until it is durable: try now even while backing off.
+      if (m.urgent || backoff === 0) {
+        if (scheduled !== undefined && backoff !== 0) {
+          clearTimeout(scheduled as NodeJS.Timeout);
+          scheduled = undefined;
+        }
+        schedule(0);
+      }
+      else schedule(backoff);
+      break;
+    case 'flush':
+      commit();
+      Atomics.store(signal, 0, m.token);
+      Atomics.notify(signal, 0);
+      break;
+    case 'prune':
+      void prune(m.id, m.cutoffs);
+      break;
+    case 'close':
+      closing = true;
+      commit();
+      if (queue.length > 0) post({ t: 'log', level: 'error', msg: 'audit rows not written at shutdown: the database is not writable', fields: { rows: queue.length } });
+      core.close();
+      post({ t: 'closed', head: headOf() });
+      port.close();
+      break;
+  }
+});
+
+post({ t: 'ready', head: headOf() });
