@@ -59,6 +59,9 @@ export function createPipeline(deps: PipelineDeps): RequestHandler {
     res.setHeader('x-request-id', requestId);
     const rec = newAuditRecord(requestId, req.method ?? 'GET', ((req.url ?? '').split('?')[0] ?? '').slice(0, 2048));
     const hangUp = new HangUp(res);
+    // An approval taken for this request, given back if the request fails before it is forwarded.
+    let approved: Extract<Escalation, { kind: 'approved' }> | undefined;
+    let forwarding = false;
 
     try {
       // 1. receive
@@ -140,7 +143,6 @@ export function createPipeline(deps: PipelineDeps): RequestHandler {
         });
       }
       // 5. approve: park the exact request (body buffered) until a person decides; go on only if approved.
-      let approved: Extract<Escalation, { kind: 'approved' }> | undefined;
       if (decision.effect === 'escalate') {
         if (buffered === undefined && hasBody(req)) {
           buffered = await readBody(req, config.gateway.maxBodyBytes);
@@ -177,7 +179,6 @@ export function createPipeline(deps: PipelineDeps): RequestHandler {
       }
       const limited = policy.charge(input);
       if (limited !== undefined) {
-        approved?.release('a rate limit or budget refused it after approval');
         rec.decision = 'deny';
         rec.rule = 'id' in limited ? limited.id : limited.rules.join(',');
         rec.reason = limited.reason;
@@ -210,6 +211,7 @@ export function createPipeline(deps: PipelineDeps): RequestHandler {
       policy.recordCall(input);
 
       // 7. forward
+      forwarding = true;
       const upstreamRes = await forwarder.forward(upstream, {
         method: facts.method,
         path: injected.rawQuery === '' ? facts.forwardPath : `${facts.forwardPath}?${injected.rawQuery}`,
@@ -233,6 +235,7 @@ export function createPipeline(deps: PipelineDeps): RequestHandler {
     } catch (err) {
       // Once the agent has gone, a failure is its hang-up, unless the upstream had already timed out.
       let e = toValetError(err);
+      if (approved !== undefined && !forwarding) approved.release(`refused after approval (${e.code})`);
       if (hangUp.aborted && e.code !== 'VALET_ERR_UPSTREAM_TIMEOUT') e = new ValetError('VALET_ERR_CLIENT_CLOSED');
       rec.errorCode = e.code;
       if (e.code === 'VALET_ERR_INTERNAL') logger.error({ reqId: requestId, err: e.cause }, 'internal error');

@@ -20,6 +20,12 @@ export const PAY_TOOLS_YAML = `tools:
     upstream: pay
     method: GET
     path: /v1/async/cards/{card_id}
+rate_limits:
+  - id: limited-payouts
+    upstream: pay
+    paths: [/v1/async/limited/**]
+    limit: 1
+    window: 1h
 `;
 
 /** Rules: `/v1/hold/**` and `/v1/async/**` escalate (finance), `-short` variants expire in 1 s; the rest is allowed. */

@@ -297,6 +297,21 @@ describe('approvals: async and hold, end to end', () => {
     expect(forwardedTo('/v1/async/double')).toBe(1);
   });
 
+  it('an approved request refused by a rate limit gives its approval back (async: re-send later)', async () => {
+    const token = await agent('limited-bot');
+    const run = async (n: number): Promise<{ id: string; status: number; code: string | undefined }> => {
+      const id = (await call(gw.url, '/pay/v1/async/limited/x', { token, body: { n } })).json.approval.id as string;
+      await admin(gw, approver, `/api/approvals/${id}/approve`, {});
+      const r = await call(gw.url, '/pay/v1/async/limited/x', { token, body: { n }, headers: { 'valet-approval': id } });
+      return { id, status: r.status, code: r.json?.error?.code };
+    };
+    expect((await run(1)).status).toBe(201);
+    const second = await run(2);
+    expect(second).toMatchObject({ status: 429, code: 'VALET_ERR_RATE_LIMITED' });
+    expect((await admin(gw, approver, `/api/approvals/${second.id}`)).json.approval).toMatchObject({ status: 'approved', consumed_at: null });
+    expect(forwardedTo('/v1/async/limited')).toBe(1);
+  });
+
   it('caps pending approvals per agent and per tenant (429, Retry-After), and frees them on decision', async () => {
     const token = await agent('flood-bot', { tenant: 'flood-co' });
     const ids: string[] = [];
