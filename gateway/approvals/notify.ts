@@ -22,6 +22,8 @@ export interface NotificationChannel {
   readonly retry: RetryPolicy;
   /** One attempt; must not throw. */
   send(notice: ApprovalNotice): Promise<Delivery>;
+  /** Releases connections (called once, when the notifier closes). */
+  close?(): Promise<void>;
 }
 
 export interface RetryPolicy {
@@ -110,17 +112,17 @@ export function createNotifier(channels: readonly NotificationChannel[], o: Noti
       for (const t of timers) clearTimeout(t);
       timers.clear();
       await Promise.race([Promise.allSettled([...attempts]), new Promise((r) => setTimeout(r, 2_000).unref())]);
+      await Promise.allSettled(channels.map((c) => c.close?.()));
     },
   };
 }
 
-/** One undici agent for every channel: short timeouts, no redirects followed. */
-let agent: Agent | undefined;
-const httpAgent = (): Agent => (agent ??= new Agent({ connectTimeout: 5_000, headersTimeout: 10_000, bodyTimeout: 10_000, connections: 16 }));
+/** Each channel's connections: short timeouts, at most 16 at once, redirects never followed. */
+const httpAgent = (): Agent => new Agent({ connectTimeout: 5_000, headersTimeout: 10_000, bodyTimeout: 10_000, connections: 16 });
 
-async function post(url: string, headers: Record<string, string>, body: string): Promise<Delivery> {
+async function post(dispatcher: Agent, url: string, headers: Record<string, string>, body: string): Promise<Delivery> {
   try {
-    const res = await request(url, { method: 'POST', headers, body, dispatcher: httpAgent() });
+    const res = await request(url, { method: 'POST', headers, body, dispatcher });
     await res.body.dump();
     if (res.statusCode >= 200 && res.statusCode < 300) return { ok: true };
     const retry = res.statusCode === 408 || res.statusCode === 429 || res.statusCode >= 500;
@@ -164,16 +166,19 @@ export interface WebhookSettings {
  */
 export function webhookChannel(s: WebhookSettings): NotificationChannel {
   const ids = new WeakMap<ApprovalNotice, string>();
+  const dispatcher = httpAgent();
   return {
     name: s.name,
     groups: s.groups,
     retry: s.retry,
+    close: () => dispatcher.close(),
     send(notice) {
       let id = ids.get(notice);
       if (id === undefined) ids.set(notice, (id = randomUUID()));
       const now = Date.now();
       const body = webhookBody(notice, id, now);
       return post(
+        dispatcher,
         s.url,
         {
           'content-type': 'application/json',
@@ -196,11 +201,13 @@ export interface SlackSettings {
 
 /** A Slack incoming webhook: one message with the call's summary and approve/deny links. */
 export function slackChannel(s: SlackSettings): NotificationChannel {
+  const dispatcher = httpAgent();
   return {
     name: s.name,
     groups: s.groups,
     retry: s.retry,
-    send: (notice) => post(s.url, { 'content-type': 'application/json', 'user-agent': 'valet-approvals' }, JSON.stringify(slackMessage(notice))),
+    close: () => dispatcher.close(),
+    send: (notice) => post(dispatcher, s.url, { 'content-type': 'application/json', 'user-agent': 'valet-approvals' }, JSON.stringify(slackMessage(notice))),
   };
 }
 

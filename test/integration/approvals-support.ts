@@ -119,9 +119,9 @@ export async function call(
 ): Promise<Reply> {
   const headers: Record<string, string> = { ...o.headers };
   if (o.token !== undefined) headers['authorization'] = `Bearer ${o.token}`;
-  let body: string | null = null;
+  let body: string | Buffer | null = null;
   if (o.body !== undefined) {
-    body = typeof o.body === 'string' ? o.body : JSON.stringify(o.body);
+    body = typeof o.body === 'string' || Buffer.isBuffer(o.body) ? o.body : JSON.stringify(o.body);
     headers['content-type'] ??= 'application/json';
   }
   const res = await request(`${base}${path}`, { method: (o.method ?? (body === null ? 'GET' : 'POST')) as 'GET', headers, body, ...(o.signal && { signal: o.signal }) });

@@ -23,7 +23,13 @@ describe('approvals: async and hold, end to end', () => {
   beforeAll(async () => {
     upstream = await startFakeUpstream((req, res) => {
       res.writeHead(201, { 'content-type': 'application/json', 'x-upstream': 'yes' });
-      res.end(JSON.stringify({ executed: true, url: req.url, amount: req.body.length > 0 ? JSON.parse(req.body.toString()).amount : null }));
+      let amount: unknown = null;
+      try {
+        amount = (JSON.parse(req.body.toString()) as { amount?: unknown }).amount ?? null;
+      } catch {
+        // not JSON
+      }
+      res.end(JSON.stringify({ executed: true, url: req.url, amount }));
     });
     rx = await startReceivers();
     gw = await startTestGateway(payGateway(upstream, rx));
@@ -310,6 +316,30 @@ describe('approvals: async and hold, end to end', () => {
     expect(second).toMatchObject({ status: 429, code: 'VALET_ERR_RATE_LIMITED' });
     expect((await admin(gw, approver, `/api/approvals/${second.id}`)).json.approval).toMatchObject({ status: 'approved', consumed_at: null });
     expect(forwardedTo('/v1/async/limited')).toBe(1);
+  });
+
+  it('any body is bound byte for byte (also one policy cannot read), and bounded by max_body_bytes', async () => {
+    const token = await agent('bytes-bot');
+    const bytes = randomBytes(4096);
+    const headers = { 'content-type': 'application/octet-stream' };
+    const first = await call(gw.url, '/pay/v1/async/upload', { token, body: bytes, headers });
+    expect(first.status, first.text).toBe(202);
+    const a = (await admin(gw, approver, `/api/approvals/${first.json.approval.id}`)).json.approval;
+    expect(a.args_note).toMatch(/could not be read: the body is neither JSON nor form-encoded/);
+    await admin(gw, approver, `/api/approvals/${a.id}/approve`, {});
+    const flipped = Buffer.from(bytes);
+    flipped[4095] = (flipped[4095] as number) ^ 1;
+    const wrong = await call(gw.url, '/pay/v1/async/upload', { token, body: flipped, headers: { ...headers, 'valet-approval': a.id } });
+    expect(wrong.json.error.code).toBe('VALET_ERR_APPROVAL_MISMATCH');
+    const right = await call(gw.url, '/pay/v1/async/upload', { token, body: bytes, headers: { ...headers, 'valet-approval': a.id } });
+    expect(right.status, right.text).toBe(201);
+    expect(upstream.requests.find((r) => r.url === '/v1/async/upload')?.body.equals(bytes)).toBe(true);
+
+    const before = (await admin(gw, approver, '/api/approvals?agent=bytes-bot')).json.approvals.length;
+    const big = await call(gw.url, '/pay/v1/hold/big', { token, body: 'x'.repeat(1_048_577), headers });
+    expect(big.status).toBe(413);
+    expect(big.json.error.code).toBe('VALET_ERR_BODY_TOO_LARGE');
+    expect((await admin(gw, approver, '/api/approvals?agent=bytes-bot')).json.approvals.length).toBe(before);
   });
 
   it('caps pending approvals per agent and per tenant (429, Retry-After), and frees them on decision', async () => {
