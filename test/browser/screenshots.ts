@@ -109,16 +109,21 @@ async function main(): Promise<void> {
     { agent: 'ci-bot', tenant: 'globex', upstream: 'github', path: '/repos/globex/api/pulls' },
     { agent: 'triage-bot', tenant: 'globex', upstream: 'github', path: '/repos/globex/api/issues' },
   ];
+  const RULES = {
+    openai: { allow: 'openai-inference', deny: 'default-deny', escalate: '' },
+    github: { allow: 'github-read', deny: 'github-no-admin', escalate: 'merges-need-a-person' },
+    stripe: { allow: 'transfers', deny: 'default-deny', escalate: 'large-transfers' },
+  } as const;
   const now = Date.now();
   let seed = 7;
   const rand = (): number => ((seed = (seed * 16807) % 2147483647) / 2147483647);
-  for (let i = 0; i < 900; i++) {
-    const ts = now - Math.floor(rand() * 24 * 3_600_000);
+  const times = Array.from({ length: 900 }, () => now - 60_000 - Math.floor(rand() * 24 * 3_600_000)).sort((a, b) => a - b);
+  for (const ts of times) {
     const hour = new Date(ts).getHours();
     if (rand() > 0.35 + 0.6 * Math.sin((Math.PI * hour) / 24)) continue;
     const a = agents[Math.floor(rand() * agents.length)] as (typeof agents)[number];
     const r = rand();
-    const decision = r < 0.82 ? 'allow' : r < 0.95 ? 'deny' : 'escalate';
+    const decision = r < 0.82 ? 'allow' : r < 0.95 || a.upstream === 'openai' ? 'deny' : 'escalate';
     gw.gateway.audit.record({
       ...newAuditRecord(randomUUID(), decision === 'deny' ? 'DELETE' : 'POST', a.path),
       ts,
@@ -126,7 +131,7 @@ async function main(): Promise<void> {
       tenant: a.tenant,
       upstream: a.upstream,
       decision,
-      rule: decision === 'allow' ? 'github-read' : decision === 'deny' ? 'github-no-admin' : 'large-transfers',
+      rule: RULES[a.upstream as keyof typeof RULES][decision],
       status: decision === 'allow' ? 200 : 403,
       upstreamStatus: decision === 'allow' ? 200 : null,
       durationMs: 20 + rand() * 300,

@@ -93,7 +93,13 @@ export const auditView: View = {
     const decision = h(
       'select',
       { name: 'decision' },
-      ['', 'allow', 'deny', 'escalate'].map((d) => h('option', { value: d }, d === '' ? 'any' : d)),
+      [
+        ['', 'any'],
+        ['allow', 'allow'],
+        ['deny', 'deny'],
+        ['escalate', 'escalate'],
+        ['none', 'none (refused before the policy)'],
+      ].map(([value, label]) => h('option', { value }, label)),
     );
     decision.value = params.get('decision') ?? '';
     inputs.set('decision', decision);
@@ -149,7 +155,8 @@ export const auditView: View = {
         h(
           'table',
           { class: 'rows' },
-          h('thead', null, h('tr', null, ['Time', 'Agent', 'Tenant', 'User', 'Upstream', 'Request', 'Tool', 'Decision', 'Rule', 'Status', 'ms'].map((c) => h('th', null, c)))),
+          // Columns marked `opt` make room for the detail panel when it is open.
+          h('thead', null, h('tr', null, [['Time'], ['Agent'], ['Tenant'], ['User', 'opt'], ['Upstream'], ['Request'], ['Tool', 'opt'], ['Decision'], ['Rule'], ['Status'], ['ms', 'opt']].map(([c, cls]) => h('th', { class: cls }, c)))),
           h(
             'tbody',
             null,
@@ -170,14 +177,14 @@ export const auditView: View = {
                 h('td', { class: 'nowrap' }, time(r.ts, 'short')),
                 h('td', null, r.agent ?? '—'),
                 h('td', null, r.tenant ?? '—'),
-                h('td', null, r.user ?? '—'),
+                h('td', { class: 'opt' }, r.user ?? '—'),
                 h('td', null, r.upstream ?? '—'),
                 h('td', { class: 'req' }, h('span', { class: 'method' }, r.method), ' ', h('code', null, r.path)),
-                h('td', null, r.tool ?? ''),
+                h('td', { class: 'opt' }, r.tool ?? ''),
                 h('td', null, badge(r.decision)),
                 h('td', null, r.rule ? h('code', null, r.rule) : ''),
                 h('td', { class: r.status >= 400 ? 'status bad' : 'status' }, String(r.status)),
-                h('td', { class: 'num' }, r.duration_ms.toFixed(1)),
+                h('td', { class: 'num opt' }, r.duration_ms.toFixed(1)),
               ),
             ),
           ),
@@ -371,7 +378,7 @@ function explanation(e: Explanation): HTMLElement {
     h(
       'table',
       { class: 'trace' },
-      h('thead', null, h('tr', null, ['Rule', 'Effect', 'For', 'Outcome', 'Why', 'Where'].map((c) => h('th', null, c)))),
+      h('thead', null, h('tr', null, ['Rule', 'Effect', 'Outcome', 'Why'].map((c) => h('th', null, c)))),
       h(
         'tbody',
         null,
@@ -379,12 +386,10 @@ function explanation(e: Explanation): HTMLElement {
           h(
             'tr',
             { class: t.matched ? 'matched' : undefined, 'data-rule': t.id },
-            h('td', null, h('code', null, t.id)),
+            h('td', null, h('code', null, t.id), h('div', { class: 'muted small' }, t.at, t.principal === 'user' ? ' · for the user' : '')),
             h('td', null, badge(t.effect)),
-            h('td', null, t.principal),
             h('td', null, t.needs.length > 0 ? h('span', { class: 'badge badge-unknown', title: `depends on ${t.needs.join(', ')}` }, 'not re-evaluable') : t.matched ? 'matched' : 'no match'),
             h('td', null, t.why, t.needs.length > 0 ? h('span', { class: 'muted' }, ` (needs ${t.needs.join(', ')})`) : null),
-            h('td', null, h('code', { class: 'small' }, t.at)),
           ),
         ),
       ),
