@@ -48,6 +48,7 @@ export const ERRORS = {
   },
   VALET_ERR_UPSTREAM_TIMEOUT: { status: 504, message: 'The upstream did not answer in time.' },
   VALET_ERR_CLIENT_CLOSED: { status: 499, message: 'The agent closed the connection before the response was complete.' },
+  VALET_ERR_OUTCOME_UNKNOWN: { status: 502, message: 'The gateway stopped after forwarding this request and before recording its outcome.' },
   VALET_ERR_INTERNAL: { status: 500, message: 'Internal gateway error.' },
   VALET_ERR_CONFIG: { status: 500, message: 'The configuration is invalid.' },
   VALET_ERR_MASTER_KEY: {

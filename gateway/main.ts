@@ -11,6 +11,7 @@ import { createTokenVerifier } from './auth/verify.js';
 import { secretNames } from './config/credential.js';
 import { loadConfig } from './config/load.js';
 import { DEFAULT_AUDIT, type Config, type Environment } from './config/types.js';
+import { auditRoutes } from './admin/audit.js';
 import { dashboardAssets, findDashboard } from './admin/assets.js';
 import { insightRoutes } from './admin/insights.js';
 import { createMetrics } from './admin/metrics.js';
@@ -157,6 +158,7 @@ export async function startGateway(options: GatewayOptions): Promise<RunningGate
     verify: createTokenVerifier(config.issuers, dataDir, env, { audience: config.gateway.admin.audience }),
     routes: [
       ...adminRoutes(adminDeps),
+      ...auditRoutes(db),
       ...policyRoutes(adminDeps),
       ...insightRoutes(db),
       ...(secretSources.store ? secretRoutes(secretSources.store) : []),

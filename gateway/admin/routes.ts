@@ -1,9 +1,7 @@
 import Database from 'better-sqlite3';
 import { join } from 'node:path';
-import { AUDIT_FILE, queryAudit, type AuditDatabase } from '../audit/store.js';
-import { ValetError } from '../errors.js';
+import { AUDIT_FILE, type AuditDatabase } from '../audit/store.js';
 import type { PolicyHolder } from '../policy/reload.js';
-import { tenantScope } from './auth.js';
 import type { Metrics } from './metrics.js';
 import type { AdminProbe, AdminRoute } from './server.js';
 
@@ -16,9 +14,6 @@ export interface AdminRouteDeps {
   readonly metrics: Metrics;
 }
 
-/** Query parameters that filter audit rows, by their API name. */
-const AUDIT_FILTERS = ['agent', 'upstream', 'decision', 'request_id'] as const;
-
 export function adminRoutes(d: AdminRouteDeps): AdminRoute[] {
   return [
     {
@@ -26,29 +21,6 @@ export function adminRoutes(d: AdminRouteDeps): AdminRoute[] {
       path: '/api/whoami',
       permission: 'policy.read',
       handle: ({ who }) => ({ json: { subject: who.subject, tenant: who.tenant ?? null, roles: who.roles, permissions: [...who.permissions] } }),
-    },
-    {
-      method: 'GET',
-      path: '/api/audit',
-      permission: 'audit.read',
-      handle: ({ who, query }) => {
-        const limit = query.get('limit') === null ? 100 : Number(query.get('limit'));
-        if (!Number.isInteger(limit) || limit < 1 || limit > 1000) throw new ValetError('VALET_ERR_ADMIN_BAD_REQUEST', 'limit must be an integer from 1 to 1000.');
-        const since = query.get('since_ms');
-        const sinceMs = since === null ? undefined : Number(since);
-        if (sinceMs !== undefined && !Number.isSafeInteger(sinceMs)) throw new ValetError('VALET_ERR_ADMIN_BAD_REQUEST', 'since_ms must be a time in milliseconds.');
-        const f = Object.fromEntries(AUDIT_FILTERS.map((k) => [k, query.get(k) ?? undefined]));
-        const rows = queryAudit(d.db, {
-          limit,
-          agent: f['agent'],
-          upstream: f['upstream'],
-          decision: f['decision'],
-          requestId: f['request_id'],
-          tenant: tenantScope(who, query.get('tenant') ?? undefined),
-          sinceMs,
-        });
-        return { json: { rows } };
-      },
     },
     {
       method: 'GET',

@@ -16,7 +16,9 @@ export interface AdminRequest {
 }
 
 /** A handler's answer: a JSON value (status 200 unless given), or a stream writer for exports. */
-export type AdminResult = { status?: number; json: unknown } | { stream: (res: ServerResponse) => Promise<void>; contentType: string };
+export type AdminResult =
+  | { status?: number; json: unknown }
+  | { stream: (res: ServerResponse) => Promise<void>; contentType: string; headers?: Readonly<Record<string, string>> };
 
 export interface AdminRoute {
   readonly method: 'GET' | 'POST' | 'PUT' | 'DELETE';
@@ -136,7 +138,7 @@ export function createAdminServer(o: AdminServerOptions): Server {
     }
     const result = await match.route.handle({ who, params: match.params, query: url.searchParams, body, requestId });
     if ('stream' in result) {
-      res.writeHead(200, { ...SECURITY_HEADERS, 'content-type': result.contentType, 'x-request-id': requestId });
+      res.writeHead(200, { ...SECURITY_HEADERS, ...result.headers, 'content-type': result.contentType, 'x-request-id': requestId });
       await result.stream(res);
       return;
     }

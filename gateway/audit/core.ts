@@ -1,4 +1,5 @@
-import type Database from 'better-sqlite3';
+import { join } from 'node:path';
+import Database from 'better-sqlite3';
 import type { AuditRecord } from '../types.js';
 import { contentColumns, encodeNote, EVENT, GENESIS, linkHash, parseNote, readCheckpoint, readHead, rowDigest, sha256, type ChainHead, type PruneNote } from './chain.js';
 import { openAuditDatabase, type AuditDatabase } from './store.js';
@@ -88,7 +89,10 @@ export class AuditCore {
   private lastLoggedAt = 0;
   head: ChainHead = { seq: 0, hash: GENESIS };
 
-  constructor(dataDir: string, o: { busyTimeoutMs?: number; cacheKiB?: number } = {}) {
+  /** Held while this writer runs (see {@link recoverInterrupted}); undefined when another writer holds it. */
+  private readonly lock: AuditDatabase | undefined;
+
+  constructor(dataDir: string, o: { busyTimeoutMs?: number; cacheKiB?: number; recover?: boolean } = {}) {
     this.db = openAuditDatabase(dataDir, { busyTimeoutMs: o.busyTimeoutMs ?? 1000 });
     this.db.pragma(`cache_size = -${o.cacheKiB ?? 32_768}`);
     this.digestColumns = contentColumns(this.db);
@@ -106,7 +110,34 @@ export class AuditCore {
     this.lastPrune = this.db.prepare(`SELECT note FROM audit_chain WHERE kind = ${EVENT.prune} ORDER BY seq DESC LIMIT 1`).pluck();
     this.applyTx = this.db.transaction((ops: readonly AuditOp[], undo: Undo) => this.applyInTransaction(ops, undo)).immediate;
     this.head = readHead(this.db);
+    this.lock = o.recover === false ? undefined : writerLock(dataDir);
+    if (this.lock !== undefined) this.recoverInterrupted();
   }
+
+  /**
+   * Rows a previous gateway left in flight — decision recorded, outcome never (killed, crashed,
+   * power lost) — are completed with `error_code = VALET_ERR_OUTCOME_UNKNOWN` and status 0: the
+   * call may or may not have reached the upstream. Only a writer holding the writer lock does this,
+   * so the requests of another gateway still running on the same data directory are left alone.
+   */
+  private recoverInterrupted(): void {
+    const rows = this.db
+      .prepare(`SELECT r.* FROM audit_log r JOIN audit_chain c ON c.seq = r.chain_seq WHERE r.status = 0 AND r.outcome_seq IS NULL AND c.kind = ${EVENT.decision}`)
+      .all() as Record<string, unknown>[];
+    if (rows.length === 0) return;
+    const ops: AuditOp[] = rows.map((row) => {
+      const rec: Record<string, unknown> = {};
+      for (const c of this.columns) rec[c.key] = row[c.name];
+      rec['errorCode'] = 'VALET_ERR_OUTCOME_UNKNOWN';
+      this.open.set(row['request_id'] as string, { id: row['id'] as number, loggedAt: row['logged_at'] as number });
+      return { op: 'final', rec: rec as unknown as AuditRecord };
+    });
+    this.apply(ops);
+    this.recovered = rows.length;
+  }
+
+  /** Rows completed as interrupted at start-up. */
+  recovered = 0;
 
   /** Requests whose decision is committed and whose outcome is not. */
   get inFlight(): number {
@@ -203,6 +234,27 @@ export class AuditCore {
       // best effort
     }
     this.db.close();
+    this.lock?.close();
+  }
+}
+
+export const WRITER_LOCK_FILE = 'audit-writer.lock';
+
+/**
+ * An exclusive lock for the lifetime of a writer: a small SQLite file in EXCLUSIVE locking mode,
+ * written once, so its lock is held until the connection closes — or the process dies, when the
+ * operating system releases it. Undefined when another live process holds it.
+ */
+function writerLock(dataDir: string): AuditDatabase | undefined {
+  let db: AuditDatabase | undefined;
+  try {
+    db = new Database(join(dataDir, WRITER_LOCK_FILE), { timeout: 0 });
+    db.pragma('locking_mode = EXCLUSIVE');
+    db.pragma('user_version = 1');
+    return db;
+  } catch {
+    db?.close();
+    return undefined;
   }
 }
 

@@ -1,6 +1,5 @@
 #!/usr/bin/env node
 import { parseArgs, type ParseArgsConfig } from 'node:util';
-import { openAuditDatabase, queryAudit, type AuditRow } from '../audit/store.js';
 import { sharedSecret } from '../auth/keys.js';
 import { mintAgentToken } from '../auth/mint.js';
 import { loadConfig } from '../config/load.js';
@@ -12,6 +11,7 @@ import { memoryCounterStore, memoryHistoryStore } from '../policy/counters.js';
 import { findDeadRules } from '../policy/lint.js';
 import { explainScenario, outcomeOf, runPolicyTests } from '../policy/testing.js';
 import { approvalsCommand, APPROVALS_USAGE } from './approvals.js';
+import { auditCommand, AUDIT_USAGE } from './audit.js';
 import { secretsCommand, SECRETS_USAGE } from './secrets.js';
 import { UsageError } from './usage.js';
 
@@ -21,7 +21,7 @@ Usage:
   valet start [--config DIR] [--data DIR] [--port N] [--admin-port N] [--host H] [--env E]
   valet token --admin --subject NAME --role admin|approver|auditor|secrets_manager [--tenant T] [--group G]... [--ttl 15m]
   valet token --agent ID [--tenant T] [--team T] [--role R]... [--env E] [--user U [--user-role R]...] [--ttl 15m] [--issuer NAME]
-  valet audit [--limit N] [--agent A] [--tenant T] [--upstream U] [--decision D] [--request-id ID] [--since 1h] [--format table|json]
+${AUDIT_USAGE}
   valet policy check [DIR] [--strict]      schema, CEL types, dead rules (warnings; --strict fails on them)
   valet policy test [DIR]                  run the YAML policy tests beside the policies
   valet policy explain --agent A --upstream U [--method M] [--path P] [--tenant T] [--team T] [--role R]...
@@ -31,7 +31,8 @@ ${APPROVALS_USAGE}
 
 Environment: VALET_CONFIG (./policies), VALET_DATA (./data), VALET_PORT, VALET_ADMIN_PORT, VALET_HOST, VALET_ENV, VALET_LOG_LEVEL,
 VALET_MASTER_KEY / VALET_MASTER_KEY_FILE (secret store key), VALET_NEW_MASTER_KEY (secrets rekey),
-VALET_ADMIN_URL / VALET_ADMIN_TOKEN (valet approvals), VALET_APPROVAL_LINK_KEY (approval link signing key).
+VALET_ADMIN_URL / VALET_ADMIN_TOKEN (valet approvals), VALET_APPROVAL_LINK_KEY (approval link signing key),
+VALET_AUDIT_ANCHOR_KEY (signs audit anchors; verify checks the signatures).
 `;
 
 const common = {
@@ -152,61 +153,6 @@ async function token(args: string[]): Promise<void> {
   process.stdout.write(`${jwt}\n`);
 }
 
-const COLUMNS: [keyof AuditRow, string][] = [
-  ['ts', 'TIME'],
-  ['request_id', 'REQUEST'],
-  ['agent', 'AGENT'],
-  ['tenant', 'TENANT'],
-  ['upstream', 'UPSTREAM'],
-  ['method', 'METHOD'],
-  ['path', 'PATH'],
-  ['decision', 'DECISION'],
-  ['rule', 'RULE'],
-  ['status', 'STATUS'],
-  ['upstream_status', 'UPSTREAM_STATUS'],
-  ['duration_ms', 'MS'],
-];
-
-async function audit(args: string[]): Promise<void> {
-  const { values } = parse(args, {
-    limit: { type: 'string', default: '20' },
-    agent: { type: 'string' },
-    tenant: { type: 'string' },
-    upstream: { type: 'string' },
-    decision: { type: 'string' },
-    'request-id': { type: 'string' },
-    since: { type: 'string' },
-    format: { type: 'string', default: 'table' },
-  });
-  if (values.format !== 'table' && values.format !== 'json') throw new UsageError('--format must be table or json');
-  let db;
-  try {
-    db = openAuditDatabase(dataDir(values.data), { readonly: true });
-  } catch {
-    throw new UsageError(`no audit database in ${dataDir(values.data)} (has the gateway run there?)`);
-  }
-  const rows = queryAudit(db, {
-    limit: integer(values.limit, 'limit', 1, 100_000) ?? 20,
-    agent: values.agent,
-    tenant: values.tenant,
-    upstream: values.upstream,
-    decision: values.decision,
-    requestId: values['request-id'],
-    sinceMs: values.since === undefined ? undefined : Date.now() - duration(values.since, 'since') * 1000,
-  });
-  db.close();
-  if (values.format === 'json') {
-    process.stdout.write(`${JSON.stringify(rows, null, 2)}\n`);
-    return;
-  }
-  const cells = rows.map((r) =>
-    COLUMNS.map(([k]) => (k === 'ts' ? new Date(r.ts).toISOString() : r[k] === null ? '-' : String(r[k]))),
-  );
-  const widths = COLUMNS.map(([, h], i) => Math.max(h.length, ...cells.map((c) => (c[i] as string).length)));
-  const line = (c: string[]): string => c.map((v, i) => v.padEnd(widths[i] as number)).join('  ').trimEnd();
-  process.stdout.write(`${[line(COLUMNS.map(([, h]) => h)), ...cells.map(line)].join('\n')}\n`);
-}
-
 /** Loads and compiles a directory as the gateway would; throws ConfigError on any problem. */
 function loadPolicy(dir: string): { config: Config; policy: Policy } {
   const config = loadConfig(dir);
@@ -301,7 +247,7 @@ async function policy(args: string[]): Promise<void> {
   throw new UsageError('valet policy check|test|explain');
 }
 
-const COMMANDS: Record<string, (args: string[]) => Promise<void>> = { start, token, audit, policy, secrets: secretsCommand, approvals: approvalsCommand };
+const COMMANDS: Record<string, (args: string[]) => Promise<void>> = { start, token, audit: auditCommand, policy, secrets: secretsCommand, approvals: approvalsCommand };
 
 async function main(argv: string[]): Promise<void> {
   const [command, ...args] = argv;

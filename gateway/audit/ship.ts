@@ -1,0 +1,232 @@
+import { createSocket, type Socket as UdpSocket } from 'node:dgram';
+import { closeSync, existsSync, fsyncSync, openSync, readFileSync, renameSync, writeSync } from 'node:fs';
+import { connect, type Socket } from 'node:net';
+import { EVENT } from './chain.js';
+import { cefLine, syslogMessage, type SyslogOptions } from './export.js';
+import type { AuditDatabase, AuditFilter, AuditRow } from './store.js';
+
+/**
+ * Continuous shipping of the audit log to a syslog collector.
+ *
+ * Rows are shipped in the order they were *completed* — the hash chain's order of `outcome` and
+ * `record` events — so each request is sent once, with its outcome, even when it finished long
+ * after requests that started later. The cursor is the chain seq of the last event shipped; it is
+ * written to the cursor file (atomically: temporary file, fsync, rename) after each batch the
+ * transport accepted, so a restarted shipper resumes where it stopped. Delivery is at least once: a
+ * batch cut off by a broken connection is sent again after reconnecting.
+ *
+ * Transports: TCP with octet-counting framing (RFC 6587 §3.4.1: `LENGTH SP MESSAGE`), reconnecting
+ * with exponential backoff (0.5 s doubling to 30 s); a batch counts as accepted once the kernel
+ * took every byte (TCP syslog has no application-level acknowledgement). UDP: one message per
+ * datagram (RFC 5426); UDP itself may drop messages, which no cursor can detect.
+ */
+export interface ShipOptions {
+  to: URL;
+  format: 'syslog' | 'cef';
+  cursorFile?: string | undefined;
+  filter?: Omit<AuditFilter, 'limit' | 'order' | 'before' | 'after'>;
+  syslog?: SyslogOptions;
+  /** Poll interval while following (ms). */
+  intervalMs?: number;
+  /** Ship what is there, then stop (otherwise follow the log until `signal` aborts). */
+  once?: boolean;
+  batchSize?: number;
+  signal?: AbortSignal;
+  log?: (msg: string) => void;
+}
+
+export interface ShipResult {
+  shipped: number;
+  cursor: number;
+}
+
+type ShipFilter = NonNullable<ShipOptions['filter']>;
+
+const FILTERS: [keyof ShipFilter, string][] = [
+  ['agent', 'agent'],
+  ['tenant', 'tenant'],
+  ['user', 'user'],
+  ['upstream', 'upstream'],
+  ['tool', 'tool'],
+  ['decision', 'decision'],
+  ['rule', 'rule'],
+  ['requestId', 'request_id'],
+  ['status', 'status'],
+];
+
+export function readCursor(file: string | undefined): number {
+  if (file === undefined || !existsSync(file)) return 0;
+  const v = JSON.parse(readFileSync(file, 'utf8')) as { seq?: unknown };
+  if (typeof v.seq !== 'number' || !Number.isSafeInteger(v.seq) || v.seq < 0) throw new Error(`${file}: not a shipping cursor`);
+  return v.seq;
+}
+
+export function writeCursor(file: string, seq: number): void {
+  const tmp = `${file}.tmp`;
+  const fd = openSync(tmp, 'w', 0o600);
+  try {
+    writeSync(fd, `${JSON.stringify({ seq, at: new Date().toISOString() })}\n`);
+    fsyncSync(fd);
+  } finally {
+    closeSync(fd);
+  }
+  renameSync(tmp, file);
+}
+
+/** The next completed rows after `cursor`, in completion order, with the seq of their completing event. */
+export function completedAfter(db: AuditDatabase, cursor: number, limit: number, f: ShipOptions['filter'] = {}): { seq: number; row: AuditRow }[] {
+  const where: string[] = [];
+  const params: Record<string, unknown> = { cursor, limit };
+  for (const [key, column] of FILTERS) {
+    const v = f[key];
+    if (v === undefined) continue;
+    if (column === 'decision' && v === 'none') where.push('r.decision IS NULL');
+    else {
+      where.push(`r.${column} = @${column}`);
+      params[column] = v;
+    }
+  }
+  const rows = db
+    .prepare(
+      `SELECT c.seq AS "valet:seq", r.* FROM audit_chain c JOIN audit_log r ON r.id = c.row_id
+        WHERE c.seq > @cursor AND c.kind IN (${EVENT.outcome}, ${EVENT.record}) ${where.map((w) => `AND ${w}`).join(' ')}
+        ORDER BY c.seq LIMIT @limit`,
+    )
+    .all(params) as (AuditRow & { 'valet:seq': number })[];
+  return rows.map((r) => {
+    const { 'valet:seq': seq, ...row } = r;
+    return { seq, row: row as AuditRow };
+  });
+}
+
+/** The newest event seq (so a filtered shipper can move its cursor past rows it does not ship). */
+const headSeq = (db: AuditDatabase): number => (db.prepare('SELECT max(seq) FROM audit_chain').pluck().get() as number | null) ?? 0;
+
+interface Transport {
+  /** Sends every message; resolves when the transport accepted all of them. */
+  send(messages: readonly string[]): Promise<void>;
+  close(): void;
+}
+
+function udpTransport(to: URL): Transport {
+  const host = to.hostname.replace(/^\[|\]$/g, '');
+  const socket: UdpSocket = createSocket(host.includes(':') ? 'udp6' : 'udp4');
+  const port = Number(to.port);
+  return {
+    async send(messages) {
+      for (const m of messages) {
+        // Kept within one datagram: longer messages are cut (RFC 5426 §3.2 allows truncation).
+        const buf = Buffer.from(m, 'utf8').subarray(0, 65_000);
+        await new Promise<void>((resolve, reject) => socket.send(buf, port, host, (err) => (err ? reject(err) : resolve())));
+      }
+    },
+    close: () => socket.close(),
+  };
+}
+
+function tcpTransport(to: URL, log: (m: string) => void, signal: AbortSignal | undefined): Transport {
+  const host = to.hostname.replace(/^\[|\]$/g, '');
+  const port = Number(to.port);
+  let socket: Socket | undefined;
+  let backoff = 500;
+  const open = async (): Promise<Socket> => {
+    for (;;) {
+      if (signal?.aborted) throw new Error('stopped');
+      try {
+        const s = await new Promise<Socket>((resolve, reject) => {
+          const c = connect({ host, port });
+          c.once('connect', () => {
+            c.off('error', reject);
+            resolve(c);
+          });
+          c.once('error', reject);
+        });
+        s.setNoDelay(true);
+        s.on('error', () => s.destroy());
+        s.on('close', () => {
+          if (socket === s) socket = undefined;
+        });
+        // A collector never speaks back; reading keeps a half-closed socket from lingering.
+        s.resume();
+        backoff = 500;
+        return s;
+      } catch (err) {
+        log(`cannot connect to ${host}:${port} (${(err as NodeJS.ErrnoException).code ?? (err as Error).message}); retrying in ${backoff} ms`);
+        await new Promise((r) => setTimeout(r, backoff));
+        backoff = Math.min(30_000, backoff * 2);
+      }
+    }
+  };
+  return {
+    async send(messages) {
+      for (;;) {
+        socket ??= await open();
+        const s = socket;
+        const framed = messages.map((m) => `${Buffer.byteLength(m, 'utf8')} ${m}`).join('');
+        try {
+          await new Promise<void>((resolve, reject) => {
+            const onClose = (): void => reject(new Error('connection closed'));
+            s.once('close', onClose);
+            s.write(framed, (err) => {
+              s.off('close', onClose);
+              if (err) reject(err);
+              else resolve();
+            });
+          });
+          return;
+        } catch (err) {
+          log(`connection to ${host}:${port} lost (${(err as Error).message}); reconnecting and sending the batch again`);
+          s.destroy();
+          socket = undefined;
+          await new Promise((r) => setTimeout(r, backoff));
+          backoff = Math.min(30_000, backoff * 2);
+        }
+      }
+    },
+    close: () => socket?.end(),
+  };
+}
+
+export async function ship(db: AuditDatabase, o: ShipOptions): Promise<ShipResult> {
+  const log = o.log ?? (() => undefined);
+  const protocol = o.to.protocol;
+  if ((protocol !== 'tcp:' && protocol !== 'udp:') || o.to.hostname === '' || o.to.port === '') {
+    throw new Error('--to must be tcp://HOST:PORT or udp://HOST:PORT');
+  }
+  const transport = protocol === 'tcp:' ? tcpTransport(o.to, log, o.signal) : udpTransport(o.to);
+  const format = (r: AuditRow): string => (o.format === 'cef' ? syslogMessage(r, o.syslog, cefLine(r)) : syslogMessage(r, o.syslog));
+  let cursor = readCursor(o.cursorFile);
+  let saved = cursor;
+  let shipped = 0;
+  try {
+    for (;;) {
+      if (o.signal?.aborted) break;
+      const head = headSeq(db);
+      const batch = completedAfter(db, cursor, o.batchSize ?? 500, o.filter);
+      if (batch.length > 0) {
+        await transport.send(batch.map((b) => format(b.row)));
+        cursor = (batch[batch.length - 1] as { seq: number }).seq;
+        shipped += batch.length;
+      } else if (head > cursor) {
+        // Nothing (left) to ship up to the head: move past events the filter or kind excludes.
+        cursor = head;
+      }
+      if (o.cursorFile !== undefined && cursor !== saved) {
+        writeCursor(o.cursorFile, cursor);
+        saved = cursor;
+      }
+      if (batch.length === (o.batchSize ?? 500)) continue;
+      if (o.once) break;
+      await new Promise<void>((r) => {
+        const t = setTimeout(r, o.intervalMs ?? 1_000);
+        o.signal?.addEventListener('abort', () => {
+          clearTimeout(t);
+          r();
+        });
+      });
+    }
+  } finally {
+    transport.close();
+  }
+  return { shipped, cursor };
+}

@@ -1,0 +1,311 @@
+import { writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import Database from 'better-sqlite3';
+import { afterEach, describe, expect, it } from 'vitest';
+import { anchorLine, readAnchors } from '../../gateway/audit/anchor.js';
+import { contentColumns, EVENT, linkHash, readHead, rowDigest, verifyChain, type Anchor } from '../../gateway/audit/chain.js';
+import { pruneAudit } from '../../gateway/audit/core.js';
+import { openAuditDatabase } from '../../gateway/audit/store.js';
+import { auditFixture, record, writeMix, type AuditFixture } from '../helpers/audit.js';
+
+let fx: AuditFixture | undefined;
+afterEach(() => {
+  fx?.cleanup();
+  fx = undefined;
+});
+
+const setup = (): AuditFixture => (fx = auditFixture());
+const verify = (f: AuditFixture, anchors: Anchor[] = []) => verifyChain(f.raw(), { anchors });
+const anchorOf = (f: AuditFixture): Anchor => {
+  const h = readHead(f.raw());
+  return { seq: h.seq, hash: h.hash.toString('hex'), at: Date.now() };
+};
+const first = (f: AuditFixture, anchors: Anchor[] = []) => {
+  const r = verify(f, anchors);
+  expect(r.ok).toBe(false);
+  return r.problems[0]!;
+};
+
+describe('audit hash chain', () => {
+  it('a log of forwarded, refused and in-flight requests verifies', () => {
+    const f = setup();
+    writeMix(f.core, 20, 5);
+    f.core.apply([{ op: 'decision', rec: record() }]); // in flight
+    const r = verify(f);
+    expect(r).toMatchObject({ ok: true, rows: 26, events: 46, incomplete: 1, pruned: 0, problems: [] });
+    expect(r.head.seq).toBe(46);
+  });
+
+  it('every event links to the previous one by SHA-256 over the canonical encoding', () => {
+    const f = setup();
+    writeMix(f.core, 1, 1);
+    const db = f.raw();
+    const columns = contentColumns(db);
+    const events = db.prepare('SELECT * FROM audit_chain ORDER BY seq').all() as { seq: number; kind: number; row_id: number; hash: Buffer; digest: Buffer | null }[];
+    expect(events.map((e) => e.kind)).toEqual([EVENT.decision, EVENT.outcome, EVENT.record]);
+    let prev: Buffer = Buffer.alloc(32);
+    for (const e of events) {
+      const row = db.prepare('SELECT * FROM audit_log WHERE id = ?').get(e.row_id) as Record<string, unknown>;
+      const digest = e.kind === EVENT.decision ? (e.digest as Buffer) : rowDigest(row, columns);
+      expect(linkHash(prev, e.seq, e.kind, e.row_id, row['ts'] as number, row['tenant'] as string, digest).equals(e.hash)).toBe(true);
+      prev = e.hash;
+    }
+    // The chain's bookkeeping columns are not content; the recording time is.
+    expect(columns).not.toContain('chain_seq');
+    expect(columns).toContain('logged_at');
+  });
+
+  it('names an edited row', () => {
+    const f = setup();
+    const recs = writeMix(f.core, 10, 2);
+    f.raw().prepare("UPDATE audit_log SET agent = 'someone-else' WHERE id = 4").run();
+    const p = first(f);
+    expect(p).toMatchObject({ rowId: 4, requestId: recs[3]!.requestId });
+    expect(p.message).toMatch(/row 4 does not match its hash/);
+  });
+
+  it('names a row whose outcome was edited, and a row in flight that was edited', () => {
+    const f = setup();
+    writeMix(f.core, 5);
+    f.core.apply([{ op: 'decision', rec: record() }]);
+    const db = f.raw();
+    db.prepare('UPDATE audit_log SET status = 201 WHERE id = 2').run();
+    db.prepare('UPDATE audit_log SET status = 200 WHERE id = 6').run();
+    const r = verify(f);
+    expect(r.problems.map((p) => p.rowId)).toEqual([2, 6]);
+    expect(r.problems[1]!.message).toMatch(/no outcome recorded\) does not match its decision record/);
+  });
+
+  it('names a deleted row', () => {
+    const f = setup();
+    writeMix(f.core, 10);
+    f.raw().prepare('DELETE FROM audit_log WHERE id = 7').run();
+    const p = first(f);
+    expect(p).toMatchObject({ rowId: 7 });
+    expect(p.message).toBe('row 7 is missing (deleted)');
+  });
+
+  it('names the gap when a row and its events are deleted', () => {
+    const f = setup();
+    writeMix(f.core, 10, 3);
+    const db = f.raw();
+    // Rows 1–10 are events 1–20 (decision, then outcome); row 11 is event 21.
+    db.prepare('DELETE FROM audit_chain WHERE row_id = 11 AND kind = 3').run();
+    db.prepare('DELETE FROM audit_log WHERE id = 11').run();
+    const p = first(f);
+    expect(p.message).toMatch(/^event 21 is missing/);
+  });
+
+  it('names an inserted row', () => {
+    const f = setup();
+    const recs = writeMix(f.core, 5, 5);
+    const db = f.raw();
+    const row = db.prepare('SELECT * FROM audit_log WHERE id = 3').get() as Record<string, unknown>;
+    const cols = Object.keys(row).filter((c) => c !== 'id' && c !== 'chain_seq' && c !== 'outcome_seq');
+    db.prepare(`INSERT INTO audit_log (id, ${cols.join(', ')}) VALUES (100, ${cols.map(() => '?').join(', ')})`).run(...cols.map((c) => (c === 'request_id' ? 'forged' : row[c])));
+    const p = first(f);
+    expect(p).toMatchObject({ rowId: 100, requestId: 'forged', seq: null });
+    expect(p.message).toBe('row 100 is not in the chain (inserted)');
+    expect(recs).toHaveLength(10);
+  });
+
+  it('names the first of two reordered rows', () => {
+    const f = setup();
+    writeMix(f.core, 0, 8);
+    const db = f.raw();
+    const cols = (db.prepare('SELECT name FROM pragma_table_info(?)').pluck().all('audit_log') as string[]).filter((c) => !['id', 'chain_seq', 'outcome_seq'].includes(c));
+    const a = db.prepare('SELECT * FROM audit_log WHERE id = 3').get() as Record<string, unknown>;
+    const b = db.prepare('SELECT * FROM audit_log WHERE id = 4').get() as Record<string, unknown>;
+    const set = db.prepare(`UPDATE audit_log SET ${cols.map((c) => `${c} = @${c}`).join(', ')} WHERE id = @id`);
+    const pick = (r: Record<string, unknown>, id: number) => ({ ...Object.fromEntries(cols.map((c) => [c, r[c]])), id });
+    db.transaction(() => {
+      set.run(pick(b, 3));
+      set.run(pick(a, 4));
+    })();
+    const r = verify(f);
+    expect(r.problems.map((p) => p.rowId)).toEqual([3, 4]);
+  });
+
+  it('names reordered events', () => {
+    const f = setup();
+    writeMix(f.core, 0, 6);
+    const db = f.raw();
+    db.transaction(() => {
+      db.prepare('UPDATE audit_chain SET seq = -1 WHERE seq = 3').run();
+      db.prepare('UPDATE audit_chain SET seq = 3 WHERE seq = 4').run();
+      db.prepare('UPDATE audit_chain SET seq = 4 WHERE seq = -1').run();
+    })();
+    const p = first(f);
+    expect(p.seq).toBe(3);
+  });
+
+  it('truncation of the newest rows passes without an anchor and is caught with one', () => {
+    const f = setup();
+    writeMix(f.core, 10, 2);
+    const anchor = anchorOf(f);
+    const db = f.raw();
+    db.prepare('DELETE FROM audit_log WHERE id > 10').run();
+    db.prepare('DELETE FROM audit_chain WHERE seq > 20').run();
+    expect(verify(f).ok).toBe(true); // the remaining chain is intact: exactly why anchors exist
+    const p = first(f, [anchor]);
+    expect(p.message).toMatch(/the chain ends at event 20, but the anchor .* records event 22: the newest events were removed \(truncated\)/);
+  });
+
+  it('a history rewritten with recomputed hashes is caught by an anchor', () => {
+    const f = setup();
+    writeMix(f.core, 0, 6);
+    const anchor = anchorOf(f);
+    const db = f.raw();
+    db.prepare("UPDATE audit_log SET decision = 'allow', status = 200 WHERE id = 2").run();
+    // Recompute every hash from the edited row on, as an attacker who knows the algorithm would.
+    const columns = contentColumns(db);
+    let prev: Buffer = Buffer.alloc(32);
+    for (const e of db.prepare('SELECT * FROM audit_chain ORDER BY seq').all() as { seq: number; kind: number; row_id: number }[]) {
+      const row = db.prepare('SELECT * FROM audit_log WHERE id = ?').get(e.row_id) as Record<string, unknown>;
+      const h = linkHash(prev, e.seq, e.kind, e.row_id, row['ts'] as number, row['tenant'] as string, rowDigest(row, columns));
+      db.prepare('UPDATE audit_chain SET hash = ? WHERE seq = ?').run(h, e.seq);
+      prev = h;
+    }
+    expect(verify(f).ok).toBe(true);
+    const p = first(f, [anchor]);
+    expect(p.message).toMatch(/event 6 differs from the anchor .*: the chain was rewritten up to that point/);
+  });
+
+  it('signed anchors: an edited anchor line fails its HMAC', () => {
+    const f = setup();
+    writeMix(f.core, 2);
+    const a = anchorOf(f);
+    const file = join(f.dir, 'anchors.ndjson');
+    writeFileSync(file, `${anchorLine(a, 'k'.repeat(32))}\n${anchorLine({ ...a, seq: a.seq - 1 }, 'k'.repeat(32)).replace(/"seq":\d+/, '"seq":2')}\n`);
+    const read = readAnchors(file, 'k'.repeat(32));
+    expect(read.anchors).toHaveLength(1);
+    expect(read.problems).toEqual([expect.stringMatching(/:2: the anchor's signature does not verify/)]);
+    expect(readAnchors(file, 'another-key-another-key-another!').problems).toHaveLength(2);
+  });
+});
+
+describe('audit retention', () => {
+  const day = 86_400_000;
+
+  it('pruning keeps the chain verifiable, per tenant, and compacts its front', () => {
+    const f = setup();
+    const old = Date.now() - 40 * day;
+    writeMix(f.core, 5, 5, { ts: old, tenant: 'acme' });
+    writeMix(f.core, 5, 0, { ts: old, tenant: 'globex' });
+    writeMix(f.core, 3, 3, { ts: old, tenant: null });
+    writeMix(f.core, 4, 1, { tenant: 'acme' });
+    const now = Date.now();
+    // acme keeps 30 days, globex keeps everything, everyone else 90 days: only acme's old rows go.
+    let r = f.core.prune({ defaultBefore: now - 90 * day, tenantBefore: { acme: now - 30 * day, globex: null } });
+    expect(r).toMatchObject({ rows: 10, done: true });
+    expect(r.compacted).toBe(15); // acme's rows were written first: 5 decisions, 5 outcomes, 5 records
+    let v = verify(f);
+    expect(v).toMatchObject({ ok: true, rows: 16 });
+    expect(v.checkpoint.seq).toBe(15);
+    // The default shortens to 30 days: the untenanted rows go; they sit behind globex's, so they stay as stubs.
+    r = f.core.prune({ defaultBefore: now - 30 * day, tenantBefore: { acme: now - 30 * day, globex: null } });
+    expect(r.rows).toBe(6);
+    v = verify(f);
+    expect(v).toMatchObject({ ok: true, rows: 10, pruned: 9 });
+    // Writing continues on the same chain.
+    writeMix(f.core, 2, 2);
+    expect(verify(f).ok).toBe(true);
+  });
+
+  it('a row deleted and dressed up as a pruned stub, with no prune covering it, is named', () => {
+    const f = setup();
+    writeMix(f.core, 0, 5);
+    const db = f.raw();
+    const row = db.prepare('SELECT * FROM audit_log WHERE id = 3').get() as Record<string, unknown>;
+    db.prepare('UPDATE audit_chain SET ts = ?, tenant = ?, digest = ? WHERE row_id = 3').run(row['ts'], row['tenant'], rowDigest(row, contentColumns(db)));
+    db.prepare('DELETE FROM audit_log WHERE id = 3').run();
+    const p = first(f);
+    expect(p).toMatchObject({ rowId: 3 });
+    expect(p.message).toMatch(/was removed, but no later retention prune covers it/);
+  });
+
+  it('ids are never reused, even after every row was pruned', () => {
+    const f = setup();
+    writeMix(f.core, 0, 4, { ts: Date.now() - 10 * day });
+    expect(f.core.prune({ defaultBefore: Date.now() - day, tenantBefore: {} }).rows).toBe(4);
+    writeMix(f.core, 0, 1);
+    expect(f.raw().prepare('SELECT id FROM audit_log').pluck().all()).toEqual([5]);
+    expect(verify(f).ok).toBe(true);
+  });
+
+  it('a prune from another connection (valet audit prune) and the writer share one chain', () => {
+    const f = setup();
+    writeMix(f.core, 3, 3, { ts: Date.now() - 10 * day });
+    const other = openAuditDatabase(f.dir);
+    try {
+      expect(pruneAudit(other, { defaultBefore: Date.now() - day, tenantBefore: {} }).rows).toBe(6);
+    } finally {
+      other.close();
+    }
+    writeMix(f.core, 2, 2); // reads the head the other connection left
+    expect(verify(f).ok).toBe(true);
+  });
+
+  it('an in-flight request whose row was pruned is recorded whole when it finishes', () => {
+    const f = setup();
+    const rec = record({ ts: Date.now() - 10 * day });
+    f.core.apply([{ op: 'decision', rec }]);
+    f.core.prune({ defaultBefore: Date.now() - day, tenantBefore: {} });
+    f.core.apply([{ op: 'final', rec: { ...rec, status: 200 } }]);
+    expect(f.raw().prepare('SELECT request_id, status FROM audit_log').all()).toEqual([{ request_id: rec.requestId, status: 200 }]);
+    expect(verify(f).ok).toBe(true);
+  });
+});
+
+describe('audit schema', () => {
+  it('rows written before the chain existed are chained when the database is upgraded', () => {
+    const f = setup();
+    f.core.close();
+    const file = join(f.dir, 'valet.db');
+    const db = new Database(file);
+    // Roll back to the schema of version 2 (before approvals and the chain) with two rows in it.
+    db.exec(`DROP TABLE audit_log; DROP TABLE audit_chain;
+      CREATE TABLE audit_log (id INTEGER PRIMARY KEY, ts INTEGER NOT NULL, request_id TEXT NOT NULL, agent TEXT, tenant TEXT, user TEXT,
+        upstream TEXT, method TEXT NOT NULL, path TEXT NOT NULL, decision TEXT, rule TEXT, reason TEXT, status INTEGER NOT NULL,
+        upstream_status INTEGER, error_code TEXT, duration_ms REAL NOT NULL, bytes_in INTEGER NOT NULL, bytes_out INTEGER NOT NULL, policy_version TEXT);
+      CREATE INDEX audit_log_ts ON audit_log (ts); CREATE INDEX audit_log_request_id ON audit_log (request_id);
+      ALTER TABLE audit_log ADD COLUMN tool TEXT;
+      INSERT INTO audit_log (ts, request_id, method, path, status, duration_ms, bytes_in, bytes_out) VALUES (2000, 'a', 'GET', '/x', 200, 1.5, 0, 10), (1000, 'b', 'GET', '/y', 403, 0.5, 0, 0);
+      PRAGMA user_version = 2;`);
+    db.close();
+    const upgraded = openAuditDatabase(f.dir);
+    try {
+      expect(upgraded.prepare('SELECT id, logged_at, chain_seq FROM audit_log ORDER BY id').all()).toEqual([
+        { id: 1, logged_at: 2000, chain_seq: 1 },
+        { id: 2, logged_at: 2000, chain_seq: 2 },
+      ]);
+      expect(verifyChain(upgraded)).toMatchObject({ ok: true, rows: 2, events: 2 });
+    } finally {
+      upgraded.close();
+    }
+  });
+});
+
+describe('audit writer start-up', () => {
+  it('rows a killed gateway left in flight are completed as VALET_ERR_OUTCOME_UNKNOWN by the next writer', async () => {
+    const f = setup();
+    const { AuditCore } = await import('../../gateway/audit/core.js');
+    const rec = record();
+    f.core.apply([{ op: 'decision', rec }]);
+    // A second writer while the first still runs (two gateways on one directory) leaves it alone.
+    const second = new AuditCore(f.dir);
+    expect(second.recovered).toBe(0);
+    second.close();
+    // The first one "dies" (its lock goes with it); the next writer completes the row.
+    f.core.close();
+    const next = new AuditCore(f.dir);
+    try {
+      expect(next.recovered).toBe(1);
+      const row = f.raw().prepare('SELECT status, error_code, outcome_seq FROM audit_log WHERE request_id = ?').get(rec.requestId);
+      expect(row).toEqual({ status: 0, error_code: 'VALET_ERR_OUTCOME_UNKNOWN', outcome_seq: 2 });
+      expect(verifyChain(f.raw())).toMatchObject({ ok: true, incomplete: 0 });
+    } finally {
+      next.close();
+    }
+  });
+});
