@@ -1,3 +1,4 @@
+import { readFileSync } from 'node:fs';
 import { request } from 'undici';
 import type { Browser, Page } from 'playwright-core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -12,13 +13,21 @@ describe.skipIf(!browserAvailable)('dashboard: audit explorer, activity, policie
   let browser: Browser;
   let page: Page;
 
-  const call = async (agent: string, tenant: string, path: string): Promise<void> => {
-    const token = await gw.token({ agent, tenant });
+  const call = async (agent: string, tenant: string, path: string, user?: string): Promise<void> => {
+    const token = await gw.token({ agent, tenant, ...(user !== undefined && { user }) });
     const res = await request(`${gw.url}/api${path}`, { headers: { authorization: `Bearer ${token}` } });
     await res.body.text();
   };
   /** Agent names in the results table, top to bottom. */
   const agentsShown = async (): Promise<string[]> => page.locator('#audit-results tbody tr td:nth-child(2)').allTextContents();
+  const filter = async (values: Record<string, string>): Promise<void> => {
+    await page.getByRole('button', { name: 'Reset' }).click();
+    for (const [name, value] of Object.entries(values)) {
+      if (name === 'decision') await page.locator('#audit-filters select[name="decision"]').selectOption(value);
+      else await page.locator(`#audit-filters input[name="${name}"]`).fill(value);
+    }
+    await page.getByRole('button', { name: 'Apply' }).click();
+  };
 
   beforeAll(async () => {
     buildDashboard();
@@ -39,10 +48,13 @@ describe.skipIf(!browserAvailable)('dashboard: audit explorer, activity, policie
       },
       env: { API_KEY: 'sk-audit-browser' },
     });
-    for (let i = 0; i < 3; i++) await call('alpha', 'acme', `/v1/items/${i}`);
+    // The oldest rows: enough for more than one page (50 rows a page).
+    await Promise.all(Array.from({ length: 55 }, (_v, i) => call('bulk', 'initech', `/v1/bulk/${i}`)));
+    await gw.waitForAudit(55);
+    for (let i = 0; i < 3; i++) await call('alpha', 'acme', `/v1/items/${i}`, i === 0 ? 'uma' : undefined);
     for (let i = 0; i < 2; i++) await call('beta', 'acme', `/admin/users/${i}`);
     await call('gamma', 'globex', '/v1/items');
-    await gw.waitForAudit(6);
+    await gw.waitForAudit(61);
     browser = await launchBrowser();
     page = await openDashboard(browser, gw.adminUrl, await gw.adminToken(['auditor'], { subject: 'carol' }), 'audit');
   });
@@ -54,9 +66,8 @@ describe.skipIf(!browserAvailable)('dashboard: audit explorer, activity, policie
   });
 
   it('lists every row newest first, and a filter shows exactly the matching rows', async () => {
-    await expect.poll(agentsShown).toEqual(['gamma', 'beta', 'beta', 'alpha', 'alpha', 'alpha']);
-    await page.locator('#audit-filters input[name="agent"]').fill('beta');
-    await page.getByRole('button', { name: 'Apply' }).click();
+    await expect.poll(async () => (await agentsShown()).slice(0, 7)).toEqual(['gamma', 'beta', 'beta', 'alpha', 'alpha', 'alpha', 'bulk']);
+    await filter({ agent: 'beta' });
     await expect.poll(agentsShown).toEqual(['beta', 'beta']);
     expect(await page.locator('#audit-results tbody tr td:nth-child(8)').allTextContents()).toEqual(['deny', 'deny']);
 
@@ -67,10 +78,48 @@ describe.skipIf(!browserAvailable)('dashboard: audit explorer, activity, policie
     await expect.poll(agentsShown).toEqual(['alpha', 'alpha', 'alpha']);
   });
 
+  it('filters by user, status, rule, decision and time range', async () => {
+    await filter({ user: 'uma' });
+    await expect.poll(agentsShown).toEqual(['alpha']);
+    await filter({ status: '403' });
+    await expect.poll(agentsShown).toEqual(['beta', 'beta']);
+    await filter({ rule: 'reads', tenant: 'globex' });
+    await expect.poll(agentsShown).toEqual(['gamma']);
+    await filter({ decision: 'none' });
+    await expect.poll(() => page.locator('#audit-results').textContent()).toMatch(/No audit rows match/);
+    await filter({ until: '2020-01-01T00:00' });
+    await expect.poll(() => page.locator('#audit-results').textContent()).toMatch(/No audit rows match/);
+    await filter({ agent: 'gamma' });
+    await page.getByRole('button', { name: '15 min' }).click();
+    await expect.poll(agentsShown).toEqual(['gamma']);
+  });
+
+  it('pages through older rows and back', async () => {
+    await filter({ agent: 'bulk' });
+    await expect.poll(async () => (await agentsShown()).length).toBe(50);
+    const firstPage = await page.locator('#audit-results tbody tr').first().getAttribute('data-request-id');
+    await page.getByRole('button', { name: 'Older →' }).click();
+    await expect.poll(async () => (await agentsShown()).length).toBe(5);
+    expect(await page.getByRole('button', { name: 'Older →' }).isDisabled()).toBe(true);
+    expect(await page.locator('.view-head').textContent()).toMatch(/Rows 51–55/);
+    await page.getByRole('button', { name: '← Newer' }).click();
+    await expect.poll(() => page.locator('#audit-results tbody tr').first().getAttribute('data-request-id')).toBe(firstPage);
+  });
+
+  it('exports what the filters select, through the export endpoint with the token', async () => {
+    await filter({ agent: 'beta' });
+    await expect.poll(agentsShown).toEqual(['beta', 'beta']);
+    const [download] = await Promise.all([page.waitForEvent('download'), page.getByRole('button', { name: 'NDJSON' }).click()]);
+    expect(download.suggestedFilename()).toMatch(/^valet-audit-.*\.ndjson$/);
+    const lines = readFileSync(await download.path(), 'utf8').trim().split('\n').map((l) => JSON.parse(l) as { agent: string; decision: string });
+    expect(lines.map((l) => [l.agent, l.decision])).toEqual([
+      ['beta', 'deny'],
+      ['beta', 'deny'],
+    ]);
+  });
+
   it('opens a request: every recorded field, and the decision explained rule by rule, honestly', async () => {
-    await page.getByRole('button', { name: 'Reset' }).click();
-    await page.locator('#audit-filters input[name="agent"]').fill('beta');
-    await page.getByRole('button', { name: 'Apply' }).click();
+    await filter({ agent: 'beta' });
     await expect.poll(agentsShown).toEqual(['beta', 'beta']);
     await page.locator('#audit-results tbody tr').first().click();
     const detail = page.locator('#audit-detail');
@@ -94,7 +143,7 @@ describe.skipIf(!browserAvailable)('dashboard: audit explorer, activity, policie
   it('activity: requests by decision as an SVG chart, and the agents seen with their counts', async () => {
     await page.goto(`${gw.adminUrl}/#/activity`);
     await page.locator('#activity-chart svg.chart').waitFor();
-    expect(await page.locator('.legend li[data-series="allow"] strong').textContent()).toBe('4');
+    expect(await page.locator('.legend li[data-series="allow"] strong').textContent()).toBe('59');
     expect(await page.locator('.legend li[data-series="deny"] strong').textContent()).toBe('2');
     expect(await page.locator('#activity-chart rect.series-allow').count()).toBeGreaterThan(0);
     const beta = page.locator('#agent-list tr[data-agent="beta"] td');
