@@ -52,6 +52,8 @@ async function main(): Promise<void> {
     dataDir,
     logDestination,
     env: { VALET_BENCH_SIGNING_KEY: SIGNING_KEY, VALET_BENCH_UPSTREAM_KEY: upstreamSecret },
+    // bench/audit.ts compares the audit writer on its own thread (the default) with one inline.
+    auditWriter: process.env['VALET_BENCH_AUDIT_WRITER'] === 'inline' ? 'inline' : 'worker',
   });
   const issuer = gateway.config.issuers[0];
   if (!issuer) throw new Error('no issuer');

@@ -31,6 +31,8 @@ type Statement = Database.Statement<unknown[], unknown>;
 interface OpenRow {
   readonly id: number;
   readonly loggedAt: number;
+  /** The content columns as written with the decision (table order). */
+  readonly values: readonly unknown[];
 }
 type Undo = [string, OpenRow | undefined][];
 
@@ -38,8 +40,14 @@ interface Column {
   readonly name: string;
   /** The AuditRecord property that fills it: `request_id` ← `requestId`. */
   readonly key: string;
+  readonly numeric: boolean;
   readonly normalise: (v: unknown) => unknown;
 }
+
+const ID = -1;
+const LOGGED_AT = -2;
+
+const isNumeric = (declared: string): boolean => /INT|REAL|FLOA|DOUB/i.test(declared);
 
 const camel = (column: string): string => column.replace(/_([a-z0-9])/g, (_m, c: string) => c.toUpperCase());
 
@@ -50,7 +58,7 @@ const camel = (column: string): string => column.replace(/_([a-z0-9])/g, (_m, c:
  */
 function normaliser(declared: string): (v: unknown) => unknown {
   const t = declared.toUpperCase();
-  const numeric = t.includes('INT') || t.includes('REAL') || t.includes('FLOA') || t.includes('DOUB');
+  const numeric = isNumeric(t);
   return (v) => {
     if (v === undefined || v === null) return null;
     if (typeof v === 'boolean') v = v ? 1 : 0;
@@ -78,8 +86,13 @@ export class AuditCore {
   readonly db: AuditDatabase;
   private readonly digestColumns: string[];
   private readonly columns: Column[];
+  private readonly tsIndex: number;
+  private readonly tenantIndex: number;
+  /** How to encode a row's content from a values array: each digest column's JSON name and where its value is. */
+  private readonly plan: { name: string; at: number }[];
   private readonly insert: Statement;
-  private readonly update: Statement;
+  /** UPDATE statements by the set of columns they change (see {@link updateFor}). */
+  private readonly updates = new Map<string, { stmt: Statement; columns: number[] }>();
   private readonly addEvent: Statement;
   private readonly lastRow: Statement;
   private readonly lastPrune: Statement;
@@ -92,19 +105,27 @@ export class AuditCore {
   /** Held while this writer runs (see {@link recoverInterrupted}); undefined when another writer holds it. */
   private readonly lock: AuditDatabase | undefined;
 
-  constructor(dataDir: string, o: { busyTimeoutMs?: number; cacheKiB?: number; recover?: boolean } = {}) {
+  /**
+   * `autoCheckpoint: false` leaves copying the WAL back into the database to someone else (the
+   * writer's checkpointer thread, see writer.ts), so commits on this connection never wait for it.
+   */
+  constructor(dataDir: string, o: { busyTimeoutMs?: number; cacheKiB?: number; recover?: boolean; autoCheckpoint?: boolean } = {}) {
     this.db = openAuditDatabase(dataDir, { busyTimeoutMs: o.busyTimeoutMs ?? 1000 });
     this.db.pragma(`cache_size = -${o.cacheKiB ?? 32_768}`);
+    if (o.autoCheckpoint === false) this.db.pragma('wal_autocheckpoint = 0');
     this.digestColumns = contentColumns(this.db);
     const info = this.db.prepare('SELECT name, type FROM pragma_table_info(?)').all('audit_log') as { name: string; type: string }[];
     this.columns = info
       .filter((c) => !['id', 'logged_at', 'chain_seq', 'outcome_seq'].includes(c.name))
-      .map((c) => ({ name: c.name, key: camel(c.name), normalise: normaliser(c.type) }));
+      .map((c) => ({ name: c.name, key: camel(c.name), numeric: isNumeric(c.type), normalise: normaliser(c.type) }));
     const names = this.columns.map((c) => c.name);
+    this.tsIndex = names.indexOf('ts');
+    this.tenantIndex = names.indexOf('tenant');
+    this.plan = this.digestColumns.map((name) => ({ name: JSON.stringify(name), at: name === 'id' ? ID : name === 'logged_at' ? LOGGED_AT : names.indexOf(name) }));
+    // Both statements take the content columns first, in table order, then the chain's own values.
     this.insert = this.db.prepare(
-      `INSERT INTO audit_log (id, logged_at, chain_seq, ${names.join(', ')}) VALUES (?, ?, ?, ${names.map(() => '?').join(', ')})`,
+      `INSERT INTO audit_log (${names.join(', ')}, id, logged_at, chain_seq) VALUES (${names.map(() => '?').join(', ')}, ?, ?, ?)`,
     );
-    this.update = this.db.prepare(`UPDATE audit_log SET ${names.map((n) => `${n} = ?`).join(', ')}, outcome_seq = ? WHERE id = ?`);
     this.addEvent = this.db.prepare('INSERT INTO audit_chain (seq, row_id, kind, hash, digest) VALUES (?, ?, ?, ?, ?)');
     this.lastRow = this.db.prepare('SELECT id, logged_at FROM audit_log ORDER BY id DESC LIMIT 1');
     this.lastPrune = this.db.prepare(`SELECT note FROM audit_chain WHERE kind = ${EVENT.prune} ORDER BY seq DESC LIMIT 1`).pluck();
@@ -129,7 +150,7 @@ export class AuditCore {
       const rec: Record<string, unknown> = {};
       for (const c of this.columns) rec[c.key] = row[c.name];
       rec['errorCode'] = 'VALET_ERR_OUTCOME_UNKNOWN';
-      this.open.set(row['request_id'] as string, { id: row['id'] as number, loggedAt: row['logged_at'] as number });
+      this.open.set(row['request_id'] as string, { id: row['id'] as number, loggedAt: row['logged_at'] as number, values: this.columns.map((c) => row[c.name]) });
       return { op: 'final', rec: rec as unknown as AuditRecord };
     });
     this.apply(ops);
@@ -174,22 +195,37 @@ export class AuditCore {
     const last = this.lastRow.get() as { id: number; logged_at: number | null } | undefined;
     let nextId = (last?.id ?? this.pruneFloor()) + 1;
     let loggedAt = Math.max(this.lastLoggedAt, last?.logged_at ?? 0);
+    const columns = this.columns;
+    const n = columns.length;
     for (const { op, rec } of ops) {
       loggedAt = Math.max(loggedAt, Date.now());
-      const values = this.columns.map((c) => c.normalise((rec as unknown as Record<string, unknown>)[c.key]));
-      const row: Record<string, unknown> = {};
-      this.columns.forEach((c, i) => (row[c.name] = values[i]));
+      // values: the columns in table order, then two slots the statements bind last (see constructor).
+      const values: unknown[] = new Array<unknown>(n + 2);
+      const source = rec as unknown as Record<string, unknown>;
+      for (let i = 0; i < n; i++) {
+        const c = columns[i] as Column;
+        const v = source[c.key];
+        values[i] =
+          v === null || v === undefined
+            ? null
+            : typeof v === 'string' && !c.numeric
+              ? v
+              : typeof v === 'number' && c.numeric && Number.isFinite(v)
+                ? v
+                : c.normalise(v);
+      }
       const seq = head.seq + 1;
-      const ts = (row['ts'] as number | null) ?? null;
-      const tenant = (row['tenant'] as string | null) ?? null;
+      const ts = (values[this.tsIndex] as number | null) ?? null;
+      const tenant = (values[this.tenantIndex] as string | null) ?? null;
       const open = op === 'final' ? this.open.get(rec.requestId) : undefined;
       if (open !== undefined) {
-        row['id'] = open.id;
-        row['logged_at'] = open.loggedAt;
-        const changed = this.update.run(...values, seq, open.id).changes;
+        const update = this.updateFor(open.values, values);
+        const params = update.columns.map((i) => values[i]);
+        params.push(seq, open.id);
+        const changed = update.stmt.run(params).changes;
         this.track(undo, rec.requestId, undefined);
         if (changed === 1) {
-          const hash = linkHash(head.hash, seq, EVENT.outcome, open.id, ts, tenant, rowDigest(row, this.digestColumns));
+          const hash = linkHash(head.hash, seq, EVENT.outcome, open.id, ts, tenant, sha256(this.encode(values, open.id, open.loggedAt)));
           this.addEvent.run(seq, open.id, EVENT.outcome, hash, null);
           head = { seq, hash };
           continue;
@@ -197,19 +233,59 @@ export class AuditCore {
         // The row is gone (retention deleted it while the request ran): write the request whole.
       }
       const id = nextId++;
-      row['id'] = id;
-      row['logged_at'] = loggedAt;
       const kind = op === 'decision' ? EVENT.decision : EVENT.record;
-      const digest = rowDigest(row, this.digestColumns);
+      const digest = sha256(this.encode(values, id, loggedAt));
       const hash = linkHash(head.hash, seq, kind, id, ts, tenant, digest);
-      this.insert.run(id, loggedAt, seq, ...values);
+      values[n] = id;
+      values[n + 1] = loggedAt;
+      values.push(seq);
+      this.insert.run(values);
       // A decision's digest is kept: its row changes when the outcome arrives.
       this.addEvent.run(seq, id, kind, hash, kind === EVENT.decision ? digest : null);
-      if (kind === EVENT.decision) this.track(undo, rec.requestId, { id, loggedAt });
+      if (kind === EVENT.decision) this.track(undo, rec.requestId, { id, loggedAt, values: values.slice(0, n) });
       head = { seq, hash };
     }
     this.lastLoggedAt = loggedAt;
     return head;
+  }
+
+  /**
+   * An UPDATE that sets only the columns whose values changed since the decision (typically the
+   * outcome: status, upstream status, error, duration, bytes). SQLite maintains an index for every
+   * indexed column an UPDATE names, changed or not, so naming only what changed keeps the
+   * completion of a row from rewriting a dozen index entries. Prepared once per set of columns.
+   */
+  private updateFor(before: readonly unknown[], after: readonly unknown[]): { stmt: Statement; columns: number[] } {
+    const columns: number[] = [];
+    for (let i = 0; i < this.columns.length; i++) {
+      const a = before[i];
+      const b = after[i];
+      if (a !== b && !(Buffer.isBuffer(a) && Buffer.isBuffer(b) && a.equals(b))) columns.push(i);
+    }
+    const key = columns.join(',');
+    let u = this.updates.get(key);
+    if (u === undefined) {
+      const set = columns.map((i) => `${(this.columns[i] as Column).name} = ?`);
+      set.push('outcome_seq = ?');
+      u = { stmt: this.db.prepare(`UPDATE audit_log SET ${set.join(', ')} WHERE id = ?`), columns };
+      this.updates.set(key, u);
+    }
+    return u;
+  }
+
+  /**
+   * {@link encodeRow} of the row these values make, without building the row: the same string
+   * (`[["name",value],...]` for every non-NULL content column, sorted by name), assembled from a
+   * plan made once per table layout.
+   */
+  private encode(values: readonly unknown[], id: number, loggedAt: number): string {
+    let s = '[';
+    for (const p of this.plan) {
+      const v = p.at === ID ? id : p.at === LOGGED_AT ? loggedAt : values[p.at];
+      if (v === null || v === undefined) continue;
+      s += `${s.length === 1 ? '' : ','}[${p.name},${JSON.stringify(v)}]`;
+    }
+    return `${s}]`;
   }
 
   /** When every row was deleted, ids continue after the largest ever assigned (recorded by prune). */

@@ -8,12 +8,16 @@ export interface WriterInit {
   readonly failOpen: boolean;
   /** Int32 slot the writer bumps after a synchronous flush (Atomics.notify). */
   readonly flushSignal: SharedArrayBuffer;
+  /** A checkpointer thread copies the WAL into the database; the writer's connection does not. */
+  readonly checkpointer: boolean;
 }
 
 export type ToWriter =
   | { t: 'batch'; id: number; ops: AuditOp[]; urgent: boolean }
   | { t: 'flush'; token: number }
   | { t: 'prune'; id: number; cutoffs: RetentionCutoffs }
+  /** The checkpointer stopped: checkpoint on the writer's connection again. */
+  | { t: 'autocheckpoint' }
   | { t: 'close' };
 
 export interface Head {

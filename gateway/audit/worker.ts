@@ -24,7 +24,7 @@ const errMessage = (err: unknown): string => (err instanceof Error ? err.message
 
 let core: AuditCore;
 try {
-  core = new AuditCore(init.dataDir, { busyTimeoutMs: init.busyTimeoutMs });
+  core = new AuditCore(init.dataDir, { busyTimeoutMs: init.busyTimeoutMs, autoCheckpoint: !init.checkpointer });
 } catch (err) {
   post({ t: 'fatal', code: errCode(err), message: errMessage(err) });
   port.close();
@@ -115,6 +115,9 @@ port.on('message', (m: ToWriter) => {
       break;
     case 'prune':
       void prune(m.id, m.cutoffs);
+      break;
+    case 'autocheckpoint':
+      core.db.pragma('wal_autocheckpoint = 1000');
       break;
     case 'close':
       closing = true;

@@ -1,4 +1,5 @@
 import { existsSync } from 'node:fs';
+import { join } from 'node:path';
 import { createRequire } from 'node:module';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { Worker } from 'node:worker_threads';
@@ -7,6 +8,7 @@ import { ValetError } from '../errors.js';
 import type { AuditRecord } from '../types.js';
 import { AuditCore, type AuditOp, type PruneResult, type RetentionCutoffs } from './core.js';
 import type { FromWriter, Head, ToWriter, WriterInit } from './protocol.js';
+import { AUDIT_FILE } from './store.js';
 
 /**
  * The request path's view of the audit log.
@@ -29,6 +31,8 @@ export interface AuditWriter {
   readonly pending: number;
   /** The chain head as of the last commit. */
   readonly head: Head;
+  /** Transactions committed so far (each one fsync, shared by every row in it). */
+  readonly commits: number;
   /** Deletes rows older than the cutoffs in small transactions between the request path's batches. */
   prune(cutoffs: RetentionCutoffs): Promise<PruneResult>;
   /** Flushes, closes the database, stops the writer thread. */
@@ -68,9 +72,11 @@ function workerWriter(o: AuditWriterOptions): Promise<AuditWriter> {
   const failOpen = o.failOpen ?? false;
   const flushSignal = new SharedArrayBuffer(4);
   const signal = new Int32Array(flushSignal);
-  const init: WriterInit = { dataDir: o.dataDir, busyTimeoutMs: o.busyTimeoutMs ?? 1000, failOpen, flushSignal };
+  const init: WriterInit = { dataDir: o.dataDir, busyTimeoutMs: o.busyTimeoutMs ?? 1000, failOpen, flushSignal, checkpointer: true };
   const worker = spawnWriterThread(init);
+  let checkpointer: Checkpointer | undefined;
   let head: Head = { seq: 0, hash: '' };
+  let commits = 0;
   let current: Batch | undefined;
   const inFlight = new Map<number, Batch>();
   let inFlightOps = 0;
@@ -115,6 +121,10 @@ function workerWriter(o: AuditWriterOptions): Promise<AuditWriter> {
         case 'ready':
           started = true;
           head = m.head;
+          checkpointer = startCheckpointer(o.dataDir, (err) => {
+            o.logger.error({ message: err.message }, 'audit checkpointer stopped; the writer checkpoints the WAL itself');
+            if (dead === undefined) post({ t: 'autocheckpoint' });
+          });
           resolveStart(writer);
           break;
         case 'fatal':
@@ -123,6 +133,7 @@ function workerWriter(o: AuditWriterOptions): Promise<AuditWriter> {
         case 'done':
           head = m.head;
           held = m.held;
+          if (m.ok) commits++;
           if (!m.ok) {
             o.logger.error(
               { code: m.code, message: m.message, held: m.held, failOpen },
@@ -208,6 +219,9 @@ function workerWriter(o: AuditWriterOptions): Promise<AuditWriter> {
       get head() {
         return head;
       },
+      get commits() {
+        return commits;
+      },
       prune(cutoffs) {
         if (dead !== undefined) return Promise.reject(dead);
         const id = nextBatch++;
@@ -223,9 +237,50 @@ function workerWriter(o: AuditWriterOptions): Promise<AuditWriter> {
         post({ t: 'close' });
         await done;
         await worker.terminate();
+        await checkpointer?.stop();
       },
     };
   });
+}
+
+/**
+ * The checkpointer: a second small thread with its own connection that copies committed WAL frames
+ * back into the database file every 200 ms (`PRAGMA wal_checkpoint(PASSIVE)`: never blocks the
+ * writer, gives up when busy). The writer's own connection has automatic checkpoints off, so its
+ * commits only ever append to the WAL and fsync it; the checkpoint's copying and its fsync of the
+ * database file happen here, in parallel. Plain JavaScript, so it needs no TypeScript loader.
+ */
+function startCheckpointer(dataDir: string, onFailure: (err: Error) => void): Checkpointer {
+  const code = `
+    const { workerData, parentPort } = require('node:worker_threads');
+    const Database = require(workerData.driver);
+    const db = new Database(workerData.file, { fileMustExist: true, timeout: 0 });
+    const timer = setInterval(() => {
+      try { db.pragma('wal_checkpoint(PASSIVE)'); } catch (err) { if (err.code !== 'SQLITE_BUSY' && err.code !== 'SQLITE_LOCKED') throw err; }
+    }, workerData.intervalMs);
+    parentPort.on('message', () => { clearInterval(timer); db.close(); parentPort.close(); });
+  `;
+  const driver = createRequire(import.meta.url).resolve('better-sqlite3');
+  const t = new Worker(code, { eval: true, workerData: { driver, file: join(dataDir, AUDIT_FILE), intervalMs: 200 } });
+  let stopping = false;
+  const exited = new Promise<void>((r) => t.once('exit', () => r()));
+  t.on('error', (err) => onFailure(err));
+  t.on('exit', (code) => {
+    if (!stopping && code !== 0) onFailure(new Error(`exited with code ${code}`));
+  });
+  t.unref();
+  return {
+    async stop() {
+      stopping = true;
+      t.postMessage('stop');
+      await Promise.race([exited, new Promise((r) => setTimeout(r, 5_000).unref())]);
+      await t.terminate();
+    },
+  };
+}
+
+interface Checkpointer {
+  stop(): Promise<void>;
 }
 
 /**
@@ -251,6 +306,7 @@ async function inlineWriter(o: AuditWriterOptions): Promise<AuditWriter> {
   let waiters: Batch['waiters'] = [];
   let scheduled: NodeJS.Immediate | NodeJS.Timeout | undefined;
   let backoff = 0;
+  let commits = 0;
   const commit = (): void => {
     scheduled = undefined;
     if (queue.length === 0 && waiters.length === 0) return;
@@ -260,6 +316,7 @@ async function inlineWriter(o: AuditWriterOptions): Promise<AuditWriter> {
     waiters = [];
     try {
       core.apply(ops);
+      commits++;
       backoff = 0;
       for (const w of ws) w.resolve();
     } catch (err) {
@@ -299,6 +356,9 @@ async function inlineWriter(o: AuditWriterOptions): Promise<AuditWriter> {
     },
     get head() {
       return { seq: core.head.seq, hash: core.head.hash.toString('hex') };
+    },
+    get commits() {
+      return commits;
     },
     async prune(cutoffs) {
       const total = { rows: 0, compacted: 0, done: false };
