@@ -317,6 +317,7 @@ function topUp(dir: string, target: number): number {
             approver: null,
             approvalReason: null,
             approvalAt: null,
+            args: null,
           },
         };
       });

@@ -91,4 +91,6 @@ export interface AuditRecord {
   approver: string | null;
   approvalReason: string | null;
   approvalAt: number | null;
+  /** The arguments the tool's `audit_args` keep, as JSON (null: none kept). Bodies are never stored. */
+  args: string | null;
 }

@@ -71,6 +71,7 @@ function decisionRecord(): AuditRecord {
     approver: null,
     approvalReason: null,
     approvalAt: null,
+    args: null,
   };
 }
 

@@ -114,6 +114,7 @@ export function cefLine(r: AuditRow): string {
     ['flexString1Label', r.approver == null ? null : 'approver'],
     ['flexString2', r.approval_id],
     ['flexString2Label', r.approval_id == null ? null : 'approvalId'],
+    ['msg', r.args == null ? null : `args ${r.args}`],
   ];
   const extension = ext
     .filter(([, v]) => v !== null && v !== undefined)
@@ -159,6 +160,7 @@ const SD_PARAMS: (keyof AuditRow)[] = [
   'policy_version',
   'approval_id',
   'approver',
+  'args',
 ];
 
 /**

@@ -1,7 +1,6 @@
 import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import Database from 'better-sqlite3';
-import type { AuditRecord } from '../types.js';
 import { contentColumns, EVENT, linkHash, readHead, rowDigest } from './chain.js';
 
 export type AuditDatabase = Database.Database;
@@ -72,6 +71,8 @@ const MIGRATIONS: readonly string[] = [
    ALTER TABLE audit_log ADD COLUMN approval_at INTEGER;
    CREATE INDEX audit_log_approval_id ON audit_log (approval_id) WHERE approval_id IS NOT NULL;`,
   CHAIN_MIGRATION,
+  // The arguments a tool's `audit_args` keep (JSON), see gateway/audit/args.ts.
+  `ALTER TABLE audit_log ADD COLUMN args TEXT;`,
 ];
 
 export const AUDIT_FILE = 'valet.db';
@@ -156,6 +157,7 @@ export interface AuditRow {
   approver: string | null;
   approval_reason: string | null;
   approval_at: number | null;
+  args: string | null;
   /** When the writer recorded the row (ms); never decreases as ids grow. */
   logged_at: number;
   /** The row's events in the hash chain (bookkeeping). */
@@ -288,18 +290,3 @@ export function* iterateAudit(db: AuditDatabase, f: Omit<AuditFilter, 'limit' | 
     after = last.id;
   }
 }
-
-/** Column values for one record, in insert order. */
-export function toRow(r: AuditRecord): unknown[] {
-  return [
-    r.ts, r.requestId, r.agent, r.tenant, r.user, r.upstream, r.tool, r.method, r.path, r.decision, r.rule, r.reason,
-    r.status, r.upstreamStatus, r.errorCode, r.durationMs, r.bytesIn, r.bytesOut, r.policyVersion,
-    r.approvalId, r.approver, r.approvalReason, r.approvalAt,
-  ];
-}
-
-export const INSERT_SQL = `INSERT INTO audit_log
-  (ts, request_id, agent, tenant, user, upstream, tool, method, path, decision, rule, reason,
-   status, upstream_status, error_code, duration_ms, bytes_in, bytes_out, policy_version,
-   approval_id, approver, approval_reason, approval_at)
-  VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`;

@@ -164,6 +164,7 @@ function assemble(root: string, files: ParsedFile[], problems: Problems, options
       method: raw.method,
       path: raw.path,
       args: { ...(raw.args ?? {}) },
+      ...(raw.audit_args !== undefined && { auditArgs: [...raw.audit_args] }),
       at: location(file, at),
     });
   }

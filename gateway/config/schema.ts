@@ -266,6 +266,7 @@ export const fileSchema = {
             propertyNames: { pattern: '^[A-Za-z_][A-Za-z0-9_]*$' },
             additionalProperties: { enum: ['string', 'int', 'number', 'bool'] },
           },
+          audit_args: { type: 'array', uniqueItems: true, items: { type: 'string', pattern: '^[A-Za-z_][A-Za-z0-9_]*$' } },
         },
       },
     },

@@ -226,6 +226,8 @@ export interface ToolConfig {
   readonly path: string;
   /** Declared argument types; form values are converted, JSON values must already match. */
   readonly args: Readonly<Record<string, ArgType>>;
+  /** Arguments whose values the audit row keeps (`audit_args`); none unless listed. */
+  readonly auditArgs?: readonly string[];
   readonly at: Location;
 }
 

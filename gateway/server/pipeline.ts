@@ -5,6 +5,7 @@ import type { Logger } from 'pino';
 import type { Metrics } from '../admin/metrics.js';
 import { APPROVAL_HEADER, approvalStatus, escalate, VALET_PREFIX, type Escalation } from '../approvals/gate.js';
 import type { ApprovalService } from '../approvals/service.js';
+import { keptArguments } from '../audit/args.js';
 import { requestId as newRequestId } from '../audit/ids.js';
 import type { AuditWriter } from '../audit/writer.js';
 import type { TokenVerifier } from '../auth/verify.js';
@@ -126,6 +127,7 @@ export function createPipeline(deps: PipelineDeps): RequestHandler {
         argsError: args.error,
       };
       rec.tool = facts.tool ?? null;
+      rec.args = keptArguments(args.args, toolMatch?.tool.auditArgs);
 
       // 4. decide
       const described = { identity, facts, environment: config.gateway.environment, now: Date.now() };
@@ -294,6 +296,7 @@ export function newAuditRecord(requestId: string, method: string, path: string):
     approver: null,
     approvalReason: null,
     approvalAt: null,
+    args: null,
   };
 }
 

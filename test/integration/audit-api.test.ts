@@ -39,7 +39,7 @@ describe('audit admin API: filters, pages, tenant scope, export; anchors', () =>
         { id: 'reads', methods: ['GET'], effect: 'allow' },
         { id: 'no-deletes', methods: ['DELETE'], effect: 'deny', reason: 'never' },
       ],
-      files: { 'tools.yaml': 'tools:\n  - { name: api.item, upstream: api, method: GET, path: "/v1/items/{id}" }\n' },
+      files: { 'tools.yaml': 'tools:\n  - { name: api.item, upstream: api, method: GET, path: "/v1/items/{id}", audit_args: [id, note] }\n' },
       env: { API_KEY: 'sk-audit-api' },
     });
     const call = async (token: string | undefined, method: 'GET' | 'DELETE', path: string): Promise<void> => {
@@ -78,6 +78,14 @@ describe('audit admin API: filters, pages, tenant scope, export; anchors', () =>
     expect(await n(`until=${encodeURIComponent(new Date(Date.now() + 60_000).toISOString())}&since_ms=0`)).toBe(7);
     expect((await get('/api/audit?decision=maybe', auditor)).status).toBe(400);
     expect((await get('/api/audit?since_ms=soon', auditor)).status).toBe(400);
+  });
+
+  it("keeps the arguments a tool's audit_args name, and nothing else of the request", async () => {
+    const rows = (await page('tool=api.item')).rows;
+    expect(rows.map((r) => r['args'])).toEqual(['{"id":"2"}', '{"id":"1"}', '{"id":"0"}']);
+    expect((await page('tool=api.item&limit=1')).rows[0]).not.toHaveProperty('body');
+    const other = (await page('tenant=globex')).rows;
+    expect(other.every((r) => r['args'] === null)).toBe(true);
   });
 
   it('pages with a keyset cursor, newest first, each row once', async () => {

@@ -192,3 +192,14 @@ describe('the grammar checks themselves', () => {
     expect(() => parseCef('CEF:0|V|P|1|c\\x|n|3|a=b')).toThrow();
   });
 });
+
+describe('audit arguments', () => {
+  it('keeps only the listed arguments, in order, with long values replaced', async () => {
+    const { keptArguments } = await import('../../gateway/audit/args.js');
+    const args = { amount: 5000, currency: 'usd', card: '4242424242424242', memo: 'x'.repeat(600), nested: { a: [1, 2] } };
+    expect(keptArguments(args, undefined)).toBeNull();
+    expect(keptArguments(args, [])).toBeNull();
+    expect(keptArguments(args, ['missing'])).toBeNull();
+    expect(keptArguments(args, ['currency', 'amount', 'nested', 'memo'])).toBe('{"currency":"usd","amount":5000,"nested":{"a":[1,2]},"memo":"[512+ characters]"}');
+  });
+});
