@@ -130,4 +130,14 @@ port.on('message', (m: ToWriter) => {
   }
 });
 
+// Keep the query planner's statistics current on a long-running gateway (cheap: SQLite limits
+// the rows `optimize` analyses).
+setInterval(() => {
+  try {
+    core.db.pragma('optimize');
+  } catch {
+    // busy: next time
+  }
+}, 3_600_000).unref();
+
 post({ t: 'ready', head: headOf() });
