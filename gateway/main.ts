@@ -98,6 +98,7 @@ export async function startGateway(options: GatewayOptions): Promise<RunningGate
     busyTimeoutMs: auditSettings.busyTimeoutMs,
     mode: options.auditWriter,
   }).catch((err: unknown) => {
+    policies.close();
     db.close();
     secretSources.close();
     throw err;

@@ -1,6 +1,6 @@
 import { spawn } from 'node:child_process';
 import { createHmac, timingSafeEqual } from 'node:crypto';
-import { closeSync, existsSync, fdatasyncSync, openSync, readFileSync, writeSync } from 'node:fs';
+import { closeSync, existsSync, fdatasyncSync, fstatSync, openSync, readFileSync, readSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Logger } from 'pino';
 import { request } from 'undici';
@@ -131,10 +131,24 @@ export function createAnchorer(o: {
   };
 }
 
+/** The seq of the file's last anchor, reading only its tail (the file grows for as long as the log lives). */
 function lastAnchoredSeq(file: string): number {
   if (!existsSync(file)) return 0;
-  const { anchors } = readAnchors(file, undefined);
-  return anchors.reduce((m, a) => Math.max(m, a.seq), 0);
+  const fd = openSync(file, 'r');
+  try {
+    const size = fstatSync(fd).size;
+    const len = Math.min(size, 4096);
+    const buf = Buffer.alloc(len);
+    readSync(fd, buf, 0, len, size - len);
+    const lines = buf.toString('utf8').split('\n').filter((l) => l.trim() !== '');
+    for (let i = lines.length - 1; i >= 0; i--) {
+      const m = /^\{"seq":(\d+),/.exec(lines[i] as string);
+      if (m) return Number(m[1]);
+    }
+    return 0;
+  } finally {
+    closeSync(fd);
+  }
 }
 
 function toCommand(argv: readonly string[], line: string, logger: Logger): Promise<void> {

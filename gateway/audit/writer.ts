@@ -272,8 +272,13 @@ function startCheckpointer(dataDir: string, onFailure: (err: Error) => void): Ch
   return {
     async stop() {
       stopping = true;
+      // Referenced again while it finishes: otherwise a process with nothing else to do would exit
+      // here, before the rest of the shutdown ran.
+      t.ref();
       t.postMessage('stop');
-      await Promise.race([exited, new Promise((r) => setTimeout(r, 5_000).unref())]);
+      let timer: NodeJS.Timeout | undefined;
+      await Promise.race([exited, new Promise((r) => (timer = setTimeout(r, 5_000)))]);
+      clearTimeout(timer);
       await t.terminate();
     },
   };
