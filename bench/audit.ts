@@ -30,7 +30,8 @@ import { Writable } from 'node:stream';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { request } from 'undici';
-import { verifyChain } from '../gateway/audit/chain.js';
+import Database from 'better-sqlite3';
+import { sha256, verifyChain } from '../gateway/audit/chain.js';
 import { AuditCore } from '../gateway/audit/core.js';
 import { writeExport } from '../gateway/audit/export.js';
 import { requestId } from '../gateway/audit/ids.js';
@@ -279,6 +280,9 @@ interface QueryTiming {
   maxMs: number;
 }
 
+/** The same names bench/targets/audit-writer.ts uses, so the queries below find rows of both. */
+const UPSTREAMS = ['openai', 'anthropic', 'github', 'stripe', 'postmark', 'slack', 'jira', 'linear', 'notion', 'salesforce'];
+
 function topUp(dir: string, target: number): number {
   const core = new AuditCore(dir);
   try {
@@ -299,8 +303,8 @@ function topUp(dir: string, target: number): number {
             agent: `agent-${agent}`,
             tenant: `tenant-${agent % tenants}`,
             user: k % 3 === 0 ? `user-${k % 1000}@example.com` : null,
-            upstream: ['openai', 'anthropic', 'github', 'stripe', 'postmark', 'slack', 'jira', 'linear', 'notion', 'salesforce'][k % 10] as string,
-            tool: k % 5 < 3 ? `tool_${k % 50}` : null,
+            upstream: UPSTREAMS[k % 10] as string,
+            tool: k % 5 < 3 ? `${UPSTREAMS[k % 50 % UPSTREAMS.length] as string}.tool_${k % 50}` : null,
             method: 'POST',
             path: `/v1/items/${k}`,
             decision: refused ? ('deny' as const) : k % 100 === 1 ? ('escalate' as const) : ('allow' as const),
@@ -400,11 +404,34 @@ async function queryPhase(dir: string): Promise<QueryResult> {
 
 // ---------------------------------------------------------------------------------------------
 
+/**
+ * Two reference costs on this machine, to scale the figures by: SHA-256 of 200 bytes (the chain
+ * hashes ~4 such inputs per forwarded request) and one insert into an unindexed SQLite table.
+ */
+function calibrate(): { sha256Us: number; insertUs: number } {
+  const input = 'x'.repeat(200);
+  let t0 = performance.now();
+  for (let i = 0; i < 50_000; i++) sha256(input);
+  const sha256Us = ((performance.now() - t0) * 1000) / 50_000;
+  const db = new Database(':memory:');
+  db.exec('CREATE TABLE t (a INTEGER PRIMARY KEY, b TEXT, c TEXT, d INTEGER)');
+  const ins = db.prepare('INSERT INTO t (b, c, d) VALUES (?, ?, ?)');
+  t0 = performance.now();
+  db.transaction(() => {
+    for (let i = 0; i < 50_000; i++) ins.run('agent-1', '/v1/chat/completions', i);
+  })();
+  const insertUs = ((performance.now() - t0) * 1000) / 50_000;
+  db.close();
+  return { sha256Us, insertUs };
+}
+
 async function main(): Promise<number> {
   log('# Valet audit log benchmark\n');
   log(`machine: ${availableParallelism()} CPUs (${cpus()[0]?.model ?? 'unknown'}), ${(totalmem() / 2 ** 30).toFixed(1)} GiB, ${platform()} ${release()} ${arch()}`);
   log(`node ${process.version}; load average before start ${loadavg().map((l) => l.toFixed(2)).join(' ')}`);
   log(`code: ${gitState()}; data in ${root} (${execFileSync('df', ['-h', '--output=source,fstype', root], { encoding: 'utf8' }).split('\n')[1]?.trim() ?? '?'})`);
+  const cal = calibrate();
+  log(`calibration: SHA-256 of 200 B ${cal.sha256Us.toFixed(2)} µs; SQLite insert into an unindexed in-memory table ${cal.insertUs.toFixed(2)} µs`);
   log(
     `durability: WAL, synchronous=FULL (every commit fsyncs); writer runs: ${opts.concurrency} requests in flight, ${Math.round(opts.refused * 100)}% refused before forwarding\n`,
   );

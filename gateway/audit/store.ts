@@ -206,7 +206,11 @@ export interface AuditPage {
  * million rows) and needs no index of its own.
  */
 export function firstIdAtOrAfter(db: AuditDatabase, t: number): number {
-  const bounds = db.prepare('SELECT min(id) AS lo, max(id) AS hi FROM audit_log').get() as { lo: number | null; hi: number | null };
+  // Two statements: SQLite answers min() or max() alone from the primary key, but both together by a scan.
+  const bounds = {
+    lo: db.prepare('SELECT min(id) FROM audit_log').pluck().get() as number | null,
+    hi: db.prepare('SELECT max(id) FROM audit_log').pluck().get() as number | null,
+  };
   if (bounds.lo === null || bounds.hi === null) return 1;
   const first = db.prepare('SELECT id, logged_at FROM audit_log WHERE id >= ? ORDER BY id LIMIT 1');
   const rowAt = (x: number): { id: number; logged_at: number | null } | undefined => first.get(x) as { id: number; logged_at: number | null } | undefined;
@@ -222,8 +226,33 @@ export function firstIdAtOrAfter(db: AuditDatabase, t: number): number {
   return rowAt(lo)?.id ?? bounds.hi + 1;
 }
 
+/** How many index entries {@link drivingFilter} counts, at most, to compare two filters. */
+const ESTIMATE_CAP = 20_000;
+
+/**
+ * With several equality filters, the one whose index to walk: the filter matching the fewest rows
+ * in the id range, counted from each index up to {@link ESTIMATE_CAP} entries (an index-only
+ * count, well under a millisecond each). SQLite's own statistics hold one average per index,
+ * which cannot tell a rare agent from a common tenant, and gathering them (ANALYZE) would hold
+ * the write lock for seconds on a large log; counting the actual values asked for is exact.
+ */
+function drivingFilter(db: AuditDatabase, candidates: readonly string[], params: Record<string, string | number>, range: string): string {
+  let best = candidates[0] as string;
+  let bestCount = Infinity;
+  for (const column of candidates) {
+    const n = db
+      .prepare(`SELECT count(*) FROM (SELECT x.id FROM audit_log AS x INDEXED BY audit_log_${column} WHERE x.${column} = @${column} ${range} LIMIT ${ESTIMATE_CAP})`)
+      .pluck()
+      .get(params) as number;
+    if (n < bestCount) {
+      best = column;
+      bestCount = n;
+    }
+  }
+  return best;
+}
+
 function buildQuery(db: AuditDatabase, f: AuditFilter): { sql: string; params: Record<string, string | number> } {
-  const where: string[] = [];
   const params: Record<string, string | number> = { limit: f.limit };
   const eq: Record<FilterColumn, string | number | undefined> = {
     agent: f.agent,
@@ -236,13 +265,15 @@ function buildQuery(db: AuditDatabase, f: AuditFilter): { sql: string; params: R
     request_id: f.requestId,
     status: f.status,
   };
+  const equal: string[] = [];
+  const other: string[] = [];
   for (const [column, value] of Object.entries(eq)) {
     if (value === undefined) continue;
     if (column === 'decision' && value === 'none') {
-      where.push('decision IS NULL');
+      other.push('decision IS NULL');
       continue;
     }
-    where.push(`${column} = @${column}`);
+    equal.push(column);
     params[column] = value;
   }
   // Time and cursors become one id range, which every index above serves in id order.
@@ -250,16 +281,33 @@ function buildQuery(db: AuditDatabase, f: AuditFilter): { sql: string; params: R
   let hi = f.before === undefined ? undefined : f.before - 1;
   if (f.sinceMs !== undefined) lo = Math.max(lo ?? 0, firstIdAtOrAfter(db, f.sinceMs));
   if (f.untilMs !== undefined) hi = Math.min(hi ?? Number.MAX_SAFE_INTEGER, firstIdAtOrAfter(db, f.untilMs + 1) - 1);
+  const range: string[] = [];
   if (lo !== undefined) {
-    where.push('id >= @lo');
+    range.push('x.id >= @lo');
     params['lo'] = lo;
   }
   if (hi !== undefined) {
-    where.push('id <= @hi');
+    range.push('x.id <= @hi');
     params['hi'] = hi;
   }
   const order = f.order === 'asc' ? 'ASC' : 'DESC';
-  return { sql: `SELECT * FROM audit_log ${where.length ? `WHERE ${where.join(' AND ')}` : ''} ORDER BY id ${order} LIMIT @limit`, params };
+  if (equal.length <= 1) {
+    const where = [...equal.map((c) => `x.${c} = @${c}`), ...other.map((o) => `x.${o}`), ...range];
+    return { sql: `SELECT x.* FROM audit_log AS x ${where.length ? `WHERE ${where.join(' AND ')}` : ''} ORDER BY x.id ${order} LIMIT @limit`, params };
+  }
+  // Several filters: walk the most selective one's index, and test each candidate against the
+  // other filters' indexes (a seek on (value, id) each), so only the rows returned are read from
+  // the table. Index-only checks keep "no row matches both" cheap: a table read per candidate is
+  // what makes such a query slow.
+  const drive = drivingFilter(db, equal, params, range.map((r) => `AND ${r}`).join(' '));
+  const where = [
+    `x.${drive} = @${drive}`,
+    ...equal.filter((c) => c !== drive).map((c) => `EXISTS (SELECT 1 FROM audit_log AS y INDEXED BY audit_log_${c} WHERE y.${c} = @${c} AND y.id = x.id)`),
+    ...other.map((o) => `x.${o}`),
+    ...range,
+  ];
+  const ids = `SELECT x.id FROM audit_log AS x INDEXED BY audit_log_${drive} WHERE ${where.join(' AND ')} ORDER BY x.id ${order} LIMIT @limit`;
+  return { sql: `SELECT * FROM audit_log WHERE id IN (${ids}) ORDER BY id ${order}`, params };
 }
 
 /** The rows matching the filter, newest first unless `order: 'asc'`. */
