@@ -10,27 +10,11 @@ import type { ApprovalMode, ApprovalRecord } from './types.js';
 export const APPROVAL_ID = /^apr_[A-Za-z0-9_-]{24}$/;
 export const newApprovalId = (): string => `apr_${randomBytes(18).toString('base64url')}`;
 
-/** What the pipeline knows of an escalated request when it parks it. */
-export interface ParkInput {
-  readonly requestId: string;
-  readonly mode: ApprovalMode;
-  readonly agent: string;
-  readonly tenant: string | null;
-  readonly user: string | null;
-  readonly upstream: string;
-  readonly tool: string | null;
-  readonly method: string;
-  /** Already redacted. */
-  readonly path: string;
-  readonly args: Record<string, unknown>;
-  readonly argsNote: string | null;
-  readonly rule: string;
-  readonly reason: string;
-  readonly group: string;
-  readonly timeoutMs: number;
-  readonly digest: string;
-  readonly policyVersion: string | null;
-}
+/** What the pipeline knows of an escalated request when it parks it; the store adds the rest. */
+export type ParkInput = Omit<
+  ApprovalRecord,
+  'id' | 'status' | 'createdAt' | 'expiresAt' | 'resolver' | 'resolutionReason' | 'resolvedAt' | 'consumedAt' | 'consumedRequestId'
+>;
 
 /** Says when the agent hung up (the request path's `HangUp`, or any emitter of `abort`). */
 export interface HangUpSignal {
