@@ -43,7 +43,7 @@ export interface GatewayOptions {
   env?: NodeJS.ProcessEnv | undefined;
   /** Reload the policy when files in the config directory change. */
   watch?: boolean | undefined;
-  /** Where the audit writer runs: its own thread (default) or inline (benchmark comparison). */
+  /** Where the audit writer runs, overriding `gateway.audit.writer` (the benchmark compares both). */
   auditWriter?: 'worker' | 'inline' | undefined;
 }
 
@@ -96,7 +96,7 @@ export async function startGateway(options: GatewayOptions): Promise<RunningGate
     logger,
     failOpen: auditSettings.failOpen,
     busyTimeoutMs: auditSettings.busyTimeoutMs,
-    mode: options.auditWriter,
+    mode: options.auditWriter ?? (auditSettings.writer === 'inline' ? 'inline' : 'worker'),
   }).catch((err: unknown) => {
     policies.close();
     db.close();

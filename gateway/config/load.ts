@@ -331,6 +331,7 @@ function assemble(root: string, files: ParsedFile[], problems: Problems, options
       approvals,
       audit: {
         failOpen: g.audit?.fail_open ?? DEFAULT_AUDIT.failOpen,
+        writer: g.audit?.writer ?? DEFAULT_AUDIT.writer,
         busyTimeoutMs: g.audit?.busy_timeout_ms ?? DEFAULT_AUDIT.busyTimeoutMs,
         retentionDays: g.audit?.retention_days,
         tenantRetentionDays: { ...g.audit?.tenant_retention_days },

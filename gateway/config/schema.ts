@@ -152,6 +152,7 @@ export const fileSchema = {
           additionalProperties: false,
           properties: {
             fail_open: { type: 'boolean' },
+            writer: { enum: ['thread', 'inline'] },
             busy_timeout_ms: { type: 'integer', minimum: 0, maximum: 60_000 },
             retention_days: { type: 'integer', minimum: 1, maximum: 36_500 },
             tenant_retention_days: {

@@ -134,8 +134,8 @@ describe('audit durability: the database cannot be written', () => {
     return gw;
   };
 
-  it('another process holding the write lock: forwarded calls fail closed with 503, nothing reaches the upstream; refusals are audited once it lets go', async () => {
-    const g = await start({ busy_timeout_ms: 100 });
+  it.each(['thread', 'inline'])('another process holding the write lock: forwarded calls fail closed with 503, nothing reaches the upstream; refusals are audited once it lets go (writer: %s)', async (writer) => {
+    const g = await start({ busy_timeout_ms: 100, writer });
     const token = await g.token();
     other = new Database(join(g.dataDir, AUDIT_FILE));
     other.exec('BEGIN IMMEDIATE');
