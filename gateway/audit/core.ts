@@ -325,6 +325,7 @@ function writerLock(dataDir: string): AuditDatabase | undefined {
   let db: AuditDatabase | undefined;
   try {
     db = new Database(join(dataDir, WRITER_LOCK_FILE), { timeout: 0 });
+    db.pragma('journal_mode = MEMORY'); // no -journal file beside it
     db.pragma('locking_mode = EXCLUSIVE');
     db.pragma('user_version = 1');
     return db;
