@@ -328,6 +328,10 @@ async function inlineWriter(o: AuditWriterOptions): Promise<AuditWriter> {
       const code = (err as { code?: string }).code;
       o.logger.error({ code, message: (err as Error).message, failOpen }, 'audit log not writable');
       queue = (failOpen ? ops : ops.filter((x) => x.op !== 'decision')).concat(queue);
+      if (queue.length > 200_000) {
+        o.logger.error({ dropped: queue.length - 200_000 }, 'audit rows dropped: the database has not been writable for too long');
+        queue = queue.slice(queue.length - 200_000);
+      }
       for (const w of ws) {
         if (failOpen) w.resolve();
         else w.reject(unavailable(code));

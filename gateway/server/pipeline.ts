@@ -204,14 +204,16 @@ export function createPipeline(deps: PipelineDeps): RequestHandler {
         (name) => secrets.get(name, identity.tenant),
       );
       injected.headers.push(...valetRequestHeaders(upstream, requestId));
-      const { body, length } = buffered ? { body: buffered, length: String(buffered.length) } : requestBody(req, rec);
-      if (length !== undefined) injected.headers.push(['content-length', length]);
       policy.recordCall(input);
       // The decision's audit row is durable before anything is forwarded (one fsync shared with the
       // requests that arrived alongside). If it cannot be written: 503, nothing forwarded (unless
       // gateway.audit.fail_open). The call stays counted in the policy's history, which errs on the
-      // safe side. The outcome completes the row in `finally`, without waiting.
+      // safe side. The outcome completes the row in `finally`, without waiting. The body is only
+      // taken up after the wait, right before forwarding, so an agent hanging up meanwhile meets
+      // no half-built stream.
       await audit.commit(rec);
+      const { body, length } = buffered ? { body: buffered, length: String(buffered.length) } : requestBody(req, rec);
+      if (length !== undefined) injected.headers.push(['content-length', length]);
 
       // 7. forward
       forwarding = true;

@@ -1,5 +1,6 @@
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
+import { connect } from 'node:net';
 import { join } from 'node:path';
 import Database from 'better-sqlite3';
 import { Agent, request } from 'undici';
@@ -171,6 +172,25 @@ describe('audit durability: the database cannot be written', () => {
     const db = new Database(join(g.dataDir, AUDIT_FILE), { readonly: true });
     expect(verifyChain(db).ok).toBe(true);
     db.close();
+  });
+
+  it('an agent that hangs up mid-upload while its decision waits for the database leaves the gateway unharmed', async () => {
+    const g = await start({ busy_timeout_ms: 400 });
+    const token = await g.token();
+    other = new Database(join(g.dataDir, AUDIT_FILE));
+    other.exec('BEGIN IMMEDIATE'); // the decision's commit now waits
+    const socket = connect(g.gateway.port, '127.0.0.1');
+    await new Promise<void>((r) => socket.once('connect', () => r()));
+    socket.on('error', () => undefined);
+    socket.write(`GET /api/v1/items/upload HTTP/1.1\r\nHost: valet\r\nAuthorization: Bearer ${token}\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n`);
+    await new Promise((r) => setTimeout(r, 100));
+    socket.destroy(); // gone before the body ended, while the commit waits
+    await new Promise((r) => setTimeout(r, 500));
+    other.exec('ROLLBACK');
+    const ok = await request(`${g.url}/api/v1/items/after`, { headers: { authorization: `Bearer ${token}` } });
+    expect(ok.statusCode).toBe(200);
+    await ok.body.text();
+    expect(upstream!.requests.map((r) => r.url)).toEqual(['/v1/items/after']);
   });
 
   it('fail_open: true forwards anyway, logs loudly, and writes the row once it can', async () => {
