@@ -1,4 +1,6 @@
+import { resolve } from 'node:path';
 import { ValetError } from '../errors.js';
+import { readKeyFile } from '../secrets/master-key.js';
 import type { SecretInfo, SecretStore } from '../secrets/store.js';
 import { tenantScope, type AdminIdentity } from './auth.js';
 import type { AdminRoute } from './server.js';
@@ -6,8 +8,8 @@ import type { AdminRoute } from './server.js';
 /**
  * Secret management on the admin API: the same operations as `valet secrets`, write-only for
  * values (no route returns one). A tenant admin manages only its tenant's secrets; shared secrets
- * (tenant `null`) are for organisation-wide admins. Rekeying stays a CLI operation: it needs the
- * new master key, which should not travel over an API.
+ * (tenant `null`) are for organisation-wide admins. Rekeying names a key *file* on the gateway's
+ * host (a mounted secret): the new master key never travels over the API.
  */
 export function secretRoutes(store: SecretStore): AdminRoute[] {
   return [
@@ -46,6 +48,25 @@ export function secretRoutes(store: SecretStore): AdminRoute[] {
         const t = query.get('tenant');
         store.remove(params['name'] as string, target(who, t === null ? {} : { tenant: t }));
         return { json: { removed: params['name'] } };
+      },
+    },
+    {
+      method: 'POST',
+      path: '/api/secrets/rekey',
+      permission: 'secrets.write',
+      handle: ({ who, body }) => {
+        if (who.tenant !== undefined) throw new ValetError('VALET_ERR_ADMIN_FORBIDDEN', 'Rekeying re-encrypts every tenant\'s secrets; it needs an organisation-wide admin.');
+        const path = resolve(field(body, 'new_key_file'));
+        const r = store.rekey(readKeyFile(path, `new_key_file (${path})`));
+        return {
+          json: {
+            secrets: r.secrets,
+            versions: r.versions,
+            old_key_id: r.oldKeyId,
+            new_key_id: r.newKeyId,
+            next_step: 'This gateway now uses the new key. Point VALET_MASTER_KEY or VALET_MASTER_KEY_FILE at it before the next start.',
+          },
+        };
       },
     },
     {

@@ -164,7 +164,8 @@ export class SecretStore implements NamedSecretSource {
   /** The database file, for messages. */
   readonly file: string;
   private readonly db: Database.Database;
-  private readonly key: MasterKey | undefined;
+  /** Replaced by {@link SecretStore.rekey}, so a gateway rekeyed through its admin API keeps working. */
+  private key: MasterKey | undefined;
   private readonly refreshMs: number;
   private readonly log: StoreLog | undefined;
   private snapshot = new Map<string, ByName>();
@@ -460,8 +461,8 @@ export class SecretStore implements NamedSecretSource {
         return { secrets: secrets.size, versions: versions.length, oldKeyId: oldKey.id, newKeyId: newKey.id };
       })
       .immediate();
+    this.key = newKey;
     this.invalidate();
-    this.nextCheck = 0;
     return result;
   }
 
@@ -490,7 +491,6 @@ export class SecretStore implements NamedSecretSource {
       })
       .immediate();
     this.invalidate();
-    this.nextCheck = 0;
     return result;
   }
 

@@ -1,4 +1,7 @@
+import { readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { request } from 'undici';
+import { generateMasterKeyText } from '../../gateway/secrets/crypto.js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startTestGateway, type TestGateway } from '../helpers/gateway.js';
 import { headerValues, startFakeUpstream, type FakeUpstream } from '../helpers/upstream.js';
@@ -119,6 +122,28 @@ describe('secrets through the admin API', () => {
     expect(dup.statusCode).toBe(400);
     responses.push(await dup.body.text());
     expect(JSON.parse(responses.at(-1)!).error.message).toMatch(/repeats the key "value"/);
+  });
+
+  it('rekey through the API names a key file; the gateway keeps serving with the new key; tenant admins may not', async () => {
+    const a = await gw.adminToken(['admin']);
+    expect((await admin('POST', '/api/secrets', a, { name: 'API_KEY', value: VALUES.shared1 })).status).toBe(201);
+    const keyFile = join(gw.dataDir, 'new-master-key');
+    writeFileSync(keyFile, `${generateMasterKeyText()}\n`, { mode: 0o600 });
+
+    const tenantAdmin = await gw.adminToken(['admin'], { tenant: 'acme' });
+    expect((await admin('POST', '/api/secrets/rekey', tenantAdmin, { new_key_file: keyFile })).status).toBe(403);
+    const missing = await admin('POST', '/api/secrets/rekey', a, { new_key_file: join(gw.dataDir, 'nope') });
+    expect(missing.body.error?.code).toBe('VALET_ERR_MASTER_KEY');
+
+    const r = await admin('POST', '/api/secrets/rekey', a, { new_key_file: keyFile });
+    expect(r.status).toBe(200);
+    expect(r.body).toMatchObject({ secrets: 2, old_key_id: expect.any(String), new_key_id: expect.any(String) });
+    expect(r.body['old_key_id']).not.toBe(r.body['new_key_id']);
+    // Still decrypts (now under the new key), and takes new writes.
+    expect(await injected('globex')).toEqual({ status: 200, auth: [`Bearer ${VALUES.shared1}`] });
+    expect((await admin('PUT', '/api/secrets/API_KEY', a, { value: VALUES.shared2 })).status).toBe(200);
+    expect(await injected('globex')).toEqual({ status: 200, auth: [`Bearer ${VALUES.shared2}`] });
+    expect(responses.join('\n')).not.toContain(readFileSync(keyFile, 'utf8').trim());
   });
 
   it('no value appears in any response or log line', () => {
