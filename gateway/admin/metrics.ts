@@ -64,13 +64,25 @@ export function createMetrics(sources: MetricsSources): Metrics {
       },
     });
   }
+  // Label-bound children, looked up by one string key: resolving labels on every call (prom-client
+  // hashes the label object each time) cost ~25 µs per request in profiles of the request path.
+  // The label sets are bounded (see above), so these maps are too.
+  const counters = new Map<string, Counter.Internal>();
+  const timers = new Map<string, Histogram.Internal<'upstream' | 'decision'>>();
   return {
     registry,
     request(rec) {
       const upstream = rec.upstream !== null && sources.upstreams.has(rec.upstream) ? rec.upstream : '(unknown)';
       const decision = rec.decision ?? 'none';
-      requests.inc({ upstream, decision, status: String(rec.status), code: rec.errorCode ?? '' });
-      duration.observe({ upstream, decision }, rec.durationMs / 1000);
+      const code = rec.errorCode ?? '';
+      const key = `${upstream}\u0000${decision}`;
+      const countKey = `${key}\u0000${rec.status}\u0000${code}`;
+      let counter = counters.get(countKey);
+      if (counter === undefined) counters.set(countKey, (counter = requests.labels({ upstream, decision, status: String(rec.status), code })));
+      counter.inc();
+      let timer = timers.get(key);
+      if (timer === undefined) timers.set(key, (timer = duration.labels({ upstream, decision })));
+      timer.observe(rec.durationMs / 1000);
     },
     policyEvaluation(seconds) {
       policy.observe(seconds);
