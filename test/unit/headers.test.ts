@@ -7,19 +7,7 @@ import {
   type HeaderList,
 } from '../../gateway/proxy/headers.js';
 import { createScrubber } from '../../gateway/proxy/scrub.js';
-
-function upstream(credential: CredentialConfig, o: Partial<UpstreamConfig> = {}): UpstreamConfig {
-  return {
-    name: 'api',
-    origin: 'https://api.example.com',
-    agentTokenHeader: 'authorization',
-    agentTokenQuery: undefined,
-    credential,
-    timeouts: { connectMs: 1000, headersMs: 1000, bodyMs: 1000 },
-    connections: 1,
-    ...o,
-  };
-}
+import { upstream } from '../helpers/fixtures.js';
 
 const bearer = upstream({ scheme: 'bearer', secret: 'S' });
 const xKey = upstream({ scheme: 'header', header: 'x-api-key', prefix: '', secret: 'S' });

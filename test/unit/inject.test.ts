@@ -6,6 +6,7 @@ import { describe, expect, it } from 'vitest';
 import type { CredentialConfig, UpstreamConfig } from '../../gateway/config/types.js';
 import { ValetError } from '../../gateway/errors.js';
 import { forwardableRequestHeaders, injectCredential, valetRequestHeaders, type SecretLookup } from '../../gateway/proxy/headers.js';
+import { upstream } from '../helpers/fixtures.js';
 
 const anthropic: CredentialConfig = {
   scheme: 'headers',
@@ -21,19 +22,6 @@ const datadog: CredentialConfig = {
     { name: 'dd-application-key', value: ['app ', { secret: 'DD_APP' }] },
   ],
 };
-
-function upstream(credential: CredentialConfig, o: Partial<UpstreamConfig> = {}): UpstreamConfig {
-  return {
-    name: 'api',
-    origin: 'https://api.example.com',
-    agentTokenHeader: 'authorization',
-    agentTokenQuery: undefined,
-    credential,
-    timeouts: { connectMs: 1000, headersMs: 1000, bodyMs: 1000 },
-    connections: 1,
-    ...o,
-  };
-}
 
 const from =
   (values: Record<string, string>): SecretLookup =>

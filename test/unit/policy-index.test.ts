@@ -7,6 +7,7 @@ import type { Config, RuleConfig, ToolConfig } from '../../gateway/config/types.
 import { compilePaths, compilePolicy as compileConfig, DEFAULT_DENY_RULE } from '../../gateway/policy/compile.js';
 import { memoryCounterStore, memoryHistoryStore } from '../../gateway/policy/counters.js';
 import type { AgentIdentity, RequestFacts } from '../../gateway/types.js';
+import { agent, rule } from '../helpers/fixtures.js';
 
 // compilePolicy reads only the time zone of the gateway settings.
 const GATEWAY = { timezone: 'UTC' } as Config['gateway'];
@@ -20,38 +21,6 @@ function compilePolicy(rules: RuleConfig[], tools: ToolConfig[] = []) {
   return {
     evaluate: (identity: AgentIdentity, f: RequestFacts) => p.evaluate(input(identity, f)),
     explain: (identity: AgentIdentity, f: RequestFacts) => p.explain(input(identity, f)),
-  };
-}
-
-const agent: AgentIdentity = {
-  agent: 'agent-1',
-  tenant: undefined,
-  team: undefined,
-  roles: [],
-  environment: undefined,
-  user: undefined,
-  userRoles: [],
-  issuer: 'test',
-  tokenId: undefined,
-  expiresAt: 0,
-};
-
-function rule(r: Partial<RuleConfig> & Pick<RuleConfig, 'id' | 'effect'>): RuleConfig {
-  return {
-    description: undefined,
-    scope: undefined,
-    upstream: undefined,
-    tools: undefined,
-    methods: undefined,
-    paths: undefined,
-    roles: undefined,
-    environments: undefined,
-    when: undefined,
-    reason: undefined,
-    approval: undefined,
-    at: { file: 'test.yaml', line: 1, column: 1, path: 'rules[0]' },
-    lines: {},
-    ...r,
   };
 }
 

@@ -3,6 +3,7 @@ import type { RuleConfig } from '../../gateway/config/types.js';
 import { compilePolicy as compileConfig, DEFAULT_DENY_RULE } from '../../gateway/policy/compile.js';
 import { memoryCounterStore, memoryHistoryStore } from '../../gateway/policy/counters.js';
 import type { AgentIdentity, RequestFacts } from '../../gateway/types.js';
+import { agent, rule } from '../helpers/fixtures.js';
 
 const GATEWAY = {
   environment: 'development',
@@ -27,38 +28,6 @@ function compilePolicy(rules: RuleConfig[]) {
       const e = p.explain(input(identity, f));
       return { decision: e.decision, considered: e.trace.map((t) => ({ id: t.id, matched: t.matched })) };
     },
-  };
-}
-
-const agent: AgentIdentity = {
-  agent: 'agent-1',
-  tenant: undefined,
-  team: undefined,
-  roles: [],
-  environment: undefined,
-  user: undefined,
-  userRoles: [],
-  issuer: 'test',
-  tokenId: undefined,
-  expiresAt: 0,
-};
-
-function rule(r: Partial<RuleConfig> & Pick<RuleConfig, 'id' | 'effect'>): RuleConfig {
-  return {
-    description: undefined,
-    scope: undefined,
-    upstream: undefined,
-    tools: undefined,
-    methods: undefined,
-    paths: undefined,
-    roles: undefined,
-    environments: undefined,
-    when: undefined,
-    reason: undefined,
-    approval: undefined,
-    at: { file: 'test.yaml', line: 1, column: 1, path: 'rules[0]' },
-    lines: {},
-    ...r,
   };
 }
 
