@@ -5,7 +5,6 @@ import { mintAgentToken } from '../auth/mint.js';
 import { loadConfig } from '../config/load.js';
 import type { Config, Environment } from '../config/types.js';
 import { ConfigError, ValetError } from '../errors.js';
-import { startGateway } from '../main.js';
 import { compilePolicy, type Policy } from '../policy/compile.js';
 import { memoryCounterStore, memoryHistoryStore } from '../policy/counters.js';
 import { findDeadRules } from '../policy/lint.js';
@@ -88,6 +87,8 @@ function environment(value: string | undefined): Environment | undefined {
 
 async function start(args: string[]): Promise<void> {
   const { values } = parse(args, { port: { type: 'string' }, host: { type: 'string' }, 'admin-port': { type: 'string' }, env: { type: 'string' } });
+  // Loaded here, not at the top: every other command would otherwise pay for the whole gateway.
+  const { startGateway } = await import('../main.js');
   const gateway = await startGateway({
     configDir: configDir(values.config),
     dataDir: dataDir(values.data),
