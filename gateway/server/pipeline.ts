@@ -127,7 +127,7 @@ export function createPipeline(deps: PipelineDeps): RequestHandler {
         argsError: args.error,
       };
       rec.tool = facts.tool ?? null;
-      rec.args = keptArguments(args.args, toolMatch?.tool.auditArgs);
+      rec.args = keptArguments(args.args, toolMatch?.tool.auditArgs, [token]);
 
       // 4. decide
       const described = { identity, facts, environment: config.gateway.environment, now: Date.now() };

@@ -201,5 +201,9 @@ describe('audit arguments', () => {
     expect(keptArguments(args, [])).toBeNull();
     expect(keptArguments(args, ['missing'])).toBeNull();
     expect(keptArguments(args, ['currency', 'amount', 'nested', 'memo'])).toBe('{"currency":"usd","amount":5000,"nested":{"a":[1,2]},"memo":"[512+ characters]"}');
+    // The agent's own token, sent as an argument (alone, inside a string, nested), is never kept.
+    const token = 'eyJhbGciOiJIUzI1NiJ9.agent.token';
+    const leaky = { note: `see ${token}`, nested: { t: [token] }, currency: 'usd' };
+    expect(keptArguments(leaky, ['note', 'nested', 'currency'], [token])).toBe('{"note":"[redacted]","nested":{"t":["[redacted]"]},"currency":"usd"}');
   });
 });
