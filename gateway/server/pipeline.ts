@@ -14,7 +14,7 @@ import { ValetError } from '../errors.js';
 import type { Policy } from '../policy/compile.js';
 import type { Forwarder } from '../proxy/forward.js';
 import { upstreamError } from '../proxy/forward.js';
-import { forwardableRequestHeaders, injectCredential, valetRequestHeaders } from '../proxy/headers.js';
+import { forwardableRequestHeaders, injectCredential, valetRequestHeaders, type HeaderList } from '../proxy/headers.js';
 import { HangUp, relay } from '../proxy/relay.js';
 import { agentResponse } from '../proxy/response.js';
 import { scrubberFor } from '../proxy/scrub.js';
@@ -53,6 +53,8 @@ const SINGLE = new Set(['host', 'content-length', 'transfer-encoding', 'content-
  */
 export function createPipeline(deps: PipelineDeps): RequestHandler {
   const { config, verifyToken, policy: currentPolicy, secrets, forwarder, audit, logger, metrics, approvals, draining } = deps;
+  // Per upstream, once: the query parameters that may carry the agent token or the credential.
+  const credentialParams = new Map([...config.upstreams.values()].map((u) => [u.name, credentialQueryParams(u)]));
 
   return async (req, res) => {
     const started = performance.now();
@@ -82,7 +84,7 @@ export function createPipeline(deps: PipelineDeps): RequestHandler {
       rec.upstream = target.upstream;
       const upstream = config.upstreams.get(target.upstream);
       if (!upstream) throw new ValetError('VALET_ERR_UNKNOWN_UPSTREAM');
-      const q = canonicalQuery(target.rawQuery, credentialQueryParams(upstream));
+      const q = canonicalQuery(target.rawQuery, credentialParams.get(upstream.name) as ReadonlySet<string>);
 
       // 2. authenticate
       const token = agentToken(req.rawHeaders, upstream, q.removed);
@@ -93,6 +95,9 @@ export function createPipeline(deps: PipelineDeps): RequestHandler {
       rec.agent = identity.agent;
       rec.tenant = identity.tenant ?? null;
       rec.user = identity.user ?? null;
+      // The agent's headers as they may go upstream: built once, for the approval digest and for injection.
+      let forwardable: HeaderList | undefined;
+      const forwardableHeaders = (): HeaderList => (forwardable ??= forwardableRequestHeaders(req.rawHeaders, upstream, token));
 
       // 3. describe
       const policy = currentPolicy();
@@ -160,7 +165,7 @@ export function createPipeline(deps: PipelineDeps): RequestHandler {
             identity,
             facts,
             decision,
-            headers: forwardableRequestHeaders(req.rawHeaders, upstream, token),
+            headers: forwardableHeaders(),
             body: buffered ?? Buffer.alloc(0),
             args: shownArgs.args,
             argsError: shownArgs.error,
@@ -198,7 +203,7 @@ export function createPipeline(deps: PipelineDeps): RequestHandler {
 
       // 6. inject: 503 unless every secret the credential names is available
       const injected = injectCredential(
-        forwardableRequestHeaders(req.rawHeaders, upstream, token),
+        forwardableHeaders(),
         facts.rawQuery,
         upstream.credential,
         (name) => secrets.get(name, identity.tenant),
