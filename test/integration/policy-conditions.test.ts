@@ -1,8 +1,8 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { startTestGateway, type TestGateway } from '../helpers/gateway.js';
+import type { TestGateway } from '../helpers/gateway.js';
 import { sleep } from '../helpers/http.js';
 import { startFakeUpstream, type FakeUpstream } from '../helpers/upstream.js';
-import { audit, expectForwarded, expectRefused, send, STRIPE_SECRET, stripeUpstream } from './policy-support.js';
+import { audit, expectForwarded, expectRefused, send, startStripeGateway } from './policy-support.js';
 
 /** Far from UTC and not a whole number of hours away: its hour always differs from UTC's. */
 const TZ = 'Asia/Kathmandu';
@@ -37,9 +37,8 @@ describe('time and history conditions', () => {
     localHour = hourIn(TZ, Date.now());
     utcHour = hourIn('UTC', Date.now());
     upstream = await startFakeUpstream();
-    gw = await startTestGateway({
+    gw = await startStripeGateway(upstream, {
       gateway: { timezone: TZ },
-      upstreams: [stripeUpstream(upstream.origin)],
       files: { 'tools.yaml': TOOLS_YAML },
       rules: [
         { id: 'twice-an-hour', tools: ['stripe.list_charges'], when: 'history.calls_last_hour < 2', effect: 'allow' },
@@ -55,7 +54,6 @@ describe('time and history conditions', () => {
           effect: 'allow',
         },
       ],
-      env: { STRIPE_KEY: STRIPE_SECRET },
     });
   });
   afterAll(async () => {

@@ -1,7 +1,7 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { startTestGateway, type TestGateway } from '../helpers/gateway.js';
+import type { TestGateway } from '../helpers/gateway.js';
 import { startFakeUpstream, type FakeUpstream } from '../helpers/upstream.js';
-import { audit, expectForwarded, expectRefused, send, STRIPE_SECRET, stripeUpstream } from './policy-support.js';
+import { audit, expectForwarded, expectRefused, send, startStripeGateway } from './policy-support.js';
 
 const RULES = [
   { id: 'reads', upstream: 'stripe', methods: ['GET'], effect: 'allow' },
@@ -27,12 +27,10 @@ describe('environments', () => {
   beforeAll(async () => {
     upstream = await startFakeUpstream();
     const start = async (environment: string | undefined, rules: unknown[]) => {
-      const gw = await startTestGateway({
-        upstreams: [stripeUpstream(upstream.origin)],
+      const gw = await startStripeGateway(upstream, {
         rules,
         // Credentials come from the environment only: production refuses the secret store without a master key.
         ...(environment !== undefined && { gateway: { environment, secrets: { sources: ['env'] } } }),
-        env: { STRIPE_KEY: STRIPE_SECRET },
       });
       gateways.push(gw);
       return gw;

@@ -1,8 +1,8 @@
 import { request } from 'undici';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { startTestGateway, type TestGateway } from '../helpers/gateway.js';
+import type { TestGateway } from '../helpers/gateway.js';
 import { startFakeUpstream, type FakeUpstream } from '../helpers/upstream.js';
-import { audit, expectForwarded, expectRefused, json, send, STRIPE_SECRET, STRIPE_TOOLS_YAML, stripeUpstream } from './policy-support.js';
+import { audit, expectForwarded, expectRefused, json, send, STRIPE_TOOLS_YAML, startStripeGateway } from './policy-support.js';
 
 describe('escalate: human approval required (policy semantics; the workflow: approvals.test.ts)', () => {
   let upstream: FakeUpstream;
@@ -11,8 +11,7 @@ describe('escalate: human approval required (policy semantics; the workflow: app
 
   beforeAll(async () => {
     upstream = await startFakeUpstream();
-    gw = await startTestGateway({
-      upstreams: [stripeUpstream(upstream.origin)],
+    gw = await startStripeGateway(upstream, {
       files: { 'tools.yaml': STRIPE_TOOLS_YAML },
       rules: [
         { id: 'transfers', tools: ['stripe.create_transfer'], effect: 'allow' },
@@ -47,7 +46,6 @@ describe('escalate: human approval required (policy semantics; the workflow: app
           approval: { group: 'privacy', mode: 'async' },
         },
       ],
-      env: { STRIPE_KEY: STRIPE_SECRET },
     });
     token = await gw.token({ agent: 'treasury-bot' });
   });

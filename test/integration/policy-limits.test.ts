@@ -1,5 +1,5 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { startTestGateway, type TestGateway } from '../helpers/gateway.js';
+import type { TestGateway } from '../helpers/gateway.js';
 import { startFakeUpstream, type FakeUpstream } from '../helpers/upstream.js';
 import {
   audit,
@@ -8,10 +8,9 @@ import {
   header,
   json,
   send,
-  STRIPE_SECRET,
   STRIPE_TOOLS_YAML,
-  stripeUpstream,
   type Sent,
+  startStripeGateway,
 } from './policy-support.js';
 
 const LIMITS_YAML = `rate_limits:
@@ -53,15 +52,13 @@ describe('rate limits and budgets', () => {
 
   beforeAll(async () => {
     upstream = await startFakeUpstream();
-    gw = await startTestGateway({
-      upstreams: [stripeUpstream(upstream.origin)],
+    gw = await startStripeGateway(upstream, {
       files: { 'tools.yaml': STRIPE_TOOLS_YAML, 'limits.yaml': LIMITS_YAML },
       rules: [
         { id: 'balance', upstream: 'stripe', methods: ['GET'], paths: ['/v1/balance'], effect: 'allow' },
         { id: 'charges', upstream: 'stripe', methods: ['GET'], paths: ['/v1/charges'], effect: 'allow' },
         { id: 'transfers', tools: ['stripe.create_transfer'], effect: 'allow' },
       ],
-      env: { STRIPE_KEY: STRIPE_SECRET },
     });
   });
   afterAll(async () => {

@@ -1,10 +1,10 @@
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { startTestGateway, type TestGateway } from '../helpers/gateway.js';
+import type { TestGateway } from '../helpers/gateway.js';
 import { sleep } from '../helpers/http.js';
 import { startFakeUpstream, type FakeUpstream } from '../helpers/upstream.js';
-import { audit, expectForwarded, expectRefused, send, STRIPE_SECRET, stripeUpstream, type Sent } from './policy-support.js';
+import { audit, expectForwarded, expectRefused, send, type Sent, startStripeGateway } from './policy-support.js';
 
 const INITIAL_RULES = [{ id: 'customers', upstream: 'stripe', methods: ['GET'], paths: ['/v1/customers/**'], effect: 'allow' }];
 
@@ -57,7 +57,7 @@ describe('hot reload', () => {
 
   beforeAll(async () => {
     upstream = await startFakeUpstream();
-    gw = await startTestGateway({ upstreams: [stripeUpstream(upstream.origin)], rules: INITIAL_RULES, env: { STRIPE_KEY: STRIPE_SECRET } });
+    gw = await startStripeGateway(upstream, { rules: INITIAL_RULES });
     token = await gw.token({ agent: 'reloader' });
     v1 = gw.gateway.policies.status().version;
   });
@@ -161,7 +161,7 @@ describe('hot reload: file watcher', () => {
 
   beforeAll(async () => {
     upstream = await startFakeUpstream();
-    gw = await startTestGateway({ upstreams: [stripeUpstream(upstream.origin)], rules: INITIAL_RULES, env: { STRIPE_KEY: STRIPE_SECRET }, watch: true });
+    gw = await startStripeGateway(upstream, { rules: INITIAL_RULES, watch: true });
     token = await gw.token({ agent: 'watcher' });
   });
   afterAll(async () => {

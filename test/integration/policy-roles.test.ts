@@ -1,7 +1,7 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { startTestGateway, type TestGateway } from '../helpers/gateway.js';
+import type { TestGateway } from '../helpers/gateway.js';
 import { startFakeUpstream, type FakeUpstream } from '../helpers/upstream.js';
-import { audit, expectForwarded, expectRefused, json, send, STRIPE_SECRET, STRIPE_TOOLS_YAML, stripeUpstream } from './policy-support.js';
+import { audit, expectForwarded, expectRefused, json, send, STRIPE_TOOLS_YAML, startStripeGateway } from './policy-support.js';
 
 describe('roles and delegation', () => {
   let upstream: FakeUpstream;
@@ -9,15 +9,13 @@ describe('roles and delegation', () => {
 
   beforeAll(async () => {
     upstream = await startFakeUpstream();
-    gw = await startTestGateway({
-      upstreams: [stripeUpstream(upstream.origin)],
+    gw = await startStripeGateway(upstream, {
       files: { 'tools.yaml': STRIPE_TOOLS_YAML },
       rules: [
         { id: 'finance-transfers', tools: ['stripe.create_transfer'], roles: ['finance'], effect: 'allow' },
         { id: 'support-customers', tools: ['stripe.get_customer'], roles: ['support'], effect: 'allow' },
         { id: 'suspended-nothing', upstream: 'stripe', roles: ['suspended'], effect: 'deny', reason: 'suspended principals may do nothing' },
       ],
-      env: { STRIPE_KEY: STRIPE_SECRET },
     });
   });
   afterAll(async () => {

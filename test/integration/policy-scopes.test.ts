@@ -1,7 +1,7 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { startTestGateway, type TestGateway } from '../helpers/gateway.js';
+import type { TestGateway } from '../helpers/gateway.js';
 import { startFakeUpstream, type FakeUpstream } from '../helpers/upstream.js';
-import { audit, expectForwarded, expectRefused, send, STRIPE_SECRET, stripeUpstream } from './policy-support.js';
+import { audit, expectForwarded, expectRefused, send, startStripeGateway } from './policy-support.js';
 
 describe('scopes: organisation, tenant, team and agent', () => {
   let upstream: FakeUpstream;
@@ -9,8 +9,7 @@ describe('scopes: organisation, tenant, team and agent', () => {
 
   beforeAll(async () => {
     upstream = await startFakeUpstream();
-    gw = await startTestGateway({
-      upstreams: [stripeUpstream(upstream.origin)],
+    gw = await startStripeGateway(upstream, {
       rules: [
         // Organisation level (no scope).
         { id: 'org-reads', upstream: 'stripe', methods: ['GET'], effect: 'allow' },
@@ -33,7 +32,6 @@ describe('scopes: organisation, tenant, team and agent', () => {
         // Tenant + team: the same team name in another tenant is another team.
         { id: 'acme-ops-invoices', scope: { tenant: 'acme', team: 'ops' }, upstream: 'stripe', methods: ['POST'], paths: ['/v1/invoices'], effect: 'allow' },
       ],
-      env: { STRIPE_KEY: STRIPE_SECRET },
     });
   });
   afterAll(async () => {

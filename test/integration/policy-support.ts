@@ -6,7 +6,7 @@ import type { Readable } from 'node:stream';
 import { expect } from 'vitest';
 import { request } from 'undici';
 import type { AuditRow } from '../../gateway/audit/store.js';
-import type { TestGateway } from '../helpers/gateway.js';
+import { startTestGateway, type TestGateway, type TestGatewayOptions } from '../helpers/gateway.js';
 import { auditRowFor, expectErrorBody, header, requestIdOf, type ErrorBody } from '../helpers/http.js';
 import type { FakeUpstream, RecordedRequest } from '../helpers/upstream.js';
 
@@ -18,6 +18,11 @@ export const stripeUpstream = (origin: string): Record<string, unknown> => ({
   origin,
   credential: { scheme: 'bearer', secret: 'STRIPE_KEY' },
 });
+
+/** A test gateway in front of `upstream` as the Stripe upstream, with its real key in the environment. */
+export function startStripeGateway(upstream: FakeUpstream, o: Omit<TestGatewayOptions, 'upstreams'>): Promise<TestGateway> {
+  return startTestGateway({ upstreams: [stripeUpstream(upstream.origin)], ...o, env: { STRIPE_KEY: STRIPE_SECRET, ...o.env } });
+}
 
 /** The two Stripe tools most suites speak of. */
 export const STRIPE_TOOLS_YAML = `tools:

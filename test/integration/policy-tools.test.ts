@@ -13,8 +13,8 @@ import {
   send,
   STRIPE_SECRET,
   STRIPE_TOOLS_YAML,
-  stripeUpstream,
   type SendOptions,
+  startStripeGateway,
 } from './policy-support.js';
 
 const MAX_BODY = 1024;
@@ -26,9 +26,8 @@ describe('tools and arguments (Stripe-like upstream)', () => {
 
   beforeAll(async () => {
     upstream = await startFakeUpstream();
-    gw = await startTestGateway({
+    gw = await startStripeGateway(upstream, {
       gateway: { max_body_bytes: MAX_BODY },
-      upstreams: [stripeUpstream(upstream.origin)],
       files: { 'tools.yaml': STRIPE_TOOLS_YAML },
       rules: [
         {
@@ -39,7 +38,6 @@ describe('tools and arguments (Stripe-like upstream)', () => {
         },
         { id: 'one-customer', tools: ['stripe.get_customer'], when: 'args.customer_id == "cus_123"', effect: 'allow' },
       ],
-      env: { STRIPE_KEY: STRIPE_SECRET },
     });
     token = await gw.token({ agent: 'payments-bot' });
   });
@@ -247,14 +245,12 @@ describe('the body policy reads is the body the upstream reads', () => {
 
   beforeAll(async () => {
     upstream = await startFakeUpstream();
-    gw = await startTestGateway({
-      upstreams: [stripeUpstream(upstream.origin)],
+    gw = await startStripeGateway(upstream, {
       files: { 'tools.yaml': STRIPE_TOOLS_YAML },
       rules: [
         { id: 'transfers', tools: ['stripe.create_transfer'], effect: 'allow' },
         { id: 'no-large-transfers', tools: ['stripe.create_transfer'], when: 'has(args.amount) && args.amount > 500', effect: 'deny' },
       ],
-      env: { STRIPE_KEY: STRIPE_SECRET },
     });
     token = await gw.token({ agent: 'payments-bot' });
   });

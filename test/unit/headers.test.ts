@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import type { CredentialConfig, UpstreamConfig } from '../../gateway/config/types.js';
+import type { CredentialConfig } from '../../gateway/config/types.js';
 import {
   forwardableRequestHeaders,
   forwardableResponseHeaders,

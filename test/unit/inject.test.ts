@@ -3,7 +3,7 @@
  * header-safe value or nothing is built (fail closed), and injected headers replace the agent's.
  */
 import { describe, expect, it } from 'vitest';
-import type { CredentialConfig, UpstreamConfig } from '../../gateway/config/types.js';
+import type { CredentialConfig } from '../../gateway/config/types.js';
 import { ValetError } from '../../gateway/errors.js';
 import { forwardableRequestHeaders, injectCredential, valetRequestHeaders, type SecretLookup } from '../../gateway/proxy/headers.js';
 import { upstream } from '../helpers/fixtures.js';
