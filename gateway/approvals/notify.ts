@@ -34,8 +34,6 @@ export interface RetryPolicy {
   readonly maxDelayMs: number;
 }
 
-export const DEFAULT_RETRY: RetryPolicy = { maxAttempts: 5, baseDelayMs: 1_000, maxDelayMs: 60_000 };
-
 export interface Notifier {
   /** Queues a notice for every channel that takes its group; returns at once, never throws. */
   notify(notice: ApprovalNotice): void;

@@ -8,8 +8,6 @@ export type ApprovalMode = 'hold' | 'async';
  */
 export type ApprovalStatus = 'pending' | 'approved' | 'denied' | 'expired' | 'aborted' | 'consumed';
 
-export const FINAL_STATUSES: readonly ApprovalStatus[] = ['denied', 'expired', 'aborted', 'consumed'];
-
 /** One escalated request, as stored. Never holds a token, a secret, headers or the raw body. */
 export interface ApprovalRecord {
   /** `apr_` + 144 random bits, base64url. */
