@@ -25,6 +25,7 @@ import { bodyKind, buildArgs, parseBody } from '../gateway/policy/args.js';
 import { compilePolicy, DEFAULT_DENY_RULE, type EvaluationInput, type Policy } from '../gateway/policy/compile.js';
 import { memoryCounterStore, memoryHistoryStore } from '../gateway/policy/counters.js';
 import type { AgentIdentity, Decision, RequestFacts } from '../gateway/types.js';
+import { latencyStats, median, type LatencyStats } from './lib/stats.js';
 
 const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..');
 
@@ -396,24 +397,6 @@ function requestMix(layout: Layout, policy: Policy, groups: number, count: numbe
 // ---------------------------------------------------------------------------------------------
 // measurement
 
-interface Stats {
-  count: number;
-  mean: number;
-  p50: number;
-  p90: number;
-  p99: number;
-  p999: number;
-  max: number;
-}
-/** Nearest-rank percentiles over every sample, nanoseconds. */
-function stats(samples: Float64Array, count: number): Stats {
-  const s = samples.slice(0, count).sort();
-  const at = (q: number): number => (count === 0 ? Number.NaN : (s[Math.min(count - 1, Math.max(0, Math.ceil(q * count) - 1))] as number));
-  let sum = 0;
-  for (let i = 0; i < count; i++) sum += s[i] as number;
-  return { count, mean: sum / count, p50: at(0.5), p90: at(0.9), p99: at(0.99), p999: at(0.999), max: count ? (s[count - 1] as number) : Number.NaN };
-}
-
 let sink = 0;
 
 /**
@@ -454,7 +437,7 @@ function warm(decide: (i: number) => number, distinct: number, calls: number, bu
 }
 
 /** Cost of the two hrtime.bigint() calls around an empty body, included in every sample. */
-function timerOverhead(): Stats {
+function timerOverhead(): LatencyStats {
   const n = 200_000;
   const samples = new Float64Array(n);
   for (let i = 0; i < n; i++) {
@@ -462,7 +445,7 @@ function timerOverhead(): Stats {
     sink ^= i;
     samples[i] = Number(process.hrtime.bigint() - t0);
   }
-  return stats(samples, n);
+  return latencyStats(samples, n);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -488,9 +471,9 @@ interface EngineResult {
   /** Distinct requests this engine is timed on: the prefix of the mix whose decisions were compared. */
   distinct: number;
   agreement: Agreement | null;
-  stats: Stats;
+  stats: LatencyStats;
   /** After combining repeated runs: each run's figures (stats is then their median). */
-  runs?: Stats[];
+  runs?: LatencyStats[];
 }
 
 interface SizeResult {
@@ -502,13 +485,13 @@ interface SizeResult {
   compileMs: Partial<Record<EngineId, number>>;
   mix: Record<string, number>;
   engines: EngineResult[];
-  cedarNaive: Stats | null;
+  cedarNaive: LatencyStats | null;
   /** Minor page faults and involuntary context switches while Valet was timed. */
   timing: { minorFaults: number; involuntarySwitches: number };
   /** Cores used by other processes (and kernel work not charged to this one) during this size. */
   otherCores: number;
   /** Valet latency by request kind and by outcome. */
-  valetBy: Record<string, Stats>;
+  valetBy: Record<string, LatencyStats>;
 }
 
 const outcome = (d: Decision): Outcome => (d.effect === 'allow' ? 'allow' : d.rules[0] === DEFAULT_DENY_RULE ? 'default-deny' : 'deny-by-rule');
@@ -697,7 +680,7 @@ async function runSize(layout: Layout, n: number): Promise<SizeResult> {
     }
   }
 
-  let cedarNaive: Stats | null = null;
+  let cedarNaive: LatencyStats | null = null;
   if (cedar && opts.naive && n <= 1000) {
     const policies = { staticPolicies: set.cedar };
     const naive = (i: number): number => {
@@ -708,11 +691,11 @@ async function runSize(layout: Layout, n: number): Promise<SizeResult> {
     };
     warm(naive, MIX, 200, 300_000_000n);
     const ns = new Float64Array(20_000);
-    cedarNaive = stats(ns, timeCalls(naive, MIX, ns, undefined, 0, ns.length, 1_000_000_000n, 0));
+    cedarNaive = latencyStats(ns, timeCalls(naive, MIX, ns, undefined, 0, ns.length, 1_000_000_000n, 0));
   }
 
   // Valet latency by kind of request and by outcome: where the time and the tail go.
-  const valetBy: Record<string, Stats> = {};
+  const valetBy: Record<string, LatencyStats> = {};
   const vs = samples[0] as Float64Array;
   const vn = taken[0] as number;
   const groupsOf = (key: (i: number) => string): void => {
@@ -723,7 +706,7 @@ async function runSize(layout: Layout, n: number): Promise<SizeResult> {
       if (!b) buckets.set(g, (b = []));
       b.push(vs[j] as number);
     }
-    for (const [g, b] of buckets) valetBy[g] = stats(Float64Array.from(b), b.length);
+    for (const [g, b] of buckets) valetBy[g] = latencyStats(Float64Array.from(b), b.length);
   };
   groupsOf((i) => (reqs[i] as Req).kind);
   groupsOf((i) => valetOutcomes[i] as Outcome);
@@ -743,7 +726,7 @@ async function runSize(layout: Layout, n: number): Promise<SizeResult> {
     rulesPerUpstream: n / upstreams,
     compileMs,
     mix,
-    engines: engines.map((e, k) => ({ engine: e.id, distinct: e.distinct, agreement: e.agreement, stats: stats(samples[k] as Float64Array, taken[k] as number) })),
+    engines: engines.map((e, k) => ({ engine: e.id, distinct: e.distinct, agreement: e.agreement, stats: latencyStats(samples[k] as Float64Array, taken[k] as number) })),
     cedarNaive,
   };
 }
@@ -768,20 +751,15 @@ function gitState(): string {
   }
 }
 
-const medianOf = (xs: readonly number[]): number => {
-  const s = [...xs].sort((a, b) => a - b);
-  const m = s.length >> 1;
-  return s.length === 0 ? Number.NaN : s.length % 2 ? (s[m] as number) : ((s[m - 1] as number) + (s[m] as number)) / 2;
-};
-const medianStats = (list: readonly Stats[]): Stats => {
-  const pick = (k: keyof Stats): number => medianOf(list.map((x) => x[k]));
+const medianStats = (list: readonly LatencyStats[]): LatencyStats => {
+  const pick = (k: keyof LatencyStats): number => median(list.map((x) => x[k]));
   return { count: list.reduce((a, x) => a + x.count, 0), mean: pick('mean'), p50: pick('p50'), p90: pick('p90'), p99: pick('p99'), p999: pick('p999'), max: pick('max') };
 };
 
 /** Several runs of one layout and size as one: every percentile is the median over the runs. */
 function combine(list: readonly SizeResult[]): SizeResult {
   const first = list[0] as SizeResult;
-  const valetBy: Record<string, Stats> = {};
+  const valetBy: Record<string, LatencyStats> = {};
   for (const key of Object.keys(first.valetBy)) valetBy[key] = medianStats(list.flatMap((r) => (r.valetBy[key] ? [r.valetBy[key]] : [])));
   return {
     ...first,
@@ -907,7 +885,7 @@ async function main(): Promise<void> {
   const results: SizeResult[] = [];
   for (const layout of layouts) for (const n of opts.sizes) results.push(combine(runs.filter((r) => r.layout === layout && r.rules === n)));
 
-  const get = (r: SizeResult, id: EngineId): Stats | undefined => r.engines.find((e) => e.engine === id)?.stats;
+  const get = (r: SizeResult, id: EngineId): LatencyStats | undefined => r.engines.find((e) => e.engine === id)?.stats;
   const runsOf = (r: SizeResult, id: EngineId, q: 'p50' | 'p99'): string => (r.engines.find((e) => e.engine === id)?.runs ?? []).map((x) => us(x[q]).replace(' µs', '')).join(', ');
   const ratio = (a: number | undefined, b: number | undefined): string => (a === undefined || b === undefined ? '-' : `${(a / b).toFixed(a / b >= 10 ? 0 : 1)}x`);
   const median = opts.repeat > 1 ? ` (median of ${opts.repeat} runs)` : '';
@@ -918,7 +896,7 @@ async function main(): Promise<void> {
       table(
         ['rules', 'valet p50', 'valet p99', 'cedar p50', 'cedar p99', 'ratio'],
         rs.map((r) => {
-          const v = get(r, 'valet') as Stats;
+          const v = get(r, 'valet') as LatencyStats;
           const c = get(r, 'cedar');
           return [r.rules.toLocaleString('en-US'), us(v.p50), us(v.p99), us(c?.p50), us(c?.p99), c ? `${ratio(c.p50, v.p50)} / ${ratio(c.p99, v.p99)}` : '-'];
         }),
@@ -954,7 +932,7 @@ async function main(): Promise<void> {
         table(
           ['rules', 'valet p50', 'valet p99', 'cedar-sharded p50', 'cedar-sharded p99', 'ratio'],
           rs.map((r) => {
-            const v = get(r, 'valet') as Stats;
+            const v = get(r, 'valet') as LatencyStats;
             const c = get(r, 'cedar-sharded');
             return [r.rules.toLocaleString('en-US'), us(v.p50), us(v.p99), us(c?.p50), us(c?.p99), c ? `${ratio(c.p50, v.p50)} / ${ratio(c.p99, v.p99)}` : '-'];
           }),
@@ -976,11 +954,11 @@ async function main(): Promise<void> {
   const goals: { goal: string; actual: string; ok: boolean }[] = [];
   // Goals are judged on the medians over the runs.
   if (k) {
-    const v = get(k, 'valet') as Stats;
+    const v = get(k, 'valet') as LatencyStats;
     goals.push({ goal: 'p50 <= 5 µs at 1,000 rules', actual: us(v.p50), ok: v.p50 <= 5000 });
     goals.push({ goal: 'p99 <= 50 µs at 1,000 rules', actual: us(v.p99), ok: v.p99 <= 50_000 });
     if (ten) {
-      const v10 = get(ten, 'valet') as Stats;
+      const v10 = get(ten, 'valet') as LatencyStats;
       goals.push({ goal: 'p50 at 1,000 rules < 2x p50 at 10', actual: ratio(v.p50, v10.p50), ok: v.p50 < 2 * v10.p50 });
       goals.push({ goal: 'p99 at 1,000 rules < 2x p99 at 10', actual: ratio(v.p99, v10.p99), ok: v.p99 < 2 * v10.p99 });
     }
