@@ -39,6 +39,7 @@ import { iterateAudit, openAuditDatabase, pageAudit, type AuditFilter } from '..
 import { forkChild, type BenchChild } from './lib/child.js';
 import { snapshot, usageBetween } from './lib/cpu.js';
 import { fixedRate, maxThroughput, type RunResult, type Workload } from './lib/load.js';
+import { numberOption } from './lib/options.js';
 import { int, markdownTable, median, ms, type LatencyStats } from './lib/stats.js';
 
 const HERE = dirname(fileURLToPath(import.meta.url));
@@ -82,25 +83,16 @@ if (flags.help) {
   console.log(HELP);
   process.exit(0);
 }
-function num(v: string | undefined, fallback: number, min: number, name: string): number {
-  if (v === undefined) return fallback;
-  const n = Number(v);
-  if (!Number.isFinite(n) || n < min) {
-    console.error(`invalid --${name} ${v}`);
-    process.exit(2);
-  }
-  return n;
-}
 const quick = flags.quick;
 const opts = {
-  seconds: num(flags.seconds, quick ? 5 : 60, 1, 'seconds'),
-  inlineSeconds: num(flags['inline-seconds'], quick ? 3 : 15, 1, 'inline-seconds'),
-  gatewaySeconds: num(flags['gateway-seconds'], quick ? 3 : 10, 1, 'gateway-seconds'),
-  concurrency: num(flags.concurrency, 512, 1, 'concurrency'),
-  refused: num(flags.refused, 0.15, 0, 'refused'),
-  connections: num(flags.connections, 100, 1, 'connections'),
-  rate: num(flags.rate, 500, 1, 'rate'),
-  rows: num(flags.rows, quick ? 100_000 : 1_000_000, 1000, 'rows'),
+  seconds: numberOption(flags.seconds, 'seconds', quick ? 5 : 60, 1),
+  inlineSeconds: numberOption(flags['inline-seconds'], 'inline-seconds', quick ? 3 : 15, 1),
+  gatewaySeconds: numberOption(flags['gateway-seconds'], 'gateway-seconds', quick ? 3 : 10, 1),
+  concurrency: numberOption(flags.concurrency, 'concurrency', 512, 1),
+  refused: numberOption(flags.refused, 'refused', 0.15, 0),
+  connections: numberOption(flags.connections, 'connections', 100, 1),
+  rate: numberOption(flags.rate, 'rate', 500, 1),
+  rows: numberOption(flags.rows, 'rows', quick ? 100_000 : 1_000_000, 1000),
 };
 const only = new Set((flags.only ?? PHASES.join(',')).split(',').map((s) => s.trim()));
 for (const p of only) {

@@ -25,6 +25,7 @@ import { bodyKind, buildArgs, parseBody } from '../gateway/policy/args.js';
 import { compilePolicy, DEFAULT_DENY_RULE, type EvaluationInput, type Policy } from '../gateway/policy/compile.js';
 import { memoryCounterStore, memoryHistoryStore } from '../gateway/policy/counters.js';
 import type { AgentIdentity, Decision, RequestFacts } from '../gateway/types.js';
+import { numberOption } from './lib/options.js';
 import { latencyStats, median, type LatencyStats } from './lib/stats.js';
 
 const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..');
@@ -76,25 +77,16 @@ if (flags.help) {
   console.log(HELP);
   process.exit(0);
 }
-function num(raw: string | undefined, name: string, fallback: number, min: number): number {
-  if (raw === undefined) return fallback;
-  const v = Number(raw);
-  if (!Number.isFinite(v) || v < min) {
-    console.error(`invalid value "${raw}" for --${name} (minimum ${min})`);
-    process.exit(2);
-  }
-  return v;
-}
 const quick = flags.quick;
 const opts = {
-  sizes: (flags.sizes ?? '10,100,1000,10000').split(',').map((s) => num(s.trim(), 'sizes', 0, 10)),
-  iterations: Math.floor(num(flags.iterations, 'iterations', quick ? 20_000 : 200_000, 100)),
-  seconds: num(flags.seconds, 'seconds', quick ? 2 : 10, 0.1),
-  rounds: Math.floor(num(flags.rounds, 'rounds', 4, 1)),
+  sizes: (flags.sizes ?? '10,100,1000,10000').split(',').map((s) => numberOption(s.trim(), 'sizes', 0, 10)),
+  iterations: Math.floor(numberOption(flags.iterations, 'iterations', quick ? 20_000 : 200_000, 100)),
+  seconds: numberOption(flags.seconds, 'seconds', quick ? 2 : 10, 0.1),
+  rounds: Math.floor(numberOption(flags.rounds, 'rounds', 4, 1)),
   cedar: !flags['no-cedar'],
   naive: flags['cedar-naive'],
-  waitQuiet: num(flags['wait-quiet'], 'wait-quiet', 0, 0),
-  repeat: Math.floor(num(flags.repeat, 'repeat', quick ? 1 : 3, 1)),
+  waitQuiet: numberOption(flags['wait-quiet'], 'wait-quiet', 0, 0),
+  repeat: Math.floor(numberOption(flags.repeat, 'repeat', quick ? 1 : 3, 1)),
 };
 const layouts = flags.layout === 'both' ? (['spread', 'hot'] as const) : flags.layout === 'hot' ? (['hot'] as const) : (['spread'] as const);
 if (!['spread', 'hot', 'both'].includes(flags.layout ?? '')) {

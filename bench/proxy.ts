@@ -24,6 +24,7 @@ import { forkChild, type BenchChild } from './lib/child.js';
 import { formatUsage, snapshot, usageBetween, type CpuUsage } from './lib/cpu.js';
 import { formatSummary, mainThreadProfiles, summariseProfile } from './lib/cpuprofile.js';
 import { fixedRate, maxThroughput, type FixedRateResult, type RunResult, type Workload } from './lib/load.js';
+import { numberOption } from './lib/options.js';
 import { int, markdownTable, median, ms } from './lib/stats.js';
 
 const HERE = dirname(fileURLToPath(import.meta.url));
@@ -76,25 +77,15 @@ if (flags.help) {
   process.exit(0);
 }
 
-function num(flag: string | undefined, env: string, fallback: number, min: number): number {
-  const raw = flag ?? process.env[env];
-  if (raw === undefined || raw === '') return fallback;
-  const v = Number(raw);
-  if (!Number.isFinite(v) || v < min) {
-    console.error(`invalid value "${raw}" for ${env.toLowerCase().replace('bench_', '--')} (minimum ${min})`);
-    process.exit(2);
-  }
-  return v;
-}
 
 const quick = flags.quick;
 const opts = {
-  seconds: num(flags.seconds, 'BENCH_SECONDS', quick ? 2 : 10, 1),
-  warmup: num(flags.warmup, 'BENCH_WARMUP', quick ? 1 : 5, 0),
-  connections: num(flags.connections, 'BENCH_CONNECTIONS', 50, 1),
-  rate: num(flags.rate, 'BENCH_RATE', 1000, 1),
-  rounds: num(flags.rounds, 'BENCH_ROUNDS', 1, 1),
-  waitQuiet: num(flags['wait-quiet'], 'BENCH_WAIT_QUIET', 0, 0),
+  seconds: numberOption(flags.seconds ?? process.env['BENCH_SECONDS'], 'seconds', quick ? 2 : 10, 1),
+  warmup: numberOption(flags.warmup ?? process.env['BENCH_WARMUP'], 'warmup', quick ? 1 : 5, 0),
+  connections: numberOption(flags.connections ?? process.env['BENCH_CONNECTIONS'], 'connections', 50, 1),
+  rate: numberOption(flags.rate ?? process.env['BENCH_RATE'], 'rate', 1000, 1),
+  rounds: numberOption(flags.rounds ?? process.env['BENCH_ROUNDS'], 'rounds', 1, 1),
+  waitQuiet: numberOption(flags['wait-quiet'] ?? process.env['BENCH_WAIT_QUIET'], 'wait-quiet', 0, 0),
   /** Pool size of the fixed-rate generator: enough that a slow response never delays the next request. */
   rateConnections: 64,
   /** Pause between measurements so GC, the audit writer and sockets settle. */
