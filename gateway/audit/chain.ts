@@ -63,10 +63,44 @@ export function rowDigest(row: RowValues, columns: readonly string[]): Buffer {
   return sha256(encodeRow(row, columns));
 }
 
-/** hash(seq) from hash(seq - 1) and the event. */
-export function linkHash(prev: Buffer, seq: number, kind: number, rowId: number, ts: number | null, tenant: string | null, digest: Buffer): Buffer {
-  const tuple = JSON.stringify([seq, kind, rowId, ts, tenant, digest.toString('hex')]);
-  return sha256(Buffer.concat([prev, Buffer.from(tuple, 'utf8')]));
+/** SHA-256 as lowercase hex: a string is cheaper to make than a Buffer (the writer's hot path). */
+export function sha256Hex(data: string): string {
+  return hash('sha256', data, 'hex');
+}
+
+/** Reused for every link: hash(seq - 1) then the tuple, so a link allocates no input buffer. */
+let linkScratch = Buffer.allocUnsafe(1024);
+
+/**
+ * hash(seq) from hash(seq - 1) and the event; `digest` as bytes or as lowercase hex. The tuple is
+ * written out by hand, byte for byte what `JSON.stringify([seq, kind, rowId, ts, tenant, hex])`
+ * makes (integers and finite numbers print alike in both).
+ */
+export function linkHash(prev: Buffer, seq: number, kind: number, rowId: number, ts: number | null, tenant: string | null, digest: Buffer | string): Buffer {
+  const hex = typeof digest === 'string' ? digest : digest.toString('hex');
+  const tuple = `[${seq},${kind},${rowId},${ts === null || !Number.isFinite(ts) ? 'null' : ts},${tenant === null ? 'null' : jsonString(tenant)},"${hex}"]`;
+  const need = 32 + Buffer.byteLength(tuple, 'utf8');
+  if (need > linkScratch.length) linkScratch = Buffer.allocUnsafe(need * 2);
+  prev.copy(linkScratch, 0, 0, 32);
+  const n = linkScratch.write(tuple, 32, 'utf8');
+  return hash('sha256', linkScratch.subarray(0, 32 + n), 'buffer');
+}
+
+/**
+ * The text SQLite will hand back: it stores UTF-8, where a lone UTF-16 surrogate (possible in a
+ * JWT claim or a JSON argument) becomes U+FFFD. The writer hashes what will be read back.
+ */
+export function storedText(s: string): string {
+  const w = s as string & { isWellFormed(): boolean; toWellFormed(): string };
+  return w.isWellFormed() ? s : w.toWellFormed();
+}
+
+/** Printable ASCII without `"` or `\`: JSON writes such a string as it is, between quotes. */
+const PLAIN = /^[ !#-[\]-~]*$/;
+
+/** `JSON.stringify(s)` for a string, without the native call for the common plain case. */
+export function jsonString(s: string): string {
+  return PLAIN.test(s) ? `"${s}"` : JSON.stringify(s);
 }
 
 /** The content columns of `audit_log`, sorted by name: what {@link encodeRow} covers. */

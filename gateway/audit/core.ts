@@ -1,7 +1,7 @@
 import { join } from 'node:path';
 import Database from 'better-sqlite3';
 import type { AuditRecord } from '../types.js';
-import { contentColumns, encodeNote, EVENT, GENESIS, linkHash, parseNote, readCheckpoint, readHead, rowDigest, sha256, type ChainHead, type PruneNote } from './chain.js';
+import { contentColumns, encodeNote, EVENT, GENESIS, jsonString, linkHash, parseNote, readCheckpoint, readHead, rowDigest, sha256, sha256Hex, storedText, type ChainHead, type PruneNote } from './chain.js';
 import { openAuditDatabase, type AuditDatabase } from './store.js';
 
 /**
@@ -33,6 +33,8 @@ interface OpenRow {
   readonly loggedAt: number;
   /** The content columns as written with the decision (table order). */
   readonly values: readonly unknown[];
+  /** Its content encoding, one fragment per digest column (see {@link AuditCore.fragments}). */
+  readonly parts: readonly string[];
 }
 type Undo = [string, OpenRow | undefined][];
 
@@ -46,6 +48,22 @@ interface Column {
 
 const ID = -1;
 const LOGGED_AT = -2;
+
+/** One `["name",value]` pair of {@link encodeRow}, or '' for NULL; `JSON.stringify` output, made faster for strings and numbers. */
+function fragment(prefix: string, v: unknown): string {
+  if (v === null || v === undefined) return '';
+  const json = typeof v === 'string' ? jsonString(v) : typeof v === 'number' && Number.isFinite(v) ? String(v) : JSON.stringify(v);
+  return `${prefix}${json}]`;
+}
+
+function joinFragments(parts: readonly string[]): string {
+  let s = '[';
+  for (const p of parts) {
+    if (p === '') continue;
+    s += s.length === 1 ? p : `,${p}`;
+  }
+  return `${s}]`;
+}
 
 const isNumeric = (declared: string): boolean => /INT|REAL|FLOA|DOUB/i.test(declared);
 
@@ -67,7 +85,7 @@ function normaliser(declared: string): (v: unknown) => unknown {
       return numeric || t === '' || t.includes('BLOB') ? v : String(v);
     }
     if (typeof v === 'bigint') return numeric ? Number(v) : String(v);
-    if (typeof v === 'string') return numeric && /^-?\d{1,15}$/.test(v) ? Number(v) : v;
+    if (typeof v === 'string') return numeric && /^-?\d{1,15}$/.test(v) ? Number(v) : storedText(v);
     if (Buffer.isBuffer(v)) return v;
     return JSON.stringify(v);
   };
@@ -88,8 +106,10 @@ export class AuditCore {
   private readonly columns: Column[];
   private readonly tsIndex: number;
   private readonly tenantIndex: number;
-  /** How to encode a row's content from a values array: each digest column's JSON name and where its value is. */
-  private readonly plan: { name: string; at: number }[];
+  /** How to encode a row's content from a values array: each digest column's `["name",` prefix and where its value is. */
+  private readonly plan: { prefix: string; at: number }[];
+  /** For each content column (table order), its position in {@link plan}. */
+  private readonly planIndex: number[];
   private readonly insert: Statement;
   /** UPDATE statements by the set of columns they change (see {@link updateFor}). */
   private readonly updates = new Map<string, { stmt: Statement; columns: number[] }>();
@@ -121,7 +141,8 @@ export class AuditCore {
     const names = this.columns.map((c) => c.name);
     this.tsIndex = names.indexOf('ts');
     this.tenantIndex = names.indexOf('tenant');
-    this.plan = this.digestColumns.map((name) => ({ name: JSON.stringify(name), at: name === 'id' ? ID : name === 'logged_at' ? LOGGED_AT : names.indexOf(name) }));
+    this.plan = this.digestColumns.map((name) => ({ prefix: `[${JSON.stringify(name)},`, at: name === 'id' ? ID : name === 'logged_at' ? LOGGED_AT : names.indexOf(name) }));
+    this.planIndex = names.map((name) => this.digestColumns.indexOf(name));
     // Both statements take the content columns first, in table order, then the chain's own values.
     this.insert = this.db.prepare(
       `INSERT INTO audit_log (${names.join(', ')}, id, logged_at, chain_seq) VALUES (${names.map(() => '?').join(', ')}, ?, ?, ?)`,
@@ -150,7 +171,10 @@ export class AuditCore {
       const rec: Record<string, unknown> = {};
       for (const c of this.columns) rec[c.key] = row[c.name];
       rec['errorCode'] = 'VALET_ERR_OUTCOME_UNKNOWN';
-      this.open.set(row['request_id'] as string, { id: row['id'] as number, loggedAt: row['logged_at'] as number, values: this.columns.map((c) => row[c.name]) });
+      const id = row['id'] as number;
+      const loggedAt = row['logged_at'] as number;
+      const values = this.columns.map((c) => row[c.name]);
+      this.open.set(row['request_id'] as string, { id, loggedAt, values, parts: this.fragments(values, id, loggedAt) });
       return { op: 'final', rec: rec as unknown as AuditRecord };
     });
     this.apply(ops);
@@ -209,7 +233,7 @@ export class AuditCore {
           v === null || v === undefined
             ? null
             : typeof v === 'string' && !c.numeric
-              ? v
+              ? storedText(v)
               : typeof v === 'number' && c.numeric && Number.isFinite(v)
                 ? v
                 : c.normalise(v);
@@ -225,7 +249,13 @@ export class AuditCore {
         const changed = update.stmt.run(params).changes;
         this.track(undo, rec.requestId, undefined);
         if (changed === 1) {
-          const hash = linkHash(head.hash, seq, EVENT.outcome, open.id, ts, tenant, sha256(this.encode(values, open.id, open.loggedAt)));
+          // The decision's encoding with the changed columns' fragments replaced.
+          const parts = open.parts.slice();
+          for (const i of update.columns) {
+            const at = this.planIndex[i] as number;
+            if (at >= 0) parts[at] = fragment(this.plan[at]!.prefix, values[i]);
+          }
+          const hash = linkHash(head.hash, seq, EVENT.outcome, open.id, ts, tenant, sha256Hex(joinFragments(parts)));
           this.addEvent.run(seq, open.id, EVENT.outcome, hash, null);
           head = { seq, hash };
           continue;
@@ -234,15 +264,16 @@ export class AuditCore {
       }
       const id = nextId++;
       const kind = op === 'decision' ? EVENT.decision : EVENT.record;
-      const digest = sha256(this.encode(values, id, loggedAt));
+      const parts = this.fragments(values, id, loggedAt);
+      const digest = sha256Hex(joinFragments(parts));
       const hash = linkHash(head.hash, seq, kind, id, ts, tenant, digest);
       values[n] = id;
       values[n + 1] = loggedAt;
       values.push(seq);
       this.insert.run(values);
       // A decision's digest is kept: its row changes when the outcome arrives.
-      this.addEvent.run(seq, id, kind, hash, kind === EVENT.decision ? digest : null);
-      if (kind === EVENT.decision) this.track(undo, rec.requestId, { id, loggedAt, values: values.slice(0, n) });
+      this.addEvent.run(seq, id, kind, hash, kind === EVENT.decision ? Buffer.from(digest, 'hex') : null);
+      if (kind === EVENT.decision) this.track(undo, rec.requestId, { id, loggedAt, values: values.slice(0, n), parts });
       head = { seq, hash };
     }
     this.lastLoggedAt = loggedAt;
@@ -274,18 +305,19 @@ export class AuditCore {
   }
 
   /**
-   * {@link encodeRow} of the row these values make, without building the row: the same string
-   * (`[["name",value],...]` for every non-NULL content column, sorted by name), assembled from a
-   * plan made once per table layout.
+   * {@link encodeRow} of the row these values make, without building the row, in pieces: one
+   * `["name",value]` fragment per digest column ('' where NULL), from a plan made once per table
+   * layout. {@link joinFragments} makes the same string encodeRow does; an outcome re-encodes only
+   * the columns it changed.
    */
-  private encode(values: readonly unknown[], id: number, loggedAt: number): string {
-    let s = '[';
-    for (const p of this.plan) {
-      const v = p.at === ID ? id : p.at === LOGGED_AT ? loggedAt : values[p.at];
-      if (v === null || v === undefined) continue;
-      s += `${s.length === 1 ? '' : ','}[${p.name},${JSON.stringify(v)}]`;
+  private fragments(values: readonly unknown[], id: number, loggedAt: number): string[] {
+    const plan = this.plan;
+    const parts = new Array<string>(plan.length);
+    for (let i = 0; i < plan.length; i++) {
+      const p = plan[i] as { prefix: string; at: number };
+      parts[i] = fragment(p.prefix, p.at === ID ? id : p.at === LOGGED_AT ? loggedAt : values[p.at]);
     }
-    return `${s}]`;
+    return parts;
   }
 
   /** When every row was deleted, ids continue after the largest ever assigned (recorded by prune). */

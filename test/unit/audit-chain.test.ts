@@ -1,3 +1,4 @@
+import { createHash } from 'node:crypto';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import Database from 'better-sqlite3';
@@ -53,6 +54,28 @@ describe('audit hash chain', () => {
     // The chain's bookkeeping columns are not content; the recording time is.
     expect(columns).not.toContain('chain_seq');
     expect(columns).toContain('logged_at');
+  });
+
+  it('the writer encodes awkward text exactly as verify does (quotes, escapes, controls, surrogates, non-ASCII)', () => {
+    const f = setup();
+    const awkward = ['say "hi"', 'back\\slash', 'nul\u0000 tab\t nl\n', 'line\u2028sep', 'lone \ud800 surrogate', 'naïve café 日本 🙂', '~ !#[]{}', ''];
+    for (const [i, text] of awkward.entries()) {
+      const rec = record({ tenant: text, agent: text, reason: text, path: `/v1/x/${i}`, durationMs: 0.1 + 0.2, bytesIn: -0 });
+      f.core.apply([{ op: 'decision', rec }]);
+      f.core.apply([{ op: 'final', rec: { ...rec, status: 200, errorCode: text, durationMs: 1e21 } }]);
+      f.core.apply([{ op: 'final', rec: record({ user: text, args: JSON.stringify({ q: text }) }) }]);
+    }
+    expect(verify(f)).toMatchObject({ ok: true, problems: [] });
+    // linkHash's hand-written tuple is the JSON text of the documented tuple.
+    const prev = Buffer.alloc(32, 7);
+    const digest = Buffer.alloc(32, 9);
+    for (const tenant of [...awkward, null]) {
+      for (const ts of [1_764_700_000_123, null, 0.5]) {
+        const reference = createHash('sha256').update(prev).update(JSON.stringify([12, 2, 34, ts, tenant, digest.toString('hex')])).digest();
+        expect(linkHash(prev, 12, 2, 34, ts, tenant, digest).equals(reference)).toBe(true);
+        expect(linkHash(prev, 12, 2, 34, ts, tenant, digest.toString('hex')).equals(reference)).toBe(true);
+      }
+    }
   });
 
   it('names an edited row', () => {
