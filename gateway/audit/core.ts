@@ -2,10 +2,11 @@ import { join } from 'node:path';
 import Database from 'better-sqlite3';
 import type { AuditRecord } from '../types.js';
 import { contentColumns, encodeNote, EVENT, GENESIS, jsonString, linkHash, parseNote, readCheckpoint, readHead, rowDigest, sha256, sha256Hex, storedText, type ChainHead, type PruneNote } from './chain.js';
+import { DECISION, FINAL, pack, RECORD_FIELDS, REQUEST_ID_AT, type PackedOp } from './protocol.js';
 import { openAuditDatabase, type AuditDatabase } from './store.js';
 
 /**
- * What the request path hands the writer:
+ * What the request path hands the writer (as a {@link PackedOp} between threads):
  * - `decision`: a request about to be forwarded. The caller waits until this is committed (fsynced).
  * - `final`: a request is over. If its decision was committed, this completes that row (an
  *   `outcome` event); otherwise it is written whole (a `record` event).
@@ -31,7 +32,7 @@ type Statement = Database.Statement<unknown[], unknown>;
 interface OpenRow {
   readonly id: number;
   readonly loggedAt: number;
-  /** The content columns as written with the decision (table order). */
+  /** The content columns as written with the decision, in table order (its first `columns.length` entries). */
   readonly values: readonly unknown[];
   /** Its content encoding, one fragment per digest column (see {@link AuditCore.fragments}). */
   readonly parts: readonly string[];
@@ -42,6 +43,8 @@ interface Column {
   readonly name: string;
   /** The AuditRecord property that fills it: `request_id` ← `requestId`. */
   readonly key: string;
+  /** Where that property is in a {@link PackedOp}; -1: not a record field (always NULL). */
+  readonly field: number;
   readonly numeric: boolean;
   readonly normalise: (v: unknown) => unknown;
 }
@@ -116,7 +119,7 @@ export class AuditCore {
   private readonly addEvent: Statement;
   private readonly lastRow: Statement;
   private readonly lastPrune: Statement;
-  private readonly applyTx: (ops: readonly AuditOp[], undo: Undo) => ChainHead;
+  private readonly applyTx: (ops: readonly PackedOp[], undo: Undo) => ChainHead;
   /** Decisions committed and not yet completed: request id → row. */
   private readonly open = new Map<string, OpenRow>();
   private lastLoggedAt = 0;
@@ -137,7 +140,11 @@ export class AuditCore {
     const info = this.db.prepare('SELECT name, type FROM pragma_table_info(?)').all('audit_log') as { name: string; type: string }[];
     this.columns = info
       .filter((c) => !['id', 'logged_at', 'chain_seq', 'outcome_seq'].includes(c.name))
-      .map((c) => ({ name: c.name, key: camel(c.name), numeric: isNumeric(c.type), normalise: normaliser(c.type) }));
+      .map((c) => {
+        const key = camel(c.name);
+        const at = (RECORD_FIELDS as readonly string[]).indexOf(key);
+        return { name: c.name, key, field: at < 0 ? -1 : 1 + at, numeric: isNumeric(c.type), normalise: normaliser(c.type) };
+      });
     const names = this.columns.map((c) => c.name);
     this.tsIndex = names.indexOf('ts');
     this.tenantIndex = names.indexOf('tenant');
@@ -150,7 +157,7 @@ export class AuditCore {
     this.addEvent = this.db.prepare('INSERT INTO audit_chain (seq, row_id, kind, hash, digest) VALUES (?, ?, ?, ?, ?)');
     this.lastRow = this.db.prepare('SELECT id, logged_at FROM audit_log ORDER BY id DESC LIMIT 1');
     this.lastPrune = this.db.prepare(`SELECT note FROM audit_chain WHERE kind = ${EVENT.prune} ORDER BY seq DESC LIMIT 1`).pluck();
-    this.applyTx = this.db.transaction((ops: readonly AuditOp[], undo: Undo) => this.applyInTransaction(ops, undo)).immediate;
+    this.applyTx = this.db.transaction((ops: readonly PackedOp[], undo: Undo) => this.applyInTransaction(ops, undo)).immediate;
     this.head = readHead(this.db);
     this.lock = o.recover === false ? undefined : writerLock(dataDir);
     if (this.lock !== undefined) this.recoverInterrupted();
@@ -167,7 +174,7 @@ export class AuditCore {
       .prepare(`SELECT r.* FROM audit_log r JOIN audit_chain c ON c.seq = r.chain_seq WHERE r.status = 0 AND r.outcome_seq IS NULL AND c.kind = ${EVENT.decision}`)
       .all() as Record<string, unknown>[];
     if (rows.length === 0) return;
-    const ops: AuditOp[] = rows.map((row) => {
+    const ops = rows.map((row) => {
       const rec: Record<string, unknown> = {};
       for (const c of this.columns) rec[c.key] = row[c.name];
       rec['errorCode'] = 'VALET_ERR_OUTCOME_UNKNOWN';
@@ -175,9 +182,9 @@ export class AuditCore {
       const loggedAt = row['logged_at'] as number;
       const values = this.columns.map((c) => row[c.name]);
       this.open.set(row['request_id'] as string, { id, loggedAt, values, parts: this.fragments(values, id, loggedAt) });
-      return { op: 'final', rec: rec as unknown as AuditRecord };
+      return pack(FINAL, rec as unknown as AuditRecord);
     });
-    this.apply(ops);
+    this.applyPacked(ops);
     this.recovered = rows.length;
   }
 
@@ -194,6 +201,11 @@ export class AuditCore {
    * nothing is written and the error is thrown (`code`: SQLITE_BUSY, SQLITE_FULL, SQLITE_READONLY...).
    */
   apply(ops: readonly AuditOp[]): ChainHead {
+    return this.applyPacked(ops.map((o) => pack(o.op === 'decision' ? DECISION : FINAL, o.rec)));
+  }
+
+  /** {@link apply} for ops as the writer threads pass them. */
+  applyPacked(ops: readonly PackedOp[]): ChainHead {
     const undo: Undo = [];
     try {
       this.head = this.applyTx(ops, undo);
@@ -214,21 +226,21 @@ export class AuditCore {
     else this.open.set(requestId, v);
   }
 
-  private applyInTransaction(ops: readonly AuditOp[], undo: Undo): ChainHead {
+  private applyInTransaction(ops: readonly PackedOp[], undo: Undo): ChainHead {
     let head = readHead(this.db);
     const last = this.lastRow.get() as { id: number; logged_at: number | null } | undefined;
     let nextId = (last?.id ?? this.pruneFloor()) + 1;
     let loggedAt = Math.max(this.lastLoggedAt, last?.logged_at ?? 0);
     const columns = this.columns;
     const n = columns.length;
-    for (const { op, rec } of ops) {
+    for (const op of ops) {
       loggedAt = Math.max(loggedAt, Date.now());
-      // values: the columns in table order, then two slots the statements bind last (see constructor).
-      const values: unknown[] = new Array<unknown>(n + 2);
-      const source = rec as unknown as Record<string, unknown>;
+      const requestId = op[REQUEST_ID_AT] as string;
+      // values: the columns in table order, then the three the insert binds last (see constructor).
+      const values: unknown[] = new Array<unknown>(n + 3);
       for (let i = 0; i < n; i++) {
         const c = columns[i] as Column;
-        const v = source[c.key];
+        const v = c.field < 0 ? null : op[c.field];
         values[i] =
           v === null || v === undefined
             ? null
@@ -241,13 +253,14 @@ export class AuditCore {
       const seq = head.seq + 1;
       const ts = (values[this.tsIndex] as number | null) ?? null;
       const tenant = (values[this.tenantIndex] as string | null) ?? null;
-      const open = op === 'final' ? this.open.get(rec.requestId) : undefined;
+      const kind = op[0] === DECISION ? EVENT.decision : EVENT.record;
+      const open = kind === EVENT.record ? this.open.get(requestId) : undefined;
       if (open !== undefined) {
         const update = this.updateFor(open.values, values);
         const params = update.columns.map((i) => values[i]);
         params.push(seq, open.id);
         const changed = update.stmt.run(params).changes;
-        this.track(undo, rec.requestId, undefined);
+        this.track(undo, requestId, undefined);
         if (changed === 1) {
           // The decision's encoding with the changed columns' fragments replaced.
           const parts = open.parts.slice();
@@ -263,17 +276,17 @@ export class AuditCore {
         // The row is gone (retention deleted it while the request ran): write the request whole.
       }
       const id = nextId++;
-      const kind = op === 'decision' ? EVENT.decision : EVENT.record;
       const parts = this.fragments(values, id, loggedAt);
       const digest = sha256Hex(joinFragments(parts));
       const hash = linkHash(head.hash, seq, kind, id, ts, tenant, digest);
       values[n] = id;
       values[n + 1] = loggedAt;
-      values.push(seq);
+      values[n + 2] = seq;
       this.insert.run(values);
       // A decision's digest is kept: its row changes when the outcome arrives.
       this.addEvent.run(seq, id, kind, hash, kind === EVENT.decision ? Buffer.from(digest, 'hex') : null);
-      if (kind === EVENT.decision) this.track(undo, rec.requestId, { id, loggedAt, values: values.slice(0, n), parts });
+      // Its values are kept as they are: only the first n (the content columns) are read again.
+      if (kind === EVENT.decision) this.track(undo, requestId, { id, loggedAt, values, parts });
       head = { seq, hash };
     }
     this.lastLoggedAt = loggedAt;

@@ -1,4 +1,81 @@
-import type { AuditOp, PruneResult, RetentionCutoffs } from './core.js';
+import type { AuditRecord } from '../types.js';
+import type { PruneResult, RetentionCutoffs } from './core.js';
+
+/**
+ * What the writer is handed for one request, positionally: `[kind, ...RECORD_FIELDS values]`.
+ * An array of primitives is far cheaper to pass between threads than an object (no property
+ * names to write, read and rebuild into hidden classes), and the writer reads it by index.
+ * - `DECISION`: a request about to be forwarded; its commit is waited for.
+ * - `FINAL`: a request is over: completes its decision's row, or is written whole.
+ */
+export type PackedOp = readonly unknown[];
+export const DECISION = 1;
+export const FINAL = 2;
+
+/** The order of an AuditRecord's fields in a {@link PackedOp} (after the kind). */
+export const RECORD_FIELDS = [
+  'ts',
+  'requestId',
+  'agent',
+  'tenant',
+  'user',
+  'upstream',
+  'tool',
+  'method',
+  'path',
+  'decision',
+  'rule',
+  'reason',
+  'status',
+  'upstreamStatus',
+  'errorCode',
+  'durationMs',
+  'bytesIn',
+  'bytesOut',
+  'policyVersion',
+  'approvalId',
+  'approver',
+  'approvalReason',
+  'approvalAt',
+  'args',
+] as const satisfies readonly (keyof AuditRecord)[];
+
+// Every field of AuditRecord is listed (a compile error names any that is not).
+const everyField: Record<Exclude<keyof AuditRecord, (typeof RECORD_FIELDS)[number]>, never> = {};
+void everyField;
+
+export const REQUEST_ID_AT = 1 + RECORD_FIELDS.indexOf('requestId');
+
+/** A record as a {@link PackedOp}, in {@link RECORD_FIELDS} order (spelled out: one shape, no lookups by name). */
+export function pack(kind: typeof DECISION | typeof FINAL, r: AuditRecord): PackedOp {
+  return [
+    kind,
+    r.ts,
+    r.requestId,
+    r.agent,
+    r.tenant,
+    r.user,
+    r.upstream,
+    r.tool,
+    r.method,
+    r.path,
+    r.decision,
+    r.rule,
+    r.reason,
+    r.status,
+    r.upstreamStatus,
+    r.errorCode,
+    r.durationMs,
+    r.bytesIn,
+    r.bytesOut,
+    r.policyVersion,
+    r.approvalId,
+    r.approver,
+    r.approvalReason,
+    r.approvalAt,
+    r.args,
+  ];
+}
 
 /** What the writer thread is started with (`workerData`). */
 export interface WriterInit {
@@ -13,7 +90,7 @@ export interface WriterInit {
 }
 
 export type ToWriter =
-  | { t: 'batch'; id: number; ops: AuditOp[]; urgent: boolean }
+  | { t: 'batch'; id: number; ops: PackedOp[]; urgent: boolean }
   | { t: 'flush'; token: number }
   | { t: 'prune'; id: number; cutoffs: RetentionCutoffs }
   /** The checkpointer stopped: checkpoint on the writer's connection again. */

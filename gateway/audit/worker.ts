@@ -6,8 +6,8 @@
  * (group commit: while one fsync runs, the next batches queue up behind it and share the next one).
  */
 import { parentPort, workerData } from 'node:worker_threads';
-import { AuditCore, type AuditOp } from './core.js';
-import type { FromWriter, Head, ToWriter, WriterInit } from './protocol.js';
+import { AuditCore } from './core.js';
+import { DECISION, type FromWriter, type Head, type PackedOp, type ToWriter, type WriterInit } from './protocol.js';
 
 /** Ops kept for retry while the database cannot be written; beyond this the oldest are dropped (and logged). */
 const MAX_HELD = 200_000;
@@ -32,7 +32,7 @@ try {
 }
 const headOf = (): Head => ({ seq: core.head.seq, hash: core.head.hash.toString('hex') });
 
-let queue: { batch: number; op: AuditOp }[] = [];
+let queue: PackedOp[] = [];
 let unanswered: number[] = [];
 let scheduled: NodeJS.Immediate | NodeJS.Timeout | undefined;
 let backoff = 0;
@@ -50,13 +50,13 @@ function commit(): void {
   queue = [];
   unanswered = [];
   try {
-    core.apply(ops.map((o) => o.op));
+    core.applyPacked(ops);
     backoff = 0;
     post({ t: 'done', batches, ok: true, head: headOf(), held: 0 });
   } catch (err) {
     // Nothing of this transaction was written. Decisions fail (their requests are refused, 503)
     // unless the gateway runs fail-open; everything else is kept and retried.
-    const kept = init.failOpen ? ops : ops.filter((o) => o.op.op !== 'decision');
+    const kept = init.failOpen ? ops : ops.filter((op) => op[0] !== DECISION);
     queue = kept.concat(queue);
     if (queue.length > MAX_HELD) {
       const dropped = queue.length - MAX_HELD;
@@ -96,7 +96,7 @@ async function prune(id: number, cutoffs: Parameters<AuditCore['prune']>[0]): Pr
 port.on('message', (m: ToWriter) => {
   switch (m.t) {
     case 'batch':
-      for (const op of m.ops) queue.push({ batch: m.id, op });
+      for (const op of m.ops) queue.push(op);
       unanswered.push(m.id);
       // A decision holds a request until it is durable: try now even while backing off.
       if (m.urgent || backoff === 0) {

@@ -6,8 +6,8 @@ import { Worker } from 'node:worker_threads';
 import type { Logger } from 'pino';
 import { ValetError } from '../errors.js';
 import type { AuditRecord } from '../types.js';
-import { AuditCore, type AuditOp, type PruneResult, type RetentionCutoffs } from './core.js';
-import type { FromWriter, Head, ToWriter, WriterInit } from './protocol.js';
+import { AuditCore, type PruneResult, type RetentionCutoffs } from './core.js';
+import { DECISION, FINAL, pack, type FromWriter, type Head, type PackedOp, type ToWriter, type WriterInit } from './protocol.js';
 import { AUDIT_FILE } from './store.js';
 
 /**
@@ -63,7 +63,7 @@ export async function startAuditWriter(o: AuditWriterOptions): Promise<AuditWrit
 
 interface Batch {
   id: number;
-  ops: AuditOp[];
+  ops: PackedOp[];
   urgent: boolean;
   waiters: { resolve: () => void; reject: (e: Error) => void }[];
 }
@@ -189,7 +189,7 @@ function workerWriter(o: AuditWriterOptions): Promise<AuditWriter> {
       commit(rec) {
         if (dead !== undefined) return failOpen ? Promise.resolve() : Promise.reject(unavailable('WRITER_FAILED'));
         const b = batch();
-        b.ops.push({ op: 'decision', rec: { ...rec } });
+        b.ops.push(pack(DECISION, rec));
         b.urgent = true;
         return new Promise<void>((resolve, reject) => b.waiters.push({ resolve, reject }));
       },
@@ -198,7 +198,7 @@ function workerWriter(o: AuditWriterOptions): Promise<AuditWriter> {
           o.logger.error({ reqId: rec.requestId }, 'audit row lost: the writer thread is not running');
           return;
         }
-        batch().ops.push({ op: 'final', rec: { ...rec } });
+        batch().ops.push(pack(FINAL, rec));
       },
       flush() {
         send();
@@ -307,7 +307,7 @@ function spawnWriterThread(init: WriterInit): Worker {
 async function inlineWriter(o: AuditWriterOptions): Promise<AuditWriter> {
   const failOpen = o.failOpen ?? false;
   const core = new AuditCore(o.dataDir, { busyTimeoutMs: o.busyTimeoutMs ?? 1000 });
-  let queue: AuditOp[] = [];
+  let queue: PackedOp[] = [];
   let waiters: Batch['waiters'] = [];
   let scheduled: NodeJS.Immediate | NodeJS.Timeout | undefined;
   let backoff = 0;
@@ -320,14 +320,14 @@ async function inlineWriter(o: AuditWriterOptions): Promise<AuditWriter> {
     queue = [];
     waiters = [];
     try {
-      core.apply(ops);
+      core.applyPacked(ops);
       commits++;
       backoff = 0;
       for (const w of ws) w.resolve();
     } catch (err) {
       const code = (err as { code?: string }).code;
       o.logger.error({ code, message: (err as Error).message, failOpen }, 'audit log not writable');
-      queue = (failOpen ? ops : ops.filter((x) => x.op !== 'decision')).concat(queue);
+      queue = (failOpen ? ops : ops.filter((op) => op[0] !== DECISION)).concat(queue);
       if (queue.length > 200_000) {
         o.logger.error({ dropped: queue.length - 200_000 }, 'audit rows dropped: the database has not been writable for too long');
         queue = queue.slice(queue.length - 200_000);
@@ -345,12 +345,12 @@ async function inlineWriter(o: AuditWriterOptions): Promise<AuditWriter> {
   };
   const writer: AuditWriter = {
     commit(rec) {
-      queue.push({ op: 'decision', rec: { ...rec } });
+      queue.push(pack(DECISION, rec));
       schedule();
       return new Promise<void>((resolve, reject) => waiters.push({ resolve, reject }));
     },
     record(rec) {
-      queue.push({ op: 'final', rec: { ...rec } });
+      queue.push(pack(FINAL, rec));
       schedule();
     },
     flush() {

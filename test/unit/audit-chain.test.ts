@@ -6,6 +6,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { anchorLine, readAnchors } from '../../gateway/audit/anchor.js';
 import { contentColumns, EVENT, linkHash, readHead, rowDigest, verifyChain, type Anchor } from '../../gateway/audit/chain.js';
 import { pruneAudit } from '../../gateway/audit/core.js';
+import { FINAL, pack, RECORD_FIELDS } from '../../gateway/audit/protocol.js';
 import { openAuditDatabase } from '../../gateway/audit/store.js';
 import { auditFixture, record, writeMix, type AuditFixture } from '../helpers/audit.js';
 
@@ -76,6 +77,13 @@ describe('audit hash chain', () => {
         expect(linkHash(prev, 12, 2, 34, ts, tenant, digest.toString('hex')).equals(reference)).toBe(true);
       }
     }
+  });
+
+  it('a record crosses to the writer thread with every field in RECORD_FIELDS order', () => {
+    const rec = record({ user: 'u', tool: 't', upstreamStatus: 201, errorCode: 'E', approvalId: 'a', approver: 'b', approvalReason: 'c', approvalAt: 5, args: '{}' });
+    const packed = pack(FINAL, rec);
+    expect(packed).toEqual([FINAL, ...RECORD_FIELDS.map((k) => rec[k])]);
+    expect(new Set(RECORD_FIELDS)).toEqual(new Set(Object.keys(rec)));
   });
 
   it('names an edited row', () => {
