@@ -28,23 +28,38 @@ export class HangUp extends EventEmitter {
  * AbortController per call, which shows up on the request path's profile.
  */
 export function relay(body: Readable, res: ServerResponse): Promise<void> {
+  const settled = delivered(res, body);
+  body.pipe(res);
+  return settled;
+}
+
+/** Sends a whole body in one write and settles like {@link relay}: the agent has it, or hung up first. */
+export function sendWhole(body: Buffer, res: ServerResponse): Promise<void> {
+  const settled = delivered(res);
+  res.end(body);
+  return settled;
+}
+
+/** Settles when `res` has finished (resolve), or closed first or `source` failed (reject; `source` is torn down). */
+function delivered(res: ServerResponse, source?: Readable): Promise<void> {
   return new Promise((resolve, reject) => {
     const done = (err?: Error): void => {
-      body.off('error', done);
+      source?.off('error', done);
       res.off('finish', onFinish);
       res.off('close', onClose);
       if (err === undefined) return resolve();
-      body.unpipe(res);
-      body.destroy();
+      if (source !== undefined) {
+        source.unpipe(res);
+        source.destroy();
+      }
       reject(err);
     };
     const onFinish = (): void => done();
     const onClose = (): void => {
       if (!res.writableFinished) done(new Error('the agent closed the connection before the response was complete'));
     };
-    body.once('error', done);
+    source?.once('error', done);
     res.once('finish', onFinish);
     res.once('close', onClose);
-    body.pipe(res);
   });
 }

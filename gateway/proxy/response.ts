@@ -17,11 +17,27 @@ const DECODERS: Readonly<Record<string, () => Transform>> = {
   br: createBrotliDecompress,
 };
 
-export interface AgentResponse {
-  readonly headers: Record<string, string | string[]>;
-  /** The body to relay to the agent: the upstream's, or that body decoded and scrubbed. */
-  readonly body: Readable;
-}
+/**
+ * Scrubbed bodies of at most this many bytes, with a declared length and no content coding, are
+ * read whole, scrubbed and sent with their exact `Content-Length` in one write, instead of
+ * streaming chunked through a scrubbing transform (which costs a stream per response and a socket
+ * write of its own for the terminating chunk). Longer, unsized (SSE) and encoded bodies stream.
+ */
+export const WHOLE_BODY_MAX = 64 * 1024;
+
+export type AgentResponse =
+  | {
+      readonly headers: Record<string, string | string[]>;
+      /** The body to relay to the agent: the upstream's, or that body decoded and scrubbed. */
+      readonly body: Readable;
+      readonly whole?: undefined;
+    }
+  | {
+      readonly headers: Record<string, string | string[]>;
+      readonly body?: undefined;
+      /** Reads the upstream's body whole; `body` scrubbed, `upstreamBytes` as received. */
+      readonly whole: () => Promise<{ body: Buffer; upstreamBytes: number }>;
+    };
 
 /**
  * What the agent receives for an upstream response. With scrubbing on, header values are scrubbed
@@ -48,7 +64,27 @@ export function agentResponse(upstream: UpstreamConfig, method: string, res: Ups
   delete headers['content-encoding'];
   // No body follows these; a decoder would fail on the empty input.
   if (method === 'HEAD' || res.statusCode === 204 || res.statusCode === 304 || res.statusCode < 200) return { headers, body: res.body };
+  const declared = res.headers['content-length'];
+  if (decoder === undefined && typeof declared === 'string' && /^\d{1,9}$/.test(declared) && Number(declared) <= WHOLE_BODY_MAX) {
+    return {
+      headers,
+      whole: async () => {
+        const raw = await readWhole(res.body);
+        return { body: scrubber.whole(raw), upstreamBytes: raw.length };
+      },
+    };
+  }
   return { headers, body: chain(res.body, decoder === undefined ? [scrubber.stream()] : [decoder(), scrubber.stream()]) };
+}
+
+async function readWhole(body: Readable): Promise<Buffer> {
+  const chunks: Buffer[] = [];
+  let n = 0;
+  for await (const chunk of body) {
+    chunks.push(chunk as Buffer);
+    n += (chunk as Buffer).length;
+  }
+  return chunks.length === 1 ? (chunks[0] as Buffer) : Buffer.concat(chunks, n);
 }
 
 /**

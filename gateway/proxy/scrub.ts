@@ -24,6 +24,8 @@ export interface Scrubber {
   redact(value: string): string;
   /** A transform that scrubs a body as it streams, holding back only what may begin a copy. */
   stream(): Transform;
+  /** A whole body with every copy replaced (the same buffer when there is none). */
+  whole(body: Buffer): Buffer;
   /** The same, without a stream: feed chunks, get back what may be released (tests, benchmarks). */
   session(): ScrubSession;
 }
@@ -115,6 +117,7 @@ export function createScrubber(secrets: readonly string[]): Scrubber {
       return out === bytes ? value : out.toString(encoding);
     },
     stream: () => new ScrubStream(new ScrubState(patterns)),
+    whole: (body) => (patterns.length === 0 ? body : new ScrubState(patterns).end(body)),
     session: () => new ScrubState(patterns),
   };
 }

@@ -15,7 +15,7 @@ import type { Policy } from '../policy/compile.js';
 import type { Forwarder } from '../proxy/forward.js';
 import { upstreamError } from '../proxy/forward.js';
 import { forwardableRequestHeaders, injectCredential, valetRequestHeaders, type HeaderList } from '../proxy/headers.js';
-import { HangUp, relay } from '../proxy/relay.js';
+import { HangUp, relay, sendWhole } from '../proxy/relay.js';
 import { agentResponse } from '../proxy/response.js';
 import { scrubberFor } from '../proxy/scrub.js';
 import type { SecretSource } from '../secrets/env.js';
@@ -231,6 +231,20 @@ export function createPipeline(deps: PipelineDeps): RequestHandler {
       });
       rec.upstreamStatus = upstreamRes.statusCode;
       const toAgent = agentResponse(upstream, facts.method, upstreamRes, scrubberFor(injected.secrets));
+      if (toAgent.whole !== undefined) {
+        // A small body: read whole and scrubbed before anything is sent, then one write.
+        let whole: { body: Buffer; upstreamBytes: number };
+        try {
+          whole = await toAgent.whole();
+        } catch (err) {
+          throw upstreamError(err);
+        }
+        rec.bytesOut = whole.upstreamBytes;
+        toAgent.headers['content-length'] = String(whole.body.length);
+        res.writeHead(upstreamRes.statusCode, toAgent.headers);
+        await sendWhole(whole.body, res);
+        return;
+      }
       res.writeHead(upstreamRes.statusCode, toAgent.headers);
       // A streamed response (no length: SSE, chunked) shows its headers at once; others go with the body.
       if (upstreamRes.headers['content-length'] === undefined) res.flushHeaders();

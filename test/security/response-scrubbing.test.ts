@@ -10,6 +10,7 @@ import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { startTestGateway, type TestGateway } from '../helpers/gateway.js';
 import { auditRowFor, requestIdOf, sleep } from '../helpers/http.js';
 import { headerValues, startFakeUpstream, type FakeUpstream, type RecordedRequest } from '../helpers/upstream.js';
+import { WHOLE_BODY_MAX } from '../../gateway/proxy/response.js';
 
 const SECRETS = {
   BEARER_KEY: 'sk-live-Scrub7ubValue0123456789abcdef',
@@ -78,6 +79,20 @@ describe('response scrubbing', () => {
         case '/json':
           res.writeHead(200, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(echo) });
           res.end(echo);
+          return;
+        case '/large': {
+          // Past WHOLE_BODY_MAX: streamed, with a copy of the credential straddling the 64 KiB mark.
+          const at = WHOLE_BODY_MAX - 7;
+          const large = Buffer.concat([Buffer.alloc(at, 'a'), Buffer.from(auth), Buffer.alloc(10_000, 'b')]);
+          res.writeHead(200, { 'content-type': 'text/plain', 'content-length': large.length });
+          res.end(large);
+          return;
+        }
+        case '/truncated':
+          // Declares more than it sends, then drops the connection.
+          res.writeHead(200, { 'content-type': 'application/json', 'content-length': 5000 });
+          res.write(`{"partial":"${auth}`);
+          setTimeout(() => res.socket?.destroy(), 20);
           return;
         case '/header':
           res.writeHead(401, {
@@ -185,13 +200,23 @@ describe('response scrubbing', () => {
   const bearer = (): Record<string, string> => ({ authorization: `Bearer ${token}` });
 
   describe.each(['bearer', 'awkward', 'basic', 'multi'])('upstream %s', (name) => {
-    it('a JSON body echoing the injected Authorization: the agent gets [REDACTED], valid JSON, no Content-Length', async () => {
+    it('a JSON body echoing the injected Authorization: the agent gets [REDACTED], valid JSON, the Content-Length of what it got', async () => {
       const r = await get(`${gw.url}/${name}/json`, bearer());
       expect(r.status).toBe(200);
       const text = r.body.toString('utf8');
       expectNoSecret(text);
       const parsed = JSON.parse(text) as { headers: Record<string, string> };
       expect(parsed.headers['authorization']).toContain('[REDACTED]');
+      // Not the upstream's length: the scrubbed body's.
+      expect(r.headers['content-length']).toBe(String(r.body.length));
+      expect(r.headers['transfer-encoding']).toBeUndefined();
+    });
+
+    it('a body larger than WHOLE_BODY_MAX streams (chunked, no Content-Length), scrubbed across the chunk boundaries', async () => {
+      const r = await get(`${gw.url}/${name}/large`, bearer());
+      expect(r.status).toBe(200);
+      expectNoSecret(r.body.toString('latin1'));
+      expect(r.body.toString('latin1')).toContain('[REDACTED]');
       expect(r.headers['content-length']).toBeUndefined();
       expect(r.headers['transfer-encoding']).toBe('chunked');
     });
@@ -273,6 +298,16 @@ describe('response scrubbing', () => {
     expectNoSecret(r.body.toString('utf8'));
     const row = await auditRowFor(gw, requestIdOf(r.headers as Record<string, string>));
     expect(row).toMatchObject({ status: 502, upstream_status: 200, error_code: 'VALET_ERR_UPSTREAM_ENCODING' });
+  });
+
+  it('a small body the upstream cuts short: a coded 502 before anything is sent, none of the partial body', async () => {
+    const r = await get(`${gw.url}/bearer/truncated`, bearer());
+    expect(r.status).toBe(502);
+    const text = r.body.toString('utf8');
+    expect(text).not.toContain('partial');
+    expect((JSON.parse(text) as { error: { code: string } }).error.code).toBe('VALET_ERR_UPSTREAM_UNREACHABLE');
+    const row = await auditRowFor(gw, requestIdOf(r.headers as Record<string, string>));
+    expect(row).toMatchObject({ status: 502, upstream_status: 200, error_code: 'VALET_ERR_UPSTREAM_UNREACHABLE' });
   });
 
   it('a body that is not the gzip it claims cuts the connection; nothing unscrubbed is sent', async () => {
