@@ -18,13 +18,30 @@ export const REDACT_PATHS = [
   'secret',
 ];
 
+/** How long a log line may wait in the buffer of {@link logDestination} before it is written (ms). */
+export const LOG_FLUSH_MS = 200;
+
 /**
- * The logger. Without a destination it writes to stdout asynchronously, so a request never waits
- * on a write system call; `logger.flush()` on shutdown writes what is buffered.
+ * An asynchronous destination on a file descriptor (default stdout) that gathers lines and writes
+ * them 8 KiB at a time, or every {@link LOG_FLUSH_MS} ms, whichever comes first. A write per
+ * request line costs a system call and a thread-pool round trip each, which showed as ~20 µs per
+ * request on the request path's profile. `logger.flush()` on shutdown writes what is buffered.
  */
+export function logDestination(fd = 1): ReturnType<typeof pino.destination> {
+  const dest = pino.destination({ fd, sync: false, minLength: 8192 });
+  const timer = setInterval(() => {
+    try {
+      dest.flush();
+    } catch {
+      // destroyed: the process is stopping
+    }
+  }, LOG_FLUSH_MS);
+  timer.unref();
+  dest.once('close', () => clearInterval(timer));
+  return dest;
+}
+
+/** The logger: on {@link logDestination} (stdout) unless another destination is given. */
 export function createLogger(destination?: DestinationStream, level = process.env['VALET_LOG_LEVEL'] ?? 'info'): Logger {
-  return pino(
-    { level, base: { service: 'valet' }, redact: { paths: REDACT_PATHS, censor: '[REDACTED]' } },
-    destination ?? pino.destination({ dest: 1, sync: false }),
-  );
+  return pino({ level, base: { service: 'valet' }, redact: { paths: REDACT_PATHS, censor: '[REDACTED]' } }, destination ?? logDestination());
 }

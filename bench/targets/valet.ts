@@ -2,7 +2,7 @@
  * Valet's full data path, as deployed: the real composition root (gateway/main.ts) with an HS256
  * issuer, one upstream with bearer credential injection, one allow rule, the SQLite audit log in
  * a temporary data directory and pino at its default level ('info') writing every request line
- * to /dev/null through the same SonicBoom destination pino uses for stdout in production.
+ * to /dev/null through the destination the gateway uses for stdout (gateway/log.ts).
  *
  * Run by bench/proxy.ts in its own process; argv: <work dir> <upstream origin> <upstream secret>
  * [log file, instead of /dev/null].
@@ -10,7 +10,7 @@
  */
 import { mkdirSync, openSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { pino } from 'pino';
+import { logDestination } from '../../gateway/log.js';
 import { stringify } from 'yaml';
 import { openAuditDatabase } from '../../gateway/audit/store.js';
 import { mintAgentToken } from '../../gateway/auth/mint.js';
@@ -44,13 +44,13 @@ async function main(): Promise<void> {
     stringify({ rules: [{ id: 'bench-allow', upstream: BENCH_UPSTREAM, methods: ['POST'], paths: ['/v1/**'], effect: 'allow' }] }),
   );
 
-  // Same destination type pino builds for stdout when none is given (SonicBoom, async), but on /dev/null.
-  const logDestination = pino.destination({ fd: openSync(logFile ?? '/dev/null', 'a'), sync: false });
+  // The destination the gateway logs to stdout through (gateway/log.ts), but on /dev/null.
+  const logs = logDestination(openSync(logFile ?? '/dev/null', 'a'));
   // The logger level comes from VALET_LOG_LEVEL (default 'info'); the parent removes it from our env.
   const gateway = await startGateway({
     configDir,
     dataDir,
-    logDestination,
+    logDestination: logs,
     env: { VALET_BENCH_SIGNING_KEY: SIGNING_KEY, VALET_BENCH_UPSTREAM_KEY: upstreamSecret },
     // bench/audit.ts compares the audit writer on its own thread (the default) with one inline.
     auditWriter: process.env['VALET_BENCH_AUDIT_WRITER'] === 'inline' ? 'inline' : 'worker',
@@ -74,7 +74,7 @@ async function main(): Promise<void> {
       onStop: async () => {
         await gateway.close();
         try {
-          logDestination.flushSync();
+          logs.flushSync();
         } catch {
           // nothing left to flush
         }

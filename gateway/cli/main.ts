@@ -108,7 +108,7 @@ async function start(args: string[]): Promise<void> {
       () => process.exit(0),
       (err: unknown) => {
         gateway.logger.error({ err }, 'shutdown failed');
-        process.exit(1);
+        gateway.logger.flush(() => process.exit(1));
       },
     );
   };

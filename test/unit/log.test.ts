@@ -1,0 +1,40 @@
+import { mkdtempSync, openSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterEach, describe, expect, it } from 'vitest';
+import { createLogger, LOG_FLUSH_MS, logDestination } from '../../gateway/log.js';
+import { sleep } from '../helpers/http.js';
+
+let dir: string | undefined;
+afterEach(() => {
+  if (dir !== undefined) rmSync(dir, { recursive: true, force: true });
+  dir = undefined;
+});
+
+const lines = (file: string): Record<string, unknown>[] =>
+  readFileSync(file, 'utf8')
+    .split('\n')
+    .filter(Boolean)
+    .map((l) => JSON.parse(l) as Record<string, unknown>);
+
+describe('log destination', () => {
+  it('writes a few lines within LOG_FLUSH_MS although they fill no buffer, and everything on flush', async () => {
+    dir = mkdtempSync(join(tmpdir(), 'valet-log-'));
+    const file = join(dir, 'out.log');
+    const fd = openSync(file, 'a');
+    const dest = logDestination(fd);
+    const logger = createLogger(dest);
+    logger.info({ n: 1 }, 'request');
+    logger.info({ n: 2, token: 'must-not-appear' }, 'request');
+    expect(lines(file)).toEqual([]); // gathered, not yet written
+    await sleep(LOG_FLUSH_MS * 3);
+    expect(lines(file).map((l) => l['n'])).toEqual([1, 2]);
+    expect(readFileSync(file, 'utf8')).not.toContain('must-not-appear');
+
+    logger.info({ n: 3 }, 'request');
+    await new Promise<void>((r) => logger.flush(() => r()));
+    expect(lines(file).map((l) => l['n'])).toEqual([1, 2, 3]);
+    dest.end();
+    await new Promise((r) => dest.once('close', r)); // it closes the descriptor
+  });
+});
