@@ -45,3 +45,13 @@ export function logDestination(fd = 1): ReturnType<typeof pino.destination> {
 export function createLogger(destination?: DestinationStream, level = process.env['VALET_LOG_LEVEL'] ?? 'info'): Logger {
   return pino({ level, base: { service: 'valet' }, redact: { paths: REDACT_PATHS, censor: '[REDACTED]' } }, destination ?? logDestination());
 }
+
+/**
+ * The logger for the one line each request writes: `logger` without key redaction. That line's
+ * fields are fixed scalars the request path sets (ids, names, status, sizes; never a header or a
+ * credential field), so the redaction paths match nothing in it, and walking them cost about 10 µs
+ * a line. Everything else logs through `logger`, redacted.
+ */
+export function requestLineLogger(logger: Logger): Logger {
+  return logger.child({}, { redact: { paths: [] } });
+}

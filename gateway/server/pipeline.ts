@@ -16,6 +16,7 @@ import type { Forwarder } from '../proxy/forward.js';
 import { upstreamError } from '../proxy/forward.js';
 import { forwardableRequestHeaders, injectCredential, valetRequestHeaders, type HeaderList } from '../proxy/headers.js';
 import { HangUp, relay, sendWhole } from '../proxy/relay.js';
+import { requestLineLogger } from '../log.js';
 import { agentResponse } from '../proxy/response.js';
 import { scrubberFor } from '../proxy/scrub.js';
 import type { SecretSource } from '../secrets/env.js';
@@ -53,6 +54,7 @@ const SINGLE = new Set(['host', 'content-length', 'transfer-encoding', 'content-
  */
 export function createPipeline(deps: PipelineDeps): RequestHandler {
   const { config, verifyToken, policy: currentPolicy, secrets, forwarder, audit, logger, metrics, approvals, draining } = deps;
+  const requestLog = requestLineLogger(logger);
   // Per upstream, once: the query parameters that may carry the agent token or the credential.
   const credentialParams = new Map([...config.upstreams.values()].map((u) => [u.name, credentialQueryParams(u)]));
 
@@ -269,7 +271,7 @@ export function createPipeline(deps: PipelineDeps): RequestHandler {
       rec.durationMs = Math.round((performance.now() - started) * 1000) / 1000;
       audit.record(rec);
       metrics.request(rec);
-      logger.info(
+      requestLog.info(
         {
           reqId: requestId,
           agent: rec.agent,
