@@ -57,6 +57,9 @@ export interface AuditWriterOptions {
 /** How long a completed request's row may wait for a decision to travel with (ms). */
 const COMPLETION_DELAY_MS = 10;
 
+/** Batches posted to the writer thread and not yet answered, beyond which records gather here (see `send`). */
+const MAX_POSTED = 2;
+
 const unavailable = (code: string | undefined): ValetError =>
   new ValetError('VALET_ERR_AUDIT_UNAVAILABLE', `The audit log could not be written${code ? ` (${code})` : ''}; nothing was forwarded.`);
 
@@ -94,14 +97,21 @@ function workerWriter(o: AuditWriterOptions): Promise<AuditWriter> {
   const post = (m: ToWriter): void => worker.postMessage(m);
   let immediate: NodeJS.Immediate | undefined;
   let timer: NodeJS.Timeout | undefined;
-  const send = (): void => {
+  /**
+   * Posts the batch being gathered. While {@link MAX_POSTED} batches are unanswered (one
+   * committing, one queued behind it), what arrives keeps gathering here and goes as one batch
+   * when the first is answered: the writer never waits for this thread, and under load there is
+   * one message per commit instead of one per event-loop turn. `force`: now regardless (flush, close).
+   */
+  const send = (force = false): void => {
     if (immediate !== undefined) clearImmediate(immediate);
     if (timer !== undefined) clearTimeout(timer);
     immediate = undefined;
     timer = undefined;
     const b = current;
-    current = undefined;
     if (b === undefined) return;
+    if (dead === undefined && !force && inFlight.size >= MAX_POSTED) return;
+    current = undefined;
     if (dead !== undefined) {
       fail(b, undefined);
       return;
@@ -165,6 +175,11 @@ function workerWriter(o: AuditWriterOptions): Promise<AuditWriter> {
             if (m.ok) for (const w of b.waiters) w.resolve();
             else fail(b, m.code);
           }
+          // What gathered meanwhile: decisions go now, the rest within the completion delay.
+          if (current !== undefined) {
+            if (current.urgent) send();
+            else timer ??= setTimeout(send, COMPLETION_DELAY_MS);
+          }
           break;
         case 'pruned': {
           const p = prunes.get(m.id);
@@ -216,7 +231,7 @@ function workerWriter(o: AuditWriterOptions): Promise<AuditWriter> {
         batch(false).ops.push(pack(FINAL, rec));
       },
       flush() {
-        send();
+        send(true);
         if (dead !== undefined) return;
         const token = ++flushToken;
         post({ t: 'flush', token });
@@ -246,7 +261,7 @@ function workerWriter(o: AuditWriterOptions): Promise<AuditWriter> {
         });
       },
       async close() {
-        send();
+        send(true);
         if (dead !== undefined) return;
         const done = new Promise<void>((r) => (closed = r));
         post({ t: 'close' });
