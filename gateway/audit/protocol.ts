@@ -46,35 +46,12 @@ void everyField;
 
 export const REQUEST_ID_AT = 1 + RECORD_FIELDS.indexOf('requestId');
 
-/** A record as a {@link PackedOp}, in {@link RECORD_FIELDS} order (spelled out: one shape, no lookups by name). */
+/** A record as a {@link PackedOp}, in {@link RECORD_FIELDS} order. */
 export function pack(kind: typeof DECISION | typeof FINAL, r: AuditRecord): PackedOp {
-  return [
-    kind,
-    r.ts,
-    r.requestId,
-    r.agent,
-    r.tenant,
-    r.user,
-    r.upstream,
-    r.tool,
-    r.method,
-    r.path,
-    r.decision,
-    r.rule,
-    r.reason,
-    r.status,
-    r.upstreamStatus,
-    r.errorCode,
-    r.durationMs,
-    r.bytesIn,
-    r.bytesOut,
-    r.policyVersion,
-    r.approvalId,
-    r.approver,
-    r.approvalReason,
-    r.approvalAt,
-    r.args,
-  ];
+  const op = new Array<unknown>(1 + RECORD_FIELDS.length);
+  op[0] = kind;
+  for (let i = 0; i < RECORD_FIELDS.length; i++) op[i + 1] = r[RECORD_FIELDS[i] as keyof AuditRecord];
+  return op;
 }
 
 /** What the writer thread is started with (`workerData`). */

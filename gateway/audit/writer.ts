@@ -121,15 +121,21 @@ function workerWriter(o: AuditWriterOptions): Promise<AuditWriter> {
     post({ t: 'batch', id: b.id, ops: b.ops, urgent: b.urgent });
   };
   /**
-   * The batch being gathered. A decision goes at the end of this event-loop turn (its request waits
-   * for it); completions and refusals, which nobody waits for, ride along with the next decision or
-   * go after {@link COMPLETION_DELAY_MS}. Under load that is one message to the writer per turn
-   * instead of two, and each message costs a wake-up of the writer thread (a syscall).
+   * When the batch being gathered goes: with a decision, at the end of this event-loop turn (its
+   * request waits for it); with only completions and refusals, which nobody waits for, along with
+   * the next decision or after {@link COMPLETION_DELAY_MS}. Under load that is one message to the
+   * writer per turn instead of two, and each message costs a wake-up of the writer thread (a syscall).
    */
-  const batch = (urgent: boolean): Batch => {
-    current ??= { id: nextBatch++, ops: [], urgent: false, waiters: [] };
-    if (urgent) immediate ??= setImmediate(send);
+  const schedule = (): void => {
+    if (current === undefined) return;
+    if (current.urgent) immediate ??= setImmediate(send);
     else if (immediate === undefined) timer ??= setTimeout(send, COMPLETION_DELAY_MS);
+  };
+  const batch = (op: PackedOp): Batch => {
+    current ??= { id: nextBatch++, ops: [], urgent: false, waiters: [] };
+    current.ops.push(op);
+    if (op[0] === DECISION) current.urgent = true;
+    schedule();
     return current;
   };
   const fail = (b: Batch, code: string | undefined): void => {
@@ -175,11 +181,8 @@ function workerWriter(o: AuditWriterOptions): Promise<AuditWriter> {
             if (m.ok) for (const w of b.waiters) w.resolve();
             else fail(b, m.code);
           }
-          // What gathered meanwhile: decisions go now, the rest within the completion delay.
-          if (current !== undefined) {
-            if (current.urgent) send();
-            else timer ??= setTimeout(send, COMPLETION_DELAY_MS);
-          }
+          // What gathered while two batches were unanswered (see send).
+          schedule();
           break;
         case 'pruned': {
           const p = prunes.get(m.id);
@@ -218,9 +221,7 @@ function workerWriter(o: AuditWriterOptions): Promise<AuditWriter> {
     const writer: AuditWriter = {
       commit(rec) {
         if (dead !== undefined) return failOpen ? Promise.resolve() : Promise.reject(unavailable('WRITER_FAILED'));
-        const b = batch(true);
-        b.ops.push(pack(DECISION, rec));
-        b.urgent = true;
+        const b = batch(pack(DECISION, rec));
         return new Promise<void>((resolve, reject) => b.waiters.push({ resolve, reject }));
       },
       record(rec) {
@@ -228,7 +229,7 @@ function workerWriter(o: AuditWriterOptions): Promise<AuditWriter> {
           o.logger.error({ reqId: rec.requestId }, 'audit row lost: the writer thread is not running');
           return;
         }
-        batch(false).ops.push(pack(FINAL, rec));
+        batch(pack(FINAL, rec));
       },
       flush() {
         send(true);

@@ -35,15 +35,16 @@ export type AgentResponse =
   | {
       readonly headers: Record<string, string | string[]>;
       readonly body?: undefined;
-      /** Reads the upstream's body whole; `body` scrubbed, `upstreamBytes` as received. */
+      /** Reads the upstream's body whole; `body` scrubbed (its length set in `headers`), `upstreamBytes` as received. */
       readonly whole: () => Promise<{ body: Buffer; upstreamBytes: number }>;
     };
 
 /**
  * What the agent receives for an upstream response. With scrubbing on, header values are scrubbed
- * and the body streams through the scrubber (after decompression, if the upstream compressed it);
- * `Content-Length` and `Content-Encoding` are dropped because the bytes sent differ from the
- * upstream's. A content coding the scrubber cannot undo is refused (502) before anything is sent,
+ * and the body goes through the scrubber: whole when it is small (see {@link WHOLE_BODY_MAX}),
+ * sent with the scrubbed body's `Content-Length`; otherwise as it streams (after decompression, if
+ * the upstream compressed it), without `Content-Length`. The upstream's `Content-Length` and
+ * `Content-Encoding` are dropped because the bytes sent differ from the upstream's. A content coding the scrubber cannot undo is refused (502) before anything is sent,
  * so no unscrubbed byte reaches the agent.
  */
 export function agentResponse(upstream: UpstreamConfig, method: string, res: UpstreamResponse, scrubber: Scrubber): AgentResponse {
@@ -70,7 +71,9 @@ export function agentResponse(upstream: UpstreamConfig, method: string, res: Ups
       headers,
       whole: async () => {
         const raw = await readWhole(res.body);
-        return { body: scrubber.whole(raw), upstreamBytes: raw.length };
+        const body = scrubber.whole(raw);
+        headers['content-length'] = String(body.length);
+        return { body, upstreamBytes: raw.length };
       },
     };
   }

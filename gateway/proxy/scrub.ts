@@ -105,6 +105,7 @@ export function createScrubber(secrets: readonly string[]): Scrubber {
   const patterns = patternsFor(secrets);
   const maxLength = patterns.reduce((m, p) => Math.max(m, p.length), 0);
   const minLength = patterns.reduce((m, p) => Math.min(m, p.length), Infinity);
+  const whole = (body: Buffer): Buffer => (patterns.length === 0 ? body : new ScrubState(patterns).end(body));
   return {
     patterns,
     maxLength,
@@ -113,11 +114,11 @@ export function createScrubber(secrets: readonly string[]): Scrubber {
       // Strings from undici are Latin-1 decoded bytes: work on those exact bytes.
       const encoding = /^[\x00-\xff]*$/.test(value) ? 'latin1' : 'utf8';
       const bytes = Buffer.from(value, encoding);
-      const out = new ScrubState(patterns).end(bytes);
+      const out = whole(bytes);
       return out === bytes ? value : out.toString(encoding);
     },
     stream: () => new ScrubStream(new ScrubState(patterns)),
-    whole: (body) => (patterns.length === 0 ? body : new ScrubState(patterns).end(body)),
+    whole,
     session: () => new ScrubState(patterns),
   };
 }

@@ -242,7 +242,6 @@ export function createPipeline(deps: PipelineDeps): RequestHandler {
           throw upstreamError(err);
         }
         rec.bytesOut = whole.upstreamBytes;
-        toAgent.headers['content-length'] = String(whole.body.length);
         res.writeHead(upstreamRes.statusCode, toAgent.headers);
         await sendWhole(whole.body, res);
         return;
