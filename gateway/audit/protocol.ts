@@ -64,6 +64,8 @@ export interface WriterInit {
   readonly flushSignal: SharedArrayBuffer;
   /** A checkpointer thread copies the WAL into the database; the writer's connection does not. */
   readonly checkpointer: boolean;
+  /** Past this size the writer checkpoints the WAL itself, so that it starts over (worker.ts). */
+  readonly walLimitBytes: number;
 }
 
 export type ToWriter =

@@ -5,8 +5,11 @@
  * batch; this thread commits everything that has arrived since its last commit as one transaction
  * (group commit: while one fsync runs, the next batches queue up behind it and share the next one).
  */
+import { statSync } from 'node:fs';
+import { join } from 'node:path';
 import { parentPort, workerData } from 'node:worker_threads';
 import { AuditCore } from './core.js';
+import { AUDIT_FILE } from './store.js';
 import { DECISION, type FromWriter, type Head, type PackedOp, type ToWriter, type WriterInit } from './protocol.js';
 
 /** Ops kept for retry while the database cannot be written; beyond this the oldest are dropped (and logged). */
@@ -30,6 +33,26 @@ try {
   port.close();
   throw err;
 }
+/**
+ * Keeps the WAL bounded. SQLite starts the WAL over from its beginning only when a write begins
+ * after a checkpoint has copied every frame in it; under sustained load the checkpointer thread
+ * never quite catches up with a writer that commits continuously, so the WAL would grow without
+ * limit (hundreds of MB a minute), and commits slow down as it grows. Once the file passes
+ * `walLimitBytes`, the writer runs one checkpoint itself between two commits: it copies only what
+ * the checkpointer has not yet, the next commit starts the WAL over, and `journal_size_limit`
+ * truncates the file back to the limit.
+ */
+core.db.pragma(`journal_size_limit = ${init.walLimitBytes}`);
+const walFile = join(init.dataDir, `${AUDIT_FILE}-wal`);
+
+function boundWal(): void {
+  try {
+    if (statSync(walFile).size > init.walLimitBytes) core.db.pragma('wal_checkpoint(PASSIVE)');
+  } catch {
+    // busy, or no WAL yet: next commit
+  }
+}
+
 const headOf = (): Head => ({ seq: core.head.seq, hash: core.head.hash.toString('hex') });
 
 let queue: PackedOp[] = [];
@@ -53,6 +76,7 @@ function commit(): void {
     core.applyPacked(ops);
     backoff = 0;
     post({ t: 'done', batches, ok: true, head: headOf(), held: 0 });
+    boundWal();
   } catch (err) {
     // Nothing of this transaction was written. Decisions fail (their requests are refused, 503)
     // unless the gateway runs fail-open; everything else is kept and retried.

@@ -52,7 +52,12 @@ export interface AuditWriterOptions {
    * the event loop (kept for comparison: `npm run bench:audit` measures both).
    */
   mode?: 'worker' | 'inline' | undefined;
+  /** The size past which the writer thread checkpoints the WAL itself (see worker.ts); tests set it small. */
+  walLimitBytes?: number;
 }
+
+/** The default {@link AuditWriterOptions.walLimitBytes}. */
+const WAL_LIMIT_BYTES = 64 * 1024 * 1024;
 
 /** How long a completed request's row may wait for a decision to travel with (ms). */
 const COMPLETION_DELAY_MS = 10;
@@ -79,7 +84,7 @@ function workerWriter(o: AuditWriterOptions): Promise<AuditWriter> {
   const failOpen = o.failOpen ?? false;
   const flushSignal = new SharedArrayBuffer(4);
   const signal = new Int32Array(flushSignal);
-  const init: WriterInit = { dataDir: o.dataDir, busyTimeoutMs: o.busyTimeoutMs ?? 1000, failOpen, flushSignal, checkpointer: true };
+  const init: WriterInit = { dataDir: o.dataDir, busyTimeoutMs: o.busyTimeoutMs ?? 1000, failOpen, flushSignal, checkpointer: true, walLimitBytes: o.walLimitBytes ?? WAL_LIMIT_BYTES };
   const worker = spawnWriterThread(init);
   let checkpointer: Checkpointer | undefined;
   let head: Head = { seq: 0, hash: '' };

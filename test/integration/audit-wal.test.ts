@@ -1,0 +1,60 @@
+import { mkdtempSync, rmSync, statSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { pino } from 'pino';
+import { afterEach, describe, expect, it } from 'vitest';
+import { verifyChain } from '../../gateway/audit/chain.js';
+import { AUDIT_FILE, openAuditDatabase } from '../../gateway/audit/store.js';
+import { startAuditWriter } from '../../gateway/audit/writer.js';
+import { record } from '../helpers/audit.js';
+
+describe('audit writer: the WAL stays bounded under sustained load', () => {
+  let dir: string | undefined;
+  afterEach(() => {
+    if (dir) rmSync(dir, { recursive: true, force: true });
+    dir = undefined;
+  });
+
+  it('commits continuously for two seconds and the WAL file never passes its limit by more than a few commits', async () => {
+    dir = mkdtempSync(join(tmpdir(), 'valet-wal-'));
+    const limit = 1024 * 1024;
+    const writer = await startAuditWriter({ dataDir: dir, logger: pino({ level: 'silent' }), walLimitBytes: limit });
+    const wal = join(dir, `${AUDIT_FILE}-wal`);
+    let rows = 0;
+    let largest = 0;
+    const until = Date.now() + 2_000;
+    // Many agents and users: every commit dirties pages all over the indexes, as on a busy gateway.
+    const loop = async (n: number): Promise<void> => {
+      while (Date.now() < until) {
+        const rec = record({ agent: `agent-${(n * 7 + rows) % 300}`, user: `user-${rows % 997}@example.com`, tool: `tool_${rows % 50}` });
+        await writer.commit(rec);
+        writer.record({ ...rec, status: 200, upstreamStatus: 200, durationMs: 3, bytesOut: 100 });
+        rows++;
+      }
+    };
+    const sampler = setInterval(() => {
+      try {
+        largest = Math.max(largest, statSync(wal).size);
+      } catch {
+        // not created yet
+      }
+    }, 20);
+    await Promise.all(Array.from({ length: 64 }, (_, i) => loop(i)));
+    clearInterval(sampler);
+    await writer.close();
+
+    // Enough was written that an unbounded WAL would be many times the limit (each commit adds
+    // hundreds of KB of index pages).
+    expect(rows).toBeGreaterThan(2_000);
+    expect(largest).toBeGreaterThan(0);
+    expect(largest).toBeLessThan(limit * 6);
+
+    const db = openAuditDatabase(dir, { readonly: true });
+    try {
+      expect(db.prepare('SELECT count(*) FROM audit_log WHERE status = 200').pluck().get()).toBe(rows);
+      expect(verifyChain(db).ok).toBe(true);
+    } finally {
+      db.close();
+    }
+  });
+});
