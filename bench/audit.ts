@@ -13,6 +13,9 @@
  *     durable (synchronous=FULL), then handing over its outcome; a share of requests are refused
  *     and write one complete row without waiting. Rows/s, per-second minimum, group-commit size,
  *     decision latency; at the end every submitted row must be in the database, complete.
+ *  1b. ceiling: the writer's SQL statements alone, in the same schema, with the same mix and
+ *     commit size, every value computed beforehand: the most rows per second SQLite itself
+ *     commits here, with no JavaScript, hashing or thread hand-off in the way.
  *  2. inline: the same with the writer on the request thread instead of its own (the choice
  *     gateway/audit/writer.ts makes is measured here).
  *  3. gateway: the real gateway (bench/targets/valet.ts) with a local upstream, under autocannon
@@ -36,6 +39,8 @@ import { AuditCore } from '../gateway/audit/core.js';
 import { writeExport } from '../gateway/audit/export.js';
 import { requestId } from '../gateway/audit/ids.js';
 import { iterateAudit, openAuditDatabase, pageAudit, type AuditFilter } from '../gateway/audit/store.js';
+import type { AuditRecord } from '../gateway/types.js';
+import { decisionRecord, outcome, rand, refusal } from './lib/audit-records.js';
 import { forkChild, type BenchChild } from './lib/child.js';
 import { snapshot, usageBetween } from './lib/cpu.js';
 import { fixedRate, maxThroughput, type RunResult, type Workload } from './lib/load.js';
@@ -43,7 +48,7 @@ import { numberOption } from './lib/options.js';
 import { int, markdownTable, median, ms, type LatencyStats } from './lib/stats.js';
 
 const HERE = dirname(fileURLToPath(import.meta.url));
-const PHASES = ['writer', 'inline', 'gateway', 'query'] as const;
+const PHASES = ['writer', 'ceiling', 'inline', 'gateway', 'query'] as const;
 type Phase = (typeof PHASES)[number];
 
 const HELP = `Usage: npm run bench:audit -- [options]
@@ -56,6 +61,7 @@ const HELP = `Usage: npm run bench:audit -- [options]
   --refused F           share of requests refused before forwarding  (default 0.15)
   --connections N       autocannon connections in the gateway runs   (default 100)
   --rate N              fixed-rate gateway run, requests/s            (default 500)
+  --ceiling-rows N      rows the SQLite ceiling phase writes          (default 300000; --quick 50000)
   --rows N              rows the query phase runs over               (default 1000000; --quick 100000)
   --only LIST           phases: ${PHASES.join(',')}                (default all)
   --json FILE           also write the raw results as JSON
@@ -73,6 +79,7 @@ const { values: flags } = parseArgs({
     connections: { type: 'string' },
     rate: { type: 'string' },
     rows: { type: 'string' },
+    'ceiling-rows': { type: 'string' },
     only: { type: 'string' },
     json: { type: 'string' },
     strict: { type: 'boolean', default: false },
@@ -93,6 +100,7 @@ const opts = {
   connections: numberOption(flags.connections, 'connections', 100, 1),
   rate: numberOption(flags.rate, 'rate', 500, 1),
   rows: numberOption(flags.rows, 'rows', quick ? 100_000 : 1_000_000, 1000),
+  ceilingRows: numberOption(flags['ceiling-rows'], 'ceiling-rows', quick ? 50_000 : 300_000, 1000),
 };
 const only = new Set((flags.only ?? PHASES.join(',')).split(',').map((s) => s.trim()));
 for (const p of only) {
@@ -206,6 +214,86 @@ async function writerRun(mode: 'worker' | 'inline', seconds: number, dir: string
     cores,
     problems,
   };
+}
+
+// ---------------------------------------------------------------------------------------------
+// phase 1b: what SQLite alone commits
+
+interface CeilingResult {
+  rows: number;
+  eventsPerCommit: number;
+  commits: number;
+  /** Rows per second of transaction time, and the thread's CPU per row (µs). */
+  rate: number;
+  cpuUsPerRow: number;
+  wallUsPerRow: number;
+}
+
+/**
+ * The writer's statements (gateway/audit/core.ts) on a fresh database: insert a row and its chain
+ * event per decision or refused request, update the row and add an outcome event per completion,
+ * `eventsPerCommit` events per transaction, the writer-run mix (`refused` share, outcomes
+ * `concurrency` requests behind their decisions). Parameters, hashes included, are made before
+ * each transaction's clock starts. Checkpoints run on the same connection (automatic), as in the
+ * inline writer.
+ */
+function sqlCeiling(dir: string, eventsPerCommit: number, rows: number): CeilingResult {
+  const db = openAuditDatabase(dir);
+  try {
+    db.pragma('cache_size = -32768');
+    const columns = (db.prepare('SELECT name FROM pragma_table_info(?)').pluck().all('audit_log') as string[]).filter(
+      (c) => !['id', 'logged_at', 'chain_seq', 'outcome_seq'].includes(c),
+    );
+    const keys = columns.map((c) => c.replace(/_([a-z0-9])/g, (_m, x: string) => x.toUpperCase()) as keyof AuditRecord);
+    const insert = db.prepare(`INSERT INTO audit_log (${columns.join(', ')}, id, logged_at, chain_seq) VALUES (${columns.map(() => '?').join(', ')}, ?, ?, ?)`);
+    const addEvent = db.prepare('INSERT INTO audit_chain (seq, row_id, kind, hash, digest) VALUES (?, ?, ?, ?, ?)');
+    const complete = db.prepare('UPDATE audit_log SET status = ?, upstream_status = ?, error_code = ?, duration_ms = ?, bytes_out = ?, outcome_seq = ? WHERE id = ?');
+    type Op = { insert: unknown[] | null; update: unknown[] | null; event: unknown[] };
+    const tx = db.transaction((ops: Op[]) => {
+      for (const op of ops) {
+        if (op.insert) insert.run(op.insert);
+        else complete.run(op.update as unknown[]);
+        addEvent.run(op.event);
+      }
+    }).immediate;
+    const open: { id: number; rec: AuditRecord }[] = [];
+    let id = 0;
+    let seq = 0;
+    let done = 0;
+    let commits = 0;
+    let wallMs = 0;
+    let cpuUs = 0;
+    while (done < rows) {
+      const ops: Op[] = [];
+      while (ops.length < eventsPerCommit) {
+        const refused = rand() < opts.refused;
+        const rec = refused ? refusal() : decisionRecord();
+        id++;
+        seq++;
+        const kind = refused ? 3 : 1;
+        ops.push({ insert: [...keys.map((k) => rec[k] ?? null), id, Date.now(), seq], update: null, event: [seq, id, kind, sha256(`${seq}`), refused ? null : sha256(`${id}`)] });
+        if (refused) done++;
+        else open.push({ id, rec });
+        if (open.length > opts.concurrency) {
+          const o = open.shift() as { id: number; rec: AuditRecord };
+          const r = outcome(o.rec);
+          seq++;
+          ops.push({ insert: null, update: [r.status, r.upstreamStatus, r.errorCode, r.durationMs, r.bytesOut, seq, o.id], event: [seq, o.id, 2, sha256(`${seq}`), null] });
+          done++;
+        }
+      }
+      const c0 = process.cpuUsage();
+      const t0 = performance.now();
+      tx(ops);
+      wallMs += performance.now() - t0;
+      const c = process.cpuUsage(c0);
+      cpuUs += c.user + c.system;
+      commits++;
+    }
+    return { rows: done, eventsPerCommit, commits, rate: done / (wallMs / 1000), cpuUsPerRow: cpuUs / done, wallUsPerRow: (wallMs * 1000) / done };
+  } finally {
+    db.close();
+  }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -439,6 +527,14 @@ async function main(): Promise<number> {
     problems.push(...worker.problems);
     results['writer'] = worker;
   }
+  if (run('ceiling')) {
+    // The writer run's commit size when there was one, else what 512 requests in flight make.
+    const perCommit = worker ? Math.max(1, Math.round(worker.final.events / Math.max(1, worker.final.commits))) : 2 * opts.concurrency;
+    log(`## 1b. SQLite alone: the writer's statements, ${int(opts.ceilingRows)} rows, ${int(perCommit)} events per commit`);
+    const c = sqlCeiling(join(root, 'ceiling'), perCommit, opts.ceilingRows);
+    results['ceiling'] = c;
+    log(`  ${int(c.rate)} rows/s: ${c.wallUsPerRow.toFixed(1)} µs per row in transactions (${c.cpuUsPerRow.toFixed(1)} µs of CPU), ${int(c.commits)} commits, every value made beforehand\n`);
+  }
   if (run('inline')) {
     log(`## 2. inline writer (on the request thread), ${opts.inlineSeconds} s`);
     inline = await writerRun('inline', opts.inlineSeconds, join(root, 'inline'));
@@ -518,6 +614,10 @@ async function main(): Promise<number> {
     const ok = worker.rate >= 20_000 && worker.seconds >= 60 && worker.problems.length === 0;
     goalsMet &&= ok;
     log(`- ${ok ? 'PASS' : worker.seconds < 60 ? 'n/a (run shorter than 60 s)' : 'FAIL'}: ≥ 20,000 rows/s sustained for 60 s, synchronous=FULL, zero loss — ${int(worker.rate)} rows/s over ${worker.seconds} s, ${int(worker.final.inDatabase)} of ${int(worker.final.rows)} rows written`);
+  }
+  const ceiling = results['ceiling'] as CeilingResult | undefined;
+  if (ceiling) {
+    log(`- the most this schema commits here with no JavaScript in the way (phase 1b): ${int(ceiling.rate)} rows/s${ceiling.rate < 20_000 ? ' — below the goal on its own' : ''}`);
   }
   const q = results['query'] as QueryResult | undefined;
   if (q) {
