@@ -13,7 +13,8 @@ export type AuditDatabase = Database.Database;
  * - `chain_seq` / `outcome_seq`: the row's events in `audit_chain` (bookkeeping, not hashed).
  * - one index per filter column, partial where the column is often NULL (SQLite uses a partial
  *   index `WHERE c IS NOT NULL` for `c = ?`); each ends in the rowid, which serves `ORDER BY id`
- *   and keyset cursors on id without sorting.
+ *   and keyset cursors on id without sorting (a later migration adds a column after the id to
+ *   two of them, see `COVERS`).
  * Rows written before the chain existed are chained once, here (see {@link chainLegacyRows}).
  */
 const CHAIN_MIGRATION = `ALTER TABLE audit_log ADD COLUMN logged_at INTEGER;
@@ -73,6 +74,11 @@ const MIGRATIONS: readonly string[] = [
   CHAIN_MIGRATION,
   // The arguments a tool's `audit_args` keep (JSON), see gateway/audit/args.ts.
   `ALTER TABLE audit_log ADD COLUMN args TEXT;`,
+  // Decision and status each carry the other after the id (see COVERS below).
+  `DROP INDEX audit_log_decision;
+   CREATE INDEX audit_log_decision ON audit_log (decision, id, status) WHERE decision IS NOT NULL;
+   DROP INDEX audit_log_status;
+   CREATE INDEX audit_log_status ON audit_log (status, id, decision);`,
 ];
 
 export const AUDIT_FILE = 'valet.db';
@@ -226,27 +232,42 @@ export function firstIdAtOrAfter(db: AuditDatabase, t: number): number {
   return rowAt(lo)?.id ?? bounds.hi + 1;
 }
 
-/** How many index entries {@link drivingFilter} counts, at most, to compare two filters. */
-const ESTIMATE_CAP = 20_000;
+/**
+ * Columns an index carries after the id, which a query walking that index tests in the entry
+ * itself. Decision and status each take few values and match many rows, so a query on both that
+ * matches nothing (`decision = deny` and `status = 200`: 140,000 and 800,000 of 1,000,000 rows)
+ * would otherwise seek the other index once per entry walked (~100 ms); read from the entry it is
+ * one sequential pass (~14 ms). The price: an outcome, which sets the status, rewrites the row's
+ * decision entry too.
+ */
+const COVERS: Readonly<Record<string, readonly string[]>> = { decision: ['status'], status: ['decision'] };
+
+/** How many index entries {@link drivingFilter} reads, at most, for each filter. */
+const ESTIMATE_CAP = 5_000;
 
 /**
  * With several equality filters, the one whose index to walk: the filter matching the fewest rows
- * in the id range, counted from each index up to {@link ESTIMATE_CAP} entries (an index-only
- * count, well under a millisecond each). SQLite's own statistics hold one average per index,
- * which cannot tell a rare agent from a common tenant, and gathering them (ANALYZE) would hold
- * the write lock for seconds on a large log; counting the actual values asked for is exact.
+ * in the id range. Each filter's newest matches are read from its index, up to
+ * {@link ESTIMATE_CAP} entries (index-only, about a millisecond): fewer than that is the exact
+ * count; otherwise the id span those entries cover gives the filter's density, and the count
+ * over the whole range is estimated from it (a filter that needs a wider span to reach the cap
+ * matches fewer rows). SQLite's own statistics hold one average per index, which cannot tell a
+ * rare agent from a common tenant, and gathering them (ANALYZE) would hold the write lock for
+ * seconds on a large log; reading the values asked for is close to exact.
  */
-function drivingFilter(db: AuditDatabase, candidates: readonly string[], params: Record<string, string | number>, range: string): string {
+function drivingFilter(db: AuditDatabase, candidates: readonly string[], params: Record<string, string | number>, range: string, rangeSize: number): string {
   let best = candidates[0] as string;
-  let bestCount = Infinity;
+  let bestEstimate = Infinity;
   for (const column of candidates) {
-    const n = db
-      .prepare(`SELECT count(*) FROM (SELECT x.id FROM audit_log AS x INDEXED BY audit_log_${column} WHERE x.${column} = @${column} ${range} LIMIT ${ESTIMATE_CAP})`)
-      .pluck()
-      .get(params) as number;
-    if (n < bestCount) {
+    const r = db
+      .prepare(
+        `SELECT count(*) AS n, min(id) AS oldest, max(id) AS newest FROM (SELECT x.id FROM audit_log AS x INDEXED BY audit_log_${column} WHERE x.${column} = @${column} ${range} ORDER BY x.id DESC LIMIT ${ESTIMATE_CAP})`,
+      )
+      .get(params) as { n: number; oldest: number | null; newest: number | null };
+    const estimate = r.n < ESTIMATE_CAP ? r.n : (r.n * rangeSize) / ((r.newest as number) - (r.oldest as number) + 1);
+    if (estimate < bestEstimate) {
       best = column;
-      bestCount = n;
+      bestEstimate = estimate;
     }
   }
   return best;
@@ -299,10 +320,15 @@ function buildQuery(db: AuditDatabase, f: AuditFilter): { sql: string; params: R
   // other filters' indexes (a seek on (value, id) each), so only the rows returned are read from
   // the table. Index-only checks keep "no row matches both" cheap: a table read per candidate is
   // what makes such a query slow.
-  const drive = drivingFilter(db, equal, params, range.map((r) => `AND ${r}`).join(' '));
+  const bounds = db.prepare('SELECT (SELECT min(id) FROM audit_log) AS first, (SELECT max(id) FROM audit_log) AS last').get() as { first: number | null; last: number | null };
+  const rangeSize = Math.max(1, Math.min(hi ?? Infinity, bounds.last ?? 0) - Math.max(lo ?? 0, bounds.first ?? 0) + 1);
+  const drive = drivingFilter(db, equal, params, range.map((r) => `AND ${r}`).join(' '), rangeSize);
+  const covered = COVERS[drive] ?? [];
   const where = [
     `x.${drive} = @${drive}`,
-    ...equal.filter((c) => c !== drive).map((c) => `EXISTS (SELECT 1 FROM audit_log AS y INDEXED BY audit_log_${c} WHERE y.${c} = @${c} AND y.id = x.id)`),
+    ...equal
+      .filter((c) => c !== drive)
+      .map((c) => (covered.includes(c) ? `x.${c} = @${c}` : `EXISTS (SELECT 1 FROM audit_log AS y INDEXED BY audit_log_${c} WHERE y.${c} = @${c} AND y.id = x.id)`)),
     ...other.map((o) => `x.${o}`),
     ...range,
   ];

@@ -82,7 +82,52 @@ describe('audit queries', () => {
       const plan = (db.prepare(`EXPLAIN QUERY PLAN SELECT * FROM audit_log WHERE ${column} = ? AND id >= ? AND id <= ? ORDER BY id DESC LIMIT 100`).all('x', 1, 9) as { detail: string }[])
         .map((r) => r.detail)
         .join('; ');
-      expect(plan, column).toMatch(/^SEARCH audit_log USING INDEX audit_log_\w+ \(\w+=\? AND rowid>\? AND rowid<\?\)$/);
+      expect(plan, column).toMatch(/^SEARCH audit_log USING INDEX audit_log_\w+ \(\w+=\? AND (rowid|id)>\? AND (rowid|id)<\?\)$/);
     }
+  });
+
+  it('decision and status together are tested in one index walk, and agree with a scan for every pair', () => {
+    const f = (fx = auditFixture());
+    writeMix(f.core, 6, 4); // allowed rows complete with 200, refused ones are denied with 403
+    f.core.apply([{ op: 'final', rec: record({ decision: 'allow', status: 502, errorCode: 'VALET_ERR_UPSTREAM_UNREACHABLE' }) }]);
+    f.core.apply([{ op: 'final', rec: record({ decision: null, rule: null, status: 401, errorCode: 'VALET_ERR_TOKEN_MISSING' }) }]);
+    f.core.apply([{ op: 'decision', rec: record({ decision: 'escalate' }) }]); // in flight: status 0
+    const db = f.raw();
+    const all = db.prepare('SELECT id, decision, status FROM audit_log').all() as { id: number; decision: string | null; status: number }[];
+    for (const decision of ['allow', 'deny', 'escalate', 'none'] as const) {
+      for (const status of [0, 200, 401, 403, 502]) {
+        const got = queryAudit(db, { limit: 100, order: 'asc', decision, status }).map((r) => r.id);
+        const want = all.filter((r) => (decision === 'none' ? r.decision === null : r.decision === decision) && r.status === status).map((r) => r.id);
+        expect(got, `${decision} + ${status}`).toEqual(want);
+      }
+    }
+    // The statement walks one index and reads the other column from its entries: no per-entry seek.
+    const prepared: string[] = [];
+    const spy = new Proxy(db, { get: (t, k) => (k === 'prepare' ? (sql: string) => (prepared.push(sql), t.prepare(sql)) : Reflect.get(t, k)) });
+    queryAudit(spy, { limit: 100, decision: 'deny', status: 200 });
+    const sql = prepared.at(-1) as string;
+    expect(sql).not.toMatch(/EXISTS/);
+    const plan = (db.prepare(`EXPLAIN QUERY PLAN ${sql}`).all({ decision: 'deny', status: 200, limit: 100 }) as { detail: string }[]).map((r) => r.detail).join('; ');
+    expect(plan).toMatch(/USING COVERING INDEX audit_log_(decision|status)/);
+  });
+
+  it('with several filters it walks the index of the one matching fewer rows, also when both match thousands', () => {
+    const f = (fx = auditFixture());
+    // Interleaved as on a gateway: two allowed requests (status 200) for every denied one (403).
+    f.core.apply(
+      Array.from({ length: 18_000 }, (_, i) => ({
+        op: 'final' as const,
+        rec: i % 3 === 2 ? record({ decision: 'deny', status: 403, errorCode: 'VALET_ERR_POLICY_DENIED' }) : record({ status: 200, upstreamStatus: 200 }),
+      })),
+    );
+    const db = f.raw();
+    const walked = (q: Omit<AuditFilter, 'limit'>): string => {
+      const prepared: string[] = [];
+      const spy = new Proxy(db, { get: (t, k) => (k === 'prepare' ? (sql: string) => (prepared.push(sql), t.prepare(sql)) : Reflect.get(t, k)) });
+      expect(queryAudit(spy, { limit: 100, ...q })).toEqual([]);
+      return /FROM audit_log AS x INDEXED BY (audit_log_\w+)/.exec(prepared.at(-1) as string)?.[1] ?? '';
+    };
+    expect(walked({ decision: 'allow', status: 403 })).toBe('audit_log_status');
+    expect(walked({ decision: 'deny', status: 200 })).toBe('audit_log_decision');
   });
 });
