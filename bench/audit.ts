@@ -25,7 +25,7 @@
  */
 import { execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, rmSync } from 'node:fs';
 import { arch, availableParallelism, cpus, loadavg, platform, release, tmpdir, totalmem } from 'node:os';
 import { dirname, join } from 'node:path';
 import { performance } from 'node:perf_hooks';
@@ -38,11 +38,12 @@ import { sha256, verifyChain } from '../gateway/audit/chain.js';
 import { AuditCore } from '../gateway/audit/core.js';
 import { writeExport } from '../gateway/audit/export.js';
 import { requestId } from '../gateway/audit/ids.js';
-import { iterateAudit, openAuditDatabase, pageAudit, type AuditFilter } from '../gateway/audit/store.js';
+import { AUDIT_FILE, iterateAudit, openAuditDatabase, pageAudit, type AuditFilter } from '../gateway/audit/store.js';
 import type { AuditRecord } from '../gateway/types.js';
 import { decisionRecord, outcome, rand, refusal } from './lib/audit-records.js';
 import { forkChild, type BenchChild } from './lib/child.js';
 import { snapshot, usageBetween } from './lib/cpu.js';
+import { formatSync, syncLatency } from './lib/disk.js';
 import { fixedRate, maxThroughput, type RunResult, type Workload } from './lib/load.js';
 import { numberOption } from './lib/options.js';
 import { int, markdownTable, median, ms, type LatencyStats } from './lib/stats.js';
@@ -62,6 +63,10 @@ const HELP = `Usage: npm run bench:audit -- [options]
   --connections N       autocannon connections in the gateway runs   (default 100)
   --rate N              fixed-rate gateway run, requests/s            (default 500)
   --ceiling-rows N      rows the SQLite ceiling phase writes          (default 300000; --quick 50000)
+  --ceiling-indexes K   the ceiling phase's query indexes: schema (as shipped), none (no
+                        secondary index), bucketed (each filter index keyed (id >> 10, column)
+                        first: a design that was measured and not adopted)   (default schema)
+  --ceiling-page-size N the ceiling database's page size in bytes     (default SQLite's, 4096)
   --rows N              rows the query phase runs over               (default 1000000; --quick 100000)
   --only LIST           phases: ${PHASES.join(',')}                (default all)
   --json FILE           also write the raw results as JSON
@@ -80,6 +85,8 @@ const { values: flags } = parseArgs({
     rate: { type: 'string' },
     rows: { type: 'string' },
     'ceiling-rows': { type: 'string' },
+    'ceiling-indexes': { type: 'string' },
+    'ceiling-page-size': { type: 'string' },
     only: { type: 'string' },
     json: { type: 'string' },
     strict: { type: 'boolean', default: false },
@@ -101,7 +108,13 @@ const opts = {
   rate: numberOption(flags.rate, 'rate', 500, 1),
   rows: numberOption(flags.rows, 'rows', quick ? 100_000 : 1_000_000, 1000),
   ceilingRows: numberOption(flags['ceiling-rows'], 'ceiling-rows', quick ? 50_000 : 300_000, 1000),
+  ceilingIndexes: flags['ceiling-indexes'] ?? 'schema',
+  ceilingPageSize: flags['ceiling-page-size'] === undefined ? undefined : numberOption(flags['ceiling-page-size'], 'ceiling-page-size', 4096, 512),
 };
+if (!['schema', 'none', 'bucketed'].includes(opts.ceilingIndexes)) {
+  console.error(`unknown --ceiling-indexes "${opts.ceilingIndexes}" (use schema, none or bucketed)`);
+  process.exit(2);
+}
 const only = new Set((flags.only ?? PHASES.join(',')).split(',').map((s) => s.trim()));
 for (const p of only) {
   if (!(PHASES as readonly string[]).includes(p)) {
@@ -238,9 +251,25 @@ interface CeilingResult {
  * inline writer.
  */
 function sqlCeiling(dir: string, eventsPerCommit: number, rows: number): CeilingResult {
+  if (opts.ceilingPageSize !== undefined) {
+    // Set before the first table exists, on the file openAuditDatabase then opens.
+    mkdirSync(dir, { recursive: true });
+    const fresh = new Database(join(dir, AUDIT_FILE));
+    fresh.pragma(`page_size = ${opts.ceilingPageSize}`);
+    fresh.pragma('journal_mode = WAL');
+    fresh.close();
+  }
   const db = openAuditDatabase(dir);
   try {
     db.pragma('cache_size = -32768');
+    const filterIndexes = (db.prepare("SELECT name, sql FROM sqlite_master WHERE type = 'index' AND tbl_name = 'audit_log' AND sql IS NOT NULL").all() as { name: string; sql: string }[]).filter(
+      (i) => !['audit_log_ts', 'audit_log_request_id', 'audit_log_approval_id'].includes(i.name),
+    );
+    if (opts.ceilingIndexes !== 'schema') {
+      for (const i of filterIndexes) db.exec(`DROP INDEX ${i.name}`);
+      if (opts.ceilingIndexes === 'none') db.exec('DROP INDEX audit_log_ts; DROP INDEX audit_log_request_id; DROP INDEX audit_log_approval_id;');
+      else for (const i of filterIndexes) db.exec(`CREATE INDEX ${i.name} ON audit_log (id >> 10, ${i.name.replace('audit_log_', '')})${/ WHERE .*$/s.exec(i.sql)?.[0] ?? ''}`);
+    }
     const columns = (db.prepare('SELECT name FROM pragma_table_info(?)').pluck().all('audit_log') as string[]).filter(
       (c) => !['id', 'logged_at', 'chain_seq', 'outcome_seq'].includes(c),
     );
@@ -513,6 +542,7 @@ async function main(): Promise<number> {
   log(`code: ${gitState()}; data in ${root} (${execFileSync('df', ['-h', '--output=source,fstype', root], { encoding: 'utf8' }).split('\n')[1]?.trim() ?? '?'})`);
   const cal = calibrate();
   log(`calibration: SHA-256 of 200 B ${cal.sha256Us.toFixed(2)} µs; SQLite insert into an unindexed in-memory table ${cal.insertUs.toFixed(2)} µs`);
+  log(`disk: ${formatSync(syncLatency(root))}`);
   log(
     `durability: WAL, synchronous=FULL (every commit fsyncs); writer runs: ${opts.concurrency} requests in flight, ${Math.round(opts.refused * 100)}% refused before forwarding\n`,
   );
@@ -531,7 +561,11 @@ async function main(): Promise<number> {
   if (run('ceiling')) {
     // The writer run's commit size when there was one, else what 512 requests in flight make.
     const perCommit = worker ? Math.max(1, Math.round(worker.final.events / Math.max(1, worker.final.commits))) : 2 * opts.concurrency;
-    log(`## 1b. SQLite alone: the writer's statements, ${int(opts.ceilingRows)} rows, ${int(perCommit)} events per commit`);
+    log(
+      `## 1b. SQLite alone: the writer's statements, ${int(opts.ceilingRows)} rows, ${int(perCommit)} events per commit` +
+        (opts.ceilingIndexes === 'schema' ? '' : `, query indexes: ${opts.ceilingIndexes}`) +
+        (opts.ceilingPageSize === undefined ? '' : `, page size ${opts.ceilingPageSize}`),
+    );
     const c = sqlCeiling(join(root, 'ceiling'), perCommit, opts.ceilingRows);
     results['ceiling'] = c;
     log(`  ${int(c.rate)} rows/s: ${c.wallUsPerRow.toFixed(1)} µs per row in transactions (${c.cpuUsPerRow.toFixed(1)} µs of CPU), ${int(c.commits)} commits, every value made beforehand\n`);
@@ -618,7 +652,8 @@ async function main(): Promise<number> {
   }
   const ceiling = results['ceiling'] as CeilingResult | undefined;
   if (ceiling) {
-    log(`- the most this schema commits here with no JavaScript in the way (phase 1b): ${int(ceiling.rate)} rows/s${ceiling.rate < 20_000 ? ' — below the goal on its own' : ''}`);
+    const what = opts.ceilingIndexes === 'schema' && opts.ceilingPageSize === undefined ? 'this schema' : 'the variant of phase 1b';
+    log(`- the most ${what} commits here with no JavaScript in the way (phase 1b): ${int(ceiling.rate)} rows/s${ceiling.rate < 20_000 ? ' — below the goal on its own' : ''}`);
   }
   const q = results['query'] as QueryResult | undefined;
   if (q) {

@@ -23,6 +23,7 @@ import { request } from 'undici';
 import { forkChild, type BenchChild } from './lib/child.js';
 import { formatUsage, snapshot, usageBetween, type CpuUsage } from './lib/cpu.js';
 import { formatSummary, mainThreadProfiles, summariseProfile } from './lib/cpuprofile.js';
+import { formatSync, syncLatency } from './lib/disk.js';
 import { fixedRate, maxThroughput, type FixedRateResult, type RunResult, type Workload } from './lib/load.js';
 import { numberOption } from './lib/options.js';
 import { int, markdownTable, median, ms } from './lib/stats.js';
@@ -209,6 +210,8 @@ async function main(): Promise<number> {
   log(`machine: ${availableParallelism()} CPUs (${cpu}), ${(totalmem() / 2 ** 30).toFixed(1)} GiB, ${platform()} ${release()} ${arch()}`);
   log(`node ${process.version}; load average before start ${loadavg().map((l) => l.toFixed(2)).join(' ')}`);
   log(`code: ${gitState()}`);
+  const disk = syncLatency(tmpdir());
+  log(`disk (${tmpdir()}, where Valet's audit log is): ${formatSync(disk)}`);
   log(
     `workload: POST ${PATH}, ${Buffer.byteLength(BODY)} B JSON body; throughput: ${opts.connections} connections × ${opts.seconds} s ` +
       `(warm-up ${opts.warmup} s per target per round); fixed rate: ${opts.rate} req/s × ${opts.seconds} s; rounds: ${opts.rounds}\n`,
@@ -452,7 +455,8 @@ async function main(): Promise<number> {
     log(`- ${ok1 ? 'PASS' : 'FAIL'}: Valet throughput ≥ 0.6× bare pass-through — ${int(A.valet.rps)} vs ${int(A.bare.rps)} req/s = ${ratio.toFixed(2)}×`);
     log(
       `- ${ok2 ? 'PASS' : 'FAIL'}: Valet added p99 ≤ 2 ms at ${opts.rate} req/s (vs bare proxy) — ${ms(A.valet.fp99)} − ${ms(A.bare.fp99)} = ${added(A.valet.fp99, A.bare.fp99)} ms` +
-        (A.direct ? ` (vs direct: ${added(A.valet.fp99, A.direct.fp99)} ms)` : ''),
+        (A.direct ? ` (vs direct: ${added(A.valet.fp99, A.direct.fp99)} ms)` : '') +
+        `; every forwarded call waits for at least one fdatasync (p99 ${disk.p99.toFixed(2)} ms on this disk)`,
     );
   } else {
     log('- goals need both the bare proxy and Valet (--only excluded one)');
