@@ -16,6 +16,8 @@ const HOP_BY_HOP = [
   'proxy-authenticate',
   'proxy-authorization',
 ];
+const HOP_BY_HOP_SET: ReadonlySet<string> = new Set(HOP_BY_HOP);
+const NONE: ReadonlySet<string> = new Set();
 
 /**
  * Request headers an agent may never pass through: credentials of any kind, addressing that could
@@ -183,11 +185,12 @@ export function forwardableResponseHeaders(
   scrubber: Scrubber,
 ): Record<string, string | string[]> {
   const connection = headers['connection'];
-  const drop = new Set([...HOP_BY_HOP, ...connectionListed(connection === undefined ? [] : [connection].flat())]);
+  // Usually `keep-alive` or nothing: names only hop-by-hop headers, dropped anyway.
+  const listed = connection === undefined ? NONE : connectionListed([connection].flat());
   const scrubAll = upstream.scrubResponses !== false;
   const out: Record<string, string | string[]> = {};
   for (const [name, value] of Object.entries(headers)) {
-    if (value === undefined || drop.has(name)) continue;
+    if (value === undefined || HOP_BY_HOP_SET.has(name) || listed.has(name)) continue;
     if (name === 'location') {
       out[name] = scrubLocation(Array.isArray(value) ? (value[0] ?? '') : value, upstream, scrubber);
       continue;

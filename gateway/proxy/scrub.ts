@@ -106,6 +106,9 @@ export function createScrubber(secrets: readonly string[]): Scrubber {
   const maxLength = patterns.reduce((m, p) => Math.max(m, p.length), 0);
   const minLength = patterns.reduce((m, p) => Math.min(m, p.length), Infinity);
   const whole = (body: Buffer): Buffer => (patterns.length === 0 ? body : new ScrubState(patterns).end(body));
+  // The patterns' bytes as Latin-1 strings: in a Latin-1 string (one character per byte) a
+  // pattern's bytes occur exactly where its string does, so most header values need no buffer.
+  const latin1 = patterns.map((p) => p.toString('latin1'));
   return {
     patterns,
     maxLength,
@@ -113,6 +116,7 @@ export function createScrubber(secrets: readonly string[]): Scrubber {
       if (patterns.length === 0 || value.length < minLength) return value;
       // Strings from undici are Latin-1 decoded bytes: work on those exact bytes.
       const encoding = /^[\x00-\xff]*$/.test(value) ? 'latin1' : 'utf8';
+      if (encoding === 'latin1' && !latin1.some((p) => value.includes(p))) return value;
       const bytes = Buffer.from(value, encoding);
       const out = whole(bytes);
       return out === bytes ? value : out.toString(encoding);
