@@ -35,7 +35,7 @@ import { parseArgs } from 'node:util';
 import { request } from 'undici';
 import Database from 'better-sqlite3';
 import { sha256, verifyChain } from '../gateway/audit/chain.js';
-import { AuditCore } from '../gateway/audit/core.js';
+import { ADD_EVENT_SQL, AuditCore, insertRowSql, recordColumns } from '../gateway/audit/core.js';
 import { writeExport } from '../gateway/audit/export.js';
 import { requestId } from '../gateway/audit/ids.js';
 import { AUDIT_FILE, iterateAudit, openAuditDatabase, pageAudit, type AuditFilter } from '../gateway/audit/store.js';
@@ -270,12 +270,10 @@ function sqlCeiling(dir: string, eventsPerCommit: number, rows: number): Ceiling
       if (opts.ceilingIndexes === 'none') db.exec('DROP INDEX audit_log_ts; DROP INDEX audit_log_request_id; DROP INDEX audit_log_approval_id;');
       else for (const i of filterIndexes) db.exec(`CREATE INDEX ${i.name} ON audit_log (id >> 10, ${i.name.replace('audit_log_', '')})${/ WHERE .*$/s.exec(i.sql)?.[0] ?? ''}`);
     }
-    const columns = (db.prepare('SELECT name FROM pragma_table_info(?)').pluck().all('audit_log') as string[]).filter(
-      (c) => !['id', 'logged_at', 'chain_seq', 'outcome_seq'].includes(c),
-    );
-    const keys = columns.map((c) => c.replace(/_([a-z0-9])/g, (_m, x: string) => x.toUpperCase()) as keyof AuditRecord);
-    const insert = db.prepare(`INSERT INTO audit_log (${columns.join(', ')}, id, logged_at, chain_seq) VALUES (${columns.map(() => '?').join(', ')}, ?, ?, ?)`);
-    const addEvent = db.prepare('INSERT INTO audit_chain (seq, row_id, kind, hash, digest) VALUES (?, ?, ?, ?, ?)');
+    const columns = recordColumns(db);
+    const keys = columns.map((c) => c.key as keyof AuditRecord);
+    const insert = db.prepare(insertRowSql(columns.map((c) => c.name)));
+    const addEvent = db.prepare(ADD_EVENT_SQL);
     const complete = db.prepare('UPDATE audit_log SET status = ?, upstream_status = ?, error_code = ?, duration_ms = ?, bytes_out = ?, outcome_seq = ? WHERE id = ?');
     type Op = { insert: unknown[] | null; update: unknown[] | null; event: unknown[] };
     const tx = db.transaction((ops: Op[]) => {

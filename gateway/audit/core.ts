@@ -1,7 +1,7 @@
 import { join } from 'node:path';
 import Database from 'better-sqlite3';
 import type { AuditRecord } from '../types.js';
-import { contentColumns, encodeNote, EVENT, GENESIS, jsonString, linkHash, parseNote, readCheckpoint, readHead, rowDigest, sha256, sha256Hex, storedText, type ChainHead, type PruneNote } from './chain.js';
+import { contentColumns, encodeNote, EVENT, GENESIS, jsonString, linkHash, META_COLUMNS, parseNote, readCheckpoint, readHead, rowDigest, sha256, sha256Hex, storedText, type ChainHead, type PruneNote } from './chain.js';
 import { DECISION, FINAL, pack, RECORD_FIELDS, REQUEST_ID_AT, type PackedOp } from './protocol.js';
 import { openAuditDatabase, type AuditDatabase } from './store.js';
 
@@ -73,6 +73,22 @@ const isNumeric = (declared: string): boolean => /INT|REAL|FLOA|DOUB/i.test(decl
 const camel = (column: string): string => column.replace(/_([a-z0-9])/g, (_m, c: string) => c.toUpperCase());
 
 /**
+ * The columns of `audit_log` a record fills, in table order: all but the row id, the recording time
+ * and the chain's bookkeeping. `key`: the AuditRecord property (`request_id` ← `requestId`).
+ */
+export function recordColumns(db: AuditDatabase): { name: string; type: string; key: string }[] {
+  const info = db.prepare('SELECT name, type FROM pragma_table_info(?)').all('audit_log') as { name: string; type: string }[];
+  return info.filter((c) => c.name !== 'id' && c.name !== 'logged_at' && !META_COLUMNS.has(c.name)).map((c) => ({ ...c, key: camel(c.name) }));
+}
+
+/** The writer's row insert: the record columns in table order, then id, logged_at, chain_seq. */
+export const insertRowSql = (names: readonly string[]): string =>
+  `INSERT INTO audit_log (${names.join(', ')}, id, logged_at, chain_seq) VALUES (${names.map(() => '?').join(', ')}, ?, ?, ?)`;
+
+/** The writer's chain event: seq, row id, kind, hash, digest (kept for decisions). */
+export const ADD_EVENT_SQL = 'INSERT INTO audit_chain (seq, row_id, kind, hash, digest) VALUES (?, ?, ?, ?, ?)';
+
+/**
  * Values as SQLite will hand them back, so that the digest the writer computes is the digest
  * verify recomputes from the stored row (SQLite converts by column affinity; better-sqlite3 binds
  * no booleans or objects).
@@ -137,24 +153,18 @@ export class AuditCore {
     this.db.pragma(`cache_size = -${o.cacheKiB ?? 32_768}`);
     if (o.autoCheckpoint === false) this.db.pragma('wal_autocheckpoint = 0');
     this.digestColumns = contentColumns(this.db);
-    const info = this.db.prepare('SELECT name, type FROM pragma_table_info(?)').all('audit_log') as { name: string; type: string }[];
-    this.columns = info
-      .filter((c) => !['id', 'logged_at', 'chain_seq', 'outcome_seq'].includes(c.name))
-      .map((c) => {
-        const key = camel(c.name);
-        const at = (RECORD_FIELDS as readonly string[]).indexOf(key);
-        return { name: c.name, key, field: at < 0 ? -1 : 1 + at, numeric: isNumeric(c.type), normalise: normaliser(c.type) };
-      });
+    this.columns = recordColumns(this.db).map((c) => {
+      const at = (RECORD_FIELDS as readonly string[]).indexOf(c.key);
+      return { name: c.name, key: c.key, field: at < 0 ? -1 : 1 + at, numeric: isNumeric(c.type), normalise: normaliser(c.type) };
+    });
     const names = this.columns.map((c) => c.name);
     this.tsIndex = names.indexOf('ts');
     this.tenantIndex = names.indexOf('tenant');
     this.plan = this.digestColumns.map((name) => ({ prefix: `[${JSON.stringify(name)},`, at: name === 'id' ? ID : name === 'logged_at' ? LOGGED_AT : names.indexOf(name) }));
     this.planIndex = names.map((name) => this.digestColumns.indexOf(name));
     // Both statements take the content columns first, in table order, then the chain's own values.
-    this.insert = this.db.prepare(
-      `INSERT INTO audit_log (${names.join(', ')}, id, logged_at, chain_seq) VALUES (${names.map(() => '?').join(', ')}, ?, ?, ?)`,
-    );
-    this.addEvent = this.db.prepare('INSERT INTO audit_chain (seq, row_id, kind, hash, digest) VALUES (?, ?, ?, ?, ?)');
+    this.insert = this.db.prepare(insertRowSql(names));
+    this.addEvent = this.db.prepare(ADD_EVENT_SQL);
     this.lastRow = this.db.prepare('SELECT id, logged_at FROM audit_log ORDER BY id DESC LIMIT 1');
     this.lastPrune = this.db.prepare(`SELECT note FROM audit_chain WHERE kind = ${EVENT.prune} ORDER BY seq DESC LIMIT 1`).pluck();
     this.applyTx = this.db.transaction((ops: readonly PackedOp[], undo: Undo) => this.applyInTransaction(ops, undo)).immediate;

@@ -206,18 +206,21 @@ export interface AuditPage {
   next: number | null;
 }
 
+/** The smallest and largest row id, or undefined when the log is empty. */
+function idBounds(db: AuditDatabase): { lo: number; hi: number } | undefined {
+  // Two subqueries: SQLite answers min() or max() alone from the primary key, but both together by a scan.
+  const b = db.prepare('SELECT (SELECT min(id) FROM audit_log) AS lo, (SELECT max(id) FROM audit_log) AS hi').get() as { lo: number | null; hi: number | null };
+  return b.lo === null || b.hi === null ? undefined : { lo: b.lo, hi: b.hi };
+}
+
 /**
  * The smallest id recorded at or after `t` (ms), or the largest id + 1 when none was. `logged_at`
  * never decreases as ids grow, so this is a binary search over the primary key (~20 lookups for a
  * million rows) and needs no index of its own.
  */
 export function firstIdAtOrAfter(db: AuditDatabase, t: number): number {
-  // Two statements: SQLite answers min() or max() alone from the primary key, but both together by a scan.
-  const bounds = {
-    lo: db.prepare('SELECT min(id) FROM audit_log').pluck().get() as number | null,
-    hi: db.prepare('SELECT max(id) FROM audit_log').pluck().get() as number | null,
-  };
-  if (bounds.lo === null || bounds.hi === null) return 1;
+  const bounds = idBounds(db);
+  if (bounds === undefined) return 1;
   const first = db.prepare('SELECT id, logged_at FROM audit_log WHERE id >= ? ORDER BY id LIMIT 1');
   const rowAt = (x: number): { id: number; logged_at: number | null } | undefined => first.get(x) as { id: number; logged_at: number | null } | undefined;
   // g(x): the first row at or after id x was recorded at or after t (or there is none); monotone in x.
@@ -320,8 +323,8 @@ function buildQuery(db: AuditDatabase, f: AuditFilter): { sql: string; params: R
   // other filters' indexes (a seek on (value, id) each), so only the rows returned are read from
   // the table. Index-only checks keep "no row matches both" cheap: a table read per candidate is
   // what makes such a query slow.
-  const bounds = db.prepare('SELECT (SELECT min(id) FROM audit_log) AS first, (SELECT max(id) FROM audit_log) AS last').get() as { first: number | null; last: number | null };
-  const rangeSize = Math.max(1, Math.min(hi ?? Infinity, bounds.last ?? 0) - Math.max(lo ?? 0, bounds.first ?? 0) + 1);
+  const bounds = idBounds(db) ?? { lo: 0, hi: 0 };
+  const rangeSize = Math.max(1, Math.min(hi ?? Infinity, bounds.hi) - Math.max(lo ?? 0, bounds.lo) + 1);
   const drive = drivingFilter(db, equal, params, range.map((r) => `AND ${r}`).join(' '), rangeSize);
   const covered = COVERS[drive] ?? [];
   const where = [
