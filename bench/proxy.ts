@@ -26,7 +26,7 @@ import { formatSummary, mainThreadProfiles, summariseProfile } from './lib/cpupr
 import { formatSync, syncLatency } from './lib/disk.js';
 import { fixedRate, maxThroughput, type FixedRateResult, type RunResult, type Workload } from './lib/load.js';
 import { numberOption } from './lib/options.js';
-import { int, markdownTable, median, ms } from './lib/stats.js';
+import { bucketQuantile, int, markdownTable, median, ms, type BucketCounts } from './lib/stats.js';
 
 const HERE = dirname(fileURLToPath(import.meta.url));
 
@@ -188,6 +188,21 @@ interface UpstreamStats extends LoopDelay {
   withInjectedCredential: number;
   bodyBytes: number;
 }
+/** What Valet's child adds to its stats: its /metrics histograms of the durable-before-forward path. */
+interface ValetStats extends LoopDelay {
+  auditWait: BucketCounts;
+  auditCommit: BucketCounts;
+}
+/** Valet's audit during one measurement: waits for a durable decision, and the commits (fsyncs) behind them. */
+interface AuditSplit {
+  waits: number;
+  commits: number;
+  /** Bucket upper bounds, ms (see bucketQuantile). */
+  waitP50: number;
+  waitP99: number;
+  commitP50: number;
+  commitP99: number;
+}
 
 interface Measured {
   upstreamSaw: number;
@@ -195,6 +210,7 @@ interface Measured {
   /** Event-loop delay (p99, max ms) of each process during the run, by name. */
   loop: Record<string, LoopDelay>;
   round: number;
+  audit?: AuditSplit | undefined;
 }
 type ThroughputRun = RunResult & Measured;
 type FixedRun = FixedRateResult & Measured;
@@ -294,14 +310,15 @@ async function main(): Promise<number> {
   const measure = async <T extends RunResult>(t: TargetId, round: number, run: () => Promise<T>): Promise<T & Measured> => {
     await settle();
     // Asking for stats also resets each child's event-loop delay histogram.
-    const before = (await Promise.all(servers.map((c) => c.ask<UpstreamStats>('stats'))))[0] as UpstreamStats;
+    const beforeAll = await Promise.all(servers.map((c) => c.ask<UpstreamStats & Partial<ValetStats>>('stats')));
+    const before = beforeAll[0] as UpstreamStats;
     const genLoop = monitorEventLoopDelay({ resolution: 1 });
     genLoop.enable();
     const c0 = snapshot([...pidNames.keys()]);
     const r = await run();
     const cpuUse = usageBetween(c0, snapshot([...pidNames.keys()]), pidNames);
     genLoop.disable();
-    const afterAll = await Promise.all(servers.map((c) => c.ask<UpstreamStats>('stats')));
+    const afterAll = await Promise.all(servers.map((c) => c.ask<UpstreamStats & Partial<ValetStats>>('stats')));
     const after = afterAll[0] as UpstreamStats;
     const loop: Record<string, LoopDelay> = { generator: { loopDelayP99Ms: genLoop.percentile(99) / 1e6, loopDelayMaxMs: genLoop.max / 1e6 } };
     servers.forEach((c, i) => {
@@ -310,7 +327,20 @@ async function main(): Promise<number> {
     });
     // For Valet, count only requests that arrived carrying the injected credential.
     const saw = t === 'valet' ? after.withInjectedCredential - before.withInjectedCredential : after.requests - before.requests;
-    return { ...r, upstreamSaw: saw, cpu: cpuUse, loop, round };
+    let audit: AuditSplit | undefined;
+    const v = valet ? servers.indexOf(valet) : -1;
+    const [b, a] = [beforeAll[v], afterAll[v]];
+    if (t === 'valet' && b?.auditWait && b.auditCommit && a?.auditWait && a.auditCommit) {
+      audit = {
+        waits: a.auditWait.count - b.auditWait.count,
+        commits: a.auditCommit.count - b.auditCommit.count,
+        waitP50: bucketQuantile(b.auditWait, a.auditWait, 0.5),
+        waitP99: bucketQuantile(b.auditWait, a.auditWait, 0.99),
+        commitP50: bucketQuantile(b.auditCommit, a.auditCommit, 0.5),
+        commitP99: bucketQuantile(b.auditCommit, a.auditCommit, 0.99),
+      };
+    }
+    return { ...r, upstreamSaw: saw, cpu: cpuUse, loop, round, audit };
   };
   const loops = (m: Measured, t: TargetId): string =>
     ['generator', t === 'direct' ? 'upstream' : t, ...(t === 'direct' ? [] : ['upstream'])]
@@ -318,6 +348,15 @@ async function main(): Promise<number> {
       .join(', ');
   const status = (r: RunResult): string => `non-2xx ${r.non2xx}, errors ${r.errors}, timeouts ${r.timeouts}`;
   const noisy = (m: Measured): string => (m.cpu.other >= QUIET_CORES ? ' NOISY' : '');
+  const auditLine = (m: Measured): string => {
+    const a = m.audit;
+    if (a === undefined) return '';
+    const le = (v: number): string => (Number.isFinite(v) ? `≤ ${v} ms` : Number.isNaN(v) ? 'n/a' : '> 1 s');
+    return (
+      `\n            audit: ${int(a.waits)} durable waits p50 ${le(a.waitP50)}, p99 ${le(a.waitP99)}; ` +
+      `${int(a.commits)} commits (${(a.waits / Math.max(1, a.commits)).toFixed(1)} waits each) p50 ${le(a.commitP50)}, p99 ${le(a.commitP99)}`
+    );
+  };
 
   /** Requests each target answered (warm-ups and smoke check included), for per-request figures. */
   const handled: Record<TargetId, number> = { direct: 1, bare: 1, valet: 1 };
@@ -338,7 +377,7 @@ async function main(): Promise<number> {
       log(
         `throughput  ${t.padEnd(6)} ${int(r.rps).padStart(7)} req/s  p50 ${ms(r.latency.p50)} ms  p99 ${ms(r.latency.p99)} ms  ` +
           `2xx ${r.ok} (upstream saw ${r.upstreamSaw}), ${status(r)}\n            cpu: ${formatUsage(r.cpu)}${noisy(r)}\n` +
-          `            event-loop delay p99/max ms: ${loops(r, t)}`,
+          `            event-loop delay p99/max ms: ${loops(r, t)}${auditLine(r)}`,
       );
     }
     for (const [t, w] of order) {
@@ -348,7 +387,7 @@ async function main(): Promise<number> {
       log(
         `fixed-rate  ${t.padEnd(6)} ${int(r.rps).padStart(7)} req/s  p50 ${ms(r.latency.p50)} ms  p99 ${ms(r.latency.p99)} ms  max ${ms(r.latency.max)} ms  ` +
           `2xx ${r.ok}/${r.scheduled} (upstream saw ${r.upstreamSaw}), ${status(r)}, send lag p99 ${ms(r.lagP99)} ms\n` +
-          `            cpu: ${formatUsage(r.cpu)}${noisy(r)}\n            event-loop delay p99/max ms: ${loops(r, t)}`,
+          `            cpu: ${formatUsage(r.cpu)}${noisy(r)}\n            event-loop delay p99/max ms: ${loops(r, t)}${auditLine(r)}`,
       );
     }
   }

@@ -14,7 +14,7 @@ import { DEFAULT_AUDIT, type Config, type Environment } from './config/types.js'
 import { auditRoutes } from './admin/audit.js';
 import { dashboardAssets, findDashboard } from './admin/assets.js';
 import { insightRoutes } from './admin/insights.js';
-import { createMetrics } from './admin/metrics.js';
+import { createMetrics, type Metrics } from './admin/metrics.js';
 import { policyRoutes } from './admin/policy.js';
 import { approvalPages, approvalRoutes } from './admin/approvals.js';
 import { adminProbes, adminRoutes } from './admin/routes.js';
@@ -57,6 +57,8 @@ export interface RunningGateway {
   readonly logger: Logger;
   /** The audit writer; `flush()` writes queued rows now. */
   readonly audit: AuditWriter;
+  /** The Prometheus metrics the admin listener serves at `/metrics`. */
+  readonly metrics: Metrics;
   /** The policy in force; `reload()` recompiles it (also on SIGHUP and, with `watch`, on file change). */
   readonly policies: PolicyHolder;
   /** The encrypted secret store, when `store` is one of `gateway.secrets.sources`. */
@@ -91,12 +93,15 @@ export async function startGateway(options: GatewayOptions): Promise<RunningGate
   if (options.watch) policies.watch();
   const db = openAuditDatabase(dataDir);
   const auditSettings = config.gateway.audit ?? DEFAULT_AUDIT;
+  // Its gauges read the audit writer and the approvals service, built below, only when scraped.
+  const metrics = createMetrics({ upstreams: new Set(config.upstreams.keys()), auditQueue: () => audit.pending, pendingApprovals: () => approvals.service.pending() });
   const audit = await startAuditWriter({
     dataDir,
     logger,
     failOpen: auditSettings.failOpen,
     busyTimeoutMs: auditSettings.busyTimeoutMs,
     mode: options.auditWriter ?? (auditSettings.writer === 'inline' ? 'inline' : 'worker'),
+    onCommit: (seconds) => metrics.auditCommit(seconds),
   }).catch((err: unknown) => {
     policies.close();
     db.close();
@@ -120,7 +125,6 @@ export async function startGateway(options: GatewayOptions): Promise<RunningGate
   let draining = false;
   let adminUrl: string | undefined;
   const approvals = createApprovals({ settings: config.gateway.approvals, dataDir, env, logger, adminUrl: () => adminUrl });
-  const metrics = createMetrics({ upstreams: new Set(config.upstreams.keys()), auditQueue: () => audit.pending, pendingApprovals: () => approvals.service.pending() });
   const handle = createPipeline({ config, verifyToken, policy: policies.current, secrets, forwarder, audit, logger, metrics, approvals: approvals.service, draining: () => draining });
 
   let inFlight = 0;
@@ -220,7 +224,7 @@ export async function startGateway(options: GatewayOptions): Promise<RunningGate
     })());
 
   const admin = { server: adminServer, port: adminPort, url: `http://${urlHost(config.gateway.admin.listen.host)}:${adminPort}` };
-  return { config, server, port, url: `http://${host}:${port}`, admin, logger, audit, policies, secretStore: secretSources.store, close };
+  return { config, server, port, url: `http://${host}:${port}`, admin, logger, audit, metrics, policies, secretStore: secretSources.store, close };
 }
 
 function listen(server: Server, at: { readonly host: string; readonly port: number }): Promise<number> {

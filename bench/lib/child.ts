@@ -137,7 +137,7 @@ export function forkChild(o: ForkOptions): Promise<BenchChild> {
  * The child side: announces readiness, answers `stats`, and on `stop` (or when the parent goes
  * away) runs `onStop`, replies with its result and exits.
  */
-export function serveChild(handlers: { stats: () => unknown; onStop: () => Promise<unknown> | unknown }, ready: { url: string; [k: string]: unknown }): void {
+export function serveChild(handlers: { stats: () => Promise<unknown> | unknown; onStop: () => Promise<unknown> | unknown }, ready: { url: string; [k: string]: unknown }): void {
   const send = (m: ChildMessage): void => {
     if (process.connected) process.send?.(m);
   };
@@ -165,7 +165,10 @@ export function serveChild(handlers: { stats: () => unknown; onStop: () => Promi
   };
   process.on('message', (m: ParentMessage) => {
     if (m.type !== 'request') return;
-    if (m.op === 'stats') send({ type: 'reply', id: m.id, data: { ...(handlers.stats() as object), ...loopDelay() } });
+    if (m.op === 'stats') {
+      const loop = loopDelay();
+      void Promise.resolve(handlers.stats()).then((s) => send({ type: 'reply', id: m.id, data: { ...(s as object), ...loop } }));
+    }
     else void stopAndExit(m.id);
   });
   process.once('disconnect', () => void stopAndExit());

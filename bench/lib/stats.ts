@@ -1,3 +1,5 @@
+import type { Metric } from 'prom-client';
+
 /** Exact latency statistics from raw samples (milliseconds, sub-millisecond resolution). */
 export interface LatencyStats {
   count: number;
@@ -48,6 +50,38 @@ export class Samples {
   stats(): LatencyStats {
     return latencyStats(this.buf, this.length);
   }
+}
+
+/** A Prometheus histogram as read from prom-client: cumulative counts per upper bound (`le`, seconds). */
+export interface BucketCounts {
+  le: number[];
+  cumulative: number[];
+  count: number;
+}
+
+export async function readHistogram(metric: Metric | undefined): Promise<BucketCounts> {
+  const h: BucketCounts = { le: [], cumulative: [], count: 0 };
+  // Histogram samples carry their series name (`_bucket`, `_sum`, `_count`); prom-client's type omits it.
+  for (const v of ((await metric?.get())?.values ?? []) as { metricName?: string; labels: Record<string, string | number | undefined>; value: number }[]) {
+    if (v.metricName?.endsWith('_bucket') && v.labels['le'] !== '+Inf') {
+      h.le.push(Number(v.labels['le']));
+      h.cumulative.push(v.value);
+    } else if (v.metricName?.endsWith('_count')) h.count = v.value;
+  }
+  return h;
+}
+
+/**
+ * The q-quantile of what a histogram counted between two reads, as the upper bound (ms) of the
+ * bucket it falls in: "p99 ≤ 5 ms". Infinity past the last bound, NaN when nothing was counted.
+ */
+export function bucketQuantile(before: BucketCounts, after: BucketCounts, q: number): number {
+  const n = after.count - before.count;
+  if (n <= 0) return Number.NaN;
+  for (let i = 0; i < after.le.length; i++) {
+    if ((after.cumulative[i] as number) - (before.cumulative[i] ?? 0) >= q * n) return (after.le[i] as number) * 1000;
+  }
+  return Number.POSITIVE_INFINITY;
 }
 
 export const ms = (v: number, digits = 2): string => (Number.isNaN(v) ? 'n/a' : v.toFixed(digits));

@@ -16,6 +16,7 @@ import { openAuditDatabase } from '../../gateway/audit/store.js';
 import { mintAgentToken } from '../../gateway/auth/mint.js';
 import { startGateway } from '../../gateway/main.js';
 import { failChild, serveChild } from '../lib/child.js';
+import { readHistogram } from '../lib/stats.js';
 
 export const BENCH_UPSTREAM = 'bench';
 const SIGNING_KEY = 'bench-signing-key-0123456789abcdef0123456789abcdef';
@@ -70,7 +71,12 @@ async function main(): Promise<void> {
 
   serveChild(
     {
-      stats: () => ({ auditPending: gateway.audit.pending }),
+      // The durable-before-forward wait and the commits behind it, as /metrics exposes them.
+      stats: async () => ({
+        auditPending: gateway.audit.pending,
+        auditWait: await readHistogram(gateway.metrics.registry.getSingleMetric('valet_audit_durable_wait_seconds')),
+        auditCommit: await readHistogram(gateway.metrics.registry.getSingleMetric('valet_audit_commit_seconds')),
+      }),
       onStop: async () => {
         await gateway.close();
         try {

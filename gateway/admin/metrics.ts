@@ -12,6 +12,10 @@ export interface Metrics {
   request(rec: AuditRecord): void;
   /** Seconds one policy decision took. */
   policyEvaluation(seconds: number): void;
+  /** Seconds a request waited, before forwarding, for its decision row to be durable. */
+  auditWait(seconds: number): void;
+  /** Seconds one audit transaction took in the writer (its inserts and its fsync). */
+  auditCommit(seconds: number): void;
 }
 
 export interface MetricsSources {
@@ -43,6 +47,21 @@ export function createMetrics(sources: MetricsSources): Metrics {
     name: 'valet_policy_evaluation_seconds',
     help: 'Time one policy decision took (rules, conditions; not context lookups).',
     buckets: [0.000_002, 0.000_005, 0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.005],
+    registers: [registry],
+  });
+  // Durable before forward: the wait a request sees, and the transactions (one fsync each) behind it.
+  // The difference between the two is the hand-off between threads and queueing behind a commit.
+  const auditBuckets = [0.000_5, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1];
+  const auditWait = new Histogram({
+    name: 'valet_audit_durable_wait_seconds',
+    help: 'Time a request waited, before being forwarded, until its audit decision row was committed and fsynced.',
+    buckets: auditBuckets,
+    registers: [registry],
+  });
+  const auditCommit = new Histogram({
+    name: 'valet_audit_commit_seconds',
+    help: 'Time one audit log transaction took in the writer, fsync included; the count is the number of commits (fsyncs).',
+    buckets: auditBuckets,
     registers: [registry],
   });
   new Gauge({
@@ -86,6 +105,12 @@ export function createMetrics(sources: MetricsSources): Metrics {
     },
     policyEvaluation(seconds) {
       policy.observe(seconds);
+    },
+    auditWait(seconds) {
+      auditWait.observe(seconds);
+    },
+    auditCommit(seconds) {
+      auditCommit.observe(seconds);
     },
   };
 }

@@ -84,8 +84,8 @@ export interface Head {
 export type FromWriter =
   | { t: 'ready'; head: Head }
   | { t: 'fatal'; code: string | undefined; message: string }
-  /** The batches' ops were committed (ok) or not; `held`: ops kept for a retry. */
-  | { t: 'done'; batches: number[]; ok: boolean; code?: string | undefined; message?: string; head: Head; held: number }
+  /** The batches' ops were committed (ok, in `seconds`) or not; `held`: ops kept for a retry. */
+  | { t: 'done'; batches: number[]; ok: boolean; seconds?: number; code?: string | undefined; message?: string; head: Head; held: number }
   | { t: 'pruned'; id: number; result: PruneResult | undefined; code?: string | undefined; message?: string }
   | { t: 'log'; level: 'error' | 'warn' | 'info'; msg: string; fields: Record<string, unknown> }
   | { t: 'closed'; head: Head };

@@ -73,9 +73,11 @@ function commit(): void {
   queue = [];
   unanswered = [];
   try {
+    const started = performance.now();
     core.applyPacked(ops);
+    const seconds = (performance.now() - started) / 1000;
     backoff = 0;
-    post({ t: 'done', batches, ok: true, head: headOf(), held: 0 });
+    post({ t: 'done', batches, ok: true, seconds, head: headOf(), held: 0 });
     boundWal();
   } catch (err) {
     // Nothing of this transaction was written. Decisions fail (their requests are refused, 503)

@@ -54,6 +54,8 @@ export interface AuditWriterOptions {
   mode?: 'worker' | 'inline' | undefined;
   /** The size past which the writer thread checkpoints the WAL itself (see worker.ts); tests set it small. */
   walLimitBytes?: number;
+  /** Called after each committed transaction with the seconds it took (inserts and fsync). */
+  onCommit?: ((seconds: number) => void) | undefined;
 }
 
 /** The default {@link AuditWriterOptions.walLimitBytes}. */
@@ -169,7 +171,10 @@ function workerWriter(o: AuditWriterOptions): Promise<AuditWriter> {
         case 'done':
           head = m.head;
           held = m.held;
-          if (m.ok) commits++;
+          if (m.ok) {
+            commits++;
+            if (m.seconds !== undefined) o.onCommit?.(m.seconds);
+          }
           if (!m.ok) {
             o.logger.error(
               { code: m.code, message: m.message, held: m.held, failOpen },
@@ -356,7 +361,9 @@ async function inlineWriter(o: AuditWriterOptions): Promise<AuditWriter> {
     queue = [];
     waiters = [];
     try {
+      const started = performance.now();
       core.applyPacked(ops);
+      o.onCommit?.((performance.now() - started) / 1000);
       commits++;
       backoff = 0;
       for (const w of ws) w.resolve();

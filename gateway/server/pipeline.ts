@@ -218,7 +218,9 @@ export function createPipeline(deps: PipelineDeps): RequestHandler {
       // safe side. The outcome completes the row in `finally`, without waiting. The body is only
       // taken up after the wait, right before forwarding, so an agent hanging up meanwhile meets
       // no half-built stream.
+      const waiting = performance.now();
       await audit.commit(rec);
+      metrics.auditWait((performance.now() - waiting) / 1000);
       const { body, length } = buffered ? { body: buffered, length: String(buffered.length) } : requestBody(req, rec);
       if (length !== undefined) injected.headers.push(['content-length', length]);
 

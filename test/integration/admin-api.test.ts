@@ -84,6 +84,13 @@ describe('admin API', () => {
     expect(text).toMatch(/^valet_request_duration_seconds_bucket\{le="0\.001",upstream="api",decision="allow"\} \d+$/m);
     expect(text).toMatch(/^valet_policy_evaluation_seconds_count \d+$/m);
     expect(text).toMatch(/^valet_audit_queue_depth \d+$/m);
+    // Each of the three forwarded requests waited once for its durable decision row; they were
+    // committed in at least one transaction, and a transaction holds at least one decision,
+    // completion or refusal (at most two per audit row).
+    expect(text).toContain('valet_audit_durable_wait_seconds_count 3');
+    const commits = Number(/^valet_audit_commit_seconds_count (\d+)$/m.exec(text)?.[1]);
+    expect(commits).toBeGreaterThanOrEqual(1);
+    expect(commits).toBeLessThanOrEqual(2 * gw.auditRows().length);
     // Every sample line is `name{labels} value` or `name value`, as the exposition format says.
     for (const line of text.split('\n').filter((l) => l !== '' && !l.startsWith('#'))) {
       expect(line).toMatch(/^[a-zA-Z_:][a-zA-Z0-9_:]*(\{[^}]*\})? [-+0-9.eEInfNa]+$/);

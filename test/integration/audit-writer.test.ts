@@ -1,0 +1,35 @@
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { pino } from 'pino';
+import { afterEach, describe, expect, it } from 'vitest';
+import { startAuditWriter } from '../../gateway/audit/writer.js';
+import { record } from '../helpers/audit.js';
+
+describe('audit writer: each commit is reported with its duration (valet_audit_commit_seconds)', () => {
+  let dir: string | undefined;
+  afterEach(() => {
+    if (dir) rmSync(dir, { recursive: true, force: true });
+    dir = undefined;
+  });
+
+  for (const mode of ['worker', 'inline'] as const) {
+    it(`${mode}: one report per transaction, before the decisions in it are answered`, async () => {
+      dir = mkdtempSync(join(tmpdir(), `valet-commits-${mode}-`));
+      const reported: number[] = [];
+      const writer = await startAuditWriter({ dataDir: dir, logger: pino({ level: 'silent' }), mode, onCommit: (s) => reported.push(s) });
+      try {
+        await Promise.all(Array.from({ length: 20 }, () => writer.commit(record({}))));
+        // Every decision is durable, so every transaction holding one has been reported.
+        expect(reported.length).toBeGreaterThanOrEqual(1);
+        expect(reported.length).toBe(writer.commits);
+        for (const s of reported) {
+          expect(s).toBeGreaterThan(0);
+          expect(s).toBeLessThan(30);
+        }
+      } finally {
+        await writer.close();
+      }
+    });
+  }
+});
