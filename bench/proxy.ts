@@ -487,13 +487,18 @@ async function main(): Promise<number> {
   let goalsMet = true;
   if (A.valet && A.bare) {
     const ratio = A.valet.rps / A.bare.rps;
-    const ok1 = ratio >= 0.6;
     const add = A.valet.fp99 - A.bare.fp99;
-    const ok2 = add <= 2;
-    goalsMet = ok1 && ok2;
-    log(`- ${ok1 ? 'PASS' : 'FAIL'}: Valet throughput ≥ 0.6× bare pass-through — ${int(A.valet.rps)} vs ${int(A.bare.rps)} req/s = ${ratio.toFixed(2)}×`);
+    // A goal met only because the baseline was disturbed (another process took CPU, the generator
+    // ran late) is not met: such a run says UNSURE and counts as missed. A miss stays a FAIL.
+    const runs = (phase: 'throughput' | 'fixed'): (ThroughputRun | FixedRun)[] => ['valet', 'bare'].flatMap((t) => results.get(t as TargetId)?.[phase] ?? []);
+    const disturbed = (phase: 'throughput' | 'fixed'): boolean => runs(phase).some((x) => x.cpu.other >= QUIET_CORES || ('lagP99' in x && x.lagP99 > 5));
+    const verdict = (met: boolean, phase: 'throughput' | 'fixed'): string => (!met ? 'FAIL' : disturbed(phase) ? 'UNSURE (disturbed runs, see warnings)' : 'PASS');
+    const v1 = verdict(ratio >= 0.6, 'throughput');
+    const v2 = verdict(add <= 2, 'fixed');
+    goalsMet = v1 === 'PASS' && v2 === 'PASS';
+    log(`- ${v1}: Valet throughput ≥ 0.6× bare pass-through — ${int(A.valet.rps)} vs ${int(A.bare.rps)} req/s = ${ratio.toFixed(2)}×`);
     log(
-      `- ${ok2 ? 'PASS' : 'FAIL'}: Valet added p99 ≤ 2 ms at ${opts.rate} req/s (vs bare proxy) — ${ms(A.valet.fp99)} − ${ms(A.bare.fp99)} = ${added(A.valet.fp99, A.bare.fp99)} ms` +
+      `- ${v2}: Valet added p99 ≤ 2 ms at ${opts.rate} req/s (vs bare proxy) — ${ms(A.valet.fp99)} − ${ms(A.bare.fp99)} = ${added(A.valet.fp99, A.bare.fp99)} ms` +
         (A.direct ? ` (vs direct: ${added(A.valet.fp99, A.direct.fp99)} ms)` : '') +
         `; every forwarded call waits for at least one fdatasync (p99 ${disk.p99.toFixed(2)} ms on this disk)`,
     );
