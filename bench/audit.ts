@@ -34,7 +34,7 @@ import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { request } from 'undici';
 import Database from 'better-sqlite3';
-import { sha256, verifyChain } from '../gateway/audit/chain.js';
+import { EVENT, sha256, verifyChain } from '../gateway/audit/chain.js';
 import { ADD_EVENT_SQL, AuditCore, insertRowSql, recordColumns } from '../gateway/audit/core.js';
 import { writeExport } from '../gateway/audit/export.js';
 import { requestId } from '../gateway/audit/ids.js';
@@ -297,7 +297,7 @@ function sqlCeiling(dir: string, eventsPerCommit: number, rows: number): Ceiling
         const rec = refused ? refusal() : decisionRecord();
         id++;
         seq++;
-        const kind = refused ? 3 : 1;
+        const kind = refused ? EVENT.record : EVENT.decision;
         ops.push({ insert: [...keys.map((k) => rec[k] ?? null), id, Date.now(), seq], update: null, event: [seq, id, kind, sha256(`${seq}`), refused ? null : sha256(`${id}`)] });
         if (refused) done++;
         else open.push({ id, rec });
@@ -305,7 +305,7 @@ function sqlCeiling(dir: string, eventsPerCommit: number, rows: number): Ceiling
           const o = open.shift() as { id: number; rec: AuditRecord };
           const r = outcome(o.rec);
           seq++;
-          ops.push({ insert: null, update: [r.status, r.upstreamStatus, r.errorCode, r.durationMs, r.bytesOut, seq, o.id], event: [seq, o.id, 2, sha256(`${seq}`), null] });
+          ops.push({ insert: null, update: [r.status, r.upstreamStatus, r.errorCode, r.durationMs, r.bytesOut, seq, o.id], event: [seq, o.id, EVENT.outcome, sha256(`${seq}`), null] });
           done++;
         }
       }

@@ -1,17 +1,12 @@
 import { closeSync, fdatasyncSync, mkdtempSync, openSync, rmSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
-
-export interface SyncLatency {
-  p50: number;
-  p99: number;
-  max: number;
-}
+import { latencyStats, type LatencyStats } from './stats.js';
 
 /**
  * How long `fdatasync` takes on the filesystem under `dir`, after appending 4 KiB each time (ms):
  * the floor under every durable commit — a forwarded call waits for at least one.
  */
-export function syncLatency(dir: string, n = 500): SyncLatency {
+export function syncLatency(dir: string, n = 500): LatencyStats {
   const probeDir = mkdtempSync(join(dir, 'valet-sync-probe-'));
   const fd = openSync(join(probeDir, 'probe'), 'w');
   const page = Buffer.alloc(4096, 0x61);
@@ -27,9 +22,7 @@ export function syncLatency(dir: string, n = 500): SyncLatency {
     closeSync(fd);
     rmSync(probeDir, { recursive: true, force: true });
   }
-  times.sort((a, b) => a - b);
-  const at = (q: number): number => times[Math.min(times.length - 1, Math.floor(q * times.length))] as number;
-  return { p50: at(0.5), p99: at(0.99), max: times[times.length - 1] as number };
+  return latencyStats(times);
 }
 
-export const formatSync = (s: SyncLatency): string => `fdatasync of a 4 KiB append p50 ${s.p50.toFixed(2)} ms, p99 ${s.p99.toFixed(2)} ms, max ${s.max.toFixed(2)} ms`;
+export const formatSync = (s: LatencyStats): string => `fdatasync of a 4 KiB append p50 ${s.p50.toFixed(2)} ms, p99 ${s.p99.toFixed(2)} ms, max ${s.max.toFixed(2)} ms`;

@@ -140,6 +140,8 @@ export class AuditCore {
   private readonly open = new Map<string, OpenRow>();
   private lastLoggedAt = 0;
   head: ChainHead = { seq: 0, hash: GENESIS };
+  /** Seconds the last successful {@link applyPacked} took: its transaction, fsync included. */
+  lastCommitSeconds = 0;
 
   /** Held while this writer runs (see {@link recoverInterrupted}); undefined when another writer holds it. */
   private readonly lock: AuditDatabase | undefined;
@@ -218,7 +220,9 @@ export class AuditCore {
   applyPacked(ops: readonly PackedOp[]): ChainHead {
     const undo: Undo = [];
     try {
+      const started = performance.now();
       this.head = this.applyTx(ops, undo);
+      this.lastCommitSeconds = (performance.now() - started) / 1000;
       return this.head;
     } catch (err) {
       for (let i = undo.length - 1; i >= 0; i--) {

@@ -73,11 +73,9 @@ function commit(): void {
   queue = [];
   unanswered = [];
   try {
-    const started = performance.now();
     core.applyPacked(ops);
-    const seconds = (performance.now() - started) / 1000;
     backoff = 0;
-    post({ t: 'done', batches, ok: true, seconds, head: headOf(), held: 0 });
+    post({ t: 'done', batches, ok: true, seconds: core.lastCommitSeconds, head: headOf(), held: 0 });
     boundWal();
   } catch (err) {
     // Nothing of this transaction was written. Decisions fail (their requests are refused, 503)

@@ -361,9 +361,8 @@ async function inlineWriter(o: AuditWriterOptions): Promise<AuditWriter> {
     queue = [];
     waiters = [];
     try {
-      const started = performance.now();
       core.applyPacked(ops);
-      o.onCommit?.((performance.now() - started) / 1000);
+      o.onCommit?.(core.lastCommitSeconds);
       commits++;
       backoff = 0;
       for (const w of ws) w.resolve();

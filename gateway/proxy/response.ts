@@ -44,8 +44,9 @@ export type AgentResponse =
  * and the body goes through the scrubber: whole when it is small (see {@link WHOLE_BODY_MAX}),
  * sent with the scrubbed body's `Content-Length`; otherwise as it streams (after decompression, if
  * the upstream compressed it), without `Content-Length`. The upstream's `Content-Length` and
- * `Content-Encoding` are dropped because the bytes sent differ from the upstream's. A content coding the scrubber cannot undo is refused (502) before anything is sent,
- * so no unscrubbed byte reaches the agent.
+ * `Content-Encoding` are dropped because the bytes sent differ from the upstream's. A content
+ * coding the scrubber cannot undo is refused (502) before anything is sent, so no unscrubbed byte
+ * reaches the agent.
  */
 export function agentResponse(upstream: UpstreamConfig, method: string, res: UpstreamResponse, scrubber: Scrubber): AgentResponse {
   const headers = forwardableResponseHeaders(res.headers, upstream, scrubber);
