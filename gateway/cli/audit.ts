@@ -15,10 +15,12 @@ import { UsageError } from './usage.js';
 
 export const AUDIT_USAGE = `  valet audit [FILTERS] [--limit N] [--cursor ID] [--format table|json|ndjson|csv|cef|syslog]
                                            newest rows first (default 20); --cursor continues after a page
-  valet audit verify [--anchor FILE]       check the hash chain and every row; exit 1 naming the first bad one
+  valet audit verify [--anchor FILE] [--format text|json]
+                                           check the hash chain and every row; exit 1 naming the first bad one
   valet audit export --format json|ndjson|csv|cef|syslog [FILTERS] [--output FILE]
                                            every matching row, oldest first, streamed
-  valet audit ship --to tcp://HOST:PORT|udp://HOST:PORT [--format syslog|cef] [--cursor-file F] [--once] [FILTERS]
+  valet audit ship --to tcp://HOST:PORT|udp://HOST:PORT [--format syslog|cef] [--cursor-file F] [--once]
+                       [--interval 1s] [--hostname H] [--sd-id ID] [FILTERS]
                                            RFC 5424 syslog to a collector, following the log; resumes from the cursor file
   valet audit prune [--days N] [--tenant-days TENANT=N]... [--dry-run]
                                            delete old rows (default: gateway.audit.retention_days), chain stays verifiable
