@@ -68,7 +68,8 @@ export function createPipeline(deps: PipelineDeps): RequestHandler {
     const started = performance.now();
     const requestId = newRequestId();
     res.setHeader('x-request-id', requestId);
-    const rec = newAuditRecord(requestId, req.method ?? 'GET', ((req.url ?? '').split('?')[0] ?? '').slice(0, 2048));
+    const rawPath = (req.url ?? '').split('?')[0] ?? '';
+    const rec = newAuditRecord(requestId, req.method ?? 'GET', rawPath.slice(0, 2048));
     const hangUp = new HangUp(res);
     // An approval taken for this request, given back if the request fails before it is forwarded.
     let approved: Extract<Escalation, { kind: 'approved' }> | undefined;
@@ -98,9 +99,9 @@ export function createPipeline(deps: PipelineDeps): RequestHandler {
 
       // 2. authenticate
       token = agentToken(req.rawHeaders, upstream, q.removed);
-      // In any reading of the target (raw or decoded path, query names and values) the token would
-      // be forwarded, and the path logged: refused before either happens.
-      if (containsToken(((req.url ?? '').split('?')[0] ?? ''), token) || target.path.includes(token) || containsToken(q.rawQuery, token)) {
+      // The token in any reading of the target (raw or decoded path, query names and values) would
+      // be forwarded, or read by whatever logs URLs: refused before anything is forwarded or stored.
+      if (containsToken(rawPath, token) || containsToken(q.rawQuery, token)) {
         throw new ValetError('VALET_ERR_BAD_REQUEST', 'The agent token may not appear in the request path or query string.');
       }
       const presented = token;
