@@ -69,7 +69,8 @@ export function createPipeline(deps: PipelineDeps): RequestHandler {
     const requestId = newRequestId();
     res.setHeader('x-request-id', requestId);
     const rawPath = (req.url ?? '').split('?')[0] ?? '';
-    const rec = newAuditRecord(requestId, req.method ?? 'GET', rawPath.slice(0, 2048));
+    // The raw path until the canonical one is known; cut to 2,048 characters only once redacted (below).
+    const rec = newAuditRecord(requestId, req.method ?? 'GET', rawPath);
     const hangUp = new HangUp(res);
     // An approval taken for this request, given back if the request fails before it is forwarded.
     let approved: Extract<Escalation, { kind: 'approved' }> | undefined;
@@ -287,7 +288,8 @@ export function createPipeline(deps: PipelineDeps): RequestHandler {
       if (e.code === 'VALET_ERR_INTERNAL') logger.error({ reqId: requestId, err: e.cause }, 'internal error');
       if (e.code !== 'VALET_ERR_CLIENT_CLOSED') sendError(res, e, requestId);
     } finally {
-      rec.path = redactTokens(rec.path, token !== undefined ? [token] : presentedTokens(req, tokenPlaces));
+      const redacted = redactTokens(rec.path, token !== undefined ? [token] : presentedTokens(req, tokenPlaces));
+      rec.path = rec.path === rawPath ? redacted.slice(0, 2048) : redacted;
       rec.status = rec.errorCode === 'VALET_ERR_CLIENT_CLOSED' && !res.headersSent ? 499 : res.statusCode;
       rec.durationMs = Math.round((performance.now() - started) * 1000) / 1000;
       audit.record(rec);

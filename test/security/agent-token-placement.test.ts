@@ -75,12 +75,14 @@ describe('the agent token outside its header', () => {
     for (const [path, code] of [
       [`/stripe/v1/customers/${token}/%2f`, 'VALET_ERR_BAD_PATH'],
       [`/nowhere/${token}`, 'VALET_ERR_UNKNOWN_UPSTREAM'],
+      // Across the 2,048 characters a raw path is cut to in the record: not even a prefix survives.
+      [`/nowhere/${'a'.repeat(2020)}/${token}`, 'VALET_ERR_UNKNOWN_UPSTREAM'],
     ] as const) {
       const r = await send(gw, upstream, path, { token });
       expectRefused(r, code === 'VALET_ERR_BAD_PATH' ? 400 : 404, code);
       const row = await audit(gw, r);
       expect(row.path).toContain('[REDACTED]');
-      for (const text of [r.text, JSON.stringify(row), ...gw.logs]) expect(text).not.toContain(token);
+      for (const text of [r.text, JSON.stringify(row), ...gw.logs]) expect(text).not.toContain(token.slice(0, 20));
     }
   });
 
