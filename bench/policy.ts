@@ -362,7 +362,7 @@ function requestMix(layout: Layout, policy: Policy, groups: number, count: numbe
     // The same steps as the gateway: tool routing, body parsing, argument typing.
     const match = policy.matchTool(upstream, method, path);
     const json = body === undefined ? undefined : Buffer.from(JSON.stringify(body));
-    const parsed = json === undefined ? { value: undefined, error: undefined } : parseBody(bodyKind('application/json', true), json);
+    const parsed = json === undefined ? { value: undefined, error: undefined, ambiguous: false } : parseBody(bodyKind('application/json', true), json);
     const args = buildArgs(match?.params ?? {}, query, parsed, json === undefined ? 'none' : 'json', match?.tool.args ?? {});
     if (args.error !== undefined) throw new Error(`request ${i}: ${args.error}`);
     const rawQuery = Object.entries(query).map(([k, v]) => `${k}=${v[0]}`).join('&');

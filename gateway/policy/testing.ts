@@ -38,7 +38,7 @@ export function scenarioInput(policy: Policy, config: Pick<Config, 'gateway'>, s
   const kind = r.json !== undefined ? 'json' : r.form !== undefined ? 'form' : 'none';
   const bytes = Buffer.from(r.json !== undefined ? JSON.stringify(r.json) : (r.form ?? ''));
   const parsed = parseBody(bodyKind(kind === 'json' ? 'application/json' : 'application/x-www-form-urlencoded', kind !== 'none'), bytes);
-  const args = buildArgs(match?.params ?? {}, query, kind === 'none' ? { value: undefined, error: undefined } : parsed, kind, match?.tool.args ?? {});
+  const args = buildArgs(match?.params ?? {}, query, kind === 'none' ? { value: undefined, error: undefined, ambiguous: false } : parsed, kind, match?.tool.args ?? {});
   const facts: RequestFacts = {
     upstream: r.upstream,
     method: r.method,

@@ -21,8 +21,9 @@ import { agentResponse } from '../proxy/response.js';
 import { scrubberFor } from '../proxy/scrub.js';
 import type { SecretSource } from '../secrets/env.js';
 import type { AuditRecord, RequestFacts } from '../types.js';
-import { bodyKind, buildArgs, parseBody, type ParsedBody } from '../policy/args.js';
+import { bodyKind, buildArgs, decodeFormPair, parseBody, type ParsedBody } from '../policy/args.js';
 import { canonicalQuery, canonicalTarget } from './canonical.js';
+import { containsToken, redactTokens } from './token-scan.js';
 import { sendError, toValetError } from './respond.js';
 
 /** The concrete modules the request path calls, built by the composition root. */
@@ -57,16 +58,25 @@ export function createPipeline(deps: PipelineDeps): RequestHandler {
   const requestLog = requestLineLogger(logger);
   // Per upstream, once: the query parameters that may carry the agent token or the credential.
   const credentialParams = new Map([...config.upstreams.values()].map((u) => [u.name, credentialQueryParams(u)]));
+  // Once: where any upstream takes agent tokens, to keep them out of the record of a request refused early.
+  const tokenPlaces = {
+    headers: new Set([...config.upstreams.values()].map((u) => u.agentTokenHeader)),
+    query: new Set([...config.upstreams.values()].flatMap((u) => (u.agentTokenQuery === undefined ? [] : [u.agentTokenQuery.toLowerCase()]))),
+  };
 
   return async (req, res) => {
     const started = performance.now();
     const requestId = newRequestId();
     res.setHeader('x-request-id', requestId);
-    const rec = newAuditRecord(requestId, req.method ?? 'GET', ((req.url ?? '').split('?')[0] ?? '').slice(0, 2048));
+    const rawPath = (req.url ?? '').split('?')[0] ?? '';
+    // The raw path until the canonical one is known; cut to 2,048 characters only once redacted (below).
+    const rec = newAuditRecord(requestId, req.method ?? 'GET', rawPath);
     const hangUp = new HangUp(res);
     // An approval taken for this request, given back if the request fails before it is forwarded.
     let approved: Extract<Escalation, { kind: 'approved' }> | undefined;
     let forwarding = false;
+    // The agent token, once known: the path recorded and logged must never hold it.
+    let token: string | undefined;
 
     try {
       // 1. receive
@@ -89,17 +99,20 @@ export function createPipeline(deps: PipelineDeps): RequestHandler {
       const q = canonicalQuery(target.rawQuery, credentialParams.get(upstream.name) as ReadonlySet<string>);
 
       // 2. authenticate
-      const token = agentToken(req.rawHeaders, upstream, q.removed);
-      if (q.rawQuery.includes(token)) {
-        throw new ValetError('VALET_ERR_BAD_REQUEST', 'The agent token may not appear in the query string.');
+      token = agentToken(req.rawHeaders, upstream, q.removed);
+      // The token in any reading of the target (raw or decoded path, query names and values) would
+      // be forwarded, or read by whatever logs URLs: refused before anything is forwarded or stored.
+      if (containsToken(rawPath, token) || containsToken(q.rawQuery, token)) {
+        throw new ValetError('VALET_ERR_BAD_REQUEST', 'The agent token may not appear in the request path or query string.');
       }
+      const presented = token;
       const identity = await verifyToken(token);
       rec.agent = identity.agent;
       rec.tenant = identity.tenant ?? null;
       rec.user = identity.user ?? null;
       // The agent's headers as they may go upstream: built once, for the approval digest and for injection.
       let forwardable: HeaderList | undefined;
-      const forwardableHeaders = (): HeaderList => (forwardable ??= forwardableRequestHeaders(req.rawHeaders, upstream, token));
+      const forwardableHeaders = (): HeaderList => (forwardable ??= forwardableRequestHeaders(req.rawHeaders, upstream, presented));
 
       // 3. describe
       const policy = currentPolicy();
@@ -107,21 +120,25 @@ export function createPipeline(deps: PipelineDeps): RequestHandler {
       const toolMatch = policy.matchTool(upstream.name, rec.method, target.path);
       const kind = bodyKind(req.headers['content-type'], hasBody(req));
       let buffered: Buffer | undefined;
-      let parsed: ParsedBody = { value: undefined, error: undefined };
+      let parsed: ParsedBody = { value: undefined, error: undefined, ambiguous: false };
       if (policy.readsArgs(upstream.name)) {
         const encoding = (req.headers['content-encoding'] ?? 'identity').trim().toLowerCase();
         if (encoding !== 'identity' && kind !== 'none') {
           // Policy would read compressed bytes while the upstream reads what they decode to.
-          parsed = { value: undefined, error: `the body is ${encoding}-encoded; arguments cannot be read` };
+          parsed = { value: undefined, error: `the body is ${encoding}-encoded; arguments cannot be read`, ambiguous: false };
         } else if (kind === 'json' || kind === 'form') {
           buffered = await readBody(req, config.gateway.maxBodyBytes);
           rec.bytesIn = buffered.length;
+          refuseTokenInBody(buffered, presented);
           parsed = parseBody(kind, buffered);
         } else {
           parsed = parseBody(kind, Buffer.alloc(0));
         }
       }
       const args = buildArgs(toolMatch?.params ?? {}, q.query, parsed, kind, toolMatch?.tool.args ?? {});
+      // Policy reads arguments here, and another reader could take these bytes differently from it:
+      // whatever policy would decide, it would decide about another request than the upstream gets.
+      if (args.ambiguous && policy.readsArgs(upstream.name)) refuseAmbiguous(args.error);
       const facts: RequestFacts = {
         upstream: upstream.name,
         method: rec.method,
@@ -134,7 +151,7 @@ export function createPipeline(deps: PipelineDeps): RequestHandler {
         argsError: args.error,
       };
       rec.tool = facts.tool ?? null;
-      rec.args = keptArguments(args.args, toolMatch?.tool.auditArgs, [token]);
+      rec.args = keptArguments(args.args, toolMatch?.tool.auditArgs, [presented]);
 
       // 4. decide
       const described = { identity, facts, environment: config.gateway.environment, now: Date.now() };
@@ -156,9 +173,12 @@ export function createPipeline(deps: PipelineDeps): RequestHandler {
         if (buffered === undefined && hasBody(req)) {
           buffered = await readBody(req, config.gateway.maxBodyBytes);
           rec.bytesIn = buffered.length;
+          refuseTokenInBody(buffered, presented);
         }
         const shown = parsed.value === undefined && parsed.error === undefined && buffered !== undefined && !encoded(req) ? parseBody(kind, buffered) : parsed;
         const shownArgs = shown === parsed ? args : buildArgs(toolMatch?.params ?? {}, q.query, shown, kind, toolMatch?.tool.args ?? {});
+        // The approver reads these arguments as policy would: the same ambiguity is refused.
+        if (shownArgs.ambiguous) refuseAmbiguous(shownArgs.error);
         const header = req.headers[APPROVAL_HEADER];
         const outcome = await escalate(
           approvals,
@@ -172,7 +192,7 @@ export function createPipeline(deps: PipelineDeps): RequestHandler {
             args: shownArgs.args,
             argsError: shownArgs.error,
             pathParams: toolMatch?.params ?? {},
-            token,
+            token: presented,
             presented: Array.isArray(header) ? header.join(',') : header,
             signal: hangUp,
             policyVersion: policy.version,
@@ -268,6 +288,8 @@ export function createPipeline(deps: PipelineDeps): RequestHandler {
       if (e.code === 'VALET_ERR_INTERNAL') logger.error({ reqId: requestId, err: e.cause }, 'internal error');
       if (e.code !== 'VALET_ERR_CLIENT_CLOSED') sendError(res, e, requestId);
     } finally {
+      const redacted = redactTokens(rec.path, token !== undefined ? [token] : presentedTokens(req, tokenPlaces));
+      rec.path = rec.path === rawPath ? redacted.slice(0, 2048) : redacted;
       rec.status = rec.errorCode === 'VALET_ERR_CLIENT_CLOSED' && !res.headersSent ? 499 : res.statusCode;
       rec.durationMs = Math.round((performance.now() - started) * 1000) / 1000;
       audit.record(rec);
@@ -374,6 +396,44 @@ function agentToken(rawHeaders: readonly string[], upstream: UpstreamConfig, rem
   if (found.size === 0) throw new ValetError('VALET_ERR_TOKEN_MISSING');
   if (found.size > 1) throw new ValetError('VALET_ERR_TOKEN_INVALID', 'The agent token is invalid: more than one token was presented.');
   return found.values().next().value as string;
+}
+
+/**
+ * Everything that may be an agent token, for a request refused before its token was determined:
+ * Bearer values, values of any upstream's token header and of any upstream's token query parameter.
+ */
+function presentedTokens(req: IncomingMessage, places: { headers: ReadonlySet<string>; query: ReadonlySet<string> }): string[] {
+  const found: string[] = [];
+  for (let i = 0; i < req.rawHeaders.length; i += 2) {
+    const name = (req.rawHeaders[i] as string).toLowerCase();
+    const value = (req.rawHeaders[i + 1] as string).trim();
+    if (name === 'authorization') {
+      const m = BEARER.exec(value);
+      if (m) found.push(m[1] as string);
+    } else if (places.headers.has(name) && value !== '') {
+      found.push(value);
+    }
+  }
+  if (places.query.size > 0) {
+    const q = (req.url ?? '').indexOf('?');
+    for (const pair of q === -1 ? [] : (req.url ?? '').slice(q + 1).split('&')) {
+      const decoded = decodeFormPair(pair);
+      if (decoded !== undefined && places.query.has(decoded[0].toLowerCase()) && decoded[1] !== '') found.push(decoded[1]);
+    }
+  }
+  return found;
+}
+
+/** Refuses a buffered body that holds the agent token in any reading (raw, JSON-escaped, percent-encoded). */
+function refuseTokenInBody(body: Buffer, token: string): void {
+  // A verified token is ASCII, so latin1 keeps its bytes one character each.
+  if (containsToken(body.toString('latin1'), token)) {
+    throw new ValetError('VALET_ERR_BAD_REQUEST', 'The agent token may not appear in the request body.');
+  }
+}
+
+function refuseAmbiguous(reason: string | undefined): never {
+  throw new ValetError('VALET_ERR_BAD_REQUEST', `Ambiguous request: ${reason ?? 'the arguments can be read more than one way'}.`);
 }
 
 /** Whether the body is compressed (or otherwise encoded): its arguments cannot be read then. */

@@ -107,40 +107,46 @@ describe('tools and arguments (Stripe-like upstream)', () => {
   });
 
   it('a JSON float or a huge number for a declared int is refused', async () => {
-    for (const body of ['{"amount":100.5,"currency":"usd"}', '{"amount":1e400,"currency":"usd"}', '{"amount":-9007199254740993,"currency":"usd"}']) {
+    for (const body of ['{"amount":100.5,"currency":"usd"}', '{"amount":9007199254740994,"currency":"usd"}']) {
       const r = await transfer({ body, contentType: 'application/json' });
       const e = expectRefused(r, 403, 'VALET_ERR_POLICY_DENIED');
       expect(e.reason, body).toMatch(/amount/);
     }
+    // Numbers that are not exactly a double are ambiguous, whatever their declared type.
+    for (const body of ['{"amount":1e400,"currency":"usd"}', '{"amount":-9007199254740993,"currency":"usd"}']) {
+      const r = await transfer({ body, contentType: 'application/json' });
+      expect(expectRefused(r, 400, 'VALET_ERR_BAD_REQUEST').message, body).toMatch(/not exactly a double/);
+    }
   });
 
+  // Ambiguity is refused outright (400), before any rule is evaluated, whichever copy would pass.
   it('a duplicate JSON key is refused, whichever copy would pass', async () => {
     for (const body of ['{"amount":100000,"amount":100,"currency":"usd"}', '{"amount":100,"amount":100000,"currency":"usd"}']) {
       const r = await transfer({ body, contentType: 'application/json' });
-      const e = expectRefused(r, 403, 'VALET_ERR_POLICY_DENIED');
-      expect(e.reason).toMatch(/repeats the key "amount"/);
-      expect(await audit(gw, r)).toMatchObject({ decision: 'deny', rule: 'small-usd-transfers' });
+      const e = expectRefused(r, 400, 'VALET_ERR_BAD_REQUEST');
+      expect(e.message).toMatch(/repeats the key "amount"/);
+      expect(await audit(gw, r)).toMatchObject({ decision: null, status: 400, error_code: 'VALET_ERR_BAD_REQUEST' });
     }
   });
 
   it('a duplicate nested JSON key is refused too', async () => {
     const r = await transfer({ body: '{"amount":100,"currency":"usd","metadata":{"a":1,"a":2}}', contentType: 'application/json' });
-    expect(expectRefused(r, 403, 'VALET_ERR_POLICY_DENIED').reason).toMatch(/repeats the key "a"/);
+    expect(expectRefused(r, 400, 'VALET_ERR_BAD_REQUEST').message).toMatch(/repeats the key "a"/);
   });
 
   it('a duplicate form key is refused, whichever copy would pass', async () => {
     for (const body of ['amount=100000&amount=100&currency=usd', 'amount=100&currency=usd&amount=100000']) {
       const r = await transfer(form(body));
-      const e = expectRefused(r, 403, 'VALET_ERR_POLICY_DENIED');
-      expect(e.reason).toMatch(/repeats the key "amount"/);
+      const e = expectRefused(r, 400, 'VALET_ERR_BAD_REQUEST');
+      expect(e.message).toMatch(/repeats the key "amount"/);
     }
   });
 
   it('an argument given in both the query and the body is refused as ambiguous', async () => {
     for (const o of [form('amount=100&currency=usd'), json({ amount: 100, currency: 'usd' })]) {
       const r = await transfer(o, '?amount=100');
-      const e = expectRefused(r, 403, 'VALET_ERR_POLICY_DENIED');
-      expect(e.reason).toMatch(/"amount" is given in both the query and the body/);
+      const e = expectRefused(r, 400, 'VALET_ERR_BAD_REQUEST');
+      expect(e.message).toMatch(/"amount" is given in both the query and the body/);
     }
   });
 
@@ -194,8 +200,8 @@ describe('tools and arguments (Stripe-like upstream)', () => {
 
   it('a path parameter cannot also be supplied through the query', async () => {
     const r = await send(gw, upstream, '/stripe/v1/customers/cus_999?customer_id=cus_123', { token });
-    const e = expectRefused(r, 403, 'VALET_ERR_POLICY_DENIED');
-    expect(e.reason).toMatch(/"customer_id" is given in both the path and the query/);
+    const e = expectRefused(r, 400, 'VALET_ERR_BAD_REQUEST');
+    expect(e.message).toMatch(/"customer_id" is given in both the path and the query/);
   });
 });
 
