@@ -1,6 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import type { CredentialConfig } from '../../gateway/config/types.js';
 import {
+  classifyRequestHeader,
   forwardableRequestHeaders,
   forwardableResponseHeaders,
   injectCredential,
@@ -103,6 +104,67 @@ describe('forwardableRequestHeaders', () => {
       raw(['Connection', 'Upgrade, HTTP2-Settings'], ['Upgrade', 'h2c'], ['HTTP2-Settings', 'AAMAAABkAAQAAP__']),
       bearer, TOKEN);
     expect(out).toEqual([]);
+  });
+
+  it.each([
+    // re-routing
+    'X-Original-URL', 'x-original-uri', 'X-Rewrite-URL', 'X-REWRITE-PATH', 'X-Envoy-Original-Path', 'x-envoy-upstream-rq-timeout-ms',
+    'X-Proxy-URL', 'X-Matched-Path', 'x-invoke-path', 'X-Invoke-Query', 'X-Middleware-Subrequest', 'x-now-route-matches',
+    // re-methoding
+    'X-HTTP-Method-Override', 'x-http-method', 'X-Method-Override', 'X-Original-Method',
+    // re-addressing
+    'X-Forwarded-Path', 'X-Forwarded-Uri', 'X-Forwarded-Server', 'X-Forwarded-Scheme', 'X-Forwarded', 'X-Original-Host', 'X-Host',
+    'Front-End-Https', 'X-Url-Scheme', 'x-http-host-override',
+    // client identity and certificates
+    'True-Client-IP', 'X-Client-IP', 'X-Cluster-Client-IP', 'CF-Connecting-IP', 'Fastly-Client-IP', 'X-ProxyUser-Ip',
+    'akamai-origin-hop', 'X-ARR-ClientCert', 'X-SSL-Client-Cert', 'X-Client-Cert',
+    // proxy chain, httpoxy
+    'Via', 'Max-Forwards', 'Proxy',
+  ])('drops the request-steering header %s', (name) => {
+    expect(forwardableRequestHeaders(raw([name, '/admin'], ['X-Keep', 'k']), bearer, TOKEN)).toEqual([['x-keep', 'k']]);
+  });
+
+  it('keeps ordinary headers that merely resemble steering ones', () => {
+    const h = raw(['X-Client-Name', 'sdk'], ['X-Forwarded', 'x'], ['X-Original', 'o'], ['x-hostname', 'h'], ['OpenAI-Beta', 'assistants=v2']);
+    expect(names(forwardableRequestHeaders(h, bearer, TOKEN))).toEqual(['x-client-name', 'x-original', 'x-hostname', 'openai-beta']);
+  });
+
+  it('forwards a steering header the upstream opted in, by exact name and from a prefix family, any case', () => {
+    const u = upstream({ scheme: 'bearer', secret: 'S' }, { allowSteeringHeaders: ['x-http-method-override', 'x-forwarded-proto'] });
+    const h = raw(['X-HTTP-Method-Override', 'PATCH'], ['x-forwarded-proto', 'https'], ['X-Forwarded-Host', 'evil'], ['X-Method-Override', 'DELETE']);
+    expect(forwardableRequestHeaders(h, u, TOKEN)).toEqual([['x-http-method-override', 'PATCH'], ['x-forwarded-proto', 'https']]);
+  });
+
+  it('never lets an opt-in bring back a credential, hop-by-hop or Valet header (upstreams built in code too)', () => {
+    const u = upstream({ scheme: 'bearer', secret: 'S' }, { allowSteeringHeaders: ['authorization', 'cookie', 'connection', 'host', 'valet-x', 'x-api-key'] });
+    const h = raw(['Authorization', 'Bearer a'], ['Cookie', 'c'], ['Host', 'h'], ['Valet-X', 'v'], ['x-api-key', 'k'], ['accept', '*/*']);
+    expect(forwardableRequestHeaders(h, u, TOKEN)).toEqual([['accept', '*/*']]);
+  });
+
+  it('forward_headers: only the listed names pass, and never a header Valet strips', () => {
+    const u = upstream({ scheme: 'bearer', secret: 'S' }, { forwardHeaders: ['content-type', 'accept', 'openai-beta', 'authorization', 'x-original-url', 'accept-encoding'] });
+    const h = raw(['Content-Type', 'application/json'], ['Accept', '*/*'], ['X-Custom', 'c'], ['OpenAI-Beta', 'b'], ['User-Agent', 'ua'],
+      ['Authorization', 'Bearer x'], ['X-Original-URL', '/admin'], ['Accept-Encoding', 'gzip']);
+    expect(forwardableRequestHeaders(h, u, TOKEN)).toEqual([['content-type', 'application/json'], ['accept', '*/*'], ['openai-beta', 'b']]);
+  });
+
+  it('forward_headers with an opted-in steering header forwards it; Connection still removes what it names', () => {
+    const u = upstream({ scheme: 'bearer', secret: 'S' }, { allowSteeringHeaders: ['x-http-method-override'], forwardHeaders: ['accept', 'x-http-method-override'] });
+    expect(forwardableRequestHeaders(raw(['x-http-method-override', 'PUT'], ['accept', 'a']), u, TOKEN)).toEqual([['x-http-method-override', 'PUT'], ['accept', 'a']]);
+    expect(forwardableRequestHeaders(raw(['Connection', 'accept'], ['x-http-method-override', 'PUT'], ['accept', 'a']), u, TOKEN)).toEqual([['x-http-method-override', 'PUT']]);
+  });
+
+  it('classifyRequestHeader says what may be opted in', () => {
+    const h = upstream({ scheme: 'header', header: 'x-echo-key', prefix: '', secret: 'S' }, { agentTokenHeader: 'x-agent-token' });
+    expect(classifyRequestHeader('x-original-url', h)).toBe('steering');
+    expect(classifyRequestHeader('cf-connecting-ip', h)).toBe('steering');
+    expect(classifyRequestHeader('x-echo-key', h)).toBe('credential');
+    expect(classifyRequestHeader('x-agent-token', h)).toBe('credential');
+    expect(classifyRequestHeader('cookie', h)).toBe('credential');
+    expect(classifyRequestHeader('proxy-authorization', h)).toBe('hop-by-hop');
+    expect(classifyRequestHeader('x-request-id', h)).toBe('valet');
+    expect(classifyRequestHeader('valet-approval', h)).toBe('valet');
+    expect(classifyRequestHeader('accept', h)).toBe('ordinary');
   });
 
   it('does not mutate its input', () => {
