@@ -62,7 +62,6 @@ export const STEERING = [
   'x-forwarded',
   'x-host',
   'x-http-host-override',
-  'x-forwarded-server',
   'front-end-https',
   'x-url-scheme',
   'x-scheme',
