@@ -1,7 +1,7 @@
 import type { IncomingHttpHeaders } from 'node:http';
 import type { CredentialConfig, UpstreamConfig } from '../config/types.js';
 import { ValetError } from '../errors.js';
-import { scrubLocation } from './location.js';
+import { agentLink, agentLocation, type AgentOrigin } from './location.js';
 import type { Scrubber } from './scrub.js';
 
 /** Headers that describe one hop, never forwarded in either direction (RFC 9110 §7.6.1). */
@@ -284,23 +284,33 @@ export function injectCredential(headers: HeaderList, rawQuery: string, credenti
 
 /**
  * Upstream response headers as the agent may see them. `x-request-id` belongs to Valet (it names
- * the audit row); the upstream's own id is passed on as `x-upstream-request-id`. `Location` is
- * always scrubbed; while the upstream's responses are scrubbed, every other value is too.
+ * the audit row); the upstream's own id is passed on as `x-upstream-request-id`. The URLs in
+ * `Location`, `Content-Location` and `Link` are always scrubbed, and those on the upstream's origin
+ * rewritten to point back through Valet (see {@link agentLocation}; `origin` is only called then).
+ * While the upstream's responses are scrubbed, every other value is scrubbed too.
  */
 export function forwardableResponseHeaders(
   headers: IncomingHttpHeaders | Record<string, string | string[] | undefined>,
   upstream: UpstreamConfig,
   scrubber: Scrubber,
+  origin: AgentOrigin,
 ): Record<string, string | string[]> {
   const connection = headers['connection'];
   // Usually `keep-alive` or nothing: names only hop-by-hop headers, dropped anyway.
   const listed = connection === undefined ? NONE : connectionListed([connection].flat());
   const scrubAll = upstream.scrubResponses !== false;
+  let agentBase: string | undefined | null = null;
+  const once: AgentOrigin = () => (agentBase === null ? (agentBase = origin()) : agentBase);
   const out: Record<string, string | string[]> = {};
   for (const [name, value] of Object.entries(headers)) {
     if (value === undefined || HOP_BY_HOP_SET.has(name) || listed.has(name)) continue;
-    if (name === 'location') {
-      out[name] = scrubLocation(Array.isArray(value) ? (value[0] ?? '') : value, upstream, scrubber);
+    if (name === 'location' || name === 'content-location') {
+      out[name] = agentLocation(Array.isArray(value) ? (value[0] ?? '') : value, upstream, scrubber, once);
+      continue;
+    }
+    if (name === 'link') {
+      const link = (v: string): string => agentLink(scrubAll ? scrubber.redact(v) : v, upstream, scrubber, once);
+      out[name] = Array.isArray(value) ? value.map(link) : link(value);
       continue;
     }
     const scrubbed = !scrubAll ? value : Array.isArray(value) ? value.map((v) => scrubber.redact(v)) : scrubber.redact(value);

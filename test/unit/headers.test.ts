@@ -226,12 +226,14 @@ describe('injectCredential', () => {
 
 describe('forwardableResponseHeaders', () => {
   const none = createScrubber([]);
+  const VALET = (): string => 'http://valet.test:8080';
 
   it('passes ordinary headers, arrays (set-cookie) intact', () => {
     const out = forwardableResponseHeaders(
       { 'content-type': 'application/json', 'set-cookie': ['a=1', 'b=2'], 'cache-control': 'no-store', 'x-empty': undefined },
       bearer,
       none,
+      VALET,
     );
     expect(out).toEqual({ 'content-type': 'application/json', 'set-cookie': ['a=1', 'b=2'], 'cache-control': 'no-store' });
   });
@@ -252,12 +254,13 @@ describe('forwardableResponseHeaders', () => {
       },
       bearer,
       none,
+      VALET,
     );
     expect(out).toEqual({ 'x-public': 'ok' });
   });
 
   it('renames the upstream’s x-request-id so Valet’s own id is not overwritten', () => {
-    const out = forwardableResponseHeaders({ 'x-request-id': 'up-123', 'content-type': 'text/plain' }, bearer, none);
+    const out = forwardableResponseHeaders({ 'x-request-id': 'up-123', 'content-type': 'text/plain' }, bearer, none, VALET);
     expect(out).toEqual({ 'x-upstream-request-id': 'up-123', 'content-type': 'text/plain' });
     expect(out['x-request-id']).toBeUndefined();
   });
@@ -275,6 +278,7 @@ describe('forwardableResponseHeaders', () => {
       },
       bearer,
       s,
+      VALET,
     );
     expect(out).toEqual({
       'x-echo-authorization': 'Bearer [REDACTED]',
@@ -289,14 +293,52 @@ describe('forwardableResponseHeaders', () => {
   it('with scrubbing off, values other than Location pass unchanged', () => {
     const s = createScrubber(['sk-real-123456']);
     const off = upstream({ scheme: 'bearer', secret: 'S' }, { scrubResponses: false });
-    const out = forwardableResponseHeaders({ 'x-echo': 'sk-real-123456', location: '/next?x=sk-real-123456' }, off, s);
-    expect(out).toEqual({ 'x-echo': 'sk-real-123456', location: '/next?x=[REDACTED]' });
+    const out = forwardableResponseHeaders({ 'x-echo': 'sk-real-123456', location: '/next?x=sk-real-123456' }, off, s, VALET);
+    expect(out).toEqual({ 'x-echo': 'sk-real-123456', location: '/api/next?x=[REDACTED]' });
   });
 
-  it('end to end with scrubLocation: the secret never reaches the agent through Location', () => {
+  it('end to end with agentLocation: the secret never reaches the agent through Location', () => {
     const q = upstream({ scheme: 'query', param: 'key', secret: 'S' });
-    const out = forwardableResponseHeaders({ location: 'https://api.example.com/next?page=2&key=sk-real-123' }, q, createScrubber(['sk-real-123']));
+    const out = forwardableResponseHeaders({ location: 'https://api.example.com/next?page=2&key=sk-real-123' }, q, createScrubber(['sk-real-123']), VALET);
     expect(String(out['location'])).not.toContain('sk-real-123');
     expect(String(out['location'])).toContain('page=2');
+  });
+
+  it('rewrites Location, Content-Location and every Link line on the upstream\'s origin; scrubbing off too', () => {
+    const off = upstream({ scheme: 'bearer', secret: 'S' }, { scrubResponses: false });
+    for (const u of [bearer, off]) {
+      const out = forwardableResponseHeaders(
+        {
+          location: 'https://api.example.com/v1/x',
+          'content-location': '/v1/x',
+          link: ['<https://api.example.com/v1/x?page=2>; rel="next"', '</v1/x?page=9>; rel="last", <https://other.example/y>; rel="help"'],
+        },
+        u,
+        none,
+        VALET,
+      );
+      expect(out).toEqual({
+        location: 'http://valet.test:8080/api/v1/x',
+        'content-location': '/api/v1/x',
+        link: ['<http://valet.test:8080/api/v1/x?page=2>; rel="next"', '</api/v1/x?page=9>; rel="last", <https://other.example/y>; rel="help"'],
+      });
+    }
+  });
+
+  it('asks for Valet\'s origin at most once, and not at all when nothing links to the upstream', () => {
+    let calls = 0;
+    const count = (): string => {
+      calls++;
+      return 'http://v';
+    };
+    forwardableResponseHeaders({ 'content-type': 'text/plain', location: '/x', link: '<https://other.example/>; rel="a"' }, bearer, none, count);
+    expect(calls).toBe(0);
+    forwardableResponseHeaders({ location: 'https://api.example.com/a', link: ['<https://api.example.com/b>; rel="next"', '<https://api.example.com/c>; rel="last"'] }, bearer, none, count);
+    expect(calls).toBe(1);
+  });
+
+  it('scrubs Link parameters while scrubbing is on', () => {
+    const out = forwardableResponseHeaders({ link: '</x>; rel="next"; title="sk-real-123456"' }, bearer, createScrubber(['sk-real-123456']), VALET);
+    expect(out['link']).toBe('</api/x>; rel="next"; title="[REDACTED]"');
   });
 });
