@@ -46,7 +46,7 @@ const VALET_OWNED_PREFIX = ['valet-'];
  * family in {@link STEERING_PREFIX}; an upstream may take single names back with
  * `allow_steering_headers`. docs/configuration.md lists them; this list is the source.
  */
-export const STEERING = [
+export const STEERING: readonly string[] = [
   // Re-routing: the path or URL the application should serve instead (IIS, Symfony, Laravel, nginx setups).
   'x-rewrite-url',
   'x-proxy-url',
@@ -90,7 +90,7 @@ export const STEERING = [
  * Next.js internals (`x-middleware-subrequest` skips middleware, `x-invoke-*`), headers CDNs set at
  * their edge (Cloudflare, Fastly, Akamai, IIS ARR) and TLS terminators' client-certificate headers.
  */
-export const STEERING_PREFIX = [
+export const STEERING_PREFIX: readonly string[] = [
   'x-forwarded-',
   'x-original-',
   'x-rewrite-',

@@ -8,6 +8,9 @@
  *
  * Requests are written on a raw socket so no client library merges, drops or re-cases headers.
  */
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { startTestGateway, type TestGateway } from '../helpers/gateway.js';
 import { headerValues, startFakeUpstream, type FakeUpstream, type RecordedRequest } from '../helpers/upstream.js';
@@ -121,6 +124,11 @@ describe('request-steering headers never reach the upstream unless the upstream 
 });
 
 describe('opting in a header Valet never forwards is a configuration error', () => {
+  const dirs: string[] = [];
+  afterAll(() => {
+    for (const d of dirs) rmSync(d, { recursive: true, force: true });
+  });
+
   it.each([
     ['authorization', 'carries a credential'],
     ['X-Echo-Key', 'carries a credential'],
@@ -128,7 +136,11 @@ describe('opting in a header Valet never forwards is a configuration error', () 
     ['connection', 'describes one hop'],
     ['transfer-encoding', 'describes one hop'],
   ])('%s', async (name, why) => {
+    // A gateway that fails to start leaves its directory to the caller.
+    const root = mkdtempSync(join(tmpdir(), 'valet-steering-'));
+    dirs.push(root);
     const start = startTestGateway({
+      root,
       upstreams: [
         {
           name: 'api',

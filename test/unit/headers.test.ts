@@ -1,4 +1,5 @@
 import { describe, expect, it } from 'vitest';
+import { requestDigest } from '../../gateway/approvals/digest.js';
 import type { CredentialConfig } from '../../gateway/config/types.js';
 import {
   classifyRequestHeader,
@@ -152,6 +153,14 @@ describe('forwardableRequestHeaders', () => {
     const u = upstream({ scheme: 'bearer', secret: 'S' }, { allowSteeringHeaders: ['x-http-method-override'], forwardHeaders: ['accept', 'x-http-method-override'] });
     expect(forwardableRequestHeaders(raw(['x-http-method-override', 'PUT'], ['accept', 'a']), u, TOKEN)).toEqual([['x-http-method-override', 'PUT'], ['accept', 'a']]);
     expect(forwardableRequestHeaders(raw(['Connection', 'accept'], ['x-http-method-override', 'PUT'], ['accept', 'a']), u, TOKEN)).toEqual([['x-http-method-override', 'PUT']]);
+  });
+
+  it('the approval digest, built from the forwardable headers, cannot be changed by steering headers', () => {
+    const digest = (h: string[]): string =>
+      requestDigest({ upstream: 'api', method: 'GET', path: '/x', query: '', headers: forwardableRequestHeaders(h, bearer, TOKEN), body: new Uint8Array() });
+    const plain = digest(raw(['accept', 'a']));
+    expect(digest(raw(['accept', 'a'], ['X-HTTP-Method-Override', 'DELETE'], ['X-Original-URL', '/admin'], ['Via', '1.1 p']))).toBe(plain);
+    expect(digest(raw(['accept', 'a'], ['x-custom', '1']))).not.toBe(plain);
   });
 
   it('classifyRequestHeader says what may be opted in', () => {
