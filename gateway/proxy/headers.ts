@@ -48,7 +48,6 @@ const VALET_OWNED_PREFIX = ['valet-'];
  */
 export const STEERING: readonly string[] = [
   // Re-routing: the path or URL the application should serve instead (IIS, Symfony, Laravel, nginx setups).
-  'x-rewrite-url',
   'x-proxy-url',
   'x-matched-path',
   'x-now-route-matches',

@@ -1,7 +1,10 @@
+import { readFileSync } from 'node:fs';
 import { describe, expect, it } from 'vitest';
 import { requestDigest } from '../../gateway/approvals/digest.js';
 import type { CredentialConfig } from '../../gateway/config/types.js';
 import {
+  STEERING,
+  STEERING_PREFIX,
   classifyRequestHeader,
   forwardableRequestHeaders,
   forwardableResponseHeaders,
@@ -161,6 +164,14 @@ describe('forwardableRequestHeaders', () => {
     const plain = digest(raw(['accept', 'a']));
     expect(digest(raw(['accept', 'a'], ['X-HTTP-Method-Override', 'DELETE'], ['X-Original-URL', '/admin'], ['Via', '1.1 p']))).toBe(plain);
     expect(digest(raw(['accept', 'a'], ['x-custom', '1']))).not.toBe(plain);
+  });
+
+  it('docs/configuration.md lists exactly the steering names and families in the code', () => {
+    const doc = readFileSync(new URL('../../docs/configuration.md', import.meta.url), 'utf8');
+    const section = doc.slice(doc.indexOf('### Request-steering headers'), doc.indexOf('### Response scrubbing'));
+    const listed = (label: string): string[] => [...(section.split(label)[1]?.split('\n- ')[0] ?? '').matchAll(/`([a-z0-9-]+)`/g)].map((m) => m[1] as string);
+    expect(listed('**Exact names**').sort()).toEqual([...STEERING].sort());
+    expect(listed('**Prefix families**').filter((p) => p.endsWith('-') && !p.startsWith('-')).sort()).toEqual([...STEERING_PREFIX].sort());
   });
 
   it('classifyRequestHeader says what may be opted in', () => {
