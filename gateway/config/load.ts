@@ -4,6 +4,7 @@ import { join, relative, resolve } from 'node:path';
 import { Ajv, type ErrorObject } from 'ajv';
 import { isMap, isPair, isScalar, LineCounter, parseDocument, type Document, type Node } from 'yaml';
 import { ConfigError, type ConfigProblem } from '../errors.js';
+import { classifyRequestHeader, SCRUB_DROP, type HeaderClass } from '../proxy/headers.js';
 import { NOT_INJECTABLE, parseTemplate, secretNames } from './credential.js';
 import { fileSchema } from './schema.js';
 import { DEFAULT_APPROVAL_SETTINGS, DEFAULT_AUDIT } from './types.js';
@@ -467,13 +468,18 @@ function buildUpstream(file: ParsedFile, i: number, raw: Raw, problems: Problems
     return undefined;
   }
   const credential = buildCredential(file, [...at, 'credential'], raw.credential, problems);
+  const agentTokenHeader = (raw.agent_token?.header ?? 'authorization').toLowerCase();
+  const scrubResponses: boolean = raw.scrub_responses ?? true;
+  const headers = buildHeaderLists(file, at, raw, { agentTokenHeader, credential }, scrubResponses, problems);
   return {
     name: raw.name,
     origin: origin.origin,
-    agentTokenHeader: (raw.agent_token?.header ?? 'authorization').toLowerCase(),
+    agentTokenHeader,
     agentTokenQuery: raw.agent_token?.query,
     credential,
-    scrubResponses: raw.scrub_responses ?? true,
+    scrubResponses,
+    allowSteeringHeaders: headers.allow,
+    forwardHeaders: headers.only,
     timeouts: {
       connectMs: raw.timeouts?.connect_ms ?? 10_000,
       headersMs: raw.timeouts?.headers_ms ?? 120_000,
@@ -481,6 +487,59 @@ function buildUpstream(file: ParsedFile, i: number, raw: Raw, problems: Problems
     },
     connections: raw.connections ?? 64,
   };
+}
+
+/** Why a header class can never be forwarded from the agent, for config errors. */
+const NEVER_FORWARDED: Partial<Record<HeaderClass, string>> = {
+  credential: 'carries a credential (an API key, the agent token or what this upstream injects); an agent\'s copy is never forwarded',
+  'hop-by-hop': 'describes one hop (RFC 9110 §7.6.1); it is never forwarded',
+  valet: 'is set or stripped by Valet itself',
+};
+
+/**
+ * `allow_steering_headers` and `forward_headers`, lower-cased. Only request-steering headers can be
+ * allowed back; `forward_headers` cannot name a header Valet would strip anyway, so that the list
+ * says exactly what the upstream may receive.
+ */
+function buildHeaderLists(
+  file: ParsedFile,
+  at: (string | number)[],
+  raw: Raw,
+  upstream: Pick<UpstreamConfig, 'agentTokenHeader' | 'credential'>,
+  scrubResponses: boolean,
+  problems: Problems,
+): { allow: string[]; only: string[] | undefined } {
+  const lower = (key: string): string[] => {
+    const seen = new Set<string>();
+    ((raw[key] ?? []) as string[]).forEach((name, j) => {
+      const n = name.toLowerCase();
+      if (seen.has(n)) problems.add(file, [...at, key, j], `"${n}" is given twice (header names ignore case)`);
+      seen.add(n);
+    });
+    return [...seen];
+  };
+  const allow = lower('allow_steering_headers');
+  allow.forEach((name) => {
+    const kind = classifyRequestHeader(name, upstream);
+    if (kind === 'steering') return;
+    const why = NEVER_FORWARDED[kind] ?? 'is not a request-steering header; it is forwarded without being allowed';
+    problems.add(file, [...at, 'allow_steering_headers', indexOf(raw.allow_steering_headers, name)], `cannot allow "${name}": it ${why}`);
+  });
+  if (raw.forward_headers === undefined) return { allow, only: undefined };
+  const only = lower('forward_headers');
+  only.forEach((name) => {
+    const kind = classifyRequestHeader(name, upstream);
+    let why = NEVER_FORWARDED[kind];
+    if (kind === 'steering' && !allow.includes(name)) why = 'is a request-steering header: list it in allow_steering_headers too';
+    else if (scrubResponses && SCRUB_DROP.includes(name)) why = 'is dropped while scrub_responses is on';
+    if (why !== undefined) problems.add(file, [...at, 'forward_headers', indexOf(raw.forward_headers, name)], `cannot forward "${name}": it ${why}`);
+  });
+  return { allow, only };
+}
+
+/** Where a (lower-cased) header name first appears in a raw list. */
+function indexOf(list: readonly string[], name: string): number {
+  return list.findIndex((n) => n.toLowerCase() === name);
 }
 
 /** Keys each credential scheme takes besides `scheme` and `secret`. */

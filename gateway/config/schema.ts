@@ -241,6 +241,8 @@ export const fileSchema = {
           },
           credential,
           scrub_responses: { type: 'boolean' },
+          allow_steering_headers: { type: 'array', uniqueItems: true, items: headerName },
+          forward_headers: { type: 'array', minItems: 1, uniqueItems: true, items: headerName },
           timeouts: {
             type: 'object',
             additionalProperties: false,

@@ -157,6 +157,16 @@ export interface UpstreamConfig {
    * means on, so that an upstream built in code without the field is still scrubbed.
    */
   readonly scrubResponses?: boolean;
+  /**
+   * Request-steering headers (`STEERING` / `STEERING_PREFIX` in proxy/headers.ts) this upstream
+   * takes from agents after all, lower case. Absent or empty: every steering header is stripped.
+   */
+  readonly allowSteeringHeaders?: readonly string[];
+  /**
+   * Strict mode: the only agent request headers forwarded (lower case), on top of what Valet adds.
+   * Absent: every agent header Valet does not strip is forwarded.
+   */
+  readonly forwardHeaders?: readonly string[] | undefined;
   readonly timeouts: { readonly connectMs: number; readonly headersMs: number; readonly bodyMs: number };
   readonly connections: number;
 }

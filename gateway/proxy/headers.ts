@@ -1,7 +1,7 @@
 import type { IncomingHttpHeaders } from 'node:http';
 import type { CredentialConfig, UpstreamConfig } from '../config/types.js';
 import { ValetError } from '../errors.js';
-import { scrubLocation } from './location.js';
+import { agentLink, agentLocation, type AgentOrigin } from './location.js';
 import type { Scrubber } from './scrub.js';
 
 /** Headers that describe one hop, never forwarded in either direction (RFC 9110 §7.6.1). */
@@ -19,19 +19,11 @@ const HOP_BY_HOP = [
 const HOP_BY_HOP_SET: ReadonlySet<string> = new Set(HOP_BY_HOP);
 const NONE: ReadonlySet<string> = new Set();
 
-/**
- * Request headers an agent may never pass through: credentials of any kind, addressing that could
- * steer the upstream, and Valet's own control headers.
- */
-const AGENT_NEVER = [
-  'host',
+/** Headers that carry credentials, Valet's or an API's: never forwarded from the agent, never opted in. */
+const CREDENTIAL = [
   'authorization',
+  'proxy-authorization',
   'cookie',
-  'forwarded',
-  'x-real-ip',
-  'expect',
-  'content-length',
-  'x-request-id',
   // Where well-known APIs take keys; an agent might put its token in any of them.
   'x-api-key',
   'api-key',
@@ -40,28 +32,140 @@ const AGENT_NEVER = [
   'x-access-token',
   'private-token',
 ];
-const AGENT_NEVER_PREFIX = ['x-forwarded-', 'valet-'];
+
+/** Headers Valet sets, frames or consumes itself: never forwarded from the agent, never opted in. */
+const VALET_OWNED = ['host', 'content-length', 'expect', 'x-request-id'];
+const VALET_OWNED_PREFIX = ['valet-'];
+
+/**
+ * Request-steering headers: names that frameworks, proxies and CDNs read to re-route, re-method or
+ * re-address a request (the path, method, host, scheme or client address the application believes
+ * it received), or that only a proxy in front of the upstream should set. Policy is decided on the
+ * method and path Valet sees; with one of these the upstream could execute another, or trust a
+ * client address or TLS fact the agent made up. Stripped by default, by exact name here and by
+ * family in {@link STEERING_PREFIX}; an upstream may take single names back with
+ * `allow_steering_headers`. docs/configuration.md lists them; this list is the source.
+ */
+export const STEERING: readonly string[] = [
+  // Re-routing: the path or URL the application should serve instead (IIS, Symfony, Laravel, nginx setups).
+  'x-proxy-url',
+  'x-matched-path',
+  'x-now-route-matches',
+  'x-nextjs-data',
+  // Re-methoding: Rack, Express method-override, ASP.NET, Google APIs, OData.
+  'x-http-method',
+  'x-http-method-override',
+  'x-method-override',
+  // Re-addressing: the host or scheme the application believes it was reached at.
+  'forwarded',
+  'x-forwarded',
+  'x-host',
+  'x-http-host-override',
+  'front-end-https',
+  'x-url-scheme',
+  'x-scheme',
+  // Client identity that a proxy in front of the upstream would set (allowlists, rate limits, audit).
+  'x-real-ip',
+  'true-client-ip',
+  'x-client-ip',
+  'x-cluster-client-ip',
+  'x-proxyuser-ip',
+  'x-originating-ip',
+  'x-remote-ip',
+  'x-remote-addr',
+  'client-ip',
+  // Client certificates a TLS terminator would pass on.
+  'x-client-cert',
+  // httpoxy: CGI-style upstreams turn `Proxy` into HTTP_PROXY.
+  'proxy',
+  // Proxy chain and loop control.
+  'via',
+  'max-forwards',
+];
+
+/**
+ * Families of steering headers, by prefix: `X-Forwarded-*` (host, proto, prefix, path, uri, ...),
+ * `X-Original-*` (url, uri, host, method, ...), `X-Rewrite-*`, Envoy's route and retry controls,
+ * Next.js internals (`x-middleware-subrequest` skips middleware, `x-invoke-*`), headers CDNs set at
+ * their edge (Cloudflare, Fastly, Akamai, IIS ARR) and TLS terminators' client-certificate headers.
+ */
+export const STEERING_PREFIX: readonly string[] = [
+  'x-forwarded-',
+  'x-original-',
+  'x-rewrite-',
+  'x-envoy-',
+  'x-middleware-',
+  'x-invoke-',
+  'cf-',
+  'fastly-',
+  'akamai-',
+  'x-akamai-',
+  'x-arr-',
+  'x-ssl-',
+  'ssl-client-',
+  'proxy-',
+];
+
+const CREDENTIAL_SET: ReadonlySet<string> = new Set(CREDENTIAL);
+const VALET_OWNED_SET: ReadonlySet<string> = new Set(VALET_OWNED);
+const STEERING_SET: ReadonlySet<string> = new Set(STEERING);
+
+/** What a request header name is to Valet: it decides which names config may opt back in. */
+export type HeaderClass = 'hop-by-hop' | 'credential' | 'valet' | 'steering' | 'ordinary';
+
+/**
+ * Classifies a lower-case request header name, for the upstream's own credential and agent-token
+ * headers too. Only `steering` names may be opted back in; `ordinary` ones pass anyway.
+ */
+export function classifyRequestHeader(name: string, upstream: Pick<UpstreamConfig, 'agentTokenHeader' | 'credential'>): HeaderClass {
+  if (HOP_BY_HOP_SET.has(name)) return 'hop-by-hop';
+  if (CREDENTIAL_SET.has(name) || injectedNames(upstream).includes(name)) return 'credential';
+  if (VALET_OWNED_SET.has(name) || VALET_OWNED_PREFIX.some((p) => name.startsWith(p))) return 'valet';
+  if (STEERING_SET.has(name) || STEERING_PREFIX.some((p) => name.startsWith(p))) return 'steering';
+  return 'ordinary';
+}
+
+/** The upstream's agent-token header and every header its credential injects. */
+function injectedNames(upstream: Pick<UpstreamConfig, 'agentTokenHeader' | 'credential'>): string[] {
+  const c = upstream.credential;
+  return [upstream.agentTokenHeader, ...(c.scheme === 'header' ? [c.header] : c.scheme === 'headers' ? c.headers.map((h) => h.name) : [])];
+}
 
 export type HeaderList = [string, string][];
 
 /** Request headers dropped while responses are scrubbed: Valet asks for an uncompressed, whole body. */
-const SCRUB_DROP = ['accept-encoding', 'range', 'if-range'];
+export const SCRUB_DROP: readonly string[] = ['accept-encoding', 'range', 'if-range'];
 
-const dropSets = new WeakMap<UpstreamConfig, ReadonlySet<string>>();
+/** Which request header names the agent may send to one upstream, decided once per upstream. */
+interface RequestFilter {
+  /** Exact names never forwarded. */
+  readonly drop: ReadonlySet<string>;
+  /** Prefixes never forwarded (Valet's and the steering families), except the names in `allowed`. */
+  readonly dropPrefix: readonly string[];
+  /** Steering names this upstream opted back in. */
+  readonly allowed: ReadonlySet<string>;
+  /** With `forward_headers`: the only names forwarded (those the rules above would drop removed). */
+  readonly only: ReadonlySet<string> | undefined;
+}
 
-/** The request headers never forwarded to this upstream, computed once per upstream. */
-function dropFor(upstream: UpstreamConfig): ReadonlySet<string> {
-  let set = dropSets.get(upstream);
-  if (set === undefined) {
-    const names = new Set([...HOP_BY_HOP, ...AGENT_NEVER, upstream.agentTokenHeader]);
-    // Injected headers replace whatever the agent sent under those names.
-    if (upstream.credential.scheme === 'header') names.add(upstream.credential.header);
-    if (upstream.credential.scheme === 'headers') for (const h of upstream.credential.headers) names.add(h.name);
-    if (upstream.scrubResponses !== false) for (const name of SCRUB_DROP) names.add(name);
-    set = names;
-    dropSets.set(upstream, set);
+const filters = new WeakMap<UpstreamConfig, RequestFilter>();
+
+/** The request-header filter for this upstream, computed once per upstream. */
+function filterFor(upstream: UpstreamConfig): RequestFilter {
+  let filter = filters.get(upstream);
+  if (filter === undefined) {
+    // Loading refuses anything else; an upstream built in code is held to the same.
+    const allowed = new Set((upstream.allowSteeringHeaders ?? []).filter((n) => classifyRequestHeader(n, upstream) === 'steering'));
+    const drop = new Set([...HOP_BY_HOP, ...CREDENTIAL, ...VALET_OWNED, ...injectedNames(upstream)]);
+    for (const name of STEERING) if (!allowed.has(name)) drop.add(name);
+    if (upstream.scrubResponses !== false) for (const name of SCRUB_DROP) drop.add(name);
+    const dropPrefix = [...VALET_OWNED_PREFIX, ...STEERING_PREFIX];
+    const listed = upstream.forwardHeaders;
+    const only = listed === undefined ? undefined : new Set(listed.filter((n) => !drop.has(n) && (allowed.has(n) || !dropPrefix.some((p) => n.startsWith(p)))));
+    filter = { drop, dropPrefix, allowed, only };
+    filters.set(upstream, filter);
   }
-  return set;
+  return filter;
 }
 
 /** Names listed in every `Connection` header, lower-cased. */
@@ -73,15 +177,17 @@ function connectionListed(values: readonly string[]): Set<string> {
 
 /**
  * The agent's headers as they may be forwarded: hop-by-hop headers, every header `Connection`
- * names, every copy and case variant of a credential header, steering headers and any header that
- * carries the agent token removed. `content-length` is re-added by the caller.
+ * names, every copy and case variant of a credential header, request-steering headers (unless the
+ * upstream opted the name back in), Valet's own names and any header that carries the agent token
+ * removed. With the upstream's `forward_headers`, only the names listed there are kept at all.
+ * `content-length` is re-added by the caller.
  *
  * While the upstream's responses are scrubbed, the agent's `accept-encoding`, `range` and
  * `if-range` are dropped too ({@link valetRequestHeaders} asks for `identity`): the scrubber cannot
  * see into a compressed body, and a secret split across two range requests would pass it in halves.
  */
 export function forwardableRequestHeaders(rawHeaders: readonly string[], upstream: UpstreamConfig, agentToken: string): HeaderList {
-  const fixed = dropFor(upstream);
+  const { drop: fixed, dropPrefix, allowed, only } = filterFor(upstream);
   let drop: ReadonlySet<string> = fixed;
   const connection: string[] = [];
   for (let i = 0; i < rawHeaders.length; i += 2) {
@@ -93,7 +199,8 @@ export function forwardableRequestHeaders(rawHeaders: readonly string[], upstrea
   for (let i = 0; i < rawHeaders.length; i += 2) {
     const name = (rawHeaders[i] as string).toLowerCase();
     const value = rawHeaders[i + 1] as string;
-    if (drop.has(name) || AGENT_NEVER_PREFIX.some((p) => name.startsWith(p)) || value.includes(agentToken)) continue;
+    if (drop.has(name) || value.includes(agentToken)) continue;
+    if (only !== undefined ? !only.has(name) : !allowed.has(name) && dropPrefix.some((p) => name.startsWith(p))) continue;
     out.push([name, value]);
   }
   return out;
@@ -176,23 +283,33 @@ export function injectCredential(headers: HeaderList, rawQuery: string, credenti
 
 /**
  * Upstream response headers as the agent may see them. `x-request-id` belongs to Valet (it names
- * the audit row); the upstream's own id is passed on as `x-upstream-request-id`. `Location` is
- * always scrubbed; while the upstream's responses are scrubbed, every other value is too.
+ * the audit row); the upstream's own id is passed on as `x-upstream-request-id`. The URLs in
+ * `Location`, `Content-Location` and `Link` are always scrubbed, and those on the upstream's origin
+ * rewritten to point back through Valet (see {@link agentLocation}; `origin` is only called then).
+ * While the upstream's responses are scrubbed, every other value is scrubbed too.
  */
 export function forwardableResponseHeaders(
   headers: IncomingHttpHeaders | Record<string, string | string[] | undefined>,
   upstream: UpstreamConfig,
   scrubber: Scrubber,
+  origin: AgentOrigin,
 ): Record<string, string | string[]> {
   const connection = headers['connection'];
   // Usually `keep-alive` or nothing: names only hop-by-hop headers, dropped anyway.
   const listed = connection === undefined ? NONE : connectionListed([connection].flat());
   const scrubAll = upstream.scrubResponses !== false;
+  let agentBase: string | undefined | null = null;
+  const once: AgentOrigin = () => (agentBase === null ? (agentBase = origin()) : agentBase);
   const out: Record<string, string | string[]> = {};
   for (const [name, value] of Object.entries(headers)) {
     if (value === undefined || HOP_BY_HOP_SET.has(name) || listed.has(name)) continue;
-    if (name === 'location') {
-      out[name] = scrubLocation(Array.isArray(value) ? (value[0] ?? '') : value, upstream, scrubber);
+    if (name === 'location' || name === 'content-location') {
+      out[name] = agentLocation(Array.isArray(value) ? (value[0] ?? '') : value, upstream, scrubber, once);
+      continue;
+    }
+    if (name === 'link') {
+      const link = (v: string): string => agentLink(scrubAll ? scrubber.redact(v) : v, upstream, scrubber, once);
+      out[name] = Array.isArray(value) ? value.map(link) : link(value);
       continue;
     }
     const scrubbed = !scrubAll ? value : Array.isArray(value) ? value.map((v) => scrubber.redact(v)) : scrubber.redact(value);

@@ -4,6 +4,7 @@ import type { UpstreamConfig } from '../config/types.js';
 import { ValetError } from '../errors.js';
 import type { UpstreamResponse } from './forward.js';
 import { forwardableResponseHeaders } from './headers.js';
+import type { AgentOrigin } from './location.js';
 import type { Scrubber } from './scrub.js';
 
 /**
@@ -40,7 +41,9 @@ export type AgentResponse =
     };
 
 /**
- * What the agent receives for an upstream response. With scrubbing on, header values are scrubbed
+ * What the agent receives for an upstream response. URLs on the upstream's origin in `Location`,
+ * `Content-Location` and `Link` point back through Valet at `origin` (Valet as the agent reached
+ * it). With scrubbing on, header values are scrubbed
  * and the body goes through the scrubber: whole when it is small (see {@link WHOLE_BODY_MAX}),
  * sent with the scrubbed body's `Content-Length`; otherwise as it streams (after decompression, if
  * the upstream compressed it), without `Content-Length`. The upstream's `Content-Length` and
@@ -48,8 +51,8 @@ export type AgentResponse =
  * coding the scrubber cannot undo is refused (502) before anything is sent, so no unscrubbed byte
  * reaches the agent.
  */
-export function agentResponse(upstream: UpstreamConfig, method: string, res: UpstreamResponse, scrubber: Scrubber): AgentResponse {
-  const headers = forwardableResponseHeaders(res.headers, upstream, scrubber);
+export function agentResponse(upstream: UpstreamConfig, method: string, res: UpstreamResponse, scrubber: Scrubber, origin: AgentOrigin): AgentResponse {
+  const headers = forwardableResponseHeaders(res.headers, upstream, scrubber, origin);
   if (upstream.scrubResponses === false) return { headers, body: res.body };
 
   const coding = res.headers['content-encoding'];

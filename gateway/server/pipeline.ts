@@ -17,6 +17,7 @@ import { upstreamError } from '../proxy/forward.js';
 import { forwardableRequestHeaders, injectCredential, valetRequestHeaders, type HeaderList } from '../proxy/headers.js';
 import { HangUp, relay, sendWhole } from '../proxy/relay.js';
 import { requestLineLogger } from '../log.js';
+import { agentOrigin } from '../proxy/location.js';
 import { agentResponse } from '../proxy/response.js';
 import { scrubberFor } from '../proxy/scrub.js';
 import type { SecretSource } from '../secrets/env.js';
@@ -254,7 +255,9 @@ export function createPipeline(deps: PipelineDeps): RequestHandler {
         signal: hangUp,
       });
       rec.upstreamStatus = upstreamRes.statusCode;
-      const toAgent = agentResponse(upstream, facts.method, upstreamRes, scrubberFor(injected.secrets));
+      // Valet's origin as the agent reached it, worked out only if a response header links to the upstream.
+      const origin = (): string | undefined => agentOrigin(req.headers.host, req.socket.localAddress, req.socket.localPort);
+      const toAgent = agentResponse(upstream, facts.method, upstreamRes, scrubberFor(injected.secrets), origin);
       if (toAgent.whole !== undefined) {
         // A small body: read whole and scrubbed before anything is sent, then one write.
         let whole: { body: Buffer; upstreamBytes: number };

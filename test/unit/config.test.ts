@@ -426,3 +426,66 @@ describe('loadConfig: directories', () => {
     expect(() => loadConfig(configDir({ 'README.md': '# nothing' }))).toThrow(ConfigError);
   });
 });
+
+describe('loadConfig: allow_steering_headers and forward_headers', () => {
+  const upstreams = (extra: string): string => `upstreams:
+  - name: api
+    origin: http://127.0.0.1:9
+    agent_token: { header: x-agent-key }
+    credential: { scheme: header, header: X-Echo-Key, secret: API_KEY }
+${extra}`;
+
+  it('loads both lists lower-cased', () => {
+    const dir = configDir({
+      'gateway.yaml': GATEWAY_YAML,
+      'upstreams.yaml': upstreams('    allow_steering_headers: [X-HTTP-Method-Override, x-forwarded-proto]\n    forward_headers: [Content-Type, accept, x-http-method-override]\n'),
+    });
+    const api = loadConfig(dir).upstreams.get('api') as UpstreamConfig;
+    expect(api.allowSteeringHeaders).toEqual(['x-http-method-override', 'x-forwarded-proto']);
+    expect(api.forwardHeaders).toEqual(['content-type', 'accept', 'x-http-method-override']);
+  });
+
+  it('defaults: nothing allowed back, no strict list', () => {
+    const api = loadConfig(configDir({ 'gateway.yaml': GATEWAY_YAML, 'upstreams.yaml': upstreams('') })).upstreams.get('api') as UpstreamConfig;
+    expect(api.allowSteeringHeaders).toEqual([]);
+    expect(api.forwardHeaders).toBeUndefined();
+  });
+
+  it('refuses to opt in credential, hop-by-hop, Valet-owned and ordinary headers, each located', () => {
+    const dir = configDir({
+      'gateway.yaml': GATEWAY_YAML,
+      'upstreams.yaml': upstreams('    allow_steering_headers: [Authorization, x-api-key, X-Echo-Key, x-agent-key, Cookie, connection, host, valet-approval, accept, x-original-url]\n'),
+    });
+    const problems = problemsOf(dir);
+    const at = (i: number): ConfigProblem | undefined => problems.find((p) => p.path === `upstreams[0].allow_steering_headers[${i}]`);
+    for (const i of [0, 1, 2, 3, 4]) expect(at(i)?.message, String(i)).toMatch(/carries a credential/);
+    expect(at(5)?.message).toMatch(/describes one hop/);
+    expect(at(6)?.message).toMatch(/set or stripped by Valet/);
+    expect(at(7)?.message).toMatch(/set or stripped by Valet/);
+    expect(at(8)?.message).toMatch(/not a request-steering header/);
+    expect(at(9)).toBeUndefined();
+    expect(problems).toHaveLength(9);
+  });
+
+  it('refuses forward_headers names Valet would strip anyway, and duplicates differing in case', () => {
+    const dir = configDir({
+      'gateway.yaml': GATEWAY_YAML,
+      'upstreams.yaml': upstreams('    forward_headers: [accept, authorization, x-echo-key, te, x-original-url, accept-encoding, Accept]\n'),
+    });
+    const problems = problemsOf(dir);
+    const messages = problems.map((p) => `${p.path}: ${p.message}`).join('\n');
+    expect(messages).toMatch(/forward_headers\[1\]: cannot forward "authorization": it carries a credential/);
+    expect(messages).toMatch(/forward_headers\[2\]: cannot forward "x-echo-key": it carries a credential/);
+    expect(messages).toMatch(/forward_headers\[3\]: cannot forward "te": it describes one hop/);
+    expect(messages).toMatch(/forward_headers\[4\]: cannot forward "x-original-url": it is a request-steering header: list it in allow_steering_headers too/);
+    expect(messages).toMatch(/forward_headers\[5\]: cannot forward "accept-encoding": it is dropped while scrub_responses is on/);
+    expect(messages).toMatch(/forward_headers\[6\]: "accept" is given twice/);
+    expect(problems).toHaveLength(6);
+  });
+
+  it('refuses a name that is not a header name', () => {
+    const dir = configDir({ 'gateway.yaml': GATEWAY_YAML, 'upstreams.yaml': upstreams('    forward_headers: [accept, "bad header"]\n') });
+    expect(problemsOf(dir)).toMatchObject([{ path: 'upstreams[0].forward_headers[1]' }]);
+  });
+
+});

@@ -1,6 +1,11 @@
+import { readFileSync } from 'node:fs';
 import { describe, expect, it } from 'vitest';
+import { requestDigest } from '../../gateway/approvals/digest.js';
 import type { CredentialConfig } from '../../gateway/config/types.js';
 import {
+  STEERING,
+  STEERING_PREFIX,
+  classifyRequestHeader,
   forwardableRequestHeaders,
   forwardableResponseHeaders,
   injectCredential,
@@ -105,6 +110,83 @@ describe('forwardableRequestHeaders', () => {
     expect(out).toEqual([]);
   });
 
+  it.each([
+    // re-routing
+    'X-Original-URL', 'x-original-uri', 'X-Rewrite-URL', 'X-REWRITE-PATH', 'X-Envoy-Original-Path', 'x-envoy-upstream-rq-timeout-ms',
+    'X-Proxy-URL', 'X-Matched-Path', 'x-invoke-path', 'X-Invoke-Query', 'X-Middleware-Subrequest', 'x-now-route-matches',
+    // re-methoding
+    'X-HTTP-Method-Override', 'x-http-method', 'X-Method-Override', 'X-Original-Method',
+    // re-addressing
+    'X-Forwarded-Path', 'X-Forwarded-Uri', 'X-Forwarded-Server', 'X-Forwarded-Scheme', 'X-Forwarded', 'X-Original-Host', 'X-Host',
+    'Front-End-Https', 'X-Url-Scheme', 'x-http-host-override',
+    // client identity and certificates
+    'True-Client-IP', 'X-Client-IP', 'X-Cluster-Client-IP', 'CF-Connecting-IP', 'Fastly-Client-IP', 'X-ProxyUser-Ip',
+    'akamai-origin-hop', 'X-ARR-ClientCert', 'X-SSL-Client-Cert', 'X-Client-Cert',
+    // proxy chain, httpoxy
+    'Via', 'Max-Forwards', 'Proxy',
+  ])('drops the request-steering header %s', (name) => {
+    expect(forwardableRequestHeaders(raw([name, '/admin'], ['X-Keep', 'k']), bearer, TOKEN)).toEqual([['x-keep', 'k']]);
+  });
+
+  it('keeps ordinary headers that merely resemble steering ones', () => {
+    const h = raw(['X-Client-Name', 'sdk'], ['X-Forwarded', 'x'], ['X-Original', 'o'], ['x-hostname', 'h'], ['OpenAI-Beta', 'assistants=v2']);
+    expect(names(forwardableRequestHeaders(h, bearer, TOKEN))).toEqual(['x-client-name', 'x-original', 'x-hostname', 'openai-beta']);
+  });
+
+  it('forwards a steering header the upstream opted in, by exact name and from a prefix family, any case', () => {
+    const u = upstream({ scheme: 'bearer', secret: 'S' }, { allowSteeringHeaders: ['x-http-method-override', 'x-forwarded-proto'] });
+    const h = raw(['X-HTTP-Method-Override', 'PATCH'], ['x-forwarded-proto', 'https'], ['X-Forwarded-Host', 'evil'], ['X-Method-Override', 'DELETE']);
+    expect(forwardableRequestHeaders(h, u, TOKEN)).toEqual([['x-http-method-override', 'PATCH'], ['x-forwarded-proto', 'https']]);
+  });
+
+  it('never lets an opt-in bring back a credential, hop-by-hop or Valet header (upstreams built in code too)', () => {
+    const u = upstream({ scheme: 'bearer', secret: 'S' }, { allowSteeringHeaders: ['authorization', 'cookie', 'connection', 'host', 'valet-x', 'x-api-key'] });
+    const h = raw(['Authorization', 'Bearer a'], ['Cookie', 'c'], ['Host', 'h'], ['Valet-X', 'v'], ['x-api-key', 'k'], ['accept', '*/*']);
+    expect(forwardableRequestHeaders(h, u, TOKEN)).toEqual([['accept', '*/*']]);
+  });
+
+  it('forward_headers: only the listed names pass, and never a header Valet strips', () => {
+    const u = upstream({ scheme: 'bearer', secret: 'S' }, { forwardHeaders: ['content-type', 'accept', 'openai-beta', 'authorization', 'x-original-url', 'accept-encoding'] });
+    const h = raw(['Content-Type', 'application/json'], ['Accept', '*/*'], ['X-Custom', 'c'], ['OpenAI-Beta', 'b'], ['User-Agent', 'ua'],
+      ['Authorization', 'Bearer x'], ['X-Original-URL', '/admin'], ['Accept-Encoding', 'gzip']);
+    expect(forwardableRequestHeaders(h, u, TOKEN)).toEqual([['content-type', 'application/json'], ['accept', '*/*'], ['openai-beta', 'b']]);
+  });
+
+  it('forward_headers with an opted-in steering header forwards it; Connection still removes what it names', () => {
+    const u = upstream({ scheme: 'bearer', secret: 'S' }, { allowSteeringHeaders: ['x-http-method-override'], forwardHeaders: ['accept', 'x-http-method-override'] });
+    expect(forwardableRequestHeaders(raw(['x-http-method-override', 'PUT'], ['accept', 'a']), u, TOKEN)).toEqual([['x-http-method-override', 'PUT'], ['accept', 'a']]);
+    expect(forwardableRequestHeaders(raw(['Connection', 'accept'], ['x-http-method-override', 'PUT'], ['accept', 'a']), u, TOKEN)).toEqual([['x-http-method-override', 'PUT']]);
+  });
+
+  it('the approval digest, built from the forwardable headers, cannot be changed by steering headers', () => {
+    const digest = (h: string[]): string =>
+      requestDigest({ upstream: 'api', method: 'GET', path: '/x', query: '', headers: forwardableRequestHeaders(h, bearer, TOKEN), body: new Uint8Array() });
+    const plain = digest(raw(['accept', 'a']));
+    expect(digest(raw(['accept', 'a'], ['X-HTTP-Method-Override', 'DELETE'], ['X-Original-URL', '/admin'], ['Via', '1.1 p']))).toBe(plain);
+    expect(digest(raw(['accept', 'a'], ['x-custom', '1']))).not.toBe(plain);
+  });
+
+  it('docs/configuration.md lists exactly the steering names and families in the code', () => {
+    const doc = readFileSync(new URL('../../docs/configuration.md', import.meta.url), 'utf8');
+    const section = doc.slice(doc.indexOf('### Request-steering headers'), doc.indexOf('### Response scrubbing'));
+    const listed = (label: string): string[] => [...(section.split(label)[1]?.split('\n- ')[0] ?? '').matchAll(/`([a-z0-9-]+)`/g)].map((m) => m[1] as string);
+    expect(listed('**Exact names**').sort()).toEqual([...STEERING].sort());
+    expect(listed('**Prefix families**').filter((p) => p.endsWith('-') && !p.startsWith('-')).sort()).toEqual([...STEERING_PREFIX].sort());
+  });
+
+  it('classifyRequestHeader says what may be opted in', () => {
+    const h = upstream({ scheme: 'header', header: 'x-echo-key', prefix: '', secret: 'S' }, { agentTokenHeader: 'x-agent-token' });
+    expect(classifyRequestHeader('x-original-url', h)).toBe('steering');
+    expect(classifyRequestHeader('cf-connecting-ip', h)).toBe('steering');
+    expect(classifyRequestHeader('x-echo-key', h)).toBe('credential');
+    expect(classifyRequestHeader('x-agent-token', h)).toBe('credential');
+    expect(classifyRequestHeader('cookie', h)).toBe('credential');
+    expect(classifyRequestHeader('proxy-authorization', h)).toBe('hop-by-hop');
+    expect(classifyRequestHeader('x-request-id', h)).toBe('valet');
+    expect(classifyRequestHeader('valet-approval', h)).toBe('valet');
+    expect(classifyRequestHeader('accept', h)).toBe('ordinary');
+  });
+
   it('does not mutate its input', () => {
     const input = raw(['Authorization', 'Bearer t'], ['x-a', '1']);
     const copy = [...input];
@@ -164,12 +246,14 @@ describe('injectCredential', () => {
 
 describe('forwardableResponseHeaders', () => {
   const none = createScrubber([]);
+  const VALET = (): string => 'http://valet.test:8080';
 
   it('passes ordinary headers, arrays (set-cookie) intact', () => {
     const out = forwardableResponseHeaders(
       { 'content-type': 'application/json', 'set-cookie': ['a=1', 'b=2'], 'cache-control': 'no-store', 'x-empty': undefined },
       bearer,
       none,
+      VALET,
     );
     expect(out).toEqual({ 'content-type': 'application/json', 'set-cookie': ['a=1', 'b=2'], 'cache-control': 'no-store' });
   });
@@ -190,12 +274,13 @@ describe('forwardableResponseHeaders', () => {
       },
       bearer,
       none,
+      VALET,
     );
     expect(out).toEqual({ 'x-public': 'ok' });
   });
 
   it('renames the upstream’s x-request-id so Valet’s own id is not overwritten', () => {
-    const out = forwardableResponseHeaders({ 'x-request-id': 'up-123', 'content-type': 'text/plain' }, bearer, none);
+    const out = forwardableResponseHeaders({ 'x-request-id': 'up-123', 'content-type': 'text/plain' }, bearer, none, VALET);
     expect(out).toEqual({ 'x-upstream-request-id': 'up-123', 'content-type': 'text/plain' });
     expect(out['x-request-id']).toBeUndefined();
   });
@@ -213,6 +298,7 @@ describe('forwardableResponseHeaders', () => {
       },
       bearer,
       s,
+      VALET,
     );
     expect(out).toEqual({
       'x-echo-authorization': 'Bearer [REDACTED]',
@@ -227,14 +313,52 @@ describe('forwardableResponseHeaders', () => {
   it('with scrubbing off, values other than Location pass unchanged', () => {
     const s = createScrubber(['sk-real-123456']);
     const off = upstream({ scheme: 'bearer', secret: 'S' }, { scrubResponses: false });
-    const out = forwardableResponseHeaders({ 'x-echo': 'sk-real-123456', location: '/next?x=sk-real-123456' }, off, s);
-    expect(out).toEqual({ 'x-echo': 'sk-real-123456', location: '/next?x=[REDACTED]' });
+    const out = forwardableResponseHeaders({ 'x-echo': 'sk-real-123456', location: '/next?x=sk-real-123456' }, off, s, VALET);
+    expect(out).toEqual({ 'x-echo': 'sk-real-123456', location: '/api/next?x=[REDACTED]' });
   });
 
-  it('end to end with scrubLocation: the secret never reaches the agent through Location', () => {
+  it('end to end with agentLocation: the secret never reaches the agent through Location', () => {
     const q = upstream({ scheme: 'query', param: 'key', secret: 'S' });
-    const out = forwardableResponseHeaders({ location: 'https://api.example.com/next?page=2&key=sk-real-123' }, q, createScrubber(['sk-real-123']));
+    const out = forwardableResponseHeaders({ location: 'https://api.example.com/next?page=2&key=sk-real-123' }, q, createScrubber(['sk-real-123']), VALET);
     expect(String(out['location'])).not.toContain('sk-real-123');
     expect(String(out['location'])).toContain('page=2');
+  });
+
+  it('rewrites Location, Content-Location and every Link line on the upstream\'s origin; scrubbing off too', () => {
+    const off = upstream({ scheme: 'bearer', secret: 'S' }, { scrubResponses: false });
+    for (const u of [bearer, off]) {
+      const out = forwardableResponseHeaders(
+        {
+          location: 'https://api.example.com/v1/x',
+          'content-location': '/v1/x',
+          link: ['<https://api.example.com/v1/x?page=2>; rel="next"', '</v1/x?page=9>; rel="last", <https://other.example/y>; rel="help"'],
+        },
+        u,
+        none,
+        VALET,
+      );
+      expect(out).toEqual({
+        location: 'http://valet.test:8080/api/v1/x',
+        'content-location': '/api/v1/x',
+        link: ['<http://valet.test:8080/api/v1/x?page=2>; rel="next"', '</api/v1/x?page=9>; rel="last", <https://other.example/y>; rel="help"'],
+      });
+    }
+  });
+
+  it('asks for Valet\'s origin at most once, and not at all when nothing links to the upstream', () => {
+    let calls = 0;
+    const count = (): string => {
+      calls++;
+      return 'http://v';
+    };
+    forwardableResponseHeaders({ 'content-type': 'text/plain', location: '/x', link: '<https://other.example/>; rel="a"' }, bearer, none, count);
+    expect(calls).toBe(0);
+    forwardableResponseHeaders({ location: 'https://api.example.com/a', link: ['<https://api.example.com/b>; rel="next"', '<https://api.example.com/c>; rel="last"'] }, bearer, none, count);
+    expect(calls).toBe(1);
+  });
+
+  it('scrubs Link parameters while scrubbing is on', () => {
+    const out = forwardableResponseHeaders({ link: '</x>; rel="next"; title="sk-real-123456"' }, bearer, createScrubber(['sk-real-123456']), VALET);
+    expect(out['link']).toBe('</api/x>; rel="next"; title="[REDACTED]"');
   });
 });
