@@ -29,6 +29,8 @@ export class RequestBody extends Readable {
   complete = false;
   private readonly idle: NodeJS.Timeout;
   private readonly overall: NodeJS.Timeout;
+  /** The body ended one way or another: the clocks are stopped for good. */
+  private settled = false;
   /** The reader has all it asked for: pauses between pieces are Valet's, not the agent's. */
   private full = false;
   /** Nobody reads any more (the response is decided): the rest is counted and dropped. */
@@ -50,7 +52,7 @@ export class RequestBody extends Readable {
 
   /** Stops keeping the body for anyone and drops the rest, still under the limits; `onFailure` runs if one is broken. */
   discard(onFailure: () => void): void {
-    if (this.complete || this.failure !== undefined) return;
+    if (this.settled) return;
     this.onDiscardFailure = onFailure;
     this.full = false;
     this.idle.refresh();
@@ -59,7 +61,7 @@ export class RequestBody extends Readable {
   }
 
   override _read(): void {
-    if (this.complete || this.failure !== undefined) return;
+    if (this.settled) return;
     this.full = false;
     this.idle.refresh();
     this.req.resume();
@@ -122,6 +124,7 @@ export class RequestBody extends Readable {
   }
 
   private stopClocks(): void {
+    this.settled = true;
     clearTimeout(this.idle);
     clearTimeout(this.overall);
   }

@@ -15,17 +15,24 @@ import { errorCode, parseResponses, rawRequest, sendRaw, type RawResponse } from
 
 const STREAM_LIMIT = 4096;
 
-/** Counts the requests the upstream began to receive and those it received whole. */
-function watch(upstream: FakeUpstream): { started: number; aborted: number } {
-  const seen = { started: 0, aborted: 0 };
+/** The paths of the requests the upstream began to receive, and of those it saw cut part-way. */
+interface Seen {
+  readonly started: string[];
+  readonly aborted: string[];
+}
+
+function watch(upstream: FakeUpstream): Seen {
+  const seen: Seen = { started: [], aborted: [] };
   upstream.server.prependListener('request', (req: IncomingMessage) => {
-    seen.started++;
+    seen.started.push(req.url ?? '');
     req.once('close', () => {
-      if (!req.complete) seen.aborted++;
+      if (!req.complete) seen.aborted.push(req.url ?? '');
     });
   });
   return seen;
 }
+
+const count = (paths: readonly string[], path: string): number => paths.filter((p) => p === path).length;
 
 /** A socket that sent `payload` and is kept open; `done` settles when the gateway closes it. */
 interface Held {
@@ -63,7 +70,7 @@ function within<T>(ms: number, p: Promise<T>): Promise<T> {
 
 describe('slow and oversized request bodies', () => {
   let upstream: FakeUpstream;
-  let seen: { started: number; aborted: number };
+  let seen: Seen;
   let gw: TestGateway;
   let token: string;
   let port: number;
@@ -143,7 +150,6 @@ describe('slow and oversized request bodies', () => {
   });
 
   it('a body that keeps dripping is cut at the whole-body deadline; the upstream request is aborted, not completed', async () => {
-    const aborted = seen.aborted;
     const drips = await Promise.all(
       Array.from({ length: 5 }, () => hold(port, `${head('/api/drip', [['Content-Type', 'application/octet-stream'], ['Transfer-Encoding', 'chunked']])}1\r\nx\r\n`)),
     );
@@ -159,16 +165,15 @@ describe('slow and oversized request bodies', () => {
     }
     expect(upstream.requests.length).toBe(before);
     // The upstream had begun receiving each one (the body was streaming) and saw it cut.
-    await expect.poll(() => seen.aborted - aborted).toBe(5);
+    await expect.poll(() => count(seen.aborted, '/drip')).toBe(5);
   });
 
   it('a body policy reads (buffered, not forwarded yet) that stops gets 408 and nothing is forwarded', async () => {
-    const started = seen.started;
     const s = await hold(port, `${head('/json/pay', [['Content-Type', 'application/json'], ['Content-Length', '100']])}{"amount":`);
     const o = await within(3_000, s.done);
     expect(o.responses[0]?.status).toBe(408);
     expect(errorCode(o.responses[0])).toBe('VALET_ERR_REQUEST_TIMEOUT');
-    expect(seen.started).toBe(started);
+    expect(count(seen.started, '/pay')).toBe(0);
   });
 
   it('a streamed response outlives the body deadline once the body was received', async () => {
@@ -185,18 +190,18 @@ describe('slow and oversized request bodies', () => {
     ['api', 'application/json'],
   ] as const) {
     it(`${type}: a Content-Length above max_stream_body_bytes is refused (413) before the body is sent`, async () => {
-      const started = seen.started;
+      const path = `/declared-${type.replace('/', '-')}`;
       // Only the head is sent: the answer cannot wait for the body.
-      const r = await sendRaw(port, head(`/${upstreamName}/big`, [['Content-Type', type], ['Content-Length', String(STREAM_LIMIT + 1)]]), { timeoutMs: 3_000 });
+      const r = await sendRaw(port, head(`/${upstreamName}${path}`, [['Content-Type', type], ['Content-Length', String(STREAM_LIMIT + 1)]]), { timeoutMs: 3_000 });
       expect(r.responses[0]?.status).toBe(413);
       expect(errorCode(r.responses[0])).toBe('VALET_ERR_BODY_TOO_LARGE');
-      expect(seen.started).toBe(started);
+      expect(count(seen.started, path)).toBe(0);
     });
 
     it(`${type}: a chunked body growing past max_stream_body_bytes is refused (413); the upstream never gets it whole`, async () => {
-      const aborted = seen.aborted;
+      const path = `/chunked-${type.replace('/', '-')}`;
       const chunk = `3e8\r\n${'a'.repeat(1000)}\r\n`;
-      const s = await hold(port, head(`/${upstreamName}/big`, [['Content-Type', type], ['Transfer-Encoding', 'chunked']]) + chunk);
+      const s = await hold(port, head(`/${upstreamName}${path}`, [['Content-Type', type], ['Transfer-Encoding', 'chunked']]) + chunk);
       // The rest arrives after the first piece went upstream: the body is mid-stream when it breaks the limit.
       await new Promise((r) => setTimeout(r, 50));
       s.socket.write(chunk.repeat(5) + '0\r\n\r\n');
@@ -204,7 +209,7 @@ describe('slow and oversized request bodies', () => {
       expect(o.responses[0]?.status).toBe(413);
       expect(errorCode(o.responses[0])).toBe('VALET_ERR_BODY_TOO_LARGE');
       expect(upstream.requests.length).toBe(before);
-      await expect.poll(() => seen.aborted - aborted).toBe(1);
+      await expect.poll(() => count(seen.aborted, path)).toBe(1);
     });
   }
 
@@ -213,6 +218,18 @@ describe('slow and oversized request bodies', () => {
     const r = await sendRaw(port, head('/api/fits', [['Content-Type', 'application/octet-stream'], ['Transfer-Encoding', 'chunked']]) + `${(STREAM_LIMIT).toString(16)}\r\n${body}\r\n0\r\n\r\n`);
     expect(r.responses[0]?.status).toBe(200);
     expect(upstream.requests.at(-1)?.body.toString()).toBe(body);
+  });
+
+  it('a refused request\'s unread body is dropped under the same deadlines: the connection goes on, or closes when it stalls', async () => {
+    const refused = (body: string): string =>
+      rawRequest('POST /api/x HTTP/1.1', [['Host', `127.0.0.1:${port}`], ['Authorization', 'Bearer not-a-token'], ['Content-Type', 'text/plain'], ['Content-Length', String(body.length)]], body);
+    const next = rawRequest('GET /api/next HTTP/1.1', [['Host', `127.0.0.1:${port}`], ['Authorization', `Bearer ${token}`], ['Connection', 'close']]);
+    const kept = await sendRaw(port, refused('hello') + next, { expect: 2 });
+    expect(kept.responses.map((r) => r.status)).toEqual([401, 200]);
+
+    const stalled = await hold(port, `${rawRequest('POST /api/x HTTP/1.1', [['Host', `127.0.0.1:${port}`], ['Authorization', 'Bearer not-a-token'], ['Content-Length', '1000']])}x`);
+    const o = await within(3_000, stalled.done);
+    expect(o.responses.map((r) => r.status)).toEqual([401]);
   });
 
   it('a request whose headers never finish gets 408 at the headers deadline; a silent connection is closed', async () => {
