@@ -26,6 +26,10 @@ export const ERRORS = {
   VALET_ERR_APPROVAL_LINK_INVALID: { status: 403, message: 'This approval link is not valid.' },
   VALET_ERR_UNKNOWN_UPSTREAM: { status: 404, message: 'No upstream is configured under this name.' },
   VALET_ERR_BODY_TOO_LARGE: { status: 413, message: 'The request body is larger than the gateway reads.' },
+  VALET_ERR_REQUEST_TIMEOUT: {
+    status: 408,
+    message: 'The request did not arrive in time; it was not forwarded (an upstream request under way was aborted).',
+  },
   VALET_ERR_RATE_LIMITED: { status: 429, message: 'A rate limit refused this request; retry after the time given.' },
   VALET_ERR_BUDGET_EXCEEDED: { status: 429, message: 'A budget refused this request; retry after the time given.' },
   VALET_ERR_CREDENTIAL_UNAVAILABLE: {

@@ -1,5 +1,5 @@
 import { createServer, STATUS_CODES, type Server } from 'node:http';
-import type { AddressInfo } from 'node:net';
+import type { AddressInfo, Socket } from 'node:net';
 import { resolve } from 'node:path';
 import type { DestinationStream, Logger } from 'pino';
 import { openAuditDatabase } from './audit/store.js';
@@ -10,7 +10,7 @@ import { startAuditWriter, type AuditWriter } from './audit/writer.js';
 import { createTokenVerifier } from './auth/verify.js';
 import { secretNames } from './config/credential.js';
 import { loadConfig } from './config/load.js';
-import { DEFAULT_AUDIT, type Config, type Environment } from './config/types.js';
+import { DEFAULT_AUDIT, DEFAULT_LISTENER, type Config, type Environment, type ListenerSettings } from './config/types.js';
 import { auditRoutes } from './admin/audit.js';
 import { dashboardAssets, findDashboard } from './admin/assets.js';
 import { insightRoutes } from './admin/insights.js';
@@ -20,7 +20,7 @@ import { approvalPages, approvalRoutes } from './admin/approvals.js';
 import { adminProbes, adminRoutes } from './admin/routes.js';
 import { secretRoutes } from './admin/secrets.js';
 import { createAdminServer } from './admin/server.js';
-import { ValetError } from './errors.js';
+import { ValetError, type ErrorCode } from './errors.js';
 import { createLogger } from './log.js';
 import { memoryCounterStore, memoryHistoryStore } from './policy/counters.js';
 import { createPolicyHolder, type PolicyHolder } from './policy/reload.js';
@@ -129,8 +129,19 @@ export async function startGateway(options: GatewayOptions): Promise<RunningGate
 
   let inFlight = 0;
   let idle: (() => void) | undefined;
+  const listener = config.gateway.listener ?? DEFAULT_LISTENER;
   const server = createServer(
-    { maxHeaderSize: config.gateway.maxHeaderBytes, keepAliveTimeout: 5_000, headersTimeout: 30_000, requestTimeout: 0 },
+    {
+      maxHeaderSize: config.gateway.maxHeaderBytes,
+      keepAliveTimeout: 5_000,
+      headersTimeout: listener.headersTimeoutMs,
+      // Node checks the headers deadline on this tick (30 s by default, which would let a 10 s deadline
+      // run to 40 s); its cost is one walk of the open connections.
+      connectionsCheckingInterval: Math.max(50, Math.min(1_000, Math.floor(listener.headersTimeoutMs / 4))),
+      // Body deadlines are the pipeline's (gateway/server/body.ts): Node's request timeout can only
+      // answer on the raw socket, not through the pipeline that is already handling the request.
+      requestTimeout: 0,
+    },
     (req, res) => {
       inFlight++;
       handle(req, res)
@@ -141,10 +152,16 @@ export async function startGateway(options: GatewayOptions): Promise<RunningGate
         });
     },
   );
+  limitConnections(server, listener);
   // Requests Node's parser refuses never reach the pipeline; they are answered and audited here.
-  server.on('clientError', (err: NodeJS.ErrnoException, socket) => {
+  server.on('clientError', (err: NodeJS.ErrnoException, socket: Socket) => {
+    // The headers deadline on a connection that never sent a byte: no request to answer or audit.
+    if (err.code === 'ERR_HTTP_REQUEST_TIMEOUT' && socket.bytesRead === 0) {
+      socket.destroy();
+      return;
+    }
     const requestId = newRequestId();
-    const e = new ValetError(err.code === 'HPE_HEADER_OVERFLOW' ? 'VALET_ERR_HEADERS_TOO_LARGE' : 'VALET_ERR_BAD_REQUEST');
+    const e = new ValetError(CLIENT_ERRORS[err.code ?? ''] ?? 'VALET_ERR_BAD_REQUEST');
     if (err.code !== 'ECONNRESET' && socket.writable) {
       const body = JSON.stringify({ error: { code: e.code, message: e.message, request_id: requestId } });
       socket.end(
@@ -225,6 +242,43 @@ export async function startGateway(options: GatewayOptions): Promise<RunningGate
 
   const admin = { server: adminServer, port: adminPort, url: `http://${urlHost(config.gateway.admin.listen.host)}:${adminPort}` };
   return { config, server, port, url: `http://${host}:${port}`, admin, logger, audit, metrics, policies, secretStore: secretSources.store, close };
+}
+
+/** What Node's parser errors mean to an agent; every other one is a malformed request. */
+const CLIENT_ERRORS: Readonly<Record<string, ErrorCode>> = {
+  HPE_HEADER_OVERFLOW: 'VALET_ERR_HEADERS_TOO_LARGE',
+  // Node names the headers deadline so (the request deadline, its other use, is off).
+  ERR_HTTP_REQUEST_TIMEOUT: 'VALET_ERR_REQUEST_TIMEOUT',
+};
+
+/**
+ * Caps open data-plane connections in total (Node drops them on accept) and per remote address
+ * (dropped here before Node's HTTP layer sees them): refusing costs no parsing and no answer, so a
+ * flood of connections cannot crowd out other agents. Behind a proxy every agent shares its address.
+ */
+function limitConnections(server: Server, settings: ListenerSettings): void {
+  server.maxConnections = settings.maxConnections;
+  const open = new Map<string, number>();
+  server.prependListener('connection', (socket: Socket) => {
+    const address = clientAddress(socket.remoteAddress);
+    const n = (open.get(address) ?? 0) + 1;
+    if (n > settings.maxConnectionsPerClient) {
+      socket.destroy();
+      return;
+    }
+    open.set(address, n);
+    socket.once('close', () => {
+      const left = (open.get(address) ?? 1) - 1;
+      if (left === 0) open.delete(address);
+      else open.set(address, left);
+    });
+  });
+}
+
+/** One key per client: an IPv4 client reached over a dual-stack socket counts as its IPv4 address. */
+function clientAddress(address: string | undefined): string {
+  if (address === undefined) return '';
+  return address.startsWith('::ffff:') ? address.slice(7) : address;
 }
 
 function listen(server: Server, at: { readonly host: string; readonly port: number }): Promise<number> {

@@ -7,7 +7,7 @@ import { ConfigError, type ConfigProblem } from '../errors.js';
 import { classifyRequestHeader, SCRUB_DROP, type HeaderClass } from '../proxy/headers.js';
 import { NOT_INJECTABLE, parseTemplate, secretNames } from './credential.js';
 import { fileSchema } from './schema.js';
-import { DEFAULT_APPROVAL_SETTINGS, DEFAULT_AUDIT } from './types.js';
+import { DEFAULT_APPROVAL_SETTINGS, DEFAULT_AUDIT, DEFAULT_LISTENER } from './types.js';
 import type {
   ApprovalChannelSetting,
   ApprovalSettings,
@@ -25,6 +25,7 @@ import type {
   IssuerConfig,
   InjectedHeader,
   IssuerKey,
+  ListenerSettings,
   RuleConfig,
   SecretSourceSetting,
   UpstreamConfig,
@@ -319,6 +320,8 @@ function assemble(root: string, files: ParsedFile[], problems: Problems, options
   if (secretSources === undefined) return undefined;
   const approvals = buildApprovalSettings(gatewayFile, g.approvals, environment, problems);
   if (approvals === undefined) return undefined;
+  const listener = buildListenerSettings(gatewayFile, g, problems);
+  if (listener === undefined) return undefined;
   return {
     dir: root,
     gateway: {
@@ -328,6 +331,7 @@ function assemble(root: string, files: ParsedFile[], problems: Problems, options
       maxHeaderBytes: g.max_header_bytes ?? 16_384,
       maxBodyBytes: g.max_body_bytes ?? 1_048_576,
       timezone,
+      listener,
       secrets: { sources: secretSources },
       approvals,
       audit: {
@@ -356,6 +360,40 @@ function assemble(root: string, files: ParsedFile[], problems: Problems, options
     tests,
     contexts,
   };
+}
+
+/** Node's timers fire at once past 2^31-1 ms (~24.8 days): every listener deadline stays well below. */
+const MAX_LISTENER_TIMEOUT_MS = 86_400_000;
+
+/** `gateway.timeouts`, `gateway.max_stream_body_bytes` and the connection caps, checked against each other. */
+function buildListenerSettings(file: ParsedFile | undefined, g: Raw, problems: Problems): ListenerSettings | undefined {
+  if (file === undefined) return DEFAULT_LISTENER;
+  let ok = true;
+  const timeout = (key: 'headers' | 'body_idle' | 'body', fallback: number): number => {
+    const raw: string | undefined = g.timeouts?.[key];
+    if (raw === undefined) return fallback;
+    const ms = parseDuration(raw);
+    if (ms > MAX_LISTENER_TIMEOUT_MS) {
+      problems.add(file, ['gateway', 'timeouts', key], 'must be at most 24h');
+      ok = false;
+    }
+    return ms;
+  };
+  const settings: ListenerSettings = {
+    headersTimeoutMs: timeout('headers', DEFAULT_LISTENER.headersTimeoutMs),
+    bodyIdleTimeoutMs: timeout('body_idle', DEFAULT_LISTENER.bodyIdleTimeoutMs),
+    bodyTimeoutMs: timeout('body', DEFAULT_LISTENER.bodyTimeoutMs),
+    maxStreamBodyBytes: g.max_stream_body_bytes ?? DEFAULT_LISTENER.maxStreamBodyBytes,
+    maxConnections: g.max_connections ?? DEFAULT_LISTENER.maxConnections,
+    maxConnectionsPerClient: g.max_connections_per_client ?? DEFAULT_LISTENER.maxConnectionsPerClient,
+  };
+  // Every body passes the streaming limit, buffered ones too: a smaller one would silently lower max_body_bytes.
+  const maxBody: number = g.max_body_bytes ?? 1_048_576;
+  if (settings.maxStreamBodyBytes < maxBody) {
+    problems.add(file, ['gateway', 'max_stream_body_bytes'], `max_stream_body_bytes (${settings.maxStreamBodyBytes}) must be at least max_body_bytes (${maxBody})`);
+    ok = false;
+  }
+  return ok ? settings : undefined;
 }
 
 /** `gateway.approvals`: caps, links and channels; each channel's required keys by its type. */

@@ -82,6 +82,14 @@ export const fileSchema = {
         shutdown_grace_ms: positiveMs,
         max_header_bytes: { type: 'integer', minimum: 1024, maximum: 1_048_576 },
         max_body_bytes: { type: 'integer', minimum: 1024, maximum: 67_108_864 },
+        max_stream_body_bytes: { type: 'integer', minimum: 1024, maximum: 1_099_511_627_776 },
+        max_connections: { type: 'integer', minimum: 1, maximum: 1_000_000 },
+        max_connections_per_client: { type: 'integer', minimum: 1, maximum: 1_000_000 },
+        timeouts: {
+          type: 'object',
+          additionalProperties: false,
+          properties: { headers: duration, body_idle: duration, body: duration },
+        },
         timezone: { type: 'string', minLength: 1 },
         admin: {
           type: 'object',

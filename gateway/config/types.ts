@@ -20,7 +20,37 @@ export interface GatewaySettings {
   readonly approvals?: ApprovalSettings;
   /** The audit log: durability, retention, anchoring. The loader always sets it; absent means {@link DEFAULT_AUDIT}. */
   readonly audit?: AuditSettings;
+  /**
+   * What one agent may hold of the data-plane listener: deadlines, the streamed-body limit and
+   * connection caps. The loader always sets it; absent means {@link DEFAULT_LISTENER}.
+   */
+  readonly listener?: ListenerSettings;
 }
+
+/** `gateway.timeouts`, `gateway.max_stream_body_bytes`, `gateway.max_connections*` (docs/configuration.md). */
+export interface ListenerSettings {
+  /** From a connection's first byte (or its opening) until the request head is complete. */
+  readonly headersTimeoutMs: number;
+  /** Longest pause between two pieces of a request body while Valet is ready to read them. */
+  readonly bodyIdleTimeoutMs: number;
+  /** From the end of the request head until the whole body has arrived. */
+  readonly bodyTimeoutMs: number;
+  /** Largest body streamed through (bodies Valet buffers are also bounded by `maxBodyBytes`). */
+  readonly maxStreamBodyBytes: number;
+  /** Open data-plane connections in total; more are dropped on arrival. */
+  readonly maxConnections: number;
+  /** Open data-plane connections from one remote address; more are dropped on arrival. */
+  readonly maxConnectionsPerClient: number;
+}
+
+export const DEFAULT_LISTENER: ListenerSettings = {
+  headersTimeoutMs: 10_000,
+  bodyIdleTimeoutMs: 30_000,
+  bodyTimeoutMs: 300_000,
+  maxStreamBodyBytes: 67_108_864,
+  maxConnections: 10_000,
+  maxConnectionsPerClient: 256,
+};
 
 /** `gateway.audit` (docs/audit.md). */
 export interface AuditSettings {

@@ -1,6 +1,5 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { performance } from 'node:perf_hooks';
-import { Transform, type Readable } from 'node:stream';
 import type { Logger } from 'pino';
 import type { Metrics } from '../admin/metrics.js';
 import { APPROVAL_HEADER, approvalStatus, escalate, VALET_PREFIX, type Escalation } from '../approvals/gate.js';
@@ -9,7 +8,7 @@ import { keptArguments } from '../audit/args.js';
 import { requestId as newRequestId } from '../audit/ids.js';
 import type { AuditWriter } from '../audit/writer.js';
 import type { TokenVerifier } from '../auth/verify.js';
-import type { Config, UpstreamConfig } from '../config/types.js';
+import { DEFAULT_LISTENER, type Config, type UpstreamConfig } from '../config/types.js';
 import { ValetError } from '../errors.js';
 import type { Policy } from '../policy/compile.js';
 import type { Forwarder } from '../proxy/forward.js';
@@ -23,6 +22,7 @@ import { scrubberFor } from '../proxy/scrub.js';
 import type { SecretSource } from '../secrets/env.js';
 import type { AuditRecord, RequestFacts } from '../types.js';
 import { bodyKind, buildArgs, decodeFormPair, parseBody, type ParsedBody } from '../policy/args.js';
+import { RequestBody, type BodyLimits } from './body.js';
 import { canonicalQuery, canonicalTarget } from './canonical.js';
 import { containsToken, redactTokens } from './token-scan.js';
 import { sendError, toValetError } from './respond.js';
@@ -64,6 +64,8 @@ export function createPipeline(deps: PipelineDeps): RequestHandler {
     headers: new Set([...config.upstreams.values()].map((u) => u.agentTokenHeader)),
     query: new Set([...config.upstreams.values()].flatMap((u) => (u.agentTokenQuery === undefined ? [] : [u.agentTokenQuery.toLowerCase()]))),
   };
+  const listener = config.gateway.listener ?? DEFAULT_LISTENER;
+  const bodyLimits: BodyLimits = { maxBytes: listener.maxStreamBodyBytes, idleMs: listener.bodyIdleTimeoutMs, totalMs: listener.bodyTimeoutMs };
 
   return async (req, res) => {
     const started = performance.now();
@@ -78,11 +80,18 @@ export function createPipeline(deps: PipelineDeps): RequestHandler {
     let forwarding = false;
     // The agent token, once known: the path recorded and logged must never hold it.
     let token: string | undefined;
+    // The body, taken up (under its size limit and deadlines) from the moment the head is accepted.
+    let incoming: RequestBody | undefined;
 
     try {
       // 1. receive
       if (draining()) throw new ValetError('VALET_ERR_SHUTTING_DOWN');
       checkFraming(req);
+      if (hasBody(req)) {
+        // Refused before a byte of it is read.
+        if (Number(req.headers['content-length'] ?? 0) > bodyLimits.maxBytes) throw tooLarge(bodyLimits.maxBytes);
+        incoming = new RequestBody(req, bodyLimits);
+      }
       if (req.url?.startsWith(VALET_PREFIX)) {
         // Valet's own resources on the data plane: an agent reads the status of its approval.
         rec.upstream = '_valet';
@@ -127,8 +136,8 @@ export function createPipeline(deps: PipelineDeps): RequestHandler {
         if (encoding !== 'identity' && kind !== 'none') {
           // Policy would read compressed bytes while the upstream reads what they decode to.
           parsed = { value: undefined, error: `the body is ${encoding}-encoded; arguments cannot be read`, ambiguous: false };
-        } else if (kind === 'json' || kind === 'form') {
-          buffered = await readBody(req, config.gateway.maxBodyBytes);
+        } else if (incoming !== undefined && (kind === 'json' || kind === 'form')) {
+          buffered = await readBody(req, incoming, config.gateway.maxBodyBytes);
           rec.bytesIn = buffered.length;
           refuseTokenInBody(buffered, presented);
           parsed = parseBody(kind, buffered);
@@ -171,8 +180,8 @@ export function createPipeline(deps: PipelineDeps): RequestHandler {
       }
       // 5. approve: park the exact request (body buffered) until a person decides; go on only if approved.
       if (decision.effect === 'escalate') {
-        if (buffered === undefined && hasBody(req)) {
-          buffered = await readBody(req, config.gateway.maxBodyBytes);
+        if (buffered === undefined && incoming !== undefined) {
+          buffered = await readBody(req, incoming, config.gateway.maxBodyBytes);
           rec.bytesIn = buffered.length;
           refuseTokenInBody(buffered, presented);
         }
@@ -242,7 +251,10 @@ export function createPipeline(deps: PipelineDeps): RequestHandler {
       const waiting = performance.now();
       await audit.commit(rec);
       metrics.auditWait((performance.now() - waiting) / 1000);
-      const { body, length } = buffered ? { body: buffered, length: String(buffered.length) } : requestBody(req, rec);
+      // A body that broke its limits while the request was being decided is not forwarded at all.
+      if (incoming?.failure !== undefined) throw incoming.failure;
+      const body = buffered ?? incoming ?? null;
+      const length = buffered ? String(buffered.length) : req.headers['content-length'];
       if (length !== undefined) injected.headers.push(['content-length', length]);
 
       // 7. forward
@@ -284,7 +296,8 @@ export function createPipeline(deps: PipelineDeps): RequestHandler {
       }
     } catch (err) {
       // Once the agent has gone, a failure is its hang-up, unless the upstream had already timed out.
-      let e = toValetError(err);
+      // A body over its limit or deadline fails whichever reader had it (undici's upload reports it as an upstream error).
+      let e = incoming?.failure ?? toValetError(err);
       if (approved !== undefined && !forwarding) approved.release(`refused after approval (${e.code})`);
       if (hangUp.aborted && e.code !== 'VALET_ERR_UPSTREAM_TIMEOUT') e = new ValetError('VALET_ERR_CLIENT_CLOSED');
       rec.errorCode = e.code;
@@ -293,6 +306,11 @@ export function createPipeline(deps: PipelineDeps): RequestHandler {
     } finally {
       const redacted = redactTokens(rec.path, token !== undefined ? [token] : presentedTokens(req, tokenPlaces));
       rec.path = rec.path === rawPath ? redacted.slice(0, 2048) : redacted;
+      if (incoming !== undefined) {
+        rec.bytesIn = incoming.bytes;
+        // Whatever of the body nobody read is dropped, still under its limits; past one, the connection goes.
+        incoming.discard(() => req.socket.destroySoon());
+      }
       rec.status = rec.errorCode === 'VALET_ERR_CLIENT_CLOSED' && !res.headersSent ? 499 : res.statusCode;
       rec.durationMs = Math.round((performance.now() - started) * 1000) / 1000;
       audit.record(rec);
@@ -449,43 +467,20 @@ function hasBody(req: IncomingMessage): boolean {
   return req.headers['transfer-encoding'] !== undefined || (length !== undefined && length !== '0');
 }
 
+function tooLarge(max: number): ValetError {
+  return new ValetError('VALET_ERR_BODY_TOO_LARGE', `The request body exceeds ${max} bytes.`);
+}
+
 /** Reads a body policy must see, refusing (413) past `max` bytes without reading further. */
-async function readBody(req: IncomingMessage, max: number): Promise<Buffer> {
-  const declared = Number(req.headers['content-length'] ?? 0);
-  if (declared > max) throw new ValetError('VALET_ERR_BODY_TOO_LARGE', `The request body exceeds ${max} bytes.`);
+async function readBody(req: IncomingMessage, body: RequestBody, max: number): Promise<Buffer> {
+  if (Number(req.headers['content-length'] ?? 0) > max) throw tooLarge(max);
+  if (body.failure !== undefined) throw body.failure;
   const chunks: Buffer[] = [];
   let size = 0;
-  for await (const chunk of req as AsyncIterable<Buffer>) {
+  for await (const chunk of body as AsyncIterable<Buffer>) {
     size += chunk.length;
-    if (size > max) throw new ValetError('VALET_ERR_BODY_TOO_LARGE', `The request body exceeds ${max} bytes.`);
+    if (size > max) throw tooLarge(max);
     chunks.push(chunk);
   }
   return Buffer.concat(chunks);
-}
-
-/** The body to stream upstream, counting bytes as they pass; `length` when the agent declared one. */
-function requestBody(req: IncomingMessage, rec: AuditRecord): { body: Readable | null; length: string | undefined } {
-  const length = req.headers['content-length'];
-  if (!hasBody(req)) return { body: null, length };
-  if (length !== undefined) {
-    // Node's parser delivers exactly this many bytes or fails the request.
-    rec.bytesIn = Number(length);
-    return { body: req, length };
-  }
-  const counter = byteCounter((n) => {
-    rec.bytesIn += n;
-  });
-  req.pipe(counter);
-  req.once('error', (err) => counter.destroy(err));
-  return { body: counter, length };
-}
-
-/** A pass-through stream that reports each chunk's size; keeps both sides' back-pressure. */
-function byteCounter(add: (n: number) => void): Transform {
-  return new Transform({
-    transform(chunk: Buffer, _encoding, callback) {
-      add(chunk.length);
-      callback(null, chunk);
-    },
-  });
 }

@@ -1,6 +1,8 @@
 import type { ServerResponse } from 'node:http';
 import { ERRORS, ValetError, type ErrorCode } from '../errors.js';
 
+const CLOSING: ReadonlySet<ErrorCode> = new Set(['VALET_ERR_SHUTTING_DOWN', 'VALET_ERR_BAD_REQUEST', 'VALET_ERR_BODY_TOO_LARGE', 'VALET_ERR_REQUEST_TIMEOUT']);
+
 /** Turns any failure into a coded error; unknown failures become VALET_ERR_INTERNAL. */
 export function toValetError(err: unknown): ValetError {
   return err instanceof ValetError ? err : new ValetError('VALET_ERR_INTERNAL', undefined, { cause: err });
@@ -30,8 +32,9 @@ export function sendError(res: ServerResponse, err: ValetError, requestId: strin
   if (code === 'VALET_ERR_SHUTTING_DOWN') headers['retry-after'] = '1';
   const retryAfter = err.extra?.['retry_after_s'];
   if (err.status === 429 && typeof retryAfter === 'number' && !res.hasHeader('retry-after')) headers['retry-after'] = String(retryAfter);
-  // After a malformed request the connection's framing is suspect, and after shutdown it is done.
-  if (code === 'VALET_ERR_SHUTTING_DOWN' || code === 'VALET_ERR_BAD_REQUEST') headers['connection'] = 'close';
+  // After a malformed request the connection's framing is suspect, after shutdown it is done, and
+  // after a body refused part-way the rest of it is not worth reading.
+  if (CLOSING.has(code)) headers['connection'] = 'close';
   res.writeHead(err.status, headers);
   res.end(body);
 }

@@ -24,6 +24,8 @@ export interface RawOptions {
   settleMs?: number;
   /** Give up (and return what arrived) after this long. */
   timeoutMs?: number;
+  /** Connect from this local address (another loopback address is another client). */
+  localAddress?: string;
 }
 
 /** Sends `payload` verbatim to 127.0.0.1:`port` and collects the responses. */
@@ -32,7 +34,7 @@ export function sendRaw(port: number, payload: string | Buffer | (string | Buffe
   const settleMs = o.settleMs ?? 150;
   const timeoutMs = o.timeoutMs ?? 5_000;
   return new Promise((resolve, reject) => {
-    const socket = connect(port, '127.0.0.1');
+    const socket = connect({ port, host: '127.0.0.1', ...(o.localAddress !== undefined && { localAddress: o.localAddress }) });
     let buf = Buffer.alloc(0);
     let done = false;
     let settle: NodeJS.Timeout | undefined;

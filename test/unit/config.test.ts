@@ -119,9 +119,28 @@ describe('loadConfig: the shipped example', () => {
 
   it('a minimal valid directory gets the documented defaults', () => {
     const config = loadConfig(configDir({ 'gateway.yaml': GATEWAY_YAML, 'upstreams.yaml': UPSTREAMS_YAML }));
-    expect(config.gateway).toEqual({ environment: 'development', listen: { host: '127.0.0.1', port: 0 }, shutdownGraceMs: 10_000, maxHeaderBytes: 16_384, maxBodyBytes: 1_048_576, timezone: 'UTC', secrets: { sources: [{ kind: 'store' }, { kind: 'env' }] }, admin: { listen: { host: '127.0.0.1', port: 8081 }, audience: 'valet-admin' }, approvals: { maxPendingPerAgent: 20, maxPendingPerTenant: 200, links: { enabled: true, baseUrl: undefined }, channels: [] }, audit: { failOpen: false, writer: 'thread', busyTimeoutMs: 1000, retentionDays: undefined, tenantRetentionDays: {}, anchor: { intervalMs: 60_000, command: undefined, url: undefined } } });
+    expect(config.gateway).toEqual({ environment: 'development', listen: { host: '127.0.0.1', port: 0 }, shutdownGraceMs: 10_000, maxHeaderBytes: 16_384, maxBodyBytes: 1_048_576, timezone: 'UTC', listener: { headersTimeoutMs: 10_000, bodyIdleTimeoutMs: 30_000, bodyTimeoutMs: 300_000, maxStreamBodyBytes: 67_108_864, maxConnections: 10_000, maxConnectionsPerClient: 256 }, secrets: { sources: [{ kind: 'store' }, { kind: 'env' }] }, admin: { listen: { host: '127.0.0.1', port: 8081 }, audience: 'valet-admin' }, approvals: { maxPendingPerAgent: 20, maxPendingPerTenant: 200, links: { enabled: true, baseUrl: undefined }, channels: [] }, audit: { failOpen: false, writer: 'thread', busyTimeoutMs: 1000, retentionDays: undefined, tenantRetentionDays: {}, anchor: { intervalMs: 60_000, command: undefined, url: undefined } } });
     expect(config.upstreams.get('api')).toMatchObject({ agentTokenHeader: 'authorization', agentTokenQuery: undefined, connections: 64 });
     expect(config.rules).toEqual([]);
+  });
+
+  it('listener deadlines, the streamed-body limit and connection caps are read once, as milliseconds and counts', () => {
+    const gateway = GATEWAY_YAML.replace(
+      'gateway:\n',
+      'gateway:\n  timeouts: { headers: 5s, body_idle: 250ms, body: 2m }\n  max_stream_body_bytes: 2097152\n  max_connections: 100\n  max_connections_per_client: 7\n',
+    );
+    const config = loadConfig(configDir({ 'gateway.yaml': gateway, 'upstreams.yaml': UPSTREAMS_YAML }));
+    expect(config.gateway.listener).toEqual({ headersTimeoutMs: 5_000, bodyIdleTimeoutMs: 250, bodyTimeoutMs: 120_000, maxStreamBodyBytes: 2_097_152, maxConnections: 100, maxConnectionsPerClient: 7 });
+  });
+
+  it('refuses listener settings that cannot work: a deadline past 24h, a streamed-body limit below max_body_bytes, a zero cap', () => {
+    const gateway = GATEWAY_YAML.replace('gateway:\n', 'gateway:\n  timeouts: { body: 30d }\n  max_body_bytes: 65536\n  max_stream_body_bytes: 4096\n');
+    expect(problemsOf(configDir({ 'gateway.yaml': gateway, 'upstreams.yaml': UPSTREAMS_YAML })).map((p) => [p.path, p.message])).toEqual([
+      ['gateway.timeouts.body', 'must be at most 24h'],
+      ['gateway.max_stream_body_bytes', 'max_stream_body_bytes (4096) must be at least max_body_bytes (65536)'],
+    ]);
+    const zero = GATEWAY_YAML.replace('gateway:\n', 'gateway:\n  max_connections_per_client: 0\n  timeouts: { headers: 0s }\n');
+    expect(problemsOf(configDir({ 'gateway.yaml': zero, 'upstreams.yaml': UPSTREAMS_YAML })).map((p) => p.path).sort()).toEqual(['gateway.max_connections_per_client', 'gateway.timeouts.headers']);
   });
 });
 
