@@ -22,7 +22,7 @@ import { secretRoutes } from './admin/secrets.js';
 import { createAdminServer } from './admin/server.js';
 import { ValetError, type ErrorCode } from './errors.js';
 import { createLogger } from './log.js';
-import { memoryCounterStore, memoryHistoryStore } from './policy/counters.js';
+import { openCounterDatabase } from './policy/counters-db.js';
 import { createPolicyHolder, type PolicyHolder } from './policy/reload.js';
 import { createForwarder } from './proxy/forward.js';
 import { createSecretSources, DEFAULT_SOURCES } from './secrets/sources.js';
@@ -88,7 +88,9 @@ export async function startGateway(options: GatewayOptions): Promise<RunningGate
     log: logger,
   });
   const secrets = secretSources.source;
-  const stores = { counters: memoryCounterStore(), history: memoryHistoryStore() };
+  // Counters and history outlive the process: a restart must not refill a daily budget.
+  const counterDb = openCounterDatabase(dataDir);
+  const stores = { counters: counterDb.counters, history: counterDb.history };
   const policies = createPolicyHolder(config, loadOptions, stores, logger);
   if (options.watch) policies.watch();
   const db = openAuditDatabase(dataDir);
@@ -105,6 +107,7 @@ export async function startGateway(options: GatewayOptions): Promise<RunningGate
   }).catch((err: unknown) => {
     policies.close();
     db.close();
+    counterDb.close();
     secretSources.close();
     throw err;
   });
@@ -235,6 +238,7 @@ export async function startGateway(options: GatewayOptions): Promise<RunningGate
       await audit.close();
       await anchorer.close();
       db.close();
+      counterDb.close();
       secretSources.close();
       logger.info({}, 'valet stopped');
       await new Promise<void>((r) => logger.flush(() => r()));

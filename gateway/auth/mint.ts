@@ -12,6 +12,7 @@ export interface MintOptions {
   user?: string | undefined;
   /** The delegating user's roles. */
   userRoles?: readonly string[] | undefined;
+  /** Whole seconds, at most the issuer's `max_ttl` (a longer token would be refused anyway); tests mint expired tokens with a negative one. */
   ttlSeconds: number;
   /** Groups (admin tokens: the approver groups the person belongs to). */
   groups?: readonly string[] | undefined;
@@ -23,6 +24,9 @@ export interface MintOptions {
 export async function mintAgentToken(issuer: IssuerConfig, secret: Uint8Array, o: MintOptions): Promise<string> {
   const alg = issuer.algorithms[0];
   if (issuer.key.kind !== 'secret' || alg === undefined) throw new TypeError(`issuer ${issuer.name} cannot mint tokens`);
+  if (!Number.isInteger(o.ttlSeconds) || o.ttlSeconds > issuer.maxTtlS) {
+    throw new RangeError(`the token lifetime must be whole seconds, at most issuer ${issuer.name}'s max_ttl (${issuer.maxTtlS}s)`);
+  }
   const c = issuer.claims;
   const claims: Record<string, unknown> = {};
   if (o.tenant !== undefined) claims[c.tenant] = o.tenant;
@@ -32,13 +36,15 @@ export async function mintAgentToken(issuer: IssuerConfig, secret: Uint8Array, o
   if (o.groups !== undefined) claims[c.groups ?? 'groups'] = [...o.groups];
   if (o.user !== undefined) claims['act'] = { sub: o.agent };
   if (o.user !== undefined && o.userRoles !== undefined && o.userRoles.length > 0) claims[c.userRoles] = [...o.userRoles];
+  // One clock reading for both: exp - iat is exactly the ttl, never a second more.
+  const now = Math.floor(Date.now() / 1000);
   return new SignJWT(claims)
     .setProtectedHeader({ alg, typ: 'JWT' })
     .setIssuer(issuer.issuer)
     .setAudience(o.audience ?? (issuer.audience.length === 1 ? (issuer.audience[0] as string) : [...issuer.audience]))
     .setSubject(o.user ?? o.agent)
-    .setIssuedAt()
+    .setIssuedAt(now)
     .setJti(randomUUID())
-    .setExpirationTime(Math.floor(Date.now() / 1000) + o.ttlSeconds)
+    .setExpirationTime(now + o.ttlSeconds)
     .sign(secret);
 }

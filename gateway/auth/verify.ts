@@ -71,7 +71,7 @@ export function createTokenVerifier(
         audience: [...config.audience],
         algorithms: [...config.algorithms],
         clockTolerance: config.clockSkewS,
-        requiredClaims: ['exp', 'sub'],
+        requiredClaims: ['exp', 'iat', 'sub'],
         crit: {},
       };
       const result = typeof key === 'function' ? await jwtVerify(token, key, options) : await jwtVerify(token, key, options);
@@ -79,7 +79,24 @@ export function createTokenVerifier(
     } catch (err) {
       throw fromJose(err);
     }
+    checkLifetime(payload, config);
     return identityFrom(payload, config);
+  }
+}
+
+/**
+ * A token's lifetime is `exp` − `iat`, whatever its `nbf`: a token signed today for use tomorrow
+ * exists, and can leak, from the moment it is signed. jose has already checked that both are numbers
+ * and that `exp` (and `nbf`, if any) hold now; a future `iat` would let a token claim to be younger
+ * than it is, so it is refused beyond the issuer's clock skew.
+ */
+function checkLifetime(payload: JWTPayload, config: IssuerConfig): void {
+  const iat = payload.iat as number;
+  const exp = payload.exp as number;
+  if (iat > Date.now() / 1000 + config.clockSkewS) throw invalid('"iat" is in the future');
+  const lifetime = exp - iat;
+  if (lifetime > config.maxTtlS) {
+    throw invalid(`its lifetime (exp - iat = ${lifetime}s) is longer than issuer ${config.name}'s max_ttl (${config.maxTtlS}s)`);
   }
 }
 

@@ -116,10 +116,13 @@ async function start(args: string[]): Promise<void> {
   process.on('SIGINT', () => stop('SIGINT'));
 }
 
+/** `valet token`'s lifetime without --ttl (shorter when the issuer's max_ttl is). */
+const DEFAULT_TTL_S = 900;
+
 async function token(args: string[]): Promise<void> {
   const { values } = parse(args, {
     ...identityFlags,
-    ttl: { type: 'string', default: '15m' },
+    ttl: { type: 'string' },
     issuer: { type: 'string' },
     admin: { type: 'boolean' },
     subject: { type: 'string' },
@@ -131,12 +134,15 @@ async function token(args: string[]): Promise<void> {
   if (!values.admin && values.subject) throw new UsageError('--subject is for --admin tokens; agent tokens take --agent');
   const agent = values.admin ? values.subject : values.agent;
   if (!agent) throw new UsageError('--agent is required');
-  const ttlSeconds = duration(values.ttl, 'ttl');
-  if (ttlSeconds < 1 || ttlSeconds > 86400) throw new UsageError('--ttl must be between 1s and 24h');
   const config = loadConfig(configDir(values.config));
   const issuer = config.issuers.find((i) => (values.issuer ? i.name === values.issuer : i.key.kind === 'secret'));
   if (!issuer || issuer.key.kind !== 'secret') {
     throw new UsageError(values.issuer ? `no shared-secret issuer named "${values.issuer}"` : 'no shared-secret issuer is configured');
+  }
+  // The gateway refuses a token living longer than its issuer's max_ttl, so none is minted.
+  const ttlSeconds = values.ttl === undefined ? Math.min(DEFAULT_TTL_S, issuer.maxTtlS) : duration(values.ttl, 'ttl');
+  if (ttlSeconds < 1 || ttlSeconds > issuer.maxTtlS) {
+    throw new UsageError(`--ttl must be from 1s to issuer ${issuer.name}'s max_ttl (${issuer.maxTtlS}s)`);
   }
   const secret = sharedSecret(issuer, dataDir(values.data));
   const jwt = await mintAgentToken(issuer, secret, {

@@ -454,6 +454,11 @@ function buildSecretSources(root: string, file: ParsedFile | undefined, raw: Raw
   return ok ? sources : undefined;
 }
 
+/** Agent tokens are meant to be short-lived: an hour unless the issuer says otherwise. */
+const DEFAULT_MAX_TTL_MS = 3_600_000;
+/** A week: beyond that a token is a long-lived credential, which Valet exists to avoid. */
+const MAX_MAX_TTL_MS = 7 * 86_400_000;
+
 function buildIssuer(root: string, file: ParsedFile, i: number, raw: Raw, problems: Problems): IssuerConfig | undefined {
   const at = ['issuers', i];
   const sources = ['secret', 'public_key_file', 'jwks_file', 'jwks_url'].filter((k) => raw[k] !== undefined);
@@ -472,6 +477,11 @@ function buildIssuer(root: string, file: ParsedFile, i: number, raw: Raw, proble
     problems.add(file, [...at, 'algorithms'], 'HS* algorithms need a shared secret, not a public key');
     return undefined;
   }
+  const maxTtlMs = raw.max_ttl === undefined ? DEFAULT_MAX_TTL_MS : parseDuration(raw.max_ttl);
+  if (maxTtlMs < 1000 || maxTtlMs % 1000 !== 0 || maxTtlMs > MAX_MAX_TTL_MS) {
+    problems.add(file, [...at, 'max_ttl'], 'must be whole seconds, from 1s to 7d');
+    return undefined;
+  }
   let key: IssuerKey;
   if (raw.secret !== undefined) key = { kind: 'secret', env: raw.secret.env, generate: raw.secret.generate ?? false };
   else if (raw.public_key_file !== undefined) key = { kind: 'public_key_file', path: resolve(root, raw.public_key_file) };
@@ -483,6 +493,7 @@ function buildIssuer(root: string, file: ParsedFile, i: number, raw: Raw, proble
     audience: typeof raw.audience === 'string' ? [raw.audience] : raw.audience,
     algorithms,
     clockSkewS: raw.clock_skew_s ?? 30,
+    maxTtlS: maxTtlMs / 1000,
     key,
     claims: {
       ...DEFAULT_CLAIMS,

@@ -205,6 +205,7 @@ export const fileSchema = {
             },
           },
           clock_skew_s: { type: 'integer', minimum: 0, maximum: 60 },
+          max_ttl: duration,
           secret: {
             type: 'object',
             required: ['env'],

@@ -144,6 +144,8 @@ export interface IssuerConfig {
   readonly audience: readonly string[];
   readonly algorithms: readonly string[];
   readonly clockSkewS: number;
+  /** The longest lifetime (`exp` − `iat`, seconds) a token of this issuer may have. */
+  readonly maxTtlS: number;
   readonly key: IssuerKey;
   readonly claims: ClaimNames;
 }

@@ -432,7 +432,7 @@ export function compilePolicy(
       vars['request'] = request;
     }
     if (missing & TIME) vars['time'] = readsTime ? timeOf(timeParts, input.now) : {};
-    if (missing & HISTORY) vars['history'] = readsHistory ? stores.history.summary(input.identity.agent, callKey(facts), input.now) : {};
+    if (missing & HISTORY) vars['history'] = readsHistory ? stores.history.summary(historyKey(input.identity, facts), input.now) : {};
     if (missing & CTX) vars['ctx'] = input.context;
     return vars;
   };
@@ -504,23 +504,31 @@ export function compilePolicy(
     return failure ?? conclude(best, ties, s.input.facts);
   };
 
-  const counterKey = (l: CompiledLimit, s: Evaluation): string | { error: string } => {
+  /**
+   * The counter's key within its limit, as a JSON array: strings are escaped and delimited, so no
+   * id (one holding ':' or NUL, say) can pass for another key. Every key but `global` names the
+   * tenant first (null without one): agent ids, users, tools and CEL values are the tenant's own, so
+   * tenant B's "bot" never spends tenant A's "bot"'s quota. `global` is the one counter all tenants
+   * share, for limits that protect an upstream's own quota.
+   */
+  const counterKey = (l: CompiledLimit, s: Evaluation): unknown[] | { error: string } => {
     const { identity: id, facts } = s.input;
+    const tenant = id.tenant ?? null;
     switch (l.key) {
       case 'agent':
-        return `agent:${id.agent}`;
+        return ['agent', tenant, id.agent];
       case 'tenant':
-        return `tenant:${id.tenant ?? ''}`;
+        return ['tenant', tenant];
       case 'user':
-        return `user:${id.user ?? `agent:${id.agent}`}`;
+        return id.user === undefined ? ['user', tenant, null, id.agent] : ['user', tenant, id.user];
       case 'tool':
-        return `tool:${facts.tool ?? `${facts.upstream} ${facts.method} ${facts.path}`}`;
+        return facts.tool === undefined ? ['route', tenant, facts.upstream, facts.method, facts.path] : ['tool', tenant, facts.tool];
       case 'global':
-        return 'global';
+        return ['global'];
       default:
         try {
           const program = l.keyProgram as Program;
-          return `cel:${String(program(variables(s, program.reads)))}`;
+          return ['cel', tenant, String(program(variables(s, program.reads)))];
         } catch (err) {
           return { error: celErrorMessage(err) };
         }
@@ -566,7 +574,7 @@ export function compilePolicy(
         if (typeof c === 'string') return fail(c);
         if (!c) continue;
         const key = counterKey(l, s);
-        if (typeof key !== 'string') return fail(key.error);
+        if (!Array.isArray(key)) return fail(key.error);
         let cost = 1;
         if (l.sum) {
           if (l.sum.readsArgs && input.facts.argsError !== undefined) return fail(input.facts.argsError);
@@ -578,7 +586,7 @@ export function compilePolicy(
           }
           if (typeof cost !== 'number' || !Number.isFinite(cost) || cost < 0) return fail('the amount is not a non-negative number');
         }
-        entries.push({ limit: l, key: `${l.kind}:${l.config.id}:${key}`, cost });
+        entries.push({ limit: l, key: JSON.stringify([l.kind, l.config.id, ...key]), cost });
       }
       if (entries.length === 0) return undefined;
       const r = stores.counters.tryConsume(
@@ -591,7 +599,7 @@ export function compilePolicy(
       return { kind: l.kind, id: l.config.id, reason: `${what} is exhausted`, retryAfterMs: r.retryAfterMs };
     },
     recordCall(input) {
-      stores.history.record(input.identity.agent, callKey(input.facts), input.now);
+      stores.history.record(historyKey(input.identity, input.facts), input.now);
     },
     resolveContext: (input) => contextSources.resolve(input),
   };
@@ -763,8 +771,10 @@ function literalPrefix(pattern: string, ignoreCase: boolean): string[] {
   return prefix;
 }
 
-function callKey(facts: RequestFacts): string {
-  return facts.tool ?? `${facts.upstream} ${facts.method} ${facts.path}`;
+/** The history of this agent of this tenant with this tool (or route); JSON, like counter keys. */
+function historyKey(id: AgentIdentity, facts: RequestFacts): string {
+  const call = facts.tool === undefined ? ['route', facts.upstream, facts.method, facts.path] : ['tool', facts.tool];
+  return JSON.stringify([id.tenant ?? null, id.agent, ...call]);
 }
 
 const WEEKDAYS = ['Sun', 'Mon', 'Tue', 'Wed', 'Thu', 'Fri', 'Sat'];

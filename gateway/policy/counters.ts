@@ -1,4 +1,4 @@
-/** One counter to charge: `cost` against `limit` per fixed window of `windowMs`. */
+/** One counter to charge: `cost` against `limit` in any window of `windowMs`. */
 export interface CounterCharge {
   readonly key: string;
   readonly windowMs: number;
@@ -6,37 +6,102 @@ export interface CounterCharge {
   readonly cost: number;
 }
 
+export type ConsumeResult = { ok: true } | { ok: false; index: number; retryAfterMs: number };
+
 /**
  * Rate-limit and budget counters. `tryConsume` is atomic over all its charges: either every
- * counter takes its cost, or none changes and the first that would overflow is named. Shared
- * deployments put a Redis implementation behind the same interface.
+ * counter takes its cost, or none changes and the first that would overflow is named. Keys are
+ * opaque strings built by the policy (tenant-scoped, unambiguous); a store only compares them.
+ * The store in the data directory (`counters-db.ts`) and the in-memory one share the algorithm
+ * below, so any other implementation (Redis) must too.
+ *
+ * The algorithm is a sliding log kept in slots, which never lets more than `limit` through in any
+ * closed interval of `windowMs`, wherever it starts:
+ *
+ * - A counter is a list of slots, each `{slot, last, used}`: the cost charged while the clock was in
+ *   that slot (`windowMs / SLOTS_PER_WINDOW` wide) and the time of its latest charge.
+ * - At time `t` a slot counts while `last >= t - windowMs`; a charge is admitted when the counted
+ *   total plus its cost is at most `limit`, and is added to the slot of `t`.
+ * - Every charge in a slot happened at or before the slot's `last`, so every charge made in
+ *   `[t - windowMs, t]` is counted at `t`. Take any interval `[a, a + windowMs]` and the last charge
+ *   admitted in it, at `t`: all the others in the interval were made at or after `a >= t - windowMs`,
+ *   so they were counted when `t` was admitted, and the interval holds at most `limit`.
+ * - The price of bounded memory (at most `SLOTS_PER_WINDOW + 1` slots per counter) is caution, not
+ *   excess: a charge counts until its slot's `last` leaves the window, at most one slot width
+ *   (1/60 of the window) after the charge itself does.
+ *
+ * `retryAfterMs` is exact for this algorithm: the first moment enough of the oldest slots have left
+ * the window for the refused cost to fit (a cost above `limit` never fits: the whole window).
  */
 export interface CounterStore {
-  tryConsume(charges: readonly CounterCharge[], now: number): { ok: true } | { ok: false; index: number; retryAfterMs: number };
+  tryConsume(charges: readonly CounterCharge[], now: number): ConsumeResult;
 }
 
-/** In-process fixed-window counters; atomic because the event loop runs one call at a time. */
+/** One slot of a counter, in slot order. */
+export interface CounterSlot {
+  readonly slot: number;
+  readonly last: number;
+  readonly used: number;
+}
+
+/** How many slots a window is cut into: the bound on a counter's size and on its caution. */
+export const SLOTS_PER_WINDOW = 60;
+
+/** The slots still inside the window at `now`. */
+export function liveSlots(slots: readonly CounterSlot[], windowMs: number, now: number): CounterSlot[] {
+  const from = now - windowMs;
+  return slots.filter((s) => s.last >= from);
+}
+
+/** undefined if `c` fits beside the live slots (oldest first), else the milliseconds until it will. */
+export function refusal(live: readonly CounterSlot[], c: CounterCharge, now: number): number | undefined {
+  let excess = c.cost - c.limit;
+  for (const s of live) excess += s.used;
+  if (excess <= 0) return undefined;
+  for (const s of live) {
+    excess -= s.used;
+    // A slot stops counting once `last < t - windowMs`; with millisecond clocks, one past the edge.
+    if (excess <= 0) return Math.floor(s.last + c.windowMs - now) + 1;
+  }
+  return c.windowMs;
+}
+
+/**
+ * The slot a charge at `now` goes into: the clock's, or the newest if the clock went back (a
+ * later `last` only makes the slot count longer).
+ */
+export function slotFor(live: readonly CounterSlot[], windowMs: number, now: number): number {
+  const slot = Math.floor(now / Math.max(1, Math.ceil(windowMs / SLOTS_PER_WINDOW)));
+  const newest = live.at(-1);
+  return newest === undefined ? slot : Math.max(slot, newest.slot);
+}
+
+/** In-process counters (policy tests, the CLI); atomic because the event loop runs one call at a time. */
 export function memoryCounterStore(): CounterStore {
-  const windows = new Map<string, { start: number; used: number }>();
+  const counters = new Map<string, CounterSlot[]>();
   let calls = 0;
+  // The window is part of a counter's identity: a reload may change it under the same key.
+  const id = (c: CounterCharge): string => `${c.windowMs} ${c.key}`;
   return {
     tryConsume(charges, now) {
       if (++calls % 10_000 === 0) {
-        for (const [k, w] of windows) if (w.start + 86_400_000 * 31 < now) windows.delete(k);
+        for (const [k, slots] of counters) {
+          const windowMs = Number(k.slice(0, k.indexOf(' ')));
+          if (liveSlots(slots, windowMs, now).length === 0) counters.delete(k);
+        }
       }
-      const current = charges.map((c) => {
-        const start = Math.floor(now / c.windowMs) * c.windowMs;
-        const key = `${c.key}@${c.windowMs}`;
-        const w = windows.get(key);
-        return { key, start, used: w && w.start === start ? w.used : 0 };
-      });
+      const live = charges.map((c) => liveSlots(counters.get(id(c)) ?? [], c.windowMs, now));
       for (const [i, c] of charges.entries()) {
-        const w = current[i] as { start: number; used: number };
-        if (w.used + c.cost > c.limit) return { ok: false, index: i, retryAfterMs: w.start + c.windowMs - now };
+        const retryAfterMs = refusal(live[i] as CounterSlot[], c, now);
+        if (retryAfterMs !== undefined) return { ok: false, index: i, retryAfterMs };
       }
       for (const [i, c] of charges.entries()) {
-        const w = current[i] as { key: string; start: number; used: number };
-        windows.set(w.key, { start: w.start, used: w.used + c.cost });
+        const slots = live[i] as CounterSlot[];
+        const slot = slotFor(slots, c.windowMs, now);
+        const newest = slots.at(-1);
+        if (newest?.slot === slot) slots[slots.length - 1] = { slot, last: Math.max(newest.last, now), used: newest.used + c.cost };
+        else slots.push({ slot, last: now, used: c.cost });
+        counters.set(id(c), slots);
       }
       return { ok: true };
     },
@@ -50,41 +115,61 @@ export interface HistorySummary {
   readonly first_use: boolean;
 }
 
+/**
+ * Calls per key (the policy's tenant-scoped encoding of agent and tool), counted per minute. A
+ * summary rounds out to whole minutes, erring towards more calls: `calls_last_hour` counts the
+ * current minute and the 60 before it, `calls_last_day` the current minute and the 1440 before.
+ */
 export interface HistoryStore {
-  record(agent: string, call: string, now: number): void;
-  summary(agent: string, call: string, now: number): HistorySummary;
+  record(key: string, now: number): void;
+  summary(key: string, now: number): HistorySummary;
 }
 
-const DAY = 86_400_000;
-const HOUR = 3_600_000;
-const MAX_PER_KEY = 100_000;
+export const HISTORY_MINUTE_MS = 60_000;
+const HOUR_MINUTES = 60;
+export const DAY_MINUTES = 1440;
 
-/** Recent calls per agent and tool, kept for a day (bounded per key), plus whether ever seen. */
+/** The minute of `now` and the first minute of the hour and the day summaries count. */
+export function historyMinutes(now: number): { minute: number; hour: number; day: number } {
+  const minute = Math.floor(now / HISTORY_MINUTE_MS);
+  return { minute, hour: minute - HOUR_MINUTES, day: minute - DAY_MINUTES };
+}
+
+/** Recent calls per key, in minutes for a day, plus whether the key was ever seen. */
 export function memoryHistoryStore(): HistoryStore {
-  const calls = new Map<string, number[]>();
+  const calls = new Map<string, { minute: number; calls: number }[]>();
   const seen = new Set<string>();
-  const prune = (list: number[], now: number): void => {
+  const recent = (key: string, day: number): { minute: number; calls: number }[] => {
+    const list = calls.get(key) ?? [];
     let drop = 0;
-    while (drop < list.length && (list[drop] as number) <= now - DAY) drop++;
+    while (drop < list.length && (list[drop] as { minute: number }).minute < day) drop++;
     if (drop > 0) list.splice(0, drop);
+    return list;
   };
+  let records = 0;
   return {
-    record(agent, call, now) {
-      const key = `${agent}\u0000${call}`;
+    record(key, now) {
+      if (++records % 10_000 === 0) {
+        const { day } = historyMinutes(now);
+        for (const [k, list] of calls) if ((list.at(-1)?.minute ?? day - 1) < day) calls.delete(k);
+      }
       seen.add(key);
-      const list = calls.get(key) ?? [];
-      prune(list, now);
-      if (list.length >= MAX_PER_KEY) list.shift();
-      list.push(now);
+      const { minute, day } = historyMinutes(now);
+      const list = recent(key, day);
+      const newest = list.at(-1);
+      if (newest !== undefined && newest.minute >= minute) newest.calls++;
+      else list.push({ minute, calls: 1 });
       calls.set(key, list);
     },
-    summary(agent, call, now) {
-      const key = `${agent}\u0000${call}`;
-      const list = calls.get(key) ?? [];
-      prune(list, now);
-      let hour = 0;
-      for (let i = list.length - 1; i >= 0 && (list[i] as number) > now - HOUR; i--) hour++;
-      return { calls_last_hour: BigInt(hour), calls_last_day: BigInt(list.length), first_use: !seen.has(key) };
+    summary(key, now) {
+      const { hour, day } = historyMinutes(now);
+      let inHour = 0;
+      let inDay = 0;
+      for (const m of recent(key, day)) {
+        inDay += m.calls;
+        if (m.minute >= hour) inHour += m.calls;
+      }
+      return { calls_last_hour: BigInt(inHour), calls_last_day: BigInt(inDay), first_use: !seen.has(key) };
     },
   };
 }

@@ -21,6 +21,7 @@ import { headerValues, startFakeUpstream, type FakeUpstream } from '../helpers/u
 const SECRET = 'sk-upstream-auth-test-31337';
 const RSA_ISS = 'https://idp.rsa.test/';
 const EC_ISS = 'https://idp.ec.test/';
+const LONG_ISS = 'valet-test-long';
 
 describe('agent token authentication', () => {
   let upstream: FakeUpstream;
@@ -41,6 +42,7 @@ describe('agent token authentication', () => {
         devIssuer, // first: gw.token() mints with issuers[0]
         { name: 'rsa', issuer: RSA_ISS, audience: DEV_AUDIENCE, algorithms: ['RS256'], public_key_file: pemPath },
         { name: 'ec', issuer: EC_ISS, audience: DEV_AUDIENCE, algorithms: ['ES256'], jwks_file: jwksPath },
+        { ...devIssuer, name: 'long', issuer: LONG_ISS, max_ttl: '24h' },
       ],
       upstreams: [
         { name: 'api', origin: upstream.origin, credential: { scheme: 'bearer', secret: 'API_KEY' } },
@@ -168,6 +170,48 @@ describe('agent token authentication', () => {
       await expectRejected({ authorization: `Bearer ${a}`, 'x-api-key': b }, 'VALET_ERR_TOKEN_INVALID', '/anthropic/v1/messages');
     });
 
+    describe('when its lifetime is unbounded or unknown (max_ttl, default 1h; iat required)', () => {
+      const hs = (c: Record<string, unknown>): string => craftJwt({ alg: 'HS256', typ: 'JWT' }, c, hs256(DEV_SIGNING_KEY));
+
+      it('exp a year ahead', async () => {
+        const { body } = await expectRejected({ authorization: `Bearer ${hs(dev({}, 365 * 86_400))}` }, 'VALET_ERR_TOKEN_INVALID');
+        expect(JSON.stringify(body)).toMatch(/max_ttl/);
+      });
+
+      it('exp = iat + max_ttl + 1s, on the data plane and the admin plane', async () => {
+        await expectRejected({ authorization: `Bearer ${hs(dev({}, 3_601))}` }, 'VALET_ERR_TOKEN_INVALID');
+        // The same issuer signs admin tokens: the admin plane applies the same limit.
+        const admin = hs(dev({ aud: gw.gateway.config.gateway.admin.audience, roles: ['admin'] }, 3_601));
+        const res = await request(`${gw.adminUrl}/api/whoami`, { headers: { authorization: `Bearer ${admin}` } });
+        expect(res.statusCode).toBe(401);
+        expect(await res.body.text()).toMatch(/VALET_ERR_ADMIN_UNAUTHENTICATED.*max_ttl/);
+      });
+
+      it('no iat', async () => {
+        const c = dev();
+        delete c['iat'];
+        await expectRejected({ authorization: `Bearer ${hs(c)}` }, 'VALET_ERR_TOKEN_INVALID');
+      });
+
+      it('iat in the future beyond the clock skew', async () => {
+        await expectRejected({ authorization: `Bearer ${hs(dev({ iat: nowS() + 120 }))}` }, 'VALET_ERR_TOKEN_INVALID');
+      });
+
+      it('iat long ago (an old token with exp pushed out)', async () => {
+        await expectRejected({ authorization: `Bearer ${hs(dev({ iat: nowS() - 7_200 }, 300))}` }, 'VALET_ERR_TOKEN_INVALID');
+      });
+
+      it('nbf in the future does not stretch the limit (exp = nbf + 1h, signed now)', async () => {
+        // Not yet valid either way; but after nbf it would still be refused, as exp - iat > 1h.
+        await expectRejected({ authorization: `Bearer ${hs(dev({ nbf: nowS() + 86_400 }, 86_400 + 3_600))}` }, 'VALET_ERR_TOKEN_INVALID');
+      });
+
+      it('25h from an issuer with max_ttl: 24h', async () => {
+        const t = hs(claims({ iss: LONG_ISS, aud: DEV_AUDIENCE, ttl: 25 * 3_600 }));
+        await expectRejected({ authorization: `Bearer ${t}` }, 'VALET_ERR_TOKEN_INVALID');
+      });
+    });
+
     it('when the token is garbage', async () => {
       await expectRejected({ authorization: 'Bearer abc' }, 'VALET_ERR_TOKEN_INVALID');
       await expectRejected({ authorization: `Bearer ${'a'.repeat(9000)}.b.c` }, 'VALET_ERR_TOKEN_INVALID');
@@ -193,6 +237,20 @@ describe('agent token authentication', () => {
       const t = craftJwt({ alg: 'HS256', typ: 'JWT' }, dev({}, -5), hs256(DEV_SIGNING_KEY));
       const { row } = await expectAccepted({ authorization: `Bearer ${t}` });
       expect(row.agent).toBe('agent-1');
+    });
+
+    it('a token of exactly max_ttl (1h by default), and a normal one', async () => {
+      await expectAccepted({ authorization: `Bearer ${craftJwt({ alg: 'HS256', typ: 'JWT' }, dev({}, 3_600), hs256(DEV_SIGNING_KEY))}` });
+      await expectAccepted({ authorization: `Bearer ${await gw.token()}` });
+      const admin = await gw.adminToken(['admin']);
+      const res = await request(`${gw.adminUrl}/api/whoami`, { headers: { authorization: `Bearer ${admin}` } });
+      expect(res.statusCode).toBe(200);
+      await res.body.dump();
+    });
+
+    it('a 2h token from an issuer with max_ttl: 24h', async () => {
+      const t = craftJwt({ alg: 'HS256', typ: 'JWT' }, claims({ iss: LONG_ISS, aud: DEV_AUDIENCE, ttl: 2 * 3_600 }), hs256(DEV_SIGNING_KEY));
+      await expectAccepted({ authorization: `Bearer ${t}` });
     });
 
     it('an RS256 token verified with public_key_file', async () => {

@@ -54,6 +54,15 @@ describe('valet CLI', () => {
     expect(r.stderr).toContain('--agent is required');
   });
 
+  it('token refuses a --ttl above the issuer\'s max_ttl (1h by default), for agent and admin tokens', async () => {
+    const env = { VALET_CONFIG: configDir, VALET_DATA: dataDir };
+    for (const args of [['--agent', 'a'], ['--admin', '--subject', 'alice', '--role', 'admin']]) {
+      const r = await runCli(['token', ...args, '--ttl', '2h'], { env });
+      expect(r.code).toBe(2);
+      expect(r.stderr).toMatch(/--ttl must be from 1s to issuer \S+'s max_ttl \(3600s\)/);
+    }
+  });
+
   it('start, token, a call, SIGTERM, then audit shows the rows', async () => {
     const env = { VALET_CONFIG: configDir, VALET_DATA: dataDir, ECHO_API_KEY: 'echo-cli-secret', VALET_PORT: '0', VALET_ADMIN_PORT: '0' };
     const child = spawnCli(['start'], { env });

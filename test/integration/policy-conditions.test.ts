@@ -74,6 +74,17 @@ describe('time and history conditions', () => {
     expectForwarded(await send(gw, upstream, '/stripe/v1/charges', { token: await gw.token({ agent: 'newcomer' }) }));
   });
 
+  it('history is per tenant: the same agent id in another tenant starts from zero', async () => {
+    const acme = await gw.token({ agent: 'namesake', tenant: 'acme' });
+    const globex = await gw.token({ agent: 'namesake', tenant: 'globex' });
+    expectForwarded(await send(gw, upstream, '/stripe/v1/charges', { token: acme }));
+    expectForwarded(await send(gw, upstream, '/stripe/v1/charges', { token: acme }));
+    expectRefused(await send(gw, upstream, '/stripe/v1/charges', { token: acme }), 403, 'VALET_ERR_POLICY_DENIED');
+    expectForwarded(await send(gw, upstream, '/stripe/v1/charges', { token: globex }));
+    expectForwarded(await send(gw, upstream, '/stripe/v1/balance', { token: globex }));
+    expectForwarded(await send(gw, upstream, '/stripe/v1/balance', { token: acme }));
+  });
+
   it('history is per tool: calls of one tool do not count against another', async () => {
     const token = await gw.token({ agent: 'tool-hopper' });
     for (let i = 0; i < 3; i++) expectForwarded(await send(gw, upstream, '/stripe/v1/payouts', { token }));

@@ -26,6 +26,17 @@ const LIMITS_YAML = `rate_limits:
     limit: 3
     window: 1h
     key: tenant
+  - id: per-tool-hourly
+    tools: [stripe.get_customer]
+    limit: 2
+    window: 1h
+    key: tool
+  - id: everyone-hourly
+    upstream: stripe
+    paths: [/v1/payouts]
+    limit: 3
+    window: 1h
+    key: global
 budgets:
   - id: daily-transfer-budget
     tools: [stripe.create_transfer]
@@ -41,7 +52,8 @@ function expectLimited(r: Sent, code: 'VALET_ERR_RATE_LIMITED' | 'VALET_ERR_BUDG
   const retry = Number(header(r.headers, 'retry-after'));
   expect(Number.isInteger(retry)).toBe(true);
   expect(retry).toBeGreaterThan(0);
-  expect(retry).toBeLessThanOrEqual(windowS);
+  // A call counts for a whole window, both ends included: a retry may be due one second after it.
+  expect(retry).toBeLessThanOrEqual(windowS + 1);
   expect(e['retry_after_s']).toBe(retry);
   return retry;
 }
@@ -58,6 +70,8 @@ describe('rate limits and budgets', () => {
         { id: 'balance', upstream: 'stripe', methods: ['GET'], paths: ['/v1/balance'], effect: 'allow' },
         { id: 'charges', upstream: 'stripe', methods: ['GET'], paths: ['/v1/charges'], effect: 'allow' },
         { id: 'transfers', tools: ['stripe.create_transfer'], effect: 'allow' },
+        { id: 'customers', tools: ['stripe.get_customer'], effect: 'allow' },
+        { id: 'payouts', upstream: 'stripe', methods: ['GET'], paths: ['/v1/payouts'], effect: 'allow' },
       ],
     });
   });
@@ -82,7 +96,7 @@ describe('rate limits and budgets', () => {
       expect(JSON.parse(r.text).error.code).toBe('VALET_ERR_RATE_LIMITED');
       const retry = Number(header(r.headers, 'retry-after'));
       expect(retry).toBeGreaterThan(0);
-      expect(retry).toBeLessThanOrEqual(3600);
+      expect(retry).toBeLessThanOrEqual(3601);
     }
     const row = await audit(gw, limited[0] as Sent);
     expect(row).toMatchObject({ decision: 'deny', rule: 'per-agent-hourly', status: 429, error_code: 'VALET_ERR_RATE_LIMITED', agent: 'racer' });
@@ -111,6 +125,40 @@ describe('rate limits and budgets', () => {
     expectLimited(r, 'VALET_ERR_RATE_LIMITED', 'per-tenant-hourly', 3600);
     expect(await audit(gw, r)).toMatchObject({ agent: 'acme-c', tenant: 'acme', rule: 'per-tenant-hourly' });
     expectForwarded(await send(gw, upstream, '/stripe/v1/charges', { token: g }));
+  });
+
+  it('key: agent is per tenant: the same agent id in tenant B does not spend tenant A\'s quota', async () => {
+    const inAcme = await gw.token({ agent: 'twin', tenant: 'acme' });
+    const inGlobex = await gw.token({ agent: 'twin', tenant: 'globex' });
+    const untenanted = await gw.token({ agent: 'twin' });
+    for (let i = 0; i < 5; i++) expectForwarded(await send(gw, upstream, '/stripe/v1/balance', { token: inAcme }));
+    expectLimited(await send(gw, upstream, '/stripe/v1/balance', { token: inAcme }), 'VALET_ERR_RATE_LIMITED', 'per-agent-hourly', 3600);
+    for (let i = 0; i < 5; i++) expectForwarded(await send(gw, upstream, '/stripe/v1/balance', { token: inGlobex }));
+    const r = await send(gw, upstream, '/stripe/v1/balance', { token: inGlobex });
+    expectLimited(r, 'VALET_ERR_RATE_LIMITED', 'per-agent-hourly', 3600);
+    expect(await audit(gw, r)).toMatchObject({ agent: 'twin', tenant: 'globex' });
+    // An agent with no tenant is not any tenant's agent either.
+    expectForwarded(await send(gw, upstream, '/stripe/v1/balance', { token: untenanted }));
+  });
+
+  it('key: tool is per tenant; key: global is one counter for every tenant', async () => {
+    const [a, b, g] = await Promise.all([
+      gw.token({ agent: 'tool-a', tenant: 'acme' }),
+      gw.token({ agent: 'tool-b', tenant: 'acme' }),
+      gw.token({ agent: 'tool-a', tenant: 'globex' }),
+    ]);
+    expectForwarded(await send(gw, upstream, '/stripe/v1/customers/cus_1', { token: a }));
+    expectForwarded(await send(gw, upstream, '/stripe/v1/customers/cus_2', { token: b }));
+    expectLimited(await send(gw, upstream, '/stripe/v1/customers/cus_3', { token: a }), 'VALET_ERR_RATE_LIMITED', 'per-tool-hourly', 3600);
+    expectForwarded(await send(gw, upstream, '/stripe/v1/customers/cus_1', { token: g }));
+    expectForwarded(await send(gw, upstream, '/stripe/v1/customers/cus_1', { token: g }));
+    expectLimited(await send(gw, upstream, '/stripe/v1/customers/cus_1', { token: g }), 'VALET_ERR_RATE_LIMITED', 'per-tool-hourly', 3600);
+
+    expectForwarded(await send(gw, upstream, '/stripe/v1/payouts', { token: a }));
+    expectForwarded(await send(gw, upstream, '/stripe/v1/payouts', { token: b }));
+    expectForwarded(await send(gw, upstream, '/stripe/v1/payouts', { token: g }));
+    expectLimited(await send(gw, upstream, '/stripe/v1/payouts', { token: g }), 'VALET_ERR_RATE_LIMITED', 'everyone-hourly', 3600);
+    expectLimited(await send(gw, upstream, '/stripe/v1/payouts', { token: a }), 'VALET_ERR_RATE_LIMITED', 'everyone-hourly', 3600);
   });
 
   it('a rate limit on one route does not touch another route', async () => {
@@ -175,5 +223,60 @@ describe('rate limits and budgets', () => {
       expect(results.filter((r) => r.status === 200)).toHaveLength(10);
       expect(results.filter((r) => r.status === 429)).toHaveLength(10);
     });
+  });
+});
+
+describe('counters and history survive a restart on the same data directory', () => {
+  const RESTART_LIMITS = `budgets:
+  - id: daily-transfer-budget
+    tools: [stripe.create_transfer]
+    sum: args.amount
+    limit: 1000
+    window: 1d
+    key: agent
+`;
+  let upstream: FakeUpstream;
+  let gw: TestGateway | undefined;
+
+  const start = (root?: string): Promise<TestGateway> =>
+    startStripeGateway(upstream, {
+      ...(root !== undefined && { root }),
+      files: { 'tools.yaml': STRIPE_TOOLS_YAML, 'limits.yaml': RESTART_LIMITS },
+      rules: [
+        { id: 'transfers', tools: ['stripe.create_transfer'], effect: 'allow' },
+        { id: 'twice-an-hour', upstream: 'stripe', methods: ['GET'], paths: ['/v1/charges'], when: 'history.calls_last_hour < 2', effect: 'allow' },
+      ],
+    });
+
+  beforeAll(async () => {
+    upstream = await startFakeUpstream();
+  });
+  afterAll(async () => {
+    await gw?.close();
+    await upstream?.close();
+  });
+
+  it('a daily budget used before the restart stays used; history.calls_last_hour stays counted, per tenant', async () => {
+    const first = await start();
+    gw = first;
+    const transfer = (g: TestGateway, token: string, amount: number) =>
+      send(g, upstream, '/stripe/v1/transfers', { token, method: 'POST', ...json({ amount, currency: 'usd' }) });
+    const acme = await first.token({ agent: 'bot', tenant: 'acme' });
+    expectForwarded(await transfer(first, acme, 800));
+    expectForwarded(await send(first, upstream, '/stripe/v1/charges', { token: acme }));
+    expectForwarded(await send(first, upstream, '/stripe/v1/charges', { token: acme }));
+    await first.close({ keep: true });
+
+    const second = await start(first.root);
+    gw = second;
+    const acmeAgain = await second.token({ agent: 'bot', tenant: 'acme' });
+    const globex = await second.token({ agent: 'bot', tenant: 'globex' });
+    expectLimited(await transfer(second, acmeAgain, 300), 'VALET_ERR_BUDGET_EXCEEDED', 'daily-transfer-budget', 86_400);
+    expectForwarded(await transfer(second, acmeAgain, 200));
+    // The other tenant's "bot" has its own budget and its own history.
+    expectForwarded(await transfer(second, globex, 1000));
+    const r = await send(second, upstream, '/stripe/v1/charges', { token: acmeAgain });
+    expect(expectRefused(r, 403, 'VALET_ERR_POLICY_DENIED').rule).toBe('default-deny');
+    expectForwarded(await send(second, upstream, '/stripe/v1/charges', { token: globex }));
   });
 });

@@ -122,6 +122,16 @@ describe('loadConfig: the shipped example', () => {
     expect(config.gateway).toEqual({ environment: 'development', listen: { host: '127.0.0.1', port: 0 }, shutdownGraceMs: 10_000, maxHeaderBytes: 16_384, maxBodyBytes: 1_048_576, timezone: 'UTC', listener: { headersTimeoutMs: 10_000, bodyIdleTimeoutMs: 30_000, bodyTimeoutMs: 300_000, maxStreamBodyBytes: 67_108_864, maxConnections: 10_000, maxConnectionsPerClient: 256 }, secrets: { sources: [{ kind: 'store' }, { kind: 'env' }] }, admin: { listen: { host: '127.0.0.1', port: 8081 }, audience: 'valet-admin' }, approvals: { maxPendingPerAgent: 20, maxPendingPerTenant: 200, links: { enabled: true, baseUrl: undefined }, channels: [] }, audit: { failOpen: false, writer: 'thread', busyTimeoutMs: 1000, retentionDays: undefined, tenantRetentionDays: {}, anchor: { intervalMs: 60_000, command: undefined, url: undefined } } });
     expect(config.upstreams.get('api')).toMatchObject({ agentTokenHeader: 'authorization', agentTokenQuery: undefined, connections: 64 });
     expect(config.rules).toEqual([]);
+    expect(config.issuers[0]).toMatchObject({ clockSkewS: 30, maxTtlS: 3600 });
+  });
+
+  it('an issuer\'s max_ttl, and one out of range', () => {
+    const withTtl = (ttl: string): string => `${GATEWAY_YAML}    max_ttl: ${ttl}\n`;
+    expect(loadConfig(configDir({ 'gateway.yaml': withTtl('24h'), 'upstreams.yaml': UPSTREAMS_YAML })).issuers[0]?.maxTtlS).toBe(86_400);
+    for (const bad of ['8d', '1500ms']) {
+      const problems = problemsOf(configDir({ 'gateway.yaml': withTtl(bad), 'upstreams.yaml': UPSTREAMS_YAML }));
+      expect(problems).toMatchObject([{ path: 'issuers[0].max_ttl', message: expect.stringMatching(/1s to 7d/) }]);
+    }
   });
 
   it('listener deadlines, the streamed-body limit and connection caps are read once, as milliseconds and counts', () => {

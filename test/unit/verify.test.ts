@@ -15,6 +15,7 @@ const hsIssuer: IssuerConfig = {
   audience: ['valet'],
   algorithms: ['HS256'],
   clockSkewS: 30,
+  maxTtlS: 3600,
   key: { kind: 'secret', env: 'UNIT_SECRET', generate: false },
   claims,
 };
@@ -24,7 +25,7 @@ const now = (): number => Math.floor(Date.now() / 1000);
 function sign(payload: Record<string, unknown>, header: Record<string, unknown> = {}): Promise<string> {
   return new SignJWT(payload)
     .setProtectedHeader({ alg: 'HS256', ...header })
-    .setIssuer('dev-iss')
+    .setIssuedAt().setIssuer('dev-iss')
     .setAudience('valet')
     .setSubject('agent-7')
     .setExpirationTime(now() + 60)
@@ -34,7 +35,7 @@ function sign(payload: Record<string, unknown>, header: Record<string, unknown> 
 /** Signs by hand, for headers jose's signer itself refuses to produce. */
 function handSigned(header: Record<string, unknown>): string {
   const b64 = (v: unknown): string => Buffer.from(JSON.stringify(v)).toString('base64url');
-  const input = `${b64({ alg: 'HS256', ...header })}.${b64({ iss: 'dev-iss', aud: 'valet', sub: 'agent-7', exp: now() + 60 })}`;
+  const input = `${b64({ alg: 'HS256', ...header })}.${b64({ iss: 'dev-iss', aud: 'valet', sub: 'agent-7', iat: now(), exp: now() + 60 })}`;
   return `${input}.${createHmac('sha256', hs).update(input).digest('base64url')}`;
 }
 
@@ -80,22 +81,75 @@ describe('agent token verification', () => {
 
   it('RFC 8693 act: sub is the user, act.sub the agent', async () => {
     const token = await new SignJWT({ act: { sub: 'bot' } })
-      .setProtectedHeader({ alg: 'HS256' }).setIssuer('dev-iss').setAudience('valet').setSubject('alice').setExpirationTime(now() + 60).sign(hs);
+      .setProtectedHeader({ alg: 'HS256' }).setIssuedAt().setIssuer('dev-iss').setAudience('valet').setSubject('alice').setExpirationTime(now() + 60).sign(hs);
     expect(await verify(token)).toMatchObject({ agent: 'bot', user: 'alice' });
   });
 
   it('allows the configured clock skew and no more', async () => {
-    const within = await new SignJWT({}).setProtectedHeader({ alg: 'HS256' }).setIssuer('dev-iss').setAudience('valet').setSubject('a').setExpirationTime(now() - 20).sign(hs);
-    const beyond = await new SignJWT({}).setProtectedHeader({ alg: 'HS256' }).setIssuer('dev-iss').setAudience('valet').setSubject('a').setExpirationTime(now() - 90).sign(hs);
+    const within = await new SignJWT({}).setProtectedHeader({ alg: 'HS256' }).setIssuedAt().setIssuer('dev-iss').setAudience('valet').setSubject('a').setExpirationTime(now() - 20).sign(hs);
+    const beyond = await new SignJWT({}).setProtectedHeader({ alg: 'HS256' }).setIssuedAt().setIssuer('dev-iss').setAudience('valet').setSubject('a').setExpirationTime(now() - 90).sign(hs);
     expect(await codeOf(verify(within))).toBe('accepted');
     expect(await codeOf(verify(beyond))).toBe('VALET_ERR_TOKEN_EXPIRED');
   });
 
   it('requires exp and sub', async () => {
-    const noExp = await new SignJWT({}).setProtectedHeader({ alg: 'HS256' }).setIssuer('dev-iss').setAudience('valet').setSubject('a').sign(hs);
-    const noSub = await new SignJWT({}).setProtectedHeader({ alg: 'HS256' }).setIssuer('dev-iss').setAudience('valet').setExpirationTime(now() + 60).sign(hs);
+    const noExp = await new SignJWT({}).setProtectedHeader({ alg: 'HS256' }).setIssuedAt().setIssuer('dev-iss').setAudience('valet').setSubject('a').sign(hs);
+    const noSub = await new SignJWT({}).setProtectedHeader({ alg: 'HS256' }).setIssuedAt().setIssuer('dev-iss').setAudience('valet').setExpirationTime(now() + 60).sign(hs);
     expect(await codeOf(verify(noExp))).toBe('VALET_ERR_TOKEN_INVALID');
     expect(await codeOf(verify(noSub))).toBe('VALET_ERR_TOKEN_INVALID');
+  });
+
+  describe('token lifetime (max_ttl from iat)', () => {
+    const token = (c: { iat?: number; exp: number; nbf?: number }): Promise<string> => {
+      const t = new SignJWT({}).setProtectedHeader({ alg: 'HS256' }).setIssuer('dev-iss').setAudience('valet').setSubject('a').setExpirationTime(c.exp);
+      if (c.iat !== undefined) t.setIssuedAt(c.iat);
+      if (c.nbf !== undefined) t.setNotBefore(c.nbf);
+      return t.sign(hs);
+    };
+
+    it('accepts exactly max_ttl and refuses one second more, or a year', async () => {
+      expect(await codeOf(verify(await token({ iat: now(), exp: now() + 3600 })))).toBe('accepted');
+      expect(await codeOf(verify(await token({ iat: now(), exp: now() + 3601 })))).toBe('VALET_ERR_TOKEN_INVALID');
+      expect(await codeOf(verify(await token({ iat: now(), exp: now() + 365 * 86_400 })))).toBe('VALET_ERR_TOKEN_INVALID');
+    });
+
+    it('counts from iat, so an old iat with a fresh exp is refused, and nbf does not shorten the count', async () => {
+      expect(await codeOf(verify(await token({ iat: now() - 3000, exp: now() + 900 })))).toBe('VALET_ERR_TOKEN_INVALID');
+      expect(await codeOf(verify(await token({ iat: now() - 3000, exp: now() + 500, nbf: now() - 10 })))).toBe('accepted');
+      expect(await codeOf(verify(await token({ iat: now() - 7200, nbf: now() - 60, exp: now() + 60 })))).toBe('VALET_ERR_TOKEN_INVALID');
+    });
+
+    it('requires iat, as a number, not in the future beyond the clock skew', async () => {
+      expect(await codeOf(verify(await token({ exp: now() + 60 })))).toBe('VALET_ERR_TOKEN_INVALID');
+      expect(await codeOf(verify(await token({ iat: now() + 120, exp: now() + 180 })))).toBe('VALET_ERR_TOKEN_INVALID');
+      expect(await codeOf(verify(await token({ iat: now() + 20, exp: now() + 180 })))).toBe('accepted');
+      const b64 = (v: unknown): string => Buffer.from(JSON.stringify(v)).toString('base64url');
+      const input = `${b64({ alg: 'HS256' })}.${b64({ iss: 'dev-iss', aud: 'valet', sub: 'a', iat: 'yesterday', exp: now() + 60 })}`;
+      expect(await codeOf(verify(`${input}.${createHmac('sha256', hs).update(input).digest('base64url')}`))).toBe('VALET_ERR_TOKEN_INVALID');
+    });
+
+    it('says why without echoing the token', async () => {
+      const t = await token({ iat: now(), exp: now() + 7200 });
+      const err = await verify(t).catch((e: unknown) => e as ValetError);
+      expect(err).toBeInstanceOf(ValetError);
+      expect((err as ValetError).message).toMatch(/lifetime \(exp - iat = 7200s\).*max_ttl \(3600s\)/);
+      expect((err as ValetError).message).not.toContain(t.split('.')[2]);
+      const noIat = await verify(await token({ exp: now() + 60 })).catch((e: unknown) => e as ValetError);
+      expect((noIat as ValetError).message).toContain('"iat"');
+    });
+
+    it('applies each issuer its own max_ttl', async () => {
+      const long = createTokenVerifier([{ ...hsIssuer, maxTtlS: 86_400 }], '/nonexistent', { UNIT_SECRET: SECRET });
+      const twoHours = await token({ iat: now(), exp: now() + 7200 });
+      expect(await codeOf(long(twoHours))).toBe('accepted');
+      expect(await codeOf(verify(twoHours))).toBe('VALET_ERR_TOKEN_INVALID');
+      // The admin plane verifies with the same issuers and another audience: the same limit holds.
+      const admin = createTokenVerifier([hsIssuer], '/nonexistent', { UNIT_SECRET: SECRET }, { audience: 'valet-admin' });
+      const adminToken = (ttl: number): Promise<string> =>
+        new SignJWT({}).setProtectedHeader({ alg: 'HS256' }).setIssuedAt().setIssuer('dev-iss').setAudience('valet-admin').setSubject('alice').setExpirationTime(now() + ttl).sign(hs);
+      expect(await codeOf(admin(await adminToken(600)))).toBe('accepted');
+      expect(await codeOf(admin(await adminToken(3601)))).toBe('VALET_ERR_TOKEN_INVALID');
+    });
   });
 
   it.each([
@@ -128,12 +182,12 @@ describe('agent token verification', () => {
 
   it('verifies through a JWKS URL served over HTTP', async () => {
     const token = await new SignJWT({ tenant: 'corp-a' })
-      .setProtectedHeader({ alg: 'ES256', kid: 'k1' }).setIssuer('https://corp.test/').setAudience('valet').setSubject('agent-x').setExpirationTime(now() + 60)
+      .setProtectedHeader({ alg: 'ES256', kid: 'k1' }).setIssuedAt().setIssuer('https://corp.test/').setAudience('valet').setSubject('agent-x').setExpirationTime(now() + 60)
       .sign(es.privateKey);
     expect(await jwksVerify(token)).toMatchObject({ agent: 'agent-x', tenant: 'corp-a' });
     const other = generateKeyPairSync('ec', { namedCurve: 'P-256' });
     const forged = await new SignJWT({})
-      .setProtectedHeader({ alg: 'ES256', kid: 'k1' }).setIssuer('https://corp.test/').setAudience('valet').setSubject('agent-x').setExpirationTime(now() + 60)
+      .setProtectedHeader({ alg: 'ES256', kid: 'k1' }).setIssuedAt().setIssuer('https://corp.test/').setAudience('valet').setSubject('agent-x').setExpirationTime(now() + 60)
       .sign(other.privateKey);
     expect(await codeOf(jwksVerify(forged))).toBe('VALET_ERR_TOKEN_INVALID');
   });

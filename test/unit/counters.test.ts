@@ -1,0 +1,258 @@
+import { mkdtempSync, rmSync, statSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import Database from 'better-sqlite3';
+import { afterEach, describe, expect, it } from 'vitest';
+import type { CounterKey, RateLimitConfig } from '../../gateway/config/types.js';
+import { compilePolicy } from '../../gateway/policy/compile.js';
+import { COUNTERS_FILE, openCounterDatabase, type CounterDatabase } from '../../gateway/policy/counters-db.js';
+import { memoryCounterStore, memoryHistoryStore, type CounterCharge, type CounterStore, type HistoryStore } from '../../gateway/policy/counters.js';
+import type { AgentIdentity, RequestFacts } from '../../gateway/types.js';
+import { agent } from '../helpers/fixtures.js';
+
+const dirs: string[] = [];
+const opened: CounterDatabase[] = [];
+afterEach(() => {
+  for (const db of opened.splice(0)) db.close();
+  for (const d of dirs.splice(0)) rmSync(d, { recursive: true, force: true });
+});
+
+function sqlite(dir?: string): CounterDatabase {
+  const d = dir ?? mkdtempSync(join(tmpdir(), 'valet-counters-'));
+  if (dir === undefined) dirs.push(d);
+  const db = openCounterDatabase(d, () => 0);
+  opened.push(db);
+  return db;
+}
+
+const stores: [string, () => { counters: CounterStore; history: HistoryStore }][] = [
+  ['memory', () => ({ counters: memoryCounterStore(), history: memoryHistoryStore() })],
+  ['sqlite', () => sqlite()],
+];
+
+const MIN = 60_000;
+const rate = (key = 'k', limit = 10, windowMs = MIN): ((cost?: number) => CounterCharge) => (cost = 1) => ({ key, windowMs, limit, cost });
+
+/** Admits `n` unit charges at `t`, returning how many passed. */
+function burst(store: CounterStore, charge: CounterCharge, n: number, t: number): number {
+  let passed = 0;
+  for (let i = 0; i < n; i++) if (store.tryConsume([charge], t).ok) passed++;
+  return passed;
+}
+
+/** A deterministic pseudo-random sequence, so a failure can be replayed. */
+function lcg(seed: number): () => number {
+  let x = seed;
+  return () => ((x = (x * 1_103_515_245 + 12_345) % 2 ** 31) / 2 ** 31);
+}
+
+describe.each(stores)('%s counter store', (_name, make) => {
+  it('limit 10 per 60 s: 10 at 59.9 s and 10 at 60.1 s do not both pass (no window boundary)', () => {
+    const { counters } = make();
+    const c = rate()();
+    expect(burst(counters, c, 10, 59_900)).toBe(10);
+    expect(burst(counters, c, 10, 60_100)).toBe(0);
+    // Still refused just before a full window has passed since the 10, admitted just after.
+    expect(counters.tryConsume([c], 59_900 + MIN)).toMatchObject({ ok: false });
+    expect(burst(counters, c, 11, 59_900 + MIN + 1_001)).toBe(10);
+  });
+
+  it('budget 1000 per day: 1000 at 23:59:59.9 and 1 at 00:00:00.1 do not both pass', () => {
+    const { counters } = make();
+    const day = 86_400_000;
+    const spend = (amount: number): CounterCharge => ({ key: 'b', windowMs: day, limit: 1000, cost: amount });
+    expect(counters.tryConsume([spend(1000)], day - 100).ok).toBe(true);
+    expect(counters.tryConsume([spend(1)], day + 100)).toMatchObject({ ok: false });
+    expect(counters.tryConsume([spend(0)], day + 100).ok).toBe(true);
+  });
+
+  it('never admits more than the limit in any closed interval of one window (random arrivals and costs)', () => {
+    for (const seed of [1, 2, 3]) {
+      const { counters } = make();
+      const rnd = lcg(seed);
+      const limit = 20;
+      const admitted: { t: number; cost: number }[] = [];
+      let t = 0;
+      for (let i = 0; i < 1500; i++) {
+        t += Math.floor(rnd() * 2_000);
+        const cost = 1 + Math.floor(rnd() * 4);
+        if (counters.tryConsume([{ key: 'r', windowMs: MIN, limit, cost }], t).ok) admitted.push({ t, cost });
+      }
+      expect(admitted.length).toBeGreaterThan(100);
+      for (const [i, a] of admitted.entries()) {
+        let sum = 0;
+        for (let j = i; j < admitted.length && (admitted[j] as { t: number }).t <= a.t + MIN; j++) sum += (admitted[j] as { cost: number }).cost;
+        expect(sum, `window from ${a.t} (seed ${seed})`).toBeLessThanOrEqual(limit);
+      }
+    }
+  });
+
+  it('retryAfterMs is exact: refused one millisecond earlier, admitted then', () => {
+    const { counters } = make();
+    const c = rate('r', 5)();
+    for (const t of [1_000, 7_500, 20_250, 31_000, 44_444]) expect(counters.tryConsume([c], t).ok).toBe(true);
+    const now = 50_000;
+    const r = counters.tryConsume([{ ...c, cost: 2 }], now);
+    expect(r.ok).toBe(false);
+    const retry = (r as { retryAfterMs: number }).retryAfterMs;
+    expect(retry).toBeGreaterThan(0);
+    expect(retry).toBeLessThanOrEqual(MIN + 1);
+    expect(counters.tryConsume([{ ...c, cost: 2 }], now + retry - 1).ok).toBe(false);
+    expect(counters.tryConsume([{ ...c, cost: 2 }], now + retry).ok).toBe(true);
+  });
+
+  it('a cost above the limit never fits: refused, retry after a whole window, nothing charged', () => {
+    const { counters } = make();
+    expect(counters.tryConsume([{ key: 'w', windowMs: MIN, limit: 10, cost: 11 }], 0)).toEqual({ ok: false, index: 0, retryAfterMs: MIN });
+    expect(burst(counters, rate('w')(), 10, 1)).toBe(10);
+  });
+
+  it('is all-or-nothing over several charges, naming the first that overflows', () => {
+    const { counters } = make();
+    const a = rate('a', 3)();
+    const b = rate('b', 1)();
+    expect(counters.tryConsume([a, b], 0).ok).toBe(true);
+    expect(counters.tryConsume([a, b], 1)).toMatchObject({ ok: false, index: 1 });
+    // The refused call did not charge a: two more fit.
+    expect(burst(counters, a, 3, 2)).toBe(2);
+  });
+
+  it('keeps counters of different windows under one key apart (a reload may change the window)', () => {
+    const { counters } = make();
+    expect(burst(counters, rate('x', 2, MIN)(), 3, 0)).toBe(2);
+    expect(burst(counters, rate('x', 2, 2 * MIN)(), 3, 0)).toBe(2);
+  });
+});
+
+describe.each(stores)('%s history store', (_name, make) => {
+  it('counts per key, per hour and day rounded out to whole minutes, and first use', () => {
+    const { history } = make();
+    const t0 = 10 * 86_400_000;
+    expect(history.summary('a', t0)).toEqual({ calls_last_hour: 0n, calls_last_day: 0n, first_use: true });
+    history.record('a', t0);
+    history.record('a', t0 + 1_000);
+    history.record('b', t0);
+    expect(history.summary('a', t0 + 2_000)).toEqual({ calls_last_hour: 2n, calls_last_day: 2n, first_use: false });
+    // 60 minutes on, still counted (rounded out); 62 minutes on, out of the hour but in the day.
+    expect(history.summary('a', t0 + 60 * MIN).calls_last_hour).toBe(2n);
+    expect(history.summary('a', t0 + 62 * MIN)).toEqual({ calls_last_hour: 0n, calls_last_day: 2n, first_use: false });
+    expect(history.summary('a', t0 + 1442 * MIN)).toEqual({ calls_last_hour: 0n, calls_last_day: 0n, first_use: false });
+  });
+});
+
+describe('counters.db', () => {
+  it('keeps counters and history across a reopen, in a 0600 WAL file', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'valet-counters-'));
+    dirs.push(dir);
+    const first = sqlite(dir);
+    const spend = { key: 'b', windowMs: 86_400_000, limit: 1000, cost: 900 };
+    expect(first.counters.tryConsume([spend], 5_000).ok).toBe(true);
+    first.history.record('h', 5_000);
+    first.close();
+    opened.splice(opened.indexOf(first), 1);
+
+    const again = sqlite(dir);
+    expect(again.counters.tryConsume([{ ...spend, cost: 101 }], 6_000)).toMatchObject({ ok: false });
+    expect(again.counters.tryConsume([{ ...spend, cost: 100 }], 6_000).ok).toBe(true);
+    expect(again.history.summary('h', 6_000)).toEqual({ calls_last_hour: 1n, calls_last_day: 1n, first_use: false });
+    expect(statSync(join(dir, COUNTERS_FILE)).mode & 0o777).toBe(0o600);
+    const raw = new Database(join(dir, COUNTERS_FILE), { readonly: true });
+    try {
+      expect(raw.pragma('journal_mode', { simple: true })).toBe('wal');
+    } finally {
+      raw.close();
+    }
+  });
+
+  it('prunes what can no longer count when it opens', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'valet-counters-'));
+    dirs.push(dir);
+    const first = sqlite(dir);
+    first.counters.tryConsume([rate('old')()], 0);
+    first.history.record('old', 0);
+    first.close();
+    opened.splice(opened.indexOf(first), 1);
+    const later = openCounterDatabase(dir, () => 3 * 86_400_000);
+    opened.push(later);
+    const raw = new Database(join(dir, COUNTERS_FILE), { readonly: true });
+    try {
+      expect(raw.prepare('SELECT count(*) AS n FROM counter_slots').get()).toEqual({ n: 0 });
+      expect(raw.prepare('SELECT count(*) AS n FROM history_calls').get()).toEqual({ n: 0 });
+    } finally {
+      raw.close();
+    }
+  });
+});
+
+describe('counter keys', () => {
+  const at = { file: 'limits.yaml', line: 1, column: 1, path: 'rate_limits[0]' };
+  const limit = (key: CounterKey): RateLimitConfig => ({
+    id: `by-${typeof key === 'string' ? key : 'cel'}`,
+    description: undefined,
+    scope: undefined,
+    upstream: undefined,
+    tools: undefined,
+    methods: undefined,
+    paths: undefined,
+    roles: undefined,
+    environments: undefined,
+    when: undefined,
+    at,
+    lines: {},
+    limit: 1,
+    windowMs: MIN,
+    key,
+  });
+  const GATEWAY = {
+    environment: 'development',
+    listen: { host: '127.0.0.1', port: 0 },
+    shutdownGraceMs: 1,
+    maxHeaderBytes: 16384,
+    maxBodyBytes: 1024,
+    timezone: 'UTC',
+    admin: { listen: { host: '127.0.0.1', port: 0 }, audience: 'valet-admin' },
+  } as const;
+  const facts = (tool: string): RequestFacts => ({ upstream: 'api', method: 'GET', path: '/x', forwardPath: '/x', rawQuery: '', query: {}, tool, args: {}, argsError: undefined });
+
+  /** The store keys a charge by `identity` produces, per limit. */
+  function keysOf(key: CounterKey, identity: AgentIdentity, tool = 'api.get'): string[] {
+    const seen: string[] = [];
+    const recording: CounterStore = {
+      tryConsume(charges) {
+        seen.push(...charges.map((c) => c.key));
+        return { ok: true };
+      },
+    };
+    const policy = compilePolicy(
+      { version: 'v', gateway: GATEWAY, tools: [], rules: [], rateLimits: [limit(key)], budgets: [], contexts: [] },
+      { counters: recording, history: memoryHistoryStore() },
+    );
+    policy.charge({ identity, facts: facts(tool), environment: 'development', now: 0, context: {} });
+    return seen;
+  }
+
+  it('names the tenant in every key but global, and no id with ":" or NUL collides across tenants', () => {
+    const who = (tenant: string | undefined, id: string, user?: string): AgentIdentity => ({ ...agent, tenant, agent: id, user });
+    const pairs: [AgentIdentity, AgentIdentity][] = [
+      [who('a', 'bot'), who('b', 'bot')],
+      [who('a:b', 'c'), who('a', 'b:c')],
+      [who('a\u0000b', 'c'), who('a', 'b\u0000c')],
+      [who(undefined, 'bot'), who('', 'bot')],
+      [who('a', 'x', 'alice'), who('b', 'x', 'alice')],
+      [who('t', '"],["agent","u"'), who('u', 'x')],
+    ];
+    for (const key of ['agent', 'user', 'tool', { cel: 'request.tool' }] as CounterKey[]) {
+      for (const [x, y] of pairs) {
+        const kx = keysOf(key, x);
+        const ky = keysOf(key, y);
+        expect(kx).toHaveLength(1);
+        expect(kx, `${JSON.stringify(key)}: ${x.tenant}/${x.agent} vs ${y.tenant}/${y.agent}`).not.toEqual(ky);
+      }
+    }
+    expect(keysOf('tenant', who('a', 'x'))).not.toEqual(keysOf('tenant', who('b', 'x')));
+    // global is the one counter all tenants share.
+    expect(keysOf('global', who('a', 'x'))).toEqual(keysOf('global', who('b', 'y')));
+    // Within a tenant, a user's key is the user's, not any agent's.
+    expect(keysOf('user', who('a', 'alice'))).not.toEqual(keysOf('user', who('a', 'bot', 'alice')));
+  });
+});
