@@ -20,6 +20,14 @@ export interface GatewaySettings {
   readonly approvals?: ApprovalSettings;
   /** The audit log: durability, retention, anchoring. The loader always sets it; absent means {@link DEFAULT_AUDIT}. */
   readonly audit?: AuditSettings;
+  /** `gateway.policy`. The loader always sets it; absent means every setting's default. */
+  readonly policy?: PolicySettings;
+}
+
+/** `gateway.policy`: how identities are checked against the agent registry. */
+export interface PolicySettings {
+  /** Refuse tokens of agents the `agents:` registry does not list (default false). */
+  readonly requireRegisteredAgents: boolean;
 }
 
 /** `gateway.audit` (docs/audit.md). */
@@ -176,7 +184,13 @@ export type Scope = { readonly tenant?: string; readonly team?: string; readonly
 export interface MatchConfig {
   readonly id: string;
   readonly description: string | undefined;
+  /** The effective scope: the file's directory scope and the explicit `scope:` together. */
   readonly scope: Scope | undefined;
+  /**
+   * The scope the file's place implies (`agents/<id>`, `teams/<team>`, `tenants/<tenant>`);
+   * absent for files elsewhere, whose rules are organisation-level unless `scope:` says otherwise.
+   */
+  readonly fileScope?: Scope;
   readonly upstream: string | undefined;
   readonly tools: readonly string[] | undefined;
   readonly methods: readonly string[] | undefined;
@@ -279,6 +293,15 @@ export interface PolicyTestConfig {
   readonly at: Location;
 }
 
+/** One entry of the `agents:` registry: where an agent belongs, whatever its token claims. */
+export interface AgentRegistration {
+  readonly id: string;
+  readonly tenant: string | undefined;
+  readonly team: string | undefined;
+  readonly description: string | undefined;
+  readonly at: Location;
+}
+
 /** The validated, frozen configuration; built once at start. */
 export interface Config {
   readonly dir: string;
@@ -293,4 +316,6 @@ export interface Config {
   readonly budgets: readonly BudgetConfig[];
   readonly tests: readonly PolicyTestConfig[];
   readonly contexts: readonly ContextConfig[];
+  /** The `agents:` registry; empty when none is configured. Code-built configs may omit it. */
+  readonly agents?: readonly AgentRegistration[];
 }

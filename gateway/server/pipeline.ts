@@ -57,6 +57,8 @@ export function createPipeline(deps: PipelineDeps): RequestHandler {
   const requestLog = requestLineLogger(logger);
   // Per upstream, once: the query parameters that may carry the agent token or the credential.
   const credentialParams = new Map([...config.upstreams.values()].map((u) => [u.name, credentialQueryParams(u)]));
+  // Approvals are bound to the identity the policy saw, so their status is read with the same one.
+  const verifyIdentity: TokenVerifier = async (token) => currentPolicy().resolveIdentity(await verifyToken(token));
 
   return async (req, res) => {
     const started = performance.now();
@@ -76,7 +78,7 @@ export function createPipeline(deps: PipelineDeps): RequestHandler {
         // Valet's own resources on the data plane: an agent reads the status of its approval.
         rec.upstream = '_valet';
         const m = BEARER.exec(req.headers.authorization ?? '');
-        const body = await approvalStatus(approvals, rec.path, rec.method, m?.[1], verifyToken, rec);
+        const body = await approvalStatus(approvals, rec.path, rec.method, m?.[1], verifyIdentity, rec);
         res.writeHead(200, { 'content-type': 'application/json; charset=utf-8', 'cache-control': 'no-store', 'content-length': Buffer.byteLength(body) });
         res.end(rec.method === 'HEAD' ? undefined : body);
         return;
@@ -93,17 +95,20 @@ export function createPipeline(deps: PipelineDeps): RequestHandler {
       if (q.rawQuery.includes(token)) {
         throw new ValetError('VALET_ERR_BAD_REQUEST', 'The agent token may not appear in the query string.');
       }
-      const identity = await verifyToken(token);
-      rec.agent = identity.agent;
+      const verified = await verifyToken(token);
+      rec.agent = verified.agent;
+      rec.tenant = verified.tenant ?? null;
+      rec.user = verified.user ?? null;
+      // The policy in force decides who the agent is (the agent registry) as well as what it may do.
+      const policy = currentPolicy();
+      rec.policyVersion = policy.version;
+      const identity = policy.resolveIdentity(verified);
       rec.tenant = identity.tenant ?? null;
-      rec.user = identity.user ?? null;
       // The agent's headers as they may go upstream: built once, for the approval digest and for injection.
       let forwardable: HeaderList | undefined;
       const forwardableHeaders = (): HeaderList => (forwardable ??= forwardableRequestHeaders(req.rawHeaders, upstream, token));
 
       // 3. describe
-      const policy = currentPolicy();
-      rec.policyVersion = policy.version;
       const toolMatch = policy.matchTool(upstream.name, rec.method, target.path);
       const kind = bodyKind(req.headers['content-type'], hasBody(req));
       let buffered: Buffer | undefined;
