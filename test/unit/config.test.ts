@@ -119,7 +119,7 @@ describe('loadConfig: the shipped example', () => {
 
   it('a minimal valid directory gets the documented defaults', () => {
     const config = loadConfig(configDir({ 'gateway.yaml': GATEWAY_YAML, 'upstreams.yaml': UPSTREAMS_YAML }));
-    expect(config.gateway).toEqual({ environment: 'development', listen: { host: '127.0.0.1', port: 0 }, shutdownGraceMs: 10_000, maxHeaderBytes: 16_384, maxBodyBytes: 1_048_576, timezone: 'UTC', secrets: { sources: [{ kind: 'store' }, { kind: 'env' }] }, admin: { listen: { host: '127.0.0.1', port: 8081 }, audience: 'valet-admin' }, approvals: { maxPendingPerAgent: 20, maxPendingPerTenant: 200, links: { enabled: true, baseUrl: undefined }, channels: [] }, audit: { failOpen: false, writer: 'thread', busyTimeoutMs: 1000, retentionDays: undefined, tenantRetentionDays: {}, anchor: { intervalMs: 60_000, command: undefined, url: undefined } } });
+    expect(config.gateway).toEqual({ environment: 'development', listen: { host: '127.0.0.1', port: 0 }, shutdownGraceMs: 10_000, maxHeaderBytes: 16_384, maxBodyBytes: 1_048_576, timezone: 'UTC', secrets: { sources: [{ kind: 'store' }, { kind: 'env' }] }, admin: { listen: { host: '127.0.0.1', port: 8081 }, audience: 'valet-admin' }, approvals: { maxPendingPerAgent: 20, maxPendingPerTenant: 200, links: { enabled: true, baseUrl: undefined }, channels: [] }, policy: { requireRegisteredAgents: false }, audit: { failOpen: false, writer: 'thread', busyTimeoutMs: 1000, retentionDays: undefined, tenantRetentionDays: {}, anchor: { intervalMs: 60_000, command: undefined, url: undefined } } });
     expect(config.upstreams.get('api')).toMatchObject({ agentTokenHeader: 'authorization', agentTokenQuery: undefined, connections: 64 });
     expect(config.rules).toEqual([]);
   });
