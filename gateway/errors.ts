@@ -15,6 +15,10 @@ export const ERRORS = {
     message: 'The token issuer\'s keys could not be fetched; the token was not accepted.',
   },
   VALET_ERR_POLICY_DENIED: { status: 403, message: 'Policy denied this request.' },
+  VALET_ERR_IDENTITY_REFUSED: {
+    status: 403,
+    message: 'The token\'s tenant or team disagrees with the agent registry, or the agent is not registered; nothing was forwarded.',
+  },
   VALET_ERR_APPROVAL_DENIED: { status: 403, message: 'An approver denied this request; it was not forwarded.' },
   VALET_ERR_APPROVAL_EXPIRED: { status: 403, message: 'No approver decided in time; the request was not forwarded.' },
   VALET_ERR_APPROVAL_MISMATCH: { status: 403, message: 'The Valet-Approval id does not cover this request; nothing was forwarded.' },

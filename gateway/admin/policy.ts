@@ -110,10 +110,17 @@ function explainRow(row: AuditRow, policies: PolicyHolder): Record<string, unkno
     const why = row.agent === null ? 'the request was refused before its agent was known (no valid token, bad path or unknown upstream), so no rule was considered' : `the upstream "${row.upstream}" is not configured now`;
     return { ...base, replay: null, not_replayable: why };
   }
-  const input = scenarioInput(policy, config, {
-    identity: { agent: row.agent, ...(row.tenant !== null && { tenant: row.tenant }), ...(row.user !== null && { user: row.user }) },
-    request: { upstream: row.upstream, method: row.method, path: row.path, time: new Date(row.ts).toISOString() },
-  });
+  let input: ReturnType<typeof scenarioInput>;
+  try {
+    input = scenarioInput(policy, config, {
+      identity: { agent: row.agent, ...(row.tenant !== null && { tenant: row.tenant }), ...(row.user !== null && { user: row.user }) },
+      request: { upstream: row.upstream, method: row.method, path: row.path, time: new Date(row.ts).toISOString() },
+    });
+  } catch (err) {
+    // The agent registry in force now refuses the recorded identity: no rule would be considered.
+    if (!(err instanceof ValetError) || err.code !== 'VALET_ERR_IDENTITY_REFUSED') throw err;
+    return { ...base, replay: null, not_replayable: err.message };
+  }
   const { decision, trace } = policy.explain({ ...input, context: {} });
   const rules = new Map(config.rules.map((r) => [r.id, r]));
   return {
@@ -138,6 +145,8 @@ function needs(t: RuleTrace, rule: RuleConfig | undefined): string[] {
   if (t.why.startsWith('environment is not')) return ['environment'];
   if (!t.matched && !t.why.startsWith('condition')) return [];
   const out = new Set<string>();
+  // A team scope matched a restrictive rule either by the team or by its absence; the team is not recorded.
+  if (rule?.scope?.team !== undefined) out.add('team');
   const when = rule?.when ?? '';
   if (/\bargs\b/.test(when)) out.add('arguments');
   if (/\bctx\b/.test(when)) out.add('context');

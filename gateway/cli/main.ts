@@ -7,7 +7,7 @@ import type { Config, Environment } from '../config/types.js';
 import { ConfigError, ValetError } from '../errors.js';
 import { compilePolicy, type Policy } from '../policy/compile.js';
 import { memoryCounterStore, memoryHistoryStore } from '../policy/counters.js';
-import { findDeadRules } from '../policy/lint.js';
+import { findDeadRules, findScopeProblems } from '../policy/lint.js';
 import { explainScenario, outcomeOf, runPolicyTests } from '../policy/testing.js';
 import { approvalsCommand, APPROVALS_USAGE } from './approvals.js';
 import { auditCommand, AUDIT_USAGE } from './audit.js';
@@ -21,7 +21,7 @@ Usage:
   valet token --admin --subject NAME --role admin|approver|auditor|secrets_manager [--tenant T] [--group G]... [--ttl 15m]
   valet token --agent ID [--tenant T] [--team T] [--role R]... [--env E] [--user U [--user-role R]...] [--ttl 15m] [--issuer NAME]
 ${AUDIT_USAGE}
-  valet policy check [DIR] [--strict]      schema, CEL types, dead rules (warnings; --strict fails on them)
+  valet policy check [DIR] [--strict]      schema, CEL types, dead rules, rules escaping their scope (warnings; --strict fails on them)
   valet policy test [DIR]                  run the YAML policy tests beside the policies
   valet policy explain --agent A --upstream U [--method M] [--path P] [--tenant T] [--team T] [--role R]...
                        [--env E] [--user U] [--user-role R]... [--query k=v]... [--json J | --form F] [--format text|json]
@@ -173,11 +173,13 @@ async function policy(args: string[]): Promise<void> {
     const { config } = loadPolicy(positionals[0] ?? configDir(values.config));
     const dead = findDeadRules(config);
     for (const d of dead) process.stderr.write(`warning: ${d.at}: rule ${d.id} is ${d.why}\n`);
+    const scopes = findScopeProblems(config);
+    for (const p of scopes) process.stderr.write(`warning: ${p.at}: rule ${p.id} ${p.problem}\n`);
     process.stdout.write(
       `ok: ${config.issuers.length} issuer(s), ${config.upstreams.size} upstream(s), ${config.tools.length} tool(s), ` +
         `${config.rules.length} rule(s), ${config.rateLimits.length + config.budgets.length} limit(s), version ${config.version}\n`,
     );
-    if (values.strict && dead.length > 0) process.exitCode = 1;
+    if (values.strict && dead.length + scopes.length > 0) process.exitCode = 1;
     return;
   }
   if (sub === 'test') {
@@ -246,7 +248,9 @@ async function policy(args: string[]): Promise<void> {
     process.stdout.write(`request: ${values.method.toUpperCase()} ${values.path} on ${values.upstream}${r.input.facts.tool ? ` (tool ${r.input.facts.tool})` : ''}\n`);
     if (r.input.facts.argsError) process.stdout.write(`arguments: unusable: ${r.input.facts.argsError}\n`);
     for (const t of r.trace) {
-      process.stdout.write(`  ${t.matched ? 'MATCH' : '  -  '} ${t.effect.padEnd(8)} ${t.id}${t.principal === 'user' ? ' (as user)' : ''}  ${t.at}  ${t.why}\n`);
+      process.stdout.write(
+        `  ${t.matched ? 'MATCH' : '  -  '} ${t.effect.padEnd(8)} ${t.id}${t.principal === 'user' ? ' (as user)' : ''}  ${t.at}  [scope: ${t.scope}]  ${t.why}\n`,
+      );
     }
     process.stdout.write(`decision: ${outcome.effect} by ${outcome.rule}: ${outcome.reason}\n`);
     return;

@@ -9,6 +9,7 @@ import { NOT_INJECTABLE, parseTemplate, secretNames } from './credential.js';
 import { fileSchema } from './schema.js';
 import { DEFAULT_APPROVAL_SETTINGS, DEFAULT_AUDIT, DEFAULT_LISTENER } from './types.js';
 import type {
+  AgentRegistration,
   ApprovalChannelSetting,
   ApprovalSettings,
   BudgetConfig,
@@ -27,6 +28,7 @@ import type {
   IssuerKey,
   ListenerSettings,
   RuleConfig,
+  Scope,
   SecretSourceSetting,
   UpstreamConfig,
 } from './types.js';
@@ -44,6 +46,8 @@ interface ParsedFile {
   doc: Document.Parsed;
   lines: LineCounter;
   data: Raw;
+  /** The scope its place in the directory implies (see directoryScope). */
+  scope: Scope | undefined;
 }
 
 class Problems {
@@ -90,7 +94,12 @@ export function loadConfig(dir: string, options: LoadOptions = {}): Config {
     hash.update(relative(root, abs)).update('\0').update(text).update('\0');
     const lines = new LineCounter();
     const doc = parseDocument(text, { lineCounter: lines, uniqueKeys: true, prettyErrors: false });
-    const file: ParsedFile = { name, doc, lines, data: undefined };
+    const scope = directoryScope(relative(root, abs));
+    if (typeof scope === 'string') {
+      problems.list.push({ file: name, line: 0, column: 0, path: '', message: scope });
+      continue;
+    }
+    const file: ParsedFile = { name, doc, lines, data: undefined, scope };
     if (doc.errors.length > 0) {
       for (const e of doc.errors) {
         const pos = lines.linePos(e.pos[0]);
@@ -117,7 +126,8 @@ function assemble(root: string, files: ParsedFile[], problems: Problems, options
   const issuers: IssuerConfig[] = [];
   const upstreams = new Map<string, UpstreamConfig>();
   const issuerNames = new Set<string>();
-  const pending: Record<'tools' | 'rules' | 'rate_limits' | 'budgets' | 'tests' | 'contexts', { file: ParsedFile; index: number; raw: Raw }[]> = {
+  const pending: Record<'agents' | 'tools' | 'rules' | 'rate_limits' | 'budgets' | 'tests' | 'contexts', { file: ParsedFile; index: number; raw: Raw }[]> = {
+    agents: [],
     contexts: [],
     tools: [],
     rules: [],
@@ -195,10 +205,22 @@ function assemble(root: string, files: ParsedFile[], problems: Problems, options
     for (const field of ['when', 'sum', 'key']) {
       if (raw[field] !== undefined) lines[field] = locate(file, [...at, field], false).line;
     }
+    // The file's place is a scope of its own: `scope:` may narrow it, never leave it.
+    const fileScope = file.scope;
+    if (fileScope !== undefined) {
+      for (const k of SCOPE_KEYS) {
+        const own = fileScope[k];
+        const written = raw.scope?.[k];
+        if (own !== undefined && written !== undefined && written !== own) {
+          problems.add(file, [...at, 'scope', k], `${k} "${written}" escapes the file's scope: every rule in ${file.name} applies to ${k} "${own}" only`);
+        }
+      }
+    }
     return {
       id: raw.id,
       description: raw.description,
-      scope: raw.scope,
+      scope: fileScope === undefined ? raw.scope : { ...raw.scope, ...fileScope },
+      ...(fileScope !== undefined && { fileScope }),
       upstream: raw.upstream,
       tools: raw.tools,
       methods: raw.methods,
@@ -268,6 +290,7 @@ function assemble(root: string, files: ParsedFile[], problems: Problems, options
       at: location(file, at),
     };
   });
+  const agents = buildRegistry(pending.agents, problems);
   const tests: PolicyTestConfig[] = pending.tests.map(({ file, index, raw }) => {
     if (!upstreams.has(raw.request.upstream)) {
       problems.add(file, ['tests', index, 'request', 'upstream'], `unknown upstream "${raw.request.upstream}"`);
@@ -334,6 +357,7 @@ function assemble(root: string, files: ParsedFile[], problems: Problems, options
       listener,
       secrets: { sources: secretSources },
       approvals,
+      policy: { requireRegisteredAgents: g.policy?.require_registered_agents ?? false },
       audit: {
         failOpen: g.audit?.fail_open ?? DEFAULT_AUDIT.failOpen,
         writer: g.audit?.writer ?? DEFAULT_AUDIT.writer,
@@ -359,6 +383,7 @@ function assemble(root: string, files: ParsedFile[], problems: Problems, options
     budgets,
     tests,
     contexts,
+    agents,
   };
 }
 
@@ -394,6 +419,71 @@ function buildListenerSettings(file: ParsedFile | undefined, g: Raw, problems: P
     ok = false;
   }
   return ok ? settings : undefined;
+}
+
+const SCOPE_KEYS = ['tenant', 'team', 'agent'] as const;
+/** Scope directories, in the only order they may nest. */
+const SCOPE_DIRS = ['tenants', 'teams', 'agents'] as const;
+
+/**
+ * The scope a file's place implies: `tenants/<tenant>`, `teams/<team>` and `agents/<id>` (a file
+ * `<name>.yaml` or a directory `<name>/`), nested in that order (`tenants/acme/teams/payments.yaml`
+ * is tenant acme and team payments). Files elsewhere have none. A scope directory anywhere else
+ * (out of order, or below an ordinary directory) would look like a scope and not be one: that is
+ * an error, not a guess.
+ */
+function directoryScope(rel: string): Scope | string | undefined {
+  const parts = rel.split(/[\\/]/);
+  const scope: { -readonly [K in keyof Scope]: Scope[K] } = {};
+  let next = 0;
+  let i = 0;
+  for (; i + 1 < parts.length; i += 2) {
+    const level = SCOPE_DIRS.indexOf(parts[i] as (typeof SCOPE_DIRS)[number]);
+    if (level === -1) break;
+    if (level < next) return `"${parts[i]}/" may not be nested below "${SCOPE_DIRS[next - 1]}/": scope directories nest as tenants/<tenant>/teams/<team>/agents/<id>`;
+    const value = (parts[i + 1] as string).replace(/\.ya?ml$/, '');
+    scope[SCOPE_KEYS[level] as keyof Scope] = value;
+    next = level + 1;
+  }
+  for (let j = i; j < parts.length - 1; j++) {
+    if ((SCOPE_DIRS as readonly string[]).includes(parts[j] as string)) {
+      return `"${parts[j]}/" is a scope directory only at the top or directly below another scope (tenants/<tenant>/teams/<team>/agents/<id>); here its scope would be ignored`;
+    }
+  }
+  return Object.keys(scope).length === 0 ? undefined : scope;
+}
+
+/**
+ * `agents:`: where each agent belongs. An id is unique within its tenant; an entry without a
+ * tenant claims the id in every tenant, so it may be the id's only entry. A file whose place
+ * scopes it may not register agents: it could otherwise move any agent into its own team.
+ */
+function buildRegistry(entries: readonly { file: ParsedFile; index: number; raw: Raw }[], problems: Problems): AgentRegistration[] {
+  const seen = new Map<string, AgentRegistration[]>();
+  const out: AgentRegistration[] = [];
+  for (const { file, index, raw } of entries) {
+    const at = ['agents', index];
+    if (file.scope !== undefined) {
+      problems.add(file, at, 'the agent registry belongs in an organisation-level file (not below agents/, teams/ or tenants/)');
+      continue;
+    }
+    const entry: AgentRegistration = { id: raw.id, tenant: raw.tenant, team: raw.team, description: raw.description, at: location(file, at) };
+    const same = seen.get(entry.id) ?? [];
+    const clash = same.find((o) => o.tenant === entry.tenant || o.tenant === undefined || entry.tenant === undefined);
+    if (clash !== undefined) {
+      const where = `${clash.at.file}:${clash.at.line}`;
+      problems.add(
+        file,
+        [...at, 'id'],
+        clash.tenant === entry.tenant
+          ? `agent "${entry.id}" is already registered${entry.tenant === undefined ? '' : ` in tenant "${entry.tenant}"`} at ${where}`
+          : `agent "${entry.id}" is registered both with and without a tenant (also at ${where}); give every entry of it a tenant`,
+      );
+    }
+    seen.set(entry.id, [...same, entry]);
+    out.push(entry);
+  }
+  return out;
 }
 
 /** `gateway.approvals`: caps, links and channels; each channel's required keys by its type. */

@@ -139,6 +139,11 @@ export const fileSchema = {
             },
           },
         },
+        policy: {
+          type: 'object',
+          additionalProperties: false,
+          properties: { require_registered_agents: { type: 'boolean' } },
+        },
         secrets: {
           type: 'object',
           additionalProperties: false,
@@ -327,6 +332,20 @@ export const fileSchema = {
           limit: { type: 'number', exclusiveMinimum: 0 },
           window: duration,
           key: counterKey,
+        },
+      },
+    },
+    agents: {
+      type: 'array',
+      items: {
+        type: 'object',
+        required: ['id'],
+        additionalProperties: false,
+        properties: {
+          id: { type: 'string', minLength: 1 },
+          tenant: { type: 'string', minLength: 1 },
+          team: { type: 'string', minLength: 1 },
+          description: { type: 'string' },
         },
       },
     },

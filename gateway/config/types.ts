@@ -25,6 +25,14 @@ export interface GatewaySettings {
    * connection caps. The loader always sets it; absent means {@link DEFAULT_LISTENER}.
    */
   readonly listener?: ListenerSettings;
+  /** `gateway.policy`. The loader always sets it; absent means every setting's default. */
+  readonly policy?: PolicySettings;
+}
+
+/** `gateway.policy`: how identities are checked against the agent registry. */
+export interface PolicySettings {
+  /** Refuse tokens of agents the `agents:` registry does not list (default false). */
+  readonly requireRegisteredAgents: boolean;
 }
 
 /** `gateway.timeouts`, `gateway.max_stream_body_bytes`, `gateway.max_connections*` (docs/configuration.md). */
@@ -218,7 +226,13 @@ export type Scope = { readonly tenant?: string; readonly team?: string; readonly
 export interface MatchConfig {
   readonly id: string;
   readonly description: string | undefined;
+  /** The effective scope: the file's directory scope and the explicit `scope:` together. */
   readonly scope: Scope | undefined;
+  /**
+   * The scope the file's place implies (`agents/<id>`, `teams/<team>`, `tenants/<tenant>`);
+   * absent for files elsewhere, whose rules are organisation-level unless `scope:` says otherwise.
+   */
+  readonly fileScope?: Scope;
   readonly upstream: string | undefined;
   readonly tools: readonly string[] | undefined;
   readonly methods: readonly string[] | undefined;
@@ -321,6 +335,15 @@ export interface PolicyTestConfig {
   readonly at: Location;
 }
 
+/** One entry of the `agents:` registry: where an agent belongs, whatever its token claims. */
+export interface AgentRegistration {
+  readonly id: string;
+  readonly tenant: string | undefined;
+  readonly team: string | undefined;
+  readonly description: string | undefined;
+  readonly at: Location;
+}
+
 /** The validated, frozen configuration; built once at start. */
 export interface Config {
   readonly dir: string;
@@ -335,4 +358,6 @@ export interface Config {
   readonly budgets: readonly BudgetConfig[];
   readonly tests: readonly PolicyTestConfig[];
   readonly contexts: readonly ContextConfig[];
+  /** The `agents:` registry; empty when none is configured. Code-built configs may omit it. */
+  readonly agents?: readonly AgentRegistration[];
 }

@@ -1,4 +1,5 @@
 import type {
+  AgentRegistration,
   ApprovalConfig,
   BudgetConfig,
   Config,
@@ -7,11 +8,12 @@ import type {
   MatchConfig,
   RateLimitConfig,
 } from '../config/types.js';
-import { ConfigError, type ConfigProblem } from '../errors.js';
+import { ConfigError, ValetError, type ConfigProblem } from '../errors.js';
 import type { AgentIdentity, Decision, Effect, Limited, RequestFacts } from '../types.js';
 import { CEL_VARIABLES, celErrorMessage, compileCel, type CelProgram } from './cel.js';
 import type { CounterStore, HistoryStore } from './counters.js';
 import { createContextSources, type ContextSources } from './context.js';
+import { describeScope, effectiveUpstreams, namedUpstreams, openedUpstreams } from './scope.js';
 import { compileTools, type ToolMatch } from './tools.js';
 
 /** Everything a decision depends on besides the rules themselves. */
@@ -33,12 +35,20 @@ export interface RuleTrace {
   readonly matched: boolean;
   readonly why: string;
   readonly at: string;
+  /** Its effective scope, the part its file's place implies included (`organisation` when none). */
+  readonly scope: string;
 }
 
 /** A compiled policy set; the request path only calls these. */
 export interface Policy {
   /** Content hash of the configuration it was compiled from. */
   readonly version: string;
+  /**
+   * The identity rules see: tenant and team from the agent registry when the token leaves them
+   * out. Throws VALET_ERR_IDENTITY_REFUSED when a claim disagrees with the registry, or the agent
+   * is not registered and `gateway.policy.require_registered_agents` is set.
+   */
+  resolveIdentity(identity: AgentIdentity): AgentIdentity;
   matchTool(upstream: string, method: string, path: string): ToolMatch | undefined;
   /** Whether any condition, limit or tool of this upstream reads arguments (so bodies are parsed). */
   readsArgs(upstream: string): boolean;
@@ -53,6 +63,9 @@ export interface Policy {
 }
 
 export const DEFAULT_DENY_RULE = 'default-deny';
+
+/** Why a scoped file's allow or escalation never applies (explanations and `valet policy check`). */
+export const INERT = 'inert: no organisation-level allow rule names this upstream, so a scoped file cannot open it';
 
 const RANK: Record<Effect, number> = { allow: 0, escalate: 1, deny: 2 };
 
@@ -134,6 +147,10 @@ interface CompiledMatch {
   /** Restrictive effects match when either environment does; allows need both. */
   readonly restrictive: boolean;
   readonly at: string;
+  /** Where it takes effect (see effectiveUpstreams); undefined: every upstream. */
+  readonly upstreams: ReadonlySet<string> | undefined;
+  /** describeScope, for explanations. */
+  readonly scope: string;
 }
 
 interface CompiledRule extends CompiledMatch {
@@ -222,19 +239,13 @@ const DEFAULT_DENY_RULES: readonly string[] = Object.freeze([DEFAULT_DENY_RULE])
  * and path for `evaluate`.
  */
 export function compilePolicy(
-  config: Pick<Config, 'version' | 'gateway' | 'tools' | 'rules' | 'rateLimits' | 'budgets' | 'contexts'>,
+  config: Pick<Config, 'version' | 'gateway' | 'tools' | 'rules' | 'rateLimits' | 'budgets' | 'contexts' | 'agents'>,
   stores: PolicyStores,
 ): Policy {
   const problems: ConfigProblem[] = [];
   const toolMatcher = compileTools(config.tools);
   const toolUpstream = new Map(config.tools.map((t) => [t.name, t.upstream]));
-  /** The upstreams a rule or limit is for; none means every upstream. */
-  const upstreamsOf = (m: MatchConfig): Set<string> => {
-    const upstreams = new Set<string>();
-    if (m.upstream !== undefined) upstreams.add(m.upstream);
-    else for (const t of m.tools ?? []) upstreams.add(toolUpstream.get(t) as string);
-    return upstreams;
-  };
+  const opened = openedUpstreams(config);
 
   const cel = (m: MatchConfig, field: string, source: string, expect: 'bool' | 'number' | 'any'): Program | undefined => {
     const program = compileCel(source, expect);
@@ -244,8 +255,10 @@ export function compilePolicy(
     }
     return Object.assign(program, { reads: variablesRead(source) });
   };
-  const base = (m: MatchConfig, restrictive: boolean): CompiledMatch => ({
+  const base = (m: MatchConfig, restrictive: boolean, upstreams: ReadonlySet<string> | undefined): CompiledMatch => ({
     config: m,
+    upstreams,
+    scope: describeScope(m),
     methods: m.methods ? new Set(m.methods) : undefined,
     tools: m.tools ? new Set(m.tools) : undefined,
     roles: m.roles,
@@ -268,8 +281,9 @@ export function compilePolicy(
     return words.length > 1 ? words : (words[0] ?? 0);
   };
 
-  const rules: CompiledRule[] = config.rules.map((r, i) => {
-    const m = base(r, r.effect !== 'allow');
+  const compiled: CompiledRule[] = config.rules.map((r, i) => {
+    const upstreams = effectiveUpstreams(r, opened, toolUpstream);
+    const m = base(r, r.effect !== 'allow', upstreams);
     const winner: Winner = { id: r.id, effect: r.effect, reason: r.reason ?? r.description ?? `rule ${r.id}`, approval: r.approval };
     const flat: FlatRule = {
       tenant: r.scope?.tenant,
@@ -281,19 +295,23 @@ export function compilePolicy(
       environments: m.environments,
       when: m.when,
       rank: RANK[r.effect],
-      order: (upstreamsOf(r).size === 0 ? config.rules.length : 0) + i,
+      order: (upstreams === undefined ? config.rules.length : 0) + i,
       ...winner,
       alone: frozen(decisionOf([winner])),
     };
     return { ...m, flat, pathKeys: r.paths ? r.paths.map((p) => literalPrefix(p, m.restrictive)) : [[]] };
   });
+  // A scoped file's grant on an upstream the organisation never opened can never take effect.
+  const rules = compiled.filter((r) => r.upstreams === undefined || r.upstreams.size > 0);
+  const inert = compiled.filter((r) => r.upstreams !== undefined && r.upstreams.size === 0);
   const limits: CompiledLimit[] = [
     ...config.rateLimits.map((l: RateLimitConfig) => limitOf(l, 'rate_limit', undefined)),
     ...config.budgets.map((b: BudgetConfig) => limitOf(b, 'budget', cel(b, 'sum', b.sum, 'number'))),
   ];
   function limitOf(l: RateLimitConfig | BudgetConfig, kind: 'rate_limit' | 'budget', sum: Program | undefined): CompiledLimit {
+    const upstreams = namedUpstreams(l, toolUpstream);
     return {
-      ...base(l, true),
+      ...base(l, true, upstreams.size === 0 ? undefined : upstreams),
       limit: l.limit,
       windowMs: l.windowMs,
       key: l.key,
@@ -316,8 +334,11 @@ export function compilePolicy(
     const any: T[] = [];
     const index = new Map<string, T[]>();
     for (const item of items) {
-      const upstreams = upstreamsOf(item.config);
-      if (upstreams.size === 0) any.push(item);
+      const upstreams = item.upstreams;
+      if (upstreams === undefined) {
+        any.push(item);
+        continue;
+      }
       for (const u of upstreams) {
         const list = index.get(u);
         if (list) list.push(item);
@@ -481,7 +502,8 @@ export function compilePolicy(
     let ties: FlatRule[] | undefined;
     for (const r of rulesFor(s.input.facts.upstream)) {
       const { flat } = r;
-      const note = (matched: boolean, why: string): void => void trace.push({ id: flat.id, effect: flat.effect, principal: kind, matched, why, at: r.at });
+      const note = (matched: boolean, why: string): void =>
+        void trace.push({ id: flat.id, effect: flat.effect, principal: kind, matched, why, at: r.at, scope: r.scope });
       const fits = staticMatch(r, s);
       if (fits !== true) {
         note(false, fits);
@@ -499,6 +521,12 @@ export function compilePolicy(
         best = flat;
         ties = undefined;
       } else if (flat.rank === best.rank) (ties ??= []).push(flat);
+    }
+    const { upstream } = s.input.facts;
+    for (const r of inert) {
+      const named = namedUpstreams(r.config, toolUpstream);
+      if (named.size > 0 && !named.has(upstream)) continue;
+      trace.push({ id: r.flat.id, effect: r.flat.effect, principal: kind, matched: false, why: INERT, at: r.at, scope: r.scope });
     }
     // A condition that cannot be evaluated denies: failing closed beats guessing.
     return failure ?? conclude(best, ties, s.input.facts);
@@ -537,6 +565,7 @@ export function compilePolicy(
 
   return {
     version: config.version,
+    resolveIdentity: identityResolver(config.agents ?? [], config.gateway.policy?.requireRegisteredAgents ?? false),
     matchTool: toolMatcher,
     readsArgs: (upstream) => anyUpstreamReadsArgs || argsReaders.has(upstream),
     evaluate(input) {
@@ -614,11 +643,48 @@ function variablesRead(source: string): number {
   return reads;
 }
 
+/**
+ * Policy.resolveIdentity for one registry. Identities come from the verified-token cache, so each
+ * is resolved once and the same object is handed back for every request with that token (which
+ * also keeps principalsOf's cache hitting).
+ */
+function identityResolver(agents: readonly AgentRegistration[], requireRegistered: boolean): (identity: AgentIdentity) => AgentIdentity {
+  if (agents.length === 0 && !requireRegistered) return (identity) => identity;
+  const registry = new Map<string, AgentRegistration[]>();
+  for (const a of agents) registry.set(a.id, [...(registry.get(a.id) ?? []), a]);
+  const resolved = new WeakMap<AgentIdentity, AgentIdentity | string>();
+  const resolve = (id: AgentIdentity): AgentIdentity | string => {
+    const entries = registry.get(id.agent);
+    if (entries === undefined) return requireRegistered ? `agent "${id.agent}" is not in the agent registry` : id;
+    let entry: AgentRegistration | undefined;
+    if (id.tenant !== undefined) {
+      entry = entries.find((e) => e.tenant === id.tenant || e.tenant === undefined);
+      if (entry === undefined) return `the token claims tenant "${id.tenant}", but the agent registry does not place agent "${id.agent}" there`;
+    } else {
+      // Several tenants know this id: which one is meant is exactly what the token must say.
+      if (entries.length > 1) return `agent "${id.agent}" is registered in more than one tenant; its token must name the tenant`;
+      entry = entries[0] as AgentRegistration;
+    }
+    if (entry.team !== undefined && id.team !== undefined && id.team !== entry.team) {
+      return `the token claims team "${id.team}", but the agent registry puts agent "${id.agent}" in another team`;
+    }
+    const tenant = id.tenant ?? entry.tenant;
+    const team = id.team ?? entry.team;
+    return tenant === id.tenant && team === id.team ? id : Object.freeze({ ...id, tenant, team });
+  };
+  return (identity) => {
+    let r = resolved.get(identity);
+    if (r === undefined) resolved.set(identity, (r = resolve(identity)));
+    if (typeof r === 'string') throw new ValetError('VALET_ERR_IDENTITY_REFUSED', `The agent's identity was refused: ${r}.`);
+    return r;
+  };
+}
+
 /** `evaluate`'s static check: only what the index has not already proved (upstream, method, tool). */
 function admits(r: FlatRule, s: Evaluation): boolean {
   const id = s.input.identity;
-  if (r.tenant !== undefined && r.tenant !== id.tenant) return false;
-  if (r.team !== undefined && r.team !== id.team) return false;
+  if (r.tenant !== undefined && !scopeAdmits(r.tenant, r.restrictive, id.tenant)) return false;
+  if (r.team !== undefined && !scopeAdmits(r.team, r.restrictive, id.team)) return false;
   if (r.agent !== undefined && r.agent !== id.agent) return false;
   if (r.roles !== undefined && !sharesRole(r.roles, s.principal.mask)) return false;
   if (r.matchPath !== undefined && !r.matchPath(r.restrictive ? s.lowerPath : s.path)) return false;
@@ -631,8 +697,8 @@ function staticMatch(m: CompiledMatch, s: Evaluation): true | string {
   const { identity: id, facts } = s.input;
   const p = s.principal;
   const scope = m.config.scope;
-  if (scope?.tenant !== undefined && scope.tenant !== id.tenant) return `scope: tenant is not ${scope.tenant}`;
-  if (scope?.team !== undefined && scope.team !== id.team) return `scope: team is not ${scope.team}`;
+  if (scope?.tenant !== undefined && !scopeAdmits(scope.tenant, m.restrictive, id.tenant)) return `scope: tenant is not ${scope.tenant}`;
+  if (scope?.team !== undefined && !scopeAdmits(scope.team, m.restrictive, id.team)) return `scope: team is not ${scope.team}`;
   if (scope?.agent !== undefined && scope.agent !== id.agent) return `scope: agent is not ${scope.agent}`;
   if (m.config.upstream !== undefined && m.config.upstream !== facts.upstream) return `upstream is not ${m.config.upstream}`;
   if (m.tools && (facts.tool === undefined || !m.tools.has(facts.tool))) return `tool is not one of ${[...m.tools].join(', ')}`;
@@ -643,6 +709,14 @@ function staticMatch(m: CompiledMatch, s: Evaluation): true | string {
     return `environment is not ${[...m.environments].join(', ')}`;
   }
   return true;
+}
+
+/**
+ * A tenant or team scope: a claim the identity lacks counts as matching for restrictive rules and
+ * limits (leaving a claim out never escapes a deny) and as not matching for allows (nor earns one).
+ */
+function scopeAdmits(scoped: string, restrictive: boolean, claim: string | undefined): boolean {
+  return claim === undefined ? restrictive : claim === scoped;
 }
 
 function sharesRole(rule: RoleMask, principal: RoleMask): boolean {

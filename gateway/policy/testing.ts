@@ -1,4 +1,5 @@
 import type { Config, PolicyTestConfig } from '../config/types.js';
+import { ValetError } from '../errors.js';
 import type { AgentIdentity, Decision, Limited, RequestFacts } from '../types.js';
 import { bodyKind, buildArgs, parseBody } from './args.js';
 import { compilePolicy, type EvaluationInput, type Policy, type RuleTrace } from './compile.js';
@@ -16,10 +17,13 @@ export interface TestResult {
   readonly reason: string;
 }
 
-/** Turns a scenario into what the engine evaluates: identity, facts (tool, args) and time. */
+/**
+ * Turns a scenario into what the engine evaluates: identity (resolved against the agent registry,
+ * as the gateway does; a refusal throws VALET_ERR_IDENTITY_REFUSED), facts (tool, args) and time.
+ */
 export function scenarioInput(policy: Policy, config: Pick<Config, 'gateway'>, s: Scenario): Omit<EvaluationInput, 'context'> {
   const id = s.identity;
-  const identity: AgentIdentity = {
+  const claimed: AgentIdentity = {
     agent: id.agent,
     tenant: id.tenant,
     team: id.team,
@@ -31,6 +35,7 @@ export function scenarioInput(policy: Policy, config: Pick<Config, 'gateway'>, s
     tokenId: undefined,
     expiresAt: Number.MAX_SAFE_INTEGER,
   };
+  const identity = policy.resolveIdentity(claimed);
   const r = s.request;
   const match = policy.matchTool(r.upstream, r.method, r.path);
   const query: Record<string, string[]> = {};
@@ -73,7 +78,15 @@ export async function runPolicyTests(config: Config): Promise<TestResult[]> {
     const policy = compilePolicy(config, { counters: memoryCounterStore(), history: memoryHistoryStore() });
     let outcome = { effect: '', rule: '', reason: '' };
     for (let i = 0; i < (t.request.repeat ?? 1); i++) {
-      const base = scenarioInput(policy, config, t);
+      let base: ReturnType<typeof scenarioInput>;
+      try {
+        base = scenarioInput(policy, config, t);
+      } catch (err) {
+        // The gateway refuses such a token before any rule runs; a test names the code as the rule.
+        if (!(err instanceof ValetError) || err.code !== 'VALET_ERR_IDENTITY_REFUSED') throw err;
+        outcome = { effect: 'deny', rule: err.code, reason: err.message };
+        break;
+      }
       const input = { ...base, context: await policy.resolveContext(base) };
       const decision = policy.evaluate(input);
       const limited = decision.effect === 'allow' ? policy.charge(input) : undefined;

@@ -66,6 +66,8 @@ export function createPipeline(deps: PipelineDeps): RequestHandler {
   };
   const listener = config.gateway.listener ?? DEFAULT_LISTENER;
   const bodyLimits: BodyLimits = { maxBytes: listener.maxStreamBodyBytes, idleMs: listener.bodyIdleTimeoutMs, totalMs: listener.bodyTimeoutMs };
+  // Approvals are bound to the identity the policy saw, so their status is read with the same one.
+  const verifyIdentity: TokenVerifier = async (token) => currentPolicy().resolveIdentity(await verifyToken(token));
 
   return async (req, res) => {
     const started = performance.now();
@@ -96,7 +98,7 @@ export function createPipeline(deps: PipelineDeps): RequestHandler {
         // Valet's own resources on the data plane: an agent reads the status of its approval.
         rec.upstream = '_valet';
         const m = BEARER.exec(req.headers.authorization ?? '');
-        const body = await approvalStatus(approvals, rec.path, rec.method, m?.[1], verifyToken, rec);
+        const body = await approvalStatus(approvals, rec.path, rec.method, m?.[1], verifyIdentity, rec);
         res.writeHead(200, { 'content-type': 'application/json; charset=utf-8', 'cache-control': 'no-store', 'content-length': Buffer.byteLength(body) });
         res.end(rec.method === 'HEAD' ? undefined : body);
         return;
@@ -116,17 +118,20 @@ export function createPipeline(deps: PipelineDeps): RequestHandler {
         throw new ValetError('VALET_ERR_BAD_REQUEST', 'The agent token may not appear in the request path or query string.');
       }
       const presented = token;
-      const identity = await verifyToken(token);
-      rec.agent = identity.agent;
+      const verified = await verifyToken(token);
+      rec.agent = verified.agent;
+      rec.tenant = verified.tenant ?? null;
+      rec.user = verified.user ?? null;
+      // The policy in force decides who the agent is (the agent registry) as well as what it may do.
+      const policy = currentPolicy();
+      rec.policyVersion = policy.version;
+      const identity = policy.resolveIdentity(verified);
       rec.tenant = identity.tenant ?? null;
-      rec.user = identity.user ?? null;
       // The agent's headers as they may go upstream: built once, for the approval digest and for injection.
       let forwardable: HeaderList | undefined;
       const forwardableHeaders = (): HeaderList => (forwardable ??= forwardableRequestHeaders(req.rawHeaders, upstream, presented));
 
       // 3. describe
-      const policy = currentPolicy();
-      rec.policyVersion = policy.version;
       const toolMatch = policy.matchTool(upstream.name, rec.method, target.path);
       const kind = bodyKind(req.headers['content-type'], hasBody(req));
       let buffered: Buffer | undefined;

@@ -1,6 +1,6 @@
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { Writable } from 'node:stream';
 import { stringify } from 'yaml';
 import { openAuditDatabase, type AuditRow } from '../../gateway/audit/store.js';
@@ -19,7 +19,7 @@ export interface TestGatewayOptions {
   gateway?: Record<string, unknown>;
   /** Environment the gateway reads secrets from. */
   env?: Record<string, string>;
-  /** Extra raw YAML files (name → content) written into the config directory before start. */
+  /** Extra raw YAML files (relative path → content) written into the config directory before start. */
   files?: Record<string, string>;
   /** Start the gateway with `watch: true` (reload the policy when config files change). */
   watch?: boolean;
@@ -73,7 +73,11 @@ export async function startTestGateway(o: TestGatewayOptions): Promise<TestGatew
   );
   writeFileSync(join(configDir, 'upstreams.yaml'), stringify({ upstreams: o.upstreams }));
   writeFileSync(join(configDir, 'rules.yaml'), stringify({ rules: o.rules }));
-  for (const [name, content] of Object.entries(o.files ?? {})) writeFileSync(join(configDir, name), content);
+  for (const [name, content] of Object.entries(o.files ?? {})) {
+    // Names may be paths (`teams/payments.yaml`): a file's place in the directory scopes its rules.
+    mkdirSync(dirname(join(configDir, name)), { recursive: true });
+    writeFileSync(join(configDir, name), content);
+  }
 
   const logs: string[] = [];
   const sink = new Writable({

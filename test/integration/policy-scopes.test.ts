@@ -58,9 +58,10 @@ describe('scopes: organisation, tenant, team and agent', () => {
     expect(expectRefused(support, 403, 'VALET_ERR_POLICY_DENIED').rule).toBe('support-no-refunds');
     expect(await audit(gw, support)).toMatchObject({ decision: 'deny', rule: 'support-no-refunds', agent: 'helper' });
 
-    // Same agent id, other team or no team: the org-level read allow applies.
+    // Same agent id in another team: the org-level read allow applies.
     expectForwarded(await send(gw, upstream, path, { token: await gw.token({ agent: 'helper', team: 'ops' }) }));
-    expectForwarded(await send(gw, upstream, path, { token: await gw.token({ agent: 'helper' }) }));
+    // No team claim at all: leaving the claim out does not escape the team's deny.
+    expect(expectRefused(await send(gw, upstream, path, { token: await gw.token({ agent: 'helper' }) }), 403, 'VALET_ERR_POLICY_DENIED').rule).toBe('support-no-refunds');
     // Outside the denied paths, support may read.
     expectForwarded(await send(gw, upstream, '/stripe/v1/charges', { token: await gw.token({ agent: 'helper', team: 'support' }) }));
   });
