@@ -4,6 +4,7 @@ import { sharedSecret } from '../auth/keys.js';
 import { mintAgentToken } from '../auth/mint.js';
 import { loadConfig } from '../config/load.js';
 import type { Config, Environment } from '../config/types.js';
+import { gatewayEnvironment } from './environment.js';
 import { ConfigError, ValetError } from '../errors.js';
 import { compilePolicy, type Policy } from '../policy/compile.js';
 import { memoryCounterStore, memoryHistoryStore } from '../policy/counters.js';
@@ -21,10 +22,13 @@ Usage:
   valet token --admin --subject NAME --role admin|approver|auditor|secrets_manager [--tenant T] [--group G]... [--ttl 15m]
   valet token --agent ID [--tenant T] [--team T] [--role R]... [--env E] [--user U [--user-role R]...] [--ttl 15m] [--issuer NAME]
 ${AUDIT_USAGE}
-  valet policy check [DIR] [--strict]      schema, CEL types, dead rules (warnings; --strict fails on them)
-  valet policy test [DIR]                  run the YAML policy tests beside the policies
+  valet policy check [DIR] [--strict] [--env E]   schema, CEL types, dead rules (warnings; --strict fails on them)
+  valet policy test [DIR] [--env E]               run the YAML policy tests beside the policies
   valet policy explain --agent A --upstream U [--method M] [--path P] [--tenant T] [--team T] [--role R]...
                        [--env E] [--user U] [--user-role R]... [--query k=v]... [--json J | --form F] [--format text|json]
+                       [--gateway-env E]
+  (policy tools run under the gateway's environment as start does: --env / --gateway-env, else VALET_ENV,
+   else gateway.environment; explain's --env is the agent's env claim)
 ${SECRETS_USAGE}
 ${APPROVALS_USAGE}
 
@@ -77,14 +81,6 @@ function duration(value: string, name: string): number {
   return Number(m[1]) * { s: 1, m: 60, h: 3600, d: 86400 }[m[2] as 's' | 'm' | 'h' | 'd'];
 }
 
-function environment(value: string | undefined): Environment | undefined {
-  if (value === undefined) return undefined;
-  if (value !== 'development' && value !== 'staging' && value !== 'production') {
-    throw new UsageError('--env must be development, staging or production');
-  }
-  return value;
-}
-
 async function start(args: string[]): Promise<void> {
   const { values } = parse(args, { port: { type: 'string' }, host: { type: 'string' }, 'admin-port': { type: 'string' }, env: { type: 'string' } });
   // Loaded here, not at the top: every other command would otherwise pay for the whole gateway.
@@ -95,7 +91,7 @@ async function start(args: string[]): Promise<void> {
     port: integer(values.port ?? env['VALET_PORT'], 'port', 0, 65535),
     adminPort: integer(values['admin-port'] ?? env['VALET_ADMIN_PORT'], 'admin-port', 0, 65535),
     host: values.host ?? env['VALET_HOST'],
-    environment: environment(values.env ?? env['VALET_ENV']),
+    environment: gatewayEnvironment(values.env, env),
     watch: true,
   });
   process.on('SIGHUP', () => gateway.policies.reload());
@@ -154,29 +150,37 @@ async function token(args: string[]): Promise<void> {
   process.stdout.write(`${jwt}\n`);
 }
 
-/** Loads and compiles a directory as the gateway would; throws ConfigError on any problem. */
-function loadPolicy(dir: string): { config: Config; policy: Policy } {
-  const config = loadConfig(dir);
+/**
+ * Loads and compiles a directory as `valet start` would, under the same environment (`--env`,
+ * else `VALET_ENV`, else `gateway.environment`); throws ConfigError on any problem.
+ */
+function loadPolicy(dir: string, environment: Environment | undefined): { config: Config; policy: Policy } {
+  const config = loadConfig(dir, { environment });
   return { config, policy: compilePolicy(config, { counters: memoryCounterStore(), history: memoryHistoryStore() }) };
 }
 
 async function policy(args: string[]): Promise<void> {
   const [sub, ...rest] = args;
   if (sub === 'check') {
-    const { values, positionals } = parse(rest, { strict: { type: 'boolean' } }, true);
-    const { config } = loadPolicy(positionals[0] ?? configDir(values.config));
+    const { values, positionals } = parse(rest, { strict: { type: 'boolean' }, env: { type: 'string' } }, true);
+    const { config } = loadPolicy(positionals[0] ?? configDir(values.config), gatewayEnvironment(values.env, env));
     const dead = findDeadRules(config);
     for (const d of dead) process.stderr.write(`warning: ${d.at}: rule ${d.id} is ${d.why}\n`);
-    process.stdout.write(
-      `ok: ${config.issuers.length} issuer(s), ${config.upstreams.size} upstream(s), ${config.tools.length} tool(s), ` +
-        `${config.rules.length} rule(s), ${config.rateLimits.length + config.budgets.length} limit(s), version ${config.version}\n`,
-    );
-    if (values.strict && dead.length > 0) process.exitCode = 1;
+    const summary =
+      `${config.issuers.length} issuer(s), ${config.upstreams.size} upstream(s), ${config.tools.length} tool(s), ` +
+      `${config.rules.length} rule(s), ${config.rateLimits.length + config.budgets.length} limit(s), environment ${config.gateway.environment}, version ${config.version}`;
+    if (values.strict && dead.length > 0) {
+      // A CI log that says "ok" above a failed step misleads whoever reads only the last line.
+      process.stdout.write(`failed: ${dead.length} warning(s) with --strict; ${summary}\n`);
+      process.exitCode = 1;
+      return;
+    }
+    process.stdout.write(`ok: ${summary}\n`);
     return;
   }
   if (sub === 'test') {
-    const { values, positionals } = parse(rest, {}, true);
-    const { config } = loadPolicy(positionals[0] ?? configDir(values.config));
+    const { values, positionals } = parse(rest, { env: { type: 'string' } }, true);
+    const { config } = loadPolicy(positionals[0] ?? configDir(values.config), gatewayEnvironment(values.env, env));
     const results = await runPolicyTests(config);
     for (const r of results) {
       process.stdout.write(`${r.passed ? 'ok  ' : 'FAIL'} ${r.name}${r.passed ? '' : `\n     ${r.at}: expected ${r.expected}, got ${r.actual} (${r.reason})`}\n`);
@@ -196,6 +200,8 @@ async function policy(args: string[]): Promise<void> {
       json: { type: 'string' },
       form: { type: 'string' },
       format: { type: 'string', default: 'text' },
+      // `--env` is the agent's env claim here (as in `valet token`); this is the gateway's.
+      'gateway-env': { type: 'string' },
     });
     if (!values.agent || !values.upstream) throw new UsageError('policy explain needs --agent and --upstream');
     let json: unknown;
@@ -212,7 +218,7 @@ async function policy(args: string[]): Promise<void> {
       if (eq < 1) throw new UsageError('--query takes name=value');
       query[q.slice(0, eq)] = q.slice(eq + 1);
     }
-    const { config, policy: compiled } = loadPolicy(configDir(values.config));
+    const { config, policy: compiled } = loadPolicy(configDir(values.config), gatewayEnvironment(values['gateway-env'], env, '--gateway-env'));
     const r = await explainScenario(compiled, config, {
       identity: {
         agent: values.agent,
@@ -234,7 +240,7 @@ async function policy(args: string[]): Promise<void> {
     });
     const outcome = outcomeOf(r.decision, r.limited);
     if (values.format === 'json') {
-      process.stdout.write(`${JSON.stringify({ outcome, decision: r.decision, trace: r.trace, tool: r.input.facts.tool ?? null, argsError: r.input.facts.argsError ?? null }, (_k, v: unknown) => (typeof v === 'bigint' ? Number(v) : v), 2)}\n`);
+      process.stdout.write(`${JSON.stringify({ outcome, environment: config.gateway.environment, decision: r.decision, trace: r.trace, tool: r.input.facts.tool ?? null, argsError: r.input.facts.argsError ?? null }, (_k, v: unknown) => (typeof v === 'bigint' ? Number(v) : v), 2)}\n`);
       return;
     }
     process.stdout.write(`request: ${values.method.toUpperCase()} ${values.path} on ${values.upstream}${r.input.facts.tool ? ` (tool ${r.input.facts.tool})` : ''}\n`);
@@ -242,7 +248,7 @@ async function policy(args: string[]): Promise<void> {
     for (const t of r.trace) {
       process.stdout.write(`  ${t.matched ? 'MATCH' : '  -  '} ${t.effect.padEnd(8)} ${t.id}${t.principal === 'user' ? ' (as user)' : ''}  ${t.at}  ${t.why}\n`);
     }
-    process.stdout.write(`decision: ${outcome.effect} by ${outcome.rule}: ${outcome.reason}\n`);
+    process.stdout.write(`decision: ${outcome.effect} by ${outcome.rule}: ${outcome.reason} (environment ${config.gateway.environment})\n`);
     return;
   }
   throw new UsageError('valet policy check|test|explain');
