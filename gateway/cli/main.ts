@@ -18,7 +18,7 @@ import { UsageError } from './usage.js';
 const USAGE = `valet — a valet-key gateway for AI agents
 
 Usage:
-  valet start [--config DIR] [--data DIR] [--port N] [--admin-port N] [--host H] [--env E]
+  valet start [--config DIR] [--data DIR] [--port N] [--admin-port N] [--host H] [--admin-host H] [--env E]
   valet token --admin --subject NAME --role admin|approver|auditor|secrets_manager [--tenant T] [--group G]... [--ttl 15m]
   valet token --agent ID [--tenant T] [--team T] [--role R]... [--env E] [--user U [--user-role R]...] [--ttl 15m] [--issuer NAME]
 ${AUDIT_USAGE}
@@ -32,10 +32,11 @@ ${AUDIT_USAGE}
 ${SECRETS_USAGE}
 ${APPROVALS_USAGE}
 
-Environment: VALET_CONFIG (./policies), VALET_DATA (./data), VALET_PORT, VALET_ADMIN_PORT, VALET_HOST, VALET_ENV, VALET_LOG_LEVEL,
-VALET_MASTER_KEY / VALET_MASTER_KEY_FILE (secret store key), VALET_NEW_MASTER_KEY (secrets rekey),
+Environment: VALET_CONFIG (./policies), VALET_DATA (./data), VALET_PORT, VALET_ADMIN_PORT, VALET_HOST, VALET_ADMIN_HOST, VALET_ENV,
+VALET_LOG_LEVEL, VALET_MASTER_KEY (secret store key), VALET_NEW_MASTER_KEY (secrets rekey),
 VALET_ADMIN_URL / VALET_ADMIN_TOKEN (valet approvals), VALET_APPROVAL_LINK_KEY (approval link signing key),
-VALET_AUDIT_ANCHOR_KEY (signs audit anchors; verify checks the signatures).
+VALET_AUDIT_ANCHOR_KEY (signs audit anchors; verify checks the signatures). Keys (signing keys, the master
+key, link and anchor keys, webhook secrets) can also come from a file: NAME_FILE (a Docker secret).
 `;
 
 const common = {
@@ -82,7 +83,7 @@ function duration(value: string, name: string): number {
 }
 
 async function start(args: string[]): Promise<void> {
-  const { values } = parse(args, { port: { type: 'string' }, host: { type: 'string' }, 'admin-port': { type: 'string' }, env: { type: 'string' } });
+  const { values } = parse(args, { port: { type: 'string' }, host: { type: 'string' }, 'admin-port': { type: 'string' }, 'admin-host': { type: 'string' }, env: { type: 'string' } });
   // Loaded here, not at the top: every other command would otherwise pay for the whole gateway.
   const { startGateway } = await import('../main.js');
   const gateway = await startGateway({
@@ -91,6 +92,7 @@ async function start(args: string[]): Promise<void> {
     port: integer(values.port ?? env['VALET_PORT'], 'port', 0, 65535),
     adminPort: integer(values['admin-port'] ?? env['VALET_ADMIN_PORT'], 'admin-port', 0, 65535),
     host: values.host ?? env['VALET_HOST'],
+    adminHost: values['admin-host'] ?? env['VALET_ADMIN_HOST'],
     environment: gatewayEnvironment(values.env, env),
     watch: true,
   });
@@ -129,12 +131,12 @@ async function token(args: string[]): Promise<void> {
   if (!agent) throw new UsageError('--agent is required');
   const ttlSeconds = duration(values.ttl, 'ttl');
   if (ttlSeconds < 1 || ttlSeconds > 86400) throw new UsageError('--ttl must be between 1s and 24h');
-  const config = loadConfig(configDir(values.config));
+  const config = loadConfig(configDir(values.config), { environment: gatewayEnvironment(undefined, env) });
   const issuer = config.issuers.find((i) => (values.issuer ? i.name === values.issuer : i.key.kind === 'secret'));
   if (!issuer || issuer.key.kind !== 'secret') {
     throw new UsageError(values.issuer ? `no shared-secret issuer named "${values.issuer}"` : 'no shared-secret issuer is configured');
   }
-  const secret = sharedSecret(issuer, dataDir(values.data));
+  const secret = sharedSecret(issuer, dataDir(values.data), env, config.gateway.environment);
   const jwt = await mintAgentToken(issuer, secret, {
     agent,
     audience: values.admin ? config.gateway.admin.audience : undefined,
@@ -257,6 +259,9 @@ async function policy(args: string[]): Promise<void> {
 const COMMANDS: Record<string, (args: string[]) => Promise<void>> = { start, token, audit: auditCommand, policy, secrets: secretsCommand, approvals: approvalsCommand };
 
 async function main(argv: string[]): Promise<void> {
+  // Whatever a command creates (data files, keys, exports) is for this user only; the data
+  // directory is tightened explicitly too, for files created before or by another umask.
+  process.umask(0o077);
   const [command, ...args] = argv;
   if (command === undefined || command === 'help' || command === '--help' || command === '-h') {
     process.stdout.write(USAGE);

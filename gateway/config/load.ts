@@ -59,6 +59,8 @@ export interface LoadOptions {
   /** Overrides `gateway.admin.listen.port` (flag or `VALET_ADMIN_PORT`). */
   adminPort?: number | undefined;
   host?: string | undefined;
+  /** Overrides `gateway.admin.listen.host` (flag or `VALET_ADMIN_HOST`). */
+  adminHost?: string | undefined;
   environment?: Environment | undefined;
 }
 
@@ -286,8 +288,8 @@ function assemble(root: string, files: ParsedFile[], problems: Problems, options
       if (first !== undefined) problems.add(file, ['issuers', i, 'issuer'], `iss "${raw.issuer}" is already used by issuer "${first}"`);
       else issuerValues.set(raw.issuer, raw.name);
       if (environment !== 'production') return;
-      // Conveniences that are unsafe in production are refused there.
-      if (raw.secret?.generate === true) problems.add(file, ['issuers', i, 'secret', 'generate'], 'generated signing keys are not allowed in production');
+      // Conveniences that are unsafe in production are refused there. (`secret.generate` is
+      // refused where the key is resolved: production needs the variable set, never a generated key.)
       if (typeof raw.jwks_url === 'string' && !raw.jwks_url.startsWith('https://')) {
         problems.add(file, ['issuers', i, 'jwks_url'], 'must use https in production');
       }
@@ -344,7 +346,7 @@ function assemble(root: string, files: ParsedFile[], problems: Problems, options
         },
       },
       admin: {
-        listen: { host: g.admin?.listen?.host ?? '127.0.0.1', port: options.adminPort ?? g.admin?.listen?.port ?? 8081 },
+        listen: { host: options.adminHost ?? g.admin?.listen?.host ?? '127.0.0.1', port: options.adminPort ?? g.admin?.listen?.port ?? 8081 },
         audience: adminAudience,
       },
     },
