@@ -1,6 +1,7 @@
-import { readFileSync } from 'node:fs';
+import { readdirSync, readFileSync } from 'node:fs';
 import { describe, expect, it } from 'vitest';
 import { parse } from 'yaml';
+import { refuseWeakKey } from '../../gateway/secrets/variable.js';
 
 /** The container flow is production-like by default: checked on the files, Docker is not needed. */
 interface Service {
@@ -63,5 +64,26 @@ describe('Dockerfile', () => {
     const instructions = finalStage.split('\n').filter((l) => !l.trimStart().startsWith('#')).join('\n');
     expect(instructions).not.toMatch(/curl|wget/);
     expect(finalStage).toMatch(/^USER node$/m);
+  });
+});
+
+describe('no usable key in the repository', () => {
+  it('every literal gateway key (VALET_*KEY, VALET_*SECRET) in README, docs, secrets.example and compose is refused in production', () => {
+    const files = ['README.md', 'secrets.example', 'docker-compose.yml', ...readdirSync('docs').filter((f) => f.endsWith('.md')).map((f) => `docs/${f}`)];
+    const assignment = /\b(VALET_[A-Z_]*(?:KEY|SECRET))\s*[=:]\s*["']?([A-Za-z0-9+/_=.-]{16,})/g;
+    for (const file of files) {
+      for (const m of readFileSync(file, 'utf8').matchAll(assignment)) {
+        const [, name, value] = m as unknown as [string, string, string];
+        if (value.startsWith('/') || /^[A-Z_]+$/.test(value)) continue; // a path or another variable's name
+        expect(() => refuseWeakKey(name, value, 'production'), `${file}: ${name}`).toThrow();
+      }
+    }
+  });
+
+  it('the value secrets.example used to hold, and CHANGE_ME anywhere, are refused', () => {
+    expect(() => refuseWeakKey('K', 'dev-signing-key-fake-0000000000000000000000', 'production')).toThrow(/published in the Valet repository/);
+    expect(() => refuseWeakKey('K', 'dev-signing-key-fake-0000000000000000000000', 'development')).not.toThrow();
+    expect(() => refuseWeakKey('K', 'CHANGE_ME', 'development')).toThrow(/placeholder/);
+    expect(() => refuseWeakKey('K', 'x'.repeat(20) + 'changeme' + 'y'.repeat(20), 'staging')).toThrow(/placeholder/);
   });
 });
