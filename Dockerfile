@@ -1,15 +1,17 @@
 # syntax=docker/dockerfile:1
 #
-# Valet gateway image.
+# Valet gateway image (production by default; see README, "Docker").
+#   sh scripts/docker-secrets.sh          # ./secrets/valet_master_key, ./secrets/valet_signing_key
 #   docker build -t valet .
-#   docker run --rm -p 8080:8080 --env-file .env -v valet-data:/data valet
+#   docker run --rm --init -p 127.0.0.1:8080:8080 -p 127.0.0.1:8081:8081 --env-file .env \
+#     -v "$PWD/secrets:/run/secrets:ro" -v valet-data:/data valet
 #
 # Three stages:
 #   build  - all dependencies (no install scripts needed: tsc only reads type definitions), then
 #            `npm run build` -> dist/
 #   deps   - production dependencies only, with better-sqlite3's native addon built here, where
 #            the compiler toolchain lives
-#   final  - node + production node_modules + dist/ + the example policies; runs as `node`
+#   final  - node + tini + production node_modules + dist/ + the example policies; runs as `node`
 
 ARG NODE_IMAGE=node:20-bookworm-slim
 
@@ -47,11 +49,25 @@ RUN npm rebuild better-sqlite3 \
 
 # ---------------------------------------------------------------------------------------------
 FROM ${NODE_IMAGE}
+# tini as PID 1: it forwards SIGTERM to node and reaps zombies (the anchor command's children);
+# node as PID 1 would get no default signal handlers and reap nothing.
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends tini \
+ && rm -rf /var/lib/apt/lists/*
+# Production by default: Valet then refuses generated, published, example and low-entropy keys
+# and a master key kept inside /data. Keys come from Docker secrets (docker-compose.yml), never
+# from the image or the repository; run scripts/docker-secrets.sh once to create them.
+# The admin plane listens on 0.0.0.0 inside the container; publish it on the host's loopback only.
 ENV NODE_ENV=production \
+    VALET_ENV=production \
     VALET_HOST=0.0.0.0 \
     VALET_PORT=8080 \
+    VALET_ADMIN_HOST=0.0.0.0 \
+    VALET_ADMIN_PORT=8081 \
     VALET_DATA=/data \
-    VALET_CONFIG=/etc/valet
+    VALET_CONFIG=/etc/valet \
+    VALET_MASTER_KEY_FILE=/run/secrets/valet_master_key \
+    VALET_DEV_SIGNING_KEY_FILE=/run/secrets/valet_signing_key
 WORKDIR /app
 # package.json is needed at run time: it declares "type": "module" for dist/.
 COPY package.json ./
@@ -59,13 +75,20 @@ COPY --from=deps /app/node_modules ./node_modules
 COPY --from=build /app/dist ./dist
 # The example configuration; mount your own directory over /etc/valet.
 COPY policies /etc/valet
-# /data holds the audit database, the secret store, and any generated signing or master key.
-# Created here, owned by `node`, so a fresh named volume mounted on it inherits that ownership.
+# /data holds the audit database, the secret store and generated per-install keys (approval link
+# key); never the master key. Created here, owned by `node`, mode 0700, so a fresh named volume
+# mounted on it inherits both; Valet keeps every file in it 0600.
 RUN mkdir -p /data && chown node:node /data && chmod 0700 /data
 VOLUME ["/data"]
 USER node
-EXPOSE 8080
-# node is PID 1 and handles SIGTERM itself: it drains in-flight requests (gateway.shutdown_grace_ms)
-# and flushes the audit log before exiting. Give `docker stop` at least that long.
+EXPOSE 8080 8081
+# Ready when the admin plane's /readyz answers 200 (audit database writable, policy loaded). The
+# slim image has no curl: node's own http client does it.
+HEALTHCHECK --interval=15s --timeout=3s --start-period=10s --retries=3 \
+  CMD ["node", "-e", "require('http').get('http://127.0.0.1:8081/readyz', (r) => process.exit(r.statusCode === 200 ? 0 : 1)).on('error', () => process.exit(1))"]
+# Valet drains in-flight requests (gateway.shutdown_grace_ms) and flushes the audit log on
+# SIGTERM, which tini passes on. Give `docker stop` at least that long. `-s`: also correct when
+# Docker's own init (`--init`, Compose `init: true`) is PID 1.
 STOPSIGNAL SIGTERM
+ENTRYPOINT ["/usr/bin/tini", "-s", "--"]
 CMD ["node", "dist/gateway/cli/main.js", "start"]

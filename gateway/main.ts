@@ -23,6 +23,7 @@ import { createAdminServer } from './admin/server.js';
 import { ValetError, type ErrorCode } from './errors.js';
 import { createLogger } from './log.js';
 import { openCounterDatabase } from './policy/counters-db.js';
+import { privateDir, tightenDataDir } from './private-files.js';
 import { createPolicyHolder, type PolicyHolder } from './policy/reload.js';
 import { createForwarder } from './proxy/forward.js';
 import { createSecretSources, DEFAULT_SOURCES } from './secrets/sources.js';
@@ -37,6 +38,8 @@ export interface GatewayOptions {
   host?: string | undefined;
   /** The admin listener's port (0: any free port). */
   adminPort?: number | undefined;
+  /** The admin listener's address (`--admin-host` / `VALET_ADMIN_HOST`; 0.0.0.0 in a container). */
+  adminHost?: string | undefined;
   environment?: Environment | undefined;
   /** Where log lines go (stdout by default); tests pass a sink. */
   logDestination?: DestinationStream | undefined;
@@ -74,10 +77,14 @@ export interface RunningGateway {
 export async function startGateway(options: GatewayOptions): Promise<RunningGateway> {
   const logger = createLogger(options.logDestination);
   const dataDir = resolve(options.dataDir);
-  const loadOptions = { port: options.port, host: options.host, adminPort: options.adminPort, environment: options.environment };
+  const loadOptions = { port: options.port, host: options.host, adminPort: options.adminPort, adminHost: options.adminHost, environment: options.environment };
   const config = loadConfig(options.configDir, loadOptions);
   const env = options.env ?? process.env;
-  const verifyToken = createTokenVerifier(config.issuers, dataDir, env);
+  // Before anything is created in it: the data directory and what an earlier run left there
+  // (keys, databases, their -wal/-shm files) become private to the gateway's user.
+  privateDir(dataDir);
+  tightenDataDir(dataDir);
+  const verifyToken = createTokenVerifier(config.issuers, dataDir, env, { environment: config.gateway.environment });
   // Opening the store checks the master key: a wrong or missing one stops start-up here.
   const secretSources = createSecretSources({
     settings: config.gateway.secrets?.sources ?? DEFAULT_SOURCES,
@@ -112,7 +119,7 @@ export async function startGateway(options: GatewayOptions): Promise<RunningGate
     throw err;
   });
   if (auditSettings.failOpen) logger.warn({}, 'gateway.audit.fail_open is set: requests are forwarded even when their audit record cannot be written');
-  const anchorer = createAnchorer({ dataDir, head: () => audit.head, settings: auditSettings.anchor, env, logger });
+  const anchorer = createAnchorer({ dataDir, head: () => audit.head, settings: auditSettings.anchor, env, environment: config.gateway.environment, logger });
   const prune = (): void => {
     const cutoffs = retentionCutoffs(auditSettings);
     if (cutoffs === undefined) return;
@@ -127,7 +134,7 @@ export async function startGateway(options: GatewayOptions): Promise<RunningGate
   const forwarder = createForwarder(config.upstreams.values());
   let draining = false;
   let adminUrl: string | undefined;
-  const approvals = createApprovals({ settings: config.gateway.approvals, dataDir, env, logger, adminUrl: () => adminUrl });
+  const approvals = createApprovals({ settings: config.gateway.approvals, dataDir, env, environment: config.gateway.environment, logger, adminUrl: () => adminUrl });
   const handle = createPipeline({ config, verifyToken, policy: policies.current, secrets, forwarder, audit, logger, metrics, approvals: approvals.service, draining: () => draining });
 
   let inFlight = 0;
@@ -180,7 +187,7 @@ export async function startGateway(options: GatewayOptions): Promise<RunningGate
 
   const adminDeps = { db, dataDir, policies, metrics, auditPending: () => audit.pending };
   const adminServer = createAdminServer({
-    verify: createTokenVerifier(config.issuers, dataDir, env, { audience: config.gateway.admin.audience }),
+    verify: createTokenVerifier(config.issuers, dataDir, env, { audience: config.gateway.admin.audience, environment: config.gateway.environment }),
     routes: [
       ...adminRoutes(adminDeps),
       ...auditRoutes(db),

@@ -7,7 +7,7 @@ import type { AgentIdentity } from '../types.js';
  * so an agent token is never an admin token and the reverse.
  */
 export const ADMIN_ROLES = {
-  admin: ['audit.read', 'approvals.read', 'approvals.resolve', 'policy.read', 'secrets.read', 'secrets.write'],
+  admin: ['audit.read', 'approvals.read', 'approvals.resolve', 'policy.read', 'policy.reload', 'secrets.read', 'secrets.write'],
   approver: ['approvals.read', 'approvals.resolve', 'policy.read'],
   auditor: ['audit.read', 'approvals.read', 'policy.read', 'secrets.read'],
   secrets_manager: ['secrets.read', 'secrets.write', 'policy.read'],

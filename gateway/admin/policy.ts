@@ -35,6 +35,20 @@ export function policyRoutes(d: { readonly db: AuditDatabase; readonly policies:
       },
     },
     {
+      // The same reload as a file change or SIGHUP: rules and context data files, all or nothing.
+      method: 'POST',
+      path: '/api/policy/reload',
+      permission: 'policy.reload',
+      handle: ({ who }) => {
+        if (who.tenant !== undefined) {
+          throw new ValetError('VALET_ERR_ADMIN_FORBIDDEN', 'The policy is shared by every tenant: only an admin without a tenant may reload it.');
+        }
+        const r = d.policies.reload();
+        if (r.ok) return { json: { reloaded: true, version: r.version } };
+        return { status: 409, json: { reloaded: false, version: d.policies.status().version, error: r.error } };
+      },
+    },
+    {
       method: 'GET',
       path: '/api/policy/tests',
       permission: 'policy.read',

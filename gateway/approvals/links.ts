@@ -1,7 +1,9 @@
 import { createHmac, randomBytes, timingSafeEqual } from 'node:crypto';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import type { Environment } from '../config/types.js';
 import { ValetError } from '../errors.js';
+import { secretVariable } from '../secrets/variable.js';
 
 /** `<data>/approval-link-key`: 32 random bytes (hex), generated once, mode 0600. */
 export const LINK_KEY_FILE = 'approval-link-key';
@@ -67,13 +69,14 @@ function invalid(why: string): ValetError {
 }
 
 /**
- * The link key: `VALET_APPROVAL_LINK_KEY` (at least 32 bytes; hex or text) when set, else
+ * The link key: `VALET_APPROVAL_LINK_KEY` or `VALET_APPROVAL_LINK_KEY_FILE` (at least 32 bytes;
+ * hex or text; checked by `refuseWeakKey`) when set, else
  * `<data>/approval-link-key`, generated on first use. Every instance that serves links for the
  * same approvals needs the same key.
  */
-export function loadLinkKey(dataDir: string, env: NodeJS.ProcessEnv): Buffer {
-  const fromEnv = env[LINK_KEY_ENV];
-  if (fromEnv !== undefined && fromEnv !== '') {
+export function loadLinkKey(dataDir: string, env: NodeJS.ProcessEnv, environment: Environment = 'development'): Buffer {
+  const fromEnv = secretVariable(env, LINK_KEY_ENV, environment)?.value;
+  if (fromEnv !== undefined) {
     const key = /^[0-9a-fA-F]{64,}$/.test(fromEnv) ? Buffer.from(fromEnv, 'hex') : Buffer.from(fromEnv, 'utf8');
     if (key.length < 32) throw new ValetError('VALET_ERR_CONFIG', `${LINK_KEY_ENV} must be at least 32 bytes`);
     return key;

@@ -1,5 +1,6 @@
 import type { Logger } from 'pino';
-import { DEFAULT_APPROVAL_SETTINGS, type ApprovalSettings } from '../config/types.js';
+import { DEFAULT_APPROVAL_SETTINGS, type ApprovalSettings, type Environment } from '../config/types.js';
+import { secretVariable } from '../secrets/variable.js';
 import { ValetError } from '../errors.js';
 import { createLinkSigner, loadLinkKey } from './links.js';
 import { createNotifier, slackChannel, webhookChannel, type NotificationChannel, type Notifier } from './notify.js';
@@ -10,6 +11,8 @@ export interface ApprovalsOptions {
   readonly settings: ApprovalSettings | undefined;
   readonly dataDir: string;
   readonly env: NodeJS.ProcessEnv;
+  /** The gateway environment: production refuses example and low-entropy keys. */
+  readonly environment: Environment;
   readonly logger: Logger;
   /** The admin plane's URL once it listens; links use `links.base_url` first. */
   readonly adminUrl: () => string | undefined;
@@ -29,7 +32,7 @@ export interface Approvals {
  */
 export function createApprovals(o: ApprovalsOptions): Approvals {
   const settings = o.settings ?? DEFAULT_APPROVAL_SETTINGS;
-  const channels = notificationChannels(settings, o.env);
+  const channels = notificationChannels(settings, o.env, o.environment);
   const store = openApprovalStore(o.dataDir);
   try {
     const notifier = createNotifier(channels, { logger: o.logger });
@@ -38,7 +41,7 @@ export function createApprovals(o: ApprovalsOptions): Approvals {
       notifier,
       logger: o.logger,
       limits: { perAgent: settings.maxPendingPerAgent, perTenant: settings.maxPendingPerTenant },
-      links: settings.links.enabled ? createLinkSigner(loadLinkKey(o.dataDir, o.env)) : undefined,
+      links: settings.links.enabled ? createLinkSigner(loadLinkKey(o.dataDir, o.env, o.environment)) : undefined,
       linkBase: () => settings.links.baseUrl ?? o.adminUrl(),
     });
     service.start();
@@ -58,20 +61,21 @@ export function createApprovals(o: ApprovalsOptions): Approvals {
 }
 
 /** The configured channels, with their URLs and signing secrets read from the environment. */
-export function notificationChannels(settings: ApprovalSettings, env: NodeJS.ProcessEnv): NotificationChannel[] {
+export function notificationChannels(settings: ApprovalSettings, env: NodeJS.ProcessEnv, environment: Environment = 'development'): NotificationChannel[] {
   return settings.channels.map((c, i) => {
     const name = `${c.type}[${i}]`;
-    const fromEnv = (variable: string, what: string): string => {
-      const v = env[variable];
+    const fromEnv = (variable: string, what: string, key: boolean): string => {
+      // A signing secret may come from a file (`NAME_FILE`) and is checked like every key.
+      const v = key ? secretVariable(env, variable, environment)?.value : env[variable];
       if (v === undefined || v.trim() === '' || /[\r\n\0]/.test(v)) {
         throw new ValetError('VALET_ERR_CONFIG', `gateway.approvals.channels[${i}] (${c.type}): the environment variable ${variable} (${what}) is not set`);
       }
       return v.trim();
     };
-    const url = c.url ?? fromEnv(c.urlEnv as string, 'its URL');
+    const url = c.url ?? fromEnv(c.urlEnv as string, 'its URL', false);
     if (!/^https?:\/\//.test(url)) throw new ValetError('VALET_ERR_CONFIG', `gateway.approvals.channels[${i}] (${c.type}): the URL in ${c.urlEnv} must start with http:// or https://`);
     const retry = { maxAttempts: c.maxAttempts, baseDelayMs: c.backoffMs, maxDelayMs: Math.max(c.backoffMs, 60_000) };
     if (c.type === 'slack') return slackChannel({ name, url, groups: c.groups, retry });
-    return webhookChannel({ name, url, secret: fromEnv(c.secretEnv as string, 'its signing secret'), groups: c.groups, retry });
+    return webhookChannel({ name, url, secret: fromEnv(c.secretEnv as string, 'its signing secret', true), groups: c.groups, retry });
   });
 }

@@ -1,7 +1,7 @@
-import { chmodSync, mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import Database from 'better-sqlite3';
 import type { ApprovalMode, ApprovalRecord, ApprovalStatus } from './types.js';
+import { privateDir, privateFile } from '../private-files.js';
 
 /**
  * Approvals live in their own SQLite file, `<data>/approvals.db`, beside the audit log (`valet.db`)
@@ -164,14 +164,10 @@ export interface ApprovalStore {
 
 /** Opens (creating and migrating if needed) `<dataDir>/approvals.db` in WAL mode. */
 export function openApprovalStore(dataDir: string): ApprovalStore {
-  mkdirSync(dataDir, { recursive: true, mode: 0o700 });
+  privateDir(dataDir);
   const file = join(dataDir, APPROVALS_FILE);
+  privateFile(file);
   const db = new Database(file);
-  try {
-    chmodSync(file, 0o600);
-  } catch {
-    // not ours to change (a mounted file); SQLite still works
-  }
   db.pragma('busy_timeout = 5000');
   db.pragma('journal_mode = WAL');
   db.pragma('synchronous = NORMAL');

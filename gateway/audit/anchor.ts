@@ -4,6 +4,8 @@ import { closeSync, existsSync, fdatasyncSync, fstatSync, openSync, readFileSync
 import { join } from 'node:path';
 import type { Logger } from 'pino';
 import { request } from 'undici';
+import type { Environment } from '../config/types.js';
+import { secretVariable } from '../secrets/variable.js';
 import type { Anchor } from './chain.js';
 import type { Head } from './protocol.js';
 
@@ -93,10 +95,12 @@ export function createAnchorer(o: {
   head: () => Head;
   settings: AnchorSettings;
   env: NodeJS.ProcessEnv;
+  /** Production refuses example and low-entropy anchor keys (development when absent). */
+  environment?: Environment;
   logger: Logger;
 }): Anchorer {
   const file = join(o.dataDir, ANCHOR_FILE);
-  const key = o.env[ANCHOR_KEY_ENV];
+  const key = secretVariable(o.env, ANCHOR_KEY_ENV, o.environment ?? 'development')?.value;
   let last = lastAnchoredSeq(file);
   let running: Promise<void> = Promise.resolve();
 

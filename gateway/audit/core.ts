@@ -4,6 +4,7 @@ import type { AuditRecord } from '../types.js';
 import { contentColumns, encodeNote, EVENT, GENESIS, jsonString, linkHash, META_COLUMNS, parseNote, readCheckpoint, readHead, rowDigest, sha256, sha256Hex, storedText, type ChainHead, type PruneNote } from './chain.js';
 import { DECISION, FINAL, pack, RECORD_FIELDS, REQUEST_ID_AT, type PackedOp } from './protocol.js';
 import { openAuditDatabase, type AuditDatabase } from './store.js';
+import { privateFile } from '../private-files.js';
 
 /**
  * What the request path hands the writer (as a {@link PackedOp} between threads):
@@ -383,6 +384,7 @@ export const WRITER_LOCK_FILE = 'audit-writer.lock';
 function writerLock(dataDir: string): AuditDatabase | undefined {
   let db: AuditDatabase | undefined;
   try {
+    privateFile(join(dataDir, WRITER_LOCK_FILE));
     db = new Database(join(dataDir, WRITER_LOCK_FILE), { timeout: 0 });
     db.pragma('journal_mode = MEMORY'); // no -journal file beside it
     db.pragma('locking_mode = EXCLUSIVE');

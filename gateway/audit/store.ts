@@ -1,7 +1,7 @@
-import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import Database from 'better-sqlite3';
 import { contentColumns, EVENT, linkHash, readHead, rowDigest } from './chain.js';
+import { privateDir, privateFile } from '../private-files.js';
 
 export type AuditDatabase = Database.Database;
 
@@ -89,7 +89,10 @@ export const AUDIT_FILE = 'valet.db';
  * a crash or power loss, not only a process kill.
  */
 export function openAuditDatabase(dataDir: string, options: { readonly?: boolean; busyTimeoutMs?: number } = {}): AuditDatabase {
-  if (!options.readonly) mkdirSync(dataDir, { recursive: true, mode: 0o700 });
+  if (!options.readonly) {
+    privateDir(dataDir);
+    privateFile(join(dataDir, AUDIT_FILE));
+  }
   const db = new Database(join(dataDir, AUDIT_FILE), { readonly: options.readonly ?? false, fileMustExist: options.readonly ?? false });
   db.pragma(`busy_timeout = ${options.busyTimeoutMs ?? 5000}`);
   if (options.readonly) return db;

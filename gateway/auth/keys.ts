@@ -3,23 +3,27 @@ import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { createLocalJWKSet, createRemoteJWKSet, type JWTVerifyGetKey } from 'jose';
 import { ValetError } from '../errors.js';
-import type { IssuerConfig } from '../config/types.js';
+import type { Environment, IssuerConfig } from '../config/types.js';
+import { secretVariable } from '../secrets/variable.js';
 
 export type VerificationKey = KeyObject | JWTVerifyGetKey;
 
 const MIN_SECRET_BYTES = 32;
 
 /**
- * The HMAC secret of a shared-secret issuer: from its environment variable or, when the issuer
- * allows it (`generate: true`), from a random key kept in the data directory (mode 0600).
+ * The HMAC secret of a shared-secret issuer: from its environment variable (or the file its
+ * `_FILE` variable names) or, outside production and when the issuer allows it
+ * (`generate: true`), from a random key kept in the data directory (mode 0600). Placeholders are
+ * refused everywhere; published, example and low-entropy keys in production.
  */
-export function sharedSecret(issuer: IssuerConfig, dataDir: string, env: NodeJS.ProcessEnv = process.env): Uint8Array {
+export function sharedSecret(issuer: IssuerConfig, dataDir: string, env: NodeJS.ProcessEnv = process.env, environment: Environment = 'development'): Uint8Array {
   if (issuer.key.kind !== 'secret') throw new TypeError(`issuer ${issuer.name} has no shared secret`);
-  const fromEnv = env[issuer.key.env];
+  const variable = issuer.key.env;
+  const configured = secretVariable(env, variable, environment);
   let secret: string;
-  if (fromEnv !== undefined && fromEnv !== '') {
-    secret = fromEnv;
-  } else if (issuer.key.generate) {
+  if (configured !== undefined) {
+    secret = configured.value;
+  } else if (issuer.key.generate && environment !== 'production') {
     const file = join(dataDir, `${issuer.name}-signing-key`);
     try {
       secret = readFileSync(file, 'utf8').trim();
@@ -36,7 +40,8 @@ export function sharedSecret(issuer: IssuerConfig, dataDir: string, env: NodeJS.
       }
     }
   } else {
-    throw new ValetError('VALET_ERR_CONFIG', `issuer "${issuer.name}": environment variable ${issuer.key.env} is not set`);
+    const why = issuer.key.generate ? ' (production never uses a generated signing key)' : '';
+    throw new ValetError('VALET_ERR_CONFIG', `issuer "${issuer.name}": environment variable ${variable} (or ${variable}_FILE) is not set${why}`);
   }
   const bytes = new TextEncoder().encode(secret);
   if (bytes.length < MIN_SECRET_BYTES) {
@@ -46,12 +51,12 @@ export function sharedSecret(issuer: IssuerConfig, dataDir: string, env: NodeJS.
 }
 
 /** Resolves the key material an issuer's tokens are verified with; done once, at start. */
-export function verificationKey(issuer: IssuerConfig, dataDir: string, env: NodeJS.ProcessEnv = process.env): VerificationKey {
+export function verificationKey(issuer: IssuerConfig, dataDir: string, env: NodeJS.ProcessEnv = process.env, environment: Environment = 'development'): VerificationKey {
   const key = issuer.key;
   switch (key.kind) {
     case 'secret':
       // A KeyObject lets jose reuse the imported key instead of importing raw bytes per call.
-      return createSecretKey(sharedSecret(issuer, dataDir, env));
+      return createSecretKey(sharedSecret(issuer, dataDir, env, environment));
     case 'public_key_file':
       try {
         return createPublicKey(readFileSync(key.path));

@@ -1,6 +1,6 @@
 import { decodeJwt, decodeProtectedHeader, errors as joseErrors, jwtVerify, type JWTPayload } from 'jose';
 import { ValetError } from '../errors.js';
-import type { IssuerConfig } from '../config/types.js';
+import type { Environment, IssuerConfig } from '../config/types.js';
 import type { AgentIdentity } from '../types.js';
 import { verificationKey, type VerificationKey } from './keys.js';
 
@@ -21,13 +21,13 @@ export function createTokenVerifier(
   issuers: readonly IssuerConfig[],
   dataDir: string,
   env: NodeJS.ProcessEnv = process.env,
-  options: { audience?: string } = {},
+  options: { audience?: string; environment?: Environment } = {},
 ): TokenVerifier {
   const byIssuer = new Map<string, { config: IssuerConfig; key: VerificationKey }>();
   for (const issuer of issuers) {
     const config = options.audience === undefined ? issuer : { ...issuer, audience: [options.audience] };
     if (byIssuer.has(config.issuer)) throw new TypeError(`two issuers claim iss "${config.issuer}"`);
-    byIssuer.set(config.issuer, { config, key: verificationKey(config, dataDir, env) });
+    byIssuer.set(config.issuer, { config, key: verificationKey(config, dataDir, env, options.environment) });
   }
 
   // Verified tokens, until they expire (or for at most CACHE_MS): agents reuse one token for many

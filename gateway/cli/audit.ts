@@ -11,6 +11,7 @@ import { ship } from '../audit/ship.js';
 import { iterateAudit, openAuditDatabase, pageAudit, type AuditDatabase, type AuditFilter, type AuditRow } from '../audit/store.js';
 import { loadConfig } from '../config/load.js';
 import { DEFAULT_AUDIT } from '../config/types.js';
+import { secretVariable } from '../secrets/variable.js';
 import { UsageError } from './usage.js';
 
 export const AUDIT_USAGE = `  valet audit [FILTERS] [--limit N] [--cursor ID] [--format table|json|ndjson|csv|cef|syslog]
@@ -167,7 +168,8 @@ async function verify(args: string[]): Promise<void> {
   const dir = dataDirOf(values.data);
   const anchorFile = values.anchor ?? (existsSync(join(dir, ANCHOR_FILE)) ? join(dir, ANCHOR_FILE) : undefined);
   if (values.anchor !== undefined && !existsSync(values.anchor)) throw new UsageError(`--anchor: no such file ${values.anchor}`);
-  const key = env[ANCHOR_KEY_ENV];
+  // Checked as at start: a verifier must not accept anchors signed with a placeholder key.
+  const key = secretVariable(env, ANCHOR_KEY_ENV, 'development')?.value;
   let anchors: Anchor[] = [];
   let anchorProblems: string[] = [];
   if (anchorFile !== undefined) ({ anchors, problems: anchorProblems } = readAnchors(anchorFile, key));

@@ -4,6 +4,7 @@ import { sharedSecret } from '../auth/keys.js';
 import { mintAgentToken } from '../auth/mint.js';
 import { loadConfig } from '../config/load.js';
 import type { Config, Environment } from '../config/types.js';
+import { gatewayEnvironment } from './environment.js';
 import { ConfigError, ValetError } from '../errors.js';
 import { compilePolicy, type Policy } from '../policy/compile.js';
 import { memoryCounterStore, memoryHistoryStore } from '../policy/counters.js';
@@ -17,21 +18,25 @@ import { UsageError } from './usage.js';
 const USAGE = `valet — a valet-key gateway for AI agents
 
 Usage:
-  valet start [--config DIR] [--data DIR] [--port N] [--admin-port N] [--host H] [--env E]
+  valet start [--config DIR] [--data DIR] [--port N] [--admin-port N] [--host H] [--admin-host H] [--env E]
   valet token --admin --subject NAME --role admin|approver|auditor|secrets_manager [--tenant T] [--group G]... [--ttl 15m]
   valet token --agent ID [--tenant T] [--team T] [--role R]... [--env E] [--user U [--user-role R]...] [--ttl 15m] [--issuer NAME]
 ${AUDIT_USAGE}
-  valet policy check [DIR] [--strict]      schema, CEL types, dead rules, rules escaping their scope (warnings; --strict fails on them)
-  valet policy test [DIR]                  run the YAML policy tests beside the policies
+  valet policy check [DIR] [--strict] [--env E]   schema, CEL types, dead rules, rules escaping their scope (warnings; --strict fails on them)
+  valet policy test [DIR] [--env E]               run the YAML policy tests beside the policies
   valet policy explain --agent A --upstream U [--method M] [--path P] [--tenant T] [--team T] [--role R]...
                        [--env E] [--user U] [--user-role R]... [--query k=v]... [--json J | --form F] [--format text|json]
+                       [--gateway-env E]
+  (policy tools run under the gateway's environment as start does: --env / --gateway-env, else VALET_ENV,
+   else gateway.environment; explain's --env is the agent's env claim)
 ${SECRETS_USAGE}
 ${APPROVALS_USAGE}
 
-Environment: VALET_CONFIG (./policies), VALET_DATA (./data), VALET_PORT, VALET_ADMIN_PORT, VALET_HOST, VALET_ENV, VALET_LOG_LEVEL,
-VALET_MASTER_KEY / VALET_MASTER_KEY_FILE (secret store key), VALET_NEW_MASTER_KEY (secrets rekey),
+Environment: VALET_CONFIG (./policies), VALET_DATA (./data), VALET_PORT, VALET_ADMIN_PORT, VALET_HOST, VALET_ADMIN_HOST, VALET_ENV,
+VALET_LOG_LEVEL, VALET_MASTER_KEY (secret store key), VALET_NEW_MASTER_KEY (secrets rekey),
 VALET_ADMIN_URL / VALET_ADMIN_TOKEN (valet approvals), VALET_APPROVAL_LINK_KEY (approval link signing key),
-VALET_AUDIT_ANCHOR_KEY (signs audit anchors; verify checks the signatures).
+VALET_AUDIT_ANCHOR_KEY (signs audit anchors; verify checks the signatures). Keys (signing keys, the master
+key, link and anchor keys, webhook secrets) can also come from a file: NAME_FILE (a Docker secret).
 `;
 
 const common = {
@@ -77,16 +82,8 @@ function duration(value: string, name: string): number {
   return Number(m[1]) * { s: 1, m: 60, h: 3600, d: 86400 }[m[2] as 's' | 'm' | 'h' | 'd'];
 }
 
-function environment(value: string | undefined): Environment | undefined {
-  if (value === undefined) return undefined;
-  if (value !== 'development' && value !== 'staging' && value !== 'production') {
-    throw new UsageError('--env must be development, staging or production');
-  }
-  return value;
-}
-
 async function start(args: string[]): Promise<void> {
-  const { values } = parse(args, { port: { type: 'string' }, host: { type: 'string' }, 'admin-port': { type: 'string' }, env: { type: 'string' } });
+  const { values } = parse(args, { port: { type: 'string' }, host: { type: 'string' }, 'admin-port': { type: 'string' }, 'admin-host': { type: 'string' }, env: { type: 'string' } });
   // Loaded here, not at the top: every other command would otherwise pay for the whole gateway.
   const { startGateway } = await import('../main.js');
   const gateway = await startGateway({
@@ -95,7 +92,8 @@ async function start(args: string[]): Promise<void> {
     port: integer(values.port ?? env['VALET_PORT'], 'port', 0, 65535),
     adminPort: integer(values['admin-port'] ?? env['VALET_ADMIN_PORT'], 'admin-port', 0, 65535),
     host: values.host ?? env['VALET_HOST'],
-    environment: environment(values.env ?? env['VALET_ENV']),
+    adminHost: values['admin-host'] ?? env['VALET_ADMIN_HOST'],
+    environment: gatewayEnvironment(values.env, env),
     watch: true,
   });
   process.on('SIGHUP', () => gateway.policies.reload());
@@ -134,7 +132,7 @@ async function token(args: string[]): Promise<void> {
   if (!values.admin && values.subject) throw new UsageError('--subject is for --admin tokens; agent tokens take --agent');
   const agent = values.admin ? values.subject : values.agent;
   if (!agent) throw new UsageError('--agent is required');
-  const config = loadConfig(configDir(values.config));
+  const config = loadConfig(configDir(values.config), { environment: gatewayEnvironment(undefined, env) });
   const issuer = config.issuers.find((i) => (values.issuer ? i.name === values.issuer : i.key.kind === 'secret'));
   if (!issuer || issuer.key.kind !== 'secret') {
     throw new UsageError(values.issuer ? `no shared-secret issuer named "${values.issuer}"` : 'no shared-secret issuer is configured');
@@ -144,7 +142,7 @@ async function token(args: string[]): Promise<void> {
   if (ttlSeconds < 1 || ttlSeconds > issuer.maxTtlS) {
     throw new UsageError(`--ttl must be from 1s to issuer ${issuer.name}'s max_ttl (${issuer.maxTtlS}s)`);
   }
-  const secret = sharedSecret(issuer, dataDir(values.data));
+  const secret = sharedSecret(issuer, dataDir(values.data), env, config.gateway.environment);
   const jwt = await mintAgentToken(issuer, secret, {
     agent,
     audience: values.admin ? config.gateway.admin.audience : undefined,
@@ -160,31 +158,39 @@ async function token(args: string[]): Promise<void> {
   process.stdout.write(`${jwt}\n`);
 }
 
-/** Loads and compiles a directory as the gateway would; throws ConfigError on any problem. */
-function loadPolicy(dir: string): { config: Config; policy: Policy } {
-  const config = loadConfig(dir);
+/**
+ * Loads and compiles a directory as `valet start` would, under the same environment (`--env`,
+ * else `VALET_ENV`, else `gateway.environment`); throws ConfigError on any problem.
+ */
+function loadPolicy(dir: string, environment: Environment | undefined): { config: Config; policy: Policy } {
+  const config = loadConfig(dir, { environment });
   return { config, policy: compilePolicy(config, { counters: memoryCounterStore(), history: memoryHistoryStore() }) };
 }
 
 async function policy(args: string[]): Promise<void> {
   const [sub, ...rest] = args;
   if (sub === 'check') {
-    const { values, positionals } = parse(rest, { strict: { type: 'boolean' } }, true);
-    const { config } = loadPolicy(positionals[0] ?? configDir(values.config));
+    const { values, positionals } = parse(rest, { strict: { type: 'boolean' }, env: { type: 'string' } }, true);
+    const { config } = loadPolicy(positionals[0] ?? configDir(values.config), gatewayEnvironment(values.env, env));
     const dead = findDeadRules(config);
     for (const d of dead) process.stderr.write(`warning: ${d.at}: rule ${d.id} is ${d.why}\n`);
     const scopes = findScopeProblems(config);
     for (const p of scopes) process.stderr.write(`warning: ${p.at}: rule ${p.id} ${p.problem}\n`);
-    process.stdout.write(
-      `ok: ${config.issuers.length} issuer(s), ${config.upstreams.size} upstream(s), ${config.tools.length} tool(s), ` +
-        `${config.rules.length} rule(s), ${config.rateLimits.length + config.budgets.length} limit(s), version ${config.version}\n`,
-    );
-    if (values.strict && dead.length + scopes.length > 0) process.exitCode = 1;
+    const summary =
+      `${config.issuers.length} issuer(s), ${config.upstreams.size} upstream(s), ${config.tools.length} tool(s), ` +
+      `${config.rules.length} rule(s), ${config.rateLimits.length + config.budgets.length} limit(s), environment ${config.gateway.environment}, version ${config.version}`;
+    if (values.strict && dead.length + scopes.length > 0) {
+      // A CI log that says "ok" above a failed step misleads whoever reads only the last line.
+      process.stdout.write(`failed: ${dead.length + scopes.length} warning(s) with --strict; ${summary}\n`);
+      process.exitCode = 1;
+      return;
+    }
+    process.stdout.write(`ok: ${summary}\n`);
     return;
   }
   if (sub === 'test') {
-    const { values, positionals } = parse(rest, {}, true);
-    const { config } = loadPolicy(positionals[0] ?? configDir(values.config));
+    const { values, positionals } = parse(rest, { env: { type: 'string' } }, true);
+    const { config } = loadPolicy(positionals[0] ?? configDir(values.config), gatewayEnvironment(values.env, env));
     const results = await runPolicyTests(config);
     for (const r of results) {
       process.stdout.write(`${r.passed ? 'ok  ' : 'FAIL'} ${r.name}${r.passed ? '' : `\n     ${r.at}: expected ${r.expected}, got ${r.actual} (${r.reason})`}\n`);
@@ -204,6 +210,8 @@ async function policy(args: string[]): Promise<void> {
       json: { type: 'string' },
       form: { type: 'string' },
       format: { type: 'string', default: 'text' },
+      // `--env` is the agent's env claim here (as in `valet token`); this is the gateway's.
+      'gateway-env': { type: 'string' },
     });
     if (!values.agent || !values.upstream) throw new UsageError('policy explain needs --agent and --upstream');
     let json: unknown;
@@ -220,7 +228,7 @@ async function policy(args: string[]): Promise<void> {
       if (eq < 1) throw new UsageError('--query takes name=value');
       query[q.slice(0, eq)] = q.slice(eq + 1);
     }
-    const { config, policy: compiled } = loadPolicy(configDir(values.config));
+    const { config, policy: compiled } = loadPolicy(configDir(values.config), gatewayEnvironment(values['gateway-env'], env, '--gateway-env'));
     const r = await explainScenario(compiled, config, {
       identity: {
         agent: values.agent,
@@ -242,7 +250,7 @@ async function policy(args: string[]): Promise<void> {
     });
     const outcome = outcomeOf(r.decision, r.limited);
     if (values.format === 'json') {
-      process.stdout.write(`${JSON.stringify({ outcome, decision: r.decision, trace: r.trace, tool: r.input.facts.tool ?? null, argsError: r.input.facts.argsError ?? null }, (_k, v: unknown) => (typeof v === 'bigint' ? Number(v) : v), 2)}\n`);
+      process.stdout.write(`${JSON.stringify({ outcome, environment: config.gateway.environment, decision: r.decision, trace: r.trace, tool: r.input.facts.tool ?? null, argsError: r.input.facts.argsError ?? null }, (_k, v: unknown) => (typeof v === 'bigint' ? Number(v) : v), 2)}\n`);
       return;
     }
     process.stdout.write(`request: ${values.method.toUpperCase()} ${values.path} on ${values.upstream}${r.input.facts.tool ? ` (tool ${r.input.facts.tool})` : ''}\n`);
@@ -252,7 +260,7 @@ async function policy(args: string[]): Promise<void> {
         `  ${t.matched ? 'MATCH' : '  -  '} ${t.effect.padEnd(8)} ${t.id}${t.principal === 'user' ? ' (as user)' : ''}  ${t.at}  [scope: ${t.scope}]  ${t.why}\n`,
       );
     }
-    process.stdout.write(`decision: ${outcome.effect} by ${outcome.rule}: ${outcome.reason}\n`);
+    process.stdout.write(`decision: ${outcome.effect} by ${outcome.rule}: ${outcome.reason} (environment ${config.gateway.environment})\n`);
     return;
   }
   throw new UsageError('valet policy check|test|explain');
@@ -261,6 +269,9 @@ async function policy(args: string[]): Promise<void> {
 const COMMANDS: Record<string, (args: string[]) => Promise<void>> = { start, token, audit: auditCommand, policy, secrets: secretsCommand, approvals: approvalsCommand };
 
 async function main(argv: string[]): Promise<void> {
+  // Whatever a command creates (data files, keys, exports) is for this user only; the data
+  // directory is tightened explicitly too, for files created before or by another umask.
+  process.umask(0o077);
   const [command, ...args] = argv;
   if (command === undefined || command === 'help' || command === '--help' || command === '-h') {
     process.stdout.write(USAGE);

@@ -3,12 +3,13 @@ import { join, resolve } from 'node:path';
 import { parseArgs, type ParseArgsConfig } from 'node:util';
 import { secretNames } from '../config/credential.js';
 import { loadConfig } from '../config/load.js';
-import type { Config, Environment } from '../config/types.js';
+import type { Config } from '../config/types.js';
 import { ValetError } from '../errors.js';
 import { parseMasterKey, type MasterKey } from '../secrets/crypto.js';
 import { GENERATED_KEY_FILE, readKeyFile, resolveMasterKey, type ResolvedMasterKey } from '../secrets/master-key.js';
 import { DEFAULT_SOURCES } from '../secrets/sources.js';
 import { openSecretStore, SECRETS_FILE, type SecretInfo, type SecretStore } from '../secrets/store.js';
+import { gatewayEnvironment } from './environment.js';
 import { UsageError } from './usage.js';
 
 /**
@@ -175,7 +176,7 @@ export async function secretsCommand(args: string[]): Promise<void> {
  * the configuration (and VALET_ENV), which is why these commands read it.
  */
 function openForWrite(values: Values): { store: SecretStore; config: Config; resolved: ResolvedMasterKey } {
-  const config = loadConfig(values.config ?? env['VALET_CONFIG'] ?? 'policies', { environment: environmentOf(env['VALET_ENV']) });
+  const config = loadConfig(values.config ?? env['VALET_CONFIG'] ?? 'policies', { environment: gatewayEnvironment(undefined, env) });
   const dataDir = dataDirOf(values);
   const probe = openSecretStore(dataDir);
   let resolved: ResolvedMasterKey | undefined;
@@ -190,12 +191,6 @@ function openForWrite(values: Values): { store: SecretStore; config: Config; res
     warn('gateway.secrets.sources does not list store: the gateway will not read secrets set here');
   }
   return { store: openSecretStore(dataDir, { key: resolved.key }), config, resolved };
-}
-
-function environmentOf(value: string | undefined): Environment | undefined {
-  if (value === undefined || value === '') return undefined;
-  if (value !== 'development' && value !== 'staging' && value !== 'production') throw new UsageError('VALET_ENV must be development, staging or production');
-  return value;
 }
 
 function newMasterKey(values: Values): MasterKey {

@@ -1,4 +1,4 @@
-import { createHash } from 'node:crypto';
+import { createHash, type Hash } from 'node:crypto';
 import { readdirSync, readFileSync, statSync } from 'node:fs';
 import { join, relative, resolve } from 'node:path';
 import { Ajv, type ErrorObject } from 'ajv';
@@ -65,6 +65,8 @@ export interface LoadOptions {
   /** Overrides `gateway.admin.listen.port` (flag or `VALET_ADMIN_PORT`). */
   adminPort?: number | undefined;
   host?: string | undefined;
+  /** Overrides `gateway.admin.listen.host` (flag or `VALET_ADMIN_HOST`). */
+  adminHost?: string | undefined;
   environment?: Environment | undefined;
 }
 
@@ -115,12 +117,12 @@ export function loadConfig(dir: string, options: LoadOptions = {}): Config {
     parsed.push(file);
   }
 
-  const config = problems.list.length === 0 ? assemble(root, parsed, problems, options) : undefined;
+  const config = problems.list.length === 0 ? assemble(root, parsed, problems, options, hash) : undefined;
   if (problems.list.length > 0 || config === undefined) throw new ConfigError(problems.list);
   return deepFreeze({ ...config, version: `sha256:${hash.digest('hex').slice(0, 16)}` });
 }
 
-function assemble(root: string, files: ParsedFile[], problems: Problems, options: LoadOptions): Omit<Config, 'version'> | undefined {
+function assemble(root: string, files: ParsedFile[], problems: Problems, options: LoadOptions, hash: Hash): Omit<Config, 'version'> | undefined {
   let gatewayRaw: Raw;
   let gatewayFile: ParsedFile | undefined;
   const issuers: IssuerConfig[] = [];
@@ -277,13 +279,15 @@ function assemble(root: string, files: ParsedFile[], problems: Problems, options
     (raw.tools ?? []).forEach((t: string, j: number) => {
       if (!tools.has(t)) problems.add(file, [...at, 'tools', j], `unknown tool "${t}"`);
     });
+    const path = raw.file === undefined ? undefined : resolve(root, raw.file);
     return {
       name: raw.name,
       description: raw.description,
       key: raw.key,
       upstream: raw.upstream,
       tools: raw.tools,
-      file: raw.file === undefined ? undefined : resolve(root, raw.file),
+      file: path,
+      entries: path === undefined ? undefined : readContextFile(root, path, hash, (message) => problems.add(file, [...at, 'file'], message)),
       url: raw.url,
       cacheTtlMs: raw.cache_ttl ? parseDuration(raw.cache_ttl) : 60_000,
       timeoutMs: raw.timeout ? parseDuration(raw.timeout) : 2_000,
@@ -309,8 +313,8 @@ function assemble(root: string, files: ParsedFile[], problems: Problems, options
       if (first !== undefined) problems.add(file, ['issuers', i, 'issuer'], `iss "${raw.issuer}" is already used by issuer "${first}"`);
       else issuerValues.set(raw.issuer, raw.name);
       if (environment !== 'production') return;
-      // Conveniences that are unsafe in production are refused there.
-      if (raw.secret?.generate === true) problems.add(file, ['issuers', i, 'secret', 'generate'], 'generated signing keys are not allowed in production');
+      // Conveniences that are unsafe in production are refused there. (`secret.generate` is
+      // refused where the key is resolved: production needs the variable set, never a generated key.)
       if (typeof raw.jwks_url === 'string' && !raw.jwks_url.startsWith('https://')) {
         problems.add(file, ['issuers', i, 'jwks_url'], 'must use https in production');
       }
@@ -371,7 +375,7 @@ function assemble(root: string, files: ParsedFile[], problems: Problems, options
         },
       },
       admin: {
-        listen: { host: g.admin?.listen?.host ?? '127.0.0.1', port: options.adminPort ?? g.admin?.listen?.port ?? 8081 },
+        listen: { host: options.adminHost ?? g.admin?.listen?.host ?? '127.0.0.1', port: options.adminPort ?? g.admin?.listen?.port ?? 8081 },
         audience: adminAudience,
       },
     },
@@ -845,6 +849,34 @@ function locate(file: ParsedFile, path: readonly (string | number)[], atKey: boo
 
 function formatPath(path: readonly (string | number)[]): string {
   return path.map((p) => (typeof p === 'number' ? `[${p}]` : `.${p}`)).join('').replace(/^\./, '');
+}
+
+/**
+ * A context data file (JSON or YAML: a map of key to value), read with the policy so its content
+ * is part of the policy version: a change reloads like a rule change, and one that does not parse
+ * is refused like a broken rule.
+ */
+function readContextFile(root: string, path: string, hash: Hash, problem: (message: string) => void): ReadonlyMap<string, unknown> | undefined {
+  let text: string;
+  try {
+    text = readFileSync(path, 'utf8');
+  } catch (err) {
+    problem(`cannot read ${relative(root, path)} (${(err as NodeJS.ErrnoException).code ?? 'error'})`);
+    return undefined;
+  }
+  hash.update('context\0').update(relative(root, path)).update('\0').update(text).update('\0');
+  const doc = parseDocument(text, { uniqueKeys: true, prettyErrors: false });
+  const first = doc.errors[0];
+  if (first !== undefined) {
+    problem(`${relative(root, path)} does not parse: ${first.message.split('\n')[0] ?? first.message}`);
+    return undefined;
+  }
+  const data: unknown = doc.toJS({ maxAliasCount: 100 });
+  if (data === null || typeof data !== 'object' || Array.isArray(data)) {
+    problem(`${relative(root, path)} must be a map of key to value`);
+    return undefined;
+  }
+  return new Map(Object.entries(data as Record<string, unknown>));
 }
 
 function listYaml(dir: string): string[] {

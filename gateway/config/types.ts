@@ -302,6 +302,8 @@ export interface ContextConfig {
   readonly upstream: string | undefined;
   readonly tools: readonly string[] | undefined;
   readonly file: string | undefined;
+  /** The content of `file`, read and parsed with the rest of the policy (part of its version). */
+  readonly entries: ReadonlyMap<string, unknown> | undefined;
   /** `{key}` is replaced by the URL-encoded key. */
   readonly url: string | undefined;
   readonly cacheTtlMs: number;

@@ -1,6 +1,4 @@
-import { readFileSync } from 'node:fs';
 import { request } from 'undici';
-import { parse as parseYaml } from 'yaml';
 import type { ContextConfig } from '../config/types.js';
 import { celErrorMessage, compileCel, type CelProgram } from './cel.js';
 import type { EvaluationInput } from './compile.js';
@@ -26,7 +24,7 @@ export function createContextSources(contexts: readonly ContextConfig[]): Contex
   const sources: Source[] = contexts.map((c) => {
     const key = compileCel(c.key, 'any');
     if ('error' in key) throw new TypeError(`context ${c.name}: ${key.error}`);
-    return { config: c, key, lookup: c.file !== undefined ? fileLookup(c.file) : httpLookup(c) };
+    return { config: c, key, lookup: c.entries !== undefined ? fileLookup(c.entries) : httpLookup(c) };
   });
   return {
     async resolve(input) {
@@ -62,11 +60,8 @@ export function createContextSources(contexts: readonly ContextConfig[]): Contex
   };
 }
 
-function fileLookup(path: string): (key: string) => Promise<unknown> {
-  const data: unknown = parseYaml(readFileSync(path, 'utf8'));
-  if (data === null || typeof data !== 'object' || Array.isArray(data)) throw new TypeError(`${path}: must be a map of key to value`);
-  const map = new Map(Object.entries(data as Record<string, unknown>));
-  return async (key) => map.get(key);
+function fileLookup(entries: ReadonlyMap<string, unknown>): (key: string) => Promise<unknown> {
+  return async (key) => entries.get(key);
 }
 
 function httpLookup(c: ContextConfig): (key: string) => Promise<unknown> {

@@ -1,4 +1,5 @@
 import { watch, type FSWatcher } from 'node:fs';
+import { dirname, relative } from 'node:path';
 import type { Logger } from 'pino';
 import { loadConfig, type LoadOptions } from '../config/load.js';
 import type { Config } from '../config/types.js';
@@ -20,7 +21,7 @@ export interface PolicyHolder {
   status(): PolicyStatus;
   /** Recompiles from disk; an invalid set is refused and the one in force stays. */
   reload(): { ok: true; version: string } | { ok: false; error: string };
-  /** Reloads when files in the directory change (debounced). */
+  /** Reloads when files in the directory, or context data files outside it, change (debounced). */
   watch(): void;
   close(): void;
 }
@@ -39,7 +40,7 @@ export function createPolicyHolder(
   let policy = compilePolicy(initial, stores);
   let config = initial;
   let status: PolicyStatus = { version: initial.version, loadedAt: Date.now(), lastError: undefined };
-  let watcher: FSWatcher | undefined;
+  let watchers: FSWatcher[] | undefined;
   let timer: NodeJS.Timeout | undefined;
 
   const reload = (): { ok: true; version: string } | { ok: false; error: string } => {
@@ -71,17 +72,23 @@ export function createPolicyHolder(
     status: () => status,
     reload,
     watch() {
-      if (watcher) return;
-      watcher = watch(initial.dir, { recursive: true }, () => {
+      if (watchers) return;
+      const onChange = (): void => {
         clearTimeout(timer);
         timer = setTimeout(reload, 150);
         timer.unref();
-      });
-      watcher.unref();
+      };
+      // Context data files may live outside the directory (an absolute `file:`): watch theirs too.
+      const outside = new Set<string>();
+      for (const c of initial.contexts) {
+        if (c.file !== undefined && relative(initial.dir, c.file).startsWith('..')) outside.add(dirname(c.file));
+      }
+      watchers = [watch(initial.dir, { recursive: true }, onChange), ...[...outside].map((d) => watch(d, onChange))];
+      for (const w of watchers) w.unref();
     },
     close() {
       clearTimeout(timer);
-      watcher?.close();
+      for (const w of watchers ?? []) w.close();
     },
   };
 }

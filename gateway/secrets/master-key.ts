@@ -1,8 +1,9 @@
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
-import { join, resolve } from 'node:path';
+import { join, relative, resolve } from 'node:path';
 import type { Environment } from '../config/types.js';
 import { ValetError } from '../errors.js';
 import { generateMasterKeyText, parseMasterKey, type MasterKey } from './crypto.js';
+import { secretVariable } from './variable.js';
 
 /** The development master key Valet generates when none is configured: `<data>/master-key`. */
 export const GENERATED_KEY_FILE = 'master-key';
@@ -30,19 +31,22 @@ export interface MasterKeyOptions {
 /**
  * The master key, from (in order) `VALET_MASTER_KEY`, `VALET_MASTER_KEY_FILE`, or — outside
  * production only — `<data>/master-key`, which is generated (mode 0600) when the store is still
- * empty. It is never stored in the database. Returns undefined only when `generate` is false and
- * there is nothing to use.
+ * empty. It is never stored in the database. A placeholder is refused everywhere; in production
+ * so are published or low-entropy keys and a key file inside the data directory. Returns
+ * undefined only when `generate` is false and there is nothing to use.
  */
 export function resolveMasterKey(o: MasterKeyOptions): ResolvedMasterKey | undefined {
-  const fromEnv = o.env['VALET_MASTER_KEY'] ?? '';
-  const fromFile = o.env['VALET_MASTER_KEY_FILE'] ?? '';
-  if (fromEnv !== '' && fromFile !== '') {
-    throw new ValetError('VALET_ERR_MASTER_KEY', 'both VALET_MASTER_KEY and VALET_MASTER_KEY_FILE are set; set one of them');
-  }
-  if (fromEnv !== '') return { key: parseMasterKey(fromEnv, 'VALET_MASTER_KEY'), source: 'VALET_MASTER_KEY', generated: false, created: false };
-  if (fromFile !== '') {
-    const path = resolve(fromFile);
-    return { key: readKeyFile(path, `VALET_MASTER_KEY_FILE (${path})`), source: path, generated: false, created: false };
+  const configured = secretVariable(o.env, 'VALET_MASTER_KEY', o.environment, 'VALET_ERR_MASTER_KEY');
+  if (configured !== undefined) {
+    if (configured.file !== undefined && o.environment === 'production' && isInside(resolve(o.dataDir), configured.file)) {
+      // A key beside the data it encrypts is lost or leaked with it (one volume, one backup).
+      throw new ValetError(
+        'VALET_ERR_MASTER_KEY',
+        `VALET_MASTER_KEY_FILE (${configured.file}) is inside the data directory; in production keep the master key apart from the secrets it protects (a Docker secret such as /run/secrets/valet_master_key)`,
+      );
+    }
+    const key = parseMasterKey(configured.value, configured.source);
+    return { key, source: configured.file ?? 'VALET_MASTER_KEY', generated: false, created: false };
   }
 
   const file = join(o.dataDir, GENERATED_KEY_FILE);
@@ -86,6 +90,11 @@ export function readKeyFile(path: string, label: string): MasterKey {
     throw unreadable(label, err);
   }
   return parseMasterKey(text, label);
+}
+
+function isInside(dir: string, path: string): boolean {
+  const rel = relative(dir, path);
+  return rel === '' || (!rel.startsWith('..') && !rel.startsWith('/'));
 }
 
 function unreadable(label: string, err: unknown): ValetError {

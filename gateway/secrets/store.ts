@@ -1,9 +1,9 @@
-import { closeSync, mkdirSync, openSync } from 'node:fs';
 import { join } from 'node:path';
 import Database from 'better-sqlite3';
 import { ValetError } from '../errors.js';
 import { keyMatches, open, seal, type MasterKey, type Sealed } from './crypto.js';
 import { SECRET_NAME, UNSAFE_VALUE, type NamedSecretSource } from './source.js';
+import { privateDir, privateFile } from '../private-files.js';
 
 /**
  * The encrypted secret store: upstream credentials at rest in SQLite, each version sealed with
@@ -131,10 +131,9 @@ interface ByName {
 
 /** Opens (creating and migrating if needed) `<dataDir>/secrets.db`. Verifies `key` if one is given. */
 export function openSecretStore(dataDir: string, options: SecretStoreOptions = {}): SecretStore {
-  mkdirSync(dataDir, { recursive: true, mode: 0o700 });
+  privateDir(dataDir);
   const file = join(dataDir, SECRETS_FILE);
-  // Created 0600 before SQLite opens it; SQLite gives its -wal and -shm files the same mode.
-  closeSync(openSync(file, 'a', 0o600));
+  privateFile(file);
   const db = new Database(file);
   try {
     db.pragma(`busy_timeout = ${options.busyTimeoutMs ?? 5_000}`);

@@ -1,3 +1,4 @@
+import { randomBytes } from 'node:crypto';
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
@@ -7,7 +8,8 @@ import { openAuditDatabase, type AuditRow } from '../../gateway/audit/store.js';
 import { mintAgentToken, type MintOptions } from '../../gateway/auth/mint.js';
 import { startGateway, type RunningGateway } from '../../gateway/main.js';
 
-export const DEV_SIGNING_KEY = 'test-signing-key-0123456789abcdef0123456789';
+/** Random per test process: a fixed key in the repository is one production refuses. */
+export const DEV_SIGNING_KEY = randomBytes(32).toString('base64url');
 export const DEV_ISSUER = 'valet-test';
 export const DEV_AUDIENCE = 'valet';
 

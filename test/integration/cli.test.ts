@@ -32,7 +32,7 @@ describe('valet CLI', () => {
     const r = await runCli(['policy', 'check', 'policies']);
     expect(r.stderr).toBe('');
     expect(r.code).toBe(0);
-    expect(r.stdout).toMatch(/^ok: 1 issuer\(s\), 6 upstream\(s\), \d+ tool\(s\), \d+ rule\(s\), \d+ limit\(s\), version sha256:[0-9a-f]{16}\n$/);
+    expect(r.stdout).toMatch(/^ok: 1 issuer\(s\), 6 upstream\(s\), \d+ tool\(s\), \d+ rule\(s\), \d+ limit\(s\), environment development, version sha256:[0-9a-f]{16}\n$/);
   });
 
   it('policy check names file, line and key of a mistake and exits 1', async () => {

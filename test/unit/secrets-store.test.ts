@@ -283,7 +283,12 @@ describe('secret store: master key', () => {
     const prod = errorOf(() => resolveMasterKey({ ...base, env: {}, environment: 'production' }));
     expect(prod.code).toBe('VALET_ERR_MASTER_KEY');
     expect(prod.message).toContain('production requires VALET_MASTER_KEY or VALET_MASTER_KEY_FILE');
-    expect(resolveMasterKey({ ...base, env: { VALET_MASTER_KEY_FILE: file }, environment: 'production' })?.key.id).toBe(generated?.key.id);
+    // Nor a key file inside the data directory; the same key kept apart from the data is fine.
+    const inside = errorOf(() => resolveMasterKey({ ...base, env: { VALET_MASTER_KEY_FILE: file }, environment: 'production' }));
+    expect(inside).toMatchObject({ code: 'VALET_ERR_MASTER_KEY', message: expect.stringContaining('is inside the data directory') });
+    const apart = join(dir, 'apart.key');
+    writeFileSync(apart, readFileSync(file));
+    expect(resolveMasterKey({ ...base, env: { VALET_MASTER_KEY_FILE: apart }, environment: 'production' })?.key.id).toBe(generated?.key.id);
   });
 });
 
