@@ -95,8 +95,8 @@ export async function startGateway(options: GatewayOptions): Promise<RunningGate
     log: logger,
   });
   const secrets = secretSources.source;
-  // Counters and history outlive the process: a restart must not refill a daily budget.
-  const counterDb = openCounterDatabase(dataDir);
+  // Counters and history outlive the process (written behind, FLUSH_MS at a time): a restart must not refill a daily budget.
+  const counterDb = openCounterDatabase(dataDir, Date.now, (err) => logger.error({ err }, 'counters.db could not be written; retrying with the next flush'));
   const stores = { counters: counterDb.counters, history: counterDb.history };
   const policies = createPolicyHolder(config, loadOptions, stores, logger);
   if (options.watch) policies.watch();

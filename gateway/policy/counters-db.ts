@@ -2,24 +2,33 @@ import { chmodSync, closeSync, mkdirSync, openSync } from 'node:fs';
 import { join } from 'node:path';
 import Database from 'better-sqlite3';
 import {
-  DAY_MINUTES,
   historyMinutes,
   liveSlots,
-  refusal,
-  slotFor,
-  type CounterCharge,
+  memoryCounterStore,
+  memoryHistoryStore,
   type CounterSlot,
+  type CounterState,
   type CounterStore,
   type HistoryStore,
+  type MinuteCalls,
 } from './counters.js';
 
 /**
  * Rate limits, budgets and call history live in `<data>/counters.db`, so that a restart neither
  * refills a daily budget nor makes every call a first use. A file of its own, like approvals.db:
- * its writes (one small transaction per charged or forwarded request) never queue behind the audit
- * writer's batches, and its schema version is its own.
+ * its writes never queue behind the audit writer's batches, and its schema version is its own.
+ *
+ * The counters themselves are in memory (the same algorithm as everywhere, `counters.ts`); what a
+ * charge or a record changes is written behind, every {@link FLUSH_MS} in one transaction, and at
+ * close. A check therefore costs what it costs in memory (a few µs, not a SQLite transaction on
+ * the request path); a crash of the process loses at most the last {@link FLUSH_MS} of charges,
+ * a clean stop none. One gateway process owns a data directory (the audit writer's lock), so no
+ * other writer can charge the same counters meanwhile.
  */
 export const COUNTERS_FILE = 'counters.db';
+
+/** How often changed counters and history are written to counters.db. */
+export const FLUSH_MS = 200;
 
 const MIGRATIONS: readonly string[] = [
   `CREATE TABLE counter_slots (
@@ -39,17 +48,23 @@ const MIGRATIONS: readonly string[] = [
    CREATE TABLE history_seen (key TEXT PRIMARY KEY) WITHOUT ROWID;`,
 ];
 
-/** Every this many charges (or records), expired slots (or minutes) of all keys are deleted. */
-const SWEEP_EVERY = 10_000;
-
 export interface CounterDatabase {
   readonly counters: CounterStore;
   readonly history: HistoryStore;
+  /** Writes what changed since the last flush (also done on a timer and at close). */
+  flush(): void;
   close(): void;
 }
 
-/** Opens (creating, mode 0600, and migrating if needed) `<dataDir>/counters.db` in WAL mode. */
-export function openCounterDatabase(dataDir: string, now: () => number = Date.now): CounterDatabase {
+/**
+ * Opens (creating, mode 0600, and migrating if needed) `<dataDir>/counters.db` in WAL mode, and
+ * loads what still counts. `onError` hears of a write behind that failed (it is tried again).
+ */
+export function openCounterDatabase(
+  dataDir: string,
+  now: () => number = Date.now,
+  onError: (err: unknown) => void = () => {},
+): CounterDatabase {
   mkdirSync(dataDir, { recursive: true, mode: 0o700 });
   const file = join(dataDir, COUNTERS_FILE);
   // Created 0600 before SQLite opens it: its -wal and -shm files take the same mode.
@@ -62,7 +77,7 @@ export function openCounterDatabase(dataDir: string, now: () => number = Date.no
   const db = new Database(file);
   db.pragma('busy_timeout = 5000');
   db.pragma('journal_mode = WAL');
-  // A crash of the process loses nothing; a power cut may lose the last commits, like approvals.db.
+  // A crash of the process loses nothing written; a power cut may lose the last commits, like approvals.db.
   db.pragma('synchronous = NORMAL');
   const current = db.pragma('user_version', { simple: true }) as number;
   if (current > MIGRATIONS.length) {
@@ -75,69 +90,93 @@ export function openCounterDatabase(dataDir: string, now: () => number = Date.no
   })();
 
   const s = {
-    slots: db.prepare<[string, number], CounterSlot>('SELECT slot, last_at AS last, used FROM counter_slots WHERE key = ? AND window_ms = ? ORDER BY slot'),
-    expire: db.prepare<[string, number, number]>('DELETE FROM counter_slots WHERE key = ? AND window_ms = ? AND last_at < ?'),
-    charge: db.prepare<[string, number, number, number, number]>(
-      `INSERT INTO counter_slots (key, window_ms, slot, last_at, used) VALUES (?, ?, ?, ?, ?)
-       ON CONFLICT (key, window_ms, slot) DO UPDATE SET last_at = max(last_at, excluded.last_at), used = used + excluded.used`,
+    allSlots: db.prepare<[], { key: string; windowMs: number; slot: number; last: number; used: number }>(
+      'SELECT key, window_ms AS windowMs, slot, last_at AS last, used FROM counter_slots ORDER BY key, window_ms, slot',
     ),
-    sweepSlots: db.prepare<[number]>('DELETE FROM counter_slots WHERE last_at + window_ms < ?'),
-    call: db.prepare<[string, number]>('INSERT INTO history_calls (key, minute, calls) VALUES (?, ?, 1) ON CONFLICT (key, minute) DO UPDATE SET calls = calls + 1'),
+    allCalls: db.prepare<[number], MinuteCalls>('SELECT key, minute, calls FROM history_calls WHERE minute >= ?'),
+    allSeen: db.prepare<[], { key: string }>('SELECT key FROM history_seen'),
+    clearCounter: db.prepare<[string, number]>('DELETE FROM counter_slots WHERE key = ? AND window_ms = ?'),
+    putSlot: db.prepare<[string, number, number, number, number]>('INSERT INTO counter_slots (key, window_ms, slot, last_at, used) VALUES (?, ?, ?, ?, ?)'),
+    putCalls: db.prepare<[string, number, number]>(
+      'INSERT INTO history_calls (key, minute, calls) VALUES (?, ?, ?) ON CONFLICT (key, minute) DO UPDATE SET calls = excluded.calls',
+    ),
     see: db.prepare<[string]>('INSERT OR IGNORE INTO history_seen (key) VALUES (?)'),
-    calls: db.prepare<[number, string, number], { hour: number; day: number }>(
-      `SELECT coalesce(sum(CASE WHEN minute >= ? THEN calls ELSE 0 END), 0) AS hour, coalesce(sum(calls), 0) AS day
-       FROM history_calls WHERE key = ? AND minute >= ?`,
-    ),
-    seen: db.prepare<[string], { one: number }>('SELECT 1 AS one FROM history_seen WHERE key = ?'),
+    sweepSlots: db.prepare<[number]>('DELETE FROM counter_slots WHERE last_at + window_ms < ?'),
     sweepCalls: db.prepare<[number]>('DELETE FROM history_calls WHERE minute < ?'),
   };
   const sweep = (at: number): void => {
     s.sweepSlots.run(at);
     s.sweepCalls.run(historyMinutes(at).day);
   };
-  sweep(now());
+  const opened = now();
+  sweep(opened);
 
-  // IMMEDIATE: the check and the charge hold the write lock together, so even a second process on
-  // the same file could not slip a charge in between.
-  const consume = db.transaction((charges: readonly CounterCharge[], at: number) => {
-    const live: CounterSlot[][] = [];
-    for (const [i, c] of charges.entries()) {
-      const all = s.slots.all(c.key, c.windowMs);
-      const slots = liveSlots(all, c.windowMs, at);
-      if (slots.length < all.length) s.expire.run(c.key, c.windowMs, at - c.windowMs);
-      const retryAfterMs = refusal(slots, c, at);
-      if (retryAfterMs !== undefined) return { ok: false as const, index: i, retryAfterMs };
-      live.push(slots);
+  const initial = new Map<string, { key: string; windowMs: number; slots: CounterSlot[] }>();
+  for (const row of s.allSlots.iterate()) {
+    const id = `${row.windowMs} ${row.key}`;
+    let c = initial.get(id);
+    if (c === undefined) initial.set(id, (c = { key: row.key, windowMs: row.windowMs, slots: [] }));
+    c.slots.push({ slot: row.slot, last: row.last, used: row.used });
+  }
+  for (const c of initial.values()) c.slots = liveSlots(c.slots, c.windowMs, opened);
+
+  // What changed since the last flush: the latest state of each counter and minute, and new keys.
+  let counterChanges = new Map<string, CounterState>();
+  let callChanges = new Map<string, MinuteCalls>();
+  let firstUses: string[] = [];
+  const counters = memoryCounterStore({
+    initial: initial.values(),
+    changed: (c) => void counterChanges.set(`${c.windowMs} ${c.key}`, c),
+  });
+  const history = memoryHistoryStore({
+    initial: { calls: s.allCalls.all(historyMinutes(opened).day), seen: s.allSeen.all().map((r) => r.key) },
+    changed: (c, first) => {
+      callChanges.set(`${c.minute} ${c.key}`, c);
+      if (first) firstUses.push(c.key);
+    },
+  });
+
+  let flushes = 0;
+  const write = db.transaction((cs: Iterable<CounterState>, calls: Iterable<MinuteCalls>, seen: readonly string[]) => {
+    for (const c of cs) {
+      s.clearCounter.run(c.key, c.windowMs);
+      for (const slot of c.slots) s.putSlot.run(c.key, c.windowMs, slot.slot, slot.last, slot.used);
     }
-    for (const [i, c] of charges.entries()) s.charge.run(c.key, c.windowMs, slotFor(live[i] as CounterSlot[], c.windowMs, at), at, c.cost);
-    return { ok: true as const };
+    for (const c of calls) s.putCalls.run(c.key, c.minute, c.calls);
+    for (const key of seen) s.see.run(key);
+    if (++flushes % 1_000 === 0) sweep(now());
   });
-  const record = db.transaction((key: string, minute: number) => {
-    s.call.run(key, minute);
-    s.see.run(key);
-  });
+  const flush = (): void => {
+    if (counterChanges.size === 0 && callChanges.size === 0 && firstUses.length === 0) return;
+    // Cleared only once written: a failed write is tried again with what arrives meanwhile.
+    write(counterChanges.values(), callChanges.values(), firstUses);
+    counterChanges = new Map();
+    callChanges = new Map();
+    firstUses = [];
+  };
+  const timer = setInterval(() => {
+    try {
+      flush();
+    } catch (err) {
+      onError(err);
+    }
+  }, FLUSH_MS);
+  timer.unref();
 
-  let charges = 0;
-  let records = 0;
+  let closed = false;
   return {
-    counters: {
-      tryConsume(list, at) {
-        if (++charges % SWEEP_EVERY === 0) s.sweepSlots.run(at);
-        return consume.immediate(list, at);
-      },
+    counters,
+    history,
+    flush,
+    close() {
+      if (closed) return;
+      closed = true;
+      clearInterval(timer);
+      try {
+        flush();
+      } finally {
+        db.close();
+      }
     },
-    history: {
-      record(key, at) {
-        const { minute } = historyMinutes(at);
-        if (++records % SWEEP_EVERY === 0) s.sweepCalls.run(minute - DAY_MINUTES);
-        record(key, minute);
-      },
-      summary(key, at) {
-        const { hour, day } = historyMinutes(at);
-        const r = s.calls.get(hour, key, day) as { hour: number; day: number };
-        return { calls_last_hour: BigInt(r.hour), calls_last_day: BigInt(r.day), first_use: s.seen.get(key) === undefined };
-      },
-    },
-    close: () => db.close(),
   };
 }

@@ -76,21 +76,37 @@ export function slotFor(live: readonly CounterSlot[], windowMs: number, now: num
   return newest === undefined ? slot : Math.max(slot, newest.slot);
 }
 
-/** In-process counters (policy tests, the CLI); atomic because the event loop runs one call at a time. */
-export function memoryCounterStore(): CounterStore {
-  const counters = new Map<string, CounterSlot[]>();
-  let calls = 0;
+/** One counter as a store holds it: its slots, oldest first (none: nothing left to count). */
+export interface CounterState {
+  readonly key: string;
+  readonly windowMs: number;
+  readonly slots: readonly CounterSlot[];
+}
+
+export interface MemoryCounterOptions {
+  /** Counters to start from (those kept in counters.db). */
+  readonly initial?: Iterable<CounterState>;
+  /** Told of every counter a charge changed, as it now is, so that it can be written behind. */
+  readonly changed?: (state: CounterState) => void;
+}
+
+/**
+ * In-process counters: atomic because the event loop runs one call at a time. Alone they serve
+ * policy tests and the CLI; with `initial` and `changed`, counters.db keeps them across restarts.
+ */
+export function memoryCounterStore(options: MemoryCounterOptions = {}): CounterStore {
+  const counters = new Map<string, CounterState>();
   // The window is part of a counter's identity: a reload may change it under the same key.
-  const id = (c: CounterCharge): string => `${c.windowMs} ${c.key}`;
+  const id = (key: string, windowMs: number): string => `${windowMs} ${key}`;
+  for (const c of options.initial ?? []) counters.set(id(c.key, c.windowMs), c);
+  const changed = options.changed;
+  let calls = 0;
   return {
     tryConsume(charges, now) {
       if (++calls % 10_000 === 0) {
-        for (const [k, slots] of counters) {
-          const windowMs = Number(k.slice(0, k.indexOf(' ')));
-          if (liveSlots(slots, windowMs, now).length === 0) counters.delete(k);
-        }
+        for (const [k, c] of counters) if (liveSlots(c.slots, c.windowMs, now).length === 0) counters.delete(k);
       }
-      const live = charges.map((c) => liveSlots(counters.get(id(c)) ?? [], c.windowMs, now));
+      const live = charges.map((c) => liveSlots(counters.get(id(c.key, c.windowMs))?.slots ?? [], c.windowMs, now));
       for (const [i, c] of charges.entries()) {
         const retryAfterMs = refusal(live[i] as CounterSlot[], c, now);
         if (retryAfterMs !== undefined) return { ok: false, index: i, retryAfterMs };
@@ -101,7 +117,9 @@ export function memoryCounterStore(): CounterStore {
         const newest = slots.at(-1);
         if (newest?.slot === slot) slots[slots.length - 1] = { slot, last: Math.max(newest.last, now), used: newest.used + c.cost };
         else slots.push({ slot, last: now, used: c.cost });
-        counters.set(id(c), slots);
+        const state: CounterState = { key: c.key, windowMs: c.windowMs, slots };
+        counters.set(id(c.key, c.windowMs), state);
+        changed?.(state);
       }
       return { ok: true };
     },
@@ -135,10 +153,31 @@ export function historyMinutes(now: number): { minute: number; hour: number; day
   return { minute, hour: minute - HOUR_MINUTES, day: minute - DAY_MINUTES };
 }
 
+/** Calls of one key in one minute. */
+export interface MinuteCalls {
+  readonly key: string;
+  readonly minute: number;
+  readonly calls: number;
+}
+
+export interface MemoryHistoryOptions {
+  /** Calls and seen keys to start from (those kept in counters.db). */
+  readonly initial?: { readonly calls: Iterable<MinuteCalls>; readonly seen: Iterable<string> };
+  /** Told of every minute a record changed, with its count now, and whether the key is new. */
+  readonly changed?: (calls: MinuteCalls, firstUse: boolean) => void;
+}
+
 /** Recent calls per key, in minutes for a day, plus whether the key was ever seen. */
-export function memoryHistoryStore(): HistoryStore {
+export function memoryHistoryStore(options: MemoryHistoryOptions = {}): HistoryStore {
   const calls = new Map<string, { minute: number; calls: number }[]>();
-  const seen = new Set<string>();
+  const seen = new Set<string>(options.initial?.seen ?? []);
+  for (const c of options.initial?.calls ?? []) {
+    const list = calls.get(c.key) ?? [];
+    list.push({ minute: c.minute, calls: c.calls });
+    calls.set(c.key, list);
+  }
+  for (const list of calls.values()) list.sort((a, b) => a.minute - b.minute);
+  const changed = options.changed;
   const recent = (key: string, day: number): { minute: number; calls: number }[] => {
     const list = calls.get(key) ?? [];
     let drop = 0;
@@ -153,13 +192,15 @@ export function memoryHistoryStore(): HistoryStore {
         const { day } = historyMinutes(now);
         for (const [k, list] of calls) if ((list.at(-1)?.minute ?? day - 1) < day) calls.delete(k);
       }
+      const first = !seen.has(key);
       seen.add(key);
       const { minute, day } = historyMinutes(now);
       const list = recent(key, day);
-      const newest = list.at(-1);
+      let newest = list.at(-1);
       if (newest !== undefined && newest.minute >= minute) newest.calls++;
-      else list.push({ minute, calls: 1 });
+      else list.push((newest = { minute, calls: 1 }));
       calls.set(key, list);
+      changed?.({ key, minute: newest.minute, calls: newest.calls }, first);
     },
     summary(key, now) {
       const { hour, day } = historyMinutes(now);

@@ -164,6 +164,32 @@ describe('counters.db', () => {
     }
   });
 
+  it('writes behind: a flush (the timer, or close) makes charges and history survive a crash of the process', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'valet-counters-'));
+    dirs.push(dir);
+    const first = sqlite(dir);
+    const spend = { key: 'b', windowMs: 86_400_000, limit: 1000, cost: 600 };
+    expect(first.counters.tryConsume([spend], 5_000).ok).toBe(true);
+    first.history.record('h', 5_000);
+    const rows = (): unknown => {
+      const raw = new Database(join(dir, COUNTERS_FILE), { readonly: true });
+      try {
+        return raw.prepare('SELECT (SELECT count(*) FROM counter_slots) AS slots, (SELECT count(*) FROM history_calls) AS calls').get();
+      } finally {
+        raw.close();
+      }
+    };
+    // Nothing on disk until the write behind: the request path never waits for SQLite.
+    expect(rows()).toEqual({ slots: 0, calls: 0 });
+    first.flush();
+    expect(rows()).toEqual({ slots: 1, calls: 1 });
+    // The first store is never closed (a crash); a new process opens the file and sees the charge.
+    const again = openCounterDatabase(dir, () => 6_000);
+    opened.push(again);
+    expect(again.counters.tryConsume([spend], 6_000)).toMatchObject({ ok: false });
+    expect(again.history.summary('h', 6_000)).toEqual({ calls_last_hour: 1n, calls_last_day: 1n, first_use: false });
+  });
+
   it('prunes what can no longer count when it opens', () => {
     const dir = mkdtempSync(join(tmpdir(), 'valet-counters-'));
     dirs.push(dir);
