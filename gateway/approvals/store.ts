@@ -1,7 +1,5 @@
-import { join } from 'node:path';
-import Database from 'better-sqlite3';
 import type { ApprovalMode, ApprovalRecord, ApprovalStatus } from './types.js';
-import { privateDir, privateFile } from '../private-files.js';
+import { openPrivateDatabase } from '../sqlite.js';
 
 /**
  * Approvals live in their own SQLite file, `<data>/approvals.db`, beside the audit log (`valet.db`)
@@ -164,22 +162,7 @@ export interface ApprovalStore {
 
 /** Opens (creating and migrating if needed) `<dataDir>/approvals.db` in WAL mode. */
 export function openApprovalStore(dataDir: string): ApprovalStore {
-  privateDir(dataDir);
-  const file = join(dataDir, APPROVALS_FILE);
-  privateFile(file);
-  const db = new Database(file);
-  db.pragma('busy_timeout = 5000');
-  db.pragma('journal_mode = WAL');
-  db.pragma('synchronous = NORMAL');
-  const current = db.pragma('user_version', { simple: true }) as number;
-  if (current > MIGRATIONS.length) {
-    db.close();
-    throw new Error(`${file} has schema version ${current}, newer than this Valet knows (${MIGRATIONS.length})`);
-  }
-  db.transaction(() => {
-    for (let v = current; v < MIGRATIONS.length; v++) db.exec(MIGRATIONS[v] as string);
-    db.pragma(`user_version = ${MIGRATIONS.length}`);
-  })();
+  const db = openPrivateDatabase(dataDir, APPROVALS_FILE, MIGRATIONS);
 
   const s = {
     insert: db.prepare(`INSERT INTO approvals

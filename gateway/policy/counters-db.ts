@@ -1,6 +1,4 @@
-import { chmodSync, closeSync, mkdirSync, openSync } from 'node:fs';
-import { join } from 'node:path';
-import Database from 'better-sqlite3';
+import { openPrivateDatabase } from '../sqlite.js';
 import {
   historyMinutes,
   liveSlots,
@@ -57,7 +55,7 @@ export interface CounterDatabase {
 }
 
 /**
- * Opens (creating, mode 0600, and migrating if needed) `<dataDir>/counters.db` in WAL mode, and
+ * Opens (creating and migrating if needed) `<dataDir>/counters.db`, and
  * loads what still counts. `onError` hears of a write behind that failed (it is tried again).
  */
 export function openCounterDatabase(
@@ -65,29 +63,7 @@ export function openCounterDatabase(
   now: () => number = Date.now,
   onError: (err: unknown) => void = () => {},
 ): CounterDatabase {
-  mkdirSync(dataDir, { recursive: true, mode: 0o700 });
-  const file = join(dataDir, COUNTERS_FILE);
-  // Created 0600 before SQLite opens it: its -wal and -shm files take the same mode.
-  closeSync(openSync(file, 'a', 0o600));
-  try {
-    chmodSync(file, 0o600);
-  } catch {
-    // not ours to change (a mounted file); SQLite still works
-  }
-  const db = new Database(file);
-  db.pragma('busy_timeout = 5000');
-  db.pragma('journal_mode = WAL');
-  // A crash of the process loses nothing written; a power cut may lose the last commits, like approvals.db.
-  db.pragma('synchronous = NORMAL');
-  const current = db.pragma('user_version', { simple: true }) as number;
-  if (current > MIGRATIONS.length) {
-    db.close();
-    throw new Error(`${file} has schema version ${current}, newer than this Valet knows (${MIGRATIONS.length})`);
-  }
-  db.transaction(() => {
-    for (let v = current; v < MIGRATIONS.length; v++) db.exec(MIGRATIONS[v] as string);
-    db.pragma(`user_version = ${MIGRATIONS.length}`);
-  })();
+  const db = openPrivateDatabase(dataDir, COUNTERS_FILE, MIGRATIONS);
 
   const s = {
     allSlots: db.prepare<[], { key: string; windowMs: number; slot: number; last: number; used: number }>(

@@ -3,7 +3,7 @@ import Database from 'better-sqlite3';
 import { ValetError } from '../errors.js';
 import { keyMatches, open, seal, type MasterKey, type Sealed } from './crypto.js';
 import { SECRET_NAME, UNSAFE_VALUE, type NamedSecretSource } from './source.js';
-import { privateDir, privateFile } from '../private-files.js';
+import { openPrivateDatabase } from '../sqlite.js';
 
 /**
  * The encrypted secret store: upstream credentials at rest in SQLite, each version sealed with
@@ -131,24 +131,9 @@ interface ByName {
 
 /** Opens (creating and migrating if needed) `<dataDir>/secrets.db`. Verifies `key` if one is given. */
 export function openSecretStore(dataDir: string, options: SecretStoreOptions = {}): SecretStore {
-  privateDir(dataDir);
   const file = join(dataDir, SECRETS_FILE);
-  privateFile(file);
-  const db = new Database(file);
+  const db = openPrivateDatabase(dataDir, SECRETS_FILE, MIGRATIONS, options.busyTimeoutMs);
   try {
-    db.pragma(`busy_timeout = ${options.busyTimeoutMs ?? 5_000}`);
-    db.pragma('journal_mode = WAL');
-    db.pragma('synchronous = NORMAL');
-    const current = db.pragma('user_version', { simple: true }) as number;
-    if (current > MIGRATIONS.length) {
-      throw new ValetError('VALET_ERR_CONFIG', `${file} was written by a newer Valet (schema ${current}); upgrade Valet`);
-    }
-    if (current < MIGRATIONS.length) {
-      db.transaction(() => {
-        for (let v = current; v < MIGRATIONS.length; v++) db.exec(MIGRATIONS[v] as string);
-        db.pragma(`user_version = ${MIGRATIONS.length}`);
-      }).immediate();
-    }
     const store = new SecretStore(db, file, options);
     if (options.key) store.verifyKey(options.key);
     return store;
