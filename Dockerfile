@@ -1,10 +1,10 @@
 # syntax=docker/dockerfile:1
 #
 # Valet gateway image (production by default; see README, "Docker").
-#   sh scripts/docker-secrets.sh          # ./secrets/valet_master_key, ./secrets/valet_signing_key
 #   docker build -t valet .
-#   docker run --rm --init -p 127.0.0.1:8080:8080 -p 127.0.0.1:8081:8081 --env-file .env \
-#     -v "$PWD/secrets:/run/secrets:ro" -v valet-data:/data valet
+#   docker run --rm -v valet-keys:/keys valet node dist/gateway/cli/main.js keys init --dir /keys
+#   docker run --rm -p 127.0.0.1:8080:8080 -p 127.0.0.1:8081:8081 --env-file .env \
+#     -v valet-keys:/run/secrets:ro -v valet-data:/data valet
 #
 # Three stages:
 #   build  - all dependencies (no install scripts needed: tsc only reads type definitions), then
@@ -55,8 +55,9 @@ RUN apt-get update \
  && apt-get install -y --no-install-recommends tini \
  && rm -rf /var/lib/apt/lists/*
 # Production by default: Valet then refuses generated, published, example and low-entropy keys
-# and a master key kept inside /data. Keys come from Docker secrets (docker-compose.yml), never
-# from the image or the repository; run scripts/docker-secrets.sh once to create them.
+# and a master key kept inside /data. Keys come from files outside /data (Docker secrets, or the
+# valet-keys volume `valet keys init` fills on first start in docker-compose.yml), never from the
+# image or the repository.
 # The admin plane listens on 0.0.0.0 inside the container; publish it on the host's loopback only.
 ENV NODE_ENV=production \
     VALET_ENV=production \
@@ -76,9 +77,10 @@ COPY --from=build /app/dist ./dist
 # The example configuration; mount your own directory over /etc/valet.
 COPY policies /etc/valet
 # /data holds the audit database, the secret store and generated per-install keys (approval link
-# key); never the master key. Created here, owned by `node`, mode 0700, so a fresh named volume
-# mounted on it inherits both; Valet keeps every file in it 0600.
-RUN mkdir -p /data && chown node:node /data && chmod 0700 /data
+# key); never the master key. /keys is where `valet keys init --dir /keys` writes the master and
+# signing keys into a volume of their own. Both are created here, owned by `node`, mode 0700, so a
+# fresh named volume mounted on either inherits both; Valet keeps every file in them 0600.
+RUN mkdir -p /data /keys && chown node:node /data /keys && chmod 0700 /data /keys
 VOLUME ["/data"]
 USER node
 EXPOSE 8080 8081

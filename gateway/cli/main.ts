@@ -12,6 +12,7 @@ import { findDeadRules, findScopeProblems } from '../policy/lint.js';
 import { explainScenario, outcomeOf, runPolicyTests } from '../policy/testing.js';
 import { approvalsCommand, APPROVALS_USAGE } from './approvals.js';
 import { auditCommand, AUDIT_USAGE } from './audit.js';
+import { keysCommand, KEYS_USAGE } from './keys.js';
 import { secretsCommand, SECRETS_USAGE } from './secrets.js';
 import { UsageError } from './usage.js';
 
@@ -30,6 +31,7 @@ ${AUDIT_USAGE}
   (policy tools run under the gateway's environment as start does: --env / --gateway-env, else VALET_ENV,
    else gateway.environment; explain's --env is the agent's env claim)
 ${SECRETS_USAGE}
+${KEYS_USAGE}
 ${APPROVALS_USAGE}
 
 Environment: VALET_CONFIG (./policies), VALET_DATA (./data), VALET_PORT, VALET_ADMIN_PORT, VALET_HOST, VALET_ADMIN_HOST, VALET_ENV,
@@ -266,7 +268,15 @@ async function policy(args: string[]): Promise<void> {
   throw new UsageError('valet policy check|test|explain');
 }
 
-const COMMANDS: Record<string, (args: string[]) => Promise<void>> = { start, token, audit: auditCommand, policy, secrets: secretsCommand, approvals: approvalsCommand };
+const COMMANDS: Record<string, (args: string[]) => Promise<void>> = {
+  start,
+  token,
+  audit: auditCommand,
+  policy,
+  secrets: secretsCommand,
+  approvals: approvalsCommand,
+  keys: keysCommand,
+};
 
 async function main(argv: string[]): Promise<void> {
   // Whatever a command creates (data files, keys, exports) is for this user only; the data

@@ -1,5 +1,5 @@
 import { randomBytes } from 'node:crypto';
-import { chmodSync, cpSync, mkdirSync, mkdtempSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { chmodSync, cpSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Writable } from 'node:stream';
@@ -7,7 +7,8 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { stringify } from 'yaml';
 import { ValetError } from '../../gateway/errors.js';
 import { startGateway } from '../../gateway/main.js';
-import { runCli } from '../helpers/cli.js';
+import { request } from 'undici';
+import { runCli, spawnCli } from '../helpers/cli.js';
 import { DEV_SIGNING_KEY, devIssuer, startTestGateway } from '../helpers/gateway.js';
 import { startFakeUpstream, type FakeUpstream } from '../helpers/upstream.js';
 import { send, STRIPE_SECRET, stripeUpstream } from './policy-support.js';
@@ -189,5 +190,66 @@ describe('data directory modes', () => {
     for (const [path, mode] of Object.entries(after)) expect({ path, mode }).toEqual({ path, mode: statSync(join(data, path)).isDirectory() ? '700' : '600' });
     expect((statSync(data).mode & 0o777).toString(8)).toBe('700');
     rmSync(root, { recursive: true, force: true });
+  });
+});
+
+describe('valet keys init: per-install keys on first run, then a production start from them', () => {
+  let root: string;
+  beforeAll(() => {
+    root = mkdtempSync(join(tmpdir(), 'valet-keys-'));
+    cpSync('policies', join(root, 'policies'), { recursive: true });
+  });
+  afterAll(() => rmSync(root, { recursive: true, force: true }));
+
+  it('creates two random 0600 keys in a 0700 directory once, keeps them on the next run, and production starts with them', async () => {
+    const keys = join(root, 'keys');
+    const first = await runCli(['keys', 'init', '--dir', keys]);
+    expect(first.code).toBe(0);
+    expect(first.stdout).toBe(`created ${join(keys, 'valet_master_key')}\ncreated ${join(keys, 'valet_signing_key')}\n`);
+    const master = readFileSync(join(keys, 'valet_master_key'), 'utf8');
+    const signing = readFileSync(join(keys, 'valet_signing_key'), 'utf8');
+    expect(Buffer.from(master.trim(), 'base64')).toHaveLength(32);
+    expect(master).not.toBe(signing);
+    expect(statSync(keys).mode & 0o777).toBe(0o700);
+    for (const f of readdirSync(keys)) expect(statSync(join(keys, f)).mode & 0o777).toBe(0o600);
+
+    const again = await runCli(['keys', 'init', '--dir', keys]);
+    expect(again.stdout).toBe(`kept    ${join(keys, 'valet_master_key')}\nkept    ${join(keys, 'valet_signing_key')}\n`);
+    expect(readFileSync(join(keys, 'valet_master_key'), 'utf8')).toBe(master);
+    expect(readdirSync(keys).sort()).toEqual(['valet_master_key', 'valet_signing_key']);
+
+    // What the container does: production, keys from their own directory, data elsewhere.
+    const env = {
+      VALET_CONFIG: join(root, 'policies'),
+      VALET_DATA: join(root, 'data'),
+      VALET_ENV: 'production',
+      VALET_MASTER_KEY_FILE: join(keys, 'valet_master_key'),
+      VALET_DEV_SIGNING_KEY_FILE: join(keys, 'valet_signing_key'),
+      VALET_PORT: '0',
+      VALET_ADMIN_PORT: '0',
+      ECHO_API_KEY: 'echo-upstream-credential',
+    };
+    const minted = await runCli(['token', '--agent', 'demo', '--tenant', 'acme'], { env });
+    expect(minted.code).toBe(0);
+    const child = spawnCli(['start'], { env });
+    try {
+      const port = await new Promise<number>((resolve, reject) => {
+        let out = '';
+        child.stdout?.on('data', (c: Buffer) => {
+          out += c.toString();
+          const m = /"msg":"valet listening"/.test(out) ? /"port":(\d+)/.exec(out) : null;
+          if (m) resolve(Number(m[1]));
+        });
+        child.once('exit', (code) => reject(new Error(`gateway exited ${code}`)));
+      });
+      child.stderr?.resume();
+      // The minted token verifies: a policy answer (403 on an admin path), not a 401.
+      const res = await request(`http://127.0.0.1:${port}/echo/admin/users`, { headers: { authorization: `Bearer ${minted.stdout.trim()}` } });
+      expect(res.statusCode).toBe(403);
+      expect(((await res.body.json()) as { error: { code: string } }).error.code).toBe('VALET_ERR_POLICY_DENIED');
+    } finally {
+      child.kill('SIGTERM');
+      await new Promise((r) => child.once('exit', r));
+    }
   });
 });

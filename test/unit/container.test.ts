@@ -5,6 +5,9 @@ import { refuseWeakKey } from '../../gateway/secrets/variable.js';
 
 /** The container flow is production-like by default: checked on the files, Docker is not needed. */
 interface Service {
+  command?: string[];
+  volumes?: string[];
+  depends_on?: Record<string, { condition?: string }>;
   ports?: string[];
   init?: boolean;
   environment?: Record<string, string>;
@@ -38,14 +41,20 @@ describe('docker-compose.yml', () => {
     expect(test[3]).toContain('http://127.0.0.1:8081/readyz');
   });
 
-  it('takes the master key and the signing key from Docker secrets, outside the data volume, never from .env', () => {
-    expect(valet.secrets).toEqual(expect.arrayContaining(['valet_master_key', 'valet_signing_key']));
-    expect(compose.secrets?.['valet_master_key']?.file).toBe('./secrets/valet_master_key');
+  it('creates per-install keys on first start, in a volume of their own, and never reads keys from .env', () => {
+    const keys = compose.services['keys'] as Service;
+    expect(keys.command).toEqual(['node', 'dist/gateway/cli/main.js', 'keys', 'init', '--dir', '/keys']);
+    expect(keys.volumes).toEqual(['valet-keys:/keys']);
+    expect(valet.depends_on?.['keys']?.condition).toBe('service_completed_successfully');
+    expect(valet.volumes).toContain('valet-keys:/run/valet-keys:ro');
     expect(valet.environment).toMatchObject({
-      VALET_MASTER_KEY_FILE: '/run/secrets/valet_master_key',
-      VALET_DEV_SIGNING_KEY_FILE: '/run/secrets/valet_signing_key',
+      VALET_MASTER_KEY_FILE: '/run/valet-keys/valet_master_key',
+      VALET_DEV_SIGNING_KEY_FILE: '/run/valet-keys/valet_signing_key',
     });
-    expect(valet.environment?.['VALET_MASTER_KEY_FILE']?.startsWith(valet.environment?.['VALET_DATA'] ?? '/data')).toBe(false);
+    // The key volume is not the data volume, nor mounted inside it.
+    const dataMount = (valet.volumes ?? []).find((v) => v.startsWith('valet-data:'))?.split(':')[1] ?? '/data';
+    expect(valet.environment?.['VALET_DATA']).toBe(dataMount);
+    expect(valet.environment?.['VALET_MASTER_KEY_FILE']?.startsWith(`${dataMount}/`)).toBe(false);
     expect(readFileSync('secrets.example', 'utf8')).not.toMatch(/^\s*VALET_[A-Z_]*(KEY|SECRET)\s*=/m);
   });
 });
@@ -55,6 +64,8 @@ describe('Dockerfile', () => {
     for (const env of ['NODE_ENV=production', 'VALET_ENV=production', 'VALET_ADMIN_HOST=0.0.0.0', 'VALET_MASTER_KEY_FILE=/run/secrets/valet_master_key']) {
       expect(finalStage).toContain(env);
     }
+    // The mount points a fresh named volume takes its owner and mode from.
+    expect(finalStage).toMatch(/^RUN mkdir -p \/data \/keys && chown node:node \/data \/keys && chmod 0700 \/data \/keys$/m);
   });
 
   it('runs node under tini, with a node-only healthcheck on /readyz', () => {

@@ -50,6 +50,7 @@ const COMMAND_FILES: Record<string, string> = {
   audit: 'audit.ts',
   secrets: 'secrets.ts',
   approvals: 'approvals.ts',
+  keys: 'keys.ts',
 };
 
 /** Option keys declared for node:util parseArgs in a source text: `name: { type: ... }` or `'two-words': { type: ... }`. */
