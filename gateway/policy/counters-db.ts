@@ -4,6 +4,7 @@ import {
   liveSlots,
   memoryCounterStore,
   memoryHistoryStore,
+  SEEN_MINUTES,
   type CounterSlot,
   type CounterState,
   type CounterStore,
@@ -43,7 +44,7 @@ const MIGRATIONS: readonly string[] = [
      calls  INTEGER NOT NULL,
      PRIMARY KEY (key, minute)
    ) WITHOUT ROWID;
-   CREATE TABLE history_seen (key TEXT PRIMARY KEY) WITHOUT ROWID;`,
+   CREATE TABLE history_seen (key TEXT PRIMARY KEY, minute INTEGER NOT NULL) WITHOUT ROWID;`,
 ];
 
 export interface CounterDatabase {
@@ -70,19 +71,24 @@ export function openCounterDatabase(
       'SELECT key, window_ms AS windowMs, slot, last_at AS last, used FROM counter_slots ORDER BY key, window_ms, slot',
     ),
     allCalls: db.prepare<[number], MinuteCalls>('SELECT key, minute, calls FROM history_calls WHERE minute >= ?'),
-    allSeen: db.prepare<[], { key: string }>('SELECT key FROM history_seen'),
+    allSeen: db.prepare<[], { key: string; minute: number }>('SELECT key, minute FROM history_seen'),
     clearCounter: db.prepare<[string, number]>('DELETE FROM counter_slots WHERE key = ? AND window_ms = ?'),
     putSlot: db.prepare<[string, number, number, number, number]>('INSERT INTO counter_slots (key, window_ms, slot, last_at, used) VALUES (?, ?, ?, ?, ?)'),
     putCalls: db.prepare<[string, number, number]>(
       'INSERT INTO history_calls (key, minute, calls) VALUES (?, ?, ?) ON CONFLICT (key, minute) DO UPDATE SET calls = excluded.calls',
     ),
-    see: db.prepare<[string]>('INSERT OR IGNORE INTO history_seen (key) VALUES (?)'),
+    see: db.prepare<[string, number]>(
+      'INSERT INTO history_seen (key, minute) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET minute = max(minute, excluded.minute)',
+    ),
     sweepSlots: db.prepare<[number]>('DELETE FROM counter_slots WHERE last_at + window_ms < ?'),
     sweepCalls: db.prepare<[number]>('DELETE FROM history_calls WHERE minute < ?'),
+    sweepSeen: db.prepare<[number]>('DELETE FROM history_seen WHERE minute < ?'),
   };
   const sweep = (at: number): void => {
     s.sweepSlots.run(at);
-    s.sweepCalls.run(historyMinutes(at).day);
+    const { minute, day } = historyMinutes(at);
+    s.sweepCalls.run(day);
+    s.sweepSeen.run(minute - SEEN_MINUTES);
   };
   const opened = now();
   sweep(opened);
@@ -96,39 +102,36 @@ export function openCounterDatabase(
   }
   for (const c of initial.values()) c.slots = liveSlots(c.slots, c.windowMs, opened);
 
-  // What changed since the last flush: the latest state of each counter and minute, and new keys.
+  // What changed since the last flush: the latest state of each counter and of each minute's calls.
   let counterChanges = new Map<string, CounterState>();
   let callChanges = new Map<string, MinuteCalls>();
-  let firstUses: string[] = [];
   const counters = memoryCounterStore({
     initial: initial.values(),
     changed: (c) => void counterChanges.set(`${c.windowMs} ${c.key}`, c),
   });
   const history = memoryHistoryStore({
-    initial: { calls: s.allCalls.all(historyMinutes(opened).day), seen: s.allSeen.all().map((r) => r.key) },
-    changed: (c, first) => {
-      callChanges.set(`${c.minute} ${c.key}`, c);
-      if (first) firstUses.push(c.key);
-    },
+    initial: { calls: s.allCalls.all(historyMinutes(opened).day), seen: s.allSeen.iterate() },
+    changed: (c) => void callChanges.set(`${c.minute} ${c.key}`, c),
   });
 
   let flushes = 0;
-  const write = db.transaction((cs: Iterable<CounterState>, calls: Iterable<MinuteCalls>, seen: readonly string[]) => {
+  const write = db.transaction((cs: Iterable<CounterState>, calls: Iterable<MinuteCalls>) => {
     for (const c of cs) {
       s.clearCounter.run(c.key, c.windowMs);
       for (const slot of c.slots) s.putSlot.run(c.key, c.windowMs, slot.slot, slot.last, slot.used);
     }
-    for (const c of calls) s.putCalls.run(c.key, c.minute, c.calls);
-    for (const key of seen) s.see.run(key);
+    for (const c of calls) {
+      s.putCalls.run(c.key, c.minute, c.calls);
+      s.see.run(c.key, c.minute);
+    }
     if (++flushes % 1_000 === 0) sweep(now());
   });
   const flush = (): void => {
-    if (counterChanges.size === 0 && callChanges.size === 0 && firstUses.length === 0) return;
+    if (counterChanges.size === 0 && callChanges.size === 0) return;
     // Cleared only once written: a failed write is tried again with what arrives meanwhile.
-    write(counterChanges.values(), callChanges.values(), firstUses);
+    write(counterChanges.values(), callChanges.values());
     counterChanges = new Map();
     callChanges = new Map();
-    firstUses = [];
   };
   const timer = setInterval(() => {
     try {

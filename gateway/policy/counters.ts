@@ -161,16 +161,23 @@ export interface MinuteCalls {
 }
 
 export interface MemoryHistoryOptions {
-  /** Calls and seen keys to start from (those kept in counters.db). */
-  readonly initial?: { readonly calls: Iterable<MinuteCalls>; readonly seen: Iterable<string> };
-  /** Told of every minute a record changed, with its count now, and whether the key is new. */
-  readonly changed?: (calls: MinuteCalls, firstUse: boolean) => void;
+  /** Calls and keys seen (with the last minute each was) to start from (those kept in counters.db). */
+  readonly initial?: { readonly calls: Iterable<MinuteCalls>; readonly seen: Iterable<{ readonly key: string; readonly minute: number }> };
+  /** Told of every minute a record changed, with its count now (its key was seen in that minute). */
+  readonly changed?: (calls: MinuteCalls) => void;
 }
 
-/** Recent calls per key, in minutes for a day, plus whether the key was ever seen. */
+/** How long a key is remembered as seen: `first_use` is true for a call not made for this long. */
+export const SEEN_DAYS = 90;
+export const SEEN_MINUTES = SEEN_DAYS * DAY_MINUTES;
+
+/** Recent calls per key, in minutes for a day, plus whether the key was seen in the last {@link SEEN_DAYS} days. */
 export function memoryHistoryStore(options: MemoryHistoryOptions = {}): HistoryStore {
   const calls = new Map<string, { minute: number; calls: number }[]>();
-  const seen = new Set<string>(options.initial?.seen ?? []);
+  // Key → the last minute it was seen. Bounded by time, not count: a route key per distinct path
+  // would otherwise grow for ever.
+  const seen = new Map<string, number>();
+  for (const s of options.initial?.seen ?? []) seen.set(s.key, s.minute);
   for (const c of options.initial?.calls ?? []) {
     const list = calls.get(c.key) ?? [];
     list.push({ minute: c.minute, calls: c.calls });
@@ -188,19 +195,18 @@ export function memoryHistoryStore(options: MemoryHistoryOptions = {}): HistoryS
   let records = 0;
   return {
     record(key, now) {
-      if (++records % 10_000 === 0) {
-        const { day } = historyMinutes(now);
-        for (const [k, list] of calls) if ((list.at(-1)?.minute ?? day - 1) < day) calls.delete(k);
-      }
-      const first = !seen.has(key);
-      seen.add(key);
       const { minute, day } = historyMinutes(now);
+      if (++records % 10_000 === 0) {
+        for (const [k, list] of calls) if ((list.at(-1)?.minute ?? day - 1) < day) calls.delete(k);
+        for (const [k, last] of seen) if (last < minute - SEEN_MINUTES) seen.delete(k);
+      }
+      seen.set(key, Math.max(minute, seen.get(key) ?? minute));
       const list = recent(key, day);
       let newest = list.at(-1);
       if (newest !== undefined && newest.minute >= minute) newest.calls++;
       else list.push((newest = { minute, calls: 1 }));
       calls.set(key, list);
-      changed?.({ key, minute: newest.minute, calls: newest.calls }, first);
+      changed?.({ key, minute: newest.minute, calls: newest.calls });
     },
     summary(key, now) {
       const { hour, day } = historyMinutes(now);
@@ -210,7 +216,8 @@ export function memoryHistoryStore(options: MemoryHistoryOptions = {}): HistoryS
         inDay += m.calls;
         if (m.minute >= hour) inHour += m.calls;
       }
-      return { calls_last_hour: BigInt(inHour), calls_last_day: BigInt(inDay), first_use: !seen.has(key) };
+      const last = seen.get(key);
+      return { calls_last_hour: BigInt(inHour), calls_last_day: BigInt(inDay), first_use: last === undefined || last < historyMinutes(now).minute - SEEN_MINUTES };
     },
   };
 }

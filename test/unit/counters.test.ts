@@ -140,6 +140,17 @@ describe.each(stores)('%s history store', (_name, make) => {
   });
 });
 
+describe.each(stores)('%s history store: first use', (_name, make) => {
+  it('remembers a key for 90 days after its last call, then forgets it (a route key per path cannot grow for ever)', () => {
+    const { history } = make();
+    const day = 86_400_000;
+    history.record('k', 0);
+    history.record('k', 30 * day);
+    expect(history.summary('k', 119 * day).first_use).toBe(false);
+    expect(history.summary('k', 121 * day).first_use).toBe(true);
+  });
+});
+
 describe('counters.db', () => {
   it('keeps counters and history across a reopen, in a 0600 WAL file', () => {
     const dir = mkdtempSync(join(tmpdir(), 'valet-counters-'));
