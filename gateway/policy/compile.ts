@@ -846,9 +846,15 @@ function literalPrefix(pattern: string, ignoreCase: boolean): string[] {
 }
 
 /** The history of this agent of this tenant with this tool (or route); JSON, like counter keys. */
+/** `[tenant, agent` of an identity, JSON-encoded once: identities come from the verified-token cache. */
+const historyPrefixes = new WeakMap<AgentIdentity, string>();
+
+/** The history key of a call: JSON `[tenant, agent, "tool", tool]` or `[tenant, agent, "route", upstream, method, path]`. */
 function historyKey(id: AgentIdentity, facts: RequestFacts): string {
-  const call = facts.tool === undefined ? ['route', facts.upstream, facts.method, facts.path] : ['tool', facts.tool];
-  return JSON.stringify([id.tenant ?? null, id.agent, ...call]);
+  let prefix = historyPrefixes.get(id);
+  if (prefix === undefined) historyPrefixes.set(id, (prefix = JSON.stringify([id.tenant ?? null, id.agent]).slice(0, -1)));
+  const call = facts.tool === undefined ? `"route",${JSON.stringify(facts.upstream)},${JSON.stringify(facts.method)},${JSON.stringify(facts.path)}` : `"tool",${JSON.stringify(facts.tool)}`;
+  return `${prefix},${call}]`;
 }
 
 const WEEKDAYS = ['Sun', 'Mon', 'Tue', 'Wed', 'Thu', 'Fri', 'Sat'];

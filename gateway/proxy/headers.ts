@@ -146,7 +146,12 @@ interface RequestFilter {
   readonly allowed: ReadonlySet<string>;
   /** With `forward_headers`: the only names forwarded (those the rules above would drop removed). */
   readonly only: ReadonlySet<string> | undefined;
+  /** Whether a lower-case name passes `drop`, the prefixes and `only`: remembered, agents send the same few names. */
+  readonly passes: Map<string, boolean>;
 }
+
+/** How many header names a filter remembers its verdict on; past that it still decides, uncached. */
+const VERDICTS_KEPT = 4_096;
 
 const filters = new WeakMap<UpstreamConfig, RequestFilter>();
 
@@ -162,7 +167,7 @@ function filterFor(upstream: UpstreamConfig): RequestFilter {
     const dropPrefix = [...VALET_OWNED_PREFIX, ...STEERING_PREFIX];
     const listed = upstream.forwardHeaders;
     const only = listed === undefined ? undefined : new Set(listed.filter((n) => !drop.has(n) && (allowed.has(n) || !dropPrefix.some((p) => n.startsWith(p)))));
-    filter = { drop, dropPrefix, allowed, only };
+    filter = { drop, dropPrefix, allowed, only, passes: new Map() };
     filters.set(upstream, filter);
   }
   return filter;
@@ -187,23 +192,33 @@ function connectionListed(values: readonly string[]): Set<string> {
  * see into a compressed body, and a secret split across two range requests would pass it in halves.
  */
 export function forwardableRequestHeaders(rawHeaders: readonly string[], upstream: UpstreamConfig, agentToken: string): HeaderList {
-  const { drop: fixed, dropPrefix, allowed, only } = filterFor(upstream);
-  let drop: ReadonlySet<string> = fixed;
-  const connection: string[] = [];
-  for (let i = 0; i < rawHeaders.length; i += 2) {
-    if ((rawHeaders[i] as string).toLowerCase() === 'connection') connection.push(rawHeaders[i + 1] as string);
-  }
-  if (connection.length > 0) drop = new Set([...fixed, ...connectionListed(connection)]);
-
-  const out: HeaderList = [];
+  const filter = filterFor(upstream);
+  const names: string[] = [];
+  let connection: string[] | undefined;
   for (let i = 0; i < rawHeaders.length; i += 2) {
     const name = (rawHeaders[i] as string).toLowerCase();
-    const value = rawHeaders[i + 1] as string;
-    if (drop.has(name) || value.includes(agentToken)) continue;
-    if (only !== undefined ? !only.has(name) : !allowed.has(name) && dropPrefix.some((p) => name.startsWith(p))) continue;
+    names.push(name);
+    if (name === 'connection') (connection ??= []).push(rawHeaders[i + 1] as string);
+  }
+  const listed = connection === undefined ? NONE : connectionListed(connection);
+
+  const out: HeaderList = [];
+  for (let i = 0; i < names.length; i++) {
+    const name = names[i] as string;
+    const value = rawHeaders[2 * i + 1] as string;
+    if (!passes(filter, name) || listed.has(name) || value.includes(agentToken)) continue;
     out.push([name, value]);
   }
   return out;
+}
+
+function passes(f: RequestFilter, name: string): boolean {
+  let verdict = f.passes.get(name);
+  if (verdict === undefined) {
+    verdict = !f.drop.has(name) && (f.only !== undefined ? f.only.has(name) : f.allowed.has(name) || !f.dropPrefix.some((p) => name.startsWith(p)));
+    if (f.passes.size < VERDICTS_KEPT) f.passes.set(name, verdict);
+  }
+  return verdict;
 }
 
 /**

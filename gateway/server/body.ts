@@ -11,6 +11,26 @@ export interface BodyLimits {
 
 const noop = (): void => {};
 
+/** The body guard of a request, for the listeners and timers shared by every guard (no closures per request). */
+const GUARD = Symbol('valet.requestBody');
+type Guarded = IncomingMessage & { [GUARD]?: RequestBody };
+
+function onData(this: Guarded, chunk: Buffer): void {
+  this[GUARD]?.requestData(chunk);
+}
+function onEnd(this: Guarded): void {
+  this[GUARD]?.requestEnded();
+}
+function onClose(this: Guarded): void {
+  this[GUARD]?.requestClosed();
+}
+function onIdle(body: RequestBody): void {
+  body.idleFired();
+}
+function onOverall(body: RequestBody): void {
+  body.overallFired();
+}
+
 /**
  * A request body as Valet takes it up: every body, whether policy reads it or it is streamed to the
  * upstream, passes through here and is held to the size limit and the two deadlines. Breaking one
@@ -41,13 +61,14 @@ export class RequestBody extends Readable {
     private readonly limits: BodyLimits,
   ) {
     super({ highWaterMark: 65_536 });
-    this.idle = setTimeout(this.onIdle, limits.idleMs);
-    this.overall = setTimeout(this.onOverall, limits.totalMs);
+    this.idle = setTimeout(onIdle, limits.idleMs, this);
+    this.overall = setTimeout(onOverall, limits.totalMs, this);
     // A failure nobody is reading at that moment is found in `failure`; it must not crash the process.
     this.on('error', noop);
-    req.on('data', this.onData);
-    req.once('end', this.onEnd);
-    req.once('close', this.onClose);
+    (req as Guarded)[GUARD] = this;
+    req.on('data', onData);
+    req.once('end', onEnd);
+    req.once('close', onClose);
   }
 
   /** Stops keeping the body for anyone and drops the rest, still under the limits; `onFailure` runs if one is broken. */
@@ -74,7 +95,8 @@ export class RequestBody extends Readable {
     callback(err);
   }
 
-  private readonly onData = (chunk: Buffer): void => {
+  /** A piece of the body arrived (`data` on the request). */
+  requestData(chunk: Buffer): void {
     this.bytes += chunk.length;
     if (this.bytes > this.limits.maxBytes) {
       this.fail(new ValetError('VALET_ERR_BODY_TOO_LARGE', `The request body exceeds ${this.limits.maxBytes} bytes.`));
@@ -86,33 +108,36 @@ export class RequestBody extends Readable {
       this.full = true;
       this.req.pause();
     }
-  };
+  }
 
-  private readonly onEnd = (): void => {
+  /** The whole body arrived (`end` on the request). */
+  requestEnded(): void {
     this.complete = true;
     this.stopClocks();
     if (!this.destroyed) this.push(null);
-  };
+  }
 
-  private readonly onClose = (): void => {
+  /** The request closed (`close`), perhaps before its body was complete. */
+  requestClosed(): void {
     this.stopClocks();
     if (!this.complete && !this.destroyed) this.destroy(new Error('the agent closed the connection before its body was complete'));
-  };
+  }
 
-  private readonly onIdle = (): void => {
+  /** The idle deadline passed; it counts only while a reader waits for more. */
+  idleFired(): void {
     if (this.full) return;
     this.fail(new ValetError('VALET_ERR_REQUEST_TIMEOUT', `No part of the request body arrived for ${this.limits.idleMs} ms.`));
-  };
+  }
 
-  private readonly onOverall = (): void => {
+  overallFired(): void {
     this.fail(new ValetError('VALET_ERR_REQUEST_TIMEOUT', `The request body did not arrive within ${this.limits.totalMs} ms.`));
-  };
+  }
 
   private fail(err: ValetError): void {
     if (this.complete || this.failure !== undefined) return;
     this.failure = err;
     this.stopClocks();
-    this.req.off('data', this.onData);
+    this.req.off('data', onData);
     if (this.onDiscardFailure !== undefined) {
       this.onDiscardFailure();
       return;
