@@ -30,3 +30,27 @@ export function spawnCli(args: string[], opts: { env?: Record<string, string>; c
     stdio: ['pipe', 'pipe', 'pipe'],
   });
 }
+
+/**
+ * The data-plane port a `valet start` child reports in its "valet listening" log line; rejects if
+ * it exits first. Its stdout is read for as long as it runs (so it never blocks on a full pipe),
+ * and every chunk also goes to `onOutput`.
+ */
+export function listeningPort(child: ChildProcess, onOutput?: (chunk: string) => void): Promise<number> {
+  return new Promise<number>((resolve, reject) => {
+    let out = '';
+    let found = false;
+    child.stdout?.on('data', (c: Buffer) => {
+      const chunk = c.toString();
+      onOutput?.(chunk);
+      if (found) return;
+      out += chunk;
+      const m = /"msg":"valet listening"/.test(out) ? /"port":(\d+)/.exec(out) : null;
+      if (m) {
+        found = true;
+        resolve(Number(m[1]));
+      }
+    });
+    child.once('exit', (code) => reject(new Error(`gateway exited ${code}: ${out}`)));
+  });
+}

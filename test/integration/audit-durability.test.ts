@@ -11,7 +11,7 @@ import { AuditCore } from '../../gateway/audit/core.js';
 import { AUDIT_FILE, openAuditDatabase } from '../../gateway/audit/store.js';
 import { mintAgentToken } from '../../gateway/auth/mint.js';
 import { loadConfig } from '../../gateway/config/load.js';
-import { spawnCli } from '../helpers/cli.js';
+import { listeningPort, spawnCli } from '../helpers/cli.js';
 import { DEV_SIGNING_KEY, devIssuer, startTestGateway, type TestGateway } from '../helpers/gateway.js';
 import { headerValues, startFakeUpstream, type FakeUpstream } from '../helpers/upstream.js';
 
@@ -47,17 +47,7 @@ describe('audit durability: kill -9 under load', () => {
 
     const child = spawnCli(['start'], { env: { VALET_CONFIG: configDir, VALET_DATA: dataDir, VALET_TEST_SIGNING_KEY: DEV_SIGNING_KEY, API_KEY: SECRET } });
     const exited = new Promise<void>((r) => child.once('exit', () => r()));
-    const port = await new Promise<number>((resolve, reject) => {
-      let out = '';
-      child.stdout?.on('data', (c: Buffer) => {
-        // Keep reading (request log lines) so the child never blocks on a full pipe.
-        if (out.length > 100_000) return;
-        out += c.toString();
-        const m = /"msg":"valet listening"/.test(out) ? /"port":(\d+)/.exec(out) : null;
-        if (m) resolve(Number(m[1]));
-      });
-      child.once('exit', (code) => reject(new Error(`gateway exited ${code}: ${out}`)));
-    });
+    const port = await listeningPort(child);
     child.stderr?.resume();
 
     const dispatcher = new Agent({ connections: 64 });

@@ -3,7 +3,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { request } from 'undici';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { runCli, spawnCli } from '../helpers/cli.js';
+import { listeningPort, runCli, spawnCli } from '../helpers/cli.js';
 import { headerValues, startFakeUpstream, type FakeUpstream } from '../helpers/upstream.js';
 
 /** The `valet` command as an operator runs it: start, token, audit, policy check, SIGTERM. */
@@ -66,15 +66,7 @@ describe('valet CLI', () => {
   it('start, token, a call, SIGTERM, then audit shows the rows', async () => {
     const env = { VALET_CONFIG: configDir, VALET_DATA: dataDir, ECHO_API_KEY: 'echo-cli-secret', VALET_PORT: '0', VALET_ADMIN_PORT: '0' };
     const child = spawnCli(['start'], { env });
-    const port = await new Promise<number>((resolve, reject) => {
-      let out = '';
-      child.stdout?.on('data', (c: Buffer) => {
-        out += c.toString();
-        const m = /"msg":"valet listening"/.test(out) ? /"port":(\d+)/.exec(out) : null;
-        if (m) resolve(Number(m[1]));
-      });
-      child.once('exit', (code) => reject(new Error(`gateway exited ${code}`)));
-    });
+    const port = await listeningPort(child);
     const minted = await runCli(['token', '--agent', 'cli-agent', '--tenant', 'acme', '--role', 'support', '--ttl', '5m'], { env });
     expect(minted.code).toBe(0);
     const token = minted.stdout.trim();

@@ -7,7 +7,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { stringify } from 'yaml';
 import { ConfigError } from '../../gateway/errors.js';
 import { startGateway } from '../../gateway/main.js';
-import { runCli, spawnCli } from '../helpers/cli.js';
+import { listeningPort, runCli, spawnCli } from '../helpers/cli.js';
 import { DEV_SIGNING_KEY, devIssuer, startTestGateway, type TestGateway } from '../helpers/gateway.js';
 import { startFakeUpstream, type FakeUpstream } from '../helpers/upstream.js';
 import { send, STRIPE_SECRET, STRIPE_TOOLS_YAML, stripeUpstream } from './policy-support.js';
@@ -243,15 +243,7 @@ describe('valet start: SIGHUP reloads context data files', () => {
     const env = { VALET_CONFIG: join(dir, 'policies'), VALET_DATA: join(dir, 'data'), VALET_TEST_SIGNING_KEY: DEV_SIGNING_KEY, STRIPE_KEY: STRIPE_SECRET };
     const started = spawnCli(['start'], { env });
     child = started;
-    const port = await new Promise<number>((resolve, reject) => {
-      let out = '';
-      started.stdout?.on('data', (c: Buffer) => {
-        out += c.toString();
-        const m = /"msg":"valet listening"/.test(out) ? /"port":(\d+)/.exec(out) : null;
-        if (m) resolve(Number(m[1]));
-      });
-      started.once('exit', (code) => reject(new Error(`gateway exited ${code}`)));
-    });
+    const port = await listeningPort(started);
     const token = (await runCli(['token', '--agent', 'bob', '--issuer', 'test'], { env })).stdout.trim();
     const status = async (): Promise<number> => {
       const res = await request(`http://127.0.0.1:${port}/stripe/v1/customers/cus_1`, { headers: { authorization: `Bearer ${token}` } });

@@ -8,7 +8,7 @@ import { stringify } from 'yaml';
 import { ValetError } from '../../gateway/errors.js';
 import { startGateway } from '../../gateway/main.js';
 import { request } from 'undici';
-import { runCli, spawnCli } from '../helpers/cli.js';
+import { listeningPort, runCli, spawnCli } from '../helpers/cli.js';
 import { DEV_SIGNING_KEY, devIssuer, startTestGateway } from '../helpers/gateway.js';
 import { startFakeUpstream, type FakeUpstream } from '../helpers/upstream.js';
 import { send, STRIPE_SECRET, stripeUpstream } from './policy-support.js';
@@ -233,15 +233,7 @@ describe('valet keys init: per-install keys on first run, then a production star
     expect(minted.code).toBe(0);
     const child = spawnCli(['start'], { env });
     try {
-      const port = await new Promise<number>((resolve, reject) => {
-        let out = '';
-        child.stdout?.on('data', (c: Buffer) => {
-          out += c.toString();
-          const m = /"msg":"valet listening"/.test(out) ? /"port":(\d+)/.exec(out) : null;
-          if (m) resolve(Number(m[1]));
-        });
-        child.once('exit', (code) => reject(new Error(`gateway exited ${code}`)));
-      });
+      const port = await listeningPort(child);
       child.stderr?.resume();
       // The minted token verifies: a policy answer (403 on an admin path), not a 401.
       const res = await request(`http://127.0.0.1:${port}/echo/admin/users`, { headers: { authorization: `Bearer ${minted.stdout.trim()}` } });

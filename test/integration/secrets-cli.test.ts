@@ -8,7 +8,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { sharedSecret } from '../../gateway/auth/keys.js';
 import { mintAgentToken } from '../../gateway/auth/mint.js';
 import { loadConfig } from '../../gateway/config/load.js';
-import { CLI, runCli, spawnCli, type CliResult } from '../helpers/cli.js';
+import { CLI, listeningPort, runCli, spawnCli, type CliResult } from '../helpers/cli.js';
 import { expectNoStackTrace, sleep } from '../helpers/http.js';
 import { headerValues, startFakeUpstream, type FakeUpstream } from '../helpers/upstream.js';
 
@@ -56,17 +56,8 @@ describe('valet secrets (CLI lifecycle)', () => {
 
   async function startGateway(extraEnv: Record<string, string> = {}): Promise<{ child: ChildProcess; port: number }> {
     const child = spawnCli(['start'], { env: { ...env, ...extraEnv } });
-    const port = await new Promise<number>((resolve, reject) => {
-      let out = '';
-      child.stdout?.on('data', (c: Buffer) => {
-        out += c.toString();
-        gatewayOutput.push(c.toString());
-        const m = /"msg":"valet listening"/.test(out) ? /"port":(\d+)/.exec(out) : null;
-        if (m) resolve(Number(m[1]));
-      });
-      child.stderr?.on('data', (c: Buffer) => gatewayOutput.push(c.toString()));
-      child.once('exit', (code) => reject(new Error(`gateway exited ${code}: ${out}`)));
-    });
+    child.stderr?.on('data', (c: Buffer) => gatewayOutput.push(c.toString()));
+    const port = await listeningPort(child, (chunk) => gatewayOutput.push(chunk));
     return { child, port };
   }
 
