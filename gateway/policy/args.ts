@@ -1,4 +1,5 @@
 import type { ArgType } from '../config/types.js';
+import { ValetError } from '../errors.js';
 import { foldKey, keyProblem, parseJsonObject, strictUtf8 } from '../json.js';
 
 import type { ParsedBody } from '../json.js';
@@ -189,4 +190,9 @@ function convert(value: unknown, type: ArgType, typed: boolean): { value?: unkno
     case 'int':
       return /^-?\d{1,15}$/.test(value) ? { value: BigInt(value) } : { error: 'must be an integer' };
   }
+}
+
+/** The refusal of arguments another reader could take differently (400): the gateway's, and policy tests'. */
+export function ambiguityError(reason: string | undefined): ValetError {
+  return new ValetError('VALET_ERR_BAD_REQUEST', `Ambiguous request: ${reason ?? 'the arguments can be read more than one way'}.`);
 }

@@ -1,7 +1,7 @@
 import type { Config, PolicyTestConfig } from '../config/types.js';
 import { ValetError } from '../errors.js';
 import type { AgentIdentity, Decision, Limited, RequestFacts } from '../types.js';
-import { bodyKind, buildArgs, parseBody } from './args.js';
+import { ambiguityError, bodyKind, buildArgs, parseBody } from './args.js';
 import { compilePolicy, type EvaluationInput, type Policy, type RuleTrace } from './compile.js';
 import { memoryCounterStore, memoryHistoryStore } from './counters.js';
 
@@ -44,6 +44,8 @@ export function scenarioInput(policy: Policy, config: Pick<Config, 'gateway'>, s
   const bytes = Buffer.from(r.json !== undefined ? JSON.stringify(r.json) : (r.form ?? ''));
   const parsed = parseBody(bodyKind(kind === 'json' ? 'application/json' : 'application/x-www-form-urlencoded', kind !== 'none'), bytes);
   const args = buildArgs(match?.params ?? {}, query, kind === 'none' ? { value: undefined, error: undefined, ambiguous: false } : parsed, kind, match?.tool.args ?? {});
+  // The gateway refuses such a request (400) before any rule runs, whatever the rules say.
+  if (args.ambiguous && policy.readsArgs(r.upstream)) throw ambiguityError(args.error);
   const facts: RequestFacts = {
     upstream: r.upstream,
     method: r.method,
@@ -82,8 +84,8 @@ export async function runPolicyTests(config: Config): Promise<TestResult[]> {
       try {
         base = scenarioInput(policy, config, t);
       } catch (err) {
-        // The gateway refuses such a token before any rule runs; a test names the code as the rule.
-        if (!(err instanceof ValetError) || err.code !== 'VALET_ERR_IDENTITY_REFUSED') throw err;
+        // The gateway refuses such a token or request before any rule runs; a test names the code as the rule.
+        if (!(err instanceof ValetError) || (err.code !== 'VALET_ERR_IDENTITY_REFUSED' && err.code !== 'VALET_ERR_BAD_REQUEST')) throw err;
         outcome = { effect: 'deny', rule: err.code, reason: err.message };
         break;
       }

@@ -21,7 +21,7 @@ import { agentResponse } from '../proxy/response.js';
 import { scrubberFor } from '../proxy/scrub.js';
 import type { SecretSource } from '../secrets/env.js';
 import type { AuditRecord, RequestFacts } from '../types.js';
-import { bodyKind, buildArgs, decodeFormPair, parseBody, type ParsedBody } from '../policy/args.js';
+import { ambiguityError, bodyKind, buildArgs, decodeFormPair, parseBody, type ParsedBody } from '../policy/args.js';
 import { RequestBody, type BodyLimits } from './body.js';
 import { canonicalQuery, canonicalTarget } from './canonical.js';
 import { containsToken, redactTokens } from './token-scan.js';
@@ -459,7 +459,7 @@ function refuseTokenInBody(body: Buffer, token: string): void {
 }
 
 function refuseAmbiguous(reason: string | undefined): never {
-  throw new ValetError('VALET_ERR_BAD_REQUEST', `Ambiguous request: ${reason ?? 'the arguments can be read more than one way'}.`);
+  throw ambiguityError(reason);
 }
 
 /** Whether the body is compressed (or otherwise encoded): its arguments cannot be read then. */

@@ -40,6 +40,35 @@ tests:
   });
 });
 
+describe('policy tests agree with the gateway on ambiguous requests', () => {
+  it('a body whose keys differ only in case is refused as the gateway refuses it: a deny by VALET_ERR_BAD_REQUEST', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'valet-ptest-'));
+    writeFileSync(
+      join(dir, 'all.yaml'),
+      `issuers: [{ name: d, issuer: d, audience: v, algorithms: [HS256], secret: { env: K } }]
+upstreams: [{ name: api, origin: "http://127.0.0.1:1", credential: { scheme: bearer, secret: K } }]
+tools: [{ name: api.pay, upstream: api, method: POST, path: /pay, args: { amount: int } }]
+rules: [{ id: small, tools: [api.pay], when: "args.amount <= 500", effect: allow }]
+tests:
+  - name: amount and Amount
+    identity: { agent: a }
+    request: { upstream: api, method: POST, path: /pay, json: { amount: 100, Amount: 100000 } }
+    expect: { effect: deny, rule: VALET_ERR_BAD_REQUEST }
+  - name: one amount
+    identity: { agent: a }
+    request: { upstream: api, method: POST, path: /pay, json: { amount: 100 } }
+    expect: { effect: allow }
+`,
+    );
+    const results = await runPolicyTests(loadConfig(dir));
+    rmSync(dir, { recursive: true, force: true });
+    expect(results.map((r) => [r.name, r.passed, r.actual])).toEqual([
+      ['amount and Amount', true, 'deny by VALET_ERR_BAD_REQUEST'],
+      ['one amount', true, 'allow by small'],
+    ]);
+  });
+});
+
 describe('dead rules', () => {
   it('finds shadowed and unreachable rules', () => {
     const dir = mkdtempSync(join(tmpdir(), 'valet-dead-'));
