@@ -162,7 +162,7 @@ export async function startGateway(options: GatewayOptions): Promise<RunningGate
         });
     },
   );
-  limitConnections(server, listener);
+  limitConnections(server, listener, metrics);
   // Requests Node's parser refuses never reach the pipeline; they are answered and audited here.
   server.on('clientError', (err: NodeJS.ErrnoException, socket: Socket) => {
     // The headers deadline on a connection that never sent a byte: no request to answer or audit.
@@ -267,14 +267,16 @@ const CLIENT_ERRORS: Readonly<Record<string, ErrorCode>> = {
  * (dropped here before Node's HTTP layer sees them): refusing costs no parsing and no answer, so a
  * flood of connections cannot crowd out other agents. Behind a proxy every agent shares its address.
  */
-function limitConnections(server: Server, settings: ListenerSettings): void {
+function limitConnections(server: Server, settings: ListenerSettings, metrics: Metrics): void {
   server.maxConnections = settings.maxConnections;
+  server.on('drop', () => metrics.connectionRefused('max_connections'));
   const open = new Map<string, number>();
   server.prependListener('connection', (socket: Socket) => {
     const address = clientAddress(socket.remoteAddress);
     const n = (open.get(address) ?? 0) + 1;
     if (n > settings.maxConnectionsPerClient) {
       socket.destroy();
+      metrics.connectionRefused('max_connections_per_client');
       return;
     }
     open.set(address, n);

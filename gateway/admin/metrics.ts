@@ -16,6 +16,8 @@ export interface Metrics {
   auditWait(seconds: number): void;
   /** Seconds one audit transaction took in the writer (its inserts and its fsync). */
   auditCommit(seconds: number): void;
+  /** A data-plane connection closed as it was accepted: too many in total, or from one address. */
+  connectionRefused(reason: 'max_connections' | 'max_connections_per_client'): void;
 }
 
 export interface MetricsSources {
@@ -88,8 +90,15 @@ export function createMetrics(sources: MetricsSources): Metrics {
   // The label sets are bounded (see above), so these maps are too.
   const counters = new Map<string, Counter.Internal>();
   const timers = new Map<string, Histogram.Internal<'upstream' | 'decision'>>();
+  const refused = new Counter({
+    name: 'valet_connections_refused_total',
+    help: 'Data-plane connections closed as they were accepted, by the cap that refused them (gateway.max_connections, gateway.max_connections_per_client).',
+    labelNames: ['reason'],
+    registers: [registry],
+  });
   return {
     registry,
+    connectionRefused: (reason) => refused.inc({ reason }),
     request(rec) {
       const upstream = rec.upstream !== null && sources.upstreams.has(rec.upstream) ? rec.upstream : '(unknown)';
       const decision = rec.decision ?? 'none';

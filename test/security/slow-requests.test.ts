@@ -293,5 +293,10 @@ describe('connection caps', () => {
     await expect.poll(connections).toBe(0);
     expect((await get('127.0.0.1')).responses[0]?.status).toBe(200);
     expect(upstream.requests).toHaveLength(2);
+
+    // Each refusal is counted, by the cap that made it.
+    const metrics = await (await fetch(`${gw.adminUrl}/metrics`)).text();
+    expect(metrics).toMatch(/^valet_connections_refused_total\{reason="max_connections_per_client"\} 1$/m);
+    expect(metrics).toMatch(/^valet_connections_refused_total\{reason="max_connections"\} 1$/m);
   });
 });
