@@ -69,6 +69,7 @@ export interface AuditFilter {
   order?: 'asc' | 'desc' | undefined;
 }
 
+/** One page of rows and the cursor to the next. */
 export interface AuditPage {
   rows: AuditRow[];
   /** Pass as `before` (newest-first) or `after` (oldest-first) for the next page; null on the last. */
@@ -87,6 +88,7 @@ export interface RetentionCutoffs {
   tenantBefore: Record<string, number | null>;
 }
 
+/** What one prune did. */
 export interface PruneResult {
   /** Rows deleted (with `dryRun`: rows that would be). */
   rows: number;
@@ -105,6 +107,7 @@ export interface Anchor {
   source?: string;
 }
 
+/** One thing verification found wrong. */
 export interface VerifyProblem {
   /** Chain position the problem is at (for ordering; rows not in the chain sort by their neighbours). */
   position: number;
@@ -114,6 +117,7 @@ export interface VerifyProblem {
   message: string;
 }
 
+/** What `verify` checked and found. */
 export interface VerifyResult {
   ok: boolean;
   /** Rows in audit_log, and events in the retained chain. */
