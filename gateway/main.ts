@@ -2,11 +2,12 @@ import { createServer, STATUS_CODES, type Server } from 'node:http';
 import type { AddressInfo, Socket } from 'node:net';
 import { resolve } from 'node:path';
 import type { DestinationStream, Logger } from 'pino';
-import { openAuditDatabase } from './audit/store.js';
 import { createAnchorer } from './audit/anchor.js';
+import { openAuditBackend } from './audit/backend.js';
 import { requestId as newRequestId } from './audit/ids.js';
+import type { AuditWriter } from './audit/port.js';
 import { retentionCutoffs } from './audit/retention.js';
-import { startAuditWriter, type AuditWriter } from './audit/writer.js';
+import { startAuditWriter } from './audit/sqlite/writer.js';
 import { createTokenVerifier } from './auth/verify.js';
 import { secretNames } from './config/credential.js';
 import { loadConfig } from './config/load.js';
@@ -100,7 +101,8 @@ export async function startGateway(options: GatewayOptions): Promise<RunningGate
   const stores = { counters: counterDb.counters, history: counterDb.history };
   const policies = createPolicyHolder(config, loadOptions, stores, logger);
   if (options.watch) policies.watch();
-  const db = openAuditDatabase(dataDir);
+  // The read side (admin API, dashboard); opened first, it creates and migrates the database the writer then opens.
+  const auditLog = await openAuditBackend({ dataDir, create: true });
   const auditSettings = config.gateway.audit ?? DEFAULT_AUDIT;
   // Its gauges read the audit writer and the approvals service, built below, only when scraped.
   const metrics = createMetrics({ upstreams: new Set(config.upstreams.keys()), auditQueue: () => audit.pending, pendingApprovals: () => approvals.service.pending() });
@@ -111,11 +113,11 @@ export async function startGateway(options: GatewayOptions): Promise<RunningGate
     busyTimeoutMs: auditSettings.busyTimeoutMs,
     mode: options.auditWriter ?? (auditSettings.writer === 'inline' ? 'inline' : 'worker'),
     onCommit: (seconds) => metrics.auditCommit(seconds),
-  }).catch((err: unknown) => {
+  }).catch(async (err: unknown) => {
     policies.close();
-    db.close();
     counterDb.close();
     secretSources.close();
+    await auditLog.close();
     throw err;
   });
   if (auditSettings.failOpen) logger.warn({}, 'gateway.audit.fail_open is set: requests are forwarded even when their audit record cannot be written');
@@ -185,14 +187,14 @@ export async function startGateway(options: GatewayOptions): Promise<RunningGate
     logger.info({ reqId: requestId, code: err.code }, 'client error');
   });
 
-  const adminDeps = { db, dataDir, policies, metrics, auditPending: () => audit.pending };
+  const adminDeps = { audit: auditLog, policies, metrics, auditPending: () => audit.pending };
   const adminServer = createAdminServer({
     verify: createTokenVerifier(config.issuers, dataDir, env, { audience: config.gateway.admin.audience, environment: config.gateway.environment }),
     routes: [
       ...adminRoutes(adminDeps),
-      ...auditRoutes(db),
+      ...auditRoutes(auditLog),
       ...policyRoutes(adminDeps),
-      ...insightRoutes(db),
+      ...insightRoutes(auditLog),
       ...(secretSources.store ? secretRoutes(secretSources.store) : []),
       ...approvalRoutes(approvals.service),
     ],
@@ -244,7 +246,7 @@ export async function startGateway(options: GatewayOptions): Promise<RunningGate
       clearInterval(pruneTimer);
       await audit.close();
       await anchorer.close();
-      db.close();
+      await auditLog.close();
       counterDb.close();
       secretSources.close();
       logger.info({}, 'valet stopped');

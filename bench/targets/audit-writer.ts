@@ -10,8 +10,8 @@
  */
 import { performance } from 'node:perf_hooks';
 import { pino } from 'pino';
-import { openAuditDatabase } from '../../gateway/audit/store.js';
-import { startAuditWriter } from '../../gateway/audit/writer.js';
+import { openAuditDatabase } from '../../gateway/audit/sqlite/store.js';
+import { startAuditWriter } from '../../gateway/audit/sqlite/writer.js';
 import { decisionRecord, outcome, rand, refusal } from '../lib/audit-records.js';
 import { failChild, serveChild } from '../lib/child.js';
 import { Samples } from '../lib/stats.js';

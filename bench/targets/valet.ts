@@ -12,7 +12,7 @@ import { mkdirSync, openSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { logDestination } from '../../gateway/log.js';
 import { stringify } from 'yaml';
-import { openAuditDatabase } from '../../gateway/audit/store.js';
+import { openAuditDatabase } from '../../gateway/audit/sqlite/store.js';
 import { mintAgentToken } from '../../gateway/auth/mint.js';
 import { startGateway } from '../../gateway/main.js';
 import { failChild, serveChild } from '../lib/child.js';

@@ -1,5 +1,5 @@
 import { CONTENT_TYPES, EXTENSIONS, EXPORT_FORMATS, isExportFormat, publicRow, writeExport } from '../audit/export.js';
-import { iterateAudit, pageAudit, type AuditDatabase, type AuditFilter } from '../audit/store.js';
+import type { AuditFilter, AuditLog } from '../audit/port.js';
 import { ValetError } from '../errors.js';
 import { tenantScope, type AdminIdentity } from './auth.js';
 import type { AdminRoute } from './server.js';
@@ -64,18 +64,18 @@ export function auditFilter(who: AdminIdentity, query: URLSearchParams): Omit<Au
   };
 }
 
-export function auditRoutes(db: AuditDatabase): AdminRoute[] {
+export function auditRoutes(log: AuditLog): AdminRoute[] {
   return [
     {
       method: 'GET',
       path: '/api/audit',
       permission: 'audit.read',
-      handle: ({ who, query }) => {
+      handle: async ({ who, query }) => {
         const limitText = query.get('limit');
         const limit = limitText === null ? 100 : Number(limitText);
         if (!Number.isInteger(limit) || limit < 1 || limit > 1000) throw bad('limit must be an integer from 1 to 1000.');
         // Keyset pagination: `cursor` is the `next_cursor` of the previous page (rows older than it).
-        const page = pageAudit(db, { ...auditFilter(who, query), limit, before: id(query, 'cursor') });
+        const page = await log.page({ ...auditFilter(who, query), limit, before: id(query, 'cursor') });
         return { json: { rows: page.rows.map(publicRow), next_cursor: page.next === null ? null : String(page.next) } };
       },
     },
@@ -93,8 +93,8 @@ export function auditRoutes(db: AuditDatabase): AdminRoute[] {
           headers: { 'content-disposition': `attachment; filename="valet-audit-${stamp}.${EXTENSIONS[format]}"` },
           stream: async (res) => {
             // Rows are read a page at a time and written as the client takes them.
-            const columns = db.prepare('SELECT name FROM pragma_table_info(?)').pluck().all('audit_log') as string[];
-            await writeExport(iterateAudit(db, filter), format, res, { columns });
+            const columns = await log.columns();
+            await writeExport(log.iterate(filter), format, res, { columns });
             res.end();
           },
         };

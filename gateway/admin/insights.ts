@@ -1,4 +1,4 @@
-import type { AuditDatabase } from '../audit/store.js';
+import type { AuditLog } from '../audit/port.js';
 import { ValetError } from '../errors.js';
 import { tenantScope } from './auth.js';
 import type { AdminRoute } from './server.js';
@@ -13,51 +13,29 @@ type Counts = Record<(typeof DECISIONS)[number], number>;
 
 /**
  * Summaries of the audit log for the dashboard: the agents seen and requests over time by decision.
- * Both read the audit database directly (aggregates over `ts`, which is indexed); a tenant admin
+ * Both are aggregates the audit log computes (over `ts`, which SQLite indexes); a tenant admin
  * sees only its tenant's rows, so requests without a tenant (refused before authentication) are
  * counted for organisation-wide admins only.
  */
-export function insightRoutes(db: AuditDatabase, now: () => number = Date.now): AdminRoute[] {
+export function insightRoutes(log: AuditLog, now: () => number = Date.now): AdminRoute[] {
   return [
     {
       method: 'GET',
       path: '/api/agents',
       permission: 'audit.read',
-      handle: ({ who, query }) => {
+      handle: async ({ who, query }) => {
         const tenant = tenantScope(who, query.get('tenant') ?? undefined);
         const since = time(query, 'since_ms') ?? 0;
-        const rows = db
-          .prepare(
-            `SELECT agent, tenant, MAX(ts) AS last_seen, COUNT(*) AS requests,
-                    SUM(decision = 'allow') AS allow, SUM(decision = 'deny') AS deny,
-                    SUM(decision = 'escalate') AS escalate, SUM(decision IS NULL) AS none,
-                    SUM(status >= 500) AS errors
-               FROM audit_log
-              WHERE agent IS NOT NULL AND ts >= @since ${tenant === undefined ? '' : 'AND tenant = @tenant'}
-              GROUP BY agent, tenant
-              ORDER BY last_seen DESC
-              LIMIT ${MAX_AGENTS}`,
-          )
-          .all({ since, ...(tenant !== undefined && { tenant }) }) as {
-          agent: string;
-          tenant: string | null;
-          last_seen: number;
-          requests: number;
-          allow: number;
-          deny: number;
-          escalate: number;
-          none: number;
-          errors: number;
-        }[];
+        const agents = await log.agents({ sinceMs: since, tenant, limit: MAX_AGENTS });
         return {
           json: {
-            agents: rows.map((r) => ({
-              agent: r.agent,
-              tenant: r.tenant,
-              last_seen: new Date(r.last_seen).toISOString(),
-              requests: r.requests,
-              decisions: { allow: r.allow, deny: r.deny, escalate: r.escalate, none: r.none },
-              errors: r.errors,
+            agents: agents.map((a) => ({
+              agent: a.agent,
+              tenant: a.tenant,
+              last_seen: new Date(a.lastSeen).toISOString(),
+              requests: a.requests,
+              decisions: a.decisions,
+              errors: a.errors,
             })),
           },
         };
@@ -67,7 +45,7 @@ export function insightRoutes(db: AuditDatabase, now: () => number = Date.now): 
       method: 'GET',
       path: '/api/stats',
       permission: 'audit.read',
-      handle: ({ who, query }) => {
+      handle: async ({ who, query }) => {
         const tenant = tenantScope(who, query.get('tenant') ?? undefined);
         const until = time(query, 'until_ms') ?? now();
         const since = time(query, 'since_ms') ?? until - 24 * HOUR;
@@ -76,23 +54,16 @@ export function insightRoutes(db: AuditDatabase, now: () => number = Date.now): 
         if (bucket < 1_000) throw new ValetError('VALET_ERR_ADMIN_BAD_REQUEST', 'bucket_ms must be at least 1000.');
         const count = Math.ceil((until - since) / bucket);
         if (count > MAX_BUCKETS) throw new ValetError('VALET_ERR_ADMIN_BAD_REQUEST', `That is ${count} buckets; at most ${MAX_BUCKETS} are returned.`);
-        const rows = db
-          .prepare(
-            `SELECT CAST((ts - @since) / @bucket AS INTEGER) AS b, COALESCE(decision, 'none') AS decision, COUNT(*) AS n
-               FROM audit_log
-              WHERE ts >= @since AND ts < @until ${tenant === undefined ? '' : 'AND tenant = @tenant'}
-              GROUP BY b, decision`,
-          )
-          .all({ since, until, bucket, ...(tenant !== undefined && { tenant }) }) as { b: number; decision: string; n: number }[];
+        const rows = await log.decisionCounts({ sinceMs: since, untilMs: until, bucketMs: bucket, tenant });
         const zero = (): Counts => ({ allow: 0, deny: 0, escalate: 0, none: 0 });
         const buckets = Array.from({ length: count }, (_v, i) => ({ start_ms: since + i * bucket, ...zero() }));
         const totals = zero();
         for (const r of rows) {
           const d = (DECISIONS as readonly string[]).includes(r.decision) ? (r.decision as keyof Counts) : 'none';
-          const slot = buckets[Math.floor(r.b)];
+          const slot = buckets[Math.floor(r.bucket)];
           if (slot === undefined) continue;
-          slot[d] += r.n;
-          totals[d] += r.n;
+          slot[d] += r.count;
+          totals[d] += r.count;
         }
         return { json: { since_ms: since, until_ms: until, bucket_ms: bucket, tenant: tenant ?? null, totals, buckets } };
       },

@@ -1,5 +1,5 @@
 import { relative, resolve } from 'node:path';
-import type { AuditDatabase, AuditRow } from '../audit/store.js';
+import type { AuditLog, AuditRow } from '../audit/port.js';
 import type { Config, RuleConfig } from '../config/types.js';
 import { ValetError } from '../errors.js';
 import type { RuleTrace } from '../policy/compile.js';
@@ -22,7 +22,7 @@ const NOT_RECORDED = [
  * The policy as the dashboard shows it: its rules, its tests run against the loaded configuration,
  * and a recorded request explained rule by rule against the policy in force now.
  */
-export function policyRoutes(d: { readonly db: AuditDatabase; readonly policies: PolicyHolder }): AdminRoute[] {
+export function policyRoutes(d: { readonly audit: AuditLog; readonly policies: PolicyHolder }): AdminRoute[] {
   let tests: { version: string; results: Promise<TestResult[]> } | undefined;
   return [
     {
@@ -66,8 +66,8 @@ export function policyRoutes(d: { readonly db: AuditDatabase; readonly policies:
       method: 'GET',
       path: '/api/audit/:request_id/explain',
       permission: 'audit.read',
-      handle: ({ who, params }) => {
-        const row = d.db.prepare('SELECT * FROM audit_log WHERE request_id = ? ORDER BY id DESC LIMIT 1').get(params['request_id']) as AuditRow | undefined;
+      handle: async ({ who, params }) => {
+        const row = await d.audit.byRequestId(params['request_id'] ?? '');
         // Another tenant's row is reported as absent: its existence is not the tenant admin's business.
         if (row === undefined || (who.tenant !== undefined && row.tenant !== who.tenant)) {
           throw new ValetError('VALET_ERR_ADMIN_NOT_FOUND', 'No audit row has that request id.');

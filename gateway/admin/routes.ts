@@ -1,13 +1,10 @@
-import Database from 'better-sqlite3';
-import { join } from 'node:path';
-import { AUDIT_FILE, type AuditDatabase } from '../audit/store.js';
+import type { AuditLog } from '../audit/port.js';
 import type { PolicyHolder } from '../policy/reload.js';
 import type { Metrics } from './metrics.js';
 import type { AdminProbe, AdminRoute } from './server.js';
 
 export interface AdminRouteDeps {
-  readonly db: AuditDatabase;
-  readonly dataDir: string;
+  readonly audit: AuditLog;
   readonly policies: PolicyHolder;
   /** Audit rows queued and not yet written. */
   readonly auditPending: () => number;
@@ -56,8 +53,8 @@ export function adminProbes(d: AdminRouteDeps): AdminProbe[] {
     },
     {
       path: '/readyz',
-      handle: () => {
-        const database = writable(d.dataDir);
+      handle: async () => {
+        const database = await d.audit.writable();
         const s = d.policies.status();
         const ready = database === 'ok';
         const body = {
@@ -72,18 +69,4 @@ export function adminProbes(d: AdminRouteDeps): AdminProbe[] {
       },
     },
   ];
-}
-
-/** Takes and releases the write lock on a separate connection that never waits for it. */
-function writable(dataDir: string): string {
-  let db: Database.Database | undefined;
-  try {
-    db = new Database(join(dataDir, AUDIT_FILE), { fileMustExist: true, timeout: 0 });
-    db.exec('BEGIN IMMEDIATE; ROLLBACK;');
-    return 'ok';
-  } catch (err) {
-    return (err as { code?: string }).code ?? 'error';
-  } finally {
-    db?.close();
-  }
 }

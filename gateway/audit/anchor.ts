@@ -6,8 +6,7 @@ import type { Logger } from 'pino';
 import { request } from 'undici';
 import type { Environment } from '../config/types.js';
 import { secretVariable } from '../secrets/variable.js';
-import type { Anchor } from './chain.js';
-import type { Head } from './protocol.js';
+import type { Anchor, AuditHead } from './port.js';
 
 /**
  * Anchoring: the hash chain alone proves that rows were not changed *in the middle*; someone able
@@ -92,7 +91,7 @@ export interface Anchorer {
 
 export function createAnchorer(o: {
   dataDir: string;
-  head: () => Head;
+  head: () => AuditHead;
   settings: AnchorSettings;
   env: NodeJS.ProcessEnv;
   /** Production refuses example and low-entropy anchor keys (development when absent). */

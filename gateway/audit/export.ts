@@ -3,7 +3,7 @@ import { hostname } from 'node:os';
 import type { Writable } from 'node:stream';
 import { stringify } from 'csv-stringify';
 import { META_COLUMNS } from './chain.js';
-import type { AuditRow } from './store.js';
+import type { AuditRow } from './port.js';
 
 /**
  * Export formats for audit rows. Every writer takes rows one at a time from an iterator and
@@ -193,11 +193,11 @@ async function write(out: Writable, chunk: string): Promise<void> {
 }
 
 /**
- * Writes every row the iterator yields to `out` in `format`, waiting for `drain` whenever `out`
+ * Writes every row the (async) iterator yields to `out` in `format`, waiting for `drain` whenever `out`
  * is full and yielding to the event loop every few hundred rows. Returns the number of rows.
  * Does not end `out`.
  */
-export async function writeExport(rows: Iterable<AuditRow>, format: ExportFormat, out: Writable, o: SyslogOptions & { columns?: readonly string[] } = {}): Promise<number> {
+export async function writeExport(rows: Iterable<AuditRow> | AsyncIterable<AuditRow>, format: ExportFormat, out: Writable, o: SyslogOptions & { columns?: readonly string[] } = {}): Promise<number> {
   let n = 0;
   const breathe = async (): Promise<void> => {
     if (++n % 500 === 0) await new Promise((r) => setImmediate(r));
@@ -205,7 +205,7 @@ export async function writeExport(rows: Iterable<AuditRow>, format: ExportFormat
   if (format === 'csv') {
     let csv: ReturnType<typeof stringify> | undefined;
     let piped: Promise<void> | undefined;
-    for (const r of rows) {
+    for await (const r of rows) {
       const row = publicRow(r);
       if (csv === undefined) {
         const columns = ['time', ...(o.columns ?? Object.keys(row)).filter((c) => !META_COLUMNS.has(c))];
@@ -227,7 +227,7 @@ export async function writeExport(rows: Iterable<AuditRow>, format: ExportFormat
     return n;
   }
   if (format === 'json') await write(out, '[');
-  for (const r of rows) {
+  for await (const r of rows) {
     let line: string;
     switch (format) {
       case 'json':

@@ -1,5 +1,5 @@
 import type { AuditRecord } from '../types.js';
-import type { PruneResult, RetentionCutoffs } from './core.js';
+import type { AuditHead, PruneResult, RetentionCutoffs } from './port.js';
 
 /**
  * What the writer is handed for one request, positionally: `[kind, ...RECORD_FIELDS values]`.
@@ -76,16 +76,11 @@ export type ToWriter =
   | { t: 'autocheckpoint' }
   | { t: 'close' };
 
-export interface Head {
-  seq: number;
-  hash: string;
-}
-
 export type FromWriter =
-  | { t: 'ready'; head: Head }
+  | { t: 'ready'; head: AuditHead }
   | { t: 'fatal'; code: string | undefined; message: string }
   /** The batches' ops were committed (ok, in `seconds`) or not; `held`: ops kept for a retry. */
-  | { t: 'done'; batches: number[]; ok: boolean; seconds?: number; code?: string | undefined; message?: string; head: Head; held: number }
+  | { t: 'done'; batches: number[]; ok: boolean; seconds?: number; code?: string | undefined; message?: string; head: AuditHead; held: number }
   | { t: 'pruned'; id: number; result: PruneResult | undefined; code?: string | undefined; message?: string }
   | { t: 'log'; level: 'error' | 'warn' | 'info'; msg: string; fields: Record<string, unknown> }
-  | { t: 'closed'; head: Head };
+  | { t: 'closed'; head: AuditHead };

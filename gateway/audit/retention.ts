@@ -1,5 +1,5 @@
 import type { AuditSettings } from '../config/types.js';
-import type { RetentionCutoffs } from './core.js';
+import type { RetentionCutoffs } from './port.js';
 
 const DAY_MS = 86_400_000;
 

@@ -1,9 +1,8 @@
 import { createSocket, type Socket as UdpSocket } from 'node:dgram';
 import { closeSync, existsSync, fsyncSync, openSync, readFileSync, renameSync, writeSync } from 'node:fs';
 import { connect, type Socket } from 'node:net';
-import { EVENT } from './chain.js';
 import { cefLine, syslogMessage, type SyslogOptions } from './export.js';
-import type { AuditDatabase, AuditFilter, AuditRow } from './store.js';
+import type { AuditLog, AuditRow, CompletedFilter } from './port.js';
 
 /**
  * Continuous shipping of the audit log to a syslog collector.
@@ -25,7 +24,7 @@ export interface ShipOptions {
   to: URL;
   format: 'syslog' | 'cef';
   cursorFile?: string | undefined;
-  filter?: Omit<AuditFilter, 'limit' | 'order' | 'before' | 'after'>;
+  filter?: CompletedFilter;
   syslog?: SyslogOptions;
   /** Poll interval while following (ms). */
   intervalMs?: number;
@@ -42,20 +41,6 @@ export interface ShipResult {
   shipped: number;
   cursor: number;
 }
-
-type ShipFilter = NonNullable<ShipOptions['filter']>;
-
-const FILTERS: [keyof ShipFilter, string][] = [
-  ['agent', 'agent'],
-  ['tenant', 'tenant'],
-  ['user', 'user'],
-  ['upstream', 'upstream'],
-  ['tool', 'tool'],
-  ['decision', 'decision'],
-  ['rule', 'rule'],
-  ['requestId', 'request_id'],
-  ['status', 'status'],
-];
 
 export function readCursor(file: string | undefined): number {
   if (file === undefined || !existsSync(file)) return 0;
@@ -75,35 +60,6 @@ export function writeCursor(file: string, seq: number): void {
   }
   renameSync(tmp, file);
 }
-
-/** The next completed rows after `cursor`, in completion order, with the seq of their completing event. */
-export function completedAfter(db: AuditDatabase, cursor: number, limit: number, f: ShipOptions['filter'] = {}): { seq: number; row: AuditRow }[] {
-  const where: string[] = [];
-  const params: Record<string, unknown> = { cursor, limit };
-  for (const [key, column] of FILTERS) {
-    const v = f[key];
-    if (v === undefined) continue;
-    if (column === 'decision' && v === 'none') where.push('r.decision IS NULL');
-    else {
-      where.push(`r.${column} = @${column}`);
-      params[column] = v;
-    }
-  }
-  const rows = db
-    .prepare(
-      `SELECT c.seq AS "valet:seq", r.* FROM audit_chain c JOIN audit_log r ON r.id = c.row_id
-        WHERE c.seq > @cursor AND c.kind IN (${EVENT.outcome}, ${EVENT.record}) ${where.map((w) => `AND ${w}`).join(' ')}
-        ORDER BY c.seq LIMIT @limit`,
-    )
-    .all(params) as (AuditRow & { 'valet:seq': number })[];
-  return rows.map((r) => {
-    const { 'valet:seq': seq, ...row } = r;
-    return { seq, row: row as AuditRow };
-  });
-}
-
-/** The newest event seq (so a filtered shipper can move its cursor past rows it does not ship). */
-const headSeq = (db: AuditDatabase): number => (db.prepare('SELECT max(seq) FROM audit_chain').pluck().get() as number | null) ?? 0;
 
 interface Transport {
   /** Sends every message; resolves when the transport accepted all of them (over TCP: the kernel took every byte). */
@@ -237,7 +193,7 @@ function tcpTransport(to: URL, log: (m: string) => void, signal: AbortSignal | u
  * again on the next connection (at least once: the collector may see a message twice, never zero
  * times, unless it lost what it had read).
  */
-export async function ship(db: AuditDatabase, o: ShipOptions): Promise<ShipResult> {
+export async function ship(audit: AuditLog, o: ShipOptions): Promise<ShipResult> {
   const log = o.log ?? (() => undefined);
   const protocol = o.to.protocol;
   if ((protocol !== 'tcp:' && protocol !== 'udp:') || o.to.hostname === '' || o.to.port === '') {
@@ -289,8 +245,7 @@ export async function ship(db: AuditDatabase, o: ShipOptions): Promise<ShipResul
     for (;;) {
       if (o.signal?.aborted) break;
       settle();
-      const head = headSeq(db);
-      const batch = completedAfter(db, cursor, batchSize, o.filter);
+      const { head, rows: batch } = await audit.completedAfter(cursor, batchSize, o.filter);
       if (batch.length > 0) {
         await transport.send(batch.map((b) => format(b.row)));
         cursor = (batch[batch.length - 1] as { seq: number }).seq;

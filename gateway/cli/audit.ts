@@ -3,12 +3,11 @@ import { join, resolve } from 'node:path';
 import type { Writable } from 'node:stream';
 import { parseArgs, type ParseArgsConfig } from 'node:util';
 import { ANCHOR_FILE, ANCHOR_KEY_ENV, readAnchors } from '../audit/anchor.js';
-import { verifyChain, type Anchor } from '../audit/chain.js';
-import { pruneAudit } from '../audit/core.js';
+import { openAuditBackend } from '../audit/backend.js';
 import { cefLine, EXPORT_FORMATS, isExportFormat, publicRow, syslogMessage, writeExport, type ExportFormat } from '../audit/export.js';
 import { retentionCutoffs } from '../audit/retention.js';
 import { ship } from '../audit/ship.js';
-import { iterateAudit, openAuditDatabase, pageAudit, type AuditDatabase, type AuditFilter, type AuditRow } from '../audit/store.js';
+import type { Anchor, AuditFilter, AuditLog, AuditRow } from '../audit/port.js';
 import { loadConfig } from '../config/load.js';
 import { DEFAULT_AUDIT } from '../config/types.js';
 import { secretVariable } from '../secrets/variable.js';
@@ -99,9 +98,11 @@ function filterOf(v: FilterValues): Omit<AuditFilter, 'limit'> {
   };
 }
 
-function openReadonly(dir: string): AuditDatabase {
-  if (!existsSync(join(dir, 'valet.db'))) throw new UsageError(`no audit database in ${dir} (has the gateway run there?)`);
-  return openAuditDatabase(dir, { readonly: true });
+/** The audit log in `dir`, through the backend the gateway uses; a usage error when there is none yet. */
+async function openLog(dir: string, access: { readonly: boolean; busyTimeoutMs?: number }): Promise<AuditLog> {
+  const log = await openAuditBackend({ dataDir: dir, ...access });
+  if (log === undefined) throw new UsageError(`no audit database in ${dir} (has the gateway run there?)`);
+  return log;
 }
 
 export async function auditCommand(args: string[]): Promise<void> {
@@ -140,12 +141,12 @@ async function query(args: string[]): Promise<void> {
   const { values } = parse(args, { ...filterFlags, limit: { type: 'string', default: '20' }, cursor: { type: 'string' }, format: { type: 'string', default: 'table' } });
   const format = values.format;
   if (format !== 'table' && !isExportFormat(format)) throw new UsageError(`--format must be table or one of ${EXPORT_FORMATS.join(', ')}`);
-  const db = openReadonly(dataDirOf(values.data));
+  const log = await openLog(dataDirOf(values.data), { readonly: true });
   let page;
   try {
-    page = pageAudit(db, { ...filterOf(values), limit: integer(values.limit, 'limit', 1, 100_000) ?? 20, before: integer(values.cursor, 'cursor', 1, Number.MAX_SAFE_INTEGER) });
+    page = await log.page({ ...filterOf(values), limit: integer(values.limit, 'limit', 1, 100_000) ?? 20, before: integer(values.cursor, 'cursor', 1, Number.MAX_SAFE_INTEGER) });
   } finally {
-    db.close();
+    await log.close();
   }
   if (format === 'table') {
     const cells = page.rows.map((r) => TABLE.map(([k]) => (k === 'ts' ? new Date(r.ts).toISOString() : r[k] === null ? '-' : k === 'status' && r.status === 0 ? '?' : String(r[k]))));
@@ -173,12 +174,12 @@ async function verify(args: string[]): Promise<void> {
   let anchors: Anchor[] = [];
   let anchorProblems: string[] = [];
   if (anchorFile !== undefined) ({ anchors, problems: anchorProblems } = readAnchors(anchorFile, key));
-  const db = openReadonly(dir);
+  const log = await openLog(dir, { readonly: true });
   let result;
   try {
-    result = verifyChain(db, { anchors });
+    result = await log.verify({ anchors });
   } finally {
-    db.close();
+    await log.close();
   }
   const ok = result.ok && anchorProblems.length === 0;
   if (values.format === 'json') {
@@ -208,17 +209,17 @@ async function exportRows(args: string[]): Promise<void> {
   const { values } = parse(args, { ...filterFlags, format: { type: 'string' }, output: { type: 'string', short: 'o' } });
   const format = values.format;
   if (format === undefined || !isExportFormat(format)) throw new UsageError(`--format must be one of ${EXPORT_FORMATS.join(', ')}`);
-  const db = openReadonly(dataDirOf(values.data));
+  const log = await openLog(dataDirOf(values.data), { readonly: true });
   const dest: Writable = values.output === undefined ? process.stdout : createWriteStream(values.output, { mode: 0o600 });
   try {
-    const columns = db.prepare('SELECT name FROM pragma_table_info(?)').pluck().all('audit_log') as string[];
-    const n = await writeExport(iterateAudit(db, filterOf(values)), format as ExportFormat, dest, { columns });
+    const columns = await log.columns();
+    const n = await writeExport(log.iterate(filterOf(values)), format as ExportFormat, dest, { columns });
     if (values.output !== undefined) {
       await new Promise<void>((r, j) => dest.end((err?: Error | null) => (err ? j(err) : r())));
       process.stderr.write(`${n} row(s) written to ${values.output}\n`);
     }
   } finally {
-    db.close();
+    await log.close();
   }
 }
 
@@ -246,13 +247,13 @@ async function shipRows(args: string[]): Promise<void> {
   if (values['sd-id'] !== undefined && !/^[\x21-\x7e]{1,32}$/.test(values['sd-id'])) throw new UsageError('--sd-id must be 1 to 32 printable characters');
   const interval = /^(\d+)(ms|s)$/.exec(values.interval);
   if (!interval) throw new UsageError('--interval looks like 500ms or 2s');
-  const db = openReadonly(dataDirOf(values.data));
+  const log = await openLog(dataDirOf(values.data), { readonly: true });
   const stop = new AbortController();
   const onSignal = (): void => stop.abort();
   process.once('SIGINT', onSignal);
   process.once('SIGTERM', onSignal);
   try {
-    const r = await ship(db, {
+    const r = await ship(log, {
       to,
       format: values.format,
       cursorFile: values['cursor-file'],
@@ -267,7 +268,7 @@ async function shipRows(args: string[]): Promise<void> {
   } finally {
     process.off('SIGINT', onSignal);
     process.off('SIGTERM', onSignal);
-    db.close();
+    await log.close();
   }
 }
 
@@ -288,41 +289,14 @@ async function prune(args: string[]): Promise<void> {
     out('nothing to prune: no retention is configured (gateway.audit.retention_days) or given (--days)');
     return;
   }
-  const dir = dataDirOf(values.data);
-  if (values['dry-run']) {
-    const db = openReadonly(dir);
-    try {
-      const named = Object.keys(cutoffs.tenantBefore);
-      let n = 0;
-      if (cutoffs.defaultBefore !== null) {
-        n += db
-          .prepare(`SELECT count(*) FROM audit_log WHERE ts < ? ${named.length ? `AND (tenant IS NULL OR tenant NOT IN (${named.map(() => '?').join(', ')}))` : ''}`)
-          .pluck()
-          .get(cutoffs.defaultBefore, ...named) as number;
-      }
-      for (const [t, before] of Object.entries(cutoffs.tenantBefore)) {
-        if (before !== null) n += db.prepare('SELECT count(*) FROM audit_log WHERE tenant = ? AND ts < ?').pluck().get(t, before) as number;
-      }
-      out(`would delete ${n} row(s)`);
-    } finally {
-      db.close();
-    }
-    return;
-  }
-  if (!existsSync(join(dir, 'valet.db'))) throw new UsageError(`no audit database in ${dir} (has the gateway run there?)`);
-  const db = openAuditDatabase(dir, { busyTimeoutMs: 10_000 });
-  let rows = 0;
-  let compacted = 0;
+  const dryRun = values['dry-run'] ?? false;
+  // Writing, it waits up to 10 s for the gateway's writer between the small transactions it takes.
+  const log = await openLog(dataDirOf(values.data), dryRun ? { readonly: true } : { readonly: false, busyTimeoutMs: 10_000 });
+  let r;
   try {
-    // Small transactions, so a running gateway's writes never wait long for the lock.
-    for (;;) {
-      const r = pruneAudit(db, cutoffs, undefined, { maxRows: 500 });
-      rows += r.rows;
-      compacted += r.compacted;
-      if (r.done) break;
-    }
+    r = await log.prune(cutoffs, { dryRun });
   } finally {
-    db.close();
+    await log.close();
   }
-  out(`deleted ${rows} row(s); ${compacted} chain event(s) compacted`);
+  out(dryRun ? `would delete ${r.rows} row(s)` : `deleted ${r.rows} row(s); ${r.compacted} chain event(s) compacted`);
 }

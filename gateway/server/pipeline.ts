@@ -6,7 +6,7 @@ import { APPROVAL_HEADER, approvalStatus, escalate, VALET_PREFIX, type Escalatio
 import type { ApprovalService } from '../approvals/service.js';
 import { keptArguments } from '../audit/args.js';
 import { requestId as newRequestId } from '../audit/ids.js';
-import type { AuditWriter } from '../audit/writer.js';
+import type { AuditWriter } from '../audit/port.js';
 import type { TokenVerifier } from '../auth/verify.js';
 import { DEFAULT_LISTENER, type Config, type UpstreamConfig } from '../config/types.js';
 import { ValetError } from '../errors.js';

@@ -2,9 +2,9 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import Database from 'better-sqlite3';
-import { AuditCore } from '../../gateway/audit/core.js';
+import { AuditCore } from '../../gateway/audit/sqlite/core.js';
 import { requestId } from '../../gateway/audit/ids.js';
-import { AUDIT_FILE } from '../../gateway/audit/store.js';
+import { AUDIT_FILE } from '../../gateway/audit/sqlite/store.js';
 import { newAuditRecord } from '../../gateway/server/pipeline.js';
 import type { AuditRecord } from '../../gateway/types.js';
 

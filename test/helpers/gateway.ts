@@ -4,7 +4,8 @@ import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { Writable } from 'node:stream';
 import { stringify } from 'yaml';
-import { openAuditDatabase, type AuditRow } from '../../gateway/audit/store.js';
+import type { AuditRow } from '../../gateway/audit/port.js';
+import { openAuditDatabase } from '../../gateway/audit/sqlite/store.js';
 import { mintAgentToken, type MintOptions } from '../../gateway/auth/mint.js';
 import { startGateway, type RunningGateway } from '../../gateway/main.js';
 

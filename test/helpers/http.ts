@@ -1,6 +1,6 @@
 import { connect } from 'node:net';
 import { expect } from 'vitest';
-import type { AuditRow } from '../../gateway/audit/store.js';
+import type { AuditRow } from '../../gateway/audit/port.js';
 import type { TestGateway } from './gateway.js';
 
 export const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;

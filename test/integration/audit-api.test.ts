@@ -5,8 +5,8 @@ import { parse } from 'csv-parse/sync';
 import { request } from 'undici';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ANCHOR_FILE, readAnchors } from '../../gateway/audit/anchor.js';
-import { verifyChain } from '../../gateway/audit/chain.js';
-import { AUDIT_FILE } from '../../gateway/audit/store.js';
+import { verifyChain } from '../../gateway/audit/sqlite/chain.js';
+import { AUDIT_FILE } from '../../gateway/audit/sqlite/store.js';
 import { startTestGateway, type TestGateway } from '../helpers/gateway.js';
 import { startFakeUpstream, type FakeUpstream } from '../helpers/upstream.js';
 

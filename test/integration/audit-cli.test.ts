@@ -6,9 +6,10 @@ import Database from 'better-sqlite3';
 import { parse } from 'csv-parse/sync';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { anchorLine } from '../../gateway/audit/anchor.js';
-import { readHead } from '../../gateway/audit/chain.js';
+import { readHead } from '../../gateway/audit/sqlite/chain.js';
 import { readCursor, ship } from '../../gateway/audit/ship.js';
-import { AUDIT_FILE, openAuditDatabase } from '../../gateway/audit/store.js';
+import { SqliteAuditLog } from '../../gateway/audit/sqlite/log.js';
+import { AUDIT_FILE, openAuditDatabase } from '../../gateway/audit/sqlite/store.js';
 import { auditFixture, writeMix, type AuditFixture } from '../helpers/audit.js';
 import { runCli } from '../helpers/cli.js';
 
@@ -191,16 +192,16 @@ describe('valet audit ship', () => {
 
   it('reconnects with backoff when the collector drops the connection, and sends the batch again', async () => {
     const c = await tcpCollector({ dropFirst: true });
-    const db = openAuditDatabase(fx.dir, { readonly: true });
+    const log = new SqliteAuditLog(openAuditDatabase(fx.dir, { readonly: true }), fx.dir);
     try {
       const logs: string[] = [];
-      const r = await ship(db, { to: new URL(`tcp://127.0.0.1:${c.port}`), format: 'syslog', once: true, confirmMs: 300, log: (m) => logs.push(m) });
+      const r = await ship(log, { to: new URL(`tcp://127.0.0.1:${c.port}`), format: 'syslog', once: true, confirmMs: 300, log: (m) => logs.push(m) });
       expect(r.shipped).toBe(7);
       expect(c.connections).toBe(2);
       expect(c.messages.length).toBe(7); // everything arrived on the second connection
       expect(logs).toContain('7 row(s) sent on a connection that broke are sent again');
     } finally {
-      db.close();
+      await log.close();
       await c.close();
     }
   });
@@ -210,9 +211,9 @@ describe('valet audit ship', () => {
     const got: string[] = [];
     socket.on('message', (m) => got.push(m.toString('utf8')));
     await new Promise<void>((r) => socket.bind(0, '127.0.0.1', r));
-    const db = openAuditDatabase(fx.dir, { readonly: true });
+    const log = new SqliteAuditLog(openAuditDatabase(fx.dir, { readonly: true }), fx.dir);
     try {
-      const r = await ship(db, { to: new URL(`udp://127.0.0.1:${socket.address().port}`), format: 'syslog', once: true, filter: { decision: 'deny' } });
+      const r = await ship(log, { to: new URL(`udp://127.0.0.1:${socket.address().port}`), format: 'syslog', once: true, filter: { decision: 'deny' } });
       expect(r.shipped).toBe(3);
       const deadline = Date.now() + 2000;
       while (got.length < 3 && Date.now() < deadline) await new Promise((res) => setTimeout(res, 10));
@@ -220,7 +221,7 @@ describe('valet audit ship', () => {
       for (const m of got) expect(m).toMatch(RFC5424);
       for (const m of got) expect(m).toContain(' decision="deny" ');
     } finally {
-      db.close();
+      await log.close();
       socket.close();
     }
   });

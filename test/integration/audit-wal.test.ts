@@ -3,9 +3,9 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pino } from 'pino';
 import { afterEach, describe, expect, it } from 'vitest';
-import { verifyChain } from '../../gateway/audit/chain.js';
-import { AUDIT_FILE, openAuditDatabase } from '../../gateway/audit/store.js';
-import { startAuditWriter } from '../../gateway/audit/writer.js';
+import { verifyChain } from '../../gateway/audit/sqlite/chain.js';
+import { AUDIT_FILE, openAuditDatabase } from '../../gateway/audit/sqlite/store.js';
+import { startAuditWriter } from '../../gateway/audit/sqlite/writer.js';
 import { record } from '../helpers/audit.js';
 
 describe('audit writer: the WAL stays bounded under sustained load', () => {

@@ -3,7 +3,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pino } from 'pino';
 import { afterEach, describe, expect, it } from 'vitest';
-import { startAuditWriter } from '../../gateway/audit/writer.js';
+import { startAuditWriter } from '../../gateway/audit/sqlite/writer.js';
 import { record } from '../helpers/audit.js';
 
 describe('audit writer: each commit is reported with its duration (valet_audit_commit_seconds)', () => {

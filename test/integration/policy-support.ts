@@ -5,7 +5,7 @@
 import type { Readable } from 'node:stream';
 import { expect } from 'vitest';
 import { request } from 'undici';
-import type { AuditRow } from '../../gateway/audit/store.js';
+import type { AuditRow } from '../../gateway/audit/port.js';
 import { startTestGateway, type TestGateway, type TestGatewayOptions } from '../helpers/gateway.js';
 import { auditRowFor, expectErrorBody, header, requestIdOf, type ErrorBody } from '../helpers/http.js';
 import type { FakeUpstream, RecordedRequest } from '../helpers/upstream.js';

@@ -4,10 +4,12 @@ import { join } from 'node:path';
 import Database from 'better-sqlite3';
 import { afterEach, describe, expect, it } from 'vitest';
 import { anchorLine, readAnchors } from '../../gateway/audit/anchor.js';
-import { contentColumns, EVENT, linkHash, readHead, rowDigest, verifyChain, type Anchor } from '../../gateway/audit/chain.js';
-import { pruneAudit } from '../../gateway/audit/core.js';
+import { EVENT, linkHash, rowDigest } from '../../gateway/audit/chain.js';
+import type { Anchor } from '../../gateway/audit/port.js';
+import { contentColumns, readHead, verifyChain } from '../../gateway/audit/sqlite/chain.js';
+import { pruneAudit } from '../../gateway/audit/sqlite/core.js';
 import { FINAL, pack, RECORD_FIELDS } from '../../gateway/audit/protocol.js';
-import { openAuditDatabase } from '../../gateway/audit/store.js';
+import { openAuditDatabase } from '../../gateway/audit/sqlite/store.js';
 import { auditFixture, record, writeMix, type AuditFixture } from '../helpers/audit.js';
 
 let fx: AuditFixture | undefined;
@@ -320,7 +322,7 @@ describe('audit schema', () => {
 describe('audit writer start-up', () => {
   it('rows a killed gateway left in flight are completed as VALET_ERR_OUTCOME_UNKNOWN by the next writer', async () => {
     const f = setup();
-    const { AuditCore } = await import('../../gateway/audit/core.js');
+    const { AuditCore } = await import('../../gateway/audit/sqlite/core.js');
     const rec = record();
     f.core.apply([{ op: 'decision', rec }]);
     // A second writer while the first still runs (two gateways on one directory) leaves it alone.

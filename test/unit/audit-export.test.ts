@@ -2,7 +2,8 @@ import { Writable } from 'node:stream';
 import { parse } from 'csv-parse/sync';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { cefLine, syslogMessage, writeExport, type ExportFormat } from '../../gateway/audit/export.js';
-import { iterateAudit, type AuditRow } from '../../gateway/audit/store.js';
+import type { AuditRow } from '../../gateway/audit/port.js';
+import { iterateAudit } from '../../gateway/audit/sqlite/store.js';
 import { auditFixture, record, type AuditFixture } from '../helpers/audit.js';
 
 /** Values that break naive formats: every delimiter each format has, line breaks, non-ASCII. */

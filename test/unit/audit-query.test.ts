@@ -1,5 +1,6 @@
 import { afterEach, describe, expect, it, vi } from 'vitest';
-import { firstIdAtOrAfter, iterateAudit, pageAudit, queryAudit, type AuditFilter } from '../../gateway/audit/store.js';
+import type { AuditFilter } from '../../gateway/audit/port.js';
+import { firstIdAtOrAfter, iterateAudit, pageAudit, queryAudit } from '../../gateway/audit/sqlite/store.js';
 import { auditFixture, record, writeMix, type AuditFixture } from '../helpers/audit.js';
 
 let fx: AuditFixture | undefined;

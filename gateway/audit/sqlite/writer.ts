@@ -4,41 +4,11 @@ import { createRequire } from 'node:module';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { Worker } from 'node:worker_threads';
 import type { Logger } from 'pino';
-import { ValetError } from '../errors.js';
-import type { AuditRecord } from '../types.js';
-import { AuditCore, type PruneResult, type RetentionCutoffs } from './core.js';
-import { DECISION, FINAL, pack, type FromWriter, type Head, type PackedOp, type ToWriter, type WriterInit } from './protocol.js';
+import { ValetError } from '../../errors.js';
+import type { AuditHead, AuditWriter, PruneResult } from '../port.js';
+import { DECISION, FINAL, pack, type FromWriter, type PackedOp, type ToWriter, type WriterInit } from '../protocol.js';
+import { AuditCore } from './core.js';
 import { AUDIT_FILE } from './store.js';
-
-/**
- * The request path's view of the audit log.
- *
- * - `commit(rec)` before a request is forwarded: resolves once its row is committed with
- *   `synchronous = FULL` (fsynced). Requests arriving together share one transaction and one fsync
- *   (group commit). Rejects with `VALET_ERR_AUDIT_UNAVAILABLE` when the row cannot be written
- *   (another process holds the write lock past the busy timeout, disk full, read-only file...),
- *   unless the writer runs fail-open: then it resolves, the row is kept and retried, and the
- *   failure is logged at error level.
- * - `record(rec)` when a request is over: completes the committed row with its outcome, or writes
- *   the row whole for a request refused before forwarding. Never waits; written with the next
- *   decision, or within 10 ms (the worker writer; the inline one writes it at the end of the turn).
- */
-export interface AuditWriter {
-  commit(rec: AuditRecord): Promise<void>;
-  record(rec: AuditRecord): void;
-  /** Writes everything queued so far before returning (blocks the thread; for tests and shutdown). */
-  flush(): void;
-  /** Rows queued or being written (and, while the database is unwritable, held for retry). */
-  readonly pending: number;
-  /** The chain head as of the last commit. */
-  readonly head: Head;
-  /** Transactions committed so far (each one fsync, shared by every row in it). */
-  readonly commits: number;
-  /** Deletes rows older than the cutoffs in small transactions between the request path's batches. */
-  prune(cutoffs: RetentionCutoffs): Promise<PruneResult>;
-  /** Flushes, closes the database, stops the writer thread. */
-  close(): Promise<void>;
-}
 
 export interface AuditWriterOptions {
   dataDir: string;
@@ -89,7 +59,7 @@ function workerWriter(o: AuditWriterOptions): Promise<AuditWriter> {
   const init: WriterInit = { dataDir: o.dataDir, busyTimeoutMs: o.busyTimeoutMs ?? 1000, failOpen, flushSignal, checkpointer: true, walLimitBytes: o.walLimitBytes ?? WAL_LIMIT_BYTES };
   const worker = spawnWriterThread(init);
   let checkpointer: Checkpointer | undefined;
-  let head: Head = { seq: 0, hash: '' };
+  let head: AuditHead = { seq: 0, hash: '' };
   let commits = 0;
   let current: Batch | undefined;
   const inFlight = new Map<number, Batch>();
@@ -330,7 +300,7 @@ interface Checkpointer {
 }
 
 /**
- * The writer thread runs gateway/audit/worker.js next to this file. Running from source (tsx,
+ * The writer thread runs gateway/audit/sqlite/worker.js next to this file. Running from source (tsx,
  * vitest) there is only worker.ts: the thread first registers tsx's loader, then imports it.
  */
 function spawnWriterThread(init: WriterInit): Worker {

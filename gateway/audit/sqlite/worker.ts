@@ -10,7 +10,8 @@ import { join } from 'node:path';
 import { parentPort, workerData } from 'node:worker_threads';
 import { AuditCore } from './core.js';
 import { AUDIT_FILE } from './store.js';
-import { DECISION, type FromWriter, type Head, type PackedOp, type ToWriter, type WriterInit } from './protocol.js';
+import type { AuditHead } from '../port.js';
+import { DECISION, type FromWriter, type PackedOp, type ToWriter, type WriterInit } from '../protocol.js';
 
 /** Ops kept for retry while the database cannot be written; beyond this the oldest are dropped (and logged). */
 const MAX_HELD = 200_000;
@@ -53,7 +54,7 @@ function boundWal(): void {
   }
 }
 
-const headOf = (): Head => ({ seq: core.head.seq, hash: core.head.hash.toString('hex') });
+const headOf = (): AuditHead => ({ seq: core.head.seq, hash: core.head.hash.toString('hex') });
 
 let queue: PackedOp[] = [];
 let unanswered: number[] = [];

@@ -1,10 +1,12 @@
 import { join } from 'node:path';
 import Database from 'better-sqlite3';
-import type { AuditRecord } from '../types.js';
-import { contentColumns, encodeNote, EVENT, GENESIS, jsonString, linkHash, META_COLUMNS, parseNote, readCheckpoint, readHead, rowDigest, sha256, sha256Hex, storedText, type ChainHead, type PruneNote } from './chain.js';
-import { DECISION, FINAL, pack, RECORD_FIELDS, REQUEST_ID_AT, type PackedOp } from './protocol.js';
+import type { AuditRecord } from '../../types.js';
+import { encodeNote, EVENT, GENESIS, jsonString, linkHash, META_COLUMNS, parseNote, rowDigest, sha256, sha256Hex, storedText, type ChainHead, type PruneNote } from '../chain.js';
+import type { PruneResult, RetentionCutoffs } from '../port.js';
+import { DECISION, FINAL, pack, RECORD_FIELDS, REQUEST_ID_AT, type PackedOp } from '../protocol.js';
+import { contentColumns, readCheckpoint, readHead } from './chain.js';
 import { openAuditDatabase, type AuditDatabase } from './store.js';
-import { privateFile } from '../private-files.js';
+import { privateFile } from '../../private-files.js';
 
 /**
  * What the request path hands the writer (as a {@link PackedOp} between threads):
@@ -13,20 +15,6 @@ import { privateFile } from '../private-files.js';
  *   `outcome` event); otherwise it is written whole (a `record` event).
  */
 export type AuditOp = { op: 'decision'; rec: AuditRecord } | { op: 'final'; rec: AuditRecord };
-
-/** Rows older than these (Unix ms, by `ts`) are deleted; null keeps them. */
-export interface RetentionCutoffs {
-  defaultBefore: number | null;
-  tenantBefore: Record<string, number | null>;
-}
-
-export interface PruneResult {
-  rows: number;
-  /** Events removed from the front of the chain (stubs of deleted rows, old prune events). */
-  compacted: number;
-  /** False while more rows match (call again). */
-  done: boolean;
-}
 
 type Statement = Database.Statement<unknown[], unknown>;
 
@@ -114,7 +102,7 @@ function normaliser(declared: string): (v: unknown) => unknown {
 /**
  * The single writer of the audit log: applies batches of {@link AuditOp} in one `BEGIN IMMEDIATE`
  * transaction each, assigning row ids, recording times and chain events in commit order.
- * Synchronous; runs in the writer thread (gateway/audit/worker.ts) or, inline, on the caller's thread.
+ * Synchronous; runs in the writer thread (gateway/audit/sqlite/worker.ts) or, inline, on the caller's thread.
  *
  * The chain head and the last id are read inside each transaction, under SQLite's write lock, so
  * another process writing the same file (a `valet audit prune` run, a second writer) never forks

@@ -1,7 +1,9 @@
 import { join } from 'node:path';
 import Database from 'better-sqlite3';
-import { contentColumns, EVENT, linkHash, readHead, rowDigest } from './chain.js';
-import { privateDir, privateFile } from '../private-files.js';
+import { EVENT, linkHash, rowDigest } from '../chain.js';
+import type { AuditFilter, AuditPage, AuditRow } from '../port.js';
+import { privateDir, privateFile } from '../../private-files.js';
+import { contentColumns, readHead } from './chain.js';
 
 export type AuditDatabase = Database.Database;
 
@@ -141,73 +143,9 @@ function chainLegacyRows(db: AuditDatabase): void {
   }
 }
 
-export interface AuditRow {
-  id: number;
-  ts: number;
-  request_id: string;
-  agent: string | null;
-  tenant: string | null;
-  user: string | null;
-  upstream: string | null;
-  tool: string | null;
-  method: string;
-  path: string;
-  decision: string | null;
-  rule: string | null;
-  reason: string | null;
-  status: number;
-  upstream_status: number | null;
-  error_code: string | null;
-  duration_ms: number;
-  bytes_in: number;
-  bytes_out: number;
-  policy_version: string | null;
-  approval_id: string | null;
-  approver: string | null;
-  approval_reason: string | null;
-  approval_at: number | null;
-  args: string | null;
-  /** When the writer recorded the row (ms); never decreases as ids grow. */
-  logged_at: number;
-  /** The row's events in the hash chain (bookkeeping). */
-  chain_seq: number | null;
-  outcome_seq: number | null;
-}
-
 /** Equality filters, by column. Every one is indexed. */
 export const FILTER_COLUMNS = ['agent', 'tenant', 'user', 'upstream', 'tool', 'decision', 'rule', 'request_id', 'status'] as const;
 export type FilterColumn = (typeof FILTER_COLUMNS)[number];
-
-export interface AuditFilter {
-  limit: number;
-  agent?: string | undefined;
-  tenant?: string | undefined;
-  user?: string | undefined;
-  upstream?: string | undefined;
-  tool?: string | undefined;
-  /** `allow`, `deny`, `escalate`, or `none` (refused before the policy ran). */
-  decision?: string | undefined;
-  /** The rule id as recorded (several deciding rules are recorded joined with `,`). */
-  rule?: string | undefined;
-  requestId?: string | undefined;
-  /** The HTTP status sent; 0 selects rows whose outcome is not recorded (in flight, or the gateway stopped). */
-  status?: number | undefined;
-  /** Recorded at or after / at or before (Unix ms; see `logged_at`). */
-  sinceMs?: number | undefined;
-  untilMs?: number | undefined;
-  /** Keyset cursor: rows with a smaller id (the next page, newest first). */
-  before?: number | undefined;
-  /** Rows with a larger id (oldest first: exports, shipping). */
-  after?: number | undefined;
-  /** `desc` (newest first, the default) or `asc`. */
-  order?: 'asc' | 'desc' | undefined;
-}
-
-export interface AuditPage {
-  rows: AuditRow[];
-  /** Pass as `before` (newest-first) or `after` (oldest-first) for the next page; null on the last. */
-  next: number | null;
-}
 
 /** The smallest and largest row id, or undefined when the log is empty. */
 function idBounds(db: AuditDatabase): { lo: number; hi: number } | undefined {

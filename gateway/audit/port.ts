@@ -1,0 +1,241 @@
+import type { AuditRecord } from '../types.js';
+
+/**
+ * The audit log's port: what the request path, the admin plane, the dashboard's API and the CLI
+ * need from the log, with no database driver in sight. SQLite (gateway/audit/sqlite/) is the
+ * first implementation; gateway/audit/backend.ts chooses one. Reads are asynchronous, so that an
+ * implementation over a network (PostgreSQL) fits without changing a consumer.
+ *
+ * Write side: {@link AuditWriter}, used by the request path. Read side: {@link AuditLog}.
+ */
+
+/** One audit row as stored and read back (the wire shape of every reader: admin API, CLI, exports). */
+export interface AuditRow {
+  id: number;
+  ts: number;
+  request_id: string;
+  agent: string | null;
+  tenant: string | null;
+  user: string | null;
+  upstream: string | null;
+  tool: string | null;
+  method: string;
+  path: string;
+  decision: string | null;
+  rule: string | null;
+  reason: string | null;
+  status: number;
+  upstream_status: number | null;
+  error_code: string | null;
+  duration_ms: number;
+  bytes_in: number;
+  bytes_out: number;
+  policy_version: string | null;
+  approval_id: string | null;
+  approver: string | null;
+  approval_reason: string | null;
+  approval_at: number | null;
+  args: string | null;
+  /** When the writer recorded the row (ms); never decreases as ids grow. */
+  logged_at: number;
+  /** The row's events in the hash chain (bookkeeping). */
+  chain_seq: number | null;
+  outcome_seq: number | null;
+}
+
+/** Equality filters, time range, cursors and order for reading rows. */
+export interface AuditFilter {
+  limit: number;
+  agent?: string | undefined;
+  tenant?: string | undefined;
+  user?: string | undefined;
+  upstream?: string | undefined;
+  tool?: string | undefined;
+  /** `allow`, `deny`, `escalate`, or `none` (refused before the policy ran). */
+  decision?: string | undefined;
+  /** The rule id as recorded (several deciding rules are recorded joined with `,`). */
+  rule?: string | undefined;
+  requestId?: string | undefined;
+  /** The HTTP status sent; 0 selects rows whose outcome is not recorded (in flight, or the gateway stopped). */
+  status?: number | undefined;
+  /** Recorded at or after / at or before (Unix ms; see `logged_at`). */
+  sinceMs?: number | undefined;
+  untilMs?: number | undefined;
+  /** Keyset cursor: rows with a smaller id (the next page, newest first). */
+  before?: number | undefined;
+  /** Rows with a larger id (oldest first: exports, shipping). */
+  after?: number | undefined;
+  /** `desc` (newest first, the default) or `asc`. */
+  order?: 'asc' | 'desc' | undefined;
+}
+
+/** One page of rows and the cursor to the next. */
+export interface AuditPage {
+  rows: AuditRow[];
+  /** Pass as `before` (newest-first) or `after` (oldest-first) for the next page; null on the last. */
+  next: number | null;
+}
+
+/** The chain head as hex: what anchors record. */
+export interface AuditHead {
+  seq: number;
+  hash: string;
+}
+
+/** Rows older than these (Unix ms, by `ts`) are deleted; null keeps them. */
+export interface RetentionCutoffs {
+  defaultBefore: number | null;
+  tenantBefore: Record<string, number | null>;
+}
+
+/** What one prune did. */
+export interface PruneResult {
+  /** Rows deleted (with `dryRun`: rows that would be). */
+  rows: number;
+  /** Events removed from the front of the chain (stubs of deleted rows, old prune events). */
+  compacted: number;
+  /** False while more rows match (call again). */
+  done: boolean;
+}
+
+/** An anchor: the chain head at some moment, kept outside the database. */
+export interface Anchor {
+  seq: number;
+  hash: string;
+  at: number;
+  /** Where it came from, for messages (`file:line`). */
+  source?: string;
+}
+
+/** One thing verification found wrong. */
+export interface VerifyProblem {
+  /** Chain position the problem is at (for ordering; rows not in the chain sort by their neighbours). */
+  position: number;
+  seq: number | null;
+  rowId: number | null;
+  requestId: string | null;
+  message: string;
+}
+
+/** What `verify` checked and found. */
+export interface VerifyResult {
+  ok: boolean;
+  /** Rows in audit_log, and events in the retained chain. */
+  rows: number;
+  events: number;
+  head: { seq: number; hash: string };
+  /** The compaction checkpoint verification started from (seq 0: the genesis). */
+  checkpoint: { seq: number; hash: string };
+  /** Rows whose decision was recorded but whose outcome never was (the gateway stopped mid-request). */
+  incomplete: number;
+  /** Events whose rows retention deleted (kept as stubs). */
+  pruned: number;
+  anchors: { checked: number; beforeCheckpoint: number; latest: Anchor | undefined };
+  /** Sorted by position: the first is the first bad row or event. */
+  problems: VerifyProblem[];
+}
+
+/**
+ * The request path's view of the audit log.
+ *
+ * - `commit(rec)` before a request is forwarded: resolves once its row is durable (SQLite: committed
+ *   with `synchronous = FULL`, fsynced). Requests arriving together share one transaction and one
+ *   fsync (group commit). Rejects with `VALET_ERR_AUDIT_UNAVAILABLE` when the row cannot be written
+ *   (another process holds the write lock past the busy timeout, disk full, read-only file...),
+ *   unless the writer runs fail-open: then it resolves, the row is kept and retried, and the
+ *   failure is logged at error level.
+ * - `record(rec)` when a request is over: completes the committed row with its outcome, or writes
+ *   the row whole for a request refused before forwarding. Never waits; written with the next
+ *   decision, or within 10 ms (the worker writer; the inline one writes it at the end of the turn).
+ */
+export interface AuditWriter {
+  commit(rec: AuditRecord): Promise<void>;
+  record(rec: AuditRecord): void;
+  /** Writes everything queued so far before returning (blocks the thread; for tests and shutdown). */
+  flush(): void;
+  /** Rows queued or being written (and, while the database is unwritable, held for retry). */
+  readonly pending: number;
+  /** The chain head as of the last commit. */
+  readonly head: AuditHead;
+  /** Transactions committed so far (each one fsync, shared by every row in it). */
+  readonly commits: number;
+  /** Deletes rows older than the cutoffs in small transactions between the request path's batches. */
+  prune(cutoffs: RetentionCutoffs): Promise<PruneResult>;
+  /** Flushes, closes the database, stops the writer thread. */
+  close(): Promise<void>;
+}
+
+/** The filters shipping applies (it follows the log: no time range, cursor or order). */
+export type CompletedFilter = Omit<AuditFilter, 'limit' | 'order' | 'before' | 'after' | 'sinceMs' | 'untilMs'>;
+
+/** Completed rows after a shipping cursor (see {@link AuditLog.completedAfter}). */
+export interface CompletedRows {
+  /** Each row with the seq of the event that completed it, in completion order. */
+  rows: { seq: number; row: AuditRow }[];
+  /** The newest event seq, read before the rows: a cursor may move past events up to it that matched nothing. */
+  head: number;
+}
+
+/** One agent's activity since a time, for the dashboard. */
+export interface AgentActivity {
+  agent: string;
+  tenant: string | null;
+  /** The newest row's `ts` (ms). */
+  lastSeen: number;
+  requests: number;
+  decisions: DecisionCounts;
+  /** Rows answered with a 5xx status. */
+  errors: number;
+}
+
+/** Rows by decision; `none`: refused before the policy ran. */
+export interface DecisionCounts {
+  allow: number;
+  deny: number;
+  escalate: number;
+  none: number;
+}
+
+/** How many rows of one decision fell into one time bucket. */
+export interface DecisionBucket {
+  /** The bucket's index from `sinceMs` (`floor((ts - sinceMs) / bucketMs)`). */
+  bucket: number;
+  /** As recorded (`allow`, `deny`, `escalate`), or `none` for no decision. */
+  decision: string;
+  count: number;
+}
+
+/**
+ * The read side of the audit log (and retention, which runs outside the request path). Every
+ * method reads a consistent view; none blocks a writer for long.
+ */
+export interface AuditLog {
+  /** One page of rows matching the filter, newest first unless `order: 'asc'`, with the cursor for the next (keyset on id). */
+  page(filter: AuditFilter): Promise<AuditPage>;
+  /**
+   * Every row matching the filter, oldest first, read a page at a time so memory stays flat
+   * however many rows match. Stops at the newest row that existed when it started.
+   */
+  iterate(filter: Omit<AuditFilter, 'limit' | 'order' | 'before'>, pageSize?: number): AsyncIterable<AuditRow>;
+  /** The newest row with this request id. */
+  byRequestId(requestId: string): Promise<AuditRow | undefined>;
+  /** The stored row's column names, in storage order (an export's header names them even with no rows). */
+  columns(): Promise<string[]>;
+  /** Checks the whole retained chain and every row against it (and against the anchors given). */
+  verify(options?: { anchors?: readonly Anchor[]; maxProblems?: number }): Promise<VerifyResult>;
+  /**
+   * Deletes rows older than the cutoffs in small transactions, keeping the chain verifiable, until
+   * none is left; `dryRun` only counts them. For a process other than the gateway's (the gateway
+   * prunes through its writer, {@link AuditWriter.prune}).
+   */
+  prune(cutoffs: RetentionCutoffs, options?: { dryRun?: boolean; batchRows?: number }): Promise<PruneResult>;
+  /** Up to `limit` completed rows whose completing event comes after `cursor` (a chain seq), for shipping. */
+  completedAfter(cursor: number, limit: number, filter?: CompletedFilter): Promise<CompletedRows>;
+  /** Agents seen since `sinceMs` (optionally of one tenant), most recently seen first, at most `limit`. */
+  agents(q: { sinceMs: number; tenant?: string | undefined; limit: number }): Promise<AgentActivity[]>;
+  /** Rows recorded in [sinceMs, untilMs) (optionally of one tenant), counted by time bucket and decision; empty buckets are absent. */
+  decisionCounts(q: { sinceMs: number; untilMs: number; bucketMs: number; tenant?: string | undefined }): Promise<DecisionBucket[]>;
+  /** Whether a write could start now without waiting (`ok`), or why not (the driver's error code): the readiness probe. */
+  writable(): Promise<string>;
+  close(): Promise<void>;
+}

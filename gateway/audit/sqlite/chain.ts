@@ -1,0 +1,247 @@
+import { EVENT, GENESIS, linkHash, META_COLUMNS, parseNote, pruneCoverage, rowDigest, sha256, type ChainHead } from '../chain.js';
+import type { Anchor, VerifyProblem, VerifyResult } from '../port.js';
+import type { AuditDatabase } from './store.js';
+
+/** The hash chain (gateway/audit/chain.ts) as SQLite stores it: `audit_chain`, read and verified here. */
+
+/** The content columns of `audit_log`, sorted by name: what {@link encodeRow} covers. */
+export function contentColumns(db: AuditDatabase): string[] {
+  const cols = db.prepare('SELECT name FROM pragma_table_info(?)').pluck().all('audit_log') as string[];
+  return cols.filter((c) => !META_COLUMNS.has(c)).sort();
+}
+
+export function readHead(db: AuditDatabase): ChainHead {
+  const r = db.prepare('SELECT seq, hash FROM audit_chain ORDER BY seq DESC LIMIT 1').get() as { seq: number; hash: Buffer } | undefined;
+  return r === undefined ? { seq: 0, hash: GENESIS } : { seq: r.seq, hash: r.hash };
+}
+
+/** Where the retained chain begins: the latest compaction checkpoint, or the genesis. */
+export function readCheckpoint(db: AuditDatabase): ChainHead {
+  const notes = db.prepare(`SELECT note FROM audit_chain WHERE kind = ${EVENT.prune} ORDER BY seq DESC`).pluck().iterate() as IterableIterator<string>;
+  for (const text of notes) {
+    const n = parseNote(text);
+    if (n?.through_seq != null && n.through_hash != null) return { seq: n.through_seq, hash: Buffer.from(n.through_hash, 'hex') };
+  }
+  return { seq: 0, hash: GENESIS };
+}
+
+interface EventRow {
+  seq: number;
+  kind: number;
+  row_id: number;
+  hash: Buffer;
+  ts: number | null;
+  tenant: string | null;
+  digest: Buffer | null;
+  note: string | null;
+}
+
+/**
+ * Checks the whole retained chain and every row against it, inside one read transaction (a
+ * consistent snapshot while the gateway keeps writing). Finds: rows edited (content no longer
+ * matches its hash), rows deleted (an event whose row is gone and that no prune covers), events
+ * deleted (a gap in seq), rows inserted (a row no event names), rows reordered or moved to another
+ * id, events rewritten (an event that does not chain from the one before), and, with anchors, the
+ * tail cut off or the history rewritten up to an anchored point.
+ */
+export function verifyChain(db: AuditDatabase, o: { anchors?: readonly Anchor[]; maxProblems?: number } = {}): VerifyResult {
+  const maxProblems = o.maxProblems ?? 50;
+  db.exec('BEGIN');
+  try {
+    return verifyInSnapshot(db, o.anchors ?? [], maxProblems);
+  } finally {
+    db.exec('COMMIT');
+  }
+}
+
+function verifyInSnapshot(db: AuditDatabase, anchors: readonly Anchor[], maxProblems: number): VerifyResult {
+  const columns = contentColumns(db);
+  const problems: VerifyProblem[] = [];
+  const problem = (p: Omit<VerifyProblem, 'position'> & { position?: number }): void => {
+    problems.push({ position: p.position ?? p.seq ?? Number.MAX_SAFE_INTEGER, ...p });
+  };
+  const prunes = (db.prepare(`SELECT seq, note FROM audit_chain WHERE kind = ${EVENT.prune} ORDER BY seq`).all() as { seq: number; note: string | null }[]).map(
+    (p) => ({ seq: p.seq, note: parseNote(p.note) }),
+  );
+  const covered = pruneCoverage(prunes);
+  const checkpoint = readCheckpoint(db);
+  const getRow = db.prepare('SELECT * FROM audit_log WHERE id = ?');
+  const events = db.prepare('SELECT seq, kind, row_id, hash, ts, tenant, digest, note FROM audit_chain WHERE seq > ? ORDER BY seq').iterate(checkpoint.seq) as IterableIterator<EventRow>;
+
+  let expected = checkpoint.seq + 1;
+  let prev: Buffer | undefined = checkpoint.hash;
+  let count = 0;
+  let pruned = 0;
+  let liveRecords = 0;
+  let lastFirstRow = 0;
+  let lastSeq = checkpoint.seq;
+  let lastHash = checkpoint.hash;
+  /** Decision events still waiting for their outcome event: row id → (seq, stored digest). */
+  const awaiting = new Map<number, { seq: number; digest: Buffer }>();
+
+  for (const e of events) {
+    if (problems.length >= maxProblems) break;
+    count++;
+    if (e.seq !== expected) {
+      problem({
+        seq: e.seq,
+        rowId: null,
+        requestId: null,
+        position: expected,
+        message:
+          e.seq - expected === 1
+            ? `event ${expected} is missing (deleted from the chain; its row went with it or is reported below)`
+            : `events ${expected}–${e.seq - 1} are missing (deleted from the chain)`,
+      });
+      // Its predecessor is gone: this link cannot be checked; later ones are, against stored hashes.
+      prev = undefined;
+    }
+    expected = e.seq + 1;
+    lastSeq = e.seq;
+    lastHash = e.hash;
+
+    let digest: Buffer | undefined;
+    let ts: number | null = null;
+    let tenant: string | null = null;
+    let requestId: string | null = null;
+    const isFirst = e.kind === EVENT.decision || e.kind === EVENT.record;
+    if (e.kind === EVENT.prune) {
+      digest = sha256(e.note ?? '');
+      ts = e.ts;
+    } else if (e.kind === EVENT.decision || e.kind === EVENT.outcome || e.kind === EVENT.record) {
+      const row = getRow.get(e.row_id) as Record<string, unknown> | undefined;
+      if (row !== undefined) {
+        ts = row['ts'] as number;
+        tenant = (row['tenant'] as string | null) ?? null;
+        requestId = (row['request_id'] as string | null) ?? null;
+        if (e.kind === EVENT.decision) {
+          if (e.digest === null) {
+            problem({ seq: e.seq, rowId: e.row_id, requestId, message: `row ${e.row_id}: its decision event lacks the stored digest (the event was altered)` });
+          } else {
+            digest = e.digest;
+            awaiting.set(e.row_id, { seq: e.seq, digest: e.digest });
+          }
+        } else {
+          digest = rowDigest(row, columns);
+          if (e.kind === EVENT.outcome && !awaiting.delete(e.row_id)) {
+            problem({ seq: e.seq, rowId: e.row_id, requestId, message: `row ${e.row_id}: an outcome event with no decision event before it (inserted, or moved)` });
+          }
+        }
+        if (isFirst) liveRecords++;
+      } else if (e.ts !== null && e.digest !== null) {
+        // A stub: retention deleted the row and kept what proves which row it was.
+        pruned++;
+        digest = e.digest;
+        ts = e.ts;
+        tenant = e.tenant;
+        if (e.kind === EVENT.decision) awaiting.set(e.row_id, { seq: e.seq, digest: e.digest });
+        if (e.kind === EVENT.outcome) awaiting.delete(e.row_id);
+        if (!covered(e.seq, tenant, ts)) {
+          problem({
+            seq: e.seq,
+            rowId: e.row_id,
+            requestId: null,
+            message: `row ${e.row_id} (tenant ${tenant ?? '-'}, ${new Date(ts).toISOString()}) was removed, but no later retention prune covers it`,
+          });
+        }
+      } else {
+        problem({ seq: e.seq, rowId: e.row_id, requestId: null, message: `row ${e.row_id} is missing (deleted)` });
+      }
+      if (isFirst) {
+        if (e.row_id <= lastFirstRow) {
+          problem({ seq: e.seq, rowId: e.row_id, requestId, message: `row ${e.row_id} is out of order (after row ${lastFirstRow}): rows were reordered or renumbered` });
+        }
+        lastFirstRow = Math.max(lastFirstRow, e.row_id);
+      }
+    } else {
+      problem({ seq: e.seq, rowId: e.row_id, requestId: null, message: `event ${e.seq} has an unknown kind ${e.kind} (inserted or altered)` });
+    }
+
+    if (digest !== undefined && prev !== undefined) {
+      const link = linkHash(prev, e.seq, e.kind, e.row_id, ts, tenant, digest);
+      if (!link.equals(e.hash)) {
+        const what =
+          e.kind === EVENT.prune
+            ? `the retention record at event ${e.seq} was altered`
+            : e.kind === EVENT.decision
+              ? `row ${e.row_id}: its decision event does not match (the event or the previous event's hash was rewritten, or the row was renumbered)`
+              : `row ${e.row_id} does not match its hash (edited, moved, or the previous event's hash was rewritten)`;
+        problem({ seq: e.seq, rowId: e.kind === EVENT.prune ? null : e.row_id, requestId, message: what });
+      }
+    }
+    prev = e.hash;
+  }
+
+  // Rows whose decision was recorded but whose outcome never came: their content must still be the decision's.
+  let incomplete = 0;
+  for (const [rowId, a] of awaiting) {
+    const row = getRow.get(rowId) as Record<string, unknown> | undefined;
+    if (row === undefined) continue; // a stub: checked above
+    if (!rowDigest(row, columns).equals(a.digest)) {
+      problem({ seq: a.seq, rowId, requestId: (row['request_id'] as string) ?? null, message: `row ${rowId} (no outcome recorded) does not match its decision record (edited)` });
+    } else {
+      incomplete++;
+    }
+  }
+
+  // Rows no event names: inserted behind the writer's back.
+  const rows = db.prepare('SELECT count(*) FROM audit_log').pluck().get() as number;
+  if (rows !== liveRecords) {
+    const strays = db
+      .prepare(
+        `SELECT r.id, r.request_id FROM audit_log r
+         WHERE NOT EXISTS (SELECT 1 FROM audit_chain c WHERE c.seq = r.chain_seq AND c.row_id = r.id AND c.kind IN (${EVENT.decision}, ${EVENT.record}) AND c.seq > ?)
+         ORDER BY r.id LIMIT ?`,
+      )
+      .all(checkpoint.seq, maxProblems) as { id: number; request_id: string | null }[];
+    const seqBefore = db.prepare('SELECT chain_seq FROM audit_log WHERE id < ? AND chain_seq IS NOT NULL ORDER BY id DESC LIMIT 1').pluck();
+    for (const s of strays) {
+      const before = (seqBefore.get(s.id) as number | undefined) ?? 0;
+      problem({ seq: null, rowId: s.id, requestId: s.request_id, position: before + 0.5, message: `row ${s.id} is not in the chain (inserted)` });
+    }
+  }
+
+  // Anchors: the head must have reached every anchored point, with the same hash there.
+  const hashAt = db.prepare('SELECT hash FROM audit_chain WHERE seq = ?').pluck();
+  let checked = 0;
+  let beforeCheckpoint = 0;
+  let latest: Anchor | undefined;
+  for (const a of anchors) {
+    if (latest === undefined || a.seq > latest.seq) latest = a;
+    const where = `the anchor of ${new Date(a.at).toISOString()}${a.source ? ` (${a.source})` : ''}`;
+    if (a.seq > lastSeq) {
+      problem({
+        seq: null,
+        rowId: null,
+        requestId: null,
+        position: lastSeq + 0.5,
+        message: `the chain ends at event ${lastSeq}, but ${where} records event ${a.seq}: the newest events were removed (truncated)`,
+      });
+      continue;
+    }
+    if (a.seq < checkpoint.seq) {
+      beforeCheckpoint++;
+      continue;
+    }
+    const stored = a.seq === checkpoint.seq ? checkpoint.hash : (hashAt.get(a.seq) as Buffer | undefined);
+    checked++;
+    if (stored === undefined) continue; // the gap is reported above
+    if (stored.toString('hex') !== a.hash) {
+      problem({ seq: a.seq, rowId: null, requestId: null, message: `event ${a.seq} differs from ${where}: the chain was rewritten up to that point` });
+    }
+  }
+
+  problems.sort((a, b) => a.position - b.position);
+  const head = count === 0 ? checkpoint : { seq: lastSeq, hash: lastHash };
+  return {
+    ok: problems.length === 0,
+    rows,
+    events: count,
+    head: { seq: head.seq, hash: head.hash.toString('hex') },
+    checkpoint: { seq: checkpoint.seq, hash: checkpoint.hash.toString('hex') },
+    incomplete,
+    pruned,
+    anchors: { checked, beforeCheckpoint, latest },
+    problems,
+  };
+}
