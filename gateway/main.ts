@@ -134,7 +134,7 @@ export async function startGateway(options: GatewayOptions): Promise<RunningGate
   const forwarder = createForwarder(config.upstreams.values());
   let draining = false;
   let adminUrl: string | undefined;
-  const approvals = createApprovals({ settings: config.gateway.approvals, dataDir, env, environment: config.gateway.environment, logger, adminUrl: () => adminUrl });
+  const approvals = await createApprovals({ settings: config.gateway.approvals, dataDir, env, environment: config.gateway.environment, logger, adminUrl: () => adminUrl });
   const handle = createPipeline({ config, verifyToken, policy: policies.current, secrets, forwarder, audit, logger, metrics, approvals: approvals.service, draining: () => draining });
 
   let inFlight = 0;
@@ -217,7 +217,7 @@ export async function startGateway(options: GatewayOptions): Promise<RunningGate
     (closing ??= (async () => {
       draining = true;
       // Held requests are answered (503) and their approvals aborted: nobody will be waiting for them later.
-      approvals.service.close();
+      const heldAnswered = approvals.service.close();
       policies.close();
       const closed = new Promise<void>((r) => server.close(() => r()));
       const adminClosed = new Promise<void>((r) => adminServer.close(() => r()));
@@ -240,6 +240,7 @@ export async function startGateway(options: GatewayOptions): Promise<RunningGate
       await closed;
       await adminClosed;
       await forwarder.close();
+      await heldAnswered;
       await approvals.close();
       clearInterval(pruneTimer);
       await audit.close();
