@@ -27,7 +27,7 @@ import { privateDir, tightenDataDir } from './private-files.js';
 import { createPolicyHolder, type PolicyHolder } from './policy/reload.js';
 import { createForwarder } from './proxy/forward.js';
 import { createSecretSources, DEFAULT_SOURCES } from './secrets/sources.js';
-import type { SecretStore } from './secrets/store.js';
+import type { SecretStore } from './secrets/port.js';
 import { createApprovals } from './approvals/setup.js';
 import { createPipeline, newAuditRecord } from './server/pipeline.js';
 
@@ -86,7 +86,7 @@ export async function startGateway(options: GatewayOptions): Promise<RunningGate
   tightenDataDir(dataDir);
   const verifyToken = createTokenVerifier(config.issuers, dataDir, env, { environment: config.gateway.environment });
   // Opening the store checks the master key: a wrong or missing one stops start-up here.
-  const secretSources = createSecretSources({
+  const secretSources = await createSecretSources({
     settings: config.gateway.secrets?.sources ?? DEFAULT_SOURCES,
     names: [...config.upstreams.values()].flatMap((u) => secretNames(u.credential)),
     dataDir,
@@ -111,11 +111,11 @@ export async function startGateway(options: GatewayOptions): Promise<RunningGate
     busyTimeoutMs: auditSettings.busyTimeoutMs,
     mode: options.auditWriter ?? (auditSettings.writer === 'inline' ? 'inline' : 'worker'),
     onCommit: (seconds) => metrics.auditCommit(seconds),
-  }).catch((err: unknown) => {
+  }).catch(async (err: unknown) => {
     policies.close();
     db.close();
     counterDb.close();
-    secretSources.close();
+    await secretSources.close();
     throw err;
   });
   if (auditSettings.failOpen) logger.warn({}, 'gateway.audit.fail_open is set: requests are forwarded even when their audit record cannot be written');
@@ -247,7 +247,7 @@ export async function startGateway(options: GatewayOptions): Promise<RunningGate
       await anchorer.close();
       db.close();
       counterDb.close();
-      secretSources.close();
+      await secretSources.close();
       logger.info({}, 'valet stopped');
       await new Promise<void>((r) => logger.flush(() => r()));
     })());
