@@ -2,7 +2,7 @@ import { createServer, STATUS_CODES, type Server } from 'node:http';
 import type { AddressInfo, Socket } from 'node:net';
 import { resolve } from 'node:path';
 import type { DestinationStream, Logger } from 'pino';
-import { openAuditDatabase } from './audit/store.js';
+import { AUDIT_FILE, openAuditDatabase } from './audit/store.js';
 import { createAnchorer } from './audit/anchor.js';
 import { requestId as newRequestId } from './audit/ids.js';
 import { retentionCutoffs } from './audit/retention.js';
@@ -30,6 +30,7 @@ import { createSecretSources, DEFAULT_SOURCES } from './secrets/sources.js';
 import type { SecretStore } from './secrets/port.js';
 import { createApprovals } from './approvals/setup.js';
 import { createPipeline, newAuditRecord } from './server/pipeline.js';
+import { writeLockFree } from './sqlite.js';
 
 export interface GatewayOptions {
   configDir: string;
@@ -185,7 +186,7 @@ export async function startGateway(options: GatewayOptions): Promise<RunningGate
     logger.info({ reqId: requestId, code: err.code }, 'client error');
   });
 
-  const adminDeps = { db, dataDir, policies, metrics, auditPending: () => audit.pending };
+  const adminDeps = { db, databaseWritable: () => writeLockFree(dataDir, AUDIT_FILE), policies, metrics, auditPending: () => audit.pending };
   const adminServer = createAdminServer({
     verify: createTokenVerifier(config.issuers, dataDir, env, { audience: config.gateway.admin.audience, environment: config.gateway.environment }),
     routes: [

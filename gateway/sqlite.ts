@@ -34,3 +34,21 @@ export function openPrivateDatabase(dataDir: string, name: string, migrations: r
     throw err;
   }
 }
+
+/**
+ * Whether `<dataDir>/<name>` takes a write lock now: takes and releases it on a separate
+ * connection that never waits. `ok`, else the reason (another process holding the lock, a
+ * read-only or missing file) as its error code. For readiness probes.
+ */
+export function writeLockFree(dataDir: string, name: string): string {
+  let db: Database.Database | undefined;
+  try {
+    db = new Database(join(dataDir, name), { fileMustExist: true, timeout: 0 });
+    db.exec('BEGIN IMMEDIATE; ROLLBACK;');
+    return 'ok';
+  } catch (err) {
+    return (err as { code?: string }).code ?? 'error';
+  } finally {
+    db?.close();
+  }
+}

@@ -1,13 +1,12 @@
-import Database from 'better-sqlite3';
-import { join } from 'node:path';
-import { AUDIT_FILE, type AuditDatabase } from '../audit/store.js';
+import type { AuditDatabase } from '../audit/store.js';
 import type { PolicyHolder } from '../policy/reload.js';
 import type { Metrics } from './metrics.js';
 import type { AdminProbe, AdminRoute } from './server.js';
 
 export interface AdminRouteDeps {
   readonly db: AuditDatabase;
-  readonly dataDir: string;
+  /** Whether the audit database takes a write lock now: `ok`, else why not (an error code); never waits. */
+  readonly databaseWritable: () => string;
   readonly policies: PolicyHolder;
   /** Audit rows queued and not yet written. */
   readonly auditPending: () => number;
@@ -57,7 +56,7 @@ export function adminProbes(d: AdminRouteDeps): AdminProbe[] {
     {
       path: '/readyz',
       handle: () => {
-        const database = writable(d.dataDir);
+        const database = d.databaseWritable();
         const s = d.policies.status();
         const ready = database === 'ok';
         const body = {
@@ -72,18 +71,4 @@ export function adminProbes(d: AdminRouteDeps): AdminProbe[] {
       },
     },
   ];
-}
-
-/** Takes and releases the write lock on a separate connection that never waits for it. */
-function writable(dataDir: string): string {
-  let db: Database.Database | undefined;
-  try {
-    db = new Database(join(dataDir, AUDIT_FILE), { fileMustExist: true, timeout: 0 });
-    db.exec('BEGIN IMMEDIATE; ROLLBACK;');
-    return 'ok';
-  } catch (err) {
-    return (err as { code?: string }).code ?? 'error';
-  } finally {
-    db?.close();
-  }
 }
