@@ -28,7 +28,7 @@ import { privateDir, tightenDataDir } from './private-files.js';
 import { createPolicyHolder, type PolicyHolder } from './policy/reload.js';
 import { createForwarder } from './proxy/forward.js';
 import { createSecretSources, DEFAULT_SOURCES } from './secrets/sources.js';
-import type { SecretStore } from './secrets/store.js';
+import type { SecretStore } from './secrets/port.js';
 import { createApprovals } from './approvals/setup.js';
 import { createPipeline, newAuditRecord } from './server/pipeline.js';
 
@@ -87,7 +87,7 @@ export async function startGateway(options: GatewayOptions): Promise<RunningGate
   tightenDataDir(dataDir);
   const verifyToken = createTokenVerifier(config.issuers, dataDir, env, { environment: config.gateway.environment });
   // Opening the store checks the master key: a wrong or missing one stops start-up here.
-  const secretSources = createSecretSources({
+  const secretSources = await createSecretSources({
     settings: config.gateway.secrets?.sources ?? DEFAULT_SOURCES,
     names: [...config.upstreams.values()].flatMap((u) => secretNames(u.credential)),
     dataDir,
@@ -116,7 +116,7 @@ export async function startGateway(options: GatewayOptions): Promise<RunningGate
   }).catch(async (err: unknown) => {
     policies.close();
     counterDb.close();
-    secretSources.close();
+    await secretSources.close();
     await auditLog.close();
     throw err;
   });
@@ -136,7 +136,7 @@ export async function startGateway(options: GatewayOptions): Promise<RunningGate
   const forwarder = createForwarder(config.upstreams.values());
   let draining = false;
   let adminUrl: string | undefined;
-  const approvals = createApprovals({ settings: config.gateway.approvals, dataDir, env, environment: config.gateway.environment, logger, adminUrl: () => adminUrl });
+  const approvals = await createApprovals({ settings: config.gateway.approvals, dataDir, env, environment: config.gateway.environment, logger, adminUrl: () => adminUrl });
   const handle = createPipeline({ config, verifyToken, policy: policies.current, secrets, forwarder, audit, logger, metrics, approvals: approvals.service, draining: () => draining });
 
   let inFlight = 0;
@@ -219,7 +219,7 @@ export async function startGateway(options: GatewayOptions): Promise<RunningGate
     (closing ??= (async () => {
       draining = true;
       // Held requests are answered (503) and their approvals aborted: nobody will be waiting for them later.
-      approvals.service.close();
+      const heldAnswered = approvals.service.close();
       policies.close();
       const closed = new Promise<void>((r) => server.close(() => r()));
       const adminClosed = new Promise<void>((r) => adminServer.close(() => r()));
@@ -242,13 +242,14 @@ export async function startGateway(options: GatewayOptions): Promise<RunningGate
       await closed;
       await adminClosed;
       await forwarder.close();
+      await heldAnswered;
       await approvals.close();
       clearInterval(pruneTimer);
       await audit.close();
       await anchorer.close();
       await auditLog.close();
       counterDb.close();
-      secretSources.close();
+      await secretSources.close();
       logger.info({}, 'valet stopped');
       await new Promise<void>((r) => logger.flush(() => r()));
     })());

@@ -34,3 +34,4 @@ export function openPrivateDatabase(dataDir: string, name: string, migrations: r
     throw err;
   }
 }
+

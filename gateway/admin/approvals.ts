@@ -27,8 +27,8 @@ export function mayResolve(who: AdminIdentity, a: ApprovalRecord, action: LinkAc
 }
 
 /** An approval the identity may see: its own tenant's only, others are "not found". */
-function visible(service: ApprovalService, who: AdminIdentity, id: string): ApprovalRecord {
-  const a = service.get(id);
+async function visible(service: ApprovalService, who: AdminIdentity, id: string): Promise<ApprovalRecord> {
+  const a = await service.get(id);
   if (a === undefined || (who.tenant !== undefined && a.tenant !== who.tenant)) throw new ValetError('VALET_ERR_APPROVAL_NOT_FOUND');
   return a;
 }
@@ -50,11 +50,11 @@ export function approvalRoutes(service: ApprovalService): AdminRoute[] {
     method: 'POST',
     path: `/api/approvals/:id/${action}`,
     permission: 'approvals.resolve',
-    handle: ({ who, params, body }) => {
+    handle: async ({ who, params, body }) => {
       const reason = reasonOf(body, action === 'deny');
-      const a = visible(service, who, params['id'] as string);
+      const a = await visible(service, who, params['id'] as string);
       mayResolve(who, a, action);
-      return { json: { approval: approvalJson(service.decide(a.id, action, who.subject, reason)) } };
+      return { json: { approval: approvalJson(await service.decide(a.id, action, who.subject, reason)) } };
     },
   });
   return [
@@ -62,15 +62,15 @@ export function approvalRoutes(service: ApprovalService): AdminRoute[] {
       method: 'GET',
       path: '/api/approvals',
       permission: 'approvals.read',
-      handle: ({ who, query }) => {
+      handle: async ({ who, query }) => {
         const limit = query.get('limit') === null ? 100 : Number(query.get('limit'));
         if (!Number.isInteger(limit) || limit < 1 || limit > 1000) throw new ValetError('VALET_ERR_ADMIN_BAD_REQUEST', 'limit must be an integer from 1 to 1000.');
         const status = query.get('status') ?? undefined;
         if (status !== undefined && !STATUSES.includes(status as ApprovalStatus)) {
           throw new ValetError('VALET_ERR_ADMIN_BAD_REQUEST', `status must be one of ${STATUSES.join(', ')}.`);
         }
-        service.sweep();
-        const rows = service.list({
+        await service.sweep();
+        const rows = await service.list({
           status: status as ApprovalStatus | undefined,
           tenant: tenantScope(who, query.get('tenant') ?? undefined),
           agent: query.get('agent') ?? undefined,
@@ -83,9 +83,9 @@ export function approvalRoutes(service: ApprovalService): AdminRoute[] {
       method: 'GET',
       path: '/api/approvals/:id',
       permission: 'approvals.read',
-      handle: ({ who, params }) => {
-        service.sweep();
-        return { json: { approval: approvalJson(visible(service, who, params['id'] as string)) } };
+      handle: async ({ who, params }) => {
+        await service.sweep();
+        return { json: { approval: approvalJson(await visible(service, who, params['id'] as string)) } };
       },
     },
     decide('approve'),
@@ -96,13 +96,13 @@ export function approvalRoutes(service: ApprovalService): AdminRoute[] {
       method: 'POST',
       path: '/api/approval-links/:token',
       permission: 'approvals.resolve',
-      handle: ({ who, params, body }) => {
+      handle: async ({ who, params, body }) => {
         const claims = service.link(params['token'] as string);
         const reason = reasonOf(body, claims.action === 'deny');
-        const a = visible(service, who, claims.approvalId);
+        const a = await visible(service, who, claims.approvalId);
         mayResolve(who, a, claims.action);
-        service.useLink(claims, who.subject);
-        return { json: { approval: approvalJson(service.decide(a.id, claims.action, who.subject, reason)) } };
+        await service.useLink(claims, who.subject);
+        return { json: { approval: approvalJson(await service.decide(a.id, claims.action, who.subject, reason)) } };
       },
     },
   ];
@@ -119,9 +119,9 @@ const html = (s: string): string => s.replace(/&/g, '&amp;').replace(/</g, '&lt;
  * fetch links to preview them); confirming posts to `/api/approval-links/<token>` with the person's
  * admin token, from the page's own script (`/approvals/link.js`, the only script the CSP allows).
  */
-export function approvalPages(service: ApprovalService): (path: string) => AdminAsset | undefined {
+export function approvalPages(service: ApprovalService): (path: string) => AdminAsset | undefined | Promise<AdminAsset | undefined> {
   const script = Buffer.from(LINK_SCRIPT);
-  return (path) => {
+  return async (path) => {
     if (path === LINK_SCRIPT_PATH) return { contentType: 'text/javascript; charset=utf-8', body: script };
     const m = LINK_PAGE.exec(path);
     if (m === null) return undefined;
@@ -132,7 +132,7 @@ export function approvalPages(service: ApprovalService): (path: string) => Admin
     } catch (err) {
       return page(403, 'Link not valid', `<p>${html(err instanceof ValetError ? err.message : 'This approval link is not valid.')}</p>`);
     }
-    const a = APPROVAL_ID.test(claims.approvalId) ? service.get(claims.approvalId) : undefined;
+    const a = APPROVAL_ID.test(claims.approvalId) ? await service.get(claims.approvalId) : undefined;
     if (a === undefined) return page(404, 'No such approval', '<p>This approval no longer exists.</p>');
     return page(200, `${claims.action === 'approve' ? 'Approve' : 'Deny'} ${a.method} ${a.upstream} ${a.path}?`, linkBody(a, claims, token));
   };

@@ -26,7 +26,7 @@ export interface MetricsSources {
   /** Audit rows queued and not yet written. */
   readonly auditQueue: () => number;
   /** Approvals waiting for a human, when the approvals module is present. */
-  readonly pendingApprovals?: () => number;
+  readonly pendingApprovals?: () => Promise<number>;
 }
 
 export function createMetrics(sources: MetricsSources): Metrics {
@@ -80,8 +80,8 @@ export function createMetrics(sources: MetricsSources): Metrics {
       name: 'valet_approvals_pending',
       help: 'Escalated requests waiting for a human decision.',
       registers: [registry],
-      collect() {
-        this.set(pending());
+      async collect() {
+        this.set(await pending());
       },
     });
   }

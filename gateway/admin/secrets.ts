@@ -1,7 +1,7 @@
 import { resolve } from 'node:path';
 import { ValetError } from '../errors.js';
 import { readKeyFile } from '../secrets/master-key.js';
-import type { SecretInfo, SecretStore } from '../secrets/store.js';
+import type { SecretInfo, SecretStore } from '../secrets/port.js';
 import { tenantScope, type AdminIdentity } from './auth.js';
 import type { AdminRoute } from './server.js';
 
@@ -17,36 +17,36 @@ export function secretRoutes(store: SecretStore): AdminRoute[] {
       method: 'GET',
       path: '/api/secrets',
       permission: 'secrets.read',
-      handle: ({ who, query }) => {
+      handle: async ({ who, query }) => {
         const requested = query.get('tenant') ?? undefined;
         const shared = query.get('shared') === 'true';
         if (shared && who.tenant !== undefined) throw new ValetError('VALET_ERR_ADMIN_FORBIDDEN', 'A tenant admin cannot see shared secrets.');
         const tenant = shared ? null : tenantScope(who, requested);
-        return { json: { secrets: store.list({ tenant }).map(view) } };
+        return { json: { secrets: (await store.list({ tenant })).map(view) } };
       },
     },
     {
       method: 'POST',
       path: '/api/secrets',
       permission: 'secrets.write',
-      handle: ({ who, body }) => {
+      handle: async ({ who, body }) => {
         const name = field(body, 'name');
-        return { status: 201, json: view(store.set(name, target(who, body), field(body, 'value'))) };
+        return { status: 201, json: view(await store.set(name, target(who, body), field(body, 'value'))) };
       },
     },
     {
       method: 'PUT',
       path: '/api/secrets/:name',
       permission: 'secrets.write',
-      handle: ({ who, params, body }) => ({ json: view(store.rotate(params['name'] as string, target(who, body), field(body, 'value'))) }),
+      handle: async ({ who, params, body }) => ({ json: view(await store.rotate(params['name'] as string, target(who, body), field(body, 'value'))) }),
     },
     {
       method: 'DELETE',
       path: '/api/secrets/:name',
       permission: 'secrets.write',
-      handle: ({ who, params, query }) => {
+      handle: async ({ who, params, query }) => {
         const t = query.get('tenant');
-        store.remove(params['name'] as string, target(who, t === null ? {} : { tenant: t }));
+        await store.remove(params['name'] as string, target(who, t === null ? {} : { tenant: t }));
         return { json: { removed: params['name'] } };
       },
     },
@@ -54,10 +54,10 @@ export function secretRoutes(store: SecretStore): AdminRoute[] {
       method: 'POST',
       path: '/api/secrets/rekey',
       permission: 'secrets.write',
-      handle: ({ who, body }) => {
+      handle: async ({ who, body }) => {
         if (who.tenant !== undefined) throw new ValetError('VALET_ERR_ADMIN_FORBIDDEN', 'Rekeying re-encrypts every tenant\'s secrets; it needs an organisation-wide admin.');
         const path = resolve(field(body, 'new_key_file'));
-        const r = store.rekey(readKeyFile(path, `new_key_file (${path})`));
+        const r = await store.rekey(readKeyFile(path, `new_key_file (${path})`));
         return {
           json: {
             secrets: r.secrets,
@@ -73,7 +73,7 @@ export function secretRoutes(store: SecretStore): AdminRoute[] {
       method: 'POST',
       path: '/api/secrets/import',
       permission: 'secrets.write',
-      handle: ({ who, body }) => ({ json: store.importText(field(body, 'text'), target(who, body)) }),
+      handle: async ({ who, body }) => ({ json: await store.importText(field(body, 'text'), target(who, body)) }),
     },
   ];
 }

@@ -47,7 +47,7 @@ export interface AdminServerOptions {
   readonly routes: readonly AdminRoute[];
   readonly probes: readonly AdminProbe[];
   /** The dashboard's files by URL path (`/`, `/assets/app.js`); outside `/api/` only. */
-  readonly assets?: (path: string) => AdminAsset | undefined;
+  readonly assets?: (path: string) => AdminAsset | undefined | Promise<AdminAsset | undefined>;
   readonly logger: Logger;
   /** Largest JSON body accepted (bytes). */
   readonly maxBodyBytes?: number;
@@ -99,7 +99,7 @@ export function createAdminServer(o: AdminServerOptions): Server {
       return;
     }
     if (!url.pathname.startsWith('/api/')) {
-      const asset = o.assets?.(url.pathname);
+      const asset = await o.assets?.(url.pathname);
       if (asset === undefined) throw new ValetError('VALET_ERR_ADMIN_NOT_FOUND');
       if (method !== 'GET' && method !== 'HEAD') throw new ValetError('VALET_ERR_ADMIN_METHOD');
       res.writeHead(asset.status ?? 200, { ...SECURITY_HEADERS, 'content-type': asset.contentType, 'content-length': asset.body.length });

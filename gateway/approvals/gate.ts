@@ -39,7 +39,7 @@ export type Escalation =
   /** Async: answer 202 with this body; nothing is forwarded now. */
   | { readonly kind: 'accepted'; readonly body: string; readonly location: string }
   /** Approved and taken (exactly once): forward it. `release` undoes the take if the request is refused after all. */
-  | { readonly kind: 'approved'; readonly release: (why: string) => void };
+  | { readonly kind: 'approved'; readonly release: (why: string) => Promise<void> };
 
 /**
  * Step 5 of the request path, for an `escalate` decision: either executes an approved async
@@ -66,9 +66,9 @@ export async function escalate(service: ApprovalService, e: EscalationInput, rec
     const binding = { agent: e.identity.agent, tenant: e.identity.tenant ?? null, user: e.identity.user ?? null, digest, rule, group: approval.group };
     let a: ApprovalRecord;
     try {
-      a = service.redeem(id, binding, e.requestId);
+      a = await service.redeem(id, binding, e.requestId);
     } catch (err) {
-      const known = APPROVAL_ID.test(id) ? service.get(id) : undefined;
+      const known = APPROVAL_ID.test(id) ? await service.get(id) : undefined;
       if (known !== undefined && known.agent === binding.agent && known.tenant === binding.tenant) fill(rec, known);
       throw err;
     }
@@ -78,7 +78,7 @@ export async function escalate(service: ApprovalService, e: EscalationInput, rec
 
   const redacted = redactArgs({ args: e.args, paths: approval.redact ?? [], path: e.facts.path, pathParams: e.pathParams, never: [e.token] });
   const notes = [e.argsError !== undefined ? `the arguments could not be read: ${e.argsError}` : undefined, redacted.note].filter((n) => n !== undefined);
-  const parked = service.park({
+  const parked = await service.park({
     requestId: e.requestId,
     mode: approval.mode,
     agent: e.identity.agent,
@@ -118,11 +118,11 @@ export async function escalate(service: ApprovalService, e: EscalationInput, rec
 
   const decided = await service.waitForDecision(parked.id, e.signal);
   fill(rec, decided);
-  if (decided.status === 'approved' && service.take(parked.id, e.requestId)) {
+  if (decided.status === 'approved' && (await service.take(parked.id, e.requestId))) {
     return { kind: 'approved', release: (why) => service.release(decided, e.requestId, why) };
   }
   if (e.signal.aborted) throw new ValetError('VALET_ERR_CLIENT_CLOSED');
-  const final = service.get(parked.id) ?? decided;
+  const final = (await service.get(parked.id)) ?? decided;
   fill(rec, final);
   if (final.status === 'aborted') throw new ValetError('VALET_ERR_SHUTTING_DOWN');
   throw refusalFor(final);
@@ -157,14 +157,14 @@ export async function approvalStatus(
   rec.tenant = identity.tenant ?? null;
   rec.user = identity.user ?? null;
   const id = m[1] as string;
-  let a = service.get(id);
+  let a = await service.get(id);
   if (a === undefined || a.agent !== identity.agent || a.tenant !== (identity.tenant ?? null) || a.user !== (identity.user ?? null)) {
     throw new ValetError('VALET_ERR_APPROVAL_NOT_FOUND');
   }
   rec.approvalId = a.id;
   if ((a.status === 'pending' || a.status === 'approved') && a.expiresAt <= Date.now()) {
-    service.sweep();
-    a = service.get(id) ?? a;
+    await service.sweep();
+    a = (await service.get(id)) ?? a;
   }
   return JSON.stringify({
     approval: {

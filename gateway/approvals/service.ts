@@ -3,7 +3,7 @@ import type { Logger } from 'pino';
 import { ValetError } from '../errors.js';
 import type { LinkAction, LinkClaims, LinkSigner } from './links.js';
 import type { Notifier } from './notify.js';
-import type { ApprovalStore, Binding, ListFilter } from './store.js';
+import type { ApprovalStore, Binding, ListFilter } from './port.js';
 import type { ApprovalMode, ApprovalRecord } from './types.js';
 
 /** `apr_` + 144 random bits in base64url. */
@@ -43,37 +43,38 @@ export interface ApprovalServiceOptions {
 }
 
 export interface ApprovalService {
-  /** Records a pending approval and notifies approvers. Throws 429 VALET_ERR_APPROVAL_LIMIT past a cap. */
-  park(input: ParkInput): ApprovalRecord;
+  /** Records a pending approval and notifies approvers. Rejects with 429 VALET_ERR_APPROVAL_LIMIT past a cap. */
+  park(input: ParkInput): Promise<ApprovalRecord>;
   /**
    * Hold mode: resolves once the approval is no longer pending — approved, denied, expired, or
-   * aborted (the agent hung up, which this marks, or the gateway is stopping).
+   * aborted (the agent hung up, which this marks, or the gateway is stopping). A decision made
+   * through another client of the store reaches it through the store's `onSettled`.
    */
   waitForDecision(id: string, signal: HangUpSignal): Promise<ApprovalRecord>;
   /** Hold mode: approved → consumed; false if it is not (any more) approved. */
-  take(id: string, requestId: string): boolean;
-  /** Async mode: executes an approval once for the request it was granted for; throws a coded refusal otherwise. */
-  redeem(id: string, binding: Binding, requestId: string): ApprovalRecord;
+  take(id: string, requestId: string): Promise<boolean>;
+  /** Async mode: executes an approval once for the request it was granted for; rejects with a coded refusal otherwise. */
+  redeem(id: string, binding: Binding, requestId: string): Promise<ApprovalRecord>;
   /** Undoes `take`/`redeem` when the request is refused after all (a rate limit): async can be re-sent, hold is aborted. */
-  release(a: ApprovalRecord, requestId: string, why: string): void;
-  /** An approver's decision. Throws VALET_ERR_APPROVAL_NOT_FOUND or VALET_ERR_APPROVAL_RESOLVED. */
-  decide(id: string, action: LinkAction, resolver: string, reason: string | null): ApprovalRecord;
-  get(id: string): ApprovalRecord | undefined;
-  list(f: ListFilter): ApprovalRecord[];
+  release(a: ApprovalRecord, requestId: string, why: string): Promise<void>;
+  /** An approver's decision. Rejects with VALET_ERR_APPROVAL_NOT_FOUND or VALET_ERR_APPROVAL_RESOLVED. */
+  decide(id: string, action: LinkAction, resolver: string, reason: string | null): Promise<ApprovalRecord>;
+  get(id: string): Promise<ApprovalRecord | undefined>;
+  list(f: ListFilter): Promise<ApprovalRecord[]>;
   /** A link token's claims (without using it). */
   link(token: string): LinkClaims;
-  /** Marks a link token used; throws VALET_ERR_APPROVAL_LINK_INVALID if it already was. */
-  useLink(claims: LinkClaims, usedBy: string): void;
+  /** Marks a link token used; rejects with VALET_ERR_APPROVAL_LINK_INVALID if it already was. */
+  useLink(claims: LinkClaims, usedBy: string): Promise<void>;
   /** Expires what is due now (also runs in the background). */
-  sweep(): void;
+  sweep(): Promise<void>;
   /** Approvals waiting for a decision. */
-  pending(): number;
+  pending(): Promise<number>;
   /** Held requests this process is waiting on. */
   readonly holding: number;
   /** Marks held approvals of an earlier process aborted and starts the background sweep. */
-  start(): void;
+  start(): Promise<void>;
   /** Shutdown: every held request is aborted and answered; the sweep stops. */
-  close(): void;
+  close(): Promise<void>;
 }
 
 export function createApprovalService(o: ApprovalServiceOptions): ApprovalService {
@@ -83,7 +84,8 @@ export function createApprovalService(o: ApprovalServiceOptions): ApprovalServic
   let sweeper: NodeJS.Timeout | undefined;
   let closing = false;
 
-  const wake = (id: string): void => waiters.get(id)?.();
+  // Every settled approval, whoever settled it, wakes the request held for it here (if any).
+  const unsubscribe = store.onSettled((id) => waiters.get(id)?.());
 
   const linkFor = (a: ApprovalRecord): { approve: string; deny: string } | undefined => {
     const base = o.linkBase?.();
@@ -92,15 +94,15 @@ export function createApprovalService(o: ApprovalServiceOptions): ApprovalServic
     return { approve: url('approve'), deny: url('deny') };
   };
 
-  const sweep = (): void => {
-    for (const id of store.expireDue(now())) {
-      logger.info({ approvalId: id }, 'approval expired');
-      wake(id);
-    }
+  const sweep = async (): Promise<void> => {
+    for (const id of await store.expireDue(now())) logger.info({ approvalId: id }, 'approval expired');
+  };
+  const sweepInBackground = (): void => {
+    sweep().catch((err: unknown) => logger.error({ err }, 'could not expire due approvals; will retry'));
   };
 
   return {
-    park(input) {
+    async park(input) {
       if (closing) throw new ValetError('VALET_ERR_SHUTTING_DOWN');
       const t = now();
       const a: ApprovalRecord = Object.freeze({
@@ -115,7 +117,7 @@ export function createApprovalService(o: ApprovalServiceOptions): ApprovalServic
         consumedAt: null,
         consumedRequestId: null,
       });
-      const r = store.insert(a, o.limits, t);
+      const r = await store.insert(a, o.limits, t);
       if (!r.ok) {
         const retryAfter = Math.max(1, Math.ceil(r.retryAfterMs / 1000));
         throw new ValetError(
@@ -130,7 +132,7 @@ export function createApprovalService(o: ApprovalServiceOptions): ApprovalServic
     },
 
     waitForDecision(id, signal) {
-      return new Promise<ApprovalRecord>((resolve) => {
+      return new Promise<ApprovalRecord>((resolve, reject) => {
         let timer: NodeJS.Timeout | undefined;
         let done = false;
         const finish = (): void => {
@@ -139,20 +141,30 @@ export function createApprovalService(o: ApprovalServiceOptions): ApprovalServic
           if (timer !== undefined) clearTimeout(timer);
           signal.off('abort', onAbort);
           waiters.delete(id);
-          resolve(store.get(id) as ApprovalRecord);
+          store.get(id).then((a) => resolve(a as ApprovalRecord), reject);
         };
-        const onAbort = (): void => {
-          if (store.abort(id, 'the agent disconnected while waiting', now())) logger.info({ approvalId: id }, 'approval aborted: the agent disconnected');
+        const fail = (err: unknown): void => {
+          logger.error({ err, approvalId: id }, 'the approval store failed while a request was held');
           finish();
         };
+        const onAbort = (): void => {
+          store.abort(id, 'the agent disconnected while waiting', now()).then((aborted) => {
+            if (aborted) logger.info({ approvalId: id }, 'approval aborted: the agent disconnected');
+            finish();
+          }, fail);
+        };
         const arm = (): void => {
-          const a = store.get(id);
-          if (a === undefined || a.status !== 'pending') return finish();
-          timer = setTimeout(() => {
-            timer = undefined;
-            if (store.expire(id, now())) logger.info({ approvalId: id }, 'approval expired');
-            arm();
-          }, Math.max(1, a.expiresAt - now() + 1));
+          store.get(id).then((a) => {
+            if (done) return;
+            if (a === undefined || a.status !== 'pending') return finish();
+            timer = setTimeout(() => {
+              timer = undefined;
+              store.expire(id, now()).then((expired) => {
+                if (expired) logger.info({ approvalId: id }, 'approval expired');
+                arm();
+              }, fail);
+            }, Math.max(1, a.expiresAt - now() + 1));
+          }, fail);
         };
         waiters.set(id, finish);
         signal.once('abort', onAbort);
@@ -163,10 +175,10 @@ export function createApprovalService(o: ApprovalServiceOptions): ApprovalServic
 
     take: (id, requestId) => store.consumeHeld(id, requestId, now()),
 
-    redeem(id, b, requestId) {
+    async redeem(id, b, requestId) {
       const t = now();
-      if (APPROVAL_ID.test(id) && store.consumeAsync(id, b, requestId, t)) return store.get(id) as ApprovalRecord;
-      const a = APPROVAL_ID.test(id) ? store.get(id) : undefined;
+      if (APPROVAL_ID.test(id) && (await store.consumeAsync(id, b, requestId, t))) return (await store.get(id)) as ApprovalRecord;
+      const a = APPROVAL_ID.test(id) ? await store.get(id) : undefined;
       // Unknown, another agent's (or another tenant's, or for another user): one answer, no oracle.
       if (a === undefined || a.agent !== b.agent || a.tenant !== b.tenant || a.user !== b.user) {
         throw new ValetError('VALET_ERR_APPROVAL_MISMATCH', 'The Valet-Approval id does not name an approval of this agent.');
@@ -183,28 +195,26 @@ export function createApprovalService(o: ApprovalServiceOptions): ApprovalServic
         });
       }
       if ((a.status === 'pending' || a.status === 'approved') && a.expiresAt <= t) {
-        store.expire(a.id, t);
-        wake(a.id);
+        await store.expire(a.id, t);
         throw refusalFor({ ...a, status: 'expired' });
       }
       throw refusalFor(a);
     },
 
-    release(a, requestId, why) {
-      if (a.mode === 'async') store.release(a.id, requestId);
-      else store.abort(a.id, why, now());
+    async release(a, requestId, why) {
+      if (a.mode === 'async') await store.release(a.id, requestId);
+      else await store.abort(a.id, why, now());
     },
 
-    decide(id, action, resolver, reason) {
+    async decide(id, action, resolver, reason) {
       const t = now();
-      const done = APPROVAL_ID.test(id) && store.decide(id, action === 'approve' ? 'approved' : 'denied', resolver, reason, t);
-      const a = APPROVAL_ID.test(id) ? store.get(id) : undefined;
+      const done = APPROVAL_ID.test(id) && (await store.decide(id, action === 'approve' ? 'approved' : 'denied', resolver, reason, t));
+      const a = APPROVAL_ID.test(id) ? await store.get(id) : undefined;
       if (a === undefined) throw new ValetError('VALET_ERR_APPROVAL_NOT_FOUND');
       if (!done) {
         let status = a.status;
         if (status === 'pending' && a.expiresAt <= t) {
-          store.expire(id, t);
-          wake(id);
+          await store.expire(id, t);
           status = 'expired';
         }
         throw new ValetError('VALET_ERR_APPROVAL_RESOLVED', `Approval ${id} is already ${status}; it cannot be ${action === 'approve' ? 'approved' : 'denied'}.`, {
@@ -212,19 +222,18 @@ export function createApprovalService(o: ApprovalServiceOptions): ApprovalServic
         });
       }
       logger.info({ approvalId: id, action, resolver }, action === 'approve' ? 'approval granted' : 'approval denied');
-      wake(id);
       return a;
     },
 
-    get: (id) => (APPROVAL_ID.test(id) ? store.get(id) : undefined),
+    get: async (id) => (APPROVAL_ID.test(id) ? store.get(id) : undefined),
     list: (f) => store.list(f),
 
     link(token) {
       if (o.links === undefined) throw new ValetError('VALET_ERR_APPROVAL_LINK_INVALID', 'Approval links are not enabled on this gateway.');
       return o.links.verify(token, now());
     },
-    useLink(claims, usedBy) {
-      if (!store.useLink(claims.nonce, claims.approvalId, claims.action, usedBy, now())) {
+    async useLink(claims, usedBy) {
+      if (!(await store.useLink(claims.nonce, claims.approvalId, claims.action, usedBy, now()))) {
         throw new ValetError('VALET_ERR_APPROVAL_LINK_INVALID', 'This approval link has already been used.');
       }
     },
@@ -235,21 +244,27 @@ export function createApprovalService(o: ApprovalServiceOptions): ApprovalServic
       return waiters.size;
     },
 
-    start() {
-      const n = store.abortHeld('the gateway restarted while the request was held', now());
+    async start() {
+      const n = await store.abortHeld('the gateway restarted while the request was held', now());
       if (n > 0) logger.warn({ count: n }, 'held approvals from before the restart were aborted; they will never be executed');
-      sweep();
-      sweeper = setInterval(sweep, o.sweepMs ?? 1_000);
+      await sweep();
+      sweeper = setInterval(sweepInBackground, o.sweepMs ?? 1_000);
       sweeper.unref();
     },
 
-    close() {
+    async close() {
       closing = true;
       if (sweeper !== undefined) clearInterval(sweeper);
-      for (const [id, finish] of [...waiters]) {
-        store.abort(id, 'the gateway is shutting down', now());
-        finish();
-      }
+      await Promise.all(
+        [...waiters].map(async ([id, finish]) => {
+          try {
+            await store.abort(id, 'the gateway is shutting down', now());
+          } finally {
+            finish();
+          }
+        }),
+      );
+      unsubscribe();
     },
   };
 }

@@ -5,7 +5,7 @@ import { ValetError } from '../errors.js';
 import { createLinkSigner, loadLinkKey } from './links.js';
 import { createNotifier, slackChannel, webhookChannel, type NotificationChannel, type Notifier } from './notify.js';
 import { createApprovalService, type ApprovalService } from './service.js';
-import { openApprovalStore } from './store.js';
+import { openApprovalBackend } from './backend.js';
 
 export interface ApprovalsOptions {
   readonly settings: ApprovalSettings | undefined;
@@ -21,19 +21,19 @@ export interface ApprovalsOptions {
 export interface Approvals {
   readonly service: ApprovalService;
   readonly notifier: Notifier;
-  /** After `service.close()` and the listeners have drained: stops notifications and closes the database. */
+  /** After `service.close()` and the listeners have drained: stops notifications and closes the store. */
   close(): Promise<void>;
 }
 
 /**
- * Builds the approvals module from `gateway.approvals`: the store (`<data>/approvals.db`), the
+ * Builds the approvals module from `gateway.approvals`: the store (see `backend.ts`), the
  * notification channels (secrets read from the environment now, so a missing one stops start-up),
  * the link signer, and the service; marks held approvals of an earlier process aborted.
  */
-export function createApprovals(o: ApprovalsOptions): Approvals {
+export async function createApprovals(o: ApprovalsOptions): Promise<Approvals> {
   const settings = o.settings ?? DEFAULT_APPROVAL_SETTINGS;
   const channels = notificationChannels(settings, o.env, o.environment);
-  const store = openApprovalStore(o.dataDir);
+  const store = await openApprovalBackend({ dataDir: o.dataDir });
   try {
     const notifier = createNotifier(channels, { logger: o.logger });
     const service = createApprovalService({
@@ -44,18 +44,18 @@ export function createApprovals(o: ApprovalsOptions): Approvals {
       links: settings.links.enabled ? createLinkSigner(loadLinkKey(o.dataDir, o.env, o.environment)) : undefined,
       linkBase: () => settings.links.baseUrl ?? o.adminUrl(),
     });
-    service.start();
+    await service.start();
     return {
       service,
       notifier,
       async close() {
-        service.close();
+        await service.close();
         await notifier.close();
-        store.close();
+        await store.close();
       },
     };
   } catch (err) {
-    store.close();
+    await store.close();
     throw err;
   }
 }

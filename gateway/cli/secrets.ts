@@ -1,4 +1,4 @@
-import { existsSync, readFileSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { parseArgs, type ParseArgsConfig } from 'node:util';
 import { secretNames } from '../config/credential.js';
@@ -6,14 +6,15 @@ import { loadConfig } from '../config/load.js';
 import type { Config } from '../config/types.js';
 import { ValetError } from '../errors.js';
 import { parseMasterKey, type MasterKey } from '../secrets/crypto.js';
-import { GENERATED_KEY_FILE, readKeyFile, resolveMasterKey, type ResolvedMasterKey } from '../secrets/master-key.js';
+import { openKeyedSecretBackend, openSecretBackend, secretBackendExists } from '../secrets/backend.js';
+import { GENERATED_KEY_FILE, readKeyFile, type ResolvedMasterKey } from '../secrets/master-key.js';
+import type { SecretInfo, SecretStore } from '../secrets/port.js';
 import { DEFAULT_SOURCES } from '../secrets/sources.js';
-import { openSecretStore, SECRETS_FILE, type SecretInfo, type SecretStore } from '../secrets/store.js';
 import { gatewayEnvironment } from './environment.js';
 import { UsageError } from './usage.js';
 
 /**
- * `valet secrets set|list|rotate|rm|import|rekey`: a thin front end over {@link SecretStore}.
+ * `valet secrets set|list|rotate|rm|import|rekey`: a thin front end over the {@link SecretStore} port.
  * Values are read from stdin (or a hidden prompt on a terminal), never from the command line, and
  * never printed.
  */
@@ -72,56 +73,56 @@ export async function secretsCommand(args: string[]): Promise<void> {
   switch (sub) {
     case 'set': {
       const name = onlyName();
-      const { store, config } = openForWrite(values);
+      const { store, config } = await openForWrite(values);
       try {
         // The key was checked when the store opened; refuse an existing name before asking for a value.
-        if (store.list({ tenant }).some((s) => s.name === name)) {
+        if ((await store.list({ tenant })).some((s) => s.name === name)) {
           throw new ValetError('VALET_ERR_SECRET_EXISTS', `secret ${name} (${scope(tenant)}) already exists; use rotate to give it a new value`);
         }
-        const info = store.set(name, tenant, await readValue(name, true));
+        const info = await store.set(name, tenant, await readValue(name, true));
         warnIfUnused(config, [name]);
         say(`set ${name} (${scope(tenant)}), version ${info.version}`);
       } finally {
-        store.close();
+        await store.close();
       }
       return;
     }
     case 'rotate': {
       const name = onlyName();
-      const { store } = openForWrite(values);
+      const { store } = await openForWrite(values);
       try {
-        if (!store.list({ tenant }).some((s) => s.name === name)) {
+        if (!(await store.list({ tenant })).some((s) => s.name === name)) {
           throw new ValetError('VALET_ERR_SECRET_NOT_FOUND', `secret ${name} (${scope(tenant)}) does not exist; use set to create it`);
         }
-        const info = store.rotate(name, tenant, await readValue(name, true));
+        const info = await store.rotate(name, tenant, await readValue(name, true));
         say(`rotated ${name} (${scope(tenant)}) to version ${info.version}; a running gateway uses it within a second`);
       } finally {
-        store.close();
+        await store.close();
       }
       return;
     }
     case 'rm': {
       const name = onlyName();
-      const store = openSecretStore(dataDirOf(values));
+      const store = await openSecretBackend({ dataDir: dataDirOf(values) });
       try {
-        store.remove(name, tenant);
+        await store.remove(name, tenant);
         say(`removed ${name} (${scope(tenant)}) and all its versions`);
       } finally {
-        store.close();
+        await store.close();
       }
       return;
     }
     case 'list': {
       noPositionals();
       if (values.format !== 'table' && values.format !== 'json') throw new UsageError('--format must be table or json');
-      const dir = dataDirOf(values);
+      const backend = { dataDir: dataDirOf(values) };
       let rows: SecretInfo[] = [];
-      if (existsSync(join(dir, SECRETS_FILE))) {
-        const store = openSecretStore(dir);
+      if (await secretBackendExists(backend)) {
+        const store = await openSecretBackend(backend);
         try {
-          rows = store.list({ tenant: values.tenant });
+          rows = await store.list({ tenant: values.tenant });
         } finally {
-          store.close();
+          await store.close();
         }
       }
       process.stdout.write(values.format === 'json' ? `${JSON.stringify(rows.map(toJson), null, 2)}\n` : table(rows));
@@ -136,9 +137,9 @@ export async function secretsCommand(args: string[]): Promise<void> {
       } catch (err) {
         throw new UsageError(`cannot read ${file} (${(err as NodeJS.ErrnoException).code ?? 'error'})`);
       }
-      const { store, config } = openForWrite(values);
+      const { store, config } = await openForWrite(values);
       try {
-        const r = store.importText(text, tenant);
+        const r = await store.importText(text, tenant);
         for (const name of r.skipped) warn(`skipped ${name}: VALET_* names are gateway settings, not upstream credentials`);
         warnIfUnused(config, [...r.created, ...r.rotated, ...r.unchanged]);
         say(`imported ${file} (${scope(tenant)}): ${r.created.length} created, ${r.rotated.length} rotated, ${r.unchanged.length} unchanged`);
@@ -146,22 +147,22 @@ export async function secretsCommand(args: string[]): Promise<void> {
           if (names.length > 0) say(`  ${what}: ${names.join(', ')}`);
         }
       } finally {
-        store.close();
+        await store.close();
       }
       return;
     }
     case 'rekey': {
       noPositionals();
       const newKey = newMasterKey(values);
-      const { store, resolved } = openForWrite(values);
+      const { store, resolved } = await openForWrite(values);
       try {
-        const r = store.rekey(newKey);
+        const r = await store.rekey(newKey);
         say(`re-encrypted ${r.versions} version(s) of ${r.secrets} secret(s); master key id ${r.oldKeyId} -> ${r.newKeyId}`);
         say('The old key no longer opens the store: start the gateway (and run valet secrets) with the new key.');
         say('A gateway that is running now keeps serving the values it has loaded, and picks up changes after a restart.');
         if (resolved.generated) warn(`${resolved.source} still holds the old key: delete it and set VALET_MASTER_KEY or VALET_MASTER_KEY_FILE`);
       } finally {
-        store.close();
+        await store.close();
       }
       return;
     }
@@ -175,22 +176,15 @@ export async function secretsCommand(args: string[]): Promise<void> {
  * allowed only outside production and only while the store is empty; the environment comes from
  * the configuration (and VALET_ENV), which is why these commands read it.
  */
-function openForWrite(values: Values): { store: SecretStore; config: Config; resolved: ResolvedMasterKey } {
+async function openForWrite(values: Values): Promise<{ store: SecretStore; config: Config; resolved: ResolvedMasterKey }> {
   const config = loadConfig(values.config ?? env['VALET_CONFIG'] ?? 'policies', { environment: gatewayEnvironment(undefined, env) });
   const dataDir = dataDirOf(values);
-  const probe = openSecretStore(dataDir);
-  let resolved: ResolvedMasterKey | undefined;
-  try {
-    resolved = resolveMasterKey({ env, dataDir, environment: config.gateway.environment, storeIsEmpty: () => probe.isEmpty(), generate: true });
-  } finally {
-    probe.close();
-  }
-  if (resolved === undefined) throw new TypeError('unreachable: a master key is generated when none is configured');
+  const { store, resolved } = await openKeyedSecretBackend({ dataDir }, { env, environment: config.gateway.environment });
   if (resolved.created) warn(`generated a development master key in ${join(dataDir, GENERATED_KEY_FILE)} (mode 0600); set VALET_MASTER_KEY in production`);
   if (!(config.gateway.secrets?.sources ?? DEFAULT_SOURCES).some((s) => s.kind === 'store')) {
     warn('gateway.secrets.sources does not list store: the gateway will not read secrets set here');
   }
-  return { store: openSecretStore(dataDir, { key: resolved.key }), config, resolved };
+  return { store, config, resolved };
 }
 
 function newMasterKey(values: Values): MasterKey {

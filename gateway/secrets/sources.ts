@@ -1,9 +1,9 @@
 import type { Environment, SecretSourceSetting } from '../config/types.js';
 import { envSecretSource } from './env.js';
 import { fileSecretSource } from './files.js';
-import { resolveMasterKey } from './master-key.js';
+import { openKeyedSecretBackend } from './backend.js';
+import type { SecretStore } from './port.js';
 import { chainSources, type NamedSecretSource, type SecretSource } from './source.js';
-import { openSecretStore, type SecretStore } from './store.js';
 
 /** The configured sources, when `gateway.secrets.sources` is not given. */
 export const DEFAULT_SOURCES: readonly SecretSourceSetting[] = [{ kind: 'store' }, { kind: 'env' }];
@@ -30,7 +30,7 @@ export interface SecretSources {
   /** Names no source has, in any tenant; logged at start. */
   readonly missing: readonly string[];
   /** Records last-used times and closes the store. */
-  close(): void;
+  close(): Promise<void>;
 }
 
 /**
@@ -38,44 +38,45 @@ export interface SecretSources {
  * the master key (a wrong or missing key throws `VALET_ERR_MASTER_KEY` before anything listens)
  * and decrypts the current values into memory.
  */
-export function createSecretSources(o: SecretSourcesOptions): SecretSources {
+export async function createSecretSources(o: SecretSourcesOptions): Promise<SecretSources> {
   const sources: NamedSecretSource[] = [];
   let store: SecretStore | undefined;
   try {
     for (const setting of o.settings) {
       if (setting.kind === 'env') sources.push(envSecretSource(o.names, o.env));
       else if (setting.kind === 'files') sources.push(fileSecretSource(setting.dir));
-      else sources.push((store = openGatewayStore(o)));
+      else sources.push((store = await openGatewayStore(o)));
     }
   } catch (err) {
-    store?.close();
+    await store?.close();
     throw err;
   }
   const missing = [...new Set(o.names)].filter((name) => !sources.some((s) => s.has(name)));
   if (missing.length > 0) {
     o.log.warn({ missing }, 'upstream credentials not set; requests to those upstreams are refused (503)');
   }
-  return { source: chainSources(sources), store, missing, close: () => store?.close() };
+  return { source: chainSources(sources), store, missing, close: async () => store?.close() };
 }
 
-function openGatewayStore(o: SecretSourcesOptions): SecretStore {
-  // Open without a key first: whether the store is empty decides if a development key may be generated.
-  const probe = openSecretStore(o.dataDir);
-  let resolved;
+async function openGatewayStore(o: SecretSourcesOptions): Promise<SecretStore> {
+  const { store, resolved } = await openKeyedSecretBackend(
+    { dataDir: o.dataDir },
+    { env: o.env, environment: o.environment, usageFlushMs: 60_000, busyTimeoutMs: 250, log: o.log },
+  );
   try {
-    resolved = resolveMasterKey({ env: o.env, dataDir: o.dataDir, environment: o.environment, storeIsEmpty: () => probe.isEmpty(), generate: true });
-  } finally {
-    probe.close();
+    if (resolved.created) {
+      o.log.warn(
+        { file: resolved.source },
+        'generated a development master key for the secret store; set VALET_MASTER_KEY or VALET_MASTER_KEY_FILE in production',
+      );
+    }
+    const { secrets, corrupt } = await store.refresh();
+    o.log.info({ file: store.location, keyId: resolved.key.id, secrets, corrupt }, 'secret store open');
+    // Another writer's change (`valet secrets rotate`, another instance) reaches requests without a restart.
+    store.onChange((stats) => o.log.info({ file: store.location, ...stats }, 'secret store changed; values reloaded'));
+    return store;
+  } catch (err) {
+    await store.close();
+    throw err;
   }
-  if (resolved === undefined) throw new TypeError('unreachable: a master key is generated when none is configured');
-  if (resolved.created) {
-    o.log.warn(
-      { file: resolved.source },
-      'generated a development master key for the secret store; set VALET_MASTER_KEY or VALET_MASTER_KEY_FILE in production',
-    );
-  }
-  const store = openSecretStore(o.dataDir, { key: resolved.key, usageFlushMs: 60_000, busyTimeoutMs: 250, log: o.log });
-  const { secrets, corrupt } = store.refresh();
-  o.log.info({ file: store.file, keyId: resolved.key.id, secrets, corrupt }, 'secret store open');
-  return store;
 }

@@ -303,7 +303,9 @@ export function createPipeline(deps: PipelineDeps): RequestHandler {
       // Once the agent has gone, a failure is its hang-up, unless the upstream had already timed out.
       // A body over its limit or deadline fails whichever reader had it (undici's upload reports it as an upstream error).
       let e = incoming?.failure ?? toValetError(err);
-      if (approved !== undefined && !forwarding) approved.release(`refused after approval (${e.code})`);
+      if (approved !== undefined && !forwarding) {
+        await approved.release(`refused after approval (${e.code})`).catch((err: unknown) => logger.error({ reqId: requestId, err }, 'could not give back the approval of a refused request'));
+      }
       if (hangUp.aborted && e.code !== 'VALET_ERR_UPSTREAM_TIMEOUT') e = new ValetError('VALET_ERR_CLIENT_CLOSED');
       rec.errorCode = e.code;
       if (e.code === 'VALET_ERR_INTERNAL') logger.error({ reqId: requestId, err: e.cause }, 'internal error');

@@ -1,5 +1,5 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { openApprovalStore } from '../../gateway/approvals/store.js';
+import { openApprovalBackend } from '../../gateway/approvals/backend.js';
 import { newApprovalId } from '../../gateway/approvals/service.js';
 import { startTestGateway, type TestGateway } from '../helpers/gateway.js';
 import { startFakeUpstream, type FakeUpstream } from '../helpers/upstream.js';
@@ -40,10 +40,10 @@ describe('approvals across a restart', () => {
     expect(answer.json.error.code).toBe('VALET_ERR_SHUTTING_DOWN');
 
     // A crash leaves a pending held approval behind (nobody could answer it).
-    const store = openApprovalStore(`${first.root}/data`);
+    const store = await openApprovalBackend({ dataDir: `${first.root}/data` });
     const crashed = newApprovalId();
     const now = Date.now();
-    store.insert(
+    await store.insert(
       {
         id: crashed,
         requestId: 'crashed-request',
@@ -75,7 +75,7 @@ describe('approvals across a restart', () => {
       { perAgent: 100, perTenant: 100 },
       now,
     );
-    store.close();
+    await store.close();
 
     second = await startTestGateway({ ...payGateway(upstream, rx), root: first.root });
     const approver2 = await second.adminToken(['approver'], { subject: 'fiona', groups: ['finance'] });

@@ -9,7 +9,9 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startGateway } from '../../gateway/main.js';
 import { ValetError } from '../../gateway/errors.js';
 import { parseMasterKey } from '../../gateway/secrets/crypto.js';
-import { openSecretStore, SECRETS_FILE, type SecretStore } from '../../gateway/secrets/store.js';
+import { openSecretBackend } from '../../gateway/secrets/backend.js';
+import type { SecretStore } from '../../gateway/secrets/port.js';
+import { SECRETS_FILE } from '../../gateway/secrets/sqlite/store.js';
 import { runCli } from '../helpers/cli.js';
 import { devIssuer, DEV_SIGNING_KEY, startTestGateway, type TestGateway } from '../helpers/gateway.js';
 import { auditRowFor, expectErrorBody, requestIdOf, sleep } from '../helpers/http.js';
@@ -63,10 +65,10 @@ describe('secret store through the gateway', () => {
       env: { VALET_MASTER_KEY: MASTER_KEY, ENV_ONLY_KEY: VALUES.env, API_KEY: 'sk-env-loses-to-the-store' },
     });
     // A second connection, as `valet secrets` would use.
-    store = openSecretStore(gw.dataDir, { key: parseMasterKey(MASTER_KEY, 'test') });
+    store = await openSecretBackend({ dataDir: gw.dataDir }, { key: parseMasterKey(MASTER_KEY, 'test') });
   });
   afterAll(async () => {
-    store?.close();
+    await store?.close();
     await gw?.close();
     await upstream?.close();
   });
@@ -79,9 +81,9 @@ describe('secret store through the gateway', () => {
   });
 
   it('isolates tenants: own secret, else the shared one, never another tenant\'s', async () => {
-    store.set('API_KEY', 'acme', VALUES.acme);
-    store.set('API_KEY', 'globex', VALUES.globex);
-    store.set('ONLY_ACME', 'acme', VALUES.onlyAcme);
+    await store.set('API_KEY', 'acme', VALUES.acme);
+    await store.set('API_KEY', 'globex', VALUES.globex);
+    await store.set('ONLY_ACME', 'acme', VALUES.onlyAcme);
     await sleep(REFRESH_WAIT_MS);
 
     expect((await call('/api/x', 'acme')).status).toBe(200);
@@ -93,7 +95,7 @@ describe('secret store through the gateway', () => {
     expect((await call('/api/x', 'initech')).status).toBe(200);
     expect(sentKey()).toBe('Bearer sk-env-loses-to-the-store');
 
-    store.set('API_KEY', null, VALUES.shared);
+    await store.set('API_KEY', null, VALUES.shared);
     await sleep(REFRESH_WAIT_MS);
     for (const tenant of ['initech', undefined]) {
       expect((await call('/api/x', tenant)).status).toBe(200);
@@ -121,17 +123,17 @@ describe('secret store through the gateway', () => {
   });
 
   it('records last use without a write per request', async () => {
-    const before = store.list({ tenant: 'acme' }).find((s) => s.name === 'API_KEY');
+    const before = (await store.list({ tenant: 'acme' })).find((s) => s.name === 'API_KEY');
     expect(before?.lastUsedAt).toBeNull();
     for (let i = 0; i < 20; i++) await call('/api/x', 'acme');
     // Written at most once a minute (and at shutdown); nothing yet.
-    expect(store.list({ tenant: 'acme' }).find((s) => s.name === 'API_KEY')?.lastUsedAt).toBeNull();
-    gw.gateway.secretStore?.flushUsage();
-    expect(store.list({ tenant: 'acme' }).find((s) => s.name === 'API_KEY')?.lastUsedAt).toBeTypeOf('number');
+    expect((await store.list({ tenant: 'acme' })).find((s) => s.name === 'API_KEY')?.lastUsedAt).toBeNull();
+    await gw.gateway.secretStore?.flushUsage();
+    expect((await store.list({ tenant: 'acme' })).find((s) => s.name === 'API_KEY')?.lastUsedAt).toBeTypeOf('number');
   });
 
   it('rotation under load: every request succeeds, the upstream sees the old value, then only the new one', async () => {
-    store.set('ROTATING_KEY', null, VALUES.rotatedOld);
+    await store.set('ROTATING_KEY', null, VALUES.rotatedOld);
     await sleep(REFRESH_WAIT_MS);
     const token = await gw.token({ agent: 'load', tenant: 'acme' });
     const agent = new Agent({ connections: 200 });
@@ -181,8 +183,8 @@ describe('secret store through the gateway', () => {
   }, 60_000);
 
   it('a flipped ciphertext byte or a truncated tag: 503 coded, audited, nothing forwarded; other secrets unaffected', async () => {
-    store.set('TAMPER_KEY', 'acme', VALUES.tamper);
-    store.set('TAMPER_KEY', null, VALUES.tamper);
+    await store.set('TAMPER_KEY', 'acme', VALUES.tamper);
+    await store.set('TAMPER_KEY', null, VALUES.tamper);
     await sleep(REFRESH_WAIT_MS);
     expect((await call('/tamper/x', 'acme')).status).toBe(200);
 
@@ -279,9 +281,9 @@ describe('start-up with the secret store', () => {
 
   it('refuses a wrong master key with a coded error before listening', async () => {
     const dataDir = join(root, 'wrong-key');
-    const s = openSecretStore(dataDir, { key: parseMasterKey(MASTER_KEY, 'test') });
-    s.set('API_KEY', null, 'v');
-    s.close();
+    const s = await openSecretBackend({ dataDir }, { key: parseMasterKey(MASTER_KEY, 'test') });
+    await s.set('API_KEY', null, 'v');
+    await s.close();
     const err = await refusal(start(dataDir, { VALET_MASTER_KEY: randomBytes(32).toString('hex') }));
     expect(err.code).toBe('VALET_ERR_MASTER_KEY');
     expect(err.message).toMatch(/^the master key \(id [0-9a-f]{16}\) is not the key .*secrets\.db was written with/);

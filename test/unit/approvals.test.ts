@@ -10,7 +10,8 @@ import { createLinkSigner, LINK_KEY_FILE, loadLinkKey } from '../../gateway/appr
 import { createNotifier, signWebhook, slackMessage, type ApprovalNotice, type Delivery, type NotificationChannel } from '../../gateway/approvals/notify.js';
 import { redactArgs } from '../../gateway/approvals/redact.js';
 import { APPROVAL_ID, createApprovalService, type ApprovalService, type ParkInput } from '../../gateway/approvals/service.js';
-import { openApprovalStore, type ApprovalStore } from '../../gateway/approvals/store.js';
+import type { ApprovalStore } from '../../gateway/approvals/port.js';
+import { openSqliteApprovalStore } from '../../gateway/approvals/sqlite/store.js';
 import type { ApprovalRecord } from '../../gateway/approvals/types.js';
 import { loadConfig } from '../../gateway/config/load.js';
 import { ConfigError, type ValetError } from '../../gateway/errors.js';
@@ -189,7 +190,7 @@ describe('approval service and store', () => {
   let clock = 1_000_000;
   const notices: ApprovalNotice[] = [];
   const make = (limits = { perAgent: 2, perTenant: 3 }): void => {
-    store = openApprovalStore(tmp());
+    store = openSqliteApprovalStore(tmp());
     notices.length = 0;
     service = createApprovalService({
       store,
@@ -201,9 +202,9 @@ describe('approval service and store', () => {
       linkBase: () => 'http://admin.example',
     });
   };
-  afterEach(() => {
-    service?.close();
-    store?.close();
+  afterEach(async () => {
+    await service?.close();
+    await store?.close();
   });
   const input = (o: Partial<ParkInput> = {}): ParkInput => ({
     requestId: 'req-1',
@@ -226,84 +227,84 @@ describe('approval service and store', () => {
     ...o,
   });
   const binding = (a: ApprovalRecord, o: Record<string, unknown> = {}) => ({ agent: a.agent, tenant: a.tenant, user: a.user, digest: a.digest, rule: a.rule, group: a.group, ...o });
-  const code = (f: () => unknown): string => {
+  const code = async (p: Promise<unknown>): Promise<string> => {
     try {
-      f();
+      await p;
     } catch (err) {
       return (err as ValetError).code;
     }
     return 'none';
   };
 
-  it('parks with an unguessable id, notifies with links, and caps pending per agent and per tenant', () => {
+  it('parks with an unguessable id, notifies with links, and caps pending per agent and per tenant', async () => {
     make();
-    const a = service.park(input());
+    const a = await service.park(input());
     expect(a.id).toMatch(APPROVAL_ID);
     expect(a).toMatchObject({ status: 'pending', createdAt: clock, expiresAt: clock + 10_000 });
     expect(notices).toHaveLength(1);
     expect(notices[0]?.links?.approve).toMatch(/^http:\/\/admin\.example\/approvals\/link\/v1\./);
-    expect(store.get(a.id)).toEqual(a);
-    service.park(input());
-    expect(code(() => service.park(input()))).toBe('VALET_ERR_APPROVAL_LIMIT');
-    service.park(input({ agent: 'bot2' }));
-    expect(code(() => service.park(input({ agent: 'bot3' })))).toBe('VALET_ERR_APPROVAL_LIMIT');
-    expect(service.park(input({ agent: 'bot3', tenant: 'globex' })).status).toBe('pending');
-    expect(service.park(input({ agent: 'bot3', tenant: null })).tenant).toBeNull();
+    expect(await store.get(a.id)).toEqual(a);
+    await service.park(input());
+    expect(await code(service.park(input()))).toBe('VALET_ERR_APPROVAL_LIMIT');
+    await service.park(input({ agent: 'bot2' }));
+    expect(await code(service.park(input({ agent: 'bot3' })))).toBe('VALET_ERR_APPROVAL_LIMIT');
+    expect((await service.park(input({ agent: 'bot3', tenant: 'globex' }))).status).toBe('pending');
+    expect((await service.park(input({ agent: 'bot3', tenant: null }))).tenant).toBeNull();
     // Expired ones no longer count.
     clock += 10_001;
-    expect(service.park(input()).status).toBe('pending');
-    expect(service.pending()).toBe(1);
+    expect((await service.park(input())).status).toBe('pending');
+    expect(await service.pending()).toBe(1);
     clock = 1_000_000;
   });
 
-  it('one decision wins: approve, deny and expire are conditional', () => {
+  it('one decision wins: approve, deny and expire are conditional', async () => {
     make();
-    const a = service.park(input());
-    expect(service.decide(a.id, 'approve', 'fiona', 'ok').status).toBe('approved');
-    expect(code(() => service.decide(a.id, 'deny', 'otto', 'no'))).toBe('VALET_ERR_APPROVAL_RESOLVED');
-    expect(code(() => service.decide(a.id, 'approve', 'otto', null))).toBe('VALET_ERR_APPROVAL_RESOLVED');
-    expect(store.get(a.id)).toMatchObject({ status: 'approved', resolver: 'fiona', resolutionReason: 'ok', resolvedAt: clock, expiresAt: clock + 10_000 });
-    expect(code(() => service.decide('apr_AAAAAAAAAAAAAAAAAAAAAAAA', 'approve', 'x', null))).toBe('VALET_ERR_APPROVAL_NOT_FOUND');
-    expect(code(() => service.decide('nonsense', 'approve', 'x', null))).toBe('VALET_ERR_APPROVAL_NOT_FOUND');
+    const a = await service.park(input());
+    expect((await service.decide(a.id, 'approve', 'fiona', 'ok')).status).toBe('approved');
+    expect(await code(service.decide(a.id, 'deny', 'otto', 'no'))).toBe('VALET_ERR_APPROVAL_RESOLVED');
+    expect(await code(service.decide(a.id, 'approve', 'otto', null))).toBe('VALET_ERR_APPROVAL_RESOLVED');
+    expect(await store.get(a.id)).toMatchObject({ status: 'approved', resolver: 'fiona', resolutionReason: 'ok', resolvedAt: clock, expiresAt: clock + 10_000 });
+    expect(await code(service.decide('apr_AAAAAAAAAAAAAAAAAAAAAAAA', 'approve', 'x', null))).toBe('VALET_ERR_APPROVAL_NOT_FOUND');
+    expect(await code(service.decide('nonsense', 'approve', 'x', null))).toBe('VALET_ERR_APPROVAL_NOT_FOUND');
 
-    const b = service.park(input({ agent: 'other' }));
+    const b = await service.park(input({ agent: 'other' }));
     clock += 10_000;
-    expect(code(() => service.decide(b.id, 'approve', 'fiona', null))).toBe('VALET_ERR_APPROVAL_RESOLVED');
-    expect(store.get(b.id)?.status).toBe('expired');
+    expect(await code(service.decide(b.id, 'approve', 'fiona', null))).toBe('VALET_ERR_APPROVAL_RESOLVED');
+    expect((await store.get(b.id))?.status).toBe('expired');
     clock = 1_000_000;
   });
 
-  it('redeem executes once, only for the same agent, tenant, user, digest, rule and group', () => {
+  it('redeem executes once, only for the same agent, tenant, user, digest, rule and group', async () => {
     make();
-    const a = service.park(input());
-    expect(code(() => service.redeem(a.id, binding(a), 'req-2'))).toBe('VALET_ERR_APPROVAL_PENDING');
-    service.decide(a.id, 'approve', 'fiona', null);
+    const a = await service.park(input());
+    expect(await code(service.redeem(a.id, binding(a), 'req-2'))).toBe('VALET_ERR_APPROVAL_PENDING');
+    await service.decide(a.id, 'approve', 'fiona', null);
     for (const wrong of [{ agent: 'x' }, { tenant: 'globex' }, { tenant: null }, { user: 'alice' }, { digest: 'e'.repeat(64) }, { rule: 'r2' }, { group: 'privacy' }]) {
-      expect(code(() => service.redeem(a.id, binding(a, wrong), 'req-2')), JSON.stringify(wrong)).toBe('VALET_ERR_APPROVAL_MISMATCH');
+      expect(await code(service.redeem(a.id, binding(a, wrong), 'req-2')), JSON.stringify(wrong)).toBe('VALET_ERR_APPROVAL_MISMATCH');
     }
-    expect(service.redeem(a.id, binding(a), 'req-2')).toMatchObject({ status: 'consumed', consumedRequestId: 'req-2' });
-    expect(code(() => service.redeem(a.id, binding(a), 'req-3'))).toBe('VALET_ERR_APPROVAL_USED');
+    expect(await service.redeem(a.id, binding(a), 'req-2')).toMatchObject({ status: 'consumed', consumedRequestId: 'req-2' });
+    expect(await code(service.redeem(a.id, binding(a), 'req-3'))).toBe('VALET_ERR_APPROVAL_USED');
     // A refusal after the take (a rate limit) gives it back, to that request only.
-    expect(store.release(a.id, 'req-3')).toBe(false);
-    service.release(store.get(a.id) as ApprovalRecord, 'req-2', 'rate limited');
-    expect(store.get(a.id)?.status).toBe('approved');
-    expect(service.redeem(a.id, binding(a), 'req-4').consumedRequestId).toBe('req-4');
+    expect(await store.release(a.id, 'req-3')).toBe(false);
+    await service.release((await store.get(a.id)) as ApprovalRecord, 'req-2', 'rate limited');
+    expect((await store.get(a.id))?.status).toBe('approved');
+    expect((await service.redeem(a.id, binding(a), 'req-4')).consumedRequestId).toBe('req-4');
   });
 
-  it('an approved async approval must be executed within its timeout; denied ones say why', () => {
+  it('an approved async approval must be executed within its timeout; denied ones say why', async () => {
     make();
-    const a = service.park(input());
+    const a = await service.park(input());
     clock += 9_000;
-    service.decide(a.id, 'approve', 'fiona', null);
+    await service.decide(a.id, 'approve', 'fiona', null);
     clock += 9_999;
-    expect(store.get(a.id)?.status).toBe('approved');
+    expect((await store.get(a.id))?.status).toBe('approved');
     clock += 1;
-    expect(code(() => service.redeem(a.id, binding(a), 'r'))).toBe('VALET_ERR_APPROVAL_EXPIRED');
-    expect(store.get(a.id)?.status).toBe('expired');
-    const d = service.park(input());
-    service.decide(d.id, 'deny', 'fiona', 'no budget');
-    expect(() => service.redeem(d.id, binding(d), 'r')).toThrow(/denied: no budget/);
-    expect(code(() => service.redeem(d.id, binding(d), 'r'))).toBe('VALET_ERR_APPROVAL_DENIED');
+    expect(await code(service.redeem(a.id, binding(a), 'r'))).toBe('VALET_ERR_APPROVAL_EXPIRED');
+    expect((await store.get(a.id))?.status).toBe('expired');
+    const d = await service.park(input());
+    await service.decide(d.id, 'deny', 'fiona', 'no budget');
+    await expect(service.redeem(d.id, binding(d), 'r')).rejects.toThrow(/denied: no budget/);
+    expect(await code(service.redeem(d.id, binding(d), 'r'))).toBe('VALET_ERR_APPROVAL_DENIED');
     clock = 1_000_000;
   });
 
@@ -311,62 +312,92 @@ describe('approval service and store', () => {
     make();
     const signal = (): EventEmitter & { aborted: boolean } => Object.assign(new EventEmitter(), { aborted: false });
     const s1 = signal();
-    const h1 = service.park(input({ mode: 'hold' }));
+    const h1 = await service.park(input({ mode: 'hold' }));
     const w1 = service.waitForDecision(h1.id, s1);
     expect(service.holding).toBe(1);
-    service.decide(h1.id, 'approve', 'fiona', null);
+    await service.decide(h1.id, 'approve', 'fiona', null);
     expect((await w1).status).toBe('approved');
-    expect(service.take(h1.id, 'req-1')).toBe(true);
-    expect(service.take(h1.id, 'req-1')).toBe(false);
+    expect(await service.take(h1.id, 'req-1')).toBe(true);
+    expect(await service.take(h1.id, 'req-1')).toBe(false);
 
     const s2 = signal();
-    const h2 = service.park(input({ mode: 'hold', agent: 'b2' }));
+    const h2 = await service.park(input({ mode: 'hold', agent: 'b2' }));
     const w2 = service.waitForDecision(h2.id, s2);
     s2.aborted = true;
     s2.emit('abort');
     expect(await w2).toMatchObject({ status: 'aborted', resolutionReason: 'the agent disconnected while waiting' });
     expect(s2.listenerCount('abort')).toBe(0);
 
-    const h3 = service.park(input({ mode: 'hold', agent: 'b3' }));
+    const h3 = await service.park(input({ mode: 'hold', agent: 'b3' }));
     const w3 = service.waitForDecision(h3.id, signal());
-    service.close();
+    await service.close();
     expect(await w3).toMatchObject({ status: 'aborted', resolutionReason: 'the gateway is shutting down' });
     expect(service.holding).toBe(0);
-    expect(code(() => service.park(input({ agent: 'b4' })))).toBe('VALET_ERR_SHUTTING_DOWN');
+    expect(await code(service.park(input({ agent: 'b4' })))).toBe('VALET_ERR_SHUTTING_DOWN');
+  });
+
+  it('hold: a decision made through another client of the store wakes the held request (the port announces it)', async () => {
+    make();
+    const held: string[] = [];
+    const stop = store.onSettled((id) => held.push(id));
+    // A second service on the same store stands in for another instance's admin plane.
+    const elsewhere = createApprovalService({ store, limits: { perAgent: 5, perTenant: 5 }, logger: silent, now: () => clock, notifier: { notify: () => {}, inFlight: 0, close: async () => {} } });
+    const signal = Object.assign(new EventEmitter(), { aborted: false });
+    const approved = await service.park(input({ mode: 'hold' }));
+    const w1 = service.waitForDecision(approved.id, signal);
+    await elsewhere.decide(approved.id, 'approve', 'fiona', null);
+    expect((await w1).status).toBe('approved');
+    expect(await service.take(approved.id, 'req-1')).toBe(true);
+    const denied = await service.park(input({ mode: 'hold', agent: 'b2' }));
+    const w2 = service.waitForDecision(denied.id, signal);
+    await elsewhere.decide(denied.id, 'deny', 'fiona', 'no');
+    expect(await w2).toMatchObject({ status: 'denied', resolutionReason: 'no' });
+    const expired = await service.park(input({ mode: 'hold', agent: 'b3' }));
+    const w3 = service.waitForDecision(expired.id, signal);
+    clock += 10_000;
+    await elsewhere.sweep();
+    expect((await w3).status).toBe('expired');
+    clock = 1_000_000;
+    expect(service.holding).toBe(0);
+    expect(held).toEqual([approved.id, denied.id, expired.id]);
+    stop();
+    const after = await service.park(input({ agent: 'b4' }));
+    await elsewhere.decide(after.id, 'deny', 'fiona', 'no');
+    expect(held).toHaveLength(3);
   });
 
   it('hold: the timeout expires a waiting request (real timers)', async () => {
-    store = openApprovalStore(tmp());
+    store = openSqliteApprovalStore(tmp());
     service = createApprovalService({ store, limits: { perAgent: 5, perTenant: 5 }, logger: silent, notifier: { notify: () => {}, inFlight: 0, close: async () => {} } });
-    const h = service.park(input({ mode: 'hold', timeoutMs: 50 }));
+    const h = await service.park(input({ mode: 'hold', timeoutMs: 50 }));
     const started = Date.now();
     const r = await service.waitForDecision(h.id, Object.assign(new EventEmitter(), { aborted: false }));
     expect(r.status).toBe('expired');
     expect(Date.now() - started).toBeGreaterThanOrEqual(45);
   });
 
-  it('start() aborts held approvals a previous process left pending; async ones stay', () => {
+  it('start() aborts held approvals a previous process left pending; async ones stay', async () => {
     const dir = tmp();
-    const first = openApprovalStore(dir);
+    const first = openSqliteApprovalStore(dir);
     const s1 = createApprovalService({ store: first, limits: { perAgent: 5, perTenant: 5 }, logger: silent, notifier: { notify: () => {}, inFlight: 0, close: async () => {} } });
-    const held = s1.park(input({ mode: 'hold' }));
-    const queued = s1.park(input({ mode: 'async' }));
-    first.close();
-    store = openApprovalStore(dir);
+    const held = await s1.park(input({ mode: 'hold' }));
+    const queued = await s1.park(input({ mode: 'async' }));
+    await first.close();
+    store = openSqliteApprovalStore(dir);
     service = createApprovalService({ store, limits: { perAgent: 5, perTenant: 5 }, logger: silent, notifier: { notify: () => {}, inFlight: 0, close: async () => {} } });
-    service.start();
-    expect(store.get(held.id)).toMatchObject({ status: 'aborted', resolutionReason: 'the gateway restarted while the request was held' });
-    expect(store.get(queued.id)?.status).toBe('pending');
+    await service.start();
+    expect(await store.get(held.id)).toMatchObject({ status: 'aborted', resolutionReason: 'the gateway restarted while the request was held' });
+    expect((await store.get(queued.id))?.status).toBe('pending');
   });
 
-  it('a link is used once', () => {
+  it('a link is used once', async () => {
     make();
-    const a = service.park(input());
+    const a = await service.park(input());
     const token = (notices[0]?.links?.approve ?? '').split('/approvals/link/')[1] as string;
     const claims = service.link(token);
     expect(claims).toMatchObject({ approvalId: a.id, action: 'approve' });
-    service.useLink(claims, 'fiona');
-    expect(code(() => service.useLink(claims, 'fiona'))).toBe('VALET_ERR_APPROVAL_LINK_INVALID');
+    await service.useLink(claims, 'fiona');
+    expect(await code(service.useLink(claims, 'fiona'))).toBe('VALET_ERR_APPROVAL_LINK_INVALID');
   });
 });
 

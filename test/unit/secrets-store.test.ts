@@ -11,12 +11,15 @@ import { envSecretSource } from '../../gateway/secrets/env.js';
 import { fileSecretSource } from '../../gateway/secrets/files.js';
 import { GENERATED_KEY_FILE, resolveMasterKey } from '../../gateway/secrets/master-key.js';
 import { chainSources } from '../../gateway/secrets/source.js';
-import { openSecretStore, parseSecretsFile, SECRETS_FILE, type SecretStore } from '../../gateway/secrets/store.js';
+import { openSecretBackend } from '../../gateway/secrets/backend.js';
+import type { SecretStore, SecretStoreOptions, SnapshotStats } from '../../gateway/secrets/port.js';
+import { SECRETS_FILE } from '../../gateway/secrets/sqlite/store.js';
+import { parseSecretsFile } from '../../gateway/secrets/validate.js';
 
 const dirs: string[] = [];
 const stores: SecretStore[] = [];
-afterEach(() => {
-  for (const s of stores.splice(0)) s.close();
+afterEach(async () => {
+  for (const s of stores.splice(0)) await s.close();
   for (const d of dirs.splice(0)) rmSync(d, { recursive: true, force: true });
 });
 
@@ -28,15 +31,15 @@ function tempDir(): string {
 
 const newKey = (): MasterKey => masterKeyFromBytes(randomBytes(32));
 
-function store(dir: string, key: MasterKey | undefined, extra: Parameters<typeof openSecretStore>[1] = {}): SecretStore {
-  const s = openSecretStore(dir, { key, ...extra });
+async function store(dir: string, key: MasterKey | undefined, extra: SecretStoreOptions = {}): Promise<SecretStore> {
+  const s = await openSecretBackend({ dataDir: dir }, { key, ...extra });
   stores.push(s);
   return s;
 }
 
-function codeOf(fn: () => unknown): ErrorCode | undefined {
+async function codeOf(fn: () => unknown): Promise<ErrorCode | undefined> {
   try {
-    fn();
+    await fn();
   } catch (err) {
     if (err instanceof ValetError) return err.code;
     throw err;
@@ -44,9 +47,9 @@ function codeOf(fn: () => unknown): ErrorCode | undefined {
   return undefined;
 }
 
-function errorOf(fn: () => unknown): ValetError {
+async function errorOf(fn: () => unknown): Promise<ValetError> {
   try {
-    fn();
+    await fn();
   } catch (err) {
     if (err instanceof ValetError) return err;
     throw err;
@@ -61,80 +64,80 @@ function capture(): { lines: string[]; log: { warn(o: object, m: string): void; 
   return { lines, log: { warn: push, error: push } };
 }
 
-describe('secret store: operations', () => {
-  it('set, get, list, rotate, remove — list never shows a value', () => {
+describe('secret store: operations', async () => {
+  it('set, get, list, rotate, remove — list never shows a value', async () => {
     const dir = tempDir();
-    const s = store(dir, newKey(), { refreshMs: 0 });
-    expect(s.isEmpty()).toBe(true);
-    const created = s.set('OPENAI_API_KEY', null, 'sk-one');
+    const s = await store(dir, newKey(), { refreshMs: 0 });
+    expect(await s.isEmpty()).toBe(true);
+    const created = await s.set('OPENAI_API_KEY', null, 'sk-one');
     expect(created).toMatchObject({ name: 'OPENAI_API_KEY', tenant: null, version: 1, rotatedAt: null, lastUsedAt: null });
     expect(s.get('OPENAI_API_KEY', undefined)).toBe('sk-one');
-    const rotated = s.rotate('OPENAI_API_KEY', null, 'sk-two');
+    const rotated = await s.rotate('OPENAI_API_KEY', null, 'sk-two');
     expect(rotated.version).toBe(2);
     expect(rotated.rotatedAt).toBeTypeOf('number');
     expect(s.get('OPENAI_API_KEY', undefined)).toBe('sk-two');
-    const listed = s.list();
+    const listed = await s.list();
     expect(listed).toHaveLength(1);
     expect(JSON.stringify(listed)).not.toMatch(/sk-/);
-    expect(codeOf(() => s.set('OPENAI_API_KEY', null, 'sk-x'))).toBe('VALET_ERR_SECRET_EXISTS');
-    expect(codeOf(() => s.rotate('NOPE', null, 'sk-x'))).toBe('VALET_ERR_SECRET_NOT_FOUND');
-    expect(codeOf(() => s.remove('OPENAI_API_KEY', 'acme'))).toBe('VALET_ERR_SECRET_NOT_FOUND');
-    s.remove('OPENAI_API_KEY', null);
+    expect(await codeOf(() => s.set('OPENAI_API_KEY', null, 'sk-x'))).toBe('VALET_ERR_SECRET_EXISTS');
+    expect(await codeOf(() => s.rotate('NOPE', null, 'sk-x'))).toBe('VALET_ERR_SECRET_NOT_FOUND');
+    expect(await codeOf(() => s.remove('OPENAI_API_KEY', 'acme'))).toBe('VALET_ERR_SECRET_NOT_FOUND');
+    await s.remove('OPENAI_API_KEY', null);
     expect(s.get('OPENAI_API_KEY', undefined)).toBeUndefined();
-    expect(s.list()).toEqual([]);
-    expect(s.isEmpty()).toBe(true);
+    expect(await s.list()).toEqual([]);
+    expect(await s.isEmpty()).toBe(true);
   });
 
-  it('looks up the tenant\'s own secret, else the shared one, never another tenant\'s', () => {
-    const s = store(tempDir(), newKey(), { refreshMs: 0 });
-    s.set('API_KEY', 'acme', 'acme-value');
-    s.set('API_KEY', 'globex', 'globex-value');
-    s.set('ONLY_TENANT', 'acme', 'acme-only');
+  it('looks up the tenant\'s own secret, else the shared one, never another tenant\'s', async () => {
+    const s = await store(tempDir(), newKey(), { refreshMs: 0 });
+    await s.set('API_KEY', 'acme', 'acme-value');
+    await s.set('API_KEY', 'globex', 'globex-value');
+    await s.set('ONLY_TENANT', 'acme', 'acme-only');
     expect(s.get('API_KEY', 'acme')).toBe('acme-value');
     expect(s.get('API_KEY', 'globex')).toBe('globex-value');
     expect(s.get('API_KEY', 'initech')).toBeUndefined();
     expect(s.get('API_KEY', undefined)).toBeUndefined();
     expect(s.get('ONLY_TENANT', 'globex')).toBeUndefined();
-    s.set('API_KEY', null, 'shared-value');
+    await s.set('API_KEY', null, 'shared-value');
     expect(s.get('API_KEY', 'initech')).toBe('shared-value');
     expect(s.get('API_KEY', undefined)).toBe('shared-value');
     expect(s.get('API_KEY', 'acme')).toBe('acme-value');
-    expect(s.list({ tenant: 'acme' }).map((i) => i.name)).toEqual(['API_KEY', 'ONLY_TENANT']);
-    expect(s.list({ tenant: null }).map((i) => [i.name, i.tenant])).toEqual([['API_KEY', null]]);
-    expect(s.list().map((i) => i.tenant)).toEqual([null, 'acme', 'globex', 'acme']);
+    expect((await s.list({ tenant: 'acme' })).map((i) => i.name)).toEqual(['API_KEY', 'ONLY_TENANT']);
+    expect((await s.list({ tenant: null })).map((i) => [i.name, i.tenant])).toEqual([['API_KEY', null]]);
+    expect((await s.list()).map((i) => i.tenant)).toEqual([null, 'acme', 'globex', 'acme']);
     expect(s.has('ONLY_TENANT')).toBe(true);
     expect(s.has('MISSING')).toBe(false);
   });
 
-  it('refuses values with CR, LF, NUL or other control characters, and writes nothing', () => {
-    const s = store(tempDir(), newKey(), { refreshMs: 0 });
+  it('refuses values with CR, LF, NUL or other control characters, and writes nothing', async () => {
+    const s = await store(tempDir(), newKey(), { refreshMs: 0 });
     for (const bad of ['a\r\nInjected: 1', 'a\nb', 'a\rb', 'a\0b', 'a\x1bb', 'a\x7fb', '']) {
-      const err = errorOf(() => s.set('K', null, bad));
+      const err = await errorOf(() => s.set('K', null, bad));
       expect(err.code).toBe('VALET_ERR_SECRET_INVALID');
       if (bad !== '') expect(err.message).not.toContain(bad);
     }
-    expect(s.list()).toEqual([]);
-    s.set('K', null, 'tab\tis fine');
-    expect(codeOf(() => s.rotate('K', null, 'x\ny'))).toBe('VALET_ERR_SECRET_INVALID');
-    expect(s.list()[0]?.version).toBe(1);
+    expect(await s.list()).toEqual([]);
+    await s.set('K', null, 'tab\tis fine');
+    expect(await codeOf(() => s.rotate('K', null, 'x\ny'))).toBe('VALET_ERR_SECRET_INVALID');
+    expect((await s.list())[0]?.version).toBe(1);
     expect(s.get('K', undefined)).toBe('tab\tis fine');
-    expect(codeOf(() => s.set('K2', null, 'x'.repeat(65_537)))).toBe('VALET_ERR_SECRET_INVALID');
+    expect(await codeOf(() => s.set('K2', null, 'x'.repeat(65_537)))).toBe('VALET_ERR_SECRET_INVALID');
   });
 
-  it('refuses bad names, reserved VALET_* names and bad tenants', () => {
-    const s = store(tempDir(), newKey());
+  it('refuses bad names, reserved VALET_* names and bad tenants', async () => {
+    const s = await store(tempDir(), newKey());
     for (const name of ['', '1ABC', 'A-B', '../x', 'A B', 'a'.repeat(129), 'VALET_MASTER_KEY']) {
-      expect(codeOf(() => s.set(name, null, 'v'))).toBe('VALET_ERR_SECRET_INVALID');
+      expect(await codeOf(() => s.set(name, null, 'v'))).toBe('VALET_ERR_SECRET_INVALID');
     }
-    for (const tenant of ['', 'a\nb', 'x'.repeat(257)]) expect(codeOf(() => s.set('K', tenant, 'v'))).toBe('VALET_ERR_SECRET_INVALID');
-    expect(s.list()).toEqual([]);
+    for (const tenant of ['', 'a\nb', 'x'.repeat(257)]) expect(await codeOf(() => s.set('K', tenant, 'v'))).toBe('VALET_ERR_SECRET_INVALID');
+    expect(await s.list()).toEqual([]);
   });
 
-  it('keeps the database file mode 0600 and never writes a value in plain text', () => {
+  it('keeps the database file mode 0600 and never writes a value in plain text', async () => {
     const dir = tempDir();
-    const s = store(dir, newKey());
-    s.set('PLAIN_CHECK', 'acme', 'plaintext-marker-8d1f');
-    s.rotate('PLAIN_CHECK', 'acme', 'plaintext-marker-9e2a');
+    const s = await store(dir, newKey());
+    await s.set('PLAIN_CHECK', 'acme', 'plaintext-marker-8d1f');
+    await s.rotate('PLAIN_CHECK', 'acme', 'plaintext-marker-9e2a');
     expect(statSync(join(dir, SECRETS_FILE)).mode & 0o777).toBe(0o600);
     for (const f of readdirSync(dir)) {
       expect(statSync(join(dir, f)).mode & 0o077, f).toBe(0);
@@ -143,7 +146,7 @@ describe('secret store: operations', () => {
   });
 });
 
-describe('secret store: import', () => {
+describe('secret store: import', async () => {
   const FILE = `# comment
 OPENAI_API_KEY=sk-proj-1
 
@@ -153,7 +156,7 @@ SINGLE='x=y'
 VALET_DEV_SIGNING_KEY=skipped-not-an-upstream-credential\r
 `;
 
-  it('parses the secrets.example format', () => {
+  it('parses the secrets.example format', async () => {
     expect(parseSecretsFile(FILE)).toEqual({
       entries: [
         { name: 'OPENAI_API_KEY', value: 'sk-proj-1', line: 2 },
@@ -167,65 +170,65 @@ VALET_DEV_SIGNING_KEY=skipped-not-an-upstream-credential\r
     expect(example.entries.map((e) => e.name)).toContain('ECHO_API_KEY');
   });
 
-  it('reports every bad line by number without quoting values', () => {
-    const err = errorOf(() => parseSecretsFile('A=ok\nnot a pair sk-hidden-1\nB=\nA=again\nC=x\u0000sk-hidden-2\n'));
+  it('reports every bad line by number without quoting values', async () => {
+    const err = await errorOf(() => parseSecretsFile('A=ok\nnot a pair sk-hidden-1\nB=\nA=again\nC=x\u0000sk-hidden-2\n'));
     expect(err.code).toBe('VALET_ERR_SECRET_INVALID');
     expect(err.message).toContain('line 2: expected NAME=value');
     expect(err.message).toContain('line 3: the value of B is empty');
     expect(err.message).toContain('line 4: A is already set on line 1');
     expect(err.message).toContain('line 5: the value of C contains a control character');
     expect(err.message).not.toContain('sk-hidden');
-    expect(codeOf(() => parseSecretsFile('# only comments\n\n'))).toBe('VALET_ERR_SECRET_INVALID');
+    expect(await codeOf(() => parseSecretsFile('# only comments\n\n'))).toBe('VALET_ERR_SECRET_INVALID');
   });
 
-  it('creates, rotates and leaves equal values alone, all in one transaction', () => {
-    const s = store(tempDir(), newKey(), { refreshMs: 0 });
-    s.set('OPENAI_API_KEY', null, 'sk-proj-1');
-    s.set('GITHUB_TOKEN', null, 'old');
-    const r = s.importText(FILE, null);
+  it('creates, rotates and leaves equal values alone, all in one transaction', async () => {
+    const s = await store(tempDir(), newKey(), { refreshMs: 0 });
+    await s.set('OPENAI_API_KEY', null, 'sk-proj-1');
+    await s.set('GITHUB_TOKEN', null, 'old');
+    const r = await s.importText(FILE, null);
     expect(r).toEqual({ created: ['QUOTED', 'SINGLE'], rotated: ['GITHUB_TOKEN'], unchanged: ['OPENAI_API_KEY'], skipped: ['VALET_DEV_SIGNING_KEY'] });
     expect(s.get('GITHUB_TOKEN', undefined)).toBe('ghp_2');
-    expect(s.list().map((i) => [i.name, i.version])).toEqual([['GITHUB_TOKEN', 2], ['OPENAI_API_KEY', 1], ['QUOTED', 1], ['SINGLE', 1]]);
+    expect((await s.list()).map((i) => [i.name, i.version])).toEqual([['GITHUB_TOKEN', 2], ['OPENAI_API_KEY', 1], ['QUOTED', 1], ['SINGLE', 1]]);
   });
 
-  it('writes nothing when any line is bad', () => {
-    const s = store(tempDir(), newKey());
-    s.set('EXISTING', 'acme', 'v1');
-    expect(codeOf(() => s.importText('EXISTING=v2\nNEW_ONE=x\nBAD=a\nb\n', 'acme'))).toBe('VALET_ERR_SECRET_INVALID');
-    expect(s.list().map((i) => [i.name, i.version])).toEqual([['EXISTING', 1]]);
+  it('writes nothing when any line is bad', async () => {
+    const s = await store(tempDir(), newKey());
+    await s.set('EXISTING', 'acme', 'v1');
+    expect(await codeOf(() => s.importText('EXISTING=v2\nNEW_ONE=x\nBAD=a\nb\n', 'acme'))).toBe('VALET_ERR_SECRET_INVALID');
+    expect((await s.list()).map((i) => [i.name, i.version])).toEqual([['EXISTING', 1]]);
   });
 });
 
-describe('secret store: master key', () => {
-  it('refuses a wrong key once the store holds secrets; an empty store takes any key', () => {
+describe('secret store: master key', async () => {
+  it('refuses a wrong key once the store holds secrets; an empty store takes any key', async () => {
     const dir = tempDir();
     const k1 = newKey();
     const k2 = newKey();
-    openSecretStore(dir, { key: k2 }).close();
-    const s = store(dir, k1);
-    s.set('K', null, 'v');
-    s.close();
-    const err = errorOf(() => openSecretStore(dir, { key: k2 }));
+    await (await openSecretBackend({ dataDir: dir }, { key: k2 })).close();
+    const s = await store(dir, k1);
+    await s.set('K', null, 'v');
+    await s.close();
+    const err = await errorOf(() => openSecretBackend({ dataDir: dir }, { key: k2 }));
     expect(err.code).toBe('VALET_ERR_MASTER_KEY');
     expect(err.message).toContain(`id ${k2.id}`);
     expect(err.message).toContain(`id ${k1.id}`);
-    expect(store(dir, k1, { refreshMs: 0 }).get('K', undefined)).toBe('v');
+    expect((await store(dir, k1, { refreshMs: 0 })).get('K', undefined)).toBe('v');
   });
 
-  it('rekey re-encrypts every version under the new key, after checking the old one', () => {
+  it('rekey re-encrypts every version under the new key, after checking the old one', async () => {
     const dir = tempDir();
     const k1 = newKey();
     const k2 = newKey();
-    const s = store(dir, k1, { refreshMs: 0 });
-    s.set('A', null, 'a1');
-    s.rotate('A', null, 'a2');
-    s.set('A', 'acme', 'a-acme');
-    s.set('B', null, 'b1');
-    expect(codeOf(() => s.rekey(k1))).toBe('VALET_ERR_MASTER_KEY');
-    expect(s.rekey(k2)).toEqual({ secrets: 3, versions: 4, oldKeyId: k1.id, newKeyId: k2.id });
-    s.close();
-    expect(codeOf(() => openSecretStore(dir, { key: k1 }))).toBe('VALET_ERR_MASTER_KEY');
-    const again = store(dir, k2, { refreshMs: 0 });
+    const s = await store(dir, k1, { refreshMs: 0 });
+    await s.set('A', null, 'a1');
+    await s.rotate('A', null, 'a2');
+    await s.set('A', 'acme', 'a-acme');
+    await s.set('B', null, 'b1');
+    expect(await codeOf(() => s.rekey(k1))).toBe('VALET_ERR_MASTER_KEY');
+    expect(await s.rekey(k2)).toEqual({ secrets: 3, versions: 4, oldKeyId: k1.id, newKeyId: k2.id });
+    await s.close();
+    expect(await codeOf(() => openSecretBackend({ dataDir: dir }, { key: k1 }))).toBe('VALET_ERR_MASTER_KEY');
+    const again = await store(dir, k2, { refreshMs: 0 });
     expect(again.get('A', undefined)).toBe('a2');
     expect(again.get('A', 'acme')).toBe('a-acme');
     // Earlier versions too.
@@ -239,23 +242,23 @@ describe('secret store: master key', () => {
     expect(open(k2, v1, { tenant: null, name: 'A', version: 1 })).toBe('a1');
   });
 
-  it('rekey changes nothing when a version fails its integrity check', () => {
+  it('rekey changes nothing when a version fails its integrity check', async () => {
     const dir = tempDir();
     const k1 = newKey();
-    const s = store(dir, k1, { refreshMs: 0 });
-    s.set('A', null, 'a1');
-    s.set('B', null, 'b1');
+    const s = await store(dir, k1, { refreshMs: 0 });
+    await s.set('A', null, 'a1');
+    await s.set('B', null, 'b1');
     const db = new Database(join(dir, SECRETS_FILE));
     db.prepare("UPDATE secret_versions SET tag = substr(tag, 1, 8) WHERE secret_id = (SELECT id FROM secrets WHERE name = 'B')").run();
     db.close();
-    const err = errorOf(() => s.rekey(newKey()));
+    const err = await errorOf(() => s.rekey(newKey()));
     expect(err.code).toBe('VALET_ERR_CREDENTIAL_CORRUPT');
     expect(err.message).toContain('secret B (shared) version 1');
-    s.close();
-    expect(store(dir, k1, { refreshMs: 0 }).get('A', undefined)).toBe('a1');
+    await s.close();
+    expect((await store(dir, k1, { refreshMs: 0 })).get('A', undefined)).toBe('a1');
   });
 
-  it('resolves VALET_MASTER_KEY, VALET_MASTER_KEY_FILE, or a generated development key', () => {
+  it('resolves VALET_MASTER_KEY, VALET_MASTER_KEY_FILE, or a generated development key', async () => {
     const dir = tempDir();
     const data = join(dir, 'data');
     const raw = randomBytes(32);
@@ -264,15 +267,15 @@ describe('secret store: master key', () => {
     expect(resolveMasterKey({ ...base, env: { VALET_MASTER_KEY: raw.toString('base64') } })?.key.id).toBe(id);
     writeFileSync(join(dir, 'key'), `${raw.toString('hex')}\n`);
     expect(resolveMasterKey({ ...base, env: { VALET_MASTER_KEY_FILE: join(dir, 'key') } })).toMatchObject({ key: { id }, generated: false });
-    expect(codeOf(() => resolveMasterKey({ ...base, env: { VALET_MASTER_KEY: raw.toString('base64'), VALET_MASTER_KEY_FILE: join(dir, 'key') } }))).toBe(
+    expect(await codeOf(() => resolveMasterKey({ ...base, env: { VALET_MASTER_KEY: raw.toString('base64'), VALET_MASTER_KEY_FILE: join(dir, 'key') } }))).toBe(
       'VALET_ERR_MASTER_KEY',
     );
-    expect(codeOf(() => resolveMasterKey({ ...base, env: { VALET_MASTER_KEY_FILE: join(dir, 'nope') } }))).toBe('VALET_ERR_MASTER_KEY');
-    expect(codeOf(() => resolveMasterKey({ ...base, env: { VALET_MASTER_KEY: 'too-short' } }))).toBe('VALET_ERR_MASTER_KEY');
+    expect(await codeOf(() => resolveMasterKey({ ...base, env: { VALET_MASTER_KEY_FILE: join(dir, 'nope') } }))).toBe('VALET_ERR_MASTER_KEY');
+    expect(await codeOf(() => resolveMasterKey({ ...base, env: { VALET_MASTER_KEY: 'too-short' } }))).toBe('VALET_ERR_MASTER_KEY');
 
     // Nothing configured, store not empty: refused (a new key could not open it).
     expect(resolveMasterKey({ ...base, env: {}, generate: false })).toBeUndefined();
-    expect(codeOf(() => resolveMasterKey({ ...base, env: {}, storeIsEmpty: () => false }))).toBe('VALET_ERR_MASTER_KEY');
+    expect(await codeOf(() => resolveMasterKey({ ...base, env: {}, storeIsEmpty: () => false }))).toBe('VALET_ERR_MASTER_KEY');
     // Empty store: generated once, mode 0600, then reused.
     const generated = resolveMasterKey({ ...base, env: {} });
     expect(generated).toMatchObject({ generated: true, created: true });
@@ -280,11 +283,11 @@ describe('secret store: master key', () => {
     expect(statSync(file).mode & 0o777).toBe(0o600);
     expect(resolveMasterKey({ ...base, env: {}, storeIsEmpty: () => false })).toMatchObject({ key: { id: generated?.key.id }, created: false });
     // Production never uses a generated key, even an existing one.
-    const prod = errorOf(() => resolveMasterKey({ ...base, env: {}, environment: 'production' }));
+    const prod = await errorOf(() => resolveMasterKey({ ...base, env: {}, environment: 'production' }));
     expect(prod.code).toBe('VALET_ERR_MASTER_KEY');
     expect(prod.message).toContain('production requires VALET_MASTER_KEY or VALET_MASTER_KEY_FILE');
     // Nor a key file inside the data directory; the same key kept apart from the data is fine.
-    const inside = errorOf(() => resolveMasterKey({ ...base, env: { VALET_MASTER_KEY_FILE: file }, environment: 'production' }));
+    const inside = await errorOf(() => resolveMasterKey({ ...base, env: { VALET_MASTER_KEY_FILE: file }, environment: 'production' }));
     expect(inside).toMatchObject({ code: 'VALET_ERR_MASTER_KEY', message: expect.stringContaining('is inside the data directory') });
     const apart = join(dir, 'apart.key');
     writeFileSync(apart, readFileSync(file));
@@ -292,33 +295,42 @@ describe('secret store: master key', () => {
   });
 });
 
-describe('secret store: the gateway\'s cached view', () => {
+describe('secret store: the gateway\'s cached view', async () => {
   it('picks up another process\'s rotation at the next check, not before', async () => {
     const dir = tempDir();
     const key = newKey();
-    const cli = store(dir, key);
-    cli.set('K', null, 'old');
-    const gw = store(dir, key, { refreshMs: 100 });
-    expect(gw.refresh()).toEqual({ secrets: 1, corrupt: 0 });
+    const cli = await store(dir, key);
+    await cli.set('K', null, 'old');
+    const gw = await store(dir, key, { refreshMs: 100 });
+    expect(await gw.refresh()).toEqual({ secrets: 1, corrupt: 0 });
+    // The port announces each reload caused by a change, so a gateway can tell another writer's change arrived.
+    const changes: SnapshotStats[] = [];
+    gw.onChange((stats) => changes.push(stats));
     expect(gw.get('K', undefined)).toBe('old');
-    cli.rotate('K', null, 'new');
+    await cli.rotate('K', null, 'new');
     expect(gw.get('K', undefined)).toBe('old');
+    expect(changes).toEqual([]);
     await new Promise((r) => setTimeout(r, 120));
     expect(gw.get('K', undefined)).toBe('new');
-    cli.remove('K', null);
+    expect(changes).toEqual([{ secrets: 1, corrupt: 0 }]);
+    await cli.set('L', 'acme', 'l');
+    await cli.remove('K', null);
     await new Promise((r) => setTimeout(r, 120));
     expect(gw.get('K', undefined)).toBeUndefined();
+    expect(gw.has('K')).toBe(false);
+    expect(gw.has('L')).toBe(true);
+    expect(changes).toEqual([{ secrets: 1, corrupt: 0 }, { secrets: 1, corrupt: 0 }]);
   });
 
-  it('refuses a tampered value with a coded error, logs its name only, and never falls back to the shared one', () => {
+  it('refuses a tampered value with a coded error, logs its name only, and never falls back to the shared one', async () => {
     const dir = tempDir();
     const key = newKey();
-    const cli = store(dir, key);
-    cli.set('K', null, 'shared-value-x1');
-    cli.set('K', 'acme', 'acme-value-x2');
-    cli.set('OTHER', null, 'other-value-x3');
+    const cli = await store(dir, key);
+    await cli.set('K', null, 'shared-value-x1');
+    await cli.set('K', 'acme', 'acme-value-x2');
+    await cli.set('OTHER', null, 'other-value-x3');
     const { lines, log } = capture();
-    const gw = store(dir, key, { refreshMs: 0, log });
+    const gw = await store(dir, key, { refreshMs: 0, log });
     expect(gw.get('K', 'acme')).toBe('acme-value-x2');
 
     const db = new Database(join(dir, SECRETS_FILE));
@@ -327,63 +339,63 @@ describe('secret store: the gateway\'s cached view', () => {
     ciphertext[1] = (ciphertext[1] as number) ^ 0x01;
     db.prepare(`UPDATE secret_versions SET ciphertext = ? WHERE ${where}`).run(ciphertext);
     db.close();
-    expect(codeOf(() => gw.get('K', 'acme'))).toBe('VALET_ERR_CREDENTIAL_CORRUPT');
+    expect(await codeOf(() => gw.get('K', 'acme'))).toBe('VALET_ERR_CREDENTIAL_CORRUPT');
     expect(gw.get('K', 'globex')).toBe('shared-value-x1');
     expect(gw.get('OTHER', 'acme')).toBe('other-value-x3');
-    expect(gw.refresh()).toEqual({ secrets: 3, corrupt: 1 });
+    expect(await gw.refresh()).toEqual({ secrets: 3, corrupt: 1 });
 
     const db2 = new Database(join(dir, SECRETS_FILE));
     db2.prepare("UPDATE secret_versions SET tag = substr(tag, 1, 12) WHERE secret_id = (SELECT id FROM secrets WHERE name = 'OTHER')").run();
     db2.close();
-    expect(codeOf(() => gw.get('OTHER', undefined))).toBe('VALET_ERR_CREDENTIAL_CORRUPT');
+    expect(await codeOf(() => gw.get('OTHER', undefined))).toBe('VALET_ERR_CREDENTIAL_CORRUPT');
 
     expect(lines.some((l) => l.includes('"secretName":"K"') && l.includes('"tenant":"acme"'))).toBe(true);
     expect(lines.join('\n')).not.toMatch(/value-x/);
   });
 
-  it('after a rekey by another process, keeps serving the values it has and says to restart', () => {
+  it('after a rekey by another process, keeps serving the values it has and says to restart', async () => {
     const dir = tempDir();
     const key = newKey();
-    const cli = store(dir, key);
-    cli.set('K', null, 'v1');
+    const cli = await store(dir, key);
+    await cli.set('K', null, 'v1');
     const { lines, log } = capture();
-    const gw = store(dir, key, { refreshMs: 0, log });
+    const gw = await store(dir, key, { refreshMs: 0, log });
     expect(gw.get('K', undefined)).toBe('v1');
-    cli.rekey(newKey());
+    await cli.rekey(newKey());
     expect(gw.get('K', undefined)).toBe('v1');
     expect(lines.join('\n')).toContain('restart the gateway with the new key');
   });
 
-  it('records last use in memory and writes it at most once per flush', () => {
+  it('records last use in memory and writes it at most once per flush', async () => {
     const dir = tempDir();
     const key = newKey();
-    const cli = store(dir, key);
-    cli.set('K', null, 'v');
-    cli.set('UNUSED', null, 'v');
-    const gw = store(dir, key, { refreshMs: 0, usageFlushMs: 60_000 });
+    const cli = await store(dir, key);
+    await cli.set('K', null, 'v');
+    await cli.set('UNUSED', null, 'v');
+    const gw = await store(dir, key, { refreshMs: 0, usageFlushMs: 60_000 });
     const before = Date.now();
     for (let i = 0; i < 100; i++) gw.get('K', 'acme');
-    expect(cli.list().every((i) => i.lastUsedAt === null)).toBe(true);
-    gw.flushUsage();
-    expect(cli.list().find((i) => i.name === 'K')?.lastUsedAt).toBeGreaterThanOrEqual(before);
-    expect(cli.list().find((i) => i.name === 'UNUSED')?.lastUsedAt).toBeNull();
+    expect((await cli.list()).every((i) => i.lastUsedAt === null)).toBe(true);
+    await gw.flushUsage();
+    expect((await cli.list()).find((i) => i.name === 'K')?.lastUsedAt).toBeGreaterThanOrEqual(before);
+    expect((await cli.list()).find((i) => i.name === 'UNUSED')?.lastUsedAt).toBeNull();
 
     // A removed secret's id is never reused, so its last use cannot land on a newer secret.
     gw.get('UNUSED', undefined);
-    cli.remove('UNUSED', null);
-    cli.set('NEWER', null, 'v');
-    gw.flushUsage();
-    expect(cli.list().find((i) => i.name === 'NEWER')?.lastUsedAt).toBeNull();
+    await cli.remove('UNUSED', null);
+    await cli.set('NEWER', null, 'v');
+    await gw.flushUsage();
+    expect((await cli.list()).find((i) => i.name === 'NEWER')?.lastUsedAt).toBeNull();
 
     // Close flushes too.
-    const k = cli.list().find((i) => i.name === 'K')?.lastUsedAt as number;
+    const k = (await cli.list()).find((i) => i.name === 'K')?.lastUsedAt as number;
     gw.get('K', undefined);
-    gw.close();
-    expect(cli.list().find((i) => i.name === 'K')?.lastUsedAt).toBeGreaterThanOrEqual(k);
+    await gw.close();
+    expect((await cli.list()).find((i) => i.name === 'K')?.lastUsedAt).toBeGreaterThanOrEqual(k);
   });
 });
 
-describe('other secret sources', () => {
+describe('other secret sources', async () => {
   it('files: one file per secret, one trailing newline removed, unsafe or missing files are missing, re-read after refreshMs', async () => {
     const dir = tempDir();
     writeFileSync(join(dir, 'LF'), 'value-lf\n');
@@ -405,12 +417,12 @@ describe('other secret sources', () => {
     expect(src.get('PLAIN', undefined)).toBe('rotated');
   });
 
-  it('chain: the first source that has the secret answers; a damaged stored value is not served from a later source', () => {
+  it('chain: the first source that has the secret answers; a damaged stored value is not served from a later source', async () => {
     const dir = tempDir();
     const key = newKey();
-    const s = store(dir, key, { refreshMs: 0 });
-    s.set('A', null, 'from-store');
-    s.set('C', null, 'from-store-c');
+    const s = await store(dir, key, { refreshMs: 0 });
+    await s.set('A', null, 'from-store');
+    await s.set('C', null, 'from-store-c');
     const env = envSecretSource(['A', 'B', 'C'], { A: 'from-env', B: 'from-env-b', C: 'from-env-c' });
     const chain = chainSources([s, env]);
     expect(chain.get('A', undefined)).toBe('from-store');
@@ -419,11 +431,11 @@ describe('other secret sources', () => {
     const db = new Database(join(dir, SECRETS_FILE));
     db.prepare("UPDATE secret_versions SET tag = zeroblob(16) WHERE secret_id = (SELECT id FROM secrets WHERE name = 'C')").run();
     db.close();
-    expect(codeOf(() => chain.get('C', undefined))).toBe('VALET_ERR_CREDENTIAL_CORRUPT');
+    expect(await codeOf(() => chain.get('C', undefined))).toBe('VALET_ERR_CREDENTIAL_CORRUPT');
   });
 });
 
-describe('gateway.secrets.sources', () => {
+describe('gateway.secrets.sources', async () => {
   const GATEWAY = (secrets: string): string => `gateway:
   listen: { host: 127.0.0.1, port: 0 }
 ${secrets}issuers:
@@ -435,11 +447,11 @@ ${secrets}issuers:
     return loadConfig(dir);
   }
 
-  it('defaults to the store, then the environment', () => {
+  it('defaults to the store, then the environment', async () => {
     expect(load('').gateway.secrets).toEqual({ sources: [{ kind: 'store' }, { kind: 'env' }] });
   });
 
-  it('takes an ordered list; a files directory is relative to the configuration directory', () => {
+  it('takes an ordered list; a files directory is relative to the configuration directory', async () => {
     const config = load('  secrets: { sources: [env, { files: /run/secrets }, { files: mounted }, store] }\n');
     expect(config.gateway.secrets?.sources).toEqual([
       { kind: 'env' },
@@ -449,7 +461,7 @@ ${secrets}issuers:
     ]);
   });
 
-  it('refuses duplicates, unknown sources and an empty list', () => {
+  it('refuses duplicates, unknown sources and an empty list', async () => {
     for (const bad of ['[store, store]', '[vault]', '[]', '[{ files: "" }]', '[{ file: x }]', '[{ files: a }, { files: ./a }]']) {
       let err: unknown;
       try {

@@ -1,15 +1,14 @@
 import { join } from 'node:path';
-import Database from 'better-sqlite3';
-import { ValetError } from '../errors.js';
-import { keyMatches, open, seal, type MasterKey, type Sealed } from './crypto.js';
-import { SECRET_NAME, UNSAFE_VALUE, type NamedSecretSource } from './source.js';
-import { openPrivateDatabase } from '../sqlite.js';
+import type Database from 'better-sqlite3';
+import { ValetError } from '../../errors.js';
+import { keyMatches, open, seal, type MasterKey, type Sealed } from '../crypto.js';
+import type { ImportResult, RekeyResult, SecretInfo, SecretStore, SecretStoreOptions, SnapshotStats, StoreLog } from '../port.js';
+import { checkName, checkTenant, checkValue, describeSecret, parseSecretsFile, secretNotFound as notFound } from '../validate.js';
+import { openPrivateDatabase } from '../../sqlite.js';
 
 /**
- * The encrypted secret store: upstream credentials at rest in SQLite, each version sealed with
- * AES-256-GCM under the master key (see crypto.ts). The CLI (`valet secrets ...`) and, later, the
- * admin API are thin front ends over the operations of {@link SecretStore}; the gateway uses it as
- * a {@link NamedSecretSource} through `get`.
+ * The embedded implementation of the {@link SecretStore} port: upstream credentials at rest in
+ * SQLite, each version sealed with AES-256-GCM under the master key (see crypto.ts).
  *
  * The store is its own file, `<data>/secrets.db`, not tables in the audit log's `valet.db`:
  * - each file has one owner of `PRAGMA user_version`, so the two migration histories never meet;
@@ -53,55 +52,6 @@ const MIGRATIONS: readonly string[] = [
 
 /** `store_meta` key of the master key's check value (see crypto.ts); never the key itself. */
 const KEY_CHECK = 'key_check';
-/** Names starting with this belong to the gateway's own settings (`VALET_DEV_SIGNING_KEY`, ...). */
-const RESERVED_PREFIX = 'VALET_';
-const MAX_VALUE_BYTES = 65_536;
-const TENANT = /^[^\x00-\x1f\x7f]{1,256}$/;
-
-/** What `list` shows about a secret: never its value. Times are milliseconds since the epoch. */
-export interface SecretInfo {
-  readonly name: string;
-  /** `null`: shared by every tenant. */
-  readonly tenant: string | null;
-  readonly version: number;
-  readonly createdAt: number;
-  readonly rotatedAt: number | null;
-  /** Recorded by the gateway at most once a minute per secret, so up to a minute behind. */
-  readonly lastUsedAt: number | null;
-}
-
-export interface ImportResult {
-  readonly created: string[];
-  readonly rotated: string[];
-  readonly unchanged: string[];
-  /** Reserved `VALET_*` names in the file, which are gateway settings and were not imported. */
-  readonly skipped: string[];
-}
-
-export interface RekeyResult {
-  readonly secrets: number;
-  readonly versions: number;
-  readonly oldKeyId: string;
-  readonly newKeyId: string;
-}
-
-/** What the store reports to the gateway's log. Objects hold names and tenants, never values. */
-export interface StoreLog {
-  warn(obj: object, msg: string): void;
-  error(obj: object, msg: string): void;
-}
-
-export interface SecretStoreOptions {
-  /** Needed for everything but `list`, `remove` and `isEmpty`. */
-  readonly key?: MasterKey | undefined;
-  /** How often (ms) `get` checks whether another process changed the store. Default 1000. */
-  readonly refreshMs?: number;
-  /** Record last-used times, written at most once per this many ms (the gateway: 60000). Off by default. */
-  readonly usageFlushMs?: number | undefined;
-  /** SQLite busy timeout; the gateway keeps it short so a CLI write never stalls requests. Default 5000. */
-  readonly busyTimeoutMs?: number;
-  readonly log?: StoreLog | undefined;
-}
 
 interface SecretRow {
   id: number;
@@ -130,12 +80,12 @@ interface ByName {
 }
 
 /** Opens (creating and migrating if needed) `<dataDir>/secrets.db`. Verifies `key` if one is given. */
-export function openSecretStore(dataDir: string, options: SecretStoreOptions = {}): SecretStore {
+export function openSqliteSecretStore(dataDir: string, options: SecretStoreOptions = {}): SecretStore {
   const file = join(dataDir, SECRETS_FILE);
   const db = openPrivateDatabase(dataDir, SECRETS_FILE, MIGRATIONS, options.busyTimeoutMs);
   try {
-    const store = new SecretStore(db, file, options);
-    if (options.key) store.verifyKey(options.key);
+    const store = new SqliteSecretStore(db, file, options);
+    if (options.key) store.checkKey(options.key);
     return store;
   } catch (err) {
     db.close();
@@ -143,12 +93,12 @@ export function openSecretStore(dataDir: string, options: SecretStoreOptions = {
   }
 }
 
-export class SecretStore implements NamedSecretSource {
+class SqliteSecretStore implements SecretStore {
   readonly label = 'store';
-  /** The database file, for messages. */
-  readonly file: string;
+  /** The database file. */
+  readonly location: string;
   private readonly db: Database.Database;
-  /** Replaced by {@link SecretStore.rekey}, so a gateway rekeyed through its admin API keeps working. */
+  /** Replaced by `rekey`, so a gateway rekeyed through its admin API keeps working. */
   private key: MasterKey | undefined;
   private readonly refreshMs: number;
   private readonly log: StoreLog | undefined;
@@ -159,17 +109,19 @@ export class SecretStore implements NamedSecretSource {
   /** Secret id → last time `get` returned it, since the last flush. */
   private readonly usage = new Map<number, number>();
   private readonly flushTimer: NodeJS.Timeout | undefined;
+  private readonly changeListeners = new Set<(stats: SnapshotStats) => void>();
+  /** Whether a snapshot was loaded: the first load is no change. */
+  private loaded = false;
   private closed = false;
 
-  /** Use {@link openSecretStore}. */
   constructor(db: Database.Database, file: string, options: SecretStoreOptions) {
     this.db = db;
-    this.file = file;
+    this.location = file;
     this.key = options.key;
     this.refreshMs = options.refreshMs ?? 1_000;
     this.log = options.log;
     if (options.usageFlushMs !== undefined) {
-      this.flushTimer = setInterval(() => this.flushUsage(), options.usageFlushMs);
+      this.flushTimer = setInterval(() => this.flushUsageNow(), options.usageFlushMs);
       this.flushTimer.unref();
     }
   }
@@ -178,12 +130,10 @@ export class SecretStore implements NamedSecretSource {
   // The gateway's side: cached, decrypted current values.
 
   /**
-   * The current value for an agent of `tenant`: that tenant's secret, else the shared one; never
-   * another tenant's. Values are decrypted once into memory; every `refreshMs` a cheap
-   * `PRAGMA data_version` tells whether another process changed the store, and if so the whole
-   * snapshot is reloaded and swapped at once. A caller keeps the string it got, so a request in
-   * flight is not affected by a rotation. Throws `VALET_ERR_CREDENTIAL_CORRUPT` for a secret that
-   * exists but failed its integrity check (it does not fall back to the shared one).
+   * Values are decrypted once into memory; every `refreshMs` a cheap `PRAGMA data_version` (which
+   * changes on every commit by another connection) tells whether another process changed the
+   * store, and if so the whole snapshot is reloaded and swapped at once: this is how a running
+   * gateway picks up `valet secrets rotate` within a second.
    */
   get(name: string, tenant: string | undefined): string | undefined {
     const now = Date.now();
@@ -201,16 +151,21 @@ export class SecretStore implements NamedSecretSource {
   }
 
   has(name: string): boolean {
-    return this.db.prepare('SELECT 1 FROM secrets WHERE name = ? LIMIT 1').get(name) !== undefined;
+    return this.snapshot.has(name);
   }
 
-  /**
-   * Loads the snapshot now (the gateway does this at start) and says how many secrets it holds and
-   * how many of them failed their integrity check.
-   */
-  refresh(): { secrets: number; corrupt: number } {
+  async refresh(): Promise<SnapshotStats> {
     this.nextCheck = Date.now() + this.refreshMs;
     this.reload();
+    return this.stats();
+  }
+
+  onChange(listener: (stats: SnapshotStats) => void): () => void {
+    this.changeListeners.add(listener);
+    return () => void this.changeListeners.delete(listener);
+  }
+
+  private stats(): SnapshotStats {
     let secrets = 0;
     let corrupt = 0;
     for (const byName of this.snapshot.values()) {
@@ -248,7 +203,13 @@ export class SecretStore implements NamedSecretSource {
           'the secret store was rekeyed or rewritten with another master key; still using the values loaded before — restart the gateway with the new key',
         );
       } else {
+        const replaced = this.loaded;
         this.snapshot = this.decryptAll(key, secrets, versions);
+        this.loaded = true;
+        if (replaced && this.changeListeners.size > 0) {
+          const stats = this.stats();
+          for (const l of this.changeListeners) l(stats);
+        }
       }
       this.loadedVersion = version;
     } catch (err) {
@@ -280,8 +241,11 @@ export class SecretStore implements NamedSecretSource {
     return next;
   }
 
-  /** Writes the last-used times gathered since the last flush (also on close). */
-  flushUsage(): void {
+  async flushUsage(): Promise<void> {
+    this.flushUsageNow();
+  }
+
+  private flushUsageNow(): void {
     if (this.usage.size === 0 || this.closed) return;
     const used = [...this.usage];
     this.usage.clear();
@@ -297,38 +261,45 @@ export class SecretStore implements NamedSecretSource {
     }
   }
 
-  close(): void {
+  async close(): Promise<void> {
     if (this.closed) return;
     if (this.flushTimer) clearInterval(this.flushTimer);
-    this.flushUsage();
+    this.flushUsageNow();
     this.closed = true;
+    this.changeListeners.clear();
     this.db.close();
   }
 
   // ---------------------------------------------------------------------------------------------
   // Operations (CLI, admin API). Each write is one IMMEDIATE transaction: all or nothing.
 
-  /** True when no secret is stored (a fresh store may get a generated development key). */
-  isEmpty(): boolean {
+  async isEmpty(): Promise<boolean> {
+    return this.empty();
+  }
+
+  private empty(): boolean {
     return this.db.prepare('SELECT 1 FROM secrets LIMIT 1').get() === undefined;
+  }
+
+  async verifyKey(key: MasterKey): Promise<void> {
+    this.checkKey(key);
   }
 
   /**
    * Checks that `key` is the key the store's values were written with. A store without values
    * accepts any key (its check value is rewritten by the next write).
    */
-  verifyKey(key: MasterKey): void {
+  checkKey(key: MasterKey): void {
     const check = this.keyCheck();
-    if (check === undefined || keyMatches(key, check) || this.isEmpty()) return;
+    if (check === undefined || keyMatches(key, check) || this.empty()) return;
     throw new ValetError(
       'VALET_ERR_MASTER_KEY',
-      `the master key (id ${key.id}) is not the key ${this.file} was written with (id ${check.subarray(0, 8).toString('hex')}); ` +
+      `the master key (id ${key.id}) is not the key ${this.location} was written with (id ${check.subarray(0, 8).toString('hex')}); ` +
         'check VALET_MASTER_KEY / VALET_MASTER_KEY_FILE',
     );
   }
 
-  /** Every secret's metadata (`tenant`: undefined all, null shared only, a string that tenant's), by name. */
-  list(filter: { tenant?: string | null | undefined } = {}): SecretInfo[] {
+  async list(filter: { tenant?: string | null | undefined } = {}): Promise<SecretInfo[]> {
     const where = filter.tenant === undefined ? '' : filter.tenant === null ? 'WHERE tenant IS NULL' : 'WHERE tenant = @tenant';
     const rows = this.db
       .prepare(`SELECT * FROM secrets ${where} ORDER BY name, tenant IS NOT NULL, tenant`)
@@ -336,8 +307,7 @@ export class SecretStore implements NamedSecretSource {
     return rows.map(info);
   }
 
-  /** Creates a secret (version 1). Refuses a name that already exists for that tenant. */
-  set(name: string, tenant: string | null, value: string): SecretInfo {
+  async set(name: string, tenant: string | null, value: string): Promise<SecretInfo> {
     checkName(name);
     checkTenant(tenant);
     checkValue(value, name);
@@ -349,8 +319,7 @@ export class SecretStore implements NamedSecretSource {
     });
   }
 
-  /** Gives an existing secret a new version; earlier versions are kept (encrypted) until `remove`. */
-  rotate(name: string, tenant: string | null, value: string): SecretInfo {
+  async rotate(name: string, tenant: string | null, value: string): Promise<SecretInfo> {
     checkName(name);
     checkTenant(tenant);
     checkValue(value, name);
@@ -361,8 +330,7 @@ export class SecretStore implements NamedSecretSource {
     });
   }
 
-  /** Deletes a secret and every version of it. */
-  remove(name: string, tenant: string | null): void {
+  async remove(name: string, tenant: string | null): Promise<void> {
     checkName(name);
     checkTenant(tenant);
     this.db
@@ -377,12 +345,8 @@ export class SecretStore implements NamedSecretSource {
     this.nextCheck = 0;
   }
 
-  /**
-   * Imports `NAME=value` lines (the secrets.example format; see {@link parseSecretsFile}) for one
-   * tenant or shared: new names are created, changed values rotated, equal values left alone.
-   * Everything is checked first and written in one transaction: any problem writes nothing.
-   */
-  importText(text: string, tenant: string | null): ImportResult {
+  /** Everything is checked first and written in one transaction. */
+  async importText(text: string, tenant: string | null): Promise<ImportResult> {
     checkTenant(tenant);
     const { entries, skipped } = parseSecretsFile(text);
     const result: ImportResult = { created: [], rotated: [], unchanged: [], skipped };
@@ -412,13 +376,10 @@ export class SecretStore implements NamedSecretSource {
     return result;
   }
 
-  /**
-   * Re-encrypts every version of every secret under `newKey`, in one transaction, after checking
-   * that the store's key opens them. Afterwards only `newKey` opens the store.
-   */
-  rekey(newKey: MasterKey): RekeyResult {
+  /** In one transaction, after checking that the store's key opens every version. */
+  async rekey(newKey: MasterKey): Promise<RekeyResult> {
     const oldKey = this.requireKey();
-    this.verifyKey(oldKey);
+    this.checkKey(oldKey);
     if (keyMatches(newKey, oldKey.check)) throw new ValetError('VALET_ERR_MASTER_KEY', 'the new master key is the current one');
     const result = this.db
       .transaction(() => {
@@ -468,7 +429,7 @@ export class SecretStore implements NamedSecretSource {
     const key = this.requireKey();
     const result = this.db
       .transaction(() => {
-        this.verifyKey(key);
+        this.checkKey(key);
         const check = this.keyCheck();
         if (check === undefined || !keyMatches(key, check)) this.setKeyCheck(key);
         return fn(key);
@@ -518,86 +479,4 @@ export class SecretStore implements NamedSecretSource {
 
 function info(r: SecretRow): SecretInfo {
   return { name: r.name, tenant: r.tenant, version: r.version, createdAt: r.created_at, rotatedAt: r.rotated_at, lastUsedAt: r.last_used_at };
-}
-
-const describeSecret = (name: string, tenant: string | null): string => `secret ${name} (${tenant === null ? 'shared' : `tenant ${tenant}`})`;
-const notFound = (name: string, tenant: string | null): ValetError => new ValetError('VALET_ERR_SECRET_NOT_FOUND', `${describeSecret(name, tenant)} does not exist`);
-
-export function checkName(name: string): void {
-  if (!SECRET_NAME.test(name)) {
-    throw new ValetError('VALET_ERR_SECRET_INVALID', 'a secret name is a letter or _ followed by up to 127 letters, digits or _ (like an environment variable)');
-  }
-  if (name.startsWith(RESERVED_PREFIX)) {
-    throw new ValetError('VALET_ERR_SECRET_INVALID', `names starting with ${RESERVED_PREFIX} are the gateway's own settings, not upstream credentials`);
-  }
-}
-
-export function checkTenant(tenant: string | null): void {
-  if (tenant !== null && !TENANT.test(tenant)) {
-    throw new ValetError('VALET_ERR_SECRET_INVALID', 'a tenant is 1 to 256 characters without control characters');
-  }
-}
-
-/** Refuses a value that is empty, too long, or holds CR, LF, NUL or another control character. Never quotes it. */
-export function checkValue(value: string, name: string): void {
-  if (value === '') throw new ValetError('VALET_ERR_SECRET_INVALID', `the value of ${name} is empty`);
-  if (Buffer.byteLength(value, 'utf8') > MAX_VALUE_BYTES) {
-    throw new ValetError('VALET_ERR_SECRET_INVALID', `the value of ${name} is longer than ${MAX_VALUE_BYTES} bytes`);
-  }
-  if (UNSAFE_VALUE.test(value)) {
-    throw new ValetError(
-      'VALET_ERR_SECRET_INVALID',
-      `the value of ${name} contains a control character (CR, LF, NUL, ...), which could split the header it is sent in`,
-    );
-  }
-}
-
-const LINE = /^([A-Za-z_][A-Za-z0-9_]*)[ \t]*=[ \t]*(.*)$/;
-
-/**
- * Parses the secrets.example format: one `NAME=value` per line; blank lines and lines starting
- * with `#` are ignored; spaces around the line and around `=` are ignored; everything after `=`
- * is the value, except that one pair of matching surrounding quotes (`"..."` or `'...'`) is
- * removed. No escapes, no variable expansion. `VALET_*` names are gateway settings and are
- * skipped. Every problem is reported (by line number, never quoting the value) in one error.
- */
-export function parseSecretsFile(text: string): { entries: { name: string; value: string; line: number }[]; skipped: string[] } {
-  const entries: { name: string; value: string; line: number }[] = [];
-  const skipped: string[] = [];
-  const problems: string[] = [];
-  const firstLine = new Map<string, number>();
-  text.split(/\r?\n/).forEach((raw, i) => {
-    const n = i + 1;
-    const line = raw.trim();
-    if (line === '' || line.startsWith('#')) return;
-    const m = LINE.exec(line);
-    if (!m) {
-      problems.push(`line ${n}: expected NAME=value`);
-      return;
-    }
-    const name = m[1] as string;
-    let value = m[2] as string;
-    if (value.length >= 2 && (value[0] === '"' || value[0] === "'") && value.endsWith(value[0])) value = value.slice(1, -1);
-    const first = firstLine.get(name);
-    if (first !== undefined) {
-      problems.push(`line ${n}: ${name} is already set on line ${first}`);
-      return;
-    }
-    firstLine.set(name, n);
-    if (name.startsWith(RESERVED_PREFIX)) {
-      skipped.push(name);
-      return;
-    }
-    try {
-      checkName(name);
-      checkValue(value, name);
-    } catch (err) {
-      problems.push(`line ${n}: ${(err as Error).message}`);
-      return;
-    }
-    entries.push({ name, value, line: n });
-  });
-  if (problems.length > 0) throw new ValetError('VALET_ERR_SECRET_INVALID', `nothing was imported:\n  ${problems.join('\n  ')}`);
-  if (entries.length === 0) throw new ValetError('VALET_ERR_SECRET_INVALID', 'nothing to import: no NAME=value lines');
-  return { entries, skipped };
 }

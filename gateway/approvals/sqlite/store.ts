@@ -1,5 +1,6 @@
-import type { ApprovalMode, ApprovalRecord, ApprovalStatus } from './types.js';
-import { openPrivateDatabase } from '../sqlite.js';
+import type { ApprovalMode, ApprovalRecord, ApprovalStatus } from '../types.js';
+import type { ApprovalStore, InsertResult, SettledListener } from '../port.js';
+import { openPrivateDatabase } from '../../sqlite.js';
 
 /**
  * Approvals live in their own SQLite file, `<data>/approvals.db`, beside the audit log (`valet.db`)
@@ -112,57 +113,19 @@ const fromRow = (r: Row): ApprovalRecord =>
     policyVersion: r.policy_version,
   });
 
-/** What must match for an approved async approval to be executed by a re-sent request. */
-export interface Binding {
-  readonly agent: string;
-  readonly tenant: string | null;
-  readonly user: string | null;
-  readonly digest: string;
-  readonly rule: string;
-  readonly group: string;
-}
-
-export interface ListFilter {
-  readonly status?: ApprovalStatus | undefined;
-  readonly tenant?: string | undefined;
-  readonly agent?: string | undefined;
-  readonly limit: number;
-}
-
-export type InsertResult = { ok: true } | { ok: false; scope: 'agent' | 'tenant'; limit: number; retryAfterMs: number };
-
-/** Synchronous access to approvals.db. Every state change is one conditional statement. */
-export interface ApprovalStore {
-  /** Inserts a pending approval unless the agent or its tenant already has `limits` pending (one transaction). */
-  insert(a: ApprovalRecord, limits: { perAgent: number; perTenant: number }, now: number): InsertResult;
-  get(id: string): ApprovalRecord | undefined;
-  /** Newest first. */
-  list(f: ListFilter): ApprovalRecord[];
-  /** pending → approved/denied, unless expired. An approved async approval gets `now + timeout` to be executed. */
-  decide(id: string, to: 'approved' | 'denied', resolver: string, reason: string | null, now: number): boolean;
-  /** pending/approved → expired, once its deadline has passed. */
-  expire(id: string, now: number): boolean;
-  /** Expires everything past its deadline; returns the ids. */
-  expireDue(now: number): string[];
-  /** pending/approved → aborted (a held agent left, or the gateway stopped). */
-  abort(id: string, reason: string, now: number): boolean;
-  /** approved → consumed for an async approval, only if the binding matches and it is not expired. */
-  consumeAsync(id: string, b: Binding, requestId: string, now: number): boolean;
-  /** approved → consumed for a held request. */
-  consumeHeld(id: string, requestId: string, now: number): boolean;
-  /** consumed → approved again, by the request that consumed it (a rate limit refused it after all). */
-  release(id: string, requestId: string): boolean;
-  /** At start: held approvals of an earlier process can never be answered; they are aborted. */
-  abortHeld(reason: string, now: number): number;
-  countPending(now: number): number;
-  /** Records a link token as used; false if it already was. */
-  useLink(nonce: string, approvalId: string, action: string, usedBy: string, now: number): boolean;
-  close(): void;
-}
-
-/** Opens (creating and migrating if needed) `<dataDir>/approvals.db` in WAL mode. */
-export function openApprovalStore(dataDir: string): ApprovalStore {
+/**
+ * Opens (creating and migrating if needed) `<dataDir>/approvals.db` in WAL mode: the embedded
+ * implementation of the {@link ApprovalStore} port. SQLite answers synchronously; the port's
+ * promises are already settled when returned. Settled approvals are announced in-process only:
+ * one gateway owns its data directory, and its admin plane decides through this same store.
+ */
+export function openSqliteApprovalStore(dataDir: string): ApprovalStore {
   const db = openPrivateDatabase(dataDir, APPROVALS_FILE, MIGRATIONS);
+  const listeners = new Set<SettledListener>();
+  const settled = (id: string, changed: boolean): boolean => {
+    if (changed) for (const l of listeners) l(id);
+    return changed;
+  };
 
   const s = {
     insert: db.prepare(`INSERT INTO approvals
@@ -231,12 +194,12 @@ export function openApprovalStore(dataDir: string): ApprovalStore {
   });
 
   return {
-    insert: (a, limits, now) => insert.immediate(a, limits, now),
-    get: (id) => {
+    insert: async (a, limits, now) => insert.immediate(a, limits, now),
+    get: async (id) => {
       const r = s.get.get(id) as Row | undefined;
       return r && fromRow(r);
     },
-    list: (f) => {
+    list: async (f) => {
       const where: string[] = [];
       const params: Record<string, string | number> = { limit: f.limit };
       for (const [column, value] of Object.entries({ status: f.status, tenant: f.tenant, agent: f.agent })) {
@@ -247,16 +210,27 @@ export function openApprovalStore(dataDir: string): ApprovalStore {
       const sql = `SELECT * FROM approvals ${where.length > 0 ? `WHERE ${where.join(' AND ')}` : ''} ORDER BY created_at DESC, id LIMIT @limit`;
       return (db.prepare(sql).all(params) as Row[]).map(fromRow);
     },
-    decide: (id, to, resolver, reason, now) => s.decide.run({ id, to, resolver, reason, now }).changes === 1,
-    expire: (id, now) => s.expire.run({ id, now }).changes === 1,
-    expireDue: (now) => (s.expireDue.all({ now }) as { id: string }[]).map((r) => r.id),
-    abort: (id, reason, now) => s.abort.run({ id, reason, now }).changes === 1,
-    consumeAsync: (id, b, requestId, now) => s.consumeAsync.run({ id, requestId, now, ...b }).changes === 1,
-    consumeHeld: (id, requestId, now) => s.consumeHeld.run({ id, requestId, now }).changes === 1,
-    release: (id, requestId) => s.release.run({ id, requestId }).changes === 1,
-    abortHeld: (reason, now) => s.abortHeld.run({ reason, now }).changes,
-    countPending: (now) => (s.countPending.get(now) as { n: number }).n,
-    useLink: (nonce, approvalId, action, usedBy, now) => s.useLink.run({ nonce, approvalId, action, usedBy, now }).changes === 1,
-    close: () => db.close(),
+    decide: async (id, to, resolver, reason, now) => settled(id, s.decide.run({ id, to, resolver, reason, now }).changes === 1),
+    expire: async (id, now) => settled(id, s.expire.run({ id, now }).changes === 1),
+    expireDue: async (now) => {
+      const ids = (s.expireDue.all({ now }) as { id: string }[]).map((r) => r.id);
+      for (const id of ids) settled(id, true);
+      return ids;
+    },
+    abort: async (id, reason, now) => settled(id, s.abort.run({ id, reason, now }).changes === 1),
+    consumeAsync: async (id, b, requestId, now) => s.consumeAsync.run({ id, requestId, now, ...b }).changes === 1,
+    consumeHeld: async (id, requestId, now) => s.consumeHeld.run({ id, requestId, now }).changes === 1,
+    release: async (id, requestId) => s.release.run({ id, requestId }).changes === 1,
+    abortHeld: async (reason, now) => s.abortHeld.run({ reason, now }).changes,
+    countPending: async (now) => (s.countPending.get(now) as { n: number }).n,
+    useLink: async (nonce, approvalId, action, usedBy, now) => s.useLink.run({ nonce, approvalId, action, usedBy, now }).changes === 1,
+    onSettled(listener) {
+      listeners.add(listener);
+      return () => void listeners.delete(listener);
+    },
+    close: async () => {
+      listeners.clear();
+      db.close();
+    },
   };
 }
