@@ -12,6 +12,7 @@ import {
   type CounterStore,
   type HistoryStore,
   type HistorySummary,
+  type LocalCounterStore,
 } from './counters.js';
 
 /** The one command a store sends; `@redis/client`'s client has it. */
@@ -207,12 +208,12 @@ export function redisCounterStores(redis: RedisCommands, options: RedisStoreOpti
  * Shared counters that fall back, for charges marked `failOpen`, to counters on this instance
  * alone while the shared ones fail. A decision with any other charge fails closed.
  */
-export function withLocalFallback(shared: CounterStore, local: CounterStore = memoryCounterStore()): CounterStore {
+export function withLocalFallback(shared: CounterStore, local: LocalCounterStore = memoryCounterStore()): CounterStore {
   return {
     tryConsume(charges, now) {
       const r = shared.tryConsume(charges, now);
       if (!(r instanceof Promise)) return r;
-      return r.catch((err: unknown): ConsumeResult | Promise<ConsumeResult> => {
+      return r.catch((err: unknown): ConsumeResult => {
         if (charges.length === 0 || !charges.every((c: CounterCharge) => c.failOpen === true)) throw err;
         return local.tryConsume(charges, now);
       });

@@ -46,6 +46,11 @@ export interface CounterStore {
   tryConsume(charges: readonly CounterCharge[], now: number): ConsumeResult | Promise<ConsumeResult>;
 }
 
+/** A store in the process (memory, counters.db): it answers at once. */
+export interface LocalCounterStore extends CounterStore {
+  tryConsume(charges: readonly CounterCharge[], now: number): ConsumeResult;
+}
+
 /** One slot of a counter, in slot order. */
 export interface CounterSlot {
   readonly slot: number;
@@ -103,7 +108,7 @@ export interface MemoryCounterOptions {
  * In-process counters: atomic because the event loop runs one call at a time. Alone they serve
  * policy tests and the CLI; with `initial` and `changed`, counters.db keeps them across restarts.
  */
-export function memoryCounterStore(options: MemoryCounterOptions = {}): CounterStore {
+export function memoryCounterStore(options: MemoryCounterOptions = {}): LocalCounterStore {
   const counters = new Map<string, CounterState>();
   // The window is part of a counter's identity: a reload may change it under the same key.
   const id = (key: string, windowMs: number): string => `${windowMs} ${key}`;
@@ -159,6 +164,12 @@ export interface HistoryStore {
   summary(key: string, now: number): HistorySummary | Promise<HistorySummary>;
 }
 
+/** A history store in the process (memory, counters.db): it answers at once. */
+export interface LocalHistoryStore extends HistoryStore {
+  record(key: string, now: number): void;
+  summary(key: string, now: number): HistorySummary;
+}
+
 export const HISTORY_MINUTE_MS = 60_000;
 const HOUR_MINUTES = 60;
 export const DAY_MINUTES = 1440;
@@ -188,7 +199,7 @@ export const SEEN_DAYS = 90;
 export const SEEN_MINUTES = SEEN_DAYS * DAY_MINUTES;
 
 /** Recent calls per key, in minutes for a day, plus whether the key was seen in the last {@link SEEN_DAYS} days. */
-export function memoryHistoryStore(options: MemoryHistoryOptions = {}): HistoryStore {
+export function memoryHistoryStore(options: MemoryHistoryOptions = {}): LocalHistoryStore {
   const calls = new Map<string, { minute: number; calls: number }[]>();
   // Key → the last minute it was seen. Bounded by time, not count: a route key per distinct path
   // would otherwise grow for ever.
