@@ -404,6 +404,8 @@ export function compilePolicy(
   const sources = [...rules, ...limits].map((i) => [i.config.when, 'sum' in i.config ? i.config.sum : undefined].join(' '));
   const readsTime = sources.some((s) => /\btime\b/.test(s));
   const readsHistory = sources.some((s) => /\bhistory\b/.test(s));
+  // What may read history, for asking a shared store only when a request could meet one of them.
+  const historyReaders = [...rules, ...limits].filter((_, i) => /\bhistory\b/.test(sources[i] as string));
   const timeParts = new Intl.DateTimeFormat('en-US', {
     timeZone: config.gateway.timezone,
     hourCycle: 'h23',
@@ -457,6 +459,22 @@ export function compilePolicy(
     // A condition that reads history unresolved fails (and denies) rather than seeing nothing.
     if (h instanceof Promise) throw new Error('history was not resolved before evaluation');
     return h;
+  };
+
+  /**
+   * Whether a condition that reads `history` may run for a request like this one (same upstream,
+   * tool, method and path: the same history key). Scope, roles and environment are left out:
+   * asking a shared store once too often is safe, skipping a reader is not.
+   */
+  const historyRead = (facts: RequestFacts): boolean => {
+    const path = normalisePath(facts.path);
+    return historyReaders.some(
+      (m) =>
+        (m.config.upstream === undefined || m.config.upstream === facts.upstream) &&
+        (m.tools === undefined || (facts.tool !== undefined && m.tools.has(facts.tool))) &&
+        (m.methods === undefined || m.methods.has(facts.method)) &&
+        (m.matchPath === undefined || m.matchPath(m.restrictive ? path.toLowerCase() : path)),
+    );
   };
 
   /** The activation for a program that reads `reads`: one object per evaluation, filled in as needed. */
@@ -651,12 +669,12 @@ export function compilePolicy(
       return r instanceof Promise ? r.then((settled) => refusedBy(entries, settled)) : refusedBy(entries, r);
     },
     recordCall(input) {
-      // A shared store costs a round trip per call: it records only what some condition reads.
-      if (!readsHistory && stores.history.shared === true) return undefined;
+      // A shared store costs a round trip per call: it records only what some condition may read.
+      if (stores.history.shared === true && (!readsHistory || !historyRead(input.facts))) return undefined;
       return stores.history.record(historyKey(input.identity, input.facts), input.now);
     },
     resolveHistory(input) {
-      if (!readsHistory || stores.history.shared !== true) return undefined;
+      if (!readsHistory || stores.history.shared !== true || !historyRead(input.facts)) return undefined;
       return stores.history.summary(historyKey(input.identity, input.facts), input.now) as Promise<HistorySummary>;
     },
     resolveContext: (input) => contextSources.resolve(input),

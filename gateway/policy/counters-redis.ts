@@ -156,8 +156,9 @@ async function run(redis: RedisCommands, s: Script, keys: readonly string[], arg
 
 /** Why Redis failed, in words that hold no URL or password. */
 export function redisFailure(err: unknown): string {
-  const name = (err as Error | undefined)?.name ?? '';
-  if (/Offline|Closed|Socket|ECONNREFUSED/.test(name)) return 'Redis is unreachable';
+  const e = err as { name?: string; code?: string; message?: string } | undefined;
+  const name = `${e?.name ?? ''} ${e?.code ?? ''} ${e?.message === 'The client is offline' || e?.message === 'The client is closed' ? 'Offline' : ''}`;
+  if (/Offline|Closed|Socket|ECONN|ENOTFOUND|EHOSTUNREACH|ETIMEDOUT|EPIPE/.test(name)) return 'Redis is unreachable';
   if (/Timeout/.test(name)) return `Redis did not answer within ${REDIS_TIMEOUT_MS / 1000} s`;
   return `Redis answered with an error: ${String((err as Error | undefined)?.message ?? err).slice(0, 200)}`;
 }
