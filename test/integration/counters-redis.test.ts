@@ -243,3 +243,19 @@ describe('Redis going away and coming back', () => {
     expect(statuses).toEqual([200, 200, 429]);
   });
 });
+
+describe('gateway.counters is checked at start', () => {
+  it.each([
+    ['redis without a URL', { counters: { backend: 'redis' } }, 'gateway.counters.redis.url'],
+    ['a prefix with a hash-tag brace', { counters: { backend: 'redis', redis: { url: REDIS, prefix: 'a{b}' } } }, 'prefix'],
+    ['a URL of another scheme', { counters: { redis: { url: 'http://127.0.0.1:6379' } } }, 'url'],
+    ['an unknown backend', { counters: { backend: 'memcached' } }, 'backend'],
+  ])('%s is a configuration error', async (_name, gateway, names) => {
+    const upstream = await startFakeUpstream();
+    try {
+      await expect(startStripeGateway(upstream, { gateway, rules: RULES, files: { 'tools.yaml': STRIPE_TOOLS_YAML } })).rejects.toMatchObject({ code: 'VALET_ERR_CONFIG', message: expect.stringContaining(names) });
+    } finally {
+      await upstream.close();
+    }
+  });
+});
