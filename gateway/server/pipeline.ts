@@ -172,8 +172,12 @@ export function createPipeline(deps: PipelineDeps): RequestHandler {
       const described = { identity, facts, environment: config.gateway.environment, now: Date.now() };
       // A shared history store (Redis) is asked alongside the context sources; one in the process is read lazily.
       const asking = policy.resolveHistory(described);
-      const [context, history] = asking === undefined ? [await policy.resolveContext(described), undefined] : await Promise.all([policy.resolveContext(described), asking]);
-      const input: EvaluationInput = history === undefined ? { ...described, context } : { ...described, context, history };
+      let input: EvaluationInput;
+      if (asking === undefined) input = { ...described, context: await policy.resolveContext(described) };
+      else {
+        const [context, history] = await Promise.all([policy.resolveContext(described), asking]);
+        input = { ...described, context, history };
+      }
       const evaluating = performance.now();
       const decision = policy.evaluate(input);
       metrics.policyEvaluation((performance.now() - evaluating) / 1000);

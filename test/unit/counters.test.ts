@@ -9,7 +9,8 @@ import type { CounterKey, RateLimitConfig } from '../../gateway/config/types.js'
 import { compilePolicy } from '../../gateway/policy/compile.js';
 import { COUNTERS_FILE, openCounterDatabase, type CounterDatabase } from '../../gateway/policy/counters-db.js';
 import { memoryCounterStore, memoryHistoryStore, type CounterCharge, type CounterStore, type HistoryStore } from '../../gateway/policy/counters.js';
-import { redisCounterStores, type RedisCommands } from '../../gateway/policy/counters-redis.js';
+import { redisCounterStores, withLocalFallback, type RedisCommands } from '../../gateway/policy/counters-redis.js';
+import { ValetError } from '../../gateway/errors.js';
 import type { AgentIdentity, RequestFacts } from '../../gateway/types.js';
 import { agent } from '../helpers/fixtures.js';
 
@@ -164,6 +165,32 @@ describe.each(stores)('%s history store: first use', (_name, make) => {
     await history.record('k', 30 * day);
     expect((await history.summary('k', 119 * day)).first_use).toBe(false);
     expect((await history.summary('k', 121 * day)).first_use).toBe(true);
+  });
+});
+
+describe('shared counters falling back to local ones (fail_open)', () => {
+  const down: CounterStore = { tryConsume: () => Promise.reject(new ValetError('VALET_ERR_COUNTERS_UNAVAILABLE', 'Redis is unreachable')) };
+  const open = (key: string): CounterCharge => ({ key, windowMs: MIN, limit: 2, cost: 1, failOpen: true });
+
+  it('counts fail_open charges locally while the shared store fails, with the same algorithm', async () => {
+    const store = withLocalFallback(down);
+    const results = [];
+    for (let i = 0; i < 3; i++) results.push(await store.tryConsume([open('a'), open('b')], 1_000 + i));
+    expect(results.map((r) => r.ok)).toEqual([true, true, false]);
+  });
+
+  it('fails closed when any charge of the decision is not fail_open', async () => {
+    const store = withLocalFallback(down);
+    for (const charges of [[rate('c')()], [open('a'), rate('c')()], [rate('c')(), open('a')]]) {
+      await expect(store.tryConsume(charges, 0)).rejects.toMatchObject({ code: 'VALET_ERR_COUNTERS_UNAVAILABLE' });
+    }
+  });
+
+  it('answers from the shared store while it answers', async () => {
+    const shared = memoryCounterStore();
+    const store = withLocalFallback({ tryConsume: (c, now) => Promise.resolve(shared.tryConsume(c, now)) });
+    expect(await burst(store, open('s'), 3, 0)).toBe(2);
+    expect(shared.tryConsume([open('s')], 1)).toMatchObject({ ok: false });
   });
 });
 
