@@ -49,6 +49,10 @@ export const ERRORS = {
     status: 503,
     message: 'The audit log could not be written, so the request was not forwarded.',
   },
+  VALET_ERR_COUNTERS_UNAVAILABLE: {
+    status: 503,
+    message: 'The shared rate-limit and budget counters could not be reached, so the request was not forwarded.',
+  },
   VALET_ERR_UPSTREAM_UNREACHABLE: { status: 502, message: 'The upstream could not be reached.' },
   VALET_ERR_UPSTREAM_ENCODING: {
     status: 502,

@@ -23,7 +23,7 @@ import { secretRoutes } from './admin/secrets.js';
 import { createAdminServer } from './admin/server.js';
 import { ValetError, type ErrorCode } from './errors.js';
 import { createLogger } from './log.js';
-import { openCounterDatabase } from './policy/counters-db.js';
+import { openCounterBackend } from './policy/counters-backend.js';
 import { privateDir, tightenDataDir } from './private-files.js';
 import { createPolicyHolder, type PolicyHolder } from './policy/reload.js';
 import { createForwarder } from './proxy/forward.js';
@@ -96,9 +96,9 @@ export async function startGateway(options: GatewayOptions): Promise<RunningGate
     log: logger,
   });
   const secrets = secretSources.source;
-  // Counters and history outlive the process (written behind, FLUSH_MS at a time): a restart must not refill a daily budget.
-  const counterDb = openCounterDatabase(dataDir, Date.now, (err) => logger.error({ err }, 'counters.db could not be written; retrying with the next flush'));
-  const stores = { counters: counterDb.counters, history: counterDb.history };
+  // Counters and history outlive the process: in counters.db, or in Redis shared by a fleet.
+  const counterBackend = openCounterBackend(config.gateway.counters, env, dataDir, logger);
+  const stores = { counters: counterBackend.counters, history: counterBackend.history };
   const policies = createPolicyHolder(config, loadOptions, stores, logger);
   if (options.watch) policies.watch();
   // The read side (admin API, dashboard); opened first, it creates and migrates the database the writer then opens.
@@ -115,7 +115,7 @@ export async function startGateway(options: GatewayOptions): Promise<RunningGate
     onCommit: (seconds) => metrics.auditCommit(seconds),
   }).catch(async (err: unknown) => {
     policies.close();
-    counterDb.close();
+    counterBackend.close();
     await secretSources.close();
     await auditLog.close();
     throw err;
@@ -187,7 +187,7 @@ export async function startGateway(options: GatewayOptions): Promise<RunningGate
     logger.info({ reqId: requestId, code: err.code }, 'client error');
   });
 
-  const adminDeps = { audit: auditLog, policies, metrics, auditPending: () => audit.pending };
+  const adminDeps = { audit: auditLog, policies, metrics, auditPending: () => audit.pending, countersProblem: counterBackend.problem };
   const adminServer = createAdminServer({
     verify: createTokenVerifier(config.issuers, dataDir, env, { audience: config.gateway.admin.audience, environment: config.gateway.environment }),
     routes: [
@@ -248,7 +248,7 @@ export async function startGateway(options: GatewayOptions): Promise<RunningGate
       await audit.close();
       await anchorer.close();
       await auditLog.close();
-      counterDb.close();
+      counterBackend.close();
       await secretSources.close();
       logger.info({}, 'valet stopped');
       await new Promise<void>((r) => logger.flush(() => r()));

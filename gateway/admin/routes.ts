@@ -9,6 +9,8 @@ export interface AdminRouteDeps {
   /** Audit rows queued and not yet written. */
   readonly auditPending: () => number;
   readonly metrics: Metrics;
+  /** Why the counters backend cannot serve (Redis down), or undefined. */
+  readonly countersProblem?: () => string | undefined;
 }
 
 export function adminRoutes(d: AdminRouteDeps): AdminRoute[] {
@@ -41,7 +43,7 @@ export function adminRoutes(d: AdminRouteDeps): AdminRoute[] {
  * `/healthz`: the process answers. `/metrics`: Prometheus text format, unauthenticated as scrapers
  * expect (counts and timings by upstream and decision; no identities, no secrets). `/readyz`: it can do its job — the audit database takes a write
  * lock at once (another process holding it, a read-only file or a missing file all fail), and a
- * policy is loaded. A refused reload does not make the gateway unready (the previous policy is still
+ * policy is loaded, and the counters backend answers (Redis connected, when counters live there). A refused reload does not make the gateway unready (the previous policy is still
  * enforced) but is reported.
  */
 export function adminProbes(d: AdminRouteDeps): AdminProbe[] {
@@ -56,11 +58,13 @@ export function adminProbes(d: AdminRouteDeps): AdminProbe[] {
       handle: async () => {
         const database = await d.audit.writable();
         const s = d.policies.status();
-        const ready = database === 'ok';
+        const counters = d.countersProblem?.() ?? 'ok';
+        const ready = database === 'ok' && counters === 'ok';
         const body = {
           ready,
           checks: {
             database,
+            counters,
             audit_queue: d.auditPending(),
             policy: { version: s.version, last_reload_error: s.lastError?.message ?? null },
           },

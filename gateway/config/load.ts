@@ -7,7 +7,7 @@ import { ConfigError, type ConfigProblem } from '../errors.js';
 import { classifyRequestHeader, SCRUB_DROP, type HeaderClass } from '../proxy/headers.js';
 import { NOT_INJECTABLE, parseTemplate, secretNames } from './credential.js';
 import { fileSchema } from './schema.js';
-import { DEFAULT_APPROVAL_SETTINGS, DEFAULT_AUDIT, DEFAULT_LISTENER } from './types.js';
+import { DEFAULT_APPROVAL_SETTINGS, DEFAULT_AUDIT, DEFAULT_COUNTERS, DEFAULT_LISTENER } from './types.js';
 import type {
   AgentRegistration,
   ApprovalChannelSetting,
@@ -261,6 +261,7 @@ function assemble(root: string, files: ParsedFile[], problems: Problems, options
     limit: raw.limit,
     windowMs: parseDuration(raw.window),
     key: raw.key ?? 'agent',
+    ...(raw.fail_open !== undefined && { failOpen: raw.fail_open }),
   }));
   const budgets: BudgetConfig[] = pending.budgets.map(({ file, index, raw }) => ({
     ...buildMatch('budgets', file, index, raw),
@@ -268,6 +269,7 @@ function assemble(root: string, files: ParsedFile[], problems: Problems, options
     limit: raw.limit,
     windowMs: parseDuration(raw.window),
     key: raw.key ?? 'agent',
+    ...(raw.fail_open !== undefined && { failOpen: raw.fail_open }),
   }));
   const contextNames = new Set<string>();
   const contexts: ContextConfig[] = pending.contexts.map(({ file, index, raw }) => {
@@ -362,6 +364,11 @@ function assemble(root: string, files: ParsedFile[], problems: Problems, options
       secrets: { sources: secretSources },
       approvals,
       policy: { requireRegisteredAgents: g.policy?.require_registered_agents ?? false },
+      counters: {
+        backend: g.counters?.backend ?? DEFAULT_COUNTERS.backend,
+        failOpen: g.counters?.fail_open ?? DEFAULT_COUNTERS.failOpen,
+        redis: { url: g.counters?.redis?.url, prefix: g.counters?.redis?.prefix ?? DEFAULT_COUNTERS.redis.prefix },
+      },
       audit: {
         failOpen: g.audit?.fail_open ?? DEFAULT_AUDIT.failOpen,
         writer: g.audit?.writer ?? DEFAULT_AUDIT.writer,

@@ -160,6 +160,23 @@ export const fileSchema = {
             },
           },
         },
+        counters: {
+          type: 'object',
+          additionalProperties: false,
+          properties: {
+            backend: { enum: ['sqlite', 'redis'] },
+            fail_open: { type: 'boolean' },
+            redis: {
+              type: 'object',
+              additionalProperties: false,
+              properties: {
+                url: { type: 'string', pattern: '^rediss?://' },
+                // Braces would change the hash tag that keeps a decision's keys in one cluster slot.
+                prefix: { type: 'string', minLength: 1, maxLength: 100, pattern: '^[^{}\\s]+$' },
+              },
+            },
+          },
+        },
         audit: {
           type: 'object',
           additionalProperties: false,
@@ -317,7 +334,7 @@ export const fileSchema = {
         type: 'object',
         required: ['id', 'limit', 'window'],
         additionalProperties: false,
-        properties: { ...match, limit: { type: 'integer', minimum: 1 }, window: duration, key: counterKey },
+        properties: { ...match, limit: { type: 'integer', minimum: 1 }, window: duration, key: counterKey, fail_open: { type: 'boolean' } },
       },
     },
     budgets: {
@@ -332,6 +349,7 @@ export const fileSchema = {
           limit: { type: 'number', exclusiveMinimum: 0 },
           window: duration,
           key: counterKey,
+          fail_open: { type: 'boolean' },
         },
       },
     },

@@ -18,6 +18,8 @@ export interface GatewaySettings {
   readonly secrets?: { readonly sources: readonly SecretSourceSetting[] };
   /** Human approvals of escalated requests. The loader always sets it; absent means the defaults. */
   readonly approvals?: ApprovalSettings;
+  /** Rate limits, budgets and call history: in the data directory or in Redis. The loader always sets it; absent means {@link DEFAULT_COUNTERS}. */
+  readonly counters?: CounterSettings;
   /** The audit log: durability, retention, anchoring. The loader always sets it; absent means {@link DEFAULT_AUDIT}. */
   readonly audit?: AuditSettings;
   /**
@@ -93,6 +95,22 @@ export const DEFAULT_AUDIT: AuditSettings = {
   tenantRetentionDays: {},
   anchor: { intervalMs: 60_000, command: undefined, url: undefined },
 };
+
+/** `gateway.counters`: where rate limits, budgets and call history are kept (docs/configuration.md). */
+export interface CounterSettings {
+  /** `sqlite`: counters.db in the data directory, one instance. `redis`: shared by every instance. */
+  readonly backend: 'sqlite' | 'redis';
+  readonly redis: {
+    /** `redis://` or `rediss://`; `VALET_REDIS_URL` overrides it (and selects `redis`). */
+    readonly url: string | undefined;
+    /** Prepended to every key, so several fleets (or tests) share one Redis apart. */
+    readonly prefix: string;
+  };
+  /** The default of every limit's and budget's `fail_open`: count on the instance alone while Redis is unreachable. */
+  readonly failOpen: boolean;
+}
+
+export const DEFAULT_COUNTERS: CounterSettings = { backend: 'sqlite', redis: { url: undefined, prefix: 'valet:' }, failOpen: false };
 
 /** `gateway.approvals`: caps on waiting approvals, links in notifications, notification channels. */
 export interface ApprovalSettings {
@@ -266,6 +284,8 @@ export interface RateLimitConfig extends MatchConfig {
   readonly limit: number;
   readonly windowMs: number;
   readonly key: CounterKey;
+  /** With shared counters (Redis) unreachable: count on this instance alone instead of refusing (503). */
+  readonly failOpen?: boolean;
 }
 
 export interface BudgetConfig extends MatchConfig {
@@ -274,6 +294,8 @@ export interface BudgetConfig extends MatchConfig {
   readonly limit: number;
   readonly windowMs: number;
   readonly key: CounterKey;
+  /** With shared counters (Redis) unreachable: count on this instance alone instead of refusing (503). */
+  readonly failOpen?: boolean;
 }
 
 export type ArgType = 'string' | 'int' | 'number' | 'bool';

@@ -11,7 +11,7 @@ import type {
 import { ConfigError, ValetError, type ConfigProblem } from '../errors.js';
 import type { AgentIdentity, Decision, Effect, Limited, RequestFacts } from '../types.js';
 import { CEL_VARIABLES, celErrorMessage, compileCel, type CelProgram } from './cel.js';
-import type { CounterStore, HistoryStore } from './counters.js';
+import type { ConsumeResult, CounterStore, HistoryStore, HistorySummary } from './counters.js';
 import { createContextSources, type ContextSources } from './context.js';
 import { describeScope, effectiveUpstreams, namedUpstreams, openedUpstreams } from './scope.js';
 import { compileTools, type ToolMatch } from './tools.js';
@@ -25,6 +25,8 @@ export interface EvaluationInput {
   readonly now: number;
   /** Values from context sources (`ctx.*`), resolved before evaluation. */
   readonly context: Readonly<Record<string, unknown>>;
+  /** `history`, when a shared store was asked before evaluation ({@link Policy.resolveHistory}). */
+  readonly history?: HistorySummary;
 }
 
 /** One rule as considered for a request: matched, or the first reason it did not. */
@@ -54,13 +56,26 @@ export interface Policy {
   readsArgs(upstream: string): boolean;
   evaluate(input: EvaluationInput): Decision;
   explain(input: EvaluationInput): { decision: Decision; trace: RuleTrace[] };
-  /** Applies rate limits and budgets to an allowed request; counts it unless it is refused. */
-  charge(input: EvaluationInput): Limited | Decision | undefined;
-  /** Records a forwarded call for `history.*` conditions. */
-  recordCall(input: EvaluationInput): void;
+  /**
+   * Applies rate limits and budgets to an allowed request; counts it unless it is refused. A
+   * Promise only with a shared counter store (Redis), which rejects with
+   * VALET_ERR_COUNTERS_UNAVAILABLE when it cannot decide.
+   */
+  charge(input: EvaluationInput): Charged | Promise<Charged>;
+  /** Records a forwarded call for `history.*` conditions (a Promise only with a shared store). */
+  recordCall(input: EvaluationInput): void | Promise<void>;
+  /**
+   * The `history` a shared store holds for this request, to put in the input before evaluation
+   * (CEL runs synchronously). undefined when no condition reads `history` or the store is in the
+   * process (then it is read lazily, only if a condition that reads it runs).
+   */
+  resolveHistory(input: Omit<EvaluationInput, 'context'>): Promise<HistorySummary> | undefined;
   /** Looks up the `ctx.*` values this request's conditions may read. */
   resolveContext(input: Omit<EvaluationInput, 'context'>): Promise<Record<string, unknown>>;
 }
+
+/** What charging a request gives: refused by a limit or budget, denied (it could not be applied), or undefined (go on). */
+export type Charged = Limited | Decision | undefined;
 
 export const DEFAULT_DENY_RULE = 'default-deny';
 
@@ -223,6 +238,8 @@ interface CompiledLimit extends CompiledMatch {
   readonly keyProgram: Program | undefined;
   readonly sum: Program | undefined;
   readonly kind: 'rate_limit' | 'budget';
+  /** Counted on this instance alone while shared counters are unreachable. */
+  readonly failOpen: boolean;
 }
 
 export interface PolicyStores {
@@ -318,6 +335,7 @@ export function compilePolicy(
       keyProgram: typeof l.key === 'object' ? cel(l, 'key', l.key.cel, 'any') : undefined,
       sum,
       kind,
+      failOpen: l.failOpen ?? config.gateway.counters?.failOpen ?? false,
     };
   }
   let contexts: ContextSources | undefined;
@@ -386,6 +404,8 @@ export function compilePolicy(
   const sources = [...rules, ...limits].map((i) => [i.config.when, 'sum' in i.config ? i.config.sum : undefined].join(' '));
   const readsTime = sources.some((s) => /\btime\b/.test(s));
   const readsHistory = sources.some((s) => /\bhistory\b/.test(s));
+  // What may read history, for asking a shared store only when a request could meet one of them.
+  const historyReaders = [...rules, ...limits].filter((_, i) => /\bhistory\b/.test(sources[i] as string));
   const timeParts = new Intl.DateTimeFormat('en-US', {
     timeZone: config.gateway.timezone,
     hourCycle: 'h23',
@@ -433,6 +453,30 @@ export function compilePolicy(
     return s;
   };
 
+  /** The history of an input nobody resolved: only a store in the process can answer at once. */
+  const localHistory = (input: EvaluationInput): HistorySummary => {
+    const h = stores.history.summary(historyKey(input.identity, input.facts), input.now);
+    // A condition that reads history unresolved fails (and denies) rather than seeing nothing.
+    if (h instanceof Promise) throw new Error('history was not resolved before evaluation');
+    return h;
+  };
+
+  /**
+   * Whether a condition that reads `history` may run for a request like this one (same upstream,
+   * tool, method and path: the same history key). Scope, roles and environment are left out:
+   * asking a shared store once too often is safe, skipping a reader is not.
+   */
+  const historyRead = (facts: RequestFacts): boolean => {
+    const path = normalisePath(facts.path);
+    return historyReaders.some(
+      (m) =>
+        (m.config.upstream === undefined || m.config.upstream === facts.upstream) &&
+        (m.tools === undefined || (facts.tool !== undefined && m.tools.has(facts.tool))) &&
+        (m.methods === undefined || m.methods.has(facts.method)) &&
+        (m.matchPath === undefined || m.matchPath(m.restrictive ? path.toLowerCase() : path)),
+    );
+  };
+
   /** The activation for a program that reads `reads`: one object per evaluation, filled in as needed. */
   const variables = (s: Evaluation, reads: number): Record<string, unknown> => {
     const vars = (s.vars ??= {});
@@ -453,7 +497,7 @@ export function compilePolicy(
       vars['request'] = request;
     }
     if (missing & TIME) vars['time'] = readsTime ? timeOf(timeParts, input.now) : {};
-    if (missing & HISTORY) vars['history'] = readsHistory ? stores.history.summary(historyKey(input.identity, facts), input.now) : {};
+    if (missing & HISTORY) vars['history'] = readsHistory ? (input.history ?? localHistory(input)) : {};
     if (missing & CTX) vars['ctx'] = input.context;
     return vars;
   };
@@ -619,19 +663,30 @@ export function compilePolicy(
       }
       if (entries.length === 0) return undefined;
       const r = stores.counters.tryConsume(
-        entries.map((e) => ({ key: e.key, windowMs: e.limit.windowMs, limit: e.limit.limit, cost: e.cost })),
+        entries.map((e) => ({ key: e.key, windowMs: e.limit.windowMs, limit: e.limit.limit, cost: e.cost, failOpen: e.limit.failOpen })),
         input.now,
       );
-      if (r.ok) return undefined;
-      const l = (entries[r.index] as { limit: CompiledLimit }).limit;
-      const what = l.kind === 'budget' ? `budget ${l.config.id} (${l.limit} per ${formatMs(l.windowMs)})` : `rate limit ${l.config.id} (${l.limit} per ${formatMs(l.windowMs)})`;
-      return { kind: l.kind, id: l.config.id, reason: `${what} is exhausted`, retryAfterMs: r.retryAfterMs };
+      return r instanceof Promise ? r.then((settled) => refusedBy(entries, settled)) : refusedBy(entries, r);
     },
     recordCall(input) {
-      stores.history.record(historyKey(input.identity, input.facts), input.now);
+      // A shared store costs a round trip per call: it records only what some condition may read.
+      if (stores.history.shared === true && (!readsHistory || !historyRead(input.facts))) return undefined;
+      return stores.history.record(historyKey(input.identity, input.facts), input.now);
+    },
+    resolveHistory(input) {
+      if (!readsHistory || stores.history.shared !== true || !historyRead(input.facts)) return undefined;
+      return stores.history.summary(historyKey(input.identity, input.facts), input.now) as Promise<HistorySummary>;
     },
     resolveContext: (input) => contextSources.resolve(input),
   };
+}
+
+/** The refusal a store's answer means for these charges, if any. */
+function refusedBy(entries: readonly { limit: CompiledLimit }[], r: ConsumeResult): Limited | undefined {
+  if (r.ok) return undefined;
+  const l = (entries[r.index] as { limit: CompiledLimit }).limit;
+  const what = l.kind === 'budget' ? `budget ${l.config.id} (${l.limit} per ${formatMs(l.windowMs)})` : `rate limit ${l.config.id} (${l.limit} per ${formatMs(l.windowMs)})`;
+  return { kind: l.kind, id: l.config.id, reason: `${what} is exhausted`, retryAfterMs: r.retryAfterMs };
 }
 
 const VARIABLE_NAMES = new RegExp(`\\b(?:${Object.keys(VARIABLE_BITS).join('|')})\\b`, 'g');

@@ -7,8 +7,8 @@ import {
   SEEN_MINUTES,
   type CounterSlot,
   type CounterState,
-  type CounterStore,
-  type HistoryStore,
+  type LocalCounterStore,
+  type LocalHistoryStore,
   type MinuteCalls,
 } from './counters.js';
 
@@ -48,8 +48,8 @@ const MIGRATIONS: readonly string[] = [
 ];
 
 export interface CounterDatabase {
-  readonly counters: CounterStore;
-  readonly history: HistoryStore;
+  readonly counters: LocalCounterStore;
+  readonly history: LocalHistoryStore;
   /** Writes what changed since the last flush (also done on a timer and at close). */
   flush(): void;
   close(): void;

@@ -4,6 +4,11 @@ export interface CounterCharge {
   readonly windowMs: number;
   readonly limit: number;
   readonly cost: number;
+  /**
+   * When a shared store (Redis) cannot be reached, this charge falls back to a limiter local to the
+   * instance instead of failing the request (`fail_open: true` on the limit or budget).
+   */
+  readonly failOpen?: boolean;
 }
 
 export type ConsumeResult = { ok: true } | { ok: false; index: number; retryAfterMs: number };
@@ -13,7 +18,11 @@ export type ConsumeResult = { ok: true } | { ok: false; index: number; retryAfte
  * counter takes its cost, or none changes and the first that would overflow is named. Keys are
  * opaque strings built by the policy (tenant-scoped, unambiguous); a store only compares them.
  * The store in the data directory (`counters-db.ts`) and the in-memory one share the algorithm
- * below, so any other implementation (Redis) must too.
+ * below, and the Redis one (`counters-redis.ts`) runs it in a Lua script.
+ *
+ * A store in the process answers at once; a shared one answers with a Promise (and rejects with
+ * VALET_ERR_COUNTERS_UNAVAILABLE when it cannot decide). Callers await only a Promise, so the
+ * embedded path costs no extra turn of the event loop.
  *
  * The algorithm is a sliding log kept in slots, which never lets more than `limit` through in any
  * closed interval of `windowMs`, wherever it starts:
@@ -34,6 +43,11 @@ export type ConsumeResult = { ok: true } | { ok: false; index: number; retryAfte
  * the window for the refused cost to fit (a cost above `limit` never fits: the whole window).
  */
 export interface CounterStore {
+  tryConsume(charges: readonly CounterCharge[], now: number): ConsumeResult | Promise<ConsumeResult>;
+}
+
+/** A store in the process (memory, counters.db): it answers at once. */
+export interface LocalCounterStore extends CounterStore {
   tryConsume(charges: readonly CounterCharge[], now: number): ConsumeResult;
 }
 
@@ -94,7 +108,7 @@ export interface MemoryCounterOptions {
  * In-process counters: atomic because the event loop runs one call at a time. Alone they serve
  * policy tests and the CLI; with `initial` and `changed`, counters.db keeps them across restarts.
  */
-export function memoryCounterStore(options: MemoryCounterOptions = {}): CounterStore {
+export function memoryCounterStore(options: MemoryCounterOptions = {}): LocalCounterStore {
   const counters = new Map<string, CounterState>();
   // The window is part of a counter's identity: a reload may change it under the same key.
   const id = (key: string, windowMs: number): string => `${windowMs} ${key}`;
@@ -139,6 +153,19 @@ export interface HistorySummary {
  * current minute and the 60 before it, `calls_last_day` the current minute and the 1440 before.
  */
 export interface HistoryStore {
+  /**
+   * A store outside the process (Redis): `summary` answers with a Promise, so the policy asks it
+   * before evaluation when a condition reads `history`.
+   */
+  readonly shared?: boolean;
+  /** Synchronous in the process; a shared store's Promise rejects with VALET_ERR_COUNTERS_UNAVAILABLE. */
+  record(key: string, now: number): void | Promise<void>;
+  /** Read while CEL runs (synchronously): a Promise must be resolved first (`Policy.resolveHistory`). */
+  summary(key: string, now: number): HistorySummary | Promise<HistorySummary>;
+}
+
+/** A history store in the process (memory, counters.db): it answers at once. */
+export interface LocalHistoryStore extends HistoryStore {
   record(key: string, now: number): void;
   summary(key: string, now: number): HistorySummary;
 }
@@ -172,7 +199,7 @@ export const SEEN_DAYS = 90;
 export const SEEN_MINUTES = SEEN_DAYS * DAY_MINUTES;
 
 /** Recent calls per key, in minutes for a day, plus whether the key was seen in the last {@link SEEN_DAYS} days. */
-export function memoryHistoryStore(options: MemoryHistoryOptions = {}): HistoryStore {
+export function memoryHistoryStore(options: MemoryHistoryOptions = {}): LocalHistoryStore {
   const calls = new Map<string, { minute: number; calls: number }[]>();
   // Key → the last minute it was seen. Bounded by time, not count: a route key per distinct path
   // would otherwise grow for ever.

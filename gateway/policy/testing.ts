@@ -91,9 +91,9 @@ export async function runPolicyTests(config: Config): Promise<TestResult[]> {
       }
       const input = { ...base, context: await policy.resolveContext(base) };
       const decision = policy.evaluate(input);
-      const limited = decision.effect === 'allow' ? policy.charge(input) : undefined;
+      const limited = decision.effect === 'allow' ? await policy.charge(input) : undefined;
       outcome = outcomeOf(decision, limited);
-      if (outcome.effect === 'allow') policy.recordCall(input);
+      if (outcome.effect === 'allow') await policy.recordCall(input);
     }
     const ruleOk = t.expect.rule === undefined || outcome.rule.split(',').includes(t.expect.rule);
     results.push({
@@ -115,7 +115,9 @@ export async function explainScenario(
   s: Scenario,
 ): Promise<{ decision: Decision; trace: RuleTrace[]; limited: Limited | Decision | undefined; input: EvaluationInput }> {
   const base = scenarioInput(policy, config, s);
-  const input = { ...base, context: await policy.resolveContext(base) };
+  const history = await policy.resolveHistory(base);
+  const context = await policy.resolveContext(base);
+  const input: EvaluationInput = history === undefined ? { ...base, context } : { ...base, context, history };
   const { decision, trace } = policy.explain(input);
-  return { decision, trace, limited: decision.effect === 'allow' ? policy.charge(input) : undefined, input };
+  return { decision, trace, limited: decision.effect === 'allow' ? await policy.charge(input) : undefined, input };
 }

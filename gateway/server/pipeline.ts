@@ -10,7 +10,7 @@ import type { AuditWriter } from '../audit/port.js';
 import type { TokenVerifier } from '../auth/verify.js';
 import { DEFAULT_LISTENER, type Config, type UpstreamConfig } from '../config/types.js';
 import { ValetError } from '../errors.js';
-import type { Policy } from '../policy/compile.js';
+import type { EvaluationInput, Policy } from '../policy/compile.js';
 import type { Forwarder } from '../proxy/forward.js';
 import { upstreamError } from '../proxy/forward.js';
 import { forwardableRequestHeaders, injectCredential, valetRequestHeaders, type HeaderList } from '../proxy/headers.js';
@@ -170,7 +170,14 @@ export function createPipeline(deps: PipelineDeps): RequestHandler {
 
       // 4. decide
       const described = { identity, facts, environment: config.gateway.environment, now: Date.now() };
-      const input = { ...described, context: await policy.resolveContext(described) };
+      // A shared history store (Redis) is asked alongside the context sources; one in the process is read lazily.
+      const asking = policy.resolveHistory(described);
+      let input: EvaluationInput;
+      if (asking === undefined) input = { ...described, context: await policy.resolveContext(described) };
+      else {
+        const [context, history] = await Promise.all([policy.resolveContext(described), asking]);
+        input = { ...described, context, history };
+      }
       const evaluating = performance.now();
       const decision = policy.evaluate(input);
       metrics.policyEvaluation((performance.now() - evaluating) / 1000);
@@ -221,7 +228,9 @@ export function createPipeline(deps: PipelineDeps): RequestHandler {
         }
         approved = outcome;
       }
-      const limited = policy.charge(input);
+      // Only a shared counter store answers with a Promise: the embedded path takes no extra turn.
+      const charging = policy.charge(input);
+      const limited = charging instanceof Promise ? await charging : charging;
       if (limited !== undefined) {
         rec.decision = 'deny';
         rec.rule = 'id' in limited ? limited.id : limited.rules.join(',');
@@ -246,7 +255,7 @@ export function createPipeline(deps: PipelineDeps): RequestHandler {
         (name) => secrets.get(name, identity.tenant),
       );
       injected.headers.push(...valetRequestHeaders(upstream, requestId));
-      policy.recordCall(input);
+      const recording = policy.recordCall(input);
       // The decision's audit row is durable before anything is forwarded (one fsync shared with the
       // requests that arrived alongside). If it cannot be written: 503, nothing forwarded (unless
       // gateway.audit.fail_open). The call stays counted in the policy's history, which errs on the
@@ -254,7 +263,8 @@ export function createPipeline(deps: PipelineDeps): RequestHandler {
       // taken up after the wait, right before forwarding, so an agent hanging up meanwhile meets
       // no half-built stream.
       const waiting = performance.now();
-      await audit.commit(rec);
+      // A shared history store records alongside the audit commit; if it cannot, nothing is forwarded.
+      await (recording instanceof Promise ? Promise.all([audit.commit(rec), recording]) : audit.commit(rec));
       metrics.auditWait((performance.now() - waiting) / 1000);
       // A body that broke its limits while the request was being decided is not forwarded at all.
       if (incoming?.failure !== undefined) throw incoming.failure;

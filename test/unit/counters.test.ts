@@ -2,11 +2,15 @@ import { mkdtempSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import Database from 'better-sqlite3';
-import { afterEach, describe, expect, it } from 'vitest';
+import { randomUUID } from 'node:crypto';
+import { createClient } from '@redis/client';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import type { CounterKey, RateLimitConfig } from '../../gateway/config/types.js';
 import { compilePolicy } from '../../gateway/policy/compile.js';
 import { COUNTERS_FILE, openCounterDatabase, type CounterDatabase } from '../../gateway/policy/counters-db.js';
 import { memoryCounterStore, memoryHistoryStore, type CounterCharge, type CounterStore, type HistoryStore } from '../../gateway/policy/counters.js';
+import { redisCounterStores, withLocalFallback, type RedisCommands } from '../../gateway/policy/counters-redis.js';
+import { ValetError } from '../../gateway/errors.js';
 import type { AgentIdentity, RequestFacts } from '../../gateway/types.js';
 import { agent } from '../helpers/fixtures.js';
 
@@ -25,18 +29,31 @@ function sqlite(dir?: string): CounterDatabase {
   return db;
 }
 
+// A real Redis on 127.0.0.1:6379, a fresh key prefix per store (and per run), deleted afterwards.
+// The caller's clock, so the cases replay exact times; in production the script reads Redis's.
+const redis = createClient({ url: 'redis://127.0.0.1:6379' });
+const run = `valet-test:${randomUUID()}:`;
+beforeAll(async () => {
+  await redis.connect();
+});
+afterAll(async () => {
+  for await (const keys of redis.scanIterator({ MATCH: `${run}*`, COUNT: 1000 })) if (keys.length > 0) await redis.del(keys);
+  redis.destroy();
+});
+
 const stores: [string, () => { counters: CounterStore; history: HistoryStore }][] = [
   ['memory', () => ({ counters: memoryCounterStore(), history: memoryHistoryStore() })],
   ['sqlite', () => sqlite()],
+  ['redis', () => redisCounterStores(redis as unknown as RedisCommands, { prefix: `${run}${randomUUID()}:`, clock: 'caller' })],
 ];
 
 const MIN = 60_000;
 const rate = (key = 'k', limit = 10, windowMs = MIN): ((cost?: number) => CounterCharge) => (cost = 1) => ({ key, windowMs, limit, cost });
 
 /** Admits `n` unit charges at `t`, returning how many passed. */
-function burst(store: CounterStore, charge: CounterCharge, n: number, t: number): number {
+async function burst(store: CounterStore, charge: CounterCharge, n: number, t: number): Promise<number> {
   let passed = 0;
-  for (let i = 0; i < n; i++) if (store.tryConsume([charge], t).ok) passed++;
+  for (let i = 0; i < n; i++) if ((await store.tryConsume([charge], t)).ok) passed++;
   return passed;
 }
 
@@ -47,26 +64,26 @@ function lcg(seed: number): () => number {
 }
 
 describe.each(stores)('%s counter store', (_name, make) => {
-  it('limit 10 per 60 s: 10 at 59.9 s and 10 at 60.1 s do not both pass (no window boundary)', () => {
+  it('limit 10 per 60 s: 10 at 59.9 s and 10 at 60.1 s do not both pass (no window boundary)', async () => {
     const { counters } = make();
     const c = rate()();
-    expect(burst(counters, c, 10, 59_900)).toBe(10);
-    expect(burst(counters, c, 10, 60_100)).toBe(0);
+    expect(await burst(counters, c, 10, 59_900)).toBe(10);
+    expect(await burst(counters, c, 10, 60_100)).toBe(0);
     // Still refused just before a full window has passed since the 10, admitted just after.
-    expect(counters.tryConsume([c], 59_900 + MIN)).toMatchObject({ ok: false });
-    expect(burst(counters, c, 11, 59_900 + MIN + 1_001)).toBe(10);
+    expect((await counters.tryConsume([c], 59_900 + MIN))).toMatchObject({ ok: false });
+    expect(await burst(counters, c, 11, 59_900 + MIN + 1_001)).toBe(10);
   });
 
-  it('budget 1000 per day: 1000 at 23:59:59.9 and 1 at 00:00:00.1 do not both pass', () => {
+  it('budget 1000 per day: 1000 at 23:59:59.9 and 1 at 00:00:00.1 do not both pass', async () => {
     const { counters } = make();
     const day = 86_400_000;
     const spend = (amount: number): CounterCharge => ({ key: 'b', windowMs: day, limit: 1000, cost: amount });
-    expect(counters.tryConsume([spend(1000)], day - 100).ok).toBe(true);
-    expect(counters.tryConsume([spend(1)], day + 100)).toMatchObject({ ok: false });
-    expect(counters.tryConsume([spend(0)], day + 100).ok).toBe(true);
+    expect((await counters.tryConsume([spend(1000)], day - 100)).ok).toBe(true);
+    expect((await counters.tryConsume([spend(1)], day + 100))).toMatchObject({ ok: false });
+    expect((await counters.tryConsume([spend(0)], day + 100)).ok).toBe(true);
   });
 
-  it('never admits more than the limit in any closed interval of one window (random arrivals and costs)', () => {
+  it('never admits more than the limit in any closed interval of one window (random arrivals and costs)', async () => {
     for (const seed of [1, 2, 3]) {
       const { counters } = make();
       const rnd = lcg(seed);
@@ -76,7 +93,7 @@ describe.each(stores)('%s counter store', (_name, make) => {
       for (let i = 0; i < 1500; i++) {
         t += Math.floor(rnd() * 2_000);
         const cost = 1 + Math.floor(rnd() * 4);
-        if (counters.tryConsume([{ key: 'r', windowMs: MIN, limit, cost }], t).ok) admitted.push({ t, cost });
+        if ((await counters.tryConsume([{ key: 'r', windowMs: MIN, limit, cost }], t)).ok) admitted.push({ t, cost });
       }
       expect(admitted.length).toBeGreaterThan(100);
       for (const [i, a] of admitted.entries()) {
@@ -87,67 +104,93 @@ describe.each(stores)('%s counter store', (_name, make) => {
     }
   });
 
-  it('retryAfterMs is exact: refused one millisecond earlier, admitted then', () => {
+  it('retryAfterMs is exact: refused one millisecond earlier, admitted then', async () => {
     const { counters } = make();
     const c = rate('r', 5)();
-    for (const t of [1_000, 7_500, 20_250, 31_000, 44_444]) expect(counters.tryConsume([c], t).ok).toBe(true);
+    for (const t of [1_000, 7_500, 20_250, 31_000, 44_444]) expect((await counters.tryConsume([c], t)).ok).toBe(true);
     const now = 50_000;
-    const r = counters.tryConsume([{ ...c, cost: 2 }], now);
+    const r = await counters.tryConsume([{ ...c, cost: 2 }], now);
     expect(r.ok).toBe(false);
     const retry = (r as { retryAfterMs: number }).retryAfterMs;
     expect(retry).toBeGreaterThan(0);
     expect(retry).toBeLessThanOrEqual(MIN + 1);
-    expect(counters.tryConsume([{ ...c, cost: 2 }], now + retry - 1).ok).toBe(false);
-    expect(counters.tryConsume([{ ...c, cost: 2 }], now + retry).ok).toBe(true);
+    expect((await counters.tryConsume([{ ...c, cost: 2 }], now + retry - 1)).ok).toBe(false);
+    expect((await counters.tryConsume([{ ...c, cost: 2 }], now + retry)).ok).toBe(true);
   });
 
-  it('a cost above the limit never fits: refused, retry after a whole window, nothing charged', () => {
+  it('a cost above the limit never fits: refused, retry after a whole window, nothing charged', async () => {
     const { counters } = make();
-    expect(counters.tryConsume([{ key: 'w', windowMs: MIN, limit: 10, cost: 11 }], 0)).toEqual({ ok: false, index: 0, retryAfterMs: MIN });
-    expect(burst(counters, rate('w')(), 10, 1)).toBe(10);
+    expect((await counters.tryConsume([{ key: 'w', windowMs: MIN, limit: 10, cost: 11 }], 0))).toEqual({ ok: false, index: 0, retryAfterMs: MIN });
+    expect(await burst(counters, rate('w')(), 10, 1)).toBe(10);
   });
 
-  it('is all-or-nothing over several charges, naming the first that overflows', () => {
+  it('is all-or-nothing over several charges, naming the first that overflows', async () => {
     const { counters } = make();
     const a = rate('a', 3)();
     const b = rate('b', 1)();
-    expect(counters.tryConsume([a, b], 0).ok).toBe(true);
-    expect(counters.tryConsume([a, b], 1)).toMatchObject({ ok: false, index: 1 });
+    expect((await counters.tryConsume([a, b], 0)).ok).toBe(true);
+    expect((await counters.tryConsume([a, b], 1))).toMatchObject({ ok: false, index: 1 });
     // The refused call did not charge a: two more fit.
-    expect(burst(counters, a, 3, 2)).toBe(2);
+    expect(await burst(counters, a, 3, 2)).toBe(2);
   });
 
-  it('keeps counters of different windows under one key apart (a reload may change the window)', () => {
+  it('keeps counters of different windows under one key apart (a reload may change the window)', async () => {
     const { counters } = make();
-    expect(burst(counters, rate('x', 2, MIN)(), 3, 0)).toBe(2);
-    expect(burst(counters, rate('x', 2, 2 * MIN)(), 3, 0)).toBe(2);
+    expect(await burst(counters, rate('x', 2, MIN)(), 3, 0)).toBe(2);
+    expect(await burst(counters, rate('x', 2, 2 * MIN)(), 3, 0)).toBe(2);
   });
 });
 
 describe.each(stores)('%s history store', (_name, make) => {
-  it('counts per key, per hour and day rounded out to whole minutes, and first use', () => {
+  it('counts per key, per hour and day rounded out to whole minutes, and first use', async () => {
     const { history } = make();
     const t0 = 10 * 86_400_000;
-    expect(history.summary('a', t0)).toEqual({ calls_last_hour: 0n, calls_last_day: 0n, first_use: true });
-    history.record('a', t0);
-    history.record('a', t0 + 1_000);
-    history.record('b', t0);
-    expect(history.summary('a', t0 + 2_000)).toEqual({ calls_last_hour: 2n, calls_last_day: 2n, first_use: false });
+    expect(await history.summary('a', t0)).toEqual({ calls_last_hour: 0n, calls_last_day: 0n, first_use: true });
+    await history.record('a', t0);
+    await history.record('a', t0 + 1_000);
+    await history.record('b', t0);
+    expect(await history.summary('a', t0 + 2_000)).toEqual({ calls_last_hour: 2n, calls_last_day: 2n, first_use: false });
     // 60 minutes on, still counted (rounded out); 62 minutes on, out of the hour but in the day.
-    expect(history.summary('a', t0 + 60 * MIN).calls_last_hour).toBe(2n);
-    expect(history.summary('a', t0 + 62 * MIN)).toEqual({ calls_last_hour: 0n, calls_last_day: 2n, first_use: false });
-    expect(history.summary('a', t0 + 1442 * MIN)).toEqual({ calls_last_hour: 0n, calls_last_day: 0n, first_use: false });
+    expect((await history.summary('a', t0 + 60 * MIN)).calls_last_hour).toBe(2n);
+    expect(await history.summary('a', t0 + 62 * MIN)).toEqual({ calls_last_hour: 0n, calls_last_day: 2n, first_use: false });
+    expect(await history.summary('a', t0 + 1442 * MIN)).toEqual({ calls_last_hour: 0n, calls_last_day: 0n, first_use: false });
   });
 });
 
 describe.each(stores)('%s history store: first use', (_name, make) => {
-  it('remembers a key for 90 days after its last call, then forgets it (a route key per path cannot grow for ever)', () => {
+  it('remembers a key for 90 days after its last call, then forgets it (a route key per path cannot grow for ever)', async () => {
     const { history } = make();
     const day = 86_400_000;
-    history.record('k', 0);
-    history.record('k', 30 * day);
-    expect(history.summary('k', 119 * day).first_use).toBe(false);
-    expect(history.summary('k', 121 * day).first_use).toBe(true);
+    await history.record('k', 0);
+    await history.record('k', 30 * day);
+    expect((await history.summary('k', 119 * day)).first_use).toBe(false);
+    expect((await history.summary('k', 121 * day)).first_use).toBe(true);
+  });
+});
+
+describe('shared counters falling back to local ones (fail_open)', () => {
+  const down: CounterStore = { tryConsume: () => Promise.reject(new ValetError('VALET_ERR_COUNTERS_UNAVAILABLE', 'Redis is unreachable')) };
+  const open = (key: string): CounterCharge => ({ key, windowMs: MIN, limit: 2, cost: 1, failOpen: true });
+
+  it('counts fail_open charges locally while the shared store fails, with the same algorithm', async () => {
+    const store = withLocalFallback(down);
+    const results = [];
+    for (let i = 0; i < 3; i++) results.push(await store.tryConsume([open('a'), open('b')], 1_000 + i));
+    expect(results.map((r) => r.ok)).toEqual([true, true, false]);
+  });
+
+  it('fails closed when any charge of the decision is not fail_open', async () => {
+    const store = withLocalFallback(down);
+    for (const charges of [[rate('c')()], [open('a'), rate('c')()], [rate('c')(), open('a')]]) {
+      await expect(store.tryConsume(charges, 0)).rejects.toMatchObject({ code: 'VALET_ERR_COUNTERS_UNAVAILABLE' });
+    }
+  });
+
+  it('answers from the shared store while it answers', async () => {
+    const shared = memoryCounterStore();
+    const store = withLocalFallback({ tryConsume: (c, now) => Promise.resolve(shared.tryConsume(c, now)) });
+    expect(await burst(store, open('s'), 3, 0)).toBe(2);
+    expect(shared.tryConsume([open('s')], 1)).toMatchObject({ ok: false });
   });
 });
 
