@@ -199,7 +199,7 @@ export async function startGateway(options: GatewayOptions): Promise<RunningGate
       ...approvalRoutes(approvals.service),
     ],
     probes: adminProbes(adminDeps),
-    assets: ((pages, dashboard) => (path: string) => pages(path) ?? dashboard(path))(approvalPages(approvals.service), dashboardAssets(findDashboard())),
+    assets: ((pages, dashboard) => async (path: string) => (await pages(path)) ?? dashboard(path))(approvalPages(approvals.service), dashboardAssets(findDashboard())),
     logger,
   });
   const port = await listen(server, config.gateway.listen);
