@@ -461,6 +461,15 @@ describe('approvals on PostgreSQL: several instances on one database', () => {
   const bindingOf = (r: ApprovalRecord) => ({ agent: r.agent, tenant: r.tenant, user: r.user, digest: r.digest, rule: r.rule, group: r.group });
   const quiet = { notify: () => {}, inFlight: 0, close: async () => {} };
 
+  it('instances starting together on an empty schema migrate it once (advisory lock); a newer schema is refused', async () => {
+    const { schema, url } = await pgs.fresh();
+    const started = await Promise.all([tmp(), tmp(), tmp(), tmp()].map((dataDir) => openApprovalBackend({ dataDir, postgresUrl: url })));
+    open.push(...started);
+    expect((await pgs.query(schema, 'SELECT version FROM approvals_schema_version')).rows).toEqual([{ version: 1 }]);
+    await pgs.query(schema, 'UPDATE approvals_schema_version SET version = 99');
+    await expect(openApprovalBackend({ dataDir: tmp(), postgresUrl: url })).rejects.toThrow(/written by a newer Valet \(schema 99\)/);
+  });
+
   it('the pending limits hold when both instances insert at once', async () => {
     const { a, b } = await fleet();
     const limits = { perAgent: 3, perTenant: 5 };
