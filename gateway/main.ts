@@ -89,6 +89,7 @@ export async function startGateway(options: GatewayOptions): Promise<RunningGate
   // Opening the store checks the master key: a wrong or missing one stops start-up here.
   const secretSources = await createSecretSources({
     settings: config.gateway.secrets?.sources ?? DEFAULT_SOURCES,
+    backend: config.gateway.secrets,
     names: [...config.upstreams.values()].flatMap((u) => secretNames(u.credential)),
     dataDir,
     env,

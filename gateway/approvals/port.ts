@@ -25,7 +25,7 @@ export type SettledListener = (id: string) => void;
 /**
  * The approvals port: where approvals are kept, with no driver in sight. The approvals service,
  * the admin plane and the CLI depend on this; `approvals/backend.ts` chooses the implementation
- * (`approvals/sqlite/` today). Methods are asynchronous because a networked store is; every state
+ * (`approvals/sqlite/`, or `approvals/postgres/` for a fleet). Methods are asynchronous because a networked store is; every state
  * change is one conditional write, so two instances deciding the same approval cannot both win.
  */
 export interface ApprovalStore {
@@ -48,7 +48,10 @@ export interface ApprovalStore {
   consumeHeld(id: string, requestId: string, now: number): Promise<boolean>;
   /** consumed → approved again, by the request that consumed it (a rate limit refused it after all). */
   release(id: string, requestId: string): Promise<boolean>;
-  /** At start: held approvals of an earlier process can never be answered; they are aborted. */
+  /**
+   * At start: held approvals of an earlier process of this instance can never be answered; they
+   * are aborted. A shared store aborts only this instance's, never those another instance holds.
+   */
   abortHeld(reason: string, now: number): Promise<number>;
   countPending(now: number): Promise<number>;
   /** Records a link token as used; false if it already was. */

@@ -6,6 +6,7 @@ import { createLinkSigner, loadLinkKey } from './links.js';
 import { createNotifier, slackChannel, webhookChannel, type NotificationChannel, type Notifier } from './notify.js';
 import { createApprovalService, type ApprovalService } from './service.js';
 import { openApprovalBackend } from './backend.js';
+import { postgresUrlFor } from '../postgres.js';
 
 export interface ApprovalsOptions {
   readonly settings: ApprovalSettings | undefined;
@@ -26,14 +27,20 @@ export interface Approvals {
 }
 
 /**
- * Builds the approvals module from `gateway.approvals`: the store (see `backend.ts`), the
+ * Builds the approvals module from `gateway.approvals`: the store (see `backend.ts`; PostgreSQL
+ * when `gateway.approvals.backend` or `VALET_POSTGRES_URL` says so), the
  * notification channels (secrets read from the environment now, so a missing one stops start-up),
  * the link signer, and the service; marks held approvals of an earlier process aborted.
  */
 export async function createApprovals(o: ApprovalsOptions): Promise<Approvals> {
   const settings = o.settings ?? DEFAULT_APPROVAL_SETTINGS;
   const channels = notificationChannels(settings, o.env, o.environment);
-  const store = await openApprovalBackend({ dataDir: o.dataDir });
+  const store = await openApprovalBackend({
+    dataDir: o.dataDir,
+    postgresUrl: postgresUrlFor('gateway.approvals', settings.backend, settings.postgres.url, o.env),
+    env: o.env,
+    onError: (problem) => o.logger.error({ problem }, 'approvals: PostgreSQL connection problem'),
+  });
   try {
     const notifier = createNotifier(channels, { logger: o.logger });
     const service = createApprovalService({

@@ -1,4 +1,4 @@
-import { readFileSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { parseArgs, type ParseArgsConfig } from 'node:util';
 import { secretNames } from '../config/credential.js';
@@ -6,7 +6,7 @@ import { loadConfig } from '../config/load.js';
 import type { Config } from '../config/types.js';
 import { ValetError } from '../errors.js';
 import { parseMasterKey, type MasterKey } from '../secrets/crypto.js';
-import { openKeyedSecretBackend, openSecretBackend, secretBackendExists } from '../secrets/backend.js';
+import { openKeyedSecretBackend, openSecretBackend, secretBackendExists, secretBackendSettings, type SecretBackendSettings } from '../secrets/backend.js';
 import { GENERATED_KEY_FILE, readKeyFile, type ResolvedMasterKey } from '../secrets/master-key.js';
 import type { SecretInfo, SecretStore } from '../secrets/port.js';
 import { DEFAULT_SOURCES } from '../secrets/sources.js';
@@ -48,6 +48,18 @@ function parse(args: string[]) {
 
 const env = process.env;
 const dataDirOf = (v: Values): string => resolve(v.data ?? env['VALET_DATA'] ?? 'data');
+const configDirOf = (v: Values): string => v.config ?? env['VALET_CONFIG'] ?? 'policies';
+
+/**
+ * The store the gateway would use, for commands that need no master key (`rm`, `list`): the
+ * configuration's `gateway.secrets` backend when there is a configuration, and `VALET_POSTGRES_URL`
+ * in any case, so these never read a local file while the gateway uses PostgreSQL.
+ */
+function backendOf(values: Values): SecretBackendSettings {
+  const dir = configDirOf(values);
+  const config = existsSync(dir) ? loadConfig(dir, { environment: gatewayEnvironment(undefined, env) }) : undefined;
+  return secretBackendSettings(dataDirOf(values), config?.gateway.secrets, env);
+}
 const scope = (tenant: string | null): string => (tenant === null ? 'shared' : `tenant ${tenant}`);
 const say = (text: string): void => void process.stdout.write(`${text}\n`);
 const warn = (text: string): void => void process.stderr.write(`valet: warning: ${text}\n`);
@@ -103,7 +115,7 @@ export async function secretsCommand(args: string[]): Promise<void> {
     }
     case 'rm': {
       const name = onlyName();
-      const store = await openSecretBackend({ dataDir: dataDirOf(values) });
+      const store = await openSecretBackend(backendOf(values));
       try {
         await store.remove(name, tenant);
         say(`removed ${name} (${scope(tenant)}) and all its versions`);
@@ -115,7 +127,7 @@ export async function secretsCommand(args: string[]): Promise<void> {
     case 'list': {
       noPositionals();
       if (values.format !== 'table' && values.format !== 'json') throw new UsageError('--format must be table or json');
-      const backend = { dataDir: dataDirOf(values) };
+      const backend = backendOf(values);
       let rows: SecretInfo[] = [];
       if (await secretBackendExists(backend)) {
         const store = await openSecretBackend(backend);
@@ -177,9 +189,9 @@ export async function secretsCommand(args: string[]): Promise<void> {
  * the configuration (and VALET_ENV), which is why these commands read it.
  */
 async function openForWrite(values: Values): Promise<{ store: SecretStore; config: Config; resolved: ResolvedMasterKey }> {
-  const config = loadConfig(values.config ?? env['VALET_CONFIG'] ?? 'policies', { environment: gatewayEnvironment(undefined, env) });
+  const config = loadConfig(configDirOf(values), { environment: gatewayEnvironment(undefined, env) });
   const dataDir = dataDirOf(values);
-  const { store, resolved } = await openKeyedSecretBackend({ dataDir }, { env, environment: config.gateway.environment });
+  const { store, resolved } = await openKeyedSecretBackend(secretBackendSettings(dataDir, config.gateway.secrets, env), { env, environment: config.gateway.environment });
   if (resolved.created) warn(`generated a development master key in ${join(dataDir, GENERATED_KEY_FILE)} (mode 0600); set VALET_MASTER_KEY in production`);
   if (!(config.gateway.secrets?.sources ?? DEFAULT_SOURCES).some((s) => s.kind === 'store')) {
     warn('gateway.secrets.sources does not list store: the gateway will not read secrets set here');

@@ -361,7 +361,7 @@ function assemble(root: string, files: ParsedFile[], problems: Problems, options
       maxBodyBytes: g.max_body_bytes ?? 1_048_576,
       timezone,
       listener,
-      secrets: { sources: secretSources },
+      secrets: { sources: secretSources, backend: g.secrets?.backend ?? 'sqlite', postgres: { url: g.secrets?.postgres?.url } },
       approvals,
       policy: { requireRegisteredAgents: g.policy?.require_registered_agents ?? false },
       counters: {
@@ -529,6 +529,8 @@ function buildApprovalSettings(file: ParsedFile | undefined, raw: Raw, environme
   });
   if (!ok) return undefined;
   return {
+    backend: raw.backend ?? DEFAULT_APPROVAL_SETTINGS.backend,
+    postgres: { url: raw.postgres?.url },
     maxPendingPerAgent: raw.max_pending_per_agent ?? DEFAULT_APPROVAL_SETTINGS.maxPendingPerAgent,
     maxPendingPerTenant: raw.max_pending_per_tenant ?? DEFAULT_APPROVAL_SETTINGS.maxPendingPerTenant,
     links: { enabled: raw.links?.enabled ?? true, baseUrl: raw.links?.base_url },

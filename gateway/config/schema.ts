@@ -110,6 +110,12 @@ export const fileSchema = {
           type: 'object',
           additionalProperties: false,
           properties: {
+            backend: { enum: ['sqlite', 'postgres'] },
+            postgres: {
+              type: 'object',
+              additionalProperties: false,
+              properties: { url: { type: 'string', pattern: '^postgres(ql)?://' } },
+            },
             max_pending_per_agent: { type: 'integer', minimum: 1, maximum: 100_000 },
             max_pending_per_tenant: { type: 'integer', minimum: 1, maximum: 1_000_000 },
             links: {
@@ -148,6 +154,12 @@ export const fileSchema = {
           type: 'object',
           additionalProperties: false,
           properties: {
+            backend: { enum: ['sqlite', 'postgres'] },
+            postgres: {
+              type: 'object',
+              additionalProperties: false,
+              properties: { url: { type: 'string', pattern: '^postgres(ql)?://' } },
+            },
             sources: {
               type: 'array',
               minItems: 1,

@@ -15,7 +15,12 @@ export interface GatewaySettings {
    * Where upstream credentials come from, asked in this order. The loader always sets it; absent
    * (settings built in code) means the default, the store and then the environment.
    */
-  readonly secrets?: { readonly sources: readonly SecretSourceSetting[] };
+  readonly secrets?: {
+    readonly sources: readonly SecretSourceSetting[];
+    /** Where the `store` source keeps its ciphertexts; absent means `sqlite` (secrets.db). */
+    readonly backend?: StateBackend;
+    readonly postgres?: PostgresSetting;
+  };
   /** Human approvals of escalated requests. The loader always sets it; absent means the defaults. */
   readonly approvals?: ApprovalSettings;
   /** Rate limits, budgets and call history: in the data directory or in Redis. The loader always sets it; absent means {@link DEFAULT_COUNTERS}. */
@@ -112,8 +117,22 @@ export interface CounterSettings {
 
 export const DEFAULT_COUNTERS: CounterSettings = { backend: 'sqlite', redis: { url: undefined, prefix: 'valet:' }, failOpen: false };
 
-/** `gateway.approvals`: caps on waiting approvals, links in notifications, notification channels. */
+/**
+ * Where approvals or the secret store keep their state: `sqlite` in the data directory (one
+ * instance), or `postgres`, shared by every instance of a fleet. `VALET_POSTGRES_URL`, when set,
+ * overrides the URL and selects `postgres`.
+ */
+export type StateBackend = 'sqlite' | 'postgres';
+
+/** `<kind>.postgres`: the connection, `postgres://` or `postgresql://` (may carry `options=-c search_path=…`). */
+export interface PostgresSetting {
+  readonly url: string | undefined;
+}
+
+/** `gateway.approvals`: where approvals are kept, caps on waiting approvals, links in notifications, notification channels. */
 export interface ApprovalSettings {
+  readonly backend: StateBackend;
+  readonly postgres: PostgresSetting;
   readonly maxPendingPerAgent: number;
   readonly maxPendingPerTenant: number;
   /** Approve/deny links in notifications, pointing at `baseUrl` (default: the admin listener's URL). */
@@ -135,6 +154,8 @@ export interface ApprovalChannelSetting {
 }
 
 export const DEFAULT_APPROVAL_SETTINGS: ApprovalSettings = {
+  backend: 'sqlite',
+  postgres: { url: undefined },
   maxPendingPerAgent: 20,
   maxPendingPerTenant: 200,
   links: { enabled: true, baseUrl: undefined },

@@ -57,7 +57,7 @@ export interface SecretStoreOptions {
  * The secret store port: upstream credentials at rest, each version sealed with AES-256-GCM under
  * the master key (crypto.ts), which the caller holds and no implementation ever writes down. The
  * gateway, the admin plane and the CLI depend on this; `secrets/backend.ts` chooses the
- * implementation (`secrets/sqlite/` today).
+ * implementation (`secrets/sqlite/`, or `secrets/postgres/` for a fleet).
  *
  * Two sides: the request path reads `get`, a synchronous lookup in a decrypted in-memory snapshot;
  * the operations (CLI, admin API) are asynchronous, each write all or nothing. A write through

@@ -1,7 +1,7 @@
-import type { Environment, SecretSourceSetting } from '../config/types.js';
+import type { Environment, PostgresSetting, SecretSourceSetting, StateBackend } from '../config/types.js';
 import { envSecretSource } from './env.js';
 import { fileSecretSource } from './files.js';
-import { openKeyedSecretBackend } from './backend.js';
+import { openKeyedSecretBackend, secretBackendSettings } from './backend.js';
 import type { SecretStore } from './port.js';
 import { chainSources, type NamedSecretSource, type SecretSource } from './source.js';
 
@@ -13,6 +13,8 @@ export interface SecretSourcesOptions {
   /** Every secret the upstreams' credentials name (the environment source reads only these). */
   readonly names: readonly string[];
   readonly dataDir: string;
+  /** `gateway.secrets` backend choice (`VALET_POSTGRES_URL` overrides it); absent: SQLite. */
+  readonly backend?: { readonly backend?: StateBackend; readonly postgres?: PostgresSetting } | undefined;
   readonly env: NodeJS.ProcessEnv;
   readonly environment: Environment;
   readonly log: {
@@ -60,7 +62,7 @@ export async function createSecretSources(o: SecretSourcesOptions): Promise<Secr
 
 async function openGatewayStore(o: SecretSourcesOptions): Promise<SecretStore> {
   const { store, resolved } = await openKeyedSecretBackend(
-    { dataDir: o.dataDir },
+    secretBackendSettings(o.dataDir, o.backend, o.env),
     { env: o.env, environment: o.environment, usageFlushMs: 60_000, busyTimeoutMs: 250, log: o.log },
   );
   try {

@@ -10,6 +10,9 @@ import { mintAgentToken } from '../../gateway/auth/mint.js';
 import { loadConfig } from '../../gateway/config/load.js';
 import { CLI, listeningPort, runCli, spawnCli, type CliResult } from '../helpers/cli.js';
 import { expectNoStackTrace, sleep } from '../helpers/http.js';
+import { pgSchemas } from '../helpers/postgres.js';
+import { openSecretBackend } from '../../gateway/secrets/backend.js';
+import { generateMasterKeyText, parseMasterKey } from '../../gateway/secrets/crypto.js';
 import { headerValues, startFakeUpstream, type FakeUpstream } from '../helpers/upstream.js';
 
 const V = {
@@ -245,5 +248,58 @@ sys.exit(os.waitstatus_to_exitcode(status))
     const all = [...outputs.flatMap((o) => [o.stdout, o.stderr]), ...gatewayOutput].join('\n');
     expect(all).toContain('valet listening');
     for (const v of Object.values(V)) expect(all.includes(v), v).toBe(false);
+  });
+});
+
+/** The same commands against a fleet's store: `VALET_POSTGRES_URL` (or `gateway.secrets.backend`) reaches the CLI too. */
+describe('valet secrets on PostgreSQL', () => {
+  const pgs = pgSchemas();
+  let root: string;
+  let env: Record<string, string>;
+  let url: string;
+  const key = generateMasterKeyText();
+  const outputs: CliResult[] = [];
+  const valet = async (args: string[], input?: string, extraEnv: Record<string, string> = {}): Promise<CliResult> => {
+    const r = await runCli(args, { env: { ...env, ...extraEnv }, ...(input !== undefined && { input }) });
+    outputs.push(r);
+    expectNoStackTrace(r.stderr);
+    return r;
+  };
+
+  beforeAll(async () => {
+    root = mkdtempSync(join(tmpdir(), 'valet-secrets-cli-pg-'));
+    cpSync('policies', join(root, 'policies'), { recursive: true });
+    url = (await pgs.fresh()).url;
+    env = { VALET_CONFIG: join(root, 'policies'), VALET_DATA: join(root, 'data'), VALET_POSTGRES_URL: url, VALET_MASTER_KEY: key };
+  });
+  afterAll(async () => {
+    rmSync(root, { recursive: true, force: true });
+    await pgs.dropAll();
+  });
+
+  it('set, rotate, list and rm go to the shared store; no local file and no generated key', async () => {
+    const noKey = await valet(['secrets', 'set', 'ECHO_API_KEY'], `${V.shared}\n`, { VALET_MASTER_KEY: '' });
+    expect(noKey.code).not.toBe(0);
+    expect(noKey.stderr).toContain('VALET_ERR_MASTER_KEY');
+    expect(noKey.stderr).toContain('shared by every instance');
+    expect(existsSync(join(root, 'data', 'master-key'))).toBe(false);
+
+    expect((await valet(['secrets', 'set', 'ECHO_API_KEY'], `${V.shared}\n`)).stdout).toBe('set ECHO_API_KEY (shared), version 1\n');
+    expect((await valet(['secrets', 'rotate', 'ECHO_API_KEY'], V.rotated)).stdout).toContain('to version 2');
+    const listed = await valet(['secrets', 'list', '--format', 'json']);
+    expect(JSON.parse(listed.stdout)).toMatchObject([{ name: 'ECHO_API_KEY', tenant: null, version: 2 }]);
+    expect(existsSync(join(root, 'data', 'secrets.db'))).toBe(false);
+
+    // What an instance of the fleet reads.
+    const store = await openSecretBackend({ dataDir: join(root, 'data'), postgresUrl: url }, { key: parseMasterKey(key, 'test') });
+    try {
+      expect(store.get('ECHO_API_KEY', undefined)).toBe(V.rotated);
+    } finally {
+      await store.close();
+    }
+    expect((await valet(['secrets', 'rm', 'ECHO_API_KEY'])).code).toBe(0);
+    expect(JSON.parse((await valet(['secrets', 'list', '--format', 'json'])).stdout)).toEqual([]);
+    const all = outputs.flatMap((o) => [o.stdout, o.stderr]).join('\n');
+    for (const v of [V.shared, V.rotated, key]) expect(all.includes(v), v).toBe(false);
   });
 });

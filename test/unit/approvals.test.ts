@@ -4,14 +4,17 @@ import { mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pino } from 'pino';
-import { afterEach, describe, expect, it } from 'vitest';
+import pg from 'pg';
+import { afterAll, afterEach, describe, expect, it } from 'vitest';
 import { requestDigest, type DigestInput } from '../../gateway/approvals/digest.js';
 import { createLinkSigner, LINK_KEY_FILE, loadLinkKey } from '../../gateway/approvals/links.js';
 import { createNotifier, signWebhook, slackMessage, type ApprovalNotice, type Delivery, type NotificationChannel } from '../../gateway/approvals/notify.js';
 import { redactArgs } from '../../gateway/approvals/redact.js';
-import { APPROVAL_ID, createApprovalService, type ApprovalService, type ParkInput } from '../../gateway/approvals/service.js';
+import { APPROVAL_ID, createApprovalService, newApprovalId, type ApprovalService, type ParkInput } from '../../gateway/approvals/service.js';
 import type { ApprovalStore } from '../../gateway/approvals/port.js';
-import { openSqliteApprovalStore } from '../../gateway/approvals/sqlite/store.js';
+import { instanceId, openApprovalBackend, type ApprovalBackendSettings } from '../../gateway/approvals/backend.js';
+import { PG_BASE_URL, pgSchemas } from '../helpers/postgres.js';
+import { postgresUrlFor } from '../../gateway/postgres.js';
 import type { ApprovalRecord } from '../../gateway/approvals/types.js';
 import { loadConfig } from '../../gateway/config/load.js';
 import { ConfigError, type ValetError } from '../../gateway/errors.js';
@@ -184,13 +187,22 @@ describe('link tokens', () => {
   });
 });
 
-describe('approval service and store', () => {
+const pgs = pgSchemas();
+afterAll(() => pgs.dropAll());
+
+/** Each backend of the port: the same cases run against both (PostgreSQL in a fresh schema). */
+const backends: { name: 'sqlite' | 'postgres'; place(): Promise<ApprovalBackendSettings> }[] = [
+  { name: 'sqlite', place: async () => ({ dataDir: tmp() }) },
+  { name: 'postgres', place: async () => ({ dataDir: tmp(), postgresUrl: (await pgs.fresh()).url }) },
+];
+
+describe.each(backends)('approval service and store ($name)', (b) => {
   let store: ApprovalStore;
   let service: ApprovalService;
   let clock = 1_000_000;
   const notices: ApprovalNotice[] = [];
-  const make = (limits = { perAgent: 2, perTenant: 3 }): void => {
-    store = openSqliteApprovalStore(tmp());
+  const make = async (limits = { perAgent: 2, perTenant: 3 }): Promise<void> => {
+    store = await openApprovalBackend(await b.place());
     notices.length = 0;
     service = createApprovalService({
       store,
@@ -237,7 +249,7 @@ describe('approval service and store', () => {
   };
 
   it('parks with an unguessable id, notifies with links, and caps pending per agent and per tenant', async () => {
-    make();
+    await make();
     const a = await service.park(input());
     expect(a.id).toMatch(APPROVAL_ID);
     expect(a).toMatchObject({ status: 'pending', createdAt: clock, expiresAt: clock + 10_000 });
@@ -258,7 +270,7 @@ describe('approval service and store', () => {
   });
 
   it('one decision wins: approve, deny and expire are conditional', async () => {
-    make();
+    await make();
     const a = await service.park(input());
     expect((await service.decide(a.id, 'approve', 'fiona', 'ok')).status).toBe('approved');
     expect(await code(service.decide(a.id, 'deny', 'otto', 'no'))).toBe('VALET_ERR_APPROVAL_RESOLVED');
@@ -275,7 +287,7 @@ describe('approval service and store', () => {
   });
 
   it('redeem executes once, only for the same agent, tenant, user, digest, rule and group', async () => {
-    make();
+    await make();
     const a = await service.park(input());
     expect(await code(service.redeem(a.id, binding(a), 'req-2'))).toBe('VALET_ERR_APPROVAL_PENDING');
     await service.decide(a.id, 'approve', 'fiona', null);
@@ -292,7 +304,7 @@ describe('approval service and store', () => {
   });
 
   it('an approved async approval must be executed within its timeout; denied ones say why', async () => {
-    make();
+    await make();
     const a = await service.park(input());
     clock += 9_000;
     await service.decide(a.id, 'approve', 'fiona', null);
@@ -309,7 +321,7 @@ describe('approval service and store', () => {
   });
 
   it('hold: waiters wake on decision, on expiry and on hang-up; close() aborts the rest', async () => {
-    make();
+    await make();
     const signal = (): EventEmitter & { aborted: boolean } => Object.assign(new EventEmitter(), { aborted: false });
     const s1 = signal();
     const h1 = await service.park(input({ mode: 'hold' }));
@@ -337,7 +349,7 @@ describe('approval service and store', () => {
   });
 
   it('hold: a decision made through another client of the store wakes the held request (the port announces it)', async () => {
-    make();
+    await make();
     const held: string[] = [];
     const stop = store.onSettled((id) => held.push(id));
     // A second service on the same store stands in for another instance's admin plane.
@@ -367,7 +379,7 @@ describe('approval service and store', () => {
   });
 
   it('hold: the timeout expires a waiting request (real timers)', async () => {
-    store = openSqliteApprovalStore(tmp());
+    store = await openApprovalBackend(await b.place());
     service = createApprovalService({ store, limits: { perAgent: 5, perTenant: 5 }, logger: silent, notifier: { notify: () => {}, inFlight: 0, close: async () => {} } });
     const h = await service.park(input({ mode: 'hold', timeoutMs: 50 }));
     const started = Date.now();
@@ -377,13 +389,13 @@ describe('approval service and store', () => {
   });
 
   it('start() aborts held approvals a previous process left pending; async ones stay', async () => {
-    const dir = tmp();
-    const first = openSqliteApprovalStore(dir);
+    const place = await b.place();
+    const first = await openApprovalBackend(place);
     const s1 = createApprovalService({ store: first, limits: { perAgent: 5, perTenant: 5 }, logger: silent, notifier: { notify: () => {}, inFlight: 0, close: async () => {} } });
     const held = await s1.park(input({ mode: 'hold' }));
     const queued = await s1.park(input({ mode: 'async' }));
     await first.close();
-    store = openSqliteApprovalStore(dir);
+    store = await openApprovalBackend(place);
     service = createApprovalService({ store, limits: { perAgent: 5, perTenant: 5 }, logger: silent, notifier: { notify: () => {}, inFlight: 0, close: async () => {} } });
     await service.start();
     expect(await store.get(held.id)).toMatchObject({ status: 'aborted', resolutionReason: 'the gateway restarted while the request was held' });
@@ -391,7 +403,7 @@ describe('approval service and store', () => {
   });
 
   it('a link is used once', async () => {
-    make();
+    await make();
     const a = await service.park(input());
     const token = (notices[0]?.links?.approve ?? '').split('/approvals/link/')[1] as string;
     const claims = service.link(token);
@@ -400,6 +412,163 @@ describe('approval service and store', () => {
     expect(await code(service.useLink(claims, 'fiona'))).toBe('VALET_ERR_APPROVAL_LINK_INVALID');
   });
 });
+
+describe('approvals on PostgreSQL: several instances on one database', () => {
+  const open: ApprovalStore[] = [];
+  afterEach(async () => {
+    for (const s of open.splice(0)) await s.close();
+  });
+  /** Two instances: each its own data directory (so its own instance id), one schema. */
+  const fleet = async (): Promise<{ url: string; a: ApprovalStore; b: ApprovalStore; aDir: string; bDir: string }> => {
+    const { url } = await pgs.fresh();
+    const aDir = tmp();
+    const bDir = tmp();
+    const a = await openApprovalBackend({ dataDir: aDir, postgresUrl: url });
+    const b = await openApprovalBackend({ dataDir: bDir, postgresUrl: url });
+    open.push(a, b);
+    return { url, a, b, aDir, bDir };
+  };
+  const now = (): number => Date.now();
+  const record = (o: Partial<ApprovalRecord> = {}): ApprovalRecord => ({
+    id: newApprovalId(),
+    requestId: 'req-1',
+    mode: 'async',
+    status: 'pending',
+    agent: 'bot',
+    tenant: 'acme',
+    user: null,
+    upstream: 'pay',
+    tool: null,
+    method: 'POST',
+    path: '/v1/x',
+    args: { a: 1 },
+    argsNote: null,
+    rule: 'r1',
+    reason: 'because',
+    group: 'finance',
+    timeoutMs: 60_000,
+    createdAt: now(),
+    expiresAt: now() + 60_000,
+    digest: 'd'.repeat(64),
+    resolver: null,
+    resolutionReason: null,
+    resolvedAt: null,
+    consumedAt: null,
+    consumedRequestId: null,
+    policyVersion: 'v1',
+    ...o,
+  });
+  const bindingOf = (r: ApprovalRecord) => ({ agent: r.agent, tenant: r.tenant, user: r.user, digest: r.digest, rule: r.rule, group: r.group });
+  const quiet = { notify: () => {}, inFlight: 0, close: async () => {} };
+
+  it('instances starting together on an empty schema migrate it once (advisory lock); a newer schema is refused', async () => {
+    const { schema, url } = await pgs.fresh();
+    const started = await Promise.all([tmp(), tmp(), tmp(), tmp()].map((dataDir) => openApprovalBackend({ dataDir, postgresUrl: url })));
+    open.push(...started);
+    expect((await pgs.query(schema, 'SELECT version FROM approvals_schema_version')).rows).toEqual([{ version: 1 }]);
+    await pgs.query(schema, 'UPDATE approvals_schema_version SET version = 99');
+    await expect(openApprovalBackend({ dataDir: tmp(), postgresUrl: url })).rejects.toThrow(/written by a newer Valet \(schema 99\)/);
+  });
+
+  it('the pending limits hold when both instances insert at once', async () => {
+    const { a, b } = await fleet();
+    const limits = { perAgent: 3, perTenant: 5 };
+    const agent = await Promise.all(Array.from({ length: 12 }, (_, i) => (i % 2 ? a : b).insert(record(), limits, now())));
+    expect(agent.filter((r) => r.ok)).toHaveLength(3);
+    expect(agent.find((r) => !r.ok)).toMatchObject({ ok: false, scope: 'agent', limit: 3 });
+    const tenant = await Promise.all(Array.from({ length: 12 }, (_, i) => (i % 2 ? a : b).insert(record({ agent: `bot${i}` }), limits, now())));
+    expect(tenant.filter((r) => r.ok)).toHaveLength(2);
+    expect(await a.countPending(now())).toBe(5);
+  });
+
+  it('a decision, an async approval and a link are each used exactly once when the instances race', async () => {
+    const { a, b } = await fleet();
+    const limits = { perAgent: 50, perTenant: 50 };
+    for (let round = 0; round < 5; round++) {
+      const r = record();
+      await a.insert(r, limits, now());
+      const decided = await Promise.all([a.decide(r.id, 'approved', 'fiona', null, now()), b.decide(r.id, 'denied', 'otto', null, now())]);
+      expect(decided.filter(Boolean)).toHaveLength(1);
+      const status = (await b.get(r.id))?.status;
+      if (status !== 'approved') continue;
+      const consumed = await Promise.all([a.consumeAsync(r.id, bindingOf(r), 'req-a', now()), b.consumeAsync(r.id, bindingOf(r), 'req-b', now())]);
+      expect(consumed.filter(Boolean)).toHaveLength(1);
+      expect((await a.get(r.id))?.status).toBe('consumed');
+    }
+    const r = record();
+    await a.insert(r, limits, now());
+    await b.decide(r.id, 'approved', 'fiona', null, now());
+    const consumed = await Promise.all(Array.from({ length: 8 }, (_, i) => (i % 2 ? a : b).consumeAsync(r.id, bindingOf(r), `req-${i}`, now())));
+    expect(consumed.filter(Boolean)).toHaveLength(1);
+    const links = await Promise.all(Array.from({ length: 8 }, (_, i) => (i % 2 ? a : b).useLink('nonce-1', r.id, 'approve', `u${i}`, now())));
+    expect(links.filter(Boolean)).toHaveLength(1);
+  });
+
+  it('a decision through one instance is announced to the other (NOTIFY), once', async () => {
+    const { a, b } = await fleet();
+    const heardB: string[] = [];
+    const heardA: string[] = [];
+    b.onSettled((id) => heardB.push(id));
+    a.onSettled((id) => heardA.push(id));
+    const r = record({ mode: 'hold' });
+    await b.insert(r, { perAgent: 5, perTenant: 5 }, now());
+    await a.decide(r.id, 'approved', 'fiona', null, now());
+    await waitFor(() => heardB.length === 1 && heardA.length === 1);
+    expect(heardB).toEqual([r.id]);
+    expect(heardA).toEqual([r.id]);
+  });
+
+  it('a restart aborts only the held approvals of the restarting instance', async () => {
+    const { url, a, b, aDir } = await fleet();
+    const limits = { perAgent: 5, perTenant: 5 };
+    const heldOnA = record({ mode: 'hold' });
+    const heldOnB = record({ mode: 'hold' });
+    const asyncOnA = record();
+    await a.insert(heldOnA, limits, now());
+    await a.insert(asyncOnA, limits, now());
+    await b.insert(heldOnB, limits, now());
+    await a.close();
+    open.splice(open.indexOf(a), 1);
+    const restarted = await openApprovalBackend({ dataDir: aDir, postgresUrl: url });
+    open.push(restarted);
+    const service = createApprovalService({ store: restarted, limits, logger: silent, notifier: quiet });
+    await service.start();
+    await service.close();
+    expect((await b.get(heldOnA.id))?.status).toBe('aborted');
+    expect((await b.get(heldOnB.id))?.status).toBe('pending');
+    expect((await b.get(asyncOnA.id))?.status).toBe('pending');
+    expect(instanceId(aDir)).toMatch(/^vi_/);
+  });
+
+  it('the LISTEN connection comes back after it is cut, and a decision made meanwhile still wakes the held request', async () => {
+    const { a, b, bDir } = await fleet();
+    const limits = { perAgent: 5, perTenant: 5 };
+    const onB = createApprovalService({ store: b, limits, logger: silent, notifier: quiet });
+    const h = await onB.park({ ...record({ mode: 'hold' }) });
+    const waiting = onB.waitForDecision(h.id, Object.assign(new EventEmitter(), { aborted: false }));
+    // Cut instance B's LISTEN connection, and decide before it can be back.
+    const admin = new pg.Client({ connectionString: PG_BASE_URL });
+    await admin.connect();
+    try {
+      const cut = await admin.query('SELECT pg_terminate_backend(pid) AS ok FROM pg_stat_activity WHERE application_name = $1', [`valet-approvals-listen:${instanceId(bDir)}`]);
+      expect(cut.rows).toEqual([{ ok: true }]);
+    } finally {
+      await admin.end();
+    }
+    expect(await a.decide(h.id, 'approved', 'fiona', null, now())).toBe(true);
+    expect((await waiting).status).toBe('approved');
+    expect(await onB.take(h.id, 'req-1')).toBe(true);
+    await onB.close();
+  });
+});
+
+async function waitFor(pred: () => boolean): Promise<void> {
+  const deadline = Date.now() + 5_000;
+  while (!pred()) {
+    if (Date.now() > deadline) throw new Error('condition not met in time');
+    await new Promise((r) => setTimeout(r, 5));
+  }
+}
 
 describe('notifier', () => {
   const approval = { id: 'apr_x', group: 'finance' } as ApprovalRecord;
@@ -540,6 +709,8 @@ upstreams:
 `,
     );
     expect(c.gateway.approvals).toEqual({
+      backend: 'sqlite',
+      postgres: { url: undefined },
       maxPendingPerAgent: 5,
       maxPendingPerTenant: 200,
       links: { enabled: true, baseUrl: 'https://valet-admin.example.com' },
@@ -549,6 +720,36 @@ upstreams:
       ],
     });
     expect(c.rules[0]?.approval).toEqual({ group: 'finance', mode: 'hold', timeoutMs: 60_000, redact: ['card.number', 'items.*.iban'] });
+  });
+
+  it('chooses where approvals and secrets are kept: the configured backend, with VALET_POSTGRES_URL overriding and selecting PostgreSQL', () => {
+    const c = load(
+      `gateway:
+  approvals: { backend: postgres, postgres: { url: "postgres://valet@db.internal:5432/valet" } }
+  secrets: { backend: sqlite }
+`,
+      'rules: []\n',
+    );
+    expect(c.gateway.approvals).toMatchObject({ backend: 'postgres', postgres: { url: 'postgres://valet@db.internal:5432/valet' } });
+    expect(postgresUrlFor('gateway.approvals', c.gateway.approvals?.backend, c.gateway.approvals?.postgres.url, {})).toBe('postgres://valet@db.internal:5432/valet');
+    expect(postgresUrlFor('gateway.secrets', c.gateway.secrets?.backend, c.gateway.secrets?.postgres?.url, {})).toBeUndefined();
+    const fleet = { VALET_POSTGRES_URL: 'postgresql://valet:pw-9f3a@db.fleet:5432/valet' };
+    expect(postgresUrlFor('gateway.approvals', c.gateway.approvals?.backend, c.gateway.approvals?.postgres.url, fleet)).toBe(fleet.VALET_POSTGRES_URL);
+    expect(postgresUrlFor('gateway.secrets', c.gateway.secrets?.backend, c.gateway.secrets?.postgres?.url, fleet)).toBe(fleet.VALET_POSTGRES_URL);
+    // postgres without a URL, or a URL of another kind: refused at start, without echoing the value.
+    expect(() => postgresUrlFor('gateway.secrets', 'postgres', undefined, {})).toThrow(/gateway\.secrets\.postgres\.url: the postgres backend needs a postgres:\/\/ URL/);
+    const bad = (() => {
+      try {
+        postgresUrlFor('gateway.approvals', 'sqlite', undefined, { VALET_POSTGRES_URL: 'mysql://u:pw-7c1e@h/db' });
+      } catch (err) {
+        return err as ConfigError;
+      }
+      return undefined;
+    })();
+    expect(bad).toBeInstanceOf(ConfigError);
+    expect(bad?.message).not.toContain('pw-7c1e');
+    expect(problems('gateway:\n  approvals: { backend: redis }\n')[0]).toMatch(/gateway\.approvals\.backend/);
+    expect(problems('gateway:\n  secrets: { postgres: { url: "http://db" } }\n')[0]).toMatch(/gateway\.secrets\.postgres\.url/);
   });
 
   it('refuses incomplete or unsafe channels', () => {

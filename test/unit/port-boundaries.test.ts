@@ -4,8 +4,8 @@ import { fileURLToPath } from 'node:url';
 import { describe, expect, it } from 'vitest';
 
 /**
- * The admin plane and the CLI depend on the approvals and secrets ports, never on a driver: a
- * second implementation (PostgreSQL) is chosen in `approvals/backend.ts` / `secrets/backend.ts`
+ * The admin plane and the CLI depend on the approvals and secrets ports, never on a driver: the
+ * implementation (SQLite or PostgreSQL) is chosen in `approvals/backend.ts` / `secrets/backend.ts`
  * without touching them. These checks read the import specifiers of every file under
  * gateway/admin and gateway/cli.
  */
@@ -14,8 +14,11 @@ const ROOT = fileURLToPath(new URL('../..', import.meta.url));
 const GATEWAY = join(ROOT, 'gateway');
 const CONSUMERS = ['admin', 'cli'].map((d) => join(GATEWAY, d));
 /** Implementations a consumer reaches only through a backend factory. */
-const IMPLEMENTATIONS = ['approvals/sqlite', 'secrets/sqlite'].map((d) => join(GATEWAY, d));
-const DRIVER_HELPER = join(GATEWAY, 'sqlite.ts');
+const IMPLEMENTATIONS = ['approvals/sqlite', 'secrets/sqlite', 'approvals/postgres', 'secrets/postgres'].map((d) => join(GATEWAY, d));
+const DRIVER_HELPERS = new Map([
+  [join(GATEWAY, 'sqlite.ts'), 'the SQLite helper (gateway/sqlite.ts)'],
+  [join(GATEWAY, 'postgres.ts'), 'the PostgreSQL helper (gateway/postgres.ts)'],
+]);
 
 /** Every module specifier in `text`: static imports and re-exports (also type-only, also multi-line) and dynamic `import()`. */
 function specifiers(text: string): string[] {
@@ -29,9 +32,11 @@ function specifiers(text: string): string[] {
 /** Why `specifier`, imported by `file`, breaks the boundary; undefined when it does not. */
 function violation(file: string, specifier: string): string | undefined {
   if (specifier === 'better-sqlite3' || specifier.startsWith('better-sqlite3/')) return 'imports the SQLite driver';
+  if (specifier === 'pg' || specifier.startsWith('pg/')) return 'imports the PostgreSQL driver';
   if (!specifier.startsWith('.')) return undefined;
   const target = resolve(dirname(file), specifier).replace(/\.js$/, '.ts');
-  if (target === DRIVER_HELPER) return 'imports the SQLite helper (gateway/sqlite.ts)';
+  const helper = DRIVER_HELPERS.get(target);
+  if (helper !== undefined) return `imports ${helper}`;
   const impl = IMPLEMENTATIONS.find((d) => target === d || target.startsWith(`${d}/`));
   return impl === undefined ? undefined : `imports ${relative(GATEWAY, impl)}/ instead of going through its backend factory`;
 }
@@ -50,7 +55,7 @@ function violations(file: string, text: string): string[] {
 }
 
 describe('port boundaries: admin plane and CLI', () => {
-  it('no file under gateway/admin or gateway/cli imports better-sqlite3, gateway/sqlite.ts, or an approvals/secrets sqlite/ module', () => {
+  it('no file under gateway/admin or gateway/cli imports a driver (better-sqlite3, pg), its helper, or an approvals/secrets sqlite/ or postgres/ module', () => {
     const all = CONSUMERS.flatMap(files);
     expect(all.length).toBeGreaterThan(10);
     expect(all.flatMap((f) => violations(f, readFileSync(f, 'utf8')))).toEqual([]);
@@ -66,12 +71,16 @@ describe('port boundaries: admin plane and CLI', () => {
       "const m = await import('../secrets/sqlite/store.js');",
       "import '../approvals/sqlite/store.js';",
       "import { openPrivateDatabase } from '../sqlite.js';",
+      "import pg from 'pg';",
+      "import { openPgPool } from '../postgres.js';",
+      "import { openPgApprovalStore } from '../approvals/postgres/store.js';",
+      "export type { SECRETS_CHANNEL } from '../secrets/postgres/store.js';",
       // Allowed: the ports and the factories.
       "import type { ApprovalStore } from '../approvals/port.js';",
       "import { openSecretBackend } from '../secrets/backend.js';",
       "import { readFileSync } from 'node:fs';",
     ].join('\n');
-    expect(violations(file, text)).toHaveLength(7);
+    expect(violations(file, text)).toHaveLength(11);
     expect(violations(join(GATEWAY, 'cli', 'x.ts'), "import { x } from '../approvals/backend.js';")).toEqual([]);
   });
 });

@@ -3,7 +3,8 @@ import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, wr
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import Database from 'better-sqlite3';
-import { afterEach, describe, expect, it } from 'vitest';
+import pg from 'pg';
+import { afterAll, afterEach, describe, expect, it } from 'vitest';
 import { loadConfig } from '../../gateway/config/load.js';
 import { ConfigError, ValetError, type ErrorCode } from '../../gateway/errors.js';
 import { masterKeyFromBytes, open, type MasterKey } from '../../gateway/secrets/crypto.js';
@@ -11,7 +12,8 @@ import { envSecretSource } from '../../gateway/secrets/env.js';
 import { fileSecretSource } from '../../gateway/secrets/files.js';
 import { GENERATED_KEY_FILE, resolveMasterKey } from '../../gateway/secrets/master-key.js';
 import { chainSources } from '../../gateway/secrets/source.js';
-import { openSecretBackend } from '../../gateway/secrets/backend.js';
+import { openSecretBackend, type SecretBackendSettings } from '../../gateway/secrets/backend.js';
+import { pgSchemas } from '../helpers/postgres.js';
 import type { SecretStore, SecretStoreOptions, SnapshotStats } from '../../gateway/secrets/port.js';
 import { SECRETS_FILE } from '../../gateway/secrets/sqlite/store.js';
 import { parseSecretsFile } from '../../gateway/secrets/validate.js';
@@ -31,10 +33,73 @@ function tempDir(): string {
 
 const newKey = (): MasterKey => masterKeyFromBytes(randomBytes(32));
 
-async function store(dir: string, key: MasterKey | undefined, extra: SecretStoreOptions = {}): Promise<SecretStore> {
-  const s = await openSecretBackend({ dataDir: dir }, { key, ...extra });
+async function store(place: string | SecretBackendSettings, key: MasterKey | undefined, extra: SecretStoreOptions = {}): Promise<SecretStore> {
+  const s = await openSecretBackend(typeof place === 'string' ? { dataDir: place } : place, { key, ...extra });
   stores.push(s);
   return s;
+}
+
+/** Direct access to a backend's tables, to tamper with ciphertexts as an attacker with the database would. */
+interface Raw {
+  all(sql: string, params?: unknown[]): Promise<Record<string, unknown>[]>;
+  run(sql: string, params?: unknown[]): Promise<void>;
+}
+
+/** Each backend of the port: the same cases run against both (PostgreSQL in a fresh schema per store). */
+interface Backend {
+  readonly name: 'sqlite' | 'postgres';
+  place(): Promise<SecretBackendSettings>;
+  raw(place: SecretBackendSettings): Raw;
+}
+
+const pgs = pgSchemas();
+afterAll(() => pgs.dropAll());
+
+const backends: Backend[] = [
+  {
+    name: 'sqlite',
+    place: async () => ({ dataDir: tempDir() }),
+    raw: (place) => {
+      const run = <T>(fn: (db: Database.Database) => T): T => {
+        const db = new Database(join(place.dataDir, SECRETS_FILE));
+        try {
+          return fn(db);
+        } finally {
+          db.close();
+        }
+      };
+      return {
+        all: async (sql, params = []) => run((db) => db.prepare(sql).all(...params) as Record<string, unknown>[]),
+        run: async (sql, params = []) => void run((db) => db.prepare(sql).run(...params)),
+      };
+    },
+  },
+  {
+    name: 'postgres',
+    place: async () => ({ dataDir: tempDir(), postgresUrl: (await pgs.fresh()).url }),
+    raw: (place) => {
+      const query = async (sql: string, params: unknown[]): Promise<Record<string, unknown>[]> => {
+        const c = new pg.Client({ connectionString: place.postgresUrl });
+        await c.connect();
+        try {
+          let n = 0;
+          return (await c.query(sql.replace(/\?/g, () => `$${++n}`), params)).rows;
+        } finally {
+          await c.end();
+        }
+      };
+      return { all: (sql, params = []) => query(sql, params), run: async (sql, params = []) => void (await query(sql, params)) };
+    },
+  },
+];
+
+/** Polls (up to 5 s) until `pred` holds: another instance's change arrives asynchronously. */
+async function eventually(pred: () => boolean): Promise<void> {
+  const deadline = Date.now() + 5_000;
+  while (!pred()) {
+    if (Date.now() > deadline) throw new Error('condition not met in time');
+    await new Promise((r) => setTimeout(r, 10));
+  }
 }
 
 async function codeOf(fn: () => unknown): Promise<ErrorCode | undefined> {
@@ -64,10 +129,9 @@ function capture(): { lines: string[]; log: { warn(o: object, m: string): void; 
   return { lines, log: { warn: push, error: push } };
 }
 
-describe('secret store: operations', async () => {
+describe.each(backends)('secret store ($name): operations', (b) => {
   it('set, get, list, rotate, remove — list never shows a value', async () => {
-    const dir = tempDir();
-    const s = await store(dir, newKey(), { refreshMs: 0 });
+    const s = await store(await b.place(), newKey(), { refreshMs: 0 });
     expect(await s.isEmpty()).toBe(true);
     const created = await s.set('OPENAI_API_KEY', null, 'sk-one');
     expect(created).toMatchObject({ name: 'OPENAI_API_KEY', tenant: null, version: 1, rotatedAt: null, lastUsedAt: null });
@@ -89,7 +153,7 @@ describe('secret store: operations', async () => {
   });
 
   it('looks up the tenant\'s own secret, else the shared one, never another tenant\'s', async () => {
-    const s = await store(tempDir(), newKey(), { refreshMs: 0 });
+    const s = await store(await b.place(), newKey(), { refreshMs: 0 });
     await s.set('API_KEY', 'acme', 'acme-value');
     await s.set('API_KEY', 'globex', 'globex-value');
     await s.set('ONLY_TENANT', 'acme', 'acme-only');
@@ -110,7 +174,7 @@ describe('secret store: operations', async () => {
   });
 
   it('refuses values with CR, LF, NUL or other control characters, and writes nothing', async () => {
-    const s = await store(tempDir(), newKey(), { refreshMs: 0 });
+    const s = await store(await b.place(), newKey(), { refreshMs: 0 });
     for (const bad of ['a\r\nInjected: 1', 'a\nb', 'a\rb', 'a\0b', 'a\x1bb', 'a\x7fb', '']) {
       const err = await errorOf(() => s.set('K', null, bad));
       expect(err.code).toBe('VALET_ERR_SECRET_INVALID');
@@ -125,7 +189,7 @@ describe('secret store: operations', async () => {
   });
 
   it('refuses bad names, reserved VALET_* names and bad tenants', async () => {
-    const s = await store(tempDir(), newKey());
+    const s = await store(await b.place(), newKey());
     for (const name of ['', '1ABC', 'A-B', '../x', 'A B', 'a'.repeat(129), 'VALET_MASTER_KEY']) {
       expect(await codeOf(() => s.set(name, null, 'v'))).toBe('VALET_ERR_SECRET_INVALID');
     }
@@ -133,7 +197,7 @@ describe('secret store: operations', async () => {
     expect(await s.list()).toEqual([]);
   });
 
-  it('keeps the database file mode 0600 and never writes a value in plain text', async () => {
+  it.runIf(b.name === 'sqlite')('keeps the database file mode 0600 and never writes a value in plain text', async () => {
     const dir = tempDir();
     const s = await store(dir, newKey());
     await s.set('PLAIN_CHECK', 'acme', 'plaintext-marker-8d1f');
@@ -144,9 +208,26 @@ describe('secret store: operations', async () => {
       expect(readFileSync(join(dir, f)).includes('plaintext-marker'), f).toBe(false);
     }
   });
+
+  it.runIf(b.name === 'postgres')('never writes a value or the master key to the database, only ciphertexts and the key check value', async () => {
+    const place = await b.place();
+    const key = newKey();
+    const s = await store(place, key);
+    await s.set('PLAIN_CHECK', 'acme', 'plaintext-marker-8d1f');
+    await s.rotate('PLAIN_CHECK', 'acme', 'plaintext-marker-9e2a');
+    const raw = b.raw(place);
+    const dump = JSON.stringify([
+      ...(await raw.all('SELECT * FROM secrets')),
+      ...(await raw.all("SELECT encode(nonce, 'hex') AS n, encode(ciphertext, 'escape') AS c, encode(tag, 'hex') AS t FROM secret_versions")),
+      ...(await raw.all("SELECT key, encode(value, 'hex') AS v FROM secrets_meta")),
+    ]);
+    expect(dump).not.toContain('plaintext-marker');
+    expect(dump).toContain(key.check.toString('hex'));
+    expect(await raw.all('SELECT version FROM secret_versions ORDER BY version')).toEqual([{ version: 1 }, { version: 2 }]);
+  });
 });
 
-describe('secret store: import', async () => {
+describe.each(backends)('secret store ($name): import', (b) => {
   const FILE = `# comment
 OPENAI_API_KEY=sk-proj-1
 
@@ -182,7 +263,7 @@ VALET_DEV_SIGNING_KEY=skipped-not-an-upstream-credential\r
   });
 
   it('creates, rotates and leaves equal values alone, all in one transaction', async () => {
-    const s = await store(tempDir(), newKey(), { refreshMs: 0 });
+    const s = await store(await b.place(), newKey(), { refreshMs: 0 });
     await s.set('OPENAI_API_KEY', null, 'sk-proj-1');
     await s.set('GITHUB_TOKEN', null, 'old');
     const r = await s.importText(FILE, null);
@@ -192,72 +273,74 @@ VALET_DEV_SIGNING_KEY=skipped-not-an-upstream-credential\r
   });
 
   it('writes nothing when any line is bad', async () => {
-    const s = await store(tempDir(), newKey());
+    const s = await store(await b.place(), newKey());
     await s.set('EXISTING', 'acme', 'v1');
     expect(await codeOf(() => s.importText('EXISTING=v2\nNEW_ONE=x\nBAD=a\nb\n', 'acme'))).toBe('VALET_ERR_SECRET_INVALID');
     expect((await s.list()).map((i) => [i.name, i.version])).toEqual([['EXISTING', 1]]);
   });
 });
 
-describe('secret store: master key', async () => {
+describe.each(backends)('secret store ($name): master key', (b) => {
   it('refuses a wrong key once the store holds secrets; an empty store takes any key', async () => {
-    const dir = tempDir();
+    const place = await b.place();
     const k1 = newKey();
     const k2 = newKey();
-    await (await openSecretBackend({ dataDir: dir }, { key: k2 })).close();
-    const s = await store(dir, k1);
+    await (await openSecretBackend(place, { key: k2 })).close();
+    const s = await store(place, k1);
     await s.set('K', null, 'v');
     await s.close();
-    const err = await errorOf(() => openSecretBackend({ dataDir: dir }, { key: k2 }));
+    const err = await errorOf(() => openSecretBackend(place, { key: k2 }));
     expect(err.code).toBe('VALET_ERR_MASTER_KEY');
     expect(err.message).toContain(`id ${k2.id}`);
     expect(err.message).toContain(`id ${k1.id}`);
-    expect((await store(dir, k1, { refreshMs: 0 })).get('K', undefined)).toBe('v');
+    expect(err.message).not.toMatch(/postgres:\/\/postgres@/);
+    expect((await store(place, k1, { refreshMs: 0 })).get('K', undefined)).toBe('v');
   });
 
   it('rekey re-encrypts every version under the new key, after checking the old one', async () => {
-    const dir = tempDir();
+    const place = await b.place();
     const k1 = newKey();
     const k2 = newKey();
-    const s = await store(dir, k1, { refreshMs: 0 });
+    const s = await store(place, k1, { refreshMs: 0 });
     await s.set('A', null, 'a1');
     await s.rotate('A', null, 'a2');
     await s.set('A', 'acme', 'a-acme');
     await s.set('B', null, 'b1');
     expect(await codeOf(() => s.rekey(k1))).toBe('VALET_ERR_MASTER_KEY');
     expect(await s.rekey(k2)).toEqual({ secrets: 3, versions: 4, oldKeyId: k1.id, newKeyId: k2.id });
+    expect(s.get('A', undefined)).toBe('a2');
     await s.close();
-    expect(await codeOf(() => openSecretBackend({ dataDir: dir }, { key: k1 }))).toBe('VALET_ERR_MASTER_KEY');
-    const again = await store(dir, k2, { refreshMs: 0 });
+    expect(await codeOf(() => openSecretBackend(place, { key: k1 }))).toBe('VALET_ERR_MASTER_KEY');
+    const again = await store(place, k2, { refreshMs: 0 });
     expect(again.get('A', undefined)).toBe('a2');
     expect(again.get('A', 'acme')).toBe('a-acme');
     // Earlier versions too.
-    const db = new Database(join(dir, SECRETS_FILE), { readonly: true });
-    const v1 = db.prepare("SELECT v.* FROM secret_versions v JOIN secrets s ON s.id = v.secret_id WHERE s.name = 'A' AND s.tenant IS NULL AND v.version = 1").get() as {
+    const [v1] = (await b
+      .raw(place)
+      .all("SELECT v.nonce, v.ciphertext, v.tag FROM secret_versions v JOIN secrets s ON s.id = v.secret_id WHERE s.name = 'A' AND s.tenant IS NULL AND v.version = 1")) as unknown as {
       nonce: Buffer;
       ciphertext: Buffer;
       tag: Buffer;
-    };
-    db.close();
-    expect(open(k2, v1, { tenant: null, name: 'A', version: 1 })).toBe('a1');
+    }[];
+    expect(open(k2, v1 as { nonce: Buffer; ciphertext: Buffer; tag: Buffer }, { tenant: null, name: 'A', version: 1 })).toBe('a1');
   });
 
   it('rekey changes nothing when a version fails its integrity check', async () => {
-    const dir = tempDir();
+    const place = await b.place();
     const k1 = newKey();
-    const s = await store(dir, k1, { refreshMs: 0 });
+    const s = await store(place, k1, { refreshMs: 0 });
     await s.set('A', null, 'a1');
     await s.set('B', null, 'b1');
-    const db = new Database(join(dir, SECRETS_FILE));
-    db.prepare("UPDATE secret_versions SET tag = substr(tag, 1, 8) WHERE secret_id = (SELECT id FROM secrets WHERE name = 'B')").run();
-    db.close();
+    await b.raw(place).run("UPDATE secret_versions SET tag = substr(tag, 1, 8) WHERE secret_id = (SELECT id FROM secrets WHERE name = 'B')");
     const err = await errorOf(() => s.rekey(newKey()));
     expect(err.code).toBe('VALET_ERR_CREDENTIAL_CORRUPT');
     expect(err.message).toContain('secret B (shared) version 1');
     await s.close();
-    expect((await store(dir, k1, { refreshMs: 0 })).get('A', undefined)).toBe('a1');
+    expect((await store(place, k1, { refreshMs: 0 })).get('A', undefined)).toBe('a1');
   });
+});
 
+describe('secret store: master key resolution', async () => {
   it('resolves VALET_MASTER_KEY, VALET_MASTER_KEY_FILE, or a generated development key', async () => {
     const dir = tempDir();
     const data = join(dir, 'data');
@@ -295,8 +378,13 @@ describe('secret store: master key', async () => {
   });
 });
 
-describe('secret store: the gateway\'s cached view', async () => {
-  it('picks up another process\'s rotation at the next check, not before', async () => {
+describe.each(backends)('secret store ($name): the gateway\'s cached view', (b) => {
+  /** After a change made behind the stores' backs: PostgreSQL instances notice a new generation, SQLite a new data_version. */
+  const touched = async (place: SecretBackendSettings): Promise<void> => {
+    if (b.name === 'postgres') await b.raw(place).run('UPDATE secrets_state SET generation = generation + 1');
+  };
+
+  it.runIf(b.name === 'sqlite')('picks up another process\'s rotation at the next check, not before', async () => {
     const dir = tempDir();
     const key = newKey();
     const cli = await store(dir, key);
@@ -322,31 +410,70 @@ describe('secret store: the gateway\'s cached view', async () => {
     expect(changes).toEqual([{ secrets: 1, corrupt: 0 }, { secrets: 1, corrupt: 0 }]);
   });
 
-  it('refuses a tampered value with a coded error, logs its name only, and never falls back to the shared one', async () => {
-    const dir = tempDir();
+  it.runIf(b.name === 'postgres')('another instance\'s rotation, creation and removal arrive by NOTIFY, without waiting for the periodic check', async () => {
+    const place = await b.place();
     const key = newKey();
-    const cli = await store(dir, key);
+    const cli = await store(place, key);
+    await cli.set('K', null, 'old');
+    // A periodic check far away: only the notification can bring the change in time.
+    const gw = await store(place, key, { refreshMs: 60_000 });
+    expect(await gw.refresh()).toEqual({ secrets: 1, corrupt: 0 });
+    const changes: SnapshotStats[] = [];
+    gw.onChange((stats) => changes.push(stats));
+    await cli.rotate('K', null, 'new');
+    await eventually(() => gw.get('K', undefined) === 'new');
+    expect(changes).toEqual([{ secrets: 1, corrupt: 0 }]);
+    await cli.set('L', 'acme', 'l');
+    await cli.remove('K', null);
+    await eventually(() => !gw.has('K'));
+    await eventually(() => gw.has('L'));
+    expect(gw.get('K', undefined)).toBeUndefined();
+  });
+
+  it.runIf(b.name === 'postgres')('a change whose notification was missed is picked up by the periodic generation check', async () => {
+    const place = await b.place();
+    const key = newKey();
+    const cli = await store(place, key);
+    await cli.set('K', null, 'kept');
+    await cli.set('GONE', null, 'v');
+    const gw = await store(place, key, { refreshMs: 50 });
+    await gw.refresh();
+    expect(gw.get('GONE', undefined)).toBe('v');
+    // Removed behind everyone's back: no NOTIFY, only a new generation.
+    await b.raw(place).run("DELETE FROM secret_versions WHERE secret_id = (SELECT id FROM secrets WHERE name = 'GONE')");
+    await b.raw(place).run("DELETE FROM secrets WHERE name = 'GONE'");
+    await touched(place);
+    await eventually(() => !gw.has('GONE'));
+    expect(gw.get('K', undefined)).toBe('kept');
+  });
+
+  it('refuses a tampered value with a coded error, logs its name only, and never falls back to the shared one', async () => {
+    const place = await b.place();
+    const key = newKey();
+    const cli = await store(place, key);
     await cli.set('K', null, 'shared-value-x1');
     await cli.set('K', 'acme', 'acme-value-x2');
     await cli.set('OTHER', null, 'other-value-x3');
     const { lines, log } = capture();
-    const gw = await store(dir, key, { refreshMs: 0, log });
+    const gw = await store(place, key, { refreshMs: 0, log });
+    await gw.refresh();
     expect(gw.get('K', 'acme')).toBe('acme-value-x2');
 
-    const db = new Database(join(dir, SECRETS_FILE));
+    const raw = b.raw(place);
     const where = "secret_id = (SELECT id FROM secrets WHERE tenant = 'acme')";
-    const { ciphertext } = db.prepare(`SELECT ciphertext FROM secret_versions WHERE ${where}`).get() as { ciphertext: Buffer };
+    const [row] = (await raw.all(`SELECT ciphertext FROM secret_versions WHERE ${where}`)) as { ciphertext: Buffer }[];
+    const ciphertext = (row as { ciphertext: Buffer }).ciphertext;
     ciphertext[1] = (ciphertext[1] as number) ^ 0x01;
-    db.prepare(`UPDATE secret_versions SET ciphertext = ? WHERE ${where}`).run(ciphertext);
-    db.close();
+    await raw.run(`UPDATE secret_versions SET ciphertext = ? WHERE ${where}`, [ciphertext]);
+    await touched(place);
+    expect(await gw.refresh()).toEqual({ secrets: 3, corrupt: 1 });
     expect(await codeOf(() => gw.get('K', 'acme'))).toBe('VALET_ERR_CREDENTIAL_CORRUPT');
     expect(gw.get('K', 'globex')).toBe('shared-value-x1');
     expect(gw.get('OTHER', 'acme')).toBe('other-value-x3');
-    expect(await gw.refresh()).toEqual({ secrets: 3, corrupt: 1 });
 
-    const db2 = new Database(join(dir, SECRETS_FILE));
-    db2.prepare("UPDATE secret_versions SET tag = substr(tag, 1, 12) WHERE secret_id = (SELECT id FROM secrets WHERE name = 'OTHER')").run();
-    db2.close();
+    await raw.run("UPDATE secret_versions SET tag = substr(tag, 1, 12) WHERE secret_id = (SELECT id FROM secrets WHERE name = 'OTHER')");
+    await touched(place);
+    await gw.refresh();
     expect(await codeOf(() => gw.get('OTHER', undefined))).toBe('VALET_ERR_CREDENTIAL_CORRUPT');
 
     expect(lines.some((l) => l.includes('"secretName":"K"') && l.includes('"tenant":"acme"'))).toBe(true);
@@ -354,25 +481,28 @@ describe('secret store: the gateway\'s cached view', async () => {
   });
 
   it('after a rekey by another process, keeps serving the values it has and says to restart', async () => {
-    const dir = tempDir();
+    const place = await b.place();
     const key = newKey();
-    const cli = await store(dir, key);
+    const cli = await store(place, key);
     await cli.set('K', null, 'v1');
     const { lines, log } = capture();
-    const gw = await store(dir, key, { refreshMs: 0, log });
+    const gw = await store(place, key, { refreshMs: 0, log });
+    await gw.refresh();
     expect(gw.get('K', undefined)).toBe('v1');
     await cli.rekey(newKey());
+    await gw.refresh();
+    await eventually(() => lines.join('\n').includes('restart the gateway with the new key'));
     expect(gw.get('K', undefined)).toBe('v1');
-    expect(lines.join('\n')).toContain('restart the gateway with the new key');
   });
 
   it('records last use in memory and writes it at most once per flush', async () => {
-    const dir = tempDir();
+    const place = await b.place();
     const key = newKey();
-    const cli = await store(dir, key);
+    const cli = await store(place, key);
     await cli.set('K', null, 'v');
     await cli.set('UNUSED', null, 'v');
-    const gw = await store(dir, key, { refreshMs: 0, usageFlushMs: 60_000 });
+    const gw = await store(place, key, { refreshMs: 0, usageFlushMs: 60_000 });
+    await gw.refresh();
     const before = Date.now();
     for (let i = 0; i < 100; i++) gw.get('K', 'acme');
     expect((await cli.list()).every((i) => i.lastUsedAt === null)).toBe(true);
@@ -448,7 +578,7 @@ ${secrets}issuers:
   }
 
   it('defaults to the store, then the environment', async () => {
-    expect(load('').gateway.secrets).toEqual({ sources: [{ kind: 'store' }, { kind: 'env' }] });
+    expect(load('').gateway.secrets).toEqual({ sources: [{ kind: 'store' }, { kind: 'env' }], backend: 'sqlite', postgres: { url: undefined } });
   });
 
   it('takes an ordered list; a files directory is relative to the configuration directory', async () => {
