@@ -364,6 +364,8 @@ function assemble(root: string, files: ParsedFile[], problems: Problems, options
       policy: { requireRegisteredAgents: g.policy?.require_registered_agents ?? false },
       audit: {
         failOpen: g.audit?.fail_open ?? DEFAULT_AUDIT.failOpen,
+        backend: g.audit?.backend ?? DEFAULT_AUDIT.backend,
+        postgres: { url: g.audit?.postgres?.url, schema: g.audit?.postgres?.schema, instance: g.audit?.postgres?.instance },
         writer: g.audit?.writer ?? DEFAULT_AUDIT.writer,
         busyTimeoutMs: g.audit?.busy_timeout_ms ?? DEFAULT_AUDIT.busyTimeoutMs,
         retentionDays: g.audit?.retention_days,
