@@ -3,10 +3,11 @@ import type { AddressInfo, Socket } from 'node:net';
 import { resolve } from 'node:path';
 import type { DestinationStream, Logger } from 'pino';
 import { createAnchorer } from './audit/anchor.js';
-import { openAuditBackend } from './audit/backend.js';
+import { openAuditBackend, postgresSettings } from './audit/backend.js';
 import { requestId as newRequestId } from './audit/ids.js';
 import type { AuditWriter } from './audit/port.js';
 import { retentionCutoffs } from './audit/retention.js';
+import { startPgAuditWriter } from './audit/postgres/writer.js';
 import { startAuditWriter } from './audit/sqlite/writer.js';
 import { createTokenVerifier } from './auth/verify.js';
 import { secretNames } from './config/credential.js';
@@ -24,6 +25,7 @@ import { createAdminServer } from './admin/server.js';
 import { ValetError, type ErrorCode } from './errors.js';
 import { createLogger } from './log.js';
 import { openCounterBackend } from './policy/counters-backend.js';
+import { instanceId } from './instance.js';
 import { privateDir, tightenDataDir } from './private-files.js';
 import { createPolicyHolder, type PolicyHolder } from './policy/reload.js';
 import { createForwarder } from './proxy/forward.js';
@@ -103,18 +105,22 @@ export async function startGateway(options: GatewayOptions): Promise<RunningGate
   const policies = createPolicyHolder(config, loadOptions, stores, logger);
   if (options.watch) policies.watch();
   // The read side (admin API, dashboard); opened first, it creates and migrates the database the writer then opens.
-  const auditLog = await openAuditBackend({ dataDir, create: true });
   const auditSettings = config.gateway.audit ?? DEFAULT_AUDIT;
+  const postgres = postgresSettings(auditSettings, env);
+  const auditLog = await openAuditBackend({ dataDir, create: true, postgres });
   // Its gauges read the audit writer and the approvals service, built below, only when scraped.
   const metrics = createMetrics({ upstreams: new Set(config.upstreams.keys()), auditQueue: () => audit.pending, pendingApprovals: () => approvals.service.pending() });
-  const audit = await startAuditWriter({
+  const onCommit = (seconds: number): void => metrics.auditCommit(seconds);
+  const audit = await (postgres !== undefined
+    ? startPgAuditWriter({ settings: postgres, instance: auditSettings.postgres.instance ?? instanceId(dataDir, env), logger, failOpen: auditSettings.failOpen, onCommit })
+    : startAuditWriter({
     dataDir,
     logger,
     failOpen: auditSettings.failOpen,
     busyTimeoutMs: auditSettings.busyTimeoutMs,
     mode: options.auditWriter ?? (auditSettings.writer === 'inline' ? 'inline' : 'worker'),
-    onCommit: (seconds) => metrics.auditCommit(seconds),
-  }).catch(async (err: unknown) => {
+    onCommit,
+  })).catch(async (err: unknown) => {
     policies.close();
     counterBackend.close();
     await secretSources.close();

@@ -151,7 +151,7 @@ export interface VerifyResult {
 export interface AuditWriter {
   commit(rec: AuditRecord): Promise<void>;
   record(rec: AuditRecord): void;
-  /** Writes everything queued so far before returning (blocks the thread; for tests and shutdown). */
+  /** Writes everything queued so far before returning (SQLite: blocks the thread; PostgreSQL: only starts the write, `close` waits for it). */
   flush(): void;
   /** Rows queued or being written (and, while the database is unwritable, held for retry). */
   readonly pending: number;

@@ -3,7 +3,7 @@ import { join, resolve } from 'node:path';
 import type { Writable } from 'node:stream';
 import { parseArgs, type ParseArgsConfig } from 'node:util';
 import { ANCHOR_FILE, ANCHOR_KEY_ENV, readAnchors } from '../audit/anchor.js';
-import { openAuditBackend } from '../audit/backend.js';
+import { openAuditBackend, postgresSettings } from '../audit/backend.js';
 import { cefLine, EXPORT_FORMATS, isExportFormat, publicRow, syslogMessage, writeExport, type ExportFormat } from '../audit/export.js';
 import { retentionCutoffs } from '../audit/retention.js';
 import { ship } from '../audit/ship.js';
@@ -98,10 +98,23 @@ function filterOf(v: FilterValues): Omit<AuditFilter, 'limit'> {
   };
 }
 
-/** The audit log in `dir`, through the backend the gateway uses; a usage error when there is none yet. */
-async function openLog(dir: string, access: { readonly: boolean; busyTimeoutMs?: number }): Promise<AuditLog> {
-  const log = await openAuditBackend({ dataDir: dir, ...access });
-  if (log === undefined) throw new UsageError(`no audit database in ${dir} (has the gateway run there?)`);
+/**
+ * The audit log through the backend the gateway uses: PostgreSQL when `VALET_POSTGRES_URL` is set or
+ * the configuration (read when `--config` or `VALET_CONFIG` names it) says `gateway.audit.backend:
+ * postgres`; else the SQLite database in the data directory. A usage error when there is none yet.
+ */
+async function openLog(values: { data?: string | undefined; config?: string | undefined }, access: { readonly: boolean; busyTimeoutMs?: number }): Promise<AuditLog> {
+  const dir = dataDirOf(values.data);
+  const named = values.config ?? env['VALET_CONFIG'];
+  const settings = named !== undefined ? (loadConfig(named).gateway.audit ?? DEFAULT_AUDIT) : DEFAULT_AUDIT;
+  let postgres: ReturnType<typeof postgresSettings>;
+  try {
+    postgres = postgresSettings(settings, env);
+  } catch (err) {
+    throw new UsageError((err as Error).message);
+  }
+  const log = await openAuditBackend({ dataDir: dir, postgres, ...access });
+  if (log === undefined) throw new UsageError(postgres ? 'no audit log in that PostgreSQL schema (has the gateway run there?)' : `no audit database in ${dir} (has the gateway run there?)`);
   return log;
 }
 
@@ -141,7 +154,7 @@ async function query(args: string[]): Promise<void> {
   const { values } = parse(args, { ...filterFlags, limit: { type: 'string', default: '20' }, cursor: { type: 'string' }, format: { type: 'string', default: 'table' } });
   const format = values.format;
   if (format !== 'table' && !isExportFormat(format)) throw new UsageError(`--format must be table or one of ${EXPORT_FORMATS.join(', ')}`);
-  const log = await openLog(dataDirOf(values.data), { readonly: true });
+  const log = await openLog(values, { readonly: true });
   let page;
   try {
     page = await log.page({ ...filterOf(values), limit: integer(values.limit, 'limit', 1, 100_000) ?? 20, before: integer(values.cursor, 'cursor', 1, Number.MAX_SAFE_INTEGER) });
@@ -174,7 +187,7 @@ async function verify(args: string[]): Promise<void> {
   let anchors: Anchor[] = [];
   let anchorProblems: string[] = [];
   if (anchorFile !== undefined) ({ anchors, problems: anchorProblems } = readAnchors(anchorFile, key));
-  const log = await openLog(dir, { readonly: true });
+  const log = await openLog(values, { readonly: true });
   let result;
   try {
     result = await log.verify({ anchors });
@@ -209,7 +222,7 @@ async function exportRows(args: string[]): Promise<void> {
   const { values } = parse(args, { ...filterFlags, format: { type: 'string' }, output: { type: 'string', short: 'o' } });
   const format = values.format;
   if (format === undefined || !isExportFormat(format)) throw new UsageError(`--format must be one of ${EXPORT_FORMATS.join(', ')}`);
-  const log = await openLog(dataDirOf(values.data), { readonly: true });
+  const log = await openLog(values, { readonly: true });
   const dest: Writable = values.output === undefined ? process.stdout : createWriteStream(values.output, { mode: 0o600 });
   try {
     const columns = await log.columns();
@@ -247,7 +260,7 @@ async function shipRows(args: string[]): Promise<void> {
   if (values['sd-id'] !== undefined && !/^[\x21-\x7e]{1,32}$/.test(values['sd-id'])) throw new UsageError('--sd-id must be 1 to 32 printable characters');
   const interval = /^(\d+)(ms|s)$/.exec(values.interval);
   if (!interval) throw new UsageError('--interval looks like 500ms or 2s');
-  const log = await openLog(dataDirOf(values.data), { readonly: true });
+  const log = await openLog(values, { readonly: true });
   const stop = new AbortController();
   const onSignal = (): void => stop.abort();
   process.once('SIGINT', onSignal);
@@ -291,7 +304,7 @@ async function prune(args: string[]): Promise<void> {
   }
   const dryRun = values['dry-run'] ?? false;
   // Writing, it waits up to 10 s for the gateway's writer between the small transactions it takes.
-  const log = await openLog(dataDirOf(values.data), dryRun ? { readonly: true } : { readonly: false, busyTimeoutMs: 10_000 });
+  const log = await openLog(values, dryRun ? { readonly: true } : { readonly: false, busyTimeoutMs: 10_000 });
   let r;
   try {
     r = await log.prune(cutoffs, { dryRun });

@@ -371,6 +371,8 @@ function assemble(root: string, files: ParsedFile[], problems: Problems, options
       },
       audit: {
         failOpen: g.audit?.fail_open ?? DEFAULT_AUDIT.failOpen,
+        backend: g.audit?.backend ?? DEFAULT_AUDIT.backend,
+        postgres: { url: g.audit?.postgres?.url, schema: g.audit?.postgres?.schema, instance: g.audit?.postgres?.instance },
         writer: g.audit?.writer ?? DEFAULT_AUDIT.writer,
         busyTimeoutMs: g.audit?.busy_timeout_ms ?? DEFAULT_AUDIT.busyTimeoutMs,
         retentionDays: g.audit?.retention_days,

@@ -194,6 +194,16 @@ export const fileSchema = {
           additionalProperties: false,
           properties: {
             fail_open: { type: 'boolean' },
+            backend: { enum: ['sqlite', 'postgres'] },
+            postgres: {
+              type: 'object',
+              additionalProperties: false,
+              properties: {
+                url: { type: 'string', pattern: '^postgres(ql)?://' },
+                schema: { type: 'string', pattern: '^[a-z_][a-z0-9_]{0,62}$' },
+                instance: { type: 'string', minLength: 1, maxLength: 200 },
+              },
+            },
             writer: { enum: ['thread', 'inline'] },
             busy_timeout_ms: { type: 'integer', minimum: 0, maximum: 60_000 },
             retention_days: { type: 'integer', minimum: 1, maximum: 36_500 },

@@ -71,6 +71,10 @@ export const DEFAULT_LISTENER: ListenerSettings = {
 export interface AuditSettings {
   /** Forward even when a request's decision record cannot be made durable (default false: refuse with 503). */
   readonly failOpen: boolean;
+  /** Where the log lives: `sqlite` (the data directory, default) or `postgres` (shared by a fleet; `VALET_POSTGRES_URL` selects it too). */
+  readonly backend: 'sqlite' | 'postgres';
+  /** `gateway.audit.postgres`: the database URL, the schema (default `public`), this instance's name (default: the host name). */
+  readonly postgres: { readonly url: string | undefined; readonly schema: string | undefined; readonly instance: string | undefined };
   /**
    * Where the writer runs: its own thread (default; fsync never blocks the event loop) or inline on
    * the request thread (less CPU per row, larger group commits, but every fsync stalls every request).
@@ -94,6 +98,8 @@ export interface AuditSettings {
 
 export const DEFAULT_AUDIT: AuditSettings = {
   failOpen: false,
+  backend: 'sqlite',
+  postgres: { url: undefined, schema: undefined, instance: undefined },
   writer: 'thread',
   busyTimeoutMs: 1000,
   retentionDays: undefined,

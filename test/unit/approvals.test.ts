@@ -12,7 +12,8 @@ import { createNotifier, signWebhook, slackMessage, type ApprovalNotice, type De
 import { redactArgs } from '../../gateway/approvals/redact.js';
 import { APPROVAL_ID, createApprovalService, newApprovalId, type ApprovalService, type ParkInput } from '../../gateway/approvals/service.js';
 import type { ApprovalStore } from '../../gateway/approvals/port.js';
-import { instanceId, openApprovalBackend, type ApprovalBackendSettings } from '../../gateway/approvals/backend.js';
+import { openApprovalBackend, type ApprovalBackendSettings } from '../../gateway/approvals/backend.js';
+import { instanceId } from '../../gateway/instance.js';
 import { PG_BASE_URL, pgSchemas } from '../helpers/postgres.js';
 import { postgresUrlFor } from '../../gateway/postgres.js';
 import type { ApprovalRecord } from '../../gateway/approvals/types.js';

@@ -1,0 +1,461 @@
+import type pg from 'pg';
+import { EVENT, linkHash, parseNote, pruneCoverage, rowDigest, sha256 } from '../chain.js';
+import type {
+  AgentActivity,
+  Anchor,
+  AuditFilter,
+  AuditLog,
+  AuditPage,
+  AuditRow,
+  CompletedFilter,
+  CompletedRows,
+  DecisionBucket,
+  PruneResult,
+  RetentionCutoffs,
+  VerifyProblem,
+  VerifyResult,
+} from '../port.js';
+import { pruneInTransaction, readCheckpoint } from './prune.js';
+import { createPool, DIGEST_COLUMNS, migrate, migrated, ROW_COLUMNS, SELECT_ROW, type PgAuditSettings } from './schema.js';
+
+/** Equality filters: the filter's name and its column. */
+const FILTERS: readonly [keyof CompletedFilter, string][] = [
+  ['agent', 'agent'],
+  ['tenant', 'tenant'],
+  ['user', 'user'],
+  ['upstream', 'upstream'],
+  ['tool', 'tool'],
+  ['decision', 'decision'],
+  ['rule', 'rule'],
+  ['requestId', 'request_id'],
+  ['status', 'status'],
+];
+
+/** WHERE terms for the equality filters (`decision: none` is `IS NULL`), on table alias `r`. */
+function equalities(f: CompletedFilter, params: unknown[]): string[] {
+  const where: string[] = [];
+  for (const [key, column] of FILTERS) {
+    const v = f[key];
+    if (v === undefined) continue;
+    if (column === 'decision' && v === 'none') where.push('r.decision IS NULL');
+    else where.push(`r."${column}" = $${params.push(v)}`);
+  }
+  return where;
+}
+
+interface EventRow {
+  seq: number;
+  kind: number;
+  row_id: number;
+  hash: Buffer;
+  ts: number | null;
+  tenant: string | null;
+  digest: Buffer | null;
+  note: string | null;
+}
+
+/** Events read per round trip while verifying. */
+const VERIFY_PAGE = 2_000;
+
+/**
+ * The audit log's read side on PostgreSQL (and retention from a process other than a gateway).
+ * The same filters, cursors and chain checks as the SQLite log: `logged_at` never decreases as ids
+ * grow, so a time range selects the same rows either way.
+ */
+export class PgAuditLog implements AuditLog {
+  constructor(
+    readonly pool: pg.Pool,
+    private readonly schema: string,
+  ) {}
+
+  async page(f: AuditFilter): Promise<AuditPage> {
+    const rows = await this.query(f);
+    const last = rows[rows.length - 1];
+    return { rows, next: rows.length === f.limit && last !== undefined ? last.id : null };
+  }
+
+  private async query(f: AuditFilter): Promise<AuditRow[]> {
+    const params: unknown[] = [];
+    const where = equalities(f, params);
+    if (f.after !== undefined) where.push(`r.id > $${params.push(f.after)}`);
+    if (f.before !== undefined) where.push(`r.id < $${params.push(f.before)}`);
+    if (f.sinceMs !== undefined) where.push(`r.logged_at >= $${params.push(f.sinceMs)}`);
+    if (f.untilMs !== undefined) where.push(`r.logged_at <= $${params.push(f.untilMs)}`);
+    const order = f.order === 'asc' ? 'ASC' : 'DESC';
+    const sql = `SELECT ${ROW_COLUMNS.map((c) => `r."${c}"`).join(', ')} FROM audit_log r ${where.length ? `WHERE ${where.join(' AND ')}` : ''} ORDER BY r.id ${order} LIMIT $${params.push(f.limit)}`;
+    return (await this.pool.query<AuditRow>(sql, params)).rows;
+  }
+
+  async *iterate(f: Omit<AuditFilter, 'limit' | 'order' | 'before'>, pageSize = 1000): AsyncGenerator<AuditRow> {
+    const newest = (await this.pool.query<{ m: number | null }>('SELECT max(id) AS m FROM audit_log')).rows[0]?.m ?? 0;
+    let after = f.after ?? 0;
+    for (;;) {
+      const rows = await this.query({ ...f, after, order: 'asc', limit: pageSize, before: newest + 1 });
+      for (const r of rows) yield r;
+      const last = rows[rows.length - 1];
+      if (rows.length < pageSize || last === undefined) return;
+      after = last.id;
+    }
+  }
+
+  async byRequestId(requestId: string): Promise<AuditRow | undefined> {
+    return (await this.pool.query<AuditRow>(`SELECT ${SELECT_ROW} FROM audit_log WHERE request_id = $1 ORDER BY id DESC LIMIT 1`, [requestId])).rows[0];
+  }
+
+  async columns(): Promise<string[]> {
+    return [...ROW_COLUMNS];
+  }
+
+  /**
+   * The checks of the SQLite verify (gateway/audit/sqlite/chain.ts), in one REPEATABLE READ
+   * read-only transaction: a consistent snapshot while the instances keep writing.
+   */
+  async verify(o: { anchors?: readonly Anchor[]; maxProblems?: number } = {}): Promise<VerifyResult> {
+    const client = await this.pool.connect();
+    try {
+      await client.query('BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY');
+      try {
+        return await verifyInSnapshot(client, o.anchors ?? [], o.maxProblems ?? 50);
+      } finally {
+        await client.query('COMMIT');
+      }
+    } finally {
+      client.release();
+    }
+  }
+
+  async prune(cutoffs: RetentionCutoffs, options: { dryRun?: boolean; batchRows?: number } = {}): Promise<PruneResult> {
+    if (options.dryRun) return { rows: await this.countPrunable(cutoffs), compacted: 0, done: true };
+    const total = { rows: 0, compacted: 0, done: false };
+    // Small transactions: the chain lock is held only briefly, so the gateways' commits never wait long.
+    while (!total.done) {
+      const client = await this.pool.connect();
+      try {
+        await client.query('BEGIN');
+        const r = await pruneInTransaction(client, this.schema, cutoffs, { maxRows: options.batchRows ?? 500 });
+        await client.query('COMMIT');
+        total.rows += r.rows;
+        total.compacted += r.compacted;
+        total.done = r.done;
+      } catch (err) {
+        await client.query('ROLLBACK').catch(() => undefined);
+        throw err;
+      } finally {
+        client.release();
+      }
+    }
+    return total;
+  }
+
+  private async countPrunable(cutoffs: RetentionCutoffs): Promise<number> {
+    const named = Object.keys(cutoffs.tenantBefore);
+    let n = 0;
+    if (cutoffs.defaultBefore !== null) {
+      const r = await this.pool.query<{ n: number }>('SELECT count(*) AS n FROM audit_log WHERE ts < $1 AND (tenant IS NULL OR NOT (tenant = ANY($2::text[])))', [
+        cutoffs.defaultBefore,
+        named,
+      ]);
+      n += r.rows[0]?.n ?? 0;
+    }
+    for (const [t, before] of Object.entries(cutoffs.tenantBefore)) {
+      if (before !== null) n += (await this.pool.query<{ n: number }>('SELECT count(*) AS n FROM audit_log WHERE tenant = $1 AND ts < $2', [t, before])).rows[0]?.n ?? 0;
+    }
+    return n;
+  }
+
+  async completedAfter(cursor: number, limit: number, filter: CompletedFilter = {}): Promise<CompletedRows> {
+    // The head first. Seqs are assigned under the chain lock held until commit, so every event up
+    // to it is visible to the next statement: rows committed between the two reads are found by the next call.
+    const head = (await this.pool.query<{ m: number | null }>('SELECT max(seq) AS m FROM audit_chain')).rows[0]?.m ?? 0;
+    const params: unknown[] = [cursor];
+    const where = equalities(filter, params);
+    const rows = await this.pool.query<AuditRow & { 'valet:seq': number }>(
+      `SELECT c.seq AS "valet:seq", ${ROW_COLUMNS.map((c) => `r."${c}"`).join(', ')} FROM audit_chain c JOIN audit_log r ON r.id = c.row_id
+        WHERE c.seq > $1 AND c.kind IN (${EVENT.outcome}, ${EVENT.record}) ${where.map((w) => `AND ${w}`).join(' ')}
+        ORDER BY c.seq LIMIT $${params.push(limit)}`,
+      params,
+    );
+    return {
+      head,
+      rows: rows.rows.map((r) => {
+        const { 'valet:seq': seq, ...row } = r;
+        return { seq, row: row as AuditRow };
+      }),
+    };
+  }
+
+  async agents(q: { sinceMs: number; tenant?: string | undefined; limit: number }): Promise<AgentActivity[]> {
+    const params: unknown[] = [q.sinceMs, q.limit];
+    const rows = await this.pool.query<{
+      agent: string;
+      tenant: string | null;
+      last_seen: number;
+      requests: number;
+      allow: number;
+      deny: number;
+      escalate: number;
+      none: number;
+      errors: number;
+    }>(
+      `SELECT agent, tenant, max(ts) AS last_seen, count(*) AS requests,
+              count(*) FILTER (WHERE decision = 'allow') AS allow, count(*) FILTER (WHERE decision = 'deny') AS deny,
+              count(*) FILTER (WHERE decision = 'escalate') AS escalate, count(*) FILTER (WHERE decision IS NULL) AS none,
+              count(*) FILTER (WHERE status >= 500) AS errors
+         FROM audit_log
+        WHERE agent IS NOT NULL AND ts >= $1 ${q.tenant === undefined ? '' : `AND tenant = $${params.push(q.tenant)}`}
+        GROUP BY agent, tenant
+        ORDER BY last_seen DESC
+        LIMIT $2`,
+      params,
+    );
+    return rows.rows.map((r) => ({
+      agent: r.agent,
+      tenant: r.tenant,
+      lastSeen: r.last_seen,
+      requests: r.requests,
+      decisions: { allow: r.allow, deny: r.deny, escalate: r.escalate, none: r.none },
+      errors: r.errors,
+    }));
+  }
+
+  async decisionCounts(q: { sinceMs: number; untilMs: number; bucketMs: number; tenant?: string | undefined }): Promise<DecisionBucket[]> {
+    const params: unknown[] = [q.sinceMs, q.untilMs, q.bucketMs];
+    const r = await this.pool.query<DecisionBucket>(
+      `SELECT ((ts - $1) / $3)::bigint AS bucket, coalesce(decision, 'none') AS decision, count(*) AS count
+         FROM audit_log
+        WHERE ts >= $1 AND ts < $2 ${q.tenant === undefined ? '' : `AND tenant = $${params.push(q.tenant)}`}
+        GROUP BY 1, 2`,
+      params,
+    );
+    return r.rows;
+  }
+
+  /** Whether the server answers and the log's tables are there: the readiness probe. */
+  async writable(): Promise<string> {
+    try {
+      await this.pool.query('SELECT seq FROM audit_head');
+      return 'ok';
+    } catch (err) {
+      return (err as { code?: string }).code ?? 'error';
+    }
+  }
+
+  async close(): Promise<void> {
+    await this.pool.end();
+  }
+}
+
+async function verifyInSnapshot(db: pg.PoolClient, anchors: readonly Anchor[], maxProblems: number): Promise<VerifyResult> {
+  const problems: VerifyProblem[] = [];
+  const problem = (p: Omit<VerifyProblem, 'position'> & { position?: number }): void => {
+    problems.push({ position: p.position ?? p.seq ?? Number.MAX_SAFE_INTEGER, ...p });
+  };
+  const prunes = (await db.query<{ seq: number; note: string | null }>(`SELECT seq, note FROM audit_chain WHERE kind = ${EVENT.prune} ORDER BY seq`)).rows.map((p) => ({
+    seq: p.seq,
+    note: parseNote(p.note),
+  }));
+  const covered = pruneCoverage(prunes);
+  const checkpoint = await readCheckpoint(db);
+
+  let expected = checkpoint.seq + 1;
+  let prev: Buffer | undefined = checkpoint.hash;
+  let count = 0;
+  let pruned = 0;
+  let liveRecords = 0;
+  let lastFirstRow = 0;
+  let lastSeq = checkpoint.seq;
+  let lastHash = checkpoint.hash;
+  const awaiting = new Map<number, { seq: number; digest: Buffer }>();
+  const getRows = async (ids: number[]): Promise<Map<number, Record<string, unknown>>> =>
+    new Map((await db.query<Record<string, unknown>>(`SELECT ${SELECT_ROW} FROM audit_log WHERE id = ANY($1::bigint[])`, [ids])).rows.map((r) => [r['id'] as number, r]));
+
+  let after = checkpoint.seq;
+  walk: for (;;) {
+    const page = (
+      await db.query<EventRow>('SELECT seq, kind, row_id, hash, ts, tenant, digest, note FROM audit_chain WHERE seq > $1 ORDER BY seq LIMIT $2', [after, VERIFY_PAGE])
+    ).rows;
+    if (page.length === 0) break;
+    after = page[page.length - 1]!.seq;
+    const rowsById = await getRows([...new Set(page.filter((e) => e.kind !== EVENT.prune).map((e) => e.row_id))]);
+    for (const e of page) {
+      if (problems.length >= maxProblems) break walk;
+      count++;
+      if (e.seq !== expected) {
+        problem({
+          seq: e.seq,
+          rowId: null,
+          requestId: null,
+          position: expected,
+          message:
+            e.seq - expected === 1
+              ? `event ${expected} is missing (deleted from the chain; its row went with it or is reported below)`
+              : `events ${expected}–${e.seq - 1} are missing (deleted from the chain)`,
+        });
+        prev = undefined;
+      }
+      expected = e.seq + 1;
+      lastSeq = e.seq;
+      lastHash = e.hash;
+
+      let digest: Buffer | undefined;
+      let ts: number | null = null;
+      let tenant: string | null = null;
+      let requestId: string | null = null;
+      const isFirst = e.kind === EVENT.decision || e.kind === EVENT.record;
+      if (e.kind === EVENT.prune) {
+        digest = sha256(e.note ?? '');
+        ts = e.ts;
+      } else if (e.kind === EVENT.decision || e.kind === EVENT.outcome || e.kind === EVENT.record) {
+        const row = rowsById.get(e.row_id);
+        if (row !== undefined) {
+          ts = row['ts'] as number;
+          tenant = (row['tenant'] as string | null) ?? null;
+          requestId = (row['request_id'] as string | null) ?? null;
+          if (e.kind === EVENT.decision) {
+            if (e.digest === null) {
+              problem({ seq: e.seq, rowId: e.row_id, requestId, message: `row ${e.row_id}: its decision event lacks the stored digest (the event was altered)` });
+            } else {
+              digest = e.digest;
+              awaiting.set(e.row_id, { seq: e.seq, digest: e.digest });
+            }
+          } else {
+            digest = rowDigest(row, DIGEST_COLUMNS);
+            if (e.kind === EVENT.outcome && !awaiting.delete(e.row_id)) {
+              problem({ seq: e.seq, rowId: e.row_id, requestId, message: `row ${e.row_id}: an outcome event with no decision event before it (inserted, or moved)` });
+            }
+          }
+          if (isFirst) liveRecords++;
+        } else if (e.ts !== null && e.digest !== null) {
+          pruned++;
+          digest = e.digest;
+          ts = e.ts;
+          tenant = e.tenant;
+          if (e.kind === EVENT.decision) awaiting.set(e.row_id, { seq: e.seq, digest: e.digest });
+          if (e.kind === EVENT.outcome) awaiting.delete(e.row_id);
+          if (!covered(e.seq, tenant, ts)) {
+            problem({
+              seq: e.seq,
+              rowId: e.row_id,
+              requestId: null,
+              message: `row ${e.row_id} (tenant ${tenant ?? '-'}, ${new Date(ts).toISOString()}) was removed, but no later retention prune covers it`,
+            });
+          }
+        } else {
+          problem({ seq: e.seq, rowId: e.row_id, requestId: null, message: `row ${e.row_id} is missing (deleted)` });
+        }
+        if (isFirst) {
+          if (e.row_id <= lastFirstRow) {
+            problem({ seq: e.seq, rowId: e.row_id, requestId, message: `row ${e.row_id} is out of order (after row ${lastFirstRow}): rows were reordered or renumbered` });
+          }
+          lastFirstRow = Math.max(lastFirstRow, e.row_id);
+        }
+      } else {
+        problem({ seq: e.seq, rowId: e.row_id, requestId: null, message: `event ${e.seq} has an unknown kind ${e.kind} (inserted or altered)` });
+      }
+
+      if (digest !== undefined && prev !== undefined) {
+        const link = linkHash(prev, e.seq, e.kind, e.row_id, ts, tenant, digest);
+        if (!link.equals(e.hash)) {
+          const what =
+            e.kind === EVENT.prune
+              ? `the retention record at event ${e.seq} was altered`
+              : e.kind === EVENT.decision
+                ? `row ${e.row_id}: its decision event does not match (the event or the previous event's hash was rewritten, or the row was renumbered)`
+                : `row ${e.row_id} does not match its hash (edited, moved, or the previous event's hash was rewritten)`;
+          problem({ seq: e.seq, rowId: e.kind === EVENT.prune ? null : e.row_id, requestId, message: what });
+        }
+      }
+      prev = e.hash;
+    }
+  }
+
+  let incomplete = 0;
+  const waitingRows = await getRows([...awaiting.keys()]);
+  for (const [rowId, a] of awaiting) {
+    const row = waitingRows.get(rowId);
+    if (row === undefined) continue;
+    if (!rowDigest(row, DIGEST_COLUMNS).equals(a.digest)) {
+      problem({ seq: a.seq, rowId, requestId: (row['request_id'] as string) ?? null, message: `row ${rowId} (no outcome recorded) does not match its decision record (edited)` });
+    } else {
+      incomplete++;
+    }
+  }
+
+  const rows = (await db.query<{ n: number }>('SELECT count(*) AS n FROM audit_log')).rows[0]?.n ?? 0;
+  if (rows !== liveRecords) {
+    const strays = (
+      await db.query<{ id: number; request_id: string | null; before: number | null }>(
+        `SELECT r.id, r.request_id,
+                (SELECT b.chain_seq FROM audit_log b WHERE b.id < r.id AND b.chain_seq IS NOT NULL ORDER BY b.id DESC LIMIT 1) AS before
+           FROM audit_log r
+          WHERE NOT EXISTS (SELECT 1 FROM audit_chain c WHERE c.seq = r.chain_seq AND c.row_id = r.id AND c.kind IN (${EVENT.decision}, ${EVENT.record}) AND c.seq > $1)
+          ORDER BY r.id LIMIT $2`,
+        [checkpoint.seq, maxProblems],
+      )
+    ).rows;
+    for (const s of strays) {
+      problem({ seq: null, rowId: s.id, requestId: s.request_id, position: (s.before ?? 0) + 0.5, message: `row ${s.id} is not in the chain (inserted)` });
+    }
+  }
+
+  let checked = 0;
+  let beforeCheckpoint = 0;
+  let latest: Anchor | undefined;
+  for (const a of anchors) {
+    if (latest === undefined || a.seq > latest.seq) latest = a;
+    const where = `the anchor of ${new Date(a.at).toISOString()}${a.source ? ` (${a.source})` : ''}`;
+    if (a.seq > lastSeq) {
+      problem({
+        seq: null,
+        rowId: null,
+        requestId: null,
+        position: lastSeq + 0.5,
+        message: `the chain ends at event ${lastSeq}, but ${where} records event ${a.seq}: the newest events were removed (truncated)`,
+      });
+      continue;
+    }
+    if (a.seq < checkpoint.seq) {
+      beforeCheckpoint++;
+      continue;
+    }
+    const stored = a.seq === checkpoint.seq ? checkpoint.hash : (await db.query<{ hash: Buffer }>('SELECT hash FROM audit_chain WHERE seq = $1', [a.seq])).rows[0]?.hash;
+    checked++;
+    if (stored === undefined) continue;
+    if (stored.toString('hex') !== a.hash) {
+      problem({ seq: a.seq, rowId: null, requestId: null, message: `event ${a.seq} differs from ${where}: the chain was rewritten up to that point` });
+    }
+  }
+
+  problems.sort((a, b) => a.position - b.position);
+  const head = count === 0 ? checkpoint : { seq: lastSeq, hash: lastHash };
+  return {
+    ok: problems.length === 0,
+    rows,
+    events: count,
+    head: { seq: head.seq, hash: head.hash.toString('hex') },
+    checkpoint: { seq: checkpoint.seq, hash: checkpoint.hash.toString('hex') },
+    incomplete,
+    pruned,
+    anchors: { checked, beforeCheckpoint, latest },
+    problems,
+  };
+}
+
+/**
+ * Opens the log on PostgreSQL. With `create` (the gateway), the schema is created and migrated;
+ * otherwise a database where no gateway has run yet gives undefined.
+ */
+export async function openPgAuditLog(settings: PgAuditSettings, o: { create?: boolean } = {}): Promise<PgAuditLog | undefined> {
+  const pool = createPool(settings, { max: 4, statementTimeoutMs: 60_000 });
+  try {
+    if (o.create) await migrate(pool, settings.schema ?? 'public');
+    else if (!(await migrated(pool))) {
+      await pool.end();
+      return undefined;
+    }
+  } catch (err) {
+    await pool.end();
+    throw err;
+  }
+  return new PgAuditLog(pool, settings.schema ?? 'public');
+}
