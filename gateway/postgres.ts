@@ -197,3 +197,15 @@ export function postgresUrlFor(path: string, backend: 'sqlite' | 'postgres' | un
   }
   return chosen;
 }
+
+/** The schema a connection URL puts first in `search_path` (`?options=-c search_path=<schema>`), if any. */
+export function urlSchema(url: string): string | undefined {
+  let options: string | null;
+  try {
+    options = new URL(url).searchParams.get('options');
+  } catch {
+    return undefined;
+  }
+  const m = /search_path=([^\s,]+)/.exec(options ?? '');
+  return m?.[1]?.replace(/^"(.*)"$/, '$1');
+}

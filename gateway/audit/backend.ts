@@ -1,4 +1,5 @@
 import type { AuditSettings } from '../config/types.js';
+import { urlSchema } from '../postgres.js';
 import type { AuditLog } from './port.js';
 import type { PgAuditSettings } from './postgres/schema.js';
 import { openPgAuditLog } from './postgres/log.js';
@@ -28,7 +29,8 @@ export function postgresSettings(audit: Pick<AuditSettings, 'backend' | 'postgre
     if (audit.backend === 'postgres') throw new Error('gateway.audit.backend is postgres but neither gateway.audit.postgres.url nor VALET_POSTGRES_URL is set');
     return undefined;
   }
-  return { url, schema: audit.postgres.schema };
+  // The URL's search_path, as approvals and secrets use it, unless the audit schema is set apart.
+  return { url, schema: audit.postgres.schema ?? urlSchema(url) };
 }
 
 /**

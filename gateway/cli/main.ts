@@ -13,6 +13,7 @@ import { explainScenario, outcomeOf, runPolicyTests } from '../policy/testing.js
 import { approvalsCommand, APPROVALS_USAGE } from './approvals.js';
 import { auditCommand, AUDIT_USAGE } from './audit.js';
 import { keysCommand, KEYS_USAGE } from './keys.js';
+import { migrateCommand, MIGRATE_USAGE } from './migrate.js';
 import { secretsCommand, SECRETS_USAGE } from './secrets.js';
 import { UsageError } from './usage.js';
 
@@ -32,6 +33,7 @@ ${AUDIT_USAGE}
    else gateway.environment; explain's --env is the agent's env claim)
 ${SECRETS_USAGE}
 ${KEYS_USAGE}
+${MIGRATE_USAGE}
 ${APPROVALS_USAGE}
 
 Environment: VALET_CONFIG (./policies), VALET_DATA (./data), VALET_PORT, VALET_ADMIN_PORT, VALET_HOST, VALET_ADMIN_HOST, VALET_ENV,
@@ -276,6 +278,7 @@ const COMMANDS: Record<string, (args: string[]) => Promise<void>> = {
   secrets: secretsCommand,
   approvals: approvalsCommand,
   keys: keysCommand,
+  migrate: migrateCommand,
 };
 
 async function main(argv: string[]): Promise<void> {

@@ -51,6 +51,7 @@ const COMMAND_FILES: Record<string, string> = {
   secrets: 'secrets.ts',
   approvals: 'approvals.ts',
   keys: 'keys.ts',
+  migrate: 'migrate.ts',
 };
 
 /** Option keys declared for node:util parseArgs in a source text: `name: { type: ... }` or `'two-words': { type: ... }`. */

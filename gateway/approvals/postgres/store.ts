@@ -127,6 +127,16 @@ export interface PgApprovalStoreOptions {
  */
 const CATCH_UP_MARGIN_MS = 60_000;
 
+/** Applies the migrations this database has not seen yet (`valet migrate`; the store does it at open too). */
+export async function migrateApprovals(url: string): Promise<void> {
+  const pool = openPgPool(url, 'valet-approvals-migrate', () => undefined);
+  try {
+    await migratePg(pool, 'approvals_schema_version', MIGRATIONS);
+  } finally {
+    await pool.end();
+  }
+}
+
 /**
  * The fleet implementation of the {@link ApprovalStore} port: every state change is one
  * conditional `UPDATE … RETURNING`, so whichever instance writes first wins and the others see no

@@ -82,6 +82,16 @@ function describeUrl(url: string): string {
   }
 }
 
+/** Applies the migrations this database has not seen yet (`valet migrate`; the store does it at open too). */
+export async function migrateSecrets(url: string): Promise<void> {
+  const pool = openPgPool(url, 'valet-secrets-migrate', () => undefined);
+  try {
+    await migratePg(pool, 'secrets_schema_version', MIGRATIONS);
+  } finally {
+    await pool.end();
+  }
+}
+
 /**
  * Opens (creating and migrating if needed) the secret store in PostgreSQL: the fleet
  * implementation of the {@link SecretStore} port. Verifies `key` if one is given.
