@@ -44,35 +44,47 @@ export interface FixedRateResult extends RunResult {
   lagMax: number;
 }
 
-/** Closed-loop saturation run with autocannon. */
-export async function maxThroughput(w: Workload, o: { connections: number; seconds: number }): Promise<RunResult> {
+/**
+ * Closed-loop saturation run with autocannon. Given several workloads (one per instance of a
+ * fleet), one autocannon per workload runs at the same time with the connections split evenly
+ * between them, and the counts and latency samples are pooled.
+ */
+export async function maxThroughput(w: Workload | readonly Workload[], o: { connections: number; seconds: number }): Promise<RunResult> {
+  const targets = Array.isArray(w) ? (w as readonly Workload[]) : [w as Workload];
   const samples = new Samples();
-  const instance = autocannon({
-    url: w.url,
-    method: 'POST',
-    body: w.body,
-    headers: w.headers,
-    connections: o.connections,
-    pipelining: 1,
-    duration: o.seconds,
-    timeout: 10,
+  const runs = targets.map((t, i) => {
+    const instance = autocannon({
+      url: t.url,
+      method: 'POST',
+      body: t.body,
+      headers: t.headers,
+      // Remainder connections go to the first targets, so the total is exactly `connections`.
+      connections: Math.max(1, Math.floor(o.connections / targets.length) + (i < o.connections % targets.length ? 1 : 0)),
+      pipelining: 1,
+      duration: o.seconds,
+      timeout: 10,
+    });
+    instance.on('response', (_client, statusCode, _bytes, responseTime) => {
+      if (statusCode >= 200 && statusCode < 300) samples.push(responseTime);
+    });
+    return instance;
   });
-  instance.on('response', (_client, statusCode, _bytes, responseTime) => {
-    if (statusCode >= 200 && statusCode < 300) samples.push(responseTime);
-  });
-  const r = await instance;
+  const results = await Promise.all(runs);
   const statusCodes: Record<string, number> = {};
-  for (const [code, { count }] of Object.entries(r.statusCodeStats)) statusCodes[code] = count;
-  return {
-    ok: r['2xx'],
-    non2xx: r.non2xx,
-    errors: r.errors,
-    timeouts: r.timeouts,
-    statusCodes,
-    durationS: r.duration,
-    rps: r['2xx'] / r.duration,
-    latency: samples.stats(),
-  };
+  let ok = 0;
+  let non2xx = 0;
+  let errors = 0;
+  let timeouts = 0;
+  let durationS = 0;
+  for (const r of results) {
+    for (const [code, { count }] of Object.entries(r.statusCodeStats)) statusCodes[code] = (statusCodes[code] ?? 0) + count;
+    ok += r['2xx'];
+    non2xx += r.non2xx;
+    errors += r.errors;
+    timeouts += r.timeouts;
+    durationS = Math.max(durationS, r.duration);
+  }
+  return { ok, non2xx, errors, timeouts, statusCodes, durationS, rps: ok / durationS, latency: samples.stats() };
 }
 
 /**
@@ -80,11 +92,16 @@ export async function maxThroughput(w: Workload, o: { connections: number; secon
  * moment the generator hands it to the client pool (so time spent queued for a connection counts)
  * to the last byte of the response body.
  */
-export async function fixedRate(w: Workload, o: { rate: number; seconds: number; connections: number }): Promise<FixedRateResult> {
-  const url = new URL(w.url);
-  const path = `${url.pathname}${url.search}`;
-  const pool = new Pool(url.origin, { connections: o.connections, pipelining: 1, keepAliveTimeout: 30_000 });
-  const body = Buffer.from(w.body);
+export async function fixedRate(w: Workload | readonly Workload[], o: { rate: number; seconds: number; connections: number }): Promise<FixedRateResult> {
+  const targets = (Array.isArray(w) ? (w as readonly Workload[]) : [w as Workload]).map((t) => {
+    const url = new URL(t.url);
+    return {
+      path: `${url.pathname}${url.search}`,
+      headers: t.headers,
+      body: Buffer.from(t.body),
+      pool: new Pool(url.origin, { connections: o.connections, pipelining: 1, keepAliveTimeout: 30_000 }),
+    };
+  });
   const total = Math.max(1, Math.round(o.rate * o.seconds));
   const interval = 1000 / o.rate;
   const latencies = new Samples();
@@ -97,11 +114,13 @@ export async function fixedRate(w: Workload, o: { rate: number; seconds: number;
   let inFlight = 0;
   let drained: (() => void) | undefined;
 
-  const fire = (): void => {
+  const fire = (n: number): void => {
+    // Round-robin over the targets, as a load balancer in front of a fleet would.
+    const { pool, path, headers, body } = targets[n % targets.length] as (typeof targets)[number];
     const t0 = performance.now();
     inFlight++;
     pool
-      .request({ method: 'POST', path, headers: w.headers, body, headersTimeout: 10_000, bodyTimeout: 10_000 })
+      .request({ method: 'POST', path, headers, body, headersTimeout: 10_000, bodyTimeout: 10_000 })
       .then(async (res) => {
         await res.body.text();
         const dt = performance.now() - t0;
@@ -130,7 +149,7 @@ export async function fixedRate(w: Workload, o: { rate: number; seconds: number;
       const due = Math.min(total, Math.floor((now - start) / interval) + 1);
       while (sent < due) {
         lags.push(now - (start + sent * interval));
-        fire();
+        fire(sent);
         sent++;
       }
       if (sent >= total) resolve();
@@ -147,7 +166,7 @@ export async function fixedRate(w: Workload, o: { rate: number; seconds: number;
     ]);
   }
   const durationS = (performance.now() - start) / 1000;
-  await pool.destroy();
+  await Promise.all(targets.map((t) => t.pool.destroy()));
   const lag = lags.stats();
   return {
     ok,

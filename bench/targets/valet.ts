@@ -6,6 +6,13 @@
  *
  * Run by bench/proxy.ts in its own process; argv: <work dir> <upstream origin> <upstream secret>
  * [log file, instead of /dev/null].
+ *
+ * For bench/fleet.ts, from its environment: `VALET_POSTGRES_URL`, `VALET_REDIS_URL` and
+ * `VALET_MASTER_KEY` are handed to the gateway (shared state as a fleet runs it);
+ * `VALET_BENCH_AUDIT_SCHEMA` puts the audit tables in that PostgreSQL schema (the other tables
+ * follow the URL's search_path); `VALET_BENCH_REDIS_PREFIX` is the counters' key prefix; and
+ * `VALET_BENCH_RATE_LIMIT` (a count per minute per agent) adds a rate limit every request is
+ * charged against, so the counters backend is on every request's path.
  * The work dir is created (and removed) by the parent.
  */
 import { mkdirSync, openSync, writeFileSync } from 'node:fs';
@@ -27,10 +34,24 @@ async function main(): Promise<void> {
   const configDir = join(workDir, 'config');
   const dataDir = join(workDir, 'data');
   mkdirSync(configDir, { recursive: true });
+  const auditSchema = process.env['VALET_BENCH_AUDIT_SCHEMA'];
+  const redisPrefix = process.env['VALET_BENCH_REDIS_PREFIX'];
+  const rateLimit = process.env['VALET_BENCH_RATE_LIMIT'];
+  const fleetEnv: Record<string, string> = {};
+  for (const k of ['VALET_POSTGRES_URL', 'VALET_REDIS_URL', 'VALET_MASTER_KEY']) {
+    const v = process.env[k];
+    if (v !== undefined && v !== '') fleetEnv[k] = v;
+  }
   writeFileSync(
     join(configDir, 'gateway.yaml'),
     stringify({
-      gateway: { listen: { host: '127.0.0.1', port: 0 }, admin: { listen: { host: '127.0.0.1', port: 0 } }, shutdown_grace_ms: 5_000 },
+      gateway: {
+        listen: { host: '127.0.0.1', port: 0 },
+        admin: { listen: { host: '127.0.0.1', port: 0 } },
+        shutdown_grace_ms: 5_000,
+        ...(auditSchema !== undefined && { audit: { postgres: { schema: auditSchema } } }),
+        ...(redisPrefix !== undefined && { counters: { redis: { prefix: redisPrefix } } }),
+      },
       issuers: [
         { name: 'bench', issuer: 'valet-bench', audience: 'valet', algorithms: ['HS256'], secret: { env: 'VALET_BENCH_SIGNING_KEY' } },
       ],
@@ -44,6 +65,12 @@ async function main(): Promise<void> {
     join(configDir, 'rules.yaml'),
     stringify({ rules: [{ id: 'bench-allow', upstream: BENCH_UPSTREAM, methods: ['POST'], paths: ['/v1/**'], effect: 'allow' }] }),
   );
+  if (rateLimit !== undefined) {
+    writeFileSync(
+      join(configDir, 'limits.yaml'),
+      stringify({ rate_limits: [{ id: 'bench-limit', upstream: BENCH_UPSTREAM, paths: ['/v1/**'], limit: Number(rateLimit), window: '1m', key: 'agent' }] }),
+    );
+  }
 
   // The destination the gateway logs to stdout through (gateway/log.ts), but on /dev/null.
   const logs = logDestination(openSync(logFile ?? '/dev/null', 'a'));
@@ -52,7 +79,7 @@ async function main(): Promise<void> {
     configDir,
     dataDir,
     logDestination: logs,
-    env: { VALET_BENCH_SIGNING_KEY: SIGNING_KEY, VALET_BENCH_UPSTREAM_KEY: upstreamSecret },
+    env: { VALET_BENCH_SIGNING_KEY: SIGNING_KEY, VALET_BENCH_UPSTREAM_KEY: upstreamSecret, ...fleetEnv },
     // bench/audit.ts compares the audit writer on its own thread (the default) with one inline.
     auditWriter: process.env['VALET_BENCH_AUDIT_WRITER'] === 'inline' ? 'inline' : 'worker',
   });
@@ -84,7 +111,8 @@ async function main(): Promise<void> {
         } catch {
           // nothing left to flush
         }
-        return { auditRows: auditRows() };
+        // On PostgreSQL the fleet shares one log: the orchestrator counts its rows.
+        return fleetEnv['VALET_POSTGRES_URL'] === undefined ? { auditRows: auditRows() } : {};
       },
     },
     { url: `${gateway.url}/${BENCH_UPSTREAM}`, token, logLevel: gateway.logger.level },
