@@ -1,6 +1,6 @@
 import type pg from 'pg';
-import type { ApprovalMode, ApprovalRecord, ApprovalStatus } from '../types.js';
 import type { ApprovalStore, InsertResult, SettledListener } from '../port.js';
+import { fromRow, type ApprovalRow } from '../rows.js';
 import { inTransaction, listenPg, migratePg, openPgPool, pgProblem, type PgListener } from '../../postgres.js';
 
 /** The channel every instance LISTENs on; the payload is the settled approval's id. */
@@ -50,65 +50,6 @@ const MIGRATIONS: readonly string[] = [
      used_at     bigint NOT NULL
    );`,
 ];
-
-interface Row {
-  id: string;
-  request_id: string;
-  mode: ApprovalMode;
-  status: ApprovalStatus;
-  agent: string;
-  tenant: string | null;
-  user: string | null;
-  upstream: string;
-  tool: string | null;
-  method: string;
-  path: string;
-  args: string;
-  args_note: string | null;
-  rule: string;
-  reason: string;
-  approver_group: string;
-  timeout_ms: number;
-  created_at: number;
-  expires_at: number;
-  digest: string;
-  resolver: string | null;
-  resolution_reason: string | null;
-  resolved_at: number | null;
-  consumed_at: number | null;
-  consumed_request_id: string | null;
-  policy_version: string | null;
-}
-
-const fromRow = (r: Row): ApprovalRecord =>
-  Object.freeze({
-    id: r.id,
-    requestId: r.request_id,
-    mode: r.mode,
-    status: r.status,
-    agent: r.agent,
-    tenant: r.tenant,
-    user: r.user,
-    upstream: r.upstream,
-    tool: r.tool,
-    method: r.method,
-    path: r.path,
-    args: JSON.parse(r.args) as Record<string, unknown>,
-    argsNote: r.args_note,
-    rule: r.rule,
-    reason: r.reason,
-    group: r.approver_group,
-    timeoutMs: r.timeout_ms,
-    createdAt: r.created_at,
-    expiresAt: r.expires_at,
-    digest: r.digest,
-    resolver: r.resolver,
-    resolutionReason: r.resolution_reason,
-    resolvedAt: r.resolved_at,
-    consumedAt: r.consumed_at,
-    consumedRequestId: r.consumed_request_id,
-    policyVersion: r.policy_version,
-  });
 
 export interface PgApprovalStoreOptions {
   /** `postgres://…`, optionally with `options=-c search_path=<schema>`. */
@@ -219,7 +160,7 @@ export async function openPgApprovalStore(o: PgApprovalStoreOptions): Promise<Ap
       }),
     get: async (id) => {
       const r = await q('SELECT * FROM approvals WHERE id = $1', [id]);
-      const row = r.rows[0] as Row | undefined;
+      const row = r.rows[0] as ApprovalRow | undefined;
       return row && fromRow(row);
     },
     list: async (f) => {
@@ -232,7 +173,7 @@ export async function openPgApprovalStore(o: PgApprovalStoreOptions): Promise<Ap
       }
       params.push(f.limit);
       const sql = `SELECT * FROM approvals ${where.length > 0 ? `WHERE ${where.join(' AND ')}` : ''} ORDER BY created_at DESC, id LIMIT $${params.length}`;
-      return ((await q(sql, params)).rows as Row[]).map(fromRow);
+      return ((await q(sql, params)).rows as ApprovalRow[]).map(fromRow);
     },
     decide: async (id, to, resolver, reason, now) =>
       (

@@ -1,5 +1,6 @@
-import type { ApprovalMode, ApprovalRecord, ApprovalStatus } from '../types.js';
+import type { ApprovalRecord } from '../types.js';
 import type { ApprovalStore, InsertResult, SettledListener } from '../port.js';
+import { fromRow, type ApprovalRow } from '../rows.js';
 import { openPrivateDatabase } from '../../sqlite.js';
 
 /**
@@ -53,65 +54,6 @@ const MIGRATIONS: readonly string[] = [
      used_at     INTEGER NOT NULL
    );`,
 ];
-
-interface Row {
-  id: string;
-  request_id: string;
-  mode: ApprovalMode;
-  status: ApprovalStatus;
-  agent: string;
-  tenant: string | null;
-  user: string | null;
-  upstream: string;
-  tool: string | null;
-  method: string;
-  path: string;
-  args: string;
-  args_note: string | null;
-  rule: string;
-  reason: string;
-  approver_group: string;
-  timeout_ms: number;
-  created_at: number;
-  expires_at: number;
-  digest: string;
-  resolver: string | null;
-  resolution_reason: string | null;
-  resolved_at: number | null;
-  consumed_at: number | null;
-  consumed_request_id: string | null;
-  policy_version: string | null;
-}
-
-const fromRow = (r: Row): ApprovalRecord =>
-  Object.freeze({
-    id: r.id,
-    requestId: r.request_id,
-    mode: r.mode,
-    status: r.status,
-    agent: r.agent,
-    tenant: r.tenant,
-    user: r.user,
-    upstream: r.upstream,
-    tool: r.tool,
-    method: r.method,
-    path: r.path,
-    args: JSON.parse(r.args) as Record<string, unknown>,
-    argsNote: r.args_note,
-    rule: r.rule,
-    reason: r.reason,
-    group: r.approver_group,
-    timeoutMs: r.timeout_ms,
-    createdAt: r.created_at,
-    expiresAt: r.expires_at,
-    digest: r.digest,
-    resolver: r.resolver,
-    resolutionReason: r.resolution_reason,
-    resolvedAt: r.resolved_at,
-    consumedAt: r.consumed_at,
-    consumedRequestId: r.consumed_request_id,
-    policyVersion: r.policy_version,
-  });
 
 /**
  * Opens (creating and migrating if needed) `<dataDir>/approvals.db` in WAL mode: the embedded
@@ -196,7 +138,7 @@ export function openSqliteApprovalStore(dataDir: string): ApprovalStore {
   return {
     insert: async (a, limits, now) => insert.immediate(a, limits, now),
     get: async (id) => {
-      const r = s.get.get(id) as Row | undefined;
+      const r = s.get.get(id) as ApprovalRow | undefined;
       return r && fromRow(r);
     },
     list: async (f) => {
@@ -208,7 +150,7 @@ export function openSqliteApprovalStore(dataDir: string): ApprovalStore {
         params[column] = value;
       }
       const sql = `SELECT * FROM approvals ${where.length > 0 ? `WHERE ${where.join(' AND ')}` : ''} ORDER BY created_at DESC, id LIMIT @limit`;
-      return (db.prepare(sql).all(params) as Row[]).map(fromRow);
+      return (db.prepare(sql).all(params) as ApprovalRow[]).map(fromRow);
     },
     decide: async (id, to, resolver, reason, now) => settled(id, s.decide.run({ id, to, resolver, reason, now }).changes === 1),
     expire: async (id, now) => settled(id, s.expire.run({ id, now }).changes === 1),
