@@ -125,16 +125,21 @@ export const auditView: View = {
       return q;
     };
 
+    // Loads overlap (filters change while a page is on its way): only the latest one may render.
+    let latest = 0;
     const load = async (page: number): Promise<void> => {
       const cursor = cursors[page];
+      const mine = ++latest;
       let result: AuditPage;
       try {
         result = await ctx.api.get<AuditPage>('/api/audit', { ...filters(), limit: PAGE, cursor });
       } catch (err) {
+        if (mine !== latest) return;
         fill(table, h('p', { class: 'error' }, (err as Error).message));
         fill(pager);
         return;
       }
+      if (mine !== latest) return;
       rows = result.rows;
       cursors = cursors.slice(0, page + 1);
       const next = result.next_cursor ?? undefined;
