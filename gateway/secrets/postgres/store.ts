@@ -4,6 +4,7 @@ import { inTransaction, listenPg, migratePg, openPgPool, pgProblem, type PgListe
 import { keyMatches, open, seal, type MasterKey, type Sealed, type SecretAddress } from '../crypto.js';
 import type { ImportResult, RekeyResult, SecretInfo, SecretStore, SecretStoreOptions, SnapshotStats, StoreLog } from '../port.js';
 import { checkName, checkTenant, checkValue, describeSecret, parseSecretsFile, secretNotFound as notFound } from '../validate.js';
+import { secretInfo, SecretSnapshot, type SecretRow, type VersionRow } from '../snapshot.js';
 
 /** The channel every instance LISTENs on; the payload is the store's new generation. */
 export const SECRETS_CHANNEL = 'valet_secrets';
@@ -47,30 +48,6 @@ const MIGRATIONS: readonly string[] = [
 /** `secrets_meta` key of the master key's check value (see crypto.ts); never the key itself. */
 const KEY_CHECK = 'key_check';
 
-interface SecretRow {
-  id: number;
-  tenant: string | null;
-  name: string;
-  version: number;
-  created_at: number;
-  rotated_at: number | null;
-  last_used_at: number | null;
-}
-
-interface VersionRow extends Sealed {
-  secret_id: number;
-  version: number;
-}
-
-interface Entry {
-  readonly id: number;
-  readonly value: string | undefined;
-}
-
-interface ByName {
-  shared: Entry | undefined;
-  readonly tenants: Map<string, Entry>;
-}
 
 /** Where the store is, for messages: host, port and database, never a user or password. */
 function describeUrl(url: string): string {
@@ -128,7 +105,7 @@ class PgSecretStore implements SecretStore {
   private key: MasterKey | undefined;
   private readonly refreshMs: number;
   private readonly log: StoreLog | undefined;
-  private snapshot = new Map<string, ByName>();
+  private snapshot = SecretSnapshot.EMPTY;
   /** The generation the snapshot was read at; -1: none yet. */
   private loadedGeneration = -1;
   private loaded = false;
@@ -158,9 +135,7 @@ class PgSecretStore implements SecretStore {
   // The gateway's side: cached, decrypted current values, never a query on the request path.
 
   get(name: string, tenant: string | undefined): string | undefined {
-    const byName = this.snapshot.get(name);
-    if (byName === undefined) return undefined;
-    const entry = (tenant === undefined ? undefined : byName.tenants.get(tenant)) ?? byName.shared;
+    const entry = this.snapshot.entry(name, tenant);
     if (entry === undefined) return undefined;
     this.usage.set(entry.id, Date.now());
     if (entry.value === undefined) throw new ValetError('VALET_ERR_CREDENTIAL_CORRUPT');
@@ -181,7 +156,7 @@ class PgSecretStore implements SecretStore {
     this.requireKey();
     await this.reload(true);
     await this.watch();
-    return this.stats();
+    return this.snapshot.stats();
   }
 
   onChange(listener: (stats: SnapshotStats) => void): () => void {
@@ -258,10 +233,10 @@ class PgSecretStore implements SecretStore {
         );
       } else {
         const replaced = this.loaded;
-        this.snapshot = this.decryptAll(key, read.secrets, read.versions);
+        this.snapshot = SecretSnapshot.decrypt(key, read.secrets, read.versions, this.log);
         this.loaded = true;
         if (replaced && this.changeListeners.size > 0) {
-          const stats = this.stats();
+          const stats = this.snapshot.stats();
           for (const l of this.changeListeners) l(stats);
         }
       }
@@ -272,42 +247,7 @@ class PgSecretStore implements SecretStore {
     }
   }
 
-  private decryptAll(key: MasterKey, secrets: SecretRow[], versions: VersionRow[]): Map<string, ByName> {
-    const sealed = new Map(versions.map((v) => [v.secret_id, v]));
-    const next = new Map<string, ByName>();
-    for (const s of secrets) {
-      let value: string | undefined;
-      const v = sealed.get(s.id);
-      try {
-        if (v === undefined) throw new ValetError('VALET_ERR_CREDENTIAL_CORRUPT');
-        value = open(key, v, { tenant: s.tenant, name: s.name, version: s.version });
-      } catch {
-        this.log?.error(
-          { secretName: s.name, tenant: s.tenant, version: s.version },
-          'a stored secret failed its integrity check; requests that need it are refused (503)',
-        );
-      }
-      let byName = next.get(s.name);
-      if (byName === undefined) next.set(s.name, (byName = { shared: undefined, tenants: new Map() }));
-      const entry = { id: s.id, value };
-      if (s.tenant === null) byName.shared = entry;
-      else byName.tenants.set(s.tenant, entry);
-    }
-    return next;
-  }
 
-  private stats(): SnapshotStats {
-    let secrets = 0;
-    let corrupt = 0;
-    for (const byName of this.snapshot.values()) {
-      for (const e of [byName.shared, ...byName.tenants.values()]) {
-        if (e === undefined) continue;
-        secrets++;
-        if (e.value === undefined) corrupt++;
-      }
-    }
-    return { secrets, corrupt };
-  }
 
   async flushUsage(): Promise<void> {
     if (this.usage.size === 0 || this.closed) return;
@@ -357,7 +297,7 @@ class PgSecretStore implements SecretStore {
   async list(filter: { tenant?: string | null | undefined } = {}): Promise<SecretInfo[]> {
     const where = filter.tenant === undefined ? '' : filter.tenant === null ? 'WHERE tenant IS NULL' : 'WHERE tenant = $1';
     const r = await this.pool.query<SecretRow>(`SELECT * FROM secrets ${where} ORDER BY name, tenant IS NOT NULL, tenant`, filter.tenant ? [filter.tenant] : []);
-    return r.rows.map(info);
+    return r.rows.map(secretInfo);
   }
 
   async set(name: string, tenant: string | null, value: string): Promise<SecretInfo> {
@@ -548,7 +488,7 @@ async function addVersion(c: pg.PoolClient, key: MasterKey, row: SecretRow, valu
   const version = row.version + 1;
   await insertVersion(c, key, row.id, { tenant: row.tenant, name: row.name, version }, value, now);
   await c.query('UPDATE secrets SET version = $1, rotated_at = $2 WHERE id = $3', [version, now, row.id]);
-  return info({ ...row, version, rotated_at: now });
+  return secretInfo({ ...row, version, rotated_at: now });
 }
 
 async function insertVersion(c: pg.PoolClient, key: MasterKey, id: number, address: SecretAddress, value: string, now: number): Promise<void> {
@@ -563,6 +503,3 @@ async function insertVersion(c: pg.PoolClient, key: MasterKey, id: number, addre
   ]);
 }
 
-function info(r: SecretRow): SecretInfo {
-  return { name: r.name, tenant: r.tenant, version: r.version, createdAt: r.created_at, rotatedAt: r.rotated_at, lastUsedAt: r.last_used_at };
-}

@@ -4,6 +4,7 @@ import { ValetError } from '../../errors.js';
 import { keyMatches, open, seal, type MasterKey, type Sealed } from '../crypto.js';
 import type { ImportResult, RekeyResult, SecretInfo, SecretStore, SecretStoreOptions, SnapshotStats, StoreLog } from '../port.js';
 import { checkName, checkTenant, checkValue, describeSecret, parseSecretsFile, secretNotFound as notFound } from '../validate.js';
+import { secretInfo, SecretSnapshot, type SecretRow, type VersionRow } from '../snapshot.js';
 import { openPrivateDatabase } from '../../sqlite.js';
 
 /**
@@ -53,31 +54,6 @@ const MIGRATIONS: readonly string[] = [
 /** `store_meta` key of the master key's check value (see crypto.ts); never the key itself. */
 const KEY_CHECK = 'key_check';
 
-interface SecretRow {
-  id: number;
-  tenant: string | null;
-  name: string;
-  version: number;
-  created_at: number;
-  rotated_at: number | null;
-  last_used_at: number | null;
-}
-
-interface VersionRow extends Sealed {
-  secret_id: number;
-  version: number;
-}
-
-/** A decrypted current value; `value` undefined means it failed its integrity check. */
-interface Entry {
-  readonly id: number;
-  readonly value: string | undefined;
-}
-
-interface ByName {
-  shared: Entry | undefined;
-  readonly tenants: Map<string, Entry>;
-}
 
 /** Opens (creating and migrating if needed) `<dataDir>/secrets.db`. Verifies `key` if one is given. */
 export function openSqliteSecretStore(dataDir: string, options: SecretStoreOptions = {}): SecretStore {
@@ -102,7 +78,7 @@ class SqliteSecretStore implements SecretStore {
   private key: MasterKey | undefined;
   private readonly refreshMs: number;
   private readonly log: StoreLog | undefined;
-  private snapshot = new Map<string, ByName>();
+  private snapshot = SecretSnapshot.EMPTY;
   /** `PRAGMA data_version` when the snapshot was taken; -1 forces a reload. */
   private loadedVersion = -1;
   private nextCheck = 0;
@@ -141,9 +117,7 @@ class SqliteSecretStore implements SecretStore {
       this.nextCheck = now + this.refreshMs;
       this.reload();
     }
-    const byName = this.snapshot.get(name);
-    if (byName === undefined) return undefined;
-    const entry = (tenant === undefined ? undefined : byName.tenants.get(tenant)) ?? byName.shared;
+    const entry = this.snapshot.entry(name, tenant);
     if (entry === undefined) return undefined;
     this.usage.set(entry.id, now);
     if (entry.value === undefined) throw new ValetError('VALET_ERR_CREDENTIAL_CORRUPT');
@@ -157,7 +131,7 @@ class SqliteSecretStore implements SecretStore {
   async refresh(): Promise<SnapshotStats> {
     this.nextCheck = Date.now() + this.refreshMs;
     this.reload();
-    return this.stats();
+    return this.snapshot.stats();
   }
 
   onChange(listener: (stats: SnapshotStats) => void): () => void {
@@ -165,18 +139,6 @@ class SqliteSecretStore implements SecretStore {
     return () => void this.changeListeners.delete(listener);
   }
 
-  private stats(): SnapshotStats {
-    let secrets = 0;
-    let corrupt = 0;
-    for (const byName of this.snapshot.values()) {
-      for (const e of [byName.shared, ...byName.tenants.values()]) {
-        if (e === undefined) continue;
-        secrets++;
-        if (e.value === undefined) corrupt++;
-      }
-    }
-    return { secrets, corrupt };
-  }
 
   /**
    * Reloads the snapshot if the store changed since it was taken. A value that fails its
@@ -204,10 +166,10 @@ class SqliteSecretStore implements SecretStore {
         );
       } else {
         const replaced = this.loaded;
-        this.snapshot = this.decryptAll(key, secrets, versions);
+        this.snapshot = SecretSnapshot.decrypt(key, secrets, versions, this.log);
         this.loaded = true;
         if (replaced && this.changeListeners.size > 0) {
-          const stats = this.stats();
+          const stats = this.snapshot.stats();
           for (const l of this.changeListeners) l(stats);
         }
       }
@@ -217,29 +179,6 @@ class SqliteSecretStore implements SecretStore {
     }
   }
 
-  private decryptAll(key: MasterKey, secrets: SecretRow[], versions: VersionRow[]): Map<string, ByName> {
-    const sealed = new Map(versions.map((v) => [v.secret_id, v]));
-    const next = new Map<string, ByName>();
-    for (const s of secrets) {
-      let value: string | undefined;
-      const v = sealed.get(s.id);
-      try {
-        if (v === undefined) throw new ValetError('VALET_ERR_CREDENTIAL_CORRUPT');
-        value = open(key, v, { tenant: s.tenant, name: s.name, version: s.version });
-      } catch {
-        this.log?.error(
-          { secretName: s.name, tenant: s.tenant, version: s.version },
-          'a stored secret failed its integrity check; requests that need it are refused (503)',
-        );
-      }
-      let byName = next.get(s.name);
-      if (byName === undefined) next.set(s.name, (byName = { shared: undefined, tenants: new Map() }));
-      const entry = { id: s.id, value };
-      if (s.tenant === null) byName.shared = entry;
-      else byName.tenants.set(s.tenant, entry);
-    }
-    return next;
-  }
 
   async flushUsage(): Promise<void> {
     this.flushUsageNow();
@@ -304,7 +243,7 @@ class SqliteSecretStore implements SecretStore {
     const rows = this.db
       .prepare(`SELECT * FROM secrets ${where} ORDER BY name, tenant IS NOT NULL, tenant`)
       .all(...(filter.tenant ? [{ tenant: filter.tenant }] : [])) as SecretRow[];
-    return rows.map(info);
+    return rows.map(secretInfo);
   }
 
   async set(name: string, tenant: string | null, value: string): Promise<SecretInfo> {
@@ -466,7 +405,7 @@ class SqliteSecretStore implements SecretStore {
     const version = row.version + 1;
     this.insertVersion(key, row.id, { tenant: row.tenant, name: row.name, version }, value, now);
     this.db.prepare('UPDATE secrets SET version = ?, rotated_at = ? WHERE id = ?').run(version, now, row.id);
-    return info({ ...row, version, rotated_at: now });
+    return secretInfo({ ...row, version, rotated_at: now });
   }
 
   private insertVersion(key: MasterKey, id: number, address: { tenant: string | null; name: string; version: number }, value: string, now: number): void {
@@ -477,6 +416,3 @@ class SqliteSecretStore implements SecretStore {
   }
 }
 
-function info(r: SecretRow): SecretInfo {
-  return { name: r.name, tenant: r.tenant, version: r.version, createdAt: r.created_at, rotatedAt: r.rotated_at, lastUsedAt: r.last_used_at };
-}
