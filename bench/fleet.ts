@@ -153,6 +153,7 @@ async function startInstances(s: Setup, upstream: string, masterKey: string): Pr
       VALET_MASTER_KEY: masterKey,
       VALET_BENCH_AUDIT_SCHEMA: SCHEMA,
       VALET_BENCH_REDIS_PREFIX: REDIS_PREFIX,
+      VALET_BENCH_FLEET: '1',
     });
   }
   const started: BenchChild[] = [];

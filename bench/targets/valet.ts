@@ -7,7 +7,7 @@
  * Run by bench/proxy.ts in its own process; argv: <work dir> <upstream origin> <upstream secret>
  * [log file, instead of /dev/null].
  *
- * For bench/fleet.ts, from its environment: `VALET_POSTGRES_URL`, `VALET_REDIS_URL` and
+ * For bench/fleet.ts (`VALET_BENCH_FLEET=1`), from its environment: `VALET_POSTGRES_URL`, `VALET_REDIS_URL` and
  * `VALET_MASTER_KEY` are handed to the gateway (shared state as a fleet runs it);
  * `VALET_BENCH_AUDIT_SCHEMA` puts the audit tables in that PostgreSQL schema (the other tables
  * follow the URL's search_path); `VALET_BENCH_REDIS_PREFIX` is the counters' key prefix; and
@@ -37,10 +37,14 @@ async function main(): Promise<void> {
   const auditSchema = process.env['VALET_BENCH_AUDIT_SCHEMA'];
   const redisPrefix = process.env['VALET_BENCH_REDIS_PREFIX'];
   const rateLimit = process.env['VALET_BENCH_RATE_LIMIT'];
+  // Only bench/fleet.ts hands shared backends on: a VALET_POSTGRES_URL left in a shell must not
+  // turn `npm run bench` into a measurement of PostgreSQL.
   const fleetEnv: Record<string, string> = {};
-  for (const k of ['VALET_POSTGRES_URL', 'VALET_REDIS_URL', 'VALET_MASTER_KEY']) {
-    const v = process.env[k];
-    if (v !== undefined && v !== '') fleetEnv[k] = v;
+  if (process.env['VALET_BENCH_FLEET'] === '1') {
+    for (const k of ['VALET_POSTGRES_URL', 'VALET_REDIS_URL', 'VALET_MASTER_KEY']) {
+      const v = process.env[k];
+      if (v !== undefined && v !== '') fleetEnv[k] = v;
+    }
   }
   writeFileSync(
     join(configDir, 'gateway.yaml'),
