@@ -120,6 +120,50 @@ export interface PruneNote {
   through_hash: string | null;
 }
 
+/** An event at the front of the chain, as compaction reads it. */
+export interface FrontEvent {
+  readonly seq: number;
+  readonly kind: number;
+  readonly hash: Buffer;
+  readonly ts: number | null;
+}
+
+/**
+ * How far compaction may cut the chain: through the longest run, right after the checkpoint, of
+ * stubs of pruned rows and earlier prune events (a live event, one with a time, ends the run).
+ */
+export function compactable(checkpoint: { readonly seq: number; readonly hash: Buffer }, front: readonly FrontEvent[]): { through: { seq: number; hash: Buffer }; compacted: number } {
+  let through = { seq: checkpoint.seq, hash: checkpoint.hash };
+  let compacted = 0;
+  for (const e of front) {
+    if (e.seq !== through.seq + 1) break;
+    if (e.kind !== EVENT.prune && e.ts === null) break;
+    through = { seq: e.seq, hash: e.hash };
+    compacted++;
+  }
+  return { through, compacted };
+}
+
+/** The note a prune event carries: what was deleted and where the chain now starts. */
+export function pruneNote(
+  cutoffs: { readonly defaultBefore: number | null; readonly tenantBefore: Record<string, number | null> },
+  rows: number,
+  maxId: number,
+  through: { readonly seq: number; readonly hash: Buffer },
+  at: number,
+): PruneNote {
+  return {
+    v: 1,
+    at,
+    default_before: cutoffs.defaultBefore,
+    tenant_before: cutoffs.tenantBefore,
+    rows,
+    max_id: maxId,
+    through_seq: through.seq === 0 ? null : through.seq,
+    through_hash: through.seq === 0 ? null : through.hash.toString('hex'),
+  };
+}
+
 export function encodeNote(n: PruneNote): string {
   return JSON.stringify({
     v: n.v,

@@ -1,5 +1,5 @@
 import type pg from 'pg';
-import { encodeNote, EVENT, GENESIS, linkHash, parseNote, rowDigest, sha256, type ChainHead, type PruneNote } from '../chain.js';
+import { compactable, encodeNote, EVENT, GENESIS, linkHash, parseNote, rowDigest, pruneNote, sha256, type ChainHead } from '../chain.js';
 import type { PruneResult, RetentionCutoffs } from '../port.js';
 import { DIGEST_COLUMNS, lockKey, SELECT_ROW } from './schema.js';
 
@@ -65,27 +65,11 @@ export async function pruneInTransaction(
   const front = (
     await db.query<{ seq: number; kind: number; hash: Buffer; ts: number | null }>('SELECT seq, kind, hash, ts FROM audit_chain WHERE seq > $1 ORDER BY seq LIMIT 5000', [checkpoint.seq])
   ).rows;
-  let through = checkpoint;
-  let compacted = 0;
-  for (const e of front) {
-    if (e.seq !== through.seq + 1) break;
-    if (e.kind !== EVENT.prune && e.ts === null) break;
-    through = { seq: e.seq, hash: e.hash };
-    compacted++;
-  }
+  const { through, compacted } = compactable(checkpoint, front);
   if (batch.length === 0 && compacted === 0) return { rows: 0, compacted: 0, done: true };
   if (compacted > 0) await db.query('DELETE FROM audit_chain WHERE seq <= $1', [through.seq]);
 
-  const note: PruneNote = {
-    v: 1,
-    at: o.now ?? Date.now(),
-    default_before: cutoffs.defaultBefore,
-    tenant_before: cutoffs.tenantBefore,
-    rows: batch.length,
-    max_id: maxId,
-    through_seq: through.seq === 0 ? null : through.seq,
-    through_hash: through.seq === 0 ? null : through.hash.toString('hex'),
-  };
+  const note = pruneNote(cutoffs, batch.length, maxId, through, o.now ?? Date.now());
   const text = encodeNote(note);
   const seq = head.seq + 1;
   const hash = linkHash(head.hash, seq, EVENT.prune, maxId, note.at, null, sha256(text));

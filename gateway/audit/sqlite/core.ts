@@ -1,7 +1,7 @@
 import { join } from 'node:path';
 import Database from 'better-sqlite3';
 import type { AuditRecord } from '../../types.js';
-import { encodeNote, EVENT, GENESIS, jsonString, linkHash, META_COLUMNS, parseNote, rowDigest, sha256, sha256Hex, storedText, type ChainHead, type PruneNote } from '../chain.js';
+import { compactable, encodeNote, EVENT, GENESIS, jsonString, linkHash, META_COLUMNS, parseNote, pruneNote, rowDigest, sha256, sha256Hex, storedText, type ChainHead } from '../chain.js';
 import type { PruneResult, RetentionCutoffs } from '../port.js';
 import { DECISION, FINAL, pack, RECORD_FIELDS, REQUEST_ID_AT, type PackedOp } from '../protocol.js';
 import { contentColumns, readCheckpoint, readHead } from './chain.js';
@@ -432,28 +432,12 @@ export function pruneAudit(
       hash: Buffer;
       ts: number | null;
     }[];
-    let through = checkpoint;
-    let compacted = 0;
-    for (const e of front) {
-      if (e.seq !== through.seq + 1) break;
-      if (e.kind !== EVENT.prune && e.ts === null) break;
-      through = { seq: e.seq, hash: e.hash };
-      compacted++;
-    }
+    const { through, compacted } = compactable(checkpoint, front);
     if (batch.length === 0 && compacted === 0) return { rows: 0, compacted: 0, done: true };
     if (compacted > 0) db.prepare('DELETE FROM audit_chain WHERE seq <= ?').run(through.seq);
 
     const head = readHead(db);
-    const note: PruneNote = {
-      v: 1,
-      at: o.now ?? Date.now(),
-      default_before: cutoffs.defaultBefore,
-      tenant_before: cutoffs.tenantBefore,
-      rows: batch.length,
-      max_id: maxId,
-      through_seq: through.seq === 0 ? null : through.seq,
-      through_hash: through.seq === 0 ? null : through.hash.toString('hex'),
-    };
+    const note = pruneNote(cutoffs, batch.length, maxId, through, o.now ?? Date.now());
     const text = encodeNote(note);
     const base = head.seq === 0 || head.seq <= through.seq ? through : head;
     const seq = base.seq + 1;
