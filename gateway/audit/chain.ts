@@ -222,3 +222,142 @@ export function pruneCoverage(prunes: { seq: number; note: PruneNote | undefined
     return ts < (arr !== undefined ? arr[lo]! : suffixDefault[lo]!);
   };
 }
+
+/** One event of the chain as verify reads it. */
+export interface ChainEvent {
+  seq: number;
+  kind: number;
+  row_id: number;
+  hash: Buffer;
+  ts: number | null;
+  tenant: string | null;
+  digest: Buffer | null;
+  note: string | null;
+}
+
+/** A problem verify found; `position` orders the report (defaults to the event's seq). */
+export type ChainProblem = { seq: number | null; rowId: number | null; requestId: string | null; message: string; position?: number };
+
+/**
+ * The walk `valet audit verify` makes over the retained chain, whatever stores it: fed each event
+ * in seq order with its row (undefined when the row is gone), it checks the links, the rows'
+ * digests, the order of first events, gaps, and that every removed row is covered by a prune.
+ * The store reads; this decides.
+ */
+export class ChainWalk {
+  count = 0;
+  pruned = 0;
+  liveRecords = 0;
+  lastSeq: number;
+  lastHash: Buffer;
+  /** Decision events still waiting for their outcome event: row id → (seq, stored digest). */
+  readonly awaiting = new Map<number, { seq: number; digest: Buffer }>();
+  private expected: number;
+  private prev: Buffer | undefined;
+  private lastFirstRow = 0;
+
+  constructor(
+    checkpoint: { readonly seq: number; readonly hash: Buffer },
+    private readonly columns: readonly string[],
+    private readonly covered: (seq: number, tenant: string | null, ts: number) => boolean,
+    private readonly problem: (p: ChainProblem) => void,
+  ) {
+    this.expected = checkpoint.seq + 1;
+    this.prev = checkpoint.hash;
+    this.lastSeq = checkpoint.seq;
+    this.lastHash = checkpoint.hash;
+  }
+
+  event(e: ChainEvent, row: RowValues | undefined): void {
+    const problem = this.problem;
+    this.count++;
+    if (e.seq !== this.expected) {
+      const expected = this.expected;
+      problem({
+        seq: e.seq,
+        rowId: null,
+        requestId: null,
+        position: expected,
+        message:
+          e.seq - expected === 1
+            ? `event ${expected} is missing (deleted from the chain; its row went with it or is reported below)`
+            : `events ${expected}–${e.seq - 1} are missing (deleted from the chain)`,
+      });
+      // Its predecessor is gone: this link cannot be checked; later ones are, against stored hashes.
+      this.prev = undefined;
+    }
+    this.expected = e.seq + 1;
+    this.lastSeq = e.seq;
+    this.lastHash = e.hash;
+
+    let digest: Buffer | undefined;
+    let ts: number | null = null;
+    let tenant: string | null = null;
+    let requestId: string | null = null;
+    const isFirst = e.kind === EVENT.decision || e.kind === EVENT.record;
+    if (e.kind === EVENT.prune) {
+      digest = sha256(e.note ?? '');
+      ts = e.ts;
+    } else if (e.kind === EVENT.decision || e.kind === EVENT.outcome || e.kind === EVENT.record) {
+      if (row !== undefined) {
+        ts = row['ts'] as number;
+        tenant = (row['tenant'] as string | null) ?? null;
+        requestId = (row['request_id'] as string | null) ?? null;
+        if (e.kind === EVENT.decision) {
+          if (e.digest === null) {
+            problem({ seq: e.seq, rowId: e.row_id, requestId, message: `row ${e.row_id}: its decision event lacks the stored digest (the event was altered)` });
+          } else {
+            digest = e.digest;
+            this.awaiting.set(e.row_id, { seq: e.seq, digest: e.digest });
+          }
+        } else {
+          digest = rowDigest(row, this.columns);
+          if (e.kind === EVENT.outcome && !this.awaiting.delete(e.row_id)) {
+            problem({ seq: e.seq, rowId: e.row_id, requestId, message: `row ${e.row_id}: an outcome event with no decision event before it (inserted, or moved)` });
+          }
+        }
+        if (isFirst) this.liveRecords++;
+      } else if (e.ts !== null && e.digest !== null) {
+        // A stub: retention deleted the row and kept what proves which row it was.
+        this.pruned++;
+        digest = e.digest;
+        ts = e.ts;
+        tenant = e.tenant;
+        if (e.kind === EVENT.decision) this.awaiting.set(e.row_id, { seq: e.seq, digest: e.digest });
+        if (e.kind === EVENT.outcome) this.awaiting.delete(e.row_id);
+        if (!this.covered(e.seq, tenant, ts)) {
+          problem({
+            seq: e.seq,
+            rowId: e.row_id,
+            requestId: null,
+            message: `row ${e.row_id} (tenant ${tenant ?? '-'}, ${new Date(ts).toISOString()}) was removed, but no later retention prune covers it`,
+          });
+        }
+      } else {
+        problem({ seq: e.seq, rowId: e.row_id, requestId: null, message: `row ${e.row_id} is missing (deleted)` });
+      }
+      if (isFirst) {
+        if (e.row_id <= this.lastFirstRow) {
+          problem({ seq: e.seq, rowId: e.row_id, requestId, message: `row ${e.row_id} is out of order (after row ${this.lastFirstRow}): rows were reordered or renumbered` });
+        }
+        this.lastFirstRow = Math.max(this.lastFirstRow, e.row_id);
+      }
+    } else {
+      problem({ seq: e.seq, rowId: e.row_id, requestId: null, message: `event ${e.seq} has an unknown kind ${e.kind} (inserted or altered)` });
+    }
+
+    if (digest !== undefined && this.prev !== undefined) {
+      const link = linkHash(this.prev, e.seq, e.kind, e.row_id, ts, tenant, digest);
+      if (!link.equals(e.hash)) {
+        const what =
+          e.kind === EVENT.prune
+            ? `the retention record at event ${e.seq} was altered`
+            : e.kind === EVENT.decision
+              ? `row ${e.row_id}: its decision event does not match (the event or the previous event's hash was rewritten, or the row was renumbered)`
+              : `row ${e.row_id} does not match its hash (edited, moved, or the previous event's hash was rewritten)`;
+        problem({ seq: e.seq, rowId: e.kind === EVENT.prune ? null : e.row_id, requestId, message: what });
+      }
+    }
+    this.prev = e.hash;
+  }
+}

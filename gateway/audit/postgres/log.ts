@@ -1,5 +1,5 @@
 import type pg from 'pg';
-import { EVENT, linkHash, parseNote, pruneCoverage, rowDigest, sha256 } from '../chain.js';
+import { ChainWalk, EVENT, parseNote, pruneCoverage, rowDigest, type ChainEvent } from '../chain.js';
 import type {
   AgentActivity,
   Anchor,
@@ -41,17 +41,6 @@ function equalities(f: CompletedFilter, params: unknown[]): string[] {
     else where.push(`r."${column}" = $${params.push(v)}`);
   }
   return where;
-}
-
-interface EventRow {
-  seq: number;
-  kind: number;
-  row_id: number;
-  hash: Buffer;
-  ts: number | null;
-  tenant: string | null;
-  digest: Buffer | null;
-  note: string | null;
 }
 
 /** Events read per round trip while verifying. */
@@ -257,118 +246,25 @@ async function verifyInSnapshot(db: pg.PoolClient, anchors: readonly Anchor[], m
   const covered = pruneCoverage(prunes);
   const checkpoint = await readCheckpoint(db);
 
-  let expected = checkpoint.seq + 1;
-  let prev: Buffer | undefined = checkpoint.hash;
-  let count = 0;
-  let pruned = 0;
-  let liveRecords = 0;
-  let lastFirstRow = 0;
-  let lastSeq = checkpoint.seq;
-  let lastHash = checkpoint.hash;
-  const awaiting = new Map<number, { seq: number; digest: Buffer }>();
+  const walk = new ChainWalk(checkpoint, DIGEST_COLUMNS, covered, problem);
   const getRows = async (ids: number[]): Promise<Map<number, Record<string, unknown>>> =>
     new Map((await db.query<Record<string, unknown>>(`SELECT ${SELECT_ROW} FROM audit_log WHERE id = ANY($1::bigint[])`, [ids])).rows.map((r) => [r['id'] as number, r]));
 
   let after = checkpoint.seq;
-  walk: for (;;) {
+  pages: for (;;) {
     const page = (
-      await db.query<EventRow>('SELECT seq, kind, row_id, hash, ts, tenant, digest, note FROM audit_chain WHERE seq > $1 ORDER BY seq LIMIT $2', [after, VERIFY_PAGE])
+      await db.query<ChainEvent>('SELECT seq, kind, row_id, hash, ts, tenant, digest, note FROM audit_chain WHERE seq > $1 ORDER BY seq LIMIT $2', [after, VERIFY_PAGE])
     ).rows;
     if (page.length === 0) break;
     after = page[page.length - 1]!.seq;
     const rowsById = await getRows([...new Set(page.filter((e) => e.kind !== EVENT.prune).map((e) => e.row_id))]);
     for (const e of page) {
-      if (problems.length >= maxProblems) break walk;
-      count++;
-      if (e.seq !== expected) {
-        problem({
-          seq: e.seq,
-          rowId: null,
-          requestId: null,
-          position: expected,
-          message:
-            e.seq - expected === 1
-              ? `event ${expected} is missing (deleted from the chain; its row went with it or is reported below)`
-              : `events ${expected}–${e.seq - 1} are missing (deleted from the chain)`,
-        });
-        prev = undefined;
-      }
-      expected = e.seq + 1;
-      lastSeq = e.seq;
-      lastHash = e.hash;
-
-      let digest: Buffer | undefined;
-      let ts: number | null = null;
-      let tenant: string | null = null;
-      let requestId: string | null = null;
-      const isFirst = e.kind === EVENT.decision || e.kind === EVENT.record;
-      if (e.kind === EVENT.prune) {
-        digest = sha256(e.note ?? '');
-        ts = e.ts;
-      } else if (e.kind === EVENT.decision || e.kind === EVENT.outcome || e.kind === EVENT.record) {
-        const row = rowsById.get(e.row_id);
-        if (row !== undefined) {
-          ts = row['ts'] as number;
-          tenant = (row['tenant'] as string | null) ?? null;
-          requestId = (row['request_id'] as string | null) ?? null;
-          if (e.kind === EVENT.decision) {
-            if (e.digest === null) {
-              problem({ seq: e.seq, rowId: e.row_id, requestId, message: `row ${e.row_id}: its decision event lacks the stored digest (the event was altered)` });
-            } else {
-              digest = e.digest;
-              awaiting.set(e.row_id, { seq: e.seq, digest: e.digest });
-            }
-          } else {
-            digest = rowDigest(row, DIGEST_COLUMNS);
-            if (e.kind === EVENT.outcome && !awaiting.delete(e.row_id)) {
-              problem({ seq: e.seq, rowId: e.row_id, requestId, message: `row ${e.row_id}: an outcome event with no decision event before it (inserted, or moved)` });
-            }
-          }
-          if (isFirst) liveRecords++;
-        } else if (e.ts !== null && e.digest !== null) {
-          pruned++;
-          digest = e.digest;
-          ts = e.ts;
-          tenant = e.tenant;
-          if (e.kind === EVENT.decision) awaiting.set(e.row_id, { seq: e.seq, digest: e.digest });
-          if (e.kind === EVENT.outcome) awaiting.delete(e.row_id);
-          if (!covered(e.seq, tenant, ts)) {
-            problem({
-              seq: e.seq,
-              rowId: e.row_id,
-              requestId: null,
-              message: `row ${e.row_id} (tenant ${tenant ?? '-'}, ${new Date(ts).toISOString()}) was removed, but no later retention prune covers it`,
-            });
-          }
-        } else {
-          problem({ seq: e.seq, rowId: e.row_id, requestId: null, message: `row ${e.row_id} is missing (deleted)` });
-        }
-        if (isFirst) {
-          if (e.row_id <= lastFirstRow) {
-            problem({ seq: e.seq, rowId: e.row_id, requestId, message: `row ${e.row_id} is out of order (after row ${lastFirstRow}): rows were reordered or renumbered` });
-          }
-          lastFirstRow = Math.max(lastFirstRow, e.row_id);
-        }
-      } else {
-        problem({ seq: e.seq, rowId: e.row_id, requestId: null, message: `event ${e.seq} has an unknown kind ${e.kind} (inserted or altered)` });
-      }
-
-      if (digest !== undefined && prev !== undefined) {
-        const link = linkHash(prev, e.seq, e.kind, e.row_id, ts, tenant, digest);
-        if (!link.equals(e.hash)) {
-          const what =
-            e.kind === EVENT.prune
-              ? `the retention record at event ${e.seq} was altered`
-              : e.kind === EVENT.decision
-                ? `row ${e.row_id}: its decision event does not match (the event or the previous event's hash was rewritten, or the row was renumbered)`
-                : `row ${e.row_id} does not match its hash (edited, moved, or the previous event's hash was rewritten)`;
-          problem({ seq: e.seq, rowId: e.kind === EVENT.prune ? null : e.row_id, requestId, message: what });
-        }
-      }
-      prev = e.hash;
+      if (problems.length >= maxProblems) break pages;
+      walk.event(e, e.kind === EVENT.prune ? undefined : rowsById.get(e.row_id));
     }
   }
 
+  const { count, pruned, liveRecords, lastSeq, lastHash, awaiting } = walk;
   let incomplete = 0;
   const waitingRows = await getRows([...awaiting.keys()]);
   for (const [rowId, a] of awaiting) {

@@ -1,4 +1,4 @@
-import { EVENT, GENESIS, linkHash, META_COLUMNS, parseNote, pruneCoverage, rowDigest, sha256, type ChainHead } from '../chain.js';
+import { ChainWalk, EVENT, GENESIS, META_COLUMNS, parseNote, pruneCoverage, rowDigest, type ChainEvent, type ChainHead } from '../chain.js';
 import type { Anchor, VerifyProblem, VerifyResult } from '../port.js';
 import type { AuditDatabase } from './store.js';
 
@@ -23,17 +23,6 @@ export function readCheckpoint(db: AuditDatabase): ChainHead {
     if (n?.through_seq != null && n.through_hash != null) return { seq: n.through_seq, hash: Buffer.from(n.through_hash, 'hex') };
   }
   return { seq: 0, hash: GENESIS };
-}
-
-interface EventRow {
-  seq: number;
-  kind: number;
-  row_id: number;
-  hash: Buffer;
-  ts: number | null;
-  tenant: string | null;
-  digest: Buffer | null;
-  note: string | null;
 }
 
 /**
@@ -66,111 +55,14 @@ function verifyInSnapshot(db: AuditDatabase, anchors: readonly Anchor[], maxProb
   const covered = pruneCoverage(prunes);
   const checkpoint = readCheckpoint(db);
   const getRow = db.prepare('SELECT * FROM audit_log WHERE id = ?');
-  const events = db.prepare('SELECT seq, kind, row_id, hash, ts, tenant, digest, note FROM audit_chain WHERE seq > ? ORDER BY seq').iterate(checkpoint.seq) as IterableIterator<EventRow>;
+  const events = db.prepare('SELECT seq, kind, row_id, hash, ts, tenant, digest, note FROM audit_chain WHERE seq > ? ORDER BY seq').iterate(checkpoint.seq) as IterableIterator<ChainEvent>;
 
-  let expected = checkpoint.seq + 1;
-  let prev: Buffer | undefined = checkpoint.hash;
-  let count = 0;
-  let pruned = 0;
-  let liveRecords = 0;
-  let lastFirstRow = 0;
-  let lastSeq = checkpoint.seq;
-  let lastHash = checkpoint.hash;
-  /** Decision events still waiting for their outcome event: row id → (seq, stored digest). */
-  const awaiting = new Map<number, { seq: number; digest: Buffer }>();
-
+  const walk = new ChainWalk(checkpoint, columns, covered, problem);
   for (const e of events) {
     if (problems.length >= maxProblems) break;
-    count++;
-    if (e.seq !== expected) {
-      problem({
-        seq: e.seq,
-        rowId: null,
-        requestId: null,
-        position: expected,
-        message:
-          e.seq - expected === 1
-            ? `event ${expected} is missing (deleted from the chain; its row went with it or is reported below)`
-            : `events ${expected}–${e.seq - 1} are missing (deleted from the chain)`,
-      });
-      // Its predecessor is gone: this link cannot be checked; later ones are, against stored hashes.
-      prev = undefined;
-    }
-    expected = e.seq + 1;
-    lastSeq = e.seq;
-    lastHash = e.hash;
-
-    let digest: Buffer | undefined;
-    let ts: number | null = null;
-    let tenant: string | null = null;
-    let requestId: string | null = null;
-    const isFirst = e.kind === EVENT.decision || e.kind === EVENT.record;
-    if (e.kind === EVENT.prune) {
-      digest = sha256(e.note ?? '');
-      ts = e.ts;
-    } else if (e.kind === EVENT.decision || e.kind === EVENT.outcome || e.kind === EVENT.record) {
-      const row = getRow.get(e.row_id) as Record<string, unknown> | undefined;
-      if (row !== undefined) {
-        ts = row['ts'] as number;
-        tenant = (row['tenant'] as string | null) ?? null;
-        requestId = (row['request_id'] as string | null) ?? null;
-        if (e.kind === EVENT.decision) {
-          if (e.digest === null) {
-            problem({ seq: e.seq, rowId: e.row_id, requestId, message: `row ${e.row_id}: its decision event lacks the stored digest (the event was altered)` });
-          } else {
-            digest = e.digest;
-            awaiting.set(e.row_id, { seq: e.seq, digest: e.digest });
-          }
-        } else {
-          digest = rowDigest(row, columns);
-          if (e.kind === EVENT.outcome && !awaiting.delete(e.row_id)) {
-            problem({ seq: e.seq, rowId: e.row_id, requestId, message: `row ${e.row_id}: an outcome event with no decision event before it (inserted, or moved)` });
-          }
-        }
-        if (isFirst) liveRecords++;
-      } else if (e.ts !== null && e.digest !== null) {
-        // A stub: retention deleted the row and kept what proves which row it was.
-        pruned++;
-        digest = e.digest;
-        ts = e.ts;
-        tenant = e.tenant;
-        if (e.kind === EVENT.decision) awaiting.set(e.row_id, { seq: e.seq, digest: e.digest });
-        if (e.kind === EVENT.outcome) awaiting.delete(e.row_id);
-        if (!covered(e.seq, tenant, ts)) {
-          problem({
-            seq: e.seq,
-            rowId: e.row_id,
-            requestId: null,
-            message: `row ${e.row_id} (tenant ${tenant ?? '-'}, ${new Date(ts).toISOString()}) was removed, but no later retention prune covers it`,
-          });
-        }
-      } else {
-        problem({ seq: e.seq, rowId: e.row_id, requestId: null, message: `row ${e.row_id} is missing (deleted)` });
-      }
-      if (isFirst) {
-        if (e.row_id <= lastFirstRow) {
-          problem({ seq: e.seq, rowId: e.row_id, requestId, message: `row ${e.row_id} is out of order (after row ${lastFirstRow}): rows were reordered or renumbered` });
-        }
-        lastFirstRow = Math.max(lastFirstRow, e.row_id);
-      }
-    } else {
-      problem({ seq: e.seq, rowId: e.row_id, requestId: null, message: `event ${e.seq} has an unknown kind ${e.kind} (inserted or altered)` });
-    }
-
-    if (digest !== undefined && prev !== undefined) {
-      const link = linkHash(prev, e.seq, e.kind, e.row_id, ts, tenant, digest);
-      if (!link.equals(e.hash)) {
-        const what =
-          e.kind === EVENT.prune
-            ? `the retention record at event ${e.seq} was altered`
-            : e.kind === EVENT.decision
-              ? `row ${e.row_id}: its decision event does not match (the event or the previous event's hash was rewritten, or the row was renumbered)`
-              : `row ${e.row_id} does not match its hash (edited, moved, or the previous event's hash was rewritten)`;
-        problem({ seq: e.seq, rowId: e.kind === EVENT.prune ? null : e.row_id, requestId, message: what });
-      }
-    }
-    prev = e.hash;
+    walk.event(e, e.kind === EVENT.prune ? undefined : (getRow.get(e.row_id) as Record<string, unknown> | undefined));
   }
+  const { count, pruned, liveRecords, lastSeq, lastHash, awaiting } = walk;
 
   // Rows whose decision was recorded but whose outcome never came: their content must still be the decision's.
   let incomplete = 0;
