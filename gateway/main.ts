@@ -5,7 +5,7 @@ import type { DestinationStream, Logger } from 'pino';
 import { createAnchorer } from './audit/anchor.js';
 import { openAuditBackend, postgresSettings } from './audit/backend.js';
 import { requestId as newRequestId } from './audit/ids.js';
-import type { AuditWriter } from './audit/port.js';
+import type { AuditLog, AuditWriter } from './audit/port.js';
 import { retentionCutoffs } from './audit/retention.js';
 import { startPgAuditWriter } from './audit/postgres/writer.js';
 import { startAuditWriter } from './audit/sqlite/writer.js';
@@ -63,6 +63,8 @@ export interface RunningGateway {
   readonly logger: Logger;
   /** The audit writer; `flush()` writes queued rows now. */
   readonly audit: AuditWriter;
+  /** The audit log's read side (what the admin API and dashboard read). */
+  readonly auditLog: AuditLog;
   /** The Prometheus metrics the admin listener serves at `/metrics`. */
   readonly metrics: Metrics;
   /** The policy in force; `reload()` recompiles it (also on SIGHUP and, with `watch`, on file change). */
@@ -262,7 +264,7 @@ export async function startGateway(options: GatewayOptions): Promise<RunningGate
     })());
 
   const admin = { server: adminServer, port: adminPort, url: `http://${urlHost(config.gateway.admin.listen.host)}:${adminPort}` };
-  return { config, server, port, url: `http://${host}:${port}`, admin, logger, audit, metrics, policies, secretStore: secretSources.store, close };
+  return { config, server, port, url: `http://${host}:${port}`, admin, logger, audit, auditLog, metrics, policies, secretStore: secretSources.store, close };
 }
 
 /** What Node's parser errors mean to an agent; every other one is a malformed request. */

@@ -42,6 +42,9 @@ export async function migratePg(pool: pg.Pool, table: string, migrations: readon
   try {
     await client.query('SELECT pg_advisory_lock(hashtext($1))', [`valet:migrate:${table}`]);
     try {
+      // The schema the URL's search_path names is created when missing, as the audit log's is.
+      const path = (await client.query<{ search_path: string }>('SHOW search_path')).rows[0]?.search_path.split(',')[0]?.trim();
+      if (path !== undefined && /^[a-z_][a-z0-9_]*$/.test(path) && path !== 'public') await ensureSchema(client, path);
       await client.query('BEGIN');
       await client.query(`CREATE TABLE IF NOT EXISTS ${table} (version integer NOT NULL)`);
       const r = await client.query<{ version: number }>(`SELECT version FROM ${table}`);
@@ -61,6 +64,19 @@ export async function migratePg(pool: pg.Pool, table: string, migrations: readon
     }
   } finally {
     client.release();
+  }
+}
+
+/**
+ * `CREATE SCHEMA IF NOT EXISTS`, safe beside another process doing the same (PostgreSQL's IF NOT
+ * EXISTS can still fail with a duplicate when two run at once). Outside a transaction.
+ */
+export async function ensureSchema(client: pg.ClientBase, schema: string): Promise<void> {
+  try {
+    await client.query(`CREATE SCHEMA IF NOT EXISTS "${schema.replace(/"/g, '""')}"`);
+  } catch (err) {
+    const code = (err as { code?: string }).code;
+    if (code !== '23505' && code !== '42P06') throw err;
   }
 }
 

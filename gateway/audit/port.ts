@@ -151,8 +151,12 @@ export interface VerifyResult {
 export interface AuditWriter {
   commit(rec: AuditRecord): Promise<void>;
   record(rec: AuditRecord): void;
-  /** Writes everything queued so far before returning (SQLite: blocks the thread; PostgreSQL: only starts the write, `close` waits for it). */
-  flush(): void;
+  /**
+   * Writes everything queued so far. SQLite writes it before returning (blocking the thread);
+   * PostgreSQL starts the write at once. Either way the promise resolves once it is committed (or
+   * the database refused it: the rows are then held for a retry, see `pending`).
+   */
+  flush(): Promise<void>;
   /** Rows queued or being written (and, while the database is unwritable, held for retry). */
   readonly pending: number;
   /** The chain head as of the last commit. */

@@ -11,7 +11,7 @@ import type {
 import { ConfigError, ValetError, type ConfigProblem } from '../errors.js';
 import type { AgentIdentity, Decision, Effect, Limited, RequestFacts } from '../types.js';
 import { CEL_VARIABLES, celErrorMessage, compileCel, type CelProgram } from './cel.js';
-import type { ConsumeResult, CounterStore, HistoryStore, HistorySummary } from './counters.js';
+import type { ConsumeResult, CounterStore, HistoryStore, HistorySummary, VersionedHistory } from './counters.js';
 import { createContextSources, type ContextSources } from './context.js';
 import { describeScope, effectiveUpstreams, namedUpstreams, openedUpstreams } from './scope.js';
 import { compileTools, type ToolMatch } from './tools.js';
@@ -27,6 +27,8 @@ export interface EvaluationInput {
   readonly context: Readonly<Record<string, unknown>>;
   /** `history`, when a shared store was asked before evaluation ({@link Policy.resolveHistory}). */
   readonly history?: HistorySummary;
+  /** The version of that history (a shared store's), for {@link Policy.claimCall}. */
+  readonly historyVersion?: string;
 }
 
 /** One rule as considered for a request: matched, or the first reason it did not. */
@@ -65,11 +67,17 @@ export interface Policy {
   /** Records a forwarded call for `history.*` conditions (a Promise only with a shared store). */
   recordCall(input: EvaluationInput): void | Promise<void>;
   /**
-   * The `history` a shared store holds for this request, to put in the input before evaluation
-   * (CEL runs synchronously). undefined when no condition reads `history` or the store is in the
-   * process (then it is read lazily, only if a condition that reads it runs).
+   * With a shared store, records a call allowed on the history in `input` only if that history still
+   * holds (no call recorded since on any instance); false means decide again on a fresh read. Only
+   * for inputs with a `historyVersion`.
    */
-  resolveHistory(input: Omit<EvaluationInput, 'context'>): Promise<HistorySummary> | undefined;
+  claimCall(input: EvaluationInput & { readonly historyVersion: string }): Promise<boolean>;
+  /**
+   * The `history` a shared store holds for this request and its version, to put in the input before
+   * evaluation (CEL runs synchronously). undefined when no condition reads `history` or the store
+   * is in the process (then it is read lazily, only if a condition that reads it runs).
+   */
+  resolveHistory(input: Omit<EvaluationInput, 'context'>): Promise<VersionedHistory> | undefined;
   /** Looks up the `ctx.*` values this request's conditions may read. */
   resolveContext(input: Omit<EvaluationInput, 'context'>): Promise<Record<string, unknown>>;
 }
@@ -673,9 +681,15 @@ export function compilePolicy(
       if (stores.history.shared === true && (!readsHistory || !historyRead(input.facts))) return undefined;
       return stores.history.record(historyKey(input.identity, input.facts), input.now);
     },
+    claimCall(input) {
+      const claim = stores.history.recordIfUnchanged;
+      if (claim === undefined) throw new Error('claimCall needs a shared history store');
+      return claim.call(stores.history, historyKey(input.identity, input.facts), input.now, input.historyVersion);
+    },
     resolveHistory(input) {
-      if (!readsHistory || stores.history.shared !== true || !historyRead(input.facts)) return undefined;
-      return stores.history.summary(historyKey(input.identity, input.facts), input.now) as Promise<HistorySummary>;
+      const read = stores.history.read;
+      if (!readsHistory || read === undefined || !historyRead(input.facts)) return undefined;
+      return read.call(stores.history, historyKey(input.identity, input.facts), input.now);
     },
     resolveContext: (input) => contextSources.resolve(input),
   };

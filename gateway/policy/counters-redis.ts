@@ -12,6 +12,7 @@ import {
   type CounterStore,
   type HistoryStore,
   type HistorySummary,
+  type VersionedHistory,
   type LocalCounterStore,
 } from './counters.js';
 
@@ -104,7 +105,12 @@ local minute = math.floor(now / ${HISTORY_MINUTE_MS})
 // KEYS: the key's calls per minute (a hash), the last minute it was seen. The hash lives a day past
 // its last call, the seen key ${SEEN_MINUTES / DAY_MINUTES} days; minutes older than a day are
 // dropped once the hash holds twice as many as a day has.
+// KEYS[3]: the history's version, one more per recorded call. ARGV[2]: the version the caller read
+// its summary at ('' records whatever happened since): another call recorded since → nothing, 0.
 const RECORD = `${NOW}
+local version = redis.call('GET', KEYS[3]) or '0'
+if ARGV[2] ~= '' and ARGV[2] ~= version then return 0 end
+redis.call('SET', KEYS[3], tonumber(version) + 1, 'PX', ${(SEEN_MINUTES + 2) * HISTORY_MINUTE_MS})
 redis.call('HINCRBY', KEYS[1], minute, 1)
 redis.call('PEXPIRE', KEYS[1], ${(DAY_MINUTES + 2) * HISTORY_MINUTE_MS})
 if redis.call('HLEN', KEYS[1]) > ${2 * DAY_MINUTES + 2} then
@@ -128,7 +134,7 @@ for i = 1, #all, 2 do
   end
 end
 local seen = tonumber(redis.call('GET', KEYS[2]) or '')
-return { hour, day, (seen == nil or seen < minute - ${SEEN_MINUTES}) and 1 or 0 }
+return { hour, day, (seen == nil or seen < minute - ${SEEN_MINUTES}) and 1 or 0, redis.call('GET', KEYS[3]) or '0' }
 `;
 
 interface Script {
@@ -177,7 +183,11 @@ export function redisCounterStores(redis: RedisCommands, options: RedisStoreOpti
   const prefix = options.prefix ?? 'valet:';
   const server = (options.clock ?? 'server') === 'server';
   const at = (now: number): string => (server ? '' : String(now));
-  const historyKeys = (key: string): string[] => [`${prefix}h:{${key}}`, `${prefix}s:{${key}}`];
+  const historyKeys = (key: string): string[] => [`${prefix}h:{${key}}`, `${prefix}s:{${key}}`, `${prefix}v:{${key}}`];
+  const read = async (key: string, now: number): Promise<VersionedHistory> => {
+    const r = (await run(redis, SCRIPTS.summary, historyKeys(key), [at(now)])) as [number, number, number, string];
+    return { summary: { calls_last_hour: BigInt(r[0] ?? 0), calls_last_day: BigInt(r[1] ?? 0), first_use: r[2] === 1 }, version: String(r[3]) };
+  };
   return {
     counters: {
       async tryConsume(charges, now) {
@@ -195,11 +205,14 @@ export function redisCounterStores(redis: RedisCommands, options: RedisStoreOpti
     history: {
       shared: true,
       async record(key, now) {
-        await run(redis, SCRIPTS.record, historyKeys(key), [at(now)]);
+        await run(redis, SCRIPTS.record, historyKeys(key), [at(now), '']);
       },
       async summary(key, now): Promise<HistorySummary> {
-        const r = (await run(redis, SCRIPTS.summary, historyKeys(key), [at(now)])) as number[];
-        return { calls_last_hour: BigInt(r[0] ?? 0), calls_last_day: BigInt(r[1] ?? 0), first_use: r[2] === 1 };
+        return (await read(key, now)).summary;
+      },
+      read,
+      async recordIfUnchanged(key, now, version) {
+        return (await run(redis, SCRIPTS.record, historyKeys(key), [at(now), version])) === 1;
       },
     },
   };

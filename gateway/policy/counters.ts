@@ -162,6 +162,20 @@ export interface HistoryStore {
   record(key: string, now: number): void | Promise<void>;
   /** Read while CEL runs (synchronously): a Promise must be resolved first (`Policy.resolveHistory`). */
   summary(key: string, now: number): HistorySummary | Promise<HistorySummary>;
+  /**
+   * A shared store only: the summary with the version of the key's history it was read at. Calls
+   * decided on other instances come between reading and recording; {@link recordIfUnchanged}
+   * makes a decision on a summary count only if the summary still holds.
+   */
+  read?(key: string, now: number): Promise<VersionedHistory>;
+  /** A shared store only: records the call if no other was recorded since `version` was read; false (nothing recorded) otherwise. */
+  recordIfUnchanged?(key: string, now: number, version: string): Promise<boolean>;
+}
+
+/** A summary and the version of the history it was read from (see {@link HistoryStore.read}). */
+export interface VersionedHistory {
+  readonly summary: HistorySummary;
+  readonly version: string;
 }
 
 /** A history store in the process (memory, counters.db): it answers at once. */

@@ -117,7 +117,7 @@ export async function explainScenario(
   const base = scenarioInput(policy, config, s);
   const history = await policy.resolveHistory(base);
   const context = await policy.resolveContext(base);
-  const input: EvaluationInput = history === undefined ? { ...base, context } : { ...base, context, history };
+  const input: EvaluationInput = history === undefined ? { ...base, context } : { ...base, context, history: history.summary, historyVersion: history.version };
   const { decision, trace } = policy.explain(input);
   return { decision, trace, limited: decision.effect === 'allow' ? await policy.charge(input) : undefined, input };
 }

@@ -20,7 +20,7 @@ import { agentOrigin } from '../proxy/location.js';
 import { agentResponse } from '../proxy/response.js';
 import { scrubberFor } from '../proxy/scrub.js';
 import type { SecretSource } from '../secrets/env.js';
-import type { AuditRecord, RequestFacts } from '../types.js';
+import type { AuditRecord, Decision, RequestFacts } from '../types.js';
 import { ambiguityError, bodyKind, buildArgs, decodeFormPair, parseBody, type ParsedBody } from '../policy/args.js';
 import { RequestBody, type BodyLimits } from './body.js';
 import { canonicalQuery, canonicalTarget } from './canonical.js';
@@ -48,6 +48,9 @@ export type RequestHandler = (req: IncomingMessage, res: ServerResponse) => Prom
 
 const BEARER = /^Bearer[ \t]+([^\s]+)[ \t]*$/i;
 /** Headers that must appear at most once: framing, and what says how to read the body. */
+/** How often a call allowed on a shared history is decided again because other calls were recorded meanwhile. */
+const HISTORY_ATTEMPTS = 50;
+
 const SINGLE = new Set(['host', 'content-length', 'transfer-encoding', 'content-type', 'content-encoding']);
 
 /**
@@ -176,11 +179,33 @@ export function createPipeline(deps: PipelineDeps): RequestHandler {
       if (asking === undefined) input = { ...described, context: await policy.resolveContext(described) };
       else {
         const [context, history] = await Promise.all([policy.resolveContext(described), asking]);
-        input = { ...described, context, history };
+        input = { ...described, context, history: history.summary, historyVersion: history.version };
       }
-      const evaluating = performance.now();
-      const decision = policy.evaluate(input);
-      metrics.policyEvaluation((performance.now() - evaluating) / 1000);
+      const evaluate = (): Decision => {
+        const evaluating = performance.now();
+        const d = policy.evaluate(input);
+        metrics.policyEvaluation((performance.now() - evaluating) / 1000);
+        return d;
+      };
+      let decision = evaluate();
+      // Allowed on a shared history: the call takes its place in it only if no call was recorded
+      // meanwhile on any instance; otherwise it is decided again on the new history. So concurrent
+      // calls see each other as calls in one process do (of 20 parallel first calls, one is first).
+      let claimed = false;
+      for (let attempt = 1; decision.effect === 'allow' && input.historyVersion !== undefined; attempt++) {
+        if (await policy.claimCall({ ...input, historyVersion: input.historyVersion })) {
+          claimed = true;
+          break;
+        }
+        if (attempt === HISTORY_ATTEMPTS) {
+          throw new ValetError('VALET_ERR_COUNTERS_UNAVAILABLE', `Shared call history kept changing while this call was decided (${HISTORY_ATTEMPTS} attempts); nothing was forwarded.`);
+        }
+        const now = Date.now();
+        const history = await policy.resolveHistory({ ...described, now });
+        if (history === undefined) break;
+        input = { ...input, now, history: history.summary, historyVersion: history.version };
+        decision = evaluate();
+      }
       rec.decision = decision.effect;
       rec.rule = decision.rules.join(',');
       rec.reason = decision.reason;
@@ -255,7 +280,7 @@ export function createPipeline(deps: PipelineDeps): RequestHandler {
         (name) => secrets.get(name, identity.tenant),
       );
       injected.headers.push(...valetRequestHeaders(upstream, requestId));
-      const recording = policy.recordCall(input);
+      const recording = claimed ? undefined : policy.recordCall(input);
       // The decision's audit row is durable before anything is forwarded (one fsync shared with the
       // requests that arrived alongside). If it cannot be written: 503, nothing forwarded (unless
       // gateway.audit.fail_open). The call stays counted in the policy's history, which errs on the

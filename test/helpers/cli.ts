@@ -1,5 +1,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
+import { resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { backendEnv } from './backends.js';
 
 export const CLI = fileURLToPath(new URL('../../gateway/cli/main.ts', import.meta.url));
 
@@ -23,10 +25,20 @@ export function runCli(args: string[], opts: { env?: Record<string, string>; inp
   });
 }
 
+/**
+ * The data directory a command names (`--data`, `VALET_DATA`, or `data` in the `cwd` a test
+ * gave): with shared test backends, the command gets that deployment's PostgreSQL and Redis.
+ */
+function deploymentEnv(args: string[], opts: { env?: Record<string, string>; cwd?: string }): Record<string, string> {
+  const flag = args.indexOf('--data');
+  const dir = (flag >= 0 ? args[flag + 1] : undefined) ?? opts.env?.['VALET_DATA'] ?? (opts.cwd !== undefined ? 'data' : undefined);
+  return dir === undefined ? {} : backendEnv(resolve(opts.cwd ?? process.cwd(), dir));
+}
+
 export function spawnCli(args: string[], opts: { env?: Record<string, string>; cwd?: string } = {}): ChildProcess {
   return spawn(process.execPath, ['--import', 'tsx', CLI, ...args], {
     cwd: opts.cwd ?? process.cwd(),
-    env: { PATH: process.env['PATH'] ?? '', ...opts.env },
+    env: { PATH: process.env['PATH'] ?? '', ...deploymentEnv(args, opts), ...opts.env },
     stdio: ['pipe', 'pipe', 'pipe'],
   });
 }

@@ -4,10 +4,12 @@ import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { Writable } from 'node:stream';
 import { stringify } from 'yaml';
+import { openAuditBackend, postgresSettings } from '../../gateway/audit/backend.js';
 import type { AuditRow } from '../../gateway/audit/port.js';
-import { openAuditDatabase } from '../../gateway/audit/sqlite/store.js';
+import { DEFAULT_AUDIT } from '../../gateway/config/types.js';
 import { mintAgentToken, type MintOptions } from '../../gateway/auth/mint.js';
 import { startGateway, type RunningGateway } from '../../gateway/main.js';
+import { backendEnv, redisPrefixFor, SHARED_BACKENDS } from './backends.js';
 
 /** Random per test process: a fixed key in the repository is one production refuses. */
 export const DEV_SIGNING_KEY = randomBytes(32).toString('base64url');
@@ -20,8 +22,11 @@ export interface TestGatewayOptions {
   rules: unknown[];
   issuers?: unknown[];
   gateway?: Record<string, unknown>;
-  /** Environment the gateway reads secrets from. */
   env?: Record<string, string>;
+  /**
+   * Extra environment the gateway reads (secrets, overrides). With `VALET_TEST_BACKENDS=shared` it
+   * also gets the deployment's PostgreSQL and Redis (see helpers/backends.ts); `env` wins over those.
+   */
   /** Extra raw YAML files (relative path → content) written into the config directory before start. */
   files?: Record<string, string>;
   /** Start the gateway with `watch: true` (reload the policy when config files change). */
@@ -47,9 +52,11 @@ export interface TestGateway {
    * still being forwarded already has its (durable) decision row, with status 0 until its outcome
    * is recorded: those rows are left out, so a test never sees a half-written request.
    */
-  auditRows(): AuditRow[];
+  auditRows(): Promise<AuditRow[]>;
   /** Polls (up to 5 s) until `count` rows exist, then returns them all. */
   waitForAudit(count: number): Promise<AuditRow[]>;
+  /** The environment naming this deployment's shared backends (empty when embedded): pass it to CLI commands run against it. */
+  readonly backendEnv: Record<string, string>;
   /** The temporary directory holding config/ and data/. */
   readonly root: string;
   /** Stops the gateway and removes its directory (unless `keep`, for a restart on the same data). */
@@ -70,10 +77,13 @@ export async function startTestGateway(o: TestGatewayOptions): Promise<TestGatew
   const configDir = join(root, 'config');
   const dataDir = join(root, 'data');
   mkdirSync(configDir, { recursive: true });
-  writeFileSync(
-    join(configDir, 'gateway.yaml'),
-    stringify({ gateway: { listen: { host: '127.0.0.1', port: 0 }, admin: { listen: { host: '127.0.0.1', port: 0 } }, shutdown_grace_ms: 5000, ...o.gateway }, issuers: o.issuers ?? [devIssuer] }),
-  );
+  const gatewaySection: Record<string, unknown> = { listen: { host: '127.0.0.1', port: 0 }, admin: { listen: { host: '127.0.0.1', port: 0 } }, shutdown_grace_ms: 5000, ...o.gateway };
+  if (SHARED_BACKENDS) {
+    // Counters of this deployment only, in the Redis every test file shares.
+    const counters = (gatewaySection['counters'] ?? {}) as { redis?: Record<string, unknown> };
+    gatewaySection['counters'] = { ...counters, redis: { prefix: redisPrefixFor(dataDir), ...counters.redis } };
+  }
+  writeFileSync(join(configDir, 'gateway.yaml'), stringify({ gateway: gatewaySection, issuers: o.issuers ?? [devIssuer] }));
   writeFileSync(join(configDir, 'upstreams.yaml'), stringify({ upstreams: o.upstreams }));
   writeFileSync(join(configDir, 'rules.yaml'), stringify({ rules: o.rules }));
   for (const [name, content] of Object.entries(o.files ?? {})) {
@@ -89,15 +99,26 @@ export async function startTestGateway(o: TestGatewayOptions): Promise<TestGatew
       cb();
     },
   });
-  const env = { VALET_TEST_SIGNING_KEY: DEV_SIGNING_KEY, ...o.env };
+  const shared = backendEnv(dataDir);
+  const env = { VALET_TEST_SIGNING_KEY: DEV_SIGNING_KEY, ...shared, ...o.env };
   const gateway = await startGateway({ configDir, dataDir, logDestination: sink, env, watch: o.watch ?? false });
-  const auditRows = (): AuditRow[] => {
-    if (!closed) gateway.audit.flush();
-    const db = openAuditDatabase(dataDir, { readonly: true });
+  const finished = async (log: AsyncIterable<AuditRow>): Promise<AuditRow[]> => {
+    const rows: AuditRow[] = [];
+    for await (const row of log) if (row.status !== 0) rows.push(row);
+    return rows;
+  };
+  // Through the audit log's port, on whichever backend this gateway writes to.
+  const auditRows = async (): Promise<AuditRow[]> => {
+    if (!closed) {
+      await gateway.audit.flush();
+      return finished(gateway.auditLog.iterate({}));
+    }
+    const log = await openAuditBackend({ dataDir, readonly: true, postgres: postgresSettings(gateway.config.gateway.audit ?? DEFAULT_AUDIT, env) });
+    if (log === undefined) return [];
     try {
-      return db.prepare('SELECT * FROM audit_log WHERE status != 0 ORDER BY id').all() as AuditRow[];
+      return await finished(log.iterate({}));
     } finally {
-      db.close();
+      await log.close();
     }
   };
   const issuerConfig = gateway.config.issuers[0];
@@ -125,12 +146,13 @@ export async function startTestGateway(o: TestGatewayOptions): Promise<TestGatew
     async waitForAudit(count) {
       const deadline = Date.now() + 5000;
       for (;;) {
-        const rows = auditRows();
+        const rows = await auditRows();
         if (rows.length >= count || Date.now() > deadline) return rows;
         await new Promise((r) => setTimeout(r, 20));
       }
     },
     root,
+    backendEnv: shared,
     async close(c = {}) {
       if (closed) return;
       closed = true;

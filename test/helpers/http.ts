@@ -26,7 +26,7 @@ export function requestIdOf(headers: Record<string, string | string[] | undefine
 export async function auditRowFor(gw: TestGateway, requestId: string): Promise<AuditRow> {
   const deadline = Date.now() + 5000;
   for (;;) {
-    const rows = gw.auditRows().filter((r) => r.request_id === requestId);
+    const rows = (await gw.auditRows()).filter((r) => r.request_id === requestId);
     if (rows.length > 0 || Date.now() > deadline) {
       expect(rows, `audit rows for ${requestId}`).toHaveLength(1);
       return rows[0] as AuditRow;

@@ -90,7 +90,7 @@ describe('admin API', () => {
     expect(text).toContain('valet_audit_durable_wait_seconds_count 3');
     const commits = Number(/^valet_audit_commit_seconds_count (\d+)$/m.exec(text)?.[1]);
     expect(commits).toBeGreaterThanOrEqual(1);
-    expect(commits).toBeLessThanOrEqual(2 * gw.auditRows().length);
+    expect(commits).toBeLessThanOrEqual(2 * (await gw.auditRows()).length);
     // Every sample line is `name{labels} value` or `name value`, as the exposition format says.
     for (const line of text.split('\n').filter((l) => l !== '' && !l.startsWith('#'))) {
       expect(line).toMatch(/^[a-zA-Z_:][a-zA-Z0-9_:]*(\{[^}]*\})? [-+0-9.eEInfNa]+$/);

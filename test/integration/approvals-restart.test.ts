@@ -98,7 +98,7 @@ describe('approvals across a restart', () => {
     expect(upstream.requests.map((r) => r.url).sort()).toEqual(['/v1/async/a1', '/v1/async/a2']);
 
     // The audit log of both processes is one log; the shutdown refusal is in it.
-    const rows = second.auditRows();
+    const rows = (await second.auditRows());
     expect(rows.find((r) => r.approval_id === h1.id && r.error_code === 'VALET_ERR_SHUTTING_DOWN')).toMatchObject({ status: 503 });
     expect(rows.find((r) => r.request_id === r2.headers['x-request-id'])).toMatchObject({ approval_id: approvedAsync, approver: 'fiona', approval_reason: 'before restart' });
   });

@@ -114,7 +114,7 @@ describe('graceful shutdown', () => {
     for (const id of ids) expect(id).toMatch(UUID);
     expect(new Set(ids).size).toBe(N);
 
-    const rows = g.auditRows();
+    const rows = (await g.auditRows());
     expect(rows).toHaveLength(responses.length);
     const byId = new Map<string, number>();
     for (const row of rows) byId.set(row.request_id, (byId.get(row.request_id) ?? 0) + 1);
@@ -181,7 +181,7 @@ describe('graceful shutdown', () => {
     expect(JSON.parse(body)).toMatchObject({ error: { code: 'VALET_ERR_SHUTTING_DOWN', request_id: bId } });
     expect(upstream.requests).toHaveLength(1); // B was never forwarded
 
-    const rows = g.auditRows();
+    const rows = (await g.auditRows());
     expect(rows.filter((r) => r.request_id === resultA.id)).toHaveLength(1);
     // Every response the gateway gave names an audit row, this one included.
     expect(rows.filter((r) => r.request_id === bId), 'audit row for the 503 sent while draining').toHaveLength(1);
@@ -209,7 +209,7 @@ describe('graceful shutdown', () => {
     await g.gateway.close();
     expect(Date.now() - started).toBeLessThan(2500);
     await outcome; // the client is cut off one way or another; it must not hang
-    const rows = g.auditRows().filter((r) => r.path === '/v1/hang');
+    const rows = (await g.auditRows()).filter((r) => r.path === '/v1/hang');
     expect(rows).toHaveLength(1);
     expect(rows[0]!.error_code).not.toBeNull();
     expect(rows[0]!.decision).toBe('allow');

@@ -118,10 +118,10 @@ describe('upstream failures', () => {
     while (slow.requests.length === before && Date.now() < deadline) await new Promise((r) => setTimeout(r, 5));
     ac.abort(); // well before headers_ms (300 ms) runs out
     expect(await pending).toBe('AbortError');
-    let rows = gw.auditRows().filter((r) => r.path === '/v1/hangup');
+    let rows = (await gw.auditRows()).filter((r) => r.path === '/v1/hangup');
     while (rows.length === 0 && Date.now() < deadline + 3000) {
       await new Promise((r) => setTimeout(r, 20));
-      rows = gw.auditRows().filter((r) => r.path === '/v1/hangup');
+      rows = (await gw.auditRows()).filter((r) => r.path === '/v1/hangup');
     }
     expect(rows).toHaveLength(1);
     // The same code the pipeline records when the client goes away while the body streams.

@@ -47,9 +47,9 @@ describe('upstream URLs in response headers lead back through Valet', () => {
 
   let seen = 0;
   let rows = 0;
-  beforeEach(() => {
+  beforeEach(async () => {
     seen = github.requests.length;
-    rows = gw.auditRows().length;
+    rows = (await gw.auditRows()).length;
   });
   const received = (): RecordedRequest[] => github.requests.slice(seen);
 

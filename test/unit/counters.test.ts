@@ -168,6 +168,28 @@ describe.each(stores)('%s history store: first use', (_name, make) => {
   });
 });
 
+
+describe('redis history: record only if unchanged since read', () => {
+  it('of calls that read the same version, exactly one records; the others see the new version', async () => {
+    const { history } = redisCounterStores(redis as unknown as RedisCommands, { prefix: `${run}${randomUUID()}:`, clock: 'caller' });
+    const read = history.read?.bind(history);
+    const claim = history.recordIfUnchanged?.bind(history);
+    if (read === undefined || claim === undefined) throw new Error('the redis store is versioned');
+    const first = await read('k', 1_000);
+    expect(first.summary.first_use).toBe(true);
+    const claims = await Promise.all(Array.from({ length: 10 }, () => claim('k', 1_000, first.version)));
+    expect(claims.filter(Boolean)).toHaveLength(1);
+    const after = await read('k', 2_000);
+    expect(after.version).not.toBe(first.version);
+    expect(after.summary).toEqual({ calls_last_hour: 1n, calls_last_day: 1n, first_use: false });
+    // An unconditional record moves the version too: a claim on the older read fails.
+    await history.record('k', 3_000);
+    expect(await claim('k', 3_000, after.version)).toBe(false);
+    expect((await read('k', 4_000)).summary.calls_last_hour).toBe(2n);
+    // Another key's history is its own.
+    expect(await claim('other', 4_000, (await read('other', 4_000)).version)).toBe(true);
+  });
+});
 describe('shared counters falling back to local ones (fail_open)', () => {
   const down: CounterStore = { tryConsume: () => Promise.reject(new ValetError('VALET_ERR_COUNTERS_UNAVAILABLE', 'Redis is unreachable')) };
   const open = (key: string): CounterCharge => ({ key, windowMs: MIN, limit: 2, cost: 1, failOpen: true });

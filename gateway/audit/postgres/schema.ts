@@ -1,5 +1,6 @@
 import pg from 'pg';
 import { META_COLUMNS, sha256 } from '../chain.js';
+import { ensureSchema } from '../../postgres.js';
 
 /**
  * The audit log's tables on PostgreSQL and the connection settings every process uses with them.
@@ -147,7 +148,7 @@ export async function migrate(pool: pg.Pool, schema = 'public'): Promise<void> {
   try {
     await client.query('SELECT pg_advisory_lock($1::bigint)', [lockKey(schema, 'migrate')]);
     try {
-      await client.query(`CREATE SCHEMA IF NOT EXISTS ${quoteIdent(schema)}`);
+      await ensureSchema(client, schema);
       await client.query('CREATE TABLE IF NOT EXISTS audit_schema_version (version INTEGER NOT NULL)');
       const r = await client.query<{ version: number }>('SELECT version FROM audit_schema_version');
       let version = r.rows[0]?.version ?? 0;

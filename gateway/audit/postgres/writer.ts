@@ -327,9 +327,14 @@ export async function startPgAuditWriter(o: PgAuditWriterOptions): Promise<Audit
     record(rec) {
       enqueue({ decision: false, rec });
     },
-    /** Starts writing what is queued now; PostgreSQL is reached asynchronously, so this cannot wait for it (close does). */
-    flush() {
-      kick();
+    async flush() {
+      // Until nothing queued before this call is left: each run takes the whole queue, and one that
+      // fails leaves a retry timer (kick then starts nothing, and the rows stay pending).
+      for (;;) {
+        kick();
+        if (running === undefined) return;
+        await running;
+      }
     },
     get pending() {
       return queue.length + runningOps;

@@ -211,7 +211,7 @@ function workerWriter(o: AuditWriterOptions): Promise<AuditWriter> {
         }
         batch(pack(FINAL, rec));
       },
-      flush() {
+      async flush() {
         send(true);
         if (dead !== undefined) return;
         const token = ++flushToken;
@@ -365,7 +365,7 @@ async function inlineWriter(o: AuditWriterOptions): Promise<AuditWriter> {
       queue.push(pack(FINAL, rec));
       schedule();
     },
-    flush() {
+    async flush() {
       if (scheduled !== undefined) {
         clearTimeout(scheduled as NodeJS.Timeout);
         clearImmediate(scheduled as NodeJS.Immediate);
@@ -393,7 +393,7 @@ async function inlineWriter(o: AuditWriterOptions): Promise<AuditWriter> {
       return total;
     },
     async close() {
-      writer.flush();
+      void writer.flush();
       if (scheduled !== undefined) clearTimeout(scheduled as NodeJS.Timeout);
       core.close();
     },
