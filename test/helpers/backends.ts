@@ -61,3 +61,16 @@ export async function dropDeployments(): Promise<void> {
     redis.destroy();
   }
 }
+
+/** Runs SQL in the deployment's PostgreSQL schema (to read or tamper behind the gateway's back). */
+export async function deploymentQuery<R extends pg.QueryResultRow = pg.QueryResultRow>(dataDir: string, text: string, params: unknown[] = []): Promise<R[]> {
+  const url = backendEnv(dataDir)['VALET_POSTGRES_URL'];
+  if (url === undefined) throw new Error('deploymentQuery: the deployment is embedded (SQLite)');
+  const c = new pg.Client({ connectionString: url });
+  await c.connect();
+  try {
+    return (await c.query<R>(text, params)).rows;
+  } finally {
+    await c.end();
+  }
+}

@@ -2,18 +2,26 @@ import { createSocket } from 'node:dgram';
 import { writeFileSync } from 'node:fs';
 import { createServer, type Server, type Socket } from 'node:net';
 import { join } from 'node:path';
-import Database from 'better-sqlite3';
 import { parse } from 'csv-parse/sync';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { anchorLine } from '../../gateway/audit/anchor.js';
-import { readHead } from '../../gateway/audit/sqlite/chain.js';
+import { openAuditBackend } from '../../gateway/audit/backend.js';
+import type { AuditLog } from '../../gateway/audit/port.js';
 import { readCursor, ship } from '../../gateway/audit/ship.js';
-import { SqliteAuditLog } from '../../gateway/audit/sqlite/log.js';
-import { AUDIT_FILE, openAuditDatabase } from '../../gateway/audit/sqlite/store.js';
-import { auditFixture, writeMix, type AuditFixture } from '../helpers/audit.js';
+import { urlSchema } from '../../gateway/postgres.js';
+import { auditDeployment, type AuditDeployment } from '../helpers/audit.js';
+import { backendEnv } from '../helpers/backends.js';
 import { runCli } from '../helpers/cli.js';
 
 const DAY = 86_400_000;
+
+/** The log a CLI command given `VALET_DATA: dir` reads, opened in this process. */
+async function openLog(dir: string): Promise<AuditLog> {
+  const url = backendEnv(dir)['VALET_POSTGRES_URL'];
+  const log = await openAuditBackend({ dataDir: dir, readonly: true, postgres: url === undefined ? undefined : { url, schema: urlSchema(url) } });
+  if (log === undefined) throw new Error('no audit log');
+  return log;
+}
 
 /** A syslog collector on TCP that reads RFC 6587 octet-counted frames. */
 async function tcpCollector(o: { dropFirst?: boolean } = {}): Promise<{ port: number; messages: string[]; connections: number; close(): Promise<void> }> {
@@ -62,13 +70,13 @@ async function tcpCollector(o: { dropFirst?: boolean } = {}): Promise<{ port: nu
 const RFC5424 = /^<\d{1,3}>1 \d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z \S+ valet - audit (-|\[.+\])( .*)?$/s;
 
 describe('valet audit (CLI)', () => {
-  let fx: AuditFixture;
+  let fx: AuditDeployment;
   const env = (): Record<string, string> => ({ VALET_DATA: fx.dir });
 
-  beforeAll(() => {
-    fx = auditFixture();
-    writeMix(fx.core, 6, 2, { tenant: 'acme', ts: Date.now() - 40 * DAY });
-    writeMix(fx.core, 3, 1, { tenant: 'globex' });
+  beforeAll(async () => {
+    fx = await auditDeployment();
+    await fx.writeMix(6, 2, { tenant: 'acme', ts: Date.now() - 40 * DAY });
+    await fx.writeMix(3, 1, { tenant: 'globex' });
   });
   afterAll(() => fx.cleanup());
 
@@ -109,29 +117,28 @@ describe('valet audit (CLI)', () => {
     expect(ok.stdout).toMatch(/^ok: 12 row\(s\), events 1–21, head [0-9a-f]{16}…; 0 without an outcome .* no anchor file/);
     expect(ok.code).toBe(0);
 
-    const db = fx.raw();
-    const h = readHead(db);
+    const h = await fx.head();
     const anchors = join(fx.dir, 'anchors.ndjson');
-    writeFileSync(anchors, `${anchorLine({ seq: h.seq, hash: h.hash.toString('hex'), at: Date.now() }, 'k'.repeat(40))}\n`);
+    writeFileSync(anchors, `${anchorLine({ seq: h.seq, hash: h.hash, at: Date.now() }, 'k'.repeat(40))}\n`);
     const signed = await runCli(['audit', 'verify', '--anchor', anchors], { env: { ...env(), VALET_AUDIT_ANCHOR_KEY: 'k'.repeat(40) } });
     expect(signed.stdout).toMatch(/1 anchor\(s\) checked from .* \(signatures verified\)/);
     const wrongKey = await runCli(['audit', 'verify', '--anchor', anchors], { env: { ...env(), VALET_AUDIT_ANCHOR_KEY: 'x'.repeat(40) } });
     expect(wrongKey.code).toBe(1);
     expect(wrongKey.stdout).toMatch(/signature does not verify/);
 
-    const requestId = db.prepare('SELECT request_id FROM audit_log WHERE id = 5').pluck().get() as string;
-    db.prepare("UPDATE audit_log SET decision = 'deny' WHERE id = 5").run();
-    db.prepare('UPDATE audit_log SET bytes_out = 0 WHERE id = 9').run();
+    const requestId = (await fx.exec('SELECT request_id FROM audit_log WHERE id = 5'))[0]?.['request_id'] as string;
+    await fx.exec("UPDATE audit_log SET decision = 'deny' WHERE id = 5");
+    await fx.exec('UPDATE audit_log SET bytes_out = 0 WHERE id = 9');
     // Row 5's content is covered by its outcome event: rows 1–6 are decisions 1–6 and outcomes 7–12.
     const edited = await runCli(['audit', 'verify'], { env: env() });
     expect(edited.code).toBe(1);
     expect(edited.stdout).toContain(`FAILED: 2 problem(s); the first:\n  event 11: row 5 does not match its hash`);
     expect(edited.stdout).toContain(`(request ${requestId})`);
-    db.prepare("UPDATE audit_log SET decision = 'allow' WHERE id = 5").run();
-    db.prepare('UPDATE audit_log SET bytes_out = 321 WHERE id = 9').run();
+    await fx.exec("UPDATE audit_log SET decision = 'allow' WHERE id = 5");
+    await fx.exec('UPDATE audit_log SET bytes_out = 321 WHERE id = 9');
 
-    db.prepare('DELETE FROM audit_log WHERE id = 12').run();
-    db.prepare('DELETE FROM audit_chain WHERE seq = 21').run();
+    await fx.exec('DELETE FROM audit_log WHERE id = 12');
+    await fx.exec('DELETE FROM audit_chain WHERE seq = 21');
     expect((await runCli(['audit', 'verify'], { env: env() })).code).toBe(0);
     const truncated = await runCli(['audit', 'verify', '--anchor', anchors], { env: env() });
     expect(truncated.code).toBe(1);
@@ -140,15 +147,15 @@ describe('valet audit (CLI)', () => {
 });
 
 describe('valet audit prune (CLI)', () => {
-  let fx: AuditFixture | undefined;
+  let fx: AuditDeployment | undefined;
   afterEach(() => fx?.cleanup());
 
   it('deletes rows past retention per tenant; the chain still verifies', async () => {
-    const f = (fx = auditFixture());
-    writeMix(f.core, 4, 2, { tenant: 'acme', ts: Date.now() - 40 * DAY });
-    writeMix(f.core, 4, 2, { tenant: 'globex', ts: Date.now() - 40 * DAY });
-    writeMix(f.core, 2, 0, { tenant: 'acme' });
-    f.core.close();
+    const f = (fx = await auditDeployment());
+    await f.writeMix(4, 2, { tenant: 'acme', ts: Date.now() - 40 * DAY });
+    await f.writeMix(4, 2, { tenant: 'globex', ts: Date.now() - 40 * DAY });
+    await f.writeMix(2, 0, { tenant: 'acme' });
+    await f.stop();
     const dry = await runCli(['audit', 'prune', '--days', '30', '--tenant-days', 'globex=keep', '--dry-run'], { env: { VALET_DATA: f.dir } });
     expect(dry.stdout).toBe('would delete 6 row(s)\n');
     const r = await runCli(['audit', 'prune', '--days', '30', '--tenant-days', 'globex=keep'], { env: { VALET_DATA: f.dir } });
@@ -161,10 +168,10 @@ describe('valet audit prune (CLI)', () => {
 });
 
 describe('valet audit ship', () => {
-  let fx: AuditFixture;
-  beforeAll(() => {
-    fx = auditFixture();
-    writeMix(fx.core, 3, 2);
+  let fx: AuditDeployment;
+  beforeAll(async () => {
+    fx = await auditDeployment();
+    await fx.writeMix(3, 2);
   });
   afterAll(() => fx.cleanup());
 
@@ -180,7 +187,7 @@ describe('valet audit ship', () => {
       expect(c.messages[0]).toMatch(/^<110>1 \S+ gw-1 valet - audit \[valet@32473 id="1" request_id="[0-9a-f-]{36}" agent="agent-1" tenant="acme"/);
       expect(readCursor(cursor)).toBe(8);
 
-      writeMix(fx.core, 1, 1); // a forwarded request still in flight is shipped when it completes
+      await fx.writeMix(1, 1); // a forwarded request still in flight is shipped when it completes
       const again = await runCli(['audit', 'ship', '--to', `tcp://127.0.0.1:${c.port}`, '--cursor-file', cursor, '--once', '--format', 'cef'], { env: { VALET_DATA: fx.dir } });
       expect(again.stderr).toContain('2 row(s) shipped; cursor at event 11');
       expect(c.messages).toHaveLength(7);
@@ -192,7 +199,7 @@ describe('valet audit ship', () => {
 
   it('reconnects with backoff when the collector drops the connection, and sends the batch again', async () => {
     const c = await tcpCollector({ dropFirst: true });
-    const log = new SqliteAuditLog(openAuditDatabase(fx.dir, { readonly: true }), fx.dir);
+    const log = await openLog(fx.dir);
     try {
       const logs: string[] = [];
       const r = await ship(log, { to: new URL(`tcp://127.0.0.1:${c.port}`), format: 'syslog', once: true, confirmMs: 300, log: (m) => logs.push(m) });
@@ -211,7 +218,7 @@ describe('valet audit ship', () => {
     const got: string[] = [];
     socket.on('message', (m) => got.push(m.toString('utf8')));
     await new Promise<void>((r) => socket.bind(0, '127.0.0.1', r));
-    const log = new SqliteAuditLog(openAuditDatabase(fx.dir, { readonly: true }), fx.dir);
+    const log = await openLog(fx.dir);
     try {
       const r = await ship(log, { to: new URL(`udp://127.0.0.1:${socket.address().port}`), format: 'syslog', once: true, filter: { decision: 'deny' } });
       expect(r.shipped).toBe(3);
@@ -226,9 +233,7 @@ describe('valet audit ship', () => {
     }
   });
 
-  it('rows of the database file are untouched by shipping', () => {
-    const db = new Database(join(fx.dir, AUDIT_FILE), { readonly: true });
-    expect(db.prepare('SELECT count(*) FROM audit_log').pluck().get()).toBe(7);
-    db.close();
+  it('rows of the database are untouched by shipping', async () => {
+    expect(Number((await fx.exec('SELECT count(*) AS n FROM audit_log'))[0]?.['n'])).toBe(7);
   });
 });

@@ -12,6 +12,7 @@ import { parseMasterKey } from '../../gateway/secrets/crypto.js';
 import { openSecretBackend } from '../../gateway/secrets/backend.js';
 import type { SecretStore } from '../../gateway/secrets/port.js';
 import { SECRETS_FILE } from '../../gateway/secrets/sqlite/store.js';
+import { deploymentQuery, SHARED_BACKENDS } from '../helpers/backends.js';
 import { runCli } from '../helpers/cli.js';
 import { devIssuer, DEV_SIGNING_KEY, startTestGateway, type TestGateway } from '../helpers/gateway.js';
 import { auditRowFor, expectErrorBody, requestIdOf, sleep } from '../helpers/http.js';
@@ -65,7 +66,7 @@ describe('secret store through the gateway', () => {
       env: { VALET_MASTER_KEY: MASTER_KEY, ENV_ONLY_KEY: VALUES.env, API_KEY: 'sk-env-loses-to-the-store' },
     });
     // A second connection, as `valet secrets` would use.
-    store = await openSecretBackend({ dataDir: gw.dataDir }, { key: parseMasterKey(MASTER_KEY, 'test') });
+    store = await openSecretBackend({ dataDir: gw.dataDir, postgresUrl: gw.backendEnv['VALET_POSTGRES_URL'] }, { key: parseMasterKey(MASTER_KEY, 'test') });
   });
   afterAll(async () => {
     await store?.close();
@@ -75,7 +76,8 @@ describe('secret store through the gateway', () => {
 
   it('starts with the store first, then the environment, and logs what the store holds (no values)', () => {
     const open = gw.logs.map((l) => JSON.parse(l) as Record<string, unknown>).find((l) => l['msg'] === 'secret store open');
-    expect(open).toMatchObject({ secrets: 0, corrupt: 0, file: join(gw.dataDir, SECRETS_FILE) });
+    // Where the store lives: the data directory's file, or the PostgreSQL server (named without credentials).
+    expect(open).toMatchObject({ secrets: 0, corrupt: 0, file: SHARED_BACKENDS ? 'postgresql://127.0.0.1:5432/test' : join(gw.dataDir, SECRETS_FILE) });
     const missing = gw.logs.map((l) => JSON.parse(l) as Record<string, unknown>).find((l) => Array.isArray(l['missing']));
     expect(missing?.['missing']).toEqual(['ONLY_ACME', 'ROTATING_KEY', 'TAMPER_KEY']);
   });
@@ -188,13 +190,24 @@ describe('secret store through the gateway', () => {
     await sleep(REFRESH_WAIT_MS);
     expect((await call('/tamper/x', 'acme')).status).toBe(200);
 
-    const db = new Database(join(gw.dataDir, SECRETS_FILE));
     const acmeRow = "secret_id = (SELECT id FROM secrets WHERE name = 'TAMPER_KEY' AND tenant = 'acme')";
-    const { ciphertext } = db.prepare(`SELECT ciphertext FROM secret_versions WHERE ${acmeRow}`).get() as { ciphertext: Buffer };
-    ciphertext[3] = (ciphertext[3] as number) ^ 0x80;
-    db.prepare(`UPDATE secret_versions SET ciphertext = ? WHERE ${acmeRow}`).run(ciphertext);
-    db.prepare("UPDATE secret_versions SET tag = substr(tag, 1, 12) WHERE secret_id = (SELECT id FROM secrets WHERE name = 'TAMPER_KEY' AND tenant IS NULL)").run();
-    db.close();
+    const sharedRow = "secret_id = (SELECT id FROM secrets WHERE name = 'TAMPER_KEY' AND tenant IS NULL)";
+    if (SHARED_BACKENDS) {
+      const [row] = await deploymentQuery<{ ciphertext: Buffer }>(gw.dataDir, `SELECT ciphertext FROM secret_versions WHERE ${acmeRow}`);
+      const ciphertext = row!.ciphertext;
+      ciphertext[3] = (ciphertext[3] as number) ^ 0x80;
+      await deploymentQuery(gw.dataDir, `UPDATE secret_versions SET ciphertext = $1 WHERE ${acmeRow}`, [ciphertext]);
+      await deploymentQuery(gw.dataDir, `UPDATE secret_versions SET tag = substring(tag from 1 for 12) WHERE ${sharedRow}`);
+      // Behind the store's back: only its generation tells the instances to reload.
+      await deploymentQuery(gw.dataDir, 'UPDATE secrets_state SET generation = generation + 1');
+    } else {
+      const db = new Database(join(gw.dataDir, SECRETS_FILE));
+      const { ciphertext } = db.prepare(`SELECT ciphertext FROM secret_versions WHERE ${acmeRow}`).get() as { ciphertext: Buffer };
+      ciphertext[3] = (ciphertext[3] as number) ^ 0x80;
+      db.prepare(`UPDATE secret_versions SET ciphertext = ? WHERE ${acmeRow}`).run(ciphertext);
+      db.prepare(`UPDATE secret_versions SET tag = substr(tag, 1, 12) WHERE ${sharedRow}`).run();
+      db.close();
+    }
     await sleep(REFRESH_WAIT_MS);
 
     const before = upstream.requests.length;
@@ -211,11 +224,8 @@ describe('secret store through the gateway', () => {
     expect(gw.logs.some((l) => l.includes('failed its integrity check') && l.includes('"secretName":"TAMPER_KEY"'))).toBe(true);
   });
 
-  it('no stored value appears in any log line, audit row, or error body', () => {
-    gw.gateway.audit.flush();
-    const db = new Database(join(gw.dataDir, 'valet.db'), { readonly: true });
-    const rows = JSON.stringify(db.prepare('SELECT * FROM audit_log').all());
-    db.close();
+  it('no stored value appears in any log line, audit row, or error body', async () => {
+    const rows = JSON.stringify(await gw.auditRows());
     expect(rows.length).toBeGreaterThan(1000);
     expect(errorBodies.length).toBeGreaterThan(5);
     const haystacks = { logs: gw.logs.join('\n'), audit: rows, errors: errorBodies.join('\n') };
