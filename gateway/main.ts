@@ -196,7 +196,11 @@ export async function startGateway(options: GatewayOptions): Promise<RunningGate
     logger.info({ reqId: requestId, code: err.code }, 'client error');
   });
 
-  const adminDeps = { audit: auditLog, policies, metrics, auditPending: () => audit.pending, countersProblem: counterBackend.problem };
+  const adminDeps = { audit: auditLog, policies, metrics, auditPending: () => audit.pending,
+    countersProblem: counterBackend.problem,
+    approvalsProblem: () => approvals.problem(),
+    secretsProblem: () => secretSources.store?.problem?.(),
+  };
   const adminServer = createAdminServer({
     verify: createTokenVerifier(config.issuers, dataDir, env, { audience: config.gateway.admin.audience, environment: config.gateway.environment }),
     routes: [

@@ -97,6 +97,8 @@ export async function inTransaction<T>(pool: pg.Pool, fn: (c: pg.PoolClient) => 
 }
 
 export interface PgListener {
+  /** undefined while LISTEN is in place; otherwise why not (never a URL or a password). */
+  problem(): string | undefined;
   close(): Promise<void>;
 }
 
@@ -126,6 +128,7 @@ export async function listenPg(o: PgListenOptions): Promise<PgListener> {
   let client: pg.Client | undefined;
   let timer: NodeJS.Timeout | undefined;
   let delay = o.retryMs ?? 250;
+  let lastProblem = 'reconnecting to PostgreSQL';
 
   const connect = async (lostAt: number | undefined): Promise<void> => {
     const c = new pg.Client({ connectionString: o.url, application_name: o.applicationName, types, connectionTimeoutMillis: 10_000 });
@@ -147,7 +150,8 @@ export async function listenPg(o: PgListenOptions): Promise<PgListener> {
     const onLost = (err?: Error): void => {
       if (lost) return;
       lost = true;
-      if (err !== undefined) o.onError(pgProblem(err));
+      lastProblem = err !== undefined ? pgProblem(err) : 'the PostgreSQL connection ended';
+      if (err !== undefined) o.onError(lastProblem);
       c.removeAllListeners('notification');
       c.end().catch(() => undefined);
       if (client === c) client = undefined;
@@ -169,7 +173,8 @@ export async function listenPg(o: PgListenOptions): Promise<PgListener> {
     timer = setTimeout(() => {
       timer = undefined;
       connect(lostAt).catch((err: unknown) => {
-        o.onError(pgProblem(err));
+        lastProblem = pgProblem(err);
+        o.onError(lastProblem);
         delay = Math.min(delay * 2, 5_000);
         schedule(lostAt);
       });
@@ -179,6 +184,7 @@ export async function listenPg(o: PgListenOptions): Promise<PgListener> {
 
   await connect(undefined);
   return {
+    problem: () => (client !== undefined ? undefined : lastProblem),
     async close() {
       closed = true;
       if (timer !== undefined) clearTimeout(timer);

@@ -11,6 +11,9 @@ export interface AdminRouteDeps {
   readonly metrics: Metrics;
   /** Why the counters backend cannot serve (Redis down), or undefined. */
   readonly countersProblem?: () => string | undefined;
+  /** Why shared approvals or the shared secret store cannot serve (PostgreSQL unreachable), or undefined. */
+  readonly approvalsProblem?: () => string | undefined;
+  readonly secretsProblem?: () => string | undefined;
 }
 
 export function adminRoutes(d: AdminRouteDeps): AdminRoute[] {
@@ -42,9 +45,11 @@ export function adminRoutes(d: AdminRouteDeps): AdminRoute[] {
 /**
  * `/healthz`: the process answers. `/metrics`: Prometheus text format, unauthenticated as scrapers
  * expect (counts and timings by upstream and decision; no identities, no secrets). `/readyz`: it can do its job — the audit database takes a write
- * lock at once (another process holding it, a read-only file or a missing file all fail), and a
- * policy is loaded, and the counters backend answers (Redis connected, when counters live there). A refused reload does not make the gateway unready (the previous policy is still
- * enforced) but is reported.
+ * lock at once (another process holding it, a read-only file or a missing file all fail), a
+ * policy is loaded, the counters backend answers (Redis connected, when counters live there), and
+ * shared approvals and secrets are connected (PostgreSQL: each store's notification connection is
+ * up, and the secret store's last reload worked). A refused reload does not make the gateway
+ * unready (the previous policy is still enforced) but is reported.
  */
 export function adminProbes(d: AdminRouteDeps): AdminProbe[] {
   return [
@@ -59,12 +64,16 @@ export function adminProbes(d: AdminRouteDeps): AdminProbe[] {
         const database = await d.audit.writable();
         const s = d.policies.status();
         const counters = d.countersProblem?.() ?? 'ok';
-        const ready = database === 'ok' && counters === 'ok';
+        const approvals = d.approvalsProblem?.() ?? 'ok';
+        const secrets = d.secretsProblem?.() ?? 'ok';
+        const ready = database === 'ok' && counters === 'ok' && approvals === 'ok' && secrets === 'ok';
         const body = {
           ready,
           checks: {
             database,
             counters,
+            approvals,
+            secrets,
             audit_queue: d.auditPending(),
             policy: { version: s.version, last_reload_error: s.lastError?.message ?? null },
           },

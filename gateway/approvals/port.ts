@@ -62,5 +62,7 @@ export interface ApprovalStore {
    * wakes up when an approver answers elsewhere. Returns the unsubscribe function.
    */
   onSettled(listener: SettledListener): () => void;
+  /** A shared store: why it cannot serve now (for `/readyz`), undefined when it can. */
+  problem?(): string | undefined;
   close(): Promise<void>;
 }

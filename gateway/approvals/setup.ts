@@ -22,6 +22,8 @@ export interface ApprovalsOptions {
 export interface Approvals {
   readonly service: ApprovalService;
   readonly notifier: Notifier;
+  /** Why a shared store cannot serve now (for `/readyz`), or undefined. */
+  problem(): string | undefined;
   /** After `service.close()` and the listeners have drained: stops notifications and closes the store. */
   close(): Promise<void>;
 }
@@ -55,6 +57,7 @@ export async function createApprovals(o: ApprovalsOptions): Promise<Approvals> {
     return {
       service,
       notifier,
+      problem: () => store.problem?.(),
       async close() {
         await service.close();
         await notifier.close();

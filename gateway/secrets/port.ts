@@ -104,5 +104,7 @@ export interface SecretStore extends NamedSecretSource {
   importText(text: string, tenant: string | null): Promise<ImportResult>;
   /** Re-encrypts every version of every secret under `newKey`, all or nothing; afterwards only `newKey` opens the store. */
   rekey(newKey: MasterKey): Promise<RekeyResult>;
+  /** A shared store: why it cannot serve now (for `/readyz`), undefined when it can. */
+  problem?(): string | undefined;
   close(): Promise<void>;
 }

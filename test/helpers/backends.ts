@@ -74,3 +74,18 @@ export async function deploymentQuery<R extends pg.QueryResultRow = pg.QueryResu
     await c.end();
   }
 }
+
+/**
+ * Every row of every table in the deployment's schema, as text per table (byte columns as Latin-1):
+ * what a search for leaked secrets reads, like the bytes of the SQLite files on the embedded backend.
+ */
+export async function deploymentDump(dataDir: string): Promise<Record<string, string>> {
+  const schema = deploymentOf(dataDir);
+  const tables = await deploymentQuery<{ table_name: string }>(dataDir, 'SELECT table_name FROM information_schema.tables WHERE table_schema = $1', [schema]);
+  const out: Record<string, string> = {};
+  for (const { table_name: t } of tables) {
+    const rows = await deploymentQuery(dataDir, `SELECT * FROM "${t}"`);
+    out[t] = JSON.stringify(rows, (_k, v: unknown) => (v !== null && typeof v === 'object' && (v as { type?: string }).type === 'Buffer' ? Buffer.from((v as { data: number[] }).data).toString('latin1') : typeof v === 'bigint' ? String(v) : v));
+  }
+  return out;
+}

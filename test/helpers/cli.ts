@@ -32,7 +32,10 @@ export function runCli(args: string[], opts: { env?: Record<string, string>; inp
 function deploymentEnv(args: string[], opts: { env?: Record<string, string>; cwd?: string }): Record<string, string> {
   const flag = args.indexOf('--data');
   const dir = (flag >= 0 ? args[flag + 1] : undefined) ?? opts.env?.['VALET_DATA'] ?? (opts.cwd !== undefined ? 'data' : undefined);
-  return dir === undefined ? {} : backendEnv(resolve(opts.cwd ?? process.cwd(), dir));
+  if (dir === undefined) return {};
+  // A key the test gives itself, as a value or as a file, wins over the deployment's.
+  const given = (k: string): boolean => opts.env?.[k] !== undefined || opts.env?.[`${k}_FILE`] !== undefined;
+  return Object.fromEntries(Object.entries(backendEnv(resolve(opts.cwd ?? process.cwd(), dir))).filter(([k]) => !given(k)));
 }
 
 export function spawnCli(args: string[], opts: { env?: Record<string, string>; cwd?: string } = {}): ChildProcess {

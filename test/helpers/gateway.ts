@@ -109,7 +109,8 @@ export async function startTestGateway(o: TestGatewayOptions): Promise<TestGatew
   };
   // Through the audit log's port, on whichever backend this gateway writes to.
   const auditRows = async (): Promise<AuditRow[]> => {
-    if (!closed) {
+    // The gateway's own reader while it runs; once it has been closed (here or by a test), a new one.
+    if (!closed && gateway.server.listening) {
       await gateway.audit.flush();
       return finished(gateway.auditLog.iterate({}));
     }

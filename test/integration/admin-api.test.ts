@@ -2,7 +2,11 @@ import Database from 'better-sqlite3';
 import { join } from 'node:path';
 import { request } from 'undici';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import pg from 'pg';
+import { lockKey } from '../../gateway/audit/postgres/schema.js';
 import { AUDIT_FILE } from '../../gateway/audit/sqlite/store.js';
+import { urlSchema } from '../../gateway/postgres.js';
+import { SHARED_BACKENDS } from '../helpers/backends.js';
 import { startTestGateway, type TestGateway } from '../helpers/gateway.js';
 import { startFakeUpstream, type FakeUpstream } from '../helpers/upstream.js';
 
@@ -59,15 +63,28 @@ describe('admin API', () => {
   });
 
   it('/readyz is 503 while another process holds the audit database write lock', async () => {
-    const other = new Database(join(gw.dataDir, AUDIT_FILE));
-    other.exec('BEGIN IMMEDIATE');
+    // SQLite: the database file's write lock. PostgreSQL: the chain lock every commit takes.
+    let release: () => Promise<void>;
+    if (SHARED_BACKENDS) {
+      const url = gw.backendEnv['VALET_POSTGRES_URL'] as string;
+      const other = new pg.Client({ connectionString: url });
+      await other.connect();
+      await other.query('SELECT pg_advisory_lock($1::bigint)', [lockKey(urlSchema(url) as string, 'chain')]);
+      release = () => other.end();
+    } else {
+      const other = new Database(join(gw.dataDir, AUDIT_FILE));
+      other.exec('BEGIN IMMEDIATE');
+      release = async () => {
+        other.exec('ROLLBACK');
+        other.close();
+      };
+    }
     try {
       const ready = await admin('/readyz');
       expect(ready.status).toBe(503);
-      expect(ready.body).toMatchObject({ ready: false, checks: { database: 'SQLITE_BUSY' } });
+      expect(ready.body).toMatchObject({ ready: false, checks: { database: SHARED_BACKENDS ? '55P03' : 'SQLITE_BUSY' } });
     } finally {
-      other.exec('ROLLBACK');
-      other.close();
+      await release();
     }
     expect((await admin('/readyz')).status).toBe(200);
   });

@@ -39,8 +39,8 @@ describe('approvals across a restart', () => {
     expect(answer.status).toBe(503);
     expect(answer.json.error.code).toBe('VALET_ERR_SHUTTING_DOWN');
 
-    // A crash leaves a pending held approval behind (nobody could answer it).
-    const store = await openApprovalBackend({ dataDir: `${first.root}/data` });
+    // A crash leaves a pending held approval behind (nobody could answer it), recorded as this instance's.
+    const store = await openApprovalBackend({ dataDir: first.dataDir, postgresUrl: first.backendEnv['VALET_POSTGRES_URL'], env: first.backendEnv });
     const crashed = newApprovalId();
     const now = Date.now();
     await store.insert(

@@ -1,5 +1,6 @@
 import { randomBytes } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { deploymentDump, SHARED_BACKENDS } from '../helpers/backends.js';
 import { startTestGateway, type TestGateway } from '../helpers/gateway.js';
 import { auditRowFor, UUID } from '../helpers/http.js';
 import { startFakeUpstream, type FakeUpstream } from '../helpers/upstream.js';
@@ -515,15 +516,21 @@ describe('approvals: async and hold, end to end', () => {
     await admin(gw, approver, `/api/approvals/${r.json.approval.id}/approve`, {});
     await call(gw.url, '/pay/v1/async/leak', { token, body: { amount: 1, note: 'my key is elsewhere' }, headers: { 'x-note': 'hello', 'valet-approval': r.json.approval.id } });
     await gw.waitForAudit(1);
-    gw.gateway.audit.flush();
+    await gw.gateway.audit.flush();
 
     const { readFileSync, readdirSync } = await import('node:fs');
     const { join } = await import('node:path');
     const secrets = [PAY_SECRET, 'whsec_approvals_suite', 'slack-url-secret', ...tokens.values()];
-    const files = readdirSync(gw.dataDir).filter((f) => f.startsWith('approvals.db'));
-    expect(files.length).toBeGreaterThan(0);
+    // What approvals stored: the SQLite files' bytes, or every row of the deployment's PostgreSQL tables.
+    const stored: [string, string][] = SHARED_BACKENDS
+      ? Object.entries(await deploymentDump(gw.dataDir))
+      : readdirSync(gw.dataDir)
+          .filter((f) => f.startsWith('approvals.db'))
+          .map((f): [string, string] => [f, readFileSync(join(gw.dataDir, f)).toString('latin1')]);
+    expect(stored.length).toBeGreaterThan(0);
+    expect(stored.some(([, text]) => text.includes('my key is elsewhere'))).toBe(true);
     const haystacks: [string, string][] = [
-      ...files.map((f): [string, string] => [f, readFileSync(join(gw.dataDir, f)).toString('latin1')]),
+      ...stored,
       ['logs', gw.logs.join('\n')],
       ['webhook', rx.webhook.requests.map((q) => q.body.toString()).join('\n')],
       ['slack', rx.slack.requests.map((q) => q.body.toString()).join('\n')],

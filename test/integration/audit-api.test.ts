@@ -1,12 +1,11 @@
 import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import Database from 'better-sqlite3';
 import { parse } from 'csv-parse/sync';
 import { request } from 'undici';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ANCHOR_FILE, readAnchors } from '../../gateway/audit/anchor.js';
-import { verifyChain } from '../../gateway/audit/sqlite/chain.js';
-import { AUDIT_FILE } from '../../gateway/audit/sqlite/store.js';
+import { openAuditBackend, postgresSettings } from '../../gateway/audit/backend.js';
+import { DEFAULT_AUDIT } from '../../gateway/config/types.js';
 import { startTestGateway, type TestGateway } from '../helpers/gateway.js';
 import { startFakeUpstream, type FakeUpstream } from '../helpers/upstream.js';
 
@@ -137,13 +136,14 @@ describe('audit admin API: filters, pages, tenant scope, export; anchors', () =>
     expect(existsSync(file)).toBe(true);
     const { anchors, problems } = readAnchors(file, undefined);
     expect(problems).toEqual([]);
-    const db = new Database(join(gw.dataDir, AUDIT_FILE), { readonly: true });
+    // Through the port, on whichever backend the gateway wrote to.
+    const log = await openAuditBackend({ dataDir: gw.dataDir, readonly: true, postgres: postgresSettings(DEFAULT_AUDIT, gw.backendEnv) });
     try {
-      const head = db.prepare('SELECT max(seq) FROM audit_chain').pluck().get() as number;
-      expect(anchors.at(-1)!.seq).toBe(head);
-      expect(verifyChain(db, { anchors })).toMatchObject({ ok: true, rows: 7, anchors: { checked: anchors.length } });
+      const result = await log!.verify({ anchors });
+      expect(anchors.at(-1)!.seq).toBe(result.head.seq);
+      expect(result).toMatchObject({ ok: true, rows: 7, anchors: { checked: anchors.length } });
     } finally {
-      db.close();
+      await log?.close();
     }
     expect(readFileSync(file, 'utf8')).toMatch(/^\{"seq":\d+,"hash":"[0-9a-f]{64}","at":\d+\}\n/);
   });

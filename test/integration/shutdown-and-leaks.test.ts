@@ -4,6 +4,7 @@ import { join } from 'node:path';
 import Database from 'better-sqlite3';
 import { Agent, request } from 'undici';
 import { afterEach, describe, expect, it } from 'vitest';
+import { deploymentDump, deploymentQuery, SHARED_BACKENDS } from '../helpers/backends.js';
 import { DEV_AUDIENCE, DEV_ISSUER, DEV_SIGNING_KEY, startTestGateway, type TestGateway } from '../helpers/gateway.js';
 import { closedPort, requestIdOf, sleep, UUID } from '../helpers/http.js';
 import { claims, craftJwt, hs256 } from '../helpers/keys.js';
@@ -316,13 +317,16 @@ describe('no token or secret leaks into logs or the audit log', () => {
     for (const id of ids) expect(g.logs.some((l) => l.includes(id)), `log line for ${id}`).toBe(true);
     for (const line of g.logs) for (const n of needles) expect(line, 'log line').not.toContain(n);
 
-    // Audit: every column of every row, read straight from SQLite.
-    const db = new Database(join(g.dataDir, 'valet.db'), { readonly: true });
+    // Audit: every column of every row, read straight from the database.
     let rows: Record<string, unknown>[];
-    try {
-      rows = db.prepare('SELECT * FROM audit_log').all() as Record<string, unknown>[];
-    } finally {
-      db.close();
+    if (SHARED_BACKENDS) rows = await deploymentQuery(g.dataDir, 'SELECT * FROM audit_log');
+    else {
+      const db = new Database(join(g.dataDir, 'valet.db'), { readonly: true });
+      try {
+        rows = db.prepare('SELECT * FROM audit_log').all() as Record<string, unknown>[];
+      } finally {
+        db.close();
+      }
     }
     expect(rows.length).toBeGreaterThanOrEqual(cases.length);
     for (const id of ids) expect(rows.filter((r) => r['request_id'] === id)).toHaveLength(1);
@@ -332,12 +336,14 @@ describe('no token or secret leaks into logs or the audit log', () => {
         for (const n of needles) expect(String(value), `audit column ${column}`).not.toContain(n);
       }
     }
-    // And the database files as bytes (pages, free space, WAL), in case a value was written and replaced.
-    for (const file of ['valet.db', 'valet.db-wal']) {
+    // And everything stored as bytes (SQLite: the files' pages, free space, WAL, in case a value was
+    // written and replaced; PostgreSQL: every table of the deployment's schema).
+    const stored: Record<string, string> = SHARED_BACKENDS ? await deploymentDump(g.dataDir) : {};
+    for (const file of SHARED_BACKENDS ? [] : ['valet.db', 'valet.db-wal']) {
       const path = join(g.dataDir, file);
-      if (!existsSync(path)) continue;
-      const bytes = readFileSync(path).toString('latin1');
-      for (const n of needles) expect(bytes.includes(n), `${file} contains a secret or token`).toBe(false);
+      if (existsSync(path)) stored[file] = readFileSync(path).toString('latin1');
     }
+    expect(Object.keys(stored).length).toBeGreaterThan(0);
+    for (const [where, bytes] of Object.entries(stored)) for (const n of needles) expect(bytes.includes(n), `${where} contains a secret or token`).toBe(false);
   });
 });

@@ -254,6 +254,8 @@ export async function openPgApprovalStore(o: PgApprovalStoreOptions): Promise<Ap
       listeners.add(l);
       return () => void listeners.delete(l);
     },
+    // Without its LISTEN connection this instance would not hear of decisions made on others.
+    problem: () => listener?.problem(),
     close: async () => {
       listeners.clear();
       await listener?.close();

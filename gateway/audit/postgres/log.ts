@@ -16,7 +16,10 @@ import type {
   VerifyResult,
 } from '../port.js';
 import { pruneInTransaction, readCheckpoint } from './prune.js';
-import { createPool, DIGEST_COLUMNS, migrate, migrated, ROW_COLUMNS, SELECT_ROW, type PgAuditSettings } from './schema.js';
+import { createPool, DIGEST_COLUMNS, lockKey, migrate, migrated, ROW_COLUMNS, SELECT_ROW, type PgAuditSettings } from './schema.js';
+
+/** How long the readiness probe waits for the chain lock (ms). */
+const READY_LOCK_WAIT_MS = 500;
 
 /** Equality filters: the filter's name and its column. */
 const FILTERS: readonly [keyof CompletedFilter, string][] = [
@@ -220,12 +223,26 @@ export class PgAuditLog implements AuditLog {
   }
 
   /** Whether the server answers and the log's tables are there: the readiness probe. */
+  /**
+   * Whether a commit could take the chain lock now: it is taken and released in a transaction that
+   * waits for it at most {@link READY_LOCK_WAIT_MS} (commits hold it for milliseconds; longer means
+   * a writer is stuck). The server's code when not: `55P03` (lock held), `57P01` (server stopping)...
+   */
   async writable(): Promise<string> {
+    let client: pg.PoolClient | undefined;
     try {
-      await this.pool.query('SELECT seq FROM audit_head');
+      client = await this.pool.connect();
+      await client.query('BEGIN');
+      await client.query(`SET LOCAL lock_timeout = ${READY_LOCK_WAIT_MS}`);
+      await client.query('SELECT pg_advisory_xact_lock($1::bigint)', [lockKey(this.schema, 'chain')]);
+      await client.query('SELECT seq FROM audit_head');
+      await client.query('ROLLBACK');
       return 'ok';
     } catch (err) {
+      await client?.query('ROLLBACK').catch(() => undefined);
       return (err as { code?: string }).code ?? 'error';
+    } finally {
+      client?.release();
     }
   }
 

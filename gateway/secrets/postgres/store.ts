@@ -112,6 +112,8 @@ class PgSecretStore implements SecretStore {
   private reloading: Promise<void> | undefined;
   private reloadAgain = false;
   private listener: PgListener | undefined;
+  /** Why the last reload failed; undefined once one succeeds. */
+  private reloadProblem: string | undefined;
   private watchTimer: NodeJS.Timeout | undefined;
   private readonly usage = new Map<number, number>();
   private readonly flushTimer: NodeJS.Timeout | undefined;
@@ -214,7 +216,10 @@ class PgSecretStore implements SecretStore {
     const key = this.requireKey();
     try {
       const g = await this.pool.query<{ generation: number }>('SELECT generation FROM secrets_state');
-      if (g.rows[0]?.generation === this.loadedGeneration) return;
+      if (g.rows[0]?.generation === this.loadedGeneration) {
+        this.reloadProblem = undefined;
+        return;
+      }
       const read = await inTransaction(this.pool, async (c) => {
         await c.query('SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY');
         const generation = ((await c.query<{ generation: number }>('SELECT generation FROM secrets_state')).rows[0] as { generation: number }).generation;
@@ -241,9 +246,11 @@ class PgSecretStore implements SecretStore {
         }
       }
       this.loadedGeneration = read.generation;
+      this.reloadProblem = undefined;
     } catch (err) {
       if (rethrow) throw err;
-      this.log?.error({ problem: pgProblem(err) }, 'could not reload the secret store; still using the values loaded before');
+      this.reloadProblem = pgProblem(err);
+      this.log?.error({ problem: this.reloadProblem }, 'could not reload the secret store; still using the values loaded before');
     }
   }
 
@@ -264,6 +271,11 @@ class PgSecretStore implements SecretStore {
       for (const [id, at] of used) if (!this.usage.has(id)) this.usage.set(id, at);
       this.log?.warn({ problem: pgProblem(err) }, 'could not record when secrets were last used; will retry');
     }
+  }
+
+  /** The notification connection is down, or the last reload failed: rotations would not reach this instance. */
+  problem(): string | undefined {
+    return this.listener?.problem() ?? this.reloadProblem;
   }
 
   async close(): Promise<void> {
