@@ -22,12 +22,19 @@ export default defineConfig({
           exclude: [
             // They pick PostgreSQL, Redis or SQLite per test already.
             'test/integration/fleet*.test.ts',
+            'test/integration/postgres-outage.test.ts',
             'test/integration/audit-postgres.test.ts',
             'test/integration/counters-redis.test.ts',
             'test/integration/migrate-cli.test.ts',
-            // About the SQLite engine itself (its WAL, its writer thread).
+            // About the embedded engine itself: SQLite's WAL, writer thread, file lock and fsync, and
+            // the development master key kept in the data directory. Their PostgreSQL counterparts
+            // are in fleet.test.ts (kill -9 under load), postgres-outage.test.ts (the server gone),
+            // unit/audit-postgres.test.ts (refused commits, fail_open) and the PostgreSQL part of
+            // secrets-cli.test.ts, which both projects run.
             'test/integration/audit-wal.test.ts',
             'test/integration/audit-writer.test.ts',
+            'test/integration/audit-durability.test.ts',
+            'test/integration/secrets-cli.test.ts',
           ],
           env: { VALET_TEST_BACKENDS: 'shared' },
           setupFiles: ['test/helpers/shared-setup.ts'],

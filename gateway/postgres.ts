@@ -24,11 +24,21 @@ export function pgProblem(err: unknown): string {
   return `${code}${typeof e.message === 'string' ? e.message : String(err)}`;
 }
 
-/** Opens a pool; `onError` hears about idle connections that failed (the pool replaces them). */
-export function openPgPool(url: string, applicationName: string, onError: (problem: string) => void): pg.Pool {
-  const pool = new pg.Pool({ connectionString: url, max: 10, application_name: applicationName, types, connectionTimeoutMillis: 10_000 });
+/**
+ * Makes a lost connection harmless to the process. The pool hears about idle connections; a
+ * connection checked out between two queries of a transaction (no query in flight) emits its
+ * error on the client itself, which without a listener is an uncaught exception that ends the
+ * gateway. The transaction's next query then fails, and the pool drops the broken client.
+ */
+export function guardPool(pool: pg.Pool, onError: (problem: string) => void): pg.Pool {
   pool.on('error', (err) => onError(pgProblem(err)));
+  pool.on('connect', (client) => client.on('error', (err) => onError(pgProblem(err))));
   return pool;
+}
+
+/** Opens a pool; `onError` hears about connections that failed (the pool replaces them). */
+export function openPgPool(url: string, applicationName: string, onError: (problem: string) => void): pg.Pool {
+  return guardPool(new pg.Pool({ connectionString: url, max: 10, application_name: applicationName, types, connectionTimeoutMillis: 10_000 }), onError);
 }
 
 /**

@@ -259,6 +259,10 @@ export function createApprovalService(o: ApprovalServiceOptions): ApprovalServic
         [...waiters].map(async ([id, finish]) => {
           try {
             await store.abort(id, 'the gateway is shutting down', now());
+          } catch (err) {
+            // The store is unreachable: the approval stays pending until this instance starts
+            // again and aborts what it was holding (abortHeld); the request is answered regardless.
+            logger.error({ approvalId: id, message: (err as Error).message }, 'could not mark a held approval aborted at shutdown');
           } finally {
             finish();
           }

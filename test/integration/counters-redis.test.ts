@@ -1,9 +1,9 @@
 import { randomUUID } from 'node:crypto';
-import { createServer, connect, type Server, type Socket } from 'node:net';
 import { createClient } from '@redis/client';
 import { request } from 'undici';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { TestGateway } from '../helpers/gateway.js';
+import { tcpRelay, type TcpRelay } from '../helpers/relay.js';
 import { startFakeUpstream, type FakeUpstream } from '../helpers/upstream.js';
 import { expectForwarded, expectRefused, json, send, STRIPE_TOOLS_YAML, startStripeGateway, type Sent } from './policy-support.js';
 
@@ -184,48 +184,20 @@ describe('Redis unreachable (VALET_REDIS_URL at a closed port)', () => {
 describe('Redis going away and coming back', () => {
   let upstream: FakeUpstream;
   let gw: TestGateway;
-  let proxy: Server;
-  let port = 0;
-  const sockets = new Set<Socket>();
-
-  /** A TCP relay to the real Redis, so the test can cut it and restore it on the same port. */
-  const listen = (): Promise<void> =>
-    new Promise((resolve) => {
-      proxy = createServer((client) => {
-        const server = connect(6379, '127.0.0.1');
-        sockets.add(client).add(server);
-        client.pipe(server).pipe(client);
-        const drop = (): void => {
-          client.destroy();
-          server.destroy();
-        };
-        client.on('error', drop).on('close', drop);
-        server.on('error', drop).on('close', drop);
-      });
-      proxy.listen(port, '127.0.0.1', () => {
-        port = (proxy.address() as { port: number }).port;
-        resolve();
-      });
-    });
-  const cut = (): Promise<void> =>
-    new Promise((resolve) => {
-      proxy.close(() => resolve());
-      for (const s of sockets) s.destroy();
-      sockets.clear();
-    });
+  let relay: TcpRelay;
 
   beforeAll(async () => {
     upstream = await startFakeUpstream();
-    await listen();
+    relay = await tcpRelay(6379);
     gw = await startStripeGateway(upstream, {
-      gateway: fleetOf(`${run}flap:`, `redis://127.0.0.1:${port}`),
+      gateway: fleetOf(`${run}flap:`, `redis://127.0.0.1:${relay.port}`),
       rules: RULES,
       files: { 'tools.yaml': STRIPE_TOOLS_YAML, 'limits.yaml': LIMITS_YAML },
     });
   });
   afterAll(async () => {
     await gw?.close();
-    await cut();
+    await relay?.cut();
     await upstream?.close();
   });
 
@@ -233,10 +205,10 @@ describe('Redis going away and coming back', () => {
     const token = await gw.token({ agent: 'flap-agent', tenant: 'acme' });
     expect((await untilReady(gw, true)).checks.counters).toBe('ok');
     for (let i = 0; i < 3; i++) expectForwarded(await send(gw, upstream, '/stripe/v1/balance', { token }));
-    await cut();
+    await relay.cut();
     expect((await untilReady(gw, false)).checks.counters).toBe('Redis is unreachable');
     expectRefused(await send(gw, upstream, '/stripe/v1/balance', { token }), 503, 'VALET_ERR_COUNTERS_UNAVAILABLE');
-    await listen();
+    await relay.restore();
     expect((await untilReady(gw, true)).checks.counters).toBe('ok');
     const statuses: number[] = [];
     for (let i = 0; i < 3; i++) statuses.push((await send(gw, upstream, '/stripe/v1/balance', { token })).status);

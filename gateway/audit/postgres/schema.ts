@@ -1,6 +1,6 @@
 import pg from 'pg';
 import { META_COLUMNS, sha256 } from '../chain.js';
-import { ensureSchema } from '../../postgres.js';
+import { ensureSchema, guardPool } from '../../postgres.js';
 
 /**
  * The audit log's tables on PostgreSQL and the connection settings every process uses with them.
@@ -134,9 +134,8 @@ export function createPool(s: PgAuditSettings, o: { max?: number; statementTimeo
     application_name: 'valet-audit',
     types,
   });
-  // An idle client losing its connection must not crash the process; the next query reconnects.
-  pool.on('error', () => undefined);
-  return pool;
+  // A lost connection must not crash the process: the writer logs the failed commit itself.
+  return guardPool(pool, () => undefined);
 }
 
 /**
