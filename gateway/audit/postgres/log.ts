@@ -251,7 +251,8 @@ export class PgAuditLog implements AuditLog {
   }
 }
 
-async function verifyInSnapshot(db: pg.PoolClient, anchors: readonly Anchor[], maxProblems: number): Promise<VerifyResult> {
+/** Checks the chain as the connection sees it (a read-only snapshot, or a transaction still writing it). */
+export async function verifyInSnapshot(db: pg.PoolClient, anchors: readonly Anchor[], maxProblems: number): Promise<VerifyResult> {
   const problems: VerifyProblem[] = [];
   const problem = (p: Omit<VerifyProblem, 'position'> & { position?: number }): void => {
     problems.push({ position: p.position ?? p.seq ?? Number.MAX_SAFE_INTEGER, ...p });

@@ -369,7 +369,7 @@ export const WRITER_LOCK_FILE = 'audit-writer.lock';
  * written once, so its lock is held until the connection closes — or the process dies, when the
  * operating system releases it. Undefined when another live process holds it.
  */
-function writerLock(dataDir: string): AuditDatabase | undefined {
+export function writerLock(dataDir: string): AuditDatabase | undefined {
   let db: AuditDatabase | undefined;
   try {
     privateFile(join(dataDir, WRITER_LOCK_FILE));
