@@ -1,7 +1,10 @@
-import { readdirSync, readFileSync } from 'node:fs';
+import { mkdtempSync, readdirSync, readFileSync, rmSync, statSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { dirname, join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { parse } from 'yaml';
 import { refuseWeakKey } from '../../gateway/secrets/variable.js';
+import { runCli } from '../helpers/cli.js';
 
 /** The container flow is production-like by default: checked on the files, Docker is not needed. */
 interface Service {
@@ -14,10 +17,15 @@ interface Service {
   secrets?: string[];
   healthcheck?: { test?: string[] };
   network_mode?: string;
+  profiles?: string[];
+  networks?: string[];
+  image?: string;
 }
-const compose = parse(readFileSync('docker-compose.yml', 'utf8')) as {
+// Compose reads YAML merge keys (`<<: *valet-instance`); so does this parse.
+const compose = parse(readFileSync('docker-compose.yml', 'utf8'), { merge: true }) as {
   services: Record<string, Service>;
   secrets?: Record<string, { file?: string }>;
+  networks?: Record<string, { internal?: boolean } | null>;
 };
 const dockerfile = readFileSync('Dockerfile', 'utf8');
 /** The final stage: everything after the last FROM. */
@@ -57,6 +65,90 @@ describe('docker-compose.yml', () => {
     expect(valet.environment?.['VALET_MASTER_KEY_FILE']?.startsWith(`${dataMount}/`)).toBe(false);
     expect(readFileSync('secrets.example', 'utf8')).not.toMatch(/^\s*VALET_[A-Z_]*(KEY|SECRET)\s*=/m);
   });
+});
+
+describe('docker-compose.yml, fleet profile', () => {
+  const fleet = Object.entries(compose.services).filter(([, s]) => s.profiles?.includes('fleet'));
+  const instances = fleet.filter(([, s]) => s.image === 'valet:local' && s.command === undefined);
+  const haproxy = readFileSync('deploy/fleet/haproxy.cfg', 'utf8');
+
+  it('has PostgreSQL, Redis, three Valet instances and a load balancer, and only the balancer publishes ports', () => {
+    expect(fleet.map(([n]) => n).sort()).toEqual(['fleet-keys', 'lb', 'postgres', 'redis', 'valet-1', 'valet-2', 'valet-3']);
+    expect(instances.map(([n]) => n)).toEqual(['valet-1', 'valet-2', 'valet-3']);
+    for (const [name, s] of fleet) if (name !== 'lb') expect(s.ports, name).toBeUndefined();
+    expect(compose.services['lb']?.ports).toEqual(['127.0.0.1:8090:8080', '127.0.0.1:8091:8081']);
+    // The engines are on an internal network the balancer is not on.
+    expect(compose.networks?.['backend']?.internal).toBe(true);
+    for (const n of ['postgres', 'redis']) expect(compose.services[n]?.networks).toEqual(['backend']);
+    expect(compose.services['lb']?.networks).toEqual(['frontend']);
+  });
+
+  it('every instance shares the engines and the keys, has its own id and data, and no password in its environment', () => {
+    const ids = new Set<string>();
+    const data = new Set<string>();
+    for (const [name, s] of instances) {
+      const env = s.environment ?? {};
+      expect(env, name).toMatchObject({
+        VALET_ENV: 'production',
+        VALET_POSTGRES_URL: 'postgres://valet@postgres:5432/valet',
+        PGPASSFILE: '/run/valet-keys/pgpass',
+        VALET_REDIS_URL: 'redis://redis:6379',
+        VALET_MASTER_KEY_FILE: '/run/valet-keys/valet_master_key',
+        VALET_APPROVAL_LINK_KEY_FILE: '/run/valet-keys/valet_approval_link_key',
+      });
+      ids.add(env['VALET_INSTANCE_ID'] ?? '');
+      data.add((s.volumes ?? []).find((v) => v.endsWith(':/data')) ?? '');
+      expect(s.volumes).toContain('fleet-keys:/run/valet-keys:ro');
+      expect(s.depends_on).toMatchObject({ postgres: { condition: 'service_healthy' }, redis: { condition: 'service_healthy' }, 'fleet-keys': { condition: 'service_completed_successfully' } });
+      expect(s.healthcheck?.test?.[3]).toContain('/readyz');
+      for (const v of Object.values(env)) expect(v).not.toMatch(/:[^@/]+@/); // no user:password@ in a URL
+    }
+    expect(ids).toEqual(new Set(['valet-1', 'valet-2', 'valet-3']));
+    expect(data.size).toBe(3);
+    expect(compose.services['fleet-keys']?.command).toEqual(['node', 'dist/gateway/cli/main.js', 'keys', 'init', '--dir', '/keys', '--fleet']);
+    expect(compose.services['postgres']?.environment).toMatchObject({ POSTGRES_USER: 'valet', POSTGRES_DB: 'valet', POSTGRES_PASSWORD_FILE: '/run/valet-keys/postgres_password' });
+  });
+
+  it('the balancer routes to exactly those instances and takes one out when its /readyz is not 200', () => {
+    const servers = (backend: string): string[] => {
+      const section = haproxy.slice(haproxy.search(new RegExp(`^backend ${backend}$`, 'm'))).split(/\n(?=\S)/)[0] ?? '';
+      return [...section.matchAll(/^\s+server (\S+) (\S+)$/gm)].map((m) => `${m[1]} ${m[2]}`);
+    };
+    expect(servers('valet')).toEqual(instances.map(([n]) => `${n} ${n}:8080`));
+    expect(servers('valet_admin')).toEqual(instances.map(([n]) => `${n} ${n}:8081`));
+    expect(haproxy).toMatch(/^backend valet\n(?:.*\n)*?\s+option httpchk GET \/readyz\n\s+http-check expect status 200\n\s+default-server check port 8081/m);
+    expect(haproxy).not.toMatch(/forwardfor/);
+  });
+});
+
+describe('valet keys init --fleet', () => {
+  it('adds the link key, PostgreSQL\'s password and a pgpass line node-postgres reads, all 0600, once', async () => {
+    const dir = join(mkdtempSync(join(tmpdir(), 'valet-fleet-keys-')), 'keys');
+    try {
+      const first = await runCli(['keys', 'init', '--dir', dir, '--fleet']);
+      expect(first.code, first.stderr).toBe(0);
+      expect(first.stdout.split('\n').filter(Boolean).map((l) => l.split(/\s+/)[0])).toEqual(['created', 'created', 'created', 'created', 'created']);
+      const names = readdirSync(dir).sort();
+      expect(names).toEqual(['pgpass', 'postgres_password', 'valet_approval_link_key', 'valet_master_key', 'valet_signing_key']);
+      for (const n of names) expect((statSync(join(dir, n)).mode & 0o777).toString(8), n).toBe('600');
+      const password = readFileSync(join(dir, 'postgres_password'), 'utf8').trim();
+      expect(Buffer.from(password, 'base64')).toHaveLength(32);
+      // The library node-postgres uses for PGPASSFILE finds the password for the fleet's user.
+      // @ts-expect-error pgpass ships no types
+      const pgpass = (await import('pgpass')).default as (conn: Record<string, unknown>, cb: (pw: string | undefined) => void) => void;
+      const found = await new Promise<string | undefined>((resolve) => {
+        process.env['PGPASSFILE'] = join(dir, 'pgpass');
+        pgpass({ host: 'postgres', port: 5432, database: 'valet', user: 'valet' }, resolve);
+      });
+      delete process.env['PGPASSFILE'];
+      expect(found).toBe(password);
+      const again = await runCli(['keys', 'init', '--dir', dir, '--fleet']);
+      expect(again.stdout.split('\n').filter(Boolean).every((l) => l.startsWith('kept'))).toBe(true);
+      expect(readFileSync(join(dir, 'postgres_password'), 'utf8').trim()).toBe(password);
+    } finally {
+      rmSync(dirname(dir), { recursive: true, force: true });
+    }
+  }, 30_000);
 });
 
 describe('Dockerfile', () => {
