@@ -40,6 +40,9 @@ const HELP = `Usage: npm run bench:fleet -- [options]
   --seconds N           seconds per measurement              (default 10; --quick 3)
   --connections N       autocannon connections, split evenly over the instances (default 48)
   --rate N              fixed-rate phase, requests/s in total, round-robin (default 500)
+  --pg-waits            during each fleet saturation run, sample what the audit writers'
+                        PostgreSQL sessions are doing every 20 ms (waiting for the chain lock,
+                        running a statement, idle inside a transaction, idle)
   --help
 
 Needs PostgreSQL (VALET_BENCH_POSTGRES_URL, default postgres://postgres@127.0.0.1:5432/test) and
@@ -51,6 +54,7 @@ const { values: flags } = parseArgs({
     seconds: { type: 'string' },
     connections: { type: 'string' },
     rate: { type: 'string' },
+    'pg-waits': { type: 'boolean', default: false },
     help: { type: 'boolean', default: false },
   },
 });
@@ -139,6 +143,46 @@ interface Row {
   /** Cores used by each instance, and by everything outside the benchmark, during the saturation run. */
   coresPerInstance: number[];
   otherCores: number;
+  /** With --pg-waits: the audit writers' sessions by state, mean over the samples. */
+  waits?: PgWaits | undefined;
+}
+
+/** Mean number of audit-writer sessions in each state over the samples of one run. */
+interface PgWaits {
+  samples: number;
+  chainLock: number;
+  running: number;
+  idleInTransaction: number;
+  idle: number;
+}
+
+/** Samples pg_stat_activity until `stop` is called; the audit writers are `application_name = 'valet-audit'`. */
+function samplePgWaits(): { stop(): Promise<PgWaits> } {
+  const totals = { samples: 0, chainLock: 0, running: 0, idleInTransaction: 0, idle: 0 };
+  let stopped = false;
+  const loop = (async () => {
+    while (!stopped) {
+      const r = await admin.query<{ state: string | null; wait_event_type: string | null; wait_event: string | null }>(
+        "SELECT state, wait_event_type, wait_event FROM pg_stat_activity WHERE application_name = 'valet-audit' AND datname = current_database()",
+      );
+      totals.samples++;
+      for (const row of r.rows) {
+        if (row.wait_event_type === 'Lock' && row.wait_event === 'advisory') totals.chainLock++;
+        else if (row.state === 'active') totals.running++;
+        else if (row.state === 'idle in transaction') totals.idleInTransaction++;
+        else totals.idle++;
+      }
+      await sleep(20);
+    }
+  })();
+  return {
+    async stop() {
+      stopped = true;
+      await loop;
+      const n = Math.max(1, totals.samples);
+      return { samples: totals.samples, chainLock: totals.chainLock / n, running: totals.running / n, idleInTransaction: totals.idleInTransaction / n, idle: totals.idle / n };
+    },
+  };
 }
 
 async function startInstances(s: Setup, upstream: string, masterKey: string): Promise<BenchChild[]> {
@@ -185,7 +229,9 @@ async function measureSetup(s: Setup, upstream: BenchChild, masterKey: string): 
   names.set(process.pid, 'generator');
   names.set(upstream.pid, 'upstream');
   const a = snapshot([...names.keys()]);
+  const sampler = flags['pg-waits'] && s.fleet ? samplePgWaits() : undefined;
   const throughput = await maxThroughput(workloads, { connections: opts.connections, seconds: opts.seconds });
+  const waits = await sampler?.stop();
   const u = usageBetween(a, snapshot([...names.keys()]), names);
   await sleep(300);
   const fixed = await fixedRate(workloads, { rate: opts.rate, seconds: opts.seconds, connections: 64 });
@@ -195,7 +241,7 @@ async function measureSetup(s: Setup, upstream: BenchChild, masterKey: string): 
     await v.stop(10_000);
     children.splice(children.indexOf(v), 1);
   }
-  return { setup: s, throughput, fixed, cpuUsPerReq, coresPerInstance, otherCores: u.other };
+  return { setup: s, throughput, fixed, cpuUsPerReq, coresPerInstance, otherCores: u.other, waits };
 }
 
 async function main(): Promise<number> {
@@ -240,6 +286,19 @@ async function main(): Promise<number> {
     ),
   );
   log(`\naudit rows written to PostgreSQL by the fleet runs: ${int(auditRows)}`);
+  const sampled = rows.filter((r) => r.waits !== undefined);
+  if (sampled.length > 0) {
+    log('\nAudit writers\' PostgreSQL sessions during the saturation runs (mean sessions per 20 ms sample):\n');
+    log(
+      markdownTable(
+        ['setup', 'samples', 'waiting for the chain lock', 'running a statement', 'idle in transaction', 'idle'],
+        sampled.map((r) => {
+          const w = r.waits as PgWaits;
+          return [r.setup.label, int(w.samples), w.chainLock.toFixed(2), w.running.toFixed(2), w.idleInTransaction.toFixed(2), w.idle.toFixed(2)];
+        }),
+      ),
+    );
+  }
   log('"other cores": everything outside Valet, the upstream and the generator (PostgreSQL, Redis and other work on the machine).');
   const bad = rows.filter((r) => r.throughput.non2xx + r.throughput.errors + r.fixed.non2xx + r.fixed.errors > 0);
   if (bad.length > 0) {

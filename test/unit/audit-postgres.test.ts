@@ -72,6 +72,23 @@ describe('audit log on PostgreSQL', () => {
     expect(writer.commits - before).toBe(2);
   });
 
+  it('a backlog larger than one transaction takes drains in several; completions of rows written earlier are one statement each', async () => {
+    const { writer, log } = await fixture();
+    // 1,500 decisions committed together, then their 1,500 outcomes and 700 refusals queued at once.
+    const recs = Array.from({ length: 1_500 }, () => record());
+    const before = writer.commits;
+    await Promise.all(recs.map((r) => writer.commit(r)));
+    expect(writer.commits - before).toBe(2); // 1,000 + 500
+    for (const r of recs) writer.record({ ...r, status: 200, upstreamStatus: 200, durationMs: 3, bytesOut: 9 });
+    for (let i = 0; i < 700; i++) writer.record(record({ decision: 'deny', status: 403, errorCode: 'VALET_ERR_POLICY_DENIED' }));
+    await writer.flush();
+    expect(writer.pending).toBe(0);
+    const v = await log.verify();
+    expect(v).toMatchObject({ ok: true, rows: 2_200, incomplete: 0, problems: [] });
+    const done = await log.pool.query<{ n: number }>('SELECT count(*)::int AS n FROM audit_log WHERE status = 200 AND outcome_seq IS NOT NULL');
+    expect(done.rows[0]?.n).toBe(1_500);
+  });
+
   it('two instances writing at once make one chain that verifies', async () => {
     const a = await fixture({ instance: 'a' });
     const b = await fixture({ schema: a.schema, instance: 'b' });

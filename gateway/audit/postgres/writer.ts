@@ -18,6 +18,8 @@ const RECORD_KEYS = RECORD_COLUMNS.map(camel);
 const COMPLETION_DELAY_MS = 10;
 /** Rows kept for retry while the database is unreachable, beyond which the oldest are dropped (logged). */
 const MAX_HELD = 200_000;
+/** Operations per transaction (each row takes about 30 parameters of the 65,535 one statement may have). */
+const MAX_BATCH = 1_000;
 
 export interface PgAuditWriterOptions {
   settings: PgAuditSettings;
@@ -70,10 +72,23 @@ function contentOf(rec: AuditRecord): Row {
 const unavailable = (code: string | undefined): ValetError =>
   new ValetError('VALET_ERR_AUDIT_UNAVAILABLE', `The audit log could not be written${code ? ` (${code})` : ''}; nothing was forwarded.`);
 
+/** A column's type, for the casts that let one statement take many rows as parameters. */
+const pgType = (column: string): string =>
+  column === 'status' || column === 'upstream_status' ? 'integer' : column === 'duration_ms' ? 'double precision' : NUMERIC_COLUMNS.has(column) || column === 'outcome_seq' ? 'bigint' : 'text';
+
+/** `(v, …), (v, …)` with every value a typed parameter appended to `params`. */
+function tuples(rows: readonly (readonly unknown[])[], columns: readonly string[], params: unknown[]): string {
+  return rows.map((v) => `(${v.map((x, i) => `$${params.push(x)}::${pgType(columns[i] as string)}`).join(', ')})`).join(', ');
+}
+
 /**
- * Appends `ops` to the chain in one transaction on `client`: takes the chain lock, reads the head,
- * writes rows and events with consecutive seqs, advances the head. Returns the new head and the
- * open-row changes to apply once the transaction has committed.
+ * Appends `ops` to the chain in the transaction open on `client`, in three statements whatever
+ * their number: take the chain lock; read the head and which rows still exist; write every
+ * completed row, new row and chain event and advance the head in one statement. With `commit`, the
+ * COMMIT is queued behind the write. Statements that need no answer in between are queued
+ * together, so the lock is held for two round trips and one turn of this process's event loop
+ * (the hashes), not one turn per statement: on a busy instance, turns are what other instances
+ * wait for. Returns the new head and the open-row changes to apply once the transaction has committed.
  */
 async function appendOps(
   client: pg.PoolClient,
@@ -81,14 +96,29 @@ async function appendOps(
   instance: string,
   ops: readonly Op[],
   open: ReadonlyMap<string, OpenRow>,
+  commit = false,
 ): Promise<{ head: { seq: number; hash: Buffer }; changes: OpenChange[] }> {
-  await client.query('SELECT pg_advisory_xact_lock($1::bigint)', [lockKey(schema, 'chain')]);
-  const h = (await client.query<{ seq: number; hash: Buffer; next_id: number; logged_at: number }>('SELECT seq, hash, next_id, logged_at FROM audit_head')).rows[0];
+  // Rows a completion of this batch would update, if retention has not deleted them meanwhile.
+  const priorIds: number[] = [];
+  for (const op of ops) {
+    const prior = op.decision ? undefined : open.get(op.rec.requestId);
+    if (prior !== undefined) priorIds.push(prior.id);
+  }
+  const [, read] = await Promise.all([
+    client.query('SELECT pg_advisory_xact_lock($1::bigint)', [lockKey(schema, 'chain')]),
+    client.query<{ seq: number; hash: Buffer; next_id: number; logged_at: number; present: number[] | null }>(
+      'SELECT seq, hash, next_id, logged_at, (SELECT array_agg(id) FROM audit_log WHERE id = ANY($1::bigint[])) AS present FROM audit_head',
+      [priorIds],
+    ),
+  ]);
+  const h = read.rows[0];
   if (h === undefined) throw Object.assign(new Error('audit_head is empty'), { code: 'VALET_NO_HEAD' });
+  const present = new Set((h.present ?? []).map(Number));
   let head = { seq: h.seq, hash: h.hash };
   let nextId = h.next_id;
   let loggedAt = h.logged_at;
   const inserts: unknown[][] = [];
+  const updates: unknown[][] = [];
   const events: unknown[][] = [];
   const changes: OpenChange[] = [];
   const justOpened = new Map<string, OpenRow>();
@@ -103,24 +133,20 @@ async function appendOps(
     if (prior !== undefined) {
       changes.push([requestId, undefined]);
       justOpened.delete(requestId);
-      const row: Row = { ...content, id: prior.id, logged_at: prior.row['logged_at'] };
       // A decision of this same batch is still an insert not yet sent: complete it there.
       const pending = inserts.find((v) => v[0] === prior.id);
-      let changed: number;
-      if (pending !== undefined) {
-        for (let i = 0; i < INSERT_COLUMNS.length; i++) {
-          const c = INSERT_COLUMNS[i] as string;
-          if (c in content) pending[i] = content[c];
+      if (pending !== undefined || present.has(prior.id)) {
+        if (pending !== undefined) {
+          for (let i = 0; i < INSERT_COLUMNS.length; i++) {
+            const c = INSERT_COLUMNS[i] as string;
+            if (c in content) pending[i] = content[c];
+          }
+          pending.push(seq);
+        } else {
+          updates.push([prior.id, ...RECORD_COLUMNS.map((c) => content[c]), seq]);
+          present.delete(prior.id);
         }
-        pending.push(seq);
-        changed = 1;
-      } else {
-        const set = RECORD_COLUMNS.map((c, i) => `"${c}" = $${i + 1}`).join(', ');
-        const params = RECORD_COLUMNS.map((c) => content[c]);
-        params.push(seq, prior.id);
-        changed = (await client.query(`UPDATE audit_log SET ${set}, outcome_seq = $${params.length - 1} WHERE id = $${params.length}`, params)).rowCount ?? 0;
-      }
-      if (changed === 1) {
+        const row: Row = { ...content, id: prior.id, logged_at: prior.row['logged_at'] };
         const hash = linkHash(head.hash, seq, EVENT.outcome, prior.id, ts, tenant, rowDigest(row, DIGEST_COLUMNS));
         events.push([seq, prior.id, EVENT.outcome, hash, null]);
         head = { seq, hash };
@@ -142,25 +168,67 @@ async function appendOps(
     }
     head = { seq, hash };
   }
+
+  // One statement: every data-modifying part of a WITH runs, once and to completion.
+  const params: unknown[] = [];
+  const parts: string[] = [];
+  if (updates.length > 0) {
+    const columns = ['id', ...RECORD_COLUMNS, 'outcome_seq'];
+    const names = columns.map((c) => `"${c}"`).join(', ');
+    const set = [...RECORD_COLUMNS, 'outcome_seq'].map((c) => `"${c}" = v."${c}"`).join(', ');
+    parts.push(`completed AS (UPDATE audit_log AS r SET ${set} FROM (VALUES ${tuples(updates, columns, params)}) AS v (${names}) WHERE r.id = v.id RETURNING r.id)`);
+  }
   // Rows completed within the batch carry their outcome seq as one more value; the others none.
   const plain = inserts.filter((v) => v.length === INSERT_COLUMNS.length);
   const done = inserts.filter((v) => v.length > INSERT_COLUMNS.length);
-  for (const [rows, columns] of [
+  for (const [i, [rows, columns]] of ([
     [plain, INSERT_COLUMNS],
     [done, [...INSERT_COLUMNS, 'outcome_seq']],
-  ] as const) {
+  ] as const).entries()) {
     if (rows.length === 0) continue;
-    const params: unknown[] = [];
-    const tuples = rows.map((v) => `(${v.map((x) => `$${params.push(x)}`).join(', ')})`);
-    await client.query(`INSERT INTO audit_log (${columns.map((c) => `"${c}"`).join(', ')}) VALUES ${tuples.join(', ')}`, params);
+    parts.push(`rows${i} AS (INSERT INTO audit_log (${columns.map((c) => `"${c}"`).join(', ')}) VALUES ${tuples(rows, columns, params)})`);
   }
   if (events.length > 0) {
-    const params: unknown[] = [];
-    const tuples = events.map((v) => `(${v.map((x) => `$${params.push(x)}`).join(', ')})`);
-    await client.query(`INSERT INTO audit_chain (seq, row_id, kind, hash, digest) VALUES ${tuples.join(', ')}`, params);
+    const eventTypes = ['bigint', 'bigint', 'smallint', 'bytea', 'bytea'];
+    const eventTuples = events.map((v) => `(${v.map((x, i) => `$${params.push(x)}::${eventTypes[i] as string}`).join(', ')})`).join(', ');
+    parts.push(`events AS (INSERT INTO audit_chain (seq, row_id, kind, hash, digest) VALUES ${eventTuples})`);
   }
-  await client.query('UPDATE audit_head SET seq = $1, hash = $2, next_id = $3, logged_at = $4', [head.seq, head.hash, nextId, loggedAt]);
+  const headParams = [params.push(head.seq), params.push(head.hash), params.push(nextId), params.push(loggedAt)];
+  // Every row read present under the chain lock is updated (retention takes the lock too); if one
+  // were not, the division by zero fails the statement, and the queued COMMIT rolls back.
+  const updated = updates.length > 0 ? `1 / (CASE WHEN (SELECT count(*) FROM completed) = $${params.push(updates.length)}::bigint THEN 1 ELSE 0 END)` : '1';
+  await Promise.all([
+    client.query(
+      `${parts.length > 0 ? `WITH ${parts.join(', ')} ` : ''}UPDATE audit_head SET seq = $${headParams[0]}::bigint, hash = $${headParams[1]}::bytea, next_id = $${headParams[2]}::bigint, logged_at = $${headParams[3]}::bigint RETURNING ${updated} AS checked`,
+      params,
+    ),
+    // After a failed write PostgreSQL answers this COMMIT with a rollback; the caller rolls back anyway.
+    ...(commit ? [client.query('COMMIT')] : []),
+  ]);
   return { head, changes };
+}
+
+/**
+ * The request path's transaction: BEGIN is queued with the append's first statements and the
+ * append queues its own COMMIT, so a commit costs four round trips and three turns of the event
+ * loop. Rolls back and rethrows on error.
+ */
+async function appendTransaction<T>(pool: pg.Pool, fn: (c: pg.PoolClient) => Promise<T>): Promise<T> {
+  const client = await pool.connect();
+  let broken = false;
+  try {
+    const [, r] = await Promise.all([client.query('BEGIN'), fn(client)]);
+    return r;
+  } catch (err) {
+    try {
+      await client.query('ROLLBACK');
+    } catch {
+      broken = true;
+    }
+    throw err;
+  } finally {
+    client.release(broken);
+  }
 }
 
 /** Runs `fn` in a transaction on a pooled client; rolls back and rethrows on error. */
@@ -222,12 +290,14 @@ export async function startPgAuditWriter(o: PgAuditWriterOptions): Promise<Audit
 
   const run = async (): Promise<void> => {
     while (queue.length > 0) {
-      const ops = queue;
-      queue = [];
+      // At most MAX_BATCH per transaction: one statement's parameters are bounded (65,535), and a
+      // backlog after an outage drains in steps instead of one transaction that never fits.
+      const ops = queue.slice(0, MAX_BATCH);
+      queue = queue.slice(ops.length);
       runningOps = ops.length;
       const started = performance.now();
       try {
-        apply(await inTransaction(pool, (c) => appendOps(c, schema, o.instance, ops, open)));
+        apply(await appendTransaction(pool, (c) => appendOps(c, schema, o.instance, ops, open, true)));
         commits++;
         backoff = 0;
         o.onCommit?.((performance.now() - started) / 1000);
