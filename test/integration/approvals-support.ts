@@ -104,6 +104,22 @@ export function payGateway(upstream: FakeUpstream, rx: Receivers, gateway: Recor
   };
 }
 
+/**
+ * {@link payGateway} plus a `vault` upstream whose credential (`VAULT_TOKEN`) only the secret store
+ * holds: what the fleet suites use to see approvals and secrets shared. `env` adds to the pay env.
+ */
+export function payAndVaultGateway(upstream: FakeUpstream, rx: Receivers, env: Record<string, string>, root?: string): TestGatewayOptions {
+  const options = payGateway(upstream, rx);
+  return {
+    ...options,
+    upstreams: [...options.upstreams, { name: 'vault', origin: upstream.origin, credential: { scheme: 'bearer', secret: 'VAULT_TOKEN' } }],
+    rules: [...options.rules, { id: 'vault-allow', upstream: 'vault', effect: 'allow' }],
+    gateway: { ...options.gateway, secrets: { sources: ['store', 'env'] } },
+    env: { ...options.env, ...env },
+    ...(root !== undefined && { root }),
+  };
+}
+
 export interface Reply {
   status: number;
   headers: Record<string, string | string[] | undefined>;

@@ -10,7 +10,7 @@ import { generateMasterKeyText } from '../../gateway/secrets/crypto.js';
 import { startTestGateway, type TestGateway } from '../helpers/gateway.js';
 import { pgSchemas } from '../helpers/postgres.js';
 import { headerValues, startFakeUpstream, type FakeUpstream } from '../helpers/upstream.js';
-import { admin, call, payGateway, startReceivers, waitForApproval, type Receivers } from './approvals-support.js';
+import { admin, call, payAndVaultGateway, startReceivers, waitForApproval, type Receivers } from './approvals-support.js';
 
 describe('a fleet of two gateways on PostgreSQL (VALET_POSTGRES_URL)', () => {
   const pgs = pgSchemas();
@@ -29,17 +29,8 @@ describe('a fleet of two gateways on PostgreSQL (VALET_POSTGRES_URL)', () => {
     });
     rx = await startReceivers();
     const { url } = await pgs.fresh();
-    const shared = { VALET_POSTGRES_URL: url, VALET_MASTER_KEY: generateMasterKeyText() };
-    const options = payGateway(upstream, rx);
-    const env = { ...options.env, ...shared };
     // The `vault` upstream's credential comes from the secret store only (not the environment).
-    const withVault = {
-      ...options,
-      upstreams: [...options.upstreams, { name: 'vault', origin: upstream.origin, credential: { scheme: 'bearer', secret: 'VAULT_TOKEN' } }],
-      rules: [...options.rules, { id: 'vault-allow', upstream: 'vault', effect: 'allow' }],
-      gateway: { ...options.gateway, secrets: { sources: ['store', 'env'] } },
-      env,
-    };
+    const withVault = payAndVaultGateway(upstream, rx, { VALET_POSTGRES_URL: url, VALET_MASTER_KEY: generateMasterKeyText() });
     a = await startTestGateway(withVault);
     b = await startTestGateway(withVault);
     approverA = await a.adminToken(['approver'], { subject: 'fiona', groups: ['finance'] });

@@ -13,7 +13,7 @@ import { runCli } from '../helpers/cli.js';
 import { devIssuer, startTestGateway, type TestGatewayOptions } from '../helpers/gateway.js';
 import { pgSchemas, type PgSchemas } from '../helpers/postgres.js';
 import { headerValues, startFakeUpstream, type FakeUpstream } from '../helpers/upstream.js';
-import { admin, call, payGateway, startReceivers, type Receivers } from './approvals-support.js';
+import { admin, call, payAndVaultGateway, startReceivers, type Receivers } from './approvals-support.js';
 
 describe('valet migrate', () => {
   let root: string;
@@ -73,15 +73,8 @@ describe('valet migrate --from sqlite: an embedded installation moves to Postgre
     upstream = await startFakeUpstream();
     rx = await startReceivers();
     const key = generateMasterKeyText();
-    const options = payGateway(upstream, rx);
-    const withVault = (env: Record<string, string>, root?: string): TestGatewayOptions => ({
-      ...options,
-      upstreams: [...options.upstreams, { name: 'vault', origin: upstream.origin, credential: { scheme: 'bearer', secret: 'VAULT_TOKEN' } }],
-      rules: [...options.rules, { id: 'vault-allow', upstream: 'vault', effect: 'allow' }],
-      gateway: { ...options.gateway, secrets: { sources: ['store', 'env'] } },
-      env: { ...options.env, VALET_MASTER_KEY: key, VALET_APPROVAL_LINK_KEY: 'm'.repeat(43), ...env },
-      ...(root !== undefined && { root }),
-    });
+    const withVault = (env: Record<string, string>, root?: string): TestGatewayOptions =>
+      payAndVaultGateway(upstream, rx, { VALET_MASTER_KEY: key, VALET_APPROVAL_LINK_KEY: 'm'.repeat(43), ...env }, root);
 
     // An embedded gateway with some history.
     const embedded = await startTestGateway(withVault({}));

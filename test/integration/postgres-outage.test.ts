@@ -8,7 +8,7 @@ import { expectErrorBody, requestIdOf } from '../helpers/http.js';
 import { pgSchemas } from '../helpers/postgres.js';
 import { tcpRelay, type TcpRelay } from '../helpers/relay.js';
 import { headerValues, startFakeUpstream, type FakeUpstream } from '../helpers/upstream.js';
-import { admin, call, payGateway, startReceivers, waitForApproval, type Receivers } from './approvals-support.js';
+import { admin, call, payAndVaultGateway, startReceivers, waitForApproval, type Receivers } from './approvals-support.js';
 
 interface Ready {
   ready: boolean;
@@ -63,15 +63,8 @@ describe('PostgreSQL gone from under an instance, then back', () => {
     direct = url;
     const relayed = url.replace('@127.0.0.1:5432/', `@127.0.0.1:${relay.port}/`);
     expect(urlSchema(relayed)).toBe(schema);
-    const options = payGateway(upstream, rx);
     const keys = { VALET_MASTER_KEY: generateMasterKeyText(), VALET_APPROVAL_LINK_KEY: 'l'.repeat(43) };
-    const fleet = (pgUrl: string) => ({
-      ...options,
-      upstreams: [...options.upstreams, { name: 'vault', origin: upstream.origin, credential: { scheme: 'bearer', secret: 'VAULT_TOKEN' } }],
-      rules: [...options.rules, { id: 'vault-allow', upstream: 'vault', effect: 'allow' }],
-      gateway: { ...options.gateway, secrets: { sources: ['store', 'env'] } },
-      env: { ...options.env, ...keys, VALET_POSTGRES_URL: pgUrl },
-    });
+    const fleet = (pgUrl: string) => payAndVaultGateway(upstream, rx, { ...keys, VALET_POSTGRES_URL: pgUrl });
     b = await startTestGateway(fleet(direct));
     const token = await b.adminToken(['admin']);
     const res = await request(`${b.adminUrl}/api/secrets`, { method: 'POST', headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json' }, body: JSON.stringify({ name: 'VAULT_TOKEN', value: 'vt-before-1f0a' }) });

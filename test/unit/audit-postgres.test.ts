@@ -1,4 +1,3 @@
-import { createServer, connect, type Server, type Socket } from 'node:net';
 import pino from 'pino';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import type { AuditFilter, AuditRow, AuditWriter } from '../../gateway/audit/port.js';
@@ -8,6 +7,7 @@ import { SqliteAuditLog } from '../../gateway/audit/sqlite/log.js';
 import type { AuditRecord } from '../../gateway/types.js';
 import { auditFixture, record } from '../helpers/audit.js';
 import { dropSchema, freshSchema, PG_URL, sql } from '../helpers/postgres.js';
+import { tcpRelay, type TcpRelay } from '../helpers/relay.js';
 
 const logger = pino({ level: 'silent' });
 const schemas: string[] = [];
@@ -247,38 +247,18 @@ describe('audit log on PostgreSQL', () => {
 });
 
 describe('PostgreSQL unreachable at commit', () => {
-  let proxy: Server;
-  let port = 0;
-  const sockets = new Set<Socket>();
+  let relay: TcpRelay;
   beforeAll(async () => {
-    proxy = createServer((s) => {
-      const up = connect(5432, '127.0.0.1');
-      sockets.add(s).add(up);
-      s.pipe(up).pipe(s);
-      const end = (): void => {
-        s.destroy();
-        up.destroy();
-      };
-      s.on('error', end).on('close', end);
-      up.on('error', end).on('close', end);
-    });
-    await new Promise<void>((r) => proxy.listen(0, '127.0.0.1', r));
-    port = (proxy.address() as { port: number }).port;
+    relay = await tcpRelay(5432);
   });
-  afterAll(() => proxy.close());
-
-  const cut = async (): Promise<void> => {
-    proxy.close();
-    for (const s of sockets) s.destroy();
-    await new Promise((r) => setTimeout(r, 50));
-  };
+  afterAll(() => relay.cut());
 
   it('a commit is refused with VALET_ERR_AUDIT_UNAVAILABLE; with fail_open it resolves', async () => {
-    const url = PG_URL.replace(':5432', `:${port}`);
+    const url = PG_URL.replace(':5432', `:${relay.port}`);
     const closed = await fixture({ url, instance: 'x' });
     const open = await fixture({ url, instance: 'y', failOpen: true });
     await closed.writer.commit(record());
-    await cut();
+    await relay.cut();
     await expect(closed.writer.commit(record())).rejects.toMatchObject({ code: 'VALET_ERR_AUDIT_UNAVAILABLE' });
     await expect(open.writer.commit(record())).resolves.toBeUndefined();
     expect(open.writer.pending).toBeGreaterThan(0); // kept for a retry

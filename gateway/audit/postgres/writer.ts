@@ -209,33 +209,15 @@ async function appendOps(
 }
 
 /**
- * The request path's transaction: BEGIN is queued with the append's first statements and the
- * append queues its own COMMIT, so a commit costs four round trips and three turns of the event
- * loop. Rolls back and rethrows on error.
+ * Runs `fn` in a transaction on a pooled client; rolls back and rethrows on error. `committing`: fn
+ * queues its own COMMIT (the request path's appends), and BEGIN is queued with its first
+ * statements, so a commit costs four round trips and three turns of the event loop.
  */
-async function appendTransaction<T>(pool: pg.Pool, fn: (c: pg.PoolClient) => Promise<T>): Promise<T> {
+async function inTransaction<T>(pool: pg.Pool, fn: (c: pg.PoolClient) => Promise<T>, committing = false): Promise<T> {
   const client = await pool.connect();
   let broken = false;
   try {
-    const [, r] = await Promise.all([client.query('BEGIN'), fn(client)]);
-    return r;
-  } catch (err) {
-    try {
-      await client.query('ROLLBACK');
-    } catch {
-      broken = true;
-    }
-    throw err;
-  } finally {
-    client.release(broken);
-  }
-}
-
-/** Runs `fn` in a transaction on a pooled client; rolls back and rethrows on error. */
-async function inTransaction<T>(pool: pg.Pool, fn: (c: pg.PoolClient) => Promise<T>): Promise<T> {
-  const client = await pool.connect();
-  let broken = false;
-  try {
+    if (committing) return (await Promise.all([client.query('BEGIN'), fn(client)]))[1];
     await client.query('BEGIN');
     const r = await fn(client);
     await client.query('COMMIT');
@@ -297,7 +279,7 @@ export async function startPgAuditWriter(o: PgAuditWriterOptions): Promise<Audit
       runningOps = ops.length;
       const started = performance.now();
       try {
-        apply(await appendTransaction(pool, (c) => appendOps(c, schema, o.instance, ops, open, true)));
+        apply(await inTransaction(pool, (c) => appendOps(c, schema, o.instance, ops, open, true), true));
         commits++;
         backoff = 0;
         o.onCommit?.((performance.now() - started) / 1000);
