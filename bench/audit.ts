@@ -431,6 +431,7 @@ function topUp(dir: string, target: number): number {
             approvalReason: null,
             approvalAt: null,
             args: null,
+            upstreamRequestId: null,
           },
         };
       });

@@ -187,7 +187,7 @@ export async function startGateway(options: GatewayOptions): Promise<RunningGate
       const body = JSON.stringify({ error: { code: e.code, message: e.message, request_id: requestId } });
       socket.end(
         `HTTP/1.1 ${e.status} ${STATUS_CODES[e.status]}\r\ncontent-type: application/json\r\ncontent-length: ${Buffer.byteLength(body)}\r\n` +
-          `x-request-id: ${requestId}\r\nconnection: close\r\n\r\n${body}`,
+          `x-request-id: ${requestId}\r\nvalet-request-id: ${requestId}\r\nconnection: close\r\n\r\n${body}`,
       );
       audit.record({ ...newAuditRecord(requestId, '-', ''), status: e.status, errorCode: e.code, reason: err.code ?? null });
     } else {

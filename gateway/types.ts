@@ -93,4 +93,6 @@ export interface AuditRecord {
   approvalAt: number | null;
   /** The arguments the tool's `audit_args` keep, as JSON (null: none kept). Bodies are never stored. */
   args: string | null;
+  /** The upstream's own id for the response (its `x-request-id`, `request-id`...), beside Valet's `requestId`. */
+  upstreamRequestId: string | null;
 }

@@ -54,6 +54,7 @@ export function decisionRecord(): AuditRecord {
     approvalReason: null,
     approvalAt: null,
     args: null,
+    upstreamRequestId: null,
   };
 }
 

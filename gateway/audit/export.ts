@@ -161,6 +161,7 @@ const SD_PARAMS: (keyof AuditRow)[] = [
   'approval_id',
   'approver',
   'args',
+  'upstream_request_id',
 ];
 
 /**

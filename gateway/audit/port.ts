@@ -36,6 +36,8 @@ export interface AuditRow {
   approval_reason: string | null;
   approval_at: number | null;
   args: string | null;
+  /** The upstream's own request id for the response, beside Valet's `request_id`. */
+  upstream_request_id: string | null;
   /** When the writer recorded the row (ms); never decreases as ids grow. */
   logged_at: number;
   /** The row's events in the hash chain (bookkeeping). */

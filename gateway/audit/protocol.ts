@@ -38,6 +38,7 @@ export const RECORD_FIELDS = [
   'approvalReason',
   'approvalAt',
   'args',
+  'upstreamRequestId',
 ] as const satisfies readonly (keyof AuditRecord)[];
 
 // Every field of AuditRecord is listed (a compile error names any that is not).

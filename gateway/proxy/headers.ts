@@ -296,9 +296,25 @@ export function injectCredential(headers: HeaderList, rawQuery: string, credenti
   }
 }
 
+/** The response header naming Valet's request id (the audit row's), on every response. */
+export const REQUEST_ID_HEADER = 'valet-request-id';
+
+/** Where upstreams put their own request id, most common first (OpenAI, Anthropic/Stripe, GitHub, AWS). */
+const UPSTREAM_REQUEST_ID_HEADERS = ['x-request-id', 'request-id', 'x-github-request-id', 'x-amzn-requestid', 'x-amz-request-id'];
+
+/** The upstream's own id for a response, as recorded beside Valet's (at most 256 characters). */
+export function upstreamRequestId(headers: IncomingHttpHeaders | Record<string, string | string[] | undefined>): string | null {
+  for (const name of UPSTREAM_REQUEST_ID_HEADERS) {
+    const v = headers[name];
+    const first = Array.isArray(v) ? v[0] : v;
+    if (first !== undefined && first !== '') return first.slice(0, 256);
+  }
+  return null;
+}
+
 /**
- * Upstream response headers as the agent may see them. `x-request-id` belongs to Valet (it names
- * the audit row); the upstream's own id is passed on as `x-upstream-request-id`. The URLs in
+ * Upstream response headers as the agent may see them: the upstream's own headers, its request id
+ * among them, are never replaced; only `valet-*` names are Valet's and dropped. The URLs in
  * `Location`, `Content-Location` and `Link` are always scrubbed, and those on the upstream's origin
  * rewritten to point back through Valet (see {@link agentLocation}; `origin` is only called then).
  * While the upstream's responses are scrubbed, every other value is scrubbed too.
@@ -317,7 +333,7 @@ export function forwardableResponseHeaders(
   const once: AgentOrigin = () => (agentBase === null ? (agentBase = origin()) : agentBase);
   const out: Record<string, string | string[]> = {};
   for (const [name, value] of Object.entries(headers)) {
-    if (value === undefined || HOP_BY_HOP_SET.has(name) || listed.has(name)) continue;
+    if (value === undefined || HOP_BY_HOP_SET.has(name) || listed.has(name) || name.startsWith('valet-')) continue;
     if (name === 'location' || name === 'content-location') {
       out[name] = agentLocation(Array.isArray(value) ? (value[0] ?? '') : value, upstream, scrubber, once);
       continue;
@@ -328,7 +344,7 @@ export function forwardableResponseHeaders(
       continue;
     }
     const scrubbed = !scrubAll ? value : Array.isArray(value) ? value.map((v) => scrubber.redact(v)) : scrubber.redact(value);
-    out[name === 'x-request-id' ? 'x-upstream-request-id' : name] = scrubbed;
+    out[name] = scrubbed;
   }
   return out;
 }

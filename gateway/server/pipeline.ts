@@ -13,7 +13,7 @@ import { ValetError } from '../errors.js';
 import type { EvaluationInput, Policy } from '../policy/compile.js';
 import type { Forwarder } from '../proxy/forward.js';
 import { upstreamError } from '../proxy/forward.js';
-import { forwardableRequestHeaders, injectCredential, valetRequestHeaders, type HeaderList } from '../proxy/headers.js';
+import { forwardableRequestHeaders, injectCredential, REQUEST_ID_HEADER, upstreamRequestId, valetRequestHeaders, type HeaderList } from '../proxy/headers.js';
 import { HangUp, relay, sendWhole } from '../proxy/relay.js';
 import { requestLineLogger } from '../log.js';
 import { agentOrigin } from '../proxy/location.js';
@@ -75,7 +75,10 @@ export function createPipeline(deps: PipelineDeps): RequestHandler {
   return async (req, res) => {
     const started = performance.now();
     const requestId = newRequestId();
-    res.setHeader('x-request-id', requestId);
+    // Valet's id in a header of its own on every response: the upstream's request id header passes
+    // through untouched (SDKs report it in support tickets); Valet's own answers also carry it as
+    // x-request-id (see respond.ts).
+    res.setHeader(REQUEST_ID_HEADER, requestId);
     const rawPath = (req.url ?? '').split('?')[0] ?? '';
     // The raw path until the canonical one is known; cut to 2,048 characters only once redacted (below).
     const rec = newAuditRecord(requestId, req.method ?? 'GET', rawPath);
@@ -247,7 +250,7 @@ export function createPipeline(deps: PipelineDeps): RequestHandler {
           rec,
         );
         if (outcome.kind === 'accepted') {
-          res.writeHead(202, { 'content-type': 'application/json; charset=utf-8', 'cache-control': 'no-store', location: outcome.location, 'content-length': Buffer.byteLength(outcome.body) });
+          res.writeHead(202, { 'content-type': 'application/json; charset=utf-8', 'cache-control': 'no-store', location: outcome.location, 'content-length': Buffer.byteLength(outcome.body), 'x-request-id': requestId });
           res.end(outcome.body);
           return;
         }
@@ -307,9 +310,13 @@ export function createPipeline(deps: PipelineDeps): RequestHandler {
         signal: hangUp,
       });
       rec.upstreamStatus = upstreamRes.statusCode;
+      const scrubber = scrubberFor(injected.secrets);
+      // Recorded scrubbed whatever scrub_responses says: an upstream may echo the credential anywhere.
+      const upstreamId = upstreamRequestId(upstreamRes.headers);
+      rec.upstreamRequestId = upstreamId === null ? null : scrubber.redact(upstreamId);
       // Valet's origin as the agent reached it, worked out only if a response header links to the upstream.
       const origin = (): string | undefined => agentOrigin(req.headers.host, req.socket.localAddress, req.socket.localPort);
-      const toAgent = agentResponse(upstream, facts.method, upstreamRes, scrubberFor(injected.secrets), origin);
+      const toAgent = agentResponse(upstream, facts.method, upstreamRes, scrubber, origin);
       if (toAgent.whole !== undefined) {
         // A small body: read whole and scrubbed before anything is sent, then one write.
         let whole: { body: Buffer; upstreamBytes: number };
@@ -407,6 +414,7 @@ export function newAuditRecord(requestId: string, method: string, path: string):
     approvalReason: null,
     approvalAt: null,
     args: null,
+    upstreamRequestId: null,
   };
 }
 

@@ -1,5 +1,6 @@
 import type { ServerResponse } from 'node:http';
 import { ERRORS, ValetError, type ErrorCode } from '../errors.js';
+import { REQUEST_ID_HEADER } from '../proxy/headers.js';
 
 const CLOSING: ReadonlySet<ErrorCode> = new Set(['VALET_ERR_SHUTTING_DOWN', 'VALET_ERR_BAD_REQUEST', 'VALET_ERR_BODY_TOO_LARGE', 'VALET_ERR_REQUEST_TIMEOUT']);
 
@@ -23,7 +24,9 @@ export function sendError(res: ServerResponse, err: ValetError, requestId: strin
     'content-type': 'application/json; charset=utf-8',
     'content-length': String(Buffer.byteLength(body)),
     'cache-control': 'no-store',
+    // Valet's own answer: its id under the SDKs' usual name too (valet-request-id is on every response).
     'x-request-id': requestId,
+    [REQUEST_ID_HEADER]: requestId,
   };
   if (err.status === 401) {
     headers['www-authenticate'] =

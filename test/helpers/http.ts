@@ -16,9 +16,10 @@ export function header(headers: Record<string, string | string[] | undefined>, n
 }
 
 /** The request id the gateway put on a response; asserts it is present and a UUID. */
+/** Valet's request id (the audit row's), which every response carries in `valet-request-id`. */
 export function requestIdOf(headers: Record<string, string | string[] | undefined>): string {
-  const id = header(headers, 'x-request-id');
-  expect(id, 'x-request-id header').toMatch(UUID);
+  const id = header(headers, 'valet-request-id');
+  expect(id, 'valet-request-id header').toMatch(UUID);
   return id as string;
 }
 

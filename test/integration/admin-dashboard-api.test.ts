@@ -42,7 +42,7 @@ describe('admin API for the dashboard', () => {
       body: body === undefined ? null : JSON.stringify(body),
     });
     await res.body.text();
-    ids[name] = res.headers['x-request-id'] as string;
+    ids[name] = res.headers['valet-request-id'] as string;
   };
 
   beforeAll(async () => {
@@ -68,7 +68,7 @@ describe('admin API for the dashboard', () => {
     await call('globexRead', 'globex', 'GET', '/v1/items');
     const res = await request(`${gw.url}/api/v1/items`);
     await res.body.text();
-    ids['anonymous'] = res.headers['x-request-id'] as string;
+    ids['anonymous'] = res.headers['valet-request-id'] as string;
     await gw.waitForAudit(7);
   });
 

@@ -100,6 +100,6 @@ describe('approvals across a restart', () => {
     // The audit log of both processes is one log; the shutdown refusal is in it.
     const rows = (await second.auditRows());
     expect(rows.find((r) => r.approval_id === h1.id && r.error_code === 'VALET_ERR_SHUTTING_DOWN')).toMatchObject({ status: 503 });
-    expect(rows.find((r) => r.request_id === r2.headers['x-request-id'])).toMatchObject({ approval_id: approvedAsync, approver: 'fiona', approval_reason: 'before restart' });
+    expect(rows.find((r) => r.request_id === r2.headers['valet-request-id'])).toMatchObject({ approval_id: approvedAsync, approver: 'fiona', approval_reason: 'before restart' });
   });
 });

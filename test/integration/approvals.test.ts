@@ -94,7 +94,7 @@ describe('approvals: async and hold, end to end', () => {
     expect(JSON.parse(got?.body.toString() ?? '{}')).toEqual(body);
 
     // The executing request's audit row names the approval, the approver, the reason and the time.
-    const row = await auditRowFor(gw, again.headers['x-request-id'] as string);
+    const row = await auditRowFor(gw, again.headers['valet-request-id'] as string);
     expect(row).toMatchObject({ decision: 'escalate', rule: 'async-transfers', status: 201, upstream_status: 201, approval_id: a.id, approver: 'fiona', approval_reason: 'invoice 42 checked' });
     expect(row.approval_at).toBeGreaterThan(0);
     const parked = await auditRowFor(gw, first.json.request_id);
@@ -215,7 +215,7 @@ describe('approvals: async and hold, end to end', () => {
     expect(r.json).toMatchObject({ executed: true, amount: 250 });
     expect(Date.now() - started).toBeGreaterThanOrEqual(150);
     expect(forwardedTo('/v1/hold/')).toBe(before + 1);
-    const row = await auditRowFor(gw, r.headers['x-request-id'] as string);
+    const row = await auditRowFor(gw, r.headers['valet-request-id'] as string);
     expect(row).toMatchObject({ decision: 'escalate', status: 201, approval_id: a.id, approver: 'fiona', approval_reason: 'ok by phone' });
     expect((await admin(gw, approver, `/api/approvals/${a.id}`)).json.approval.status).toBe('consumed');
     // A held approval's id cannot be re-sent.
@@ -234,7 +234,7 @@ describe('approvals: async and hold, end to end', () => {
     expect(r.status).toBe(403);
     expect(r.json.error).toMatchObject({ code: 'VALET_ERR_APPROVAL_DENIED', rule: 'hold-transfers', approval: { id: a.id, status: 'denied', resolution_reason: 'wrong account' } });
     expect(r.text).not.toContain('fiona');
-    const row = await auditRowFor(gw, r.headers['x-request-id'] as string);
+    const row = await auditRowFor(gw, r.headers['valet-request-id'] as string);
     expect(row).toMatchObject({ status: 403, error_code: 'VALET_ERR_APPROVAL_DENIED', approval_id: a.id, approver: 'fiona', approval_reason: 'wrong account' });
 
     const started = Date.now();
@@ -356,7 +356,7 @@ describe('approvals: async and hold, end to end', () => {
     expect(over.json.error.code).toBe('VALET_ERR_APPROVAL_LIMIT');
     expect(over.json.error.message).toMatch(/this agent \(at most 3\)/);
     expect(Number(over.headers['retry-after'])).toBeGreaterThanOrEqual(1);
-    expect((await auditRowFor(gw, over.headers['x-request-id'] as string)).error_code).toBe('VALET_ERR_APPROVAL_LIMIT');
+    expect((await auditRowFor(gw, over.headers['valet-request-id'] as string)).error_code).toBe('VALET_ERR_APPROVAL_LIMIT');
 
     // The tenant cap (5) counts every agent of the tenant.
     const second = await agent('flood-bot-2', { tenant: 'flood-co' });

@@ -59,7 +59,7 @@ describe('audit durability: kill -9 under load', () => {
           const method = n % 5 === 4 ? 'POST' : 'GET';
           const r = await request(`http://127.0.0.1:${port}/api/v1/items/${i}-${n}`, { method, headers: { authorization: `Bearer ${token}` }, dispatcher });
           await r.body.text();
-          answered.push({ id: r.headers['x-request-id'] as string, status: r.statusCode });
+          answered.push({ id: r.headers['valet-request-id'] as string, status: r.statusCode });
         } catch {
           return; // the gateway is gone
         }
@@ -134,7 +134,7 @@ describe('audit durability: the database cannot be written', () => {
     const results = await Promise.all(
       Array.from({ length: 6 }, async (_, i) => {
         const r = await request(`${g.url}/api/v1/items/${i}`, { headers: { authorization: `Bearer ${token}` } });
-        return { status: r.statusCode, id: r.headers['x-request-id'] as string, body: (await r.body.json()) as { error: { code: string; message: string; request_id: string } } };
+        return { status: r.statusCode, id: r.headers['valet-request-id'] as string, body: (await r.body.json()) as { error: { code: string; message: string; request_id: string } } };
       }),
     );
     for (const r of results) {
@@ -191,7 +191,7 @@ describe('audit durability: the database cannot be written', () => {
     other.exec('BEGIN IMMEDIATE');
     const r = await request(`${g.url}/api/v1/items/1`, { headers: { authorization: `Bearer ${token}` } });
     expect(r.statusCode).toBe(200);
-    const id = r.headers['x-request-id'] as string;
+    const id = r.headers['valet-request-id'] as string;
     await r.body.text();
     expect(upstream!.requests).toHaveLength(1);
     expect(g.logs.some((l) => l.includes('AUDIT LOG NOT WRITABLE'))).toBe(true);

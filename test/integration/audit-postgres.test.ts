@@ -37,7 +37,7 @@ describe('two gateways on one PostgreSQL audit log', () => {
       const gw = i % 2 ? a : b;
       const r = await request(`${gw.url}/api/v1/items/${i}`, { method: i % 5 === 0 ? 'DELETE' : 'GET', headers: { authorization: `Bearer ${token}` } });
       await r.body.text();
-      return { status: r.statusCode, id: r.headers['x-request-id'] as string };
+      return { status: r.statusCode, id: r.headers['valet-request-id'] as string };
     });
     const results = await Promise.all(calls);
     expect(results.filter((r) => r.status === 200)).toHaveLength(32);

@@ -169,7 +169,7 @@ describe('happy path', () => {
       });
       req.on('response', (res) => {
         res.resume();
-        res.on('end', () => resolve({ status: res.statusCode ?? 0, requestId: String(res.headers['x-request-id']) }));
+        res.on('end', () => resolve({ status: res.statusCode ?? 0, requestId: String(res.headers['valet-request-id']) }));
       });
       req.on('error', reject);
       void (async () => {
@@ -198,11 +198,12 @@ describe('happy path', () => {
     expect(header(headers, 'x-custom')).toBe('custom-value');
     expect(headers['set-cookie']).toEqual(['a=1; Path=/', 'b=2; Path=/']);
     expect(JSON.parse(text)).toEqual({ created: true, id: 42 });
-    // The upstream's own id is kept, but x-request-id names Valet's audit row.
-    expect(header(headers, 'x-upstream-request-id')).toBe('upstream-id-123');
+    // The upstream's own id passes through untouched (SDKs report it); Valet's is in valet-request-id; the row keeps both.
+    expect(header(headers, 'x-request-id')).toBe('upstream-id-123');
     const id = requestIdOf(headers);
+    expect(id).not.toBe('upstream-id-123');
     const row = await auditRowFor(gw, id);
-    expect(row).toMatchObject({ status: 201, upstream_status: 201, decision: 'allow', upstream: 'bearer', path: '/v1/created' });
+    expect(row).toMatchObject({ status: 201, upstream_status: 201, decision: 'allow', upstream: 'bearer', path: '/v1/created', upstream_request_id: 'upstream-id-123' });
     expect(row.bytes_out).toBe(Buffer.byteLength(text));
   });
 

@@ -85,7 +85,7 @@ describe('graceful shutdown', () => {
     const N = 200;
     const outcomes = Array.from({ length: N }, (_, i) =>
       request(`${g.url}/api/v1/items/${i}`, { headers: { authorization: `Bearer ${token}` }, dispatcher })
-        .then(async (res) => ({ ok: true as const, status: res.statusCode, id: res.headers['x-request-id'], text: await res.body.text() }))
+        .then(async (res) => ({ ok: true as const, status: res.statusCode, id: res.headers['valet-request-id'], text: await res.body.text() }))
         .catch((err: unknown) => ({ ok: false as const, err })),
     );
     await until('all requests to reach the gateway', () => arrived >= N, 15_000);
@@ -144,7 +144,7 @@ describe('graceful shutdown', () => {
     // A: in flight when close() is called, so draining lasts ~600 ms.
     const a = request(`${g.url}/api/v1/slow`, { headers: { authorization: `Bearer ${token}` } }).then(async (res) => ({
       status: res.statusCode,
-      id: res.headers['x-request-id'] as string,
+      id: res.headers['valet-request-id'] as string,
       text: await res.body.text(),
     }));
     await until('A to reach the upstream', () => upstream!.requests.length === 1);

@@ -226,7 +226,7 @@ describe('response scrubbing', () => {
       expect(r.status).toBe(401);
       expectNoSecret(headersText(r.headers));
       expect(r.headers['x-echo-authorization']).toContain('[REDACTED]');
-      expect(r.headers['x-upstream-request-id']).toContain('[REDACTED]');
+      expect(r.headers['x-request-id']).toContain('[REDACTED]');
       expect(r.headers['set-cookie']?.[0]).toBe('a=1');
       expect(String(r.headers['location'])).toContain('[REDACTED]');
       requestIdOf(r.headers as Record<string, string>);

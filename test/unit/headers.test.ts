@@ -8,6 +8,7 @@ import {
   classifyRequestHeader,
   forwardableRequestHeaders,
   forwardableResponseHeaders,
+  upstreamRequestId,
   injectCredential,
   type HeaderList,
 } from '../../gateway/proxy/headers.js';
@@ -279,13 +280,21 @@ describe('forwardableResponseHeaders', () => {
     expect(out).toEqual({ 'x-public': 'ok' });
   });
 
-  it('renames the upstream’s x-request-id so Valet’s own id is not overwritten', () => {
-    const out = forwardableResponseHeaders({ 'x-request-id': 'up-123', 'content-type': 'text/plain' }, bearer, none, VALET);
-    expect(out).toEqual({ 'x-upstream-request-id': 'up-123', 'content-type': 'text/plain' });
-    expect(out['x-request-id']).toBeUndefined();
+  it('passes the upstream’s own request id headers through unchanged; drops valet-* headers an upstream sends', () => {
+    const out = forwardableResponseHeaders({ 'x-request-id': 'up-123', 'request-id': 'req_9', 'valet-request-id': 'forged', 'valet-anything': 'x', 'content-type': 'text/plain' }, bearer, none, VALET);
+    expect(out).toEqual({ 'x-request-id': 'up-123', 'request-id': 'req_9', 'content-type': 'text/plain' });
   });
 
-  it('scrubs every value, array elements included, and the renamed request id', () => {
+  it('finds the upstream’s request id under the names APIs use, first wins', () => {
+    expect(upstreamRequestId({ 'x-request-id': 'a', 'request-id': 'b' })).toBe('a');
+    expect(upstreamRequestId({ 'request-id': 'req_1' })).toBe('req_1');
+    expect(upstreamRequestId({ 'x-github-request-id': 'ABCD:1' })).toBe('ABCD:1');
+    expect(upstreamRequestId({ 'x-amzn-requestid': 'aws-1' })).toBe('aws-1');
+    expect(upstreamRequestId({ 'content-type': 'x' })).toBeNull();
+    expect(upstreamRequestId({ 'x-request-id': 'z'.repeat(1000) })).toHaveLength(256);
+  });
+
+  it('scrubs every value, array elements included, and the upstream’s request id', () => {
     const s = createScrubber(['sk-real-123456']);
     const b64 = Buffer.from('svc:sk-real-123456').toString('base64');
     const out = forwardableResponseHeaders(
@@ -304,7 +313,7 @@ describe('forwardableResponseHeaders', () => {
       'x-echo-authorization': 'Bearer [REDACTED]',
       'x-echo-basic': expect.stringContaining('[REDACTED]'),
       'set-cookie': ['a=1', 'k=[REDACTED]; Path=/'],
-      'x-upstream-request-id': '[REDACTED]',
+      'x-request-id': '[REDACTED]',
       'content-type': 'application/json',
     });
     expect(JSON.stringify(out)).not.toContain(b64.slice(4, 16));

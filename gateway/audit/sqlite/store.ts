@@ -81,6 +81,9 @@ const MIGRATIONS: readonly string[] = [
    CREATE INDEX audit_log_decision ON audit_log (decision, id, status) WHERE decision IS NOT NULL;
    DROP INDEX audit_log_status;
    CREATE INDEX audit_log_status ON audit_log (status, id, decision);`,
+  // The upstream's own request id, beside Valet's (a null column is left out of a row's digest, so
+  // rows written before verify as they did).
+  `ALTER TABLE audit_log ADD COLUMN upstream_request_id TEXT;`,
 ];
 
 export const AUDIT_FILE = 'valet.db';
