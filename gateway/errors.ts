@@ -81,6 +81,25 @@ export const ERRORS = {
 
 export type ErrorCode = keyof typeof ERRORS;
 
+/**
+ * The refusals a retry of the same request may get past: something transient (the gateway, the
+ * audit log, the counters, the issuer's keys or the upstream), or a limit that frees up after
+ * `retry-after`. Every other refusal tells the agent's SDK not to retry (`x-should-retry: false`).
+ */
+export const RETRYABLE: ReadonlySet<ErrorCode> = new Set<ErrorCode>([
+  'VALET_ERR_AUTH_UNAVAILABLE',
+  'VALET_ERR_REQUEST_TIMEOUT',
+  'VALET_ERR_RATE_LIMITED',
+  'VALET_ERR_BUDGET_EXCEEDED',
+  'VALET_ERR_APPROVAL_LIMIT',
+  'VALET_ERR_SHUTTING_DOWN',
+  'VALET_ERR_AUDIT_UNAVAILABLE',
+  'VALET_ERR_COUNTERS_UNAVAILABLE',
+  'VALET_ERR_UPSTREAM_UNREACHABLE',
+  'VALET_ERR_UPSTREAM_TIMEOUT',
+  'VALET_ERR_INTERNAL',
+]);
+
 /** A failure with a code from {@link ERRORS}. `detail` must never contain a secret or a token. */
 export class ValetError extends Error {
   readonly code: ErrorCode;

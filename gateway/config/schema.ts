@@ -1,3 +1,4 @@
+import { DIALECTS } from '../server/dialects.js';
 /** JSON Schema for one YAML file in the configuration directory. Unknown keys are rejected. */
 
 const name = { type: 'string', pattern: '^[a-z][a-z0-9_-]{0,62}$' } as const;
@@ -80,6 +81,7 @@ export const fileSchema = {
           },
         },
         shutdown_grace_ms: positiveMs,
+        max_retry_after_s: { type: 'integer', minimum: 1, maximum: 86_400 },
         max_header_bytes: { type: 'integer', minimum: 1024, maximum: 1_048_576 },
         max_body_bytes: { type: 'integer', minimum: 1024, maximum: 67_108_864 },
         max_stream_body_bytes: { type: 'integer', minimum: 1024, maximum: 1_099_511_627_776 },
@@ -284,6 +286,7 @@ export const fileSchema = {
         properties: {
           name,
           origin: { type: 'string', pattern: '^https?://' },
+          dialect: { enum: [...DIALECTS] },
           agent_token: {
             type: 'object',
             additionalProperties: false,

@@ -1,9 +1,12 @@
+import type { Dialect } from '../server/dialects.js';
 export type Environment = 'development' | 'staging' | 'production';
 
 export interface GatewaySettings {
   readonly environment: Environment;
   readonly listen: { readonly host: string; readonly port: number };
   readonly shutdownGraceMs: number;
+  /** A rate limit's `retry-after` above this is not sent; the agent's SDK is told not to retry (`gateway.max_retry_after_s`). */
+  readonly maxRetryAfterS: number;
   readonly maxHeaderBytes: number;
   /** Largest JSON or form body Valet buffers to read arguments from. */
   readonly maxBodyBytes: number;
@@ -236,6 +239,8 @@ export interface UpstreamConfig {
   readonly agentTokenHeader: string;
   /** Query parameter that may carry the agent token; off unless configured. */
   readonly agentTokenQuery: string | undefined;
+  /** The API's error shape, in which Valet's own refusals for this upstream are written (dialects.ts). */
+  readonly dialect: Dialect;
   readonly credential: CredentialConfig;
   /**
    * Redact copies of the injected secrets from response headers and bodies (default on). Absent

@@ -25,7 +25,7 @@ import { ambiguityError, bodyKind, buildArgs, decodeFormPair, parseBody, type Pa
 import { RequestBody, type BodyLimits } from './body.js';
 import { canonicalQuery, canonicalTarget } from './canonical.js';
 import { containsToken, redactTokens } from './token-scan.js';
-import { sendError, toValetError } from './respond.js';
+import { sendError, toValetError, type RefusalStyle } from './respond.js';
 
 /** The concrete modules the request path calls, built by the composition root. */
 export interface PipelineDeps {
@@ -69,6 +69,9 @@ export function createPipeline(deps: PipelineDeps): RequestHandler {
   };
   const listener = config.gateway.listener ?? DEFAULT_LISTENER;
   const bodyLimits: BodyLimits = { maxBytes: listener.maxStreamBodyBytes, idleMs: listener.bodyIdleTimeoutMs, totalMs: listener.bodyTimeoutMs };
+  // Per upstream, once: how Valet's own refusals are written for its SDK.
+  const genericRefusal: RefusalStyle = { dialect: 'generic', maxRetryAfterS: config.gateway.maxRetryAfterS };
+  const styles = new Map([...config.upstreams.values()].map((u): [string, RefusalStyle] => [u.name, { dialect: u.dialect, maxRetryAfterS: config.gateway.maxRetryAfterS }]));
   // Approvals are bound to the identity the policy saw, so their status is read with the same one.
   const verifyIdentity: TokenVerifier = async (token) => currentPolicy().resolveIdentity(await verifyToken(token));
 
@@ -90,6 +93,8 @@ export function createPipeline(deps: PipelineDeps): RequestHandler {
     let token: string | undefined;
     // The body, taken up (under its size limit and deadlines) from the moment the head is accepted.
     let incoming: RequestBody | undefined;
+    // Refusals in the generic shape until the upstream, and so its dialect, is known.
+    let refusal = genericRefusal;
 
     try {
       // 1. receive
@@ -114,6 +119,7 @@ export function createPipeline(deps: PipelineDeps): RequestHandler {
       rec.upstream = target.upstream;
       const upstream = config.upstreams.get(target.upstream);
       if (!upstream) throw new ValetError('VALET_ERR_UNKNOWN_UPSTREAM');
+      refusal = styles.get(upstream.name) ?? refusal;
       const q = canonicalQuery(target.rawQuery, credentialParams.get(upstream.name) as ReadonlySet<string>);
 
       // 2. authenticate
@@ -269,7 +275,6 @@ export function createPipeline(deps: PipelineDeps): RequestHandler {
           });
         }
         const retryAfter = Math.max(1, Math.ceil(limited.retryAfterMs / 1000));
-        res.setHeader('retry-after', String(retryAfter));
         throw new ValetError(limited.kind === 'budget' ? 'VALET_ERR_BUDGET_EXCEEDED' : 'VALET_ERR_RATE_LIMITED', `Refused: ${limited.reason}.`, {
           extra: { rule: limited.id, reason: limited.reason, retry_after_s: retryAfter },
         });
@@ -351,7 +356,7 @@ export function createPipeline(deps: PipelineDeps): RequestHandler {
       if (hangUp.aborted && e.code !== 'VALET_ERR_UPSTREAM_TIMEOUT') e = new ValetError('VALET_ERR_CLIENT_CLOSED');
       rec.errorCode = e.code;
       if (e.code === 'VALET_ERR_INTERNAL') logger.error({ reqId: requestId, err: e.cause }, 'internal error');
-      if (e.code !== 'VALET_ERR_CLIENT_CLOSED') sendError(res, e, requestId);
+      if (e.code !== 'VALET_ERR_CLIENT_CLOSED') sendError(res, e, requestId, refusal);
     } finally {
       const redacted = redactTokens(rec.path, token !== undefined ? [token] : presentedTokens(req, tokenPlaces));
       rec.path = rec.path === rawPath ? redacted.slice(0, 2048) : redacted;

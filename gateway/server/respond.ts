@@ -1,6 +1,7 @@
 import type { ServerResponse } from 'node:http';
-import { ERRORS, ValetError, type ErrorCode } from '../errors.js';
+import { ERRORS, RETRYABLE, ValetError, type ErrorCode } from '../errors.js';
 import { REQUEST_ID_HEADER } from '../proxy/headers.js';
+import { renderRefusal, type Dialect } from './dialects.js';
 
 const CLOSING: ReadonlySet<ErrorCode> = new Set(['VALET_ERR_SHUTTING_DOWN', 'VALET_ERR_BAD_REQUEST', 'VALET_ERR_BODY_TOO_LARGE', 'VALET_ERR_REQUEST_TIMEOUT']);
 
@@ -9,35 +10,55 @@ export function toValetError(err: unknown): ValetError {
   return err instanceof ValetError ? err : new ValetError('VALET_ERR_INTERNAL', undefined, { cause: err });
 }
 
+/** How a refusal is rendered for the upstream a request was for (generic before one is known). */
+export interface RefusalStyle {
+  readonly dialect: Dialect;
+  /** Above this many seconds, a `retry-after` is not sent: the SDK is told not to retry instead. */
+  readonly maxRetryAfterS: number;
+}
+
+const GENERIC_REFUSAL: RefusalStyle = { dialect: 'generic', maxRetryAfterS: 60 };
+
 /**
- * Writes the JSON error body agents receive. The message is the error's detail or the table's
- * text; never a stack trace, a token or a secret.
+ * Writes the error body agents receive, in the upstream's dialect (see dialects.ts). The message is
+ * the error's detail or the table's text; never a stack trace, a token or a secret. The retry
+ * signals SDKs obey are set on every refusal: `x-should-retry` (OpenAI, Anthropic) and, for
+ * Stripe, `stripe-should-retry` — true only for {@link RETRYABLE} codes — and `retry-after` on a
+ * rate limit or budget, unless it is longer than the cap: an SDK that obeys a 50-minute
+ * `retry-after` hangs, so that refusal invites no retry at all.
  */
-export function sendError(res: ServerResponse, err: ValetError, requestId: string): void {
+export function sendError(res: ServerResponse, err: ValetError, requestId: string, style: RefusalStyle = GENERIC_REFUSAL): void {
   if (res.headersSent) {
     res.destroy();
     return;
   }
   const code: ErrorCode = err.code;
-  const body = JSON.stringify({ error: { code, message: err.detail ?? ERRORS[code].message, request_id: requestId, ...err.extra } });
+  const rendered = renderRefusal(style.dialect, { code, status: err.status, message: err.detail ?? ERRORS[code].message, requestId, extra: err.extra });
   const headers: Record<string, string> = {
     'content-type': 'application/json; charset=utf-8',
-    'content-length': String(Buffer.byteLength(body)),
+    'content-length': String(Buffer.byteLength(rendered.body)),
     'cache-control': 'no-store',
     // Valet's own answer: its id under the SDKs' usual name too (valet-request-id is on every response).
     'x-request-id': requestId,
     [REQUEST_ID_HEADER]: requestId,
+    ...rendered.headers,
   };
   if (err.status === 401) {
     headers['www-authenticate'] =
       code === 'VALET_ERR_TOKEN_MISSING' ? 'Bearer realm="valet"' : 'Bearer realm="valet", error="invalid_token"';
   }
+  let retry = RETRYABLE.has(code);
   if (code === 'VALET_ERR_SHUTTING_DOWN') headers['retry-after'] = '1';
   const retryAfter = err.extra?.['retry_after_s'];
-  if (err.status === 429 && typeof retryAfter === 'number' && !res.hasHeader('retry-after')) headers['retry-after'] = String(retryAfter);
+  if (err.status === 429 && typeof retryAfter === 'number') {
+    if (retryAfter > style.maxRetryAfterS) retry = false;
+    else headers['retry-after'] = String(retryAfter);
+  }
+  headers['x-should-retry'] = String(retry);
+  if (style.dialect === 'stripe') headers['stripe-should-retry'] = String(retry);
   // After a malformed request the connection's framing is suspect, after shutdown it is done, and
   // after a body refused part-way the rest of it is not worth reading.
   if (CLOSING.has(code)) headers['connection'] = 'close';
   res.writeHead(err.status, headers);
-  res.end(body);
+  res.end(rendered.body);
 }

@@ -44,6 +44,7 @@ export function upstream(credential: CredentialConfig, o: Partial<UpstreamConfig
     origin: 'https://api.example.com',
     agentTokenHeader: 'authorization',
     agentTokenQuery: undefined,
+    dialect: 'generic',
     credential,
     timeouts: { connectMs: 1000, headersMs: 1000, bodyMs: 1000 },
     connections: 1,

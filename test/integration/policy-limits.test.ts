@@ -46,15 +46,29 @@ budgets:
     key: agent
 `;
 
+/**
+ * Up to gateway.max_retry_after_s (60 s by default) the SDK is invited to retry after the time
+ * given; beyond it, no retry-after is sent and x-should-retry says no (an SDK would hang for it).
+ */
+function expectRetrySignals(r: Sent, retryAfterS: number): void {
+  if (retryAfterS <= 60) {
+    expect(header(r.headers, 'retry-after')).toBe(String(retryAfterS));
+    expect(header(r.headers, 'x-should-retry')).toBe('true');
+  } else {
+    expect(header(r.headers, 'retry-after')).toBeUndefined();
+    expect(header(r.headers, 'x-should-retry')).toBe('false');
+  }
+}
+
 function expectLimited(r: Sent, code: 'VALET_ERR_RATE_LIMITED' | 'VALET_ERR_BUDGET_EXCEEDED', rule: string, windowS: number): number {
   const e = expectRefused(r, 429, code);
   expect(e.rule).toBe(rule);
-  const retry = Number(header(r.headers, 'retry-after'));
+  const retry = e['retry_after_s'] as number;
   expect(Number.isInteger(retry)).toBe(true);
   expect(retry).toBeGreaterThan(0);
   // A call counts for a whole window, both ends included: a retry may be due one second after it.
   expect(retry).toBeLessThanOrEqual(windowS + 1);
-  expect(e['retry_after_s']).toBe(retry);
+  expectRetrySignals(r, retry);
   return retry;
 }
 
@@ -94,9 +108,10 @@ describe('rate limits and budgets', () => {
     for (const r of limited) {
       expect(r.status).toBe(429);
       expect(JSON.parse(r.text).error.code).toBe('VALET_ERR_RATE_LIMITED');
-      const retry = Number(header(r.headers, 'retry-after'));
+      const retry = JSON.parse(r.text).error.retry_after_s as number;
       expect(retry).toBeGreaterThan(0);
       expect(retry).toBeLessThanOrEqual(3601);
+      expectRetrySignals(r, retry);
     }
     const row = await audit(gw, limited[0] as Sent);
     expect(row).toMatchObject({ decision: 'deny', rule: 'per-agent-hourly', status: 429, error_code: 'VALET_ERR_RATE_LIMITED', agent: 'racer' });

@@ -309,6 +309,7 @@ describe('counter keys', () => {
     environment: 'development',
     listen: { host: '127.0.0.1', port: 0 },
     shutdownGraceMs: 1,
+  maxRetryAfterS: 60,
     maxHeaderBytes: 16384,
     maxBodyBytes: 1024,
     timezone: 'UTC',

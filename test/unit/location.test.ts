@@ -9,6 +9,7 @@ function upstream(credential: CredentialConfig, agentTokenQuery?: string): Upstr
     origin: 'https://api.example.com',
     agentTokenHeader: 'authorization',
     agentTokenQuery,
+    dialect: 'generic',
     credential,
     timeouts: { connectMs: 1000, headersMs: 1000, bodyMs: 1000 },
     connections: 1,

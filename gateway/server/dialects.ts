@@ -1,0 +1,107 @@
+import type { ErrorCode } from '../errors.js';
+
+/**
+ * The error shapes of the APIs behind Valet. A refusal Valet sends itself is rendered in the
+ * upstream's shape, so the agent's SDK raises its usual typed error with Valet's message, code and
+ * request id, instead of an "unknown error" holding a JSON string.
+ */
+export const DIALECTS = ['generic', 'openai', 'anthropic', 'github', 'stripe', 'google'] as const;
+export type Dialect = (typeof DIALECTS)[number];
+
+/** What a refusal says, whatever its shape. */
+export interface Refusal {
+  readonly code: ErrorCode;
+  readonly status: number;
+  readonly message: string;
+  readonly requestId: string;
+  /** Secret-free details (the denying rule, the approval...). */
+  readonly extra: Readonly<Record<string, unknown>> | undefined;
+}
+
+/** The body and the headers a dialect adds (the request id under the name its SDK reads). */
+export interface Rendered {
+  readonly body: string;
+  readonly headers: Readonly<Record<string, string>>;
+}
+
+/** Anthropic's and OpenAI's error `type` for a status (both SDKs map status to the error class). */
+function errorType(status: number): string {
+  if (status === 400 || status === 413 || status === 431) return 'invalid_request_error';
+  if (status === 401) return 'authentication_error';
+  if (status === 403) return 'permission_error';
+  if (status === 404) return 'not_found_error';
+  if (status === 409) return 'conflict_error';
+  if (status === 429) return 'rate_limit_error';
+  if (status === 408 || status === 504) return 'timeout_error';
+  return 'api_error';
+}
+
+/** Stripe's `error.type`: its SDK picks the error class from it and the status. */
+function stripeType(status: number): string {
+  if (status === 429) return 'rate_limit_error';
+  if (status >= 500) return 'api_error';
+  return 'invalid_request_error';
+}
+
+/** google.rpc.Code names for a status (the `status` of a Google API error). */
+function googleStatus(status: number): string {
+  switch (status) {
+    case 400:
+    case 413:
+    case 431:
+      return 'INVALID_ARGUMENT';
+    case 401:
+      return 'UNAUTHENTICATED';
+    case 403:
+      return 'PERMISSION_DENIED';
+    case 404:
+      return 'NOT_FOUND';
+    case 408:
+    case 504:
+      return 'DEADLINE_EXCEEDED';
+    case 409:
+      return 'ABORTED';
+    case 429:
+      return 'RESOURCE_EXHAUSTED';
+    case 503:
+      return 'UNAVAILABLE';
+    default:
+      return 'INTERNAL';
+  }
+}
+
+/** Renders a refusal in `dialect`. Every shape keeps Valet's code and request id. */
+export function renderRefusal(dialect: Dialect, r: Refusal): Rendered {
+  const valet = { code: r.code, request_id: r.requestId, ...r.extra };
+  switch (dialect) {
+    case 'openai':
+      // The SDK reads error.message, .code, .type and .param, and the id from x-request-id.
+      return { body: JSON.stringify({ error: { message: r.message, type: errorType(r.status), param: null, code: r.code, request_id: r.requestId, valet } }), headers: {} };
+    case 'anthropic':
+      // The SDK reads error.message and error.type, and the id from request-id.
+      return {
+        body: JSON.stringify({ type: 'error', error: { type: errorType(r.status), message: r.message, details: { error_code: r.code } }, request_id: r.requestId, valet }),
+        headers: { 'request-id': r.requestId },
+      };
+    case 'github':
+      // Octokit's RequestError shows `message`; `status` is a string in GitHub's bodies.
+      return { body: JSON.stringify({ message: r.message, status: String(r.status), valet }), headers: {} };
+    case 'stripe':
+      // stripe-node builds its error from error.type, .code and .message, and the id from request-id.
+      return { body: JSON.stringify({ error: { type: stripeType(r.status), code: r.code, message: r.message, request_id: r.requestId, valet } }), headers: { 'request-id': r.requestId } };
+    case 'google':
+      return {
+        body: JSON.stringify({
+          error: {
+            code: r.status,
+            message: r.message,
+            status: googleStatus(r.status),
+            details: [{ '@type': 'type.googleapis.com/google.rpc.ErrorInfo', reason: r.code, domain: 'valet', metadata: { request_id: r.requestId } }],
+          },
+        }),
+        headers: {},
+      };
+    default:
+      return { body: JSON.stringify({ error: { code: r.code, message: r.message, request_id: r.requestId, ...r.extra } }), headers: {} };
+  }
+}
