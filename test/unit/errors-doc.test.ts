@@ -1,7 +1,7 @@
 import { existsSync, readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { describe, expect, it } from 'vitest';
-import { ERRORS } from '../../gateway/errors.js';
+import { ERRORS, RETRYABLE } from '../../gateway/errors.js';
 
 const DOC = fileURLToPath(new URL('../../docs/errors.md', import.meta.url));
 
@@ -53,5 +53,12 @@ describe('docs/errors.md documents exactly the codes in ERRORS', () => {
       { code: 'VALET_ERR_BAD_PATH', status: 400, line: 3 },
       { code: 'VALET_ERR_INTERNAL', status: 500, line: 4 },
     ]);
+  });
+
+  it('the retry signals paragraph names exactly the codes a retry may get past', () => {
+    const text = readFileSync(DOC, 'utf8');
+    const paragraph = text.slice(text.indexOf('**Retry signals.**'), text.indexOf('\n- ', text.indexOf('**Retry signals.**')));
+    const named = paragraph.slice(0, paragraph.indexOf('and `false`')).match(/VALET_ERR_[A-Z_]+/g) ?? [];
+    expect(new Set(named)).toEqual(RETRYABLE);
   });
 });
