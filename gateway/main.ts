@@ -58,6 +58,8 @@ export interface RunningGateway {
   readonly server: Server;
   readonly port: number;
   readonly url: string;
+  /** Upstreams served at their root on a listener of their own (`upstreams[].listen`), by name. */
+  readonly upstreamListeners: ReadonlyMap<string, { readonly port: number; readonly url: string }>;
   /** The admin plane (API, probes), on its own listener. */
   readonly admin: { readonly server: Server; readonly port: number; readonly url: string };
   readonly logger: Logger;
@@ -151,50 +153,56 @@ export async function startGateway(options: GatewayOptions): Promise<RunningGate
   let inFlight = 0;
   let idle: (() => void) | undefined;
   const listener = config.gateway.listener ?? DEFAULT_LISTENER;
-  const server = createServer(
-    {
-      maxHeaderSize: config.gateway.maxHeaderBytes,
-      keepAliveTimeout: 5_000,
-      headersTimeout: listener.headersTimeoutMs,
-      // Node checks the headers deadline on this tick (30 s by default, which would let a 10 s deadline
-      // run to 40 s); its cost is one walk of the open connections.
-      connectionsCheckingInterval: Math.max(50, Math.min(1_000, Math.floor(listener.headersTimeoutMs / 4))),
-      // Body deadlines are the pipeline's (gateway/server/body.ts): Node's request timeout can only
-      // answer on the raw socket, not through the pipeline that is already handling the request.
-      requestTimeout: 0,
-    },
-    (req, res) => {
-      inFlight++;
-      handle(req, res)
-        .catch((err: unknown) => logger.error({ err }, 'request handler failed'))
-        .finally(() => {
-          inFlight--;
-          if (draining && inFlight === 0) idle?.();
-        });
-    },
-  );
-  limitConnections(server, listener, metrics);
-  // Requests Node's parser refuses never reach the pipeline; they are answered and audited here.
-  server.on('clientError', (err: NodeJS.ErrnoException, socket: Socket) => {
-    // The headers deadline on a connection that never sent a byte: no request to answer or audit.
-    if (err.code === 'ERR_HTTP_REQUEST_TIMEOUT' && socket.bytesRead === 0) {
-      socket.destroy();
-      return;
-    }
-    const requestId = newRequestId();
-    const e = new ValetError(CLIENT_ERRORS[err.code ?? ''] ?? 'VALET_ERR_BAD_REQUEST');
-    if (err.code !== 'ECONNRESET' && socket.writable) {
-      const body = JSON.stringify({ error: { code: e.code, message: e.message, request_id: requestId } });
-      socket.end(
-        `HTTP/1.1 ${e.status} ${STATUS_CODES[e.status]}\r\ncontent-type: application/json\r\ncontent-length: ${Buffer.byteLength(body)}\r\n` +
-          `x-request-id: ${requestId}\r\nvalet-request-id: ${requestId}\r\nconnection: close\r\n\r\n${body}`,
-      );
-      audit.record({ ...newAuditRecord(requestId, '-', ''), status: e.status, errorCode: e.code, reason: err.code ?? null });
-    } else {
-      socket.destroy();
-    }
-    logger.info({ reqId: requestId, code: err.code }, 'client error');
-  });
+  /** A data-plane server: the main one, or an upstream's own (`routed`: it serves that upstream at its root). */
+  const dataServer = (routed?: string): Server => {
+    const server = createServer(
+      {
+        maxHeaderSize: config.gateway.maxHeaderBytes,
+        keepAliveTimeout: 5_000,
+        headersTimeout: listener.headersTimeoutMs,
+        // Node checks the headers deadline on this tick (30 s by default, which would let a 10 s deadline
+        // run to 40 s); its cost is one walk of the open connections.
+        connectionsCheckingInterval: Math.max(50, Math.min(1_000, Math.floor(listener.headersTimeoutMs / 4))),
+        // Body deadlines are the pipeline's (gateway/server/body.ts): Node's request timeout can only
+        // answer on the raw socket, not through the pipeline that is already handling the request.
+        requestTimeout: 0,
+      },
+      (req, res) => {
+        inFlight++;
+        handle(req, res, routed)
+          .catch((err: unknown) => logger.error({ err }, 'request handler failed'))
+          .finally(() => {
+            inFlight--;
+            if (draining && inFlight === 0) idle?.();
+          });
+      },
+    );
+    limitConnections(server, listener, metrics);
+    // Requests Node's parser refuses never reach the pipeline; they are answered and audited here.
+    server.on('clientError', (err: NodeJS.ErrnoException, socket: Socket) => {
+      // The headers deadline on a connection that never sent a byte: no request to answer or audit.
+      if (err.code === 'ERR_HTTP_REQUEST_TIMEOUT' && socket.bytesRead === 0) {
+        socket.destroy();
+        return;
+      }
+      const requestId = newRequestId();
+      const e = new ValetError(CLIENT_ERRORS[err.code ?? ''] ?? 'VALET_ERR_BAD_REQUEST');
+      if (err.code !== 'ECONNRESET' && socket.writable) {
+        const body = JSON.stringify({ error: { code: e.code, message: e.message, request_id: requestId } });
+        socket.end(
+          `HTTP/1.1 ${e.status} ${STATUS_CODES[e.status]}\r\ncontent-type: application/json\r\ncontent-length: ${Buffer.byteLength(body)}\r\n` +
+            `x-request-id: ${requestId}\r\nvalet-request-id: ${requestId}\r\nconnection: close\r\n\r\n${body}`,
+        );
+        audit.record({ ...newAuditRecord(requestId, '-', ''), status: e.status, errorCode: e.code, reason: err.code ?? null });
+      } else {
+        socket.destroy();
+      }
+      logger.info({ reqId: requestId, code: err.code }, 'client error');
+    });
+    return server;
+  };
+  const server = dataServer();
+  const upstreamServers = new Map([...config.upstreams.values()].flatMap((u) => (u.listen === undefined ? [] : [[u.name, dataServer(u.name)] as const])));
 
   const adminDeps = { audit: auditLog, policies, metrics, auditPending: () => audit.pending,
     countersProblem: counterBackend.problem,
@@ -216,14 +224,32 @@ export async function startGateway(options: GatewayOptions): Promise<RunningGate
     logger,
   });
   const port = await listen(server, config.gateway.listen);
-  const adminPort = await listen(adminServer, config.gateway.admin.listen).catch(async (err: unknown) => {
-    await new Promise((r) => server.close(r));
+  const upstreamListeners = new Map<string, { port: number; url: string }>();
+  const adminPort = await (async () => {
+    for (const [name, s] of upstreamServers) {
+      const own = config.upstreams.get(name)?.listen;
+      const at = { host: own?.host ?? config.gateway.listen.host, port: own?.port ?? 0 };
+      const p = await listen(s, at);
+      upstreamListeners.set(name, { port: p, url: `http://${urlHost(at.host)}:${p}` });
+    }
+    return listen(adminServer, config.gateway.admin.listen);
+  })().catch(async (err: unknown) => {
+    for (const s of [server, ...upstreamServers.values()]) if (s.listening) await new Promise((r) => s.close(r));
     throw err;
   });
   const host = urlHost(config.gateway.listen.host);
   adminUrl = `http://${urlHost(config.gateway.admin.listen.host)}:${adminPort}`;
   logger.info(
-    { port, host: config.gateway.listen.host, adminPort, adminHost: config.gateway.admin.listen.host, environment: config.gateway.environment, policyVersion: config.version, upstreams: [...config.upstreams.keys()] },
+    {
+      port,
+      host: config.gateway.listen.host,
+      adminPort,
+      adminHost: config.gateway.admin.listen.host,
+      environment: config.gateway.environment,
+      policyVersion: config.version,
+      upstreams: [...config.upstreams.keys()],
+      ...(upstreamListeners.size > 0 && { upstreamPorts: Object.fromEntries([...upstreamListeners].map(([n, l]) => [n, l.port])) }),
+    },
     'valet listening',
   );
 
@@ -234,10 +260,11 @@ export async function startGateway(options: GatewayOptions): Promise<RunningGate
       // Held requests are answered (503) and their approvals aborted: nobody will be waiting for them later.
       const heldAnswered = approvals.service.close();
       policies.close();
-      const closed = new Promise<void>((r) => server.close(() => r()));
+      const dataServers = [server, ...upstreamServers.values()];
+      const closed = Promise.all(dataServers.map((s) => new Promise<void>((r) => s.close(() => r()))));
       const adminClosed = new Promise<void>((r) => adminServer.close(() => r()));
       adminServer.closeAllConnections();
-      server.closeIdleConnections();
+      for (const s of dataServers) s.closeIdleConnections();
       if (inFlight > 0) {
         await Promise.race([
           new Promise<void>((r) => {
@@ -246,7 +273,7 @@ export async function startGateway(options: GatewayOptions): Promise<RunningGate
           new Promise<void>((r) => setTimeout(r, config.gateway.shutdownGraceMs).unref()),
         ]);
       }
-      server.closeAllConnections();
+      for (const s of dataServers) s.closeAllConnections();
       // Requests cut off at the end of the grace period still write their audit rows.
       if (inFlight > 0) await new Promise<void>((r) => {
         idle = r;
@@ -268,7 +295,7 @@ export async function startGateway(options: GatewayOptions): Promise<RunningGate
     })());
 
   const admin = { server: adminServer, port: adminPort, url: `http://${urlHost(config.gateway.admin.listen.host)}:${adminPort}` };
-  return { config, server, port, url: `http://${host}:${port}`, admin, logger, audit, auditLog, metrics, policies, secretStore: secretSources.store, close };
+  return { config, server, port, url: `http://${host}:${port}`, upstreamListeners, admin, logger, audit, auditLog, metrics, policies, secretStore: secretSources.store, close };
 }
 
 /** What Node's parser errors mean to an agent; every other one is a malformed request. */

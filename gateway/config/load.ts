@@ -127,6 +127,8 @@ function assemble(root: string, files: ParsedFile[], problems: Problems, options
   let gatewayFile: ParsedFile | undefined;
   const issuers: IssuerConfig[] = [];
   const upstreams = new Map<string, UpstreamConfig>();
+  const hostOwners = new Map<string, string>();
+  const portOwners = new Map<number, string>();
   const issuerNames = new Set<string>();
   const pending: Record<'agents' | 'tools' | 'rules' | 'rate_limits' | 'budgets' | 'tests' | 'contexts', { file: ParsedFile; index: number; raw: Raw }[]> = {
     agents: [],
@@ -157,7 +159,21 @@ function assemble(root: string, files: ParsedFile[], problems: Problems, options
     (d.upstreams ?? []).forEach((raw: Raw, i: number) => {
       const upstream = buildUpstream(file, i, raw, problems);
       if (upstreams.has(raw.name)) problems.add(file, ['upstreams', i, 'name'], `upstream "${raw.name}" is defined twice`);
-      else if (upstream) upstreams.set(upstream.name, upstream);
+      else if (upstream) {
+        // A host or a port routes to one upstream only.
+        for (const [j, host] of upstream.hosts.entries()) {
+          const other = hostOwners.get(host);
+          if (other !== undefined) problems.add(file, ['upstreams', i, 'hosts', j], `host "${host}" already routes to upstream "${other}"`);
+          hostOwners.set(host, upstream.name);
+        }
+        const port = upstream.listen?.port ?? 0;
+        if (port !== 0) {
+          const other = portOwners.get(port);
+          if (other !== undefined) problems.add(file, ['upstreams', i, 'listen', 'port'], `port ${port} is already upstream "${other}"'s listener`);
+          portOwners.set(port, upstream.name);
+        }
+        upstreams.set(upstream.name, upstream);
+      }
     });
     for (const section of Object.keys(pending) as (keyof typeof pending)[]) {
       (d[section] ?? []).forEach((raw: Raw, index: number) => pending[section].push({ file, index, raw }));
@@ -632,6 +648,8 @@ function buildUpstream(file: ParsedFile, i: number, raw: Raw, problems: Problems
     agentTokenHeader,
     agentTokenQuery: raw.agent_token?.query,
     dialect: raw.dialect ?? 'generic',
+    listen: raw.listen === undefined ? undefined : { host: raw.listen.host, port: raw.listen.port },
+    hosts: ((raw.hosts ?? []) as string[]).map((h) => h.toLowerCase()),
     credential,
     scrubResponses,
     allowSteeringHeaders: headers.allow,

@@ -287,6 +287,21 @@ export const fileSchema = {
           name,
           origin: { type: 'string', pattern: '^https?://' },
           dialect: { enum: [...DIALECTS] },
+          listen: {
+            type: 'object',
+            additionalProperties: false,
+            required: ['port'],
+            properties: {
+              host: { type: 'string', minLength: 1 },
+              port: { type: 'integer', minimum: 0, maximum: 65535 },
+            },
+          },
+          hosts: {
+            type: 'array',
+            minItems: 1,
+            uniqueItems: true,
+            items: { type: 'string', minLength: 1, maxLength: 253, pattern: '^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$' },
+          },
           agent_token: {
             type: 'object',
             additionalProperties: false,

@@ -241,6 +241,10 @@ export interface UpstreamConfig {
   readonly agentTokenQuery: string | undefined;
   /** The API's error shape, in which Valet's own refusals for this upstream are written (dialects.ts). */
   readonly dialect: Dialect;
+  /** A listener of its own that serves this upstream at its root (for SDKs that take no path prefix); host: `gateway.listen.host` when absent. */
+  readonly listen: { readonly host: string | undefined; readonly port: number } | undefined;
+  /** `Host` names (lower case, no port) that route to this upstream at its root on the main listener. */
+  readonly hosts: readonly string[];
   readonly credential: CredentialConfig;
   /**
    * Redact copies of the injected secrets from response headers and bodies (default on). Absent

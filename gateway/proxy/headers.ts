@@ -324,6 +324,7 @@ export function forwardableResponseHeaders(
   upstream: UpstreamConfig,
   scrubber: Scrubber,
   origin: AgentOrigin,
+  mount = `/${upstream.name}`,
 ): Record<string, string | string[]> {
   const connection = headers['connection'];
   // Usually `keep-alive` or nothing: names only hop-by-hop headers, dropped anyway.
@@ -335,11 +336,11 @@ export function forwardableResponseHeaders(
   for (const [name, value] of Object.entries(headers)) {
     if (value === undefined || HOP_BY_HOP_SET.has(name) || listed.has(name) || name.startsWith('valet-')) continue;
     if (name === 'location' || name === 'content-location') {
-      out[name] = agentLocation(Array.isArray(value) ? (value[0] ?? '') : value, upstream, scrubber, once);
+      out[name] = agentLocation(Array.isArray(value) ? (value[0] ?? '') : value, upstream, scrubber, once, mount);
       continue;
     }
     if (name === 'link') {
-      const link = (v: string): string => agentLink(scrubAll ? scrubber.redact(v) : v, upstream, scrubber, once);
+      const link = (v: string): string => agentLink(scrubAll ? scrubber.redact(v) : v, upstream, scrubber, once, mount);
       out[name] = Array.isArray(value) ? value.map(link) : link(value);
       continue;
     }

@@ -48,7 +48,7 @@ const OUTER_SPACE = /^[\x00-\x20]+|[\x00-\x20]+$/g;
  * Upstream origins carry no path (the loader refuses one), so every path on the origin maps to the
  * same path below `/<upstream>`. Other hosts are left where they point.
  */
-export function agentLocation(location: string, upstream: UpstreamConfig, scrubber: Scrubber, origin: AgentOrigin): string {
+export function agentLocation(location: string, upstream: UpstreamConfig, scrubber: Scrubber, origin: AgentOrigin, mount = `/${upstream.name}`): string {
   // Hex case is insignificant in percent-escapes (RFC 3986 §2.1): normalise so one spelling matches.
   const value = scrubber.redact(location.replace(OUTER_SPACE, '').replace(/%[0-9a-f]{2}/gi, (m) => m.toUpperCase()));
   const params = credentialParams(upstream);
@@ -63,7 +63,7 @@ export function agentLocation(location: string, upstream: UpstreamConfig, scrubb
   url.password = '';
   for (const name of params) url.searchParams.delete(name);
   if (url.origin !== upstream.origin) return url.href;
-  const tail = `/${upstream.name}${url.pathname}${url.search}${url.hash}`;
+  const tail = `${mount}${url.pathname}${url.search}${url.hash}`;
   if (ROOT_RELATIVE.test(value)) return tail;
   const base = origin();
   return base === undefined ? url.href : `${base}${tail}`;
@@ -73,7 +73,7 @@ export function agentLocation(location: string, upstream: UpstreamConfig, scrubb
  * A `Link` header value (RFC 8288) with every target inside `<...>` passed through
  * {@link agentLocation}; parameters (and `<`/`>` inside their quoted strings) are left as they are.
  */
-export function agentLink(value: string, upstream: UpstreamConfig, scrubber: Scrubber, origin: AgentOrigin): string {
+export function agentLink(value: string, upstream: UpstreamConfig, scrubber: Scrubber, origin: AgentOrigin, mount = `/${upstream.name}`): string {
   let out = '';
   let from = 0;
   let quoted = false;
@@ -87,7 +87,7 @@ export function agentLink(value: string, upstream: UpstreamConfig, scrubber: Scr
     } else if (c === '<') {
       const end = value.indexOf('>', i + 1);
       if (end === -1) break;
-      out += `${value.slice(from, i + 1)}${agentLocation(value.slice(i + 1, end), upstream, scrubber, origin)}`;
+      out += `${value.slice(from, i + 1)}${agentLocation(value.slice(i + 1, end), upstream, scrubber, origin, mount)}`;
       from = end;
       i = end;
     }

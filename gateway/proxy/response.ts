@@ -51,8 +51,8 @@ export type AgentResponse =
  * coding the scrubber cannot undo is refused (502) before anything is sent, so no unscrubbed byte
  * reaches the agent.
  */
-export function agentResponse(upstream: UpstreamConfig, method: string, res: UpstreamResponse, scrubber: Scrubber, origin: AgentOrigin): AgentResponse {
-  const headers = forwardableResponseHeaders(res.headers, upstream, scrubber, origin);
+export function agentResponse(upstream: UpstreamConfig, method: string, res: UpstreamResponse, scrubber: Scrubber, origin: AgentOrigin, mount = `/${upstream.name}`): AgentResponse {
+  const headers = forwardableResponseHeaders(res.headers, upstream, scrubber, origin, mount);
   if (upstream.scrubResponses === false) return { headers, body: res.body };
 
   const coding = res.headers['content-encoding'];

@@ -4,6 +4,8 @@ import { decodeFormPair } from '../policy/args.js';
 /** The request target split into the upstream name and the canonical path below it. */
 export interface CanonicalTarget {
   readonly upstream: string;
+  /** The path prefix that named the upstream (`/stripe`), or '' when its own listener or host did. */
+  readonly mount: string;
   /** Decoded path, dot segments resolved; what policy sees. */
   readonly path: string;
   /** The same path re-encoded one canonical way; what is forwarded. */
@@ -26,9 +28,11 @@ function bad(detail: string): ValetError {
 /**
  * Canonicalises an origin-form request target once: decodes each segment once, resolves dot
  * segments, and refuses encoded slashes or backslashes, NUL and control characters, double
- * encoding, empty segments and anything that would climb above the upstream's root.
+ * encoding, empty segments and anything that would climb above the upstream's root. The first
+ * segment names the upstream, unless `routed` does (a request on the upstream's own listener or
+ * host): then the whole path is the upstream's, canonicalised the same way.
  */
-export function canonicalTarget(rawUrl: string): CanonicalTarget {
+export function canonicalTarget(rawUrl: string, routed?: string): CanonicalTarget {
   if (!rawUrl.startsWith('/')) {
     throw new ValetError('VALET_ERR_BAD_REQUEST', 'Only origin-form request targets ("/upstream/path") are accepted.');
   }
@@ -40,10 +44,12 @@ export function canonicalTarget(rawUrl: string): CanonicalTarget {
   if (BAD_ESCAPE.test(rawUrl)) throw bad('it contains an invalid percent-escape');
   if (FORBIDDEN_RAW_PATH.test(rawPath)) throw bad('it contains ";" (path parameters)');
 
-  const [, upstream = '', ...rest] = rawPath.split('/');
-  if (!UPSTREAM_NAME.test(upstream)) {
+  const segments = rawPath.split('/').slice(1);
+  const upstream = routed ?? segments.shift() ?? '';
+  if (routed === undefined && !UPSTREAM_NAME.test(upstream)) {
     throw new ValetError('VALET_ERR_UNKNOWN_UPSTREAM', 'The first path segment must name a configured upstream.');
   }
+  const rest = segments;
 
   const out: string[] = [];
   for (const [i, raw] of rest.entries()) {
@@ -70,7 +76,7 @@ export function canonicalTarget(rawUrl: string): CanonicalTarget {
   const trailing = rest.length > 0 && rest[rest.length - 1] === '' && out.length > 0 ? '/' : '';
   const path = `/${out.join('/')}${trailing}`;
   const forwardPath = `/${out.map(encodeSegment).join('/')}${trailing}`;
-  return { upstream, path, forwardPath, rawQuery };
+  return { upstream, mount: routed === undefined ? `/${upstream}` : '', path, forwardPath, rawQuery };
 }
 
 /**

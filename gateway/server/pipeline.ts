@@ -44,7 +44,8 @@ export interface PipelineDeps {
   readonly draining: () => boolean;
 }
 
-export type RequestHandler = (req: IncomingMessage, res: ServerResponse) => Promise<void>;
+/** `routed`: the upstream whose own listener the request arrived on (it is served at its root). */
+export type RequestHandler = (req: IncomingMessage, res: ServerResponse, routed?: string) => Promise<void>;
 
 const BEARER = /^Bearer[ \t]+([^\s]+)[ \t]*$/i;
 /** Headers that must appear at most once: framing, and what says how to read the body. */
@@ -75,7 +76,10 @@ export function createPipeline(deps: PipelineDeps): RequestHandler {
   // Approvals are bound to the identity the policy saw, so their status is read with the same one.
   const verifyIdentity: TokenVerifier = async (token) => currentPolicy().resolveIdentity(await verifyToken(token));
 
-  return async (req, res) => {
+  // Once: the `Host` names that route to an upstream at its root on the main listener.
+  const hostRoutes = new Map([...config.upstreams.values()].flatMap((u) => u.hosts.map((h): [string, string] => [h, u.name])));
+
+  return async (req, res, routed) => {
     const started = performance.now();
     const requestId = newRequestId();
     // Valet's id in a header of its own on every response: the upstream's request id header passes
@@ -114,7 +118,9 @@ export function createPipeline(deps: PipelineDeps): RequestHandler {
         res.end(rec.method === 'HEAD' ? undefined : body);
         return;
       }
-      const target = canonicalTarget(req.url ?? '');
+      // The upstream's own listener, else its host name, else the first path segment names it;
+      // canonicalisation, policy and audit are the same whichever did.
+      const target = canonicalTarget(req.url ?? '', routed ?? (hostRoutes.size === 0 ? undefined : hostRoutes.get(hostName(req.headers.host))));
       rec.path = target.path;
       rec.upstream = target.upstream;
       const upstream = config.upstreams.get(target.upstream);
@@ -321,7 +327,7 @@ export function createPipeline(deps: PipelineDeps): RequestHandler {
       rec.upstreamRequestId = upstreamId === null ? null : scrubber.redact(upstreamId);
       // Valet's origin as the agent reached it, worked out only if a response header links to the upstream.
       const origin = (): string | undefined => agentOrigin(req.headers.host, req.socket.localAddress, req.socket.localPort);
-      const toAgent = agentResponse(upstream, facts.method, upstreamRes, scrubber, origin);
+      const toAgent = agentResponse(upstream, facts.method, upstreamRes, scrubber, origin, target.mount);
       if (toAgent.whole !== undefined) {
         // A small body: read whole and scrubbed before anything is sent, then one write.
         let whole: { body: Buffer; upstreamBytes: number };
@@ -390,6 +396,15 @@ export function createPipeline(deps: PipelineDeps): RequestHandler {
       );
     }
   };
+}
+
+/** A `Host` value as a name to route by: lower case, without its port or a trailing dot ('' when absent). */
+export function hostName(host: string | undefined): string {
+  if (host === undefined) return '';
+  const bracket = host.startsWith('[') ? host.indexOf(']') : -1;
+  const colon = host.indexOf(':', bracket + 1);
+  const name = (colon === -1 ? host : host.slice(0, colon)).toLowerCase();
+  return name.endsWith('.') ? name.slice(0, -1) : name;
 }
 
 /** An audit record for a request about which nothing is known yet. */

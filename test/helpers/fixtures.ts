@@ -45,6 +45,8 @@ export function upstream(credential: CredentialConfig, o: Partial<UpstreamConfig
     agentTokenHeader: 'authorization',
     agentTokenQuery: undefined,
     dialect: 'generic',
+    listen: undefined,
+    hosts: [],
     credential,
     timeouts: { connectMs: 1000, headersMs: 1000, bodyMs: 1000 },
     connections: 1,

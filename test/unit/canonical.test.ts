@@ -1,6 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { ValetError } from '../../gateway/errors.js';
 import { canonicalQuery, canonicalTarget } from '../../gateway/server/canonical.js';
+import { hostName } from '../../gateway/server/pipeline.js';
 
 function codeOf(fn: () => unknown): string | undefined {
   try {
@@ -33,7 +34,14 @@ describe('canonicalTarget', () => {
     ['/my-api_2/x', 'my-api_2', '/x', '/x', ''],
     ['/api/a/..', 'api', '/', '/', ''],
   ])('%s → upstream %s, path %s, forwarded %s, query %s', (raw, upstream, path, forwardPath, rawQuery) => {
-    expect(canonicalTarget(raw)).toEqual({ upstream, path, forwardPath, rawQuery });
+    expect(canonicalTarget(raw)).toEqual({ upstream, mount: `/${upstream}`, path, forwardPath, rawQuery });
+    // The same target on the upstream's own listener or host: the path below the prefix, decided alike.
+    const below = raw.slice(1 + upstream.length);
+    expect(canonicalTarget(below.startsWith('/') ? below : `/${below}`, upstream)).toEqual({ upstream, mount: '', path, forwardPath, rawQuery });
+  });
+
+  it.each(['/../x', '/a/../../x', '/a%2Fb', '/a%zz', '//x', '/a/%2e%2e/%2e%2e/x'])('%j is refused on an upstream’s own route too', (raw) => {
+    expect(codeOf(() => canonicalTarget(raw, 'api'))).toBe('VALET_ERR_BAD_PATH');
   });
 
   it('the forwarded path decodes to exactly the policy path (round trip)', () => {
@@ -143,5 +151,21 @@ describe('canonicalQuery', () => {
 
   it.each(['a=%zz', 'a=%', '%c0%ae=1', 'a=%ff'])('%j is refused as a bad request', (raw) => {
     expect(codeOf(() => canonicalQuery(raw, none))).toBe('VALET_ERR_BAD_REQUEST');
+  });
+});
+
+describe('hostName: the Host value an upstream is routed by', () => {
+  it.each([
+    ['stripe.valet.internal', 'stripe.valet.internal'],
+    ['Stripe.Valet.Internal:8080', 'stripe.valet.internal'],
+    ['stripe.valet.internal.', 'stripe.valet.internal'],
+    ['stripe.valet.internal.:80', 'stripe.valet.internal'],
+    ['[::1]:8080', '[::1]'],
+    ['', ''],
+  ])('%j → %j', (host, name) => {
+    expect(hostName(host)).toBe(name);
+  });
+  it('no Host at all routes by path', () => {
+    expect(hostName(undefined)).toBe('');
   });
 });

@@ -10,6 +10,8 @@ function upstream(credential: CredentialConfig, agentTokenQuery?: string): Upstr
     agentTokenHeader: 'authorization',
     agentTokenQuery,
     dialect: 'generic',
+    listen: undefined,
+    hosts: [],
     credential,
     timeouts: { connectMs: 1000, headersMs: 1000, bodyMs: 1000 },
     connections: 1,
