@@ -642,6 +642,11 @@ function buildUpstream(file: ParsedFile, i: number, raw: Raw, problems: Problems
   const agentTokenHeader = (raw.agent_token?.header ?? 'authorization').toLowerCase();
   const scrubResponses: boolean = raw.scrub_responses ?? true;
   const headers = buildHeaderLists(file, at, raw, { agentTokenHeader, credential }, scrubResponses, problems);
+  const defaultHeaders = Object.entries((raw.default_headers ?? {}) as Record<string, string>).map(([name, value]): [string, string] => [name.toLowerCase(), value]);
+  for (const [name] of defaultHeaders) {
+    const kind = classifyRequestHeader(name, { agentTokenHeader, credential });
+    if (kind !== 'ordinary') problems.add(file, [...at, 'default_headers', name], `cannot default "${name}": it ${NEVER_FORWARDED[kind] ?? 'is a request-steering header'}`, true);
+  }
   return {
     name: raw.name,
     origin: origin.origin,
@@ -650,6 +655,7 @@ function buildUpstream(file: ParsedFile, i: number, raw: Raw, problems: Problems
     dialect: raw.dialect ?? 'generic',
     listen: raw.listen === undefined ? undefined : { host: raw.listen.host, port: raw.listen.port },
     hosts: ((raw.hosts ?? []) as string[]).map((h) => h.toLowerCase()),
+    ...(defaultHeaders.length > 0 && { defaultHeaders }),
     credential,
     scrubResponses,
     allowSteeringHeaders: headers.allow,

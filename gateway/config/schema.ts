@@ -296,6 +296,11 @@ export const fileSchema = {
               port: { type: 'integer', minimum: 0, maximum: 65535 },
             },
           },
+          default_headers: {
+            type: 'object',
+            propertyNames: headerName,
+            additionalProperties: { type: 'string', pattern: '^[\\x20-\\x7e]*$' },
+          },
           hosts: {
             type: 'array',
             minItems: 1,

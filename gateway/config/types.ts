@@ -245,6 +245,8 @@ export interface UpstreamConfig {
   readonly listen: { readonly host: string | undefined; readonly port: number } | undefined;
   /** `Host` names (lower case, no port) that route to this upstream at its root on the main listener. */
   readonly hosts: readonly string[];
+  /** Headers sent when the agent sent none by that name (lower-case name, value): an API version the SDK may choose. */
+  readonly defaultHeaders?: readonly (readonly [string, string])[];
   readonly credential: CredentialConfig;
   /**
    * Redact copies of the injected secrets from response headers and bodies (default on). Absent

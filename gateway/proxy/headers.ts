@@ -209,6 +209,8 @@ export function forwardableRequestHeaders(rawHeaders: readonly string[], upstrea
     if (!passes(filter, name) || listed.has(name) || value.includes(agentToken)) continue;
     out.push([name, value]);
   }
+  // Values the API needs (a version header) when the agent's SDK sent none: never over the SDK's own.
+  for (const [name, value] of upstream.defaultHeaders ?? []) if (!out.some(([n]) => n === name)) out.push([name, value]);
   return out;
 }
 

@@ -106,7 +106,15 @@ describe('official SDKs through Valet', () => {
     gw = await startTestGateway({
       upstreams: [
         { name: 'openai', origin: upstream.origin, dialect: 'openai', credential: { scheme: 'bearer', secret: 'OPENAI_KEY' } },
-        { name: 'anthropic', origin: upstream.origin, dialect: 'anthropic', agent_token: { header: 'x-api-key' }, credential: { scheme: 'header', header: 'x-api-key', secret: 'ANTHROPIC_KEY' } },
+        {
+          name: 'anthropic',
+          origin: upstream.origin,
+          dialect: 'anthropic',
+          agent_token: { header: 'x-api-key' },
+          // Only for a request without one: the SDK's own version is never replaced.
+          default_headers: { 'anthropic-version': '2099-01-01' },
+          credential: { scheme: 'header', header: 'x-api-key', secret: 'ANTHROPIC_KEY' },
+        },
         { name: 'github', origin: upstream.origin, dialect: 'github', credential: { scheme: 'bearer', secret: 'GITHUB_TOKEN' } },
       ],
       rules: [
@@ -199,8 +207,14 @@ describe('official SDKs through Valet', () => {
       expect(ids).toEqual(['claude-a', 'claude-b']);
       for (const r of received('/v1/messages')) {
         expectKeyOnce(r, 'x-api-key', KEYS.anthropic);
-        expect(headerValues(r, 'anthropic-version')).toHaveLength(1);
+        expect(headerValues(r, 'anthropic-version')).toEqual(['2026-10-21']); // the SDK's own
       }
+    });
+
+    it('a request without anthropic-version gets the upstream’s default_headers value', async () => {
+      const res = await fetch(`${gw.url}/anthropic/v1/messages`, { method: 'POST', headers: { 'x-api-key': token, 'content-type': 'application/json' }, body: JSON.stringify({ model: 'claude-x', max_tokens: 1, messages: [] }) });
+      expect(res.status).toBe(200);
+      expect(headerValues(received('/v1/messages').at(-1)!, 'anthropic-version')).toEqual(['2099-01-01']);
     });
 
     it('a denial is PermissionDeniedError with Valet’s message and request id, sent once', async () => {

@@ -165,5 +165,13 @@ describe('stripe-node through Valet, by its own port and by host name', () => {
       rules: [{ id: 'ok', effect: 'allow' }],
     });
     await expect(bad).rejects.toMatchObject({ code: 'VALET_ERR_CONFIG', message: expect.stringContaining('host "api.internal" already routes to upstream "a"') });
+    // A default may not be a credential, Valet's own or a steering header.
+    for (const name of ['authorization', 'x-api-key', 'valet-request-id', 'x-forwarded-for', 'connection']) {
+      const defaulted = startTestGateway({
+        upstreams: [{ name: 'a', origin: upstream.origin, agent_token: { header: 'x-api-key' }, default_headers: { [name]: 'x' }, credential: { scheme: 'bearer', secret: 'K' } }],
+        rules: [{ id: 'ok', effect: 'allow' }],
+      });
+      await expect(defaulted, name).rejects.toMatchObject({ code: 'VALET_ERR_CONFIG', message: expect.stringContaining(`cannot default "${name}"`) });
+    }
   });
 });

@@ -74,7 +74,10 @@ describe('loadConfig: the shipped example', () => {
     expect(config.version).toMatch(/^sha256:[0-9a-f]{16}$/);
     const anthropic = config.upstreams.get('anthropic') as UpstreamConfig;
     expect(anthropic.agentTokenHeader).toBe('x-api-key');
-    expect(anthropic.credential).toMatchObject({ scheme: 'headers', headers: [{ name: 'x-api-key' }, { name: 'anthropic-version' }] });
+    expect(anthropic.credential).toMatchObject({ scheme: 'header', header: 'x-api-key' });
+    // The API version is a default: the SDK's own is kept.
+    expect(anthropic.defaultHeaders).toEqual([['anthropic-version', '2023-06-01']]);
+    expect(anthropic.dialect).toBe('anthropic');
     // every rule records where it is written
     for (const r of config.rules) expect(`${r.at.file}:${r.at.line}`).toMatch(/^policies\/.+\.yaml:\d+$/);
   });
