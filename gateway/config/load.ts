@@ -652,6 +652,7 @@ function buildUpstream(file: ParsedFile, i: number, raw: Raw, problems: Problems
     origin: origin.origin,
     agentTokenHeader,
     agentTokenQuery: raw.agent_token?.query,
+    ...(raw.agent_token?.basic !== undefined && { agentTokenBasic: raw.agent_token.basic }),
     dialect: raw.dialect ?? 'generic',
     listen: raw.listen === undefined ? undefined : { host: raw.listen.host, port: raw.listen.port },
     hosts: ((raw.hosts ?? []) as string[]).map((h) => h.toLowerCase()),

@@ -313,6 +313,7 @@ export const fileSchema = {
             properties: {
               header: headerName,
               query: { type: 'string', minLength: 1, pattern: '^[A-Za-z0-9._~-]+$' },
+              basic: { enum: ['password', 'username'] },
             },
           },
           credential,

@@ -239,6 +239,8 @@ export interface UpstreamConfig {
   readonly agentTokenHeader: string;
   /** Query parameter that may carry the agent token; off unless configured. */
   readonly agentTokenQuery: string | undefined;
+  /** `Authorization: Basic` carries the agent token as its password or user name (SDKs that only do Basic); off unless configured. */
+  readonly agentTokenBasic?: 'password' | 'username' | undefined;
   /** The API's error shape, in which Valet's own refusals for this upstream are written (dialects.ts). */
   readonly dialect: Dialect;
   /** A listener of its own that serves this upstream at its root (for SDKs that take no path prefix); host: `gateway.listen.host` when absent. */

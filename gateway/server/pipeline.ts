@@ -47,7 +47,18 @@ export interface PipelineDeps {
 /** `routed`: the upstream whose own listener the request arrived on (it is served at its root). */
 export type RequestHandler = (req: IncomingMessage, res: ServerResponse, routed?: string) => Promise<void>;
 
-const BEARER = /^Bearer[ \t]+([^\s]+)[ \t]*$/i;
+/** `Authorization: Bearer <token>` in any letter case, or `token <token>` (GitHub's older style). */
+const BEARER = /^(?:Bearer|token)[ \t]+([^\s]+)[ \t]*$/i;
+const BASIC = /^Basic[ \t]+([A-Za-z0-9+/=_-]+)[ \t]*$/i;
+
+/** The user name and password of `Authorization: Basic`, or undefined when it is not one. */
+function basicParts(value: string): [string, string] | undefined {
+  const m = BASIC.exec(value);
+  if (!m) return undefined;
+  const decoded = Buffer.from(m[1] as string, 'base64').toString('utf8');
+  const colon = decoded.indexOf(':');
+  return colon === -1 ? [decoded, ''] : [decoded.slice(0, colon), decoded.slice(colon + 1)];
+}
 /** Headers that must appear at most once: framing, and what says how to read the body. */
 /** How often a call allowed on a shared history is decided again because other calls were recorded meanwhile. */
 const HISTORY_ATTEMPTS = 50;
@@ -466,8 +477,9 @@ function credentialQueryParams(upstream: UpstreamConfig): ReadonlySet<string> {
 }
 
 /**
- * The one agent token presented, from `Authorization: Bearer`, the upstream SDK's key header or
- * (only when configured) a query parameter. Two different tokens are refused rather than guessed.
+ * The one agent token presented, from `Authorization: Bearer` (or `token`), the upstream SDK's key
+ * header, and (only when configured) `Authorization: Basic` or a query parameter. Two different
+ * tokens are refused rather than guessed.
  */
 function agentToken(rawHeaders: readonly string[], upstream: UpstreamConfig, removedQuery: Record<string, string[]>): string {
   const found = new Set<string>();
@@ -477,6 +489,12 @@ function agentToken(rawHeaders: readonly string[], upstream: UpstreamConfig, rem
     if (name === 'authorization') {
       const m = BEARER.exec(value);
       if (m) found.add(m[1] as string);
+      else if (upstream.agentTokenBasic !== undefined) {
+        // SDKs that only do Basic (Twilio, Jira): the token is the password, or the user name.
+        const parts = basicParts(value);
+        const token = parts?.[upstream.agentTokenBasic === 'username' ? 0 : 1];
+        if (token !== undefined && token !== '') found.add(token);
+      }
     } else if (name === upstream.agentTokenHeader && value.trim() !== '') {
       found.add(value.trim());
     }
@@ -501,6 +519,8 @@ function presentedTokens(req: IncomingMessage, places: { headers: ReadonlySet<st
     if (name === 'authorization') {
       const m = BEARER.exec(value);
       if (m) found.push(m[1] as string);
+      // Basic's parts as tokens only when token-like: a user name such as "v1" must not redact paths.
+      else for (const part of basicParts(value) ?? []) if (part.length >= 16) found.push(part);
     } else if (places.headers.has(name) && value !== '') {
       found.push(value);
     }
