@@ -5,7 +5,7 @@ import type { ErrorCode } from '../errors.js';
  * upstream's shape, so the agent's SDK raises its usual typed error with Valet's message, code and
  * request id, instead of an "unknown error" holding a JSON string.
  */
-export const DIALECTS = ['generic', 'openai', 'anthropic', 'github', 'stripe', 'google'] as const;
+export const DIALECTS = ['generic', 'openai', 'anthropic', 'github', 'stripe', 'google', 'twilio', 'slack'] as const;
 export type Dialect = (typeof DIALECTS)[number];
 
 /** What a refusal says, whatever its shape. */
@@ -16,12 +16,16 @@ export interface Refusal {
   readonly requestId: string;
   /** Secret-free details (the denying rule, the approval...). */
   readonly extra: Readonly<Record<string, unknown>> | undefined;
+  /** Whether the agent's SDK is invited to retry (after `retry-after`, for a limit). */
+  readonly retry: boolean;
 }
 
 /** The body and the headers a dialect adds (the request id under the name its SDK reads). */
 export interface Rendered {
   readonly body: string;
   readonly headers: Readonly<Record<string, string>>;
+  /** The HTTP status the dialect answers with, when it is not the error's own (Slack). */
+  readonly status?: number;
 }
 
 /** Anthropic's and OpenAI's error `type` for a status (both SDKs map status to the error class). */
@@ -100,6 +104,18 @@ export function renderRefusal(dialect: Dialect, r: Refusal): Rendered {
           },
         }),
         headers: {},
+      };
+    case 'twilio':
+      // The SDK's RestException reads code, message, more_info and details; its `status` is the HTTP status.
+      return { body: JSON.stringify({ code: r.code, message: r.message, more_info: null, status: r.status, details: { request_id: r.requestId, ...r.extra } }), headers: {} };
+    case 'slack':
+      // Slack's Web API answers errors with 200 and ok: false; its SDK retries every other status
+      // but 429, which it waits out per retry-after: so a limit it may retry stays a 429.
+      if (r.status === 429 && r.retry) return { body: JSON.stringify({ ok: false, error: 'ratelimited', valet }), headers: {} };
+      return {
+        body: JSON.stringify({ ok: false, error: r.code.toLowerCase(), response_metadata: { messages: [r.message] }, valet }),
+        headers: {},
+        status: 200,
       };
     default:
       return { body: JSON.stringify({ error: { code: r.code, message: r.message, request_id: r.requestId, ...r.extra } }), headers: {} };

@@ -33,7 +33,11 @@ export function sendError(res: ServerResponse, err: ValetError, requestId: strin
     return;
   }
   const code: ErrorCode = err.code;
-  const rendered = renderRefusal(style.dialect, { code, status: err.status, message: err.detail ?? ERRORS[code].message, requestId, extra: err.extra });
+  let retry = RETRYABLE.has(code);
+  const retryAfter = err.extra?.['retry_after_s'];
+  const limitWait = err.status === 429 && typeof retryAfter === 'number' ? retryAfter : undefined;
+  if (limitWait !== undefined && limitWait > style.maxRetryAfterS) retry = false;
+  const rendered = renderRefusal(style.dialect, { code, status: err.status, message: err.detail ?? ERRORS[code].message, requestId, extra: err.extra, retry });
   const headers: Record<string, string> = {
     'content-type': 'application/json; charset=utf-8',
     'content-length': String(Buffer.byteLength(rendered.body)),
@@ -47,18 +51,13 @@ export function sendError(res: ServerResponse, err: ValetError, requestId: strin
     headers['www-authenticate'] =
       code === 'VALET_ERR_TOKEN_MISSING' ? 'Bearer realm="valet"' : 'Bearer realm="valet", error="invalid_token"';
   }
-  let retry = RETRYABLE.has(code);
   if (code === 'VALET_ERR_SHUTTING_DOWN') headers['retry-after'] = '1';
-  const retryAfter = err.extra?.['retry_after_s'];
-  if (err.status === 429 && typeof retryAfter === 'number') {
-    if (retryAfter > style.maxRetryAfterS) retry = false;
-    else headers['retry-after'] = String(retryAfter);
-  }
+  if (limitWait !== undefined && retry) headers['retry-after'] = String(limitWait);
   headers['x-should-retry'] = String(retry);
   if (style.dialect === 'stripe') headers['stripe-should-retry'] = String(retry);
   // After a malformed request the connection's framing is suspect, after shutdown it is done, and
   // after a body refused part-way the rest of it is not worth reading.
   if (CLOSING.has(code)) headers['connection'] = 'close';
-  res.writeHead(err.status, headers);
+  res.writeHead(rendered.status ?? err.status, headers);
   res.end(rendered.body);
 }
