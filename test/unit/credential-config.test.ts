@@ -1,3 +1,4 @@
+import { forwardableRequestHeaders } from '../../gateway/proxy/headers.js';
 /**
  * Credential injection schemes as configured: the templated `value`, the several-header `headers`
  * scheme, several secrets per upstream, `scrub_responses`, and every mistake reported with
@@ -157,15 +158,13 @@ describe('mistakes are reported with file, line and column', () => {
 });
 
 describe('the shipped example', () => {
-  it('anthropic sends x-api-key from its secret and a fixed anthropic-version', () => {
+  it('anthropic sends x-api-key from its secret; anthropic-version only when the SDK sent none', () => {
     const anthropic = loadConfig('policies').upstreams.get('anthropic') as UpstreamConfig;
-    expect(anthropic.credential).toEqual({
-      scheme: 'headers',
-      headers: [
-        { name: 'x-api-key', value: [{ secret: 'ANTHROPIC_API_KEY' }] },
-        { name: 'anthropic-version', value: ['2023-06-01'] },
-      ],
-    });
+    expect(anthropic.credential).toEqual({ scheme: 'header', header: 'x-api-key', prefix: '', secret: 'ANTHROPIC_API_KEY' });
+    expect(anthropic.defaultHeaders).toEqual([['anthropic-version', '2023-06-01']]);
+    const sent = forwardableRequestHeaders(['x-api-key', 'agent-token', 'anthropic-version', '2026-10-21'], anthropic, 'agent-token');
+    expect(sent).toEqual([['anthropic-version', '2026-10-21']]);
+    expect(forwardableRequestHeaders(['x-api-key', 'agent-token'], anthropic, 'agent-token')).toEqual([['anthropic-version', '2023-06-01']]);
     expect(anthropic.scrubResponses).toBe(true);
   });
 });
