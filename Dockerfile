@@ -74,7 +74,9 @@ WORKDIR /app
 COPY package.json ./
 COPY --from=deps /app/node_modules ./node_modules
 COPY --from=build /app/dist ./dist
-# The example configuration; mount your own directory over /etc/valet.
+# The upstream presets (data, read at start) and the example configuration; mount your own
+# directory over /etc/valet.
+COPY presets ./presets
 COPY policies /etc/valet
 # /data holds the audit database, the secret store and generated per-install keys (approval link
 # key); never the master key. /keys is where `valet keys init --dir /keys` writes the master and

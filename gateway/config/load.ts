@@ -7,6 +7,7 @@ import { ConfigError, type ConfigProblem } from '../errors.js';
 import { classifyRequestHeader, SCRUB_DROP, type HeaderClass } from '../proxy/headers.js';
 import { NOT_INJECTABLE, parseTemplate, secretNames } from './credential.js';
 import { fileSchema } from './schema.js';
+import { expandPresets, presets } from './presets.js';
 import { DEFAULT_APPROVAL_SETTINGS, DEFAULT_AUDIT, DEFAULT_COUNTERS, DEFAULT_LISTENER } from './types.js';
 import type {
   AgentRegistration,
@@ -89,6 +90,7 @@ export function loadConfig(dir: string, options: LoadOptions = {}): Config {
 
   const problems = new Problems();
   const hash = createHash('sha256');
+  let presetsHashed = false;
   const parsed: ParsedFile[] = [];
   for (const abs of files) {
     const name = relative(process.cwd(), abs) || abs;
@@ -110,6 +112,14 @@ export function loadConfig(dir: string, options: LoadOptions = {}): Config {
       continue;
     }
     file.data = doc.toJS({ maxAliasCount: 100 }) ?? {};
+    // Presets expand before validation: the merged upstream is checked like one written whole.
+    if (usesPreset(file.data) && !presetsHashed) {
+      hash.update('presets\0').update(presets().text);
+      presetsHashed = true;
+    }
+    const presetProblems = isRecord(file.data) ? expandPresets(file.data) : [];
+    for (const p of presetProblems) problems.add(file, ['upstreams', p.index, 'preset'], p.message);
+    if (presetProblems.length > 0) continue;
     if (!validateFile(file.data)) {
       for (const e of validateFile.errors ?? []) reportSchemaError(problems, file, e);
       continue;
@@ -121,6 +131,11 @@ export function loadConfig(dir: string, options: LoadOptions = {}): Config {
   if (problems.list.length > 0 || config === undefined) throw new ConfigError(problems.list);
   return deepFreeze({ ...config, version: `sha256:${hash.digest('hex').slice(0, 16)}` });
 }
+
+const isRecord = (v: unknown): v is Record<string, unknown> => typeof v === 'object' && v !== null && !Array.isArray(v);
+
+/** Whether a file names a preset (their content then counts in the policy version). */
+const usesPreset = (data: unknown): boolean => isRecord(data) && Array.isArray(data['upstreams']) && data['upstreams'].some((u: unknown) => isRecord(u) && u['preset'] !== undefined);
 
 function assemble(root: string, files: ParsedFile[], problems: Problems, options: LoadOptions, hash: Hash): Omit<Config, 'version'> | undefined {
   let gatewayRaw: Raw;

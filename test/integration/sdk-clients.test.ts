@@ -104,18 +104,12 @@ describe('official SDKs through Valet', () => {
   beforeAll(async () => {
     upstream = await startFakeUpstream(fakeApis);
     gw = await startTestGateway({
+      // The shipped presets, with the origin pointed at the fake (and one default changed).
       upstreams: [
-        { name: 'openai', origin: upstream.origin, dialect: 'openai', credential: { scheme: 'bearer', secret: 'OPENAI_KEY' } },
-        {
-          name: 'anthropic',
-          origin: upstream.origin,
-          dialect: 'anthropic',
-          agent_token: { header: 'x-api-key' },
-          // Only for a request without one: the SDK's own version is never replaced.
-          default_headers: { 'anthropic-version': '2099-01-01' },
-          credential: { scheme: 'header', header: 'x-api-key', secret: 'ANTHROPIC_KEY' },
-        },
-        { name: 'github', origin: upstream.origin, dialect: 'github', credential: { scheme: 'bearer', secret: 'GITHUB_TOKEN' } },
+        { name: 'openai', preset: 'openai', origin: upstream.origin },
+        // Only for a request without one: the SDK's own version is never replaced.
+        { name: 'anthropic', preset: 'anthropic', origin: upstream.origin, default_headers: { 'anthropic-version': '2099-01-01' } },
+        { name: 'github', preset: 'github', origin: upstream.origin },
       ],
       rules: [
         { id: 'no-files', upstream: 'openai', paths: ['/v1/files', '/v1/files/**'], effect: 'deny', reason: 'agents may not read uploaded files' },
@@ -126,7 +120,7 @@ describe('official SDKs through Valet', () => {
       files: {
         'limits.yaml': 'rate_limits:\n  - id: one-embedding-an-hour\n    upstream: openai\n    paths: [/v1/embeddings]\n    limit: 1\n    window: 1h\n    key: agent\n',
       },
-      env: { OPENAI_KEY: KEYS.openai, ANTHROPIC_KEY: KEYS.anthropic, GITHUB_TOKEN: KEYS.github },
+      env: { OPENAI_API_KEY: KEYS.openai, ANTHROPIC_API_KEY: KEYS.anthropic, GITHUB_TOKEN: KEYS.github },
     });
     token = await gw.token({ agent: 'sdk-agent', tenant: 'acme' });
   });
