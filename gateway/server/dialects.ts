@@ -5,7 +5,7 @@ import type { ErrorCode } from '../errors.js';
  * upstream's shape, so the agent's SDK raises its usual typed error with Valet's message, code and
  * request id, instead of an "unknown error" holding a JSON string.
  */
-export const DIALECTS = ['generic', 'openai', 'anthropic', 'github', 'stripe', 'google', 'twilio', 'slack'] as const;
+export const DIALECTS = ['generic', 'openai', 'anthropic', 'github', 'stripe', 'google', 'twilio', 'slack', 'notion', 'graphql'] as const;
 export type Dialect = (typeof DIALECTS)[number];
 
 /** What a refusal says, whatever its shape. */
@@ -45,6 +45,19 @@ function stripeType(status: number): string {
   if (status === 429) return 'rate_limit_error';
   if (status >= 500) return 'api_error';
   return 'invalid_request_error';
+}
+
+/** Notion's error code for a status (its SDK recognises only its own). */
+function notionCode(status: number): string {
+  if (status === 401) return 'unauthorized';
+  if (status === 403) return 'restricted_resource';
+  if (status === 404) return 'object_not_found';
+  if (status === 409) return 'conflict_error';
+  if (status === 429) return 'rate_limited';
+  if (status === 504 || status === 408) return 'gateway_timeout';
+  if (status === 503) return 'service_unavailable';
+  if (status >= 500) return 'internal_server_error';
+  return 'validation_error';
 }
 
 /** google.rpc.Code names for a status (the `status` of a Google API error). */
@@ -108,6 +121,12 @@ export function renderRefusal(dialect: Dialect, r: Refusal): Rendered {
     case 'twilio':
       // The SDK's RestException reads code, message, more_info and details; its `status` is the HTTP status.
       return { body: JSON.stringify({ code: r.code, message: r.message, more_info: null, status: r.status, details: { request_id: r.requestId, ...r.extra } }), headers: {} };
+    case 'notion':
+      // The SDK only raises its APIResponseError for one of Notion's own codes.
+      return { body: JSON.stringify({ object: 'error', status: r.status, code: notionCode(r.status), message: r.message, request_id: r.requestId, valet }), headers: {} };
+    case 'graphql':
+      // A GraphQL response: clients show errors[0].message and read extensions.
+      return { body: JSON.stringify({ data: null, errors: [{ message: r.message, extensions: { code: r.code, request_id: r.requestId, ...r.extra } }] }), headers: {} };
     case 'slack':
       // Slack's Web API answers errors with 200 and ok: false; its SDK retries every other status
       // but 429, which it waits out per retry-after: so a limit it may retry stays a 429.

@@ -50,6 +50,8 @@ export type RequestHandler = (req: IncomingMessage, res: ServerResponse, routed?
 /** `Authorization: Bearer <token>` in any letter case, or `token <token>` (GitHub's older style). */
 const BEARER = /^(?:Bearer|token)[ \t]+([^\s]+)[ \t]*$/i;
 const BASIC = /^Basic[ \t]+([A-Za-z0-9+/=_-]+)[ \t]*$/i;
+/** A bare JWT as the whole Authorization value (Linear's SDK sends its API key so). */
+const BARE_JWT = /^[ \t]*([A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+)[ \t]*$/;
 
 /** The user name and password of `Authorization: Basic`, or undefined when it is not one. */
 function basicParts(value: string): [string, string] | undefined {
@@ -487,7 +489,7 @@ function agentToken(rawHeaders: readonly string[], upstream: UpstreamConfig, rem
     const name = (rawHeaders[i] as string).toLowerCase();
     const value = rawHeaders[i + 1] as string;
     if (name === 'authorization') {
-      const m = BEARER.exec(value);
+      const m = BEARER.exec(value) ?? BARE_JWT.exec(value);
       if (m) found.add(m[1] as string);
       else if (upstream.agentTokenBasic !== undefined) {
         // SDKs that only do Basic (Twilio, Jira): the token is the password, or the user name.
@@ -517,7 +519,7 @@ function presentedTokens(req: IncomingMessage, places: { headers: ReadonlySet<st
     const name = (req.rawHeaders[i] as string).toLowerCase();
     const value = (req.rawHeaders[i + 1] as string).trim();
     if (name === 'authorization') {
-      const m = BEARER.exec(value);
+      const m = BEARER.exec(value) ?? BARE_JWT.exec(value);
       if (m) found.push(m[1] as string);
       // Basic's parts as tokens only when token-like: a user name such as "v1" must not redact paths.
       else for (const part of basicParts(value) ?? []) if (part.length >= 16) found.push(part);
