@@ -43,7 +43,9 @@ const HELP = `Usage: npm run bench -- [options]
   --connections N       autocannon connections             (env BENCH_CONNECTIONS, default 50)
   --rate N              fixed-rate phase, requests/s       (env BENCH_RATE, default 1000)
   --rounds N            repeat everything, report medians  (env BENCH_ROUNDS, default 1)
-  --only LIST           targets to run: direct,bare,valet  (default all)
+  --only LIST           targets to run: direct,bare,valet,valet-port,valet-host (default direct,bare,valet);
+                        valet-port and valet-host are the same Valet reached on the upstream's own port
+                        and by its host name instead of /<upstream>/... (same process, same policy)
   --wait-quiet N        before each measurement wait up to N s for other processes to use
                         < ${QUIET_CORES} cores                     (env BENCH_WAIT_QUIET, default 0 = don't wait)
   --valet-log FILE      send Valet's log lines to FILE instead of /dev/null (debugging)
@@ -94,9 +96,12 @@ const opts = {
   /** Pause between measurements so GC, the audit writer and sockets settle. */
   settleMs: quick ? 300 : 1_000,
 };
-const TARGET_IDS = ['direct', 'bare', 'valet'] as const;
+const TARGET_IDS = ['direct', 'bare', 'valet', 'valet-port', 'valet-host'] as const;
 type TargetId = (typeof TARGET_IDS)[number];
-const only = new Set((flags.only ?? TARGET_IDS.join(',')).split(',').map((s) => s.trim()).filter(Boolean));
+const only = new Set((flags.only ?? 'direct,bare,valet').split(',').map((s) => s.trim()).filter(Boolean));
+/** The process that serves a target (its CPU and event loop are measured). */
+const processOf = (t: TargetId): string => (t === 'direct' ? 'upstream' : t.startsWith('valet') ? 'valet' : t);
+const isValet = (t: TargetId): boolean => t.startsWith('valet');
 for (const t of only) {
   if (!(TARGET_IDS as readonly string[]).includes(t)) {
     console.error(`unknown target "${t}" in --only (use ${TARGET_IDS.join(',')})`);
@@ -252,7 +257,7 @@ async function main(): Promise<number> {
     children.push(bare);
   }
   let valet: BenchChild | undefined;
-  if (only.has('valet')) {
+  if ([...only].some((t) => t.startsWith('valet'))) {
     const args = [join(root, 'valet'), origin, UPSTREAM_SECRET];
     if (flags['valet-log']) args.push(flags['valet-log']);
     valet = await forkChild({ name: 'valet', script: join(HERE, 'targets/valet.ts'), args, env: childEnv, execArgv: profArgs('valet') });
@@ -273,20 +278,22 @@ async function main(): Promise<number> {
     direct: only.has('direct') ? `${origin}${PATH}` : undefined,
     bare: bare ? `${bare.ready.url}${PATH}` : undefined,
     valet: valet ? `${valet.ready.url}${PATH}` : undefined,
+    'valet-port': valet ? `${String(valet.ready['portUrl'])}${PATH}` : undefined,
+    'valet-host': valet ? `${String(valet.ready['hostUrl'])}${PATH}` : undefined,
   };
   const workloads = new Map<TargetId, Workload>();
-  for (const t of targetsRun) workloads.set(t, { url: urls[t] as string, body: BODY, headers });
+  for (const t of targetsRun) workloads.set(t, { url: urls[t] as string, body: BODY, headers: t === 'valet-host' ? { ...headers, host: String(valet?.ready['host']) } : headers });
 
   // Smoke check: each target answers 200 with the upstream's body, and Valet injected the credential.
   for (const [t, w] of workloads) {
     const before = await upstream.ask<UpstreamStats>('stats');
-    const res = await request(w.url, { method: 'POST', headers, body: BODY });
+    const res = await request(w.url, { method: 'POST', headers: w.headers, body: BODY });
     const text = await res.body.text();
     const after = await upstream.ask<UpstreamStats>('stats');
     if (res.statusCode !== 200 || !text.includes('"received":1024')) {
-      throw new Error(`${t}: smoke request got ${res.statusCode} ${text}${t === 'valet' ? ' (see its log with --valet-log FILE)' : ''}`);
+      throw new Error(`${t}: smoke request got ${res.statusCode} ${text}${isValet(t) ? ' (see its log with --valet-log FILE)' : ''}`);
     }
-    if (t === 'valet' && after.withInjectedCredential !== before.withInjectedCredential + 1) {
+    if (isValet(t) && after.withInjectedCredential !== before.withInjectedCredential + 1) {
       throw new Error('valet: the upstream did not receive the injected credential');
     }
   }
@@ -328,11 +335,11 @@ async function main(): Promise<number> {
       loop[serverName(c)] = { loopDelayP99Ms: s.loopDelayP99Ms, loopDelayMaxMs: s.loopDelayMaxMs };
     });
     // For Valet, count only requests that arrived carrying the injected credential.
-    const saw = t === 'valet' ? after.withInjectedCredential - before.withInjectedCredential : after.requests - before.requests;
+    const saw = isValet(t) ? after.withInjectedCredential - before.withInjectedCredential : after.requests - before.requests;
     let audit: AuditSplit | undefined;
     const v = valet ? servers.indexOf(valet) : -1;
     const [b, a] = [beforeAll[v], afterAll[v]];
-    if (t === 'valet' && b?.auditWait && b.auditCommit && a?.auditWait && a.auditCommit) {
+    if (isValet(t) && b?.auditWait && b.auditCommit && a?.auditWait && a.auditCommit) {
       audit = {
         waits: a.auditWait.count - b.auditWait.count,
         commits: a.auditCommit.count - b.auditCommit.count,
@@ -345,7 +352,7 @@ async function main(): Promise<number> {
     return { ...r, upstreamSaw: saw, cpu: cpuUse, loop, round, audit };
   };
   const loops = (m: Measured, t: TargetId): string =>
-    ['generator', t === 'direct' ? 'upstream' : t, ...(t === 'direct' ? [] : ['upstream'])]
+    ['generator', processOf(t), ...(t === 'direct' ? [] : ['upstream'])]
       .map((n) => `${n} ${ms(m.loop[n]?.loopDelayP99Ms ?? Number.NaN, 1)}/${ms(m.loop[n]?.loopDelayMaxMs ?? Number.NaN, 1)}`)
       .join(', ');
   const status = (r: RunResult): string => `non-2xx ${r.non2xx}, errors ${r.errors}, timeouts ${r.timeouts}`;
@@ -366,7 +373,7 @@ async function main(): Promise<number> {
   };
 
   /** Requests each target answered (warm-ups and smoke check included), for per-request figures. */
-  const handled: Record<TargetId, number> = { direct: 1, bare: 1, valet: 1 };
+  const handled: Record<TargetId, number> = { direct: 1, bare: 1, valet: 1, 'valet-port': 1, 'valet-host': 1 };
   for (let round = 1; round <= opts.rounds; round++) {
     if (opts.rounds > 1) log(`## round ${round}/${opts.rounds}`);
     // Rotate the order each round so no target always runs first (or right after another).
@@ -376,13 +383,13 @@ async function main(): Promise<number> {
         await settle();
         const wu = await maxThroughput(w, { connections: opts.connections, seconds: opts.warmup });
         handled[t] += wu.ok + wu.non2xx;
-        log(`warm-up     ${t.padEnd(6)} ${int(wu.rps).padStart(7)} req/s`);
+        log(`warm-up     ${t.padEnd(10)} ${int(wu.rps).padStart(7)} req/s`);
       }
       const r = await measure(t, round, () => maxThroughput(w, { connections: opts.connections, seconds: opts.seconds }));
       handled[t] += r.ok + r.non2xx;
       (results.get(t) as TargetResults).throughput.push(r);
       log(
-        `throughput  ${t.padEnd(6)} ${int(r.rps).padStart(7)} req/s  p50 ${ms(r.latency.p50)} ms  p99 ${ms(r.latency.p99)} ms  ` +
+        `throughput  ${t.padEnd(10)} ${int(r.rps).padStart(7)} req/s  p50 ${ms(r.latency.p50)} ms  p99 ${ms(r.latency.p99)} ms  ` +
           `2xx ${r.ok} (upstream saw ${r.upstreamSaw}), ${status(r)}\n            cpu: ${formatUsage(r.cpu)}${noisy(r)}\n` +
           `            event-loop delay p99/max ms: ${loops(r, t)}${auditLine(r)}`,
       );
@@ -392,7 +399,7 @@ async function main(): Promise<number> {
       handled[t] += r.ok + r.non2xx;
       (results.get(t) as TargetResults).fixed.push(r);
       log(
-        `fixed-rate  ${t.padEnd(6)} ${int(r.rps).padStart(7)} req/s  p50 ${ms(r.latency.p50)} ms  p99 ${ms(r.latency.p99)} ms  max ${ms(r.latency.max)} ms  ` +
+        `fixed-rate  ${t.padEnd(10)} ${int(r.rps).padStart(7)} req/s  p50 ${ms(r.latency.p50)} ms  p99 ${ms(r.latency.p99)} ms  max ${ms(r.latency.max)} ms  ` +
           `2xx ${r.ok}/${r.scheduled} (upstream saw ${r.upstreamSaw}), ${status(r)}, send lag p99 ${ms(r.lagP99)} ms\n` +
           `            cpu: ${formatUsage(r.cpu)}${noisy(r)}\n            event-loop delay p99/max ms: ${loops(r, t)}${auditLine(r)}`,
       );
@@ -415,8 +422,10 @@ async function main(): Promise<number> {
   }
   if (valet) {
     const rows = valetStop?.auditRows ?? -1;
-    if (rows < handled.valet) problems.push(`valet: ${rows} audit rows for ${handled.valet} answered requests`);
-    else log(`\nvalet audit log: ${rows} rows for ${handled.valet} answered requests (every request audited)`);
+    // One process serves every Valet route.
+    const answered = handled.valet + handled['valet-port'] + handled['valet-host'] - (only.has('valet') ? 0 : 1) - (only.has('valet-port') ? 0 : 1) - (only.has('valet-host') ? 0 : 1);
+    if (rows < answered) problems.push(`valet: ${rows} audit rows for ${answered} answered requests`);
+    else log(`\nvalet audit log: ${rows} rows for ${answered} answered requests (every request audited)`);
   }
 
   // ---- report
@@ -429,22 +438,28 @@ async function main(): Promise<number> {
       rps: m(r.throughput, (x) => x.rps),
       tp50: m(r.throughput, (x) => x.latency.p50),
       tp99: m(r.throughput, (x) => x.latency.p99),
-      tcpu: m(r.throughput, (x) => x.cpu.byProcess[t === 'direct' ? 'upstream' : t] ?? Number.NaN),
-      tus: m(r.throughput, (x) => ((x.cpu.byProcess[t === 'direct' ? 'upstream' : t] ?? Number.NaN) / x.rps) * 1e6),
+      tcpu: m(r.throughput, (x) => x.cpu.byProcess[processOf(t)] ?? Number.NaN),
+      tus: m(r.throughput, (x) => ((x.cpu.byProcess[processOf(t)] ?? Number.NaN) / x.rps) * 1e6),
       tnon2xx: sum(r.throughput, (x) => x.non2xx),
       terr: sum(r.throughput, (x) => x.errors + x.timeouts),
       frps: m(r.fixed, (x) => x.rps),
       fp50: m(r.fixed, (x) => x.latency.p50),
       fp99: m(r.fixed, (x) => x.latency.p99),
       fmax: m(r.fixed, (x) => x.latency.max),
-      fcpu: m(r.fixed, (x) => x.cpu.byProcess[t === 'direct' ? 'upstream' : t] ?? Number.NaN),
-      fus: m(r.fixed, (x) => ((x.cpu.byProcess[t === 'direct' ? 'upstream' : t] ?? Number.NaN) / x.rps) * 1e6),
+      fcpu: m(r.fixed, (x) => x.cpu.byProcess[processOf(t)] ?? Number.NaN),
+      fus: m(r.fixed, (x) => ((x.cpu.byProcess[processOf(t)] ?? Number.NaN) / x.rps) * 1e6),
       fnon2xx: sum(r.fixed, (x) => x.non2xx),
       ferr: sum(r.fixed, (x) => x.errors + x.timeouts),
     };
   };
-  const A = { direct: agg('direct'), bare: agg('bare'), valet: agg('valet') };
-  const name: Record<TargetId, string> = { direct: 'direct (no proxy)', bare: 'bare undici proxy', valet: 'Valet (full path)' };
+  const A: Partial<Record<TargetId, ReturnType<typeof agg>>> = Object.fromEntries(TARGET_IDS.map((t) => [t, agg(t)]));
+  const name: Record<TargetId, string> = {
+    direct: 'direct (no proxy)',
+    bare: 'bare undici proxy',
+    valet: 'Valet (full path)',
+    'valet-port': "Valet (upstream's own port)",
+    'valet-host': 'Valet (by Host)',
+  };
   const rel = (v: number, base: number | undefined): string => (base === undefined ? '—' : `${(v / base).toFixed(2)}×`);
   const added = (v: number, base: number | undefined): string => (base === undefined ? '—' : `${v - base >= 0 ? '+' : ''}${ms(v - base)}`);
   const cores = (v: number): string => (Number.isNaN(v) ? 'n/a' : v.toFixed(2));

@@ -26,6 +26,8 @@ import { failChild, serveChild } from '../lib/child.js';
 import { readHistogram } from '../lib/stats.js';
 
 export const BENCH_UPSTREAM = 'bench';
+/** The host name the bench upstream is also routed by. */
+const BENCH_HOST = 'bench.valet.internal';
 const SIGNING_KEY = 'bench-signing-key-0123456789abcdef0123456789abcdef';
 
 async function main(): Promise<void> {
@@ -63,7 +65,8 @@ async function main(): Promise<void> {
   );
   writeFileSync(
     join(configDir, 'upstreams.yaml'),
-    stringify({ upstreams: [{ name: BENCH_UPSTREAM, origin, credential: { scheme: 'bearer', secret: 'VALET_BENCH_UPSTREAM_KEY' } }] }),
+    // Also served at its root on a port of its own and under a host name: the routes the bench compares.
+    stringify({ upstreams: [{ name: BENCH_UPSTREAM, origin, listen: { port: 0 }, hosts: [BENCH_HOST], credential: { scheme: 'bearer', secret: 'VALET_BENCH_UPSTREAM_KEY' } }] }),
   );
   writeFileSync(
     join(configDir, 'rules.yaml'),
@@ -119,7 +122,7 @@ async function main(): Promise<void> {
         return fleetEnv['VALET_POSTGRES_URL'] === undefined ? { auditRows: auditRows() } : {};
       },
     },
-    { url: `${gateway.url}/${BENCH_UPSTREAM}`, token, logLevel: gateway.logger.level },
+    { url: `${gateway.url}/${BENCH_UPSTREAM}`, portUrl: gateway.upstreamListeners.get(BENCH_UPSTREAM)?.url, hostUrl: gateway.url, host: BENCH_HOST, token, logLevel: gateway.logger.level },
   );
 }
 
