@@ -223,13 +223,37 @@ function passes(f: RequestFilter, name: string): boolean {
   return verdict;
 }
 
+/** Content codings Valet can decode, scrub and encode again on the way to the agent. */
+export const RECODABLE: readonly string[] = ['gzip', 'br'];
+
 /**
- * Headers Valet itself adds to every forwarded request: its request id (the audit row's), and
- * `accept-encoding: identity` while the upstream's responses are scrubbed.
+ * The codings among {@link RECODABLE} the agent's `Accept-Encoding` takes (q > 0), in Valet's
+ * order of preference. Unparsable parts are ignored; none means identity.
  */
-export function valetRequestHeaders(upstream: UpstreamConfig, requestId: string): HeaderList {
+export function acceptedCodings(header: string | string[] | undefined): string[] {
+  if (header === undefined) return [];
+  const ok = new Set<string>();
+  for (const part of [header].flat().join(',').split(',')) {
+    const [coding = '', ...params] = part.trim().toLowerCase().split(';');
+    const q = params.map((p) => /^\s*q\s*=\s*([0-9.]+)\s*$/.exec(p)?.[1]).find((v) => v !== undefined);
+    if (q !== undefined && !(Number(q) > 0)) continue;
+    const name = coding.trim() === 'x-gzip' ? 'gzip' : coding.trim();
+    if (RECODABLE.includes(name)) ok.add(name);
+  }
+  return RECODABLE.filter((c) => ok.has(c));
+}
+
+/**
+ * Headers Valet itself adds to every forwarded request: its request id (the audit row's), and,
+ * while the upstream's responses are scrubbed, `accept-encoding` limited to what Valet can decode,
+ * scrub and encode again that the agent also takes (`identity` when none).
+ */
+export function valetRequestHeaders(upstream: UpstreamConfig, requestId: string, agentAcceptEncoding?: string | string[]): HeaderList {
   const out: HeaderList = [['x-request-id', requestId]];
-  if (upstream.scrubResponses !== false) out.push(['accept-encoding', 'identity']);
+  if (upstream.scrubResponses !== false) {
+    const codings = acceptedCodings(agentAcceptEncoding);
+    out.push(['accept-encoding', codings.length > 0 ? codings.join(', ') : 'identity']);
+  }
   return out;
 }
 

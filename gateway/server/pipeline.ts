@@ -13,7 +13,7 @@ import { ValetError } from '../errors.js';
 import type { EvaluationInput, Policy } from '../policy/compile.js';
 import type { Forwarder } from '../proxy/forward.js';
 import { upstreamError } from '../proxy/forward.js';
-import { forwardableRequestHeaders, injectCredential, REQUEST_ID_HEADER, upstreamRequestId, valetRequestHeaders, type HeaderList } from '../proxy/headers.js';
+import { acceptedCodings, forwardableRequestHeaders, injectCredential, REQUEST_ID_HEADER, upstreamRequestId, valetRequestHeaders, type HeaderList } from '../proxy/headers.js';
 import { HangUp, relay, sendWhole } from '../proxy/relay.js';
 import { requestLineLogger } from '../log.js';
 import { agentOrigin } from '../proxy/location.js';
@@ -306,7 +306,7 @@ export function createPipeline(deps: PipelineDeps): RequestHandler {
         upstream.credential,
         (name) => secrets.get(name, identity.tenant),
       );
-      injected.headers.push(...valetRequestHeaders(upstream, requestId));
+      injected.headers.push(...valetRequestHeaders(upstream, requestId, req.headers['accept-encoding']));
       const recording = claimed ? undefined : policy.recordCall(input);
       // The decision's audit row is durable before anything is forwarded (one fsync shared with the
       // requests that arrived alongside). If it cannot be written: 503, nothing forwarded (unless
@@ -340,7 +340,7 @@ export function createPipeline(deps: PipelineDeps): RequestHandler {
       rec.upstreamRequestId = upstreamId === null ? null : scrubber.redact(upstreamId);
       // Valet's origin as the agent reached it, worked out only if a response header links to the upstream.
       const origin = (): string | undefined => agentOrigin(req.headers.host, req.socket.localAddress, req.socket.localPort);
-      const toAgent = agentResponse(upstream, facts.method, upstreamRes, scrubber, origin, target.mount);
+      const toAgent = agentResponse(upstream, facts.method, upstreamRes, scrubber, origin, target.mount, acceptedCodings(req.headers['accept-encoding']));
       if (toAgent.whole !== undefined) {
         // A small body: read whole and scrubbed before anything is sent, then one write.
         let whole: { body: Buffer; upstreamBytes: number };
