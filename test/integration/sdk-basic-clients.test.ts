@@ -32,6 +32,8 @@ function fakeApis(req: RecordedRequest, res: ServerResponse): void {
     const next = page === 0 ? `${messages}?PageSize=1&Page=1&PageToken=PA1` : null;
     return json(res, 200, { messages: [{ sid: `SM${page + 10}`, account_sid: ACCOUNT, body: `m${page}` }], next_page_uri: next, page, page_size: 1, uri: req.url });
   }
+  if (url.pathname === '/api/chat.update') return json(res, 200, { ok: false, error: 'message_not_found' });
+  if (url.pathname === `/2010-04-01/Accounts/${ACCOUNT}/Messages/SMmissing.json`) return json(res, 404, { code: 20404, message: 'The requested resource was not found', more_info: 'https://www.twilio.com/docs/errors/20404', status: 404 });
   if (url.pathname === '/api/conversations.list') return json(res, 200, { ok: true, channels: [{ id: 'C1', name: 'general' }], response_metadata: { next_cursor: '' } });
   if (url.pathname === '/api/chat.postMessage') return json(res, 200, { ok: true, channel: 'C1', ts: '1.2', message: { text: new URLSearchParams(req.body.toString()).get('text') ?? JSON.parse(req.body.toString() || '{}').text } });
   json(res, 404, { message: 'no fake' });
@@ -92,6 +94,12 @@ describe('Basic-only and other SDKs through Valet', () => {
     }
   });
 
+  it('twilio: an upstream error is its RestException with the upstream’s code', async () => {
+    const err = await twilioClient().messages('SMmissing').fetch().catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(twilio.RestException);
+    expect(err).toMatchObject({ status: 404, code: 20404, message: 'The requested resource was not found' });
+  });
+
   it('twilio: a denial is a RestException with Valet’s code and message, sent once', async () => {
     const before = sentTo.length;
     const err = await twilioClient().calls.create({ to: '+15550001', from: '+15550002', url: 'http://example.com/twiml' }).catch((e: unknown) => e);
@@ -126,6 +134,8 @@ describe('Basic-only and other SDKs through Valet', () => {
     const posted = await slack.chat.postMessage({ channel: 'C1', text: 'deployed' });
     expect(posted.ok).toBe(true);
     for (const r of upstream.requests.filter((q) => q.url.startsWith('/api/'))) expect(headerValues(r, 'authorization')).toEqual([`Bearer ${SLACK_TOKEN}`]);
+    // The upstream's own error: the client's platform error with Slack's code.
+    await expect(slack.chat.update({ channel: 'C1', ts: '1.2', text: 'x' })).rejects.toMatchObject({ code: SlackErrorCode.PlatformError, data: { error: 'message_not_found' } });
     // Slack answers errors with 200 and ok: false; any other status but 429 its client retries.
     const err = await slack.apiCall('admin.users.list').catch((e: unknown) => e);
     expect(err).toMatchObject({ code: SlackErrorCode.PlatformError, data: { ok: false, error: 'valet_err_policy_denied', response_metadata: { messages: ['Denied by rule no-admin: no workspace administration'] } } });

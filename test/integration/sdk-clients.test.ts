@@ -48,9 +48,18 @@ function fakeApis(req: RecordedRequest, res: ServerResponse): void {
     }
     return json(res, 200, { id: 'c0', object: 'chat.completion', created: 1, model: 'gpt-x', choices: [{ index: 0, message: { role: 'assistant', content: 'Hi' }, finish_reason: 'stop' }] }, { 'x-request-id': 'req_up_chat' });
   }
+  if (url.pathname === '/v1/batches') {
+    const after = url.searchParams.get('after');
+    const data = after === null ? [{ id: 'batch_1', object: 'batch' }] : [{ id: 'batch_2', object: 'batch' }];
+    return json(res, 200, { object: 'list', data, first_id: data[0]?.id, last_id: data[0]?.id, has_more: after === null });
+  }
   if (url.pathname === '/v1/embeddings') return json(res, 200, { object: 'list', data: [{ object: 'embedding', index: 0, embedding: [0.1] }], model: 'e', usage: { prompt_tokens: 1, total_tokens: 1 } });
   // Anthropic
   if (url.pathname === '/v1/messages') {
+    if (body['model'] === 'overloaded-model') {
+      res.writeHead(529, { 'content-type': 'application/json', 'request-id': 'req_up_529', 'x-should-retry': 'false' });
+      return void res.end(JSON.stringify({ type: 'error', error: { type: 'overloaded_error', message: 'Overloaded' } }));
+    }
     if (body['stream'] === true) {
       return sse(res, [
         `event: message_start\ndata: ${JSON.stringify({ type: 'message_start', message: { id: 'm1', type: 'message', role: 'assistant', model: 'claude-x', content: [], stop_reason: null, stop_sequence: null, usage: { input_tokens: 3, output_tokens: 0 } } })}\n\n`,
@@ -144,6 +153,13 @@ describe('official SDKs through Valet', () => {
       for (const r of received('/v1/chat/completions')) expectKeyOnce(r, 'authorization', `Bearer ${KEYS.openai}`);
     });
 
+    it('pages a cursor list', async () => {
+      const ids: string[] = [];
+      for await (const b of client().batches.list()) ids.push(b.id);
+      expect(ids).toEqual(['batch_1', 'batch_2']);
+      expect(received('/v1/batches').map((r) => new URL(r.url, 'http://x').searchParams.get('after'))).toEqual([null, 'batch_1']);
+    });
+
     it('an upstream error is the SDK’s typed error with the upstream’s message and request id', async () => {
       const err = await client().chat.completions.create({ model: 'missing-model', messages: [{ role: 'user', content: 'x' }] }).catch((e: unknown) => e);
       expect(err).toBeInstanceOf(OpenAI.NotFoundError);
@@ -209,6 +225,14 @@ describe('official SDKs through Valet', () => {
       const res = await fetch(`${gw.url}/anthropic/v1/messages`, { method: 'POST', headers: { 'x-api-key': token, 'content-type': 'application/json' }, body: JSON.stringify({ model: 'claude-x', max_tokens: 1, messages: [] }) });
       expect(res.status).toBe(200);
       expect(headerValues(received('/v1/messages').at(-1)!, 'anthropic-version')).toEqual(['2099-01-01']);
+    });
+
+    it('an upstream error passes through: the SDK’s own error class, message and request id', async () => {
+      const err = await client().messages.create({ model: 'overloaded-model', max_tokens: 1, messages: [{ role: 'user', content: 'x' }] }).catch((e: unknown) => e);
+      expect(err).toBeInstanceOf(Anthropic.APIError);
+      expect((err as InstanceType<typeof Anthropic.APIError>).status).toBe(529);
+      expect((err as InstanceType<typeof Anthropic.APIError>).message).toContain('Overloaded');
+      expect((err as InstanceType<typeof Anthropic.APIError>).requestID).toBe('req_up_529');
     });
 
     it('a denial is PermissionDeniedError with Valet’s message and request id, sent once', async () => {

@@ -27,10 +27,12 @@ function fakeApis(req: RecordedRequest, res: ServerResponse): void {
     const second = body['start_cursor'] === 'c2';
     return json(res, 200, { object: 'list', results: [{ object: 'page', id: second ? 'p2' : 'p1' }], next_cursor: second ? null : 'c2', has_more: !second, type: 'page_or_database', page_or_database: {} });
   }
+  if (url.pathname === '/v1/pages/missing') return json(res, 404, { object: 'error', status: 404, code: 'object_not_found', message: 'Could not find page with ID: missing.' });
   if (url.pathname === '/v1/pages' && req.method === 'POST') return json(res, 200, { object: 'page', id: 'p-new', properties: {} });
   // Linear (GraphQL)
   if (url.pathname === '/graphql') {
     const query = String(body['query'] ?? '');
+    if (query.includes('issue(id')) return json(res, 200, { data: null, errors: [{ message: 'Entity not found: Issue', extensions: { type: 'invalid input', code: 'INPUT_ERROR', userPresentableMessage: 'Issue not found' } }] });
     if (query.includes('viewer')) return json(res, 200, { data: { viewer: { id: 'u1', name: 'Agent', email: 'agent@example.com' } } });
     return json(res, 200, { data: {} });
   }
@@ -38,6 +40,7 @@ function fakeApis(req: RecordedRequest, res: ServerResponse): void {
   if (url.pathname === '/v1beta/models/gemini-x:generateContent') {
     return json(res, 200, { candidates: [{ content: { role: 'model', parts: [{ text: 'Hi' }] }, finishReason: 'STOP', index: 0 }], usageMetadata: { promptTokenCount: 1, candidatesTokenCount: 1, totalTokenCount: 2 } });
   }
+  if (url.pathname === '/v1beta/models/missing:generateContent') return json(res, 404, { error: { code: 404, message: 'models/missing is not found', status: 'NOT_FOUND' } });
   if (url.pathname === '/v1beta/models/gemini-x:streamGenerateContent') {
     res.writeHead(200, { 'content-type': 'text/event-stream' });
     for (const t of ['Hel', 'lo']) res.write(`data: ${JSON.stringify({ candidates: [{ content: { role: 'model', parts: [{ text: t }] }, index: 0 }] })}\r\n\r\n`);
@@ -98,6 +101,20 @@ describe('workspace and model SDKs through Valet presets', () => {
       expect(headerValues(r, 'notion-version')).toHaveLength(1);
       expect(headerValues(r, 'notion-version')[0]).not.toBe('');
     }
+  });
+
+  it('notion, linear, gemini: an upstream error is each SDK’s own error with the upstream’s message', async () => {
+    const notion = new NotionClient({ auth: token, baseUrl: `${gw.url}/notion`, fetch: countingFetch });
+    const missing = await notion.pages.retrieve({ page_id: 'missing' }).catch((e: unknown) => e);
+    expect(missing).toBeInstanceOf(APIResponseError);
+    expect(missing).toMatchObject({ code: APIErrorCode.ObjectNotFound, message: 'Could not find page with ID: missing.' });
+    const linear = new LinearClient({ apiKey: token, apiUrl: `${gw.url}/linear/graphql` });
+    const issue = await linear.issue('nope').catch((e: unknown) => e);
+    expect((issue as Error).message).toContain('Entity not found: Issue');
+    const ai = new GoogleGenAI({ apiKey: token, httpOptions: { baseUrl: `${gw.url}/gemini` } });
+    const model = await ai.models.generateContent({ model: 'missing', contents: 'x' }).catch((e: unknown) => e);
+    expect(model).toMatchObject({ name: 'ApiError', status: 404 });
+    expect((model as Error).message).toContain('models/missing is not found');
   });
 
   it('notion: a denial is APIResponseError restricted_resource with Valet’s message, sent once', async () => {
