@@ -8,7 +8,9 @@ import { defineConfig } from 'vitest/config';
  * themselves (the fleet, PostgreSQL, Redis and migration suites) and suites about the SQLite files.
  */
 const gatewaySuites = ['test/integration/**/*.test.ts', 'test/security/**/*.test.ts', 'test/browser/**/*.test.ts'];
-const common = { testTimeout: 20_000, hookTimeout: 20_000, pool: 'forks' as const };
+// expect.poll waits up to 10 s (vitest's default is 1 s): on a loaded 2-core machine a dashboard
+// page may take longer than that to render, which is not what a browser test checks.
+const common = { testTimeout: 20_000, hookTimeout: 20_000, pool: 'forks' as const, expect: { poll: { timeout: 10_000 } } };
 
 export default defineConfig({
   test: {

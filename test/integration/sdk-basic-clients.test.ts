@@ -34,7 +34,10 @@ function fakeApis(req: RecordedRequest, res: ServerResponse): void {
   }
   if (url.pathname === '/api/chat.update') return json(res, 200, { ok: false, error: 'message_not_found' });
   if (url.pathname === `/2010-04-01/Accounts/${ACCOUNT}/Messages/SMmissing.json`) return json(res, 404, { code: 20404, message: 'The requested resource was not found', more_info: 'https://www.twilio.com/docs/errors/20404', status: 404 });
-  if (url.pathname === '/api/conversations.list') return json(res, 200, { ok: true, channels: [{ id: 'C1', name: 'general' }], response_metadata: { next_cursor: '' } });
+  if (url.pathname === '/api/conversations.list') {
+    const second = new URLSearchParams(req.body.toString()).get('cursor') === 'c2';
+    return json(res, 200, { ok: true, channels: [second ? { id: 'C2', name: 'random' } : { id: 'C1', name: 'general' }], response_metadata: { next_cursor: second ? '' : 'c2' } });
+  }
   if (url.pathname === '/api/chat.postMessage') return json(res, 200, { ok: true, channel: 'C1', ts: '1.2', message: { text: new URLSearchParams(req.body.toString()).get('text') ?? JSON.parse(req.body.toString() || '{}').text } });
   json(res, 404, { message: 'no fake' });
 }
@@ -129,8 +132,9 @@ describe('Basic-only and other SDKs through Valet', () => {
 
   it('slack: reads and writes with the real token; a denial is the client’s platform error, sent once', async () => {
     const slack = new WebClient(token, { slackApiUrl: `${gw.url}/slack/api/`, retryConfig: { retries: 2, factor: 1, minTimeout: 10, maxTimeout: 10 } });
-    const channels = await slack.conversations.list();
-    expect(channels.channels?.map((c) => c.id)).toEqual(['C1']);
+    const ids: string[] = [];
+    for await (const page of slack.paginate('conversations.list')) ids.push(...((page as { channels?: { id: string }[] }).channels ?? []).map((c) => c.id));
+    expect(ids).toEqual(['C1', 'C2']);
     const posted = await slack.chat.postMessage({ channel: 'C1', text: 'deployed' });
     expect(posted.ok).toBe(true);
     for (const r of upstream.requests.filter((q) => q.url.startsWith('/api/'))) expect(headerValues(r, 'authorization')).toEqual([`Bearer ${SLACK_TOKEN}`]);
@@ -144,5 +148,10 @@ describe('Basic-only and other SDKs through Valet', () => {
     expect(rows).toHaveLength(1);
     // The row records the status sent and the refusal's code.
     expect(rows[0]).toMatchObject({ rule: 'no-admin', decision: 'deny', status: 200, error_code: 'VALET_ERR_POLICY_DENIED' });
+  });
+
+  it('the agent token never reached the upstream, in any request of any client', () => {
+    expect(upstream.requests.length).toBeGreaterThanOrEqual(8);
+    for (const r of upstream.requests) expect(JSON.stringify(r.rawHeaders) + r.url + r.body.toString('latin1'), r.url).not.toContain(token.split('.')[2] as string);
   });
 });

@@ -11,6 +11,7 @@ import { Octokit } from '@octokit/rest';
 import OpenAI from 'openai';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startTestGateway, type TestGateway } from '../helpers/gateway.js';
+import { sdkTraffic } from '../helpers/sdk.js';
 import { headerValues, startFakeUpstream, type FakeUpstream, type RecordedRequest } from '../helpers/upstream.js';
 
 const KEYS = { openai: 'sk-proj-real-openai-1f2e3d4c', anthropic: 'sk-ant-real-anthropic-9a8b7c', github: 'ghp_realGithubToken0123456789' };
@@ -93,14 +94,7 @@ describe('official SDKs through Valet', () => {
   let upstream: FakeUpstream;
   let gw: TestGateway;
   let token: string;
-  /** Every request an SDK made to Valet, by path: retries show up here. */
-  const sent: string[] = [];
-  const countingFetch: typeof fetch = async (input, init) => {
-    sent.push(new URL(input instanceof Request ? input.url : String(input)).pathname);
-    return fetch(input, init);
-  };
-  const sentTo = (path: string): number => sent.filter((p) => p === path).length;
-  const received = (path: string): RecordedRequest[] => upstream.requests.filter((r) => new URL(r.url, 'http://x').pathname === path);
+  const { fetch: countingFetch, sentTo, received } = sdkTraffic(() => upstream);
 
   /** The real key exactly once, in the credential's header; the agent token nowhere. */
   function expectKeyOnce(r: RecordedRequest, header: string, value: string): void {

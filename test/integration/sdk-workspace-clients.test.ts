@@ -10,6 +10,7 @@ import { LinearClient } from '@linear/sdk';
 import { APIErrorCode, APIResponseError, Client as NotionClient } from '@notionhq/client';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startTestGateway, type TestGateway } from '../helpers/gateway.js';
+import { sdkTraffic } from '../helpers/sdk.js';
 import { headerValues, startFakeUpstream, type FakeUpstream, type RecordedRequest } from '../helpers/upstream.js';
 
 const KEYS = { notion: 'secret_realNotionToken_8a7b6c', linear: 'lin_api_realLinearKey_5d4e3f', gemini: 'AIzaRealGeminiKey_2b1c0d9e' };
@@ -53,13 +54,7 @@ describe('workspace and model SDKs through Valet presets', () => {
   let upstream: FakeUpstream;
   let gw: TestGateway;
   let token: string;
-  const sent: string[] = [];
-  const countingFetch: typeof fetch = async (input, init) => {
-    sent.push(new URL(input instanceof Request ? input.url : String(input)).pathname);
-    return fetch(input, init);
-  };
-  const sentTo = (path: string): number => sent.filter((p) => p === path).length;
-  const received = (path: string): RecordedRequest[] => upstream.requests.filter((r) => new URL(r.url, 'http://x').pathname === path);
+  const { fetch: countingFetch, sentTo, received } = sdkTraffic(() => upstream);
 
   beforeAll(async () => {
     upstream = await startFakeUpstream(fakeApis);
@@ -157,5 +152,10 @@ describe('workspace and model SDKs through Valet presets', () => {
     );
     expect(err).toMatchObject({ name: 'ApiError', status: 403 });
     expect((err as Error).message).toContain('Denied by rule no-files: no uploads');
+  });
+
+  it('the agent token never reached the upstream, in any request of any client', () => {
+    expect(upstream.requests.length).toBeGreaterThan(6);
+    for (const r of upstream.requests) expect(JSON.stringify(r.rawHeaders) + r.url + r.body.toString('latin1'), r.url).not.toContain(token.split('.')[2] as string);
   });
 });

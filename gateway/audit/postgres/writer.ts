@@ -84,11 +84,10 @@ function tuples(rows: readonly (readonly unknown[])[], columns: readonly string[
 /**
  * Appends `ops` to the chain in the transaction open on `client`, in three statements whatever
  * their number: take the chain lock; read the head and which rows still exist; write every
- * completed row, new row and chain event and advance the head in one statement. With `commit`, the
- * COMMIT is queued behind the write. Statements that need no answer in between are queued
- * together, so the lock is held for two round trips and one turn of this process's event loop
- * (the hashes), not one turn per statement: on a busy instance, turns are what other instances
- * wait for. Returns the new head and the open-row changes to apply once the transaction has committed.
+ * completed row, new row and chain event and advance the head in one statement (then COMMIT, with
+ * `commit`). The lock is held across a fixed number of round trips, not one per completed row: on
+ * a busy instance each round trip waits for a turn of the event loop, which is what the other
+ * instances wait for. Returns the new head and the open-row changes to apply once committed.
  */
 async function appendOps(
   client: pg.PoolClient,
@@ -104,14 +103,13 @@ async function appendOps(
     const prior = op.decision ? undefined : open.get(op.rec.requestId);
     if (prior !== undefined) priorIds.push(prior.id);
   }
-  const [, read] = await Promise.all([
-    client.query('SELECT pg_advisory_xact_lock($1::bigint)', [lockKey(schema, 'chain')]),
-    client.query<{ seq: number; hash: Buffer; next_id: number; logged_at: number; present: number[] | null }>(
+  await client.query('SELECT pg_advisory_xact_lock($1::bigint)', [lockKey(schema, 'chain')]);
+  const h = (
+    await client.query<{ seq: number; hash: Buffer; next_id: number; logged_at: number; present: number[] | null }>(
       'SELECT seq, hash, next_id, logged_at, (SELECT array_agg(id) FROM audit_log WHERE id = ANY($1::bigint[])) AS present FROM audit_head',
       [priorIds],
-    ),
-  ]);
-  const h = read.rows[0];
+    )
+  ).rows[0];
   if (h === undefined) throw Object.assign(new Error('audit_head is empty'), { code: 'VALET_NO_HEAD' });
   const present = new Set((h.present ?? []).map(Number));
   let head = { seq: h.seq, hash: h.hash };
@@ -197,28 +195,24 @@ async function appendOps(
   // Every row read present under the chain lock is updated (retention takes the lock too); if one
   // were not, the division by zero fails the statement, and the queued COMMIT rolls back.
   const updated = updates.length > 0 ? `1 / (CASE WHEN (SELECT count(*) FROM completed) = $${params.push(updates.length)}::bigint THEN 1 ELSE 0 END)` : '1';
-  await Promise.all([
-    client.query(
-      `${parts.length > 0 ? `WITH ${parts.join(', ')} ` : ''}UPDATE audit_head SET seq = $${headParams[0]}::bigint, hash = $${headParams[1]}::bytea, next_id = $${headParams[2]}::bigint, logged_at = $${headParams[3]}::bigint RETURNING ${updated} AS checked`,
-      params,
-    ),
-    // After a failed write PostgreSQL answers this COMMIT with a rollback; the caller rolls back anyway.
-    ...(commit ? [client.query('COMMIT')] : []),
-  ]);
+  await client.query(
+    `${parts.length > 0 ? `WITH ${parts.join(', ')} ` : ''}UPDATE audit_head SET seq = $${headParams[0]}::bigint, hash = $${headParams[1]}::bytea, next_id = $${headParams[2]}::bigint, logged_at = $${headParams[3]}::bigint RETURNING ${updated} AS checked`,
+    params,
+  );
+  if (commit) await client.query('COMMIT');
   return { head, changes };
 }
 
 /**
  * Runs `fn` in a transaction on a pooled client; rolls back and rethrows on error. `committing`: fn
- * queues its own COMMIT (the request path's appends), and BEGIN is queued with its first
- * statements, so a commit costs four round trips and three turns of the event loop.
+ * commits itself (the request path's appends: COMMIT right after the write, releasing the chain lock).
  */
 async function inTransaction<T>(pool: pg.Pool, fn: (c: pg.PoolClient) => Promise<T>, committing = false): Promise<T> {
   const client = await pool.connect();
   let broken = false;
   try {
-    if (committing) return (await Promise.all([client.query('BEGIN'), fn(client)]))[1];
     await client.query('BEGIN');
+    if (committing) return await fn(client);
     const r = await fn(client);
     await client.query('COMMIT');
     return r;
