@@ -44,6 +44,10 @@ export const ERRORS = {
     status: 503,
     message: 'The stored credential for this upstream failed its integrity check; nothing was forwarded.',
   },
+  VALET_ERR_TOKEN_ENDPOINT: {
+    status: 503,
+    message: 'The upstream\'s credential could not be obtained from its token endpoint; nothing was forwarded.',
+  },
   VALET_ERR_SHUTTING_DOWN: { status: 503, message: 'The gateway is shutting down.' },
   VALET_ERR_AUDIT_UNAVAILABLE: {
     status: 503,
@@ -88,6 +92,7 @@ export type ErrorCode = keyof typeof ERRORS;
  */
 export const RETRYABLE: ReadonlySet<ErrorCode> = new Set<ErrorCode>([
   'VALET_ERR_AUTH_UNAVAILABLE',
+  'VALET_ERR_TOKEN_ENDPOINT',
   'VALET_ERR_REQUEST_TIMEOUT',
   'VALET_ERR_RATE_LIMITED',
   'VALET_ERR_BUDGET_EXCEEDED',

@@ -70,7 +70,11 @@ export function templateSecrets(template: Template): string[] {
  * Every secret this credential needs, each once. A request is forwarded only if all of them
  * resolve; the secret store and the start-up check use this list.
  */
+/** The name a provider's token is injected under: not a valid secret name, so it names no stored secret. */
+export const providedSecret = (upstream: string): string => `provider:${upstream}`;
+
 export function secretNames(credential: CredentialConfig): string[] {
+  if ((credential.scheme === 'bearer' || credential.scheme === 'header') && credential.provider !== undefined) return [credential.provider.clientSecret];
   if (credential.scheme !== 'headers') return [credential.secret];
   return [...new Set(credential.headers.flatMap((h) => templateSecrets(h.value)))];
 }

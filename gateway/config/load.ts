@@ -5,7 +5,7 @@ import { Ajv, type ErrorObject } from 'ajv';
 import { isMap, isPair, isScalar, LineCounter, parseDocument, type Document, type Node } from 'yaml';
 import { ConfigError, type ConfigProblem } from '../errors.js';
 import { classifyRequestHeader, SCRUB_DROP, type HeaderClass } from '../proxy/headers.js';
-import { NOT_INJECTABLE, parseTemplate, secretNames } from './credential.js';
+import { NOT_INJECTABLE, parseTemplate, providedSecret, secretNames } from './credential.js';
 import { fileSchema } from './schema.js';
 import { expandPresets, presets } from './presets.js';
 import { DEFAULT_APPROVAL_SETTINGS, DEFAULT_AUDIT, DEFAULT_COUNTERS, DEFAULT_LISTENER } from './types.js';
@@ -653,7 +653,7 @@ function buildUpstream(file: ParsedFile, i: number, raw: Raw, problems: Problems
     problems.add(file, [...at, 'origin'], 'must be scheme://host[:port] only (no path, query, fragment or credentials)');
     return undefined;
   }
-  const credential = buildCredential(file, [...at, 'credential'], raw.credential, problems);
+  const credential = withProvider(file, [...at, 'credential'], raw.name, raw.credential, buildCredential(file, [...at, 'credential'], { ...raw.credential, ...(raw.credential?.provider !== undefined && { secret: providedSecret(raw.name) }) }, problems), problems);
   const agentTokenHeader = (raw.agent_token?.header ?? 'authorization').toLowerCase();
   const scrubResponses: boolean = raw.scrub_responses ?? true;
   const headers = buildHeaderLists(file, at, raw, { agentTokenHeader, credential }, scrubResponses, problems);
@@ -751,6 +751,31 @@ const SCHEME_KEYS: Record<string, readonly string[]> = {
  * The credential as injected. `header` with `value` is shorthand for `headers` with one entry, so
  * it is stored that way; the other schemes are stored as written.
  */
+/** A credential whose value a token endpoint provides: only for `bearer` and `header` (one value injected). */
+function withProvider(file: ParsedFile, at: (string | number)[], upstream: string, raw: Raw, credential: CredentialConfig, problems: Problems): CredentialConfig {
+  const p = raw?.provider as Raw | undefined;
+  if (p === undefined) return credential;
+  if (credential.scheme !== 'bearer' && credential.scheme !== 'header') {
+    problems.add(file, [...at, 'provider'], `a provider's token is injected with scheme "bearer" or "header", not "${credential.scheme}"`, true);
+    return credential;
+  }
+  if (raw['secret'] !== undefined) problems.add(file, [...at, 'secret'], 'give "secret" or "provider", not both: the provider makes the value', true);
+  return {
+    ...credential,
+    secret: providedSecret(upstream),
+    provider: {
+      kind: 'oauth2_client_credentials',
+      tokenUrl: p['token_url'],
+      clientId: p['client_id'],
+      clientSecret: p['client_secret'],
+      scopes: p['scopes'] ?? [],
+      resource: p['resource'],
+      audience: p['audience'],
+      clientAuth: p['client_auth'] ?? 'basic',
+    },
+  };
+}
+
 function buildCredential(file: ParsedFile, at: (string | number)[], c: Raw, problems: Problems): CredentialConfig {
   for (const k of ['header', 'prefix', 'value', 'username', 'param', 'headers']) {
     if (c[k] !== undefined && !SCHEME_KEYS[c.scheme]?.includes(k)) problems.add(file, [...at, k], `not used by scheme "${c.scheme}"`, true);

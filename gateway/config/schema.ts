@@ -22,9 +22,25 @@ const credential = {
     username: { type: 'string', pattern: '^[^:\\r\\n\\x00]*$' },
     param: { type: 'string', minLength: 1, pattern: '^[A-Za-z0-9._~-]+$' },
     headers: { type: 'object', minProperties: 1, propertyNames: headerName, additionalProperties: headerTemplate },
+    // The value injected comes from a token endpoint instead of a stored secret.
+    provider: {
+      type: 'object',
+      required: ['kind', 'token_url', 'client_id', 'client_secret'],
+      additionalProperties: false,
+      properties: {
+        kind: { enum: ['oauth2_client_credentials'] },
+        token_url: { type: 'string', pattern: '^https?://' },
+        client_id: { type: 'string', minLength: 1, pattern: '^[\\x20-\\x7e]+$' },
+        client_secret: secretName,
+        scopes: { type: 'array', uniqueItems: true, items: { type: 'string', pattern: '^[\\x21\\x23-\\x5b\\x5d-\\x7e]+$' } },
+        resource: { type: 'string', minLength: 1 },
+        audience: { type: 'string', minLength: 1 },
+        client_auth: { enum: ['basic', 'post'] },
+      },
+    },
   },
-  // Every scheme but `headers` sends one secret, named by `secret`; `headers` names them in its values.
-  if: { properties: { scheme: { enum: ['bearer', 'header', 'basic', 'query'] } } },
+  // Every scheme but `headers` sends one secret, named by `secret` (or made by `provider`); `headers` names them in its values.
+  if: { properties: { scheme: { enum: ['bearer', 'header', 'basic', 'query'] } }, not: { properties: { provider: { type: 'object' } }, required: ['provider'] } },
   then: { properties: { secret: secretName }, required: ['secret'] },
 } as const;
 

@@ -1,3 +1,4 @@
+import type { ClientCredentialsConfig } from '../credentials/client-credentials.js';
 import type { Dialect } from '../server/dialects.js';
 export type Environment = 'development' | 'staging' | 'production';
 
@@ -225,8 +226,8 @@ export interface InjectedHeader {
  * `secretNames()` in `config/credential.ts` lists every secret a credential uses.
  */
 export type CredentialConfig =
-  | { readonly scheme: 'bearer'; readonly secret: string }
-  | { readonly scheme: 'header'; readonly header: string; readonly prefix: string; readonly secret: string }
+  | { readonly scheme: 'bearer'; readonly secret: string; readonly provider?: ClientCredentialsConfig }
+  | { readonly scheme: 'header'; readonly header: string; readonly prefix: string; readonly secret: string; readonly provider?: ClientCredentialsConfig }
   | { readonly scheme: 'basic'; readonly username: string | undefined; readonly secret: string }
   | { readonly scheme: 'query'; readonly param: string; readonly secret: string }
   | { readonly scheme: 'headers'; readonly headers: readonly InjectedHeader[] };

@@ -26,6 +26,8 @@ import { RequestBody, type BodyLimits } from './body.js';
 import { canonicalQuery, canonicalTarget } from './canonical.js';
 import { containsToken, redactTokens } from './token-scan.js';
 import { sendError, toValetError, type RefusalStyle } from './respond.js';
+import { clientCredentialsProvider, type TokenProvider } from '../credentials/client-credentials.js';
+import { providedSecret } from '../config/credential.js';
 
 /** The concrete modules the request path calls, built by the composition root. */
 export interface PipelineDeps {
@@ -89,6 +91,20 @@ export function createPipeline(deps: PipelineDeps): RequestHandler {
   // Approvals are bound to the identity the policy saw, so their status is read with the same one.
   const verifyIdentity: TokenVerifier = async (token) => currentPolicy().resolveIdentity(await verifyToken(token));
 
+  // Once: a token provider per upstream whose credential comes from a token endpoint.
+  const providers = new Map<string, TokenProvider>();
+  for (const u of config.upstreams.values()) {
+    const c = u.credential;
+    if ((c.scheme !== 'bearer' && c.scheme !== 'header') || c.provider === undefined) continue;
+    providers.set(
+      u.name,
+      clientCredentialsProvider(c.provider, {
+        upstream: u.name,
+        secret: (name, tenant) => secrets.get(name, tenant ?? undefined),
+        onError: (problem) => logger.error({ problem }, 'credential provider: token request failed'),
+      }),
+    );
+  }
   // Once: the `Host` names that route to an upstream at its root on the main listener.
   const hostRoutes = new Map([...config.upstreams.values()].flatMap((u) => u.hosts.map((h): [string, string] => [h, u.name])));
 
@@ -299,12 +315,15 @@ export function createPipeline(deps: PipelineDeps): RequestHandler {
         });
       }
 
-      // 6. inject: 503 unless every secret the credential names is available
+      // 6. inject: 503 unless every secret the credential names is available (a provider's token
+      // first obtained from its token endpoint, or held from before).
+      const provider = providers.get(upstream.name);
+      const provided = provider === undefined ? undefined : await provider.token(identity.tenant ?? null);
       const injected = injectCredential(
         forwardableHeaders(),
         facts.rawQuery,
         upstream.credential,
-        (name) => secrets.get(name, identity.tenant),
+        (name) => (provided !== undefined && name === providedSecret(upstream.name) ? provided : secrets.get(name, identity.tenant)),
       );
       injected.headers.push(...valetRequestHeaders(upstream, requestId, req.headers['accept-encoding']));
       const recording = claimed ? undefined : policy.recordCall(input);
