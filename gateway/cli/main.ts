@@ -12,6 +12,7 @@ import { findDeadRules, findScopeProblems } from '../policy/lint.js';
 import { explainScenario, outcomeOf, runPolicyTests } from '../policy/testing.js';
 import { approvalsCommand, APPROVALS_USAGE } from './approvals.js';
 import { auditCommand, AUDIT_USAGE } from './audit.js';
+import { credentialsCommand, CREDENTIALS_USAGE } from './credentials.js';
 import { keysCommand, KEYS_USAGE } from './keys.js';
 import { migrateCommand, MIGRATE_USAGE } from './migrate.js';
 import { secretsCommand, SECRETS_USAGE } from './secrets.js';
@@ -32,6 +33,7 @@ ${AUDIT_USAGE}
   (policy tools run under the gateway's environment as start does: --env / --gateway-env, else VALET_ENV,
    else gateway.environment; explain's --env is the agent's env claim)
 ${SECRETS_USAGE}
+${CREDENTIALS_USAGE}
 ${KEYS_USAGE}
 ${MIGRATE_USAGE}
 ${APPROVALS_USAGE}
@@ -276,6 +278,7 @@ const COMMANDS: Record<string, (args: string[]) => Promise<void>> = {
   audit: auditCommand,
   policy,
   secrets: secretsCommand,
+  credentials: credentialsCommand,
   approvals: approvalsCommand,
   keys: keysCommand,
   migrate: migrateCommand,

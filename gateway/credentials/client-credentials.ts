@@ -26,6 +26,8 @@ interface Held {
 export interface TokenProvider {
   /** A valid access token for the tenant's client credentials; VALET_ERR_TOKEN_ENDPOINT when none can be had. */
   token(tenant: string | null): Promise<string>;
+  /** A new token from the endpoint, bypassing the cache (`valet credentials test`): when it expires. */
+  probe(tenant: string | null): Promise<{ expiresAt: number }>;
 }
 
 export interface ProviderOptions {
@@ -136,6 +138,9 @@ export function clientCredentialsProvider(c: ClientCredentialsConfig, o: Provide
         return h.token;
       }
       return (await renew(key, tenant)).token;
+    },
+    async probe(tenant) {
+      return { expiresAt: (await fetchToken(tenant)).expiresAt };
     },
   };
 }

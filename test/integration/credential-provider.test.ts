@@ -5,6 +5,7 @@
 import type { ServerResponse } from 'node:http';
 import { request } from 'undici';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { runCli } from '../helpers/cli.js';
 import { startTestGateway, type TestGateway } from '../helpers/gateway.js';
 import { expectErrorBody, requestIdOf, sleep } from '../helpers/http.js';
 import { headerValues, startFakeUpstream, type FakeUpstream, type RecordedRequest } from '../helpers/upstream.js';
@@ -127,6 +128,28 @@ describe('credential.provider: oauth2_client_credentials', () => {
     expect(stored).not.toContain(CLIENT_SECRET);
     expect(stored).not.toMatch(/at-\d+-read/);
   });
+
+  it('valet credentials list and test show the provider and obtain a token, never a value', async () => {
+    const env = { VALET_CONFIG: gw.configDir, VALET_DATA: gw.dataDir, CRM_CLIENT_SECRET: CLIENT_SECRET, ...gw.backendEnv };
+    const list = await runCli(['credentials', 'list', '--format', 'json'], { env });
+    expect(list.code, list.stderr).toBe(0);
+    expect(JSON.parse(list.stdout)).toEqual([
+      { upstream: 'crm', kind: 'oauth2_client_credentials', inject: 'bearer', endpoint: `${auth.origin}/oauth/token`, secrets: [{ name: 'CRM_CLIENT_SECRET', available: true }] },
+    ]);
+    const before = tokenRequests().length;
+    const ok = await runCli(['credentials', 'test', 'crm'], { env });
+    expect(ok.code, ok.stderr).toBe(0);
+    expect(ok.stdout).toMatch(/^ok: crm obtained a token from http:\/\/127\.0\.0\.1:\d+\/oauth\/token, valid for 3\d{3} s\n$/);
+    expect(tokenRequests().length - before).toBe(1);
+    mode.status = 503;
+    const down = await runCli(['credentials', 'test', 'crm'], { env });
+    expect(down.code).not.toBe(0);
+    expect(down.stderr).toContain('VALET_ERR_TOKEN_ENDPOINT');
+    expect(down.stderr).toContain('answered 503');
+    const missing = await runCli(['credentials', 'test', 'crm'], { env: { ...env, CRM_CLIENT_SECRET: '' } });
+    expect(missing.stderr).toContain('no source has CRM_CLIENT_SECRET');
+    for (const r of [list, ok, down, missing]) expect(r.stdout + r.stderr).not.toContain(CLIENT_SECRET);
+  }, 30_000);
 
   it('is checked at start: bearer or header only, and not beside a secret', async () => {
     for (const [credential, message] of [
