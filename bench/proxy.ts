@@ -43,9 +43,11 @@ const HELP = `Usage: npm run bench -- [options]
   --connections N       autocannon connections             (env BENCH_CONNECTIONS, default 50)
   --rate N              fixed-rate phase, requests/s       (env BENCH_RATE, default 1000)
   --rounds N            repeat everything, report medians  (env BENCH_ROUNDS, default 1)
-  --only LIST           targets to run: direct,bare,valet,valet-port,valet-host (default direct,bare,valet);
-                        valet-port and valet-host are the same Valet reached on the upstream's own port
-                        and by its host name instead of /<upstream>/... (same process, same policy)
+  --only LIST           targets to run: direct,bare,valet,valet-port,valet-host,valet-oauth
+                        (default direct,bare,valet); valet-port and valet-host are the same Valet
+                        reached on the upstream's own port and by its host name instead of
+                        /<upstream>/...; valet-oauth injects a token from a token endpoint (cached)
+                        instead of a stored key (same process, same policy)
   --wait-quiet N        before each measurement wait up to N s for other processes to use
                         < ${QUIET_CORES} cores                     (env BENCH_WAIT_QUIET, default 0 = don't wait)
   --valet-log FILE      send Valet's log lines to FILE instead of /dev/null (debugging)
@@ -96,7 +98,7 @@ const opts = {
   /** Pause between measurements so GC, the audit writer and sockets settle. */
   settleMs: quick ? 300 : 1_000,
 };
-const TARGET_IDS = ['direct', 'bare', 'valet', 'valet-port', 'valet-host'] as const;
+const TARGET_IDS = ['direct', 'bare', 'valet', 'valet-port', 'valet-host', 'valet-oauth'] as const;
 type TargetId = (typeof TARGET_IDS)[number];
 const only = new Set((flags.only ?? 'direct,bare,valet').split(',').map((s) => s.trim()).filter(Boolean));
 /** The process that serves a target (its CPU and event loop are measured). */
@@ -280,6 +282,7 @@ async function main(): Promise<number> {
     valet: valet ? `${valet.ready.url}${PATH}` : undefined,
     'valet-port': valet ? `${String(valet.ready['portUrl'])}${PATH}` : undefined,
     'valet-host': valet ? `${String(valet.ready['hostUrl'])}${PATH}` : undefined,
+    'valet-oauth': valet ? `${String(valet.ready['oauthUrl'])}${PATH}` : undefined,
   };
   const workloads = new Map<TargetId, Workload>();
   for (const t of targetsRun) workloads.set(t, { url: urls[t] as string, body: BODY, headers: t === 'valet-host' ? { ...headers, host: String(valet?.ready['host']) } : headers });
@@ -373,7 +376,7 @@ async function main(): Promise<number> {
   };
 
   /** Requests each target answered (warm-ups and smoke check included), for per-request figures. */
-  const handled: Record<TargetId, number> = { direct: 1, bare: 1, valet: 1, 'valet-port': 1, 'valet-host': 1 };
+  const handled: Record<TargetId, number> = { direct: 1, bare: 1, valet: 1, 'valet-port': 1, 'valet-host': 1, 'valet-oauth': 1 };
   for (let round = 1; round <= opts.rounds; round++) {
     if (opts.rounds > 1) log(`## round ${round}/${opts.rounds}`);
     // Rotate the order each round so no target always runs first (or right after another).
@@ -423,7 +426,8 @@ async function main(): Promise<number> {
   if (valet) {
     const rows = valetStop?.auditRows ?? -1;
     // One process serves every Valet route.
-    const answered = handled.valet + handled['valet-port'] + handled['valet-host'] - (only.has('valet') ? 0 : 1) - (only.has('valet-port') ? 0 : 1) - (only.has('valet-host') ? 0 : 1);
+    const valetTargets = TARGET_IDS.filter(isValet);
+    const answered = valetTargets.reduce((n, t) => n + handled[t] - (only.has(t) ? 0 : 1), 0);
     if (rows < answered) problems.push(`valet: ${rows} audit rows for ${answered} answered requests`);
     else log(`\nvalet audit log: ${rows} rows for ${answered} answered requests (every request audited)`);
   }
@@ -459,6 +463,7 @@ async function main(): Promise<number> {
     valet: 'Valet (full path)',
     'valet-port': "Valet (upstream's own port)",
     'valet-host': 'Valet (by Host)',
+    'valet-oauth': 'Valet (OAuth token, cached)',
   };
   const rel = (v: number, base: number | undefined): string => (base === undefined ? '—' : `${(v / base).toFixed(2)}×`);
   const added = (v: number, base: number | undefined): string => (base === undefined ? '—' : `${v - base >= 0 ? '+' : ''}${ms(v - base)}`);

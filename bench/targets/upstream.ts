@@ -21,6 +21,13 @@ const server = createServer({ keepAliveTimeout: 10_000 }, (req, res) => {
     n += c.length;
   });
   req.on('end', () => {
+    if (req.url === '/oauth/token' && injected.startsWith('Bearer ')) {
+      // The token endpoint of the OAuth route: the access token it issues is the expected credential.
+      const token = `{"access_token":"${injected.slice(7)}","token_type":"Bearer","expires_in":3600}`;
+      res.writeHead(200, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(token) });
+      res.end(token);
+      return;
+    }
     requests++;
     bodyBytes += n;
     if (injected !== '' && req.headers.authorization === injected) withInjectedCredential++;

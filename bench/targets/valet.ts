@@ -66,11 +66,21 @@ async function main(): Promise<void> {
   writeFileSync(
     join(configDir, 'upstreams.yaml'),
     // Also served at its root on a port of its own and under a host name: the routes the bench compares.
-    stringify({ upstreams: [{ name: BENCH_UPSTREAM, origin, listen: { port: 0 }, hosts: [BENCH_HOST], credential: { scheme: 'bearer', secret: 'VALET_BENCH_UPSTREAM_KEY' } }] }),
+    // And the same upstream again with its credential from a token endpoint (cached after the first call).
+    stringify({
+      upstreams: [
+        { name: BENCH_UPSTREAM, origin, listen: { port: 0 }, hosts: [BENCH_HOST], credential: { scheme: 'bearer', secret: 'VALET_BENCH_UPSTREAM_KEY' } },
+        {
+          name: `${BENCH_UPSTREAM}-oauth`,
+          origin,
+          credential: { scheme: 'bearer', provider: { kind: 'oauth2_client_credentials', token_url: `${origin}/oauth/token`, client_id: 'bench', client_secret: 'VALET_BENCH_UPSTREAM_KEY' } },
+        },
+      ],
+    }),
   );
   writeFileSync(
     join(configDir, 'rules.yaml'),
-    stringify({ rules: [{ id: 'bench-allow', upstream: BENCH_UPSTREAM, methods: ['POST'], paths: ['/v1/**'], effect: 'allow' }] }),
+    stringify({ rules: [{ id: 'bench-allow', upstream: BENCH_UPSTREAM, methods: ['POST'], paths: ['/v1/**'], effect: 'allow' }, { id: 'bench-oauth-allow', upstream: `${BENCH_UPSTREAM}-oauth`, methods: ['POST'], paths: ['/v1/**'], effect: 'allow' }] }),
   );
   if (rateLimit !== undefined) {
     writeFileSync(
@@ -122,7 +132,7 @@ async function main(): Promise<void> {
         return fleetEnv['VALET_POSTGRES_URL'] === undefined ? { auditRows: auditRows() } : {};
       },
     },
-    { url: `${gateway.url}/${BENCH_UPSTREAM}`, portUrl: gateway.upstreamListeners.get(BENCH_UPSTREAM)?.url, hostUrl: gateway.url, host: BENCH_HOST, token, logLevel: gateway.logger.level },
+    { url: `${gateway.url}/${BENCH_UPSTREAM}`, oauthUrl: `${gateway.url}/${BENCH_UPSTREAM}-oauth`, portUrl: gateway.upstreamListeners.get(BENCH_UPSTREAM)?.url, hostUrl: gateway.url, host: BENCH_HOST, token, logLevel: gateway.logger.level },
   );
 }
 
