@@ -1,4 +1,5 @@
 import { hash } from 'node:crypto';
+import type { Anchor, VerifyProblem, VerifyResult } from './port.js';
 
 /**
  * The audit log's hash chain.
@@ -360,4 +361,82 @@ export class ChainWalk {
     }
     this.prev = e.hash;
   }
+}
+
+/** Verify's findings, in report order once sorted: `problem` takes what the walk and the checks report. */
+export function problemList(): { problems: VerifyProblem[]; problem: (p: ChainProblem) => void } {
+  const problems: VerifyProblem[] = [];
+  return { problems, problem: (p) => void problems.push({ position: p.position ?? p.seq ?? Number.MAX_SAFE_INTEGER, ...p }) };
+}
+
+/** The anchored seqs whose stored hash the anchor check reads: past the checkpoint, within the chain. */
+export function anchorSeqs(anchors: readonly Anchor[], checkpoint: ChainHead, lastSeq: number): number[] {
+  return [...new Set(anchors.filter((a) => a.seq > checkpoint.seq && a.seq <= lastSeq).map((a) => a.seq))];
+}
+
+/**
+ * The head must have reached every anchored point, with the same hash there. `stored`: the hash
+ * of each seq {@link anchorSeqs} named (a missing one is a gap the walk reports).
+ */
+export function checkAnchors(
+  anchors: readonly Anchor[],
+  checkpoint: ChainHead,
+  lastSeq: number,
+  stored: ReadonlyMap<number, Buffer>,
+  problem: (p: ChainProblem) => void,
+): VerifyResult['anchors'] {
+  let checked = 0;
+  let beforeCheckpoint = 0;
+  let latest: Anchor | undefined;
+  for (const a of anchors) {
+    if (latest === undefined || a.seq > latest.seq) latest = a;
+    const where = `the anchor of ${new Date(a.at).toISOString()}${a.source ? ` (${a.source})` : ''}`;
+    if (a.seq > lastSeq) {
+      problem({
+        seq: null,
+        rowId: null,
+        requestId: null,
+        position: lastSeq + 0.5,
+        message: `the chain ends at event ${lastSeq}, but ${where} records event ${a.seq}: the newest events were removed (truncated)`,
+      });
+      continue;
+    }
+    if (a.seq < checkpoint.seq) {
+      beforeCheckpoint++;
+      continue;
+    }
+    const hash = a.seq === checkpoint.seq ? checkpoint.hash : stored.get(a.seq);
+    checked++;
+    if (hash === undefined) continue; // the gap is reported by the walk
+    if (hash.toString('hex') !== a.hash) {
+      problem({ seq: a.seq, rowId: null, requestId: null, message: `event ${a.seq} differs from ${where}: the chain was rewritten up to that point` });
+    }
+  }
+  return { checked, beforeCheckpoint, latest };
+}
+
+/** What verify reports, from what the walk and the checks found. */
+export function verifyResult(o: {
+  problems: VerifyProblem[];
+  rows: number;
+  events: number;
+  checkpoint: ChainHead;
+  last: ChainHead;
+  incomplete: number;
+  pruned: number;
+  anchors: VerifyResult['anchors'];
+}): VerifyResult {
+  o.problems.sort((a, b) => a.position - b.position);
+  const head = o.events === 0 ? o.checkpoint : o.last;
+  return {
+    ok: o.problems.length === 0,
+    rows: o.rows,
+    events: o.events,
+    head: { seq: head.seq, hash: head.hash.toString('hex') },
+    checkpoint: { seq: o.checkpoint.seq, hash: o.checkpoint.hash.toString('hex') },
+    incomplete: o.incomplete,
+    pruned: o.pruned,
+    anchors: o.anchors,
+    problems: o.problems,
+  };
 }

@@ -1,5 +1,5 @@
 import type pg from 'pg';
-import { ChainWalk, EVENT, parseNote, pruneCoverage, rowDigest, type ChainEvent } from '../chain.js';
+import { anchorSeqs, ChainWalk, checkAnchors, EVENT, parseNote, problemList, pruneCoverage, rowDigest, verifyResult, type ChainEvent } from '../chain.js';
 import type {
   AgentActivity,
   Anchor,
@@ -12,7 +12,6 @@ import type {
   DecisionBucket,
   PruneResult,
   RetentionCutoffs,
-  VerifyProblem,
   VerifyResult,
 } from '../port.js';
 import { pruneInTransaction, readCheckpoint } from './prune.js';
@@ -253,10 +252,7 @@ export class PgAuditLog implements AuditLog {
 
 /** Checks the chain as the connection sees it (a read-only snapshot, or a transaction still writing it). */
 export async function verifyInSnapshot(db: pg.PoolClient, anchors: readonly Anchor[], maxProblems: number): Promise<VerifyResult> {
-  const problems: VerifyProblem[] = [];
-  const problem = (p: Omit<VerifyProblem, 'position'> & { position?: number }): void => {
-    problems.push({ position: p.position ?? p.seq ?? Number.MAX_SAFE_INTEGER, ...p });
-  };
+  const { problems, problem } = problemList();
   const prunes = (await db.query<{ seq: number; note: string | null }>(`SELECT seq, note FROM audit_chain WHERE kind = ${EVENT.prune} ORDER BY seq`)).rows.map((p) => ({
     seq: p.seq,
     note: parseNote(p.note),
@@ -312,47 +308,13 @@ export async function verifyInSnapshot(db: pg.PoolClient, anchors: readonly Anch
     }
   }
 
-  let checked = 0;
-  let beforeCheckpoint = 0;
-  let latest: Anchor | undefined;
-  for (const a of anchors) {
-    if (latest === undefined || a.seq > latest.seq) latest = a;
-    const where = `the anchor of ${new Date(a.at).toISOString()}${a.source ? ` (${a.source})` : ''}`;
-    if (a.seq > lastSeq) {
-      problem({
-        seq: null,
-        rowId: null,
-        requestId: null,
-        position: lastSeq + 0.5,
-        message: `the chain ends at event ${lastSeq}, but ${where} records event ${a.seq}: the newest events were removed (truncated)`,
-      });
-      continue;
-    }
-    if (a.seq < checkpoint.seq) {
-      beforeCheckpoint++;
-      continue;
-    }
-    const stored = a.seq === checkpoint.seq ? checkpoint.hash : (await db.query<{ hash: Buffer }>('SELECT hash FROM audit_chain WHERE seq = $1', [a.seq])).rows[0]?.hash;
-    checked++;
-    if (stored === undefined) continue;
-    if (stored.toString('hex') !== a.hash) {
-      problem({ seq: a.seq, rowId: null, requestId: null, message: `event ${a.seq} differs from ${where}: the chain was rewritten up to that point` });
-    }
+  const seqs = anchorSeqs(anchors, checkpoint, lastSeq);
+  const stored = new Map<number, Buffer>();
+  if (seqs.length > 0) {
+    for (const r of (await db.query<{ seq: number; hash: Buffer }>('SELECT seq, hash FROM audit_chain WHERE seq = ANY($1::bigint[])', [seqs])).rows) stored.set(r.seq, r.hash);
   }
-
-  problems.sort((a, b) => a.position - b.position);
-  const head = count === 0 ? checkpoint : { seq: lastSeq, hash: lastHash };
-  return {
-    ok: problems.length === 0,
-    rows,
-    events: count,
-    head: { seq: head.seq, hash: head.hash.toString('hex') },
-    checkpoint: { seq: checkpoint.seq, hash: checkpoint.hash.toString('hex') },
-    incomplete,
-    pruned,
-    anchors: { checked, beforeCheckpoint, latest },
-    problems,
-  };
+  const anchorsChecked = checkAnchors(anchors, checkpoint, lastSeq, stored, problem);
+  return verifyResult({ problems, rows, events: count, checkpoint, last: { seq: lastSeq, hash: lastHash }, incomplete, pruned, anchors: anchorsChecked });
 }
 
 /**

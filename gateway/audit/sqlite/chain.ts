@@ -1,5 +1,5 @@
-import { ChainWalk, EVENT, GENESIS, META_COLUMNS, parseNote, pruneCoverage, rowDigest, type ChainEvent, type ChainHead } from '../chain.js';
-import type { Anchor, VerifyProblem, VerifyResult } from '../port.js';
+import { anchorSeqs, ChainWalk, checkAnchors, EVENT, GENESIS, META_COLUMNS, parseNote, problemList, pruneCoverage, rowDigest, verifyResult, type ChainEvent, type ChainHead } from '../chain.js';
+import type { Anchor, VerifyResult } from '../port.js';
 import type { AuditDatabase } from './store.js';
 
 /** The hash chain (gateway/audit/chain.ts) as SQLite stores it: `audit_chain`, read and verified here. */
@@ -45,10 +45,7 @@ export function verifyChain(db: AuditDatabase, o: { anchors?: readonly Anchor[];
 
 function verifyInSnapshot(db: AuditDatabase, anchors: readonly Anchor[], maxProblems: number): VerifyResult {
   const columns = contentColumns(db);
-  const problems: VerifyProblem[] = [];
-  const problem = (p: Omit<VerifyProblem, 'position'> & { position?: number }): void => {
-    problems.push({ position: p.position ?? p.seq ?? Number.MAX_SAFE_INTEGER, ...p });
-  };
+  const { problems, problem } = problemList();
   const prunes = (db.prepare(`SELECT seq, note FROM audit_chain WHERE kind = ${EVENT.prune} ORDER BY seq`).all() as { seq: number; note: string | null }[]).map(
     (p) => ({ seq: p.seq, note: parseNote(p.note) }),
   );
@@ -93,47 +90,12 @@ function verifyInSnapshot(db: AuditDatabase, anchors: readonly Anchor[], maxProb
     }
   }
 
-  // Anchors: the head must have reached every anchored point, with the same hash there.
   const hashAt = db.prepare('SELECT hash FROM audit_chain WHERE seq = ?').pluck();
-  let checked = 0;
-  let beforeCheckpoint = 0;
-  let latest: Anchor | undefined;
-  for (const a of anchors) {
-    if (latest === undefined || a.seq > latest.seq) latest = a;
-    const where = `the anchor of ${new Date(a.at).toISOString()}${a.source ? ` (${a.source})` : ''}`;
-    if (a.seq > lastSeq) {
-      problem({
-        seq: null,
-        rowId: null,
-        requestId: null,
-        position: lastSeq + 0.5,
-        message: `the chain ends at event ${lastSeq}, but ${where} records event ${a.seq}: the newest events were removed (truncated)`,
-      });
-      continue;
-    }
-    if (a.seq < checkpoint.seq) {
-      beforeCheckpoint++;
-      continue;
-    }
-    const stored = a.seq === checkpoint.seq ? checkpoint.hash : (hashAt.get(a.seq) as Buffer | undefined);
-    checked++;
-    if (stored === undefined) continue; // the gap is reported above
-    if (stored.toString('hex') !== a.hash) {
-      problem({ seq: a.seq, rowId: null, requestId: null, message: `event ${a.seq} differs from ${where}: the chain was rewritten up to that point` });
-    }
+  const stored = new Map<number, Buffer>();
+  for (const seq of anchorSeqs(anchors, checkpoint, lastSeq)) {
+    const h = hashAt.get(seq) as Buffer | undefined;
+    if (h !== undefined) stored.set(seq, h);
   }
-
-  problems.sort((a, b) => a.position - b.position);
-  const head = count === 0 ? checkpoint : { seq: lastSeq, hash: lastHash };
-  return {
-    ok: problems.length === 0,
-    rows,
-    events: count,
-    head: { seq: head.seq, hash: head.hash.toString('hex') },
-    checkpoint: { seq: checkpoint.seq, hash: checkpoint.hash.toString('hex') },
-    incomplete,
-    pruned,
-    anchors: { checked, beforeCheckpoint, latest },
-    problems,
-  };
+  const anchorsChecked = checkAnchors(anchors, checkpoint, lastSeq, stored, problem);
+  return verifyResult({ problems, rows, events: count, checkpoint, last: { seq: lastSeq, hash: lastHash }, incomplete, pruned, anchors: anchorsChecked });
 }
