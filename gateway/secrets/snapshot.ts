@@ -1,5 +1,6 @@
 import { ValetError } from '../errors.js';
-import { open, type MasterKey, type Sealed } from './crypto.js';
+import { open, seal, type MasterKey, type Sealed } from './crypto.js';
+import { describeSecret } from './validate.js';
 import type { SecretInfo, SnapshotStats, StoreLog } from './port.js';
 
 /** A secret as every store keeps it: one row per (tenant, name), its current version. */
@@ -92,4 +93,22 @@ export class SecretSnapshot {
 /** What the admin plane and the CLI show of a secret: never its value. */
 export function secretInfo(r: SecretRow): SecretInfo {
   return { name: r.name, tenant: r.tenant, version: r.version, createdAt: r.created_at, rotatedAt: r.rotated_at, lastUsedAt: r.last_used_at };
+}
+
+/**
+ * One version sealed again under `newKey` (`rekey`), or VALET_ERR_CREDENTIAL_CORRUPT when the old
+ * key cannot open it: a rekey then writes nothing.
+ */
+export function reseal(oldKey: MasterKey, newKey: MasterKey, s: SecretRow, v: VersionRow): Sealed {
+  const address = { tenant: s.tenant, name: s.name, version: v.version };
+  let value: string;
+  try {
+    value = open(oldKey, v, address);
+  } catch {
+    throw new ValetError(
+      'VALET_ERR_CREDENTIAL_CORRUPT',
+      `${describeSecret(s.name, s.tenant)} version ${v.version} failed its integrity check; nothing was re-encrypted (remove that secret, then rekey)`,
+    );
+  }
+  return seal(newKey, value, address);
 }

@@ -4,7 +4,7 @@ import { inTransaction, listenPg, migratePg, openPgPool, pgProblem, type PgListe
 import { keyMatches, open, seal, type MasterKey, type Sealed, type SecretAddress } from '../crypto.js';
 import type { ImportResult, RekeyResult, SecretInfo, SecretStore, SecretStoreOptions, SnapshotStats, StoreLog } from '../port.js';
 import { checkName, checkTenant, checkValue, describeSecret, parseSecretsFile, secretNotFound as notFound } from '../validate.js';
-import { secretInfo, SecretSnapshot, type SecretRow, type VersionRow } from '../snapshot.js';
+import { reseal, secretInfo, SecretSnapshot, type SecretRow, type VersionRow } from '../snapshot.js';
 
 /** The channel every instance LISTENs on; the payload is the store's new generation. */
 export const SECRETS_CHANNEL = 'valet_secrets';
@@ -385,17 +385,7 @@ class PgSecretStore implements SecretStore {
       for (const v of versions) {
         const s = secrets.get(v.secret_id);
         if (!s) continue;
-        const address = { tenant: s.tenant, name: s.name, version: v.version };
-        let value: string;
-        try {
-          value = open(oldKey, v, address);
-        } catch {
-          throw new ValetError(
-            'VALET_ERR_CREDENTIAL_CORRUPT',
-            `${describeSecret(s.name, s.tenant)} version ${v.version} failed its integrity check; nothing was re-encrypted (remove that secret, then rekey)`,
-          );
-        }
-        const sealed = seal(newKey, value, address);
+        const sealed = reseal(oldKey, newKey, s, v);
         await c.query('UPDATE secret_versions SET nonce = $1, ciphertext = $2, tag = $3 WHERE secret_id = $4 AND version = $5', [
           sealed.nonce,
           sealed.ciphertext,

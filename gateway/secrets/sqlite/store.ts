@@ -4,7 +4,7 @@ import { ValetError } from '../../errors.js';
 import { keyMatches, open, seal, type MasterKey, type Sealed } from '../crypto.js';
 import type { ImportResult, RekeyResult, SecretInfo, SecretStore, SecretStoreOptions, SnapshotStats, StoreLog } from '../port.js';
 import { checkName, checkTenant, checkValue, describeSecret, parseSecretsFile, secretNotFound as notFound } from '../validate.js';
-import { secretInfo, SecretSnapshot, type SecretRow, type VersionRow } from '../snapshot.js';
+import { reseal, secretInfo, SecretSnapshot, type SecretRow, type VersionRow } from '../snapshot.js';
 import { openPrivateDatabase } from '../../sqlite.js';
 
 /**
@@ -328,17 +328,7 @@ class SqliteSecretStore implements SecretStore {
         for (const v of versions) {
           const s = secrets.get(v.secret_id);
           if (!s) continue;
-          const address = { tenant: s.tenant, name: s.name, version: v.version };
-          let value: string;
-          try {
-            value = open(oldKey, v, address);
-          } catch {
-            throw new ValetError(
-              'VALET_ERR_CREDENTIAL_CORRUPT',
-              `${describeSecret(s.name, s.tenant)} version ${v.version} failed its integrity check; nothing was re-encrypted (remove that secret, then rekey)`,
-            );
-          }
-          const sealed = seal(newKey, value, address);
+          const sealed = reseal(oldKey, newKey, s, v);
           update.run(sealed.nonce, sealed.ciphertext, sealed.tag, v.secret_id, v.version);
         }
         this.setKeyCheck(newKey);
