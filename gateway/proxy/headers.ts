@@ -246,14 +246,12 @@ export function acceptedCodings(header: string | string[] | undefined): string[]
 /**
  * Headers Valet itself adds to every forwarded request: its request id (the audit row's), and,
  * while the upstream's responses are scrubbed, `accept-encoding` limited to what Valet can decode,
- * scrub and encode again that the agent also takes (`identity` when none).
+ * scrub and encode again that the agent also takes (`accepted`, see {@link acceptedCodings};
+ * `identity` when none).
  */
-export function valetRequestHeaders(upstream: UpstreamConfig, requestId: string, agentAcceptEncoding?: string | string[]): HeaderList {
+export function valetRequestHeaders(upstream: UpstreamConfig, requestId: string, accepted: readonly string[] = []): HeaderList {
   const out: HeaderList = [['x-request-id', requestId]];
-  if (upstream.scrubResponses !== false) {
-    const codings = acceptedCodings(agentAcceptEncoding);
-    out.push(['accept-encoding', codings.length > 0 ? codings.join(', ') : 'identity']);
-  }
+  if (upstream.scrubResponses !== false) out.push(['accept-encoding', accepted.length > 0 ? accepted.join(', ') : 'identity']);
   return out;
 }
 

@@ -325,7 +325,9 @@ export function createPipeline(deps: PipelineDeps): RequestHandler {
         upstream.credential,
         (name) => (provided !== undefined && name === providedSecret(upstream.name) ? provided : secrets.get(name, identity.tenant)),
       );
-      injected.headers.push(...valetRequestHeaders(upstream, requestId, req.headers['accept-encoding']));
+      // The codings Valet may ask for and send back: parsed once, for the request and the response.
+      const accepted = upstream.scrubResponses === false ? [] : acceptedCodings(req.headers['accept-encoding']);
+      injected.headers.push(...valetRequestHeaders(upstream, requestId, accepted));
       const recording = claimed ? undefined : policy.recordCall(input);
       // The decision's audit row is durable before anything is forwarded (one fsync shared with the
       // requests that arrived alongside). If it cannot be written: 503, nothing forwarded (unless
@@ -359,7 +361,7 @@ export function createPipeline(deps: PipelineDeps): RequestHandler {
       rec.upstreamRequestId = upstreamId === null ? null : scrubber.redact(upstreamId);
       // Valet's origin as the agent reached it, worked out only if a response header links to the upstream.
       const origin = (): string | undefined => agentOrigin(req.headers.host, req.socket.localAddress, req.socket.localPort);
-      const toAgent = agentResponse(upstream, facts.method, upstreamRes, scrubber, origin, target.mount, acceptedCodings(req.headers['accept-encoding']));
+      const toAgent = agentResponse(upstream, facts.method, upstreamRes, scrubber, origin, target.mount, accepted);
       if (toAgent.whole !== undefined) {
         // A small body: read whole and scrubbed before anything is sent, then one write.
         let whole: { body: Buffer; upstreamBytes: number };
