@@ -91,8 +91,9 @@ export function clientCredentialsProvider(c: ClientCredentialsConfig, o: Provide
     }
     const b = (typeof body === 'object' && body !== null ? body : {}) as Record<string, unknown>;
     if (status !== 200 || typeof b['access_token'] !== 'string' || b['access_token'] === '') {
-      // The OAuth error code is safe to show (RFC 6749 §5.2); the rest of the body is not repeated.
-      const code = typeof b['error'] === 'string' && /^[\x20-\x7e]{1,64}$/.test(b['error']) ? `: ${b['error']}` : '';
+      // Only an OAuth error code (RFC 6749 §5.2: invalid_client, invalid_scope...) is repeated, never
+      // the rest of the body: a server that echoes what it was sent must not put the secret in a message.
+      const code = typeof b['error'] === 'string' && /^[a-z_]{1,40}$/.test(b['error']) && !secret.includes(b['error']) ? `: ${b['error']}` : '';
       throw failure(`the token endpoint answered ${status}${code}`);
     }
     const lifetime = typeof b['expires_in'] === 'number' && b['expires_in'] > 0 ? b['expires_in'] : Number(b['expires_in']) > 0 ? Number(b['expires_in']) : DEFAULT_LIFETIME_S;

@@ -119,6 +119,11 @@ describe('credential.provider: oauth2_client_credentials', () => {
     mode.status = 401;
     mode.error = 'invalid_client';
     expect(JSON.parse((await call('umbrella')).text).error.message).toContain('answered 401: invalid_client');
+    // A server that echoes the client secret as its "error" gets no echo in the message.
+    mode.error = CLIENT_SECRET;
+    const echoed = await call('umbrella');
+    expect(echoed.text).toContain('answered 401');
+    expect(echoed.text).not.toContain(CLIENT_SECRET);
     mode.status = 200;
     expect((await call('umbrella')).status).toBe(200);
     const row = (await gw.auditRows()).find((r) => r.request_id === down.requestId);
