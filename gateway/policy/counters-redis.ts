@@ -36,18 +36,21 @@ export interface RedisStoreOptions {
   readonly clock?: RedisClock;
 }
 
-// The slotted sliding log of counters.ts, over every charge of one decision in one script run, so
-// no other instance's charge can come between reading a counter and adding to it. A counter is one
-// string: `slot last used;` per live slot, oldest first. It expires when its newest slot leaves the
-// window, so idle counters cost nothing. Costs keep 17 digits (budgets may spend fractions).
-const CONSUME = `
+// Every script's clock: Redis's own (TIME) unless the caller passes \`now\` in ARGV[1] (clock: caller).
+const CLOCK = `
 local now
 if ARGV[1] == '' then
   local t = redis.call('TIME')
   now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 else
   now = tonumber(ARGV[1])
-end
+end`;
+
+// The slotted sliding log of counters.ts, over every charge of one decision in one script run, so
+// no other instance's charge can come between reading a counter and adding to it. A counter is one
+// string: `slot last used;` per live slot, oldest first. It expires when its newest slot leaves the
+// window, so idle counters cost nothing. Costs keep 17 digits (budgets may spend fractions).
+const CONSUME = `${CLOCK}
 local lives = {}
 for i = 1, #KEYS do
   local w, limit, cost = tonumber(ARGV[3 * i - 1]), tonumber(ARGV[3 * i]), tonumber(ARGV[3 * i + 1])
@@ -91,14 +94,7 @@ end
 return { 1 }
 `;
 
-const NOW = `
-local now
-if ARGV[1] == '' then
-  local t = redis.call('TIME')
-  now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-else
-  now = tonumber(ARGV[1])
-end
+const NOW = `${CLOCK}
 local minute = math.floor(now / ${HISTORY_MINUTE_MS})
 `;
 
