@@ -48,6 +48,15 @@ export const ERRORS = {
     status: 503,
     message: 'The upstream\'s credential could not be obtained from its token endpoint; nothing was forwarded.',
   },
+  VALET_ERR_CREDENTIAL_BROKEN: {
+    status: 503,
+    message: 'The upstream\'s credential was rejected by its authorization server and must be reconnected or replaced; nothing was forwarded.',
+  },
+  VALET_ERR_CREDENTIAL_NOT_CONNECTED: {
+    status: 403,
+    message: 'The user this agent acts for has not connected an account for this upstream; nothing was forwarded.',
+  },
+  VALET_ERR_CONNECT_INVALID: { status: 400, message: 'This account connection is not valid: it expired, was used already, or was started by someone else.' },
   VALET_ERR_SHUTTING_DOWN: { status: 503, message: 'The gateway is shutting down.' },
   VALET_ERR_AUDIT_UNAVAILABLE: {
     status: 503,

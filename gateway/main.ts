@@ -1,4 +1,8 @@
-import { createServer, STATUS_CODES, type Server } from 'node:http';
+import { credentialRoutes, connectPages } from './admin/credentials.js';
+import { CredentialService } from './credentials/service.js';
+import { memoryGrants } from './secrets/grants.js';
+import type { Notifier } from './approvals/notify.js';
+import { createServer, STATUS_CODES, type IncomingMessage, type Server } from 'node:http';
 import type { AddressInfo, Socket } from 'node:net';
 import { resolve } from 'node:path';
 import type { DestinationStream, Logger } from 'pino';
@@ -43,6 +47,8 @@ export interface GatewayOptions {
   adminPort?: number | undefined;
   /** The admin listener's address (`--admin-host` / `VALET_ADMIN_HOST`; 0.0.0.0 in a container). */
   adminHost?: string | undefined;
+  /** `gateway.admin.public_url` (`VALET_ADMIN_PUBLIC_URL`): where browsers reach the admin plane. */
+  adminPublicUrl?: string | undefined;
   environment?: Environment | undefined;
   /** Where log lines go (stdout by default); tests pass a sink. */
   logDestination?: DestinationStream | undefined;
@@ -84,7 +90,7 @@ export interface RunningGateway {
 export async function startGateway(options: GatewayOptions): Promise<RunningGateway> {
   const logger = createLogger(options.logDestination);
   const dataDir = resolve(options.dataDir);
-  const loadOptions = { port: options.port, host: options.host, adminPort: options.adminPort, adminHost: options.adminHost, environment: options.environment };
+  const loadOptions = { port: options.port, host: options.host, adminPort: options.adminPort, adminHost: options.adminHost, adminPublicUrl: options.adminPublicUrl, environment: options.environment };
   const config = loadConfig(options.configDir, loadOptions);
   const env = options.env ?? process.env;
   // Before anything is created in it: the data directory and what an earlier run left there
@@ -103,9 +109,24 @@ export async function startGateway(options: GatewayOptions): Promise<RunningGate
     log: logger,
   });
   const secrets = secretSources.source;
+  let adminUrl: string | undefined;
+  // Set once approvals exist (below): a broken credential is told through their notification channels.
+  let notify: Notifier | undefined;
+  // Obtained credentials (token endpoints, users' accounts) are sealed in the secret store next to the static ones.
+  const credentials = new CredentialService({
+    upstreams: config.upstreams.values(),
+    grants: secretSources.store?.grants ?? memoryGrants(),
+    secrets,
+    publicUrl: () => config.gateway.admin.publicUrl ?? adminUrl,
+    onError: (problem) => logger.error({ problem }, 'credential provider: token request failed'),
+    onBroken: (b) => {
+      logger.error({ upstream: b.upstream, tenant: b.tenant, user: b.user, problem: b.problem }, 'credential broken: calls are refused until it is reconnected or replaced');
+      notify?.notify({ event: 'credential.broken', ...b });
+    },
+  });
   // Counters and history outlive the process: in counters.db, or in Redis shared by a fleet.
   const counterBackend = openCounterBackend(config.gateway.counters, env, dataDir, logger);
-  const stores = { counters: counterBackend.counters, history: counterBackend.history };
+  const stores = { counters: counterBackend.counters, history: counterBackend.history, connections: credentials };
   const policies = createPolicyHolder(config, loadOptions, stores, logger);
   if (options.watch) policies.watch();
   // The read side (admin API, dashboard); opened first, it creates and migrates the database the writer then opens.
@@ -146,9 +167,9 @@ export async function startGateway(options: GatewayOptions): Promise<RunningGate
   setImmediate(prune);
   const forwarder = createForwarder(config.upstreams.values());
   let draining = false;
-  let adminUrl: string | undefined;
   const approvals = await createApprovals({ settings: config.gateway.approvals, dataDir, env, environment: config.gateway.environment, logger, adminUrl: () => adminUrl });
-  const handle = createPipeline({ config, verifyToken, policy: policies.current, secrets, forwarder, audit, logger, metrics, approvals: approvals.service, draining: () => draining });
+  notify = approvals.notifier;
+  const handle = createPipeline({ config, verifyToken, policy: policies.current, secrets, credentials, forwarder, audit, logger, metrics, approvals: approvals.service, draining: () => draining });
 
   let inFlight = 0;
   let idle: (() => void) | undefined;
@@ -218,9 +239,11 @@ export async function startGateway(options: GatewayOptions): Promise<RunningGate
       ...insightRoutes(auditLog),
       ...(secretSources.store ? secretRoutes(secretSources.store) : []),
       ...approvalRoutes(approvals.service),
+      ...credentialRoutes({ upstreams: config.upstreams, credentials, secrets: secretSources.store ?? secrets }),
     ],
     probes: adminProbes(adminDeps),
-    assets: ((pages, dashboard) => async (path: string) => (await pages(path)) ?? dashboard(path))(approvalPages(approvals.service), dashboardAssets(findDashboard())),
+    assets: ((approvalPage, connectPage, dashboard) => async (path: string, req: IncomingMessage, url: URL) =>
+      (await approvalPage(path)) ?? (await connectPage(path, req, url)) ?? dashboard(path))(approvalPages(approvals.service), connectPages(credentials), dashboardAssets(findDashboard())),
     logger,
   });
   const port = await listen(server, config.gateway.listen);

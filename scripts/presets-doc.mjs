@@ -29,7 +29,11 @@ export function presetsDoc() {
   ];
   for (const p of presets) {
     const c = p.upstream.credential;
-    const secrets = c.secret ? [c.secret] : [...JSON.stringify(c.headers ?? {}).matchAll(/\{secret:([A-Z0-9_]+)\}/g)].map((m) => m[1]);
+    const secrets = c.secret
+      ? [c.secret]
+      : c.scheme === 'aws_sigv4'
+        ? [c.access_key_id, c.secret_access_key, c.session_token].filter(Boolean)
+        : [...JSON.stringify(c.headers ?? {}).matchAll(/\{secret:([A-Z0-9_]+)\}/g)].map((m) => m[1]);
     out.push(`| \`${p.id}\` | [${p.title}](${p.docs}) | ${secrets.map((s) => `\`${s}\``).join(', ')} | ${p.upstream.dialect ?? 'generic'} | ${(p.tools ?? []).map((t) => `\`${t.name}\``).join(', ')} |`);
   }
   for (const p of presets) {

@@ -1,6 +1,7 @@
 import { APPROVAL_ID, type ApprovalService } from '../approvals/service.js';
 import { approvalJson, type ApprovalRecord, type ApprovalStatus } from '../approvals/types.js';
 import type { LinkAction, LinkClaims } from '../approvals/links.js';
+import { escapeHtml, htmlPage } from './html.js';
 import { ValetError } from '../errors.js';
 import { tenantScope, type AdminIdentity } from './auth.js';
 import type { AdminAsset, AdminRoute } from './server.js';
@@ -111,7 +112,8 @@ export function approvalRoutes(service: ApprovalService): AdminRoute[] {
 const LINK_PAGE = /^\/approvals\/link\/([A-Za-z0-9_.-]{1,600})$/;
 const LINK_SCRIPT_PATH = '/approvals/link.js';
 
-const html = (s: string): string => s.replace(/&/g, '&amp;').replace(/</g, '&lt;').replace(/>/g, '&gt;').replace(/"/g, '&quot;').replace(/'/g, '&#39;');
+const html = escapeHtml;
+const page = htmlPage;
 
 /**
  * The page a notification's approve/deny link opens (`GET /approvals/link/<token>` on the admin
@@ -174,19 +176,6 @@ function linkBody(a: ApprovalRecord, claims: LinkClaims, token: string): string 
     );
   }
   return parts.join('\n');
-}
-
-function page(status: number, title: string, body: string): AdminAsset {
-  const text = `<!doctype html>
-<html lang="en">
-<head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1"><meta name="referrer" content="no-referrer"><title>Valet — ${html(title)}</title></head>
-<body>
-<h1>${html(title)}</h1>
-${body}
-</body>
-</html>
-`;
-  return { status, contentType: 'text/html; charset=utf-8', body: Buffer.from(text) };
 }
 
 /** Sends the confirmation with the admin token in `Authorization` (never a cookie), as JSON. */

@@ -17,14 +17,15 @@ export interface AdminRequest {
 
 /** A handler's answer: a JSON value (status 200 unless given), or a stream writer for exports. */
 export type AdminResult =
-  | { status?: number; json: unknown }
+  | { status?: number; json: unknown; headers?: Readonly<Record<string, string>> }
   | { stream: (res: ServerResponse) => Promise<void>; contentType: string; headers?: Readonly<Record<string, string>> };
 
 export interface AdminRoute {
   readonly method: 'GET' | 'POST' | 'PUT' | 'DELETE';
   /** `/api/secrets/:name` — `:x` matches one path segment, percent-decoded. */
   readonly path: string;
-  readonly permission: Permission;
+  /** `self`: any verified admin-plane identity, acting only for itself (a user connecting their own account). */
+  readonly permission: Permission | 'self';
   readonly handle: (req: AdminRequest) => AdminResult | Promise<AdminResult>;
 }
 
@@ -40,6 +41,8 @@ export interface AdminAsset {
   readonly status?: number;
   readonly contentType: string;
   readonly body: Buffer;
+  /** Extra response headers (a redirect's `location`, a `set-cookie`). */
+  readonly headers?: Readonly<Record<string, string>>;
 }
 
 export interface AdminServerOptions {
@@ -47,7 +50,7 @@ export interface AdminServerOptions {
   readonly routes: readonly AdminRoute[];
   readonly probes: readonly AdminProbe[];
   /** The dashboard's files by URL path (`/`, `/assets/app.js`); outside `/api/` only. */
-  readonly assets?: (path: string) => AdminAsset | undefined | Promise<AdminAsset | undefined>;
+  readonly assets?: (path: string, req: IncomingMessage, url: URL) => AdminAsset | undefined | Promise<AdminAsset | undefined>;
   readonly logger: Logger;
   /** Largest JSON body accepted (bytes). */
   readonly maxBodyBytes?: number;
@@ -99,10 +102,10 @@ export function createAdminServer(o: AdminServerOptions): Server {
       return;
     }
     if (!url.pathname.startsWith('/api/')) {
-      const asset = await o.assets?.(url.pathname);
-      if (asset === undefined) throw new ValetError('VALET_ERR_ADMIN_NOT_FOUND');
-      if (method !== 'GET' && method !== 'HEAD') throw new ValetError('VALET_ERR_ADMIN_METHOD');
-      res.writeHead(asset.status ?? 200, { ...SECURITY_HEADERS, 'content-type': asset.contentType, 'content-length': asset.body.length });
+      // Pages change nothing on HEAD (or on anything but GET): the connect callback acts on GET only.
+      const asset = method === 'GET' || method === 'HEAD' ? await o.assets?.(url.pathname, req, url) : undefined;
+      if (asset === undefined) throw new ValetError(method === 'GET' || method === 'HEAD' ? 'VALET_ERR_ADMIN_NOT_FOUND' : 'VALET_ERR_ADMIN_METHOD');
+      res.writeHead(asset.status ?? 200, { ...SECURITY_HEADERS, ...asset.headers, 'content-type': asset.contentType, 'content-length': asset.body.length });
       res.end(method === 'HEAD' ? undefined : asset.body);
       return;
     }
@@ -126,7 +129,7 @@ export function createAdminServer(o: AdminServerOptions): Server {
       break;
     }
     if (match === undefined) throw new ValetError(pathKnown ? 'VALET_ERR_ADMIN_METHOD' : 'VALET_ERR_ADMIN_NOT_FOUND');
-    requirePermission(who, match.route.permission);
+    if (match.route.permission !== 'self') requirePermission(who, match.route.permission);
 
     let body: Record<string, unknown> = {};
     if (method === 'POST' || method === 'PUT') {
@@ -142,7 +145,7 @@ export function createAdminServer(o: AdminServerOptions): Server {
       await result.stream(res);
       return;
     }
-    sendJson(res, result.status ?? 200, result.json, requestId);
+    sendJson(res, result.status ?? 200, result.json, requestId, result.headers);
   };
 
   return createServer({ maxHeaderSize: 16_384, headersTimeout: 30_000, requestTimeout: 60_000 }, (req, res) => {

@@ -10,6 +10,22 @@ export interface ApprovalNotice {
   readonly links: { readonly approve: string; readonly deny: string } | undefined;
 }
 
+/** Admins are told that an obtained credential stopped working (a revoked grant): calls for it are refused until someone acts. */
+export interface CredentialNotice {
+  readonly event: 'credential.broken';
+  readonly upstream: string;
+  readonly tenant: string | null;
+  /** A user's own connected account; null: a shared credential. */
+  readonly user: string | null;
+  /** What the authorization server said (an OAuth error code) and when; never a token. */
+  readonly problem: string;
+}
+
+export type Notice = ApprovalNotice | CredentialNotice;
+
+/** For logs: the approval id or the credential. */
+const subject = (n: Notice): Record<string, string | null> => (n.event === 'approval.requested' ? { approvalId: n.approval.id } : { credential: n.upstream, tenant: n.tenant, user: n.user });
+
 /** The outcome of one delivery attempt. `retry`: try again later; `fail`: never (a 4xx, a bad config). */
 export type Delivery = { ok: true } | { ok: false; retry: boolean; detail: string };
 
@@ -21,7 +37,7 @@ export interface NotificationChannel {
   readonly groups: readonly string[] | undefined;
   readonly retry: RetryPolicy;
   /** One attempt; must not throw. */
-  send(notice: ApprovalNotice): Promise<Delivery>;
+  send(notice: Notice): Promise<Delivery>;
   /** Releases connections (called once, when the notifier closes). */
   close?(): Promise<void>;
 }
@@ -36,7 +52,7 @@ export interface RetryPolicy {
 
 export interface Notifier {
   /** Queues a notice for every channel that takes its group; returns at once, never throws. */
-  notify(notice: ApprovalNotice): void;
+  notify(notice: Notice): void;
   /** Deliveries not yet finished (attempting or waiting to retry). */
   readonly inFlight: number;
   /** Stops retrying; waits briefly for attempts on the wire. */
@@ -63,22 +79,22 @@ export function createNotifier(channels: readonly NotificationChannel[], o: Noti
   let inFlight = 0;
   let closed = false;
 
-  const deliver = (channel: NotificationChannel, notice: ApprovalNotice, attempt: number): void => {
+  const deliver = (channel: NotificationChannel, notice: Notice, attempt: number): void => {
     const p = channel.send(notice).then((d) => {
       attempts.delete(p);
       if (d.ok) {
         inFlight--;
-        o.logger.debug({ channel: channel.name, approvalId: notice.approval.id, attempt }, 'approval notification delivered');
+        o.logger.debug({ channel: channel.name, ...subject(notice), attempt }, 'notification delivered');
         return;
       }
       if (!d.retry || attempt >= channel.retry.maxAttempts || closed) {
         inFlight--;
-        o.logger.warn({ channel: channel.name, approvalId: notice.approval.id, attempts: attempt, detail: d.detail }, 'approval notification failed');
+        o.logger.warn({ channel: channel.name, ...subject(notice), attempts: attempt, detail: d.detail }, 'notification failed');
         return;
       }
       const cap = Math.min(channel.retry.maxDelayMs, channel.retry.baseDelayMs * 2 ** (attempt - 1));
       const delay = Math.round(cap / 2 + random() * (cap / 2));
-      o.logger.info({ channel: channel.name, approvalId: notice.approval.id, attempt, detail: d.detail, retryInMs: delay }, 'approval notification will be retried');
+      o.logger.info({ channel: channel.name, ...subject(notice), attempt, detail: d.detail, retryInMs: delay }, 'notification will be retried');
       const t = setTimeout(() => {
         timers.delete(t);
         deliver(channel, notice, attempt + 1);
@@ -93,9 +109,10 @@ export function createNotifier(channels: readonly NotificationChannel[], o: Noti
     notify(notice) {
       if (closed) return;
       for (const channel of channels) {
-        if (channel.groups !== undefined && !channel.groups.includes(notice.approval.group)) continue;
+        // A broken credential concerns every channel's people: it stops calls whatever their group.
+        if (notice.event === 'approval.requested' && channel.groups !== undefined && !channel.groups.includes(notice.approval.group)) continue;
         if (inFlight >= maxInFlight) {
-          o.logger.warn({ channel: channel.name, approvalId: notice.approval.id }, 'approval notification dropped: too many in flight');
+          o.logger.warn({ channel: channel.name, ...subject(notice) }, 'notification dropped: too many in flight');
           continue;
         }
         inFlight++;
@@ -132,14 +149,10 @@ async function post(dispatcher: Agent, url: string, headers: Record<string, stri
 }
 
 /** The generic webhook's JSON body. */
-export function webhookBody(notice: ApprovalNotice, eventId: string, now: number): string {
-  return JSON.stringify({
-    type: notice.event,
-    id: eventId,
-    created_at: new Date(now).toISOString(),
-    approval: approvalJson(notice.approval),
-    links: notice.links ?? null,
-  });
+export function webhookBody(notice: Notice, eventId: string, now: number): string {
+  const head = { type: notice.event, id: eventId, created_at: new Date(now).toISOString() };
+  if (notice.event === 'credential.broken') return JSON.stringify({ ...head, credential: { upstream: notice.upstream, tenant: notice.tenant, user: notice.user, problem: notice.problem } });
+  return JSON.stringify({ ...head, approval: approvalJson(notice.approval), links: notice.links ?? null });
 }
 
 /** `t=<unix seconds>,v1=<hex HMAC-SHA256 of "<t>.<body>">`, the `valet-signature` header. */
@@ -163,7 +176,7 @@ export interface WebhookSettings {
  * event id (`valet-event-id`) stays the same across retries, for de-duplication.
  */
 export function webhookChannel(s: WebhookSettings): NotificationChannel {
-  const ids = new WeakMap<ApprovalNotice, string>();
+  const ids = new WeakMap<Notice, string>();
   const dispatcher = httpAgent();
   return {
     name: s.name,
@@ -213,7 +226,12 @@ export function slackChannel(s: SlackSettings): NotificationChannel {
 export const slackEscape = (s: string): string => s.replace(/&/g, '&amp;').replace(/</g, '&lt;').replace(/>/g, '&gt;');
 const code = (s: string): string => `\`${slackEscape(s.replace(/`/g, "'").replace(/[\r\n]+/g, ' ')).slice(0, 300)}\``;
 
-export function slackMessage(notice: ApprovalNotice): { text: string; blocks: unknown[] } {
+export function slackMessage(notice: Notice): { text: string; blocks: unknown[] } {
+  if (notice.event === 'credential.broken') {
+    const whose = notice.user !== null ? `user ${code(notice.user)}'s account` : 'the shared credential';
+    const text = `*Credential broken* — upstream ${code(notice.upstream)}${notice.tenant !== null ? ` (tenant ${code(notice.tenant)})` : ''}: ${whose} was rejected: ${slackEscape(notice.problem)}. Calls are refused until it is reconnected or replaced (\`valet credentials list\`).`;
+    return { text: `Credential broken: ${slackEscape(notice.upstream)}`, blocks: [{ type: 'section', text: { type: 'mrkdwn', text } }] };
+  }
   const a = notice.approval;
   const who = [`Agent ${code(a.agent)}`, a.tenant !== null ? `tenant ${code(a.tenant)}` : undefined, a.user !== null ? `for user ${code(a.user)}` : undefined]
     .filter(Boolean)

@@ -38,7 +38,7 @@ ${KEYS_USAGE}
 ${MIGRATE_USAGE}
 ${APPROVALS_USAGE}
 
-Environment: VALET_CONFIG (./policies), VALET_DATA (./data), VALET_PORT, VALET_ADMIN_PORT, VALET_HOST, VALET_ADMIN_HOST, VALET_ENV,
+Environment: VALET_CONFIG (./policies), VALET_DATA (./data), VALET_PORT, VALET_ADMIN_PORT, VALET_HOST, VALET_ADMIN_HOST, VALET_ADMIN_PUBLIC_URL, VALET_ENV,
 VALET_LOG_LEVEL, VALET_MASTER_KEY (secret store key), VALET_NEW_MASTER_KEY (secrets rekey),
 VALET_ADMIN_URL / VALET_ADMIN_TOKEN (valet approvals), VALET_APPROVAL_LINK_KEY (approval link signing key),
 VALET_AUDIT_ANCHOR_KEY (signs audit anchors; verify checks the signatures). Keys (signing keys, the master
@@ -99,6 +99,7 @@ async function start(args: string[]): Promise<void> {
     adminPort: integer(values['admin-port'] ?? env['VALET_ADMIN_PORT'], 'admin-port', 0, 65535),
     host: values.host ?? env['VALET_HOST'],
     adminHost: values['admin-host'] ?? env['VALET_ADMIN_HOST'],
+    adminPublicUrl: env['VALET_ADMIN_PUBLIC_URL'],
     environment: gatewayEnvironment(values.env, env),
     watch: true,
   });

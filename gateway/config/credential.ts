@@ -1,4 +1,5 @@
 import type { CredentialConfig, Template } from './types.js';
+import { providerSecrets } from '../credentials/types.js';
 
 const SECRET_NAME = /^[A-Za-z_][A-Za-z0-9_]{0,127}$/;
 
@@ -74,7 +75,8 @@ export function templateSecrets(template: Template): string[] {
 export const providedSecret = (upstream: string): string => `provider:${upstream}`;
 
 export function secretNames(credential: CredentialConfig): string[] {
-  if ((credential.scheme === 'bearer' || credential.scheme === 'header') && credential.provider !== undefined) return [credential.provider.clientSecret];
+  if ((credential.scheme === 'bearer' || credential.scheme === 'header') && credential.provider !== undefined) return providerSecrets(credential.provider);
+  if (credential.scheme === 'aws_sigv4') return [credential.accessKeyId, credential.secretAccessKey, ...(credential.sessionToken === undefined ? [] : [credential.sessionToken])];
   if (credential.scheme !== 'headers') return [credential.secret];
   return [...new Set(credential.headers.flatMap((h) => templateSecrets(h.value)))];
 }

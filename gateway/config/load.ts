@@ -6,6 +6,7 @@ import { isMap, isPair, isScalar, LineCounter, parseDocument, type Document, typ
 import { ConfigError, type ConfigProblem } from '../errors.js';
 import { classifyRequestHeader, SCRUB_DROP, type HeaderClass } from '../proxy/headers.js';
 import { NOT_INJECTABLE, parseTemplate, providedSecret, secretNames } from './credential.js';
+import type { ClientAuth, ProviderConfig, ProviderKind } from '../credentials/types.js';
 import { fileSchema } from './schema.js';
 import { expandPresets, presets } from './presets.js';
 import { DEFAULT_APPROVAL_SETTINGS, DEFAULT_AUDIT, DEFAULT_COUNTERS, DEFAULT_LISTENER } from './types.js';
@@ -68,6 +69,8 @@ export interface LoadOptions {
   host?: string | undefined;
   /** Overrides `gateway.admin.listen.host` (flag or `VALET_ADMIN_HOST`). */
   adminHost?: string | undefined;
+  /** Overrides `gateway.admin.public_url` (`VALET_ADMIN_PUBLIC_URL`). */
+  adminPublicUrl?: string | undefined;
   environment?: Environment | undefined;
 }
 
@@ -418,6 +421,7 @@ function assemble(root: string, files: ParsedFile[], problems: Problems, options
       admin: {
         listen: { host: options.adminHost ?? g.admin?.listen?.host ?? '127.0.0.1', port: options.adminPort ?? g.admin?.listen?.port ?? 8081 },
         audience: adminAudience,
+        publicUrl: options.adminPublicUrl ?? g.admin?.public_url,
       },
     },
     issuers,
@@ -654,6 +658,11 @@ function buildUpstream(file: ParsedFile, i: number, raw: Raw, problems: Problems
     return undefined;
   }
   const credential = withProvider(file, [...at, 'credential'], raw.name, raw.credential, buildCredential(file, [...at, 'credential'], { ...raw.credential, ...(raw.credential?.provider !== undefined && { secret: providedSecret(raw.name) }) }, problems), problems);
+  // A signature scoped to another region than the host's is refused by AWS on every request.
+  const hostRegion = credential.scheme === 'aws_sigv4' ? awsHostRegion(origin.hostname) : undefined;
+  if (credential.scheme === 'aws_sigv4' && hostRegion !== undefined && credential.region !== '' && hostRegion !== credential.region) {
+    problems.add(file, [...at, 'credential', 'region'], `"${credential.region}" is not the region of ${origin.hostname} (${hostRegion})`);
+  }
   const agentTokenHeader = (raw.agent_token?.header ?? 'authorization').toLowerCase();
   const scrubResponses: boolean = raw.scrub_responses ?? true;
   const headers = buildHeaderLists(file, at, raw, { agentTokenHeader, credential }, scrubResponses, problems);
@@ -745,13 +754,30 @@ const SCHEME_KEYS: Record<string, readonly string[]> = {
   basic: ['username'],
   query: ['param'],
   headers: ['headers'],
+  aws_sigv4: ['service', 'region', 'access_key_id', 'secret_access_key', 'session_token', 'assume_role', 'unsigned_payload'],
 };
+/** Every key some scheme takes: a key not taken by the scheme written is reported. */
+const ALL_SCHEME_KEYS = [...new Set(Object.values(SCHEME_KEYS).flat())];
 
 /**
  * The credential as injected. `header` with `value` is shorthand for `headers` with one entry, so
  * it is stored that way; the other schemes are stored as written.
  */
-/** A credential whose value a token endpoint provides: only for `bearer` and `header` (one value injected). */
+/** The keys each provider kind takes besides `kind` (those marked `*` are required). */
+const PROVIDER_KEYS: Record<ProviderKind, readonly string[]> = {
+  oauth2_client_credentials: ['token_url*', 'client_id*', ...clientKeys(), 'scopes', 'resource', 'audience'],
+  oauth2_refresh_token: ['token_url*', 'client_id*', ...clientKeys(), 'refresh_token*', 'scopes'],
+  oauth2_jwt_bearer: ['token_url', 'private_key*', 'issuer', 'subject', 'audience', 'scopes', 'key_id', 'algorithm'],
+  github_app: ['app_id*', 'private_key*', 'installation_id*', 'api_url'],
+  oauth2_token_exchange: ['token_url*', 'client_id', ...clientKeys(), 'audience', 'resource', 'scopes', 'requested_token_type'],
+  oauth2_user: ['authorize_url*', 'token_url*', 'client_id*', ...clientKeys(), 'scopes', 'authorize_params'],
+};
+
+function clientKeys(): string[] {
+  return ['client_secret', 'client_auth', 'client_private_key', 'client_key_id'];
+}
+
+/** A credential whose value a provider makes (a token endpoint, an app key): only for `bearer` and `header` (one value injected). */
 function withProvider(file: ParsedFile, at: (string | number)[], upstream: string, raw: Raw, credential: CredentialConfig, problems: Problems): CredentialConfig {
   const p = raw?.provider as Raw | undefined;
   if (p === undefined) return credential;
@@ -760,24 +786,45 @@ function withProvider(file: ParsedFile, at: (string | number)[], upstream: strin
     return credential;
   }
   if (raw['secret'] !== undefined) problems.add(file, [...at, 'secret'], 'give "secret" or "provider", not both: the provider makes the value', true);
-  return {
-    ...credential,
-    secret: providedSecret(upstream),
-    provider: {
-      kind: 'oauth2_client_credentials',
-      tokenUrl: p['token_url'],
-      clientId: p['client_id'],
-      clientSecret: p['client_secret'],
-      scopes: p['scopes'] ?? [],
-      resource: p['resource'],
-      audience: p['audience'],
-      clientAuth: p['client_auth'] ?? 'basic',
-    },
+  const kind = p['kind'] as ProviderKind;
+  const keys = PROVIDER_KEYS[kind];
+  const where = [...at, 'provider'];
+  for (const k of keys) if (k.endsWith('*') && p[k.slice(0, -1)] === undefined) problems.add(file, where, `provider kind "${kind}" needs "${k.slice(0, -1)}"`, true);
+  for (const k of Object.keys(p)) if (k !== 'kind' && !keys.includes(k) && !keys.includes(`${k}*`)) problems.add(file, [...where, k], `not used by provider kind "${kind}"`, true);
+  const client = (): ClientAuth => {
+    const method = (p['client_auth'] as ClientAuth['method'] | undefined) ?? (p['client_private_key'] !== undefined ? 'private_key_jwt' : p['client_secret'] !== undefined ? 'basic' : 'none');
+    if ((method === 'basic' || method === 'post') && p['client_secret'] === undefined) problems.add(file, where, `client_auth "${method}" needs "client_secret"`, true);
+    if (method === 'private_key_jwt' && p['client_private_key'] === undefined) problems.add(file, where, 'client_auth "private_key_jwt" needs "client_private_key"', true);
+    if (method === 'none' && (p['client_secret'] !== undefined || p['client_private_key'] !== undefined)) problems.add(file, where, 'client_auth "none" sends no client secret or key', true);
+    return { method, clientId: p['client_id'] ?? '', clientSecret: method === 'basic' || method === 'post' ? p['client_secret'] : undefined, privateKey: method === 'private_key_jwt' ? p['client_private_key'] : undefined, keyId: p['client_key_id'] };
   };
+  const scopes: string[] = p['scopes'] ?? [];
+  let provider: ProviderConfig;
+  switch (kind) {
+    case 'oauth2_client_credentials':
+      provider = { kind, tokenUrl: p['token_url'], client: client(), scopes, resource: p['resource'], audience: p['audience'] };
+      break;
+    case 'oauth2_refresh_token':
+      provider = { kind, tokenUrl: p['token_url'], client: client(), refreshToken: p['refresh_token'], scopes };
+      break;
+    case 'oauth2_jwt_bearer':
+      provider = { kind, tokenUrl: p['token_url'], privateKey: p['private_key'], issuer: p['issuer'], subject: p['subject'], audience: p['audience'], scopes, keyId: p['key_id'], algorithm: p['algorithm'] ?? 'RS256' };
+      break;
+    case 'github_app':
+      provider = { kind, appId: String(p['app_id']), privateKey: p['private_key'], installationId: String(p['installation_id']), apiUrl: String(p['api_url'] ?? 'https://api.github.com').replace(/\/+$/, '') };
+      break;
+    case 'oauth2_token_exchange':
+      provider = { kind, tokenUrl: p['token_url'], client: client(), audience: p['audience'], resource: p['resource'], scopes, requestedTokenType: p['requested_token_type'] };
+      break;
+    case 'oauth2_user':
+      provider = { kind, authorizeUrl: p['authorize_url'], tokenUrl: p['token_url'], client: client(), scopes, authorizeParams: p['authorize_params'] ?? {} };
+      break;
+  }
+  return { ...credential, secret: providedSecret(upstream), provider };
 }
 
 function buildCredential(file: ParsedFile, at: (string | number)[], c: Raw, problems: Problems): CredentialConfig {
-  for (const k of ['header', 'prefix', 'value', 'username', 'param', 'headers']) {
+  for (const k of ALL_SCHEME_KEYS) {
     if (c[k] !== undefined && !SCHEME_KEYS[c.scheme]?.includes(k)) problems.add(file, [...at, k], `not used by scheme "${c.scheme}"`, true);
   }
   const injected: InjectedHeader[] = [];
@@ -821,6 +868,8 @@ function buildCredential(file: ParsedFile, at: (string | number)[], c: Raw, prob
       return { scheme: 'query', param: c.param, secret: c.secret };
     case 'basic':
       return { scheme: 'basic', username: c.username, secret: c.secret };
+    case 'aws_sigv4':
+      return buildAwsSigV4(file, at, c, problems);
     default:
       return { scheme: 'bearer', secret: c.secret };
   }
@@ -831,6 +880,41 @@ function buildCredential(file: ParsedFile, at: (string | number)[], c: Raw, prob
   if (used.length === 0) problems.add(file, at, 'no header uses a secret: add {secret} or {secret:NAME} to a value');
   if (c.secret !== undefined && !used.includes(c.secret)) problems.add(file, [...at, 'secret'], `"${c.secret}" is not used: write {secret} in a value`, true);
   return credential;
+}
+
+/** `aws_sigv4`: the key names and what they sign for; each request is signed with them (credentials/sigv4.ts). */
+function buildAwsSigV4(file: ParsedFile, at: (string | number)[], c: Raw, problems: Problems): CredentialConfig {
+  for (const k of ['service', 'region', 'access_key_id', 'secret_access_key']) if (c[k] === undefined) problems.add(file, at, `scheme "aws_sigv4" needs "${k}"`);
+  if (c.secret !== undefined) problems.add(file, [...at, 'secret'], 'not used by scheme "aws_sigv4": it names its secrets in access_key_id, secret_access_key and session_token', true);
+  const r = c.assume_role as Raw;
+  let stsEndpoint = `https://sts.${String(c.region)}.amazonaws.com`;
+  if (r?.sts_endpoint !== undefined) {
+    let url: URL | undefined;
+    try {
+      url = new URL(r.sts_endpoint);
+    } catch {
+      url = undefined;
+    }
+    if (url === undefined || url.username || url.password || url.search || url.hash || (url.pathname !== '/' && url.pathname !== '')) {
+      problems.add(file, [...at, 'assume_role', 'sts_endpoint'], 'must be scheme://host[:port] only (no path, query, fragment or credentials)');
+    } else stsEndpoint = url.origin;
+  }
+  return {
+    scheme: 'aws_sigv4',
+    service: c.service ?? '',
+    region: c.region ?? '',
+    accessKeyId: c.access_key_id ?? '',
+    secretAccessKey: c.secret_access_key ?? '',
+    sessionToken: c.session_token,
+    assumeRole: r === undefined ? undefined : { roleArn: r.role_arn, sessionName: r.session_name ?? 'valet', externalId: r.external_id, durationS: r.duration_s, stsEndpoint },
+    // S3 takes UNSIGNED-PAYLOAD, so uploads stream; other services get the body's hash, read whole.
+    unsignedPayload: c.unsigned_payload ?? c.service === 's3',
+  };
+}
+
+/** The region an AWS host name carries (`bedrock-runtime.eu-west-1.amazonaws.com`), if any. */
+function awsHostRegion(host: string): string | undefined {
+  return /\.([a-z]{2}(?:-[a-z]+)+-[0-9]{1,2})\.amazonaws\.com(?:\.cn)?$/.exec(host)?.[1];
 }
 
 /** Tool path templates: literal segments and `{name}` parameters, each a whole segment. */

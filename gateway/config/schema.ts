@@ -4,6 +4,7 @@ import { DIALECTS } from '../server/dialects.js';
 const name = { type: 'string', pattern: '^[a-z][a-z0-9_-]{0,62}$' } as const;
 const secretName = { type: 'string', pattern: '^[A-Za-z_][A-Za-z0-9_]{0,127}$' } as const;
 const headerName = { type: 'string', pattern: "^[A-Za-z0-9!#$%&'*+.^_`|~-]+$" } as const;
+const httpUrl = { type: 'string', pattern: '^https?://' } as const;
 const positiveMs = { type: 'integer', minimum: 1, maximum: 3_600_000 } as const;
 
 /** A header value as configured: printable ASCII; `{secret}` placeholders are parsed by the loader. */
@@ -14,7 +15,7 @@ const credential = {
   required: ['scheme'],
   additionalProperties: false,
   properties: {
-    scheme: { enum: ['bearer', 'header', 'basic', 'query', 'headers'] },
+    scheme: { enum: ['bearer', 'header', 'basic', 'query', 'headers', 'aws_sigv4'] },
     secret: secretName,
     header: headerName,
     prefix: { type: 'string', pattern: '^[\\x20-\\x7e]*$' },
@@ -22,20 +23,53 @@ const credential = {
     username: { type: 'string', pattern: '^[^:\\r\\n\\x00]*$' },
     param: { type: 'string', minLength: 1, pattern: '^[A-Za-z0-9._~-]+$' },
     headers: { type: 'object', minProperties: 1, propertyNames: headerName, additionalProperties: headerTemplate },
+    // aws_sigv4: each request signed with AWS keys (names of secrets), for this service and region.
+    service: { type: 'string', pattern: '^[a-z0-9][a-z0-9.-]{0,62}$' },
+    region: { type: 'string', pattern: '^[a-z]{2}(-[a-z]+)+-[0-9]{1,2}$' },
+    access_key_id: secretName,
+    secret_access_key: secretName,
+    session_token: secretName,
+    unsigned_payload: { type: 'boolean' },
+    assume_role: {
+      type: 'object',
+      required: ['role_arn'],
+      additionalProperties: false,
+      properties: {
+        role_arn: { type: 'string', pattern: '^arn:aws[a-z-]*:iam::[0-9]{12}:role/[A-Za-z0-9+=,.@_/-]{1,512}$' },
+        session_name: { type: 'string', pattern: '^[A-Za-z0-9+=,.@_-]{2,64}$' },
+        external_id: { type: 'string', pattern: '^[A-Za-z0-9+=,.@:/_-]{2,1224}$' },
+        duration_s: { type: 'integer', minimum: 900, maximum: 43_200 },
+        sts_endpoint: { type: 'string', pattern: '^https?://' },
+      },
+    },
     // The value injected comes from a token endpoint instead of a stored secret.
     provider: {
       type: 'object',
-      required: ['kind', 'token_url', 'client_id', 'client_secret'],
+      required: ['kind'],
       additionalProperties: false,
       properties: {
-        kind: { enum: ['oauth2_client_credentials'] },
-        token_url: { type: 'string', pattern: '^https?://' },
+        kind: { enum: ['oauth2_client_credentials', 'oauth2_refresh_token', 'oauth2_jwt_bearer', 'github_app', 'oauth2_token_exchange', 'oauth2_user'] },
+        token_url: httpUrl,
+        authorize_url: httpUrl,
+        authorize_params: { type: 'object', additionalProperties: { type: 'string' } },
         client_id: { type: 'string', minLength: 1, pattern: '^[\\x20-\\x7e]+$' },
         client_secret: secretName,
+        client_private_key: secretName,
+        client_key_id: { type: 'string', minLength: 1 },
+        client_auth: { enum: ['basic', 'post', 'private_key_jwt', 'none'] },
         scopes: { type: 'array', uniqueItems: true, items: { type: 'string', pattern: '^[\\x21\\x23-\\x5b\\x5d-\\x7e]+$' } },
         resource: { type: 'string', minLength: 1 },
         audience: { type: 'string', minLength: 1 },
-        client_auth: { enum: ['basic', 'post'] },
+        refresh_token: secretName,
+        private_key: secretName,
+        issuer: { type: 'string', minLength: 1 },
+        subject: { type: 'string', minLength: 1 },
+        key_id: { type: 'string', minLength: 1 },
+        algorithm: { enum: ['RS256', 'ES256'] },
+        app_id: { type: ['string', 'integer'], pattern: '^[0-9A-Za-z._-]+$' },
+        installation_id: { type: ['string', 'integer'], pattern: '^[0-9]+$' },
+        api_url: httpUrl,
+        requested_token_type: { type: 'string', pattern: '^urn:' },
       },
     },
   },
@@ -122,6 +156,7 @@ export const fileSchema = {
               },
             },
             audience: { type: 'string', minLength: 1 },
+            public_url: { type: 'string', pattern: '^https?://[^/?#]+$' },
           },
         },
         approvals: {

@@ -1,4 +1,5 @@
-import type { ClientCredentialsConfig } from '../credentials/client-credentials.js';
+import type { ProviderConfig } from '../credentials/types.js';
+import type { AwsSigV4Config } from '../credentials/sigv4.js';
 import type { Dialect } from '../server/dialects.js';
 export type Environment = 'development' | 'staging' | 'production';
 
@@ -14,7 +15,12 @@ export interface GatewaySettings {
   /** IANA time zone for `time.*` in conditions. */
   readonly timezone: string;
   /** The admin plane: its own listener (loopback by default) and the audience its tokens carry. */
-  readonly admin: { readonly listen: { readonly host: string; readonly port: number }; readonly audience: string };
+  readonly admin: {
+    readonly listen: { readonly host: string; readonly port: number };
+    readonly audience: string;
+    /** `scheme://host[:port]` as people's browsers reach the admin plane (connect pages, OAuth redirect URIs); default its listener's URL. */
+    readonly publicUrl?: string | undefined;
+  };
   /**
    * Where upstream credentials come from, asked in this order. The loader always sets it; absent
    * (settings built in code) means the default, the store and then the environment.
@@ -222,15 +228,17 @@ export interface InjectedHeader {
 
 /**
  * How the real credential is sent. `secret` names a secret (an environment variable today); the
- * `headers` scheme names its secrets inside its templates and may use several.
+ * `headers` scheme names its secrets inside its templates and may use several; `aws_sigv4` names
+ * its keys and signs each request with them (credentials/sigv4.ts).
  * `secretNames()` in `config/credential.ts` lists every secret a credential uses.
  */
 export type CredentialConfig =
-  | { readonly scheme: 'bearer'; readonly secret: string; readonly provider?: ClientCredentialsConfig }
-  | { readonly scheme: 'header'; readonly header: string; readonly prefix: string; readonly secret: string; readonly provider?: ClientCredentialsConfig }
+  | { readonly scheme: 'bearer'; readonly secret: string; readonly provider?: ProviderConfig }
+  | { readonly scheme: 'header'; readonly header: string; readonly prefix: string; readonly secret: string; readonly provider?: ProviderConfig }
   | { readonly scheme: 'basic'; readonly username: string | undefined; readonly secret: string }
   | { readonly scheme: 'query'; readonly param: string; readonly secret: string }
-  | { readonly scheme: 'headers'; readonly headers: readonly InjectedHeader[] };
+  | { readonly scheme: 'headers'; readonly headers: readonly InjectedHeader[] }
+  | AwsSigV4Config;
 
 export interface UpstreamConfig {
   readonly name: string;

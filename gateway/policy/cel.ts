@@ -13,9 +13,27 @@ export const CEL_VARIABLES = {
   env: 'string',
 } as const;
 
+/**
+ * The hidden member of the `user` variable that answers `user.connected("github")`: a function of
+ * the upstream's name, bound to the user and tenant when the variable is built. A map without it
+ * (no user, or `policy test`) has connected nothing.
+ */
+export const CONNECTED = Symbol('connected');
+
 const environment = (() => {
   const env = new Environment({ homogeneousAggregateLiterals: false, limits: { maxAstNodes: 2_000, maxDepth: 64 } });
   for (const [name, type] of Object.entries(CEL_VARIABLES)) env.registerVariable(name, type);
+  env.registerFunction({
+    name: 'connected',
+    receiverType: 'map',
+    returnType: 'bool',
+    description: 'Whether the user has connected an account for the upstream (credential provider oauth2_user)',
+    params: [{ name: 'upstream', type: 'string' }],
+    handler: (m: Record<PropertyKey, unknown>, upstream: string) => {
+      const f = m[CONNECTED];
+      return typeof f === 'function' ? (f as (u: string) => boolean)(upstream) === true : false;
+    },
+  });
   return env;
 })();
 

@@ -10,7 +10,7 @@ import type {
 } from '../config/types.js';
 import { ConfigError, ValetError, type ConfigProblem } from '../errors.js';
 import type { AgentIdentity, Decision, Effect, Limited, RequestFacts } from '../types.js';
-import { CEL_VARIABLES, celErrorMessage, compileCel, type CelProgram } from './cel.js';
+import { CEL_VARIABLES, CONNECTED, celErrorMessage, compileCel, type CelProgram } from './cel.js';
 import type { ConsumeResult, CounterStore, HistoryStore, HistorySummary, VersionedHistory } from './counters.js';
 import { createContextSources, type ContextSources } from './context.js';
 import { describeScope, effectiveUpstreams, namedUpstreams, openedUpstreams } from './scope.js';
@@ -253,6 +253,8 @@ interface CompiledLimit extends CompiledMatch {
 export interface PolicyStores {
   readonly counters: CounterStore;
   readonly history: HistoryStore;
+  /** Users' connected accounts, for `user.connected("upstream")` (loaded before each decision). */
+  readonly connections?: { connected(tenant: string | undefined, user: string, upstream: string): boolean };
 }
 
 const NO_RULES: readonly FlatRule[] = [];
@@ -443,7 +445,7 @@ export function compilePolicy(
         agent: principal('agent', id.agent, id.roles),
         user: id.user === undefined ? undefined : principal('user', id.user, id.userRoles),
         agentVariable,
-        userVariable: id.user === undefined ? {} : { id: id.user, roles: [...id.userRoles] },
+        userVariable: id.user === undefined ? {} : userVariable(id.user, id.userRoles, id.tenant, stores.connections),
       };
       identities.set(id, p);
     }
@@ -988,4 +990,11 @@ function pathMatcher(patterns: readonly string[], ignoreCase: boolean): (path: s
     for (const re of regexes) if (re.test(path)) return true;
     return false;
   };
+}
+
+/** The CEL variable `user`: id and roles, and (hidden) what `user.connected(...)` asks. */
+function userVariable(user: string, roles: readonly string[], tenant: string | undefined, connections: PolicyStores['connections']): Record<string, unknown> {
+  const v: Record<string, unknown> = { id: user, roles: [...roles] };
+  if (connections !== undefined) Object.defineProperty(v, CONNECTED, { value: (upstream: string) => connections.connected(tenant, user, upstream), enumerable: false });
+  return v;
 }

@@ -317,6 +317,9 @@ export function injectCredential(headers: HeaderList, rawQuery: string, credenti
       }
       return done(out, rawQuery);
     }
+    case 'aws_sigv4':
+      // Nothing to add here: the request is signed last, over exactly what is forwarded (credentials/sigv4.ts).
+      return done(headers, rawQuery);
   }
 }
 

@@ -1,5 +1,6 @@
 import type { MasterKey } from './crypto.js';
 import type { NamedSecretSource } from './source.js';
+import type { GrantStore } from './grants.js';
 
 /** What `list` shows about a secret: never its value. Times are milliseconds since the epoch. */
 export interface SecretInfo {
@@ -24,6 +25,8 @@ export interface ImportResult {
 export interface RekeyResult {
   readonly secrets: number;
   readonly versions: number;
+  /** Credential grants (obtained tokens) sealed again. */
+  readonly grants: number;
   readonly oldKeyId: string;
   readonly newKeyId: string;
 }
@@ -67,6 +70,8 @@ export interface SecretStoreOptions {
 export interface SecretStore extends NamedSecretSource {
   /** Where the store is, for messages and the start-up log (a file path; never a credential). */
   readonly location: string;
+  /** Tokens Valet obtained (access, refresh, users' connected accounts), sealed under the same key. */
+  readonly grants: GrantStore;
   /**
    * The current value for an agent of `tenant`: that tenant's secret, else the shared one; never
    * another tenant's. A caller keeps the string it got, so a request in flight is not affected by

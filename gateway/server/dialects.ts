@@ -5,7 +5,7 @@ import type { ErrorCode } from '../errors.js';
  * upstream's shape, so the agent's SDK raises its usual typed error with Valet's message, code and
  * request id, instead of an "unknown error" holding a JSON string.
  */
-export const DIALECTS = ['generic', 'openai', 'anthropic', 'github', 'stripe', 'google', 'twilio', 'slack', 'notion', 'graphql'] as const;
+export const DIALECTS = ['generic', 'openai', 'anthropic', 'github', 'stripe', 'google', 'twilio', 'slack', 'notion', 'graphql', 'aws-xml', 'aws-json'] as const;
 export type Dialect = (typeof DIALECTS)[number];
 
 /** What a refusal says, whatever its shape. */
@@ -87,6 +87,29 @@ function googleStatus(status: number): string {
   }
 }
 
+/**
+ * The AWS error code for a status: the SDKs name the exception after it (S3's and the query
+ * protocols' `Code`, the JSON protocols' `__type`), and retry the throttling ones.
+ */
+function awsCode(status: number, json: boolean): string {
+  const [xml, exception] = ((): [string, string] => {
+    if (status === 401) return ['InvalidToken', 'UnrecognizedClientException'];
+    if (status === 403) return ['AccessDenied', 'AccessDeniedException'];
+    if (status === 404) return ['NotFound', 'ResourceNotFoundException'];
+    if (status === 408) return ['RequestTimeout', 'RequestTimeoutException'];
+    if (status === 409) return ['Conflict', 'ConflictException'];
+    if (status === 413) return ['EntityTooLarge', 'ValidationException'];
+    if (status === 429) return ['SlowDown', 'ThrottlingException'];
+    if (status === 503) return ['ServiceUnavailable', 'ServiceUnavailableException'];
+    if (status >= 500) return ['InternalError', 'InternalServerException'];
+    return ['InvalidRequest', 'ValidationException'];
+  })();
+  return json ? exception : xml;
+}
+
+const XML_ESCAPES: Readonly<Record<string, string>> = { '&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;', "'": '&apos;' };
+const xmlText = (v: unknown): string => String(v).replace(/[&<>"']/g, (c) => XML_ESCAPES[c] as string);
+
 /** Renders a refusal in `dialect`. Every shape keeps Valet's code and request id. */
 export function renderRefusal(dialect: Dialect, r: Refusal): Rendered {
   const valet = { code: r.code, request_id: r.requestId, ...r.extra };
@@ -136,6 +159,20 @@ export function renderRefusal(dialect: Dialect, r: Refusal): Rendered {
         headers: {},
         status: 200,
       };
+    case 'aws-xml': {
+      // S3 (restXml) and the query protocols (STS, SQS, IAM...) both read Error.Code and Error.Message.
+      const fields = Object.entries({ valet_code: r.code, ...r.extra }).filter(([k, v]) => /^[A-Za-z_][A-Za-z0-9_]*$/.test(k) && v !== undefined && v !== null && typeof v !== 'object');
+      const body = `<?xml version="1.0" encoding="UTF-8"?>\n<ErrorResponse><Error><Type>${r.status < 500 ? 'Sender' : 'Receiver'}</Type><Code>${awsCode(r.status, false)}</Code><Message>${xmlText(r.message)}</Message>${fields.map(([k, v]) => `<${k}>${xmlText(v)}</${k}>`).join('')}</Error><RequestId>${xmlText(r.requestId)}</RequestId></ErrorResponse>`;
+      return { body, headers: { 'content-type': 'application/xml', 'x-amz-request-id': r.requestId } };
+    }
+    case 'aws-json': {
+      // The JSON protocols (Bedrock, DynamoDB, Lambda...) read the exception name from x-amzn-errortype or __type.
+      const type = awsCode(r.status, true);
+      return {
+        body: JSON.stringify({ __type: type, message: r.message, valet }),
+        headers: { 'content-type': 'application/json', 'x-amzn-errortype': type, 'x-amzn-requestid': r.requestId },
+      };
+    }
     default:
       return { body: JSON.stringify({ error: { code: r.code, message: r.message, request_id: r.requestId, ...r.extra } }), headers: {} };
   }

@@ -25,8 +25,9 @@ import { ambiguityError, bodyKind, buildArgs, decodeFormPair, parseBody, type Pa
 import { RequestBody, type BodyLimits } from './body.js';
 import { canonicalQuery, canonicalTarget } from './canonical.js';
 import { containsToken, redactTokens } from './token-scan.js';
+import { sigV4Signer, type SigV4Signer } from '../credentials/sigv4.js';
 import { sendError, toValetError, type RefusalStyle } from './respond.js';
-import { clientCredentialsProvider, type TokenProvider } from '../credentials/client-credentials.js';
+import type { CredentialService } from '../credentials/service.js';
 import { providedSecret } from '../config/credential.js';
 
 /** The concrete modules the request path calls, built by the composition root. */
@@ -36,6 +37,8 @@ export interface PipelineDeps {
   /** The policy in force; hot reload swaps what this returns. */
   readonly policy: () => Policy;
   readonly secrets: SecretSource;
+  /** Credentials a provider obtains (token endpoints, users' connected accounts). */
+  readonly credentials: CredentialService;
   readonly forwarder: Forwarder;
   readonly audit: AuditWriter;
   readonly logger: Logger;
@@ -74,7 +77,7 @@ const SINGLE = new Set(['host', 'content-length', 'transfer-encoding', 'content-
  * record. Every outcome, including every failure, is audited exactly once.
  */
 export function createPipeline(deps: PipelineDeps): RequestHandler {
-  const { config, verifyToken, policy: currentPolicy, secrets, forwarder, audit, logger, metrics, approvals, draining } = deps;
+  const { config, verifyToken, policy: currentPolicy, secrets, credentials, forwarder, audit, logger, metrics, approvals, draining } = deps;
   const requestLog = requestLineLogger(logger);
   // Per upstream, once: the query parameters that may carry the agent token or the credential.
   const credentialParams = new Map([...config.upstreams.values()].map((u) => [u.name, credentialQueryParams(u)]));
@@ -91,22 +94,14 @@ export function createPipeline(deps: PipelineDeps): RequestHandler {
   // Approvals are bound to the identity the policy saw, so their status is read with the same one.
   const verifyIdentity: TokenVerifier = async (token) => currentPolicy().resolveIdentity(await verifyToken(token));
 
-  // Once: a token provider per upstream whose credential comes from a token endpoint.
-  const providers = new Map<string, TokenProvider>();
-  for (const u of config.upstreams.values()) {
-    const c = u.credential;
-    if ((c.scheme !== 'bearer' && c.scheme !== 'header') || c.provider === undefined) continue;
-    providers.set(
-      u.name,
-      clientCredentialsProvider(c.provider, {
-        upstream: u.name,
-        secret: (name, tenant) => secrets.get(name, tenant ?? undefined),
-        onError: (problem) => logger.error({ problem }, 'credential provider: token request failed'),
-      }),
-    );
-  }
   // Once: the `Host` names that route to an upstream at its root on the main listener.
   const hostRoutes = new Map([...config.upstreams.values()].flatMap((u) => u.hosts.map((h): [string, string] => [h, u.name])));
+  // Once: a SigV4 signer per upstream whose credential is `aws_sigv4` (it holds assumed-role credentials).
+  const signers = new Map<string, SigV4Signer>();
+  for (const u of config.upstreams.values()) {
+    if (u.credential.scheme !== 'aws_sigv4') continue;
+    signers.set(u.name, sigV4Signer(u.credential, { upstream: u.name, origin: u.origin, onError: (problem) => logger.error({ problem }, 'aws_sigv4: AssumeRole failed') }));
+  }
 
   return async (req, res, routed) => {
     const started = performance.now();
@@ -217,6 +212,9 @@ export function createPipeline(deps: PipelineDeps): RequestHandler {
 
       // 4. decide
       const described = { identity, facts, environment: config.gateway.environment, now: Date.now() };
+      // `user.connected(...)` answers from memory: the user's connected accounts are loaded first (cached a few seconds).
+      const connections = identity.user === undefined ? undefined : credentials.loadConnections(identity.tenant, identity.user);
+      if (connections !== undefined) await connections.catch((err: unknown) => logger.error({ reqId: requestId, err }, 'could not read connected accounts; user.connected() is false'));
       // A shared history store (Redis) is asked alongside the context sources; one in the process is read lazily.
       const asking = policy.resolveHistory(described);
       let input: EvaluationInput;
@@ -317,8 +315,8 @@ export function createPipeline(deps: PipelineDeps): RequestHandler {
 
       // 6. inject: 503 unless every secret the credential names is available (a provider's token
       // first obtained from its token endpoint, or held from before).
-      const provider = providers.get(upstream.name);
-      const provided = provider === undefined ? undefined : await provider.token(identity.tenant ?? null);
+      const providing = credentials.token(upstream.name, { tenant: identity.tenant, user: identity.user, agentToken: token });
+      const provided = providing === undefined ? undefined : await providing;
       const injected = injectCredential(
         forwardableHeaders(),
         facts.rawQuery,
@@ -341,21 +339,30 @@ export function createPipeline(deps: PipelineDeps): RequestHandler {
       metrics.auditWait((performance.now() - waiting) / 1000);
       // A body that broke its limits while the request was being decided is not forwarded at all.
       if (incoming?.failure !== undefined) throw incoming.failure;
+      const signer = signers.get(upstream.name);
+      // A service that signs payload hashes gets a streamed body read whole first (max_body_bytes, else 413).
+      if (signer?.hashesPayload === true && buffered === undefined && incoming !== undefined) buffered = await readBody(req, incoming, config.gateway.maxBodyBytes);
       const body = buffered ?? incoming ?? null;
       const length = buffered ? String(buffered.length) : req.headers['content-length'];
       if (length !== undefined) injected.headers.push(['content-length', length]);
+      const forwardTarget = injected.rawQuery === '' ? facts.forwardPath : `${facts.forwardPath}?${injected.rawQuery}`;
+      // An AWS upstream's request is signed last, over exactly what is forwarded, with the tenant's keys (or its role's).
+      const sent =
+        signer === undefined
+          ? { path: forwardTarget, headers: injected.headers, secrets: injected.secrets }
+          : await signer.sign({ method: facts.method, path: forwardTarget, headers: injected.headers, body: body === null || body instanceof Buffer ? body : 'stream' }, identity.tenant, (name) => secrets.get(name, identity.tenant));
 
       // 7. forward
       forwarding = true;
       const upstreamRes = await forwarder.forward(upstream, {
         method: facts.method,
-        path: injected.rawQuery === '' ? facts.forwardPath : `${facts.forwardPath}?${injected.rawQuery}`,
-        headers: injected.headers,
+        path: sent.path,
+        headers: sent.headers,
         body,
         signal: hangUp,
       });
       rec.upstreamStatus = upstreamRes.statusCode;
-      const scrubber = scrubberFor(injected.secrets);
+      const scrubber = scrubberFor(sent.secrets);
       // Recorded scrubbed whatever scrub_responses says: an upstream may echo the credential anywhere.
       const upstreamId = upstreamRequestId(upstreamRes.headers);
       rec.upstreamRequestId = upstreamId === null ? null : scrubber.redact(upstreamId);

@@ -210,7 +210,7 @@ describe.each(backends)('approval service and store ($name)', (b) => {
       limits,
       logger: silent,
       now: () => clock,
-      notifier: { notify: (n) => void notices.push(n), inFlight: 0, close: async () => {} },
+      notifier: { notify: (n) => void notices.push(n as ApprovalNotice), inFlight: 0, close: async () => {} },
       links: createLinkSigner(Buffer.alloc(32, 1)),
       linkBase: () => 'http://admin.example',
     });

@@ -5,6 +5,8 @@ import { keyMatches, open, seal, type MasterKey, type Sealed, type SecretAddress
 import type { ImportResult, RekeyResult, SecretInfo, SecretStore, SecretStoreOptions, SnapshotStats, StoreLog } from '../port.js';
 import { checkName, checkTenant, checkValue, describeSecret, parseSecretsFile, secretNotFound as notFound } from '../validate.js';
 import { reseal, secretInfo, SecretSnapshot, type SecretRow, type VersionRow } from '../snapshot.js';
+import { grantTableSql, type GrantStore } from '../grants.js';
+import { PgGrants, resealPgGrants } from './grants.js';
 
 /** The channel every instance LISTENs on; the payload is the store's new generation. */
 export const SECRETS_CHANNEL = 'valet_secrets';
@@ -43,6 +45,7 @@ const MIGRATIONS: readonly string[] = [
      created_at bigint  NOT NULL,
      PRIMARY KEY (secret_id, version)
    );`,
+  grantTableSql('bytea', 'bigint'),
 ];
 
 /** `secrets_meta` key of the master key's check value (see crypto.ts); never the key itself. */
@@ -119,9 +122,11 @@ class PgSecretStore implements SecretStore {
   private readonly flushTimer: NodeJS.Timeout | undefined;
   private readonly changeListeners = new Set<(stats: SnapshotStats) => void>();
   private closed = false;
+  readonly grants: GrantStore;
 
   constructor(pool: pg.Pool, url: string, options: SecretStoreOptions) {
     this.pool = pool;
+    this.grants = new PgGrants(pool, () => this.requireKey());
     this.url = url;
     this.location = describeUrl(url);
     this.key = options.key;
@@ -394,8 +399,9 @@ class PgSecretStore implements SecretStore {
           v.version,
         ]);
       }
+      const grants = await resealPgGrants(c, oldKey, newKey);
       await setKeyCheck(c, newKey);
-      return { secrets: secrets.size, versions: versions.length, oldKeyId: oldKey.id, newKeyId: newKey.id };
+      return { secrets: secrets.size, versions: versions.length, grants, oldKeyId: oldKey.id, newKeyId: newKey.id };
     });
     this.key = newKey;
     await this.afterWrite();

@@ -6,6 +6,8 @@ import type { ImportResult, RekeyResult, SecretInfo, SecretStore, SecretStoreOpt
 import { checkName, checkTenant, checkValue, describeSecret, parseSecretsFile, secretNotFound as notFound } from '../validate.js';
 import { reseal, secretInfo, SecretSnapshot, type SecretRow, type VersionRow } from '../snapshot.js';
 import { openPrivateDatabase } from '../../sqlite.js';
+import { grantTableSql, type GrantStore } from '../grants.js';
+import { resealSqliteGrants, SqliteGrants } from './grants.js';
 
 /**
  * The embedded implementation of the {@link SecretStore} port: upstream credentials at rest in
@@ -49,6 +51,7 @@ const MIGRATIONS: readonly string[] = [
      created_at INTEGER NOT NULL,
      PRIMARY KEY (secret_id, version)
    ) WITHOUT ROWID;`,
+  `${grantTableSql('BLOB', 'INTEGER')} WITHOUT ROWID;`,
 ];
 
 /** `store_meta` key of the master key's check value (see crypto.ts); never the key itself. */
@@ -89,9 +92,11 @@ class SqliteSecretStore implements SecretStore {
   /** Whether a snapshot was loaded: the first load is no change. */
   private loaded = false;
   private closed = false;
+  readonly grants: GrantStore;
 
   constructor(db: Database.Database, file: string, options: SecretStoreOptions) {
     this.db = db;
+    this.grants = new SqliteGrants(db, () => this.requireKey());
     this.location = file;
     this.key = options.key;
     this.refreshMs = options.refreshMs ?? 1_000;
@@ -331,8 +336,9 @@ class SqliteSecretStore implements SecretStore {
           const sealed = reseal(oldKey, newKey, s, v);
           update.run(sealed.nonce, sealed.ciphertext, sealed.tag, v.secret_id, v.version);
         }
+        const grants = resealSqliteGrants(this.db, oldKey, newKey);
         this.setKeyCheck(newKey);
-        return { secrets: secrets.size, versions: versions.length, oldKeyId: oldKey.id, newKeyId: newKey.id };
+        return { secrets: secrets.size, versions: versions.length, grants, oldKeyId: oldKey.id, newKeyId: newKey.id };
       })
       .immediate();
     this.key = newKey;
