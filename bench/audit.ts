@@ -432,6 +432,7 @@ function topUp(dir: string, target: number): number {
             approvalAt: null,
             args: null,
             upstreamRequestId: null,
+            act: null,
           },
         };
       });

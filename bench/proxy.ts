@@ -43,11 +43,12 @@ const HELP = `Usage: npm run bench -- [options]
   --connections N       autocannon connections             (env BENCH_CONNECTIONS, default 50)
   --rate N              fixed-rate phase, requests/s       (env BENCH_RATE, default 1000)
   --rounds N            repeat everything, report medians  (env BENCH_ROUNDS, default 1)
-  --only LIST           targets to run: direct,bare,valet,valet-port,valet-host,valet-oauth
-                        (default direct,bare,valet); valet-port and valet-host are the same Valet
-                        reached on the upstream's own port and by its host name instead of
-                        /<upstream>/...; valet-oauth injects a token from a token endpoint (cached)
-                        instead of a stored key (same process, same policy)
+  --only LIST           targets to run: direct,bare,valet,valet-port,valet-host,valet-oauth,
+                        valet-sigv4 (default direct,bare,valet); valet-port and valet-host are the
+                        same Valet reached on the upstream's own port and by its host name instead
+                        of /<upstream>/...; valet-oauth injects a token from a token endpoint
+                        (cached) instead of a stored key; valet-sigv4 signs each request with AWS
+                        SigV4 (body read whole and hashed) (same process, same policy)
   --wait-quiet N        before each measurement wait up to N s for other processes to use
                         < ${QUIET_CORES} cores                     (env BENCH_WAIT_QUIET, default 0 = don't wait)
   --valet-log FILE      send Valet's log lines to FILE instead of /dev/null (debugging)
@@ -98,7 +99,7 @@ const opts = {
   /** Pause between measurements so GC, the audit writer and sockets settle. */
   settleMs: quick ? 300 : 1_000,
 };
-const TARGET_IDS = ['direct', 'bare', 'valet', 'valet-port', 'valet-host', 'valet-oauth'] as const;
+const TARGET_IDS = ['direct', 'bare', 'valet', 'valet-port', 'valet-host', 'valet-oauth', 'valet-sigv4'] as const;
 type TargetId = (typeof TARGET_IDS)[number];
 const only = new Set((flags.only ?? 'direct,bare,valet').split(',').map((s) => s.trim()).filter(Boolean));
 /** The process that serves a target (its CPU and event loop are measured). */
@@ -116,6 +117,8 @@ const cpuProf = flags['cpu-prof'];
 // workload
 
 const UPSTREAM_SECRET = `sk-bench-${randomBytes(12).toString('hex')}`;
+/** The access key id valet-sigv4 signs with (its secret key is UPSTREAM_SECRET); the upstream checks for it. */
+const AWS_KEY_ID = `AKIABENCH${randomBytes(6).toString('hex').toUpperCase()}`;
 const PATH = '/v1/echo';
 
 /** A JSON object serialising to exactly `size` bytes. */
@@ -245,8 +248,9 @@ async function main(): Promise<number> {
   const childEnv = { ...process.env };
   delete childEnv['VALET_LOG_LEVEL']; // Valet logs at its default level, 'info'.
   delete childEnv['NODE_OPTIONS'];
+  childEnv['VALET_BENCH_AWS_KEY_ID'] = AWS_KEY_ID;
 
-  const upstream = await forkChild({ name: 'upstream', script: join(HERE, 'targets/upstream.ts'), args: [`Bearer ${UPSTREAM_SECRET}`], env: childEnv });
+  const upstream = await forkChild({ name: 'upstream', script: join(HERE, 'targets/upstream.ts'), args: [`Bearer ${UPSTREAM_SECRET}`, AWS_KEY_ID], env: childEnv });
   children.push(upstream);
   const origin = upstream.ready.url;
 
@@ -283,6 +287,7 @@ async function main(): Promise<number> {
     'valet-port': valet ? `${String(valet.ready['portUrl'])}${PATH}` : undefined,
     'valet-host': valet ? `${String(valet.ready['hostUrl'])}${PATH}` : undefined,
     'valet-oauth': valet ? `${String(valet.ready['oauthUrl'])}${PATH}` : undefined,
+    'valet-sigv4': valet ? `${String(valet.ready['sigv4Url'])}${PATH}` : undefined,
   };
   const workloads = new Map<TargetId, Workload>();
   for (const t of targetsRun) workloads.set(t, { url: urls[t] as string, body: BODY, headers: t === 'valet-host' ? { ...headers, host: String(valet?.ready['host']) } : headers });
@@ -376,7 +381,7 @@ async function main(): Promise<number> {
   };
 
   /** Requests each target answered (warm-ups and smoke check included), for per-request figures. */
-  const handled: Record<TargetId, number> = { direct: 1, bare: 1, valet: 1, 'valet-port': 1, 'valet-host': 1, 'valet-oauth': 1 };
+  const handled: Record<TargetId, number> = { direct: 1, bare: 1, valet: 1, 'valet-port': 1, 'valet-host': 1, 'valet-oauth': 1, 'valet-sigv4': 1 };
   for (let round = 1; round <= opts.rounds; round++) {
     if (opts.rounds > 1) log(`## round ${round}/${opts.rounds}`);
     // Rotate the order each round so no target always runs first (or right after another).
@@ -464,6 +469,7 @@ async function main(): Promise<number> {
     'valet-port': "Valet (upstream's own port)",
     'valet-host': 'Valet (by Host)',
     'valet-oauth': 'Valet (OAuth token, cached)',
+    'valet-sigv4': 'Valet (AWS SigV4 signed)',
   };
   const rel = (v: number, base: number | undefined): string => (base === undefined ? '—' : `${(v / base).toFixed(2)}×`);
   const added = (v: number, base: number | undefined): string => (base === undefined ? '—' : `${v - base >= 0 ? '+' : ''}${ms(v - base)}`);

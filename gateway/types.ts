@@ -12,6 +12,8 @@ export interface AgentIdentity {
   readonly issuer: string;
   readonly tokenId: string | undefined;
   readonly expiresAt: number;
+  /** RFC 8693 `act`: the actors' subjects, the one acting now first, then each earlier actor (nested `act`). */
+  readonly actors?: readonly string[];
   /** The token's groups claim (admin tokens: approver groups); absent when the token has none. */
   readonly groups?: readonly string[];
 }
@@ -95,4 +97,21 @@ export interface AuditRecord {
   args: string | null;
   /** The upstream's own id for the response (its `x-request-id`, `request-id`...), beside Valet's `requestId`. */
   upstreamRequestId: string | null;
+  /**
+   * The delegation chain (RFC 8693 `act`), as JSON: `{"token": [...]}` the agent token's actors,
+   * the one acting now first, then those it acts for; `exchanged` the same from a token a token
+   * exchange issued for this call. Null when there is none.
+   */
+  act: string | null;
+}
+
+/** RFC 8693 §4.1: the current actor, then each prior one (nested `act`), at most 8 deep; stops at the first malformed level. */
+export function actorChain(act: unknown): string[] {
+  const chain: string[] = [];
+  let a = act;
+  while (chain.length < 8 && typeof a === 'object' && a !== null && typeof (a as { sub?: unknown }).sub === 'string') {
+    chain.push(((a as { sub: string }).sub).slice(0, 256));
+    a = (a as { act?: unknown }).act;
+  }
+  return chain;
 }

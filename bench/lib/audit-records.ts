@@ -55,6 +55,7 @@ export function decisionRecord(): AuditRecord {
     approvalAt: null,
     args: null,
     upstreamRequestId: null,
+    act: null,
   };
 }
 

@@ -4,13 +4,16 @@
  * carried the credential Valet is configured to inject, so the orchestrator can check that
  * Valet's requests really went through the injection path.
  *
- * Run by bench/proxy.ts in its own process; argv[2] is the expected credential header value.
+ * Run by bench/proxy.ts in its own process; argv[2] is the expected credential header value,
+ * argv[3] the access key id SigV4-signed requests must be signed with.
  */
 import { createServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { failChild, serveChild } from '../lib/child.js';
 
 const injected = process.argv[2] ?? '';
+/** A SigV4-signed request (the valet-sigv4 route) counts as carrying the credential when signed with the bench's key. */
+const signedWith = `AWS4-HMAC-SHA256 Credential=${process.argv[3] ?? 'none'}/`;
 let requests = 0;
 let withInjectedCredential = 0;
 let bodyBytes = 0;
@@ -30,7 +33,8 @@ const server = createServer({ keepAliveTimeout: 10_000 }, (req, res) => {
     }
     requests++;
     bodyBytes += n;
-    if (injected !== '' && req.headers.authorization === injected) withInjectedCredential++;
+    const auth = req.headers.authorization ?? '';
+    if ((injected !== '' && auth === injected) || auth.startsWith(signedWith)) withInjectedCredential++;
     const body = `{"ok":true,"received":${n}}`;
     res.writeHead(200, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) });
     res.end(body);

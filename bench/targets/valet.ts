@@ -5,7 +5,8 @@
  * to /dev/null through the destination the gateway uses for stdout (gateway/log.ts).
  *
  * Run by bench/proxy.ts in its own process; argv: <work dir> <upstream origin> <upstream secret>
- * [log file, instead of /dev/null].
+ * [log file, instead of /dev/null]; `VALET_BENCH_AWS_KEY_ID` (environment) is the access key id the
+ * SigV4 route signs with, the upstream secret its secret key.
  *
  * For bench/fleet.ts (`VALET_BENCH_FLEET=1`), from its environment: `VALET_POSTGRES_URL`, `VALET_REDIS_URL` and
  * `VALET_MASTER_KEY` are handed to the gateway (shared state as a fleet runs it);
@@ -75,12 +76,18 @@ async function main(): Promise<void> {
           origin,
           credential: { scheme: 'bearer', provider: { kind: 'oauth2_client_credentials', token_url: `${origin}/oauth/token`, client_id: 'bench', client_secret: 'VALET_BENCH_UPSTREAM_KEY' } },
         },
+        // And signed with AWS SigV4 for a service that hashes payloads: the body is read whole and hashed.
+        {
+          name: `${BENCH_UPSTREAM}-sigv4`,
+          origin,
+          credential: { scheme: 'aws_sigv4', service: 'bedrock', region: 'us-east-1', access_key_id: 'VALET_BENCH_AWS_KEY_ID', secret_access_key: 'VALET_BENCH_UPSTREAM_KEY' },
+        },
       ],
     }),
   );
   writeFileSync(
     join(configDir, 'rules.yaml'),
-    stringify({ rules: [{ id: 'bench-allow', upstream: BENCH_UPSTREAM, methods: ['POST'], paths: ['/v1/**'], effect: 'allow' }, { id: 'bench-oauth-allow', upstream: `${BENCH_UPSTREAM}-oauth`, methods: ['POST'], paths: ['/v1/**'], effect: 'allow' }] }),
+    stringify({ rules: [{ id: 'bench-allow', upstream: BENCH_UPSTREAM, methods: ['POST'], paths: ['/v1/**'], effect: 'allow' }, { id: 'bench-oauth-allow', upstream: `${BENCH_UPSTREAM}-oauth`, methods: ['POST'], paths: ['/v1/**'], effect: 'allow' }, { id: 'bench-sigv4-allow', upstream: `${BENCH_UPSTREAM}-sigv4`, methods: ['POST'], paths: ['/v1/**'], effect: 'allow' }] }),
   );
   if (rateLimit !== undefined) {
     writeFileSync(
@@ -96,7 +103,7 @@ async function main(): Promise<void> {
     configDir,
     dataDir,
     logDestination: logs,
-    env: { VALET_BENCH_SIGNING_KEY: SIGNING_KEY, VALET_BENCH_UPSTREAM_KEY: upstreamSecret, ...fleetEnv },
+    env: { VALET_BENCH_SIGNING_KEY: SIGNING_KEY, VALET_BENCH_UPSTREAM_KEY: upstreamSecret, VALET_BENCH_AWS_KEY_ID: process.env['VALET_BENCH_AWS_KEY_ID'] ?? 'AKIABENCH', ...fleetEnv },
     // bench/audit.ts compares the audit writer on its own thread (the default) with one inline.
     auditWriter: process.env['VALET_BENCH_AUDIT_WRITER'] === 'inline' ? 'inline' : 'worker',
   });
@@ -132,7 +139,7 @@ async function main(): Promise<void> {
         return fleetEnv['VALET_POSTGRES_URL'] === undefined ? { auditRows: auditRows() } : {};
       },
     },
-    { url: `${gateway.url}/${BENCH_UPSTREAM}`, oauthUrl: `${gateway.url}/${BENCH_UPSTREAM}-oauth`, portUrl: gateway.upstreamListeners.get(BENCH_UPSTREAM)?.url, hostUrl: gateway.url, host: BENCH_HOST, token, logLevel: gateway.logger.level },
+    { url: `${gateway.url}/${BENCH_UPSTREAM}`, oauthUrl: `${gateway.url}/${BENCH_UPSTREAM}-oauth`, sigv4Url: `${gateway.url}/${BENCH_UPSTREAM}-sigv4`, portUrl: gateway.upstreamListeners.get(BENCH_UPSTREAM)?.url, hostUrl: gateway.url, host: BENCH_HOST, token, logLevel: gateway.logger.level },
   );
 }
 

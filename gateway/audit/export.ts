@@ -162,6 +162,7 @@ const SD_PARAMS: (keyof AuditRow)[] = [
   'approver',
   'args',
   'upstream_request_id',
+  'act',
 ];
 
 /**

@@ -38,6 +38,8 @@ export interface AuditRow {
   args: string | null;
   /** The upstream's own request id for the response, beside Valet's `request_id`. */
   upstream_request_id: string | null;
+  /** The delegation chain (RFC 8693 `act`) as JSON: `token`, the agent token's actors, outermost first; `exchanged`, those of a token an exchange issued. */
+  act: string | null;
   /** When the writer recorded the row (ms); never decreases as ids grow. */
   logged_at: number;
   /** The row's events in the hash chain (bookkeeping). */

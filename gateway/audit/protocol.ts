@@ -39,6 +39,7 @@ export const RECORD_FIELDS = [
   'approvalAt',
   'args',
   'upstreamRequestId',
+  'act',
 ] as const satisfies readonly (keyof AuditRecord)[];
 
 // Every field of AuditRecord is listed (a compile error names any that is not).

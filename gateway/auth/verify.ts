@@ -1,3 +1,4 @@
+import { actorChain } from '../types.js';
 import { decodeJwt, decodeProtectedHeader, errors as joseErrors, jwtVerify, type JWTPayload } from 'jose';
 import { ValetError } from '../errors.js';
 import type { Environment, IssuerConfig } from '../config/types.js';
@@ -116,8 +117,10 @@ function identityFrom(payload: JWTPayload, config: IssuerConfig): AgentIdentity 
     user = sub;
   }
   const groups = payload[claims.groups ?? 'groups'];
+  const actors = actorChain(act);
   return Object.freeze({
     ...(groups !== undefined && { groups: Object.freeze(roleList(groups, claims.groups ?? 'groups')) }),
+    ...(actors.length > 0 && { actors: Object.freeze(actors) }),
     agent,
     user,
     tenant: optionalString(payload[claims.tenant], claims.tenant),
@@ -162,3 +165,4 @@ function fromJose(err: unknown): ValetError {
   if (err.code === 'ERR_JOSE_GENERIC') return new ValetError('VALET_ERR_AUTH_UNAVAILABLE', undefined, { cause: err });
   return invalid('verification failed');
 }
+

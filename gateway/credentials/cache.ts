@@ -13,6 +13,12 @@ export interface Caller {
   readonly agentToken?: string | undefined;
 }
 
+/** What a provider gives a call: the value to inject, and (token exchange) the actors the issued token names. */
+export interface Provided {
+  readonly token: string;
+  readonly act?: readonly string[] | undefined;
+}
+
 /** A credential went bad in a way only a person can fix (a revoked grant). */
 export interface BrokenCredential {
   readonly upstream: string;
@@ -39,8 +45,7 @@ export interface CredentialCacheOptions {
 }
 
 /** A token held in memory: served without asking the store until near expiry or `checkAfter`. */
-interface Held {
-  readonly token: string;
+interface Held extends Provided {
   readonly expiresAt: number;
   readonly obtainedAt: number;
   /** After this, the store is read again before use: a revoked or replaced grant is seen within RECHECK_MS. */
@@ -115,7 +120,7 @@ export class CredentialCache {
   }
 
   /** A valid access token for the call, or a coded refusal; never forwards without one. */
-  async token(caller: Caller): Promise<string> {
+  async token(caller: Caller): Promise<Provided> {
     const key = this.keyOf(caller);
     const k = mapKey(key);
     const h = this.held.get(k);
@@ -124,9 +129,9 @@ export class CredentialCache {
       const ahead = Math.min(this.o.refreshAheadMs ?? 60_000, (h.expiresAt - h.obtainedAt) / 2);
       // Close to expiry: renewed in the background; this call still uses the valid token.
       if (h.expiresAt - t <= ahead && t - (this.failedAt.get(k) ?? 0) >= BACKOFF_MS) this.renew(k, key, caller).catch(() => undefined);
-      return h.token;
+      return h;
     }
-    return (await this.renew(k, key, caller)).token;
+    return this.renew(k, key, caller);
   }
 
   /** A new token from the endpoint now, stored like any other (`valet credentials test`). */
@@ -227,7 +232,7 @@ export class CredentialCache {
           .catch(() => false);
       }
       const now = this.now();
-      return { token: issued.accessToken, expiresAt: issued.expiresAt, obtainedAt: now, checkAfter: this.stored ? now + RECHECK_MS : Infinity };
+      return { token: issued.accessToken, act: issued.act, expiresAt: issued.expiresAt, obtainedAt: now, checkAfter: this.stored ? now + RECHECK_MS : Infinity };
     }
   }
 

@@ -1,5 +1,6 @@
 import { createPrivateKey, randomUUID, type KeyObject } from 'node:crypto';
-import { SignJWT } from 'jose';
+import { decodeJwt, SignJWT } from 'jose';
+import { actorChain } from '../types.js';
 import { request } from 'undici';
 import { ValetError } from '../errors.js';
 import type { Grant } from '../secrets/grants.js';
@@ -10,6 +11,8 @@ export interface Issued {
   readonly accessToken: string;
   readonly refreshToken: string | undefined;
   readonly expiresAt: number;
+  /** Token exchange: the actors (RFC 8693 `act`) the issued token names, when it is a JWT that has them. */
+  readonly act?: readonly string[] | undefined;
 }
 
 /** What one token request may use: the tenant's secrets, the stored grant, the agent's token. */
@@ -249,7 +252,8 @@ export function issuerFor(p: ProviderConfig, o: IssuerOptions): Issuer {
         if (p.audience !== undefined) form.set('audience', p.audience);
         if (p.resource !== undefined) form.set('resource', p.resource);
         scopeForm(form, p.scopes);
-        return ep.grant(p.tokenUrl, p.client, form, input);
+        const issued = await ep.grant(p.tokenUrl, p.client, form, input);
+        return { ...issued, act: issuedActors(issued.accessToken) };
       };
   }
 }
@@ -272,4 +276,17 @@ export function authorizationUrl(p: UserOAuthConfig, redirectUri: string, state:
 export function redeemCode(p: UserOAuthConfig, o: IssuerOptions, input: IssueInput, code: string, verifier: string, redirectUri: string): Promise<Issued> {
   const form = new URLSearchParams({ grant_type: 'authorization_code', code, redirect_uri: redirectUri, code_verifier: verifier });
   return new TokenEndpoint(o).grant(p.tokenUrl, p.client, form, input);
+}
+
+/**
+ * The `act` chain of an access token an exchange issued, when it is a JWT (read, not verified: it
+ * came straight from the authorization server and is only recorded, never trusted for a decision).
+ */
+function issuedActors(token: string): string[] | undefined {
+  try {
+    const chain = actorChain(decodeJwt(token)['act']);
+    return chain.length > 0 ? chain : undefined;
+  } catch {
+    return undefined;
+  }
 }

@@ -3,7 +3,7 @@ import type { UpstreamConfig } from '../config/types.js';
 import { ValetError } from '../errors.js';
 import type { SecretSource } from '../secrets/env.js';
 import { PENDING_SCOPE, type GrantInfo, type GrantKey, type GrantStore } from '../secrets/grants.js';
-import { CredentialCache, digest, type BrokenCredential, type Caller } from './cache.js';
+import { CredentialCache, digest, type BrokenCredential, type Caller, type Provided } from './cache.js';
 import { authorizationUrl, GrantRejected, redeemCode } from './oauth.js';
 import type { ProviderConfig, UserOAuthConfig } from './types.js';
 
@@ -78,7 +78,7 @@ export class CredentialService {
   }
 
   /** The token to inject for a call, or undefined when the upstream's credential is a stored secret. */
-  token(upstream: string, caller: Caller): Promise<string> | undefined {
+  token(upstream: string, caller: Caller): Promise<Provided> | undefined {
     return this.caches.get(upstream)?.token(caller);
   }
 

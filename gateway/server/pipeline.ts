@@ -164,6 +164,7 @@ export function createPipeline(deps: PipelineDeps): RequestHandler {
       rec.agent = verified.agent;
       rec.tenant = verified.tenant ?? null;
       rec.user = verified.user ?? null;
+      if (verified.actors !== undefined) rec.act = JSON.stringify({ token: verified.actors });
       // The policy in force decides who the agent is (the agent registry) as well as what it may do.
       const policy = currentPolicy();
       rec.policyVersion = policy.version;
@@ -316,7 +317,9 @@ export function createPipeline(deps: PipelineDeps): RequestHandler {
       // 6. inject: 503 unless every secret the credential names is available (a provider's token
       // first obtained from its token endpoint, or held from before).
       const providing = credentials.token(upstream.name, { tenant: identity.tenant, user: identity.user, agentToken: token });
-      const provided = providing === undefined ? undefined : await providing;
+      const obtained = providing === undefined ? undefined : await providing;
+      const provided = obtained?.token;
+      if (obtained?.act !== undefined) rec.act = JSON.stringify({ ...(identity.actors !== undefined && { token: identity.actors }), exchanged: obtained.act });
       const injected = injectCredential(
         forwardableHeaders(),
         facts.rawQuery,
@@ -476,6 +479,7 @@ export function newAuditRecord(requestId: string, method: string, path: string):
     approvalAt: null,
     args: null,
     upstreamRequestId: null,
+    act: null,
   };
 }
 

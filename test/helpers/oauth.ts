@@ -36,6 +36,8 @@ export interface FakeAuthOptions {
   /** Verifies GitHub App JWTs (iss = `appId`). */
   readonly appKey?: KeyObject;
   readonly appId?: string;
+  /** Verifies `private_key_jwt` client assertions (RFC 7523 §2.2: iss = sub = client id, aud = the token endpoint). */
+  readonly clientKey?: KeyObject;
   /** The user who consents on the authorization page (set per test). */
   consentingUser?: () => string;
 }
@@ -104,7 +106,11 @@ export async function startFakeAuthServer(o: FakeAuthOptions): Promise<FakeAuthS
       const form = new URLSearchParams(req.body.toString());
       const grant = form.get('grant_type');
       const basic = Buffer.from(String(req.headers['authorization'] ?? '').replace(/^Basic /, ''), 'base64').toString();
-      const clientOk = basic === `${o.clientId}:${o.clientSecret}` || (form.get('client_id') === o.clientId && form.get('client_secret') === o.clientSecret);
+      let clientOk = basic === `${o.clientId}:${o.clientSecret}` || (form.get('client_id') === o.clientId && form.get('client_secret') === o.clientSecret);
+      if (form.get('client_assertion_type') === 'urn:ietf:params:oauth:client-assertion-type:jwt-bearer' && o.clientKey !== undefined) {
+        const { payload } = await jwtVerify(form.get('client_assertion') ?? '', o.clientKey, { issuer: o.clientId, subject: o.clientId, audience: `${upstream!.origin}/token` });
+        clientOk = typeof payload.jti === 'string' && form.get('client_id') === o.clientId;
+      }
       if (grant === 'urn:ietf:params:oauth:grant-type:jwt-bearer') {
         const { payload } = await jwtVerify(form.get('assertion') ?? '', o.assertionKey as KeyObject, { issuer: o.serviceAccount ?? '', audience: `${upstream!.origin}/token` });
         return issue(`sa`, false, { scope: payload['scope'] });
@@ -133,7 +139,10 @@ export async function startFakeAuthServer(o: FakeAuthOptions): Promise<FakeAuthS
       if (grant === 'urn:ietf:params:oauth:grant-type:token-exchange') {
         const subject = decodeJwt(form.get('subject_token') ?? '');
         if (form.get('subject_token_type') !== 'urn:ietf:params:oauth:token-type:jwt') return json(400, { error: 'invalid_request' });
-        return issue(`xchg-${String(subject.sub)}`, false, { issued_token_type: 'urn:ietf:params:oauth:token-type:access_token' });
+        // A JWT access token naming the subject, with the agent (and the exchanger) as actors.
+        const b64 = (v: unknown): string => Buffer.from(JSON.stringify(v)).toString('base64url');
+        const jwt = `${b64({ alg: 'RS256', typ: 'at+jwt' })}.${b64({ sub: subject.sub, jti: next('xchg'), act: { sub: 'token-exchanger', act: subject['act'] } })}.c2ln`;
+        return json(200, { access_token: jwt, token_type: 'Bearer', expires_in: state.lifetimeS, issued_token_type: 'urn:ietf:params:oauth:token-type:access_token' });
       }
       if (grant === 'client_credentials') return issue('client', false);
       return json(400, { error: 'unsupported_grant_type' });

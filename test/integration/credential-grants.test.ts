@@ -24,6 +24,7 @@ const rsa = (): { publicKey: string; privateKey: string } =>
 
 describe('obtained credentials', () => {
   const sa = rsa();
+  const clientKey = generateKeyPairSync('ec', { namedCurve: 'P-256', publicKeyEncoding: { type: 'spki', format: 'pem' }, privateKeyEncoding: { type: 'pkcs8', format: 'pem' } });
   // GitHub hands out PKCS#1 ("BEGIN RSA PRIVATE KEY") app keys.
   const app = generateKeyPairSync('rsa', { modulusLength: 2048, publicKeyEncoding: { type: 'spki', format: 'pem' }, privateKeyEncoding: { type: 'pkcs1', format: 'pem' } });
   let auth: FakeAuthServer;
@@ -40,6 +41,7 @@ describe('obtained credentials', () => {
       serviceAccount: SA_EMAIL,
       appKey: createPublicKey(app.publicKey),
       appId: APP_ID,
+      clientKey: createPublicKey(clientKey.publicKey),
     });
     api = await startFakeUpstream((req, res: ServerResponse) => {
       res.writeHead(200, { 'content-type': 'application/json' });
@@ -158,6 +160,21 @@ describe('obtained credentials', () => {
     }, 30_000);
   });
 
+  it('client_auth private_key_jwt: the client authenticates with a signed assertion, never a shared secret', async () => {
+    const gw = await start(
+      { kind: 'oauth2_client_credentials', token_url: `${auth.origin}/token`, client_id: CLIENT_ID, client_auth: 'private_key_jwt', client_private_key: 'CLIENT_KEY', client_key_id: 'k-2026' },
+      { env: { CLIENT_KEY: clientKey.privateKey.replace(/\n/g, '\\n') } },
+    );
+    const first = await call(gw);
+    expect(first.status).toBe(200);
+    expect(first.sent).toMatch(/^Bearer at-client-/);
+    const form = new URLSearchParams(auth.grants('client_credentials').at(-1)!.body.toString());
+    expect(form.get('client_secret')).toBeNull();
+    expect(auth.grants('client_credentials').at(-1)!.headers['authorization']).toBeUndefined();
+    const { decodeProtectedHeader } = await import('jose');
+    expect(decodeProtectedHeader(form.get('client_assertion')!)).toMatchObject({ alg: 'ES256', kid: 'k-2026' });
+  });
+
   it('oauth2_jwt_bearer: a Google service-account file signs the assertion; the token is cached', async () => {
     const file = JSON.stringify({ type: 'service_account', client_email: SA_EMAIL, private_key: sa.privateKey, private_key_id: 'k1', token_uri: `${auth.origin}/token` });
     const gw = await start({ kind: 'oauth2_jwt_bearer', private_key: 'GOOGLE_SA', scopes: ['https://www.googleapis.com/auth/cloud-platform'] }, { env: { GOOGLE_SA: file } });
@@ -214,13 +231,17 @@ describe('obtained credentials', () => {
     const a = await Promise.all(Array.from({ length: 10 }, () => sent(alice)));
     const b = await sent(bob);
     expect(new Set(a).size).toBe(1);
-    expect(a[0]).toMatch(/^Bearer at-xchg-alice-/);
-    expect(b).toMatch(/^Bearer at-xchg-bob-/);
+    expect(decodeJwt(a[0]!.slice(7)).sub).toBe('alice');
+    expect(decodeJwt(b!.slice(7)).sub).toBe('bob');
     expect(exchanges() - before).toBe(2);
     const form = new URLSearchParams(auth.grants('urn:ietf:params:oauth:grant-type:token-exchange').at(-1)!.body.toString());
     expect(form.get('audience')).toBe('https://api.example.com');
     expect(form.get('subject_token')).toBe(bob);
     // The agent token reached the authorization server only, never the API.
     for (const r of api.requests) expect(JSON.stringify(r.headers)).not.toContain(bob);
+    // Both delegation chains are kept in the audit row: the agent token's and the issued token's.
+    const rows = await gw.auditRows();
+    expect(JSON.parse(rows.at(-1)!.act!)).toEqual({ token: ['bot-b'], exchanged: ['token-exchanger', 'bot-b'] });
+    expect(JSON.stringify(rows)).not.toContain(b!.slice(7));
   });
 });

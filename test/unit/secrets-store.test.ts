@@ -307,13 +307,16 @@ describe.each(backends)('secret store ($name): master key', (b) => {
     await s.set('A', 'acme', 'a-acme');
     await s.set('B', null, 'b1');
     expect(await codeOf(() => s.rekey(k1))).toBe('VALET_ERR_MASTER_KEY');
-    expect(await s.rekey(k2)).toEqual({ secrets: 3, versions: 4, oldKeyId: k1.id, newKeyId: k2.id });
+    const grant = { upstream: 'crm', tenant: 'acme', user: 'alice', scope: '' };
+    expect(await s.grants.write(grant, { tokens: { accessToken: 'at-1', refreshToken: 'rt-1' }, expiresAt: 1, status: 'active', problem: null, seed: null }, 0)).toBe(true);
+    expect(await s.rekey(k2)).toEqual({ secrets: 3, versions: 4, grants: 1, oldKeyId: k1.id, newKeyId: k2.id });
     expect(s.get('A', undefined)).toBe('a2');
     await s.close();
     expect(await codeOf(() => openSecretBackend(place, { key: k1 }))).toBe('VALET_ERR_MASTER_KEY');
     const again = await store(place, k2, { refreshMs: 0 });
     expect(again.get('A', undefined)).toBe('a2');
     expect(again.get('A', 'acme')).toBe('a-acme');
+    expect((await again.grants.read(grant))?.tokens).toEqual({ accessToken: 'at-1', refreshToken: 'rt-1' });
     // Earlier versions too.
     const [v1] = (await b
       .raw(place)
@@ -337,6 +340,74 @@ describe.each(backends)('secret store ($name): master key', (b) => {
     expect(err.message).toContain('secret B (shared) version 1');
     await s.close();
     expect((await store(place, k1, { refreshMs: 0 })).get('A', undefined)).toBe('a1');
+  });
+});
+
+describe.each(backends)('secret store ($name): credential grants', (b) => {
+  const key = { upstream: 'crm', tenant: null, user: null, scope: '' };
+  const value = (n: number) => ({ tokens: { accessToken: `at-${n}`, refreshToken: `rt-${n}` }, expiresAt: 1_000 + n, status: 'active' as const, problem: null, seed: 'seed-digest' });
+
+  it('writes are compare-and-set on the version: of two writers at the same version, one wins', async () => {
+    const s = await store(await b.place(), newKey());
+    expect(await s.grants.read(key)).toBeUndefined();
+    expect(await s.grants.write(key, value(1), 0)).toBe(true);
+    expect(await s.grants.write(key, value(9), 0)).toBe(false);
+    expect(await s.grants.write(key, value(2), 1)).toBe(true);
+    expect(await s.grants.write(key, value(3), 1)).toBe(false);
+    const g = await s.grants.read(key);
+    expect(g).toMatchObject({ version: 2, tokens: { accessToken: 'at-2', refreshToken: 'rt-2' }, expiresAt: 1_002, status: 'active', seed: 'seed-digest', hasRefreshToken: true });
+    // Another tenant's or user's grant is another row.
+    expect(await s.grants.read({ ...key, tenant: 'acme' })).toBeUndefined();
+    expect(await s.grants.read({ ...key, user: 'alice' })).toBeUndefined();
+  });
+
+  it('a lease admits one owner at a time until it runs out or is released; a write clears it', async () => {
+    const s = await store(await b.place(), newKey());
+    // Absent: the lease is held by a placeholder that reads as absent.
+    expect(await s.grants.lease(key, 0, 'a', 60_000)).toBe(true);
+    expect(await s.grants.lease(key, 0, 'b', 60_000)).toBe(false);
+    expect(await s.grants.read(key)).toBeUndefined();
+    expect(await s.grants.list()).toEqual([]);
+    expect(await s.grants.write(key, value(1), 0)).toBe(true);
+    expect(await s.grants.lease(key, 1, 'b', 60_000)).toBe(true);
+    expect(await s.grants.lease(key, 1, 'a', 60_000)).toBe(false);
+    expect(await s.grants.lease(key, 0, 'a', 60_000)).toBe(false); // not at that version
+    await s.grants.release(key, 'b');
+    expect(await s.grants.lease(key, 1, 'a', 1)).toBe(true);
+    await new Promise((r) => setTimeout(r, 5));
+    expect(await s.grants.lease(key, 1, 'b', 60_000)).toBe(true); // a's ran out
+    expect(await s.grants.write(key, value(2), 1)).toBe(true);
+    expect(await s.grants.lease(key, 2, 'a', 60_000)).toBe(true);
+  });
+
+  it('lists metadata only, filters by upstream, tenant and user, leaves out pending connections, and removes', async () => {
+    const s = await store(await b.place(), newKey());
+    await s.grants.write(key, value(1), 0);
+    await s.grants.write({ upstream: 'crm', tenant: 'acme', user: 'alice', scope: '' }, value(2), 0);
+    await s.grants.write({ upstream: 'crm', tenant: null, user: null, scope: 'pending:abc' }, value(3), 0);
+    const all = await s.grants.list();
+    expect(all.map((g) => [g.key.tenant, g.key.user])).toEqual([
+      [null, null],
+      ['acme', 'alice'],
+    ]);
+    expect(JSON.stringify(all)).not.toMatch(/at-|rt-/);
+    expect((await s.grants.list({ tenant: 'acme' })).map((g) => g.key.user)).toEqual(['alice']);
+    expect((await s.grants.list({ user: 'alice' })).length).toBe(1);
+    expect(await s.grants.remove({ upstream: 'crm', tenant: 'acme', user: 'alice' })).toBe(1);
+    expect(await s.grants.remove({ upstream: 'crm', tenant: null, user: null })).toBe(1);
+    // A pending connection is taken once, by its scope.
+    expect(await s.grants.remove({ upstream: 'crm', tenant: null, user: null, scope: 'pending:abc' })).toBe(1);
+    expect(await s.grants.remove({ upstream: 'crm', tenant: null, user: null, scope: 'pending:abc' })).toBe(0);
+  });
+
+  it('tokens are sealed: not in the database in the clear, and a row moved to another key does not open', async () => {
+    const place = await b.place();
+    const s = await store(place, newKey());
+    await s.grants.write(key, { ...value(1), tokens: { accessToken: 'at-VISIBLE-1', refreshToken: 'rt-VISIBLE-1' } }, 0);
+    const rows = (await b.raw(place).all('SELECT * FROM credential_grants')) as unknown as Record<string, unknown>[];
+    expect(JSON.stringify(rows, (_k, v: unknown) => (Buffer.isBuffer(v) ? v.toString('latin1') : v))).not.toContain('VISIBLE');
+    await b.raw(place).run("UPDATE credential_grants SET upstream = 'other'");
+    expect(await codeOf(() => s.grants.read({ ...key, upstream: 'other' }))).toBe('VALET_ERR_CREDENTIAL_CORRUPT');
   });
 });
 

@@ -84,6 +84,8 @@ const MIGRATIONS: readonly string[] = [
   // The upstream's own request id, beside Valet's (a null column is left out of a row's digest, so
   // rows written before verify as they did).
   `ALTER TABLE audit_log ADD COLUMN upstream_request_id TEXT;`,
+  // The RFC 8693 delegation chain, as JSON (null for calls without one, left out of the digest).
+  `ALTER TABLE audit_log ADD COLUMN act TEXT;`,
 ];
 
 export const AUDIT_FILE = 'valet.db';
