@@ -1,7 +1,7 @@
 import { request } from 'undici';
 import type { Browser } from 'playwright-core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { browserAvailable, launchBrowser } from '../helpers/browser.js';
+import { browserAvailable, buildDashboard, launchBrowser, openDashboard, pageProblems } from '../helpers/browser.js';
 import { startTestGateway, type TestGateway } from '../helpers/gateway.js';
 import { expectErrorBody, requestIdOf, sleep } from '../helpers/http.js';
 import { startFakeAuthServer, type FakeAuthServer } from '../helpers/oauth.js';
@@ -24,6 +24,7 @@ describe.skipIf(!browserAvailable)('connect a user account (authorization code +
   let consenting = 'alice-at-provider';
 
   beforeAll(async () => {
+    buildDashboard();
     auth = await startFakeAuthServer({ clientId: CLIENT_ID, clientSecret: CLIENT_SECRET, consentingUser: () => consenting });
     api = await startFakeUpstream((req, res) => {
       res.writeHead(200, { 'content-type': 'application/json' });
@@ -156,6 +157,13 @@ describe.skipIf(!browserAvailable)('connect a user account (authorization code +
     const listed = (await list.body.json()) as { grants: Record<string, unknown>[] };
     expect(listed.grants).toEqual([expect.objectContaining({ upstream: 'crm', tenant: 'acme', user: 'carol', status: 'active', has_refresh_token: true })]);
     expect(JSON.stringify(listed)).not.toMatch(/at-|rt-/);
+    // The dashboard's Credentials view shows the upstream's provider and the held grant, with status.
+    const dash = await openDashboard(browser, gw.adminUrl, await gw.adminToken(['admin']), 'credentials');
+    await dash.locator('tr[data-grant="crm/acme/carol"][data-status="active"]').waitFor();
+    expect(await dash.locator('tr[data-upstream="crm"]').textContent()).toContain("users' own accounts");
+    expect(await dash.locator('#credential-grants').textContent()).not.toMatch(/at-|rt-/);
+    expect(pageProblems(dash)).toEqual([]);
+    await dash.context().close();
     // Carol disconnects herself.
     const mine = `Bearer ${await gw.adminToken([], { subject: 'carol', tenant: 'acme' })}`;
     const off = await request(`${gw.adminUrl}/api/connections/crm`, { method: 'DELETE', headers: { authorization: mine } });
