@@ -21,6 +21,7 @@ import type { Config } from '../../gateway/config/types.js';
 import { generateMasterKeyText } from '../../gateway/secrets/crypto.js';
 import { listeningPort, runCli, spawnCli } from '../helpers/cli.js';
 import { pgSchemas } from '../helpers/postgres.js';
+import { startFakeAuthServer, type FakeAuthServer } from '../helpers/oauth.js';
 import { headerValues, startFakeUpstream, type FakeUpstream, type RecordedRequest } from '../helpers/upstream.js';
 
 const REDIS = 'redis://127.0.0.1:6379';
@@ -52,6 +53,7 @@ const RULES = [
   { id: 'transfers', tools: ['pay.transfer'], effect: 'allow' },
   { id: 'hold', upstream: 'pay', paths: ['/v1/hold/**'], effect: 'escalate', reason: 'needs a person', approval: { group: 'finance', mode: 'hold', timeout: '20s' } },
   { id: 'vault-allow', upstream: 'vault', effect: 'allow' },
+  { id: 'crm-allow', upstream: 'crm', effect: 'allow' },
 ];
 
 interface Instance {
@@ -84,6 +86,7 @@ describe('a fleet of three valet processes on one PostgreSQL and one Redis', () 
   const configDir = join(root, 'config');
   let schema: string;
   let upstream: FakeUpstream;
+  let auth: FakeAuthServer;
   let config: Config;
   const fleet: Instance[] = [];
   const token = (o: Partial<MintOptions> = {}): Promise<string> =>
@@ -125,6 +128,8 @@ describe('a fleet of three valet processes on one PostgreSQL and one Redis', () 
         res.end(JSON.stringify({ executed: true, url: req.url }));
       }, delay);
     });
+    auth = await startFakeAuthServer({ clientId: 'fleet-client', clientSecret: 'cs-fleet-client-7d' });
+    auth.seedRefreshToken('rt-fleet-seed', 'fleet');
     mkdirSync(configDir, { recursive: true });
     writeFileSync(
       join(configDir, 'gateway.yaml'),
@@ -147,6 +152,11 @@ describe('a fleet of three valet processes on one PostgreSQL and one Redis', () 
         upstreams: [
           { name: 'pay', origin: upstream.origin, credential: { scheme: 'bearer', secret: 'PAY_KEY' } },
           { name: 'vault', origin: upstream.origin, credential: { scheme: 'bearer', secret: 'VAULT_TOKEN' } },
+          {
+            name: 'crm',
+            origin: upstream.origin,
+            credential: { scheme: 'bearer', provider: { kind: 'oauth2_refresh_token', token_url: `${auth.origin}/token`, client_id: 'fleet-client', client_secret: 'CRM_CLIENT_SECRET', refresh_token: 'CRM_REFRESH_TOKEN' } },
+          },
         ],
       }),
     );
@@ -160,6 +170,8 @@ describe('a fleet of three valet processes on one PostgreSQL and one Redis', () 
       VALET_APPROVAL_LINK_KEY: randomBytes(32).toString('base64url'),
       VALET_TEST_SIGNING_KEY: SIGNING_KEY,
       PAY_KEY: 'sk_fleet_pay_5e1f',
+      CRM_CLIENT_SECRET: 'cs-fleet-client-7d',
+      CRM_REFRESH_TOKEN: 'rt-fleet-seed',
     };
     config = loadConfig(configDir);
     for (const name of ['a', 'b', 'c']) {
@@ -172,6 +184,7 @@ describe('a fleet of three valet processes on one PostgreSQL and one Redis', () 
   afterAll(async () => {
     await Promise.all(fleet.map((i) => (i.child ? stop(i.child) : undefined)));
     await upstream?.close();
+    await auth?.close();
     for await (const keys of redis.scanIterator({ MATCH: `${prefix}*`, COUNT: 1000 })) if (keys.length > 0) await redis.del(keys);
     redis.destroy();
     await pgs.dropAll();
@@ -183,6 +196,23 @@ describe('a fleet of three valet processes on one PostgreSQL and one Redis', () 
     expect(tables).toContain('audit_log');
     expect(tables.some((t) => t.includes('approval'))).toBe(true);
     expect(tables.some((t) => t.includes('secret'))).toBe(true);
+  });
+
+  it('an obtained credential is shared by the fleet: a burst over three instances makes one refresh, and a rotated refresh token is never used twice', async () => {
+    auth.lifetimeS = 2;
+    const t = await token({ agent: 'crm-agent', tenant: 'acme' });
+    const burst = await Promise.all(Array.from({ length: 60 }, (_, i) => send(`${inst(i % 3).url}/crm/v1/contacts`, { token: t })));
+    expect(burst.map((r) => r.status)).toEqual(Array(60).fill(201));
+    expect(auth.grants('refresh_token')).toHaveLength(1);
+    const sent = new Set(upstream.requests.filter((q) => q.url === '/v1/contacts').map((q) => headerValues(q, 'authorization')[0]));
+    expect(sent.size).toBe(1);
+    // Expired on every instance at once: still one refresh, with the refresh token the first one rotated to.
+    await new Promise((r) => setTimeout(r, 2_100));
+    const again = await Promise.all(Array.from({ length: 30 }, (_, i) => send(`${inst(i % 3).url}/crm/v1/contacts`, { token: t })));
+    expect(again.map((r) => r.status)).toEqual(Array(30).fill(201));
+    expect(auth.grants('refresh_token')).toHaveLength(2);
+    expect(auth.reused).toEqual([]);
+    auth.lifetimeS = 3600;
   });
 
   it('a burst of 30 over three instances against 5 a minute lets exactly 5 through; a budget holds exactly', async () => {
