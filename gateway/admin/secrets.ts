@@ -62,6 +62,7 @@ export function secretRoutes(store: SecretStore): AdminRoute[] {
           json: {
             secrets: r.secrets,
             versions: r.versions,
+            grants: r.grants,
             old_key_id: r.oldKeyId,
             new_key_id: r.newKeyId,
             next_step: 'This gateway now uses the new key. Point VALET_MASTER_KEY or VALET_MASTER_KEY_FILE at it before the next start.',
