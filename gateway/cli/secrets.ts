@@ -169,7 +169,7 @@ export async function secretsCommand(args: string[]): Promise<void> {
       const { store, resolved } = await openForWrite(values);
       try {
         const r = await store.rekey(newKey);
-        say(`re-encrypted ${r.versions} version(s) of ${r.secrets} secret(s); master key id ${r.oldKeyId} -> ${r.newKeyId}`);
+        say(`re-encrypted ${r.versions} version(s) of ${r.secrets} secret(s) and ${r.grants} obtained token(s); master key id ${r.oldKeyId} -> ${r.newKeyId}`);
         say('The old key no longer opens the store: start the gateway (and run valet secrets) with the new key.');
         say('A gateway that is running now keeps serving the values it has loaded, and picks up changes after a restart.');
         if (resolved.generated) warn(`${resolved.source} still holds the old key: delete it and set VALET_MASTER_KEY or VALET_MASTER_KEY_FILE`);

@@ -174,7 +174,7 @@ describe('valet secrets (CLI lifecycle)', () => {
     const newKey = randomBytes(32).toString('base64');
     const rekey = await valet(['secrets', 'rekey'], undefined, { VALET_NEW_MASTER_KEY: newKey });
     expect(rekey.code).toBe(0);
-    expect(rekey.stdout).toMatch(/^re-encrypted 3 version\(s\) of 2 secret\(s\); master key id [0-9a-f]{16} -> [0-9a-f]{16}\n/);
+    expect(rekey.stdout).toMatch(/^re-encrypted 3 version\(s\) of 2 secret\(s\) and 0 obtained token\(s\); master key id [0-9a-f]{16} -> [0-9a-f]{16}\n/);
     expect(rekey.stderr).toContain('master-key still holds the old key');
 
     // Wrong key (the generated file still holds the old one): `valet start` exits 1, no stack trace.
