@@ -1,6 +1,7 @@
 import { request } from 'undici';
 import type { Browser } from 'playwright-core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { runCli } from '../helpers/cli.js';
 import { browserAvailable, buildDashboard, launchBrowser, openDashboard, pageProblems } from '../helpers/browser.js';
 import { startTestGateway, type TestGateway } from '../helpers/gateway.js';
 import { expectErrorBody, requestIdOf, sleep } from '../helpers/http.js';
@@ -116,6 +117,17 @@ describe.skipIf(!browserAvailable)('connect a user account (authorization code +
     expect(replay?.status()).toBe(400);
     expect(await page.textContent('body')).toContain('VALET_ERR_CONNECT_INVALID');
     await page.context().close();
+
+    // From a terminal: where to connect, and revoking alice's account (running gateways notice within 5 s).
+    const env = { VALET_CONFIG: gw.configDir, VALET_DATA: gw.dataDir, VALET_ADMIN_PUBLIC_URL: gw.adminUrl, CRM_OAUTH_SECRET: CLIENT_SECRET, NOTES_KEY: 'x', ...gw.backendEnv };
+    const where = await runCli(['credentials', 'connect', 'crm'], { env });
+    expect(where.stdout).toContain(`${gw.adminUrl}/connect/crm`);
+    const listed = await runCli(['credentials', 'list', '--user', 'alice'], { env });
+    expect(listed.stdout).toMatch(/crm\s+acme\s+alice\s+active/);
+    expect(listed.stdout).not.toContain('at-alice');
+    const revoked = await runCli(['credentials', 'revoke', 'crm', '--tenant', 'acme', '--user', 'alice'], { env });
+    expect(revoked.stdout, revoked.stderr).toContain('revoked 1 grant of crm for tenant acme for user alice');
+    await expect.poll(async () => (await call('crm', 'alice')).status, { timeout: 10_000 }).toBe(403);
   }, 60_000);
 
   it('a connection started by one person cannot be completed in another person\'s browser', async () => {
