@@ -659,8 +659,8 @@ function buildUpstream(file: ParsedFile, i: number, raw: Raw, problems: Problems
   }
   const credential = withProvider(file, [...at, 'credential'], raw.name, raw.credential, buildCredential(file, [...at, 'credential'], { ...raw.credential, ...(raw.credential?.provider !== undefined && { secret: providedSecret(raw.name) }) }, problems), problems);
   // A signature scoped to another region than the host's is refused by AWS on every request.
-  const hostRegion = credential.scheme === 'aws_sigv4' ? awsHostRegion(origin.hostname) : undefined;
-  if (credential.scheme === 'aws_sigv4' && hostRegion !== undefined && credential.region !== '' && hostRegion !== credential.region) {
+  const hostRegion = credential.scheme === 'aws_sigv4' && credential.region !== '' ? awsHostRegion(origin.hostname) : undefined;
+  if (credential.scheme === 'aws_sigv4' && hostRegion !== undefined && hostRegion !== credential.region) {
     problems.add(file, [...at, 'credential', 'region'], `"${credential.region}" is not the region of ${origin.hostname} (${hostRegion})`);
   }
   const agentTokenHeader = (raw.agent_token?.header ?? 'authorization').toLowerCase();
@@ -889,12 +889,7 @@ function buildAwsSigV4(file: ParsedFile, at: (string | number)[], c: Raw, proble
   const r = c.assume_role as Raw;
   let stsEndpoint = `https://sts.${String(c.region)}.amazonaws.com`;
   if (r?.sts_endpoint !== undefined) {
-    let url: URL | undefined;
-    try {
-      url = new URL(r.sts_endpoint);
-    } catch {
-      url = undefined;
-    }
+    const url = URL.canParse(r.sts_endpoint) ? new URL(r.sts_endpoint) : undefined;
     if (url === undefined || url.username || url.password || url.search || url.hash || (url.pathname !== '/' && url.pathname !== '')) {
       problems.add(file, [...at, 'assume_role', 'sts_endpoint'], 'must be scheme://host[:port] only (no path, query, fragment or credentials)');
     } else stsEndpoint = url.origin;

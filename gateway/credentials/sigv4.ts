@@ -55,11 +55,11 @@ export interface SigV4Signer {
   /** Whether a streamed body must be read whole before {@link SigV4Signer.sign}: the service signs payload hashes. */
   readonly hashesPayload: boolean;
   /**
-   * Signs with the tenant's keys, or with the temporary credentials of the role they assume.
-   * Refuses (503 `VALET_ERR_CREDENTIAL_UNAVAILABLE`) when a key is missing, and (503
-   * `VALET_ERR_TOKEN_ENDPOINT`) when STS gives no credentials and none are held.
+   * Signs with the keys `secret` finds (the request's tenant's), or with the temporary credentials
+   * of the role they assume. Refuses (503 `VALET_ERR_CREDENTIAL_UNAVAILABLE`) when a key is
+   * missing, and (503 `VALET_ERR_TOKEN_ENDPOINT`) when STS gives no credentials and none are held.
    */
-  sign(req: SignableRequest, tenant: string | undefined, secret: SecretLookup): Promise<SignedRequest>;
+  sign(req: SignableRequest, secret: SecretLookup): Promise<SignedRequest>;
 }
 
 export interface SigV4Options {
@@ -217,8 +217,8 @@ function storedKeys(c: AwsSigV4Config, secret: SecretLookup): AwsCredentials {
  * {@link PRESIGN_PARAMS}) are dropped; the body is hashed when Valet holds it, sent as
  * `UNSIGNED-PAYLOAD` when it streams through (only where `unsignedPayload`), and an S3 aws-chunked
  * upload keeps `STREAMING-UNSIGNED-PAYLOAD-TRAILER`. Chunk-signed uploads cannot be re-signed and
- * are refused. With `assumeRole`, temporary credentials are cached per tenant until shortly before
- * they expire, one AssumeRole call at a time however many requests wait for it.
+ * are refused. With `assumeRole`, temporary credentials are cached per stored key until shortly
+ * before they expire, one AssumeRole call at a time however many requests wait for it.
  */
 export function sigV4Signer(c: AwsSigV4Config, o: SigV4Options): SigV4Signer {
   const now = o.now ?? Date.now;
@@ -227,13 +227,14 @@ export function sigV4Signer(c: AwsSigV4Config, o: SigV4Options): SigV4Signer {
   // S3 signs its path as sent and needs x-amz-content-sha256 on every request; other services
   // sign the path encoded once more, and read the payload hash from the signature alone.
   const init = { service: c.service, region: c.region, sha256: NodeSha256, uriEscapePath: !s3, applyChecksum: s3 };
+  // One signer per stored key (tenants with keys of their own have their own), replaced when what it signs with changes.
   const signers = new Map<string, { credentials: AwsCredentials; signer: SignatureV4 }>();
-  const signerFor = (tenant: string, credentials: AwsCredentials): SignatureV4 => {
-    const held = signers.get(tenant);
+  const signerFor = (stored: string, credentials: AwsCredentials): SignatureV4 => {
+    const held = signers.get(stored);
     const same = held !== undefined && held.credentials.accessKeyId === credentials.accessKeyId && held.credentials.secretAccessKey === credentials.secretAccessKey && held.credentials.sessionToken === credentials.sessionToken;
     if (same) return held.signer;
     const signer = new SignatureV4({ ...init, credentials });
-    signers.set(tenant, { credentials, signer });
+    signers.set(stored, { credentials, signer });
     return signer;
   };
   const role = c.assumeRole;
@@ -241,7 +242,7 @@ export function sigV4Signer(c: AwsSigV4Config, o: SigV4Options): SigV4Signer {
 
   return {
     hashesPayload: !c.unsignedPayload,
-    async sign(req, tenant, secret) {
+    async sign(req, secret) {
       const headers: Record<string, string> = Object.create(null) as Record<string, string>;
       headers['host'] = origin.host;
       let declared: string | undefined;
@@ -264,8 +265,9 @@ export function sigV4Signer(c: AwsSigV4Config, o: SigV4Options): SigV4Signer {
         headers['x-amz-content-sha256'] = UNSIGNED_PAYLOAD;
       }
       const target = awsTarget(req.path);
-      const credentials = assumed === undefined ? storedKeys(c, secret) : await assumed(tenant, secret);
-      const signed = await signerFor(tenant ?? '', credentials).sign(
+      const keys = storedKeys(c, secret);
+      const credentials = assumed === undefined ? keys : await assumed(keys);
+      const signed = await signerFor(keys.accessKeyId, credentials).sign(
         {
           method: req.method,
           protocol: origin.protocol,
@@ -284,19 +286,23 @@ export function sigV4Signer(c: AwsSigV4Config, o: SigV4Options): SigV4Signer {
   };
 }
 
-/** AssumeRole with the stored keys, cached per tenant, single-flight; fails closed with 503 `VALET_ERR_TOKEN_ENDPOINT`. */
-function assumedCredentials(c: AwsSigV4Config, role: AssumeRoleConfig, o: SigV4Options, now: () => number): (tenant: string | undefined, secret: SecretLookup) => Promise<AwsCredentials> {
+/**
+ * AssumeRole with the stored keys, single-flight, cached by the stored key that asked: tenants
+ * sharing keys share the role's credentials, and a rotated key gets new ones at once. Fails closed
+ * with 503 `VALET_ERR_TOKEN_ENDPOINT`.
+ */
+function assumedCredentials(c: AwsSigV4Config, role: AssumeRoleConfig, o: SigV4Options, now: () => number): (keys: AwsCredentials) => Promise<AwsCredentials> {
   const held = new Map<string, Assumed>();
   const inFlight = new Map<string, Promise<Assumed>>();
   const failedAt = new Map<string, number>();
-  return async (tenant, secret) => {
-    const key = tenant ?? '';
+  return async (keys) => {
+    const key = keys.accessKeyId;
     const h = held.get(key);
     const t = now();
     if (h !== undefined && t < h.expiresAt && (t < h.renewAt || t - (failedAt.get(key) ?? -Infinity) < BACKOFF_MS)) return h.credentials;
     let p = inFlight.get(key);
     if (p === undefined) {
-      p = (async () => assumeRole(c, role, storedKeys(c, secret), o, now))().then(
+      p = assumeRole(c, role, keys, o, now).then(
         (a) => {
           held.set(key, a);
           failedAt.delete(key);

@@ -353,7 +353,7 @@ export function createPipeline(deps: PipelineDeps): RequestHandler {
       const sent =
         signer === undefined
           ? { path: forwardTarget, headers: injected.headers, secrets: injected.secrets }
-          : await signer.sign({ method: facts.method, path: forwardTarget, headers: injected.headers, body: body === null || body instanceof Buffer ? body : 'stream' }, identity.tenant, (name) => secrets.get(name, identity.tenant));
+          : await signer.sign({ method: facts.method, path: forwardTarget, headers: injected.headers, body: body === null || body instanceof Buffer ? body : 'stream' }, (name) => secrets.get(name, identity.tenant));
 
       // 7. forward
       forwarding = true;

@@ -133,7 +133,7 @@ describe('credential scheme aws_sigv4 with the AWS SDK v3', () => {
     });
     sts = await startFakeUpstream((req, res) => {
       void (async () => {
-        const result = await verifySigV4(req, (id) => (id === KEYS.shared.id ? KEYS.shared.secret : undefined), { service: 'sts', region: 'us-east-1' });
+        const result = await verifySigV4(req, secretFor, { service: 'sts', region: 'us-east-1' });
         setTimeout(() => {
           if (typeof result === 'string') return void res.writeHead(403, { 'content-type': 'text/xml' }).end(awsXmlError('SignatureDoesNotMatch', result));
           if (stsMode.status !== 200) return void res.writeHead(stsMode.status, { 'content-type': 'text/xml' }).end(awsXmlError('ServiceUnavailable', 'try later'));
@@ -298,24 +298,26 @@ describe('credential scheme aws_sigv4 with the AWS SDK v3', () => {
   });
 
   it('assume_role: a burst of 50 calls makes one AssumeRole call; every request is signed with the temporary credentials', async () => {
-    stsMode.delayMs = 100;
-    const client = s3Client(await agentToken('role-tenant'), { upstream: 's3-role' });
+    await s3Client(await agentToken()).send(new PutObjectCommand({ Bucket: 'role', Key: 'k', Body: 'role data' }));
+    stsMode.delayMs = 100; // the burst arrives while AssumeRole is in flight
+    const client = s3Client(await agentToken('initech'), { upstream: 's3-role' });
     const before = sts.requests.length;
-    await client.send(new PutObjectCommand({ Bucket: 'role', Key: 'k', Body: 'role data' })).catch(() => undefined);
-    // The first call above already assumed the role; a burst from a new tenant makes one more call.
-    const burstClient = s3Client(await agentToken('burst-tenant'), { upstream: 's3-role' });
-    const results = await Promise.all(Array.from({ length: 50 }, () => burstClient.send(new GetObjectCommand({ Bucket: 'role', Key: 'k' })).then((r) => r.Body?.transformToString())));
+    const results = await Promise.all(Array.from({ length: 50 }, () => client.send(new GetObjectCommand({ Bucket: 'role', Key: 'k' })).then((r) => r.Body?.transformToString())));
     expect(results).toEqual(Array.from({ length: 50 }, () => 'role data'));
-    expect(sts.requests.length - before).toBe(2);
-    const role = checked.slice(-50).map((c) => c.result);
-    for (const r of role) expect(r).toMatchObject({ accessKeyId: TEMP.id, sessionToken: TEMP.token });
+    expect(sts.requests.length - before).toBe(1);
+    for (const c of checked.slice(-50)) expect(c.result).toMatchObject({ accessKeyId: TEMP.id, sessionToken: TEMP.token });
     const form = new URLSearchParams(sts.requests.at(-1)?.body.toString());
     expect(Object.fromEntries(form)).toMatchObject({ Action: 'AssumeRole', RoleArn: 'arn:aws:iam::123456789012:role/agent', RoleSessionName: 'valet' });
+    expect(headerValues(sts.requests.at(-1) as RecordedRequest, 'authorization')[0]).toContain(`Credential=${KEYS.shared.id}/`);
+    // Another tenant on the same stored keys is served the same credentials.
+    await s3Client(await agentToken('globex'), { upstream: 's3-role' }).send(new GetObjectCommand({ Bucket: 'role', Key: 'k' }));
+    expect(sts.requests.length - before).toBe(1);
   });
 
   it('assume_role: STS down → 503 VALET_ERR_TOKEN_ENDPOINT, nothing forwarded, no secret in the answer, the log or the audit log', async () => {
     stsMode.status = 503;
-    const token = await agentToken('umbrella');
+    // acme's own keys (stored above) have assumed no role yet.
+    const token = await agentToken('acme');
     const before = s3.requests.length;
     const err = await s3Client(token, { upstream: 's3-role', maxAttempts: 1 })
       .send(new GetObjectCommand({ Bucket: 'role', Key: 'k' }))
@@ -325,7 +327,7 @@ describe('credential scheme aws_sigv4 with the AWS SDK v3', () => {
     expect((err as Error).message).toBe('The credential for upstream s3-role could not be obtained: STS answered 503: ServiceUnavailable; nothing was forwarded.');
     expect(s3.requests.length).toBe(before);
     const rows = await gw.auditRows();
-    expect(rows.find((r) => r.tenant === 'umbrella')).toMatchObject({ upstream: 's3-role', status: 503, error_code: 'VALET_ERR_TOKEN_ENDPOINT' });
+    expect(rows.find((r) => r.request_id === (err as S3ServiceException).$metadata.requestId)).toMatchObject({ upstream: 's3-role', tenant: 'acme', status: 503, error_code: 'VALET_ERR_TOKEN_ENDPOINT' });
     const stored = JSON.stringify(rows) + gw.logs.join('\n');
     for (const secret of [KEYS.shared.secret, KEYS.acme.secret, TEMP.secret, TEMP.token, DUMMY.secretAccessKey, token]) expect(stored).not.toContain(secret);
   });

@@ -9,7 +9,7 @@ import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { awsTarget, sigV4Signer, type AwsSigV4Config, type SignableRequest } from '../../../gateway/credentials/sigv4.js';
 import type { HeaderList } from '../../../gateway/proxy/headers.js';
 import { assumeRoleResponse, awsXmlError, sha256Hex, verifySigV4 } from '../../helpers/aws.js';
-import { startFakeUpstream, type FakeUpstream } from '../../helpers/upstream.js';
+import { headerValues, startFakeUpstream, type FakeUpstream, type RecordedRequest } from '../../helpers/upstream.js';
 
 const SUITE_KEYS = { AK: 'AKIDEXAMPLE', SK: 'wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY' };
 const SUITE_DATE = Date.parse('2015-08-30T12:36:00Z');
@@ -141,6 +141,8 @@ const S3_EXAMPLES: readonly Vector[] = [
   },
 ];
 
+const headerOf = (r: RecordedRequest | undefined, name: string): string => (r === undefined ? '' : headerValues(r, name).join(','));
+
 const lookup =
   (values: Record<string, string>) =>
   (name: string): string | undefined =>
@@ -151,7 +153,6 @@ describe('sigV4Signer: AWS published test vectors', () => {
     const signer = sigV4Signer(credential(v.token === undefined ? {} : { sessionToken: 'TOKEN' }), { upstream: 'suite', origin: 'https://example.amazonaws.com', now: () => SUITE_DATE });
     const signed = await signer.sign(
       { method: v.method, path: v.path, headers: v.headers ?? [], body: v.body === undefined ? null : Buffer.from(v.body) },
-      undefined,
       lookup({ AK: SUITE_KEYS.AK, SK: SUITE_KEYS.SK, TOKEN: v.token ?? '' }),
     );
     expect(header(signed.headers, 'authorization')).toBe(v.authorization);
@@ -163,14 +164,14 @@ describe('sigV4Signer: AWS published test vectors', () => {
 
   it.each(S3_EXAMPLES.map((v) => [v.name, v]))('S3 API reference: %s', async (_, v) => {
     const signer = sigV4Signer(credential({ service: 's3', unsignedPayload: true }), { upstream: 's3', origin: 'https://examplebucket.s3.amazonaws.com', now: () => Date.parse('2013-05-24T00:00:00Z') });
-    const signed = await signer.sign({ method: v.method, path: v.path, headers: v.headers ?? [], body: null }, undefined, lookup({ AK: 'AKIAIOSFODNN7EXAMPLE', SK: 'wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY' }));
+    const signed = await signer.sign({ method: v.method, path: v.path, headers: v.headers ?? [], body: null }, lookup({ AK: 'AKIAIOSFODNN7EXAMPLE', SK: 'wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY' }));
     expect(header(signed.headers, 'authorization')).toBe(v.authorization);
     expect(header(signed.headers, 'x-amz-content-sha256')).toBe(sha256Hex(''));
   });
 
   it('a wrong key gives another signature (the vectors cannot pass by accident)', async () => {
     const signer = sigV4Signer(credential(), { upstream: 'suite', origin: 'https://example.amazonaws.com', now: () => SUITE_DATE });
-    const signed = await signer.sign({ method: 'GET', path: '/', headers: [], body: null }, undefined, lookup({ AK: SUITE_KEYS.AK, SK: `${SUITE_KEYS.SK}x` }));
+    const signed = await signer.sign({ method: 'GET', path: '/', headers: [], body: null }, lookup({ AK: SUITE_KEYS.AK, SK: `${SUITE_KEYS.SK}x` }));
     expect(header(signed.headers, 'authorization')).not.toBe(SUITE[0]?.authorization);
   });
 });
@@ -198,7 +199,6 @@ describe('sigV4Signer: what is stripped, kept and hashed', () => {
   it('drops every signature artefact of the agent\'s SDK, keeps what describes the request, and signs it', async () => {
     const signed = await sigV4Signer(credential({ service: 's3', unsignedPayload: true, sessionToken: 'TOKEN' }), { upstream: 's3', origin: 'http://127.0.0.1:9000' }).sign(
       { method: 'PUT', path: '/bucket/key?X-Amz-Algorithm=AWS4-HMAC-SHA256&x-amz-credential=dummy&X-Amz-Signature=00&X-Amz-Security-Token=jwt&X-Amz-Expires=60&X-Amz-SignedHeaders=host&X-Amz-Date=1&x-id=PutObject', headers: agentHeaders, body: Buffer.from('hello') },
-      'acme',
       keys,
     );
     const names = signed.headers.map(([n]) => n);
@@ -220,24 +220,24 @@ describe('sigV4Signer: what is stripped, kept and hashed', () => {
   });
 
   it('S3: a streamed body is UNSIGNED-PAYLOAD; an aws-chunked upload keeps its unsigned trailer; chunk-signed uploads are refused', async () => {
-    const streamed = await s3.sign({ method: 'PUT', path: '/b/k', headers: agentHeaders, body: 'stream' }, undefined, keys);
+    const streamed = await s3.sign({ method: 'PUT', path: '/b/k', headers: agentHeaders, body: 'stream' }, keys);
     expect(header(streamed.headers, 'x-amz-content-sha256')).toBe('UNSIGNED-PAYLOAD');
     expect(s3.hashesPayload).toBe(false);
     const chunked: HeaderList = [['x-amz-content-sha256', 'STREAMING-UNSIGNED-PAYLOAD-TRAILER'], ['content-encoding', 'aws-chunked'], ['x-amz-trailer', 'x-amz-checksum-crc32'], ['x-amz-decoded-content-length', '5']];
-    const trailer = await s3.sign({ method: 'PUT', path: '/b/k', headers: chunked, body: 'stream' }, undefined, keys);
+    const trailer = await s3.sign({ method: 'PUT', path: '/b/k', headers: chunked, body: 'stream' }, keys);
     expect(header(trailer.headers, 'x-amz-content-sha256')).toBe('STREAMING-UNSIGNED-PAYLOAD-TRAILER');
     expect(header(trailer.headers, 'x-amz-trailer')).toBe('x-amz-checksum-crc32');
-    await expect(s3.sign({ method: 'PUT', path: '/b/k', headers: [['x-amz-content-sha256', 'STREAMING-AWS4-HMAC-SHA256-PAYLOAD']], body: 'stream' }, undefined, keys)).rejects.toMatchObject({
+    await expect(s3.sign({ method: 'PUT', path: '/b/k', headers: [['x-amz-content-sha256', 'STREAMING-AWS4-HMAC-SHA256-PAYLOAD']], body: 'stream' }, keys)).rejects.toMatchObject({
       code: 'VALET_ERR_BAD_REQUEST',
       message: expect.stringContaining('signed chunk by chunk'),
     });
-    await expect(bedrock.sign({ method: 'POST', path: '/x', headers: chunked, body: Buffer.from('x') }, undefined, keys)).rejects.toMatchObject({ code: 'VALET_ERR_BAD_REQUEST' });
+    await expect(bedrock.sign({ method: 'POST', path: '/x', headers: chunked, body: Buffer.from('x') }, keys)).rejects.toMatchObject({ code: 'VALET_ERR_BAD_REQUEST' });
   });
 
   it('other services: the body is hashed into the signature (the pipeline reads a streamed one whole first)', async () => {
     expect(bedrock.hashesPayload).toBe(true);
     const body = Buffer.from('{"messages":[]}');
-    const signed = await bedrock.sign({ method: 'POST', path: '/model/anthropic.claude-3-haiku-20240307-v1:0/invoke', headers: [['content-type', 'application/json']], body }, undefined, keys);
+    const signed = await bedrock.sign({ method: 'POST', path: '/model/anthropic.claude-3-haiku-20240307-v1:0/invoke', headers: [['content-type', 'application/json']], body }, keys);
     expect(header(signed.headers, 'x-amz-content-sha256')).toBeUndefined();
     // The path in AWS's own encoding, as the SDK sends it: ':' is %3A.
     expect(signed.path).toBe('/model/anthropic.claude-3-haiku-20240307-v1%3A0/invoke');
@@ -245,7 +245,7 @@ describe('sigV4Signer: what is stripped, kept and hashed', () => {
     const verify = (r: typeof received): Promise<unknown> => verifySigV4(r, () => 'real-secret-key', { service: 'bedrock', region: 'us-east-1' });
     expect(await verify(received)).toMatchObject({ accessKeyId: 'AKIAREALKEY0000001' });
     expect(await verify({ ...received, body: Buffer.from('{"messages":[1]}') })).toBe('SignatureDoesNotMatch');
-    await expect(bedrock.sign({ method: 'POST', path: '/x', headers: [], body: 'stream' }, undefined, keys)).rejects.toMatchObject({ code: 'VALET_ERR_INTERNAL' });
+    await expect(bedrock.sign({ method: 'POST', path: '/x', headers: [], body: 'stream' }, keys)).rejects.toMatchObject({ code: 'VALET_ERR_INTERNAL' });
   });
 
   it('paths and queries go out in AWS\'s encoding, read the way policy read them', () => {
@@ -257,23 +257,26 @@ describe('sigV4Signer: what is stripped, kept and hashed', () => {
 
   it('refuses with 503 when a key is missing or cannot be sent', async () => {
     for (const values of [{ SK: 's' }, { AK: 'AK', SK: '' }, { AK: 'AKIA/with,comma', SK: 's' }]) {
-      await expect(bedrock.sign({ method: 'GET', path: '/', headers: [], body: null }, undefined, lookup(values))).rejects.toMatchObject({ code: 'VALET_ERR_CREDENTIAL_UNAVAILABLE' });
+      await expect(bedrock.sign({ method: 'GET', path: '/', headers: [], body: null }, lookup(values))).rejects.toMatchObject({ code: 'VALET_ERR_CREDENTIAL_UNAVAILABLE' });
     }
     const withToken = sigV4Signer(credential({ sessionToken: 'TOKEN' }), { upstream: 'x', origin: 'https://example.amazonaws.com' });
-    await expect(withToken.sign({ method: 'GET', path: '/', headers: [], body: null }, undefined, lookup({ AK: 'AK', SK: 's', TOKEN: 'has space' }))).rejects.toMatchObject({ code: 'VALET_ERR_CREDENTIAL_UNAVAILABLE' });
+    await expect(withToken.sign({ method: 'GET', path: '/', headers: [], body: null }, lookup({ AK: 'AK', SK: 's', TOKEN: 'has space' }))).rejects.toMatchObject({ code: 'VALET_ERR_CREDENTIAL_UNAVAILABLE' });
   });
 
-  it('signs with each tenant\'s own keys', async () => {
+  it('signs with the keys the lookup finds (the tenant\'s own, else the shared ones)', async () => {
     const byTenant = (tenant: string | undefined) => (name: string) => ({ AK: tenant === 'acme' ? 'AKIAACME' : 'AKIASHARED', SK: `sk-${tenant ?? 'shared'}` })[name];
-    const a = await bedrock.sign({ method: 'GET', path: '/', headers: [], body: null }, 'acme', byTenant('acme'));
-    const b = await bedrock.sign({ method: 'GET', path: '/', headers: [], body: null }, undefined, byTenant(undefined));
+    const a = await bedrock.sign({ method: 'GET', path: '/', headers: [], body: null }, byTenant('acme'));
+    const b = await bedrock.sign({ method: 'GET', path: '/', headers: [], body: null }, byTenant(undefined));
+    const again = await bedrock.sign({ method: 'GET', path: '/', headers: [], body: null }, byTenant('acme'));
     expect(header(a.headers, 'authorization')).toContain('Credential=AKIAACME/');
     expect(header(b.headers, 'authorization')).toContain('Credential=AKIASHARED/');
+    expect(header(again.headers, 'authorization')).toContain('Credential=AKIAACME/');
   });
 });
 
 describe('sigV4Signer: assume_role against a fake STS', () => {
   const BASE = { accessKeyId: 'AKIABASEKEY0000001', secretAccessKey: 'baseSecretKey0001' };
+  const ACME = { accessKeyId: 'AKIAACMEKEY0000001', secretAccessKey: 'acmeSecretKey0001' };
   let sts: FakeUpstream;
   /** What STS does next. */
   let mode: { status: number; delayMs: number; lifetimeS: number; code?: string } = { status: 200, delayMs: 0, lifetimeS: 3600 };
@@ -284,7 +287,7 @@ describe('sigV4Signer: assume_role against a fake STS', () => {
   beforeAll(async () => {
     sts = await startFakeUpstream((req, res: ServerResponse) => {
       void (async () => {
-        const verified = await verifySigV4(req, (id) => (id === BASE.accessKeyId ? BASE.secretAccessKey : undefined), { service: 'sts', region: 'eu-west-1' });
+        const verified = await verifySigV4(req, (id) => [BASE, ACME].find((k) => k.accessKeyId === id)?.secretAccessKey, { service: 'sts', region: 'eu-west-1' });
         const form = new URLSearchParams(req.body.toString());
         const answer = (status: number, body: string): void => {
           setTimeout(() => {
@@ -319,9 +322,10 @@ describe('sigV4Signer: assume_role against a fake STS', () => {
       { upstream: 'bedrock', origin: 'https://bedrock-runtime.eu-west-1.amazonaws.com', now: () => clock, onError: (p) => problems.push(p) },
     );
   const base = lookup({ AK: BASE.accessKeyId, SK: BASE.secretAccessKey });
-  const call = (signer: ReturnType<typeof roleSigner>, tenant?: string) => signer.sign({ method: 'GET', path: '/', headers: [], body: null } satisfies SignableRequest, tenant, base);
+  const acme = lookup({ AK: ACME.accessKeyId, SK: ACME.secretAccessKey });
+  const call = (signer: ReturnType<typeof roleSigner>, keys = base) => signer.sign({ method: 'GET', path: '/', headers: [], body: null } satisfies SignableRequest, keys);
 
-  it('signs with the role\'s temporary credentials; a burst makes one AssumeRole call; each tenant has its own', async () => {
+  it('signs with the role\'s temporary credentials; a burst makes one AssumeRole call; other stored keys assume it for themselves', async () => {
     const signer = roleSigner();
     const before = sts.requests.length;
     mode.delayMs = 50;
@@ -338,8 +342,9 @@ describe('sigV4Signer: assume_role against a fake STS', () => {
     }
     await call(signer);
     expect(sts.requests.length - before).toBe(1);
-    await call(signer, 'acme');
+    await call(signer, acme);
     expect(sts.requests.length - before).toBe(2);
+    expect(headerOf(sts.requests.at(-1), 'authorization')).toContain(`Credential=${ACME.accessKeyId}/`);
   });
 
   it('renews shortly before expiry; if STS fails then, what is held serves until it expires; then it fails closed without repeating a secret', async () => {
@@ -364,13 +369,13 @@ describe('sigV4Signer: assume_role against a fake STS', () => {
     const down = call(signer);
     await expect(down).rejects.toMatchObject({ code: 'VALET_ERR_TOKEN_ENDPOINT', message: 'The credential for upstream bedrock could not be obtained: STS answered 503; nothing was forwarded.' });
     mode.code = 'Throttling';
-    await expect(call(signer, 'globex')).rejects.toMatchObject({ message: expect.stringContaining('STS answered 503: Throttling') });
+    await expect(call(signer, acme)).rejects.toMatchObject({ message: expect.stringContaining('STS answered 503: Throttling') });
     for (const p of problems) expect(p).not.toContain(BASE.secretAccessKey);
   });
 
   it('STS that cannot be reached, or a missing base key: refused', async () => {
     const unreachable = sigV4Signer(credential({ service: 'bedrock', assumeRole: { roleArn: 'arn:aws:iam::123456789012:role/agent', sessionName: 'valet', externalId: undefined, durationS: undefined, stsEndpoint: 'http://127.0.0.1:9' } }), { upstream: 'u', origin: 'https://example.amazonaws.com' });
-    await expect(unreachable.sign({ method: 'GET', path: '/', headers: [], body: null }, undefined, base)).rejects.toMatchObject({ code: 'VALET_ERR_TOKEN_ENDPOINT', message: expect.stringContaining('STS could not be reached') });
-    await expect(roleSigner().sign({ method: 'GET', path: '/', headers: [], body: null }, undefined, lookup({ SK: 'x' }))).rejects.toMatchObject({ code: 'VALET_ERR_CREDENTIAL_UNAVAILABLE' });
+    await expect(unreachable.sign({ method: 'GET', path: '/', headers: [], body: null }, base)).rejects.toMatchObject({ code: 'VALET_ERR_TOKEN_ENDPOINT', message: expect.stringContaining('STS could not be reached') });
+    await expect(roleSigner().sign({ method: 'GET', path: '/', headers: [], body: null }, lookup({ SK: 'x' }))).rejects.toMatchObject({ code: 'VALET_ERR_CREDENTIAL_UNAVAILABLE' });
   });
 });
