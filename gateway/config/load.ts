@@ -764,7 +764,7 @@ const ALL_SCHEME_KEYS = [...new Set(Object.values(SCHEME_KEYS).flat())];
  * it is stored that way; the other schemes are stored as written.
  */
 /** The keys each provider kind takes besides `kind` (those marked `*` are required). */
-const PROVIDER_KEYS: Record<ProviderKind, readonly string[]> = {
+const PROVIDER_KEYS: Record<Exclude<ProviderKind, 'aws_assume_role'>, readonly string[]> = {
   oauth2_client_credentials: ['token_url*', 'client_id*', ...clientKeys(), 'scopes', 'resource', 'audience'],
   oauth2_refresh_token: ['token_url*', 'client_id*', ...clientKeys(), 'refresh_token*', 'scopes'],
   oauth2_jwt_bearer: ['token_url', 'private_key*', 'issuer', 'subject', 'audience', 'scopes', 'key_id', 'algorithm'],
@@ -786,7 +786,7 @@ function withProvider(file: ParsedFile, at: (string | number)[], upstream: strin
     return credential;
   }
   if (raw['secret'] !== undefined) problems.add(file, [...at, 'secret'], 'give "secret" or "provider", not both: the provider makes the value', true);
-  const kind = p['kind'] as ProviderKind;
+  const kind = p['kind'] as Exclude<ProviderKind, 'aws_assume_role'>;
   const keys = PROVIDER_KEYS[kind];
   const where = [...at, 'provider'];
   for (const k of keys) if (k.endsWith('*') && p[k.slice(0, -1)] === undefined) problems.add(file, where, `provider kind "${kind}" needs "${k.slice(0, -1)}"`, true);

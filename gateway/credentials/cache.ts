@@ -112,7 +112,8 @@ export class CredentialCache {
       case 'oauth2_token_exchange':
         return { upstream, tenant: caller.tenant ?? null, user: caller.user ?? null, scope: digest(caller.agentToken ?? '') };
       default: {
-        const secret = p.kind === 'oauth2_refresh_token' ? p.refreshToken : p.kind === 'github_app' || p.kind === 'oauth2_jwt_bearer' ? p.privateKey : (p.client.clientSecret ?? p.client.privateKey);
+        const secret =
+          p.kind === 'oauth2_refresh_token' ? p.refreshToken : p.kind === 'github_app' || p.kind === 'oauth2_jwt_bearer' ? p.privateKey : p.kind === 'aws_assume_role' ? p.sigv4.accessKeyId : (p.client.clientSecret ?? p.client.privateKey);
         const own = caller.tenant !== undefined && secret !== undefined && this.o.secrets.get(secret, caller.tenant) !== this.o.secrets.get(secret, undefined);
         return { upstream, tenant: own ? (caller.tenant as string) : null, user: null, scope: p.kind === 'github_app' ? p.installationId : '' };
       }
@@ -123,9 +124,11 @@ export class CredentialCache {
   async token(caller: Caller): Promise<Provided> {
     const key = this.keyOf(caller);
     const k = mapKey(key);
-    const h = this.held.get(k);
+    let h = this.held.get(k);
     const t = this.now();
-    if (h !== undefined && t < h.expiresAt && t < h.checkAfter) {
+    // Due for a look at the store: revoked, broken or renewed elsewhere since.
+    if (h !== undefined && t < h.expiresAt && t >= h.checkAfter) h = await this.recheck(k, key, h, t);
+    if (h !== undefined && t < h.expiresAt) {
       const ahead = Math.min(this.o.refreshAheadMs ?? 60_000, (h.expiresAt - h.obtainedAt) / 2);
       // Close to expiry: renewed in the background; this call still uses the valid token.
       if (h.expiresAt - t <= ahead && t - (this.failedAt.get(k) ?? 0) >= BACKOFF_MS) this.renew(k, key, caller).catch(() => undefined);
@@ -148,6 +151,24 @@ export class CredentialCache {
       const [t, u] = JSON.parse(k) as [string | null, string | null];
       if (t === tenant && u === user) this.held.delete(k);
     }
+  }
+
+  /** The held token as the store now has it: the store's (perhaps newer) token, or undefined when it is gone or broken. */
+  private async recheck(k: string, key: GrantKey, h: Held, t: number): Promise<Held | undefined> {
+    let g: Grant | undefined;
+    try {
+      g = await this.o.grants.read(key);
+    } catch {
+      // The store cannot be read: the held token serves until it expires.
+      return h;
+    }
+    if (g === undefined || !this.valid(g, t)) {
+      this.held.delete(k);
+      return undefined;
+    }
+    const fresh = this.heldFrom(g, t);
+    this.remember(k, fresh);
+    return fresh;
   }
 
   private renew(k: string, key: GrantKey, caller: Caller): Promise<Held> {

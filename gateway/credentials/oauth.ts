@@ -4,6 +4,7 @@ import { actorChain } from '../types.js';
 import { request } from 'undici';
 import { ValetError } from '../errors.js';
 import type { Grant } from '../secrets/grants.js';
+import { assumeRole, storedKeys } from './sigv4.js';
 import type { ClientAuth, ProviderConfig, UserOAuthConfig } from './types.js';
 
 /** What a token endpoint gave: an access token, maybe a (rotated) refresh token, and when the access token expires. */
@@ -243,6 +244,12 @@ export function issuerFor(p: ProviderConfig, o: IssuerOptions): Issuer {
         const expires = typeof b['expires_at'] === 'string' ? Date.parse(b['expires_at']) : NaN;
         if (typeof token !== 'string' || token === '') throw ep.failure('GitHub answered without an installation token');
         return { accessToken: token, refreshToken: undefined, expiresAt: Number.isFinite(expires) ? expires : started + 3_600_000 };
+      };
+    case 'aws_assume_role':
+      // The role's temporary credentials, as one JSON value: sealed, cached and shared like a token.
+      return async (input) => {
+        const a = await assumeRole(p.sigv4, p.role, storedKeys(p.sigv4, input.secret), { upstream: o.upstream, origin: p.role.stsEndpoint, timeoutMs: o.timeoutMs, onError: o.onError }, o.now);
+        return { accessToken: JSON.stringify(a.credentials), refreshToken: undefined, expiresAt: a.expiresAt };
       };
     case 'oauth2_token_exchange':
       return async (input) => {

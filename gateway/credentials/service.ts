@@ -5,6 +5,7 @@ import type { SecretSource } from '../secrets/env.js';
 import { PENDING_SCOPE, type GrantInfo, type GrantKey, type GrantStore } from '../secrets/grants.js';
 import { CredentialCache, digest, type BrokenCredential, type Caller, type Provided } from './cache.js';
 import { authorizationUrl, GrantRejected, redeemCode } from './oauth.js';
+import { sigV4Signer, type AwsCredentials, type SignableRequest, type SignedRequest, type SigV4Signer } from './sigv4.js';
 import type { ProviderConfig, UserOAuthConfig } from './types.js';
 
 export interface CredentialServiceOptions {
@@ -50,27 +51,51 @@ export class CredentialService {
   /** (tenant, user) → the upstreams the user has connected, and until when that is believed. */
   private readonly connections = new Map<string, { upstreams: ReadonlySet<string>; until: number }>();
 
+  /** AWS upstreams: a signer each, and the cache of its role's temporary credentials when it assumes one. */
+  private readonly signers = new Map<string, { signer: SigV4Signer; assumed: CredentialCache | undefined }>();
+
   constructor(private readonly o: CredentialServiceOptions) {
     this.now = o.now ?? Date.now;
+    const cacheFor = (upstream: string, provider: ProviderConfig): CredentialCache =>
+      new CredentialCache({
+        upstream,
+        provider,
+        grants: o.grants,
+        secrets: o.secrets,
+        now: this.now,
+        ...(o.refreshAheadMs !== undefined && { refreshAheadMs: o.refreshAheadMs }),
+        ...(o.onError !== undefined && { onError: o.onError }),
+        ...(o.onBroken !== undefined && { onBroken: o.onBroken }),
+        connectUrl: (name) => this.connectUrl(name),
+      });
     for (const u of o.upstreams) {
+      const c = u.credential;
+      if (c.scheme === 'aws_sigv4') {
+        const signer = sigV4Signer(c, { upstream: u.name, origin: u.origin, now: this.now, ...(o.onError !== undefined && { onError: o.onError }) });
+        this.signers.set(u.name, { signer, assumed: c.assumeRole === undefined ? undefined : cacheFor(u.name, { kind: 'aws_assume_role', sigv4: c, role: c.assumeRole }) });
+        continue;
+      }
       const provider = providerOf(u);
       if (provider === undefined) continue;
-      this.caches.set(
-        u.name,
-        new CredentialCache({
-          upstream: u.name,
-          provider,
-          grants: o.grants,
-          secrets: o.secrets,
-          now: this.now,
-          ...(o.refreshAheadMs !== undefined && { refreshAheadMs: o.refreshAheadMs }),
-          ...(o.onError !== undefined && { onError: o.onError }),
-          ...(o.onBroken !== undefined && { onBroken: o.onBroken }),
-          connectUrl: (name) => this.connectUrl(name),
-        }),
-      );
+      this.caches.set(u.name, cacheFor(u.name, provider));
       if (provider.kind === 'oauth2_user') this.userProviders.set(u.name, provider);
     }
+  }
+
+  /** Whether an upstream's requests are signed over a payload hash: a streamed body must then be read whole first. */
+  hashesPayload(upstream: string): boolean {
+    return this.signers.get(upstream)?.signer.hashesPayload === true;
+  }
+
+  /**
+   * An AWS upstream's request signed (SigV4) with the tenant's keys, or with the temporary
+   * credentials of the role they assume; undefined for any other upstream.
+   */
+  sign(upstream: string, req: SignableRequest, caller: Caller): Promise<SignedRequest> | undefined {
+    const s = this.signers.get(upstream);
+    if (s === undefined) return undefined;
+    const assumed = s.assumed;
+    return s.signer.sign(req, (name) => this.o.secrets.get(name, caller.tenant), assumed === undefined ? undefined : async () => JSON.parse((await assumed.token(caller)).token) as AwsCredentials);
   }
 
   get grants(): GrantStore {

@@ -29,6 +29,9 @@ export interface AwsSigV4Config {
   readonly unsignedPayload: boolean;
 }
 
+/** The role's temporary credentials for the request's tenant (kept by the credential cache: sealed, shared by a fleet). */
+export type AssumedLookup = () => Promise<AwsCredentials>;
+
 /** Looks a secret up by name for the request's tenant; undefined when no source has it. */
 export type SecretLookup = (name: string) => string | undefined;
 
@@ -59,7 +62,7 @@ export interface SigV4Signer {
    * of the role they assume. Refuses (503 `VALET_ERR_CREDENTIAL_UNAVAILABLE`) when a key is
    * missing, and (503 `VALET_ERR_TOKEN_ENDPOINT`) when STS gives no credentials and none are held.
    */
-  sign(req: SignableRequest, secret: SecretLookup): Promise<SignedRequest>;
+  sign(req: SignableRequest, secret: SecretLookup, assumed?: AssumedLookup): Promise<SignedRequest>;
 }
 
 export interface SigV4Options {
@@ -68,8 +71,6 @@ export interface SigV4Options {
   /** `scheme://host[:port]` the request goes to: its `host` is signed. */
   readonly origin: string;
   readonly now?: () => number;
-  /** Assumed credentials are renewed this long before they expire (default 5 minutes, at most half their lifetime). */
-  readonly refreshAheadMs?: number;
   readonly timeoutMs?: number;
   /** STS requests that failed, for the log: never a key or the response body. */
   readonly onError?: (problem: string) => void;
@@ -109,22 +110,19 @@ const UNSIGNED_PAYLOAD = 'UNSIGNED-PAYLOAD';
 /** S3's aws-chunked upload whose chunks are not signed (the SDK's default for streams): re-signable as is. */
 const UNSIGNED_TRAILER = 'STREAMING-UNSIGNED-PAYLOAD-TRAILER';
 
-/** After a failed renewal, still-valid assumed credentials are used without asking STS again for this long. */
-const BACKOFF_MS = 5_000;
 /** Assumed credentials count as expired this long before STS says (at most a quarter of their lifetime), so none expires in flight. */
 const EXPIRY_MARGIN_MS = 30_000;
 
-interface AwsCredentials {
+export interface AwsCredentials {
   readonly accessKeyId: string;
   readonly secretAccessKey: string;
   readonly sessionToken?: string;
 }
 
-/** Temporary credentials from STS, and when to stop using and to renew them (ms since the epoch). */
-interface Assumed {
+/** Temporary credentials from STS, and when to stop using them (ms since the epoch). */
+export interface Assumed {
   readonly credentials: AwsCredentials;
   readonly expiresAt: number;
-  readonly renewAt: number;
 }
 
 /**
@@ -201,7 +199,7 @@ const ACCESS_KEY_ID = /^[A-Za-z0-9]{1,128}$/;
 const TOKEN_SAFE = /^[\x21-\x7e]+$/;
 
 /** The stored keys for the tenant; 503 unless each is there and fits where it is sent. */
-function storedKeys(c: AwsSigV4Config, secret: SecretLookup): AwsCredentials {
+export function storedKeys(c: AwsSigV4Config, secret: SecretLookup): AwsCredentials {
   const value = (name: string, fits: RegExp | undefined): string => {
     const v = secret(name);
     if (v === undefined || v === '' || (fits !== undefined && !fits.test(v))) throw new ValetError('VALET_ERR_CREDENTIAL_UNAVAILABLE');
@@ -217,8 +215,8 @@ function storedKeys(c: AwsSigV4Config, secret: SecretLookup): AwsCredentials {
  * {@link PRESIGN_PARAMS}) are dropped; the body is hashed when Valet holds it, sent as
  * `UNSIGNED-PAYLOAD` when it streams through (only where `unsignedPayload`), and an S3 aws-chunked
  * upload keeps `STREAMING-UNSIGNED-PAYLOAD-TRAILER`. Chunk-signed uploads cannot be re-signed and
- * are refused. With `assumeRole`, temporary credentials are cached per stored key until shortly
- * before they expire, one AssumeRole call at a time however many requests wait for it.
+ * are refused. With `assumeRole`, the role's temporary credentials come from `assumed` (the
+ * credential cache: renewed ahead of expiry, one AssumeRole call at a time, sealed and shared).
  */
 export function sigV4Signer(c: AwsSigV4Config, o: SigV4Options): SigV4Signer {
   const now = o.now ?? Date.now;
@@ -237,12 +235,9 @@ export function sigV4Signer(c: AwsSigV4Config, o: SigV4Options): SigV4Signer {
     signers.set(stored, { credentials, signer });
     return signer;
   };
-  const role = c.assumeRole;
-  const assumed = role === undefined ? undefined : assumedCredentials(c, role, o, now);
-
   return {
     hashesPayload: !c.unsignedPayload,
-    async sign(req, secret) {
+    async sign(req, secret, assumed) {
       const headers: Record<string, string> = Object.create(null) as Record<string, string>;
       headers['host'] = origin.host;
       let declared: string | undefined;
@@ -266,7 +261,7 @@ export function sigV4Signer(c: AwsSigV4Config, o: SigV4Options): SigV4Signer {
       }
       const target = awsTarget(req.path);
       const keys = storedKeys(c, secret);
-      const credentials = assumed === undefined ? keys : await assumed(keys);
+      const credentials = c.assumeRole === undefined || assumed === undefined ? keys : await assumed();
       const signed = await signerFor(keys.accessKeyId, credentials).sign(
         {
           method: req.method,
@@ -286,47 +281,6 @@ export function sigV4Signer(c: AwsSigV4Config, o: SigV4Options): SigV4Signer {
   };
 }
 
-/**
- * AssumeRole with the stored keys, single-flight, cached by the stored key that asked: tenants
- * sharing keys share the role's credentials, and a rotated key gets new ones at once. Fails closed
- * with 503 `VALET_ERR_TOKEN_ENDPOINT`.
- */
-function assumedCredentials(c: AwsSigV4Config, role: AssumeRoleConfig, o: SigV4Options, now: () => number): (keys: AwsCredentials) => Promise<AwsCredentials> {
-  const held = new Map<string, Assumed>();
-  const inFlight = new Map<string, Promise<Assumed>>();
-  const failedAt = new Map<string, number>();
-  return async (keys) => {
-    const key = keys.accessKeyId;
-    const h = held.get(key);
-    const t = now();
-    if (h !== undefined && t < h.expiresAt && (t < h.renewAt || t - (failedAt.get(key) ?? -Infinity) < BACKOFF_MS)) return h.credentials;
-    let p = inFlight.get(key);
-    if (p === undefined) {
-      p = assumeRole(c, role, keys, o, now).then(
-        (a) => {
-          held.set(key, a);
-          failedAt.delete(key);
-          return a;
-        },
-        (err: unknown) => {
-          failedAt.set(key, now());
-          throw err;
-        },
-      );
-      const settled = (): void => void inFlight.delete(key);
-      p.then(settled, settled);
-      inFlight.set(key, p);
-    }
-    try {
-      return (await p).credentials;
-    } catch (err) {
-      // STS failed while renewing: what is held serves until it expires.
-      if (h !== undefined && now() < h.expiresAt) return h.credentials;
-      throw err;
-    }
-  };
-}
-
 /** The text of an XML element's content, entities resolved; undefined when absent. */
 function xmlField(xml: string, name: string): string | undefined {
   const m = new RegExp(`<${name}>([^<]*)</${name}>`).exec(xml);
@@ -342,7 +296,7 @@ function xmlField(xml: string, name: string): string | undefined {
  * One AssumeRole call (STS query API, signed with the stored keys). Only STS's error code is
  * repeated in a refusal, and only when it is a plain word that is not part of a key.
  */
-async function assumeRole(c: AwsSigV4Config, role: AssumeRoleConfig, keys: AwsCredentials, o: SigV4Options, now: () => number): Promise<Assumed> {
+export async function assumeRole(c: AwsSigV4Config, role: AssumeRoleConfig, keys: AwsCredentials, o: SigV4Options, now: () => number): Promise<Assumed> {
   const failure = (why: string): ValetError => {
     o.onError?.(`upstream ${o.upstream}: ${why}`);
     return new ValetError('VALET_ERR_TOKEN_ENDPOINT', `The credential for upstream ${o.upstream} could not be obtained: ${why}; nothing was forwarded.`);
@@ -390,6 +344,5 @@ async function assumeRole(c: AwsSigV4Config, role: AssumeRoleConfig, keys: AwsCr
     throw failure(status === 200 ? 'STS answered without usable credentials' : `STS answered ${status}${said}`);
   }
   const expiresAt = expiration - Math.min(EXPIRY_MARGIN_MS, (expiration - started) / 4);
-  const ahead = Math.min(o.refreshAheadMs ?? 300_000, (expiresAt - started) / 2);
-  return { credentials: { accessKeyId, secretAccessKey, sessionToken }, expiresAt, renewAt: expiresAt - ahead };
+  return { credentials: { accessKeyId, secretAccessKey, sessionToken }, expiresAt };
 }

@@ -1,3 +1,5 @@
+import type { AssumeRoleConfig, AwsSigV4Config } from './sigv4.js';
+
 /**
  * `credential.provider`: where the value injected for an upstream comes from when it is not a
  * stored string. Secret fields name secrets (store, environment, files), looked up per tenant like
@@ -87,7 +89,14 @@ export interface UserOAuthConfig {
   readonly authorizeParams: Readonly<Record<string, string>>;
 }
 
-export type ProviderConfig = ClientCredentialsConfig | RefreshTokenConfig | JwtBearerConfig | GitHubAppConfig | TokenExchangeConfig | UserOAuthConfig;
+/** An `aws_sigv4` credential's `assume_role`: STS temporary credentials, kept like any obtained token. */
+export interface AwsAssumeRoleConfig {
+  readonly kind: 'aws_assume_role';
+  readonly sigv4: AwsSigV4Config;
+  readonly role: AssumeRoleConfig;
+}
+
+export type ProviderConfig = ClientCredentialsConfig | RefreshTokenConfig | JwtBearerConfig | GitHubAppConfig | TokenExchangeConfig | UserOAuthConfig | AwsAssumeRoleConfig;
 
 export type ProviderKind = ProviderConfig['kind'];
 
@@ -99,13 +108,15 @@ export function providerSecrets(p: ProviderConfig): string[] {
       ? client(p.client)
       : p.kind === 'oauth2_refresh_token'
         ? [...client(p.client), p.refreshToken]
-        : [p.privateKey];
+        : p.kind === 'aws_assume_role'
+          ? [p.sigv4.accessKeyId, p.sigv4.secretAccessKey, p.sigv4.sessionToken]
+          : [p.privateKey];
   return [...new Set(names.filter((n): n is string => n !== undefined))];
 }
 
 /** Where a provider gets its tokens: for messages and lists (no query, which might carry something). */
 export function providerEndpoint(p: ProviderConfig): string | null {
-  const url = p.kind === 'github_app' ? `${p.apiUrl}/app/installations/${p.installationId}/access_tokens` : p.tokenUrl;
+  const url = p.kind === 'github_app' ? `${p.apiUrl}/app/installations/${p.installationId}/access_tokens` : p.kind === 'aws_assume_role' ? p.role.stsEndpoint : p.tokenUrl;
   if (url === undefined) return null;
   const u = new URL(url);
   return `${u.origin}${u.pathname}`;

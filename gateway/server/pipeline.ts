@@ -25,7 +25,6 @@ import { ambiguityError, bodyKind, buildArgs, decodeFormPair, parseBody, type Pa
 import { RequestBody, type BodyLimits } from './body.js';
 import { canonicalQuery, canonicalTarget } from './canonical.js';
 import { containsToken, redactTokens } from './token-scan.js';
-import { sigV4Signer, type SigV4Signer } from '../credentials/sigv4.js';
 import { sendError, toValetError, type RefusalStyle } from './respond.js';
 import type { CredentialService } from '../credentials/service.js';
 import { providedSecret } from '../config/credential.js';
@@ -96,13 +95,6 @@ export function createPipeline(deps: PipelineDeps): RequestHandler {
 
   // Once: the `Host` names that route to an upstream at its root on the main listener.
   const hostRoutes = new Map([...config.upstreams.values()].flatMap((u) => u.hosts.map((h): [string, string] => [h, u.name])));
-  // Once: a SigV4 signer per upstream whose credential is `aws_sigv4` (it holds assumed-role credentials).
-  const signers = new Map<string, SigV4Signer>();
-  for (const u of config.upstreams.values()) {
-    if (u.credential.scheme !== 'aws_sigv4') continue;
-    signers.set(u.name, sigV4Signer(u.credential, { upstream: u.name, origin: u.origin, onError: (problem) => logger.error({ problem }, 'aws_sigv4: AssumeRole failed') }));
-  }
-
   return async (req, res, routed) => {
     const started = performance.now();
     const requestId = newRequestId();
@@ -316,7 +308,8 @@ export function createPipeline(deps: PipelineDeps): RequestHandler {
 
       // 6. inject: 503 unless every secret the credential names is available (a provider's token
       // first obtained from its token endpoint, or held from before).
-      const providing = credentials.token(upstream.name, { tenant: identity.tenant, user: identity.user, agentToken: token });
+      const caller = { tenant: identity.tenant, user: identity.user, agentToken: token };
+      const providing = credentials.token(upstream.name, caller);
       const obtained = providing === undefined ? undefined : await providing;
       const provided = obtained?.token;
       if (obtained?.act !== undefined) rec.act = JSON.stringify({ ...(identity.actors !== undefined && { token: identity.actors }), exchanged: obtained.act });
@@ -342,18 +335,15 @@ export function createPipeline(deps: PipelineDeps): RequestHandler {
       metrics.auditWait((performance.now() - waiting) / 1000);
       // A body that broke its limits while the request was being decided is not forwarded at all.
       if (incoming?.failure !== undefined) throw incoming.failure;
-      const signer = signers.get(upstream.name);
       // A service that signs payload hashes gets a streamed body read whole first (max_body_bytes, else 413).
-      if (signer?.hashesPayload === true && buffered === undefined && incoming !== undefined) buffered = await readBody(req, incoming, config.gateway.maxBodyBytes);
+      if (credentials.hashesPayload(upstream.name) && buffered === undefined && incoming !== undefined) buffered = await readBody(req, incoming, config.gateway.maxBodyBytes);
       const body = buffered ?? incoming ?? null;
       const length = buffered ? String(buffered.length) : req.headers['content-length'];
       if (length !== undefined) injected.headers.push(['content-length', length]);
       const forwardTarget = injected.rawQuery === '' ? facts.forwardPath : `${facts.forwardPath}?${injected.rawQuery}`;
       // An AWS upstream's request is signed last, over exactly what is forwarded, with the tenant's keys (or its role's).
-      const sent =
-        signer === undefined
-          ? { path: forwardTarget, headers: injected.headers, secrets: injected.secrets }
-          : await signer.sign({ method: facts.method, path: forwardTarget, headers: injected.headers, body: body === null || body instanceof Buffer ? body : 'stream' }, (name) => secrets.get(name, identity.tenant));
+      const signing = credentials.sign(upstream.name, { method: facts.method, path: forwardTarget, headers: injected.headers, body: body === null || body instanceof Buffer ? body : 'stream' }, caller);
+      const sent = signing === undefined ? { path: forwardTarget, headers: injected.headers, secrets: injected.secrets } : await signing;
 
       // 7. forward
       forwarding = true;

@@ -6,7 +6,10 @@
  */
 import type { ServerResponse } from 'node:http';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
-import { awsTarget, sigV4Signer, type AwsSigV4Config, type SignableRequest } from '../../../gateway/credentials/sigv4.js';
+import type { UpstreamConfig } from '../../../gateway/config/types.js';
+import { CredentialService } from '../../../gateway/credentials/service.js';
+import { awsTarget, sigV4Signer, type AwsSigV4Config, type SignableRequest, type SignedRequest } from '../../../gateway/credentials/sigv4.js';
+import { memoryGrants } from '../../../gateway/secrets/grants.js';
 import type { HeaderList } from '../../../gateway/proxy/headers.js';
 import { assumeRoleResponse, awsXmlError, sha256Hex, verifySigV4 } from '../../helpers/aws.js';
 import { headerValues, startFakeUpstream, type FakeUpstream, type RecordedRequest } from '../../helpers/upstream.js';
@@ -274,7 +277,7 @@ describe('sigV4Signer: what is stripped, kept and hashed', () => {
   });
 });
 
-describe('sigV4Signer: assume_role against a fake STS', () => {
+describe('aws_sigv4 assume_role against a fake STS', () => {
   const BASE = { accessKeyId: 'AKIABASEKEY0000001', secretAccessKey: 'baseSecretKey0001' };
   const ACME = { accessKeyId: 'AKIAACMEKEY0000001', secretAccessKey: 'acmeSecretKey0001' };
   let sts: FakeUpstream;
@@ -312,24 +315,31 @@ describe('sigV4Signer: assume_role against a fake STS', () => {
     problems.length = 0;
   });
 
-  const roleSigner = () =>
-    sigV4Signer(
-      credential({
-        service: 'bedrock',
-        region: 'eu-west-1',
-        assumeRole: { roleArn: 'arn:aws:iam::123456789012:role/agent', sessionName: 'valet', externalId: 'ext-1', durationS: 900, stsEndpoint: sts.origin },
-      }),
-      { upstream: 'bedrock', origin: 'https://bedrock-runtime.eu-west-1.amazonaws.com', now: () => clock, onError: (p) => problems.push(p) },
-    );
-  const base = lookup({ AK: BASE.accessKeyId, SK: BASE.secretAccessKey });
-  const acme = lookup({ AK: ACME.accessKeyId, SK: ACME.secretAccessKey });
-  const call = (signer: ReturnType<typeof roleSigner>, keys = base) => signer.sign({ method: 'GET', path: '/', headers: [], body: null } satisfies SignableRequest, keys);
+  /** An upstream that assumes the role: through the credential service, as the gateway does (cache, single flight, grants). */
+  const roleService = (stsEndpoint = sts.origin): CredentialService =>
+    new CredentialService({
+      upstreams: [
+        {
+          name: 'bedrock',
+          origin: 'https://bedrock-runtime.eu-west-1.amazonaws.com',
+          credential: credential({ service: 'bedrock', region: 'eu-west-1', assumeRole: { roleArn: 'arn:aws:iam::123456789012:role/agent', sessionName: 'valet', externalId: 'ext-1', durationS: 900, stsEndpoint } }),
+        } as unknown as UpstreamConfig,
+      ],
+      grants: memoryGrants(),
+      // BASE is shared; tenant acme holds keys of its own.
+      secrets: { get: (name, tenant) => (tenant === 'acme' ? { AK: ACME.accessKeyId, SK: ACME.secretAccessKey } : { AK: BASE.accessKeyId, SK: BASE.secretAccessKey })[name] },
+      publicUrl: () => undefined,
+      now: () => clock,
+      refreshAheadMs: 300_000,
+      onError: (p) => problems.push(p),
+    });
+  const call = (service: CredentialService, tenant?: string) => service.sign('bedrock', { method: 'GET', path: '/', headers: [], body: null } satisfies SignableRequest, { tenant, user: undefined }) as Promise<SignedRequest>;
 
-  it('signs with the role\'s temporary credentials; a burst makes one AssumeRole call; other stored keys assume it for themselves', async () => {
-    const signer = roleSigner();
+  it('signs with the role\'s temporary credentials; a burst makes one AssumeRole call; a tenant with keys of its own assumes it for itself', async () => {
+    const service = roleService();
     const before = sts.requests.length;
     mode.delayMs = 50;
-    const burst = await Promise.all(Array.from({ length: 50 }, () => call(signer)));
+    const burst = await Promise.all(Array.from({ length: 50 }, (_, i) => call(service, i % 2 === 0 ? undefined : 'globex')));
     expect(sts.requests.length - before).toBe(1);
     const form = new URLSearchParams(sts.requests.at(-1)?.body.toString());
     expect(Object.fromEntries(form)).toMatchObject({ Action: 'AssumeRole', RoleSessionName: 'valet', ExternalId: 'ext-1', DurationSeconds: '900' });
@@ -340,42 +350,47 @@ describe('sigV4Signer: assume_role against a fake STS', () => {
       expect(s.secrets).toContain(`temp-secret-${issued}`);
       expect(s.secrets).toContain(token);
     }
-    await call(signer);
+    await call(service);
     expect(sts.requests.length - before).toBe(1);
-    await call(signer, acme);
+    await call(service, 'acme');
     expect(sts.requests.length - before).toBe(2);
     expect(headerOf(sts.requests.at(-1), 'authorization')).toContain(`Credential=${ACME.accessKeyId}/`);
   });
 
-  it('renews shortly before expiry; if STS fails then, what is held serves until it expires; then it fails closed without repeating a secret', async () => {
-    const signer = roleSigner();
+  it('renews ahead of expiry in the background; if STS fails then, what is held serves until it expires; then it fails closed without repeating a secret', async () => {
+    const service = roleService();
     mode.lifetimeS = 900;
-    const first = await call(signer);
+    const first = await call(service);
     const before = sts.requests.length;
     clock += 500_000; // before the renewal window (5 minutes ahead of expiry, minus a margin)
-    expect(header((await call(signer)).headers, 'x-amz-security-token')).toBe(header(first.headers, 'x-amz-security-token'));
+    expect(header((await call(service)).headers, 'x-amz-security-token')).toBe(header(first.headers, 'x-amz-security-token'));
     expect(sts.requests.length).toBe(before);
-    clock += 200_000; // inside the renewal window: renewed
-    const renewed = await call(signer);
-    expect(sts.requests.length).toBe(before + 1);
+    clock += 200_000; // inside the renewal window: renewed in the background, the held ones still serve this call
+    expect(header((await call(service)).headers, 'x-amz-security-token')).toBe(header(first.headers, 'x-amz-security-token'));
+    await expect.poll(() => sts.requests.length).toBe(before + 1);
+    const renewed = await call(service);
     expect(header(renewed.headers, 'x-amz-security-token')).not.toBe(header(first.headers, 'x-amz-security-token'));
     mode.status = 503;
     clock += 700_000; // the renewed credentials are in their renewal window; STS is down
-    const held = await call(signer);
+    const held = await call(service);
     expect(header(held.headers, 'x-amz-security-token')).toBe(header(renewed.headers, 'x-amz-security-token'));
-    expect(problems.at(-1)).toBe('upstream bedrock: STS answered 503: ServiceUnavailable');
+    await expect.poll(() => problems.at(-1)).toBe('upstream bedrock: STS answered 503: ServiceUnavailable');
     clock += 300_000; // expired: nothing to serve
     mode.code = BASE.secretAccessKey; // an STS that echoes what it was sent as its error code
-    const down = call(signer);
-    await expect(down).rejects.toMatchObject({ code: 'VALET_ERR_TOKEN_ENDPOINT', message: 'The credential for upstream bedrock could not be obtained: STS answered 503; nothing was forwarded.' });
+    await expect(call(service)).rejects.toMatchObject({ code: 'VALET_ERR_TOKEN_ENDPOINT', message: 'The credential for upstream bedrock could not be obtained: STS answered 503; nothing was forwarded.' });
     mode.code = 'Throttling';
-    await expect(call(signer, acme)).rejects.toMatchObject({ message: expect.stringContaining('STS answered 503: Throttling') });
+    await expect(call(service, 'acme')).rejects.toMatchObject({ message: expect.stringContaining('STS answered 503: Throttling') });
     for (const p of problems) expect(p).not.toContain(BASE.secretAccessKey);
   });
 
   it('STS that cannot be reached, or a missing base key: refused', async () => {
-    const unreachable = sigV4Signer(credential({ service: 'bedrock', assumeRole: { roleArn: 'arn:aws:iam::123456789012:role/agent', sessionName: 'valet', externalId: undefined, durationS: undefined, stsEndpoint: 'http://127.0.0.1:9' } }), { upstream: 'u', origin: 'https://example.amazonaws.com' });
-    await expect(unreachable.sign({ method: 'GET', path: '/', headers: [], body: null }, base)).rejects.toMatchObject({ code: 'VALET_ERR_TOKEN_ENDPOINT', message: expect.stringContaining('STS could not be reached') });
-    await expect(roleSigner().sign({ method: 'GET', path: '/', headers: [], body: null }, lookup({ SK: 'x' }))).rejects.toMatchObject({ code: 'VALET_ERR_CREDENTIAL_UNAVAILABLE' });
+    await expect(call(roleService('http://127.0.0.1:9'))).rejects.toMatchObject({ code: 'VALET_ERR_TOKEN_ENDPOINT', message: expect.stringContaining('STS could not be reached') });
+    const missing = new CredentialService({
+      upstreams: [{ name: 'bedrock', origin: 'https://bedrock-runtime.eu-west-1.amazonaws.com', credential: credential({ service: 'bedrock', region: 'eu-west-1', assumeRole: { roleArn: 'arn:aws:iam::123456789012:role/agent', sessionName: 'valet', externalId: undefined, durationS: undefined, stsEndpoint: sts.origin } }) } as unknown as UpstreamConfig],
+      grants: memoryGrants(),
+      secrets: { get: (name) => (name === 'SK' ? 'x' : undefined) },
+      publicUrl: () => undefined,
+    });
+    await expect(call(missing)).rejects.toMatchObject({ code: 'VALET_ERR_CREDENTIAL_UNAVAILABLE' });
   });
 });
