@@ -2,7 +2,7 @@ import { credentialRoutes, connectPages } from './admin/credentials.js';
 import { CredentialService } from './credentials/service.js';
 import { memoryGrants } from './secrets/grants.js';
 import type { Notifier } from './approvals/notify.js';
-import { createServer, STATUS_CODES, type IncomingMessage, type Server } from 'node:http';
+import { createServer, STATUS_CODES, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo, Socket } from 'node:net';
 import { resolve } from 'node:path';
 import type { DestinationStream, Logger } from 'pino';
@@ -37,6 +37,7 @@ import { createSecretSources, DEFAULT_SOURCES } from './secrets/sources.js';
 import type { SecretStore } from './secrets/port.js';
 import { createApprovals } from './approvals/setup.js';
 import { createPipeline, newAuditRecord } from './server/pipeline.js';
+import { acceptHttp2, type Http2Sessions } from './server/listener.js';
 
 export interface GatewayOptions {
   configDir: string;
@@ -174,12 +175,26 @@ export async function startGateway(options: GatewayOptions): Promise<RunningGate
   let inFlight = 0;
   let idle: (() => void) | undefined;
   const listener = config.gateway.listener ?? DEFAULT_LISTENER;
-  /** A data-plane server: the main one, or an upstream's own (`routed`: it serves that upstream at its root). */
+  /** The HTTP/2 side of every data-plane server, for shutdown. */
+  const http2Sides: Http2Sessions[] = [];
+  /**
+   * A data-plane server: the main one, or an upstream's own (`routed`: it serves that upstream at its
+   * root). HTTP/1.1 and HTTP/2 with prior knowledge (h2c) on the same port, into the same pipeline.
+   */
   const dataServer = (routed?: string): Server => {
+    const onRequest = (req: IncomingMessage, res: ServerResponse): void => {
+      inFlight++;
+      handle(req, res, routed)
+        .catch((err: unknown) => logger.error({ err }, 'request handler failed'))
+        .finally(() => {
+          inFlight--;
+          if (draining && inFlight === 0) idle?.();
+        });
+    };
     const server = createServer(
       {
         maxHeaderSize: config.gateway.maxHeaderBytes,
-        keepAliveTimeout: 5_000,
+        keepAliveTimeout: KEEP_ALIVE_TIMEOUT_MS,
         headersTimeout: listener.headersTimeoutMs,
         // Node checks the headers deadline on this tick (30 s by default, which would let a 10 s deadline
         // run to 40 s); its cost is one walk of the open connections.
@@ -188,15 +203,19 @@ export async function startGateway(options: GatewayOptions): Promise<RunningGate
         // answer on the raw socket, not through the pipeline that is already handling the request.
         requestTimeout: 0,
       },
-      (req, res) => {
-        inFlight++;
-        handle(req, res, routed)
-          .catch((err: unknown) => logger.error({ err }, 'request handler failed'))
-          .finally(() => {
-            inFlight--;
-            if (draining && inFlight === 0) idle?.();
-          });
-      },
+      onRequest,
+    );
+    http2Sides.push(
+      acceptHttp2(
+        server,
+        {
+          maxHeaderBytes: config.gateway.maxHeaderBytes,
+          headersTimeoutMs: listener.headersTimeoutMs,
+          keepAliveTimeoutMs: KEEP_ALIVE_TIMEOUT_MS,
+          maxConcurrentStreams: MAX_CONCURRENT_STREAMS,
+        },
+        onRequest,
+      ),
     );
     limitConnections(server, listener, metrics);
     // Requests Node's parser refuses never reach the pipeline; they are answered and audited here.
@@ -288,6 +307,8 @@ export async function startGateway(options: GatewayOptions): Promise<RunningGate
       const adminClosed = new Promise<void>((r) => adminServer.close(() => r()));
       adminServer.closeAllConnections();
       for (const s of dataServers) s.closeIdleConnections();
+      // HTTP/2 sessions get GOAWAY: no new requests, those in flight finish within the grace period.
+      for (const h of http2Sides) h.drain();
       if (inFlight > 0) {
         await Promise.race([
           new Promise<void>((r) => {
@@ -297,6 +318,7 @@ export async function startGateway(options: GatewayOptions): Promise<RunningGate
         ]);
       }
       for (const s of dataServers) s.closeAllConnections();
+      for (const h of http2Sides) h.destroyAll();
       // Requests cut off at the end of the grace period still write their audit rows.
       if (inFlight > 0) await new Promise<void>((r) => {
         idle = r;
@@ -320,6 +342,11 @@ export async function startGateway(options: GatewayOptions): Promise<RunningGate
   const admin = { server: adminServer, port: adminPort, url: `http://${urlHost(config.gateway.admin.listen.host)}:${adminPort}` };
   return { config, server, port, url: `http://${host}:${port}`, upstreamListeners, admin, logger, audit, auditLog, metrics, policies, secretStore: secretSources.store, close };
 }
+
+/** How long an idle keep-alive connection (HTTP/1) or session (HTTP/2) is kept open. */
+const KEEP_ALIVE_TIMEOUT_MS = 5_000;
+/** Requests one HTTP/2 session may have in flight at once (an agent's sessions count against max_connections_per_client). */
+const MAX_CONCURRENT_STREAMS = 100;
 
 /** What Node's parser errors mean to an agent; every other one is a malformed request. */
 const CLIENT_ERRORS: Readonly<Record<string, ErrorCode>> = {

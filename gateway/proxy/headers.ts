@@ -4,7 +4,7 @@ import { ValetError } from '../errors.js';
 import { agentLink, agentLocation, type AgentOrigin } from './location.js';
 import type { Scrubber } from './scrub.js';
 
-/** Headers that describe one hop, never forwarded in either direction (RFC 9110 §7.6.1). */
+/** Headers that describe one hop, never forwarded in either direction (RFC 9110 §7.6.1, RFC 9113 §8.2.2). */
 const HOP_BY_HOP = [
   'connection',
   'keep-alive',
@@ -15,6 +15,7 @@ const HOP_BY_HOP = [
   'upgrade',
   'proxy-authenticate',
   'proxy-authorization',
+  'http2-settings',
 ];
 const HOP_BY_HOP_SET: ReadonlySet<string> = new Set(HOP_BY_HOP);
 const NONE: ReadonlySet<string> = new Set();
@@ -181,10 +182,10 @@ function connectionListed(values: readonly string[]): Set<string> {
 }
 
 /**
- * The agent's headers as they may be forwarded: hop-by-hop headers, every header `Connection`
- * names, every copy and case variant of a credential header, request-steering headers (unless the
- * upstream opted the name back in), Valet's own names and any header that carries the agent token
- * removed. With the upstream's `forward_headers`, only the names listed there are kept at all.
+ * The agent's headers as they may be forwarded: HTTP/2 pseudo-headers, hop-by-hop headers, every
+ * header `Connection` names, every copy and case variant of a credential header, request-steering
+ * headers (unless the upstream opted the name back in), Valet's own names and any header that
+ * carries the agent token removed. With the upstream's `forward_headers`, only the names listed there are kept at all.
  * `content-length` is re-added by the caller.
  *
  * While the upstream's responses are scrubbed, the agent's `accept-encoding`, `range` and
@@ -206,13 +207,16 @@ export function forwardableRequestHeaders(rawHeaders: readonly string[], upstrea
   for (let i = 0; i < names.length; i++) {
     const name = names[i] as string;
     const value = rawHeaders[2 * i + 1] as string;
-    if (!passes(filter, name) || listed.has(name) || value.includes(agentToken)) continue;
+    // HTTP/2's pseudo-headers (`:method`, `:path`, `:authority`, `:scheme`) are its request line, not headers.
+    if (name.charCodeAt(0) === COLON || !passes(filter, name) || listed.has(name) || value.includes(agentToken)) continue;
     out.push([name, value]);
   }
   // Values the API needs (a version header) when the agent's SDK sent none: never over the SDK's own.
   for (const [name, value] of upstream.defaultHeaders ?? []) if (!out.some(([n]) => n === name)) out.push([name, value]);
   return out;
 }
+
+const COLON = 0x3a;
 
 function passes(f: RequestFilter, name: string): boolean {
   let verdict = f.passes.get(name);

@@ -1,6 +1,7 @@
 import { EventEmitter } from 'node:events';
 import type { ServerResponse } from 'node:http';
-import type { Readable } from 'node:stream';
+import type { Http2ServerResponse } from 'node:http2';
+import type { Readable, Writable } from 'node:stream';
 
 /**
  * Says when the agent hung up before its response was complete, in the form undici accepts as a
@@ -14,7 +15,7 @@ export class HangUp extends EventEmitter {
   constructor(res: ServerResponse) {
     super();
     res.once('close', () => {
-      if (res.writableFinished) return;
+      if (received(res)) return;
       this.aborted = true;
       this.emit('abort');
     });
@@ -40,12 +41,29 @@ export function sendWhole(body: Buffer, res: ServerResponse): Promise<void> {
   return settled;
 }
 
+/**
+ * The HTTP/2 stream under a response from Node's compatibility API. Its response emits `finish`
+ * only when the stream closes, after the agent's side too, and then even when the agent reset it
+ * (RST_STREAM), with `writableFinished` set: the stream tells a response written from one cut off.
+ */
+function http2Stream(res: ServerResponse): Http2ServerResponse['stream'] | undefined {
+  return (res as unknown as Partial<Http2ServerResponse>).stream;
+}
+
+/** Whether the whole response was written before `res` closed (the agent did not hang up first). */
+function received(res: ServerResponse): boolean {
+  const stream = http2Stream(res);
+  return stream === undefined ? res.writableFinished : !stream.aborted && stream.writableFinished;
+}
+
 /** Settles when `res` has finished (resolve), or closed first or `source` failed (reject; `source` is torn down). */
 function delivered(res: ServerResponse, source?: Readable): Promise<void> {
+  // HTTP/2: the stream's own `finish` (the response written), not the agent's end of the request.
+  const written: Writable = http2Stream(res) ?? res;
   return new Promise((resolve, reject) => {
     const done = (err?: Error): void => {
       source?.off('error', done);
-      res.off('finish', onFinish);
+      written.off('finish', onFinish);
       res.off('close', onClose);
       if (err === undefined) return resolve();
       if (source !== undefined) {
@@ -54,12 +72,13 @@ function delivered(res: ServerResponse, source?: Readable): Promise<void> {
       }
       reject(err);
     };
-    const onFinish = (): void => done();
+    const cutOff = (): Error => new Error('the agent closed the connection before the response was complete');
+    const onFinish = (): void => done(written === res || received(res) ? undefined : cutOff());
     const onClose = (): void => {
-      if (!res.writableFinished) done(new Error('the agent closed the connection before the response was complete'));
+      if (!received(res)) done(cutOff());
     };
     source?.once('error', done);
-    res.once('finish', onFinish);
+    written.once('finish', onFinish);
     res.once('close', onClose);
   });
 }

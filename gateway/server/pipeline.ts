@@ -26,6 +26,7 @@ import { RequestBody, type BodyLimits } from './body.js';
 import { canonicalQuery, canonicalTarget } from './canonical.js';
 import { containsToken, redactTokens } from './token-scan.js';
 import { sendError, toValetError, type RefusalStyle } from './respond.js';
+import { closeAfterResponse, endedWithHeaders, isHttp2 } from './listener.js';
 import type { CredentialService } from '../credentials/service.js';
 import { providedSecret } from '../config/credential.js';
 
@@ -402,8 +403,8 @@ export function createPipeline(deps: PipelineDeps): RequestHandler {
       rec.path = rec.path === rawPath ? redacted.slice(0, 2048) : redacted;
       if (incoming !== undefined) {
         rec.bytesIn = incoming.bytes;
-        // Whatever of the body nobody read is dropped, still under its limits; past one, the connection goes.
-        incoming.discard(() => req.socket.destroySoon());
+        // Whatever of the body nobody read is dropped, still under its limits; past one, the connection (HTTP/2: the stream) goes.
+        incoming.discard(() => closeAfterResponse(req));
       }
       rec.status = rec.errorCode === 'VALET_ERR_CLIENT_CLOSED' && !res.headersSent ? 499 : res.statusCode;
       rec.durationMs = Math.round((performance.now() - started) * 1000) / 1000;
@@ -488,6 +489,12 @@ function checkFraming(req: IncomingMessage): void {
     throw new ValetError('VALET_ERR_BAD_REQUEST', 'Ambiguous request framing (both Content-Length and Transfer-Encoding).');
   }
   const te = req.headers['transfer-encoding'];
+  if (isHttp2(req)) {
+    // RFC 9113 §8.2.2 (Node's HTTP/2 parser already resets such a stream) and §8.3.1.
+    if (te !== undefined) throw new ValetError('VALET_ERR_BAD_REQUEST', 'Transfer-Encoding is not allowed in an HTTP/2 request.');
+    const authority = req.headers[':authority'];
+    if (authority !== undefined && String(req.headers.host).toLowerCase() !== String(authority).toLowerCase()) throw new ValetError('VALET_ERR_BAD_REQUEST', 'Ambiguous request: Host and :authority differ.');
+  }
   if (te !== undefined && te.trim().toLowerCase() !== 'chunked') {
     throw new ValetError('VALET_ERR_BAD_REQUEST', 'Only "Transfer-Encoding: chunked" is accepted.');
   }
@@ -578,6 +585,8 @@ function encoded(req: IncomingMessage): boolean {
 
 function hasBody(req: IncomingMessage): boolean {
   const length = req.headers['content-length'];
+  // HTTP/2 frames bodies itself: without a length, one follows unless the HEADERS frame ended the stream.
+  if (length === undefined && isHttp2(req)) return !endedWithHeaders(req);
   return req.headers['transfer-encoding'] !== undefined || (length !== undefined && length !== '0');
 }
 

@@ -56,7 +56,8 @@ export function sendError(res: ServerResponse, err: ValetError, requestId: strin
   headers['x-should-retry'] = String(retry);
   if (style.dialect === 'stripe') headers['stripe-should-retry'] = String(retry);
   // After a malformed request the connection's framing is suspect, after shutdown it is done, and
-  // after a body refused part-way the rest of it is not worth reading.
+  // after a body refused part-way the rest of it is not worth reading. (Over HTTP/2 this becomes a
+  // reset of the request's stream alone, once the answer is out: server/listener.ts.)
   if (CLOSING.has(code)) headers['connection'] = 'close';
   res.writeHead(rendered.status ?? err.status, headers);
   res.end(rendered.body);

@@ -1,14 +1,16 @@
 /**
  * AWS SigV4 as a credential scheme, driven by the real AWS SDK v3 (S3 and Bedrock Runtime clients,
- * unmodified) pointed at Valet with dummy keys and the agent token as their session token. Fake
- * AWS endpoints on 127.0.0.1 verify every signature from what they received, with the stored keys,
- * and answer 403 SignatureDoesNotMatch otherwise; they also check that nothing of the agent's own
- * signature, dummy key or token reached them. A fake STS serves AssumeRole.
+ * unmodified: Bedrock's speaks HTTP/2 with prior knowledge) pointed at Valet with dummy keys and the
+ * agent token as their session token. Fake AWS endpoints on 127.0.0.1 verify every signature from
+ * what they received, with the stored keys, and answer 403 SignatureDoesNotMatch otherwise; they
+ * also check that nothing of the agent's own signature, dummy key or token reached them. A fake
+ * STS serves AssumeRole.
  */
 import { randomBytes } from 'node:crypto';
 import type { ServerResponse } from 'node:http';
+import type { Socket } from 'node:net';
 import { Readable } from 'node:stream';
-import { AccessDeniedException, BedrockRuntimeClient, ConverseStreamCommand, InvokeModelCommand, ValidationException } from '@aws-sdk/client-bedrock-runtime';
+import { AccessDeniedException, BedrockRuntimeClient, ConverseStreamCommand, InvokeModelCommand, ValidationException, type InvokeModelCommandOutput } from '@aws-sdk/client-bedrock-runtime';
 import { GetObjectCommand, PutObjectCommand, S3Client, S3ServiceException } from '@aws-sdk/client-s3';
 import { EventStreamCodec } from '@smithy/core/event-streams';
 import { NodeHttpHandler } from '@smithy/node-http-handler';
@@ -184,8 +186,29 @@ describe('credential scheme aws_sigv4 with the AWS SDK v3', () => {
       maxAttempts: o.maxAttempts ?? 3,
       ...(o.checksums === false && { requestChecksumCalculation: 'WHEN_REQUIRED' as const }),
     });
-  const bedrockClient = (token: string): BedrockRuntimeClient =>
-    new BedrockRuntimeClient({ endpoint: `${gw.url}/bedrock`, region: 'us-east-1', credentials: credentials(token), requestHandler: new NodeHttpHandler(), maxAttempts: 1 });
+  /** The Bedrock Runtime client as an agent builds it: its default handler speaks HTTP/2 (h2c) to Valet. */
+  const bedrockClient = (token: string, o: { http1?: boolean } = {}): BedrockRuntimeClient =>
+    new BedrockRuntimeClient({
+      endpoint: `${gw.url}/bedrock`,
+      region: 'us-east-1',
+      credentials: credentials(token),
+      maxAttempts: 1,
+      ...(o.http1 === true && { requestHandler: new NodeHttpHandler() }),
+    });
+  /** The protocol of each connection the next call opens to Valet, told by its first bytes. */
+  const protocolsOf = async (call: () => Promise<unknown>): Promise<string[]> => {
+    const seen: string[] = [];
+    const onConnection = (socket: Socket): void => {
+      socket.once('data', (chunk: Buffer) => seen.push(chunk.subarray(0, 3).toString('latin1') === 'PRI' ? 'h2c' : 'http/1.1'));
+    };
+    gw.gateway.server.on('connection', onConnection);
+    try {
+      await call();
+    } finally {
+      gw.gateway.server.off('connection', onConnection);
+    }
+    return seen;
+  };
 
   /** Nothing the agent holds — its token, its dummy key, its own signature — reached a fake AWS endpoint. */
   const expectNothingOfTheAgent = (tokens: string[]): void => {
@@ -261,25 +284,47 @@ describe('credential scheme aws_sigv4 with the AWS SDK v3', () => {
     expect(s3.requests.length).toBe(before);
   });
 
-  it('Bedrock InvokeModel: the JSON body hashed into the signature; a model id with ":" in the path', async () => {
+  it('Bedrock InvokeModel with the unmodified client (HTTP/2): the JSON body hashed into the signature; a model id with ":" in the path', async () => {
     const token = await agentToken();
-    const out = await bedrockClient(token).send(new InvokeModelCommand({ modelId: MODEL, contentType: 'application/json', accept: 'application/json', body: JSON.stringify({ prompt: 'hi' }) }));
-    expect(JSON.parse(Buffer.from(out.body).toString())).toEqual({ completion: 'echo: hi' });
+    let out: InvokeModelCommandOutput | undefined;
+    const protocols = await protocolsOf(async () => {
+      out = await bedrockClient(token).send(new InvokeModelCommand({ modelId: MODEL, contentType: 'application/json', accept: 'application/json', body: JSON.stringify({ prompt: 'hi' }) }));
+    });
+    expect(protocols).toEqual(['h2c']);
+    expect(JSON.parse(Buffer.from(out?.body ?? []).toString())).toEqual({ completion: 'echo: hi' });
     const req = bedrock.requests.at(-1) as RecordedRequest;
     expect(req.url).toBe('/model/anthropic.claude-3-haiku-20240307-v1%3A0/invoke');
     expect(headerValues(req, 'x-amz-content-sha256')).toEqual([]);
+    expect(req.rawHeaders.filter((_, i) => i % 2 === 0 && req.rawHeaders[i]?.startsWith(':'))).toEqual([]);
+    expect(checked.at(-1)?.result).toMatchObject({ accessKeyId: KEYS.shared.id });
+    expectNothingOfTheAgent([token]);
+    const row = (await gw.auditRows()).at(-1);
+    expect(row).toMatchObject({ upstream: 'bedrock', agent: 'aws-agent', status: 200, upstream_status: 200, error_code: null });
+  });
+
+  it('Bedrock InvokeModel with the SDK\'s HTTP/1.1 handler (NodeHttpHandler) still works', async () => {
+    const token = await agentToken();
+    let out: InvokeModelCommandOutput | undefined;
+    const protocols = await protocolsOf(async () => {
+      out = await bedrockClient(token, { http1: true }).send(new InvokeModelCommand({ modelId: MODEL, contentType: 'application/json', accept: 'application/json', body: JSON.stringify({ prompt: 'one' }) }));
+    });
+    expect(protocols).toEqual(['http/1.1']);
+    expect(JSON.parse(Buffer.from(out?.body ?? []).toString())).toEqual({ completion: 'echo: one' });
     expect(checked.at(-1)?.result).toMatchObject({ accessKeyId: KEYS.shared.id });
     expectNothingOfTheAgent([token]);
   });
 
-  it('Bedrock ConverseStream: the event stream flows back through Valet', async () => {
-    const out = await bedrockClient(await agentToken()).send(new ConverseStreamCommand({ modelId: MODEL, messages: [{ role: 'user', content: [{ text: 'hi' }] }] }));
+  it('Bedrock ConverseStream with the unmodified client (HTTP/2): the event stream flows back through Valet', async () => {
     let text = '';
     let stop: string | undefined;
-    for await (const event of out.stream ?? []) {
-      text += event.contentBlockDelta?.delta?.text ?? '';
-      stop = event.messageStop?.stopReason ?? stop;
-    }
+    const protocols = await protocolsOf(async () => {
+      const out = await bedrockClient(await agentToken()).send(new ConverseStreamCommand({ modelId: MODEL, messages: [{ role: 'user', content: [{ text: 'hi' }] }] }));
+      for await (const event of out.stream ?? []) {
+        text += event.contentBlockDelta?.delta?.text ?? '';
+        stop = event.messageStop?.stopReason ?? stop;
+      }
+    });
+    expect(protocols).toEqual(['h2c']);
     expect(text).toBe('Hello');
     expect(stop).toBe('end_turn');
     expect(checked.at(-1)?.result).toMatchObject({ accessKeyId: KEYS.shared.id });

@@ -62,9 +62,17 @@ describe('forwardableRequestHeaders', () => {
     'X-FORWARDED-PREFIX',
     'Valet-Upstream',
     'valet-anything',
+    'HTTP2-Settings',
   ])('drops %s', (name) => {
     const out = forwardableRequestHeaders(raw([name, 'v'], ['X-Keep', 'k']), bearer, TOKEN);
     expect(out).toEqual([['x-keep', 'k']]);
+  });
+
+  it('drops HTTP/2 pseudo-headers: they are the request line, never headers upstream', () => {
+    const out = forwardableRequestHeaders(
+      raw([':method', 'POST'], [':path', '/v1/x'], [':scheme', 'http'], [':authority', 'valet:8080'], [':protocol', 'websocket'], ['content-type', 'application/json']),
+      bearer, TOKEN);
+    expect(out).toEqual([['content-type', 'application/json']]);
   });
 
   it('drops every header Connection names, across several Connection headers, any case and spacing', () => {
