@@ -130,7 +130,7 @@ describe.skipIf(!browserAvailable)('dashboard: tenants and roles', () => {
     await page.locator('#token').fill(await gw.adminToken(['secrets_manager'], { subject: 'erin' }));
     await page.getByRole('button', { name: 'Sign in' }).click();
     await expect.poll(() => page.locator('#whoami').textContent()).toMatch(/erin[\s\S]*all tenants[\s\S]*secrets_manager/);
-    expect(await page.locator('nav.tabs a').allTextContents()).toEqual(['Policies', 'Secrets']);
+    expect(await page.locator('nav.tabs a').allTextContents()).toEqual(['Policies', 'Secrets', 'Credentials']);
     await page.getByRole('button', { name: 'Sign out' }).click();
     await page.locator('#token').waitFor();
     expect(await page.evaluate('sessionStorage.length')).toBe(0);
