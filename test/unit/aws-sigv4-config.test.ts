@@ -2,54 +2,16 @@
  * `credential.scheme: aws_sigv4` as configured: what it loads to, the secrets it names, and every
  * mistake reported by the loader with file, line and column.
  */
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { secretNames } from '../../gateway/config/credential.js';
-import { loadConfig } from '../../gateway/config/load.js';
 import type { UpstreamConfig } from '../../gateway/config/types.js';
-import { ConfigError, type ConfigProblem } from '../../gateway/errors.js';
+import type { ConfigProblem } from '../../gateway/errors.js';
+import { upstreamConfigs } from '../helpers/upstream-config.js';
 
-const GATEWAY_YAML = `issuers:
-  - name: dev
-    issuer: valet-dev
-    audience: valet
-    algorithms: [HS256]
-    secret: { env: VALET_DEV_SIGNING_KEY }
-`;
-
-const dirs: string[] = [];
-afterEach(() => {
-  for (const d of dirs.splice(0)) rmSync(d, { recursive: true, force: true });
-});
-
-/** One upstream named `aws` with this credential (a YAML flow mapping) and origin. */
-function dirWith(credential: string, origin = 'https://s3.us-east-1.amazonaws.com'): string {
-  const dir = mkdtempSync(join(tmpdir(), 'valet-aws-config-'));
-  dirs.push(dir);
-  writeFileSync(join(dir, 'gateway.yaml'), GATEWAY_YAML);
-  writeFileSync(join(dir, 'upstreams.yaml'), `upstreams:\n  - name: aws\n    origin: ${origin}\n    credential: ${credential}\n`);
-  return dir;
-}
-
-const load = (credential: string, origin?: string): UpstreamConfig => loadConfig(dirWith(credential, origin)).upstreams.get('aws') as UpstreamConfig;
-
-function problems(credential: string, origin?: string): ConfigProblem[] {
-  try {
-    loadConfig(dirWith(credential, origin));
-  } catch (err) {
-    expect(err).toBeInstanceOf(ConfigError);
-    const list = [...(err as ConfigError).problems];
-    for (const p of list) {
-      expect(p.file.endsWith('upstreams.yaml'), JSON.stringify(p)).toBe(true);
-      expect(p.line).toBeGreaterThan(0);
-      expect(p.column).toBeGreaterThan(0);
-    }
-    return list;
-  }
-  throw new Error('expected a ConfigError');
-}
+const configs = upstreamConfigs();
+const yamlOf = (credential: string, origin = 'https://s3.us-east-1.amazonaws.com'): string => `upstreams:\n  - name: aws\n    origin: ${origin}\n    credential: ${credential}\n`;
+const load = (credential: string, origin?: string): UpstreamConfig => configs.load(yamlOf(credential, origin), 'aws');
+const problems = (credential: string, origin?: string): ConfigProblem[] => configs.problems(yamlOf(credential, origin));
 
 const KEYS = 'access_key_id: AWS_ACCESS_KEY_ID, secret_access_key: AWS_SECRET_ACCESS_KEY';
 

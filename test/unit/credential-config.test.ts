@@ -4,59 +4,21 @@ import { forwardableRequestHeaders } from '../../gateway/proxy/headers.js';
  * scheme, several secrets per upstream, `scrub_responses`, and every mistake reported with
  * file:line:column by the loader.
  */
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { parseTemplate, secretNames } from '../../gateway/config/credential.js';
 import { loadConfig } from '../../gateway/config/load.js';
 import type { UpstreamConfig } from '../../gateway/config/types.js';
-import { ConfigError, type ConfigProblem } from '../../gateway/errors.js';
+import type { ConfigProblem } from '../../gateway/errors.js';
+import { upstreamConfigs } from '../helpers/upstream-config.js';
 
-const GATEWAY_YAML = `issuers:
-  - name: dev
-    issuer: valet-dev
-    audience: valet
-    algorithms: [HS256]
-    secret: { env: VALET_DEV_SIGNING_KEY }
-`;
-
-const dirs: string[] = [];
-afterEach(() => {
-  for (const d of dirs.splice(0)) rmSync(d, { recursive: true, force: true });
-});
-
-function dirWith(upstreamsYaml: string): string {
-  const dir = mkdtempSync(join(tmpdir(), 'valet-cred-test-'));
-  dirs.push(dir);
-  writeFileSync(join(dir, 'gateway.yaml'), GATEWAY_YAML);
-  writeFileSync(join(dir, 'upstreams.yaml'), upstreamsYaml);
-  return dir;
-}
+const configs = upstreamConfigs();
 
 /** One upstream named `api` with this credential (a YAML flow or block mapping, indented 4). */
 const upstreamYaml = (credential: string, extra = ''): string =>
   `upstreams:\n  - name: api\n    origin: http://127.0.0.1:9\n    credential: ${credential}\n${extra}`;
 
-function load(yaml: string): UpstreamConfig {
-  return loadConfig(dirWith(yaml)).upstreams.get('api') as UpstreamConfig;
-}
-
-function problems(yaml: string): ConfigProblem[] {
-  try {
-    loadConfig(dirWith(yaml));
-  } catch (err) {
-    expect(err).toBeInstanceOf(ConfigError);
-    const list = [...(err as ConfigError).problems];
-    for (const p of list) {
-      expect(p.file.endsWith('upstreams.yaml'), JSON.stringify(p)).toBe(true);
-      expect(p.line).toBeGreaterThan(0);
-      expect((err as ConfigError).message).toContain(`${p.file}:${p.line}:${p.column}: `);
-    }
-    return list;
-  }
-  throw new Error('expected a ConfigError');
-}
+const load = (yaml: string): UpstreamConfig => configs.load(yaml, 'api');
+const problems = (yaml: string): ConfigProblem[] => configs.problems(yaml);
 
 describe('templated values', () => {
   it('header + value: "token {secret}" is one templated header', () => {
