@@ -153,8 +153,11 @@ export function rowKey(key: GrantKey): [string, string, string, string] {
   return [key.upstream, key.tenant ?? '', key.user ?? '', key.scope];
 }
 
-/** Shared by both backends' migrations: the table, in each one's types. */
-export function grantTableSql(blob: string, int: string): string {
+/**
+ * Shared by both backends' migrations: the table, in each one's types, and the index a user's
+ * connections are listed by (before each decision of an agent acting for that user).
+ */
+export function grantTableSql(blob: string, int: string, withoutRowid = ''): string {
   return `CREATE TABLE credential_grants (
      upstream     text    NOT NULL,
      tenant       text    NOT NULL,   -- '' shared by every tenant
@@ -174,7 +177,8 @@ export function grantTableSql(blob: string, int: string): string {
      lease_owner  text,
      lease_until  ${int},
      PRIMARY KEY (upstream, tenant, "user", scope)
-   )`;
+   )${withoutRowid};
+   CREATE INDEX credential_grants_user ON credential_grants (tenant, "user");`;
 }
 
 /**

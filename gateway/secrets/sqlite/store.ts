@@ -51,7 +51,7 @@ const MIGRATIONS: readonly string[] = [
      created_at INTEGER NOT NULL,
      PRIMARY KEY (secret_id, version)
    ) WITHOUT ROWID;`,
-  `${grantTableSql('BLOB', 'INTEGER')} WITHOUT ROWID;`,
+  grantTableSql('BLOB', 'INTEGER', ' WITHOUT ROWID'),
 ];
 
 /** `store_meta` key of the master key's check value (see crypto.ts); never the key itself. */
