@@ -57,6 +57,10 @@ export const ERRORS = {
     message: 'The user this agent acts for has not connected an account for this upstream; nothing was forwarded.',
   },
   VALET_ERR_CONNECT_INVALID: { status: 400, message: 'This account connection is not valid: it expired, was used already, or was started by someone else.' },
+  VALET_ERR_MCP_PARSE: { status: 400, message: 'The body is not JSON: a JSON-RPC parse error; nothing was forwarded.' },
+  VALET_ERR_MCP_INVALID: { status: 400, message: 'The message is not a valid JSON-RPC 2.0 request, notification or response; nothing was forwarded.' },
+  VALET_ERR_MCP_METHOD: { status: 400, message: 'The method is not an MCP method Valet forwards (names are exact and case-sensitive); nothing was forwarded.' },
+  VALET_ERR_MCP_UNKNOWN_TOOL: { status: 400, message: 'The tool is not one the MCP server lists; nothing was forwarded.' },
   VALET_ERR_SHUTTING_DOWN: { status: 503, message: 'The gateway is shutting down.' },
   VALET_ERR_AUDIT_UNAVAILABLE: {
     status: 503,

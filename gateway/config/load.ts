@@ -228,7 +228,11 @@ function assemble(root: string, files: ParsedFile[], problems: Problems, options
     }
     (raw.tools ?? []).forEach((t: string, j: number) => {
       const tool = tools.get(t);
-      if (!tool) problems.add(file, [...at, 'tools', j], `unknown tool "${t}"`);
+      const mcpUpstream = t.slice(0, t.indexOf('.'));
+      // An MCP server's tools are its own: `<upstream>.<tool name>` needs no declaration.
+      if (!tool && upstreams.get(mcpUpstream)?.kind === 'mcp') {
+        if (raw.upstream !== undefined && raw.upstream !== mcpUpstream) problems.add(file, [...at, 'tools', j], `tool "${t}" belongs to upstream "${mcpUpstream}", not "${raw.upstream}"`);
+      } else if (!tool) problems.add(file, [...at, 'tools', j], `unknown tool "${t}"`);
       else if (raw.upstream !== undefined && tool.upstream !== raw.upstream) {
         problems.add(file, [...at, 'tools', j], `tool "${t}" belongs to upstream "${tool.upstream}", not "${raw.upstream}"`);
       }
@@ -313,7 +317,7 @@ function assemble(root: string, files: ParsedFile[], problems: Problems, options
     if ((raw.file === undefined) === (raw.url === undefined)) problems.add(file, at, 'exactly one of "file" and "url" is required');
     if (raw.upstream !== undefined && !upstreams.has(raw.upstream)) problems.add(file, [...at, 'upstream'], `unknown upstream "${raw.upstream}"`);
     (raw.tools ?? []).forEach((t: string, j: number) => {
-      if (!tools.has(t)) problems.add(file, [...at, 'tools', j], `unknown tool "${t}"`);
+      if (!tools.has(t) && upstreams.get(t.slice(0, t.indexOf('.')))?.kind !== 'mcp') problems.add(file, [...at, 'tools', j], `unknown tool "${t}"`);
     });
     const path = raw.file === undefined ? undefined : resolve(root, raw.file);
     return {
@@ -677,7 +681,9 @@ function buildUpstream(file: ParsedFile, i: number, raw: Raw, problems: Problems
     agentTokenHeader,
     agentTokenQuery: raw.agent_token?.query,
     ...(raw.agent_token?.basic !== undefined && { agentTokenBasic: raw.agent_token.basic }),
-    dialect: raw.dialect ?? 'generic',
+    ...(raw.kind === 'mcp' && { kind: 'mcp' as const }),
+    // An MCP upstream's refusals are JSON-RPC errors its client understands.
+    dialect: raw.dialect ?? (raw.kind === 'mcp' ? 'jsonrpc' : 'generic'),
     listen: raw.listen === undefined ? undefined : { host: raw.listen.host, port: raw.listen.port },
     hosts: ((raw.hosts ?? []) as string[]).map((h) => h.toLowerCase()),
     ...(defaultHeaders.length > 0 && { defaultHeaders }),

@@ -80,6 +80,8 @@ const credential = {
 
 const method = { enum: ['GET', 'HEAD', 'POST', 'PUT', 'PATCH', 'DELETE', 'OPTIONS'] } as const;
 const toolName = { type: 'string', pattern: '^[a-z][a-z0-9_-]*(\\.[a-z][a-z0-9_-]*)*$' } as const;
+/** A tool a rule names: a declared one, or `<mcp upstream>.<tool>` with the MCP server's own name (any case, dots, dashes). */
+const toolRef = { type: 'string', pattern: '^[a-z][a-z0-9_-]*\\.[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$' } as const;
 const duration = { type: 'string', pattern: '^[1-9][0-9]*(ms|s|m|h|d)$' } as const;
 const stringList = { type: 'array', minItems: 1, uniqueItems: true, items: { type: 'string', minLength: 1 } } as const;
 
@@ -98,7 +100,7 @@ const match = {
     },
   },
   upstream: name,
-  tools: { type: 'array', minItems: 1, uniqueItems: true, items: toolName },
+  tools: { type: 'array', minItems: 1, uniqueItems: true, items: toolRef },
   methods: { type: 'array', minItems: 1, uniqueItems: true, items: method },
   paths: { type: 'array', minItems: 1, items: { type: 'string', pattern: '^/' } },
   roles: stringList,
@@ -337,6 +339,7 @@ export const fileSchema = {
         properties: {
           name,
           origin: { type: 'string', pattern: '^https?://' },
+          kind: { enum: ['http', 'mcp'] },
           dialect: { enum: [...DIALECTS] },
           listen: {
             type: 'object',
@@ -475,7 +478,7 @@ export const fileSchema = {
           description: { type: 'string' },
           key: { type: 'string', minLength: 1 },
           upstream: name,
-          tools: { type: 'array', minItems: 1, uniqueItems: true, items: toolName },
+          tools: { type: 'array', minItems: 1, uniqueItems: true, items: toolRef },
           file: { type: 'string', minLength: 1 },
           url: { type: 'string', pattern: '^https?://[^{}]*(\\{key\\}[^{}]*)?$' },
           cache_ttl: duration,

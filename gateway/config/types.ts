@@ -252,6 +252,8 @@ export interface UpstreamConfig {
   readonly agentTokenBasic?: 'password' | 'username' | undefined;
   /** The API's error shape, in which Valet's own refusals for this upstream are written (dialects.ts). */
   readonly dialect: Dialect;
+  /** `mcp`: a Model Context Protocol server (Streamable HTTP); JSON-RPC messages are described for policy (gateway/mcp). Absent: plain HTTP. */
+  readonly kind?: 'mcp';
   /** A listener of its own that serves this upstream at its root (for SDKs that take no path prefix); host: `gateway.listen.host` when absent. */
   readonly listen: { readonly host: string | undefined; readonly port: number } | undefined;
   /** `Host` names (lower case, no port) that route to this upstream at its root on the main listener. */

@@ -13,7 +13,7 @@ import type { AgentIdentity, Decision, Effect, Limited, RequestFacts } from '../
 import { CEL_VARIABLES, CONNECTED, celErrorMessage, compileCel, type CelProgram } from './cel.js';
 import type { ConsumeResult, CounterStore, HistoryStore, HistorySummary, VersionedHistory } from './counters.js';
 import { createContextSources, type ContextSources } from './context.js';
-import { describeScope, effectiveUpstreams, namedUpstreams, openedUpstreams } from './scope.js';
+import { describeScope, effectiveUpstreams, namedUpstreams, openedUpstreams, upstreamOfTool } from './scope.js';
 import { compileTools, type ToolMatch } from './tools.js';
 
 /** Everything a decision depends on besides the rules themselves. */
@@ -408,7 +408,7 @@ export function compilePolicy(
     const reads = [item.when, ...('sum' in item ? [item.sum, item.keyProgram] : [])].some((p) => p?.readsArgs);
     if (!reads) continue;
     if (item.config.upstream !== undefined) argsReaders.add(item.config.upstream);
-    else if (item.config.tools !== undefined) for (const t of item.config.tools) argsReaders.add(toolUpstream.get(t) as string);
+    else if (item.config.tools !== undefined) for (const t of item.config.tools) argsReaders.add(upstreamOfTool(t, toolUpstream));
     else anyUpstreamReadsArgs = true;
   }
   const sources = [...rules, ...limits].map((i) => [i.config.when, 'sum' in i.config ? i.config.sum : undefined].join(' '));

@@ -8,11 +8,19 @@ import type { Config, MatchConfig, RuleConfig } from '../config/types.js';
  */
 export type OpenedUpstreams = ReadonlySet<string> | 'all';
 
+/**
+ * The upstream of a tool: a declared tool's, else the name before the first dot (an MCP server's
+ * tool, `<upstream>.<tool name>`, which the loader accepts only for an MCP upstream).
+ */
+export function upstreamOfTool(tool: string, toolUpstream: ReadonlyMap<string, string>): string {
+  return toolUpstream.get(tool) ?? tool.slice(0, tool.indexOf('.'));
+}
+
 /** The upstreams a rule or limit names (by `upstream:` or its tools); empty means every upstream. */
 export function namedUpstreams(m: MatchConfig, toolUpstream: ReadonlyMap<string, string>): Set<string> {
   const upstreams = new Set<string>();
   if (m.upstream !== undefined) upstreams.add(m.upstream);
-  else for (const t of m.tools ?? []) upstreams.add(toolUpstream.get(t) as string);
+  else for (const t of m.tools ?? []) upstreams.add(upstreamOfTool(t, toolUpstream));
   return upstreams;
 }
 

@@ -5,7 +5,7 @@ import type { ErrorCode } from '../errors.js';
  * upstream's shape, so the agent's SDK raises its usual typed error with Valet's message, code and
  * request id, instead of an "unknown error" holding a JSON string.
  */
-export const DIALECTS = ['generic', 'openai', 'anthropic', 'github', 'stripe', 'google', 'twilio', 'slack', 'notion', 'graphql', 'aws-xml', 'aws-json'] as const;
+export const DIALECTS = ['generic', 'openai', 'anthropic', 'github', 'stripe', 'google', 'twilio', 'slack', 'notion', 'graphql', 'aws-xml', 'aws-json', 'jsonrpc'] as const;
 export type Dialect = (typeof DIALECTS)[number];
 
 /** What a refusal says, whatever its shape. */
@@ -18,6 +18,8 @@ export interface Refusal {
   readonly extra: Readonly<Record<string, unknown>> | undefined;
   /** Whether the agent's SDK is invited to retry (after `retry-after`, for a limit). */
   readonly retry: boolean;
+  /** JSON-RPC: the id of the request refused (null when it is not known). */
+  readonly rpcId?: string | number | null | undefined;
 }
 
 /** The body and the headers a dialect adds (the request id under the name its SDK reads). */
@@ -165,6 +167,8 @@ export function renderRefusal(dialect: Dialect, r: Refusal): Rendered {
       const body = `<?xml version="1.0" encoding="UTF-8"?>\n<ErrorResponse><Error><Type>${r.status < 500 ? 'Sender' : 'Receiver'}</Type><Code>${awsCode(r.status, false)}</Code><Message>${xmlText(r.message)}</Message>${fields.map(([k, v]) => `<${k}>${xmlText(v)}</${k}>`).join('')}</Error><RequestId>${xmlText(r.requestId)}</RequestId></ErrorResponse>`;
       return { body, headers: { 'content-type': 'application/xml', 'x-amz-request-id': r.requestId } };
     }
+    case 'jsonrpc':
+      return jsonRpcRefusal(r);
     case 'aws-json': {
       // The JSON protocols (Bedrock, DynamoDB, Lambda...) read the exception name from x-amzn-errortype or __type.
       const type = awsCode(r.status, true);
@@ -176,4 +180,18 @@ export function renderRefusal(dialect: Dialect, r: Refusal): Rendered {
     default:
       return { body: JSON.stringify({ error: { code: r.code, message: r.message, request_id: r.requestId, ...r.extra } }), headers: {} };
   }
+}
+
+/**
+ * JSON-RPC 2.0 (MCP): the refusal is an error response to the request's id, with HTTP 200 so MCP
+ * clients hand it to the caller as an error of that call rather than a transport failure; only an
+ * agent that must authenticate again gets 401 (with its WWW-Authenticate). Standard codes where one
+ * fits (RFC: -32700 parse error, -32600 invalid request, -32601 method not found, -32602 invalid
+ * params), -32000 for Valet's other refusals; `data` carries Valet's code, request id and details.
+ */
+function jsonRpcRefusal(r: Refusal): Rendered {
+  const rpc =
+    r.code === 'VALET_ERR_MCP_PARSE' ? -32700 : r.code === 'VALET_ERR_MCP_INVALID' ? -32600 : r.code === 'VALET_ERR_MCP_METHOD' ? -32601 : r.code === 'VALET_ERR_MCP_UNKNOWN_TOOL' ? -32602 : -32000;
+  const body = { jsonrpc: '2.0', id: r.rpcId ?? null, error: { code: rpc, message: r.message, data: { code: r.code, request_id: r.requestId, ...r.extra } } };
+  return { body: JSON.stringify(body), headers: {}, ...(r.status !== 401 && { status: 200 }) };
 }

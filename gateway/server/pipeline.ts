@@ -28,6 +28,8 @@ import { containsToken, redactTokens } from './token-scan.js';
 import { sendError, toValetError, type RefusalStyle } from './respond.js';
 import { closeAfterResponse, endedWithHeaders, isHttp2 } from './listener.js';
 import type { CredentialService } from '../credentials/service.js';
+import { fetchToolNames, filterToolsBody, filterToolsSse, ListedTools, type Listing } from '../mcp/tools.js';
+import { idOf, mcpFacts, parseBody as parseMcpBody, readMessage, type McpFacts, type McpMessage } from '../mcp/jsonrpc.js';
 import { providedSecret } from '../config/credential.js';
 
 /** The concrete modules the request path calls, built by the composition root. */
@@ -94,6 +96,8 @@ export function createPipeline(deps: PipelineDeps): RequestHandler {
   // Approvals are bound to the identity the policy saw, so their status is read with the same one.
   const verifyIdentity: TokenVerifier = async (token) => currentPolicy().resolveIdentity(await verifyToken(token));
 
+  // The tools each MCP server listed, per session: a call for a name never listed is refused.
+  const listedTools = new ListedTools();
   // Once: the `Host` names that route to an upstream at its root on the main listener.
   const hostRoutes = new Map([...config.upstreams.values()].flatMap((u) => u.hosts.map((h): [string, string] => [h, u.name])));
   return async (req, res, routed) => {
@@ -172,7 +176,20 @@ export function createPipeline(deps: PipelineDeps): RequestHandler {
       const kind = bodyKind(req.headers['content-type'], hasBody(req));
       let buffered: Buffer | undefined;
       let parsed: ParsedBody = { value: undefined, error: undefined, ambiguous: false };
-      if (policy.readsArgs(upstream.name)) {
+      // An MCP message: its method and parameters, not the HTTP path, say what the call does.
+      let mcp: { message: McpMessage; facts: McpFacts; session: string | undefined } | undefined;
+      if (upstream.kind === 'mcp' && rec.method === 'POST') {
+        if (kind !== 'json' || incoming === undefined) throw new ValetError('VALET_ERR_MCP_INVALID', 'An MCP message is a JSON body (content-type: application/json).');
+        buffered = await readBody(req, incoming, config.gateway.maxBodyBytes);
+        rec.bytesIn = buffered.length;
+        refuseTokenInBody(buffered, presented);
+        const body = parseMcpBody(buffered);
+        if ('batch' in body) throw new ValetError('VALET_ERR_MCP_INVALID', 'Send JSON-RPC messages one per request: batches are not forwarded (MCP 2025-06-18 removed them).');
+        refusal = { ...refusal, rpcId: idOf(body.single) };
+        const message = readMessage(body.single);
+        const session = req.headers['mcp-session-id'];
+        mcp = { message, facts: mcpFacts(upstream.name, message), session: typeof session === 'string' ? session : undefined };
+      } else if (policy.readsArgs(upstream.name)) {
         const encoding = (req.headers['content-encoding'] ?? 'identity').trim().toLowerCase();
         if (encoding !== 'identity' && kind !== 'none') {
           // Policy would read compressed bytes while the upstream reads what they decode to.
@@ -193,13 +210,14 @@ export function createPipeline(deps: PipelineDeps): RequestHandler {
       const facts: RequestFacts = {
         upstream: upstream.name,
         method: rec.method,
-        path: target.path,
+        // An MCP message is matched by its method (`/tools/call`), its tool and its arguments.
+        path: mcp?.facts.path ?? target.path,
         forwardPath: target.forwardPath,
         rawQuery: q.rawQuery,
         query: q.query,
-        tool: toolMatch?.tool.name,
-        args: args.args,
-        argsError: args.error,
+        tool: mcp !== undefined ? mcp.facts.tool : toolMatch?.tool.name,
+        args: mcp?.facts.args ?? args.args,
+        argsError: mcp !== undefined ? undefined : args.error,
       };
       rec.tool = facts.tool ?? null;
       rec.args = keptArguments(args.args, toolMatch?.tool.auditArgs, [presented]);
@@ -259,7 +277,7 @@ export function createPipeline(deps: PipelineDeps): RequestHandler {
           refuseTokenInBody(buffered, presented);
         }
         const shown = parsed.value === undefined && parsed.error === undefined && buffered !== undefined && !encoded(req) ? parseBody(kind, buffered) : parsed;
-        const shownArgs = shown === parsed ? args : buildArgs(toolMatch?.params ?? {}, q.query, shown, kind, toolMatch?.tool.args ?? {});
+        const shownArgs = mcp !== undefined ? { args: mcp.facts.args, error: undefined, ambiguous: false } : shown === parsed ? args : buildArgs(toolMatch?.params ?? {}, q.query, shown, kind, toolMatch?.tool.args ?? {});
         // The approver reads these arguments as policy would: the same ambiguity is refused.
         if (shownArgs.ambiguous) refuseAmbiguous(shownArgs.error);
         const header = req.headers[APPROVAL_HEADER];
@@ -346,6 +364,26 @@ export function createPipeline(deps: PipelineDeps): RequestHandler {
       const signing = credentials.sign(upstream.name, { method: facts.method, path: forwardTarget, headers: injected.headers, body: body === null || body instanceof Buffer ? body : 'stream' }, caller);
       const sent = signing === undefined ? { path: forwardTarget, headers: injected.headers, secrets: injected.secrets } : await signing;
 
+      // An MCP tool the server never listed by that exact name is not called (a lenient server could
+      // take `Delete_Repo` for `delete_repo`): the list is asked for once, in the agent's session.
+      if (mcp?.facts.tool !== undefined) {
+        const name = mcp.facts.tool.slice(upstream.name.length + 1);
+        if (!listedTools.has(upstream.name, mcp.session, name)) {
+          const headers = sent.headers.filter(([n]) => n !== 'content-length');
+          const names = await fetchToolNames(async (text) => {
+            const r = await forwarder.forward(upstream, { method: 'POST', path: sent.path, headers: [...headers, ['content-length', String(Buffer.byteLength(text))]], body: Buffer.from(text), signal: hangUp });
+            const chunks: Buffer[] = [];
+            let size = 0;
+            for await (const c of r.body as AsyncIterable<Buffer>) if ((size += c.length) <= 4 << 20) chunks.push(c);
+            return { status: r.statusCode, contentType: [r.headers['content-type']].flat()[0], text: Buffer.concat(chunks).toString('utf8') };
+          }).catch((err: unknown) => {
+            throw upstreamError(err);
+          });
+          listedTools.record(upstream.name, mcp.session, names);
+          if (!names.includes(name)) throw new ValetError('VALET_ERR_MCP_UNKNOWN_TOOL', `Tool "${name.slice(0, 128)}" is not one the MCP server lists (names are exact); nothing was forwarded.`);
+        }
+      }
+
       // 7. forward
       forwarding = true;
       const upstreamRes = await forwarder.forward(upstream, {
@@ -363,6 +401,11 @@ export function createPipeline(deps: PipelineDeps): RequestHandler {
       // Valet's origin as the agent reached it, worked out only if a response header links to the upstream.
       const origin = (): string | undefined => agentOrigin(req.headers.host, req.socket.localAddress, req.socket.localPort);
       const toAgent = agentResponse(upstream, facts.method, upstreamRes, scrubber, origin, target.mount, accepted);
+      // An MCP tools/list answer shows only the tools this agent may call (filtered as it streams).
+      const listing = mcp?.message.kind === 'request' && mcp.message.method === 'tools/list' ? toolListing(policy, input, upstream.name) : undefined;
+      const listId = mcp?.message.kind === 'request' ? mcp.message.id : undefined;
+      const session = mcp?.session ?? [upstreamRes.headers['mcp-session-id']].flat()[0];
+      if (listing !== undefined && toAgent.headers['content-encoding'] !== undefined) throw new ValetError('VALET_ERR_UPSTREAM_ENCODING', 'The MCP server\'s tools/list answer is compressed and cannot be filtered; nothing was forwarded.');
       if (toAgent.whole !== undefined) {
         // A small body: read whole and scrubbed before anything is sent, then one write.
         let whole: { body: Buffer; upstreamBytes: number };
@@ -372,6 +415,12 @@ export function createPipeline(deps: PipelineDeps): RequestHandler {
           throw upstreamError(err);
         }
         rec.bytesOut = whole.upstreamBytes;
+        if (listing !== undefined && listId !== undefined) {
+          const filtered = filterToolsBody(whole.body.toString('utf8'), [upstreamRes.headers['content-type']].flat()[0], listId, listing);
+          listedTools.record(upstream.name, session, filtered.listed);
+          whole = { ...whole, body: Buffer.from(filtered.text) };
+          toAgent.headers['content-length'] = String(whole.body.length);
+        }
         res.writeHead(upstreamRes.statusCode, toAgent.headers);
         await sendWhole(whole.body, res);
         return;
@@ -383,7 +432,7 @@ export function createPipeline(deps: PipelineDeps): RequestHandler {
         rec.bytesOut += chunk.length;
       });
       try {
-        await relay(toAgent.body, res);
+        await relay(listing === undefined || listId === undefined ? toAgent.body : toAgent.body.pipe(filterToolsSse(listId, listing, (names) => listedTools.record(upstream.name, session, names))), res);
       } catch (err) {
         throw upstreamError(err);
       }
@@ -606,4 +655,18 @@ async function readBody(req: IncomingMessage, body: RequestBody, max: number): P
     chunks.push(chunk);
   }
   return Buffer.concat(chunks);
+}
+
+/**
+ * How an MCP tool is shown in `tools/list` to this agent: hidden when policy denies every call to
+ * it, with a note when calls escalate. Where a rule for this upstream reads arguments, a denial may
+ * depend on them, so the tool is listed and each call decided on its own.
+ */
+function toolListing(policy: Policy, input: EvaluationInput, upstream: string): (name: string) => Listing {
+  const argsMatter = policy.readsArgs(upstream);
+  return (name) => {
+    const d = policy.evaluate({ ...input, facts: { ...input.facts, path: '/tools/call', tool: `${upstream}.${name}`, args: {}, argsError: undefined } });
+    if (d.effect === 'escalate') return 'escalates';
+    return d.effect === 'deny' && !argsMatter ? 'hidden' : 'listed';
+  };
 }

@@ -13,6 +13,8 @@ export function toValetError(err: unknown): ValetError {
 /** How a refusal is rendered for the upstream a request was for (generic before one is known). */
 export interface RefusalStyle {
   readonly dialect: Dialect;
+  /** JSON-RPC (MCP): the id of the request being refused. */
+  readonly rpcId?: string | number | null;
   /** Above this many seconds, a `retry-after` is not sent: the SDK is told not to retry instead. */
   readonly maxRetryAfterS: number;
 }
@@ -37,7 +39,7 @@ export function sendError(res: ServerResponse, err: ValetError, requestId: strin
   const retryAfter = err.extra?.['retry_after_s'];
   const limitWait = err.status === 429 && typeof retryAfter === 'number' ? retryAfter : undefined;
   if (limitWait !== undefined && limitWait > style.maxRetryAfterS) retry = false;
-  const rendered = renderRefusal(style.dialect, { code, status: err.status, message: err.detail ?? ERRORS[code].message, requestId, extra: err.extra, retry });
+  const rendered = renderRefusal(style.dialect, { code, status: err.status, message: err.detail ?? ERRORS[code].message, requestId, extra: err.extra, retry, rpcId: style.rpcId });
   const headers: Record<string, string> = {
     'content-type': 'application/json; charset=utf-8',
     'content-length': String(Buffer.byteLength(rendered.body)),

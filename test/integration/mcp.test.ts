@@ -1,0 +1,212 @@
+/**
+ * MCP upstreams (`kind: mcp`): the official MCP TypeScript SDK as client (through Valet) and as
+ * server (Streamable HTTP on 127.0.0.1), real sockets. Tools are policy tools, tools/list is
+ * filtered per agent, refusals are JSON-RPC errors the client raises, the server's credential
+ * arrives and the agent's token never does; hostile messages never reach the server.
+ */
+import { randomUUID } from 'node:crypto';
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { Client } from '@modelcontextprotocol/sdk/client/index.js';
+import { StreamableHTTPClientTransport } from '@modelcontextprotocol/sdk/client/streamableHttp.js';
+import { McpServer } from '@modelcontextprotocol/sdk/server/mcp.js';
+import { StreamableHTTPServerTransport } from '@modelcontextprotocol/sdk/server/streamableHttp.js';
+import { request } from 'undici';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { z } from 'zod';
+import { startTestGateway, type TestGateway } from '../helpers/gateway.js';
+
+const SERVER_KEY = 'mcp-server-api-key-4f2a9c';
+
+interface FakeMcp {
+  readonly origin: string;
+  /** Every HTTP request the server received: method, authorization, body. */
+  readonly seen: { method: string; authorization: string | undefined; body: string; headers: IncomingMessage['headers'] }[];
+  /** Tools that ran, with their arguments. */
+  readonly ran: { tool: string; args: unknown }[];
+  close(): Promise<void>;
+}
+
+/** A Streamable HTTP MCP server (stateful sessions) with a few tools; it demands its own API key. */
+async function startFakeMcp(): Promise<FakeMcp> {
+  const seen: FakeMcp['seen'] = [];
+  const ran: FakeMcp['ran'] = [];
+  const transports = new Map<string, StreamableHTTPServerTransport>();
+  const newServer = (): McpServer => {
+    const server = new McpServer({ name: 'fake-tools', version: '1.0.0' }, { capabilities: { logging: {} } });
+    const text = (t: string) => ({ content: [{ type: 'text' as const, text: t }] });
+    server.registerTool('echo', { description: 'Echoes', inputSchema: { message: z.string() } }, async (args) => (ran.push({ tool: 'echo', args }), text(`echo: ${args.message}`)));
+    server.registerTool('delete_repo', { description: 'Deletes a repository', inputSchema: { repo: z.string() } }, async (args) => (ran.push({ tool: 'delete_repo', args }), text('deleted')));
+    server.registerTool('search', { description: 'Searches', inputSchema: { query: z.string() } }, async (args) => (ran.push({ tool: 'search', args }), text(`results for ${args.query}; key ${SERVER_KEY}`)));
+    server.registerTool('count', { description: 'Counts with progress', inputSchema: { to: z.number() } }, async (args, extra) => {
+      ran.push({ tool: 'count', args });
+      for (let i = 1; i <= args.to; i++) {
+        await extra.sendNotification({ method: 'notifications/message', params: { level: 'info', data: `at ${i}` } });
+      }
+      return text(`counted to ${args.to}`);
+    });
+    return server;
+  };
+  const http: Server = createServer((req: IncomingMessage, res: ServerResponse) => {
+    const chunks: Buffer[] = [];
+    req.on('data', (c: Buffer) => chunks.push(c));
+    req.on('end', () => {
+      void (async () => {
+        const body = Buffer.concat(chunks).toString('utf8');
+        seen.push({ method: req.method ?? '', authorization: req.headers.authorization, body, headers: req.headers });
+        if (req.headers.authorization !== `Bearer ${SERVER_KEY}`) {
+          res.writeHead(401, { 'content-type': 'application/json' }).end('{"error":"no key"}');
+          return;
+        }
+        const parsed: unknown = body === '' ? undefined : JSON.parse(body);
+        const sid = req.headers['mcp-session-id'];
+        let transport = typeof sid === 'string' ? transports.get(sid) : undefined;
+        if (transport === undefined) {
+          transport = new StreamableHTTPServerTransport({ sessionIdGenerator: () => randomUUID(), onsessioninitialized: (id) => void transports.set(id, transport!) });
+          await newServer().connect(transport);
+        }
+        await transport.handleRequest(req, res, parsed);
+      })();
+    });
+  });
+  await new Promise<void>((r) => http.listen(0, '127.0.0.1', r));
+  return {
+    origin: `http://127.0.0.1:${(http.address() as AddressInfo).port}`,
+    seen,
+    ran,
+    close: async () => {
+      for (const t of transports.values()) await t.close();
+      http.closeAllConnections();
+      await new Promise((r) => http.close(r));
+    },
+  };
+}
+
+describe('MCP upstreams', () => {
+  let mcp: FakeMcp;
+  let gw: TestGateway;
+
+  beforeAll(async () => {
+    mcp = await startFakeMcp();
+    gw = await startTestGateway({
+      upstreams: [
+        { name: 'tools', kind: 'mcp', origin: mcp.origin, credential: { scheme: 'bearer', secret: 'TOOLS_KEY' } },
+        // The same server again, with rules that never read arguments: listing can then tell a tool every call to which is denied.
+        { name: 'locked', kind: 'mcp', origin: mcp.origin, credential: { scheme: 'bearer', secret: 'TOOLS_KEY' } },
+      ],
+      rules: [
+        { id: 'locked-protocol', upstream: 'locked', effect: 'allow' },
+        { id: 'locked-no-deletes', tools: ['locked.delete_repo'], effect: 'deny', reason: 'agents never delete repositories' },
+        { id: 'locked-interns', tools: ['locked.count', 'locked.search'], when: '"intern" in agent.roles', effect: 'deny', reason: 'not for interns' },
+        { id: 'tools-protocol', upstream: 'tools', effect: 'allow' },
+        { id: 'no-deletes', tools: ['tools.delete_repo'], effect: 'deny', reason: 'agents never delete repositories' },
+        { id: 'search-only-public', tools: ['tools.search'], when: 'args.query.startsWith("public:")', effect: 'allow' },
+        { id: 'search-else-denied', tools: ['tools.search'], when: '!args.query.startsWith("public:")', effect: 'deny', reason: 'only public searches' },
+        { id: 'interns-echo-only', upstream: 'tools', tools: ['tools.count'], when: '"intern" in agent.roles', effect: 'deny', reason: 'interns may not count' },
+      ],
+      env: { TOOLS_KEY: SERVER_KEY },
+    });
+  });
+  afterAll(async () => {
+    await gw?.close();
+    await mcp?.close();
+  });
+
+  const connect = async (o: { roles?: string[]; upstream?: string } = {}): Promise<{ client: Client; token: string }> => {
+    const token = await gw.token({ agent: 'mcp-agent', tenant: 'acme', roles: o.roles ?? [] });
+    const client = new Client({ name: 'test-agent', version: '1.0.0' });
+    await client.connect(new StreamableHTTPClientTransport(new URL(`${gw.url}/${o.upstream ?? 'tools'}/mcp`), { requestInit: { headers: { authorization: `Bearer ${token}` } } }));
+    return { client, token };
+  };
+
+  it('initializes through Valet; calls an allowed tool; the server gets its own key and never the agent token', async () => {
+    const { client, token } = await connect();
+    const r = await client.callTool({ name: 'echo', arguments: { message: 'hi' } });
+    expect(r.content).toEqual([{ type: 'text', text: 'echo: hi' }]);
+    for (const s of mcp.seen) {
+      expect(s.authorization).toBe(`Bearer ${SERVER_KEY}`);
+      expect(JSON.stringify(s.headers) + s.body).not.toContain(token);
+    }
+    const rows = await gw.auditRows();
+    expect(rows.find((row) => row.tool === 'tools.echo')).toMatchObject({ upstream: 'tools', decision: 'allow', status: 200 });
+    await client.close();
+  });
+
+  it('tools/list shows only what this agent may call', async () => {
+    const { client } = await connect({ upstream: 'locked' });
+    expect((await client.listTools()).tools.map((t) => t.name).sort()).toEqual(['count', 'echo', 'search']);
+    const intern = await connect({ roles: ['intern'], upstream: 'locked' });
+    expect((await intern.client.listTools()).tools.map((t) => t.name).sort()).toEqual(['echo']);
+    // Where a rule reads arguments, a call may be allowed or not by what it is called with: listed, decided per call.
+    const open = await connect();
+    expect((await open.client.listTools()).tools.map((t) => t.name).sort()).toEqual(['count', 'delete_repo', 'echo', 'search']);
+    await open.client.close();
+    await client.close();
+    await intern.client.close();
+  });
+
+  it('a denied call is a JSON-RPC error the client raises, with Valet\'s code and rule; nothing reaches the server', async () => {
+    const { client } = await connect();
+    const before = mcp.ran.length;
+    const err = await client.callTool({ name: 'delete_repo', arguments: { repo: 'prod' } }).then(
+      () => undefined,
+      (e: unknown) => e as { code: number; message: string; data?: Record<string, unknown> },
+    );
+    expect(err?.code).toBe(-32000);
+    expect(err?.message).toContain('agents never delete repositories');
+    expect(err?.data).toMatchObject({ code: 'VALET_ERR_POLICY_DENIED', rule: 'no-deletes', request_id: expect.any(String) });
+    // Argument conditions: the same tool allowed or denied by what it is called with.
+    const ok = await client.callTool({ name: 'search', arguments: { query: 'public:valet' } });
+    expect(JSON.stringify(ok.content)).toContain('results for public:valet');
+    // The server's key in a result is scrubbed like any injected secret.
+    expect(JSON.stringify(ok.content)).not.toContain(SERVER_KEY);
+    await expect(client.callTool({ name: 'search', arguments: { query: 'secret:payroll' } })).rejects.toMatchObject({ data: { rule: 'search-else-denied' } });
+    expect(mcp.ran.slice(before).map((r) => r.tool)).toEqual(['search']);
+    await client.close();
+  });
+
+  it('streams notifications and the result through (SSE), scrubbed event by event', async () => {
+    const { client } = await connect();
+    const logs: unknown[] = [];
+    client.fallbackNotificationHandler = async (n) => void logs.push(n.params);
+    const r = await client.callTool({ name: 'count', arguments: { to: 3 } });
+    expect(r.content).toEqual([{ type: 'text', text: 'counted to 3' }]);
+    expect(logs).toHaveLength(3);
+    await client.close();
+  });
+
+  const post = async (body: unknown, o: { session?: string; raw?: string } = {}): Promise<{ status: number; json: Record<string, unknown> }> => {
+    const token = await gw.token({ agent: 'mcp-agent', tenant: 'acme' });
+    const res = await request(`${gw.url}/tools/mcp`, {
+      method: 'POST',
+      headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json', accept: 'application/json, text/event-stream', ...(o.session !== undefined && { 'mcp-session-id': o.session }) },
+      body: o.raw ?? JSON.stringify(body),
+    });
+    const text = await res.body.text();
+    return { status: res.statusCode, json: JSON.parse(text) as Record<string, unknown> };
+  };
+
+  it('hostile messages get JSON-RPC errors and nothing is forwarded', async () => {
+    const before = mcp.seen.length;
+    const parse = await post(undefined, { raw: '{"jsonrpc": "2.0", "id": 1, "method": ' });
+    expect(parse.json).toMatchObject({ jsonrpc: '2.0', id: null, error: { code: -32700, data: { code: 'VALET_ERR_MCP_PARSE' } } });
+    const odd = await post({ jsonrpc: '2.0', id: 7, method: 'Tools/Call', params: { name: 'delete_repo', arguments: { repo: 'prod' } } });
+    expect(odd.json).toMatchObject({ id: 7, error: { code: -32601, data: { code: 'VALET_ERR_MCP_METHOD' } } });
+    const noVersion = await post({ id: 8, method: 'tools/call', params: { name: 'echo' } });
+    expect(noVersion.json).toMatchObject({ id: 8, error: { code: -32600 } });
+    const nullId = await post({ jsonrpc: '2.0', id: null, method: 'tools/call', params: { name: 'echo' } });
+    expect(nullId.json).toMatchObject({ error: { code: -32600 } });
+    const batch = await post([{ jsonrpc: '2.0', id: 1, method: 'ping' }]);
+    expect(batch.json).toMatchObject({ error: { code: -32600 } });
+    expect(mcp.seen.length).toBe(before);
+  });
+
+  it('a tools/call for a tool the server never listed by that exact name is refused (case variants included)', async () => {
+    const { client } = await connect();
+    const before = mcp.ran.length;
+    await expect(client.callTool({ name: 'Echo', arguments: { message: 'x' } })).rejects.toMatchObject({ code: -32602, data: { code: 'VALET_ERR_MCP_UNKNOWN_TOOL' } });
+    await expect(client.callTool({ name: 'no_such_tool', arguments: {} })).rejects.toMatchObject({ data: { code: 'VALET_ERR_MCP_UNKNOWN_TOOL' } });
+    expect(mcp.ran.length).toBe(before);
+    await client.close();
+  });
+});
