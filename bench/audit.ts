@@ -433,6 +433,7 @@ function topUp(dir: string, target: number): number {
             args: null,
             upstreamRequestId: null,
             act: null,
+            rpc: null,
           },
         };
       });

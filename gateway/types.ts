@@ -103,6 +103,8 @@ export interface AuditRecord {
    * exchange issued for this call. Null when there is none.
    */
   act: string | null;
+  /** An MCP message: `{"method", "id", "session"}` as JSON (the session id is the server's, never a credential). */
+  rpc: string | null;
 }
 
 /** RFC 8693 §4.1: the current actor, then each prior one (nested `act`), at most 8 deep; stops at the first malformed level. */

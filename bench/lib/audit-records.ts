@@ -56,6 +56,7 @@ export function decisionRecord(): AuditRecord {
     args: null,
     upstreamRequestId: null,
     act: null,
+    rpc: null,
   };
 }
 

@@ -163,6 +163,7 @@ const SD_PARAMS: (keyof AuditRow)[] = [
   'args',
   'upstream_request_id',
   'act',
+  'rpc',
 ];
 
 /**

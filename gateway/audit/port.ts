@@ -40,6 +40,8 @@ export interface AuditRow {
   upstream_request_id: string | null;
   /** The delegation chain (RFC 8693 `act`) as JSON: `token`, the agent token's actors, outermost first; `exchanged`, those of a token an exchange issued. */
   act: string | null;
+  /** An MCP message: `{"method", "id", "session"}` as JSON (the JSON-RPC method, its id, the Mcp-Session-Id). */
+  rpc: string | null;
   /** When the writer recorded the row (ms); never decreases as ids grow. */
   logged_at: number;
   /** The row's events in the hash chain (bookkeeping). */

@@ -40,6 +40,7 @@ export const RECORD_FIELDS = [
   'args',
   'upstreamRequestId',
   'act',
+  'rpc',
 ] as const satisfies readonly (keyof AuditRecord)[];
 
 // Every field of AuditRecord is listed (a compile error names any that is not).

@@ -667,6 +667,7 @@ function buildUpstream(file: ParsedFile, i: number, raw: Raw, problems: Problems
   if (credential.scheme === 'aws_sigv4' && hostRegion !== undefined && hostRegion !== credential.region) {
     problems.add(file, [...at, 'credential', 'region'], `"${credential.region}" is not the region of ${origin.hostname} (${hostRegion})`);
   }
+  if (raw.audit_args !== undefined && raw.kind !== 'mcp') problems.add(file, [...at, 'audit_args'], 'only an MCP upstream (kind: mcp) keeps arguments per tool here; declare a tool with audit_args instead', true);
   const agentTokenHeader = (raw.agent_token?.header ?? 'authorization').toLowerCase();
   const scrubResponses: boolean = raw.scrub_responses ?? true;
   const headers = buildHeaderLists(file, at, raw, { agentTokenHeader, credential }, scrubResponses, problems);
@@ -682,6 +683,7 @@ function buildUpstream(file: ParsedFile, i: number, raw: Raw, problems: Problems
     agentTokenQuery: raw.agent_token?.query,
     ...(raw.agent_token?.basic !== undefined && { agentTokenBasic: raw.agent_token.basic }),
     ...(raw.kind === 'mcp' && { kind: 'mcp' as const }),
+    ...(raw.audit_args !== undefined && raw.kind === 'mcp' && { auditArgs: raw.audit_args as Record<string, string[]> }),
     // An MCP upstream's refusals are JSON-RPC errors its client understands.
     dialect: raw.dialect ?? (raw.kind === 'mcp' ? 'jsonrpc' : 'generic'),
     listen: raw.listen === undefined ? undefined : { host: raw.listen.host, port: raw.listen.port },

@@ -340,6 +340,8 @@ export const fileSchema = {
           name,
           origin: { type: 'string', pattern: '^https?://' },
           kind: { enum: ['http', 'mcp'] },
+          // MCP: the arguments of each tool the audit row keeps, by the server's tool name.
+          audit_args: { type: 'object', additionalProperties: { type: 'array', uniqueItems: true, items: { type: 'string', minLength: 1 } } },
           dialect: { enum: [...DIALECTS] },
           listen: {
             type: 'object',

@@ -189,6 +189,7 @@ export function createPipeline(deps: PipelineDeps): RequestHandler {
         const message = readMessage(body.single);
         const session = req.headers['mcp-session-id'];
         mcp = { message, facts: mcpFacts(upstream.name, message), session: typeof session === 'string' ? session : undefined };
+        rec.rpc = JSON.stringify({ method: message.kind === 'response' ? null : message.method, id: message.kind === 'notification' ? null : message.id, session: mcp.session?.slice(0, 128) ?? null });
       } else if (policy.readsArgs(upstream.name)) {
         const encoding = (req.headers['content-encoding'] ?? 'identity').trim().toLowerCase();
         if (encoding !== 'identity' && kind !== 'none') {
@@ -220,7 +221,10 @@ export function createPipeline(deps: PipelineDeps): RequestHandler {
         argsError: mcp !== undefined ? undefined : args.error,
       };
       rec.tool = facts.tool ?? null;
-      rec.args = keptArguments(args.args, toolMatch?.tool.auditArgs, [presented]);
+      rec.args =
+        mcp !== undefined
+          ? keptArguments(facts.args, mcp.facts.tool === undefined ? undefined : upstream.auditArgs?.[mcp.facts.tool.slice(upstream.name.length + 1)], [presented])
+          : keptArguments(args.args, toolMatch?.tool.auditArgs, [presented]);
 
       // 4. decide
       const described = { identity, facts, environment: config.gateway.environment, now: Date.now() };
@@ -520,6 +524,7 @@ export function newAuditRecord(requestId: string, method: string, path: string):
     args: null,
     upstreamRequestId: null,
     act: null,
+    rpc: null,
   };
 }
 

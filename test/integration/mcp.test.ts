@@ -36,6 +36,7 @@ async function startFakeMcp(): Promise<FakeMcp> {
     const server = new McpServer({ name: 'fake-tools', version: '1.0.0' }, { capabilities: { logging: {} } });
     const text = (t: string) => ({ content: [{ type: 'text' as const, text: t }] });
     server.registerTool('echo', { description: 'Echoes', inputSchema: { message: z.string() } }, async (args) => (ran.push({ tool: 'echo', args }), text(`echo: ${args.message}`)));
+    server.registerTool('deploy', { description: 'Deploys a service', inputSchema: { service: z.string() } }, async (args) => (ran.push({ tool: 'deploy', args }), text(`deployed ${args.service}`)));
     server.registerTool('delete_repo', { description: 'Deletes a repository', inputSchema: { repo: z.string() } }, async (args) => (ran.push({ tool: 'delete_repo', args }), text('deleted')));
     server.registerTool('search', { description: 'Searches', inputSchema: { query: z.string() } }, async (args) => (ran.push({ tool: 'search', args }), text(`results for ${args.query}; key ${SERVER_KEY}`)));
     server.registerTool('count', { description: 'Counts with progress', inputSchema: { to: z.number() } }, async (args, extra) => {
@@ -90,7 +91,7 @@ describe('MCP upstreams', () => {
     mcp = await startFakeMcp();
     gw = await startTestGateway({
       upstreams: [
-        { name: 'tools', kind: 'mcp', origin: mcp.origin, credential: { scheme: 'bearer', secret: 'TOOLS_KEY' } },
+        { name: 'tools', kind: 'mcp', origin: mcp.origin, credential: { scheme: 'bearer', secret: 'TOOLS_KEY' }, audit_args: { echo: ['message'] } },
         // The same server again, with rules that never read arguments: listing can then tell a tool every call to which is denied.
         { name: 'locked', kind: 'mcp', origin: mcp.origin, credential: { scheme: 'bearer', secret: 'TOOLS_KEY' } },
       ],
@@ -100,6 +101,7 @@ describe('MCP upstreams', () => {
         { id: 'locked-interns', tools: ['locked.count', 'locked.search'], when: '"intern" in agent.roles', effect: 'deny', reason: 'not for interns' },
         { id: 'tools-protocol', upstream: 'tools', effect: 'allow' },
         { id: 'no-deletes', tools: ['tools.delete_repo'], effect: 'deny', reason: 'agents never delete repositories' },
+        { id: 'deploys-need-a-person', tools: ['tools.deploy'], effect: 'escalate', reason: 'deploys need a person', approval: { group: 'release', mode: 'hold', timeout: '30s' } },
         { id: 'search-only-public', tools: ['tools.search'], when: 'args.query.startsWith("public:")', effect: 'allow' },
         { id: 'search-else-denied', tools: ['tools.search'], when: '!args.query.startsWith("public:")', effect: 'deny', reason: 'only public searches' },
         { id: 'interns-echo-only', upstream: 'tools', tools: ['tools.count'], when: '"intern" in agent.roles', effect: 'deny', reason: 'interns may not count' },
@@ -128,18 +130,21 @@ describe('MCP upstreams', () => {
       expect(JSON.stringify(s.headers) + s.body).not.toContain(token);
     }
     const rows = await gw.auditRows();
-    expect(rows.find((row) => row.tool === 'tools.echo')).toMatchObject({ upstream: 'tools', decision: 'allow', status: 200 });
+    const row = rows.find((r) => r.tool === 'tools.echo');
+    expect(row).toMatchObject({ upstream: 'tools', decision: 'allow', status: 200, args: JSON.stringify({ message: 'hi' }) });
+    expect(JSON.parse(row!.rpc!)).toMatchObject({ method: 'tools/call', id: expect.any(Number), session: expect.any(String) });
+    expect(JSON.stringify(rows)).not.toContain(token);
     await client.close();
   });
 
   it('tools/list shows only what this agent may call', async () => {
     const { client } = await connect({ upstream: 'locked' });
-    expect((await client.listTools()).tools.map((t) => t.name).sort()).toEqual(['count', 'echo', 'search']);
+    expect((await client.listTools()).tools.map((t) => t.name).sort()).toEqual(['count', 'deploy', 'echo', 'search']);
     const intern = await connect({ roles: ['intern'], upstream: 'locked' });
-    expect((await intern.client.listTools()).tools.map((t) => t.name).sort()).toEqual(['echo']);
+    expect((await intern.client.listTools()).tools.map((t) => t.name).sort()).toEqual(['deploy', 'echo']);
     // Where a rule reads arguments, a call may be allowed or not by what it is called with: listed, decided per call.
     const open = await connect();
-    expect((await open.client.listTools()).tools.map((t) => t.name).sort()).toEqual(['count', 'delete_repo', 'echo', 'search']);
+    expect((await open.client.listTools()).tools.map((t) => t.name).sort()).toEqual(['count', 'delete_repo', 'deploy', 'echo', 'search']);
     await open.client.close();
     await client.close();
     await intern.client.close();
@@ -164,6 +169,31 @@ describe('MCP upstreams', () => {
     expect(mcp.ran.slice(before).map((r) => r.tool)).toEqual(['search']);
     await client.close();
   });
+
+  it('an escalated call waits for a person; once approved it runs, exactly once', async () => {
+    const { client } = await connect();
+    const before = mcp.ran.length;
+    const call = client.callTool({ name: 'deploy', arguments: { service: 'billing' } });
+    const admin = `Bearer ${await gw.adminToken(['approver'], { subject: 'rel-eng', groups: ['release'] })}`;
+    let id: string | undefined;
+    await expect
+      .poll(async () => {
+        const list = await request(`${gw.adminUrl}/api/approvals?status=pending`, { headers: { authorization: admin } });
+        const body = (await list.body.json()) as { approvals: { id: string; tool: string | null; args: unknown }[] };
+        id = body.approvals.find((a) => a.tool === 'tools.deploy')?.id;
+        return body.approvals.find((a) => a.tool === 'tools.deploy')?.args;
+      })
+      .toEqual({ service: 'billing' });
+    expect(mcp.ran.length).toBe(before);
+    const ok = await request(`${gw.adminUrl}/api/approvals/${id}/approve`, { method: 'POST', headers: { authorization: admin, 'content-type': 'application/json' }, body: '{}' });
+    expect(ok.statusCode).toBe(200);
+    await ok.body.dump();
+    expect((await call).content).toEqual([{ type: 'text', text: 'deployed billing' }]);
+    expect(mcp.ran.slice(before)).toEqual([{ tool: 'deploy', args: { service: 'billing' } }]);
+    // Listed with a note: calls wait for approval.
+    expect((await client.listTools()).tools.find((t) => t.name === 'deploy')?.description).toContain("wait for a person's approval");
+    await client.close();
+  }, 30_000);
 
   it('streams notifications and the result through (SSE), scrubbed event by event', async () => {
     const { client } = await connect();

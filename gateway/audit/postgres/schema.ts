@@ -27,7 +27,7 @@ export interface PgAuditSettings {
 export const ROW_COLUMNS = [
   'id', 'ts', 'request_id', 'agent', 'tenant', 'user', 'upstream', 'method', 'path', 'decision', 'rule', 'reason', 'status',
   'upstream_status', 'error_code', 'duration_ms', 'bytes_in', 'bytes_out', 'policy_version', 'tool', 'approval_id', 'approver',
-  'approval_reason', 'approval_at', 'logged_at', 'chain_seq', 'outcome_seq', 'args', 'upstream_request_id', 'act',
+  'approval_reason', 'approval_at', 'logged_at', 'chain_seq', 'outcome_seq', 'args', 'upstream_request_id', 'act', 'rpc',
 ] as const;
 
 /** What {@link rowDigest} covers: the content columns sorted by name. */
@@ -108,6 +108,8 @@ const MIGRATIONS: readonly string[] = [
   `ALTER TABLE audit_log ADD COLUMN upstream_request_id TEXT;`,
   // The RFC 8693 delegation chain (null columns are left out of a row's digest).
   `ALTER TABLE audit_log ADD COLUMN act TEXT;`,
+  // An MCP message's JSON-RPC method, id and session.
+  `ALTER TABLE audit_log ADD COLUMN rpc TEXT;`,
 ];
 
 /** A 64-bit advisory lock key, per schema and purpose (the locks are per database: schemas must not share them). */

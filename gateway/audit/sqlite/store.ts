@@ -86,6 +86,8 @@ const MIGRATIONS: readonly string[] = [
   `ALTER TABLE audit_log ADD COLUMN upstream_request_id TEXT;`,
   // The RFC 8693 delegation chain, as JSON (null for calls without one, left out of the digest).
   `ALTER TABLE audit_log ADD COLUMN act TEXT;`,
+  // An MCP message's JSON-RPC method, id and session, as JSON (null for other calls).
+  `ALTER TABLE audit_log ADD COLUMN rpc TEXT;`,
 ];
 
 export const AUDIT_FILE = 'valet.db';
