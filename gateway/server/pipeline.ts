@@ -28,6 +28,7 @@ import { containsToken, redactTokens } from './token-scan.js';
 import { sendError, toValetError, type RefusalStyle } from './respond.js';
 import { closeAfterResponse, endedWithHeaders, isHttp2 } from './listener.js';
 import type { CredentialService } from '../credentials/service.js';
+import { metadataUrl, PROTECTED_RESOURCE_PREFIX, protectedResourceMetadata } from '../mcp/resource.js';
 import { fetchToolNames, filterToolsBody, filterToolsSse, ListedTools, type Listing } from '../mcp/tools.js';
 import { idOf, mcpFacts, parseBody as parseMcpBody, readMessage, type McpFacts, type McpMessage } from '../mcp/jsonrpc.js';
 import { providedSecret } from '../config/credential.js';
@@ -139,6 +140,15 @@ export function createPipeline(deps: PipelineDeps): RequestHandler {
         res.end(rec.method === 'HEAD' ? undefined : body);
         return;
       }
+      if (rawPath.startsWith(PROTECTED_RESOURCE_PREFIX) && (rec.method === 'GET' || rec.method === 'HEAD')) {
+        // RFC 9728 metadata of an MCP upstream, for clients that do OAuth discovery: public, like the server's own would be.
+        const metadata = protectedResourceMetadata(config, rawPath, agentOrigin(req.headers.host, req.socket.localAddress, req.socket.localPort) ?? '');
+        if (metadata === undefined) throw new ValetError('VALET_ERR_UNKNOWN_UPSTREAM');
+        const body = JSON.stringify(metadata);
+        res.writeHead(200, { 'content-type': 'application/json', 'cache-control': 'max-age=300', 'content-length': Buffer.byteLength(body) });
+        res.end(rec.method === 'HEAD' ? undefined : body);
+        return;
+      }
       // The upstream's own listener, else its host name, else the first path segment names it;
       // canonicalisation, policy and audit are the same whichever did.
       const target = canonicalTarget(req.url ?? '', routed ?? (hostRoutes.size === 0 ? undefined : hostRoutes.get(hostName(req.headers.host))));
@@ -147,6 +157,8 @@ export function createPipeline(deps: PipelineDeps): RequestHandler {
       const upstream = config.upstreams.get(target.upstream);
       if (!upstream) throw new ValetError('VALET_ERR_UNKNOWN_UPSTREAM');
       refusal = styles.get(upstream.name) ?? refusal;
+      // An MCP client that must authenticate is pointed at the resource's metadata (RFC 9728 §5.1).
+      if (upstream.kind === 'mcp') refusal = { ...refusal, resourceMetadata: metadataUrl(agentOrigin(req.headers.host, req.socket.localAddress, req.socket.localPort) ?? '', `${target.mount}${target.forwardPath}`) };
       const q = canonicalQuery(target.rawQuery, credentialParams.get(upstream.name) as ReadonlySet<string>);
 
       // 2. authenticate

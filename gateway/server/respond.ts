@@ -15,6 +15,8 @@ export interface RefusalStyle {
   readonly dialect: Dialect;
   /** JSON-RPC (MCP): the id of the request being refused. */
   readonly rpcId?: string | number | null;
+  /** MCP: the RFC 9728 metadata URL a 401 points to. */
+  readonly resourceMetadata?: string;
   /** Above this many seconds, a `retry-after` is not sent: the SDK is told not to retry instead. */
   readonly maxRetryAfterS: number;
 }
@@ -50,8 +52,9 @@ export function sendError(res: ServerResponse, err: ValetError, requestId: strin
     ...rendered.headers,
   };
   if (err.status === 401) {
+    const metadata = style.resourceMetadata === undefined ? '' : `, resource_metadata="${style.resourceMetadata}"`;
     headers['www-authenticate'] =
-      code === 'VALET_ERR_TOKEN_MISSING' ? 'Bearer realm="valet"' : 'Bearer realm="valet", error="invalid_token"';
+      code === 'VALET_ERR_TOKEN_MISSING' ? `Bearer realm="valet"${metadata}` : `Bearer realm="valet", error="invalid_token"${metadata}`;
   }
   if (code === 'VALET_ERR_SHUTTING_DOWN') headers['retry-after'] = '1';
   if (limitWait !== undefined && retry) headers['retry-after'] = String(limitWait);

@@ -216,6 +216,21 @@ describe('MCP upstreams', () => {
     return { status: res.statusCode, json: JSON.parse(text) as Record<string, unknown> };
   };
 
+  it('is an OAuth protected resource (RFC 9728): a 401 points to metadata naming the issuers whose tokens Valet accepts', async () => {
+    const res = await request(`${gw.url}/tools/mcp`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ jsonrpc: '2.0', id: 1, method: 'ping' }) });
+    expect(res.statusCode).toBe(401);
+    await res.body.dump();
+    const m = /resource_metadata="([^"]+)"/.exec(String(res.headers['www-authenticate']));
+    expect(m?.[1]).toBe(`${gw.url}/.well-known/oauth-protected-resource/tools/mcp`);
+    const meta = await request(m![1]!);
+    expect(meta.statusCode).toBe(200);
+    expect(await meta.body.json()).toMatchObject({ resource: `${gw.url}/tools/mcp`, authorization_servers: ['valet-test'], bearer_methods_supported: ['header'] });
+    // Only MCP upstreams publish it.
+    const none = await request(`${gw.url}/.well-known/oauth-protected-resource/nowhere/mcp`);
+    expect(none.statusCode).toBe(404);
+    await none.body.dump();
+  });
+
   it('hostile messages get JSON-RPC errors and nothing is forwarded', async () => {
     const before = mcp.seen.length;
     const parse = await post(undefined, { raw: '{"jsonrpc": "2.0", "id": 1, "method": ' });
