@@ -1,4 +1,5 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
+import { request } from 'undici';
 import { performance } from 'node:perf_hooks';
 import type { Logger } from 'pino';
 import type { Metrics } from '../admin/metrics.js';
@@ -29,6 +30,7 @@ import { sendError, toValetError, type RefusalStyle } from './respond.js';
 import { closeAfterResponse, endedWithHeaders, isHttp2 } from './listener.js';
 import type { CredentialService } from '../credentials/service.js';
 import { metadataUrl, PROTECTED_RESOURCE_PREFIX, protectedResourceMetadata } from '../mcp/resource.js';
+import { answerBatch, MAX_BATCH, type SendOne } from '../mcp/batch.js';
 import { fetchToolNames, filterToolsBody, filterToolsSse, ListedTools, type Listing } from '../mcp/tools.js';
 import { idOf, mcpFacts, parseBody as parseMcpBody, readMessage, type McpFacts, type McpMessage } from '../mcp/jsonrpc.js';
 import { providedSecret } from '../config/credential.js';
@@ -196,7 +198,16 @@ export function createPipeline(deps: PipelineDeps): RequestHandler {
         rec.bytesIn = buffered.length;
         refuseTokenInBody(buffered, presented);
         const body = parseMcpBody(buffered);
-        if ('batch' in body) throw new ValetError('VALET_ERR_MCP_INVALID', 'Send JSON-RPC messages one per request: batches are not forwarded (MCP 2025-06-18 removed them).');
+        if ('batch' in body) {
+          // Decided per element: each message goes through this path again on its own (its own row), answers gathered.
+          if (body.batch.length > MAX_BATCH) throw new ValetError('VALET_ERR_MCP_INVALID', `A batch of more than ${MAX_BATCH} messages.`);
+          rec.rpc = JSON.stringify({ batch: body.batch.length, session: [req.headers['mcp-session-id']].flat()[0]?.slice(0, 128) ?? null });
+          const answers = await answerBatch(body.batch, sendToSelf(req));
+          const text = answers === undefined ? '' : JSON.stringify(answers);
+          res.writeHead(answers === undefined ? 202 : 200, { 'content-type': 'application/json', 'cache-control': 'no-store', 'content-length': Buffer.byteLength(text) });
+          res.end(text);
+          return;
+        }
         refusal = { ...refusal, rpcId: idOf(body.single) };
         const message = readMessage(body.single);
         const session = req.headers['mcp-session-id'];
@@ -685,5 +696,23 @@ function toolListing(policy: Policy, input: EvaluationInput, upstream: string): 
     const d = policy.evaluate({ ...input, facts: { ...input.facts, path: '/tools/call', tool: `${upstream}.${name}`, args: {}, argsError: undefined } });
     if (d.effect === 'escalate') return 'escalates';
     return d.effect === 'deny' && !argsMatter ? 'hidden' : 'listed';
+  };
+}
+
+/**
+ * Sends one message of an MCP batch back through this listener, with the batch's own headers: it
+ * is authenticated, decided, approved, forwarded and audited exactly as if the agent had sent it
+ * alone.
+ */
+function sendToSelf(req: IncomingMessage): SendOne {
+  const address = req.socket.localAddress ?? '127.0.0.1';
+  const host = address.startsWith('::ffff:') && address.includes('.') ? address.slice(7) : address;
+  const url = `http://${host.includes(':') ? `[${host}]` : host}:${req.socket.localPort}${req.url ?? '/'}`;
+  const headers = Object.fromEntries(
+    Object.entries(req.headers).filter(([n, v]) => typeof v === 'string' && !n.startsWith(':') && !['content-length', 'transfer-encoding', 'connection', 'keep-alive', 'expect'].includes(n)),
+  ) as Record<string, string>;
+  return async (message) => {
+    const r = await request(url, { method: 'POST', headers: { ...headers, 'content-type': 'application/json' }, body: message });
+    return { status: r.statusCode, contentType: [r.headers['content-type']].flat()[0], text: await r.body.text() };
   };
 }

@@ -241,9 +241,49 @@ describe('MCP upstreams', () => {
     expect(noVersion.json).toMatchObject({ id: 8, error: { code: -32600 } });
     const nullId = await post({ jsonrpc: '2.0', id: null, method: 'tools/call', params: { name: 'echo' } });
     expect(nullId.json).toMatchObject({ error: { code: -32600 } });
-    const batch = await post([{ jsonrpc: '2.0', id: 1, method: 'ping' }]);
-    expect(batch.json).toMatchObject({ error: { code: -32600 } });
+    const empty = await post([]);
+    expect(empty.json).toMatchObject({ error: { code: -32600 } });
     expect(mcp.seen.length).toBe(before);
+  });
+
+  it('a batch is decided per element: allowed ones run, refused ones get their own errors, each has its own audit row', async () => {
+    const token = await gw.token({ agent: 'batch-agent', tenant: 'acme' });
+    const headers = { authorization: `Bearer ${token}`, 'content-type': 'application/json', accept: 'application/json, text/event-stream' };
+    const init = await request(`${gw.url}/tools/mcp`, {
+      method: 'POST',
+      headers,
+      body: JSON.stringify({ jsonrpc: '2.0', id: 1, method: 'initialize', params: { protocolVersion: '2025-03-26', capabilities: {}, clientInfo: { name: 'raw', version: '1' } } }),
+    });
+    await init.body.dump();
+    const session = String(init.headers['mcp-session-id']);
+    const withSession = { ...headers, 'mcp-session-id': session, 'mcp-protocol-version': '2025-03-26' };
+    const done = await request(`${gw.url}/tools/mcp`, { method: 'POST', headers: withSession, body: JSON.stringify({ jsonrpc: '2.0', method: 'notifications/initialized' }) });
+    await done.body.dump();
+    const before = mcp.ran.length;
+    const res = await request(`${gw.url}/tools/mcp`, {
+      method: 'POST',
+      headers: withSession,
+      body: JSON.stringify([
+        { jsonrpc: '2.0', id: 10, method: 'tools/list' },
+        { jsonrpc: '2.0', id: 11, method: 'tools/call', params: { name: 'echo', arguments: { message: 'from a batch' } } },
+        { jsonrpc: '2.0', id: 12, method: 'tools/call', params: { name: 'delete_repo', arguments: { repo: 'prod' } } },
+        { jsonrpc: '2.0', id: 13, method: 'Tools/Call', params: { name: 'delete_repo', arguments: { repo: 'prod' } } },
+        { jsonrpc: '2.0', method: 'notifications/progress', params: { progressToken: 'x', progress: 1 } },
+      ]),
+    });
+    expect(res.statusCode).toBe(200);
+    const answers = (await res.body.json()) as { id: number; result?: { content?: unknown; tools?: unknown[] }; error?: { code: number; data?: { code: string } } }[];
+    const byId = new Map(answers.map((a) => [a.id, a]));
+    expect([...byId.keys()].sort()).toEqual([10, 11, 12, 13]);
+    expect(byId.get(10)?.result?.tools?.length).toBeGreaterThan(0);
+    expect(byId.get(11)?.result?.content).toEqual([{ type: 'text', text: 'echo: from a batch' }]);
+    expect(byId.get(12)?.error).toMatchObject({ code: -32000, data: { code: 'VALET_ERR_POLICY_DENIED' } });
+    expect(byId.get(13)?.error).toMatchObject({ code: -32601, data: { code: 'VALET_ERR_MCP_METHOD' } });
+    expect(mcp.ran.slice(before)).toEqual([{ tool: 'echo', args: { message: 'from a batch' } }]);
+    const rows = (await gw.auditRows()).filter((r) => r.agent === 'batch-agent' && r.rpc !== null && JSON.parse(r.rpc).session === session);
+    const ids = rows.map((r) => JSON.parse(r.rpc!) as { id?: number; batch?: number }).map((r) => r.batch !== undefined ? `batch:${r.batch}` : r.id);
+    expect(ids).toEqual(expect.arrayContaining([10, 11, 12, 'batch:5']));
+    expect(rows.find((r) => JSON.parse(r.rpc!).id === 12)).toMatchObject({ decision: 'deny', rule: 'no-deletes', tool: 'tools.delete_repo' });
   });
 
   it('a tools/call for a tool the server never listed by that exact name is refused (case variants included)', async () => {
