@@ -1,5 +1,7 @@
 import { credentialRoutes, connectPages } from './admin/credentials.js';
 import { CredentialService } from './credentials/service.js';
+import { startStdioBridge, type StdioBridge } from './mcp/stdio.js';
+import type { SecretSource } from './secrets/source.js';
 import { memoryGrants } from './secrets/grants.js';
 import type { Notifier } from './approvals/notify.js';
 import { createServer, STATUS_CODES, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
@@ -92,7 +94,7 @@ export async function startGateway(options: GatewayOptions): Promise<RunningGate
   const logger = createLogger(options.logDestination);
   const dataDir = resolve(options.dataDir);
   const loadOptions = { port: options.port, host: options.host, adminPort: options.adminPort, adminHost: options.adminHost, adminPublicUrl: options.adminPublicUrl, environment: options.environment };
-  const config = loadConfig(options.configDir, loadOptions);
+  let config = loadConfig(options.configDir, loadOptions);
   const env = options.env ?? process.env;
   // Before anything is created in it: the data directory and what an earlier run left there
   // (keys, databases, their -wal/-shm files) become private to the gateway's user.
@@ -103,13 +105,19 @@ export async function startGateway(options: GatewayOptions): Promise<RunningGate
   const secretSources = await createSecretSources({
     settings: config.gateway.secrets?.sources ?? DEFAULT_SOURCES,
     backend: config.gateway.secrets,
-    names: [...config.upstreams.values()].flatMap((u) => secretNames(u.credential)),
+    names: [...config.upstreams.values()].flatMap((u) => [...secretNames(u.credential), ...Object.values(u.stdio?.env ?? {})]),
     dataDir,
     env,
     environment: config.gateway.environment,
     log: logger,
   });
-  const secrets = secretSources.source;
+  // Stdio MCP servers: launched behind a loopback bridge each; the upstream then points at it, with its token as credential.
+  const bridges = await startStdioBridges(config, secretSources.source, logger).catch(async (err: unknown) => {
+    await secretSources.close();
+    throw err;
+  });
+  if (bridges.size > 0) config = { ...config, upstreams: new Map([...config.upstreams].map(([n, u]) => [n, bridges.has(n) ? { ...u, origin: (bridges.get(n) as StdioBridge).origin } : u])) };
+  const secrets: SecretSource = bridges.size === 0 ? secretSources.source : { get: (name, tenant) => (name.startsWith('stdio:') ? bridges.get(name.slice(6))?.token : secretSources.source.get(name, tenant)) };
   let adminUrl: string | undefined;
   // Set once approvals exist (below): a broken credential is told through their notification channels.
   let notify: Notifier | undefined;
@@ -327,6 +335,7 @@ export async function startGateway(options: GatewayOptions): Promise<RunningGate
       await closed;
       await adminClosed;
       await forwarder.close();
+      await Promise.all([...bridges.values()].map((b) => b.close()));
       await heldAnswered;
       await approvals.close();
       clearInterval(pruneTimer);
@@ -398,3 +407,28 @@ function listen(server: Server, at: { readonly host: string; readonly port: numb
 }
 
 const urlHost = (host: string): string => (host.includes(':') ? `[${host}]` : host);
+
+/**
+ * Starts a bridge for each stdio MCP upstream: its child processes get only the environment
+ * configured for them, from shared secrets (a missing one stops start-up: the server would run
+ * without the credential it needs).
+ */
+async function startStdioBridges(config: Config, secrets: SecretSource, logger: Logger): Promise<Map<string, StdioBridge>> {
+  const bridges = new Map<string, StdioBridge>();
+  try {
+    for (const u of config.upstreams.values()) {
+      if (u.stdio === undefined) continue;
+      const env: Record<string, string> = {};
+      for (const [variable, secret] of Object.entries(u.stdio.env)) {
+        const value = secrets.get(secret, undefined);
+        if (value === undefined) throw new ValetError('VALET_ERR_CREDENTIAL_UNAVAILABLE', `upstream ${u.name}: no source has the secret ${secret} for its server's ${variable}`);
+        env[variable] = value;
+      }
+      bridges.set(u.name, await startStdioBridge(u.name, { command: u.stdio.command, args: u.stdio.args, env, ...(u.stdio.cwd !== undefined && { cwd: u.stdio.cwd }) }, { logger }));
+    }
+  } catch (err) {
+    await Promise.all([...bridges.values()].map((b) => b.close()));
+    throw err;
+  }
+  return bridges;
+}

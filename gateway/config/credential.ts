@@ -74,7 +74,11 @@ export function templateSecrets(template: Template): string[] {
 /** The name a provider's token is injected under: not a valid secret name, so it names no stored secret. */
 export const providedSecret = (upstream: string): string => `provider:${upstream}`;
 
+/** The name a stdio MCP bridge's token is injected under (like {@link providedSecret}, no stored secret can have it). */
+export const stdioSecret = (upstream: string): string => `stdio:${upstream}`;
+
 export function secretNames(credential: CredentialConfig): string[] {
+  if (credential.scheme === 'bearer' && credential.secret.startsWith('stdio:')) return [];
   if ((credential.scheme === 'bearer' || credential.scheme === 'header') && credential.provider !== undefined) return providerSecrets(credential.provider);
   if (credential.scheme === 'aws_sigv4') return [credential.accessKeyId, credential.secretAccessKey, ...(credential.sessionToken === undefined ? [] : [credential.sessionToken])];
   if (credential.scheme !== 'headers') return [credential.secret];

@@ -5,7 +5,7 @@ import { Ajv, type ErrorObject } from 'ajv';
 import { isMap, isPair, isScalar, LineCounter, parseDocument, type Document, type Node } from 'yaml';
 import { ConfigError, type ConfigProblem } from '../errors.js';
 import { classifyRequestHeader, SCRUB_DROP, type HeaderClass } from '../proxy/headers.js';
-import { NOT_INJECTABLE, parseTemplate, providedSecret, secretNames } from './credential.js';
+import { NOT_INJECTABLE, parseTemplate, providedSecret, secretNames, stdioSecret } from './credential.js';
 import type { ClientAuth, ProviderConfig, ProviderKind } from '../credentials/types.js';
 import { fileSchema } from './schema.js';
 import { expandPresets, presets } from './presets.js';
@@ -650,6 +650,11 @@ function buildIssuer(root: string, file: ParsedFile, i: number, raw: Raw, proble
 
 function buildUpstream(file: ParsedFile, i: number, raw: Raw, problems: Problems): UpstreamConfig | undefined {
   const at = ['upstreams', i];
+  if (raw.stdio !== undefined) {
+    // Launched by Valet: its loopback address and the bridge's own token are known only at start
+    // (main.ts); until then it is described by a placeholder origin and the token's reserved name.
+    raw = { ...raw, origin: 'http://127.0.0.1', credential: { scheme: 'bearer', secret: stdioSecret(raw.name) } };
+  }
   let origin: URL;
   try {
     origin = new URL(raw.origin);
@@ -683,6 +688,9 @@ function buildUpstream(file: ParsedFile, i: number, raw: Raw, problems: Problems
     agentTokenQuery: raw.agent_token?.query,
     ...(raw.agent_token?.basic !== undefined && { agentTokenBasic: raw.agent_token.basic }),
     ...(raw.kind === 'mcp' && { kind: 'mcp' as const }),
+    ...(raw.stdio !== undefined && {
+      stdio: { command: raw.stdio.command, args: raw.stdio.args ?? [], env: raw.stdio.env ?? {}, cwd: raw.stdio.cwd },
+    }),
     ...(raw.audit_args !== undefined && raw.kind === 'mcp' && { auditArgs: raw.audit_args as Record<string, string[]> }),
     // An MCP upstream's refusals are JSON-RPC errors its client understands.
     dialect: raw.dialect ?? (raw.kind === 'mcp' ? 'jsonrpc' : 'generic'),

@@ -334,12 +334,33 @@ export const fileSchema = {
       type: 'array',
       items: {
         type: 'object',
-        required: ['name', 'origin', 'credential'],
+        required: ['name'],
+        // A stdio MCP server is launched by Valet and has neither an origin nor a credential of its own.
+        if: { properties: { stdio: { type: 'object' } }, required: ['stdio'] },
+        then: {
+          required: ['kind'],
+          properties: { kind: { const: 'mcp' } },
+          not: { anyOf: [{ properties: { origin: {} }, required: ['origin'] }, { properties: { credential: {} }, required: ['credential'] }] },
+        },
+        else: { properties: { origin: {}, credential: {} }, required: ['origin', 'credential'] },
         additionalProperties: false,
         properties: {
           name,
           origin: { type: 'string', pattern: '^https?://' },
           kind: { enum: ['http', 'mcp'] },
+          // MCP: a local server Valet launches (one child per session) and serves over Streamable HTTP.
+          stdio: {
+            type: 'object',
+            additionalProperties: false,
+            required: ['command'],
+            properties: {
+              command: { type: 'string', minLength: 1 },
+              args: { type: 'array', items: { type: 'string' } },
+              // Variable name → the secret (store, environment, files) whose value it gets.
+              env: { type: 'object', propertyNames: { pattern: '^[A-Za-z_][A-Za-z0-9_]*$' }, additionalProperties: secretName },
+              cwd: { type: 'string', minLength: 1 },
+            },
+          },
           // MCP: the arguments of each tool the audit row keeps, by the server's tool name.
           audit_args: { type: 'object', additionalProperties: { type: 'array', uniqueItems: true, items: { type: 'string', minLength: 1 } } },
           dialect: { enum: [...DIALECTS] },

@@ -254,6 +254,8 @@ export interface UpstreamConfig {
   readonly dialect: Dialect;
   /** `mcp`: a Model Context Protocol server (Streamable HTTP); JSON-RPC messages are described for policy (gateway/mcp). Absent: plain HTTP. */
   readonly kind?: 'mcp';
+  /** MCP: a local server Valet launches and serves over Streamable HTTP (gateway/mcp/stdio.ts); `env` maps variables to secret names. */
+  readonly stdio?: { readonly command: string; readonly args: readonly string[]; readonly env: Readonly<Record<string, string>>; readonly cwd: string | undefined };
   /** MCP: the arguments the audit row keeps, per tool (the server's name). */
   readonly auditArgs?: Readonly<Record<string, readonly string[]>>;
   /** A listener of its own that serves this upstream at its root (for SDKs that take no path prefix); host: `gateway.listen.host` when absent. */

@@ -421,7 +421,8 @@ export function createPipeline(deps: PipelineDeps): RequestHandler {
         signal: hangUp,
       });
       rec.upstreamStatus = upstreamRes.statusCode;
-      const scrubber = scrubberFor(sent.secrets);
+      // A stdio MCP server holds its secrets in its environment: any copy of them it sends back is scrubbed too.
+      const scrubber = scrubberFor(upstream.stdio === undefined ? sent.secrets : [...sent.secrets, ...Object.values(upstream.stdio.env).flatMap((n) => secrets.get(n, undefined) ?? [])]);
       // Recorded scrubbed whatever scrub_responses says: an upstream may echo the credential anywhere.
       const upstreamId = upstreamRequestId(upstreamRes.headers);
       rec.upstreamRequestId = upstreamId === null ? null : scrubber.redact(upstreamId);

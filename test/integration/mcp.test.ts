@@ -295,3 +295,48 @@ describe('MCP upstreams', () => {
     await client.close();
   });
 });
+
+describe('a stdio MCP server launched by Valet', () => {
+  let gw: TestGateway;
+  const SECRET = 'stdio-server-token-8e1d77';
+
+  beforeAll(async () => {
+    gw = await startTestGateway({
+      upstreams: [
+        {
+          name: 'local',
+          kind: 'mcp',
+          stdio: { command: process.execPath, args: [new URL('../fixtures/mcp-stdio-server.mjs', import.meta.url).pathname], env: { FIXTURE_SECRET: 'LOCAL_SERVER_TOKEN' } },
+        },
+      ],
+      rules: [
+        { id: 'local', upstream: 'local', effect: 'allow' },
+        { id: 'no-crash', tools: ['local.crash'], effect: 'deny', reason: 'no crashing' },
+      ],
+      env: { LOCAL_SERVER_TOKEN: SECRET, VALET_MASTER_KEY_TEST_MARKER: 'must-not-reach-the-child' },
+    });
+  });
+  afterAll(async () => {
+    await gw?.close();
+  });
+
+  it('serves it over Streamable HTTP with the same policy; its environment holds only the configured secret', async () => {
+    const token = await gw.token({ agent: 'local-agent', tenant: 'acme' });
+    const client = new Client({ name: 'test-agent', version: '1.0.0' });
+    await client.connect(new StreamableHTTPClientTransport(new URL(`${gw.url}/local/mcp`), { requestInit: { headers: { authorization: `Bearer ${token}` } } }));
+    const names = (await client.listTools()).tools.map((t) => t.name);
+    expect(names).toContain('echo');
+    expect(names).not.toContain('crash');
+    const env = await client.callTool({ name: 'env', arguments: { name: 'FIXTURE_SECRET' } });
+    // The server's secret arrived (scrubbed on the way back, as an injected secret would be).
+    expect(JSON.stringify(env.content)).not.toContain(SECRET);
+    const keys = await client.callTool({ name: 'env_keys', arguments: {} });
+    expect(JSON.stringify(keys.content)).toContain('FIXTURE_SECRET');
+    expect(JSON.stringify(keys.content)).not.toContain('VALET_MASTER_KEY_TEST_MARKER');
+    expect(JSON.stringify(keys.content)).not.toContain('VALET_TEST_SIGNING_KEY');
+    await expect(client.callTool({ name: 'crash', arguments: {} })).rejects.toMatchObject({ data: { code: 'VALET_ERR_POLICY_DENIED', rule: 'no-crash' } });
+    expect((await client.callTool({ name: 'echo', arguments: { message: 'via stdio' } })).content).toEqual([{ type: 'text', text: JSON.stringify({ message: 'via stdio' }) }]);
+    await client.close();
+    expect(gw.logs.join('\n')).not.toContain(SECRET);
+  }, 30_000);
+});
