@@ -28,6 +28,12 @@ export interface EscalationInput {
   readonly token: string;
   /** The `Valet-Approval` header, when the agent re-sends an approved request. */
   readonly presented: string | undefined;
+  /**
+   * A client that cannot add a header to a call (an MCP client, driven by a model) re-sends the
+   * same call instead: an approved, not yet used approval of exactly this call (same digest, rule,
+   * agent, tenant and user) is then executed as if presented.
+   */
+  readonly redeemByDigest?: boolean;
   readonly signal: HangUpSignal;
   readonly policyVersion: string | null;
 }
@@ -74,6 +80,19 @@ export async function escalate(service: ApprovalService, e: EscalationInput, rec
     }
     fill(rec, a);
     return { kind: 'approved', release: (why) => service.release(a, e.requestId, why) };
+  }
+
+  if (e.redeemByDigest === true && approval.mode === 'async') {
+    const mine = await service.list({ status: 'approved', agent: e.identity.agent, tenant: e.identity.tenant, limit: 100 });
+    const match = mine.find((a) => a.digest === digest && a.rule === rule && a.user === (e.identity.user ?? null) && a.tenant === (e.identity.tenant ?? null));
+    if (match !== undefined) {
+      const binding = { agent: e.identity.agent, tenant: e.identity.tenant ?? null, user: e.identity.user ?? null, digest, rule, group: approval.group };
+      const a = await service.redeem(match.id, binding, e.requestId).catch(() => undefined);
+      if (a !== undefined) {
+        fill(rec, a);
+        return { kind: 'approved', release: (why) => service.release(a, e.requestId, why) };
+      }
+    }
   }
 
   const redacted = redactArgs({ args: e.args, paths: approval.redact ?? [], path: e.facts.path, pathParams: e.pathParams, never: [e.token] });

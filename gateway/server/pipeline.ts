@@ -316,7 +316,9 @@ export function createPipeline(deps: PipelineDeps): RequestHandler {
             facts,
             decision,
             headers: forwardableHeaders(),
-            body: buffered ?? Buffer.alloc(0),
+            // An MCP call is bound by what it does, not by its JSON-RPC id (a re-sent call has a new one).
+            body: mcp !== undefined && mcp.message.kind !== 'response' ? Buffer.from(JSON.stringify([mcp.message.method, mcp.message.params])) : (buffered ?? Buffer.alloc(0)),
+            redeemByDigest: mcp !== undefined,
             args: shownArgs.args,
             argsError: shownArgs.error,
             pathParams: toolMatch?.params ?? {},
@@ -327,6 +329,15 @@ export function createPipeline(deps: PipelineDeps): RequestHandler {
           },
           rec,
         );
+        if (outcome.kind === 'accepted' && mcp?.message.kind === 'request') {
+          // The model is told, as the call's result, that a person must approve it first; the same call made again once approved runs.
+          const approval = (JSON.parse(outcome.body) as { approval: { id: string; group: string; reason: string; expires_at: string } }).approval;
+          const text = `This call was not run: it needs approval by ${approval.group} (${approval.reason}). Approval ${approval.id} is pending until ${approval.expires_at}; once it is approved, make exactly the same call again.`;
+          const body = JSON.stringify({ jsonrpc: '2.0', id: mcp.message.id, result: { content: [{ type: 'text', text }], isError: true, _meta: { 'valet/approval': approval } } });
+          res.writeHead(200, { 'content-type': 'application/json', 'cache-control': 'no-store', 'content-length': Buffer.byteLength(body), 'x-request-id': requestId });
+          res.end(body);
+          return;
+        }
         if (outcome.kind === 'accepted') {
           res.writeHead(202, { 'content-type': 'application/json; charset=utf-8', 'cache-control': 'no-store', location: outcome.location, 'content-length': Buffer.byteLength(outcome.body), 'x-request-id': requestId });
           res.end(outcome.body);

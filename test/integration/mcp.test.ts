@@ -36,6 +36,7 @@ async function startFakeMcp(): Promise<FakeMcp> {
     const server = new McpServer({ name: 'fake-tools', version: '1.0.0' }, { capabilities: { logging: {} } });
     const text = (t: string) => ({ content: [{ type: 'text' as const, text: t }] });
     server.registerTool('echo', { description: 'Echoes', inputSchema: { message: z.string() } }, async (args) => (ran.push({ tool: 'echo', args }), text(`echo: ${args.message}`)));
+    server.registerTool('publish', { description: 'Publishes a post', inputSchema: { post: z.string() } }, async (args) => (ran.push({ tool: 'publish', args }), text(`published ${args.post}`)));
     server.registerTool('deploy', { description: 'Deploys a service', inputSchema: { service: z.string() } }, async (args) => (ran.push({ tool: 'deploy', args }), text(`deployed ${args.service}`)));
     server.registerTool('delete_repo', { description: 'Deletes a repository', inputSchema: { repo: z.string() } }, async (args) => (ran.push({ tool: 'delete_repo', args }), text('deleted')));
     server.registerTool('search', { description: 'Searches', inputSchema: { query: z.string() } }, async (args) => (ran.push({ tool: 'search', args }), text(`results for ${args.query}; key ${SERVER_KEY}`)));
@@ -101,6 +102,7 @@ describe('MCP upstreams', () => {
         { id: 'locked-interns', tools: ['locked.count', 'locked.search'], when: '"intern" in agent.roles', effect: 'deny', reason: 'not for interns' },
         { id: 'tools-protocol', upstream: 'tools', effect: 'allow' },
         { id: 'no-deletes', tools: ['tools.delete_repo'], effect: 'deny', reason: 'agents never delete repositories' },
+        { id: 'posts-need-a-person', tools: ['tools.publish'], effect: 'escalate', reason: 'posts need an editor', approval: { group: 'editors', mode: 'async', timeout: '1h' } },
         { id: 'deploys-need-a-person', tools: ['tools.deploy'], effect: 'escalate', reason: 'deploys need a person', approval: { group: 'release', mode: 'hold', timeout: '30s' } },
         { id: 'search-only-public', tools: ['tools.search'], when: 'args.query.startsWith("public:")', effect: 'allow' },
         { id: 'search-else-denied', tools: ['tools.search'], when: '!args.query.startsWith("public:")', effect: 'deny', reason: 'only public searches' },
@@ -139,12 +141,12 @@ describe('MCP upstreams', () => {
 
   it('tools/list shows only what this agent may call', async () => {
     const { client } = await connect({ upstream: 'locked' });
-    expect((await client.listTools()).tools.map((t) => t.name).sort()).toEqual(['count', 'deploy', 'echo', 'search']);
+    expect((await client.listTools()).tools.map((t) => t.name).sort()).toEqual(['count', 'deploy', 'echo', 'publish', 'search']);
     const intern = await connect({ roles: ['intern'], upstream: 'locked' });
-    expect((await intern.client.listTools()).tools.map((t) => t.name).sort()).toEqual(['deploy', 'echo']);
+    expect((await intern.client.listTools()).tools.map((t) => t.name).sort()).toEqual(['deploy', 'echo', 'publish']);
     // Where a rule reads arguments, a call may be allowed or not by what it is called with: listed, decided per call.
     const open = await connect();
-    expect((await open.client.listTools()).tools.map((t) => t.name).sort()).toEqual(['count', 'delete_repo', 'deploy', 'echo', 'search']);
+    expect((await open.client.listTools()).tools.map((t) => t.name).sort()).toEqual(['count', 'delete_repo', 'deploy', 'echo', 'publish', 'search']);
     await open.client.close();
     await client.close();
     await intern.client.close();
@@ -194,6 +196,29 @@ describe('MCP upstreams', () => {
     expect((await client.listTools()).tools.find((t) => t.name === 'deploy')?.description).toContain("wait for a person's approval");
     await client.close();
   }, 30_000);
+
+  it('an async escalation tells the model, as the call\'s result, that approval is pending; the same call made again once approved runs, once', async () => {
+    const { client } = await connect();
+    const before = mcp.ran.length;
+    const first = await client.callTool({ name: 'publish', arguments: { post: 'launch' } });
+    expect(first.isError).toBe(true);
+    expect(JSON.stringify(first.content)).toContain('needs approval by editors');
+    const id = (first._meta as { 'valet/approval': { id: string } })['valet/approval'].id;
+    expect(mcp.ran.length).toBe(before);
+    const admin = `Bearer ${await gw.adminToken(['approver'], { subject: 'editor-1', groups: ['editors'] })}`;
+    const ok = await request(`${gw.adminUrl}/api/approvals/${id}/approve`, { method: 'POST', headers: { authorization: admin, 'content-type': 'application/json' }, body: '{}' });
+    expect(ok.statusCode).toBe(200);
+    await ok.body.dump();
+    // Different arguments are another call: not covered by this approval.
+    expect((await client.callTool({ name: 'publish', arguments: { post: 'other' } })).isError).toBe(true);
+    const again = await client.callTool({ name: 'publish', arguments: { post: 'launch' } });
+    expect(again.content).toEqual([{ type: 'text', text: 'published launch' }]);
+    expect(mcp.ran.slice(before)).toEqual([{ tool: 'publish', args: { post: 'launch' } }]);
+    // Used once: the next identical call waits for a new approval.
+    expect((await client.callTool({ name: 'publish', arguments: { post: 'launch' } })).isError).toBe(true);
+    expect(mcp.ran.length).toBe(before + 1);
+    await client.close();
+  });
 
   it('streams notifications and the result through (SSE), scrubbed event by event', async () => {
     const { client } = await connect();
