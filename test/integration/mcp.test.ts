@@ -11,6 +11,7 @@ import { Client } from '@modelcontextprotocol/sdk/client/index.js';
 import { StreamableHTTPClientTransport } from '@modelcontextprotocol/sdk/client/streamableHttp.js';
 import { McpServer } from '@modelcontextprotocol/sdk/server/mcp.js';
 import { StreamableHTTPServerTransport } from '@modelcontextprotocol/sdk/server/streamableHttp.js';
+import { InMemoryEventStore } from '@modelcontextprotocol/sdk/examples/shared/inMemoryEventStore.js';
 import { request } from 'undici';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { z } from 'zod';
@@ -64,7 +65,8 @@ async function startFakeMcp(): Promise<FakeMcp> {
         const sid = req.headers['mcp-session-id'];
         let transport = typeof sid === 'string' ? transports.get(sid) : undefined;
         if (transport === undefined) {
-          transport = new StreamableHTTPServerTransport({ sessionIdGenerator: () => randomUUID(), onsessioninitialized: (id) => void transports.set(id, transport!) });
+          // With an event store, streams can be resumed (Last-Event-ID).
+          transport = new StreamableHTTPServerTransport({ sessionIdGenerator: () => randomUUID(), eventStore: new InMemoryEventStore(), onsessioninitialized: (id) => void transports.set(id, transport!) });
           await newServer().connect(transport);
         }
         await transport.handleRequest(req, res, parsed);
@@ -309,6 +311,47 @@ describe('MCP upstreams', () => {
     const ids = rows.map((r) => JSON.parse(r.rpc!) as { id?: number; batch?: number }).map((r) => r.batch !== undefined ? `batch:${r.batch}` : r.id);
     expect(ids).toEqual(expect.arrayContaining([10, 11, 12, 'batch:5']));
     expect(rows.find((r) => JSON.parse(r.rpc!).id === 12)).toMatchObject({ decision: 'deny', rule: 'no-deletes', tool: 'tools.delete_repo' });
+  });
+
+  it('a stream is resumed through Valet: GET with Last-Event-ID replays what followed, in the same session', async () => {
+    const token = await gw.token({ agent: 'resume-agent', tenant: 'acme' });
+    const headers = { authorization: `Bearer ${token}`, 'content-type': 'application/json', accept: 'application/json, text/event-stream' };
+    const init = await request(`${gw.url}/tools/mcp`, {
+      method: 'POST',
+      headers,
+      body: JSON.stringify({ jsonrpc: '2.0', id: 1, method: 'initialize', params: { protocolVersion: '2025-03-26', capabilities: {}, clientInfo: { name: 'raw', version: '1' } } }),
+    });
+    await init.body.dump();
+    const session = String(init.headers['mcp-session-id']);
+    const inSession = { ...headers, 'mcp-session-id': session, 'mcp-protocol-version': '2025-03-26' };
+    await (await request(`${gw.url}/tools/mcp`, { method: 'POST', headers: inSession, body: JSON.stringify({ jsonrpc: '2.0', method: 'notifications/initialized' }) })).body.dump();
+    await (await request(`${gw.url}/tools/mcp`, { method: 'POST', headers: inSession, body: JSON.stringify({ jsonrpc: '2.0', id: 2, method: 'tools/list' }) })).body.dump();
+    const call = await request(`${gw.url}/tools/mcp`, { method: 'POST', headers: inSession, body: JSON.stringify({ jsonrpc: '2.0', id: 3, method: 'tools/call', params: { name: 'count', arguments: { to: 3 } } }) });
+    const streamed = await call.body.text();
+    const ids = [...streamed.matchAll(/^id: (.+)$/gm)].map((m) => m[1] as string);
+    expect(ids.length).toBeGreaterThanOrEqual(4);
+    // The client lost the stream after the first event: it asks for the rest.
+    const resumed = await request(`${gw.url}/tools/mcp`, { method: 'GET', headers: { authorization: `Bearer ${token}`, accept: 'text/event-stream', 'mcp-session-id': session, 'mcp-protocol-version': '2025-03-26', 'last-event-id': ids[0] as string } });
+    expect(resumed.statusCode).toBe(200);
+    let replay = '';
+    await new Promise<void>((resolve) => {
+      const timer = setTimeout(() => {
+        resumed.body.destroy();
+        resolve();
+      }, 5_000);
+      resumed.body.on('data', (c: Buffer) => {
+        replay += c.toString();
+        if (replay.includes('counted to 3')) {
+          clearTimeout(timer);
+          resumed.body.destroy();
+          resolve();
+        }
+      });
+      resumed.body.on('error', () => undefined);
+    });
+    expect(replay).toContain('at 2');
+    expect(replay).toContain('counted to 3');
+    expect(replay).not.toContain(`id: ${ids[0]}\n`);
   });
 
   it('a tools/call for a tool the server never listed by that exact name is refused (case variants included)', async () => {
