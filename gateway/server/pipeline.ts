@@ -101,6 +101,8 @@ export function createPipeline(deps: PipelineDeps): RequestHandler {
 
   // The tools each MCP server listed, per session: a call for a name never listed is refused.
   const listedTools = new ListedTools();
+  // The ids of MCP requests in flight, per upstream and session: JSON-RPC ids must be unique among them.
+  const pendingIds = new Set<string>();
   // Once: the `Host` names that route to an upstream at its root on the main listener.
   const hostRoutes = new Map([...config.upstreams.values()].flatMap((u) => u.hosts.map((h): [string, string] => [h, u.name])));
   return async (req, res, routed) => {
@@ -123,6 +125,8 @@ export function createPipeline(deps: PipelineDeps): RequestHandler {
     let incoming: RequestBody | undefined;
     // Refusals in the generic shape until the upstream, and so its dialect, is known.
     let refusal = genericRefusal;
+    // This request's MCP id while it is in flight (see pendingIds).
+    let pendingId: string | undefined;
 
     try {
       // 1. receive
@@ -213,6 +217,13 @@ export function createPipeline(deps: PipelineDeps): RequestHandler {
         const session = req.headers['mcp-session-id'];
         mcp = { message, facts: mcpFacts(upstream.name, message), session: typeof session === 'string' ? session : undefined };
         rec.rpc = JSON.stringify({ method: message.kind === 'response' ? null : message.method, id: message.kind === 'notification' ? null : message.id, session: mcp.session?.slice(0, 128) ?? null });
+        if (message.kind === 'request') {
+          // A second request under an id already in flight would make answers ambiguous (whose result is whose?): refused.
+          const key = JSON.stringify([upstream.name, mcp.session ?? null, message.id]);
+          if (pendingIds.has(key)) throw new ValetError('VALET_ERR_MCP_INVALID', `Request id ${JSON.stringify(message.id).slice(0, 64)} is already in use by a request in flight in this session.`);
+          pendingIds.add(key);
+          pendingId = key;
+        }
       } else if (policy.readsArgs(upstream.name)) {
         const encoding = (req.headers['content-encoding'] ?? 'identity').trim().toLowerCase();
         if (encoding !== 'identity' && kind !== 'none') {
@@ -487,6 +498,7 @@ export function createPipeline(deps: PipelineDeps): RequestHandler {
       if (e.code === 'VALET_ERR_INTERNAL') logger.error({ reqId: requestId, err: e.cause }, 'internal error');
       if (e.code !== 'VALET_ERR_CLIENT_CLOSED') sendError(res, e, requestId, refusal);
     } finally {
+      if (pendingId !== undefined) pendingIds.delete(pendingId);
       const redacted = redactTokens(rec.path, token !== undefined ? [token] : presentedTokens(req, tokenPlaces));
       rec.path = rec.path === rawPath ? redacted.slice(0, 2048) : redacted;
       if (incoming !== undefined) {

@@ -11,7 +11,8 @@ import { Client } from '@modelcontextprotocol/sdk/client/index.js';
 import { StreamableHTTPClientTransport } from '@modelcontextprotocol/sdk/client/streamableHttp.js';
 import { McpServer } from '@modelcontextprotocol/sdk/server/mcp.js';
 import { StreamableHTTPServerTransport } from '@modelcontextprotocol/sdk/server/streamableHttp.js';
-import { InMemoryEventStore } from '@modelcontextprotocol/sdk/examples/shared/inMemoryEventStore.js';
+import type { EventStore } from '@modelcontextprotocol/sdk/server/streamableHttp.js';
+import type { JSONRPCMessage } from '@modelcontextprotocol/sdk/types.js';
 import { request } from 'undici';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { z } from 'zod';
@@ -26,6 +27,24 @@ interface FakeMcp {
   /** Tools that ran, with their arguments. */
   readonly ran: { tool: string; args: unknown }[];
   close(): Promise<void>;
+}
+
+/** Events kept in the order they were sent (ids `<stream>:<n>`), for resumption. */
+function orderedEventStore(): EventStore {
+  const events: { id: string; stream: string; message: JSONRPCMessage }[] = [];
+  return {
+    async storeEvent(stream, message) {
+      const id = `${stream}:${events.length}`;
+      events.push({ id, stream, message });
+      return id;
+    },
+    async replayEventsAfter(lastEventId, { send }) {
+      const at = events.findIndex((e) => e.id === lastEventId);
+      const stream = events[at]?.stream ?? '';
+      for (const e of events.slice(at + 1)) if (e.stream === stream) await send(e.id, e.message);
+      return stream;
+    },
+  };
 }
 
 /** A Streamable HTTP MCP server (stateful sessions) with a few tools; it demands its own API key. */
@@ -66,7 +85,7 @@ async function startFakeMcp(): Promise<FakeMcp> {
         let transport = typeof sid === 'string' ? transports.get(sid) : undefined;
         if (transport === undefined) {
           // With an event store, streams can be resumed (Last-Event-ID).
-          transport = new StreamableHTTPServerTransport({ sessionIdGenerator: () => randomUUID(), eventStore: new InMemoryEventStore(), onsessioninitialized: (id) => void transports.set(id, transport!) });
+          transport = new StreamableHTTPServerTransport({ sessionIdGenerator: () => randomUUID(), eventStore: orderedEventStore(), onsessioninitialized: (id) => void transports.set(id, transport!) });
           await newServer().connect(transport);
         }
         await transport.handleRequest(req, res, parsed);
@@ -352,6 +371,27 @@ describe('MCP upstreams', () => {
     expect(replay).toContain('at 2');
     expect(replay).toContain('counted to 3');
     expect(replay).not.toContain(`id: ${ids[0]}\n`);
+  });
+
+  it('an id already in flight in the session is refused: answers would be ambiguous', async () => {
+    const held = post({ jsonrpc: '2.0', id: 'dup-1', method: 'tools/call', params: { name: 'deploy', arguments: { service: 'dup' } } });
+    const admin = `Bearer ${await gw.adminToken(['approver'], { subject: 'rel-eng', groups: ['release'] })}`;
+    let id: string | undefined;
+    await expect
+      .poll(async () => {
+        const list = await request(`${gw.adminUrl}/api/approvals?status=pending`, { headers: { authorization: admin } });
+        id = ((await list.body.json()) as { approvals: { id: string; args: { service?: string } }[] }).approvals.find((a) => a.args.service === 'dup')?.id;
+        return id;
+      })
+      .toBeDefined();
+    const dup = await post({ jsonrpc: '2.0', id: 'dup-1', method: 'ping' });
+    expect(dup.json).toMatchObject({ id: 'dup-1', error: { code: -32600, message: expect.stringContaining('already in use') } });
+    const no = await request(`${gw.adminUrl}/api/approvals/${id}/deny`, { method: 'POST', headers: { authorization: admin, 'content-type': 'application/json' }, body: JSON.stringify({ reason: 'not today' }) });
+    await no.body.dump();
+    expect((await held).json).toMatchObject({ id: 'dup-1', error: { code: -32000 } });
+    // Free again once the first is answered.
+    const again = await post({ jsonrpc: '2.0', id: 'dup-1', method: 'ping' });
+    expect(again.json).not.toMatchObject({ error: { message: expect.stringContaining('already in use') } });
   });
 
   it('a tools/call for a tool the server never listed by that exact name is refused (case variants included)', async () => {
