@@ -5,6 +5,14 @@ import type { RpcId } from './jsonrpc.js';
 /** What listing says of a tool: hidden (every call would be denied), listed, or listed with a note (calls need approval). */
 export type Listing = 'hidden' | 'listed' | 'escalates';
 
+/** Which list a `tools/list`, `resources/list` or `prompts/list` result carries, and the field that names each entry. */
+export interface ListKind {
+  readonly field: 'tools' | 'resources' | 'prompts';
+  readonly key: 'name' | 'uri';
+}
+
+export const TOOLS: ListKind = { field: 'tools', key: 'name' };
+
 /**
  * The tools a server listed, per upstream and session: a `tools/call` for a name never listed is
  * refused, so a server lenient about case or spelling can never run a tool policy did not see by
@@ -34,7 +42,7 @@ export class ListedTools {
  * tools policy would always deny are removed, tools that escalate get a note. Returns the names the
  * server listed (before filtering) and the message, unchanged when it is not that result.
  */
-export function filterToolsMessage(text: string, id: RpcId, listing: (name: string) => Listing): { text: string; listed: string[] } | undefined {
+export function filterToolsMessage(text: string, id: RpcId, listing: (name: string) => Listing, kind: ListKind = TOOLS): { text: string; listed: string[] } | undefined {
   let v: unknown;
   try {
     v = JSON.parse(text);
@@ -44,21 +52,21 @@ export function filterToolsMessage(text: string, id: RpcId, listing: (name: stri
   const listed: string[] = [];
   const one = (m: unknown): unknown => {
     if (typeof m !== 'object' || m === null || (m as { id?: unknown }).id !== id) return m;
-    const result = (m as { result?: { tools?: unknown } }).result;
-    if (typeof result !== 'object' || result === null || !Array.isArray(result.tools)) return m;
-    const tools = (result.tools as unknown[]).flatMap((t) => {
-      const name = (t as { name?: unknown } | null)?.name;
+    const result = (m as { result?: Record<string, unknown> }).result;
+    if (typeof result !== 'object' || result === null || !Array.isArray(result[kind.field])) return m;
+    const entries = (result[kind.field] as unknown[]).flatMap((t) => {
+      const name = (t as Record<string, unknown> | null)?.[kind.key];
       if (typeof name !== 'string') return [];
       listed.push(name);
       const l = listing(name);
       if (l === 'hidden') return [];
       if (l === 'escalates') {
         const d = (t as { description?: unknown }).description;
-        return [{ ...(t as object), description: `${typeof d === 'string' ? `${d} ` : ''}(Calls to this tool wait for a person's approval.)` }];
+        return [{ ...(t as object), description: `${typeof d === 'string' ? `${d} ` : ''}(${kind.field === 'tools' ? 'Calls to this tool wait' : 'Using this waits'} for a person's approval.)` }];
       }
       return [t];
     });
-    return { ...(m as object), result: { ...result, tools } };
+    return { ...(m as object), result: { ...result, [kind.field]: entries } };
   };
   const out = Array.isArray(v) ? v.map(one) : one(v);
   return { text: JSON.stringify(out), listed };
@@ -69,10 +77,10 @@ export function filterToolsMessage(text: string, id: RpcId, listing: (name: stri
  * result is rewritten; every other event passes as it came, as soon as it is complete. Events are
  * split on blank lines whatever the TCP writes were.
  */
-export function filterToolsSse(id: RpcId, listing: (name: string) => Listing, onListed: (names: string[]) => void): Transform {
+export function filterToolsSse(id: RpcId, listing: (name: string) => Listing, onListed: (names: string[]) => void, kind: ListKind = TOOLS): Transform {
   let pending = '';
   const decoder = new StringDecoder('utf8');
-  const rewrite = (event: string): string => rewriteEvent(event, id, listing, onListed);
+  const rewrite = (event: string): string => rewriteEvent(event, id, listing, onListed, kind);
   return new Transform({
     transform(chunk: Buffer, _enc, cb: TransformCallback) {
       pending += decoder.write(chunk);
@@ -93,21 +101,21 @@ export function filterToolsSse(id: RpcId, listing: (name: string) => Listing, on
 }
 
 /** One SSE event, its `data:` rewritten when it is the tools/list result. */
-function rewriteEvent(event: string, id: RpcId, listing: (name: string) => Listing, onListed: (names: string[]) => void): string {
+function rewriteEvent(event: string, id: RpcId, listing: (name: string) => Listing, onListed: (names: string[]) => void, kind: ListKind): string {
   const lines = event.split(/\r?\n/);
   const data = lines.filter((l) => l.startsWith('data:')).map((l) => l.slice(l.startsWith('data: ') ? 6 : 5));
   if (data.length === 0) return event;
-  const r = filterToolsMessage(data.join('\n'), id, listing);
+  const r = filterToolsMessage(data.join('\n'), id, listing, kind);
   if (r === undefined || r.listed.length === 0) return event;
   onListed(r.listed);
   return [...lines.filter((l) => !l.startsWith('data:')), `data: ${r.text}`].join('\n');
 }
 
 /** A whole tools/list answer, JSON or SSE, filtered: the text to send and the names the server listed. */
-export function filterToolsBody(text: string, contentType: string | undefined, id: RpcId, listing: (name: string) => Listing): { text: string; listed: string[] } {
-  if (!(contentType ?? '').toLowerCase().startsWith('text/event-stream')) return filterToolsMessage(text, id, listing) ?? { text, listed: [] };
+export function filterToolsBody(text: string, contentType: string | undefined, id: RpcId, listing: (name: string) => Listing, kind: ListKind = TOOLS): { text: string; listed: string[] } {
+  if (!(contentType ?? '').toLowerCase().startsWith('text/event-stream')) return filterToolsMessage(text, id, listing, kind) ?? { text, listed: [] };
   const listed: string[] = [];
-  const out = text.replace(/(^|\r?\n\r?\n)([\s\S]*?)(?=\r?\n\r?\n|$)/g, (_m, sep: string, event: string) => sep + rewriteEvent(event, id, listing, (n) => listed.push(...n)));
+  const out = text.replace(/(^|\r?\n\r?\n)([\s\S]*?)(?=\r?\n\r?\n|$)/g, (_m, sep: string, event: string) => sep + rewriteEvent(event, id, listing, (n) => listed.push(...n), kind));
   return { text: out, listed };
 }
 

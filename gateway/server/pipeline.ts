@@ -31,7 +31,7 @@ import { closeAfterResponse, endedWithHeaders, isHttp2 } from './listener.js';
 import type { CredentialService } from '../credentials/service.js';
 import { metadataUrl, PROTECTED_RESOURCE_PREFIX, protectedResourceMetadata } from '../mcp/resource.js';
 import { answerBatch, MAX_BATCH, type SendOne } from '../mcp/batch.js';
-import { fetchToolNames, filterToolsBody, filterToolsSse, ListedTools, type Listing } from '../mcp/tools.js';
+import { fetchToolNames, filterToolsBody, filterToolsSse, ListedTools, TOOLS, type Listing, type ListKind } from '../mcp/tools.js';
 import { idOf, mcpFacts, parseBody as parseMcpBody, readMessage, type McpFacts, type McpMessage } from '../mcp/jsonrpc.js';
 import { providedSecret } from '../config/credential.js';
 
@@ -451,8 +451,9 @@ export function createPipeline(deps: PipelineDeps): RequestHandler {
       // Valet's origin as the agent reached it, worked out only if a response header links to the upstream.
       const origin = (): string | undefined => agentOrigin(req.headers.host, req.socket.localAddress, req.socket.localPort);
       const toAgent = agentResponse(upstream, facts.method, upstreamRes, scrubber, origin, target.mount, accepted);
-      // An MCP tools/list answer shows only the tools this agent may call (filtered as it streams).
-      const listing = mcp?.message.kind === 'request' && mcp.message.method === 'tools/list' ? toolListing(policy, input, upstream.name) : undefined;
+      // An MCP tools/list (resources/list, prompts/list) answer shows only what this agent may use (filtered as it streams).
+      const list = mcp?.message.kind === 'request' ? LISTS[mcp.message.method] : undefined;
+      const listing = list === undefined ? undefined : entryListing(policy, input, upstream.name, list);
       const listId = mcp?.message.kind === 'request' ? mcp.message.id : undefined;
       const session = mcp?.session ?? [upstreamRes.headers['mcp-session-id']].flat()[0];
       if (listing !== undefined && toAgent.headers['content-encoding'] !== undefined) throw new ValetError('VALET_ERR_UPSTREAM_ENCODING', 'The MCP server\'s tools/list answer is compressed and cannot be filtered; nothing was forwarded.');
@@ -466,8 +467,8 @@ export function createPipeline(deps: PipelineDeps): RequestHandler {
         }
         rec.bytesOut = whole.upstreamBytes;
         if (listing !== undefined && listId !== undefined) {
-          const filtered = filterToolsBody(whole.body.toString('utf8'), [upstreamRes.headers['content-type']].flat()[0], listId, listing);
-          listedTools.record(upstream.name, session, filtered.listed);
+          const filtered = filterToolsBody(whole.body.toString('utf8'), [upstreamRes.headers['content-type']].flat()[0], listId, listing, list);
+          if (list?.field === 'tools') listedTools.record(upstream.name, session, filtered.listed);
           whole = { ...whole, body: Buffer.from(filtered.text) };
           toAgent.headers['content-length'] = String(whole.body.length);
         }
@@ -482,7 +483,7 @@ export function createPipeline(deps: PipelineDeps): RequestHandler {
         rec.bytesOut += chunk.length;
       });
       try {
-        await relay(listing === undefined || listId === undefined ? toAgent.body : toAgent.body.pipe(filterToolsSse(listId, listing, (names) => listedTools.record(upstream.name, session, names))), res);
+        await relay(listing === undefined || listId === undefined ? toAgent.body : toAgent.body.pipe(filterToolsSse(listId, listing, (names) => list?.field === 'tools' && listedTools.record(upstream.name, session, names), list)), res);
       } catch (err) {
         throw upstreamError(err);
       }
@@ -709,15 +710,25 @@ async function readBody(req: IncomingMessage, body: RequestBody, max: number): P
   return Buffer.concat(chunks);
 }
 
+/** The lists an MCP server answers that are filtered per agent, by the method that asks for them. */
+const LISTS: Readonly<Record<string, ListKind>> = { 'tools/list': TOOLS, 'resources/list': { field: 'resources', key: 'uri' }, 'prompts/list': { field: 'prompts', key: 'name' } };
+
 /**
- * How an MCP tool is shown in `tools/list` to this agent: hidden when policy denies every call to
- * it, with a note when calls escalate. Where a rule for this upstream reads arguments, a denial may
- * depend on them, so the tool is listed and each call decided on its own.
+ * How an entry of an MCP list is shown to this agent: hidden when policy denies every use of it,
+ * with a note when uses escalate. A resource is judged exactly (reading it has no other argument
+ * than its URI); for a tool or a prompt, where a rule for this upstream reads arguments, a denial
+ * may depend on them, so it is listed and each use decided on its own.
  */
-function toolListing(policy: Policy, input: EvaluationInput, upstream: string): (name: string) => Listing {
-  const argsMatter = policy.readsArgs(upstream);
+function entryListing(policy: Policy, input: EvaluationInput, upstream: string, list: ListKind): (name: string) => Listing {
+  const argsMatter = list.field !== 'resources' && policy.readsArgs(upstream);
   return (name) => {
-    const d = policy.evaluate({ ...input, facts: { ...input.facts, path: '/tools/call', tool: `${upstream}.${name}`, args: {}, argsError: undefined } });
+    const facts =
+      list.field === 'tools'
+        ? { path: '/tools/call', tool: `${upstream}.${name}`, args: {} }
+        : list.field === 'resources'
+          ? { path: '/resources/read', tool: undefined, args: { uri: name } }
+          : { path: '/prompts/get', tool: undefined, args: { name, arguments: {} } };
+    const d = policy.evaluate({ ...input, facts: { ...input.facts, ...facts, argsError: undefined } });
     if (d.effect === 'escalate') return 'escalates';
     return d.effect === 'deny' && !argsMatter ? 'hidden' : 'listed';
   };

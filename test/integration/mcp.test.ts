@@ -56,6 +56,9 @@ async function startFakeMcp(): Promise<FakeMcp> {
     const server = new McpServer({ name: 'fake-tools', version: '1.0.0' }, { capabilities: { logging: {} } });
     const text = (t: string) => ({ content: [{ type: 'text' as const, text: t }] });
     server.registerTool('echo', { description: 'Echoes', inputSchema: { message: z.string() } }, async (args) => (ran.push({ tool: 'echo', args }), text(`echo: ${args.message}`)));
+    for (const uri of ['note://public/1', 'note://private/1']) {
+      server.registerResource(uri, uri, { mimeType: 'text/plain' }, async (u) => ({ contents: [{ uri: u.href, text: `contents of ${u.href}` }] }));
+    }
     server.registerTool('publish', { description: 'Publishes a post', inputSchema: { post: z.string() } }, async (args) => (ran.push({ tool: 'publish', args }), text(`published ${args.post}`)));
     server.registerTool('deploy', { description: 'Deploys a service', inputSchema: { service: z.string() } }, async (args) => (ran.push({ tool: 'deploy', args }), text(`deployed ${args.service}`)));
     server.registerTool('delete_repo', { description: 'Deletes a repository', inputSchema: { repo: z.string() } }, async (args) => (ran.push({ tool: 'delete_repo', args }), text('deleted')));
@@ -122,6 +125,7 @@ describe('MCP upstreams', () => {
         { id: 'locked-no-deletes', tools: ['locked.delete_repo'], effect: 'deny', reason: 'agents never delete repositories' },
         { id: 'locked-interns', tools: ['locked.count', 'locked.search'], when: '"intern" in agent.roles', effect: 'deny', reason: 'not for interns' },
         { id: 'tools-protocol', upstream: 'tools', effect: 'allow' },
+        { id: 'private-notes', upstream: 'tools', paths: ['/resources/read'], when: 'args.uri.startsWith("note://private/")', effect: 'deny', reason: 'private notes stay private' },
         { id: 'no-deletes', tools: ['tools.delete_repo'], effect: 'deny', reason: 'agents never delete repositories' },
         { id: 'posts-need-a-person', tools: ['tools.publish'], effect: 'escalate', reason: 'posts need an editor', approval: { group: 'editors', mode: 'async', timeout: '1h' } },
         { id: 'deploys-need-a-person', tools: ['tools.deploy'], effect: 'escalate', reason: 'deploys need a person', approval: { group: 'release', mode: 'hold', timeout: '30s' } },
@@ -171,6 +175,14 @@ describe('MCP upstreams', () => {
     await open.client.close();
     await client.close();
     await intern.client.close();
+  });
+
+  it('resources are policy-visible by URI: listed only when readable, read only when allowed', async () => {
+    const { client } = await connect();
+    expect((await client.listResources()).resources.map((r) => r.uri)).toEqual(['note://public/1']);
+    expect((await client.readResource({ uri: 'note://public/1' })).contents).toEqual([{ uri: 'note://public/1', text: 'contents of note://public/1' }]);
+    await expect(client.readResource({ uri: 'note://private/1' })).rejects.toMatchObject({ data: { code: 'VALET_ERR_POLICY_DENIED', rule: 'private-notes' } });
+    await client.close();
   });
 
   it('a denied call is a JSON-RPC error the client raises, with Valet\'s code and rule; nothing reaches the server', async () => {
