@@ -217,8 +217,9 @@ export function createPipeline(deps: PipelineDeps): RequestHandler {
         const session = req.headers['mcp-session-id'];
         mcp = { message, facts: mcpFacts(upstream.name, message), session: typeof session === 'string' ? session : undefined };
         rec.rpc = JSON.stringify({ method: message.kind === 'response' ? null : message.method, id: message.kind === 'notification' ? null : message.id, session: mcp.session?.slice(0, 128) ?? null });
-        if (message.kind === 'request') {
-          // A second request under an id already in flight would make answers ambiguous (whose result is whose?): refused.
+        if (message.kind === 'request' && mcp.session !== undefined) {
+          // A second request under an id already in flight in a session would make answers ambiguous: refused.
+          // Without a session (initialize, a stateless server) ids belong to separate clients, which all start at 0.
           const key = JSON.stringify([upstream.name, mcp.session ?? null, message.id]);
           if (pendingIds.has(key)) throw new ValetError('VALET_ERR_MCP_INVALID', `Request id ${JSON.stringify(message.id).slice(0, 64)} is already in use by a request in flight in this session.`);
           pendingIds.add(key);

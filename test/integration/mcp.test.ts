@@ -164,6 +164,11 @@ describe('MCP upstreams', () => {
     await client.close();
   });
 
+  it('many clients connect at once (each initialize has id 0, before any session exists)', async () => {
+    const clients = await Promise.all(Array.from({ length: 8 }, () => connect()));
+    for (const { client } of clients) await client.close();
+  });
+
   it('tools/list shows only what this agent may call', async () => {
     const { client } = await connect({ upstream: 'locked' });
     expect((await client.listTools()).tools.map((t) => t.name).sort()).toEqual(['count', 'deploy', 'echo', 'publish', 'search']);
@@ -386,7 +391,7 @@ describe('MCP upstreams', () => {
   });
 
   it('an id already in flight in the session is refused: answers would be ambiguous', async () => {
-    const held = post({ jsonrpc: '2.0', id: 'dup-1', method: 'tools/call', params: { name: 'deploy', arguments: { service: 'dup' } } });
+    const held = post({ jsonrpc: '2.0', id: 'dup-1', method: 'tools/call', params: { name: 'deploy', arguments: { service: 'dup' } } }, { session: 'sess-dup' });
     const admin = `Bearer ${await gw.adminToken(['approver'], { subject: 'rel-eng', groups: ['release'] })}`;
     let id: string | undefined;
     await expect
@@ -396,13 +401,16 @@ describe('MCP upstreams', () => {
         return id;
       })
       .toBeDefined();
-    const dup = await post({ jsonrpc: '2.0', id: 'dup-1', method: 'ping' });
+    const dup = await post({ jsonrpc: '2.0', id: 'dup-1', method: 'ping' }, { session: 'sess-dup' });
+    // Another session (or none: clients each start at id 0) is not affected.
+    const elsewhere = await post({ jsonrpc: '2.0', id: 'dup-1', method: 'ping' });
+    expect(elsewhere.json).not.toMatchObject({ error: { message: expect.stringContaining('already in use') } });
     expect(dup.json).toMatchObject({ id: 'dup-1', error: { code: -32600, message: expect.stringContaining('already in use') } });
     const no = await request(`${gw.adminUrl}/api/approvals/${id}/deny`, { method: 'POST', headers: { authorization: admin, 'content-type': 'application/json' }, body: JSON.stringify({ reason: 'not today' }) });
     await no.body.dump();
     expect((await held).json).toMatchObject({ id: 'dup-1', error: { code: -32000 } });
     // Free again once the first is answered.
-    const again = await post({ jsonrpc: '2.0', id: 'dup-1', method: 'ping' });
+    const again = await post({ jsonrpc: '2.0', id: 'dup-1', method: 'ping' }, { session: 'sess-dup' });
     expect(again.json).not.toMatchObject({ error: { message: expect.stringContaining('already in use') } });
   });
 
