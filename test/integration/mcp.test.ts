@@ -309,19 +309,24 @@ describe('MCP upstreams', () => {
     expect(mcp.seen.length).toBe(before);
   });
 
-  it('a batch is decided per element: allowed ones run, refused ones get their own errors, each has its own audit row', async () => {
-    const token = await gw.token({ agent: 'batch-agent', tenant: 'acme' });
-    const headers = { authorization: `Bearer ${token}`, 'content-type': 'application/json', accept: 'application/json, text/event-stream' };
+  /** An MCP session opened by hand (initialize, then initialized): its id and the headers that go with it. */
+  const rawSession = async (agent: string): Promise<{ token: string; session: string; headers: Record<string, string> }> => {
+    const token = await gw.token({ agent, tenant: 'acme' });
+    const base = { authorization: `Bearer ${token}`, 'content-type': 'application/json', accept: 'application/json, text/event-stream' };
     const init = await request(`${gw.url}/tools/mcp`, {
       method: 'POST',
-      headers,
+      headers: base,
       body: JSON.stringify({ jsonrpc: '2.0', id: 1, method: 'initialize', params: { protocolVersion: '2025-03-26', capabilities: {}, clientInfo: { name: 'raw', version: '1' } } }),
     });
     await init.body.dump();
     const session = String(init.headers['mcp-session-id']);
-    const withSession = { ...headers, 'mcp-session-id': session, 'mcp-protocol-version': '2025-03-26' };
-    const done = await request(`${gw.url}/tools/mcp`, { method: 'POST', headers: withSession, body: JSON.stringify({ jsonrpc: '2.0', method: 'notifications/initialized' }) });
-    await done.body.dump();
+    const headers = { ...base, 'mcp-session-id': session, 'mcp-protocol-version': '2025-03-26' };
+    await (await request(`${gw.url}/tools/mcp`, { method: 'POST', headers, body: JSON.stringify({ jsonrpc: '2.0', method: 'notifications/initialized' }) })).body.dump();
+    return { token, session, headers };
+  };
+
+  it('a batch is decided per element: allowed ones run, refused ones get their own errors, each has its own audit row', async () => {
+    const { session, headers: withSession } = await rawSession('batch-agent');
     const before = mcp.ran.length;
     const res = await request(`${gw.url}/tools/mcp`, {
       method: 'POST',
@@ -350,17 +355,7 @@ describe('MCP upstreams', () => {
   });
 
   it('a stream is resumed through Valet: GET with Last-Event-ID replays what followed, in the same session', async () => {
-    const token = await gw.token({ agent: 'resume-agent', tenant: 'acme' });
-    const headers = { authorization: `Bearer ${token}`, 'content-type': 'application/json', accept: 'application/json, text/event-stream' };
-    const init = await request(`${gw.url}/tools/mcp`, {
-      method: 'POST',
-      headers,
-      body: JSON.stringify({ jsonrpc: '2.0', id: 1, method: 'initialize', params: { protocolVersion: '2025-03-26', capabilities: {}, clientInfo: { name: 'raw', version: '1' } } }),
-    });
-    await init.body.dump();
-    const session = String(init.headers['mcp-session-id']);
-    const inSession = { ...headers, 'mcp-session-id': session, 'mcp-protocol-version': '2025-03-26' };
-    await (await request(`${gw.url}/tools/mcp`, { method: 'POST', headers: inSession, body: JSON.stringify({ jsonrpc: '2.0', method: 'notifications/initialized' }) })).body.dump();
+    const { token, session, headers: inSession } = await rawSession('resume-agent');
     await (await request(`${gw.url}/tools/mcp`, { method: 'POST', headers: inSession, body: JSON.stringify({ jsonrpc: '2.0', id: 2, method: 'tools/list' }) })).body.dump();
     const call = await request(`${gw.url}/tools/mcp`, { method: 'POST', headers: inSession, body: JSON.stringify({ jsonrpc: '2.0', id: 3, method: 'tools/call', params: { name: 'count', arguments: { to: 3 } } }) });
     const streamed = await call.body.text();
