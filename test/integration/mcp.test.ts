@@ -453,6 +453,8 @@ describe('a stdio MCP server launched by Valet', () => {
     const env = await client.callTool({ name: 'env', arguments: { name: 'FIXTURE_SECRET' } });
     // The server's secret arrived (scrubbed on the way back, as an injected secret would be).
     expect(JSON.stringify(env.content)).not.toContain(SECRET);
+    // It did arrive: the child answered with the value, which Valet replaced on the way back.
+    expect(JSON.stringify(env.content)).toContain('[REDACTED]');
     const keys = await client.callTool({ name: 'env_keys', arguments: {} });
     expect(JSON.stringify(keys.content)).toContain('FIXTURE_SECRET');
     expect(JSON.stringify(keys.content)).not.toContain('VALET_MASTER_KEY_TEST_MARKER');
