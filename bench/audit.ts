@@ -434,6 +434,11 @@ function topUp(dir: string, target: number): number {
             upstreamRequestId: null,
             act: null,
             rpc: null,
+            team: null,
+            model: null,
+            tokens: null,
+            cost: null,
+            usage: null,
           },
         };
       });

@@ -36,6 +36,9 @@ export const ERRORS = {
   },
   VALET_ERR_RATE_LIMITED: { status: 429, message: 'A rate limit refused this request; retry after the time given.' },
   VALET_ERR_BUDGET_EXCEEDED: { status: 429, message: 'A budget refused this request; retry after the time given.' },
+  VALET_ERR_BUDGET_TOO_SMALL: { status: 403, message: 'This call may spend more than the whole budget holds; waiting will not help.' },
+  VALET_ERR_LLM_UNKNOWN_MODEL: { status: 403, message: 'No price is known for this model, and gateway.llm.unknown_model refuses such calls.' },
+  VALET_ERR_LLM_UNMETERABLE: { status: 400, message: 'This LLM call cannot be metered, so no budget could hold it; nothing was forwarded.' },
   VALET_ERR_CREDENTIAL_UNAVAILABLE: {
     status: 503,
     message: 'The credential for this upstream is not available; nothing was forwarded.',

@@ -18,7 +18,9 @@ import { startAuditWriter } from './audit/sqlite/writer.js';
 import { createTokenVerifier } from './auth/verify.js';
 import { secretNames } from './config/credential.js';
 import { loadConfig } from './config/load.js';
-import { DEFAULT_AUDIT, DEFAULT_LISTENER, type Config, type Environment, type ListenerSettings } from './config/types.js';
+import { DEFAULT_AUDIT, DEFAULT_LISTENER, DEFAULT_LLM, type Config, type Environment, type ListenerSettings } from './config/types.js';
+import { LlmMetering } from './llm/metering.js';
+import { budgetAlerts } from './llm/alerts.js';
 import { auditRoutes } from './admin/audit.js';
 import { dashboardAssets, findDashboard } from './admin/assets.js';
 import { insightRoutes } from './admin/insights.js';
@@ -178,7 +180,27 @@ export async function startGateway(options: GatewayOptions): Promise<RunningGate
   let draining = false;
   const approvals = await createApprovals({ settings: config.gateway.approvals, dataDir, env, environment: config.gateway.environment, logger, adminUrl: () => adminUrl });
   notify = approvals.notifier;
-  const handle = createPipeline({ config, verifyToken, policy: policies.current, secrets, credentials, forwarder, audit, logger, metrics, approvals: approvals.service, draining: () => draining });
+  // LLM calls are metered at the shipped prices with gateway.llm's overrides; budgets passing 80 % and 100 % are announced.
+  const metering = new LlmMetering(config.gateway.llm ?? DEFAULT_LLM);
+  const alerts = budgetAlerts((n) => {
+    logger.warn({ budget: n.budget, counter: n.counter, threshold: n.threshold, used: n.used, limit: n.limit }, 'budget threshold reached');
+    approvals.notifier.notify(n);
+  });
+  const handle = createPipeline({
+    config,
+    verifyToken,
+    policy: policies.current,
+    secrets,
+    credentials,
+    forwarder,
+    audit,
+    logger,
+    metrics,
+    approvals: approvals.service,
+    draining: () => draining,
+    metering,
+    budgetAlerts: alerts,
+  });
 
   let inFlight = 0;
   let idle: (() => void) | undefined;

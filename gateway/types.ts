@@ -11,6 +11,8 @@ export interface AgentIdentity {
   readonly userRoles: readonly string[];
   readonly issuer: string;
   readonly tokenId: string | undefined;
+  /** The session the token belongs to: its `sid` claim, else its `jti` (one token, one session). */
+  readonly session?: string;
   readonly expiresAt: number;
   /** RFC 8693 `act`: the actors' subjects, the one acting now first, then each earlier actor (nested `act`). */
   readonly actors?: readonly string[];
@@ -63,7 +65,27 @@ export interface Limited {
   readonly kind: 'rate_limit' | 'budget';
   readonly id: string;
   readonly reason: string;
-  readonly retryAfterMs: number;
+  /** When the charge will fit; null: never (it is larger than the whole limit), so waiting cannot help. */
+  readonly retryAfterMs: number | null;
+  /** A usage budget (LLM tokens or cost): its counter, as full as the refusal makes it (for alerts). */
+  readonly level?: BudgetLevel;
+}
+
+/** How full a usage budget's counter is (tokens, or the currency), for alerts and views. */
+export interface BudgetLevel {
+  readonly id: string;
+  readonly usage: 'tokens' | 'cost';
+  /** The counter's key: the budget, its key kind and the tenant's, team's... ids, as JSON. */
+  readonly key: string;
+  readonly windowMs: number;
+  readonly used: number;
+  readonly limit: number;
+}
+
+/** What an LLM call spends (or may spend, when reserved): tokens of every kind, and their cost in the price table's currency. */
+export interface Spend {
+  readonly tokens: number;
+  readonly cost: number;
 }
 
 /** One audit record; never contains a token or a secret. */
@@ -105,6 +127,17 @@ export interface AuditRecord {
   act: string | null;
   /** An MCP message: `{"method", "id", "session"}` as JSON (the session id is the server's, never a credential). */
   rpc: string | null;
+  /** The agent's team. */
+  team: string | null;
+  /** An LLM call: the model, its tokens in all and their cost in the price table's currency (null for other calls). */
+  model: string | null;
+  tokens: number | null;
+  cost: number | null;
+  /**
+   * An LLM call's usage as JSON: `{input, cached, cache_write, output, reasoning}` tokens, `reserved`
+   * (tokens, cost), `source` (`reported` or `estimated`), `priced` (`table`, `ceiling`), `complete`.
+   */
+  usage: string | null;
 }
 
 /** RFC 8693 §4.1: the current actor, then each prior one (nested `act`), at most 8 deep; stops at the first malformed level. */

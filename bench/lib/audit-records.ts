@@ -57,6 +57,11 @@ export function decisionRecord(): AuditRecord {
     upstreamRequestId: null,
     act: null,
     rpc: null,
+    team: null,
+    model: null,
+    tokens: null,
+    cost: null,
+    usage: null,
   };
 }
 

@@ -3,8 +3,10 @@ import type { AuditRecord } from '../types.js';
 
 /**
  * The gateway's Prometheus metrics. Labels are bounded sets (configured upstreams, three decisions,
- * HTTP status codes, error codes); agent, tenant and user ids are never labels, because their
- * number is unbounded and they belong in the audit log.
+ * HTTP status codes, error codes, the price table's model names); agent and user ids are never
+ * labels, because their number is unbounded and they belong in the audit log. LLM spend is
+ * labelled by tenant, the unit chargeback is done by (tenants are an organisation's customers or
+ * departments, a set it configures).
  */
 export interface Metrics {
   readonly registry: Registry;
@@ -18,6 +20,8 @@ export interface Metrics {
   auditCommit(seconds: number): void;
   /** A data-plane connection closed as it was accepted: too many in total, or from one address. */
   connectionRefused(reason: 'max_connections' | 'max_connections_per_client'): void;
+  /** What an LLM call used: tokens by kind and their cost; `model` is the price table's name ('' when it has none). */
+  llm(upstream: string, model: string, tenant: string | null, tokens: Readonly<Record<'input' | 'cached' | 'cache_write' | 'output' | 'reasoning', number>>, cost: number): void;
 }
 
 export interface MetricsSources {
@@ -96,9 +100,26 @@ export function createMetrics(sources: MetricsSources): Metrics {
     labelNames: ['reason'],
     registers: [registry],
   });
+  const llmTokens = new Counter({
+    name: 'valet_llm_tokens_total',
+    help: 'Tokens LLM calls used, by upstream, model (the price table\'s name; "(unpriced)" for models it lacks), tenant and kind (input, cached, cache_write, output, reasoning).',
+    labelNames: ['upstream', 'model', 'tenant', 'kind'],
+    registers: [registry],
+  });
+  const llmCost = new Counter({
+    name: 'valet_llm_cost_total',
+    help: 'What LLM calls cost, in the price table\'s currency (USD unless overridden), by upstream, model and tenant.',
+    labelNames: ['upstream', 'model', 'tenant'],
+    registers: [registry],
+  });
   return {
     registry,
     connectionRefused: (reason) => refused.inc({ reason }),
+    llm(upstream, model, tenant, tokens, cost) {
+      const labels = { upstream, model: model === '' ? '(unpriced)' : model, tenant: tenant ?? '' };
+      for (const [kind, n] of Object.entries(tokens)) if (n > 0) llmTokens.inc({ ...labels, kind }, n);
+      if (cost > 0) llmCost.inc(labels, cost);
+    },
     request(rec) {
       const upstream = rec.upstream !== null && sources.upstreams.has(rec.upstream) ? rec.upstream : '(unknown)';
       const decision = rec.decision ?? 'none';

@@ -21,10 +21,25 @@ export interface CredentialNotice {
   readonly problem: string;
 }
 
-export type Notice = ApprovalNotice | CredentialNotice;
+/** A usage budget passed 80 % or 100 % of its limit (or refused a call it could not hold). */
+export interface BudgetNotice {
+  readonly event: 'budget.threshold';
+  readonly budget: string;
+  /** 80 or 100 (percent). */
+  readonly threshold: number;
+  readonly usage: 'tokens' | 'cost';
+  /** Whose counter: the budget's key and its ids (`["team", "acme", "red"]`: team red of tenant acme). */
+  readonly counter: readonly unknown[];
+  readonly used: number;
+  readonly limit: number;
+  readonly windowMs: number;
+}
 
-/** For logs: the approval id or the credential. */
-const subject = (n: Notice): Record<string, string | null> => (n.event === 'approval.requested' ? { approvalId: n.approval.id } : { credential: n.upstream, tenant: n.tenant, user: n.user });
+export type Notice = ApprovalNotice | CredentialNotice | BudgetNotice;
+
+/** For logs: the approval id, the credential or the budget. */
+const subject = (n: Notice): Record<string, unknown> =>
+  n.event === 'approval.requested' ? { approvalId: n.approval.id } : n.event === 'credential.broken' ? { credential: n.upstream, tenant: n.tenant, user: n.user } : { budget: n.budget, counter: n.counter, threshold: n.threshold };
 
 /** The outcome of one delivery attempt. `retry`: try again later; `fail`: never (a 4xx, a bad config). */
 export type Delivery = { ok: true } | { ok: false; retry: boolean; detail: string };
@@ -152,6 +167,10 @@ async function post(dispatcher: Agent, url: string, headers: Record<string, stri
 export function webhookBody(notice: Notice, eventId: string, now: number): string {
   const head = { type: notice.event, id: eventId, created_at: new Date(now).toISOString() };
   if (notice.event === 'credential.broken') return JSON.stringify({ ...head, credential: { upstream: notice.upstream, tenant: notice.tenant, user: notice.user, problem: notice.problem } });
+  if (notice.event === 'budget.threshold') {
+    const { budget, threshold, usage, counter, used, limit, windowMs } = notice;
+    return JSON.stringify({ ...head, budget: { id: budget, threshold, usage, counter, used, limit, window_s: windowMs / 1000 } });
+  }
   return JSON.stringify({ ...head, approval: approvalJson(notice.approval), links: notice.links ?? null });
 }
 
@@ -227,6 +246,12 @@ export const slackEscape = (s: string): string => s.replace(/&/g, '&amp;').repla
 const code = (s: string): string => `\`${slackEscape(s.replace(/`/g, "'").replace(/[\r\n]+/g, ' ')).slice(0, 300)}\``;
 
 export function slackMessage(notice: Notice): { text: string; blocks: unknown[] } {
+  if (notice.event === 'budget.threshold') {
+    const amount = (n: number): string => (notice.usage === 'cost' ? n.toFixed(2) : `${Math.round(n)} tokens`);
+    const whose = notice.counter.map((p) => (p === null ? '-' : String(p))).join(' ');
+    const text = `*Budget ${notice.threshold >= 100 ? 'exhausted' : `at ${notice.threshold} %`}* — ${code(notice.budget)} for ${code(whose)}: ${amount(notice.used)} of ${amount(notice.limit)} used in the window.`;
+    return { text: `Budget ${slackEscape(notice.budget)} at ${notice.threshold} %`, blocks: [{ type: 'section', text: { type: 'mrkdwn', text } }] };
+  }
   if (notice.event === 'credential.broken') {
     const whose = notice.user !== null ? `user ${code(notice.user)}'s account` : 'the shared credential';
     const text = `*Credential broken* — upstream ${code(notice.upstream)}${notice.tenant !== null ? ` (tenant ${code(notice.tenant)})` : ''}: ${whose} was rejected: ${slackEscape(notice.problem)}. Calls are refused until it is reconnected or replaced (\`valet credentials list\`).`;

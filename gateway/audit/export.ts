@@ -164,6 +164,11 @@ const SD_PARAMS: (keyof AuditRow)[] = [
   'upstream_request_id',
   'act',
   'rpc',
+  'team',
+  'model',
+  'tokens',
+  'cost',
+  'usage',
 ];
 
 /**

@@ -42,6 +42,14 @@ export interface AuditRow {
   act: string | null;
   /** An MCP message: `{"method", "id", "session"}` as JSON (the JSON-RPC method, its id, the Mcp-Session-Id). */
   rpc: string | null;
+  /** The agent's team (from its token or the agent registry). */
+  team: string | null;
+  /** An LLM call: the model that answered (or was asked for), its tokens in all and their cost in the price table's currency. */
+  model: string | null;
+  tokens: number | null;
+  cost: number | null;
+  /** An LLM call's usage as JSON: tokens by kind, what was reserved, how the figures were known (docs/llm.md). */
+  usage: string | null;
   /** When the writer recorded the row (ms); never decreases as ids grow. */
   logged_at: number;
   /** The row's events in the hash chain (bookkeeping). */

@@ -41,6 +41,11 @@ export const RECORD_FIELDS = [
   'upstreamRequestId',
   'act',
   'rpc',
+  'team',
+  'model',
+  'tokens',
+  'cost',
+  'usage',
 ] as const satisfies readonly (keyof AuditRecord)[];
 
 // Every field of AuditRecord is listed (a compile error names any that is not).

@@ -118,7 +118,10 @@ function identityFrom(payload: JWTPayload, config: IssuerConfig): AgentIdentity 
   }
   const groups = payload[claims.groups ?? 'groups'];
   const actors = actorChain(act);
+  const tokenId = optionalString(payload.jti, 'jti');
+  const session = optionalString(payload.sid, 'sid') ?? tokenId;
   return Object.freeze({
+    ...(session !== undefined && { session: session.slice(0, 256) }),
     ...(groups !== undefined && { groups: Object.freeze(roleList(groups, claims.groups ?? 'groups')) }),
     ...(actors.length > 0 && { actors: Object.freeze(actors) }),
     agent,
@@ -129,7 +132,7 @@ function identityFrom(payload: JWTPayload, config: IssuerConfig): AgentIdentity 
     userRoles: Object.freeze(user === undefined ? [] : roleList(payload[claims.userRoles], claims.userRoles)),
     environment: optionalString(payload[claims.environment], claims.environment),
     issuer: config.issuer,
-    tokenId: optionalString(payload.jti, 'jti'),
+    tokenId,
     expiresAt: payload.exp as number,
   });
 }

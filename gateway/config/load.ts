@@ -9,7 +9,9 @@ import { NOT_INJECTABLE, parseTemplate, providedSecret, secretNames, stdioSecret
 import type { ClientAuth, ProviderConfig, ProviderKind } from '../credentials/types.js';
 import { fileSchema } from './schema.js';
 import { expandPresets, presets } from './presets.js';
-import { DEFAULT_APPROVAL_SETTINGS, DEFAULT_AUDIT, DEFAULT_COUNTERS, DEFAULT_LISTENER } from './types.js';
+import { DEFAULT_APPROVAL_SETTINGS, DEFAULT_AUDIT, DEFAULT_COUNTERS, DEFAULT_LISTENER, DEFAULT_LLM, type LlmSettings, type PriceOverride } from './types.js';
+import type { LlmSetting } from '../llm/types.js';
+import { shippedPrices } from '../llm/prices.js';
 import type {
   AgentRegistration,
   ApprovalChannelSetting,
@@ -301,9 +303,15 @@ function assemble(root: string, files: ParsedFile[], problems: Problems, options
     key: raw.key ?? 'agent',
     ...(raw.fail_open !== undefined && { failOpen: raw.fail_open }),
   }));
+  for (const { file, index, raw } of pending.budgets) {
+    if (raw.usage !== undefined && raw.upstream !== undefined && upstreams.has(raw.upstream) && upstreams.get(raw.upstream)?.llm === undefined) {
+      problems.add(file, ['budgets', index, 'upstream'], `upstream "${raw.upstream}" is not an LLM API (no llm: family), so nothing it answers is metered`);
+    }
+  }
   const budgets: BudgetConfig[] = pending.budgets.map(({ file, index, raw }) => ({
     ...buildMatch('budgets', file, index, raw),
     sum: raw.sum,
+    usage: raw.usage,
     limit: raw.limit,
     windowMs: parseDuration(raw.window),
     key: raw.key ?? 'agent',
@@ -389,6 +397,8 @@ function assemble(root: string, files: ParsedFile[], problems: Problems, options
   if (approvals === undefined) return undefined;
   const listener = buildListenerSettings(gatewayFile, g, problems);
   if (listener === undefined) return undefined;
+  const llm = buildLlmSettings(gatewayFile, g.llm, problems);
+  if (llm === undefined) return undefined;
   return {
     dir: root,
     gateway: {
@@ -403,6 +413,7 @@ function assemble(root: string, files: ParsedFile[], problems: Problems, options
       secrets: { sources: secretSources, backend: g.secrets?.backend ?? 'sqlite', postgres: { url: g.secrets?.postgres?.url } },
       approvals,
       policy: { requireRegisteredAgents: g.policy?.require_registered_agents ?? false },
+      llm,
       counters: {
         backend: g.counters?.backend ?? DEFAULT_COUNTERS.backend,
         failOpen: g.counters?.fail_open ?? DEFAULT_COUNTERS.failOpen,
@@ -444,6 +455,31 @@ function assemble(root: string, files: ParsedFile[], problems: Problems, options
 const MAX_LISTENER_TIMEOUT_MS = 86_400_000;
 
 /** `gateway.timeouts`, `gateway.max_stream_body_bytes` and the connection caps, checked against each other. */
+/** `gateway.llm`: a price for a model the shipped table lacks needs both `input` and `output`. */
+function buildLlmSettings(file: ParsedFile | undefined, raw: Raw | undefined, problems: Problems): LlmSettings | undefined {
+  if (raw === undefined) return DEFAULT_LLM;
+  const at = ['gateway', 'llm'];
+  const before = problems.list.length;
+  const prices = (raw.prices ?? {}) as Record<string, PriceOverride>;
+  for (const [model, p] of Object.entries(prices)) {
+    if (shippedPrices().lookup(model) === undefined && (p.input === undefined || p.output === undefined)) {
+      if (file) problems.add(file, [...at, 'prices', model], `"${model}" is not in the shipped price table: give at least input and output`);
+    }
+  }
+  const unknownModel = raw.unknown_model ?? DEFAULT_LLM.unknownModel;
+  if (unknownModel === 'escalate' && raw.approval === undefined && file) problems.add(file, [...at, 'approval'], 'unknown_model: escalate needs approval.group (who approves calls for unknown models)');
+  if (problems.list.length > before) return undefined;
+  const mode = raw.approval?.mode ?? 'hold';
+  return {
+    prices,
+    unknownModel,
+    approval: raw.approval === undefined ? undefined : { group: raw.approval.group, mode, timeoutMs: raw.approval.timeout ? parseDuration(raw.approval.timeout) : mode === 'hold' ? 60_000 : 900_000 },
+    overrun: raw.overrun ?? DEFAULT_LLM.overrun,
+    defaultMaxOutput: raw.default_max_output,
+    opaqueBatchCost: raw.opaque_batch_cost,
+  };
+}
+
 function buildListenerSettings(file: ParsedFile | undefined, g: Raw, problems: Problems): ListenerSettings | undefined {
   if (file === undefined) return DEFAULT_LISTENER;
   let ok = true;
@@ -688,6 +724,7 @@ function buildUpstream(file: ParsedFile, i: number, raw: Raw, problems: Problems
     agentTokenQuery: raw.agent_token?.query,
     ...(raw.agent_token?.basic !== undefined && { agentTokenBasic: raw.agent_token.basic }),
     ...(raw.kind === 'mcp' && { kind: 'mcp' as const }),
+    ...(raw.llm !== undefined && { llm: raw.llm as LlmSetting }),
     ...(raw.stdio !== undefined && {
       stdio: { command: raw.stdio.command, args: raw.stdio.args ?? [], env: raw.stdio.env ?? {}, cwd: raw.stdio.cwd },
     }),

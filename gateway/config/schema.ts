@@ -1,4 +1,5 @@
 import { DIALECTS } from '../server/dialects.js';
+import { LLM_FAMILIES } from '../llm/types.js';
 /** JSON Schema for one YAML file in the configuration directory. Unknown keys are rejected. */
 
 const name = { type: 'string', pattern: '^[a-z][a-z0-9_-]{0,62}$' } as const;
@@ -110,7 +111,7 @@ const match = {
 
 const counterKey = {
   oneOf: [
-    { enum: ['agent', 'tenant', 'user', 'tool', 'global'] },
+    { enum: ['agent', 'team', 'tenant', 'user', 'session', 'upstream', 'tool', 'global'] },
     { type: 'object', required: ['cel'], additionalProperties: false, properties: { cel: { type: 'string', minLength: 1 } } },
   ],
 } as const;
@@ -225,6 +226,38 @@ export const fileSchema = {
                 ],
               },
             },
+          },
+        },
+        llm: {
+          type: 'object',
+          additionalProperties: false,
+          properties: {
+            prices: {
+              type: 'object',
+              additionalProperties: {
+                type: 'object',
+                additionalProperties: false,
+                minProperties: 1,
+                properties: {
+                  input: { type: 'number', minimum: 0 },
+                  output: { type: 'number', minimum: 0 },
+                  cached: { type: 'number', minimum: 0 },
+                  cache_write: { type: 'number', minimum: 0 },
+                  reasoning: { type: 'number', minimum: 0 },
+                  max_output: { type: 'integer', minimum: 1 },
+                },
+              },
+            },
+            unknown_model: { enum: ['deny', 'escalate', 'ceiling'] },
+            approval: {
+              type: 'object',
+              required: ['group'],
+              additionalProperties: false,
+              properties: { group: { type: 'string', minLength: 1 }, timeout: duration, mode: { enum: ['hold', 'async'] } },
+            },
+            overrun: { enum: ['charge', 'cut'] },
+            default_max_output: { type: 'integer', minimum: 1 },
+            opaque_batch_cost: { type: 'number', exclusiveMinimum: 0 },
           },
         },
         counters: {
@@ -348,6 +381,8 @@ export const fileSchema = {
           name,
           origin: { type: 'string', pattern: '^https?://' },
           kind: { enum: ['http', 'mcp'] },
+          // `openai-compatible`: OpenAI's shapes, but the body is never changed (no stream_options added).
+          llm: { enum: [...LLM_FAMILIES, 'openai-compatible'] },
           // MCP: a local server Valet launches (one child per session) and serves over Streamable HTTP.
           stdio: {
             type: 'object',
@@ -464,11 +499,17 @@ export const fileSchema = {
       type: 'array',
       items: {
         type: 'object',
-        required: ['id', 'sum', 'limit', 'window'],
+        required: ['id', 'limit', 'window'],
+        // An amount from the request (sum), or what LLM calls use (usage): exactly one.
+        oneOf: [
+          { required: ['sum'], properties: { sum: {} } },
+          { required: ['usage'], properties: { usage: {} } },
+        ],
         additionalProperties: false,
         properties: {
           ...match,
           sum: { type: 'string', minLength: 1 },
+          usage: { enum: ['tokens', 'cost'] },
           limit: { type: 'number', exclusiveMinimum: 0 },
           window: duration,
           key: counterKey,

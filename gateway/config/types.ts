@@ -1,6 +1,7 @@
 import type { ProviderConfig } from '../credentials/types.js';
 import type { AwsSigV4Config } from '../credentials/sigv4.js';
 import type { Dialect } from '../server/dialects.js';
+import type { LlmSetting } from '../llm/types.js';
 export type Environment = 'development' | 'staging' | 'production';
 
 export interface GatewaySettings {
@@ -44,7 +45,43 @@ export interface GatewaySettings {
   readonly listener?: ListenerSettings;
   /** `gateway.policy`. The loader always sets it; absent means every setting's default. */
   readonly policy?: PolicySettings;
+  /** `gateway.llm`: prices and how LLM calls are metered. The loader always sets it; absent means {@link DEFAULT_LLM}. */
+  readonly llm?: LlmSettings;
 }
+
+/** A price override, per million tokens, in the price table's field names (docs/llm.md). */
+export interface PriceOverride {
+  readonly input?: number;
+  readonly output?: number;
+  readonly cached?: number;
+  readonly cache_write?: number;
+  readonly reasoning?: number;
+  readonly max_output?: number;
+}
+
+/** `gateway.llm` (docs/llm.md). */
+export interface LlmSettings {
+  /** Prices per model over the shipped table (new models, negotiated prices). */
+  readonly prices: Readonly<Record<string, PriceOverride>>;
+  /**
+   * A metered call for a model no price is known for: refused (`deny`), held for a person
+   * (`escalate`, with `approval`), or charged at the table's highest price of every kind (`ceiling`).
+   */
+  readonly unknownModel: 'deny' | 'escalate' | 'ceiling';
+  /** Who approves calls for unknown models (required with `unknown_model: escalate`). */
+  readonly approval: ApprovalConfig | undefined;
+  /** What happens when a response passes the output its call reserved: `charge` it, or `cut` the stream with a clean end. */
+  readonly overrun: 'charge' | 'cut';
+  /**
+   * The output reserved for a call that sets no maximum, when the price table knows none for its
+   * model (undefined: the model's own maximum from the table).
+   */
+  readonly defaultMaxOutput: number | undefined;
+  /** Reserved for a batch whose input Valet cannot see (an uploaded file), in the table's currency; undefined: refused under a cost or token budget. */
+  readonly opaqueBatchCost: number | undefined;
+}
+
+export const DEFAULT_LLM: LlmSettings = { prices: {}, unknownModel: 'ceiling', approval: undefined, overrun: 'charge', defaultMaxOutput: undefined, opaqueBatchCost: undefined };
 
 /** `gateway.policy`: how identities are checked against the agent registry. */
 export interface PolicySettings {
@@ -254,6 +291,8 @@ export interface UpstreamConfig {
   readonly dialect: Dialect;
   /** `mcp`: a Model Context Protocol server (Streamable HTTP); JSON-RPC messages are described for policy (gateway/mcp). Absent: plain HTTP. */
   readonly kind?: 'mcp';
+  /** An LLM API of this family: its calls are metered (tokens, cost) and count against usage budgets (gateway/llm). */
+  readonly llm?: LlmSetting;
   /** MCP: a local server Valet launches and serves over Streamable HTTP (gateway/mcp/stdio.ts); `env` maps variables to secret names. */
   readonly stdio?: { readonly command: string; readonly args: readonly string[]; readonly env: Readonly<Record<string, string>>; readonly cwd: string | undefined };
   /** MCP: the arguments the audit row keeps, per tool (the server's name). */
@@ -333,7 +372,7 @@ export interface RuleConfig extends MatchConfig {
   readonly approval: ApprovalConfig | undefined;
 }
 
-export type CounterKey = 'agent' | 'tenant' | 'user' | 'tool' | 'global' | { readonly cel: string };
+export type CounterKey = 'agent' | 'team' | 'tenant' | 'user' | 'session' | 'upstream' | 'tool' | 'global' | { readonly cel: string };
 
 export interface RateLimitConfig extends MatchConfig {
   readonly limit: number;
@@ -344,8 +383,13 @@ export interface RateLimitConfig extends MatchConfig {
 }
 
 export interface BudgetConfig extends MatchConfig {
-  /** CEL expression giving the amount this request spends. */
-  readonly sum: string;
+  /** CEL expression giving the amount this request spends (absent with `usage`). */
+  readonly sum: string | undefined;
+  /**
+   * What LLM calls use, measured from their responses: `tokens` (every kind), or `cost` in the
+   * price table's currency. Reserved before the call, settled to what it used (docs/llm.md).
+   */
+  readonly usage: 'tokens' | 'cost' | undefined;
   readonly limit: number;
   readonly windowMs: number;
   readonly key: CounterKey;

@@ -9,7 +9,7 @@ import type {
   RateLimitConfig,
 } from '../config/types.js';
 import { ConfigError, ValetError, type ConfigProblem } from '../errors.js';
-import type { AgentIdentity, Decision, Effect, Limited, RequestFacts } from '../types.js';
+import type { AgentIdentity, BudgetLevel, Decision, Effect, Limited, RequestFacts, Spend } from '../types.js';
 import { CEL_VARIABLES, CONNECTED, celErrorMessage, compileCel, type CelProgram } from './cel.js';
 import type { ConsumeResult, CounterStore, HistoryStore, HistorySummary, VersionedHistory } from './counters.js';
 import { createContextSources, type ContextSources } from './context.js';
@@ -63,7 +63,13 @@ export interface Policy {
    * Promise only with a shared counter store (Redis), which rejects with
    * VALET_ERR_COUNTERS_UNAVAILABLE when it cannot decide.
    */
-  charge(input: EvaluationInput): Charged | Promise<Charged>;
+  charge(input: EvaluationInput, spend?: Spend): Charged | Promise<Charged>;
+  /**
+   * Settles a reservation to what the call spent: the difference is given back (or, past the
+   * reservation, added). Answers each budget's level after it, for alerts. A Promise only with a
+   * shared counter store.
+   */
+  settle(reservation: Reservation, actual: Spend, now: number): BudgetLevel[] | Promise<BudgetLevel[]>;
   /** Records a forwarded call for `history.*` conditions (a Promise only with a shared store). */
   recordCall(input: EvaluationInput): void | Promise<void>;
   /**
@@ -82,8 +88,34 @@ export interface Policy {
   resolveContext(input: Omit<EvaluationInput, 'context'>): Promise<Record<string, unknown>>;
 }
 
-/** What charging a request gives: refused by a limit or budget, denied (it could not be applied), or undefined (go on). */
-export type Charged = Limited | Decision | undefined;
+/**
+ * What charging a request gives: refused by a limit or budget, denied (it could not be applied),
+ * the usage budgets' reservation (go on, settle it when the call is over), or undefined (go on).
+ */
+export type Charged = Limited | Decision | Reservation | undefined;
+
+/** What a metered call reserved of each usage budget it counts against. */
+export interface Reservation {
+  readonly kind: 'reserved';
+  readonly held: readonly HeldBudget[];
+  /** Each budget's level right after the reservation. */
+  readonly levels: readonly BudgetLevel[];
+}
+
+/** One budget's part of a {@link Reservation} (amounts in the counter's units). */
+export interface HeldBudget {
+  readonly id: string;
+  readonly usage: 'tokens' | 'cost';
+  /** The counter's key (the budget, its key kind and the tenant's, team's... ids, as JSON). */
+  readonly key: string;
+  readonly windowMs: number;
+  readonly limit: number;
+  readonly slot: number;
+  readonly reserved: number;
+  readonly used: number;
+}
+
+export type { BudgetLevel };
 
 export const DEFAULT_DENY_RULE = 'default-deny';
 
@@ -246,9 +278,14 @@ interface CompiledLimit extends CompiledMatch {
   readonly keyProgram: Program | undefined;
   readonly sum: Program | undefined;
   readonly kind: 'rate_limit' | 'budget';
+  /** A usage budget: what LLM calls use, reserved then settled (limit in tokens, or cost in millionths). */
+  readonly usage: 'tokens' | 'cost' | undefined;
   /** Counted on this instance alone while shared counters are unreachable. */
   readonly failOpen: boolean;
 }
+
+/** Cost budgets count millionths of the currency: whole numbers add up exactly in every store. */
+const MICROS = 1_000_000;
 
 export interface PolicyStores {
   readonly counters: CounterStore;
@@ -333,13 +370,15 @@ export function compilePolicy(
   const inert = compiled.filter((r) => r.upstreams !== undefined && r.upstreams.size === 0);
   const limits: CompiledLimit[] = [
     ...config.rateLimits.map((l: RateLimitConfig) => limitOf(l, 'rate_limit', undefined)),
-    ...config.budgets.map((b: BudgetConfig) => limitOf(b, 'budget', cel(b, 'sum', b.sum, 'number'))),
+    ...config.budgets.map((b: BudgetConfig) => limitOf(b, 'budget', b.sum === undefined ? undefined : cel(b, 'sum', b.sum, 'number'))),
   ];
   function limitOf(l: RateLimitConfig | BudgetConfig, kind: 'rate_limit' | 'budget', sum: Program | undefined): CompiledLimit {
     const upstreams = namedUpstreams(l, toolUpstream);
+    const usage = 'usage' in l ? l.usage : undefined;
     return {
       ...base(l, true, upstreams.size === 0 ? undefined : upstreams),
-      limit: l.limit,
+      limit: usage === 'cost' ? Math.round(l.limit * MICROS) : l.limit,
+      usage,
       windowMs: l.windowMs,
       key: l.key,
       keyProgram: typeof l.key === 'object' ? cel(l, 'key', l.key.cel, 'any') : undefined,
@@ -601,6 +640,14 @@ export function compilePolicy(
         return ['agent', tenant, id.agent];
       case 'tenant':
         return ['tenant', tenant];
+      case 'team':
+        // An agent in no team spends a budget of its own rather than one shared by every team-less agent.
+        return id.team === undefined ? ['team', tenant, null, id.agent] : ['team', tenant, id.team];
+      case 'session':
+        // The token's session (`sid`), else the token itself (`jti`): one an agent cannot share with another.
+        return id.session === undefined ? { error: 'the agent token names no session (sid or jti claim)' } : ['session', tenant, id.agent, id.session];
+      case 'upstream':
+        return ['upstream', tenant, facts.upstream];
       case 'user':
         return id.user === undefined ? ['user', tenant, null, id.agent] : ['user', tenant, id.user];
       case 'tool':
@@ -643,10 +690,12 @@ export function compilePolicy(
       if (user === undefined) return { decision: agent, trace };
       return { decision: delegated(agent, explainFor(asUser(s, user), trace), user), trace };
     },
-    charge(input) {
+    charge(input, spend) {
       const s = evaluation(input);
       const entries: { limit: CompiledLimit; key: string; cost: number }[] = [];
       for (const l of limitsFor(input.facts.upstream)) {
+        // A usage budget counts metered LLM calls only; any other request spends nothing of it.
+        if (l.usage !== undefined && spend === undefined) continue;
         if (staticMatch(l, s) !== true) continue;
         const c = l.when === undefined ? true : condition(l.when, s);
         const fail = (error: string): Decision => ({
@@ -659,7 +708,8 @@ export function compilePolicy(
         const key = counterKey(l, s);
         if (!Array.isArray(key)) return fail(key.error);
         let cost = 1;
-        if (l.sum) {
+        if (l.usage !== undefined && spend !== undefined) cost = l.usage === 'tokens' ? Math.ceil(spend.tokens) : Math.ceil(spend.cost * MICROS);
+        else if (l.sum) {
           if (l.sum.readsArgs && input.facts.argsError !== undefined) return fail(input.facts.argsError);
           try {
             const v = l.sum(variables(s, l.sum.reads));
@@ -670,13 +720,22 @@ export function compilePolicy(
           if (typeof cost !== 'number' || !Number.isFinite(cost) || cost < 0) return fail('the amount is not a non-negative number');
         }
         entries.push({ limit: l, key: JSON.stringify([l.kind, l.config.id, ...key]), cost });
+        // A call whose spending cannot be bounded fits no budget (and no store takes an infinite amount).
+        if (!Number.isFinite(cost)) return chargedBy(entries, { ok: false, index: entries.length - 1, retryAfterMs: null }, spend);
       }
       if (entries.length === 0) return undefined;
       const r = stores.counters.tryConsume(
         entries.map((e) => ({ key: e.key, windowMs: e.limit.windowMs, limit: e.limit.limit, cost: e.cost, failOpen: e.limit.failOpen })),
         input.now,
       );
-      return r instanceof Promise ? r.then((settled) => refusedBy(entries, settled)) : refusedBy(entries, r);
+      return r instanceof Promise ? r.then((settled) => chargedBy(entries, settled, spend)) : chargedBy(entries, r, spend);
+    },
+    settle(reservation, actual, now) {
+      const held = reservation.held;
+      const adjustments = held.map((h) => ({ key: h.key, windowMs: h.windowMs, slot: h.slot, delta: amountOf(h.usage, actual) - h.reserved }));
+      const levels = (used: readonly number[]): BudgetLevel[] => held.map((h, i) => levelOf(h, used[i] ?? 0));
+      const r = stores.counters.settle(adjustments, now);
+      return r instanceof Promise ? r.then(levels) : levels(r);
     },
     recordCall(input) {
       // A shared store costs a round trip per call: it records only what some condition may read.
@@ -697,12 +756,43 @@ export function compilePolicy(
   };
 }
 
-/** The refusal a store's answer means for these charges, if any. */
-function refusedBy(entries: readonly { limit: CompiledLimit }[], r: ConsumeResult): Limited | undefined {
-  if (r.ok) return undefined;
-  const l = (entries[r.index] as { limit: CompiledLimit }).limit;
-  const what = l.kind === 'budget' ? `budget ${l.config.id} (${l.limit} per ${formatMs(l.windowMs)})` : `rate limit ${l.config.id} (${l.limit} per ${formatMs(l.windowMs)})`;
-  return { kind: l.kind, id: l.config.id, reason: `${what} is exhausted`, retryAfterMs: r.retryAfterMs };
+/** The refusal a store's answer means for these charges, or the usage budgets' reservation. */
+function chargedBy(entries: readonly { limit: CompiledLimit; key: string; cost: number }[], r: ConsumeResult, spend: Spend | undefined): Limited | Reservation | undefined {
+  if (!r.ok) {
+    const e = entries[r.index] as { limit: CompiledLimit; key: string; cost: number };
+    const l = e.limit;
+    const level = l.usage === undefined ? {} : { level: levelOf({ id: l.config.id, usage: l.usage, key: e.key, windowMs: l.windowMs, limit: l.limit }, l.limit) };
+    const what = l.kind === 'budget' ? `budget ${l.config.id} (${amountText(l, l.limit)} per ${formatMs(l.windowMs)})` : `rate limit ${l.config.id} (${l.limit} per ${formatMs(l.windowMs)})`;
+    if (r.retryAfterMs === null) {
+      const amount = Number.isFinite(e.cost) ? `may spend ${amountText(l, e.cost)}, more than the whole ${what}` : `cannot be known before it runs, so ${what} cannot hold it`;
+      return { kind: l.kind, id: l.config.id, reason: `this call ${amount}`, retryAfterMs: null, ...level };
+    }
+    return { kind: l.kind, id: l.config.id, reason: l.usage === undefined ? `${what} is exhausted` : `${what} cannot hold this call's ${amountText(l, e.cost)} now`, retryAfterMs: r.retryAfterMs, ...level };
+  }
+  if (spend === undefined) return undefined;
+  const held: HeldBudget[] = [];
+  for (const [i, e] of entries.entries()) {
+    const usage = e.limit.usage;
+    const placed = r.placed?.[i];
+    if (usage === undefined || placed === undefined) continue;
+    held.push({ id: e.limit.config.id, usage, key: e.key, windowMs: e.limit.windowMs, limit: e.limit.limit, slot: placed.slot, reserved: e.cost, used: placed.used });
+  }
+  return held.length === 0 ? undefined : { kind: 'reserved', held, levels: held.map((h) => levelOf(h, h.used)) };
+}
+
+/** A usage budget's amount of some spend: tokens, or millionths of the currency. */
+function amountOf(usage: 'tokens' | 'cost', spend: Spend): number {
+  return usage === 'tokens' ? Math.round(spend.tokens) : Math.round(spend.cost * MICROS);
+}
+
+function amountText(l: CompiledLimit, amount: number): string {
+  if (l.usage === 'cost') return (amount / MICROS).toFixed(amount % 10_000 === 0 ? 2 : 6).replace(/(\.\d\d\d*?)0+$/, '$1');
+  if (l.usage === 'tokens') return `${amount} tokens`;
+  return String(amount);
+}
+
+function levelOf(h: Pick<HeldBudget, 'id' | 'usage' | 'key' | 'windowMs' | 'limit'>, used: number): BudgetLevel {
+  return { id: h.id, usage: h.usage, key: h.key, windowMs: h.windowMs, used: h.usage === 'cost' ? used / MICROS : used, limit: h.usage === 'cost' ? h.limit / MICROS : h.limit };
 }
 
 const VARIABLE_NAMES = new RegExp(`\\b(?:${Object.keys(VARIABLE_BITS).join('|')})\\b`, 'g');

@@ -50,21 +50,52 @@ end`;
 // no other instance's charge can come between reading a counter and adding to it. A counter is one
 // string: `slot last used;` per live slot, oldest first. It expires when its newest slot leaves the
 // window, so idle counters cost nothing. Costs keep 17 digits (budgets may spend fractions).
-const CONSUME = `${CLOCK}
-local lives = {}
-for i = 1, #KEYS do
-  local w, limit, cost = tonumber(ARGV[3 * i - 1]), tonumber(ARGV[3 * i]), tonumber(ARGV[3 * i + 1])
+// A counter's live slots, adding to the slot of now, and writing it back (answering its total).
+// Totals go back to the caller as strings: Redis would cut a Lua number to an integer.
+const SLOTS = `
+local function slots_of(key, w)
   local live = {}
-  local raw = redis.call('GET', KEYS[i])
+  local raw = redis.call('GET', key)
   if raw then
     for s, l, u in string.gmatch(raw, '([^ ]+) ([^ ]+) ([^;]+);') do
       l = tonumber(l)
       if l >= now - w then live[#live + 1] = { tonumber(s), l, tonumber(u) } end
     end
   end
+  return live
+end
+local function add(live, w, cost)
+  local slot = math.floor(now / math.max(1, math.ceil(w / ${SLOTS_PER_WINDOW})))
+  local newest = live[#live]
+  if newest and newest[1] >= slot then
+    newest[2] = math.max(newest[2], now)
+    newest[3] = newest[3] + cost
+    return newest[1]
+  end
+  live[#live + 1] = { slot, now, cost }
+  return slot
+end
+local function store(key, live, w)
+  local parts, last, used = {}, now, 0
+  for j, s in ipairs(live) do
+    parts[j] = string.format('%.17g %.17g %.17g;', s[1], s[2], s[3])
+    if s[2] > last then last = s[2] end
+    used = used + s[3]
+  end
+  if #parts == 0 then redis.call('DEL', key) else redis.call('SET', key, table.concat(parts), 'PX', math.floor(last + w - now) + 1) end
+  return string.format('%.17g', used)
+end`;
+
+const CONSUME = `${CLOCK}
+${SLOTS}
+local lives = {}
+for i = 1, #KEYS do
+  local w, limit, cost = tonumber(ARGV[3 * i - 1]), tonumber(ARGV[3 * i]), tonumber(ARGV[3 * i + 1])
+  local live = slots_of(KEYS[i], w)
   local excess = cost - limit
   for _, s in ipairs(live) do excess = excess + s[3] end
   if excess > 0 then
+    if cost > limit then return { 0, i - 1, -1 } end
     for _, s in ipairs(live) do
       excess = excess - s[3]
       if excess <= 0 then return { 0, i - 1, math.floor(s[2] + w - now) + 1 } end
@@ -73,25 +104,34 @@ for i = 1, #KEYS do
   end
   lives[i] = live
 end
+local placed = { 1 }
 for i = 1, #KEYS do
   local w, cost = tonumber(ARGV[3 * i - 1]), tonumber(ARGV[3 * i + 1])
   local live = lives[i]
-  local slot = math.floor(now / math.max(1, math.ceil(w / ${SLOTS_PER_WINDOW})))
-  local newest = live[#live]
-  if newest and newest[1] >= slot then
-    newest[2] = math.max(newest[2], now)
-    newest[3] = newest[3] + cost
-  else
-    live[#live + 1] = { slot, now, cost }
-  end
-  local parts, last = {}, now
-  for j, s in ipairs(live) do
-    parts[j] = string.format('%.17g %.17g %.17g;', s[1], s[2], s[3])
-    if s[2] > last then last = s[2] end
-  end
-  redis.call('SET', KEYS[i], table.concat(parts), 'PX', math.floor(last + w - now) + 1)
+  placed[#placed + 1] = add(live, w, cost)
+  placed[#placed + 1] = store(KEYS[i], live, w)
 end
-return { 1 }
+return placed
+`;
+
+// A budget's reservation settled: ARGV after the clock, per key, its window, the slot the charge
+// went into and the correction (see CounterAdjustment). Answers each counter's total after.
+const SETTLE = `${CLOCK}
+${SLOTS}
+local used = {}
+for i = 1, #KEYS do
+  local w, slot, delta = tonumber(ARGV[3 * i - 1]), tonumber(ARGV[3 * i]), tonumber(ARGV[3 * i + 1])
+  local live = slots_of(KEYS[i], w)
+  if delta > 0 then
+    add(live, w, delta)
+  elseif delta < 0 then
+    for _, s in ipairs(live) do
+      if s[1] == slot then s[3] = math.max(0, s[3] + delta) end
+    end
+  end
+  used[i] = store(KEYS[i], live, w)
+end
+return used
 `;
 
 const NOW = `${CLOCK}
@@ -139,7 +179,7 @@ interface Script {
 }
 
 const script = (source: string): Script => ({ source, sha: createHash('sha1').update(source).digest('hex') });
-const SCRIPTS = { consume: script(CONSUME), record: script(RECORD), summary: script(SUMMARY) };
+const SCRIPTS = { consume: script(CONSUME), settle: script(SETTLE), record: script(RECORD), summary: script(SUMMARY) };
 
 /** Runs a script by hash, sending its source only when Redis does not know it yet (after a restart). */
 async function run(redis: RedisCommands, s: Script, keys: readonly string[], args: readonly string[]): Promise<unknown> {
@@ -194,8 +234,20 @@ export function redisCounterStores(redis: RedisCommands, options: RedisStoreOpti
           keys.push(`${prefix}{counters}:${c.windowMs}:${c.key}`);
           args.push(String(c.windowMs), String(c.limit), String(c.cost));
         }
-        const r = (await run(redis, SCRIPTS.consume, keys, args)) as number[];
-        return r[0] === 1 ? { ok: true } : { ok: false, index: Number(r[1]), retryAfterMs: Number(r[2]) };
+        const r = (await run(redis, SCRIPTS.consume, keys, args)) as (number | string)[];
+        if (r[0] !== 1) return { ok: false, index: Number(r[1]), retryAfterMs: Number(r[2]) < 0 ? null : Number(r[2]) };
+        const placed = charges.map((_, i) => ({ slot: Number(r[1 + 2 * i]), used: Number(r[2 + 2 * i]) }));
+        return { ok: true, placed };
+      },
+      async settle(adjustments, now) {
+        if (adjustments.length === 0) return [];
+        const keys: string[] = [];
+        const args = [at(now)];
+        for (const a of adjustments) {
+          keys.push(`${prefix}{counters}:${a.windowMs}:${a.key}`);
+          args.push(String(a.windowMs), String(a.slot), String(a.delta));
+        }
+        return ((await run(redis, SCRIPTS.settle, keys, args)) as string[]).map(Number);
       },
     },
     history: {
@@ -227,6 +279,13 @@ export function withLocalFallback(shared: CounterStore, local: LocalCounterStore
         if (charges.length === 0 || !charges.every((c: CounterCharge) => c.failOpen === true)) throw err;
         return local.tryConsume(charges, now);
       });
+    },
+    // A settlement that cannot reach the shared store is also made on the local one: if the charge
+    // fell back there, that is where it is; if not, the local counters only err towards more spent.
+    settle(adjustments, now) {
+      const r = shared.settle(adjustments, now);
+      if (!(r instanceof Promise)) return r;
+      return r.catch(() => local.settle(adjustments, now));
     },
   };
 }

@@ -11,7 +11,30 @@ export interface CounterCharge {
   readonly failOpen?: boolean;
 }
 
-export type ConsumeResult = { ok: true } | { ok: false; index: number; retryAfterMs: number };
+/**
+ * Admitted: for each charge, the slot its cost went into (to settle it later) and the counter's
+ * total after it. Refused: the first charge that did not fit, and when it will (null: never, its
+ * cost is above the limit).
+ */
+export type ConsumeResult = { ok: true; placed?: readonly Placed[] } | { ok: false; index: number; retryAfterMs: number | null };
+
+/** Where an admitted charge went: its slot, and the counter's total in the window after it. */
+export interface Placed {
+  readonly slot: number;
+  readonly used: number;
+}
+
+/**
+ * A correction to a charge already admitted (a budget's reservation settled to what was spent):
+ * a negative `delta` is given back to the slot the charge went into (nothing if that slot has left
+ * the window); a positive one is added to the slot of `now` whatever the limit (it was spent).
+ */
+export interface CounterAdjustment {
+  readonly key: string;
+  readonly windowMs: number;
+  readonly slot: number;
+  readonly delta: number;
+}
 
 /**
  * Rate-limit and budget counters. `tryConsume` is atomic over all its charges: either every
@@ -44,11 +67,14 @@ export type ConsumeResult = { ok: true } | { ok: false; index: number; retryAfte
  */
 export interface CounterStore {
   tryConsume(charges: readonly CounterCharge[], now: number): ConsumeResult | Promise<ConsumeResult>;
+  /** Applies corrections to admitted charges; answers each counter's total after its correction. */
+  settle(adjustments: readonly CounterAdjustment[], now: number): readonly number[] | Promise<readonly number[]>;
 }
 
 /** A store in the process (memory, counters.db): it answers at once. */
 export interface LocalCounterStore extends CounterStore {
   tryConsume(charges: readonly CounterCharge[], now: number): ConsumeResult;
+  settle(adjustments: readonly CounterAdjustment[], now: number): readonly number[];
 }
 
 /** One slot of a counter, in slot order. */
@@ -67,17 +93,26 @@ export function liveSlots(slots: readonly CounterSlot[], windowMs: number, now: 
   return slots.filter((s) => s.last >= from);
 }
 
-/** undefined if `c` fits beside the live slots (oldest first), else the milliseconds until it will. */
-export function refusal(live: readonly CounterSlot[], c: CounterCharge, now: number): number | undefined {
+/** undefined if `c` fits beside the live slots (oldest first), else the milliseconds until it will (null: never). */
+export function refusal(live: readonly CounterSlot[], c: CounterCharge, now: number): number | null | undefined {
   let excess = c.cost - c.limit;
   for (const s of live) excess += s.used;
   if (excess <= 0) return undefined;
+  // A cost above the limit never fits: waiting cannot help.
+  if (c.cost > c.limit) return null;
   for (const s of live) {
     excess -= s.used;
     // A slot stops counting once `last < t - windowMs`; with millisecond clocks, one past the edge.
     if (excess <= 0) return Math.floor(s.last + c.windowMs - now) + 1;
   }
   return c.windowMs;
+}
+
+/** The total of live slots. */
+export function usedIn(live: readonly CounterSlot[]): number {
+  let used = 0;
+  for (const s of live) used += s.used;
+  return used;
 }
 
 /**
@@ -125,19 +160,42 @@ export function memoryCounterStore(options: MemoryCounterOptions = {}): LocalCou
         const retryAfterMs = refusal(live[i] as CounterSlot[], c, now);
         if (retryAfterMs !== undefined) return { ok: false, index: i, retryAfterMs };
       }
+      const placed: Placed[] = [];
       for (const [i, c] of charges.entries()) {
         const slots = live[i] as CounterSlot[];
-        const slot = slotFor(slots, c.windowMs, now);
-        const newest = slots.at(-1);
-        if (newest?.slot === slot) slots[slots.length - 1] = { slot, last: Math.max(newest.last, now), used: newest.used + c.cost };
-        else slots.push({ slot, last: now, used: c.cost });
-        const state: CounterState = { key: c.key, windowMs: c.windowMs, slots };
-        counters.set(id(c.key, c.windowMs), state);
-        changed?.(state);
+        placed.push({ slot: add(slots, c.windowMs, c.cost, now), used: usedIn(slots) });
+        put(c.key, c.windowMs, slots);
       }
-      return { ok: true };
+      return { ok: true, placed };
+    },
+    settle(adjustments, now) {
+      return adjustments.map((a) => {
+        const slots = liveSlots(counters.get(id(a.key, a.windowMs))?.slots ?? [], a.windowMs, now);
+        if (a.delta > 0) add(slots, a.windowMs, a.delta, now);
+        else if (a.delta < 0) {
+          const at = slots.findIndex((s) => s.slot === a.slot);
+          const s = slots[at];
+          if (s !== undefined) slots[at] = { ...s, used: Math.max(0, s.used + a.delta) };
+        }
+        put(a.key, a.windowMs, slots);
+        return usedIn(slots);
+      });
     },
   };
+  function put(key: string, windowMs: number, slots: CounterSlot[]): void {
+    const state: CounterState = { key, windowMs, slots };
+    counters.set(id(key, windowMs), state);
+    changed?.(state);
+  }
+}
+
+/** Adds `cost` to the slot of `now` (the newest, if the clock went back); answers that slot. */
+function add(slots: CounterSlot[], windowMs: number, cost: number, now: number): number {
+  const slot = slotFor(slots, windowMs, now);
+  const newest = slots.at(-1);
+  if (newest?.slot === slot) slots[slots.length - 1] = { slot, last: Math.max(newest.last, now), used: newest.used + cost };
+  else slots.push({ slot, last: now, used: cost });
+  return slot;
 }
 
 /** What conditions see as `history`: the agent's recent calls of this tool (or route). */

@@ -2,7 +2,7 @@ import type { Config, PolicyTestConfig } from '../config/types.js';
 import { ValetError } from '../errors.js';
 import type { AgentIdentity, Decision, Limited, RequestFacts } from '../types.js';
 import { ambiguityError, bodyKind, buildArgs, parseBody } from './args.js';
-import { compilePolicy, type EvaluationInput, type Policy, type RuleTrace } from './compile.js';
+import { compilePolicy, type Charged, type EvaluationInput, type Policy, type RuleTrace } from './compile.js';
 import { memoryCounterStore, memoryHistoryStore } from './counters.js';
 
 /** A request described by hand: policy tests and `valet policy explain`. */
@@ -91,7 +91,7 @@ export async function runPolicyTests(config: Config): Promise<TestResult[]> {
       }
       const input = { ...base, context: await policy.resolveContext(base) };
       const decision = policy.evaluate(input);
-      const limited = decision.effect === 'allow' ? await policy.charge(input) : undefined;
+      const limited = decision.effect === 'allow' ? refusal(await policy.charge(input)) : undefined;
       outcome = outcomeOf(decision, limited);
       if (outcome.effect === 'allow') await policy.recordCall(input);
     }
@@ -119,5 +119,10 @@ export async function explainScenario(
   const context = await policy.resolveContext(base);
   const input: EvaluationInput = history === undefined ? { ...base, context } : { ...base, context, history: history.summary, historyVersion: history.version };
   const { decision, trace } = policy.explain(input);
-  return { decision, trace, limited: decision.effect === 'allow' ? await policy.charge(input) : undefined, input };
+  return { decision, trace, limited: decision.effect === 'allow' ? refusal(await policy.charge(input)) : undefined, input };
+}
+
+/** A charge's refusal, if it was one (a reservation goes on). */
+function refusal(charged: Charged): Limited | Decision | undefined {
+  return charged !== undefined && 'kind' in charged && charged.kind === 'reserved' ? undefined : (charged as Limited | Decision | undefined);
 }

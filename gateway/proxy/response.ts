@@ -66,6 +66,15 @@ const MAX_DECODED = 64 * 1024 * 1024;
  */
 export const WHOLE_BODY_MAX = 64 * 1024;
 
+/**
+ * Reads the body the agent is sent, decoded and scrubbed (LLM usage metering): a transform for a
+ * streamed body, a function for one read whole. Either may hold back or change what it passes on.
+ */
+export interface BodyObserver {
+  readonly transform: Transform;
+  whole(body: Buffer): Buffer;
+}
+
 export type AgentResponse =
   | {
       readonly headers: Record<string, string | string[]>;
@@ -99,9 +108,14 @@ export function agentResponse(
   origin: AgentOrigin,
   mount = `/${upstream.name}`,
   accepted: readonly string[] = [],
+  observer?: BodyObserver,
 ): AgentResponse {
   const headers = forwardableResponseHeaders(res.headers, upstream, scrubber, origin, mount);
-  if (upstream.scrubResponses === false) return { headers, body: res.body };
+  if (upstream.scrubResponses === false) {
+    // Unscrubbed bytes are relayed as they come (compressed, if the upstream compressed them); an observer reads them as they are.
+    if (observer === undefined || method === 'HEAD') return { headers, body: res.body };
+    return { headers, body: chain(res.body, [observer.transform]) };
+  }
 
   const coding = res.headers['content-encoding'];
   const name = typeof coding === 'string' ? coding.trim().toLowerCase() : undefined;
@@ -117,6 +131,7 @@ export function agentResponse(
   delete headers['content-encoding'];
   // No body follows these; a decoder would fail on the empty input.
   if (method === 'HEAD' || res.statusCode === 204 || res.statusCode === 304 || res.statusCode < 200) return { headers, body: res.body };
+  const observing = observer === undefined ? [] : [observer.transform];
   // A compressed body is decoded, scrubbed, and encoded again in the upstream's coding when the
   // agent takes it (Valet asked only for codings the agent takes); otherwise it is sent decoded.
   const recoding = name === 'x-gzip' ? 'gzip' : name;
@@ -140,15 +155,15 @@ export function agentResponse(
             throw new ValetError('VALET_ERR_UPSTREAM_ENCODING', `The upstream's ${name} body could not be decoded (${(err as { code?: string }).code ?? 'corrupt'}); nothing was forwarded.`);
           }
         }
-        const scrubbed = scrubber.whole(decoded);
+        const scrubbed = observer === undefined ? scrubber.whole(decoded) : observer.whole(scrubber.whole(decoded));
         const body = reencode ? (ENCODE_WHOLE[recoding] as (b: Buffer) => Buffer)(scrubbed) : scrubbed;
         headers['content-length'] = String(body.length);
         return { body, upstreamBytes: raw.length };
       },
     };
   }
-  if (decoder === undefined) return { headers, body: chain(res.body, [scrubber.stream()]) };
-  return { headers, body: chain(res.body, reencode ? [decoder(), scrubber.stream(), (ENCODERS[recoding] as () => Transform)()] : [decoder(), scrubber.stream()]) };
+  if (decoder === undefined) return { headers, body: chain(res.body, [scrubber.stream(), ...observing]) };
+  return { headers, body: chain(res.body, reencode ? [decoder(), scrubber.stream(), ...observing, (ENCODERS[recoding] as () => Transform)()] : [decoder(), scrubber.stream(), ...observing]) };
 }
 
 async function readWhole(body: Readable): Promise<Buffer> {

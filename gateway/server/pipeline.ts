@@ -21,7 +21,7 @@ import { agentOrigin } from '../proxy/location.js';
 import { agentResponse } from '../proxy/response.js';
 import { scrubberFor } from '../proxy/scrub.js';
 import type { SecretSource } from '../secrets/env.js';
-import type { AuditRecord, Decision, RequestFacts } from '../types.js';
+import type { AuditRecord, BudgetLevel, Decision, RequestFacts } from '../types.js';
 import { ambiguityError, bodyKind, buildArgs, decodeFormPair, parseBody, type ParsedBody } from '../policy/args.js';
 import { RequestBody, type BodyLimits } from './body.js';
 import { canonicalQuery, canonicalTarget } from './canonical.js';
@@ -34,6 +34,11 @@ import { answerBatch, MAX_BATCH, type SendOne } from '../mcp/batch.js';
 import { fetchToolNames, filterToolsBody, filterToolsSse, ListedTools, TOOLS, type Listing, type ListKind } from '../mcp/tools.js';
 import { idOf, mcpFacts, parseBody as parseMcpBody, readMessage, type McpFacts, type McpMessage } from '../mcp/jsonrpc.js';
 import { providedSecret } from '../config/credential.js';
+import type { LlmMetering, LlmPlan } from '../llm/metering.js';
+import type { ResponseMeter } from '../llm/meter.js';
+import { withStreamUsage } from '../llm/request.js';
+import type { BudgetAlerts } from '../llm/alerts.js';
+import type { Reservation } from '../policy/compile.js';
 
 /** The concrete modules the request path calls, built by the composition root. */
 export interface PipelineDeps {
@@ -52,6 +57,10 @@ export interface PipelineDeps {
   readonly approvals: ApprovalService;
   /** True once shutdown began: new requests are refused (and audited). */
   readonly draining: () => boolean;
+  /** LLM calls: which are metered, their price and reservation, their response's usage. */
+  readonly metering: LlmMetering;
+  /** Announces usage budgets passing 80 % and 100 %. */
+  readonly budgetAlerts?: BudgetAlerts;
 }
 
 /** `routed`: the upstream whose own listener the request arrived on (it is served at its root). */
@@ -82,7 +91,7 @@ const SINGLE = new Set(['host', 'content-length', 'transfer-encoding', 'content-
  * record. Every outcome, including every failure, is audited exactly once.
  */
 export function createPipeline(deps: PipelineDeps): RequestHandler {
-  const { config, verifyToken, policy: currentPolicy, secrets, credentials, forwarder, audit, logger, metrics, approvals, draining } = deps;
+  const { config, verifyToken, policy: currentPolicy, secrets, credentials, forwarder, audit, logger, metrics, approvals, draining, metering, budgetAlerts } = deps;
   const requestLog = requestLineLogger(logger);
   // Per upstream, once: the query parameters that may carry the agent token or the credential.
   const credentialParams = new Map([...config.upstreams.values()].map((u) => [u.name, credentialQueryParams(u)]));
@@ -127,6 +136,10 @@ export function createPipeline(deps: PipelineDeps): RequestHandler {
     let refusal = genericRefusal;
     // This request's MCP id while it is in flight (see pendingIds).
     let pendingId: string | undefined;
+    // A metered LLM call: what it asks for and may spend, what it reserved of usage budgets, its response's meter.
+    let llm: LlmPlan | undefined;
+    let reservation: { policy: Policy; held: Reservation } | undefined;
+    let meter: ResponseMeter | undefined;
 
     try {
       // 1. receive
@@ -185,6 +198,7 @@ export function createPipeline(deps: PipelineDeps): RequestHandler {
       rec.policyVersion = policy.version;
       const identity = policy.resolveIdentity(verified);
       rec.tenant = identity.tenant ?? null;
+      rec.team = identity.team ?? null;
       // The agent's headers as they may go upstream: built once, for the approval digest and for injection.
       let forwardable: HeaderList | undefined;
       const forwardableHeaders = (): HeaderList => (forwardable ??= forwardableRequestHeaders(req.rawHeaders, upstream, presented));
@@ -237,6 +251,27 @@ export function createPipeline(deps: PipelineDeps): RequestHandler {
           parsed = parseBody(kind, buffered);
         } else {
           parsed = parseBody(kind, Buffer.alloc(0));
+        }
+      }
+      // An LLM call that spends tokens is read (its body, under max_body_bytes) to price the most it may spend.
+      const llmRoute = mcp === undefined ? metering.route(upstream, rec.method, target.forwardPath) : undefined;
+      if (llmRoute !== undefined) {
+        if (incoming !== undefined && encoded(req)) throw new ValetError('VALET_ERR_LLM_UNMETERABLE', 'The body of a metered LLM call may not be compressed: its usage could not be estimated.');
+        if (buffered === undefined && incoming !== undefined) {
+          buffered = await readBody(req, incoming, config.gateway.maxBodyBytes);
+          rec.bytesIn = buffered.length;
+          refuseTokenInBody(buffered, presented);
+        }
+        let json: unknown;
+        if (buffered !== undefined && buffered.length > 0) {
+          const read = kind === 'json' && parsed.value !== undefined ? parsed : parseBody('json', buffered);
+          if (kind !== 'json' || read.error !== undefined) throw new ValetError('VALET_ERR_LLM_UNMETERABLE', 'The body of a metered LLM call must be a JSON object.');
+          json = read.value;
+        }
+        llm = metering.plan(llmRoute, json);
+        rec.model = llm.request.model === '' ? null : llm.request.model.slice(0, 200);
+        if (llm.priced === 'ceiling' && metering.settings.unknownModel === 'deny') {
+          throw new ValetError('VALET_ERR_LLM_UNKNOWN_MODEL', `No price is known for model "${llm.request.model.slice(0, 128)}" (gateway.llm.prices), and gateway.llm.unknown_model refuses such calls.`);
         }
       }
       const args = buildArgs(toolMatch?.params ?? {}, q.query, parsed, kind, toolMatch?.tool.args ?? {});
@@ -299,6 +334,10 @@ export function createPipeline(deps: PipelineDeps): RequestHandler {
         input = { ...input, now, history: history.summary, historyVersion: history.version };
         decision = evaluate();
       }
+      // A model without a price may run only once a person agrees (gateway.llm.unknown_model: escalate).
+      if (decision.effect === 'allow' && llm?.priced === 'ceiling' && metering.settings.unknownModel === 'escalate' && metering.settings.approval !== undefined) {
+        decision = { effect: 'escalate', rules: [UNKNOWN_MODEL_RULE], reason: `no price is known for model "${llm.request.model.slice(0, 128)}"`, approval: metering.settings.approval };
+      }
       rec.decision = decision.effect;
       rec.rule = decision.rules.join(',');
       rec.reason = decision.reason;
@@ -358,8 +397,14 @@ export function createPipeline(deps: PipelineDeps): RequestHandler {
         approved = outcome;
       }
       // Only a shared counter store answers with a Promise: the embedded path takes no extra turn.
-      const charging = policy.charge(input);
-      const limited = charging instanceof Promise ? await charging : charging;
+      // A metered LLM call reserves the most it may spend against its usage budgets, settled once it is over.
+      const charging = policy.charge(input, llm?.reserve);
+      const charged = charging instanceof Promise ? await charging : charging;
+      const limited = charged !== undefined && 'kind' in charged && charged.kind === 'reserved' ? undefined : (charged as Exclude<typeof charged, Reservation>);
+      if (limited === undefined && charged !== undefined) {
+        reservation = { policy, held: charged as Reservation };
+        budgetAlerts?.observe(reservation.held.levels);
+      }
       if (limited !== undefined) {
         rec.decision = 'deny';
         rec.rule = 'id' in limited ? limited.id : limited.rules.join(',');
@@ -368,6 +413,12 @@ export function createPipeline(deps: PipelineDeps): RequestHandler {
           throw new ValetError('VALET_ERR_POLICY_DENIED', `Denied by ${rec.rule}: ${limited.reason}`, {
             extra: { rule: rec.rule, reason: limited.reason },
           });
+        }
+        if (limited.level !== undefined) budgetAlerts?.refused(limited.level);
+        if (limited.retryAfterMs === null) {
+          // Waiting cannot help: the call may spend more than the whole budget, or cannot say how much.
+          const unbounded = llm !== undefined && !Number.isFinite(limited.level?.usage === 'tokens' ? llm.reserve.tokens : llm.reserve.cost);
+          throw new ValetError(unbounded ? 'VALET_ERR_LLM_UNMETERABLE' : 'VALET_ERR_BUDGET_TOO_SMALL', `Refused: ${limited.reason}.`, { extra: { rule: limited.id, reason: limited.reason } });
         }
         const retryAfter = Math.max(1, Math.ceil(limited.retryAfterMs / 1000));
         throw new ValetError(limited.kind === 'budget' ? 'VALET_ERR_BUDGET_EXCEEDED' : 'VALET_ERR_RATE_LIMITED', `Refused: ${limited.reason}.`, {
@@ -406,6 +457,8 @@ export function createPipeline(deps: PipelineDeps): RequestHandler {
       if (incoming?.failure !== undefined) throw incoming.failure;
       // A service that signs payload hashes gets a streamed body read whole first (max_body_bytes, else 413).
       if (credentials.hashesPayload(upstream.name) && buffered === undefined && incoming !== undefined) buffered = await readBody(req, incoming, config.gateway.maxBodyBytes);
+      // A streamed chat call asks for its usage (the extra chunk is taken out again on the way back).
+      if (llm?.request.addUsage === true && buffered !== undefined) buffered = withStreamUsage(buffered);
       const body = buffered ?? incoming ?? null;
       const length = buffered ? String(buffered.length) : req.headers['content-length'];
       if (length !== undefined) injected.headers.push(['content-length', length]);
@@ -451,7 +504,16 @@ export function createPipeline(deps: PipelineDeps): RequestHandler {
       rec.upstreamRequestId = upstreamId === null ? null : scrubber.redact(upstreamId);
       // Valet's origin as the agent reached it, worked out only if a response header links to the upstream.
       const origin = (): string | undefined => agentOrigin(req.headers.host, req.socket.localAddress, req.socket.localPort);
-      const toAgent = agentResponse(upstream, facts.method, upstreamRes, scrubber, origin, target.mount, accepted);
+      if (llm !== undefined) meter = metering.meter(llm, { status: upstreamRes.statusCode, contentType: [upstreamRes.headers['content-type']].flat()[0], headers: upstreamRes.headers });
+      const toAgent = agentResponse(upstream, facts.method, upstreamRes, scrubber, origin, target.mount, accepted, meter);
+      // A stream cut at its reservation (gateway.llm.overrun: cut) has ended for the agent; the upstream's generation is stopped too.
+      meter?.onCut(() =>
+        setImmediate(() => {
+          toAgent.body?.on('error', () => undefined);
+          upstreamRes.body.on('error', () => undefined);
+          upstreamRes.body.destroy();
+        }),
+      );
       // An MCP tools/list (resources/list, prompts/list) answer shows only what this agent may use (filtered as it streams).
       const list = mcp?.message.kind === 'request' ? LISTS[mcp.message.method] : undefined;
       const listing = list === undefined ? undefined : entryListing(policy, input, upstream.name, list);
@@ -509,6 +571,7 @@ export function createPipeline(deps: PipelineDeps): RequestHandler {
         incoming.discard(() => closeAfterResponse(req));
       }
       rec.status = rec.errorCode === 'VALET_ERR_CLIENT_CLOSED' && !res.headersSent ? 499 : res.statusCode;
+      if (llm !== undefined) meterOutcome(llm, meter, rec, reservation);
       rec.durationMs = Math.round((performance.now() - started) * 1000) / 1000;
       audit.record(rec);
       metrics.request(rec);
@@ -533,7 +596,31 @@ export function createPipeline(deps: PipelineDeps): RequestHandler {
       );
     }
   };
+
+  /**
+   * What a metered LLM call spent, in its audit row and the metrics; its reservation settled to it
+   * (given back in full when nothing was forwarded), and alerts for the levels that leaves.
+   */
+  function meterOutcome(plan: LlmPlan, responseMeter: ResponseMeter | undefined, rec: AuditRecord, held: { policy: Policy; held: Reservation } | undefined): void {
+    const spent = metering.spent(plan, responseMeter?.result(), responseMeter === undefined ? null : rec.upstreamStatus);
+    rec.model = spent.model === '' ? null : spent.model.slice(0, 200);
+    rec.tokens = spent.spend.tokens;
+    rec.cost = Math.round(spent.spend.cost * 1e9) / 1e9;
+    const u = spent.usage;
+    const tokens = { input: u.input, cached: u.cached, cache_write: u.cacheWrite, output: u.output, reasoning: u.reasoning };
+    const finite = (n: number): number | null => (Number.isFinite(n) ? Math.round(n * 1e9) / 1e9 : null);
+    rec.usage = JSON.stringify({ ...tokens, source: spent.source, complete: spent.complete, priced: plan.priced, reserved: held === undefined ? null : { tokens: finite(plan.reserve.tokens), cost: finite(plan.reserve.cost) } });
+    if (rec.upstream !== null) metrics.llm(rec.upstream, spent.priceName, rec.tenant, tokens, spent.spend.cost);
+    if (held === undefined) return;
+    const settling = held.policy.settle(held.held, spent.spend, Date.now());
+    const alert = (levels: readonly BudgetLevel[]): void => budgetAlerts?.observe(levels);
+    if (settling instanceof Promise) settling.then(alert, (err: unknown) => logger.error({ reqId: rec.requestId, err }, 'could not settle a budget reservation; it stays counted in full'));
+    else alert(settling);
+  }
 }
+
+/** The rule a call for a model without a price is escalated by (gateway.llm.unknown_model: escalate). */
+export const UNKNOWN_MODEL_RULE = 'gateway.llm.unknown_model';
 
 /** A `Host` value as a name to route by: lower case, without its port or a trailing dot ('' when absent). */
 export function hostName(host: string | undefined): string {
@@ -574,6 +661,11 @@ export function newAuditRecord(requestId: string, method: string, path: string):
     upstreamRequestId: null,
     act: null,
     rpc: null,
+    team: null,
+    model: null,
+    tokens: null,
+    cost: null,
+    usage: null,
   };
 }
 

@@ -118,10 +118,46 @@ describe.each(stores)('%s counter store', (_name, make) => {
     expect((await counters.tryConsume([{ ...c, cost: 2 }], now + retry)).ok).toBe(true);
   });
 
-  it('a cost above the limit never fits: refused, retry after a whole window, nothing charged', async () => {
+  it('a cost above the limit never fits: refused with no time to wait, nothing charged', async () => {
     const { counters } = make();
-    expect((await counters.tryConsume([{ key: 'w', windowMs: MIN, limit: 10, cost: 11 }], 0))).toEqual({ ok: false, index: 0, retryAfterMs: MIN });
+    expect((await counters.tryConsume([{ key: 'w', windowMs: MIN, limit: 10, cost: 11 }], 0))).toEqual({ ok: false, index: 0, retryAfterMs: null });
     expect(await burst(counters, rate('w')(), 10, 1)).toBe(10);
+  });
+
+  it('answers where each admitted charge went and the total after it', async () => {
+    const { counters } = make();
+    const r = await counters.tryConsume([{ key: 'p', windowMs: MIN, limit: 100, cost: 30 }, { key: 'q', windowMs: MIN, limit: 100, cost: 5 }], 1_000);
+    expect(r).toEqual({ ok: true, placed: [{ slot: 1, used: 30 }, { slot: 1, used: 5 }] });
+    expect(await counters.tryConsume([{ key: 'p', windowMs: MIN, limit: 100, cost: 0.5 }], 2_500)).toEqual({ ok: true, placed: [{ slot: 2, used: 30.5 }] });
+  });
+
+  it('settles a reservation: gives back the unused part to its own slot, adds an overrun at now', async () => {
+    const { counters } = make();
+    const budget = { key: 'r', windowMs: MIN, limit: 100 };
+    const first = await counters.tryConsume([{ ...budget, cost: 60 }], 1_000);
+    const second = await counters.tryConsume([{ ...budget, cost: 30 }], 5_000);
+    if (!first.ok || !second.ok) throw new Error('admitted');
+    // Full: a reservation of 20 does not fit until the first settles.
+    expect((await counters.tryConsume([{ ...budget, cost: 20 }], 6_000)).ok).toBe(false);
+    // The first spent 10 of its 60: 50 back, to the slot it was charged in.
+    expect(await counters.settle([{ ...budget, slot: first.placed?.[0]?.slot ?? -1, delta: -50 }], 7_000)).toEqual([40]);
+    expect((await counters.tryConsume([{ ...budget, cost: 20 }], 8_000)).ok).toBe(true);
+    // The second ran past its 30 by 15: added whatever the limit.
+    expect(await counters.settle([{ ...budget, slot: second.placed?.[0]?.slot ?? -1, delta: 15 }], 9_000)).toEqual([75]);
+    // The slot given back to leaves the window when the first charge does: 30 + 20 + 15 remain.
+    expect((await counters.tryConsume([{ ...budget, cost: 36 }], 1_000 + MIN + 1)).ok).toBe(false);
+    expect((await counters.tryConsume([{ ...budget, cost: 35 }], 1_000 + MIN + 1)).ok).toBe(true);
+  });
+
+  it('a settlement never takes a slot below zero, and one for a slot gone from the window does nothing', async () => {
+    const { counters } = make();
+    const budget = { key: 's', windowMs: MIN, limit: 10 };
+    const r = await counters.tryConsume([{ ...budget, cost: 4 }], 0);
+    if (!r.ok) throw new Error('admitted');
+    const slot = r.placed?.[0]?.slot ?? -1;
+    expect(await counters.settle([{ ...budget, slot, delta: -9 }], 10)).toEqual([0]);
+    expect(await counters.settle([{ ...budget, slot, delta: -1 }], 2 * MIN)).toEqual([0]);
+    expect(await burst(counters, { ...budget, cost: 1 }, 11, 2 * MIN)).toBe(10);
   });
 
   it('is all-or-nothing over several charges, naming the first that overflows', async () => {
@@ -191,7 +227,8 @@ describe('redis history: record only if unchanged since read', () => {
   });
 });
 describe('shared counters falling back to local ones (fail_open)', () => {
-  const down: CounterStore = { tryConsume: () => Promise.reject(new ValetError('VALET_ERR_COUNTERS_UNAVAILABLE', 'Redis is unreachable')) };
+  const unavailable = (): Promise<never> => Promise.reject(new ValetError('VALET_ERR_COUNTERS_UNAVAILABLE', 'Redis is unreachable'));
+  const down: CounterStore = { tryConsume: unavailable, settle: unavailable };
   const open = (key: string): CounterCharge => ({ key, windowMs: MIN, limit: 2, cost: 1, failOpen: true });
 
   it('counts fail_open charges locally while the shared store fails, with the same algorithm', async () => {
@@ -210,7 +247,7 @@ describe('shared counters falling back to local ones (fail_open)', () => {
 
   it('answers from the shared store while it answers', async () => {
     const shared = memoryCounterStore();
-    const store = withLocalFallback({ tryConsume: (c, now) => Promise.resolve(shared.tryConsume(c, now)) });
+    const store = withLocalFallback({ tryConsume: (c, now) => Promise.resolve(shared.tryConsume(c, now)), settle: (a, now) => Promise.resolve(shared.settle(a, now)) });
     expect(await burst(store, open('s'), 3, 0)).toBe(2);
     expect(shared.tryConsume([open('s')], 1)).toMatchObject({ ok: false });
   });
@@ -325,6 +362,7 @@ describe('counter keys', () => {
         seen.push(...charges.map((c) => c.key));
         return { ok: true };
       },
+      settle: () => [],
     };
     const policy = compilePolicy(
       { version: 'v', gateway: GATEWAY, tools: [], rules: [], rateLimits: [limit(key)], budgets: [], contexts: [] },

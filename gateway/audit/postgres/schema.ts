@@ -28,14 +28,15 @@ export const ROW_COLUMNS = [
   'id', 'ts', 'request_id', 'agent', 'tenant', 'user', 'upstream', 'method', 'path', 'decision', 'rule', 'reason', 'status',
   'upstream_status', 'error_code', 'duration_ms', 'bytes_in', 'bytes_out', 'policy_version', 'tool', 'approval_id', 'approver',
   'approval_reason', 'approval_at', 'logged_at', 'chain_seq', 'outcome_seq', 'args', 'upstream_request_id', 'act', 'rpc',
+  'team', 'model', 'tokens', 'cost', 'usage',
 ] as const;
 
 /** What {@link rowDigest} covers: the content columns sorted by name. */
 export const DIGEST_COLUMNS: readonly string[] = ROW_COLUMNS.filter((c) => !META_COLUMNS.has(c)).sort();
 
 /** Columns whose values are integers in PostgreSQL (a fraction would be rounded by the database; the writer rounds first). */
-export const INTEGER_COLUMNS: ReadonlySet<string> = new Set(['id', 'ts', 'status', 'upstream_status', 'bytes_in', 'bytes_out', 'approval_at', 'logged_at', 'chain_seq', 'outcome_seq']);
-export const NUMERIC_COLUMNS: ReadonlySet<string> = new Set([...INTEGER_COLUMNS, 'duration_ms']);
+export const INTEGER_COLUMNS: ReadonlySet<string> = new Set(['id', 'ts', 'status', 'upstream_status', 'bytes_in', 'bytes_out', 'approval_at', 'logged_at', 'chain_seq', 'outcome_seq', 'tokens']);
+export const NUMERIC_COLUMNS: ReadonlySet<string> = new Set([...INTEGER_COLUMNS, 'duration_ms', 'cost']);
 
 /** `SELECT` list of {@link ROW_COLUMNS} (`user` is a reserved word). */
 export const SELECT_ROW = ROW_COLUMNS.map((c) => `"${c}"`).join(', ');
@@ -110,6 +111,12 @@ const MIGRATIONS: readonly string[] = [
   `ALTER TABLE audit_log ADD COLUMN act TEXT;`,
   // An MCP message's JSON-RPC method, id and session.
   `ALTER TABLE audit_log ADD COLUMN rpc TEXT;`,
+  // The agent's team, and what an LLM call used: its model, tokens, cost and usage by kind (JSON).
+  `ALTER TABLE audit_log ADD COLUMN team TEXT;
+   ALTER TABLE audit_log ADD COLUMN model TEXT;
+   ALTER TABLE audit_log ADD COLUMN tokens BIGINT;
+   ALTER TABLE audit_log ADD COLUMN cost DOUBLE PRECISION;
+   ALTER TABLE audit_log ADD COLUMN usage TEXT;`,
 ];
 
 /** A 64-bit advisory lock key, per schema and purpose (the locks are per database: schemas must not share them). */

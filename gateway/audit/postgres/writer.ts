@@ -74,7 +74,13 @@ const unavailable = (code: string | undefined): ValetError =>
 
 /** A column's type, for the casts that let one statement take many rows as parameters. */
 const pgType = (column: string): string =>
-  column === 'status' || column === 'upstream_status' ? 'integer' : column === 'duration_ms' ? 'double precision' : NUMERIC_COLUMNS.has(column) || column === 'outcome_seq' ? 'bigint' : 'text';
+  column === 'status' || column === 'upstream_status'
+    ? 'integer'
+    : NUMERIC_COLUMNS.has(column) && !INTEGER_COLUMNS.has(column)
+      ? 'double precision'
+      : NUMERIC_COLUMNS.has(column) || column === 'outcome_seq'
+        ? 'bigint'
+        : 'text';
 
 /** `(v, …), (v, …)` with every value a typed parameter appended to `params`. */
 function tuples(rows: readonly (readonly unknown[])[], columns: readonly string[], params: unknown[]): string {

@@ -88,6 +88,12 @@ const MIGRATIONS: readonly string[] = [
   `ALTER TABLE audit_log ADD COLUMN act TEXT;`,
   // An MCP message's JSON-RPC method, id and session, as JSON (null for other calls).
   `ALTER TABLE audit_log ADD COLUMN rpc TEXT;`,
+  // The agent's team, and what an LLM call used: its model, tokens, cost and usage by kind (JSON).
+  `ALTER TABLE audit_log ADD COLUMN team TEXT;
+   ALTER TABLE audit_log ADD COLUMN model TEXT;
+   ALTER TABLE audit_log ADD COLUMN tokens INTEGER;
+   ALTER TABLE audit_log ADD COLUMN cost REAL;
+   ALTER TABLE audit_log ADD COLUMN usage TEXT;`,
 ];
 
 export const AUDIT_FILE = 'valet.db';
