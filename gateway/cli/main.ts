@@ -17,6 +17,10 @@ import { keysCommand, KEYS_USAGE } from './keys.js';
 import { migrateCommand, MIGRATE_USAGE } from './migrate.js';
 import { secretsCommand, SECRETS_USAGE } from './secrets.js';
 import { UsageError } from './usage.js';
+import { DEFAULT_LLM } from '../config/types.js';
+import { LlmMetering } from '../llm/metering.js';
+
+const finiteOrNull = (n: number): number | null => (Number.isFinite(n) ? Math.round(n * 1e9) / 1e9 : null);
 
 const USAGE = `valet — a valet-key gateway for AI agents
 
@@ -236,6 +240,11 @@ async function policy(args: string[]): Promise<void> {
       query[q.slice(0, eq)] = q.slice(eq + 1);
     }
     const { config, policy: compiled } = loadPolicy(configDir(values.config), gatewayEnvironment(values['gateway-env'], env, '--gateway-env'));
+    // An LLM call: priced as the gateway would, so usage budgets show what it would reserve.
+    const upstreamConfig = config.upstreams.get(values.upstream);
+    const metering = new LlmMetering(config.gateway.llm ?? DEFAULT_LLM);
+    const route = upstreamConfig === undefined ? undefined : metering.route(upstreamConfig, values.method.toUpperCase(), values.path);
+    const plan = route === undefined ? undefined : metering.plan(route, json);
     const r = await explainScenario(compiled, config, {
       identity: {
         agent: values.agent,
@@ -254,10 +263,11 @@ async function policy(args: string[]): Promise<void> {
         ...(json !== undefined && { json }),
         ...(values.form !== undefined && { form: values.form }),
       },
-    });
+    }, plan?.reserve);
     const outcome = outcomeOf(r.decision, r.limited);
+    const llm = plan === undefined ? null : { model: plan.request.model, priced: plan.priced, price_name: plan.priceName, input_tokens: plan.request.inputTokens, max_output: plan.maxOutput, reserve: { tokens: finiteOrNull(plan.reserve.tokens), cost: finiteOrNull(plan.reserve.cost) } };
     if (values.format === 'json') {
-      process.stdout.write(`${JSON.stringify({ outcome, environment: config.gateway.environment, decision: r.decision, trace: r.trace, tool: r.input.facts.tool ?? null, argsError: r.input.facts.argsError ?? null }, (_k, v: unknown) => (typeof v === 'bigint' ? Number(v) : v), 2)}\n`);
+      process.stdout.write(`${JSON.stringify({ outcome, environment: config.gateway.environment, decision: r.decision, trace: r.trace, limits: r.limits, llm, tool: r.input.facts.tool ?? null, argsError: r.input.facts.argsError ?? null }, (_k, v: unknown) => (typeof v === 'bigint' ? Number(v) : v), 2)}\n`);
       return;
     }
     process.stdout.write(`request: ${values.method.toUpperCase()} ${values.path} on ${values.upstream}${r.input.facts.tool ? ` (tool ${r.input.facts.tool})` : ''}\n`);
@@ -266,6 +276,12 @@ async function policy(args: string[]): Promise<void> {
       process.stdout.write(
         `  ${t.matched ? 'MATCH' : '  -  '} ${t.effect.padEnd(8)} ${t.id}${t.principal === 'user' ? ' (as user)' : ''}  ${t.at}  [scope: ${t.scope}]  ${t.why}\n`,
       );
+    }
+    if (llm !== null) {
+      process.stdout.write(`llm call: model ${llm.model || '(none)'} (${plan?.priced === 'table' ? `priced as ${llm.price_name}` : 'not in the price table: ceiling price'}), ~${llm.input_tokens} input tokens, up to ${llm.max_output} output; reserves ${llm.reserve.tokens ?? 'an unknowable number of'} tokens, ${llm.reserve.cost === null ? 'an unknowable cost' : llm.reserve.cost.toFixed(6)}\n`);
+    }
+    for (const l of r.limits) {
+      process.stdout.write(`  ${l.applies ? 'LIMIT' : '  -  '} ${(l.usage === undefined ? l.kind : `budget:${l.usage}`).padEnd(12)} ${l.id}  ${l.at}  ${l.amount !== undefined ? `takes ${l.amount} of ${l.limit} per ${l.window}` : l.why}\n`);
     }
     process.stdout.write(`decision: ${outcome.effect} by ${outcome.rule}: ${outcome.reason} (environment ${config.gateway.environment})\n`);
     return;

@@ -15,7 +15,7 @@ export interface EventStreamMessage {
 export type OnMessage = (message: EventStreamMessage, end: number) => void;
 
 /** Bedrock's messages are far smaller; a longer one means the stream is not what it claims. */
-export const MAX_MESSAGE = 16 * 1024 * 1024;
+const MAX_MESSAGE = 16 * 1024 * 1024;
 const PRELUDE = 12;
 const MIN_MESSAGE = PRELUDE + 4;
 

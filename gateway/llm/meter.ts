@@ -14,6 +14,7 @@ import { bedrockHeaderUsage, readerFor, type Reader, type Tally } from './reader
 import { SseSplitter } from './sse.js';
 import { NO_USAGE, type LlmRequest, type Metered, type Usage } from './types.js';
 
+/** How a response is metered beyond reading it. */
 export interface MeterOptions {
   /** Output tokens past which a stream is ended cleanly with the API's own end events (undefined: never cut). */
   readonly cutAfter?: number;
@@ -226,11 +227,12 @@ class Meter implements ResponseMeter {
     return { usage: { ...NO_USAGE, input: this.request.inputTokens, output: delivered }, source: 'estimated', model, complete: t.complete };
   }
 
-  /** Whether a cut has ended the stream since the last call (the stream then ends its readable side). */
+  /** The stream was cut: nothing more goes on. */
   get wasCut(): boolean {
     return this.state === CUT;
   }
 
+  /** Runs the cut listeners, once. */
   fire(): void {
     if (this.cutFired) return;
     this.cutFired = true;

@@ -24,6 +24,7 @@ export interface Tally {
 /** How a stream is framed when Valet writes its own end into it. */
 export type Framing = 'sse' | 'array';
 
+/** Reads one API's responses; holds what it needs between events (ids, the open content block). */
 export interface Reader {
   /** The paths each value is pruned to. */
   readonly paths: readonly JsonPath[];
@@ -75,7 +76,7 @@ function setModel(t: Tally, v: unknown): void {
 }
 
 /** `prompt_tokens` includes cached tokens and `completion_tokens` reasoning ones. */
-export function openaiUsage(u: Rec): Usage {
+function openaiUsage(u: Rec): Usage {
   const cached = n(rec(u['prompt_tokens_details'])?.['cached_tokens']);
   const reasoning = n(rec(u['completion_tokens_details'])?.['reasoning_tokens']);
   return usage(n(u['prompt_tokens']) - cached, cached, 0, n(u['completion_tokens']) - reasoning, reasoning);
@@ -151,7 +152,8 @@ function chat(request: LlmRequest, t: Tally): Reader {
       ['choices', '*', 'message', 'content'], ['choices', '*', 'message', 'reasoning_content'], ['choices', '*', 'message', 'reasoning'], ['choices', '*', 'message', 'refusal'],
       ['choices', '*', 'message', 'tool_calls', '*', 'function', 'arguments'],
     ],
-    wants: () => !t.final,
+    // After the last report only [DONE] is left, unless the usage chunk Valet asked for is still to come.
+    wants: () => !t.final || request.addUsage,
     read(v) {
       id = str(v['id']) ?? id;
       if (typeof v['created'] === 'number') created = v['created'];

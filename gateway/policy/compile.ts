@@ -70,6 +70,8 @@ export interface Policy {
    * shared counter store.
    */
   settle(reservation: Reservation, actual: Spend, now: number): BudgetLevel[] | Promise<BudgetLevel[]>;
+  /** Each limit and budget of the request's upstream: whether it applies and what the request would take of it (nothing is charged). */
+  explainLimits(input: EvaluationInput, spend?: Spend): { traces: LimitTrace[]; failed?: Decision };
   /** Records a forwarded call for `history.*` conditions (a Promise only with a shared store). */
   recordCall(input: EvaluationInput): void | Promise<void>;
   /**
@@ -282,6 +284,27 @@ interface CompiledLimit extends CompiledMatch {
   readonly usage: 'tokens' | 'cost' | undefined;
   /** Counted on this instance alone while shared counters are unreachable. */
   readonly failOpen: boolean;
+}
+
+/** One charge of a request: a limit, its counter's key and the amount. */
+interface Charge {
+  readonly limit: CompiledLimit;
+  readonly key: string;
+  readonly cost: number;
+}
+
+/** A limit or budget as considered for a request (`policy explain`). */
+export interface LimitTrace {
+  readonly id: string;
+  readonly kind: 'rate_limit' | 'budget';
+  readonly usage?: 'tokens' | 'cost';
+  readonly applies: boolean;
+  readonly why: string;
+  readonly at: string;
+  /** What the request would take of it, its limit and window (when it applies). */
+  readonly amount?: string;
+  readonly limit?: string;
+  readonly window?: string;
 }
 
 /** Cost budgets count millionths of the currency: whole numbers add up exactly in every store. */
@@ -626,6 +649,57 @@ export function compilePolicy(
   };
 
   /**
+   * The charges a request makes of the limits and budgets that apply to it (`trace`, when given,
+   * says for each limit of its upstream whether it applies and what it would take), or the denial
+   * when one cannot be applied.
+   */
+  const chargesOf = (input: EvaluationInput, spend: Spend | undefined, trace?: LimitTrace[]): Charge[] | Decision => {
+    const s = evaluation(input);
+    const entries: Charge[] = [];
+    for (const l of limitsFor(input.facts.upstream)) {
+      const note = (applies: boolean, why: string, amount?: number): void =>
+        void trace?.push({ id: l.config.id, kind: l.kind, ...(l.usage !== undefined && { usage: l.usage }), applies, why, at: `${l.config.at.file}:${l.config.at.line}`, ...(amount !== undefined && { amount: amountText(l, amount), limit: amountText(l, l.limit), window: formatMs(l.windowMs) }) });
+      // A usage budget counts metered LLM calls only; any other request spends nothing of it.
+      if (l.usage !== undefined && spend === undefined) {
+        note(false, 'not a metered LLM call');
+        continue;
+      }
+      const fits = staticMatch(l, s);
+      if (fits !== true) {
+        note(false, fits);
+        continue;
+      }
+      const c = l.when === undefined ? true : condition(l.when, s);
+      const fail = (error: string): Decision => {
+        note(true, `could not be applied: ${error}`);
+        return { effect: 'deny', rules: [l.config.id], reason: `${l.kind === 'budget' ? 'budget' : 'rate limit'} ${l.config.id} could not be applied: ${error}` };
+      };
+      if (typeof c === 'string') return fail(c);
+      if (!c) {
+        note(false, 'condition is false');
+        continue;
+      }
+      const key = counterKey(l, s);
+      if (!Array.isArray(key)) return fail(key.error);
+      let cost = 1;
+      if (l.usage !== undefined && spend !== undefined) cost = l.usage === 'tokens' ? Math.ceil(spend.tokens) : Math.ceil(spend.cost * MICROS);
+      else if (l.sum) {
+        if (l.sum.readsArgs && input.facts.argsError !== undefined) return fail(input.facts.argsError);
+        try {
+          const v = l.sum(variables(s, l.sum.reads));
+          cost = typeof v === 'bigint' ? Number(v) : (v as number);
+        } catch (err) {
+          return fail(celErrorMessage(err));
+        }
+        if (typeof cost !== 'number' || !Number.isFinite(cost) || cost < 0) return fail('the amount is not a non-negative number');
+      }
+      note(true, `counted per ${typeof l.key === 'string' ? l.key : 'cel key'}`, cost);
+      entries.push({ limit: l, key: JSON.stringify([l.kind, l.config.id, ...key]), cost });
+    }
+    return entries;
+  };
+
+  /**
    * The counter's key within its limit, as a JSON array: strings are escaped and delimited, so no
    * id (one holding ':' or NUL, say) can pass for another key. Every key but `global` names the
    * tenant first (null without one): agent ids, users, tools and CEL values are the tenant's own, so
@@ -691,44 +765,22 @@ export function compilePolicy(
       return { decision: delegated(agent, explainFor(asUser(s, user), trace), user), trace };
     },
     charge(input, spend) {
-      const s = evaluation(input);
-      const entries: { limit: CompiledLimit; key: string; cost: number }[] = [];
-      for (const l of limitsFor(input.facts.upstream)) {
-        // A usage budget counts metered LLM calls only; any other request spends nothing of it.
-        if (l.usage !== undefined && spend === undefined) continue;
-        if (staticMatch(l, s) !== true) continue;
-        const c = l.when === undefined ? true : condition(l.when, s);
-        const fail = (error: string): Decision => ({
-          effect: 'deny',
-          rules: [l.config.id],
-          reason: `${l.kind === 'budget' ? 'budget' : 'rate limit'} ${l.config.id} could not be applied: ${error}`,
-        });
-        if (typeof c === 'string') return fail(c);
-        if (!c) continue;
-        const key = counterKey(l, s);
-        if (!Array.isArray(key)) return fail(key.error);
-        let cost = 1;
-        if (l.usage !== undefined && spend !== undefined) cost = l.usage === 'tokens' ? Math.ceil(spend.tokens) : Math.ceil(spend.cost * MICROS);
-        else if (l.sum) {
-          if (l.sum.readsArgs && input.facts.argsError !== undefined) return fail(input.facts.argsError);
-          try {
-            const v = l.sum(variables(s, l.sum.reads));
-            cost = typeof v === 'bigint' ? Number(v) : (v as number);
-          } catch (err) {
-            return fail(celErrorMessage(err));
-          }
-          if (typeof cost !== 'number' || !Number.isFinite(cost) || cost < 0) return fail('the amount is not a non-negative number');
-        }
-        entries.push({ limit: l, key: JSON.stringify([l.kind, l.config.id, ...key]), cost });
-        // A call whose spending cannot be bounded fits no budget (and no store takes an infinite amount).
-        if (!Number.isFinite(cost)) return chargedBy(entries, { ok: false, index: entries.length - 1, retryAfterMs: null }, spend);
-      }
+      const entries = chargesOf(input, spend);
+      if (!Array.isArray(entries)) return entries;
       if (entries.length === 0) return undefined;
+      // A call whose spending cannot be bounded fits no budget (and no store takes an infinite amount).
+      const unbounded = entries.findIndex((e) => !Number.isFinite(e.cost));
+      if (unbounded !== -1) return chargedBy(entries, { ok: false, index: unbounded, retryAfterMs: null }, spend);
       const r = stores.counters.tryConsume(
         entries.map((e) => ({ key: e.key, windowMs: e.limit.windowMs, limit: e.limit.limit, cost: e.cost, failOpen: e.limit.failOpen })),
         input.now,
       );
       return r instanceof Promise ? r.then((settled) => chargedBy(entries, settled, spend)) : chargedBy(entries, r, spend);
+    },
+    explainLimits(input, spend) {
+      const traces: LimitTrace[] = [];
+      const entries = chargesOf(input, spend, traces);
+      return { traces, ...(!Array.isArray(entries) && { failed: entries }) };
     },
     settle(reservation, actual, now) {
       const held = reservation.held;
@@ -757,9 +809,9 @@ export function compilePolicy(
 }
 
 /** The refusal a store's answer means for these charges, or the usage budgets' reservation. */
-function chargedBy(entries: readonly { limit: CompiledLimit; key: string; cost: number }[], r: ConsumeResult, spend: Spend | undefined): Limited | Reservation | undefined {
+function chargedBy(entries: readonly Charge[], r: ConsumeResult, spend: Spend | undefined): Limited | Reservation | undefined {
   if (!r.ok) {
-    const e = entries[r.index] as { limit: CompiledLimit; key: string; cost: number };
+    const e = entries[r.index] as Charge;
     const l = e.limit;
     const level = l.usage === undefined ? {} : { level: levelOf({ id: l.config.id, usage: l.usage, key: e.key, windowMs: l.windowMs, limit: l.limit }, l.limit) };
     const what = l.kind === 'budget' ? `budget ${l.config.id} (${amountText(l, l.limit)} per ${formatMs(l.windowMs)})` : `rate limit ${l.config.id} (${l.limit} per ${formatMs(l.windowMs)})`;

@@ -1,8 +1,8 @@
 import type { Config, PolicyTestConfig } from '../config/types.js';
 import { ValetError } from '../errors.js';
-import type { AgentIdentity, Decision, Limited, RequestFacts } from '../types.js';
+import type { AgentIdentity, Decision, Limited, RequestFacts, Spend } from '../types.js';
 import { ambiguityError, bodyKind, buildArgs, parseBody } from './args.js';
-import { compilePolicy, type Charged, type EvaluationInput, type Policy, type RuleTrace } from './compile.js';
+import { compilePolicy, type Charged, type EvaluationInput, type LimitTrace, type Policy, type RuleTrace } from './compile.js';
 import { memoryCounterStore, memoryHistoryStore } from './counters.js';
 
 /** A request described by hand: policy tests and `valet policy explain`. */
@@ -113,13 +113,15 @@ export async function explainScenario(
   policy: Policy,
   config: Pick<Config, 'gateway'>,
   s: Scenario,
-): Promise<{ decision: Decision; trace: RuleTrace[]; limited: Limited | Decision | undefined; input: EvaluationInput }> {
+  spend?: Spend,
+): Promise<{ decision: Decision; trace: RuleTrace[]; limits: LimitTrace[]; limited: Limited | Decision | undefined; input: EvaluationInput }> {
   const base = scenarioInput(policy, config, s);
   const history = await policy.resolveHistory(base);
   const context = await policy.resolveContext(base);
   const input: EvaluationInput = history === undefined ? { ...base, context } : { ...base, context, history: history.summary, historyVersion: history.version };
   const { decision, trace } = policy.explain(input);
-  return { decision, trace, limited: decision.effect === 'allow' ? refusal(await policy.charge(input)) : undefined, input };
+  const { traces } = policy.explainLimits(input, spend);
+  return { decision, trace, limits: traces, limited: decision.effect === 'allow' ? refusal(await policy.charge(input, spend)) : undefined, input };
 }
 
 /** A charge's refusal, if it was one (a reservation goes on). */
