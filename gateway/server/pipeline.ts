@@ -254,25 +254,25 @@ export function createPipeline(deps: PipelineDeps): RequestHandler {
         }
       }
       // An LLM call that spends tokens is read (its body, under max_body_bytes) to price the most it may spend.
+      // A call that cannot be metered is refused once the rules have had their say (a denial names its rule).
+      let unmeterable: string | undefined;
       const llmRoute = mcp === undefined ? metering.route(upstream, rec.method, target.forwardPath) : undefined;
       if (llmRoute !== undefined) {
-        if (incoming !== undefined && encoded(req)) throw new ValetError('VALET_ERR_LLM_UNMETERABLE', 'The body of a metered LLM call may not be compressed: its usage could not be estimated.');
-        if (buffered === undefined && incoming !== undefined) {
+        if (incoming !== undefined && encoded(req)) unmeterable = 'The body of a metered LLM call may not be compressed: its usage could not be estimated.';
+        else if (buffered === undefined && incoming !== undefined) {
           buffered = await readBody(req, incoming, config.gateway.maxBodyBytes);
           rec.bytesIn = buffered.length;
           refuseTokenInBody(buffered, presented);
         }
         let json: unknown;
-        if (buffered !== undefined && buffered.length > 0) {
+        if (unmeterable === undefined && buffered !== undefined && buffered.length > 0) {
+          // Whatever its content-type says (the AWS SDK sends none): an LLM API reads its body as JSON.
           const read = kind === 'json' && parsed.value !== undefined ? parsed : parseBody('json', buffered);
-          if (kind !== 'json' || read.error !== undefined) throw new ValetError('VALET_ERR_LLM_UNMETERABLE', 'The body of a metered LLM call must be a JSON object.');
-          json = read.value;
+          if (read.error !== undefined || typeof read.value !== 'object' || read.value === null) unmeterable = 'The body of a metered LLM call must be a JSON object.';
+          else json = read.value;
         }
         llm = metering.plan(llmRoute, json);
         rec.model = llm.request.model === '' ? null : llm.request.model.slice(0, 200);
-        if (llm.priced === 'ceiling' && metering.settings.unknownModel === 'deny') {
-          throw new ValetError('VALET_ERR_LLM_UNKNOWN_MODEL', `No price is known for model "${llm.request.model.slice(0, 128)}" (gateway.llm.prices), and gateway.llm.unknown_model refuses such calls.`);
-        }
       }
       const args = buildArgs(toolMatch?.params ?? {}, q.query, parsed, kind, toolMatch?.tool.args ?? {});
       // Policy reads arguments here, and another reader could take these bytes differently from it:
@@ -346,6 +346,10 @@ export function createPipeline(deps: PipelineDeps): RequestHandler {
         throw new ValetError('VALET_ERR_POLICY_DENIED', `Denied by rule ${rule}: ${decision.reason}`, {
           extra: { rule, reason: decision.reason },
         });
+      }
+      if (unmeterable !== undefined) throw new ValetError('VALET_ERR_LLM_UNMETERABLE', unmeterable);
+      if (llm?.priced === 'ceiling' && metering.settings.unknownModel === 'deny') {
+        throw new ValetError('VALET_ERR_LLM_UNKNOWN_MODEL', `No price is known for model "${llm.request.model.slice(0, 128)}" (gateway.llm.prices), and gateway.llm.unknown_model refuses such calls.`);
       }
       // 5. approve: park the exact request (body buffered) until a person decides; go on only if approved.
       if (decision.effect === 'escalate') {

@@ -109,7 +109,8 @@ describe('credential scheme aws_sigv4 with the AWS SDK v3', () => {
         const path = req.url.split('?')[0] as string;
         if (path === `/model/${encodeURIComponent(MODEL)}/invoke`) {
           const prompt = (JSON.parse(req.body.toString()) as { prompt: string }).prompt;
-          res.writeHead(200, { 'content-type': 'application/json', 'x-amzn-requestid': 'fake-invoke' });
+          // InvokeModel reports usage in headers.
+          res.writeHead(200, { 'content-type': 'application/json', 'x-amzn-requestid': 'fake-invoke', 'x-amzn-bedrock-input-token-count': '11', 'x-amzn-bedrock-output-token-count': '3' });
           return void res.end(JSON.stringify({ completion: `echo: ${prompt}` }));
         }
         if (path === `/model/${encodeURIComponent(MODEL)}/converse-stream`) {
@@ -125,6 +126,7 @@ describe('credential scheme aws_sigv4 with the AWS SDK v3', () => {
             event('contentBlockDelta', { contentBlockIndex: 0, delta: { text: 'lo' } }),
             event('contentBlockStop', { contentBlockIndex: 0 }),
             event('messageStop', { stopReason: 'end_turn' }),
+            event('metadata', { usage: { inputTokens: 9, outputTokens: 2, totalTokens: 11 }, metrics: { latencyMs: 5 } }),
           ];
           for (const [i, e] of events.entries()) setTimeout(() => (i === events.length - 1 ? res.end(e) : res.write(e)), i * 20);
           return;
@@ -328,6 +330,17 @@ describe('credential scheme aws_sigv4 with the AWS SDK v3', () => {
     expect(text).toBe('Hello');
     expect(stop).toBe('end_turn');
     expect(checked.at(-1)?.result).toMatchObject({ accessKeyId: KEYS.shared.id });
+    // Metered from the binary event stream's metadata event, and from InvokeModel's headers.
+    const metered = async (suffix: string): Promise<unknown> => {
+      for (let i = 0; i < 100; i++) {
+        const row = (await gw.auditRows()).filter((r) => r.path.endsWith(suffix)).at(-1);
+        if (row?.usage != null) return { tokens: row.tokens, ...(JSON.parse(row.usage) as object) };
+        await new Promise((r) => setTimeout(r, 20));
+      }
+      return undefined;
+    };
+    expect(await metered('/converse-stream')).toMatchObject({ tokens: 11, input: 9, output: 2, source: 'reported', complete: true });
+    expect(await metered('/invoke')).toMatchObject({ tokens: 14, input: 11, output: 3, source: 'reported' });
   });
 
   it('Bedrock: a policy deny is the SDK\'s AccessDeniedException; a body over max_body_bytes is a 413 ValidationException; neither is forwarded', async () => {

@@ -207,9 +207,14 @@ describe('rate limits and budgets', () => {
       expectLimited(await transfer(token, 1), 'VALET_ERR_BUDGET_EXCEEDED', 'daily-transfer-budget', 86_400);
     });
 
-    it('a single transfer larger than the whole budget is refused outright', async () => {
+    it('a single transfer larger than the whole budget is refused outright, with no invitation to retry', async () => {
       const token = await gw.token({ agent: 'whale' });
-      expectLimited(await transfer(token, 1001), 'VALET_ERR_BUDGET_EXCEEDED', 'daily-transfer-budget', 86_400);
+      const r = await transfer(token, 1001);
+      const e = expectRefused(r, 403, 'VALET_ERR_BUDGET_TOO_SMALL');
+      expect(e.rule).toBe('daily-transfer-budget');
+      expect(e.reason).toMatch(/more than the whole budget daily-transfer-budget/);
+      expect(r.headers['retry-after']).toBeUndefined();
+      expect(r.headers['x-should-retry']).toBe('false');
       expectForwarded(await transfer(token, 1000));
     });
 
