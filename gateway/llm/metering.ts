@@ -65,9 +65,8 @@ export class LlmMetering {
   /** Reads a metered request (its parsed JSON body, or undefined) and prices what it may spend. */
   plan(metered: MeteredRoute | LlmRoute, body: unknown): LlmPlan {
     const { route, compatible } = 'route' in metered ? metered : { route: metered, compatible: false };
-    const read = readLlmRequest(route, body);
     // Another server's OpenAI API may refuse a field it does not know: its body is never changed.
-    const request = compatible && read.addUsage ? { ...read, addUsage: false } : read;
+    const request = readLlmRequest(route, body, { mayAddUsage: !compatible });
     const known = request.model === '' ? undefined : this.prices.lookup(request.model);
     // An unknown model is priced at the ceiling; whether it may run at all is gateway.llm.unknown_model's call (the pipeline's).
     const priced: Priced = known !== undefined ? 'table' : 'ceiling';
@@ -75,15 +74,26 @@ export class LlmMetering {
     // A model never writes more than its own maximum, whatever the request allows.
     const requested = request.maxOutput ?? this.settings.defaultMaxOutput ?? known?.price.maxOutput ?? FALLBACK_MAX_OUTPUT;
     const maxOutput = route.api === 'embeddings' ? 0 : known === undefined ? requested : Math.min(requested, price.maxOutput);
-    let reserve: Spend;
-    if (request.opaque) reserve = { tokens: Number.POSITIVE_INFINITY, cost: this.settings.opaqueBatchCost ?? Number.POSITIVE_INFINITY };
-    else {
+    const opaqueBatchCost = this.settings.opaqueBatchCost;
+    let reserve: Spend | undefined;
+    // Worked out only when a usage budget asks (estimating the input runs the tokenizer).
+    const reserved = (): Spend => {
+      if (request.opaque) return { tokens: Number.POSITIVE_INFINITY, cost: opaqueBatchCost ?? Number.POSITIVE_INFINITY };
       const output = request.calls * maxOutput;
       // An upper bound: input at the dearer of reading and writing a cache, output at the dearer of answering and thinking.
       const cost = (request.inputTokens * Math.max(price.input, price.cacheWrite) + output * Math.max(price.output, price.reasoning)) / 1e6;
-      reserve = { tokens: request.inputTokens + output, cost };
-    }
-    return { request, priced, priceName: known?.name ?? '', price, maxOutput, reserve };
+      return { tokens: request.inputTokens + output, cost };
+    };
+    return {
+      request,
+      priced,
+      priceName: known?.name ?? '',
+      price,
+      maxOutput,
+      get reserve(): Spend {
+        return (reserve ??= reserved());
+      },
+    };
   }
 
   /** A meter for the response of a planned call; with `overrun: cut`, a stream past its reserved output is ended cleanly. */

@@ -21,11 +21,12 @@ export const IMAGE_TOKENS = 1_600;
 /**
  * How much of a request's text (UTF-16 code units) is run through the tokenizer. Tokenizing runs on
  * the event loop, at roughly 250 ms per million characters of prose or code (up to ~1.5 s for text
- * without spaces, such as base64), so a larger request is tokenized only this far; the rest counts
- * as one token per two UTF-8 bytes, more than ordinary text averages (about four bytes per token
- * for English, three for code, two to three for CJK), which keeps the estimate on the safe side.
+ * without spaces, such as base64): every other request and stream waits meanwhile. So a request is
+ * tokenized only this far (≤ ~8 ms); the rest counts at the larger of one token per two UTF-8 bytes
+ * (more than ordinary text averages: about four bytes per token for English, three for code) and
+ * the density of the part tokenized plus a quarter, which keeps the estimate on the safe side.
  */
-export const TOKENIZE_LIMIT = 1_048_576;
+export const TOKENIZE_LIMIT = 32_768;
 
 /** OpenAI's chat format: about four tokens of framing per message and three priming the reply. */
 const MESSAGE_TOKENS = 4;
@@ -129,6 +130,8 @@ class Tally {
   /** Tokens counted without the tokenizer: media allowances, message framing, token-id inputs. */
   fixed = 0;
 
+  private overflowChars = 0;
+
   text(s: string): void {
     if (s === '') return;
     const room = TOKENIZE_LIMIT - this.chars;
@@ -139,12 +142,16 @@ class Tally {
     }
     if (room > 0) this.texts.push(s.slice(0, room));
     this.chars = TOKENIZE_LIMIT;
-    this.overflowBytes += Buffer.byteLength(room > 0 ? s.slice(room) : s);
+    const rest = room > 0 ? s.slice(room) : s;
+    this.overflowChars += rest.length;
+    this.overflowBytes += Buffer.byteLength(rest);
   }
 
   tokens(): number {
     const counted = this.texts.length === 0 ? 0 : countTokens(this.texts.join('\n'), AS_TEXT);
-    return counted + Math.ceil(this.overflowBytes / 2) + this.fixed;
+    const density = this.chars === 0 ? 0 : counted / this.chars;
+    const rest = Math.max(this.overflowBytes / 2, this.overflowChars * density * 1.25);
+    return counted + Math.ceil(rest) + this.fixed;
   }
 }
 
@@ -300,17 +307,21 @@ function readBatch(route: LlmRoute, body: unknown): Pick<LlmRequest, 'model' | '
  * - `opaque`: an OpenAI batch, or a Gemini batch of an uploaded file.
  * - `addUsage`: an OpenAI-style streamed chat that did not ask for usage (see {@link withStreamUsage}).
  */
-export function readLlmRequest(route: LlmRoute, body: unknown): LlmRequest {
+export function readLlmRequest(route: LlmRoute, body: unknown, options: { readonly mayAddUsage?: boolean } = {}): LlmRequest {
   const stream = get(body, 'stream') === true || route.pathStream === true;
   if (route.api === 'batch') return { route, stream, addUsage: false, ...readBatch(route, body) };
+  let input: number | undefined;
   return {
     route,
     model: route.pathModel ?? str(get(body, 'model')) ?? '',
     stream,
     maxOutput: maxOutputOf(route, body),
-    inputTokens: estimateInput(body),
+    // Counted only when asked for (a usage budget applies, or a response reported none): most calls never pay for it.
+    get inputTokens(): number {
+      return (input ??= estimateInput(body));
+    },
     calls: choicesOf(route, body),
-    addUsage: route.family === 'openai' && route.api === 'chat' && stream && get(get(body, 'stream_options'), 'include_usage') !== true,
+    addUsage: options.mayAddUsage !== false && route.family === 'openai' && route.api === 'chat' && stream && get(get(body, 'stream_options'), 'include_usage') !== true,
     opaque: false,
   };
 }

@@ -72,6 +72,8 @@ export interface Policy {
   settle(reservation: Reservation, actual: Spend, now: number): BudgetLevel[] | Promise<BudgetLevel[]>;
   /** Each limit and budget of the request's upstream: whether it applies and what the request would take of it (nothing is charged). */
   explainLimits(input: EvaluationInput, spend?: Spend): { traces: LimitTrace[]; failed?: Decision };
+  /** Whether any usage budget may count calls to this upstream (only then is an LLM call's reservation worked out). */
+  meters(upstream: string): boolean;
   /** Records a forwarded call for `history.*` conditions (a Promise only with a shared store). */
   recordCall(input: EvaluationInput): void | Promise<void>;
   /**
@@ -777,6 +779,7 @@ export function compilePolicy(
       );
       return r instanceof Promise ? r.then((settled) => chargedBy(entries, settled, spend)) : chargedBy(entries, r, spend);
     },
+    meters: (upstream) => limitsFor(upstream).some((l) => l.usage !== undefined),
     explainLimits(input, spend) {
       const traces: LimitTrace[] = [];
       const entries = chargesOf(input, spend, traces);

@@ -402,7 +402,7 @@ export function createPipeline(deps: PipelineDeps): RequestHandler {
       }
       // Only a shared counter store answers with a Promise: the embedded path takes no extra turn.
       // A metered LLM call reserves the most it may spend against its usage budgets, settled once it is over.
-      const charging = policy.charge(input, llm?.reserve);
+      const charging = policy.charge(input, llm !== undefined && policy.meters(upstream.name) ? llm.reserve : undefined);
       const charged = charging instanceof Promise ? await charging : charging;
       const limited = charged !== undefined && 'kind' in charged && charged.kind === 'reserved' ? undefined : (charged as Exclude<typeof charged, Reservation>);
       if (limited === undefined && charged !== undefined) {
