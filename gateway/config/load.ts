@@ -477,6 +477,7 @@ function buildLlmSettings(file: ParsedFile | undefined, raw: Raw | undefined, pr
     overrun: raw.overrun ?? DEFAULT_LLM.overrun,
     defaultMaxOutput: raw.default_max_output,
     opaqueBatchCost: raw.opaque_batch_cost,
+    maxBodyBytes: raw.max_body_bytes ?? DEFAULT_LLM.maxBodyBytes,
   };
 }
 

@@ -258,6 +258,7 @@ export const fileSchema = {
             overrun: { enum: ['charge', 'cut'] },
             default_max_output: { type: 'integer', minimum: 1 },
             opaque_batch_cost: { type: 'number', exclusiveMinimum: 0 },
+            max_body_bytes: { type: 'integer', minimum: 1024, maximum: 1_099_511_627_776 },
           },
         },
         counters: {

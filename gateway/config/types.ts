@@ -79,9 +79,11 @@ export interface LlmSettings {
   readonly defaultMaxOutput: number | undefined;
   /** Reserved for a batch whose input Valet cannot see (an uploaded file), in the table's currency; undefined: refused under a cost or token budget. */
   readonly opaqueBatchCost: number | undefined;
+  /** The largest body of a metered call Valet reads whole (prompts carry images); never below `gateway.max_body_bytes`. */
+  readonly maxBodyBytes: number;
 }
 
-export const DEFAULT_LLM: LlmSettings = { prices: {}, unknownModel: 'ceiling', approval: undefined, overrun: 'charge', defaultMaxOutput: undefined, opaqueBatchCost: undefined };
+export const DEFAULT_LLM: LlmSettings = { prices: {}, unknownModel: 'ceiling', approval: undefined, overrun: 'charge', defaultMaxOutput: undefined, opaqueBatchCost: undefined, maxBodyBytes: 33_554_432 };
 
 /** `gateway.policy`: how identities are checked against the agent registry. */
 export interface PolicySettings {

@@ -239,13 +239,17 @@ export function createPipeline(deps: PipelineDeps): RequestHandler {
           pendingIds.add(key);
           pendingId = key;
         }
-      } else if (policy.readsArgs(upstream.name)) {
+      }
+      // An LLM call that spends tokens is read whole (up to gateway.llm.max_body_bytes: prompts carry images) to price the most it may spend.
+      const llmRoute = mcp === undefined ? metering.route(upstream, rec.method, target.forwardPath) : undefined;
+      const bodyLimit = llmRoute === undefined ? config.gateway.maxBodyBytes : Math.max(config.gateway.maxBodyBytes, metering.settings.maxBodyBytes);
+      if (mcp === undefined && policy.readsArgs(upstream.name)) {
         const encoding = (req.headers['content-encoding'] ?? 'identity').trim().toLowerCase();
         if (encoding !== 'identity' && kind !== 'none') {
           // Policy would read compressed bytes while the upstream reads what they decode to.
           parsed = { value: undefined, error: `the body is ${encoding}-encoded; arguments cannot be read`, ambiguous: false };
         } else if (incoming !== undefined && (kind === 'json' || kind === 'form')) {
-          buffered = await readBody(req, incoming, config.gateway.maxBodyBytes);
+          buffered = await readBody(req, incoming, bodyLimit);
           rec.bytesIn = buffered.length;
           refuseTokenInBody(buffered, presented);
           parsed = parseBody(kind, buffered);
@@ -253,14 +257,12 @@ export function createPipeline(deps: PipelineDeps): RequestHandler {
           parsed = parseBody(kind, Buffer.alloc(0));
         }
       }
-      // An LLM call that spends tokens is read (its body, under max_body_bytes) to price the most it may spend.
       // A call that cannot be metered is refused once the rules have had their say (a denial names its rule).
       let unmeterable: string | undefined;
-      const llmRoute = mcp === undefined ? metering.route(upstream, rec.method, target.forwardPath) : undefined;
       if (llmRoute !== undefined) {
         if (incoming !== undefined && encoded(req)) unmeterable = 'The body of a metered LLM call may not be compressed: its usage could not be estimated.';
         else if (buffered === undefined && incoming !== undefined) {
-          buffered = await readBody(req, incoming, config.gateway.maxBodyBytes);
+          buffered = await readBody(req, incoming, bodyLimit);
           rec.bytesIn = buffered.length;
           refuseTokenInBody(buffered, presented);
         }

@@ -167,6 +167,21 @@ describe('usage recorded equals what the provider reported', () => {
     expect(row.tokens).toBe(147);
   });
 
+  it('a prompt with a 3 MB image is metered (read whole above max_body_bytes), the image at its allowance', async () => {
+    const gw = await start({ budgets: [{ id: 'b', upstream: 'openai', usage: 'tokens', key: 'agent', window: '1h', limit: 100_000 }] });
+    fake.behaviour = { usage: { input: 900, cached: 0, cacheWrite: 0, output: 3, reasoning: 0 } };
+    const image = `data:image/png;base64,${Buffer.alloc(3 << 20, 7).toString('base64')}`;
+    const content = [{ type: 'text' as const, text: 'What is this?' }, { type: 'image_url' as const, image_url: { url: image } }];
+    await openai(gw, await gw.token()).chat.completions.create({ model: 'gpt-4o', messages: [{ role: 'user', content }], max_tokens: 50 });
+    expect(fake.requests.at(-1)?.body.length).toBeGreaterThan(4 << 20);
+    const row = await lastRow(gw);
+    expect(row.tokens).toBe(903);
+    const reserved = (usageOf(row)['reserved'] as { tokens: number }).tokens;
+    // 1,600 for the image, a few for the text and framing, 50 of output: not millions for the base64.
+    expect(reserved).toBeGreaterThan(1_650);
+    expect(reserved).toBeLessThan(1_700);
+  });
+
   it('metrics: valet_llm_tokens_total and valet_llm_cost_total by upstream, model and tenant, never by agent', async () => {
     const gw = await start();
     fake.behaviour = { usage: { input: 100, cached: 0, cacheWrite: 0, output: 10, reasoning: 0 } };
