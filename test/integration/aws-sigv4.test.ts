@@ -163,7 +163,7 @@ describe('credential scheme aws_sigv4 with the AWS SDK v3', () => {
         { id: 'no-forbidden-bucket', effect: 'deny', upstream: 's3', paths: ['/forbidden/**'], reason: 'that bucket is off limits' },
         { id: 'no-opus', effect: 'deny', upstream: 'bedrock', paths: ['/model/anthropic.claude-3-opus-20240229-v1:0/**'], reason: 'too expensive' },
       ],
-      gateway: { max_body_bytes: 65_536 },
+      gateway: { max_body_bytes: 65_536, llm: { max_body_bytes: 65_536 } },
       env: { VALET_MASTER_KEY: MASTER_KEY, AWS_ACCESS_KEY_ID: KEYS.shared.id, AWS_SECRET_ACCESS_KEY: KEYS.shared.secret },
     });
     store = await openSecretBackend({ dataDir: gw.dataDir, postgresUrl: gw.backendEnv['VALET_POSTGRES_URL'] }, { key: parseMasterKey(MASTER_KEY, 'test') });
@@ -343,7 +343,7 @@ describe('credential scheme aws_sigv4 with the AWS SDK v3', () => {
     expect(await metered('/invoke')).toMatchObject({ tokens: 14, input: 11, output: 3, source: 'reported' });
   });
 
-  it('Bedrock: a policy deny is the SDK\'s AccessDeniedException; a body over max_body_bytes is a 413 ValidationException; neither is forwarded', async () => {
+  it('Bedrock: a policy deny is the SDK\'s AccessDeniedException; a body over llm.max_body_bytes is a 413 ValidationException; neither is forwarded', async () => {
     const before = bedrock.requests.length;
     const client = bedrockClient(await agentToken());
     const denied = await client.send(new InvokeModelCommand({ modelId: 'anthropic.claude-3-opus-20240229-v1:0', body: '{}' })).catch((e: unknown) => e);
