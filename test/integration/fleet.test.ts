@@ -17,14 +17,22 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { stringify } from 'yaml';
 import { mintAgentToken, type MintOptions } from '../../gateway/auth/mint.js';
 import { loadConfig } from '../../gateway/config/load.js';
-import type { Config } from '../../gateway/config/types.js';
+import { DEFAULT_LLM, type Config } from '../../gateway/config/types.js';
 import { generateMasterKeyText } from '../../gateway/secrets/crypto.js';
 import { listeningPort, runCli, spawnCli } from '../helpers/cli.js';
 import { pgSchemas } from '../helpers/postgres.js';
 import { startFakeAuthServer, type FakeAuthServer } from '../helpers/oauth.js';
 import { headerValues, startFakeUpstream, type FakeUpstream, type RecordedRequest } from '../helpers/upstream.js';
+import { startFakeLlm, type FakeLlm } from '../helpers/llm.js';
+import { LlmMetering } from '../../gateway/llm/metering.js';
+import { meteredRoute } from '../../gateway/llm/routes.js';
 
 const REDIS = 'redis://127.0.0.1:6379';
+
+/** A streamed chat call, and the budget that holds exactly six of its reservations. */
+const CHAT = { model: 'gpt-4o-mini', messages: [{ role: 'user', content: 'Say hi' }], max_tokens: 200, stream: true };
+const CHAT_RESERVE = new LlmMetering(DEFAULT_LLM).plan(meteredRoute('openai', 'POST', '/v1/chat/completions')!, CHAT).reserve.tokens;
+const LLM_LIMIT = 6 * CHAT_RESERVE + Math.floor(CHAT_RESERVE / 2);
 const SIGNING_KEY = randomBytes(32).toString('base64url');
 
 const LIMITS_YAML = `tools:
@@ -40,6 +48,12 @@ rate_limits:
     window: 1m
     key: agent
 budgets:
+  - id: llm-tokens
+    upstream: llm
+    usage: tokens
+    limit: ${LLM_LIMIT}
+    window: 1h
+    key: tenant
   - id: transfer-budget
     tools: [pay.transfer]
     sum: args.amount
@@ -54,6 +68,7 @@ const RULES = [
   { id: 'hold', upstream: 'pay', paths: ['/v1/hold/**'], effect: 'escalate', reason: 'needs a person', approval: { group: 'finance', mode: 'hold', timeout: '20s' } },
   { id: 'vault-allow', upstream: 'vault', effect: 'allow' },
   { id: 'crm-allow', upstream: 'crm', effect: 'allow' },
+  { id: 'llm-allow', upstream: 'llm', effect: 'allow' },
 ];
 
 interface Instance {
@@ -87,6 +102,7 @@ describe('a fleet of three valet processes on one PostgreSQL and one Redis', () 
   let schema: string;
   let upstream: FakeUpstream;
   let auth: FakeAuthServer;
+  let llm: FakeLlm;
   let config: Config;
   const fleet: Instance[] = [];
   const token = (o: Partial<MintOptions> = {}): Promise<string> =>
@@ -129,6 +145,7 @@ describe('a fleet of three valet processes on one PostgreSQL and one Redis', () 
       }, delay);
     });
     auth = await startFakeAuthServer({ clientId: 'fleet-client', clientSecret: 'cs-fleet-client-7d' });
+    llm = await startFakeLlm();
     auth.seedRefreshToken('rt-fleet-seed', 'fleet');
     mkdirSync(configDir, { recursive: true });
     writeFileSync(
@@ -152,6 +169,7 @@ describe('a fleet of three valet processes on one PostgreSQL and one Redis', () 
         upstreams: [
           { name: 'pay', origin: upstream.origin, credential: { scheme: 'bearer', secret: 'PAY_KEY' } },
           { name: 'vault', origin: upstream.origin, credential: { scheme: 'bearer', secret: 'VAULT_TOKEN' } },
+          { name: 'llm', preset: 'openai', origin: llm.origin },
           {
             name: 'crm',
             origin: upstream.origin,
@@ -170,6 +188,7 @@ describe('a fleet of three valet processes on one PostgreSQL and one Redis', () 
       VALET_APPROVAL_LINK_KEY: randomBytes(32).toString('base64url'),
       VALET_TEST_SIGNING_KEY: SIGNING_KEY,
       PAY_KEY: 'sk_fleet_pay_5e1f',
+      OPENAI_API_KEY: 'sk-fleet-openai-3c4d',
       CRM_CLIENT_SECRET: 'cs-fleet-client-7d',
       CRM_REFRESH_TOKEN: 'rt-fleet-seed',
     };
@@ -185,6 +204,7 @@ describe('a fleet of three valet processes on one PostgreSQL and one Redis', () 
     await Promise.all(fleet.map((i) => (i.child ? stop(i.child) : undefined)));
     await upstream?.close();
     await auth?.close();
+    await llm?.close();
     for await (const keys of redis.scanIterator({ MATCH: `${prefix}*`, COUNT: 1000 })) if (keys.length > 0) await redis.del(keys);
     redis.destroy();
     await pgs.dropAll();
@@ -231,6 +251,24 @@ describe('a fleet of three valet processes on one PostgreSQL and one Redis', () 
     expect(spent.filter((r) => r.status === 201)).toHaveLength(5);
     for (const r of spent.filter((x) => x.status !== 201)) expect(r.text).toContain('VALET_ERR_BUDGET_EXCEEDED');
     expect(upstream.requests.filter((q) => q.url === '/v1/transfers')).toHaveLength(5);
+  }, 30_000);
+
+  it('LLM usage budgets hold across the fleet: 30 streamed calls over three instances, six reservations fit, nothing overshoots', async () => {
+    let release = (): void => undefined;
+    llm.behaviour = { usage: { input: 6, cached: 0, cacheWrite: 0, output: 40, reasoning: 0 }, gate: new Promise<void>((r) => (release = r)) };
+    const t = await token({ agent: 'llm-agent', tenant: 'llm-tenant' });
+    const calls = Array.from({ length: 30 }, (_, i) => send(`${inst(i % 3).url}/llm/v1/chat/completions`, { token: t, method: 'POST', body: CHAT }));
+    // The refusals come while the six admitted calls are held in flight by the fake.
+    while (llm.requests.length < 6) await new Promise((r) => setTimeout(r, 10));
+    await new Promise((r) => setTimeout(r, 200));
+    expect(llm.requests).toHaveLength(6);
+    release();
+    const replies = await Promise.all(calls);
+    expect(replies.filter((r) => r.status === 200)).toHaveLength(6);
+    for (const r of replies.filter((x) => x.status !== 200)) expect(r.text).toContain('VALET_ERR_BUDGET_EXCEEDED');
+    // Settled to 46 tokens each on whichever instance served them: a seventh call fits now.
+    expect((await send(`${inst(1).url}/llm/v1/chat/completions`, { token: t, method: 'POST', body: CHAT })).status).toBe(200);
+    expect(llm.requests).toHaveLength(7);
   }, 30_000);
 
   it('a request held on B is released by an approval through A\'s admin API', async () => {
