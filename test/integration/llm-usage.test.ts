@@ -13,7 +13,8 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { stringify } from 'yaml';
 import { DEFAULT_LLM } from '../../gateway/config/types.js';
 import { LlmMetering } from '../../gateway/llm/metering.js';
-import { meteredRoute } from '../../gateway/llm/routes.js';
+import { METERED_ROUTES, meteredRoute } from '../../gateway/llm/routes.js';
+import { presets } from '../../gateway/config/presets.js';
 import type { AuditRow } from '../../gateway/audit/port.js';
 import { startTestGateway, type TestGateway } from '../helpers/gateway.js';
 import { startFakeLlm, type FakeLlm, type FakeUsage } from '../helpers/llm.js';
@@ -419,28 +420,49 @@ describe('charged as documented when things go wrong', () => {
 });
 
 describe('no path around a budget', () => {
-  it('admin roles, other tenants\' names and every metered route of every LLM preset are charged', async () => {
-    const gw = await start({ budgets: [{ id: 'closed', usage: 'tokens', key: 'global', window: '1h', limit: 1 }] });
+  it('every metered route of every LLM preset is charged, whatever roles or tenant the agent claims', async () => {
+    const llmPresets = [...presets().presets.values()].filter((p) => p.upstream['llm'] !== undefined);
+    expect(llmPresets.map((p) => p.id).sort()).toEqual(['anthropic', 'aws-bedrock', 'azure-openai', 'cohere', 'gemini', 'groq', 'mistral', 'openai', 'openrouter']);
+    const gw = await startTestGateway({
+      upstreams: llmPresets.map((p) => ({ name: p.id, preset: p.id, origin: fake.origin })),
+      rules: [{ id: 'ok', effect: 'allow' }],
+      env: KEYS,
+      files: { 'budgets.yaml': stringify({ budgets: [{ id: 'closed', usage: 'tokens', key: 'global', window: '1h', limit: 1 }] }) },
+    });
+    gateways.push(gw);
     const token = await gw.token({ roles: ['admin', 'owner'], tenant: 'root' });
-    const { METERED_ROUTES } = await import('../../gateway/llm/routes.js');
-    const presets: Record<string, string> = { openai: 'openai', anthropic: 'anthropic', gemini: 'gemini', cohere: 'cohere' };
+    const message = { role: 'user', content: 'x' };
+    // Every field any family reads, so that each route finds its input (inline batches included).
+    const body = {
+      model: 'gpt-4o',
+      messages: [message],
+      max_tokens: 5,
+      input: 'x',
+      prompt: 'x',
+      contents: [{ parts: [{ text: 'x' }] }],
+      requests: [{ custom_id: 'a', params: { model: 'claude-3-5-haiku-latest', max_tokens: 5, messages: [message] }, request: { contents: [{ parts: [{ text: 'x' }] }] } }],
+      batch: { input_config: { requests: { requests: [{ request: { contents: [{ parts: [{ text: 'x' }] }] } }] } } },
+    };
     let tried = 0;
-    for (const [family, routes] of Object.entries(METERED_ROUTES)) {
-      const upstream = presets[family];
-      if (upstream === undefined) continue;
-      for (const route of routes) {
-        const res = await request(`${gw.url}/${upstream}${route.path}`, {
+    for (const p of llmPresets) {
+      const family = p.upstream['llm'] === 'openai-compatible' ? 'openai' : (p.upstream['llm'] as keyof typeof METERED_ROUTES);
+      for (const route of METERED_ROUTES[family]) {
+        const res = await request(`${gw.url}/${p.id}${route.path}`, {
           method: 'POST',
-          headers: { authorization: `Bearer ${token}`, 'x-api-key': token, 'x-goog-api-key': token, 'content-type': 'application/json' },
-          body: JSON.stringify({ model: 'gpt-4o', messages: [{ role: 'user', content: 'x' }], max_tokens: 5, input: 'x', contents: [{ parts: [{ text: 'x' }] }], requests: [] }),
+          headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json' },
+          body: JSON.stringify(body),
         });
         const text = await res.body.text();
-        expect([400, 403, 429], `${upstream} ${route.path}: ${text}`).toContain(res.statusCode);
-        expect(text).toMatch(/VALET_ERR_(BUDGET_EXCEEDED|BUDGET_TOO_SMALL|LLM_UNMETERABLE)/);
+        expect(res.statusCode, `${p.id} ${route.path}: ${text}`).toBe(route.api === 'batch' && family === 'openai' ? 400 : 403);
+        expect(text, `${p.id} ${route.path}`).toMatch(route.api === 'batch' && family === 'openai' ? /VALET_ERR_LLM_UNMETERABLE/ : /VALET_ERR_BUDGET_TOO_SMALL/);
         tried++;
       }
     }
-    expect(tried).toBeGreaterThanOrEqual(12);
+    expect(tried).toBeGreaterThanOrEqual(50);
     expect(fake.requests).toHaveLength(0);
+    // Each refusal is audited with the call's model.
+    const rows = await gw.auditRows();
+    expect(rows).toHaveLength(tried);
+    expect(rows.every((r) => r.decision === 'deny' && r.tokens === 0)).toBe(true);
   });
 });
