@@ -24,6 +24,7 @@ import { budgetAlerts } from './llm/alerts.js';
 import { auditRoutes } from './admin/audit.js';
 import { dashboardAssets, findDashboard } from './admin/assets.js';
 import { insightRoutes } from './admin/insights.js';
+import { usageRoutes } from './admin/usage.js';
 import { createMetrics, type Metrics } from './admin/metrics.js';
 import { policyRoutes } from './admin/policy.js';
 import { approvalPages, approvalRoutes } from './admin/approvals.js';
@@ -286,6 +287,7 @@ export async function startGateway(options: GatewayOptions): Promise<RunningGate
       ...auditRoutes(auditLog),
       ...policyRoutes(adminDeps),
       ...insightRoutes(auditLog),
+      ...usageRoutes({ audit: auditLog, budgets: () => policies.config().budgets, currency: metering.prices.currency }),
       ...(secretSources.store ? secretRoutes(secretSources.store) : []),
       ...approvalRoutes(approvals.service),
       ...credentialRoutes({ upstreams: config.upstreams, credentials, secrets: secretSources.store ?? secrets }),

@@ -7,9 +7,10 @@ import { approvalsView } from './views/approvals.js';
 import { auditView } from './views/audit.js';
 import { policiesView } from './views/policies.js';
 import { secretsView } from './views/secrets.js';
+import { spendView } from './views/spend.js';
 import { credentialsView } from './views/credentials.js';
 
-const VIEWS: readonly View[] = [approvalsView, auditView, activityView, policiesView, secretsView, credentialsView];
+const VIEWS: readonly View[] = [approvalsView, auditView, activityView, spendView, policiesView, secretsView, credentialsView];
 
 const root = document.getElementById('app') as HTMLElement;
 

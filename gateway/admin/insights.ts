@@ -47,13 +47,9 @@ export function insightRoutes(log: AuditLog, now: () => number = Date.now): Admi
       permission: 'audit.read',
       handle: async ({ who, query }) => {
         const tenant = tenantScope(who, query.get('tenant') ?? undefined);
-        const until = time(query, 'until_ms') ?? now();
-        const since = time(query, 'since_ms') ?? until - 24 * HOUR;
-        if (since >= until) throw new ValetError('VALET_ERR_ADMIN_BAD_REQUEST', 'since_ms must be before until_ms.');
-        const bucket = time(query, 'bucket_ms') ?? Math.max(1_000, Math.ceil((until - since) / 60));
-        if (bucket < 1_000) throw new ValetError('VALET_ERR_ADMIN_BAD_REQUEST', 'bucket_ms must be at least 1000.');
+        const { since, until } = timeRange(query, now(), 24 * HOUR);
+        const bucket = bucketSize(query, since, until) ?? Math.max(1_000, Math.ceil((until - since) / 60));
         const count = Math.ceil((until - since) / bucket);
-        if (count > MAX_BUCKETS) throw new ValetError('VALET_ERR_ADMIN_BAD_REQUEST', `That is ${count} buckets; at most ${MAX_BUCKETS} are returned.`);
         const rows = await log.decisionCounts({ sinceMs: since, untilMs: until, bucketMs: bucket, tenant });
         const zero = (): Counts => ({ allow: 0, deny: 0, escalate: 0, none: 0 });
         const buckets = Array.from({ length: count }, (_v, i) => ({ start_ms: since + i * bucket, ...zero() }));
@@ -69,6 +65,24 @@ export function insightRoutes(log: AuditLog, now: () => number = Date.now): Admi
       },
     },
   ];
+}
+
+/** `since_ms` and `until_ms` from the query: by default the `span` before `now`, and `now`; since must come first. */
+export function timeRange(query: URLSearchParams, now: number, span: number): { since: number; until: number } {
+  const until = time(query, 'until_ms') ?? now;
+  const since = time(query, 'since_ms') ?? until - span;
+  if (since >= until) throw new ValetError('VALET_ERR_ADMIN_BAD_REQUEST', 'since_ms must be before until_ms.');
+  return { since, until };
+}
+
+/** `bucket_ms` from the query, if given: at least a second, and at most {@link MAX_BUCKETS} buckets over the range. */
+export function bucketSize(query: URLSearchParams, since: number, until: number): number | undefined {
+  const bucket = time(query, 'bucket_ms');
+  if (bucket === undefined) return undefined;
+  if (bucket < 1_000) throw new ValetError('VALET_ERR_ADMIN_BAD_REQUEST', 'bucket_ms must be at least 1000.');
+  const count = Math.ceil((until - since) / bucket);
+  if (count > MAX_BUCKETS) throw new ValetError('VALET_ERR_ADMIN_BAD_REQUEST', `That is ${count} buckets; at most ${MAX_BUCKETS} are returned.`);
+  return bucket;
 }
 
 function time(query: URLSearchParams, name: string): number | undefined {

@@ -223,6 +223,48 @@ export interface DecisionBucket {
   count: number;
 }
 
+/** What metered LLM calls can be added up by: an audit row column. */
+export const SPEND_KEYS = ['agent', 'team', 'tenant', 'user', 'model', 'upstream'] as const;
+export type SpendKey = (typeof SPEND_KEYS)[number];
+
+/** Which metered LLM calls (rows with `tokens`) {@link AuditLog.spend} adds up, and how it groups them. */
+export interface SpendQuery {
+  /** Calls made in [sinceMs, untilMs) by `ts`; without `untilMs`, every call since. */
+  sinceMs: number;
+  untilMs?: number | undefined;
+  /** Only this tenant's calls (a tenant admin's view, a tenant-scoped budget). */
+  tenant?: string | undefined;
+  /** Only calls with these values (a budget's scope and upstream). */
+  team?: string | undefined;
+  agent?: string | undefined;
+  upstream?: string | undefined;
+  /** A row per value of this column (null: calls without one); absent: one row, the total. */
+  by?: SpendKey | undefined;
+  /** Also per tenant (rows carry it): agent, team and user ids are a tenant's own, as budget counters key them. */
+  perTenant?: boolean | undefined;
+  /** Also per time bucket of this size, counted from `sinceMs`. */
+  bucketMs?: number | undefined;
+  /** At most this many rows: the costliest groups (bucketed: the earliest buckets first, costliest first within one). */
+  limit: number;
+}
+
+/** One group's metered calls: how many, their tokens (in all and by kind) and their cost in the price table's currency. */
+export interface SpendRow {
+  key: string | null;
+  /** With `perTenant`. */
+  tenant?: string | null;
+  /** With `bucketMs`: the bucket's index from `sinceMs` (`floor((ts - sinceMs) / bucketMs)`). */
+  bucket?: number;
+  calls: number;
+  tokens: number;
+  cost: number;
+  input: number;
+  cached: number;
+  cacheWrite: number;
+  output: number;
+  reasoning: number;
+}
+
 /**
  * The read side of the audit log (and retention, which runs outside the request path). Every
  * method reads a consistent view; none blocks a writer for long.
@@ -253,6 +295,8 @@ export interface AuditLog {
   agents(q: { sinceMs: number; tenant?: string | undefined; limit: number }): Promise<AgentActivity[]>;
   /** Rows recorded in [sinceMs, untilMs) (optionally of one tenant), counted by time bucket and decision; empty buckets are absent. */
   decisionCounts(q: { sinceMs: number; untilMs: number; bucketMs: number; tenant?: string | undefined }): Promise<DecisionBucket[]>;
+  /** Metered LLM calls (rows with `tokens`) added up per group, and per time bucket when asked. */
+  spend(q: SpendQuery): Promise<SpendRow[]>;
   /** Whether a write could start now without waiting (`ok`), or why not (the driver's error code): the readiness probe. */
   writable(): Promise<string>;
   close(): Promise<void>;

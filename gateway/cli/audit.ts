@@ -47,7 +47,10 @@ const common = {
   help: { type: 'boolean', short: 'h' },
 } as const satisfies ParseArgsConfig['options'];
 
-function parse<O extends NonNullable<ParseArgsConfig['options']>>(args: string[], options: O) {
+type Parsed<O extends NonNullable<ParseArgsConfig['options']>> = ReturnType<typeof parseArgs<{ args: string[]; options: typeof common & O; allowPositionals: false; strict: true }>>;
+
+/** Parses a command's flags with `--config`, `--data` and `--help`; a mistake is a {@link UsageError}. */
+export function parse<O extends NonNullable<ParseArgsConfig['options']>>(args: string[], options: O): Parsed<O> {
   try {
     return parseArgs({ args, options: { ...common, ...options }, allowPositionals: false, strict: true });
   } catch (err) {
@@ -57,8 +60,10 @@ function parse<O extends NonNullable<ParseArgsConfig['options']>>(args: string[]
 
 const env = process.env;
 const dataDirOf = (v: string | undefined): string => resolve(v ?? env['VALET_DATA'] ?? 'data');
-const configDirOf = (v: string | undefined): string => v ?? env['VALET_CONFIG'] ?? 'policies';
-const out = (text: string): void => void process.stdout.write(`${text}\n`);
+/** The configuration directory a command reads: `--config`, else `VALET_CONFIG`, else `policies`. */
+export const configDirOf = (v: string | undefined): string => v ?? env['VALET_CONFIG'] ?? 'policies';
+/** Writes a line to stdout. */
+export const out = (text: string): void => void process.stdout.write(`${text}\n`);
 
 /** `15m`, `2h`, `7d` (that long ago), an ISO 8601 date or date-time, or Unix milliseconds. */
 export function parseTime(value: string, name: string, now = Date.now()): number {
@@ -103,7 +108,7 @@ function filterOf(v: FilterValues): Omit<AuditFilter, 'limit'> {
  * the configuration (read when `--config` or `VALET_CONFIG` names it) says `gateway.audit.backend:
  * postgres`; else the SQLite database in the data directory. A usage error when there is none yet.
  */
-async function openLog(values: { data?: string | undefined; config?: string | undefined }, access: { readonly: boolean; busyTimeoutMs?: number }): Promise<AuditLog> {
+export async function openLog(values: { data?: string | undefined; config?: string | undefined }, access: { readonly: boolean; busyTimeoutMs?: number }): Promise<AuditLog> {
   const dir = dataDirOf(values.data);
   const named = values.config ?? env['VALET_CONFIG'];
   const settings = named !== undefined ? (loadConfig(named).gateway.audit ?? DEFAULT_AUDIT) : DEFAULT_AUDIT;
@@ -135,6 +140,13 @@ export async function auditCommand(args: string[]): Promise<void> {
   }
 }
 
+/** Columns padded to their widest cell, two spaces apart, the header first. */
+export function formatTable(header: readonly string[], cells: readonly (readonly string[])[]): string {
+  const widths = header.map((h, i) => Math.max(h.length, ...cells.map((c) => (c[i] ?? '').length)));
+  const line = (c: readonly string[]): string => c.map((v, i) => v.padEnd(widths[i] ?? 0)).join('  ').trimEnd();
+  return [line(header), ...cells.map(line)].join('\n');
+}
+
 const TABLE: [keyof AuditRow, string][] = [
   ['ts', 'TIME'],
   ['request_id', 'REQUEST'],
@@ -163,9 +175,7 @@ async function query(args: string[]): Promise<void> {
   }
   if (format === 'table') {
     const cells = page.rows.map((r) => TABLE.map(([k]) => (k === 'ts' ? new Date(r.ts).toISOString() : r[k] === null ? '-' : k === 'status' && r.status === 0 ? '?' : String(r[k]))));
-    const widths = TABLE.map(([, h], i) => Math.max(h.length, ...cells.map((c) => (c[i] as string).length)));
-    const line = (c: string[]): string => c.map((v, i) => v.padEnd(widths[i] as number)).join('  ').trimEnd();
-    out([line(TABLE.map(([, h]) => h)), ...cells.map(line)].join('\n'));
+    out(formatTable(TABLE.map(([, h]) => h), cells));
   } else if (format === 'json') {
     out(JSON.stringify(page.rows.map(publicRow), null, 2));
   } else if (format === 'csv') {

@@ -16,6 +16,7 @@ import { credentialsCommand, CREDENTIALS_USAGE } from './credentials.js';
 import { keysCommand, KEYS_USAGE } from './keys.js';
 import { migrateCommand, MIGRATE_USAGE } from './migrate.js';
 import { secretsCommand, SECRETS_USAGE } from './secrets.js';
+import { SPEND_USAGE, usageCommand } from './spend.js';
 import { UsageError } from './usage.js';
 import { DEFAULT_LLM } from '../config/types.js';
 import { LlmMetering } from '../llm/metering.js';
@@ -29,6 +30,7 @@ Usage:
   valet token --admin --subject NAME --role admin|approver|auditor|secrets_manager [--tenant T] [--group G]... [--ttl 15m]
   valet token --agent ID [--tenant T] [--team T] [--role R]... [--env E] [--user U [--user-role R]...] [--ttl 15m] [--issuer NAME]
 ${AUDIT_USAGE}
+${SPEND_USAGE}
   valet policy check [DIR] [--strict] [--env E]   schema, CEL types, dead rules, rules escaping their scope (warnings; --strict fails on them)
   valet policy test [DIR] [--env E]               run the YAML policy tests beside the policies
   valet policy explain --agent A --upstream U [--method M] [--path P] [--tenant T] [--team T] [--role R]...
@@ -293,6 +295,7 @@ const COMMANDS: Record<string, (args: string[]) => Promise<void>> = {
   start,
   token,
   audit: auditCommand,
+  usage: usageCommand,
   policy,
   secrets: secretsCommand,
   credentials: credentialsCommand,

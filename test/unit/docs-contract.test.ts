@@ -40,14 +40,16 @@ const SOURCES = [
 function withoutComments(source: string): string {
   return source.replace(/\/\*[\s\S]*?\*\//g, '').replace(/^\s*\/\/.*$/gm, '');
 }
-const CLI = (file: string): string => readFileSync(join(ROOT, 'gateway', 'cli', file), 'utf8');
+/** The source of one CLI file, or of several together (a command parsing with another file's shared flags). */
+const CLI = (files: string | readonly string[]): string => [files].flat().map((file) => readFileSync(join(ROOT, 'gateway', 'cli', file), 'utf8')).join('\n');
 
-/** Which source file declares the flags of each top-level command. */
-const COMMAND_FILES: Record<string, string> = {
+/** Which source file declares the flags of each top-level command (`usage` also takes audit.ts's `--config` and `--data`). */
+const COMMAND_FILES: Record<string, string | readonly string[]> = {
   start: 'main.ts',
   token: 'main.ts',
   policy: 'main.ts',
   audit: 'audit.ts',
+  usage: ['spend.ts', 'audit.ts'],
   secrets: 'secrets.ts',
   approvals: 'approvals.ts',
   keys: 'keys.ts',

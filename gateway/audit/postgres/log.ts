@@ -12,8 +12,11 @@ import type {
   DecisionBucket,
   PruneResult,
   RetentionCutoffs,
+  SpendQuery,
+  SpendRow,
   VerifyResult,
 } from '../port.js';
+import { SPEND_KEYS } from '../port.js';
 import { pruneInTransaction, readCheckpoint } from './prune.js';
 import { createPool, DIGEST_COLUMNS, lockKey, migrate, migrated, ROW_COLUMNS, SELECT_ROW, type PgAuditSettings } from './schema.js';
 
@@ -216,6 +219,34 @@ export class PgAuditLog implements AuditLog {
          FROM audit_log
         WHERE ts >= $1 AND ts < $2 ${q.tenant === undefined ? '' : `AND tenant = $${params.push(q.tenant)}`}
         GROUP BY 1, 2`,
+      params,
+    );
+    return r.rows;
+  }
+
+  async spend(q: SpendQuery): Promise<SpendRow[]> {
+    // A column name goes into the SQL: only the known ones.
+    if (q.by !== undefined && !SPEND_KEYS.includes(q.by)) throw new RangeError(`spend: cannot group by ${String(q.by)}`);
+    const params: unknown[] = [q.sinceMs];
+    const where = ['tokens IS NOT NULL', 'ts >= $1'];
+    if (q.untilMs !== undefined) where.push(`ts < $${params.push(q.untilMs)}`);
+    for (const column of ['tenant', 'team', 'agent', 'upstream'] as const) {
+      if (q[column] !== undefined) where.push(`${column} = $${params.push(q[column])}`);
+    }
+    const groups = [...(q.by === undefined ? [] : ['key']), ...(q.perTenant ? ['tenant'] : []), ...(q.bucketMs === undefined ? [] : ['bucket'])];
+    // Sums as float8: sum() of bigint is numeric, which the driver would hand back as a string.
+    const kind = (k: string): string => `coalesce(sum((usage::jsonb->>'${k}')::float8), 0)`;
+    const r = await this.pool.query<SpendRow>(
+      `SELECT ${q.by === undefined ? 'NULL::text' : `"${q.by}"`} AS key ${q.perTenant ? ', tenant' : ''}
+              ${q.bucketMs === undefined ? '' : `, ((ts - $1) / $${params.push(q.bucketMs)})::bigint AS bucket`},
+              count(*) AS calls, coalesce(sum(tokens), 0)::float8 AS tokens, coalesce(sum(cost), 0) AS cost,
+              ${kind('input')} AS input, ${kind('cached')} AS cached, ${kind('cache_write')} AS "cacheWrite",
+              ${kind('output')} AS output, ${kind('reasoning')} AS reasoning
+         FROM audit_log
+        WHERE ${where.join(' AND ')}
+        ${groups.length === 0 ? '' : `GROUP BY ${groups.join(', ')}`}
+        ORDER BY ${q.bucketMs === undefined ? '' : 'bucket, '}cost DESC, tokens DESC
+        LIMIT $${params.push(q.limit)}`,
       params,
     );
     return r.rows;

@@ -14,8 +14,11 @@ import type {
   DecisionBucket,
   PruneResult,
   RetentionCutoffs,
+  SpendQuery,
+  SpendRow,
   VerifyResult,
 } from '../port.js';
+import { SPEND_KEYS } from '../port.js';
 import { verifyChain } from './chain.js';
 import { pruneAudit } from './core.js';
 import { AUDIT_FILE, iterateAudit, openAuditDatabase, pageAudit, type AuditDatabase } from './store.js';
@@ -167,6 +170,40 @@ export class SqliteAuditLog implements AuditLog {
           GROUP BY bucket, decision`,
       )
       .all({ since: q.sinceMs, until: q.untilMs, bucket: q.bucketMs, ...(q.tenant !== undefined && { tenant: q.tenant }) }) as DecisionBucket[];
+  }
+
+  async spend(q: SpendQuery): Promise<SpendRow[]> {
+    // A column name goes into the SQL: only the known ones.
+    if (q.by !== undefined && !SPEND_KEYS.includes(q.by)) throw new RangeError(`spend: cannot group by ${String(q.by)}`);
+    const where = ['tokens IS NOT NULL', 'ts >= @since'];
+    const params: Record<string, unknown> = { since: q.sinceMs, limit: q.limit };
+    if (q.untilMs !== undefined) {
+      where.push('ts < @until');
+      params['until'] = q.untilMs;
+    }
+    if (q.bucketMs !== undefined) params['bucket'] = q.bucketMs;
+    for (const column of ['tenant', 'team', 'agent', 'upstream'] as const) {
+      if (q[column] === undefined) continue;
+      where.push(`${column} = @${column}`);
+      params[column] = q[column];
+    }
+    const groups = [...(q.by === undefined ? [] : ['key']), ...(q.perTenant ? ['tenant'] : []), ...(q.bucketMs === undefined ? [] : ['bucket'])];
+    // The token kinds are in the usage JSON; tokens and cost have columns of their own.
+    return this.db
+      .prepare(
+        `SELECT ${q.by === undefined ? 'NULL' : `"${q.by}"`} AS key ${q.perTenant ? ', tenant' : ''}
+                ${q.bucketMs === undefined ? '' : ', CAST((ts - @since) / @bucket AS INTEGER) AS bucket'},
+                COUNT(*) AS calls, COALESCE(SUM(tokens), 0) AS tokens, COALESCE(SUM(cost), 0) AS cost,
+                COALESCE(SUM(json_extract(usage, '$.input')), 0) AS input, COALESCE(SUM(json_extract(usage, '$.cached')), 0) AS cached,
+                COALESCE(SUM(json_extract(usage, '$.cache_write')), 0) AS cacheWrite, COALESCE(SUM(json_extract(usage, '$.output')), 0) AS output,
+                COALESCE(SUM(json_extract(usage, '$.reasoning')), 0) AS reasoning
+           FROM audit_log
+          WHERE ${where.join(' AND ')}
+          ${groups.length === 0 ? '' : `GROUP BY ${groups.join(', ')}`}
+          ORDER BY ${q.bucketMs === undefined ? '' : 'bucket, '}cost DESC, tokens DESC
+          LIMIT @limit`,
+      )
+      .all(params) as SpendRow[];
   }
 
   /** Takes and releases the write lock on a separate connection that never waits for it. */
