@@ -25,8 +25,8 @@
  */
 import { execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { mkdirSync, mkdtempSync, rmSync } from 'node:fs';
-import { arch, availableParallelism, cpus, loadavg, platform, release, tmpdir, totalmem } from 'node:os';
+import { mkdirSync } from 'node:fs';
+import { arch, availableParallelism, cpus, loadavg, platform, release, totalmem } from 'node:os';
 import { dirname, join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { Writable } from 'node:stream';
@@ -43,9 +43,10 @@ import type { AuditFilter } from '../gateway/audit/port.js';
 import { AUDIT_FILE, iterateAudit, openAuditDatabase, pageAudit } from '../gateway/audit/sqlite/store.js';
 import type { AuditRecord } from '../gateway/types.js';
 import { decisionRecord, outcome, rand, refusal } from './lib/audit-records.js';
-import { forkChild, type BenchChild } from './lib/child.js';
+import { BenchRun } from './lib/child.js';
 import { snapshot, usageBetween } from './lib/cpu.js';
 import { formatSync, syncLatency } from './lib/disk.js';
+import { gitState } from './lib/git.js';
 import { fixedRate, maxThroughput, type RunResult, type Workload } from './lib/load.js';
 import { numberOption } from './lib/options.js';
 import { int, markdownTable, median, ms, type LatencyStats } from './lib/stats.js';
@@ -126,32 +127,11 @@ for (const p of only) {
 }
 const run = (p: Phase): boolean => only.has(p);
 
-const root = mkdtempSync(join(tmpdir(), 'valet-bench-audit-'));
-const children: BenchChild[] = [];
+const budgetS = 120 + opts.seconds + opts.inlineSeconds + 6 * opts.gatewaySeconds + opts.rows / 5_000;
+const bench = new BenchRun({ tmpPrefix: 'valet-bench-audit-', budgetS });
+const root = bench.root;
 const log = (s: string): void => console.log(s);
 const sleep = (msec: number): Promise<void> => new Promise((r) => setTimeout(r, msec));
-const budgetS = 120 + opts.seconds + opts.inlineSeconds + 6 * opts.gatewaySeconds + opts.rows / 5_000;
-const watchdog = setTimeout(() => hardExit(1, `watchdog: still running after ${Math.round(budgetS)} s`), budgetS * 1000);
-watchdog.unref();
-
-function hardExit(code: number, why: string): void {
-  console.error(`\nbench: ${why}; stopping`);
-  for (const c of children) c.kill();
-  rmSync(root, { recursive: true, force: true });
-  process.exit(code);
-}
-process.once('SIGINT', () => hardExit(130, 'interrupted'));
-process.once('SIGTERM', () => hardExit(143, 'terminated'));
-
-function gitState(): string {
-  try {
-    const git = (...args: string[]): string => execFileSync('git', args, { cwd: join(HERE, '..'), encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }).trim();
-    const dirty = git('status', '--porcelain', '--', 'gateway').split('\n').filter(Boolean).length;
-    return `commit ${git('rev-parse', '--short', 'HEAD')}${dirty > 0 ? `, gateway/ has ${dirty} uncommitted change(s)` : ', gateway/ clean'}`;
-  } catch {
-    return 'not a git checkout';
-  }
-}
 
 // ---------------------------------------------------------------------------------------------
 // phases 1 and 2: the writer on its own
@@ -193,8 +173,7 @@ interface WriterResult {
 }
 
 async function writerRun(mode: 'worker' | 'inline', seconds: number, dir: string): Promise<WriterResult> {
-  const child = await forkChild({ name: `audit-writer-${mode}`, script: join(HERE, 'targets/audit-writer.ts'), args: [dir, mode, String(opts.concurrency), String(opts.refused)] });
-  children.push(child);
+  const child = await bench.fork({ name: `audit-writer-${mode}`, script: join(HERE, 'targets/audit-writer.ts'), args: [dir, mode, String(opts.concurrency), String(opts.refused)] });
   const perSecond: number[] = [];
   let last = await child.ask<WriterStats>('stats');
   const c0 = snapshot([child.pid]);
@@ -343,12 +322,10 @@ interface GatewayResult {
 
 async function gatewayRun(mode: 'worker' | 'inline'): Promise<GatewayResult> {
   const secret = `sk-bench-${randomBytes(8).toString('hex')}`;
-  const upstream = await forkChild({ name: 'upstream', script: join(HERE, 'targets/upstream.ts'), args: [`Bearer ${secret}`] });
-  children.push(upstream);
+  const upstream = await bench.fork({ name: 'upstream', script: join(HERE, 'targets/upstream.ts'), args: [`Bearer ${secret}`] });
   const env: NodeJS.ProcessEnv = { ...process.env, VALET_BENCH_AUDIT_WRITER: mode };
   delete env['VALET_LOG_LEVEL'];
-  const valet = await forkChild({ name: `valet-${mode}`, script: join(HERE, 'targets/valet.ts'), args: [join(root, `gateway-${mode}`), upstream.ready.url, secret], env });
-  children.push(valet);
+  const valet = await bench.fork({ name: `valet-${mode}`, script: join(HERE, 'targets/valet.ts'), args: [join(root, `gateway-${mode}`), upstream.ready.url, secret], env });
   const body = JSON.stringify({ model: 'bench', messages: [{ role: 'user', content: 'x'.repeat(900) }] });
   const w: Workload = { url: `${valet.ready.url}/v1/echo`, body, headers: { 'content-type': 'application/json', authorization: `Bearer ${String(valet.ready['token'])}` } };
   const smoke = await request(w.url, { method: 'POST', headers: w.headers, body });
@@ -684,16 +661,4 @@ async function main(): Promise<number> {
   return flags.strict && !goalsMet ? 1 : 0;
 }
 
-main()
-  .then(async (code) => {
-    for (const c of children) await c.stop().catch(() => c.kill());
-    rmSync(root, { recursive: true, force: true });
-    clearTimeout(watchdog);
-    process.exit(code);
-  })
-  .catch((err: unknown) => {
-    console.error(err);
-    for (const c of children) c.kill();
-    rmSync(root, { recursive: true, force: true });
-    process.exit(1);
-  });
+bench.finish(main);

@@ -17,8 +17,7 @@
  */
 import { execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { mkdtempSync, rmSync } from 'node:fs';
-import { availableParallelism, cpus, loadavg, tmpdir } from 'node:os';
+import { availableParallelism, cpus, loadavg } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
@@ -26,7 +25,7 @@ import { createClient } from '@redis/client';
 import pg from 'pg';
 import { request } from 'undici';
 import { generateMasterKeyText } from '../gateway/secrets/crypto.js';
-import { forkChild, type BenchChild } from './lib/child.js';
+import { BenchRun, type BenchChild } from './lib/child.js';
 import { snapshot, usageBetween } from './lib/cpu.js';
 import { fixedRate, maxThroughput, type RunResult, type Workload } from './lib/load.js';
 import { numberOption } from './lib/options.js';
@@ -80,18 +79,13 @@ const UPSTREAM_SECRET = `sk-bench-${randomBytes(12).toString('hex')}`;
 const PATH = '/v1/echo';
 const BODY = JSON.stringify({ model: 'bench-model', messages: [{ role: 'user', content: 'x'.repeat(900) }] });
 
-const root = mkdtempSync(join(tmpdir(), 'valet-bench-fleet-'));
-const children: BenchChild[] = [];
 const admin = new pg.Pool({ connectionString: PG_URL, max: 1 });
 const redis = createClient({ url: REDIS_URL });
 const log = (s: string): void => console.log(s);
 const sleep = (msec: number): Promise<void> => new Promise((r) => setTimeout(r, msec));
 
-let cleanedUp = false;
-async function cleanup(): Promise<void> {
-  if (cleanedUp) return;
-  cleanedUp = true;
-  for (const c of [...children].reverse()) await c.stop(10_000).catch(() => c.kill());
+/** After the instances stopped: the run's schema and Redis keys go. */
+async function dropSharedState(): Promise<void> {
   await admin.query(`DROP SCHEMA IF EXISTS ${SCHEMA} CASCADE`).catch((e: unknown) => console.error(`could not drop schema ${SCHEMA}: ${String(e)}`));
   await admin.end().catch(() => undefined);
   if (redis.isOpen) {
@@ -100,19 +94,10 @@ async function cleanup(): Promise<void> {
     for (let i = 0; i < keys.length; i += 500) await redis.del(keys.slice(i, i + 500));
     await redis.close();
   }
-  rmSync(root, { recursive: true, force: true });
 }
-
-function hardExit(code: number, why: string): void {
-  console.error(`\nbench: ${why}; stopping`);
-  for (const c of children) c.kill();
-  void cleanup().finally(() => process.exit(code));
-}
-process.once('SIGINT', () => hardExit(130, 'interrupted'));
-process.once('SIGTERM', () => hardExit(143, 'terminated'));
 const budgetS = 120 + 4 * (opts.warmup + 2 * opts.seconds + 5) * 1.5;
-const watchdog = setTimeout(() => hardExit(1, `watchdog: still running after ${Math.round(budgetS)} s`), budgetS * 1000);
-watchdog.unref();
+const bench = new BenchRun({ tmpPrefix: 'valet-bench-fleet-', budgetS, afterStop: dropSharedState });
+const { root, children } = bench;
 
 function gitHead(): string {
   try {
@@ -204,8 +189,7 @@ async function startInstances(s: Setup, upstream: string, masterKey: string): Pr
   // One at a time: the first instance creates the schema's tables.
   for (let i = 0; i < s.instances; i++) {
     const dir = join(root, `${s.fleet ? 'fleet' : 'sqlite'}-${s.instances}-${i}`);
-    const c = await forkChild({ name: `valet-${i + 1}`, script: join(HERE, 'targets/valet.ts'), args: [dir, upstream, UPSTREAM_SECRET], env: base, readyTimeoutMs: 30_000 });
-    children.push(c);
+    const c = await bench.fork({ name: `valet-${i + 1}`, script: join(HERE, 'targets/valet.ts'), args: [dir, upstream, UPSTREAM_SECRET], env: base, readyTimeoutMs: 30_000 });
     started.push(c);
   }
   return started;
@@ -256,8 +240,7 @@ async function main(): Promise<number> {
       `(warm-up ${opts.warmup} s); fixed rate: ${opts.rate} req/s in total, round-robin, × ${opts.seconds} s\n`,
   );
 
-  const upstream = await forkChild({ name: 'upstream', script: join(HERE, 'targets/upstream.ts'), args: [`Bearer ${UPSTREAM_SECRET}`], env: { ...process.env } });
-  children.push(upstream);
+  const upstream = await bench.fork({ name: 'upstream', script: join(HERE, 'targets/upstream.ts'), args: [`Bearer ${UPSTREAM_SECRET}`], env: { ...process.env } });
   const masterKey = generateMasterKeyText();
 
   const rows: Row[] = [];
@@ -308,14 +291,4 @@ async function main(): Promise<number> {
   return 0;
 }
 
-main()
-  .then(async (code) => {
-    await cleanup();
-    clearTimeout(watchdog);
-    process.exit(code);
-  })
-  .catch(async (err: unknown) => {
-    console.error(err);
-    await cleanup().catch(() => undefined);
-    process.exit(1);
-  });
+bench.finish(main);

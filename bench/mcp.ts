@@ -15,9 +15,8 @@
  * Everything listens on 127.0.0.1 and is torn down at the end, on Ctrl-C and on failure; a
  * watchdog bounds the total run time.
  */
-import { execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { arch, cpus, loadavg, platform, release, tmpdir, totalmem } from 'node:os';
 import { dirname, join } from 'node:path';
 import { performance } from 'node:perf_hooks';
@@ -25,9 +24,10 @@ import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { Client } from '@modelcontextprotocol/sdk/client/index.js';
 import { StreamableHTTPClientTransport } from '@modelcontextprotocol/sdk/client/streamableHttp.js';
-import { forkChild, type BenchChild } from './lib/child.js';
+import { affinity, BenchRun, canPin, MACHINE_CPUS, pin } from './lib/child.js';
 import { formatSummary, mainThreadProfiles, summariseProfile } from './lib/cpuprofile.js';
 import { formatSync, syncLatency } from './lib/disk.js';
+import { gitState } from './lib/git.js';
 import { numberOption } from './lib/options.js';
 import { bucketQuantile, int, markdownTable, median, ms, Samples, type BucketCounts, type LatencyStats } from './lib/stats.js';
 
@@ -112,54 +112,13 @@ const SERVER_KEY = `mcp-bench-${randomBytes(12).toString('hex')}`;
 // ---------------------------------------------------------------------------------------------
 // lifecycle: children, temp dir, watchdog, signals
 
-const root = mkdtempSync(join(tmpdir(), 'valet-bench-mcp-'));
-const children: BenchChild[] = [];
 const clients: Client[] = [];
-let cleanedUp = false;
-
-async function cleanup(): Promise<Record<string, unknown>> {
-  if (cleanedUp) return {};
-  cleanedUp = true;
-  await Promise.all(clients.map((c) => c.close().catch(() => undefined)));
-  const results: Record<string, unknown> = {};
-  for (const c of [...children].reverse()) {
-    try {
-      results[c.name] = await c.stop(10_000);
-    } catch {
-      c.kill();
-    }
-  }
-  rmSync(root, { recursive: true, force: true });
-  return results;
-}
-
-function hardExit(code: number, why: string): void {
-  console.error(`\nbench: ${why}; stopping`);
-  for (const c of children) c.kill();
-  rmSync(root, { recursive: true, force: true });
-  process.exit(code);
-}
-
-process.once('SIGINT', () => hardExit(130, 'interrupted'));
-process.once('SIGTERM', () => hardExit(143, 'terminated'));
-
 const budgetS = 90 + (modes.length * 2 * (opts.warmup + 5) + opts.rounds * modes.length * 2 * 2 * (opts.seconds + opts.settleMs / 1000 + opts.waitQuiet + 3)) * 1.5;
-const watchdog = setTimeout(() => hardExit(1, `watchdog: still running after ${Math.round(budgetS)} s`), budgetS * 1000);
-watchdog.unref();
+const run = new BenchRun({ tmpPrefix: 'valet-bench-mcp-', budgetS, beforeStop: () => Promise.all(clients.map((c) => c.close().catch(() => undefined))) });
+const root = run.root;
 
 const sleep = (msec: number): Promise<void> => new Promise((r) => setTimeout(r, msec));
 const log = (s: string): void => console.log(s);
-
-function gitState(): string {
-  try {
-    const git = (...args: string[]): string => execFileSync('git', args, { cwd: join(HERE, '..'), encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }).trim();
-    const head = git('rev-parse', '--short', 'HEAD');
-    const dirty = git('status', '--porcelain', '--', 'gateway').split('\n').filter(Boolean).length;
-    return `commit ${head}${dirty > 0 ? `, gateway/ has ${dirty} uncommitted change(s)` : ', gateway/ clean'}`;
-  } catch {
-    return 'not a git checkout';
-  }
-}
 
 // ---------------------------------------------------------------------------------------------
 // CPU: whole process trees, from /proc
@@ -203,8 +162,6 @@ function systemTicks(): { busy: number; total: number } {
 
 /** The process trees measured: a name, the root pid, and whether its descendants count too. */
 type Groups = Record<string, { readonly pid: number; readonly tree: boolean }>;
-/** Every CPU of the machine, whatever this process's own affinity (os.availableParallelism() follows it). */
-const MACHINE_CPUS = cpus().length;
 interface CpuMark {
   system: { busy: number; total: number };
   groups: Record<string, number>;
@@ -233,28 +190,7 @@ function coresBetween(a: CpuMark, b: CpuMark): { byGroup: Record<string, number>
 // ---------------------------------------------------------------------------------------------
 // pinning
 
-const canPin = ((): boolean => {
-  if (flags['no-pin'] || platform() !== 'linux' || MACHINE_CPUS < 2) return false;
-  try {
-    execFileSync('taskset', ['-p', String(process.pid)], { stdio: 'ignore' });
-    return true;
-  } catch {
-    return false;
-  }
-})();
-
-/** Pins every thread of `pid` (and threads it starts later) to one CPU. */
-function pin(pid: number, cpu: number): void {
-  execFileSync('taskset', ['-a', '-p', '-c', String(cpu), String(pid)], { stdio: 'ignore' });
-}
-
-const affinity = (pid: number): string => {
-  try {
-    return execFileSync('taskset', ['-c', '-p', String(pid)], { encoding: 'utf8' }).trim().replace(/^.*: /, '');
-  } catch {
-    return 'n/a';
-  }
-};
+const pinned = !flags['no-pin'] && canPin(2);
 
 // ---------------------------------------------------------------------------------------------
 // load
@@ -397,30 +333,28 @@ async function main(): Promise<number> {
       `rounds: ${opts.rounds} (direct and Valet alternating); warm-up ${opts.warmup} s per target\n`,
   );
 
-  if (canPin) pin(process.pid, 0);
+  if (pinned) pin(process.pid, 0);
   const childEnv = { ...process.env };
   delete childEnv['VALET_LOG_LEVEL'];
   delete childEnv['NODE_OPTIONS'];
-  const server = await forkChild({ name: 'mcp-server', script: join(HERE, 'targets/mcp-server.ts'), args: [SERVER_KEY], env: childEnv });
-  children.push(server);
+  const server = await run.fork({ name: 'mcp-server', script: join(HERE, 'targets/mcp-server.ts'), args: [SERVER_KEY], env: childEnv });
   const valetArgs = [join(root, 'valet'), server.ready.url, SERVER_KEY, ...(flags['valet-log'] ? [flags['valet-log']] : [])];
   const cpuProf = flags['cpu-prof'];
   const profileDir = cpuProf === undefined ? undefined : cpuProf === '' ? mkdtempSync(join(tmpdir(), 'valet-bench-mcp-prof-')) : cpuProf;
-  const valet = await forkChild({
+  const valet = await run.fork({
     name: 'valet',
     script: join(HERE, 'targets/valet-mcp.ts'),
     args: valetArgs,
     env: childEnv,
     execArgv: profileDir === undefined ? [] : ['--cpu-prof', `--cpu-prof-dir=${profileDir}`],
   });
-  children.push(valet);
-  if (canPin) {
+  if (pinned) {
     pin(server.pid, 1);
     pin(valet.pid, 1);
   }
   // This process without its children (they are the server and Valet); each child with any process it starts.
   const roots: Groups = { generator: { pid: process.pid, tree: false }, server: { pid: server.pid, tree: true }, valet: { pid: valet.pid, tree: true } };
-  log(`processes: ${Object.entries(roots).map(([n, { pid }]) => `${n} pid ${pid}${canPin ? ` (CPU ${affinity(pid)})` : ''}`).join(', ')}${canPin ? '' : ' (not pinned)'}`);
+  log(`processes: ${Object.entries(roots).map(([n, { pid }]) => `${n} pid ${pid}${pinned ? ` (CPU ${affinity(pid)})` : ''}`).join(', ')}${pinned ? '' : ' (not pinned)'}`);
   log(`valet: upstream "mcp" (kind: mcp, bearer credential injected), one allow rule, durable audit → SQLite in ${join(root, 'valet', 'data')}\n`);
 
   const token = String(valet.ready['token']);
@@ -526,7 +460,7 @@ async function main(): Promise<number> {
   }
 
   // ---- shut down; count Valet's audit rows
-  const stopped = await cleanup();
+  const stopped = await run.cleanup();
   const valetStop = stopped['valet'] as { auditRows?: { all: number; echo: number } } | undefined;
   const serverStop = stopped['mcp-server'] as { unauthorized?: number } | undefined;
 
@@ -609,7 +543,7 @@ async function main(): Promise<number> {
   log(
     `\n"added" is via Valet minus direct, same mode. CPU µs/call is the process tree's CPU time (all threads, /proc) over the calls it served;\n` +
       `"client" is this process (the SDK clients and the generator), "server" the MCP server process. ` +
-      (canPin ? 'Pinned: the clients on CPU 0, the MCP server and Valet on CPU 1.' : 'Not pinned.'),
+      (pinned ? 'Pinned: the clients on CPU 0, the MCP server and Valet on CPU 1.' : 'Not pinned.'),
   );
 
   if (problems.length > 0) {
@@ -634,19 +568,9 @@ async function main(): Promise<number> {
   }
   if (flags.json) {
     const fixedPooled = Object.fromEntries(targets.map((t) => [keyOf(t), pooled(t)]));
-    writeFileSync(flags.json, `${JSON.stringify({ machine: { cpus: MACHINE_CPUS, cpu, node: process.version }, opts, pinned: canPin, results: Object.fromEntries(results), fixedPooled, problems, warnings }, null, 2)}\n`);
+    writeFileSync(flags.json, `${JSON.stringify({ machine: { cpus: MACHINE_CPUS, cpu, node: process.version }, opts, pinned, results: Object.fromEntries(results), fixedPooled, problems, warnings }, null, 2)}\n`);
   }
   return problems.length > 0 ? 1 : 0;
 }
 
-main()
-  .then(async (code) => {
-    await cleanup();
-    clearTimeout(watchdog);
-    process.exit(code);
-  })
-  .catch(async (err: unknown) => {
-    console.error(err);
-    await cleanup().catch(() => undefined);
-    process.exit(1);
-  });
+run.finish(main);

@@ -11,19 +11,19 @@
  * run in this process. Everything listens on 127.0.0.1 and is torn down at the end, on Ctrl-C
  * and on failure; a watchdog bounds the total run time.
  */
-import { execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, writeFileSync } from 'node:fs';
 import { arch, availableParallelism, cpus, loadavg, platform, release, tmpdir, totalmem } from 'node:os';
 import { dirname, join } from 'node:path';
 import { monitorEventLoopDelay, performance } from 'node:perf_hooks';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { request } from 'undici';
-import { forkChild, type BenchChild } from './lib/child.js';
+import { BenchRun, type BenchChild } from './lib/child.js';
 import { formatUsage, snapshot, usageBetween, type CpuUsage } from './lib/cpu.js';
 import { formatSummary, mainThreadProfiles, summariseProfile } from './lib/cpuprofile.js';
 import { formatSync, syncLatency } from './lib/disk.js';
+import { gitState } from './lib/git.js';
 import { fixedRate, maxThroughput, type FixedRateResult, type RunResult, type Workload } from './lib/load.js';
 import { numberOption } from './lib/options.js';
 import { bucketQuantile, int, markdownTable, median, ms, type BucketCounts } from './lib/stats.js';
@@ -136,57 +136,15 @@ const BODY = jsonBody(1024);
 // ---------------------------------------------------------------------------------------------
 // lifecycle: children, temp dir, watchdog, signals
 
-const root = mkdtempSync(join(tmpdir(), 'valet-bench-'));
-const children: BenchChild[] = [];
-let cleanedUp = false;
-
-async function cleanup(): Promise<Record<string, unknown>> {
-  if (cleanedUp) return {};
-  cleanedUp = true;
-  const results: Record<string, unknown> = {};
-  // Stop the proxies before the upstream so they are not left with dead pool connections.
-  for (const c of [...children].reverse()) {
-    try {
-      results[c.name] = await c.stop(10_000);
-    } catch {
-      c.kill();
-    }
-  }
-  rmSync(root, { recursive: true, force: true });
-  return results;
-}
-
-function hardExit(code: number, why: string): void {
-  console.error(`\nbench: ${why}; stopping`);
-  for (const c of children) c.kill();
-  rmSync(root, { recursive: true, force: true });
-  process.exit(code);
-}
-
-process.once('SIGINT', () => hardExit(130, 'interrupted'));
-process.once('SIGTERM', () => hardExit(143, 'terminated'));
-
 const targetsRun = TARGET_IDS.filter((t) => only.has(t));
 const perMeasurement = opts.waitQuiet + opts.settleMs / 1000 + 2;
 const perRound = targetsRun.length * (opts.warmup + 2 * opts.seconds + 3 * perMeasurement);
 const budgetS = 60 + opts.rounds * perRound * 1.5;
-const watchdog = setTimeout(() => hardExit(1, `watchdog: still running after ${Math.round(budgetS)} s`), budgetS * 1000);
-watchdog.unref();
+const run = new BenchRun({ tmpPrefix: 'valet-bench-', budgetS });
+const root = run.root;
 
 const sleep = (msec: number): Promise<void> => new Promise((r) => setTimeout(r, msec));
 const log = (s: string): void => console.log(s);
-
-/** The commit measured, and whether gateway/ differs from it (best effort; '' outside git). */
-function gitState(): string {
-  try {
-    const git = (...args: string[]): string => execFileSync('git', args, { cwd: join(HERE, '..'), encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }).trim();
-    const head = git('rev-parse', '--short', 'HEAD');
-    const dirty = git('status', '--porcelain', '--', 'gateway').split('\n').filter(Boolean).length;
-    return `commit ${head}${dirty > 0 ? `, gateway/ has ${dirty} uncommitted change(s)` : ', gateway/ clean'}`;
-  } catch {
-    return 'not a git checkout';
-  }
-}
 
 // ---------------------------------------------------------------------------------------------
 // main
@@ -250,8 +208,7 @@ async function main(): Promise<number> {
   delete childEnv['NODE_OPTIONS'];
   childEnv['VALET_BENCH_AWS_KEY_ID'] = AWS_KEY_ID;
 
-  const upstream = await forkChild({ name: 'upstream', script: join(HERE, 'targets/upstream.ts'), args: [`Bearer ${UPSTREAM_SECRET}`, AWS_KEY_ID], env: childEnv });
-  children.push(upstream);
+  const upstream = await run.fork({ name: 'upstream', script: join(HERE, 'targets/upstream.ts'), args: [`Bearer ${UPSTREAM_SECRET}`, AWS_KEY_ID], env: childEnv });
   const origin = upstream.ready.url;
 
   const profileDir = cpuProf === undefined ? undefined : cpuProf === '' ? mkdtempSync(join(tmpdir(), 'valet-bench-prof-')) : cpuProf;
@@ -259,15 +216,13 @@ async function main(): Promise<number> {
 
   let bare: BenchChild | undefined;
   if (only.has('bare')) {
-    bare = await forkChild({ name: 'bare-proxy', script: join(HERE, 'targets/bare-proxy.ts'), args: [origin], env: childEnv, execArgv: profArgs('bare') });
-    children.push(bare);
+    bare = await run.fork({ name: 'bare-proxy', script: join(HERE, 'targets/bare-proxy.ts'), args: [origin], env: childEnv, execArgv: profArgs('bare') });
   }
   let valet: BenchChild | undefined;
   if ([...only].some((t) => t.startsWith('valet'))) {
     const args = [join(root, 'valet'), origin, UPSTREAM_SECRET];
     if (flags['valet-log']) args.push(flags['valet-log']);
-    valet = await forkChild({ name: 'valet', script: join(HERE, 'targets/valet.ts'), args, env: childEnv, execArgv: profArgs('valet') });
-    children.push(valet);
+    valet = await run.fork({ name: 'valet', script: join(HERE, 'targets/valet.ts'), args, env: childEnv, execArgv: profArgs('valet') });
     log(`valet: logger level "${String(valet.ready['logLevel'])}" → ${flags['valet-log'] ?? '/dev/null'}, audit → SQLite in ${join(root, 'valet', 'data')}`);
   }
   if (profileDir !== undefined) log(`CPU profiles → ${profileDir}/{bare,valet}`);
@@ -415,7 +370,7 @@ async function main(): Promise<number> {
   }
 
   // ---- shut down, collect the audit count and the profile
-  const stopped = await cleanup();
+  const stopped = await run.cleanup();
   const valetStop = stopped['valet'] as { auditRows?: number } | undefined;
 
   // ---- validity
@@ -568,14 +523,4 @@ async function main(): Promise<number> {
   return flags.strict && !goalsMet ? 1 : 0;
 }
 
-main()
-  .then(async (code) => {
-    await cleanup();
-    clearTimeout(watchdog);
-    process.exit(code);
-  })
-  .catch(async (err: unknown) => {
-    console.error(err);
-    await cleanup().catch(() => undefined);
-    process.exit(1);
-  });
+run.finish(main);

@@ -5,8 +5,14 @@
  * Protocol (child → parent): `{ type: 'ready', url, ... }` once listening, `{ type: 'reply', id, data }`
  * answering a request. Parent → child: `{ type: 'request', id, op }` where `op` is `'stats'` or `'stop'`.
  * A child exits by itself when the IPC channel goes away (the parent died or disconnected).
+ *
+ * The orchestrator's side of a run (work directory, clean-up, signals, watchdog) is
+ * {@link BenchRun}; pinning children to CPUs is {@link pin}.
  */
-import { fork, type ChildProcess } from 'node:child_process';
+import { execFileSync, fork, type ChildProcess } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { cpus, platform, tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { monitorEventLoopDelay } from 'node:perf_hooks';
 
 export interface ReadyMessage {
@@ -133,18 +139,33 @@ export function forkChild(o: ForkOptions): Promise<BenchChild> {
   });
 }
 
+export interface ServeOptions {
+  /**
+   * Sample the event-loop delay (default true): `stats` then adds `loopDelayP99Ms` and
+   * `loopDelayMaxMs` since the last `stats`. The sampler is a 1 ms timer: it wakes an idle process
+   * a thousand times a second (~3 % of a core on a small VM), so a benchmark of microseconds per
+   * event turns it off.
+   */
+  loopDelay?: boolean;
+}
+
 /**
  * The child side: announces readiness, answers `stats`, and on `stop` (or when the parent goes
  * away) runs `onStop`, replies with its result and exits.
  */
-export function serveChild(handlers: { stats: () => Promise<unknown> | unknown; onStop: () => Promise<unknown> | unknown }, ready: { url: string; [k: string]: unknown }): void {
+export function serveChild(
+  handlers: { stats: () => Promise<unknown> | unknown; onStop: () => Promise<unknown> | unknown },
+  ready: { url: string; [k: string]: unknown },
+  options: ServeOptions = {},
+): void {
   const send = (m: ChildMessage): void => {
     if (process.connected) process.send?.(m);
   };
   // Event-loop delay since the last `stats` request: how long ready work waited for this process.
-  const eld = monitorEventLoopDelay({ resolution: 1 });
-  eld.enable();
-  const loopDelay = (): { loopDelayP99Ms: number; loopDelayMaxMs: number } => {
+  const eld = options.loopDelay === false ? undefined : monitorEventLoopDelay({ resolution: 1 });
+  eld?.enable();
+  const loopDelay = (): { loopDelayP99Ms: number; loopDelayMaxMs: number } | undefined => {
+    if (eld === undefined) return undefined;
     const r = { loopDelayP99Ms: eld.percentile(99) / 1e6, loopDelayMaxMs: eld.max / 1e6 };
     eld.reset();
     return r;
@@ -183,4 +204,128 @@ export function failChild(err: unknown): never {
   if (process.connected) process.send?.({ type: 'error', message } satisfies ChildMessage);
   console.error(message);
   process.exit(1);
+}
+
+// ---------------------------------------------------------------------------------------------
+// The orchestrator's run: children, a temporary work directory, signals and a watchdog
+
+export interface RunOptions {
+  /** Prefix of the run's work directory under os.tmpdir() (e.g. `valet-bench-mcp-`). */
+  tmpPrefix: string;
+  /** Seconds after which the watchdog kills every child and exits 1. */
+  budgetS: number;
+  /** Runs once before the children are stopped (e.g. closing clients). */
+  beforeStop?: () => Promise<unknown>;
+  /**
+   * Runs once after the children stopped, before the work directory is removed (e.g. dropping a
+   * database schema); on a hard exit too, then given at most 10 s.
+   */
+  afterStop?: () => Promise<unknown>;
+}
+
+/**
+ * One benchmark run in the orchestrator: a work directory, the children it forked, and their end.
+ * On Ctrl-C, SIGTERM or the watchdog every child is killed and the work directory removed;
+ * {@link BenchRun.finish} runs the benchmark and stops everything gracefully afterwards.
+ */
+export class BenchRun {
+  readonly root: string;
+  /** Children forked through {@link BenchRun.fork} (or pushed here), in the order they started. */
+  readonly children: BenchChild[] = [];
+  private cleaning: Promise<Record<string, unknown>> | undefined;
+  private readonly watchdog: NodeJS.Timeout;
+
+  constructor(private readonly o: RunOptions) {
+    this.root = mkdtempSync(join(tmpdir(), o.tmpPrefix));
+    process.once('SIGINT', () => this.hardExit(130, 'interrupted'));
+    process.once('SIGTERM', () => this.hardExit(143, 'terminated'));
+    this.watchdog = setTimeout(() => this.hardExit(1, `watchdog: still running after ${Math.round(o.budgetS)} s`), o.budgetS * 1000);
+    this.watchdog.unref();
+  }
+
+  /** {@link forkChild}, the child then stopped with the run. */
+  async fork(o: ForkOptions): Promise<BenchChild> {
+    const c = await forkChild(o);
+    this.children.push(c);
+    return c;
+  }
+
+  /**
+   * Stops the children gracefully, the last started first (a proxy before its upstream, so it is
+   * not left with dead pool connections), and removes the work directory. Runs once: later calls
+   * get the same result, each child's answer to `stop` by name.
+   */
+  cleanup(): Promise<Record<string, unknown>> {
+    return (this.cleaning ??= (async () => {
+      await this.o.beforeStop?.().catch((err: unknown) => console.error(`bench: clean-up: ${String(err)}`));
+      const results: Record<string, unknown> = {};
+      for (const c of [...this.children].reverse()) {
+        try {
+          results[c.name] = await c.stop(10_000);
+        } catch {
+          c.kill();
+        }
+      }
+      await this.o.afterStop?.().catch((err: unknown) => console.error(`bench: clean-up: ${String(err)}`));
+      rmSync(this.root, { recursive: true, force: true });
+      return results;
+    })());
+  }
+
+  /** Kills every child at once, removes the work directory and exits with `code`. */
+  hardExit(code: number, why: string): void {
+    console.error(`\nbench: ${why}; stopping`);
+    for (const c of this.children) c.kill();
+    const after = this.o.afterStop === undefined ? Promise.resolve() : Promise.race([this.o.afterStop().catch(() => undefined), new Promise((r) => setTimeout(r, 10_000).unref())]);
+    void after.finally(() => {
+      rmSync(this.root, { recursive: true, force: true });
+      process.exit(code);
+    });
+  }
+
+  /** Runs the benchmark; exits with the code it returns (1 if it throws), everything stopped first. */
+  finish(main: () => Promise<number>): void {
+    main()
+      .then(async (code) => {
+        await this.cleanup();
+        clearTimeout(this.watchdog);
+        process.exit(code);
+      })
+      .catch(async (err: unknown) => {
+        console.error(err);
+        await this.cleanup().catch(() => undefined);
+        process.exit(1);
+      });
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Pinning processes to CPUs (Linux, with taskset)
+
+/** Every CPU of the machine, whatever this process's own affinity (os.availableParallelism() follows it). */
+export const MACHINE_CPUS = cpus().length;
+
+/** Whether processes can be pinned here: Linux, `taskset` present, at least `minCpus` CPUs. */
+export function canPin(minCpus = 2): boolean {
+  if (platform() !== 'linux' || MACHINE_CPUS < minCpus) return false;
+  try {
+    execFileSync('taskset', ['-p', String(process.pid)], { stdio: 'ignore' });
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** Pins every thread of `pid` (and threads it starts later) to one CPU. */
+export function pin(pid: number, cpu: number): void {
+  execFileSync('taskset', ['-a', '-p', '-c', String(cpu), String(pid)], { stdio: 'ignore' });
+}
+
+/** The CPUs `pid` may run on, as taskset lists them ('n/a' when unknown). */
+export function affinity(pid: number): string {
+  try {
+    return execFileSync('taskset', ['-c', '-p', String(pid)], { encoding: 'utf8' }).trim().replace(/^.*: /, '');
+  } catch {
+    return 'n/a';
+  }
 }

@@ -5,7 +5,7 @@
  * benchmark at all, is what makes a figure interpretable.
  */
 import { readFileSync } from 'node:fs';
-import { availableParallelism } from 'node:os';
+import { cpus } from 'node:os';
 import { performance } from 'node:perf_hooks';
 
 export interface CpuSnapshot {
@@ -55,7 +55,8 @@ export function snapshot(pids: readonly number[]): CpuSnapshot {
 }
 
 export function usageBetween(a: CpuSnapshot, b: CpuSnapshot, names: ReadonlyMap<number, string>): CpuUsage {
-  const cores = availableParallelism();
+  // Every CPU /proc/stat counts: os.availableParallelism() would follow this process's affinity (a pinned orchestrator).
+  const cores = cpus().length;
   const wall = (b.total - a.total) / cores; // jiffies of wall time
   const byProcess: Record<string, number> = {};
   let ours = 0;

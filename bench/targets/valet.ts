@@ -1,5 +1,5 @@
 /**
- * Valet's full data path, as deployed: the real composition root (gateway/main.ts) with an HS256
+ * Valet's full data path, as deployed (bench/lib/valet.ts): the real composition root with an HS256
  * issuer, one upstream with bearer credential injection, one allow rule, the SQLite audit log in
  * a temporary data directory and pino at its default level ('info') writing every request line
  * to /dev/null through the destination the gateway uses for stdout (gateway/log.ts).
@@ -16,27 +16,16 @@
  * charged against, so the counters backend is on every request's path.
  * The work dir is created (and removed) by the parent.
  */
-import { mkdirSync, openSync, writeFileSync } from 'node:fs';
-import { join } from 'node:path';
-import { logDestination } from '../../gateway/log.js';
-import { stringify } from 'yaml';
-import { openAuditDatabase } from '../../gateway/audit/sqlite/store.js';
-import { mintAgentToken } from '../../gateway/auth/mint.js';
-import { startGateway } from '../../gateway/main.js';
 import { failChild, serveChild } from '../lib/child.js';
-import { readHistogram } from '../lib/stats.js';
+import { startBenchGateway } from '../lib/valet.js';
 
 export const BENCH_UPSTREAM = 'bench';
 /** The host name the bench upstream is also routed by. */
 const BENCH_HOST = 'bench.valet.internal';
-const SIGNING_KEY = 'bench-signing-key-0123456789abcdef0123456789abcdef';
 
 async function main(): Promise<void> {
   const [workDir, origin, upstreamSecret, logFile] = process.argv.slice(2);
   if (!workDir || !origin || !upstreamSecret) throw new Error('usage: valet.ts <work dir> <upstream origin> <upstream secret>');
-  const configDir = join(workDir, 'config');
-  const dataDir = join(workDir, 'data');
-  mkdirSync(configDir, { recursive: true });
   const auditSchema = process.env['VALET_BENCH_AUDIT_SCHEMA'];
   const redisPrefix = process.env['VALET_BENCH_REDIS_PREFIX'];
   const rateLimit = process.env['VALET_BENCH_RATE_LIMIT'];
@@ -49,26 +38,10 @@ async function main(): Promise<void> {
       if (v !== undefined && v !== '') fleetEnv[k] = v;
     }
   }
-  writeFileSync(
-    join(configDir, 'gateway.yaml'),
-    stringify({
-      gateway: {
-        listen: { host: '127.0.0.1', port: 0 },
-        admin: { listen: { host: '127.0.0.1', port: 0 } },
-        shutdown_grace_ms: 5_000,
-        ...(auditSchema !== undefined && { audit: { postgres: { schema: auditSchema } } }),
-        ...(redisPrefix !== undefined && { counters: { redis: { prefix: redisPrefix } } }),
-      },
-      issuers: [
-        { name: 'bench', issuer: 'valet-bench', audience: 'valet', algorithms: ['HS256'], secret: { env: 'VALET_BENCH_SIGNING_KEY' } },
-      ],
-    }),
-  );
-  writeFileSync(
-    join(configDir, 'upstreams.yaml'),
+  const files: Record<string, unknown> = {
     // Also served at its root on a port of its own and under a host name: the routes the bench compares.
     // And the same upstream again with its credential from a token endpoint (cached after the first call).
-    stringify({
+    'upstreams.yaml': {
       upstreams: [
         { name: BENCH_UPSTREAM, origin, listen: { port: 0 }, hosts: [BENCH_HOST], credential: { scheme: 'bearer', secret: 'VALET_BENCH_UPSTREAM_KEY' } },
         {
@@ -83,63 +56,45 @@ async function main(): Promise<void> {
           credential: { scheme: 'aws_sigv4', service: 'bedrock', region: 'us-east-1', access_key_id: 'VALET_BENCH_AWS_KEY_ID', secret_access_key: 'VALET_BENCH_UPSTREAM_KEY' },
         },
       ],
-    }),
-  );
-  writeFileSync(
-    join(configDir, 'rules.yaml'),
-    stringify({ rules: [{ id: 'bench-allow', upstream: BENCH_UPSTREAM, methods: ['POST'], paths: ['/v1/**'], effect: 'allow' }, { id: 'bench-oauth-allow', upstream: `${BENCH_UPSTREAM}-oauth`, methods: ['POST'], paths: ['/v1/**'], effect: 'allow' }, { id: 'bench-sigv4-allow', upstream: `${BENCH_UPSTREAM}-sigv4`, methods: ['POST'], paths: ['/v1/**'], effect: 'allow' }] }),
-  );
+    },
+    'rules.yaml': {
+      rules: [
+        { id: 'bench-allow', upstream: BENCH_UPSTREAM, methods: ['POST'], paths: ['/v1/**'], effect: 'allow' },
+        { id: 'bench-oauth-allow', upstream: `${BENCH_UPSTREAM}-oauth`, methods: ['POST'], paths: ['/v1/**'], effect: 'allow' },
+        { id: 'bench-sigv4-allow', upstream: `${BENCH_UPSTREAM}-sigv4`, methods: ['POST'], paths: ['/v1/**'], effect: 'allow' },
+      ],
+    },
+  };
   if (rateLimit !== undefined) {
-    writeFileSync(
-      join(configDir, 'limits.yaml'),
-      stringify({ rate_limits: [{ id: 'bench-limit', upstream: BENCH_UPSTREAM, paths: ['/v1/**'], limit: Number(rateLimit), window: '1m', key: 'agent' }] }),
-    );
+    files['limits.yaml'] = { rate_limits: [{ id: 'bench-limit', upstream: BENCH_UPSTREAM, paths: ['/v1/**'], limit: Number(rateLimit), window: '1m', key: 'agent' }] };
   }
 
-  // The destination the gateway logs to stdout through (gateway/log.ts), but on /dev/null.
-  const logs = logDestination(openSync(logFile ?? '/dev/null', 'a'));
   // The logger level comes from VALET_LOG_LEVEL (default 'info'); the parent removes it from our env.
-  const gateway = await startGateway({
-    configDir,
-    dataDir,
-    logDestination: logs,
-    env: { VALET_BENCH_SIGNING_KEY: SIGNING_KEY, VALET_BENCH_UPSTREAM_KEY: upstreamSecret, VALET_BENCH_AWS_KEY_ID: process.env['VALET_BENCH_AWS_KEY_ID'] ?? 'AKIABENCH', ...fleetEnv },
+  const valet = await startBenchGateway({
+    workDir,
+    logFile,
+    gateway: {
+      ...(auditSchema !== undefined && { audit: { postgres: { schema: auditSchema } } }),
+      ...(redisPrefix !== undefined && { counters: { redis: { prefix: redisPrefix } } }),
+    },
+    files,
+    env: { VALET_BENCH_UPSTREAM_KEY: upstreamSecret, VALET_BENCH_AWS_KEY_ID: process.env['VALET_BENCH_AWS_KEY_ID'] ?? 'AKIABENCH', ...fleetEnv },
     // bench/audit.ts compares the audit writer on its own thread (the default) with one inline.
     auditWriter: process.env['VALET_BENCH_AUDIT_WRITER'] === 'inline' ? 'inline' : 'worker',
   });
-  const issuer = gateway.config.issuers[0];
-  if (!issuer) throw new Error('no issuer');
-  const token = await mintAgentToken(issuer, new TextEncoder().encode(SIGNING_KEY), { agent: 'bench-agent', ttlSeconds: 3_600 });
-
-  const auditRows = (): number => {
-    const db = openAuditDatabase(dataDir, { readonly: true });
-    try {
-      return (db.prepare('SELECT count(*) AS n FROM audit_log').get() as { n: number }).n;
-    } finally {
-      db.close();
-    }
-  };
+  const { gateway } = valet;
 
   serveChild(
     {
       // The durable-before-forward wait and the commits behind it, as /metrics exposes them.
-      stats: async () => ({
-        auditPending: gateway.audit.pending,
-        auditWait: await readHistogram(gateway.metrics.registry.getSingleMetric('valet_audit_durable_wait_seconds')),
-        auditCommit: await readHistogram(gateway.metrics.registry.getSingleMetric('valet_audit_commit_seconds')),
-      }),
+      stats: async () => ({ auditPending: gateway.audit.pending, ...(await valet.auditHistograms()) }),
       onStop: async () => {
-        await gateway.close();
-        try {
-          logs.flushSync();
-        } catch {
-          // nothing left to flush
-        }
+        await valet.close();
         // On PostgreSQL the fleet shares one log: the orchestrator counts its rows.
-        return fleetEnv['VALET_POSTGRES_URL'] === undefined ? { auditRows: auditRows() } : {};
+        return fleetEnv['VALET_POSTGRES_URL'] === undefined ? { auditRows: valet.auditQuery<{ n: number }>('SELECT count(*) AS n FROM audit_log').n } : {};
       },
     },
-    { url: `${gateway.url}/${BENCH_UPSTREAM}`, oauthUrl: `${gateway.url}/${BENCH_UPSTREAM}-oauth`, sigv4Url: `${gateway.url}/${BENCH_UPSTREAM}-sigv4`, portUrl: gateway.upstreamListeners.get(BENCH_UPSTREAM)?.url, hostUrl: gateway.url, host: BENCH_HOST, token, logLevel: gateway.logger.level },
+    { url: `${gateway.url}/${BENCH_UPSTREAM}`, oauthUrl: `${gateway.url}/${BENCH_UPSTREAM}-oauth`, sigv4Url: `${gateway.url}/${BENCH_UPSTREAM}-sigv4`, portUrl: gateway.upstreamListeners.get(BENCH_UPSTREAM)?.url, hostUrl: gateway.url, host: BENCH_HOST, token: valet.token, logLevel: gateway.logger.level },
   );
 }
 
