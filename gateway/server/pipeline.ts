@@ -577,7 +577,14 @@ export function createPipeline(deps: PipelineDeps): RequestHandler {
         incoming.discard(() => closeAfterResponse(req));
       }
       rec.status = rec.errorCode === 'VALET_ERR_CLIENT_CLOSED' && !res.headersSent ? 499 : res.statusCode;
-      if (llm !== undefined) meterOutcome(llm, meter, rec, reservation);
+      if (llm !== undefined) {
+        // Whatever metering finds, the request's row is written.
+        try {
+          meterOutcome(llm, meter, rec, reservation);
+        } catch (err) {
+          logger.error({ reqId: requestId, err }, 'could not meter an LLM call; its usage is not recorded');
+        }
+      }
       rec.durationMs = Math.round((performance.now() - started) * 1000) / 1000;
       audit.record(rec);
       metrics.request(rec);
