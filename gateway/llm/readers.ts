@@ -34,6 +34,45 @@ export interface Reader {
   read(value: JsonRecord, event: string): boolean;
   /** The API's own clean end of the stream after a cut ('' when Valet has none to write). */
   end(framing: Framing): string;
+  /**
+   * How the SSE events of a stream that is not to be cut are read lazily (see {@link Lazy});
+   * undefined: every wanted event is read as it comes.
+   */
+  readonly lazy?: Lazy;
+}
+
+// What the meter does with an SSE event of a stream it does not cut (see Lazy).
+/** Read it now: it may carry usage, the model, or the API's end. */
+export const READ = 0;
+/** Keep its data unread: only its text matters, and only if the stream reports no final usage. */
+export const KEEP = 1;
+/** KEEP, and should the stream end without its final report, read the latest such event for the report so far (text aside). */
+export const LATEST = 2;
+/** Nothing in it is needed. */
+export const SKIP = 3;
+/** Decide from its data: {@link Lazy.marks}, {@link Lazy.byData}. */
+export const CHECK = 4;
+
+/** A JSON member name looked for in an event's data, as bytes (no parsing); `value`: the first character its value must have. */
+export interface Mark {
+  readonly name: string;
+  readonly value?: string;
+}
+
+/**
+ * Lazy reading of a stream: most events carry nothing but a piece of text, needed only when the
+ * stream never reports its final usage (it was cut short, or its API reports none). Such events
+ * are kept as they came and read only then; the few that may carry usage, the model or the end are
+ * read as they come. Whether an event is one of those is decided from its name or by looking for
+ * a few member names in its bytes: a false positive costs a read, never a wrong count.
+ */
+export interface Lazy {
+  /** By the event's name ('' for none), before its data: READ, KEEP, LATEST, SKIP, or CHECK. */
+  byName(event: string): number;
+  /** The member names a CHECK event's data is searched for. */
+  readonly marks: readonly Mark[];
+  /** A CHECK event, by the marks found in its data (bit i: `marks[i]`): READ, KEEP or LATEST. */
+  byData(found: number): number;
 }
 
 type Rec = Readonly<Record<string, unknown>>;
@@ -154,6 +193,9 @@ function chat(request: LlmRequest, t: Tally): Reader {
     ],
     // After the last report only [DONE] is left, unless the usage chunk Valet asked for is still to come.
     wants: () => !t.final || request.addUsage,
+    // Usage is an object only in the chunk that reports it (`"usage":null` elsewhere), Groq's under
+    // `x_groq`; every chunk names the model, so the latest is read should the stream stop short.
+    lazy: { byName: () => CHECK, marks: [{ name: 'usage', value: '{' }], byData: (found) => (found === 0 ? LATEST : READ) },
     read(v) {
       id = str(v['id']) ?? id;
       if (typeof v['created'] === 'number') created = v['created'];
@@ -221,6 +263,7 @@ function responses(request: LlmRequest, t: Tally): Reader {
       ['id'], ['model'], ['usage'], ['output', '*', 'content', '*', 'text'], ['output', '*', 'arguments'], ['output', '*', 'summary', '*', 'text'],
     ],
     wants: (event) => event === '' || RESPONSES_LIFECYCLE.has(event) || (RESPONSES_TEXT.has(event) && !t.final),
+    lazy: { byName: (event) => (RESPONSES_TEXT.has(event) ? KEEP : READ), marks: [], byData: () => READ },
     read(v, event) {
       const type = str(v['type']) ?? event;
       if (typeof v['sequence_number'] === 'number') sequence = v['sequence_number'];
@@ -265,6 +308,9 @@ function responses(request: LlmRequest, t: Tally): Reader {
   };
 }
 
+/** Anthropic events read as they come by a lazy stream: usage (start, delta), the end, a whole message, or unnamed. */
+const ANTHROPIC_READ = new Set(['', 'message_start', 'message_delta', 'message_stop', 'message']);
+
 /**
  * Anthropic messages: a whole message, or a stream whose `message_start` reports the input and
  * whose `message_delta` reports the cumulative output (and, in newer versions, any field again).
@@ -279,6 +325,8 @@ function anthropic(t: Tally): Reader {
       ['content', '*', 'text'], ['content', '*', 'thinking'], ['content', '*', 'input'],
     ],
     wants: (event) => event !== 'ping',
+    // Block starts and stops matter only to a cut; an event without a name is read to be safe.
+    lazy: { byName: (event) => (event === 'content_block_delta' ? KEEP : ANTHROPIC_READ.has(event) ? READ : SKIP), marks: [], byData: () => READ },
     read(v, event) {
       switch (str(v['type']) ?? event) {
         case 'message': {
@@ -354,6 +402,13 @@ function gemini(request: LlmRequest, t: Tally): Reader {
       ['candidates', '*', 'content', 'parts', '*', 'text'], ['candidates', '*', 'content', 'parts', '*', 'functionCall'],
     ],
     wants: () => true,
+    // Every chunk reports the usage so far: only the last one's is needed (the finished one's, or
+    // the latest's when the stream stops short).
+    lazy: {
+      byName: () => CHECK,
+      marks: [{ name: 'finishReason' }, { name: 'usageMetadata', value: '{' }],
+      byData: (found) => ((found & 1) !== 0 ? READ : found !== 0 ? LATEST : KEEP),
+    },
     read(v) {
       responseId = str(v['responseId']) ?? responseId;
       setModel(t, v['modelVersion']);
@@ -391,6 +446,9 @@ function gemini(request: LlmRequest, t: Tally): Reader {
   };
 }
 
+/** Cohere's events that carry text. */
+const COHERE_TEXT = new Set(['content-delta', 'tool-plan-delta', 'tool-call-delta']);
+
 /** Cohere v2 chat: a whole response, or a stream whose `message-end` carries the usage. */
 function cohere(t: Tally): Reader {
   let open: number | undefined;
@@ -401,6 +459,7 @@ function cohere(t: Tally): Reader {
       ['message', 'content', '*', 'text'], ['message', 'tool_plan'], ['message', 'tool_calls', '*', 'function', 'arguments'],
     ],
     wants: () => true,
+    lazy: { byName: (event) => (COHERE_TEXT.has(event) ? KEEP : event === '' || event === 'message-end' ? READ : SKIP), marks: [], byData: () => READ },
     read(v, event) {
       const type = str(v['type']) ?? event;
       switch (type) {

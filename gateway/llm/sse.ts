@@ -1,9 +1,10 @@
 /**
  * Server-Sent Events split incrementally over bytes, as the WHATWG parser reads them: lines end in
- * CR LF, LF or CR; a blank line ends an event. Nothing is buffered but a field name and the event
- * name: `data` values go to the handler piece by piece, straight from the chunk, so an event of any
- * size costs no memory and UTF-8 split across chunks needs no care (data bytes are passed on as
- * bytes; line ends and field names are ASCII).
+ * CR LF, LF or CR; a blank line ends an event. Nothing is buffered but the event name: field names
+ * are matched byte by byte, and `data` values go to the handler piece by piece, straight from the
+ * chunk, so an event of any size costs no memory, a `data` line no allocation, and UTF-8 split
+ * across chunks needs no care (data bytes are passed on as bytes; line ends and field names are
+ * ASCII).
  */
 
 /** Receives one stream's events as they are read. */
@@ -26,9 +27,11 @@ const CR = 0x0d;
 const COLON = 0x3a;
 const SPACE = 0x20;
 
-/** Longer field names are none that matters; longer event names are none an API uses. */
-const MAX_NAME = 16;
+/** Longer event names are none an API uses. */
 const MAX_EVENT = 128;
+/** The two field names that matter. */
+const DATA_NAME = Buffer.from('data');
+const EVENT_NAME = Buffer.from('event');
 
 // What the current line is.
 const NAME = 0;
@@ -41,7 +44,10 @@ export class SseSplitter {
   /** The current event's name so far ('' until an `event` line is read). */
   event = '';
   private field = NAME;
-  private name = '';
+  // The field name so far: its length, and whether it may still be `data` or `event`.
+  private nameLength = 0;
+  private maybeData = true;
+  private maybeEvent = true;
   private lineLength = 0;
   private skipSpace = false;
   private cr = false;
@@ -100,7 +106,12 @@ export class SseSplitter {
     if (this.field === NAME) {
       const colon = buf.indexOf(COLON, start);
       const stop = colon === -1 || colon >= end ? end : colon;
-      if (this.name.length <= MAX_NAME) this.name += buf.toString('latin1', start, Math.min(stop, start + MAX_NAME + 1));
+      for (let i = start, n = this.nameLength; i < stop && (this.maybeData || this.maybeEvent); i++, n++) {
+        const c = buf[i];
+        if (c !== DATA_NAME[n]) this.maybeData = false;
+        if (c !== EVENT_NAME[n]) this.maybeEvent = false;
+      }
+      this.nameLength += stop - start;
       if (stop === end) return;
       this.startField();
       start = stop + 1;
@@ -117,10 +128,10 @@ export class SseSplitter {
 
   /** The field name is complete (a colon, or the end of a line without one). */
   private startField(): void {
-    if (this.name === 'data') {
+    if (this.maybeData && this.nameLength === DATA_NAME.length) {
       this.field = DATA;
       this.handler.dataLine();
-    } else if (this.name === 'event') {
+    } else if (this.maybeEvent && this.nameLength === EVENT_NAME.length) {
       this.field = EVENT;
       this.event = '';
     } else {
@@ -133,7 +144,9 @@ export class SseSplitter {
     if (this.lineLength === 0) return true;
     if (this.field === NAME) this.startField();
     this.field = NAME;
-    this.name = '';
+    this.nameLength = 0;
+    this.maybeData = true;
+    this.maybeEvent = true;
     this.lineLength = 0;
     this.skipSpace = false;
     return false;

@@ -4,14 +4,15 @@
  * with multi-byte UTF-8 and JSON escapes in the text), that bytes pass unchanged except the usage
  * chunk Valet asked for, that a cut ends each API's stream with its own end events between events,
  * and that a response which reports nothing, stops short, fails or is not what it claims is
- * estimated from the text actually delivered.
+ * estimated from the text actually delivered. A stream that is not cut is read lazily: only its
+ * events that may carry usage are parsed as they pass, the others kept and read only when needed.
  */
 import { crc32 } from 'node:zlib';
 import { countTokens } from 'gpt-tokenizer';
-import { describe, expect, it } from 'vitest';
+import { describe, expect, it, vi } from 'vitest';
 import { EventStreamDecoder } from '../../../gateway/llm/eventstream.js';
 import { JsonScanner, type JsonRecord } from '../../../gateway/llm/json-scan.js';
-import { createMeter, type ResponseMeter } from '../../../gateway/llm/meter.js';
+import { createMeter, MAX_KEPT, type ResponseMeter } from '../../../gateway/llm/meter.js';
 import { SseSplitter } from '../../../gateway/llm/sse.js';
 import type { LlmApi, LlmFamily, LlmRequest, Metered, Usage } from '../../../gateway/llm/types.js';
 
@@ -1234,5 +1235,174 @@ describe('a long stream', () => {
     const out = await pass(m, chunks);
     expect(out.length).toBe(body.length - sseEvent({ data: CHAT_USAGE_CHUNK }).length);
     expect(m.result()).toEqual({ usage: CHAT_USAGE, source: 'reported', model: CHAT_MODEL, complete: true });
+  });
+});
+
+// ---------------------------------------------------------------------------------------------
+// Lazy reading
+
+/** An OpenAI chunk as sent with `stream_options.include_usage`: `"usage":null` in every chunk but the last. */
+function chatChunkNullUsage(delta: Record<string, unknown>, finish: string | null = null, space = ''): string {
+  return chatChunk(delta, finish).replace('"usage":null', `"usage":${space}null`);
+}
+
+/** The first `n` bytes of a body fed as `chunks`, in the same chunks. */
+function truncate(chunks: readonly Buffer[], n: number): Buffer[] {
+  const out: Buffer[] = [];
+  let at = 0;
+  for (const c of chunks) {
+    if (at >= n) break;
+    out.push(c.subarray(0, Math.min(c.length, n - at)));
+    at += c.length;
+  }
+  return out;
+}
+
+/** Counts JSON.parse calls (the meter's and its scanner's) while `run` runs. */
+async function parses(run: () => Promise<void>): Promise<number> {
+  const spy = vi.spyOn(JSON, 'parse');
+  try {
+    await run();
+    return spy.mock.calls.length;
+  } finally {
+    spy.mockRestore();
+  }
+}
+
+describe('reading a stream lazily', () => {
+  const texts = Array.from({ length: 40 }, (_, i) => WORDS[i % WORDS.length] as string);
+  const content = (space = ''): SseEvent[] => [
+    { data: chatChunkNullUsage({ role: 'assistant', content: '' }, null, space) },
+    ...texts.map((t) => ({ data: chatChunkNullUsage({ content: t }, null, space) })),
+    { data: chatChunkNullUsage({}, 'stop', space) },
+  ];
+
+  it('parses only the usage chunk of a stream that reports its usage', async () => {
+    for (const addUsage of [false, true]) {
+      const events = [...content(), { data: CHAT_USAGE_CHUNK }, { data: '[DONE]' }];
+      const body = sseBody(events);
+      const m = meter(request('chat', 'openai', { addUsage }), SSE);
+      let out: Buffer | undefined;
+      const n = await parses(async () => {
+        out = await pass(m, splitAt(body, [300, 301, 2000, 5000]));
+      });
+      // The usage chunk, parsed whole, and nothing of the 42 content chunks.
+      expect(n).toBeLessThanOrEqual(2);
+      expect(out?.toString()).toBe(addUsage ? sseBody(events.filter((e) => e.data !== CHAT_USAGE_CHUNK)).toString() : body.toString());
+      expect(m.result()).toEqual({ usage: CHAT_USAGE, source: 'reported', model: CHAT_MODEL, complete: true });
+    }
+  });
+
+  it('counts the text of a stream cut before its usage, whatever the chunking, reading its events only then', async () => {
+    const events = content(' ');
+    const body = sseBody(events);
+    const expected = { usage: usage(REQUEST_INPUT, 0, 0, tokensOf(texts), 0), source: 'estimated', model: CHAT_MODEL, complete: false };
+    for (const chunks of feeds(body, 10).filter((_, i) => i % 97 === 0)) {
+      for (const addUsage of [false, true]) {
+        const m = meter(request('chat', 'openai', { addUsage }), SSE);
+        const during = await parses(async () => {
+          const out = await pass(m, chunks);
+          expect(out.equals(body)).toBe(true);
+        });
+        expect(during).toBe(0);
+        const after = await parses(async () => {
+          expect(m.result()).toEqual(expected);
+        });
+        expect(after).toBeGreaterThanOrEqual(events.length);
+        // Read once: a second call counts the same.
+        expect(m.result()).toEqual(expected);
+      }
+    }
+  });
+
+  it('finds the usage chunk across chunk splits, data lines and spacing, and never in text', async () => {
+    // Text that talks about usage: its quotes are escaped in JSON, so it carries no `"usage":{`.
+    const tricky = chatChunkNullUsage({ content: 'the "usage": {"prompt_tokens": 1} field' });
+    // Pretty-printed, the usage object's brace on the next line: a data line per line, which the SSE reader joins with LF.
+    const pretty = JSON.stringify(JSON.parse(CHAT_USAGE_CHUNK) as unknown, null, 1).replace('"usage": {', '"usage" :\n {');
+    const multiLine = `${pretty
+      .split('\n')
+      .map((l) => `data: ${l}`)
+      .join('\n')}\n\n`;
+    const body = Buffer.from(sseBody([...content(), { data: tricky }]).toString() + multiLine + sseEvent({ data: '[DONE]' }));
+    const delivered = [...texts, 'the "usage": {"prompt_tokens": 1} field'];
+    const stop = body.indexOf('data: {\n');
+    for (const chunks of feeds(body, 20).filter((_, i) => i % 13 === 0)) {
+      const m = meter(request('chat', 'openai', { addUsage: true }), SSE);
+      const out = (await pass(m, chunks)).toString();
+      // The usage chunk Valet asked for is taken out: every line of it.
+      expect(out).toBe(sseBody([...content(), { data: tricky }, { data: '[DONE]' }]).toString());
+      expect(m.result()).toEqual({ usage: CHAT_USAGE, source: 'reported', model: CHAT_MODEL, complete: true });
+      // The same stream stopped before its usage: the tricky text is text.
+      const short = meter(request('chat', 'openai'), SSE);
+      await pass(short, truncate(chunks, stop), false);
+      expect(short.result()).toEqual({ usage: usage(REQUEST_INPUT, 0, 0, tokensOf(delivered), 0), source: 'estimated', model: CHAT_MODEL, complete: false });
+    }
+  });
+
+  it('reads a usage chunk the byte check cannot see (an escaped member name) when the stream ends', async () => {
+    const escaped = CHAT_USAGE_CHUNK.replace('"usage":', '"us\\u0061ge":');
+    const m = meter(request('chat', 'openai'), SSE);
+    await pass(m, [sseBody([...content(), { data: escaped }, { data: '[DONE]' }])]);
+    expect(m.result()).toEqual({ usage: CHAT_USAGE, source: 'reported', model: CHAT_MODEL, complete: true });
+  });
+
+  it('keeps at most MAX_KEPT bytes, then reads the rest as it comes', async () => {
+    // Chunks padded with a field the meter never reads: a few of them pass the bound.
+    const pad = 'p'.repeat(Math.ceil(MAX_KEPT / 6));
+    const padded = (delta: Record<string, unknown>): string => chatChunk(delta).replace('"usage":null', `"usage":null,"pad":"${pad}"`);
+    const words = WORDS.slice(0, 10);
+    const events = [{ data: padded({ role: 'assistant', content: '' }) }, ...words.map((w) => ({ data: padded({ content: w }) }))];
+    const body = sseBody(events);
+    const chunks: Buffer[] = [];
+    for (let i = 0; i < body.length; i += 256 * 1024) chunks.push(body.subarray(i, i + 256 * 1024));
+    // Cut short: the kept events and those read as they came count alike, in order.
+    const m = meter(request('chat', 'openai', { addUsage: true }), SSE);
+    const during = await parses(async () => {
+      expect((await pass(m, chunks, false)).length).toBeGreaterThan(0);
+    });
+    // The events past the bound were parsed as they came (each kept value once).
+    expect(during).toBeGreaterThan(0);
+    expect(m.result()).toEqual({ usage: usage(REQUEST_INPUT, 0, 0, tokensOf(words), 0), source: 'estimated', model: CHAT_MODEL, complete: false });
+    // Reported at the end: the usage is read whichever way the events before it were.
+    const full = Buffer.concat([body, sseBody([{ data: CHAT_USAGE_CHUNK }, { data: '[DONE]' }])]);
+    const m2 = meter(request('chat', 'openai', { addUsage: true }), SSE);
+    const out = await pass(m2, [full.subarray(0, 3_000_000), full.subarray(3_000_000)]);
+    expect(out.equals(Buffer.concat([body, sseBody([{ data: '[DONE]' }])]))).toBe(true);
+    expect(m2.result()).toEqual({ usage: CHAT_USAGE, source: 'reported', model: CHAT_MODEL, complete: true });
+  });
+
+  it('Gemini: reads the finished chunk as it comes, and the latest report of a stream cut short', async () => {
+    const chunks = geminiChunks(WORDS.slice(0, 8));
+    const n = await parses(async () => {
+      const m = meter(request('generate', 'gemini'), SSE);
+      await pass(m, [geminiSse(chunks)]);
+      expect(m.result()).toEqual({ usage: GEMINI_USAGE(32), source: 'reported', model: GEMINI_MODEL, complete: true });
+    });
+    expect(n).toBeLessThanOrEqual(1);
+    // Cut short after a chunk without usageMetadata: the latest report is the one before it.
+    const last = { ...geminiChunk(' more', undefined) };
+    delete last['usageMetadata'];
+    const m = meter(request('generate', 'gemini'), SSE);
+    await pass(m, [geminiSse([...geminiChunks(WORDS.slice(0, 5), false), last])], false);
+    expect(m.result()).toEqual({ usage: GEMINI_USAGE(20), source: 'estimated', model: GEMINI_MODEL, complete: false });
+  });
+
+  it('Anthropic, Responses and Cohere: text deltas are kept, the events that report are read', async () => {
+    const cases: [LlmRequest, Buffer][] = [
+      [request('messages', 'anthropic'), sseBody(anthropicEvents(texts))],
+      [request('responses', 'openai'), sseBody(responsesEvents(texts))],
+      [request('cohere-chat', 'cohere'), sseBody(cohereEvents(texts))],
+    ];
+    for (const [req, body] of cases) {
+      const m = meter(req, SSE);
+      const n = await parses(async () => {
+        await pass(m, splitAt(body, [body.length >> 1]));
+      });
+      // The scanner parses the values it keeps of the few events it reads; read as they came, the
+      // 40 text deltas would take one each.
+      expect(n).toBeLessThan(texts.length / 2);
+      expect(m.result().source).toBe('reported');
+    }
   });
 });
