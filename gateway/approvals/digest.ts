@@ -14,11 +14,30 @@ export interface DigestInput {
 }
 
 /**
- * Headers left out of the digest: framing (the body bytes are covered instead), and values an SDK
- * changes on every attempt without changing what the call does (tracing, retry counters, request
- * dates, idempotency keys — Valet executes an approval once whatever the key).
+ * Headers left out of the digest: framing (the body bytes are covered instead), and values a client
+ * changes between attempts without changing what the call does: tracing, retry counters and
+ * invocation ids, request dates, idempotency keys (Valet executes an approval once whatever the
+ * key), and the client's self-description (`User-Agent` and the SDKs' own telemetry headers: an
+ * agent that re-sends an approved call from an upgraded SDK or another process still matches).
  */
-const VOLATILE = new Set(['content-length', 'transfer-encoding', 'traceparent', 'tracestate', 'baggage', 'sentry-trace', 'idempotency-key', 'date']);
+const VOLATILE = new Set([
+  'content-length',
+  'transfer-encoding',
+  'traceparent',
+  'tracestate',
+  'baggage',
+  'sentry-trace',
+  'idempotency-key',
+  'date',
+  'user-agent',
+  'x-amz-user-agent',
+  'amz-sdk-invocation-id',
+  'amz-sdk-request',
+  'x-goog-api-client',
+  'x-stripe-client-user-agent',
+  'x-client-name',
+  'x-client-version',
+]);
 const VOLATILE_PREFIXES = ['x-stainless-', 'x-amzn-trace-', 'x-b3-', 'x-datadog-'];
 
 export const DIGEST_VERSION = 'valet-approval-digest-v1';

@@ -84,12 +84,26 @@ describe('request digest', () => {
     expect(h1).not.toBe(h2);
   });
 
-  it('ignores framing, tracing, retry counters and idempotency keys; keeps the order of repeated headers', () => {
+  it('ignores framing, tracing, retry counters, idempotency keys and the client\'s self-description; keeps the order of repeated headers', () => {
     const noisy: DigestInput = {
       ...base,
       headers: [...base.headers, ['traceparent', '00-1-2-01'], ['x-stainless-retry-count', '2'], ['idempotency-key', 'k1'], ['content-length', '12'], ['date', 'now']],
     };
     expect(requestDigest(noisy)).toBe(requestDigest(base));
+    // A retry from an upgraded SDK, or the AWS SDK's next attempt, is the same call.
+    const retried: DigestInput = {
+      ...base,
+      headers: [
+        ...base.headers.filter(([n]) => n !== 'user-agent'),
+        ['user-agent', 'sdk/2 (node 22)'],
+        ['amz-sdk-invocation-id', 'b1e1d5c2'],
+        ['amz-sdk-request', 'attempt=2; max=3'],
+        ['x-amz-user-agent', 'aws-sdk-js/3.1'],
+        ['x-goog-api-client', 'gl-node/22'],
+        ['x-stripe-client-user-agent', '{"lang":"node"}'],
+      ],
+    };
+    expect(requestDigest(retried)).toBe(requestDigest(base));
     const twice = (a: string, b: string): string => requestDigest({ ...base, headers: [...base.headers, ['x-tag', a], ['x-tag', b]] });
     expect(twice('1', '2')).not.toBe(twice('2', '1'));
   });
