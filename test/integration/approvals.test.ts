@@ -130,8 +130,8 @@ describe('approvals: async and hold, end to end', () => {
       expect(r.json.error.code).toBe('VALET_ERR_APPROVAL_MISMATCH');
     }
     expect(forwardedTo('/v1/async/refunds')).toBe(0);
-    // Tracing and retry headers an SDK changes per attempt do not matter.
-    const ok = await call(gw.url, '/pay/v1/async/refunds', { token, body, headers: { 'valet-approval': id, traceparent: '00-abc-def-01', 'x-stainless-retry-count': '1' } });
+    // Tracing and retry headers an SDK changes per attempt, and a new User-Agent, do not matter.
+    const ok = await call(gw.url, '/pay/v1/async/refunds', { token, body, headers: { 'valet-approval': id, traceparent: '00-abc-def-01', 'x-stainless-retry-count': '1', 'user-agent': 'agent-sdk/2.0 (retry from another host)' } });
     expect(ok.status, ok.text).toBe(201);
     expect(forwardedTo('/v1/async/refunds')).toBe(1);
   });
