@@ -416,6 +416,7 @@ function topUp(dir: string, target: number): number {
             tokens: null,
             cost: null,
             usage: null,
+            shadow: null,
           },
         };
       });

@@ -138,6 +138,8 @@ export interface AuditRecord {
    * (tokens, cost), `source` (`reported` or `estimated`), `priced` (`table`, `ceiling`), `complete`.
    */
   usage: string | null;
+  /** What the rules in shadow mode would have decided, as JSON `{effect, rules, reason}`; never enforced. */
+  shadow: string | null;
 }
 
 /** RFC 8693 §4.1: the current actor, then each prior one (nested `act`), at most 8 deep; stops at the first malformed level. */

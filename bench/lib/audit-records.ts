@@ -62,6 +62,7 @@ export function decisionRecord(): AuditRecord {
     tokens: null,
     cost: null,
     usage: null,
+    shadow: null,
   };
 }
 

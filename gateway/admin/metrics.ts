@@ -1,5 +1,5 @@
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
-import type { AuditRecord } from '../types.js';
+import type { AuditRecord, Effect } from '../types.js';
 
 /**
  * The gateway's Prometheus metrics. Labels are bounded sets (configured upstreams, three decisions,
@@ -20,6 +20,8 @@ export interface Metrics {
   auditCommit(seconds: number): void;
   /** A data-plane connection closed as it was accepted: too many in total, or from one address. */
   connectionRefused(reason: 'max_connections' | 'max_connections_per_client'): void;
+  /** A request the rules in shadow mode would have decided otherwise than the enforced ones. */
+  shadowDisagreement(enforced: Effect, shadow: Effect): void;
   /** What an LLM call used: tokens by kind and their cost; `model` is the price table's name ('' when it has none). */
   llm(upstream: string, model: string, tenant: string | null, tokens: Readonly<Record<'input' | 'cached' | 'cache_write' | 'output' | 'reasoning', number>>, cost: number): void;
 }
@@ -112,9 +114,16 @@ export function createMetrics(sources: MetricsSources): Metrics {
     labelNames: ['upstream', 'model', 'tenant'],
     registers: [registry],
   });
+  const shadow = new Counter({
+    name: 'valet_policy_shadow_disagreements_total',
+    help: 'Requests the rules in shadow mode (mode: shadow) would have decided otherwise than the enforced rules, by the enforced and the shadow effect.',
+    labelNames: ['enforced', 'shadow'],
+    registers: [registry],
+  });
   return {
     registry,
     connectionRefused: (reason) => refused.inc({ reason }),
+    shadowDisagreement: (enforced, s) => shadow.inc({ enforced, shadow: s }),
     llm(upstream, model, tenant, tokens, cost) {
       const labels = { upstream, model: model === '' ? '(unpriced)' : model, tenant: tenant ?? '' };
       for (const [kind, n] of Object.entries(tokens)) if (n > 0) llmTokens.inc({ ...labels, kind }, n);

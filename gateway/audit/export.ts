@@ -169,6 +169,7 @@ const SD_PARAMS: (keyof AuditRow)[] = [
   'tokens',
   'cost',
   'usage',
+  'shadow',
 ];
 
 /**

@@ -50,6 +50,8 @@ export interface AuditRow {
   cost: number | null;
   /** An LLM call's usage as JSON: tokens by kind, what was reserved, how the figures were known (docs/llm.md). */
   usage: string | null;
+  /** What the rules in shadow mode would have decided, as JSON `{effect, rules, reason}` (null: no rule is in shadow mode). */
+  shadow: string | null;
   /** When the writer recorded the row (ms); never decreases as ids grow. */
   logged_at: number;
   /** The row's events in the hash chain (bookkeeping). */

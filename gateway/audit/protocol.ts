@@ -46,6 +46,7 @@ export const RECORD_FIELDS = [
   'tokens',
   'cost',
   'usage',
+  'shadow',
 ] as const satisfies readonly (keyof AuditRecord)[];
 
 // Every field of AuditRecord is listed (a compile error names any that is not).

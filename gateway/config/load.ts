@@ -17,6 +17,7 @@ import type {
   ApprovalChannelSetting,
   ApprovalSettings,
   BudgetConfig,
+  ChatApprovers,
   ClaimNames,
   ContextConfig,
   Location,
@@ -287,6 +288,7 @@ function assemble(root: string, files: ParsedFile[], problems: Problems, options
     return {
       ...match,
       effect: raw.effect,
+      ...(raw.mode === 'shadow' && { mode: 'shadow' as const }),
       reason: raw.reason,
       approval: raw.approval && {
         group: raw.approval.group,
@@ -590,11 +592,15 @@ function buildApprovalSettings(file: ParsedFile | undefined, raw: Raw, environme
       if ((c.url === undefined) === (c.url_env === undefined)) problem(at, 'a webhook needs exactly one of "url" and "url_env"');
       if (c.secret_env === undefined) problem(at, 'a webhook needs "secret_env" (the variable holding its signing secret)');
       if (environment === 'production' && typeof c.url === 'string' && !c.url.startsWith('https://')) problem([...at, 'url'], 'must use https in production');
+      if (c.signing_secret_env !== undefined) problem([...at, 'signing_secret_env'], 'only Slack channels take interactions', true);
+      if (c.approvers !== undefined) problem([...at, 'approvers'], 'only Slack channels take interactions', true);
     } else {
       // A Slack incoming-webhook URL is itself a credential: it never goes in a file.
       if (c.url !== undefined) problem([...at, 'url'], 'a Slack webhook URL is a secret: give the variable that holds it in "url_env"', true);
       if (c.url_env === undefined) problem(at, 'a Slack channel needs "url_env"');
       if (c.secret_env !== undefined) problem([...at, 'secret_env'], 'not used by Slack channels', true);
+      // Buttons without a mapping would let nobody decide; a mapping without the secret could not be trusted.
+      if ((c.signing_secret_env === undefined) !== (c.approvers === undefined)) problem(at, 'Slack buttons need both "signing_secret_env" and "approvers"');
     }
     return {
       type: c.type,
@@ -602,6 +608,8 @@ function buildApprovalSettings(file: ParsedFile | undefined, raw: Raw, environme
       urlEnv: c.url_env,
       secretEnv: c.secret_env,
       groups: c.groups,
+      signingSecretEnv: c.signing_secret_env,
+      approvers: c.approvers === undefined ? undefined : chatApprovers(c.approvers),
       maxAttempts: c.max_attempts ?? 5,
       backoffMs: c.backoff ? parseDuration(c.backoff) : 1_000,
     };
@@ -614,7 +622,13 @@ function buildApprovalSettings(file: ParsedFile | undefined, raw: Raw, environme
     maxPendingPerTenant: raw.max_pending_per_tenant ?? DEFAULT_APPROVAL_SETTINGS.maxPendingPerTenant,
     links: { enabled: raw.links?.enabled ?? true, baseUrl: raw.links?.base_url },
     channels,
+    callback: raw.callback === undefined ? undefined : { secretEnv: raw.callback.secret_env, approvers: chatApprovers(raw.callback.approvers) },
   };
+}
+
+/** A schema-checked `approvers` object as a Map (chat user ids are looked up from requests). */
+function chatApprovers(raw: Record<string, Raw>): ChatApprovers {
+  return new Map(Object.entries(raw).map(([id, a]) => [id, { subject: a.subject, groups: a.groups, tenant: a.tenant }]));
 }
 
 /** `gateway.secrets.sources`: default the store, then the environment; each source at most once. */

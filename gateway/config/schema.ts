@@ -86,6 +86,19 @@ const toolRef = { type: 'string', pattern: '^[a-z][a-z0-9_-]*\\.[A-Za-z0-9_][A-Z
 const duration = { type: 'string', pattern: '^[1-9][0-9]*(ms|s|m|h|d)$' } as const;
 const stringList = { type: 'array', minItems: 1, uniqueItems: true, items: { type: 'string', minLength: 1 } } as const;
 
+/** Chat user id → the Valet identity (subject, approver groups, optional tenant) their decisions count as. */
+const chatApprovers = {
+  type: 'object',
+  minProperties: 1,
+  propertyNames: { pattern: '^[A-Za-z0-9_.:@-]{1,128}$' },
+  additionalProperties: {
+    type: 'object',
+    required: ['subject', 'groups'],
+    additionalProperties: false,
+    properties: { subject: { type: 'string', minLength: 1, maxLength: 256 }, groups: stringList, tenant: { type: 'string', minLength: 1 } },
+  },
+} as const;
+
 /** What a rule, rate limit or budget applies to; every key given must match. */
 const match = {
   id: { type: 'string', pattern: '^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$' },
@@ -194,10 +207,18 @@ export const fileSchema = {
                   url_env: secretName,
                   secret_env: secretName,
                   groups: stringList,
+                  signing_secret_env: secretName,
+                  approvers: chatApprovers,
                   max_attempts: { type: 'integer', minimum: 1, maximum: 20 },
                   backoff: duration,
                 },
               },
+            },
+            callback: {
+              type: 'object',
+              required: ['secret_env', 'approvers'],
+              additionalProperties: false,
+              properties: { secret_env: secretName, approvers: chatApprovers },
             },
           },
         },
@@ -472,6 +493,8 @@ export const fileSchema = {
         properties: {
           ...match,
           effect: { enum: ['allow', 'deny', 'escalate'] },
+          // shadow: evaluated and recorded beside the enforced rules, never enforced.
+          mode: { enum: ['enforce', 'shadow'] },
           reason: { type: 'string', minLength: 1 },
           approval: {
             type: 'object',

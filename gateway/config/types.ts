@@ -193,6 +193,27 @@ export interface ApprovalSettings {
   /** Approve/deny links in notifications, pointing at `baseUrl` (default: the admin listener's URL). */
   readonly links: { readonly enabled: boolean; readonly baseUrl: string | undefined };
   readonly channels: readonly ApprovalChannelSetting[];
+  /** The generic signed callback (`POST /api/chat/callback`) other chat tools decide through; undefined: off. */
+  readonly callback: ChatCallbackSetting | undefined;
+}
+
+/**
+ * A chat user who may decide approvals: the Valet identity their decisions count as. They act
+ * like an admin token with the `approver` role and these groups (and tenant, if set).
+ */
+export interface ChatApprover {
+  readonly subject: string;
+  readonly groups: readonly string[];
+  readonly tenant: string | undefined;
+}
+
+/** Chat user ids (Slack's `U…`, another tool's ids) to Valet identities; a Map, so no id can hit an object's prototype. */
+export type ChatApprovers = ReadonlyMap<string, ChatApprover>;
+
+/** `gateway.approvals.callback`: the variable holding the HMAC secret, and who may decide. */
+export interface ChatCallbackSetting {
+  readonly secretEnv: string;
+  readonly approvers: ChatApprovers;
 }
 
 /** One notification channel; URLs and secrets that are secret come from environment variables. */
@@ -204,6 +225,10 @@ export interface ApprovalChannelSetting {
   readonly secretEnv: string | undefined;
   /** Only approvals for these approver groups (all when absent). */
   readonly groups: readonly string[] | undefined;
+  /** Slack: the variable holding the Slack app's signing secret; set, messages carry Approve/Deny buttons. */
+  readonly signingSecretEnv: string | undefined;
+  /** Slack, with `signingSecretEnv`: who may press the buttons. */
+  readonly approvers: ChatApprovers | undefined;
   readonly maxAttempts: number;
   readonly backoffMs: number;
 }
@@ -215,6 +240,7 @@ export const DEFAULT_APPROVAL_SETTINGS: ApprovalSettings = {
   maxPendingPerTenant: 200,
   links: { enabled: true, baseUrl: undefined },
   channels: [],
+  callback: undefined,
 };
 
 /** One place credentials are looked up: the encrypted store, the environment, or a directory of files. */
@@ -370,6 +396,8 @@ export interface ApprovalConfig {
 
 export interface RuleConfig extends MatchConfig {
   readonly effect: 'allow' | 'deny' | 'escalate';
+  /** `shadow`: evaluated beside the enforced rules and recorded (audit `shadow`, a metric), never enforced. */
+  readonly mode?: 'shadow';
   readonly reason: string | undefined;
   readonly approval: ApprovalConfig | undefined;
 }

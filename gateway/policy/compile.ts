@@ -48,6 +48,11 @@ export interface Policy {
   /** Content hash of the configuration it was compiled from. */
   readonly version: string;
   /**
+   * The rules as they would decide with those in shadow mode enforced: evaluated beside this
+   * policy and recorded, never enforced. Absent when no rule is in shadow mode.
+   */
+  readonly shadow?: Policy;
+  /**
    * The identity rules see: tenant and team from the agent registry when the token leaves them
    * out. Throws VALET_ERR_IDENTITY_REFUSED when a claim disagrees with the registry, or the agent
    * is not registered and `gateway.policy.require_registered_agents` is set.
@@ -331,6 +336,13 @@ export function compilePolicy(
   config: Pick<Config, 'version' | 'gateway' | 'tools' | 'rules' | 'rateLimits' | 'budgets' | 'contexts' | 'agents'>,
   stores: PolicyStores,
 ): Policy {
+  // Rules in shadow mode: the rules without them are enforced; with them, a shadow decision is
+  // recorded beside each enforced one (arguments are read when either set reads them).
+  if (config.rules.some((r) => r.mode === 'shadow')) {
+    const enforced = compilePolicy({ ...config, rules: config.rules.filter((r) => r.mode !== 'shadow') }, stores);
+    const shadow = compilePolicy({ ...config, rules: config.rules.map(({ mode: _mode, ...r }) => r) }, stores);
+    return { ...enforced, readsArgs: (upstream) => enforced.readsArgs(upstream) || shadow.readsArgs(upstream), shadow };
+  }
   const problems: ConfigProblem[] = [];
   const toolMatcher = compileTools(config.tools);
   const toolUpstream = new Map(config.tools.map((t) => [t.name, t.upstream]));

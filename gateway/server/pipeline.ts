@@ -343,6 +343,12 @@ export function createPipeline(deps: PipelineDeps): RequestHandler {
       rec.decision = decision.effect;
       rec.rule = decision.rules.join(',');
       rec.reason = decision.reason;
+      // Rules in shadow mode: what they would decide is recorded and counted, never enforced.
+      if (policy.shadow !== undefined) {
+        const shadow = policy.shadow.evaluate(input);
+        rec.shadow = JSON.stringify({ effect: shadow.effect, rules: shadow.rules, reason: shadow.reason });
+        if (shadow.effect !== decision.effect) metrics.shadowDisagreement(decision.effect, shadow.effect);
+      }
       const rule = decision.rules.join(', ');
       if (decision.effect === 'deny') {
         throw new ValetError('VALET_ERR_POLICY_DENIED', `Denied by rule ${rule}: ${decision.reason}`, {
@@ -679,6 +685,7 @@ export function newAuditRecord(requestId: string, method: string, path: string):
     tokens: null,
     cost: null,
     usage: null,
+    shadow: null,
   };
 }
 

@@ -94,6 +94,8 @@ const MIGRATIONS: readonly string[] = [
    ALTER TABLE audit_log ADD COLUMN tokens INTEGER;
    ALTER TABLE audit_log ADD COLUMN cost REAL;
    ALTER TABLE audit_log ADD COLUMN usage TEXT;`,
+  // What the rules in shadow mode would have decided (JSON), beside the enforced decision.
+  `ALTER TABLE audit_log ADD COLUMN shadow TEXT;`,
 ];
 
 export const AUDIT_FILE = 'valet.db';
