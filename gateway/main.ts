@@ -28,6 +28,7 @@ import { usageRoutes } from './admin/usage.js';
 import { createMetrics, type Metrics } from './admin/metrics.js';
 import { policyRoutes } from './admin/policy.js';
 import { approvalPages, approvalRoutes } from './admin/approvals.js';
+import { chatHooks } from './admin/chat.js';
 import { adminProbes, adminRoutes } from './admin/routes.js';
 import { secretRoutes } from './admin/secrets.js';
 import { createAdminServer } from './admin/server.js';
@@ -63,6 +64,8 @@ export interface GatewayOptions {
   watch?: boolean | undefined;
   /** Where the audit writer runs, overriding `gateway.audit.writer` (the benchmark compares both). */
   auditWriter?: 'worker' | 'inline' | undefined;
+  /** A candidate policy directory evaluated in shadow beside the one in force (`--shadow`, `VALET_SHADOW_CONFIG`). */
+  shadowConfigDir?: string | undefined;
 }
 
 export interface RunningGateway {
@@ -139,7 +142,7 @@ export async function startGateway(options: GatewayOptions): Promise<RunningGate
   // Counters and history outlive the process: in counters.db, or in Redis shared by a fleet.
   const counterBackend = openCounterBackend(config.gateway.counters, env, dataDir, logger);
   const stores = { counters: counterBackend.counters, history: counterBackend.history, connections: credentials };
-  const policies = createPolicyHolder(config, loadOptions, stores, logger);
+  const policies = createPolicyHolder(config, loadOptions, stores, logger, options.shadowConfigDir === undefined ? undefined : resolve(options.shadowConfigDir));
   if (options.watch) policies.watch();
   // The read side (admin API, dashboard); opened first, it creates and migrates the database the writer then opens.
   const auditSettings = config.gateway.audit ?? DEFAULT_AUDIT;
@@ -293,6 +296,7 @@ export async function startGateway(options: GatewayOptions): Promise<RunningGate
       ...credentialRoutes({ upstreams: config.upstreams, credentials, secrets: secretSources.store ?? secrets }),
     ],
     probes: adminProbes(adminDeps),
+    hooks: chatHooks({ service: approvals.service, chat: approvals.chat, logger }),
     assets: ((approvalPage, connectPage, dashboard) => async (path: string, req: IncomingMessage, url: URL) =>
       (await approvalPage(path)) ?? (await connectPage(path, req, url)) ?? dashboard(path))(approvalPages(approvals.service), connectPages(credentials), dashboardAssets(findDashboard())),
     logger,

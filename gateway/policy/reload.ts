@@ -31,13 +31,27 @@ function fixedParts(c: Config): string {
   return JSON.stringify({ gateway: c.gateway, issuers: c.issuers, upstreams: [...c.upstreams.values()] });
 }
 
+/**
+ * The policy in force, with a candidate set (a directory) evaluated beside it in shadow: its
+ * decisions are recorded, never enforced, and it replaces the rules in shadow mode of the set in
+ * force. Only the candidate's policy parts count (rules, tools, limits, contexts, agents).
+ */
+function withCandidate(enforced: Policy, candidate: Policy | undefined): Policy {
+  if (candidate === undefined) return enforced;
+  return { ...enforced, readsArgs: (upstream) => enforced.readsArgs(upstream) || candidate.readsArgs(upstream), shadow: candidate };
+}
+
 export function createPolicyHolder(
   initial: Config,
   load: LoadOptions,
   stores: PolicyStores,
   logger: Logger,
+  /** A candidate policy directory evaluated in shadow (`valet start --shadow DIR`, `VALET_SHADOW_CONFIG`). */
+  candidateDir?: string,
 ): PolicyHolder {
-  let policy = compilePolicy(initial, stores);
+  const compileCandidate = (): Policy | undefined => (candidateDir === undefined ? undefined : compilePolicy(loadConfig(candidateDir, load), stores));
+  let candidate = compileCandidate();
+  let policy = withCandidate(compilePolicy(initial, stores), candidate);
   let config = initial;
   let status: PolicyStatus = { version: initial.version, loadedAt: Date.now(), lastError: undefined };
   let watchers: FSWatcher[] | undefined;
@@ -49,14 +63,16 @@ export function createPolicyHolder(
       if (fixedParts(next) !== fixedParts(initial)) {
         throw new ValetError('VALET_ERR_CONFIG', 'gateway, issuers or upstreams changed: restart the gateway to apply them');
       }
-      if (next.version === policy.version) {
+      const nextCandidate = compileCandidate();
+      if (next.version === policy.version && nextCandidate?.version === candidate?.version) {
         status = { ...status, lastError: undefined };
         return { ok: true, version: next.version };
       }
-      policy = compilePolicy(next, stores);
+      candidate = nextCandidate;
+      policy = withCandidate(compilePolicy(next, stores), candidate);
       config = next;
       status = { version: next.version, loadedAt: Date.now(), lastError: undefined };
-      logger.info({ policyVersion: next.version, rules: next.rules.length }, 'policy reloaded');
+      logger.info({ policyVersion: next.version, rules: next.rules.length, ...(candidate !== undefined && { candidateVersion: candidate.version }) }, 'policy reloaded');
       return { ok: true, version: next.version };
     } catch (err) {
       const message = err instanceof ValetError ? err.message : String(err);
@@ -83,7 +99,8 @@ export function createPolicyHolder(
       for (const c of initial.contexts) {
         if (c.file !== undefined && relative(initial.dir, c.file).startsWith('..')) outside.add(dirname(c.file));
       }
-      watchers = [watch(initial.dir, { recursive: true }, onChange), ...[...outside].map((d) => watch(d, onChange))];
+      const dirs = candidateDir === undefined ? [initial.dir] : [initial.dir, candidateDir];
+      watchers = [...dirs.map((d) => watch(d, { recursive: true }, onChange)), ...[...outside].map((d) => watch(d, onChange))];
       for (const w of watchers) w.unref();
     },
     close() {

@@ -346,7 +346,7 @@ export function createPipeline(deps: PipelineDeps): RequestHandler {
       // Rules in shadow mode: what they would decide is recorded and counted, never enforced.
       if (policy.shadow !== undefined) {
         const shadow = policy.shadow.evaluate(input);
-        rec.shadow = JSON.stringify({ effect: shadow.effect, rules: shadow.rules, reason: shadow.reason });
+        rec.shadow = JSON.stringify({ effect: shadow.effect, rules: shadow.rules, reason: shadow.reason, ...(policy.shadow.version !== policy.version && { version: policy.shadow.version }) });
         if (shadow.effect !== decision.effect) metrics.shadowDisagreement(decision.effect, shadow.effect);
       }
       const rule = decision.rules.join(', ');

@@ -2,9 +2,15 @@
  * Rules in shadow mode: evaluated beside the enforced rules on live traffic, their decision
  * recorded in the audit row and counted when it differs, never enforced.
  */
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { Writable } from 'node:stream';
 import { request } from 'undici';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { startTestGateway, type TestGateway } from '../helpers/gateway.js';
+import { stringify } from 'yaml';
+import { startGateway } from '../../gateway/main.js';
+import { DEV_SIGNING_KEY, devIssuer, startTestGateway, type TestGateway } from '../helpers/gateway.js';
 import { startFakeUpstream, type FakeUpstream } from '../helpers/upstream.js';
 
 describe('rules in shadow mode', () => {
@@ -52,5 +58,40 @@ describe('rules in shadow mode', () => {
     const metrics = await (await request(`${gw.adminUrl}/metrics`, { headers: { authorization: `Bearer ${await gw.adminToken(['viewer'])}` } })).body.text();
     expect(metrics).toContain('valet_policy_shadow_disagreements_total{enforced="allow",shadow="deny"} 1');
     expect(metrics).toContain('valet_policy_shadow_disagreements_total{enforced="allow",shadow="escalate"} 1');
+  });
+});
+
+describe('a candidate policy directory in shadow', () => {
+  it('decides nothing; its decisions and version are recorded beside the enforced ones', async () => {
+    const api = await startFakeUpstream();
+    const candidate = mkdtempSync(join(tmpdir(), 'valet-candidate-'));
+    const upstreams = [{ name: 'api', origin: api.origin, credential: { scheme: 'bearer', secret: 'API_KEY' } }];
+    writeFileSync(join(candidate, 'gateway.yaml'), stringify({ issuers: [devIssuer], upstreams }));
+    writeFileSync(join(candidate, 'rules.yaml'), stringify({ rules: [{ id: 'api-reads-only', upstream: 'api', methods: ['GET'], effect: 'allow' }] }));
+    const gw = await startTestGateway({ upstreams, rules: [{ id: 'api-allow', upstream: 'api', effect: 'allow' }], env: { API_KEY: 'sk-shadow-api-key' } });
+    await gw.close({ keep: true });
+    const again = await startGateway({ configDir: gw.configDir, dataDir: gw.dataDir, env: { VALET_TEST_SIGNING_KEY: DEV_SIGNING_KEY, API_KEY: 'sk-shadow-api-key', ...gw.backendEnv }, shadowConfigDir: candidate, logDestination: new Writable({ write: (_c, _e, cb) => cb() }) });
+    try {
+      const token = await gw.token();
+      for (const method of ['GET', 'POST'] as const) {
+        const res = await request(`${again.url}/api/v1/things`, { method, headers: { authorization: `Bearer ${token}` } });
+        await res.body.dump();
+        expect(res.statusCode).toBe(200);
+      }
+      await again.audit.flush();
+      const rows = [];
+      for await (const r of again.auditLog.iterate({})) rows.push(r);
+      const shadows = rows.map((r) => JSON.parse(r.shadow ?? 'null') as { effect: string; rules: string[]; version: string });
+      expect(shadows.map((s) => s.effect)).toEqual(['allow', 'deny']);
+      expect(shadows[1]?.rules).toEqual(['default-deny']);
+      expect(shadows[0]?.version).toMatch(/^sha256:/);
+      expect(shadows[0]?.version).not.toBe(rows[0]?.policy_version);
+      expect(api.requests).toHaveLength(2);
+    } finally {
+      await again.close();
+      await api.close();
+      rmSync(gw.root, { recursive: true, force: true });
+      rmSync(candidate, { recursive: true, force: true });
+    }
   });
 });
