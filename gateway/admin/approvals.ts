@@ -7,7 +7,8 @@ import { tenantScope, type AdminIdentity } from './auth.js';
 import type { AdminAsset, AdminRoute } from './server.js';
 
 const STATUSES: readonly ApprovalStatus[] = ['pending', 'approved', 'denied', 'expired', 'aborted', 'consumed'];
-const MAX_REASON = 1_000;
+/** The longest reason an approver may give. */
+export const MAX_REASON = 1_000;
 
 /**
  * Who may decide an approval, besides holding `approvals.resolve` (roles `approver`, `admin`):
@@ -28,7 +29,7 @@ export function mayResolve(who: AdminIdentity, a: ApprovalRecord, action: LinkAc
 }
 
 /** An approval the identity may see: its own tenant's only, others are "not found". */
-async function visible(service: ApprovalService, who: AdminIdentity, id: string): Promise<ApprovalRecord> {
+export async function visible(service: ApprovalService, who: AdminIdentity, id: string): Promise<ApprovalRecord> {
   const a = await service.get(id);
   if (a === undefined || (who.tenant !== undefined && a.tenant !== who.tenant)) throw new ValetError('VALET_ERR_APPROVAL_NOT_FOUND');
   return a;

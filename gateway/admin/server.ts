@@ -1,5 +1,5 @@
 import { randomUUID } from 'node:crypto';
-import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import { createServer, type IncomingHttpHeaders, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { Logger } from 'pino';
 import { ERRORS, ValetError } from '../errors.js';
 import type { TokenVerifier } from '../auth/verify.js';
@@ -45,10 +45,21 @@ export interface AdminAsset {
   readonly headers?: Readonly<Record<string, string>>;
 }
 
+/**
+ * A public `POST /api/...` endpoint that authenticates each request itself, by a signature over
+ * the raw body (Slack's interactions, the chat callback): no admin token, any media type.
+ */
+export interface AdminHook {
+  readonly path: string;
+  readonly handle: (req: { readonly headers: IncomingHttpHeaders; readonly body: Buffer; readonly requestId: string }) => Promise<{ status?: number; json: unknown }>;
+}
+
 export interface AdminServerOptions {
   readonly verify: TokenVerifier;
   readonly routes: readonly AdminRoute[];
   readonly probes: readonly AdminProbe[];
+  /** Public endpoints under `/api/` that check a signature instead of an admin token. */
+  readonly hooks?: readonly AdminHook[];
   /** The dashboard's files by URL path (`/`, `/assets/app.js`); outside `/api/` only. */
   readonly assets?: (path: string, req: IncomingMessage, url: URL) => AdminAsset | undefined | Promise<AdminAsset | undefined>;
   readonly logger: Logger;
@@ -72,11 +83,12 @@ interface CompiledRoute {
 }
 
 /**
- * The admin plane's HTTP server: a separate listener from the data plane. Every `/api/` call needs
- * an admin token (`Authorization: Bearer`) with a role that grants the route's permission. No
- * cookie or other ambient credential is ever read, so a page on another site cannot act through a
- * logged-in browser; requests a browser marks as cross-site are refused as well, and writes must be
- * `application/json` (which a cross-site form cannot send).
+ * The admin plane's HTTP server: a separate listener from the data plane. Every `/api/` call but
+ * the hooks (which check a request signature instead) needs an admin token (`Authorization:
+ * Bearer`) with a role that grants the route's permission. No cookie or other ambient credential
+ * is ever read, so a page on another site cannot act through a logged-in browser; requests a
+ * browser marks as cross-site are refused as well, and writes must be `application/json` (which a
+ * cross-site form cannot send).
  */
 export function createAdminServer(o: AdminServerOptions): Server {
   const routes: CompiledRoute[] = o.routes.map((route) => {
@@ -88,6 +100,7 @@ export function createAdminServer(o: AdminServerOptions): Server {
     return { route, pattern: new RegExp(`^${source}$`), names };
   });
   const probes = new Map(o.probes.map((p) => [p.path, p]));
+  const hooks = new Map((o.hooks ?? []).map((h) => [h.path, h]));
   const maxBody = o.maxBodyBytes ?? 65_536;
 
   const handle = async (req: IncomingMessage, res: ServerResponse, requestId: string): Promise<void> => {
@@ -110,6 +123,13 @@ export function createAdminServer(o: AdminServerOptions): Server {
       return;
     }
     refuseCrossSite(req);
+    const hook = hooks.get(url.pathname);
+    if (hook !== undefined) {
+      if (method !== 'POST') throw new ValetError('VALET_ERR_ADMIN_METHOD');
+      const r = await hook.handle({ headers: req.headers, body: await readLimited(req, maxBody), requestId });
+      sendJson(res, r.status ?? 200, r.json, requestId);
+      return;
+    }
     const who = await authenticate(req, o.verify);
 
     let match: { route: AdminRoute; params: Record<string, string> } | undefined;

@@ -174,9 +174,9 @@ export function webhookBody(notice: Notice, eventId: string, now: number): strin
   return JSON.stringify({ ...head, approval: approvalJson(notice.approval), links: notice.links ?? null });
 }
 
-/** `t=<unix seconds>,v1=<hex HMAC-SHA256 of "<t>.<body>">`, the `valet-signature` header. */
-export function signWebhook(secret: string, body: string, unixSeconds: number): string {
-  const mac = createHmac('sha256', secret).update(`${unixSeconds}.${body}`).digest('hex');
+/** `t=<unix seconds>,v1=<hex HMAC-SHA256 of "<t>.<body>">`, the `valet-signature` header (also what the chat callback checks). */
+export function signWebhook(secret: string, body: string | Buffer, unixSeconds: number): string {
+  const mac = createHmac('sha256', secret).update(`${unixSeconds}.`).update(body).digest('hex');
   return `t=${unixSeconds},v1=${mac}`;
 }
 
@@ -227,9 +227,11 @@ export interface SlackSettings {
   readonly url: string;
   readonly groups: readonly string[] | undefined;
   readonly retry: RetryPolicy;
+  /** Approve/Deny buttons (the Slack app's interactivity points at Valet's interaction endpoint). */
+  readonly buttons: boolean;
 }
 
-/** A Slack incoming webhook: one message with the call's summary and approve/deny links. */
+/** A Slack incoming webhook: one message with the call's summary, approve/deny links and, if configured, buttons. */
 export function slackChannel(s: SlackSettings): NotificationChannel {
   const dispatcher = httpAgent();
   return {
@@ -237,7 +239,7 @@ export function slackChannel(s: SlackSettings): NotificationChannel {
     groups: s.groups,
     retry: s.retry,
     close: () => dispatcher.close(),
-    send: (notice) => post(dispatcher, s.url, { 'content-type': 'application/json', 'user-agent': 'valet-approvals' }, JSON.stringify(slackMessage(notice))),
+    send: (notice) => post(dispatcher, s.url, { 'content-type': 'application/json', 'user-agent': 'valet-approvals' }, JSON.stringify(slackMessage(notice, s.buttons))),
   };
 }
 
@@ -245,7 +247,11 @@ export function slackChannel(s: SlackSettings): NotificationChannel {
 export const slackEscape = (s: string): string => s.replace(/&/g, '&amp;').replace(/</g, '&lt;').replace(/>/g, '&gt;');
 const code = (s: string): string => `\`${slackEscape(s.replace(/`/g, "'").replace(/[\r\n]+/g, ' ')).slice(0, 300)}\``;
 
-export function slackMessage(notice: Notice): { text: string; blocks: unknown[] } {
+/** The `action_id`s of the Approve and Deny buttons; each button's `value` is the approval id. */
+export const SLACK_ACTIONS = { approve: 'valet_approve', deny: 'valet_deny' } as const;
+
+/** A notice as a Slack message (`text` for notifications, `blocks` for the channel); `buttons` adds Approve/Deny to approvals. */
+export function slackMessage(notice: Notice, buttons = false): { text: string; blocks: unknown[] } {
   if (notice.event === 'budget.threshold') {
     const amount = (n: number): string => (notice.usage === 'cost' ? n.toFixed(2) : `${Math.round(n)} tokens`);
     const whose = notice.counter.map((p) => (p === null ? '-' : String(p))).join(' ');
@@ -277,6 +283,20 @@ export function slackMessage(notice: Notice): { text: string; blocks: unknown[] 
   const text = lines.join('\n');
   return {
     text: `Approval needed: ${slackEscape(a.method)} ${slackEscape(a.upstream)} ${slackEscape(a.path.slice(0, 200))} by ${slackEscape(a.agent)} (rule ${slackEscape(a.rule)})`,
-    blocks: [{ type: 'section', text: { type: 'mrkdwn', text: text.length > 2_900 ? `${text.slice(0, 2_900)}…` : text } }],
+    blocks: [
+      { type: 'section', text: { type: 'mrkdwn', text: text.length > 2_900 ? `${text.slice(0, 2_900)}…` : text } },
+      ...(buttons
+        ? [
+            {
+              type: 'actions',
+              block_id: 'valet_decision',
+              elements: [
+                { type: 'button', action_id: SLACK_ACTIONS.approve, style: 'primary', text: { type: 'plain_text', text: 'Approve' }, value: a.id },
+                { type: 'button', action_id: SLACK_ACTIONS.deny, style: 'danger', text: { type: 'plain_text', text: 'Deny' }, value: a.id },
+              ],
+            },
+          ]
+        : []),
+    ],
   };
 }
