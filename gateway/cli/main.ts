@@ -271,7 +271,7 @@ async function policy(args: string[]): Promise<void> {
     const outcome = outcomeOf(r.decision, r.limited);
     const llm = plan === undefined ? null : { model: plan.request.model, priced: plan.priced, price_name: plan.priceName, input_tokens: plan.request.inputTokens, max_output: plan.maxOutput, reserve: { tokens: finiteOrNull(plan.reserve.tokens), cost: finiteOrNull(plan.reserve.cost) } };
     if (values.format === 'json') {
-      process.stdout.write(`${JSON.stringify({ outcome, environment: config.gateway.environment, decision: r.decision, trace: r.trace, limits: r.limits, llm, tool: r.input.facts.tool ?? null, argsError: r.input.facts.argsError ?? null }, (_k, v: unknown) => (typeof v === 'bigint' ? Number(v) : v), 2)}\n`);
+      process.stdout.write(`${JSON.stringify({ outcome, environment: config.gateway.environment, decision: r.decision, trace: r.trace, limits: r.limits, llm, shadow: r.shadow ?? null, tool: r.input.facts.tool ?? null, argsError: r.input.facts.argsError ?? null }, (_k, v: unknown) => (typeof v === 'bigint' ? Number(v) : v), 2)}\n`);
       return;
     }
     process.stdout.write(`request: ${values.method.toUpperCase()} ${values.path} on ${values.upstream}${r.input.facts.tool ? ` (tool ${r.input.facts.tool})` : ''}\n`);
@@ -288,6 +288,7 @@ async function policy(args: string[]): Promise<void> {
       process.stdout.write(`  ${l.applies ? 'LIMIT' : '  -  '} ${(l.usage === undefined ? l.kind : `budget:${l.usage}`).padEnd(12)} ${l.id}  ${l.at}  ${l.amount !== undefined ? `takes ${l.amount} of ${l.limit} per ${l.window}` : l.why}\n`);
     }
     process.stdout.write(`decision: ${outcome.effect} by ${outcome.rule}: ${outcome.reason} (environment ${config.gateway.environment})\n`);
+    if (r.shadow !== undefined) process.stdout.write(`shadow (not enforced): ${r.shadow.effect} by ${r.shadow.rules.join(', ')}: ${r.shadow.reason}\n`);
     return;
   }
   throw new UsageError('valet policy check|test|explain');

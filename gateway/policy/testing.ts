@@ -114,14 +114,14 @@ export async function explainScenario(
   config: Pick<Config, 'gateway'>,
   s: Scenario,
   spend?: Spend,
-): Promise<{ decision: Decision; trace: RuleTrace[]; limits: LimitTrace[]; limited: Limited | Decision | undefined; input: EvaluationInput }> {
+): Promise<{ decision: Decision; trace: RuleTrace[]; limits: LimitTrace[]; limited: Limited | Decision | undefined; shadow: Decision | undefined; input: EvaluationInput }> {
   const base = scenarioInput(policy, config, s);
   const history = await policy.resolveHistory(base);
   const context = await policy.resolveContext(base);
   const input: EvaluationInput = history === undefined ? { ...base, context } : { ...base, context, history: history.summary, historyVersion: history.version };
   const { decision, trace } = policy.explain(input);
   const { traces } = policy.explainLimits(input, spend);
-  return { decision, trace, limits: traces, limited: decision.effect === 'allow' ? refusal(await policy.charge(input, spend)) : undefined, input };
+  return { decision, trace, limits: traces, limited: decision.effect === 'allow' ? refusal(await policy.charge(input, spend)) : undefined, shadow: policy.shadow?.evaluate(input), input };
 }
 
 /** A charge's refusal, if it was one (a reservation goes on). */

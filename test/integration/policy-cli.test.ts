@@ -257,3 +257,44 @@ describe('valet start: SIGHUP reloads context data files', () => {
     expect(started.exitCode).toBeNull();
   });
 });
+
+describe('policy explain: LLM reservations, usage budgets and rules in shadow mode', () => {
+  let dir: string;
+  beforeAll(() => {
+    dir = mkdtempSync(join(tmpdir(), 'valet-policy-cli-llm-'));
+    writeFileSync(join(dir, 'gateway.yaml'), stringify({ issuers: [devIssuer], upstreams: [{ name: 'openai', preset: 'openai', origin: 'http://127.0.0.1:9' }] }));
+    writeFileSync(
+      join(dir, 'rules.yaml'),
+      stringify({
+        rules: [
+          { id: 'inference', upstream: 'openai', effect: 'allow' },
+          { id: 'no-big-models', upstream: 'openai', methods: ['POST'], when: 'args.model == "gpt-4o"', effect: 'deny', mode: 'shadow', reason: 'small models only' },
+        ],
+        budgets: [
+          { id: 'team-spend', upstream: 'openai', usage: 'cost', key: 'team', window: '1d', limit: 5 },
+          { id: 'tiny-tokens', upstream: 'openai', usage: 'tokens', key: 'agent', window: '1h', limit: 100 },
+        ],
+      }),
+    );
+  });
+  afterAll(() => rmSync(dir, { recursive: true, force: true }));
+
+  it('shows what the call reserves of each budget, a budget it can never fit, and the shadow decision', async () => {
+    const body = JSON.stringify({ model: 'gpt-4o', messages: [{ role: 'user', content: 'Write a poem about the sea' }], max_tokens: 500 });
+    const r = await runCli(['policy', 'explain', '--config', dir, '--agent', 'a1', '--team', 'red', '--upstream', 'openai', '--method', 'POST', '--path', '/v1/chat/completions', '--json', body]);
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stdout).toMatch(/llm call: model gpt-4o \(priced as gpt-4o\), ~\d+ input tokens, up to 500 output; reserves \d+ tokens/);
+    expect(r.stdout).toMatch(/LIMIT budget:cost +team-spend .* takes 0\.00\d+ of 5\.00 per 1d/);
+    expect(r.stdout).toMatch(/LIMIT budget:tokens tiny-tokens .* takes \d+ tokens of 100 tokens per 1h/);
+    expect(r.stdout).toMatch(/decision: rate_limited by tiny-tokens: this call may spend \d+ tokens, more than the whole budget tiny-tokens/);
+    expect(r.stdout).toContain('shadow (not enforced): deny by no-big-models: small models only');
+    const json = await runCli(['policy', 'explain', '--config', dir, '--agent', 'a1', '--upstream', 'openai', '--method', 'GET', '--path', '/v1/models', '--format', 'json']);
+    const out = JSON.parse(json.stdout) as { llm: unknown; limits: { id: string; applies: boolean; why: string }[]; shadow: { effect: string } };
+    expect(out.llm).toBeNull();
+    expect(out.limits.map((l) => [l.id, l.applies, l.why])).toEqual([
+      ['team-spend', false, 'not a metered LLM call'],
+      ['tiny-tokens', false, 'not a metered LLM call'],
+    ]);
+    expect(out.shadow.effect).toBe('allow');
+  });
+});
