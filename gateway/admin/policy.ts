@@ -6,6 +6,7 @@ import type { RuleTrace } from '../policy/compile.js';
 import type { PolicyHolder } from '../policy/reload.js';
 import { runPolicyTests, scenarioInput, type TestResult } from '../policy/testing.js';
 import { tenantScope, type AdminIdentity } from './auth.js';
+import { timeRange } from './insights.js';
 import type { AdminRoute } from './server.js';
 
 /**
@@ -32,6 +33,25 @@ export function policyRoutes(d: { readonly audit: AuditLog; readonly policies: P
       handle: ({ who }) => {
         const config = d.policies.config();
         return { json: { version: config.version, rules: config.rules.filter((r) => visible(who, r.scope?.tenant)).map((r) => ruleJson(config, r)) } };
+      },
+    },
+    {
+      // Where the rules in shadow mode (or a candidate set) would have decided otherwise, from the audit log.
+      method: 'GET',
+      path: '/api/policy/shadow',
+      permission: 'audit.read',
+      handle: async ({ who, query }) => {
+        const tenant = tenantScope(who, query.get('tenant') ?? undefined);
+        const { since, until } = timeRange(query, Date.now(), 7 * 86_400_000);
+        const rows = await d.audit.shadowDisagreements({ sinceMs: since, untilMs: until, tenant, limit: 500 });
+        return {
+          json: {
+            since_ms: since,
+            until_ms: until,
+            shadow: d.policies.current().shadow?.version ?? null,
+            disagreements: rows.map((r) => ({ enforced: r.enforced, shadow: r.shadow, rules: JSON.parse(r.rules) as unknown, calls: Number(r.calls), last: new Date(Number(r.lastMs)).toISOString(), example_request_id: r.example })),
+          },
+        };
       },
     },
     {
@@ -91,6 +111,7 @@ function ruleJson(config: Config, r: RuleConfig): Record<string, unknown> {
   return {
     id: r.id,
     effect: r.effect,
+    mode: r.mode ?? 'enforce',
     description: r.description ?? null,
     reason: r.reason ?? null,
     scope: r.scope ?? null,

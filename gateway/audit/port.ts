@@ -229,6 +229,26 @@ export interface DecisionBucket {
 export const SPEND_KEYS = ['agent', 'team', 'tenant', 'user', 'model', 'upstream'] as const;
 export type SpendKey = (typeof SPEND_KEYS)[number];
 
+/** Rows recorded in [sinceMs, untilMs) whose shadow decision differed from the enforced one (optionally of one tenant). */
+export interface ShadowQuery {
+  readonly sinceMs: number;
+  readonly untilMs?: number | undefined;
+  readonly tenant?: string | undefined;
+  readonly limit: number;
+}
+
+/** Disagreements of one kind: the enforced effect (`none`: refused before the rules ran), the shadow effect and rules, how many, the latest. */
+export interface ShadowRow {
+  readonly enforced: string;
+  readonly shadow: string;
+  /** The shadow decision's rules, as JSON (an array of ids). */
+  readonly rules: string;
+  readonly calls: number;
+  readonly lastMs: number;
+  /** The request id of one such call, to look it up. */
+  readonly example: string;
+}
+
 /** Which metered LLM calls (rows with `tokens`) {@link AuditLog.spend} adds up, and how it groups them. */
 export interface SpendQuery {
   /** Calls made in [sinceMs, untilMs) by `ts`; without `untilMs`, every call since. */
@@ -299,6 +319,8 @@ export interface AuditLog {
   decisionCounts(q: { sinceMs: number; untilMs: number; bucketMs: number; tenant?: string | undefined }): Promise<DecisionBucket[]>;
   /** Metered LLM calls (rows with `tokens`) added up per group, and per time bucket when asked. */
   spend(q: SpendQuery): Promise<SpendRow[]>;
+  /** Where the rules in shadow mode (or a candidate set) would have decided otherwise, grouped by enforced effect, shadow effect and rules, most frequent first. */
+  shadowDisagreements(q: ShadowQuery): Promise<ShadowRow[]>;
   /** Whether a write could start now without waiting (`ok`), or why not (the driver's error code): the readiness probe. */
   writable(): Promise<string>;
   close(): Promise<void>;

@@ -58,6 +58,14 @@ describe('rules in shadow mode', () => {
     const metrics = await (await request(`${gw.adminUrl}/metrics`, { headers: { authorization: `Bearer ${await gw.adminToken(['viewer'])}` } })).body.text();
     expect(metrics).toContain('valet_policy_shadow_disagreements_total{enforced="allow",shadow="deny"} 1');
     expect(metrics).toContain('valet_policy_shadow_disagreements_total{enforced="allow",shadow="escalate"} 1');
+    // The admin API lists the disagreements, grouped, from the audit log.
+    const res = await request(`${gw.adminUrl}/api/policy/shadow`, { headers: { authorization: `Bearer ${await gw.adminToken(['auditor'])}` } });
+    expect(res.statusCode).toBe(200);
+    const body = (await res.body.json()) as { disagreements: { enforced: string; shadow: string; rules: string[]; calls: number; example_request_id: string }[] };
+    const byShadow = Object.fromEntries(body.disagreements.map((d) => [d.shadow, d]));
+    expect(body.disagreements).toHaveLength(2);
+    expect(byShadow['deny']).toMatchObject({ enforced: 'allow', rules: ['no-deletes-candidate'], calls: 1, example_request_id: rows[0]?.request_id });
+    expect(byShadow['escalate']).toMatchObject({ enforced: 'allow', rules: ['big-orders-candidate'], calls: 1 });
   });
 });
 

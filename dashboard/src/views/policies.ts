@@ -10,6 +10,7 @@ interface PolicyStatus {
 interface Rule {
   id: string;
   effect: string;
+  mode: 'enforce' | 'shadow';
   description: string | null;
   reason: string | null;
   scope: { tenant?: string; team?: string; agent?: string } | null;
@@ -22,6 +23,11 @@ interface Rule {
   when: string | null;
   approval: { group: string; mode: string; timeout_s: number } | null;
   at: string;
+}
+
+interface Shadow {
+  shadow: string | null;
+  disagreements: { enforced: string; shadow: string; rules: string[]; calls: number; last: string; example_request_id: string }[];
 }
 
 interface Tests {
@@ -41,7 +47,32 @@ export const policiesView: View = {
     const statusEl = h('section', { class: 'card', id: 'policy-status' }, h('p', { class: 'muted' }, 'Loading…'));
     const testsEl = h('section', { class: 'card', id: 'policy-tests' }, h('h3', null, 'Policy tests'), h('p', { class: 'muted' }, 'Running…'));
     const rulesEl = h('section', { class: 'card', id: 'policy-rules' }, h('h3', null, 'Rules'), h('p', { class: 'muted' }, 'Loading…'));
-    fill(el, h('div', { class: 'view-head' }, h('h2', null, 'Policies')), statusEl, testsEl, rulesEl);
+    const shadowEl = h('section', { class: 'card', id: 'policy-shadow' }, h('h3', null, 'Shadow disagreements'), h('p', { class: 'muted' }, 'Loading…'));
+    fill(el, h('div', { class: 'view-head' }, h('h2', null, 'Policies')), statusEl, testsEl, shadowEl, rulesEl);
+
+    void ctx.api.get<Shadow>('/api/policy/shadow').then(
+      (s) =>
+        fill(
+          shadowEl,
+          h('h3', null, 'Shadow disagreements (7 days)'),
+          h('p', { class: 'muted' }, 'Where the rules in shadow mode, or the candidate set, would have decided otherwise than the rules in force. Recorded, never enforced.'),
+          s.disagreements.length === 0
+            ? empty('No disagreements: no rule is in shadow mode, or the shadow decisions all agreed.')
+            : h(
+                'table',
+                { class: 'rows' },
+                h('thead', null, h('tr', null, ['Enforced', 'Shadow', 'Shadow rules', 'Calls', 'Latest', 'Example request'].map((c) => h('th', null, c)))),
+                h(
+                  'tbody',
+                  null,
+                  s.disagreements.map((d) =>
+                    h('tr', null, h('td', null, badge(d.enforced)), h('td', null, badge(d.shadow)), h('td', null, d.rules.map((r) => h('code', { class: 'pill' }, r))), h('td', null, String(d.calls)), h('td', null, time(d.last)), h('td', null, h('code', { class: 'small' }, d.example_request_id))),
+                  ),
+                ),
+              ),
+        ),
+      (err: Error) => fill(shadowEl, h('h3', null, 'Shadow disagreements'), h('p', { class: 'error' }, err.message)),
+    );
 
     void ctx.api.get<PolicyStatus>('/api/policy').then(
       (s) =>
@@ -114,7 +145,7 @@ export const policiesView: View = {
                     'tr',
                     { 'data-rule': r.id },
                     h('td', null, h('code', null, r.id), r.description || r.reason ? h('div', { class: 'muted small' }, r.description ?? r.reason) : null),
-                    h('td', null, badge(r.effect), r.approval ? h('div', { class: 'muted small' }, `${r.approval.group}, ${r.approval.mode}, ${r.approval.timeout_s} s`) : null),
+                    h('td', null, badge(r.effect), r.mode === 'shadow' ? h('span', { class: 'pill', title: 'evaluated and recorded, never enforced' }, 'shadow') : null, r.approval ? h('div', { class: 'muted small' }, `${r.approval.group}, ${r.approval.mode}, ${r.approval.timeout_s} s`) : null),
                     h('td', null, r.upstream ?? (r.tools ? '(by tool)' : 'any')),
                     h('td', null, list(r.tools)),
                     h('td', null, list(r.methods)),

@@ -12,6 +12,8 @@ import type {
   DecisionBucket,
   PruneResult,
   RetentionCutoffs,
+  ShadowQuery,
+  ShadowRow,
   SpendQuery,
   SpendRow,
   VerifyResult,
@@ -246,6 +248,24 @@ export class PgAuditLog implements AuditLog {
         WHERE ${where.join(' AND ')}
         ${groups.length === 0 ? '' : `GROUP BY ${groups.join(', ')}`}
         ORDER BY ${q.bucketMs === undefined ? '' : 'bucket, '}cost DESC, tokens DESC
+        LIMIT $${params.push(q.limit)}`,
+      params,
+    );
+    return r.rows;
+  }
+
+  async shadowDisagreements(q: ShadowQuery): Promise<ShadowRow[]> {
+    const params: unknown[] = [q.sinceMs];
+    const where = ['shadow IS NOT NULL', 'ts >= $1', "(shadow::jsonb->>'effect') IS DISTINCT FROM coalesce(decision, 'none')"];
+    if (q.untilMs !== undefined) where.push(`ts < $${params.push(q.untilMs)}`);
+    if (q.tenant !== undefined) where.push(`tenant = $${params.push(q.tenant)}`);
+    const r = await this.pool.query<ShadowRow>(
+      `SELECT coalesce(decision, 'none') AS enforced, shadow::jsonb->>'effect' AS shadow, (shadow::jsonb->'rules')::text AS rules,
+              count(*)::float8 AS calls, max(ts)::float8 AS "lastMs", max(request_id) AS example
+         FROM audit_log
+        WHERE ${where.join(' AND ')}
+        GROUP BY 1, 2, 3
+        ORDER BY calls DESC, "lastMs" DESC
         LIMIT $${params.push(q.limit)}`,
       params,
     );

@@ -14,6 +14,8 @@ import type {
   DecisionBucket,
   PruneResult,
   RetentionCutoffs,
+  ShadowQuery,
+  ShadowRow,
   SpendQuery,
   SpendRow,
   VerifyResult,
@@ -204,6 +206,30 @@ export class SqliteAuditLog implements AuditLog {
           LIMIT @limit`,
       )
       .all(params) as SpendRow[];
+  }
+
+  async shadowDisagreements(q: ShadowQuery): Promise<ShadowRow[]> {
+    const where = ['shadow IS NOT NULL', 'ts >= @since', "json_extract(shadow, '$.effect') IS NOT COALESCE(decision, 'none')"];
+    const params: Record<string, unknown> = { since: q.sinceMs, limit: q.limit };
+    if (q.untilMs !== undefined) {
+      where.push('ts < @until');
+      params['until'] = q.untilMs;
+    }
+    if (q.tenant !== undefined) {
+      where.push('tenant = @tenant');
+      params['tenant'] = q.tenant;
+    }
+    return this.db
+      .prepare(
+        `SELECT COALESCE(decision, 'none') AS enforced, json_extract(shadow, '$.effect') AS shadow, json_extract(shadow, '$.rules') AS rules,
+                COUNT(*) AS calls, MAX(ts) AS lastMs, MAX(request_id) AS example
+           FROM audit_log
+          WHERE ${where.join(' AND ')}
+          GROUP BY 1, 2, 3
+          ORDER BY calls DESC, lastMs DESC
+          LIMIT @limit`,
+      )
+      .all(params) as ShadowRow[];
   }
 
   /** Takes and releases the write lock on a separate connection that never waits for it. */
