@@ -39,6 +39,7 @@ import { ADD_EVENT_SQL, AuditCore, insertRowSql, recordColumns } from '../gatewa
 import { verifyChain } from '../gateway/audit/sqlite/chain.js';
 import { writeExport } from '../gateway/audit/export.js';
 import { requestId } from '../gateway/audit/ids.js';
+import { newAuditRecord } from '../gateway/server/pipeline.js';
 import type { AuditFilter } from '../gateway/audit/port.js';
 import { AUDIT_FILE, iterateAudit, openAuditDatabase, pageAudit } from '../gateway/audit/sqlite/store.js';
 import type { AuditRecord } from '../gateway/types.js';
@@ -384,15 +385,12 @@ function topUp(dir: string, target: number): number {
         return {
           op: 'final' as const,
           rec: {
-            ts: Date.now(),
-            requestId: requestId(),
+            ...newAuditRecord(requestId(), 'POST', `/v1/items/${k}`),
             agent: `agent-${agent}`,
             tenant: `tenant-${agent % tenants}`,
             user: k % 3 === 0 ? `user-${k % 1000}@example.com` : null,
             upstream: UPSTREAMS[k % 10] as string,
             tool: k % 5 < 3 ? `${UPSTREAMS[k % 50 % UPSTREAMS.length] as string}.tool_${k % 50}` : null,
-            method: 'POST',
-            path: `/v1/items/${k}`,
             decision: refused ? ('deny' as const) : k % 100 === 1 ? ('escalate' as const) : ('allow' as const),
             rule: `rule-${Math.min(99, Math.floor(-Math.log(1 - ((k * 7919) % 1000) / 1000) * 8))}`,
             reason: 'agents may call this tool within their budget',
@@ -403,20 +401,6 @@ function topUp(dir: string, target: number): number {
             bytesIn: 1024,
             bytesOut: 2048,
             policyVersion: 'sha256:4f2a9c0d1e7b3a55',
-            approvalId: null,
-            approver: null,
-            approvalReason: null,
-            approvalAt: null,
-            args: null,
-            upstreamRequestId: null,
-            act: null,
-            rpc: null,
-            team: null,
-            model: null,
-            tokens: null,
-            cost: null,
-            usage: null,
-            shadow: null,
           },
         };
       });

@@ -3,6 +3,7 @@
  * drawn from a deterministic pseudo-random sequence so that every run writes the same distribution.
  */
 import { requestId } from '../../gateway/audit/ids.js';
+import { newAuditRecord } from '../../gateway/server/pipeline.js';
 import type { AuditRecord } from '../../gateway/types.js';
 
 let seed = 0x9e3779b9;
@@ -29,40 +30,18 @@ export function decisionRecord(): AuditRecord {
   const upstream = pick(UPSTREAMS);
   const hasTool = rand() < 0.6;
   return {
-    ts: Date.now(),
-    requestId: requestId(),
+    ...newAuditRecord(requestId(), rand() < 0.7 ? 'POST' : 'GET', `/v1/${hasTool ? 'chat/completions' : `items/${Math.floor(rand() * 100_000)}`}`),
     agent: a.agent,
     tenant: a.tenant,
     user: rand() < 0.3 ? pick(USERS) : null,
     upstream,
     tool: hasTool ? pick(TOOLS) : null,
-    method: rand() < 0.7 ? 'POST' : 'GET',
-    path: `/v1/${hasTool ? 'chat/completions' : `items/${Math.floor(rand() * 100_000)}`}`,
     decision: rand() < 0.01 ? 'escalate' : 'allow',
     // Zipf-like: a handful of rules decide most requests.
     rule: RULES[Math.min(RULES.length - 1, Math.floor(-Math.log(1 - rand()) * 8))] as string,
     reason: 'agents may call this tool within their budget',
-    status: 0,
-    upstreamStatus: null,
-    errorCode: null,
-    durationMs: 0,
     bytesIn: Math.floor(rand() * 4096),
-    bytesOut: 0,
     policyVersion: POLICY,
-    approvalId: null,
-    approver: null,
-    approvalReason: null,
-    approvalAt: null,
-    args: null,
-    upstreamRequestId: null,
-    act: null,
-    rpc: null,
-    team: null,
-    model: null,
-    tokens: null,
-    cost: null,
-    usage: null,
-    shadow: null,
   };
 }
 
