@@ -64,7 +64,7 @@ export interface GatewayOptions {
   watch?: boolean | undefined;
   /** Where the audit writer runs, overriding `gateway.audit.writer` (the benchmark compares both). */
   auditWriter?: 'worker' | 'inline' | undefined;
-  /** A candidate policy directory evaluated in shadow beside the one in force (`--shadow`, `VALET_SHADOW_CONFIG`). */
+  /** A candidate policy evaluated in shadow beside the one in force (`--shadow`, `VALET_SHADOW_CONFIG`): a directory, or `git:REF[:PATH]`. */
   shadowConfigDir?: string | undefined;
 }
 
@@ -142,7 +142,7 @@ export async function startGateway(options: GatewayOptions): Promise<RunningGate
   // Counters and history outlive the process: in counters.db, or in Redis shared by a fleet.
   const counterBackend = openCounterBackend(config.gateway.counters, env, dataDir, logger);
   const stores = { counters: counterBackend.counters, history: counterBackend.history, connections: credentials };
-  const policies = createPolicyHolder(config, loadOptions, stores, logger, options.shadowConfigDir === undefined ? undefined : resolve(options.shadowConfigDir));
+  const policies = createPolicyHolder(config, loadOptions, stores, logger, options.shadowConfigDir === undefined || options.shadowConfigDir.startsWith('git:') ? options.shadowConfigDir : resolve(options.shadowConfigDir));
   if (options.watch) policies.watch();
   // The read side (admin API, dashboard); opened first, it creates and migrates the database the writer then opens.
   const auditSettings = config.gateway.audit ?? DEFAULT_AUDIT;

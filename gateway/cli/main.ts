@@ -26,7 +26,7 @@ const finiteOrNull = (n: number): number | null => (Number.isFinite(n) ? Math.ro
 const USAGE = `valet — a valet-key gateway for AI agents
 
 Usage:
-  valet start [--config DIR] [--data DIR] [--port N] [--admin-port N] [--host H] [--admin-host H] [--env E] [--shadow DIR]
+  valet start [--config DIR] [--data DIR] [--port N] [--admin-port N] [--host H] [--admin-host H] [--env E] [--shadow DIR|git:REF]
   valet token --admin --subject NAME --role admin|approver|auditor|secrets_manager [--tenant T] [--group G]... [--ttl 15m]
   valet token --agent ID [--tenant T] [--team T] [--role R]... [--env E] [--user U [--user-role R]...] [--ttl 15m] [--issuer NAME]
 ${AUDIT_USAGE}
@@ -45,7 +45,7 @@ ${MIGRATE_USAGE}
 ${APPROVALS_USAGE}
 
 Environment: VALET_CONFIG (./policies), VALET_DATA (./data), VALET_PORT, VALET_ADMIN_PORT, VALET_HOST, VALET_ADMIN_HOST, VALET_ADMIN_PUBLIC_URL, VALET_ENV,
-VALET_SHADOW_CONFIG (a candidate policy directory evaluated in shadow, as start --shadow DIR),
+VALET_SHADOW_CONFIG (a candidate policy evaluated in shadow, as start --shadow DIR|git:REF[:PATH]),
 VALET_LOG_LEVEL, VALET_MASTER_KEY (secret store key), VALET_NEW_MASTER_KEY (secrets rekey),
 VALET_ADMIN_URL / VALET_ADMIN_TOKEN (valet approvals), VALET_APPROVAL_LINK_KEY (approval link signing key),
 VALET_AUDIT_ANCHOR_KEY (signs audit anchors; verify checks the signatures). Keys (signing keys, the master

@@ -1,5 +1,7 @@
-import { watch, type FSWatcher } from 'node:fs';
-import { dirname, relative } from 'node:path';
+import { execFileSync } from 'node:child_process';
+import { mkdtempSync, rmSync, watch, type FSWatcher } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { dirname, join, relative } from 'node:path';
 import type { Logger } from 'pino';
 import { loadConfig, type LoadOptions } from '../config/load.js';
 import type { Config } from '../config/types.js';
@@ -41,15 +43,62 @@ function withCandidate(enforced: Policy, candidate: Policy | undefined): Policy 
   return { ...enforced, readsArgs: (upstream) => enforced.readsArgs(upstream) || candidate.readsArgs(upstream), shadow: candidate };
 }
 
+/**
+ * A candidate named `git:REF` (or `git:REF:PATH`): the configuration directory (or PATH, relative to
+ * the repository's top) as committed at REF, extracted into a private temporary directory. Read
+ * again only when REF resolves to another commit.
+ */
+class GitCandidate {
+  private extracted: { commit: string; root: string; dir: string } | undefined;
+
+  constructor(
+    private readonly configDir: string,
+    private readonly ref: string,
+    private readonly path: string | undefined,
+  ) {}
+
+  dir(): string {
+    const git = (args: string[], input?: Buffer): Buffer => execFileSync('git', args, { stdio: ['pipe', 'pipe', 'pipe'], maxBuffer: 256 << 20, ...(input !== undefined && { input }) });
+    const top = git(['-C', this.configDir, 'rev-parse', '--show-toplevel']).toString('utf8').trim();
+    const commit = git(['-C', top, 'rev-parse', '--verify', '--end-of-options', `${this.ref}^{commit}`]).toString('utf8').trim();
+    if (this.extracted?.commit === commit) return this.extracted.dir;
+    const rel = this.path ?? relative(top, this.configDir);
+    const root = mkdtempSync(join(tmpdir(), 'valet-candidate-'));
+    try {
+      execFileSync('tar', ['-x', '-C', root], { input: git(['-C', top, 'archive', '--format=tar', commit, '--', rel === '' ? '.' : rel]), stdio: ['pipe', 'ignore', 'pipe'] });
+    } catch (err) {
+      rmSync(root, { recursive: true, force: true });
+      throw err;
+    }
+    this.close();
+    this.extracted = { commit, root, dir: join(root, rel) };
+    return this.extracted.dir;
+  }
+
+  close(): void {
+    if (this.extracted !== undefined) rmSync(this.extracted.root, { recursive: true, force: true });
+    this.extracted = undefined;
+  }
+}
+
 export function createPolicyHolder(
   initial: Config,
   load: LoadOptions,
   stores: PolicyStores,
   logger: Logger,
-  /** A candidate policy directory evaluated in shadow (`valet start --shadow DIR`, `VALET_SHADOW_CONFIG`). */
-  candidateDir?: string,
+  /**
+   * A candidate policy evaluated in shadow (`valet start --shadow`, `VALET_SHADOW_CONFIG`): a
+   * directory, or `git:REF[:PATH]`, the configuration as committed at REF.
+   */
+  shadowSource?: string,
 ): PolicyHolder {
-  const compileCandidate = (): Policy | undefined => (candidateDir === undefined ? undefined : compilePolicy(loadConfig(candidateDir, load), stores));
+  const git = /^git:([^:]+)(?::(.+))?$/.exec(shadowSource ?? '');
+  const fromGit = git === null ? undefined : new GitCandidate(initial.dir, git[1] as string, git[2]);
+  const candidateDir = fromGit !== undefined ? undefined : shadowSource;
+  const compileCandidate = (): Policy | undefined => {
+    const dir = fromGit?.dir() ?? candidateDir;
+    return dir === undefined ? undefined : compilePolicy(loadConfig(dir, load), stores);
+  };
   let candidate = compileCandidate();
   let policy = withCandidate(compilePolicy(initial, stores), candidate);
   let config = initial;
@@ -106,6 +155,7 @@ export function createPolicyHolder(
     close() {
       clearTimeout(timer);
       for (const w of watchers ?? []) w.close();
+      fromGit?.close();
     },
   };
 }

@@ -2,7 +2,8 @@
  * Rules in shadow mode: evaluated beside the enforced rules on live traffic, their decision
  * recorded in the audit row and counted when it differs, never enforced.
  */
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { execFileSync } from 'node:child_process';
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Writable } from 'node:stream';
@@ -10,6 +11,8 @@ import { request } from 'undici';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { stringify } from 'yaml';
 import { startGateway } from '../../gateway/main.js';
+import { mintAgentToken } from '../../gateway/auth/mint.js';
+import { backendEnv } from '../helpers/backends.js';
 import { DEV_SIGNING_KEY, devIssuer, startTestGateway, type TestGateway } from '../helpers/gateway.js';
 import { startFakeUpstream, type FakeUpstream } from '../helpers/upstream.js';
 
@@ -100,6 +103,40 @@ describe('a candidate policy directory in shadow', () => {
       await api.close();
       rmSync(gw.root, { recursive: true, force: true });
       rmSync(candidate, { recursive: true, force: true });
+    }
+  });
+});
+
+describe('a candidate from git in shadow (--shadow git:REF)', () => {
+  it('evaluates the configuration as committed at REF beside the working copy in force', async () => {
+    const api = await startFakeUpstream();
+    const repo = mkdtempSync(join(tmpdir(), 'valet-candidate-git-'));
+    const dir = join(repo, 'policies');
+    mkdirSync(dir);
+    const upstreams = [{ name: 'api', origin: api.origin, credential: { scheme: 'bearer', secret: 'API_KEY' } }];
+    writeFileSync(join(dir, 'gateway.yaml'), stringify({ gateway: { listen: { host: '127.0.0.1', port: 0 }, admin: { listen: { host: '127.0.0.1', port: 0 } } }, issuers: [devIssuer], upstreams }));
+    writeFileSync(join(dir, 'rules.yaml'), stringify({ rules: [{ id: 'api-reads-only', upstream: 'api', methods: ['GET'], effect: 'allow' }] }));
+    const git = (...args: string[]): void => void execFileSync('git', ['-C', repo, '-c', 'user.email=t@example.com', '-c', 'user.name=t', ...args], { stdio: 'ignore' });
+    git('init', '-q');
+    git('add', '.');
+    git('commit', '-qm', 'reads only');
+    // The working copy, in force, allows everything; the committed one is the candidate.
+    writeFileSync(join(dir, 'rules.yaml'), stringify({ rules: [{ id: 'api-allow', upstream: 'api', effect: 'allow' }] }));
+    const data = join(repo, 'data');
+    const gw = await startGateway({ configDir: dir, dataDir: data, env: { VALET_TEST_SIGNING_KEY: DEV_SIGNING_KEY, API_KEY: 'sk-shadow-api-key', ...backendEnv(data) }, shadowConfigDir: 'git:HEAD', logDestination: new Writable({ write: (_c, _e, cb) => cb() }) });
+    try {
+      const token = await mintAgentToken(gw.config.issuers[0]!, new TextEncoder().encode(DEV_SIGNING_KEY), { agent: 'agent-1', ttlSeconds: 300 });
+      const res = await request(`${gw.url}/api/v1/things`, { method: 'POST', headers: { authorization: `Bearer ${token}` } });
+      await res.body.dump();
+      expect(res.statusCode).toBe(200);
+      await gw.audit.flush();
+      const rows = [];
+      for await (const r of gw.auditLog.iterate({})) rows.push(r);
+      expect(rows.map((r) => [r.decision, JSON.parse(r.shadow ?? 'null')?.effect])).toEqual([['allow', 'deny']]);
+    } finally {
+      await gw.close();
+      await api.close();
+      rmSync(repo, { recursive: true, force: true });
     }
   });
 });
