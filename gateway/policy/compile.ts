@@ -314,6 +314,9 @@ export interface LimitTrace {
   readonly window?: string;
 }
 
+/** Stands for every upstream in {@link Policy.meters}'s set (no upstream is named with a space). */
+const ANY_UPSTREAM = ' any';
+
 /** Cost budgets count millionths of the currency: whole numbers add up exactly in every store. */
 const MICROS = 1_000_000;
 
@@ -340,8 +343,7 @@ export function compilePolicy(
   // recorded beside each enforced one (arguments are read when either set reads them).
   if (config.rules.some((r) => r.mode === 'shadow')) {
     const enforced = compilePolicy({ ...config, rules: config.rules.filter((r) => r.mode !== 'shadow') }, stores);
-    const shadow = compilePolicy({ ...config, rules: config.rules.map(({ mode: _mode, ...r }) => r) }, stores);
-    return { ...enforced, readsArgs: (upstream) => enforced.readsArgs(upstream) || shadow.readsArgs(upstream), shadow };
+    return withShadow(enforced, compilePolicy({ ...config, rules: config.rules.map(({ mode: _mode, ...r }) => r) }, stores));
   }
   const problems: ConfigProblem[] = [];
   const toolMatcher = compileTools(config.tools);
@@ -456,6 +458,8 @@ export function compilePolicy(
   const limitsByUpstream = byUpstream(limits);
   const rulesFor = (upstream: string): readonly CompiledRule[] => rulesByUpstream.lists.get(upstream) ?? rulesByUpstream.any;
   const limitsFor = (upstream: string): readonly CompiledLimit[] => limitsByUpstream.lists.get(upstream) ?? limitsByUpstream.any;
+  // Once: the upstreams some usage budget may count (ANY_UPSTREAM: a budget naming none counts them all).
+  const metered = new Set(limits.filter((l) => l.usage !== undefined).flatMap((l) => (l.upstreams === undefined ? [ANY_UPSTREAM] : [...l.upstreams])));
   // Below the upstream, by method, then tool or path; every combination is built here, so a
   // request only does Map lookups.
   const methodRules = (list: readonly CompiledRule[], method: string | undefined): MethodRules => {
@@ -791,7 +795,7 @@ export function compilePolicy(
       );
       return r instanceof Promise ? r.then((settled) => chargedBy(entries, settled, spend)) : chargedBy(entries, r, spend);
     },
-    meters: (upstream) => limitsFor(upstream).some((l) => l.usage !== undefined),
+    meters: (upstream) => metered.has(upstream) || metered.has(ANY_UPSTREAM),
     explainLimits(input, spend) {
       const traces: LimitTrace[] = [];
       const entries = chargesOf(input, spend, traces);
@@ -821,6 +825,14 @@ export function compilePolicy(
     },
     resolveContext: (input) => contextSources.resolve(input),
   };
+}
+
+/**
+ * `enforced` with `shadow` evaluated beside it (rules in shadow mode, or a candidate set): bodies
+ * are read when either reads arguments, so the shadow decision sees what the enforced one would.
+ */
+export function withShadow(enforced: Policy, shadow: Policy): Policy {
+  return { ...enforced, readsArgs: (upstream) => enforced.readsArgs(upstream) || shadow.readsArgs(upstream), shadow };
 }
 
 /** The refusal a store's answer means for these charges, or the usage budgets' reservation. */

@@ -6,7 +6,7 @@ import type { Logger } from 'pino';
 import { loadConfig, type LoadOptions } from '../config/load.js';
 import type { Config } from '../config/types.js';
 import { ValetError } from '../errors.js';
-import { compilePolicy, type Policy, type PolicyStores } from './compile.js';
+import { compilePolicy, withShadow, type Policy, type PolicyStores } from './compile.js';
 
 export interface PolicyStatus {
   readonly version: string;
@@ -39,8 +39,7 @@ function fixedParts(c: Config): string {
  * force. Only the candidate's policy parts count (rules, tools, limits, contexts, agents).
  */
 function withCandidate(enforced: Policy, candidate: Policy | undefined): Policy {
-  if (candidate === undefined) return enforced;
-  return { ...enforced, readsArgs: (upstream) => enforced.readsArgs(upstream) || candidate.readsArgs(upstream), shadow: candidate };
+  return candidate === undefined ? enforced : withShadow(enforced, candidate);
 }
 
 /**
