@@ -14,6 +14,7 @@ import type { LlmSetting } from '../llm/types.js';
 import { shippedPrices } from '../llm/prices.js';
 import type {
   AgentRegistration,
+  ApprovalConfig,
   ApprovalChannelSetting,
   ApprovalSettings,
   BudgetConfig,
@@ -284,18 +285,12 @@ function assemble(root: string, files: ParsedFile[], problems: Problems, options
     if (raw.effect !== 'escalate' && raw.approval !== undefined) {
       problems.add(file, ['rules', index, 'approval'], 'only "escalate" rules take "approval"', true);
     }
-    const mode = raw.approval?.mode ?? 'hold';
     return {
       ...match,
       effect: raw.effect,
       ...(raw.mode === 'shadow' && { mode: 'shadow' as const }),
       reason: raw.reason,
-      approval: raw.approval && {
-        group: raw.approval.group,
-        mode,
-        timeoutMs: raw.approval.timeout ? parseDuration(raw.approval.timeout) : mode === 'hold' ? 60_000 : 900_000,
-        ...(raw.approval.redact !== undefined && { redact: [...raw.approval.redact] }),
-      },
+      approval: raw.approval && buildApproval(raw.approval),
     };
   });
   const rateLimits: RateLimitConfig[] = pending.rate_limits.map(({ file, index, raw }) => ({
@@ -457,6 +452,17 @@ function assemble(root: string, files: ParsedFile[], problems: Problems, options
 const MAX_LISTENER_TIMEOUT_MS = 86_400_000;
 
 /** `gateway.timeouts`, `gateway.max_stream_body_bytes` and the connection caps, checked against each other. */
+/** A schema-checked `approval:` (a rule's, or `gateway.llm.approval`): `hold` by default, which waits 60 s; `async` 15 min. */
+function buildApproval(raw: Raw): ApprovalConfig {
+  const mode = raw.mode ?? 'hold';
+  return {
+    group: raw.group,
+    mode,
+    timeoutMs: raw.timeout ? parseDuration(raw.timeout) : mode === 'hold' ? 60_000 : 900_000,
+    ...(raw.redact !== undefined && { redact: [...raw.redact] }),
+  };
+}
+
 /** `gateway.llm`: a price for a model the shipped table lacks needs both `input` and `output`. */
 function buildLlmSettings(file: ParsedFile | undefined, raw: Raw | undefined, problems: Problems): LlmSettings | undefined {
   if (raw === undefined) return DEFAULT_LLM;
@@ -471,11 +477,10 @@ function buildLlmSettings(file: ParsedFile | undefined, raw: Raw | undefined, pr
   const unknownModel = raw.unknown_model ?? DEFAULT_LLM.unknownModel;
   if (unknownModel === 'escalate' && raw.approval === undefined && file) problems.add(file, [...at, 'approval'], 'unknown_model: escalate needs approval.group (who approves calls for unknown models)');
   if (problems.list.length > before) return undefined;
-  const mode = raw.approval?.mode ?? 'hold';
   return {
     prices,
     unknownModel,
-    approval: raw.approval === undefined ? undefined : { group: raw.approval.group, mode, timeoutMs: raw.approval.timeout ? parseDuration(raw.approval.timeout) : mode === 'hold' ? 60_000 : 900_000 },
+    approval: raw.approval === undefined ? undefined : buildApproval(raw.approval),
     overrun: raw.overrun ?? DEFAULT_LLM.overrun,
     defaultMaxOutput: raw.default_max_output,
     opaqueBatchCost: raw.opaque_batch_cost,
