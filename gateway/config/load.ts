@@ -9,7 +9,7 @@ import { NOT_INJECTABLE, parseTemplate, providedSecret, secretNames, stdioSecret
 import type { ClientAuth, ProviderConfig, ProviderKind } from '../credentials/types.js';
 import { fileSchema } from './schema.js';
 import { expandPresets, presets } from './presets.js';
-import { DEFAULT_APPROVAL_SETTINGS, DEFAULT_AUDIT, DEFAULT_COUNTERS, DEFAULT_LISTENER, DEFAULT_LLM, type LlmSettings, type PriceOverride } from './types.js';
+import { DEFAULT_APPROVAL_SETTINGS, DEFAULT_AUDIT, DEFAULT_COUNTERS, DEFAULT_LISTENER, DEFAULT_LLM, DEFAULT_SESSION_TTL_MS, type LlmSettings, type PriceOverride } from './types.js';
 import type { LlmSetting } from '../llm/types.js';
 import { shippedPrices } from '../llm/prices.js';
 import type {
@@ -34,6 +34,7 @@ import type {
   IssuerKey,
   ListenerSettings,
   RuleConfig,
+  SequenceStep,
   Scope,
   SecretSourceSetting,
   UpstreamConfig,
@@ -285,12 +286,25 @@ function assemble(root: string, files: ParsedFile[], problems: Problems, options
     if (raw.effect !== 'escalate' && raw.approval !== undefined) {
       problems.add(file, ['rules', index, 'approval'], 'only "escalate" rules take "approval"', true);
     }
+    const steps = (field: 'requires' | 'blocked_by'): SequenceStep[] | undefined =>
+      (raw[field] as (string | { tool: string; within?: string; same?: string[] })[] | undefined)?.map((step, j) => {
+        const s = typeof step === 'string' ? { tool: step } : step;
+        if (!tools.has(s.tool) && upstreams.get(s.tool.slice(0, s.tool.indexOf('.')))?.kind !== 'mcp') problems.add(file, ['rules', index, field, j], `unknown tool "${s.tool}"`);
+        return { tool: s.tool, ...(s.within !== undefined && { withinMs: parseDuration(s.within) }), ...(s.same !== undefined && { same: s.same }) };
+      });
+    const requires = steps('requires');
+    const blockedBy = steps('blocked_by');
+    if (raw.effect === 'deny' && (requires !== undefined || blockedBy !== undefined)) {
+      problems.add(file, ['rules', index, requires !== undefined ? 'requires' : 'blocked_by'], 'a broken call sequence makes its rule deny, so on a "deny" rule it would change nothing: put it on the allow or escalate rule it guards');
+    }
     return {
       ...match,
       effect: raw.effect,
       ...(raw.mode === 'shadow' && { mode: 'shadow' as const }),
       reason: raw.reason,
       approval: raw.approval && buildApproval(raw.approval),
+      ...(requires !== undefined && { requires }),
+      ...(blockedBy !== undefined && { blockedBy }),
     };
   });
   const rateLimits: RateLimitConfig[] = pending.rate_limits.map(({ file, index, raw }) => ({
@@ -347,7 +361,10 @@ function assemble(root: string, files: ParsedFile[], problems: Problems, options
     if (raw.request.json !== undefined && raw.request.form !== undefined) {
       problems.add(file, ['tests', index, 'request'], 'give "json" or "form", not both');
     }
-    return { name: raw.name, identity: raw.identity, request: raw.request, expect: raw.expect, at: location(file, ['tests', index]) };
+    (raw.before ?? []).forEach((r: Raw, j: number) => {
+      if (!upstreams.has(r.upstream)) problems.add(file, ['tests', index, 'before', j, 'upstream'], `unknown upstream "${r.upstream}"`);
+    });
+    return { name: raw.name, identity: raw.identity, request: raw.request, ...(raw.before !== undefined && { before: raw.before }), expect: raw.expect, at: location(file, ['tests', index]) };
   });
 
   const environment: Environment = options.environment ?? gatewayRaw?.environment ?? 'development';
@@ -409,7 +426,10 @@ function assemble(root: string, files: ParsedFile[], problems: Problems, options
       listener,
       secrets: { sources: secretSources, backend: g.secrets?.backend ?? 'sqlite', postgres: { url: g.secrets?.postgres?.url } },
       approvals,
-      policy: { requireRegisteredAgents: g.policy?.require_registered_agents ?? false },
+      policy: {
+        requireRegisteredAgents: g.policy?.require_registered_agents ?? false,
+        sessions: { header: g.policy?.sessions?.header?.toLowerCase(), ttlMs: g.policy?.sessions?.ttl === undefined ? DEFAULT_SESSION_TTL_MS : parseDuration(g.policy.sessions.ttl) },
+      },
       llm,
       counters: {
         backend: g.counters?.backend ?? DEFAULT_COUNTERS.backend,

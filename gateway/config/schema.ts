@@ -84,6 +84,42 @@ const toolName = { type: 'string', pattern: '^[a-z][a-z0-9_-]*(\\.[a-z][a-z0-9_-
 /** A tool a rule names: a declared one, or `<mcp upstream>.<tool>` with the MCP server's own name (any case, dots, dashes). */
 const toolRef = { type: 'string', pattern: '^[a-z][a-z0-9_-]*\\.[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$' } as const;
 const duration = { type: 'string', pattern: '^[1-9][0-9]*(ms|s|m|h|d)$' } as const;
+/** A policy test's request. */
+const testRequest = {
+  type: 'object',
+  required: ['upstream', 'method', 'path'],
+  additionalProperties: false,
+  properties: {
+    upstream: name,
+    method,
+    path: { type: 'string', pattern: '^/' },
+    query: { type: 'object', additionalProperties: { type: 'string' } },
+    json: {},
+    form: { type: 'string' },
+    time: { type: 'string', pattern: '^\\d{4}-\\d{2}-\\d{2}T' },
+    repeat: { type: 'integer', minimum: 1, maximum: 100000 },
+  },
+} as const;
+/** `requires` / `blocked_by`: tools, each alone or with how recent the call must be and which arguments must be the same. */
+const sequenceSteps = {
+  type: 'array',
+  minItems: 1,
+  items: {
+    oneOf: [
+      toolRef,
+      {
+        type: 'object',
+        required: ['tool'],
+        additionalProperties: false,
+        properties: {
+          tool: toolRef,
+          within: duration,
+          same: { type: 'array', minItems: 1, uniqueItems: true, items: { type: 'string', pattern: '^[A-Za-z_][A-Za-z0-9_]*$' } },
+        },
+      },
+    ],
+  },
+} as const;
 const stringList = { type: 'array', minItems: 1, uniqueItems: true, items: { type: 'string', minLength: 1 } } as const;
 
 /** Chat user id → the Valet identity (subject, approver groups, optional tenant) their decisions count as. */
@@ -225,7 +261,15 @@ export const fileSchema = {
         policy: {
           type: 'object',
           additionalProperties: false,
-          properties: { require_registered_agents: { type: 'boolean' } },
+          properties: {
+            require_registered_agents: { type: 'boolean' },
+            // Call sequences: where a session's id comes from besides the token, and how long an idle one is remembered.
+            sessions: {
+              type: 'object',
+              additionalProperties: false,
+              properties: { header: headerName, ttl: duration },
+            },
+          },
         },
         secrets: {
           type: 'object',
@@ -495,6 +539,9 @@ export const fileSchema = {
           effect: { enum: ['allow', 'deny', 'escalate'] },
           // shadow: evaluated and recorded beside the enforced rules, never enforced.
           mode: { enum: ['enforce', 'shadow'] },
+          // Call sequences within the agent's session: a prior call this one needs, or one that rules it out.
+          requires: sequenceSteps,
+          blocked_by: sequenceSteps,
           reason: { type: 'string', minLength: 1 },
           approval: {
             type: 'object',
@@ -596,21 +643,9 @@ export const fileSchema = {
               user_roles: { type: 'array', items: { type: 'string' } },
             },
           },
-          request: {
-            type: 'object',
-            required: ['upstream', 'method', 'path'],
-            additionalProperties: false,
-            properties: {
-              upstream: name,
-              method,
-              path: { type: 'string', pattern: '^/' },
-              query: { type: 'object', additionalProperties: { type: 'string' } },
-              json: {},
-              form: { type: 'string' },
-              time: { type: 'string', pattern: '^\\d{4}-\\d{2}-\\d{2}T' },
-              repeat: { type: 'integer', minimum: 1, maximum: 100000 },
-            },
-          },
+          request: testRequest,
+          // Calls made earlier in the same session (each decided, and recorded if allowed, as if answered 2xx).
+          before: { type: 'array', minItems: 1, items: testRequest },
           expect: {
             type: 'object',
             required: ['effect'],

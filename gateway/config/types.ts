@@ -89,6 +89,26 @@ export const DEFAULT_LLM: LlmSettings = { prices: {}, unknownModel: 'ceiling', a
 export interface PolicySettings {
   /** Refuse tokens of agents the `agents:` registry does not list (default false). */
   readonly requireRegisteredAgents: boolean;
+  /** `gateway.policy.sessions`: the loader always sets it; absent means the token's session and a day's memory. */
+  readonly sessions?: SessionSettings;
+}
+
+/** Where an agent's session comes from, for call sequences and `session` counters (docs/policy.md#sessions-and-call-sequences). */
+export interface SessionSettings {
+  /** A request header naming the session within the agent's own (a token's `sid`/`jti` otherwise). */
+  readonly header: string | undefined;
+  /** How long the calls of an idle session are remembered. */
+  readonly ttlMs: number;
+}
+
+/** How long an idle session's calls are remembered unless `gateway.policy.sessions.ttl` says otherwise. */
+export const DEFAULT_SESSION_TTL_MS = 24 * 3_600_000;
+
+/** One step of a call sequence: a call of `tool` in the same session (and, with `withinMs`, that recent; with `same`, on the same argument values). */
+export interface SequenceStep {
+  readonly tool: string;
+  readonly withinMs?: number;
+  readonly same?: readonly string[];
 }
 
 /** `gateway.timeouts`, `gateway.max_stream_body_bytes`, `gateway.max_connections*` (docs/configuration.md). */
@@ -400,6 +420,10 @@ export interface RuleConfig extends MatchConfig {
   readonly mode?: 'shadow';
   readonly reason: string | undefined;
   readonly approval: ApprovalConfig | undefined;
+  /** Calls that must have succeeded earlier in the session; otherwise this rule denies. */
+  readonly requires?: readonly SequenceStep[];
+  /** Calls that, made earlier in the session, make this rule deny. */
+  readonly blockedBy?: readonly SequenceStep[];
 }
 
 export type CounterKey = 'agent' | 'team' | 'tenant' | 'user' | 'session' | 'upstream' | 'tool' | 'global' | { readonly cel: string };
@@ -463,6 +487,18 @@ export interface ContextConfig {
 }
 
 /** A policy test case written beside the policies (`valet policy test`). */
+/** A request a policy test sends. */
+export interface PolicyTestRequest {
+  readonly upstream: string;
+  readonly method: string;
+  readonly path: string;
+  readonly query?: Readonly<Record<string, string>>;
+  readonly json?: unknown;
+  readonly form?: string;
+  readonly time?: string;
+  readonly repeat?: number;
+}
+
 export interface PolicyTestConfig {
   readonly name: string;
   readonly identity: {
@@ -474,16 +510,9 @@ export interface PolicyTestConfig {
     readonly user?: string;
     readonly user_roles?: readonly string[];
   };
-  readonly request: {
-    readonly upstream: string;
-    readonly method: string;
-    readonly path: string;
-    readonly query?: Readonly<Record<string, string>>;
-    readonly json?: unknown;
-    readonly form?: string;
-    readonly time?: string;
-    readonly repeat?: number;
-  };
+  readonly request: PolicyTestRequest;
+  /** Calls made earlier in the same session, each decided and (if allowed) recorded as answered 2xx. */
+  readonly before?: readonly PolicyTestRequest[];
   readonly expect: { readonly effect: 'allow' | 'deny' | 'escalate' | 'rate_limited'; readonly rule?: string };
   readonly at: Location;
 }

@@ -7,6 +7,7 @@ import type {
   Environment,
   MatchConfig,
   RateLimitConfig,
+  SequenceStep,
 } from '../config/types.js';
 import { ConfigError, ValetError, type ConfigProblem } from '../errors.js';
 import type { AgentIdentity, BudgetLevel, Decision, Effect, Limited, RequestFacts, Spend } from '../types.js';
@@ -15,6 +16,7 @@ import type { ConsumeResult, CounterStore, HistoryStore, HistorySummary, Version
 import { createContextSources, type ContextSources } from './context.js';
 import { describeScope, effectiveUpstreams, namedUpstreams, openedUpstreams, upstreamOfTool } from './scope.js';
 import { compileTools, type ToolMatch } from './tools.js';
+import { argsDigest, calledMark, memorySessionStore, okMark, sessionKey, type SessionMarks, type SessionStore } from './sessions.js';
 
 /** Everything a decision depends on besides the rules themselves. */
 export interface EvaluationInput {
@@ -29,6 +31,8 @@ export interface EvaluationInput {
   readonly history?: HistorySummary;
   /** The version of that history (a shared store's), for {@link Policy.claimCall}. */
   readonly historyVersion?: string;
+  /** What the session holds of the calls sequence rules ask about ({@link Policy.resolveSession}). */
+  readonly session?: SessionMarks;
 }
 
 /** One rule as considered for a request: matched, or the first reason it did not. */
@@ -95,6 +99,17 @@ export interface Policy {
   resolveHistory(input: Omit<EvaluationInput, 'context'>): Promise<VersionedHistory> | undefined;
   /** Looks up the `ctx.*` values this request's conditions may read. */
   resolveContext(input: Omit<EvaluationInput, 'context'>): Promise<Record<string, unknown>>;
+  /**
+   * The marks of the agent's session that sequence rules (`requires`, `blocked_by`) which may apply
+   * to this request ask about, to put in the input before evaluation; a Promise only with a shared
+   * store. undefined when no such rule may apply, or the request has no session (they then deny).
+   */
+  resolveSession(input: Omit<EvaluationInput, 'context'>): SessionMarks | Promise<SessionMarks> | undefined;
+  /**
+   * Records in the agent's session that this call was forwarded (`called`) or answered 2xx (`ok`),
+   * if some sequence rule asks about its tool. A Promise only with a shared store.
+   */
+  recordSequence(input: EvaluationInput, outcome: 'called' | 'ok'): void | Promise<void>;
 }
 
 /**
@@ -255,6 +270,14 @@ interface FlatRule extends Winner {
   readonly order: number;
   /** Its decision when it is the only winner, made once. */
   readonly alone: Decision;
+  /** Calls the session must (`requires`) or must not (`blocked_by`) hold, else the rule denies. */
+  readonly sequence: Sequence | undefined;
+}
+
+/** A rule's call sequence. */
+interface Sequence {
+  readonly requires: readonly SequenceStep[];
+  readonly blockedBy: readonly SequenceStep[];
 }
 
 /**
@@ -325,6 +348,8 @@ export interface PolicyStores {
   readonly history: HistoryStore;
   /** Users' connected accounts, for `user.connected("upstream")` (loaded before each decision). */
   readonly connections?: { connected(tenant: string | undefined, user: string, upstream: string): boolean };
+  /** Agents' sessions, for call sequences; absent: kept in memory (policy tests, the CLI). */
+  readonly sessions?: SessionStore;
 }
 
 const NO_RULES: readonly FlatRule[] = [];
@@ -401,6 +426,7 @@ export function compilePolicy(
       order: (upstreams === undefined ? config.rules.length : 0) + i,
       ...winner,
       alone: frozen(decisionOf([winner])),
+      sequence: r.requires === undefined && r.blockedBy === undefined ? undefined : { requires: r.requires ?? [], blockedBy: r.blockedBy ?? [] },
     };
     return { ...m, flat, pathKeys: r.paths ? r.paths.map((p) => literalPrefix(p, m.restrictive)) : [[]] };
   });
@@ -491,11 +517,31 @@ export function compilePolicy(
     else if (item.config.tools !== undefined) for (const t of item.config.tools) argsReaders.add(upstreamOfTool(t, toolUpstream));
     else anyUpstreamReadsArgs = true;
   }
+  // A sequence step with `same` compares arguments of this call and of the earlier one: both are read.
+  for (const r of rules) {
+    for (const step of [...(r.flat.sequence?.requires ?? []), ...(r.flat.sequence?.blockedBy ?? [])]) {
+      if (step.same === undefined) continue;
+      argsReaders.add(upstreamOfTool(step.tool, toolUpstream));
+      if (r.upstreams === undefined) anyUpstreamReadsArgs = true;
+      else for (const u of r.upstreams) argsReaders.add(u);
+    }
+  }
   const sources = [...rules, ...limits].map((i) => [i.config.when, 'sum' in i.config ? i.config.sum : undefined].join(' '));
   const readsTime = sources.some((s) => /\btime\b/.test(s));
   const readsHistory = sources.some((s) => /\bhistory\b/.test(s));
   // What may read history, for asking a shared store only when a request could meet one of them.
   const historyReaders = [...rules, ...limits].filter((_, i) => /\bhistory\b/.test(sources[i] as string));
+  // Call sequences: the rules that have one, and per tool they name, the argument lists compared (undefined: none).
+  const sessions = stores.sessions ?? memorySessionStore({ ttlMs: config.gateway.policy?.sessions?.ttlMs });
+  const sequenceRules = rules.filter((r) => r.flat.sequence !== undefined);
+  const sequenced = new Map<string, (readonly string[] | undefined)[]>();
+  for (const r of sequenceRules) {
+    for (const step of [...(r.flat.sequence as Sequence).requires, ...(r.flat.sequence as Sequence).blockedBy]) {
+      const lists = sequenced.get(step.tool) ?? [];
+      if (!lists.some((l) => JSON.stringify(l) === JSON.stringify(step.same))) lists.push(step.same);
+      sequenced.set(step.tool, lists);
+    }
+  }
   const timeParts = new Intl.DateTimeFormat('en-US', {
     timeZone: config.gateway.timezone,
     hourCycle: 'h23',
@@ -567,6 +613,50 @@ export function compilePolicy(
     );
   };
 
+  /** The sequence rules that may apply to a request like this one (as {@link historyRead}, erring towards more). */
+  const sequencesFor = (facts: RequestFacts): CompiledRule[] => {
+    if (sequenceRules.length === 0) return [];
+    const path = normalisePath(facts.path);
+    return sequenceRules.filter(
+      (m) =>
+        (m.upstreams === undefined || m.upstreams.has(facts.upstream)) &&
+        (m.tools === undefined || (facts.tool !== undefined && m.tools.has(facts.tool))) &&
+        (m.methods === undefined || m.methods.has(facts.method)) &&
+        (m.matchPath === undefined || m.matchPath(m.restrictive ? path.toLowerCase() : path)),
+    );
+  };
+  /** The session mark a step asks about for this call: a 2xx answer for `requires`, any forwarded call for `blocked_by`. */
+  const stepMark = (step: SequenceStep, required: boolean, facts: RequestFacts): string => {
+    const digest = step.same === undefined ? undefined : argsDigest(step.same, facts.args);
+    return required ? okMark(step.tool, digest) : calledMark(step.tool, digest);
+  };
+  const sessionOf = (id: AgentIdentity): string | undefined => (id.session === undefined ? undefined : sessionKey(id.tenant, id.agent, id.session));
+  /** Why a rule's call sequence does not hold for this request, or undefined when it does. */
+  const sequenceBroken = (q: Sequence, s: Evaluation): string | undefined => {
+    const { input } = s;
+    const key = sessionOf(input.identity);
+    if (key === undefined) return 'the call has no session (the agent token has no sid or jti claim)';
+    if (q.requires.some((st) => st.same !== undefined) || q.blockedBy.some((st) => st.same !== undefined)) {
+      if (input.facts.argsError !== undefined) return input.facts.argsError;
+    }
+    const names = [...q.requires.map((st) => stepMark(st, true, input.facts)), ...q.blockedBy.map((st) => stepMark(st, false, input.facts))];
+    let marks = input.session;
+    // Marks nobody read for this request (a candidate set's rules, say): a store in the process answers now.
+    if (marks === undefined || names.some((n) => marks?.set[n] === undefined)) {
+      if (sessions.shared === true) return 'the session was not read before evaluation';
+      marks = sessions.read(key, names, input.now) as SessionMarks;
+    }
+    const recent = (step: SequenceStep, required: boolean): boolean => {
+      const at = (marks as SessionMarks).set[stepMark(step, required, input.facts)];
+      return typeof at === 'number' && (step.withinMs === undefined || at >= (marks as SessionMarks).now - step.withinMs);
+    };
+    const described = (step: SequenceStep): string =>
+      `${step.tool}${step.same === undefined ? '' : ` with the same ${step.same.join(', ')}`}${step.withinMs === undefined ? '' : ` within ${formatMs(step.withinMs)}`}`;
+    for (const step of q.requires) if (!recent(step, true)) return `requires a successful call of ${described(step)} earlier in this session`;
+    for (const step of q.blockedBy) if (recent(step, false)) return `blocked by a call of ${described(step)} earlier in this session`;
+    return undefined;
+  };
+
   /** The activation for a program that reads `reads`: one object per evaluation, filled in as needed. */
   const variables = (s: Evaluation, reads: number): Record<string, unknown> => {
     const vars = (s.vars ??= {});
@@ -620,6 +710,10 @@ export function compilePolicy(
         // Fail closed, as explainFor does; the first failure decides whatever else matches.
         if (c !== true) return failed(r, c);
       }
+      if (r.sequence !== undefined) {
+        const broken = sequenceBroken(r.sequence, s);
+        if (broken !== undefined) return sequenceDenial(r, broken);
+      }
       if (best === undefined || r.rank > best.rank) {
         best = r;
         ties = undefined;
@@ -648,6 +742,14 @@ export function compilePolicy(
         failure ??= failed(flat, c);
         note(false, `condition could not be evaluated: ${c}`);
         continue;
+      }
+      if (c && flat.sequence !== undefined) {
+        const broken = sequenceBroken(flat.sequence, s);
+        if (broken !== undefined) {
+          failure ??= sequenceDenial(flat, broken);
+          note(false, `sequence: ${broken}`);
+          continue;
+        }
       }
       note(c, c ? 'matched' : 'condition is false');
       if (!c) continue;
@@ -824,7 +926,33 @@ export function compilePolicy(
       return read.call(stores.history, historyKey(input.identity, input.facts), input.now);
     },
     resolveContext: (input) => contextSources.resolve(input),
+    resolveSession(input) {
+      const applying = sequencesFor(input.facts);
+      const key = sessionOf(input.identity);
+      if (applying.length === 0 || key === undefined || input.facts.argsError !== undefined) return undefined;
+      const names = new Set<string>();
+      for (const r of applying) {
+        const q = r.flat.sequence as Sequence;
+        for (const step of q.requires) names.add(stepMark(step, true, input.facts));
+        for (const step of q.blockedBy) names.add(stepMark(step, false, input.facts));
+      }
+      return sessions.read(key, [...names], input.now);
+    },
+    recordSequence(input, outcome) {
+      const tool = input.facts.tool;
+      const lists = tool === undefined ? undefined : sequenced.get(tool);
+      const key = sessionOf(input.identity);
+      if (lists === undefined || key === undefined) return undefined;
+      const mark = outcome === 'ok' ? okMark : calledMark;
+      const names = lists.map((same) => mark(tool as string, same === undefined ? undefined : argsDigest(same, input.facts.args)));
+      return sessions.mark(key, names, input.now);
+    },
   };
+}
+
+/** The denial of a rule whose call sequence does not hold. */
+function sequenceDenial(r: FlatRule, why: string): Decision {
+  return { effect: 'deny', rules: r.alone.rules, reason: `rule ${r.id}: ${why}` };
 }
 
 /**
@@ -1090,7 +1218,7 @@ function literalPrefix(pattern: string, ignoreCase: boolean): string[] {
 const historyPrefixes = new WeakMap<AgentIdentity, string>();
 
 /** The history key of a call: JSON `[tenant, agent, "tool", tool]` or `[tenant, agent, "route", upstream, method, path]`. */
-function historyKey(id: AgentIdentity, facts: RequestFacts): string {
+export function historyKey(id: AgentIdentity, facts: RequestFacts): string {
   let prefix = historyPrefixes.get(id);
   if (prefix === undefined) historyPrefixes.set(id, (prefix = JSON.stringify([id.tenant ?? null, id.agent]).slice(0, -1)));
   const call = facts.tool === undefined ? `"route",${JSON.stringify(facts.upstream)},${JSON.stringify(facts.method)},${JSON.stringify(facts.path)}` : `"tool",${JSON.stringify(facts.tool)}`;

@@ -1,4 +1,6 @@
 import { openPrivateDatabase } from '../sqlite.js';
+import { DEFAULT_SESSION_TTL_MS } from '../config/types.js';
+import { memorySessionStore, type SessionStore } from './sessions.js';
 import {
   historyMinutes,
   liveSlots,
@@ -13,7 +15,7 @@ import {
 } from './counters.js';
 
 /**
- * Rate limits, budgets and call history live in `<data>/counters.db`, so that a restart neither
+ * Rate limits, budgets, call history and agents' sessions (call sequences) live in `<data>/counters.db`, so that a restart neither
  * refills a daily budget nor makes every call a first use. A file of its own, like approvals.db:
  * its writes never queue behind the audit writer's batches, and its schema version is its own.
  *
@@ -45,11 +47,19 @@ const MIGRATIONS: readonly string[] = [
      PRIMARY KEY (key, minute)
    ) WITHOUT ROWID;
    CREATE TABLE history_seen (key TEXT PRIMARY KEY, minute INTEGER NOT NULL) WITHOUT ROWID;`,
+  // Call sequences: what each agent session did (sessions.ts), kept while the session is live.
+  `CREATE TABLE session_marks (
+     session TEXT NOT NULL,
+     mark    TEXT NOT NULL,
+     at      REAL NOT NULL,
+     PRIMARY KEY (session, mark)
+   ) WITHOUT ROWID;`,
 ];
 
 export interface CounterDatabase {
   readonly counters: LocalCounterStore;
   readonly history: LocalHistoryStore;
+  readonly sessions: SessionStore;
   /** Writes what changed since the last flush (also done on a timer and at close). */
   flush(): void;
   close(): void;
@@ -63,6 +73,7 @@ export function openCounterDatabase(
   dataDir: string,
   now: () => number = Date.now,
   onError: (err: unknown) => void = () => {},
+  sessionTtlMs: number = DEFAULT_SESSION_TTL_MS,
 ): CounterDatabase {
   const db = openPrivateDatabase(dataDir, COUNTERS_FILE, MIGRATIONS);
 
@@ -83,12 +94,18 @@ export function openCounterDatabase(
     sweepSlots: db.prepare<[number]>('DELETE FROM counter_slots WHERE last_at + window_ms < ?'),
     sweepCalls: db.prepare<[number]>('DELETE FROM history_calls WHERE minute < ?'),
     sweepSeen: db.prepare<[number]>('DELETE FROM history_seen WHERE minute < ?'),
+    allMarks: db.prepare<[], { session: string; mark: string; at: number }>('SELECT session, mark, at FROM session_marks ORDER BY session'),
+    putMark: db.prepare<[string, string, number]>(
+      'INSERT INTO session_marks (session, mark, at) VALUES (?, ?, ?) ON CONFLICT (session, mark) DO UPDATE SET at = max(at, excluded.at)',
+    ),
+    sweepMarks: db.prepare<[number]>('DELETE FROM session_marks WHERE session IN (SELECT session FROM session_marks GROUP BY session HAVING max(at) < ?)'),
   };
   const sweep = (at: number): void => {
     s.sweepSlots.run(at);
     const { minute, day } = historyMinutes(at);
     s.sweepCalls.run(day);
     s.sweepSeen.run(minute - SEEN_MINUTES);
+    s.sweepMarks.run(at - sessionTtlMs);
   };
   const opened = now();
   sweep(opened);
@@ -114,8 +131,23 @@ export function openCounterDatabase(
     changed: (c) => void callChanges.set(`${c.minute} ${c.key}`, c),
   });
 
+  const initialSessions = new Map<string, { session: string; marks: Map<string, number>; last: number }>();
+  for (const row of s.allMarks.iterate()) {
+    let state = initialSessions.get(row.session);
+    if (state === undefined) initialSessions.set(row.session, (state = { session: row.session, marks: new Map(), last: row.at }));
+    state.marks.set(row.mark, row.at);
+    state.last = Math.max(state.last, row.at);
+  }
+  let markChanges = new Map<string, { session: string; mark: string; at: number }>();
+  const sessions = memorySessionStore({
+    ttlMs: sessionTtlMs,
+    initial: initialSessions.values(),
+    changed: (session, mark, at) => void markChanges.set(JSON.stringify([session, mark]), { session, mark, at }),
+  });
+
   let flushes = 0;
-  const write = db.transaction((cs: Iterable<CounterState>, calls: Iterable<MinuteCalls>) => {
+  const write = db.transaction((cs: Iterable<CounterState>, calls: Iterable<MinuteCalls>, marks: Iterable<{ session: string; mark: string; at: number }>) => {
+    for (const m of marks) s.putMark.run(m.session, m.mark, m.at);
     for (const c of cs) {
       s.clearCounter.run(c.key, c.windowMs);
       for (const slot of c.slots) s.putSlot.run(c.key, c.windowMs, slot.slot, slot.last, slot.used);
@@ -127,11 +159,12 @@ export function openCounterDatabase(
     if (++flushes % 1_000 === 0) sweep(now());
   });
   const flush = (): void => {
-    if (counterChanges.size === 0 && callChanges.size === 0) return;
+    if (counterChanges.size === 0 && callChanges.size === 0 && markChanges.size === 0) return;
     // Cleared only once written: a failed write is tried again with what arrives meanwhile.
-    write(counterChanges.values(), callChanges.values());
+    write(counterChanges.values(), callChanges.values(), markChanges.values());
     counterChanges = new Map();
     callChanges = new Map();
+    markChanges = new Map();
   };
   const timer = setInterval(() => {
     try {
@@ -146,6 +179,7 @@ export function openCounterDatabase(
   return {
     counters,
     history,
+    sessions,
     flush,
     close() {
       if (closed) return;

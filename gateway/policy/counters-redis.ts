@@ -15,6 +15,8 @@ import {
   type VersionedHistory,
   type LocalCounterStore,
 } from './counters.js';
+import type { SessionMarks, SessionStore } from './sessions.js';
+import { DEFAULT_SESSION_TTL_MS } from '../config/types.js';
 
 /** The one command a store sends; `@redis/client`'s client has it. */
 export interface RedisCommands {
@@ -34,6 +36,8 @@ export interface RedisStoreOptions {
   /** Prepended to every key (default `valet:`). */
   readonly prefix?: string;
   readonly clock?: RedisClock;
+  /** How long an idle session's marks live (gateway.policy.sessions.ttl). */
+  readonly sessionTtlMs?: number;
 }
 
 // Every script's clock: Redis's own (TIME) unless the caller passes \`now\` in ARGV[1] (clock: caller).
@@ -173,13 +177,30 @@ local seen = tonumber(redis.call('GET', KEYS[2]) or '')
 return { hour, day, (seen == nil or seen < minute - ${SEEN_MINUTES}) and 1 or 0, redis.call('GET', KEYS[3]) or '0' }
 `;
 
+// A session's marks (see sessions.ts): one hash, mark → time last set, living ARGV[2] ms past the
+// latest. MARK sets ARGV[3...] at now; READ answers now and the time of each of ARGV[3...] (nil: unset).
+const MARK = `${CLOCK}
+for i = 3, #ARGV do
+  local at = tonumber(redis.call('HGET', KEYS[1], ARGV[i]) or '0')
+  if now > at then redis.call('HSET', KEYS[1], ARGV[i], now) end
+end
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return now
+`;
+
+const READ = `${CLOCK}
+local out = { now }
+for i = 3, #ARGV do out[#out + 1] = redis.call('HGET', KEYS[1], ARGV[i]) end
+return out
+`;
+
 interface Script {
   readonly source: string;
   readonly sha: string;
 }
 
 const script = (source: string): Script => ({ source, sha: createHash('sha1').update(source).digest('hex') });
-const SCRIPTS = { consume: script(CONSUME), settle: script(SETTLE), record: script(RECORD), summary: script(SUMMARY) };
+const SCRIPTS = { consume: script(CONSUME), settle: script(SETTLE), record: script(RECORD), summary: script(SUMMARY), mark: script(MARK), read: script(READ) };
 
 /** Runs a script by hash, sending its source only when Redis does not know it yet (after a restart). */
 async function run(redis: RedisCommands, s: Script, keys: readonly string[], args: readonly string[]): Promise<unknown> {
@@ -215,7 +236,7 @@ export function redisFailure(err: unknown): string {
  * counters live on one shard of a cluster. History: `<prefix>h:{<key>}` (calls per minute) and
  * `<prefix>s:{<key>}` (last minute seen), tagged by their key so the pair shares a slot.
  */
-export function redisCounterStores(redis: RedisCommands, options: RedisStoreOptions = {}): { counters: CounterStore; history: HistoryStore } {
+export function redisCounterStores(redis: RedisCommands, options: RedisStoreOptions = {}): { counters: CounterStore; history: HistoryStore; sessions: SessionStore } {
   const prefix = options.prefix ?? 'valet:';
   const server = (options.clock ?? 'server') === 'server';
   const at = (now: number): string => (server ? '' : String(now));
@@ -263,6 +284,22 @@ export function redisCounterStores(redis: RedisCommands, options: RedisStoreOpti
         return (await run(redis, SCRIPTS.record, historyKeys(key), [at(now), version])) === 1;
       },
     },
+    sessions: {
+      shared: true,
+      async read(session, names, now): Promise<SessionMarks> {
+        const r = (await run(redis, SCRIPTS.read, [`${prefix}q:{${session}}`], [at(now), '0', ...names])) as (number | string | null)[];
+        const set: Record<string, number | null> = {};
+        names.forEach((n, i) => {
+          const v = r[i + 1];
+          set[n] = v === null || v === undefined ? null : Number(v);
+        });
+        return { set, now: Number(r[0]) };
+      },
+      async mark(session, names, now) {
+        if (names.length === 0) return;
+        await run(redis, SCRIPTS.mark, [`${prefix}q:{${session}}`], [at(now), String(options.sessionTtlMs ?? DEFAULT_SESSION_TTL_MS), ...names]);
+      },
+    },
   };
 }
 
@@ -294,6 +331,7 @@ export function withLocalFallback(shared: CounterStore, local: LocalCounterStore
 export interface RedisCounters {
   readonly counters: CounterStore;
   readonly history: HistoryStore;
+  readonly sessions: SessionStore;
   /** undefined while Redis is connected; otherwise why not, in words without the URL. */
   problem(): string | undefined;
   close(): Promise<void>;
@@ -304,7 +342,7 @@ export interface RedisCounters {
  * (503) or fall back where `fail_open`. Commands are never queued while disconnected (they fail at
  * once), and the client reconnects by itself, backing off up to 2 s.
  */
-export function connectRedisCounters(url: string, options: { prefix: string; onError?: (message: string) => void }): RedisCounters {
+export function connectRedisCounters(url: string, options: { prefix: string; sessionTtlMs?: number; onError?: (message: string) => void }): RedisCounters {
   let lastError: string | undefined = 'connecting to Redis';
   const client = createClient({
     url,
@@ -320,10 +358,11 @@ export function connectRedisCounters(url: string, options: { prefix: string; onE
     lastError = undefined;
   });
   client.connect().catch(() => undefined);
-  const stores = redisCounterStores(client as unknown as RedisCommands, { prefix: options.prefix });
+  const stores = redisCounterStores(client as unknown as RedisCommands, { prefix: options.prefix, ...(options.sessionTtlMs !== undefined && { sessionTtlMs: options.sessionTtlMs }) });
   return {
     counters: withLocalFallback(stores.counters),
     history: stores.history,
+    sessions: stores.sessions,
     problem: () => (client.isReady ? undefined : (lastError ?? 'Redis is unreachable')),
     async close() {
       client.destroy();

@@ -33,6 +33,8 @@ export function scenarioInput(policy: Policy, config: Pick<Config, 'gateway'>, s
     userRoles: id.user_roles ?? [],
     issuer: 'policy-test',
     tokenId: undefined,
+    // One session per test: its `before` calls and its request.
+    session: 'policy-test',
     expiresAt: Number.MAX_SAFE_INTEGER,
   };
   const identity = policy.resolveIdentity(claimed);
@@ -57,7 +59,10 @@ export function scenarioInput(policy: Policy, config: Pick<Config, 'gateway'>, s
     args: args.args,
     argsError: args.error,
   };
-  return { identity, facts, environment: config.gateway.environment, now: r.time ? Date.parse(r.time) : Date.now() };
+  const input = { identity, facts, environment: config.gateway.environment, now: r.time ? Date.parse(r.time) : Date.now() };
+  const session = policy.resolveSession(input);
+  if (session instanceof Promise) throw new TypeError('policy tests keep sessions in memory');
+  return session === undefined ? input : { ...input, session };
 }
 
 /** The outcome as tests name it: an effect, or `rate_limited` when a limit or budget refused. */
@@ -79,21 +84,25 @@ export async function runPolicyTests(config: Config): Promise<TestResult[]> {
   for (const t of config.tests) {
     const policy = compilePolicy(config, { counters: memoryCounterStore(), history: memoryHistoryStore() });
     let outcome = { effect: '', rule: '', reason: '' };
+    // Earlier calls of the session: each is decided, and recorded (answered 2xx) if allowed.
+    for (const request of t.before ?? []) {
+      for (let i = 0; i < (request.repeat ?? 1); i++) {
+        try {
+          await decideAndRecord(policy, config, { identity: t.identity, request });
+        } catch (err) {
+          if (!(err instanceof ValetError) || (err.code !== 'VALET_ERR_IDENTITY_REFUSED' && err.code !== 'VALET_ERR_BAD_REQUEST')) throw err;
+        }
+      }
+    }
     for (let i = 0; i < (t.request.repeat ?? 1); i++) {
-      let base: ReturnType<typeof scenarioInput>;
       try {
-        base = scenarioInput(policy, config, t);
+        outcome = await decideAndRecord(policy, config, t);
       } catch (err) {
         // The gateway refuses such a token or request before any rule runs; a test names the code as the rule.
         if (!(err instanceof ValetError) || (err.code !== 'VALET_ERR_IDENTITY_REFUSED' && err.code !== 'VALET_ERR_BAD_REQUEST')) throw err;
         outcome = { effect: 'deny', rule: err.code, reason: err.message };
         break;
       }
-      const input = { ...base, context: await policy.resolveContext(base) };
-      const decision = policy.evaluate(input);
-      const limited = decision.effect === 'allow' ? refusal(await policy.charge(input)) : undefined;
-      outcome = outcomeOf(decision, limited);
-      if (outcome.effect === 'allow') await policy.recordCall(input);
     }
     const ruleOk = t.expect.rule === undefined || outcome.rule.split(',').includes(t.expect.rule);
     results.push({
@@ -106,6 +115,21 @@ export async function runPolicyTests(config: Config): Promise<TestResult[]> {
     });
   }
   return results;
+}
+
+/** Decides a scenario as the gateway would, charging limits; an allowed call is recorded as forwarded and answered 2xx. */
+async function decideAndRecord(policy: Policy, config: Config, s: Scenario): Promise<{ effect: string; rule: string; reason: string }> {
+  const base = scenarioInput(policy, config, s);
+  const input = { ...base, context: await policy.resolveContext(base) };
+  const decision = policy.evaluate(input);
+  const limited = decision.effect === 'allow' ? refusal(await policy.charge(input)) : undefined;
+  const outcome = outcomeOf(decision, limited);
+  if (outcome.effect === 'allow') {
+    await policy.recordCall(input);
+    await policy.recordSequence(input, 'called');
+    await policy.recordSequence(input, 'ok');
+  }
+  return outcome;
 }
 
 /** Every rule considered for a scenario, in order, and the final decision. */
