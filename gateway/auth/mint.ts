@@ -14,6 +14,8 @@ export interface MintOptions {
   userRoles?: readonly string[] | undefined;
   /** Whole seconds, at most the issuer's `max_ttl` (a longer token would be refused anyway); tests mint expired tokens with a negative one. */
   ttlSeconds: number;
+  /** The session the token belongs to (`sid`); without it the token is a session of its own (`jti`). */
+  session?: string | undefined;
   /** Groups (admin tokens: the approver groups the person belongs to). */
   groups?: readonly string[] | undefined;
   /** Replaces the issuer's audience (admin tokens carry the admin plane's). */
@@ -35,6 +37,7 @@ export async function mintAgentToken(issuer: IssuerConfig, secret: Uint8Array, o
   if (o.environment !== undefined) claims[c.environment] = o.environment;
   if (o.groups !== undefined) claims[c.groups ?? 'groups'] = [...o.groups];
   if (o.user !== undefined) claims['act'] = { sub: o.agent };
+  if (o.session !== undefined) claims['sid'] = o.session;
   if (o.user !== undefined && o.userRoles !== undefined && o.userRoles.length > 0) claims[c.userRoles] = [...o.userRoles];
   // One clock reading for both: exp - iat is exactly the ttl, never a second more.
   const now = Math.floor(Date.now() / 1000);
