@@ -19,6 +19,10 @@ export const ERRORS = {
     status: 403,
     message: 'The token\'s tenant or team disagrees with the agent registry, or the agent is not registered; nothing was forwarded.',
   },
+  VALET_ERR_RESPONSE_BLOCKED: {
+    status: 403,
+    message: 'A response rule withheld the upstream\'s answer: the call was made, its answer is not shown.',
+  },
   VALET_ERR_APPROVAL_DENIED: { status: 403, message: 'An approver denied this request; it was not forwarded.' },
   VALET_ERR_APPROVAL_EXPIRED: { status: 403, message: 'No approver decided in time; the request was not forwarded.' },
   VALET_ERR_APPROVAL_MISMATCH: { status: 403, message: 'The Valet-Approval id does not cover this request; nothing was forwarded.' },
@@ -86,6 +90,10 @@ export const ERRORS = {
   VALET_ERR_MASTER_KEY: {
     status: 500,
     message: 'The secret store\'s master key is missing, malformed, or not the key the store was written with.',
+  },
+  VALET_ERR_AUDIT_FACTS_UNREADABLE: {
+    status: 500,
+    message: 'The sealed request facts of an audit row could not be opened: another master key sealed them, or they were altered.',
   },
   VALET_ERR_SECRET_INVALID: { status: 400, message: 'The secret name, tenant or value is not acceptable; nothing was written.' },
   VALET_ERR_SECRET_NOT_FOUND: { status: 404, message: 'No secret by that name exists for that tenant.' },

@@ -38,6 +38,11 @@ import { openCounterBackend } from './policy/counters-backend.js';
 import { instanceId } from './instance.js';
 import { privateDir, tightenDataDir } from './private-files.js';
 import { createPolicyHolder, type PolicyHolder } from './policy/reload.js';
+import { historyKey } from './policy/compile.js';
+import type { HistoryStore } from './policy/counters.js';
+import { encodeFacts, type FactsRecorder } from './policy/facts.js';
+import { sealFacts } from './audit/facts.js';
+import type { MasterKey } from './secrets/crypto.js';
 import { createForwarder } from './proxy/forward.js';
 import { createSecretSources, DEFAULT_SOURCES } from './secrets/sources.js';
 import type { SecretStore } from './secrets/port.js';
@@ -140,8 +145,8 @@ export async function startGateway(options: GatewayOptions): Promise<RunningGate
     },
   });
   // Counters and history outlive the process: in counters.db, or in Redis shared by a fleet.
-  const counterBackend = openCounterBackend(config.gateway.counters, env, dataDir, logger);
-  const stores = { counters: counterBackend.counters, history: counterBackend.history, connections: credentials };
+  const counterBackend = openCounterBackend(config.gateway.counters, env, dataDir, logger, config.gateway.policy?.sessions?.ttlMs);
+  const stores = { counters: counterBackend.counters, history: counterBackend.history, sessions: counterBackend.sessions, connections: credentials };
   const policies = createPolicyHolder(config, loadOptions, stores, logger, options.shadowConfigDir === undefined || options.shadowConfigDir.startsWith('git:') ? options.shadowConfigDir : resolve(options.shadowConfigDir));
   if (options.watch) policies.watch();
   // The read side (admin API, dashboard); opened first, it creates and migrates the database the writer then opens.
@@ -186,6 +191,9 @@ export async function startGateway(options: GatewayOptions): Promise<RunningGate
   notify = approvals.notifier;
   // LLM calls are metered at the shipped prices with gateway.llm's overrides; budgets passing 80 % and 100 % are announced.
   const metering = new LlmMetering(config.gateway.llm ?? DEFAULT_LLM);
+  // What each decision was made on, sealed into its audit row for `valet policy replay`: under the master key, or not at all.
+  const facts = secretSources.masterKey === undefined ? undefined : factsRecorder(secretSources.masterKey, counterBackend.history, logger);
+  if (facts === undefined) logger.warn({}, 'no master key in use (gateway.secrets.sources has no store): request facts are not recorded, so valet policy replay cannot re-decide this traffic');
   const alerts = budgetAlerts((n) => {
     logger.warn({ budget: n.budget, counter: n.counter, threshold: n.threshold, used: n.used, limit: n.limit }, 'budget threshold reached');
     approvals.notifier.notify(n);
@@ -204,6 +212,7 @@ export async function startGateway(options: GatewayOptions): Promise<RunningGate
     draining: () => draining,
     metering,
     budgetAlerts: alerts,
+    ...(facts !== undefined && { facts }),
   });
 
   let inFlight = 0;
@@ -378,6 +387,27 @@ export async function startGateway(options: GatewayOptions): Promise<RunningGate
 
   const admin = { server: adminServer, port: adminPort, url: `http://${urlHost(config.gateway.admin.listen.host)}:${adminPort}` };
   return { config, server, port, url: `http://${host}:${port}`, upstreamListeners, admin, logger, audit, auditLog, metrics, policies, secretStore: secretSources.store, close };
+}
+
+/**
+ * Seals the facts of each decision under the master key's facts key. With a history store in the
+ * process, the history summary a decision read lazily (it is not in the input) is recorded too, as
+ * the decision saw it: the call itself is recorded in the history only after this.
+ */
+function factsRecorder(key: MasterKey, history: HistoryStore, logger: Logger): FactsRecorder {
+  const local = history.shared === true ? undefined : history;
+  return {
+    seal(requestId, input, decision, argsRead) {
+      try {
+        const summary = input.history === undefined && local !== undefined ? local.summary(historyKey(input.identity, input.facts), input.now) : undefined;
+        return sealFacts(key, requestId, encodeFacts(input, decision, { argsRead, history: summary instanceof Promise ? undefined : summary }));
+      } catch (err) {
+        // A request is not refused for want of its replay facts; the message is the encoder's or the cipher's, never a fact.
+        logger.error({ reqId: requestId, message: (err as Error).message }, 'could not seal the request facts; the audit row has none');
+        return null;
+      }
+    },
+  };
 }
 
 /** How long an idle keep-alive connection (HTTP/1) or session (HTTP/2) is kept open. */

@@ -140,6 +140,14 @@ export interface AuditRecord {
   usage: string | null;
   /** What the rules in shadow mode would have decided, as JSON `{effect, rules, reason}`; never enforced. */
   shadow: string | null;
+  /**
+   * What the decision was made on (the evaluation input and the rules' decision), sealed under a key
+   * derived from the master key and bound to the request id (gateway/audit/facts.ts); null when no
+   * decision was made or no master key is in use. Read only by `valet policy replay`.
+   */
+  facts: string | null;
+  /** What response rules did to the answer: `{action: block | escalate | redact, rules, reason, redacted?}` as JSON. */
+  response: string | null;
 }
 
 /** RFC 8693 §4.1: the current actor, then each prior one (nested `act`), at most 8 deep; stops at the first malformed level. */

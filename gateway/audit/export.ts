@@ -30,10 +30,13 @@ export const EXTENSIONS: Record<ExportFormat, string> = { json: 'json', ndjson: 
 
 export const isExportFormat = (v: string): v is ExportFormat => (EXPORT_FORMATS as readonly string[]).includes(v);
 
-/** A row without the chain's bookkeeping columns: what every format shows. */
+/** Columns no format shows: the sealed request facts are for `valet policy replay`, not for readers of the log. */
+export const SEALED_COLUMNS: ReadonlySet<string> = new Set(['facts']);
+
+/** A row without the chain's bookkeeping columns and the sealed facts: what every format shows. */
 export function publicRow(r: AuditRow): Record<string, unknown> {
   const out: Record<string, unknown> = {};
-  for (const [k, v] of Object.entries(r)) if (!META_COLUMNS.has(k)) out[k] = v;
+  for (const [k, v] of Object.entries(r)) if (!META_COLUMNS.has(k) && !SEALED_COLUMNS.has(k)) out[k] = v;
   return out;
 }
 
@@ -217,7 +220,7 @@ export async function writeExport(rows: Iterable<AuditRow> | AsyncIterable<Audit
     for await (const r of rows) {
       const row = publicRow(r);
       if (csv === undefined) {
-        const columns = ['time', ...(o.columns ?? Object.keys(row)).filter((c) => !META_COLUMNS.has(c))];
+        const columns = ['time', ...(o.columns ?? Object.keys(row)).filter((c) => !META_COLUMNS.has(c) && !SEALED_COLUMNS.has(c))];
         csv = stringify({ header: true, columns, cast: { number: (v) => String(v) } });
         piped = (async () => {
           for await (const chunk of csv as AsyncIterable<Buffer | string>) await write(out, typeof chunk === 'string' ? chunk : chunk.toString('utf8'));
@@ -228,7 +231,7 @@ export async function writeExport(rows: Iterable<AuditRow> | AsyncIterable<Audit
     }
     if (csv === undefined) {
       // No rows: still a header, so the file says what it would have held.
-      if (o.columns !== undefined) await write(out, `${['time', ...o.columns.filter((c) => !META_COLUMNS.has(c))].join(',')}\n`);
+      if (o.columns !== undefined) await write(out, `${['time', ...o.columns.filter((c) => !META_COLUMNS.has(c) && !SEALED_COLUMNS.has(c))].join(',')}\n`);
       return 0;
     }
     csv.end();

@@ -52,6 +52,10 @@ export interface AuditRow {
   usage: string | null;
   /** What the rules in shadow mode would have decided, as JSON `{effect, rules, reason}` (null: no rule is in shadow mode). */
   shadow: string | null;
+  /** What the decision was made on, sealed (`v1.<key id>.<base64url>`, see gateway/audit/facts.ts); null: not recorded. Never exported. */
+  facts: string | null;
+  /** What response rules did to the answer, as JSON `{action, rules, reason, redacted?}` (null: none applied). */
+  response: string | null;
   /** When the writer recorded the row (ms); never decreases as ids grow. */
   logged_at: number;
   /** The row's events in the hash chain (bookkeeping). */

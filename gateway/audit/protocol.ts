@@ -47,6 +47,8 @@ export const RECORD_FIELDS = [
   'cost',
   'usage',
   'shadow',
+  'facts',
+  'response',
 ] as const satisfies readonly (keyof AuditRecord)[];
 
 // Every field of AuditRecord is listed (a compile error names any that is not).

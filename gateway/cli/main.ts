@@ -1,4 +1,6 @@
 #!/usr/bin/env node
+import { realpathSync } from 'node:fs';
+import { join, relative } from 'node:path';
 import { parseArgs, type ParseArgsConfig } from 'node:util';
 import { sharedSecret } from '../auth/keys.js';
 import { mintAgentToken } from '../auth/mint.js';
@@ -8,9 +10,11 @@ import { gatewayEnvironment } from './environment.js';
 import { ConfigError, ValetError } from '../errors.js';
 import { compilePolicy, type Policy } from '../policy/compile.js';
 import { memoryCounterStore, memoryHistoryStore } from '../policy/counters.js';
-import { findDeadRules, findScopeProblems } from '../policy/lint.js';
+import { policyCheckReport } from '../policy/lint.js';
+import { GitCandidate } from '../policy/reload.js';
 import { explainScenario, outcomeOf, runPolicyTests } from '../policy/testing.js';
 import { approvalsCommand, APPROVALS_USAGE } from './approvals.js';
+import { replayCommand, REPLAY_USAGE } from './replay.js';
 import { auditCommand, AUDIT_USAGE } from './audit.js';
 import { credentialsCommand, CREDENTIALS_USAGE } from './credentials.js';
 import { keysCommand, KEYS_USAGE } from './keys.js';
@@ -28,14 +32,18 @@ const USAGE = `valet — a valet-key gateway for AI agents
 Usage:
   valet start [--config DIR] [--data DIR] [--port N] [--admin-port N] [--host H] [--admin-host H] [--env E] [--shadow DIR|git:REF]
   valet token --admin --subject NAME --role admin|approver|auditor|secrets_manager [--tenant T] [--group G]... [--ttl 15m]
-  valet token --agent ID [--tenant T] [--team T] [--role R]... [--env E] [--user U [--user-role R]...] [--ttl 15m] [--issuer NAME]
+  valet token --agent ID [--tenant T] [--team T] [--role R]... [--env E] [--user U [--user-role R]...] [--session S] [--ttl 15m] [--issuer NAME]
 ${AUDIT_USAGE}
 ${SPEND_USAGE}
-  valet policy check [DIR] [--strict] [--env E]   schema, CEL types, dead rules, rules escaping their scope (warnings; --strict fails on them)
+  valet policy check [DIR] [--strict] [--env E] [--against DIR|git:REF[:PATH]]
+                       schema, CEL types; warns about dead rules, rules escaping their scope, call sequences that can
+                       never hold, budgets smaller than an escalated call (--strict fails on warnings); --against: the
+                       rules this change made dead, those dead already, those it removed
   valet policy test [DIR] [--env E]               run the YAML policy tests beside the policies
   valet policy explain --agent A --upstream U [--method M] [--path P] [--tenant T] [--team T] [--role R]...
                        [--env E] [--user U] [--user-role R]... [--query k=v]... [--json J | --form F] [--format text|json]
                        [--gateway-env E]
+${REPLAY_USAGE}
   (policy tools run under the gateway's environment as start does: --env / --gateway-env, else VALET_ENV,
    else gateway.environment; explain's --env is the agent's env claim)
 ${SECRETS_USAGE}
@@ -140,7 +148,9 @@ async function token(args: string[]): Promise<void> {
     admin: { type: 'boolean' },
     subject: { type: 'string' },
     group: { type: 'string', multiple: true },
+    session: { type: 'string' },
   });
+  if (values.admin && values.session) throw new UsageError('--session is for agent tokens');
   if (!values.admin && values.group) throw new UsageError('--group is for --admin tokens (approver groups)');
   // An admin token names a person (--subject) and carries the admin plane's audience.
   if (values.admin && (!values.subject || values.agent || values.user)) throw new UsageError('--admin needs --subject NAME (and no --agent or --user)');
@@ -168,6 +178,7 @@ async function token(args: string[]): Promise<void> {
     user: values.user,
     userRoles: values['user-role'],
     groups: values.group,
+    session: values.session,
     ttlSeconds,
   });
   process.stdout.write(`${jwt}\n`);
@@ -185,18 +196,40 @@ function loadPolicy(dir: string, environment: Environment | undefined): { config
 async function policy(args: string[]): Promise<void> {
   const [sub, ...rest] = args;
   if (sub === 'check') {
-    const { values, positionals } = parse(rest, { strict: { type: 'boolean' }, env: { type: 'string' } }, true);
-    const { config } = loadPolicy(positionals[0] ?? configDir(values.config), gatewayEnvironment(values.env, env));
-    const dead = findDeadRules(config);
-    for (const d of dead) process.stderr.write(`warning: ${d.at}: rule ${d.id} is ${d.why}\n`);
-    const scopes = findScopeProblems(config);
-    for (const p of scopes) process.stderr.write(`warning: ${p.at}: rule ${p.id} ${p.problem}\n`);
+    const { values, positionals } = parse(rest, { strict: { type: 'boolean' }, env: { type: 'string' }, against: { type: 'string' } }, true);
+    const dir = positionals[0] ?? configDir(values.config);
+    const environment = gatewayEnvironment(values.env, env);
+    const { config } = loadPolicy(dir, environment);
+    const against = values.against;
+    let base: Config | undefined;
+    if (against !== undefined) {
+      // `git:REF[:PATH]` as `start --shadow` takes it: the set as committed at REF.
+      const git = /^git:([^:]+)(?::(.+))?$/.exec(against);
+      const fromGit = git === null ? undefined : new GitCandidate(realpathSync(dir), git[1] as string, git[2]);
+      try {
+        const from = fromGit?.dir() ?? against;
+        // A committed set is read from a temporary copy: its files are named as in the repository.
+        const named = (file: string): string => (fromGit === undefined ? file : git?.[2] !== undefined ? join(git[2], relative(from, file)) : relative(process.cwd(), join(dir, relative(from, file))));
+        try {
+          base = loadPolicy(from, environment).config;
+        } catch (err) {
+          if (err instanceof ConfigError) throw new ConfigError(err.problems.map((p) => ({ ...p, file: `(--against ${against}) ${named(p.file)}` })));
+          throw err;
+        }
+        base = { ...base, rules: base.rules.map((r) => ({ ...r, at: { ...r.at, file: named(r.at.file) } })) };
+      } finally {
+        fromGit?.close();
+      }
+    }
+    const lines = policyCheckReport(config, against === undefined || base === undefined ? undefined : { label: against, config: base });
+    for (const l of lines) process.stderr.write(`${l.level}: ${l.text}\n`);
+    const warnings = lines.filter((l) => l.level === 'warning').length;
     const summary =
       `${config.issuers.length} issuer(s), ${config.upstreams.size} upstream(s), ${config.tools.length} tool(s), ` +
       `${config.rules.length} rule(s), ${config.rateLimits.length + config.budgets.length} limit(s), environment ${config.gateway.environment}, version ${config.version}`;
-    if (values.strict && dead.length + scopes.length > 0) {
+    if (values.strict && warnings > 0) {
       // A CI log that says "ok" above a failed step misleads whoever reads only the last line.
-      process.stdout.write(`failed: ${dead.length + scopes.length} warning(s) with --strict; ${summary}\n`);
+      process.stdout.write(`failed: ${warnings} warning(s) with --strict; ${summary}\n`);
       process.exitCode = 1;
       return;
     }
@@ -215,6 +248,7 @@ async function policy(args: string[]): Promise<void> {
     if (failed > 0 || results.length === 0) process.exitCode = 1;
     return;
   }
+  if (sub === 'replay') return replayCommand(rest);
   if (sub === 'explain') {
     const { values } = parse(rest, {
       ...identityFlags,
@@ -271,7 +305,7 @@ async function policy(args: string[]): Promise<void> {
     const outcome = outcomeOf(r.decision, r.limited);
     const llm = plan === undefined ? null : { model: plan.request.model, priced: plan.priced, price_name: plan.priceName, input_tokens: plan.request.inputTokens, max_output: plan.maxOutput, reserve: { tokens: finiteOrNull(plan.reserve.tokens), cost: finiteOrNull(plan.reserve.cost) } };
     if (values.format === 'json') {
-      process.stdout.write(`${JSON.stringify({ outcome, environment: config.gateway.environment, decision: r.decision, trace: r.trace, limits: r.limits, llm, shadow: r.shadow ?? null, tool: r.input.facts.tool ?? null, argsError: r.input.facts.argsError ?? null }, (_k, v: unknown) => (typeof v === 'bigint' ? Number(v) : v), 2)}\n`);
+      process.stdout.write(`${JSON.stringify({ outcome, environment: config.gateway.environment, decision: r.decision, trace: r.trace, limits: r.limits, llm, shadow: r.shadow ?? null, response: ((a) => (a === undefined ? null : { kind: a.kind, rules: a.rules, reason: a.reason }))(compiled.responsePlan(r.input)?.at(200)), tool: r.input.facts.tool ?? null, argsError: r.input.facts.argsError ?? null }, (_k, v: unknown) => (typeof v === 'bigint' ? Number(v) : v), 2)}\n`);
       return;
     }
     process.stdout.write(`request: ${values.method.toUpperCase()} ${values.path} on ${values.upstream}${r.input.facts.tool ? ` (tool ${r.input.facts.tool})` : ''}\n`);
@@ -289,9 +323,11 @@ async function policy(args: string[]): Promise<void> {
     }
     process.stdout.write(`decision: ${outcome.effect} by ${outcome.rule}: ${outcome.reason} (environment ${config.gateway.environment})\n`);
     if (r.shadow !== undefined) process.stdout.write(`shadow (not enforced): ${r.shadow.effect} by ${r.shadow.rules.join(', ')}: ${r.shadow.reason}\n`);
+    const answer = compiled.responsePlan(r.input)?.at(200);
+    if (answer !== undefined) process.stdout.write(`response rules on a 200 answer: ${answer.kind} by ${answer.rules.join(', ')}: ${answer.reason}\n`);
     return;
   }
-  throw new UsageError('valet policy check|test|explain');
+  throw new UsageError('valet policy check|test|explain|replay');
 }
 
 const COMMANDS: Record<string, (args: string[]) => Promise<void>> = {

@@ -33,6 +33,7 @@ import type {
   InjectedHeader,
   IssuerKey,
   ListenerSettings,
+  ResponseRuleConfig,
   RuleConfig,
   SequenceStep,
   Scope,
@@ -153,11 +154,12 @@ function assemble(root: string, files: ParsedFile[], problems: Problems, options
   const hostOwners = new Map<string, string>();
   const portOwners = new Map<number, string>();
   const issuerNames = new Set<string>();
-  const pending: Record<'agents' | 'tools' | 'rules' | 'rate_limits' | 'budgets' | 'tests' | 'contexts', { file: ParsedFile; index: number; raw: Raw }[]> = {
+  const pending: Record<'agents' | 'tools' | 'rules' | 'response_rules' | 'rate_limits' | 'budgets' | 'tests' | 'contexts', { file: ParsedFile; index: number; raw: Raw }[]> = {
     agents: [],
     contexts: [],
     tools: [],
     rules: [],
+    response_rules: [],
     rate_limits: [],
     budgets: [],
     tests: [],
@@ -305,6 +307,27 @@ function assemble(root: string, files: ParsedFile[], problems: Problems, options
       approval: raw.approval && buildApproval(raw.approval),
       ...(requires !== undefined && { requires }),
       ...(blockedBy !== undefined && { blockedBy }),
+    };
+  });
+  const responseRules: ResponseRuleConfig[] = pending.response_rules.map(({ file, index, raw }) => {
+    const at = ['response_rules', index];
+    const needs = (field: 'redact' | 'approval', effect: string): void => {
+      if (raw.effect === effect && raw[field] === undefined) problems.add(file, at, `a "${effect}" response rule needs "${field}"`);
+      if (raw.effect !== effect && raw[field] !== undefined) problems.add(file, [...at, field], `only "${effect}" response rules take "${field}"`);
+    };
+    needs('redact', 'redact');
+    needs('approval', 'escalate');
+    if (raw.redact !== undefined && raw.redact.paths === undefined && raw.redact.patterns === undefined) problems.add(file, [...at, 'redact'], 'give "paths", "patterns" or both');
+    if (raw.redact?.keep !== undefined && raw.redact.patterns === undefined) problems.add(file, [...at, 'redact', 'keep'], '"keep" decides about pattern matches: give "patterns"');
+    const match = buildMatch('response_rules', file, index, raw);
+    return {
+      ...match,
+      lines: { ...match.lines, ...(raw.redact?.keep !== undefined && { keep: locate(file, [...at, 'redact', 'keep'], false).line }) },
+      effect: raw.effect,
+      status: raw.status,
+      redact: raw.redact,
+      reason: raw.reason,
+      approval: raw.approval === undefined ? undefined : buildApproval({ ...raw.approval, mode: 'hold' }),
     };
   });
   const rateLimits: RateLimitConfig[] = pending.rate_limits.map(({ file, index, raw }) => ({
@@ -460,6 +483,7 @@ function assemble(root: string, files: ParsedFile[], problems: Problems, options
     upstreams,
     tools: [...tools.values()],
     rules,
+    responseRules,
     rateLimits,
     budgets,
     tests,

@@ -84,6 +84,8 @@ const toolName = { type: 'string', pattern: '^[a-z][a-z0-9_-]*(\\.[a-z][a-z0-9_-
 /** A tool a rule names: a declared one, or `<mcp upstream>.<tool>` with the MCP server's own name (any case, dots, dashes). */
 const toolRef = { type: 'string', pattern: '^[a-z][a-z0-9_-]*\\.[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$' } as const;
 const duration = { type: 'string', pattern: '^[1-9][0-9]*(ms|s|m|h|d)$' } as const;
+/** Who approves and how long they have: a rule's `approval`, a response rule's, `gateway.llm.approval`. */
+const approvalFields = { group: { type: 'string', minLength: 1 }, timeout: duration } as const;
 /** A policy test's request. */
 const testRequest = {
   type: 'object',
@@ -318,7 +320,7 @@ export const fileSchema = {
               type: 'object',
               required: ['group'],
               additionalProperties: false,
-              properties: { group: { type: 'string', minLength: 1 }, timeout: duration, mode: { enum: ['hold', 'async'] } },
+              properties: { ...approvalFields, mode: { enum: ['hold', 'async'] } },
             },
             overrun: { enum: ['charge', 'cut'] },
             default_max_output: { type: 'integer', minimum: 1 },
@@ -548,11 +550,48 @@ export const fileSchema = {
             required: ['group'],
             additionalProperties: false,
             properties: {
-              group: { type: 'string', minLength: 1 },
-              timeout: duration,
+              ...approvalFields,
               mode: { enum: ['hold', 'async'] },
               redact: { type: 'array', minItems: 1, uniqueItems: true, items: { type: 'string', pattern: '^[^.\\s]+(\\.[^.\\s]+)*$' } },
             },
+          },
+        },
+      },
+    },
+    response_rules: {
+      type: 'array',
+      items: {
+        type: 'object',
+        required: ['id', 'effect'],
+        additionalProperties: false,
+        properties: {
+          ...match,
+          effect: { enum: ['redact', 'block', 'escalate'] },
+          status: { type: 'array', minItems: 1, uniqueItems: true, items: { type: 'string', pattern: '^[1-5](xx|[0-9]{2})$' } },
+          reason: { type: 'string', minLength: 1 },
+          redact: {
+            type: 'object',
+            additionalProperties: false,
+            properties: {
+              paths: { type: 'array', minItems: 1, uniqueItems: true, items: { type: 'string', minLength: 1 } },
+              patterns: {
+                type: 'array',
+                minItems: 1,
+                items: {
+                  oneOf: [
+                    { enum: ['card_number', 'email', 'iban', 'us_ssn', 'phone'] },
+                    { type: 'object', required: ['regex'], additionalProperties: false, properties: { regex: { type: 'string', minLength: 1 } } },
+                  ],
+                },
+              },
+              keep: { type: 'string', minLength: 1 },
+            },
+          },
+          approval: {
+            type: 'object',
+            required: ['group'],
+            additionalProperties: false,
+            properties: approvalFields,
           },
         },
       },

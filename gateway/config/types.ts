@@ -426,6 +426,18 @@ export interface RuleConfig extends MatchConfig {
   readonly blockedBy?: readonly SequenceStep[];
 }
 
+/** `response_rules`: what happens to an upstream's answer before the agent sees it (docs/policy.md#response-rules). */
+export interface ResponseRuleConfig extends MatchConfig {
+  /** `redact`: fields and patterns replaced; `block`: withheld, a coded error instead; `escalate`: held until a person releases it. */
+  readonly effect: 'redact' | 'block' | 'escalate';
+  /** Statuses it applies to (`200`, or a class `2xx`); absent: every status. */
+  readonly status: readonly string[] | undefined;
+  readonly redact: { readonly paths?: readonly string[]; readonly patterns?: readonly (string | { readonly regex: string })[]; readonly keep?: string } | undefined;
+  readonly reason: string | undefined;
+  /** `escalate`: who releases the response, and how long it is held (always `hold`: an answer cannot be fetched again). */
+  readonly approval: ApprovalConfig | undefined;
+}
+
 export type CounterKey = 'agent' | 'team' | 'tenant' | 'user' | 'session' | 'upstream' | 'tool' | 'global' | { readonly cel: string };
 
 export interface RateLimitConfig extends MatchConfig {
@@ -536,6 +548,8 @@ export interface Config {
   readonly upstreams: ReadonlyMap<string, UpstreamConfig>;
   readonly tools: readonly ToolConfig[];
   readonly rules: readonly RuleConfig[];
+  /** Rules on what comes back; code-built configs may omit them. */
+  readonly responseRules?: readonly ResponseRuleConfig[];
   readonly rateLimits: readonly RateLimitConfig[];
   readonly budgets: readonly BudgetConfig[];
   readonly tests: readonly PolicyTestConfig[];

@@ -20,9 +20,12 @@ export const CEL_VARIABLES = {
  */
 export const CONNECTED = Symbol('connected');
 
-const environment = (() => {
+/** A response rule's `keep` condition also reads `match`: the text a redaction pattern found. */
+export const MATCH_VARIABLE = 'match';
+
+const newEnvironment = (extra: Readonly<Record<string, string>>): Environment => {
   const env = new Environment({ homogeneousAggregateLiterals: false, limits: { maxAstNodes: 2_000, maxDepth: 64 } });
-  for (const [name, type] of Object.entries(CEL_VARIABLES)) env.registerVariable(name, type);
+  for (const [name, type] of Object.entries({ ...CEL_VARIABLES, ...extra })) env.registerVariable(name, type);
   env.registerFunction({
     name: 'connected',
     receiverType: 'map',
@@ -35,18 +38,21 @@ const environment = (() => {
     },
   });
   return env;
-})();
+};
+const environment = newEnvironment({});
+const matchEnvironment = newEnvironment({ [MATCH_VARIABLE]: 'string' });
 
 export type CelProgram = ((activation: Record<string, unknown>) => unknown) & { readonly source: string; readonly readsArgs: boolean };
 
 /** Compiles and type-checks a CEL expression once; `expect` is the result type it must have. */
-export function compileCel(source: string, expect: 'bool' | 'number' | 'any'): CelProgram | { error: string } {
-  const checked = environment.check(source);
+export function compileCel(source: string, expect: 'bool' | 'number' | 'any', withMatch = false): CelProgram | { error: string } {
+  const env = withMatch ? matchEnvironment : environment;
+  const checked = env.check(source);
   if (!checked.valid) return { error: firstLine(checked.error?.message ?? 'invalid expression') };
   const type = checked.type ?? 'dyn';
   if (expect === 'bool' && type !== 'bool' && type !== 'dyn') return { error: `must be a bool expression, not ${type}` };
   if (expect === 'number' && !['int', 'uint', 'double', 'dyn'].includes(type)) return { error: `must be a number expression, not ${type}` };
-  const run = environment.parse(source);
+  const run = env.parse(source);
   return Object.assign((activation: Record<string, unknown>) => run(activation), { source, readsArgs: /\bargs\b/.test(source) });
 }
 

@@ -7,11 +7,13 @@ import type {
   Environment,
   MatchConfig,
   RateLimitConfig,
+  ResponseRuleConfig,
   SequenceStep,
 } from '../config/types.js';
 import { ConfigError, ValetError, type ConfigProblem } from '../errors.js';
-import type { AgentIdentity, BudgetLevel, Decision, Effect, Limited, RequestFacts, Spend } from '../types.js';
-import { CEL_VARIABLES, CONNECTED, celErrorMessage, compileCel, type CelProgram } from './cel.js';
+import type { AgentIdentity, ApprovalRequest, BudgetLevel, Decision, Effect, Limited, RequestFacts, Spend } from '../types.js';
+import { CEL_VARIABLES, CONNECTED, MATCH_VARIABLE, celErrorMessage, compileCel, type CelProgram } from './cel.js';
+import { combineRedactors, compileRedactor, type KeepMatch, type RedactionSpec, type Redactor } from '../proxy/redact.js';
 import type { ConsumeResult, CounterStore, HistoryStore, HistorySummary, VersionedHistory } from './counters.js';
 import { createContextSources, type ContextSources } from './context.js';
 import { describeScope, effectiveUpstreams, namedUpstreams, openedUpstreams, upstreamOfTool } from './scope.js';
@@ -110,6 +112,24 @@ export interface Policy {
    * if some sequence rule asks about its tool. A Promise only with a shared store.
    */
   recordSequence(input: EvaluationInput, outcome: 'called' | 'ok'): void | Promise<void>;
+  /** What response rules may do to this request's answer; undefined when none applies. */
+  responsePlan(input: EvaluationInput): ResponsePlan | undefined;
+}
+
+/** The response rules that matched a request, and what they do to an answer of a given status. */
+export interface ResponsePlan {
+  readonly rules: readonly string[];
+  at(status: number): ResponseAction | undefined;
+}
+
+/** What happens to one answer: withheld, held for a person, or redacted (also after a release). */
+export interface ResponseAction {
+  readonly kind: 'block' | 'escalate' | 'redact';
+  readonly rules: readonly string[];
+  readonly reason: string;
+  readonly approval?: ApprovalRequest;
+  readonly redactor?: Redactor;
+  readonly keep?: KeepMatch;
 }
 
 /**
@@ -361,7 +381,7 @@ const DEFAULT_DENY_RULES: readonly string[] = Object.freeze([DEFAULT_DENY_RULE])
  * and path for `evaluate`.
  */
 export function compilePolicy(
-  config: Pick<Config, 'version' | 'gateway' | 'tools' | 'rules' | 'rateLimits' | 'budgets' | 'contexts' | 'agents'>,
+  config: Pick<Config, 'version' | 'gateway' | 'tools' | 'rules' | 'responseRules' | 'rateLimits' | 'budgets' | 'contexts' | 'agents'>,
   stores: PolicyStores,
 ): Policy {
   // Rules in shadow mode: the rules without them are enforced; with them, a shadow decision is
@@ -375,8 +395,8 @@ export function compilePolicy(
   const toolUpstream = new Map(config.tools.map((t) => [t.name, t.upstream]));
   const opened = openedUpstreams(config);
 
-  const cel = (m: MatchConfig, field: string, source: string, expect: 'bool' | 'number' | 'any'): Program | undefined => {
-    const program = compileCel(source, expect);
+  const cel = (m: MatchConfig, field: string, source: string, expect: 'bool' | 'number' | 'any', withMatch = false): Program | undefined => {
+    const program = compileCel(source, expect, withMatch);
     if ('error' in program) {
       problems.push({ file: m.at.file, line: m.lines[field] ?? m.at.line, column: 0, path: `${m.at.path}.${field}`, message: program.error });
       return undefined;
@@ -452,6 +472,25 @@ export function compilePolicy(
       failOpen: l.failOpen ?? config.gateway.counters?.failOpen ?? false,
     };
   }
+  const responses: CompiledResponseRule[] = (config.responseRules ?? []).map((r) => {
+    const named = namedUpstreams(r, toolUpstream);
+    let redactor: Redactor | undefined;
+    try {
+      if (r.redact !== undefined) redactor = compileRedactor({ ...(r.redact.paths !== undefined && { paths: r.redact.paths }), ...(r.redact.patterns !== undefined && { patterns: r.redact.patterns as NonNullable<RedactionSpec['patterns']> }) });
+    } catch (err) {
+      problems.push({ file: r.at.file, line: r.at.line, column: 0, path: `${r.at.path}.redact`, message: (err as Error).message });
+    }
+    const statuses = r.status;
+    return {
+      ...base(r, true, named.size === 0 ? undefined : named),
+      rule: r,
+      redactor,
+      keep: r.redact?.keep === undefined ? undefined : cel(r, 'keep', r.redact.keep, 'bool', true),
+      owns: new Set((r.redact?.patterns ?? []).map((p) => (typeof p === 'string' ? p : 'regex'))),
+      statusMatches:
+        statuses === undefined ? () => true : (status: number) => statuses.some((x) => (x.endsWith('xx') ? Math.floor(status / 100) === Number(x[0]) : Number(x) === status)),
+    };
+  });
   let contexts: ContextSources | undefined;
   try {
     contexts = createContextSources(config.contexts);
@@ -481,6 +520,7 @@ export function compilePolicy(
     return { lists: index, any };
   };
   const rulesByUpstream = byUpstream(rules);
+  const responsesByUpstream = byUpstream(responses);
   const limitsByUpstream = byUpstream(limits);
   const rulesFor = (upstream: string): readonly CompiledRule[] => rulesByUpstream.lists.get(upstream) ?? rulesByUpstream.any;
   const limitsFor = (upstream: string): readonly CompiledLimit[] => limitsByUpstream.lists.get(upstream) ?? limitsByUpstream.any;
@@ -926,6 +966,23 @@ export function compilePolicy(
       return read.call(stores.history, historyKey(input.identity, input.facts), input.now);
     },
     resolveContext: (input) => contextSources.resolve(input),
+    responsePlan(input) {
+      const list = responsesByUpstream.lists.get(input.facts.upstream) ?? responsesByUpstream.any;
+      if (list.length === 0) return undefined;
+      const s = evaluation(input);
+      const hits: { r: CompiledResponseRule; failed?: string }[] = [];
+      for (const r of list) {
+        if (staticMatch(r, s) !== true) continue;
+        const c = r.when === undefined ? true : condition(r.when, s);
+        if (c === false) continue;
+        hits.push(typeof c === 'string' ? { r, failed: c } : { r });
+      }
+      return hits.length === 0 ? undefined : responsePlanOf(hits, (program, match) => {
+        const vars = variables(s, program.reads);
+        vars[MATCH_VARIABLE] = match;
+        return program(vars);
+      });
+    },
     resolveSession(input) {
       const applying = sequencesFor(input.facts);
       const key = sessionOf(input.identity);
@@ -946,6 +1003,61 @@ export function compilePolicy(
       const mark = outcome === 'ok' ? okMark : calledMark;
       const names = lists.map((same) => mark(tool as string, same === undefined ? undefined : argsDigest(same, input.facts.args)));
       return sessions.mark(key, names, input.now);
+    },
+  };
+}
+
+/** A response rule, compiled. */
+interface CompiledResponseRule extends CompiledMatch {
+  readonly rule: ResponseRuleConfig;
+  readonly redactor: Redactor | undefined;
+  /** `redact.keep`: true keeps a pattern's match (it also reads `match`). */
+  readonly keep: Program | undefined;
+  /** The pattern names its `keep` decides about (`regex` for its own expressions). */
+  readonly owns: ReadonlySet<string>;
+  readonly statusMatches: (status: number) => boolean;
+}
+
+/**
+ * What the matching response rules do to an answer of each status: block beats escalate beats
+ * redact. A rule whose condition could not be evaluated blocks (fail closed). The redactions of
+ * every applying rule are combined; a pattern's match is kept only if every applying rule with that
+ * pattern has a `keep` that says so.
+ */
+function responsePlanOf(hits: readonly { r: CompiledResponseRule; failed?: string }[], run: (keep: Program, match: string) => unknown): ResponsePlan {
+  return {
+    rules: hits.map((h) => h.r.rule.id),
+    at(status) {
+      const applying = hits.filter((h) => h.r.statusMatches(status));
+      if (applying.length === 0) return undefined;
+      const failed = applying.find((h) => h.failed !== undefined);
+      if (failed !== undefined) return { kind: 'block', rules: [failed.r.rule.id], reason: `response rule ${failed.r.rule.id}: the condition could not be evaluated: ${failed.failed as string}` };
+      const reasonOf = (r: ResponseRuleConfig): string => r.reason ?? r.description ?? `response rule ${r.id}`;
+      const blocking = applying.filter((h) => h.r.rule.effect === 'block');
+      if (blocking.length > 0) return { kind: 'block', rules: blocking.map((h) => h.r.rule.id), reason: reasonOf((blocking[0] as { r: CompiledResponseRule }).r.rule) };
+      const redacting = applying.filter((h) => h.r.redactor !== undefined);
+      const redactor = redacting.length === 0 ? undefined : combineRedactors(redacting.map((h) => h.r.redactor as Redactor));
+      const keep: KeepMatch | undefined = !redacting.some((h) => h.r.keep !== undefined)
+        ? undefined
+        : (match, pattern) => {
+            const owners = redacting.filter((h) => h.r.owns.has(pattern));
+            return owners.length > 0 && owners.every((h) => {
+              if (h.r.keep === undefined) return false;
+              try {
+                return run(h.r.keep, match) === true;
+              } catch {
+                return false;
+              }
+            });
+          };
+      const redaction = { ...(redactor !== undefined && { redactor }), ...(keep !== undefined && { keep }) };
+      const escalating = applying.filter((h) => h.r.rule.effect === 'escalate');
+      const first = escalating[0]?.r.rule;
+      if (first?.approval !== undefined) {
+        const approval: ApprovalRequest = { group: first.approval.group, timeoutMs: Math.min(...escalating.map((h) => h.r.rule.approval?.timeoutMs ?? Infinity)), mode: 'hold' };
+        return { kind: 'escalate', rules: escalating.map((h) => h.r.rule.id), reason: reasonOf(first), approval, ...redaction };
+      }
+      return { kind: 'redact', rules: redacting.map((h) => h.r.rule.id), reason: reasonOf((redacting[0] as { r: CompiledResponseRule }).r.rule), ...redaction };
     },
   };
 }

@@ -1,6 +1,6 @@
 import { openPrivateDatabase } from '../sqlite.js';
 import { DEFAULT_SESSION_TTL_MS } from '../config/types.js';
-import { memorySessionStore, type SessionStore } from './sessions.js';
+import { memorySessionStore, type LocalSessionStore } from './sessions.js';
 import {
   historyMinutes,
   liveSlots,
@@ -59,7 +59,7 @@ const MIGRATIONS: readonly string[] = [
 export interface CounterDatabase {
   readonly counters: LocalCounterStore;
   readonly history: LocalHistoryStore;
-  readonly sessions: SessionStore;
+  readonly sessions: LocalSessionStore;
   /** Writes what changed since the last flush (also done on a timer and at close). */
   flush(): void;
   close(): void;

@@ -47,7 +47,7 @@ function withCandidate(enforced: Policy, candidate: Policy | undefined): Policy 
  * the repository's top) as committed at REF, extracted into a private temporary directory. Read
  * again only when REF resolves to another commit.
  */
-class GitCandidate {
+export class GitCandidate {
   private extracted: { commit: string; root: string; dir: string } | undefined;
 
   constructor(

@@ -28,6 +28,12 @@ export interface SessionMarks {
   readonly now: number;
 }
 
+/** A session store in the process (memory, counters.db): it answers at once. */
+export interface LocalSessionStore extends SessionStore {
+  read(session: string, names: readonly string[], now: number): SessionMarks;
+  mark(session: string, names: readonly string[], now: number): void;
+}
+
 /** A session's marks as the store in the process keeps them. */
 export interface SessionState {
   readonly session: string;
@@ -46,10 +52,7 @@ export interface MemorySessionOptions {
 }
 
 /** Sessions in the process: policy tests, the CLI, and (with counters.db behind it) one gateway. */
-export function memorySessionStore(options: MemorySessionOptions = {}): SessionStore & {
-  read(session: string, names: readonly string[], now: number): SessionMarks;
-  mark(session: string, names: readonly string[], now: number): void;
-} {
+export function memorySessionStore(options: MemorySessionOptions = {}): LocalSessionStore {
   const ttl = options.ttlMs ?? DEFAULT_SESSION_TTL_MS;
   const sessions = new Map<string, { marks: Map<string, number>; last: number }>();
   for (const s of options.initial ?? []) sessions.set(s.session, { marks: new Map(s.marks), last: s.last });

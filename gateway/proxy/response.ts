@@ -72,7 +72,8 @@ export const WHOLE_BODY_MAX = 64 * 1024;
  */
 export interface BodyObserver {
   readonly transform: Transform;
-  whole(body: Buffer): Buffer;
+  /** Absent: the body must stream through `transform` (it is never read whole). */
+  readonly whole?: (body: Buffer) => Buffer;
 }
 
 export type AgentResponse =
@@ -108,13 +109,13 @@ export function agentResponse(
   origin: AgentOrigin,
   mount = `/${upstream.name}`,
   accepted: readonly string[] = [],
-  observer?: BodyObserver,
+  observers: readonly BodyObserver[] = [],
 ): AgentResponse {
   const headers = forwardableResponseHeaders(res.headers, upstream, scrubber, origin, mount);
   if (upstream.scrubResponses === false) {
     // Unscrubbed bytes are relayed as they come (compressed, if the upstream compressed them); an observer reads them as they are.
-    if (observer === undefined || method === 'HEAD') return { headers, body: res.body };
-    return { headers, body: chain(res.body, [observer.transform]) };
+    if (observers.length === 0 || method === 'HEAD') return { headers, body: res.body };
+    return { headers, body: chain(res.body, observers.map((o) => o.transform)) };
   }
 
   const coding = res.headers['content-encoding'];
@@ -131,7 +132,7 @@ export function agentResponse(
   delete headers['content-encoding'];
   // No body follows these; a decoder would fail on the empty input.
   if (method === 'HEAD' || res.statusCode === 204 || res.statusCode === 304 || res.statusCode < 200) return { headers, body: res.body };
-  const observing = observer === undefined ? [] : [observer.transform];
+  const observing = observers.map((o) => o.transform);
   // A compressed body is decoded, scrubbed, and encoded again in the upstream's coding when the
   // agent takes it (Valet asked only for codings the agent takes); otherwise it is sent decoded.
   const recoding = name === 'x-gzip' ? 'gzip' : name;
@@ -142,7 +143,7 @@ export function agentResponse(
     if (!/(^|,)\s*(accept-encoding|\*)\s*(,|$)/i.test(vary)) headers['vary'] = vary === '' ? 'accept-encoding' : `${vary}, accept-encoding`;
   }
   const declared = res.headers['content-length'];
-  if (typeof declared === 'string' && /^\d{1,9}$/.test(declared) && Number(declared) <= WHOLE_BODY_MAX) {
+  if (typeof declared === 'string' && /^\d{1,9}$/.test(declared) && Number(declared) <= WHOLE_BODY_MAX && observers.every((o) => o.whole !== undefined)) {
     return {
       headers,
       whole: async () => {
@@ -155,7 +156,8 @@ export function agentResponse(
             throw new ValetError('VALET_ERR_UPSTREAM_ENCODING', `The upstream's ${name} body could not be decoded (${(err as { code?: string }).code ?? 'corrupt'}); nothing was forwarded.`);
           }
         }
-        const scrubbed = observer === undefined ? scrubber.whole(decoded) : observer.whole(scrubber.whole(decoded));
+        let scrubbed = scrubber.whole(decoded);
+        for (const o of observers) scrubbed = (o.whole as (b: Buffer) => Buffer)(scrubbed);
         const body = reencode ? (ENCODE_WHOLE[recoding] as (b: Buffer) => Buffer)(scrubbed) : scrubbed;
         headers['content-length'] = String(body.length);
         return { body, upstreamBytes: raw.length };

@@ -27,7 +27,8 @@ export interface SecretAddress {
 }
 
 /**
- * The master key, held only as derived keys: one for AES-256-GCM, one for the key check value.
+ * The master key, held only as derived keys: one for AES-256-GCM, one for the key check value, one
+ * for the request facts audit rows keep.
  * The raw bytes are not kept, so they cannot leak through this object.
  */
 export interface MasterKey {
@@ -37,10 +38,13 @@ export interface MasterKey {
   readonly check: Buffer;
   /** @internal the AES-256-GCM key. */
   readonly aead: KeyObject;
+  /** @internal the AES-256-GCM key sealing the request facts in audit rows (gateway/audit/facts.ts), apart from the secrets' key. */
+  readonly facts: KeyObject;
 }
 
 const CHECK_INFO = 'valet/secret-store/key-check/v1';
 const AEAD_INFO = 'valet/secret-store/aes-256-gcm/v1';
+const FACTS_INFO = 'valet/audit/request-facts/v1';
 const AD_LABEL = 'valet-secret/v1';
 
 /** Derives the working keys from 32 raw bytes (HKDF-SHA256, one `info` per purpose). */
@@ -51,7 +55,10 @@ export function masterKeyFromBytes(raw: Uint8Array): MasterKey {
   const aeadBytes = derive(AEAD_INFO);
   const aead = createSecretKey(aeadBytes);
   aeadBytes.fill(0);
-  return Object.freeze({ id: check.subarray(0, 8).toString('hex'), check, aead });
+  const factsBytes = derive(FACTS_INFO);
+  const facts = createSecretKey(factsBytes);
+  factsBytes.fill(0);
+  return Object.freeze({ id: check.subarray(0, 8).toString('hex'), check, aead, facts });
 }
 
 const HEX = /^[0-9a-fA-F]{64}$/;

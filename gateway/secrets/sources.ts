@@ -3,6 +3,7 @@ import { envSecretSource } from './env.js';
 import { fileSecretSource } from './files.js';
 import { openKeyedSecretBackend, secretBackendSettings } from './backend.js';
 import type { SecretStore } from './port.js';
+import type { MasterKey } from './crypto.js';
 import { chainSources, type NamedSecretSource, type SecretSource } from './source.js';
 
 /** The configured sources, when `gateway.secrets.sources` is not given. */
@@ -29,6 +30,8 @@ export interface SecretSources {
   readonly source: SecretSource;
   /** The encrypted store, when it is one of the sources (for its operations and for closing). */
   readonly store: SecretStore | undefined;
+  /** The master key the store was opened with (it also seals the audit rows' request facts); undefined without the store. */
+  readonly masterKey: MasterKey | undefined;
   /** Names no source has, in any tenant; logged at start. */
   readonly missing: readonly string[];
   /** Records last-used times and closes the store. */
@@ -43,11 +46,15 @@ export interface SecretSources {
 export async function createSecretSources(o: SecretSourcesOptions): Promise<SecretSources> {
   const sources: NamedSecretSource[] = [];
   let store: SecretStore | undefined;
+  let masterKey: MasterKey | undefined;
   try {
     for (const setting of o.settings) {
       if (setting.kind === 'env') sources.push(envSecretSource(o.names, o.env));
       else if (setting.kind === 'files') sources.push(fileSecretSource(setting.dir));
-      else sources.push((store = await openGatewayStore(o)));
+      else {
+        ({ store, key: masterKey } = await openGatewayStore(o));
+        sources.push(store);
+      }
     }
   } catch (err) {
     await store?.close();
@@ -57,10 +64,10 @@ export async function createSecretSources(o: SecretSourcesOptions): Promise<Secr
   if (missing.length > 0) {
     o.log.warn({ missing }, 'upstream credentials not set; requests to those upstreams are refused (503)');
   }
-  return { source: chainSources(sources), store, missing, close: async () => store?.close() };
+  return { source: chainSources(sources), store, masterKey, missing, close: async () => store?.close() };
 }
 
-async function openGatewayStore(o: SecretSourcesOptions): Promise<SecretStore> {
+async function openGatewayStore(o: SecretSourcesOptions): Promise<{ store: SecretStore; key: MasterKey }> {
   const { store, resolved } = await openKeyedSecretBackend(
     secretBackendSettings(o.dataDir, o.backend, o.env),
     { env: o.env, environment: o.environment, usageFlushMs: 60_000, busyTimeoutMs: 250, log: o.log },
@@ -76,7 +83,7 @@ async function openGatewayStore(o: SecretSourcesOptions): Promise<SecretStore> {
     o.log.info({ file: store.location, keyId: resolved.key.id, secrets, corrupt }, 'secret store open');
     // Another writer's change (`valet secrets rotate`, another instance) reaches requests without a restart.
     store.onChange((stats) => o.log.info({ file: store.location, ...stats }, 'secret store changed; values reloaded'));
-    return store;
+    return { store, key: resolved.key };
   } catch (err) {
     await store.close();
     throw err;

@@ -1,4 +1,5 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
+import { Readable } from 'node:stream';
 import { request } from 'undici';
 import { performance } from 'node:perf_hooks';
 import type { Logger } from 'pino';
@@ -18,10 +19,11 @@ import { acceptedCodings, forwardableRequestHeaders, injectCredential, REQUEST_I
 import { HangUp, relay, sendWhole } from '../proxy/relay.js';
 import { requestLineLogger } from '../log.js';
 import { agentOrigin } from '../proxy/location.js';
-import { agentResponse } from '../proxy/response.js';
+import { agentResponse, type BodyObserver } from '../proxy/response.js';
+import { blocked, redactionFailure, redactionObserver } from '../proxy/response-redaction.js';
 import { scrubberFor } from '../proxy/scrub.js';
 import type { SecretSource } from '../secrets/env.js';
-import type { AuditRecord, BudgetLevel, Decision, RequestFacts } from '../types.js';
+import type { AgentIdentity, ApprovalRequest, AuditRecord, BudgetLevel, Decision, RequestFacts } from '../types.js';
 import { ambiguityError, bodyKind, buildArgs, decodeFormPair, parseBody, type ParsedBody } from '../policy/args.js';
 import { RequestBody, type BodyLimits } from './body.js';
 import { canonicalQuery, canonicalTarget } from './canonical.js';
@@ -39,6 +41,7 @@ import type { ResponseMeter } from '../llm/meter.js';
 import { withStreamUsage } from '../llm/request.js';
 import type { BudgetAlerts } from '../llm/alerts.js';
 import type { Reservation } from '../policy/compile.js';
+import type { FactsRecorder } from '../policy/facts.js';
 
 /** The concrete modules the request path calls, built by the composition root. */
 export interface PipelineDeps {
@@ -61,6 +64,8 @@ export interface PipelineDeps {
   readonly metering: LlmMetering;
   /** Announces usage budgets passing 80 % and 100 %. */
   readonly budgetAlerts?: BudgetAlerts;
+  /** Seals what each decision was made on into its audit row, for `valet policy replay`; absent without a master key. */
+  readonly facts?: FactsRecorder;
 }
 
 /** `routed`: the upstream whose own listener the request arrived on (it is served at its root). */
@@ -114,6 +119,7 @@ export function createPipeline(deps: PipelineDeps): RequestHandler {
   const pendingIds = new Set<string>();
   // Once: the `Host` names that route to an upstream at its root on the main listener.
   const hostRoutes = new Map([...config.upstreams.values()].flatMap((u) => u.hosts.map((h): [string, string] => [h, u.name])));
+  const sessionHeader = config.gateway.policy?.sessions?.header;
   return async (req, res, routed) => {
     const started = performance.now();
     const requestId = newRequestId();
@@ -140,6 +146,8 @@ export function createPipeline(deps: PipelineDeps): RequestHandler {
     let llm: LlmPlan | undefined;
     let reservation: { policy: Policy; held: Reservation } | undefined;
     let meter: ResponseMeter | undefined;
+    // Values a response rule redacted from the answer, counted as it streams (recorded in the audit row's `response`).
+    let redactions: { values: number } | undefined;
 
     try {
       // 1. receive
@@ -196,7 +204,7 @@ export function createPipeline(deps: PipelineDeps): RequestHandler {
       // The policy in force decides who the agent is (the agent registry) as well as what it may do.
       const policy = currentPolicy();
       rec.policyVersion = policy.version;
-      const identity = policy.resolveIdentity(verified);
+      const identity = withSessionHeader(policy.resolveIdentity(verified), req.headers, sessionHeader);
       rec.tenant = identity.tenant ?? null;
       rec.team = identity.team ?? null;
       // The agent's headers as they may go upstream: built once, for the approval digest and for injection.
@@ -304,12 +312,14 @@ export function createPipeline(deps: PipelineDeps): RequestHandler {
       const connections = identity.user === undefined ? undefined : credentials.loadConnections(identity.tenant, identity.user);
       if (connections !== undefined) await connections.catch((err: unknown) => logger.error({ reqId: requestId, err }, 'could not read connected accounts; user.connected() is false'));
       // A shared history store (Redis) is asked alongside the context sources; one in the process is read lazily.
+      // So are the agent's session's earlier calls when a sequence rule (requires, blocked_by) may apply.
       const asking = policy.resolveHistory(described);
+      const reading = policy.resolveSession(described);
       let input: EvaluationInput;
-      if (asking === undefined) input = { ...described, context: await policy.resolveContext(described) };
+      if (asking === undefined && !(reading instanceof Promise)) input = { ...described, context: await policy.resolveContext(described), ...(reading !== undefined && { session: reading }) };
       else {
-        const [context, history] = await Promise.all([policy.resolveContext(described), asking]);
-        input = { ...described, context, history: history.summary, historyVersion: history.version };
+        const [context, history, session] = await Promise.all([policy.resolveContext(described), asking, reading]);
+        input = { ...described, context, ...(history !== undefined && { history: history.summary, historyVersion: history.version }), ...(session !== undefined && { session }) };
       }
       const evaluate = (): Decision => {
         const evaluating = performance.now();
@@ -336,6 +346,8 @@ export function createPipeline(deps: PipelineDeps): RequestHandler {
         input = { ...input, now, history: history.summary, historyVersion: history.version };
         decision = evaluate();
       }
+      // What the rules decided and on what, sealed into the row for `valet policy replay` (before gateway settings override it).
+      rec.facts = deps.facts?.seal(requestId, input, decision, mcp !== undefined || policy.readsArgs(upstream.name)) ?? null;
       // A model without a price may run only once a person agrees (gateway.llm.unknown_model: escalate).
       if (decision.effect === 'allow' && llm?.priced === 'ceiling' && metering.settings.unknownModel === 'escalate' && metering.settings.approval !== undefined) {
         decision = { effect: 'escalate', rules: [UNKNOWN_MODEL_RULE], reason: `no price is known for model "${llm.request.model.slice(0, 128)}"`, approval: metering.settings.approval };
@@ -345,7 +357,10 @@ export function createPipeline(deps: PipelineDeps): RequestHandler {
       rec.reason = decision.reason;
       // Rules in shadow mode: what they would decide is recorded and counted, never enforced.
       if (policy.shadow !== undefined) {
-        const shadow = policy.shadow.evaluate(input);
+        // The candidate's sequence rules may ask about other calls than those in force.
+        const extra = policy.shadow.resolveSession(input);
+        const more = extra instanceof Promise ? await extra : extra;
+        const shadow = policy.shadow.evaluate(more === undefined ? input : { ...input, session: { now: more.now, set: { ...input.session?.set, ...more.set } } });
         rec.shadow = JSON.stringify({ effect: shadow.effect, rules: shadow.rules, reason: shadow.reason, ...(policy.shadow.version !== policy.version && { version: policy.shadow.version }) });
         if (shadow.effect !== decision.effect) metrics.shadowDisagreement(decision.effect, shadow.effect);
       }
@@ -451,10 +466,15 @@ export function createPipeline(deps: PipelineDeps): RequestHandler {
         upstream.credential,
         (name) => (provided !== undefined && name === providedSecret(upstream.name) ? provided : secrets.get(name, identity.tenant)),
       );
+      // Response rules that may act on the answer: it is then read decoded, as scrubbing reads it.
+      const responsePlan = policy.responsePlan(input);
+      const answering = responsePlan !== undefined && upstream.scrubResponses === false ? { ...upstream, scrubResponses: true } : upstream;
       // The codings Valet may ask for and send back: parsed once, for the request and the response.
-      const accepted = upstream.scrubResponses === false ? [] : acceptedCodings(req.headers['accept-encoding']);
-      injected.headers.push(...valetRequestHeaders(upstream, requestId, accepted));
+      const accepted = answering.scrubResponses === false ? [] : acceptedCodings(req.headers['accept-encoding']);
+      injected.headers.push(...valetRequestHeaders(answering, requestId, accepted));
       const recording = claimed ? undefined : policy.recordCall(input);
+      // The session learns of the call before it is forwarded: a call it rules out can never overtake it.
+      const marking = policy.recordSequence(input, 'called');
       // The decision's audit row is durable before anything is forwarded (one fsync shared with the
       // requests that arrived alongside). If it cannot be written: 503, nothing forwarded (unless
       // gateway.audit.fail_open). The call stays counted in the policy's history, which errs on the
@@ -463,7 +483,7 @@ export function createPipeline(deps: PipelineDeps): RequestHandler {
       // no half-built stream.
       const waiting = performance.now();
       // A shared history store records alongside the audit commit; if it cannot, nothing is forwarded.
-      await (recording instanceof Promise ? Promise.all([audit.commit(rec), recording]) : audit.commit(rec));
+      await (recording instanceof Promise || marking instanceof Promise ? Promise.all([audit.commit(rec), recording, marking]) : audit.commit(rec));
       metrics.auditWait((performance.now() - waiting) / 1000);
       // A body that broke its limits while the request was being decided is not forwarded at all.
       if (incoming?.failure !== undefined) throw incoming.failure;
@@ -501,7 +521,7 @@ export function createPipeline(deps: PipelineDeps): RequestHandler {
 
       // 7. forward
       forwarding = true;
-      const upstreamRes = await forwarder.forward(upstream, {
+      let upstreamRes = await forwarder.forward(upstream, {
         method: facts.method,
         path: sent.path,
         headers: sent.headers,
@@ -509,6 +529,50 @@ export function createPipeline(deps: PipelineDeps): RequestHandler {
         signal: hangUp,
       });
       rec.upstreamStatus = upstreamRes.statusCode;
+      // A call that succeeded satisfies later calls that require it, from before the agent sees its answer.
+      if (upstreamRes.statusCode >= 200 && upstreamRes.statusCode < 300) {
+        const succeeded = policy.recordSequence(input, 'ok');
+        if (succeeded instanceof Promise) await succeeded.catch((err: unknown) => logger.error({ reqId: requestId, err }, 'could not record a successful call in its session; calls that require it will be refused'));
+      }
+      // Response rules: the answer is withheld, held until a person releases it, or redacted on its way.
+      const action = responsePlan?.at(upstreamRes.statusCode);
+      if (action !== undefined) {
+        rec.response = JSON.stringify({ action: action.kind, rules: action.rules, reason: action.reason });
+        if (action.kind === 'block') {
+          upstreamRes.body.on('error', () => undefined);
+          upstreamRes.body.destroy();
+          throw blocked(action.reason, action.rules.join(', '));
+        }
+        if (action.kind === 'escalate') {
+          const held = await holdAnswer(upstreamRes.body, config.gateway.listener?.maxStreamBodyBytes ?? DEFAULT_LISTENER.maxStreamBodyBytes);
+          const contentType = [upstreamRes.headers['content-type']].flat()[0] ?? 'no content type';
+          const release = await escalate(
+            approvals,
+            {
+              requestId,
+              identity,
+              facts,
+              decision: { effect: 'escalate', rules: action.rules, reason: `${action.reason} (the answer, ${upstreamRes.statusCode} ${contentType.slice(0, 64)}, ${held.length} bytes, is held until released)`, approval: action.approval as ApprovalRequest },
+              headers: forwardableHeaders(),
+              body: buffered ?? Buffer.alloc(0),
+              args: facts.args,
+              argsError: facts.argsError,
+              pathParams: toolMatch?.params ?? {},
+              token: presented,
+              presented: undefined,
+              signal: hangUp,
+              policyVersion: policy.version,
+            },
+            rec,
+          ).catch((err: unknown) => {
+            const e = toValetError(err);
+            if (e.code === 'VALET_ERR_CLIENT_CLOSED' || e.code === 'VALET_ERR_SHUTTING_DOWN') throw e;
+            throw blocked(`an approver did not release it (${e.code})`, action.rules.join(', '));
+          });
+          if (release.kind !== 'approved') throw blocked('it was not released', action.rules.join(', '));
+          upstreamRes = { ...upstreamRes, body: Readable.from([held]) };
+        }
+      }
       // A stdio MCP server holds its secrets in its environment: any copy of them it sends back is scrubbed too.
       const scrubber = scrubberFor(upstream.stdio === undefined ? sent.secrets : [...sent.secrets, ...Object.values(upstream.stdio.env).flatMap((n) => secrets.get(n, undefined) ?? [])]);
       // Recorded scrubbed whatever scrub_responses says: an upstream may echo the credential anywhere.
@@ -517,7 +581,13 @@ export function createPipeline(deps: PipelineDeps): RequestHandler {
       // Valet's origin as the agent reached it, worked out only if a response header links to the upstream.
       const origin = (): string | undefined => agentOrigin(req.headers.host, req.socket.localAddress, req.socket.localPort);
       if (llm !== undefined) meter = metering.meter(llm, { status: upstreamRes.statusCode, contentType: [upstreamRes.headers['content-type']].flat()[0], headers: upstreamRes.headers });
-      const toAgent = agentResponse(upstream, facts.method, upstreamRes, scrubber, origin, target.mount, accepted, meter);
+      const observers: BodyObserver[] = meter === undefined ? [] : [meter];
+      if (action?.redactor !== undefined && facts.method !== 'HEAD') {
+        const counted = { values: 0 };
+        redactions = counted;
+        observers.push(redactionObserver(action.redactor, action.keep, [upstreamRes.headers['content-type']].flat()[0], (n) => (counted.values += n)));
+      }
+      const toAgent = agentResponse(answering, facts.method, upstreamRes, scrubber, origin, target.mount, accepted, observers);
       // A stream cut at its reservation (gateway.llm.overrun: cut) has ended for the agent; the upstream's generation is stopped too.
       meter?.onCut(() =>
         setImmediate(() => {
@@ -538,7 +608,7 @@ export function createPipeline(deps: PipelineDeps): RequestHandler {
         try {
           whole = await toAgent.whole();
         } catch (err) {
-          throw upstreamError(err);
+          throw redactionFailure(err) ?? upstreamError(err);
         }
         rec.bytesOut = whole.upstreamBytes;
         if (listing !== undefined && listId !== undefined) {
@@ -560,7 +630,7 @@ export function createPipeline(deps: PipelineDeps): RequestHandler {
       try {
         await relay(listing === undefined || listId === undefined ? toAgent.body : toAgent.body.pipe(filterToolsSse(listId, listing, (names) => list?.field === 'tools' && listedTools.record(upstream.name, session, names), list)), res);
       } catch (err) {
-        throw upstreamError(err);
+        throw redactionFailure(err) ?? upstreamError(err);
       }
     } catch (err) {
       // Once the agent has gone, a failure is its hang-up, unless the upstream had already timed out.
@@ -583,6 +653,7 @@ export function createPipeline(deps: PipelineDeps): RequestHandler {
         incoming.discard(() => closeAfterResponse(req));
       }
       rec.status = rec.errorCode === 'VALET_ERR_CLIENT_CLOSED' && !res.headersSent ? 499 : res.statusCode;
+      if (redactions !== undefined && rec.response !== null) rec.response = JSON.stringify({ ...(JSON.parse(rec.response) as object), redacted: redactions.values });
       if (llm !== undefined) {
         // Whatever metering finds, the request's row is written.
         try {
@@ -650,6 +721,22 @@ export function hostName(host: string | undefined): string {
   return name.endsWith('.') ? name.slice(0, -1) : name;
 }
 
+/** A session id the agent names itself: short, printable, unambiguous. */
+const SESSION_ID = /^[A-Za-z0-9._:@-]{1,128}$/;
+
+/**
+ * The identity with its session taken from `header` when the request names one
+ * (`gateway.policy.sessions.header`). It stays within the agent's own sessions: every session key
+ * holds the tenant and the agent, so no agent can name another's.
+ */
+function withSessionHeader(identity: AgentIdentity, headers: IncomingMessage['headers'], header: string | undefined): AgentIdentity {
+  if (header === undefined) return identity;
+  const value = headers[header];
+  if (value === undefined) return identity;
+  if (typeof value !== 'string' || !SESSION_ID.test(value)) throw new ValetError('VALET_ERR_BAD_REQUEST', `The ${header} header must be one session id of 1 to 128 letters, digits or ._:@- characters.`);
+  return { ...identity, session: `header:${value}` };
+}
+
 /** An audit record for a request about which nothing is known yet. */
 export function newAuditRecord(requestId: string, method: string, path: string): AuditRecord {
   return {
@@ -686,6 +773,8 @@ export function newAuditRecord(requestId: string, method: string, path: string):
     cost: null,
     usage: null,
     shadow: null,
+    facts: null,
+    response: null,
   };
 }
 
@@ -807,6 +896,21 @@ function hasBody(req: IncomingMessage): boolean {
 
 function tooLarge(max: number): ValetError {
   return new ValetError('VALET_ERR_BODY_TOO_LARGE', `The request body exceeds ${max} bytes.`);
+}
+
+/** An upstream answer held for a person (response rule `escalate`), read whole up to `max` bytes; past it, withheld. */
+async function holdAnswer(body: Readable, max: number): Promise<Buffer> {
+  const chunks: Buffer[] = [];
+  let size = 0;
+  for await (const chunk of body as AsyncIterable<Buffer>) {
+    size += chunk.length;
+    if (size > max) {
+      body.destroy();
+      throw blocked(`it is larger than ${max} bytes, too large to hold for approval`);
+    }
+    chunks.push(chunk);
+  }
+  return Buffer.concat(chunks, size);
 }
 
 /** Reads a body policy must see, refusing (413) past `max` bytes without reading further. */

@@ -1,4 +1,4 @@
-import type { ChildProcess } from 'node:child_process';
+import { execFileSync, type ChildProcess } from 'node:child_process';
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -217,6 +217,81 @@ describe('valet policy check --strict', () => {
     expect(lax.stdout).toMatch(/^ok: /);
     expect(lax.code).toBe(0);
   });
+});
+
+
+/** Rules both sets share: one already dead (shadowed by the deny before it). */
+const DEAD_IN_BOTH = `  - { id: no-payouts, upstream: stripe, paths: [/v1/payouts], effect: deny }
+  - { id: payouts, upstream: stripe, paths: [/v1/payouts], effect: allow }
+`;
+/** The base set: it also has a rule the change removes. */
+const BASE_RULES = `${RULES}${DEAD_IN_BOTH}  - { id: charges, upstream: stripe, paths: [/v1/charges], effect: allow }
+`;
+/** The change: a deny that leaves own-customer dead, and no more charges rule. */
+const CHANGED_RULES = `${RULES}${DEAD_IN_BOTH}  - { id: no-customers, upstream: stripe, tools: [stripe.get_customer], effect: deny }
+`;
+
+describe('valet policy check --against: rules a change leaves dead', () => {
+  let root: string;
+  beforeAll(() => {
+    root = mkdtempSync(join(tmpdir(), 'valet-policy-against-'));
+  });
+  afterAll(() => rmSync(root, { recursive: true, force: true }));
+
+  /** Only the newly dead rule is a warning; the one dead before and the removed one are info. */
+  const expectChangeReport = (r: Awaited<ReturnType<typeof runCli>>, base: string, removedAt: RegExp): void => {
+    const warnings = r.stderr.split('\n').filter((l) => l.startsWith('warning: '));
+    expect(warnings, r.stderr).toEqual([
+      expect.stringMatching(new RegExp(`^warning: \\S*rules\\.yaml:\\d+: rule own-customer is newly dead in this change \\(it could match in ${base}\\): shadowed: deny rule no-customers`)),
+    ]);
+    expect(r.stderr).toMatch(new RegExp(`^info: \\S*rules\\.yaml:\\d+: rule payouts was already dead in ${base}: shadowed: deny rule no-payouts`, 'm'));
+    expect(r.stderr).toMatch(removedAt);
+    expect(r.stdout).toMatch(/^failed: 1 warning\(s\) with --strict; /);
+    expect(r.code).toBe(1);
+  };
+
+  it('--against DIR: the newly dead rule warns (and fails --strict); already dead and removed rules are info', async () => {
+    const base = join(root, 'base');
+    const next = join(root, 'next');
+    writeConfig(base, 'http://127.0.0.1:9');
+    writeFileSync(join(base, 'rules.yaml'), BASE_RULES);
+    writeConfig(next, 'http://127.0.0.1:9');
+    writeFileSync(join(next, 'rules.yaml'), CHANGED_RULES);
+    const r = await runCli(['policy', 'check', next, '--against', base, '--strict']);
+    expectChangeReport(r, base.replace(/[.*+?^${}()|[\]\\]/g, '\\$&'), /^info: \S*base\/rules\.yaml:\d+: rule charges was removed in this change \(it is in \S+, not in this set\)$/m);
+    // Without --against every dead rule is a warning, as before.
+    const alone = await runCli(['policy', 'check', next, '--strict']);
+    expect(alone.stderr.split('\n').filter((l) => l.startsWith('warning: '))).toEqual([
+      expect.stringMatching(/rule own-customer is shadowed: deny rule no-customers/),
+      expect.stringMatching(/rule payouts is shadowed: deny rule no-payouts/),
+    ]);
+    // Against itself a set has nothing newly dead: --strict passes.
+    const same = await runCli(['policy', 'check', next, '--against', next, '--strict']);
+    expect(same.stderr).not.toMatch(/^warning: /m);
+    expect(same.stdout).toMatch(/^ok: /);
+    expect(same.code).toBe(0);
+  }, 60_000);
+
+  it('--against git:REF: the set as committed at REF, its files named as in the repository', async () => {
+    const repo = join(root, 'repo');
+    const dir = join(repo, 'policies');
+    writeConfig(dir, 'http://127.0.0.1:9');
+    writeFileSync(join(dir, 'rules.yaml'), BASE_RULES);
+    const git = (...args: string[]): void => void execFileSync('git', ['-C', repo, '-c', 'user.email=t@example.com', '-c', 'user.name=t', ...args], { stdio: 'ignore' });
+    git('init', '-q');
+    git('add', '.');
+    git('commit', '-qm', 'base');
+    writeFileSync(join(dir, 'rules.yaml'), CHANGED_RULES);
+    const r = await runCli(['policy', 'check', dir, '--against', 'git:HEAD', '--strict']);
+    expectChangeReport(r, 'git:HEAD', /^info: \S*repo\/policies\/rules\.yaml:\d+: rule charges was removed in this change \(it is in git:HEAD, not in this set\)$/m);
+    expect(r.stderr).not.toContain('valet-candidate-');
+    // git:REF:PATH names the directory within the repository; a REF that does not exist fails.
+    const path = await runCli(['policy', 'check', dir, '--against', 'git:HEAD:policies']);
+    expect(path.stderr).toMatch(/^info: policies\/rules\.yaml:\d+: rule charges was removed in this change/m);
+    expect(path.code).toBe(0);
+    const missing = await runCli(['policy', 'check', dir, '--against', 'git:no-such-ref']);
+    expect(missing.code).toBe(1);
+  }, 60_000);
 });
 
 

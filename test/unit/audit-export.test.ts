@@ -46,6 +46,7 @@ describe('audit export: JSON and NDJSON', () => {
       expect(parsed).toHaveLength(3);
       expect(parsed[1]).toMatchObject({ reason: NASTY, agent: 'agent=1|x', tenant: 'zürich', status: 403 });
       expect(parsed[0]).not.toHaveProperty('chain_seq');
+      expect(parsed[0]).not.toHaveProperty('facts');
       expect(parsed[0]).toHaveProperty('logged_at');
     }
     expect(JSON.parse(await exported('json', []))).toEqual([]);
@@ -61,11 +62,13 @@ describe('audit export: CSV', () => {
     expect(head[0]).toBe('time');
     expect(head).toContain('request_id');
     expect(head).not.toContain('chain_seq');
+    // The sealed request facts are for `valet policy replay`, never exported.
+    expect(head).not.toContain('facts');
     parsed.forEach((p, i) => {
       const r = rows[i]!;
       expect(p['time']).toBe(new Date(r.ts).toISOString());
       for (const [k, v] of Object.entries(r)) {
-        if (k === 'chain_seq' || k === 'outcome_seq') continue;
+        if (k === 'chain_seq' || k === 'outcome_seq' || k === 'facts') continue;
         expect(p[k], k).toBe(v === null ? '' : String(v));
       }
     });

@@ -43,11 +43,11 @@ function withoutComments(source: string): string {
 /** The source of one CLI file, or of several together (a command parsing with another file's shared flags). */
 const CLI = (files: string | readonly string[]): string => [files].flat().map((file) => readFileSync(join(ROOT, 'gateway', 'cli', file), 'utf8')).join('\n');
 
-/** Which source file declares the flags of each top-level command (`usage` also takes audit.ts's `--config` and `--data`). */
+/** Which source file declares the flags of each top-level command (`usage` also takes audit.ts's `--config` and `--data`; `policy replay` is in replay.ts). */
 const COMMAND_FILES: Record<string, string | readonly string[]> = {
   start: 'main.ts',
   token: 'main.ts',
-  policy: 'main.ts',
+  policy: ['main.ts', 'replay.ts'],
   audit: 'audit.ts',
   usage: ['spend.ts', 'audit.ts'],
   secrets: 'secrets.ts',

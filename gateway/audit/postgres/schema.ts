@@ -28,7 +28,7 @@ export const ROW_COLUMNS = [
   'id', 'ts', 'request_id', 'agent', 'tenant', 'user', 'upstream', 'method', 'path', 'decision', 'rule', 'reason', 'status',
   'upstream_status', 'error_code', 'duration_ms', 'bytes_in', 'bytes_out', 'policy_version', 'tool', 'approval_id', 'approver',
   'approval_reason', 'approval_at', 'logged_at', 'chain_seq', 'outcome_seq', 'args', 'upstream_request_id', 'act', 'rpc',
-  'team', 'model', 'tokens', 'cost', 'usage', 'shadow',
+  'team', 'model', 'tokens', 'cost', 'usage', 'shadow', 'facts', 'response',
 ] as const;
 
 /** What {@link rowDigest} covers: the content columns sorted by name. */
@@ -119,6 +119,10 @@ const MIGRATIONS: readonly string[] = [
    ALTER TABLE audit_log ADD COLUMN usage TEXT;`,
   // What the rules in shadow mode would have decided (JSON), beside the enforced decision.
   `ALTER TABLE audit_log ADD COLUMN shadow TEXT;`,
+  // What the decision was made on, sealed (gateway/audit/facts.ts), for `valet policy replay`.
+  `ALTER TABLE audit_log ADD COLUMN facts TEXT;`,
+  // What response rules did to the answer (JSON).
+  `ALTER TABLE audit_log ADD COLUMN response TEXT;`,
 ];
 
 /** A 64-bit advisory lock key, per schema and purpose (the locks are per database: schemas must not share them). */

@@ -96,6 +96,10 @@ const MIGRATIONS: readonly string[] = [
    ALTER TABLE audit_log ADD COLUMN usage TEXT;`,
   // What the rules in shadow mode would have decided (JSON), beside the enforced decision.
   `ALTER TABLE audit_log ADD COLUMN shadow TEXT;`,
+  // What the decision was made on, sealed (gateway/audit/facts.ts), for `valet policy replay`.
+  `ALTER TABLE audit_log ADD COLUMN facts TEXT;`,
+  // What response rules did to the answer (JSON).
+  `ALTER TABLE audit_log ADD COLUMN response TEXT;`,
 ];
 
 export const AUDIT_FILE = 'valet.db';

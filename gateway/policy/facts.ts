@@ -1,0 +1,121 @@
+import { ValetError } from '../errors.js';
+import type { Decision, Effect } from '../types.js';
+import type { EvaluationInput } from './compile.js';
+import type { HistorySummary } from './counters.js';
+
+/**
+ * What a decision was made on, written for the audit row's sealed `facts` column and read back by
+ * `valet policy replay`. The evaluation input is written generically — every own field of it and
+ * of what it holds, whatever fields it gains — except `historyVersion` (a shared store's
+ * bookkeeping). As JSON, with two escapes so that any value reads back as it was: a bigint is
+ * `{"$bigint": "12"}`, and a key of the input's own that starts with `$` gets one more `$`.
+ */
+
+export const FACTS_VERSION = 1;
+
+/** Arguments whose JSON is larger than this are not recorded (`argsOmitted`). */
+export const MAX_RECORDED_ARGS_BYTES = 64 * 1024;
+
+/** The facts of one request as recorded. */
+export interface RecordedFacts {
+  /** The evaluation input the enforced decision was made on (`history` also when the decision read it lazily). */
+  readonly input: EvaluationInput;
+  /** What the rules in force decided (before rate limits, budgets and gateway settings). */
+  readonly decision: { readonly effect: Effect; readonly rules: readonly string[] };
+  /**
+   * Whether the request's arguments were read: false when no rule, limit or tool of the set in
+   * force read this upstream's arguments, so its body was not parsed and `args` hold only the
+   * path parameters and the query.
+   */
+  readonly argsRead: boolean;
+  /** The arguments were larger than {@link MAX_RECORDED_ARGS_BYTES} and are not recorded (`args` is empty). */
+  readonly argsOmitted: boolean;
+}
+
+/** Seals the facts of a decision into the text of the audit row's `facts` column (null: not recorded). */
+export interface FactsRecorder {
+  seal(requestId: string, input: EvaluationInput, decision: Decision, argsRead: boolean): string | null;
+}
+
+const EFFECTS: ReadonlySet<string> = new Set(['allow', 'deny', 'escalate']);
+
+/** JSON.stringify's replacer: bigints and `$` keys escaped (see the module comment). */
+function escape(this: unknown, _key: string, value: unknown): unknown {
+  if (typeof value === 'bigint') return { $bigint: value.toString() };
+  if (typeof value !== 'object' || value === null || Array.isArray(value)) return value;
+  let dollar = false;
+  for (const k in value) {
+    if (k.charCodeAt(0) === 36) {
+      dollar = true;
+      break;
+    }
+  }
+  if (!dollar) return value;
+  const out: Record<string, unknown> = {};
+  for (const [k, v] of Object.entries(value)) out[k.charCodeAt(0) === 36 ? `$${k}` : k] = v;
+  return out;
+}
+
+/** JSON.parse's reviver, undoing {@link escape} (bottom-up: an escaped `$bigint` key is unescaped after its object was looked at). */
+function unescape(_key: string, value: unknown): unknown {
+  if (typeof value !== 'object' || value === null || Array.isArray(value)) return value;
+  const keys = Object.keys(value);
+  if (keys.length === 1 && keys[0] === '$bigint') {
+    const digits = (value as { $bigint: unknown }).$bigint;
+    if (typeof digits === 'string' && /^-?\d+$/.test(digits)) return BigInt(digits);
+  }
+  if (!keys.some((k) => k.charCodeAt(0) === 36)) return value;
+  const out: Record<string, unknown> = {};
+  for (const k of keys) out[k.charCodeAt(0) === 36 ? k.slice(1) : k] = (value as Record<string, unknown>)[k];
+  return out;
+}
+
+/**
+ * The facts as JSON: `{v, decision, argsRead, argsOmitted?, input, args}`, the arguments kept apart
+ * from the input so their size is known before they are written. `history`: the summary a decision
+ * read lazily (a history store in the process), recorded when the input has none.
+ */
+export function encodeFacts(input: EvaluationInput, decision: Decision, o: { readonly argsRead: boolean; readonly history?: HistorySummary | undefined }): string {
+  const { historyVersion: _version, ...rest } = input;
+  let args = JSON.stringify(input.facts.args, escape) ?? '{}';
+  const omitted = args.length > MAX_RECORDED_ARGS_BYTES / 3 && Buffer.byteLength(args) > MAX_RECORDED_ARGS_BYTES;
+  if (omitted) args = '{}';
+  const recorded = { ...rest, ...(rest.history === undefined && o.history !== undefined && { history: o.history }), facts: { ...input.facts, args: undefined } };
+  const head = JSON.stringify({ v: FACTS_VERSION, decision: { effect: decision.effect, rules: decision.rules }, argsRead: o.argsRead, ...(omitted && { argsOmitted: true }) });
+  return `${head.slice(0, -1)},"input":${JSON.stringify(recorded, escape)},"args":${args}}`;
+}
+
+/** Reads what {@link encodeFacts} wrote; `VALET_ERR_AUDIT_FACTS_UNREADABLE` when it is not that (never quoting it). */
+export function decodeFacts(text: string): RecordedFacts {
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(text, unescape);
+  } catch {
+    throw malformed('not JSON');
+  }
+  const o = parsed as Record<string, unknown> | null;
+  if (typeof o !== 'object' || o === null) throw malformed('not an object');
+  if (o['v'] !== FACTS_VERSION) throw malformed(`version ${typeof o['v'] === 'number' ? o['v'] : '?'} is not ${FACTS_VERSION}`);
+  const d = o['decision'] as Record<string, unknown> | undefined;
+  if (typeof d !== 'object' || d === null || typeof d['effect'] !== 'string' || !EFFECTS.has(d['effect']) || !isStrings(d['rules'])) throw malformed('no decision');
+  const input = o['input'] as Record<string, unknown> | undefined;
+  if (typeof input !== 'object' || input === null) throw malformed('no input');
+  const identity = input['identity'] as Record<string, unknown> | undefined;
+  const facts = input['facts'] as Record<string, unknown> | undefined;
+  if (typeof identity !== 'object' || identity === null || typeof identity['agent'] !== 'string' || !isStrings(identity['roles'])) throw malformed('no identity');
+  if (typeof facts !== 'object' || facts === null || typeof facts['upstream'] !== 'string' || typeof facts['method'] !== 'string' || typeof facts['path'] !== 'string') throw malformed('no request');
+  if (typeof input['now'] !== 'number' || typeof input['context'] !== 'object' || input['context'] === null) throw malformed('no time or context');
+  const args = o['args'];
+  if (typeof args !== 'object' || args === null || Array.isArray(args)) throw malformed('no arguments');
+  if (typeof o['argsRead'] !== 'boolean') throw malformed('no argsRead');
+  return {
+    input: { ...input, facts: { ...facts, args } } as unknown as EvaluationInput,
+    decision: { effect: d['effect'] as Effect, rules: d['rules'] as string[] },
+    argsRead: o['argsRead'],
+    argsOmitted: o['argsOmitted'] === true,
+  };
+}
+
+const isStrings = (v: unknown): v is string[] => Array.isArray(v) && v.every((s) => typeof s === 'string');
+
+const malformed = (why: string): ValetError => new ValetError('VALET_ERR_AUDIT_FACTS_UNREADABLE', `The request facts are malformed once opened (${why}).`);
