@@ -352,7 +352,7 @@ export function renderReplayTable(r: ReplayReport): string {
     out.push('', title);
     for (const g of list) {
       out.push(`  ${verdictText(g.from)} ${arrow} ${verdictText(g.to)}: ${g.count}`);
-      out.push(aligned([['REQUEST', 'TIME', 'AGENT', 'TENANT', 'METHOD', 'PATH', 'TOOL'], ...g.examples.map((e) => [e.request_id, e.time, e.agent ?? '-', e.tenant ?? '-', e.method, `${e.upstream ?? '-'}${e.path}`, e.tool ?? '-'])], '    '));
+      out.push(aligned([['REQUEST', 'TIME', 'AGENT', 'TENANT', 'METHOD', 'PATH', 'TOOL'], ...g.examples.map((e) => [e.request_id, e.time, e.agent ?? '-', e.tenant ?? '-', e.method, `/${e.upstream ?? '-'}${e.path}`, e.tool ?? '-'])], '    '));
     }
   };
   groups('CHANGED', r.changes);
@@ -399,7 +399,7 @@ export function renderReplayMarkdown(r: ReplayReport): string {
         '',
         '| Request | Time | Agent | Tenant | Method | Path | Tool |',
         '| --- | --- | --- | --- | --- | --- | --- |',
-        ...g.examples.map((e) => `| ${md(e.request_id)} | ${md(e.time)} | ${md(e.agent)} | ${md(e.tenant)} | ${md(e.method)} | ${md(`${e.upstream ?? ''}${e.path}`)} | ${md(e.tool)} |`),
+        ...g.examples.map((e) => `| ${md(e.request_id)} | ${md(e.time)} | ${md(e.agent)} | ${md(e.tenant)} | ${md(e.method)} | ${md(`/${e.upstream ?? ''}${e.path}`)} | ${md(e.tool)} |`),
         '',
         '</details>',
       );

@@ -199,9 +199,9 @@ describe('valet policy replay', () => {
 
       | Request | Time | Agent | Tenant | Method | Path | Tool |
       | --- | --- | --- | --- | --- | --- | --- |
-      | <request-id> | <time> | agent-1 | acme | GET | stripe/v1/customers/cus\\_4 | stripe.get\\_customer |
-      | <request-id> | <time> | agent-1 | acme | GET | stripe/v1/customers/cus\\_3 | stripe.get\\_customer |
-      | <request-id> | <time> | agent-1 | acme | GET | stripe/v1/customers/cus\\_2 | stripe.get\\_customer |
+      | <request-id> | <time> | agent-1 | acme | GET | /stripe/v1/customers/cus\\_4 | stripe.get\\_customer |
+      | <request-id> | <time> | agent-1 | acme | GET | /stripe/v1/customers/cus\\_3 | stripe.get\\_customer |
+      | <request-id> | <time> | agent-1 | acme | GET | /stripe/v1/customers/cus\\_2 | stripe.get\\_customer |
 
       </details>
 
@@ -210,7 +210,7 @@ describe('valet policy replay', () => {
 
       | Request | Time | Agent | Tenant | Method | Path | Tool |
       | --- | --- | --- | --- | --- | --- | --- |
-      | <request-id> | <time> | agent-2 | globex | POST | stripe/v1/transfers | stripe.create\\_transfer |
+      | <request-id> | <time> | agent-2 | globex | POST | /stripe/v1/transfers | stripe.create\\_transfer |
 
       </details>
 
@@ -219,7 +219,7 @@ describe('valet policy replay', () => {
 
       | Request | Time | Agent | Tenant | Method | Path | Tool |
       | --- | --- | --- | --- | --- | --- | --- |
-      | <request-id> | <time> | agent-1 | acme | POST | stripe/v1/transfers | stripe.create\\_transfer |
+      | <request-id> | <time> | agent-1 | acme | POST | /stripe/v1/transfers | stripe.create\\_transfer |
 
       </details>
 
@@ -230,7 +230,7 @@ describe('valet policy replay', () => {
 
       | Request | Time | Agent | Tenant | Method | Path | Tool |
       | --- | --- | --- | --- | --- | --- | --- |
-      | <request-id> | <time> | agent-1 | acme | POST | stripe/v1/transfers | stripe.create\\_transfer |
+      | <request-id> | <time> | agent-1 | acme | POST | /stripe/v1/transfers | stripe.create\\_transfer |
 
       </details>
 
