@@ -984,9 +984,11 @@ export function compilePolicy(
       });
     },
     resolveSession(input) {
+      if (sequenceRules.length === 0) return undefined;
       const applying = sequencesFor(input.facts);
+      if (applying.length === 0 || input.facts.argsError !== undefined) return undefined;
       const key = sessionOf(input.identity);
-      if (applying.length === 0 || key === undefined || input.facts.argsError !== undefined) return undefined;
+      if (key === undefined) return undefined;
       const names = new Set<string>();
       for (const r of applying) {
         const q = r.flat.sequence as Sequence;
@@ -998,8 +1000,9 @@ export function compilePolicy(
     recordSequence(input, outcome) {
       const tool = input.facts.tool;
       const lists = tool === undefined ? undefined : sequenced.get(tool);
+      if (lists === undefined) return undefined;
       const key = sessionOf(input.identity);
-      if (lists === undefined || key === undefined) return undefined;
+      if (key === undefined) return undefined;
       const mark = outcome === 'ok' ? okMark : calledMark;
       const names = lists.map((same) => mark(tool as string, same === undefined ? undefined : argsDigest(same, input.facts.args)));
       return sessions.mark(key, names, input.now);
