@@ -59,6 +59,7 @@ const HELP = `Usage: npm run bench -- [options]
   --valet-log FILE      send Valet's log lines to FILE instead of /dev/null (debugging)
   --cpu-prof[=DIR]      run Valet and the bare proxy under --cpu-prof, print a per-request
                         summary of each, keep the profiles in DIR/<target>
+  --durability LEVEL    Valet's gateway.audit.durability: strict (default), crash or async
   --no-pin              do not pin processes to CPUs (default: generator and upstream on CPU 0, each proxy on CPU 1)
   --autocannon          measure max throughput with autocannon (in this process) even when wrk is installed
   --json FILE           also write the raw results as JSON
@@ -83,6 +84,7 @@ const { values: flags } = parseArgs({
     json: { type: 'string' },
     strict: { type: 'boolean', default: false },
     'no-pin': { type: 'boolean', default: false },
+    durability: { type: 'string' },
     autocannon: { type: 'boolean', default: false },
     help: { type: 'boolean', default: false },
   },
@@ -227,6 +229,9 @@ async function main(): Promise<number> {
   delete childEnv['VALET_LOG_LEVEL']; // Valet logs at its default level, 'info'.
   delete childEnv['NODE_OPTIONS'];
   childEnv['VALET_BENCH_AWS_KEY_ID'] = AWS_KEY_ID;
+  const durability = flags.durability ?? 'strict';
+  if (!['strict', 'crash', 'async'].includes(durability)) throw new Error(`--durability ${durability}: use strict, crash or async`);
+  childEnv['VALET_BENCH_DURABILITY'] = durability;
 
   const upstream = await run.fork({ name: 'upstream', script: join(HERE, 'targets/upstream.ts'), args: [`Bearer ${UPSTREAM_SECRET}`, AWS_KEY_ID], env: childEnv });
   const origin = upstream.ready.url;
@@ -244,7 +249,7 @@ async function main(): Promise<number> {
     const args = [join(root, 'valet'), origin, UPSTREAM_SECRET];
     if (flags['valet-log']) args.push(flags['valet-log']);
     valet = await run.fork({ name: 'valet', script: join(HERE, 'targets/valet.ts'), args, env: childEnv, execArgv: profArgs('valet') });
-    log(`valet: logger level "${String(valet.ready['logLevel'])}" → ${flags['valet-log'] ?? '/dev/null'}, audit → SQLite in ${join(root, 'valet', 'data')}`);
+    log(`valet: logger level "${String(valet.ready['logLevel'])}" → ${flags['valet-log'] ?? '/dev/null'}, audit → SQLite in ${join(root, 'valet', 'data')}, durability ${durability}`);
   }
   if (profileDir !== undefined) log(`CPU profiles → ${profileDir}/{bare,valet}`);
   const pidNames = new Map<number, string>([[process.pid, 'generator'], [upstream.pid, 'upstream']]);

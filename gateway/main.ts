@@ -157,13 +157,14 @@ export async function startGateway(options: GatewayOptions): Promise<RunningGate
   const metrics = createMetrics({ upstreams: new Set(config.upstreams.keys()), auditQueue: () => audit.pending, pendingApprovals: () => approvals.service.pending() });
   const onCommit = (seconds: number): void => metrics.auditCommit(seconds);
   const audit = await (postgres !== undefined
-    ? startPgAuditWriter({ settings: postgres, instance: auditSettings.postgres.instance ?? instanceId(dataDir, env), logger, failOpen: auditSettings.failOpen, onCommit })
+    ? startPgAuditWriter({ settings: postgres, instance: auditSettings.postgres.instance ?? instanceId(dataDir, env), logger, failOpen: auditSettings.failOpen, durability: auditSettings.durability, onCommit })
     : startAuditWriter({
     dataDir,
     logger,
     failOpen: auditSettings.failOpen,
     busyTimeoutMs: auditSettings.busyTimeoutMs,
     mode: options.auditWriter ?? (auditSettings.writer === 'inline' ? 'inline' : 'worker'),
+    durability: auditSettings.durability,
     onCommit,
   })).catch(async (err: unknown) => {
     policies.close();
@@ -172,6 +173,7 @@ export async function startGateway(options: GatewayOptions): Promise<RunningGate
     await auditLog.close();
     throw err;
   });
+  if (auditSettings.durability === 'async') logger.warn({}, 'gateway.audit.durability is async: calls are forwarded before their audit row is written; a crash loses the rows not yet written');
   if (auditSettings.failOpen) logger.warn({}, 'gateway.audit.fail_open is set: requests are forwarded even when their audit record cannot be written');
   const anchorer = createAnchorer({ dataDir, head: () => audit.head, settings: auditSettings.anchor, env, environment: config.gateway.environment, logger });
   const prune = (): void => {

@@ -74,7 +74,7 @@ async function main(): Promise<void> {
     workDir,
     logFile,
     gateway: {
-      ...(auditSchema !== undefined && { audit: { postgres: { schema: auditSchema } } }),
+      audit: { ...(auditSchema !== undefined && { postgres: { schema: auditSchema } }), ...(process.env['VALET_BENCH_DURABILITY'] && { durability: process.env['VALET_BENCH_DURABILITY'] }) },
       ...(redisPrefix !== undefined && { counters: { redis: { prefix: redisPrefix } } }),
     },
     files,

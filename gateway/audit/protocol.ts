@@ -1,4 +1,5 @@
 import type { AuditRecord } from '../types.js';
+import type { AuditDurability } from '../config/types.js';
 import type { AuditHead, PruneResult, RetentionCutoffs } from './port.js';
 
 /**
@@ -77,6 +78,8 @@ export interface WriterInit {
   readonly checkpointer: boolean;
   /** Past this size the writer checkpoints the WAL itself, so that it starts over (worker.ts). */
   readonly walLimitBytes: number;
+  /** `gateway.audit.durability`: how a commit syncs (sqlite/durability.ts). */
+  readonly durability: AuditDurability;
 }
 
 export type ToWriter =

@@ -464,6 +464,7 @@ function assemble(root: string, files: ParsedFile[], problems: Problems, options
         backend: g.audit?.backend ?? DEFAULT_AUDIT.backend,
         postgres: { url: g.audit?.postgres?.url, schema: g.audit?.postgres?.schema, instance: g.audit?.postgres?.instance },
         writer: g.audit?.writer ?? DEFAULT_AUDIT.writer,
+        durability: g.audit?.durability ?? DEFAULT_AUDIT.durability,
         busyTimeoutMs: g.audit?.busy_timeout_ms ?? DEFAULT_AUDIT.busyTimeoutMs,
         retentionDays: g.audit?.retention_days,
         tenantRetentionDays: { ...g.audit?.tenant_retention_days },

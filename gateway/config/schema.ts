@@ -361,6 +361,7 @@ export const fileSchema = {
               },
             },
             writer: { enum: ['thread', 'inline'] },
+            durability: { enum: ['strict', 'crash', 'async'] },
             busy_timeout_ms: { type: 'integer', minimum: 0, maximum: 60_000 },
             retention_days: { type: 'integer', minimum: 1, maximum: 36_500 },
             tenant_retention_days: {

@@ -149,6 +149,8 @@ export interface AuditSettings {
    * the request thread (less CPU per row, larger group commits, but every fsync stalls every request).
    */
   readonly writer: 'thread' | 'inline';
+  /** What a forwarded call's decision row has survived before the call is forwarded (docs/audit.md#durability-levels). */
+  readonly durability: AuditDurability;
   /** How long a write waits for another process's lock on the audit database (ms). */
   readonly busyTimeoutMs: number;
   /** Delete rows older than this many days; undefined keeps them. */
@@ -165,11 +167,19 @@ export interface AuditSettings {
   };
 }
 
+/**
+ * `strict`: fsynced before the call is forwarded (survives a power loss). `crash`: in the WAL before
+ * it is forwarded (survives a killed Valet; fsynced within a second). `async`: the call does not
+ * wait for its row (a crash loses the rows not yet written).
+ */
+export type AuditDurability = 'strict' | 'crash' | 'async';
+
 export const DEFAULT_AUDIT: AuditSettings = {
   failOpen: false,
   backend: 'sqlite',
   postgres: { url: undefined, schema: undefined, instance: undefined },
   writer: 'thread',
+  durability: 'strict',
   busyTimeoutMs: 1000,
   retentionDays: undefined,
   tenantRetentionDays: {},

@@ -31,7 +31,8 @@ describe('audit durability: kill -9 under load', () => {
     root = undefined;
   });
 
-  it('every call the upstream saw has its audit row; the next writer marks unfinished ones and the chain verifies', async () => {
+  // strict fsyncs each commit; crash only writes it to the WAL (the OS's cache), which a killed process cannot lose either.
+  it.each(['strict', 'crash'] as const)('%s: every call the upstream saw has its audit row; the next writer marks unfinished ones and the chain verifies', async (durability) => {
     upstream = await startFakeUpstream((_req, res) => {
       setTimeout(() => res.end('{"ok":true}'), Math.floor(Math.random() * 15));
     });
@@ -39,7 +40,7 @@ describe('audit durability: kill -9 under load', () => {
     const configDir = join(root, 'config');
     const dataDir = join(root, 'data');
     mkdirSync(configDir);
-    writeFileSync(join(configDir, 'gateway.yaml'), stringify({ gateway: { listen: { host: '127.0.0.1', port: 0 }, admin: { listen: { host: '127.0.0.1', port: 0 } } }, issuers: [devIssuer] }));
+    writeFileSync(join(configDir, 'gateway.yaml'), stringify({ gateway: { listen: { host: '127.0.0.1', port: 0 }, admin: { listen: { host: '127.0.0.1', port: 0 } }, audit: { durability } }, issuers: [devIssuer] }));
     writeFileSync(join(configDir, 'upstreams.yaml'), stringify({ upstreams: [{ name: 'api', origin: upstream.origin, connections: 64, credential: { scheme: 'bearer', secret: 'API_KEY' } }] }));
     writeFileSync(join(configDir, 'rules.yaml'), stringify({ rules: RULES }));
     const issuer = loadConfig(configDir).issuers[0]!;
@@ -181,6 +182,25 @@ describe('audit durability: the database cannot be written', () => {
     expect(ok.statusCode).toBe(200);
     await ok.body.text();
     expect(upstream!.requests.map((r) => r.url)).toEqual(['/v1/items/after']);
+  });
+
+  it('durability async: calls go on without waiting for their rows, which are written once the database lets go', async () => {
+    const g = await start({ busy_timeout_ms: 100, durability: 'async' });
+    const token = await g.token();
+    other = new Database(join(g.dataDir, AUDIT_FILE));
+    other.exec('BEGIN IMMEDIATE');
+    const statuses = await Promise.all(
+      Array.from({ length: 5 }, async (_, i) => {
+        const r = await request(`${g.url}/api/v1/items/${i}`, { headers: { authorization: `Bearer ${token}` } });
+        await r.body.text();
+        return r.statusCode;
+      }),
+    );
+    expect(statuses).toEqual([200, 200, 200, 200, 200]);
+    expect(upstream!.requests).toHaveLength(5);
+    other.exec('ROLLBACK');
+    const rows = await g.waitForAudit(5);
+    expect(rows.filter((r) => r.decision === 'allow' && r.status === 200)).toHaveLength(5);
   });
 
   it('fail_open: true forwards anyway, logs loudly, and writes the row once it can', async () => {

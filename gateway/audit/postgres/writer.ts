@@ -1,4 +1,5 @@
 import type { Logger } from 'pino';
+import type { AuditDurability } from '../../config/types.js';
 import type pg from 'pg';
 import { ValetError } from '../../errors.js';
 import type { AuditRecord } from '../../types.js';
@@ -30,6 +31,12 @@ export interface PgAuditWriterOptions {
   instance: string;
   logger: Logger;
   failOpen?: boolean;
+  /**
+   * `async`: the call does not wait for its row. `strict` and `crash` both wait for the COMMIT: a
+   * row committed on the server survives a killed Valet and, with the server's
+   * `synchronous_commit = on`, a power loss of the server.
+   */
+  durability?: AuditDurability | undefined;
   /** How long a commit may wait for the chain lock or the server before the request is refused (ms). */
   statementTimeoutMs?: number;
   onCommit?: ((seconds: number) => void) | undefined;
@@ -293,7 +300,7 @@ export async function startPgAuditWriter(o: PgAuditWriterOptions): Promise<Audit
             : 'audit log not writable: requests that would be forwarded are refused (503)',
         );
         // Refused decisions are not kept (their requests were not forwarded); completions are, for a retry.
-        const kept = ops.filter((op) => failOpen || !op.decision).map((op) => ({ decision: op.decision, rec: op.rec }));
+        const kept = ops.filter((op) => failOpen || o.durability === 'async' || !op.decision).map((op) => ({ decision: op.decision, rec: op.rec }));
         for (const op of ops) {
           if (failOpen) op.waiter?.resolve();
           else op.waiter?.reject(unavailable(code));
@@ -374,6 +381,10 @@ export async function startPgAuditWriter(o: PgAuditWriterOptions): Promise<Audit
     recovered,
     commit(rec) {
       if (closing) return failOpen ? Promise.resolve() : Promise.reject(unavailable('CLOSED'));
+      if (o.durability === 'async') {
+        enqueue({ decision: true, rec });
+        return Promise.resolve();
+      }
       return new Promise<void>((resolve, reject) => enqueue({ decision: true, rec, waiter: { resolve, reject } }));
     },
     record(rec) {

@@ -10,6 +10,7 @@ import { join } from 'node:path';
 import { parentPort, workerData } from 'node:worker_threads';
 import { AuditCore } from './core.js';
 import { AUDIT_FILE } from './store.js';
+import { applyDurability } from './durability.js';
 import type { AuditHead } from '../port.js';
 import { DECISION, type FromWriter, type PackedOp, type ToWriter, type WriterInit } from '../protocol.js';
 
@@ -45,6 +46,7 @@ try {
  */
 core.db.pragma(`journal_size_limit = ${init.walLimitBytes}`);
 const walFile = join(init.dataDir, `${AUDIT_FILE}-wal`);
+const stopSyncing = applyDurability(core.db, walFile, init.durability, (err) => post({ t: 'log', level: 'error', msg: 'audit WAL could not be fsynced', fields: { message: errMessage(err) } }));
 
 function boundWal(): void {
   try {
@@ -81,7 +83,8 @@ function commit(): void {
   } catch (err) {
     // Nothing of this transaction was written. Decisions fail (their requests are refused, 503)
     // unless the gateway runs fail-open; everything else is kept and retried.
-    const kept = init.failOpen ? ops : ops.filter((op) => op[0] !== DECISION);
+    // Decisions nobody waits for (fail_open, durability async) are kept for a retry; the others were refused.
+    const kept = init.failOpen || init.durability === 'async' ? ops : ops.filter((op) => op[0] !== DECISION);
     queue = kept.concat(queue);
     if (queue.length > MAX_HELD) {
       const dropped = queue.length - MAX_HELD;
@@ -148,6 +151,7 @@ port.on('message', (m: ToWriter) => {
       closing = true;
       commit();
       if (queue.length > 0) post({ t: 'log', level: 'error', msg: 'audit rows not written at shutdown: the database is not writable', fields: { rows: queue.length } });
+      stopSyncing();
       core.close();
       post({ t: 'closed', head: headOf() });
       port.close();

@@ -9,6 +9,8 @@ import type { AuditHead, AuditWriter, PruneResult } from '../port.js';
 import { DECISION, FINAL, pack, type FromWriter, type PackedOp, type ToWriter, type WriterInit } from '../protocol.js';
 import { AuditCore } from './core.js';
 import { AUDIT_FILE } from './store.js';
+import { applyDurability } from './durability.js';
+import type { AuditDurability } from '../../config/types.js';
 
 export interface AuditWriterOptions {
   dataDir: string;
@@ -22,6 +24,8 @@ export interface AuditWriterOptions {
    * the event loop (kept for comparison: `npm run bench:audit` measures both).
    */
   mode?: 'worker' | 'inline' | undefined;
+  /** `gateway.audit.durability` (default `strict`). */
+  durability?: AuditDurability | undefined;
   /** The size past which the writer thread checkpoints the WAL itself (see worker.ts); tests set it small. */
   walLimitBytes?: number;
   /** Called after each committed transaction with the seconds it took (inserts and fsync). */
@@ -56,7 +60,8 @@ function workerWriter(o: AuditWriterOptions): Promise<AuditWriter> {
   const failOpen = o.failOpen ?? false;
   const flushSignal = new SharedArrayBuffer(4);
   const signal = new Int32Array(flushSignal);
-  const init: WriterInit = { dataDir: o.dataDir, busyTimeoutMs: o.busyTimeoutMs ?? 1000, failOpen, flushSignal, checkpointer: true, walLimitBytes: o.walLimitBytes ?? WAL_LIMIT_BYTES };
+  const durability = o.durability ?? 'strict';
+  const init: WriterInit = { dataDir: o.dataDir, busyTimeoutMs: o.busyTimeoutMs ?? 1000, failOpen, flushSignal, checkpointer: true, walLimitBytes: o.walLimitBytes ?? WAL_LIMIT_BYTES, durability };
   const worker = spawnWriterThread(init);
   let checkpointer: Checkpointer | undefined;
   let head: AuditHead = { seq: 0, hash: '' };
@@ -202,6 +207,8 @@ function workerWriter(o: AuditWriterOptions): Promise<AuditWriter> {
       commit(rec) {
         if (dead !== undefined) return failOpen ? Promise.resolve() : Promise.reject(unavailable('WRITER_FAILED'));
         const b = batch(pack(DECISION, rec));
+        // async: the call goes on at once; a row that cannot be written is logged as lost.
+        if (durability === 'async') return Promise.resolve();
         return new Promise<void>((resolve, reject) => b.waiters.push({ resolve, reject }));
       },
       record(rec) {
@@ -318,6 +325,7 @@ function spawnWriterThread(init: WriterInit): Worker {
 async function inlineWriter(o: AuditWriterOptions): Promise<AuditWriter> {
   const failOpen = o.failOpen ?? false;
   const core = new AuditCore(o.dataDir, { busyTimeoutMs: o.busyTimeoutMs ?? 1000 });
+  const stopSyncing = applyDurability(core.db, join(o.dataDir, `${AUDIT_FILE}-wal`), o.durability ?? 'strict', (err) => o.logger.error({ message: (err as Error).message }, 'audit WAL could not be fsynced'));
   let queue: PackedOp[] = [];
   let waiters: Batch['waiters'] = [];
   let scheduled: NodeJS.Immediate | NodeJS.Timeout | undefined;
@@ -339,7 +347,7 @@ async function inlineWriter(o: AuditWriterOptions): Promise<AuditWriter> {
     } catch (err) {
       const code = (err as { code?: string }).code;
       o.logger.error({ code, message: (err as Error).message, failOpen }, 'audit log not writable');
-      queue = (failOpen ? ops : ops.filter((op) => op[0] !== DECISION)).concat(queue);
+      queue = (failOpen || o.durability === 'async' ? ops : ops.filter((op) => op[0] !== DECISION)).concat(queue);
       if (queue.length > 200_000) {
         o.logger.error({ dropped: queue.length - 200_000 }, 'audit rows dropped: the database has not been writable for too long');
         queue = queue.slice(queue.length - 200_000);
@@ -359,6 +367,7 @@ async function inlineWriter(o: AuditWriterOptions): Promise<AuditWriter> {
     commit(rec) {
       queue.push(pack(DECISION, rec));
       schedule();
+      if (o.durability === 'async') return Promise.resolve();
       return new Promise<void>((resolve, reject) => waiters.push({ resolve, reject }));
     },
     record(rec) {
@@ -395,6 +404,7 @@ async function inlineWriter(o: AuditWriterOptions): Promise<AuditWriter> {
     async close() {
       void writer.flush();
       if (scheduled !== undefined) clearTimeout(scheduled as NodeJS.Timeout);
+      stopSyncing();
       core.close();
     },
   };
