@@ -56,6 +56,21 @@ function escape(this: unknown, _key: string, value: unknown): unknown {
   return out;
 }
 
+/**
+ * `JSON.stringify(value, escape)`, without calling the replacer on every value when nothing needs
+ * escaping: the plain JSON is the same text whenever it holds no bigint (which makes it throw) and
+ * no `"$` (a key that would be escaped; a string value starting with `$` only costs the slow path).
+ */
+function escaped(value: unknown): string | undefined {
+  try {
+    const plain = JSON.stringify(value);
+    if (plain === undefined || !plain.includes('"$')) return plain;
+  } catch {
+    // a bigint: escaped below
+  }
+  return JSON.stringify(value, escape);
+}
+
 /** JSON.parse's reviver, undoing {@link escape} (bottom-up: an escaped `$bigint` key is unescaped after its object was looked at). */
 function unescape(_key: string, value: unknown): unknown {
   if (typeof value !== 'object' || value === null || Array.isArray(value)) return value;
@@ -77,12 +92,16 @@ function unescape(_key: string, value: unknown): unknown {
  */
 export function encodeFacts(input: EvaluationInput, decision: Decision, o: { readonly argsRead: boolean; readonly history?: HistorySummary | undefined }): string {
   const { historyVersion: _version, ...rest } = input;
-  let args = JSON.stringify(input.facts.args, escape) ?? '{}';
+  let args = escaped(input.facts.args) ?? '{}';
   const omitted = args.length > MAX_RECORDED_ARGS_BYTES / 3 && Buffer.byteLength(args) > MAX_RECORDED_ARGS_BYTES;
   if (omitted) args = '{}';
-  const recorded = { ...rest, ...(rest.history === undefined && o.history !== undefined && { history: o.history }), facts: { ...input.facts, args: undefined } };
+  // The history summary (bigints) is written on its own, so the rest can take the fast path.
+  const { history: own, ...recorded } = { ...rest, facts: { ...input.facts, args: undefined } };
+  const history = own ?? o.history;
+  const body = escaped(recorded) as string;
+  const inputJson = history === undefined ? body : `${body.slice(0, -1)},"history":${JSON.stringify(history, escape)}}`;
   const head = JSON.stringify({ v: FACTS_VERSION, decision: { effect: decision.effect, rules: decision.rules }, argsRead: o.argsRead, ...(omitted && { argsOmitted: true }) });
-  return `${head.slice(0, -1)},"input":${JSON.stringify(recorded, escape)},"args":${args}}`;
+  return `${head.slice(0, -1)},"input":${inputJson},"args":${args}}`;
 }
 
 /** Reads what {@link encodeFacts} wrote; `VALET_ERR_AUDIT_FACTS_UNREADABLE` when it is not that (never quoting it). */
