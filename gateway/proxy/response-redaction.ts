@@ -3,7 +3,7 @@ import { ValetError } from '../errors.js';
 import { RedactionError, redactNdjson, redactSse, type KeepMatch, type Redactor } from './redact.js';
 import type { BodyObserver } from './response.js';
 
-/** The most bytes of one SSE event or NDJSON line, or of a body redacted whole, that are held to be redacted. */
+/** The most bytes of one SSE event or NDJSON line, of a body redacted whole, or of an answer held for approval. */
 export const MAX_REDACTED_BYTES = 16 * 1024 * 1024;
 
 /** Bodies nothing can be redacted in: their bytes are not text. */

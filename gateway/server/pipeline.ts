@@ -20,7 +20,7 @@ import { HangUp, relay, sendWhole } from '../proxy/relay.js';
 import { requestLineLogger } from '../log.js';
 import { agentOrigin } from '../proxy/location.js';
 import { agentResponse, type BodyObserver } from '../proxy/response.js';
-import { blocked, redactionFailure, redactionObserver } from '../proxy/response-redaction.js';
+import { blocked, MAX_REDACTED_BYTES, redactionFailure, redactionObserver } from '../proxy/response-redaction.js';
 import { scrubberFor } from '../proxy/scrub.js';
 import type { SecretSource } from '../secrets/env.js';
 import type { AgentIdentity, ApprovalRequest, AuditRecord, BudgetLevel, Decision, RequestFacts } from '../types.js';
@@ -544,7 +544,7 @@ export function createPipeline(deps: PipelineDeps): RequestHandler {
           throw blocked(action.reason, action.rules.join(', '));
         }
         if (action.kind === 'escalate') {
-          const held = await holdAnswer(upstreamRes.body, config.gateway.listener?.maxStreamBodyBytes ?? DEFAULT_LISTENER.maxStreamBodyBytes);
+          const held = await holdAnswer(upstreamRes.body, MAX_REDACTED_BYTES);
           const contentType = [upstreamRes.headers['content-type']].flat()[0] ?? 'no content type';
           const release = await escalate(
             approvals,

@@ -18,6 +18,7 @@ import {
   type PatternName,
   type Redactor,
 } from '../../gateway/proxy/redact.js';
+import { everyByte, rng, splitAt } from '../helpers/splits.js';
 
 const R = REDACTED_VALUE;
 
@@ -41,31 +42,6 @@ async function run(t: Transform, chunks: readonly Buffer[]): Promise<Buffer> {
   const { out, error } = await attempt(t, chunks);
   if (error !== undefined) throw error;
   return out;
-}
-
-function splitAt(data: Buffer, points: readonly number[]): Buffer[] {
-  const out: Buffer[] = [];
-  let prev = 0;
-  for (const p of points) {
-    out.push(data.subarray(prev, p));
-    prev = p;
-  }
-  out.push(data.subarray(prev));
-  return out;
-}
-
-const everyByte = (data: Buffer): Buffer[] => [...data].map((b) => Buffer.from([b]));
-
-/** A seeded generator, so that a failing split can be replayed. */
-function rng(seed: number): () => number {
-  let s = seed >>> 0;
-  return () => {
-    s = (s + 0x6d2b79f5) >>> 0;
-    let t = s;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
 }
 
 function randomSplits(length: number, seed: number): number[] {

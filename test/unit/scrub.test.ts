@@ -6,6 +6,7 @@
 import { randomBytes } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
 import { base64Cores, createScrubber, REDACTED, scrubberFor, secretForms, type Scrubber } from '../../gateway/proxy/scrub.js';
+import { everyByte, rng, splitAt } from '../helpers/splits.js';
 
 const SECRET = 'sk-live-4eC39HqLyjWDarjtT1zdp7dc';
 // A key whose base64 contains '+' and '/' and whose percent-encoding differs from it.
@@ -36,31 +37,6 @@ function run(scrubber: Scrubber, chunks: readonly Buffer[]): { out: Buffer; rele
   const released = chunks.map((c) => session.write(c));
   released.push(session.end());
   return { out: Buffer.concat(released), released };
-}
-
-function splitAt(data: Buffer, points: readonly number[]): Buffer[] {
-  const out: Buffer[] = [];
-  let prev = 0;
-  for (const p of points) {
-    out.push(data.subarray(prev, p));
-    prev = p;
-  }
-  out.push(data.subarray(prev));
-  return out;
-}
-
-const everyByte = (data: Buffer): Buffer[] => [...data].map((b) => Buffer.from([b]));
-
-/** A seeded generator, so that a failing fuzz case can be replayed. */
-function rng(seed: number): () => number {
-  let s = seed >>> 0;
-  return () => {
-    s = (s + 0x6d2b79f5) >>> 0;
-    let t = s;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
 }
 
 describe('secretForms', () => {
