@@ -204,12 +204,11 @@ async function policy(args: string[]): Promise<void> {
     let base: Config | undefined;
     if (against !== undefined) {
       // `git:REF[:PATH]` as `start --shadow` takes it: the set as committed at REF.
-      const git = /^git:([^:]+)(?::(.+))?$/.exec(against);
-      const fromGit = git === null ? undefined : new GitCandidate(realpathSync(dir), git[1] as string, git[2]);
+      const fromGit = GitCandidate.of(against, realpathSync(dir));
       try {
         const from = fromGit?.dir() ?? against;
         // A committed set is read from a temporary copy: its files are named as in the repository.
-        const named = (file: string): string => (fromGit === undefined ? file : git?.[2] !== undefined ? join(git[2], relative(from, file)) : relative(process.cwd(), join(dir, relative(from, file))));
+        const named = (file: string): string => (fromGit === undefined ? file : fromGit.path !== undefined ? join(fromGit.path, relative(from, file)) : relative(process.cwd(), join(dir, relative(from, file))));
         try {
           base = loadPolicy(from, environment).config;
         } catch (err) {

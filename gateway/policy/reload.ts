@@ -53,8 +53,15 @@ export class GitCandidate {
   constructor(
     private readonly configDir: string,
     private readonly ref: string,
-    private readonly path: string | undefined,
+    /** The directory within the repository (absent: `configDir`'s own place in it). */
+    readonly path: string | undefined,
   ) {}
+
+  /** `source` as a candidate of `configDir` when it names one (`git:REF[:PATH]`); undefined for a directory. */
+  static of(source: string | undefined, configDir: string): GitCandidate | undefined {
+    const git = /^git:([^:]+)(?::(.+))?$/.exec(source ?? '');
+    return git === null ? undefined : new GitCandidate(configDir, git[1] as string, git[2]);
+  }
 
   dir(): string {
     const git = (args: string[], input?: Buffer): Buffer => execFileSync('git', args, { stdio: ['pipe', 'pipe', 'pipe'], maxBuffer: 256 << 20, ...(input !== undefined && { input }) });
@@ -91,8 +98,7 @@ export function createPolicyHolder(
    */
   shadowSource?: string,
 ): PolicyHolder {
-  const git = /^git:([^:]+)(?::(.+))?$/.exec(shadowSource ?? '');
-  const fromGit = git === null ? undefined : new GitCandidate(initial.dir, git[1] as string, git[2]);
+  const fromGit = GitCandidate.of(shadowSource, initial.dir);
   const candidateDir = fromGit !== undefined ? undefined : shadowSource;
   const compileCandidate = (): Policy | undefined => {
     const dir = fromGit?.dir() ?? candidateDir;

@@ -40,7 +40,7 @@ import type { LlmMetering, LlmPlan } from '../llm/metering.js';
 import type { ResponseMeter } from '../llm/meter.js';
 import { withStreamUsage } from '../llm/request.js';
 import type { BudgetAlerts } from '../llm/alerts.js';
-import type { Reservation } from '../policy/compile.js';
+import type { Reservation, ResponseAction } from '../policy/compile.js';
 import type { FactsRecorder } from '../policy/facts.js';
 
 /** The concrete modules the request path calls, built by the composition root. */
@@ -146,8 +146,8 @@ export function createPipeline(deps: PipelineDeps): RequestHandler {
     let llm: LlmPlan | undefined;
     let reservation: { policy: Policy; held: Reservation } | undefined;
     let meter: ResponseMeter | undefined;
-    // Values a response rule redacted from the answer, counted as it streams (recorded in the audit row's `response`).
-    let redactions: { values: number } | undefined;
+    // What response rules did to the answer, and the values they redacted as it streamed (the audit row's `response`).
+    let answered: { action: ResponseAction; redacted: number | undefined } | undefined;
 
     try {
       // 1. receive
@@ -537,7 +537,7 @@ export function createPipeline(deps: PipelineDeps): RequestHandler {
       // Response rules: the answer is withheld, held until a person releases it, or redacted on its way.
       const action = responsePlan?.at(upstreamRes.statusCode);
       if (action !== undefined) {
-        rec.response = JSON.stringify({ action: action.kind, rules: action.rules, reason: action.reason });
+        answered = { action, redacted: undefined };
         if (action.kind === 'block') {
           upstreamRes.body.on('error', () => undefined);
           upstreamRes.body.destroy();
@@ -582,10 +582,10 @@ export function createPipeline(deps: PipelineDeps): RequestHandler {
       const origin = (): string | undefined => agentOrigin(req.headers.host, req.socket.localAddress, req.socket.localPort);
       if (llm !== undefined) meter = metering.meter(llm, { status: upstreamRes.statusCode, contentType: [upstreamRes.headers['content-type']].flat()[0], headers: upstreamRes.headers });
       const observers: BodyObserver[] = meter === undefined ? [] : [meter];
-      if (action?.redactor !== undefined && facts.method !== 'HEAD') {
-        const counted = { values: 0 };
-        redactions = counted;
-        observers.push(redactionObserver(action.redactor, action.keep, [upstreamRes.headers['content-type']].flat()[0], (n) => (counted.values += n)));
+      if (action?.redactor !== undefined && answered !== undefined && facts.method !== 'HEAD') {
+        const counting = answered;
+        counting.redacted = 0;
+        observers.push(redactionObserver(action.redactor, action.keep, [upstreamRes.headers['content-type']].flat()[0], (n) => (counting.redacted = (counting.redacted ?? 0) + n)));
       }
       const toAgent = agentResponse(answering, facts.method, upstreamRes, scrubber, origin, target.mount, accepted, observers);
       // A stream cut at its reservation (gateway.llm.overrun: cut) has ended for the agent; the upstream's generation is stopped too.
@@ -653,7 +653,10 @@ export function createPipeline(deps: PipelineDeps): RequestHandler {
         incoming.discard(() => closeAfterResponse(req));
       }
       rec.status = rec.errorCode === 'VALET_ERR_CLIENT_CLOSED' && !res.headersSent ? 499 : res.statusCode;
-      if (redactions !== undefined && rec.response !== null) rec.response = JSON.stringify({ ...(JSON.parse(rec.response) as object), redacted: redactions.values });
+      if (answered !== undefined) {
+        const { action, redacted } = answered;
+        rec.response = JSON.stringify({ action: action.kind, rules: action.rules, reason: action.reason, ...(redacted !== undefined && { redacted }) });
+      }
       if (llm !== undefined) {
         // Whatever metering finds, the request's row is written.
         try {
