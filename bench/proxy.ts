@@ -25,7 +25,7 @@ import { request } from 'undici';
 import { affinity, BenchRun, canPin, pin, type BenchChild } from './lib/child.js';
 import { nginxBinary, startNginx, type Nginx } from './lib/nginx.js';
 import { hasWrk, wrkRun } from './lib/wrk.js';
-import { formatUsage, snapshot, usageBetween, type CpuUsage } from './lib/cpu.js';
+import { formatUsage, snapshot, threadMicros, threadTicks, usageBetween, type CpuUsage } from './lib/cpu.js';
 import { formatSummary, mainThreadProfiles, summariseProfile } from './lib/cpuprofile.js';
 import { formatSync, syncLatency } from './lib/disk.js';
 import { gitState } from './lib/git.js';
@@ -203,6 +203,8 @@ interface Measured {
   loop: Record<string, LoopDelay>;
   round: number;
   audit?: AuditSplit | undefined;
+  /** Valet's CPU µs per request by thread (main, valet-audit, valet-ckpt, node: V8 and libuv helpers). */
+  threads?: Record<string, number> | undefined;
 }
 type ThroughputRun = RunResult & Measured;
 type FixedRun = FixedRateResult & Measured;
@@ -321,9 +323,11 @@ async function main(): Promise<number> {
     const before = beforeAll[0] as UpstreamStats;
     const genLoop = monitorEventLoopDelay({ resolution: 1 });
     genLoop.enable();
+    const t0 = isValet(t) && valet ? threadTicks(valet.pid) : undefined;
     const c0 = snapshot([...pidNames.keys()]);
     const r = await run();
     const cpuUse = usageBetween(c0, snapshot([...pidNames.keys()]), pidNames);
+    const threads = t0 && valet ? threadMicros(t0, threadTicks(valet.pid), r.ok + r.non2xx) : undefined;
     genLoop.disable();
     const afterAll = await Promise.all(servers.map((c) => c.ask<UpstreamStats & Partial<ValetStats>>('stats')));
     const after = afterAll[0] as UpstreamStats;
@@ -347,7 +351,7 @@ async function main(): Promise<number> {
         commitP99: bucketQuantile(b.auditCommit, a.auditCommit, 0.99),
       };
     }
-    return { ...r, upstreamSaw: saw, cpu: cpuUse, loop, round, audit };
+    return { ...r, upstreamSaw: saw, cpu: cpuUse, loop, round, audit, threads };
   };
   const loops = (m: Measured, t: TargetId): string =>
     ['generator', processOf(t), ...(t === 'direct' ? [] : ['upstream'])]
@@ -360,7 +364,15 @@ async function main(): Promise<number> {
     ...(x.cpu.other >= QUIET_CORES ? [`other processes used ${x.cpu.other.toFixed(2)} cores during the run`] : []),
     ...('lagP99' in x && x.lagP99 > LATE_SEND_MS ? [`the fixed-rate generator ran late (send lag p99 ${ms(x.lagP99)} ms)`] : []),
   ];
-  const auditLine = (m: Measured): string => {
+  const auditLine = (m: Measured): string => threadLine(m) + auditSplit(m);
+  const threadLine = (m: Measured): string =>
+    m.threads === undefined
+      ? ''
+      : `\n            CPU µs/request by thread: ${Object.entries(m.threads)
+          .sort((x, y) => y[1] - x[1])
+          .map(([n, v]) => `${n} ${Math.round(v)}`)
+          .join(', ')}`;
+  const auditSplit = (m: Measured): string => {
     const a = m.audit;
     if (a === undefined) return '';
     const le = (v: number): string => (Number.isFinite(v) ? `≤ ${v} ms` : Number.isNaN(v) ? 'n/a' : '> 1 s');

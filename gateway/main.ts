@@ -392,22 +392,33 @@ export async function startGateway(options: GatewayOptions): Promise<RunningGate
 }
 
 /**
- * Seals the facts of each decision under the master key's facts key. With a history store in the
- * process, the history summary a decision read lazily (it is not in the input) is recorded too, as
- * the decision saw it: the call itself is recorded in the history only after this.
+ * Seals the facts of each decision under the master key's facts key, once its call is over. With a
+ * history store in the process, the history summary a decision read lazily (it is not in the input)
+ * is recorded too, taken as the decision saw it: the call itself is recorded in the history right after.
  */
 function factsRecorder(key: MasterKey, history: HistoryStore, logger: Logger): FactsRecorder {
   const local = history.shared === true ? undefined : history;
   return {
-    seal(requestId, input, decision, argsRead) {
-      try {
-        const summary = input.history === undefined && local !== undefined ? local.summary(historyKey(input.identity, input.facts), input.now) : undefined;
-        return sealFacts(key, requestId, encodeFacts(input, decision, { argsRead, history: summary instanceof Promise ? undefined : summary }));
-      } catch (err) {
+    capture(requestId, input, decision, argsRead) {
+      const failed = (err: unknown): null => {
         // A request is not refused for want of its replay facts; the message is the encoder's or the cipher's, never a fact.
         logger.error({ reqId: requestId, message: (err as Error).message }, 'could not seal the request facts; the audit row has none');
         return null;
+      };
+      let summary: ReturnType<HistoryStore['summary']> | undefined;
+      try {
+        // Now: the call itself joins the history right after its decision.
+        summary = input.history === undefined && local !== undefined ? local.summary(historyKey(input.identity, input.facts), input.now) : undefined;
+      } catch (err) {
+        return () => failed(err);
       }
+      return () => {
+        try {
+          return sealFacts(key, requestId, encodeFacts(input, decision, { argsRead, history: summary instanceof Promise ? undefined : summary }));
+        } catch (err) {
+          return failed(err);
+        }
+      };
     },
   };
 }

@@ -4,7 +4,7 @@
  * knowing how many cores each used, and how much went to processes that are not part of the
  * benchmark at all, is what makes a figure interpretable.
  */
-import { readFileSync } from 'node:fs';
+import { readdirSync, readFileSync } from 'node:fs';
 import { cpus } from 'node:os';
 import { performance } from 'node:perf_hooks';
 
@@ -48,6 +48,42 @@ function pidTicks(pid: number): number {
     return Number.NaN;
   }
 }
+
+/**
+ * utime + stime jiffies of each thread of `pid`, summed by thread name: `main` for the thread whose
+ * id is the pid, else its name (/proc/<pid>/task/<tid>/comm; Valet names its own threads, e.g.
+ * `valet-audit`; V8's and libuv's helper threads are all `node`).
+ */
+export function threadTicks(pid: number): Map<string, number> {
+  const out = new Map<string, number>();
+  let tids: string[];
+  try {
+    tids = readdirSync(`/proc/${pid}/task`);
+  } catch {
+    return out;
+  }
+  for (const tid of tids) {
+    try {
+      const s = readFileSync(`/proc/${pid}/task/${tid}/stat`, 'utf8');
+      const f = s.slice(s.lastIndexOf(')') + 2).split(' ');
+      const name = Number(tid) === pid ? 'main' : readFileSync(`/proc/${pid}/task/${tid}/comm`, 'utf8').trim();
+      out.set(name, (out.get(name) ?? 0) + Number(f[11]) + Number(f[12]));
+    } catch {
+      // the thread ended
+    }
+  }
+  return out;
+}
+
+/** CPU µs per request of each thread group between two {@link threadTicks} readings. */
+export function threadMicros(a: ReadonlyMap<string, number>, b: ReadonlyMap<string, number>, requests: number): Record<string, number> {
+  const out: Record<string, number> = {};
+  for (const [name, ticks] of b) out[name] = (((ticks - (a.get(name) ?? 0)) / TICKS_PER_SECOND) * 1e6) / Math.max(1, requests);
+  return out;
+}
+
+/** Linux's USER_HZ (the unit of /proc's utime and stime), 100 on every mainstream build. */
+const TICKS_PER_SECOND = 100;
 
 export function snapshot(pids: readonly number[]): CpuSnapshot {
   const { busy, total } = procStat();

@@ -57,6 +57,8 @@ const everyField: Record<Exclude<keyof AuditRecord, (typeof RECORD_FIELDS)[numbe
 void everyField;
 
 export const REQUEST_ID_AT = 1 + RECORD_FIELDS.indexOf('requestId');
+export const STATUS_AT = 1 + RECORD_FIELDS.indexOf('status');
+export const ERROR_CODE_AT = 1 + RECORD_FIELDS.indexOf('errorCode');
 
 /** A record as a {@link PackedOp}, in {@link RECORD_FIELDS} order. */
 export function pack(kind: typeof DECISION | typeof FINAL, r: AuditRecord): PackedOp {
@@ -91,7 +93,8 @@ export type ToWriter =
   | { t: 'close' };
 
 export type FromWriter =
-  | { t: 'ready'; head: AuditHead }
+  /** `lockHeld`: this writer holds the writer lock (recovered what a killed one left; a decision journal may be kept). */
+  | { t: 'ready'; head: AuditHead; lockHeld: boolean }
   | { t: 'fatal'; code: string | undefined; message: string }
   /** The batches' ops were committed (ok, in `seconds`) or not; `held`: ops kept for a retry. */
   | { t: 'done'; batches: number[]; ok: boolean; seconds?: number; code?: string | undefined; message?: string; head: AuditHead; held: number }

@@ -34,7 +34,12 @@ export interface RecordedFacts {
 
 /** Seals the facts of a decision into the text of the audit row's `facts` column (null: not recorded). */
 export interface FactsRecorder {
-  seal(requestId: string, input: EvaluationInput, decision: Decision, argsRead: boolean): string | null;
+  /**
+   * Takes what a decision was made on, at the moment it is made, and returns what seals it (the
+   * audit row's `facts`) — called once the call is over, so that encoding and sealing are not on
+   * the way to the upstream. The input and decision are never changed after the decision.
+   */
+  capture(requestId: string, input: EvaluationInput, decision: Decision, argsRead: boolean): () => string | null;
 }
 
 const EFFECTS: ReadonlySet<string> = new Set(['allow', 'deny', 'escalate']);

@@ -1,9 +1,11 @@
+import { rmSync } from 'node:fs';
 import { join } from 'node:path';
 import Database from 'better-sqlite3';
 import type { AuditRecord } from '../../types.js';
 import { compactable, encodeNote, EVENT, GENESIS, jsonString, linkHash, META_COLUMNS, parseNote, pruneNote, rowDigest, sha256, sha256Hex, storedText, type ChainHead } from '../chain.js';
 import type { PruneResult, RetentionCutoffs } from '../port.js';
-import { DECISION, FINAL, pack, RECORD_FIELDS, REQUEST_ID_AT, type PackedOp } from '../protocol.js';
+import { DECISION, ERROR_CODE_AT, FINAL, pack, RECORD_FIELDS, REQUEST_ID_AT, STATUS_AT, type PackedOp } from '../protocol.js';
+import { readJournal } from './journal.js';
 import { contentColumns, readCheckpoint, readHead } from './chain.js';
 import { openAuditDatabase, type AuditDatabase } from './store.js';
 import { privateFile } from '../../private-files.js';
@@ -139,7 +141,10 @@ export class AuditCore {
    * `autoCheckpoint: false` leaves copying the WAL back into the database to someone else (the
    * writer's checkpointer thread, see writer.ts), so commits on this connection never wait for it.
    */
-  constructor(dataDir: string, o: { busyTimeoutMs?: number; cacheKiB?: number; recover?: boolean; autoCheckpoint?: boolean } = {}) {
+  constructor(
+    private readonly dataDir: string,
+    o: { busyTimeoutMs?: number; cacheKiB?: number; recover?: boolean; autoCheckpoint?: boolean } = {},
+  ) {
     this.db = openAuditDatabase(dataDir, { busyTimeoutMs: o.busyTimeoutMs ?? 1000 });
     this.db.pragma(`cache_size = -${o.cacheKiB ?? 32_768}`);
     if (o.autoCheckpoint === false) this.db.pragma('wal_autocheckpoint = 0');
@@ -171,6 +176,7 @@ export class AuditCore {
    * so the requests of another gateway still running on the same data directory are left alone.
    */
   private recoverInterrupted(): void {
+    this.recovered = this.recoverJournal();
     const rows = this.db
       .prepare(`SELECT r.* FROM audit_log r JOIN audit_chain c ON c.seq = r.chain_seq WHERE r.status = 0 AND r.outcome_seq IS NULL AND c.kind = ${EVENT.decision}`)
       .all() as Record<string, unknown>[];
@@ -186,7 +192,37 @@ export class AuditCore {
       return pack(FINAL, rec as unknown as AuditRecord);
     });
     this.applyPacked(ops);
-    this.recovered = rows.length;
+    this.recovered += rows.length;
+  }
+
+  /**
+   * The decisions a killed Valet journaled (`crash` durability, see journal.ts) and never wrote a
+   * row for are written as rows completed with `VALET_ERR_OUTCOME_UNKNOWN` and status 0; then the
+   * journal is deleted. Returns how many rows it wrote.
+   */
+  private recoverJournal(): number {
+    const { ops, files } = readJournal(this.dataDir);
+    const has = this.db.prepare('SELECT 1 FROM audit_log WHERE request_id = ? LIMIT 1').pluck();
+    const missing: PackedOp[] = [];
+    const seen = new Set<string>();
+    for (const op of ops) {
+      const requestId = op[REQUEST_ID_AT];
+      if (typeof requestId !== 'string' || seen.has(requestId) || has.get(requestId) !== undefined) continue;
+      seen.add(requestId);
+      const final = op.slice();
+      final[0] = FINAL;
+      final[STATUS_AT] = 0;
+      final[ERROR_CODE_AT] = 'VALET_ERR_OUTCOME_UNKNOWN';
+      missing.push(final);
+    }
+    if (missing.length > 0) this.applyPacked(missing);
+    for (const f of files) rmSync(f, { force: true });
+    return missing.length;
+  }
+
+  /** This writer holds the writer lock: it alone recovers what a killed one left, and may keep a decision journal. */
+  get holdsLock(): boolean {
+    return this.lock !== undefined;
   }
 
   /** Rows completed as interrupted at start-up. */

@@ -9,8 +9,12 @@ import type { AuditHead, AuditWriter, PruneResult } from '../port.js';
 import { DECISION, FINAL, pack, type FromWriter, type PackedOp, type ToWriter, type WriterInit } from '../protocol.js';
 import { AuditCore } from './core.js';
 import { AUDIT_FILE } from './store.js';
-import { applyDurability } from './durability.js';
+import { applyDurability, CRASH_SYNC_MS } from './durability.js';
+import { DecisionJournal } from './journal.js';
 import type { AuditDurability } from '../../config/types.js';
+import type { AuditRecord } from '../../types.js';
+
+const RESOLVED = Promise.resolve();
 
 export interface AuditWriterOptions {
   dataDir: string;
@@ -49,11 +53,27 @@ export async function startAuditWriter(o: AuditWriterOptions): Promise<AuditWrit
   return o.mode === 'inline' ? inlineWriter(o) : workerWriter(o);
 }
 
+/**
+ * `crash` and `async`: how long a decision is held on the request thread for its outcome, so that
+ * the request's row is written once, whole (ms). A call still running after this gets its decision
+ * row written (it shows as in flight), then completed when it ends.
+ */
+const HOLD_MS = 1_000;
+
 interface Batch {
   id: number;
   ops: PackedOp[];
   urgent: boolean;
   waiters: { resolve: () => void; reject: (e: Error) => void }[];
+  /** Journal segments of the decisions this batch records: settled once it is committed. */
+  settles: number[];
+}
+
+/** A decision held on the request thread (see {@link HOLD_MS}); `segment`: its journal segment, or -1. */
+interface Held {
+  readonly op: PackedOp;
+  readonly at: number;
+  readonly segment: number;
 }
 
 function workerWriter(o: AuditWriterOptions): Promise<AuditWriter> {
@@ -69,8 +89,10 @@ function workerWriter(o: AuditWriterOptions): Promise<AuditWriter> {
   let current: Batch | undefined;
   const inFlight = new Map<number, Batch>();
   let inFlightOps = 0;
-  let held = 0;
+  /** Ops the writer thread keeps for a retry while the database cannot be written. */
+  let heldByWriter = 0;
   let nextBatch = 1;
+  let journalSync: NodeJS.Timeout | undefined;
   let dead: Error | undefined;
   let flushToken = 0;
   let closed: (() => void) | undefined;
@@ -113,12 +135,52 @@ function workerWriter(o: AuditWriterOptions): Promise<AuditWriter> {
     if (current.urgent) immediate ??= setImmediate(send);
     else if (immediate === undefined) timer ??= setTimeout(send, COMPLETION_DELAY_MS);
   };
-  const batch = (op: PackedOp): Batch => {
-    current ??= { id: nextBatch++, ops: [], urgent: false, waiters: [] };
+  const batch = (op: PackedOp, urgent = op[0] === DECISION): Batch => {
+    current ??= { id: nextBatch++, ops: [], urgent: false, waiters: [], settles: [] };
     current.ops.push(op);
-    if (op[0] === DECISION) current.urgent = true;
+    if (urgent) current.urgent = true;
     schedule();
     return current;
+  };
+
+  /**
+   * `crash` and `async` (when this writer holds the writer lock): a decision is not sent to the
+   * writer thread, nobody waits for it; it is held here until its outcome arrives and the row goes
+   * once, whole (one message, one row write per request). `crash` first appends it to the decision
+   * journal (journal.ts), which is what makes it survive a killed Valet before the call is forwarded.
+   */
+  let holding = false;
+  let journal: DecisionJournal | undefined;
+  const held = new Map<string, Held>();
+  let sweeper: NodeJS.Timeout | undefined;
+  /** Decisions held longer than {@link HOLD_MS} (or all: flush, close) go to the writer as decision rows. */
+  const release = (olderThan: number): void => {
+    for (const [id, h] of held) {
+      if (h.at > olderThan) break; // held in arrival order
+      held.delete(id);
+      const b = batch(h.op, false);
+      if (h.segment >= 0) b.settles.push(h.segment);
+    }
+    if (held.size === 0 && sweeper !== undefined) {
+      clearInterval(sweeper);
+      sweeper = undefined;
+    }
+  };
+  const hold = (rec: AuditRecord): Promise<void> => {
+    const op = pack(DECISION, rec);
+    let segment = -1;
+    if (journal !== undefined) {
+      try {
+        segment = journal.append(op);
+      } catch (err) {
+        const code = (err as { code?: string }).code;
+        o.logger.error({ code, message: (err as Error).message, failOpen }, 'audit journal not writable');
+        if (!failOpen) return Promise.reject(unavailable(code));
+      }
+    }
+    held.set(rec.requestId, { op, at: Date.now(), segment });
+    sweeper ??= setInterval(() => release(Date.now() - HOLD_MS), HOLD_MS / 4).unref();
+    return RESOLVED;
   };
   const fail = (b: Batch, code: string | undefined): void => {
     for (const w of b.waiters) {
@@ -134,6 +196,12 @@ function workerWriter(o: AuditWriterOptions): Promise<AuditWriter> {
         case 'ready':
           started = true;
           head = m.head;
+          // Only the lock holder recovers a journal at start-up, so only it may keep one.
+          holding = durability !== 'strict' && m.lockHeld;
+          if (holding && durability === 'crash') {
+            journal = new DecisionJournal(o.dataDir, (err) => o.logger.error({ message: (err as Error).message }, 'audit journal could not be synced'));
+            journalSync = setInterval(() => journal?.sync(), CRASH_SYNC_MS).unref();
+          }
           checkpointer = startCheckpointer(o.dataDir, (err) => {
             o.logger.error({ message: err.message }, 'audit checkpointer stopped; the writer checkpoints the WAL itself');
             if (dead === undefined) post({ t: 'autocheckpoint' });
@@ -145,7 +213,7 @@ function workerWriter(o: AuditWriterOptions): Promise<AuditWriter> {
           break;
         case 'done':
           head = m.head;
-          held = m.held;
+          heldByWriter = m.held;
           if (m.ok) {
             commits++;
             if (m.seconds !== undefined) o.onCommit?.(m.seconds);
@@ -163,8 +231,10 @@ function workerWriter(o: AuditWriterOptions): Promise<AuditWriter> {
             if (b === undefined) continue;
             inFlight.delete(id);
             inFlightOps -= b.ops.length;
-            if (m.ok) for (const w of b.waiters) w.resolve();
-            else fail(b, m.code);
+            if (m.ok) {
+              for (const w of b.waiters) w.resolve();
+              for (const seg of b.settles) journal?.settle(seg);
+            } else fail(b, m.code);
           }
           // What gathered while two batches were unanswered (see send).
           schedule();
@@ -206,6 +276,7 @@ function workerWriter(o: AuditWriterOptions): Promise<AuditWriter> {
     const writer: AuditWriter = {
       commit(rec) {
         if (dead !== undefined) return failOpen ? Promise.resolve() : Promise.reject(unavailable('WRITER_FAILED'));
+        if (holding) return hold(rec);
         const b = batch(pack(DECISION, rec));
         // async: the call goes on at once; a row that cannot be written is logged as lost.
         if (durability === 'async') return Promise.resolve();
@@ -216,9 +287,17 @@ function workerWriter(o: AuditWriterOptions): Promise<AuditWriter> {
           o.logger.error({ reqId: rec.requestId }, 'audit row lost: the writer thread is not running');
           return;
         }
-        batch(pack(FINAL, rec));
+        const h = held.size === 0 ? undefined : held.get(rec.requestId);
+        if (h === undefined) {
+          batch(pack(FINAL, rec));
+          return;
+        }
+        held.delete(rec.requestId);
+        const b = batch(pack(FINAL, rec));
+        if (h.segment >= 0) b.settles.push(h.segment);
       },
       async flush() {
+        release(Number.POSITIVE_INFINITY);
         send(true);
         if (dead !== undefined) return;
         const token = ++flushToken;
@@ -232,7 +311,7 @@ function workerWriter(o: AuditWriterOptions): Promise<AuditWriter> {
         }
       },
       get pending() {
-        return (current?.ops.length ?? 0) + inFlightOps + held;
+        return (current?.ops.length ?? 0) + inFlightOps + heldByWriter + held.size;
       },
       get head() {
         return head;
@@ -249,11 +328,18 @@ function workerWriter(o: AuditWriterOptions): Promise<AuditWriter> {
         });
       },
       async close() {
+        release(Number.POSITIVE_INFINITY);
         send(true);
-        if (dead !== undefined) return;
+        clearInterval(journalSync);
+        if (dead !== undefined) {
+          journal?.close();
+          return;
+        }
         const done = new Promise<void>((r) => (closed = r));
         post({ t: 'close' });
         await done;
+        // Segments whose decisions have no committed row yet stay on disk for the next start.
+        journal?.close();
         await worker.terminate();
         await checkpointer?.stop();
       },
@@ -271,6 +357,7 @@ function workerWriter(o: AuditWriterOptions): Promise<AuditWriter> {
 function startCheckpointer(dataDir: string, onFailure: (err: Error) => void): Checkpointer {
   const code = `
     const { workerData, parentPort } = require('node:worker_threads');
+    try { require('node:fs').writeFileSync('/proc/thread-self/comm', 'valet-ckpt'); } catch {}
     const Database = require(workerData.driver);
     const db = new Database(workerData.file, { fileMustExist: true, timeout: 0 });
     const timer = setInterval(() => {

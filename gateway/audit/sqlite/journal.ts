@@ -1,0 +1,191 @@
+import { closeSync, fdatasync, fdatasyncSync, openSync, readdirSync, readFileSync, unlink, unlinkSync, writeSync } from 'node:fs';
+import { join } from 'node:path';
+import { privateDir, PRIVATE_FILE_MODE } from '../../private-files.js';
+import type { PackedOp } from '../protocol.js';
+
+/** Under the data directory: the decision journal's segments (`<n>.ndjson`). */
+export const JOURNAL_DIR = 'audit-journal';
+
+/** A segment is closed and a new one started past this size. */
+const SEGMENT_BYTES = 8 * 1024 * 1024;
+
+interface Segment {
+  readonly id: number;
+  readonly path: string;
+  fd: number | undefined;
+  bytes: number;
+  /** Decisions appended here whose rows are not yet committed to the audit database. */
+  open: number;
+}
+
+/**
+ * The decision journal of `crash` durability: one way to have every forwarded call's decision on
+ * disk before it is forwarded without writing its audit row twice (a decision row before the call,
+ * then an update with the outcome).
+ *
+ * Before a call is forwarded, its decision (the audit record as far as it is known) is appended to
+ * a segment file with one `write(2)` on the request thread: in the OS's cache from then on, so a
+ * killed Valet cannot lose it; segments are fdatasynced every second (`CRASH_SYNC_MS`), so a power
+ * loss loses at most that much. The audit row itself is written once, whole, when the call is over.
+ * A segment is deleted once every decision in it has its row committed. At start-up the writer
+ * that holds the writer lock reads what a killed Valet left ({@link recoverJournal}): a decision
+ * without a row becomes a row completed as `VALET_ERR_OUTCOME_UNKNOWN`, as an unfinished decision
+ * row does.
+ *
+ * The lines hold what the audit row holds (the request facts sealed as in the row), in files 0600
+ * in a 0700 directory. Not thread-safe: the request thread owns it.
+ */
+export class DecisionJournal {
+  private readonly dir: string;
+  private current: Segment;
+  private readonly segments = new Map<number, Segment>();
+  private next: number;
+  private readonly onError: (err: unknown) => void;
+
+  constructor(dataDir: string, onError: (err: unknown) => void) {
+    this.dir = join(dataDir, JOURNAL_DIR);
+    this.onError = onError;
+    privateDir(this.dir);
+    this.next = 1 + Math.max(0, ...segmentIds(this.dir));
+    this.current = this.start();
+  }
+
+  /** Appends a decision; returns its segment, to {@link settle} once its row is committed. Throws when the file cannot be written. */
+  append(op: PackedOp): number {
+    const s = this.current;
+    const line = `${JSON.stringify(op)}\n`;
+    if (s.fd === undefined) throw new Error('the audit journal is closed');
+    s.bytes += writeSync(s.fd, line);
+    s.open++;
+    if (s.bytes >= SEGMENT_BYTES) this.rotate();
+    return s.id;
+  }
+
+  /** A decision of `segment` has its row committed; a closed segment with none left open is deleted. */
+  settle(segment: number): void {
+    const s = this.segments.get(segment);
+    if (s === undefined) return;
+    s.open--;
+    if (s.open <= 0 && s !== this.current) this.drop(s);
+  }
+
+  /** Decisions appended and not yet settled. */
+  get unsettled(): number {
+    let n = 0;
+    for (const s of this.segments.values()) n += s.open;
+    return n;
+  }
+
+  /** fdatasync of the segment being written (the one-second timer of `crash`), off the event loop. */
+  sync(): void {
+    const fd = this.current.fd;
+    if (fd !== undefined && this.current.bytes > 0) fdatasync(fd, (err) => err && this.onError(err));
+  }
+
+  /** Syncs and closes every segment; those with decisions still unsettled stay on disk for the next start. */
+  close(): void {
+    for (const s of this.segments.values()) {
+      if (s.fd === undefined) continue;
+      try {
+        if (s.open > 0) fdatasyncSyncQuietly(s.fd);
+        closeSync(s.fd);
+      } catch (err) {
+        this.onError(err);
+      }
+      s.fd = undefined;
+      if (s.open <= 0) unlinkQuietly(s.path);
+    }
+    this.segments.clear();
+  }
+
+  private start(): Segment {
+    const id = this.next++;
+    const path = join(this.dir, `${id}.ndjson`);
+    const s: Segment = { id, path, fd: openSync(path, 'a', PRIVATE_FILE_MODE), bytes: 0, open: 0 };
+    this.segments.set(id, s);
+    return s;
+  }
+
+  private rotate(): void {
+    const old = this.current;
+    this.current = this.start();
+    const fd = old.fd;
+    if (old.open <= 0) {
+      this.drop(old);
+      return;
+    }
+    // Synced before it is closed: what it holds is as safe as what the timer syncs.
+    if (fd !== undefined) fdatasync(fd, (err) => err && this.onError(err));
+  }
+
+  private drop(s: Segment): void {
+    this.segments.delete(s.id);
+    const fd = s.fd;
+    s.fd = undefined;
+    if (fd !== undefined) {
+      try {
+        closeSync(fd);
+      } catch {
+        // already closed
+      }
+    }
+    unlink(s.path, (err) => err && err.code !== 'ENOENT' && this.onError(err));
+  }
+}
+
+function fdatasyncSyncQuietly(fd: number): void {
+  try {
+    fdatasyncSync(fd);
+  } catch {
+    // best effort at close
+  }
+}
+
+function unlinkQuietly(path: string): void {
+  try {
+    unlinkSync(path);
+  } catch {
+    // gone already
+  }
+}
+
+function segmentIds(dir: string): number[] {
+  let names: string[];
+  try {
+    names = readdirSync(dir);
+  } catch {
+    return [];
+  }
+  return names.map((n) => /^(\d+)\.ndjson$/.exec(n)?.[1]).filter((n): n is string => n !== undefined).map(Number);
+}
+
+/**
+ * What a previous Valet left in the journal: its decisions, oldest first, and the segment files
+ * (to delete once what they hold is recorded). A torn last line (a power loss mid-write) is skipped.
+ */
+export function readJournal(dataDir: string): { ops: PackedOp[]; files: string[] } {
+  const dir = join(dataDir, JOURNAL_DIR);
+  const ids = segmentIds(dir).sort((a, b) => a - b);
+  const ops: PackedOp[] = [];
+  const files: string[] = [];
+  for (const id of ids) {
+    const path = join(dir, `${id}.ndjson`);
+    files.push(path);
+    let text: string;
+    try {
+      text = readFileSync(path, 'utf8');
+    } catch {
+      continue;
+    }
+    for (const line of text.split('\n')) {
+      if (line === '') continue;
+      try {
+        const op = JSON.parse(line) as unknown;
+        if (Array.isArray(op)) ops.push(op);
+      } catch {
+        // torn
+      }
+    }
+  }
+  return { ops, files };
+}
