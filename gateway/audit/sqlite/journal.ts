@@ -16,17 +16,28 @@ interface Segment {
   bytes: number;
   /** Decisions appended here whose rows are not yet committed to the audit database. */
   open: number;
+  /** fdatasyncs of this segment in flight: its file is closed only after the last (see {@link DecisionJournal.drop}). */
+  syncing: number;
+  /** Done with: close and delete it once no sync is in flight. */
+  dropped: boolean;
+}
+
+interface Waiter {
+  resolve: () => void;
+  reject: (err: Error) => void;
 }
 
 /**
- * The decision journal of `crash` durability: one way to have every forwarded call's decision on
- * disk before it is forwarded without writing its audit row twice (a decision row before the call,
- * then an update with the outcome).
+ * The decision journal: how every forwarded call's decision is on disk before the call is
+ * forwarded without its audit row being written twice (a decision row before the call, then an
+ * update with the outcome).
  *
  * Before a call is forwarded, its decision (the audit record as far as it is known) is appended to
  * a segment file with one `write(2)` on the request thread: in the OS's cache from then on, so a
- * killed Valet cannot lose it; segments are fdatasynced every second (`CRASH_SYNC_MS`), so a power
- * loss loses at most that much. The audit row itself is written once, whole, when the call is over.
+ * killed Valet cannot lose it. `strict` then waits for an fdatasync of it ({@link DecisionJournal.durable},
+ * shared by the decisions of one event-loop turn); `crash` does not, and the segment is
+ * fdatasynced every second (`CRASH_SYNC_MS`), so a power loss loses at most that much. The audit
+ * row itself is written once, whole, when the call is over.
  * A segment is deleted once every decision in it has its row committed. At start-up the writer
  * that holds the writer lock reads what a killed Valet left ({@link recoverJournal}): a decision
  * without a row becomes a row completed as `VALET_ERR_OUTCOME_UNKNOWN`, as an unfinished decision
@@ -78,12 +89,67 @@ export class DecisionJournal {
 
   /** fdatasync of the segment being written (the one-second timer of `crash`), off the event loop. */
   sync(): void {
-    const fd = this.current.fd;
-    if (fd !== undefined && this.current.bytes > 0) fdatasync(fd, (err) => err && this.onError(err));
+    if (this.current.bytes > 0) this.fdatasync(this.current, (err) => err && this.onError(err));
+  }
+
+  /**
+   * `strict`: resolves once everything appended so far is on disk (fdatasync, in libuv's thread
+   * pool). Group commit: the decisions appended in one event-loop turn share one fdatasync, and
+   * those appended while it runs share the next. Rejects with the file system's error.
+   */
+  durable(): Promise<void> {
+    return new Promise<void>((resolve, reject) => {
+      this.waiters.push({ resolve, reject });
+      this.dirty.add(this.current);
+      if (!this.flushing) {
+        this.flushing = true;
+        setImmediate(() => this.flush());
+      }
+    });
+  }
+
+  private waiters: Waiter[] = [];
+  private readonly dirty = new Set<Segment>();
+  private flushing = false;
+
+  private flush(): void {
+    const waiters = this.waiters;
+    const segments = [...this.dirty];
+    this.waiters = [];
+    this.dirty.clear();
+    const done = (err: Error | null): void => {
+      for (const w of waiters) {
+        if (err === null) w.resolve();
+        else w.reject(err);
+      }
+      if (this.waiters.length > 0) this.flush();
+      else this.flushing = false;
+    };
+    const next = (err: Error | null): void => {
+      const s = segments.pop();
+      if (err !== null || s === undefined) done(err);
+      else this.fdatasync(s, next);
+    };
+    next(null);
+  }
+
+  private fdatasync(s: Segment, cb: (err: NodeJS.ErrnoException | null) => void): void {
+    if (s.fd === undefined) {
+      cb(s.dropped ? null : new Error('the audit journal is closed'));
+      return;
+    }
+    s.syncing++;
+    fdatasync(s.fd, (err) => {
+      s.syncing--;
+      if (s.dropped && s.syncing === 0) this.release(s);
+      cb(err);
+    });
   }
 
   /** Syncs and closes every segment; those with decisions still unsettled stay on disk for the next start. */
   close(): void {
+    for (const w of this.waiters) w.reject(new Error('the audit journal is closed'));
+    this.waiters = [];
     for (const s of this.segments.values()) {
       if (s.fd === undefined) continue;
       try {
@@ -101,7 +167,7 @@ export class DecisionJournal {
   private start(): Segment {
     const id = this.next++;
     const path = join(this.dir, `${id}.ndjson`);
-    const s: Segment = { id, path, fd: openSync(path, 'a', PRIVATE_FILE_MODE), bytes: 0, open: 0 };
+    const s: Segment = { id, path, fd: openSync(path, 'a', PRIVATE_FILE_MODE), bytes: 0, open: 0, syncing: 0, dropped: false };
     this.segments.set(id, s);
     return s;
   }
@@ -109,25 +175,26 @@ export class DecisionJournal {
   private rotate(): void {
     const old = this.current;
     this.current = this.start();
-    const fd = old.fd;
-    if (old.open <= 0) {
-      this.drop(old);
-      return;
-    }
-    // Synced before it is closed: what it holds is as safe as what the timer syncs.
-    if (fd !== undefined) fdatasync(fd, (err) => err && this.onError(err));
+    if (old.open <= 0) this.drop(old);
+    // Synced when it is left: what it holds is as safe as what the timer syncs.
+    else this.fdatasync(old, (err) => err && this.onError(err));
   }
 
+  /** Closes and deletes a segment every decision of which has its row, once no fdatasync of it is in flight. */
   private drop(s: Segment): void {
     this.segments.delete(s.id);
+    s.dropped = true;
+    if (s.syncing === 0) this.release(s);
+  }
+
+  private release(s: Segment): void {
     const fd = s.fd;
     s.fd = undefined;
-    if (fd !== undefined) {
-      try {
-        closeSync(fd);
-      } catch {
-        // already closed
-      }
+    if (fd === undefined) return;
+    try {
+      closeSync(fd);
+    } catch {
+      // already closed
     }
     unlink(s.path, (err) => err && err.code !== 'ENOENT' && this.onError(err));
   }

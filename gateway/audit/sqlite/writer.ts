@@ -54,9 +54,9 @@ export async function startAuditWriter(o: AuditWriterOptions): Promise<AuditWrit
 }
 
 /**
- * `crash` and `async`: how long a decision is held on the request thread for its outcome, so that
- * the request's row is written once, whole (ms). A call still running after this gets its decision
- * row written (it shows as in flight), then completed when it ends.
+ * How long a decision is held on the request thread for its outcome, so that the request's row is
+ * written once, whole (ms). A call still running after this gets its decision row written (it
+ * shows as in flight), then completed when it ends.
  */
 const HOLD_MS = 1_000;
 
@@ -93,6 +93,8 @@ function workerWriter(o: AuditWriterOptions): Promise<AuditWriter> {
   let heldByWriter = 0;
   let nextBatch = 1;
   let journalSync: NodeJS.Timeout | undefined;
+  /** The code of the last commit's failure, until a commit succeeds again. */
+  let unwritable: string | undefined;
   let dead: Error | undefined;
   let flushToken = 0;
   let closed: (() => void) | undefined;
@@ -144,10 +146,12 @@ function workerWriter(o: AuditWriterOptions): Promise<AuditWriter> {
   };
 
   /**
-   * `crash` and `async` (when this writer holds the writer lock): a decision is not sent to the
-   * writer thread, nobody waits for it; it is held here until its outcome arrives and the row goes
-   * once, whole (one message, one row write per request). `crash` first appends it to the decision
-   * journal (journal.ts), which is what makes it survive a killed Valet before the call is forwarded.
+   * When this writer holds the writer lock, a decision is not sent to the writer thread: it is held
+   * here until its outcome arrives and the row goes once, whole (one message, one row write per
+   * request). Before the call is forwarded, `strict` and `crash` append it to the decision journal
+   * (journal.ts), which is what makes it survive a killed Valet; `strict` also waits until the
+   * journal is fdatasynced. Without the lock (another gateway writes this data directory and would
+   * not recover this one's journal), decisions are committed as rows before forwarding.
    */
   let holding = false;
   let journal: DecisionJournal | undefined;
@@ -180,7 +184,11 @@ function workerWriter(o: AuditWriterOptions): Promise<AuditWriter> {
     }
     held.set(rec.requestId, { op, at: Date.now(), segment });
     sweeper ??= setInterval(() => release(Date.now() - HOLD_MS), HOLD_MS / 4).unref();
-    return RESOLVED;
+    if (durability !== 'strict' || journal === undefined) return RESOLVED;
+    return journal.durable().catch((err: NodeJS.ErrnoException) => {
+      o.logger.error({ code: err.code, message: err.message, failOpen }, 'audit journal could not be synced');
+      if (!failOpen) throw unavailable(err.code);
+    });
   };
   const fail = (b: Batch, code: string | undefined): void => {
     for (const w of b.waiters) {
@@ -197,10 +205,10 @@ function workerWriter(o: AuditWriterOptions): Promise<AuditWriter> {
           started = true;
           head = m.head;
           // Only the lock holder recovers a journal at start-up, so only it may keep one.
-          holding = durability !== 'strict' && m.lockHeld;
-          if (holding && durability === 'crash') {
+          holding = m.lockHeld;
+          if (holding && durability !== 'async') {
             journal = new DecisionJournal(o.dataDir, (err) => o.logger.error({ message: (err as Error).message }, 'audit journal could not be synced'));
-            journalSync = setInterval(() => journal?.sync(), CRASH_SYNC_MS).unref();
+            if (durability === 'crash') journalSync = setInterval(() => journal?.sync(), CRASH_SYNC_MS).unref();
           }
           checkpointer = startCheckpointer(o.dataDir, (err) => {
             o.logger.error({ message: err.message }, 'audit checkpointer stopped; the writer checkpoints the WAL itself');
@@ -214,6 +222,7 @@ function workerWriter(o: AuditWriterOptions): Promise<AuditWriter> {
         case 'done':
           head = m.head;
           heldByWriter = m.held;
+          unwritable = m.ok ? undefined : (m.code ?? 'WRITE_FAILED');
           if (m.ok) {
             commits++;
             if (m.seconds !== undefined) o.onCommit?.(m.seconds);
@@ -276,7 +285,10 @@ function workerWriter(o: AuditWriterOptions): Promise<AuditWriter> {
     const writer: AuditWriter = {
       commit(rec) {
         if (dead !== undefined) return failOpen ? Promise.resolve() : Promise.reject(unavailable('WRITER_FAILED'));
-        if (holding) return hold(rec);
+        // The decision would be safe in the journal, but rows would pile up unwritten: once the
+        // database is known not to take them, each decision is committed as a row first again (the
+        // writer tries at once, backing off or not), so nothing is forwarded until it takes rows.
+        if (holding && (unwritable === undefined || durability === 'async' || failOpen)) return hold(rec);
         const b = batch(pack(DECISION, rec));
         // async: the call goes on at once; a row that cannot be written is logged as lost.
         if (durability === 'async') return Promise.resolve();
