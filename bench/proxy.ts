@@ -24,6 +24,7 @@ import { parseArgs } from 'node:util';
 import { request } from 'undici';
 import { affinity, BenchRun, canPin, pin, type BenchChild } from './lib/child.js';
 import { nginxBinary, startNginx, type Nginx } from './lib/nginx.js';
+import { buildGateway, builtGatewayIsCurrent } from './lib/build.js';
 import { hasWrk, wrkRun } from './lib/wrk.js';
 import { formatUsage, snapshot, threadMicros, threadTicks, usageBetween, type CpuUsage } from './lib/cpu.js';
 import { formatSummary, mainThreadProfiles, summariseProfile } from './lib/cpuprofile.js';
@@ -60,6 +61,8 @@ const HELP = `Usage: npm run bench -- [options]
   --cpu-prof[=DIR]      run Valet and the bare proxy under --cpu-prof, print a per-request
                         summary of each, keep the profiles in DIR/<target>
   --durability LEVEL    Valet's gateway.audit.durability: strict (default), crash or async
+  --from-source         run Valet's TypeScript sources through tsx instead of building dist/ first
+                        (the default builds it, as npm start runs the compiled JavaScript)
   --no-pin              do not pin processes to CPUs (default: generator and upstream on CPU 0, each proxy on CPU 1)
   --autocannon          measure max throughput with autocannon (in this process) even when wrk is installed
   --json FILE           also write the raw results as JSON
@@ -86,6 +89,7 @@ const { values: flags } = parseArgs({
     'no-pin': { type: 'boolean', default: false },
     durability: { type: 'string' },
     autocannon: { type: 'boolean', default: false },
+    'from-source': { type: 'boolean', default: false },
     help: { type: 'boolean', default: false },
   },
   // A bare `--cpu-prof` (no directory) becomes `--cpu-prof=` so parseArgs accepts it.
@@ -248,10 +252,15 @@ async function main(): Promise<number> {
   }
   let valet: BenchChild | undefined;
   if ([...only].some((t) => t.startsWith('valet'))) {
+    if (flags['from-source']) childEnv['VALET_BENCH_FROM_SOURCE'] = '1';
+    else if (!builtGatewayIsCurrent()) {
+      log('building dist/ (tsc -p tsconfig.build.json): Valet runs as npm start runs it');
+      buildGateway();
+    }
     const args = [join(root, 'valet'), origin, UPSTREAM_SECRET];
     if (flags['valet-log']) args.push(flags['valet-log']);
     valet = await run.fork({ name: 'valet', script: join(HERE, 'targets/valet.ts'), args, env: childEnv, execArgv: profArgs('valet') });
-    log(`valet: logger level "${String(valet.ready['logLevel'])}" → ${flags['valet-log'] ?? '/dev/null'}, audit → SQLite in ${join(root, 'valet', 'data')}, durability ${durability}`);
+    log(`valet: ${String(valet.ready['build'])}; logger level "${String(valet.ready['logLevel'])}" → ${flags['valet-log'] ?? '/dev/null'}, audit → SQLite in ${join(root, 'valet', 'data')}, durability ${durability}`);
   }
   if (profileDir !== undefined) log(`CPU profiles → ${profileDir}/{bare,valet}`);
   const pidNames = new Map<number, string>([[process.pid, 'generator'], [upstream.pid, 'upstream']]);

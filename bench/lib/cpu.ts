@@ -68,6 +68,10 @@ export function threadTicks(pid: number): Map<string, number> {
       const f = s.slice(s.lastIndexOf(')') + 2).split(' ');
       const name = Number(tid) === pid ? 'main' : readFileSync(`/proc/${pid}/task/${tid}/comm`, 'utf8').trim();
       out.set(name, (out.get(name) ?? 0) + Number(f[11]) + Number(f[12]));
+      if (process.env['BENCH_SPLIT'] === '1') {
+        out.set(`${name}:user`, (out.get(`${name}:user`) ?? 0) + Number(f[11]));
+        out.set(`${name}:sys`, (out.get(`${name}:sys`) ?? 0) + Number(f[12]));
+      }
     } catch {
       // the thread ended
     }

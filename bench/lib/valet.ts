@@ -9,11 +9,24 @@
 import { mkdirSync, openSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { stringify } from 'yaml';
-import { openAuditDatabase } from '../../gateway/audit/sqlite/store.js';
-import { mintAgentToken } from '../../gateway/auth/mint.js';
-import { logDestination } from '../../gateway/log.js';
-import { startGateway, type RunningGateway } from '../../gateway/main.js';
+import { builtGatewayIsCurrent } from './build.js';
+import type { RunningGateway } from '../../gateway/main.js';
 import { readHistogram, type BucketCounts } from './stats.js';
+
+/**
+ * The gateway as `npm start` runs it: the compiled JavaScript in dist/ (tsx's transform of the
+ * sources differs: esbuild's `keepNames` adds a property definition per function created, per
+ * request). `VALET_BENCH_FROM_SOURCE=1`, or a build older than the sources: the sources through tsx.
+ */
+const fromSource = process.env['VALET_BENCH_FROM_SOURCE'] === '1' || !builtGatewayIsCurrent();
+const GATEWAY = fromSource ? '../../gateway' : '../../dist/gateway';
+if (fromSource && process.env['VALET_BENCH_FROM_SOURCE'] !== '1') console.error('bench: dist/ is missing or older than the sources; running the gateway from source (npm run build first to measure what npm start runs)');
+const { openAuditDatabase } = (await import(`${GATEWAY}/audit/sqlite/store.js`)) as typeof import('../../gateway/audit/sqlite/store.js');
+const { mintAgentToken } = (await import(`${GATEWAY}/auth/mint.js`)) as typeof import('../../gateway/auth/mint.js');
+const { logDestination } = (await import(`${GATEWAY}/log.js`)) as typeof import('../../gateway/log.js');
+const { startGateway } = (await import(`${GATEWAY}/main.js`)) as typeof import('../../gateway/main.js');
+/** Where the gateway the benchmark runs comes from. */
+export const GATEWAY_BUILD = fromSource ? 'TypeScript sources through tsx' : 'compiled build (dist/), as npm start runs it';
 
 const SIGNING_KEY = 'bench-signing-key-0123456789abcdef0123456789abcdef';
 

@@ -17,7 +17,7 @@
  * The work dir is created (and removed) by the parent.
  */
 import { failChild, serveChild } from '../lib/child.js';
-import { startBenchGateway } from '../lib/valet.js';
+import { GATEWAY_BUILD, startBenchGateway } from '../lib/valet.js';
 
 export const BENCH_UPSTREAM = 'bench';
 /** The host name the bench upstream is also routed by. */
@@ -94,7 +94,7 @@ async function main(): Promise<void> {
         return fleetEnv['VALET_POSTGRES_URL'] === undefined ? { auditRows: valet.auditQuery<{ n: number }>('SELECT count(*) AS n FROM audit_log').n } : {};
       },
     },
-    { url: `${gateway.url}/${BENCH_UPSTREAM}`, oauthUrl: `${gateway.url}/${BENCH_UPSTREAM}-oauth`, sigv4Url: `${gateway.url}/${BENCH_UPSTREAM}-sigv4`, portUrl: gateway.upstreamListeners.get(BENCH_UPSTREAM)?.url, hostUrl: gateway.url, host: BENCH_HOST, token: valet.token, logLevel: gateway.logger.level },
+    { url: `${gateway.url}/${BENCH_UPSTREAM}`, oauthUrl: `${gateway.url}/${BENCH_UPSTREAM}-oauth`, sigv4Url: `${gateway.url}/${BENCH_UPSTREAM}-sigv4`, portUrl: gateway.upstreamListeners.get(BENCH_UPSTREAM)?.url, hostUrl: gateway.url, host: BENCH_HOST, token: valet.token, logLevel: gateway.logger.level, build: GATEWAY_BUILD },
   );
 }
 
