@@ -61,15 +61,108 @@ export class DecisionJournal {
     this.current = this.start();
   }
 
-  /** Appends a decision; returns its segment, to {@link settle} once its row is committed. Throws when the file cannot be written. */
+  /**
+   * Appends a decision; returns its segment, to {@link settle} once its row is committed. The line
+   * is written with the others of this event-loop turn: wait for {@link written} or
+   * {@link durable} before forwarding the call. Throws when the journal is closed.
+   */
   append(op: PackedOp): number {
     const s = this.current;
-    const line = `${JSON.stringify(op)}\n`;
     if (s.fd === undefined) throw new Error('the audit journal is closed');
-    s.bytes += writeSync(s.fd, line);
+    this.lines += `${JSON.stringify(op)}\n`;
     s.open++;
-    if (s.bytes >= SEGMENT_BYTES) this.rotate();
     return s.id;
+  }
+
+  /** `crash`: resolves once what was appended so far is written (one `write(2)` for the decisions of a turn). */
+  written(): Promise<void> {
+    return new Promise<void>((resolve, reject) => {
+      this.writeWaiters.push({ resolve, reject });
+      this.schedule();
+    });
+  }
+
+  /**
+   * `strict`: resolves once what was appended so far is written and on disk (fdatasync, in libuv's
+   * thread pool). Group commit: the decisions of one event-loop turn share one write and one
+   * fdatasync, and those appended while an fdatasync runs share the next. Rejects with the file
+   * system's error.
+   */
+  durable(): Promise<void> {
+    return new Promise<void>((resolve, reject) => {
+      this.syncWaiters.push({ resolve, reject });
+      this.schedule();
+    });
+  }
+
+  /** Lines appended and not yet written. */
+  private lines = '';
+  private writeWaiters: Waiter[] = [];
+  private syncWaiters: Waiter[] = [];
+  private scheduled = false;
+  /** Waiting for the next fdatasync, and the segments it must sync. */
+  private syncQueue: Waiter[] = [];
+  private readonly dirty = new Set<Segment>();
+  private syncing = false;
+
+  private schedule(): void {
+    if (this.scheduled) return;
+    this.scheduled = true;
+    setImmediate(() => this.writeLines());
+  }
+
+  private writeLines(): void {
+    this.scheduled = false;
+    const s = this.current;
+    const text = this.lines;
+    const written = this.writeWaiters;
+    const durable = this.syncWaiters;
+    this.lines = '';
+    this.writeWaiters = [];
+    this.syncWaiters = [];
+    let err: Error | null = null;
+    try {
+      if (s.fd === undefined) throw new Error('the audit journal is closed');
+      const buf = Buffer.from(text, 'utf8');
+      for (let off = 0; off < buf.length; ) off += writeSync(s.fd, buf, off);
+      s.bytes += buf.length;
+    } catch (e) {
+      err = e as Error;
+    }
+    for (const w of written) {
+      if (err === null) w.resolve();
+      else w.reject(err);
+    }
+    if (err !== null) {
+      for (const w of durable) w.reject(err);
+    } else if (durable.length > 0) {
+      for (const w of durable) this.syncQueue.push(w);
+      this.dirty.add(s);
+      if (!this.syncing) this.syncAll();
+    }
+    if (s.bytes >= SEGMENT_BYTES) this.rotate();
+  }
+
+  private syncAll(): void {
+    this.syncing = true;
+    const waiters = this.syncQueue;
+    const segments = [...this.dirty];
+    this.syncQueue = [];
+    this.dirty.clear();
+    const done = (err: Error | null): void => {
+      for (const w of waiters) {
+        if (err === null) w.resolve();
+        else w.reject(err);
+      }
+      if (this.syncQueue.length > 0) this.syncAll();
+      else this.syncing = false;
+    };
+    const next = (err: Error | null): void => {
+      const seg = segments.pop();
+      if (err !== null || seg === undefined) done(err);
+      else this.fdatasync(seg, next);
+    };
+    next(null);
   }
 
   /** A decision of `segment` has its row committed; a closed segment with none left open is deleted. */
@@ -92,47 +185,6 @@ export class DecisionJournal {
     if (this.current.bytes > 0) this.fdatasync(this.current, (err) => err && this.onError(err));
   }
 
-  /**
-   * `strict`: resolves once everything appended so far is on disk (fdatasync, in libuv's thread
-   * pool). Group commit: the decisions appended in one event-loop turn share one fdatasync, and
-   * those appended while it runs share the next. Rejects with the file system's error.
-   */
-  durable(): Promise<void> {
-    return new Promise<void>((resolve, reject) => {
-      this.waiters.push({ resolve, reject });
-      this.dirty.add(this.current);
-      if (!this.flushing) {
-        this.flushing = true;
-        setImmediate(() => this.flush());
-      }
-    });
-  }
-
-  private waiters: Waiter[] = [];
-  private readonly dirty = new Set<Segment>();
-  private flushing = false;
-
-  private flush(): void {
-    const waiters = this.waiters;
-    const segments = [...this.dirty];
-    this.waiters = [];
-    this.dirty.clear();
-    const done = (err: Error | null): void => {
-      for (const w of waiters) {
-        if (err === null) w.resolve();
-        else w.reject(err);
-      }
-      if (this.waiters.length > 0) this.flush();
-      else this.flushing = false;
-    };
-    const next = (err: Error | null): void => {
-      const s = segments.pop();
-      if (err !== null || s === undefined) done(err);
-      else this.fdatasync(s, next);
-    };
-    next(null);
-  }
-
   private fdatasync(s: Segment, cb: (err: NodeJS.ErrnoException | null) => void): void {
     if (s.fd === undefined) {
       cb(s.dropped ? null : new Error('the audit journal is closed'));
@@ -148,8 +200,9 @@ export class DecisionJournal {
 
   /** Syncs and closes every segment; those with decisions still unsettled stay on disk for the next start. */
   close(): void {
-    for (const w of this.waiters) w.reject(new Error('the audit journal is closed'));
-    this.waiters = [];
+    if (this.lines !== '') this.writeLines();
+    for (const w of this.syncQueue) w.reject(new Error('the audit journal is closed'));
+    this.syncQueue = [];
     for (const s of this.segments.values()) {
       if (s.fd === undefined) continue;
       try {

@@ -177,16 +177,15 @@ function workerWriter(o: AuditWriterOptions): Promise<AuditWriter> {
       try {
         segment = journal.append(op);
       } catch (err) {
-        const code = (err as { code?: string }).code;
-        o.logger.error({ code, message: (err as Error).message, failOpen }, 'audit journal not writable');
-        if (!failOpen) return Promise.reject(unavailable(code));
+        o.logger.error({ message: (err as Error).message, failOpen }, 'audit journal not writable');
+        if (!failOpen) return Promise.reject(unavailable(undefined));
       }
     }
     held.set(rec.requestId, { op, at: Date.now(), segment });
     sweeper ??= setInterval(() => release(Date.now() - HOLD_MS), HOLD_MS / 4).unref();
-    if (durability !== 'strict' || journal === undefined) return RESOLVED;
-    return journal.durable().catch((err: NodeJS.ErrnoException) => {
-      o.logger.error({ code: err.code, message: err.message, failOpen }, 'audit journal could not be synced');
+    if (journal === undefined) return RESOLVED;
+    return (durability === 'strict' ? journal.durable() : journal.written()).catch((err: NodeJS.ErrnoException) => {
+      o.logger.error({ code: err.code, message: err.message, failOpen }, 'audit journal could not be written');
       if (!failOpen) throw unavailable(err.code);
     });
   };
