@@ -36,6 +36,7 @@ export default defineConfig({
             'test/integration/audit-wal.test.ts',
             'test/integration/audit-writer.test.ts',
             'test/integration/audit-durability.test.ts',
+            'test/integration/audit-journal.test.ts',
             'test/integration/secrets-cli.test.ts',
           ],
           env: { VALET_TEST_BACKENDS: 'shared' },

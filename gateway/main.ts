@@ -41,8 +41,6 @@ import { createPolicyHolder, type PolicyHolder } from './policy/reload.js';
 import { historyKey } from './policy/compile.js';
 import type { HistoryStore } from './policy/counters.js';
 import { encodeFacts, type FactsRecorder } from './policy/facts.js';
-import { sealFacts } from './audit/facts.js';
-import type { MasterKey } from './secrets/crypto.js';
 import { createForwarder } from './proxy/forward.js';
 import { createSecretSources, DEFAULT_SOURCES } from './secrets/sources.js';
 import type { SecretStore } from './secrets/port.js';
@@ -157,7 +155,7 @@ export async function startGateway(options: GatewayOptions): Promise<RunningGate
   const metrics = createMetrics({ upstreams: new Set(config.upstreams.keys()), auditQueue: () => audit.pending, pendingApprovals: () => approvals.service.pending() });
   const onCommit = (seconds: number): void => metrics.auditCommit(seconds);
   const audit = await (postgres !== undefined
-    ? startPgAuditWriter({ settings: postgres, instance: auditSettings.postgres.instance ?? instanceId(dataDir, env), logger, failOpen: auditSettings.failOpen, durability: auditSettings.durability, onCommit })
+    ? startPgAuditWriter({ settings: postgres, instance: auditSettings.postgres.instance ?? instanceId(dataDir, env), logger, failOpen: auditSettings.failOpen, durability: auditSettings.durability, onCommit, factsKey: secretSources.masterKey })
     : startAuditWriter({
     dataDir,
     logger,
@@ -166,6 +164,7 @@ export async function startGateway(options: GatewayOptions): Promise<RunningGate
     mode: options.auditWriter ?? (auditSettings.writer === 'inline' ? 'inline' : 'worker'),
     durability: auditSettings.durability,
     onCommit,
+    factsKey: secretSources.masterKey,
   })).catch(async (err: unknown) => {
     policies.close();
     counterBackend.close();
@@ -194,7 +193,7 @@ export async function startGateway(options: GatewayOptions): Promise<RunningGate
   // LLM calls are metered at the shipped prices with gateway.llm's overrides; budgets passing 80 % and 100 % are announced.
   const metering = new LlmMetering(config.gateway.llm ?? DEFAULT_LLM);
   // What each decision was made on, sealed into its audit row for `valet policy replay`: under the master key, or not at all.
-  const facts = secretSources.masterKey === undefined ? undefined : factsRecorder(secretSources.masterKey, counterBackend.history, logger);
+  const facts = secretSources.masterKey === undefined ? undefined : factsRecorder(counterBackend.history, logger);
   if (facts === undefined) logger.warn({}, 'no master key in use (gateway.secrets.sources has no store): request facts are not recorded, so valet policy replay cannot re-decide this traffic');
   const alerts = budgetAlerts((n) => {
     logger.warn({ budget: n.budget, counter: n.counter, threshold: n.threshold, used: n.used, limit: n.limit }, 'budget threshold reached');
@@ -392,17 +391,17 @@ export async function startGateway(options: GatewayOptions): Promise<RunningGate
 }
 
 /**
- * Seals the facts of each decision under the master key's facts key, once its call is over. With a
- * history store in the process, the history summary a decision read lazily (it is not in the input)
+ * Encodes the facts of each decision once its call is over; the audit writer seals them under the
+ * master key's facts key. With a history store in the process, the history summary a decision read lazily (it is not in the input)
  * is recorded too, taken as the decision saw it: the call itself is recorded in the history right after.
  */
-function factsRecorder(key: MasterKey, history: HistoryStore, logger: Logger): FactsRecorder {
+function factsRecorder(history: HistoryStore, logger: Logger): FactsRecorder {
   const local = history.shared === true ? undefined : history;
   return {
     capture(requestId, input, decision, argsRead) {
       const failed = (err: unknown): null => {
-        // A request is not refused for want of its replay facts; the message is the encoder's or the cipher's, never a fact.
-        logger.error({ reqId: requestId, message: (err as Error).message }, 'could not seal the request facts; the audit row has none');
+        // A request is not refused for want of its replay facts; the message is the encoder's, never a fact.
+        logger.error({ reqId: requestId, message: (err as Error).message }, 'could not encode the request facts; the audit row has none');
         return null;
       };
       let summary: ReturnType<HistoryStore['summary']> | undefined;
@@ -414,7 +413,7 @@ function factsRecorder(key: MasterKey, history: HistoryStore, logger: Logger): F
       }
       return () => {
         try {
-          return sealFacts(key, requestId, encodeFacts(input, decision, { argsRead, history: summary instanceof Promise ? undefined : summary }));
+          return encodeFacts(input, decision, { argsRead, history: summary instanceof Promise ? undefined : summary });
         } catch (err) {
           return failed(err);
         }

@@ -146,6 +146,11 @@ export interface AuditRecord {
    * decision was made or no master key is in use. Read only by `valet policy replay`.
    */
   facts: string | null;
+  /**
+   * The same before it is sealed: the facts as encoded (gateway/policy/facts.ts), which the audit
+   * writer seals into {@link facts} off the request thread. Never stored as it is: no column reads it.
+   */
+  factsPlain: string | null;
   /** What response rules did to the answer: `{action: block | escalate | redact, rules, reason, redacted?}` as JSON. */
   response: string | null;
 }

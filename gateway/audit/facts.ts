@@ -1,6 +1,8 @@
 import { createCipheriv, createDecipheriv, randomFillSync } from 'node:crypto';
 import { ValetError } from '../errors.js';
 import type { MasterKey } from '../secrets/crypto.js';
+import type { AuditRecord } from '../types.js';
+import { FACTS_AT, FACTS_PLAIN_AT, REQUEST_ID_AT } from './protocol.js';
 
 /**
  * The sealed `facts` column of an audit row: what a decision was made on (see
@@ -31,8 +33,11 @@ function nextNonce(): Buffer {
   return pool.subarray(NONCE_BYTES * drawn, NONCE_BYTES * ++drawn);
 }
 
+/** What sealing and opening facts need of the master key (a worker thread is handed only this). */
+export type FactsKey = Pick<MasterKey, 'id' | 'facts'>;
+
 /** Seals `plain` (the facts as JSON) for the row of `requestId`, with a fresh random nonce. */
-export function sealFacts(key: MasterKey, requestId: string, plain: string): string {
+export function sealFacts(key: FactsKey, requestId: string, plain: string): string {
   const nonce = nextNonce();
   const cipher = createCipheriv('aes-256-gcm', key.facts, nonce, { authTagLength: TAG_BYTES });
   cipher.setAAD(associatedData(requestId));
@@ -47,7 +52,7 @@ export function sealFacts(key: MasterKey, requestId: string, plain: string): str
  * key (the message gives both key ids), or fails authentication: a changed byte, another row's
  * facts, a wrong key with a forged id. The message never holds any of the sealed text.
  */
-export function openFacts(key: MasterKey, requestId: string, text: string): string {
+export function openFacts(key: FactsKey, requestId: string, text: string): string {
   const [version, keyId, body, ...rest] = text.split('.');
   if (version !== VERSION || keyId === undefined || body === undefined || rest.length > 0 || !KEY_ID.test(keyId) || !BASE64URL.test(body)) {
     throw unreadable('not sealed request facts (malformed)');
@@ -74,3 +79,35 @@ export function openFacts(key: MasterKey, requestId: string, text: string): stri
 }
 
 const unreadable = (why: string): ValetError => new ValetError('VALET_ERR_AUDIT_FACTS_UNREADABLE', `The request facts cannot be opened: ${why}.`);
+
+/**
+ * Seals a packed record's `factsPlain` into its `facts` and clears it, as every audit writer does
+ * before a row is stored: the plaintext is never written anywhere. Without a key, or when sealing
+ * fails, the row has no facts (`onError` is told why, never what).
+ */
+export function sealPackedFacts(op: unknown[], key: FactsKey | undefined, onError: (requestId: string, err: unknown) => void): void {
+  const plain = op[FACTS_PLAIN_AT];
+  if (plain === null || plain === undefined) return;
+  op[FACTS_PLAIN_AT] = null;
+  const sealed = sealOrNull(key, String(op[REQUEST_ID_AT]), plain, onError);
+  if (sealed !== null) op[FACTS_AT] = sealed;
+}
+
+/** {@link sealPackedFacts} for a record object (the PostgreSQL writer's). */
+export function sealRecordFacts(rec: AuditRecord, key: FactsKey | undefined, onError: (requestId: string, err: unknown) => void): void {
+  const plain = rec.factsPlain;
+  if (plain === null) return;
+  rec.factsPlain = null;
+  const sealed = sealOrNull(key, rec.requestId, plain, onError);
+  if (sealed !== null) rec.facts = sealed;
+}
+
+function sealOrNull(key: FactsKey | undefined, requestId: string, plain: unknown, onError: (requestId: string, err: unknown) => void): string | null {
+  if (key === undefined || typeof plain !== 'string') return null;
+  try {
+    return sealFacts(key, requestId, plain);
+  } catch (err) {
+    onError(requestId, err);
+    return null;
+  }
+}

@@ -1,6 +1,7 @@
 import type { AuditRecord } from '../types.js';
 import type { AuditDurability } from '../config/types.js';
 import type { AuditHead, PruneResult, RetentionCutoffs } from './port.js';
+import type { FactsKey } from './facts.js';
 
 /**
  * What the writer is handed for one request, positionally: `[kind, ...RECORD_FIELDS values]`.
@@ -49,6 +50,7 @@ export const RECORD_FIELDS = [
   'usage',
   'shadow',
   'facts',
+  'factsPlain',
   'response',
 ] as const satisfies readonly (keyof AuditRecord)[];
 
@@ -59,6 +61,8 @@ void everyField;
 export const REQUEST_ID_AT = 1 + RECORD_FIELDS.indexOf('requestId');
 export const STATUS_AT = 1 + RECORD_FIELDS.indexOf('status');
 export const ERROR_CODE_AT = 1 + RECORD_FIELDS.indexOf('errorCode');
+export const FACTS_AT = 1 + RECORD_FIELDS.indexOf('facts');
+export const FACTS_PLAIN_AT = 1 + RECORD_FIELDS.indexOf('factsPlain');
 
 /** A record as a {@link PackedOp}, in {@link RECORD_FIELDS} order. */
 export function pack(kind: typeof DECISION | typeof FINAL, r: AuditRecord): PackedOp {
@@ -82,6 +86,8 @@ export interface WriterInit {
   readonly walLimitBytes: number;
   /** `gateway.audit.durability`: how a commit syncs (sqlite/durability.ts). */
   readonly durability: AuditDurability;
+  /** Seals each record's `factsPlain` into its `facts` (gateway/audit/facts.ts); none: rows have no facts. */
+  readonly factsKey: FactsKey | undefined;
 }
 
 export type ToWriter =

@@ -35,9 +35,9 @@ export interface RecordedFacts {
 /** Seals the facts of a decision into the text of the audit row's `facts` column (null: not recorded). */
 export interface FactsRecorder {
   /**
-   * Takes what a decision was made on, at the moment it is made, and returns what seals it (the
-   * audit row's `facts`) — called once the call is over, so that encoding and sealing are not on
-   * the way to the upstream. The input and decision are never changed after the decision.
+   * Takes what a decision was made on, at the moment it is made, and returns what encodes it (the
+   * audit record's `factsPlain`, which the audit writer seals) — called once the call is over, so
+   * that neither is on the way to the upstream. The input and decision are never changed after the decision.
    */
   capture(requestId: string, input: EvaluationInput, decision: Decision, argsRead: boolean): () => string | null;
 }

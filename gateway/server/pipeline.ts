@@ -130,8 +130,8 @@ export function createPipeline(deps: PipelineDeps): RequestHandler {
     const rawPath = (req.url ?? '').split('?')[0] ?? '';
     // The raw path until the canonical one is known; cut to 2,048 characters only once redacted (below).
     const rec = newAuditRecord(requestId, req.method ?? 'GET', rawPath);
-    /** Seals what the decision was made on into `rec.facts` (see FactsRecorder): run in `finally`. */
-    let sealFacts: (() => string | null) | undefined;
+    /** Encodes what the decision was made on (see FactsRecorder), for the writer to seal into `rec.facts`: run in `finally`. */
+    let encodeFacts: (() => string | null) | undefined;
     const hangUp = new HangUp(res);
     // An approval taken for this request, given back if the request fails before it is forwarded.
     let approved: Extract<Escalation, { kind: 'approved' }> | undefined;
@@ -349,8 +349,8 @@ export function createPipeline(deps: PipelineDeps): RequestHandler {
         decision = evaluate();
       }
       // What the rules decided and on what, sealed into the row for `valet policy replay` (before gateway settings override it).
-      // Sealed into the row once the call is over (in `finally`), off the way to the upstream.
-      sealFacts = deps.facts?.capture(requestId, input, decision, mcp !== undefined || policy.readsArgs(upstream.name));
+      // Encoded once the call is over (in `finally`), sealed by the audit writer: off the way to the upstream.
+      encodeFacts = deps.facts?.capture(requestId, input, decision, mcp !== undefined || policy.readsArgs(upstream.name));
       // A model without a price may run only once a person agrees (gateway.llm.unknown_model: escalate).
       if (decision.effect === 'allow' && llm?.priced === 'ceiling' && metering.settings.unknownModel === 'escalate' && metering.settings.approval !== undefined) {
         decision = { effect: 'escalate', rules: [UNKNOWN_MODEL_RULE], reason: `no price is known for model "${llm.request.model.slice(0, 128)}"`, approval: metering.settings.approval };
@@ -669,7 +669,7 @@ export function createPipeline(deps: PipelineDeps): RequestHandler {
         }
       }
       rec.durationMs = Math.round((performance.now() - started) * 1000) / 1000;
-      if (sealFacts !== undefined) rec.facts = sealFacts();
+      if (encodeFacts !== undefined) rec.factsPlain = encodeFacts();
       audit.record(rec);
       metrics.request(rec);
       requestLog.info(
@@ -781,6 +781,7 @@ export function newAuditRecord(requestId: string, method: string, path: string):
     usage: null,
     shadow: null,
     facts: null,
+    factsPlain: null,
     response: null,
   };
 }

@@ -1,4 +1,5 @@
 import type { Logger } from 'pino';
+import { sealRecordFacts, type FactsKey } from '../facts.js';
 import type { AuditDurability } from '../../config/types.js';
 import type pg from 'pg';
 import { ValetError } from '../../errors.js';
@@ -37,6 +38,8 @@ export interface PgAuditWriterOptions {
    * `synchronous_commit = on`, a power loss of the server.
    */
   durability?: AuditDurability | undefined;
+  /** Seals each record's request facts before its row is written; none: rows have no facts. */
+  factsKey?: FactsKey | undefined;
   /** How long a commit may wait for the chain lock or the server before the request is refused (ms). */
   statementTimeoutMs?: number;
   onCommit?: ((seconds: number) => void) | undefined;
@@ -338,6 +341,7 @@ export async function startPgAuditWriter(o: PgAuditWriterOptions): Promise<Audit
     });
   };
 
+  const factsFailed = (reqId: string, err: unknown): void => o.logger.error({ reqId, message: (err as Error).message }, 'could not seal the request facts; the audit row has none');
   const enqueue = (op: Op): void => {
     queue.push(op);
     if (running !== undefined || retry !== undefined) return;
@@ -381,6 +385,7 @@ export async function startPgAuditWriter(o: PgAuditWriterOptions): Promise<Audit
     recovered,
     commit(rec) {
       if (closing) return failOpen ? Promise.resolve() : Promise.reject(unavailable('CLOSED'));
+      sealRecordFacts(rec, o.factsKey, factsFailed);
       if (o.durability === 'async') {
         enqueue({ decision: true, rec });
         return Promise.resolve();
@@ -388,6 +393,7 @@ export async function startPgAuditWriter(o: PgAuditWriterOptions): Promise<Audit
       return new Promise<void>((resolve, reject) => enqueue({ decision: true, rec, waiter: { resolve, reject } }));
     },
     record(rec) {
+      sealRecordFacts(rec, o.factsKey, factsFailed);
       enqueue({ decision: false, rec });
     },
     async flush() {

@@ -12,6 +12,7 @@ import { AuditCore } from './core.js';
 import { AUDIT_FILE } from './store.js';
 import { applyDurability } from './durability.js';
 import type { AuditHead } from '../port.js';
+import { sealPackedFacts } from '../facts.js';
 import { DECISION, type FromWriter, type PackedOp, type ToWriter, type WriterInit } from '../protocol.js';
 
 /** Ops kept for retry while the database cannot be written; beyond this the oldest are dropped (and logged). */
@@ -62,6 +63,8 @@ function boundWal(): void {
     // busy, or no WAL yet: next commit
   }
 }
+
+const factsFailed = (reqId: string, err: unknown): void => post({ t: 'log', level: 'error', msg: 'could not seal the request facts; the audit row has none', fields: { reqId, message: errMessage(err) } });
 
 const headOf = (): AuditHead => ({ seq: core.head.seq, hash: core.head.hash.toString('hex') });
 
@@ -131,7 +134,10 @@ async function prune(id: number, cutoffs: Parameters<AuditCore['prune']>[0]): Pr
 port.on('message', (m: ToWriter) => {
   switch (m.t) {
     case 'batch':
-      for (const op of m.ops) queue.push(op);
+      for (const op of m.ops) {
+        sealPackedFacts(op as unknown[], init.factsKey, factsFailed);
+        queue.push(op);
+      }
       unanswered.push(m.id);
       // A decision holds a request until it is durable: try now even while backing off.
       if (m.urgent || backoff === 0) {

@@ -13,6 +13,7 @@ import { applyDurability, CRASH_SYNC_MS } from './durability.js';
 import { DecisionJournal } from './journal.js';
 import type { AuditDurability } from '../../config/types.js';
 import type { AuditRecord } from '../../types.js';
+import { sealPackedFacts, type FactsKey } from '../facts.js';
 
 const RESOLVED = Promise.resolve();
 
@@ -34,6 +35,8 @@ export interface AuditWriterOptions {
   walLimitBytes?: number;
   /** Called after each committed transaction with the seconds it took (inserts and fsync). */
   onCommit?: ((seconds: number) => void) | undefined;
+  /** Seals each record's request facts (the writer thread does, off the request thread); none: rows have no facts. */
+  factsKey?: FactsKey | undefined;
 }
 
 /** The default {@link AuditWriterOptions.walLimitBytes}. */
@@ -81,7 +84,7 @@ function workerWriter(o: AuditWriterOptions): Promise<AuditWriter> {
   const flushSignal = new SharedArrayBuffer(4);
   const signal = new Int32Array(flushSignal);
   const durability = o.durability ?? 'strict';
-  const init: WriterInit = { dataDir: o.dataDir, busyTimeoutMs: o.busyTimeoutMs ?? 1000, failOpen, flushSignal, checkpointer: true, walLimitBytes: o.walLimitBytes ?? WAL_LIMIT_BYTES, durability };
+  const init: WriterInit = { dataDir: o.dataDir, busyTimeoutMs: o.busyTimeoutMs ?? 1000, failOpen, flushSignal, checkpointer: true, walLimitBytes: o.walLimitBytes ?? WAL_LIMIT_BYTES, durability, factsKey: o.factsKey };
   const worker = spawnWriterThread(init);
   let checkpointer: Checkpointer | undefined;
   let head: AuditHead = { seq: 0, hash: '' };
@@ -461,15 +464,19 @@ async function inlineWriter(o: AuditWriterOptions): Promise<AuditWriter> {
   const schedule = (): void => {
     scheduled ??= setImmediate(commit);
   };
+  const sealed = (op: PackedOp): PackedOp => {
+    sealPackedFacts(op as unknown[], o.factsKey, (reqId, err) => o.logger.error({ reqId, message: (err as Error).message }, 'could not seal the request facts; the audit row has none'));
+    return op;
+  };
   const writer: AuditWriter = {
     commit(rec) {
-      queue.push(pack(DECISION, rec));
+      queue.push(sealed(pack(DECISION, rec)));
       schedule();
       if (o.durability === 'async') return Promise.resolve();
       return new Promise<void>((resolve, reject) => waiters.push({ resolve, reject }));
     },
     record(rec) {
-      queue.push(pack(FINAL, rec));
+      queue.push(sealed(pack(FINAL, rec)));
       schedule();
     },
     async flush() {
