@@ -28,6 +28,7 @@
  * CPU 1 (with three or more, the upstream gets CPU 2). Everything listens on 127.0.0.1 and is torn
  * down at the end, on Ctrl-C and on failure; a watchdog bounds the run time.
  */
+import { buildGateway, builtGatewayIsCurrent } from './lib/build.js';
 import { randomBytes } from 'node:crypto';
 import { existsSync, mkdtempSync, writeFileSync } from 'node:fs';
 import { arch, cpus, loadavg, platform, release, tmpdir, totalmem } from 'node:os';
@@ -61,7 +62,8 @@ const HELP = `Usage: npm run bench:llm -- [options]
                       alike; block: each target's requests in a row, the order of the
                       targets rotating from round to round                  (default request)
   --warmup N          requests per target before round 1, discarded        (default 10)
-  --targets LIST      direct,off,on,budget                                 (default all four)
+  --targets LIST      direct,bare,off,on,budget   (default direct,off,on,budget); bare: the
+                      bare undici pass-through of npm run bench, the one hop with nothing done
   --prompt-bytes N    size of the user message (tokenized by Valet when metering) (default 1000)
   --include-usage     the client asks for usage itself (stream_options.include_usage),
                       so Valet neither adds it nor holds events back to strip the chunk
@@ -72,6 +74,8 @@ const HELP = `Usage: npm run bench:llm -- [options]
   --valet-log FILE    send the Valets' log lines to FILE instead of /dev/null
   --cpu-prof[=DIR]    run each Valet under node --cpu-prof and print where its main thread's
                       time went per request; the profiles stay in DIR/<target>
+  --durability LEVEL  the Valets' gateway.audit.durability: strict (default), crash or async
+  --from-source       run Valet's TypeScript sources through tsx instead of building dist/ first
   --json FILE         also write the raw results as JSON
   --strict            exit 1 when the goal (≤ ${GOAL_P99_MS * 1000} µs per event at p99) is missed
   --help`;
@@ -92,6 +96,8 @@ const { values: flags } = parseArgs({
     'valet-log': { type: 'string' },
     'cpu-prof': { type: 'string' },
     json: { type: 'string' },
+    durability: { type: 'string' },
+    'from-source': { type: 'boolean', default: false },
     strict: { type: 'boolean', default: false },
     help: { type: 'boolean', default: false },
   },
@@ -120,10 +126,10 @@ if (opts.interleave !== 'request' && opts.interleave !== 'block') {
   process.exit(2);
 }
 
-const TARGET_IDS = ['direct', 'off', 'on', 'budget'] as const;
+const TARGET_IDS = ['direct', 'bare', 'off', 'on', 'budget'] as const;
 type TargetId = (typeof TARGET_IDS)[number];
-const LABELS: Record<TargetId, string> = { direct: 'direct', off: 'Valet, metering off', on: 'Valet, metering on', budget: 'Valet, metering + budget' };
-const chosen = new Set((flags.targets ?? TARGET_IDS.join(',')).split(',').map((s) => s.trim()).filter(Boolean));
+const LABELS: Record<TargetId, string> = { direct: 'direct', bare: 'bare undici proxy', off: 'Valet, metering off', on: 'Valet, metering on', budget: 'Valet, metering + budget' };
+const chosen = new Set((flags.targets ?? 'direct,off,on,budget').split(',').map((s) => s.trim()).filter(Boolean));
 for (const t of chosen) {
   if (!(TARGET_IDS as readonly string[]).includes(t)) {
     console.error(`unknown target "${t}" in --targets (use ${TARGET_IDS.join(',')})`);
@@ -304,13 +310,20 @@ async function main(): Promise<number> {
   const childEnv = { ...process.env };
   delete childEnv['VALET_LOG_LEVEL']; // Valet logs at its default level, 'info'.
   delete childEnv['NODE_OPTIONS'];
+  const durability = flags.durability ?? 'strict';
+  if (!['strict', 'crash', 'async'].includes(durability)) throw new Error(`--durability ${durability}: use strict, crash or async`);
+  childEnv['VALET_BENCH_DURABILITY'] = durability;
+  if (flags['from-source']) childEnv['VALET_BENCH_FROM_SOURCE'] = '1';
+  else if (!builtGatewayIsCurrent()) buildGateway();
   const upstream = await run.fork({ name: 'upstream', script: join(HERE, 'targets/sse-upstream.ts'), args: [`Bearer ${UPSTREAM_KEY}`, String(opts.events), String(opts.intervalMs)], env: childEnv });
   if (pinned) pin(upstream.pid, upstreamCpu);
   const cpuProf = flags['cpu-prof'];
   const profileDir = cpuProf === undefined ? undefined : cpuProf === '' ? mkdtempSync(join(tmpdir(), 'valet-bench-llm-prof-')) : cpuProf;
   const valets = new Map<TargetId, BenchChild>();
+  const bare = targetIds.includes('bare') ? await run.fork({ name: 'bare-proxy', script: join(HERE, 'targets/bare-proxy.ts'), args: [upstream.ready.url], env: childEnv }) : undefined;
+  if (bare !== undefined && pinned) pin(bare.pid, proxyCpu);
   for (const id of targetIds) {
-    if (id === 'direct') continue;
+    if (id === 'direct' || id === 'bare') continue;
     const args = [join(run.root, id), upstream.ready.url, UPSTREAM_KEY, id, ...(flags['valet-log'] ? [flags['valet-log']] : [])];
     const execArgv = profileDir === undefined ? [] : ['--cpu-prof', `--cpu-prof-dir=${join(profileDir, id)}`];
     const v = await run.fork({ name: `valet-${id}`, script: join(HERE, 'targets/valet-llm.ts'), args, env: childEnv, execArgv });
@@ -321,13 +334,15 @@ async function main(): Promise<number> {
     [process.pid, 'client'],
     [upstream.pid, 'upstream'],
     ...[...valets].map(([id, v]): [number, string] => [v.pid, `valet-${id}`]),
+    ...(bare === undefined ? [] : [[bare.pid, 'bare'] as [number, string]]),
   ]);
   log(`processes: ${[...names].map(([pid, n]) => `${n} pid ${pid}${pinned ? ` (CPU ${affinity(pid)})` : ''}`).join(', ')}${pinned ? '' : ' (not pinned)'}`);
   log(`valets: JWT (HS256), one allow rule, durable audit → SQLite in ${run.root}/<target>/data, scrubbing on, pino 'info' → ${flags['valet-log'] ?? '/dev/null'}\n`);
 
   const targets: Target[] = targetIds.map((id) => {
     const v = valets.get(id);
-    const url = new URL(v === undefined ? upstream.ready.url : v.ready.url);
+    const proxy = id === 'bare' ? bare : v;
+    const url = new URL(proxy === undefined ? upstream.ready.url : proxy.ready.url);
     const client = new Client(url.origin, { pipelining: 1, keepAliveTimeout: 60_000, headersTimeout: 30_000, bodyTimeout: 30_000 });
     clients.push(client);
     const metered = id === 'on' || id === 'budget';
@@ -336,9 +351,9 @@ async function main(): Promise<number> {
       label: LABELS[id],
       client,
       path: `${url.pathname.replace(/\/$/, '')}${PATH}`,
-      // Direct, the client holds the upstream's key; through Valet, an agent token (Valet injects the key).
+      // Direct and through the bare proxy, the client holds the upstream's key; through Valet, an agent token (Valet injects the key).
       headers: { 'content-type': 'application/json', accept: 'text/event-stream', authorization: `Bearer ${v === undefined ? UPSTREAM_KEY : String(v.ready['token'])}` },
-      server: v ?? upstream,
+      server: proxy ?? upstream,
       upstreamUsage: opts.includeUsage || metered,
       clientUsage: opts.includeUsage ? 1 : 0,
     };
@@ -516,9 +531,9 @@ async function main(): Promise<number> {
           us(d.p999),
           us(d.max),
           us(laterOf(id).p99),
-          id === 'direct' ? '—' : int(median(rowsOf(id).map((m) => m.valetCpuUsPerRequest))),
-          id === 'direct' ? '—' : mean(rowsOf(id), (m) => m.gcPerRequest).toFixed(1),
-          id === 'direct' ? '—' : mean(rowsOf(id), (m) => m.gcMsPerRequest).toFixed(2),
+          !valets.has(id) ? '—' : int(median(rowsOf(id).map((m) => m.valetCpuUsPerRequest))),
+          !valets.has(id) ? '—' : mean(rowsOf(id), (m) => m.gcPerRequest).toFixed(1),
+          !valets.has(id) ? '—' : mean(rowsOf(id), (m) => m.gcMsPerRequest).toFixed(2),
         ];
       }),
     ),
@@ -566,22 +581,24 @@ async function main(): Promise<number> {
       goalRounds = median(roundDiffs((x) => x.p99)) <= GOAL_P99_MS;
     }
   }
-  if (has('off') && has('direct')) {
-    const v = delayOf('off');
-    const d = delayOf('direct');
+  // Valet against no proxy and against the least a proxy hop costs.
+  for (const [a, b] of [['off', 'direct'], ['bare', 'direct'], ['off', 'bare']] as const) {
+    if (!has(a) || !has(b)) continue;
+    const v = delayOf(a);
+    const d = delayOf(b);
     deltas.push([
-      'off − direct',
+      `${a} − ${b}`,
       int(v.count),
       signed(v.p50 - d.p50, 1000),
       signed(v.p90 - d.p90, 1000),
       signed(v.p99 - d.p99, 1000),
       signed(v.p999 - d.p999, 1000),
-      signed(laterOf('off').p99 - laterOf('direct').p99, 1000),
+      signed(laterOf(a).p99 - laterOf(b).p99, 1000),
       '',
       '',
       '',
-      signed(ttfbOf('off').p50 - ttfbOf('direct').p50, 1, 2),
-      signed(ttfbOf('off').p99 - ttfbOf('direct').p99, 1, 2),
+      signed(ttfbOf(a).p50 - ttfbOf(b).p50, 1, 2),
+      signed(ttfbOf(a).p99 - ttfbOf(b).p99, 1, 2),
       '',
     ]);
   }

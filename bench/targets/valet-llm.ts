@@ -41,6 +41,7 @@ async function main(): Promise<void> {
     logFile,
     files,
     env: { VALET_BENCH_UPSTREAM_KEY: key, OPENAI_API_KEY: key },
+    ...(process.env['VALET_BENCH_DURABILITY'] && { gateway: { audit: { durability: process.env['VALET_BENCH_DURABILITY'] } } }),
   });
   const metric = valet.gateway.metrics.registry.getSingleMetric('valet_llm_tokens_total');
   /** Tokens metered so far, by kind (input, output...), as /metrics counts them. */
