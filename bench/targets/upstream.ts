@@ -14,6 +14,8 @@ import { failChild, serveChild } from '../lib/child.js';
 const injected = process.argv[2] ?? '';
 /** A SigV4-signed request (the valet-sigv4 route) counts as carrying the credential when signed with the bench's key. */
 const signedWith = `AWS4-HMAC-SHA256 Credential=${process.argv[3] ?? 'none'}/`;
+/** Requests to a path ending in `/hold`, answered only once `POST /release` arrives (bench/connections.ts). */
+let held: (() => void)[] = [];
 let requests = 0;
 let withInjectedCredential = 0;
 let bodyBytes = 0;
@@ -31,13 +33,24 @@ const server = createServer({ keepAliveTimeout: 10_000 }, (req, res) => {
       res.end(token);
       return;
     }
+    if (req.url === '/release') {
+      const waiting = held;
+      held = [];
+      for (const answer of waiting) answer();
+      res.end(`{"released":${waiting.length}}`);
+      return;
+    }
     requests++;
     bodyBytes += n;
     const auth = req.headers.authorization ?? '';
     if ((injected !== '' && auth === injected) || auth.startsWith(signedWith)) withInjectedCredential++;
     const body = `{"ok":true,"received":${n}}`;
-    res.writeHead(200, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) });
-    res.end(body);
+    const answer = (): void => {
+      res.writeHead(200, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) });
+      res.end(body);
+    };
+    if (req.url?.endsWith('/hold')) held.push(answer);
+    else answer();
   });
 });
 
@@ -46,7 +59,7 @@ server.listen(0, '127.0.0.1', () => {
   const { port } = server.address() as AddressInfo;
   serveChild(
     {
-      stats: () => ({ requests, withInjectedCredential, bodyBytes }),
+      stats: () => ({ requests, withInjectedCredential, bodyBytes, held: held.length }),
       onStop: () =>
         new Promise((resolve) => {
           server.closeAllConnections();

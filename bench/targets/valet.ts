@@ -23,12 +23,22 @@ export const BENCH_UPSTREAM = 'bench';
 /** The host name the bench upstream is also routed by. */
 const BENCH_HOST = 'bench.valet.internal';
 
+/** Memory after full garbage collections when the process runs with --expose-gc (bench/connections.ts), so RSS shows what is retained. */
+function retained(): NodeJS.MemoryUsage | undefined {
+  const gc = (globalThis as { gc?: () => void }).gc;
+  if (gc === undefined) return undefined;
+  for (let i = 0; i < 3; i++) gc();
+  return process.memoryUsage();
+}
+
 async function main(): Promise<void> {
   const [workDir, origin, upstreamSecret, logFile] = process.argv.slice(2);
   if (!workDir || !origin || !upstreamSecret) throw new Error('usage: valet.ts <work dir> <upstream origin> <upstream secret>');
   const auditSchema = process.env['VALET_BENCH_AUDIT_SCHEMA'];
   const redisPrefix = process.env['VALET_BENCH_REDIS_PREFIX'];
   const rateLimit = process.env['VALET_BENCH_RATE_LIMIT'];
+  // bench/connections.ts: room for tens of thousands of connections from one address, and as many to the upstream.
+  const scale = process.env['VALET_BENCH_SCALE'] === '1';
   // Only bench/fleet.ts hands shared backends on: a VALET_POSTGRES_URL left in a shell must not
   // turn `npm run bench` into a measurement of PostgreSQL.
   const fleetEnv: Record<string, string> = {};
@@ -43,7 +53,7 @@ async function main(): Promise<void> {
     // And the same upstream again with its credential from a token endpoint (cached after the first call).
     'upstreams.yaml': {
       upstreams: [
-        { name: BENCH_UPSTREAM, origin, listen: { port: 0 }, hosts: [BENCH_HOST], credential: { scheme: 'bearer', secret: 'VALET_BENCH_UPSTREAM_KEY' } },
+        { name: BENCH_UPSTREAM, origin, listen: { port: 0 }, hosts: [BENCH_HOST], credential: { scheme: 'bearer', secret: 'VALET_BENCH_UPSTREAM_KEY' }, ...(scale && { connections: 4096 }) },
         {
           name: `${BENCH_UPSTREAM}-oauth`,
           origin,
@@ -76,6 +86,7 @@ async function main(): Promise<void> {
     gateway: {
       audit: { ...(auditSchema !== undefined && { postgres: { schema: auditSchema } }), ...(process.env['VALET_BENCH_DURABILITY'] && { durability: process.env['VALET_BENCH_DURABILITY'] }) },
       ...(redisPrefix !== undefined && { counters: { redis: { prefix: redisPrefix } } }),
+      ...(scale && { max_connections: 30_000, max_connections_per_client: 30_000 }),
     },
     files,
     env: { VALET_BENCH_UPSTREAM_KEY: upstreamSecret, VALET_BENCH_AWS_KEY_ID: process.env['VALET_BENCH_AWS_KEY_ID'] ?? 'AKIABENCH', ...fleetEnv },
@@ -87,7 +98,7 @@ async function main(): Promise<void> {
   serveChild(
     {
       // The durable-before-forward wait and the commits behind it, as /metrics exposes them.
-      stats: async () => ({ auditPending: gateway.audit.pending, ...(await valet.auditHistograms()) }),
+      stats: async () => ({ auditPending: gateway.audit.pending, ...(await valet.auditHistograms()), memory: retained() }),
       onStop: async () => {
         await valet.close();
         // On PostgreSQL the fleet shares one log: the orchestrator counts its rows.
