@@ -5,7 +5,8 @@ import type pg from 'pg';
 import { postgresSettings } from './audit/backend.js';
 import { verifyInSnapshot } from './audit/postgres/log.js';
 import { createPool, lockKey } from './audit/postgres/schema.js';
-import { writerLock } from './audit/sqlite/core.js';
+import { AuditCore, writerLock } from './audit/sqlite/core.js';
+import { readJournal } from './audit/sqlite/journal.js';
 import { AUDIT_FILE } from './audit/sqlite/store.js';
 import { APPROVALS_FILE } from './approvals/sqlite/store.js';
 import { DEFAULT_APPROVAL_SETTINGS, DEFAULT_AUDIT, type Config } from './config/types.js';
@@ -67,6 +68,9 @@ export async function importFromSqlite(config: Pick<Config, 'gateway'>, dataDir:
     );
   }
 
+  // A gateway that was killed left decisions in its journal without rows: they are written (as
+  // VALET_ERR_OUTCOME_UNKNOWN rows) by the writer that takes the lock, as at the next start.
+  if (plan.audit !== undefined && readJournal(dataDir).files.length > 0) new AuditCore(dataDir).close();
   const lock = writerLock(dataDir);
   if (lock === undefined) throw new ValetError('VALET_ERR_CONFIG', `a gateway is running on ${dataDir}: stop it before moving its state to PostgreSQL`);
   const open: Database.Database[] = [];
