@@ -41,6 +41,7 @@ import { createPolicyHolder, type PolicyHolder } from './policy/reload.js';
 import { historyKey } from './policy/compile.js';
 import type { HistoryStore } from './policy/counters.js';
 import { encodeFacts, type FactsRecorder } from './policy/facts.js';
+import { loadTokenizer } from './llm/tokens.js';
 import { createForwarder } from './proxy/forward.js';
 import { createSecretSources, DEFAULT_SOURCES } from './secrets/sources.js';
 import type { SecretStore } from './secrets/port.js';
@@ -192,6 +193,8 @@ export async function startGateway(options: GatewayOptions): Promise<RunningGate
   notify = approvals.notifier;
   // LLM calls are metered at the shipped prices with gateway.llm's overrides; budgets passing 80 % and 100 % are announced.
   const metering = new LlmMetering(config.gateway.llm ?? DEFAULT_LLM);
+  // The tokenizer's tables (~20 MB of heap) only where an upstream is metered, loaded before the first call.
+  if ([...config.upstreams.values()].some((u) => u.llm !== undefined)) loadTokenizer();
   // What each decision was made on, sealed into its audit row for `valet policy replay`: under the master key, or not at all.
   const facts = secretSources.masterKey === undefined ? undefined : factsRecorder(counterBackend.history, logger);
   if (facts === undefined) logger.warn({}, 'no master key in use (gateway.secrets.sources has no store): request facts are not recorded, so valet policy replay cannot re-decide this traffic');

@@ -12,7 +12,7 @@
  * text only if the stream ends without its final report.
  */
 import { Transform, type TransformCallback } from 'node:stream';
-import { countTokens } from 'gpt-tokenizer';
+import { countTokens } from './tokens.js';
 import { EventStreamDecoder, type EventStreamMessage } from './eventstream.js';
 import { JsonScanner, type JsonPath, type JsonRecord } from './json-scan.js';
 import { bedrockHeaderUsage, CHECK, LATEST, READ, readerFor, SKIP, type Lazy, type Reader, type Tally } from './readers.js';
@@ -64,12 +64,9 @@ const EMPTY = Buffer.alloc(0);
 /** `[DONE]`, which ends an OpenAI stream and is not JSON. */
 const DONE = Buffer.from('[DONE]');
 
-/** Special-token text (`<|endoftext|>`) in an answer is text like any other, not an error. */
-const AS_TEXT = { disallowedSpecial: new Set<string>() };
-
 function tokens(text: string): number {
   try {
-    return countTokens(text, AS_TEXT);
+    return countTokens(text);
   } catch {
     return Math.ceil(text.length / 4);
   }

@@ -1,4 +1,4 @@
-import { countTokens } from 'gpt-tokenizer';
+import { countTokens } from './tokens.js';
 import type { LlmRequest, LlmRoute } from './types.js';
 
 /**
@@ -31,9 +31,6 @@ export const TOKENIZE_LIMIT = 32_768;
 /** OpenAI's chat format: about four tokens of framing per message and three priming the reply. */
 const MESSAGE_TOKENS = 4;
 const REPLY_TOKENS = 3;
-
-/** Text in a request is not a prompt for the tokenizer: `<|endoftext|>` in a message is just text. */
-const AS_TEXT = { disallowedSpecial: new Set<string>() };
 
 type Obj = Record<string, unknown>;
 
@@ -148,7 +145,7 @@ class Tally {
   }
 
   tokens(): number {
-    const counted = this.texts.length === 0 ? 0 : countTokens(this.texts.join('\n'), AS_TEXT);
+    const counted = this.texts.length === 0 ? 0 : countTokens(this.texts.join('\n'));
     const density = this.chars === 0 ? 0 : counted / this.chars;
     const rest = Math.max(this.overflowBytes / 2, this.overflowChars * density * 1.25);
     return counted + Math.ceil(rest) + this.fixed;
