@@ -10,8 +10,11 @@ export function contentColumns(db: AuditDatabase): string[] {
   return cols.filter((c) => !META_COLUMNS.has(c)).sort();
 }
 
+/** The chain's newest event. */
+export const HEAD_SQL = 'SELECT seq, hash FROM audit_chain ORDER BY seq DESC LIMIT 1';
+
 export function readHead(db: AuditDatabase): ChainHead {
-  const r = db.prepare('SELECT seq, hash FROM audit_chain ORDER BY seq DESC LIMIT 1').get() as { seq: number; hash: Buffer } | undefined;
+  const r = db.prepare(HEAD_SQL).get() as { seq: number; hash: Buffer } | undefined;
   return r === undefined ? { seq: 0, hash: GENESIS } : { seq: r.seq, hash: r.hash };
 }
 

@@ -6,7 +6,7 @@ import { compactable, encodeNote, EVENT, GENESIS, jsonString, linkHash, META_COL
 import type { PruneResult, RetentionCutoffs } from '../port.js';
 import { DECISION, ERROR_CODE_AT, FINAL, pack, RECORD_FIELDS, REQUEST_ID_AT, STATUS_AT, type PackedOp } from '../protocol.js';
 import { readJournal } from './journal.js';
-import { contentColumns, readCheckpoint, readHead } from './chain.js';
+import { contentColumns, HEAD_SQL, readCheckpoint, readHead } from './chain.js';
 import { openAuditDatabase, type AuditDatabase } from './store.js';
 import { privateFile } from '../../private-files.js';
 
@@ -125,6 +125,8 @@ export class AuditCore {
   private readonly updates = new Map<string, { stmt: Statement; columns: number[] }>();
   private readonly addEvent: Statement;
   private readonly lastRow: Statement;
+  /** {@link readHead}, prepared once: read in every transaction, under the write lock. */
+  private readonly headRow: Statement;
   private readonly lastPrune: Statement;
   private readonly applyTx: (ops: readonly PackedOp[], undo: Undo) => ChainHead;
   /** Decisions committed and not yet completed: request id → row. */
@@ -162,6 +164,7 @@ export class AuditCore {
     this.insert = this.db.prepare(insertRowSql(names));
     this.addEvent = this.db.prepare(ADD_EVENT_SQL);
     this.lastRow = this.db.prepare('SELECT id, logged_at FROM audit_log ORDER BY id DESC LIMIT 1');
+    this.headRow = this.db.prepare(HEAD_SQL);
     this.lastPrune = this.db.prepare(`SELECT note FROM audit_chain WHERE kind = ${EVENT.prune} ORDER BY seq DESC LIMIT 1`).pluck();
     this.applyTx = this.db.transaction((ops: readonly PackedOp[], undo: Undo) => this.applyInTransaction(ops, undo)).immediate;
     this.head = readHead(this.db);
@@ -266,7 +269,8 @@ export class AuditCore {
   }
 
   private applyInTransaction(ops: readonly PackedOp[], undo: Undo): ChainHead {
-    let head = readHead(this.db);
+    const top = this.headRow.get() as { seq: number; hash: Buffer } | undefined;
+    let head: ChainHead = top === undefined ? { seq: 0, hash: GENESIS } : { seq: top.seq, hash: top.hash };
     const last = this.lastRow.get() as { id: number; logged_at: number | null } | undefined;
     let nextId = (last?.id ?? this.pruneFloor()) + 1;
     let loggedAt = Math.max(this.lastLoggedAt, last?.logged_at ?? 0);
