@@ -291,7 +291,7 @@ export async function startGateway(options: GatewayOptions): Promise<RunningGate
   const server = dataServer();
   const upstreamServers = new Map([...config.upstreams.values()].flatMap((u) => (u.listen === undefined ? [] : [[u.name, dataServer(u.name)] as const])));
 
-  const adminDeps = { audit: auditLog, policies, metrics, auditPending: () => audit.pending,
+  const adminDeps = { audit: auditLog, policies, metrics, auditPending: () => audit.pending, auditWriterBusy: () => audit.busy === true,
     countersProblem: counterBackend.problem,
     approvalsProblem: () => approvals.problem(),
     secretsProblem: () => secretSources.store?.problem?.(),

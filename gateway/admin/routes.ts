@@ -8,6 +8,8 @@ export interface AdminRouteDeps {
   readonly policies: PolicyHolder;
   /** Audit rows queued and not yet written. */
   readonly auditPending: () => number;
+  /** The gateway's own audit writer is committing (the audit writer's `busy`). */
+  readonly auditWriterBusy?: () => boolean;
   readonly metrics: Metrics;
   /** Why the counters backend cannot serve (Redis down), or undefined. */
   readonly countersProblem?: () => string | undefined;
@@ -61,7 +63,9 @@ export function adminProbes(d: AdminRouteDeps): AdminProbe[] {
     {
       path: '/readyz',
       handle: async () => {
-        const database = await d.audit.writable();
+        // The write lock held by this gateway's own writer, mid-commit, is not a database that cannot be written.
+        const probed = await d.audit.writable();
+        const database = probed === 'SQLITE_BUSY' && d.auditWriterBusy?.() === true ? 'ok' : probed;
         const s = d.policies.status();
         const counters = d.countersProblem?.() ?? 'ok';
         const approvals = d.approvalsProblem?.() ?? 'ok';

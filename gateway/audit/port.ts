@@ -183,6 +183,12 @@ export interface AuditWriter {
   readonly head: AuditHead;
   /** Transactions committed so far (each one fsync, shared by every row in it). */
   readonly commits: number;
+  /**
+   * A writer on another thread is committing (a batch posted and not yet answered, the last commit
+   * having worked): a probe of the database's write lock that finds it taken is then not a sign of
+   * another process holding it. Undefined where no probe can meet the writer's lock.
+   */
+  readonly busy?: boolean;
   /** Deletes rows older than the cutoffs in small transactions between the request path's batches. */
   prune(cutoffs: RetentionCutoffs): Promise<PruneResult>;
   /** Flushes, closes the database, stops the writer thread. */

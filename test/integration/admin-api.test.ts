@@ -208,3 +208,45 @@ describe('admin API', () => {
     expect((await admin('/api/policy', { token: t, method: 'DELETE' })).status).toBe(405);
   });
 });
+
+// Its own describe: the load leaves rows and counts the tests above do not expect.
+describe('/readyz under load', () => {
+  let upstream: FakeUpstream | undefined;
+  let gw: TestGateway | undefined;
+  afterAll(async () => {
+    await gw?.close();
+    await upstream?.close();
+  });
+
+  it('/readyz stays 200 while the gateway\'s own audit writer commits under load', async () => {
+    upstream = await startFakeUpstream((_req, res) => res.end('{}'));
+    gw = await startTestGateway({
+      upstreams: [{ name: 'api', origin: upstream.origin, credential: { scheme: 'bearer', secret: 'API_KEY' } }],
+      rules: [{ id: 'all', effect: 'allow', upstream: 'api' }],
+      env: { API_KEY: 'sk-admin-test' },
+    });
+    const token = await gw!.token({ agent: 'busy-bot', tenant: 'acme' });
+    let stop = false;
+    const load = async (): Promise<void> => {
+      while (!stop) {
+        const r = await request(`${gw!.url}/api/v1/load`, { headers: { authorization: `Bearer ${token}` } });
+        await r.body.text();
+      }
+    };
+    const loaders = Array.from({ length: 16 }, () => load());
+    const probes: unknown[] = [];
+    try {
+      for (let i = 0; i < 60; i++) {
+        const res = await request(`${gw!.adminUrl}/readyz`);
+        const ready = { status: res.statusCode, body: await res.body.json() };
+        if (ready.status !== 200) probes.push(ready.body);
+        await new Promise((r) => setTimeout(r, 5));
+      }
+    } finally {
+      stop = true;
+      await Promise.all(loaders);
+    }
+    expect(probes, 'probes that found the gateway unready').toEqual([]);
+  });
+
+});

@@ -333,6 +333,10 @@ function workerWriter(o: AuditWriterOptions): Promise<AuditWriter> {
       get commits() {
         return commits;
       },
+      get busy() {
+        // A batch is posted and unanswered while the last commit worked: the writer holds, or is about to take, the lock.
+        return inFlight.size > 0 && unwritable === undefined;
+      },
       prune(cutoffs) {
         if (dead !== undefined) return Promise.reject(dead);
         const id = nextBatch++;
