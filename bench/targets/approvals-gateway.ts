@@ -29,6 +29,9 @@ async function main(): Promise<void> {
         listen: { host: '127.0.0.1', port: 0 },
         admin: { listen: { host: '127.0.0.1', port: 0 } },
         shutdown_grace_ms: 5_000,
+        // Every agent of the benchmark connects from 127.0.0.1 (as behind a load balancer): past the
+        // default 256 connections per address the held requests' connections would be closed.
+        max_connections_per_client: 20_000,
         approvals: {
           max_pending_per_agent: 5_000,
           max_pending_per_tenant: 5_000,
