@@ -61,6 +61,8 @@ const HELP = `Usage: npm run bench -- [options]
   --cpu-prof[=DIR]      run Valet and the bare proxy under --cpu-prof, print a per-request
                         summary of each, keep the profiles in DIR/<target>
   --durability LEVEL    Valet's gateway.audit.durability: strict (default), crash or async
+  --fixed-first         measure the fixed-rate phase of each round before its full-load phase (default
+                        after: the latency then includes what saturating every target left behind)
   --from-source         run Valet's TypeScript sources through tsx instead of building dist/ first
                         (the default builds it, as npm start runs the compiled JavaScript)
   --no-pin              do not pin processes to CPUs (default: generator and upstream on CPU 0, each proxy on CPU 1)
@@ -90,6 +92,7 @@ const { values: flags } = parseArgs({
     durability: { type: 'string' },
     autocannon: { type: 'boolean', default: false },
     'from-source': { type: 'boolean', default: false },
+    'fixed-first': { type: 'boolean', default: false },
     help: { type: 'boolean', default: false },
   },
   // A bare `--cpu-prof` (no directory) becomes `--cpu-prof=` so parseArgs accepts it.
@@ -401,31 +404,46 @@ async function main(): Promise<number> {
     if (opts.rounds > 1) log(`## round ${round}/${opts.rounds}`);
     // Rotate the order each round so no target always runs first (or right after another).
     const order = [...workloads].map((_, i, all) => all[(i + round - 1) % all.length] as [TargetId, Workload]);
-    for (const [t, w] of order) {
-      if (opts.warmup > 0) {
-        await settle();
-        const wu = await saturate(w, opts.warmup);
-        handled[t] += wu.ok + wu.non2xx;
-        log(`warm-up     ${t.padEnd(10)} ${int(wu.rps).padStart(7)} req/s`);
+    const throughputPhase = async (): Promise<void> => {
+      for (const [t, w] of order) {
+        if (opts.warmup > 0) {
+          await settle();
+          const wu = await saturate(w, opts.warmup);
+          handled[t] += wu.ok + wu.non2xx;
+          log(`warm-up     ${t.padEnd(10)} ${int(wu.rps).padStart(7)} req/s`);
+        }
+        const r = await measure(t, round, () => saturate(w, opts.seconds));
+        handled[t] += r.ok + r.non2xx;
+        (results.get(t) as TargetResults).throughput.push(r);
+        log(
+          `throughput  ${t.padEnd(10)} ${int(r.rps).padStart(7)} req/s  p50 ${ms(r.latency.p50)} ms  p99 ${ms(r.latency.p99)} ms  ` +
+            `2xx ${r.ok} (upstream saw ${r.upstreamSaw}), ${status(r)}\n            cpu: ${formatUsage(r.cpu)}${noisy(r)}\n` +
+            `            event-loop delay p99/max ms: ${loops(r, t)}${auditLine(r)}`,
+        );
       }
-      const r = await measure(t, round, () => saturate(w, opts.seconds));
-      handled[t] += r.ok + r.non2xx;
-      (results.get(t) as TargetResults).throughput.push(r);
-      log(
-        `throughput  ${t.padEnd(10)} ${int(r.rps).padStart(7)} req/s  p50 ${ms(r.latency.p50)} ms  p99 ${ms(r.latency.p99)} ms  ` +
-          `2xx ${r.ok} (upstream saw ${r.upstreamSaw}), ${status(r)}\n            cpu: ${formatUsage(r.cpu)}${noisy(r)}\n` +
-          `            event-loop delay p99/max ms: ${loops(r, t)}${auditLine(r)}`,
-      );
-    }
-    for (const [t, w] of order) {
-      const r = await measure(t, round, () => fixedRate(w, { rate: opts.rate, seconds: opts.seconds, connections: opts.rateConnections }));
-      handled[t] += r.ok + r.non2xx;
-      (results.get(t) as TargetResults).fixed.push(r);
-      log(
-        `fixed-rate  ${t.padEnd(10)} ${int(r.rps).padStart(7)} req/s  p50 ${ms(r.latency.p50)} ms  p99 ${ms(r.latency.p99)} ms  max ${ms(r.latency.max)} ms  ` +
-          `2xx ${r.ok}/${r.scheduled} (upstream saw ${r.upstreamSaw}), ${status(r)}, send lag p99 ${ms(r.lagP99)} ms\n` +
-          `            cpu: ${formatUsage(r.cpu)}${noisy(r)}\n            event-loop delay p99/max ms: ${loops(r, t)}${auditLine(r)}`,
-      );
+    };
+    const fixedPhase = async (): Promise<void> => {
+      for (const [t, w] of order) {
+        // First: a warm-up at the fixed rate (its own, when no full-load phase came before).
+        if (flags['fixed-first'] && round === 1) await fixedRate(w, { rate: opts.rate, seconds: Math.max(1, opts.warmup), connections: opts.rateConnections });
+        const r = await measure(t, round, () => fixedRate(w, { rate: opts.rate, seconds: opts.seconds, connections: opts.rateConnections }));
+        handled[t] += r.ok + r.non2xx;
+        (results.get(t) as TargetResults).fixed.push(r);
+        log(
+          `fixed-rate  ${t.padEnd(10)} ${int(r.rps).padStart(7)} req/s  p50 ${ms(r.latency.p50)} ms  p99 ${ms(r.latency.p99)} ms  max ${ms(r.latency.max)} ms  ` +
+            `2xx ${r.ok}/${r.scheduled} (upstream saw ${r.upstreamSaw}), ${status(r)}, send lag p99 ${ms(r.lagP99)} ms\n` +
+            `            cpu: ${formatUsage(r.cpu)}${noisy(r)}\n            event-loop delay p99/max ms: ${loops(r, t)}${auditLine(r)}`,
+        );
+      }
+    };
+    // By default every target's full-load phase comes first; --fixed-first measures latency before
+    // any target has been saturated (what a full-load phase leaves behind: WAL checkpoints, grown heaps).
+    if (flags['fixed-first']) {
+      await fixedPhase();
+      await throughputPhase();
+    } else {
+      await throughputPhase();
+      await fixedPhase();
     }
   }
 
