@@ -10,7 +10,8 @@
  * Phases, each server under test in its own Node process (bench/lib/child.ts):
  *  1. writer: bench/targets/audit-writer.ts drives the writer API the way the request path does —
  *     `concurrency` requests in flight, each committing its decision and waiting until it is
- *     durable (synchronous=FULL), then handing over its outcome; a share of requests are refused
+ *     durable (the decision journal fdatasynced; inline: its row, synchronous=FULL), then handing
+ *     over its outcome; a share of requests are refused
  *     and write one complete row without waiting. Rows/s, per-second minimum, group-commit size,
  *     decision latency; at the end every submitted row must be in the database, complete.
  *  1b. ceiling: the writer's SQL statements alone, in the same schema, with the same mix and

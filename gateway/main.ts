@@ -395,8 +395,9 @@ export async function startGateway(options: GatewayOptions): Promise<RunningGate
 
 /**
  * Encodes the facts of each decision once its call is over; the audit writer seals them under the
- * master key's facts key. With a history store in the process, the history summary a decision read lazily (it is not in the input)
- * is recorded too, taken as the decision saw it: the call itself is recorded in the history right after.
+ * master key's facts key. With a history store in the process, the history summary a decision read
+ * lazily (it is not in the input) is recorded too, taken as the decision saw it: the call itself is
+ * recorded in the history right after.
  */
 function factsRecorder(history: HistoryStore, logger: Logger): FactsRecorder {
   const local = history.shared === true ? undefined : history;

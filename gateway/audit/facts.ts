@@ -80,6 +80,9 @@ export function openFacts(key: FactsKey, requestId: string, text: string): strin
 
 const unreadable = (why: string): ValetError => new ValetError('VALET_ERR_AUDIT_FACTS_UNREADABLE', `The request facts cannot be opened: ${why}.`);
 
+/** What every audit writer logs when a row's facts could not be sealed (with the request id and the cipher's message). */
+export const SEAL_FAILED = 'could not seal the request facts; the audit row has none';
+
 /**
  * Seals a packed record's `factsPlain` into its `facts` and clears it, as every audit writer does
  * before a row is stored: the plaintext is never written anywhere. Without a key, or when sealing

@@ -32,7 +32,7 @@ export interface RecordedFacts {
   readonly argsOmitted: boolean;
 }
 
-/** Seals the facts of a decision into the text of the audit row's `facts` column (null: not recorded). */
+/** Records the facts of a decision for the audit row's sealed `facts` column. */
 export interface FactsRecorder {
   /**
    * Takes what a decision was made on, at the moment it is made, and returns what encodes it (the

@@ -1,5 +1,5 @@
 import type { Logger } from 'pino';
-import { sealRecordFacts, type FactsKey } from '../facts.js';
+import { SEAL_FAILED, sealRecordFacts, type FactsKey } from '../facts.js';
 import type { AuditDurability } from '../../config/types.js';
 import type pg from 'pg';
 import { ValetError } from '../../errors.js';
@@ -341,7 +341,7 @@ export async function startPgAuditWriter(o: PgAuditWriterOptions): Promise<Audit
     });
   };
 
-  const factsFailed = (reqId: string, err: unknown): void => o.logger.error({ reqId, message: (err as Error).message }, 'could not seal the request facts; the audit row has none');
+  const factsFailed = (reqId: string, err: unknown): void => o.logger.error({ reqId, message: (err as Error).message }, SEAL_FAILED);
   const enqueue = (op: Op): void => {
     queue.push(op);
     if (running !== undefined || retry !== undefined) return;

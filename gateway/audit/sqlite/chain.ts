@@ -13,9 +13,14 @@ export function contentColumns(db: AuditDatabase): string[] {
 /** The chain's newest event. */
 export const HEAD_SQL = 'SELECT seq, hash FROM audit_chain ORDER BY seq DESC LIMIT 1';
 
+/** The chain head from {@link HEAD_SQL}'s row (none: the genesis). */
+export function headOf(r: unknown): ChainHead {
+  const row = r as { seq: number; hash: Buffer } | undefined;
+  return row === undefined ? { seq: 0, hash: GENESIS } : { seq: row.seq, hash: row.hash };
+}
+
 export function readHead(db: AuditDatabase): ChainHead {
-  const r = db.prepare(HEAD_SQL).get() as { seq: number; hash: Buffer } | undefined;
-  return r === undefined ? { seq: 0, hash: GENESIS } : { seq: r.seq, hash: r.hash };
+  return headOf(db.prepare(HEAD_SQL).get());
 }
 
 /** Where the retained chain begins: the latest compaction checkpoint, or the genesis. */

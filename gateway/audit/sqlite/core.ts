@@ -6,7 +6,7 @@ import { compactable, encodeNote, EVENT, GENESIS, jsonString, linkHash, META_COL
 import type { PruneResult, RetentionCutoffs } from '../port.js';
 import { DECISION, ERROR_CODE_AT, FINAL, pack, RECORD_FIELDS, REQUEST_ID_AT, STATUS_AT, type PackedOp } from '../protocol.js';
 import { readJournal } from './journal.js';
-import { contentColumns, HEAD_SQL, readCheckpoint, readHead } from './chain.js';
+import { contentColumns, HEAD_SQL, headOf, readCheckpoint, readHead } from './chain.js';
 import { openAuditDatabase, type AuditDatabase } from './store.js';
 import { privateFile } from '../../private-files.js';
 
@@ -199,7 +199,7 @@ export class AuditCore {
   }
 
   /**
-   * The decisions a killed Valet journaled (`crash` durability, see journal.ts) and never wrote a
+   * The decisions a killed Valet journaled (`strict` and `crash`, see journal.ts) and never wrote a
    * row for are written as rows completed with `VALET_ERR_OUTCOME_UNKNOWN` and status 0; then the
    * journal is deleted. Returns how many rows it wrote.
    */
@@ -269,8 +269,7 @@ export class AuditCore {
   }
 
   private applyInTransaction(ops: readonly PackedOp[], undo: Undo): ChainHead {
-    const top = this.headRow.get() as { seq: number; hash: Buffer } | undefined;
-    let head: ChainHead = top === undefined ? { seq: 0, hash: GENESIS } : { seq: top.seq, hash: top.hash };
+    let head = headOf(this.headRow.get());
     const last = this.lastRow.get() as { id: number; logged_at: number | null } | undefined;
     let nextId = (last?.id ?? this.pruneFloor()) + 1;
     let loggedAt = Math.max(this.lastLoggedAt, last?.logged_at ?? 0);

@@ -43,8 +43,8 @@ interface Waiter {
  * without a row becomes a row completed as `VALET_ERR_OUTCOME_UNKNOWN`, as an unfinished decision
  * row does.
  *
- * The lines hold what the audit row holds (the request facts sealed as in the row), in files 0600
- * in a 0700 directory. Not thread-safe: the request thread owns it.
+ * The lines hold what the decision row would hold, never the request facts (encoded only once the
+ * call is over), in files 0600 in a 0700 directory. Not thread-safe: the request thread owns it.
  */
 export class DecisionJournal {
   private readonly dir: string;

@@ -12,7 +12,7 @@ import { AuditCore } from './core.js';
 import { AUDIT_FILE } from './store.js';
 import { applyDurability } from './durability.js';
 import type { AuditHead } from '../port.js';
-import { sealPackedFacts } from '../facts.js';
+import { SEAL_FAILED, sealPackedFacts } from '../facts.js';
 import { DECISION, type FromWriter, type PackedOp, type ToWriter, type WriterInit } from '../protocol.js';
 
 /** Ops kept for retry while the database cannot be written; beyond this the oldest are dropped (and logged). */
@@ -64,7 +64,7 @@ function boundWal(): void {
   }
 }
 
-const factsFailed = (reqId: string, err: unknown): void => post({ t: 'log', level: 'error', msg: 'could not seal the request facts; the audit row has none', fields: { reqId, message: errMessage(err) } });
+const factsFailed = (reqId: string, err: unknown): void => post({ t: 'log', level: 'error', msg: SEAL_FAILED, fields: { reqId, message: errMessage(err) } });
 
 const headOf = (): AuditHead => ({ seq: core.head.seq, hash: core.head.hash.toString('hex') });
 

@@ -13,7 +13,7 @@ import { applyDurability, CRASH_SYNC_MS } from './durability.js';
 import { DecisionJournal } from './journal.js';
 import type { AuditDurability } from '../../config/types.js';
 import type { AuditRecord } from '../../types.js';
-import { sealPackedFacts, type FactsKey } from '../facts.js';
+import { SEAL_FAILED, sealPackedFacts, type FactsKey } from '../facts.js';
 
 const RESOLVED = Promise.resolve();
 
@@ -301,13 +301,11 @@ function workerWriter(o: AuditWriterOptions): Promise<AuditWriter> {
           o.logger.error({ reqId: rec.requestId }, 'audit row lost: the writer thread is not running');
           return;
         }
-        const h = held.size === 0 ? undefined : held.get(rec.requestId);
-        if (h === undefined) {
-          batch(pack(FINAL, rec));
-          return;
-        }
-        held.delete(rec.requestId);
         const b = batch(pack(FINAL, rec));
+        // The decision it completes, if held: its row is this one, and its journal line is settled with it.
+        const h = held.size === 0 ? undefined : held.get(rec.requestId);
+        if (h === undefined) return;
+        held.delete(rec.requestId);
         if (h.segment >= 0) b.settles.push(h.segment);
       },
       async flush() {
@@ -469,7 +467,7 @@ async function inlineWriter(o: AuditWriterOptions): Promise<AuditWriter> {
     scheduled ??= setImmediate(commit);
   };
   const sealed = (op: PackedOp): PackedOp => {
-    sealPackedFacts(op as unknown[], o.factsKey, (reqId, err) => o.logger.error({ reqId, message: (err as Error).message }, 'could not seal the request facts; the audit row has none'));
+    sealPackedFacts(op as unknown[], o.factsKey, (reqId, err) => o.logger.error({ reqId, message: (err as Error).message }, SEAL_FAILED));
     return op;
   };
   const writer: AuditWriter = {
