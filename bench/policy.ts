@@ -391,6 +391,15 @@ function requestMix(layout: Layout, policy: Policy, groups: number, count: numbe
 
 let sink = 0;
 
+/** Heap in use after two full GCs (bytes); NaN when gc is not exposed (--in-process without --expose-gc). */
+function retainedHeap(): number {
+  const gc = (globalThis as { gc?: () => void }).gc;
+  if (gc === undefined) return Number.NaN;
+  gc();
+  gc();
+  return process.memoryUsage().heapUsed;
+}
+
 /**
  * Times up to `n` single decisions (stopping once `budgetNs` has elapsed), request `(start + i) %
  * distinct`, appending nanoseconds to `samples` from `offset`. Returns how many were taken.
@@ -475,6 +484,8 @@ interface SizeResult {
   tools: number;
   rulesPerUpstream: number;
   compileMs: Partial<Record<EngineId, number>>;
+  /** The heap Valet's compiled policy holds (MB, after full GCs; NaN without --expose-gc). */
+  heapMb: number;
   mix: Record<string, number>;
   engines: EngineResult[];
   cedarNaive: LatencyStats | null;
@@ -517,9 +528,11 @@ async function runSize(layout: Layout, n: number): Promise<SizeResult> {
     contexts: [],
   };
   const compileMs: Partial<Record<EngineId, number>> = {};
+  const heap0 = retainedHeap();
   let t = performance.now();
   const policy = compilePolicy(config as unknown as Parameters<typeof compilePolicy>[0], stores);
   compileMs.valet = performance.now() - t;
+  const heapMb = (retainedHeap() - heap0) / 1e6;
 
   const reqs = requestMix(layout, policy, set.groups, MIX, 0xc0ffee + n);
   const inputs = reqs.map((r) => r.input);
@@ -717,6 +730,7 @@ async function runSize(layout: Layout, n: number): Promise<SizeResult> {
     tools: set.tools.length,
     rulesPerUpstream: n / upstreams,
     compileMs,
+    heapMb,
     mix,
     engines: engines.map((e, k) => ({ engine: e.id, distinct: e.distinct, agreement: e.agreement, stats: latencyStats(samples[k] as Float64Array, taken[k] as number) })),
     cedarNaive,
@@ -789,7 +803,7 @@ async function waitQuiet(maxS: number): Promise<number> {
 function runChild(layout: Layout, n: number): Promise<SizeResult> {
   return new Promise((resolve, reject) => {
     const child = fork(fileURLToPath(import.meta.url), [...process.argv.slice(2), '--child', `${layout}:${n}`], {
-      execArgv: process.execArgv,
+      execArgv: [...process.execArgv, '--expose-gc'],
       stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
       serialization: 'advanced',
     });
@@ -853,7 +867,7 @@ async function main(): Promise<void> {
         runs.push(r);
         const compile = Object.entries(r.compileMs).map(([k, v]) => `${k} ${(v as number).toFixed(0)} ms`).join(', ');
         console.log(
-          `[run ${rep}/${opts.repeat}, ${layout}, ${n.toLocaleString('en-US')} rules: ${r.upstreams} upstream(s) x ${r.rulesPerUpstream} rules, ${r.tools} tools; compile: ${compile}; ` +
+          `[run ${rep}/${opts.repeat}, ${layout}, ${n.toLocaleString('en-US')} rules: ${r.upstreams} upstream(s) x ${r.rulesPerUpstream} rules, ${r.tools} tools; compile: ${compile}; valet's policy holds ${Number.isNaN(r.heapMb) ? '?' : r.heapMb.toFixed(1)} MB of heap; ` +
             `other processes used ${Number.isNaN(r.otherCores) ? '?' : Math.max(0, r.otherCores).toFixed(2)} cores meanwhile; ` +
             `while timing valet: ${r.timing.minorFaults} minor page faults, ${r.timing.involuntarySwitches} involuntary context switches]`,
         );

@@ -395,13 +395,23 @@ export function compilePolicy(
   const toolUpstream = new Map(config.tools.map((t) => [t.name, t.upstream]));
   const opened = openedUpstreams(config);
 
+  // A condition written on many rules (one per team or upstream, say) is compiled once: at 10,000
+  // rules that holds 40 % less heap and keeps the programs that decisions run few enough to stay
+  // in the CPU's caches (docs/policy-performance.md). A program holds no state of its own.
+  const programs = new Map<string, Program | { error: string }>();
   const cel = (m: MatchConfig, field: string, source: string, expect: 'bool' | 'number' | 'any', withMatch = false): Program | undefined => {
-    const program = compileCel(source, expect, withMatch);
+    const key = `${expect}${withMatch ? '+' : ' '}${source}`;
+    let program = programs.get(key);
+    if (program === undefined) {
+      const compiled = compileCel(source, expect, withMatch);
+      program = 'error' in compiled ? compiled : Object.assign(compiled, { reads: variablesRead(source) });
+      programs.set(key, program);
+    }
     if ('error' in program) {
       problems.push({ file: m.at.file, line: m.lines[field] ?? m.at.line, column: 0, path: `${m.at.path}.${field}`, message: program.error });
       return undefined;
     }
-    return Object.assign(program, { reads: variablesRead(source) });
+    return program;
   };
   const base = (m: MatchConfig, restrictive: boolean, upstreams: ReadonlySet<string> | undefined): CompiledMatch => ({
     config: m,

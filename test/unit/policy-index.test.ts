@@ -4,6 +4,7 @@
  */
 import { describe, expect, it } from 'vitest';
 import type { Config, RuleConfig, ToolConfig } from '../../gateway/config/types.js';
+import { ConfigError } from '../../gateway/errors.js';
 import { compilePaths, compilePolicy as compileConfig, DEFAULT_DENY_RULE } from '../../gateway/policy/compile.js';
 import { memoryCounterStore, memoryHistoryStore } from '../../gateway/policy/counters.js';
 import type { AgentIdentity, RequestFacts } from '../../gateway/types.js';
@@ -199,6 +200,36 @@ describe('the CEL activation', () => {
     expect(p.evaluate(agent, facts('GET', '/b', { args: { n: 1n } })).effect).toBe('deny');
     expect(p.evaluate(agent, facts('GET', '/a', { args: { n: 2n } })).effect).toBe('deny');
     expect(p.evaluate({ ...agent, agent: 'agent-2' }, facts('GET', '/a', { args: { n: 1n } })).effect).toBe('allow');
+  });
+});
+
+describe('conditions written more than once', () => {
+  it('are compiled once and still decide for each rule on its own request', () => {
+    const when = 'args.n <= 10 && request.path.startsWith("/a")';
+    const p = compilePolicy([
+      rule({ id: 'one', upstream: 'api', paths: ['/a/1'], when, effect: 'allow' }),
+      rule({ id: 'two', upstream: 'api', paths: ['/a/2'], when, effect: 'allow' }),
+      rule({ id: 'deny-two', upstream: 'api', paths: ['/a/2'], when: 'args.n == 7', effect: 'deny' }),
+    ]);
+    expect(p.evaluate(agent, facts('GET', '/a/1', { args: { n: 7n } }))).toMatchObject({ effect: 'allow', rules: ['one'] });
+    expect(p.evaluate(agent, facts('GET', '/a/2', { args: { n: 7n } }))).toMatchObject({ effect: 'deny', rules: ['deny-two'] });
+    expect(p.evaluate(agent, facts('GET', '/a/2', { args: { n: 3n } }))).toMatchObject({ effect: 'allow', rules: ['two'] });
+    expect(p.evaluate(agent, facts('GET', '/a/1', { args: { n: 11n } })).effect).toBe('deny');
+  });
+
+  it('that do not compile are reported at every rule that has them', () => {
+    const bad = (id: string, line: number): RuleConfig => ({ ...rule({ id, when: 'args.n +', effect: 'allow' }), at: { file: 'p.yaml', line, column: 1, path: `rules[${line}]` } });
+    let problems: { line: number; path: string }[] = [];
+    try {
+      compilePolicy([bad('a', 3), rule({ id: 'ok', when: 'args.n == 1', effect: 'allow' }), bad('b', 9)]);
+    } catch (err) {
+      expect(err).toBeInstanceOf(ConfigError);
+      problems = (err as ConfigError).problems.map((x) => ({ line: x.line, path: x.path }));
+    }
+    expect(problems).toEqual([
+      { line: 3, path: 'rules[3].when' },
+      { line: 9, path: 'rules[9].when' },
+    ]);
   });
 });
 
