@@ -22,7 +22,7 @@ import { monitorEventLoopDelay, performance } from 'node:perf_hooks';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { request } from 'undici';
-import { affinity, BenchRun, canPin, pin, type BenchChild } from './lib/child.js';
+import { affinity, BenchRun, canPin, pin, type BenchChild, type GcPauses } from './lib/child.js';
 import { nginxBinary, startNginx, type Nginx } from './lib/nginx.js';
 import { buildGateway, builtGatewayIsCurrent } from './lib/build.js';
 import { hasWrk, wrkRun } from './lib/wrk.js';
@@ -60,6 +60,8 @@ const HELP = `Usage: npm run bench -- [options]
   --valet-log FILE      send Valet's log lines to FILE instead of /dev/null (debugging)
   --cpu-prof[=DIR]      run Valet and the bare proxy under --cpu-prof, print a per-request
                         summary of each, keep the profiles in DIR/<target>
+  --node-args "FLAGS"   extra Node flags for the Valet process, space-separated (e.g. "--max-semi-space-size=64"
+                        or "--trace-gc-nvp", whose output goes to this terminal)
   --durability LEVEL    Valet's gateway.audit.durability: strict (default), crash or async
   --fixed-first         measure the fixed-rate phase of each round before its full-load phase (default
                         after: the latency then includes what saturating every target left behind)
@@ -86,6 +88,7 @@ const { values: flags } = parseArgs({
     'wait-quiet': { type: 'string' },
     'valet-log': { type: 'string' },
     'cpu-prof': { type: 'string' },
+    'node-args': { type: 'string' },
     json: { type: 'string' },
     strict: { type: 'boolean', default: false },
     'no-pin': { type: 'boolean', default: false },
@@ -140,6 +143,7 @@ for (const t of only) {
   }
 }
 const cpuProf = flags['cpu-prof'];
+const nodeArgs = (flags['node-args'] ?? '').split(' ').filter(Boolean);
 const durabilityLevel = flags.durability ?? 'strict';
 
 // ---------------------------------------------------------------------------------------------
@@ -179,7 +183,7 @@ const log = (s: string): void => console.log(s);
 // ---------------------------------------------------------------------------------------------
 // main
 
-interface LoopDelay {
+interface LoopDelay extends Partial<GcPauses> {
   loopDelayP99Ms: number;
   loopDelayMaxMs: number;
 }
@@ -263,7 +267,7 @@ async function main(): Promise<number> {
     }
     const args = [join(root, 'valet'), origin, UPSTREAM_SECRET];
     if (flags['valet-log']) args.push(flags['valet-log']);
-    valet = await run.fork({ name: 'valet', script: join(HERE, 'targets/valet.ts'), args, env: childEnv, execArgv: profArgs('valet') });
+    valet = await run.fork({ name: 'valet', script: join(HERE, 'targets/valet.ts'), args, env: childEnv, execArgv: [...profArgs('valet'), ...nodeArgs] });
     log(`valet: ${String(valet.ready['build'])}; logger level "${String(valet.ready['logLevel'])}" → ${flags['valet-log'] ?? '/dev/null'}, audit → SQLite in ${join(root, 'valet', 'data')}, durability ${durability}`);
   }
   if (profileDir !== undefined) log(`CPU profiles → ${profileDir}/{bare,valet}`);
@@ -346,8 +350,7 @@ async function main(): Promise<number> {
     const after = afterAll[0] as UpstreamStats;
     const loop: Record<string, LoopDelay> = { generator: { loopDelayP99Ms: genLoop.percentile(99) / 1e6, loopDelayMaxMs: genLoop.max / 1e6 } };
     servers.forEach((c, i) => {
-      const s = afterAll[i] as LoopDelay;
-      loop[serverName(c)] = { loopDelayP99Ms: s.loopDelayP99Ms, loopDelayMaxMs: s.loopDelayMaxMs };
+      loop[serverName(c)] = afterAll[i] as LoopDelay;
     });
     // For Valet, count only requests that arrived carrying the injected credential.
     const saw = isValet(t) ? after.withInjectedCredential - before.withInjectedCredential : after.requests - before.requests;
@@ -366,10 +369,16 @@ async function main(): Promise<number> {
     }
     return { ...r, upstreamSaw: saw, cpu: cpuUse, loop, round, audit, threads };
   };
+  /** The proxy's (or, direct, the upstream's) main-thread GC pauses: what most of its event-loop stalls are. */
+  const gcLine = (m: Measured, t: TargetId): string => {
+    const g = m.loop[processOf(t)];
+    if (g?.gcMinor === undefined) return '';
+    return `; its GC pauses: ${g.gcMinor} scavenges (longest ${ms(g.gcMinorMaxMs ?? 0, 1)} ms), ${g.gcMajor} mark-compacts (longest ${ms(g.gcMajorMaxMs ?? 0, 1)} ms), ${ms(g.gcTotalMs ?? 0, 0)} ms in all`;
+  };
   const loops = (m: Measured, t: TargetId): string =>
     ['generator', processOf(t), ...(t === 'direct' ? [] : ['upstream'])]
       .map((n) => `${n} ${ms(m.loop[n]?.loopDelayP99Ms ?? Number.NaN, 1)}/${ms(m.loop[n]?.loopDelayMaxMs ?? Number.NaN, 1)}`)
-      .join(', ');
+      .join(', ') + gcLine(m, t);
   const status = (r: RunResult): string => `non-2xx ${r.non2xx}, errors ${r.errors}, timeouts ${r.timeouts}`;
   const noisy = (m: Measured): string => (m.cpu.other >= QUIET_CORES ? ' NOISY' : '');
   /** Why a run's figures may be disturbed: other load on the machine, or a fixed-rate generator that sent late. */

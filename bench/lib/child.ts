@@ -13,7 +13,7 @@ import { execFileSync, fork, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { cpus, platform, tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { monitorEventLoopDelay } from 'node:perf_hooks';
+import { constants as perfConstants, monitorEventLoopDelay, PerformanceObserver } from 'node:perf_hooks';
 
 export interface ReadyMessage {
   type: 'ready';
@@ -139,10 +139,46 @@ export function forkChild(o: ForkOptions): Promise<BenchChild> {
   });
 }
 
+/** The main thread's garbage-collection pauses since the last `stats` (what its event loop stalled for). */
+export interface GcPauses {
+  /** Scavenges of the young generation. */
+  gcMinor: number;
+  gcMinorMaxMs: number;
+  /** Mark-compacts of the whole heap. */
+  gcMajor: number;
+  gcMajorMaxMs: number;
+  /** Every pause, summed. */
+  gcTotalMs: number;
+}
+
+function gcPauses(): { take(): GcPauses } {
+  let p: GcPauses = { gcMinor: 0, gcMinorMaxMs: 0, gcMajor: 0, gcMajorMaxMs: 0, gcTotalMs: 0 };
+  new PerformanceObserver((list) => {
+    for (const e of list.getEntries()) {
+      const kind = (e as { detail?: { kind?: number } }).detail?.kind;
+      p.gcTotalMs += e.duration;
+      if (kind === perfConstants.NODE_PERFORMANCE_GC_MINOR) {
+        p.gcMinor++;
+        p.gcMinorMaxMs = Math.max(p.gcMinorMaxMs, e.duration);
+      } else if (kind === perfConstants.NODE_PERFORMANCE_GC_MAJOR) {
+        p.gcMajor++;
+        p.gcMajorMaxMs = Math.max(p.gcMajorMaxMs, e.duration);
+      }
+    }
+  }).observe({ entryTypes: ['gc'] });
+  return {
+    take() {
+      const r = p;
+      p = { gcMinor: 0, gcMinorMaxMs: 0, gcMajor: 0, gcMajorMaxMs: 0, gcTotalMs: 0 };
+      return r;
+    },
+  };
+}
+
 export interface ServeOptions {
   /**
    * Sample the event-loop delay (default true): `stats` then adds `loopDelayP99Ms` and
-   * `loopDelayMaxMs` since the last `stats`. The sampler is a 1 ms timer: it wakes an idle process
+   * `loopDelayMaxMs` since the last `stats`, and the garbage-collection pauses ({@link GcPauses}). The sampler is a 1 ms timer: it wakes an idle process
    * a thousand times a second (~3 % of a core on a small VM), so a benchmark of microseconds per
    * event turns it off.
    */
@@ -164,9 +200,10 @@ export function serveChild(
   // Event-loop delay since the last `stats` request: how long ready work waited for this process.
   const eld = options.loopDelay === false ? undefined : monitorEventLoopDelay({ resolution: 1 });
   eld?.enable();
-  const loopDelay = (): { loopDelayP99Ms: number; loopDelayMaxMs: number } | undefined => {
-    if (eld === undefined) return undefined;
-    const r = { loopDelayP99Ms: eld.percentile(99) / 1e6, loopDelayMaxMs: eld.max / 1e6 };
+  const gc = options.loopDelay === false ? undefined : gcPauses();
+  const loopDelay = (): ({ loopDelayP99Ms: number; loopDelayMaxMs: number } & GcPauses) | undefined => {
+    if (eld === undefined || gc === undefined) return undefined;
+    const r = { loopDelayP99Ms: eld.percentile(99) / 1e6, loopDelayMaxMs: eld.max / 1e6, ...gc.take() };
     eld.reset();
     return r;
   };
