@@ -60,8 +60,8 @@ const HELP = `Usage: npm run bench -- [options]
   --valet-log FILE      send Valet's log lines to FILE instead of /dev/null (debugging)
   --cpu-prof[=DIR]      run Valet and the bare proxy under --cpu-prof, print a per-request
                         summary of each, keep the profiles in DIR/<target>
-  --node-args "FLAGS"   extra Node flags for the Valet process, space-separated (e.g. "--max-semi-space-size=64"
-                        or "--trace-gc-nvp", whose output goes to this terminal)
+  --node-args=FLAGS     extra Node flags for the Valet process, space-separated, after "=" (e.g.
+                        --node-args=--max-semi-space-size=64, or --trace-gc-nvp, printed to this terminal)
   --durability LEVEL    Valet's gateway.audit.durability: strict (default), crash or async
   --fixed-first         measure the fixed-rate phase of each round before its full-load phase (default
                         after: the latency then includes what saturating every target left behind)

@@ -71,6 +71,18 @@ export class RequestBody extends Readable {
     req.once('close', onClose);
   }
 
+  /**
+   * The whole body as one buffer, taken from this stream, when all of it has arrived and nobody has
+   * read any (a small body comes in the packet of its headers); otherwise undefined and the stream
+   * is untouched. Forwarded as a buffer, a body is written with its headers at once instead of
+   * through a stream: no async iterator, end-of-stream listeners or extra event-loop turns per call.
+   */
+  whole(): Buffer | undefined {
+    if (!this.complete || this.failure !== undefined || this.destroyed || this.readableDidRead || this.readableFlowing !== null) return undefined;
+    const n = this.readableLength;
+    return n === 0 ? Buffer.alloc(0) : ((this.read(n) as Buffer | null) ?? undefined);
+  }
+
   /** Stops keeping the body for anyone and drops the rest, still under the limits; `onFailure` runs if one is broken. */
   discard(onFailure: () => void): void {
     if (this.settled) return;

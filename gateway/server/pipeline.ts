@@ -494,12 +494,14 @@ export function createPipeline(deps: PipelineDeps): RequestHandler {
       if (credentials.hashesPayload(upstream.name) && buffered === undefined && incoming !== undefined) buffered = await readBody(req, incoming, config.gateway.maxBodyBytes);
       // A streamed chat call asks for its usage (the extra chunk is taken out again on the way back).
       if (llm?.request.addUsage === true && buffered !== undefined) buffered = withStreamUsage(buffered);
-      const body = buffered ?? incoming ?? null;
-      const length = buffered ? String(buffered.length) : req.headers['content-length'];
+      // A body that has arrived whole by now goes as one buffer (RequestBody.whole); a longer one streams.
+      const whole = buffered ?? incoming?.whole();
+      const body = whole ?? incoming ?? null;
+      const length = whole ? String(whole.length) : req.headers['content-length'];
       if (length !== undefined) injected.headers.push(['content-length', length]);
       const forwardTarget = injected.rawQuery === '' ? facts.forwardPath : `${facts.forwardPath}?${injected.rawQuery}`;
       // An AWS upstream's request is signed last, over exactly what is forwarded, with the tenant's keys (or its role's).
-      const signing = credentials.sign(upstream.name, { method: facts.method, path: forwardTarget, headers: injected.headers, body: body === null || body instanceof Buffer ? body : 'stream' }, caller);
+      const signing = credentials.sign(upstream.name, { method: facts.method, path: forwardTarget, headers: injected.headers, body: buffered ?? (incoming === undefined ? null : 'stream') }, caller);
       const sent = signing === undefined ? { path: forwardTarget, headers: injected.headers, secrets: injected.secrets } : await signing;
 
       // An MCP tool the server never listed by that exact name is not called (a lenient server could

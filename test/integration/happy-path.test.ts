@@ -185,9 +185,40 @@ describe('happy path', () => {
     const got = upstream.requests.at(-1) as RecordedRequest;
     expect(got.method).toBe('PUT');
     expect(got.body.toString('utf8')).toBe(expected);
+    // Still arriving when it was forwarded: it went on as a stream.
+    expect(headerValues(got, 'transfer-encoding')).toEqual(['chunked']);
     expectNoToken(got, token);
     const row = await auditRowFor(gw, requestId);
     expect(row.bytes_in).toBe(Buffer.byteLength(expected));
+  });
+
+  it('a chunked request body that arrived whole before forwarding is sent with its length', async () => {
+    const token = await gw.token();
+    const body = '{"whole":"✓","n":[1,2,3]}';
+    const size = Buffer.byteLength(body);
+    const before = upstream.requests.length;
+    const answer = await new Promise<string>((resolve, reject) => {
+      const socket = connect(Number(new URL(gw.url).port), '127.0.0.1');
+      let text = '';
+      socket.on('data', (d) => {
+        text += d.toString('latin1');
+        if (/\r\n\r\n[\s\S]*"ok":true/.test(text)) socket.end();
+      });
+      socket.on('close', () => resolve(text));
+      socket.on('error', reject);
+      // Headers and the whole chunked body in one write.
+      socket.write(
+        `POST /bearer/v1/whole HTTP/1.1\r\nHost: valet\r\nAuthorization: Bearer ${token}\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n` +
+          `${size.toString(16)}\r\n${body}\r\n0\r\n\r\n`,
+      );
+    });
+    expect(answer.startsWith('HTTP/1.1 200')).toBe(true);
+    expect(upstream.requests.length).toBe(before + 1);
+    const got = upstream.requests.at(-1) as RecordedRequest;
+    expect(got.body.toString('utf8')).toBe(body);
+    expect(headerValues(got, 'content-length')).toEqual([String(size)]);
+    expect(headerValues(got, 'transfer-encoding')).toEqual([]);
+    expectNoToken(got, token);
   });
 
   it('passes the response status, headers and body back', async () => {
