@@ -1,4 +1,5 @@
 import type { Readable, Transform } from 'node:stream';
+import { readAll } from './read.js';
 import {
   brotliCompressSync,
   brotliDecompressSync,
@@ -147,7 +148,7 @@ export function agentResponse(
     return {
       headers,
       whole: async () => {
-        const raw = await readWhole(res.body);
+        const raw = await readAll(res.body);
         let decoded = raw;
         if (name !== undefined && name !== 'identity') {
           try {
@@ -166,16 +167,6 @@ export function agentResponse(
   }
   if (decoder === undefined) return { headers, body: chain(res.body, [scrubber.stream(), ...observing]) };
   return { headers, body: chain(res.body, reencode ? [decoder(), scrubber.stream(), ...observing, (ENCODERS[recoding] as () => Transform)()] : [decoder(), scrubber.stream(), ...observing]) };
-}
-
-async function readWhole(body: Readable): Promise<Buffer> {
-  const chunks: Buffer[] = [];
-  let n = 0;
-  for await (const chunk of body) {
-    chunks.push(chunk as Buffer);
-    n += (chunk as Buffer).length;
-  }
-  return chunks.length === 1 ? (chunks[0] as Buffer) : Buffer.concat(chunks, n);
 }
 
 /**

@@ -15,6 +15,7 @@ import { ValetError } from '../errors.js';
 import type { EvaluationInput, Policy } from '../policy/compile.js';
 import type { Forwarder } from '../proxy/forward.js';
 import { upstreamError } from '../proxy/forward.js';
+import { readAll } from '../proxy/read.js';
 import { acceptedCodings, forwardableRequestHeaders, injectCredential, REQUEST_ID_HEADER, upstreamRequestId, valetRequestHeaders, type HeaderList } from '../proxy/headers.js';
 import { HangUp, relay, sendWhole } from '../proxy/relay.js';
 import { requestLineLogger } from '../log.js';
@@ -909,32 +910,19 @@ function tooLarge(max: number): ValetError {
 }
 
 /** An upstream answer held for a person (response rule `escalate`), read whole up to `max` bytes; past it, withheld. */
-async function holdAnswer(body: Readable, max: number): Promise<Buffer> {
-  const chunks: Buffer[] = [];
-  let size = 0;
-  for await (const chunk of body as AsyncIterable<Buffer>) {
-    size += chunk.length;
-    if (size > max) {
-      body.destroy();
-      throw blocked(`it is larger than ${max} bytes, too large to hold for approval`);
-    }
-    chunks.push(chunk);
-  }
-  return Buffer.concat(chunks, size);
+function holdAnswer(body: Readable, max: number): Promise<Buffer> {
+  return readAll(body, max, () => blocked(`it is larger than ${max} bytes, too large to hold for approval`));
 }
 
 /** Reads a body policy must see, refusing (413) past `max` bytes without reading further. */
 async function readBody(req: IncomingMessage, body: RequestBody, max: number): Promise<Buffer> {
   if (Number(req.headers['content-length'] ?? 0) > max) throw tooLarge(max);
   if (body.failure !== undefined) throw body.failure;
-  const chunks: Buffer[] = [];
-  let size = 0;
-  for await (const chunk of body as AsyncIterable<Buffer>) {
-    size += chunk.length;
-    if (size > max) throw tooLarge(max);
-    chunks.push(chunk);
-  }
-  return Buffer.concat(chunks);
+  // Most bodies have all arrived by now (a small one comes with its headers).
+  const whole = body.whole();
+  if (whole === undefined) return readAll(body, max, () => tooLarge(max));
+  if (whole.length > max) throw tooLarge(max);
+  return whole;
 }
 
 /** The lists an MCP server answers that are filtered per agent, by the method that asks for them. */
