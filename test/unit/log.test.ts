@@ -1,6 +1,8 @@
-import { mkdtempSync, openSync, readFileSync, rmSync } from 'node:fs';
+import { spawnSync } from 'node:child_process';
+import { mkdtempSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { afterEach, describe, expect, it } from 'vitest';
 import { createLogger, LOG_FLUSH_MS, logDestination } from '../../gateway/log.js';
 import { sleep } from '../helpers/http.js';
@@ -39,6 +41,39 @@ describe('log destination', () => {
     await new Promise<void>((r) => logger.flush(() => r()));
     expect(lines(file).map((l) => l['n'])).toEqual([1, 2, 3]);
     dest.end();
-    await new Promise((r) => dest.once('close', r)); // it closes the descriptor
+    await new Promise<void>((r) => dest.once('close', r)); // it closes the descriptor
+  });
+
+  it('writes thousands of lines whole and in order, gathered into few writes', async () => {
+    dir = mkdtempSync(join(tmpdir(), 'valet-log-'));
+    const file = join(dir, 'out.log');
+    const dest = logDestination(openSync(file, 'a'));
+    const logger = createLogger(dest);
+    const pad = 'x'.repeat(200);
+    for (let n = 0; n < 3_000; n++) logger.info({ n, pad }, 'request');
+    await new Promise<void>((r) => logger.flush(() => r()));
+    const got = lines(file);
+    expect(got.map((l) => l['n'])).toEqual(Array.from({ length: 3_000 }, (_, n) => n));
+    expect(got.every((l) => l['pad'] === pad)).toBe(true);
+    dest.end();
+    await new Promise<void>((r) => dest.once('close', r));
+  });
+
+  it('lines still gathered when the process exits are written', () => {
+    dir = mkdtempSync(join(tmpdir(), 'valet-log-'));
+    const file = join(dir, 'out.log');
+    const script = join(dir, 'exit.mts');
+    const log = join(dirname(fileURLToPath(import.meta.url)), '../../gateway/log.ts');
+    writeFileSync(
+      script,
+      `import { openSync } from 'node:fs';
+       import { createLogger, logDestination } from ${JSON.stringify(log)};
+       const logger = createLogger(logDestination(openSync(${JSON.stringify(file)}, 'a')));
+       for (let n = 0; n < 5; n++) logger.info({ n }, 'request');
+       process.exit(3);`,
+    );
+    const r = spawnSync(process.execPath, ['--import', 'tsx', script], { encoding: 'utf8', timeout: 30_000 });
+    expect(r.status).toBe(3);
+    expect(lines(file).map((l) => l['n'])).toEqual([0, 1, 2, 3, 4]);
   });
 });
