@@ -4,6 +4,7 @@ import type { Logger } from 'pino';
 import { ERRORS, ValetError } from '../errors.js';
 import type { TokenVerifier } from '../auth/verify.js';
 import { parseJsonObject } from '../json.js';
+import { readAll } from '../read.js';
 import { adminIdentity, requirePermission, type AdminIdentity, type Permission } from './auth.js';
 
 /** What a route handler gets: who is asking, the path parameters, the query and the JSON body. */
@@ -231,13 +232,7 @@ async function authenticate(req: IncomingMessage, verify: TokenVerifier): Promis
 }
 
 async function readLimited(req: IncomingMessage, max: number): Promise<Buffer> {
-  if (Number(req.headers['content-length'] ?? 0) > max) throw new ValetError('VALET_ERR_ADMIN_BAD_REQUEST', `The body exceeds ${max} bytes.`);
-  const chunks: Buffer[] = [];
-  let size = 0;
-  for await (const chunk of req as AsyncIterable<Buffer>) {
-    size += chunk.length;
-    if (size > max) throw new ValetError('VALET_ERR_ADMIN_BAD_REQUEST', `The body exceeds ${max} bytes.`);
-    chunks.push(chunk);
-  }
-  return Buffer.concat(chunks);
+  const tooLarge = (): ValetError => new ValetError('VALET_ERR_ADMIN_BAD_REQUEST', `The body exceeds ${max} bytes.`);
+  if (Number(req.headers['content-length'] ?? 0) > max) throw tooLarge();
+  return readAll(req, { max, tooLarge });
 }

@@ -15,6 +15,7 @@ import {
   type ProgressToken,
   type RequestId,
 } from '@modelcontextprotocol/sdk/types.js';
+import { readAll } from '../read.js';
 
 /**
  * A local stdio MCP server served as MCP Streamable HTTP on a loopback port, so that the rest of
@@ -508,15 +509,16 @@ const INVALID = Symbol('invalid');
 
 /** The request body as JSON, read up to {@link MAX_INIT_BODY} bytes. */
 async function readJson(req: IncomingMessage): Promise<unknown> {
-  const chunks: Buffer[] = [];
-  let size = 0;
-  for await (const chunk of req as AsyncIterable<Buffer>) {
-    size += chunk.length;
-    if (size > MAX_INIT_BODY) return TOO_LARGE;
-    chunks.push(chunk);
+  const tooLarge = new Error('too large');
+  let body: Buffer;
+  try {
+    body = await readAll(req, { max: MAX_INIT_BODY, tooLarge: () => tooLarge });
+  } catch (err) {
+    if (err === tooLarge) return TOO_LARGE;
+    throw err;
   }
   try {
-    return JSON.parse(Buffer.concat(chunks).toString('utf8')) as unknown;
+    return JSON.parse(body.toString('utf8')) as unknown;
   } catch {
     return INVALID;
   }

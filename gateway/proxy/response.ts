@@ -1,5 +1,5 @@
 import type { Readable, Transform } from 'node:stream';
-import { readAll } from './read.js';
+import { readAll } from '../read.js';
 import {
   brotliCompressSync,
   brotliDecompressSync,

@@ -15,7 +15,7 @@ import { ValetError } from '../errors.js';
 import type { EvaluationInput, Policy } from '../policy/compile.js';
 import type { Forwarder } from '../proxy/forward.js';
 import { upstreamError } from '../proxy/forward.js';
-import { readAll } from '../proxy/read.js';
+import { readAll } from '../read.js';
 import { acceptedCodings, forwardableRequestHeaders, injectCredential, REQUEST_ID_HEADER, upstreamRequestId, valetRequestHeaders, type HeaderList } from '../proxy/headers.js';
 import { HangUp, relay, sendWhole } from '../proxy/relay.js';
 import { requestLineLogger } from '../log.js';
@@ -911,7 +911,7 @@ function tooLarge(max: number): ValetError {
 
 /** An upstream answer held for a person (response rule `escalate`), read whole up to `max` bytes; past it, withheld. */
 function holdAnswer(body: Readable, max: number): Promise<Buffer> {
-  return readAll(body, max, () => blocked(`it is larger than ${max} bytes, too large to hold for approval`));
+  return readAll(body, { max, tooLarge: () => blocked(`it is larger than ${max} bytes, too large to hold for approval`) });
 }
 
 /** Reads a body policy must see, refusing (413) past `max` bytes without reading further. */
@@ -920,7 +920,7 @@ async function readBody(req: IncomingMessage, body: RequestBody, max: number): P
   if (body.failure !== undefined) throw body.failure;
   // Most bodies have all arrived by now (a small one comes with its headers).
   const whole = body.whole();
-  if (whole === undefined) return readAll(body, max, () => tooLarge(max));
+  if (whole === undefined) return readAll(body, { max, tooLarge: () => tooLarge(max) });
   if (whole.length > max) throw tooLarge(max);
   return whole;
 }

@@ -159,6 +159,27 @@ describe('admin API', () => {
     expect((await admin('/api/policy', { token: none })).status).toBe(403);
   });
 
+  it('refuses a body past 64 KiB: 400 when its length says so, the connection cut when it streams past it', async () => {
+    const approver = await gw.adminToken(['approver']);
+    const headers = { authorization: `Bearer ${approver}`, 'content-type': 'application/json' };
+    const big = JSON.stringify({ reason: 'x'.repeat(70_000) });
+    const declared = await request(`${gw.adminUrl}/api/approvals/a1/approve`, { method: 'POST', headers, body: big });
+    expect(declared.statusCode).toBe(400);
+    expect(((await declared.body.json()) as Json['body']).error).toMatchObject({ code: 'VALET_ERR_ADMIN_BAD_REQUEST', message: 'The body exceeds 65536 bytes.' });
+    // No content-length: chunked, refused once the bytes read pass the limit.
+    const streamed = await request(`${gw.adminUrl}/api/approvals/a1/approve`, {
+      method: 'POST',
+      headers,
+      body: (async function* () {
+        for (let i = 0; i < 8; i++) yield Buffer.alloc(10_000, 0x20);
+      })(),
+    }).catch((err: unknown) => err as Error);
+    // Reading stops at the limit and the connection is cut: the route never sees the body (within
+    // the limit, this one would answer 404 for the unknown approval).
+    expect(streamed).toBeInstanceOf(Error);
+    expect(String(streamed)).toMatch(/closed|reset/i);
+  });
+
   it('an organisation auditor sees every tenant; a tenant admin only its own', async () => {
     const auditor = await gw.adminToken(['auditor']);
     const all = await admin('/api/audit?decision=allow', { token: auditor });

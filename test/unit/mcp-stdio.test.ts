@@ -177,6 +177,21 @@ describe('stdio MCP bridge', () => {
     expect(messages(from)).not.toContain('mcp stdio: server started');
   });
 
+  it('answers a body that is not JSON with a parse error, and stops reading one past 4 MiB; neither starts a child', async () => {
+    const b = await bridge();
+    const from = logs.length;
+    const url = new URL(b.path, b.origin);
+    const headers = { authorization: `Bearer ${b.token}`, 'content-type': 'application/json', accept: 'application/json, text/event-stream' };
+    const garbled = await fetch(url, { method: 'POST', headers, body: '{"jsonrpc": "2.0", "id": 1, "method": "initia' });
+    expect(garbled.status).toBe(400);
+    expect(await garbled.json()).toMatchObject({ jsonrpc: '2.0', error: { code: -32700 } });
+    // Past the limit the rest is not read and the connection is cut.
+    const huge = await fetch(url, { method: 'POST', headers, body: JSON.stringify({ ...INIT, pad: 'x'.repeat(5 * 1024 * 1024) }) }).catch((err: unknown) => err as Error);
+    expect(huge).toBeInstanceOf(Error);
+    expect(b.sessions()).toEqual([]);
+    expect(messages(from)).not.toContain('mcp stdio: server started');
+  });
+
   it('gives the child only the configured env and PATH, HOME, LANG: never Valet’s own', async () => {
     const b = await bridge(fixture({ FIXTURE_VALUE: 'configured-value' }));
     const { client } = await connect(b);

@@ -6,7 +6,7 @@
 import type { IncomingMessage } from 'node:http';
 import { PassThrough } from 'node:stream';
 import { describe, expect, it } from 'vitest';
-import { readAll } from '../../gateway/proxy/read.js';
+import { readAll } from '../../gateway/read.js';
 import { RequestBody } from '../../gateway/server/body.js';
 
 const LIMITS = { maxBytes: 64, idleMs: 5_000, totalMs: 10_000 };
@@ -103,7 +103,7 @@ describe('readAll', () => {
 
   it('past its limit destroys the stream and rejects with the error given', async () => {
     const s = new PassThrough();
-    const read = readAll(s, 8, () => new Error('too large'));
+    const read = readAll(s, { max: 8, tooLarge: () => new Error('too large') });
     s.write('12345');
     s.write('67890');
     await expect(read).rejects.toThrow('too large');

@@ -1,13 +1,21 @@
 import type { Readable } from 'node:stream';
 
+/** What {@link readAll} may read at most, and what it rejects with past that. */
+export interface ReadLimit {
+  readonly max: number;
+  readonly tooLarge: () => Error;
+}
+
 /**
  * Reads a stream to its end into one buffer, as `for await` would (the stream's error rejects; a
  * stream torn down before its end rejects as a premature close), but with one listener per event
  * instead of an async iterator and a promise per chunk: bodies read whole on every request
- * (policy's arguments, a small answer to scrub) then cost a fraction of the objects. Past `max`
- * bytes the stream is destroyed (as leaving a `for await` early would) and `tooLarge()` rejects.
+ * (policy's arguments, a small answer to scrub) then cost a fraction of the objects. Past
+ * `limit.max` bytes the stream is destroyed (as leaving a `for await` early would) and
+ * `limit.tooLarge()` rejects.
  */
-export function readAll(stream: Readable, max = Number.POSITIVE_INFINITY, tooLarge: () => Error = () => new Error(`more than ${max} bytes`)): Promise<Buffer> {
+export function readAll(stream: Readable, limit?: ReadLimit): Promise<Buffer> {
+  const max = limit?.max ?? Number.POSITIVE_INFINITY;
   return new Promise<Buffer>((resolve, reject) => {
     if (stream.destroyed || stream.readableEnded) {
       const failed = stream.errored;
@@ -24,7 +32,7 @@ export function readAll(stream: Readable, max = Number.POSITIVE_INFINITY, tooLar
       if (size > max) {
         finish();
         stream.destroy();
-        reject(tooLarge());
+        reject((limit as ReadLimit).tooLarge());
         return;
       }
       chunks.push(chunk);
