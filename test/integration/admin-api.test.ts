@@ -1,5 +1,6 @@
 import Database from 'better-sqlite3';
 import { join } from 'node:path';
+import { Readable } from 'node:stream';
 import { request } from 'undici';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import pg from 'pg';
@@ -170,9 +171,7 @@ describe('admin API', () => {
     const streamed = await request(`${gw.adminUrl}/api/approvals/a1/approve`, {
       method: 'POST',
       headers,
-      body: (async function* () {
-        for (let i = 0; i < 8; i++) yield Buffer.alloc(10_000, 0x20);
-      })(),
+      body: Readable.from(Array.from({ length: 8 }, () => Buffer.alloc(10_000, 0x20))),
     }).catch((err: unknown) => err as Error);
     // Reading stops at the limit and the connection is cut: the route never sees the body (within
     // the limit, this one would answer 404 for the unknown approval).
