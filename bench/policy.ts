@@ -25,6 +25,7 @@ import { bodyKind, buildArgs, parseBody } from '../gateway/policy/args.js';
 import { compilePolicy, DEFAULT_DENY_RULE, type EvaluationInput, type Policy } from '../gateway/policy/compile.js';
 import { memoryCounterStore, memoryHistoryStore } from '../gateway/policy/counters.js';
 import type { AgentIdentity, Decision, RequestFacts } from '../gateway/types.js';
+import { retainedMemory } from './lib/memory.js';
 import { numberOption } from './lib/options.js';
 import { latencyStats, median, type LatencyStats } from './lib/stats.js';
 
@@ -391,14 +392,8 @@ function requestMix(layout: Layout, policy: Policy, groups: number, count: numbe
 
 let sink = 0;
 
-/** Heap in use after two full GCs (bytes); NaN when gc is not exposed (--in-process without --expose-gc). */
-function retainedHeap(): number {
-  const gc = (globalThis as { gc?: () => void }).gc;
-  if (gc === undefined) return Number.NaN;
-  gc();
-  gc();
-  return process.memoryUsage().heapUsed;
-}
+/** Heap in use after full GCs (bytes); NaN when gc is not exposed (--in-process without --expose-gc). */
+const retainedHeap = (): number => retainedMemory()?.heapUsed ?? Number.NaN;
 
 /**
  * Times up to `n` single decisions (stopping once `budgetNs` has elapsed), request `(start + i) %

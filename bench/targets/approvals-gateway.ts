@@ -14,6 +14,7 @@ import { stringify } from 'yaml';
 import { mintAgentToken } from '../../gateway/auth/mint.js';
 import { startGateway } from '../../gateway/main.js';
 import { failChild, serveChild } from '../lib/child.js';
+import { retainedMemory } from '../lib/memory.js';
 
 const SIGNING_KEY = 'bench-approvals-signing-key-0123456789abcdef';
 
@@ -63,14 +64,13 @@ async function main(): Promise<void> {
   const key = new TextEncoder().encode(SIGNING_KEY);
   const token = await mintAgentToken(issuer, key, { agent: 'bench-agent', tenant: 'bench', ttlSeconds: 3_600 });
   const adminToken = await mintAgentToken(issuer, key, { agent: 'bench-approver', roles: ['admin'], ttlSeconds: 3_600, audience: gateway.config.gateway.admin.audience });
-  const gc = (globalThis as { gc?: () => void }).gc;
 
   serveChild(
     {
       stats: () => {
-        if (gc) for (let i = 0; i < 3; i++) gc();
-        const m = process.memoryUsage();
-        return { gc: gc !== undefined, rss: m.rss, heapUsed: m.heapUsed, heapTotal: m.heapTotal, external: m.external, arrayBuffers: m.arrayBuffers };
+        const retained = retainedMemory();
+        const m = retained ?? process.memoryUsage();
+        return { gc: retained !== undefined, rss: m.rss, heapUsed: m.heapUsed, heapTotal: m.heapTotal, external: m.external, arrayBuffers: m.arrayBuffers };
       },
       onStop: async () => {
         await gateway.close();

@@ -17,19 +17,12 @@
  * The work dir is created (and removed) by the parent.
  */
 import { failChild, serveChild } from '../lib/child.js';
+import { retainedMemory } from '../lib/memory.js';
 import { GATEWAY_BUILD, startBenchGateway } from '../lib/valet.js';
 
 export const BENCH_UPSTREAM = 'bench';
 /** The host name the bench upstream is also routed by. */
 const BENCH_HOST = 'bench.valet.internal';
-
-/** Memory after full garbage collections when the process runs with --expose-gc (bench/connections.ts), so RSS shows what is retained. */
-function retained(): NodeJS.MemoryUsage | undefined {
-  const gc = (globalThis as { gc?: () => void }).gc;
-  if (gc === undefined) return undefined;
-  for (let i = 0; i < 3; i++) gc();
-  return process.memoryUsage();
-}
 
 async function main(): Promise<void> {
   const [workDir, origin, upstreamSecret, logFile] = process.argv.slice(2);
@@ -98,7 +91,7 @@ async function main(): Promise<void> {
   serveChild(
     {
       // The durable-before-forward wait and the commits behind it, as /metrics exposes them.
-      stats: async () => ({ auditPending: gateway.audit.pending, ...(await valet.auditHistograms()), memory: retained() }),
+      stats: async () => ({ auditPending: gateway.audit.pending, ...(await valet.auditHistograms()), memory: retainedMemory() }),
       onStop: async () => {
         await valet.close();
         // On PostgreSQL the fleet shares one log: the orchestrator counts its rows.
