@@ -144,7 +144,11 @@ for (const t of only) {
 }
 const cpuProf = flags['cpu-prof'];
 const nodeArgs = (flags['node-args'] ?? '').split(' ').filter(Boolean);
-const durabilityLevel = flags.durability ?? 'strict';
+const durability = flags.durability ?? 'strict';
+if (!['strict', 'crash', 'async'].includes(durability)) {
+  console.error(`--durability ${durability}: use strict, crash or async`);
+  process.exit(2);
+}
 
 // ---------------------------------------------------------------------------------------------
 // workload
@@ -243,8 +247,6 @@ async function main(): Promise<number> {
   delete childEnv['VALET_LOG_LEVEL']; // Valet logs at its default level, 'info'.
   delete childEnv['NODE_OPTIONS'];
   childEnv['VALET_BENCH_AWS_KEY_ID'] = AWS_KEY_ID;
-  const durability = durabilityLevel;
-  if (!['strict', 'crash', 'async'].includes(durability)) throw new Error(`--durability ${durability}: use strict, crash or async`);
   childEnv['VALET_BENCH_DURABILITY'] = durability;
 
   const upstream = await run.fork({ name: 'upstream', script: join(HERE, 'targets/upstream.ts'), args: [`Bearer ${UPSTREAM_SECRET}`, AWS_KEY_ID], env: childEnv });
@@ -589,7 +591,7 @@ async function main(): Promise<number> {
     log(`- ${v2}: Valet CPU ≤ 150 µs per request (whole process, every feature on) — ${int(A.valet.tus)} µs (bare ${int(A.bare.tus)} µs${A.nginx ? `, nginx ${int(A.nginx.tus)} µs` : ''})`);
     log(
       `- ${v3}: Valet added p50 ≤ 0.5 ms and p99 ≤ 2 ms at ${opts.rate} req/s (vs ${A.direct ? 'direct' : 'bare proxy'}) — p50 ${added(A.valet.fp50, base.fp50)} ms, ` +
-        `p99 ${ms(A.valet.fp99)} − ${ms(base.fp99)} = ${added(A.valet.fp99, base.fp99)} ms (durability ${durabilityLevel}${durabilityLevel === 'strict' ? `: every forwarded call waits for at least one fdatasync, p99 ${disk.p99.toFixed(2)} ms on this disk` : ''}); ` +
+        `p99 ${ms(A.valet.fp99)} − ${ms(base.fp99)} = ${added(A.valet.fp99, base.fp99)} ms (durability ${durability}${durability === 'strict' ? `: every forwarded call waits for at least one fdatasync, p99 ${disk.p99.toFixed(2)} ms on this disk` : ''}); ` +
           `the bare proxy itself adds p50 ${added(A.bare.fp50, base.fp50)} ms, p99 ${added(A.bare.fp99, base.fp99)} ms`,
     );
   } else {

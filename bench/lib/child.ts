@@ -151,8 +151,10 @@ export interface GcPauses {
   gcTotalMs: number;
 }
 
+const noPauses = (): GcPauses => ({ gcMinor: 0, gcMinorMaxMs: 0, gcMajor: 0, gcMajorMaxMs: 0, gcTotalMs: 0 });
+
 function gcPauses(): { take(): GcPauses } {
-  let p: GcPauses = { gcMinor: 0, gcMinorMaxMs: 0, gcMajor: 0, gcMajorMaxMs: 0, gcTotalMs: 0 };
+  let p = noPauses();
   new PerformanceObserver((list) => {
     for (const e of list.getEntries()) {
       const kind = (e as { detail?: { kind?: number } }).detail?.kind;
@@ -169,7 +171,7 @@ function gcPauses(): { take(): GcPauses } {
   return {
     take() {
       const r = p;
-      p = { gcMinor: 0, gcMinorMaxMs: 0, gcMajor: 0, gcMajorMaxMs: 0, gcTotalMs: 0 };
+      p = noPauses();
       return r;
     },
   };
@@ -178,9 +180,9 @@ function gcPauses(): { take(): GcPauses } {
 export interface ServeOptions {
   /**
    * Sample the event-loop delay (default true): `stats` then adds `loopDelayP99Ms` and
-   * `loopDelayMaxMs` since the last `stats`, and the garbage-collection pauses ({@link GcPauses}). The sampler is a 1 ms timer: it wakes an idle process
-   * a thousand times a second (~3 % of a core on a small VM), so a benchmark of microseconds per
-   * event turns it off.
+   * `loopDelayMaxMs` since the last `stats`, and the garbage-collection pauses ({@link GcPauses}).
+   * The sampler is a 1 ms timer: it wakes an idle process a thousand times a second (~3 % of a core
+   * on a small VM), so a benchmark of microseconds per event turns it off.
    */
   loopDelay?: boolean;
 }
