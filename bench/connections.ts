@@ -144,7 +144,6 @@ try {
   // Release: the upstream answers what it holds, Valet sends the queued calls and those are answered at once.
   const released = Date.now();
   const statuses: number[] = [];
-  await request(`${upstream.ready.url}/release`, { method: 'POST' }).then((r) => r.body.text());
   for (;;) {
     const pending = agents.filter((_, i) => statuses[i] === undefined);
     if (pending.length === 0) break;

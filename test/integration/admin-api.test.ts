@@ -268,5 +268,4 @@ describe('/readyz under load', () => {
     }
     expect(probes, 'probes that found the gateway unready').toEqual([]);
   });
-
 });
