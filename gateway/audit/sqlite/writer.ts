@@ -48,6 +48,14 @@ const COMPLETION_DELAY_MS = 10;
 /** Batches posted to the writer thread and not yet answered, beyond which records gather here (see `send`). */
 const MAX_POSTED = 2;
 
+/**
+ * Rows gathered or posted and not yet committed, beyond which a new decision waits for the writer
+ * thread to catch up before its call goes on. Journaled decisions do not wait for a commit, so
+ * without this bound a request thread that outruns the writer would pile rows up in memory and
+ * grow each commit (and the WAL) without limit; with it, the calls absorb the delay instead.
+ */
+export const MAX_UNWRITTEN = 16_384;
+
 const unavailable = (code: string | undefined): ValetError =>
   new ValetError('VALET_ERR_AUDIT_UNAVAILABLE', `The audit log could not be written${code ? ` (${code})` : ''}; nothing was forwarded.`);
 
@@ -92,6 +100,16 @@ function workerWriter(o: AuditWriterOptions): Promise<AuditWriter> {
   let current: Batch | undefined;
   const inFlight = new Map<number, Batch>();
   let inFlightOps = 0;
+  /** Decisions waiting for rows to be written (see {@link MAX_UNWRITTEN}). */
+  let waitingForRoom: (() => void)[] = [];
+  const full = (): boolean => unwritable === undefined && (current?.ops.length ?? 0) + inFlightOps + heldByWriter >= MAX_UNWRITTEN;
+  /** Lets the waiting decisions try again: each checks the bound and the writer's state afresh. */
+  const openRoom = (): void => {
+    if (waitingForRoom.length === 0 || (full() && dead === undefined)) return;
+    const waiting = waitingForRoom;
+    waitingForRoom = [];
+    for (const go of waiting) go();
+  };
   /** Ops the writer thread keeps for a retry while the database cannot be written. */
   let heldByWriter = 0;
   let nextBatch = 1;
@@ -249,6 +267,7 @@ function workerWriter(o: AuditWriterOptions): Promise<AuditWriter> {
           }
           // What gathered while two batches were unanswered (see send).
           schedule();
+          openRoom();
           break;
         case 'pruned': {
           const p = prunes.get(m.id);
@@ -278,9 +297,11 @@ function workerWriter(o: AuditWriterOptions): Promise<AuditWriter> {
       inFlightOps = 0;
       for (const p of prunes.values()) p.reject(err);
       prunes.clear();
+      openRoom();
     });
     worker.on('exit', () => {
       dead ??= new Error('the audit writer thread exited');
+      openRoom();
       closed?.();
     });
 
@@ -290,7 +311,10 @@ function workerWriter(o: AuditWriterOptions): Promise<AuditWriter> {
         // The decision would be safe in the journal, but rows would pile up unwritten: once the
         // database is known not to take them, each decision is committed as a row first again (the
         // writer tries at once, backing off or not), so nothing is forwarded until it takes rows.
-        if (holding && (unwritable === undefined || durability === 'async' || failOpen)) return hold(rec);
+        if (holding && (unwritable === undefined || durability === 'async' || failOpen)) {
+          if (!full()) return hold(rec);
+          return new Promise<void>((go) => waitingForRoom.push(go)).then(() => writer.commit(rec));
+        }
         const b = batch(pack(DECISION, rec));
         // async: the call goes on at once; a row that cannot be written is logged as lost.
         if (durability === 'async') return Promise.resolve();
