@@ -3,7 +3,9 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pino } from 'pino';
 import { afterEach, describe, expect, it } from 'vitest';
-import { startAuditWriter } from '../../gateway/audit/sqlite/writer.js';
+import Database from 'better-sqlite3';
+import { AUDIT_FILE, openAuditDatabase } from '../../gateway/audit/sqlite/store.js';
+import { MAX_UNWRITTEN, startAuditWriter } from '../../gateway/audit/sqlite/writer.js';
 import { record } from '../helpers/audit.js';
 
 describe('audit writer: each commit is reported with its duration (valet_audit_commit_seconds)', () => {
@@ -37,4 +39,56 @@ describe('audit writer: each commit is reported with its duration (valet_audit_c
       }
     });
   }
+});
+
+describe('audit writer: rows not yet written are bounded (MAX_UNWRITTEN)', () => {
+  let dir: string | undefined;
+  afterEach(() => {
+    if (dir) rmSync(dir, { recursive: true, force: true });
+    dir = undefined;
+  });
+
+  it('past the bound a decision waits until the writer has caught up, then goes on; its row and every other are written', async () => {
+    dir = mkdtempSync(join(tmpdir(), 'valet-unwritten-'));
+    const writer = await startAuditWriter({ dataDir: dir, logger: pino({ level: 'silent' }), busyTimeoutMs: 20_000 });
+    // Another connection holds the write lock: the writer's commits wait in SQLite's busy handler.
+    const other = new Database(join(dir, AUDIT_FILE));
+    other.exec('BEGIN IMMEDIATE');
+    let locked = true;
+    try {
+      const before = record({});
+      await writer.commit(before); // under the bound: journaled, goes on at once
+      writer.record({ ...before, status: 200 });
+      for (let i = 0; i < MAX_UNWRITTEN; i++) writer.record({ ...record({}), status: 200 });
+      expect(writer.pending).toBeGreaterThanOrEqual(MAX_UNWRITTEN);
+
+      const waiting = record({ tool: 'waits' });
+      let settled: string | undefined;
+      const going = writer.commit(waiting).then(
+        () => (settled = 'resolved'),
+        () => (settled = 'rejected'),
+      );
+      await new Promise((r) => setTimeout(r, 300));
+      expect(settled).toBeUndefined();
+
+      other.exec('COMMIT');
+      locked = false;
+      await going;
+      expect(settled).toBe('resolved');
+      writer.record({ ...waiting, status: 201 });
+      await writer.flush();
+      await expect.poll(() => writer.pending).toBe(0);
+    } finally {
+      if (locked) other.exec('ROLLBACK');
+      other.close();
+      await writer.close();
+    }
+    const db = openAuditDatabase(dir, { readonly: true });
+    try {
+      expect(db.prepare('SELECT count(*) FROM audit_log').pluck().get()).toBe(MAX_UNWRITTEN + 2);
+      expect(db.prepare("SELECT status FROM audit_log WHERE tool = 'waits'").pluck().get()).toBe(201);
+    } finally {
+      db.close();
+    }
+  }, 60_000);
 });
