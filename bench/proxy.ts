@@ -63,6 +63,8 @@ const HELP = `Usage: npm run bench -- [options]
   --node-args=FLAGS     extra Node flags for the Valet process, space-separated, after "=" (e.g.
                         --node-args=--max-semi-space-size=64, or --trace-gc-nvp, printed to this terminal)
   --durability LEVEL    Valet's gateway.audit.durability: strict (default), crash or async
+  --valet-log-level L   Valet's logger level (default info: a line per request); warn measures
+                        Valet without its request log
   --fixed-first         measure the fixed-rate phase of each round before its full-load phase (default
                         after: the latency then includes what saturating every target left behind)
   --from-source         run Valet's TypeScript sources through tsx instead of building dist/ first
@@ -93,6 +95,7 @@ const { values: flags } = parseArgs({
     strict: { type: 'boolean', default: false },
     'no-pin': { type: 'boolean', default: false },
     durability: { type: 'string' },
+    'valet-log-level': { type: 'string' },
     autocannon: { type: 'boolean', default: false },
     'from-source': { type: 'boolean', default: false },
     'fixed-first': { type: 'boolean', default: false },
@@ -145,6 +148,11 @@ for (const t of only) {
 const cpuProf = flags['cpu-prof'];
 const nodeArgs = (flags['node-args'] ?? '').split(' ').filter(Boolean);
 const durability = flags.durability ?? 'strict';
+const valetLogLevel = flags['valet-log-level'] ?? 'info';
+if (!['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent'].includes(valetLogLevel)) {
+  console.error(`--valet-log-level ${valetLogLevel}: use a pino level (info, warn, error, silent, ...)`);
+  process.exit(2);
+}
 if (!['strict', 'crash', 'async'].includes(durability)) {
   console.error(`--durability ${durability}: use strict, crash or async`);
   process.exit(2);
@@ -244,7 +252,7 @@ async function main(): Promise<number> {
   );
 
   const childEnv = { ...process.env };
-  delete childEnv['VALET_LOG_LEVEL']; // Valet logs at its default level, 'info'.
+  childEnv['VALET_LOG_LEVEL'] = valetLogLevel; // not the shell's: 'info' (a line per request) unless --valet-log-level
   delete childEnv['NODE_OPTIONS'];
   childEnv['VALET_BENCH_AWS_KEY_ID'] = AWS_KEY_ID;
   childEnv['VALET_BENCH_DURABILITY'] = durability;

@@ -72,7 +72,7 @@ async function main(): Promise<void> {
     files['limits.yaml'] = { rate_limits: [{ id: 'bench-limit', upstream: BENCH_UPSTREAM, paths: ['/v1/**'], limit: Number(rateLimit), window: '1m', key: 'agent' }] };
   }
 
-  // The logger level comes from VALET_LOG_LEVEL (default 'info'); the parent removes it from our env.
+  // The logger level comes from VALET_LOG_LEVEL, which the parent sets ('info' unless npm run bench --valet-log-level).
   const valet = await startBenchGateway({
     workDir,
     logFile,
