@@ -21,6 +21,7 @@ import { dirname, join } from 'node:path';
 import { monitorEventLoopDelay, performance } from 'node:perf_hooks';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
+import { pino } from 'pino';
 import { request } from 'undici';
 import { affinity, BenchRun, canPin, pin, type BenchChild, type GcPauses } from './lib/child.js';
 import { nginxBinary, startNginx, type Nginx } from './lib/nginx.js';
@@ -149,7 +150,7 @@ const cpuProf = flags['cpu-prof'];
 const nodeArgs = (flags['node-args'] ?? '').split(' ').filter(Boolean);
 const durability = flags.durability ?? 'strict';
 const valetLogLevel = flags['valet-log-level'] ?? 'info';
-if (!['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent'].includes(valetLogLevel)) {
+if (valetLogLevel !== 'silent' && !(valetLogLevel in pino.levels.values)) {
   console.error(`--valet-log-level ${valetLogLevel}: use a pino level (info, warn, error, silent, ...)`);
   process.exit(2);
 }

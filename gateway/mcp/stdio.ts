@@ -507,14 +507,17 @@ async function within(p: Promise<void>, ms: number): Promise<boolean> {
 const TOO_LARGE = Symbol('too large');
 const INVALID = Symbol('invalid');
 
+/** What {@link readAll} rejects with past {@link MAX_INIT_BODY}: told apart by identity, never shown. */
+const BODY_TOO_LARGE = new Error('too large');
+const INIT_BODY_LIMIT = { max: MAX_INIT_BODY, tooLarge: () => BODY_TOO_LARGE };
+
 /** The request body as JSON, read up to {@link MAX_INIT_BODY} bytes. */
 async function readJson(req: IncomingMessage): Promise<unknown> {
-  const tooLarge = new Error('too large');
   let body: Buffer;
   try {
-    body = await readAll(req, { max: MAX_INIT_BODY, tooLarge: () => tooLarge });
+    body = await readAll(req, INIT_BODY_LIMIT);
   } catch (err) {
-    if (err === tooLarge) return TOO_LARGE;
+    if (err === BODY_TOO_LARGE) return TOO_LARGE;
     throw err;
   }
   try {

@@ -8,13 +8,14 @@ import { AUDIT_FILE, openAuditDatabase } from '../../gateway/audit/sqlite/store.
 import { MAX_UNWRITTEN, startAuditWriter } from '../../gateway/audit/sqlite/writer.js';
 import { record } from '../helpers/audit.js';
 
-describe('audit writer: each commit is reported with its duration (valet_audit_commit_seconds)', () => {
-  let dir: string | undefined;
-  afterEach(() => {
-    if (dir) rmSync(dir, { recursive: true, force: true });
-    dir = undefined;
-  });
+// Each test's data directory, removed after it.
+let dir: string | undefined;
+afterEach(() => {
+  if (dir) rmSync(dir, { recursive: true, force: true });
+  dir = undefined;
+});
 
+describe('audit writer: each commit is reported with its duration (valet_audit_commit_seconds)', () => {
   for (const mode of ['worker', 'inline'] as const) {
     it(`${mode}: one report per transaction, before what is in it is answered`, async () => {
       dir = mkdtempSync(join(tmpdir(), `valet-commits-${mode}-`));
@@ -42,12 +43,6 @@ describe('audit writer: each commit is reported with its duration (valet_audit_c
 });
 
 describe('audit writer: rows not yet written are bounded (MAX_UNWRITTEN)', () => {
-  let dir: string | undefined;
-  afterEach(() => {
-    if (dir) rmSync(dir, { recursive: true, force: true });
-    dir = undefined;
-  });
-
   it('past the bound a decision waits until the writer has caught up, then goes on; its row and every other are written', async () => {
     dir = mkdtempSync(join(tmpdir(), 'valet-unwritten-'));
     const writer = await startAuditWriter({ dataDir: dir, logger: pino({ level: 'silent' }), busyTimeoutMs: 20_000 });

@@ -100,16 +100,6 @@ function workerWriter(o: AuditWriterOptions): Promise<AuditWriter> {
   let current: Batch | undefined;
   const inFlight = new Map<number, Batch>();
   let inFlightOps = 0;
-  /** Decisions waiting for rows to be written (see {@link MAX_UNWRITTEN}). */
-  let waitingForRoom: (() => void)[] = [];
-  const full = (): boolean => unwritable === undefined && (current?.ops.length ?? 0) + inFlightOps + heldByWriter >= MAX_UNWRITTEN;
-  /** Lets the waiting decisions try again: each checks the bound and the writer's state afresh. */
-  const openRoom = (): void => {
-    if (waitingForRoom.length === 0 || (full() && dead === undefined)) return;
-    const waiting = waitingForRoom;
-    waitingForRoom = [];
-    for (const go of waiting) go();
-  };
   /** Ops the writer thread keeps for a retry while the database cannot be written. */
   let heldByWriter = 0;
   let nextBatch = 1;
@@ -117,6 +107,18 @@ function workerWriter(o: AuditWriterOptions): Promise<AuditWriter> {
   /** The code of the last commit's failure, until a commit succeeds again. */
   let unwritable: string | undefined;
   let dead: Error | undefined;
+  /** Rows gathered here, posted, or kept by the writer for a retry: handed over and not yet committed. */
+  const unwritten = (): number => (current?.ops.length ?? 0) + inFlightOps + heldByWriter;
+  /** Decisions waiting for rows to be written (see {@link MAX_UNWRITTEN}). */
+  let waitingForRoom: (() => void)[] = [];
+  const full = (): boolean => unwritable === undefined && unwritten() >= MAX_UNWRITTEN;
+  /** Lets the waiting decisions try again: each checks the bound and the writer's state afresh. */
+  const openRoom = (): void => {
+    if (waitingForRoom.length === 0 || (full() && dead === undefined)) return;
+    const waiting = waitingForRoom;
+    waitingForRoom = [];
+    for (const go of waiting) go();
+  };
   let flushToken = 0;
   let closed: (() => void) | undefined;
   const prunes = new Map<number, { resolve: (r: PruneResult) => void; reject: (e: Error) => void }>();
@@ -347,7 +349,7 @@ function workerWriter(o: AuditWriterOptions): Promise<AuditWriter> {
         }
       },
       get pending() {
-        return (current?.ops.length ?? 0) + inFlightOps + heldByWriter + held.size;
+        return unwritten() + held.size;
       },
       get head() {
         return head;
