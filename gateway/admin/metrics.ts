@@ -1,4 +1,5 @@
-import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+import { Counter, Gauge, Registry, collectDefaultMetrics } from 'prom-client';
+import { BoundCounter, BoundHistogram, type CounterSeries, type HistogramSeries } from './bound-metrics.js';
 import type { AuditRecord, Effect } from '../types.js';
 
 /**
@@ -38,40 +39,45 @@ export interface MetricsSources {
 export function createMetrics(sources: MetricsSources): Metrics {
   const registry = new Registry();
   collectDefaultMetrics({ register: registry, prefix: 'valet_process_' });
-  const requests = new Counter({
-    name: 'valet_requests_total',
-    help: 'Requests answered by the data plane, by upstream, policy decision, status and error code.',
-    labelNames: ['upstream', 'decision', 'status', 'code'] as const,
-    registers: [registry],
-  });
-  const duration = new Histogram({
-    name: 'valet_request_duration_seconds',
-    help: 'Time from receiving a request to its end (whole response sent), by upstream and decision.',
-    labelNames: ['upstream', 'decision'] as const,
-    buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60],
-    registers: [registry],
-  });
-  const policy = new Histogram({
-    name: 'valet_policy_evaluation_seconds',
-    help: 'Time one policy decision took (rules, conditions; not context lookups).',
-    buckets: [0.000_002, 0.000_005, 0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.005],
-    registers: [registry],
-  });
+  // The request path's metrics: a series bound once per label set, updated without prom-client's
+  // per-call label handling (see bound-metrics.ts); the registry still writes them out.
+  const requests = new BoundCounter(
+    'valet_requests_total',
+    'Requests answered by the data plane, by upstream, policy decision, status and error code.',
+    ['upstream', 'decision', 'status', 'code'],
+    registry,
+  );
+  const duration = new BoundHistogram(
+    'valet_request_duration_seconds',
+    'Time from receiving a request to its end (whole response sent), by upstream and decision.',
+    ['upstream', 'decision'],
+    [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60],
+    registry,
+  );
+  const policy = new BoundHistogram(
+    'valet_policy_evaluation_seconds',
+    'Time one policy decision took (rules, conditions; not context lookups).',
+    [],
+    [0.000_002, 0.000_005, 0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.005],
+    registry,
+  ).series();
   // Durable before forward: the wait a request sees, and the transactions (one fsync each) behind it.
   // The difference between the two is the hand-off between threads and queueing behind a commit.
   const auditBuckets = [0.000_5, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1];
-  const auditWait = new Histogram({
-    name: 'valet_audit_durable_wait_seconds',
-    help: 'Time a request waited, before being forwarded, until its audit decision row was committed and fsynced.',
-    buckets: auditBuckets,
-    registers: [registry],
-  });
-  const auditCommit = new Histogram({
-    name: 'valet_audit_commit_seconds',
-    help: 'Time one audit log transaction took in the writer, fsync included; the count is the number of commits (fsyncs).',
-    buckets: auditBuckets,
-    registers: [registry],
-  });
+  const auditWait = new BoundHistogram(
+    'valet_audit_durable_wait_seconds',
+    'Time a request waited, before being forwarded, until its audit decision row was committed and fsynced.',
+    [],
+    auditBuckets,
+    registry,
+  ).series();
+  const auditCommit = new BoundHistogram(
+    'valet_audit_commit_seconds',
+    'Time one audit log transaction took in the writer, fsync included; the count is the number of commits (fsyncs).',
+    [],
+    auditBuckets,
+    registry,
+  ).series();
   new Gauge({
     name: 'valet_audit_queue_depth',
     help: 'Audit rows queued in memory and not yet written to the database.',
@@ -91,11 +97,9 @@ export function createMetrics(sources: MetricsSources): Metrics {
       },
     });
   }
-  // Label-bound children, looked up by one string key: resolving labels on every call (prom-client
-  // hashes the label object each time) cost ~25 µs per request in profiles of the request path.
-  // The label sets are bounded (see above), so these maps are too.
-  const counters = new Map<string, Counter.Internal>();
-  const timers = new Map<string, Histogram.Internal<'upstream' | 'decision'>>();
+  // Series looked up by one string key. The label sets are bounded (see above), so these maps are too.
+  const counters = new Map<string, CounterSeries>();
+  const timers = new Map<string, HistogramSeries>();
   const refused = new Counter({
     name: 'valet_connections_refused_total',
     help: 'Data-plane connections closed as they were accepted, by the cap that refused them (gateway.max_connections, gateway.max_connections_per_client).',
@@ -136,10 +140,10 @@ export function createMetrics(sources: MetricsSources): Metrics {
       const key = `${upstream}\u0000${decision}`;
       const countKey = `${key}\u0000${rec.status}\u0000${code}`;
       let counter = counters.get(countKey);
-      if (counter === undefined) counters.set(countKey, (counter = requests.labels({ upstream, decision, status: String(rec.status), code })));
+      if (counter === undefined) counters.set(countKey, (counter = requests.series({ upstream, decision, status: String(rec.status), code })));
       counter.inc();
       let timer = timers.get(key);
-      if (timer === undefined) timers.set(key, (timer = duration.labels({ upstream, decision })));
+      if (timer === undefined) timers.set(key, (timer = duration.series({ upstream, decision })));
       timer.observe(rec.durationMs / 1000);
     },
     policyEvaluation(seconds) {

@@ -96,17 +96,31 @@ function unescape(_key: string, value: unknown): unknown {
  * read lazily (a history store in the process), recorded when the input has none.
  */
 export function encodeFacts(input: EvaluationInput, decision: Decision, o: { readonly argsRead: boolean; readonly history?: HistorySummary | undefined }): string {
-  const { historyVersion: _version, ...rest } = input;
   let args = escaped(input.facts.args) ?? '{}';
   const omitted = args.length > MAX_RECORDED_ARGS_BYTES / 3 && Buffer.byteLength(args) > MAX_RECORDED_ARGS_BYTES;
   if (omitted) args = '{}';
-  // The history summary (bigints) is written on its own, so the rest can take the fast path.
-  const { history: own, ...recorded } = { ...rest, facts: { ...input.facts, args: undefined } };
-  const history = own ?? o.history;
+  // Every own field but `historyVersion`; `history` (bigints) written on its own, so the rest can
+  // take the fast path; the arguments apart. Copied field by field: rest and spread patterns that
+  // leave keys out take V8's slow path.
+  const recorded: Record<string, unknown> = {};
+  for (const key of Object.keys(input)) {
+    if (key === 'historyVersion' || key === 'history') continue;
+    recorded[key] = key === 'facts' ? { ...input.facts, args: undefined } : input[key as keyof EvaluationInput];
+  }
+  const history = input.history ?? o.history;
   const body = escaped(recorded) as string;
-  const inputJson = history === undefined ? body : `${body.slice(0, -1)},"history":${JSON.stringify(history, escape)}}`;
-  const head = JSON.stringify({ v: FACTS_VERSION, decision: { effect: decision.effect, rules: decision.rules }, argsRead: o.argsRead, ...(omitted && { argsOmitted: true }) });
-  return `${head.slice(0, -1)},"input":${inputJson},"args":${args}}`;
+  const inputJson = history === undefined ? body : `${body.slice(0, -1)},"history":${historyJson(history)}}`;
+  const head = `{"v":${FACTS_VERSION},"decision":{"effect":${JSON.stringify(decision.effect)},"rules":${JSON.stringify(decision.rules)}},"argsRead":${o.argsRead}${omitted ? ',"argsOmitted":true' : ''}`;
+  return `${head},"input":${inputJson},"args":${args}}`;
+}
+
+/** A history summary as {@link escape} writes it; its known shape written directly, anything else through the replacer. */
+function historyJson(h: HistorySummary): string {
+  const keys = Object.keys(h);
+  if (keys.length === 3 && typeof h.calls_last_hour === 'bigint' && typeof h.calls_last_day === 'bigint' && typeof h.first_use === 'boolean') {
+    return `{"calls_last_hour":{"$bigint":"${h.calls_last_hour}"},"calls_last_day":{"$bigint":"${h.calls_last_day}"},"first_use":${h.first_use}}`;
+  }
+  return JSON.stringify(h, escape);
 }
 
 /** Reads what {@link encodeFacts} wrote; `VALET_ERR_AUDIT_FACTS_UNREADABLE` when it is not that (never quoting it). */

@@ -121,7 +121,7 @@ export function createPipeline(deps: PipelineDeps): RequestHandler {
   // Once: the `Host` names that route to an upstream at its root on the main listener.
   const hostRoutes = new Map([...config.upstreams.values()].flatMap((u) => u.hosts.map((h): [string, string] => [h, u.name])));
   const sessionHeader = config.gateway.policy?.sessions?.header;
-  return async (req, res, routed) => {
+  return async function handleRequest(req, res, routed) {
     const started = performance.now();
     const requestId = newRequestId();
     // Valet's id in a header of its own on every response: the upstream's request id header passes
