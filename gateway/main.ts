@@ -224,6 +224,15 @@ export async function startGateway(options: GatewayOptions): Promise<RunningGate
   const listener = config.gateway.listener ?? DEFAULT_LISTENER;
   /** The HTTP/2 side of every data-plane server, for shutdown. */
   const http2Sides: Http2Sessions[] = [];
+  // One pair for every request: a handler's end costs one promise reaction, not a closure and two chained promises.
+  const requestDone = (): void => {
+    inFlight--;
+    if (draining && inFlight === 0) idle?.();
+  };
+  const requestFailed = (err: unknown): void => {
+    logger.error({ err }, 'request handler failed');
+    requestDone();
+  };
   /**
    * A data-plane server: the main one, or an upstream's own (`routed`: it serves that upstream at its
    * root). HTTP/1.1 and HTTP/2 with prior knowledge (h2c) on the same port, into the same pipeline.
@@ -231,12 +240,7 @@ export async function startGateway(options: GatewayOptions): Promise<RunningGate
   const dataServer = (routed?: string): Server => {
     const onRequest = (req: IncomingMessage, res: ServerResponse): void => {
       inFlight++;
-      handle(req, res, routed)
-        .catch((err: unknown) => logger.error({ err }, 'request handler failed'))
-        .finally(() => {
-          inFlight--;
-          if (draining && inFlight === 0) idle?.();
-        });
+      handle(req, res, routed).then(requestDone, requestFailed);
     };
     const server = createServer(
       {

@@ -100,7 +100,7 @@ export interface Policy {
    */
   resolveHistory(input: Omit<EvaluationInput, 'context'>): Promise<VersionedHistory> | undefined;
   /** Looks up the `ctx.*` values this request's conditions may read. */
-  resolveContext(input: Omit<EvaluationInput, 'context'>): Promise<Record<string, unknown>>;
+  resolveContext(input: Omit<EvaluationInput, 'context'>): Record<string, unknown> | Promise<Record<string, unknown>>;
   /**
    * The marks of the agent's session that sequence rules (`requires`, `blocked_by`) which may apply
    * to this request ask about, to put in the input before evaluation; a Promise only with a shared

@@ -5,7 +5,8 @@ import type { EvaluationInput } from './compile.js';
 
 /** Resolves the `ctx.*` values a request's conditions may read (ownership maps, lookups). */
 export interface ContextSources {
-  resolve(input: Omit<EvaluationInput, 'context'>): Promise<Record<string, unknown>>;
+  /** Synchronous (no event-loop turn) when no source applies to the request. */
+  resolve(input: Omit<EvaluationInput, 'context'>): Record<string, unknown> | Promise<Record<string, unknown>>;
 }
 
 interface Source {
@@ -27,8 +28,9 @@ export function createContextSources(contexts: readonly ContextConfig[]): Contex
     return { config: c, key, lookup: c.entries !== undefined ? fileLookup(c.entries) : httpLookup(c) };
   });
   return {
-    async resolve(input) {
+    resolve(input) {
       const ctx: Record<string, unknown> = {};
+      if (sources.length === 0) return ctx;
       const wanted = sources.filter(
         (s) =>
           (s.config.upstream === undefined || s.config.upstream === input.facts.upstream) &&
@@ -41,7 +43,7 @@ export function createContextSources(contexts: readonly ContextConfig[]): Contex
         user: input.identity.user === undefined ? {} : { id: input.identity.user },
         request: { upstream: input.facts.upstream, method: input.facts.method, path: input.facts.path, tool: input.facts.tool ?? '' },
       };
-      await Promise.all(
+      return Promise.all(
         wanted.map(async (s) => {
           let key: unknown;
           try {
@@ -54,8 +56,7 @@ export function createContextSources(contexts: readonly ContextConfig[]): Contex
           const value = await s.lookup(String(key));
           if (value !== undefined) ctx[s.config.name] = value;
         }),
-      );
-      return ctx;
+      ).then(() => ctx);
     },
   };
 }

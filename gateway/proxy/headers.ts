@@ -175,7 +175,14 @@ function filterFor(upstream: UpstreamConfig): RequestFilter {
 }
 
 /** Names listed in every `Connection` header, lower-cased. */
-function connectionListed(values: readonly string[]): Set<string> {
+function connectionListed(values: string | readonly string[]): ReadonlySet<string> {
+  // Nearly every message says only this: it names no header but hop-by-hop ones, dropped anyway.
+  const only = typeof values === 'string' ? values : values.length === 1 ? (values[0] as string) : undefined;
+  if (only !== undefined) {
+    const v = only.length <= 10 ? only.toLowerCase() : '';
+    if (v === 'keep-alive' || v === 'close') return NONE;
+  }
+  if (typeof values === 'string') values = [values];
   const out = new Set<string>();
   for (const v of values) for (const name of v.split(',')) if (name.trim()) out.add(name.trim().toLowerCase());
   return out;
@@ -359,7 +366,7 @@ export function forwardableResponseHeaders(
 ): Record<string, string | string[]> {
   const connection = headers['connection'];
   // Usually `keep-alive` or nothing: names only hop-by-hop headers, dropped anyway.
-  const listed = connection === undefined ? NONE : connectionListed([connection].flat());
+  const listed = connection === undefined ? NONE : connectionListed(connection);
   const scrubAll = upstream.scrubResponses !== false;
   let agentBase: string | undefined | null = null;
   const once: AgentOrigin = () => (agentBase === null ? (agentBase = origin()) : agentBase);

@@ -58,11 +58,13 @@ export function canonicalTarget(rawUrl: string, routed?: string): CanonicalTarge
       if (last) break; // a trailing slash is kept below
       throw bad('it contains an empty segment');
     }
-    let seg: string;
-    try {
-      seg = decodeURIComponent(raw);
-    } catch {
-      throw bad('a segment is not valid percent-encoded UTF-8');
+    let seg = raw;
+    if (raw.includes('%')) {
+      try {
+        seg = decodeURIComponent(raw);
+      } catch {
+        throw bad('a segment is not valid percent-encoded UTF-8');
+      }
     }
     if (FORBIDDEN_DECODED.test(seg)) throw bad('a segment encodes a slash, backslash, percent sign or control character');
     if (seg === '.') continue;
@@ -79,11 +81,15 @@ export function canonicalTarget(rawUrl: string, routed?: string): CanonicalTarge
   return { upstream, mount: routed === undefined ? `/${upstream}` : '', path, forwardPath, rawQuery };
 }
 
+/** A segment {@link encodeSegment} leaves as it is: unreserved characters, `:` `@` and the sub-delims but `;`. */
+const LITERAL_SEGMENT = /^[A-Za-z0-9\-._~!$&'()*+,=:@]*$/;
+
 /**
  * Percent-encodes a decoded segment. Unreserved characters, `:` `@` and the sub-delims other than
  * `;` stay literal; `;` stays encoded so that data never becomes a path-parameter delimiter.
  */
 function encodeSegment(seg: string): string {
+  if (LITERAL_SEGMENT.test(seg)) return seg;
   return encodeURIComponent(seg).replace(/%(24|26|2B|2C|3D|3A|40)/g, (m) => decodeURIComponent(m));
 }
 

@@ -319,9 +319,13 @@ export function createPipeline(deps: PipelineDeps): RequestHandler {
       const asking = policy.resolveHistory(described);
       const reading = policy.resolveSession(described);
       let input: EvaluationInput;
-      if (asking === undefined && !(reading instanceof Promise)) input = { ...described, context: await policy.resolveContext(described), ...(reading !== undefined && { session: reading }) };
+      const looking = policy.resolveContext(described);
+      if (asking === undefined && !(reading instanceof Promise)) {
+        const context = looking instanceof Promise ? await looking : looking;
+        input = reading === undefined ? { ...described, context } : { ...described, context, session: reading };
+      }
       else {
-        const [context, history, session] = await Promise.all([policy.resolveContext(described), asking, reading]);
+        const [context, history, session] = await Promise.all([looking, asking, reading]);
         input = { ...described, context, ...(history !== undefined && { history: history.summary, historyVersion: history.version }), ...(session !== undefined && { session }) };
       }
       const evaluate = (): Decision => {
@@ -791,16 +795,16 @@ export function newAuditRecord(requestId: string, method: string, path: string):
 
 /** Refuses requests whose framing two parsers could read differently. */
 function checkFraming(req: IncomingMessage): void {
-  const count: Record<string, number> = {};
-  for (let i = 0; i < req.rawHeaders.length; i += 2) {
-    const name = (req.rawHeaders[i] as string).toLowerCase();
-    if (SINGLE.has(name)) count[name] = (count[name] ?? 0) + 1;
-  }
-  for (const [name, n] of Object.entries(count)) {
+  let seen: string[] | undefined;
+  const raw = req.rawHeaders;
+  for (let i = 0; i < raw.length; i += 2) {
+    const name = (raw[i] as string).toLowerCase();
+    if (!SINGLE.has(name)) continue;
     // Node keeps one copy of some of these and joins others; the upstream might read another.
-    if (n > 1) throw new ValetError('VALET_ERR_BAD_REQUEST', `Ambiguous request: the ${name} header is repeated.`);
+    if (seen?.includes(name)) throw new ValetError('VALET_ERR_BAD_REQUEST', `Ambiguous request: the ${name} header is repeated.`);
+    (seen ??= []).push(name);
   }
-  if (count['content-length'] !== undefined && count['transfer-encoding'] !== undefined) {
+  if (seen !== undefined && seen.includes('content-length') && seen.includes('transfer-encoding')) {
     throw new ValetError('VALET_ERR_BAD_REQUEST', 'Ambiguous request framing (both Content-Length and Transfer-Encoding).');
   }
   const te = req.headers['transfer-encoding'];
