@@ -241,17 +241,32 @@ export const RECODABLE: readonly string[] = ['gzip', 'br'];
  * The codings among {@link RECODABLE} the agent's `Accept-Encoding` takes (q > 0), in Valet's
  * order of preference. Unparsable parts are ignored; none means identity.
  */
-export function acceptedCodings(header: string | string[] | undefined): string[] {
-  if (header === undefined) return [];
+export function acceptedCodings(header: string | string[] | undefined): readonly string[] {
+  if (header === undefined) return NO_CODINGS;
+  const text = typeof header === 'string' ? header : header.join(',');
+  let codings = acceptedByHeader.get(text);
+  if (codings === undefined) {
+    // Clients send the same few values: parsed once each, kept while there are not too many.
+    if (acceptedByHeader.size >= ACCEPT_VALUES_KEPT) acceptedByHeader.clear();
+    acceptedByHeader.set(text, (codings = parseAccepted(text)));
+  }
+  return codings;
+}
+
+const NO_CODINGS: readonly string[] = Object.freeze([]);
+const ACCEPT_VALUES_KEPT = 256;
+const acceptedByHeader = new Map<string, readonly string[]>();
+
+function parseAccepted(text: string): readonly string[] {
   const ok = new Set<string>();
-  for (const part of [header].flat().join(',').split(',')) {
+  for (const part of text.split(',')) {
     const [coding = '', ...params] = part.trim().toLowerCase().split(';');
     const q = params.map((p) => /^\s*q\s*=\s*([0-9.]+)\s*$/.exec(p)?.[1]).find((v) => v !== undefined);
     if (q !== undefined && !(Number(q) > 0)) continue;
     const name = coding.trim() === 'x-gzip' ? 'gzip' : coding.trim();
     if (RECODABLE.includes(name)) ok.add(name);
   }
-  return RECODABLE.filter((c) => ok.has(c));
+  return Object.freeze(RECODABLE.filter((c) => ok.has(c)));
 }
 
 /**
@@ -355,7 +370,8 @@ export function upstreamRequestId(headers: IncomingHttpHeaders | Record<string, 
  * among them, are never replaced; only `valet-*` names are Valet's and dropped. The URLs in
  * `Location`, `Content-Location` and `Link` are always scrubbed, and those on the upstream's origin
  * rewritten to point back through Valet (see {@link agentLocation}; `origin` is only called then).
- * While the upstream's responses are scrubbed, every other value is scrubbed too.
+ * While the upstream's responses are scrubbed, every other value is scrubbed too. Names in `drop`
+ * are left out (the caller sets them itself).
  */
 export function forwardableResponseHeaders(
   headers: IncomingHttpHeaders | Record<string, string | string[] | undefined>,
@@ -363,6 +379,7 @@ export function forwardableResponseHeaders(
   scrubber: Scrubber,
   origin: AgentOrigin,
   mount = `/${upstream.name}`,
+  drop: ReadonlySet<string> = NONE,
 ): Record<string, string | string[]> {
   const connection = headers['connection'];
   // Usually `keep-alive` or nothing: names only hop-by-hop headers, dropped anyway.
@@ -372,7 +389,7 @@ export function forwardableResponseHeaders(
   const once: AgentOrigin = () => (agentBase === null ? (agentBase = origin()) : agentBase);
   const out: Record<string, string | string[]> = {};
   for (const [name, value] of Object.entries(headers)) {
-    if (value === undefined || HOP_BY_HOP_SET.has(name) || listed.has(name) || name.startsWith('valet-')) continue;
+    if (value === undefined || HOP_BY_HOP_SET.has(name) || listed.has(name) || drop.has(name) || name.startsWith('valet-')) continue;
     if (name === 'location' || name === 'content-location') {
       out[name] = agentLocation(Array.isArray(value) ? (value[0] ?? '') : value, upstream, scrubber, once, mount);
       continue;

@@ -55,6 +55,9 @@ const ENCODE_WHOLE: Readonly<Record<string, (b: Buffer) => Buffer>> = {
   gzip: (b) => gzipSync(b, { level: 4 }),
   br: (b) => brotliCompressSync(b, { params: { [constants.BROTLI_PARAM_QUALITY]: 4 } }),
 };
+/** The upstream's headers that describe the bytes it sent, not those a scrubbed body is sent as. */
+const BODY_FRAMING: ReadonlySet<string> = new Set(['content-length', 'content-encoding']);
+
 /** A small compressed body may not expand beyond this (a decompression bomb is refused, 502). */
 const MAX_DECODED = 64 * 1024 * 1024;
 
@@ -112,8 +115,11 @@ export function agentResponse(
   accepted: readonly string[] = [],
   observers: readonly BodyObserver[] = [],
 ): AgentResponse {
-  const headers = forwardableResponseHeaders(res.headers, upstream, scrubber, origin, mount);
-  if (upstream.scrubResponses === false) {
+  // A scrubbed body's length and coding are the ones Valet sends, set below: the upstream's are left
+  // out from the start (deleting them afterwards would make `headers` a slow dictionary object).
+  const scrubbing = upstream.scrubResponses !== false;
+  const headers = forwardableResponseHeaders(res.headers, upstream, scrubber, origin, mount, scrubbing ? BODY_FRAMING : undefined);
+  if (!scrubbing) {
     // Unscrubbed bytes are relayed as they come (compressed, if the upstream compressed them); an observer reads them as they are.
     if (observers.length === 0 || method === 'HEAD') return { headers, body: res.body };
     return { headers, body: chain(res.body, observers.map((o) => o.transform)) };
@@ -129,8 +135,6 @@ export function agentResponse(
     const shown = scrubber.redact([coding].flat().join(', ')).slice(0, 64);
     throw new ValetError('VALET_ERR_UPSTREAM_ENCODING', `The upstream's response is encoded as "${shown}", which Valet cannot scrub; nothing was forwarded.`);
   }
-  delete headers['content-length'];
-  delete headers['content-encoding'];
   // No body follows these; a decoder would fail on the empty input.
   if (method === 'HEAD' || res.statusCode === 204 || res.statusCode === 304 || res.statusCode < 200) return { headers, body: res.body };
   const observing = observers.map((o) => o.transform);

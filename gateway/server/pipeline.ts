@@ -128,7 +128,9 @@ export function createPipeline(deps: PipelineDeps): RequestHandler {
     // through untouched (SDKs report it in support tickets); Valet's own answers also carry it as
     // x-request-id (see respond.ts).
     res.setHeader(REQUEST_ID_HEADER, requestId);
-    const rawPath = (req.url ?? '').split('?')[0] ?? '';
+    const url = req.url ?? '';
+    const query = url.indexOf('?');
+    const rawPath = query === -1 ? url : url.slice(0, query);
     // The raw path until the canonical one is known; cut to 2,048 characters only once redacted (below).
     const rec = newAuditRecord(requestId, req.method ?? 'GET', rawPath);
     /** Encodes what the decision was made on (see FactsRecorder), for the writer to seal into `rec.facts`: run in `finally`. */
@@ -230,7 +232,7 @@ export function createPipeline(deps: PipelineDeps): RequestHandler {
         if ('batch' in body) {
           // Decided per element: each message goes through this path again on its own (its own row), answers gathered.
           if (body.batch.length > MAX_BATCH) throw new ValetError('VALET_ERR_MCP_INVALID', `A batch of more than ${MAX_BATCH} messages.`);
-          rec.rpc = JSON.stringify({ batch: body.batch.length, session: [req.headers['mcp-session-id']].flat()[0]?.slice(0, 128) ?? null });
+          rec.rpc = JSON.stringify({ batch: body.batch.length, session: firstValue(req.headers['mcp-session-id'])?.slice(0, 128) ?? null });
           const answers = await answerBatch(body.batch, sendToSelf(req));
           const text = answers === undefined ? '' : JSON.stringify(answers);
           res.writeHead(answers === undefined ? 202 : 200, { 'content-type': 'application/json', 'cache-control': 'no-store', 'content-length': Buffer.byteLength(text) });
@@ -322,7 +324,8 @@ export function createPipeline(deps: PipelineDeps): RequestHandler {
       const looking = policy.resolveContext(described);
       if (asking === undefined && !(reading instanceof Promise)) {
         const context = looking instanceof Promise ? await looking : looking;
-        input = reading === undefined ? { ...described, context } : { ...described, context, session: reading };
+        input = { identity, facts, environment: described.environment, now: described.now, context };
+        if (reading !== undefined) input = { ...input, session: reading };
       }
       else {
         const [context, history, session] = await Promise.all([looking, asking, reading]);
@@ -520,7 +523,7 @@ export function createPipeline(deps: PipelineDeps): RequestHandler {
             const chunks: Buffer[] = [];
             let size = 0;
             for await (const c of r.body as AsyncIterable<Buffer>) if ((size += c.length) <= 4 << 20) chunks.push(c);
-            return { status: r.statusCode, contentType: [r.headers['content-type']].flat()[0], text: Buffer.concat(chunks).toString('utf8') };
+            return { status: r.statusCode, contentType: firstValue(r.headers['content-type']), text: Buffer.concat(chunks).toString('utf8') };
           }).catch((err: unknown) => {
             throw upstreamError(err);
           });
@@ -555,7 +558,7 @@ export function createPipeline(deps: PipelineDeps): RequestHandler {
         }
         if (action.kind === 'escalate') {
           const held = await holdAnswer(upstreamRes.body, MAX_REDACTED_BYTES);
-          const contentType = [upstreamRes.headers['content-type']].flat()[0] ?? 'no content type';
+          const contentType = firstValue(upstreamRes.headers['content-type']) ?? 'no content type';
           const release = await escalate(
             approvals,
             {
@@ -590,12 +593,12 @@ export function createPipeline(deps: PipelineDeps): RequestHandler {
       rec.upstreamRequestId = upstreamId === null ? null : scrubber.redact(upstreamId);
       // Valet's origin as the agent reached it, worked out only if a response header links to the upstream.
       const origin = (): string | undefined => agentOrigin(req.headers.host, req.socket.localAddress, req.socket.localPort);
-      if (llm !== undefined) meter = metering.meter(llm, { status: upstreamRes.statusCode, contentType: [upstreamRes.headers['content-type']].flat()[0], headers: upstreamRes.headers });
+      if (llm !== undefined) meter = metering.meter(llm, { status: upstreamRes.statusCode, contentType: firstValue(upstreamRes.headers['content-type']), headers: upstreamRes.headers });
       const observers: BodyObserver[] = meter === undefined ? [] : [meter];
       if (action?.redactor !== undefined && answered !== undefined && facts.method !== 'HEAD') {
         const counting = answered;
         counting.redacted = 0;
-        observers.push(redactionObserver(action.redactor, action.keep, [upstreamRes.headers['content-type']].flat()[0], (n) => (counting.redacted = (counting.redacted ?? 0) + n)));
+        observers.push(redactionObserver(action.redactor, action.keep, firstValue(upstreamRes.headers['content-type']), (n) => (counting.redacted = (counting.redacted ?? 0) + n)));
       }
       const toAgent = agentResponse(answering, facts.method, upstreamRes, scrubber, origin, target.mount, accepted, observers);
       // A stream cut at its reservation (gateway.llm.overrun: cut) has ended for the agent; the upstream's generation is stopped too.
@@ -610,7 +613,7 @@ export function createPipeline(deps: PipelineDeps): RequestHandler {
       const list = mcp?.message.kind === 'request' ? LISTS[mcp.message.method] : undefined;
       const listing = list === undefined ? undefined : entryListing(policy, input, upstream.name, list);
       const listId = mcp?.message.kind === 'request' ? mcp.message.id : undefined;
-      const session = mcp?.session ?? [upstreamRes.headers['mcp-session-id']].flat()[0];
+      const session = mcp?.session ?? firstValue(upstreamRes.headers['mcp-session-id']);
       if (listing !== undefined && toAgent.headers['content-encoding'] !== undefined) throw new ValetError('VALET_ERR_UPSTREAM_ENCODING', 'The MCP server\'s tools/list answer is compressed and cannot be filtered; nothing was forwarded.');
       if (toAgent.whole !== undefined) {
         // A small body: read whole and scrubbed before anything is sent, then one write.
@@ -622,7 +625,7 @@ export function createPipeline(deps: PipelineDeps): RequestHandler {
         }
         rec.bytesOut = whole.upstreamBytes;
         if (listing !== undefined && listId !== undefined) {
-          const filtered = filterToolsBody(whole.body.toString('utf8'), [upstreamRes.headers['content-type']].flat()[0], listId, listing, list);
+          const filtered = filterToolsBody(whole.body.toString('utf8'), firstValue(upstreamRes.headers['content-type']), listId, listing, list);
           if (list?.field === 'tools') listedTools.record(upstream.name, session, filtered.listed);
           whole = { ...whole, body: Buffer.from(filtered.text) };
           toAgent.headers['content-length'] = String(whole.body.length);
@@ -897,6 +900,11 @@ function refuseAmbiguous(reason: string | undefined): never {
   throw ambiguityError(reason);
 }
 
+/** A header's value, or its first when repeated (undici and node:http give repeated ones as an array). */
+function firstValue(v: string | string[] | undefined): string | undefined {
+  return typeof v === 'string' || v === undefined ? v : v[0];
+}
+
 /** Whether the body is compressed (or otherwise encoded): its arguments cannot be read then. */
 function encoded(req: IncomingMessage): boolean {
   return (req.headers['content-encoding'] ?? 'identity').trim().toLowerCase() !== 'identity';
@@ -967,6 +975,6 @@ function sendToSelf(req: IncomingMessage): SendOne {
   ) as Record<string, string>;
   return async (message) => {
     const r = await request(url, { method: 'POST', headers: { ...headers, 'content-type': 'application/json' }, body: message });
-    return { status: r.statusCode, contentType: [r.headers['content-type']].flat()[0], text: await r.body.text() };
+    return { status: r.statusCode, contentType: firstValue(r.headers['content-type']), text: await r.body.text() };
   };
 }
