@@ -100,18 +100,35 @@ export function encodeFacts(input: EvaluationInput, decision: Decision, o: { rea
   const omitted = args.length > MAX_RECORDED_ARGS_BYTES / 3 && Buffer.byteLength(args) > MAX_RECORDED_ARGS_BYTES;
   if (omitted) args = '{}';
   // Every own field but `historyVersion`; `history` (bigints) written on its own, so the rest can
-  // take the fast path; the arguments apart. Copied field by field: rest and spread patterns that
-  // leave keys out take V8's slow path.
-  const recorded: Record<string, unknown> = {};
+  // take the fast path; the arguments apart. Written field by field: rest and spread patterns that
+  // leave keys out take V8's slow path, and the identity, the same object for every call of a
+  // token (the verified-token cache), is encoded once.
+  let body = '';
   for (const key of Object.keys(input)) {
     if (key === 'historyVersion' || key === 'history') continue;
-    recorded[key] = key === 'facts' ? { ...input.facts, args: undefined } : input[key as keyof EvaluationInput];
+    const value = input[key as keyof EvaluationInput];
+    const json = key === 'identity' ? identityJson(value as EvaluationInput['identity']) : escaped(key === 'facts' ? { ...input.facts, args: undefined } : value);
+    if (json === undefined) continue;
+    body += `${body === '' ? '{' : ','}${JSON.stringify(key.charCodeAt(0) === 36 ? `$${key}` : key)}:${json}`;
   }
+  body = body === '' ? '{}' : `${body}}`;
   const history = input.history ?? o.history;
-  const body = escaped(recorded) as string;
   const inputJson = history === undefined ? body : `${body.slice(0, -1)},"history":${historyJson(history)}}`;
   const head = `{"v":${FACTS_VERSION},"decision":{"effect":${JSON.stringify(decision.effect)},"rules":${JSON.stringify(decision.rules)}},"argsRead":${o.argsRead}${omitted ? ',"argsOmitted":true' : ''}`;
   return `${head},"input":${inputJson},"args":${args}}`;
+}
+
+const identities = new WeakMap<object, string>();
+
+/** An identity as {@link escaped} writes it, remembered per identity object (identities are never changed once made). */
+function identityJson(identity: EvaluationInput['identity']): string | undefined {
+  if (typeof identity !== 'object' || identity === null) return escaped(identity);
+  let json = identities.get(identity);
+  if (json === undefined) {
+    json = escaped(identity) as string;
+    identities.set(identity, json);
+  }
+  return json;
 }
 
 /** A history summary as {@link escape} writes it; its known shape written directly, anything else through the replacer. */

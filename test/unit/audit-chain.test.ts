@@ -86,6 +86,10 @@ describe('audit hash chain', () => {
     const packed = pack(FINAL, rec);
     expect(packed).toEqual([FINAL, ...RECORD_FIELDS.map((k) => rec[k])]);
     expect(new Set(RECORD_FIELDS)).toEqual(new Set(Object.keys(rec)));
+    // Every field a value of its own (its name): any two swapped in pack's literal would show.
+    const named = Object.fromEntries(RECORD_FIELDS.map((k) => [k, k])) as unknown as typeof rec;
+    expect(pack(FINAL, named)).toEqual([FINAL, ...RECORD_FIELDS]);
+    expect(pack(FINAL, named)).toHaveLength(1 + RECORD_FIELDS.length);
   });
 
   it('names an edited row', () => {
