@@ -15,7 +15,7 @@
  * watchdog bounds the total run time.
  */
 import { randomBytes } from 'node:crypto';
-import { existsSync, mkdtempSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { arch, availableParallelism, cpus, loadavg, platform, release, tmpdir, totalmem } from 'node:os';
 import { dirname, join } from 'node:path';
 import { monitorEventLoopDelay, performance } from 'node:perf_hooks';
@@ -29,6 +29,7 @@ import { buildGateway, builtGatewayIsCurrent } from './lib/build.js';
 import { hasWrk, wrkRun } from './lib/wrk.js';
 import { formatUsage, snapshot, threadMicros, threadTicks, usageBetween, type CpuUsage } from './lib/cpu.js';
 import { formatSummary, mainThreadProfiles, summariseProfile } from './lib/cpuprofile.js';
+import { formatPerf, PERF_FREQUENCY, PERF_NODE_ARGS, perfUnavailable, startPerf, summarisePerf, type PerfSummary } from './lib/perf.js';
 import { formatSync, syncLatency } from './lib/disk.js';
 import { gitState } from './lib/git.js';
 import { fixedRate, maxThroughput, type FixedRateResult, type RunResult, type Workload } from './lib/load.js';
@@ -61,6 +62,10 @@ const HELP = `Usage: npm run bench -- [options]
   --valet-log FILE      send Valet's log lines to FILE instead of /dev/null (debugging)
   --cpu-prof[=DIR]      run Valet and the bare proxy under --cpu-prof, print a per-request
                         summary of each, keep the profiles in DIR/<target>
+  --perf                record every thread of the bare proxy and of Valet with Linux perf during the
+                        first round's full-load phase, and print where the CPU went per request, by
+                        thread and (main thread) by kernel call, Node module, package and Valet module
+                        (perf itself takes ~0.2 cores meanwhile: those rounds are flagged noisy)
   --node-args=FLAGS     extra Node flags for the Valet process, space-separated, after "=" (e.g.
                         --node-args=--max-semi-space-size=64, or --trace-gc-nvp, printed to this terminal)
   --durability LEVEL    Valet's gateway.audit.durability: strict (default), crash or async
@@ -91,6 +96,7 @@ const { values: flags } = parseArgs({
     'wait-quiet': { type: 'string' },
     'valet-log': { type: 'string' },
     'cpu-prof': { type: 'string' },
+    perf: { type: 'boolean', default: false },
     'node-args': { type: 'string' },
     json: { type: 'string' },
     strict: { type: 'boolean', default: false },
@@ -147,6 +153,14 @@ for (const t of only) {
   }
 }
 const cpuProf = flags['cpu-prof'];
+if (flags.perf) {
+  const why = perfUnavailable();
+  if (why !== undefined) {
+    console.error(`--perf: ${why}`);
+    process.exit(2);
+  }
+}
+const perfArgs = flags.perf ? PERF_NODE_ARGS : [];
 const nodeArgs = (flags['node-args'] ?? '').split(' ').filter(Boolean);
 const durability = flags.durability ?? 'strict';
 const valetLogLevel = flags['valet-log-level'] ?? 'info';
@@ -267,7 +281,7 @@ async function main(): Promise<number> {
 
   let bare: BenchChild | undefined;
   if (only.has('bare')) {
-    bare = await run.fork({ name: 'bare-proxy', script: join(HERE, 'targets/bare-proxy.ts'), args: [origin], env: childEnv, execArgv: profArgs('bare') });
+    bare = await run.fork({ name: 'bare-proxy', script: join(HERE, 'targets/bare-proxy.ts'), args: [origin], env: childEnv, execArgv: [...profArgs('bare'), ...perfArgs] });
   }
   let valet: BenchChild | undefined;
   if ([...only].some((t) => t.startsWith('valet'))) {
@@ -278,7 +292,7 @@ async function main(): Promise<number> {
     }
     const args = [join(root, 'valet'), origin, UPSTREAM_SECRET];
     if (flags['valet-log']) args.push(flags['valet-log']);
-    valet = await run.fork({ name: 'valet', script: join(HERE, 'targets/valet.ts'), args, env: childEnv, execArgv: [...profArgs('valet'), ...nodeArgs] });
+    valet = await run.fork({ name: 'valet', script: join(HERE, 'targets/valet.ts'), args, env: childEnv, execArgv: [...profArgs('valet'), ...perfArgs, ...nodeArgs] });
     log(`valet: ${String(valet.ready['build'])}; logger level "${String(valet.ready['logLevel'])}" → ${flags['valet-log'] ?? '/dev/null'}, audit → SQLite in ${join(root, 'valet', 'data')}, durability ${durability}`);
   }
   if (profileDir !== undefined) log(`CPU profiles → ${profileDir}/{bare,valet}`);
@@ -419,6 +433,9 @@ async function main(): Promise<number> {
   const saturate = (w: Workload, seconds: number): Promise<RunResult> =>
     useWrk ? wrkRun(w, { connections: opts.connections, seconds, dir: root, cpu: pinning ? GENERATOR_CPU : undefined }) : maxThroughput(w, { connections: opts.connections, seconds });
   /** Requests each target answered (warm-ups and smoke check included), for per-request figures. */
+  /** --perf: the recording of each proxy's first full-load phase, and the requests it answered meanwhile (kept apart from the run's directory, which is gone by the summary). */
+  const perfDir = flags.perf ? mkdtempSync(join(tmpdir(), 'valet-bench-perf-')) : undefined;
+  const perfRecordings = new Map<TargetId, { file: string; pid: number; requests: number }>();
   const handled: Record<TargetId, number> = { direct: 1, nginx: 1, bare: 1, valet: 1, 'valet-port': 1, 'valet-host': 1, 'valet-oauth': 1, 'valet-sigv4': 1 };
   for (let round = 1; round <= opts.rounds; round++) {
     if (opts.rounds > 1) log(`## round ${round}/${opts.rounds}`);
@@ -432,7 +449,17 @@ async function main(): Promise<number> {
           handled[t] += wu.ok + wu.non2xx;
           log(`warm-up     ${t.padEnd(10)} ${int(wu.rps).padStart(7)} req/s`);
         }
-        const r = await measure(t, round, () => saturate(w, opts.seconds));
+        const child = t === 'bare' ? bare : t === 'valet' ? valet : undefined;
+        const recording = perfDir !== undefined && round === 1 && child !== undefined ? { file: join(perfDir, `${t}.data`), pid: child.pid } : undefined;
+        const r = await measure(t, round, async () => {
+          const perf = recording === undefined ? undefined : startPerf(recording.pid, recording.file);
+          try {
+            return await saturate(w, opts.seconds);
+          } finally {
+            await perf?.stop();
+          }
+        });
+        if (recording !== undefined) perfRecordings.set(t, { ...recording, requests: r.ok + r.non2xx });
         handled[t] += r.ok + r.non2xx;
         (results.get(t) as TargetResults).throughput.push(r);
         log(
@@ -629,6 +656,14 @@ async function main(): Promise<number> {
         log('```');
       }
     }
+  }
+
+  if (perfRecordings.size > 0) {
+    const summaries: Record<string, PerfSummary> = {};
+    for (const [t, rec] of perfRecordings) summaries[name[t]] = summarisePerf(rec.file, rec.pid, rec.requests);
+    if (perfDir !== undefined) rmSync(perfDir, { recursive: true, force: true });
+    log(`\n## Where the CPU went (perf, on-CPU samples at ${PERF_FREQUENCY} Hz per thread, first round's full load)\n`);
+    log(formatPerf(summaries));
   }
 
   if (flags.json) {
