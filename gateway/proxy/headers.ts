@@ -244,9 +244,10 @@ export const RECODABLE: readonly string[] = ['gzip', 'br'];
 export function acceptedCodings(header: string | string[] | undefined): readonly string[] {
   if (header === undefined) return NO_CODINGS;
   const text = typeof header === 'string' ? header : header.join(',');
+  if (text.length > ACCEPT_VALUE_KEPT_CHARS) return parseAccepted(text);
   let codings = acceptedByHeader.get(text);
   if (codings === undefined) {
-    // Clients send the same few values: parsed once each, kept while there are not too many.
+    // Clients send the same few short values: parsed once each, kept while there are not too many.
     if (acceptedByHeader.size >= ACCEPT_VALUES_KEPT) acceptedByHeader.clear();
     acceptedByHeader.set(text, (codings = parseAccepted(text)));
   }
@@ -255,6 +256,7 @@ export function acceptedCodings(header: string | string[] | undefined): readonly
 
 const NO_CODINGS: readonly string[] = Object.freeze([]);
 const ACCEPT_VALUES_KEPT = 256;
+const ACCEPT_VALUE_KEPT_CHARS = 128;
 const acceptedByHeader = new Map<string, readonly string[]>();
 
 function parseAccepted(text: string): readonly string[] {

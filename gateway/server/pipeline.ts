@@ -326,8 +326,7 @@ export function createPipeline(deps: PipelineDeps): RequestHandler {
         const context = looking instanceof Promise ? await looking : looking;
         input = { identity, facts, environment: described.environment, now: described.now, context };
         if (reading !== undefined) input = { ...input, session: reading };
-      }
-      else {
+      } else {
         const [context, history, session] = await Promise.all([looking, asking, reading]);
         input = { ...described, context, ...(history !== undefined && { history: history.summary, historyVersion: history.version }), ...(session !== undefined && { session }) };
       }
