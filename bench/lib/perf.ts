@@ -76,10 +76,12 @@ function readSamples(file: string): Sample[] {
 function categoryOf(frames: readonly string[]): string {
   const leaf = frames[0] ?? '';
   if (leaf.endsWith('([kernel.kallsyms])')) {
+    const kernel = frames.filter((f) => f.endsWith('([kernel.kallsyms])'));
+    if (kernel.some((f) => f.includes('page_fault'))) return 'kernel: page faults';
     // The system call is the first user-space frame above the kernel's: libc's wrapper (`__GI___writev`, `read`).
-    const caller = frames.find((f) => !f.endsWith('([kernel.kallsyms])'));
-    const name = caller?.includes('libc.so') ? caller.replace(/^(?:__GI_)?_*(?:libc_)?([a-z_0-9]+?)(?:@.*)?\s.*$/, '$1') : undefined;
-    return `kernel: ${name ?? 'other (interrupts, page faults, scheduling)'}`;
+    const caller = frames[kernel.length];
+    const name = caller?.includes('libc.so') ? /^(?:__GI_)?_*(?:libc_)?([a-z_0-9]+?)(?:@\S*)? \(/.exec(caller)?.[1] : undefined;
+    return `kernel: ${name ?? 'other (interrupts, scheduling)'}`;
   }
   const js = frames.find((f) => f.startsWith('JS:'));
   if (js === undefined) {
