@@ -432,10 +432,10 @@ async function main(): Promise<number> {
   /** Closed-loop saturation: wrk pinned beside the upstream, else autocannon in this (pinned) process. */
   const saturate = (w: Workload, seconds: number): Promise<RunResult> =>
     useWrk ? wrkRun(w, { connections: opts.connections, seconds, dir: root, cpu: pinning ? GENERATOR_CPU : undefined }) : maxThroughput(w, { connections: opts.connections, seconds });
-  /** Requests each target answered (warm-ups and smoke check included), for per-request figures. */
   /** --perf: the recording of each proxy's first full-load phase, and the requests it answered meanwhile (kept apart from the run's directory, which is gone by the summary). */
   const perfDir = flags.perf ? mkdtempSync(join(tmpdir(), 'valet-bench-perf-')) : undefined;
   const perfRecordings = new Map<TargetId, { file: string; pid: number; requests: number }>();
+  /** Requests each target answered (warm-ups and smoke check included), for per-request figures. */
   const handled: Record<TargetId, number> = { direct: 1, nginx: 1, bare: 1, valet: 1, 'valet-port': 1, 'valet-host': 1, 'valet-oauth': 1, 'valet-sigv4': 1 };
   for (let round = 1; round <= opts.rounds; round++) {
     if (opts.rounds > 1) log(`## round ${round}/${opts.rounds}`);

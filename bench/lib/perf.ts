@@ -116,7 +116,6 @@ function categoryOf(frames: readonly string[]): string {
 
 /** µs per request by thread and, on the main thread, by category. */
 export interface PerfSummary {
-  readonly requests: number;
   readonly threads: Record<string, number>;
   readonly main: Record<string, number>;
 }
@@ -141,7 +140,7 @@ export function summarisePerf(file: string, pid: number, requests: number): Perf
       main[c] = (main[c] ?? 0) + us;
     }
   }
-  return { requests, threads, main };
+  return { threads, main };
 }
 
 /** The summaries of several targets side by side, largest first by the last target's figure. */

@@ -44,6 +44,9 @@ export interface FactsRecorder {
 
 const EFFECTS: ReadonlySet<string> = new Set(['allow', 'deny', 'escalate']);
 
+/** A key of the input's own as written: one more `$` when it starts with one (see the module comment). */
+const escapedKey = (k: string): string => (k.charCodeAt(0) === 36 ? `$${k}` : k);
+
 /** JSON.stringify's replacer: bigints and `$` keys escaped (see the module comment). */
 function escape(this: unknown, _key: string, value: unknown): unknown {
   if (typeof value === 'bigint') return { $bigint: value.toString() };
@@ -57,7 +60,7 @@ function escape(this: unknown, _key: string, value: unknown): unknown {
   }
   if (!dollar) return value;
   const out: Record<string, unknown> = {};
-  for (const [k, v] of Object.entries(value)) out[k.charCodeAt(0) === 36 ? `$${k}` : k] = v;
+  for (const [k, v] of Object.entries(value)) out[escapedKey(k)] = v;
   return out;
 }
 
@@ -109,7 +112,7 @@ export function encodeFacts(input: EvaluationInput, decision: Decision, o: { rea
     const value = input[key as keyof EvaluationInput];
     const json = key === 'identity' ? identityJson(value as EvaluationInput['identity']) : escaped(key === 'facts' ? { ...input.facts, args: undefined } : value);
     if (json === undefined) continue;
-    body += `${body === '' ? '{' : ','}${JSON.stringify(key.charCodeAt(0) === 36 ? `$${key}` : key)}:${json}`;
+    body += `${body === '' ? '{' : ','}${JSON.stringify(escapedKey(key))}:${json}`;
   }
   body = body === '' ? '{}' : `${body}}`;
   const history = input.history ?? o.history;
@@ -121,8 +124,7 @@ export function encodeFacts(input: EvaluationInput, decision: Decision, o: { rea
 const identities = new WeakMap<object, string>();
 
 /** An identity as {@link escaped} writes it, remembered per identity object (identities are never changed once made). */
-function identityJson(identity: EvaluationInput['identity']): string | undefined {
-  if (typeof identity !== 'object' || identity === null) return escaped(identity);
+function identityJson(identity: EvaluationInput['identity']): string {
   let json = identities.get(identity);
   if (json === undefined) {
     json = escaped(identity) as string;

@@ -357,11 +357,15 @@ export const REQUEST_ID_HEADER = 'valet-request-id';
 /** Where upstreams put their own request id, most common first (OpenAI, Anthropic/Stripe, GitHub, AWS). */
 const UPSTREAM_REQUEST_ID_HEADERS = ['x-request-id', 'request-id', 'x-github-request-id', 'x-amzn-requestid', 'x-amz-request-id'];
 
+/** A header's value, or its first when repeated (undici and node:http give repeated ones as an array). */
+export function firstValue(v: string | string[] | undefined): string | undefined {
+  return typeof v === 'string' || v === undefined ? v : v[0];
+}
+
 /** The upstream's own id for a response, as recorded beside Valet's (at most 256 characters). */
 export function upstreamRequestId(headers: IncomingHttpHeaders | Record<string, string | string[] | undefined>): string | null {
   for (const name of UPSTREAM_REQUEST_ID_HEADERS) {
-    const v = headers[name];
-    const first = Array.isArray(v) ? v[0] : v;
+    const first = firstValue(headers[name]);
     if (first !== undefined && first !== '') return first.slice(0, 256);
   }
   return null;

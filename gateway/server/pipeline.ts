@@ -16,7 +16,7 @@ import type { EvaluationInput, Policy } from '../policy/compile.js';
 import type { Forwarder } from '../proxy/forward.js';
 import { upstreamError } from '../proxy/forward.js';
 import { readAll } from '../read.js';
-import { acceptedCodings, forwardableRequestHeaders, injectCredential, REQUEST_ID_HEADER, upstreamRequestId, valetRequestHeaders, type HeaderList } from '../proxy/headers.js';
+import { acceptedCodings, firstValue, forwardableRequestHeaders, injectCredential, REQUEST_ID_HEADER, upstreamRequestId, valetRequestHeaders, type HeaderList } from '../proxy/headers.js';
 import { HangUp, relay, sendWhole } from '../proxy/relay.js';
 import { requestLineLogger } from '../log.js';
 import { agentOrigin } from '../proxy/location.js';
@@ -324,8 +324,7 @@ export function createPipeline(deps: PipelineDeps): RequestHandler {
       const looking = policy.resolveContext(described);
       if (asking === undefined && !(reading instanceof Promise)) {
         const context = looking instanceof Promise ? await looking : looking;
-        input = { identity, facts, environment: described.environment, now: described.now, context };
-        if (reading !== undefined) input = { ...input, session: reading };
+        input = reading === undefined ? { ...described, context } : { ...described, context, session: reading };
       } else {
         const [context, history, session] = await Promise.all([looking, asking, reading]);
         input = { ...described, context, ...(history !== undefined && { history: history.summary, historyVersion: history.version }), ...(session !== undefined && { session }) };
@@ -897,11 +896,6 @@ function refuseTokenInBody(body: Buffer, token: string): void {
 
 function refuseAmbiguous(reason: string | undefined): never {
   throw ambiguityError(reason);
-}
-
-/** A header's value, or its first when repeated (undici and node:http give repeated ones as an array). */
-function firstValue(v: string | string[] | undefined): string | undefined {
-  return typeof v === 'string' || v === undefined ? v : v[0];
 }
 
 /** Whether the body is compressed (or otherwise encoded): its arguments cannot be read then. */
