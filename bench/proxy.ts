@@ -281,7 +281,7 @@ async function main(): Promise<number> {
 
   let bare: BenchChild | undefined;
   if (only.has('bare')) {
-    bare = await run.fork({ name: 'bare-proxy', script: join(HERE, 'targets/bare-proxy.ts'), args: [origin], env: childEnv, execArgv: [...profArgs('bare'), ...perfArgs] });
+    bare = await run.fork({ name: 'bare-proxy', script: join(HERE, 'targets/bare-proxy.ts'), args: [origin], env: childEnv, execArgv: [...profArgs('bare'), ...perfArgs], ...(pinning && { cpu: PROXY_CPU }) });
   }
   let valet: BenchChild | undefined;
   if ([...only].some((t) => t.startsWith('valet'))) {
@@ -292,7 +292,7 @@ async function main(): Promise<number> {
     }
     const args = [join(root, 'valet'), origin, UPSTREAM_SECRET];
     if (flags['valet-log']) args.push(flags['valet-log']);
-    valet = await run.fork({ name: 'valet', script: join(HERE, 'targets/valet.ts'), args, env: childEnv, execArgv: [...profArgs('valet'), ...perfArgs, ...nodeArgs] });
+    valet = await run.fork({ name: 'valet', script: join(HERE, 'targets/valet.ts'), args, env: childEnv, execArgv: [...profArgs('valet'), ...perfArgs, ...nodeArgs], ...(pinning && { cpu: PROXY_CPU }) });
     log(`valet: ${String(valet.ready['build'])}; logger level "${String(valet.ready['logLevel'])}" → ${flags['valet-log'] ?? '/dev/null'}, audit → SQLite in ${join(root, 'valet', 'data')}, durability ${durability}`);
   }
   if (profileDir !== undefined) log(`CPU profiles → ${profileDir}/{bare,valet}`);

@@ -14,7 +14,8 @@ import { requestId as newRequestId } from './audit/ids.js';
 import type { AuditLog, AuditWriter } from './audit/port.js';
 import { retentionCutoffs } from './audit/retention.js';
 import { startPgAuditWriter } from './audit/postgres/writer.js';
-import { startAuditWriter } from './audit/sqlite/writer.js';
+import { startAuditWriter, writerMode } from './audit/sqlite/writer.js';
+import { usableCpus } from './cpus.js';
 import { createTokenVerifier } from './auth/verify.js';
 import { secretNames } from './config/credential.js';
 import { loadConfig } from './config/load.js';
@@ -155,6 +156,7 @@ export async function startGateway(options: GatewayOptions): Promise<RunningGate
   // Its gauges read the audit writer and the approvals service, built below, only when scraped.
   const metrics = createMetrics({ upstreams: new Set(config.upstreams.keys()), auditQueue: () => audit.pending, pendingApprovals: () => approvals.service.pending() });
   const onCommit = (seconds: number): void => metrics.auditCommit(seconds);
+  const auditWriter = postgres !== undefined ? undefined : (options.auditWriter ?? writerMode(auditSettings.writer, auditSettings.durability, usableCpus()));
   const audit = await (postgres !== undefined
     ? startPgAuditWriter({ settings: postgres, instance: auditSettings.postgres.instance ?? instanceId(dataDir, env), logger, failOpen: auditSettings.failOpen, durability: auditSettings.durability, onCommit, factsKey: secretSources.masterKey })
     : startAuditWriter({
@@ -162,7 +164,7 @@ export async function startGateway(options: GatewayOptions): Promise<RunningGate
     logger,
     failOpen: auditSettings.failOpen,
     busyTimeoutMs: auditSettings.busyTimeoutMs,
-    mode: options.auditWriter ?? (auditSettings.writer === 'inline' ? 'inline' : 'worker'),
+    mode: auditWriter,
     durability: auditSettings.durability,
     onCommit,
     factsKey: secretSources.masterKey,
@@ -343,6 +345,7 @@ export async function startGateway(options: GatewayOptions): Promise<RunningGate
       environment: config.gateway.environment,
       policyVersion: config.version,
       upstreams: [...config.upstreams.keys()],
+      ...(auditWriter !== undefined && { auditWriter: auditWriter === 'worker' ? 'thread' : 'inline' }),
       ...(upstreamListeners.size > 0 && { upstreamPorts: Object.fromEntries([...upstreamListeners].map(([n, l]) => [n, l.port])) }),
     },
     'valet listening',

@@ -46,12 +46,19 @@ export interface ForkOptions {
   /** Extra Node flags, e.g. `--cpu-prof`. `--import tsx` is always added. */
   execArgv?: string[];
   readyTimeoutMs?: number;
+  /**
+   * Start it on this CPU alone (taskset), so that it knows from its first instruction what it may
+   * use (Valet sizes its audit writer by it, gateway/cpus.ts), not only once pinned later.
+   */
+  cpu?: number;
 }
 
 /** Forks a child and resolves once it reports `ready` (rejects on exit or timeout). */
 export function forkChild(o: ForkOptions): Promise<BenchChild> {
+  const node = ['--import', 'tsx', ...(o.execArgv ?? [])];
   const child: ChildProcess = fork(o.script, o.args ?? [], {
-    execArgv: ['--import', 'tsx', ...(o.execArgv ?? [])],
+    // taskset runs Node in its own place (exec: same pid, same IPC channel).
+    ...(o.cpu === undefined ? { execArgv: node } : { execPath: 'taskset', execArgv: ['-c', String(o.cpu), process.execPath, ...node] }),
     env: o.env ?? process.env,
     stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
   });

@@ -41,7 +41,7 @@ export interface BenchGatewayOptions {
   env?: Record<string, string>;
   /** Where log lines go instead of /dev/null. */
   logFile?: string | undefined;
-  auditWriter?: 'worker' | 'inline';
+  auditWriter?: 'worker' | 'inline' | undefined;
 }
 
 export interface BenchGateway {

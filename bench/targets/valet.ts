@@ -83,8 +83,9 @@ async function main(): Promise<void> {
     },
     files,
     env: { VALET_BENCH_UPSTREAM_KEY: upstreamSecret, VALET_BENCH_AWS_KEY_ID: process.env['VALET_BENCH_AWS_KEY_ID'] ?? 'AKIABENCH', ...fleetEnv },
-    // bench/audit.ts compares the audit writer on its own thread (the default) with one inline.
-    auditWriter: process.env['VALET_BENCH_AUDIT_WRITER'] === 'inline' ? 'inline' : 'worker',
+    // bench/audit.ts compares the audit writer on its own thread with one inline; unset, the
+    // gateway places it as gateway.audit.writer: auto does (gateway/audit/sqlite/writer.ts).
+    auditWriter: process.env['VALET_BENCH_AUDIT_WRITER'] === 'inline' ? 'inline' : process.env['VALET_BENCH_AUDIT_WRITER'] === 'worker' ? 'worker' : undefined,
   });
   const { gateway } = valet;
 

@@ -360,7 +360,7 @@ export const fileSchema = {
                 instance: { type: 'string', minLength: 1, maxLength: 200 },
               },
             },
-            writer: { enum: ['thread', 'inline'] },
+            writer: { enum: ['auto', 'thread', 'inline'] },
             durability: { enum: ['strict', 'crash', 'async'] },
             busy_timeout_ms: { type: 'integer', minimum: 0, maximum: 60_000 },
             retention_days: { type: 'integer', minimum: 1, maximum: 36_500 },

@@ -145,10 +145,13 @@ export interface AuditSettings {
   /** `gateway.audit.postgres`: the database URL, the schema (default `public`), this instance's name (default: the host name). */
   readonly postgres: { readonly url: string | undefined; readonly schema: string | undefined; readonly instance: string | undefined };
   /**
-   * Where the writer runs: its own thread (default; fsync never blocks the event loop) or inline on
-   * the request thread (less CPU per row, larger group commits, but every fsync stalls every request).
+   * Where the writer runs: its own thread (a commit's fsync never blocks the event loop) or inline
+   * on the request thread (no hand-off between threads, but at `strict` every commit's fsync stalls
+   * every request). `auto` (default): inline when the process can use one CPU only and the
+   * durability is not `strict`, where a thread could not run beside the requests anyway; else a
+   * thread (gateway/audit/sqlite/writer.ts `writerMode`).
    */
-  readonly writer: 'thread' | 'inline';
+  readonly writer: 'auto' | 'thread' | 'inline';
   /** What a forwarded call's decision row has survived before the call is forwarded (docs/audit.md#durability-levels). */
   readonly durability: AuditDurability;
   /** How long a write waits for another process's lock on the audit database (ms). */
@@ -178,7 +181,7 @@ export const DEFAULT_AUDIT: AuditSettings = {
   failOpen: false,
   backend: 'sqlite',
   postgres: { url: undefined, schema: undefined, instance: undefined },
-  writer: 'thread',
+  writer: 'auto',
   durability: 'strict',
   busyTimeoutMs: 1000,
   retentionDays: undefined,

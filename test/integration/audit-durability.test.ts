@@ -33,8 +33,14 @@ describe('audit durability: kill -9 under load', () => {
   });
 
   // Both append each decision to the journal before forwarding (strict: and fdatasync it; crash: in
-  // the OS's cache, which a killed process cannot lose either) and write the row once at the end.
-  it.each(['strict', 'crash'] as const)('%s: every call the upstream saw has its audit row; the next writer marks unfinished ones and the chain verifies', async (durability) => {
+  // the OS's cache, which a killed process cannot lose either) and write the row once at the end,
+  // whether the writer runs on its own thread or inline (the default for crash on one CPU).
+  it.each([
+    ['strict', 'thread'],
+    ['crash', 'thread'],
+    ['crash', 'inline'],
+    ['strict', 'inline'],
+  ] as const)('%s, writer %s: every call the upstream saw has its audit row; the next writer marks unfinished ones and the chain verifies', async (durability, writer) => {
     upstream = await startFakeUpstream((_req, res) => {
       setTimeout(() => res.end('{"ok":true}'), Math.floor(Math.random() * 15));
     });
@@ -42,7 +48,7 @@ describe('audit durability: kill -9 under load', () => {
     const configDir = join(root, 'config');
     const dataDir = join(root, 'data');
     mkdirSync(configDir);
-    writeFileSync(join(configDir, 'gateway.yaml'), stringify({ gateway: { listen: { host: '127.0.0.1', port: 0 }, admin: { listen: { host: '127.0.0.1', port: 0 } }, audit: { durability } }, issuers: [devIssuer] }));
+    writeFileSync(join(configDir, 'gateway.yaml'), stringify({ gateway: { listen: { host: '127.0.0.1', port: 0 }, admin: { listen: { host: '127.0.0.1', port: 0 } }, audit: { durability, writer } }, issuers: [devIssuer] }));
     writeFileSync(join(configDir, 'upstreams.yaml'), stringify({ upstreams: [{ name: 'api', origin: upstream.origin, connections: 64, credential: { scheme: 'bearer', secret: 'API_KEY' } }] }));
     writeFileSync(join(configDir, 'rules.yaml'), stringify({ rules: RULES }));
     const issuer = loadConfig(configDir).issuers[0]!;
@@ -133,18 +139,15 @@ describe('audit durability: the database cannot be written', () => {
     const token = await g.token();
     other = new Database(join(g.dataDir, AUDIT_FILE));
     other.exec('BEGIN IMMEDIATE');
-    let before = 0;
-    if (writer === 'thread') {
-      // The writer thread journals each decision (durable on its own) and writes rows afterwards: a
-      // call goes through until a row fails to be written; from then on, until the database takes
-      // rows again, nothing is forwarded.
-      const first = await request(`${g.url}/api/v1/items/first`, { headers: { authorization: `Bearer ${token}` } });
-      expect(first.statusCode).toBe(200);
-      await first.body.text();
-      before = 1;
-      const deadline = Date.now() + 5_000;
-      while (!g.logs.some((l) => l.includes('audit log not writable')) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
-    }
+    // The writer, on its thread or inline, journals each decision (durable on its own) and writes
+    // rows afterwards: a call goes through until a row fails to be written; from then on, until the
+    // database takes rows again, nothing is forwarded.
+    const first = await request(`${g.url}/api/v1/items/first`, { headers: { authorization: `Bearer ${token}` } });
+    expect(first.statusCode).toBe(200);
+    await first.body.text();
+    const before = 1;
+    const deadline = Date.now() + 5_000;
+    while (!g.logs.some((l) => l.includes('audit log not writable')) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
 
     const results = await Promise.all(
       Array.from({ length: 6 }, async (_, i) => {

@@ -13,7 +13,13 @@ import { startFakeUpstream, type FakeUpstream } from '../helpers/upstream.js';
 // A decision is journaled before its call is forwarded and the call's row is written once, whole,
 // when it ends (gateway/audit/sqlite/journal.ts); a call running longer than a second shows as a
 // decision row in flight. The kill -9 side is in audit-durability.test.ts.
-describe.each(['strict', 'crash', 'async'] as const)('audit rows at durability %s: one row write per call', (durability) => {
+describe.each([
+  ['strict', 'thread'],
+  ['crash', 'thread'],
+  ['async', 'thread'],
+  ['crash', 'inline'],
+  ['async', 'inline'],
+] as const)('audit rows at durability %s, writer %s: one row write per call', (durability, writer) => {
   let gw: TestGateway | undefined;
   let upstream: FakeUpstream | undefined;
   afterEach(async () => {
@@ -29,7 +35,7 @@ describe.each(['strict', 'crash', 'async'] as const)('audit rows at durability %
       setTimeout(() => res.end('{"ok":true}'), wait);
     });
     gw = await startTestGateway({
-      gateway: { audit: { durability } },
+      gateway: { audit: { durability, writer } },
       upstreams: [{ name: 'api', origin: upstream.origin, credential: { scheme: 'bearer', secret: 'API_KEY' } }],
       rules: [{ id: 'allow-reads', methods: ['GET'], effect: 'allow' }],
       env: { API_KEY: 'sk-journal-secret' },

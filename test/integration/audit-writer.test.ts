@@ -23,11 +23,11 @@ describe('audit writer: each commit is reported with its duration (valet_audit_c
       const writer = await startAuditWriter({ dataDir: dir, logger: pino({ level: 'silent' }), mode, onCommit: (s) => reported.push(s) });
       try {
         const recs = Array.from({ length: 20 }, () => record({}));
-        // The worker journals decisions and writes each call's row once it ends; inline, each decision is a row.
+        // Both journal the decisions and write each call's row once it ends.
         await Promise.all(recs.map((r) => writer.commit(r)));
         for (const r of recs) writer.record({ ...r, status: 200 });
         await writer.flush();
-        // Every row is committed; the worker's reports arrive as messages after its commit.
+        // Every row is committed; the reports arrive as messages after each commit.
         await expect.poll(() => reported.length).toBeGreaterThanOrEqual(1);
         expect(reported.length).toBeGreaterThanOrEqual(1);
         expect(reported.length).toBe(writer.commits);

@@ -1,4 +1,4 @@
-import { closeSync, fdatasyncSync, openSync } from 'node:fs';
+import { closeSync, fdatasync, fdatasyncSync, openSync } from 'node:fs';
 import type Database from 'better-sqlite3';
 import type { AuditDurability } from '../../config/types.js';
 
@@ -19,21 +19,43 @@ export function applyDurability(db: Database.Database, walFile: string, durabili
   }
   db.pragma('synchronous = NORMAL');
   let fd: number | undefined;
-  const sync = (): void => {
+  let syncing = false;
+  let stopped = false;
+  const open = (): number | undefined => {
     try {
       fd ??= openSync(walFile, 'r');
-      fdatasyncSync(fd);
+      return fd;
     } catch (err) {
       // No WAL yet (nothing written since a checkpoint reset it): nothing to sync.
       if ((err as { code?: string }).code !== 'ENOENT') onError(err);
+      return undefined;
     }
   };
-  const timer = setInterval(sync, CRASH_SYNC_MS);
+  // In libuv's thread pool: on an inline writer, the gateway's event loop goes on meanwhile.
+  const timer = setInterval(() => {
+    const f = syncing ? undefined : open();
+    if (f === undefined) return;
+    syncing = true;
+    fdatasync(f, (err) => {
+      syncing = false;
+      if (err !== null && !stopped) onError(err);
+      if (stopped) closeSync(f);
+    });
+  }, CRASH_SYNC_MS);
   timer.unref();
   return () => {
     clearInterval(timer);
-    sync();
-    if (fd !== undefined) closeSync(fd);
+    if (stopped) return;
+    const f = open();
+    if (f === undefined) return;
+    try {
+      fdatasyncSync(f);
+    } catch (err) {
+      onError(err);
+    }
+    stopped = true;
     fd = undefined;
+    // A sync still in flight closes the file when it is done.
+    if (!syncing) closeSync(f);
   };
 }

@@ -1,3 +1,4 @@
+import { EventEmitter } from 'node:events';
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { createRequire } from 'node:module';
@@ -7,13 +8,13 @@ import type { Logger } from 'pino';
 import { ValetError } from '../../errors.js';
 import type { AuditHead, AuditWriter, PruneResult } from '../port.js';
 import { DECISION, FINAL, pack, type FromWriter, type PackedOp, type ToWriter, type WriterInit } from '../protocol.js';
-import { AuditCore } from './core.js';
 import { AUDIT_FILE } from './store.js';
-import { applyDurability, CRASH_SYNC_MS } from './durability.js';
+import { CRASH_SYNC_MS } from './durability.js';
+import { startWriterService } from './service.js';
 import { DecisionJournal } from './journal.js';
 import type { AuditDurability } from '../../config/types.js';
 import type { AuditRecord } from '../../types.js';
-import { SEAL_FAILED, sealPackedFacts, type FactsKey } from '../facts.js';
+import type { FactsKey } from '../facts.js';
 
 const RESOLVED = Promise.resolve();
 
@@ -25,8 +26,8 @@ export interface AuditWriterOptions {
   /** How long a commit waits for another process's write lock before failing (ms). */
   busyTimeoutMs?: number;
   /**
-   * `worker` (default): a writer thread; `inline`: on the calling thread, where every fsync blocks
-   * the event loop (kept for comparison: `npm run bench:audit` measures both).
+   * `worker` (default): a writer thread; `inline`: the same writer service on the calling thread,
+   * where a `strict` commit's fsync blocks the event loop (see {@link writerMode}).
    */
   mode?: 'worker' | 'inline' | undefined;
   /** `gateway.audit.durability` (default `strict`). */
@@ -59,9 +60,23 @@ export const MAX_UNWRITTEN = 16_384;
 const unavailable = (code: string | undefined): ValetError =>
   new ValetError('VALET_ERR_AUDIT_UNAVAILABLE', `The audit log could not be written${code ? ` (${code})` : ''}; nothing was forwarded.`);
 
+/**
+ * Where `gateway.audit.writer` puts the writer. `auto`: inline when the process can use one CPU
+ * only ({@link usableCpus}) and commits do not fsync (`crash`, `async`). A thread there cannot run
+ * beside the requests; it only adds a structured clone of every batch, a wake-up of the thread
+ * for each, the switches between the two on the one CPU and the cache each evicts (measured in
+ * docs/performance.md). At `strict` every commit fsyncs, which a thread waits out without holding
+ * the CPU and inline would wait out with the event loop stopped, so `strict` keeps the thread.
+ */
+export function writerMode(setting: 'auto' | 'thread' | 'inline', durability: AuditDurability, cpus: number): 'worker' | 'inline' {
+  if (setting === 'inline') return 'inline';
+  if (setting === 'thread') return 'worker';
+  return cpus < 2 && durability !== 'strict' ? 'inline' : 'worker';
+}
+
 /** Starts the writer and waits until it has opened the database. */
 export async function startAuditWriter(o: AuditWriterOptions): Promise<AuditWriter> {
-  return o.mode === 'inline' ? inlineWriter(o) : workerWriter(o);
+  return queuedWriter(o);
 }
 
 /**
@@ -87,13 +102,22 @@ interface Held {
   readonly segment: number;
 }
 
-function workerWriter(o: AuditWriterOptions): Promise<AuditWriter> {
+/** What the request thread needs of the writer service: the writer thread, or {@link inlineWriterService}. */
+interface WriterPort {
+  postMessage(m: ToWriter): void;
+  on(event: 'message', listener: (m: FromWriter) => void): void;
+  on(event: 'error', listener: (err: Error) => void): void;
+  on(event: 'exit', listener: () => void): void;
+  terminate(): Promise<unknown>;
+}
+
+function queuedWriter(o: AuditWriterOptions): Promise<AuditWriter> {
   const failOpen = o.failOpen ?? false;
   const flushSignal = new SharedArrayBuffer(4);
   const signal = new Int32Array(flushSignal);
   const durability = o.durability ?? 'strict';
   const init: WriterInit = { dataDir: o.dataDir, busyTimeoutMs: o.busyTimeoutMs ?? 1000, failOpen, flushSignal, checkpointer: true, walLimitBytes: o.walLimitBytes ?? WAL_LIMIT_BYTES, durability, factsKey: o.factsKey };
-  const worker = spawnWriterThread(init);
+  const worker: WriterPort = o.mode === 'inline' ? inlineWriterService(init) : spawnWriterThread(init);
   let checkpointer: Checkpointer | undefined;
   let head: AuditHead = { seq: 0, hash: '' };
   let commits = 0;
@@ -450,96 +474,48 @@ function spawnWriterThread(init: WriterInit): Worker {
   return new Worker(boot, { eval: true, workerData: init });
 }
 
-/** The same contract on the calling thread: each commit's fsync blocks the event loop. */
-async function inlineWriter(o: AuditWriterOptions): Promise<AuditWriter> {
-  const failOpen = o.failOpen ?? false;
-  const core = new AuditCore(o.dataDir, { busyTimeoutMs: o.busyTimeoutMs ?? 1000 });
-  const stopSyncing = applyDurability(core.db, join(o.dataDir, `${AUDIT_FILE}-wal`), o.durability ?? 'strict', (err) => o.logger.error({ message: (err as Error).message }, 'audit WAL could not be fsynced'));
-  let queue: PackedOp[] = [];
-  let waiters: Batch['waiters'] = [];
-  let scheduled: NodeJS.Immediate | NodeJS.Timeout | undefined;
-  let backoff = 0;
-  let commits = 0;
-  const commit = (): void => {
-    scheduled = undefined;
-    if (queue.length === 0 && waiters.length === 0) return;
-    const ops = queue;
-    const ws = waiters;
-    queue = [];
-    waiters = [];
+/**
+ * The writer service on the calling thread, behind the same message protocol as the writer thread:
+ * messages to it are handled at once (a batch is committed from `setImmediate`, a flush before
+ * `postMessage` returns), its replies arrive as microtasks. A failure in it is reported as the
+ * thread's `error` would be, and the writer fails closed.
+ */
+function inlineWriterService(init: WriterInit): WriterPort {
+  const events = new EventEmitter();
+  let handle: ((m: ToWriter) => void) | undefined;
+  let exited = false;
+  const exit = (): void => {
+    handle = undefined;
+    if (exited) return;
+    exited = true;
+    queueMicrotask(() => events.emit('exit', 0));
+  };
+  const fail = (err: unknown): void => {
+    if (exited) return;
+    events.emit('error', err);
+    exit();
+  };
+  // Started once the caller's listeners are on: the service posts `ready` (or `fatal`) at once.
+  queueMicrotask(() => {
     try {
-      core.applyPacked(ops);
-      o.onCommit?.(core.lastCommitSeconds);
-      commits++;
-      backoff = 0;
-      for (const w of ws) w.resolve();
+      handle = startWriterService(init, (m: FromWriter) => queueMicrotask(() => events.emit('message', m)), exit);
     } catch (err) {
-      const code = (err as { code?: string }).code;
-      o.logger.error({ code, message: (err as Error).message, failOpen }, 'audit log not writable');
-      queue = (failOpen || o.durability === 'async' ? ops : ops.filter((op) => op[0] !== DECISION)).concat(queue);
-      if (queue.length > 200_000) {
-        o.logger.error({ dropped: queue.length - 200_000 }, 'audit rows dropped: the database has not been writable for too long');
-        queue = queue.slice(queue.length - 200_000);
-      }
-      for (const w of ws) {
-        if (failOpen) w.resolve();
-        else w.reject(unavailable(code));
-      }
-      backoff = Math.min(5_000, Math.max(50, backoff * 2));
-      scheduled = setTimeout(commit, backoff);
+      fail(err);
     }
-  };
-  const schedule = (): void => {
-    scheduled ??= setImmediate(commit);
-  };
-  const sealed = (op: PackedOp): PackedOp => {
-    sealPackedFacts(op as unknown[], o.factsKey, (reqId, err) => o.logger.error({ reqId, message: (err as Error).message }, SEAL_FAILED));
-    return op;
-  };
-  const writer: AuditWriter = {
-    commit(rec) {
-      queue.push(sealed(pack(DECISION, rec)));
-      schedule();
-      if (o.durability === 'async') return Promise.resolve();
-      return new Promise<void>((resolve, reject) => waiters.push({ resolve, reject }));
-    },
-    record(rec) {
-      queue.push(sealed(pack(FINAL, rec)));
-      schedule();
-    },
-    async flush() {
-      if (scheduled !== undefined) {
-        clearTimeout(scheduled as NodeJS.Timeout);
-        clearImmediate(scheduled as NodeJS.Immediate);
+  });
+  return {
+    postMessage(m) {
+      try {
+        handle?.(m);
+      } catch (err) {
+        fail(err);
       }
-      commit();
     },
-    get pending() {
-      return queue.length;
+    on(event, listener) {
+      events.on(event, listener);
     },
-    get head() {
-      return { seq: core.head.seq, hash: core.head.hash.toString('hex') };
-    },
-    get commits() {
-      return commits;
-    },
-    async prune(cutoffs) {
-      const total = { rows: 0, compacted: 0, done: false };
-      while (!total.done) {
-        const r = core.prune(cutoffs, { maxRows: 500 });
-        total.rows += r.rows;
-        total.compacted += r.compacted;
-        total.done = r.done;
-        await new Promise((r2) => setImmediate(r2));
-      }
-      return total;
-    },
-    async close() {
-      void writer.flush();
-      if (scheduled !== undefined) clearTimeout(scheduled as NodeJS.Timeout);
-      stopSyncing();
-      core.close();
+    async terminate() {
+      exit();
     },
   };
-  return writer;
 }
