@@ -125,6 +125,8 @@ export interface WriterInit {
   readonly checkpointer: boolean;
   /** Past this size the writer checkpoints the WAL itself, so that it starts over (worker.ts). */
   readonly walLimitBytes: number;
+  /** The service runs on the request thread (writer.ts `inline`): at `strict`, the WAL is fdatasynced off it. */
+  readonly inline: boolean;
   /** `gateway.audit.durability`: how a commit syncs (sqlite/durability.ts). */
   readonly durability: AuditDurability;
   /** Seals each record's `factsPlain` into its `facts` (gateway/audit/facts.ts); none: rows have no facts. */

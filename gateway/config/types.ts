@@ -145,10 +145,9 @@ export interface AuditSettings {
   /** `gateway.audit.postgres`: the database URL, the schema (default `public`), this instance's name (default: the host name). */
   readonly postgres: { readonly url: string | undefined; readonly schema: string | undefined; readonly instance: string | undefined };
   /**
-   * Where the writer runs: its own thread (a commit's fsync never blocks the event loop) or inline
-   * on the request thread (no hand-off between threads, but at `strict` every commit's fsync stalls
-   * every request). `auto` (default): inline when the process can use one CPU only and the
-   * durability is not `strict`, where a thread could not run beside the requests anyway; else a
+   * Where the writer runs: its own thread, or inline on the request thread (no hand-off between
+   * threads; at `strict` the fsync runs in libuv's thread pool). `auto` (default): inline when the
+   * process can use one CPU only, where a thread could not run beside the requests anyway; else a
    * thread (gateway/audit/sqlite/writer.ts `writerMode`).
    */
   readonly writer: 'auto' | 'thread' | 'inline';

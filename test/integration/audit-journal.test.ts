@@ -17,6 +17,7 @@ describe.each([
   ['strict', 'thread'],
   ['crash', 'thread'],
   ['async', 'thread'],
+  ['strict', 'inline'],
   ['crash', 'inline'],
   ['async', 'inline'],
 ] as const)('audit rows at durability %s, writer %s: one row write per call', (durability, writer) => {

@@ -5,48 +5,65 @@ import type { AuditDurability } from '../../config/types.js';
 /** `crash` and `async`: the longest a committed row stays in the OS's cache before the WAL is fsynced (ms). */
 export const CRASH_SYNC_MS = 1_000;
 
+/** How commits on the audit connection are made durable (see {@link applyDurability}). */
+export interface CommitSync {
+  /**
+   * `strict` with the sync off the connection: fdatasyncs the WAL in libuv's thread pool; `done`
+   * once what was committed before the call is on disk. Undefined where a commit needs nothing
+   * more (it fsyncs itself, or the level does not wait for one).
+   */
+  readonly afterCommit: ((done: (err: Error | null) => void) => void) | undefined;
+  /** Stops the timer and fdatasyncs the WAL once more, before the connection closes. */
+  stop(): void;
+}
+
 /**
- * Sets how the audit connection commits. `strict`: `synchronous = FULL`, each commit fsyncs the
- * WAL (survives a power loss). `crash` and `async`: `synchronous = NORMAL`, a commit is written to
- * the WAL (in the OS's cache: it survives a killed Valet, not a power loss) and the WAL is fsynced
- * every {@link CRASH_SYNC_MS} from a timer, so at most that much is lost with the machine. Returns
- * what stops the timer.
+ * Sets how the audit connection commits.
+ * - `strict`: each commit is on disk before it counts (survives a power loss). On a writer thread,
+ *   `synchronous = FULL`: the commit fsyncs the WAL, and the thread waits. With `offThread` (the
+ *   writer inline on the request thread, which must not stop for an fsync), `synchronous = NORMAL`
+ *   and {@link CommitSync.afterCommit} fdatasyncs the WAL in libuv's thread pool; the writer
+ *   reports the commit only then.
+ * - `crash` and `async`: `synchronous = NORMAL`, a commit is written to the WAL (in the OS's cache:
+ *   it survives a killed Valet, not a power loss) and the WAL is fsynced every
+ *   {@link CRASH_SYNC_MS} from a timer, so at most that much is lost with the machine.
  */
-export function applyDurability(db: Database.Database, walFile: string, durability: AuditDurability, onError: (err: unknown) => void): () => void {
-  if (durability === 'strict') {
+export function applyDurability(db: Database.Database, walFile: string, durability: AuditDurability, onError: (err: unknown) => void, o: { offThread?: boolean } = {}): CommitSync {
+  if (durability === 'strict' && o.offThread !== true) {
     db.pragma('synchronous = FULL');
-    return () => undefined;
+    return { afterCommit: undefined, stop: () => undefined };
   }
   db.pragma('synchronous = NORMAL');
   let fd: number | undefined;
-  let syncing = false;
+  let syncing = 0;
   let stopped = false;
+  let timer: NodeJS.Timeout | undefined;
   const open = (): number | undefined => {
+    fd ??= openSync(walFile, 'r');
+    return fd;
+  };
+  const openQuietly = (): number | undefined => {
     try {
-      fd ??= openSync(walFile, 'r');
-      return fd;
+      return open();
     } catch (err) {
       // No WAL yet (nothing written since a checkpoint reset it): nothing to sync.
       if ((err as { code?: string }).code !== 'ENOENT') onError(err);
       return undefined;
     }
   };
-  // In libuv's thread pool: on an inline writer, the gateway's event loop goes on meanwhile.
-  const timer = setInterval(() => {
-    const f = syncing ? undefined : open();
-    if (f === undefined) return;
-    syncing = true;
+  /** fdatasync in libuv's thread pool: the event loop goes on meanwhile. */
+  const syncAsync = (f: number, done: (err: Error | null) => void): void => {
+    syncing++;
     fdatasync(f, (err) => {
-      syncing = false;
-      if (err !== null && !stopped) onError(err);
-      if (stopped) closeSync(f);
+      syncing--;
+      if (stopped && syncing === 0) closeSync(f);
+      done(err);
     });
-  }, CRASH_SYNC_MS);
-  timer.unref();
-  return () => {
+  };
+  const stop = (): void => {
     clearInterval(timer);
     if (stopped) return;
-    const f = open();
+    const f = openQuietly();
     if (f === undefined) return;
     try {
       fdatasyncSync(f);
@@ -56,6 +73,27 @@ export function applyDurability(db: Database.Database, walFile: string, durabili
     stopped = true;
     fd = undefined;
     // A sync still in flight closes the file when it is done.
-    if (!syncing) closeSync(f);
+    if (syncing === 0) closeSync(f);
   };
+  if (durability === 'strict') {
+    return {
+      afterCommit: (done) => {
+        let f: number;
+        try {
+          f = open() as number;
+        } catch (err) {
+          done(err as Error);
+          return;
+        }
+        syncAsync(f, done);
+      },
+      stop,
+    };
+  }
+  timer = setInterval(() => {
+    const f = syncing > 0 || stopped ? undefined : openQuietly();
+    if (f !== undefined) syncAsync(f, (err) => err !== null && !stopped && onError(err));
+  }, CRASH_SYNC_MS);
+  timer.unref();
+  return { afterCommit: undefined, stop };
 }

@@ -49,7 +49,7 @@ export function startWriterService(init: WriterInit, post: (m: FromWriter) => vo
    */
   core.db.pragma(`journal_size_limit = ${init.walLimitBytes}`);
   const walFile = join(init.dataDir, `${AUDIT_FILE}-wal`);
-  const stopSyncing = applyDurability(core.db, walFile, init.durability, (err) => post({ t: 'log', level: 'error', msg: 'audit WAL could not be fsynced', fields: { message: errMessage(err) } }));
+  const sync = applyDurability(core.db, walFile, init.durability, (err) => post({ t: 'log', level: 'error', msg: 'audit WAL could not be fsynced', fields: { message: errMessage(err) } }), { offThread: init.inline });
 
   const boundWal = (): void => {
     try {
@@ -67,6 +67,31 @@ export function startWriterService(init: WriterInit, post: (m: FromWriter) => vo
   let scheduled: NodeJS.Immediate | NodeJS.Timeout | undefined;
   let backoff = 0;
   let closing = false;
+  /**
+   * `strict` inline ({@link CommitSync.afterCommit}): batches committed and not yet reported, the
+   * WAL not yet fdatasynced past them; those whose fdatasync is in flight; the seconds their
+   * commits took.
+   */
+  let unsynced: number[] = [];
+  let syncingBatches: number[] = [];
+  let unsyncedSeconds = 0;
+
+  const reportSynced = (): void => {
+    const afterCommit = sync.afterCommit;
+    if (afterCommit === undefined || syncingBatches.length > 0 || unsynced.length === 0 || closing) return;
+    const batches = (syncingBatches = unsynced);
+    const committing = unsyncedSeconds;
+    unsynced = [];
+    unsyncedSeconds = 0;
+    const started = performance.now();
+    afterCommit((err) => {
+      if (closing) return; // reported at close, after its own fdatasync
+      syncingBatches = [];
+      if (err === null) post({ t: 'done', batches, ok: true, seconds: committing + (performance.now() - started) / 1000, head: headOf(), held: 0 });
+      else post({ t: 'done', batches, ok: false, code: errCode(err), message: `the audit WAL could not be fsynced: ${errMessage(err)}`, head: headOf(), held: queue.length });
+      reportSynced();
+    });
+  };
 
   const unschedule = (): void => {
     if (scheduled === undefined) return;
@@ -89,7 +114,13 @@ export function startWriterService(init: WriterInit, post: (m: FromWriter) => vo
     try {
       core.applyPacked(ops);
       backoff = 0;
-      post({ t: 'done', batches, ok: true, seconds: core.lastCommitSeconds, head: headOf(), held: 0 });
+      if (sync.afterCommit === undefined) post({ t: 'done', batches, ok: true, seconds: core.lastCommitSeconds, head: headOf(), held: 0 });
+      else {
+        // Reported once the WAL is on disk past this commit: until then its decisions' journal stays.
+        for (const b of batches) unsynced.push(b);
+        unsyncedSeconds += core.lastCommitSeconds;
+        reportSynced();
+      }
       boundWal();
     } catch (err) {
       // Nothing of this transaction was written. Decisions nobody waits for (fail_open; durability
@@ -164,12 +195,14 @@ export function startWriterService(init: WriterInit, post: (m: FromWriter) => vo
         core.db.pragma('wal_autocheckpoint = 1000');
         break;
       case 'close':
-        closing = true;
         commit();
+        closing = true;
         unschedule();
         clearInterval(optimizer);
         if (queue.length > 0) post({ t: 'log', level: 'error', msg: 'audit rows not written at shutdown: the database is not writable', fields: { rows: queue.length } });
-        stopSyncing();
+        sync.stop();
+        // What was committed is on disk now (stop's own fdatasync).
+        if (syncingBatches.length > 0 || unsynced.length > 0) post({ t: 'done', batches: [...syncingBatches, ...unsynced], ok: true, head: headOf(), held: queue.length });
         core.close();
         post({ t: 'closed', head: headOf() });
         done();

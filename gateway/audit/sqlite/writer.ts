@@ -25,10 +25,7 @@ export interface AuditWriterOptions {
   failOpen?: boolean;
   /** How long a commit waits for another process's write lock before failing (ms). */
   busyTimeoutMs?: number;
-  /**
-   * `worker` (default): a writer thread; `inline`: the same writer service on the calling thread,
-   * where a `strict` commit's fsync blocks the event loop (see {@link writerMode}).
-   */
+  /** `worker` (default): a writer thread; `inline`: the same writer service on the calling thread (see {@link writerMode}). */
   mode?: 'worker' | 'inline' | undefined;
   /** `gateway.audit.durability` (default `strict`). */
   durability?: AuditDurability | undefined;
@@ -62,16 +59,16 @@ const unavailable = (code: string | undefined): ValetError =>
 
 /**
  * Where `gateway.audit.writer` puts the writer. `auto`: inline when the process can use one CPU
- * only ({@link usableCpus}) and commits do not fsync (`crash`, `async`). A thread there cannot run
- * beside the requests; it only adds a structured clone of every batch, a wake-up of the thread
- * for each, the switches between the two on the one CPU and the cache each evicts (measured in
- * docs/performance.md). At `strict` every commit fsyncs, which a thread waits out without holding
- * the CPU and inline would wait out with the event loop stopped, so `strict` keeps the thread.
+ * only (gateway/cpus.ts `usableCpus`), on a thread otherwise. A thread on one CPU cannot run beside the
+ * requests; it only adds a structured clone of every batch, a wake-up of the thread for each, the
+ * switches between the two on the one CPU and the cache each evicts (measured in
+ * docs/performance.md). Inline at `strict`, the fsync that makes a commit durable runs in libuv's
+ * thread pool, not on the event loop (sqlite/durability.ts).
  */
-export function writerMode(setting: 'auto' | 'thread' | 'inline', durability: AuditDurability, cpus: number): 'worker' | 'inline' {
+export function writerMode(setting: 'auto' | 'thread' | 'inline', cpus: number): 'worker' | 'inline' {
   if (setting === 'inline') return 'inline';
   if (setting === 'thread') return 'worker';
-  return cpus < 2 && durability !== 'strict' ? 'inline' : 'worker';
+  return cpus < 2 ? 'inline' : 'worker';
 }
 
 /** Starts the writer and waits until it has opened the database. */
@@ -116,7 +113,7 @@ function queuedWriter(o: AuditWriterOptions): Promise<AuditWriter> {
   const flushSignal = new SharedArrayBuffer(4);
   const signal = new Int32Array(flushSignal);
   const durability = o.durability ?? 'strict';
-  const init: WriterInit = { dataDir: o.dataDir, busyTimeoutMs: o.busyTimeoutMs ?? 1000, failOpen, flushSignal, checkpointer: true, walLimitBytes: o.walLimitBytes ?? WAL_LIMIT_BYTES, durability, factsKey: o.factsKey };
+  const init: WriterInit = { dataDir: o.dataDir, busyTimeoutMs: o.busyTimeoutMs ?? 1000, failOpen, flushSignal, checkpointer: true, walLimitBytes: o.walLimitBytes ?? WAL_LIMIT_BYTES, durability, factsKey: o.factsKey, inline: o.mode === 'inline' };
   const worker: WriterPort = o.mode === 'inline' ? inlineWriterService(init) : spawnWriterThread(init);
   let checkpointer: Checkpointer | undefined;
   let head: AuditHead = { seq: 0, hash: '' };
