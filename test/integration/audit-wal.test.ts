@@ -33,10 +33,10 @@ describe('audit writer: the WAL stays bounded under sustained load', () => {
     dir = undefined;
   });
 
-  it('commits without a pause and the WAL starts over again and again, truncated back to its limit', async () => {
+  it.each(['worker', 'inline'] as const)('%s: commits go on and the WAL starts over again and again, truncated back to its limit', async (mode) => {
     dir = mkdtempSync(join(tmpdir(), 'valet-wal-'));
     const limit = 1024 * 1024;
-    const writer = await startAuditWriter({ dataDir: dir, logger: pino({ level: 'silent' }), walLimitBytes: limit });
+    const writer = await startAuditWriter({ dataDir: dir, logger: pino({ level: 'silent' }), walLimitBytes: limit, mode });
     const wal = join(dir, `${AUDIT_FILE}-wal`);
     // What is watched: how many times the WAL started over (its header), how often the file shrank
     // back (journal_size_limit), and the largest it got. The load runs until the WAL has started
@@ -66,7 +66,7 @@ describe('audit writer: the WAL stays bounded under sustained load', () => {
     // Many agents and users: every commit dirties pages all over the indexes, as on a busy gateway.
     // Sixty-four callers keep the writer committing back to back, so the checkpointer thread alone
     // never catches up: without the writer's own checkpoint past the limit the WAL would never
-    // start over. Records cost these callers nothing, so they outrun the writer thread: past
+    // start over (inline, after a pause in which the checkpointer copies most of it). Records cost these callers nothing, so they outrun the writer thread: past
     // MAX_UNWRITTEN rows not yet written, a decision waits, and each commit stays bounded.
     const loop = async (n: number): Promise<void> => {
       while (!enough && Date.now() < until) {

@@ -19,6 +19,8 @@ import { DECISION, type FromWriter, type PackedOp, type ToWriter, type WriterIni
 /** Ops kept for retry while the database cannot be written; beyond this the oldest are dropped (and logged). */
 const MAX_HELD = 200_000;
 const MAX_BACKOFF_MS = 5_000;
+/** See `deferCheckpoint`: a little over the checkpointer thread's interval (200 ms, writer.ts). */
+const CHECKPOINT_WAIT_MS = 250;
 
 const errCode = (err: unknown): string | undefined => (err as { code?: string }).code;
 const errMessage = (err: unknown): string => (err instanceof Error ? err.message : String(err));
@@ -51,12 +53,45 @@ export function startWriterService(init: WriterInit, post: (m: FromWriter) => vo
   const walFile = join(init.dataDir, `${AUDIT_FILE}-wal`);
   const sync = applyDurability(core.db, walFile, init.durability, (err) => post({ t: 'log', level: 'error', msg: 'audit WAL could not be fsynced', fields: { message: errMessage(err) } }), { offThread: init.inline });
 
-  const boundWal = (): void => {
+  /**
+   * Inline, with a checkpointer thread: once the WAL passes its limit, commits wait up to
+   * {@link CHECKPOINT_WAIT_MS} (unless a decision waits for one) while the checkpointer copies the
+   * WAL, so that the checkpoint run here before the next commit finds little left to copy instead
+   * of stopping the event loop for all of it (3–40 ms). Journaled decisions do not wait for rows,
+   * and the rows that gather meanwhile stay within the writer's bound.
+   */
+  const deferCheckpoint = init.inline && init.checkpointer;
+  let walFullAt: number | undefined;
+  const walOverLimit = (): boolean => {
     try {
-      if (statSync(walFile).size > init.walLimitBytes) core.db.pragma('wal_checkpoint(PASSIVE)');
+      return statSync(walFile).size > init.walLimitBytes;
     } catch {
-      // busy, or no WAL yet: next commit
+      return false; // no WAL yet
     }
+  };
+  const checkpoint = (): void => {
+    try {
+      core.db.pragma('wal_checkpoint(PASSIVE)');
+    } catch {
+      // busy: next commit
+    }
+  };
+  const boundWal = (): void => {
+    if (walFullAt !== undefined || !walOverLimit()) return;
+    if (deferCheckpoint) walFullAt = performance.now();
+    else checkpoint();
+  };
+  /** Whether this commit waits for the checkpointer (then it is scheduled again); runs the checkpoint once it may go. */
+  const waitForCheckpointer = (urgent: boolean): boolean => {
+    if (walFullAt === undefined) return false;
+    const waited = performance.now() - walFullAt;
+    if (!urgent && !closing && waited < CHECKPOINT_WAIT_MS) {
+      scheduled = setTimeout(commit, CHECKPOINT_WAIT_MS - waited);
+      return true;
+    }
+    walFullAt = undefined;
+    checkpoint();
+    return false;
   };
 
   const factsFailed = (reqId: string, err: unknown): void => post({ t: 'log', level: 'error', msg: SEAL_FAILED, fields: { reqId, message: errMessage(err) } });
@@ -67,6 +102,8 @@ export function startWriterService(init: WriterInit, post: (m: FromWriter) => vo
   let scheduled: NodeJS.Immediate | NodeJS.Timeout | undefined;
   let backoff = 0;
   let closing = false;
+  /** A batch gathered since the last commit holds a decision that waits for its row. */
+  let urgent = false;
   /**
    * `strict` inline ({@link CommitSync.afterCommit}): batches committed and not yet reported, the
    * WAL not yet fdatasynced past them; those whose fdatasync is in flight; the seconds their
@@ -104,9 +141,12 @@ export function startWriterService(init: WriterInit, post: (m: FromWriter) => vo
     scheduled = delayMs === 0 ? setImmediate(commit) : setTimeout(commit, delayMs);
   };
 
-  function commit(): void {
+  /** `now`: regardless of the checkpointer (flush, close, a prune's turn). */
+  function commit(now = false): void {
     unschedule();
     if (queue.length === 0 && unanswered.length === 0) return;
+    if (waitForCheckpointer(urgent || now)) return;
+    urgent = false;
     const ops = queue;
     const batches = unanswered;
     queue = [];
@@ -144,7 +184,7 @@ export function startWriterService(init: WriterInit, post: (m: FromWriter) => vo
       while (!total.done && !closing) {
         // Small chunks, with the request path's batches committed in between: a prune never holds
         // the write lock for long.
-        if (queue.length > 0) commit();
+        if (queue.length > 0) commit(true);
         const r = core.prune(cutoffs, { maxRows: 500 });
         total.rows += r.rows;
         total.compacted += r.compacted;
@@ -177,14 +217,15 @@ export function startWriterService(init: WriterInit, post: (m: FromWriter) => vo
           queue.push(op);
         }
         unanswered.push(m.id);
+        if (m.urgent) urgent = true;
         // A decision holds a request until it is durable: try now even while backing off.
         if (m.urgent || backoff === 0) {
-          if (backoff !== 0) unschedule();
+          if (backoff !== 0 || m.urgent) unschedule();
           schedule(0);
         } else schedule(backoff);
         break;
       case 'flush':
-        commit();
+        commit(true);
         Atomics.store(signal, 0, m.token);
         Atomics.notify(signal, 0);
         break;
@@ -195,7 +236,7 @@ export function startWriterService(init: WriterInit, post: (m: FromWriter) => vo
         core.db.pragma('wal_autocheckpoint = 1000');
         break;
       case 'close':
-        commit();
+        commit(true);
         closing = true;
         unschedule();
         clearInterval(optimizer);
