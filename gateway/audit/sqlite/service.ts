@@ -19,6 +19,11 @@ import { DECISION, type FromWriter, type PackedOp, type ToWriter, type WriterIni
 /** Ops kept for retry while the database cannot be written; beyond this the oldest are dropped (and logged). */
 const MAX_HELD = 200_000;
 const MAX_BACKOFF_MS = 5_000;
+/**
+ * Rows a retention prune deletes per transaction: on a thread, 500; inline, where each chunk holds
+ * the event loop (deleting a row rewrites its index entries and its events: ~60 µs), 50.
+ */
+const PRUNE_CHUNK = { thread: 500, inline: 50 } as const;
 /** See `deferCheckpoint`: a little over the checkpointer thread's interval (200 ms, writer.ts). */
 const CHECKPOINT_WAIT_MS = 250;
 
@@ -185,7 +190,7 @@ export function startWriterService(init: WriterInit, post: (m: FromWriter) => vo
         // Small chunks, with the request path's batches committed in between: a prune never holds
         // the write lock for long.
         if (queue.length > 0) commit(true);
-        const r = core.prune(cutoffs, { maxRows: 500 });
+        const r = core.prune(cutoffs, { maxRows: init.inline ? PRUNE_CHUNK.inline : PRUNE_CHUNK.thread });
         total.rows += r.rows;
         total.compacted += r.compacted;
         total.done = r.done;
