@@ -502,8 +502,13 @@ function inlineWriterService(init: WriterInit): WriterPort {
   });
   return {
     postMessage(m) {
+      if (handle === undefined) {
+        // Gone: a flush waiting on the signal must not wait out its deadline on the event loop.
+        if (m.t === 'flush') Atomics.store(new Int32Array(init.flushSignal), 0, m.token);
+        return;
+      }
       try {
-        handle?.(m);
+        handle(m);
       } catch (err) {
         fail(err);
       }
