@@ -56,7 +56,9 @@ const HELP = `Usage: npm run bench -- [options]
                         same Valet reached on the upstream's own port and by its host name instead
                         of /<upstream>/...; valet-oauth injects a token from a token endpoint
                         (cached) instead of a stored key; valet-sigv4 signs each request with AWS
-                        SigV4 (body read whole and hashed) (same process, same policy)
+                        SigV4 (body read whole and hashed) (same process, same policy); valet-thread is
+                        a second Valet process, its audit writer on a thread whatever its CPUs, to
+                        measure the writer's placement (valet: auto, inline on one CPU) in one run
   --wait-quiet N        before each measurement wait up to N s for other processes to use
                         < ${QUIET_CORES} cores                     (env BENCH_WAIT_QUIET, default 0 = don't wait)
   --valet-log FILE      send Valet's log lines to FILE instead of /dev/null (debugging)
@@ -130,7 +132,7 @@ const opts = {
   /** Pause between measurements so GC, the audit writer and sockets settle. */
   settleMs: quick ? 300 : 1_000,
 };
-const TARGET_IDS = ['direct', 'nginx', 'bare', 'valet', 'valet-port', 'valet-host', 'valet-oauth', 'valet-sigv4'] as const;
+const TARGET_IDS = ['direct', 'nginx', 'bare', 'valet', 'valet-port', 'valet-host', 'valet-oauth', 'valet-sigv4', 'valet-thread'] as const;
 type TargetId = (typeof TARGET_IDS)[number];
 const nginxBin = nginxBinary();
 const only = new Set((flags.only ?? `direct,${nginxBin === undefined ? '' : 'nginx,'}bare,valet`).split(',').map((s) => s.trim()).filter(Boolean));
@@ -139,7 +141,7 @@ if (only.has('nginx') && nginxBin === undefined) {
   process.exit(2);
 }
 /** The process that serves a target (its CPU and event loop are measured). */
-const processOf = (t: TargetId): string => (t === 'direct' ? 'upstream' : t.startsWith('valet') ? 'valet' : t);
+const processOf = (t: TargetId): string => (t === 'direct' ? 'upstream' : t === 'valet-thread' ? t : t.startsWith('valet') ? 'valet' : t);
 /** Generator and upstream on CPU 0, each proxy alone on CPU 1. */
 const pinning = !flags['no-pin'] && canPin(2);
 const GENERATOR_CPU = 0;
@@ -295,11 +297,19 @@ async function main(): Promise<number> {
     valet = await run.fork({ name: 'valet', script: join(HERE, 'targets/valet.ts'), args, env: childEnv, execArgv: [...profArgs('valet'), ...perfArgs, ...nodeArgs], ...(pinning && { cpu: PROXY_CPU }) });
     log(`valet: ${String(valet.ready['build'])}; logger level "${String(valet.ready['logLevel'])}" → ${flags['valet-log'] ?? '/dev/null'}, audit → SQLite in ${join(root, 'valet', 'data')}, durability ${durability}`);
   }
+  // The same Valet in a process of its own, its audit writer on a thread whatever its CPUs: beside
+  // `valet` (which places it as gateway.audit.writer: auto does), the two placements in one run.
+  let valetThread: BenchChild | undefined;
+  if (only.has('valet-thread')) {
+    const args = [join(root, 'valet-thread'), origin, UPSTREAM_SECRET];
+    valetThread = await run.fork({ name: 'valet-thread', script: join(HERE, 'targets/valet.ts'), args, env: { ...childEnv, VALET_BENCH_AUDIT_WRITER: 'worker' }, execArgv: nodeArgs, ...(pinning && { cpu: PROXY_CPU }) });
+  }
   if (profileDir !== undefined) log(`CPU profiles → ${profileDir}/{bare,valet}`);
   const pidNames = new Map<number, string>([[process.pid, 'generator'], [upstream.pid, 'upstream']]);
   if (nginx) pidNames.set(nginx.pid, 'nginx');
   if (bare) pidNames.set(bare.pid, 'bare');
   if (valet) pidNames.set(valet.pid, 'valet');
+  if (valetThread) pidNames.set(valetThread.pid, 'valet-thread');
   if (pinning) {
     for (const [pid, n] of pidNames) pin(pid, n === 'generator' || n === 'upstream' ? GENERATOR_CPU : PROXY_CPU);
   }
@@ -309,7 +319,8 @@ async function main(): Promise<number> {
       `max throughput by ${useWrk ? 'wrk (1 thread)' : 'autocannon (in this process)'}, fixed rate by this process (open loop)\n`,
   );
 
-  const token = valet ? String(valet.ready['token']) : 'none';
+  // Both Valets take the bench issuer's tokens (one signing key).
+  const token = String((valet ?? valetThread)?.ready['token'] ?? 'none');
   // Every target gets byte-for-byte the same request (the agent token included), so the only
   // difference is what happens on the way to the upstream.
   const headers = { 'content-type': 'application/json', authorization: `Bearer ${token}` };
@@ -322,6 +333,7 @@ async function main(): Promise<number> {
     'valet-host': valet ? `${String(valet.ready['hostUrl'])}${PATH}` : undefined,
     'valet-oauth': valet ? `${String(valet.ready['oauthUrl'])}${PATH}` : undefined,
     'valet-sigv4': valet ? `${String(valet.ready['sigv4Url'])}${PATH}` : undefined,
+    'valet-thread': valetThread ? `${valetThread.ready.url}${PATH}` : undefined,
   };
   const workloads = new Map<TargetId, Workload>();
   for (const t of targetsRun) workloads.set(t, { url: urls[t] as string, body: BODY, headers: t === 'valet-host' ? { ...headers, host: String(valet?.ready['host']) } : headers });
@@ -356,7 +368,9 @@ async function main(): Promise<number> {
   };
 
   const results = new Map<TargetId, TargetResults>(targetsRun.map((t) => [t, { throughput: [], fixed: [] }]));
-  const servers = [upstream, ...(bare ? [bare] : []), ...(valet ? [valet] : [])];
+  const servers = [upstream, ...(bare ? [bare] : []), ...(valet ? [valet] : []), ...(valetThread ? [valetThread] : [])];
+  /** The Valet process that serves a target. */
+  const valetOf = (t: TargetId): BenchChild | undefined => (t === 'valet-thread' ? valetThread : isValet(t) ? valet : undefined);
   const serverName = (c: BenchChild): string => pidNames.get(c.pid) ?? c.name;
   const measure = async <T extends RunResult>(t: TargetId, round: number, run: () => Promise<T>): Promise<T & Measured> => {
     await settle();
@@ -365,11 +379,12 @@ async function main(): Promise<number> {
     const before = beforeAll[0] as UpstreamStats;
     const genLoop = monitorEventLoopDelay({ resolution: 1 });
     genLoop.enable();
-    const t0 = isValet(t) && valet ? threadTicks(valet.pid) : undefined;
+    const served = valetOf(t);
+    const t0 = served ? threadTicks(served.pid) : undefined;
     const c0 = snapshot([...pidNames.keys()]);
     const r = await run();
     const cpuUse = usageBetween(c0, snapshot([...pidNames.keys()]), pidNames);
-    const threads = t0 && valet ? threadMicros(t0, threadTicks(valet.pid), r.ok + r.non2xx) : undefined;
+    const threads = t0 && served ? threadMicros(t0, threadTicks(served.pid), r.ok + r.non2xx) : undefined;
     genLoop.disable();
     const afterAll = await Promise.all(servers.map((c) => c.ask<UpstreamStats & Partial<ValetStats>>('stats')));
     const after = afterAll[0] as UpstreamStats;
@@ -380,7 +395,7 @@ async function main(): Promise<number> {
     // For Valet, count only requests that arrived carrying the injected credential.
     const saw = isValet(t) ? after.withInjectedCredential - before.withInjectedCredential : after.requests - before.requests;
     let audit: AuditSplit | undefined;
-    const v = valet ? servers.indexOf(valet) : -1;
+    const v = served ? servers.indexOf(served) : -1;
     const [b, a] = [beforeAll[v], afterAll[v]];
     if (isValet(t) && b?.auditWait && b.auditCommit && a?.auditWait && a.auditCommit) {
       audit = {
@@ -436,7 +451,7 @@ async function main(): Promise<number> {
   const perfDir = flags.perf ? mkdtempSync(join(tmpdir(), 'valet-bench-perf-')) : undefined;
   const perfRecordings = new Map<TargetId, { file: string; pid: number; requests: number }>();
   /** Requests each target answered (warm-ups and smoke check included), for per-request figures. */
-  const handled: Record<TargetId, number> = { direct: 1, nginx: 1, bare: 1, valet: 1, 'valet-port': 1, 'valet-host': 1, 'valet-oauth': 1, 'valet-sigv4': 1 };
+  const handled: Record<TargetId, number> = { direct: 1, nginx: 1, bare: 1, valet: 1, 'valet-port': 1, 'valet-host': 1, 'valet-oauth': 1, 'valet-sigv4': 1, 'valet-thread': 1 };
   for (let round = 1; round <= opts.rounds; round++) {
     if (opts.rounds > 1) log(`## round ${round}/${opts.rounds}`);
     // Rotate the order each round so no target always runs first (or right after another).
@@ -496,7 +511,6 @@ async function main(): Promise<number> {
 
   // ---- shut down, collect the audit count and the profile
   const stopped = await run.cleanup();
-  const valetStop = stopped['valet'] as { auditRows?: number } | undefined;
 
   // ---- validity
   const problems: string[] = [];
@@ -508,13 +522,16 @@ async function main(): Promise<number> {
       for (const d of disturbances(x)) warnings.push(`${t} (round ${x.round}): ${d}`);
     }
   }
-  if (valet) {
-    const rows = valetStop?.auditRows ?? -1;
-    // One process serves every Valet route.
-    const valetTargets = TARGET_IDS.filter(isValet);
-    const answered = valetTargets.reduce((n, t) => n + handled[t] - (only.has(t) ? 0 : 1), 0);
-    if (rows < answered) problems.push(`valet: ${rows} audit rows for ${answered} answered requests`);
-    else log(`\nvalet audit log: ${rows} rows for ${answered} answered requests (every request audited)`);
+  // One process serves every Valet route but valet-thread, which has its own.
+  for (const [p, targets] of [
+    ['valet', TARGET_IDS.filter((t) => isValet(t) && t !== 'valet-thread')],
+    ['valet-thread', ['valet-thread']],
+  ] as const) {
+    if ((p === 'valet' ? valet : valetThread) === undefined) continue;
+    const rows = (stopped[p] as { auditRows?: number } | undefined)?.auditRows ?? -1;
+    const answered = targets.reduce((n, t) => n + handled[t] - (only.has(t) ? 0 : 1), 0);
+    if (rows < answered) problems.push(`${p}: ${rows} audit rows for ${answered} answered requests`);
+    else log(`\n${p} audit log: ${rows} rows for ${answered} answered requests (every request audited)`);
   }
 
   // ---- report
@@ -552,6 +569,7 @@ async function main(): Promise<number> {
     'valet-host': 'Valet (by Host)',
     'valet-oauth': 'Valet (OAuth token, cached)',
     'valet-sigv4': 'Valet (AWS SigV4 signed)',
+    'valet-thread': 'Valet, writer on a thread',
   };
   const rel = (v: number, base: number | undefined): string => (base === undefined ? '—' : `${(v / base).toFixed(2)}×`);
   const added = (v: number, base: number | undefined): string => (base === undefined ? '—' : `${v - base >= 0 ? '+' : ''}${ms(v - base)}`);
