@@ -156,7 +156,7 @@ export async function startGateway(options: GatewayOptions): Promise<RunningGate
   // Its gauges read the audit writer and the approvals service, built below, only when scraped.
   const metrics = createMetrics({ upstreams: new Set(config.upstreams.keys()), auditQueue: () => audit.pending, pendingApprovals: () => approvals.service.pending() });
   const onCommit = (seconds: number): void => metrics.auditCommit(seconds);
-  const auditWriter = postgres !== undefined ? undefined : (options.auditWriter ?? writerMode(auditSettings.writer, usableCpus()));
+  const auditWriter = postgres !== undefined ? undefined : (options.auditWriter ?? writerMode(auditSettings.writer, auditSettings.durability, usableCpus()));
   const audit = await (postgres !== undefined
     ? startPgAuditWriter({ settings: postgres, instance: auditSettings.postgres.instance ?? instanceId(dataDir, env), logger, failOpen: auditSettings.failOpen, durability: auditSettings.durability, onCommit, factsKey: secretSources.masterKey })
     : startAuditWriter({

@@ -147,8 +147,8 @@ export interface AuditSettings {
   /**
    * Where the writer runs: its own thread, or inline on the request thread (no hand-off between
    * threads; at `strict` the fsync runs in libuv's thread pool). `auto` (default): inline when the
-   * process can use one CPU only, where a thread could not run beside the requests anyway; else a
-   * thread (gateway/audit/sqlite/writer.ts `writerMode`).
+   * process can use one CPU only and the durability is `crash` or `async`, where a thread could not
+   * run beside the requests anyway; else a thread (gateway/audit/sqlite/writer.ts `writerMode`).
    */
   readonly writer: 'auto' | 'thread' | 'inline';
   /** What a forwarded call's decision row has survived before the call is forwarded (docs/audit.md#durability-levels). */

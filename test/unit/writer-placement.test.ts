@@ -33,12 +33,17 @@ describe('usableCpus: affinity, lowered to the cgroup v2 quota rounded up', () =
 });
 
 describe('writerMode: gateway.audit.writer', () => {
-  it('thread and inline are taken as written; auto is inline on one CPU, a thread with two or more', () => {
-    expect(writerMode('thread', 1)).toBe('worker');
-    expect(writerMode('inline', 8)).toBe('inline');
-    expect(writerMode('auto', 1)).toBe('inline');
-    expect(writerMode('auto', 2)).toBe('worker');
-    expect(writerMode('auto', 64)).toBe('worker');
+  it('thread and inline are taken as written', () => {
+    for (const d of ['strict', 'crash', 'async'] as const) {
+      expect(writerMode('thread', d, 1)).toBe('worker');
+      expect(writerMode('inline', d, 8)).toBe('inline');
+    }
+  });
+  it('auto: inline on one CPU unless each commit is fsynced (strict); a thread with two or more', () => {
+    expect(writerMode('auto', 'crash', 1)).toBe('inline');
+    expect(writerMode('auto', 'async', 1)).toBe('inline');
+    expect(writerMode('auto', 'strict', 1)).toBe('worker');
+    for (const d of ['strict', 'crash', 'async'] as const) expect(writerMode('auto', d, 2)).toBe('worker');
   });
 });
 

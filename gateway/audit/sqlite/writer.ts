@@ -59,16 +59,17 @@ const unavailable = (code: string | undefined): ValetError =>
 
 /**
  * Where `gateway.audit.writer` puts the writer. `auto`: inline when the process can use one CPU
- * only (gateway/cpus.ts `usableCpus`), on a thread otherwise. A thread on one CPU cannot run beside the
- * requests; it only adds a structured clone of every batch, a wake-up of the thread for each, the
- * switches between the two on the one CPU and the cache each evicts (measured in
- * docs/performance.md). Inline at `strict`, the fsync that makes a commit durable runs in libuv's
- * thread pool, not on the event loop (sqlite/durability.ts).
+ * only (gateway/cpus.ts `usableCpus`) and commits are not fsynced one by one (`crash`, `async`); on
+ * a thread otherwise. A thread on one CPU cannot run beside the requests; it adds a structured
+ * clone of every batch, a wake-up of the thread for each and the switches between the two. At
+ * `strict` inline, the fsync that makes each commit durable runs in libuv's thread pool, and in
+ * the benchmark it delayed the decision journal's own fdatasyncs, which calls wait for: 5%–8% more
+ * throughput, but a worse p99 at 1,000 req/s (docs/performance.md), so `strict` keeps the thread.
  */
-export function writerMode(setting: 'auto' | 'thread' | 'inline', cpus: number): 'worker' | 'inline' {
+export function writerMode(setting: 'auto' | 'thread' | 'inline', durability: AuditDurability, cpus: number): 'worker' | 'inline' {
   if (setting === 'inline') return 'inline';
   if (setting === 'thread') return 'worker';
-  return cpus < 2 ? 'inline' : 'worker';
+  return cpus < 2 && durability !== 'strict' ? 'inline' : 'worker';
 }
 
 /** Starts the writer and waits until it has opened the database. */
