@@ -73,6 +73,7 @@ async function main(): Promise<void> {
   }
 
   // The logger level comes from VALET_LOG_LEVEL, which the parent sets ('info' unless npm run bench --valet-log-level).
+  const writer = process.env['VALET_BENCH_AUDIT_WRITER'];
   const valet = await startBenchGateway({
     workDir,
     logFile,
@@ -85,7 +86,7 @@ async function main(): Promise<void> {
     env: { VALET_BENCH_UPSTREAM_KEY: upstreamSecret, VALET_BENCH_AWS_KEY_ID: process.env['VALET_BENCH_AWS_KEY_ID'] ?? 'AKIABENCH', ...fleetEnv },
     // bench/audit.ts compares the audit writer on its own thread with one inline; unset, the
     // gateway places it as gateway.audit.writer: auto does (gateway/audit/sqlite/writer.ts).
-    auditWriter: process.env['VALET_BENCH_AUDIT_WRITER'] === 'inline' ? 'inline' : process.env['VALET_BENCH_AUDIT_WRITER'] === 'worker' ? 'worker' : undefined,
+    auditWriter: writer === 'inline' || writer === 'worker' ? writer : undefined,
   });
   const { gateway } = valet;
 

@@ -5,6 +5,9 @@ import type { AuditDurability } from '../../config/types.js';
 /** `crash` and `async`: the longest a committed row stays in the OS's cache before the WAL is fsynced (ms). */
 export const CRASH_SYNC_MS = 1_000;
 
+/** How often the checkpointer thread copies committed WAL frames into the database file (ms; writer.ts). */
+export const CHECKPOINT_INTERVAL_MS = 200;
+
 /** How commits on the audit connection are made durable (see {@link applyDurability}). */
 export interface CommitSync {
   /**
@@ -38,10 +41,7 @@ export function applyDurability(db: Database.Database, walFile: string, durabili
   let syncing = 0;
   let stopped = false;
   let timer: NodeJS.Timeout | undefined;
-  const open = (): number | undefined => {
-    fd ??= openSync(walFile, 'r');
-    return fd;
-  };
+  const open = (): number => (fd ??= openSync(walFile, 'r'));
   const openQuietly = (): number | undefined => {
     try {
       return open();
@@ -80,7 +80,7 @@ export function applyDurability(db: Database.Database, walFile: string, durabili
       afterCommit: (done) => {
         let f: number;
         try {
-          f = open() as number;
+          f = open();
         } catch (err) {
           done(err as Error);
           return;

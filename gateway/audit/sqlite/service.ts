@@ -11,7 +11,7 @@ import { statSync } from 'node:fs';
 import { join } from 'node:path';
 import { AuditCore } from './core.js';
 import { AUDIT_FILE } from './store.js';
-import { applyDurability } from './durability.js';
+import { applyDurability, CHECKPOINT_INTERVAL_MS } from './durability.js';
 import type { AuditHead } from '../port.js';
 import { SEAL_FAILED, sealPackedFacts } from '../facts.js';
 import { DECISION, type FromWriter, type PackedOp, type ToWriter, type WriterInit } from '../protocol.js';
@@ -24,8 +24,8 @@ const MAX_BACKOFF_MS = 5_000;
  * the event loop (deleting a row rewrites its index entries and its events: ~60 µs), 50.
  */
 const PRUNE_CHUNK = { thread: 500, inline: 50 } as const;
-/** See `deferCheckpoint`: a little over the checkpointer thread's interval (200 ms, writer.ts). */
-const CHECKPOINT_WAIT_MS = 250;
+/** See `deferCheckpoint`: a little over the checkpointer thread's interval. */
+const CHECKPOINT_WAIT_MS = CHECKPOINT_INTERVAL_MS + 50;
 
 const errCode = (err: unknown): string | undefined => (err as { code?: string }).code;
 const errMessage = (err: unknown): string => (err instanceof Error ? err.message : String(err));

@@ -9,7 +9,7 @@ import { ValetError } from '../../errors.js';
 import type { AuditHead, AuditWriter, PruneResult } from '../port.js';
 import { DECISION, FINAL, pack, type FromWriter, type PackedOp, type ToWriter, type WriterInit } from '../protocol.js';
 import { AUDIT_FILE } from './store.js';
-import { CRASH_SYNC_MS } from './durability.js';
+import { CHECKPOINT_INTERVAL_MS, CRASH_SYNC_MS } from './durability.js';
 import { startWriterService } from './service.js';
 import { DecisionJournal } from './journal.js';
 import type { AuditDurability } from '../../config/types.js';
@@ -413,8 +413,8 @@ function queuedWriter(o: AuditWriterOptions): Promise<AuditWriter> {
 
 /**
  * The checkpointer: a second small thread with its own connection that copies committed WAL frames
- * back into the database file every 200 ms (`PRAGMA wal_checkpoint(PASSIVE)`: never blocks the
- * writer, gives up when busy). The writer's own connection has automatic checkpoints off, so its
+ * back into the database file every {@link CHECKPOINT_INTERVAL_MS} (`PRAGMA wal_checkpoint(PASSIVE)`:
+ * never blocks the writer, gives up when busy). The writer's own connection has automatic checkpoints off, so its
  * commits only ever append to the WAL and fsync it; the checkpoint's copying and its fsync of the
  * database file happen here, in parallel. Plain JavaScript, so it needs no TypeScript loader.
  */
@@ -430,7 +430,7 @@ function startCheckpointer(dataDir: string, onFailure: (err: Error) => void): Ch
     parentPort.on('message', () => { clearInterval(timer); db.close(); parentPort.close(); });
   `;
   const driver = createRequire(import.meta.url).resolve('better-sqlite3');
-  const t = new Worker(code, { eval: true, workerData: { driver, file: join(dataDir, AUDIT_FILE), intervalMs: 200 } });
+  const t = new Worker(code, { eval: true, workerData: { driver, file: join(dataDir, AUDIT_FILE), intervalMs: CHECKPOINT_INTERVAL_MS } });
   let stopping = false;
   const exited = new Promise<void>((r) => t.once('exit', () => r()));
   t.on('error', (err) => onFailure(err));
@@ -480,6 +480,7 @@ function spawnWriterThread(init: WriterInit): Worker {
  */
 function inlineWriterService(init: WriterInit): WriterPort {
   const events = new EventEmitter();
+  const flushed = new Int32Array(init.flushSignal);
   let handle: ((m: ToWriter) => void) | undefined;
   let exited = false;
   const exit = (): void => {
@@ -505,7 +506,7 @@ function inlineWriterService(init: WriterInit): WriterPort {
     postMessage(m) {
       if (handle === undefined) {
         // Gone: a flush waiting on the signal must not wait out its deadline on the event loop.
-        if (m.t === 'flush') Atomics.store(new Int32Array(init.flushSignal), 0, m.token);
+        if (m.t === 'flush') Atomics.store(flushed, 0, m.token);
         return;
       }
       try {
