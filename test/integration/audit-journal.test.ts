@@ -53,6 +53,13 @@ describe.each([
     }
   };
 
+  it('the "valet listening" log line names where the writer runs', async () => {
+    const g = await start();
+    const line = g.logs.find((l) => l.includes('"msg":"valet listening"'));
+    expect(line, 'the listening line').toBeDefined();
+    expect(JSON.parse(line as string)).toMatchObject({ auditWriter: writer });
+  });
+
   it('a call that ends within a second is one row and one chain event; its sealed facts hold no plaintext anywhere on disk', async () => {
     const g = await start();
     const token = await g.token();
