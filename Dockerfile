@@ -95,4 +95,4 @@ HEALTHCHECK --interval=15s --timeout=3s --start-period=10s --retries=3 \
 # Docker's own init (`--init`, Compose `init: true`) is PID 1.
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["/usr/bin/tini", "-s", "--"]
-CMD ["node", "dist/gateway/cli/main.js", "start"]
+CMD ["node", "--no-memory-reducer", "--single-threaded-gc", "dist/gateway/cli/main.js", "start"]

@@ -52,6 +52,7 @@ import { gitState } from './lib/git.js';
 import { fixedRate, maxThroughput, type RunResult, type Workload } from './lib/load.js';
 import { numberOption } from './lib/options.js';
 import { int, markdownTable, median, ms, type LatencyStats } from './lib/stats.js';
+import { NODE_FLAGS } from '../gateway/node-flags.js';
 
 const HERE = dirname(fileURLToPath(import.meta.url));
 const PHASES = ['writer', 'ceiling', 'inline', 'gateway', 'query'] as const;
@@ -327,7 +328,7 @@ async function gatewayRun(mode: 'worker' | 'inline'): Promise<GatewayResult> {
   const upstream = await bench.fork({ name: 'upstream', script: join(HERE, 'targets/upstream.ts'), args: [`Bearer ${secret}`] });
   const env: NodeJS.ProcessEnv = { ...process.env, VALET_BENCH_AUDIT_WRITER: mode };
   delete env['VALET_LOG_LEVEL'];
-  const valet = await bench.fork({ name: `valet-${mode}`, script: join(HERE, 'targets/valet.ts'), args: [join(root, `gateway-${mode}`), upstream.ready.url, secret], env });
+  const valet = await bench.fork({ name: `valet-${mode}`, script: join(HERE, 'targets/valet.ts'), args: [join(root, `gateway-${mode}`), upstream.ready.url, secret], env, execArgv: [...NODE_FLAGS] });
   const body = JSON.stringify({ model: 'bench', messages: [{ role: 'user', content: 'x'.repeat(900) }] });
   const w: Workload = { url: `${valet.ready.url}/v1/echo`, body, headers: { 'content-type': 'application/json', authorization: `Bearer ${String(valet.ready['token'])}` } };
   const smoke = await request(w.url, { method: 'POST', headers: w.headers, body });

@@ -26,6 +26,7 @@ import { buildGateway, builtGatewayIsCurrent } from './lib/build.js';
 import { BenchRun, canPin, pin } from './lib/child.js';
 import { gitState } from './lib/git.js';
 import { markdownTable } from './lib/stats.js';
+import { NODE_FLAGS } from '../gateway/node-flags.js';
 
 const HERE = dirname(fileURLToPath(import.meta.url));
 const HELP = `Usage: npm run bench:connections -- [options]
@@ -72,7 +73,7 @@ try {
   if (flags['from-source']) env['VALET_BENCH_FROM_SOURCE'] = '1';
   else if (!builtGatewayIsCurrent()) buildGateway();
   const upstream = await run.fork({ name: 'upstream', script: join(HERE, 'targets/upstream.ts'), args: [`Bearer ${SECRET}`, 'none'], env });
-  const valet = await run.fork({ name: 'valet', script: join(HERE, 'targets/valet.ts'), args: [join(run.root, 'valet'), upstream.ready.url, SECRET], env, execArgv: ['--expose-gc'] });
+  const valet = await run.fork({ name: 'valet', script: join(HERE, 'targets/valet.ts'), args: [join(run.root, 'valet'), upstream.ready.url, SECRET], env, execArgv: [...NODE_FLAGS, '--expose-gc'] });
   if (canPin(2)) {
     pin(process.pid, 0);
     pin(upstream.pid, 0);

@@ -30,6 +30,7 @@ import { snapshot, usageBetween } from './lib/cpu.js';
 import { fixedRate, maxThroughput, type RunResult, type Workload } from './lib/load.js';
 import { numberOption } from './lib/options.js';
 import { int, markdownTable, ms } from './lib/stats.js';
+import { NODE_FLAGS } from '../gateway/node-flags.js';
 
 const HERE = dirname(fileURLToPath(import.meta.url));
 
@@ -189,7 +190,7 @@ async function startInstances(s: Setup, upstream: string, masterKey: string): Pr
   // One at a time: the first instance creates the schema's tables.
   for (let i = 0; i < s.instances; i++) {
     const dir = join(root, `${s.fleet ? 'fleet' : 'sqlite'}-${s.instances}-${i}`);
-    const c = await bench.fork({ name: `valet-${i + 1}`, script: join(HERE, 'targets/valet.ts'), args: [dir, upstream, UPSTREAM_SECRET], env: base, readyTimeoutMs: 30_000 });
+    const c = await bench.fork({ name: `valet-${i + 1}`, script: join(HERE, 'targets/valet.ts'), args: [dir, upstream, UPSTREAM_SECRET], env: base, execArgv: [...NODE_FLAGS], readyTimeoutMs: 30_000 });
     started.push(c);
   }
   return started;

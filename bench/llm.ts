@@ -43,6 +43,7 @@ import { gitState } from './lib/git.js';
 import { numberOption } from './lib/options.js';
 import { monoMs, PROMPT_TOKENS, STREAM_MODEL, StreamReader, type StreamRead } from './lib/sse.js';
 import { int, markdownTable, median, ms, Samples, type LatencyStats } from './lib/stats.js';
+import { NODE_FLAGS } from '../gateway/node-flags.js';
 
 const HERE = dirname(fileURLToPath(import.meta.url));
 
@@ -325,7 +326,7 @@ async function main(): Promise<number> {
   for (const id of targetIds) {
     if (id === 'direct' || id === 'bare') continue;
     const args = [join(run.root, id), upstream.ready.url, UPSTREAM_KEY, id, ...(flags['valet-log'] ? [flags['valet-log']] : [])];
-    const execArgv = profileDir === undefined ? [] : ['--cpu-prof', `--cpu-prof-dir=${join(profileDir, id)}`];
+    const execArgv = [...NODE_FLAGS, ...(profileDir === undefined ? [] : ['--cpu-prof', `--cpu-prof-dir=${join(profileDir, id)}`])];
     const v = await run.fork({ name: `valet-${id}`, script: join(HERE, 'targets/valet-llm.ts'), args, env: childEnv, execArgv, ...(pinned && { cpu: proxyCpu }) });
     if (pinned) pin(v.pid, proxyCpu);
     valets.set(id, v);

@@ -30,6 +30,7 @@ import { formatSync, syncLatency } from './lib/disk.js';
 import { gitState } from './lib/git.js';
 import { numberOption } from './lib/options.js';
 import { bucketQuantile, int, markdownTable, median, ms, Samples, type BucketCounts, type LatencyStats } from './lib/stats.js';
+import { NODE_FLAGS } from '../gateway/node-flags.js';
 
 const HERE = dirname(fileURLToPath(import.meta.url));
 
@@ -346,7 +347,7 @@ async function main(): Promise<number> {
     script: join(HERE, 'targets/valet-mcp.ts'),
     args: valetArgs,
     env: childEnv,
-    execArgv: profileDir === undefined ? [] : ['--cpu-prof', `--cpu-prof-dir=${profileDir}`],
+    execArgv: [...NODE_FLAGS, ...(profileDir === undefined ? [] : ['--cpu-prof', `--cpu-prof-dir=${profileDir}`])],
   });
   if (pinned) {
     pin(server.pid, 1);

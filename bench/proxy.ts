@@ -35,6 +35,7 @@ import { gitState } from './lib/git.js';
 import { fixedRate, maxThroughput, type FixedRateResult, type RunResult, type Workload } from './lib/load.js';
 import { numberOption } from './lib/options.js';
 import { bucketQuantile, int, markdownTable, median, ms, type BucketCounts } from './lib/stats.js';
+import { NODE_FLAGS } from '../gateway/node-flags.js';
 
 const HERE = dirname(fileURLToPath(import.meta.url));
 
@@ -294,15 +295,15 @@ async function main(): Promise<number> {
     }
     const args = [join(root, 'valet'), origin, UPSTREAM_SECRET];
     if (flags['valet-log']) args.push(flags['valet-log']);
-    valet = await run.fork({ name: 'valet', script: join(HERE, 'targets/valet.ts'), args, env: childEnv, execArgv: [...profArgs('valet'), ...perfArgs, ...nodeArgs], ...(pinning && { cpu: PROXY_CPU }) });
-    log(`valet: ${String(valet.ready['build'])}; logger level "${String(valet.ready['logLevel'])}" → ${flags['valet-log'] ?? '/dev/null'}, audit → SQLite in ${join(root, 'valet', 'data')}, durability ${durability}`);
+    valet = await run.fork({ name: 'valet', script: join(HERE, 'targets/valet.ts'), args, env: childEnv, execArgv: [...NODE_FLAGS, ...profArgs('valet'), ...perfArgs, ...nodeArgs], ...(pinning && { cpu: PROXY_CPU }) });
+    log(`valet: ${String(valet.ready['build'])}, node ${NODE_FLAGS.join(' ')}; logger level "${String(valet.ready['logLevel'])}" → ${flags['valet-log'] ?? '/dev/null'}, audit → SQLite in ${join(root, 'valet', 'data')}, durability ${durability}`);
   }
   // The same Valet in a process of its own, its audit writer on a thread whatever its CPUs: beside
   // `valet` (which places it as gateway.audit.writer: auto does), the two placements in one run.
   let valetThread: BenchChild | undefined;
   if (only.has('valet-thread')) {
     const args = [join(root, 'valet-thread'), origin, UPSTREAM_SECRET];
-    valetThread = await run.fork({ name: 'valet-thread', script: join(HERE, 'targets/valet.ts'), args, env: { ...childEnv, VALET_BENCH_AUDIT_WRITER: 'worker' }, execArgv: nodeArgs, ...(pinning && { cpu: PROXY_CPU }) });
+    valetThread = await run.fork({ name: 'valet-thread', script: join(HERE, 'targets/valet.ts'), args, env: { ...childEnv, VALET_BENCH_AUDIT_WRITER: 'worker' }, execArgv: [...NODE_FLAGS, ...nodeArgs], ...(pinning && { cpu: PROXY_CPU }) });
   }
   if (profileDir !== undefined) log(`CPU profiles → ${profileDir}/{bare,valet}`);
   const pidNames = new Map<number, string>([[process.pid, 'generator'], [upstream.pid, 'upstream']]);

@@ -16,6 +16,7 @@ import { retentionCutoffs } from './audit/retention.js';
 import { startPgAuditWriter } from './audit/postgres/writer.js';
 import { startAuditWriter, writerMode } from './audit/sqlite/writer.js';
 import { usableCpus } from './cpus.js';
+import { missingNodeFlags, NODE_FLAGS } from './node-flags.js';
 import { createTokenVerifier } from './auth/verify.js';
 import { secretNames } from './config/credential.js';
 import { loadConfig } from './config/load.js';
@@ -336,6 +337,10 @@ export async function startGateway(options: GatewayOptions): Promise<RunningGate
   });
   const host = urlHost(config.gateway.listen.host);
   adminUrl = `http://${urlHost(config.gateway.admin.listen.host)}:${adminPort}`;
+  const missingFlags = missingNodeFlags();
+  if (missingFlags.length > 0) {
+    logger.warn({ missing: missingFlags }, `node was started without ${missingFlags.join(' ')}: requests may stall after idle periods and, on one CPU, during garbage collection (npm start, the valet command and the Docker image pass ${NODE_FLAGS.join(' ')}; docs/performance.md)`);
+  }
   logger.info(
     {
       port,

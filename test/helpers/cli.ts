@@ -1,9 +1,15 @@
 import { spawn, type ChildProcess } from 'node:child_process';
+import { readFileSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { backendEnv } from './backends.js';
 
 export const CLI = fileURLToPath(new URL('../../gateway/cli/main.ts', import.meta.url));
+
+/** The `#!` line of the `valet` command: `/usr/bin/env -S node <flags>`. */
+export const SHEBANG = (readFileSync(CLI, 'utf8').split('\n')[0] as string).slice(2).trim().split(/\s+/);
+/** The node flags that line starts the command with, as a test's child process gets them. */
+export const SHEBANG_NODE_FLAGS = SHEBANG.slice(SHEBANG.indexOf('node') + 1);
 
 export interface CliResult {
   code: number | null;
@@ -11,7 +17,7 @@ export interface CliResult {
   stderr: string;
 }
 
-/** Runs the `valet` command from source in a child process. */
+/** Runs the `valet` command from source in a child process, with the node flags of its `#!` line. */
 export function runCli(args: string[], opts: { env?: Record<string, string>; input?: string; cwd?: string } = {}): Promise<CliResult> {
   return new Promise((resolve, reject) => {
     const child = spawnCli(args, opts);
@@ -39,7 +45,7 @@ function deploymentEnv(args: string[], opts: { env?: Record<string, string>; cwd
 }
 
 export function spawnCli(args: string[], opts: { env?: Record<string, string>; cwd?: string } = {}): ChildProcess {
-  return spawn(process.execPath, ['--import', 'tsx', CLI, ...args], {
+  return spawn(process.execPath, [...SHEBANG_NODE_FLAGS, '--import', 'tsx', CLI, ...args], {
     cwd: opts.cwd ?? process.cwd(),
     env: { PATH: process.env['PATH'] ?? '', ...deploymentEnv(args, opts), ...opts.env },
     stdio: ['pipe', 'pipe', 'pipe'],
