@@ -31,9 +31,10 @@ describe('missingNodeFlags', () => {
 
 // V8 reads these flags when it sets up the heap, so every way the gateway is started names them.
 describe('the gateway starts with its node flags however it is launched', () => {
-  it('npm start, the Docker image and the valet command all pass exactly NODE_FLAGS', () => {
+  it('npm start, npm run valet, the Docker image and the valet command all pass exactly NODE_FLAGS', () => {
     const pkg = JSON.parse(readFileSync(new URL('package.json', ROOT), 'utf8')) as { scripts: Record<string, string> };
     expect(flagsBefore(pkg.scripts['start']!.split(/\s+/), 'dist/gateway/cli/main.js')).toEqual([...NODE_FLAGS]);
+    expect(flagsBefore(pkg.scripts['valet']!.split(/\s+/), 'dist/gateway/cli/main.js')).toEqual([...NODE_FLAGS]);
     const cmd = /^CMD (\[.*\])$/m.exec(readFileSync(new URL('Dockerfile', ROOT), 'utf8'))?.[1];
     expect(cmd, 'the Dockerfile has a CMD').toBeDefined();
     expect(flagsBefore(JSON.parse(cmd as string) as string[], 'dist/gateway/cli/main.js')).toEqual([...NODE_FLAGS]);
