@@ -72,6 +72,8 @@ const HELP = `Usage: npm run bench -- [options]
   --node-args=FLAGS     extra Node flags for the Valet process, space-separated, after "=" (e.g.
                         --node-args=--max-semi-space-size=64, or --trace-gc-nvp, printed to this terminal)
   --durability LEVEL    Valet's gateway.audit.durability: strict (default), crash or async
+  --writer PLACE        the valet target's gateway.audit.writer: auto (default: inline on one CPU
+                        below strict), inline or thread (valet-thread always runs it on a thread)
   --valet-log-level L   Valet's logger level (default info: a line per request); warn measures
                         Valet without its request log
   --fixed-first         measure the fixed-rate phase of each round before its full-load phase (default
@@ -105,6 +107,7 @@ const { values: flags } = parseArgs({
     strict: { type: 'boolean', default: false },
     'no-pin': { type: 'boolean', default: false },
     durability: { type: 'string' },
+    writer: { type: 'string' },
     'valet-log-level': { type: 'string' },
     autocannon: { type: 'boolean', default: false },
     'from-source': { type: 'boolean', default: false },
@@ -166,6 +169,11 @@ if (flags.perf) {
 const perfArgs = flags.perf ? PERF_NODE_ARGS : [];
 const nodeArgs = (flags['node-args'] ?? '').split(' ').filter(Boolean);
 const durability = flags.durability ?? 'strict';
+const writer = flags.writer ?? 'auto';
+if (!['auto', 'inline', 'thread'].includes(writer)) {
+  console.error(`--writer ${writer}: use auto, inline or thread`);
+  process.exit(2);
+}
 const valetLogLevel = flags['valet-log-level'] ?? 'info';
 if (valetLogLevel !== 'silent' && !(valetLogLevel in pino.levels.values)) {
   console.error(`--valet-log-level ${valetLogLevel}: use a pino level (info, warn, error, silent, ...)`);
@@ -274,6 +282,9 @@ async function main(): Promise<number> {
   delete childEnv['NODE_OPTIONS'];
   childEnv['VALET_BENCH_AWS_KEY_ID'] = AWS_KEY_ID;
   childEnv['VALET_BENCH_DURABILITY'] = durability;
+  // The valet target's writer placement (bench/targets/valet.ts); valet-thread sets its own.
+  if (writer === 'auto') delete childEnv['VALET_BENCH_AUDIT_WRITER'];
+  else childEnv['VALET_BENCH_AUDIT_WRITER'] = writer === 'thread' ? 'worker' : 'inline';
 
   const upstream = await run.fork({ name: 'upstream', script: join(HERE, 'targets/upstream.ts'), args: [`Bearer ${UPSTREAM_SECRET}`, AWS_KEY_ID], env: childEnv });
   const origin = upstream.ready.url;
@@ -296,7 +307,7 @@ async function main(): Promise<number> {
     const args = [join(root, 'valet'), origin, UPSTREAM_SECRET];
     if (flags['valet-log']) args.push(flags['valet-log']);
     valet = await run.fork({ name: 'valet', script: join(HERE, 'targets/valet.ts'), args, env: childEnv, execArgv: [...NODE_FLAGS, ...profArgs('valet'), ...perfArgs, ...nodeArgs], ...(pinning && { cpu: PROXY_CPU }) });
-    log(`valet: ${String(valet.ready['build'])}, node ${NODE_FLAGS.join(' ')}; logger level "${String(valet.ready['logLevel'])}" → ${flags['valet-log'] ?? '/dev/null'}, audit → SQLite in ${join(root, 'valet', 'data')}, durability ${durability}`);
+    log(`valet: ${String(valet.ready['build'])}, node ${NODE_FLAGS.join(' ')}; logger level "${String(valet.ready['logLevel'])}" → ${flags['valet-log'] ?? '/dev/null'}, audit → SQLite in ${join(root, 'valet', 'data')}, durability ${durability}${writer === 'auto' ? '' : `, writer ${writer}`}`);
   }
   // The same Valet in a process of its own, its audit writer on a thread whatever its CPUs: beside
   // `valet` (which places it as gateway.audit.writer: auto does), the two placements in one run.
