@@ -322,13 +322,11 @@ async function main(): Promise<number> {
   const profileDir = cpuProf === undefined ? undefined : cpuProf === '' ? mkdtempSync(join(tmpdir(), 'valet-bench-llm-prof-')) : cpuProf;
   const valets = new Map<TargetId, BenchChild>();
   const bare = targetIds.includes('bare') ? await run.fork({ name: 'bare-proxy', script: join(HERE, 'targets/bare-proxy.ts'), args: [upstream.ready.url], env: childEnv, ...(pinned && { cpu: proxyCpu }) }) : undefined;
-  if (bare !== undefined && pinned) pin(bare.pid, proxyCpu);
   for (const id of targetIds) {
     if (id === 'direct' || id === 'bare') continue;
     const args = [join(run.root, id), upstream.ready.url, UPSTREAM_KEY, id, ...(flags['valet-log'] ? [flags['valet-log']] : [])];
     const execArgv = [...NODE_FLAGS, ...(profileDir === undefined ? [] : ['--cpu-prof', `--cpu-prof-dir=${join(profileDir, id)}`])];
     const v = await run.fork({ name: `valet-${id}`, script: join(HERE, 'targets/valet-llm.ts'), args, env: childEnv, execArgv, ...(pinned && { cpu: proxyCpu }) });
-    if (pinned) pin(v.pid, proxyCpu);
     valets.set(id, v);
   }
   const names = new Map<number, string>([

@@ -70,7 +70,8 @@ const HELP = `Usage: npm run bench -- [options]
                         thread and (main thread) by kernel call, Node module, package and Valet module
                         (perf itself takes ~0.2 cores meanwhile: those rounds are flagged noisy)
   --node-args=FLAGS     extra Node flags for the Valet process, space-separated, after "=" (e.g.
-                        --node-args=--max-semi-space-size=64, or --trace-gc-nvp, printed to this terminal)
+                        --node-args=--max-semi-space-size=64, or --trace-gc-nvp, printed to this terminal);
+                        they follow the flags of gateway/node-flags.ts, which Valet always runs with
   --durability LEVEL    Valet's gateway.audit.durability: strict (default), crash or async
   --writer PLACE        the valet target's gateway.audit.writer: auto (default: inline on one CPU
                         below strict), inline or thread (valet-thread always runs it on a thread)

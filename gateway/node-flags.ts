@@ -15,7 +15,7 @@
  *   one CPU (a container's quota, a pinned process) they do not run beside it but instead of it,
  *   and a major collection stopped the event loop for 20–30 ms every few seconds. Single-threaded,
  *   the same work is done in increments on the main thread. Measured: 1–2 % less throughput on two
- *   CPUs, ~5 % on one (docs/performance.md).
+ *   CPUs; on one, up to ~5 % in single runs and none in three-round runs (docs/performance.md).
  */
 export const NODE_FLAGS = ['--no-memory-reducer', '--single-threaded-gc'] as const;
 
