@@ -6,7 +6,14 @@ import type { AgentIdentity } from '../types.js';
 import { verificationKey, type VerificationKey } from './keys.js';
 
 /** Verifies an agent token and returns who the agent is; throws a coded {@link ValetError}. */
-export type TokenVerifier = (token: string) => Promise<AgentIdentity>;
+export interface TokenVerifier {
+  (token: string): Promise<AgentIdentity>;
+  /**
+   * The identity of a token verified before and not yet expired, without waiting for a turn of the
+   * event loop: undefined when it must be verified (the request path then awaits the verifier).
+   */
+  cached?(token: string): AgentIdentity | undefined;
+}
 
 const EMBEDDED_KEY_HEADERS = ['jwk', 'jku', 'x5u', 'x5c'] as const;
 const CACHE_ENTRIES = 10_000;
@@ -34,19 +41,23 @@ export function createTokenVerifier(
   // Verified tokens, until they expire (or for at most CACHE_MS): agents reuse one token for many
   // calls, and signature checks dominate the per-request cost. Failures are never cached.
   const cache = new Map<string, { identity: AgentIdentity; until: number }>();
-  const verify = async (token: string): Promise<AgentIdentity> => {
-    const now = Date.now();
+  const cached = (token: string): AgentIdentity | undefined => {
     const hit = cache.get(token);
-    if (hit !== undefined) {
-      if (hit.until > now) return hit.identity;
-      cache.delete(token);
-    }
+    if (hit === undefined) return undefined;
+    if (hit.until > Date.now()) return hit.identity;
+    cache.delete(token);
+    return undefined;
+  };
+  const verify = async (token: string): Promise<AgentIdentity> => {
+    const hit = cached(token);
+    if (hit !== undefined) return hit;
+    const now = Date.now();
     const identity = await verifyUncached(token);
     if (cache.size >= CACHE_ENTRIES) cache.delete(cache.keys().next().value as string);
     cache.set(token, { identity, until: Math.min(identity.expiresAt * 1000, now + CACHE_MS) });
     return identity;
   };
-  return verify;
+  return Object.assign(verify, { cached });
 
   async function verifyUncached(token: string): Promise<AgentIdentity> {
     if (token.length > 8192 || !COMPACT_JWS.test(token)) throw invalid('not a compact JWS');

@@ -2,7 +2,7 @@ import { createHmac, generateKeyPairSync } from 'node:crypto';
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { exportJWK, SignJWT, type JWK } from 'jose';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { createTokenVerifier, type TokenVerifier } from '../../gateway/auth/verify.js';
 import type { IssuerConfig } from '../../gateway/config/types.js';
 import { ValetError } from '../../gateway/errors.js';
@@ -77,6 +77,22 @@ describe('agent token verification', () => {
     const id = await verify(await sign({ tenant: 'acme', team: 'pay', roles: 'finance support', env: 'production' }));
     expect(id).toMatchObject({ agent: 'agent-7', tenant: 'acme', team: 'pay', roles: ['finance', 'support'], environment: 'production', user: undefined });
     expect(Object.isFrozen(id)).toBe(true);
+  });
+
+  it('answers a token it has verified from its cache without waiting, until the token expires; never one that failed', async () => {
+    const token = await sign({ tenant: 'acme' });
+    expect(verify.cached?.(token)).toBeUndefined();
+    const id = await verify(token);
+    expect(verify.cached?.(token)).toBe(id);
+    const forged = `${token.slice(0, -4)}${token.endsWith('AAAA') ? 'BBBB' : 'AAAA'}`;
+    expect(await codeOf(verify(forged))).toBe('VALET_ERR_TOKEN_INVALID');
+    expect(verify.cached?.(forged)).toBeUndefined();
+    vi.useFakeTimers({ toFake: ['Date'], now: Date.now() + 61_000 });
+    try {
+      expect(verify.cached?.(token)).toBeUndefined();
+    } finally {
+      vi.useRealTimers();
+    }
   });
 
   it('RFC 8693 act: sub is the user, act.sub the agent', async () => {
