@@ -51,14 +51,17 @@ export interface ForkOptions {
    * use (Valet sizes its audit writer by it, gateway/cpus.ts), not only once pinned later.
    */
   cpu?: number;
+  /** A command that runs Node, and its arguments (`valgrind --tool=callgrind …`): Node runs under it, after taskset. */
+  wrap?: readonly string[];
 }
 
 /** Forks a child and resolves once it reports `ready` (rejects on exit or timeout). */
 export function forkChild(o: ForkOptions): Promise<BenchChild> {
   const node = ['--import', 'tsx', ...(o.execArgv ?? [])];
+  // taskset (and a wrapper such as valgrind) runs Node in its own place (exec: same pid, same IPC channel).
+  const runner = [...(o.cpu === undefined ? [] : ['taskset', '-c', String(o.cpu)]), ...(o.wrap ?? [])];
   const child: ChildProcess = fork(o.script, o.args ?? [], {
-    // taskset runs Node in its own place (exec: same pid, same IPC channel).
-    ...(o.cpu === undefined ? { execArgv: node } : { execPath: 'taskset', execArgv: ['-c', String(o.cpu), process.execPath, ...node] }),
+    ...(runner.length === 0 ? { execArgv: node } : { execPath: runner[0], execArgv: [...runner.slice(1), process.execPath, ...node] }),
     env: o.env ?? process.env,
     stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
   });

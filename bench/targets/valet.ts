@@ -81,6 +81,8 @@ async function main(): Promise<void> {
       audit: { ...(auditSchema !== undefined && { postgres: { schema: auditSchema } }), ...(process.env['VALET_BENCH_DURABILITY'] && { durability: process.env['VALET_BENCH_DURABILITY'] }) },
       ...(redisPrefix !== undefined && { counters: { redis: { prefix: redisPrefix } } }),
       ...(scale && { max_connections: 30_000, max_connections_per_client: 30_000 }),
+      // bench/instructions.ts: credentials from the environment alone, so no master key and no sealed request facts.
+      ...(process.env['VALET_BENCH_NO_FACTS'] === '1' && { secrets: { sources: ['env'] } }),
     },
     files,
     env: { VALET_BENCH_UPSTREAM_KEY: upstreamSecret, VALET_BENCH_AWS_KEY_ID: process.env['VALET_BENCH_AWS_KEY_ID'] ?? 'AKIABENCH', ...fleetEnv },
