@@ -27,9 +27,10 @@ import { parseArgs } from 'node:util';
 import { Agent, request } from 'undici';
 import { buildGateway, builtGatewayIsCurrent } from './lib/build.js';
 import { BenchRun, canPin, type BenchChild } from './lib/child.js';
+import { jsonBody } from './lib/load.js';
 import { gitState } from './lib/git.js';
 import { numberOption } from './lib/options.js';
-import { markdownTable } from './lib/stats.js';
+import { int, markdownTable } from './lib/stats.js';
 import { NODE_FLAGS } from '../gateway/node-flags.js';
 
 const HERE = dirname(fileURLToPath(import.meta.url));
@@ -51,7 +52,7 @@ const HELP = `Usage: npm run bench:instructions -- [options]
   --durability LEVEL  Valet's gateway.audit.durability: strict, crash or async (default strict)
   --help
 
-Needs valgrind (apt-get install valgrind). A target takes 2-4 minutes.`;
+Needs valgrind (apt-get install valgrind). A target takes about 1/2 to 2 minutes.`;
 
 const { values: flags } = parseArgs({
   options: {
@@ -85,7 +86,7 @@ if (spawnSync('valgrind', ['--version']).error !== undefined || spawnSync('callg
 }
 
 const SECRET = `sk-bench-${randomBytes(12).toString('hex')}`;
-const BODY = JSON.stringify({ model: 'bench-model', temperature: 0.2, messages: [{ role: 'user', content: 'x'.repeat(1024 - 75) }] });
+const BODY = jsonBody(1024);
 /** Requests in flight at once, from this process. */
 const CONCURRENCY = 8;
 /** Functions of V8's compilers, parser and interpreter set-up: the JIT's own work, reported apart. */
@@ -164,7 +165,7 @@ run.finish(async () => {
     if (dump === undefined) throw new Error(`${t}: callgrind wrote no dump`);
     const c = readCount(join(run.root, dump));
     counts.set(t, c);
-    console.log(`${LABELS[t]}: ${Math.round(c.total / counted).toLocaleString('en-US')} instructions per request (${Math.round((Date.now() - started) / 1000)} s)`);
+    console.log(`${LABELS[t]}: ${int(c.total / counted)} instructions per request (${Math.round((Date.now() - started) / 1000)} s)`);
     await child.stop(120_000);
   }
 
@@ -173,11 +174,11 @@ run.finish(async () => {
   const rest = (c: Count): number => (c.total - c.compiling) / counted;
   const rows = [...counts].map(([t, c]) => [
     LABELS[t],
-    Math.round(c.total / counted).toLocaleString('en-US'),
-    Math.round(c.compiling / counted).toLocaleString('en-US'),
-    Math.round(rest(c)).toLocaleString('en-US'),
+    int(c.total / counted),
+    int(c.compiling / counted),
+    int(rest(c)),
     bare === undefined ? '—' : `${(rest(c) / rest(bare)).toFixed(2)}×`,
-    full === undefined || t === 'valet' || t === 'bare' ? '—' : `${Math.round(rest(full) - rest(c)).toLocaleString('en-US')} (${(((rest(full) - rest(c)) / rest(full)) * 100).toFixed(1)} %)`,
+    full === undefined || t === 'valet' || t === 'bare' ? '—' : `${int(rest(full) - rest(c))} (${(((rest(full) - rest(c)) / rest(full)) * 100).toFixed(1)} %)`,
   ]);
   console.log('');
   console.log(markdownTable(['target', 'instructions / request', 'of which V8 compiling', 'the rest', 'rest vs bare', 'what Valet (full path) spends on what this target leaves out'], rows));

@@ -32,7 +32,7 @@ import { formatSummary, mainThreadProfiles, summariseProfile } from './lib/cpupr
 import { formatPerf, PERF_FREQUENCY, PERF_NODE_ARGS, perfUnavailable, startPerf, summarisePerf, type PerfSummary } from './lib/perf.js';
 import { formatSync, syncLatency } from './lib/disk.js';
 import { gitState } from './lib/git.js';
-import { fixedRate, maxThroughput, type FixedRateResult, type RunResult, type Workload } from './lib/load.js';
+import { fixedRate, jsonBody, maxThroughput, type FixedRateResult, type RunResult, type Workload } from './lib/load.js';
 import { numberOption } from './lib/options.js';
 import { bucketQuantile, int, markdownTable, median, ms, type BucketCounts } from './lib/stats.js';
 import { NODE_FLAGS } from '../gateway/node-flags.js';
@@ -193,16 +193,6 @@ const UPSTREAM_SECRET = `sk-bench-${randomBytes(12).toString('hex')}`;
 const AWS_KEY_ID = `AKIABENCH${randomBytes(6).toString('hex').toUpperCase()}`;
 const PATH = '/v1/echo';
 
-/** A JSON object serialising to exactly `size` bytes. */
-function jsonBody(size: number): string {
-  const base = { model: 'bench-model', temperature: 0.2, messages: [{ role: 'user', content: '' }] };
-  const empty = JSON.stringify(base).length;
-  const first = base.messages[0] as { content: string };
-  first.content = 'x'.repeat(Math.max(0, size - empty));
-  const s = JSON.stringify(base);
-  if (Buffer.byteLength(s) !== size) throw new Error(`body is ${Buffer.byteLength(s)} bytes, wanted ${size}`);
-  return s;
-}
 const BODY = jsonBody(1024);
 
 // ---------------------------------------------------------------------------------------------

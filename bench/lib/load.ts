@@ -24,6 +24,17 @@ export interface Workload {
   headers: Record<string, string>;
 }
 
+/** A chat-style JSON request body serialising to exactly `size` bytes (the benchmarks' workload). */
+export function jsonBody(size: number): string {
+  const base = { model: 'bench-model', temperature: 0.2, messages: [{ role: 'user', content: '' }] };
+  const empty = JSON.stringify(base).length;
+  const first = base.messages[0] as { content: string };
+  first.content = 'x'.repeat(Math.max(0, size - empty));
+  const s = JSON.stringify(base);
+  if (Buffer.byteLength(s) !== size) throw new Error(`body is ${Buffer.byteLength(s)} bytes, wanted ${size}`);
+  return s;
+}
+
 export interface RunResult {
   /** Responses with a 2xx status (only these count as throughput and latency samples). */
   ok: number;

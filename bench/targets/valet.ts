@@ -14,6 +14,8 @@
  * follow the URL's search_path); `VALET_BENCH_REDIS_PREFIX` is the counters' key prefix; and
  * `VALET_BENCH_RATE_LIMIT` (a count per minute per agent) adds a rate limit every request is
  * charged against, so the counters backend is on every request's path.
+ * For bench/instructions.ts, `VALET_BENCH_NO_FACTS=1` takes credentials from the environment alone
+ * (`gateway.secrets.sources: [env]`): no master key, so no sealed request facts.
  * The work dir is created (and removed) by the parent.
  */
 import { failChild, serveChild } from '../lib/child.js';
