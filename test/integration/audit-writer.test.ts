@@ -5,7 +5,7 @@ import { pino } from 'pino';
 import { afterEach, describe, expect, it } from 'vitest';
 import Database from 'better-sqlite3';
 import { AUDIT_FILE, openAuditDatabase } from '../../gateway/audit/sqlite/store.js';
-import { MAX_UNWRITTEN, startAuditWriter } from '../../gateway/audit/sqlite/writer.js';
+import { completionDelayMs, MAX_UNWRITTEN, startAuditWriter } from '../../gateway/audit/sqlite/writer.js';
 import { record } from '../helpers/audit.js';
 import { verifyChain } from '../../gateway/audit/sqlite/chain.js';
 
@@ -35,6 +35,47 @@ describe('audit writer: each commit is reported with its duration (valet_audit_c
         for (const s of reported) {
           expect(s).toBeGreaterThan(0);
           expect(s).toBeLessThan(30);
+        }
+      } finally {
+        await writer.close();
+      }
+    });
+  }
+});
+
+describe('audit writer: completed rows gather longer under load (completionDelayMs)', () => {
+  it('10 ms below 3,000 rows a second, 50 ms from there', () => {
+    expect(completionDelayMs(0)).toBe(10);
+    expect(completionDelayMs(2_999)).toBe(10);
+    expect(completionDelayMs(3_000)).toBe(50);
+    expect(completionDelayMs(50_000)).toBe(50);
+  });
+
+  for (const mode of ['worker', 'inline'] as const) {
+    it(`${mode}: after a burst, a lone completed row waits for the longer delay (timers never fire early); every row is written once`, async () => {
+      dir = mkdtempSync(join(tmpdir(), 'valet-writer-'));
+      const writer = await startAuditWriter({ dataDir: dir, logger: pino({ level: 'silent' }), mode, durability: 'crash' });
+      try {
+        // A burst (thousands of rows a second): the batch that carries it sets the next delay to 50 ms.
+        for (let i = 0; i < 400; i++) writer.record({ ...record({}), status: 200 });
+        await expect.poll(() => writer.pending, { timeout: 5_000, interval: 2 }).toBe(0);
+        const busy = writer.commits;
+        const sent = performance.now();
+        writer.record({ ...record({}), status: 200 });
+        await expect.poll(() => writer.commits, { timeout: 5_000, interval: 2 }).toBe(busy + 1);
+        // A timer never fires early: the lone row waited the busy delay, not the light one.
+        expect(performance.now() - sent).toBeGreaterThanOrEqual(45);
+        // That batch gathered one row in 50 ms: the next lone row waits the light delay (not asserted: a timer may fire late).
+        const quiet = writer.commits;
+        writer.record({ ...record({}), status: 200 });
+        await expect.poll(() => writer.commits, { timeout: 5_000, interval: 2 }).toBe(quiet + 1);
+        // Every row is there, once.
+        await writer.flush();
+        const db = new Database(join(dir, AUDIT_FILE), { readonly: true });
+        try {
+          expect((db.prepare('SELECT count(*) AS n FROM audit_log').get() as { n: number }).n).toBe(402);
+        } finally {
+          db.close();
         }
       } finally {
         await writer.close();
