@@ -41,6 +41,10 @@ export interface AuditWriterOptions {
 /** The default {@link AuditWriterOptions.walLimitBytes}. */
 const WAL_LIMIT_BYTES = 64 * 1024 * 1024;
 
+const COMPLETION_DELAY_MS = 10;
+const BUSY_COMPLETION_DELAY_MS = 50;
+const BUSY_ROWS_PER_S = 3_000;
+
 /**
  * How long completed requests' rows may gather before they go to the writer (ms), when nothing
  * else sends them sooner: {@link COMPLETION_DELAY_MS} at light load, {@link BUSY_COMPLETION_DELAY_MS}
@@ -54,9 +58,6 @@ const WAL_LIMIT_BYTES = 64 * 1024 * 1024;
 export function completionDelayMs(rowsPerSecond: number): number {
   return rowsPerSecond >= BUSY_ROWS_PER_S ? BUSY_COMPLETION_DELAY_MS : COMPLETION_DELAY_MS;
 }
-const COMPLETION_DELAY_MS = 10;
-const BUSY_COMPLETION_DELAY_MS = 50;
-const BUSY_ROWS_PER_S = 3_000;
 
 /** Batches posted to the writer thread and not yet answered, beyond which records gather here (see `send`). */
 const MAX_POSTED = 2;
