@@ -50,7 +50,7 @@ const BUSY_ROWS_PER_S = 3_000;
  * else sends them sooner: {@link COMPLETION_DELAY_MS} at light load, {@link BUSY_COMPLETION_DELAY_MS}
  * once rows arrive at {@link BUSY_ROWS_PER_S} or more. Each commit has a cost of its own beside its
  * rows' (the transaction, the WAL frames of every index's last page, the answer): under full load
- * on one CPU, 50 ms batches gave 6 % more throughput than 10 ms ones (docs/performance.md), while
+ * on one CPU, 50 ms batches gave 1–8 % more throughput than 10 ms ones (docs/performance.md), while
  * at light load a commit of a few rows is quick and short batches keep rows visible sooner.
  * Nobody waits for these rows: the decisions they complete are in the journal already, or were
  * committed before their calls went on.
