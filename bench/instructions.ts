@@ -29,7 +29,7 @@ import { buildGateway, builtGatewayIsCurrent } from './lib/build.js';
 import { BenchRun, canPin, type BenchChild } from './lib/child.js';
 import { jsonBody } from './lib/load.js';
 import { gitState } from './lib/git.js';
-import { numberOption } from './lib/options.js';
+import { durabilityOption, numberOption } from './lib/options.js';
 import { int, markdownTable } from './lib/stats.js';
 import { NODE_FLAGS } from '../gateway/node-flags.js';
 
@@ -75,11 +75,7 @@ if (unknown.length > 0 || targets.length === 0) {
 }
 const warmup = numberOption(flags.warmup, 'warmup', 20_000, 100);
 const counted = numberOption(flags.requests, 'requests', 3_000, 100);
-const durability = flags.durability ?? 'strict';
-if (!['strict', 'crash', 'async'].includes(durability)) {
-  console.error('--durability: strict, crash or async');
-  process.exit(2);
-}
+const durability = durabilityOption(flags.durability);
 if (spawnSync('valgrind', ['--version']).error !== undefined || spawnSync('callgrind_control', ['-h']).error !== undefined) {
   console.error('bench:instructions needs valgrind and callgrind_control (apt-get install valgrind)');
   process.exit(2);

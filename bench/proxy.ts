@@ -33,7 +33,7 @@ import { formatPerf, PERF_FREQUENCY, PERF_NODE_ARGS, perfUnavailable, startPerf,
 import { formatSync, syncLatency } from './lib/disk.js';
 import { gitState } from './lib/git.js';
 import { fixedRate, jsonBody, maxThroughput, type FixedRateResult, type RunResult, type Workload } from './lib/load.js';
-import { numberOption } from './lib/options.js';
+import { durabilityOption, numberOption } from './lib/options.js';
 import { bucketQuantile, int, markdownTable, median, ms, type BucketCounts } from './lib/stats.js';
 import { NODE_FLAGS } from '../gateway/node-flags.js';
 
@@ -169,7 +169,7 @@ if (flags.perf) {
 }
 const perfArgs = flags.perf ? PERF_NODE_ARGS : [];
 const nodeArgs = (flags['node-args'] ?? '').split(' ').filter(Boolean);
-const durability = flags.durability ?? 'strict';
+const durability = durabilityOption(flags.durability);
 const writer = flags.writer ?? 'auto';
 if (!['auto', 'inline', 'thread'].includes(writer)) {
   console.error(`--writer ${writer}: use auto, inline or thread`);
@@ -178,10 +178,6 @@ if (!['auto', 'inline', 'thread'].includes(writer)) {
 const valetLogLevel = flags['valet-log-level'] ?? 'info';
 if (valetLogLevel !== 'silent' && !(valetLogLevel in pino.levels.values)) {
   console.error(`--valet-log-level ${valetLogLevel}: use a pino level (info, warn, error, silent, ...)`);
-  process.exit(2);
-}
-if (!['strict', 'crash', 'async'].includes(durability)) {
-  console.error(`--durability ${durability}: use strict, crash or async`);
   process.exit(2);
 }
 

@@ -12,7 +12,7 @@ export interface TokenVerifier {
    * The identity of a token verified before and not yet expired, without waiting for a turn of the
    * event loop: undefined when it must be verified (the request path then awaits the verifier).
    */
-  cached?(token: string): AgentIdentity | undefined;
+  cached(token: string): AgentIdentity | undefined;
 }
 
 const EMBEDDED_KEY_HEADERS = ['jwk', 'jku', 'x5u', 'x5c'] as const;

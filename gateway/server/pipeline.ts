@@ -202,7 +202,7 @@ export function createPipeline(deps: PipelineDeps): RequestHandler {
       }
       const presented = token;
       // A token verified before is answered from the cache without a turn of the event loop.
-      const verified = verifyToken.cached?.(token) ?? (await verifyToken(token));
+      const verified = verifyToken.cached(token) ?? (await verifyToken(token));
       rec.agent = verified.agent;
       rec.tenant = verified.tenant ?? null;
       rec.user = verified.user ?? null;
