@@ -169,6 +169,12 @@ async function copyAudit(db: Database.Database, pool: pg.Pool, schema: string, i
         for (const r of db.prepare(`SELECT ${rowColumns.map((k) => `"${k}"`).join(', ')} FROM audit_log ORDER BY id`).iterate() as Iterable<Row>) yield { ...r, instance };
       })(),
     );
+    // The batches of sealed request facts the rows refer to (ids kept: the references name them).
+    const factsBatches = shared(db, 'audit_facts', await targetColumns(c, 'audit_facts'));
+    if (factsBatches.length > 0) {
+      await insertAll(c, 'audit_facts', factsBatches, db.prepare(`SELECT ${factsBatches.join(', ')} FROM audit_facts ORDER BY id`).iterate() as Iterable<Row>);
+      await c.query("SELECT setval(pg_get_serial_sequence('audit_facts', 'id'), (SELECT coalesce(max(id), 0) + 1 FROM audit_facts), false)");
+    }
     const eventColumns = shared(db, 'audit_chain', await targetColumns(c, 'audit_chain'));
     const events = await insertAll(c, 'audit_chain', eventColumns, db.prepare(`SELECT ${eventColumns.join(', ')} FROM audit_chain ORDER BY seq`).iterate() as Iterable<Row>);
     const head = db.prepare('SELECT seq, hash FROM audit_chain ORDER BY seq DESC LIMIT 1').get() as { seq: number; hash: Buffer } | undefined;

@@ -1,4 +1,5 @@
 import { hash } from 'node:crypto';
+import { parseBatchRef } from './facts.js';
 import type { Anchor, VerifyProblem, VerifyResult } from './port.js';
 
 /**
@@ -361,6 +362,21 @@ export class ChainWalk {
     }
     this.prev = e.hash;
   }
+}
+
+/**
+ * A row whose `facts` refer to a sealed batch of facts (gateway/audit/facts.ts, `v2`): its place in
+ * the chain covers the reference, and the reference carries the batch's digest, so the batch must
+ * be there and unchanged. `digests`: each stored batch's digest, by id. The problem, or undefined.
+ */
+export function factsRefProblem(row: { id: number; request_id: string | null; facts: string; seq: number | null }, digests: ReadonlyMap<number, string>): ChainProblem | undefined {
+  const ref = parseBatchRef(row.facts);
+  const at = { seq: row.seq, rowId: row.id, requestId: row.request_id };
+  if (ref === undefined) return { ...at, message: `row ${row.id}'s request facts are not a reference to a sealed batch (malformed)` };
+  const digest = digests.get(ref.batchId);
+  if (digest === undefined) return { ...at, message: `row ${row.id}'s sealed request facts are gone: batch ${ref.batchId} is missing (deleted)` };
+  if (digest !== ref.digest) return { ...at, message: `row ${row.id}'s sealed request facts do not match: batch ${ref.batchId} was altered` };
+  return undefined;
 }
 
 /** Verify's findings, in report order once sorted: `problem` takes what the walk and the checks report. */

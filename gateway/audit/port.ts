@@ -313,6 +313,8 @@ export interface AuditLog {
   byRequestId(requestId: string): Promise<AuditRow | undefined>;
   /** The stored row's column names, in storage order (an export's header names them even with no rows). */
   columns(): Promise<string[]>;
+  /** The stored texts of these batches of sealed request facts (gateway/audit/facts.ts, `v2`), by id; a deleted one is absent. */
+  factsBatches(ids: readonly number[]): Promise<Map<number, string>>;
   /** Checks the whole retained chain and every row against it (and against the anchors given). */
   verify(options?: { anchors?: readonly Anchor[]; maxProblems?: number }): Promise<VerifyResult>;
   /**

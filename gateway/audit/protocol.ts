@@ -61,7 +61,6 @@ void everyField;
 export const REQUEST_ID_AT = 1 + RECORD_FIELDS.indexOf('requestId');
 export const STATUS_AT = 1 + RECORD_FIELDS.indexOf('status');
 export const ERROR_CODE_AT = 1 + RECORD_FIELDS.indexOf('errorCode');
-export const FACTS_AT = 1 + RECORD_FIELDS.indexOf('facts');
 export const FACTS_PLAIN_AT = 1 + RECORD_FIELDS.indexOf('factsPlain');
 
 /**

@@ -1,7 +1,7 @@
 import { existsSync } from 'node:fs';
 import { resolve } from 'node:path';
 import type { ParseArgsConfig } from 'node:util';
-import { openFacts } from '../audit/facts.js';
+import { FactsOpener, parseBatchRef } from '../audit/facts.js';
 import type { AuditLog } from '../audit/port.js';
 import { loadConfig } from '../config/load.js';
 import type { Environment } from '../config/types.js';
@@ -57,20 +57,23 @@ export async function replayCommand(args: string[]): Promise<void> {
   const until = values.until === undefined ? undefined : parseTime(values.until, 'until');
   const environment = gatewayEnvironment(values.env, env);
   // From here on a failure is the configuration's or the deployment's, never a crossed threshold: exit 2.
-  let key: MasterKey | undefined;
+  let opener: FactsOpener | undefined;
+  // The stored batches of sealed facts the current page's rows refer to (read before the page is replayed).
+  let batches = new Map<number, string>();
   let replay: ReturnType<typeof replayer>;
   try {
     // Loaded and compiled (CEL type-checked) as `valet start` would.
     replay = replayer(loadConfig(values.candidate, { environment }), (row) => {
-      if (key === undefined) throw new ValetError('VALET_ERR_MASTER_KEY', 'no master key to open the facts with (VALET_MASTER_KEY, VALET_MASTER_KEY_FILE, or <data>/master-key)');
-      return decodeFacts(openFacts(key, row.request_id, row.facts as string));
+      if (opener === undefined) throw new ValetError('VALET_ERR_MASTER_KEY', 'no master key to open the facts with (VALET_MASTER_KEY, VALET_MASTER_KEY_FILE, or <data>/master-key)');
+      return decodeFacts(opener.open(row.request_id, row.facts as string));
     });
   } catch (err) {
     return fail(err, 'invalid candidate configuration');
   }
   let log: AuditLog | undefined;
   try {
-    key = factsKey(values.config, values.data, environment);
+    const key = factsKey(values.config, values.data, environment);
+    if (key !== undefined) opener = new FactsOpener(key, (id) => batches.get(id));
     log = await openLog(values, { readonly: true });
     const tally = new ReplayTally();
     const filter = { agent: values.agent, tenant: values.tenant, upstream: values.upstream, tool: values.tool, sinceMs: since, untilMs: until };
@@ -78,6 +81,12 @@ export async function replayCommand(args: string[]): Promise<void> {
     let before: number | undefined;
     while (left > 0) {
       const page = await log.page({ ...filter, limit: Math.min(PAGE_ROWS, left), order: 'desc', before });
+      const ids = new Set<number>();
+      for (const row of page.rows) {
+        const ref = typeof row.facts === 'string' ? parseBatchRef(row.facts) : undefined;
+        if (ref !== undefined) ids.add(ref.batchId);
+      }
+      batches = await log.factsBatches([...ids]);
       for (const row of page.rows) tally.add(row, await replay.replay(row));
       left -= page.rows.length;
       if (page.next === null) break;

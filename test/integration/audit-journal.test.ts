@@ -71,7 +71,8 @@ describe.each([
     }
     const rows = await g.waitForAudit(5);
     expect(rows.map((r) => r.status)).toEqual([200, 200, 200, 200, 200]);
-    for (const r of rows) expect(r.facts).toMatch(/^v1\.[0-9a-f]{16}\./);
+    // One sealed batch per commit (gateway/audit/facts.ts, v2): each row refers to its line.
+    for (const r of rows) expect(r.facts).toMatch(/^v2\.[1-9][0-9]*\.[0-9]+\.[A-Za-z0-9_-]{43}$/);
     // Each row was inserted once, complete: a `record` event, no decision then outcome.
     const chain = events(g);
     expect(chain.map((e) => e.kind)).toEqual(rows.map(() => EVENT.record));

@@ -9,6 +9,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { stringify } from 'yaml';
+import Database from 'better-sqlite3';
+import { AUDIT_FILE } from '../../gateway/audit/sqlite/store.js';
 import type { ReplayReport } from '../../gateway/policy/replay.js';
 import { runCli, type CliResult } from '../helpers/cli.js';
 import { startTestGateway, type TestGateway } from '../helpers/gateway.js';
@@ -78,8 +80,16 @@ describe('valet policy replay', () => {
     const withFacts = rows.filter((r) => r.facts !== null);
     expect(withFacts).toHaveLength(20);
     for (const r of withFacts) {
-      expect(r.facts).toMatch(/^v1\.[0-9a-f]{16}\.[A-Za-z0-9_-]+$/);
-      expect(r.facts).not.toContain('agent-1');
+      // A reference to its line of the batch its commit sealed (gateway/audit/facts.ts, v2).
+      expect(r.facts).toMatch(/^v2\.[1-9][0-9]*\.[0-9]+\.[A-Za-z0-9_-]{43}$/);
+    }
+    const db = new Database(join(gw.dataDir, AUDIT_FILE), { readonly: true });
+    const batches = db.prepare('SELECT sealed FROM audit_facts').pluck().all() as string[];
+    db.close();
+    expect(batches.length).toBeGreaterThan(0);
+    for (const b of batches) {
+      expect(b).toMatch(/^v2\.[0-9a-f]{16}\.[A-Za-z0-9_-]+$/);
+      expect(Buffer.from(b.split('.')[2] as string, 'base64url').toString('latin1')).not.toContain('agent-1');
     }
     await gw.close({ keep: true });
 
@@ -170,6 +180,31 @@ describe('valet policy replay', () => {
     const r = JSON.parse(wrongKey.stdout) as ReplayReport;
     expect(r).toMatchObject({ considered: 3, replayed: 0, not_replayable: { count: 3 } });
     expect(r.not_replayable.reasons).toEqual([{ reason: expect.stringMatching(/^The request facts cannot be opened: sealed under master key [0-9a-f]{16}, not this one \([0-9a-f]{16}\)\.$/), count: 3, example: expect.any(String) }]);
+  });
+
+  it('a batch of sealed facts altered or deleted: its rows are not replayable, say why, and verify names them', { timeout: 60_000 }, async () => {
+    for (const [change, reason, problem] of [
+      ["UPDATE audit_facts SET sealed = substr(sealed, 1, 40) || (CASE substr(sealed, 41, 1) WHEN 'A' THEN 'B' ELSE 'A' END) || substr(sealed, 42)", /does not match the row's digest \(altered\)/, /batch \d+ was altered/],
+      ['DELETE FROM audit_facts', /is missing \(deleted\)/, /batch \d+ is missing \(deleted\)/],
+    ] as const) {
+      const copy = mkdtempSync(join(tmpdir(), 'valet-replay-tampered-'));
+      try {
+        cpSync(gw.dataDir, copy, { recursive: true });
+        const db = new Database(join(copy, AUDIT_FILE));
+        db.exec(change);
+        db.close();
+        const r = await runCli(['policy', 'replay', '--candidate', candidate, '--config', gw.configDir, '--data', copy, '--format', 'json']);
+        expect(r.code).toBe(0);
+        const report = JSON.parse(r.stdout) as ReplayReport;
+        expect(report).toMatchObject({ considered: 23, replayed: 0 });
+        expect(report.not_replayable.reasons.find((x) => reason.test(x.reason))?.count).toBe(20);
+        const v = await runCli(['audit', 'verify', '--config', gw.configDir, '--data', copy]);
+        expect(v.code).toBe(1);
+        expect(v.stdout + v.stderr).toMatch(problem);
+      } finally {
+        rmSync(copy, { recursive: true, force: true });
+      }
+    }
   });
 
   it('renders a Markdown report for a pull request', { timeout: 60_000 }, async () => {

@@ -301,7 +301,7 @@ describe('audit schema', () => {
     const file = join(f.dir, 'valet.db');
     const db = new Database(file);
     // Roll back to the schema of version 2 (before approvals and the chain) with two rows in it.
-    db.exec(`DROP TABLE audit_log; DROP TABLE audit_chain;
+    db.exec(`DROP TABLE audit_log; DROP TABLE audit_chain; DROP TABLE audit_facts;
       CREATE TABLE audit_log (id INTEGER PRIMARY KEY, ts INTEGER NOT NULL, request_id TEXT NOT NULL, agent TEXT, tenant TEXT, user TEXT,
         upstream TEXT, method TEXT NOT NULL, path TEXT NOT NULL, decision TEXT, rule TEXT, reason TEXT, status INTEGER NOT NULL,
         upstream_status INTEGER, error_code TEXT, duration_ms REAL NOT NULL, bytes_in INTEGER NOT NULL, bytes_out INTEGER NOT NULL, policy_version TEXT);

@@ -1,5 +1,6 @@
 import type pg from 'pg';
-import { anchorSeqs, ChainWalk, checkAnchors, EVENT, parseNote, problemList, pruneCoverage, rowDigest, verifyResult, type ChainEvent } from '../chain.js';
+import { batchDigest } from '../facts.js';
+import { anchorSeqs, ChainWalk, checkAnchors, EVENT, factsRefProblem, parseNote, problemList, pruneCoverage, rowDigest, verifyResult, type ChainEvent } from '../chain.js';
 import type {
   AgentActivity,
   Anchor,
@@ -100,6 +101,12 @@ export class PgAuditLog implements AuditLog {
 
   async columns(): Promise<string[]> {
     return [...ROW_COLUMNS];
+  }
+
+  async factsBatches(ids: readonly number[]): Promise<Map<number, string>> {
+    if (ids.length === 0) return new Map();
+    const r = await this.pool.query<{ id: number; sealed: string }>('SELECT id, sealed FROM audit_facts WHERE id = ANY($1::bigint[])', [ids]);
+    return new Map(r.rows.map((b) => [b.id, b.sealed]));
   }
 
   /**
@@ -357,6 +364,30 @@ export async function verifyInSnapshot(db: pg.PoolClient, anchors: readonly Anch
     for (const s of strays) {
       problem({ seq: null, rowId: s.id, requestId: s.request_id, position: (s.before ?? 0) + 0.5, message: `row ${s.id} is not in the chain (inserted)` });
     }
+  }
+
+  // Rows whose sealed facts are a batch's: the batch is there, as it was (both read a page at a time).
+  const digests = new Map<number, string>();
+  for (let from = 0; ; ) {
+    const batches = (await db.query<{ id: number; sealed: string }>('SELECT id, sealed FROM audit_facts WHERE id > $1 ORDER BY id LIMIT $2', [from, VERIFY_PAGE])).rows;
+    for (const b of batches) digests.set(b.id, batchDigest(b.sealed));
+    if (batches.length < VERIFY_PAGE) break;
+    from = batches[batches.length - 1]!.id;
+  }
+  refs: for (let from = 0; ; ) {
+    const rows = (
+      await db.query<{ id: number; request_id: string | null; facts: string; seq: number | null }>(
+        `SELECT id, request_id, facts, coalesce(outcome_seq, chain_seq) AS seq FROM audit_log WHERE id > $1 AND facts LIKE 'v2.%' ORDER BY id LIMIT $2`,
+        [from, VERIFY_PAGE],
+      )
+    ).rows;
+    for (const r of rows) {
+      if (problems.length >= maxProblems) break refs;
+      const p = factsRefProblem(r, digests);
+      if (p !== undefined) problem(p);
+    }
+    if (rows.length < VERIFY_PAGE) break;
+    from = rows[rows.length - 1]!.id;
   }
 
   const seqs = anchorSeqs(anchors, checkpoint, lastSeq);

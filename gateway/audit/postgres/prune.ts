@@ -1,5 +1,6 @@
 import type pg from 'pg';
 import { compactable, encodeNote, EVENT, GENESIS, linkHash, parseNote, rowDigest, pruneNote, sha256, type ChainHead } from '../chain.js';
+import { batchRefCounts } from '../facts.js';
 import type { PruneResult, RetentionCutoffs } from '../port.js';
 import { DIGEST_COLUMNS, lockKey, SELECT_ROW } from './schema.js';
 
@@ -59,6 +60,13 @@ export async function pruneInTransaction(
     forget(id);
   }
   if (batch.length > 0) await db.query('DELETE FROM audit_log WHERE id = ANY($1::bigint[])', [batch.map((r) => r['id'])]);
+  // A batch of sealed facts goes with the last row that refers to it.
+  const released = batchRefCounts(batch);
+  if (released.size > 0) {
+    const ids = [...released.keys()];
+    await db.query('UPDATE audit_facts f SET rows = f.rows - r.n FROM unnest($1::bigint[], $2::int[]) AS r(id, n) WHERE f.id = r.id', [ids, ids.map((id) => released.get(id))]);
+    await db.query('DELETE FROM audit_facts WHERE id = ANY($1::bigint[]) AND rows <= 0', [ids]);
+  }
 
   // Compact: the longest run of stubs and old prune events at the front of the chain.
   const checkpoint = await readCheckpoint(db);

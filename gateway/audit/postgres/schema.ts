@@ -123,6 +123,9 @@ const MIGRATIONS: readonly string[] = [
   `ALTER TABLE audit_log ADD COLUMN facts TEXT;`,
   // What response rules did to the answer (JSON).
   `ALTER TABLE audit_log ADD COLUMN response TEXT;`,
+  // Request facts sealed one batch per commit and tenant (gateway/audit/facts.ts, `v2`), which rows'
+  // `facts` refer to; `rows`: how many rows still do, so retention deletes a batch with its last row.
+  `CREATE TABLE audit_facts (id BIGSERIAL PRIMARY KEY, rows INTEGER NOT NULL, sealed TEXT NOT NULL);`,
 ];
 
 /** A 64-bit advisory lock key, per schema and purpose (the locks are per database: schemas must not share them). */

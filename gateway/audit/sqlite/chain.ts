@@ -1,4 +1,5 @@
-import { anchorSeqs, ChainWalk, checkAnchors, EVENT, GENESIS, META_COLUMNS, parseNote, problemList, pruneCoverage, rowDigest, verifyResult, type ChainEvent, type ChainHead } from '../chain.js';
+import { batchDigest } from '../facts.js';
+import { anchorSeqs, ChainWalk, checkAnchors, EVENT, factsRefProblem, GENESIS, META_COLUMNS, parseNote, problemList, pruneCoverage, rowDigest, verifyResult, type ChainEvent, type ChainHead } from '../chain.js';
 import type { Anchor, VerifyResult } from '../port.js';
 import type { AuditDatabase } from './store.js';
 
@@ -98,6 +99,23 @@ function verifyInSnapshot(db: AuditDatabase, anchors: readonly Anchor[], maxProb
     }
   }
 
+  // Rows whose sealed facts are a batch's: the batch is there, as it was.
+  if (hasFactsBatches(db)) {
+    const digests = new Map<number, string>();
+    for (const b of db.prepare('SELECT id, sealed FROM audit_facts').iterate() as IterableIterator<{ id: number; sealed: string }>) digests.set(b.id, batchDigest(b.sealed));
+    const refs = db.prepare(`SELECT id, request_id, facts, coalesce(outcome_seq, chain_seq) AS seq FROM audit_log WHERE facts LIKE 'v2.%' ORDER BY id`).iterate() as IterableIterator<{
+      id: number;
+      request_id: string | null;
+      facts: string;
+      seq: number | null;
+    }>;
+    for (const r of refs) {
+      if (problems.length >= maxProblems) break;
+      const p = factsRefProblem(r, digests);
+      if (p !== undefined) problem(p);
+    }
+  }
+
   const hashAt = db.prepare('SELECT hash FROM audit_chain WHERE seq = ?').pluck();
   const stored = new Map<number, Buffer>();
   for (const seq of anchorSeqs(anchors, checkpoint, lastSeq)) {
@@ -106,4 +124,9 @@ function verifyInSnapshot(db: AuditDatabase, anchors: readonly Anchor[], maxProb
   }
   const anchorsChecked = checkAnchors(anchors, checkpoint, lastSeq, stored, problem);
   return verifyResult({ problems, rows, events: count, checkpoint, last: { seq: lastSeq, hash: lastHash }, incomplete, pruned, anchors: anchorsChecked });
+}
+
+/** Whether the database has the table of sealed facts batches (a read-only open of an older file may not). */
+export function hasFactsBatches(db: AuditDatabase): boolean {
+  return db.prepare("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'audit_facts'").get() !== undefined;
 }

@@ -4,7 +4,8 @@ import Database from 'better-sqlite3';
 import type { AuditRecord } from '../../types.js';
 import { compactable, encodeNote, EVENT, GENESIS, jsonString, linkHash, META_COLUMNS, parseNote, pruneNote, rowDigest, sha256, sha256Hex, storedText, type ChainHead } from '../chain.js';
 import type { PruneResult, RetentionCutoffs } from '../port.js';
-import { DECISION, ERROR_CODE_AT, FINAL, pack, RECORD_FIELDS, REQUEST_ID_AT, STATUS_AT, type PackedOp } from '../protocol.js';
+import { batchRef, batchRefCounts, sealFactsBatch, type FactsKey, type SealedBatch } from '../facts.js';
+import { DECISION, ERROR_CODE_AT, FACTS_PLAIN_AT, FINAL, pack, RECORD_FIELDS, REQUEST_ID_AT, STATUS_AT, type PackedOp } from '../protocol.js';
 import { readJournal } from './journal.js';
 import { contentColumns, HEAD_SQL, headOf, readCheckpoint, readHead } from './chain.js';
 import { openAuditDatabase, type AuditDatabase } from './store.js';
@@ -77,6 +78,23 @@ export const insertRowSql = (names: readonly string[]): string =>
   `INSERT INTO audit_log (${names.join(', ')}, id, logged_at, chain_seq) VALUES (${names.map(() => '?').join(', ')}, ?, ?, ?)`;
 
 /** The writer's chain event: seq, row id, kind, hash, digest (kept for decisions). */
+/** A batch of sealed request facts (gateway/audit/facts.ts, `v2`) and how many rows refer to it. */
+export const ADD_FACTS_BATCH_SQL = 'INSERT INTO audit_facts (rows, sealed) VALUES (?, ?)';
+
+/** What the writer seals request facts with, and whom it tells (by request id, never what) when it cannot. */
+export interface FactsSealing {
+  readonly key: FactsKey;
+  readonly failed: (requestId: string, err: unknown) => void;
+}
+
+/** One tenant's sealed facts in a commit: `at`, the positions of its ops, in the order of its lines. */
+interface FactsBatch {
+  readonly at: number[];
+  readonly sealed: SealedBatch;
+}
+
+const TENANT_AT = 1 + RECORD_FIELDS.indexOf('tenant');
+
 export const ADD_EVENT_SQL = 'INSERT INTO audit_chain (seq, row_id, kind, hash, digest) VALUES (?, ?, ?, ?, ?)';
 
 /**
@@ -128,10 +146,13 @@ export class AuditCore {
   /** {@link readHead}, prepared once: read in every transaction, under the write lock. */
   private readonly headRow: Statement;
   private readonly lastPrune: Statement;
-  private readonly applyTx: (ops: readonly PackedOp[], undo: Undo) => ChainHead;
+  private readonly applyTx: (ops: readonly PackedOp[], undo: Undo, facts: readonly FactsBatch[]) => ChainHead;
+  private readonly factsIndex: number;
+  private readonly addBatch: Statement;
   /** Decisions committed and not yet completed: request id → row. */
   private readonly open = new Map<string, OpenRow>();
   private lastLoggedAt = 0;
+  private readonly facts: FactsSealing | undefined;
   head: ChainHead = { seq: 0, hash: GENESIS };
   /** Seconds the last successful {@link applyPacked} took: its transaction, fsync included. */
   lastCommitSeconds = 0;
@@ -145,8 +166,9 @@ export class AuditCore {
    */
   constructor(
     private readonly dataDir: string,
-    o: { busyTimeoutMs?: number; cacheKiB?: number; recover?: boolean; autoCheckpoint?: boolean } = {},
+    o: { busyTimeoutMs?: number; cacheKiB?: number; recover?: boolean; autoCheckpoint?: boolean; facts?: FactsSealing | undefined } = {},
   ) {
+    this.facts = o.facts;
     this.db = openAuditDatabase(dataDir, { busyTimeoutMs: o.busyTimeoutMs ?? 1000 });
     this.db.pragma(`cache_size = -${o.cacheKiB ?? 32_768}`);
     if (o.autoCheckpoint === false) this.db.pragma('wal_autocheckpoint = 0');
@@ -158,6 +180,7 @@ export class AuditCore {
     const names = this.columns.map((c) => c.name);
     this.tsIndex = names.indexOf('ts');
     this.tenantIndex = names.indexOf('tenant');
+    this.factsIndex = names.indexOf('facts');
     this.plan = this.digestColumns.map((name) => ({ prefix: `[${JSON.stringify(name)},`, at: name === 'id' ? ID : name === 'logged_at' ? LOGGED_AT : names.indexOf(name) }));
     this.planIndex = names.map((name) => this.digestColumns.indexOf(name));
     // Both statements take the content columns first, in table order, then the chain's own values.
@@ -166,7 +189,8 @@ export class AuditCore {
     this.lastRow = this.db.prepare('SELECT id, logged_at FROM audit_log ORDER BY id DESC LIMIT 1');
     this.headRow = this.db.prepare(HEAD_SQL);
     this.lastPrune = this.db.prepare(`SELECT note FROM audit_chain WHERE kind = ${EVENT.prune} ORDER BY seq DESC LIMIT 1`).pluck();
-    this.applyTx = this.db.transaction((ops: readonly PackedOp[], undo: Undo) => this.applyInTransaction(ops, undo)).immediate;
+    this.addBatch = this.db.prepare(ADD_FACTS_BATCH_SQL);
+    this.applyTx = this.db.transaction((ops: readonly PackedOp[], undo: Undo, facts: readonly FactsBatch[]) => this.applyInTransaction(ops, undo, facts)).immediate;
     this.head = readHead(this.db);
     this.lock = o.recover === false ? undefined : writerLock(dataDir);
     if (this.lock !== undefined) this.recoverInterrupted();
@@ -249,7 +273,7 @@ export class AuditCore {
     const undo: Undo = [];
     try {
       const started = performance.now();
-      this.head = this.applyTx(ops, undo);
+      this.head = this.applyTx(ops, undo, this.sealFacts(ops));
       this.lastCommitSeconds = (performance.now() - started) / 1000;
       return this.head;
     } catch (err) {
@@ -268,14 +292,53 @@ export class AuditCore {
     else this.open.set(requestId, v);
   }
 
-  private applyInTransaction(ops: readonly PackedOp[], undo: Undo): ChainHead {
+  /**
+   * The request facts of these ops (their `factsPlain`), sealed one batch per tenant before the
+   * transaction begins (gateway/audit/facts.ts, `v2`), so the write lock is not held meanwhile.
+   * Without a key, or when a batch cannot be sealed (its rows' request ids are reported), the
+   * rows have no facts. The ops are left as they are: a failed transaction seals them again.
+   */
+  private sealFacts(ops: readonly PackedOp[]): FactsBatch[] {
+    const facts = this.facts;
+    if (facts === undefined) return [];
+    const byTenant = new Map<unknown, { at: number[]; entries: [string, string][] }>();
+    for (let i = 0; i < ops.length; i++) {
+      const op = ops[i] as PackedOp;
+      const plain = op[FACTS_PLAIN_AT];
+      if (typeof plain !== 'string') continue;
+      const tenant = op[TENANT_AT] ?? null;
+      let group = byTenant.get(tenant);
+      if (group === undefined) byTenant.set(tenant, (group = { at: [], entries: [] }));
+      group.at.push(i);
+      group.entries.push([op[REQUEST_ID_AT] as string, plain]);
+    }
+    const batches: FactsBatch[] = [];
+    for (const { at, entries } of byTenant.values()) {
+      try {
+        batches.push({ at, sealed: sealFactsBatch(facts.key, entries) });
+      } catch (err) {
+        for (const [requestId] of entries) facts.failed(requestId, err);
+      }
+    }
+    return batches;
+  }
+
+  private applyInTransaction(ops: readonly PackedOp[], undo: Undo, facts: readonly FactsBatch[]): ChainHead {
+    // Each batch's row first: its id goes into the references its rows hold.
+    let refs: (string | undefined)[] | undefined;
+    for (const b of facts) {
+      const id = Number(this.addBatch.run(b.at.length, b.sealed.text).lastInsertRowid);
+      refs ??= new Array<string | undefined>(ops.length);
+      for (let line = 0; line < b.at.length; line++) refs[b.at[line] as number] = batchRef(id, line, b.sealed.digest);
+    }
     let head = headOf(this.headRow.get());
     const last = this.lastRow.get() as { id: number; logged_at: number | null } | undefined;
     let nextId = (last?.id ?? this.pruneFloor()) + 1;
     let loggedAt = Math.max(this.lastLoggedAt, last?.logged_at ?? 0);
     const columns = this.columns;
     const n = columns.length;
-    for (const op of ops) {
+    for (let j = 0; j < ops.length; j++) {
+      const op = ops[j] as PackedOp;
       loggedAt = Math.max(loggedAt, Date.now());
       const requestId = op[REQUEST_ID_AT] as string;
       // values: the columns in table order, then the three the insert binds last (see constructor).
@@ -292,6 +355,8 @@ export class AuditCore {
                 ? v
                 : c.normalise(v);
       }
+      const ref = refs?.[j];
+      if (ref !== undefined) values[this.factsIndex] = ref;
       const seq = head.seq + 1;
       const ts = (values[this.tsIndex] as number | null) ?? null;
       const tenant = (values[this.tenantIndex] as string | null) ?? null;
@@ -461,6 +526,16 @@ export function pruneAudit(
       }
       del.run(id);
       forget(id);
+    }
+    // A batch of sealed facts goes with the last row that refers to it.
+    const released = batchRefCounts(batch);
+    if (released.size > 0) {
+      const release = db.prepare('UPDATE audit_facts SET rows = rows - ? WHERE id = ?');
+      const drop = db.prepare('DELETE FROM audit_facts WHERE id = ? AND rows <= 0');
+      for (const [batchId, n] of released) {
+        release.run(n, batchId);
+        drop.run(batchId);
+      }
     }
 
     // Compact: the longest run of stubs and old prune events at the front of the chain.

@@ -21,7 +21,7 @@ import type {
   VerifyResult,
 } from '../port.js';
 import { SPEND_KEYS } from '../port.js';
-import { verifyChain } from './chain.js';
+import { hasFactsBatches, verifyChain } from './chain.js';
 import { pruneAudit } from './core.js';
 import { AUDIT_FILE, iterateAudit, openAuditDatabase, pageAudit, type AuditDatabase } from './store.js';
 
@@ -64,6 +64,17 @@ export class SqliteAuditLog implements AuditLog {
 
   async columns(): Promise<string[]> {
     return this.db.prepare('SELECT name FROM pragma_table_info(?)').pluck().all('audit_log') as string[];
+  }
+
+  async factsBatches(ids: readonly number[]): Promise<Map<number, string>> {
+    const found = new Map<number, string>();
+    if (ids.length === 0 || !hasFactsBatches(this.db)) return found;
+    const get = this.db.prepare('SELECT sealed FROM audit_facts WHERE id = ?').pluck();
+    for (const id of ids) {
+      const sealed = get.get(id) as string | undefined;
+      if (sealed !== undefined) found.set(id, sealed);
+    }
+    return found;
   }
 
   async verify(options: { anchors?: readonly Anchor[]; maxProblems?: number } = {}): Promise<VerifyResult> {

@@ -13,7 +13,7 @@ import { AuditCore } from './core.js';
 import { AUDIT_FILE } from './store.js';
 import { applyDurability, CHECKPOINT_INTERVAL_MS } from './durability.js';
 import type { AuditHead } from '../port.js';
-import { SEAL_FAILED, sealPackedFacts } from '../facts.js';
+import { SEAL_FAILED } from '../facts.js';
 import { DECISION, type FromWriter, type PackedOp, type ToWriter, type WriterInit } from '../protocol.js';
 
 /** Ops kept for retry while the database cannot be written; beyond this the oldest are dropped (and logged). */
@@ -39,7 +39,11 @@ export function startWriterService(init: WriterInit, post: (m: FromWriter) => vo
   const signal = new Int32Array(init.flushSignal);
   let core: AuditCore;
   try {
-    core = new AuditCore(init.dataDir, { busyTimeoutMs: init.busyTimeoutMs, autoCheckpoint: !init.checkpointer });
+    core = new AuditCore(init.dataDir, {
+      busyTimeoutMs: init.busyTimeoutMs,
+      autoCheckpoint: !init.checkpointer,
+      facts: init.factsKey === undefined ? undefined : { key: init.factsKey, failed: (reqId, err) => post({ t: 'log', level: 'error', msg: SEAL_FAILED, fields: { reqId, message: errMessage(err) } }) },
+    });
   } catch (err) {
     post({ t: 'fatal', code: errCode(err), message: errMessage(err) });
     done();
@@ -99,7 +103,6 @@ export function startWriterService(init: WriterInit, post: (m: FromWriter) => vo
     return false;
   };
 
-  const factsFailed = (reqId: string, err: unknown): void => post({ t: 'log', level: 'error', msg: SEAL_FAILED, fields: { reqId, message: errMessage(err) } });
   const headOf = (): AuditHead => ({ seq: core.head.seq, hash: core.head.hash.toString('hex') });
 
   let queue: PackedOp[] = [];
@@ -217,10 +220,7 @@ export function startWriterService(init: WriterInit, post: (m: FromWriter) => vo
   return (m) => {
     switch (m.t) {
       case 'batch':
-        for (const op of m.ops) {
-          sealPackedFacts(op as unknown[], init.factsKey, factsFailed);
-          queue.push(op);
-        }
+        for (const op of m.ops) queue.push(op);
         unanswered.push(m.id);
         if (m.urgent) urgent = true;
         // A decision holds a request until it is durable: try now even while backing off.

@@ -100,6 +100,9 @@ const MIGRATIONS: readonly string[] = [
   `ALTER TABLE audit_log ADD COLUMN facts TEXT;`,
   // What response rules did to the answer (JSON).
   `ALTER TABLE audit_log ADD COLUMN response TEXT;`,
+  // Request facts sealed one batch per commit and tenant (gateway/audit/facts.ts, `v2`), which rows'
+  // `facts` refer to; `rows`: how many rows still do, so retention deletes a batch with its last row.
+  `CREATE TABLE audit_facts (id INTEGER PRIMARY KEY AUTOINCREMENT, rows INTEGER NOT NULL, sealed TEXT NOT NULL);`,
 ];
 
 export const AUDIT_FILE = 'valet.db';
