@@ -1,8 +1,7 @@
-import { createCipheriv, createDecipheriv, hash, randomFillSync } from 'node:crypto';
+import { createCipheriv, createDecipheriv, hash, randomBytes } from 'node:crypto';
 import { deflateRawSync, inflateRawSync } from 'node:zlib';
 import { ValetError } from '../errors.js';
 import type { MasterKey } from '../secrets/crypto.js';
-import type { AuditRecord } from '../types.js';
 
 /**
  * The sealed request facts of audit rows: what a decision was made on (see
@@ -32,34 +31,11 @@ const BASE64URL = /^[A-Za-z0-9_-]+$/;
 
 const associatedData = (requestId: string): Buffer => Buffer.from(JSON.stringify([AD_LABEL, requestId]), 'utf8');
 
-/** Random nonces drawn from the system's generator 256 at a time: one call per nonce costs more than the sealing itself. */
-const NONCES = 256;
-let pool = Buffer.alloc(0);
-let drawn = NONCES;
-function nextNonce(): Buffer {
-  if (drawn === NONCES) {
-    // A new buffer each time: nonces handed out earlier stay as they were.
-    pool = randomFillSync(Buffer.allocUnsafe(NONCE_BYTES * NONCES));
-    drawn = 0;
-  }
-  return pool.subarray(NONCE_BYTES * drawn, NONCE_BYTES * ++drawn);
-}
-
 /** What sealing and opening facts need of the master key (a worker thread is handed only this). */
 export type FactsKey = Pick<MasterKey, 'id' | 'facts'>;
 
-/** Seals `plain` (the facts as JSON) for the row of `requestId`, with a fresh random nonce. */
-export function sealFacts(key: FactsKey, requestId: string, plain: string): string {
-  const nonce = nextNonce();
-  const cipher = createCipheriv('aes-256-gcm', key.facts, nonce, { authTagLength: TAG_BYTES });
-  cipher.setAAD(associatedData(requestId));
-  // The plaintext is a JS string already (it cannot be wiped): no copy of it is made to wipe.
-  const sealed = Buffer.concat([nonce, cipher.update(plain, 'utf8'), cipher.final(), cipher.getAuthTag()]);
-  return `${VERSION}.${key.id}.${sealed.toString('base64url')}`;
-}
-
 /**
- * Opens what {@link sealFacts} sealed for the row of `requestId`. Throws
+ * Opens a `v1` text (what gateways before `v2` sealed, one per row) for the row of `requestId`. Throws
  * `VALET_ERR_AUDIT_FACTS_UNREADABLE` when the text is malformed, was sealed under another master
  * key (the message gives both key ids), or fails authentication: a changed byte, another row's
  * facts, a wrong key with a forged id. The message never holds any of the sealed text.
@@ -113,7 +89,7 @@ export function sealFactsBatch(key: FactsKey, entries: readonly (readonly [reque
   let plain = '';
   for (const [requestId, facts] of entries) plain += `${JSON.stringify(requestId)}\t${facts}\n`;
   const packed = deflateRawSync(Buffer.from(plain, 'utf8'), { level: 1 });
-  const nonce = nextNonce();
+  const nonce = randomBytes(NONCE_BYTES);
   const cipher = createCipheriv('aes-256-gcm', key.facts, nonce, { authTagLength: TAG_BYTES });
   cipher.setAAD(BATCH_AD);
   const sealed = Buffer.concat([nonce, cipher.update(packed), cipher.final(), cipher.getAuthTag()]);
@@ -231,26 +207,3 @@ const unreadable = (why: string): ValetError => new ValetError('VALET_ERR_AUDIT_
 
 /** What every audit writer logs when a row's facts could not be sealed (with the request id and the cipher's message). */
 export const SEAL_FAILED = 'could not seal the request facts; the audit row has none';
-
-/**
- * Seals a record's `factsPlain` into its `facts` (`v1`) and clears it, as the PostgreSQL writer does
- * before a row is stored: the plaintext is never written anywhere. Without a key, or when sealing
- * fails, the row has no facts (`onError` is told why, never what).
- */
-export function sealRecordFacts(rec: AuditRecord, key: FactsKey | undefined, onError: (requestId: string, err: unknown) => void): void {
-  const plain = rec.factsPlain;
-  if (plain === null) return;
-  rec.factsPlain = null;
-  const sealed = sealOrNull(key, rec.requestId, plain, onError);
-  if (sealed !== null) rec.facts = sealed;
-}
-
-function sealOrNull(key: FactsKey | undefined, requestId: string, plain: unknown, onError: (requestId: string, err: unknown) => void): string | null {
-  if (key === undefined || typeof plain !== 'string') return null;
-  try {
-    return sealFacts(key, requestId, plain);
-  } catch (err) {
-    onError(requestId, err);
-    return null;
-  }
-}

@@ -72,5 +72,29 @@ describe('two gateways on one PostgreSQL audit log', () => {
     const json = await runCli(['audit', '--config', b.configDir, '--format', 'json', '--limit', '5'], { env });
     expect(json.code).toBe(0);
     expect(JSON.parse(json.stdout)).toHaveLength(5);
+
+    // Each instance sealed the facts of a commit as one batch (gateway/audit/facts.ts, v2): every row
+    // refers to its line; altering or deleting a batch is found without the key; retention deletes
+    // a batch with the last row that refers to it.
+    const facts = (await openPgAuditLog({ url: PG_URL, schema }))!;
+    try {
+      const refs = (await facts.page({ limit: 100, order: 'asc' })).rows.map((r) => r.facts);
+      for (const f of refs) expect(f).toMatch(/^v2\.[1-9][0-9]*\.[0-9]+\.[A-Za-z0-9_-]{43}$/);
+      const held = (await facts.pool.query<{ batches: number; rows: number }>('SELECT count(*)::int AS batches, sum(rows)::int AS rows FROM audit_facts')).rows[0];
+      expect(held?.rows).toBe(40);
+      expect(held?.batches).toBeLessThan(40);
+      const first = (await facts.pool.query<{ id: number; sealed: string }>('SELECT id, sealed FROM audit_facts ORDER BY id LIMIT 1')).rows[0]!;
+      await facts.pool.query("UPDATE audit_facts SET sealed = sealed || 'A' WHERE id = $1", [first.id]);
+      expect((await facts.verify()).problems.map((p) => p.message)).toContainEqual(expect.stringMatching(new RegExp(`batch ${first.id} was altered$`)));
+      await facts.pool.query('DELETE FROM audit_facts WHERE id = $1', [first.id]);
+      expect((await facts.verify()).problems.map((p) => p.message)).toContainEqual(expect.stringMatching(new RegExp(`batch ${first.id} is missing \\(deleted\\)$`)));
+      await facts.pool.query('INSERT INTO audit_facts (id, rows, sealed) VALUES ($1, $2, $3)', [first.id, (refs.filter((f) => f?.startsWith(`v2.${first.id}.`))).length, first.sealed]);
+      expect((await facts.verify()).ok).toBe(true);
+      await facts.prune({ defaultBefore: Date.now() + 60_000, tenantBefore: {} });
+      expect((await facts.pool.query('SELECT id FROM audit_facts')).rows).toEqual([]);
+      expect((await facts.verify()).ok).toBe(true);
+    } finally {
+      await facts.close();
+    }
   });
 });

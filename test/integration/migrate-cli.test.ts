@@ -5,6 +5,8 @@
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import Database from 'better-sqlite3';
+import { AUDIT_FILE } from '../../gateway/audit/sqlite/store.js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { request } from 'undici';
 import { stringify } from 'yaml';
@@ -112,6 +114,14 @@ describe('valet migrate --from sqlite: an embedded installation moves to Postgre
     const again = await migrate();
     expect(again.code).not.toBe(0);
     expect(again.stderr).toContain('already holds');
+
+    // The batches of sealed request facts the rows refer to came along, under their ids.
+    const sqlite = new Database(join(embedded.dataDir, AUDIT_FILE), { readonly: true });
+    const batches = sqlite.prepare('SELECT id, rows, sealed FROM audit_facts ORDER BY id').all();
+    sqlite.close();
+    expect(batches.length).toBeGreaterThan(0);
+    expect((await pgs.query(schema, 'SELECT id::int AS id, rows, sealed FROM audit_facts ORDER BY id')).rows).toEqual(batches);
+    expect(oldRows.filter((r) => r.facts !== null).map((r) => r.facts)).toEqual(expect.arrayContaining([expect.stringMatching(/^v2\./)]));
 
     // The chain on PostgreSQL is the same chain: the anchor the embedded gateway wrote at shutdown checks it.
     const verify = await runCli(['audit', 'verify', '--anchor', join(embedded.dataDir, 'audit-anchors.ndjson')], { env });

@@ -1,5 +1,6 @@
-import { createHash } from 'node:crypto';
-import { writeFileSync } from 'node:fs';
+import { createHash, createSecretKey, randomBytes } from 'node:crypto';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import Database from 'better-sqlite3';
 import { afterEach, describe, expect, it } from 'vitest';
@@ -7,7 +8,9 @@ import { anchorLine, readAnchors } from '../../gateway/audit/anchor.js';
 import { EVENT, linkHash, rowDigest } from '../../gateway/audit/chain.js';
 import type { Anchor } from '../../gateway/audit/port.js';
 import { contentColumns, readHead, verifyChain } from '../../gateway/audit/sqlite/chain.js';
-import { pruneAudit } from '../../gateway/audit/sqlite/core.js';
+import { AuditCore, pruneAudit } from '../../gateway/audit/sqlite/core.js';
+import { FactsOpener, parseBatchRef } from '../../gateway/audit/facts.js';
+import { masterKeyFromBytes } from '../../gateway/secrets/crypto.js';
 import { FINAL, pack, RECORD_FIELDS } from '../../gateway/audit/protocol.js';
 import { openAuditDatabase } from '../../gateway/audit/sqlite/store.js';
 import { auditFixture, record, writeMix, type AuditFixture } from '../helpers/audit.js';
@@ -247,6 +250,82 @@ describe('audit retention', () => {
     // Writing continues on the same chain.
     writeMix(f.core, 2, 2);
     expect(verify(f).ok).toBe(true);
+  });
+
+  it("a commit's request facts are one sealed batch per tenant: verify checks each, retention deletes one with its last row, a failed commit writes none", () => {
+    const dir = mkdtempSync(join(tmpdir(), 'valet-audit-facts-'));
+    const key = masterKeyFromBytes(randomBytes(32));
+    const failed: string[] = [];
+    const core = new AuditCore(dir, { facts: { key, failed: (id) => failed.push(id) } });
+    try {
+      const old = Date.now() - 40 * day;
+      const recs = [record({ tenant: 'acme', ts: old }), record({ tenant: 'globex', ts: old }), record({ tenant: 'acme', ts: old }), record({ tenant: 'acme' })];
+      recs.forEach((r, i) => (r.factsPlain = `{"n":${i}}`));
+      core.applyPacked(recs.map((r) => pack(FINAL, r)));
+      const db = new Database(join(dir, 'valet.db'));
+      const rows = db.prepare('SELECT request_id, tenant, facts FROM audit_log ORDER BY id').all() as { request_id: string; tenant: string; facts: string }[];
+      const refs = rows.map((r) => parseBatchRef(r.facts)!);
+      // acme's three rows share one batch (lines 0, 1, 2); globex's row has a batch of its own.
+      expect(refs.map((r) => r.line)).toEqual([0, 0, 1, 2]);
+      expect(new Set(refs.map((r) => r.batchId)).size).toBe(2);
+      expect(refs[0]!.batchId).toBe(refs[2]!.batchId);
+      expect(db.prepare('SELECT id, rows FROM audit_facts ORDER BY id').all()).toEqual([
+        { id: refs[0]!.batchId, rows: 3 },
+        { id: refs[1]!.batchId, rows: 1 },
+      ]);
+      const opener = new FactsOpener(key, (id) => db.prepare('SELECT sealed FROM audit_facts WHERE id = ?').pluck().get(id) as string | undefined);
+      rows.forEach((r, i) => expect(opener.open(r.request_id, r.facts)).toBe(`{"n":${i}}`));
+      expect(verifyChain(db)).toMatchObject({ ok: true, rows: 4 });
+
+      // A batch changed behind the writer's back is named; put back, the log verifies again.
+      const sealed = db.prepare('SELECT sealed FROM audit_facts WHERE id = ?').pluck().get(refs[1]!.batchId) as string;
+      db.prepare('UPDATE audit_facts SET sealed = ? WHERE id = ?').run(`${sealed.slice(0, -2)}AA`, refs[1]!.batchId);
+      expect(verifyChain(db).problems.map((p) => p.message)).toEqual([`row 2's sealed request facts do not match: batch ${refs[1]!.batchId} was altered`]);
+      db.prepare('UPDATE audit_facts SET sealed = ? WHERE id = ?').run(sealed, refs[1]!.batchId);
+      expect(verifyChain(db).ok).toBe(true);
+
+      // acme's old rows go, its new one stays: its batch stays (one row left); globex's goes with its row.
+      core.prune({ defaultBefore: Date.now() - 30 * day, tenantBefore: { globex: Date.now() - 30 * day } });
+      expect(db.prepare('SELECT id, rows FROM audit_facts ORDER BY id').all()).toEqual([{ id: refs[0]!.batchId, rows: 1 }]);
+      expect(verifyChain(db)).toMatchObject({ ok: true, rows: 1 });
+      core.prune({ defaultBefore: Date.now() + day, tenantBefore: {} });
+      expect(db.prepare('SELECT count(*) FROM audit_facts').pluck().get()).toBe(0);
+
+      // A commit that fails writes no batch, and leaves its ops as they were: the retry seals them again.
+      const later = [record({ tenant: 'acme' })];
+      later[0]!.factsPlain = '{"n":9}';
+      const ops = later.map((r) => pack(FINAL, r));
+      db.exec('BEGIN IMMEDIATE');
+      expect(() => core.applyPacked(ops)).toThrow();
+      db.exec('ROLLBACK');
+      expect(db.prepare('SELECT count(*) FROM audit_facts').pluck().get()).toBe(0);
+      core.applyPacked(ops);
+      const row = db.prepare('SELECT request_id, facts FROM audit_log').get() as { request_id: string; facts: string };
+      expect(opener.open(row.request_id, row.facts)).toBe('{"n":9}');
+      expect(failed).toEqual([]);
+      db.close();
+    } finally {
+      core.close();
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('a batch that cannot be sealed leaves its rows without facts, and says which (never what)', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'valet-audit-facts-'));
+    const failed: [string, string][] = [];
+    const core = new AuditCore(dir, { facts: { key: { id: '0123456789abcdef', facts: createSecretKey(Buffer.alloc(3)) }, failed: (id, err) => failed.push([id, (err as Error).message]) } });
+    try {
+      const rec = record();
+      rec.factsPlain = '{"secret":"cus_private_4242"}';
+      core.applyPacked([pack(FINAL, rec)]);
+      expect(core.db.prepare('SELECT facts FROM audit_log').pluck().all()).toEqual([null]);
+      expect(failed).toHaveLength(1);
+      expect(failed[0]![0]).toBe(rec.requestId);
+      expect(failed[0]![1]).not.toContain('cus_private_4242');
+    } finally {
+      core.close();
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 
   it('a row deleted and dressed up as a pruned stub, with no prune covering it, is named', () => {

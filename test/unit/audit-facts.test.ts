@@ -1,12 +1,13 @@
 /**
  * The audit row's sealed request facts: what a decision was made on, written generically and read
  * back exactly (bigints, `$` keys, fields the input gains later), sealed under a key derived from
- * the master key and bound to the request id; any other key, row or byte is refused with a coded
+ * the master key and bound to the request id (v1: one row; v2: a batch per commit); any other key, row or byte is refused with a coded
  * error that never quotes a fact.
  */
 import { randomBytes } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
-import { batchDigest, batchRef, batchRefCounts, FactsOpener, openFacts, parseBatchRef, sealFacts, sealFactsBatch } from '../../gateway/audit/facts.js';
+import { batchDigest, batchRef, batchRefCounts, FactsOpener, openFacts, parseBatchRef, sealFactsBatch } from '../../gateway/audit/facts.js';
+import { sealFactsV1 as sealFacts } from '../helpers/facts-v1.js';
 import { ValetError } from '../../gateway/errors.js';
 import type { EvaluationInput } from '../../gateway/policy/compile.js';
 import { decodeFacts, encodeFacts, MAX_RECORDED_ARGS_BYTES } from '../../gateway/policy/facts.js';

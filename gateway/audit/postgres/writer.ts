@@ -1,5 +1,5 @@
 import type { Logger } from 'pino';
-import { SEAL_FAILED, sealRecordFacts, type FactsKey } from '../facts.js';
+import { batchRef, SEAL_FAILED, sealFactsBatch, type FactsKey, type SealedBatch } from '../facts.js';
 import type { AuditDurability } from '../../config/types.js';
 import type pg from 'pg';
 import { ValetError } from '../../errors.js';
@@ -38,7 +38,7 @@ export interface PgAuditWriterOptions {
    * `synchronous_commit = on`, a power loss of the server.
    */
   durability?: AuditDurability | undefined;
-  /** Seals each record's request facts before its row is written; none: rows have no facts. */
+  /** Seals the request facts of each commit's rows, one batch per tenant (gateway/audit/facts.ts, `v2`); none: rows have no facts. */
   factsKey?: FactsKey | undefined;
   /** How long a commit may wait for the chain lock or the server before the request is refused (ms). */
   statementTimeoutMs?: number;
@@ -220,6 +220,54 @@ async function appendOps(
 }
 
 /**
+ * The request facts of these ops (their records' `factsPlain`) sealed one batch per tenant and
+ * stored in `audit_facts` inside the caller's transaction; returns the ops with each record's
+ * `facts` set to the reference to its line (copies: the queued ops keep their facts unsealed, so a
+ * failed transaction seals them again). A batch that cannot be sealed leaves its rows without facts
+ * (`failed` is told each request id and why, never what).
+ */
+async function withFactsBatches(client: pg.PoolClient, ops: readonly Op[], key: FactsKey | undefined, failed: (requestId: string, err: unknown) => void): Promise<Op[]> {
+  const out = ops.slice();
+  if (key === undefined) return out;
+  const byTenant = new Map<string | null, { at: number[]; entries: [string, string][] }>();
+  for (let i = 0; i < ops.length; i++) {
+    const op = ops[i] as Op;
+    const rec = op.rec;
+    // A decision shares its record with the completion that follows: the facts go with the completion.
+    if (op.decision || rec.factsPlain === null) continue;
+    let group = byTenant.get(rec.tenant);
+    if (group === undefined) byTenant.set(rec.tenant, (group = { at: [], entries: [] }));
+    group.at.push(i);
+    group.entries.push([rec.requestId, rec.factsPlain]);
+  }
+  const batches: { at: number[]; sealed: SealedBatch }[] = [];
+  for (const { at, entries } of byTenant.values()) {
+    try {
+      batches.push({ at, sealed: sealFactsBatch(key, entries) });
+    } catch (err) {
+      for (const [requestId] of entries) failed(requestId, err);
+    }
+  }
+  if (batches.length === 0) return out;
+  // Ids are drawn in the order of \`ord\`, so sorted they are the batches' in order.
+  const ids = (
+    await client.query<{ id: number }>('INSERT INTO audit_facts (rows, sealed) SELECT n, sealed FROM unnest($1::int[], $2::text[]) WITH ORDINALITY AS b (n, sealed, ord) ORDER BY ord RETURNING id', [
+      batches.map((b) => b.at.length),
+      batches.map((b) => b.sealed.text),
+    ])
+  ).rows
+    .map((r) => r.id)
+    .sort((a, b) => a - b);
+  batches.forEach((b, i) => {
+    b.at.forEach((at, line) => {
+      const op = out[at] as Op;
+      out[at] = { decision: op.decision, rec: { ...op.rec, facts: batchRef(ids[i] as number, line, b.sealed.digest), factsPlain: null } };
+    });
+  });
+  return out;
+}
+
+/**
  * Runs `fn` in a transaction on a pooled client; rolls back and rethrows on error. `committing`: fn
  * commits itself (the request path's appends: COMMIT right after the write, releasing the chain lock).
  */
@@ -289,7 +337,7 @@ export async function startPgAuditWriter(o: PgAuditWriterOptions): Promise<Audit
       runningOps = ops.length;
       const started = performance.now();
       try {
-        apply(await inTransaction(pool, (c) => appendOps(c, schema, o.instance, ops, open, true), true));
+        apply(await inTransaction(pool, async (c) => appendOps(c, schema, o.instance, await withFactsBatches(c, ops, o.factsKey, factsFailed), open, true), true));
         commits++;
         backoff = 0;
         o.onCommit?.((performance.now() - started) / 1000);
@@ -385,7 +433,6 @@ export async function startPgAuditWriter(o: PgAuditWriterOptions): Promise<Audit
     recovered,
     commit(rec) {
       if (closing) return failOpen ? Promise.resolve() : Promise.reject(unavailable('CLOSED'));
-      sealRecordFacts(rec, o.factsKey, factsFailed);
       if (o.durability === 'async') {
         enqueue({ decision: true, rec });
         return Promise.resolve();
@@ -393,7 +440,6 @@ export async function startPgAuditWriter(o: PgAuditWriterOptions): Promise<Audit
       return new Promise<void>((resolve, reject) => enqueue({ decision: true, rec, waiter: { resolve, reject } }));
     },
     record(rec) {
-      sealRecordFacts(rec, o.factsKey, factsFailed);
       enqueue({ decision: false, rec });
     },
     async flush() {
