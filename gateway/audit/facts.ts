@@ -98,6 +98,44 @@ export function sealFactsBatch(key: FactsKey, entries: readonly (readonly [reque
   return { text, digest: batchDigest(text) };
 }
 
+/** One tenant's sealed batch in a commit: `at`, the positions of its rows among the commit's, in the order of its lines. */
+export interface TenantBatch {
+  readonly at: number[];
+  readonly sealed: SealedBatch;
+}
+
+/**
+ * The facts of a commit's `count` rows sealed one batch per tenant, as both writers do before they
+ * write the rows. `row(i)` gives row i's tenant, request id and facts, or undefined when it has
+ * none. A batch that cannot be sealed is left out: its rows get no facts, and `failed` is told
+ * each of their request ids and why (the cipher's message, never the facts).
+ */
+export function sealByTenant(
+  key: FactsKey,
+  count: number,
+  row: (i: number) => readonly [tenant: unknown, requestId: string, plain: string] | undefined,
+  failed: (requestId: string, err: unknown) => void,
+): TenantBatch[] {
+  const byTenant = new Map<unknown, { at: number[]; entries: [string, string][] }>();
+  for (let i = 0; i < count; i++) {
+    const r = row(i);
+    if (r === undefined) continue;
+    let group = byTenant.get(r[0]);
+    if (group === undefined) byTenant.set(r[0], (group = { at: [], entries: [] }));
+    group.at.push(i);
+    group.entries.push([r[1], r[2]]);
+  }
+  const batches: TenantBatch[] = [];
+  for (const { at, entries } of byTenant.values()) {
+    try {
+      batches.push({ at, sealed: sealFactsBatch(key, entries) });
+    } catch (err) {
+      for (const [requestId] of entries) failed(requestId, err);
+    }
+  }
+  return batches;
+}
+
 /** A row's reference to line `line` of batch `batchId` (see the module comment). */
 export const batchRef = (batchId: number, line: number, digest: string): string => `${BATCH_VERSION}.${batchId}.${line}.${digest}`;
 

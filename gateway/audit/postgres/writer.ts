@@ -1,5 +1,5 @@
 import type { Logger } from 'pino';
-import { batchRef, SEAL_FAILED, sealFactsBatch, type FactsKey, type SealedBatch } from '../facts.js';
+import { batchRef, SEAL_FAILED, sealByTenant, type FactsKey } from '../facts.js';
 import type { AuditDurability } from '../../config/types.js';
 import type pg from 'pg';
 import { ValetError } from '../../errors.js';
@@ -229,27 +229,18 @@ async function appendOps(
 async function withFactsBatches(client: pg.PoolClient, ops: readonly Op[], key: FactsKey | undefined, failed: (requestId: string, err: unknown) => void): Promise<Op[]> {
   const out = ops.slice();
   if (key === undefined) return out;
-  const byTenant = new Map<string | null, { at: number[]; entries: [string, string][] }>();
-  for (let i = 0; i < ops.length; i++) {
-    const op = ops[i] as Op;
-    const rec = op.rec;
-    // A decision shares its record with the completion that follows: the facts go with the completion.
-    if (op.decision || rec.factsPlain === null) continue;
-    let group = byTenant.get(rec.tenant);
-    if (group === undefined) byTenant.set(rec.tenant, (group = { at: [], entries: [] }));
-    group.at.push(i);
-    group.entries.push([rec.requestId, rec.factsPlain]);
-  }
-  const batches: { at: number[]; sealed: SealedBatch }[] = [];
-  for (const { at, entries } of byTenant.values()) {
-    try {
-      batches.push({ at, sealed: sealFactsBatch(key, entries) });
-    } catch (err) {
-      for (const [requestId] of entries) failed(requestId, err);
-    }
-  }
+  const batches = sealByTenant(
+    key,
+    ops.length,
+    (i) => {
+      const op = ops[i] as Op;
+      // A decision shares its record with the completion that follows: the facts go with the completion.
+      return op.decision || op.rec.factsPlain === null ? undefined : [op.rec.tenant, op.rec.requestId, op.rec.factsPlain];
+    },
+    failed,
+  );
   if (batches.length === 0) return out;
-  // Ids are drawn in the order of \`ord\`, so sorted they are the batches' in order.
+  // Ids are drawn in the order of `ord`, so sorted they are the batches' in order.
   const ids = (
     await client.query<{ id: number }>('INSERT INTO audit_facts (rows, sealed) SELECT n, sealed FROM unnest($1::int[], $2::text[]) WITH ORDINALITY AS b (n, sealed, ord) ORDER BY ord RETURNING id', [
       batches.map((b) => b.at.length),

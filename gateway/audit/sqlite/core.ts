@@ -4,7 +4,7 @@ import Database from 'better-sqlite3';
 import type { AuditRecord } from '../../types.js';
 import { compactable, encodeNote, EVENT, GENESIS, jsonString, linkHash, META_COLUMNS, parseNote, pruneNote, rowDigest, sha256, sha256Hex, storedText, type ChainHead } from '../chain.js';
 import type { PruneResult, RetentionCutoffs } from '../port.js';
-import { batchRef, batchRefCounts, sealFactsBatch, type FactsKey, type SealedBatch } from '../facts.js';
+import { batchRef, batchRefCounts, sealByTenant, type FactsKey, type TenantBatch } from '../facts.js';
 import { DECISION, ERROR_CODE_AT, FACTS_PLAIN_AT, FINAL, pack, RECORD_FIELDS, REQUEST_ID_AT, STATUS_AT, type PackedOp } from '../protocol.js';
 import { readJournal } from './journal.js';
 import { contentColumns, HEAD_SQL, headOf, readCheckpoint, readHead } from './chain.js';
@@ -77,9 +77,8 @@ export function recordColumns(db: AuditDatabase): { name: string; type: string; 
 export const insertRowSql = (names: readonly string[]): string =>
   `INSERT INTO audit_log (${names.join(', ')}, id, logged_at, chain_seq) VALUES (${names.map(() => '?').join(', ')}, ?, ?, ?)`;
 
-/** The writer's chain event: seq, row id, kind, hash, digest (kept for decisions). */
 /** A batch of sealed request facts (gateway/audit/facts.ts, `v2`) and how many rows refer to it. */
-export const ADD_FACTS_BATCH_SQL = 'INSERT INTO audit_facts (rows, sealed) VALUES (?, ?)';
+const ADD_FACTS_BATCH_SQL = 'INSERT INTO audit_facts (rows, sealed) VALUES (?, ?)';
 
 /** What the writer seals request facts with, and whom it tells (by request id, never what) when it cannot. */
 export interface FactsSealing {
@@ -87,14 +86,9 @@ export interface FactsSealing {
   readonly failed: (requestId: string, err: unknown) => void;
 }
 
-/** One tenant's sealed facts in a commit: `at`, the positions of its ops, in the order of its lines. */
-interface FactsBatch {
-  readonly at: number[];
-  readonly sealed: SealedBatch;
-}
-
 const TENANT_AT = 1 + RECORD_FIELDS.indexOf('tenant');
 
+/** The writer's chain event: seq, row id, kind, hash, digest (kept for decisions). */
 export const ADD_EVENT_SQL = 'INSERT INTO audit_chain (seq, row_id, kind, hash, digest) VALUES (?, ?, ?, ?, ?)';
 
 /**
@@ -146,7 +140,7 @@ export class AuditCore {
   /** {@link readHead}, prepared once: read in every transaction, under the write lock. */
   private readonly headRow: Statement;
   private readonly lastPrune: Statement;
-  private readonly applyTx: (ops: readonly PackedOp[], undo: Undo, facts: readonly FactsBatch[]) => ChainHead;
+  private readonly applyTx: (ops: readonly PackedOp[], undo: Undo, facts: readonly TenantBatch[]) => ChainHead;
   private readonly factsIndex: number;
   private readonly addBatch: Statement;
   /** Decisions committed and not yet completed: request id → row. */
@@ -190,7 +184,7 @@ export class AuditCore {
     this.headRow = this.db.prepare(HEAD_SQL);
     this.lastPrune = this.db.prepare(`SELECT note FROM audit_chain WHERE kind = ${EVENT.prune} ORDER BY seq DESC LIMIT 1`).pluck();
     this.addBatch = this.db.prepare(ADD_FACTS_BATCH_SQL);
-    this.applyTx = this.db.transaction((ops: readonly PackedOp[], undo: Undo, facts: readonly FactsBatch[]) => this.applyInTransaction(ops, undo, facts)).immediate;
+    this.applyTx = this.db.transaction((ops: readonly PackedOp[], undo: Undo, facts: readonly TenantBatch[]) => this.applyInTransaction(ops, undo, facts)).immediate;
     this.head = readHead(this.db);
     this.lock = o.recover === false ? undefined : writerLock(dataDir);
     if (this.lock !== undefined) this.recoverInterrupted();
@@ -298,32 +292,21 @@ export class AuditCore {
    * Without a key, or when a batch cannot be sealed (its rows' request ids are reported), the
    * rows have no facts. The ops are left as they are: a failed transaction seals them again.
    */
-  private sealFacts(ops: readonly PackedOp[]): FactsBatch[] {
-    const facts = this.facts;
-    if (facts === undefined) return [];
-    const byTenant = new Map<unknown, { at: number[]; entries: [string, string][] }>();
-    for (let i = 0; i < ops.length; i++) {
-      const op = ops[i] as PackedOp;
-      const plain = op[FACTS_PLAIN_AT];
-      if (typeof plain !== 'string') continue;
-      const tenant = op[TENANT_AT] ?? null;
-      let group = byTenant.get(tenant);
-      if (group === undefined) byTenant.set(tenant, (group = { at: [], entries: [] }));
-      group.at.push(i);
-      group.entries.push([op[REQUEST_ID_AT] as string, plain]);
-    }
-    const batches: FactsBatch[] = [];
-    for (const { at, entries } of byTenant.values()) {
-      try {
-        batches.push({ at, sealed: sealFactsBatch(facts.key, entries) });
-      } catch (err) {
-        for (const [requestId] of entries) facts.failed(requestId, err);
-      }
-    }
-    return batches;
+  private sealFacts(ops: readonly PackedOp[]): TenantBatch[] {
+    if (this.facts === undefined) return [];
+    return sealByTenant(
+      this.facts.key,
+      ops.length,
+      (i) => {
+        const op = ops[i] as PackedOp;
+        const plain = op[FACTS_PLAIN_AT];
+        return typeof plain === 'string' ? [op[TENANT_AT] ?? null, op[REQUEST_ID_AT] as string, plain] : undefined;
+      },
+      this.facts.failed,
+    );
   }
 
-  private applyInTransaction(ops: readonly PackedOp[], undo: Undo, facts: readonly FactsBatch[]): ChainHead {
+  private applyInTransaction(ops: readonly PackedOp[], undo: Undo, facts: readonly TenantBatch[]): ChainHead {
     // Each batch's row first: its id goes into the references its rows hold.
     let refs: (string | undefined)[] | undefined;
     for (const b of facts) {
