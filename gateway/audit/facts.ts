@@ -41,22 +41,7 @@ export type FactsKey = Pick<MasterKey, 'id' | 'facts'>;
  * facts, a wrong key with a forged id. The message never holds any of the sealed text.
  */
 export function openFacts(key: FactsKey, requestId: string, text: string): string {
-  const [version, keyId, body, ...rest] = text.split('.');
-  if (version !== VERSION || keyId === undefined || body === undefined || rest.length > 0 || !KEY_ID.test(keyId) || !BASE64URL.test(body)) {
-    throw unreadable('not sealed request facts (malformed)');
-  }
-  if (keyId !== key.id) throw unreadable(`sealed under master key ${keyId}, not this one (${key.id})`);
-  const sealed = Buffer.from(body, 'base64url');
-  if (sealed.length < NONCE_BYTES + TAG_BYTES) throw unreadable('not sealed request facts (truncated)');
-  let plain: Buffer;
-  try {
-    const decipher = createDecipheriv('aes-256-gcm', key.facts, sealed.subarray(0, NONCE_BYTES), { authTagLength: TAG_BYTES });
-    decipher.setAAD(associatedData(requestId));
-    decipher.setAuthTag(sealed.subarray(sealed.length - TAG_BYTES));
-    plain = Buffer.concat([decipher.update(sealed.subarray(NONCE_BYTES, sealed.length - TAG_BYTES)), decipher.final()]);
-  } catch {
-    throw unreadable('failed authentication: altered, or sealed for another request');
-  }
+  const plain = decrypt(key, text, VERSION, associatedData(requestId), { not: 'not sealed request facts', failed: 'failed authentication: altered, or sealed for another request' });
   try {
     return new TextDecoder('utf-8', { fatal: true }).decode(plain);
   } catch {
@@ -66,10 +51,36 @@ export function openFacts(key: FactsKey, requestId: string, text: string): strin
   }
 }
 
+/**
+ * The plaintext bytes of a sealed text, `<version>.<key id>.<base64url(nonce | ciphertext | tag)>`,
+ * authenticated with `ad`. Refusals say what is wrong (`words` name the text), never what it holds.
+ */
+function decrypt(key: FactsKey, text: string, version: string, ad: Buffer, words: { readonly not: string; readonly failed: string }): Buffer {
+  const [v, keyId, body, ...rest] = text.split('.');
+  if (v !== version || keyId === undefined || body === undefined || rest.length > 0 || !KEY_ID.test(keyId) || !BASE64URL.test(body)) throw unreadable(`${words.not} (malformed)`);
+  if (keyId !== key.id) throw unreadable(`sealed under master key ${keyId}, not this one (${key.id})`);
+  const sealed = Buffer.from(body, 'base64url');
+  if (sealed.length < NONCE_BYTES + TAG_BYTES) throw unreadable(`${words.not} (truncated)`);
+  try {
+    const decipher = createDecipheriv('aes-256-gcm', key.facts, sealed.subarray(0, NONCE_BYTES), { authTagLength: TAG_BYTES });
+    decipher.setAAD(ad);
+    decipher.setAuthTag(sealed.subarray(sealed.length - TAG_BYTES));
+    return Buffer.concat([decipher.update(sealed.subarray(NONCE_BYTES, sealed.length - TAG_BYTES)), decipher.final()]);
+  } catch {
+    throw unreadable(words.failed);
+  }
+}
+
 const BATCH_VERSION = 'v2';
 const BATCH_AD = Buffer.from('valet-audit-facts/v2', 'utf8');
-/** A batch larger than this once inflated is refused (a batch of 10,000 rows of 64 KiB of arguments each would be 640 MiB: the writer's batches are far smaller). */
-const MAX_BATCH_PLAIN_BYTES = 256 * 1024 * 1024;
+/**
+ * A tenant's batch is closed once its facts reach this many characters and the next row starts
+ * another: a commit that drains a backlog (thousands of rows, each up to 64 KiB of arguments) seals
+ * several batches of a few MiB rather than one too large to hold or open.
+ */
+const BATCH_CHARS = 4 * 1024 * 1024;
+/** A batch larger than this once inflated is refused: no writer makes one (see BATCH_CHARS), and inflating more would be a decompression bomb. */
+const MAX_BATCH_PLAIN_BYTES = 64 * 1024 * 1024;
 const BATCH_REF = /^v2\.([1-9][0-9]{0,15})\.(0|[1-9][0-9]{0,8})\.([A-Za-z0-9_-]{43})$/;
 
 /** A batch's stored text and its digest (SHA-256, base64url), which each of its rows' references carries. */
@@ -105,8 +116,8 @@ export interface TenantBatch {
 }
 
 /**
- * The facts of a commit's `count` rows sealed one batch per tenant, as both writers do before they
- * write the rows. `row(i)` gives row i's tenant, request id and facts, or undefined when it has
+ * The facts of a commit's `count` rows sealed one batch per tenant (more when a tenant's facts pass
+ * {@link BATCH_CHARS}), as both writers do before they write the rows. `row(i)` gives row i's tenant, request id and facts, or undefined when it has
  * none. A batch that cannot be sealed is left out: its rows get no facts, and `failed` is told
  * each of their request ids and why (the cipher's message, never the facts).
  */
@@ -116,17 +127,24 @@ export function sealByTenant(
   row: (i: number) => readonly [tenant: unknown, requestId: string, plain: string] | undefined,
   failed: (requestId: string, err: unknown) => void,
 ): TenantBatch[] {
-  const byTenant = new Map<unknown, { at: number[]; entries: [string, string][] }>();
+  type Group = { at: number[]; entries: [string, string][]; chars: number };
+  const groups: Group[] = [];
+  const open = new Map<unknown, Group>();
   for (let i = 0; i < count; i++) {
     const r = row(i);
     if (r === undefined) continue;
-    let group = byTenant.get(r[0]);
-    if (group === undefined) byTenant.set(r[0], (group = { at: [], entries: [] }));
+    let group = open.get(r[0]);
+    if (group === undefined || group.chars >= BATCH_CHARS) {
+      group = { at: [], entries: [], chars: 0 };
+      open.set(r[0], group);
+      groups.push(group);
+    }
     group.at.push(i);
     group.entries.push([r[1], r[2]]);
+    group.chars += r[2].length;
   }
   const batches: TenantBatch[] = [];
-  for (const { at, entries } of byTenant.values()) {
+  for (const { at, entries } of groups) {
     try {
       batches.push({ at, sealed: sealFactsBatch(key, entries) });
     } catch (err) {
@@ -206,22 +224,7 @@ export class FactsOpener {
 
 /** A batch's lines, opened (authenticated, inflated, decoded); the plaintext's bytes are wiped once decoded. */
 function openBatch(key: FactsKey, text: string): string[] {
-  const [version, keyId, body, ...rest] = text.split('.');
-  if (version !== BATCH_VERSION || keyId === undefined || body === undefined || rest.length > 0 || !KEY_ID.test(keyId) || !BASE64URL.test(body)) {
-    throw unreadable('its batch is not sealed request facts (malformed)');
-  }
-  if (keyId !== key.id) throw unreadable(`sealed under master key ${keyId}, not this one (${key.id})`);
-  const sealed = Buffer.from(body, 'base64url');
-  if (sealed.length < NONCE_BYTES + TAG_BYTES) throw unreadable('its batch is not sealed request facts (truncated)');
-  let packed: Buffer;
-  try {
-    const decipher = createDecipheriv('aes-256-gcm', key.facts, sealed.subarray(0, NONCE_BYTES), { authTagLength: TAG_BYTES });
-    decipher.setAAD(BATCH_AD);
-    decipher.setAuthTag(sealed.subarray(sealed.length - TAG_BYTES));
-    packed = Buffer.concat([decipher.update(sealed.subarray(NONCE_BYTES, sealed.length - TAG_BYTES)), decipher.final()]);
-  } catch {
-    throw unreadable('its batch failed authentication: altered');
-  }
+  const packed = decrypt(key, text, BATCH_VERSION, BATCH_AD, { not: 'its batch is not sealed request facts', failed: 'its batch failed authentication: altered' });
   let plain: Buffer;
   try {
     plain = inflateRawSync(packed, { maxOutputLength: MAX_BATCH_PLAIN_BYTES });

@@ -6,7 +6,7 @@
  */
 import { randomBytes } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
-import { batchDigest, batchRef, batchRefCounts, FactsOpener, openFacts, parseBatchRef, sealFactsBatch } from '../../gateway/audit/facts.js';
+import { batchDigest, batchRef, batchRefCounts, FactsOpener, openFacts, parseBatchRef, sealByTenant, sealFactsBatch } from '../../gateway/audit/facts.js';
 import { sealFactsV1 as sealFacts } from '../helpers/facts-v1.js';
 import { ValetError } from '../../gateway/errors.js';
 import type { EvaluationInput } from '../../gateway/policy/compile.js';
@@ -206,6 +206,23 @@ describe('request facts: one sealed batch per commit (v2)', () => {
       expect(e.message).toMatch(why);
       expect(e.message).not.toContain(SECRET_ARG);
     }
+  });
+
+  it("a tenant's batch closes at 4 MiB of facts and the next row starts another (a backlog drained in one commit); tenants never share one", () => {
+    const big = (n: number): string => `{"pad":"${'x'.repeat(2.5 * 1024 * 1024)}","n":${n}}`;
+    const rows = [
+      ['acme', 'r0', big(0)],
+      ['globex', 'r1', '{"n":1}'],
+      ['acme', 'r2', big(2)],
+      ['acme', 'r3', big(3)],
+    ] as const;
+    const failed: string[] = [];
+    const batches = sealByTenant(key, rows.length, (i) => rows[i], (id) => failed.push(id));
+    expect(batches.map((b) => b.at)).toEqual([[0, 2], [1], [3]]);
+    expect(failed).toEqual([]);
+    const stored = new Map(batches.map((b, i) => [i + 1, b.sealed.text]));
+    const o = opener(key, stored);
+    batches.forEach((b, i) => b.at.forEach((at, line) => expect(o.open(rows[at]![1], batchRef(i + 1, line, b.sealed.digest))).toBe(rows[at]![2])));
   });
 
   it('retention counts the rows that refer to each batch', () => {
