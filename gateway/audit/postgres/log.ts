@@ -366,15 +366,17 @@ export async function verifyInSnapshot(db: pg.PoolClient, anchors: readonly Anch
     }
   }
 
-  // Rows whose sealed facts are a batch's: the batch is there, as it was (both read a page at a time).
+  // Rows whose sealed facts are a batch's: the batch is there, as it was (both read a page at a time;
+  // a schema older than the batches has neither).
   const digests = new Map<number, string>();
-  for (let from = 0; ; ) {
+  const batched = (await db.query<{ t: boolean }>("SELECT to_regclass('audit_facts') IS NOT NULL AS t")).rows[0]?.t === true;
+  for (let from = 0; batched; ) {
     const batches = (await db.query<{ id: number; sealed: string }>('SELECT id, sealed FROM audit_facts WHERE id > $1 ORDER BY id LIMIT $2', [from, VERIFY_PAGE])).rows;
     for (const b of batches) digests.set(b.id, batchDigest(b.sealed));
     if (batches.length < VERIFY_PAGE) break;
     from = batches[batches.length - 1]!.id;
   }
-  refs: for (let from = 0; ; ) {
+  refs: for (let from = 0; batched; ) {
     const rows = (
       await db.query<{ id: number; request_id: string | null; facts: string; seq: number | null }>(
         `SELECT id, request_id, facts, coalesce(outcome_seq, chain_seq) AS seq FROM audit_log WHERE id > $1 AND facts LIKE 'v2.%' ORDER BY id LIMIT $2`,
