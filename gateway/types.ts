@@ -142,13 +142,15 @@ export interface AuditRecord {
   shadow: string | null;
   /**
    * What the decision was made on (the evaluation input and the rules' decision), sealed under a key
-   * derived from the master key and bound to the request id (gateway/audit/facts.ts); null when no
-   * decision was made or no master key is in use. Read only by `valet policy replay`.
+   * derived from the master key: as stored, a reference to this row's line of the batch its commit
+   * sealed (gateway/audit/facts.ts); null when no decision was made or no master key is in use.
+   * Read only by `valet policy replay`.
    */
   facts: string | null;
   /**
    * The same before it is sealed: the facts as encoded (gateway/policy/facts.ts), which the audit
-   * writer seals into {@link facts} off the request thread. Never stored as it is: no column reads it.
+   * writer seals with the rest of its commit's, off the request thread. Never stored as it is: no
+   * column reads it.
    */
   factsPlain: string | null;
   /** What response rules did to the answer: `{action: block | escalate | redact, rules, reason, redacted?}` as JSON. */

@@ -128,7 +128,7 @@ export interface WriterInit {
   readonly inline: boolean;
   /** `gateway.audit.durability`: how a commit syncs (sqlite/durability.ts). */
   readonly durability: AuditDurability;
-  /** Seals each record's `factsPlain` into its `facts` (gateway/audit/facts.ts); none: rows have no facts. */
+  /** Seals each commit's `factsPlain` one batch per tenant, each row's `facts` referring to its line (gateway/audit/facts.ts); none: rows have no facts. */
   readonly factsKey: FactsKey | undefined;
 }
 

@@ -34,7 +34,7 @@ export interface AuditWriterOptions {
   walLimitBytes?: number;
   /** Called after each committed transaction with the seconds it took (inserts and fsync). */
   onCommit?: ((seconds: number) => void) | undefined;
-  /** Seals each record's request facts (the writer thread does, off the request thread); none: rows have no facts. */
+  /** Seals each commit's request facts, one batch per tenant (on the writer thread when it has one, off the request thread); none: rows have no facts. */
   factsKey?: FactsKey | undefined;
 }
 
