@@ -117,9 +117,10 @@ export interface TenantBatch {
 
 /**
  * The facts of a commit's `count` rows sealed one batch per tenant (more when a tenant's facts pass
- * {@link BATCH_CHARS}), as both writers do before they write the rows. `row(i)` gives row i's tenant, request id and facts, or undefined when it has
- * none. A batch that cannot be sealed is left out: its rows get no facts, and `failed` is told
- * each of their request ids and why (the cipher's message, never the facts).
+ * {@link BATCH_CHARS}), as both writers do before they write the rows. `row(i)` gives row i's
+ * tenant, request id and facts, or undefined when it has none. A batch that cannot be sealed is
+ * left out: its rows get no facts, and `failed` is told each of their request ids and why (the
+ * cipher's message, never the facts).
  */
 export function sealByTenant(
   key: FactsKey,
@@ -174,7 +175,7 @@ export function batchRefCounts(rows: readonly Readonly<Record<string, unknown>>[
 }
 
 /** Whether a `facts` column holds a reference to a batch rather than facts of its own. */
-export const isBatchRef = (text: string): boolean => text.startsWith(`${BATCH_VERSION}.`);
+const isBatchRef = (text: string): boolean => text.startsWith(`${BATCH_VERSION}.`);
 
 /**
  * Opens the facts of audit rows in either form, for `valet policy replay`. A `v2` row's batch is
