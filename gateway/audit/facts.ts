@@ -164,11 +164,11 @@ export function parseBatchRef(text: string): { batchId: number; line: number; di
   return m === null ? undefined : { batchId: Number(m[1]), line: Number(m[2]), digest: m[3] as string };
 }
 
-/** How many of these rows refer to each batch (what retention releases when it deletes them). */
-export function batchRefCounts(rows: readonly Readonly<Record<string, unknown>>[]): Map<number, number> {
+/** How many of these rows refer to each batch: what retention releases when it deletes them, and (its keys) the batches a replay page needs. */
+export function batchRefCounts(rows: readonly { readonly facts?: unknown }[]): Map<number, number> {
   const counts = new Map<number, number>();
   for (const row of rows) {
-    const ref = typeof row['facts'] === 'string' ? parseBatchRef(row['facts']) : undefined;
+    const ref = typeof row.facts === 'string' ? parseBatchRef(row.facts) : undefined;
     if (ref !== undefined) counts.set(ref.batchId, (counts.get(ref.batchId) ?? 0) + 1);
   }
   return counts;
@@ -177,10 +177,13 @@ export function batchRefCounts(rows: readonly Readonly<Record<string, unknown>>[
 /** Whether a `facts` column holds a reference to a batch rather than facts of its own. */
 const isBatchRef = (text: string): boolean => text.startsWith(`${BATCH_VERSION}.`);
 
+/** Opened batches a {@link FactsOpener} keeps for the rows after (a replay page of 500 rows spans a few). */
+const OPENED_BATCHES = 32;
+
 /**
  * Opens the facts of audit rows in either form, for `valet policy replay`. A `v2` row's batch is
  * looked up with `batch` (its stored text, or undefined when it is gone), opened once and kept for
- * the rows after it (the few most recent batches).
+ * the rows after it (the {@link OPENED_BATCHES} most recent).
  */
 export class FactsOpener {
   private readonly opened = new Map<string, string[]>();
@@ -188,7 +191,6 @@ export class FactsOpener {
   constructor(
     private readonly key: FactsKey,
     private readonly batch: (batchId: number) => string | undefined,
-    private readonly keep = 32,
   ) {}
 
   /**
@@ -206,7 +208,7 @@ export class FactsOpener {
       if (stored === undefined) throw unreadable('its sealed batch is missing (deleted)');
       if (batchDigest(stored) !== ref.digest) throw unreadable("its sealed batch does not match the row's digest (altered)");
       lines = openBatch(this.key, stored);
-      if (this.opened.size >= this.keep) this.opened.delete(this.opened.keys().next().value as string);
+      if (this.opened.size >= OPENED_BATCHES) this.opened.delete(this.opened.keys().next().value as string);
       this.opened.set(ref.digest, lines);
     }
     const line = lines[ref.line];

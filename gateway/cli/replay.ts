@@ -1,7 +1,7 @@
 import { existsSync } from 'node:fs';
 import { resolve } from 'node:path';
 import type { ParseArgsConfig } from 'node:util';
-import { FactsOpener, parseBatchRef } from '../audit/facts.js';
+import { batchRefCounts, FactsOpener } from '../audit/facts.js';
 import type { AuditLog } from '../audit/port.js';
 import { loadConfig } from '../config/load.js';
 import type { Environment } from '../config/types.js';
@@ -81,12 +81,7 @@ export async function replayCommand(args: string[]): Promise<void> {
     let before: number | undefined;
     while (left > 0) {
       const page = await log.page({ ...filter, limit: Math.min(PAGE_ROWS, left), order: 'desc', before });
-      const ids = new Set<number>();
-      for (const row of page.rows) {
-        const ref = typeof row.facts === 'string' ? parseBatchRef(row.facts) : undefined;
-        if (ref !== undefined) ids.add(ref.batchId);
-      }
-      batches = await log.factsBatches([...ids]);
+      batches = await log.factsBatches([...batchRefCounts(page.rows).keys()]);
       for (const row of page.rows) tally.add(row, await replay.replay(row));
       left -= page.rows.length;
       if (page.next === null) break;
