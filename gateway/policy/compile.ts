@@ -413,6 +413,16 @@ export function compilePolicy(
     }
     return program;
   };
+  // The same path patterns on many rules (each team's or upstream's copy of a rule) share one
+  // matcher, as conditions share one program: a matcher holds no state, and at 10,000 rules the
+  // thousands of copies of a few regular expressions were cold in the CPU's caches on every decision.
+  const matchers = new Map<string, (path: string) => boolean>();
+  const sharedMatcher = (paths: readonly string[], ignoreCase: boolean): ((path: string) => boolean) => {
+    const key = JSON.stringify([ignoreCase, paths]);
+    let matcher = matchers.get(key);
+    if (matcher === undefined) matchers.set(key, (matcher = pathMatcher(paths, ignoreCase)));
+    return matcher;
+  };
   const base = (m: MatchConfig, restrictive: boolean, upstreams: ReadonlySet<string> | undefined): CompiledMatch => ({
     config: m,
     upstreams,
@@ -421,7 +431,7 @@ export function compilePolicy(
     tools: m.tools ? new Set(m.tools) : undefined,
     roles: m.roles,
     environments: m.environments ? new Set(m.environments) : undefined,
-    matchPath: m.paths ? pathMatcher(m.paths, restrictive) : undefined,
+    matchPath: m.paths ? sharedMatcher(m.paths, restrictive) : undefined,
     when: m.when === undefined ? undefined : cel(m, 'when', m.when, 'bool'),
     restrictive,
     at: `${m.at.file}:${m.at.line}`,
@@ -442,7 +452,9 @@ export function compilePolicy(
   const compiled: CompiledRule[] = config.rules.map((r, i) => {
     const upstreams = effectiveUpstreams(r, opened, toolUpstream);
     const m = base(r, r.effect !== 'allow', upstreams);
-    const winner: Winner = { id: r.id, effect: r.effect, reason: r.reason ?? r.description ?? `rule ${r.id}`, approval: r.approval };
+    const reason = r.reason ?? r.description ?? `rule ${r.id}`;
+    // One literal with every field: all of them sit in the object itself (fields added after a
+    // spread go to a second, separate store, another cold read per candidate).
     const flat: FlatRule = {
       tenant: r.scope?.tenant,
       team: r.scope?.team,
@@ -454,8 +466,11 @@ export function compilePolicy(
       when: m.when,
       rank: RANK[r.effect],
       order: (upstreams === undefined ? config.rules.length : 0) + i,
-      ...winner,
-      alone: frozen(decisionOf([winner])),
+      id: r.id,
+      effect: r.effect,
+      reason,
+      approval: r.approval,
+      alone: frozen(decisionOf([{ id: r.id, effect: r.effect, reason, approval: r.approval }])),
       sequence: r.requires === undefined && r.blockedBy === undefined ? undefined : { requires: r.requires ?? [], blockedBy: r.blockedBy ?? [] },
     };
     return { ...m, flat, pathKeys: r.paths ? r.paths.map((p) => literalPrefix(p, m.restrictive)) : [[]] };

@@ -104,6 +104,19 @@ describe('path index', () => {
     }
   });
 
+  it('rules with the same patterns share a matcher only when they read case alike', () => {
+    // The deny's matcher (case ignored) is made first; the allows with the same patterns must not get it.
+    const p = compilePolicy([
+      rule({ id: 'never', paths: ['/Data/*', '/Exact'], effect: 'deny', when: 'false' }),
+      rule({ id: 'data', paths: ['/Data/*', '/Exact'], effect: 'allow' }),
+      rule({ id: 'data-too', paths: ['/Data/*', '/Exact'], effect: 'allow', reason: 'a second allow, same patterns' }),
+      rule({ id: 'no-exact', paths: ['/Exact'], effect: 'deny' }),
+    ]);
+    expect(p.evaluate(agent, facts('GET', '/Data/x'))).toMatchObject({ effect: 'allow', rules: ['data', 'data-too'] });
+    for (const path of ['/data/x', '/DATA/x', '/exact/']) expect(p.evaluate(agent, facts('GET', path)).rules).toEqual(path === '/exact/' ? ['no-exact'] : [DEFAULT_DENY_RULE]);
+    expect(p.evaluate(agent, facts('GET', '/EXACT'))).toMatchObject({ effect: 'deny', rules: ['no-exact'] });
+  });
+
   it('keeps rule order across index nodes, the residual list and tool rules', () => {
     const tools = [tool('get_b', 'GET', '/a/b')];
     const rules = [
