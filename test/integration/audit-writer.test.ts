@@ -51,6 +51,32 @@ describe('audit writer: completed rows gather longer under load (completionDelay
     expect(completionDelayMs(50_000)).toBe(50);
   });
 
+  it('50 ms too at any rate once the event loop was busy 80 % of the time or more (a CPU saturated below 3,000 rows a second)', () => {
+    expect(completionDelayMs(100, 0.79)).toBe(10);
+    expect(completionDelayMs(100, 0.8)).toBe(50);
+    expect(completionDelayMs(2_000, 1)).toBe(50);
+    expect(completionDelayMs(3_000, 0)).toBe(50);
+  });
+
+  it('inline: a batch gathered while the event loop was saturated makes the next lone row wait the longer delay', async () => {
+    dir = mkdtempSync(join(tmpdir(), 'valet-writer-'));
+    const writer = await startAuditWriter({ dataDir: dir, logger: pino({ level: 'silent' }), mode: 'inline', durability: 'crash' });
+    try {
+      // One row, far below 3,000 a second, while the loop does nothing but work for 40 ms.
+      writer.record({ ...record({}), status: 200 });
+      const until = performance.now() + 40;
+      while (performance.now() < until);
+      await expect.poll(() => writer.pending, { timeout: 5_000, interval: 2 }).toBe(0);
+      const busy = writer.commits;
+      const sent = performance.now();
+      writer.record({ ...record({}), status: 200 });
+      await expect.poll(() => writer.commits, { timeout: 5_000, interval: 2 }).toBe(busy + 1);
+      expect(performance.now() - sent).toBeGreaterThanOrEqual(45);
+    } finally {
+      await writer.close();
+    }
+  });
+
   for (const mode of ['worker', 'inline'] as const) {
     it(`${mode}: after a burst, a lone completed row waits for the longer delay (timers never fire early); every row is written once`, async () => {
       dir = mkdtempSync(join(tmpdir(), 'valet-writer-'));

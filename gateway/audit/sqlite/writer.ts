@@ -2,7 +2,7 @@ import { EventEmitter } from 'node:events';
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { createRequire } from 'node:module';
-import { performance } from 'node:perf_hooks';
+import { performance, type EventLoopUtilization } from 'node:perf_hooks';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { Worker } from 'node:worker_threads';
 import type { Logger } from 'pino';
@@ -44,19 +44,22 @@ const WAL_LIMIT_BYTES = 64 * 1024 * 1024;
 const COMPLETION_DELAY_MS = 10;
 const BUSY_COMPLETION_DELAY_MS = 50;
 const BUSY_ROWS_PER_S = 3_000;
+const BUSY_UTILIZATION = 0.8;
 
 /**
  * How long completed requests' rows may gather before they go to the writer (ms), when nothing
  * else sends them sooner: {@link COMPLETION_DELAY_MS} at light load, {@link BUSY_COMPLETION_DELAY_MS}
- * once rows arrive at {@link BUSY_ROWS_PER_S} or more. Each commit has a cost of its own beside its
- * rows' (the transaction, the WAL frames of every index's last page, the answer): under full load
- * on one CPU, 50 ms batches gave 1–8 % more throughput than 10 ms ones (docs/performance.md), while
- * at light load a commit of a few rows is quick and short batches keep rows visible sooner.
- * Nobody waits for these rows: the decisions they complete are in the journal already, or were
- * committed before their calls went on.
+ * once rows arrive at {@link BUSY_ROWS_PER_S} or more, or once the request thread's event loop was
+ * busy {@link BUSY_UTILIZATION} of the time or more while the last batch gathered (a CPU too slow
+ * to reach that rate is saturated below it). Each commit has a cost of its own beside its rows'
+ * (the transaction, the WAL frames of every index's last page, the answer): under full load on one
+ * CPU, 50 ms batches gave 1–8 % more throughput than 10 ms ones (docs/performance.md), while at
+ * light load a commit of a few rows is quick and short batches keep rows visible sooner. Nobody
+ * waits for these rows: the decisions they complete are in the journal already, or were committed
+ * before their calls went on.
  */
-export function completionDelayMs(rowsPerSecond: number): number {
-  return rowsPerSecond >= BUSY_ROWS_PER_S ? BUSY_COMPLETION_DELAY_MS : COMPLETION_DELAY_MS;
+export function completionDelayMs(rowsPerSecond: number, utilization = 0): number {
+  return rowsPerSecond >= BUSY_ROWS_PER_S || utilization >= BUSY_UTILIZATION ? BUSY_COMPLETION_DELAY_MS : COMPLETION_DELAY_MS;
 }
 
 /** Batches posted to the writer thread and not yet answered, beyond which records gather here (see `send`). */
@@ -109,6 +112,8 @@ interface Batch {
   settles: number[];
   /** When its first row arrived (performance.now()). */
   since: number;
+  /** The event loop's utilisation counters then. */
+  loop: EventLoopUtilization;
 }
 
 /** A decision held on the request thread (see {@link HOLD_MS}); `segment`: its journal segment, or -1. */
@@ -189,7 +194,7 @@ function queuedWriter(o: AuditWriterOptions): Promise<AuditWriter> {
     }
     inFlight.set(b.id, b);
     inFlightOps += b.ops.length;
-    delayMs = completionDelayMs((b.ops.length * 1000) / Math.max(1, performance.now() - b.since));
+    delayMs = completionDelayMs((b.ops.length * 1000) / Math.max(1, performance.now() - b.since), performance.eventLoopUtilization(b.loop).utilization);
     post({ t: 'batch', id: b.id, ops: b.ops, urgent: b.urgent });
   };
   /**
@@ -204,7 +209,7 @@ function queuedWriter(o: AuditWriterOptions): Promise<AuditWriter> {
     else if (immediate === undefined) timer ??= setTimeout(send, delayMs);
   };
   const batch = (op: PackedOp, urgent = op[0] === DECISION): Batch => {
-    current ??= { id: nextBatch++, ops: [], urgent: false, waiters: [], settles: [], since: performance.now() };
+    current ??= { id: nextBatch++, ops: [], urgent: false, waiters: [], settles: [], since: performance.now(), loop: performance.eventLoopUtilization() };
     current.ops.push(op);
     if (urgent) current.urgent = true;
     schedule();
