@@ -1,3 +1,5 @@
+import { fstatSync } from 'node:fs';
+import { isatty } from 'node:tty';
 import { pino, type DestinationStream, type Logger } from 'pino';
 
 /**
@@ -36,11 +38,17 @@ export interface LogDestination extends DestinationStream {
 const GATHER_CHARS = 8192;
 
 /**
- * An asynchronous destination on a file descriptor (default stdout) that gathers lines and writes
- * them about 8 KiB at a time, or every {@link LOG_FLUSH_MS} ms, whichever comes first. A write per
- * request line costs a system call and a thread-pool round trip each, which showed as ~20 µs per
- * request on the request path's profile. `logger.flush()` on shutdown, and process exit, write what
- * is gathered.
+ * A destination on a file descriptor (default stdout) that gathers lines and writes them about
+ * 8 KiB at a time, or every {@link LOG_FLUSH_MS} ms, whichever comes first. A write per request
+ * line costs a system call each, which showed as ~20 µs per request on the request path's profile.
+ * `logger.flush()` on shutdown, and process exit, write what is gathered.
+ *
+ * How a gathered text is written depends on what the descriptor is ({@link writesAtOnce}): a file,
+ * or a device that is not a terminal (`/dev/null`), takes it at once, so it is written there and
+ * then, as pino writes by default. A pipe, a socket or a terminal may stop taking text when its
+ * reader falls behind, which must not stop the event loop: there each text is written in libuv's
+ * thread pool. On one CPU that round trip cost ~24 µs per request, 9 % of Valet's CPU, in the
+ * benchmark, whose log goes to `/dev/null` (docs/performance.md).
  *
  * The lines are gathered here, in an array joined once per write, and written by pino's own
  * destination (SonicBoom: partial writes, EAGAIN, a closed pipe). Gathering in SonicBoom itself
@@ -49,7 +57,7 @@ const GATHER_CHARS = 8192;
  */
 export function logDestination(fd = 1): LogDestination {
   // minLength 1: each text handed over is written at once, and flush(cb) waits until it is.
-  const writer = pino.destination({ fd, sync: false, minLength: 1 });
+  const writer = pino.destination({ fd, sync: writesAtOnce(fd), minLength: 1 });
   let lines: string[] = [];
   let chars = 0;
   const hand = (): void => {
@@ -105,6 +113,19 @@ export function logDestination(fd = 1): LogDestination {
     },
   };
   return destination;
+}
+
+/**
+ * Whether writing to `fd` returns at once: a regular file, or a character device that is not a
+ * terminal (`/dev/null`). Not a pipe, a socket or a terminal, whose reader may stop taking text.
+ */
+export function writesAtOnce(fd: number): boolean {
+  try {
+    const s = fstatSync(fd);
+    return s.isFile() || (s.isCharacterDevice() && !isatty(fd));
+  } catch {
+    return false;
+  }
 }
 
 /** The logger: on {@link logDestination} (stdout) unless another destination is given. */
