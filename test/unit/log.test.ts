@@ -20,6 +20,14 @@ const lines = (file: string): Record<string, unknown>[] =>
     .filter(Boolean)
     .map((l) => JSON.parse(l) as Record<string, unknown>);
 
+/** A logger on {@link logDestination} to a new file. */
+function fileLog() {
+  dir = mkdtempSync(join(tmpdir(), 'valet-log-'));
+  const file = join(dir, 'out.log');
+  const dest = logDestination(openSync(file, 'a'));
+  return { file, dest, logger: createLogger(dest) };
+}
+
 describe('log destination', () => {
   it('writes a few lines within LOG_FLUSH_MS although they fill no buffer, and everything on flush', async () => {
     dir = mkdtempSync(join(tmpdir(), 'valet-log-'));
@@ -46,10 +54,7 @@ describe('log destination', () => {
   });
 
   it('writes thousands of lines whole and in order, gathered into few writes', async () => {
-    dir = mkdtempSync(join(tmpdir(), 'valet-log-'));
-    const file = join(dir, 'out.log');
-    const dest = logDestination(openSync(file, 'a'));
-    const logger = createLogger(dest);
+    const { file, dest, logger } = fileLog();
     const pad = 'x'.repeat(200);
     for (let n = 0; n < 3_000; n++) logger.info({ n, pad }, 'request');
     await new Promise<void>((r) => logger.flush(() => r()));
@@ -79,10 +84,7 @@ describe('log destination', () => {
   });
 
   it('writes to a file at once, with no thread-pool round trip: a text handed over is in the file when the call returns', () => {
-    dir = mkdtempSync(join(tmpdir(), 'valet-log-'));
-    const file = join(dir, 'out.log');
-    const dest = logDestination(openSync(file, 'a'));
-    const logger = createLogger(dest);
+    const { file, dest, logger } = fileLog();
     const pad = 'x'.repeat(300);
     // Past 8 KiB of gathered lines the text is handed over, and (a file) written before info() returns.
     for (let n = 0; n < 40; n++) logger.info({ n, pad }, 'request');
