@@ -415,7 +415,7 @@ export function compilePolicy(
   };
   // The same path patterns on many rules (each team's or upstream's copy of a rule) share one
   // matcher, as conditions share one program: a matcher holds no state, and at 10,000 rules the
-  // thousands of copies of a few regular expressions were cold in the CPU's caches on every decision.
+  // copies of a few regular expressions took 2.6 MB of heap (docs/policy-performance.md).
   const matchers = new Map<string, (path: string) => boolean>();
   const sharedMatcher = (paths: readonly string[], ignoreCase: boolean): ((path: string) => boolean) => {
     const key = JSON.stringify([ignoreCase, paths]);
