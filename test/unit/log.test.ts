@@ -30,11 +30,7 @@ function fileLog() {
 
 describe('log destination', () => {
   it('writes a few lines within LOG_FLUSH_MS although they fill no buffer, and everything on flush', async () => {
-    dir = mkdtempSync(join(tmpdir(), 'valet-log-'));
-    const file = join(dir, 'out.log');
-    const fd = openSync(file, 'a');
-    const dest = logDestination(fd);
-    const logger = createLogger(dest);
+    const { file, dest, logger } = fileLog();
     logger.info({ n: 1 }, 'request');
     logger.info({ n: 2, token: 'must-not-appear' }, 'request');
     expect(lines(file)).toEqual([]); // gathered, not yet written
@@ -122,6 +118,21 @@ describe('log destination', () => {
       client.destroy();
       server.close();
     }
+  });
+
+  it.skipIf(spawnSync('script', ['--version']).status !== 0)('not at once to a terminal (util-linux `script` gives the child one)', () => {
+    const log = join(dirname(fileURLToPath(import.meta.url)), '../../gateway/log.ts');
+    const code = `import { writesAtOnce } from ${JSON.stringify(log)}; process.stdout.write('tty=' + writesAtOnce(1) + String.fromCharCode(10));`;
+    dir = mkdtempSync(join(tmpdir(), 'valet-log-'));
+    const script = join(dir, 'tty.mts');
+    writeFileSync(script, code);
+    const r = spawnSync('script', ['-qec', `${JSON.stringify(process.execPath)} --import tsx ${JSON.stringify(script)}`, '/dev/null'], { encoding: 'utf8', timeout: 30_000 });
+    expect(r.stdout).toContain('tty=false');
+    // The same process with stdout a file: written at once.
+    const out = join(dir, 'out');
+    const f = spawnSync('sh', ['-c', `${JSON.stringify(process.execPath)} --import tsx ${JSON.stringify(script)} > ${JSON.stringify(out)}`], { encoding: 'utf8', timeout: 30_000 });
+    expect(f.status).toBe(0);
+    expect(readFileSync(out, 'utf8')).toContain('tty=true');
   });
 
   it('to a piped stdout, the lines still gathered when the process exits arrive, and a reader that is gone stops nothing', () => {
