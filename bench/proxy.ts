@@ -492,6 +492,7 @@ async function main(): Promise<number> {
         (results.get(t) as TargetResults).fixed.push(r);
         log(
           `fixed-rate  ${t.padEnd(10)} ${int(r.rps).padStart(7)} req/s  p50 ${ms(r.latency.p50)} ms  p99 ${ms(r.latency.p99)} ms  max ${ms(r.latency.max)} ms  ` +
+            `(after its first second: p99 ${ms(r.latencyAfterFirstSecond.p99)} ms, max ${ms(r.latencyAfterFirstSecond.max)} ms)  ` +
             `2xx ${r.ok}/${r.scheduled} (upstream saw ${r.upstreamSaw}), ${status(r)}, send lag p99 ${ms(r.lagP99)} ms\n` +
             `            cpu: ${formatUsage(r.cpu)}${noisy(r)}\n            event-loop delay p99/max ms: ${loops(r, t)}${auditLine(r)}`,
         );
@@ -550,6 +551,7 @@ async function main(): Promise<number> {
       frps: m(r.fixed, (x) => x.rps),
       fp50: m(r.fixed, (x) => x.latency.p50),
       fp99: m(r.fixed, (x) => x.latency.p99),
+      fp99Later: m(r.fixed, (x) => x.latencyAfterFirstSecond.p99),
       fp999: m(r.fixed, (x) => x.latency.p999),
       fmax: m(r.fixed, (x) => x.latency.max),
       fcpu: m(r.fixed, (x) => x.cpu.byProcess[processOf(t)] ?? Number.NaN),
@@ -645,7 +647,8 @@ async function main(): Promise<number> {
     log(
       `- ${v3}: Valet added p50 ≤ 0.5 ms and p99 ≤ 2 ms at ${opts.rate} req/s (vs ${A.direct ? 'direct' : 'bare proxy'}) — p50 ${added(A.valet.fp50, base.fp50)} ms, ` +
         `p99 ${ms(A.valet.fp99)} − ${ms(base.fp99)} = ${added(A.valet.fp99, base.fp99)} ms (durability ${durability}${durability === 'strict' ? `: every forwarded call waits for at least one fdatasync, p99 ${disk.p99.toFixed(2)} ms on this disk` : ''}); ` +
-          `the bare proxy itself adds p50 ${added(A.bare.fp50, base.fp50)} ms, p99 ${added(A.bare.fp99, base.fp99)} ms`,
+          `the bare proxy itself adds p50 ${added(A.bare.fp50, base.fp50)} ms, p99 ${added(A.bare.fp99, base.fp99)} ms; ` +
+          `after each run's first second, Valet's p99 is ${ms(A.valet.fp99Later)} − ${ms(base.fp99Later)} = ${added(A.valet.fp99Later, base.fp99Later)} ms`,
     );
   } else {
     log('- goals need both the bare proxy and Valet (--only excluded one)');

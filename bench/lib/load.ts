@@ -53,6 +53,12 @@ export interface FixedRateResult extends RunResult {
   scheduled: number;
   lagP99: number;
   lagMax: number;
+  /**
+   * The latency of the requests started after the run's first second: apart from `latency`, so a
+   * tail that only a target's first second after a pause carries (new connections, caches and a
+   * CPU another process just used) is told from one that lasts.
+   */
+  latencyAfterFirstSecond: LatencyStats;
 }
 
 /**
@@ -116,6 +122,7 @@ export async function fixedRate(w: Workload | readonly Workload[], o: { rate: nu
   const total = Math.max(1, Math.round(o.rate * o.seconds));
   const interval = 1000 / o.rate;
   const latencies = new Samples();
+  const afterFirstSecond = new Samples();
   const lags = new Samples();
   const statusCodes: Record<string, number> = {};
   let ok = 0;
@@ -139,6 +146,7 @@ export async function fixedRate(w: Workload | readonly Workload[], o: { rate: nu
         if (res.statusCode >= 200 && res.statusCode < 300) {
           ok++;
           latencies.push(dt);
+          if (n >= o.rate) afterFirstSecond.push(dt);
         } else {
           non2xx++;
         }
@@ -188,6 +196,7 @@ export async function fixedRate(w: Workload | readonly Workload[], o: { rate: nu
     durationS,
     rps: ok / durationS,
     latency: latencies.stats(),
+    latencyAfterFirstSecond: afterFirstSecond.stats(),
     scheduled: total,
     lagP99: lag.p99,
     lagMax: lag.max,
