@@ -42,7 +42,10 @@ const HELP = `Usage: npm run bench:policy -- [options]
   --rounds N          alternate the Cedar variants in N rounds (default 4)
   --layout L          spread: 10 rules per upstream, N/10 upstreams (default)
                       hot:    all N rules on one upstream (path prefixes /gK/, tools per group)
-                      both:   run both layouts
+                      tenants: all N rules on one upstream and its 4 tools, 10 per tenant
+                              (scope: tenant tK), requests from N/10 tenants
+                      both:   spread and hot
+                      all:    the three
   --no-cedar          Valet only
   --cedar-naive       also time cedar isAuthorized() with the policy text passed on every call
                       (re-parsed per call; sizes <= 1000, 1 s each)
@@ -89,9 +92,10 @@ const opts = {
   waitQuiet: numberOption(flags['wait-quiet'], 'wait-quiet', 0, 0),
   repeat: Math.floor(numberOption(flags.repeat, 'repeat', quick ? 1 : 3, 1)),
 };
-const layouts = flags.layout === 'both' ? (['spread', 'hot'] as const) : flags.layout === 'hot' ? (['hot'] as const) : (['spread'] as const);
-if (!['spread', 'hot', 'both'].includes(flags.layout ?? '')) {
-  console.error(`unknown --layout "${flags.layout}" (spread, hot or both)`);
+const LAYOUTS = { spread: ['spread'], hot: ['hot'], tenants: ['tenants'], both: ['spread', 'hot'], all: ['spread', 'hot', 'tenants'] } as const;
+const layouts: readonly ('spread' | 'hot' | 'tenants')[] = LAYOUTS[(flags.layout ?? 'spread') as keyof typeof LAYOUTS] ?? [];
+if (layouts.length === 0) {
+  console.error(`unknown --layout "${flags.layout}" (spread, hot, tenants, both or all)`);
   process.exit(2);
 }
 type Layout = (typeof layouts)[number];
@@ -130,11 +134,13 @@ const TEMPLATES: readonly Template[] = [
   { effect: 'deny', methods: ['DELETE'], paths: ['/v1/**'], cel: 'args.mode == "hard"', cedar: 'context.mode == "hard"' },
 ];
 
-/** Where group g lives: its upstream and the path prefix of its routes. */
+/** Where group g lives: its upstream and the path prefix of its routes (tenants: every group shares both). */
 function groupPlace(layout: Layout, g: number): { upstream: string; prefix: string } {
-  return layout === 'spread' ? { upstream: `svc${g}`, prefix: '' } : { upstream: 'api', prefix: `/g${g}` };
+  return layout === 'spread' ? { upstream: `svc${g}`, prefix: '' } : layout === 'hot' ? { upstream: 'api', prefix: `/g${g}` } : { upstream: 'api', prefix: '' };
 }
-const toolName = (layout: Layout, g: number, k: ToolKey): string => (layout === 'spread' ? `svc${g}_${k}` : `g${g}_${k}`);
+const toolName = (layout: Layout, g: number, k: ToolKey): string => (layout === 'spread' ? `svc${g}_${k}` : layout === 'hot' ? `g${g}_${k}` : `api_${k}`);
+/** The tenant whose agents make group g's requests, and whom its rules are scoped to in the tenants layout. */
+const tenantOf = (layout: Layout, g: number): string => (layout === 'tenants' ? `t${g}` : 'acme');
 
 interface RuleSet {
   readonly tools: ToolConfig[];
@@ -153,13 +159,14 @@ function ruleSet(layout: Layout, n: number): RuleSet {
   for (let g = 0; g < groups; g++) {
     const { upstream, prefix } = groupPlace(layout, g);
     for (const [k, t] of Object.entries(TOOLS) as [ToolKey, (typeof TOOLS)[ToolKey]][]) {
+      if (layout === 'tenants' && g > 0) break;
       tools.push({ name: toolName(layout, g, k), description: undefined, upstream, method: t.method, path: prefix + t.path, args: t.args, at: at(`tools[${tools.length}]`) });
     }
     for (const [k, t] of TEMPLATES.entries()) {
       const rule: RuleConfig = {
         id: `g${g}-r${k}`,
         description: undefined,
-        scope: undefined,
+        scope: layout === 'tenants' ? { tenant: tenantOf(layout, g) } : undefined,
         upstream,
         tools: t.tools?.map((x) => toolName(layout, g, x)),
         methods: t.methods,
@@ -215,7 +222,7 @@ function pathToCedar(pattern: string, ignoreCase: boolean): string {
 }
 
 function toCedar(r: RuleConfig, when: string): string {
-  if (r.effect === 'escalate' || r.scope || r.environments) throw new Error(`rule ${r.id}: not translated`);
+  if (r.effect === 'escalate' || r.scope?.team !== undefined || r.scope?.agent !== undefined || r.environments) throw new Error(`rule ${r.id}: not translated`);
   const restrictive = r.effect !== 'allow';
   const effect = r.effect === 'allow' ? 'permit' : 'forbid';
   const ms = r.methods ?? [];
@@ -226,6 +233,8 @@ function toCedar(r: RuleConfig, when: string): string {
   if (r.tools && r.tools.length === 1) resource = `resource == Tool::${lit(r.tools[0] as string)}`;
   else if (r.tools) conds.push(`resource in [${r.tools.map((t) => `Tool::${lit(t)}`).join(', ')}]`);
   else if (r.upstream !== undefined) resource = `resource in Upstream::${lit(r.upstream)}`;
+  // Every identity of the mix has a tenant, so a scope is the claim's equality (Valet's scopeAdmits).
+  if (r.scope?.tenant !== undefined) conds.push(`principal.tenant == ${lit(r.scope.tenant)}`);
   if (r.roles) conds.push(r.roles.length === 1 ? `principal in Role::${lit(r.roles[0] as string)}` : `principal in [${r.roles.map((x) => `Role::${lit(x)}`).join(', ')}]`);
   if (r.paths) conds.push(r.paths.length === 1 ? pathToCedar(r.paths[0] as string, restrictive) : `(${r.paths.map((p) => pathToCedar(p, restrictive)).join(' || ')})`);
   conds.push(`(${when})`);
@@ -253,7 +262,7 @@ function cedarCall(id: AgentIdentity, f: RequestFacts, policySetId: string): Ced
     context,
     preparsedPolicySetId: policySetId,
     entities: [
-      { uid: principal, attrs: {}, parents },
+      { uid: principal, attrs: id.tenant === undefined ? {} : { tenant: id.tenant }, parents },
       { uid: resource, attrs: {}, parents: [{ type: 'Upstream', id: f.upstream }] },
     ],
   };
@@ -371,7 +380,7 @@ function requestMix(layout: Layout, policy: Policy, groups: number, count: numbe
     const roles = pick(ROLE_SETS);
     const identity: AgentIdentity = {
       agent: `agent-${Math.floor(rand() * 50)}`,
-      tenant: 'acme',
+      tenant: tenantOf(layout, g),
       team: 'payments',
       roles,
       environment: 'production',
@@ -892,7 +901,8 @@ async function main(): Promise<void> {
   const median = opts.repeat > 1 ? ` (median of ${opts.repeat} runs)` : '';
   for (const layout of layouts) {
     const rs = results.filter((r) => r.layout === layout);
-    console.log(`\n## ${layout === 'spread' ? 'Spread layout: 10 rules per upstream, N/10 upstreams' : 'Hot layout: all N rules on one upstream'}${median}\n`);
+    const title = { spread: 'Spread layout: 10 rules per upstream, N/10 upstreams', hot: 'Hot layout: all N rules on one upstream', tenants: 'Tenants layout: all N rules on one upstream and its tools, 10 per tenant' }[layout];
+    console.log(`\n## ${title}${median}\n`);
     console.log(
       table(
         ['rules', 'valet p50', 'valet p99', 'cedar p50', 'cedar p99', 'ratio'],

@@ -306,16 +306,35 @@ interface Sequence {
  * order, so a request reads the one list of the deepest node its path reaches.
  */
 interface PathNode {
-  readonly rules: readonly FlatRule[];
+  readonly rules: Candidates;
   readonly next: ReadonlyMap<string, PathNode> | undefined;
 }
 
 /** `evaluate`'s index below an upstream and method. */
 interface MethodRules {
   /** Rules that name tools, per tool; requests for other tools or none skip them all. */
-  readonly byTool: ReadonlyMap<string, readonly FlatRule[]>;
+  readonly byTool: ReadonlyMap<string, Candidates>;
   readonly byPath: PathNode;
 }
+
+/**
+ * A list of candidate rules, in rule order; when some of them are scoped (a tenant's, a team's or
+ * an agent's), split by the claim they are scoped on, so that a request reads only the rules its
+ * identity can meet rather than every tenant's (see {@link splitByScope}).
+ */
+type Candidates = readonly FlatRule[] | ScopeSplit;
+
+interface ScopeSplit {
+  readonly claim: ScopeClaim;
+  /** Per value of the claim: the rules not scoped on it and those scoped to that value. */
+  readonly byValue: ReadonlyMap<string, Candidates>;
+  /** An identity whose claim is none of those values: the rules not scoped on it. */
+  readonly other: Candidates;
+  /** An identity without the claim: those, and the restrictive rules scoped on it (see scopeAdmits). */
+  readonly noClaim: Candidates;
+}
+
+type ScopeClaim = 'tenant' | 'team' | 'agent';
 
 interface UpstreamRules {
   readonly byMethod: ReadonlyMap<string, MethodRules>;
@@ -563,7 +582,7 @@ export function compilePolicy(
         else byTool.set(t, [r.flat]);
       }
     }
-    return { byTool, byPath: pathIndex(fit.filter((r) => r.tools === undefined)) };
+    return { byTool: new Map([...byTool].map(([t, rules]) => [t, splitByScope(rules)])), byPath: pathIndex(fit.filter((r) => r.tools === undefined)) };
   };
   const upstreamRules = (list: readonly CompiledRule[]): UpstreamRules => ({
     byMethod: new Map([...new Set(list.flatMap((r) => r.config.methods ?? []))].map((m) => [m, methodRules(list, m)])),
@@ -933,8 +952,9 @@ export function compilePolicy(
       const { upstream, method, tool } = input.facts;
       const forUpstream = index.get(upstream) ?? anyUpstream;
       const at = forUpstream.byMethod.get(method) ?? forUpstream.otherMethods;
-      const tools = tool === undefined ? NO_RULES : (at.byTool.get(tool) ?? NO_RULES);
-      const paths = rulesForPath(at.byPath, s.lowerPath);
+      const id = input.identity;
+      const tools = tool === undefined ? NO_RULES : candidatesFor(at.byTool.get(tool) ?? NO_RULES, id);
+      const paths = candidatesFor(rulesForPath(at.byPath, s.lowerPath), id);
       const agent = decideFor(s, tools, paths);
       const { user } = s.principals;
       // Nothing outranks the agent's own deny, so the user's rules need not run.
@@ -1293,7 +1313,7 @@ function strictestApproval(winners: readonly Winner[]): NonNullable<Decision['ap
 }
 
 /** The rules that may match `path` (normalised, lower-cased): those of the deepest node it reaches. */
-function rulesForPath(root: PathNode, path: string): readonly FlatRule[] {
+function rulesForPath(root: PathNode, path: string): Candidates {
   let node = root;
   for (let start = 1; node.next !== undefined; ) {
     const end = path.indexOf('/', start);
@@ -1330,9 +1350,62 @@ function pathIndex(rules: readonly CompiledRule[]): PathNode {
   }
   const seal = (d: Draft, inherited: readonly FlatRule[]): PathNode => {
     const list = d.own.length === 0 ? inherited : [...new Set([...inherited, ...d.own])].sort((a, b) => a.order - b.order);
-    return { rules: list, next: d.next.size === 0 ? undefined : new Map([...d.next].map(([segment, child]) => [segment, seal(child, list)])) };
+    return { rules: splitByScope(list), next: d.next.size === 0 ? undefined : new Map([...d.next].map(([segment, child]) => [segment, seal(child, list)])) };
   };
   return seal(root, NO_RULES);
+}
+
+const SCOPE_CLAIMS: readonly ScopeClaim[] = ['tenant', 'team', 'agent'];
+
+/**
+ * A candidate list split by the first claim (tenant, team, agent) some of its rules are scoped on,
+ * then each part by the next. Only rules `admits` could never pass are left out of a part: a rule
+ * scoped to another value; for an identity without the claim, an allow scoped on it (a
+ * restrictive rule still applies, see scopeAdmits; an agent scope never does without the agent).
+ * The rules not scoped on the claim are in every part, so the parts together hold more entries
+ * than the list: all the parts of one list share `budget` (eight times its length, at least 256
+ * entries), and a list whose split would pass what is left stays whole, which is correct
+ * (admits checks every scope) but scans every tenant's rules.
+ */
+export function splitByScope(list: readonly FlatRule[], claims: readonly ScopeClaim[] = SCOPE_CLAIMS, budget = { left: Math.max(256, 8 * list.length) }): Candidates {
+  const claim = claims.find((c) => list.some((r) => r[c] !== undefined));
+  if (claim === undefined) return list;
+  const unscoped: FlatRule[] = [];
+  const scoped = new Map<string, FlatRule[]>();
+  for (const r of list) {
+    const v = r[claim];
+    if (v === undefined) unscoped.push(r);
+    else if (scoped.has(v)) (scoped.get(v) as FlatRule[]).push(r);
+    else scoped.set(v, [r]);
+  }
+  const noClaim = claim === 'agent' ? unscoped : list.filter((r) => r[claim] === undefined || r.restrictive);
+  // Every part holds the unscoped rules; counted before any part is built.
+  const entries = unscoped.length * (scoped.size + 1) + (list.length - unscoped.length) + noClaim.length;
+  if (entries > budget.left) return list;
+  budget.left -= entries;
+  const rest = claims.slice(claims.indexOf(claim) + 1);
+  const byValue = new Map<string, Candidates>();
+  for (const [v, own] of scoped) byValue.set(v, splitByScope(inRuleOrder(unscoped, own), rest, budget));
+  return { claim, byValue, other: splitByScope(unscoped, rest, budget), noClaim: splitByScope(noClaim, rest, budget) };
+}
+
+/** The part of a candidate list an identity can meet. */
+export function candidatesFor(c: Candidates, id: Pick<AgentIdentity, ScopeClaim>): readonly FlatRule[] {
+  while (!Array.isArray(c)) {
+    const split = c as ScopeSplit;
+    const value = id[split.claim];
+    c = value === undefined ? split.noClaim : (split.byValue.get(value) ?? split.other);
+  }
+  return c as readonly FlatRule[];
+}
+
+/** Two lists in rule order, merged. */
+function inRuleOrder(a: readonly FlatRule[], b: readonly FlatRule[]): FlatRule[] {
+  const out: FlatRule[] = [];
+  let i = 0;
+  let j = 0;
+  while (i < a.length || j < b.length) out.push((j === b.length || (i < a.length && (a[i] as FlatRule).order < (b[j] as FlatRule).order) ? a[i++] : b[j++]) as FlatRule);
+  return out;
 }
 
 /**

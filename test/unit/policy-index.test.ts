@@ -5,7 +5,7 @@
 import { describe, expect, it } from 'vitest';
 import type { Config, RuleConfig, ToolConfig } from '../../gateway/config/types.js';
 import { ConfigError } from '../../gateway/errors.js';
-import { compilePaths, compilePolicy as compileConfig, DEFAULT_DENY_RULE } from '../../gateway/policy/compile.js';
+import { candidatesFor, compilePaths, compilePolicy as compileConfig, DEFAULT_DENY_RULE, splitByScope } from '../../gateway/policy/compile.js';
 import { memoryCounterStore, memoryHistoryStore } from '../../gateway/policy/counters.js';
 import type { AgentIdentity, RequestFacts } from '../../gateway/types.js';
 import { agent, rule } from '../helpers/fixtures.js';
@@ -182,6 +182,105 @@ describe('path index', () => {
       const e = p.explain(agent, facts('GET', path));
       expect(e.trace.map((t) => t.id)).toEqual(['x', 'y', 'deny-x']);
       expect(e.decision).toEqual(p.evaluate(agent, facts('GET', path)));
+    }
+  });
+});
+
+describe('scoped rules', () => {
+  // Tenants, teams and agents, each rule scoped on some of them or none (the organisation's), on a
+  // tool and on paths, allowing, denying and escalating: evaluate reads only the part of a list an
+  // identity can meet, explain every rule; they must agree for every identity, claims missing included.
+  const tenants = [undefined, 't1', 't2', 't3'];
+  const teams = [undefined, 'red', 'blue'];
+  const agents = ['a1', 'a2', 'a3'];
+  const effects = ['allow', 'deny', 'escalate'] as const;
+  const scopes = tenants.flatMap((tenant) => teams.flatMap((team) => [undefined, 'a1', 'a2'].map((a) => ({ tenant, team, agent: a }))));
+  const rules = scopes.flatMap((scope, i) => {
+    const s = scope.tenant === undefined && scope.team === undefined && scope.agent === undefined ? undefined : Object.fromEntries(Object.entries(scope).filter(([, v]) => v !== undefined));
+    const effect = effects[i % 3] as (typeof effects)[number];
+    return [
+      rule({ id: `tool-${i}`, scope: s, tools: ['get_doc'], effect, roles: i % 4 === 0 ? ['admin'] : undefined }),
+      rule({ id: `path-${i}`, scope: s, paths: [i % 2 === 0 ? '/docs/*' : '/docs/**'], effect }),
+    ];
+  });
+
+  it('decide as explain does, for every identity', () => {
+    const p = compilePolicy(rules, [tool('get_doc', 'GET', '/docs/{id}')]);
+    let checked = 0;
+    for (const tenant of [...tenants, 't9']) {
+      for (const team of [...teams, 'green']) {
+        for (const a of agents) {
+          for (const roles of [[], ['admin']]) {
+            const id = { ...agent, agent: a, tenant, team, roles };
+            for (const f of [facts('GET', '/docs/7', { tool: 'get_doc' }), facts('GET', '/docs/7/x'), facts('POST', '/docs/7')]) {
+              expect(p.evaluate(id, f)).toEqual(p.explain(id, f).decision);
+              checked++;
+            }
+          }
+        }
+      }
+    }
+    expect(checked).toBe(5 * 4 * 3 * 2 * 3);
+  });
+
+  it('a deny scoped to a tenant still binds an identity without a tenant claim; its allow does not', () => {
+    const p = compilePolicy([
+      rule({ id: 'org', paths: ['/x'], effect: 'allow' }),
+      rule({ id: 't1-deny', scope: { tenant: 't1' }, paths: ['/x'], effect: 'deny' }),
+      rule({ id: 't2-allow', scope: { tenant: 't2' }, paths: ['/y'], effect: 'allow' }),
+      ...Array.from({ length: 50 }, (_, i) => rule({ id: `t${i + 10}`, scope: { tenant: `t${i + 10}` }, paths: ['/y'], effect: 'allow' })),
+    ]);
+    expect(p.evaluate({ ...agent, tenant: undefined }, facts('GET', '/x'))).toMatchObject({ effect: 'deny', rules: ['t1-deny'] });
+    expect(p.evaluate({ ...agent, tenant: 't2' }, facts('GET', '/x'))).toMatchObject({ effect: 'allow', rules: ['org'] });
+    expect(p.evaluate({ ...agent, tenant: undefined }, facts('GET', '/y')).effect).toBe('deny');
+    expect(p.evaluate({ ...agent, tenant: 't2' }, facts('GET', '/y'))).toMatchObject({ effect: 'allow', rules: ['t2-allow'] });
+    expect(p.evaluate({ ...agent, tenant: 't30' }, facts('GET', '/y'))).toMatchObject({ effect: 'allow', rules: ['t30'] });
+  });
+
+  describe('the split of one candidate list', () => {
+    type Rules = Parameters<typeof splitByScope>[0];
+    const flat = (id: string, scope: { tenant?: string; team?: string; agent?: string }, restrictive = false) => ({ id, restrictive, tenant: scope.tenant, team: scope.team, agent: scope.agent });
+    const list = [
+      flat('org', {}),
+      flat('t1-allow', { tenant: 't1' }),
+      flat('t2-deny', { tenant: 't2' }, true),
+      flat('org-deny', {}, true),
+      flat('t1-a1', { tenant: 't1', agent: 'a1' }),
+      flat('t2-allow', { tenant: 't2' }),
+      flat('a2', { agent: 'a2' }),
+    ].map((r, order) => ({ ...r, order })) as unknown as Rules;
+    const ids = (tenant: string | undefined, agentId: string) => candidatesFor(splitByScope(list), { tenant, team: undefined, agent: agentId }).map((r) => r.id);
+
+    it('gives an identity its tenant\'s rules and the unscoped ones, in rule order, then only its own agent\'s', () => {
+      expect(ids('t1', 'a1')).toEqual(['org', 't1-allow', 'org-deny', 't1-a1']);
+      expect(ids('t1', 'a2')).toEqual(['org', 't1-allow', 'org-deny', 'a2']);
+      expect(ids('t2', 'a9')).toEqual(['org', 't2-deny', 'org-deny', 't2-allow']);
+      expect(ids('t7', 'a2')).toEqual(['org', 'org-deny', 'a2']);
+    });
+
+    it('gives an identity without a tenant claim the restrictive rules of every tenant, and no tenant\'s allows', () => {
+      expect(ids(undefined, 'a1')).toEqual(['org', 't2-deny', 'org-deny']);
+    });
+
+    it('leaves a list whole when its parts would hold more than eight times its entries', () => {
+      const wide = [
+        ...Array.from({ length: 40 }, (_, i) => flat(`org-${i}`, {})),
+        ...Array.from({ length: 60 }, (_, i) => flat(`t-${i}`, { tenant: `t${i}` })),
+      ].map((r, order) => ({ ...r, order })) as unknown as Rules;
+      expect(splitByScope(wide)).toBe(wide);
+      expect(splitByScope(wide.slice(0, 45))).not.toBe(wide.slice(0, 45));
+    });
+  });
+
+  it('many organisation rules beside many tenants: the list is not split past its bound, and decides the same', () => {
+    const org = Array.from({ length: 40 }, (_, i) => rule({ id: `org-${i}`, paths: ['/z'], effect: 'allow', roles: [`r${i}`] }));
+    const scoped = Array.from({ length: 60 }, (_, i) => rule({ id: `ten-${i}`, scope: { tenant: `t${i}` }, paths: ['/z'], effect: i % 2 === 0 ? 'deny' : 'allow' }));
+    const p = compilePolicy([...org, ...scoped]);
+    for (const tenant of [undefined, 't0', 't1', 't59', 'none']) {
+      for (const roles of [[], ['r3'], ['r39']]) {
+        const id = { ...agent, tenant, roles };
+        expect(p.evaluate(id, facts('GET', '/z'))).toEqual(p.explain(id, facts('GET', '/z')).decision);
+      }
     }
   });
 });
