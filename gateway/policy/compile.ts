@@ -318,20 +318,20 @@ interface MethodRules {
 }
 
 /**
- * A list of candidate rules, in rule order; when some of them are scoped (a tenant's, a team's or
- * an agent's), split by the claim they are scoped on, so that a request reads only the rules its
- * identity can meet rather than every tenant's (see {@link splitByScope}).
+ * A list of candidate rules (or limits, or response rules), in their order; when some of them are
+ * scoped (a tenant's, a team's or an agent's), split by the claim they are scoped on, so that a
+ * request reads only those its identity can meet rather than every tenant's (see {@link splitByScope}).
  */
-type Candidates = readonly FlatRule[] | ScopeSplit;
+type Candidates<T = FlatRule> = readonly T[] | ScopeSplit<T>;
 
-interface ScopeSplit {
+interface ScopeSplit<T> {
   readonly claim: ScopeClaim;
-  /** Per value of the claim: the rules not scoped on it and those scoped to that value. */
-  readonly byValue: ReadonlyMap<string, Candidates>;
-  /** An identity whose claim is none of those values: the rules not scoped on it. */
-  readonly other: Candidates;
-  /** An identity without the claim: those, and the restrictive rules scoped on it (see scopeAdmits). */
-  readonly noClaim: Candidates;
+  /** Per value of the claim: the items not scoped on it and those scoped to that value. */
+  readonly byValue: ReadonlyMap<string, Candidates<T>>;
+  /** An identity whose claim is none of those values: the items not scoped on it. */
+  readonly other: Candidates<T>;
+  /** An identity without the claim: those, and the restrictive items scoped on it (see scopeAdmits). */
+  readonly noClaim: Candidates<T>;
 }
 
 type ScopeClaim = 'tenant' | 'team' | 'agent';
@@ -566,6 +566,12 @@ export function compilePolicy(
   const rulesByUpstream = byUpstream(rules);
   const responsesByUpstream = byUpstream(responses);
   const limitsByUpstream = byUpstream(limits);
+  // Per upstream, split by scope too: a request charges and answers through only the limits and
+  // response rules its identity can meet (explainLimits still lists them all).
+  const scopedLimits = new Map([...limitsByUpstream.lists].map(([u, list]) => [u, splitByScope(list, configScope)]));
+  const anyScopedLimit = splitByScope(limitsByUpstream.any, configScope);
+  const scopedResponses = new Map([...responsesByUpstream.lists].map(([u, list]) => [u, splitByScope(list, configScope)]));
+  const anyScopedResponse = splitByScope(responsesByUpstream.any, configScope);
   const rulesFor = (upstream: string): readonly CompiledRule[] => rulesByUpstream.lists.get(upstream) ?? rulesByUpstream.any;
   const limitsFor = (upstream: string): readonly CompiledLimit[] => limitsByUpstream.lists.get(upstream) ?? limitsByUpstream.any;
   // Once: the upstreams some usage budget may count (ANY_UPSTREAM: a budget naming none counts them all).
@@ -582,7 +588,7 @@ export function compilePolicy(
         else byTool.set(t, [r.flat]);
       }
     }
-    return { byTool: new Map([...byTool].map(([t, rules]) => [t, splitByScope(rules)])), byPath: pathIndex(fit.filter((r) => r.tools === undefined)) };
+    return { byTool: new Map([...byTool].map(([t, rules]) => [t, splitByScope(rules, flatScope)])), byPath: pathIndex(fit.filter((r) => r.tools === undefined)) };
   };
   const upstreamRules = (list: readonly CompiledRule[]): UpstreamRules => ({
     byMethod: new Map([...new Set(list.flatMap((r) => r.config.methods ?? []))].map((m) => [m, methodRules(list, m)])),
@@ -860,7 +866,8 @@ export function compilePolicy(
   const chargesOf = (input: EvaluationInput, spend: Spend | undefined, trace?: LimitTrace[]): Charge[] | Decision => {
     const s = evaluation(input);
     const entries: Charge[] = [];
-    for (const l of limitsFor(input.facts.upstream)) {
+    const candidates = trace === undefined ? candidatesFor(scopedLimits.get(input.facts.upstream) ?? anyScopedLimit, input.identity) : limitsFor(input.facts.upstream);
+    for (const l of candidates) {
       const note = (applies: boolean, why: string, amount?: number): void =>
         void trace?.push({ id: l.config.id, kind: l.kind, ...(l.usage !== undefined && { usage: l.usage }), applies, why, at: `${l.config.at.file}:${l.config.at.line}`, ...(amount !== undefined && { amount: amountText(l, amount), limit: amountText(l, l.limit), window: formatMs(l.windowMs) }) });
       // A usage budget counts metered LLM calls only; any other request spends nothing of it.
@@ -1012,7 +1019,7 @@ export function compilePolicy(
     },
     resolveContext: (input) => contextSources.resolve(input),
     responsePlan(input) {
-      const list = responsesByUpstream.lists.get(input.facts.upstream) ?? responsesByUpstream.any;
+      const list = candidatesFor(scopedResponses.get(input.facts.upstream) ?? anyScopedResponse, input.identity);
       if (list.length === 0) return undefined;
       const s = evaluation(input);
       const hits: { r: CompiledResponseRule; failed?: string }[] = [];
@@ -1350,61 +1357,76 @@ function pathIndex(rules: readonly CompiledRule[]): PathNode {
   }
   const seal = (d: Draft, inherited: readonly FlatRule[]): PathNode => {
     const list = d.own.length === 0 ? inherited : [...new Set([...inherited, ...d.own])].sort((a, b) => a.order - b.order);
-    return { rules: splitByScope(list), next: d.next.size === 0 ? undefined : new Map([...d.next].map(([segment, child]) => [segment, seal(child, list)])) };
+    return { rules: splitByScope(list, flatScope), next: d.next.size === 0 ? undefined : new Map([...d.next].map(([segment, child]) => [segment, seal(child, list)])) };
   };
   return seal(root, NO_RULES);
 }
 
 const SCOPE_CLAIMS: readonly ScopeClaim[] = ['tenant', 'team', 'agent'];
 
+/** What an item is scoped to on one claim: a rule's flat record, a limit's or response rule's config. */
+type ScopeOf<T> = (item: T, claim: ScopeClaim) => string | undefined;
+const flatScope: ScopeOf<FlatRule> = (r, claim) => r[claim];
+const configScope: ScopeOf<CompiledMatch> = (m, claim) => m.config.scope?.[claim];
+
 /**
- * A candidate list split by the first claim (tenant, team, agent) some of its rules are scoped on,
- * then each part by the next. Only rules `admits` could never pass are left out of a part: a rule
- * scoped to another value; for an identity without the claim, an allow scoped on it (a
- * restrictive rule still applies, see scopeAdmits; an agent scope never does without the agent).
- * The rules not scoped on the claim are in every part, so the parts together hold more entries
- * than the list: all the parts of one list share `budget` (eight times its length, at least 256
- * entries), and a list whose split would pass what is left stays whole, which is correct
- * (admits checks every scope) but scans every tenant's rules.
+ * A candidate list split by the first claim (tenant, team, agent) some of its items are scoped on,
+ * then each part by the next. Only items the static match could never pass are left out of a
+ * part: an item scoped to another value; for an identity without the claim, an allow scoped on it
+ * (a restrictive rule or a limit still applies, see scopeAdmits; an agent scope never does without
+ * the agent). The items not scoped on the claim are in every part, so the parts together hold more
+ * entries than the list: all the parts of one list share `budget` (eight times its length, at
+ * least 256 entries), and a list whose split would pass what is left stays whole, which is correct
+ * (the static match checks every scope) but scans every tenant's items.
  */
-export function splitByScope(list: readonly FlatRule[], claims: readonly ScopeClaim[] = SCOPE_CLAIMS, budget = { left: Math.max(256, 8 * list.length) }): Candidates {
-  const claim = claims.find((c) => list.some((r) => r[c] !== undefined));
+export function splitByScope<T extends { readonly restrictive: boolean }>(
+  list: readonly T[],
+  scopeOf: ScopeOf<T>,
+  claims: readonly ScopeClaim[] = SCOPE_CLAIMS,
+  budget = { left: Math.max(256, 8 * list.length) },
+  position: ReadonlyMap<T, number> = new Map(list.map((item, i) => [item, i])),
+): Candidates<T> {
+  const claim = claims.find((c) => list.some((item) => scopeOf(item, c) !== undefined));
   if (claim === undefined) return list;
-  const unscoped: FlatRule[] = [];
-  const scoped = new Map<string, FlatRule[]>();
-  for (const r of list) {
-    const v = r[claim];
-    if (v === undefined) unscoped.push(r);
-    else if (scoped.has(v)) (scoped.get(v) as FlatRule[]).push(r);
-    else scoped.set(v, [r]);
+  const unscoped: T[] = [];
+  const scoped = new Map<string, T[]>();
+  for (const item of list) {
+    const v = scopeOf(item, claim);
+    if (v === undefined) unscoped.push(item);
+    else if (scoped.has(v)) (scoped.get(v) as T[]).push(item);
+    else scoped.set(v, [item]);
   }
-  const noClaim = claim === 'agent' ? unscoped : list.filter((r) => r[claim] === undefined || r.restrictive);
-  // Every part holds the unscoped rules; counted before any part is built.
+  const noClaim = claim === 'agent' ? unscoped : list.filter((item) => scopeOf(item, claim) === undefined || item.restrictive);
+  // Every part holds the unscoped items; counted before any part is built.
   const entries = unscoped.length * (scoped.size + 1) + (list.length - unscoped.length) + noClaim.length;
   if (entries > budget.left) return list;
   budget.left -= entries;
   const rest = claims.slice(claims.indexOf(claim) + 1);
-  const byValue = new Map<string, Candidates>();
-  for (const [v, own] of scoped) byValue.set(v, splitByScope(inRuleOrder(unscoped, own), rest, budget));
-  return { claim, byValue, other: splitByScope(unscoped, rest, budget), noClaim: splitByScope(noClaim, rest, budget) };
+  const split = (part: readonly T[]): Candidates<T> => splitByScope(part, scopeOf, rest, budget, position);
+  const byValue = new Map<string, Candidates<T>>();
+  for (const [v, own] of scoped) byValue.set(v, split(inOrder(unscoped, own, position)));
+  return { claim, byValue, other: split(unscoped), noClaim: split(noClaim) };
 }
 
 /** The part of a candidate list an identity can meet. */
-export function candidatesFor(c: Candidates, id: Pick<AgentIdentity, ScopeClaim>): readonly FlatRule[] {
+export function candidatesFor<T>(c: Candidates<T>, id: Pick<AgentIdentity, ScopeClaim>): readonly T[] {
   while (!Array.isArray(c)) {
-    const split = c as ScopeSplit;
+    const split = c as ScopeSplit<T>;
     const value = id[split.claim];
     c = value === undefined ? split.noClaim : (split.byValue.get(value) ?? split.other);
   }
-  return c as readonly FlatRule[];
+  return c as readonly T[];
 }
 
-/** Two lists in rule order, merged. */
-function inRuleOrder(a: readonly FlatRule[], b: readonly FlatRule[]): FlatRule[] {
-  const out: FlatRule[] = [];
+/** Two sublists of one list, merged in its order. */
+function inOrder<T>(a: readonly T[], b: readonly T[], position: ReadonlyMap<T, number>): T[] {
+  const out: T[] = [];
   let i = 0;
   let j = 0;
-  while (i < a.length || j < b.length) out.push((j === b.length || (i < a.length && (a[i] as FlatRule).order < (b[j] as FlatRule).order) ? a[i++] : b[j++]) as FlatRule);
+  while (i < a.length || j < b.length) {
+    const takeA = j === b.length || (i < a.length && (position.get(a[i] as T) as number) < (position.get(b[j] as T) as number));
+    out.push((takeA ? a[i++] : b[j++]) as T);
+  }
   return out;
 }
 

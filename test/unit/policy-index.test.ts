@@ -3,10 +3,10 @@
  * bitmasks and its per-decision CEL activation must never change: the decision the rules make.
  */
 import { describe, expect, it } from 'vitest';
-import type { Config, RuleConfig, ToolConfig } from '../../gateway/config/types.js';
+import type { Config, MatchConfig, RateLimitConfig, ResponseRuleConfig, RuleConfig, Scope, ToolConfig } from '../../gateway/config/types.js';
 import { ConfigError } from '../../gateway/errors.js';
 import { candidatesFor, compilePaths, compilePolicy as compileConfig, DEFAULT_DENY_RULE, splitByScope } from '../../gateway/policy/compile.js';
-import { memoryCounterStore, memoryHistoryStore } from '../../gateway/policy/counters.js';
+import { memoryCounterStore, memoryHistoryStore, type CounterStore } from '../../gateway/policy/counters.js';
 import type { AgentIdentity, RequestFacts } from '../../gateway/types.js';
 import { agent, rule } from '../helpers/fixtures.js';
 
@@ -238,18 +238,23 @@ describe('scoped rules', () => {
   });
 
   describe('the split of one candidate list', () => {
-    type Rules = Parameters<typeof splitByScope>[0];
-    const flat = (id: string, scope: { tenant?: string; team?: string; agent?: string }, restrictive = false) => ({ id, restrictive, tenant: scope.tenant, team: scope.team, agent: scope.agent });
+    interface Item {
+      readonly id: string;
+      readonly restrictive: boolean;
+      readonly scope: { readonly tenant?: string; readonly team?: string; readonly agent?: string };
+    }
+    const item = (id: string, scope: Item['scope'], restrictive = false): Item => ({ id, restrictive, scope });
+    const scopeOf = (x: Item, claim: 'tenant' | 'team' | 'agent') => x.scope[claim];
     const list = [
-      flat('org', {}),
-      flat('t1-allow', { tenant: 't1' }),
-      flat('t2-deny', { tenant: 't2' }, true),
-      flat('org-deny', {}, true),
-      flat('t1-a1', { tenant: 't1', agent: 'a1' }),
-      flat('t2-allow', { tenant: 't2' }),
-      flat('a2', { agent: 'a2' }),
-    ].map((r, order) => ({ ...r, order })) as unknown as Rules;
-    const ids = (tenant: string | undefined, agentId: string) => candidatesFor(splitByScope(list), { tenant, team: undefined, agent: agentId }).map((r) => r.id);
+      item('org', {}),
+      item('t1-allow', { tenant: 't1' }),
+      item('t2-deny', { tenant: 't2' }, true),
+      item('org-deny', {}, true),
+      item('t1-a1', { tenant: 't1', agent: 'a1' }),
+      item('t2-allow', { tenant: 't2' }),
+      item('a2', { agent: 'a2' }),
+    ];
+    const ids = (tenant: string | undefined, agentId: string) => candidatesFor(splitByScope(list, scopeOf), { tenant, team: undefined, agent: agentId }).map((r) => r.id);
 
     it('gives an identity its tenant\'s rules and the unscoped ones, in rule order, then only its own agent\'s', () => {
       expect(ids('t1', 'a1')).toEqual(['org', 't1-allow', 'org-deny', 't1-a1']);
@@ -263,13 +268,50 @@ describe('scoped rules', () => {
     });
 
     it('leaves a list whole when its parts would hold more than eight times its entries', () => {
-      const wide = [
-        ...Array.from({ length: 40 }, (_, i) => flat(`org-${i}`, {})),
-        ...Array.from({ length: 60 }, (_, i) => flat(`t-${i}`, { tenant: `t${i}` })),
-      ].map((r, order) => ({ ...r, order })) as unknown as Rules;
-      expect(splitByScope(wide)).toBe(wide);
-      expect(splitByScope(wide.slice(0, 45))).not.toBe(wide.slice(0, 45));
+      const wide = [...Array.from({ length: 40 }, (_, i) => item(`org-${i}`, {})), ...Array.from({ length: 60 }, (_, i) => item(`t-${i}`, { tenant: `t${i}` }))];
+      expect(splitByScope(wide, scopeOf)).toBe(wide);
+      const narrower = wide.slice(0, 45);
+      expect(splitByScope(narrower, scopeOf)).not.toBe(narrower);
     });
+  });
+
+  it('rate limits and response rules: a request meets exactly those its identity can, as explainLimits lists them', () => {
+    const scopes: (Scope | undefined)[] = [undefined];
+    for (const t of ['t1', 't2', 't3', undefined]) for (const team of ['red', 'blue', undefined]) for (const a of ['a1', 'a2', undefined]) {
+      const sc = { ...(t !== undefined && { tenant: t }), ...(team !== undefined && { team }), ...(a !== undefined && { agent: a }) };
+      if (Object.keys(sc).length > 0) scopes.push(sc);
+    }
+    const match = (id: string, scope: Scope | undefined): MatchConfig => ({ id, description: undefined, scope, upstream: 'api', tools: undefined, methods: undefined, paths: ['/v1/**'], roles: undefined, environments: undefined, when: undefined, at: { file: 'x.yaml', line: 1, column: 1, path: id }, lines: {} });
+    const rateLimits: RateLimitConfig[] = scopes.map((sc, i) => ({ ...match(`limit-${i}`, sc), limit: 1e9, windowMs: 60_000, key: 'agent' }));
+    const responseRules: ResponseRuleConfig[] = scopes.map((sc, i) => ({ ...match(`resp-${i}`, sc), effect: 'block', status: undefined, redact: undefined, reason: undefined, approval: undefined }));
+    const charged: string[] = [];
+    const counters: CounterStore = {
+      tryConsume(charges) {
+        charged.push(...charges.map((c) => (JSON.parse(c.key) as string[])[1] as string));
+        return { ok: true };
+      },
+      settle: () => [],
+    };
+    const p = compileConfig({ version: 'v', gateway: GATEWAY, tools: [], rules: [], rateLimits, budgets: [], contexts: [], responseRules }, { counters, history: memoryHistoryStore() });
+    // A limit and a response rule are restrictive: a claim the token leaves out does not escape them; an agent scope needs the agent.
+    const meets = (sc: Scope | undefined, id: AgentIdentity): boolean =>
+      sc === undefined || ((sc.tenant === undefined || id.tenant === undefined || sc.tenant === id.tenant) && (sc.team === undefined || id.team === undefined || sc.team === id.team) && (sc.agent === undefined || sc.agent === id.agent));
+    for (const tenant of ['t1', 't3', 't9', undefined]) {
+      for (const team of ['red', 'green', undefined]) {
+        for (const a of ['a1', 'a2', 'a9']) {
+          const id = { ...agent, agent: a, tenant, team };
+          const input = { identity: id, facts: facts('GET', '/v1/x'), environment: 'development' as const, now: 0, context: {} };
+          const expected = scopes.flatMap((sc, i) => (meets(sc, id) ? [i] : []));
+          charged.length = 0;
+          expect(p.charge(input, undefined)).toBeUndefined();
+          expect(charged).toEqual(expected.map((i) => `limit-${i}`));
+          const traces = p.explainLimits(input, undefined).traces;
+          expect(traces.map((t) => t.id)).toEqual(rateLimits.map((l) => l.id));
+          expect(traces.filter((t) => t.applies).map((t) => t.id)).toEqual(charged);
+          expect(p.responsePlan(input)?.rules).toEqual(expected.map((i) => `resp-${i}`));
+        }
+      }
+    }
   });
 
   it('many organisation rules beside many tenants: the list is not split past its bound, and decides the same', () => {
