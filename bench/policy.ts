@@ -20,7 +20,7 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import type * as Cedar from '@cedar-policy/cedar-wasm/nodejs';
-import type { RuleConfig, ToolConfig } from '../gateway/config/types.js';
+import type { RateLimitConfig, RuleConfig, ToolConfig } from '../gateway/config/types.js';
 import { bodyKind, buildArgs, parseBody } from '../gateway/policy/args.js';
 import { compilePolicy, DEFAULT_DENY_RULE, type EvaluationInput, type Policy } from '../gateway/policy/compile.js';
 import { memoryCounterStore, memoryHistoryStore } from '../gateway/policy/counters.js';
@@ -147,6 +147,8 @@ interface RuleSet {
   readonly rules: RuleConfig[];
   /** Cedar policy text by policy id (= Valet rule id). */
   readonly cedar: Record<string, string>;
+  /** Tenants layout: one rate limit per tenant on its requests (charged, not part of a decision). */
+  readonly limits: RateLimitConfig[];
   readonly groups: number;
 }
 
@@ -184,7 +186,11 @@ function ruleSet(layout: Layout, n: number): RuleSet {
       cedarPolicies[rule.id] = toCedar(rule, t.cedar);
     }
   }
-  return { tools, rules, cedar: cedarPolicies, groups };
+  const limits: RateLimitConfig[] =
+    layout !== 'tenants'
+      ? []
+      : Array.from({ length: groups }, (_, g) => ({ id: `g${g}-limit`, description: undefined, scope: { tenant: tenantOf(layout, g) }, upstream: 'api', tools: undefined, methods: undefined, paths: undefined, roles: undefined, environments: undefined, when: undefined, at: at(`rate_limits[${g}]`), lines: {}, limit: 1e12, windowMs: 60_000, key: 'agent' as const }));
+  return { tools, rules, cedar: cedarPolicies, groups, limits };
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -493,6 +499,8 @@ interface SizeResult {
   mix: Record<string, number>;
   engines: EngineResult[];
   cedarNaive: LatencyStats | null;
+  /** Tenants layout: `charge` (the request's rate limits) per request, after the decisions were timed. */
+  charge: LatencyStats | null;
   /** Minor page faults and involuntary context switches while Valet was timed. */
   timing: { minorFaults: number; involuntarySwitches: number };
   /** Cores used by other processes (and kernel work not charged to this one) during this size. */
@@ -527,7 +535,7 @@ async function runSize(layout: Layout, n: number): Promise<SizeResult> {
     gateway: { environment: 'production', listen: { host: '127.0.0.1', port: 0 }, shutdownGraceMs: 1, maxHeaderBytes: 16384, maxBodyBytes: 65536, timezone: 'UTC', admin: { listen: { host: '127.0.0.1', port: 0 }, audience: 'valet-admin' } },
     tools: set.tools,
     rules: set.rules,
-    rateLimits: [],
+    rateLimits: set.limits,
     budgets: [],
     contexts: [],
   };
@@ -580,6 +588,14 @@ async function runSize(layout: Layout, n: number): Promise<SizeResult> {
     minorFaults: usage1.minorPageFault - usage0.minorPageFault,
     involuntarySwitches: usage1.involuntaryContextSwitches - usage0.involuntaryContextSwitches,
   };
+  // Charging the request's rate limits: one per tenant in the tenants layout, none elsewhere.
+  let charge: LatencyStats | null = null;
+  if (set.limits.length > 0) {
+    const charged = (i: number): number => (policy.charge(inputs[i] as EvaluationInput) === undefined ? 1 : 0);
+    warm(charged, MIX, 200_000, warmNs);
+    const ns = new Float64Array(opts.iterations);
+    charge = latencyStats(ns, timeCalls(charged, MIX, ns, undefined, 0, ns.length, BigInt(Math.round(opts.seconds * 1e9)), 0));
+  }
 
   // Loaded only now: compiling its 3.5 MB of wasm (and tiering it up on background threads) must not
   // compete with Valet's measurement on a small machine.
@@ -738,6 +754,7 @@ async function runSize(layout: Layout, n: number): Promise<SizeResult> {
     mix,
     engines: engines.map((e, k) => ({ engine: e.id, distinct: e.distinct, agreement: e.agreement, stats: latencyStats(samples[k] as Float64Array, taken[k] as number) })),
     cedarNaive,
+    charge,
   };
 }
 
@@ -779,6 +796,7 @@ function combine(list: readonly SizeResult[]): SizeResult {
     }),
     valetBy,
     cedarNaive: list.some((r) => r.cedarNaive) ? medianStats(list.flatMap((r) => (r.cedarNaive ? [r.cedarNaive] : []))) : null,
+    charge: list.some((r) => r.charge) ? medianStats(list.flatMap((r) => (r.charge ? [r.charge] : []))) : null,
   };
 }
 
@@ -875,6 +893,7 @@ async function main(): Promise<void> {
             `other processes used ${Number.isNaN(r.otherCores) ? '?' : Math.max(0, r.otherCores).toFixed(2)} cores meanwhile; ` +
             `while timing valet: ${r.timing.minorFaults} minor page faults, ${r.timing.involuntarySwitches} involuntary context switches]`,
         );
+        if (r.charge) console.log(`  valet charge  p50 ${us(r.charge.p50)}  p99 ${us(r.charge.p99)}  (rate limits: one per tenant, ${(r.rules / TEMPLATES.length).toLocaleString('en-US')} in all)`);
         for (const e of r.engines) {
           const s = e.stats;
           let line = `  ${e.engine.padEnd(13)} p50 ${us(s.p50)}  p90 ${us(s.p90)}  p99 ${us(s.p99)}  p99.9 ${us(s.p999)}  (${s.count.toLocaleString('en-US')} samples over ${e.distinct} requests)`;
@@ -922,6 +941,10 @@ async function main(): Promise<void> {
           rs.map((r) => [r.rules.toLocaleString('en-US'), runsOf(r, 'valet', 'p50'), runsOf(r, 'valet', 'p99'), runsOf(r, 'cedar', 'p50') || '-', runsOf(r, 'cedar', 'p99') || '-']),
         ),
       );
+    }
+    if (rs.some((r) => r.charge)) {
+      console.log(`\nCharging a request's rate limits (one per tenant, on the same upstream)${median}:\n`);
+      console.log(table(['limits', 'charge p50', 'charge p99'], rs.map((r) => [(r.rules / TEMPLATES.length).toLocaleString('en-US'), r.charge ? us(r.charge.p50) : '-', r.charge ? us(r.charge.p99) : '-'])));
     }
     const keys = [...KINDS.map(([kind]) => kind as string), ...OUTCOMES];
     console.log(`\nValet p50 / p99 by kind of request and by outcome (share of the mix in brackets)${median}:\n`);
