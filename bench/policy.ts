@@ -43,7 +43,8 @@ const HELP = `Usage: npm run bench:policy -- [options]
   --layout L          spread: 10 rules per upstream, N/10 upstreams (default)
                       hot:    all N rules on one upstream (path prefixes /gK/, tools per group)
                       tenants: all N rules on one upstream and its 4 tools, 10 per tenant
-                              (scope: tenant tK), requests from N/10 tenants
+                              (scope: tenant tK), requests from N/10 tenants; also times
+                              charging each request's rate limits (one per tenant)
                       both:   spread and hot
                       all:    the three
   --no-cedar          Valet only

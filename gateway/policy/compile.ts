@@ -1384,10 +1384,11 @@ export function splitByScope<T extends { readonly restrictive: boolean }>(
   scopeOf: ScopeOf<T>,
   claims: readonly ScopeClaim[] = SCOPE_CLAIMS,
   budget = { left: Math.max(256, 8 * list.length) },
-  position: ReadonlyMap<T, number> = new Map(list.map((item, i) => [item, i])),
+  position?: ReadonlyMap<T, number>,
 ): Candidates<T> {
   const claim = claims.find((c) => list.some((item) => scopeOf(item, c) !== undefined));
   if (claim === undefined) return list;
+  const at = position ?? new Map(list.map((item, i) => [item, i]));
   const unscoped: T[] = [];
   const scoped = new Map<string, T[]>();
   for (const item of list) {
@@ -1402,9 +1403,9 @@ export function splitByScope<T extends { readonly restrictive: boolean }>(
   if (entries > budget.left) return list;
   budget.left -= entries;
   const rest = claims.slice(claims.indexOf(claim) + 1);
-  const split = (part: readonly T[]): Candidates<T> => splitByScope(part, scopeOf, rest, budget, position);
+  const split = (part: readonly T[]): Candidates<T> => splitByScope(part, scopeOf, rest, budget, at);
   const byValue = new Map<string, Candidates<T>>();
-  for (const [v, own] of scoped) byValue.set(v, split(inOrder(unscoped, own, position)));
+  for (const [v, own] of scoped) byValue.set(v, split(inOrder(unscoped, own, at)));
   return { claim, byValue, other: split(unscoped), noClaim: split(noClaim) };
 }
 
