@@ -687,14 +687,20 @@ export function compilePolicy(
     return h;
   };
 
+  // Split by scope like the index: a request never reads or records history, nor reads session
+  // marks, for the rules of other tenants, teams or agents (their history keys are not its own).
+  const historyReadersOf = splitByScope(historyReaders, configScope);
+  const sequenceRulesOf = splitByScope(sequenceRules, configScope);
+
   /**
    * Whether a condition that reads `history` may run for a request like this one (same upstream,
-   * tool, method and path: the same history key). Scope, roles and environment are left out:
-   * asking a shared store once too often is safe, skipping a reader is not.
+   * tool, method and path: the same history key). Roles and environment are left out: asking a
+   * shared store once too often is safe, skipping a reader is not.
    */
-  const historyRead = (facts: RequestFacts): boolean => {
+  const historyRead = (input: Pick<EvaluationInput, 'identity' | 'facts'>): boolean => {
+    const { facts } = input;
     const path = normalisePath(facts.path);
-    return historyReaders.some(
+    return candidatesFor(historyReadersOf, input.identity).some(
       (m) =>
         (m.config.upstream === undefined || m.config.upstream === facts.upstream) &&
         (m.tools === undefined || (facts.tool !== undefined && m.tools.has(facts.tool))) &&
@@ -704,10 +710,11 @@ export function compilePolicy(
   };
 
   /** The sequence rules that may apply to a request like this one (as {@link historyRead}, erring towards more). */
-  const sequencesFor = (facts: RequestFacts): CompiledRule[] => {
+  const sequencesFor = (input: Pick<EvaluationInput, 'identity' | 'facts'>): CompiledRule[] => {
     if (sequenceRules.length === 0) return [];
+    const { facts } = input;
     const path = normalisePath(facts.path);
-    return sequenceRules.filter(
+    return candidatesFor(sequenceRulesOf, input.identity).filter(
       (m) =>
         (m.upstreams === undefined || m.upstreams.has(facts.upstream)) &&
         (m.tools === undefined || (facts.tool !== undefined && m.tools.has(facts.tool))) &&
@@ -1004,7 +1011,7 @@ export function compilePolicy(
     },
     recordCall(input) {
       // A shared store costs a round trip per call: it records only what some condition may read.
-      if (stores.history.shared === true && (!readsHistory || !historyRead(input.facts))) return undefined;
+      if (stores.history.shared === true && (!readsHistory || !historyRead(input))) return undefined;
       return stores.history.record(historyKey(input.identity, input.facts), input.now);
     },
     claimCall(input) {
@@ -1014,7 +1021,7 @@ export function compilePolicy(
     },
     resolveHistory(input) {
       const read = stores.history.read;
-      if (!readsHistory || read === undefined || !historyRead(input.facts)) return undefined;
+      if (!readsHistory || read === undefined || !historyRead(input)) return undefined;
       return read.call(stores.history, historyKey(input.identity, input.facts), input.now);
     },
     resolveContext: (input) => contextSources.resolve(input),
@@ -1037,7 +1044,7 @@ export function compilePolicy(
     },
     resolveSession(input) {
       if (sequenceRules.length === 0) return undefined;
-      const applying = sequencesFor(input.facts);
+      const applying = sequencesFor(input);
       if (applying.length === 0 || input.facts.argsError !== undefined) return undefined;
       const key = sessionOf(input.identity);
       if (key === undefined) return undefined;

@@ -6,7 +6,8 @@ import { describe, expect, it } from 'vitest';
 import type { Config, MatchConfig, RateLimitConfig, ResponseRuleConfig, RuleConfig, Scope, ToolConfig } from '../../gateway/config/types.js';
 import { ConfigError } from '../../gateway/errors.js';
 import { candidatesFor, compilePaths, compilePolicy as compileConfig, DEFAULT_DENY_RULE, splitByScope } from '../../gateway/policy/compile.js';
-import { memoryCounterStore, memoryHistoryStore, type CounterStore } from '../../gateway/policy/counters.js';
+import { memoryCounterStore, memoryHistoryStore, type CounterStore, type HistoryStore } from '../../gateway/policy/counters.js';
+import type { SessionStore } from '../../gateway/policy/sessions.js';
 import type { AgentIdentity, RequestFacts } from '../../gateway/types.js';
 import { agent, rule } from '../helpers/fixtures.js';
 
@@ -312,6 +313,54 @@ describe('scoped rules', () => {
         }
       }
     }
+  });
+
+  it('history and session marks are recorded and read only for the rules an identity can meet', () => {
+    const recorded: string[] = [];
+    const history: HistoryStore = {
+      shared: true,
+      record: (key) => void recorded.push(key),
+      summary: () => ({ calls_last_hour: 0n, calls_last_day: 0n, first_use: true }),
+    };
+    const read: string[] = [];
+    const sessions: SessionStore = {
+      read: (_session, names, now) => {
+        read.push(...names);
+        return { set: {}, now };
+      },
+      mark: () => undefined,
+    };
+    const tools = ['pay', 'login_t1', 'login_t2', 'wipe_t3'].map((t) => tool(t, 'POST', `/${t}`));
+    const p = compileConfig(
+      {
+        version: 'v',
+        gateway: GATEWAY,
+        tools,
+        rules: [
+          rule({ id: 't1-pay', scope: { tenant: 't1' }, tools: ['pay'], effect: 'allow', requires: [{ tool: 'login_t1' }], when: 'history.calls_last_hour < 5' }),
+          rule({ id: 't2-pay', scope: { tenant: 't2' }, tools: ['pay'], effect: 'allow', requires: [{ tool: 'login_t2' }] }),
+          rule({ id: 't3-no-pay', scope: { tenant: 't3' }, tools: ['pay'], effect: 'deny', blockedBy: [{ tool: 'wipe_t3' }] }),
+        ],
+        rateLimits: [],
+        budgets: [],
+        contexts: [],
+      },
+      { counters: memoryCounterStore(), history, sessions },
+    );
+    const seen = (tenant: string | undefined) => {
+      recorded.length = 0;
+      read.length = 0;
+      const input = { identity: { ...agent, tenant, session: 's1' }, facts: facts('POST', '/pay', { tool: 'pay' }), environment: 'development' as const, now: 0, context: {} };
+      p.recordCall(input);
+      p.resolveSession(input);
+      return { recorded: recorded.length, read: [...read] };
+    };
+    expect(seen('t1')).toEqual({ recorded: 1, read: ['ok login_t1'] });
+    expect(seen('t2')).toEqual({ recorded: 0, read: ['ok login_t2'] });
+    expect(seen('t3')).toEqual({ recorded: 0, read: ['called wipe_t3'] });
+    // Without a tenant claim only the restrictive rule applies: its marks are read, no allow's.
+    expect(seen(undefined)).toEqual({ recorded: 0, read: ['called wipe_t3'] });
+    expect(seen('t9')).toEqual({ recorded: 0, read: [] });
   });
 
   it('many organisation rules beside many tenants: the list is not split past its bound, and decides the same', () => {
