@@ -568,10 +568,13 @@ export function compilePolicy(
   const limitsByUpstream = byUpstream(limits);
   // Per upstream, split by scope too: a request charges and answers through only the limits and
   // response rules its identity can meet (explainLimits still lists them all).
-  const scopedLimits = new Map([...limitsByUpstream.lists].map(([u, list]) => [u, splitByScope(list, configScope)]));
-  const anyScopedLimit = splitByScope(limitsByUpstream.any, configScope);
-  const scopedResponses = new Map([...responsesByUpstream.lists].map(([u, list]) => [u, splitByScope(list, configScope)]));
-  const anyScopedResponse = splitByScope(responsesByUpstream.any, configScope);
+  const meetable = <T extends CompiledMatch>(byUp: { lists: ReadonlyMap<string, readonly T[]>; any: readonly T[] }): ((upstream: string, id: AgentIdentity) => readonly T[]) => {
+    const lists = new Map([...byUp.lists].map(([u, list]) => [u, splitByScope(list, configScope)]));
+    const any = splitByScope(byUp.any, configScope);
+    return (upstream, id) => candidatesFor(lists.get(upstream) ?? any, id);
+  };
+  const limitsMet = meetable(limitsByUpstream);
+  const responsesMet = meetable(responsesByUpstream);
   const rulesFor = (upstream: string): readonly CompiledRule[] => rulesByUpstream.lists.get(upstream) ?? rulesByUpstream.any;
   const limitsFor = (upstream: string): readonly CompiledLimit[] => limitsByUpstream.lists.get(upstream) ?? limitsByUpstream.any;
   // Once: the upstreams some usage budget may count (ANY_UPSTREAM: a budget naming none counts them all).
@@ -873,7 +876,7 @@ export function compilePolicy(
   const chargesOf = (input: EvaluationInput, spend: Spend | undefined, trace?: LimitTrace[]): Charge[] | Decision => {
     const s = evaluation(input);
     const entries: Charge[] = [];
-    const candidates = trace === undefined ? candidatesFor(scopedLimits.get(input.facts.upstream) ?? anyScopedLimit, input.identity) : limitsFor(input.facts.upstream);
+    const candidates = trace === undefined ? limitsMet(input.facts.upstream, input.identity) : limitsFor(input.facts.upstream);
     for (const l of candidates) {
       const note = (applies: boolean, why: string, amount?: number): void =>
         void trace?.push({ id: l.config.id, kind: l.kind, ...(l.usage !== undefined && { usage: l.usage }), applies, why, at: `${l.config.at.file}:${l.config.at.line}`, ...(amount !== undefined && { amount: amountText(l, amount), limit: amountText(l, l.limit), window: formatMs(l.windowMs) }) });
@@ -1026,7 +1029,7 @@ export function compilePolicy(
     },
     resolveContext: (input) => contextSources.resolve(input),
     responsePlan(input) {
-      const list = candidatesFor(scopedResponses.get(input.facts.upstream) ?? anyScopedResponse, input.identity);
+      const list = responsesMet(input.facts.upstream, input.identity);
       if (list.length === 0) return undefined;
       const s = evaluation(input);
       const hits: { r: CompiledResponseRule; failed?: string }[] = [];
@@ -1391,28 +1394,39 @@ export function splitByScope<T extends { readonly restrictive: boolean }>(
   scopeOf: ScopeOf<T>,
   claims: readonly ScopeClaim[] = SCOPE_CLAIMS,
   budget = { left: Math.max(256, 8 * list.length) },
-  position?: ReadonlyMap<T, number>,
 ): Candidates<T> {
   const claim = claims.find((c) => list.some((item) => scopeOf(item, c) !== undefined));
   if (claim === undefined) return list;
-  const at = position ?? new Map(list.map((item, i) => [item, i]));
-  const unscoped: T[] = [];
-  const scoped = new Map<string, T[]>();
+  // An identity without the claim meets the unscoped items and (tenant, team) the restrictive ones.
+  const withoutClaim = (item: T, v: string | undefined): boolean => v === undefined || (claim !== 'agent' && item.restrictive);
+  const parts = new Map<string, T[]>();
+  let unscopedCount = 0;
+  let noClaimCount = 0;
   for (const item of list) {
     const v = scopeOf(item, claim);
-    if (v === undefined) unscoped.push(item);
-    else if (scoped.has(v)) (scoped.get(v) as T[]).push(item);
-    else scoped.set(v, [item]);
+    if (v === undefined) unscopedCount++;
+    else if (!parts.has(v)) parts.set(v, []);
+    if (withoutClaim(item, v)) noClaimCount++;
   }
-  const noClaim = claim === 'agent' ? unscoped : list.filter((item) => scopeOf(item, claim) === undefined || item.restrictive);
   // Every part holds the unscoped items; counted before any part is built.
-  const entries = unscoped.length * (scoped.size + 1) + (list.length - unscoped.length) + noClaim.length;
+  const entries = unscopedCount * (parts.size + 1) + (list.length - unscopedCount) + noClaimCount;
   if (entries > budget.left) return list;
   budget.left -= entries;
+  // One pass in list order builds every part in list order.
+  const unscoped: T[] = [];
+  const noClaim: T[] = [];
+  for (const item of list) {
+    const v = scopeOf(item, claim);
+    if (v === undefined) {
+      unscoped.push(item);
+      for (const part of parts.values()) part.push(item);
+    } else (parts.get(v) as T[]).push(item);
+    if (withoutClaim(item, v)) noClaim.push(item);
+  }
   const rest = claims.slice(claims.indexOf(claim) + 1);
-  const split = (part: readonly T[]): Candidates<T> => splitByScope(part, scopeOf, rest, budget, at);
+  const split = (part: readonly T[]): Candidates<T> => splitByScope(part, scopeOf, rest, budget);
   const byValue = new Map<string, Candidates<T>>();
-  for (const [v, own] of scoped) byValue.set(v, split(inOrder(unscoped, own, at)));
+  for (const [v, part] of parts) byValue.set(v, split(part));
   return { claim, byValue, other: split(unscoped), noClaim: split(noClaim) };
 }
 
@@ -1424,18 +1438,6 @@ export function candidatesFor<T>(c: Candidates<T>, id: Pick<AgentIdentity, Scope
     c = value === undefined ? split.noClaim : (split.byValue.get(value) ?? split.other);
   }
   return c as readonly T[];
-}
-
-/** Two sublists of one list, merged in its order. */
-function inOrder<T>(a: readonly T[], b: readonly T[], position: ReadonlyMap<T, number>): T[] {
-  const out: T[] = [];
-  let i = 0;
-  let j = 0;
-  while (i < a.length || j < b.length) {
-    const takeA = j === b.length || (i < a.length && (position.get(a[i] as T) as number) < (position.get(b[j] as T) as number));
-    out.push((takeA ? a[i++] : b[j++]) as T);
-  }
-  return out;
 }
 
 /**
