@@ -31,6 +31,7 @@ import { fixedRate, maxThroughput, type RunResult, type Workload } from './lib/l
 import { numberOption } from './lib/options.js';
 import { int, markdownTable, ms } from './lib/stats.js';
 import { NODE_FLAGS } from '../gateway/node-flags.js';
+import { formatPerf, PERF_FREQUENCY, PERF_NODE_ARGS, perfUnavailable, startPerf, summarisePerf, type PerfSummary } from './lib/perf.js';
 
 const HERE = dirname(fileURLToPath(import.meta.url));
 
@@ -40,6 +41,9 @@ const HELP = `Usage: npm run bench:fleet -- [options]
   --seconds N           seconds per measurement              (default 10; --quick 3)
   --connections N       autocannon connections, split evenly over the instances (default 48)
   --rate N              fixed-rate phase, requests/s in total, round-robin (default 500)
+  --only LIST           setups to measure, comma-separated, of: sqlite, fleet1, fleet2, fleet3 (default all)
+  --perf                record every thread of the first instance of each setup with Linux perf during
+                        its saturation run, and print where its CPU went (as npm run bench -- --perf)
   --pg-waits            during each fleet saturation run, sample what the audit writers'
                         PostgreSQL sessions are doing every 20 ms (waiting for the chain lock,
                         running a statement, idle inside a transaction, idle)
@@ -54,6 +58,8 @@ const { values: flags } = parseArgs({
     seconds: { type: 'string' },
     connections: { type: 'string' },
     rate: { type: 'string' },
+    only: { type: 'string' },
+    perf: { type: 'boolean', default: false },
     'pg-waits': { type: 'boolean', default: false },
     help: { type: 'boolean', default: false },
   },
@@ -109,16 +115,32 @@ function gitHead(): string {
 }
 
 interface Setup {
+  /** Its name for --only. */
+  id: string;
   label: string;
   instances: number;
   fleet: boolean;
 }
 const SETUPS: Setup[] = [
-  { label: '1 × SQLite (embedded)', instances: 1, fleet: false },
-  { label: '1 × PostgreSQL + Redis', instances: 1, fleet: true },
-  { label: '2 × PostgreSQL + Redis', instances: 2, fleet: true },
-  { label: '3 × PostgreSQL + Redis', instances: 3, fleet: true },
+  { id: 'sqlite', label: '1 × SQLite (embedded)', instances: 1, fleet: false },
+  { id: 'fleet1', label: '1 × PostgreSQL + Redis', instances: 1, fleet: true },
+  { id: 'fleet2', label: '2 × PostgreSQL + Redis', instances: 2, fleet: true },
+  { id: 'fleet3', label: '3 × PostgreSQL + Redis', instances: 3, fleet: true },
 ];
+const only = flags.only === undefined ? undefined : flags.only.split(',').map((x) => x.trim());
+const unknown = only?.filter((id) => !SETUPS.some((s) => s.id === id)) ?? [];
+if (only !== undefined && (unknown.length > 0 || only.length === 0)) {
+  console.error(`--only: unknown setup ${unknown.join(', ') || '(none given)'}; setups: ${SETUPS.map((s) => s.id).join(', ')}`);
+  process.exit(2);
+}
+if (flags.perf) {
+  const why = perfUnavailable();
+  if (why !== undefined) {
+    console.error(`--perf: ${why}`);
+    process.exit(2);
+  }
+}
+const MEASURED = SETUPS.filter((s) => only === undefined || only.includes(s.id));
 
 interface Row {
   setup: Setup;
@@ -131,6 +153,8 @@ interface Row {
   otherCores: number;
   /** With --pg-waits: the audit writers' sessions by state, mean over the samples. */
   waits?: PgWaits | undefined;
+  /** With --perf: where the first instance's CPU went during the saturation run. */
+  perf?: PerfSummary | undefined;
 }
 
 /** Mean number of audit-writer sessions in each state over the samples of one run. */
@@ -190,7 +214,7 @@ async function startInstances(s: Setup, upstream: string, masterKey: string): Pr
   // One at a time: the first instance creates the schema's tables.
   for (let i = 0; i < s.instances; i++) {
     const dir = join(root, `${s.fleet ? 'fleet' : 'sqlite'}-${s.instances}-${i}`);
-    const c = await bench.fork({ name: `valet-${i + 1}`, script: join(HERE, 'targets/valet.ts'), args: [dir, upstream, UPSTREAM_SECRET], env: base, execArgv: [...NODE_FLAGS], readyTimeoutMs: 30_000 });
+    const c = await bench.fork({ name: `valet-${i + 1}`, script: join(HERE, 'targets/valet.ts'), args: [dir, upstream, UPSTREAM_SECRET], env: base, execArgv: [...NODE_FLAGS, ...(flags.perf ? PERF_NODE_ARGS : [])], readyTimeoutMs: 30_000 });
     started.push(c);
   }
   return started;
@@ -215,9 +239,15 @@ async function measureSetup(s: Setup, upstream: BenchChild, masterKey: string): 
   names.set(upstream.pid, 'upstream');
   const a = snapshot([...names.keys()]);
   const sampler = flags['pg-waits'] && s.fleet ? samplePgWaits() : undefined;
+  const first = valets[0] as BenchChild;
+  const recording = flags.perf ? join(root, `${s.id}.perf.data`) : undefined;
+  const perf = recording === undefined ? undefined : startPerf(first.pid, recording);
   const throughput = await maxThroughput(workloads, { connections: opts.connections, seconds: opts.seconds });
+  await perf?.stop();
   const waits = await sampler?.stop();
   const u = usageBetween(a, snapshot([...names.keys()]), names);
+  // The first instance answered its share of the requests: the workloads are split evenly.
+  const perfSummary = recording === undefined ? undefined : summarisePerf(recording, first.pid, (throughput.ok + throughput.non2xx) / valets.length);
   await sleep(300);
   const fixed = await fixedRate(workloads, { rate: opts.rate, seconds: opts.seconds, connections: 64 });
   const coresPerInstance = valets.map((v) => u.byProcess[v.name] ?? Number.NaN);
@@ -226,7 +256,7 @@ async function measureSetup(s: Setup, upstream: BenchChild, masterKey: string): 
     await v.stop(10_000);
     children.splice(children.indexOf(v), 1);
   }
-  return { setup: s, throughput, fixed, cpuUsPerReq, coresPerInstance, otherCores: u.other, waits };
+  return { setup: s, throughput, fixed, cpuUsPerReq, coresPerInstance, otherCores: u.other, waits, perf: perfSummary };
 }
 
 async function main(): Promise<number> {
@@ -245,7 +275,7 @@ async function main(): Promise<number> {
   const masterKey = generateMasterKeyText();
 
   const rows: Row[] = [];
-  for (const s of SETUPS) {
+  for (const s of MEASURED) {
     log(`- ${s.label} …`);
     rows.push(await measureSetup(s, upstream, masterKey));
   }
@@ -282,6 +312,11 @@ async function main(): Promise<number> {
         }),
       ),
     );
+  }
+  const profiled = rows.filter((r) => r.perf !== undefined);
+  if (profiled.length > 0) {
+    log(`\n## Where the CPU went (perf, on-CPU samples at ${PERF_FREQUENCY} Hz per thread, each setup's first instance during its saturation run)\n`);
+    log(formatPerf(Object.fromEntries(profiled.map((r) => [r.setup.label, r.perf as PerfSummary]))));
   }
   log('"other cores": everything outside Valet, the upstream and the generator (PostgreSQL, Redis and other work on the machine).');
   const bad = rows.filter((r) => r.throughput.non2xx + r.throughput.errors + r.fixed.non2xx + r.fixed.errors > 0);

@@ -2,6 +2,7 @@ import pino from 'pino';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import type { AuditFilter, AuditRow, AuditWriter } from '../../gateway/audit/port.js';
 import { openPgAuditLog, type PgAuditLog } from '../../gateway/audit/postgres/log.js';
+import { createPool } from '../../gateway/audit/postgres/schema.js';
 import { startPgAuditWriter } from '../../gateway/audit/postgres/writer.js';
 import { SqliteAuditLog } from '../../gateway/audit/sqlite/log.js';
 import type { AuditRecord } from '../../gateway/types.js';
@@ -87,6 +88,71 @@ describe('audit log on PostgreSQL', () => {
     expect(v).toMatchObject({ ok: true, rows: 2_200, incomplete: 0, problems: [] });
     const done = await log.pool.query<{ n: number }>('SELECT count(*)::int AS n FROM audit_log WHERE status = 200 AND outcome_seq IS NOT NULL');
     expect(done.rows[0]?.n).toBe(1_500);
+  });
+
+  it('a decision completed in its own transaction, a row pruned while its request ran, and values PostgreSQL stores otherwise all verify', async () => {
+    const schema = freshSchema();
+    schemas.push(schema);
+    // `async`: a commit does not wait, so a decision and its outcome queued together share one transaction.
+    const writer = await startPgAuditWriter({ settings: { url: PG_URL, schema }, instance: 'i1', logger, durability: 'async', statementTimeoutMs: 2_000 });
+    const log = (await openPgAuditLog({ url: PG_URL, schema }))!;
+    closers.push(() => writer.close(), () => log.close());
+    const odd: Partial<AuditRecord> = {
+      agent: 'nul\u0000in-the-middle',
+      tenant: 'lone \ud800 surrogate',
+      user: 'ünïcødé "quoted" \\ back\nslash',
+      reason: '',
+      args: JSON.stringify({ n: 1e21, s: 'x'.repeat(300) }),
+      durationMs: 0.1 + 0.2,
+      bytesIn: '42' as unknown as number,
+      approvalAt: 1.5e12 + 0.4,
+      cost: 1e-7,
+      tokens: 12,
+    };
+    const before = writer.commits;
+    const together = record(odd);
+    await writer.commit(together);
+    writer.record({ ...together, status: 201, upstreamStatus: 201, durationMs: 7.25, bytesOut: 5, reason: 'done' });
+    await writer.flush();
+    expect(writer.commits - before).toBe(1);
+    const [row] = (await log.page({ limit: 1 })).rows;
+    expect(row).toMatchObject({ status: 201, agent: 'nul\uFFFDin-the-middle', tenant: 'lone \uFFFD surrogate', user: odd.user, reason: 'done', bytes_in: 42, approval_at: 1500000000000, cost: 1e-7, duration_ms: 7.25 });
+
+    // A decision whose row retention deletes before its outcome arrives: the outcome is written whole.
+    const old = record({ ts: Date.now() - 10 * 86_400_000, tenant: 'gone' });
+    await writer.commit(old);
+    await writer.flush();
+    expect((await writer.prune({ defaultBefore: null, tenantBefore: { gone: Date.now() - 86_400_000 } })).rows).toBe(1);
+    writer.record({ ...old, status: 200, upstreamStatus: 200, durationMs: 1, bytesOut: 1 });
+    await writer.flush();
+    const rows = (await log.page({ limit: 10, order: 'asc' })).rows;
+    expect(rows.map((r) => [r.request_id, r.status])).toEqual([
+      [together.requestId, 201],
+      [old.requestId, 200],
+    ]);
+    const v = await log.verify();
+    expect(v.problems).toEqual([]);
+    expect(v).toMatchObject({ ok: true, rows: 2, incomplete: 0 });
+    // A change to any of those values is found.
+    await sql(schema, `UPDATE audit_log SET "user" = "user" || ' ' WHERE request_id = '${together.requestId}'`);
+    expect((await log.verify()).ok).toBe(false);
+  });
+
+  it("the log's sessions commit durably in its schema and plan each statement afresh, whatever the URL's options say", async () => {
+    const schema = freshSchema();
+    const url = new URL(PG_URL);
+    url.searchParams.set('options', '-c synchronous_commit=off -c search_path=public -c plan_cache_mode=force_generic_plan -c work_mem=8MB');
+    const pool = createPool({ url: url.toString(), schema });
+    try {
+      const show = async (name: string): Promise<string> => ((await pool.query<Record<string, string>>(`SHOW ${name}`)).rows[0] as Record<string, string>)[name] as string;
+      expect(await show('synchronous_commit')).toBe('on');
+      expect(await show('plan_cache_mode')).toBe('force_custom_plan');
+      expect(await show('search_path')).toBe(`"${schema}"`);
+      // The URL's other settings still apply.
+      expect(await show('work_mem')).toBe('8MB');
+    } finally {
+      await pool.end();
+    }
   });
 
   it('two instances writing at once make one chain that verifies', async () => {

@@ -142,22 +142,42 @@ const types = {
 
 /**
  * A pool on the log's schema. Commits are durable (`synchronous_commit = on`, whatever the server's
- * default); a statement that waits longer than `statementTimeoutMs` (the chain lock, a lost server)
- * fails, so a request is refused rather than held.
+ * default or the URL's `options` say); a statement that waits longer than `statementTimeoutMs` (the
+ * chain lock, a lost server) fails, so a request is refused rather than held. The writer's
+ * statements are prepared once per connection (parsed once) and planned at every execution
+ * (`plan_cache_mode = force_custom_plan`): a generic plan made while the table was small (a
+ * sequential scan) would otherwise be kept as it grows to millions of rows.
  */
 export function createPool(s: PgAuditSettings, o: { max?: number; statementTimeoutMs?: number; connectTimeoutMs?: number } = {}): pg.Pool {
   const schema = s.schema ?? 'public';
+  // The driver lets a URL's `options` replace the pool's own: the URL's come first, the log's own settings after them (the last wins).
+  const { url, options } = withoutOptions(s.url);
+  const own = `-c search_path=${quoteIdent(schema).replace(/ /g, '\\ ')} -c synchronous_commit=on -c plan_cache_mode=force_custom_plan`;
   const pool = new pg.Pool({
-    connectionString: s.url,
+    connectionString: url,
     max: o.max ?? 4,
     connectionTimeoutMillis: o.connectTimeoutMs ?? 5_000,
     statement_timeout: o.statementTimeoutMs ?? 10_000,
-    options: `-c search_path=${quoteIdent(schema).replace(/ /g, '\\ ')} -c synchronous_commit=on`,
+    options: options === '' ? own : `${options} ${own}`,
     application_name: 'valet-audit',
     types,
   });
   // A lost connection must not crash the process: the writer logs the failed commit itself.
   return guardPool(pool, () => undefined);
+}
+
+/** A connection URL without its `options` parameter, and that parameter ('' when it has none, or is not a URL the driver would read it from). */
+function withoutOptions(url: string): { url: string; options: string } {
+  let u: URL;
+  try {
+    u = new URL(url);
+  } catch {
+    return { url, options: '' };
+  }
+  const options = u.searchParams.get('options');
+  if (options === null) return { url, options: '' };
+  u.searchParams.delete('options');
+  return { url: u.toString(), options };
 }
 
 /**

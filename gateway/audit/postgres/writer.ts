@@ -4,23 +4,37 @@ import type { AuditDurability } from '../../config/types.js';
 import type pg from 'pg';
 import { ValetError } from '../../errors.js';
 import type { AuditRecord } from '../../types.js';
-import { EVENT, linkHash, rowDigest, storedText } from '../chain.js';
+import { EVENT, fragment, joinFragments, linkHash, sha256Hex, storedText } from '../chain.js';
+import { FINAL, pack, RECORD_FIELDS } from '../protocol.js';
 import type { AuditHead, AuditWriter, PruneResult, RetentionCutoffs } from '../port.js';
 import { pruneInTransaction } from './prune.js';
 import { createPool, DIGEST_COLUMNS, INTEGER_COLUMNS, lockKey, migrate, NUMERIC_COLUMNS, ROW_COLUMNS, type PgAuditSettings } from './schema.js';
 
-/** The columns an insert names, in this order: the row columns, then the instance. */
-const INSERT_COLUMNS = [...ROW_COLUMNS.filter((c) => c !== 'outcome_seq'), 'instance'];
 /** The content columns a record fills (all but the id, the recording time and the chain's bookkeeping). */
 const RECORD_COLUMNS = ROW_COLUMNS.filter((c) => c !== 'id' && c !== 'logged_at' && c !== 'chain_seq' && c !== 'outcome_seq');
 const camel = (column: string): string => column.replace(/_([a-z0-9])/g, (_m, c: string) => c.toUpperCase());
-const RECORD_KEYS = RECORD_COLUMNS.map(camel);
+/** Where each content column's value is in a {@link PackedOp} (every content column is a record field: checked as the module loads). */
+const FIELD_AT = RECORD_COLUMNS.map((c) => {
+  const at = (RECORD_FIELDS as readonly string[]).indexOf(camel(c));
+  if (at < 0) throw new Error(`audit_log column ${c} is not an AuditRecord field`);
+  return 1 + at;
+});
+const NUMERIC = RECORD_COLUMNS.map((c) => NUMERIC_COLUMNS.has(c));
+const INTEGER = RECORD_COLUMNS.map((c) => INTEGER_COLUMNS.has(c));
+const TS_AT = RECORD_COLUMNS.indexOf('ts');
+const TENANT_AT = RECORD_COLUMNS.indexOf('tenant');
+const REQUEST_AT = RECORD_COLUMNS.indexOf('request_id');
+/** Marks for the two digest columns that are not content: the row id and its recording time. */
+const ID = -1;
+const LOGGED_AT = -2;
+/** The digest's columns (sorted by name) as fragment prefixes, each with where its value is. */
+const DIGEST_PLAN = DIGEST_COLUMNS.map((c) => ({ prefix: `[${JSON.stringify(c)},`, at: c === 'id' ? ID : c === 'logged_at' ? LOGGED_AT : RECORD_COLUMNS.indexOf(c as (typeof RECORD_COLUMNS)[number]) }));
 
 /** How long a completed request's row may wait for a decision to travel with (ms). */
 const COMPLETION_DELAY_MS = 10;
 /** Rows kept for retry while the database is unreachable, beyond which the oldest are dropped (logged). */
 const MAX_HELD = 200_000;
-/** Operations per transaction (each row takes about 30 parameters of the 65,535 one statement may have). */
+/** Operations per transaction: a backlog after an outage drains in steps of this many. */
 const MAX_BATCH = 1_000;
 
 export interface PgAuditWriterOptions {
@@ -46,56 +60,105 @@ export interface PgAuditWriterOptions {
 }
 
 type Op = { decision: boolean; rec: AuditRecord; waiter?: { resolve: () => void; reject: (e: Error) => void } };
-type Row = Record<string, unknown>;
 /** An open-row change, applied in order once its transaction has committed: set, or delete (undefined). */
 type OpenChange = [string, OpenRow | undefined];
 
-/** A decision committed whose outcome is not: its row as written (id, logged_at and content). */
+/** A decision committed whose outcome is not: its row as written. */
 interface OpenRow {
   readonly id: number;
-  readonly row: Row;
+  readonly loggedAt: number;
+  /** Its content columns as written, in {@link RECORD_COLUMNS} order. */
+  readonly values: readonly unknown[];
+  /** Its content encoding, one fragment per digest column (see {@link fragments}). */
+  readonly parts: readonly string[];
+}
+
+/** Text as PostgreSQL will hand it back: no NUL character, no lone surrogate. */
+function pgText(s: string): string {
+  const t = storedText(s);
+  return t.includes('\0') ? t.replace(/\0/g, '\uFFFD') : t;
 }
 
 /** A value as PostgreSQL will hand it back, so that the digest the writer computes is the one verify recomputes. */
-function normalise(column: string, v: unknown): unknown {
+function normalise(numeric: boolean, integer: boolean, v: unknown): unknown {
   if (v === undefined || v === null) return null;
   if (typeof v === 'boolean') v = v ? 1 : 0;
-  if (NUMERIC_COLUMNS.has(column)) {
+  if (numeric) {
     const n = typeof v === 'number' ? v : typeof v === 'bigint' ? Number(v) : typeof v === 'string' && /^-?\d{1,15}$/.test(v) ? Number(v) : Number.NaN;
     if (!Number.isFinite(n)) return null;
-    return INTEGER_COLUMNS.has(column) ? Math.round(n) : n;
+    return integer ? Math.round(n) : n;
   }
-  const s = typeof v === 'string' ? v : typeof v === 'number' || typeof v === 'bigint' ? String(v) : JSON.stringify(v);
-  // PostgreSQL text holds no NUL character and no lone surrogate: hash what will be read back.
-  return storedText(s).replace(/\0/g, '\uFFFD');
+  return pgText(typeof v === 'string' ? v : typeof v === 'number' || typeof v === 'bigint' ? String(v) : JSON.stringify(v));
 }
 
-function contentOf(rec: AuditRecord): Row {
-  const row: Row = {};
-  for (let i = 0; i < RECORD_COLUMNS.length; i++) {
-    const c = RECORD_COLUMNS[i] as string;
-    row[c] = normalise(c, (rec as unknown as Record<string, unknown>)[RECORD_KEYS[i] as string]);
+/** A record's content columns as PostgreSQL will hand them back, in {@link RECORD_COLUMNS} order. */
+function contentOf(rec: AuditRecord): unknown[] {
+  const op = pack(FINAL, rec);
+  const values = new Array<unknown>(RECORD_COLUMNS.length);
+  for (let i = 0; i < values.length; i++) {
+    const v = op[FIELD_AT[i] as number];
+    values[i] = typeof v === 'string' && !NUMERIC[i] ? pgText(v) : typeof v === 'number' && NUMERIC[i] && Number.isInteger(v) ? v : normalise(NUMERIC[i] as boolean, INTEGER[i] as boolean, v);
   }
-  return row;
+  return values;
+}
+
+/** {@link encodeRow} of a row, in one fragment per digest column; `reuse`: a row whose fragments stand for the columns whose values are the same. */
+function fragments(values: readonly unknown[], id: number, loggedAt: number, reuse?: OpenRow): string[] {
+  const parts = new Array<string>(DIGEST_PLAN.length);
+  for (let i = 0; i < DIGEST_PLAN.length; i++) {
+    const p = DIGEST_PLAN[i] as { prefix: string; at: number };
+    if (p.at === ID) parts[i] = fragment(p.prefix, id);
+    else if (p.at === LOGGED_AT) parts[i] = fragment(p.prefix, loggedAt);
+    else parts[i] = reuse !== undefined && reuse.values[p.at] === values[p.at] ? (reuse.parts[i] as string) : fragment(p.prefix, values[p.at]);
+  }
+  return parts;
+}
+
+/** An open row from a row read back from `audit_log` (start-up recovery). */
+function openRowOf(row: Readonly<Record<string, unknown>>): OpenRow {
+  const values = RECORD_COLUMNS.map((c, i) => normalise(NUMERIC[i] as boolean, INTEGER[i] as boolean, row[c]));
+  const id = Number(row['id']);
+  const loggedAt = Number(row['logged_at']);
+  return { id, loggedAt, values, parts: fragments(values, id, loggedAt) };
 }
 
 const unavailable = (code: string | undefined): ValetError =>
   new ValetError('VALET_ERR_AUDIT_UNAVAILABLE', `The audit log could not be written${code ? ` (${code})` : ''}; nothing was forwarded.`);
 
-/** A column's type, for the casts that let one statement take many rows as parameters. */
+/** A column's type, for reading it out of the JSON a statement takes its rows in. */
 const pgType = (column: string): string =>
   column === 'status' || column === 'upstream_status'
     ? 'integer'
     : NUMERIC_COLUMNS.has(column) && !INTEGER_COLUMNS.has(column)
       ? 'double precision'
-      : NUMERIC_COLUMNS.has(column) || column === 'outcome_seq'
+      : NUMERIC_COLUMNS.has(column) || column === 'outcome_seq' || column === 'chain_seq'
         ? 'bigint'
         : 'text';
+/** Element `i` of the JSON array `r` as a value of `column`. */
+const element = (column: string, i: number): string => (pgType(column) === 'text' ? `r->>${i}` : `(r->>${i})::${pgType(column)}`);
 
-/** `(v, …), (v, …)` with every value a typed parameter appended to `params`. */
-function tuples(rows: readonly (readonly unknown[])[], columns: readonly string[], params: unknown[]): string {
-  return rows.map((v) => `(${v.map((x, i) => `$${params.push(x)}::${pgType(columns[i] as string)}`).join(', ')})`).join(', ');
-}
+/**
+ * The one statement that writes a transaction's rows and events and advances the head, the same
+ * text every time (prepared once per connection). Rows travel as three JSON arrays of arrays, one
+ * parameter each: completed rows (content columns, outcome seq, id), new rows (content columns, id,
+ * logged_at, chain seq, instance, outcome seq) and chain events (seq, row id, kind, hash, digest in
+ * hex). The completed rows' ids come as an array too ($9): the planner then reads `audit_log` by its
+ * primary key, whatever it guesses of the JSON's length. Every row read present under the chain lock
+ * must be updated (retention takes the lock too); if one were not, the division by zero fails the
+ * statement and the transaction rolls back.
+ */
+const APPEND_SQL = (() => {
+  const n = RECORD_COLUMNS.length;
+  const set = RECORD_COLUMNS.map((c, i) => `"${c}" = ${element(c, i)}`).join(', ');
+  const insertColumns = [...RECORD_COLUMNS, 'id', 'logged_at', 'chain_seq', 'instance', 'outcome_seq'];
+  return (
+    `WITH completed AS (UPDATE audit_log AS t SET ${set}, outcome_seq = ${element('outcome_seq', n)} FROM jsonb_array_elements($1::jsonb) AS u (r) WHERE t.id = ANY($9::bigint[]) AND t.id = ${element('id', n + 1)} RETURNING t.id), ` +
+    `added AS (INSERT INTO audit_log (${insertColumns.map((c) => `"${c}"`).join(', ')}) SELECT ${insertColumns.map((c, i) => element(c, i)).join(', ')} FROM jsonb_array_elements($2::jsonb) AS a (r)), ` +
+    `events AS (INSERT INTO audit_chain (seq, row_id, kind, hash, digest) SELECT (r->>0)::bigint, (r->>1)::bigint, (r->>2)::smallint, decode(r->>3, 'hex'), decode(r->>4, 'hex') FROM jsonb_array_elements($3::jsonb) AS e (r)) ` +
+    `UPDATE audit_head SET seq = $4::bigint, hash = $5::bytea, next_id = $6::bigint, logged_at = $7::bigint ` +
+    `RETURNING 1 / (CASE WHEN (SELECT count(*) FROM completed) = $8::bigint THEN 1 ELSE 0 END) AS checked`
+  );
+})();
 
 /**
  * Appends `ops` to the chain in the transaction open on `client`, in three statements whatever
@@ -119,102 +182,82 @@ async function appendOps(
     const prior = op.decision ? undefined : open.get(op.rec.requestId);
     if (prior !== undefined) priorIds.push(prior.id);
   }
-  await client.query('SELECT pg_advisory_xact_lock($1::bigint)', [lockKey(schema, 'chain')]);
+  await client.query({ name: 'valet_audit_lock', text: 'SELECT pg_advisory_xact_lock($1::bigint)', values: [lockKey(schema, 'chain')] });
   const h = (
-    await client.query<{ seq: number; hash: Buffer; next_id: number; logged_at: number; present: number[] | null }>(
-      'SELECT seq, hash, next_id, logged_at, (SELECT array_agg(id) FROM audit_log WHERE id = ANY($1::bigint[])) AS present FROM audit_head',
-      [priorIds],
-    )
+    await client.query<{ seq: number; hash: Buffer; next_id: number; logged_at: number; present: number[] | null }>({
+      name: 'valet_audit_head',
+      text: 'SELECT seq, hash, next_id, logged_at, (SELECT array_agg(id) FROM audit_log WHERE id = ANY($1::bigint[])) AS present FROM audit_head',
+      values: [priorIds],
+    })
   ).rows[0];
   if (h === undefined) throw Object.assign(new Error('audit_head is empty'), { code: 'VALET_NO_HEAD' });
   const present = new Set((h.present ?? []).map(Number));
-  let head = { seq: h.seq, hash: h.hash };
-  let nextId = h.next_id;
-  let loggedAt = h.logged_at;
+  let head = { seq: Number(h.seq), hash: h.hash };
+  let nextId = Number(h.next_id);
+  let loggedAt = Number(h.logged_at);
+  const n = RECORD_COLUMNS.length;
+  /** New rows: content columns, id, logged_at, chain seq, instance, outcome seq. */
   const inserts: unknown[][] = [];
+  /** Where the insert of a decision of this batch is, by request id: its completion in the batch fills it. */
+  const insertOf = new Map<string, unknown[]>();
   const updates: unknown[][] = [];
   const events: unknown[][] = [];
   const changes: OpenChange[] = [];
   const justOpened = new Map<string, OpenRow>();
   for (const op of ops) {
     loggedAt = Math.max(loggedAt, Date.now());
-    const content = contentOf(op.rec);
-    const requestId = content['request_id'] as string;
+    const values = contentOf(op.rec);
+    const requestId = values[REQUEST_AT] as string;
     const seq = head.seq + 1;
-    const ts = (content['ts'] as number | null) ?? null;
-    const tenant = (content['tenant'] as string | null) ?? null;
+    const ts = (values[TS_AT] as number | null) ?? null;
+    const tenant = (values[TENANT_AT] as string | null) ?? null;
     const prior = op.decision ? undefined : (justOpened.get(requestId) ?? open.get(requestId));
     if (prior !== undefined) {
       changes.push([requestId, undefined]);
       justOpened.delete(requestId);
       // A decision of this same batch is still an insert not yet sent: complete it there.
-      const pending = inserts.find((v) => v[0] === prior.id);
+      const pending = insertOf.get(requestId);
       if (pending !== undefined || present.has(prior.id)) {
         if (pending !== undefined) {
-          for (let i = 0; i < INSERT_COLUMNS.length; i++) {
-            const c = INSERT_COLUMNS[i] as string;
-            if (c in content) pending[i] = content[c];
-          }
-          pending.push(seq);
+          for (let i = 0; i < n; i++) pending[i] = values[i];
+          pending[n + 4] = seq;
+          insertOf.delete(requestId);
         } else {
-          updates.push([prior.id, ...RECORD_COLUMNS.map((c) => content[c]), seq]);
+          values.push(seq, prior.id);
+          updates.push(values);
           present.delete(prior.id);
         }
-        const row: Row = { ...content, id: prior.id, logged_at: prior.row['logged_at'] };
-        const hash = linkHash(head.hash, seq, EVENT.outcome, prior.id, ts, tenant, rowDigest(row, DIGEST_COLUMNS));
-        events.push([seq, prior.id, EVENT.outcome, hash, null]);
+        const digest = sha256Hex(joinFragments(fragments(values, prior.id, prior.loggedAt, prior)));
+        const hash = linkHash(head.hash, seq, EVENT.outcome, prior.id, ts, tenant, digest);
+        events.push([seq, prior.id, EVENT.outcome, hash.toString('hex'), null]);
         head = { seq, hash };
         continue;
       }
       // The row is gone (retention deleted it while the request ran): write the request whole.
     }
     const id = nextId++;
-    const row: Row = { ...content, id, logged_at: loggedAt };
-    const digest = rowDigest(row, DIGEST_COLUMNS);
+    const parts = fragments(values, id, loggedAt);
+    const digest = sha256Hex(joinFragments(parts));
     const kind = op.decision ? EVENT.decision : EVENT.record;
     const hash = linkHash(head.hash, seq, kind, id, ts, tenant, digest);
-    inserts.push(INSERT_COLUMNS.map((c) => (c === 'chain_seq' ? seq : c === 'instance' ? (op.decision ? instance : null) : row[c])));
-    events.push([seq, id, kind, hash, op.decision ? digest : null]);
+    // A decision's values stay its open row's; a record's are sent as they are.
+    const row = op.decision ? values.slice() : values;
+    row.push(id, loggedAt, seq, op.decision ? instance : null, null);
+    inserts.push(row);
+    events.push([seq, id, kind, hash.toString('hex'), op.decision ? digest : null]);
     if (op.decision) {
-      const o = { id, row };
+      const o = { id, loggedAt, values, parts };
       justOpened.set(requestId, o);
+      insertOf.set(requestId, row);
       changes.push([requestId, o]);
     }
     head = { seq, hash };
   }
-
-  // One statement: every data-modifying part of a WITH runs, once and to completion.
-  const params: unknown[] = [];
-  const parts: string[] = [];
-  if (updates.length > 0) {
-    const columns = ['id', ...RECORD_COLUMNS, 'outcome_seq'];
-    const names = columns.map((c) => `"${c}"`).join(', ');
-    const set = [...RECORD_COLUMNS, 'outcome_seq'].map((c) => `"${c}" = v."${c}"`).join(', ');
-    parts.push(`completed AS (UPDATE audit_log AS r SET ${set} FROM (VALUES ${tuples(updates, columns, params)}) AS v (${names}) WHERE r.id = v.id RETURNING r.id)`);
-  }
-  // Rows completed within the batch carry their outcome seq as one more value; the others none.
-  const plain = inserts.filter((v) => v.length === INSERT_COLUMNS.length);
-  const done = inserts.filter((v) => v.length > INSERT_COLUMNS.length);
-  for (const [i, [rows, columns]] of ([
-    [plain, INSERT_COLUMNS],
-    [done, [...INSERT_COLUMNS, 'outcome_seq']],
-  ] as const).entries()) {
-    if (rows.length === 0) continue;
-    parts.push(`rows${i} AS (INSERT INTO audit_log (${columns.map((c) => `"${c}"`).join(', ')}) VALUES ${tuples(rows, columns, params)})`);
-  }
-  if (events.length > 0) {
-    const eventTypes = ['bigint', 'bigint', 'smallint', 'bytea', 'bytea'];
-    const eventTuples = events.map((v) => `(${v.map((x, i) => `$${params.push(x)}::${eventTypes[i] as string}`).join(', ')})`).join(', ');
-    parts.push(`events AS (INSERT INTO audit_chain (seq, row_id, kind, hash, digest) VALUES ${eventTuples})`);
-  }
-  const headParams = [params.push(head.seq), params.push(head.hash), params.push(nextId), params.push(loggedAt)];
-  // Every row read present under the chain lock is updated (retention takes the lock too); if one
-  // were not, the division by zero fails the statement, and the queued COMMIT rolls back.
-  const updated = updates.length > 0 ? `1 / (CASE WHEN (SELECT count(*) FROM completed) = $${params.push(updates.length)}::bigint THEN 1 ELSE 0 END)` : '1';
-  await client.query(
-    `${parts.length > 0 ? `WITH ${parts.join(', ')} ` : ''}UPDATE audit_head SET seq = $${headParams[0]}::bigint, hash = $${headParams[1]}::bytea, next_id = $${headParams[2]}::bigint, logged_at = $${headParams[3]}::bigint RETURNING ${updated} AS checked`,
-    params,
-  );
+  await client.query({
+    name: 'valet_audit_append',
+    text: APPEND_SQL,
+    values: [JSON.stringify(updates), JSON.stringify(inserts), JSON.stringify(events), head.seq, head.hash, nextId, loggedAt, updates.length, updates.map((u) => u[n + 1])],
+  });
   if (commit) await client.query('COMMIT');
   return { head, changes };
 }
@@ -394,7 +437,7 @@ export async function startPgAuditWriter(o: PgAuditWriterOptions): Promise<Audit
   try {
     await inTransaction(pool, async (c) => {
       const rows = (
-        await c.query<Row>(
+        await c.query<Record<string, unknown>>(
           `SELECT r.* FROM audit_log r JOIN audit_chain e ON e.seq = r.chain_seq
             WHERE r.instance = $1 AND r.outcome_seq IS NULL AND r.status = 0 AND e.kind = ${EVENT.decision}`,
           [o.instance],
@@ -403,9 +446,9 @@ export async function startPgAuditWriter(o: PgAuditWriterOptions): Promise<Audit
       // One at a time: two interrupted rows may share a request id.
       for (const row of rows) {
         const rec: Record<string, unknown> = {};
-        for (let i = 0; i < RECORD_COLUMNS.length; i++) rec[RECORD_KEYS[i] as string] = row[RECORD_COLUMNS[i] as string];
+        for (const c of RECORD_COLUMNS) rec[camel(c)] = row[c];
         rec['errorCode'] = 'VALET_ERR_OUTCOME_UNKNOWN';
-        const r = await appendOps(c, schema, o.instance, [{ decision: false, rec: rec as unknown as AuditRecord }], new Map([[row['request_id'] as string, { id: row['id'] as number, row }]]));
+        const r = await appendOps(c, schema, o.instance, [{ decision: false, rec: rec as unknown as AuditRecord }], new Map([[row['request_id'] as string, openRowOf(row)]]));
         head = { seq: r.head.seq, hash: r.head.hash.toString('hex') };
       }
       recovered = rows.length;

@@ -2,7 +2,7 @@ import { rmSync } from 'node:fs';
 import { join } from 'node:path';
 import Database from 'better-sqlite3';
 import type { AuditRecord } from '../../types.js';
-import { compactable, encodeNote, EVENT, GENESIS, jsonString, linkHash, META_COLUMNS, parseNote, pruneNote, rowDigest, sha256, sha256Hex, storedText, type ChainHead } from '../chain.js';
+import { compactable, encodeNote, EVENT, fragment, GENESIS, joinFragments, linkHash, META_COLUMNS, parseNote, pruneNote, rowDigest, sha256, sha256Hex, storedText, type ChainHead } from '../chain.js';
 import type { PruneResult, RetentionCutoffs } from '../port.js';
 import { batchRef, batchRefCounts, sealByTenant, type FactsKey, type TenantBatch } from '../facts.js';
 import { DECISION, ERROR_CODE_AT, FACTS_PLAIN_AT, FINAL, pack, RECORD_FIELDS, REQUEST_ID_AT, STATUS_AT, type PackedOp } from '../protocol.js';
@@ -43,22 +43,6 @@ interface Column {
 
 const ID = -1;
 const LOGGED_AT = -2;
-
-/** One `["name",value]` pair of {@link encodeRow}, or '' for NULL; `JSON.stringify` output, made faster for strings and numbers. */
-function fragment(prefix: string, v: unknown): string {
-  if (v === null || v === undefined) return '';
-  const json = typeof v === 'string' ? jsonString(v) : typeof v === 'number' && Number.isFinite(v) ? String(v) : JSON.stringify(v);
-  return `${prefix}${json}]`;
-}
-
-function joinFragments(parts: readonly string[]): string {
-  let s = '[';
-  for (const p of parts) {
-    if (p === '') continue;
-    s += s.length === 1 ? p : `,${p}`;
-  }
-  return `${s}]`;
-}
 
 const isNumeric = (declared: string): boolean => /INT|REAL|FLOA|DOUB/i.test(declared);
 
