@@ -169,6 +169,21 @@ describe('audit log on PostgreSQL', () => {
     expect(ids).toEqual(Array.from({ length: 30 }, (_, i) => i + 1));
   });
 
+  it('three instances each committing in many small transactions at once never fork the chain: each reads the head only once it holds the lock', async () => {
+    const a = await fixture({ instance: 'a' });
+    const b = await fixture({ schema: a.schema, instance: 'b' });
+    const c = await fixture({ schema: a.schema, instance: 'c' });
+    // Each writer commits one decision at a time, so every writer is in nearly every moment contending for the lock.
+    const run = async (w: AuditWriter, n: number): Promise<void> => {
+      for (let i = 0; i < n; i++) await forward(w, { agent: `agent-${i % 3}` });
+    };
+    await Promise.all([run(a.writer, 60), run(b.writer, 60), run(c.writer, 60)]);
+    for (const f of [a, b, c]) await f.writer.close();
+    const v = await a.log.verify();
+    expect(v.problems).toEqual([]);
+    expect(v).toMatchObject({ ok: true, rows: 180, incomplete: 0, events: 360 });
+  });
+
   it('verify names an edited row, a deleted row, an inserted row and a rewritten event', async () => {
     const { schema, writer, log } = await fixture();
     for (let i = 0; i < 6; i++) await forward(writer);

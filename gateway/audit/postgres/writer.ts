@@ -1,5 +1,5 @@
 import type { Logger } from 'pino';
-import { batchRef, SEAL_FAILED, sealByTenant, type FactsKey } from '../facts.js';
+import { batchRef, SEAL_FAILED, sealByTenant, type FactsKey, type TenantBatch } from '../facts.js';
 import type { AuditDurability } from '../../config/types.js';
 import type pg from 'pg';
 import { ValetError } from '../../errors.js';
@@ -139,10 +139,10 @@ const element = (column: string, i: number): string => (pgType(column) === 'text
 
 /**
  * The one statement that writes a transaction's rows and events and advances the head, the same
- * text every time (prepared once per connection). Rows travel as three JSON arrays of arrays, one
+ * text every time (prepared once per connection). Rows travel as JSON arrays of arrays, one
  * parameter each: completed rows (content columns, outcome seq, id), new rows (content columns, id,
- * logged_at, chain seq, instance, outcome seq) and chain events (seq, row id, kind, hash, digest in
- * hex). The completed rows' ids come as an array too ($9): the planner then reads `audit_log` by its
+ * logged_at, chain seq, instance, outcome seq), chain events (seq, row id, kind, hash, digest in
+ * hex) and sealed facts batches (id, rows, sealed text; $10). The completed rows' ids come as an array too ($9): the planner then reads `audit_log` by its
  * primary key, whatever it guesses of the JSON's length. Every row read present under the chain lock
  * must be updated (retention takes the lock too); if one were not, the division by zero fails the
  * statement and the transaction rolls back.
@@ -154,43 +154,48 @@ const APPEND_SQL = (() => {
   return (
     `WITH completed AS (UPDATE audit_log AS t SET ${set}, outcome_seq = ${element('outcome_seq', n)} FROM jsonb_array_elements($1::jsonb) AS u (r) WHERE t.id = ANY($9::bigint[]) AND t.id = ${element('id', n + 1)} RETURNING t.id), ` +
     `added AS (INSERT INTO audit_log (${insertColumns.map((c) => `"${c}"`).join(', ')}) SELECT ${insertColumns.map((c, i) => element(c, i)).join(', ')} FROM jsonb_array_elements($2::jsonb) AS a (r)), ` +
-    `events AS (INSERT INTO audit_chain (seq, row_id, kind, hash, digest) SELECT (r->>0)::bigint, (r->>1)::bigint, (r->>2)::smallint, decode(r->>3, 'hex'), decode(r->>4, 'hex') FROM jsonb_array_elements($3::jsonb) AS e (r)) ` +
+    `events AS (INSERT INTO audit_chain (seq, row_id, kind, hash, digest) SELECT (r->>0)::bigint, (r->>1)::bigint, (r->>2)::smallint, decode(r->>3, 'hex'), decode(r->>4, 'hex') FROM jsonb_array_elements($3::jsonb) AS e (r)), ` +
+    `sealed AS (INSERT INTO audit_facts (id, rows, sealed) SELECT (r->>0)::bigint, (r->>1)::integer, r->>2 FROM jsonb_array_elements($10::jsonb) AS f (r)) ` +
     `UPDATE audit_head SET seq = $4::bigint, hash = $5::bytea, next_id = $6::bigint, logged_at = $7::bigint ` +
     `RETURNING 1 / (CASE WHEN (SELECT count(*) FROM completed) = $8::bigint THEN 1 ELSE 0 END) AS checked`
   );
 })();
 
 /**
- * Appends `ops` to the chain in the transaction open on `client`, in three statements whatever
- * their number: take the chain lock; read the head and which rows still exist; write every
- * completed row, new row and chain event and advance the head in one statement (then COMMIT, with
- * `commit`). The lock is held across a fixed number of round trips, not one per completed row: on
- * a busy instance each round trip waits for a turn of the event loop, which is what the other
+ * Appends `ops` to the chain on `client`, in three round trips whatever their number: begin (with
+ * `begin`), take the chain lock, read the head, which rows still exist and ids for the facts batches,
+ * as one multi-statement query (each statement of it reads what was committed before it began, so
+ * the head is read under the lock); write every completed row, new row, chain event and facts batch
+ * and advance the head in one statement; COMMIT (with `commit`). The lock is held across two round
+ * trips: on a busy instance each waits for a turn of the event loop, which is what the other
  * instances wait for. Returns the new head and the open-row changes to apply once committed.
  */
 async function appendOps(
   client: pg.PoolClient,
   schema: string,
   instance: string,
-  ops: readonly Op[],
+  queued: readonly Op[],
   open: ReadonlyMap<string, OpenRow>,
-  commit = false,
+  o: { begin?: boolean; commit?: boolean; facts?: readonly TenantBatch[] } = {},
 ): Promise<{ head: { seq: number; hash: Buffer }; changes: OpenChange[] }> {
+  const facts = o.facts ?? [];
   // Rows a completion of this batch would update, if retention has not deleted them meanwhile.
   const priorIds: number[] = [];
-  for (const op of ops) {
+  for (const op of queued) {
     const prior = op.decision ? undefined : open.get(op.rec.requestId);
     if (prior !== undefined) priorIds.push(prior.id);
   }
-  await client.query({ name: 'valet_audit_lock', text: 'SELECT pg_advisory_xact_lock($1::bigint)', values: [lockKey(schema, 'chain')] });
-  const h = (
-    await client.query<{ seq: number; hash: Buffer; next_id: number; logged_at: number; present: number[] | null }>({
-      name: 'valet_audit_head',
-      text: 'SELECT seq, hash, next_id, logged_at, (SELECT array_agg(id) FROM audit_log WHERE id = ANY($1::bigint[])) AS present FROM audit_head',
-      values: [priorIds],
-    })
-  ).rows[0];
+  // Only numbers are written into this text: the lock key and row ids (integers), a count.
+  const ids = facts.length === 0 ? '' : `, (SELECT array_agg(nextval(pg_get_serial_sequence('audit_facts', 'id'))) FROM generate_series(1, ${facts.length})) AS facts_ids`;
+  const results = (await client.query(
+    `${o.begin === true ? 'BEGIN; ' : ''}SELECT pg_advisory_xact_lock(${lockKey(schema, 'chain')}::bigint); ` +
+      `SELECT seq, hash, next_id, logged_at, (SELECT array_agg(id) FROM audit_log WHERE id = ANY('{${priorIds.join(',')}}'::bigint[])) AS present${ids} FROM audit_head`,
+  )) as unknown as pg.QueryResult[];
+  const h = results.at(-1)?.rows[0] as { seq: number; hash: Buffer; next_id: number; logged_at: number; present: (number | string)[] | null; facts_ids?: (number | string)[] } | undefined;
   if (h === undefined) throw Object.assign(new Error('audit_head is empty'), { code: 'VALET_NO_HEAD' });
+  // Each facts batch's rows refer to its line in it, by the batch's id.
+  const factsIds = (h.facts_ids ?? []).map(Number);
+  const ops = facts.length === 0 ? queued : withFactsRefs(queued, facts, factsIds);
   const present = new Set((h.present ?? []).map(Number));
   let head = { seq: Number(h.seq), hash: h.hash };
   let nextId = Number(h.next_id);
@@ -256,23 +261,31 @@ async function appendOps(
   await client.query({
     name: 'valet_audit_append',
     text: APPEND_SQL,
-    values: [JSON.stringify(updates), JSON.stringify(inserts), JSON.stringify(events), head.seq, head.hash, nextId, loggedAt, updates.length, updates.map((u) => u[n + 1])],
+    values: [
+      JSON.stringify(updates),
+      JSON.stringify(inserts),
+      JSON.stringify(events),
+      head.seq,
+      head.hash,
+      nextId,
+      loggedAt,
+      updates.length,
+      updates.map((u) => u[n + 1]),
+      JSON.stringify(facts.map((b, i) => [factsIds[i], b.at.length, b.sealed.text])),
+    ],
   });
-  if (commit) await client.query('COMMIT');
+  if (o.commit === true) await client.query('COMMIT');
   return { head, changes };
 }
 
 /**
- * The request facts of these ops (their records' `factsPlain`) sealed one batch per tenant and
- * stored in `audit_facts` inside the caller's transaction; returns the ops with each record's
- * `facts` set to the reference to its line (copies: the queued ops keep their facts unsealed, so a
- * failed transaction seals them again). A batch that cannot be sealed leaves its rows without facts
- * (`failed` is told each request id and why, never what).
+ * The request facts of these ops (their records' `factsPlain`) sealed one batch per tenant, before
+ * the transaction begins. A batch that cannot be sealed leaves its rows without facts (`failed` is
+ * told each request id and why, never what).
  */
-async function withFactsBatches(client: pg.PoolClient, ops: readonly Op[], key: FactsKey | undefined, failed: (requestId: string, err: unknown) => void): Promise<Op[]> {
-  const out = ops.slice();
-  if (key === undefined) return out;
-  const batches = sealByTenant(
+function sealFacts(ops: readonly Op[], key: FactsKey | undefined, failed: (requestId: string, err: unknown) => void): TenantBatch[] {
+  if (key === undefined) return [];
+  return sealByTenant(
     key,
     ops.length,
     (i) => {
@@ -282,16 +295,15 @@ async function withFactsBatches(client: pg.PoolClient, ops: readonly Op[], key: 
     },
     failed,
   );
-  if (batches.length === 0) return out;
-  // Ids are drawn in the order of `ord`, so sorted they are the batches' in order.
-  const ids = (
-    await client.query<{ id: number }>('INSERT INTO audit_facts (rows, sealed) SELECT n, sealed FROM unnest($1::int[], $2::text[]) WITH ORDINALITY AS b (n, sealed, ord) ORDER BY ord RETURNING id', [
-      batches.map((b) => b.at.length),
-      batches.map((b) => b.sealed.text),
-    ])
-  ).rows
-    .map((r) => r.id)
-    .sort((a, b) => a - b);
+}
+
+/**
+ * The ops with each sealed record's `facts` set to the reference to its line in its batch (`ids`:
+ * the batches' ids, in order). Copies: the queued ops keep their facts unsealed, so a failed
+ * transaction seals them again.
+ */
+function withFactsRefs(ops: readonly Op[], batches: readonly TenantBatch[], ids: readonly number[]): Op[] {
+  const out = ops.slice();
   batches.forEach((b, i) => {
     b.at.forEach((at, line) => {
       const op = out[at] as Op;
@@ -302,15 +314,16 @@ async function withFactsBatches(client: pg.PoolClient, ops: readonly Op[], key: 
 }
 
 /**
- * Runs `fn` in a transaction on a pooled client; rolls back and rethrows on error. `committing`: fn
- * commits itself (the request path's appends: COMMIT right after the write, releasing the chain lock).
+ * Runs `fn` in a transaction on a pooled client; rolls back and rethrows on error. `own`: fn begins
+ * and commits the transaction itself (the request path's appends: BEGIN goes with the chain lock's
+ * round trip, COMMIT right after the write, releasing the lock).
  */
-async function inTransaction<T>(pool: pg.Pool, fn: (c: pg.PoolClient) => Promise<T>, committing = false): Promise<T> {
+async function inTransaction<T>(pool: pg.Pool, fn: (c: pg.PoolClient) => Promise<T>, own = false): Promise<T> {
   const client = await pool.connect();
   let broken = false;
   try {
+    if (own) return await fn(client);
     await client.query('BEGIN');
-    if (committing) return await fn(client);
     const r = await fn(client);
     await client.query('COMMIT');
     return r;
@@ -371,7 +384,8 @@ export async function startPgAuditWriter(o: PgAuditWriterOptions): Promise<Audit
       runningOps = ops.length;
       const started = performance.now();
       try {
-        apply(await inTransaction(pool, async (c) => appendOps(c, schema, o.instance, await withFactsBatches(c, ops, o.factsKey, factsFailed), open, true), true));
+        const facts = sealFacts(ops, o.factsKey, factsFailed);
+        apply(await inTransaction(pool, (c) => appendOps(c, schema, o.instance, ops, open, { begin: true, commit: true, facts }), true));
         commits++;
         backoff = 0;
         o.onCommit?.((performance.now() - started) / 1000);
