@@ -169,6 +169,42 @@ describe('audit log on PostgreSQL', () => {
     expect(ids).toEqual(Array.from({ length: 30 }, (_, i) => i + 1));
   });
 
+  it('a write the server refuses leaves nothing behind (the COMMIT sent behind it rolls back), and the next commit goes through', async () => {
+    const { schema, writer, log } = await fixture();
+    for (let i = 0; i < 2; i++) await forward(writer);
+    await settle(writer, log, 2);
+    // Events past seq 4 are refused: the next transaction's write fails after its head was read under the lock.
+    await sql(schema, 'ALTER TABLE audit_chain ADD CONSTRAINT zz_stop CHECK (seq <= 4)');
+    await expect(writer.commit(record())).rejects.toMatchObject({ code: 'VALET_ERR_AUDIT_UNAVAILABLE' });
+    const head = await sql(schema, 'SELECT seq::int AS seq FROM audit_head');
+    expect(head.rows[0]).toMatchObject({ seq: 4 });
+    expect((await sql(schema, 'SELECT count(*)::int AS n FROM audit_log')).rows[0]).toMatchObject({ n: 2 });
+    await sql(schema, 'ALTER TABLE audit_chain DROP CONSTRAINT zz_stop');
+    await new Promise((r) => setTimeout(r, 100)); // the writer's back-off after the failure
+    await forward(writer);
+    await settle(writer, log, 3);
+    const v = await log.verify();
+    expect(v.problems).toEqual([]);
+    expect(v).toMatchObject({ ok: true, rows: 3, incomplete: 0 });
+  });
+
+  it('an integer beyond what PostgreSQL stores (an upstream reporting 1e20 tokens) is written clamped, and never stops the log', async () => {
+    const { writer, log } = await fixture();
+    const huge = record();
+    await writer.commit(huge);
+    writer.record({ ...huge, status: 200, upstreamStatus: 200, tokens: 1e20, bytesOut: 2 ** 70 });
+    await writer.flush();
+    const after = record({ agent: 'after' });
+    await writer.commit(after);
+    await writer.flush();
+    const rows = (await log.page({ limit: 10, order: 'asc' })).rows;
+    expect(rows.map((r) => [r.request_id, r.tokens, r.bytes_out])).toEqual([
+      [huge.requestId, Number.MAX_SAFE_INTEGER, Number.MAX_SAFE_INTEGER],
+      [after.requestId, null, 0],
+    ]);
+    expect((await log.verify()).problems).toEqual([]);
+  });
+
   it('three instances each committing in many small transactions at once never fork the chain: each reads the head only once it holds the lock', async () => {
     const a = await fixture({ instance: 'a' });
     const b = await fixture({ schema: a.schema, instance: 'b' });

@@ -148,7 +148,7 @@ const types = {
  * (`plan_cache_mode = force_custom_plan`): a generic plan made while the table was small (a
  * sequential scan) would otherwise be kept as it grows to millions of rows.
  */
-export function createPool(s: PgAuditSettings, o: { max?: number; statementTimeoutMs?: number; connectTimeoutMs?: number } = {}): pg.Pool {
+export function createPool(s: PgAuditSettings, o: { max?: number; statementTimeoutMs?: number; connectTimeoutMs?: number; pipeline?: boolean } = {}): pg.Pool {
   const schema = s.schema ?? 'public';
   // The driver lets a URL's `options` replace the pool's own: the URL's come first, the log's own settings after them (the last wins).
   const { url, options } = withoutOptions(s.url);
@@ -161,6 +161,8 @@ export function createPool(s: PgAuditSettings, o: { max?: number; statementTimeo
     options: options === '' ? own : `${options} ${own}`,
     application_name: 'valet-audit',
     types,
+    // The writer's: a query is sent without waiting for the answer to the one before (see appendOps).
+    ...(o.pipeline === true && { pipeline: true }),
   });
   // A lost connection must not crash the process: the writer logs the failed commit itself.
   return guardPool(pool, () => undefined);

@@ -86,7 +86,11 @@ function normalise(numeric: boolean, integer: boolean, v: unknown): unknown {
   if (numeric) {
     const n = typeof v === 'number' ? v : typeof v === 'bigint' ? Number(v) : typeof v === 'string' && /^-?\d{1,15}$/.test(v) ? Number(v) : Number.NaN;
     if (!Number.isFinite(n)) return null;
-    return integer ? Math.round(n) : n;
+    if (!integer) return n;
+    // Beyond 2^53 a number is no longer an exact integer here, and beyond 2^63 PostgreSQL refuses it:
+    // one such value (an upstream's usage report) would fail every commit it rides in, so it is clamped.
+    const r = Math.round(n);
+    return r > Number.MAX_SAFE_INTEGER ? Number.MAX_SAFE_INTEGER : r < -Number.MAX_SAFE_INTEGER ? -Number.MAX_SAFE_INTEGER : r;
   }
   return pgText(typeof v === 'string' ? v : typeof v === 'number' || typeof v === 'bigint' ? String(v) : JSON.stringify(v));
 }
@@ -97,7 +101,7 @@ function contentOf(rec: AuditRecord): unknown[] {
   const values = new Array<unknown>(RECORD_COLUMNS.length);
   for (let i = 0; i < values.length; i++) {
     const v = op[FIELD_AT[i] as number];
-    values[i] = typeof v === 'string' && !NUMERIC[i] ? pgText(v) : typeof v === 'number' && NUMERIC[i] && Number.isInteger(v) ? v : normalise(NUMERIC[i] as boolean, INTEGER[i] as boolean, v);
+    values[i] = typeof v === 'string' && !NUMERIC[i] ? pgText(v) : typeof v === 'number' && NUMERIC[i] && Number.isSafeInteger(v) ? v : normalise(NUMERIC[i] as boolean, INTEGER[i] as boolean, v);
   }
   return values;
 }
@@ -162,13 +166,13 @@ const APPEND_SQL = (() => {
 })();
 
 /**
- * Appends `ops` to the chain on `client`, in three round trips whatever their number: begin (with
+ * Appends `ops` to the chain on `client`, in two round trips whatever their number: begin (with
  * `begin`), take the chain lock, read the head, which rows still exist and ids for the facts batches,
  * as one multi-statement query (each statement of it reads what was committed before it began, so
- * the head is read under the lock); write every completed row, new row, chain event and facts batch
- * and advance the head in one statement; COMMIT (with `commit`). The lock is held across two round
- * trips: on a busy instance each waits for a turn of the event loop, which is what the other
- * instances wait for. Returns the new head and the open-row changes to apply once committed.
+ * the head is read under the lock); then write every completed row, new row, chain event and facts
+ * batch and advance the head in one statement, with COMMIT (with `commit`) sent right behind it.
+ * The lock is held across one turn of this instance's event loop, which on a busy instance is what
+ * the other instances wait for. Returns the new head and the open-row changes to apply once committed.
  */
 async function appendOps(
   client: pg.PoolClient,
@@ -258,7 +262,7 @@ async function appendOps(
     }
     head = { seq, hash };
   }
-  await client.query({
+  const writing = client.query({
     name: 'valet_audit_append',
     text: APPEND_SQL,
     values: [
@@ -274,7 +278,14 @@ async function appendOps(
       JSON.stringify(facts.map((b, i) => [factsIds[i], b.at.length, b.sealed.text])),
     ],
   });
-  if (o.commit === true) await client.query('COMMIT');
+  // COMMIT goes right behind the write, on the pipelined connection: the server releases the chain
+  // lock as soon as the write is done, not a turn of this event loop later. Should the write fail,
+  // the COMMIT of the failed transaction rolls it back (its tag says ROLLBACK), and the write's
+  // error is what the caller sees.
+  const committing = o.commit === true ? client.query('COMMIT') : undefined;
+  committing?.catch(() => undefined);
+  await writing;
+  if (committing !== undefined && (await committing).command !== 'COMMIT') throw Object.assign(new Error('the audit transaction was rolled back'), { code: 'VALET_ROLLED_BACK' });
   return { head, changes };
 }
 
@@ -348,7 +359,7 @@ async function inTransaction<T>(pool: pg.Pool, fn: (c: pg.PoolClient) => Promise
 export async function startPgAuditWriter(o: PgAuditWriterOptions): Promise<AuditWriter & { readonly recovered: number }> {
   const schema = o.settings.schema ?? 'public';
   const failOpen = o.failOpen ?? false;
-  const pool = createPool(o.settings, { max: 3, statementTimeoutMs: o.statementTimeoutMs ?? 10_000 });
+  const pool = createPool(o.settings, { max: 3, statementTimeoutMs: o.statementTimeoutMs ?? 10_000, pipeline: true });
   try {
     await migrate(pool, schema);
   } catch (err) {
