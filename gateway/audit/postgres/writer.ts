@@ -146,10 +146,10 @@ const element = (column: string, i: number): string => (pgType(column) === 'text
  * text every time (prepared once per connection). Rows travel as JSON arrays of arrays, one
  * parameter each: completed rows (content columns, outcome seq, id), new rows (content columns, id,
  * logged_at, chain seq, instance, outcome seq), chain events (seq, row id, kind, hash, digest in
- * hex) and sealed facts batches (id, rows, sealed text; $10). The completed rows' ids come as an array too ($9): the planner then reads `audit_log` by its
- * primary key, whatever it guesses of the JSON's length. Every row read present under the chain lock
- * must be updated (retention takes the lock too); if one were not, the division by zero fails the
- * statement and the transaction rolls back.
+ * hex) and sealed facts batches (id, rows, sealed text; $10). The completed rows' ids come as an
+ * array too ($9): the planner then reads `audit_log` by its primary key, whatever it guesses of the
+ * JSON's length. Every row read present under the chain lock must be updated (retention takes the
+ * lock too); if one were not, the division by zero fails the statement and the transaction rolls back.
  */
 const APPEND_SQL = (() => {
   const n = RECORD_COLUMNS.length;
