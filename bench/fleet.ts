@@ -31,7 +31,7 @@ import { fixedRate, maxThroughput, type RunResult, type Workload } from './lib/l
 import { numberOption } from './lib/options.js';
 import { int, markdownTable, ms } from './lib/stats.js';
 import { NODE_FLAGS } from '../gateway/node-flags.js';
-import { formatPerf, PERF_FREQUENCY, PERF_NODE_ARGS, perfUnavailable, startPerf, summarisePerf, type PerfSummary } from './lib/perf.js';
+import { formatPerf, PERF_FREQUENCY, PERF_NODE_ARGS, requirePerf, startPerf, summarisePerf, type PerfSummary } from './lib/perf.js';
 
 const HERE = dirname(fileURLToPath(import.meta.url));
 
@@ -133,13 +133,7 @@ if (only !== undefined && (unknown.length > 0 || only.length === 0)) {
   console.error(`--only: unknown setup ${unknown.join(', ') || '(none given)'}; setups: ${SETUPS.map((s) => s.id).join(', ')}`);
   process.exit(2);
 }
-if (flags.perf) {
-  const why = perfUnavailable();
-  if (why !== undefined) {
-    console.error(`--perf: ${why}`);
-    process.exit(2);
-  }
-}
+if (flags.perf) requirePerf();
 const MEASURED = SETUPS.filter((s) => only === undefined || only.includes(s.id));
 
 interface Row {

@@ -29,7 +29,7 @@ import { buildGateway, builtGatewayIsCurrent } from './lib/build.js';
 import { hasWrk, wrkRun } from './lib/wrk.js';
 import { formatUsage, snapshot, threadMicros, threadTicks, usageBetween, type CpuUsage } from './lib/cpu.js';
 import { formatSummary, mainThreadProfiles, summariseProfile } from './lib/cpuprofile.js';
-import { formatPerf, PERF_FREQUENCY, PERF_NODE_ARGS, perfUnavailable, startPerf, summarisePerf, type PerfSummary } from './lib/perf.js';
+import { formatPerf, PERF_FREQUENCY, PERF_NODE_ARGS, requirePerf, startPerf, summarisePerf, type PerfSummary } from './lib/perf.js';
 import { formatSync, syncLatency } from './lib/disk.js';
 import { gitState } from './lib/git.js';
 import { fixedRate, jsonBody, maxThroughput, type FixedRateResult, type RunResult, type Workload } from './lib/load.js';
@@ -160,13 +160,7 @@ for (const t of only) {
   }
 }
 const cpuProf = flags['cpu-prof'];
-if (flags.perf) {
-  const why = perfUnavailable();
-  if (why !== undefined) {
-    console.error(`--perf: ${why}`);
-    process.exit(2);
-  }
-}
+if (flags.perf) requirePerf();
 const perfArgs = flags.perf ? PERF_NODE_ARGS : [];
 const nodeArgs = (flags['node-args'] ?? '').split(' ').filter(Boolean);
 const durability = durabilityOption(flags.durability);

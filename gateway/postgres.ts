@@ -232,12 +232,24 @@ export function postgresUrlFor(path: string, backend: 'sqlite' | 'postgres' | un
 
 /** The schema a connection URL puts first in `search_path` (`?options=-c search_path=<schema>`), if any. */
 export function urlSchema(url: string): string | undefined {
-  let options: string | null;
-  try {
-    options = new URL(url).searchParams.get('options');
-  } catch {
-    return undefined;
-  }
-  const m = /search_path=([^\s,]+)/.exec(options ?? '');
+  const m = /search_path=([^\s,]+)/.exec(urlOptions(url).options);
   return m?.[1]?.replace(/^"(.*)"$/, '$1');
+}
+
+/**
+ * A connection URL without its `options` parameter, and that parameter ('' when it has none, or is
+ * not a URL the driver would read it from). node-postgres lets a URL's `options` replace a pool's
+ * own: a pool with settings of its own sends the URL's first and its own after them.
+ */
+export function urlOptions(url: string): { url: string; options: string } {
+  let u: URL;
+  try {
+    u = new URL(url);
+  } catch {
+    return { url, options: '' };
+  }
+  const options = u.searchParams.get('options');
+  if (options === null) return { url, options: '' };
+  u.searchParams.delete('options');
+  return { url: u.toString(), options };
 }

@@ -19,8 +19,16 @@ export const PERF_FREQUENCY = 997;
 /** Node flags a process needs for its JIT frames to be named in perf's samples. */
 export const PERF_NODE_ARGS = ['--perf-basic-prof-only-functions'];
 
+/** For a benchmark's `--perf`: exits with status 2, saying why, when `perf` cannot record here. */
+export function requirePerf(): void {
+  const why = perfUnavailable();
+  if (why === undefined) return;
+  console.error(`--perf: ${why}`);
+  process.exit(2);
+}
+
 /** Why `perf` cannot record here (not installed, or not permitted), or undefined when it can. */
-export function perfUnavailable(): string | undefined {
+function perfUnavailable(): string | undefined {
   const r = spawnSync('perf', ['record', '-q', '-e', 'cpu-clock', '-o', '/dev/null', '--', 'true'], { encoding: 'utf8' });
   if (r.error !== undefined) return `perf is not installed (${(r.error as NodeJS.ErrnoException).code ?? r.error.message})`;
   if (r.status !== 0) return `perf cannot record here: ${(r.stderr || '').trim().split('\n')[0] ?? `exit ${r.status}`} (kernel.perf_event_paranoid?)`;

@@ -67,6 +67,34 @@ export function fragment(prefix: string, v: unknown): string {
   return `${prefix}${json}]`;
 }
 
+/** Where a digest column's value is: an index into a row's content values, or one of these two. */
+const DIGEST_ID = -1;
+const DIGEST_LOGGED_AT = -2;
+
+/** How a writer encodes a row's content from its values: each digest column's `["name",` prefix and where its value is. */
+export type DigestPlan = readonly { readonly prefix: string; readonly at: number }[];
+
+/** The plan for `digestColumns` (sorted by name) over rows whose content values are in `contentColumns` order. */
+export function digestPlan(digestColumns: readonly string[], contentColumns: readonly string[]): DigestPlan {
+  return digestColumns.map((name) => ({ prefix: `[${JSON.stringify(name)},`, at: name === 'id' ? DIGEST_ID : name === 'logged_at' ? DIGEST_LOGGED_AT : contentColumns.indexOf(name) }));
+}
+
+/**
+ * {@link encodeRow} of the row these values make, without building the row, in pieces: one
+ * fragment per digest column ('' where NULL). `reuse`: a row written before (a decision) whose
+ * fragments stand for the columns whose values are the same.
+ */
+export function rowFragments(plan: DigestPlan, values: readonly unknown[], id: number, loggedAt: number, reuse?: { readonly values: readonly unknown[]; readonly parts: readonly string[] }): string[] {
+  const parts = new Array<string>(plan.length);
+  for (let i = 0; i < plan.length; i++) {
+    const p = plan[i] as { prefix: string; at: number };
+    if (p.at === DIGEST_ID) parts[i] = fragment(p.prefix, id);
+    else if (p.at === DIGEST_LOGGED_AT) parts[i] = fragment(p.prefix, loggedAt);
+    else parts[i] = reuse !== undefined && reuse.values[p.at] === values[p.at] ? (reuse.parts[i] as string) : fragment(p.prefix, values[p.at]);
+  }
+  return parts;
+}
+
 /** {@link encodeRow}'s string from its fragments, in digest column order. */
 export function joinFragments(parts: readonly string[]): string {
   let s = '[';

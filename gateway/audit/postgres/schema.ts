@@ -1,6 +1,6 @@
 import pg from 'pg';
 import { META_COLUMNS, sha256 } from '../chain.js';
-import { ensureSchema, guardPool } from '../../postgres.js';
+import { ensureSchema, guardPool, urlOptions } from '../../postgres.js';
 
 /**
  * The audit log's tables on PostgreSQL and the connection settings every process uses with them.
@@ -150,8 +150,8 @@ const types = {
  */
 export function createPool(s: PgAuditSettings, o: { max?: number; statementTimeoutMs?: number; connectTimeoutMs?: number; pipeline?: boolean } = {}): pg.Pool {
   const schema = s.schema ?? 'public';
-  // The driver lets a URL's `options` replace the pool's own: the URL's come first, the log's own settings after them (the last wins).
-  const { url, options } = withoutOptions(s.url);
+  // The URL's options first, the log's own after them (the last wins).
+  const { url, options } = urlOptions(s.url);
   const own = `-c search_path=${quoteIdent(schema).replace(/ /g, '\\ ')} -c synchronous_commit=on -c plan_cache_mode=force_custom_plan`;
   const pool = new pg.Pool({
     connectionString: url,
@@ -166,20 +166,6 @@ export function createPool(s: PgAuditSettings, o: { max?: number; statementTimeo
   });
   // A lost connection must not crash the process: the writer logs the failed commit itself.
   return guardPool(pool, () => undefined);
-}
-
-/** A connection URL without its `options` parameter, and that parameter ('' when it has none, or is not a URL the driver would read it from). */
-function withoutOptions(url: string): { url: string; options: string } {
-  let u: URL;
-  try {
-    u = new URL(url);
-  } catch {
-    return { url, options: '' };
-  }
-  const options = u.searchParams.get('options');
-  if (options === null) return { url, options: '' };
-  u.searchParams.delete('options');
-  return { url: u.toString(), options };
 }
 
 /**

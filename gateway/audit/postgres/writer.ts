@@ -4,7 +4,7 @@ import type { AuditDurability } from '../../config/types.js';
 import type pg from 'pg';
 import { ValetError } from '../../errors.js';
 import type { AuditRecord } from '../../types.js';
-import { EVENT, fragment, joinFragments, linkHash, sha256Hex, storedText } from '../chain.js';
+import { digestPlan, EVENT, joinFragments, linkHash, rowFragments, sha256Hex, storedText } from '../chain.js';
 import { FINAL, pack, RECORD_FIELDS } from '../protocol.js';
 import type { AuditHead, AuditWriter, PruneResult, RetentionCutoffs } from '../port.js';
 import { pruneInTransaction } from './prune.js';
@@ -24,11 +24,8 @@ const INTEGER = RECORD_COLUMNS.map((c) => INTEGER_COLUMNS.has(c));
 const TS_AT = RECORD_COLUMNS.indexOf('ts');
 const TENANT_AT = RECORD_COLUMNS.indexOf('tenant');
 const REQUEST_AT = RECORD_COLUMNS.indexOf('request_id');
-/** Marks for the two digest columns that are not content: the row id and its recording time. */
-const ID = -1;
-const LOGGED_AT = -2;
-/** The digest's columns (sorted by name) as fragment prefixes, each with where its value is. */
-const DIGEST_PLAN = DIGEST_COLUMNS.map((c) => ({ prefix: `[${JSON.stringify(c)},`, at: c === 'id' ? ID : c === 'logged_at' ? LOGGED_AT : RECORD_COLUMNS.indexOf(c as (typeof RECORD_COLUMNS)[number]) }));
+/** How a row's digest is encoded from its content values (see {@link rowFragments}). */
+const DIGEST_PLAN = digestPlan(DIGEST_COLUMNS, RECORD_COLUMNS);
 
 /** How long a completed request's row may wait for a decision to travel with (ms). */
 const COMPLETION_DELAY_MS = 10;
@@ -69,7 +66,7 @@ interface OpenRow {
   readonly loggedAt: number;
   /** Its content columns as written, in {@link RECORD_COLUMNS} order. */
   readonly values: readonly unknown[];
-  /** Its content encoding, one fragment per digest column (see {@link fragments}). */
+  /** Its content encoding, one fragment per digest column (see {@link rowFragments}). */
   readonly parts: readonly string[];
 }
 
@@ -106,24 +103,12 @@ function contentOf(rec: AuditRecord): unknown[] {
   return values;
 }
 
-/** {@link encodeRow} of a row, in one fragment per digest column; `reuse`: a row whose fragments stand for the columns whose values are the same. */
-function fragments(values: readonly unknown[], id: number, loggedAt: number, reuse?: OpenRow): string[] {
-  const parts = new Array<string>(DIGEST_PLAN.length);
-  for (let i = 0; i < DIGEST_PLAN.length; i++) {
-    const p = DIGEST_PLAN[i] as { prefix: string; at: number };
-    if (p.at === ID) parts[i] = fragment(p.prefix, id);
-    else if (p.at === LOGGED_AT) parts[i] = fragment(p.prefix, loggedAt);
-    else parts[i] = reuse !== undefined && reuse.values[p.at] === values[p.at] ? (reuse.parts[i] as string) : fragment(p.prefix, values[p.at]);
-  }
-  return parts;
-}
-
 /** An open row from a row read back from `audit_log` (start-up recovery). */
 function openRowOf(row: Readonly<Record<string, unknown>>): OpenRow {
   const values = RECORD_COLUMNS.map((c, i) => normalise(NUMERIC[i] as boolean, INTEGER[i] as boolean, row[c]));
   const id = Number(row['id']);
   const loggedAt = Number(row['logged_at']);
-  return { id, loggedAt, values, parts: fragments(values, id, loggedAt) };
+  return { id, loggedAt, values, parts: rowFragments(DIGEST_PLAN, values, id, loggedAt) };
 }
 
 const unavailable = (code: string | undefined): ValetError =>
@@ -236,7 +221,7 @@ async function appendOps(
           updates.push(values);
           present.delete(prior.id);
         }
-        const digest = sha256Hex(joinFragments(fragments(values, prior.id, prior.loggedAt, prior)));
+        const digest = sha256Hex(joinFragments(rowFragments(DIGEST_PLAN, values, prior.id, prior.loggedAt, prior)));
         const hash = linkHash(head.hash, seq, EVENT.outcome, prior.id, ts, tenant, digest);
         events.push([seq, prior.id, EVENT.outcome, hash.toString('hex'), null]);
         head = { seq, hash };
@@ -245,7 +230,7 @@ async function appendOps(
       // The row is gone (retention deleted it while the request ran): write the request whole.
     }
     const id = nextId++;
-    const parts = fragments(values, id, loggedAt);
+    const parts = rowFragments(DIGEST_PLAN, values, id, loggedAt);
     const digest = sha256Hex(joinFragments(parts));
     const kind = op.decision ? EVENT.decision : EVENT.record;
     const hash = linkHash(head.hash, seq, kind, id, ts, tenant, digest);

@@ -2,7 +2,7 @@ import { rmSync } from 'node:fs';
 import { join } from 'node:path';
 import Database from 'better-sqlite3';
 import type { AuditRecord } from '../../types.js';
-import { compactable, encodeNote, EVENT, fragment, GENESIS, joinFragments, linkHash, META_COLUMNS, parseNote, pruneNote, rowDigest, sha256, sha256Hex, storedText, type ChainHead } from '../chain.js';
+import { compactable, digestPlan, encodeNote, EVENT, fragment, GENESIS, joinFragments, linkHash, META_COLUMNS, parseNote, pruneNote, rowDigest, rowFragments, sha256, sha256Hex, storedText, type ChainHead, type DigestPlan } from '../chain.js';
 import type { PruneResult, RetentionCutoffs } from '../port.js';
 import { batchRef, batchRefCounts, sealByTenant, type FactsKey, type TenantBatch } from '../facts.js';
 import { DECISION, ERROR_CODE_AT, FACTS_PLAIN_AT, FINAL, pack, RECORD_FIELDS, REQUEST_ID_AT, STATUS_AT, type PackedOp } from '../protocol.js';
@@ -26,7 +26,7 @@ interface OpenRow {
   readonly loggedAt: number;
   /** The content columns as written with the decision, in table order (its first `columns.length` entries). */
   readonly values: readonly unknown[];
-  /** Its content encoding, one fragment per digest column (see {@link AuditCore.fragments}). */
+  /** Its content encoding, one fragment per digest column (see {@link rowFragments}). */
   readonly parts: readonly string[];
 }
 type Undo = [string, OpenRow | undefined][];
@@ -40,9 +40,6 @@ interface Column {
   readonly numeric: boolean;
   readonly normalise: (v: unknown) => unknown;
 }
-
-const ID = -1;
-const LOGGED_AT = -2;
 
 const isNumeric = (declared: string): boolean => /INT|REAL|FLOA|DOUB/i.test(declared);
 
@@ -112,8 +109,8 @@ export class AuditCore {
   private readonly columns: Column[];
   private readonly tsIndex: number;
   private readonly tenantIndex: number;
-  /** How to encode a row's content from a values array: each digest column's `["name",` prefix and where its value is. */
-  private readonly plan: { prefix: string; at: number }[];
+  /** How to encode a row's content from a values array (see {@link rowFragments}). */
+  private readonly plan: DigestPlan;
   /** For each content column (table order), its position in {@link plan}. */
   private readonly planIndex: number[];
   private readonly insert: Statement;
@@ -159,7 +156,7 @@ export class AuditCore {
     this.tsIndex = names.indexOf('ts');
     this.tenantIndex = names.indexOf('tenant');
     this.factsIndex = names.indexOf('facts');
-    this.plan = this.digestColumns.map((name) => ({ prefix: `[${JSON.stringify(name)},`, at: name === 'id' ? ID : name === 'logged_at' ? LOGGED_AT : names.indexOf(name) }));
+    this.plan = digestPlan(this.digestColumns, names);
     this.planIndex = names.map((name) => this.digestColumns.indexOf(name));
     // Both statements take the content columns first, in table order, then the chain's own values.
     this.insert = this.db.prepare(insertRowSql(names));
@@ -193,7 +190,7 @@ export class AuditCore {
       const id = row['id'] as number;
       const loggedAt = row['logged_at'] as number;
       const values = this.columns.map((c) => row[c.name]);
-      this.open.set(row['request_id'] as string, { id, loggedAt, values, parts: this.fragments(values, id, loggedAt) });
+      this.open.set(row['request_id'] as string, { id, loggedAt, values, parts: rowFragments(this.plan, values, id, loggedAt) });
       return pack(FINAL, rec as unknown as AuditRecord);
     });
     this.applyPacked(ops);
@@ -350,7 +347,7 @@ export class AuditCore {
         // The row is gone (retention deleted it while the request ran): write the request whole.
       }
       const id = nextId++;
-      const parts = this.fragments(values, id, loggedAt);
+      const parts = rowFragments(this.plan, values, id, loggedAt);
       const digest = sha256Hex(joinFragments(parts));
       const hash = linkHash(head.hash, seq, kind, id, ts, tenant, digest);
       values[n] = id;
@@ -389,22 +386,6 @@ export class AuditCore {
       this.updates.set(key, u);
     }
     return u;
-  }
-
-  /**
-   * {@link encodeRow} of the row these values make, without building the row, in pieces: one
-   * `["name",value]` fragment per digest column ('' where NULL), from a plan made once per table
-   * layout. {@link joinFragments} makes the same string encodeRow does; an outcome re-encodes only
-   * the columns it changed.
-   */
-  private fragments(values: readonly unknown[], id: number, loggedAt: number): string[] {
-    const plan = this.plan;
-    const parts = new Array<string>(plan.length);
-    for (let i = 0; i < plan.length; i++) {
-      const p = plan[i] as { prefix: string; at: number };
-      parts[i] = fragment(p.prefix, p.at === ID ? id : p.at === LOGGED_AT ? loggedAt : values[p.at]);
-    }
-    return parts;
   }
 
   /** When every row was deleted, ids continue after the largest ever assigned (recorded by prune). */
