@@ -188,19 +188,19 @@ describe('audit log on PostgreSQL', () => {
     expect(v).toMatchObject({ ok: true, rows: 3, incomplete: 0 });
   });
 
-  it('an integer beyond what PostgreSQL stores (an upstream reporting 1e20 tokens) is written clamped, and never stops the log', async () => {
+  it('an integer beyond what its column stores (an upstream reporting 1e20 tokens, a status past 2^31) is written clamped, and never stops the log', async () => {
     const { writer, log } = await fixture();
     const huge = record();
     await writer.commit(huge);
-    writer.record({ ...huge, status: 200, upstreamStatus: 200, tokens: 1e20, bytesOut: 2 ** 70 });
+    writer.record({ ...huge, status: 200, upstreamStatus: 2 ** 40, tokens: 1e20, bytesOut: 2 ** 70 });
     await writer.flush();
     const after = record({ agent: 'after' });
     await writer.commit(after);
     await writer.flush();
     const rows = (await log.page({ limit: 10, order: 'asc' })).rows;
-    expect(rows.map((r) => [r.request_id, r.tokens, r.bytes_out])).toEqual([
-      [huge.requestId, Number.MAX_SAFE_INTEGER, Number.MAX_SAFE_INTEGER],
-      [after.requestId, null, 0],
+    expect(rows.map((r) => [r.request_id, r.tokens, r.bytes_out, r.upstream_status])).toEqual([
+      [huge.requestId, Number.MAX_SAFE_INTEGER, Number.MAX_SAFE_INTEGER, 2 ** 31 - 1],
+      [after.requestId, null, 0, null],
     ]);
     expect((await log.verify()).problems).toEqual([]);
   });

@@ -20,7 +20,15 @@ const FIELD_AT = RECORD_COLUMNS.map((c) => {
   return 1 + at;
 });
 const NUMERIC = RECORD_COLUMNS.map((c) => NUMERIC_COLUMNS.has(c));
-const INTEGER = RECORD_COLUMNS.map((c) => INTEGER_COLUMNS.has(c));
+/** Columns stored as `integer` (4 bytes); the other integer columns are `bigint`. */
+const INT4_COLUMNS: ReadonlySet<string> = new Set(['status', 'upstream_status']);
+/**
+ * For each integer column, the largest magnitude it is written with (undefined: not an integer
+ * column). Beyond it a value is clamped: past 2^53 a number is no longer an exact integer here, and
+ * PostgreSQL refuses what its type cannot hold, which would fail every commit the value rode in
+ * (an upstream's usage report, say), retried outcomes included.
+ */
+const BOUND = RECORD_COLUMNS.map((c) => (!INTEGER_COLUMNS.has(c) ? undefined : INT4_COLUMNS.has(c) ? 2 ** 31 - 1 : Number.MAX_SAFE_INTEGER));
 const TS_AT = RECORD_COLUMNS.indexOf('ts');
 const TENANT_AT = RECORD_COLUMNS.indexOf('tenant');
 const REQUEST_AT = RECORD_COLUMNS.indexOf('request_id');
@@ -77,17 +85,15 @@ function pgText(s: string): string {
 }
 
 /** A value as PostgreSQL will hand it back, so that the digest the writer computes is the one verify recomputes. */
-function normalise(numeric: boolean, integer: boolean, v: unknown): unknown {
+function normalise(numeric: boolean, bound: number | undefined, v: unknown): unknown {
   if (v === undefined || v === null) return null;
   if (typeof v === 'boolean') v = v ? 1 : 0;
   if (numeric) {
     const n = typeof v === 'number' ? v : typeof v === 'bigint' ? Number(v) : typeof v === 'string' && /^-?\d{1,15}$/.test(v) ? Number(v) : Number.NaN;
     if (!Number.isFinite(n)) return null;
-    if (!integer) return n;
-    // Beyond 2^53 a number is no longer an exact integer here, and beyond 2^63 PostgreSQL refuses it:
-    // one such value (an upstream's usage report) would fail every commit it rides in, so it is clamped.
+    if (bound === undefined) return n;
     const r = Math.round(n);
-    return r > Number.MAX_SAFE_INTEGER ? Number.MAX_SAFE_INTEGER : r < -Number.MAX_SAFE_INTEGER ? -Number.MAX_SAFE_INTEGER : r;
+    return r > bound ? bound : r < -bound ? -bound : r;
   }
   return pgText(typeof v === 'string' ? v : typeof v === 'number' || typeof v === 'bigint' ? String(v) : JSON.stringify(v));
 }
@@ -98,14 +104,15 @@ function contentOf(rec: AuditRecord): unknown[] {
   const values = new Array<unknown>(RECORD_COLUMNS.length);
   for (let i = 0; i < values.length; i++) {
     const v = op[FIELD_AT[i] as number];
-    values[i] = typeof v === 'string' && !NUMERIC[i] ? pgText(v) : typeof v === 'number' && NUMERIC[i] && Number.isSafeInteger(v) ? v : normalise(NUMERIC[i] as boolean, INTEGER[i] as boolean, v);
+    const bound = BOUND[i];
+    values[i] = typeof v === 'string' && !NUMERIC[i] ? pgText(v) : typeof v === 'number' && bound !== undefined && Number.isInteger(v) && v <= bound && v >= -bound ? v : normalise(NUMERIC[i] as boolean, bound, v);
   }
   return values;
 }
 
 /** An open row from a row read back from `audit_log` (start-up recovery). */
 function openRowOf(row: Readonly<Record<string, unknown>>): OpenRow {
-  const values = RECORD_COLUMNS.map((c, i) => normalise(NUMERIC[i] as boolean, INTEGER[i] as boolean, row[c]));
+  const values = RECORD_COLUMNS.map((c, i) => normalise(NUMERIC[i] as boolean, BOUND[i], row[c]));
   const id = Number(row['id']);
   const loggedAt = Number(row['logged_at']);
   return { id, loggedAt, values, parts: rowFragments(DIGEST_PLAN, values, id, loggedAt) };
@@ -116,7 +123,7 @@ const unavailable = (code: string | undefined): ValetError =>
 
 /** A column's type, for reading it out of the JSON a statement takes its rows in. */
 const pgType = (column: string): string =>
-  column === 'status' || column === 'upstream_status'
+  INT4_COLUMNS.has(column)
     ? 'integer'
     : NUMERIC_COLUMNS.has(column) && !INTEGER_COLUMNS.has(column)
       ? 'double precision'
@@ -186,9 +193,9 @@ async function appendOps(
   const factsIds = (h.facts_ids ?? []).map(Number);
   const ops = facts.length === 0 ? queued : withFactsRefs(queued, facts, factsIds);
   const present = new Set((h.present ?? []).map(Number));
-  let head = { seq: Number(h.seq), hash: h.hash };
-  let nextId = Number(h.next_id);
-  let loggedAt = Number(h.logged_at);
+  let head = { seq: h.seq, hash: h.hash };
+  let nextId = h.next_id;
+  let loggedAt = h.logged_at;
   const n = RECORD_COLUMNS.length;
   /** New rows: content columns, id, logged_at, chain seq, instance, outcome seq. */
   const inserts: unknown[][] = [];
@@ -373,8 +380,8 @@ export async function startPgAuditWriter(o: PgAuditWriterOptions): Promise<Audit
 
   const run = async (): Promise<void> => {
     while (queue.length > 0) {
-      // At most MAX_BATCH per transaction: one statement's parameters are bounded (65,535), and a
-      // backlog after an outage drains in steps instead of one transaction that never fits.
+      // At most MAX_BATCH per transaction: a backlog after an outage drains in steps instead of one
+      // transaction that never fits.
       const ops = queue.slice(0, MAX_BATCH);
       queue = queue.slice(ops.length);
       runningOps = ops.length;
